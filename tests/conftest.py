@@ -1,0 +1,43 @@
+"""Shared fixtures: compose the real Hydra configs exactly as zoo-train does, pointed at a temp dir."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# No test may touch the network or a W&B account; keep CPU threads modest so tests share the 2 cores well.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TORCH_HOME", str(Path(__file__).parent / ".torch_home_unused"))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose_train_cfg(tmp_path: Path, overrides: list[str]):
+    """Compose conf/train.yaml with overrides; paths point into tmp_path; ${hydra:...} resolvable."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+        cfg.paths.root_dir = str(tmp_path)
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.log_dir = str(tmp_path / "logs")
+        cfg.paths.cache_dir = str(tmp_path / "cache")
+    return cfg
+
+
+@pytest.fixture
+def train_cfg(tmp_path):
+    def make(*overrides: str):
+        return compose_train_cfg(tmp_path, list(overrides))
+
+    return make

@@ -1,0 +1,48 @@
+"""The zoo-train command line as users run it: multirun sweeps with W&B offline, and 2-process DDP on CPU."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = ["model=dvae", "model.preset=tiny", "data.train_size=32", "data.val_size=8", "data.test_size=8",
+        "data.batch_size=8", "trainer=cpu", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
+        "trainer.num_sanity_val_steps=0"]
+
+
+def _run(args, cwd, timeout=600):
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
+    done = subprocess.run([sys.executable, "-m", "zoo.train", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
+    return done
+
+
+def test_multirun_makes_one_dir_and_one_wandb_run_per_job(tmp_path):
+    _run(["-m", *TINY, "logger=wandb", "data.batch_size=4,8", f"paths.log_dir={tmp_path}/logs",
+          f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    run_ids = set()
+    for job in jobs:
+        assert (job / "metrics.json").is_file()
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, f"{job}: expected one offline W&B run, got {runs}"
+        run_ids.add(runs[0].name.rsplit("-", 1)[-1])
+    assert len(run_ids) == 2
+    assert "data.batch_size=4" in (jobs[0] / ".hydra" / "overrides.yaml").read_text()
+    assert "data.batch_size=8" in (jobs[1] / ".hydra" / "overrides.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_ddp_cpu_trains_with_two_processes(tmp_path):
+    run = tmp_path / "run"
+    done = _run([*TINY, "trainer=ddp_cpu", "logger=csv", f"hydra.run.dir={run}", f"paths.log_dir={tmp_path}"], tmp_path)
+    out = done.stdout + done.stderr
+    assert "GLOBAL_RANK: 1" in out or "MEMBER: 2/2" in out, out[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 2

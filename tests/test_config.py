@@ -1,0 +1,92 @@
+"""Every model x data pair composes and resolves; bad overrides fail early with messages that say the fix."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
+
+import conf
+from zoo.errors import ConfigError
+from zoo.train import check_compatibility
+
+CONF = Path(conf.__file__).parent
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
+TRAINERS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml"))
+
+
+def test_groups_exist():
+    assert {"dvae", "vqvae"} <= set(MODELS)
+    assert {"shapes", "coco", "webdataset"} <= set(DATA)
+    assert {"default", "cpu", "gpu", "ddp", "ddp_cpu", "fsdp"} <= set(TRAINERS)
+
+
+@pytest.mark.parametrize("data", DATA)
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_data_pair_composes(train_cfg, model, data):
+    cfg = train_cfg(f"model={model}", f"data={data}")
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert plain["model"]["_target_"].startswith("zoo.models.")
+    assert plain["data"]["_target_"].startswith("zoo.data.")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_builds_tiny_on_shapes(train_cfg, model):
+    cfg = train_cfg(f"model={model}", "model.preset=tiny", "data.train_size=8", "data.val_size=8", "data.test_size=8")
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+    net = hydra.utils.instantiate(cfg.model, _convert_="all")
+    check_compatibility(net, dm)
+    assert sum(p.numel() for p in net.parameters()) > 0
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+@pytest.mark.parametrize("logger", ["wandb", "csv", "tensorboard", "none", "many"])
+def test_trainer_and_logger_presets_compose(train_cfg, trainer, logger):
+    cfg = train_cfg(f"trainer={trainer}", f"logger={logger}")
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+
+
+def test_unknown_group_option_lists_the_choices(train_cfg):
+    with pytest.raises(MissingConfigException) as e:
+        train_cfg("model=dvea")
+    assert "model/dvea" in str(e.value) and "dvae" in str(e.value)  # Hydra lists available options
+
+
+def test_unknown_key_is_rejected(train_cfg):
+    with pytest.raises(ConfigCompositionException):
+        train_cfg("trainer.max_epoch=3")
+
+
+def test_bad_preset_fails_when_building(train_cfg):
+    cfg = train_cfg("model=dvae", "model.preset=huge")
+    with pytest.raises(ValueError, match="tiny"):
+        hydra.utils.instantiate(cfg.model, _convert_="all")
+
+
+def test_bad_caption_style_fails_when_building(train_cfg):
+    cfg = train_cfg("data.caption_style=poetic")
+    with pytest.raises(ValueError, match="descriptive"):
+        hydra.utils.instantiate(cfg.data, _convert_="all")
+
+
+def test_tokenizer_larger_than_model_vocab_is_refused():
+    class Tok:
+        vocab_size = 49408
+
+    class Data:
+        tokenizer = Tok()
+
+    class Model:
+        text_vocab_size = 16384
+
+    with pytest.raises(ConfigError, match="text_vocab_size=49408"):
+        check_compatibility(Model(), Data())
+
+
+def test_coco_missing_root_names_the_option(train_cfg, tmp_path):
+    cfg = train_cfg("data=coco", f"data.root={tmp_path / 'nowhere'}")
+    with pytest.raises(ConfigError, match="data.root"):
+        hydra.utils.instantiate(cfg.data, _convert_="all")

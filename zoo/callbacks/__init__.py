@@ -1,0 +1,3 @@
+from zoo.callbacks.sample_grid import SampleGridCallback
+
+__all__ = ["SampleGridCallback"]

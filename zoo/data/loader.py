@@ -1,0 +1,95 @@
+"""A DataLoader that Lightning can checkpoint mid-epoch, and the sampler behind it.
+
+Lightning saves the ``state_dict()`` of any training dataloader that has one (``_Stateful``) into the
+checkpoint and hands it back on ``fit(ckpt_path=...)``. We record (epoch, batches consumed) and, on resume,
+skip exactly the samples already seen in that epoch's permutation -- without loading them -- so a resumed run
+sees the same data, in the same order, as an uninterrupted one.
+
+Sharding across DDP ranks is done here (Lightning's ``use_distributed_sampler`` is turned off by ``train()``)
+because re-wrapping a custom sampler in Lightning's ``DistributedSamplerWrapper`` would lose the skip state.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ResumableSampler(Sampler[int]):
+    """Epoch-seeded permutation (or identity), sharded by rank, with a skip count for resumption."""
+
+    def __init__(self, length: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+        self.length = length
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        # Samples (of this rank) to skip when epoch `skip_epoch` is iterated: set by a checkpoint restore.
+        self.skip = 0
+        self.skip_epoch = -1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.length, generator=g).tolist()
+        else:
+            order = list(range(self.length))
+        rank, world = _dist_rank_world()
+        if world > 1:
+            if self.drop_last:
+                order = order[: len(order) - len(order) % world]
+            else:  # pad by repeating, as DistributedSampler does, so every rank takes the same number of steps
+                pad = (-len(order)) % world
+                order = order + order[:pad]
+            order = order[rank::world]
+        return order
+
+    def __iter__(self) -> Iterator[int]:
+        order = self._indices()
+        skip = self.skip if self.epoch == self.skip_epoch else 0
+        self.skip, self.skip_epoch = 0, -1
+        return iter(order[skip:])
+
+    def __len__(self) -> int:
+        _, world = _dist_rank_world()
+        if world > 1:
+            return self.length // world if self.drop_last else -(-self.length // world)
+        return self.length
+
+
+class ResumableDataLoader(DataLoader):
+    """DataLoader over a map-style dataset with ``state_dict`` / ``load_state_dict`` for mid-epoch resume."""
+
+    def __init__(self, dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False, **kwargs):
+        sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, drop_last=drop_last)
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **kwargs)
+        self._batches_done = 0
+        self._epoch_in_progress = 0
+
+    def __iter__(self):
+        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
+        self._epoch_in_progress = sampler.epoch
+        # A restored position applies only to the epoch it was saved in (see ResumableSampler.skip_epoch).
+        resumed = sampler.skip_epoch == sampler.epoch
+        self._batches_done = sampler.skip // self.batch_size if resumed else 0
+        for batch in super().__iter__():
+            self._batches_done += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": int(self._epoch_in_progress), "batches_done": int(self._batches_done)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
+        sampler.skip_epoch = int(state["epoch"])
+        sampler.skip = int(state["batches_done"]) * int(self.batch_size)

@@ -1,0 +1,114 @@
+"""The concrete DataModules named in ``conf/data/``: shapes (built-in), coco, webdataset."""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+from torch.utils.data import Dataset
+
+from zoo.data.datamodule import ImageTextDataModule
+from zoo.errors import ConfigError
+
+
+class ShapesDataModule(ImageTextDataModule):
+    """The built-in procedural world: no downloads, deterministic from (seed, split, index)."""
+
+    def __init__(
+        self,
+        train_size: int = 20000,
+        val_size: int = 512,
+        test_size: int = 512,
+        world_seed: int = 0,
+        caption_style: str = "descriptive",
+        caption_mix: Optional[dict[str, float]] = None,
+        min_objects: int = 1,
+        max_objects: int = 3,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        from zoo.data.shapes import ShapesDataset  # noqa: F401  (fail early if the world cannot be built)
+
+        self.sizes = {"train": int(train_size), "val": int(val_size), "test": int(test_size)}
+        for split, n in self.sizes.items():
+            if n < 1:
+                raise ConfigError(f"data.{split}_size must be >= 1, got {n}")
+        self.world_seed = world_seed
+        self.caption_style = caption_style
+        self.caption_mix = dict(caption_mix) if caption_mix else None
+        self.min_objects, self.max_objects = min_objects, max_objects
+        # Build one sample now so that a bad caption style / resolution fails before training starts.
+        self.build_dataset("val")[0]
+
+    def build_dataset(self, split: str) -> Dataset:
+        from zoo.data.shapes import ShapesDataset
+
+        # Val/test always use descriptive captions unless a single style was asked for: they are what the
+        # metrics (CLIP recall, prompt fidelity) are defined on.
+        return ShapesDataset(
+            split=split,
+            size=self.sizes[split],
+            resolution=self.resolution,
+            seed=self.world_seed,
+            caption_style=self.caption_style,
+            caption_mix=self.caption_mix if split == "train" else None,
+            min_objects=self.min_objects,
+            max_objects=self.max_objects,
+        )
+
+
+class CocoDataModule(ImageTextDataModule):
+    """MS-COCO captions (2014 or 2017) from ``root`` (annotations/ and train{year}/ val{year}/ folders)."""
+
+    def __init__(self, root: str, year: int = 2014, max_items: Optional[int] = None, **kwargs):
+        super().__init__(**kwargs)
+        from pathlib import Path
+
+        self.root, self.year, self.max_items = root, int(year), max_items
+        if not root or not Path(root).is_dir():
+            raise ConfigError(
+                f"MS-COCO root not found: {root!r} (fix: data.root=/path/to/coco containing "
+                f"annotations/captions_train{year}.json and train{year}/)"
+            )
+
+    def build_dataset(self, split: str) -> Dataset:
+        from zoo.data.coco import CocoCaptions
+
+        return CocoCaptions(
+            self.root, split=split, year=self.year, resolution=self.resolution, seed=self.seed, max_items=self.max_items
+        )
+
+
+class WebDataModule(ImageTextDataModule):
+    """img2dataset-style ``.tar`` shards streamed with webdataset (split over workers and DDP ranks)."""
+
+    def __init__(
+        self,
+        train_urls: str | Sequence[str],
+        val_urls: str | Sequence[str] | None = None,
+        test_urls: str | Sequence[str] | None = None,
+        epoch_length: Optional[int] = None,
+        shuffle_buffer: int = 1000,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not train_urls:
+            raise ConfigError("data.train_urls is empty (fix: data.train_urls='/data/shards/{00000..00099}.tar')")
+        self.urls = {"train": train_urls, "val": val_urls or train_urls, "test": test_urls or val_urls or train_urls}
+        self.epoch_length = epoch_length
+        self.shuffle_buffer = shuffle_buffer
+
+    def build_dataset(self, split: str) -> Dataset:
+        from zoo.data.webdataset import make_webdataset
+
+        return make_webdataset(
+            self.urls[split],
+            resolution=self.resolution,
+            shuffle_buffer=self.shuffle_buffer if split == "train" else 0,
+            seed=self.seed,
+            epoch_length=self.epoch_length if split == "train" else None,
+        )
+
+    def train_captions(self) -> Iterable[str]:
+        for i, sample in enumerate(self.dataset("train")):  # type: ignore[arg-type]
+            if i >= 100_000:  # enough text to fit a BPE; streams can be endless
+                break
+            yield sample["caption"]

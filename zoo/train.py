@@ -1,0 +1,164 @@
+"""``zoo-train``: the one training entry point (``python -m zoo.train``).
+
+``main`` is a thin ``@hydra.main``; the work is in :func:`train`, a plain function of a composed config so tests
+and notebooks can call it directly. It builds everything first (data, model, callbacks, loggers, trainer) and runs
+the model's data checks, so a bad config fails before a single step is taken.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from zoo.errors import ConfigError
+
+log = logging.getLogger("zoo.train")
+
+
+def _instantiate_dict(node: Optional[DictConfig]) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a config group made of named entries (callbacks, loggers)."""
+    out = []
+    if not node:
+        return out
+    for name, sub in node.items():
+        if isinstance(sub, DictConfig) and "_target_" in sub:
+            out.append(hydra.utils.instantiate(sub, _convert_="all"))
+    return out
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
+    """``ckpt_path=last`` resumes this run directory's ``last.ckpt`` or, failing that, the newest ``last.ckpt`` of
+    an earlier run with the same ``task_name``; any other value is a file path."""
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt:
+        return None
+    if ckpt != "last":
+        if not Path(ckpt).is_file():
+            raise ConfigError(f"ckpt_path={ckpt} does not exist (fix: pass a .ckpt file, or ckpt_path=last)")
+        return str(ckpt)
+    here = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if here.is_file():
+        return str(here)
+    runs = Path(cfg.paths.log_dir) / cfg.task_name
+    found = sorted(runs.glob("*/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime) + sorted(
+        runs.glob("*/*/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime
+    )
+    if found:
+        newest = max(found, key=lambda p: p.stat().st_mtime)
+        log.info("ckpt_path=last: resuming from %s", newest)
+        return str(newest)
+    log.warning("ckpt_path=last but no last.ckpt under %s or %s: starting from scratch", here.parent, runs)
+    return None
+
+
+def check_compatibility(model, datamodule) -> None:
+    """Checks that need both the model and the data; each model adds its own in ``check_data``."""
+    tok = getattr(datamodule, "tokenizer", None)
+    vocab = getattr(model, "text_vocab_size", None)
+    if tok is not None and vocab is not None and tok.vocab_size > vocab:
+        raise ConfigError(
+            f"model text vocabulary ({vocab}) is smaller than the tokenizer's ({tok.vocab_size}) "
+            f"(fix: model.text_vocab_size={tok.vocab_size} or a smaller data.tokenizer.vocab_size)"
+        )
+    check = getattr(model, "check_data", None)
+    if callable(check):
+        check(datamodule)
+
+
+def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        out[k] = f if math.isfinite(f) else str(f)
+    return out
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (and test) the configured model; write ``metrics.json`` in the run directory; return the metrics."""
+    import lightning as L
+    import torch
+
+    from zoo.callbacks.checkpoint_info import CheckpointInfo
+
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plain_cfg = OmegaConf.to_container(cfg, resolve=True)
+
+    # --- build everything (fails here, before training, on a bad config) ---------------------------------
+    log.info("data: %s", cfg.data._target_)
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    if hasattr(datamodule, "prepare_tokenizer"):
+        datamodule.prepare_tokenizer()
+    log.info("model: %s", cfg.model._target_)
+    model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    check_compatibility(model, datamodule)
+    callbacks = _instantiate_dict(cfg.get("callbacks")) + [CheckpointInfo(plain_cfg)]
+    loggers = _instantiate_dict(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        default_root_dir=str(out_dir),
+        # Our ResumableDataLoader shards by rank itself (and keeps its mid-epoch position across restarts).
+        use_distributed_sampler=False,
+        _convert_="all",
+    )
+    ckpt_path = resolve_ckpt_path(cfg)
+    for lg in loggers:
+        lg.log_hyperparams(plain_cfg)  # the whole run config, as a plain dict
+
+    try:
+        if cfg.get("train", True):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        metrics = dict(trainer.callback_metrics)
+        if cfg.get("test", False):
+            best = getattr(trainer.checkpoint_callback, "best_model_path", "") if cfg.get("train", True) else ""
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+            metrics.update(trainer.callback_metrics)
+        metrics = _plain_metrics(metrics)
+        metrics["global_step"] = trainer.global_step
+        if trainer.is_global_zero:
+            (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+            log.info("metrics written to %s", out_dir / "metrics.json")
+        return metrics
+    finally:
+        _finish_wandb()
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run so the next multirun job gets a run of its own."""
+    try:
+        import wandb
+    except ImportError:  # pragma: no cover
+        return
+    if wandb.run is not None:
+        wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="train")
+def main(cfg: DictConfig) -> Optional[float]:
+    metrics = train(cfg)
+    name = cfg.get("optimized_metric")
+    if name:
+        if name not in metrics:
+            raise ConfigError(f"optimized_metric={name} was not logged; logged: {sorted(metrics)}")
+        return metrics[name]
+    return None
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    main()
