@@ -1,0 +1,77 @@
+"""``zoo-tokenize``: encode a whole dataset split with a trained image tokenizer, once, to a token file.
+
+Stage 2 (the DALL·E transformer) then trains from ``image_tokens`` without running the encoder every step:
+``data.features.train=<out>`` makes the DataModule serve them. The output is a dict of tensors written atomically:
+``image_tokens`` LongTensor (N, h, w) in dataset index order, plus ``codebook_size`` and ``grid_size``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from zoo.errors import ConfigError
+
+log = logging.getLogger("zoo.tokenize")
+
+
+def image_tokenizer_of(module: Any):
+    """The ``ImageTokenizer`` inside a LightningModule (or the module itself)."""
+    from zoo.nn.image_tokenizer import ImageTokenizer
+
+    if isinstance(module, ImageTokenizer):
+        return module
+    for child in module.children():
+        if isinstance(child, ImageTokenizer):
+            return child
+    raise ConfigError(f"{type(module).__name__} holds no ImageTokenizer (fix: pass a dvae/vqvae checkpoint)")
+
+
+@torch.no_grad()
+def tokenize_dataset(tokenizer, dataset, out_path: str | Path, batch_size: int = 256, num_workers: int = 0) -> Path:
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.data.collate import collate_samples
+
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_samples
+    )
+    chunks = []
+    for batch in tqdm(loader, desc=f"tokenize -> {Path(out_path).name}", unit="batch"):
+        chunks.append(tokenizer.encode(batch["image"]).to(torch.int32 if tokenizer.codebook_size < 2**31 else torch.long))
+    tokens = torch.cat(chunks).long()
+    return atomic_torch_save(
+        {"image_tokens": tokens, "codebook_size": int(tokenizer.codebook_size), "grid_size": list(tokens.shape[1:])},
+        out_path,
+    )
+
+
+def tokenize(cfg: DictConfig) -> Path:
+    from zoo.checkpoint import load_module
+
+    if not cfg.get("tokenizer_ckpt"):
+        raise ConfigError("no tokenizer checkpoint (fix: zoo-tokenize tokenizer_ckpt=/path/to/dvae/last.ckpt)")
+    tokenizer = image_tokenizer_of(load_module(cfg.tokenizer_ckpt))
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+    if dm.resolution % tokenizer.downsample_factor:
+        raise ConfigError(
+            f"data.resolution={dm.resolution} is not a multiple of the tokenizer's downsample factor "
+            f"{tokenizer.downsample_factor} (fix: data.resolution=<multiple>)"
+        )
+    path = tokenize_dataset(tokenizer, dm.dataset(cfg.split), cfg.out, batch_size=int(cfg.batch_size))
+    log.info("wrote %s", path)
+    print(path)
+    return path
+
+
+@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="tokenize")
+def main(cfg: DictConfig) -> None:
+    tokenize(cfg)
+
+
+if __name__ == "__main__":
+    main()
