@@ -3,14 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 import conf
 from zoo.errors import ConfigError
-from zoo.train import check_compatibility
+from zoo.train import check_compatibility, instantiate
 
 CONF = Path(conf.__file__).parent
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
@@ -36,8 +35,8 @@ def test_every_model_data_pair_composes(train_cfg, model, data):
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_builds_tiny_on_shapes(train_cfg, model):
     cfg = train_cfg(f"model={model}", "model.preset=tiny", "data.train_size=8", "data.val_size=8", "data.test_size=8")
-    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
-    net = hydra.utils.instantiate(cfg.model, _convert_="all")
+    dm = instantiate(cfg.data)
+    net = instantiate(cfg.model)
     check_compatibility(net, dm)
     assert sum(p.numel() for p in net.parameters()) > 0
 
@@ -63,13 +62,13 @@ def test_unknown_key_is_rejected(train_cfg):
 def test_bad_preset_fails_when_building(train_cfg):
     cfg = train_cfg("model=dvae", "model.preset=huge")
     with pytest.raises(ValueError, match="tiny"):
-        hydra.utils.instantiate(cfg.model, _convert_="all")
+        instantiate(cfg.model)
 
 
 def test_bad_caption_style_fails_when_building(train_cfg):
     cfg = train_cfg("data.caption_style=poetic")
     with pytest.raises(ValueError, match="descriptive"):
-        hydra.utils.instantiate(cfg.data, _convert_="all")
+        instantiate(cfg.data)
 
 
 def test_tokenizer_larger_than_model_vocab_is_refused():
@@ -89,4 +88,4 @@ def test_tokenizer_larger_than_model_vocab_is_refused():
 def test_coco_missing_root_names_the_option(train_cfg, tmp_path):
     cfg = train_cfg("data=coco", f"data.root={tmp_path / 'nowhere'}")
     with pytest.raises(ConfigError, match="data.root"):
-        hydra.utils.instantiate(cfg.data, _convert_="all")
+        instantiate(cfg.data)

@@ -72,7 +72,7 @@ def test_resume_is_exact_mid_epoch(train_cfg, tmp_path):
 
 
 def test_bad_resolution_fails_before_training(train_cfg):
-    cfg = train_cfg(*TINY, "data.resolution=48", "model.preset=shapes")
+    cfg = train_cfg(*TINY, "data.resolution=34", "model.preset=shapes")
     with pytest.raises(ConfigError, match="resolution"):
         train(cfg)
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()

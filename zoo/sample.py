@@ -29,6 +29,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     from torchvision.utils import save_image
 
     from zoo.checkpoint import load_module
+    from zoo.train import instantiate
 
     if not cfg.get("ckpt"):
         raise ConfigError("no checkpoint given (fix: zoo-sample ckpt=/path/to/run/checkpoints/last.ckpt)")
@@ -50,7 +51,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         data_cfg = OmegaConf.create(model.zoo_config.get("data", {}))
         if "_target_" not in data_cfg:
             raise ConfigError(f"{cfg.ckpt} carries no data config; cannot pick images to reconstruct")
-        dm = hydra.utils.instantiate(data_cfg, _convert_="all")
+        dm = instantiate(data_cfg)
         batch = next(iter(dm.val_dataloader()))
         with torch.no_grad():
             images = model.sample_grid(batch)

@@ -52,11 +52,12 @@ def tokenize_dataset(tokenizer, dataset, out_path: str | Path, batch_size: int =
 
 def tokenize(cfg: DictConfig) -> Path:
     from zoo.checkpoint import load_module
+    from zoo.train import instantiate
 
     if not cfg.get("tokenizer_ckpt"):
         raise ConfigError("no tokenizer checkpoint (fix: zoo-tokenize tokenizer_ckpt=/path/to/dvae/last.ckpt)")
     tokenizer = image_tokenizer_of(load_module(cfg.tokenizer_ckpt))
-    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+    dm = instantiate(cfg.data)
     if dm.resolution % tokenizer.downsample_factor:
         raise ConfigError(
             f"data.resolution={dm.resolution} is not a multiple of the tokenizer's downsample factor "

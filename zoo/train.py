@@ -21,6 +21,21 @@ from zoo.errors import ConfigError
 log = logging.getLogger("zoo.train")
 
 
+def instantiate(node: DictConfig, **kwargs) -> Any:
+    """``hydra.utils.instantiate`` that surfaces our own errors (ConfigError, ValueError, FileNotFoundError) as
+    they are, instead of wrapped in Hydra's InstantiationException, so the message that names the fix is the
+    last thing the user reads."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, (ValueError, FileNotFoundError)):
+            raise cause from None
+        raise
+
+
 def _instantiate_dict(node: Optional[DictConfig]) -> list[Any]:
     """Instantiate every ``_target_`` entry of a config group made of named entries (callbacks, loggers)."""
     out = []
@@ -28,13 +43,13 @@ def _instantiate_dict(node: Optional[DictConfig]) -> list[Any]:
         return out
     for name, sub in node.items():
         if isinstance(sub, DictConfig) and "_target_" in sub:
-            out.append(hydra.utils.instantiate(sub, _convert_="all"))
+            out.append(instantiate(sub))
     return out
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
-    """``ckpt_path=last`` resumes this run directory's ``last.ckpt`` or, failing that, the newest ``last.ckpt`` of
-    an earlier run with the same ``task_name``; any other value is a file path."""
+    """``ckpt_path=last`` resumes this run directory's newest of ``last.ckpt`` / ``interrupted.ckpt`` or, failing that,
+    the newest such file of an earlier run with the same ``task_name``; any other value is a file path."""
     ckpt = cfg.get("ckpt_path")
     if not ckpt:
         return None
@@ -42,13 +57,13 @@ def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
         if not Path(ckpt).is_file():
             raise ConfigError(f"ckpt_path={ckpt} does not exist (fix: pass a .ckpt file, or ckpt_path=last)")
         return str(ckpt)
-    here = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    if here.is_file():
-        return str(here)
+    names = ("last.ckpt", "interrupted.ckpt")
+    here = Path(cfg.paths.output_dir) / "checkpoints"
+    found = [here / n for n in names if (here / n).is_file()]
+    if found:
+        return str(max(found, key=lambda p: p.stat().st_mtime))
     runs = Path(cfg.paths.log_dir) / cfg.task_name
-    found = sorted(runs.glob("*/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime) + sorted(
-        runs.glob("*/*/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime
-    )
+    found = [p for n in names for pattern in (f"*/*/checkpoints/{n}", f"*/*/*/checkpoints/{n}") for p in runs.glob(pattern)]
     if found:
         newest = max(found, key=lambda p: p.stat().st_mtime)
         log.info("ckpt_path=last: resuming from %s", newest)
@@ -99,22 +114,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     # --- build everything (fails here, before training, on a bad config) ---------------------------------
     log.info("data: %s", cfg.data._target_)
-    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    datamodule = instantiate(cfg.data)
     if hasattr(datamodule, "prepare_tokenizer"):
         datamodule.prepare_tokenizer()
     log.info("model: %s", cfg.model._target_)
-    model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    model = instantiate(cfg.model)
     check_compatibility(model, datamodule)
     callbacks = _instantiate_dict(cfg.get("callbacks")) + [CheckpointInfo(plain_cfg)]
     loggers = _instantiate_dict(cfg.get("logger"))
-    trainer: L.Trainer = hydra.utils.instantiate(
+    trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers or False,
         default_root_dir=str(out_dir),
         # Our ResumableDataLoader shards by rank itself (and keeps its mid-epoch position across restarts).
         use_distributed_sampler=False,
-        _convert_="all",
     )
     ckpt_path = resolve_ckpt_path(cfg)
     for lg in loggers:
@@ -123,6 +137,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         if cfg.get("train", True):
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            _save_final_last(trainer, out_dir / "checkpoints" / "last.ckpt")
+            if trainer.interrupted:  # Ctrl-C: Lightning stopped gracefully; keep the state, skip testing
+                log.warning("interrupted at step %d; resume with ckpt_path=last", trainer.global_step)
+                return _plain_metrics(dict(trainer.callback_metrics)) | {"global_step": trainer.global_step}
         metrics = dict(trainer.callback_metrics)
         if cfg.get("test", False):
             best = getattr(trainer.checkpoint_callback, "best_model_path", "") if cfg.get("train", True) else ""
@@ -136,6 +154,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return metrics
     finally:
         _finish_wandb()
+
+
+def _save_final_last(trainer, path: Path) -> None:
+    """Leave last.ckpt at the final step. If the step-based callback already saved this very step (mid-epoch,
+    from inside the loop), keep its file: saved after fit returns, Lightning would mark the epoch finished and a
+    resume would skip the rest of that epoch's data."""
+    for cb in trainer.checkpoint_callbacks:
+        if getattr(cb, "save_last", False) and getattr(cb, "_last_global_step_saved", -1) == trainer.global_step:
+            if Path(cb.last_model_path or "") == path:
+                return
+    trainer.save_checkpoint(path)
 
 
 def _finish_wandb() -> None:
@@ -153,8 +182,9 @@ def main(cfg: DictConfig) -> Optional[float]:
     metrics = train(cfg)
     name = cfg.get("optimized_metric")
     if name:
-        if name not in metrics:
-            raise ConfigError(f"optimized_metric={name} was not logged; logged: {sorted(metrics)}")
+        if name not in metrics:  # e.g. validation switched off: nothing to optimise, but the run itself is fine
+            log.warning("optimized_metric=%s was not logged; logged: %s", name, sorted(metrics))
+            return None
         return metrics[name]
     return None
 

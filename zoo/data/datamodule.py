@@ -76,6 +76,8 @@ class ImageTextDataModule(L.LightningDataModule):
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
+        if isinstance(tokenizer, dict) and not tokenizer:  # data/tokenizer=none composes to an empty node
+            tokenizer = None
         self.tokenizer = tokenizer
         self.seed = int(seed)
         self.features = dict(features or {})

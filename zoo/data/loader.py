@@ -72,6 +72,9 @@ class ResumableDataLoader(DataLoader):
 
     def __init__(self, dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False, **kwargs):
         sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, drop_last=drop_last)
+        # Our own generator: otherwise every new iterator draws its worker base seed from the global torch RNG,
+        # and a resumed run (one extra iterator) would see different noise than an uninterrupted one.
+        kwargs.setdefault("generator", torch.Generator().manual_seed(seed))
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **kwargs)
         self._batches_done = 0
         self._epoch_in_progress = 0

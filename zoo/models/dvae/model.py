@@ -1,0 +1,157 @@
+"""DALL·E's discrete VAE (Ramesh et al. 2021, appendix A): bottleneck-resblock encoder/decoder, plain PyTorch.
+
+Encoder: 7x7 stem -> ``n_groups`` groups of ``n_blk_per_group`` bottleneck resblocks (widths n_hid * 1, 2, 4, 8, ...)
+with 2x max-pooling between groups -> ReLU + 1x1 conv to ``vocab_size`` logits per grid cell.
+Decoder mirrors it: 1x1 conv from the (relaxed) one-hot codes -> groups with nearest-neighbour 2x upsampling ->
+ReLU + 1x1 conv to 2x3 channels (logit-Laplace mu and ln b per pixel channel; 3 for the MSE ablation).
+Each resblock's residual branch is multiplied by ``post_gain = 1 / n_layers**2`` (n_layers = total resblocks), the
+paper's way of keeping the identity path dominant at initialisation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from zoo.nn.image_tokenizer import ImageTokenizer
+from zoo.nn.likelihoods import unmap_pixels
+
+
+@dataclass(frozen=True)
+class DVAEConfig:
+    resolution: int = 32
+    vocab_size: int = 512
+    n_hid: int = 48
+    n_groups: int = 3  # downsample factor = 2 ** (n_groups - 1)
+    n_blk_per_group: int = 1
+    n_init: int = 128  # decoder width right after the 1x1 input conv (paper: 128)
+    out_channels: int = 6  # 6 = logit-Laplace (mu, ln b); 3 = MSE ablation
+    width_mults: tuple[int, ...] = field(default=(1, 2, 4, 8))
+
+    @property
+    def n_layers(self) -> int:
+        return self.n_groups * self.n_blk_per_group
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (self.n_groups - 1)
+
+
+PRESETS: dict[str, DVAEConfig] = {
+    # for tests: 16 px -> 8x8 codes in a second
+    "tiny": DVAEConfig(resolution=32, vocab_size=64, n_hid=16, n_groups=2, n_blk_per_group=1, n_init=32),
+    # the shapes world: 32 px -> 8x8 grid of 512 codes, trains on a CPU in minutes
+    "shapes": DVAEConfig(resolution=32, vocab_size=512, n_hid=64, n_groups=3, n_blk_per_group=1, n_init=128),
+    # the paper: 256 px -> 32x32 grid of 8192 codes, widths 256..2048, 4 groups x 2 blocks (post_gain 1/64)
+    "paper": DVAEConfig(resolution=256, vocab_size=8192, n_hid=256, n_groups=4, n_blk_per_group=2, n_init=128),
+}
+
+
+def build_config(preset: str, overrides: dict | None = None) -> DVAEConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown dVAE preset {preset!r}; choose one of {sorted(PRESETS)} (model.preset=...)")
+    overrides = dict(overrides or {})
+    valid = set(DVAEConfig.__dataclass_fields__)
+    unknown = set(overrides) - valid
+    if unknown:
+        raise ValueError(f"unknown dVAE field(s) {sorted(unknown)} in model.net; valid: {sorted(valid)}")
+    if "width_mults" in overrides:
+        overrides["width_mults"] = tuple(overrides["width_mults"])
+    from dataclasses import replace
+
+    return replace(PRESETS[preset], **overrides)
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, n_in: int, n_out: int, post_gain: float):
+        super().__init__()
+        hid = n_out // 4
+        self.id_path = nn.Conv2d(n_in, n_out, 1) if n_in != n_out else nn.Identity()
+        self.res_path = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(n_in, hid, 3, padding=1),
+            nn.ReLU(), nn.Conv2d(hid, hid, 3, padding=1),
+            nn.ReLU(), nn.Conv2d(hid, hid, 3, padding=1),
+            nn.ReLU(), nn.Conv2d(hid, n_out, 1),
+        )
+        self.post_gain = post_gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.id_path(x) + self.post_gain * self.res_path(x)
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, n_in: int, n_out: int, post_gain: float):
+        super().__init__()
+        hid = n_out // 4
+        self.id_path = nn.Conv2d(n_in, n_out, 1) if n_in != n_out else nn.Identity()
+        self.res_path = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(n_in, hid, 1),
+            nn.ReLU(), nn.Conv2d(hid, hid, 3, padding=1),
+            nn.ReLU(), nn.Conv2d(hid, hid, 3, padding=1),
+            nn.ReLU(), nn.Conv2d(hid, n_out, 3, padding=1),
+        )
+        self.post_gain = post_gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.id_path(x) + self.post_gain * self.res_path(x)
+
+
+class DVAE(nn.Module, ImageTokenizer):
+    """Encoder/decoder pair; ``encode``/``decode`` are the ``ImageTokenizer`` view (argmax codes, no noise)."""
+
+    def __init__(self, cfg: DVAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.codebook_size = cfg.vocab_size
+        self.downsample_factor = cfg.downsample_factor
+        self.resolution = cfg.resolution
+        self.post_gain = 1.0 / cfg.n_layers**2
+        widths = [cfg.n_hid * m for m in cfg.width_mults[: cfg.n_groups]]
+
+        enc: list[nn.Module] = [nn.Conv2d(3, widths[0], 7, padding=3)]
+        n_in = widths[0]
+        for g, w in enumerate(widths):
+            for _ in range(cfg.n_blk_per_group):
+                enc.append(EncoderBlock(n_in, w, self.post_gain))
+                n_in = w
+            if g < cfg.n_groups - 1:
+                enc.append(nn.MaxPool2d(2))
+        enc += [nn.ReLU(), nn.Conv2d(n_in, cfg.vocab_size, 1)]
+        self.encoder = nn.Sequential(*enc)
+
+        dec: list[nn.Module] = [nn.Conv2d(cfg.vocab_size, cfg.n_init, 1)]
+        n_in = cfg.n_init
+        for g, w in enumerate(reversed(widths)):
+            for _ in range(cfg.n_blk_per_group):
+                dec.append(DecoderBlock(n_in, w, self.post_gain))
+                n_in = w
+            if g < cfg.n_groups - 1:
+                dec.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        dec += [nn.ReLU(), nn.Conv2d(n_in, cfg.out_channels, 1)]
+        self.decoder = nn.Sequential(*dec)
+
+    # -- training-time pieces ----------------------------------------------------------------------------------
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """images in [-1, 1] (B, 3, H, W) -> code logits (B, K, H/f, W/f)."""
+        return self.encoder(images)
+
+    def decode_soft(self, z: torch.Tensor) -> torch.Tensor:
+        """(relaxed) one-hot codes (B, K, h, w) -> decoder output (B, out_channels, H, W)."""
+        return self.decoder(z)
+
+    def output_to_image(self, out: torch.Tensor) -> torch.Tensor:
+        """Decoder output -> image in [-1, 1] (the mean of the logit-Laplace, mapped back from (eps, 1-eps))."""
+        x01 = unmap_pixels(torch.sigmoid(out[:, :3].float())) if self.cfg.out_channels == 6 else torch.sigmoid(out.float())
+        return x01 * 2 - 1
+
+    # -- ImageTokenizer ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits(images).argmax(1)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        z = F.one_hot(codes, self.codebook_size).permute(0, 3, 1, 2).to(next(self.parameters()).dtype)
+        return self.output_to_image(self.decode_soft(z))

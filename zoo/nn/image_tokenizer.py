@@ -1,0 +1,27 @@
+"""The interface every image tokenizer (dVAE, VQ-VAE, ...) offers to the rest of the zoo (torch only)."""
+from __future__ import annotations
+
+import abc
+
+import torch
+
+
+class ImageTokenizer(abc.ABC):
+    """Image <-> grid of discrete codes. The DALL·E transformer and eval use only this."""
+
+    codebook_size: int
+    downsample_factor: int
+    resolution: int
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        side = self.resolution // self.downsample_factor
+        return side, side
+
+    @abc.abstractmethod
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) in [-1, 1] -> LongTensor codes (B, H/f, W/f)."""
+
+    @abc.abstractmethod
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """LongTensor codes (B, h, w) -> images (B, 3, h*f, w*f) in [-1, 1]."""
