@@ -135,11 +135,11 @@ class DVAE(nn.Module, ImageTokenizer):
     # -- training-time pieces ----------------------------------------------------------------------------------
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """images in [-1, 1] (B, 3, H, W) -> code logits (B, K, H/f, W/f)."""
-        return self.encoder(images)
+        return self.encoder(images.contiguous(memory_format=torch.channels_last))
 
     def decode_soft(self, z: torch.Tensor) -> torch.Tensor:
         """(relaxed) one-hot codes (B, K, h, w) -> decoder output (B, out_channels, H, W)."""
-        return self.decoder(z)
+        return self.decoder(z.contiguous(memory_format=torch.channels_last))
 
     def output_to_image(self, out: torch.Tensor) -> torch.Tensor:
         """Decoder output -> image in [-1, 1] (the mean of the logit-Laplace, mapped back from (eps, 1-eps))."""

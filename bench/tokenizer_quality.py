@@ -1,0 +1,87 @@
+"""Train an image tokenizer on the shapes world for a fixed CPU-time budget; print val PSNR and codebook usage.
+
+    python bench/tokenizer_quality.py --model dvae --minutes 10
+    python bench/tokenizer_quality.py --model dvae --minutes 10 --set recon_loss=mse
+    python bench/tokenizer_quality.py --model vqvae --minutes 10
+
+Plain training loop (bf16 autocast, channels_last) so the figure measures the model, not the framework. PSNR is
+on reconstructions from the argmax / nearest codes: what the stage-2 transformer will see.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from zoo.data.shapes import ShapesDataset
+
+
+def build(model: str, overrides: dict):
+    if model == "dvae":
+        from zoo.models.dvae.lit import DVAELit
+
+        return DVAELit(**overrides)
+    from zoo.models.vqvae.lit import VQVAELit
+
+    return VQVAELit(**overrides)
+
+
+def evaluate(lit, val: torch.Tensor) -> dict[str, float]:
+    tok = lit.tokenizer
+    lit.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        codes = torch.cat([tok.encode(val[i : i + 256]) for i in range(0, len(val), 256)])
+        recon = torch.cat([tok.decode(codes[i : i + 256]).float() for i in range(0, len(val), 256)])
+    lit.train()
+    mse = F.mse_loss(recon.add(1).div(2), val.add(1).div(2)).item()
+    counts = torch.bincount(codes.flatten(), minlength=tok.codebook_size)
+    return {"psnr": 10 * torch.log10(torch.tensor(1 / mse)).item(), "usage": 100 * (counts > 0).float().mean().item()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="dvae", choices=["dvae", "vqvae"])
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--set", nargs="*", default=[], help="LitModule kwargs, e.g. recon_loss=mse kl_weight_max=1")
+    args = ap.parse_args()
+    overrides = {"preset": "shapes"}
+    for kv in args.set:
+        k, v = kv.split("=", 1)
+        try:
+            v = eval(v, {})  # numbers / literals
+        except Exception:
+            pass
+        overrides[k] = v
+    torch.manual_seed(0)
+    lit = build(args.model, overrides)
+    opt = torch.optim.AdamW(lit.parameters(), lr=args.lr)
+    train = ShapesDataset("train", 10**7, 32)
+    vds = ShapesDataset("val", 1024, 32)
+    val = torch.stack([vds[i]["image"] for i in range(len(vds))])
+    t0, step = time.process_time(), 0
+    budget = args.minutes * 60 * torch.get_num_threads()  # CPU seconds over all threads
+    print(f"{args.model} {overrides} lr={args.lr} bs={args.batch_size} budget={args.minutes} min x {torch.get_num_threads()} threads")
+    while time.process_time() - t0 < budget:
+        idx = range(step * args.batch_size, (step + 1) * args.batch_size)
+        x = torch.stack([train[i]["image"] for i in idx])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            r = lit.forward_loss(x, step=step)
+        opt.zero_grad(set_to_none=True)
+        r["loss"].backward()
+        opt.step()
+        step += 1
+        if step % args.eval_every == 0:
+            m = evaluate(lit, val)
+            print(f"step {step:5d}  cpu {((time.process_time() - t0) / 60 / torch.get_num_threads()):5.1f} min  "
+                  f"loss {r['loss'].item():.4f}  val psnr {m['psnr']:.2f} dB  usage {m['usage']:.1f}%", flush=True)
+    m = evaluate(lit, val)
+    print(f"FINAL {args.model} steps={step} val_psnr={m['psnr']:.2f}dB codebook_usage={m['usage']:.1f}%")
+
+
+if __name__ == "__main__":
+    main()
