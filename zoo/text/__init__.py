@@ -1,0 +1,6 @@
+"""Text tokenizers behind one interface (torch + open_clip / tokenizers only)."""
+from zoo.text.base import TextTokenizer
+from zoo.text.clip_bpe import ClipBPETokenizer
+from zoo.text.trained_bpe import LazyTrainedBPE, TrainedBPETokenizer
+
+__all__ = ["TextTokenizer", "ClipBPETokenizer", "TrainedBPETokenizer", "LazyTrainedBPE"]
