@@ -80,7 +80,7 @@ class ImageTextDataModule(L.LightningDataModule):
             tokenizer = None
         self.tokenizer = tokenizer
         self.seed = int(seed)
-        self.features = dict(features or {})
+        self.features = {k: v for k, v in (features or {}).items() if v}
         self.pin_memory = pin_memory
         self.datasets: dict[str, Dataset] = {}
         self.collate = Collator(tokenizer)
