@@ -89,3 +89,14 @@ def test_coco_missing_root_names_the_option(train_cfg, tmp_path):
     cfg = train_cfg("data=coco", f"data.root={tmp_path / 'nowhere'}")
     with pytest.raises(ConfigError, match="data.root"):
         instantiate(cfg.data)
+
+
+EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_builds(train_cfg, experiment):
+    cfg = train_cfg(f"experiment={experiment}", "data.train_size=8", "data.val_size=8", "data.test_size=8")
+    OmegaConf.to_container(cfg, resolve=True)
+    net = instantiate(cfg.model)
+    check_compatibility(net, instantiate(cfg.data))
