@@ -111,3 +111,16 @@ def test_kill_then_resume_continues_from_saved_step(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Restoring states from the checkpoint path at {last}" in done.stderr + done.stdout
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == saved_step + 2
+
+
+def test_ema_callback_trains_checkpoints_and_resumes(train_cfg):
+    common = [*TINY, "callbacks=ema", "callbacks.ema.update_starting_at_step=1", "callbacks.ema.decay=0.5", "test=false",
+              "trainer.limit_val_batches=0", "callbacks.last_checkpoint.every_n_train_steps=1"]
+    cfg = train_cfg(*common, "trainer.max_steps=3")
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    ckpt = _state(last)  # the EMA callback's extra state must load with weights_only=True too
+    assert "averaging_state" in ckpt or "current_model_state" in ckpt
+    again = train_cfg(*common, "trainer.max_steps=5", "ckpt_path=last")
+    again.paths.output_dir = cfg.paths.output_dir
+    assert train(again)["global_step"] == 5
