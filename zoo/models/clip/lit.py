@@ -76,6 +76,12 @@ class ClipLit(L.LightningModule):
         self._val.append((img.float(), txt.float()))
 
     def on_validation_epoch_end(self) -> None:
+        self._log_retrieval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_retrieval("test")
+
+    def _log_retrieval(self, stage: str) -> None:
         if not self._val:
             return
         img = torch.cat([a for a, _ in self._val])
@@ -85,12 +91,11 @@ class ClipLit(L.LightningModule):
         labels = torch.arange(len(txt), device=txt.device)
         loss = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels)) / 2
         self.log_dict({
-            "val/loss": loss, "val/t2i_r@1": recall_at_k(logits, 1), "val/t2i_r@5": recall_at_k(logits, 5),
-            "val/i2t_r@1": recall_at_k(logits.t(), 1), "val/i2t_r@5": recall_at_k(logits.t(), 5),
+            f"{stage}/loss": loss, f"{stage}/t2i_r@1": recall_at_k(logits, 1), f"{stage}/t2i_r@5": recall_at_k(logits, 5),
+            f"{stage}/i2t_r@1": recall_at_k(logits.t(), 1), f"{stage}/i2t_r@5": recall_at_k(logits.t(), 5),
         }, sync_dist=True)
 
     test_step = validation_step
-    on_test_epoch_end = on_validation_epoch_end
 
     def configure_optimizers(self):
         # no weight decay on gains, biases, embeddings and the temperature (as open_clip's training does)
