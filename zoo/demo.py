@@ -16,7 +16,7 @@ DEMO_DIR = Path("logs/demo")
 
 # (stage name, zoo-train overrides). Experiments hold the settings; the demo only picks them.
 STAGES: list[tuple[str, list[str]]] = [
-    ("dvae", ["experiment=demo/dvae"]),
+    ("tokenizer", ["experiment=demo/tokenizer"]),
     ("clip", ["experiment=demo/clip"]),
 ]
 
