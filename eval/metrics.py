@@ -170,7 +170,9 @@ def clip_features(scorer, images: ImageSource, batch_size: int = 64, progress: b
     return torch.cat(feats)
 
 
-def fd_clip(scorer, images_a: ImageSource, images_b: ImageSource, batch_size: int = 64, progress: bool = False) -> float:
+def fd_clip(
+    scorer, images_a: ImageSource, images_b: ImageSource, batch_size: int = 64, progress: bool = False
+) -> float:
     """FD_CLIP: the Fréchet distance computed on CLIP image embeddings instead of Inception pool features
     (Kynkäänniemi et al. 2023). ``scorer`` is e.g. ``zoo.models.clip.scorer.ClipScorer``; its ``encode_image``
     takes [-1, 1] images and returns normalised features. Compare values only for the same CLIP model."""
@@ -233,7 +235,8 @@ class RealStatsCache:
             return None
         rec = safe_load(path)
         if not isinstance(rec, dict) or rec.get("key") != key.as_dict():
-            raise ValueError(f"{path} does not hold the statistics for {key} (stored key: {rec.get('key')!r}); delete it")
+            stored = rec.get("key") if isinstance(rec, dict) else None
+            raise ValueError(f"{path} does not hold the statistics for {key} (stored key: {stored!r}); delete it")
         return rec
 
     def save(self, key: RealStatsKey, features: torch.Tensor, store_features: bool = True) -> dict:
@@ -247,7 +250,10 @@ class RealStatsCache:
         atomic_torch_save(rec, self.path(key))
         return rec
 
-    def get_or_compute(self, key: RealStatsKey, compute: Callable[[], torch.Tensor], store_features: bool = True) -> dict:
+    def get_or_compute(
+        self, key: RealStatsKey, compute: Callable[[], torch.Tensor], store_features: bool = True
+    ) -> dict:
+        """The cached record, or ``compute()`` -> (N, D) features, saved then returned."""
         rec = self.load(key)
         if rec is None:
             rec = self.save(key, compute(), store_features=store_features)
@@ -330,12 +336,14 @@ def compute_metrics(
             out["fid"] = frechet_distance_from_statistics(real_rec, fid_statistics(fake_feats["2048"]))
     if "kid" in metrics:
         if "features" not in real_rec:
-            raise ValueError("KID needs the real features; the cache entry holds statistics only (store_features=False)")
+            raise ValueError("KID needs the real features; this cache entry has statistics only (store_features=False)")
         size = min(kid_subset_size, out["n_real"], out["n_fake"])
         if size < kid_subset_size:
             warnings.warn(f"KID subset size lowered from {kid_subset_size} to {size} (number of samples)")
         out["kid_subset_size"] = size
-        out["kid_mean"], out["kid_std"] = kid(real_rec["features"], fake_feats["2048"], kid_subsets, size, seed=seed)
+        # (fake, real) order = torch-fidelity's calculate_metrics(input1=fake, input2=real): the seeded subset
+        # draw then picks the same samples, so the numbers match torch-fidelity's exactly.
+        out["kid_mean"], out["kid_std"] = kid(fake_feats["2048"], real_rec["features"], kid_subsets, size, seed=seed)
     return out
 
 

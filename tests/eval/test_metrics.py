@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import warnings
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -138,7 +137,8 @@ def test_fid_kid_is_match_torch_fidelity(ours, reference):
     assert frechet_distance(real_feats["2048"], fake_feats["2048"]) == pytest.approx(result["fid"], rel=1e-9)
     # KID's seeded subset draw: torch-fidelity draws for input1 (fake) first
     km, ks = kid(fake_feats["2048"], real_feats["2048"], KID_SUBSETS, KID_SUBSET_SIZE)
-    assert (km, ks) == pytest.approx((reference["kernel_inception_distance_mean"], reference["kernel_inception_distance_std"]), rel=1e-3, abs=1e-6)
+    expected = (reference["kernel_inception_distance_mean"], reference["kernel_inception_distance_std"])
+    assert (km, ks) == pytest.approx(expected, rel=1e-3, abs=1e-6)
     assert inception_score(fake_feats["logits_unbiased"]) == pytest.approx(
         (result["is_mean"], result["is_std"]), rel=1e-12
     )
@@ -150,10 +150,12 @@ def test_features_match_torchmetrics_antialias_false(weights, images, ours):
 
     real, _ = images
     _, real_feats, _ = ours
-    tm = NoTrainInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights), antialias=False)
+    tm = NoTrainInceptionV3(
+        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights), antialias=False
+    )
     with torch.no_grad():
-        f = tm(to_uint8(real[:3]))
-    torch.testing.assert_close(f, real_feats["2048"][:3], rtol=1e-4, atol=1e-5)
+        f = tm(to_uint8(real[:2]))
+    torch.testing.assert_close(f, real_feats["2048"][:2], rtol=1e-4, atol=1e-5)
 
 
 class _Projection(nn.Module):
@@ -180,7 +182,8 @@ def test_fid_and_kid_statistics_match_torchmetrics(ours):
     fid_tm = FrechetInceptionDistance(feature=proj, reset_real_features=False)
     fid_tm.update(real_feats["2048"], real=True)
     fid_tm.update(fake_feats["2048"], real=False)
-    assert frechet_distance(pr, pf) == pytest.approx(float(fid_tm.compute()), rel=1e-6)
+    # N = 16 < D = 64: torchmetrics' eigvals of a rank-deficient product carries ~1e-5 relative noise
+    assert frechet_distance(pr, pf) == pytest.approx(float(fid_tm.compute()), rel=1e-4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         kid_tm = KernelInceptionDistance(feature=_Projection(), subsets=3, subset_size=N)
@@ -204,13 +207,18 @@ def test_low_rank_fid_equals_library_eigvals():
 
 # ------------------------------------------------------------------------------------------ blur ablation
 def test_fd_rises_monotonically_with_blur_radius(extractor, images, ours):
-    """DALL·E fig. 9(a) reading: FD(blurred real, real) for radii 0, 1, 2, 4, 8 is increasing."""
+    """DALL·E fig. 9(a) reading: FD(blurred real, real) for radii 0, 1, 2, 4, 8 is increasing.
+
+    12 images a side to bound the time (4 x 12 extra Inception passes). With these random weights the FDs were
+    0.18, 0.47, 1.05, 1.85 (r = 1, 2, 4, 8) at 12 images and 0.17, 0.46, 1.06, 1.87 at 32: a wide margin."""
     real, _ = images
     _, real_feats, _ = ours
-    fds = [frechet_distance(real_feats["2048"], real_feats["2048"])]
+    n = 12
+    orig = real_feats["2048"][:n]
+    fds = [frechet_distance(orig, orig)]
     for r in (1, 2, 4, 8):
-        blurred = extractor.extract(real, batch_size=8, progress=False, transform=lambda x: gaussian_blur(x, r))
-        fds.append(frechet_distance(real_feats["2048"], blurred["2048"]))
+        blurred = extractor.extract(real[:n], batch_size=12, progress=False, transform=lambda x: gaussian_blur(x, r))
+        fds.append(frechet_distance(orig, blurred["2048"]))
     assert abs(fds[0]) < 1e-6
     assert all(b > a for a, b in zip(fds, fds[1:])), fds
 
@@ -241,12 +249,14 @@ def test_real_stats_cache_round_trip_and_keys(tmp_path, extractor, images, ours)
     assert len(paths) == len(variants) + 1
     assert all(cache.load(k) is None for k in variants)
     # FID / KID from the cache == from features (few fakes to keep the test fast)
-    few = fake[:5]
+    few = fake[:3]
     with pytest.warns(UserWarning, match="subset size lowered"):
         res = compute_metrics(key, few, extractor, ("fid", "kid"), cache=cache, progress=False, kid_subsets=3)
-    assert res["n_real"] == N and res["n_fake"] == 5 and res["kid_subset_size"] == 5
-    assert res["fid"] == pytest.approx(frechet_distance(real_feats["2048"], fake_feats["2048"][:5]), rel=1e-4)
-    # statistics-only entries still give FID (library eigvals path), not KID
+    assert res["n_real"] == N and res["n_fake"] == 3 and res["kid_subset_size"] == 3
+    assert res["fid"] == pytest.approx(frechet_distance(real_feats["2048"], fake_feats["2048"][:3]), rel=1e-4)
+    expected_kid = kid(fake_feats["2048"][:3], real_feats["2048"], subsets=3, subset_size=3)[0]
+    assert res["kid_mean"] == pytest.approx(expected_kid, rel=1e-3, abs=1e-6)
+    # a statistics-only entry (FID via the eigvals path; KID refused) stores no features
     key2 = RealStatsKey("shapes", "val", 64, extractor.extractor_id, n=N, protocol="stats-only")
     cache.save(key2, real_feats["2048"], store_features=False)
     assert "features" not in cache.load(key2)
@@ -314,9 +324,11 @@ def test_bad_images_raise_value_error(extractor, bad, match):
 
 
 def test_bad_batch_inside_an_iterable_is_caught(extractor):
-    batches = [torch.zeros(1, 3, 8, 8), torch.full((1, 3, 8, 8), float("nan"))]
+    batches = [{"image": torch.full((2, 3, 8, 8), float("nan"))}]  # DataLoader-style dict batches
     with pytest.raises(ValueError, match="NaN"):
         extractor.extract(iter(batches), progress=False)
+    with pytest.raises(ValueError, match="at least 2"):
+        extractor.extract([], progress=False)
 
 
 def test_metric_argument_errors():

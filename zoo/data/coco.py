@@ -1,88 +1,167 @@
-"""MS-COCO captions (2014 or 2017) from a local copy: ``{root}/annotations/captions_{train,val}{year}.json`` and
-``{root}/{train,val}{year}/<file_name>``.
+"""MS-COCO captions (2014 or 2017) from a local copy:
+``{root}/annotations/captions_{train,val}{year}.json`` and ``{root}/{train,val}{year}/<file_name>``.
 
-- train draws one of the image's ~5 captions at random on every access; val/test use the first caption (fixed).
-- COCO has no public test captions: ``test`` is the odd-ordinal half of val{year} (sorted by image id) and ``val``
-  the even half, so the two are disjoint and fixed. (Eval's MS-COCO protocol samples its own 30k from all of val.)
-- A corrupt or missing image is skipped (the next index is served instead), counted in ``skipped`` and named in
-  ``skipped_files``, with a warning; it never stops an epoch. With DataLoader workers each worker counts its own;
-  ``scan()`` checks every file up front with a progress bar and returns the bad ones.
+Splits
+- ``train``: all of train{year}. Each access draws one of the image's (about 5) captions at random; the draw is
+  a pure function of ``(seed, worker seed, index, how many times this process has served that index)``, so it
+  varies from epoch to epoch, differs between DataLoader workers, and does not depend on the sampling order.
+- ``val`` / ``test``: COCO publishes no test captions, so val{year} (sorted by image id) is split in two fixed,
+  disjoint halves: even ordinals are ``val``, odd ordinals are ``test``. Both always use the first caption.
+  (The eval package's MS-COCO protocol samples its own 30k captions from all of val; this split is for training
+  runs that want a held-out validation and a held-out test set.)
+- ``max_items`` keeps the first N images of the split (after the val/test halving) for quick runs.
+
+Unreadable images
+A corrupt or missing image file never stops an epoch: ``__getitem__`` serves the next readable index instead
+(wrapping around), marks the file bad, logs a warning with the running count, and skips it straight away on later
+accesses. The bad-file flags live in shared memory (a ``multiprocessing.RawArray`` created in ``__init__``), so
+DataLoader workers -- forked or spawned -- write to the same flags and ``ds.skipped`` / ``ds.skipped_files`` in the
+main process report every distinct bad file seen by any worker (each counted once). ``scan()`` checks every file up
+front, with a progress bar, and returns the bad ones.
 """
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
 import random
+from multiprocessing import context as mp_context
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from torch.utils.data import Dataset
 
 from zoo.data.transforms import image_transform, load_rgb
 
 log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+def _ann_path(root: Path, split: str, year: int) -> Path:
+    part = "train" if split == "train" else "val"
+    return root / "annotations" / f"captions_{part}{year}.json"
 
 
 class CocoCaptions(Dataset):
-    def __init__(self, root: str, split: str = "train", year: int = 2014, resolution: int = 256, seed: int = 0,
+    """Map-style dataset of ``{"image": FloatTensor (3, R, R) in [-1, 1], "caption": str, "index": int}``.
+
+    ``index`` is the index actually served (it differs from the requested one when a bad file was skipped).
+    """
+
+    def __init__(self, root: str, split: str = "train", year: int = 2014, resolution: int = 64, seed: int = 0,
                  max_items: Optional[int] = None):
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"unknown split {split!r}; expected train, val or test")
-        root_path = Path(root)
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        year = int(year)
+        if year not in (2014, 2017):
+            raise ValueError(f"unknown MS-COCO year {year}; expected 2014 or 2017 (data.year=2014|2017)")
+        root_path = Path(root).expanduser()
         part = "train" if split == "train" else "val"
-        ann = root_path / "annotations" / f"captions_{part}{year}.json"
+        ann = _ann_path(root_path, split, year)
         if not root_path.is_dir():
-            raise FileNotFoundError(f"MS-COCO root not found: {root_path} (fix: data.root=/path/to/coco)")
+            raise FileNotFoundError(
+                f"MS-COCO root not found: {root_path} (fix: data.root=/path/to/coco, the folder holding "
+                f"annotations/captions_{part}{year}.json and {part}{year}/)")
         if not ann.is_file():
-            raise FileNotFoundError(f"MS-COCO captions not found: {ann} (fix: data.root=/path/to/coco holding "
-                                    f"annotations/captions_{part}{year}.json, or data.year=2014|2017)")
+            raise FileNotFoundError(
+                f"MS-COCO captions not found: {ann} (fix: data.root=/path/to/coco holding "
+                f"annotations/captions_{part}{year}.json, or data.year=2014|2017)")
         self.image_dir = root_path / f"{part}{year}"
-        meta = json.loads(ann.read_text())
-        caps: dict[int, list[str]] = {}
-        for a in meta["annotations"]:
-            caps.setdefault(a["image_id"], []).append(a["caption"].strip())
-        images = sorted((im for im in meta["images"] if im["id"] in caps), key=lambda im: im["id"])
+        if not self.image_dir.is_dir():
+            raise FileNotFoundError(
+                f"MS-COCO image folder not found: {self.image_dir} (fix: data.root=/path/to/coco holding "
+                f"{part}{year}/ next to annotations/)")
+        try:
+            meta = json.loads(ann.read_text(encoding="utf-8"))
+            caps: dict[int, list[str]] = {}
+            for a in meta["annotations"]:
+                caps.setdefault(a["image_id"], []).append(str(a["caption"]).strip())
+            images = sorted((im for im in meta["images"] if im["id"] in caps), key=lambda im: im["id"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{ann} is not a COCO captions file ({type(e).__name__}: {e})") from e
         if split != "train":
             images = images[(0 if split == "val" else 1)::2]
-        if max_items:
+        if max_items is not None:
             images = images[: int(max_items)]
-        self.items = [(im["file_name"], caps[im["id"]]) for im in images]
-        self.split, self.seed = split, seed
-        self.transform = image_transform(resolution)
-        self.rng = random.Random(seed)
-        self.skipped = 0
-        self.skipped_files: list[str] = []
+        if not images:
+            raise ValueError(f"no captioned images for split {split!r} in {ann}")
+        self.items: list[tuple[str, list[str]]] = [(im["file_name"], caps[im["id"]]) for im in images]
+        self.split, self.year, self.seed, self.resolution = split, year, int(seed), int(resolution)
+        self.transform = image_transform(resolution, train=split == "train")
+        self._bad = mp.RawArray("b", len(self.items))  # 1 = unreadable; shared with DataLoader workers
+        self._draws: dict[int, int] = {}  # per-process count of caption draws per index (train)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def _load(self, i: int):
-        name, _ = self.items[i]
-        return self.transform(load_rgb(self.image_dir / name))
+    # -- skipped-file report (valid in the main process after workers ran: the flags are shared memory) ----
+    @property
+    def skipped(self) -> int:
+        """Number of distinct unreadable image files met so far (by this process or any DataLoader worker)."""
+        return sum(1 for b in self._bad if b)
+
+    @property
+    def skipped_files(self) -> list[str]:
+        return [self.items[i][0] for i, b in enumerate(self._bad) if b]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if mp_context.get_spawning_popen() is None:  # plain pickle/deepcopy: a private (unshared) copy of the flags
+            state["_bad"] = bytes(self._bad)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["_bad"], bytes):
+            flags = mp.RawArray("b", len(state["_bad"]))
+            flags[:] = list(state["_bad"])
+            state["_bad"] = flags
+        self.__dict__.update(state)
+
+    # -- loading ---------------------------------------------------------------------------------------------
+    def _caption(self, i: int) -> str:
+        captions = self.items[i][1]
+        if self.split != "train" or len(captions) == 1:
+            return captions[0]
+        worker = torch.utils.data.get_worker_info()
+        k = self._draws.get(i, 0)
+        self._draws[i] = k + 1
+        rng = random.Random(f"{self.seed}/{worker.seed if worker else 0}/{i}/{k}")
+        return captions[rng.randrange(len(captions))]
+
+    def _mark_bad(self, i: int, err: BaseException) -> None:
+        if not self._bad[i]:
+            self._bad[i] = 1
+            log.warning("skipping unreadable MS-COCO image %s (%s: %s); %d skipped so far",
+                        self.image_dir / self.items[i][0], type(err).__name__, err, self.skipped)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        for offset in range(len(self.items)):
-            i = (index + offset) % len(self.items)
-            try:
-                image = self._load(i)
-            except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for missing/corrupt files
-                self.skipped += 1
-                self.skipped_files.append(self.items[i][0])
-                log.warning("skipping unreadable image %s (%s); %d skipped so far", self.items[i][0], e, self.skipped)
+        n = len(self.items)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} items")
+        last_err: Optional[BaseException] = None
+        for offset in range(n):
+            i = (index + offset) % n
+            if self._bad[i]:
                 continue
-            captions = self.items[i][1]
-            caption = self.rng.choice(captions) if self.split == "train" else captions[0]
-            return {"image": image, "caption": caption, "index": i}
-        raise RuntimeError(f"no readable image in {self.image_dir}")
+            try:
+                image = self.transform(load_rgb(self.image_dir / self.items[i][0]))
+            except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
+                self._mark_bad(i, e)
+                last_err = e
+                continue
+            return {"image": image, "caption": self._caption(i), "index": i}
+        raise RuntimeError(f"no readable image among the {n} files of {self.image_dir}") from last_err
 
     def scan(self, progress: bool = True) -> list[str]:
-        """Check every image file; return the names of the unreadable ones."""
+        """Decode every image file once (progress bar); mark and return the names of the unreadable ones."""
         from tqdm.auto import tqdm
 
         bad = []
         for i in tqdm(range(len(self.items)), desc=f"scan {self.image_dir.name}", disable=not progress):
             try:
                 load_rgb(self.image_dir / self.items[i][0])
-            except (OSError, ValueError, SyntaxError):
+            except Exception as e:
+                self._mark_bad(i, e)
                 bad.append(self.items[i][0])
         return bad

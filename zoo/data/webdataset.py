@@ -1,69 +1,282 @@
 """img2dataset-style ``.tar`` shards streamed with the ``webdataset`` library.
 
-Shards are split across DDP ranks (``wds.split_by_node``) and DataLoader workers (``wds.split_by_worker``), so every
-sample is seen once per pass however the job is laid out. Each sample is an image (jpg/jpeg/png/webp) and a caption
-(``txt``, or ``json`` with a ``caption`` field). Corrupt samples are skipped and counted (``SkipCounter``), with a
-warning, instead of ending the epoch.
+Each sample is an image (``jpg``/``jpeg``/``png``/``webp``) plus a caption (``txt``, or ``json`` with a ``caption``
+field; the order of preference is ``caption_key``). ``urls`` is a brace pattern (``shards/{00000..00009}.tar``), a
+``::``-separated list, or a list of either.
+
+Splitting: shards (not samples) are dealt to DDP ranks (``wds.split_by_node``) and then to DataLoader workers
+(``wds.split_by_worker``), so one pass over the shards shows every sample exactly once across the whole job. Give at
+least ``world_size * num_workers`` shards, or some workers sit idle (a warning says so). Ranks read
+``RANK``/``WORLD_SIZE`` from the environment or ``torch.distributed`` (``webdataset.utils.pytorch_worker_info``).
+
+Epochs: without ``epoch_length`` an epoch is one pass over this rank's shards (ranks may then differ by a few batches:
+use ``epoch_length`` for DDP). With ``epoch_length`` (samples per rank) the stream is endless -- passes follow one
+another, each with a new shard order -- and every epoch yields exactly ``epoch_length`` samples per rank, divided
+among the workers; ``len()`` is then defined, so Lightning can show progress. The shard order of pass ``p`` is a
+function of ``(seed, p)`` (the same on every rank, so the rank split stays disjoint); the sample shuffle buffer is
+seeded from ``(seed, p, rank, worker)``. The pass counter lives in the process that iterates: with persistent workers
+(what ``ImageTextDataModule`` uses) or ``num_workers=0`` it advances every epoch.
+
+Bad data: a corrupt image, a sample without image or caption, or an unreadable/truncated shard is skipped and counted
+by ``SkipCounter`` (a webdataset handler) with a warning; it never ends the epoch. The count is a
+``multiprocessing.Value`` created in the main process, so ``ds.skip_counter.skipped`` includes the workers' skips.
 """
 from __future__ import annotations
 
 import io
 import json
 import logging
-from typing import Any, Optional, Sequence
+import multiprocessing as mp
+import random
+import tarfile
+from itertools import islice
+from multiprocessing import context as mp_context
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from torch.utils.data import IterableDataset
 
 log = logging.getLogger(__name__)
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 class SkipCounter:
-    """A webdataset handler that logs and counts instead of raising (per process / worker)."""
+    """A webdataset error handler that warns and counts instead of raising (the count is shared with workers)."""
 
     def __init__(self):
-        self.skipped = 0
+        self._value = mp.Value("q", 0)
 
-    def __call__(self, exn: Exception) -> bool:
-        self.skipped += 1
-        log.warning("skipping a bad webdataset sample (%s); %d skipped so far", exn, self.skipped)
+    @property
+    def skipped(self) -> int:
+        return int(self._value.value)
+
+    def __call__(self, exn: BaseException) -> bool:
+        with self._value.get_lock():
+            self._value.value += 1
+            n = self._value.value
+        log.warning("skipping a bad webdataset sample or shard (%s: %s); %d skipped so far", type(exn).__name__, exn, n)
         return True  # keep going
 
+    def __getstate__(self) -> dict[str, Any]:
+        if mp_context.get_spawning_popen() is None:  # plain pickle/deepcopy: an unshared copy of the count
+            return {"_value": self.skipped}
+        return {"_value": self._value}
 
-class _Decode:
-    def __init__(self, resolution: int):
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        value = state["_value"]
+        if isinstance(value, int):
+            self._value = mp.Value("q", value)
+        else:
+            self._value = value
+
+
+def expand_shard_urls(urls: str | Sequence[str]) -> list[str]:
+    """Brace-expand ``urls`` (a pattern, a ``::``-separated list, or a list of those) into shard URLs."""
+    from webdataset.shardlists import expand_urls
+
+    patterns = [urls] if isinstance(urls, (str, Path)) else list(urls)
+    out: list[str] = []
+    for pattern in patterns:
+        out.extend(expand_urls(str(pattern)))
+    return out
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url and not url.startswith("pipe:") and url != "-"
+
+
+def _check_local(urls: list[str]) -> None:
+    if not urls:
+        raise FileNotFoundError("no webdataset shards given (fix: data.train_urls='/data/shards/{00000..00099}.tar')")
+    missing = [u for u in urls if _is_local(u) and not Path(u).expanduser().is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(urls)} webdataset shards not found, e.g. {missing[0]} "
+            f"(fix: data.train_urls / data.val_urls = '/path/to/shards/{{00000..00009}}.tar')")
+
+
+def split_shards(urls: Sequence[str], rank: int, world_size: int, worker: int = 0, num_workers: int = 1) -> list[str]:
+    """The shards one (rank, worker) reads: the same dealing as ``wds.split_by_node`` then ``wds.split_by_worker``."""
+    return list(urls)[rank::world_size][worker::num_workers]
+
+
+def webdataset_length(urls: str | Sequence[str]) -> int:
+    """Number of samples in the shards: from img2dataset's ``<shard>_stats.json`` (``successes``) when present,
+    else by reading the tar headers (counting distinct keys). Local files only."""
+    from webdataset.tariterators import base_plus_ext
+
+    total = 0
+    for url in expand_shard_urls(urls):
+        if not _is_local(url):
+            raise ValueError(f"webdataset_length reads local shards only, got {url} (fix: pass data.epoch_length)")
+        path = Path(url).expanduser()
+        stats = path.with_name(path.name[: -len(".tar")] + "_stats.json") if path.name.endswith(".tar") else None
+        if stats is not None and stats.is_file():
+            try:
+                total += int(json.loads(stats.read_text())["successes"])
+                continue
+            except (ValueError, KeyError, TypeError):
+                pass
+        keys = set()
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.isfile():
+                    base, ext = base_plus_ext(member.name)  # webdataset's own grouping of files into samples
+                    if base is not None and ext:
+                        keys.add(base)
+        total += len(keys)
+    return total
+
+
+class DecodeSample:
+    """Raw webdataset sample (bytes per extension) -> ``{"image", "caption", "key"}``; raises on bad data."""
+
+    def __init__(self, resolution: int, caption_key: Sequence[str] = ("txt", "json")):
         from zoo.data.transforms import image_transform
 
         self.transform = image_transform(resolution)
+        self.caption_key = (caption_key,) if isinstance(caption_key, str) else tuple(caption_key)
+
+    def caption(self, sample: dict[str, Any]) -> str:
+        for key in self.caption_key:
+            if key not in sample:
+                continue
+            raw = sample[key]
+            text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+            if key.endswith("json"):
+                obj = json.loads(text) if isinstance(text, str) else text
+                text = obj.get("caption") if isinstance(obj, dict) else None
+                if text is None:
+                    continue
+            return str(text).strip()
+        raise ValueError(f"sample {sample.get('__key__')} has no caption ({', '.join(self.caption_key)})")
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         from zoo.data.transforms import load_rgb
 
-        key = next((k for k in IMAGE_KEYS if k in sample), None)
-        if key is None:
-            raise ValueError(f"sample {sample.get('__key__')} has no image ({IMAGE_KEYS})")
-        image = self.transform(load_rgb(io.BytesIO(sample[key])))
-        if "txt" in sample:
-            caption = sample["txt"].decode("utf-8")
-        elif "json" in sample:
-            caption = json.loads(sample["json"]).get("caption", "")
-        else:
-            raise ValueError(f"sample {sample.get('__key__')} has no caption (txt or json)")
-        return {"image": image, "caption": caption.strip(), "key": sample["__key__"]}
+        ext = next((k for k in IMAGE_KEYS if k in sample), None)
+        if ext is None:
+            raise ValueError(f"sample {sample.get('__key__')} has no image ({', '.join(IMAGE_KEYS)})")
+        caption = self.caption(sample)
+        try:
+            image = self.transform(load_rgb(io.BytesIO(sample[ext])))
+        except Exception as e:
+            raise ValueError(f"sample {sample.get('__key__')} ({sample.get('__url__')}): bad {ext}: {e}") from e
+        return {"image": image, "caption": caption, "key": sample["__key__"]}
 
 
-def make_webdataset(urls: str | Sequence[str], resolution: int = 256, shuffle_buffer: int = 1000, seed: int = 0,
-                    epoch_length: Optional[int] = None, handler: Optional[SkipCounter] = None):
-    """An IterableDataset of sample dicts. ``epoch_length`` (samples per rank) makes it sized for progress bars."""
+class ShardList(IterableDataset):
+    """The first pipeline stage: shard URLs (as ``{"url": ...}``), reshuffled on every pass from ``(seed, pass)``."""
+
+    def __init__(self, urls: list[str], seed: int = 0, shuffle: bool = True):
+        self.urls, self.seed, self.shuffle = list(urls), int(seed), bool(shuffle)
+        self.passes = 0  # advanced in the process that iterates
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        self.current_pass = self.passes
+        self.passes += 1
+        urls = list(self.urls)
+        if self.shuffle:
+            random.Random(f"{self.seed}/{self.current_pass}").shuffle(urls)
+        for url in urls:
+            yield {"url": url}
+
+
+class _ShuffleBuffer:
+    """``wds.shuffle`` with an rng drawn per pass from (seed, pass, rank, worker) -- not one rng copied into every
+    worker -- so workers and epochs get different sample orders."""
+
+    def __init__(self, shards: ShardList, bufsize: int, initial: int):
+        self.shards, self.bufsize, self.initial = shards, bufsize, initial
+
+    def __call__(self, src):
+        from webdataset.filters import _shuffle
+        from webdataset.utils import pytorch_worker_info
+
+        rank, _, worker, _ = pytorch_worker_info()
+        rng = random.Random(f"{self.shards.seed}/{getattr(self.shards, 'current_pass', 0)}/{rank}/{worker}")
+        return _shuffle(src, self.bufsize, self.initial, rng)
+
+
+class _DecodeStage:
+    """Like ``wds.map(decode, handler=...)``, which would put ``__key__`` back into our sample dicts."""
+
+    def __init__(self, decode: DecodeSample, handler: SkipCounter):
+        self.decode, self.handler = decode, handler
+
+    def __call__(self, src):
+        for sample in src:
+            try:
+                yield self.decode(sample)
+            except Exception as e:
+                if not self.handler(e):
+                    raise
+
+
+class WebDatasetStream(IterableDataset):
+    """What ``make_webdataset`` returns: a ``wds.DataPipeline`` (one pass) plus epoch handling (see module doc)."""
+
+    def __init__(self, pipeline, shards: ShardList, skip_counter: SkipCounter, epoch_length: Optional[int] = None):
+        self.pipeline, self.shards, self.skip_counter = pipeline, shards, skip_counter
+        self.epoch_length = int(epoch_length) if epoch_length else None
+        self._stream: Optional[Iterator] = None
+        self._warned_idle = False
+
+    def __len__(self) -> int:
+        if self.epoch_length is None:
+            raise TypeError("this webdataset stream has no length (fix: set data.epoch_length, samples per rank)")
+        return self.epoch_length
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_stream"] = None  # generators do not pickle; a worker starts its own stream
+        return state
+
+    def _endless(self) -> Iterator[dict[str, Any]]:
+        while True:
+            count = 0
+            for sample in self.pipeline:
+                count += 1
+                yield sample
+            if count == 0:  # nothing readable for this worker: stop instead of spinning
+                return
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from webdataset.utils import pytorch_worker_info
+
+        rank, world, worker, workers = pytorch_worker_info()
+        if not self._warned_idle and len(self.shards.urls) < world * workers:
+            self._warned_idle = True
+            log.warning("%d shards for %d ranks x %d workers: some workers get no shard and stay idle",
+                        len(self.shards.urls), world, workers)
+        if self.epoch_length is None:
+            yield from self.pipeline
+            return
+        quota = self.epoch_length // workers + (1 if worker < self.epoch_length % workers else 0)
+        if self._stream is None:
+            self._stream = self._endless()
+        yield from islice(self._stream, quota)
+
+
+def make_webdataset(urls: str | Sequence[str], resolution: int = 64, shuffle_buffer: int = 1000, seed: int = 0,
+                    caption_key: str | Sequence[str] = ("txt", "json"), epoch_length: Optional[int] = None,
+                    handler: Optional[SkipCounter] = None) -> WebDatasetStream:
+    """An IterableDataset of ``{"image": FloatTensor (3, R, R) in [-1, 1], "caption": str, "key": str}``.
+
+    ``shuffle_buffer=0`` keeps the shard order and the sample order (eval). ``epoch_length`` is samples per rank per
+    epoch (and makes ``len()`` work); ``webdataset_length(urls)`` counts the samples if you want one exact pass.
+    """
     import webdataset as wds
 
+    url_list = expand_shard_urls(urls)
+    _check_local(url_list)
     handler = handler or SkipCounter()
-    urls = list(urls) if not isinstance(urls, str) else urls
-    stages = [wds.SimpleShardList(urls, seed=seed if shuffle_buffer else None), wds.split_by_node, wds.split_by_worker,
-              wds.tarfile_to_samples(handler=handler)]
-    if shuffle_buffer:
-        stages.append(wds.shuffle(shuffle_buffer, rng=__import__("random").Random(seed)))
-    stages.append(wds.map(_Decode(resolution), handler=handler))
-    ds = wds.DataPipeline(*stages)
-    ds.skip_counter = handler
-    if epoch_length:
-        ds = ds.with_epoch(int(epoch_length)).with_length(int(epoch_length))
-    return ds
+    shards = ShardList(url_list, seed=seed, shuffle=shuffle_buffer > 0)
+    stages: list[Any] = [shards, wds.split_by_node, wds.split_by_worker, wds.tarfile_to_samples(handler=handler)]
+    if shuffle_buffer > 0:
+        stages.append(_ShuffleBuffer(shards, int(shuffle_buffer), min(int(shuffle_buffer), 100)))
+    stages.append(_DecodeStage(DecodeSample(resolution, caption_key), handler))
+    return WebDatasetStream(wds.DataPipeline(*stages), shards, handler, epoch_length)

@@ -1,4 +1,10 @@
-"""CLIP's byte-level BPE (49,408 tokens) through open_clip; its vocabulary file ships in the wheel (offline)."""
+"""CLIP's byte-level BPE (49,408 tokens) through open_clip's ``SimpleTokenizer``; its vocabulary file
+(``bpe_simple_vocab_16e6.txt.gz``) ships inside the open_clip wheel, so this works offline.
+
+CLIP's tokenizer cleans text first (ftfy, HTML unescape, whitespace, lower case), and its decoder puts a space
+after every word-final token, so ``decode`` gives back lower-cased text with punctuation spaced out
+("a cat, sitting." -> "a cat , sitting ."). Lower-case words separated by single spaces round-trip exactly.
+"""
 from __future__ import annotations
 
 from zoo.text.base import TextTokenizer
@@ -8,17 +14,18 @@ class ClipBPETokenizer(TextTokenizer):
     def __init__(self, context_length: int = 77):
         from open_clip.tokenizer import SimpleTokenizer
 
-        if context_length < 2:
+        if int(context_length) < 2:
             raise ValueError(f"context_length must be >= 2 (SOT + EOT), got {context_length}")
-        self._tok = SimpleTokenizer()
+        self._tok = SimpleTokenizer(context_length=int(context_length))
         self.context_length = int(context_length)
-        self.vocab_size = len(self._tok.encoder)
-        self.sot_id = self._tok.all_special_ids[0]
-        self.eot_id = self._tok.all_special_ids[1]
-        self.pad_id = 0  # open_clip pads with 0 (the "!" token); EOT always precedes the padding
+        self.vocab_size = len(self._tok.encoder)  # 49408
+        self.sot_id = self._tok.sot_token_id  # 49406, <start_of_text>
+        self.eot_id = self._tok.eot_token_id  # 49407, <end_of_text>
+        # open_clip pads with 0 (also the id of the byte "!"): decode cuts at EOT, so a real "!" is never dropped.
+        self.pad_id = 0
 
     def _ids(self, text: str) -> list[int]:
         return self._tok.encode(text)
 
     def _text(self, ids: list[int]) -> str:
-        return self._tok.decode(ids).strip()
+        return " ".join(self._tok.decode(ids).split())

@@ -1,83 +1,320 @@
 """CLIP networks from open_clip (plain PyTorch, no Lightning).
 
-Small configs for small images live in ``configs/*.json`` beside this file and are registered with open_clip at
-import, so ``open_clip.create_model("zoo-clip-shapes")`` works like any built-in architecture.
-Weights come from (in order): ``checkpoint`` — a local open_clip file or a Lightning checkpoint trained here — or
-``pretrained`` — an open_clip tag, downloaded where there is internet and otherwise read from open_clip's cache.
-Offline without the file, one ``MissingWeightsError`` names the option and the file.
+Architectures are open_clip model configs, addressed by name. Small configs for small images live in
+``configs/*.json`` beside this file and are registered with open_clip at import, so
+``open_clip.create_model("zoo-clip-shapes")`` works like any built-in architecture:
+
+=====================  =====  =====  ===============  ===============  =========  =======
+name                   image  patch  vision w x L     text w x L       context    embed
+=====================  =====  =====  ===============  ===============  =========  =======
+``zoo-clip-tiny``      32     8      64 x 2           64 x 2           32         32
+``zoo-clip-shapes``    32     4      192 x 4          192 x 4          48         128
+``zoo-clip-shapes64``  64     8      192 x 4          192 x 4          48         128
+=====================  =====  =====  ===============  ===============  =========  =======
+
+Presets (``model.preset=``): ``tiny`` (tests), ``shapes`` (32 px shapes world, ~10 CPU minutes) and ``paper``
+(``ViT-H-14``, the CLIP unCLIP conditions on; build it on the meta device to count parameters, see
+``count_parameters``). ``net`` overrides are open_clip model-config keys, deep-merged into the architecture's
+config: ``{"embed_dim": 64, "vision_cfg": {"width": 128}, "text_cfg": {"layers": 2}}``; ``net.arch`` swaps the
+architecture.
+
+Weights come from (in order): ``checkpoint`` — a local open_clip file (.pt/.bin/.pth/.safetensors/.npz) or a
+Lightning checkpoint trained here — or ``pretrained`` — an open_clip tag, read from open_clip's cache and downloaded
+only where there is internet. Offline without the file, one ``MissingWeightsError`` names the option and the file.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 import open_clip
 import torch
 
-from zoo.errors import MissingWeightsError
+from zoo.errors import ConfigError, MissingWeightsError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
 
-PRESETS = {"tiny": "zoo-clip-tiny", "shapes": "zoo-clip-shapes", "paper": "ViT-H-14"}
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """An open_clip architecture name plus model-config overrides (deep-merged into its JSON config)."""
+
+    arch: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, ClipConfig] = {
+    "tiny": ClipConfig("zoo-clip-tiny"),
+    "shapes": ClipConfig("zoo-clip-shapes"),
+    "paper": ClipConfig("ViT-H-14"),  # unCLIP's CLIP (open_clip tag e.g. laion2b_s32b_b79k for trained weights)
+}
+
+
+def _tower_keys(name: str) -> set[str]:
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    cls = CLIPVisionCfg if name == "vision_cfg" else CLIPTextCfg
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _top_keys() -> set[str]:
+    import inspect
+
+    from open_clip.model import CLIP
+
+    return set(inspect.signature(CLIP.__init__).parameters) - {"self", "cast_dtype"}
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def validate_overrides(arch: str, overrides: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the valid keys when ``overrides`` has a key open_clip's config does not take."""
+    base = open_clip.get_model_config(arch) or {}
+    top = _top_keys() | set(base)
+    for k, v in overrides.items():
+        if k not in top:
+            raise ValueError(f"unknown CLIP net key {k!r} for {arch}; valid keys: {sorted(top)} (model.net.<key>=...)")
+        if k in ("vision_cfg", "text_cfg"):
+            if not isinstance(v, dict):
+                raise ValueError(f"model.net.{k} must be a mapping of {k} keys, got {v!r}")
+            valid = _tower_keys(k) | set(base.get(k, {}))
+            bad = sorted(set(v) - valid)
+            if bad:
+                raise ValueError(f"unknown CLIP net.{k} key(s) {bad}; valid keys: {sorted(valid)}")
+
+
+def resolve_config(preset: Optional[str] = "shapes", arch: Optional[str] = None,
+                   net: Optional[dict[str, Any]] = None) -> ClipConfig:
+    """``PRESETS[preset]`` with ``arch`` / ``net`` applied (``dataclasses.replace``); validates every key."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown CLIP preset {preset!r}; choose one of {sorted(PRESETS)} (model.preset=...)")
+    cfg = PRESETS[preset]
+    net = dict(net or {})
+    arch = net.pop("arch", None) or arch
+    if arch:
+        if open_clip.get_model_config(arch) is None:
+            raise ValueError(f"unknown open_clip architecture {arch!r} (model.arch=...); registered ones include "
+                             f"{sorted(p.arch for p in PRESETS.values())} and open_clip.list_models()")
+        cfg = dataclasses.replace(cfg, arch=arch, overrides={})
+    validate_overrides(cfg.arch, net)
+    return dataclasses.replace(cfg, overrides=deep_merge(cfg.overrides, net))
 
 
 def arch_for(preset: Optional[str], arch: Optional[str]) -> str:
-    if arch:
-        if arch not in open_clip.list_models():
-            raise ValueError(f"unknown open_clip architecture {arch!r} (model.arch=...); e.g. {sorted(PRESETS.values())}")
-        return arch
-    if preset not in PRESETS:
-        raise ValueError(f"unknown CLIP preset {preset!r}; choose one of {sorted(PRESETS)} (model.preset=...)")
-    return PRESETS[preset]
+    """Architecture name for a preset (or ``arch`` itself when given)."""
+    return resolve_config(preset or "shapes", arch).arch
 
 
-def clip_state_dict(obj: dict) -> dict:
-    """open_clip weights from a raw state dict, an open_clip checkpoint ({"state_dict": ...}) or a Lightning
-    checkpoint of ``ClipLit`` (keys prefixed ``clip.``)."""
-    sd = obj.get("state_dict", obj)
-    if any(k.startswith("clip.") for k in sd):
-        sd = {k[len("clip."):]: v for k, v in sd.items() if k.startswith("clip.")}
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+def model_config(cfg: ClipConfig) -> dict[str, Any]:
+    """The full open_clip model config (architecture JSON with the overrides merged in)."""
+    base = open_clip.get_model_config(cfg.arch)
+    if base is None:
+        raise ValueError(f"unknown open_clip architecture {cfg.arch!r}")
+    return deep_merge(base, cfg.overrides)
 
 
-def create_clip(arch: str, pretrained: Optional[str] = None, checkpoint: Optional[str] = None,
-                cache_dir: Optional[str] = None, **overrides) -> torch.nn.Module:
-    """Build ``arch`` (random init), then load ``checkpoint`` (local file) or the ``pretrained`` tag."""
+def tokenizer_for(cfg: ClipConfig):
+    """open_clip's own tokenizer for the architecture (CLIP BPE for the zoo configs; ships in the wheel)."""
+    ctx = model_config(cfg)["text_cfg"].get("context_length")
+    return open_clip.get_tokenizer(cfg.arch, context_length=ctx)
+
+
+def count_parameters(cfg: ClipConfig) -> int:
+    """Number of parameters, built on the meta device (no memory; works for ``paper``'s ViT-H-14)."""
+    from open_clip.model import CLIP, CustomTextCLIP
+
+    full = model_config(cfg)
+    cls = CustomTextCLIP if full.pop("custom_text", False) else CLIP
+    with torch.device("meta"):
+        model = cls(**full)
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ weights
+def clip_state_dict(obj: Any, model: Optional[torch.nn.Module] = None) -> dict[str, torch.Tensor]:
+    """open_clip weights from a raw state dict, an open_clip training checkpoint (``{"state_dict": ...}``) or a
+    Lightning checkpoint (keys prefixed by the attribute holding the network: ``clip.``, ``net.`` or ``model.``;
+    DDP's ``module.`` too). With ``model`` given, the prefix that matches most of its keys is stripped."""
+    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    if not isinstance(sd, dict):
+        raise ValueError(f"not a state dict (got {type(sd).__name__})")
+    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    prefixes = ("", "clip.", "net.", "model.", "module.", "clip.module.", "model.module.")
+    target = set(model.state_dict()) if model is not None else {"logit_scale"}
+
+    def strip(p: str) -> dict[str, torch.Tensor]:
+        return {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
+
+    return max((strip(p) for p in prefixes), key=lambda d: len(target & set(d)))
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     from zoo.checkpoint import safe_load
 
-    model = open_clip.create_model(arch, pretrained=None, **overrides)
-    if checkpoint:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise MissingWeightsError(f"CLIP checkpoint not found: {path} (option: model.checkpoint=/path/to/file)")
-        missing, unexpected = model.load_state_dict(clip_state_dict(safe_load(path)), strict=False)
-        if missing:
-            raise ValueError(f"{path} does not fit architecture {arch!r}: missing {missing[:5]}... (model.arch=...)")
-    elif pretrained:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("ZOO_OFFLINE") == "1"
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    return safe_load(path)  # weights_only=True; refuses pickled code
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike, arch: str = "?") -> torch.nn.Module:
+    """Load a local file into ``model`` (strict), with open_clip's usual format fix-ups."""
+    from open_clip.factory import convert_state_dict, convert_to_custom_text_state_dict, resize_pos_embed, \
+        resize_text_pos_embed
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"CLIP checkpoint not found: {path} (option: model.checkpoint=/path/to/file.pt — an open_clip "
+            f".pt/.bin/.safetensors or a zoo-train .ckpt)")
+    if path.suffix in (".npz", ".npy"):  # big_vision (SigLIP) weights; numpy loads without pickles
+        from open_clip.convert import load_big_vision_weights
+
+        load_big_vision_weights(model, str(path))
+        return model
+    sd = clip_state_dict(_read_weights(path), model)
+    sd = convert_state_dict(model, sd)
+    if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
+        sd = convert_to_custom_text_state_dict(sd)
+    if "logit_scale" in sd and model.logit_scale.ndim != sd["logit_scale"].ndim:
+        sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
+    resize_pos_embed(sd, model)
+    resize_text_pos_embed(sd, model)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"{path} does not fit CLIP architecture {arch!r}: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}) (fix: model.arch= / model.net= to the ones it was "
+            f"trained with)")
+    return model
+
+
+def _env_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ZOO_OFFLINE"))
+
+
+@contextlib.contextmanager
+def _hf_offline(on: bool = True) -> Iterator[None]:
+    """huggingface_hub reads HF_HUB_OFFLINE once at import; flip its constant for the duration."""
+    try:
+        import huggingface_hub.constants as hfc
+    except ImportError:
+        yield
+        return
+    old = hfc.HF_HUB_OFFLINE
+    hfc.HF_HUB_OFFLINE = on or old
+    try:
+        yield
+    finally:
+        hfc.HF_HUB_OFFLINE = old
+
+
+def _missing_pretrained(arch: str, tag: str, tag_cfg: dict, cache_dir: Optional[str], err: BaseException):
+    hub = tag_cfg.get("hf_hub", "")
+    if hub:
+        from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+        repo, fname = os.path.split(hub)  # "org/name/" -> default file names; "org/name/file.bin" -> that file
+        files = fname or f"{HF_SAFE_WEIGHTS_NAME} (or {HF_WEIGHTS_NAME})"
         try:
-            if offline:
-                os.environ["HF_HUB_OFFLINE"] = "1"
-            model = open_clip.create_model(arch, pretrained=pretrained, cache_dir=cache_dir, **overrides)
-        except Exception as e:  # no internet and nothing cached: say exactly what is missing and how to give it
-            cfg = open_clip.get_pretrained_cfg(arch, pretrained) or {}
-            source = cfg.get("hf_hub") or cfg.get("url") or "open_clip's pretrained registry"
-            raise MissingWeightsError(
-                f"pretrained CLIP weights {arch}/{pretrained} are not available offline ({type(e).__name__}: "
-                f"{str(e)[:200]}). Expected them in open_clip's cache "
-                f"({cache_dir or os.environ.get('HF_HOME', '~/.cache/huggingface')}) from {source}. "
-                f"Fix: download once where there is internet and pass the file with model.checkpoint=/path/to/"
-                f"open_clip_pytorch_model.bin (or .safetensors / .pt)"
-            ) from None
+            import huggingface_hub.constants as hfc
+
+            cache = cache_dir or hfc.HF_HUB_CACHE
+        except ImportError:
+            cache = cache_dir or "~/.cache/huggingface/hub"
+        where = f"HF hub repo {repo!r}, file {files}, in the cache {cache}"
+        fname = fname or HF_SAFE_WEIGHTS_NAME
+    else:
+        url = tag_cfg.get("url", "")
+        fname = os.path.basename(url)
+        where = f"{fname} from {url}, in {cache_dir or os.path.expanduser('~/.cache/clip')}"
+    return MissingWeightsError(
+        f"pretrained CLIP weights {arch} / {tag!r} are not on this machine and cannot be downloaded here "
+        f"({type(err).__name__}: {str(err)[:160]}). Expected: {where}. Fix: download it once where there is internet "
+        f"and pass the file with model.checkpoint=/path/to/{fname} (keep model.pretrained={tag} for its "
+        f"preprocessing; zoo-embed: clip.checkpoint=), or put it into that cache.")
+
+
+def _build(cfg: ClipConfig, preprocess: Optional[dict[str, Any]]) -> torch.nn.Module:
+    full = model_config(cfg)
+    kwargs = {k: full[k] for k in cfg.overrides}  # shallow-update keys get the deep-merged values
+    return open_clip.create_model(cfg.arch, pretrained=None, force_preprocess_cfg=preprocess, **kwargs)
+
+
+def create_clip(cfg: ClipConfig | str, pretrained: Optional[str] = None, checkpoint: Optional[str] = None,
+                cache_dir: Optional[str] = None, **overrides) -> torch.nn.Module:
+    """Build the architecture, then load ``checkpoint`` (local file) or the ``pretrained`` tag's weights.
+
+    A known ``pretrained`` tag also sets the preprocessing (mean/std/resize) and QuickGELU the weights were trained
+    with — also when the weights themselves come from ``checkpoint``. The tag is looked up in the cache first with
+    the hub offline; only if that fails and the environment is not offline (``HF_HUB_OFFLINE`` / ``ZOO_OFFLINE``)
+    is it downloaded.
+    """
+    if isinstance(cfg, str):
+        cfg = ClipConfig(cfg)
+    if overrides:
+        validate_overrides(cfg.arch, overrides)
+        cfg = dataclasses.replace(cfg, overrides=deep_merge(cfg.overrides, overrides))
+    tag_cfg: dict[str, Any] = {}
+    if pretrained:
+        tag_cfg = open_clip.get_pretrained_cfg(cfg.arch, pretrained) or {}
+        if not tag_cfg and not checkpoint:
+            if Path(pretrained).is_file():
+                checkpoint, pretrained = pretrained, None
+            else:
+                raise ConfigError(
+                    f"unknown open_clip pretrained tag {pretrained!r} for {cfg.arch} (fix: one of "
+                    f"{open_clip.list_pretrained_tags_by_model(cfg.arch)}, or model.checkpoint=/path/to/file)")
+        if tag_cfg.get("quick_gelu") and "quick_gelu" not in cfg.overrides:
+            cfg = dataclasses.replace(cfg, overrides={**cfg.overrides, "quick_gelu": True})
+    preprocess = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg} or None
+    model = _build(cfg, preprocess)
+    if checkpoint:
+        return load_weights(model, checkpoint, cfg.arch)
+    if pretrained:
+        from open_clip.pretrained import download_pretrained
+
+        try:
+            with _hf_offline(True):  # cache only: fast, never touches the network
+                path = download_pretrained(tag_cfg, cache_dir=cache_dir) if tag_cfg.get("hf_hub") else ""
+            if not path and tag_cfg.get("url"):
+                cached = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(tag_cfg["url"])
+                path = str(cached) if cached.is_file() else ""
+            if not path:
+                raise FileNotFoundError("not in the local cache")
+        except Exception as offline_err:  # noqa: BLE001  (not cached)
+            if _env_offline():
+                raise _missing_pretrained(cfg.arch, pretrained, tag_cfg, cache_dir, offline_err) from None
+            try:
+                path = download_pretrained(tag_cfg, cache_dir=cache_dir)
+            except Exception as e:  # noqa: BLE001  (no internet, hub down, ...)
+                raise _missing_pretrained(cfg.arch, pretrained, tag_cfg, cache_dir, e) from None
+        from open_clip.factory import load_checkpoint
+
+        load_checkpoint(model, path, strict=True, weights_only=True)
     return model
 
 
 def preprocess_cfg(model: torch.nn.Module) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
-    """(image_size, mean, std) the visual tower expects."""
-    size = model.visual.image_size
+    """(image_size, mean, std) the visual tower expects (from open_clip's ``preprocess_cfg``)."""
+    from open_clip.model import get_model_preprocess_cfg
+
+    pp = get_model_preprocess_cfg(model)
+    size = pp.get("size", getattr(model.visual, "image_size", 224))
     size = size[0] if isinstance(size, (tuple, list)) else size
-    mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
-    std = getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
-    return int(size), tuple(mean), tuple(std)
+    mean = pp.get("mean") or open_clip.OPENAI_DATASET_MEAN
+    std = pp.get("std") or open_clip.OPENAI_DATASET_STD
+    return int(size), tuple(float(m) for m in mean), tuple(float(s) for s in std)

@@ -1,78 +1,163 @@
-"""``ClipScorer``: the one place images and captions are scored with CLIP (reranking, eval's CLIP score, FD_CLIP).
+"""``ClipScorer``: the one place images and captions are scored with CLIP (reranking, eval's CLIP score, FD_CLIP,
+``zoo-embed``). Nothing else re-implements CLIP preprocessing or scoring.
 
-Importable without Lightning. Wraps any ClipLike (``encode_text(tokens)``, ``encode_image(pixels)``,
-``logit_scale``) with its tokenizer and its own preprocessing: images in [-1, 1] of any size are resized
-(bicubic, antialiased) to the model's image size and normalised with its mean/std.
+Importable without Lightning. Wraps any ``ClipLike`` (``encode_text(tokens)``, ``encode_image(pixels)``,
+``logit_scale``) with its tokenizer and its own preprocessing: images in [-1, 1] of any size are mapped to [0, 1],
+resized the way open_clip's own transform does (``resize_mode`` shortest side + centre crop by default; bicubic,
+antialiased) to the model's image size, and normalised with its mean/std.
 
-CLIP score convention (named in every result that uses it): per image-caption pair 100 * max(cos, 0), then
-averaged — the per-sample clamp of Hessel et al.'s CLIPScore with DALL·E 3's / torchmetrics' scale of 100.
+CLIP score convention (name it in every result that uses it): per image-caption pair ``100 * max(cos, 0)`` — the
+per-sample clamp of Hessel et al.'s CLIPScore with the scale 100 of torchmetrics' ``CLIPScore`` and DALL·E 3
+(torchmetrics clamps after averaging instead; the two agree whenever no pair has a negative cosine). Averaging over
+pairs is left to the caller (``clip_score(...).mean()``).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
-CLIP_SCORE_CONVENTION = "100*max(cos,0) per pair, averaged"
+CLIP_SCORE_CONVENTION = "CLIP score = 100*max(cos,0) per pair (Hessel clamp, torchmetrics/DALL-E 3 scale), averaged"
+
+
+@runtime_checkable
+class ClipLike(Protocol):
+    """What ``ClipScorer`` needs from a CLIP model (open_clip's ``CLIP`` is one)."""
+
+    logit_scale: torch.Tensor
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor: ...  # (N, L) -> (N, D)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor: ...  # (N, 3, S, S) normalised -> (N, D)
+
+
+def resize_for_clip(x: torch.Tensor, size: int, resize_mode: str = "shortest", interpolation: str = "bicubic",
+                    fill: float = 0.0) -> torch.Tensor:
+    """open_clip's eval transform on a tensor batch in [0, 1]: (N, 3, H, W) -> (N, 3, size, size).
+
+    ``shortest``: resize the short side to ``size`` then centre-crop; ``longest``: resize the long side then pad
+    with ``fill``; ``squash``: resize both sides. Antialiased like PIL's resize."""
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    mode = "bilinear" if interpolation == "bilinear" else "bicubic"
+    if resize_mode == "squash":
+        new = (size, size)
+    else:
+        scale = size / (min(h, w) if resize_mode == "shortest" else max(h, w))
+        new = (max(1, round(h * scale)), max(1, round(w * scale)))
+        if resize_mode == "shortest":
+            new = (max(size, new[0]), max(size, new[1]))
+    x = F.interpolate(x, size=new, mode=mode, antialias=True, align_corners=False).clamp(0, 1)
+    nh, nw = x.shape[-2:]
+    if resize_mode == "shortest" and (nh, nw) != (size, size):
+        top, left = (nh - size) // 2, (nw - size) // 2
+        x = x[..., top : top + size, left : left + size]
+    elif resize_mode == "longest" and (nh, nw) != (size, size):
+        pt, pl = (size - nh) // 2, (size - nw) // 2
+        x = F.pad(x, (pl, size - nw - pl, pt, size - nh - pt), value=fill)
+    return x
 
 
 class ClipScorer:
+    """Batched CLIP encoders and scores on [-1, 1] images and strings.
+
+    Args:
+        model: a ``ClipLike``.
+        tokenizer: ``list[str] -> LongTensor (N, L)`` (open_clip's tokenizer for the model).
+        image_size, mean, std: the model's input size and normalisation.
+        resize_mode, interpolation: as open_clip's ``preprocess_cfg`` (``shortest``/``longest``/``squash``).
+        batch_size: encoder batch size (inputs of any length are split).
+    """
+
     def __init__(self, model, tokenizer: Callable[[Sequence[str]], torch.Tensor], image_size: int,
-                 mean: Sequence[float], std: Sequence[float], device: str | torch.device = "cpu", batch_size: int = 256):
-        self.model = model.eval().to(device)
+                 mean: Sequence[float], std: Sequence[float], device: str | torch.device = "cpu", batch_size: int = 256,
+                 resize_mode: str = "shortest", interpolation: str = "bicubic"):
+        if isinstance(model, torch.nn.Module):
+            model = model.eval().to(device)
+        self.model = model
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.device = torch.device(device)
-        self.batch_size = batch_size
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.batch_size = int(batch_size)
+        self.resize_mode, self.interpolation = resize_mode, interpolation
 
     # -- constructors ---------------------------------------------------------------------------------------
     @classmethod
-    def from_open_clip(cls, arch: str, pretrained: Optional[str] = None, checkpoint: Optional[str] = None,
-                       device: str = "cpu", **kw) -> "ClipScorer":
-        import open_clip
+    def from_model(cls, model, tokenizer, device: str | torch.device = "cpu", **kw) -> "ClipScorer":
+        """From an open_clip model: its own preprocessing config (size, mean/std, resize mode)."""
+        from open_clip.model import get_model_preprocess_cfg
 
-        from zoo.models.clip.model import create_clip, preprocess_cfg
+        from zoo.models.clip.model import preprocess_cfg
 
-        model = create_clip(arch, pretrained=pretrained, checkpoint=checkpoint)
         size, mean, std = preprocess_cfg(model)
-        return cls(model, open_clip.get_tokenizer(arch), size, mean, std, device=device, **kw)
+        pp = get_model_preprocess_cfg(model)
+        kw.setdefault("resize_mode", pp.get("resize_mode", "shortest"))
+        kw.setdefault("interpolation", pp.get("interpolation", "bicubic"))
+        return cls(model, tokenizer, size, mean, std, device=device, **kw)
+
+    @classmethod
+    def from_open_clip(cls, arch: str, pretrained: Optional[str] = None, checkpoint: Optional[str] = None,
+                       device: str = "cpu", net: Optional[dict] = None, cache_dir: Optional[str] = None,
+                       **kw) -> "ClipScorer":
+        """Any open_clip architecture (or zoo config) with an open_clip ``pretrained`` tag and/or a local
+        ``checkpoint`` file (open_clip file or zoo-train .ckpt). Raises ``MissingWeightsError`` offline."""
+        from zoo.models.clip.model import ClipConfig, create_clip, resolve_config, tokenizer_for
+
+        cfg = resolve_config("shapes", arch, net) if net else ClipConfig(arch)
+        model = create_clip(cfg, pretrained=pretrained, checkpoint=checkpoint, cache_dir=cache_dir)
+        return cls.from_model(model, tokenizer_for(cfg), device=device, **kw)
 
     @classmethod
     def from_lightning_checkpoint(cls, path: str, device: str = "cpu", **kw) -> "ClipScorer":
-        """A checkpoint written by ``zoo-train model=clip`` (weights_only load; arch read from its hparams)."""
+        """A checkpoint written by ``zoo-train model=clip`` (weights_only load; preset/arch/net read from its
+        hyper-parameters; the ``pretrained`` tag it started from only sets the preprocessing, nothing downloads)."""
         from zoo.checkpoint import safe_load
-        from zoo.models.clip.model import arch_for
+        from zoo.models.clip.model import create_clip, resolve_config, tokenizer_for
 
         ckpt = safe_load(path)
-        hp = ckpt.get("hyper_parameters", {})
-        return cls.from_open_clip(arch_for(hp.get("preset"), hp.get("arch")), checkpoint=path, device=device, **kw)
+        hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+        cfg = resolve_config(hp.get("preset") or "shapes", hp.get("arch"), hp.get("net"))
+        model = create_clip(cfg, pretrained=hp.get("pretrained"), checkpoint=path)
+        return cls.from_model(model, tokenizer_for(cfg), device=device, **kw)
+
+    @property
+    def logit_scale(self) -> float:
+        """exp(learned temperature parameter): the scale CLIP multiplies cosines by (GLIDE's CLIP score uses it)."""
+        return float(self.model.logit_scale.exp())
 
     # -- encoders ---------------------------------------------------------------------------------------------
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] (N, 3, H, W) any size -> the model's normalised input."""
+        """[-1, 1] (N, 3, H, W) any size -> the model's normalised input (N, 3, S, S)."""
         if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images (N, 3, H, W), got {tuple(images.shape)}")
-        x = images.to(self.device, torch.float32).add(1).div(2)
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True,
-                              align_corners=False).clamp(0, 1)
+            raise ValueError(f"expected images (N, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
+        x = images.to(self.device, torch.float32).add(1).div(2).clamp(0, 1)
+        x = resize_for_clip(x, self.image_size, self.resize_mode, self.interpolation)
         return (x - self.mean) / self.std
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        out = [self.model.encode_image(self.preprocess(images[i : i + self.batch_size]))
+        """Images in [-1, 1] (N, 3, H, W) -> L2-normalised float embeddings (N, D)."""
+        out = [self.model.encode_image(self.preprocess(images[i : i + self.batch_size])).float()
                for i in range(0, len(images), self.batch_size)]
-        return F.normalize(torch.cat(out).float(), dim=-1)
+        return F.normalize(torch.cat(out), dim=-1)
+
+    def tokenize(self, captions: Sequence[str]) -> torch.Tensor:
+        """open_clip token ids (N, context_length) of the model's own tokenizer."""
+        if isinstance(captions, str):
+            raise TypeError("pass a list of captions, not a single string")
+        return self.tokenizer(list(captions))
 
     @torch.no_grad()
     def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
-        captions = list(captions)
-        out = [self.model.encode_text(self.tokenizer(captions[i : i + self.batch_size]).to(self.device))
+        """Captions -> L2-normalised float embeddings (N, D)."""
+        captions = list(captions) if not isinstance(captions, str) else [captions]
+        out = [self.model.encode_text(self.tokenize(captions[i : i + self.batch_size]).to(self.device)).float()
                for i in range(0, len(captions), self.batch_size)]
-        return F.normalize(torch.cat(out).float(), dim=-1)
+        return F.normalize(torch.cat(out), dim=-1)
 
     # -- scores ------------------------------------------------------------------------------------------------
     def similarity(self, images: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
@@ -80,15 +165,34 @@ class ClipScorer:
         return self.encode_image(images) @ self.encode_text(captions).t()
 
     def clip_score(self, images: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
-        """Per-pair CLIP score 100 * max(cos(image_i, caption_i), 0) -> (N,)."""
+        """Per-pair CLIP score ``100 * max(cos(image_i, caption_i), 0)`` -> (N,) (see ``CLIP_SCORE_CONVENTION``)."""
         if len(images) != len(captions):
             raise ValueError(f"{len(images)} images but {len(captions)} captions: clip_score scores pairs")
         cos = (self.encode_image(images) * self.encode_text(captions)).sum(-1)
         return 100 * cos.clamp_min(0)
 
     def rerank(self, images: torch.Tensor, caption: str, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Keep the ``top_k`` candidates most similar to ``caption``: (images, cosine scores, indices), best first."""
+        """DALL·E-style reranking: keep the ``top_k`` of N candidates most similar to ``caption``.
+
+        Returns (images (k, 3, H, W), cosine scores (k,), indices (k,)), best first."""
+        if not isinstance(caption, str):
+            raise TypeError("rerank takes one caption; use rerank_batched for several")
         scores = self.similarity(images, [caption])[:, 0]
         k = min(int(top_k), len(images))
-        best = torch.topk(scores, k).indices
-        return images[best.to(images.device)], scores[best], best
+        best_scores, best = torch.topk(scores, k)
+        return images[best.to(images.device)], best_scores, best
+
+    def rerank_batched(self, images: torch.Tensor, captions: Sequence[str], top_k: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Several captions, each with its own N candidates: images (B, N, 3, H, W), B captions ->
+        (images (B, k, 3, H, W), scores (B, k), indices (B, k)), best first per caption."""
+        if images.dim() != 5 or len(images) != len(captions):
+            raise ValueError(f"expected images (B, N, 3, H, W) for B={len(captions)} captions, got {tuple(images.shape)}")
+        b, n = images.shape[:2]
+        img = self.encode_image(images.flatten(0, 1)).view(b, n, -1)  # (B, N, D)
+        txt = self.encode_text(captions)  # (B, D)
+        scores = torch.einsum("bnd,bd->bn", img, txt)
+        k = min(int(top_k), n)
+        best_scores, best = torch.topk(scores, k, dim=1)
+        picked = torch.gather(images, 1, best.to(images.device).view(b, k, 1, 1, 1).expand(-1, -1, *images.shape[2:]))
+        return picked, best_scores, best

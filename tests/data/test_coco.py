@@ -1,0 +1,153 @@
+"""CocoCaptions on a tiny COCO-format tree written by the test: samples, caption rules, splits, bad files."""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from zoo.data.coco import CocoCaptions
+from zoo.data.collate import collate_samples
+from zoo.data.transforms import image_transform
+
+N_IMAGES = 8
+BAD = {2: "corrupt", 5: "missing"}  # train and val both have one corrupt and one missing file
+
+
+def _image_bytes(i: int, fmt: str) -> bytes:
+    mode = ("RGB", "L", "RGBA", "P")[i % 4]
+    im = Image.new("RGB", (24 + 8 * i, 20 + 4 * (i % 3)), (30 * i, 100, 250 - 20 * i)).convert(mode)
+    if fmt == "JPEG" and mode in ("RGBA", "P"):
+        im = im.convert("RGB")
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    return buf.getvalue()
+
+
+def _captions(part: str, i: int) -> list[str]:
+    return [f"{part} image {i} caption {j}" for j in range(2 + i % 4)]  # 2-5 captions per image
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("coco")
+    (root / "annotations").mkdir()
+    for part in ("train", "val"):
+        d = root / f"{part}2014"
+        d.mkdir()
+        images, anns = [], []
+        for i in range(N_IMAGES):
+            image_id = 1000 + 7 * i  # ids are not ordinals; the JSON lists them out of order below
+            name = f"COCO_{part}2014_{image_id:012d}.{'jpg' if i % 2 else 'png'}"
+            images.append({"id": image_id, "file_name": name, "width": 0, "height": 0})
+            for j, c in enumerate(_captions(part, i)):
+                anns.append({"image_id": image_id, "id": image_id * 10 + j, "caption": c + "  "})
+            if BAD.get(i) == "corrupt":
+                (d / name).write_bytes(b"\xff\xd8 this is not an image at all")
+            elif BAD.get(i) == "missing":
+                pass  # listed in the JSON, absent on disk
+            else:
+                (d / name).write_bytes(_image_bytes(i, "JPEG" if i % 2 else "PNG"))
+        images.reverse()
+        (root / "annotations" / f"captions_{part}2014.json").write_text(
+            json.dumps({"images": images, "annotations": anns}))
+    return root
+
+
+def _image_number(caption: str) -> int:
+    return int(caption.split()[2])
+
+
+def test_train_samples_shapes_and_bad_files_skipped_and_counted(coco_root):
+    ds = CocoCaptions(str(coco_root), "train", resolution=16)
+    assert len(ds) == N_IMAGES and ds.skipped == 0
+    samples = [ds[i] for i in range(len(ds))]
+    assert ds.skipped == 2
+    assert sorted(ds.skipped_files) == sorted(ds.items[i][0] for i in BAD)
+    for s in samples:
+        assert set(s) == {"image", "caption", "index"}
+        assert s["image"].shape == (3, 16, 16) and s["image"].dtype == torch.float32
+        assert s["image"].min() >= -1 and s["image"].max() <= 1
+        assert s["index"] not in BAD and _image_number(s["caption"]) == s["index"]
+        assert s["caption"] in _captions("train", s["index"])  # stripped, and belongs to the image
+    # a bad index serves the next readable one; a second pass does not count the same files again
+    assert ds[2]["index"] == 3 and ds[5]["index"] == 6
+    [ds[i] for i in range(len(ds))]
+    assert ds.skipped == 2
+    assert sorted(ds.scan(progress=False)) == sorted(ds.items[i][0] for i in BAD)
+
+
+def test_train_captions_vary_belong_to_image_and_are_seeded(coco_root):
+    ds = CocoCaptions(str(coco_root), "train", resolution=8)
+    drawn = [ds[3]["caption"] for _ in range(40)]
+    assert set(drawn) == set(_captions("train", 3))  # 3 captions, 40 draws: all of them show up
+    again = CocoCaptions(str(coco_root), "train", resolution=8)
+    assert [again[3]["caption"] for _ in range(40)] == drawn  # same seed -> same draws
+    other = CocoCaptions(str(coco_root), "train", resolution=8, seed=1)
+    assert [other[3]["caption"] for _ in range(40)] != drawn
+
+
+def test_val_and_test_are_fixed_disjoint_halves_of_val(coco_root):
+    val = CocoCaptions(str(coco_root), "val", resolution=8)
+    test = CocoCaptions(str(coco_root), "test", resolution=8)
+    names = lambda ds: [n for n, _ in ds.items]  # noqa: E731
+    assert set(names(val)).isdisjoint(names(test))
+    assert len(val) + len(test) == N_IMAGES
+    # sorted by image id: even ordinals -> val, odd -> test
+    assert [_image_number(c[0]) for _, c in val.items] == [0, 2, 4, 6]
+    assert [_image_number(c[0]) for _, c in test.items] == [1, 3, 5, 7]
+    for ds in (val, test):
+        for i in range(len(ds)):
+            first = ds[i]
+            assert first["caption"] == ds[i]["caption"] == ds.items[first["index"]][1][0]  # fixed: first caption
+    assert val[1]["index"] == 2 and test[2]["index"] == 3  # ordinals 2 (val) and 5 (test) are the bad files
+    assert val.skipped == 1 and test.skipped == 1
+    assert len(CocoCaptions(str(coco_root), "val", resolution=8, max_items=3)) == 3
+
+
+def test_missing_root_json_or_image_folder_name_the_path_and_option(tmp_path, coco_root):
+    nowhere = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError) as e:
+        CocoCaptions(str(nowhere))
+    assert str(nowhere) in str(e.value) and "data.root=/path/to/coco" in str(e.value)
+    with pytest.raises(FileNotFoundError) as e:
+        CocoCaptions(str(coco_root), year=2017)
+    assert str(coco_root / "annotations" / "captions_train2017.json") in str(e.value)
+    assert "data.root" in str(e.value)
+    half = tmp_path / "half"
+    (half / "annotations").mkdir(parents=True)
+    (half / "annotations" / "captions_val2014.json").write_text((coco_root / "annotations" / "captions_val2014.json").read_text())
+    with pytest.raises(FileNotFoundError, match="val2014"):
+        CocoCaptions(str(half), "val")
+    with pytest.raises(ValueError, match="split"):
+        CocoCaptions(str(coco_root), "validation")
+
+
+def test_dataloader_workers_report_skips_to_the_main_process(coco_root):
+    ds = CocoCaptions(str(coco_root), "train", resolution=8)
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, collate_fn=collate_samples)
+    batches = list(loader)
+    served = torch.cat([b["index"] for b in batches]).tolist()
+    assert len(served) == N_IMAGES and set(served) == set(range(N_IMAGES)) - set(BAD)
+    assert batches[0]["image"].shape == (3, 3, 8, 8)
+    assert ds.skipped == 2  # counted in the workers, visible here (shared memory)
+    assert sorted(ds.skipped_files) == sorted(ds.items[i][0] for i in BAD)
+    copy = pickle.loads(pickle.dumps(ds))  # plain pickling works too (an unshared copy of the flags)
+    assert copy.skipped == 2 and copy[0]["image"].shape == (3, 8, 8)
+
+
+def test_transform_resizes_shorter_side_and_center_crops():
+    # 60x30: a white 30x30 centre with black 15-pixel bands left and right -> the centre crop is white
+    im = Image.new("RGB", (60, 30), (0, 0, 0))
+    im.paste((255, 255, 255), (15, 0, 45, 30))
+    x = image_transform(10, train=True)(im)
+    assert x.shape == (3, 10, 10) and x.dtype == torch.float32
+    assert torch.allclose(x[:, :, 1:-1], torch.ones(3, 10, 8), atol=0.05)
+    # grayscale and transparent inputs become RGB; transparent pixels are white
+    assert torch.allclose(image_transform(4, train=False)(Image.new("RGBA", (8, 8), (0, 0, 0, 0))), torch.ones(3, 4, 4))
+    g = image_transform(4, train=False)(Image.new("L", (8, 8), 0))
+    assert torch.allclose(g, -torch.ones(3, 4, 4))

@@ -1,0 +1,130 @@
+"""WebDataset shards written by the test: every good sample once per pass (workers, ranks), bad samples counted."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from zoo.data.collate import collate_samples
+from zoo.data.webdataset import make_webdataset, split_shards, webdataset_length
+
+N_SHARDS, PER_SHARD = 3, 5
+CORRUPT = "01002"
+
+
+def _image_bytes(colour, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), colour).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory) -> Path:
+    import webdataset as wds
+
+    d = tmp_path_factory.mktemp("shards")
+    for s in range(N_SHARDS):
+        with wds.TarWriter(str(d / f"{s:05d}.tar")) as w:
+            for i in range(PER_SHARD):
+                key = f"{s:02d}{i:03d}"
+                if key == CORRUPT:
+                    w.write({"__key__": key, "jpg": b"\xff\xd8garbage, not a jpeg", "txt": "broken"})
+                    continue
+                ext, fmt = [("png", "PNG"), ("jpg", "JPEG"), ("webp", "WEBP")][i % 3]
+                sample = {"__key__": key, ext: _image_bytes((10 * i, 60 * s, 90), fmt)}
+                if i % 2:  # img2dataset writes both; json-only samples must work too
+                    sample["json"] = json.dumps({"caption": f"cap {key}", "url": "http://x"}).encode()
+                else:
+                    sample["txt"] = f"cap {key}"
+                w.write(sample)
+    return d
+
+
+GOOD = sorted(f"{s:02d}{i:03d}" for s in range(N_SHARDS) for i in range(PER_SHARD) if f"{s:02d}{i:03d}" != CORRUPT)
+
+
+@pytest.fixture
+def shards(shard_dir) -> list[str]:
+    return [str(shard_dir / f"{s:05d}.tar") for s in range(N_SHARDS)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("shuffle_buffer", [0, 4])
+def test_every_good_sample_once_per_pass_and_corrupt_counted(shards, workers, shuffle_buffer):
+    ds = make_webdataset(shards, resolution=16, shuffle_buffer=shuffle_buffer)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
+    got = list(loader)
+    assert sorted(s["key"] for s in got) == GOOD  # each good sample exactly once, the corrupt one skipped
+    for s in got:
+        assert set(s) == {"image", "caption", "key"}
+        assert s["image"].shape == (3, 16, 16) and s["image"].dtype == torch.float32
+        assert s["image"].min() >= -1 and s["image"].max() <= 1
+        assert s["caption"] == f"cap {s['key']}"
+    assert ds.skip_counter.skipped == 1  # also with workers: the count is shared with the main process
+
+
+def test_brace_urls_batches_and_caption_key(shard_dir):
+    pattern = str(shard_dir / "{00000..00002}.tar")
+    ds = make_webdataset(pattern, resolution=8, shuffle_buffer=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate_samples)
+    batches = list(loader)
+    assert batches[0]["image"].shape == (4, 3, 8, 8) and len(batches[0]["caption"]) == 4
+    assert sum(len(b["key"]) for b in batches) == len(GOOD)
+    # json only: the txt-only samples have no caption -> skipped and counted, never a crash
+    json_only = make_webdataset(pattern, resolution=8, shuffle_buffer=0, caption_key=("json",))
+    keys = [s["key"] for s in json_only]
+    assert keys and all(int(k[-3:]) % 2 == 1 for k in keys)
+    assert json_only.skip_counter.skipped == len(GOOD) + 1 - len(keys)
+
+
+def test_ranks_get_disjoint_shards(shards, monkeypatch):
+    seen = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        ds = make_webdataset(shards, resolution=8, shuffle_buffer=3, seed=5)  # shard order shuffled the same on all ranks
+        seen.append({s["key"] for s in ds})
+    assert seen[0] and seen[1] and seen[0].isdisjoint(seen[1])
+    assert sorted(seen[0] | seen[1]) == GOOD
+    # the dealing rule itself: rank first, then worker; every shard exactly once
+    urls = [f"s{i}" for i in range(10)]
+    parts = [split_shards(urls, r, 2, w, 3) for r in range(2) for w in range(3)]
+    assert sorted(u for p in parts for u in p) == sorted(urls)
+    assert split_shards(urls, 1, 2) == ["s1", "s3", "s5", "s7", "s9"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_epoch_length_gives_sized_epochs_that_continue_the_stream(shards, workers):
+    ds = make_webdataset(shards, resolution=8, shuffle_buffer=0, epoch_length=9)
+    assert len(ds) == 9
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+    epochs = [[s["key"] for s in loader] for _ in range(2)]
+    assert [len(e) for e in epochs] == [9, 9]
+    assert set(epochs[0] + epochs[1]) == set(GOOD)  # the second epoch goes on where the first stopped
+
+
+def test_length_and_missing_shards(shard_dir, shards, tmp_path):
+    assert webdataset_length(shards) == N_SHARDS * PER_SHARD  # tar headers (the corrupt sample is still a sample)
+    (shard_dir / "00000_stats.json").write_text(json.dumps({"successes": 3, "failed_to_download": 2}))
+    try:
+        assert webdataset_length(str(shard_dir / "{00000..00002}.tar")) == 3 + 2 * PER_SHARD  # img2dataset stats
+    finally:
+        (shard_dir / "00000_stats.json").unlink()
+    missing = str(tmp_path / "nope-{000..001}.tar")
+    with pytest.raises(FileNotFoundError) as e:
+        make_webdataset(missing, resolution=8)
+    assert str(tmp_path / "nope-000.tar") in str(e.value) and "data.train_urls" in str(e.value)
+
+
+def test_truncated_shard_is_skipped_not_fatal(shards, tmp_path):
+    broken = tmp_path / "broken.tar"
+    data = Path(shards[2]).read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    ds = make_webdataset([shards[0], str(broken)], resolution=8, shuffle_buffer=0)
+    keys = [s["key"] for s in ds]
+    assert set(k for k in GOOD if k.startswith("00")) <= set(keys)
+    assert ds.skip_counter.skipped >= 1
