@@ -1,10 +1,13 @@
-"""CLIP throughput: training pairs/s and embedding images/s and texts/s, fp32 vs bf16 autocast.
+"""CLIP throughput: training pairs/s and embedding images/s and texts/s (ClipScorer), fp32 vs bf16 autocast.
 
-    python bench/bench_clip.py [--preset shapes] [--batch 128]
+    OMP_NUM_THREADS=2 python bench/bench_clip.py [--preset shapes] [--arch ViT-B-32] [--batch 128] [--steps 5]
+
+Prints a table; times are wall-clock medians over ``--steps`` after one warm-up step. Not a test.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -13,47 +16,62 @@ from zoo.data.shapes import ShapesDataset
 from zoo.models.clip.lit import ClipLit
 
 
+def _median_rate(fn, n_items: int, steps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return n_items / statistics.median(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="shapes")
+    ap.add_argument("--arch", default=None, help="any open_clip architecture instead of the preset's")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--resolution", type=int, default=32, help="data resolution (the model resizes to its own)")
     args = ap.parse_args()
-    lit = ClipLit(preset=args.preset)
-    lit.loss_fn.world_size = 1
-    ds = ShapesDataset("train", args.batch, lit.image_size)
-    batch = {"image": torch.stack([ds[i]["image"] for i in range(args.batch)]),
-             "caption": [ds[i]["caption"] for i in range(args.batch)]}
-    scorer = lit.scorer()
-    opt = torch.optim.AdamW(lit.parameters(), lr=1e-4)
-    print(f"preset={args.preset} arch={lit.arch} batch={args.batch} threads={torch.get_num_threads()}")
-    print(f"{'prec':5} {'train pairs/s':>14} {'images/s':>10} {'texts/s':>10}")
-    for prec in ("fp32", "bf16"):
-        auto = dict(device_type="cpu", dtype=torch.bfloat16, enabled=prec == "bf16")
 
-        def step():
-            with torch.autocast(**auto):
+    torch.manual_seed(0)
+    lit = ClipLit(preset=args.preset, arch=args.arch)
+    ds = ShapesDataset("train", args.batch, args.resolution)
+    items = [ds[i] for i in range(args.batch)]
+    batch = {"image": torch.stack([s["image"] for s in items]), "caption": [s["caption"] for s in items]}
+    opt = torch.optim.AdamW(lit.parameters(), lr=1e-5)
+    n_params = sum(p.numel() for p in lit.parameters())
+    print(f"arch={lit.arch} ({n_params / 1e6:.1f} M params, image {lit.image_size}px) batch={args.batch} "
+          f"threads={torch.get_num_threads()}")
+    print(f"| precision | train pairs/s | embed images/s | embed texts/s |")
+    print(f"|---|---:|---:|---:|")
+    for prec in ("fp32", "bf16"):
+        autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=prec == "bf16")
+
+        def train_step():
+            lit.train()
+            with torch.autocast(**autocast):
                 img, txt = lit.embed(batch)
                 loss = lit.loss_fn(img.float(), txt.float(), lit.clip.logit_scale.exp())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
-        step()
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        train = args.batch * args.steps / (time.perf_counter() - t)
-        with torch.autocast(**auto):
-            t = time.perf_counter()
-            for _ in range(args.steps):
+        train = _median_rate(train_step, args.batch, args.steps)
+        scorer = lit.scorer()  # eval mode, shares the weights
+
+        def enc_img():
+            with torch.autocast(**autocast):
                 scorer.encode_image(batch["image"])
-            ips = args.batch * args.steps / (time.perf_counter() - t)
-            t = time.perf_counter()
-            for _ in range(args.steps):
+
+        def enc_txt():
+            with torch.autocast(**autocast):
                 scorer.encode_text(batch["caption"])
-            tps = args.batch * args.steps / (time.perf_counter() - t)
-        print(f"{prec:5} {train:>14.1f} {ips:>10.1f} {tps:>10.1f}", flush=True)
+
+        ips = _median_rate(enc_img, args.batch, args.steps)
+        tps = _median_rate(enc_txt, args.batch, args.steps)
+        print(f"| {prec} | {train:,.0f} | {ips:,.0f} | {tps:,.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ eigvals FID, KID subsets), and the extrapolated end-to-end time of an FID over 1
     python bench/bench_eval.py [--n 64] [--batch 32] [--resolution 256] [--weights FILE] [--threads 2]
 
 Random Inception weights (built like the tests do) are fine for timing; pass --weights to time real ones.
-The machine is shared: run it when nothing else is running, and read the figures as orders of magnitude.
+The machine is shared: read the figures as orders of magnitude. Under load, one thread is much faster than two
+oversubscribed ones, for torch (--threads 1) and for numpy's OpenBLAS eigvals (OMP_NUM_THREADS=1 in the env):
+
+    OMP_NUM_THREADS=1 python bench/bench_eval.py --threads 1
 """
 from __future__ import annotations
 

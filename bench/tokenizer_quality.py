@@ -56,7 +56,10 @@ def main() -> None:
             v = eval(v, {})  # numbers / literals
         except Exception:
             pass
-        overrides[k] = v
+        if k.startswith("net."):
+            overrides.setdefault("net", {})[k[4:]] = v
+        else:
+            overrides[k] = v
     torch.manual_seed(0)
     lit = build(args.model, overrides)
     opt = torch.optim.AdamW(lit.parameters(), lr=args.lr)

@@ -1,13 +1,27 @@
 """``zoo-embed``: CLIP text and image embeddings (and CLIP text tokens) for a dataset split, written once to disk.
 
 The unCLIP prior and decoder then train from ``clip_image_emb`` / ``clip_text_emb`` served by the DataModule
-(``data.features.<split>=<out>``) instead of running CLIP every step. Output: a dict of tensors in dataset index
-order, written atomically.
+(``data.features.<split>=<out>``, or ``attach_embeddings(dataset, out)`` in code) instead of running CLIP every step.
+
+Output: one ``.pt`` (written atomically, loadable with ``weights_only=True``) holding, in dataset index order,
+``clip_image_emb`` (N, D) float32 L2-normalised, ``clip_text_emb`` (N, D) float32 L2-normalised and
+``clip_text_tokens`` (N, L) int64 — the model's own open_clip token ids — plus ``meta``: a dict of plain values
+(CLIP source, embedding dim, item count, CLIP-score convention).
+
+Config keys read (``conf/embed.yaml``):
+  ``clip.checkpoint``  a zoo-train CLIP ``.ckpt`` (arch read from it) or, with ``clip.arch``, an open_clip file
+  ``clip.arch``        an open_clip architecture name (needed for an open_clip file or a pretrained tag)
+  ``clip.pretrained``  an open_clip pretrained tag (cache first; downloads only where there is internet)
+  ``clip.net``         (optional) open_clip config overrides, as ``model.net``
+  ``clip.device``      (optional, default cpu)
+  ``data``             a DataModule config (``conf/data/*``); ``split`` one of train/val/test
+  ``out``              the output file; ``batch_size`` (default 128)
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
@@ -18,39 +32,92 @@ from zoo.errors import ConfigError
 
 log = logging.getLogger("zoo.embed")
 
+EMBEDDING_KEYS = ("clip_image_emb", "clip_text_emb", "clip_text_tokens")
+
+
+def _first_image_caption_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"image": torch.stack([s["image"] for s in samples]), "caption": [s["caption"] for s in samples]}
+
 
 @torch.no_grad()
-def embed_dataset(scorer, dataset, out_path: str | Path, batch_size: int = 128) -> Path:
-    from zoo.checkpoint import atomic_torch_save
-    from zoo.data.collate import collate_samples
+def embed_dataset(scorer, dataset, out_path: str | Path, batch_size: int = 128, num_workers: int = 0,
+                  progress: bool = True, meta: dict[str, Any] | None = None) -> Path:
+    """Encode every (image, caption) of ``dataset`` with ``scorer`` (a ``ClipScorer``) and save them to ``out_path``.
 
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
+    Returns the path written. Rows are in dataset index order, so ``attach_embeddings`` can serve them by index.
+    """
+    from zoo.checkpoint import atomic_torch_save
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=int(batch_size), shuffle=False,
+                                         num_workers=num_workers, collate_fn=_first_image_caption_collate)
     img, txt, tok = [], [], []
-    for batch in tqdm(loader, desc=f"embed -> {Path(out_path).name}", unit="batch"):
-        img.append(scorer.encode_image(batch["image"]).cpu())
-        txt.append(scorer.encode_text(batch["caption"]).cpu())
-        tok.append(scorer.tokenizer(batch["caption"]).cpu())
-    return atomic_torch_save(
-        {"clip_image_emb": torch.cat(img), "clip_text_emb": torch.cat(txt), "clip_text_tokens": torch.cat(tok)},
-        out_path,
-    )
+    with tqdm(total=len(dataset), desc=f"zoo-embed -> {Path(out_path).name}", unit="pair", disable=not progress) as bar:
+        for batch in loader:
+            tokens = scorer.tokenize(batch["caption"])
+            img.append(scorer.encode_image(batch["image"]).cpu())
+            txt.append(scorer.encode_text(batch["caption"]).cpu())
+            tok.append(tokens.cpu().long())
+            bar.update(len(batch["caption"]))
+    if not img:
+        raise ConfigError("the dataset split is empty: nothing to embed (fix: data.<split>_size >= 1)")
+    out = {"clip_image_emb": torch.cat(img), "clip_text_emb": torch.cat(txt), "clip_text_tokens": torch.cat(tok)}
+    from zoo.models.clip.scorer import CLIP_SCORE_CONVENTION
+
+    out["meta"] = {"n": len(out["clip_image_emb"]), "dim": int(out["clip_image_emb"].shape[1]),
+                   "image_size": int(scorer.image_size), "convention": CLIP_SCORE_CONVENTION, **(meta or {})}
+    return atomic_torch_save(out, out_path)
+
+
+def load_embeddings(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``zoo-embed`` file (weights_only load), without ``meta``."""
+    from zoo.checkpoint import safe_load
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"embedding file not found: {path} (fix: run zoo-embed for this split first)")
+    obj = safe_load(path)
+    if not isinstance(obj, dict) or not any(k in obj for k in EMBEDDING_KEYS):
+        raise ConfigError(f"{path} is not a zoo-embed file (expected keys {EMBEDDING_KEYS})")
+    return {k: obj[k] for k in EMBEDDING_KEYS if k in obj}
+
+
+def attach_embeddings(dataset, path: str | Path):
+    """``dataset`` whose samples also carry ``clip_image_emb`` / ``clip_text_emb`` / ``clip_text_tokens`` (by index)
+    from a ``zoo-embed`` file — the same wrapper DataModules use for ``data.features.<split>=<path>``."""
+    from zoo.data.datamodule import FeatureAttached
+
+    return FeatureAttached(dataset, load_embeddings(path))
+
+
+def build_scorer(c: DictConfig | dict):
+    """A ``ClipScorer`` from the ``clip`` config node (see the module docstring)."""
+    from zoo.models.clip.scorer import ClipScorer
+
+    get = c.get
+    device = get("device") or "cpu"
+    if get("checkpoint") and not get("arch"):
+        return ClipScorer.from_lightning_checkpoint(str(get("checkpoint")), device=device)
+    if get("arch"):
+        net = dict(get("net") or {}) or None
+        return ClipScorer.from_open_clip(str(get("arch")), pretrained=get("pretrained"), checkpoint=get("checkpoint"),
+                                         device=device, net=net)
+    raise ConfigError("no CLIP given (fix: clip.checkpoint=/path/to/clip.ckpt from zoo-train model=clip, or "
+                      "clip.arch=ViT-B-32 clip.pretrained=openai, or clip.arch=<arch> clip.checkpoint=<open_clip file>)")
 
 
 def embed(cfg: DictConfig) -> Path:
-    from zoo.models.clip.scorer import ClipScorer
+    """Plain function behind ``zoo-embed`` (testable without Hydra's runtime)."""
+    from omegaconf import OmegaConf
+
     from zoo.train import instantiate
 
-    c = cfg.clip
-    if c.checkpoint and not c.arch:
-        scorer = ClipScorer.from_lightning_checkpoint(c.checkpoint)
-    elif c.arch:
-        scorer = ClipScorer.from_open_clip(c.arch, pretrained=c.pretrained, checkpoint=c.checkpoint)
-    else:
-        raise ConfigError("no CLIP given (fix: clip.checkpoint=/path/to/clip.ckpt, or clip.arch=ViT-B-32 "
-                          "clip.pretrained=openai)")
+    scorer = build_scorer(cfg.clip)
     dm = instantiate(cfg.data)
-    path = embed_dataset(scorer, dm.dataset(cfg.split), cfg.out, batch_size=int(cfg.batch_size))
-    log.info("wrote %s", path)
+    split = str(cfg.split)
+    source = {k: v for k, v in OmegaConf.to_container(cfg.clip, resolve=True).items() if v is not None}
+    path = embed_dataset(scorer, dm.dataset(split), cfg.out, batch_size=int(cfg.get("batch_size") or 128),
+                         meta={"clip": source, "split": split})
+    log.info("wrote %s (serve with data.features.%s=%s)", path, split, path)
     print(path)
     return path
 

@@ -128,3 +128,15 @@ def test_truncated_shard_is_skipped_not_fatal(shards, tmp_path):
     keys = [s["key"] for s in ds]
     assert set(k for k in GOOD if k.startswith("00")) <= set(keys)
     assert ds.skip_counter.skipped >= 1
+
+
+def test_workers_forked_after_main_process_reads_start_their_own_streams(shards):
+    # two shards of 5 and 4 good samples, one per worker; 8 samples per epoch -> 4 per worker, no wrap-around
+    ds = make_webdataset(shards[:2], resolution=8, shuffle_buffer=4, epoch_length=8)
+    first = [s["key"] for s, _ in zip(ds, range(5))]  # e.g. fitting a BPE on captions: a suspended stream
+    assert len(first) == 5
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+    keys = [s["key"] for s in loader]
+    # forked workers must not resume the parent's suspended stream (shared file offsets -> duplicates, read errors)
+    assert len(keys) == 8 and len(set(keys)) == 8 and {k[:2] for k in keys} == {"00", "01"}
+    assert ds.skip_counter.skipped <= 1

@@ -99,7 +99,7 @@ class CocoCaptions(Dataset):
     @property
     def skipped(self) -> int:
         """Number of distinct unreadable image files met so far (by this process or any DataLoader worker)."""
-        return sum(1 for b in self._bad if b)
+        return bytes(self._bad).count(1)
 
     @property
     def skipped_files(self) -> list[str]:

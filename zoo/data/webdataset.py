@@ -15,7 +15,11 @@ another, each with a new shard order -- and every epoch yields exactly ``epoch_l
 among the workers; ``len()`` is then defined, so Lightning can show progress. The shard order of pass ``p`` is a
 function of ``(seed, p)`` (the same on every rank, so the rank split stays disjoint); the sample shuffle buffer is
 seeded from ``(seed, p, rank, worker)``. The pass counter lives in the process that iterates: with persistent workers
-(what ``ImageTextDataModule`` uses) or ``num_workers=0`` it advances every epoch.
+(what ``ImageTextDataModule`` uses) or ``num_workers=0`` it advances every epoch; non-persistent workers restart from
+the main process's counter (and shard order) each epoch. Caveats of a sized endless stream (as with webdataset's own
+``with_epoch``): a worker or rank whose shards run out begins its next pass on its own, so after the first pass the
+split is only approximately disjoint; and each worker yields its quota in its own batches, so choose
+``epoch_length`` divisible by ``batch_size * num_workers`` for ``len(loader)`` to match the batches delivered.
 
 Bad data: a corrupt image, a sample without image or caption, or an unreadable/truncated shard is skipped and counted
 by ``SkipCounter`` (a webdataset handler) with a warning; it never ends the epoch. The count is a
@@ -27,6 +31,7 @@ import io
 import json
 import logging
 import multiprocessing as mp
+import os
 import random
 import tarfile
 from itertools import islice
@@ -223,6 +228,7 @@ class WebDatasetStream(IterableDataset):
         self.pipeline, self.shards, self.skip_counter = pipeline, shards, skip_counter
         self.epoch_length = int(epoch_length) if epoch_length else None
         self._stream: Optional[Iterator] = None
+        self._stream_owner: Optional[tuple[int, int]] = None
         self._warned_idle = False
 
     def __len__(self) -> int:
@@ -256,8 +262,10 @@ class WebDatasetStream(IterableDataset):
             yield from self.pipeline
             return
         quota = self.epoch_length // workers + (1 if worker < self.epoch_length % workers else 0)
-        if self._stream is None:
-            self._stream = self._endless()
+        # The stream outlives one epoch, but belongs to the process that started it: a forked DataLoader worker
+        # inherits the parent's suspended generator *and its open shard file offsets*, so it starts its own.
+        if self._stream is None or self._stream_owner != (os.getpid(), worker):
+            self._stream, self._stream_owner = self._endless(), (os.getpid(), worker)
         yield from islice(self._stream, quota)
 
 

@@ -25,3 +25,16 @@ class ImageTokenizer(abc.ABC):
     @abc.abstractmethod
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """LongTensor codes (B, h, w) -> images (B, 3, h*f, w*f) in [-1, 1]."""
+
+
+def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB for images in [0, 1]: 10 log10(1 / mse)."""
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def codebook_stats(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Code histogram (K,) -> (usage in % of the codebook, perplexity exp(H) of the code distribution)."""
+    counts = counts.float()
+    p = counts / counts.sum().clamp_min(1)
+    nz = p[p > 0]
+    return 100.0 * (counts > 0).float().mean(), torch.exp(-(nz * nz.log()).sum())

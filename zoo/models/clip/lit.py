@@ -1,79 +1,144 @@
 """Training CLIP (Lightning) with open_clip's contrastive loss and learnable temperature.
 
-Val reports text->image and image->text recall@1/@5 over the whole val epoch. Shapes captions repeat (two scenes
-can share a caption), so recall counts a hit only for the paired index — a strict lower bound.
+Batches: ``image`` (B, 3, H, W) in [-1, 1] of any size and ``caption`` (list[str]); the module tokenises with the
+architecture's own open_clip tokenizer and applies the model's own preprocessing (``ClipScorer.preprocess``), so any
+DataModule fits (``data/tokenizer=none`` saves the DataModule's tokenising work).
+
+Loss: open_clip's ``ClipLoss`` (symmetric InfoNCE; features gathered from every rank under DDP) with the learnable
+temperature ``logit_scale`` clamped to ln(100) after each step, as in CLIP.
+
+Validation / test accumulate the epoch's embeddings (gathered over ranks) and log ``val/loss`` — the same symmetric
+InfoNCE over all N val pairs at once, so it is larger than ``train/loss`` when N > batch size — and recall@1/@5 for
+text->image (``t2i``) and image->text (``i2t``). Recall counts a hit only at the paired index: shapes captions can
+repeat (two scenes may share a caption) and such a duplicate ranked first counts as a miss, so the numbers are a
+strict lower bound of caption-level recall.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import lightning as L
-import math
 import open_clip
 import torch
+import torch.nn.functional as F
 
-from zoo.models.clip.model import arch_for, create_clip, preprocess_cfg
+from zoo.errors import ConfigError
+from zoo.models.clip.model import create_clip, resolve_config, tokenizer_for
 from zoo.models.clip.scorer import ClipScorer
 
 
 def recall_at_k(sim: torch.Tensor, k: int) -> float:
-    """sim (N_queries, N_targets), query i's match is target i."""
+    """sim (N_queries, N_targets) where query i's match is target i (exact index matching)."""
     topk = sim.topk(min(k, sim.shape[1]), dim=1).indices
     return (topk == torch.arange(sim.shape[0], device=sim.device)[:, None]).any(1).float().mean().item()
 
 
 class ClipLit(L.LightningModule):
+    """CLIP on any open_clip architecture.
+
+    Args:
+        preset: ``tiny`` | ``shapes`` | ``paper`` (see ``zoo.models.clip.model.PRESETS``).
+        arch: any open_clip architecture name (``ViT-B-32``, ``zoo-clip-shapes64``, ...); overrides the preset's.
+        net: open_clip model-config overrides, e.g. ``{"embed_dim": 64, "vision_cfg": {"width": 128}}``.
+        pretrained: an open_clip tag (``openai``, ``laion2b_s34b_b79k``, ...) — read from its cache / downloaded.
+        checkpoint: a local open_clip file or a zoo-train ``.ckpt`` to start from.
+        cache_dir: where open_clip / the HF hub cache pretrained weights (default: their own cache).
+        load_weights: False rebuilds the architecture only (set in saved checkpoints, whose state dict holds the
+            weights, so reloading never needs the original ``pretrained``/``checkpoint`` files).
+    """
+
     def __init__(self, preset: str = "shapes", arch: Optional[str] = None, net: Optional[dict[str, Any]] = None,
-                 pretrained: Optional[str] = None, checkpoint: Optional[str] = None, optimizer=None, scheduler=None):
+                 pretrained: Optional[str] = None, checkpoint: Optional[str] = None, cache_dir: Optional[str] = None,
+                 load_weights: bool = True, optimizer=None, scheduler=None):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.arch = arch_for(preset, arch)
-        self.clip = create_clip(self.arch, pretrained=pretrained, checkpoint=checkpoint, **dict(net or {}))
-        self.tokenize = open_clip.get_tokenizer(self.arch)
-        size, mean, std = preprocess_cfg(self.clip)
-        self.image_size = size
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.config = resolve_config(preset, arch, net)
+        self.arch = self.config.arch
+        self.clip = create_clip(self.config, pretrained=pretrained, checkpoint=checkpoint, cache_dir=cache_dir,
+                                load_weights=load_weights)
+        self.tokenize = tokenizer_for(self.config)
+        self._scorer = ClipScorer.from_model(self.clip, self.tokenize)  # its preprocessing, used by embed()
+        self.clip.train()  # (building a scorer switched the network to eval mode)
+        self.image_size = self._scorer.image_size
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.loss_fn = open_clip.ClipLoss()
 
+    # -- shared with ClipScorer ---------------------------------------------------------------------------------
     def scorer(self) -> ClipScorer:
-        """A ClipScorer over this module's weights (shares them)."""
-        size, mean, std = preprocess_cfg(self.clip)
-        return ClipScorer(self.clip, self.tokenize, size, mean, std, device=self.device)
+        """A ClipScorer over this module's weights (shares them; puts the network in eval mode)."""
+        return ClipScorer.from_model(self.clip, self.tokenize, device=self.device)
 
     def _pixels(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float().add(1).div(2)
-        if x.shape[-1] != self.image_size:
-            x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic",
-                                                antialias=True, align_corners=False).clamp(0, 1)
-        return (x - self.mean) / self.std
+        s = self._scorer
+        s.device, s.mean, s.std = self.device, s.mean.to(self.device), s.std.to(self.device)
+        return s.preprocess(images)
 
     def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised (image, text) features (B, D) each, with gradients."""
         img = self.clip.encode_image(self._pixels(batch["image"]), normalize=True)
-        txt = self.clip.encode_text(self.tokenize(batch["caption"]).to(self.device), normalize=True)
+        txt = self.clip.encode_text(self.tokenize(list(batch["caption"])).to(self.device), normalize=True)
         return img, txt
 
+    # -- checks ------------------------------------------------------------------------------------------------
+    def check_data(self, datamodule) -> None:
+        bs = getattr(datamodule, "batch_size", None)
+        if bs is not None and bs < 2:
+            raise ConfigError(f"CLIP's contrastive loss needs at least 2 pairs per batch, got data.batch_size={bs} "
+                              "(fix: data.batch_size=64 or more)")
+        dataset = getattr(datamodule, "dataset", None)
+        if not callable(dataset):
+            return
+        try:
+            sample = dataset("val")[0]
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001  (streamed / lazily built datasets: checked when batches arrive)
+            return
+        if not isinstance(sample, dict) or "image" not in sample or "caption" not in sample:
+            keys = sorted(sample) if isinstance(sample, dict) else type(sample).__name__
+            raise ConfigError(f"CLIP trains on image-caption pairs but the data's samples have {keys} "
+                              "(fix: a data config whose samples carry 'image' and 'caption', e.g. data=shapes)")
+        img = sample["image"]
+        if not torch.is_tensor(img) or img.dim() != 3 or img.shape[0] != 3:
+            shape = tuple(img.shape) if torch.is_tensor(img) else type(img).__name__
+            raise ConfigError(f"CLIP expects RGB images (3, H, W) in [-1, 1], got {shape} (fix: the data config)")
+        if not isinstance(sample["caption"], str):
+            raise ConfigError(f"CLIP expects one caption string per sample, got {type(sample['caption']).__name__}")
+
+    # -- training ------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        # DDP: gather features from all ranks so each rank sees every negative
+        # DDP: gather features from all ranks so each rank sees every negative (gradients flow through the gather)
         self.loss_fn = open_clip.ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True,
                                           rank=self.global_rank, world_size=self.trainer.world_size)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         img, txt = self.embed(batch)
-        loss = self.loss_fn(img.float(), txt.float(), self.clip.logit_scale.exp())
-        self.log_dict({"train/loss": loss, "train/logit_scale": self.clip.logit_scale.exp()})
-        self.log("loss", loss, prog_bar=True, logger=False)
+        scale = self.clip.logit_scale.exp()
+        loss = self.loss_fn(img.float(), txt.float(), scale)
+        with torch.no_grad():
+            acc = ((txt.float() @ img.float().t()).argmax(1) == torch.arange(len(txt), device=txt.device)).float().mean()
+        bs = len(txt)
+        self.log_dict({"train/loss": loss, "train/logit_scale": scale, "train/t2i_acc": acc}, batch_size=bs)
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=bs)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         with torch.no_grad():  # CLIP's clamp: temperature no sharper than 1/100
             self.clip.logit_scale.clamp_(0, math.log(100))
 
+    # -- evaluation ----------------------------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         img, txt = self.embed(batch)
         self._val.append((img.float(), txt.float()))
+
+    test_step = validation_step
+
+    def on_validation_epoch_start(self) -> None:
+        self._val.clear()
+
+    on_test_epoch_start = on_validation_epoch_start
 
     def on_validation_epoch_end(self) -> None:
         self._log_retrieval("val")
@@ -81,26 +146,43 @@ class ClipLit(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_retrieval("test")
 
+    def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Concatenate (n_rank, D) tensors of possibly different n from every rank (rank order)."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return x
+        n = self.all_gather(torch.tensor(len(x), device=x.device)).flatten()
+        pad = torch.zeros(int(n.max()) - len(x), *x.shape[1:], device=x.device, dtype=x.dtype)
+        allx = self.all_gather(torch.cat([x, pad]))  # (world, max_n, D)
+        return torch.cat([allx[r, : int(n[r])] for r in range(len(n))])
+
     def _log_retrieval(self, stage: str) -> None:
         if not self._val:
             return
-        img = torch.cat([a for a, _ in self._val])
-        txt = torch.cat([b for _, b in self._val])
+        img = self._gather(torch.cat([a for a, _ in self._val]))
+        txt = self._gather(torch.cat([b for _, b in self._val]))
         self._val.clear()
-        logits = self.clip.logit_scale.exp() * txt @ img.t()  # (texts, images)
+        logits = self.clip.logit_scale.exp().float() * txt @ img.t()  # (texts, images)
         labels = torch.arange(len(txt), device=txt.device)
-        loss = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels)) / 2
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+        # every rank holds the same gathered numbers, so no sync_dist reduction is needed
         self.log_dict({
             f"{stage}/loss": loss, f"{stage}/t2i_r@1": recall_at_k(logits, 1), f"{stage}/t2i_r@5": recall_at_k(logits, 5),
             f"{stage}/i2t_r@1": recall_at_k(logits.t(), 1), f"{stage}/i2t_r@5": recall_at_k(logits.t(), 5),
-        }, sync_dist=True)
+        }, rank_zero_only=False)
 
-    test_step = validation_step
+    # -- saving / optimisation -----------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The state dict carries the weights: rebuilding from this file must not re-fetch pretrained/checkpoint.
+        hp = dict(checkpoint.get("hyper_parameters", {}))
+        hp["load_weights"] = False
+        checkpoint["hyper_parameters"] = hp
 
     def configure_optimizers(self):
         # no weight decay on gains, biases, embeddings and the temperature (as open_clip's training does)
         decay, no_decay = [], []
         for n, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
             (no_decay if p.ndim < 2 or "logit_scale" in n or "embedding" in n or "ln" in n else decay).append(p)
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
         opt = (self.optimizer_factory or (lambda p: torch.optim.AdamW(p, lr=5e-4, weight_decay=0.1)))(groups)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +170,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return safe_load(path)  # weights_only=True; refuses pickled code
 
 
-def load_weights(model: torch.nn.Module, path: str | os.PathLike, arch: str = "?") -> torch.nn.Module:
+def load_weights_file(model: torch.nn.Module, path: str | os.PathLike, arch: str = "?") -> torch.nn.Module:
     """Load a local file into ``model`` (strict), with open_clip's usual format fix-ups."""
     from open_clip.factory import convert_state_dict, convert_to_custom_text_state_dict, resize_pos_embed, \
         resize_text_pos_embed
@@ -185,25 +186,43 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, arch: str = "?
         load_big_vision_weights(model, str(path))
         return model
     sd = clip_state_dict(_read_weights(path), model)
-    sd = convert_state_dict(model, sd)
-    if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
-        sd = convert_to_custom_text_state_dict(sd)
-    if "logit_scale" in sd and model.logit_scale.ndim != sd["logit_scale"].ndim:
-        sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
-    resize_pos_embed(sd, model)
-    resize_text_pos_embed(sd, model)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    try:
+        sd = convert_state_dict(model, sd)
+        if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
+            sd = convert_to_custom_text_state_dict(sd)
+        if "logit_scale" in sd and model.logit_scale.ndim != sd["logit_scale"].ndim:
+            sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
+        resize_pos_embed(sd, model)
+        resize_text_pos_embed(sd, model)
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        problem = f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+    except (AssertionError, RuntimeError, ValueError, KeyError) as e:  # shape mismatches
+        missing, unexpected, problem = [None], [], f"{type(e).__name__}: {str(e)[:300]}"
     if missing or unexpected:
         raise ConfigError(
-            f"{path} does not fit CLIP architecture {arch!r}: {len(missing)} missing keys (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}) (fix: model.arch= / model.net= to the ones it was "
-            f"trained with)")
+            f"{path} does not fit CLIP architecture {arch!r}: {problem} (fix: model.arch= / model.net= to the ones "
+            f"it was trained with)")
     return model
 
 
 def _env_offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ZOO_OFFLINE"))
+
+
+def _reachable(tag_cfg: dict, timeout: float = 3.0) -> None:
+    """Raise ``OSError`` at once when the weights' host cannot be reached (instead of the hub's minute of retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if tag_cfg.get("hf_hub"):
+        url = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    else:
+        url = tag_cfg.get("url", "")
+    host = urlparse(url).hostname
+    if host and not any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+        port = urlparse(url).port or (443 if url.startswith("https") else 80)
+        socket.create_connection((host, port), timeout=timeout).close()
 
 
 @contextlib.contextmanager
@@ -248,20 +267,33 @@ def _missing_pretrained(arch: str, tag: str, tag_cfg: dict, cache_dir: Optional[
         f"preprocessing; zoo-embed: clip.checkpoint=), or put it into that cache.")
 
 
+class _QuietRandomInit(logging.Filter):
+    """open_clip warns "No pretrained weights loaded" on every random-init build; we load weights ourselves."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+
 def _build(cfg: ClipConfig, preprocess: Optional[dict[str, Any]]) -> torch.nn.Module:
     full = model_config(cfg)
     kwargs = {k: full[k] for k in cfg.overrides}  # shallow-update keys get the deep-merged values
-    return open_clip.create_model(cfg.arch, pretrained=None, force_preprocess_cfg=preprocess, **kwargs)
+    quiet = _QuietRandomInit()
+    logging.getLogger().addFilter(quiet)
+    try:
+        return open_clip.create_model(cfg.arch, pretrained=None, force_preprocess_cfg=preprocess, **kwargs)
+    finally:
+        logging.getLogger().removeFilter(quiet)
 
 
 def create_clip(cfg: ClipConfig | str, pretrained: Optional[str] = None, checkpoint: Optional[str] = None,
-                cache_dir: Optional[str] = None, **overrides) -> torch.nn.Module:
+                cache_dir: Optional[str] = None, load_weights: bool = True, **overrides) -> torch.nn.Module:
     """Build the architecture, then load ``checkpoint`` (local file) or the ``pretrained`` tag's weights.
 
     A known ``pretrained`` tag also sets the preprocessing (mean/std/resize) and QuickGELU the weights were trained
     with — also when the weights themselves come from ``checkpoint``. The tag is looked up in the cache first with
     the hub offline; only if that fails and the environment is not offline (``HF_HUB_OFFLINE`` / ``ZOO_OFFLINE``)
-    is it downloaded.
+    is it downloaded. ``load_weights=False`` builds the same network (tag preprocessing included) without
+    reading any weights (used when a state dict follows, e.g. rebuilding from a zoo-train checkpoint).
     """
     if isinstance(cfg, str):
         cfg = ClipConfig(cfg)
@@ -271,7 +303,7 @@ def create_clip(cfg: ClipConfig | str, pretrained: Optional[str] = None, checkpo
     tag_cfg: dict[str, Any] = {}
     if pretrained:
         tag_cfg = open_clip.get_pretrained_cfg(cfg.arch, pretrained) or {}
-        if not tag_cfg and not checkpoint:
+        if not tag_cfg and not checkpoint and load_weights:
             if Path(pretrained).is_file():
                 checkpoint, pretrained = pretrained, None
             else:
@@ -282,8 +314,10 @@ def create_clip(cfg: ClipConfig | str, pretrained: Optional[str] = None, checkpo
             cfg = dataclasses.replace(cfg, overrides={**cfg.overrides, "quick_gelu": True})
     preprocess = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg} or None
     model = _build(cfg, preprocess)
+    if not load_weights:
+        return model
     if checkpoint:
-        return load_weights(model, checkpoint, cfg.arch)
+        return load_weights_file(model, checkpoint, cfg.arch)
     if pretrained:
         from open_clip.pretrained import download_pretrained
 
@@ -299,6 +333,7 @@ def create_clip(cfg: ClipConfig | str, pretrained: Optional[str] = None, checkpo
             if _env_offline():
                 raise _missing_pretrained(cfg.arch, pretrained, tag_cfg, cache_dir, offline_err) from None
             try:
+                _reachable(tag_cfg)
                 path = download_pretrained(tag_cfg, cache_dir=cache_dir)
             except Exception as e:  # noqa: BLE001  (no internet, hub down, ...)
                 raise _missing_pretrained(cfg.arch, pretrained, tag_cfg, cache_dir, e) from None

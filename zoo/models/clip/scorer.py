@@ -44,15 +44,15 @@ def resize_for_clip(x: torch.Tensor, size: int, resize_mode: str = "shortest", i
     mode = "bilinear" if interpolation == "bilinear" else "bicubic"
     if resize_mode == "squash":
         new = (size, size)
+    elif resize_mode == "shortest":  # torchvision's Resize(int): short side -> size, long side floored
+        new = (size, max(size, int(size * w / h))) if h <= w else (max(size, int(size * h / w)), size)
     else:
-        scale = size / (min(h, w) if resize_mode == "shortest" else max(h, w))
+        scale = size / max(h, w)
         new = (max(1, round(h * scale)), max(1, round(w * scale)))
-        if resize_mode == "shortest":
-            new = (max(size, new[0]), max(size, new[1]))
     x = F.interpolate(x, size=new, mode=mode, antialias=True, align_corners=False).clamp(0, 1)
     nh, nw = x.shape[-2:]
     if resize_mode == "shortest" and (nh, nw) != (size, size):
-        top, left = (nh - size) // 2, (nw - size) // 2
+        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))  # torchvision's CenterCrop
         x = x[..., top : top + size, left : left + size]
     elif resize_mode == "longest" and (nh, nw) != (size, size):
         pt, pl = (size - nh) // 2, (size - nw) // 2
@@ -134,7 +134,7 @@ class ClipScorer:
         """[-1, 1] (N, 3, H, W) any size -> the model's normalised input (N, 3, S, S)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images (N, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
-        x = images.to(self.device, torch.float32).add(1).div(2).clamp(0, 1)
+        x = images.to(self.device, torch.float32).add(1).div(2)  # no clamp: callers pass images in [-1, 1]
         x = resize_for_clip(x, self.image_size, self.resize_mode, self.interpolation)
         return (x - self.mean) / self.std
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from zoo.errors import ConfigError
 from zoo.models.dvae.model import DVAE, build_config
+from zoo.nn.image_tokenizer import codebook_stats, psnr_from_mse
 from zoo.nn.likelihoods import LOGIT_LAPLACE_EPS, logit_laplace_nll, map_pixels
 from zoo.nn.schedules import SCHEDULES
 
@@ -26,11 +27,6 @@ def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
     """KL(softmax(logits) || uniform) summed over codes, per grid cell: (B, K, h, w) -> (B, h, w)."""
     logq = F.log_softmax(logits.float(), dim=1)
     return (logq.exp() * logq).sum(1) + math.log(logits.shape[1])
-
-
-def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB for images in [0, 1]."""
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
 class DVAELit(L.LightningModule):
@@ -64,7 +60,6 @@ class DVAELit(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.grid_nrow = 8
-        self._val_counts: Optional[torch.Tensor] = None
 
     @property
     def tokenizer(self) -> DVAE:
@@ -119,8 +114,15 @@ class DVAELit(L.LightningModule):
         self.log("loss", r["loss"], prog_bar=True, logger=False)
         return r["loss"]
 
+    # --------------------------------------------------------------------------------------------- evaluation
     def on_validation_epoch_start(self) -> None:
-        self._val_counts = torch.zeros(self.cfg.vocab_size, dtype=torch.long, device=self.device)
+        self._eval_stats = {
+            "counts": torch.zeros(self.cfg.vocab_size, dtype=torch.long, device=self.device),
+            "sse": torch.zeros((), dtype=torch.float64, device=self.device),
+            "n": torch.zeros((), dtype=torch.float64, device=self.device),
+        }
+
+    on_test_epoch_start = on_validation_epoch_start
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -128,38 +130,37 @@ class DVAELit(L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def on_test_epoch_start(self) -> None:
-        self.on_validation_epoch_start()
-
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        """Loss as in training (noisy relaxation); reconstruction metrics from argmax tokens (what stage 2 sees)."""
         images = batch["image"]
         r = self.forward_loss(images)
         codes = r["logits"].argmax(1)
         recon = self.dvae.decode(codes)
-        mse = F.mse_loss(recon.add(1).div(2), (images.float() + 1) / 2)
-        self._val_counts += torch.bincount(codes.flatten(), minlength=self.cfg.vocab_size)
-        self.log_dict(
-            {f"{stage}/loss": r["loss"], f"{stage}/recon_mse": mse, f"{stage}/psnr": psnr_from_mse(mse),
-             f"{stage}/kl": r["kl"]},
-            batch_size=images.shape[0],
-        )
+        err = (recon.float().add(1).div(2) - images.float().add(1).div(2)).pow(2)
+        st = self._eval_stats
+        st["counts"] += torch.bincount(codes.flatten(), minlength=self.cfg.vocab_size)
+        st["sse"] += err.sum().double()
+        st["n"] += err.numel()
+        self.log_dict({f"{stage}/loss": r["loss"], f"{stage}/kl": r["kl"], f"{stage}/recon_nll": r["recon"]},
+                      batch_size=images.shape[0])
 
-    def _log_usage(self, stage: str) -> None:
-        counts = self._val_counts
-        if counts is None or counts.sum() == 0:
+    def _log_epoch(self, stage: str) -> None:
+        """recon_mse / psnr over the whole epoch (PSNR of the epoch MSE), codebook usage and perplexity."""
+        st = getattr(self, "_eval_stats", None)
+        if st is None or st["n"] == 0:
             return
         if self.trainer.world_size > 1:
-            counts = self.all_gather(counts).sum(0)
-        p = counts.float() / counts.sum()
-        entropy = -(p[p > 0] * p[p > 0].log()).sum()
-        self.log(f"{stage}/codebook_usage", 100.0 * (counts > 0).float().mean(), rank_zero_only=True)
-        self.log(f"{stage}/perplexity", entropy.exp(), rank_zero_only=True)
+            st = {k: self.all_gather(v).sum(0) for k, v in st.items()}
+        mse = (st["sse"] / st["n"]).float()
+        usage, perplexity = codebook_stats(st["counts"])
+        self.log_dict({f"{stage}/recon_mse": mse, f"{stage}/psnr": psnr_from_mse(mse),
+                       f"{stage}/codebook_usage": usage, f"{stage}/perplexity": perplexity}, sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_usage("val")
+        self._log_epoch("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_usage("test")
+        self._log_epoch("test")
 
     @torch.no_grad()
     def sample_grid(self, batch: dict[str, Any]) -> torch.Tensor:

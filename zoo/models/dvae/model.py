@@ -29,6 +29,11 @@ class DVAEConfig:
     n_init: int = 128  # decoder width right after the 1x1 input conv (paper: 128)
     out_channels: int = 6  # 6 = logit-Laplace (mu, ln b); 3 = MSE ablation
     width_mults: tuple[int, ...] = field(default=(1, 2, 4, 8))
+    # Initial scale of the code logits: the final 1x1 conv's weights are multiplied by this after the
+    # variance-preserving init. With gain 1 the logits spread ~0.5 nats, far below the Gumbel noise (std 1.28), so
+    # the relaxed samples carry almost nothing about the image until the encoder has grown its logits ~10x
+    # (see bench/tokenizer_quality.py). The paper does not say; 1.0 is the released model's plain init.
+    logit_init_gain: float = 1.0
 
     @property
     def n_layers(self) -> int:
@@ -131,6 +136,17 @@ class DVAE(nn.Module, ImageTokenizer):
                 dec.append(nn.Upsample(scale_factor=2, mode="nearest"))
         dec += [nn.ReLU(), nn.Conv2d(n_in, cfg.out_channels, 1)]
         self.decoder = nn.Sequential(*dec)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The released DALL·E dVAE's init: conv weights N(0, 1 / (n_in * k * k)), zero biases (variance
+        preserving, unlike PyTorch's default which shrinks activations ~sqrt(3)x per layer); then the logit gain."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=(m.in_channels * m.kernel_size[0] * m.kernel_size[1]) ** -0.5)
+                nn.init.zeros_(m.bias)
+        self.encoder[-1].weight.mul_(self.cfg.logit_init_gain)
 
     # -- training-time pieces ----------------------------------------------------------------------------------
     def logits(self, images: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from zoo.errors import ConfigError
-from zoo.models.dvae.lit import psnr_from_mse
 from zoo.models.vqvae.model import VQVAE, build_config
+from zoo.nn.image_tokenizer import codebook_stats, psnr_from_mse
 
 
 class VQVAELit(L.LightningModule):
@@ -21,7 +21,6 @@ class VQVAELit(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.grid_nrow = 8
-        self._counts: Optional[torch.Tensor] = None
 
     @property
     def tokenizer(self) -> VQVAE:
@@ -39,22 +38,31 @@ class VQVAELit(L.LightningModule):
         self.log_dict({
             "train/loss": r["loss"], "train/recon_mse": r["mse"], "train/psnr": psnr_from_mse(r["mse"]),
             "train/commitment": r["commitment"], "train/perplexity": r["perplexity"],
-            "train/beta": self.cfg.beta,
+            **({} if self.cfg.ema else {"train/codebook_loss": r["codebook_loss"]}),
         })
         self.log("loss", r["loss"], prog_bar=True, logger=False)
         return r["loss"]
 
+    # --------------------------------------------------------------------------------------------- evaluation
     def on_validation_epoch_start(self) -> None:
-        self._counts = torch.zeros(self.cfg.codebook_size, dtype=torch.long, device=self.device)
+        self._eval_stats = {
+            "counts": torch.zeros(self.cfg.codebook_size, dtype=torch.long, device=self.device),
+            "sse": torch.zeros((), dtype=torch.float64, device=self.device),
+            "n": torch.zeros((), dtype=torch.float64, device=self.device),
+        }
 
     on_test_epoch_start = on_validation_epoch_start
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
         images = batch["image"]
-        r = self.forward_loss(images)
-        self._counts += torch.bincount(r["codes"].flatten(), minlength=self.cfg.codebook_size)
-        self.log_dict({f"{stage}/loss": r["loss"], f"{stage}/recon_mse": r["mse"],
-                       f"{stage}/psnr": psnr_from_mse(r["mse"])}, batch_size=images.shape[0])
+        r = self.forward_loss(images)  # eval mode: nearest codes, no codebook update
+        err = (r["recon"].float().clamp(-1, 1).add(1).div(2) - images.float().add(1).div(2)).pow(2)
+        st = self._eval_stats
+        st["counts"] += torch.bincount(r["codes"].flatten(), minlength=self.cfg.codebook_size)
+        st["sse"] += err.sum().double()
+        st["n"] += err.numel()
+        self.log_dict({f"{stage}/loss": r["loss"], f"{stage}/commitment": r["commitment"]},
+                      batch_size=images.shape[0])
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
@@ -62,21 +70,23 @@ class VQVAELit(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, "test")
 
-    def _log_usage(self, stage: str) -> None:
-        counts = self._counts
-        if counts is None or counts.sum() == 0:
+    def _log_epoch(self, stage: str) -> None:
+        """recon_mse / psnr over the whole epoch (PSNR of the epoch MSE), codebook usage and perplexity."""
+        st = getattr(self, "_eval_stats", None)
+        if st is None or st["n"] == 0:
             return
         if self.trainer.world_size > 1:
-            counts = self.all_gather(counts).sum(0)
-        p = counts.float() / counts.sum()
-        self.log(f"{stage}/codebook_usage", 100.0 * (counts > 0).float().mean(), rank_zero_only=True)
-        self.log(f"{stage}/perplexity", torch.exp(-(p[p > 0] * p[p > 0].log()).sum()), rank_zero_only=True)
+            st = {k: self.all_gather(v).sum(0) for k, v in st.items()}
+        mse = (st["sse"] / st["n"]).float()
+        usage, perplexity = codebook_stats(st["counts"])
+        self.log_dict({f"{stage}/recon_mse": mse, f"{stage}/psnr": psnr_from_mse(mse),
+                       f"{stage}/codebook_usage": usage, f"{stage}/perplexity": perplexity})
 
     def on_validation_epoch_end(self) -> None:
-        self._log_usage("val")
+        self._log_epoch("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_usage("test")
+        self._log_epoch("test")
 
     @torch.no_grad()
     def sample_grid(self, batch: dict[str, Any]) -> torch.Tensor:

@@ -1,0 +1,230 @@
+"""ClipLit (model=clip): presets and net overrides, learning on a fixed batch (fp32 and bf16 autocast), val retrieval
+metrics, Lightning checkpoint round trips through model.checkpoint= / ClipScorer, offline pretrained weights, refused
+pickles, check_data."""
+from __future__ import annotations
+
+import os
+import pickle
+import time
+
+import lightning as L
+import pytest
+import torch
+
+from zoo.errors import ConfigError, MissingWeightsError
+from zoo.models.clip.lit import ClipLit, recall_at_k
+from zoo.models.clip.model import PRESETS, count_parameters, resolve_config
+from zoo.models.clip.scorer import ClipScorer
+
+COLOURS = ["red", "green", "blue", "yellow"]
+SHAPES = ["circle", "square", "triangle", "star"]
+
+
+def pairs(n=16, size=32, seed=0):
+    """n distinct random images with n distinct captions (a fixed batch to memorise)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, size, size, generator=g) * 2 - 1
+    captions = [f"a {COLOURS[i % 4]} {SHAPES[(i // 4) % 4]} number {i}" for i in range(n)]
+    return {"image": images, "caption": captions}
+
+
+class PairDataset(torch.utils.data.Dataset):
+    def __init__(self, batch):
+        self.b = batch
+
+    def __len__(self):
+        return len(self.b["caption"])
+
+    def __getitem__(self, i):
+        return {"image": self.b["image"][i], "caption": self.b["caption"][i]}
+
+
+def collate(samples):
+    return {"image": torch.stack([s["image"] for s in samples]), "caption": [s["caption"] for s in samples]}
+
+
+def loader(batch, bs=8):
+    return torch.utils.data.DataLoader(PairDataset(batch), batch_size=bs, collate_fn=collate)
+
+
+# ----------------------------------------------------------------------------------------- presets / config
+def test_presets_and_net_overrides():
+    assert set(PRESETS) == {"tiny", "shapes", "paper"}
+    m = ClipLit(preset="tiny", net={"embed_dim": 48, "vision_cfg": {"width": 96, "patch_size": 4},
+                                    "text_cfg": {"context_length": 24}})
+    assert m.clip.visual.conv1.out_channels == 96 and m.clip.visual.conv1.kernel_size == (4, 4)
+    assert m.clip.text_projection.shape[1] == 48 and m.tokenize(["a b"]).shape == (1, 24)
+    assert m.image_size == 32 and m.arch == "zoo-clip-tiny"
+    for bad, match in [({"preset": "huge"}, "tiny"), ({"net": {"widht": 3}}, "embed_dim"),
+                       ({"net": {"vision_cfg": {"layerz": 1}}}, "layers"), ({"arch": "ViT-Nope"}, "architecture")]:
+        with pytest.raises(ValueError, match=match):
+            ClipLit(**{"preset": "tiny", **bad})
+
+
+def test_paper_preset_is_vit_h_counted_on_meta():
+    cfg = resolve_config("paper")
+    assert cfg.arch == "ViT-H-14"
+    n = count_parameters(cfg)  # no memory allocated
+    assert 0.9e9 < n < 1.1e9, n
+
+
+# ------------------------------------------------------------------------------------------------- learning
+@pytest.mark.parametrize("bf16", [False, True])
+def test_contrastive_loss_falls_on_fixed_batch(bf16):
+    torch.manual_seed(0)
+    m = ClipLit(preset="tiny")
+    batch = pairs(16)
+    params = [p for n, p in m.named_parameters() if "logit_scale" not in n]  # fixed temperature: a clean signal
+    opt = torch.optim.AdamW(params, lr=2e-3)
+    losses = []
+    for _ in range(50 if not bf16 else 30):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            img, txt = m.embed(batch)
+            loss = m.loss_fn(img.float(), txt.float(), m.clip.logit_scale.exp())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0] / 2, (losses[0], losses[-1])
+
+
+def test_recall_at_k_exact_index_matching():
+    sim = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.7, 0.1], [0.5, 0.4, 0.0]])
+    assert recall_at_k(sim, 1) == pytest.approx(1 / 3) and recall_at_k(sim, 2) == pytest.approx(2 / 3)
+    # a duplicate caption ranked first is a miss: only the paired index counts
+    dup = torch.tensor([[1.0, 1.0 - 1e-6], [1.0, 1.0 - 1e-6]])
+    assert recall_at_k(dup, 1) == pytest.approx(0.5)
+
+
+def _trainer(tmp_path, **kw):
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, default_root_dir=str(tmp_path), **kw)
+
+
+def test_fit_validate_logs_retrieval_and_checkpoint_round_trips(tmp_path):
+    torch.manual_seed(0)
+    net = {"embed_dim": 40}  # non-default net: the checkpoint must rebuild it from its hyper-parameters
+    m = ClipLit(preset="tiny", net=net)
+    train, val = pairs(16, seed=1), pairs(12, size=48, seed=2)  # val images at another size: resized by the model
+    t = _trainer(tmp_path, max_steps=2, limit_val_batches=2, num_sanity_val_steps=0, enable_checkpointing=False)
+    t.fit(m, loader(train), loader(val, bs=5))
+    metrics = t.validate(m, loader(val, bs=5), verbose=False)[0]
+    for k in ("val/loss", "val/t2i_r@1", "val/t2i_r@5", "val/i2t_r@1", "val/i2t_r@5"):
+        assert k in metrics
+    assert 0 <= metrics["val/t2i_r@1"] <= metrics["val/t2i_r@5"] <= 1
+    assert m.clip.logit_scale.item() <= torch.log(torch.tensor(100.0)).item() + 1e-6
+
+    ckpt = tmp_path / "clip.ckpt"
+    t.save_checkpoint(ckpt)
+    raw = torch.load(ckpt, weights_only=True)  # plain hyper-parameters: weights_only loads it
+    assert raw["hyper_parameters"]["net"] == net and raw["hyper_parameters"]["load_weights"] is False
+
+    batch = pairs(4, size=40, seed=3)
+    a = m.scorer()
+    b = ClipScorer.from_lightning_checkpoint(str(ckpt))
+    c = ClipLit(preset="tiny", net=net, checkpoint=str(ckpt)).scorer()  # model.checkpoint=<lightning ckpt>
+    d = ClipLit.load_from_checkpoint(str(ckpt), weights_only=True).scorer()
+    for s in (b, c, d):
+        assert torch.equal(s.encode_image(batch["image"]), a.encode_image(batch["image"]))
+        assert torch.equal(s.encode_text(batch["caption"]), a.encode_text(batch["caption"]))
+    fresh = ClipLit(preset="tiny", net=net).scorer()
+    assert not torch.equal(fresh.encode_text(batch["caption"]), a.encode_text(batch["caption"]))
+
+
+def test_checkpoint_does_not_need_the_original_weights_file(tmp_path):
+    """Started from model.checkpoint=<open_clip file>; the saved .ckpt reloads after that file is gone."""
+    torch.manual_seed(0)
+    src = tmp_path / "start.pt"
+    torch.save(ClipLit(preset="tiny").clip.state_dict(), src)
+    m = ClipLit(preset="tiny", checkpoint=str(src))
+    t = _trainer(tmp_path, max_steps=1, enable_checkpointing=False)
+    t.fit(m, loader(pairs(8)))
+    t.save_checkpoint(tmp_path / "run.ckpt")
+    src.unlink()
+    again = ClipLit.load_from_checkpoint(str(tmp_path / "run.ckpt"), weights_only=True)
+    caps = ["a red star"]
+    assert torch.equal(again.scorer().encode_text(caps), m.scorer().encode_text(caps))
+
+
+# ------------------------------------------------------------------------------------------------- weights
+def test_offline_pretrained_names_option_and_file(monkeypatch, tmp_path):
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ZOO_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # if anything tried the network it would fail fast
+    t0 = time.perf_counter()
+    with pytest.raises(MissingWeightsError) as err:
+        ClipLit(preset="tiny", arch="ViT-B-32", pretrained="openai", cache_dir=str(tmp_path / "cache"))
+    assert time.perf_counter() - t0 < 10
+    msg = str(err.value)
+    assert "model.checkpoint=" in msg and "open_clip_model.safetensors" in msg
+    assert "timm/vit_base_patch32_clip_224.openai" in msg and str(tmp_path / "cache") in msg
+    with pytest.raises(MissingWeightsError, match="nothere.pt"):
+        ClipLit(preset="tiny", checkpoint=str(tmp_path / "nothere.pt"))
+    with pytest.raises(MissingWeightsError, match="model.checkpoint="):
+        ClipScorer.from_open_clip("ViT-B-32", pretrained="openai", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="openai"):  # an unknown tag lists the known ones
+        ClipLit(preset="tiny", arch="ViT-B-32", pretrained="no-such-tag")
+
+
+def test_cached_pretrained_tag_loads_offline(monkeypatch, tmp_path):
+    """A tag whose file sits in the HF cache loads with the hub offline, with the tag's own mean/std."""
+    import open_clip.pretrained as ocp
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    monkeypatch.setitem(ocp._PRETRAINED, "zoo-clip-tiny", {"testtag": {"hf_hub": "zoo-test/tiny-clip/", "mean": mean,
+                                                                       "std": std}})
+    torch.manual_seed(3)
+    src = ClipLit(preset="tiny").clip
+    snap = tmp_path / "hub" / "models--zoo-test--tiny-clip" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(snap / "open_clip_model.safetensors"))
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("a" * 40)
+    s = ClipScorer.from_open_clip("zoo-clip-tiny", pretrained="testtag", cache_dir=str(tmp_path / "hub"))
+    assert s.mean.flatten().tolist() == list(mean) and s.std.flatten().tolist() == list(std)
+    want = ClipScorer.from_model(src, __import__("open_clip").get_tokenizer("zoo-clip-tiny"))
+    assert torch.equal(s.encode_text(["a red star"]), want.encode_text(["a red star"]))
+
+
+def test_malicious_clip_checkpoint_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch pwned_clip",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"preset": "tiny"}, "x": Evil()}, path)
+    with pytest.raises(pickle.UnpicklingError, match="refused"):
+        ClipLit(preset="tiny", checkpoint=str(path))
+    with pytest.raises(pickle.UnpicklingError):
+        ClipScorer.from_lightning_checkpoint(str(path))
+    with pytest.raises(pickle.UnpicklingError):
+        ClipScorer.from_open_clip("zoo-clip-tiny", checkpoint=str(path))
+    assert not (tmp_path / "pwned_clip").exists()
+
+
+# --------------------------------------------------------------------------------------------------- data
+class _FakeDM:
+    def __init__(self, sample, batch_size=8):
+        self.sample, self.batch_size = sample, batch_size
+
+    def dataset(self, split):
+        return [self.sample]
+
+
+def test_check_data():
+    m = ClipLit(preset="tiny")
+    good = {"image": torch.zeros(3, 48, 48), "caption": "a red circle"}
+    m.check_data(_FakeDM(good))  # any image size is fine: the model resizes
+    with pytest.raises(ConfigError, match="batch_size"):
+        m.check_data(_FakeDM(good, batch_size=1))
+    with pytest.raises(ConfigError, match="caption"):
+        m.check_data(_FakeDM({"image": torch.zeros(3, 32, 32)}))
+    with pytest.raises(ConfigError, match="RGB"):
+        m.check_data(_FakeDM({"image": torch.zeros(1, 32, 32), "caption": "x"}))

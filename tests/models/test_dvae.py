@@ -1,0 +1,209 @@
+"""dVAE: paper architecture (presets), ImageTokenizer view, objective pieces, schedules, learning, Lightning wiring."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from zoo.data.shapes import ShapesDataset
+from zoo.errors import ConfigError
+from zoo.models.dvae import DVAE, PRESETS, DVAEConfig
+from zoo.models.dvae.lit import DVAELit, kl_to_uniform
+from zoo.nn.image_tokenizer import ImageTokenizer
+from zoo.nn.schedules import SCHEDULES
+
+
+def _images(n: int, res: int = 32, seed: int = 0) -> torch.Tensor:
+    """A fixed batch of structured images in [-1, 1]: coloured rectangles on flat backgrounds."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.empty(n, 3, res, res)
+    for i in range(n):
+        x[i] = (torch.rand(3, 1, 1, generator=g) * 2 - 1)
+        for _ in range(2):
+            y0, x0 = torch.randint(0, res - 8, (2,), generator=g).tolist()
+            s = int(torch.randint(6, 14, (1,), generator=g))
+            x[i, :, y0 : y0 + s, x0 : x0 + s] = torch.rand(3, 1, 1, generator=g) * 2 - 1
+    return x
+
+
+# ----------------------------------------------------------------------------------------------- architecture
+def test_paper_preset_matches_the_paper():
+    with torch.device("meta"):
+        m = DVAE(PRESETS["paper"])
+    assert isinstance(m, ImageTokenizer)
+    assert m.codebook_size == 8192 and m.grid_size == (32, 32) and m.downsample_factor == 8
+    assert m.post_gain == pytest.approx(1 / 64) and m.cfg.n_layers == 8
+    assert m.encoder[0].kernel_size == (7, 7)
+    blocks = [b for b in m.encoder if hasattr(b, "res_path")]
+    assert [b.res_path[-1].out_channels for b in blocks] == [256, 256, 512, 512, 1024, 1024, 2048, 2048]
+    assert all(b.post_gain == pytest.approx(1 / 64) for b in blocks)
+    # bottleneck = width / 4, convs 3x3, 3x3, 3x3, 1x1 each after a ReLU
+    convs = [c for c in blocks[0].res_path if isinstance(c, torch.nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(3, 3), (3, 3), (3, 3), (1, 1)] and convs[0].out_channels == 64
+    assert all(isinstance(a, torch.nn.ReLU) for a in blocks[0].res_path[::2])
+    assert sum(isinstance(b, torch.nn.MaxPool2d) for b in m.encoder) == 3
+    assert m.encoder[-1].out_channels == 8192 and m.encoder[-1].kernel_size == (1, 1)
+    assert m.decoder[0].in_channels == 8192 and m.decoder[0].kernel_size == (1, 1)
+    assert sum(isinstance(b, torch.nn.Upsample) for b in m.decoder) == 3
+    assert m.decoder[-1].out_channels == 6
+
+
+def test_presets_and_overrides():
+    assert set(PRESETS) >= {"tiny", "shapes", "paper"}
+    s = DVAE(PRESETS["shapes"])
+    assert s.grid_size == (8, 8) and s.codebook_size == PRESETS["shapes"].vocab_size
+    lit = DVAELit(preset="tiny", net={"vocab_size": 32}, recon_loss="mse")
+    assert lit.dvae.codebook_size == 32 and lit.dvae.decoder[-1].out_channels == 3
+    with pytest.raises(ValueError, match="tiny"):
+        DVAELit(preset="huge")
+    with pytest.raises(ValueError, match="n_hid"):
+        DVAELit(preset="tiny", net={"n_hidden": 3})
+    with pytest.raises(ValueError, match="mse"):
+        DVAELit(preset="tiny", recon_loss="l1")
+
+
+def test_encode_decode_shapes_and_dtypes():
+    torch.manual_seed(0)
+    m = DVAELit(preset="tiny").dvae.eval()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    codes = m.encode(x)
+    h, w = m.grid_size
+    assert codes.dtype == torch.long and codes.shape == (3, h, w) == (3, 32 // m.downsample_factor, 32 // m.downsample_factor)
+    assert int(codes.min()) >= 0 and int(codes.max()) < m.codebook_size
+    torch.testing.assert_close(codes, m.logits(x).argmax(1))  # argmax tokens, no Gumbel noise
+    assert torch.equal(codes, m.encode(x))
+    out = m.decode(codes)
+    assert out.shape == x.shape and out.dtype == torch.float32 and out.min() >= -1 and out.max() <= 1
+
+
+# ----------------------------------------------------------------------------------------------- objective
+def test_kl_to_uniform_values():
+    assert kl_to_uniform(torch.zeros(2, 8, 3, 3)).abs().max() < 1e-6
+    peaked = torch.full((1, 8, 1, 1), -1e4)
+    peaked[0, 3] = 0
+    assert kl_to_uniform(peaked).item() == pytest.approx(math.log(8), rel=1e-5)
+    logits = torch.randn(1, 5, 1, 1)
+    q = logits.softmax(1).flatten()
+    assert kl_to_uniform(logits).item() == pytest.approx(float((q * (q * 5).log()).sum()), rel=1e-5)
+
+
+def test_loss_is_recon_plus_beta_kl_per_pixel_channel():
+    torch.manual_seed(0)
+    m = DVAELit(preset="tiny", kl_steps=0, kl_weight_max=6.6)
+    x = _images(2)
+    r = m.forward_loss(x, step=10)
+    h, w = m.dvae.grid_size
+    kl_by_hand = kl_to_uniform(r["logits"]).sum((1, 2)).mean() / (3 * 32 * 32)
+    torch.testing.assert_close(r["kl"], kl_by_hand)
+    torch.testing.assert_close(r["loss"], r["recon"] + 6.6 * r["kl"])
+    assert r["logits"].shape == (2, m.dvae.codebook_size, h, w)
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_schedule_functions_hit_endpoints(schedule):
+    fn = SCHEDULES[schedule]
+    assert fn(0, 1.0, 1 / 16, 1000) == pytest.approx(1.0)
+    assert 1 / 16 < fn(500, 1.0, 1 / 16, 1000) < 1.0
+    assert fn(1000, 1.0, 1 / 16, 1000) == pytest.approx(1 / 16)
+    assert fn(10**6, 1.0, 1 / 16, 1000) == pytest.approx(1 / 16)
+    assert fn(3, 0.0, 6.6, 0) == 6.6  # zero-length schedule: the end value at once
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_temperature_and_kl_weight_reach_their_endpoints(schedule):
+    m = DVAELit(preset="tiny", temperature_steps=100, kl_steps=10, temperature_schedule=schedule,
+                kl_schedule="linear" if schedule == "exponential" else schedule)
+    assert m.temperature(0) == pytest.approx(1.0) and m.kl_weight(0) == pytest.approx(0.0)
+    taus = [m.temperature(s) for s in range(101)]
+    assert all(a >= b for a, b in zip(taus, taus[1:]))  # monotone
+    assert m.temperature(100) == pytest.approx(1 / 16) and m.temperature(10**6) == pytest.approx(1 / 16)
+    assert 0 < m.kl_weight(5) < 6.6
+    assert m.kl_weight(10) == pytest.approx(6.6) and m.kl_weight(10**6) == pytest.approx(6.6)
+
+
+# ----------------------------------------------------------------------------------------------- learning
+@pytest.mark.parametrize("recon_loss", ["logit_laplace", "mse"])
+def test_overfits_a_fixed_batch(recon_loss):
+    torch.manual_seed(0)
+    ds = ShapesDataset("train", 8, 32)
+    x = torch.stack([ds[i]["image"] for i in range(8)])
+    m = DVAELit(preset="tiny", recon_loss=recon_loss, temperature_steps=100, temperature_schedule="exponential",
+                kl_steps=50, kl_weight_max=0.5)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    mses = []
+    for step in range(150):
+        r = m.forward_loss(x, step=step)
+        opt.zero_grad()
+        r["loss"].backward()
+        opt.step()
+        mses.append(r["mse"].item())
+    first, last = sum(mses[:5]) / 5, sum(mses[-5:]) / 5
+    assert last < first / 5, (first, last)
+    # and the hard tokens reconstruct too (what stage 2 sees)
+    m.eval()
+    mse_hard = torch.nn.functional.mse_loss(m.dvae.decode(m.dvae.encode(x)).add(1).div(2), x.add(1).div(2)).item()
+    assert mse_hard < first / 3, (first, mse_hard)
+
+
+# ----------------------------------------------------------------------------------------------- lightning
+class _DM(L.LightningDataModule):
+    def __init__(self, resolution: int = 32):
+        super().__init__()
+        self.resolution = resolution
+
+    def _loader(self):
+        x = _images(8, self.resolution)
+        return DataLoader([{"image": x[i]} for i in range(8)], batch_size=4)
+
+    def train_dataloader(self):
+        return self._loader()
+
+    def val_dataloader(self):
+        return self._loader()
+
+
+def test_lightning_bf16_fit_logs_the_metrics(tmp_path):
+    torch.manual_seed(0)
+    m = DVAELit(preset="tiny", temperature_steps=4, kl_steps=2)
+    m.check_data(_DM())
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=4, limit_val_batches=2,
+                        val_check_interval=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(m, datamodule=_DM())
+    logged = trainer.callback_metrics
+    for k in ["train/loss", "train/recon_mse", "train/psnr", "train/temperature", "train/kl_weight",
+              "val/loss", "val/recon_mse", "val/psnr", "val/codebook_usage", "val/perplexity"]:
+        assert k in logged and torch.isfinite(logged[k]), k
+    assert 0 < logged["val/codebook_usage"] <= 100
+    assert logged["train/temperature"].item() == pytest.approx(1 / 16)
+    mse = logged["val/recon_mse"].item()
+    assert logged["val/psnr"].item() == pytest.approx(10 * math.log10(1 / mse), rel=1e-3)
+    grid = m.sample_grid({"image": _images(3)})
+    assert grid.shape == (6, 3, 32, 32) and m.grid_nrow > 0
+    assert grid.min() >= -1 and grid.max() <= 1
+    torch.testing.assert_close(grid[0::2], _images(3))  # interleaved input | reconstruction
+
+
+def test_check_data_names_the_fix():
+    m = DVAELit(preset="shapes")  # downsample factor 4
+    with pytest.raises(ConfigError, match="data.resolution"):
+        m.check_data(_DM(resolution=30))
+    m.check_data(_DM(resolution=64))
+    assert m.dvae.grid_size == (16, 16)
+
+
+def test_checkpoint_hparams_are_plain_values():
+    import functools
+
+    m = DVAELit(preset="tiny", optimizer=functools.partial(torch.optim.AdamW, lr=1e-3))
+    assert "optimizer" not in m.hparams and m.hparams.preset == "tiny"
+    opt = m.configure_optimizers()
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == 1e-3
+
+
+def test_config_dataclass_is_frozen():
+    with pytest.raises(Exception):
+        DVAEConfig().vocab_size = 3  # type: ignore[misc]

@@ -1,0 +1,129 @@
+"""VQ-VAE: presets, ImageTokenizer view, learning a fixed batch, Lightning wiring (bf16), config errors."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from zoo.data.shapes import ShapesDataset
+from zoo.errors import ConfigError
+from zoo.models.vqvae import PRESETS, VQVAE
+from zoo.models.vqvae.lit import VQVAELit
+from zoo.nn.image_tokenizer import ImageTokenizer
+
+
+def _shapes(n: int, res: int = 32) -> torch.Tensor:
+    ds = ShapesDataset("train", n, res)
+    return torch.stack([ds[i]["image"] for i in range(n)])
+
+
+def test_paper_preset_builds_on_meta():
+    with torch.device("meta"):
+        m = VQVAE(PRESETS["paper"])
+    assert isinstance(m, ImageTokenizer)
+    assert m.grid_size == (32, 32) and m.codebook_size == 8192 and m.downsample_factor == 8
+
+
+def test_encode_decode_shapes_and_dtypes():
+    torch.manual_seed(0)
+    m = VQVAELit(preset="shapes").tokenizer.eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    codes = m.encode(x)
+    assert codes.shape == (2, 8, 8) and codes.dtype == torch.long and m.grid_size == (8, 8)
+    assert int(codes.min()) >= 0 and int(codes.max()) < m.codebook_size
+    out = m.decode(codes)
+    assert out.shape == x.shape and out.dtype == torch.float32 and out.abs().max() <= 1
+    # encode uses the same nearest-code rule as the training forward pass
+    assert torch.equal(codes, m(x)["codes"])
+
+
+def test_presets_and_bad_options():
+    assert set(PRESETS) >= {"tiny", "shapes", "paper"}
+    m = VQVAELit(preset="tiny", net={"codebook_size": 32, "l2_normalize": True})
+    assert m.tokenizer.codebook_size == 32 and m.tokenizer.quantizer.l2_normalize
+    with pytest.raises(ValueError, match="shapes"):
+        VQVAELit(preset="big")
+    with pytest.raises(ValueError, match="codebook_size"):
+        VQVAELit(preset="tiny", net={"n_codes": 3})
+
+
+@pytest.mark.parametrize("net", [{"kmeans_init": True}, {"ema": False}])
+def test_overfits_a_fixed_batch(net):
+    torch.manual_seed(0)
+    x = _shapes(8)
+    m = VQVAELit(preset="tiny", net=net)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    mses = []
+    for _ in range(150):
+        r = m.forward_loss(x)
+        opt.zero_grad()
+        r["loss"].backward()
+        opt.step()
+        mses.append(r["mse"].item())
+    first, last = sum(mses[:5]) / 5, sum(mses[-5:]) / 5
+    assert last < first / 5, (first, last)
+
+
+def test_encoder_gets_gradient_through_the_quantizer():
+    torch.manual_seed(0)
+    m = VQVAELit(preset="tiny")
+    r = m.forward_loss(_shapes(2))
+    torch.nn.functional.mse_loss(r["recon"], torch.zeros_like(r["recon"])).backward()  # decoder-side loss only
+    enc_grads = [p.grad for p in m.tokenizer.encoder.parameters()]
+    assert all(g is not None for g in enc_grads) and sum(g.abs().sum() for g in enc_grads) > 0
+
+
+class _DM(L.LightningDataModule):
+    def __init__(self, resolution: int = 32):
+        super().__init__()
+        self.resolution = resolution
+
+    def _loader(self):
+        x = _shapes(8, self.resolution)
+        return DataLoader([{"image": x[i], "caption": "c"} for i in range(8)], batch_size=4)
+
+    def train_dataloader(self):
+        return self._loader()
+
+    def val_dataloader(self):
+        return self._loader()
+
+
+def test_lightning_bf16_fit_logs_the_metrics(tmp_path):
+    torch.manual_seed(0)
+    m = VQVAELit(preset="tiny")
+    m.check_data(_DM())
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=4, limit_val_batches=2,
+                        val_check_interval=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(m, datamodule=_DM())
+    logged = trainer.callback_metrics
+    for k in ["train/loss", "train/recon_mse", "train/psnr", "train/perplexity", "train/commitment",
+              "val/loss", "val/recon_mse", "val/psnr", "val/codebook_usage", "val/perplexity"]:
+        assert k in logged and torch.isfinite(logged[k]), k
+    assert 0 < logged["val/codebook_usage"] <= 100
+    mse = logged["val/recon_mse"].item()
+    assert logged["val/psnr"].item() == pytest.approx(10 * math.log10(1 / mse), rel=1e-3)
+    x = _shapes(3)
+    grid = m.sample_grid({"image": x})
+    assert grid.shape == (6, 3, 32, 32) and m.grid_nrow > 0 and grid.abs().max() <= 1
+    torch.testing.assert_close(grid[0::2], x)
+
+
+def test_check_data_names_the_fix():
+    m = VQVAELit(preset="shapes")  # downsample factor 4
+    with pytest.raises(ConfigError, match="data.resolution"):
+        m.check_data(_DM(resolution=30))
+    m.check_data(_DM(resolution=64))
+    assert m.tokenizer.grid_size == (16, 16)
+
+
+def test_hparams_are_plain_values():
+    import functools
+
+    m = VQVAELit(preset="tiny", optimizer=functools.partial(torch.optim.AdamW, lr=5e-4))
+    assert "optimizer" not in m.hparams and m.hparams.preset == "tiny"
+    assert m.configure_optimizers().param_groups[0]["lr"] == 5e-4

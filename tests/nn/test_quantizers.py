@@ -1,0 +1,150 @@
+"""VectorQuantizer: STE gradients, commitment on the encoder side, EMA arithmetic by hand, dead-code restart,
+k-means init, cosine codes, no statistics updates in eval mode."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zoo.nn.quantizers import VectorQuantizer
+
+
+def _as_map(vectors: torch.Tensor) -> torch.Tensor:
+    """(N, D) -> (1, D, N, 1), the (B, D, h, w) layout the quantizer takes."""
+    return vectors.t().reshape(1, vectors.shape[1], vectors.shape[0], 1)
+
+
+def _two_code_vq(**kw) -> VectorQuantizer:
+    vq = VectorQuantizer(2, 2, restart_dead_codes=False, **kw)
+    with torch.no_grad():
+        vq.embed.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+        if vq.ema:
+            vq.embed_sum.copy_(vq.embed)
+        vq.cluster_size.fill_(1.0)
+    return vq
+
+
+def test_ste_gradient_reaches_encoder_weights():
+    torch.manual_seed(0)
+    enc = torch.nn.Conv2d(3, 4, 1)
+    vq = VectorQuantizer(8, 4)
+    out = vq(enc(torch.randn(2, 3, 4, 4)))
+    assert out["z_q"].shape == (2, 4, 4, 4) and out["codes"].shape == (2, 4, 4) and out["codes"].dtype == torch.long
+    (out["z_q"] ** 2).sum().backward()  # a decoder-side loss
+    assert enc.weight.grad is not None and enc.weight.grad.abs().sum() > 0
+
+
+def test_forward_value_is_the_code_and_gradient_is_identity():
+    vq = _two_code_vq(ema=False).eval()
+    z = _as_map(torch.tensor([[0.2, 0.1], [0.9, 1.3]])).requires_grad_(True)
+    out = vq(z)
+    torch.testing.assert_close(out["z_q"].detach(), _as_map(torch.tensor([[0.0, 0.0], [1.0, 1.0]])))
+    out["z_q"].sum().backward()
+    torch.testing.assert_close(z.grad, torch.ones_like(z))
+
+
+def test_commitment_is_encoder_side_and_codebook_loss_codebook_side():
+    enc = torch.nn.Conv2d(3, 2, 1)
+    vq = _two_code_vq(ema=False, beta=0.25)
+    out = vq(enc(torch.randn(2, 3, 4, 4)))
+    out["commitment"].backward(retain_graph=True)
+    assert enc.weight.grad.abs().sum() > 0
+    assert vq.embed.grad is None or vq.embed.grad.abs().sum() == 0
+    enc.zero_grad()
+    out["codebook_loss"].backward()
+    assert vq.embed.grad.abs().sum() > 0
+    assert enc.weight.grad is None or enc.weight.grad.abs().sum() == 0
+
+
+def test_commitment_value_is_beta_times_mse_to_the_code():
+    vq = _two_code_vq(ema=False, beta=0.25).eval()
+    v = torch.tensor([[0.2, 0.1], [0.9, 1.3]])
+    out = vq(_as_map(v))
+    assert out["codes"].flatten().tolist() == [0, 1]
+    by_hand = 0.25 * ((0.2**2 + 0.1**2) + (0.1**2 + 0.3**2)) / 4
+    assert out["commitment"].item() == pytest.approx(by_hand)
+    assert out["codebook_loss"].item() == pytest.approx(by_hand / 0.25)
+
+
+def test_ema_update_matches_hand_computation():
+    # 2 codes, 4 vectors, decay 0.5, Laplace smoothing eps = 0.1 so the smoothing is visible
+    vq = _two_code_vq(ema=True, decay=0.5, eps=0.1).train()
+    z = torch.tensor([[0.1, 0.0], [0.9, 1.0], [1.2, 1.1], [0.8, 0.7]])
+    out = vq(_as_map(z))
+    assert out["codes"].flatten().tolist() == [0, 1, 1, 1]
+    # N_k <- 0.5 N_k + 0.5 n_k = 0.5*[1, 1] + 0.5*[1, 3] = [1, 2]
+    # m_k <- 0.5 m_k + 0.5 sum_k  (m_0 = e_0 = (0, 0), m_1 = e_1 = (1, 1))
+    m0 = [0.5 * 0.0 + 0.5 * 0.1, 0.5 * 0.0 + 0.5 * 0.0]
+    m1 = [0.5 * 1.0 + 0.5 * (0.9 + 1.2 + 0.8), 0.5 * 1.0 + 0.5 * (1.0 + 1.1 + 0.7)]
+    # Laplace smoothing: N'_k = (N_k + eps) / (n + K eps) * n with n = sum_k N_k = 3, K = 2
+    n = 3.0
+    s0, s1 = (1 + 0.1) / (n + 0.2) * n, (2 + 0.1) / (n + 0.2) * n
+    torch.testing.assert_close(vq.cluster_size, torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(vq.embed_sum, torch.tensor([m0, m1]))
+    torch.testing.assert_close(vq.embed, torch.tensor([[m0[0] / s0, m0[1] / s0], [m1[0] / s1, m1[1] / s1]]))
+
+
+def test_no_statistics_update_in_eval_mode():
+    vq = _two_code_vq(ema=True, decay=0.5).eval()
+    before = {k: v.clone() for k, v in vq.state_dict().items()}
+    vq(_as_map(torch.randn(6, 2)))
+    for k, v in vq.state_dict().items():
+        assert torch.equal(before[k], v), k
+
+
+def test_dead_code_is_restarted_on_a_recent_encoder_output():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(4, 2, decay=0.5, dead_threshold=0.2, restart_dead_codes=True, buffer_size=64).train()
+    with torch.no_grad():
+        vq.embed.copy_(torch.tensor([[0.0, 0.0], [100.0, 100.0], [-100.0, 100.0], [100.0, -100.0]]))
+        vq.embed_sum.copy_(vq.embed)
+    z = torch.rand(1, 2, 4, 4)  # every vector lands on code 0; codes 1..3 are never used
+    recent = z.permute(0, 2, 3, 1).reshape(-1, 2)
+    restarted = False
+    for _ in range(4):  # usage of the unused codes decays 1 -> 0.5 -> 0.25 -> 0.125 < 0.2
+        vq(z)
+        if (vq.embed[1:].abs() < 50).all():
+            restarted = True
+            break
+    assert restarted
+    for k in range(1, 4):  # each one sits exactly on one of the recent encoder outputs
+        assert torch.cdist(vq.embed[k : k + 1], recent).min() < 1e-6
+        if vq.ema:
+            torch.testing.assert_close(vq.embed_sum[k], vq.embed[k] * vq.cluster_size[k])
+
+
+def test_restart_disabled_leaves_dead_codes():
+    vq = VectorQuantizer(4, 2, decay=0.5, dead_threshold=0.2, restart_dead_codes=False).train()
+    with torch.no_grad():
+        vq.embed.copy_(torch.tensor([[0.0, 0.0], [100.0, 100.0], [-100.0, 100.0], [100.0, -100.0]]))
+        vq.embed_sum.copy_(vq.embed)
+    for _ in range(6):
+        vq(torch.rand(1, 2, 4, 4))
+    assert (vq.embed[1:].abs() > 50).all()
+
+
+def test_kmeans_init_puts_codes_on_clusters():
+    torch.manual_seed(0)
+    centers = torch.tensor([[5.0, 5.0], [-5.0, 5.0], [0.0, -5.0]])
+    pts = torch.cat([c + 0.1 * torch.randn(50, 2) for c in centers])
+    vq = VectorQuantizer(3, 2, kmeans_init=True, restart_dead_codes=False).train()
+    vq(_as_map(pts))
+    assert bool(vq.initialized)
+    assert torch.cdist(centers, vq.embed).min(1).values.max() < 0.5
+
+
+def test_l2_normalized_codes_are_unit_vectors_and_cosine_nearest():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 8, l2_normalize=True).train()
+    z = torch.randn(2, 8, 3, 3) * 5
+    out = vq(z)
+    torch.testing.assert_close(out["z_q"].norm(dim=1), torch.ones(2, 3, 3))
+    flat = torch.nn.functional.normalize(z.permute(0, 2, 3, 1).reshape(-1, 8), dim=-1)
+    cos = flat @ vq.codebook().t()
+    vq.eval()
+    assert torch.equal(vq(z)["codes"].flatten(), cos.argmax(1))
+
+
+def test_perplexity_bounds():
+    vq = VectorQuantizer(8, 2).eval()
+    out = vq(torch.randn(1, 2, 8, 8))
+    assert 1.0 <= out["perplexity"].item() <= 8.0 + 1e-5
