@@ -167,7 +167,7 @@ class _DM(L.LightningDataModule):
 
 def test_lightning_bf16_fit_logs_the_metrics(tmp_path):
     torch.manual_seed(0)
-    m = DVAELit(preset="tiny", temperature_steps=4, kl_steps=2)
+    m = DVAELit(preset="tiny", temperature_steps=2, kl_steps=2)
     m.check_data(_DM())
     trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=4, limit_val_batches=2,
                         val_check_interval=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,

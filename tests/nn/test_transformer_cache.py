@@ -228,3 +228,15 @@ def test_filter_logits():
     assert torch.isinf(filter_logits(x, top_p=0.5)).tolist() == [[True, False, True, True]]
     assert torch.isinf(filter_logits(x, top_p=float(p[1] + p[2]) - 1e-3)).tolist() == [[True, False, False, True]]
     assert torch.isinf(filter_logits(x, top_p=float(p[1] + p[2]) + 1e-3)).tolist() == [[False, False, False, True]]
+
+
+def test_bf16_autocast_training_and_cached_sampling_run():
+    m = _model("paper", sharp=False, dtype=torch.float32)
+    text, image = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m.loss(text, image)
+        tokens = sample_image_tokens(m, text, guidance_scale=2.0, top_k=8, generator=_gen())
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert m.text_pad_emb.grad is not None
+    assert tokens.shape == (3, 4, 4) and tokens.max() < m.cfg.image_vocab
