@@ -5,17 +5,33 @@
     python bench/tokenizer_quality.py --model vqvae --minutes 10
 
 Plain training loop (bf16 autocast, channels_last) so the figure measures the model, not the framework. PSNR is
-on reconstructions from the argmax / nearest codes: what the stage-2 transformer will see.
+on reconstructions from the argmax / nearest codes: what the stage-2 transformer will see. Hyper-parameters
+(schedules, lr) default to conf/model/<model>.yaml, as `zoo-train model=<model>` uses them; --set / --lr override.
+The budget is CPU time (time.process_time) = minutes x torch threads, so contention from other processes
+lengthens the wall time but not the amount of training.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from zoo.data.shapes import ShapesDataset
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+
+
+def yaml_defaults(model: str) -> tuple[dict, float]:
+    """The LitModule kwargs and the lr of conf/model/<model>.yaml (without _target_ / optimizer / scheduler)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF / f"{model}.yaml"))
+    lr = cfg.get("optimizer", {}).get("lr", 1e-3)
+    kw = {k: v for k, v in cfg.items() if k not in ("_target_", "optimizer", "scheduler")}
+    return kw, lr
 
 
 def build(model: str, overrides: dict):
@@ -45,11 +61,13 @@ def main() -> None:
     ap.add_argument("--model", default="dvae", choices=["dvae", "vqvae"])
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=None, help="default: the yaml's optimizer.lr")
     ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--set", nargs="*", default=[], help="LitModule kwargs, e.g. recon_loss=mse kl_weight_max=1")
     args = ap.parse_args()
-    overrides = {"preset": "shapes"}
+    overrides, yaml_lr = yaml_defaults(args.model)
+    overrides["net"] = dict(overrides.get("net") or {})
+    args.lr = yaml_lr if args.lr is None else args.lr
     for kv in args.set:
         k, v = kv.split("=", 1)
         try:

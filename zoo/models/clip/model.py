@@ -8,8 +8,8 @@ Architectures are open_clip model configs, addressed by name. Small configs for 
 name                   image  patch  vision w x L     text w x L       context    embed
 =====================  =====  =====  ===============  ===============  =========  =======
 ``zoo-clip-tiny``      32     8      64 x 2           64 x 2           32         32
-``zoo-clip-shapes``    32     4      192 x 4          192 x 4          48         128
-``zoo-clip-shapes64``  64     8      192 x 4          192 x 4          48         128
+``zoo-clip-shapes``    32     4      128 x 4          128 x 3          48         128
+``zoo-clip-shapes64``  64     8      128 x 4          128 x 3          48         128
 =====================  =====  =====  ===============  ===============  =========  =======
 
 Presets (``model.preset=``): ``tiny`` (tests), ``shapes`` (32 px shapes world, ~10 CPU minutes) and ``paper``
