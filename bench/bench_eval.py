@@ -1,7 +1,10 @@
-"""FID pipeline cost: Inception feature extraction images/s (fp32 vs bf16 autocast), the statistics (covariance,
-eigvals FID, KID subsets), and the extrapolated end-to-end time of an FID over 10k fake images.
+"""Eval pipeline cost: Inception feature extraction images/s (fp32 vs bf16 autocast), the statistics (covariance,
+eigvals FID, KID subsets), the extrapolated end-to-end time of an FID over 10k fake images, and the offline metric
+suite zoo-eval runs by default on shapes (FD_CLIP + CLIP score with a CLIP, prompt fidelity + domain IS with the
+shapes judge): images/s and the end-to-end time for 10k images, extrapolated from ``--suite-n`` measured images.
 
     python bench/bench_eval.py [--n 64] [--batch 32] [--resolution 256] [--weights FILE] [--threads 2]
+                               [--suite-n 1024] [--clip CKPT] [--skip-inception]
 
 Random Inception weights (built like the tests do) are fine for timing; pass --weights to time real ones.
 The machine is shared: read the figures as orders of magnitude. Under load, one thread is much faster than two
@@ -38,9 +41,16 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="Inception weights file (default: random, built in a temp dir)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--target", type=int, default=10_000, help="extrapolate an FID over this many fake images")
+    ap.add_argument("--suite-n", type=int, default=1024, help="shapes images timed through the offline metric suite")
+    ap.add_argument("--clip", default=None, help="CLIP checkpoint for the suite (default: logs/demo/clip's, else a "
+                                                 "random zoo-clip-shapes: same cost)")
+    ap.add_argument("--skip-inception", action="store_true", help="only time the offline metric suite")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.skip_inception:
+        print(json.dumps(bench_suite(args)))
+        return
 
     tmp = tempfile.TemporaryDirectory()
     weights = args.weights or make_random_inception_weights(Path(tmp.name) / INCEPTION_FILENAME)
@@ -90,10 +100,60 @@ def main() -> None:
         both = 2 * args.target / ips + 2 * t_stats + t_fid
         res[f"fid_{args.target}_{prec}_cached_real_min"] = round(fake_only / 60, 1)
         res[f"fid_{args.target}_{prec}_both_sides_min"] = round(both / 60, 1)
-        print(f"FID over {args.target} fakes, {prec}: {fake_only / 60:.1f} min with cached real stats, "
+        print(f"FID over {args.target} fakes, {prec} (extrapolated from {args.n} measured images): "
+              f"{fake_only / 60:.1f} min with cached real stats, "
               f"{both / 60:.1f} min extracting {args.target} real images too (+{t_kid / 60:.1f} min for KID)")
+    res.update(bench_suite(args))
     print(json.dumps(res))
     tmp.cleanup()
+
+
+def bench_suite(args) -> dict:
+    """zoo-eval's default offline metrics on ``--suite-n`` shapes images (32 px) at blur radius 0, extrapolated to
+    ``--target``; the one-off costs (real CLIP features, cached afterwards) are timed separately."""
+    from eval.ablations import MetricSuite
+    from eval.judge import ShapesJudge, Vocab
+    from eval.protocols import RealBlurredGenerator, ShapesProtocol, generate_images
+    from zoo.models.clip.scorer import ClipScorer
+
+    n = args.suite_n
+    t = time.perf_counter()
+    es = ShapesProtocol(n=n, resolution=32).load()
+    t_render = time.perf_counter() - t
+    fakes = generate_images(RealBlurredGenerator(radius=1).bind(es), es.captions, batch_size=256, progress=False)
+    ckpt = args.clip or ("logs/demo/clip/checkpoints/last.ckpt" if Path("logs/demo/clip/checkpoints/last.ckpt").is_file()
+                         else None)
+    clip = (ClipScorer.from_lightning_checkpoint(ckpt) if ckpt else ClipScorer.from_open_clip("zoo-clip-shapes"))
+    judge = ShapesJudge(Vocab.from_world()).eval()  # untrained: same cost as the trained one
+    suite = MetricSuite(["fd_clip", "clip_score", "prompt_fidelity", "is_judge"], clip=clip, judge=judge,
+                        batch_size=256, progress=False)
+    t = time.perf_counter()
+    suite.evaluate(fakes, es)  # first call: also the real side's CLIP features and the caption embeddings
+    t_first = time.perf_counter() - t
+    per = {}
+    for name, metrics, kw in (("clip", ["fd_clip", "clip_score"], {"clip": clip}),
+                              ("judge", ["prompt_fidelity", "is_judge"], {"judge": judge})):
+        s = MetricSuite(metrics, batch_size=256, progress=False, **kw)
+        s._text_emb = suite._text_emb
+        t = time.perf_counter()
+        s.evaluate(fakes, es) if name == "judge" else s._clip(fakes, es, 0.0)
+        per[name] = time.perf_counter() - t
+    t = time.perf_counter()
+    suite.evaluate(fakes, es, blur_radius=2)
+    t_blur = time.perf_counter() - t
+    scale = args.target / n
+    out = {"suite_n": n, "suite_clip": ckpt or "random zoo-clip-shapes", "render_real_s": round(t_render, 2),
+           "suite_first_call_s": round(t_first, 2), "suite_clip_s": round(per["clip"], 2),
+           "suite_judge_s": round(per["judge"], 2), "suite_blur2_row_s": round(t_blur, 2),
+           f"suite_{args.target}_row_min_extrapolated": round(t_blur * scale / 60, 2),
+           f"suite_{args.target}_fig9_blur_table_min_extrapolated": round(5 * t_blur * scale / 60, 2)}
+    print(f"offline suite on {n} shapes images (32 px, CLIP {out['suite_clip']}): first row {t_first:.2f} s "
+          f"(incl. real CLIP features + caption embeddings), CLIP metrics {per['clip']:.2f} s "
+          f"({n / per['clip']:.0f} img/s), judge metrics {per['judge']:.2f} s ({n / per['judge']:.0f} img/s), "
+          f"one blurred row {t_blur:.2f} s")
+    print(f"extrapolated to {args.target} images (x{scale:.1f}, linear in N): {t_blur * scale / 60:.2f} min per row, "
+          f"{5 * t_blur * scale / 60:.2f} min for the 5-radius blur table (real CLIP statistics cached)")
+    return out
 
 
 if __name__ == "__main__":

@@ -15,16 +15,17 @@ os.environ.setdefault("TORCH_HOME", str(Path(__file__).parent / ".torch_home_unu
 REPO = Path(__file__).resolve().parents[1]
 
 
-def compose_train_cfg(tmp_path: Path, overrides: list[str]):
-    """Compose conf/train.yaml with overrides; paths point into tmp_path; ${hydra:...} resolvable."""
+def compose_cfg(tmp_path: Path, overrides: list[str], module: str = "conf", name: str = "train"):
+    """Compose ``<module>/<name>.yaml`` (conf/train.yaml for zoo-train, conf/eval/eval.yaml for zoo-eval) with
+    overrides, exactly as the entry point does; paths point into tmp_path; ${hydra:...} resolvable."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with initialize_config_module(config_module=module, version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
@@ -33,6 +34,10 @@ def compose_train_cfg(tmp_path: Path, overrides: list[str]):
         cfg.paths.log_dir = str(tmp_path / "logs")
         cfg.paths.cache_dir = str(tmp_path / "cache")
     return cfg
+
+
+def compose_train_cfg(tmp_path: Path, overrides: list[str]):
+    return compose_cfg(tmp_path, overrides)
 
 
 @pytest.fixture

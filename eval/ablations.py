@@ -1,0 +1,281 @@
+"""The DALL·E 1 Figure 9 ablations, for any generator: metrics against Gaussian blur radius, and against the number
+of CLIP-reranked candidates per caption.
+
+- ``MetricSuite`` computes, on one set of generated images (aligned with an ``EvalSet``'s captions), whichever of
+  these it has the networks for:
+
+  ==================  =========================================================================================
+  ``fid``, ``kid``,   FID / KID (vs the real set) and Inception Score on torch-fidelity's Inception
+  ``is``              (``eval.metrics.compute_metrics``; real statistics cached per blur radius)
+  ``fd_clip``         Fréchet distance on CLIP image embeddings (``eval.metrics``' formula; real side cached)
+  ``clip_score``      mean over pairs of 100 * max(cos(image, caption), 0) (``ClipScorer``'s convention)
+  ``prompt_fidelity`` shapes judge: fraction of images whose objects/background match the caption's attributes
+  ``attribute_``      shapes judge: mean of the per-attribute accuracies (shape, colour, size, position of each
+  ``accuracy``        asked-for object; background), each also reported under ``attributes``
+  ``is_judge``        a domain Inception Score: IS on the judge's (shape x colour) class distribution
+  ==================  =========================================================================================
+
+  The blur (``eval.blur.gaussian_blur``: radius = Gaussian standard deviation in pixels, at the evaluation
+  resolution) is applied to generated *and* real images before every metric, as in the paper's Fig. 9(a).
+
+- ``blur_ablation``: one row per radius (default 0, 1, 2, 4, 8) on the same generated images.
+- ``rerank_ablation``: ``max(n)`` candidates per caption are drawn once; for each n the CLIP-best of the *first*
+  n is kept (``nested_best``), so the curve over n = 1, 2, 4, ..., 32 costs one generation of 32 candidates and is
+  monotone in the reranking score by construction (Fig. 9(c): the paper draws 512 and keeps 1 of the top 32).
+  Note: when the reranking CLIP is also the CLIP of ``clip_score``/``fd_clip`` (the default), the CLIP score rewards
+  reranking directly; the judge's prompt fidelity and FID are the independent readings.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from eval.blur import DALLE_BLUR_RADII, blur_kernel_size, gaussian_blur
+from eval.features import check_images, iter_image_batches
+from eval.metrics import compute_metrics, frechet_distance, inception_score
+from eval.protocols import EvalSet, ImageBank, as_candidate_generator, resize_for_eval
+
+INCEPTION_METRICS = ("fid", "kid", "is")
+CLIP_METRICS = ("fd_clip", "clip_score")
+JUDGE_METRICS = ("prompt_fidelity", "attribute_accuracy", "is_judge")
+ALL_METRICS = INCEPTION_METRICS + CLIP_METRICS + JUDGE_METRICS
+NEEDS = {**{m: "inception" for m in INCEPTION_METRICS}, **{m: "clip" for m in CLIP_METRICS},
+         **{m: "judge" for m in JUDGE_METRICS}}
+RERANK_CANDIDATES = (1, 2, 4, 8, 16, 32)
+# Which direction is better, for reports and plots.
+HIGHER_IS_BETTER = {"fid": False, "kid": False, "is": True, "fd_clip": False, "clip_score": True,
+                    "prompt_fidelity": True, "attribute_accuracy": True, "is_judge": True}
+
+
+def check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
+    metrics = tuple(str(m).lower() for m in metrics)
+    unknown = [m for m in metrics if m not in ALL_METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"unknown metrics {unknown}; choose from {list(ALL_METRICS)} (or metrics=auto)")
+    return tuple(dict.fromkeys(metrics))
+
+
+def check_radii(radii: Sequence[float], resolution: int) -> list[float]:
+    """The radii as floats; a ValueError naming the fix if a kernel does not fit ``resolution``-pixel images."""
+    out = []
+    for r in radii:
+        k = blur_kernel_size(float(r))
+        if float(r) and k // 2 >= resolution:
+            raise ValueError(f"blur radius {r} needs a {k}x{k} kernel: too large for {resolution}px images "
+                             f"(fix: smaller radii, or protocol.eval_resolution >= {k // 2 + 1})")
+        out.append(float(r))
+    return out
+
+
+def _blurred(source, radius: float, batch_size: int):
+    """Batches of ``source`` blurred by ``radius`` (re-created on each call)."""
+    for batch in iter_image_batches(source, batch_size):
+        yield gaussian_blur(batch, radius) if radius else batch
+
+
+class MetricSuite:
+    """The metrics to compute and the networks they need (``None`` where absent; asking for a metric whose network
+    is missing is a ValueError).
+
+    Args:
+        metrics: names from ``ALL_METRICS``.
+        inception: ``eval.features.InceptionFeatures`` (fid/kid/is).
+        clip: a ``ClipScorer`` or anything with ``encode_image``/``encode_text`` returning L2-normalised rows.
+        judge: ``eval.judge.ShapesJudge`` (needs the protocol's ground-truth ``attributes``).
+        cache: ``eval.metrics.RealStatsCache`` for real-image statistics (Inception and CLIP), or None.
+        clip_id: names the CLIP and its weights in cache keys (different CLIPs must not share an entry).
+    """
+
+    def __init__(self, metrics: Sequence[str], inception=None, clip=None, judge=None, cache=None,
+                 clip_id: str = "clip", batch_size: int = 50, kid_subsets: int = 100, kid_subset_size: int = 1000,
+                 is_splits: int = 10, progress: bool = True):
+        self.metrics = check_metrics(metrics)
+        self.inception, self.clip, self.judge, self.cache = inception, clip, judge, cache
+        have = {"inception": inception is not None, "clip": clip is not None, "judge": judge is not None}
+        missing = [m for m in self.metrics if not have[NEEDS[m]]]
+        if missing:
+            raise ValueError(f"metrics {missing} need a {sorted({NEEDS[m] for m in missing})} network that was "
+                             f"not given")
+        self.clip_id, self.batch_size = clip_id, int(batch_size)
+        self.kid_subsets, self.kid_subset_size, self.is_splits = int(kid_subsets), int(kid_subset_size), int(is_splits)
+        self.progress = progress
+        self._text_emb: dict[int, torch.Tensor] = {}
+
+    def uses(self, group: str) -> list[str]:
+        return [m for m in self.metrics if NEEDS[m] == group]
+
+    # -- one row ------------------------------------------------------------------------------------------------
+    def evaluate(self, fakes, eval_set: EvalSet, blur_radius: float = 0.0) -> dict[str, Any]:
+        """All metrics of ``fakes`` (tensor, ``ImageBank`` or iterable of batches, aligned with ``eval_set``)."""
+        n_fake = len(fakes) if hasattr(fakes, "__len__") else None
+        if n_fake is not None and n_fake != len(eval_set):
+            raise ValueError(f"{n_fake} generated images for {len(eval_set)} captions")
+        out: dict[str, Any] = {}
+        if self.uses("inception"):
+            out.update(self._inception(fakes, eval_set, blur_radius))
+        if self.uses("clip"):
+            out.update(self._clip(fakes, eval_set, blur_radius))
+        if self.uses("judge"):
+            out.update(self._judge(fakes, eval_set, blur_radius))
+        return out
+
+    def _inception(self, fakes, eval_set, r) -> dict[str, Any]:
+        wanted = self.uses("inception")
+        if self.cache is not None:
+            real = eval_set.stats_key(self.inception.extractor_id, r)
+            kw = {"cache": self.cache, "real_images": eval_set.real}
+        else:
+            real, kw = eval_set.real, {}
+        n = len(eval_set)
+        res = compute_metrics(real, fakes, self.inception, wanted, blur_radius=r, batch_size=self.batch_size,
+                              kid_subsets=self.kid_subsets, kid_subset_size=min(self.kid_subset_size, n),
+                              is_splits=min(self.is_splits, n), progress=self.progress, **kw)
+        out = {}
+        if "fid" in wanted:
+            out["fid"] = res["fid"]
+        if "kid" in wanted:
+            out.update(kid=res["kid_mean"], kid_std=res["kid_std"], kid_subset_size=res["kid_subset_size"])
+        if "is" in wanted:
+            out.update({"is": res["is_mean"], "is_std": res["is_std"]})
+        return out
+
+    def _clip_features(self, source, r, desc) -> torch.Tensor:
+        feats = []
+        for batch in tqdm(_blurred(source, r, self.batch_size), desc=desc, disable=not self.progress, leave=False):
+            check_images(batch)
+            feats.append(torch.as_tensor(self.clip.encode_image(batch)).detach().float().cpu())
+        return torch.cat(feats)
+
+    def _clip(self, fakes, eval_set, r) -> dict[str, Any]:
+        wanted = self.uses("clip")
+        fake = self._clip_features(fakes, r, f"CLIP features (fake, blur {r:g})")
+        out: dict[str, Any] = {}
+        if "clip_score" in wanted:
+            key = id(eval_set)
+            if key not in self._text_emb:
+                self._text_emb[key] = torch.as_tensor(self.clip.encode_text(list(eval_set.captions))).float().cpu()
+            cos = (fake * self._text_emb[key]).sum(-1)
+            out["clip_score"] = float((100 * cos.clamp_min(0)).mean())
+        if "fd_clip" in wanted:
+            compute = lambda: self._clip_features(eval_set.real, r, f"CLIP features (real, blur {r:g})")  # noqa: E731
+            if self.cache is not None:
+                real = self.cache.get_or_compute(eval_set.stats_key(self.clip_id, r), compute)["features"]
+            else:
+                real = compute()
+            out["fd_clip"] = frechet_distance(real, fake)
+        return out
+
+    @torch.no_grad()
+    def _judge(self, fakes, eval_set, r) -> dict[str, Any]:
+        from eval.judge import attribute_accuracy, prompt_fidelity
+
+        if eval_set.attributes is None:
+            raise ValueError(f"the judge metrics need ground-truth attributes; the {eval_set.name} protocol has none")
+        wanted = self.uses("judge")
+        read, probs = [], []
+        for batch in tqdm(_blurred(fakes, r, self.batch_size), desc=f"shapes judge (blur {r:g})",
+                          disable=not self.progress, leave=False):
+            if "prompt_fidelity" in wanted or "attribute_accuracy" in wanted:
+                read.extend(self.judge.read(batch))
+            if "is_judge" in wanted:
+                probs.append(self.judge.class_probs(batch))
+        out: dict[str, Any] = {}
+        if "prompt_fidelity" in wanted:
+            out["prompt_fidelity"] = prompt_fidelity(read, eval_set.attributes)
+        if "attribute_accuracy" in wanted:
+            acc = attribute_accuracy(read, eval_set.attributes)
+            parts = ("shape", "colour", "size", "position", "background")
+            out["attribute_accuracy"] = sum(acc[k] for k in parts) / len(parts)
+            out["attributes"] = acc
+        if "is_judge" in wanted:
+            p = torch.cat(probs).float()
+            mean, std = inception_score(p.clamp_min(1e-12).log(), splits=min(self.is_splits, len(p)))
+            out.update(is_judge=mean, is_judge_std=std)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------- ablations
+def blur_ablation(fakes, eval_set: EvalSet, suite: MetricSuite, radii: Sequence[float] = DALLE_BLUR_RADII,
+                  progress: bool = True) -> list[dict[str, Any]]:
+    """DALL·E Fig. 9(a): one row ``{"radius": r, <metrics>}`` per radius, blurring generated and real images."""
+    radii = check_radii(radii, eval_set.resolution)
+    rows = []
+    for r in tqdm(radii, desc="blur ablation", disable=not progress):
+        rows.append({"radius": r, **suite.evaluate(fakes, eval_set, blur_radius=r)})
+    return rows
+
+
+def nested_best(scores: torch.Tensor, ns: Sequence[int]) -> dict[int, torch.Tensor]:
+    """For each n: index (B,) of the highest score among the first n candidates of each row of ``scores`` (B, N)."""
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be (B, N), got {tuple(scores.shape)}")
+    out = {}
+    for n in ns:
+        if not 1 <= int(n) <= scores.shape[1]:
+            raise ValueError(f"n={n} outside 1..{scores.shape[1]} candidates")
+        out[int(n)] = scores[:, : int(n)].argmax(1)
+    return out
+
+
+@torch.no_grad()
+def rerank_select(generator, eval_set: EvalSet, scorer, candidates: Sequence[int] = RERANK_CANDIDATES,
+                  batch_size: int = 8, seed: int = 0, progress: bool = True
+                  ) -> tuple[dict[int, ImageBank], dict[int, float]]:
+    """Draw ``max(candidates)`` candidates per caption once; for each n keep the CLIP-best of the first n.
+
+    ``generator`` is anything ``as_candidate_generator`` accepts; ``scorer`` has ``encode_image``/``encode_text``
+    (L2-normalised; a ``ClipScorer``). Candidates are resized to the protocol's resolution before scoring.
+    Returns the kept images per n (aligned with ``eval_set.captions``) and the mean cosine of the kept images.
+    """
+    ns = sorted({int(n) for n in candidates})
+    if not ns or ns[0] < 1:
+        raise ValueError(f"candidates must be integers >= 1, got {list(candidates)}")
+    cand = as_candidate_generator(generator, seed)
+    n_max, res = ns[-1], eval_set.resolution
+    banks = {n: ImageBank() for n in ns}
+    kept_cos: dict[int, list[torch.Tensor]] = {n: [] for n in ns}
+    captions = list(eval_set.captions)
+    with tqdm(total=len(captions) * n_max, desc=f"generate {n_max} candidates/caption", unit="img",
+              disable=not progress) as bar:
+        for i in range(0, len(captions), batch_size):
+            caps = captions[i : i + batch_size]
+            x = cand.candidates(caps, n_max)  # (B, n_max, 3, H, W)
+            if not torch.is_tensor(x) or x.dim() != 5 or tuple(x.shape[:2]) != (len(caps), n_max):
+                raise ValueError(f"candidates({len(caps)} captions, {n_max}) returned shape "
+                                 f"{tuple(getattr(x, 'shape', ()))}, expected ({len(caps)}, {n_max}, 3, H, W)")
+            flat = resize_for_eval(check_images(x.flatten(0, 1), what="candidates"), res)
+            x = flat.view(len(caps), n_max, *flat.shape[1:])
+            img = torch.as_tensor(scorer.encode_image(flat)).float().cpu().view(len(caps), n_max, -1)
+            txt = torch.as_tensor(scorer.encode_text(caps)).float().cpu()
+            scores = torch.einsum("bnd,bd->bn", img, txt)  # (B, n_max) cosine
+            rows = torch.arange(len(caps))
+            for n, best in nested_best(scores, ns).items():
+                banks[n].add(x[rows, best])
+                kept_cos[n].append(scores[rows, best])
+            bar.update(len(caps) * n_max)
+    return banks, {n: float(torch.cat(v).mean()) for n, v in kept_cos.items()}
+
+
+def rerank_ablation(generator, eval_set: EvalSet, suite: MetricSuite, scorer,
+                    candidates: Sequence[int] = RERANK_CANDIDATES, batch_size: int = 8, seed: int = 0,
+                    blur_radius: float = 0.0, progress: bool = True
+                    ) -> tuple[list[dict[str, Any]], dict[int, ImageBank]]:
+    """DALL·E Fig. 9(c): metrics of the CLIP-best of n candidates per caption, for each n in ``candidates``
+    (``rerank_select``). Returns the rows ``{"candidates": n, "rerank_cos": mean cosine of the kept image,
+    <metrics>}`` and the kept images per n."""
+    banks, kept_cos = rerank_select(generator, eval_set, scorer, candidates, batch_size, seed, progress)
+    out = []
+    for n in tqdm(sorted(banks), desc="rerank ablation metrics", disable=not progress):
+        row = {"candidates": n, "rerank_cos": kept_cos[n]}
+        row.update(suite.evaluate(banks[n], eval_set, blur_radius=blur_radius))
+        out.append(row)
+    return out, banks
+
+
+__all__ = [
+    "ALL_METRICS", "CLIP_METRICS", "HIGHER_IS_BETTER", "INCEPTION_METRICS", "JUDGE_METRICS", "MetricSuite",
+    "RERANK_CANDIDATES", "blur_ablation", "check_metrics", "check_radii", "nested_best", "rerank_ablation",
+    "rerank_select",
+]

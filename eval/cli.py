@@ -1,0 +1,308 @@
+"""``zoo-eval``: a protocol + the DALL·E 1 Figure 9 ablations for any generator, as a thin Hydra entry point over
+``evaluate(cfg)`` (testable with Hydra's compose API).
+
+    zoo-eval                                    # shapes protocol, the real_blurred check generator, offline
+    zoo-eval generator=dalle                    # zoo.pipelines.dalle.DallePipeline.from_checkpoints (via _target_)
+    zoo-eval experiment=dalle1/fig9             # the whole Figure 9 table (conf/eval/experiment/dalle1/*)
+    zoo-eval metrics=[fd_clip,clip_score,prompt_fidelity,is_judge] logger=none
+
+Config: ``conf/eval/eval.yaml`` (groups ``protocol/``, ``generator/``, ``logger/``, ``experiment/``). Output in the
+run directory: ``results.json``, ``results.md``, ``blur.png``, ``rerank.png``, ``samples.png`` and, with
+``logger=wandb`` (default, offline), a W&B run with the tables (``wandb.Table``) and plots (``wandb.Image``).
+
+``metrics=auto`` (default) computes every metric whose network is on this machine and lists the others with the
+reason (no FID Inception weights offline, no CLIP checkpoint, no ground-truth attributes); naming a metric whose
+weights are missing is an error that says which option fixes it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from eval.ablations import (
+    ALL_METRICS, CLIP_METRICS, INCEPTION_METRICS, JUDGE_METRICS, MetricSuite, blur_ablation, check_metrics,
+    check_radii, rerank_ablation, rerank_select,
+)
+from eval.protocols import EvalSet, generate_images
+from zoo.errors import ConfigError, MissingWeightsError
+
+log = logging.getLogger("zoo.eval")
+ABLATIONS = ("blur", "rerank")
+CKPT_KEYS = ("ckpt", "checkpoint", "dalle_ckpt", "clip_ckpt", "path")
+
+
+# ------------------------------------------------------------------------------------------------ building blocks
+def _target(node) -> str:
+    return str(node.get("_target_", "?")) if node is not None else "?"
+
+
+def build_protocol(node: DictConfig):
+    if node is None or "_target_" not in node:
+        raise ConfigError("no protocol configured (fix: protocol=shapes or protocol=coco protocol.root=/path/to/coco)")
+    missing = [k for k in node if OmegaConf.is_missing(node, k)]
+    if missing:
+        raise ConfigError(f"protocol.{missing[0]} is required (fix: protocol.{missing[0]}=...)")
+    return _instantiate(node, "protocol")
+
+
+def _instantiate(node: DictConfig, what: str, **kwargs):
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, (ConfigError, MissingWeightsError)):
+            raise cause
+        if isinstance(cause, ImportError) or "Error locating target" in str(e):
+            raise ConfigError(
+                f"cannot build {what} {_target(node)!r}: {cause or e} (fix: choose another {what}, e.g. "
+                f"{what}=real_blurred / folder, or install / write the module it names)") from e
+        raise
+
+
+def build_generator(node: DictConfig, eval_set: EvalSet):
+    """Instantiate the generator config; check required keys and checkpoint files first (ConfigError with the fix);
+    ``bind(eval_set)`` it when it has that hook (the real_blurred check generator)."""
+    if node is None or "_target_" not in node:
+        raise ConfigError("no generator configured (fix: generator=real_blurred | folder | dalle)")
+    missing = [k for k in node if OmegaConf.is_missing(node, k)]
+    if missing:
+        raise ConfigError(f"generator {_target(node)} needs generator.{missing[0]} (fix: generator.{missing[0]}="
+                          f"{'/path/to/samples' if missing[0] == 'path' else '...'})")
+    for key in node:
+        if key.endswith(CKPT_KEYS[:4]) and node[key] not in (None, ""):
+            path = Path(str(node[key])).expanduser()
+            if not path.is_file():
+                hint = (" -- train one with `make demo` (logs/demo/dalle) or zoo-train" if "dalle" in key
+                        else " -- e.g. `make demo`'s CLIP, or zoo-train experiment=clip/shapes" if "clip" in key
+                        else "")
+                raise ConfigError(f"generator.{key}: checkpoint not found: {path} "
+                                  f"(fix: generator.{key}=/path/to/file.ckpt{hint})")
+    gen = _instantiate(node, "generator")
+    if not callable(getattr(gen, "generate", None)):
+        raise ConfigError(f"generator {_target(node)} built a {type(gen).__name__}, which has no "
+                          f"generate(captions) -> images method (fix: point _target_ at a Generator)")
+    if callable(getattr(gen, "bind", None)):
+        gen.bind(eval_set)
+    return gen
+
+
+def build_clip(node: DictConfig):
+    """(ClipScorer, id for cache keys) from the ``clip`` node; ConfigError naming the fix when it cannot."""
+    from eval.features import file_digest
+    from zoo.embed import build_scorer
+
+    ckpt = node.get("checkpoint")
+    if ckpt and not Path(str(ckpt)).expanduser().is_file():
+        raise ConfigError(f"CLIP checkpoint not found: {ckpt} (fix: clip.checkpoint=/path/to/clip.ckpt from "
+                          f"`zoo-train experiment=clip/shapes` or `make demo`, or clip.checkpoint=null "
+                          f"clip.arch=ViT-B-32 clip.pretrained=openai)")
+    scorer = build_scorer(node)
+    if ckpt:
+        ident = f"clip:{node.get('arch') or 'zoo'}@{file_digest(ckpt)}"
+    else:
+        ident = f"clip:{node.get('arch')}:{node.get('pretrained') or 'random-init'}"
+        if not node.get("pretrained"):
+            log.warning("CLIP %s has random weights (no clip.checkpoint / clip.pretrained): its numbers only test "
+                        "the machinery", node.get("arch"))
+    return scorer, ident
+
+
+def build_judge(node: DictConfig, resolution: int, progress: bool):
+    from eval.judge import load_or_train_judge
+    from zoo.data.shapes import WORLD_VERSION
+
+    steps, bs = int(node.get("steps", 400)), int(node.get("batch_size", 128))
+    path = Path(str(node.dir)) / f"shapes_judge_v{WORLD_VERSION}_{resolution}px_{steps}x{bs}.pt"
+    if not path.is_file():
+        log.info("training the shapes judge once (%d steps), cached at %s", steps, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return load_or_train_judge(path, resolution=resolution, steps=steps, batch_size=bs, progress=progress)
+
+
+def _requested_metrics(cfg) -> tuple[tuple[str, ...], bool]:
+    m = cfg.get("metrics", "auto")
+    if m is None or (isinstance(m, str) and m.lower() in ("auto", "all")):
+        return ALL_METRICS, True
+    if isinstance(m, str):
+        m = [s.strip() for s in m.strip("[]").split(",") if s.strip()]
+    return check_metrics(list(m)), False
+
+
+def build_suite(cfg: DictConfig, eval_set: EvalSet, want_rerank: bool) -> tuple[MetricSuite, Any, dict[str, str]]:
+    """The MetricSuite for this run, the reranking CLIP (or None) and ``{metric: why skipped}``."""
+    from eval.features import INCEPTION_FILENAME, InceptionFeatures
+    from eval.metrics import RealStatsCache
+
+    wanted, auto = _requested_metrics(cfg)
+    skipped: dict[str, str] = {}
+    e = cfg.eval
+    inception = clip = judge = None
+    clip_id = "clip"
+    if set(wanted) & set(INCEPTION_METRICS):
+        try:
+            inception = InceptionFeatures(e.get("inception_weights"), device=e.get("device") or "cpu")
+        except MissingWeightsError as err:
+            if not auto or e.get("inception_weights"):  # asked for by name, or a file was given: an error
+                raise
+            why = str(err).split(" Fix:")[0].strip()
+            for m in INCEPTION_METRICS:
+                skipped[m] = f"{why} (fix: eval.inception_weights=/path/to/{INCEPTION_FILENAME})"
+    if set(wanted) & set(CLIP_METRICS) or want_rerank or int(cfg.blur.get("candidates", 1)) > 1:
+        try:
+            clip, clip_id = build_clip(cfg.clip)
+        except (ConfigError, MissingWeightsError) as err:
+            if not auto and set(wanted) & set(CLIP_METRICS):
+                raise ConfigError(f"metrics {sorted(set(wanted) & set(CLIP_METRICS))} need a CLIP: {err}") from err
+            for m in CLIP_METRICS:
+                skipped[m] = f"no CLIP: {err}"
+            if want_rerank:
+                skipped["rerank"] = f"no CLIP: {err}"
+    if set(wanted) & set(JUDGE_METRICS):
+        if eval_set.attributes is None:
+            if not auto:
+                raise ConfigError(f"metrics {sorted(set(wanted) & set(JUDGE_METRICS))} need ground-truth scene "
+                                  f"attributes, which only protocol=shapes has (fix: drop them from metrics=)")
+            for m in JUDGE_METRICS:
+                skipped[m] = f"the shapes judge needs ground-truth attributes; protocol {eval_set.name} has none"
+        else:
+            judge = build_judge(cfg.judge, eval_set.resolution, bool(cfg.get("progress", True)))
+    have = {"inception": inception, "clip": clip, "judge": judge}
+    from eval.ablations import NEEDS
+
+    metrics = [m for m in wanted if have[NEEDS[m]] is not None]
+    if not metrics:
+        reasons = "; ".join(f"{m}: {why}" for m, why in skipped.items())
+        raise ConfigError(f"no metric can be computed on this machine ({reasons})")
+    cache = RealStatsCache(Path(str(cfg.paths.cache_dir)) / "real_stats") if e.get("cache_real_stats", True) else None
+    suite = MetricSuite(metrics, inception=inception, clip=clip if set(metrics) & set(CLIP_METRICS) else None,
+                        judge=judge, cache=cache, clip_id=clip_id, batch_size=int(e.feature_batch_size),
+                        kid_subsets=int(e.kid_subsets), kid_subset_size=int(e.kid_subset_size),
+                        is_splits=int(e.is_splits), progress=bool(cfg.get("progress", True)))
+    return suite, clip, skipped
+
+
+def _generator_info(cfg: DictConfig) -> dict[str, Any]:
+    name = None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        name = HydraConfig.get().runtime.choices.get("generator")
+    except Exception:  # compose without hydra config
+        pass
+    params = {k: v for k, v in OmegaConf.to_container(cfg.generator, resolve=True).items() if k != "_target_"}
+    return {"name": name or _target(cfg.generator).rsplit(".", 1)[-1], "target": _target(cfg.generator),
+            "params": params}
+
+
+def _save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
+    from torchvision.utils import save_image
+
+    save_image((images[:64].float() + 1) / 2, str(path), nrow=nrow, padding=1)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run the protocol and ablations of ``cfg``; write the reports into ``cfg.paths.output_dir``; return results."""
+    from eval.report import group_skipped, log_to_wandb, write_report
+    from zoo.models.clip.scorer import CLIP_SCORE_CONVENTION
+
+    t_start = time.perf_counter()
+    out_dir = Path(str(cfg.paths.output_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = bool(cfg.get("progress", True))
+    ablations = [str(a) for a in (cfg.get("ablations") or [])]
+    unknown = [a for a in ablations if a not in ABLATIONS]
+    if unknown or not ablations:
+        raise ConfigError(f"unknown ablations {unknown}; choose from {list(ABLATIONS)} (fix: ablations=[blur,rerank])")
+    seed = int(cfg.get("seed", 0))
+    torch.manual_seed(seed)  # anything random outside the generator's own seeding (e.g. a random-init test CLIP)
+
+    protocol = build_protocol(cfg.protocol)
+    eval_set = protocol.load(progress)
+    radii = check_radii(list(cfg.blur.radii), eval_set.resolution) if "blur" in ablations else []
+    generator = build_generator(cfg.generator, eval_set)
+    suite, clip, skipped = build_suite(cfg, eval_set, want_rerank="rerank" in ablations)
+    log.info("protocol %s (%d captions at %d px); metrics %s; skipped %s", eval_set.name, len(eval_set),
+             eval_set.resolution, list(suite.metrics), sorted(skipped))
+
+    results: dict[str, Any] = {
+        "protocol": eval_set.describe(),
+        "generator": _generator_info(cfg),
+        "metrics": list(suite.metrics),
+        "clip": suite.clip_id if clip is not None else None,
+        "skipped": skipped,
+        "conventions": {
+            "blur radius": "Gaussian standard deviation in pixels at the evaluation resolution (Pillow's "
+                           "GaussianBlur reading), applied to real and generated images",
+            "CLIP score": CLIP_SCORE_CONVENTION,
+            "FID/KID/IS": "torch-fidelity's Inception and statistics (uint8 rounding, TF1 bilinear resize to 299); "
+                          "IS and KID subset sizes lowered to the number of images when fewer",
+        },
+        "seed": seed,
+        "timing_s": {},
+        "notes": [],
+    }
+    banks: dict[int, Any] = {}
+    if "rerank" in ablations and "rerank" not in skipped:
+        t = time.perf_counter()
+        rows, banks = rerank_ablation(generator, eval_set, suite, clip, list(cfg.rerank.candidates),
+                                      batch_size=int(cfg.rerank.batch_size), seed=seed,
+                                      blur_radius=float(cfg.rerank.get("blur_radius", 0)), progress=progress)
+        results["rerank"] = rows
+        results["timing_s"]["rerank"] = round(time.perf_counter() - t, 1)
+        if set(suite.metrics) & set(CLIP_METRICS):
+            results["notes"].append("The reranking CLIP is also the CLIP of clip_score/fd_clip, so CLIP score rises "
+                                    "with reranking by construction; prompt fidelity (shapes judge) and FID are the "
+                                    "independent readings.")
+        n_max = max(banks)
+        _save_grid(banks[n_max].tensor()[:64], out_dir / f"samples_rerank_n{n_max}.png")
+    if "blur" in ablations:
+        t = time.perf_counter()
+        k = int(cfg.blur.get("candidates", 1))
+        if k in banks:  # the rerank ablation already kept these images (same seeds)
+            fakes = banks[k]
+        elif k == 1:  # candidate 0 under the seed: no CLIP needed
+            fakes = generate_images(generator, eval_set.captions, int(cfg.batch_size), eval_set.resolution, seed,
+                                    progress)
+        elif clip is None:
+            raise ConfigError(f"blur.candidates={k} reranks with CLIP, and there is none: {skipped.get('rerank')} "
+                              f"(fix: blur.candidates=1, or give a CLIP)")
+        else:
+            fakes = rerank_select(generator, eval_set, clip, [k], int(cfg.rerank.batch_size), seed, progress)[0][k]
+        results["blur_candidates"] = k
+        results["blur"] = blur_ablation(fakes, eval_set, suite, radii, progress)
+        results["timing_s"]["blur"] = round(time.perf_counter() - t, 1)
+        _save_grid(fakes.tensor()[:64], out_dir / "samples.png")
+    results["timing_s"]["total"] = round(time.perf_counter() - t_start, 1)
+
+    paths = write_report(results, out_dir)
+    wb = cfg.get("logger", {}).get("wandb") if cfg.get("logger") else None
+    if wb:
+        kwargs = OmegaConf.to_container(wb, resolve=True)
+        Path(kwargs.get("dir") or out_dir).mkdir(parents=True, exist_ok=True)
+        results["wandb_dir"] = log_to_wandb(results, paths, kwargs)
+    print((out_dir / "results.md").read_text())
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    for names, why in group_skipped(skipped):
+        log.warning("skipped %s: %s", ", ".join(names), why)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="pkg://conf.eval", config_name="eval")
+def main(cfg: DictConfig) -> Optional[float]:
+    torch.set_float32_matmul_precision("high")
+    evaluate(cfg)
+    return None
+
+
+if __name__ == "__main__":
+    main()

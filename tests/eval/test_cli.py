@@ -1,0 +1,198 @@
+"""zoo-eval through Hydra: compose conf/eval exactly as the console script does, run evaluate(cfg) on a tiny shapes
+protocol (tiny random CLIP, a judge trained for a few steps) and check results.json / results.md / PNGs / the offline
+W&B run; config errors name their fix (unknown generator, missing checkpoint or path, missing weights); every
+dalle1 experiment row composes to the row it names; the console entry point runs. CPU, no network."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zoo.errors import ConfigError, MissingWeightsError
+
+FAST = ["protocol.n=16", "judge.steps=20", "judge.batch_size=16", "progress=false", "clip.checkpoint=null",
+        "clip.arch=zoo-clip-tiny", "rerank.candidates=[1,2,4]", "rerank.batch_size=8", "eval.is_splits=2"]
+
+
+def compose_eval_cfg(tmp_path: Path, overrides: list[str]):
+    """conf/eval/eval.yaml composed as zoo-eval composes it (tests/conftest.py)."""
+    from tests.conftest import compose_cfg  # registered by pytest under this name (importlib mode)
+
+    return compose_cfg(tmp_path, overrides, module="conf.eval", name="eval")
+
+
+@pytest.fixture(autouse=True)
+def offline_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no Inception weights anywhere
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def test_zoo_eval_writes_results_tables_plots_and_wandb(tmp_path):
+    from eval.cli import evaluate
+
+    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=wandb"])
+    results = evaluate(cfg)
+    run = tmp_path / "run"
+    for name in ("results.json", "results.md", "blur.png", "rerank.png", "samples.png", "samples_rerank_n4.png"):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    saved = json.loads((run / "results.json").read_text())
+    assert [r["radius"] for r in saved["blur"]] == [0, 1, 2, 4, 8]
+    assert [r["candidates"] for r in saved["rerank"]] == [1, 2, 4]
+    assert saved["metrics"] == ["fd_clip", "clip_score", "prompt_fidelity", "attribute_accuracy", "is_judge"]
+    for m in ("fid", "kid", "is"):  # no Inception offline: skipped with the option that fixes it
+        assert "eval.inception_weights=" in saved["skipped"][m]
+    for row in saved["blur"] + saved["rerank"]:
+        assert set(saved["metrics"]) <= set(row)
+    # rerank n=1 and blur radius 0 are the same images (candidate 0 under the run's seed)
+    assert saved["rerank"][0]["fd_clip"] == pytest.approx(saved["blur"][0]["fd_clip"])
+    # reranking by the same CLIP cannot lower the kept cosine
+    cos = [r["rerank_cos"] for r in saved["rerank"]]
+    assert cos == sorted(cos)
+    md = (run / "results.md").read_text()
+    assert ("| blur radius (σ, px) | FD_CLIP ↓ | CLIP score ↑ | prompt fidelity ↑ | attribute accuracy ↑ | "
+            "IS (judge) ↑ |") in md
+    assert "| candidates |" in md and "skipped **fid, kid, is**" in md
+    assert md.count("\n| ") == (1 + 5) + (1 + 3)  # header + one line per radius / per n
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and results["wandb_dir"]
+    media = offline[0] / "files" / "media"
+    for key in ("blur", "rerank"):  # a wandb.Table and a wandb.Image per ablation
+        assert list(media.glob(f"table/eval/{key}_table_*.table.json")), key
+        assert list(media.glob(f"images/eval/{key}_plot_*.png")), key
+
+
+def test_explicit_metrics_and_single_ablation(tmp_path):
+    from eval.cli import evaluate
+
+    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "metrics=[prompt_fidelity]", "ablations=[blur]",
+                                             "blur.radii=[0,2]"])
+    saved = evaluate(cfg)
+    assert saved["metrics"] == ["prompt_fidelity"] and saved["skipped"] == {}
+    assert [r["radius"] for r in saved["blur"]] == [0, 2] and "rerank" not in saved
+    assert not (tmp_path / "run" / "rerank.png").exists() and not (tmp_path / "run" / "wandb").exists()
+
+
+def test_blur_rows_can_score_reranked_images(tmp_path):
+    from eval.cli import evaluate
+
+    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "metrics=[fd_clip]", "blur.candidates=4",
+                                             "blur.radii=[0,1]"])
+    both = evaluate(cfg)
+    assert both["blur_candidates"] == 4
+    assert both["blur"][0]["fd_clip"] == pytest.approx(both["rerank"][-1]["fd_clip"])  # the n=4 images, reused
+    alone = evaluate(compose_eval_cfg(tmp_path / "alone", FAST + ["logger=none", "metrics=[fd_clip]",
+                                                                  "blur.candidates=4", "ablations=[blur]"]))
+    assert [r["fd_clip"] for r in alone["blur"][:2]] == pytest.approx([r["fd_clip"] for r in both["blur"]])
+    assert "CLIP-best of 4 candidates" in (tmp_path / "alone" / "run" / "results.md").read_text()
+
+
+def test_folder_generator_through_the_cli(tmp_path):
+    """Samples saved elsewhere (here: the protocol's own real scenes) score as the real set: FD_CLIP 0."""
+    from eval.cli import evaluate
+    from eval.protocols import ShapesProtocol, save_folder
+
+    es = ShapesProtocol(n=16, resolution=32).load()
+    save_folder(es.real.tensor(), es.captions, tmp_path / "samples")
+    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "generator=folder", f"generator.path={tmp_path}/samples",
+                                             "metrics=[fd_clip]", "ablations=[blur]", "blur.radii=[0,2]"])
+    res = evaluate(cfg)
+    assert res["generator"]["name"] == "FolderGenerator" or res["generator"]["target"].endswith("FolderGenerator")
+    assert [abs(r["fd_clip"]) < 1e-6 for r in res["blur"]] == [True, True]
+
+
+def test_coco_protocol_through_the_cli(tmp_path):
+    """A 5-image fake MS-COCO: captions/real images at eval_resolution; the judge metrics are skipped with a reason."""
+    import importlib.util
+
+    from eval.cli import evaluate
+
+    spec = importlib.util.spec_from_file_location("tp", Path(__file__).with_name("test_protocols.py"))
+    tp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tp)
+    tp._fake_coco(tmp_path / "coco")
+    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "protocol=coco", f"protocol.root={tmp_path}/coco",
+                                             "protocol.n=4", "protocol.eval_resolution=64", "ablations=[blur]",
+                                             "blur.radii=[0,1]", "generator.mismatch=0", "generator.radius=1"])
+    res = evaluate(cfg)
+    assert res["protocol"]["dataset"] == "coco2014" and res["protocol"]["n"] == 4 and res["protocol"]["resolution"] == 64
+    assert res["metrics"] == ["fd_clip", "clip_score"]
+    assert "ground-truth attributes" in res["skipped"]["prompt_fidelity"]
+    assert res["blur"][1]["fd_clip"] < res["blur"][0]["fd_clip"]  # sigma-1 fakes: blurring both sides closes the gap
+
+
+def test_unknown_generator_lists_the_options(tmp_path):
+    with pytest.raises(Exception) as e:
+        compose_eval_cfg(tmp_path, ["generator=nonexistent"])
+    msg = str(e.value)
+    assert "generator/nonexistent" in msg
+    assert all(opt in msg for opt in ("real_blurred", "folder", "dalle"))
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["generator=dalle"], r"generator.dalle_ckpt: checkpoint not found: .*fix: generator.dalle_ckpt="),
+        (["generator=folder"], r"fix: generator.path=/path/to/samples"),
+        (["generator=folder", "generator.path=/no/such/dir"], r"generator.path="),
+        (["protocol=coco"], r"fix: protocol.root=/path/to/coco"),
+        (["metrics=[clip_score]", "clip.arch=null", "clip.checkpoint=/no/clip.ckpt"], r"fix: clip.checkpoint="),
+        (["ablations=[blurr]"], r"ablations=\[blur,rerank\]"),
+        (["blur.radii=[0,16]"], r"protocol.eval_resolution"),
+        (["generator._target_=builtins.dict"], r"no generate\(captions\)"),
+        (["generator._target_=zoo.no_such_module.Gen"], r"cannot build generator"),
+    ],
+)
+def test_config_errors_name_the_fix(tmp_path, overrides, match):
+    from eval.cli import evaluate
+
+    cfg = compose_eval_cfg(tmp_path, ["protocol.n=4", "logger=none", "progress=false", *overrides])
+    with pytest.raises((ConfigError, ValueError), match=match):
+        evaluate(cfg)
+
+
+def test_missing_inception_weights_named_when_fid_is_asked_for(tmp_path):
+    from eval.cli import evaluate
+
+    cfg = compose_eval_cfg(tmp_path, ["protocol.n=4", "logger=none", "progress=false", "metrics=[fid]"])
+    with pytest.raises(MissingWeightsError, match="eval.inception_weights="):
+        evaluate(cfg)
+    # metrics=auto skips Inception only when no file was named; a named file that is missing is an error
+    cfg = compose_eval_cfg(tmp_path, ["protocol.n=4", "logger=none", "progress=false", "judge.steps=20",
+                                      "eval.inception_weights=/no/w.pth"])
+    with pytest.raises(MissingWeightsError, match="/no/w.pth"):
+        evaluate(cfg)
+
+
+def test_dalle1_experiment_rows_compose(tmp_path):
+    rows = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf/eval/experiment/dalle1").glob("*.yaml"))
+    assert {f"blur_r{r}" for r in (0, 1, 2, 4, 8)} | {f"rerank_n{n}" for n in (1, 2, 4, 8, 16, 32)} <= set(rows)
+    for row in rows:
+        cfg = compose_eval_cfg(tmp_path, [f"experiment=dalle1/{row}"])
+        assert cfg.generator._target_ == "zoo.pipelines.dalle.DallePipeline.from_checkpoints"
+        if row.startswith("blur_r"):
+            assert list(cfg.ablations) == ["blur"] and list(cfg.blur.radii) == [int(row[6:])]
+        elif row.startswith("rerank_n"):
+            assert list(cfg.ablations) == ["rerank"] and list(cfg.rerank.candidates) == [int(row[8:])]
+        elif row == "fig9":
+            assert list(cfg.ablations) == ["blur", "rerank"] and cfg.protocol.n == 256
+        elif row == "coco":
+            assert cfg.protocol._target_ == "eval.protocols.CocoProtocol" and cfg.protocol.n == 30000
+    cfg = compose_eval_cfg(tmp_path, ["experiment=dalle1/fig9", "generator=real_blurred"])
+    assert cfg.generator._target_ == "eval.protocols.RealBlurredGenerator"
+
+
+def test_console_entry_point_runs(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1", TORCH_HOME=str(tmp_path / "th"))
+    done = subprocess.run(
+        [sys.executable, "-m", "eval.cli", "protocol.n=8", "judge.steps=20", "judge.batch_size=8", "logger=none",
+         "metrics=[prompt_fidelity]", "ablations=[blur]", "blur.radii=[0,1]", f"hydra.run.dir={tmp_path}/run",
+         f"paths.cache_dir={tmp_path}/cache", "progress=false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "run" / "results.md").is_file() and (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+    assert "prompt fidelity" in done.stdout

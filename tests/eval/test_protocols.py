@@ -1,0 +1,200 @@
+"""eval.protocols: the Generator / CandidateGenerator interfaces and their adapter, the shapes and MS-COCO
+protocols (seeded caption draws, real sets, resizing), the folder and real_blurred generators. CPU, no network."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from eval.blur import gaussian_blur
+from eval.protocols import (
+    CandidateGenerator, CocoProtocol, FolderGenerator, Generator, ImageBank, RealBlurredGenerator,
+    RepeatedCandidates, ShapesProtocol, as_candidate_generator, check_generated, generate_images, resize_for_eval,
+    save_folder,
+)
+from zoo.errors import ConfigError
+
+
+class SeededStub:
+    """generate(): constant images whose value is a function of (seed attribute, caption, torch RNG draw)."""
+
+    def __init__(self):
+        self.seed = 123
+        self.calls = []
+
+    def generate(self, captions):
+        self.calls.append(self.seed)
+        noise = torch.rand(len(captions))  # depends on the torch seed the adapter sets
+        vals = torch.tensor([(hash((self.seed, c)) % 1000) / 1000 for c in captions]) * 0.5 + noise * 0.1
+        return (vals.view(-1, 1, 1, 1) * 2 - 1).expand(-1, 3, 4, 4).clone()
+
+
+def test_adapter_candidates_are_nested_and_leave_rng_and_seed_alone():
+    caps = ["a", "b", "c"]
+    gen = SeededStub()
+    assert isinstance(gen, Generator) and not isinstance(gen, CandidateGenerator)
+    cand = as_candidate_generator(gen, seed=10)
+    assert isinstance(cand, RepeatedCandidates) and isinstance(cand, CandidateGenerator)
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    four = cand.candidates(caps, 4)
+    after = torch.rand(1)
+    assert torch.equal(before, after)  # the caller's RNG stream is untouched (fork_rng)
+    assert four.shape == (3, 4, 3, 4, 4)
+    assert gen.seed == 123 and gen.calls == [10, 11, 12, 13]  # seed attribute set per candidate, then restored
+    two = cand.candidates(caps, 2)
+    torch.testing.assert_close(two, four[:, :2], rtol=0, atol=0)  # candidate i does not depend on n
+    assert not torch.equal(four[:, 0], four[:, 1])
+
+    class Own:
+        def generate(self, captions):
+            raise AssertionError
+
+        def candidates(self, captions, n):
+            return torch.zeros(len(captions), n, 3, 2, 2)
+
+    own = Own()
+    assert as_candidate_generator(own) is own
+
+
+def test_generate_images_batches_and_validates():
+    gen = SeededStub()
+    bank = generate_images(gen, [str(i) for i in range(7)], batch_size=3, resolution=8, seed=10, progress=False)
+    assert len(bank) == 7 and bank.tensor().shape == (7, 3, 8, 8)
+    assert gen.calls == [10, 10, 10]  # candidate 0 under seed 10, batch after batch
+
+    class Bad:
+        def __init__(self, out):
+            self.out = out
+
+        def generate(self, captions):
+            return self.out
+
+    for out, match in [(torch.zeros(2, 3, 4, 4), "asked for 3"), (torch.full((3, 3, 4, 4), float("nan")), "NaN"),
+                       (torch.zeros(3, 1, 4, 4), "3 channels"), (torch.zeros(3, 3, 4, 4) + 5, r"\[-1, 1\]")]:
+        with pytest.raises(ValueError, match=match):
+            generate_images(Bad(out), ["a", "b", "c"], progress=False)
+    with pytest.raises(ValueError, match="asked for 2"):
+        check_generated(torch.zeros(3, 3, 4, 4), 2)
+
+
+def test_resize_for_eval_is_antialiased():
+    x = torch.ones(1, 3, 64, 64)
+    x[..., ::2, :] = -1  # 1-pixel stripes: aliasing would keep them at half size
+    y = resize_for_eval(x, 16)
+    assert y.shape == (1, 3, 16, 16)
+    assert y.abs().max() < 0.2  # low-passed to the mean (a plain bicubic/bilinear resize would alias to +-1)
+    assert resize_for_eval(x, 64) is x
+    wide = resize_for_eval(torch.zeros(2, 3, 32, 64), 16)  # shorter side to 16, centre crop
+    assert wide.shape == (2, 3, 16, 16)
+
+
+def test_image_bank_round_trip():
+    x = torch.rand(5, 3, 8, 8) * 2 - 1
+    bank = ImageBank.from_tensor(x, batch_size=2)
+    assert len(bank) == 5 and [b.shape[0] for b in bank] == [2, 2, 1]
+    assert (bank.tensor() - x).abs().max() <= 1 / 127.5 / 2 + 1e-6  # uint8 storage: half a grey level
+    with pytest.raises(ValueError, match="size changed"):
+        bank.add(torch.zeros(1, 3, 4, 4))
+
+
+def test_shapes_protocol_matches_the_dataset():
+    from zoo.data.shapes import ShapesDataset
+
+    es = ShapesProtocol(n=6, split="val", resolution=32, seed=3).load()
+    ds = ShapesDataset("val", size=6, resolution=32, seed=3)
+    assert es.captions == [ds[i]["caption"] for i in range(6)]
+    assert es.attributes == [ds[i]["attributes"] for i in range(6)]
+    real = torch.stack([ds[i]["image"] for i in range(6)])
+    torch.testing.assert_close(es.real.tensor(), real, rtol=0, atol=1e-6)  # rendered uint8: exact round trip
+    torch.testing.assert_close(es.real_images([4, 1]), real[[4, 1]], rtol=0, atol=1e-6)
+    again = ShapesProtocol(n=6, split="val", resolution=32, seed=3).load()
+    assert again.captions == es.captions and again.protocol == es.protocol
+    other = ShapesProtocol(n=6, split="val", resolution=32, seed=4).load()
+    assert other.captions != es.captions and other.protocol != es.protocol
+    big = ShapesProtocol(n=2, resolution=32, eval_resolution=64).load()
+    assert big.resolution == 64 and big.real.tensor().shape == (2, 3, 64, 64)
+    key = es.stats_key("ex", blur_radius=2)
+    assert (key.dataset, key.n, key.blur_radius, key.resolution) == ("shapes", 6, 2.0, 32)
+    with pytest.raises(ConfigError, match="protocol.n"):
+        ShapesProtocol(n=1)
+
+
+def _fake_coco(root, n_images=5):
+    from PIL import Image
+
+    (root / "annotations").mkdir(parents=True)
+    (root / "val2014").mkdir()
+    images, anns = [], []
+    rng = np.random.default_rng(0)
+    for i in range(n_images):
+        name = f"COCO_val2014_{i:012d}.jpg"
+        Image.fromarray(rng.integers(0, 255, (40 + 10 * i, 60, 3), dtype=np.uint8)).save(root / "val2014" / name)
+        images.append({"id": 100 + i, "file_name": name})
+        for k in range(5):
+            anns.append({"id": 1000 + 10 * i + k, "image_id": 100 + i, "caption": f"image {i} caption {k}"})
+    (root / "annotations" / "captions_val2014.json").write_text(json.dumps({"images": images, "annotations": anns}))
+
+
+def test_coco_protocol_seeded_one_caption_per_image(tmp_path):
+    _fake_coco(tmp_path)
+    proto = CocoProtocol(str(tmp_path), n=3, seed=0, eval_resolution=64)
+    es = proto.load()
+    assert len(es) == 3 and es.resolution == 64 and es.name == "coco2014"
+    img_ids = [int(c.split()[1]) for c in es.captions]
+    assert len(set(img_ids)) == 3  # one caption per image, no image twice
+    files, caps = proto.sample()
+    assert [int(f[-8:-4]) for f in files] == img_ids  # caption i belongs to real image i
+    assert CocoProtocol(str(tmp_path), n=3, seed=0).sample() == (files, caps)  # fixed seed
+    seeds = {tuple(CocoProtocol(str(tmp_path), n=3, seed=s).sample()[1]) for s in range(6)}
+    assert len(seeds) > 1
+    batches = list(es.real)
+    assert sum(len(b) for b in batches) == 3 and batches[0].shape[1:] == (3, 64, 64)
+    assert CocoProtocol(str(tmp_path), n=99).load().captions.__len__() == 5  # all of val when n exceeds it
+    with pytest.raises(ConfigError, match="protocol.root"):
+        CocoProtocol(str(tmp_path / "nowhere")).load()
+
+
+def test_folder_generator_round_trip(tmp_path):
+    x = torch.rand(4, 3, 8, 8) * 2 - 1
+    caps = ["a", "b", "a", "c"]
+    save_folder(x, caps, tmp_path / "s")
+    gen = FolderGenerator(tmp_path / "s")
+    out = gen.generate(["c", "a", "b"])
+    exp = torch.stack([x[3], x[0], x[1]])
+    assert (out - exp).abs().max() <= 1 / 127.5 / 2 + 1e-6
+    cand = as_candidate_generator(gen).candidates(["a"], 3)  # the caption's images in turn, cycling
+    assert (cand[0, 1] - x[2]).abs().max() < 0.01 and (cand[0, 2] - x[0]).abs().max() < 0.01
+    with pytest.raises(ValueError, match="no image"):
+        gen.generate(["zzz"])
+    txt = tmp_path / "t"
+    save_folder(x[:2], ["p", "q"], txt)
+    (txt / "captions.json").unlink()
+    (txt / "captions.txt").write_text("p\nq\n")
+    assert FolderGenerator(txt).generate(["q"]).shape == (1, 3, 8, 8)
+    (txt / "captions.txt").write_text("p\n")
+    with pytest.raises(ConfigError, match="1 captions but"):
+        FolderGenerator(txt)
+    with pytest.raises(ConfigError, match="generator.path"):
+        FolderGenerator(tmp_path / "missing")
+
+
+def test_real_blurred_generator():
+    es = ShapesProtocol(n=8, resolution=32).load()
+    real = es.real.tensor()
+    sharp = RealBlurredGenerator(radius=0).bind(es)
+    torch.testing.assert_close(sharp.generate(es.captions[2:5]), real[2:5])
+    blurry = RealBlurredGenerator(radius=2).bind(es)
+    torch.testing.assert_close(blurry.generate(es.captions[:3]), gaussian_blur(real[:3], 2))
+    swapped = RealBlurredGenerator(radius=0, mismatch=1.0).bind(es).generate(es.captions)
+    assert all(not torch.equal(swapped[i], real[i]) for i in range(8))
+    half = RealBlurredGenerator(radius=0, mismatch=0.5, seed=1).bind(es)
+    c = as_candidate_generator(half, seed=0).candidates(es.captions, 4)
+    assert any(not torch.equal(c[i, 0], c[i, j]) for i in range(8) for j in range(1, 4))  # candidates differ
+    with pytest.raises(RuntimeError, match="bind"):
+        RealBlurredGenerator().generate(["x"])
+    with pytest.raises(ConfigError, match="mismatch"):
+        RealBlurredGenerator(mismatch=2)
