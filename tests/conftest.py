@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 # No test may touch the network or a W&B account; keep CPU threads modest so tests share the 2 cores well.
+# One intra-op thread: the tests are small, and two OpenMP threads fighting another busy process for 2 cores were
+# measured 5x slower (a 90 s suite took 7 min); subprocess tests (zoo-train, DDP) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported by a plugin before us: the variable came too late
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
