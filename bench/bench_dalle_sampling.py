@@ -10,16 +10,24 @@
 3. Training tokens/s for the ``shapes`` preset, fp32 vs bf16 autocast, and model FLOPs utilisation (MFU) against
    the measured peak of the same dtype. Model FLOPs per step = 6 * (matmul parameters) * tokens + attention
    (QK^T and AV as dense masked matmuls: 4 * L^2 * heads * head_dim per layer forward, x3 for forward+backward).
+4. Peak memory: the process's peak resident set size (``ru_maxrss``) after each part (monotonic: a part's own
+   peak is visible only where it exceeds the earlier ones).
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import torch
 
 from zoo.nn.sampling import sample_image_tokens
 from zoo.nn.transformer import DalleTransformer, make_config
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MB (Linux reports ru_maxrss in KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 6) -> float:
@@ -95,7 +103,8 @@ def main():
             cached = sampling_seconds(model, b, True)
             uncached = sampling_seconds(model, b, False)
             print(f"  {g:>2}x{g:<2} ({g * g:>4} tokens) batch {b}: cached {cached:7.3f} s/img  "
-                  f"uncached {uncached:7.3f} s/img  speed-up {uncached / cached:5.1f}x")
+                  f"uncached {uncached:7.3f} s/img  speed-up {uncached / cached:5.1f}x  "
+                  f"(peak RSS so far {peak_rss_mb():.0f} MB)")
 
     model = DalleTransformer(make_config("shapes")).train()
     n = sum(p.numel() for p in model.parameters())
@@ -103,7 +112,8 @@ def main():
           f"batch {args.train_batch}:")
     for name, bf16 in (("fp32", False), ("bf16", True)):
         tps, flops = train_tokens_per_s(model, args.train_batch, args.steps, bf16)
-        print(f"  {name}: {tps:8.0f} tokens/s  {flops / 1e9:6.1f} GFLOP/s  MFU {100 * flops / peak[name]:5.1f}%")
+        print(f"  {name}: {tps:8.0f} tokens/s  {flops / 1e9:6.1f} GFLOP/s  MFU {100 * flops / peak[name]:5.1f}%  "
+              f"(peak RSS so far {peak_rss_mb():.0f} MB)")
 
 
 if __name__ == "__main__":

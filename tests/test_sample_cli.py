@@ -24,3 +24,48 @@ def test_sample_writes_reconstruction_grid(train_cfg, tmp_path):
     png = Path(written["reconstructions"]["grid"])
     w, h = Image.open(png).size
     assert png.is_file() and w > 32 and h > 32  # a grid of input | reconstruction pairs
+
+
+def _dalle_helpers():
+    import importlib.util
+    import sys
+
+    name = "zoo_test_dalle_helpers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "models" / "test_dalle_helpers.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def test_sample_dalle_writes_grid_images_and_clip_scores(train_cfg, tmp_path):
+    """zoo-sample on a tiny DALL·E checkpoint (zoo-train, 2 steps) with a tiny CLIP: grid + images + scores."""
+    import json
+
+    H = _dalle_helpers()
+    cfg = train_cfg("model=dalle", "model.preset=tiny", f"model.tokenizer_ckpt={H.tiny_tokenizer_ckpt(tmp_path / 't.ckpt')}",
+                    "+model.net.text_vocab=512", "+model.net.text_len=16", "+model.net.image_vocab=32",
+                    "data/tokenizer=bpe", "data.tokenizer.vocab_size=300", "data.tokenizer.context_length=16",
+                    f"data.resolution={H.RESOLUTION}", "data.train_size=16", "data.val_size=8", "data.test_size=8",
+                    "data.batch_size=8", "logger=none", "trainer=cpu", "trainer.max_steps=2", "test=false",
+                    "trainer.enable_progress_bar=false", "trainer.limit_val_batches=0")
+    train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    clip = H.tiny_clip_ckpt(tmp_path / "clip.ckpt")
+    prompts = ["a large red circle at the top left", "a small blue square at the bottom right"]
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        scfg = compose("sample", overrides=[f"ckpt={ckpt}", f"clip_ckpt={clip}", f"out_dir={tmp_path / 'out'}",
+                                            f"paths.root_dir={tmp_path}", f"prompts={json.dumps(prompts)}",
+                                            "n_candidates=6", "top_k=4", "guidance_scale=1.5", "sample_top_k=16"])
+    written = sample(scfg)
+    saved = json.loads((tmp_path / "out" / "samples.json").read_text())
+    assert set(saved) == set(prompts) == set(written)
+    for prompt in prompts:
+        entry = saved[prompt]
+        w, h = Image.open(entry["grid"]).size
+        assert w > 2 * H.RESOLUTION and h >= H.RESOLUTION  # 4 images, nrow=4
+        assert len(entry["images"]) == 4 and all(Path(f).is_file() for f in entry["images"])
+        assert Image.open(entry["images"][0]).size == (H.RESOLUTION, H.RESOLUTION)
+        scores = entry["clip_scores"]
+        assert len(scores) == 4 and scores == sorted(scores, reverse=True) and all(0 <= s <= 100 for s in scores)

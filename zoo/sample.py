@@ -1,8 +1,11 @@
 """``zoo-sample``: images from any checkpoint written by ``zoo-train``.
 
-Text-to-image models (those with ``generate(captions, n, seed)``) make ``n_per_prompt`` images per prompt and a grid
-PNG per prompt; models without text conditioning (the image tokenizers) reconstruct a validation batch of the data
-they were trained on. Everything is written under the run directory.
+DALL·E transformer checkpoints (``model=dalle``) go through ``DallePipeline``: ``n_candidates`` samples per prompt,
+reranked by CLIP when ``clip_ckpt`` is given, the best ``top_k`` written as a grid PNG per prompt plus the individual
+images (``<prompt>/NN.png``, best first) and their CLIP scores in ``samples.json``. Other text-to-image models (those
+with ``generate(captions, n, seed)``) make ``n_per_prompt`` images per prompt and a grid PNG per prompt; models
+without text conditioning (the image tokenizers) reconstruct a validation batch of the data they were trained on.
+Everything is written under the run directory.
 """
 from __future__ import annotations
 
@@ -38,7 +41,11 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     model = load_module(cfg.ckpt)
     torch.manual_seed(int(cfg.seed))
     written: dict[str, Any] = {}
-    if hasattr(model, "generate") and cfg.prompts:
+    from zoo.models.dalle.lit import DalleLit
+
+    if isinstance(model, DalleLit) and cfg.prompts:
+        written = sample_dalle(cfg, model, out_dir)
+    elif hasattr(model, "generate") and cfg.prompts:
         for prompt in cfg.prompts:
             result = model.generate([prompt], n=int(cfg.n_per_prompt), seed=int(cfg.seed))
             images = result["images"] if isinstance(result, dict) else result
@@ -63,6 +70,46 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     (out_dir / "samples.json").write_text(json.dumps(written, indent=2))
     for key, value in written.items():
         log.info("%s -> %s", key, value["grid"])
+    return written
+
+
+def sample_dalle(cfg: DictConfig, model, out_dir: Path) -> dict[str, Any]:
+    """DALL·E: candidates -> CLIP rerank -> grid + individual images + scores per prompt."""
+    from torchvision.utils import save_image
+
+    from zoo.models.clip.scorer import CLIP_SCORE_CONVENTION
+    from zoo.pipelines.dalle import DallePipeline
+
+    scorer = None
+    if cfg.get("clip_ckpt"):
+        from zoo.models.clip.scorer import ClipScorer
+
+        if not Path(cfg.clip_ckpt).is_file():
+            raise ConfigError(f"clip_ckpt={cfg.clip_ckpt} does not exist (fix: a zoo-train model=clip checkpoint, "
+                              f"e.g. logs/demo/clip/checkpoints/last.ckpt, or clip_ckpt=null for no reranking)")
+        scorer = ClipScorer.from_lightning_checkpoint(str(cfg.clip_ckpt))
+    pipe = DallePipeline(model, scorer, n_candidates=int(cfg.n_candidates), temperature=float(cfg.temperature),
+                         sample_top_k=cfg.get("sample_top_k"), top_p=cfg.get("top_p"),
+                         guidance_scale=float(cfg.guidance_scale), batch_size=int(cfg.batch_size), seed=int(cfg.seed))
+    prompts = list(cfg.prompts)
+    out = pipe.sample(prompts, int(cfg.n_candidates), top_k=int(cfg.top_k))
+    written: dict[str, Any] = {}
+    for i, prompt in enumerate(prompts):
+        images = out["images"][i].float().clamp(-1, 1).add(1).div(2)
+        slug = _slug(prompt)
+        path = out_dir / f"{slug}.png"
+        save_image(images, path, nrow=int(cfg.nrow))
+        (out_dir / slug).mkdir(exist_ok=True)
+        files = []
+        for j, img in enumerate(images):
+            f = out_dir / slug / f"{j:02d}.png"
+            save_image(img, f)
+            files.append(str(f))
+        entry: dict[str, Any] = {"grid": str(path), "images": files, "n_candidates": int(cfg.n_candidates)}
+        if out["scores"] is not None:
+            entry["clip_scores"] = [round(float(s), 4) for s in out["scores"][i]]
+            entry["clip_score_convention"] = CLIP_SCORE_CONVENTION
+        written[prompt] = entry
     return written
 
 

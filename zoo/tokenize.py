@@ -21,15 +21,13 @@ log = logging.getLogger("zoo.tokenize")
 
 
 def image_tokenizer_of(module: Any):
-    """The ``ImageTokenizer`` inside a LightningModule (or the module itself)."""
-    from zoo.nn.image_tokenizer import ImageTokenizer
+    """The ``ImageTokenizer`` inside a LightningModule (or the module itself); a ConfigError if there is none."""
+    from zoo.nn.image_tokenizer import find_image_tokenizer
 
-    if isinstance(module, ImageTokenizer):
-        return module
-    for child in module.children():
-        if isinstance(child, ImageTokenizer):
-            return child
-    raise ConfigError(f"{type(module).__name__} holds no ImageTokenizer (fix: pass a dvae/vqvae checkpoint)")
+    try:
+        return find_image_tokenizer(module)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 @torch.no_grad()

@@ -38,3 +38,13 @@ def codebook_stats(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     p = counts / counts.sum().clamp_min(1)
     nz = p[p > 0]
     return 100.0 * (counts > 0).float().mean(), torch.exp(-(nz * nz.log()).sum())
+
+
+def find_image_tokenizer(module: torch.nn.Module) -> "ImageTokenizer":
+    """The ``ImageTokenizer`` held by a LightningModule (a direct child), or the module itself."""
+    if isinstance(module, ImageTokenizer):
+        return module
+    for child in module.children():
+        if isinstance(child, ImageTokenizer):
+            return child
+    raise ValueError(f"{type(module).__name__} holds no ImageTokenizer (fix: pass a dvae/vqvae checkpoint)")

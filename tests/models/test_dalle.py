@@ -1,0 +1,182 @@
+"""DALL·E stage 2 as a component: learning, caption dropout, data checks, self-contained checkpoints, zoo-train,
+the paper preset's size."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from zoo.errors import ConfigError
+from zoo.models.dalle.lit import DalleLit
+
+
+def _helpers():
+    name = "zoo_test_dalle_helpers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "test_dalle_helpers.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+H = _helpers()
+
+
+def _fixed_batch(b=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(4, 300, (b, 16), generator=g)
+    text[:, 10:] = 0  # padding
+    return {"text_tokens": text, "image_tokens": torch.randint(0, 32, (b, 4, 4), generator=g)}
+
+
+# ------------------------------------------------------------------------------------------------- learning
+def test_overfits_a_fixed_batch():
+    torch.manual_seed(0)
+    model = DalleLit(preset="tiny", net=dict(H.TINY_NET), text_dropout=0.0)
+    batch = _fixed_batch()
+    opt = torch.optim.AdamW(model.transformer.parameters(), lr=3e-3)
+    first = None
+    for step in range(150):
+        r = model.forward_loss(batch, train=True)
+        first = first if first is not None else {k: float(v) for k, v in r.items()}
+        opt.zero_grad()
+        r["loss"].backward()
+        opt.step()
+    last = {k: float(v) for k, v in model.forward_loss(batch, train=False).items()}
+    assert first["image_loss"] == pytest.approx(torch.log(torch.tensor(32.0)).item(), abs=0.3)  # ~uniform at init
+    assert last["image_loss"] < first["image_loss"] / 10, (first, last)
+    assert last["loss"] < first["loss"] / 8
+    # the loss is the paper's 1/8 text + 7/8 image mixture
+    assert last["loss"] == pytest.approx(last["text_loss"] / 8 + 7 * last["image_loss"] / 8, rel=1e-4)
+
+
+def test_caption_dropout_rate_and_all_pad():
+    torch.manual_seed(0)
+    model = DalleLit(preset="tiny", net=dict(H.TINY_NET), text_dropout=0.2)
+    text = torch.randint(4, 300, (20000, 16))
+    out = model.drop_captions(text)
+    dropped = (out == model.cfg.pad_id).all(1)
+    assert abs(dropped.float().mean().item() - 0.2) < 0.015
+    assert torch.equal(out[~dropped], text[~dropped])  # the others untouched
+    assert torch.equal(DalleLit(preset="tiny", net=dict(H.TINY_NET), text_dropout=0.0).drop_captions(text), text)
+    # validation never drops: eval loss is deterministic
+    model.eval()
+    b = _fixed_batch()
+    assert torch.equal(model.forward_loss(b, train=False)["loss"], model.forward_loss(b, train=False)["loss"])
+    with pytest.raises(ValueError, match="text_dropout"):
+        DalleLit(preset="tiny", text_dropout=1.0)
+
+
+# ---------------------------------------------------------------------------------------------- check_data
+def _dm(tok, resolution=H.RESOLUTION, features=None):
+    return SimpleNamespace(tokenizer=tok, resolution=resolution, features=features or {})
+
+
+def test_check_data_errors_name_their_fix(tmp_path):
+    tok = H.tiny_bpe(context_length=16)
+    ckpt = H.tiny_tokenizer_ckpt(tmp_path / "tok.ckpt")
+    ok = DalleLit(preset="tiny", net=dict(H.TINY_NET), tokenizer_ckpt=str(ckpt))
+    ok.check_data(_dm(tok))  # fits
+    assert ok.text_tokenizer is tok
+
+    small_vocab = DalleLit(preset="tiny", tokenizer_ckpt=str(ckpt), net={**H.TINY_NET, "text_vocab": 64})
+    with pytest.raises(ConfigError, match=r"model.net.text_vocab=300"):
+        small_vocab.check_data(_dm(tok))
+    with pytest.raises(ConfigError, match=r"grid.*fix: model.net.grid_h=8 model.net.grid_w=8"):
+        ok.check_data(_dm(tok, resolution=32))  # 32 px / 4 = 8x8 != 4x4
+    with pytest.raises(ConfigError, match="data.tokenizer.context_length=16"):
+        ok.check_data(_dm(H.tiny_bpe(context_length=24)))
+    missing = DalleLit(preset="tiny", net=dict(H.TINY_NET), tokenizer_ckpt=str(tmp_path / "nope.ckpt"))
+    with pytest.raises(ConfigError, match="not found.*fix: model.tokenizer_ckpt="):
+        missing.check_data(_dm(tok))
+    with pytest.raises(ConfigError, match="data/tokenizer=bpe"):
+        ok.check_data(_dm(None))
+    small_codebook = DalleLit(preset="tiny", tokenizer_ckpt=str(ckpt), net={**H.TINY_NET, "image_vocab": 16})
+    with pytest.raises(ConfigError, match="image_vocab=32"):
+        small_codebook.check_data(_dm(tok))
+    # precomputed tokens and no tokenizer checkpoint is fine
+    DalleLit(preset="tiny", net=dict(H.TINY_NET)).check_data(_dm(tok, features={"train": "tokens.pt"}))
+
+
+def test_unknown_preset_or_field():
+    with pytest.raises(ValueError, match="tiny"):
+        DalleLit(preset="huge")
+    with pytest.raises(ValueError, match="valid"):
+        DalleLit(preset="tiny", net={"depth": 3})
+
+
+def test_frozen_tokenizer_is_not_trained(tmp_path):
+    model = DalleLit(preset="tiny", net=dict(H.TINY_NET), tokenizer_ckpt=str(H.tiny_tokenizer_ckpt(tmp_path / "t.ckpt")))
+    model.train()
+    assert not model.image_tokenizer.training
+    assert all(not p.requires_grad for p in model.image_tokenizer.parameters())
+    opt = model.configure_optimizers()
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not in_opt & {id(p) for p in model.image_tokenizer.parameters()}
+    assert in_opt == {id(p) for p in model.transformer.parameters()}
+
+
+# --------------------------------------------------------------------- zoo-train -> checkpoint -> generate
+def test_zoo_train_then_self_contained_checkpoint_generates(train_cfg, tmp_path):
+    from zoo.checkpoint import load_module
+    from zoo.train import train
+
+    tok_ckpt = H.tiny_tokenizer_ckpt(tmp_path / "tokenizer.ckpt")
+    cfg = train_cfg("model=dalle", "model.preset=tiny", f"model.tokenizer_ckpt={tok_ckpt}",
+                    "+model.net.text_vocab=512", "+model.net.text_len=16", "+model.net.image_vocab=32",
+                    "data=shapes", "data/tokenizer=bpe", "data.tokenizer.vocab_size=300",
+                    "data.tokenizer.context_length=16", f"data.resolution={H.RESOLUTION}",
+                    "data.train_size=24", "data.val_size=8", "data.test_size=8", "data.batch_size=8",
+                    "trainer=cpu", "trainer.max_steps=3", "trainer.precision=bf16-mixed", "logger=csv",
+                    "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0", "test=false")
+    metrics = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    assert metrics["global_step"] == 3
+    for k in ("train/loss", "train/text_loss", "train/image_loss", "val/loss", "val/text_loss", "val/image_loss"):
+        assert k in metrics, k
+    assert list((run / "samples").glob("*.png")), "sample grid missing"
+    ckpt_path = run / "checkpoints" / "last.ckpt"
+    raw = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # plain values only
+    assert raw["zoo_class"] == "zoo.models.dalle.lit.DalleLit"
+    assert raw["hyper_parameters"]["text_tokenizer"]["kind"] == "trained_bpe"
+    tok_sd = {k[len("image_tokenizer."):]: v for k, v in raw["state_dict"].items() if k.startswith("image_tokenizer.")}
+    assert tok_sd, "frozen tokenizer weights missing from the checkpoint"
+
+    # nothing but the checkpoint is needed: remove the tokenizer checkpoint and the BPE file
+    tok_ckpt.unlink()
+    for f in Path(cfg.paths.cache_dir).rglob("tokenizer.json"):
+        f.unlink()
+    model = load_module(ckpt_path)
+    ref = H.tiny_tokenizer_ckpt(tmp_path / "again.ckpt")  # same seed -> same weights as the frozen one
+    ref_sd = torch.load(ref, weights_only=True)["state_dict"]
+    for k, v in model.image_tokenizer.state_dict().items():
+        torch.testing.assert_close(v, ref_sd["vqvae." + k], rtol=0, atol=0)
+    assert model.image_tokenizer.grid_size == (4, 4)
+    captions = ["a large red circle at the top left", "a small blue square at the bottom right"]
+    a = model.generate(captions, n=3, seed=1, top_k=8, guidance_scale=2.0)
+    b = model.generate(captions, n=3, seed=1, top_k=8, guidance_scale=2.0)
+    assert a.shape == (6, 3, H.RESOLUTION, H.RESOLUTION) and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, b)  # seeded
+    assert not torch.equal(a, model.generate(captions, n=3, seed=2, top_k=8, guidance_scale=2.0))
+    # priming with images keeps their top token rows
+    primed = model.generate(captions[:1], n=2, seed=0, prime=a[:1], prime_rows=2)
+    tok = model.image_tokenizer.encode(primed)
+    assert torch.equal(tok[:, :2], model.image_tokenizer.encode(a[:1])[:, :2].expand(2, -1, -1))
+
+
+# ------------------------------------------------------------------------------------------------ presets
+def test_paper_preset_is_12_billion_parameters():
+    from zoo.models.dalle.model import PAPER_PARAMS, DalleTransformer, build_config
+
+    cfg = build_config("paper")
+    assert (cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.dim) == (64, 62, 64, 3968)
+    assert (cfg.text_len, cfg.grid_h * cfg.grid_w, cfg.text_vocab, cfg.image_vocab) == (256, 1024, 16384, 8192)
+    with torch.device("meta"):
+        model = DalleTransformer(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    assert n == PAPER_PARAMS
+    assert 11.5e9 < n < 12.5e9  # "12 billion parameters"

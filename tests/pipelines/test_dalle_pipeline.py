@@ -1,0 +1,82 @@
+"""DallePipeline: CLIP reranking keeps the best-scoring candidates in order; generate's contract; seeding."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def _helpers():
+    name = "zoo_test_dalle_helpers"
+    if name not in sys.modules:
+        path = Path(__file__).parents[1] / "models" / "test_dalle_helpers.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+H = _helpers()
+CAPTIONS = ["a large red circle at the top left", "a small blue square at the bottom right",
+            "a green triangle in the middle center"]
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    from zoo.models.clip.scorer import ClipScorer
+    from zoo.models.dalle.lit import DalleLit
+    from zoo.pipelines.dalle import DallePipeline
+
+    tmp = tmp_path_factory.mktemp("dalle_pipe")
+    torch.manual_seed(0)
+    dalle = DalleLit(preset="tiny", net=dict(H.TINY_NET), tokenizer_ckpt=str(H.tiny_tokenizer_ckpt(tmp / "tok.ckpt")))
+    dalle.text_tokenizer = H.tiny_bpe(context_length=16)
+    scorer = ClipScorer.from_lightning_checkpoint(str(H.tiny_clip_ckpt(tmp / "clip.ckpt")))
+    return DallePipeline(dalle, scorer, n_candidates=6, batch_size=8, seed=3)
+
+
+def test_rerank_keeps_best_scoring_candidates_in_order(pipe):
+    cands = pipe.candidates(CAPTIONS, 6)  # (3, 6, 3, H, W)
+    assert cands.shape == (3, 6, 3, H.RESOLUTION, H.RESOLUTION)
+    out = pipe.sample(CAPTIONS, n_candidates=6, top_k=3)
+    assert torch.equal(pipe.candidates(CAPTIONS, 6), cands)  # seeded: same candidates on every call
+    images, scores = out["images"], out["scores"]
+    assert images.shape == (3, 3, 3, H.RESOLUTION, H.RESOLUTION) and scores.shape == (3, 3)
+    for i, caption in enumerate(CAPTIONS):
+        all_scores = pipe.scorer.clip_score(cands[i], [caption] * 6)  # independent scoring of every candidate
+        best = torch.argsort(all_scores, descending=True)[:3]
+        assert torch.equal(images[i], cands[i][best])  # the 3 best, best first
+        torch.testing.assert_close(scores[i], all_scores[best], atol=1e-4, rtol=1e-4)
+        assert (scores[i][:-1] >= scores[i][1:]).all()
+        assert len(set(all_scores.tolist())) > 1  # candidates differ, so the test can fail
+
+
+def test_generate_returns_one_best_image_per_caption(pipe):
+    images = pipe.generate(CAPTIONS)
+    assert images.shape == (3, 3, H.RESOLUTION, H.RESOLUTION) and images.dtype == torch.float32
+    assert images.min() >= -1 and images.max() <= 1
+    torch.testing.assert_close(images, pipe.sample(CAPTIONS, pipe.n_candidates, top_k=1)["images"][:, 0])
+
+
+def test_several_batches_are_seeded_and_complete(pipe):
+    """Captions split over several transformer batches (progress bar path): every caption gets its candidates, and
+    the same seed gives the same images (the noise order depends on the batch layout, so compare like with like)."""
+    from zoo.pipelines.dalle import DallePipeline
+
+    split = DallePipeline(pipe.dalle, pipe.scorer, n_candidates=4, batch_size=4, seed=5, progress=True)
+    a = split.candidates(CAPTIONS)
+    assert a.shape == (3, 4, 3, H.RESOLUTION, H.RESOLUTION)
+    assert torch.equal(a, split.candidates(CAPTIONS))
+    assert not torch.equal(a, DallePipeline(pipe.dalle, None, n_candidates=4, batch_size=4, seed=6).candidates(CAPTIONS))
+
+
+def test_without_clip_keeps_sampling_order(pipe):
+    from zoo.pipelines.dalle import DallePipeline
+
+    p = DallePipeline(pipe.dalle, None, n_candidates=5, batch_size=8, seed=3)
+    out = p.sample(CAPTIONS[:2], top_k=2)
+    assert out["scores"] is None
+    assert torch.equal(out["images"], p.candidates(CAPTIONS[:2])[:, :2])

@@ -1,0 +1,287 @@
+"""Training the DALL·E 1 transformer (stage 2) with Lightning.
+
+Image tokens come from the batch (``image_tokens``, written by ``zoo-tokenize``) when present, else from a frozen
+image tokenizer (a zoo-train dVAE / VQ-VAE checkpoint, ``tokenizer_ckpt``) that encodes ``image`` on the fly (eval
+mode, no grad, never in the optimizer). Text tokens are the DataModule's ``text_tokens`` (its text tokenizer,
+e.g. ``data/tokenizer=bpe``), right-padded with the pad id up to the model's ``text_len``.
+
+Caption dropout (for classifier-free guidance): with probability ``text_dropout`` a training caption is replaced
+by all pads (the null text that ``sample_image_tokens`` uses for the unconditional stream).
+
+Self-contained checkpoints: ``on_save_checkpoint`` writes two extra plain-value hyper-parameters,
+``tokenizer_spec`` (class path + hyper-parameters + resolution of the frozen image tokenizer, whose weights are
+in the state dict under ``image_tokenizer.``) and ``text_tokenizer`` (the BPE's tokenizer.json as a string), so
+``zoo.checkpoint.load_module(ckpt)`` followed by ``generate`` needs neither the tokenizer checkpoint nor the BPE file.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from zoo.errors import ConfigError
+from zoo.models.dalle.model import (DalleTransformer, build_config, image_tokenizer_from_spec, image_tokenizer_spec,
+                                    text_tokenizer_from_spec, text_tokenizer_spec)
+from zoo.nn.sampling import sample_image_tokens
+
+
+class DalleLit(L.LightningModule):
+    """Args:
+        preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.nn.transformer.PRESETS``); ``net`` overrides fields.
+        tokenizer_ckpt: zoo-train dVAE / VQ-VAE checkpoint used frozen to encode images (and to decode samples).
+        text_dropout: probability of replacing a training caption by all pads (classifier-free guidance).
+        grid_captions: captions sampled by ``sample_grid`` (the SampleGridCallback) beside their real images.
+        grid_top_k, grid_guidance_scale: sampling settings of ``sample_grid``.
+        tokenizer_spec, text_tokenizer: filled in by the checkpoint (leave None when training).
+    """
+
+    def __init__(self, preset: str = "shapes", net: Optional[dict[str, Any]] = None,
+                 tokenizer_ckpt: Optional[str] = None, text_dropout: float = 0.15, grid_captions: int = 8,
+                 grid_top_k: Optional[int] = None, grid_guidance_scale: float = 1.0,
+                 tokenizer_spec: Optional[dict[str, Any]] = None, text_tokenizer: Optional[dict[str, Any]] = None,
+                 optimizer=None, scheduler=None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "tokenizer_spec", "text_tokenizer"])
+        if not 0.0 <= text_dropout < 1.0:
+            raise ValueError(f"text_dropout must be in [0, 1), got {text_dropout}")
+        self.cfg = build_config(preset, net)
+        self.transformer = DalleTransformer(self.cfg)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.text_dropout = float(text_dropout)
+        self.grid_nrow = 8
+        self._tokenizer_spec: Optional[dict[str, Any]] = None
+        self.image_tokenizer = None
+        if tokenizer_spec:  # rebuilt from a checkpoint: weights come with the state dict
+            self._set_image_tokenizer(image_tokenizer_from_spec(tokenizer_spec), tokenizer_spec)
+        elif tokenizer_ckpt and Path(tokenizer_ckpt).is_file():
+            self.load_image_tokenizer(tokenizer_ckpt)
+        # a missing tokenizer_ckpt is reported by check_data with its fix (not here, so configs can be composed)
+        self.text_tokenizer = text_tokenizer_from_spec(text_tokenizer)
+
+    # ------------------------------------------------------------------------------------------ tokenizers
+    def load_image_tokenizer(self, path: str, resolution: Optional[int] = None) -> None:
+        from zoo.checkpoint import safe_load
+
+        ckpt = safe_load(path)
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise ConfigError(f"{path} is not a zoo-train checkpoint (fix: model.tokenizer_ckpt=<dvae/vqvae last.ckpt>)")
+        res = resolution or ((ckpt.get("zoo_config") or {}).get("data") or {}).get("resolution")
+        spec = image_tokenizer_spec(ckpt, res)  # plain values; stored in our checkpoints by on_save_checkpoint
+        self._set_image_tokenizer(image_tokenizer_from_spec(spec, ckpt["state_dict"]), spec)
+
+    def _set_image_tokenizer(self, tok, spec: dict[str, Any]) -> None:
+        tok.eval()
+        for p in tok.parameters():
+            p.requires_grad_(False)
+        self.image_tokenizer = tok  # registered as a submodule: its weights travel in our state dict
+        self._tokenizer_spec = spec
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.image_tokenizer is not None:
+            self.image_tokenizer.eval()  # frozen: never in training mode (no EMA / dead-code updates)
+        return self
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        hp = dict(checkpoint.get("hyper_parameters", {}))
+        hp["tokenizer_spec"] = self._tokenizer_spec
+        hp["text_tokenizer"] = text_tokenizer_spec(self.text_tokenizer)
+        checkpoint["hyper_parameters"] = hp
+
+    # --------------------------------------------------------------------------------------------- data
+    def check_data(self, datamodule) -> None:
+        c = self.cfg
+        if callable(getattr(datamodule, "prepare_tokenizer", None)):
+            datamodule.prepare_tokenizer()  # a BPE fitted on first use must be ready before we read its vocabulary
+        tok = getattr(datamodule, "tokenizer", None)
+        if tok is None:
+            raise ConfigError("the DALL·E transformer needs text tokens in the batches "
+                              "(fix: data/tokenizer=bpe, or data/tokenizer=clip_bpe with model.net.text_vocab=49408)")
+        if tok.vocab_size > c.text_vocab:
+            raise ConfigError(f"text tokenizer vocabulary ({tok.vocab_size}) is larger than the model's text_vocab "
+                              f"({c.text_vocab}) (fix: model.net.text_vocab={tok.vocab_size}, or a smaller "
+                              f"data.tokenizer.vocab_size)")
+        if tok.context_length > c.text_len:
+            raise ConfigError(f"text tokenizer context_length ({tok.context_length}) is longer than the model's "
+                              f"text_len ({c.text_len}) (fix: data.tokenizer.context_length={c.text_len}, or "
+                              f"model.net.text_len={tok.context_length})")
+        if tok.pad_id != c.pad_id:
+            raise ConfigError(f"text tokenizer pad id {tok.pad_id} != model pad_id {c.pad_id} "
+                              f"(fix: model.net.pad_id={tok.pad_id})")
+        features = getattr(datamodule, "features", {}) or {}
+        if self.image_tokenizer is None:
+            path = self.hparams.get("tokenizer_ckpt")
+            if path:
+                raise ConfigError(f"image tokenizer checkpoint not found: {path} (fix: model.tokenizer_ckpt=<a "
+                                  f"zoo-train dvae/vqvae last.ckpt>, e.g. train one with "
+                                  f"`zoo-train experiment=demo/tokenizer hydra.run.dir=logs/demo/tokenizer`)")
+            if "train" not in features:
+                raise ConfigError("no image tokenizer and no precomputed image tokens (fix: "
+                                  "model.tokenizer_ckpt=<dvae/vqvae ckpt>, or data.features.train=<zoo-tokenize file>)")
+        else:
+            it = self.image_tokenizer
+            res = getattr(datamodule, "resolution", None)
+            if res is not None:
+                if res % it.downsample_factor:
+                    raise ConfigError(f"data.resolution={res} is not a multiple of the image tokenizer's downsample "
+                                      f"factor {it.downsample_factor} (fix: data.resolution={c.grid_h * it.downsample_factor})")
+                it.resolution = res
+                if self._tokenizer_spec is not None:
+                    self._tokenizer_spec["resolution"] = res
+            grid = tuple(it.grid_size)
+            if grid != (c.grid_h, c.grid_w):
+                raise ConfigError(f"the image tokenizer makes a {grid[0]}x{grid[1]} grid at data.resolution={res} but "
+                                  f"the model expects {c.grid_h}x{c.grid_w} (fix: model.net.grid_h={grid[0]} "
+                                  f"model.net.grid_w={grid[1]}, or data.resolution="
+                                  f"{c.grid_h * it.downsample_factor})")
+            if it.codebook_size > c.image_vocab:
+                raise ConfigError(f"image tokenizer codebook ({it.codebook_size}) is larger than the model's "
+                                  f"image_vocab ({c.image_vocab}) (fix: model.net.image_vocab={it.codebook_size})")
+        self.text_tokenizer = tok
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.text_tokenizer is None and dm is not None and getattr(dm, "tokenizer", None) is not None:
+            self.text_tokenizer = dm.tokenizer
+
+    def pad_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> (B, text_len): right-pad with pad_id (L > text_len is refused by check_data)."""
+        t = self.cfg.text_len
+        if tokens.shape[1] > t:
+            raise ValueError(f"text has {tokens.shape[1]} tokens; the model takes {t} (data.tokenizer.context_length)")
+        if tokens.shape[1] < t:
+            tokens = F.pad(tokens, (0, t - tokens.shape[1]), value=self.cfg.pad_id)
+        return tokens
+
+    def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
+        if self.text_tokenizer is None:
+            raise RuntimeError("no text tokenizer: train with data/tokenizer=bpe (it is stored in the checkpoint)")
+        return self.pad_text(self.text_tokenizer.encode(list(captions))).to(self.device)
+
+    @torch.no_grad()
+    def image_tokens(self, batch: dict[str, Any]) -> torch.Tensor:
+        if "image_tokens" in batch:
+            return batch["image_tokens"].long()
+        if self.image_tokenizer is None:
+            raise RuntimeError("batch has no image_tokens and no image tokenizer is loaded (model.tokenizer_ckpt)")
+        return self.image_tokenizer.encode(batch["image"]).long()
+
+    def drop_captions(self, text: torch.Tensor) -> torch.Tensor:
+        """Replace each caption by all pads with probability ``text_dropout`` (training only)."""
+        if self.text_dropout <= 0:
+            return text
+        drop = torch.rand(text.shape[0], device=text.device) < self.text_dropout
+        return torch.where(drop[:, None], torch.full_like(text, self.cfg.pad_id), text)
+
+    # ------------------------------------------------------------------------------------------ training
+    def forward_loss(self, batch: dict[str, Any], train: bool) -> dict[str, torch.Tensor]:
+        text = self.pad_text(batch["text_tokens"].long())
+        if train:
+            text = self.drop_captions(text)
+        return self.transformer.loss(text, self.image_tokens(batch))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        r = self.forward_loss(batch, train=True)
+        self.log_dict({"train/loss": r["loss"], "train/text_loss": r["text_loss"], "train/image_loss": r["image_loss"]})
+        self.log("loss", r["loss"], prog_bar=True, logger=False)
+        return r["loss"]
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        r = self.forward_loss(batch, train=False)
+        self.log_dict({f"{stage}/loss": r["loss"], f"{stage}/text_loss": r["text_loss"],
+                       f"{stage}/image_loss": r["image_loss"]}, batch_size=batch["text_tokens"].shape[0])
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self):
+        params = [p for p in self.transformer.parameters() if p.requires_grad]
+        opt = (self.optimizer_factory or (lambda p: torch.optim.AdamW(p, lr=3e-4)))(params)
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------ sampling
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.image_tokenizer is None:
+            raise RuntimeError("no image tokenizer to decode with (model.tokenizer_ckpt)")
+        return self.image_tokenizer.decode(tokens).float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def generate_tokens(self, text_tokens: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                        top_p: Optional[float] = None, guidance_scale: float = 1.0,
+                        prime_tokens: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+                        batch_size: int = 64) -> torch.Tensor:
+        """Image tokens (B, h, w) for text tokens (B, text_len), in chunks of ``batch_size``."""
+        out = []
+        for i in range(0, len(text_tokens), batch_size):
+            prime = None if prime_tokens is None else prime_tokens[i:i + batch_size]
+            out.append(sample_image_tokens(self.transformer, text_tokens[i:i + batch_size], temperature, top_k, top_p,
+                                           guidance_scale, prime_tokens=prime, generator=generator))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def generate(self, captions: Sequence[str], n: int = 1, seed: int = 0, temperature: float = 1.0,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, guidance_scale: float = 1.0,
+                 prime: Optional[torch.Tensor] = None, prime_rows: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None, batch_size: int = 64) -> torch.Tensor:
+        """``n`` images per caption -> FloatTensor (len(captions) * n, 3, H, W) in [-1, 1], caption-major.
+
+        ``prime``: images (len(captions), 3, H, W) in [-1, 1] whose top ``prime_rows`` token rows (default half the
+        grid) are kept (the paper's image-to-image translation), or LongTensor token rows (len(captions), r, w)."""
+        if isinstance(captions, str):
+            captions = [captions]
+        was_training = self.training
+        self.eval()
+        try:
+            text = self.encode_text(captions).repeat_interleave(n, 0)  # (B * n, T)
+            prime_tokens = None
+            if prime is not None:
+                if prime.dtype.is_floating_point:
+                    rows = prime_rows if prime_rows is not None else self.cfg.grid_h // 2
+                    prime = self.image_tokenizer.encode(prime.to(self.device))[:, :rows]
+                prime_tokens = prime.long().to(self.device).repeat_interleave(n, 0)
+            gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
+            tokens = self.generate_tokens(text, temperature, top_k, top_p, guidance_scale, prime_tokens, gen,
+                                          batch_size)
+            return torch.cat([self.decode(tokens[i:i + batch_size]) for i in range(0, len(tokens), batch_size)])
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def sample_grid(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Real val image | sampled image for the first ``grid_captions`` val captions (pairs, row-major)."""
+        n = min(int(self.hparams.grid_captions), len(batch["caption"]))
+        text = self.pad_text(batch["text_tokens"][:n].long().to(self.device))
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        tokens = self.generate_tokens(text, top_k=self.hparams.grid_top_k,
+                                      guidance_scale=self.hparams.grid_guidance_scale, generator=gen)
+        fake = self.decode(tokens)
+        real = batch["image"][:n].float().to(fake.device)
+        if real.shape[-2:] != fake.shape[-2:]:
+            real = F.interpolate(real, size=fake.shape[-2:], mode="bilinear", antialias=True)
+        return torch.stack([real, fake], 1).flatten(0, 1)
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.transformer.parameters())
+
+
+def cosine_with_warmup(optimizer, warmup_steps: int = 100, total_steps: int = 2000, min_ratio: float = 0.1):
+    """LambdaLR: linear warm-up then cosine decay to ``min_ratio`` of the base lr (Hydra: ``_partial_: true``)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,97 @@
+"""DALL·E 1 inference: text -> BPE tokens -> transformer samples -> image-tokenizer decode -> CLIP rerank.
+
+    pipe = DallePipeline.from_checkpoints("logs/.../dalle/last.ckpt", clip_ckpt="logs/demo/clip/checkpoints/last.ckpt")
+    images = pipe.generate(["a large red circle at the top left"])        # (1, 3, H, W) in [-1, 1]: best of 32
+    out = pipe.sample(captions, n_candidates=32, top_k=8)                  # images (B, 8, 3, H, W), scores (B, 8)
+
+Reranking goes through ``ClipScorer.rerank_batched`` (never re-implemented here); ``scores`` are CLIP scores,
+``100 * max(cos, 0)`` per (image, caption) pair (``zoo.models.clip.scorer.CLIP_SCORE_CONVENTION``), best first.
+Without a CLIP model the candidates are kept in sampling order and ``scores`` is None.
+
+Sampling knobs are attributes (the eval package calls ``generate(captions)`` only): ``n_candidates``,
+``temperature``, ``sample_top_k`` / ``top_p`` (logit filtering), ``guidance_scale`` (classifier-free guidance
+with the all-pad null caption), ``batch_size`` (images per transformer batch), ``seed``. Results are a pure function
+of (seed, captions, settings): each call starts its own generator from ``seed``.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+
+class DallePipeline:
+    def __init__(self, dalle, scorer=None, n_candidates: int = 32, temperature: float = 1.0,
+                 sample_top_k: Optional[int] = None, top_p: Optional[float] = None, guidance_scale: float = 1.0,
+                 batch_size: int = 64, seed: int = 0, progress: Optional[bool] = None):
+        self.dalle = dalle.eval()
+        self.scorer = scorer
+        self.n_candidates = int(n_candidates)
+        self.temperature = float(temperature)
+        self.sample_top_k = sample_top_k
+        self.top_p = top_p
+        self.guidance_scale = float(guidance_scale)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.progress = progress  # None: a bar only when there is more than one batch
+
+    @classmethod
+    def from_checkpoints(cls, dalle_ckpt: str, clip_ckpt: Optional[str] = None, device: str = "cpu",
+                         **kw) -> "DallePipeline":
+        """A zoo-train DALL·E checkpoint (self-contained: tokenizers inside) and optionally a zoo-train CLIP one."""
+        from zoo.checkpoint import load_module
+        from zoo.models.dalle.lit import DalleLit
+
+        dalle = load_module(dalle_ckpt, map_location=device)
+        if not isinstance(dalle, DalleLit):
+            raise ValueError(f"{dalle_ckpt} holds a {type(dalle).__name__}, not a DALL·E transformer (model=dalle)")
+        scorer = None
+        if clip_ckpt:
+            from zoo.models.clip.scorer import ClipScorer
+
+            scorer = ClipScorer.from_lightning_checkpoint(str(clip_ckpt), device=device)
+        return cls(dalle.to(device), scorer, **kw)
+
+    # ------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def candidates(self, captions: Sequence[str], n_candidates: Optional[int] = None) -> torch.Tensor:
+        """All samples: (B, n_candidates, 3, H, W) in [-1, 1], batched over captions x candidates."""
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        n = int(n_candidates or self.n_candidates)
+        per_batch = max(1, self.batch_size // n)  # captions per transformer batch
+        chunks = [captions[i:i + per_batch] for i in range(0, len(captions), per_batch)]
+        show = self.progress if self.progress is not None else len(chunks) > 1
+        gen = torch.Generator(device=self.dalle.device).manual_seed(self.seed)
+        out = []
+        for chunk in tqdm(chunks, desc="dalle sample", unit="batch", disable=not show):
+            imgs = self.dalle.generate(chunk, n=n, temperature=self.temperature, top_k=self.sample_top_k,
+                                       top_p=self.top_p, guidance_scale=self.guidance_scale, generator=gen,
+                                       batch_size=max(self.batch_size, n))
+            out.append(imgs.view(len(chunk), n, *imgs.shape[1:]))
+        return torch.cat(out)
+
+    def rerank(self, candidates: torch.Tensor, captions: Sequence[str], top_k: int
+               ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Keep the ``top_k`` best of each caption's candidates (B, N, 3, H, W) -> (B, k, ...), CLIP scores (B, k)."""
+        k = min(int(top_k), candidates.shape[1])
+        if self.scorer is None:
+            return candidates[:, :k], None
+        picked, cos, _ = self.scorer.rerank_batched(candidates, list(captions), k)
+        return picked, 100 * cos.clamp_min(0)
+
+    @torch.no_grad()
+    def sample(self, captions: Sequence[str], n_candidates: Optional[int] = None, top_k: int = 1) -> dict[str, Any]:
+        """``n_candidates`` samples per caption, reranked by CLIP; the ``top_k`` best of each, best first:
+        dict(images (B, top_k, 3, H, W) in [-1, 1], scores (B, top_k) CLIP scores or None)."""
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        cands = self.candidates(captions, n_candidates)
+        images, scores = self.rerank(cands, captions, top_k)
+        return {"images": images, "scores": scores}
+
+    @torch.no_grad()
+    def generate(self, captions: list[str]) -> torch.Tensor:
+        """One image per caption, the CLIP-best of ``n_candidates``: FloatTensor (len(captions), 3, H, W) in [-1, 1]."""
+        return self.sample(captions, self.n_candidates, top_k=1)["images"][:, 0]
+
+    __call__ = generate
