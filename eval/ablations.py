@@ -34,8 +34,9 @@ from tqdm.auto import tqdm
 
 from eval.blur import DALLE_BLUR_RADII, blur_kernel_size, gaussian_blur
 from eval.features import check_images, iter_image_batches
-from eval.metrics import compute_metrics, frechet_distance, inception_score
+from eval.metrics import clip_features, compute_metrics, frechet_distance, inception_score
 from eval.protocols import EvalSet, ImageBank, as_candidate_generator, resize_for_eval
+from zoo.models.clip.scorer import clip_score_from_cos
 
 INCEPTION_METRICS = ("fid", "kid", "is")
 CLIP_METRICS = ("fd_clip", "clip_score")
@@ -142,11 +143,7 @@ class MetricSuite:
         return out
 
     def _clip_features(self, source, r, desc) -> torch.Tensor:
-        feats = []
-        for batch in tqdm(_blurred(source, r, self.batch_size), desc=desc, disable=not self.progress, leave=False):
-            check_images(batch)
-            feats.append(torch.as_tensor(self.clip.encode_image(batch)).detach().float().cpu())
-        return torch.cat(feats)
+        return clip_features(self.clip, _blurred(source, r, self.batch_size), self.batch_size, self.progress, desc)
 
     def _clip(self, fakes, eval_set, r) -> dict[str, Any]:
         wanted = self.uses("clip")
@@ -157,7 +154,7 @@ class MetricSuite:
             if key not in self._text_emb:
                 self._text_emb[key] = torch.as_tensor(self.clip.encode_text(list(eval_set.captions))).float().cpu()
             cos = (fake * self._text_emb[key]).sum(-1)
-            out["clip_score"] = float((100 * cos.clamp_min(0)).mean())
+            out["clip_score"] = float(clip_score_from_cos(cos).mean())
         if "fd_clip" in wanted:
             compute = lambda: self._clip_features(eval_set.real, r, f"CLIP features (real, blur {r:g})")  # noqa: E731
             if self.cache is not None:

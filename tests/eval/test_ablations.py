@@ -13,14 +13,6 @@ from eval.metrics import RealStatsCache, frechet_distance, inception_score
 from eval.protocols import RealBlurredGenerator, ShapesProtocol, generate_images
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class PoolScorer:
     """A stand-in CLIP: L2-normalised 4x4 average-pooled pixels (48-d), blind to captions (all text = e_0)."""
 

@@ -56,15 +56,6 @@ def _shapes(split, n, resolution, **kw):
     return torch.stack([ds[i]["image"] for i in range(n)])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The 2 cores are shared: one intra-op thread avoids oversubscription (2-4x faster under load, measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     return make_random_inception_weights(tmp_path_factory.mktemp("inception") / INCEPTION_FILENAME, seed=0)

@@ -78,7 +78,9 @@ class DallePipeline:
         if self.scorer is None:
             return candidates[:, :k], None
         picked, cos, _ = self.scorer.rerank_batched(candidates, list(captions), k)
-        return picked, 100 * cos.clamp_min(0)
+        from zoo.models.clip.scorer import clip_score_from_cos
+
+        return picked, clip_score_from_cos(cos)
 
     @torch.no_grad()
     def sample(self, captions: Sequence[str], n_candidates: Optional[int] = None, top_k: int = 1) -> dict[str, Any]:

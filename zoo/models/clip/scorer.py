@@ -32,6 +32,11 @@ class ClipLike(Protocol):
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor: ...  # (N, 3, S, S) normalised -> (N, D)
 
 
+def clip_score_from_cos(cos: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities -> CLIP scores under ``CLIP_SCORE_CONVENTION``: ``100 * max(cos, 0)``, elementwise."""
+    return 100 * cos.clamp_min(0)
+
+
 def resize_for_clip(x: torch.Tensor, size: int, resize_mode: str = "shortest", interpolation: str = "bicubic",
                     fill: float = 0.0) -> torch.Tensor:
     """open_clip's eval transform on a tensor batch in [0, 1]: (N, 3, H, W) -> (N, 3, size, size).
@@ -169,7 +174,7 @@ class ClipScorer:
         if len(images) != len(captions):
             raise ValueError(f"{len(images)} images but {len(captions)} captions: clip_score scores pairs")
         cos = (self.encode_image(images) * self.encode_text(captions)).sum(-1)
-        return 100 * cos.clamp_min(0)
+        return clip_score_from_cos(cos)
 
     def rerank(self, images: torch.Tensor, caption: str, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """DALL·E-style reranking: keep the ``top_k`` of N candidates most similar to ``caption``.
