@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
@@ -69,3 +71,25 @@ def test_sample_dalle_writes_grid_images_and_clip_scores(train_cfg, tmp_path):
         assert Image.open(entry["images"][0]).size == (H.RESOLUTION, H.RESOLUTION)
         scores = entry["clip_scores"]
         assert len(scores) == 4 and scores == sorted(scores, reverse=True) and all(0 <= s <= 100 for s in scores)
+
+
+def test_save_grid_enlarges_pixels_without_smoothing(tmp_path):
+    """grid_scale=s: every sample pixel becomes an s x s block of the same colour (nearest), padding scales too."""
+    import numpy as np
+    import torch
+
+    from zoo.errors import ConfigError
+    from zoo.sample import save_grid
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 6, 6, generator=g)
+    save_grid(images, tmp_path / "x1.png", nrow=2, scale=1)
+    save_grid(images, tmp_path / "x4.png", nrow=2, scale=4)
+    one, four = np.asarray(Image.open(tmp_path / "x1.png")), np.asarray(Image.open(tmp_path / "x4.png"))
+    assert four.shape[0] == 4 * one.shape[0] and four.shape[1] == 4 * one.shape[1]
+    pad = 2 * 4
+    tile = four[pad:pad + 24, pad:pad + 24]  # first image, 6x6 pixels -> 24x24
+    expected = (images[0].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    assert np.array_equal(tile[::4, ::4], expected) and np.array_equal(tile, np.kron(expected, np.ones((4, 4, 1), np.uint8)))
+    with pytest.raises(ConfigError, match="grid_scale"):
+        save_grid(images, tmp_path / "x0.png", nrow=2, scale=0)
