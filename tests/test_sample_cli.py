@@ -82,9 +82,9 @@ def test_save_grid_enlarges_pixels_without_smoothing(tmp_path):
     from zoo.sample import save_grid
 
     g = torch.Generator().manual_seed(0)
-    images = torch.rand(2, 3, 6, 6, generator=g)
-    save_grid(images, tmp_path / "x1.png", nrow=2, scale=1)
-    save_grid(images, tmp_path / "x4.png", nrow=2, scale=4)
+    images = torch.rand(2, 3, 6, 6, generator=g)  # in [0, 1]; save_grid takes the models' [-1, 1]
+    save_grid(images * 2 - 1, tmp_path / "x1.png", nrow=2, scale=1)
+    save_grid(images * 2 - 1, tmp_path / "x4.png", nrow=2, scale=4)
     one, four = np.asarray(Image.open(tmp_path / "x1.png")), np.asarray(Image.open(tmp_path / "x4.png"))
     assert four.shape[0] == 4 * one.shape[0] and four.shape[1] == 4 * one.shape[1]
     pad = 2 * 4

@@ -28,16 +28,17 @@ def _slug(text: str, n: int = 60) -> str:
 
 
 def save_grid(images, path, nrow: int, scale: int = 1) -> None:
-    """A grid PNG of ``images`` in [0, 1]. ``scale`` > 1 enlarges each pixel to scale x scale (nearest), so that
+    """A grid PNG of ``images`` in [-1, 1] (the models' range). ``scale`` > 1 enlarges each pixel to scale x scale (nearest), so that
     32-64 px samples are readable on a screen without a viewer's smoothing blurring the shapes away."""
     import torch.nn.functional as F
     from torchvision.utils import save_image
 
+    images = images.detach().float().clamp(-1, 1).add(1).div(2)
     scale = int(scale)
     if scale < 1:
         raise ConfigError(f"grid_scale must be an integer >= 1, got {scale} (fix: grid_scale=1 for native size)")
     if scale > 1:
-        images = F.interpolate(images.float(), scale_factor=scale, mode="nearest")
+        images = F.interpolate(images, scale_factor=scale, mode="nearest")
     save_image(images, path, nrow=nrow, padding=2 * scale, pad_value=0.5)  # grey: backgrounds may be black or white
 
 
@@ -63,7 +64,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
             result = model.generate([prompt], n=int(cfg.n_per_prompt), seed=int(cfg.seed))
             images = result["images"] if isinstance(result, dict) else result
             path = out_dir / f"{_slug(prompt)}.png"
-            save_grid(images.float().clamp(-1, 1).add(1).div(2), path, int(cfg.nrow), cfg.get("grid_scale", 1))
+            save_grid(images, path, int(cfg.nrow), cfg.grid_scale)
             written[prompt] = {"grid": str(path)}
             if isinstance(result, dict) and "scores" in result:
                 written[prompt]["scores"] = [float(s) for s in result["scores"]]
@@ -76,8 +77,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         with torch.no_grad():
             images = model.sample_grid(batch)
         path = out_dir / "reconstructions.png"
-        save_grid(images.float().clamp(-1, 1).add(1).div(2), path, int(getattr(model, "grid_nrow", 8)),
-                  cfg.get("grid_scale", 1))
+        save_grid(images, path, int(getattr(model, "grid_nrow", 8)), cfg.grid_scale)
         written["reconstructions"] = {"grid": str(path)}
     else:
         raise ConfigError(f"{type(model).__name__} cannot sample (no generate() or sample_grid())")
@@ -109,10 +109,10 @@ def sample_dalle(cfg: DictConfig, model, out_dir: Path) -> dict[str, Any]:
     out = pipe.sample(prompts, int(cfg.n_candidates), top_k=int(cfg.top_k))
     written: dict[str, Any] = {}
     for i, prompt in enumerate(prompts):
-        images = out["images"][i].float().clamp(-1, 1).add(1).div(2)
         slug = _slug(prompt)
         path = out_dir / f"{slug}.png"
-        save_grid(images, path, int(cfg.nrow), cfg.get("grid_scale", 1))
+        save_grid(out["images"][i], path, int(cfg.nrow), cfg.grid_scale)
+        images = out["images"][i].float().clamp(-1, 1).add(1).div(2)
         (out_dir / slug).mkdir(exist_ok=True)
         files = []
         for j, img in enumerate(images):
