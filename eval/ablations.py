@@ -30,13 +30,13 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from eval.blur import DALLE_BLUR_RADII, blur_kernel_size, gaussian_blur
 from eval.features import check_images, iter_image_batches
 from eval.metrics import clip_features, compute_metrics, frechet_distance, inception_score
 from eval.protocols import EvalSet, ImageBank, as_candidate_generator, resize_for_eval
 from zoo.models.clip.scorer import clip_score_from_cos
+from zoo.progress import track
 
 INCEPTION_METRICS = ("fid", "kid", "is")
 CLIP_METRICS = ("fd_clip", "clip_score")
@@ -172,8 +172,8 @@ class MetricSuite:
             raise ValueError(f"the judge metrics need ground-truth attributes; the {eval_set.name} protocol has none")
         wanted = self.uses("judge")
         read, probs = [], []
-        for batch in tqdm(_blurred(fakes, r, self.batch_size), desc=f"shapes judge (blur {r:g})",
-                          disable=not self.progress, leave=False):
+        for batch in track(_blurred(fakes, r, self.batch_size), desc=f"shapes judge (blur {r:g})",
+                           disable=not self.progress, leave=False):
             if "prompt_fidelity" in wanted or "attribute_accuracy" in wanted:
                 read.extend(self.judge.read(batch))
             if "is_judge" in wanted:
@@ -199,7 +199,7 @@ def blur_ablation(fakes, eval_set: EvalSet, suite: MetricSuite, radii: Sequence[
     """DALL·E Fig. 9(a): one row ``{"radius": r, <metrics>}`` per radius, blurring generated and real images."""
     radii = check_radii(radii, eval_set.resolution)
     rows = []
-    for r in tqdm(radii, desc="blur ablation", disable=not progress):
+    for r in track(radii, desc="blur ablation", disable=not progress):
         rows.append({"radius": r, **suite.evaluate(fakes, eval_set, blur_radius=r)})
     return rows
 
@@ -234,8 +234,8 @@ def rerank_select(generator, eval_set: EvalSet, scorer, candidates: Sequence[int
     banks = {n: ImageBank() for n in ns}
     kept_cos: dict[int, list[torch.Tensor]] = {n: [] for n in ns}
     captions = list(eval_set.captions)
-    with tqdm(total=len(captions) * n_max, desc=f"generate {n_max} candidates/caption", unit="img",
-              disable=not progress) as bar:
+    with track(total=len(captions) * n_max, desc=f"generate {n_max} candidates/caption", unit="img",
+               disable=not progress) as bar:
         for i in range(0, len(captions), batch_size):
             caps = captions[i : i + batch_size]
             x = cand.candidates(caps, n_max)  # (B, n_max, 3, H, W)
@@ -264,7 +264,7 @@ def rerank_ablation(generator, eval_set: EvalSet, suite: MetricSuite, scorer,
     <metrics>}`` and the kept images per n."""
     banks, kept_cos = rerank_select(generator, eval_set, scorer, candidates, batch_size, seed, progress)
     out = []
-    for n in tqdm(sorted(banks), desc="rerank ablation metrics", disable=not progress):
+    for n in track(sorted(banks), desc="rerank ablation metrics", disable=not progress):
         row = {"candidates": n, "rerank_cos": kept_cos[n]}
         row.update(suite.evaluate(banks[n], eval_set, blur_radius=blur_radius))
         out.append(row)

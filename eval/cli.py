@@ -30,6 +30,7 @@ from eval.ablations import (
     check_radii, rerank_ablation, rerank_select,
 )
 from eval.protocols import EvalSet, generate_images
+from zoo.config import report_user_errors
 from zoo.errors import ConfigError, MissingWeightsError
 
 log = logging.getLogger("zoo.eval")
@@ -58,8 +59,10 @@ def _instantiate(node: DictConfig, what: str, **kwargs):
         return hydra.utils.instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as e:
         cause = e.__cause__
-        if isinstance(cause, (ConfigError, MissingWeightsError)):
-            raise cause
+        from zoo.checkpoint import CorruptCheckpointError, UnsafeCheckpointError
+
+        if isinstance(cause, (ConfigError, MissingWeightsError, UnsafeCheckpointError, CorruptCheckpointError)):
+            raise cause from None
         if isinstance(cause, ImportError) or "Error locating target" in str(e):
             raise ConfigError(
                 f"cannot build {what} {_target(node)!r}: {cause or e} (fix: choose another {what}, e.g. "
@@ -298,6 +301,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://conf.eval", config_name="eval")
+@report_user_errors
 def main(cfg: DictConfig) -> Optional[float]:
     torch.set_float32_matmul_precision("high")
     evaluate(cfg)

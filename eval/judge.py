@@ -173,9 +173,8 @@ def train_judge(
     progress: bool = True,
 ) -> ShapesJudge:
     """Fit the judge on freshly rendered training scenes of the shapes world (a few CPU minutes at 32 px)."""
-    from tqdm.auto import tqdm
-
     from zoo.data.shapes import ShapesDataset
+    from zoo.progress import track
 
     torch.manual_seed(seed)
     vocab = Vocab.from_world()
@@ -184,14 +183,17 @@ def train_judge(
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     judge.train()
-    bar = tqdm(range(steps), desc="train shapes judge", disable=not progress)
+    bar = track(range(steps), desc="train shapes judge", disable=not progress)
+    from zoo.precision import autocast_dtype
+
+    amp = autocast_dtype("cpu")
     for step in bar:
         idx = range(step * batch_size, (step + 1) * batch_size)
         samples = [data[i] for i in idx]
         images = torch.stack([s["image"] for s in samples])
         targets = {k: torch.stack([vocab.targets(s["attributes"])[k] for s in samples]) for k in
                    ("shape", "colour", "size", "background")}
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):  # bf16 where native
             logits = judge(images)
         loss = judge.loss({k: v.float() for k, v in logits.items()}, targets)
         opt.zero_grad(set_to_none=True)

@@ -160,10 +160,10 @@ def inception_score(logits, splits: int = 10, shuffle: bool = True, seed: int = 
 def clip_features(scorer, images: ImageSource, batch_size: int = 64, progress: bool = False,
                   desc: str = "CLIP features") -> torch.Tensor:
     """(N, D) image features from any object with ``encode_image(images in [-1, 1]) -> (N, D)``."""
-    from tqdm.auto import tqdm
+    from zoo.progress import track
 
     feats = []
-    for batch in tqdm(iter_image_batches(images, batch_size), desc=desc, disable=not progress, leave=False):
+    for batch in track(iter_image_batches(images, batch_size), desc=desc, disable=not progress, leave=False):
         check_images(batch)
         feats.append(torch.as_tensor(scorer.encode_image(batch)).detach().float().cpu())
     if not feats:

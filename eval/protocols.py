@@ -392,16 +392,15 @@ class ShapesProtocol:
         self.eval_resolution = int(eval_resolution) if eval_resolution else self.resolution
 
     def load(self, progress: bool = False) -> EvalSet:
-        from tqdm.auto import tqdm
-
         from zoo.data.shapes import WORLD_VERSION, ShapesDataset
+        from zoo.progress import track
 
         ds = ShapesDataset(self.split, size=self.n, resolution=self.resolution, seed=self.seed,
                            caption_style=self.caption_style, min_objects=self.min_objects,
                            max_objects=self.max_objects)
         bank = ImageBank()
         captions, attributes, chunk = [], [], []
-        for i in tqdm(range(self.n), desc="render shapes (real)", disable=not progress, leave=False):
+        for i in track(range(self.n), desc="render shapes (real)", disable=not progress, leave=False):
             s = ds[i]
             captions.append(s["caption"])
             attributes.append(s["attributes"])
@@ -463,12 +462,12 @@ def generate_images(generator, captions: Sequence[str], batch_size: int = 32, re
                     seed: int = 0, progress: bool = True) -> ImageBank:
     """One image per caption (candidate 0 of ``as_candidate_generator(generator, seed)``), in batches with a progress
     bar, resized to ``resolution`` and kept as uint8 in an ``ImageBank``."""
-    from tqdm.auto import tqdm
+    from zoo.progress import track
 
     gen = as_candidate_generator(generator, seed)
     bank = ImageBank()
     captions = list(captions)
-    with tqdm(total=len(captions), desc="generate", unit="img", disable=not progress) as bar:
+    with track(total=len(captions), desc="generate", unit="img", disable=not progress) as bar:
         for i in range(0, len(captions), batch_size):
             caps = captions[i : i + batch_size]
             if isinstance(gen, RepeatedCandidates):

@@ -54,7 +54,9 @@ def test_sample_dalle_writes_grid_images_and_clip_scores(train_cfg, tmp_path):
     train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     clip = H.tiny_clip_ckpt(tmp_path / "clip.ckpt")
-    prompts = ["a large red circle at the top left", "a small blue square at the bottom right"]
+    # two prompts that slug alike and one given twice: every one gets its own files and samples.json entry
+    prompts = ["a large red circle at the top left", "a small blue square at the bottom right",
+               "A large red circle at the top left!", "a large red circle at the top left"]
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="conf", version_base="1.3"):
         scfg = compose("sample", overrides=[f"ckpt={ckpt}", f"clip_ckpt={clip}", f"out_dir={tmp_path / 'out'}",
@@ -62,8 +64,10 @@ def test_sample_dalle_writes_grid_images_and_clip_scores(train_cfg, tmp_path):
                                             "n_candidates=6", "top_k=4", "guidance_scale=1.5", "sample_top_k=16"])
     written = sample(scfg)
     saved = json.loads((tmp_path / "out" / "samples.json").read_text())
-    assert set(saved) == set(prompts) == set(written)
-    for prompt in prompts:
+    keys = prompts[:3] + [prompts[3] + " #2"]
+    assert list(saved) == keys == list(written) and [saved[k]["prompt"] for k in keys] == prompts
+    assert len({saved[k]["grid"] for k in keys}) == 4 and len({f for k in keys for f in saved[k]["images"]}) == 16
+    for prompt in keys:
         entry = saved[prompt]
         w, h = Image.open(entry["grid"]).size
         assert w > 2 * H.RESOLUTION and h >= H.RESOLUTION  # 4 images, nrow=4
@@ -93,3 +97,45 @@ def test_save_grid_enlarges_pixels_without_smoothing(tmp_path):
     assert np.array_equal(tile[::4, ::4], expected) and np.array_equal(tile, np.kron(expected, np.ones((4, 4, 1), np.uint8)))
     with pytest.raises(ConfigError, match="grid_scale"):
         save_grid(images, tmp_path / "x0.png", nrow=2, scale=0)
+
+
+def test_prompt_file_names_are_unique_and_keep_their_prompt():
+    from zoo.sample import _output_names, _slug
+
+    assert _slug("a red circle") != _slug("A red circle!") and _slug("") != _slug("   ")
+    assert _slug("a red circle").startswith("a_red_circle-") and _slug("").startswith("prompt-")
+    assert _slug("a red circle") == _slug("a red circle")  # stable: the same prompt, the same name
+    assert _slug("x \udcff") != _slug("x \udcfe")  # surrogates (invalid UTF-8 from argv) hash without crashing
+    names = _output_names(["a", "a", "A!", "a", "a #2"])
+    assert len({k for k, _ in names}) == 5 and len({s for _, s in names}) == 5
+    assert [k for k, _ in names][:4] == ["a", "a #2", "A!", "a #3"]
+
+
+def test_sample_never_overwrites_one_prompt_with_another(tmp_path, monkeypatch):
+    """zoo-sample with a text-to-image model: prompts that read alike, blank ones and a repeat -> distinct files."""
+    import json
+
+    import torch
+
+    import zoo.checkpoint
+
+    class Generator(torch.nn.Module):
+        def generate(self, captions, n, seed):
+            value = (len(captions[0]) % 7) / 7.0  # a different image per prompt
+            return {"images": torch.full((n, 3, 4, 4), value)}
+
+    monkeypatch.setattr(zoo.checkpoint, "load_module", lambda *a, **k: Generator())
+    ckpt = tmp_path / "fake.ckpt"
+    ckpt.write_bytes(b"")
+    prompts = ["a red circle", "A red circle!", "", "   ", "a red circle"]
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        scfg = compose("sample", overrides=[f"ckpt={ckpt}", f"out_dir={tmp_path / 'out'}", f"paths.root_dir={tmp_path}",
+                                            f"prompts={json.dumps(prompts)}", "n_per_prompt=2", "grid_scale=1"])
+    written = sample(scfg)
+    saved = json.loads((tmp_path / "out" / "samples.json").read_text())
+    assert saved == written and len(saved) == 5
+    assert [e["prompt"] for e in saved.values()] == prompts
+    grids = [e["grid"] for e in saved.values()]
+    assert len(set(grids)) == 5 and all(Path(g).is_file() for g in grids)
+    assert len(list((tmp_path / "out").glob("*.png"))) == 5  # nothing overwritten

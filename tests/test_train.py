@@ -44,7 +44,7 @@ def test_train_writes_metrics_grid_and_checkpoints(train_cfg, tmp_path):
     assert list((run / "samples").glob("*.png")), "sample grid PNG missing"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     ckpt = _state(run / "checkpoints" / "last.ckpt")  # weights_only load must work for our own checkpoints
-    assert ckpt["zoo_class"] == "zoo.models.dvae.lit.DVAELit"
+    assert ckpt["zoo_component"] == "dvae"  # a registry name, never an import path
     assert ckpt["zoo_config"]["model"]["preset"] == "tiny"
 
 

@@ -10,9 +10,11 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
+
+from zoo.registry import UnsafeCheckpointError  # noqa: F401  (re-exported: callers catch it from here)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -34,40 +36,86 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """The file holds objects that ``weights_only=True`` refuses to unpickle (possibly code)."""
+class CorruptCheckpointError(ValueError):
+    """The file is empty, truncated or not a torch checkpoint at all (as opposed to one that carries code)."""
+
+
+# torch's own refusal under weights_only=True starts with this; anything else failing to unpickle is corruption.
+_WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
 
 
 def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """Load a checkpoint with ``weights_only=True``; explain refusals and missing files."""
+    """Load a checkpoint with ``weights_only=True``; explain refusals, corruption and missing files.
+
+    Three different problems get three different messages: a missing file (check the path), a file that is
+    empty/truncated/not a checkpoint (re-copy it or resume from another one), and a file that holds pickled
+    objects beyond plain tensors and containers (refused: it could run code)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (check the path you passed)")
+    if path.stat().st_size == 0:
+        raise CorruptCheckpointError(f"{path} is empty (0 bytes): a copy or a save did not finish; use another "
+                                     f"checkpoint (e.g. the run's last.ckpt or a step*.ckpt)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise UnsafeCheckpointError(
-            f"refused to load {path}: it contains objects that are not plain tensors/containers "
-            f"(weights_only=True). If you made this file and trust it, re-save its state_dict only. Detail: {e}"
-        ) from e
+        msg = str(e)
+        # A pickle naming a global (a function or class: possibly code) is refused as unsafe; random bytes read as
+        # a pickle fail too, but on an unknown opcode ("Unsupported operand"): those are corruption.
+        if _WEIGHTS_ONLY_REFUSAL in msg and ("global" in msg.lower() or _names_code(path)):
+            raise UnsafeCheckpointError(
+                f"refused to load {path}: it contains objects that are not plain tensors/containers and could run "
+                f"code (weights_only=True). If you made this file and trust it, re-save its state_dict only."
+            ) from None
+        raise CorruptCheckpointError(f"{path} is corrupt or not a torch checkpoint ({e}); use another checkpoint "
+                                     f"(e.g. the run's last.ckpt or a step*.ckpt)") from None
+    except (EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError) as e:
+        raise CorruptCheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]}); use "
+                                     f"another checkpoint (e.g. the run's last.ckpt or a step*.ckpt)") from None
 
 
-def load_module(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _names_code(path: Path) -> bool:
+    """True if the file parses as a pickle that imports or calls something (a raw pickle, not torch's zip format,
+    is refused by torch on its first unusual opcode, before the global it names, so look for ourselves)."""
+    import pickletools
+
+    try:
+        data = path.read_bytes()
+        for op, _, _ in pickletools.genops(data):
+            if op.name in _CODE_OPCODES:
+                return True
+    except Exception:  # not a (complete) pickle: corruption, unless a code opcode came first
+        return False
+    return False
+
+
+def load_module(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                expect: Optional[tuple[str, ...]] = None):
     """Rebuild a zoo LightningModule from a checkpoint written by ``zoo-train`` (weights_only load).
 
-    The class is taken from the checkpoint's ``zoo_class`` stamp and must live in the ``zoo`` package, so a
-    crafted file cannot make us import arbitrary code.
-    """
-    import importlib
+    The class comes from the fixed registry of the project's components (``zoo.registry``), looked up by the short
+    name stamped in the file -- never imported from a path the file names -- and its hyper-parameters must be plain
+    values accepted by that component's constructor. ``expect`` restricts the components accepted at this input
+    (e.g. only image tokenizers for ``zoo-tokenize``)."""
+    from zoo.registry import checked_hparams, component_class, component_in
 
     ckpt = safe_load(path, map_location=map_location)
-    name = ckpt.get("zoo_class") if isinstance(ckpt, dict) else None
-    if not name or not name.startswith("zoo."):
-        raise ValueError(f"{path} was not written by zoo-train (no zoo_class stamp); load it with its class instead")
-    module_name, cls_name = name.rsplit(".", 1)
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    model = cls(**ckpt.get("hyper_parameters", {}))
+    name = component_in(ckpt, str(path))
+    if expect is not None and name not in expect:
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"{path} holds a {name} checkpoint; this input takes {' or '.join(expect)} "
+                          f"(fix: pass a checkpoint of the right kind)")
+    if "state_dict" not in ckpt or not isinstance(ckpt["state_dict"], dict):
+        raise CorruptCheckpointError(f"{path} has no state_dict; it is not a complete zoo-train checkpoint")
+    hp = checked_hparams(name, ckpt.get("hyper_parameters", {}), str(path))
+    model = component_class(name)(**hp)
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
-    model.zoo_config = ckpt.get("zoo_config", {})
+    # The run config is kept as a record (it is full of the user's own _target_ nodes); whatever reads it later must
+    # go through zoo.registry (e.g. zoo-sample's datamodule_from_file_config), never through Hydra.
+    model.zoo_config = ckpt.get("zoo_config", {}) or {}
     return model

@@ -26,9 +26,10 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
+from zoo.config import report_user_errors
 from zoo.errors import ConfigError
+from zoo.progress import track
 
 log = logging.getLogger("zoo.embed")
 
@@ -51,7 +52,8 @@ def embed_dataset(scorer, dataset, out_path: str | Path, batch_size: int = 128, 
     loader = torch.utils.data.DataLoader(dataset, batch_size=int(batch_size), shuffle=False,
                                          num_workers=num_workers, collate_fn=_first_image_caption_collate)
     img, txt, tok = [], [], []
-    with tqdm(total=len(dataset), desc=f"zoo-embed -> {Path(out_path).name}", unit="pair", disable=not progress) as bar:
+    with track(total=len(dataset), desc=f"zoo-embed -> {Path(out_path).name}", unit="pair",
+               disable=not progress) as bar:
         for batch in loader:
             tokens = scorer.tokenize(batch["caption"])
             img.append(scorer.encode_image(batch["image"]).cpu())
@@ -109,10 +111,10 @@ def embed(cfg: DictConfig) -> Path:
     """Plain function behind ``zoo-embed`` (testable without Hydra's runtime)."""
     from omegaconf import OmegaConf
 
-    from zoo.train import instantiate
+    from zoo.config import instantiate
 
     scorer = build_scorer(cfg.clip)
-    dm = instantiate(cfg.data)
+    dm = instantiate(cfg.data, "data")
     split = str(cfg.split)
     source = {k: v for k, v in OmegaConf.to_container(cfg.clip, resolve=True).items() if v is not None}
     path = embed_dataset(scorer, dm.dataset(split), cfg.out, batch_size=int(cfg.get("batch_size") or 128),
@@ -123,6 +125,7 @@ def embed(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="embed")
+@report_user_errors
 def main(cfg: DictConfig) -> None:
     embed(cfg)
 

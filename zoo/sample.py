@@ -2,7 +2,7 @@
 
 DALL·E transformer checkpoints (``model=dalle``) go through ``DallePipeline``: ``n_candidates`` samples per prompt,
 reranked by CLIP when ``clip_ckpt`` is given, the best ``top_k`` written as a grid PNG per prompt plus the individual
-images (``<prompt>/NN.png``, best first) and their CLIP scores in ``samples.json``. Other text-to-image models (those
+images (``<prompt>-<hash>/NN.png``, best first) and their CLIP scores in ``samples.json``. Other text-to-image models (those
 with ``generate(captions, n, seed)``) make ``n_per_prompt`` images per prompt and a grid PNG per prompt; models
 without text conditioning (the image tokenizers) reconstruct a validation batch of the data they were trained on.
 Everything is written under the run directory.
@@ -17,14 +17,36 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from zoo.config import report_user_errors
 from zoo.errors import ConfigError
 
 log = logging.getLogger("zoo.sample")
 
 
 def _slug(text: str, n: int = 60) -> str:
+    """A file-name stem for a prompt: readable words plus the first 8 hex digits of the SHA-1 of the exact prompt,
+    so prompts that read alike ("a red circle" / "A red circle!", "" / "   ") never share a file."""
+    import hashlib
+
     keep = "".join(c if c.isalnum() else "_" for c in text.lower())
-    return "_".join(filter(None, keep.split("_")))[:n] or "prompt"
+    words = "_".join(filter(None, keep.split("_")))[:n] or "prompt"
+    return f"{words}-{hashlib.sha1(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+def _output_names(prompts) -> list[tuple[str, str]]:
+    """(samples.json key, file stem) per prompt, all distinct: a prompt given again gets " #2", "-2" (and so on)."""
+    keys: set[str] = set()
+    stems: set[str] = set()
+    out = []
+    for prompt in prompts:
+        key, stem, k = prompt, _slug(prompt), 1
+        while key in keys or stem in stems:
+            k += 1
+            key, stem = f"{prompt} #{k}", f"{_slug(prompt)}-{k}"
+        keys.add(key)
+        stems.add(stem)
+        out.append((key, stem))
+    return out
 
 
 def save_grid(images, path, nrow: int, scale: int = 1) -> None:
@@ -46,7 +68,6 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from zoo.checkpoint import load_module
-    from zoo.train import instantiate
 
     if not cfg.get("ckpt"):
         raise ConfigError("no checkpoint given (fix: zoo-sample ckpt=/path/to/run/checkpoints/last.ckpt)")
@@ -60,19 +81,23 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     if isinstance(model, DalleLit) and cfg.prompts:
         written = sample_dalle(cfg, model, out_dir)
     elif hasattr(model, "generate") and cfg.prompts:
-        for prompt in cfg.prompts:
+        for prompt, (key, stem) in zip(cfg.prompts, _output_names(cfg.prompts)):
             result = model.generate([prompt], n=int(cfg.n_per_prompt), seed=int(cfg.seed))
             images = result["images"] if isinstance(result, dict) else result
-            path = out_dir / f"{_slug(prompt)}.png"
+            path = out_dir / f"{stem}.png"
             save_grid(images, path, int(cfg.nrow), cfg.grid_scale)
-            written[prompt] = {"grid": str(path)}
+            written[key] = {"prompt": prompt, "grid": str(path)}
             if isinstance(result, dict) and "scores" in result:
-                written[prompt]["scores"] = [float(s) for s in result["scores"]]
+                written[key]["scores"] = [float(s) for s in result["scores"]]
     elif hasattr(model, "sample_grid"):
-        data_cfg = OmegaConf.create(model.zoo_config.get("data", {}))
+        # The images to reconstruct come from the data the model was trained on. That config is read from the
+        # checkpoint, so it is data: rebuilt through the DataModule registry (plain values, no Hydra instantiate).
+        from zoo.registry import datamodule_from_file_config
+
+        data_cfg = (model.zoo_config or {}).get("data") or {}
         if "_target_" not in data_cfg:
             raise ConfigError(f"{cfg.ckpt} carries no data config; cannot pick images to reconstruct")
-        dm = instantiate(data_cfg)
+        dm = datamodule_from_file_config(data_cfg, str(cfg.ckpt))
         batch = next(iter(dm.val_dataloader()))
         with torch.no_grad():
             images = model.sample_grid(batch)
@@ -108,8 +133,7 @@ def sample_dalle(cfg: DictConfig, model, out_dir: Path) -> dict[str, Any]:
     prompts = list(cfg.prompts)
     out = pipe.sample(prompts, int(cfg.n_candidates), top_k=int(cfg.top_k))
     written: dict[str, Any] = {}
-    for i, prompt in enumerate(prompts):
-        slug = _slug(prompt)
+    for i, (prompt, (key, slug)) in enumerate(zip(prompts, _output_names(prompts))):
         path = out_dir / f"{slug}.png"
         save_grid(out["images"][i], path, int(cfg.nrow), cfg.grid_scale)
         images = out["images"][i].float().clamp(-1, 1).add(1).div(2)
@@ -119,15 +143,17 @@ def sample_dalle(cfg: DictConfig, model, out_dir: Path) -> dict[str, Any]:
             f = out_dir / slug / f"{j:02d}.png"
             save_image(img, f)
             files.append(str(f))
-        entry: dict[str, Any] = {"grid": str(path), "images": files, "n_candidates": int(cfg.n_candidates)}
+        entry: dict[str, Any] = {"prompt": prompt, "grid": str(path), "images": files,
+                                 "n_candidates": int(cfg.n_candidates)}
         if out["scores"] is not None:
             entry["clip_scores"] = [round(float(s), 4) for s in out["scores"][i]]
             entry["clip_score_convention"] = CLIP_SCORE_CONVENTION
-        written[prompt] = entry
+        written[key] = entry
     return written
 
 
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="sample")
+@report_user_errors
 def main(cfg: DictConfig) -> None:
     sample(cfg)
 

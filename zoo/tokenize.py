@@ -13,9 +13,10 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
+from zoo.config import report_user_errors
 from zoo.errors import ConfigError
+from zoo.progress import track
 
 log = logging.getLogger("zoo.tokenize")
 
@@ -39,7 +40,7 @@ def tokenize_dataset(tokenizer, dataset, out_path: str | Path, batch_size: int =
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_samples
     )
     chunks = []
-    for batch in tqdm(loader, desc=f"tokenize -> {Path(out_path).name}", unit="batch"):
+    for batch in track(loader, desc=f"tokenize -> {Path(out_path).name}", unit="batch"):
         chunks.append(tokenizer.encode(batch["image"]).to(torch.int32 if tokenizer.codebook_size < 2**31 else torch.long))
     tokens = torch.cat(chunks).long()
     return atomic_torch_save(
@@ -50,12 +51,14 @@ def tokenize_dataset(tokenizer, dataset, out_path: str | Path, batch_size: int =
 
 def tokenize(cfg: DictConfig) -> Path:
     from zoo.checkpoint import load_module
-    from zoo.train import instantiate
+    from zoo.config import instantiate
 
     if not cfg.get("tokenizer_ckpt"):
         raise ConfigError("no tokenizer checkpoint (fix: zoo-tokenize tokenizer_ckpt=/path/to/dvae/last.ckpt)")
-    tokenizer = image_tokenizer_of(load_module(cfg.tokenizer_ckpt))
-    dm = instantiate(cfg.data)
+    from zoo.registry import IMAGE_TOKENIZERS
+
+    tokenizer = image_tokenizer_of(load_module(cfg.tokenizer_ckpt, expect=IMAGE_TOKENIZERS))
+    dm = instantiate(cfg.data, "data")
     if dm.resolution % tokenizer.downsample_factor:
         raise ConfigError(
             f"data.resolution={dm.resolution} is not a multiple of the tokenizer's downsample factor "
@@ -68,6 +71,7 @@ def tokenize(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="tokenize")
+@report_user_errors
 def main(cfg: DictConfig) -> None:
     tokenize(cfg)
 

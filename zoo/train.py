@@ -16,24 +16,17 @@ from typing import Any, Optional
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from zoo.config import report_user_errors
 from zoo.errors import ConfigError
 
 log = logging.getLogger("zoo.train")
 
 
-def instantiate(node: DictConfig, **kwargs) -> Any:
-    """``hydra.utils.instantiate`` that surfaces our own errors (ConfigError, ValueError, FileNotFoundError) as
-    they are, instead of wrapped in Hydra's InstantiationException, so the message that names the fix is the
-    last thing the user reads."""
-    from hydra.errors import InstantiationException
+def instantiate(node: DictConfig, what: str = "config", **kwargs) -> Any:
+    """Kept for callers of ``zoo.train.instantiate``; the one implementation is ``zoo.config.instantiate``."""
+    from zoo.config import instantiate as _instantiate
 
-    try:
-        return hydra.utils.instantiate(node, _convert_="all", **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__
-        if isinstance(cause, (ValueError, FileNotFoundError)):
-            raise cause from None
-        raise
+    return _instantiate(node, what, **kwargs)
 
 
 def _instantiate_dict(node: Optional[DictConfig]) -> list[Any]:
@@ -43,7 +36,7 @@ def _instantiate_dict(node: Optional[DictConfig]) -> list[Any]:
         return out
     for name, sub in node.items():
         if isinstance(sub, DictConfig) and "_target_" in sub:
-            out.append(instantiate(sub))
+            out.append(instantiate(sub, str(name)))
     return out
 
 
@@ -70,6 +63,29 @@ def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
         return str(newest)
     log.warning("ckpt_path=last but no last.ckpt under %s or %s: starting from scratch", here.parent, runs)
     return None
+
+
+def check_resume_file(path: str, model) -> None:
+    """``ckpt_path=`` goes through the project's safe loader before Lightning opens it: a missing, corrupt, unsafe or
+    wrong-kind file fails here, with a message that names the fix, instead of in torch's own words (which suggest
+    ``weights_only=False``, the one thing never to do with a file from elsewhere)."""
+    from zoo.checkpoint import safe_load
+    from zoo.registry import component_in, component_name_of
+
+    from zoo.checkpoint import CorruptCheckpointError
+    from zoo.registry import checked_hparams
+
+    ckpt = safe_load(path)
+    name = component_in(ckpt, str(path))
+    checked_hparams(name, ckpt.get("hyper_parameters", {}), str(path))  # same rules as every other file input
+    missing = [k for k in ("state_dict", "pytorch-lightning_version", "loops") if k not in ckpt]
+    if missing:
+        raise CorruptCheckpointError(f"ckpt_path={path} lacks {missing}: it is not a complete training checkpoint "
+                                     f"(fix: resume from a run's last.ckpt / interrupted.ckpt)")
+    mine = component_name_of(model)
+    if name != mine:
+        raise ConfigError(f"ckpt_path={path} holds a {name} checkpoint but the model is {mine} "
+                          f"(fix: model={name}, or a {mine} checkpoint)")
 
 
 def check_compatibility(model, datamodule) -> None:
@@ -114,14 +130,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     # --- build everything (fails here, before training, on a bad config) ---------------------------------
     log.info("data: %s", cfg.data._target_)
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, "data")
     if hasattr(datamodule, "prepare_tokenizer"):
         datamodule.prepare_tokenizer()
     log.info("model: %s", cfg.model._target_)
-    model = instantiate(cfg.model)
+    model = instantiate(cfg.model, "model")
     check_compatibility(model, datamodule)
     callbacks = _instantiate_dict(cfg.get("callbacks")) + [CheckpointInfo(plain_cfg)]
     loggers = _instantiate_dict(cfg.get("logger"))
+    from omegaconf import open_dict
+
+    from zoo.precision import resolve_precision  # trainer.precision=auto -> what this hardware runs fast
+
+    precision, why = resolve_precision(cfg.trainer.get("precision", "auto"), cfg.trainer.get("accelerator", "auto"))
+    log.info("precision: %s (%s)", precision, why)
+    with open_dict(cfg.trainer):  # the resolved value (the run config saved above keeps "auto")
+        cfg.trainer.precision = precision
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
@@ -131,12 +155,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
         use_distributed_sampler=False,
     )
     ckpt_path = resolve_ckpt_path(cfg)
+    if ckpt_path:
+        check_resume_file(ckpt_path, model)
     for lg in loggers:
         lg.log_hyperparams(plain_cfg)  # the whole run config, as a plain dict
 
     try:
         if cfg.get("train", True):
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            try:
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            except SIGTERMException:
+                # Lightning raises SystemExit() (status 0) on SIGTERM after the on-exception checkpoint is saved.
+                # A scheduler or a shell script must see that the job did not finish: exit 128 + SIGTERM.
+                log.warning("SIGTERM at step %d: state saved to %s; resume with ckpt_path=last",
+                            trainer.global_step, out_dir / "checkpoints" / "interrupted.ckpt")
+                raise SystemExit(143) from None
             _save_final_last(trainer, out_dir / "checkpoints" / "last.ckpt")
             if trainer.interrupted:  # Ctrl-C: Lightning stopped gracefully; keep the state, skip testing
                 log.warning("interrupted at step %d; resume with ckpt_path=last", trainer.global_step)
@@ -178,6 +213,7 @@ def _finish_wandb() -> None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="train")
+@report_user_errors
 def main(cfg: DictConfig) -> Optional[float]:
     metrics = train(cfg)
     name = cfg.get("optimized_metric")

@@ -151,3 +151,33 @@ def test_transform_resizes_shorter_side_and_center_crops():
     assert torch.allclose(image_transform(4, train=False)(Image.new("RGBA", (8, 8), (0, 0, 0, 0))), torch.ones(3, 4, 4))
     g = image_transform(4, train=False)(Image.new("L", (8, 8), 0))
     assert torch.allclose(g, -torch.ones(3, 4, 4))
+
+
+def test_skipped_images_are_summarised_when_training_ends(coco_root, caplog):
+    """A real trainer.fit over COCO with 2 unreadable images: one summary line at the end naming them."""
+    import logging
+
+    import lightning as L
+
+    from zoo.data.modules import CocoDataModule
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, _):
+            return (batch["image"].mean() - self.w).pow(2)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = CocoDataModule(root=str(coco_root), resolution=8, batch_size=4, num_workers=0)
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, accelerator="cpu")
+    with caplog.at_level(logging.WARNING):
+        trainer.fit(Tiny(), datamodule=dm)
+    msgs = [r.getMessage() for r in caplog.records if r.name == "zoo.data.datamodule"]
+    assert len(msgs) == 1, msgs  # two epochs, each bad file met twice: still one line, each file once
+    assert "skipped 2 unreadable images in the train split" in msgs[0]
+    assert all(dm.dataset("train").items[i][0] in msgs[0] for i in BAD)

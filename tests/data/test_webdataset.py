@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import json
 from pathlib import Path
 
@@ -140,3 +141,62 @@ def test_workers_forked_after_main_process_reads_start_their_own_streams(shards)
     # forked workers must not resume the parent's suspended stream (shared file offsets -> duplicates, read errors)
     assert len(keys) == 8 and len(set(keys)) == 8 and {k[:2] for k in keys} == {"00", "01"}
     assert ds.skip_counter.skipped <= 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("epoch_length", [None, 14])
+def test_skip_count_does_not_grow_with_passes(shards, workers, epoch_length, caplog):
+    """The same corrupt sample met on every pass counts (and warns) once, in the main process and in workers."""
+    ds = make_webdataset(shards, resolution=8, shuffle_buffer=4, epoch_length=epoch_length)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+    with caplog.at_level(logging.WARNING, logger="zoo.data.webdataset"):
+        counts = []
+        for _ in range(4):
+            list(loader)
+            counts.append(ds.skip_counter.skipped)
+    assert counts[-1] == 1 and counts == sorted(counts) and max(counts) == 1  # was 1, 2, 3, 4
+    if workers == 0:  # workers log in their own processes
+        assert sum("skipping a bad webdataset sample" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_truncated_shard_counts_once_over_passes(shards, tmp_path):
+    broken = tmp_path / "broken.tar"
+    data = Path(shards[2]).read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    ds = make_webdataset([shards[0], str(broken)], resolution=8, shuffle_buffer=0)
+    list(ds)
+    first = ds.skip_counter.skipped
+    list(ds)
+    list(ds)
+    assert first >= 1 and ds.skip_counter.skipped == first
+
+
+def test_skip_counter_copies_keep_the_seen_set(shards):
+    import pickle
+
+    ds = make_webdataset(shards, resolution=8, shuffle_buffer=0)
+    list(ds)
+    copy = pickle.loads(pickle.dumps(ds.skip_counter))  # plain pickle (e.g. deepcopy of the datamodule)
+    assert copy.skipped == 1 and copy.examples == ds.skip_counter.examples
+    copy.skip(ValueError("again"), item=copy.examples[0])
+    assert copy.skipped == 1  # already seen: not counted again
+    copy.skip(ValueError("new"), item="another#key")
+    assert copy.skipped == 2 and ds.skip_counter.skipped == 1  # an unshared copy
+
+
+def test_datamodule_summarises_skips_at_the_end_of_fit(shard_dir, caplog):
+    from zoo.data.modules import WebDataModule
+
+    dm = WebDataModule(train_urls=str(shard_dir / "{00000..00002}.tar"), resolution=8, batch_size=4,
+                       num_workers=0, epoch_length=None, shuffle_buffer=0)
+    dm.setup("fit")
+    for _ in range(2):
+        for _ in dm.train_dataloader():
+            pass
+    with caplog.at_level(logging.WARNING, logger="zoo.data.datamodule"):
+        dm.teardown("fit")  # Lightning calls it at the end of trainer.fit (also after Ctrl-C)
+    msgs = [r.getMessage() for r in caplog.records if r.name == "zoo.data.datamodule"]
+    assert len(msgs) == 1 and "skipped 1 bad WebDataset samples/shards in the train split" in msgs[0], msgs
+    assert f"#{CORRUPT}" in msgs[0]  # names the sample: <shard url>#<key>
+    assert dm.skip_counts() == {"train": {"skipped": 1, "examples": [f"{shard_dir / '00001.tar'}#{CORRUPT}"],
+                                          "what": "bad WebDataset samples/shards"}}

@@ -141,7 +141,7 @@ def test_zoo_train_then_self_contained_checkpoint_generates(train_cfg, tmp_path)
     assert list((run / "samples").glob("*.png")), "sample grid missing"
     ckpt_path = run / "checkpoints" / "last.ckpt"
     raw = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # plain values only
-    assert raw["zoo_class"] == "zoo.models.dalle.lit.DalleLit"
+    assert raw["zoo_component"] == "dalle"
     assert raw["hyper_parameters"]["text_tokenizer"]["kind"] == "trained_bpe"
     tok_sd = {k[len("image_tokenizer."):]: v for k, v in raw["state_dict"].items() if k.startswith("image_tokenizer.")}
     assert tok_sd, "frozen tokenizer weights missing from the checkpoint"

@@ -15,15 +15,17 @@ import torch
 
 
 class CheckpointInfo(L.Callback):
-    """Adds ``zoo_class`` (import path of the LightningModule), ``zoo_config`` (the resolved run config, plain
+    """Adds ``zoo_component`` (the LightningModule's name in ``zoo.registry``: a name, not an import path, so a
+    file can only ever choose among the project's own components), ``zoo_config`` (the resolved run config, plain
     dicts/strings only so that ``weights_only=True`` loads it) and ``zoo_rng`` to every checkpoint."""
 
     def __init__(self, config: Optional[dict[str, Any]] = None):
         self.config = config or {}
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        cls = type(pl_module)
-        checkpoint["zoo_class"] = f"{cls.__module__}.{cls.__qualname__}"
+        from zoo.registry import component_name_of
+
+        checkpoint["zoo_component"] = component_name_of(pl_module)
         checkpoint["zoo_config"] = self.config
         version, state, gauss = random.getstate()
         checkpoint["zoo_rng"] = {

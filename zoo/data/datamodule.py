@@ -6,6 +6,8 @@ once. Batches are dicts with the keys listed in docs/CONTRACTS.md, so any model 
 """
 from __future__ import annotations
 
+import inspect
+import logging
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -17,6 +19,7 @@ from zoo.data.loader import ResumableDataLoader
 from zoo.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
 
 
 class FeatureAttached(Dataset):
@@ -95,6 +98,43 @@ class ImageTextDataModule(L.LightningDataModule):
         for i in range(len(ds)):  # type: ignore[arg-type]
             yield ds[i]["caption"]
 
+    def data_identity(self) -> dict[str, Any]:
+        """What the training captions are a function of (JSON-able): the key of anything fitted on them, such as a
+        trained BPE (``LazyTrainedBPE``). Subclasses add their fields to this one; a change must change the key."""
+        cls = type(self)
+        return {"datamodule": f"{cls.__module__}.{cls.__qualname__}"}
+
+    def skip_counts(self) -> dict[str, dict[str, Any]]:
+        """``{split: {"skipped": n, "examples": [...], "what": str}}`` for the built splits that skipped bad items
+        (corrupt COCO images, bad WebDataset samples or shards)."""
+        out: dict[str, dict[str, Any]] = {}
+        for split, ds in self.datasets.items():
+            ds = getattr(ds, "base", ds)  # FeatureAttached
+            counter = getattr(ds, "skip_counter", None)  # webdataset
+            n = int(counter.skipped if counter is not None else getattr(ds, "skipped", 0) or 0)
+            if n:
+                examples = list(getattr(counter, "examples", None) or getattr(ds, "skipped_files", None) or [])
+                what = "bad WebDataset samples/shards" if counter is not None else "unreadable images"
+                out[split] = {"skipped": n, "examples": examples[:5], "what": what}
+        return out
+
+    def log_skip_summary(self, splits: Optional[Iterable[str]] = None) -> dict[str, dict[str, Any]]:
+        """One WARNING line per split that skipped bad data (nothing when none did); returns ``skip_counts``."""
+        counts = self.skip_counts()
+        for split, c in counts.items():
+            if splits is not None and split not in splits:
+                continue
+            shown = ", ".join(map(str, c["examples"]))
+            more = f", ... ({c['skipped'] - len(c['examples'])} more)" if c["skipped"] > len(c["examples"]) else ""
+            log.warning("data summary: skipped %d %s in the %s split%s", c["skipped"], c["what"], split,
+                        f": {shown}{more}" if shown else " (see the warnings above for which)")
+        return counts
+
+    def teardown(self, stage: Optional[str] = None) -> None:
+        """Lightning calls this at the end of fit / validate / test (also after an interruption): summarise skips."""
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        self.log_skip_summary(wanted.get(stage or "", SPLITS))
+
     # -- shared machinery -------------------------------------------------------------------------------
     def dataset(self, split: str) -> Dataset:
         if split not in SPLITS:
@@ -110,7 +150,10 @@ class ImageTextDataModule(L.LightningDataModule):
         """Train / load a tokenizer that needs the training captions (``TrainedBPETokenizer``)."""
         ensure = getattr(self.tokenizer, "ensure_ready", None)
         if callable(ensure):
-            ensure(self.train_captions)
+            if "fit_key" in inspect.signature(ensure).parameters:  # a cache keyed by what it is fitted on
+                ensure(self.train_captions, fit_key=self.data_identity())
+            else:
+                ensure(self.train_captions)
 
     def setup(self, stage: Optional[str] = None) -> None:
         self.prepare_tokenizer()

@@ -1,6 +1,7 @@
 """The concrete DataModules named in ``conf/data/``: shapes (built-in), coco, webdataset."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from torch.utils.data import Dataset
@@ -38,6 +39,14 @@ class ShapesDataModule(ImageTextDataModule):
         # Build one sample now so that a bad caption style / resolution fails before training starts.
         self.build_dataset("val")[0]
 
+    def data_identity(self) -> dict:
+        from zoo.data.shapes import WORLD_VERSION
+
+        # the training captions: resolution does not change them, val/test sizes do not enter them
+        return {**super().data_identity(), "world_version": WORLD_VERSION, "world_seed": self.world_seed,
+                "train_size": self.sizes["train"], "caption_style": self.caption_style,
+                "caption_mix": self.caption_mix, "min_objects": self.min_objects, "max_objects": self.max_objects}
+
     def build_dataset(self, split: str) -> Dataset:
         from zoo.data.shapes import ShapesDataset
 
@@ -69,6 +78,17 @@ class CocoDataModule(ImageTextDataModule):
                 f"annotations/captions_train{year}.json and train{year}/)"
             )
 
+    def data_identity(self) -> dict:
+        from zoo.data.coco import _ann_path
+
+        root = Path(self.root).expanduser().resolve()
+        ann = _ann_path(root, "train", self.year)
+        stat = ann.stat() if ann.is_file() else None  # a replaced annotation file changes the key too
+        # data.seed is left out: it only picks which of an image's ~5 captions the fit reads (same distribution)
+        return {**super().data_identity(), "root": str(root), "year": self.year, "max_items": self.max_items,
+                "annotations": str(ann), "annotations_size": stat.st_size if stat else None,
+                "annotations_mtime_ns": stat.st_mtime_ns if stat else None}
+
     def build_dataset(self, split: str) -> Dataset:
         from zoo.data.coco import CocoCaptions
 
@@ -91,7 +111,7 @@ class WebDataModule(ImageTextDataModule):
     ):
         super().__init__(**kwargs)
         if not train_urls:
-            raise ConfigError("data.train_urls is empty (fix: data.train_urls='/data/shards/{00000..00099}.tar')")
+            raise ConfigError("data.train_urls is empty (fix: \"data.train_urls='/data/shards/{00000..00099}.tar'\")")
         self.urls = {"train": train_urls, "val": val_urls or train_urls, "test": test_urls or val_urls or train_urls}
         self.epoch_length = epoch_length
         self.shuffle_buffer = shuffle_buffer
@@ -107,8 +127,18 @@ class WebDataModule(ImageTextDataModule):
             epoch_length=self.epoch_length if split == "train" else None,
         )
 
+    MAX_FIT_CAPTIONS = 100_000  # enough text to fit a BPE; streams can be endless
+
+    def data_identity(self) -> dict:
+        # The shard URLs as given (not their stat: 40k shards on network storage would take minutes), the shuffle
+        # buffer and how many captions are read. The seed is left out on purpose: another seed reads another
+        # sample of the same shards, and a per-seed tokenizer would make seed sweeps incomparable.
+        urls = self.urls["train"]
+        return {**super().data_identity(), "train_urls": [str(urls)] if isinstance(urls, (str, Path)) else
+                [str(u) for u in urls], "shuffle_buffer": self.shuffle_buffer, "max_captions": self.MAX_FIT_CAPTIONS}
+
     def train_captions(self) -> Iterable[str]:
         for i, sample in enumerate(self.dataset("train")):  # type: ignore[arg-type]
-            if i >= 100_000:  # enough text to fit a BPE; streams can be endless
+            if i >= self.MAX_FIT_CAPTIONS:
                 break
             yield sample["caption"]

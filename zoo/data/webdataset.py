@@ -22,17 +22,22 @@ split is only approximately disjoint; and each worker yields its quota in its ow
 ``epoch_length`` divisible by ``batch_size * num_workers`` for ``len(loader)`` to match the batches delivered.
 
 Bad data: a corrupt image, a sample without image or caption, or an unreadable/truncated shard is skipped and counted
-by ``SkipCounter`` (a webdataset handler) with a warning; it never ends the epoch. The count is a
-``multiprocessing.Value`` created in the main process, so ``ds.skip_counter.skipped`` includes the workers' skips.
+by ``SkipCounter`` (a webdataset handler) with a warning; it never ends the epoch. ``skipped`` counts *distinct* bad
+items (a sample is named by shard URL and key, a shard error by its message), so meeting the same corrupt sample
+again on the next pass -- or while a BPE is fitted on the captions -- neither counts nor warns twice. The count and
+the set of seen items live in shared memory created in the main process (a ``multiprocessing.Value`` and a
+``RawArray`` hash set of 64-bit digests), so ``ds.skip_counter.skipped`` includes the workers' skips.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import multiprocessing as mp
 import os
 import random
+import re
 import tarfile
 from itertools import islice
 from multiprocessing import context as mp_context
@@ -45,34 +50,79 @@ log = logging.getLogger(__name__)
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # object reprs in webdataset's messages differ on every pass
+
+
+def _item_name(exn: BaseException) -> str:
+    """A stable name for a bad item when the handler is given none: the exception's type and message."""
+    return _ADDRESS.sub("", f"{type(exn).__name__}: {exn}")
+
+
 class SkipCounter:
-    """A webdataset error handler that warns and counts instead of raising (the count is shared with workers)."""
+    """A webdataset error handler that warns and counts instead of raising. ``skipped`` counts distinct bad items
+    (the same corrupt sample met on every pass counts once); the count is shared with DataLoader workers.
+
+    ``examples`` holds the first few bad items this process met (workers' examples stay in the workers)."""
+
+    SLOTS = 1 << 14  # distinct items remembered (128 KiB of shared memory); past that, repeats count again
+    MAX_EXAMPLES = 5
 
     def __init__(self):
         self._value = mp.Value("q", 0)
+        self._seen = mp.RawArray("q", self.SLOTS)  # open addressing; 0 = empty slot
+        self.examples: list[str] = []
 
     @property
     def skipped(self) -> int:
         return int(self._value.value)
 
-    def __call__(self, exn: BaseException) -> bool:
+    def _add(self, name: str) -> tuple[bool, int]:
+        """(new?, count) after recording ``name`` (under the shared lock)."""
+        digest = int.from_bytes(hashlib.blake2b(name.encode("utf-8", "backslashreplace"), digest_size=8).digest(),
+                                "little", signed=True) or 1
         with self._value.get_lock():
-            self._value.value += 1
-            n = self._value.value
-        log.warning("skipping a bad webdataset sample or shard (%s: %s); %d skipped so far", type(exn).__name__, exn, n)
+            slot = digest % self.SLOTS
+            for _ in range(self.SLOTS):
+                if self._seen[slot] == digest:
+                    return False, int(self._value.value)
+                if self._seen[slot] == 0:
+                    self._seen[slot] = digest
+                    break
+                slot = (slot + 1) % self.SLOTS
+            self._value.value += 1  # also when the table is full: better counted twice than not at all
+            return True, int(self._value.value)
+
+    def skip(self, exn: BaseException, item: Optional[str] = None) -> bool:
+        """Record one bad ``item`` (default: named by the exception); warn the first time it is met."""
+        name = item or _item_name(exn)
+        new, n = self._add(name)
+        if new:
+            if len(self.examples) < self.MAX_EXAMPLES:
+                self.examples.append(name)
+            log.warning("skipping a bad webdataset sample or shard (%s: %s); %d skipped so far",
+                        type(exn).__name__, exn, n)
+        else:
+            log.debug("skipping %s again (already counted)", name)
         return True  # keep going
 
+    def __call__(self, exn: BaseException) -> bool:
+        return self.skip(exn)
+
     def __getstate__(self) -> dict[str, Any]:
-        if mp_context.get_spawning_popen() is None:  # plain pickle/deepcopy: an unshared copy of the count
-            return {"_value": self.skipped}
-        return {"_value": self._value}
+        state = self.__dict__.copy()
+        if mp_context.get_spawning_popen() is None:  # plain pickle/deepcopy: an unshared copy of count and set
+            state["_value"] = self.skipped
+            state["_seen"] = [(i, v) for i, v in enumerate(self._seen) if v]
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        value = state["_value"]
-        if isinstance(value, int):
-            self._value = mp.Value("q", value)
-        else:
-            self._value = value
+        if isinstance(state["_value"], int):
+            value, seen = mp.Value("q", state["_value"]), mp.RawArray("q", self.SLOTS)
+            for i, v in state["_seen"]:
+                seen[i] = v
+            state["_value"], state["_seen"] = value, seen
+        state.setdefault("examples", [])
+        self.__dict__.update(state)
 
 
 def expand_shard_urls(urls: str | Sequence[str]) -> list[str]:
@@ -92,12 +142,12 @@ def _is_local(url: str) -> bool:
 
 def _check_local(urls: list[str]) -> None:
     if not urls:
-        raise FileNotFoundError("no webdataset shards given (fix: data.train_urls='/data/shards/{00000..00099}.tar')")
+        raise FileNotFoundError("no webdataset shards given (fix: \"data.train_urls='/data/shards/{00000..00099}.tar'\")")
     missing = [u for u in urls if _is_local(u) and not Path(u).expanduser().is_file()]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} of {len(urls)} webdataset shards not found, e.g. {missing[0]} "
-            f"(fix: data.train_urls / data.val_urls = '/path/to/shards/{{00000..00009}}.tar')")
+            f"(fix: \"data.train_urls='/path/to/shards/{{00000..00009}}.tar'\", same for data.val_urls)")
 
 
 def split_shards(urls: Sequence[str], rank: int, world_size: int, worker: int = 0, num_workers: int = 1) -> list[str]:
@@ -217,7 +267,9 @@ class _DecodeStage:
             try:
                 yield self.decode(sample)
             except Exception as e:
-                if not self.handler(e):
+                item = f"{sample.get('__url__')}#{sample.get('__key__')}"  # the same sample on every pass
+                skip = getattr(self.handler, "skip", None)
+                if not (skip(e, item) if skip is not None else self.handler(e)):
                     raise
 
 

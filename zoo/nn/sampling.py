@@ -20,6 +20,8 @@ from typing import Optional
 
 import torch
 
+from zoo.nn.guidance import guide
+
 
 def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
     """Set logits outside the top-k and/or the nucleus of mass top_p to -inf (always keeps the best token)."""
@@ -81,7 +83,7 @@ def sample_image_tokens(model, text_tokens: torch.Tensor, temperature: float = 1
             logits = logits.float()
         if guided:
             cond, uncond = logits.chunk(2)
-            logits = torch.lerp(uncond, cond, guidance_scale)  # uncond + s (cond - uncond); exact cond at s = 1
+            logits = guide(uncond, cond, guidance_scale)  # uncond + s (cond - uncond); exact cond at s = 1
         logits = filter_logits(logits / temperature if temperature > 0 else logits, top_k, top_p)
         return gumbel_pick(logits, 1.0 if temperature > 0 else 0.0, generator)
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import torch
-from tqdm.auto import tqdm
+
+from zoo.progress import track
 
 
 class DallePipeline:
@@ -43,7 +44,7 @@ class DallePipeline:
         from zoo.checkpoint import load_module
         from zoo.models.dalle.lit import DalleLit
 
-        dalle = load_module(dalle_ckpt, map_location=device)
+        dalle = load_module(dalle_ckpt, map_location=device, expect=("dalle",))
         if not isinstance(dalle, DalleLit):
             raise ValueError(f"{dalle_ckpt} holds a {type(dalle).__name__}, not a DALL·E transformer (model=dalle)")
         scorer = None
@@ -64,7 +65,7 @@ class DallePipeline:
         show = self.progress if self.progress is not None else len(chunks) > 1
         gen = torch.Generator(device=self.dalle.device).manual_seed(self.seed)
         out = []
-        for chunk in tqdm(chunks, desc="dalle sample", unit="batch", disable=not show):
+        for chunk in track(chunks, desc="dalle sample", unit="batch", disable=not show):
             imgs = self.dalle.generate(chunk, n=n, temperature=self.temperature, top_k=self.sample_top_k,
                                        top_p=self.top_p, guidance_scale=self.guidance_scale, generator=gen,
                                        batch_size=max(self.batch_size, n))

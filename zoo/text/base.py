@@ -1,10 +1,54 @@
-"""The one interface every text tokenizer offers: fixed-length LongTensor encodings (torch only)."""
+"""The one interface every text tokenizer offers: fixed-length LongTensor encodings (torch only).
+
+Hostile text is handled here, once, for every tokenizer (``sanitize_text``): ``bytes`` are decoded as UTF-8 with
+``errors="replace"``; lone surrogates (what Python makes of invalid UTF-8 on a command line, or of a broken JSON
+escape) become U+FFFD (command-line bytes that were valid UTF-8 are recovered); control characters other than tab
+and newlines become a space. Each change and each truncation to the context is logged with the prompt it concerns
+(logger ``zoo.text``; one message per ``encode`` call, and after ``MAX_WARNINGS`` calls per tokenizer the rest go to
+DEBUG so a training loop over long captions does not flood the log).
+"""
 from __future__ import annotations
 
 import abc
+import logging
+import re
 from typing import Sequence, Union
 
 import torch
+
+log = logging.getLogger("zoo.text")
+MAX_WARNINGS = 5  # per tokenizer instance and kind (sanitised / truncated); later ones are logged at DEBUG
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # Unicode category Cc minus tab, \n, \r
+
+
+def _short(text, n: int = 80) -> str:
+    """``repr`` of a prompt, shortened for a log line."""
+    r = repr(text)
+    return r if len(r) <= n else r[: n - 4] + "...'"
+
+
+def sanitize_text(text: Union[str, bytes, bytearray, None]) -> tuple[str, int]:
+    """(clean text, number of characters replaced). See the module doc for the rules."""
+    if text is None:
+        return "", 0
+    if isinstance(text, (bytes, bytearray)):
+        decoded = bytes(text).decode("utf-8", errors="replace")
+        bad = decoded.count("\ufffd") - bytes(text).count("\ufffd".encode())
+        clean, n = sanitize_text(decoded)
+        return clean, bad + n
+    text = str(text)
+    replaced = 0
+    if _SURROGATES.search(text):
+        try:  # invalid UTF-8 bytes in argv arrive as U+DC80..U+DCFF (surrogateescape): decode them back, replacing
+            fixed = text.encode("utf-8", "surrogateescape").decode("utf-8", errors="replace")
+        except UnicodeEncodeError:  # other lone surrogates: valid pairs are joined, the rest replaced
+            fixed = text.encode("utf-16", "surrogatepass").decode("utf-16", errors="replace")
+        replaced += max(1, fixed.count("\ufffd") - text.count("\ufffd"))
+        text = fixed
+    text, n = _CONTROL.subn(" ", text)
+    return text, replaced + n
 
 
 class TextTokenizer(abc.ABC):
@@ -17,6 +61,9 @@ class TextTokenizer(abc.ABC):
 
     Subclasses set ``vocab_size``, ``pad_id``, ``sot_id``, ``eot_id``, ``context_length`` and implement ``_ids`` /
     ``_text`` for one caption without the special tokens.
+
+    ``encode`` also takes ``bytes`` and sanitises every caption first (``sanitize_text``), with a warning naming the
+    prompt; a caption cut to fit the context is reported in one warning per call, saying to how many tokens.
     """
 
     vocab_size: int
@@ -33,17 +80,46 @@ class TextTokenizer(abc.ABC):
     def _text(self, ids: list[int]) -> str:
         """Inverse of ``_ids``."""
 
-    def encode(self, texts: Union[str, Sequence[str]]) -> torch.Tensor:
-        """LongTensor (B, context_length); a single string gives B = 1."""
-        if isinstance(texts, str):
+    def encode(self, texts: Union[str, bytes, Sequence[Union[str, bytes]]]) -> torch.Tensor:
+        """LongTensor (B, context_length); a single string (or bytes) gives B = 1."""
+        if isinstance(texts, (str, bytes, bytearray)):
             texts = [texts]
         if self.context_length < 2:
             raise ValueError(f"context_length must be >= 2 (SOT + EOT), got {self.context_length}")
         out = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.long)
-        for i, text in enumerate(texts):
-            ids = [self.sot_id, *self._ids(text or "")][: self.context_length - 1] + [self.eot_id]
+        room = self.context_length - 2  # tokens left between SOT and EOT
+        sanitised: list[tuple[Union[str, bytes], int]] = []
+        truncated: list[tuple[str, int]] = []
+        for i, raw in enumerate(texts):
+            text, replaced = sanitize_text(raw)
+            if replaced:
+                sanitised.append((raw, replaced))
+            body = self._ids(text)
+            if len(body) > room:
+                truncated.append((text, len(body)))
+            ids = [self.sot_id, *body[:room], self.eot_id]
             out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        if sanitised:
+            raw, n = sanitised[0]
+            more = f" (and {len(sanitised) - 1} more of the {len(texts)} prompts)" if len(sanitised) > 1 else ""
+            self._warn("sanitised", "prompt %s: replaced %d undecodable, surrogate or control character(s) "
+                       "with U+FFFD or a space%s", _short(raw), n, more)
+        if truncated:
+            text, n = truncated[0]
+            more = f" (and {len(truncated) - 1} more of the {len(texts)} prompts)" if len(truncated) > 1 else ""
+            self._warn("truncated", "prompt %s has %d tokens: truncated to %d tokens (context_length %d = "
+                       "[SOT] + %d + [EOT])%s", _short(text), n, room, self.context_length, room, more)
         return out
+
+    def _warn(self, kind: str, msg: str, *args) -> None:
+        """WARNING for the first ``MAX_WARNINGS`` calls of each kind on this tokenizer, then DEBUG."""
+        counts = self.__dict__.setdefault("_warnings", {})
+        counts[kind] = counts.get(kind, 0) + 1
+        if counts[kind] <= MAX_WARNINGS:
+            last = " (further %s-prompt warnings from this tokenizer go to DEBUG)" % kind if counts[kind] == MAX_WARNINGS else ""
+            log.warning(msg + last, *args)
+        else:
+            log.debug(msg, *args)
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
         """Texts of a LongTensor (B, L) or (L,)."""

@@ -3,13 +3,23 @@
 Model: NFKC + lower-case normaliser, byte-level pre-tokeniser (prefix space) and decoder, BPE merges; special
 tokens ``[PAD]`` = 0, ``[UNK]`` = 1, ``[SOT]`` = 2, ``[EOT]`` = 3, then the 256 byte symbols, then the merges.
 Byte-level means any Unicode caption encodes without unknown tokens and decodes back (after lower-casing/NFKC).
-Saved and reloaded as one ``tokenizer.json`` (written atomically: temp file + ``os.replace``).
+Saved and reloaded as one ``tokenizer.json`` (written atomically: temp file + ``os.replace``; mode 0o664 and new
+folders 0o775 whatever the umask, so a cache on shared storage is readable by the group).
+
+The fitted-on-first-use cache (``LazyTrainedBPE``) is keyed by what it was fitted on: the DataModule passes a
+"fit key" (data identity -- e.g. shapes world version/seed/size/caption style, or the COCO root and annotation file
+-- plus the requested vocabulary size and ``BPE_FORMAT``); the file is ``<stem>-<digest of the key>.json`` with the
+key itself beside it in ``<stem>-<digest>.key.json``, so a tokenizer fitted on other captions is never reused, and
+several keys share one cache folder without overwriting each other.
 
 The vocabulary actually reached can be smaller than requested on a small corpus (there are only so many merges
 to make): ``vocab_size`` is always the real size, ``requested_vocab_size`` what was asked for.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -17,22 +27,56 @@ from typing import Callable, Iterable, Optional
 
 from zoo.text.base import TextTokenizer
 
+log = logging.getLogger("zoo.text")
 SPECIALS = ["[PAD]", "[UNK]", "[SOT]", "[EOT]"]
 MIN_VOCAB = 256 + len(SPECIALS)  # the byte alphabet plus the special tokens
+# Part of every fit key: bump when a change to ``train`` (normaliser, pre-tokeniser, trainer options) would fit a
+# different tokenizer on the same captions, so that cached files from before are refitted.
+BPE_FORMAT = 1
+FILE_MODE, DIR_MODE = 0o664, 0o775  # group-readable caches (shared storage), independent of the umask
+
+
+def _make_dirs(folder: Path) -> None:
+    """``mkdir -p`` that sets DIR_MODE on the folders it creates (only those: never chmods an existing parent)."""
+    created = []
+    while not folder.exists():
+        created.append(folder)
+        folder = folder.parent
+    for d in reversed(created):
+        try:
+            d.mkdir()
+        except FileExistsError:  # another process made it meanwhile
+            continue
+        os.chmod(d, DIR_MODE)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _make_dirs(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fit_key_digest(key: dict) -> str:
+    """12 hex digits naming a fit key (canonical JSON: sorted keys)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def keyed_paths(path: str | os.PathLike, key: dict) -> tuple[Path, Path]:
+    """(tokenizer file, key file) for ``key``: ``dir/tokenizer.json`` -> ``dir/tokenizer-<digest>.json`` and
+    ``dir/tokenizer-<digest>.key.json``."""
+    path = Path(path).expanduser()
+    stem = path.name[: -len(".json")] if path.name.endswith(".json") else path.name
+    digest = fit_key_digest(key)
+    return path.with_name(f"{stem}-{digest}.json"), path.with_name(f"{stem}-{digest}.key.json")
 
 
 class TrainedBPETokenizer(TextTokenizer):
@@ -123,24 +167,64 @@ class TrainedBPETokenizer(TextTokenizer):
 
 class LazyTrainedBPE(TextTokenizer):
     """A trained BPE that fits itself on the training captions the first time a DataModule asks for it
-    (``ensure_ready``, called from ``ImageTextDataModule.setup``), then reloads ``path`` on every later run.
-    Used by ``conf/data/tokenizer/bpe.yaml``."""
+    (``ensure_ready``, called from ``ImageTextDataModule.setup`` / ``prepare_tokenizer``), then reloads it on every
+    later run with the same fit key. Used by ``conf/data/tokenizer/bpe.yaml``.
+
+    ``path`` names the cache: with a ``fit_key`` (what every zoo DataModule passes) the file actually used is
+    ``keyed_paths(path, key)[0]`` (``self.file``), and it is reused only if the key stored beside it equals this
+    run's; without one, ``path`` itself is loaded if it exists (the caller vouches for it) or fitted."""
 
     def __init__(self, path: str | os.PathLike, vocab_size: int = 16384, context_length: int = 64):
         self.path, self.requested_vocab = Path(path).expanduser(), int(vocab_size)
         self.context_length = int(context_length)
+        self.file: Optional[Path] = None  # the tokenizer.json in use, once ready
         self._inner: Optional[TrainedBPETokenizer] = None
-        if self.path.is_file():
-            self._load(TrainedBPETokenizer(self.path, context_length))
 
     def _load(self, inner: TrainedBPETokenizer) -> None:
         self._inner = inner
+        self.file = inner.path
         self.vocab_size, self.pad_id, self.sot_id, self.eot_id = inner.vocab_size, inner.pad_id, inner.sot_id, inner.eot_id
 
-    def ensure_ready(self, captions_fn: Callable[[], Iterable[str]]) -> None:
-        if self._inner is None:
+    def fit_key(self, data_key: dict) -> dict:
+        """The full key of a fit: the data's identity, the requested vocabulary and the BPE format."""
+        return {"bpe_format": BPE_FORMAT, "vocab_size": self.requested_vocab, "data": data_key}
+
+    def ensure_ready(self, captions_fn: Callable[[], Iterable[str]], fit_key: Optional[dict] = None) -> None:
+        """Load or fit (once per instance). ``fit_key``: a JSON-able dict naming the captions (data identity)."""
+        if self._inner is not None:
+            return
+        if fit_key is None:
             self._load(TrainedBPETokenizer.load_or_train(self.path, captions_fn, self.requested_vocab,
                                                          self.context_length))
+            return
+        key = self.fit_key(fit_key)
+        key = json.loads(json.dumps(key, sort_keys=True, default=str))  # what the key file will hold
+        file, key_file = keyed_paths(self.path, key)
+        if file.is_file():
+            stored = None
+            try:
+                stored = json.loads(key_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                pass
+            if stored == key:
+                log.info("BPE tokenizer: reusing %s (fitted on %s)", file, json.dumps(key["data"], sort_keys=True))
+                self._load(TrainedBPETokenizer(file, self.context_length))
+                self._inner.requested_vocab_size = self.requested_vocab
+                return
+            log.warning("BPE tokenizer: %s was fitted on %s, not on this run's data %s: refitting it",
+                        file, "unknown data (no readable key file)" if stored is None
+                        else json.dumps(stored, sort_keys=True), json.dumps(key, sort_keys=True))
+        else:
+            if self.path.is_file():
+                log.warning("BPE tokenizer: not reusing %s (it has no record of the captions it was fitted on); "
+                            "fitting %s instead", self.path, file)
+            log.info("BPE tokenizer: fitting %d tokens on %s -> %s", self.requested_vocab,
+                     json.dumps(key["data"], sort_keys=True), file)
+        key_file.unlink(missing_ok=True)  # never a key file beside a tokenizer it does not describe
+        tok = TrainedBPETokenizer.train(captions_fn(), vocab_size=self.requested_vocab, path=file,
+                                        context_length=self.context_length)
+        _atomic_write_text(key_file, json.dumps(key, indent=1, sort_keys=True) + "\n")
+        self._load(tok)
 
     def _require(self) -> TrainedBPETokenizer:
         if self._inner is None:

@@ -13,6 +13,8 @@ pairs is left to the caller (``clip_score(...).mean()``).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -123,10 +125,23 @@ class ClipScorer:
         from zoo.checkpoint import safe_load
         from zoo.models.clip.model import create_clip, resolve_config, tokenizer_for
 
+        from zoo.errors import ConfigError
+        from zoo.registry import check_plain, component_in
+
         ckpt = safe_load(path)
-        hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+        if not isinstance(ckpt, dict):
+            raise ConfigError(f"{path} is not a Lightning checkpoint (fix: a zoo-train model=clip last.ckpt)")
+        # The class is fixed here (CLIP), so an unstamped Lightning checkpoint is fine; a stamp must say clip.
+        stamped = "zoo_component" in ckpt or "zoo_class" in ckpt
+        if stamped and component_in(ckpt, str(path)) != "clip":
+            raise ConfigError(f"{path} is not a CLIP checkpoint (fix: a zoo-train model=clip last.ckpt)")
+        hp = ckpt.get("hyper_parameters", {}) or {}
+        check_plain(hp, f"{path}: hyper_parameters")
         cfg = resolve_config(hp.get("preset") or "shapes", hp.get("arch"), hp.get("net"))
-        model = create_clip(cfg, pretrained=hp.get("pretrained"), checkpoint=path)
+        tag = hp.get("pretrained")
+        if tag and ("/" in tag or "\\" in tag or Path(tag).exists()):
+            tag = None  # a path, not a tag: the weights are this file's own, never another file the file names
+        model = create_clip(cfg, pretrained=tag, checkpoint=path)
         return cls.from_model(model, tokenizer_for(cfg), device=device, **kw)
 
     @property

@@ -9,7 +9,7 @@ Caption dropout (for classifier-free guidance): with probability ``text_dropout`
 by all pads (the null text that ``sample_image_tokens`` uses for the unconditional stream).
 
 Self-contained checkpoints: ``on_save_checkpoint`` writes two extra plain-value hyper-parameters,
-``tokenizer_spec`` (class path + hyper-parameters + resolution of the frozen image tokenizer, whose weights are
+``tokenizer_spec`` (registered component name + hyper-parameters + resolution of the frozen image tokenizer, whose weights are
 in the state dict under ``image_tokenizer.``) and ``text_tokenizer`` (the BPE's tokenizer.json as a string), so
 ``zoo.checkpoint.load_module(ckpt)`` followed by ``generate`` needs neither the tokenizer checkpoint nor the BPE file.
 """

@@ -5,7 +5,7 @@ The network itself lives in ``zoo.nn.transformer`` (``DalleTransformer``, config
 
 - ``build_config(preset, net)``: preset + overrides with errors that name the valid choices.
 - ``image_tokenizer_spec`` / ``image_tokenizer_from_spec``: rebuild the frozen image tokenizer (dVAE / VQ-VAE)
-  from plain values (its LightningModule class path + hyper-parameters + resolution); its weights travel in the
+  from plain values (its registered component name + hyper-parameters + resolution); its weights travel in the
   DALL·E state dict, so no tokenizer file is needed at sampling time.
 - ``text_tokenizer_spec`` / ``text_tokenizer_from_spec``: the text tokenizer as plain values (the trained BPE's
   ``tokenizer.json`` string, or the CLIP BPE's context length).
@@ -15,7 +15,6 @@ Parameter count of ``paper`` (measured in tests/models/test_dalle.py on the meta
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import fields, replace
 from typing import Any, Optional
 
@@ -43,23 +42,34 @@ def build_config(preset: str, net: Optional[dict[str, Any]] = None) -> DalleTran
 
 # ------------------------------------------------------------------------------------------ image tokenizer
 def image_tokenizer_spec(ckpt: dict[str, Any], resolution: Optional[int] = None) -> dict[str, Any]:
-    """Plain-value description of the tokenizer inside a zoo-train checkpoint dict (loaded weights_only)."""
-    name = ckpt.get("zoo_class") if isinstance(ckpt, dict) else None
-    if not name or not name.startswith("zoo."):
-        raise ValueError("the tokenizer checkpoint was not written by zoo-train (no zoo_class stamp)")
-    return {"zoo_class": name, "hyper_parameters": dict(ckpt.get("hyper_parameters", {})),
-            "resolution": resolution}
+    """Plain-value description of the tokenizer inside a zoo-train checkpoint dict (loaded weights_only): its
+    registered component name (``dvae`` / ``vqvae``), hyper-parameters and resolution."""
+    from zoo.registry import IMAGE_TOKENIZERS, checked_hparams, component_in
+
+    name = component_in(ckpt, "the image tokenizer checkpoint")
+    if name not in IMAGE_TOKENIZERS:
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"the image tokenizer checkpoint holds a {name} model, not an image tokenizer "
+                         f"({' or '.join(IMAGE_TOKENIZERS)}) (fix: model.tokenizer_ckpt=<dvae/vqvae last.ckpt>)")
+    hp = checked_hparams(name, ckpt.get("hyper_parameters", {}), "the image tokenizer checkpoint")
+    return {"component": name, "hyper_parameters": hp, "resolution": resolution}
 
 
 def image_tokenizer_from_spec(spec: dict[str, Any], state_dict: Optional[dict[str, torch.Tensor]] = None):
     """Build the ``ImageTokenizer`` described by ``spec`` (random weights unless ``state_dict``: the LightningModule's
-    state dict). Only classes inside the ``zoo`` package are imported."""
-    name = spec["zoo_class"]
-    if not name.startswith("zoo."):
-        raise ValueError(f"refusing to import {name!r}: tokenizer classes must live in the zoo package")
-    module_name, cls_name = name.rsplit(".", 1)
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    lit = cls(**spec.get("hyper_parameters", {}))
+    state dict). The class comes from the component registry by name (a spec from a file never names code); specs
+    written before the registry (``zoo_class``) are read through the registry's table of known class paths."""
+    from zoo.registry import IMAGE_TOKENIZERS, check_plain, checked_hparams, component_class, component_in
+
+    check_plain(spec, "image tokenizer spec")
+    name = spec.get("component") or component_in({"zoo_class": spec.get("zoo_class")}, "image tokenizer spec")
+    if name not in IMAGE_TOKENIZERS:
+        from zoo.registry import UnsafeCheckpointError
+
+        raise UnsafeCheckpointError(f"image tokenizer spec names {name!r}; only {IMAGE_TOKENIZERS} are image "
+                                    f"tokenizers")
+    lit = component_class(name)(**checked_hparams(name, spec.get("hyper_parameters", {}), "image tokenizer spec"))
     if state_dict is not None:
         lit.load_state_dict(state_dict)
     tok = find_image_tokenizer(lit)

@@ -1,0 +1,121 @@
+"""Progress in any log: LogProgress (training) and track (plain loops) write plain lines when stdout is not a
+terminal, and leave the terminal to the progress bars when it is."""
+from __future__ import annotations
+
+import io
+import logging
+import re
+import sys
+
+import pytest
+
+from zoo.progress import LogLines, format_duration, format_rate, track
+from zoo.train import train
+
+TINY = [
+    "model=dvae",
+    "model.preset=tiny",
+    "data=shapes",
+    "data.train_size=64",
+    "data.val_size=16",
+    "data.batch_size=8",
+    "logger=none",
+    "trainer=cpu",
+    "trainer.precision=32-true",
+    "trainer.num_sanity_val_steps=0",
+    "test=false",
+]
+STEP_LINE = re.compile(r"^step (\d+)/(\d+) \(\d+%\) \| [\d.]+ (it/s|s/it) \| loss -?[\d.]+(e[-+]\d+)? \| eta \S+$")
+
+
+class FakeStdout(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def _lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "zoo.progress"]
+
+
+def test_training_logs_plain_lines_when_stdout_is_not_a_terminal(train_cfg, caplog, monkeypatch):
+    monkeypatch.setattr(sys, "stdout", FakeStdout(tty=False))
+    caplog.set_level(logging.INFO, logger="zoo.progress")
+    cfg = train_cfg(*TINY, "trainer.max_steps=10", "trainer.enable_progress_bar=false",
+                    "callbacks.log_progress.every_n_steps=3", "callbacks.log_progress.every_seconds=null")
+    assert train(cfg)["global_step"] == 10
+    lines = _lines(caplog)
+    steps = [m for m in map(STEP_LINE.match, lines) if m]
+    assert [int(m[1]) for m in steps] == [1, 3, 6, 9], lines  # the first step, then every multiple of 3
+    assert all(int(m[2]) == 10 for m in steps)
+    val = [line for line in lines if line.startswith("val @ step 8 | ")]  # the end of the first epoch
+    assert len(val) == 1 and re.search(r"\| val/loss -?[\d.]+", val[0]) and "| took " in val[0], lines
+    assert any(re.match(r"train done: 10 steps in \S+ \([\d.]+ (it/s|s/it)\)$", line) for line in lines), lines
+
+
+def test_training_is_silent_on_a_terminal_unless_forced(train_cfg, caplog, monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "stdout", FakeStdout(tty=True))
+    caplog.set_level(logging.INFO, logger="zoo.progress")
+    common = [*TINY, "trainer.max_steps=3", "trainer.limit_val_batches=0", "trainer.enable_progress_bar=true",
+              "callbacks.log_progress.every_n_steps=1"]
+    train(train_cfg(*common))
+    assert _lines(caplog) == []  # the progress bar shows progress on a terminal
+    forced = train_cfg(*common, "callbacks.log_progress.force=true")
+    forced.paths.output_dir = str(tmp_path / "forced")
+    train(forced)
+    assert [int(m[1]) for m in map(STEP_LINE.match, _lines(caplog)) if m] == [1, 2, 3]
+
+
+def test_track_logs_every_n_items_and_yields_them_unchanged(caplog, monkeypatch):
+    monkeypatch.setattr(sys, "stdout", FakeStdout(tty=False))
+    caplog.set_level(logging.INFO, logger="zoo.progress")
+    items = ["a", "b", {"c": 1}, None, 5]
+    bar = track(iter(items), total=len(items), desc="demo", unit="img", every=2, every_seconds=None)
+    assert isinstance(bar, LogLines)
+    assert list(bar) == items
+    lines = _lines(caplog)
+    assert len(lines) == 3, lines
+    assert re.match(r"^demo: 2/5 img \(40%\) \| [\d.]+ (img/s|s/img) \| eta \S+$", lines[0]), lines
+    assert lines[1].startswith("demo: 4/5 img (80%) | ")
+    assert re.match(r"^demo: done 5 img in \S+ \(", lines[2]), lines
+
+
+def test_track_update_postfix_and_time_trigger(caplog, monkeypatch):
+    monkeypatch.setattr(sys, "stdout", FakeStdout(tty=False))
+    caplog.set_level(logging.INFO, logger="zoo.progress")
+    with track(total=4, desc="gen", every_seconds=0.0) as bar:  # 0 s: a line at every update
+        for _ in range(2):
+            bar.set_postfix(loss="0.5")
+            bar.update(2)
+    lines = _lines(caplog)
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("gen: 2/4 it (50%) | ") and "| loss 0.5 | eta " in lines[0], lines
+    assert lines[1].startswith("gen: 4/4 it (100%) | ")
+    assert lines[2].startswith("gen: done 4 it in ") and lines[2].endswith("| loss 0.5")
+    caplog.clear()
+    assert list(track(range(3), desc="quiet", every=1, disable=True)) == [0, 1, 2]  # disable silences both modes
+    list(track(range(3), desc="nested", leave=False))  # quick leave=False loop: no "done" line
+    assert _lines(caplog) == []
+
+
+def test_track_is_tqdm_on_a_terminal(monkeypatch):
+    from tqdm.auto import tqdm
+
+    monkeypatch.setattr(sys, "stdout", FakeStdout(tty=True))
+    bar = track(range(3), desc="bar", file=io.StringIO())
+    assert isinstance(bar, tqdm)
+    assert list(bar) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("seconds, text", [(4.2, "4.2s"), (42, "42s"), (587, "9m47s"), (7500, "2h05m"),
+                                           (float("inf"), "?")])
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_format_rate():
+    assert format_rate(3.21) == "3.21 it/s"
+    assert format_rate(0.25, "step") == "4 s/step"

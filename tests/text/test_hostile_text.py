@@ -1,0 +1,93 @@
+"""Hostile prompts through both tokenizers: invalid UTF-8, lone surrogates, control characters, over-long text.
+
+Each is sanitised (never a crash) with a warning naming the prompt; a truncation says to how many tokens, once per
+``encode`` call, and a training loop over long captions does not flood the log.
+"""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from zoo.text import ClipBPETokenizer, TrainedBPETokenizer
+from zoo.text.base import MAX_WARNINGS, sanitize_text
+
+CAPTIONS = ["a large red circle at the top left", "a small blue square at the bottom right",
+            "two green triangles on a white background"] * 10
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return TrainedBPETokenizer.train(CAPTIONS, vocab_size=300, context_length=16)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return ClipBPETokenizer(context_length=16)
+
+
+def _fresh(tok):
+    tok.__dict__.pop("_warnings", None)  # the per-instance warning budget
+    return tok
+
+
+# what Python hands a program for `zoo-sample prompts='["a r\xc3\xa9d \xff circle"]'`: argv is decoded with
+# surrogateescape, so the invalid byte \xff arrives as the lone surrogate \udcff
+ARGV_PROMPT = b"a r\xc3\xa9d \xff circle".decode("utf-8", "surrogateescape")
+HOSTILE = [ARGV_PROMPT, "a \ud800 lone high surrogate", "nul\x00 and escape\x1b[31m red", "c1 control \x85 here"]
+
+
+def test_sanitize_rules():
+    assert sanitize_text(ARGV_PROMPT) == ("a réd \ufffd circle", 1)  # valid bytes recovered, the bad one replaced
+    assert sanitize_text("x \ud800 y") == ("x \ufffd y", 1)
+    assert sanitize_text("\ud83d\ude00 ok") == ("\U0001F600 ok", 1)  # a surrogate pair in a str is joined
+    assert sanitize_text("tab\tnew\nline\x00") == ("tab\tnew\nline ", 1)  # tab / newlines kept, NUL -> space
+    assert sanitize_text(b"by\xfftes \xef\xbf\xbd") == ("by\ufffdtes \ufffd", 1)  # a real U+FFFD is not counted
+    assert sanitize_text(None) == ("", 0) and sanitize_text("plain") == ("plain", 0)
+
+
+@pytest.mark.parametrize("name", ["bpe", "clip"])
+def test_hostile_prompts_encode_with_a_warning_naming_the_prompt(name, request, caplog):
+    tok = _fresh(request.getfixturevalue(name))
+    for prompt in HOSTILE:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="zoo.text"):
+            tokens = tok.encode(prompt)  # the trained BPE raised TypeError on surrogates before
+        assert tokens.shape == (1, 16) and int(tokens[0, 0]) == tok.sot_id and tok.eot_id in tokens[0].tolist()
+        decoded = tok.decode(tokens)[0]
+        assert "\x00" not in decoded and "\x1b" not in decoded and not any(0xD800 <= ord(c) <= 0xDFFF for c in decoded)
+        msgs = [r.getMessage() for r in caplog.records if "replaced" in r.getMessage()]
+        assert len(msgs) == 1 and repr(prompt)[:20] in msgs[0], msgs
+    _fresh(tok)
+    with caplog.at_level(logging.WARNING, logger="zoo.text"):
+        assert torch.equal(tok.encode(b"a red \xff circle"), tok.encode("a red \ufffd circle"))  # bytes: replace
+    assert any("b'a red \\xff circle'" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("name", ["bpe", "clip"])
+def test_truncation_warns_once_per_call_saying_to_how_many_tokens(name, request, caplog):
+    tok = _fresh(request.getfixturevalue(name))
+    long = " ".join(["a large red circle at the top left"] * 6)
+    with caplog.at_level(logging.WARNING, logger="zoo.text"):
+        tokens = tok.encode([long, "a red circle", long + " again"])
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1, msgs  # one message for the call, not one per prompt or token
+    assert "truncated to 14 tokens" in msgs[0] and "context_length 16" in msgs[0] and "1 more of the 3" in msgs[0]
+    assert repr(long)[:30] in msgs[0]
+    assert tokens[0, -1] == tok.eot_id  # still ends with EOT
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="zoo.text"):
+        tok.encode("a red circle")  # fits: silent
+    assert not caplog.records
+
+
+def test_warnings_rate_limited_for_training_loops(bpe, caplog):
+    tok = _fresh(bpe)
+    long = " ".join(["a small blue square"] * 10)
+    with caplog.at_level(logging.DEBUG, logger="zoo.text"):
+        for _ in range(MAX_WARNINGS + 20):  # e.g. the collate function of every batch
+            tok.encode([long] * 4)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == MAX_WARNINGS and "go to DEBUG" in warnings[-1].getMessage()
+    assert sum(r.levelno == logging.DEBUG for r in caplog.records) == 20

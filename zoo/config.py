@@ -1,0 +1,110 @@
+"""Building objects from the user's Hydra config, and the one policy for errors a user reads.
+
+- ``instantiate(node, what=...)``: ``hydra.utils.instantiate`` after a type check of the node's plain values against
+  the target's constructor annotations (``data.batch_size=abc`` -> "data.batch_size must be an int, got 'abc'"),
+  and with our own errors surfaced as they are instead of wrapped in Hydra's ``InstantiationException``, so the
+  message that names the fix is the last thing the user reads. Only the user's own config comes here: nothing read
+  from a file is ever instantiated (files go through ``zoo.registry``).
+- ``USER_ERRORS`` / ``report_user_errors``: errors that carry their own fix (bad config, missing or unsafe files)
+  are printed as one message without the traceback above it; ``ZOO_DEBUG=1`` (or ``HYDRA_FULL_ERROR=1``) shows
+  the full trace.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import sys
+import typing
+from typing import Any, Callable, Optional
+
+from zoo.errors import ConfigError, MissingWeightsError
+
+log = logging.getLogger("zoo")
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from zoo.checkpoint import CorruptCheckpointError
+    from zoo.registry import UnsafeCheckpointError
+
+    return (ConfigError, MissingWeightsError, UnsafeCheckpointError, CorruptCheckpointError, FileNotFoundError)
+
+
+def check_types(node: Any, what: str, skip: Any = ()) -> None:
+    """Check each plain value of ``node`` against the annotation of the constructor argument it feeds.
+
+    Hydra passes strings through as they are, so a typo such as ``data.batch_size=abc`` would otherwise surface as
+    a ``TypeError`` deep inside the constructor. Nested nodes and unannotated arguments are left to the target."""
+    from hydra.utils import get_class
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    from zoo.registry import _fits
+
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    try:
+        target = get_class(str(node._target_))
+    except Exception:  # a function target or an unimportable one: Hydra's own error is clear enough
+        return
+    # A subclass passes **kwargs on to its base (ShapesDataModule -> ImageTextDataModule): walk the MRO.
+    hints: dict[str, Any] = {}
+    params: set[str] = set()
+    for klass in reversed(getattr(target, "__mro__", (target,))):
+        init = vars(klass).get("__init__") if isinstance(klass, type) else None
+        if init is None or klass is object:
+            continue
+        try:
+            hints.update(typing.get_type_hints(init))
+            params |= set(inspect.signature(init).parameters)
+        except Exception:
+            continue
+    for key in node:
+        if key.startswith("_") or key in skip or key not in params or key not in hints:
+            continue
+        if OmegaConf.is_missing(node, key):
+            continue
+        value = node[key]
+        if isinstance(value, (DictConfig, ListConfig)):
+            continue
+        if not _fits(value, hints[key]):
+            tp = hints[key]
+            name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+            raise ConfigError(f"{what}.{key} must be {name}, got {value!r} (fix: {what}.{key}=<{name}>)")
+
+
+def instantiate(node: Any, what: str = "config", **kwargs) -> Any:
+    """``hydra.utils.instantiate`` (``_convert_="all"``) with typed checks and our own errors unwrapped."""
+    import hydra
+    from hydra.errors import InstantiationException
+
+    check_types(node, what, skip=set(kwargs))  # what the caller passes replaces the node's value
+    try:
+        return hydra.utils.instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, _user_error_types() + (ValueError,)):
+            raise cause from None
+        raise
+
+
+def report_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate an entry point's body: a user error prints ``error: <message>`` and exits with status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _user_error_types() as e:
+            if debug_enabled():
+                raise
+            log.debug("user error", exc_info=True)
+            print(f"error: {e}\n(set ZOO_DEBUG=1 for the full traceback)", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
+
+
+def debug_enabled(env: Optional[dict[str, str]] = None) -> bool:
+    env = os.environ if env is None else env
+    return env.get("ZOO_DEBUG", "0") not in ("", "0") or env.get("HYDRA_FULL_ERROR", "0") not in ("", "0")

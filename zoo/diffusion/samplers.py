@@ -1,0 +1,176 @@
+"""Samplers for a ``GaussianDiffusion``: DDPM ancestral, DDIM(η), DDIM inversion, known-region hook (torch only).
+
+Conventions:
+
+* ``model_fn(x_t, timesteps) -> output`` with ``timesteps`` the *original* timesteps (B,) int64 — the sampler maps
+  the process's indices through ``timestep_map``. Conditioning and guidance live in ``model_fn`` (see
+  ``zoo.nn.guidance``), not here.
+* The number of steps is the process's: sample with ``process.respaced(50)`` for 50 steps.
+* Randomness comes only from ``generator`` (initial noise, per-step noise, the known-region noising), so the same
+  seed gives the same samples. DDPM draws one noise tensor per step (also at the last step, where it is unused), so
+  the stream does not depend on the schedule's content.
+* Levels: the step at index i maps x at level ᾱ_i to level ᾱ_{i−1} (``ac_prev``); level "−1" is clean data.
+  A hook ``hook(x, i) -> x`` is called on the initial x with i = T−1 and after the step at index i with i − 1.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from zoo.diffusion.process import GaussianDiffusion
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Hook = Callable[[torch.Tensor, int], torch.Tensor]
+Progress = Callable[[int, int, torch.Tensor, torch.Tensor], None]  # (steps done, total, x, pred_x0)
+
+
+def _full_t(i: int, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+
+
+def ddpm_step(process: GaussianDiffusion, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
+              noise: torch.Tensor, clip_denoised: bool = False,
+              clip_range: tuple[float, float] = (-1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ancestral step x_t -> x_{t−1} = mean + σ noise (no noise where t = 0). Returns (x_{t−1}, x̂_0)."""
+    out = process.p_mean_variance(model_output, x, t, clip_denoised, clip_range)
+    not_last = (t != 0).to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+    return out.mean + (not_last * torch.exp(0.5 * out.log_variance)) * noise, out.pred_x0
+
+
+def ddim_step(process: GaussianDiffusion, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
+              eta: float = 0.0, noise: Optional[torch.Tensor] = None, clip_denoised: bool = False,
+              clip_range: tuple[float, float] = (-1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step: x_{t−1} = √ᾱ_{t−1} x̂_0 + √(1 − ᾱ_{t−1} − σ²) ε̂ + σ noise, σ = η √β̃_t (Song et al. eq. 12/16).
+
+    η = 0 is deterministic (``noise`` unused); η = 1 has DDPM's posterior variance. A learned variance is ignored.
+    Returns (x_{t−1}, x̂_0)."""
+    pred_x0, pred_eps = process.predictions(model_output, x, t, clip_denoised, clip_range)
+    sigma = eta * process.coef("ddim_sigma1", t, x)
+    ac_prev = process.coef("ac_prev", t, x)
+    x_prev = process.coef("sqrt_ac_prev", t, x) * pred_x0 + (1.0 - ac_prev - sigma ** 2).clamp(min=0).sqrt() * pred_eps
+    if eta > 0:
+        if noise is None:
+            raise ValueError("ddim_step with eta > 0 needs noise")
+        x_prev = x_prev + sigma * noise  # σ = 0 at t = 0 (ᾱ_{−1} = 1), so no mask is needed
+    return x_prev, pred_x0
+
+
+def ddim_reverse_step(process: GaussianDiffusion, model_output: torch.Tensor, x: torch.Tensor,
+                      t: torch.Tensor) -> torch.Tensor:
+    """The inverse of the η = 0 DDIM step at index t: x at level ᾱ_{t−1} -> level ᾱ_t, given the output of the
+    network evaluated at (x, t) (the true input x_t is unknown; the ODE is smooth, so this costs O(step) error).
+    ε̂ is read as the network's ε at index t; x̂_0 is re-derived from x at its own level, which makes this step the
+    exact algebraic inverse of ``ddim_step`` when both see the same ε̂."""
+    _, eps = process.predictions(model_output, x, t)
+    x0 = (x - process.coef("sqrt_1m_ac_prev", t, x) * eps) / process.coef("sqrt_ac_prev", t, x)
+    return process.coef("sqrt_ac", t, x) * x0 + process.coef("sqrt_1m_ac", t, x) * eps
+
+
+def known_region(process: GaussianDiffusion, x_known: torch.Tensor, mask: torch.Tensor,
+                 generator: Optional[torch.Generator] = None) -> Hook:
+    """A hook re-imposing known values after every step (inpainting by replacement; RePaint without resampling).
+
+    ``mask`` broadcasts against x, 1 where ``x_known`` is given (soft values blend). At level i the known part is a
+    fresh q_sample(x_known, i); after the last step (level −1) it is ``x_known`` itself, so the result holds the
+    known values exactly."""
+
+    def hook(x: torch.Tensor, i: int) -> torch.Tensor:
+        known = x_known.to(x.dtype)
+        if i >= 0:
+            known = process.q_sample(known, _full_t(i, x), generator=generator)
+        return torch.lerp(x, known, mask.to(x.dtype))  # lerp is exact at weights 0 and 1
+
+    return hook
+
+
+def _start(shape: Sequence[int], x_T: Optional[torch.Tensor], generator, device, dtype) -> torch.Tensor:
+    if x_T is not None:
+        return x_T.to(device=device or x_T.device, dtype=dtype)
+    if device is None:
+        device = generator.device if generator is not None else "cpu"
+    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+def _hooks(process, known, hook, generator) -> list[Hook]:
+    hooks = []
+    if known is not None:
+        hooks.append(known_region(process, known[0], known[1], generator))
+    if hook is not None:
+        hooks.append(hook)
+    return hooks
+
+
+def _run(process: GaussianDiffusion, model_fn: ModelFn, x: torch.Tensor, step, hooks: list[Hook],
+         progress: Optional[Progress]) -> torch.Tensor:
+    n = process.num_timesteps
+    for h in hooks:
+        x = h(x, n - 1)
+    for done, i in enumerate(reversed(range(n)), start=1):
+        t = _full_t(i, x)
+        x, pred_x0 = step(model_fn(x, process.model_timesteps(t)), x, t)
+        for h in hooks:
+            x = h(x, i - 1)
+        if progress is not None:
+            progress(done, n, x, pred_x0)
+    return x
+
+
+@torch.no_grad()
+def ddpm_sample(process: GaussianDiffusion, model_fn: ModelFn, shape: Sequence[int], *,
+                generator: Optional[torch.Generator] = None, device=None, dtype: torch.dtype = torch.float32,
+                x_T: Optional[torch.Tensor] = None, clip_denoised: bool = False,
+                clip_range: tuple[float, float] = (-1.0, 1.0),
+                known: Optional[tuple[torch.Tensor, torch.Tensor]] = None, hook: Optional[Hook] = None,
+                progress: Optional[Progress] = None) -> torch.Tensor:
+    """Ancestral sampling over every step of ``process`` -> x_0 of ``shape``. ``known=(x_known, mask)`` keeps the
+    masked values (see ``known_region``); ``hook`` runs after it; ``x_T`` replaces the initial noise."""
+    x = _start(shape, x_T, generator, device, dtype)
+
+    def step(output, x, t):
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return ddpm_step(process, output, x, t, noise, clip_denoised, clip_range)
+
+    return _run(process, model_fn, x, step, _hooks(process, known, hook, generator), progress)
+
+
+@torch.no_grad()
+def ddim_sample(process: GaussianDiffusion, model_fn: ModelFn, shape: Sequence[int], *, eta: float = 0.0,
+                generator: Optional[torch.Generator] = None, device=None, dtype: torch.dtype = torch.float32,
+                x_T: Optional[torch.Tensor] = None, clip_denoised: bool = False,
+                clip_range: tuple[float, float] = (-1.0, 1.0),
+                known: Optional[tuple[torch.Tensor, torch.Tensor]] = None, hook: Optional[Hook] = None,
+                progress: Optional[Progress] = None) -> torch.Tensor:
+    """DDIM sampling over every step of ``process`` -> x_0; η = 0 (default) is deterministic given x_T.
+    Arguments as ``ddpm_sample``."""
+    x = _start(shape, x_T, generator, device, dtype)
+
+    def step(output, x, t):
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if eta > 0 else None
+        return ddim_step(process, output, x, t, eta, noise, clip_denoised, clip_range)
+
+    return _run(process, model_fn, x, step, _hooks(process, known, hook, generator), progress)
+
+
+@torch.no_grad()
+def ddim_invert(process: GaussianDiffusion, model_fn: ModelFn, x0: torch.Tensor, refine: int = 0,
+                progress: Optional[Callable[[int, int, torch.Tensor], None]] = None) -> torch.Tensor:
+    """Deterministic DDIM inversion x_0 -> x_T (level ᾱ_{T−1}, where ``ddim_sample`` starts), so that
+    ``ddim_sample(process, model_fn, x0.shape, x_T=ddim_invert(process, model_fn, x0))`` returns ≈ x0.
+
+    Plain inversion (``refine=0``) evaluates the network at the step's start point, an O(1/steps) error
+    (measured on a Gaussian toy: ~0.06 max abs at 50 steps, ~0.003 at 1000). ``refine=k`` re-evaluates it k times
+    at the current estimate of the step's end point: a fixed-point iteration towards the exact inverse of the
+    sampler's step (k + 1 network calls per step). No clipping: it would make the map non-invertible."""
+    x = x0
+    n = process.num_timesteps
+    for i in range(n):
+        t = _full_t(i, x)
+        timesteps = process.model_timesteps(t)
+        x_next = ddim_reverse_step(process, model_fn(x, timesteps), x, t)
+        for _ in range(refine):  # the sampler will evaluate at (x_next, t): use the ε it will see
+            x_next = ddim_reverse_step(process, model_fn(x_next, timesteps), x, t)
+        x = x_next
+        if progress is not None:
+            progress(i + 1, n, x)
+    return x

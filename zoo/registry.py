@@ -1,0 +1,286 @@
+"""The fixed table of what a file may name: components (LightningModules) and DataModules.
+
+A checkpoint is data. It may say *which* of the project's components it holds -- by a short name looked up in
+the tables below, never by an import path -- and it may carry that component's hyper-parameters, which must be
+plain values (numbers, strings, lists, dicts) accepted by the component's constructor. Nothing read from a file is
+imported, called by name or handed to Hydra's ``instantiate``: a file that names anything else, or carries a
+``_target_``-style node anywhere, is refused with an ``UnsafeCheckpointError`` before any code runs.
+
+Adding a component: one line in ``_COMPONENTS`` (its short name -> a function importing its class), plus, if it
+is an image tokenizer, its name in ``IMAGE_TOKENIZERS``.
+"""
+from __future__ import annotations
+
+import inspect
+import pickle
+import math
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+from zoo.errors import ConfigError
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
+    """A file asks for something the project will not do on a file's say-so (import code, call a target, ...)."""
+
+
+# --------------------------------------------------------------------------------------------- the tables
+def _dvae():
+    from zoo.models.dvae.lit import DVAELit
+
+    return DVAELit
+
+
+def _vqvae():
+    from zoo.models.vqvae.lit import VQVAELit
+
+    return VQVAELit
+
+
+def _clip():
+    from zoo.models.clip.lit import ClipLit
+
+    return ClipLit
+
+
+def _dalle():
+    from zoo.models.dalle.lit import DalleLit
+
+    return DalleLit
+
+
+_COMPONENTS: dict[str, Callable[[], type]] = {"dvae": _dvae, "vqvae": _vqvae, "clip": _clip, "dalle": _dalle}
+
+IMAGE_TOKENIZERS = ("dvae", "vqvae")
+
+# Checkpoints written before the registry carried the class's import path (``zoo_class``). Those exact strings are
+# recognised as names (a string compare, no import), so earlier ``make demo`` checkpoints still load.
+_LEGACY_CLASS_PATHS = {
+    "zoo.models.dvae.lit.DVAELit": "dvae",
+    "zoo.models.vqvae.lit.VQVAELit": "vqvae",
+    "zoo.models.clip.lit.ClipLit": "clip",
+    "zoo.models.dalle.lit.DalleLit": "dalle",
+}
+
+# Constructor arguments that never come from a file: factories (``_partial_`` nodes at training time) and
+# arguments whose value a rebuild must not take from the file (paths to other files, downloads).
+_NEVER_FROM_FILE = {"optimizer", "scheduler", "self"}
+
+# What a rebuild from a checkpoint sets regardless of the file: the weights come from the state dict, so no
+# pretrained tag, external checkpoint or tokenizer file is opened again.
+_REBUILD_OVERRIDES: dict[str, dict[str, Any]] = {
+    "clip": {"load_weights": False, "pretrained": None, "checkpoint": None, "cache_dir": None},
+    "dalle": {"tokenizer_ckpt": None},
+}
+
+
+def _net_dataclass(name: str) -> Optional[type]:
+    """The config dataclass that a component's ``net`` overrides (None where ``net`` is free-form, e.g. open_clip's
+    nested model config, which is still checked to be plain values)."""
+    if name == "dvae":
+        from zoo.models.dvae.model import DVAEConfig
+
+        return DVAEConfig
+    if name == "vqvae":
+        from zoo.models.vqvae.model import VQVAEConfig
+
+        return VQVAEConfig
+    if name == "dalle":
+        from zoo.models.dalle.model import DalleTransformerConfig
+
+        return DalleTransformerConfig
+    return None
+
+
+def _shapes_dm():
+    from zoo.data.modules import ShapesDataModule
+
+    return ShapesDataModule
+
+
+def _coco_dm():
+    from zoo.data.modules import CocoDataModule
+
+    return CocoDataModule
+
+
+def _webdataset_dm():
+    from zoo.data.modules import WebDataModule
+
+    return WebDataModule
+
+
+_DATAMODULES: dict[str, Callable[[], type]] = {"shapes": _shapes_dm, "coco": _coco_dm, "webdataset": _webdataset_dm}
+_LEGACY_DATAMODULE_TARGETS = {
+    "zoo.data.modules.ShapesDataModule": "shapes",
+    "zoo.data.modules.CocoDataModule": "coco",
+    "zoo.data.modules.WebDataModule": "webdataset",
+}
+
+
+def component_names() -> list[str]:
+    return sorted(_COMPONENTS)
+
+
+def component_class(name: str) -> type:
+    """The LightningModule class registered as ``name`` (a ConfigError naming the choices otherwise)."""
+    if name not in _COMPONENTS:
+        raise UnsafeCheckpointError(f"unknown component {name!r}; the registered components are {component_names()}")
+    return _COMPONENTS[name]()
+
+
+def component_name_of(obj_or_cls: Any) -> str:
+    """The registry name of a LightningModule instance or class (what ``CheckpointInfo`` stamps)."""
+    cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
+    for name, get in _COMPONENTS.items():
+        if issubclass(cls, get()):
+            return name
+    raise ConfigError(f"{cls.__name__} is not a registered component; add it to zoo.registry._COMPONENTS")
+
+
+def component_in(ckpt: Mapping[str, Any], where: str = "the checkpoint") -> str:
+    """The registered component a loaded checkpoint dict says it holds (``zoo_component``, or a legacy
+    ``zoo_class`` that matches a known class path exactly)."""
+    if not isinstance(ckpt, Mapping):
+        raise UnsafeCheckpointError(f"{where} is not a zoo-train checkpoint (a {type(ckpt).__name__}, not a dict)")
+    name = ckpt.get("zoo_component")
+    if name is None and "zoo_class" in ckpt:
+        legacy = ckpt["zoo_class"]
+        if legacy not in _LEGACY_CLASS_PATHS:
+            raise UnsafeCheckpointError(
+                f"{where} names the class {legacy!r}, which is not one of the project's components "
+                f"({component_names()}); refusing to import anything a file names")
+        name = _LEGACY_CLASS_PATHS[legacy]
+    if name is None:
+        raise UnsafeCheckpointError(f"{where} was not written by zoo-train (no zoo_component stamp); load its "
+                                    f"state_dict into the model class yourself")
+    if not isinstance(name, str) or name not in _COMPONENTS:
+        raise UnsafeCheckpointError(f"{where} names the component {name!r}, which is not registered "
+                                    f"(registered: {component_names()})")
+    return name
+
+
+# --------------------------------------------------------------------------------------- value checking
+_HYDRA_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
+
+
+def check_plain(value: Any, where: str, depth: int = 0) -> None:
+    """Refuse anything but plain data: None, bool, int, float, str, lists/tuples and str-keyed dicts of those, with
+    no Hydra instantiation key anywhere. (Tensors are never hyper-parameters.)"""
+    if depth > 32:
+        raise UnsafeCheckpointError(f"{where}: nesting deeper than 32 levels")
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_plain(v, f"{where}[{i}]", depth + 1)
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise UnsafeCheckpointError(f"{where}: a non-string key {k!r}")
+            if k in _HYDRA_KEYS or (k.startswith("_") and k.endswith("_") and len(k) > 2):
+                raise UnsafeCheckpointError(
+                    f"{where}.{k}: a file may not carry instantiation nodes ({k}); refusing to run code a file names")
+            check_plain(v, f"{where}.{k}", depth + 1)
+        return
+    raise UnsafeCheckpointError(f"{where}: {type(value).__name__} is not a plain value (number, string, list, dict)")
+
+
+def _constructor_args(cls: type) -> set[str]:
+    params = inspect.signature(cls.__init__).parameters
+    return {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - _NEVER_FROM_FILE
+
+
+def checked_hparams(name: str, hparams: Any, where: str = "the checkpoint") -> dict[str, Any]:
+    """The hyper-parameters of component ``name`` read from a file, as constructor kwargs: plain values only, every
+    key an argument of the component's constructor (factories and file paths excluded), rebuild overrides applied.
+    Field-level checks (``net`` against the config dataclass) happen in the component's own ``build_config``."""
+    cls = component_class(name)
+    hp = dict(hparams or {})
+    check_plain(hp, f"{where}: hyper_parameters")
+    allowed = _constructor_args(cls)
+    unknown = sorted(set(hp) - allowed)
+    if unknown:
+        raise UnsafeCheckpointError(f"{where}: hyper-parameter(s) {unknown} are not arguments of the {name} "
+                                    f"component (allowed: {sorted(allowed)})")
+    dc = _net_dataclass(name)
+    if dc is not None and hp.get("net"):
+        if not isinstance(hp["net"], Mapping):
+            raise UnsafeCheckpointError(f"{where}: net must be a dict of {dc.__name__} fields")
+        check_dataclass_values(dc, hp["net"], f"{where}: net")
+    hp.update(_REBUILD_OVERRIDES.get(name, {}))
+    return hp
+
+
+def check_dataclass_values(dc: type, values: Mapping[str, Any], where: str) -> None:
+    """Each value's type fits the dataclass field it overrides (int, float, bool, str, tuples/lists of those,
+    Optional[...]), so a file's ``net`` cannot smuggle, say, a dict where a width goes."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(dc)
+    names = {f.name for f in dataclasses.fields(dc)}
+    for k, v in values.items():
+        if k not in names:
+            raise UnsafeCheckpointError(f"{where}: {k!r} is not a field of {dc.__name__} (fields: {sorted(names)})")
+        if not _fits(v, hints.get(k, Any)):
+            raise UnsafeCheckpointError(f"{where}: {k}={v!r} does not fit the field's type {hints.get(k)}")
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    import typing
+
+    if tp is Any:
+        return True
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        return any(_fits(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (tuple, list, typing.Sequence) or tp in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False
+        inner = [a for a in args if a is not Ellipsis]
+        return all(_fits(v, inner[0] if len(inner) == 1 else Any) for v in value) if inner else True
+    if origin in (dict, typing.Mapping) or tp is dict:
+        return isinstance(value, Mapping)
+    if origin is typing.Literal:
+        return value in args
+    return True  # other annotated types: the component's own checks apply
+
+
+# ------------------------------------------------------------------------------------------ DataModules
+def datamodule_from_file_config(data_cfg: Any, where: str, drop: Iterable[str] = ("tokenizer", "features"),
+                                overrides: Optional[Mapping[str, Any]] = None):
+    """Rebuild one of the project's DataModules from a data config stored in a checkpoint (``zoo_config.data``):
+    the ``_target_`` string must match a registered DataModule exactly (no import), every other value must be plain
+    and an argument of its constructor. ``drop`` removes nested nodes the caller does not need (the text tokenizer,
+    itself a ``_target_`` node, is not needed to pick images)."""
+    if not isinstance(data_cfg, Mapping) or "_target_" not in data_cfg:
+        raise UnsafeCheckpointError(f"{where} carries no data config")
+    target = data_cfg["_target_"]
+    if target not in _LEGACY_DATAMODULE_TARGETS:
+        raise UnsafeCheckpointError(f"{where}: data config names {target!r}, not one of the project's DataModules "
+                                    f"({sorted(_LEGACY_DATAMODULE_TARGETS)})")
+    cls = _DATAMODULES[_LEGACY_DATAMODULE_TARGETS[target]]()
+    kw = {k: v for k, v in data_cfg.items() if k != "_target_" and k not in set(drop)}
+    check_plain(kw, f"{where}: data config")
+    allowed: set[str] = set()
+    for klass in cls.__mro__:  # a subclass passes **kwargs on to the base DataModule: both lists count
+        if "__init__" in vars(klass) and klass.__module__.startswith("zoo."):
+            allowed |= _constructor_args(klass)
+    unknown = sorted(set(kw) - allowed)
+    if unknown:
+        raise UnsafeCheckpointError(f"{where}: data config keys {unknown} are not arguments of {cls.__name__}")
+    kw.update(overrides or {})
+    return cls(**kw)
