@@ -277,3 +277,36 @@ def test_metrics_json_of_resumed_run(train_cfg, tmp_path):
     train(train_cfg(*common, "trainer.max_steps=3"))
     train(train_cfg(*common, "trainer.max_steps=6", "ckpt_path=last"))
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["global_step"] == 6
+
+
+@pytest.mark.slow
+def test_kill_9_mid_train_then_resume_equals_uninterrupted(train_cfg, tmp_path):
+    """SIGKILL at an arbitrary moment (no handler runs), resume from last.ckpt to S+3 steps == train S+3 straight."""
+    run_dir = tmp_path / "killed"
+    common = [*TINY, "logger=none", "test=false", "data.train_size=4096", "trainer.limit_val_batches=0",
+              "callbacks.last_checkpoint.every_n_train_steps=2", "callbacks.sample_grid=null"]
+    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "zoo.train", *common, "trainer.max_steps=400",
+                             f"hydra.run.dir={run_dir}", f"paths.log_dir={tmp_path / 'logs'}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline and not (last.is_file() and _state(last)["global_step"] >= 4):
+            time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    saved = _state(last)["global_step"]
+    target = saved + 3
+    resumed = train_cfg(*common, "trainer.max_steps=400", "ckpt_path=last")
+    resumed.paths.output_dir = str(run_dir)
+    resumed.trainer.max_steps = target
+    assert train(resumed)["global_step"] == target
+    straight = train_cfg(*common, "trainer.max_steps=400")
+    straight.paths.output_dir = str(tmp_path / "straight")
+    straight.trainer.max_steps = target
+    train(straight)
+    got = _state(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    ref = _state(tmp_path / "straight" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert _same_weights(got, ref)

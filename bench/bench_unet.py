@@ -1,0 +1,160 @@
+"""ADM U-Net benchmark on the CPU: training images/s and forward latency, fp32 vs bf16, contiguous vs channels_last.
+
+    OMP_NUM_THREADS=1 python bench/bench_unet.py [--preset shapes] [--size 32] [--batch 16] [--steps 4] [--threads N]
+
+On a machine shared with other jobs use one thread: OpenMP threads competing for busy cores were measured several
+times slower than one thread (fp32 forward 7.2 s per batch with 2 threads at load average 5, vs 1.3 s with 1).
+    PEER_DALLE2=/path/to/DALLE2-pytorch python bench/bench_unet.py     # also time lucidrains' Unet
+
+1. The machine: torch's CPU capability (AVX2 / AVX512 / ...) and whether the CPU has native bf16 instructions
+   (avx512_bf16 / amx_bf16 flags). Without them bf16 autocast is EMULATED and usually slower than fp32.
+2. For the preset (default ``shapes``: width 64, mult (1,2,4), 2 res blocks, attention at 16 and 8) at 32 px,
+   batch 16, epsilon-prediction training step = forward + MSE backward + AdamW step: images/s, and no-grad forward
+   ms per batch, for fp32 / bf16 autocast x contiguous / channels_last (the memory format of the weights AND the
+   input). Median of ``--steps`` timed steps after 2 warm-up steps.
+3. Peak memory: the process's peak resident set size (ru_maxrss) after each configuration (monotonic: a
+   configuration's own peak shows only where it exceeds the earlier ones).
+4. Optional peer: lucidrains/DALLE2-pytorch ``Unet(dim=64, dim_mults=(1,2,4))`` (its default: attention only in
+   the middle; also with ``self_attn=(False, True, True)``, attention at 16 and 8 like ours) on the same batch,
+   when ``PEER_DALLE2`` points at a checkout whose dependencies (einops, kornia, x-clip, ...) are installed.
+
+Prints figures; asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from zoo.nn.unet import UNET_PRESETS, UNet, count_params, make_unet_config
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KB
+
+
+def cpu_has_native_bf16() -> str:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"yes ({', '.join(found)})" if found else "no (bf16 is emulated: expect it slower than fp32)"
+
+
+def _timed(fn, steps: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_net(make_net, call, in_channels: int, size: int, batch: int, steps: int, bf16: bool,
+              channels_last: bool) -> tuple[float, float]:
+    """(train images/s, forward ms) of ``call(net, x_t, t)`` for one precision / layout."""
+    torch.manual_seed(0)
+    net = make_net()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    x = torch.randn(batch, in_channels, size, size).to(memory_format=fmt)
+    noise = torch.randn_like(x)
+    t = torch.randint(0, 1000, (batch,))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
+
+    def train_step():
+        with amp():
+            out = call(net, x, t)
+        loss = F.mse_loss(out.float()[:, :noise.shape[1]], noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    net.train()
+    step_s = _timed(train_step, steps)
+    net.eval()
+
+    @torch.no_grad()
+    def forward():
+        with amp():
+            call(net, x, t)
+
+    fwd_s = _timed(forward, steps)
+    return batch / step_s, fwd_s * 1e3
+
+
+def run_table(name: str, make_net, call, in_channels: int, args) -> None:
+    print(f"\n{name}: {args.size} px, batch {args.batch}, median of {args.steps} steps")
+    print(f"  {'precision':<10} {'layout':<15} {'train img/s':>12} {'fwd ms/batch':>13} {'peak RSS MB':>12}")
+    for bf16 in (False, True):
+        for cl in (False, True):
+            ips, fwd_ms = bench_net(make_net, call, in_channels, args.size, args.batch, args.steps, bf16, cl)
+            print(f"  {'bf16' if bf16 else 'fp32':<10} {'channels_last' if cl else 'contiguous':<15} "
+                  f"{ips:>12.1f} {fwd_ms:>13.1f} {peak_rss_mb():>12.0f}", flush=True)
+
+
+def peer_dalle2(args) -> None:
+    path = os.environ.get("PEER_DALLE2")
+    if not path:
+        print("\npeer lucidrains/DALLE2-pytorch: skipped (set PEER_DALLE2=<dir of a DALLE2-pytorch checkout>)")
+        return
+    sys.path.insert(0, path)
+    try:
+        from dalle2_pytorch.dalle2_pytorch import Unet as PeerUnet
+    except Exception as exc:  # its own dependency list is long (einops, kornia, x-clip, coca-pytorch, ...)
+        print(f"\npeer lucidrains/DALLE2-pytorch: skipped, import failed: {type(exc).__name__}: {exc}")
+        return
+
+    def call(net, x, t):
+        return net(x, t.float(), image_embed=None)
+
+    for label, kw in (("default: attention in the middle only", {}),
+                      ("self_attn=(False, True, True): attention at 16 and 8", {"self_attn": (False, True, True)})):
+        def make(kw=kw):
+            return PeerUnet(dim=64, dim_mults=(1, 2, 4), channels=3, **kw)
+        n = sum(p.numel() for p in make().parameters())
+        run_table(f"peer DALLE2-pytorch Unet(dim=64, dim_mults=(1,2,4)), {label}, {n / 1e6:.1f}M params",
+                  make, call, 3, args)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="shapes", choices=sorted(UNET_PRESETS))
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    print(f"torch {torch.__version__}; cpu capability: {torch.backends.cpu.get_cpu_capability()}; "
+          f"native bf16: {cpu_has_native_bf16()}")
+    # Timings on a shared machine are only as good as its idle cores: print the load next to the thread count.
+    print(f"threads: {torch.get_num_threads()} of {os.cpu_count()} cores; load average (1, 5, 15 min): "
+          + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
+    print("parameters (meta device): " + ", ".join(f"{n} {count_params(n) / 1e6:,.2f}M" for n in UNET_PRESETS))
+
+    cfg = make_unet_config(args.preset)
+    if cfg.context_dim is not None:  # time the unconditional net: context cost is the text encoder's business
+        cfg = make_unet_config(args.preset, context_dim=None)
+    n = sum(p.numel() for p in UNet(cfg).parameters())
+    run_table(f"zoo UNet preset {args.preset!r} ({n / 1e6:.1f}M params)", lambda: UNet(cfg),
+              lambda net, x, t: net(x, t), cfg.in_channels, args)
+    peer_dalle2(args)
+    print(f"\npeak RSS of the whole run: {peak_rss_mb():.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
