@@ -14,6 +14,7 @@ import torch
 
 from zoo.data.shapes import ShapesDataset
 from zoo.models.clip.lit import ClipLit
+from zoo.precision import describe_cpu
 
 
 def _median_rate(fn, n_items: int, steps: int) -> float:
@@ -27,6 +28,7 @@ def _median_rate(fn, n_items: int, steps: int) -> float:
 
 
 def main() -> None:
+    print(describe_cpu())  # what the figures below were measured on
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="shapes")
     ap.add_argument("--arch", default=None, help="any open_clip architecture instead of the preset's")

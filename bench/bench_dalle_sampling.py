@@ -21,8 +21,10 @@ import time
 
 import torch
 
+from zoo.models.dalle.model import PRESETS, DalleTransformer, DalleTransformerConfig
+from zoo.models.presets import resolve_preset
 from zoo.nn.sampling import sample_image_tokens
-from zoo.nn.transformer import DalleTransformer, make_config
+from zoo.precision import describe_cpu
 
 
 def peak_rss_mb() -> float:
@@ -80,6 +82,7 @@ def train_tokens_per_s(model, batch: int, steps: int, bf16: bool) -> tuple[float
 
 
 def main():
+    print(describe_cpu())  # what the figures below were measured on
     ap = argparse.ArgumentParser()
     ap.add_argument("--grids", type=int, nargs="+", default=[8, 16])
     ap.add_argument("--sample-batches", type=int, nargs="+", default=[1, 8])
@@ -98,7 +101,8 @@ def main():
 
     print("\nsampling, shapes preset (dim 256, 8 layers, text 48), top_k=64, seconds per image:")
     for g in args.grids:
-        model = DalleTransformer(make_config("shapes", grid_h=g, grid_w=g)).eval()
+        cfg = resolve_preset(PRESETS, DalleTransformerConfig, "shapes", {"grid_h": g, "grid_w": g}, "DALL·E")
+        model = DalleTransformer(cfg).eval()
         for b in args.sample_batches:
             cached = sampling_seconds(model, b, True)
             uncached = sampling_seconds(model, b, False)
@@ -106,7 +110,7 @@ def main():
                   f"uncached {uncached:7.3f} s/img  speed-up {uncached / cached:5.1f}x  "
                   f"(peak RSS so far {peak_rss_mb():.0f} MB)")
 
-    model = DalleTransformer(make_config("shapes")).train()
+    model = DalleTransformer(PRESETS["shapes"]).train()
     n = sum(p.numel() for p in model.parameters())
     print(f"\ntraining, shapes preset ({n / 1e6:.1f}M params, seq {model.cfg.seq_len - 1}), "
           f"batch {args.train_batch}:")

@@ -24,6 +24,7 @@ import torch
 
 from eval.features import INCEPTION_FILENAME, InceptionFeatures, make_random_inception_weights
 from eval.metrics import fid_statistics, frechet_distance, frechet_distance_from_statistics, kid
+from zoo.precision import describe_cpu
 
 
 def _timed(fn, repeat: int = 1) -> float:
@@ -34,6 +35,7 @@ def _timed(fn, repeat: int = 1) -> float:
 
 
 def main() -> None:
+    print(describe_cpu())  # what the figures below were measured on
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=64, help="images timed per precision")
     ap.add_argument("--batch", type=int, default=32)
@@ -113,7 +115,8 @@ def bench_suite(args) -> dict:
     ``--target``; the one-off costs (real CLIP features, cached afterwards) are timed separately."""
     from eval.ablations import MetricSuite
     from eval.judge import ShapesJudge, Vocab
-    from eval.protocols import RealBlurredGenerator, ShapesProtocol, generate_images
+    from eval.generators import RealBlurredGenerator, generate_images
+    from eval.shapes_protocol import ShapesProtocol
     from zoo.models.clip.scorer import ClipScorer
 
     n = args.suite_n

@@ -19,6 +19,7 @@ import torch
 
 from zoo.data import shapes
 from zoo.data.shapes import ShapesDataset, render_scene
+from zoo.precision import describe_cpu
 
 
 def _rate(fn, n: int, repeats: int) -> float:
@@ -32,6 +33,7 @@ def _rate(fn, n: int, repeats: int) -> float:
 
 
 def main() -> None:
+    print(describe_cpu())  # what the figures below were measured on
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=4000, help="samples per pass at 32 px (scaled down ~1/res above)")
     ap.add_argument("--resolutions", type=int, nargs="+", default=list(shapes.RESOLUTIONS))

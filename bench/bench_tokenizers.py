@@ -13,6 +13,8 @@ import time
 
 import torch
 
+from zoo.precision import describe_cpu
+
 
 def bench(model_name: str, preset: str, precision: str, steps: int) -> dict:
     from zoo.models.dvae.lit import DVAELit
@@ -50,6 +52,7 @@ def bench(model_name: str, preset: str, precision: str, steps: int) -> dict:
 
 
 def main() -> None:
+    print(describe_cpu())  # what the figures below were measured on
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", nargs="+", default=["shapes", "paper"])
     ap.add_argument("--models", nargs="+", default=["dvae", "vqvae"])

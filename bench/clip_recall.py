@@ -11,9 +11,11 @@ import torch
 from zoo.data.shapes import ShapesDataset
 from zoo.models.clip.lit import recall_at_k
 from zoo.models.clip.scorer import ClipScorer
+from zoo.precision import describe_cpu
 
 
 def main() -> None:
+    print(describe_cpu())  # what the figures below were measured on
     ap = argparse.ArgumentParser()
     ap.add_argument("ckpt")
     ap.add_argument("--n", type=int, default=64)

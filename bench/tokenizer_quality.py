@@ -4,7 +4,7 @@
     python bench/tokenizer_quality.py --model dvae --minutes 10 --set recon_loss=mse
     python bench/tokenizer_quality.py --model vqvae --minutes 10
 
-Plain training loop (bf16 autocast, channels_last) so the figure measures the model, not the framework. PSNR is
+Plain training loop (bf16 autocast if native, channels_last) so the figure measures the model, not the framework. PSNR is
 on reconstructions from the argmax / nearest codes: what the stage-2 transformer will see. Hyper-parameters
 (schedules, lr) default to conf/model/<model>.yaml, as `zoo-train model=<model>` uses them; --set / --lr override.
 The budget is CPU time (time.process_time) = minutes x torch threads, so contention from other processes
@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from zoo.data.shapes import ShapesDataset
+from zoo.precision import autocast_dtype, describe_cpu
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+AMP = autocast_dtype("cpu")  # bf16 where the CPU computes it natively, else None (fp32)
 
 
 def yaml_defaults(model: str) -> tuple[dict, float]:
@@ -47,7 +49,7 @@ def build(model: str, overrides: dict):
 def evaluate(lit, val: torch.Tensor) -> dict[str, float]:
     tok = lit.tokenizer
     lit.eval()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=AMP or torch.bfloat16, enabled=AMP is not None):
         codes = torch.cat([tok.encode(val[i : i + 256]) for i in range(0, len(val), 256)])
         recon = torch.cat([tok.decode(codes[i : i + 256]).float() for i in range(0, len(val), 256)])
     lit.train()
@@ -57,6 +59,7 @@ def evaluate(lit, val: torch.Tensor) -> dict[str, float]:
 
 
 def main() -> None:
+    print(describe_cpu())
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="dvae", choices=["dvae", "vqvae"])
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -90,7 +93,7 @@ def main() -> None:
     while time.process_time() - t0 < budget:
         idx = range(step * args.batch_size, (step + 1) * args.batch_size)
         x = torch.stack([train[i]["image"] for i in idx])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=AMP or torch.bfloat16, enabled=AMP is not None):
             r = lit.forward_loss(x, step=step)
         opt.zero_grad(set_to_none=True)
         r["loss"].backward()

@@ -1,0 +1,178 @@
+"""trainer.precision=auto picks what the hardware runs fast; no config hard-codes bf16; bad values fail early."""
+from __future__ import annotations
+
+import logging
+import platform
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import conf
+from zoo import precision as zp
+from zoo.errors import ConfigError
+
+CONF = Path(conf.__file__).parent
+EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml"))
+TINY = [
+    "model=dvae", "model.preset=tiny", "data=shapes", "data.train_size=8", "data.val_size=8", "data.test_size=8",
+    "data.batch_size=8", "logger=csv", "trainer=cpu", "trainer.enable_progress_bar=false", "train=false", "test=false",
+]
+
+
+@pytest.fixture
+def native(monkeypatch):
+    def force(on: bool):
+        monkeypatch.setenv(zp.ENV_OVERRIDE, "1" if on else "0")
+
+    return force
+
+
+def test_auto_follows_native_bf16_on_cpu(native):
+    native(True)
+    assert zp.cpu_has_native_bf16()
+    prec, why = zp.resolve_precision("auto", "cpu")
+    assert prec == "bf16-mixed" and "native bf16" in why
+    native(False)
+    assert not zp.cpu_has_native_bf16()
+    prec, why = zp.resolve_precision("auto", "cpu")
+    assert prec == "32-true" and "no native bf16" in why
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+def test_auto_without_cuda(native):
+    native(True)
+    assert zp.resolve_precision("auto", "auto")[0] == "bf16-mixed"  # Lightning's auto falls back to the CPU
+    assert zp.resolve_precision("auto", "gpu")[0] == "32-true"  # (Lightning then reports the missing GPU itself)
+    assert zp.autocast_dtype("cuda") is None
+
+
+@pytest.mark.parametrize("value", ["32-true", "bf16-mixed", "bf16-true", "16-mixed", "64-true", 32, "bf16"])
+def test_explicit_values_pass_through(native, value):
+    native(True)
+    assert zp.resolve_precision(value, "cpu") == (value, "set explicitly")
+
+
+def test_explicit_bf16_on_cpu_without_native_bf16_warns(native, caplog):
+    native(False)
+    with caplog.at_level(logging.WARNING, logger="zoo.precision"):
+        assert zp.resolve_precision("bf16-mixed", "cpu")[0] == "bf16-mixed"
+    assert "trainer.precision=auto" in caplog.text and "native bf16" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="zoo.precision"):
+        zp.resolve_precision("32-true", "cpu")
+        native(True)
+        zp.resolve_precision("bf16-mixed", "cpu")
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize("bad", ["bf16-mix", "fp32", "half", 8])
+def test_invalid_precision_lists_the_valid_values(bad):
+    with pytest.raises(ConfigError) as e:
+        zp.resolve_precision(bad, "cpu")
+    msg = str(e.value)
+    assert "auto" in msg and "32-true" in msg and "bf16-mixed" in msg and "fix: " in msg
+
+
+def test_autocast_dtype_and_describe_cpu(native):
+    native(True)
+    assert zp.autocast_dtype("cpu") is torch.bfloat16 and zp.autocast_dtype(torch.device("cpu")) is torch.bfloat16
+    assert "native bf16: yes" in zp.describe_cpu()
+    native(False)
+    assert zp.autocast_dtype("cpu") is None and zp.autocast_dtype("meta") is None
+    line = zp.describe_cpu()
+    assert "native bf16: no" in line and "capability" in line and "\n" not in line
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.machine() != "x86_64", reason="reads /proc/cpuinfo")
+def test_detection_reads_cpuinfo_flags(monkeypatch):
+    monkeypatch.delenv(zp.ENV_OVERRIDE, raising=False)
+    flags = Path("/proc/cpuinfo").read_text().split()
+    assert zp.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def test_math_sdpa_only_for_reduced_precision_on_cpu():
+    assert zp.math_sdpa_preferred("cpu", torch.bfloat16)
+    assert not zp.math_sdpa_preferred("cpu", torch.float32)
+    assert not zp.math_sdpa_preferred("cuda", torch.bfloat16)
+
+
+def test_no_config_hard_codes_bf16():
+    """Every precision in conf/ is auto (trainer presets inherit it from trainer/default.yaml); no bf16 anywhere."""
+    offenders = []
+    for path in sorted(CONF.rglob("*.yaml")):
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            m = re.match(r"\s*precision\s*:\s*(\S+)", code)
+            if "bf16" in code or (m and m.group(1).strip("'\"") != "auto"):
+                offenders.append(f"{path.relative_to(CONF)}:{i}: {line.strip()}")
+    assert not offenders, "hard-coded precision (use auto):\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize("trainer", sorted(p.stem for p in (CONF / "trainer").glob("*.yaml")))
+def test_every_trainer_preset_defaults_to_auto(train_cfg, trainer):
+    assert train_cfg(f"trainer={trainer}").trainer.precision == "auto"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_defaults_to_auto(train_cfg, experiment):
+    assert train_cfg(f"experiment={experiment}").trainer.precision == "auto"
+
+
+def _built_trainer(train_cfg, monkeypatch, *overrides):
+    """Run zoo.train.train without fitting (train=false test=false) and return the Trainer it built."""
+    import zoo.train
+
+    built = {}
+    real = zoo.train.instantiate
+
+    def spy(*args, **kw):
+        obj = real(*args, **kw)
+        if type(obj).__name__ == "Trainer":
+            built["trainer"] = obj
+        return obj
+
+    monkeypatch.setattr(zoo.train, "instantiate", spy)
+    zoo.train.train(train_cfg(*TINY, *overrides))
+    return built["trainer"]
+
+
+def test_train_resolves_auto_to_fp32_without_native_bf16(train_cfg, monkeypatch, native, caplog):
+    native(False)
+    with caplog.at_level(logging.INFO, logger="zoo.train"):
+        trainer = _built_trainer(train_cfg, monkeypatch)
+    assert trainer.precision == "32-true"
+    assert "precision: 32-true (CPU has no native bf16" in caplog.text
+
+
+def test_train_resolves_auto_to_bf16_with_native_bf16(train_cfg, monkeypatch, native, caplog):
+    native(True)
+    with caplog.at_level(logging.INFO, logger="zoo.train"):
+        trainer = _built_trainer(train_cfg, monkeypatch)
+    assert trainer.precision == "bf16-mixed"
+    assert "precision: bf16-mixed (CPU has native bf16" in caplog.text
+
+
+def test_train_keeps_an_explicit_precision(train_cfg, monkeypatch, native):
+    native(True)
+    assert _built_trainer(train_cfg, monkeypatch, "trainer.precision=32-true").precision == "32-true"
+
+
+def test_invalid_precision_fails_before_training(train_cfg):
+    from zoo.train import train
+
+    cfg = train_cfg(*TINY[:-2], "trainer.precision=bf16-mix")
+    with pytest.raises(ConfigError, match="valid: auto"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+def test_inception_autocast_auto_follows_the_cpu(native, tmp_path):
+    from eval.features import INCEPTION_FILENAME, InceptionFeatures, make_random_inception_weights
+
+    weights = make_random_inception_weights(tmp_path / INCEPTION_FILENAME)
+    native(False)
+    assert InceptionFeatures(weights, autocast_dtype="auto").autocast_dtype is None
+    native(True)
+    assert InceptionFeatures(weights, autocast_dtype="auto").autocast_dtype is torch.bfloat16
