@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: demo test test-fast bench clean setup
+.PHONY: demo test test-fast lint format bench clean setup
 
 setup: $(STAMP)
 
@@ -22,8 +22,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m zoo.demo
 
-test: $(STAMP)
+# lint first: a style or pyflakes error fails CI before the (longer) tests run
+test: $(STAMP) lint
 	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests -m "not slow"

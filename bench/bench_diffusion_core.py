@@ -61,6 +61,9 @@ def diffusers_ms(name: str, shape, steps: int, reps: int) -> float:
 
 
 def main() -> None:
+    from zoo.precision import describe_cpu
+
+    print(describe_cpu())  # what the figures below were measured on
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--reps", type=int, default=3)

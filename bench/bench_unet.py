@@ -129,6 +129,9 @@ def peer_dalle2(args) -> None:
 
 
 def main() -> None:
+    from zoo.precision import describe_cpu
+
+    print(describe_cpu())  # what the figures below were measured on
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="shapes", choices=sorted(UNET_PRESETS))
     ap.add_argument("--size", type=int, default=32)

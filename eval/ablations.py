@@ -15,7 +15,7 @@ of CLIP-reranked candidates per caption.
   ``is_judge``        a domain Inception Score: IS on the judge's (shape x colour) class distribution
   ==================  =========================================================================================
 
-  The blur (``eval.blur.gaussian_blur``: radius = Gaussian standard deviation in pixels, at the evaluation
+  The blur (``zoo.data.degradations.gaussian_blur``: radius = Gaussian standard deviation in pixels, at the evaluation
   resolution) is applied to generated *and* real images before every metric, as in the paper's Fig. 9(a).
 
 - ``blur_ablation``: one row per radius (default 0, 1, 2, 4, 8) on the same generated images.
@@ -27,15 +27,21 @@ of CLIP-reranked candidates per caption.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from eval.blur import DALLE_BLUR_RADII, blur_kernel_size, gaussian_blur
+from eval.eval_set import EvalSet, ImageBank, resize_for_eval
 from eval.features import check_images, iter_image_batches
-from eval.metrics import clip_features, compute_metrics, frechet_distance, inception_score
-from eval.protocols import EvalSet, ImageBank, as_candidate_generator, resize_for_eval
+from eval.metrics import (
+    clip_features,
+    compute_metrics,
+    frechet_distance,
+    inception_score,
+)
+from zoo.data.degradations import blur_kernel_size, gaussian_blur
 from zoo.models.clip.scorer import clip_score_from_cos
+from zoo.pipelines.base import as_candidate_generator
 from zoo.progress import track
 
 INCEPTION_METRICS = ("fid", "kid", "is")
@@ -45,6 +51,7 @@ ALL_METRICS = INCEPTION_METRICS + CLIP_METRICS + JUDGE_METRICS
 NEEDS = {**{m: "inception" for m in INCEPTION_METRICS}, **{m: "clip" for m in CLIP_METRICS},
          **{m: "judge" for m in JUDGE_METRICS}}
 RERANK_CANDIDATES = (1, 2, 4, 8, 16, 32)
+DALLE_BLUR_RADII = (0, 1, 2, 4, 8)  # Fig. 9(a)'s radii
 # Which direction is better, for reports and plots.
 HIGHER_IS_BETTER = {"fid": False, "kid": False, "is": True, "fd_clip": False, "clip_score": True,
                     "prompt_fidelity": True, "attribute_accuracy": True, "is_judge": True}

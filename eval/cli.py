@@ -6,7 +6,8 @@
     zoo-eval experiment=dalle1/fig9             # the whole Figure 9 table (conf/eval/experiment/dalle1/*)
     zoo-eval metrics=[fd_clip,clip_score,prompt_fidelity,is_judge] logger=none
 
-Config: ``conf/eval/eval.yaml`` (groups ``protocol/``, ``generator/``, ``logger/``, ``experiment/``). Output in the
+Config: ``conf/eval/eval.yaml`` (groups ``protocol/``, ``logger/``, ``experiment/`` under ``conf/eval/``; the
+``generator/``, ``paths/`` and ``hydra/`` groups are the top-level ones ``zoo-sample`` and ``zoo-train`` use). Output in the
 run directory: ``results.json``, ``results.md``, ``blur.png``, ``rerank.png``, ``samples.png`` and, with
 ``logger=wandb`` (default, offline), a W&B run with the tables (``wandb.Table``) and plots (``wandb.Image``).
 
@@ -23,19 +24,27 @@ from typing import Any, Optional
 
 import hydra
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from eval.ablations import (
-    ALL_METRICS, CLIP_METRICS, INCEPTION_METRICS, JUDGE_METRICS, MetricSuite, blur_ablation, check_metrics,
-    check_radii, rerank_ablation, rerank_select,
+    ALL_METRICS,
+    CLIP_METRICS,
+    INCEPTION_METRICS,
+    JUDGE_METRICS,
+    MetricSuite,
+    blur_ablation,
+    check_metrics,
+    check_radii,
+    rerank_ablation,
+    rerank_select,
 )
-from eval.protocols import EvalSet, generate_images
-from zoo.config import report_user_errors
+from eval.eval_set import EvalSet
+from eval.generators import generate_images
+from zoo.config import instantiate, report_user_errors
 from zoo.errors import ConfigError, MissingWeightsError
 
 log = logging.getLogger("zoo.eval")
 ABLATIONS = ("blur", "rerank")
-CKPT_KEYS = ("ckpt", "checkpoint", "dalle_ckpt", "clip_ckpt", "path")
 
 
 # ------------------------------------------------------------------------------------------------ building blocks
@@ -49,49 +58,16 @@ def build_protocol(node: DictConfig):
     missing = [k for k in node if OmegaConf.is_missing(node, k)]
     if missing:
         raise ConfigError(f"protocol.{missing[0]} is required (fix: protocol.{missing[0]}=...)")
-    return _instantiate(node, "protocol")
-
-
-def _instantiate(node: DictConfig, what: str, **kwargs):
-    from hydra.errors import InstantiationException
-
-    try:
-        return hydra.utils.instantiate(node, _convert_="all", **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__
-        from zoo.checkpoint import CorruptCheckpointError, UnsafeCheckpointError
-
-        if isinstance(cause, (ConfigError, MissingWeightsError, UnsafeCheckpointError, CorruptCheckpointError)):
-            raise cause from None
-        if isinstance(cause, ImportError) or "Error locating target" in str(e):
-            raise ConfigError(
-                f"cannot build {what} {_target(node)!r}: {cause or e} (fix: choose another {what}, e.g. "
-                f"{what}=real_blurred / folder, or install / write the module it names)") from e
-        raise
+    return instantiate(node, "protocol")
 
 
 def build_generator(node: DictConfig, eval_set: EvalSet):
-    """Instantiate the generator config; check required keys and checkpoint files first (ConfigError with the fix);
-    ``bind(eval_set)`` it when it has that hook (the real_blurred check generator)."""
-    if node is None or "_target_" not in node:
-        raise ConfigError("no generator configured (fix: generator=real_blurred | folder | dalle)")
-    missing = [k for k in node if OmegaConf.is_missing(node, k)]
-    if missing:
-        raise ConfigError(f"generator {_target(node)} needs generator.{missing[0]} (fix: generator.{missing[0]}="
-                          f"{'/path/to/samples' if missing[0] == 'path' else '...'})")
-    for key in node:
-        if key.endswith(CKPT_KEYS[:4]) and node[key] not in (None, ""):
-            path = Path(str(node[key])).expanduser()
-            if not path.is_file():
-                hint = (" -- train one with `make demo` (logs/demo/dalle) or zoo-train" if "dalle" in key
-                        else " -- e.g. `make demo`'s CLIP, or zoo-train experiment=clip/shapes" if "clip" in key
-                        else "")
-                raise ConfigError(f"generator.{key}: checkpoint not found: {path} "
-                                  f"(fix: generator.{key}=/path/to/file.ckpt{hint})")
-    gen = _instantiate(node, "generator")
-    if not callable(getattr(gen, "generate", None)):
-        raise ConfigError(f"generator {_target(node)} built a {type(gen).__name__}, which has no "
-                          f"generate(captions) -> images method (fix: point _target_ at a Generator)")
+    """The ``conf/generator/`` node built as ``zoo-sample`` builds it (``zoo.pipelines.base.build_generator``:
+    required keys and checkpoint files checked first), then ``bind(eval_set)`` when it has that hook (the
+    real_blurred check generator)."""
+    from zoo.pipelines.base import build_generator as build
+
+    gen = build(node, "generator")
     if callable(getattr(gen, "bind", None)):
         gen.bind(eval_set)
     return gen
@@ -100,14 +76,14 @@ def build_generator(node: DictConfig, eval_set: EvalSet):
 def build_clip(node: DictConfig):
     """(ClipScorer, id for cache keys) from the ``clip`` node; ConfigError naming the fix when it cannot."""
     from eval.features import file_digest
-    from zoo.embed import build_scorer
+    from zoo.models.clip.scorer import ClipScorer
 
     ckpt = node.get("checkpoint")
     if ckpt and not Path(str(ckpt)).expanduser().is_file():
         raise ConfigError(f"CLIP checkpoint not found: {ckpt} (fix: clip.checkpoint=/path/to/clip.ckpt from "
                           f"`zoo-train experiment=clip/shapes` or `make demo`, or clip.checkpoint=null "
                           f"clip.arch=ViT-B-32 clip.pretrained=openai)")
-    scorer = build_scorer(node)
+    scorer = ClipScorer.from_config(node)
     if ckpt:
         ident = f"clip:{node.get('arch') or 'zoo'}@{file_digest(ckpt)}"
     else:

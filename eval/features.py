@@ -33,10 +33,13 @@ from unittest import mock
 
 import torch
 import torch.nn as nn
-
 import torch_fidelity.feature_extractor_inceptionv3 as _tfi
+
 from zoo.checkpoint import atomic_torch_save, safe_load
 from zoo.errors import MissingWeightsError
+from zoo.pipelines.base import (  # the generator output contract
+    check_images,
+)
 
 INCEPTION_URL: str = _tfi.URL_INCEPTION_V3
 INCEPTION_FILENAME: str = os.path.basename(INCEPTION_URL)  # weights-inception-2015-12-05-6726825d.pth
@@ -44,9 +47,8 @@ INCEPTION_NAME = "inception-v3-compat"  # torch-fidelity's registry name for thi
 FEATURES = ("2048", "logits_unbiased")
 WEIGHTS_OPTION = "eval.inception_weights"
 
-# Images may overshoot [-1, 1] by float rounding only; anything more is a caller bug (unclamped model outputs,
-# [0, 255] images), reported instead of silently clamped.
-RANGE_TOLERANCE = 1e-3
+# Images may overshoot [-1, 1] by float rounding only (RANGE_TOLERANCE); anything more is a caller bug (unclamped
+# model outputs, [0, 255] images), reported by check_images instead of silently clamped.
 
 ImageSource = Union[torch.Tensor, Iterable]
 
@@ -112,37 +114,6 @@ def _build_extractor(state_dict: Optional[dict]) -> nn.Module:
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] floats -> uint8 [0, 255] by rounding (``round((x + 1) * 127.5)``, clamped)."""
     return ((images.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-
-
-def check_images(images, min_count: int = 1, what: str = "images") -> torch.Tensor:
-    """Raise ``ValueError`` with a fix unless ``images`` is a float (N, 3, H, W) tensor in [-1, 1], N >= min_count."""
-    if not torch.is_tensor(images):
-        raise ValueError(f"{what}: expected a torch.Tensor (N, 3, H, W) in [-1, 1], got {type(images).__name__}")
-    if images.dim() != 4:
-        hint = " (a single image? add a batch dim with x.unsqueeze(0))" if images.dim() == 3 else ""
-        raise ValueError(f"{what}: expected shape (N, 3, H, W), got {tuple(images.shape)}{hint}")
-    if images.shape[1] != 3:
-        hint = " (grayscale? use x.expand(-1, 3, -1, -1))" if images.shape[1] == 1 else ""
-        hint = " (channels-last? use x.permute(0, 3, 1, 2))" if images.shape[-1] == 3 else hint
-        raise ValueError(f"{what}: expected 3 channels (N, 3, H, W), got shape {tuple(images.shape)}{hint}")
-    if not images.is_floating_point():
-        raise ValueError(
-            f"{what}: expected float images in [-1, 1], got dtype {images.dtype} "
-            f"(uint8 [0, 255] images: convert with x.float() / 127.5 - 1)"
-        )
-    if images.shape[0] < min_count:
-        raise ValueError(f"{what}: need at least {min_count} images, got {images.shape[0]}")
-    if images.numel() == 0:
-        raise ValueError(f"{what}: empty tensor {tuple(images.shape)}")
-    finite = torch.isfinite(images)
-    if not bool(finite.all()):
-        bad = int((~finite).flatten(1).any(1).sum())
-        raise ValueError(f"{what}: {bad} of {images.shape[0]} images contain NaN or Inf values")
-    lo, hi = float(images.min()), float(images.max())
-    if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-        hint = " ([0, 255] images: use x / 127.5 - 1)" if hi > 2 else " (clamp model outputs with x.clamp(-1, 1))"
-        raise ValueError(f"{what}: values must lie in [-1, 1], got min {lo:.4g}, max {hi:.4g}{hint}")
-    return images
 
 
 def iter_image_batches(images: ImageSource, batch_size: int) -> Iterator[torch.Tensor]:

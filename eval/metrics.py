@@ -31,14 +31,30 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from torch_fidelity.metric_fid import (
+    KEY_METRIC_FID,
+    fid_features_to_statistics,
+    fid_statistics_to_metric,
+)
+from torch_fidelity.metric_isc import (
+    KEY_METRIC_ISC_MEAN,
+    KEY_METRIC_ISC_STD,
+    isc_features_to_metric,
+)
+from torch_fidelity.metric_kid import (
+    KEY_METRIC_KID_MEAN,
+    KEY_METRIC_KID_STD,
+    kid_features_to_metric,
+)
 
-from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric, KEY_METRIC_FID
-from torch_fidelity.metric_isc import isc_features_to_metric, KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD
-from torch_fidelity.metric_kid import kid_features_to_metric, KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD
+from eval.features import (
+    ImageSource,
+    InceptionFeatures,
+    check_images,
+    iter_image_batches,
+)
 from zoo.checkpoint import atomic_torch_save, safe_load
-
-from eval.blur import gaussian_blur
-from eval.features import ImageSource, InceptionFeatures, check_images, iter_image_batches
+from zoo.data.degradations import gaussian_blur
 
 METRICS = ("fid", "kid", "is")
 DEFAULT_SEED = 2020  # torch-fidelity's rng_seed (IS split shuffle, KID subsets)
@@ -286,7 +302,7 @@ def compute_metrics(
 
     ``real`` is images (a tensor (N, 3, H, W), an iterable of batches or a DataLoader of dict batches) or a
     ``RealStatsKey`` looked up in ``cache``; on a miss the statistics are computed from ``real_images`` and stored.
-    ``blur_radius`` (Gaussian standard deviation, ``eval.blur``) is applied to both sides (DALL·E fig. 9a).
+    ``blur_radius`` (Gaussian standard deviation, ``zoo.data.degradations``) is applied to both sides (DALL·E fig. 9a).
     IS is computed on ``fake`` only. Returns ``{"fid", "kid_mean", "kid_std", "is_mean", "is_std", "n_real",
     "n_fake", "kid_subset_size", "blur_radius", "extractor"}`` (only the requested metrics).
     """

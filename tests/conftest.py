@@ -42,6 +42,25 @@ def compose_cfg(tmp_path: Path, overrides: list[str], module: str = "conf", name
     return cfg
 
 
+def load_test_helpers(name: str):
+    """``tests/<name>.py`` as a module (pytest runs with --import-mode=importlib, so tests/ is not on sys.path)."""
+    import importlib.util
+
+    key = f"zoo_tests_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+@pytest.fixture(scope="session")
+def dalle_helpers():
+    """tests/helpers_dalle.py: tiny VQ-VAE / CLIP checkpoints and a tiny BPE for the DALL·E tests."""
+    return load_test_helpers("helpers_dalle")
+
+
 def compose_train_cfg(tmp_path: Path, overrides: list[str]):
     return compose_cfg(tmp_path, overrides)
 

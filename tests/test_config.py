@@ -32,15 +32,33 @@ def test_every_model_data_pair_composes(train_cfg, model, data):
     assert plain["data"]["_target_"].startswith("zoo.data.")
 
 
+# dalle: text tokens + a trained image tokenizer; glide: text tokens; the priors: zoo-embed CLIP features.
+NEEDS_MORE_THAN_IMAGES = ("dalle", "glide", "diffusion_prior", "ar_prior")
+
+
+def _synthetic_embed_file(path, n: int, clip_dim: int, text_len: int):
+    """A zoo-embed-shaped features file (random unit embeddings, token ids) so the prior experiments' checks of widths
+    and lengths run against the real check_data, without a CLIP."""
+    import torch
+
+    from zoo.checkpoint import atomic_torch_save
+
+    g = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(n, clip_dim, generator=g), dim=-1)
+    atomic_torch_save({"clip_image_emb": emb, "clip_text_emb": emb.roll(1, 0),
+                       "clip_text_tokens": torch.randint(1, 100, (n, text_len), generator=g)}, path)
+    return path
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_builds_tiny_on_shapes(train_cfg, model):
     cfg = train_cfg(f"model={model}", "model.preset=tiny", "data.train_size=8", "data.val_size=8", "data.test_size=8")
     dm = instantiate(cfg.data)
     net = instantiate(cfg.model)
-    if model == "dalle":  # stage 2 needs text tokens and a trained image tokenizer: the default data has neither
+    if model in NEEDS_MORE_THAN_IMAGES:  # the default data has no text tokens / tokenizer / CLIP features
         with pytest.raises(ConfigError, match="fix: "):
             check_compatibility(net, dm)
-        return  # (built and trained end to end in tests/models/test_dalle.py)
+        return  # (built and trained end to end in tests/models/test_<model>.py)
     check_compatibility(net, dm)
     assert sum(p.numel() for p in net.parameters()) > 0
 
@@ -76,17 +94,18 @@ def test_bad_caption_style_fails_when_building(train_cfg):
 
 
 def test_tokenizer_larger_than_model_vocab_is_refused():
+    """The vocabulary check is the model's own (DalleLit.check_data), run by check_compatibility; the fix it names
+    is a real override (model.net.text_vocab)."""
+    from zoo.models.dalle.lit import DalleLit
+
     class Tok:
         vocab_size = 49408
 
     class Data:
         tokenizer = Tok()
 
-    class Model:
-        text_vocab_size = 16384
-
-    with pytest.raises(ConfigError, match="text_vocab_size=49408"):
-        check_compatibility(Model(), Data())
+    with pytest.raises(ConfigError, match=r"model\.net\.text_vocab=49408"):
+        check_compatibility(DalleLit(preset="tiny", net={"text_vocab": 16384}), Data())
 
 
 def test_coco_missing_root_names_the_option(train_cfg, tmp_path):
@@ -117,8 +136,14 @@ def _shapes_tokenizer_ckpt(path: Path) -> Path:
 def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
     extra = []
     if "dalle" in experiment:  # builds on a stage-1 checkpoint; check the experiment's grid/vocab against a real one
-        extra = [f"model.tokenizer_ckpt={_shapes_tokenizer_ckpt(tmp_path / 'tokenizer.ckpt')}"]
+        extra = [f"model.image_tokenizer_ckpt={_shapes_tokenizer_ckpt(tmp_path / 'tokenizer.ckpt')}"]
     cfg = train_cfg(f"experiment={experiment}", "data.train_size=8", "data.val_size=8", "data.test_size=8", *extra)
     OmegaConf.to_container(cfg, resolve=True)
     net = instantiate(cfg.model)
+    if experiment.startswith("unclip/"):  # the priors train from zoo-embed files of the experiment's CLIP width
+        c = net.cfg
+        dim = getattr(c, "clip_dim", None) or getattr(c, "embed_dim")
+        feats = _synthetic_embed_file(tmp_path / "features.pt", 8, dim, c.text_len)
+        for split in ("train", "val", "test"):
+            cfg.data.features[split] = str(feats)
     check_compatibility(net, instantiate(cfg.data))

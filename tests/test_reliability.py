@@ -109,8 +109,8 @@ def test_gadget_checkpoints_are_refused_at_every_file_input(tmp_path, train_cfg,
             "zoo-eval generator.dalle_ckpt=": lambda: DallePipeline.from_checkpoints(str(path)),
             "zoo-eval generator.clip_ckpt=": lambda: ClipScorer.from_lightning_checkpoint(str(path)),
             "zoo-embed clip.checkpoint=": lambda: build_scorer({"checkpoint": str(path)}),
-            "zoo-train model.tokenizer_ckpt=": lambda: train(train_cfg(
-                "model=dalle", "model.preset=tiny", f"model.tokenizer_ckpt={path}", "data/tokenizer=bpe",
+            "zoo-train model.image_tokenizer_ckpt=": lambda: train(train_cfg(
+                "model=dalle", "model.preset=tiny", f"model.image_tokenizer_ckpt={path}", "data/tokenizer=bpe",
                 "data.train_size=8", "data.val_size=8", "data.test_size=8", "logger=none", "trainer=cpu")),
             "zoo-train ckpt_path=": lambda: train(train_cfg(*TINY, "logger=none", f"ckpt_path={path}")),
         }

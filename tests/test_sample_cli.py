@@ -1,16 +1,23 @@
-"""zoo-sample on a tokenizer checkpoint: reconstructions of the data it was trained on, as a grid PNG."""
+"""zoo-sample: a tokenizer checkpoint's reconstructions grid; a DALL·E checkpoint through the shared generator config
+(short ckpt= form and long generator= form); output names; renamed options."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
+import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from zoo.sample import sample
 from zoo.train import train
+
+
+def _sample_cfg(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose("sample", overrides=list(overrides))
 
 
 def test_sample_writes_reconstruction_grid(train_cfg, tmp_path):
@@ -28,24 +35,14 @@ def test_sample_writes_reconstruction_grid(train_cfg, tmp_path):
     assert png.is_file() and w > 32 and h > 32  # a grid of input | reconstruction pairs
 
 
-def _dalle_helpers():
-    import importlib.util
-    import sys
-
-    name = "zoo_test_dalle_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "models" / "test_dalle_helpers.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-def test_sample_dalle_writes_grid_images_and_clip_scores(train_cfg, tmp_path):
-    """zoo-sample on a tiny DALL·E checkpoint (zoo-train, 2 steps) with a tiny CLIP: grid + images + scores."""
+def test_sample_dalle_writes_grid_images_and_clip_scores(train_cfg, tmp_path, dalle_helpers):
+    """zoo-sample on a tiny DALL·E checkpoint (zoo-train, 2 steps) with a tiny CLIP: grid + images + scores; the
+    short form (ckpt=) and the long form (generator=dalle generator.dalle_ckpt=) are the same run."""
     import json
 
-    H = _dalle_helpers()
-    cfg = train_cfg("model=dalle", "model.preset=tiny", f"model.tokenizer_ckpt={H.tiny_tokenizer_ckpt(tmp_path / 't.ckpt')}",
+    H = dalle_helpers
+    cfg = train_cfg("model=dalle", "model.preset=tiny",
+                    f"model.image_tokenizer_ckpt={H.tiny_tokenizer_ckpt(tmp_path / 't.ckpt')}",
                     "+model.net.text_vocab=512", "+model.net.text_len=16", "+model.net.image_vocab=32",
                     "data/tokenizer=bpe", "data.tokenizer.vocab_size=300", "data.tokenizer.context_length=16",
                     f"data.resolution={H.RESOLUTION}", "data.train_size=16", "data.val_size=8", "data.test_size=8",
@@ -57,12 +54,12 @@ def test_sample_dalle_writes_grid_images_and_clip_scores(train_cfg, tmp_path):
     # two prompts that slug alike and one given twice: every one gets its own files and samples.json entry
     prompts = ["a large red circle at the top left", "a small blue square at the bottom right",
                "A large red circle at the top left!", "a large red circle at the top left"]
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        scfg = compose("sample", overrides=[f"ckpt={ckpt}", f"clip_ckpt={clip}", f"out_dir={tmp_path / 'out'}",
-                                            f"paths.root_dir={tmp_path}", f"prompts={json.dumps(prompts)}",
-                                            "n_candidates=6", "top_k=4", "guidance_scale=1.5", "sample_top_k=16"])
-    written = sample(scfg)
+    knobs = [f"generator.clip_ckpt={clip}", f"paths.root_dir={tmp_path}", f"prompts={json.dumps(prompts)}",
+             "generator.n_candidates=6", "n_keep=4", "generator.guidance_scale=1.5", "generator.top_k=16"]
+    written = sample(_sample_cfg(f"ckpt={ckpt}", f"out_dir={tmp_path / 'out'}", *knobs))
+    long_form = sample(_sample_cfg("generator=dalle", f"generator.dalle_ckpt={ckpt}", f"out_dir={tmp_path / 'long'}",
+                                   *knobs))
+    assert [e["clip_scores"] for e in long_form.values()] == [e["clip_scores"] for e in written.values()]
     saved = json.loads((tmp_path / "out" / "samples.json").read_text())
     keys = prompts[:3] + [prompts[3] + " #2"]
     assert list(saved) == keys == list(written) and [saved[k]["prompt"] for k in keys] == prompts
@@ -112,30 +109,47 @@ def test_prompt_file_names_are_unique_and_keep_their_prompt():
 
 
 def test_sample_never_overwrites_one_prompt_with_another(tmp_path, monkeypatch):
-    """zoo-sample with a text-to-image model: prompts that read alike, blank ones and a repeat -> distinct files."""
+    """zoo-sample with a text-to-image generator: prompts that read alike, blank ones and a repeat -> distinct files."""
     import json
 
     import torch
 
-    import zoo.checkpoint
+    import zoo.pipelines.base
 
-    class Generator(torch.nn.Module):
-        def generate(self, captions, n, seed):
+    class Generator:
+        def generate(self, captions):
             value = (len(captions[0]) % 7) / 7.0  # a different image per prompt
-            return {"images": torch.full((n, 3, 4, 4), value)}
+            return torch.full((len(captions), 3, 4, 4), value)
 
-    monkeypatch.setattr(zoo.checkpoint, "load_module", lambda *a, **k: Generator())
-    ckpt = tmp_path / "fake.ckpt"
-    ckpt.write_bytes(b"")
+    monkeypatch.setattr(zoo.pipelines.base, "build_generator", lambda *a, **k: Generator())
     prompts = ["a red circle", "A red circle!", "", "   ", "a red circle"]
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        scfg = compose("sample", overrides=[f"ckpt={ckpt}", f"out_dir={tmp_path / 'out'}", f"paths.root_dir={tmp_path}",
-                                            f"prompts={json.dumps(prompts)}", "n_per_prompt=2", "grid_scale=1"])
+    scfg = _sample_cfg(f"out_dir={tmp_path / 'out'}", f"paths.root_dir={tmp_path}", f"prompts={json.dumps(prompts)}",
+                       "n_keep=2", "grid_scale=1")
     written = sample(scfg)
     saved = json.loads((tmp_path / "out" / "samples.json").read_text())
     assert saved == written and len(saved) == 5
     assert [e["prompt"] for e in saved.values()] == prompts
+    assert all(len(e["images"]) == 2 and "clip_scores" not in e for e in saved.values())
     grids = [e["grid"] for e in saved.values()]
     assert len(set(grids)) == 5 and all(Path(g).is_file() for g in grids)
     assert len(list((tmp_path / "out").glob("*.png"))) == 5  # nothing overwritten
+
+
+@pytest.mark.parametrize("old, new", [("top_k=8", "n_keep"), ("clip_ckpt=x.ckpt", "generator.clip_ckpt"),
+                                      ("sample_top_k=4", "generator.top_k"), ("n_per_prompt=2", "n_keep")])
+def test_renamed_options_name_the_new_one(tmp_path, old, new):
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"renamed: {old.split('=')[0]}= -> {new}"):
+        sample(_sample_cfg(old, f"out_dir={tmp_path / 'out'}", 'prompts=["a"]'))
+
+
+def test_checkpoint_of_another_generator_names_the_option(train_cfg, tmp_path):
+    """ckpt=<dalle file> with a generator that takes no dalle_ckpt: the error names generator=dalle."""
+    from zoo.errors import ConfigError
+
+    ckpt = tmp_path / "fake.ckpt"
+    torch.save({"zoo_component": "dalle", "state_dict": {}}, ckpt)
+    with pytest.raises(ConfigError, match="generator=dalle"):
+        sample(_sample_cfg(f"ckpt={ckpt}", "generator=folder", "generator.path=/x", f"out_dir={tmp_path / 'o'}",
+                           'prompts=["a"]'))

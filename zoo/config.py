@@ -3,8 +3,10 @@
 - ``instantiate(node, what=...)``: ``hydra.utils.instantiate`` after a type check of the node's plain values against
   the target's constructor annotations (``data.batch_size=abc`` -> "data.batch_size must be an int, got 'abc'"),
   and with our own errors surfaced as they are instead of wrapped in Hydra's ``InstantiationException``, so the
-  message that names the fix is the last thing the user reads. Only the user's own config comes here: nothing read
-  from a file is ever instantiated (files go through ``zoo.registry``).
+  message that names the fix is the last thing the user reads; a ``_target_`` that cannot be imported becomes a
+  ``ConfigError`` naming the config node. Only the user's own config comes here: nothing read from a file is ever
+  instantiated (files go through ``zoo.registry``). Every entry point (zoo-train, zoo-sample, zoo-embed, zoo-eval)
+  builds through it: one policy.
 - ``USER_ERRORS`` / ``report_user_errors``: errors that carry their own fix (bad config, missing or unsafe files)
   are printed as one message without the traceback above it; ``ZOO_DEBUG=1`` (or ``HYDRA_FULL_ERROR=1``) shows
   the full trace.
@@ -85,6 +87,11 @@ def instantiate(node: Any, what: str = "config", **kwargs) -> Any:
         cause = e.__cause__
         if isinstance(cause, _user_error_types() + (ValueError,)):
             raise cause from None
+        if isinstance(cause, ImportError) or "Error locating target" in str(e):
+            target = node.get("_target_", "?") if hasattr(node, "get") else "?"
+            raise ConfigError(
+                f"cannot build {what} {str(target)!r}: {cause or e} (fix: choose another {what} option of its "
+                f"config group, or install / write the module it names)") from e
         raise
 
 

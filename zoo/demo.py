@@ -38,8 +38,8 @@ def run_sampling(prompts: list[str] = SAMPLE_PROMPTS) -> Path:
     out_dir = DEMO_DIR / "dalle_samples"
     clip = DEMO_DIR / "clip" / "checkpoints" / "last.ckpt"
     overrides = [f"ckpt={DEMO_DIR / 'dalle' / 'checkpoints' / 'last.ckpt'}",
-                 f"clip_ckpt={clip if clip.is_file() else 'null'}", f"prompts={json.dumps(prompts)}",
-                 "n_candidates=32", "top_k=8", f"hydra.run.dir={out_dir}"]
+                 f"generator.clip_ckpt={clip if clip.is_file() else 'null'}", f"prompts={json.dumps(prompts)}",
+                 "generator.n_candidates=32", "n_keep=8", f"hydra.run.dir={out_dir}"]
     print(f"\n=== demo stage 'dalle_samples': {shlex.join(['zoo-sample', *overrides])}", flush=True)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "zoo.sample", *overrides], check=True)

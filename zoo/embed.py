@@ -6,7 +6,10 @@ The unCLIP prior and decoder then train from ``clip_image_emb`` / ``clip_text_em
 Output: one ``.pt`` (written atomically, loadable with ``weights_only=True``) holding, in dataset index order,
 ``clip_image_emb`` (N, D) float32 L2-normalised, ``clip_text_emb`` (N, D) float32 L2-normalised and
 ``clip_text_tokens`` (N, L) int64 — the model's own open_clip token ids — plus ``meta``: a dict of plain values
-(CLIP source, embedding dim, item count, CLIP-score convention).
+(CLIP source, embedding dim, item count, CLIP-score convention). With ``text_encodings=true`` it also holds
+``clip_text_encodings`` (N, L, W) float16, the per-token outputs of CLIP's text tower (token embedding + positions
++ transformer + ln_final, before pooling and projection: what unCLIP's prior and decoder read as "encoded text"),
+and ``clip_text_mask`` (N, L) bool, True up to and including the end-of-text token.
 
 Config keys read (``conf/embed.yaml``):
   ``clip.checkpoint``  a zoo-train CLIP ``.ckpt`` (arch read from it) or, with ``clip.arch``, an open_clip file
@@ -16,6 +19,7 @@ Config keys read (``conf/embed.yaml``):
   ``clip.device``      (optional, default cpu)
   ``data``             a DataModule config (``conf/data/*``); ``split`` one of train/val/test
   ``out``              the output file; ``batch_size`` (default 128)
+  ``text_encodings``   (optional, default false) also write ``clip_text_encodings`` / ``clip_text_mask``
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from zoo.progress import track
 
 log = logging.getLogger("zoo.embed")
 
-EMBEDDING_KEYS = ("clip_image_emb", "clip_text_emb", "clip_text_tokens")
+EMBEDDING_KEYS = ("clip_image_emb", "clip_text_emb", "clip_text_tokens", "clip_text_encodings", "clip_text_mask")
 
 
 def _first_image_caption_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -41,17 +45,40 @@ def _first_image_caption_collate(samples: list[dict[str, Any]]) -> dict[str, Any
 
 
 @torch.no_grad()
+def text_token_encodings(model, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token outputs of an open_clip model's text tower: token ids (N, L) -> (encodings (N, L, W) float32,
+    mask (N, L) bool, True up to and including the end-of-text token (the arg-max id, as open_clip pools)).
+
+    ``encode_text`` without its pooling and projection: token embedding + positional embedding + transformer +
+    ln_final (``CLIP``), or the same pieces of ``model.text`` (``CustomTextCLIP``'s ``TextTransformer``)."""
+    if hasattr(model, "token_embedding") and hasattr(model, "ln_final"):  # open_clip.CLIP
+        cast = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens).to(cast) + model.positional_embedding.to(cast)  # (N, L, W)
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+    elif hasattr(getattr(model, "text", None), "_embeds") and getattr(model.text, "cls_emb", None) is None:
+        x, attn_mask = model.text._embeds(tokens)  # open_clip.CustomTextCLIP
+        x = model.text.ln_final(model.text.transformer(x, attn_mask=attn_mask))
+    else:
+        raise ConfigError(f"text_encodings=true needs an open_clip CLIP text tower; {type(model).__name__} has none "
+                          "(fix: text_encodings=false)")
+    eot = tokens.argmax(dim=-1, keepdim=True)  # (N, 1)
+    mask = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0) <= eot  # (N, L)
+    return x.float(), mask
+
+
+@torch.no_grad()
 def embed_dataset(scorer, dataset, out_path: str | Path, batch_size: int = 128, num_workers: int = 0,
-                  progress: bool = True, meta: dict[str, Any] | None = None) -> Path:
+                  progress: bool = True, meta: dict[str, Any] | None = None, text_encodings: bool = False) -> Path:
     """Encode every (image, caption) of ``dataset`` with ``scorer`` (a ``ClipScorer``) and save them to ``out_path``.
 
     Returns the path written. Rows are in dataset index order, so ``attach_embeddings`` can serve them by index.
+    ``text_encodings`` also writes ``clip_text_encodings`` (float16) and ``clip_text_mask`` (see the module doc).
     """
     from zoo.checkpoint import atomic_torch_save
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=int(batch_size), shuffle=False,
                                          num_workers=num_workers, collate_fn=_first_image_caption_collate)
-    img, txt, tok = [], [], []
+    img, txt, tok, enc, mask = [], [], [], [], []
     with track(total=len(dataset), desc=f"zoo-embed -> {Path(out_path).name}", unit="pair",
                disable=not progress) as bar:
         for batch in loader:
@@ -59,10 +86,16 @@ def embed_dataset(scorer, dataset, out_path: str | Path, batch_size: int = 128, 
             img.append(scorer.encode_image(batch["image"]).cpu())
             txt.append(scorer.encode_text(batch["caption"]).cpu())
             tok.append(tokens.cpu().long())
+            if text_encodings:
+                e, m = text_token_encodings(scorer.model, tokens.to(scorer.device))
+                enc.append(e.half().cpu())
+                mask.append(m.cpu())
             bar.update(len(batch["caption"]))
     if not img:
         raise ConfigError("the dataset split is empty: nothing to embed (fix: data.<split>_size >= 1)")
     out = {"clip_image_emb": torch.cat(img), "clip_text_emb": torch.cat(txt), "clip_text_tokens": torch.cat(tok)}
+    if text_encodings:
+        out["clip_text_encodings"], out["clip_text_mask"] = torch.cat(enc), torch.cat(mask)
     from zoo.models.clip.scorer import CLIP_SCORE_CONVENTION
 
     out["meta"] = {"n": len(out["clip_image_emb"]), "dim": int(out["clip_image_emb"].shape[1]),
@@ -92,19 +125,10 @@ def attach_embeddings(dataset, path: str | Path):
 
 
 def build_scorer(c: DictConfig | dict):
-    """A ``ClipScorer`` from the ``clip`` config node (see the module docstring)."""
+    """A ``ClipScorer`` from the ``clip`` config node: ``ClipScorer.from_config`` (kept as an alias)."""
     from zoo.models.clip.scorer import ClipScorer
 
-    get = c.get
-    device = get("device") or "cpu"
-    if get("checkpoint") and not get("arch"):
-        return ClipScorer.from_lightning_checkpoint(str(get("checkpoint")), device=device)
-    if get("arch"):
-        net = dict(get("net") or {}) or None
-        return ClipScorer.from_open_clip(str(get("arch")), pretrained=get("pretrained"), checkpoint=get("checkpoint"),
-                                         device=device, net=net)
-    raise ConfigError("no CLIP given (fix: clip.checkpoint=/path/to/clip.ckpt from zoo-train model=clip, or "
-                      "clip.arch=ViT-B-32 clip.pretrained=openai, or clip.arch=<arch> clip.checkpoint=<open_clip file>)")
+    return ClipScorer.from_config(c)
 
 
 def embed(cfg: DictConfig) -> Path:
@@ -112,13 +136,15 @@ def embed(cfg: DictConfig) -> Path:
     from omegaconf import OmegaConf
 
     from zoo.config import instantiate
+    from zoo.models.clip.scorer import ClipScorer
 
-    scorer = build_scorer(cfg.clip)
+    scorer = ClipScorer.from_config(cfg.clip)
     dm = instantiate(cfg.data, "data")
     split = str(cfg.split)
     source = {k: v for k, v in OmegaConf.to_container(cfg.clip, resolve=True).items() if v is not None}
     path = embed_dataset(scorer, dm.dataset(split), cfg.out, batch_size=int(cfg.get("batch_size") or 128),
-                         meta={"clip": source, "split": split})
+                         meta={"clip": source, "split": split},
+                         text_encodings=bool(cfg.get("text_encodings") or False))
     log.info("wrote %s (serve with data.features.%s=%s)", path, split, path)
     print(path)
     return path

@@ -48,7 +48,27 @@ def _dalle():
     return DalleLit
 
 
-_COMPONENTS: dict[str, Callable[[], type]] = {"dvae": _dvae, "vqvae": _vqvae, "clip": _clip, "dalle": _dalle}
+def _diffusion_prior():
+    from zoo.models.diffusion_prior.lit import DiffusionPriorLit
+
+    return DiffusionPriorLit
+
+
+def _ar_prior():
+    from zoo.models.ar_prior.lit import ARPriorLit
+
+    return ARPriorLit
+
+
+def _glide():
+    from zoo.models.glide.lit import GlideLit
+
+    return GlideLit
+
+
+_COMPONENTS: dict[str, Callable[[], type]] = {"dvae": _dvae, "vqvae": _vqvae, "clip": _clip, "dalle": _dalle,
+                                                "diffusion_prior": _diffusion_prior, "ar_prior": _ar_prior,
+                                                "glide": _glide}
 
 IMAGE_TOKENIZERS = ("dvae", "vqvae")
 
@@ -69,7 +89,13 @@ _NEVER_FROM_FILE = {"optimizer", "scheduler", "self"}
 # pretrained tag, external checkpoint or tokenizer file is opened again.
 _REBUILD_OVERRIDES: dict[str, dict[str, Any]] = {
     "clip": {"load_weights": False, "pretrained": None, "checkpoint": None, "cache_dir": None},
-    "dalle": {"tokenizer_ckpt": None},
+    "dalle": {"image_tokenizer_ckpt": None},
+}
+
+# Hyper-parameters renamed since checkpoints were written: component -> {old name: new name}. ``checked_hparams``
+# renames them before checking, so earlier ``make demo`` checkpoints still load.
+_LEGACY_HPARAM_NAMES: dict[str, dict[str, str]] = {
+    "dalle": {"tokenizer_ckpt": "image_tokenizer_ckpt"},
 }
 
 
@@ -88,6 +114,10 @@ def _net_dataclass(name: str) -> Optional[type]:
         from zoo.models.dalle.model import DalleTransformerConfig
 
         return DalleTransformerConfig
+    if name == "glide":
+        from zoo.models.glide.model import GlideConfig
+
+        return GlideConfig
     return None
 
 
@@ -196,10 +226,15 @@ def _constructor_args(cls: type) -> set[str]:
 def checked_hparams(name: str, hparams: Any, where: str = "the checkpoint") -> dict[str, Any]:
     """The hyper-parameters of component ``name`` read from a file, as constructor kwargs: plain values only, every
     key an argument of the component's constructor (factories and file paths excluded), rebuild overrides applied.
-    Field-level checks (``net`` against the config dataclass) happen in the component's own ``build_config``."""
+    Hyper-parameters renamed since (``_LEGACY_HPARAM_NAMES``) are read under their new names. Field-level checks
+    (``net`` against the config dataclass) happen in ``zoo.models.presets.resolve_preset``."""
     cls = component_class(name)
     hp = dict(hparams or {})
     check_plain(hp, f"{where}: hyper_parameters")
+    for old, new in _LEGACY_HPARAM_NAMES.get(name, {}).items():
+        if old in hp:
+            value = hp.pop(old)
+            hp.setdefault(new, value)
     allowed = _constructor_args(cls)
     unknown = sorted(set(hp) - allowed)
     if unknown:

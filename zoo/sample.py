@@ -1,11 +1,19 @@
-"""``zoo-sample``: images from any checkpoint written by ``zoo-train``.
+"""``zoo-sample``: images from a generator (``conf/generator/``, the group ``zoo-eval`` uses) or from any
+checkpoint written by ``zoo-train``.
 
-DALL·E transformer checkpoints (``model=dalle``) go through ``DallePipeline``: ``n_candidates`` samples per prompt,
-reranked by CLIP when ``clip_ckpt`` is given, the best ``top_k`` written as a grid PNG per prompt plus the individual
-images (``<prompt>-<hash>/NN.png``, best first) and their CLIP scores in ``samples.json``. Other text-to-image models (those
-with ``generate(captions, n, seed)``) make ``n_per_prompt`` images per prompt and a grid PNG per prompt; models
-without text conditioning (the image tokenizers) reconstruct a validation batch of the data they were trained on.
-Everything is written under the run directory.
+    zoo-sample ckpt=<dalle ckpt> generator.clip_ckpt=<clip ckpt> prompts='["a red circle"]' n_keep=8
+    zoo-sample generator=dalle generator.dalle_ckpt=<dalle ckpt> prompts='[...]'    # the same, long form
+    zoo-sample ckpt=<tokenizer ckpt>                                             # reconstructions grid
+
+With prompts, the generator makes ``n_keep`` images per prompt, best first (``zoo.pipelines.base.keep_best``: the
+DALL·E pipeline draws ``generator.n_candidates`` and keeps the CLIP-best when it has ``generator.clip_ckpt``), written
+as a grid PNG per prompt plus the individual images (``<prompt>-<hash>/NN.png``) and their scores in
+``samples.json``. ``ckpt=<file>`` is the short form: the file's registered component (read with the safe loader)
+names the generator option and the argument the file fills (``zoo.pipelines.base.CHECKPOINT_GENERATORS``; dalle ->
+``generator=dalle``, ``generator.dalle_ckpt=<file>``). A checkpoint of a component that is not a text-to-image
+generator (the image tokenizers), or any checkpoint without prompts, gives the model's own sample grid on a
+validation batch of the data it was trained on (``zoo.pipelines.grid``). Everything is written under the run
+directory.
 """
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, open_dict
 
 from zoo.config import report_user_errors
 from zoo.errors import ConfigError
@@ -64,74 +72,86 @@ def save_grid(images, path, nrow: int, scale: int = 1) -> None:
     save_image(images, path, nrow=nrow, padding=2 * scale, pad_value=0.5)  # grey: backgrounds may be black or white
 
 
+# Keys zoo-sample had before the shared generator group: an old command is told the new name instead of silently
+# meaning something else (top_k is the logit filter everywhere else).
+RENAMED = {
+    "top_k": "n_keep (the number of reranked images kept; the logit filter is generator.top_k)",
+    "n_per_prompt": "n_keep",
+    "sample_top_k": "generator.top_k",
+    **{k: f"generator.{k}" for k in ("clip_ckpt", "n_candidates", "top_p", "temperature", "guidance_scale",
+                                     "batch_size")},
+}
+
+
+def check_renamed(cfg: DictConfig) -> None:
+    used = [k for k in RENAMED if cfg.get(k) is not None]
+    if used:
+        fixes = "; ".join(f"{k}= -> {RENAMED[k]}" for k in used)
+        raise ConfigError(f"zoo-sample option{'s' if len(used) > 1 else ''} renamed: {fixes}")
+
+
+def checkpoint_component(ckpt: str) -> str:
+    """The registered component name a checkpoint file says it holds (safe load; nothing the file names is used)."""
+    from zoo.checkpoint import safe_load
+    from zoo.registry import component_in
+
+    return component_in(safe_load(ckpt), str(ckpt))
+
+
 def sample(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
-    from zoo.checkpoint import load_module
+    from zoo.pipelines.base import build_generator, checkpoint_generator
 
-    if not cfg.get("ckpt"):
-        raise ConfigError("no checkpoint given (fix: zoo-sample ckpt=/path/to/run/checkpoints/last.ckpt)")
+    check_renamed(cfg)
+    if not cfg.get("ckpt") and not cfg.prompts:
+        raise ConfigError("nothing to sample (fix: zoo-sample ckpt=/path/to/run/checkpoints/last.ckpt, with "
+                          "prompts='[\"...\"]' for a text-to-image model)")
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = load_module(cfg.ckpt)
+    node = cfg.get("generator")
+    if cfg.get("ckpt"):
+        mapped = checkpoint_generator(checkpoint_component(str(cfg.ckpt)))
+        if not cfg.prompts or mapped is None:
+            written = sample_checkpoint_grid(cfg, out_dir)
+            return _finish(written, out_dir)
+        option, key = mapped
+        if node is None or key not in node:
+            raise ConfigError(f"{cfg.ckpt} is sampled by generator={option} (fix: add generator={option}, or "
+                              f"drop ckpt= and give generator.{key}=)")
+        with open_dict(node):
+            node[key] = str(cfg.ckpt)
     torch.manual_seed(int(cfg.seed))
-    written: dict[str, Any] = {}
-    from zoo.models.dalle.lit import DalleLit
+    generator = build_generator(node, "generator")
+    return _finish(sample_prompts(cfg, generator, out_dir), out_dir)
 
-    if isinstance(model, DalleLit) and cfg.prompts:
-        written = sample_dalle(cfg, model, out_dir)
-    elif hasattr(model, "generate") and cfg.prompts:
-        for prompt, (key, stem) in zip(cfg.prompts, _output_names(cfg.prompts)):
-            result = model.generate([prompt], n=int(cfg.n_per_prompt), seed=int(cfg.seed))
-            images = result["images"] if isinstance(result, dict) else result
-            path = out_dir / f"{stem}.png"
-            save_grid(images, path, int(cfg.nrow), cfg.grid_scale)
-            written[key] = {"prompt": prompt, "grid": str(path)}
-            if isinstance(result, dict) and "scores" in result:
-                written[key]["scores"] = [float(s) for s in result["scores"]]
-    elif hasattr(model, "sample_grid"):
-        # The images to reconstruct come from the data the model was trained on. That config is read from the
-        # checkpoint, so it is data: rebuilt through the DataModule registry (plain values, no Hydra instantiate).
-        from zoo.registry import datamodule_from_file_config
 
-        data_cfg = (model.zoo_config or {}).get("data") or {}
-        if "_target_" not in data_cfg:
-            raise ConfigError(f"{cfg.ckpt} carries no data config; cannot pick images to reconstruct")
-        dm = datamodule_from_file_config(data_cfg, str(cfg.ckpt))
-        batch = next(iter(dm.val_dataloader()))
-        with torch.no_grad():
-            images = model.sample_grid(batch)
-        path = out_dir / "reconstructions.png"
-        save_grid(images, path, int(getattr(model, "grid_nrow", 8)), cfg.grid_scale)
-        written["reconstructions"] = {"grid": str(path)}
-    else:
-        raise ConfigError(f"{type(model).__name__} cannot sample (no generate() or sample_grid())")
+def _finish(written: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     (out_dir / "samples.json").write_text(json.dumps(written, indent=2))
     for key, value in written.items():
         log.info("%s -> %s", key, value["grid"])
     return written
 
 
-def sample_dalle(cfg: DictConfig, model, out_dir: Path) -> dict[str, Any]:
-    """DALL·E: candidates -> CLIP rerank -> grid + individual images + scores per prompt."""
+def sample_checkpoint_grid(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """The checkpoint's own sample grid on validation data (image tokenizers: reconstructions)."""
+    from zoo.pipelines.grid import checkpoint_sample_grid
+
+    images, nrow = checkpoint_sample_grid(str(cfg.ckpt), seed=int(cfg.seed))
+    path = out_dir / "reconstructions.png"
+    save_grid(images, path, nrow, cfg.grid_scale)
+    return {"reconstructions": {"grid": str(path)}}
+
+
+def sample_prompts(cfg: DictConfig, generator, out_dir: Path) -> dict[str, Any]:
+    """``n_keep`` images per prompt, best first -> grid + individual images (+ scores) per prompt."""
     from torchvision.utils import save_image
 
-    from zoo.models.clip.scorer import CLIP_SCORE_CONVENTION
-    from zoo.pipelines.dalle import DallePipeline
+    from zoo.pipelines.base import keep_best
 
-    scorer = None
-    if cfg.get("clip_ckpt"):
-        from zoo.models.clip.scorer import ClipScorer
-
-        if not Path(cfg.clip_ckpt).is_file():
-            raise ConfigError(f"clip_ckpt={cfg.clip_ckpt} does not exist (fix: a zoo-train model=clip checkpoint, "
-                              f"e.g. logs/demo/clip/checkpoints/last.ckpt, or clip_ckpt=null for no reranking)")
-        scorer = ClipScorer.from_lightning_checkpoint(str(cfg.clip_ckpt))
-    pipe = DallePipeline(model, scorer, n_candidates=int(cfg.n_candidates), temperature=float(cfg.temperature),
-                         sample_top_k=cfg.get("sample_top_k"), top_p=cfg.get("top_p"),
-                         guidance_scale=float(cfg.guidance_scale), batch_size=int(cfg.batch_size), seed=int(cfg.seed))
     prompts = list(cfg.prompts)
-    out = pipe.sample(prompts, int(cfg.n_candidates), top_k=int(cfg.top_k))
+    out = keep_best(generator, prompts, int(cfg.n_keep), seed=int(cfg.seed))
+    scores = out.get("scores")
     written: dict[str, Any] = {}
     for i, (prompt, (key, slug)) in enumerate(zip(prompts, _output_names(prompts))):
         path = out_dir / f"{slug}.png"
@@ -143,10 +163,13 @@ def sample_dalle(cfg: DictConfig, model, out_dir: Path) -> dict[str, Any]:
             f = out_dir / slug / f"{j:02d}.png"
             save_image(img, f)
             files.append(str(f))
-        entry: dict[str, Any] = {"prompt": prompt, "grid": str(path), "images": files,
-                                 "n_candidates": int(cfg.n_candidates)}
-        if out["scores"] is not None:
-            entry["clip_scores"] = [round(float(s), 4) for s in out["scores"][i]]
+        entry: dict[str, Any] = {"prompt": prompt, "grid": str(path), "images": files}
+        if out.get("n_candidates") is not None:
+            entry["n_candidates"] = int(out["n_candidates"])
+        if scores is not None:
+            from zoo.models.clip.scorer import CLIP_SCORE_CONVENTION
+
+            entry["clip_scores"] = [round(float(s), 4) for s in scores[i]]
             entry["clip_score_convention"] = CLIP_SCORE_CONVENTION
         written[key] = entry
     return written

@@ -89,14 +89,10 @@ def check_resume_file(path: str, model) -> None:
 
 
 def check_compatibility(model, datamodule) -> None:
-    """Checks that need both the model and the data; each model adds its own in ``check_data``."""
-    tok = getattr(datamodule, "tokenizer", None)
-    vocab = getattr(model, "text_vocab_size", None)
-    if tok is not None and vocab is not None and tok.vocab_size > vocab:
-        raise ConfigError(
-            f"model text vocabulary ({vocab}) is smaller than the tokenizer's ({tok.vocab_size}) "
-            f"(fix: model.text_vocab_size={tok.vocab_size} or a smaller data.tokenizer.vocab_size)"
-        )
+    """Checks that need both the model and the data, before any step runs: each model's own ``check_data``
+    (e.g. DALL·E: text vocabulary / context length / pad id against the data's tokenizer; the image tokenizers
+    refuse a resolution their downsampling does not divide and otherwise *adapt* their resolution to the data's,
+    as their docstrings say)."""
     check = getattr(model, "check_data", None)
     if callable(check):
         check(datamodule)

@@ -8,9 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval.ablations import MetricSuite, blur_ablation, check_radii, nested_best, rerank_ablation
+from eval.ablations import (
+    MetricSuite,
+    blur_ablation,
+    check_radii,
+    nested_best,
+    rerank_ablation,
+)
+from eval.generators import RealBlurredGenerator, generate_images
 from eval.metrics import RealStatsCache, frechet_distance, inception_score
-from eval.protocols import RealBlurredGenerator, ShapesProtocol, generate_images
+from eval.shapes_protocol import ShapesProtocol
 
 
 class PoolScorer:
@@ -60,7 +67,11 @@ def test_blur_ablation_fd_clip_blurry_generator_gains_from_blur(shapes_set):
 
 
 def test_blur_ablation_fid_with_random_inception(tmp_path):
-    from eval.features import INCEPTION_FILENAME, InceptionFeatures, make_random_inception_weights
+    from eval.features import (
+        INCEPTION_FILENAME,
+        InceptionFeatures,
+        make_random_inception_weights,
+    )
 
     es = ShapesProtocol(n=10, split="val", resolution=32, seed=1).load()
     ex = InceptionFeatures(make_random_inception_weights(tmp_path / INCEPTION_FILENAME))
@@ -99,7 +110,7 @@ class ValueScorer:
 
 
 def test_rerank_more_candidates_higher_clip_score():
-    from eval.protocols import EvalSet, ImageBank
+    from eval.eval_set import EvalSet, ImageBank
 
     n = 40
     caps = [str(i) for i in range(n)]
@@ -175,7 +186,7 @@ def test_argument_errors(shapes_set):
     suite = MetricSuite(["clip_score"], clip=PoolScorer(), progress=False)
     with pytest.raises(ValueError, match="captions"):
         suite.evaluate(torch.zeros(3, 3, 32, 32), shapes_set)
-    from eval.protocols import EvalSet
+    from eval.eval_set import EvalSet
 
     no_attrs = EvalSet("x", "val", shapes_set.captions, shapes_set.real, 32)
     with pytest.raises(ValueError, match="attributes"):

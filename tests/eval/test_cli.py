@@ -20,7 +20,9 @@ FAST = ["protocol.n=16", "judge.steps=20", "judge.batch_size=16", "progress=fals
 
 def compose_eval_cfg(tmp_path: Path, overrides: list[str]):
     """conf/eval/eval.yaml composed as zoo-eval composes it (tests/conftest.py)."""
-    from tests.conftest import compose_cfg  # registered by pytest under this name (importlib mode)
+    from tests.conftest import (
+        compose_cfg,  # registered by pytest under this name (importlib mode)
+    )
 
     return compose_cfg(tmp_path, overrides, module="conf.eval", name="eval")
 
@@ -94,7 +96,8 @@ def test_blur_rows_can_score_reranked_images(tmp_path):
 def test_folder_generator_through_the_cli(tmp_path):
     """Samples saved elsewhere (here: the protocol's own real scenes) score as the real set: FD_CLIP 0."""
     from eval.cli import evaluate
-    from eval.protocols import ShapesProtocol, save_folder
+    from eval.generators import save_folder
+    from eval.shapes_protocol import ShapesProtocol
 
     es = ShapesProtocol(n=16, resolution=32).load()
     save_folder(es.real.tensor(), es.captions, tmp_path / "samples")
@@ -181,9 +184,9 @@ def test_dalle1_experiment_rows_compose(tmp_path):
         elif row == "fig9":
             assert list(cfg.ablations) == ["blur", "rerank"] and cfg.protocol.n == 256
         elif row == "coco":
-            assert cfg.protocol._target_ == "eval.protocols.CocoProtocol" and cfg.protocol.n == 30000
+            assert cfg.protocol._target_ == "eval.coco_protocol.CocoProtocol" and cfg.protocol.n == 30000
     cfg = compose_eval_cfg(tmp_path, ["experiment=dalle1/fig9", "generator=real_blurred"])
-    assert cfg.generator._target_ == "eval.protocols.RealBlurredGenerator"
+    assert cfg.generator._target_ == "eval.generators.RealBlurredGenerator"
 
 
 def test_console_entry_point_runs(tmp_path):

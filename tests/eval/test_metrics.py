@@ -14,8 +14,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from eval.blur import gaussian_blur
-from eval.features import INCEPTION_FILENAME, INCEPTION_URL, InceptionFeatures, make_random_inception_weights, to_uint8
+from eval.features import (
+    INCEPTION_FILENAME,
+    INCEPTION_URL,
+    InceptionFeatures,
+    make_random_inception_weights,
+    to_uint8,
+)
 from eval.metrics import (
     RealStatsCache,
     RealStatsKey,
@@ -28,6 +33,7 @@ from eval.metrics import (
     inception_score,
     kid,
 )
+from zoo.data.degradations import gaussian_blur
 from zoo.errors import MissingWeightsError
 
 N = 12  # images per side (Inception at 299 px on 2 shared CPU cores: ~0.1-0.5 s per image)

@@ -1,4 +1,4 @@
-"""eval.protocols: the Generator / CandidateGenerator interfaces and their adapter, the shapes and MS-COCO
+"""zoo.pipelines.base's Generator / CandidateGenerator interfaces and their adapter; eval's shapes and MS-COCO
 protocols (seeded caption draws, real sets, resizing), the folder and real_blurred generators. CPU, no network."""
 from __future__ import annotations
 
@@ -8,13 +8,24 @@ import numpy as np
 import pytest
 import torch
 
-from eval.blur import gaussian_blur
-from eval.protocols import (
-    CandidateGenerator, CocoProtocol, FolderGenerator, Generator, ImageBank, RealBlurredGenerator,
-    RepeatedCandidates, ShapesProtocol, as_candidate_generator, check_generated, generate_images, resize_for_eval,
+from eval.coco_protocol import CocoProtocol
+from eval.eval_set import ImageBank, resize_for_eval
+from eval.generators import (
+    FolderGenerator,
+    RealBlurredGenerator,
+    generate_images,
     save_folder,
 )
+from eval.shapes_protocol import ShapesProtocol
+from zoo.data.degradations import gaussian_blur
 from zoo.errors import ConfigError
+from zoo.pipelines.base import (
+    CandidateGenerator,
+    Generator,
+    RepeatedCandidates,
+    as_candidate_generator,
+    check_generated,
+)
 
 
 class SeededStub:

@@ -13,7 +13,7 @@ import torch
 
 from zoo.errors import ConfigError, MissingWeightsError
 from zoo.models.clip.lit import ClipLit, recall_at_k
-from zoo.models.clip.model import PRESETS, count_parameters, resolve_config
+from zoo.models.clip.model import PRESETS, clip_config, count_parameters
 from zoo.models.clip.scorer import ClipScorer
 
 COLOURS = ["red", "green", "blue", "yellow"]
@@ -62,7 +62,7 @@ def test_presets_and_net_overrides():
 
 
 def test_paper_preset_is_vit_h_counted_on_meta():
-    cfg = resolve_config("paper")
+    cfg = clip_config("paper")
     assert cfg.arch == "ViT-H-14"
     n = count_parameters(cfg)  # no memory allocated
     assert 0.9e9 < n < 1.1e9, n

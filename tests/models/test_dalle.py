@@ -2,8 +2,6 @@
 the paper preset's size."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,16 +12,13 @@ from zoo.errors import ConfigError
 from zoo.models.dalle.lit import DalleLit
 
 
-def _helpers():
-    name = "zoo_test_dalle_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "test_dalle_helpers.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
+H = None  # tests/helpers_dalle.py, set by the fixture below for every test of this module
 
 
-H = _helpers()
+@pytest.fixture(autouse=True)
+def _helpers(dalle_helpers):
+    global H
+    H = dalle_helpers
 
 
 def _fixed_batch(b=16, seed=0):
@@ -72,30 +67,30 @@ def test_caption_dropout_rate_and_all_pad():
 
 
 # ---------------------------------------------------------------------------------------------- check_data
-def _dm(tok, resolution=H.RESOLUTION, features=None):
-    return SimpleNamespace(tokenizer=tok, resolution=resolution, features=features or {})
+def _dm(tok, resolution=None, features=None):
+    return SimpleNamespace(tokenizer=tok, resolution=resolution or H.RESOLUTION, features=features or {})
 
 
 def test_check_data_errors_name_their_fix(tmp_path):
     tok = H.tiny_bpe(context_length=16)
     ckpt = H.tiny_tokenizer_ckpt(tmp_path / "tok.ckpt")
-    ok = DalleLit(preset="tiny", net=dict(H.TINY_NET), tokenizer_ckpt=str(ckpt))
+    ok = DalleLit(preset="tiny", net=dict(H.TINY_NET), image_tokenizer_ckpt=str(ckpt))
     ok.check_data(_dm(tok))  # fits
     assert ok.text_tokenizer is tok
 
-    small_vocab = DalleLit(preset="tiny", tokenizer_ckpt=str(ckpt), net={**H.TINY_NET, "text_vocab": 64})
+    small_vocab = DalleLit(preset="tiny", image_tokenizer_ckpt=str(ckpt), net={**H.TINY_NET, "text_vocab": 64})
     with pytest.raises(ConfigError, match=r"model.net.text_vocab=300"):
         small_vocab.check_data(_dm(tok))
     with pytest.raises(ConfigError, match=r"grid.*fix: model.net.grid_h=8 model.net.grid_w=8"):
         ok.check_data(_dm(tok, resolution=32))  # 32 px / 4 = 8x8 != 4x4
     with pytest.raises(ConfigError, match="data.tokenizer.context_length=16"):
         ok.check_data(_dm(H.tiny_bpe(context_length=24)))
-    missing = DalleLit(preset="tiny", net=dict(H.TINY_NET), tokenizer_ckpt=str(tmp_path / "nope.ckpt"))
-    with pytest.raises(ConfigError, match="not found.*fix: model.tokenizer_ckpt="):
+    missing = DalleLit(preset="tiny", net=dict(H.TINY_NET), image_tokenizer_ckpt=str(tmp_path / "nope.ckpt"))
+    with pytest.raises(ConfigError, match="not found.*fix: model.image_tokenizer_ckpt="):
         missing.check_data(_dm(tok))
     with pytest.raises(ConfigError, match="data/tokenizer=bpe"):
         ok.check_data(_dm(None))
-    small_codebook = DalleLit(preset="tiny", tokenizer_ckpt=str(ckpt), net={**H.TINY_NET, "image_vocab": 16})
+    small_codebook = DalleLit(preset="tiny", image_tokenizer_ckpt=str(ckpt), net={**H.TINY_NET, "image_vocab": 16})
     with pytest.raises(ConfigError, match="image_vocab=32"):
         small_codebook.check_data(_dm(tok))
     # precomputed tokens and no tokenizer checkpoint is fine
@@ -110,7 +105,8 @@ def test_unknown_preset_or_field():
 
 
 def test_frozen_tokenizer_is_not_trained(tmp_path):
-    model = DalleLit(preset="tiny", net=dict(H.TINY_NET), tokenizer_ckpt=str(H.tiny_tokenizer_ckpt(tmp_path / "t.ckpt")))
+    model = DalleLit(preset="tiny", net=dict(H.TINY_NET),
+                     image_tokenizer_ckpt=str(H.tiny_tokenizer_ckpt(tmp_path / "t.ckpt")))
     model.train()
     assert not model.image_tokenizer.training
     assert all(not p.requires_grad for p in model.image_tokenizer.parameters())
@@ -126,7 +122,7 @@ def test_zoo_train_then_self_contained_checkpoint_generates(train_cfg, tmp_path)
     from zoo.train import train
 
     tok_ckpt = H.tiny_tokenizer_ckpt(tmp_path / "tokenizer.ckpt")
-    cfg = train_cfg("model=dalle", "model.preset=tiny", f"model.tokenizer_ckpt={tok_ckpt}",
+    cfg = train_cfg("model=dalle", "model.preset=tiny", f"model.image_tokenizer_ckpt={tok_ckpt}",
                     "+model.net.text_vocab=512", "+model.net.text_len=16", "+model.net.image_vocab=32",
                     "data=shapes", "data/tokenizer=bpe", "data.tokenizer.vocab_size=300",
                     "data.tokenizer.context_length=16", f"data.resolution={H.RESOLUTION}",
@@ -168,11 +164,55 @@ def test_zoo_train_then_self_contained_checkpoint_generates(train_cfg, tmp_path)
     assert torch.equal(tok[:, :2], model.image_tokenizer.encode(a[:1])[:, :2].expand(2, -1, -1))
 
 
+def test_legacy_checkpoint_with_tokenizer_ckpt_loads(tmp_path):
+    """A checkpoint written before the rename (``tokenizer_ckpt`` in its hyper-parameters, ``zoo_class`` import path,
+    the text tokenizer spec as the old code wrote it) still loads and generates, without the tokenizer file."""
+    from zoo.checkpoint import atomic_torch_save, load_module
+
+    tok_ckpt = H.tiny_tokenizer_ckpt(tmp_path / "tokenizer.ckpt")
+    bpe = H.tiny_bpe(context_length=16)
+    torch.manual_seed(0)
+    lit = DalleLit(preset="tiny", net=dict(H.TINY_NET), image_tokenizer_ckpt=str(tok_ckpt))
+    hp = {"preset": "tiny", "net": dict(H.TINY_NET), "tokenizer_ckpt": str(tok_ckpt), "text_dropout": 0.15,
+          "grid_captions": 8, "grid_top_k": None, "grid_guidance_scale": 1.0,
+          "tokenizer_spec": lit._tokenizer_spec,
+          "text_tokenizer": {"kind": "trained_bpe", "json": bpe._tok.to_str(), "context_length": 16}}
+    path = tmp_path / "legacy_dalle.ckpt"
+    atomic_torch_save({"zoo_class": "zoo.models.dalle.lit.DalleLit", "hyper_parameters": hp,
+                       "state_dict": lit.state_dict()}, path)
+    tok_ckpt.unlink()  # the rebuild never opens it: the tokenizer's weights are in the state dict
+    model = load_module(path)
+    assert model.hparams["image_tokenizer_ckpt"] is None and "tokenizer_ckpt" not in model.hparams
+    for k, v in lit.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
+    captions = ["a large red circle at the top left"]
+    assert torch.equal(model.tokenize_text(captions), lit.pad_text(bpe.encode(captions)))
+    assert model.generate(captions, n=2, seed=0).shape == (2, 3, H.RESOLUTION, H.RESOLUTION)
+
+
+def test_text_tokenizer_spec_round_trip():
+    from zoo.text import ClipBPETokenizer, TextTokenizer, TrainedBPETokenizer
+
+    bpe = H.tiny_bpe(context_length=16)
+    spec = bpe.to_spec()
+    assert spec["kind"] == "trained_bpe" and isinstance(spec["json"], str) and spec["context_length"] == 16
+    back = TextTokenizer.from_spec(spec)
+    assert isinstance(back, TrainedBPETokenizer) and back.path is None
+    caps = ["a small blue square at the bottom right"]
+    assert torch.equal(back.encode(caps), bpe.encode(caps))
+    clip = TextTokenizer.from_spec(ClipBPETokenizer(context_length=12).to_spec())
+    assert isinstance(clip, ClipBPETokenizer) and clip.context_length == 12
+    assert TextTokenizer.from_spec(None) is None
+    with pytest.raises(ValueError, match="known kinds"):
+        TextTokenizer.from_spec({"kind": "nope"})
+
+
 # ------------------------------------------------------------------------------------------------ presets
 def test_paper_preset_is_12_billion_parameters():
-    from zoo.models.dalle.model import PAPER_PARAMS, DalleTransformer, build_config
+    from zoo.models.dalle.model import PAPER_PARAMS, PRESETS, DalleTransformer, DalleTransformerConfig
+    from zoo.models.presets import resolve_preset
 
-    cfg = build_config("paper")
+    cfg = resolve_preset(PRESETS, DalleTransformerConfig, "paper", None, "DALL·E transformer")
     assert (cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.dim) == (64, 62, 64, 3968)
     assert (cfg.text_len, cfg.grid_h * cfg.grid_w, cfg.text_vocab, cfg.image_vocab) == (256, 1024, 16384, 8192)
     with torch.device("meta"):

@@ -13,7 +13,7 @@ from zoo.errors import ConfigError
 from zoo.models.dvae import DVAE, PRESETS, DVAEConfig
 from zoo.models.dvae.lit import DVAELit, kl_to_uniform
 from zoo.nn.image_tokenizer import ImageTokenizer
-from zoo.nn.schedules import SCHEDULES
+from zoo.nn.annealing import SCHEDULES
 
 
 def _images(n: int, res: int = 32, seed: int = 0) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 
 from zoo.models.dvae.lit import DVAELit, kl_to_uniform
 from zoo.nn.likelihoods import logit_laplace_nll, map_pixels, unmap_pixels
-from zoo.nn.schedules import cosine_anneal, exponential_anneal, linear_ramp
+from zoo.nn.annealing import cosine_anneal, exponential_anneal, linear_ramp
 
 
 def _density(x: float, mu: float, b: float) -> float:

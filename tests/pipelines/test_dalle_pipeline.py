@@ -1,38 +1,32 @@
 """DallePipeline: CLIP reranking keeps the best-scoring candidates in order; generate's contract; seeding."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-
-def _helpers():
-    name = "zoo_test_dalle_helpers"
-    if name not in sys.modules:
-        path = Path(__file__).parents[1] / "models" / "test_dalle_helpers.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
+H = None  # tests/helpers_dalle.py, set by the fixture below for every test of this module
 
 
-H = _helpers()
+@pytest.fixture(autouse=True, scope="module")
+def _helpers(dalle_helpers):
+    global H
+    H = dalle_helpers
+
+
 CAPTIONS = ["a large red circle at the top left", "a small blue square at the bottom right",
             "a green triangle in the middle center"]
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
+def pipe(tmp_path_factory, _helpers):
     from zoo.models.clip.scorer import ClipScorer
     from zoo.models.dalle.lit import DalleLit
     from zoo.pipelines.dalle import DallePipeline
 
     tmp = tmp_path_factory.mktemp("dalle_pipe")
     torch.manual_seed(0)
-    dalle = DalleLit(preset="tiny", net=dict(H.TINY_NET), tokenizer_ckpt=str(H.tiny_tokenizer_ckpt(tmp / "tok.ckpt")))
+    dalle = DalleLit(preset="tiny", net=dict(H.TINY_NET),
+                     image_tokenizer_ckpt=str(H.tiny_tokenizer_ckpt(tmp / "tok.ckpt")))
     dalle.text_tokenizer = H.tiny_bpe(context_length=16)
     scorer = ClipScorer.from_lightning_checkpoint(str(H.tiny_clip_ckpt(tmp / "clip.ckpt")))
     return DallePipeline(dalle, scorer, n_candidates=6, batch_size=8, seed=3)
@@ -41,7 +35,7 @@ def pipe(tmp_path_factory):
 def test_rerank_keeps_best_scoring_candidates_in_order(pipe):
     cands = pipe.candidates(CAPTIONS, 6)  # (3, 6, 3, H, W)
     assert cands.shape == (3, 6, 3, H.RESOLUTION, H.RESOLUTION)
-    out = pipe.sample(CAPTIONS, n_candidates=6, top_k=3)
+    out = pipe.sample(CAPTIONS, n_candidates=6, n_keep=3)
     assert torch.equal(pipe.candidates(CAPTIONS, 6), cands)  # seeded: same candidates on every call
     images, scores = out["images"], out["scores"]
     assert images.shape == (3, 3, 3, H.RESOLUTION, H.RESOLUTION) and scores.shape == (3, 3)
@@ -58,7 +52,7 @@ def test_generate_returns_one_best_image_per_caption(pipe):
     images = pipe.generate(CAPTIONS)
     assert images.shape == (3, 3, H.RESOLUTION, H.RESOLUTION) and images.dtype == torch.float32
     assert images.min() >= -1 and images.max() <= 1
-    torch.testing.assert_close(images, pipe.sample(CAPTIONS, pipe.n_candidates, top_k=1)["images"][:, 0])
+    torch.testing.assert_close(images, pipe.sample(CAPTIONS, pipe.n_candidates, n_keep=1)["images"][:, 0])
 
 
 def test_several_batches_are_seeded_and_complete(pipe):
@@ -77,6 +71,6 @@ def test_without_clip_keeps_sampling_order(pipe):
     from zoo.pipelines.dalle import DallePipeline
 
     p = DallePipeline(pipe.dalle, None, n_candidates=5, batch_size=8, seed=3)
-    out = p.sample(CAPTIONS[:2], top_k=2)
+    out = p.sample(CAPTIONS[:2], n_keep=2)
     assert out["scores"] is None
     assert torch.equal(out["images"], p.candidates(CAPTIONS[:2])[:, :2])

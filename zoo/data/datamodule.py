@@ -22,6 +22,12 @@ SPLITS = ("train", "val", "test")
 log = logging.getLogger(__name__)
 
 
+# Per-index tensors a features file may carry (zoo-tokenize: image_tokens; zoo-embed: the CLIP keys, optionally the
+# per-token text encodings the diffusion prior's `encodings` mode reads). Anything else in a file is ignored.
+FEATURE_KEYS = ("image_tokens", "clip_image_emb", "clip_text_emb", "clip_text_tokens", "clip_text_encodings",
+                "clip_text_mask")
+
+
 class FeatureAttached(Dataset):
     """Adds precomputed per-index tensors (``image_tokens``, ``clip_image_emb``, ...) to a dataset's samples."""
 
@@ -194,5 +200,5 @@ def load_features(path: str | Path) -> dict[str, Any]:
     obj = safe_load(path)
     if not isinstance(obj, dict):
         raise ConfigError(f"{path} is not a feature file (expected a dict of tensors)")
-    return {k: v for k, v in obj.items() if k in ("image_tokens", "clip_image_emb", "clip_text_emb", "clip_text_tokens")}
+    return {k: v for k, v in obj.items() if k in FEATURE_KEYS}
 

@@ -1,4 +1,6 @@
-"""Image preprocessing shared by the file-based datasets (COCO folders, WebDataset shards).
+"""Image preprocessing: PIL files for the file-based datasets (COCO folders, WebDataset shards), and the one tensor
+resize/crop (``resize_center_crop``) used by eval (``eval.eval_set.resize_for_eval``), CLIP
+(``zoo.models.clip.scorer.resize_for_clip``) and the upsamplers.
 
 PIL image -> RGB (transparent pixels composited on white) -> resize the shorter side to ``resolution``
 (bicubic, antialiased) -> center crop ``resolution`` -> FloatTensor (3, R, R) in [-1, 1].
@@ -9,6 +11,7 @@ crops, and a deterministic transform keeps resumed runs and cached features (zoo
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import v2
 
@@ -57,3 +60,37 @@ def load_rgb(path_or_file) -> Image.Image:
     with Image.open(path_or_file) as im:
         im.load()
         return to_rgb(im)
+
+
+def resize_center_crop(x: torch.Tensor, size: int, resize_mode: str = "shortest", interpolation: str = "bicubic",
+                       fill: float = 0.0, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """A batch of images (N, C, H, W) -> (N, C, size, size), antialiased like PIL's resize (clean-fid's point:
+    downsampling must low-pass first); the input itself when it already has that size.
+
+    ``shortest``: short side to ``size`` (torchvision's ``Resize(int)``: long side floored), then centre crop
+    (torchvision's ``CenterCrop``) -- ``ImageTransform``'s geometry on tensors; ``longest``: long side to ``size``,
+    then pad with ``fill``; ``squash``: both sides to ``size``. ``interpolation``: ``bicubic`` or ``bilinear``.
+    Bicubic overshoot is clamped to ``value_range``."""
+    size = int(size)
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    mode = "bilinear" if interpolation == "bilinear" else "bicubic"
+    if resize_mode == "squash":
+        new = (size, size)
+    elif resize_mode == "shortest":
+        new = (size, max(size, int(size * w / h))) if h <= w else (max(size, int(size * h / w)), size)
+    elif resize_mode == "longest":
+        scale = size / max(h, w)
+        new = (max(1, round(h * scale)), max(1, round(w * scale)))
+    else:
+        raise ValueError(f"resize_mode must be shortest, longest or squash, got {resize_mode!r}")
+    x = F.interpolate(x if x.is_floating_point() else x.float(), size=new, mode=mode, antialias=True, align_corners=False).clamp(*value_range)
+    nh, nw = x.shape[-2:]
+    if resize_mode == "shortest" and (nh, nw) != (size, size):
+        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+        x = x[..., top : top + size, left : left + size]
+    elif resize_mode == "longest" and (nh, nw) != (size, size):
+        pt, pl = (size - nh) // 2, (size - nw) // 2
+        x = F.pad(x, (pl, size - nw - pl, pt, size - nh - pt), value=fill)
+    return x

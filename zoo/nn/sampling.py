@@ -1,4 +1,5 @@
-"""Autoregressive image-token sampling for ``DalleTransformer`` (torch only).
+"""Autoregressive image-token sampling for ``zoo.models.dalle.model.DalleTransformer`` (torch only; the model is
+duck-typed: ``cfg``, ``new_cache``, ``next_image_logits``).
 
 ``sample_image_tokens`` draws every image token with the Gumbel-max trick on noise drawn from the caller's
 ``torch.Generator``: at each step we draw ``u ~ U(0, 1)`` of shape (B, image_vocab) (always float32, same shape and

@@ -2,16 +2,18 @@
 
     pipe = DallePipeline.from_checkpoints("logs/.../dalle/last.ckpt", clip_ckpt="logs/demo/clip/checkpoints/last.ckpt")
     images = pipe.generate(["a large red circle at the top left"])        # (1, 3, H, W) in [-1, 1]: best of 32
-    out = pipe.sample(captions, n_candidates=32, top_k=8)                  # images (B, 8, 3, H, W), scores (B, 8)
+    out = pipe.sample(captions, n_candidates=32, n_keep=8)                 # images (B, 8, 3, H, W), scores (B, 8)
 
 Reranking goes through ``ClipScorer.rerank_batched`` (never re-implemented here); ``scores`` are CLIP scores,
 ``100 * max(cos, 0)`` per (image, caption) pair (``zoo.models.clip.scorer.CLIP_SCORE_CONVENTION``), best first.
 Without a CLIP model the candidates are kept in sampling order and ``scores`` is None.
 
-Sampling knobs are attributes (the eval package calls ``generate(captions)`` only): ``n_candidates``,
-``temperature``, ``sample_top_k`` / ``top_p`` (logit filtering), ``guidance_scale`` (classifier-free guidance
-with the all-pad null caption), ``batch_size`` (images per transformer batch), ``seed``. Results are a pure function
-of (seed, captions, settings): each call starts its own generator from ``seed``.
+A ``zoo.pipelines.base`` generator (``generate``, ``candidates``, and ``sample`` as a ``RerankingGenerator``), built
+by ``conf/generator/dalle.yaml`` for both ``zoo-sample`` and ``zoo-eval``. Sampling knobs are attributes, named by the
+convention in ``zoo.pipelines.base``: ``n_candidates``, ``temperature``, ``top_k`` / ``top_p`` (logit filtering),
+``guidance_scale`` (classifier-free guidance with the all-pad null caption), ``batch_size`` (images per transformer
+batch), ``seed``; ``sample(..., n_keep=k)`` keeps the best k. Results are a pure function of (seed, captions,
+settings): each call starts its own generator from ``seed``.
 """
 from __future__ import annotations
 
@@ -24,13 +26,13 @@ from zoo.progress import track
 
 class DallePipeline:
     def __init__(self, dalle, scorer=None, n_candidates: int = 32, temperature: float = 1.0,
-                 sample_top_k: Optional[int] = None, top_p: Optional[float] = None, guidance_scale: float = 1.0,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, guidance_scale: float = 1.0,
                  batch_size: int = 64, seed: int = 0, progress: Optional[bool] = None):
         self.dalle = dalle.eval()
         self.scorer = scorer
         self.n_candidates = int(n_candidates)
         self.temperature = float(temperature)
-        self.sample_top_k = sample_top_k
+        self.top_k = top_k  # logit filter
         self.top_p = top_p
         self.guidance_scale = float(guidance_scale)
         self.batch_size = int(batch_size)
@@ -66,16 +68,16 @@ class DallePipeline:
         gen = torch.Generator(device=self.dalle.device).manual_seed(self.seed)
         out = []
         for chunk in track(chunks, desc="dalle sample", unit="batch", disable=not show):
-            imgs = self.dalle.generate(chunk, n=n, temperature=self.temperature, top_k=self.sample_top_k,
+            imgs = self.dalle.generate(chunk, n=n, temperature=self.temperature, top_k=self.top_k,
                                        top_p=self.top_p, guidance_scale=self.guidance_scale, generator=gen,
                                        batch_size=max(self.batch_size, n))
             out.append(imgs.view(len(chunk), n, *imgs.shape[1:]))
         return torch.cat(out)
 
-    def rerank(self, candidates: torch.Tensor, captions: Sequence[str], top_k: int
+    def rerank(self, candidates: torch.Tensor, captions: Sequence[str], n_keep: int
                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Keep the ``top_k`` best of each caption's candidates (B, N, 3, H, W) -> (B, k, ...), CLIP scores (B, k)."""
-        k = min(int(top_k), candidates.shape[1])
+        """Keep the ``n_keep`` best of each caption's candidates (B, N, 3, H, W) -> (B, k, ...), CLIP scores (B, k)."""
+        k = min(int(n_keep), candidates.shape[1])
         if self.scorer is None:
             return candidates[:, :k], None
         picked, cos, _ = self.scorer.rerank_batched(candidates, list(captions), k)
@@ -84,17 +86,23 @@ class DallePipeline:
         return picked, clip_score_from_cos(cos)
 
     @torch.no_grad()
-    def sample(self, captions: Sequence[str], n_candidates: Optional[int] = None, top_k: int = 1) -> dict[str, Any]:
-        """``n_candidates`` samples per caption, reranked by CLIP; the ``top_k`` best of each, best first:
-        dict(images (B, top_k, 3, H, W) in [-1, 1], scores (B, top_k) CLIP scores or None)."""
+    def sample(self, captions: Sequence[str], n_candidates: Optional[int] = None, n_keep: int = 1,
+               **renamed) -> dict[str, Any]:
+        """``n_candidates`` samples per caption, reranked by CLIP; the ``n_keep`` best of each, best first:
+        dict(images (B, n_keep, 3, H, W) in [-1, 1], scores (B, n_keep) CLIP scores or None, n_candidates)."""
+        if renamed:
+            hint = " (top_k is the logit filter, an attribute; the number of images kept is n_keep)" \
+                if "top_k" in renamed else ""
+            raise TypeError(f"DallePipeline.sample() got unexpected arguments {sorted(renamed)}{hint}")
         captions = [captions] if isinstance(captions, str) else list(captions)
-        cands = self.candidates(captions, n_candidates)
-        images, scores = self.rerank(cands, captions, top_k)
-        return {"images": images, "scores": scores}
+        n = int(n_candidates or self.n_candidates)
+        cands = self.candidates(captions, n)
+        images, scores = self.rerank(cands, captions, n_keep)
+        return {"images": images, "scores": scores, "n_candidates": n}
 
     @torch.no_grad()
     def generate(self, captions: list[str]) -> torch.Tensor:
         """One image per caption, the CLIP-best of ``n_candidates``: FloatTensor (len(captions), 3, H, W) in [-1, 1]."""
-        return self.sample(captions, self.n_candidates, top_k=1)["images"][:, 0]
+        return self.sample(captions, self.n_candidates, n_keep=1)["images"][:, 0]
 
     __call__ = generate

@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import logging
 import re
-from typing import Sequence, Union
+from typing import Any, ClassVar, Optional, Sequence, Union
 
 import torch
 
@@ -71,6 +71,38 @@ class TextTokenizer(abc.ABC):
     sot_id: int
     eot_id: int
     context_length: int
+
+    # -- specs: plain values that rebuild a tokenizer without its files (self-contained checkpoints) ----------
+    spec_kind: ClassVar[Optional[str]] = None  # a subclass that can be rebuilt from a spec names its kind
+    _spec_kinds: ClassVar[dict[str, type]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("spec_kind"):
+            TextTokenizer._spec_kinds[cls.spec_kind] = cls
+
+    def to_spec(self) -> Optional[dict[str, Any]]:
+        """Plain values (str / int) that rebuild this tokenizer with ``TextTokenizer.from_spec``, or None when it
+        cannot be described that way."""
+        return None
+
+    @classmethod
+    def from_spec(cls, spec: Optional[dict[str, Any]]) -> Optional["TextTokenizer"]:
+        """The tokenizer a ``to_spec()`` dict describes (None for an empty spec); the class is chosen by the
+        spec's ``kind`` among the registered ``spec_kind``s (a spec never names code)."""
+        if not spec:
+            return None
+        kind = spec.get("kind")
+        target = TextTokenizer._spec_kinds.get(kind)
+        if target is None:
+            raise ValueError(f"unknown text tokenizer kind {kind!r}; known kinds: {sorted(TextTokenizer._spec_kinds)}")
+        if not issubclass(target, cls):
+            raise ValueError(f"a {kind!r} spec describes a {target.__name__}, not a {cls.__name__}")
+        return target._from_spec(spec)
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "TextTokenizer":
+        raise NotImplementedError
 
     @abc.abstractmethod
     def _ids(self, text: str) -> list[int]:

@@ -7,10 +7,14 @@ after every word-final token, so ``decode`` gives back lower-cased text with pun
 """
 from __future__ import annotations
 
+from typing import Any
+
 from zoo.text.base import TextTokenizer
 
 
 class ClipBPETokenizer(TextTokenizer):
+    spec_kind = "clip_bpe"
+
     def __init__(self, context_length: int = 77):
         from open_clip.tokenizer import SimpleTokenizer
 
@@ -29,3 +33,10 @@ class ClipBPETokenizer(TextTokenizer):
 
     def _text(self, ids: list[int]) -> str:
         return " ".join(self._tok.decode(ids).split())
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"kind": self.spec_kind, "context_length": int(self.context_length)}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "ClipBPETokenizer":
+        return cls(context_length=spec["context_length"])

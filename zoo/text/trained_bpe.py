@@ -23,7 +23,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from zoo.text.base import TextTokenizer
 
@@ -82,6 +82,8 @@ def keyed_paths(path: str | os.PathLike, key: dict) -> tuple[Path, Path]:
 class TrainedBPETokenizer(TextTokenizer):
     """Load with ``TrainedBPETokenizer(path)``; make one with ``TrainedBPETokenizer.train(captions, ...)`` or
     ``TrainedBPETokenizer.load_or_train(path, captions_fn, ...)``."""
+
+    spec_kind = "trained_bpe"
 
     def __init__(self, path: str | os.PathLike, context_length: int = 64):
         from tokenizers import Tokenizer
@@ -152,6 +154,18 @@ class TrainedBPETokenizer(TextTokenizer):
             tok.requested_vocab_size = int(vocab_size)
             return tok
         return cls.train(captions_fn(), vocab_size=vocab_size, path=path, context_length=context_length)
+
+    def to_spec(self) -> dict[str, Any]:
+        """The whole ``tokenizer.json`` as a string, so a checkpoint needs no tokenizer file."""
+        return {"kind": self.spec_kind, "json": self._tok.to_str(), "context_length": int(self.context_length)}
+
+    @classmethod
+    def _from_spec(cls, spec: dict[str, Any]) -> "TrainedBPETokenizer":
+        from tokenizers import Tokenizer
+
+        self = cls.__new__(cls)
+        self._setup(Tokenizer.from_str(spec["json"]), None, spec["context_length"])
+        return self
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -236,6 +250,10 @@ class LazyTrainedBPE(TextTokenizer):
         if name in ("vocab_size", "pad_id", "sot_id", "eot_id"):
             self._require()
         raise AttributeError(name)
+
+    def to_spec(self) -> dict[str, Any]:
+        """The fitted BPE's spec (a ``trained_bpe`` spec: it rebuilds as a ``TrainedBPETokenizer``)."""
+        return self._require().to_spec()
 
     def _ids(self, text: str) -> list[int]:
         return self._require()._ids(text)

@@ -18,13 +18,13 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-import lightning as L
 import open_clip
 import torch
 import torch.nn.functional as F
 
 from zoo.errors import ConfigError
-from zoo.models.clip.model import create_clip, resolve_config, tokenizer_for
+from zoo.models.base import ZooLit
+from zoo.models.clip.model import clip_config, create_clip, tokenizer_for
 from zoo.models.clip.scorer import ClipScorer
 
 
@@ -34,7 +34,7 @@ def recall_at_k(sim: torch.Tensor, k: int) -> float:
     return (topk == torch.arange(sim.shape[0], device=sim.device)[:, None]).any(1).float().mean().item()
 
 
-class ClipLit(L.LightningModule):
+class ClipLit(ZooLit):
     """CLIP on any open_clip architecture.
 
     Args:
@@ -51,9 +51,9 @@ class ClipLit(L.LightningModule):
     def __init__(self, preset: str = "shapes", arch: Optional[str] = None, net: Optional[dict[str, Any]] = None,
                  pretrained: Optional[str] = None, checkpoint: Optional[str] = None, cache_dir: Optional[str] = None,
                  load_weights: bool = True, optimizer=None, scheduler=None):
-        super().__init__()
+        super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.config = resolve_config(preset, arch, net)
+        self.config = clip_config(preset, arch, net)
         self.arch = self.config.arch
         self.clip = create_clip(self.config, pretrained=pretrained, checkpoint=checkpoint, cache_dir=cache_dir,
                                 load_weights=load_weights)
@@ -61,7 +61,6 @@ class ClipLit(L.LightningModule):
         self._scorer = ClipScorer.from_model(self.clip, self.tokenize)  # its preprocessing, used by embed()
         self.clip.train()  # (building a scorer switched the network to eval mode)
         self.image_size = self._scorer.image_size
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.loss_fn = open_clip.ClipLoss()
 
@@ -119,9 +118,7 @@ class ClipLit(L.LightningModule):
         loss = self.loss_fn(img.float(), txt.float(), scale)
         with torch.no_grad():
             acc = ((txt.float() @ img.float().t()).argmax(1) == torch.arange(len(txt), device=txt.device)).float().mean()
-        bs = len(txt)
-        self.log_dict({"train/loss": loss, "train/logit_scale": scale, "train/t2i_acc": acc}, batch_size=bs)
-        self.log("loss", loss, prog_bar=True, logger=False, batch_size=bs)
+        self.log_metrics("train", {"loss": loss, "logit_scale": scale, "t2i_acc": acc}, batch_size=len(txt))
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -129,22 +126,12 @@ class ClipLit(L.LightningModule):
             self.clip.logit_scale.clamp_(0, math.log(100))
 
     # -- evaluation ----------------------------------------------------------------------------------------------
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def eval_step(self, batch: dict[str, Any], stage: str) -> None:
         img, txt = self.embed(batch)
         self._val.append((img.float(), txt.float()))
 
-    test_step = validation_step
-
-    def on_validation_epoch_start(self) -> None:
+    def start_epoch(self, stage: str) -> None:
         self._val.clear()
-
-    on_test_epoch_start = on_validation_epoch_start
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_retrieval("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_retrieval("test")
 
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
         """Concatenate (n_rank, D) tensors of possibly different n from every rank (rank order)."""
@@ -155,7 +142,8 @@ class ClipLit(L.LightningModule):
         allx = self.all_gather(torch.cat([x, pad]))  # (world, max_n, D)
         return torch.cat([allx[r, : int(n[r])] for r in range(len(n))])
 
-    def _log_retrieval(self, stage: str) -> None:
+    def log_epoch(self, stage: str) -> None:
+        """Symmetric InfoNCE over all the epoch's pairs and recall@1/@5 both ways."""
         if not self._val:
             return
         img = self._gather(torch.cat([a for a, _ in self._val]))
@@ -177,15 +165,14 @@ class ClipLit(L.LightningModule):
         hp["load_weights"] = False
         checkpoint["hyper_parameters"] = hp
 
-    def configure_optimizers(self):
-        # no weight decay on gains, biases, embeddings and the temperature (as open_clip's training does)
+    def trainable_parameters(self) -> list[dict[str, Any]]:
+        """No weight decay on gains, biases, embeddings and the temperature (as open_clip's training does)."""
         decay, no_decay = [], []
         for n, p in self.named_parameters():
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim < 2 or "logit_scale" in n or "embedding" in n or "ln" in n else decay).append(p)
-        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        opt = (self.optimizer_factory or (lambda p: torch.optim.AdamW(p, lr=5e-4, weight_decay=0.1)))(groups)
-        if self.scheduler_factory is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def default_optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=5e-4, weight_decay=0.1)

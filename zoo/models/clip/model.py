@@ -37,6 +37,7 @@ import open_clip
 import torch
 
 from zoo.errors import ConfigError, MissingWeightsError
+from zoo.models.presets import resolve_preset
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -95,12 +96,11 @@ def validate_overrides(arch: str, overrides: dict[str, Any]) -> None:
                 raise ValueError(f"unknown CLIP net.{k} key(s) {bad}; valid keys: {sorted(valid)}")
 
 
-def resolve_config(preset: Optional[str] = "shapes", arch: Optional[str] = None,
-                   net: Optional[dict[str, Any]] = None) -> ClipConfig:
-    """``PRESETS[preset]`` with ``arch`` / ``net`` applied (``dataclasses.replace``); validates every key."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown CLIP preset {preset!r}; choose one of {sorted(PRESETS)} (model.preset=...)")
-    cfg = PRESETS[preset]
+def clip_config(preset: Optional[str] = "shapes", arch: Optional[str] = None,
+                net: Optional[dict[str, Any]] = None) -> ClipConfig:
+    """``resolve_preset(PRESETS, ...)`` then CLIP's own overrides: ``arch`` (any open_clip architecture) and ``net``
+    (open_clip model-config keys, deep-merged and validated against open_clip's config, not dataclass fields)."""
+    cfg = resolve_preset(PRESETS, ClipConfig, preset, None, "CLIP")
     net = dict(net or {})
     arch = net.pop("arch", None) or arch
     if arch:
@@ -114,7 +114,7 @@ def resolve_config(preset: Optional[str] = "shapes", arch: Optional[str] = None,
 
 def arch_for(preset: Optional[str], arch: Optional[str]) -> str:
     """Architecture name for a preset (or ``arch`` itself when given)."""
-    return resolve_config(preset or "shapes", arch).arch
+    return clip_config(preset or "shapes", arch).arch
 
 
 def model_config(cfg: ClipConfig) -> dict[str, Any]:

@@ -41,30 +41,11 @@ def clip_score_from_cos(cos: torch.Tensor) -> torch.Tensor:
 
 def resize_for_clip(x: torch.Tensor, size: int, resize_mode: str = "shortest", interpolation: str = "bicubic",
                     fill: float = 0.0) -> torch.Tensor:
-    """open_clip's eval transform on a tensor batch in [0, 1]: (N, 3, H, W) -> (N, 3, size, size).
+    """open_clip's eval transform on a tensor batch in [0, 1]: (N, 3, H, W) -> (N, 3, size, size)
+    (``zoo.data.transforms.resize_center_crop``: ``shortest`` resize + centre crop, ``longest`` + pad, ``squash``)."""
+    from zoo.data.transforms import resize_center_crop
 
-    ``shortest``: resize the short side to ``size`` then centre-crop; ``longest``: resize the long side then pad
-    with ``fill``; ``squash``: resize both sides. Antialiased like PIL's resize."""
-    h, w = x.shape[-2:]
-    if (h, w) == (size, size):
-        return x
-    mode = "bilinear" if interpolation == "bilinear" else "bicubic"
-    if resize_mode == "squash":
-        new = (size, size)
-    elif resize_mode == "shortest":  # torchvision's Resize(int): short side -> size, long side floored
-        new = (size, max(size, int(size * w / h))) if h <= w else (max(size, int(size * h / w)), size)
-    else:
-        scale = size / max(h, w)
-        new = (max(1, round(h * scale)), max(1, round(w * scale)))
-    x = F.interpolate(x, size=new, mode=mode, antialias=True, align_corners=False).clamp(0, 1)
-    nh, nw = x.shape[-2:]
-    if resize_mode == "shortest" and (nh, nw) != (size, size):
-        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))  # torchvision's CenterCrop
-        x = x[..., top : top + size, left : left + size]
-    elif resize_mode == "longest" and (nh, nw) != (size, size):
-        pt, pl = (size - nh) // 2, (size - nw) // 2
-        x = F.pad(x, (pl, size - nw - pl, pt, size - nh - pt), value=fill)
-    return x
+    return resize_center_crop(x, size, resize_mode, interpolation, fill, value_range=(0.0, 1.0))
 
 
 class ClipScorer:
@@ -112,18 +93,37 @@ class ClipScorer:
                        **kw) -> "ClipScorer":
         """Any open_clip architecture (or zoo config) with an open_clip ``pretrained`` tag and/or a local
         ``checkpoint`` file (open_clip file or zoo-train .ckpt). Raises ``MissingWeightsError`` offline."""
-        from zoo.models.clip.model import ClipConfig, create_clip, resolve_config, tokenizer_for
+        from zoo.models.clip.model import ClipConfig, clip_config, create_clip, tokenizer_for
 
-        cfg = resolve_config("shapes", arch, net) if net else ClipConfig(arch)
+        cfg = clip_config("shapes", arch, net) if net else ClipConfig(arch)
         model = create_clip(cfg, pretrained=pretrained, checkpoint=checkpoint, cache_dir=cache_dir)
         return cls.from_model(model, tokenizer_for(cfg), device=device, **kw)
+
+    @classmethod
+    def from_config(cls, c) -> "ClipScorer":
+        """From a ``clip`` config node (``zoo-embed``'s and ``zoo-eval``'s; a dict works too): ``checkpoint`` alone is
+        a zoo-train CLIP ``.ckpt``; ``arch`` (+ ``pretrained`` tag and/or ``checkpoint`` open_clip file, optional
+        ``net`` overrides) is any open_clip model; ``device`` (default cpu)."""
+        from zoo.errors import ConfigError
+
+        get = c.get
+        device = get("device") or "cpu"
+        if get("checkpoint") and not get("arch"):
+            return cls.from_lightning_checkpoint(str(get("checkpoint")), device=device)
+        if get("arch"):
+            net = dict(get("net") or {}) or None
+            return cls.from_open_clip(str(get("arch")), pretrained=get("pretrained"), checkpoint=get("checkpoint"),
+                                      device=device, net=net)
+        raise ConfigError("no CLIP given (fix: clip.checkpoint=/path/to/clip.ckpt from zoo-train model=clip, or "
+                          "clip.arch=ViT-B-32 clip.pretrained=openai, or clip.arch=<arch> clip.checkpoint=<open_clip "
+                          "file>)")
 
     @classmethod
     def from_lightning_checkpoint(cls, path: str, device: str = "cpu", **kw) -> "ClipScorer":
         """A checkpoint written by ``zoo-train model=clip`` (weights_only load; preset/arch/net read from its
         hyper-parameters; the ``pretrained`` tag it started from only sets the preprocessing, nothing downloads)."""
         from zoo.checkpoint import safe_load
-        from zoo.models.clip.model import create_clip, resolve_config, tokenizer_for
+        from zoo.models.clip.model import clip_config, create_clip, tokenizer_for
 
         from zoo.errors import ConfigError
         from zoo.registry import check_plain, component_in
@@ -137,7 +137,7 @@ class ClipScorer:
             raise ConfigError(f"{path} is not a CLIP checkpoint (fix: a zoo-train model=clip last.ckpt)")
         hp = ckpt.get("hyper_parameters", {}) or {}
         check_plain(hp, f"{path}: hyper_parameters")
-        cfg = resolve_config(hp.get("preset") or "shapes", hp.get("arch"), hp.get("net"))
+        cfg = clip_config(hp.get("preset") or "shapes", hp.get("arch"), hp.get("net"))
         tag = hp.get("pretrained")
         if tag and ("/" in tag or "\\" in tag or Path(tag).exists()):
             tag = None  # a path, not a tag: the weights are this file's own, never another file the file names

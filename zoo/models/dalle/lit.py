@@ -1,8 +1,8 @@
 """Training the DALL·E 1 transformer (stage 2) with Lightning.
 
 Image tokens come from the batch (``image_tokens``, written by ``zoo-tokenize``) when present, else from a frozen
-image tokenizer (a zoo-train dVAE / VQ-VAE checkpoint, ``tokenizer_ckpt``) that encodes ``image`` on the fly (eval
-mode, no grad, never in the optimizer). Text tokens are the DataModule's ``text_tokens`` (its text tokenizer,
+image tokenizer (a zoo-train dVAE / VQ-VAE checkpoint, ``image_tokenizer_ckpt``) that encodes ``image`` on the
+fly (eval mode, no grad, never in the optimizer). Text tokens are the DataModule's ``text_tokens`` (its text tokenizer,
 e.g. ``data/tokenizer=bpe``), right-padded with the pad id up to the model's ``text_len``.
 
 Caption dropout (for classifier-free guidance): with probability ``text_dropout`` a training caption is replaced
@@ -10,29 +10,31 @@ by all pads (the null text that ``sample_image_tokens`` uses for the uncondition
 
 Self-contained checkpoints: ``on_save_checkpoint`` writes two extra plain-value hyper-parameters,
 ``tokenizer_spec`` (registered component name + hyper-parameters + resolution of the frozen image tokenizer, whose weights are
-in the state dict under ``image_tokenizer.``) and ``text_tokenizer`` (the BPE's tokenizer.json as a string), so
+in the state dict under ``image_tokenizer.``) and ``text_tokenizer`` (``TextTokenizer.to_spec()``: the BPE's
+tokenizer.json as a string), so
 ``zoo.checkpoint.load_module(ckpt)`` followed by ``generate`` needs neither the tokenizer checkpoint nor the BPE file.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
 from zoo.errors import ConfigError
-from zoo.models.dalle.model import (DalleTransformer, build_config, image_tokenizer_from_spec, image_tokenizer_spec,
-                                    text_tokenizer_from_spec, text_tokenizer_spec)
+from zoo.models.base import ZooLit
+from zoo.models.dalle.model import (PRESETS, DalleTransformer, DalleTransformerConfig, image_tokenizer_from_spec,
+                                    image_tokenizer_spec)
+from zoo.models.presets import resolve_preset
 from zoo.nn.sampling import sample_image_tokens
+from zoo.text import TextTokenizer
 
 
-class DalleLit(L.LightningModule):
+class DalleLit(ZooLit):
     """Args:
-        preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.nn.transformer.PRESETS``); ``net`` overrides fields.
-        tokenizer_ckpt: zoo-train dVAE / VQ-VAE checkpoint used frozen to encode images (and to decode samples).
+        preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.dalle.model.PRESETS``); ``net`` overrides fields.
+        image_tokenizer_ckpt: zoo-train dVAE / VQ-VAE checkpoint used frozen to encode images (and to decode samples).
         text_dropout: probability of replacing a training caption by all pads (classifier-free guidance).
         grid_captions: captions sampled by ``sample_grid`` (the SampleGridCallback) beside their real images.
         grid_top_k, grid_guidance_scale: sampling settings of ``sample_grid``.
@@ -40,28 +42,25 @@ class DalleLit(L.LightningModule):
     """
 
     def __init__(self, preset: str = "shapes", net: Optional[dict[str, Any]] = None,
-                 tokenizer_ckpt: Optional[str] = None, text_dropout: float = 0.15, grid_captions: int = 8,
+                 image_tokenizer_ckpt: Optional[str] = None, text_dropout: float = 0.15, grid_captions: int = 8,
                  grid_top_k: Optional[int] = None, grid_guidance_scale: float = 1.0,
                  tokenizer_spec: Optional[dict[str, Any]] = None, text_tokenizer: Optional[dict[str, Any]] = None,
                  optimizer=None, scheduler=None):
-        super().__init__()
+        super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "tokenizer_spec", "text_tokenizer"])
         if not 0.0 <= text_dropout < 1.0:
             raise ValueError(f"text_dropout must be in [0, 1), got {text_dropout}")
-        self.cfg = build_config(preset, net)
+        self.cfg = resolve_preset(PRESETS, DalleTransformerConfig, preset, net, "DALL·E transformer")
         self.transformer = DalleTransformer(self.cfg)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.text_dropout = float(text_dropout)
-        self.grid_nrow = 8
         self._tokenizer_spec: Optional[dict[str, Any]] = None
         self.image_tokenizer = None
         if tokenizer_spec:  # rebuilt from a checkpoint: weights come with the state dict
             self._set_image_tokenizer(image_tokenizer_from_spec(tokenizer_spec), tokenizer_spec)
-        elif tokenizer_ckpt and Path(tokenizer_ckpt).is_file():
-            self.load_image_tokenizer(tokenizer_ckpt)
-        # a missing tokenizer_ckpt is reported by check_data with its fix (not here, so configs can be composed)
-        self.text_tokenizer = text_tokenizer_from_spec(text_tokenizer)
+        elif image_tokenizer_ckpt and Path(image_tokenizer_ckpt).is_file():
+            self.load_image_tokenizer(image_tokenizer_ckpt)
+        # a missing image_tokenizer_ckpt is reported by check_data with its fix (not here, so configs can be composed)
+        self.text_tokenizer = TextTokenizer.from_spec(text_tokenizer)
 
     # ------------------------------------------------------------------------------------------ tokenizers
     def load_image_tokenizer(self, path: str, resolution: Optional[int] = None) -> None:
@@ -69,7 +68,8 @@ class DalleLit(L.LightningModule):
 
         ckpt = safe_load(path)
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-            raise ConfigError(f"{path} is not a zoo-train checkpoint (fix: model.tokenizer_ckpt=<dvae/vqvae last.ckpt>)")
+            raise ConfigError(f"{path} is not a zoo-train checkpoint "
+                              "(fix: model.image_tokenizer_ckpt=<dvae/vqvae last.ckpt>)")
         res = resolution or ((ckpt.get("zoo_config") or {}).get("data") or {}).get("resolution")
         spec = image_tokenizer_spec(ckpt, res)  # plain values; stored in our checkpoints by on_save_checkpoint
         self._set_image_tokenizer(image_tokenizer_from_spec(spec, ckpt["state_dict"]), spec)
@@ -90,7 +90,7 @@ class DalleLit(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         hp = dict(checkpoint.get("hyper_parameters", {}))
         hp["tokenizer_spec"] = self._tokenizer_spec
-        hp["text_tokenizer"] = text_tokenizer_spec(self.text_tokenizer)
+        hp["text_tokenizer"] = self.text_tokenizer.to_spec() if self.text_tokenizer is not None else None
         checkpoint["hyper_parameters"] = hp
 
     # --------------------------------------------------------------------------------------------- data
@@ -115,14 +115,15 @@ class DalleLit(L.LightningModule):
                               f"(fix: model.net.pad_id={tok.pad_id})")
         features = getattr(datamodule, "features", {}) or {}
         if self.image_tokenizer is None:
-            path = self.hparams.get("tokenizer_ckpt")
+            path = self.hparams.get("image_tokenizer_ckpt")
             if path:
-                raise ConfigError(f"image tokenizer checkpoint not found: {path} (fix: model.tokenizer_ckpt=<a "
+                raise ConfigError(f"image tokenizer checkpoint not found: {path} (fix: model.image_tokenizer_ckpt=<a "
                                   f"zoo-train dvae/vqvae last.ckpt>, e.g. train one with "
                                   f"`zoo-train experiment=demo/tokenizer hydra.run.dir=logs/demo/tokenizer`)")
             if "train" not in features:
                 raise ConfigError("no image tokenizer and no precomputed image tokens (fix: "
-                                  "model.tokenizer_ckpt=<dvae/vqvae ckpt>, or data.features.train=<zoo-tokenize file>)")
+                                  "model.image_tokenizer_ckpt=<dvae/vqvae ckpt>, "
+                                  "or data.features.train=<zoo-tokenize file>)")
         else:
             it = self.image_tokenizer
             res = getattr(datamodule, "resolution", None)
@@ -158,7 +159,9 @@ class DalleLit(L.LightningModule):
             tokens = F.pad(tokens, (0, t - tokens.shape[1]), value=self.cfg.pad_id)
         return tokens
 
-    def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
+    def tokenize_text(self, captions: Sequence[str]) -> torch.Tensor:
+        """Captions -> text token ids (B, text_len) on this module's device (not embeddings: compare
+        ``ClipScorer.encode_text``)."""
         if self.text_tokenizer is None:
             raise RuntimeError("no text tokenizer: train with data/tokenizer=bpe (it is stored in the checkpoint)")
         return self.pad_text(self.text_tokenizer.encode(list(captions))).to(self.device)
@@ -168,7 +171,8 @@ class DalleLit(L.LightningModule):
         if "image_tokens" in batch:
             return batch["image_tokens"].long()
         if self.image_tokenizer is None:
-            raise RuntimeError("batch has no image_tokens and no image tokenizer is loaded (model.tokenizer_ckpt)")
+            raise RuntimeError("batch has no image_tokens and no image tokenizer is loaded "
+                               "(model.image_tokenizer_ckpt)")
         return self.image_tokenizer.encode(batch["image"]).long()
 
     def drop_captions(self, text: torch.Tensor) -> torch.Tensor:
@@ -187,32 +191,25 @@ class DalleLit(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         r = self.forward_loss(batch, train=True)
-        self.log_dict({"train/loss": r["loss"], "train/text_loss": r["text_loss"], "train/image_loss": r["image_loss"]})
-        self.log("loss", r["loss"], prog_bar=True, logger=False)
+        self.log_metrics("train", {"loss": r["loss"], "text_loss": r["text_loss"], "image_loss": r["image_loss"]})
         return r["loss"]
 
-    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+    def eval_step(self, batch: dict[str, Any], stage: str) -> None:
         r = self.forward_loss(batch, train=False)
-        self.log_dict({f"{stage}/loss": r["loss"], f"{stage}/text_loss": r["text_loss"],
-                       f"{stage}/image_loss": r["image_loss"]}, batch_size=batch["text_tokens"].shape[0])
+        self.log_metrics(stage, {"loss": r["loss"], "text_loss": r["text_loss"], "image_loss": r["image_loss"]},
+                         batch_size=batch["text_tokens"].shape[0])
 
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The transformer only: the frozen image tokenizer is never optimised."""
+        return [p for p in self.transformer.parameters() if p.requires_grad]
 
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
-
-    def configure_optimizers(self):
-        params = [p for p in self.transformer.parameters() if p.requires_grad]
-        opt = (self.optimizer_factory or (lambda p: torch.optim.AdamW(p, lr=3e-4)))(params)
-        if self.scheduler_factory is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+    def default_optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=3e-4)
 
     # ------------------------------------------------------------------------------------------ sampling
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.image_tokenizer is None:
-            raise RuntimeError("no image tokenizer to decode with (model.tokenizer_ckpt)")
+            raise RuntimeError("no image tokenizer to decode with (model.image_tokenizer_ckpt)")
         return self.image_tokenizer.decode(tokens).float().clamp(-1, 1)
 
     @torch.no_grad()
@@ -242,7 +239,7 @@ class DalleLit(L.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            text = self.encode_text(captions).repeat_interleave(n, 0)  # (B * n, T)
+            text = self.tokenize_text(captions).repeat_interleave(n, 0)  # (B * n, T)
             prime_tokens = None
             if prime is not None:
                 if prime.dtype.is_floating_point:
@@ -274,14 +271,3 @@ class DalleLit(L.LightningModule):
     def n_params(self) -> int:
         return sum(p.numel() for p in self.transformer.parameters())
 
-
-def cosine_with_warmup(optimizer, warmup_steps: int = 100, total_steps: int = 2000, min_ratio: float = 0.1):
-    """LambdaLR: linear warm-up then cosine decay to ``min_ratio`` of the base lr (Hydra: ``_partial_: true``)."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,43 +1,189 @@
-"""DALL·E 1 stage 2, the pieces around the transformer (plain PyTorch, no Lightning).
+"""DALL·E 1 stage 2 (plain PyTorch, no Lightning): the decoder-only transformer over [text BPE tokens ; image
+tokens], its config dataclass and size presets, and what a self-contained checkpoint needs.
 
-The network itself lives in ``zoo.nn.transformer`` (``DalleTransformer``, config dataclass and the presets
-``tiny`` / ``shapes`` / ``paper``); this file adds what a self-contained checkpoint needs:
-
-- ``build_config(preset, net)``: preset + overrides with errors that name the valid choices.
+- ``DalleTransformerConfig`` and ``PRESETS`` (``tiny`` / ``shapes`` / ``paper``); resolve them with
+  ``zoo.models.presets.resolve_preset(PRESETS, DalleTransformerConfig, preset, net, "DALL·E transformer")``.
+- ``DalleTransformer``: embeddings, one sparse mask per layer (``zoo.nn.sparse_masks``), the generic pre-LN stack
+  with its KV cache (``zoo.nn.transformer.Transformer`` / ``KVCache``; masks are the FULL (L, L) masks of the stream,
+  so one-token-at-a-time decoding uses exactly the rows of training's masks), two output heads, the loss.
 - ``image_tokenizer_spec`` / ``image_tokenizer_from_spec``: rebuild the frozen image tokenizer (dVAE / VQ-VAE)
-  from plain values (its registered component name + hyper-parameters + resolution); its weights travel in the
-  DALL·E state dict, so no tokenizer file is needed at sampling time.
-- ``text_tokenizer_spec`` / ``text_tokenizer_from_spec``: the text tokenizer as plain values (the trained BPE's
-  ``tokenizer.json`` string, or the CLIP BPE's context length).
+  from plain values (its registered component name + hyper-parameters + resolution, through ``zoo.registry``); its
+  weights travel in the DALL·E state dict, so no tokenizer file is needed at sampling time. (The text tokenizer
+  describes itself: ``TextTokenizer.to_spec()`` / ``TextTokenizer.from_spec(spec)`` in ``zoo.text``.)
 
 Parameter count of ``paper`` (measured in tests/models/test_dalle.py on the meta device): 12,292,808,448
 (the paper quotes "12 billion").
+
+Sequence layout (input positions 0 .. T + N - 2, with T = text_len and N = grid_h * grid_w)::
+
+    input   : text_0 .. text_{T-1}, img_0 .. img_{N-2}
+    predicts: text_1 .. text_{T-1}, img_0 .. img_{N-1}
+
+There is no extra start-of-image token: the last text position (T - 1) predicts the first image token, and the
+input at position T + p is image token p predicting image token p + 1. text_0 is not predicted (tokenizers put a
+start token there). Masks are built over T + N positions (the last row is simply never used).
+
+Embeddings: text token embedding, except that a text position holding ``pad_id`` uses its own learned pad vector
+(``text_pad_emb[i]`` for position i, as in the paper: "each text position has its own learned padding token");
+1-D learned text position embedding; image token embedding plus learned row and column embeddings (2-D).
+
+Output restriction: two heads. Text positions (0 .. T - 2) go through ``text_head`` (text vocabulary only), image
+positions (T - 1 .. T + N - 2) through ``image_head`` (image vocabulary only); a text position therefore cannot put
+probability on an image token or vice versa (equivalent to one joint head with -inf masking, without the waste).
+
+Loss: cross-entropy on text and image predictions, ``loss = w * text_loss + (1 - w) * image_loss`` with
+w = ``loss_text_weight`` (paper: 1/8 text, 7/8 image). Text targets that are pads are included by default
+(``text_loss_on_pad``), as the paper's fixed 256-token text stream is.
 """
 from __future__ import annotations
 
-from dataclasses import fields, replace
+import math
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from zoo.nn.image_tokenizer import find_image_tokenizer
-from zoo.nn.transformer import PRESETS, DalleTransformer, DalleTransformerConfig
+from zoo.nn.sparse_masks import dalle_mask, layer_pattern
+from zoo.nn.transformer import KVCache, Transformer
 
 PAPER_PARAMS = 12_292_808_448  # measured: sum(p.numel()) of DalleTransformer(PRESETS["paper"]) on the meta device
 
-__all__ = ["PRESETS", "DalleTransformer", "DalleTransformerConfig", "build_config", "image_tokenizer_spec",
-           "image_tokenizer_from_spec", "text_tokenizer_spec", "text_tokenizer_from_spec", "PAPER_PARAMS"]
+__all__ = ["PRESETS", "DalleTransformer", "DalleTransformerConfig", "image_tokenizer_spec",
+           "image_tokenizer_from_spec", "PAPER_PARAMS"]
 
 
-def build_config(preset: str, net: Optional[dict[str, Any]] = None) -> DalleTransformerConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown DALL·E preset {preset!r}; choose one of {sorted(PRESETS)} (model.preset=...)")
-    net = dict(net or {})
-    valid = {f.name for f in fields(DalleTransformerConfig)}
-    unknown = set(net) - valid
-    if unknown:
-        raise ValueError(f"unknown DALL·E transformer field(s) {sorted(unknown)} in model.net; valid: {sorted(valid)}")
-    return replace(PRESETS[preset], **net)
+# ---------------------------------------------------------------------------------------------- the network
+@dataclass
+class DalleTransformerConfig:
+    dim: int = 256
+    n_layers: int = 8
+    n_heads: int = 8
+    head_dim: int = 32
+    text_len: int = 48
+    text_vocab: int = 1024
+    image_vocab: int = 512
+    grid_h: int = 8
+    grid_w: int = 8
+    conv_kernel: int = 11
+    pattern: str = "paper"  # sparse_masks.PATTERNS: paper | full | row | column | conv
+    dropout: float = 0.0
+    loss_text_weight: float = 1 / 8
+    pad_id: int = 0
+    mlp_ratio: int = 4
+    text_loss_on_pad: bool = True
+
+    @property
+    def image_len(self) -> int:
+        return self.grid_h * self.grid_w
+
+    @property
+    def seq_len(self) -> int:  # mask size; the model's inputs are one shorter
+        return self.text_len + self.image_len
+
+
+PRESETS: dict[str, DalleTransformerConfig] = {
+    "tiny": DalleTransformerConfig(dim=64, n_layers=4, n_heads=4, head_dim=16, text_len=8, text_vocab=64,
+                                   image_vocab=32, grid_h=4, grid_w=4, conv_kernel=3),
+    "shapes": DalleTransformerConfig(dim=256, n_layers=8, n_heads=8, head_dim=32, text_len=48, text_vocab=1024,
+                                     image_vocab=512, grid_h=8, grid_w=8, conv_kernel=5),
+    # Ramesh et al. 2021: 64 layers, 62 heads x 64 = 3968 wide, 256 BPE tokens (16384) + 32x32 image tokens (8192)
+    "paper": DalleTransformerConfig(dim=3968, n_layers=64, n_heads=62, head_dim=64, text_len=256, text_vocab=16384,
+                                    image_vocab=8192, grid_h=32, grid_w=32, conv_kernel=11),
+}
+
+
+class DalleTransformer(nn.Module):
+    def __init__(self, cfg: DalleTransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.text_emb = nn.Embedding(cfg.text_vocab, d)
+        self.text_pad_emb = nn.Parameter(torch.empty(cfg.text_len, d))  # one learned pad vector per text position
+        self.text_pos = nn.Parameter(torch.empty(cfg.text_len, d))
+        self.image_emb = nn.Embedding(cfg.image_vocab, d)
+        self.image_row = nn.Parameter(torch.empty(cfg.grid_h, d))
+        self.image_col = nn.Parameter(torch.empty(cfg.grid_w, d))
+        self.transformer = Transformer(d, cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.mlp_ratio, cfg.dropout)
+        self.text_head = nn.Linear(d, cfg.text_vocab, bias=False)
+        self.image_head = nn.Linear(d, cfg.image_vocab, bias=False)
+        self.layer_kinds = layer_pattern(cfg.n_layers, cfg.pattern)
+        for kind in sorted(set(self.layer_kinds)):  # one (L, L) buffer per distinct kind, shared by its layers
+            self.register_buffer(f"mask_{kind}", dalle_mask(kind, cfg.text_len, cfg.grid_h, cfg.grid_w,
+                                                            cfg.conv_kernel), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self):  # GPT-2 style: N(0, 0.02); residual output projections scaled by 1/sqrt(2 L)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        for blk in self.transformer.blocks:
+            for lin in (blk.attn.proj, blk.mlp[2]):
+                nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * self.cfg.n_layers))
+        for p in (self.text_pad_emb, self.text_pos, self.image_row, self.image_col):
+            nn.init.normal_(p, std=0.02)
+
+    # -- pieces
+    def layer_masks(self) -> list[torch.Tensor]:
+        return [getattr(self, f"mask_{k}") for k in self.layer_kinds]
+
+    def embed(self, text: Optional[torch.Tensor] = None, image: Optional[torch.Tensor] = None,
+              image_start: int = 0) -> torch.Tensor:
+        """Embeddings of [text (B, T) ; image (B, n) at raster positions image_start ..] -> (B, T + n, dim).
+        Either part may be None (decoding feeds one image token at a time)."""
+        parts = []
+        if text is not None:
+            t = text.shape[1]
+            if t != self.cfg.text_len:
+                raise ValueError(f"text has {t} tokens, the model expects text_len={self.cfg.text_len}")
+            tok = self.text_emb(text)  # (B, T, d)
+            pad = self.text_pad_emb.to(tok.dtype).expand_as(tok)
+            parts.append(torch.where((text == self.cfg.pad_id).unsqueeze(-1), pad, tok) + self.text_pos)
+        if image is not None and image.shape[1] > 0:
+            idx = torch.arange(image_start, image_start + image.shape[1], device=image.device)
+            pos = self.image_row[idx // self.cfg.grid_w] + self.image_col[idx % self.cfg.grid_w]  # (n, d)
+            parts.append(self.image_emb(image) + pos)
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def new_cache(self, batch: int, dtype: Optional[torch.dtype] = None, device=None) -> KVCache:
+        p = self.text_pos
+        c = self.cfg
+        return KVCache(batch, c.n_layers, c.n_heads, c.seq_len, c.head_dim, dtype or p.dtype, device or p.device)
+
+    def hidden(self, x_emb: torch.Tensor, cache: Optional[KVCache] = None, start_pos: int = 0) -> torch.Tensor:
+        return self.transformer(x_emb, self.layer_masks(), cache, start_pos)
+
+    # -- training
+    def forward(self, text: torch.Tensor, image: torch.Tensor):
+        """text (B, T), image (B, h, w) or (B, N) -> (text_logits (B, T-1, text_vocab), image_logits (B, N,
+        image_vocab)); text_logits[:, i] predicts text[:, i+1], image_logits[:, p] predicts image token p."""
+        image = image.flatten(1)
+        h = self.hidden(self.embed(text, image[:, :-1]))  # (B, T + N - 1, d)
+        t = self.cfg.text_len
+        return self.text_head(h[:, : t - 1]), self.image_head(h[:, t - 1:])
+
+    def loss(self, text: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        image = image.flatten(1)
+        text_logits, image_logits = self(text, image)
+        ignore = -100 if self.cfg.text_loss_on_pad else self.cfg.pad_id
+        up = (lambda x: x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)  # CE in >= fp32
+        text_loss = F.cross_entropy(up(text_logits).flatten(0, 1), text[:, 1:].flatten(), ignore_index=ignore)
+        image_loss = F.cross_entropy(up(image_logits).flatten(0, 1), image.flatten())
+        w = self.cfg.loss_text_weight
+        return {"loss": w * text_loss + (1 - w) * image_loss, "text_loss": text_loss, "image_loss": image_loss}
+
+    # -- decoding
+    def next_image_logits(self, text: Optional[torch.Tensor] = None, image: Optional[torch.Tensor] = None,
+                          image_start: int = 0, cache: Optional[KVCache] = None, start_pos: int = 0) -> torch.Tensor:
+        """Image logits (B, image_vocab) predicted at the LAST of the given positions. Uncached: pass the whole
+        prefix (text, image[:, :p]) -> distribution of image token p. Cached: pass only the new positions with
+        start_pos (= T + image_start for image-only chunks)."""
+        h = self.hidden(self.embed(text, image, image_start), cache, start_pos)
+        return self.image_head(h[:, -1])
 
 
 # ------------------------------------------------------------------------------------------ image tokenizer
@@ -51,7 +197,7 @@ def image_tokenizer_spec(ckpt: dict[str, Any], resolution: Optional[int] = None)
         from zoo.errors import ConfigError
 
         raise ConfigError(f"the image tokenizer checkpoint holds a {name} model, not an image tokenizer "
-                         f"({' or '.join(IMAGE_TOKENIZERS)}) (fix: model.tokenizer_ckpt=<dvae/vqvae last.ckpt>)")
+                         f"({' or '.join(IMAGE_TOKENIZERS)}) (fix: model.image_tokenizer_ckpt=<dvae/vqvae last.ckpt>)")
     hp = checked_hparams(name, ckpt.get("hyper_parameters", {}), "the image tokenizer checkpoint")
     return {"component": name, "hyper_parameters": hp, "resolution": resolution}
 
@@ -76,35 +222,3 @@ def image_tokenizer_from_spec(spec: dict[str, Any], state_dict: Optional[dict[st
     if spec.get("resolution"):
         tok.resolution = int(spec["resolution"])
     return tok
-
-
-# ------------------------------------------------------------------------------------------- text tokenizer
-def text_tokenizer_spec(tok) -> Optional[dict[str, Any]]:
-    """Plain values that rebuild ``tok`` (a zoo ``TextTokenizer``) without its files, or None if unknown."""
-    from zoo.text import ClipBPETokenizer, LazyTrainedBPE, TrainedBPETokenizer
-
-    if tok is None:
-        return None
-    if isinstance(tok, LazyTrainedBPE):
-        tok = tok._require()
-    if isinstance(tok, TrainedBPETokenizer):
-        return {"kind": "trained_bpe", "json": tok._tok.to_str(), "context_length": int(tok.context_length)}
-    if isinstance(tok, ClipBPETokenizer):
-        return {"kind": "clip_bpe", "context_length": int(tok.context_length)}
-    return None
-
-
-def text_tokenizer_from_spec(spec: Optional[dict[str, Any]]):
-    if not spec:
-        return None
-    from zoo.text import ClipBPETokenizer, TrainedBPETokenizer
-
-    if spec["kind"] == "clip_bpe":
-        return ClipBPETokenizer(context_length=spec["context_length"])
-    if spec["kind"] == "trained_bpe":
-        from tokenizers import Tokenizer
-
-        tok = TrainedBPETokenizer.__new__(TrainedBPETokenizer)
-        tok._setup(Tokenizer.from_str(spec["json"]), None, spec["context_length"])
-        return tok
-    raise ValueError(f"unknown text tokenizer kind {spec['kind']!r}")

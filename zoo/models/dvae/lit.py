@@ -12,15 +12,16 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
 from zoo.errors import ConfigError
-from zoo.models.dvae.model import DVAE, build_config
-from zoo.nn.image_tokenizer import codebook_stats, psnr_from_mse
+from zoo.models.base import ImageTokenizerLit
+from zoo.models.dvae.model import DVAE, DVAEConfig, PRESETS
+from zoo.models.presets import resolve_preset
+from zoo.nn.image_tokenizer import psnr_from_mse
 from zoo.nn.likelihoods import LOGIT_LAPLACE_EPS, logit_laplace_nll, map_pixels
-from zoo.nn.schedules import SCHEDULES
+from zoo.nn.annealing import SCHEDULES
 
 
 def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
@@ -29,7 +30,7 @@ def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
     return (logq.exp() * logq).sum(1) + math.log(logits.shape[1])
 
 
-class DVAELit(L.LightningModule):
+class DVAELit(ImageTokenizerLit):
     def __init__(
         self,
         preset: str = "shapes",
@@ -45,7 +46,7 @@ class DVAELit(L.LightningModule):
         optimizer=None,
         scheduler=None,
     ):
-        super().__init__()
+        super().__init__(optimizer, scheduler)
         if recon_loss not in ("logit_laplace", "mse"):
             raise ConfigError(f"model.recon_loss={recon_loss!r}; expected logit_laplace (paper) or mse (ablation)")
         for name in (temperature_schedule, kl_schedule):
@@ -54,12 +55,9 @@ class DVAELit(L.LightningModule):
         net = dict(net or {})
         net.setdefault("out_channels", 6 if recon_loss == "logit_laplace" else 3)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.cfg = build_config(preset, net)
+        self.cfg = resolve_preset(PRESETS, DVAEConfig, preset, net, "dVAE")
         # channels_last: oneDNN's convolutions run ~1.8x faster on this CPU in that layout (bench/bench_tokenizers.py)
         self.dvae = DVAE(self.cfg).to(memory_format=torch.channels_last)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.grid_nrow = 8
 
     @property
     def tokenizer(self) -> DVAE:
@@ -103,73 +101,25 @@ class DVAELit(L.LightningModule):
     # --------------------------------------------------------------------------------------------- lightning
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         r = self.forward_loss(batch["image"])
-        self.log_dict(
-            {
-                "train/loss": r["loss"], "train/recon_nll": r["recon"], "train/kl": r["kl"],
-                "train/recon_mse": r["mse"], "train/psnr": psnr_from_mse(r["mse"]),
-                "train/temperature": self.temperature(), "train/kl_weight": self.kl_weight(),
-            },
-            prog_bar=False,
-        )
-        self.log("loss", r["loss"], prog_bar=True, logger=False)
+        self.log_metrics("train", {
+            "loss": r["loss"], "recon_nll": r["recon"], "kl": r["kl"], "recon_mse": r["mse"],
+            "psnr": psnr_from_mse(r["mse"]), "temperature": self.temperature(), "kl_weight": self.kl_weight(),
+        })
         return r["loss"]
 
     # --------------------------------------------------------------------------------------------- evaluation
-    def on_validation_epoch_start(self) -> None:
-        self._eval_stats = {
-            "counts": torch.zeros(self.cfg.vocab_size, dtype=torch.long, device=self.device),
-            "sse": torch.zeros((), dtype=torch.float64, device=self.device),
-            "n": torch.zeros((), dtype=torch.float64, device=self.device),
-        }
-
-    on_test_epoch_start = on_validation_epoch_start
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+    def eval_step(self, batch: dict[str, Any], stage: str) -> None:
         """Loss as in training (noisy relaxation); reconstruction metrics from argmax tokens (what stage 2 sees)."""
         images = batch["image"]
         r = self.forward_loss(images)
         codes = r["logits"].argmax(1)
-        recon = self.dvae.decode(codes)
-        err = (recon.float().add(1).div(2) - images.float().add(1).div(2)).pow(2)
-        st = self._eval_stats
-        st["counts"] += torch.bincount(codes.flatten(), minlength=self.cfg.vocab_size)
-        st["sse"] += err.sum().double()
-        st["n"] += err.numel()
-        self.log_dict({f"{stage}/loss": r["loss"], f"{stage}/kl": r["kl"], f"{stage}/recon_nll": r["recon"]},
-                      batch_size=images.shape[0])
-
-    def _log_epoch(self, stage: str) -> None:
-        """recon_mse / psnr over the whole epoch (PSNR of the epoch MSE), codebook usage and perplexity."""
-        st = getattr(self, "_eval_stats", None)
-        if st is None or st["n"] == 0:
-            return
-        if self.trainer.world_size > 1:
-            st = {k: self.all_gather(v).sum(0) for k, v in st.items()}
-        mse = (st["sse"] / st["n"]).float()
-        usage, perplexity = codebook_stats(st["counts"])
-        self.log_dict({f"{stage}/recon_mse": mse, f"{stage}/psnr": psnr_from_mse(mse),
-                       f"{stage}/codebook_usage": usage, f"{stage}/perplexity": perplexity}, sync_dist=False)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
-    @torch.no_grad()
-    def sample_grid(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Interleaved input | reconstruction pairs (from argmax tokens)."""
-        images = batch["image"][: self.grid_nrow]
-        recon = self.dvae.decode(self.dvae.encode(images))
-        return torch.stack([images.float(), recon.float()], 1).flatten(0, 1)
+        self.accumulate(codes, self.dvae.decode(codes), images)
+        self.log_metrics(stage, {"loss": r["loss"], "kl": r["kl"], "recon_nll": r["recon"]},
+                         batch_size=images.shape[0])
 
     def check_data(self, datamodule) -> None:
+        """Refuses a resolution the downsampling does not divide; adapts the tokenizer's resolution (and so its
+        grid size) to the data's otherwise (the network is convolutional)."""
         res = getattr(datamodule, "resolution", None)
         f = self.cfg.downsample_factor
         if res is not None and res % f:
@@ -181,8 +131,3 @@ class DVAELit(L.LightningModule):
             # The network is convolutional, so it runs at any multiple of f; grid_size follows the data.
             self.dvae.resolution = res
 
-    def configure_optimizers(self):
-        opt = (self.optimizer_factory or (lambda p: torch.optim.AdamW(p, lr=1e-3)))(self.parameters())
-        if self.scheduler_factory is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}

@@ -32,7 +32,7 @@ class DVAEConfig:
     # Initial scale of the code logits: the final 1x1 conv's weights are multiplied by this after the
     # variance-preserving init. With gain 1 the logits spread ~0.5 nats, far below the Gumbel noise (std 1.28), so
     # the relaxed samples carry almost nothing about the image until the encoder has grown its logits ~10x
-    # (see bench/tokenizer_quality.py). The paper does not say; 1.0 is the released model's plain init.
+    # (see scripts/tokenizer_quality.py). The paper does not say; 1.0 is the released model's plain init.
     logit_init_gain: float = 1.0
 
     @property
@@ -57,21 +57,6 @@ PRESETS: dict[str, DVAEConfig] = {
     # the released model's plain variance-preserving init
     "paper": DVAEConfig(resolution=256, vocab_size=8192, n_hid=256, n_groups=4, n_blk_per_group=2, n_init=128),
 }
-
-
-def build_config(preset: str, overrides: dict | None = None) -> DVAEConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown dVAE preset {preset!r}; choose one of {sorted(PRESETS)} (model.preset=...)")
-    overrides = dict(overrides or {})
-    valid = set(DVAEConfig.__dataclass_fields__)
-    unknown = set(overrides) - valid
-    if unknown:
-        raise ValueError(f"unknown dVAE field(s) {sorted(unknown)} in model.net; valid: {sorted(valid)}")
-    if "width_mults" in overrides:
-        overrides["width_mults"] = tuple(overrides["width_mults"])
-    from dataclasses import replace
-
-    return replace(PRESETS[preset], **overrides)
 
 
 class EncoderBlock(nn.Module):

@@ -5,7 +5,7 @@ Downsampling is by strided 4x4 convolutions, upsampling by nearest + 3x3 conv; r
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -41,17 +41,6 @@ PRESETS: dict[str, VQVAEConfig] = {
     # 256 px -> 32x32 grid of 8192 codes
     "paper": VQVAEConfig(resolution=256, codebook_size=8192, dim=256, channels=256, n_down=3, n_res=4),
 }
-
-
-def build_config(preset: str, overrides: dict | None = None) -> VQVAEConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown VQ-VAE preset {preset!r}; choose one of {sorted(PRESETS)} (model.preset=...)")
-    overrides = dict(overrides or {})
-    unknown = set(overrides) - set(VQVAEConfig.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown VQ-VAE field(s) {sorted(unknown)} in model.net; "
-                         f"valid: {sorted(VQVAEConfig.__dataclass_fields__)}")
-    return replace(PRESETS[preset], **overrides)
 
 
 class ResBlock(nn.Module):

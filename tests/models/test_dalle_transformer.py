@@ -5,17 +5,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from zoo.models.dalle.model import PRESETS, DalleTransformer, DalleTransformerConfig
+from zoo.models.presets import resolve_preset
 from zoo.nn.sampling import filter_logits, sample_image_tokens
-from zoo.nn.transformer import DalleTransformer, KVCache, make_config
+from zoo.nn.transformer import KVCache
 
 PATTERNS = ["full", "row", "column", "conv", "paper"]
+
+
+def _config(preset: str = "shapes", **net) -> DalleTransformerConfig:
+    return resolve_preset(PRESETS, DalleTransformerConfig, preset, net, "DALL·E transformer")
 
 
 def _model(pattern="paper", sharp=True, dtype=torch.float64, seed=0, **kw):
     """Tiny model in float64. ``sharp`` rescales the weights so that the next-token distributions are peaked and
     strongly context dependent: a wrong mask or cache row then changes the sampled tokens, not just the noise."""
     torch.manual_seed(seed)
-    m = DalleTransformer(make_config("tiny", pattern=pattern, **kw)).to(dtype).eval()
+    m = DalleTransformer(_config("tiny", pattern=pattern, **kw)).to(dtype).eval()
     if sharp:
         with torch.no_grad():
             for name, p in m.named_parameters():
@@ -26,7 +32,7 @@ def _model(pattern="paper", sharp=True, dtype=torch.float64, seed=0, **kw):
 
 def _batch(b=3, seed=1):
     g = torch.Generator().manual_seed(seed)
-    cfg = make_config("tiny")
+    cfg = _config("tiny")
     text = torch.randint(1, cfg.text_vocab, (b, cfg.text_len), generator=g)
     for i in range(b):  # variable caption lengths, padded with pad_id = 0
         text[i, 3 + i:] = cfg.pad_id
@@ -40,7 +46,7 @@ def _gen(seed=123):
 
 # ------------------------------------------------------------------------------------------- size / structure
 def test_paper_preset_is_12b_on_meta():
-    cfg = make_config("paper")
+    cfg = _config("paper")
     assert (cfg.dim, cfg.n_layers, cfg.n_heads, cfg.head_dim) == (3968, 64, 62, 64)
     assert (cfg.text_len, cfg.text_vocab, cfg.grid_h * cfg.grid_w, cfg.image_vocab) == (256, 16384, 1024, 8192)
     with torch.device("meta"):
@@ -54,7 +60,7 @@ def test_paper_preset_is_12b_on_meta():
 
 def test_unknown_preset_names_choices():
     with pytest.raises(ValueError, match="tiny"):
-        make_config("huge")
+        _config("huge")
 
 
 def test_pad_token_is_learned_per_position():
@@ -117,7 +123,7 @@ def test_loss_weighting_by_hand(w):
 
 def test_overfits_a_fixed_batch():
     torch.manual_seed(0)
-    m = DalleTransformer(make_config("tiny"))
+    m = DalleTransformer(_config("tiny"))
     text, image = _batch(b=4, seed=5)
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.0)
     first = last = None

@@ -1,6 +1,6 @@
-"""eval.blur: radius = Gaussian standard deviation (Pillow's GaussianBlur reading), kernel 2*ceil(3r)+1, r=0 identity.
+"""zoo.data.degradations (Gaussian blur): radius = Gaussian standard deviation (Pillow's GaussianBlur reading), kernel 2*ceil(3r)+1, r=0 identity.
 
-The "FD rises with blur radius" check needs the Inception fixture and lives in test_metrics.py.
+The "FD rises with blur radius" check needs the Inception fixture and lives in tests/eval/test_metrics.py.
 """
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from eval.blur import DALLE_BLUR_RADII, GaussianBlur, blur_kernel_size, gaussian_blur
+from eval.ablations import DALLE_BLUR_RADII
+from zoo.data.degradations import GaussianBlur, blur_kernel_size, gaussian_blur
 
 
 def _smooth_images(n=2, size=96, seed=0):

@@ -1,8 +1,8 @@
 """Train an image tokenizer on the shapes world for a fixed CPU-time budget; print val PSNR and codebook usage.
 
-    python bench/tokenizer_quality.py --model dvae --minutes 10
-    python bench/tokenizer_quality.py --model dvae --minutes 10 --set recon_loss=mse
-    python bench/tokenizer_quality.py --model vqvae --minutes 10
+    python scripts/tokenizer_quality.py --model dvae --minutes 10
+    python scripts/tokenizer_quality.py --model dvae --minutes 10 --set recon_loss=mse
+    python scripts/tokenizer_quality.py --model vqvae --minutes 10
 
 Plain training loop (bf16 autocast if native, channels_last) so the figure measures the model, not the framework. PSNR is
 on reconstructions from the argmax / nearest codes: what the stage-2 transformer will see. Hyper-parameters

@@ -1,5 +1,5 @@
-"""Shared builders for the DALL·E tests (no tests here; load with load_dalle_helpers()): a tiny frozen VQ-VAE
-checkpoint, a tiny BPE, a tiny CLIP checkpoint."""
+"""Shared builders for the DALL·E tests (no tests here; tests get this module from the ``dalle_helpers`` fixture in
+tests/conftest.py): a tiny frozen VQ-VAE checkpoint, a tiny BPE, a tiny CLIP checkpoint."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,16 +46,3 @@ def tiny_clip_ckpt(path: Path, seed: int = 0) -> Path:
                        "state_dict": lit.state_dict()}, path)
     return path
 
-
-def load_dalle_helpers():
-    """This module, imported by path (pytest runs with --import-mode=importlib, so tests/ is not on sys.path)."""
-    import importlib.util
-    import sys
-
-    name = "zoo_test_dalle_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]

@@ -1,4 +1,6 @@
-"""Step schedules for annealed hyper-parameters (Gumbel temperature, KL weight, ...) — torch-free, pure functions."""
+"""Annealing of hyper-parameters over training steps (Gumbel temperature, KL weight, ...) — torch-free, pure functions.
+
+(Named annealing, not schedules: "schedule" is the diffusion noise schedule, zoo/diffusion/schedules.py.)"""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,6 @@
-"""Gaussian blur of radius r for the DALL·E figure 9(a) ablation (blur both real images and samples, then FID/IS).
+"""Image degradations: Gaussian blur of radius r -- the DALL·E figure 9(a) ablation (``eval.ablations`` blurs real
+images and samples, then FID/IS) and the corruption of unCLIP's 64 -> 256 upsampler. (BSR degradation for the
+256 -> 1024 upsampler goes here too.)
 
 Definition of the radius: r is the *standard deviation* of the Gaussian in pixels, as in Pillow's
 ``ImageFilter.GaussianBlur(radius)`` (whose ``radius`` is the standard deviation) -- the reading of the DALL·E /
@@ -16,8 +18,6 @@ import math
 
 import torch
 from torchvision.transforms.functional import gaussian_blur as _tv_gaussian_blur
-
-DALLE_BLUR_RADII = (0, 1, 2, 4, 8)
 
 
 def blur_kernel_size(radius: float) -> int:
@@ -59,4 +59,4 @@ class GaussianBlur:
         return f"GaussianBlur(radius={self.radius:g}, kernel={blur_kernel_size(self.radius)}, sigma=radius)"
 
 
-__all__ = ["DALLE_BLUR_RADII", "GaussianBlur", "blur_kernel_size", "gaussian_blur"]
+__all__ = ["GaussianBlur", "blur_kernel_size", "gaussian_blur"]

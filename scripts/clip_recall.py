@@ -1,6 +1,6 @@
 """Text->image and image->text recall@1/@5 of a trained CLIP on a val batch of shapes scenes with descriptive captions.
 
-    python bench/clip_recall.py <checkpoint from zoo-train model=clip> [--n 64]
+    python scripts/clip_recall.py <checkpoint from zoo-train model=clip> [--n 64]
 """
 from __future__ import annotations
 

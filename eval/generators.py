@@ -1,0 +1,178 @@
+"""Generators that are not models, for ``zoo-eval`` (``generator=folder`` / ``generator=real_blurred``), and the
+loop that runs any generator over a protocol's captions. The ``Generator`` interface itself is
+``zoo.pipelines.base`` (shared with ``zoo-sample``).
+
+- ``FolderGenerator``: a folder of images plus ``captions.json`` (``{"file.png": "caption", ...}``) or
+  ``captions.txt`` (one caption per line, in sorted file-name order) -- samples made elsewhere;
+  ``save_folder`` writes that layout.
+- ``RealBlurredGenerator``: the protocol's own real images blurred by a radius, optionally swapped for another
+  scene with probability ``mismatch`` (a "blurry generator" whose numbers are known in advance: a check of the
+  machinery, not a model).
+- ``generate_images``: one image per caption (candidate 0), batched, resized to the evaluation resolution.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import numpy as np
+import torch
+
+from eval.eval_set import ImageBank, load_image, resize_for_eval
+from eval.features import check_images, to_uint8
+from zoo.data.degradations import gaussian_blur
+from zoo.errors import ConfigError
+from zoo.pipelines.base import RepeatedCandidates, as_candidate_generator
+
+if TYPE_CHECKING:
+    from eval.eval_set import EvalSet
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def save_folder(images: torch.Tensor, captions: Sequence[str], folder, start: int = 0) -> Path:
+    """Write images (N, 3, H, W) in [-1, 1] as ``{i:06d}.png`` plus ``captions.json`` (merged with any existing
+    one): the layout ``FolderGenerator`` reads."""
+    from PIL import Image
+
+    check_images(images)
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    index_file = folder / "captions.json"
+    index = json.loads(index_file.read_text()) if index_file.is_file() else {}
+    for k, (img, cap) in enumerate(zip(to_uint8(images), captions)):
+        name = f"{start + k:06d}.png"
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / name)
+        index[name] = str(cap)
+    index_file.write_text(json.dumps(index, indent=0, ensure_ascii=False))
+    return folder
+
+
+class FolderGenerator:
+    """Samples made elsewhere, as a generator: ``generate(captions)`` returns, for each caption, the next image of
+    the folder that carries that caption (cycling when a caption has several images: successive calls give
+    successive candidates).
+
+    Layout: image files plus ``captions.json`` (``{"000000.png": "a red circle ...", ...}``, or a list of
+    ``{"file": ..., "caption": ...}``) or ``captions.txt`` (one caption per line, matched to the image files in
+    sorted name order). ``resolution`` resizes on load (default: the files' own size; they must all agree).
+    """
+
+    def __init__(self, path, resolution: Optional[int] = None):
+        self.path = Path(str(path)).expanduser()
+        if not self.path.is_dir():
+            raise ConfigError(f"sample folder not found: {self.path} (fix: generator.path=/dir/with/images "
+                              f"and captions.json)")
+        self.resolution = resolution
+        files, captions = self._index()
+        self.files, self.captions = files, captions
+        self._by_caption: dict[str, list[int]] = {}
+        for i, c in enumerate(captions):
+            self._by_caption.setdefault(c, []).append(i)
+        self.seed = 0  # candidate i (RepeatedCandidates sets seed = base + i) -> the i-th image of that caption
+
+    def _index(self) -> tuple[list[Path], list[str]]:
+        js, txt = self.path / "captions.json", self.path / "captions.txt"
+        if js.is_file():
+            data = json.loads(js.read_text(encoding="utf-8"))
+            pairs = list(data.items()) if isinstance(data, dict) else [(d["file"], d["caption"]) for d in data]
+            pairs.sort()
+            files = [self.path / f for f, _ in pairs]
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing:
+                raise ConfigError(f"{js} names {len(missing)} missing files, e.g. {missing[:3]}")
+            return files, [str(c).strip() for _, c in pairs]
+        if txt.is_file():
+            caps = [line.strip() for line in txt.read_text(encoding="utf-8").splitlines() if line.strip()]
+            files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if len(files) != len(caps):
+                raise ConfigError(f"{txt} has {len(caps)} captions but {self.path} has {len(files)} images")
+            return files, caps
+        raise ConfigError(f"{self.path} has no captions.json or captions.txt (fix: write one with "
+                          f"eval.generators.save_folder, or captions.txt with one caption per image in name order)")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def generate(self, captions: list[str]) -> torch.Tensor:
+        missing = [c for c in captions if c not in self._by_caption]
+        if missing:
+            raise ValueError(f"{len(missing)} captions have no image in {self.path}, e.g. {missing[0]!r} "
+                             f"(the folder must hold samples for the protocol's captions)")
+        out = []
+        for c in captions:
+            idx = self._by_caption[c]
+            k = int(self.seed) % len(idx)
+            out.append(load_image(self.files[idx[k]], self.resolution))
+        shapes = {tuple(x.shape) for x in out}
+        if len(shapes) > 1:
+            raise ValueError(f"images of different sizes {sorted(shapes)} in {self.path} (fix: generator.resolution=N)")
+        return torch.stack(out)
+
+
+class RealBlurredGenerator:
+    """The protocol's real images, blurred by ``radius`` (Gaussian standard deviation in pixels, ``zoo.data.degradations``), as
+    a generator: a test generator whose metrics are known in advance ("a blurry generator").
+
+    ``mismatch``: probability that an image is replaced by another real scene (drawn from the same pool) -- its
+    candidates then differ, so CLIP reranking has something to choose (used by the reranking check). Draws are a
+    pure function of (``seed``, caption position in the pool). Call ``bind(eval_set)`` first (``zoo-eval`` does).
+    """
+
+    def __init__(self, radius: float = 2.0, mismatch: float = 0.0, seed: int = 0):
+        if not 0.0 <= float(mismatch) <= 1.0:
+            raise ConfigError(f"mismatch must be a probability in [0, 1], got {mismatch} (fix: generator.mismatch=0.5)")
+        self.radius, self.mismatch, self.seed = float(radius), float(mismatch), int(seed)
+        self.eval_set: Optional["EvalSet"] = None
+        self._index: dict[str, int] = {}
+
+    def bind(self, eval_set: "EvalSet") -> "RealBlurredGenerator":
+        self.eval_set = eval_set
+        self._index = {}
+        for i, c in enumerate(eval_set.captions):
+            self._index.setdefault(c, i)
+        return self
+
+    def generate(self, captions: list[str]) -> torch.Tensor:
+        if self.eval_set is None:
+            raise RuntimeError("RealBlurredGenerator.bind(eval_set) must be called before generate")
+        n_pool = len(self.eval_set.captions)
+        idx = []
+        for c in captions:
+            if c not in self._index:
+                raise ValueError(f"caption not in the protocol's set: {c!r}")
+            i = self._index[c]
+            if self.mismatch > 0:
+                rng = np.random.default_rng([self.seed, i])
+                if rng.random() < self.mismatch:
+                    i = (i + 1 + int(rng.integers(n_pool - 1))) % n_pool if n_pool > 1 else i
+            idx.append(i)
+        images = self.eval_set.real_images(idx)
+        return gaussian_blur(images, self.radius) if self.radius else images
+
+
+def generate_images(generator, captions: Sequence[str], batch_size: int = 32, resolution: Optional[int] = None,
+                    seed: int = 0, progress: bool = True) -> ImageBank:
+    """One image per caption (candidate 0 of ``as_candidate_generator(generator, seed)``), in batches with a progress
+    bar, resized to ``resolution`` and kept as uint8 in an ``ImageBank``."""
+    from zoo.progress import track
+
+    gen = as_candidate_generator(generator, seed)
+    bank = ImageBank()
+    captions = list(captions)
+    with track(total=len(captions), desc="generate", unit="img", disable=not progress) as bar:
+        for i in range(0, len(captions), batch_size):
+            caps = captions[i : i + batch_size]
+            if isinstance(gen, RepeatedCandidates):
+                out = gen.candidate(caps, 0)
+            else:
+                out = gen.candidates(caps, 1)[:, 0]
+            bank.add(resize_for_eval(out, resolution))
+            bar.update(len(caps))
+    return bank
+
+
+__all__ = ["FolderGenerator", "IMAGE_SUFFIXES", "RealBlurredGenerator", "generate_images", "save_folder"]

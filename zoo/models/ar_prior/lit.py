@@ -1,0 +1,195 @@
+"""Training unCLIP's AR prior (Lightning): caption + CLIP text embedding -> PCA bucket codes of the image embedding.
+
+Trains from ``zoo-embed`` features only (no CLIP in the loop): batches carry ``clip_text_tokens`` (B, L),
+``clip_text_emb`` (B, D) and ``clip_image_emb`` (B, D), served by the DataModule from
+``data.features.<split>=<zoo-embed file>``.
+
+The discretisation (``zoo.models.ar_prior.pca``) is fitted once, at ``setup``, on the TRAINING split's features:
+``EmbeddingPCA`` on the image embeddings (components holding > ``variance_kept`` of the variance, ``n_buckets``
+buckets each) and ``ScalarBins`` on the text-image dot products. Both are buffers, so they travel in the checkpoint:
+a module rebuilt by ``zoo.checkpoint.load_module`` samples without the data, and a resumed run restores them (the
+refit that ``setup`` does before Lightning restores the state dict is overwritten by the checkpoint's).
+
+Loss: cross-entropy over the dot-product bin and the K codes (``ARPrior.loss``). Caption dropout: with probability
+``text_dropout`` (paper: 10%) a training example gets the null caption (all pads + the learned null text-embedding
+token), which ``sample(..., guidance_scale=s)`` uses for the unconditional stream.
+
+``sample(text_emb, text_tokens, ...) -> (B, D)`` L2-normalised CLIP image embeddings (the codes decoded through the
+PCA). Validation logs ``val/loss``, ``val/code_loss``, ``val/dot_loss``, ``val/code_acc`` and ``val/pca_cos`` (the
+cosine between an image embedding and its encode -> decode round trip: the ceiling of any sample).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from zoo.errors import ConfigError
+from zoo.models.ar_prior.model import ARPrior, PRESETS, ARPriorConfig, sample_codes
+from zoo.models.ar_prior.pca import EmbeddingPCA, ScalarBins
+from zoo.models.base import ZooLit, resolve_preset
+
+FEATURE_KEYS = ("clip_text_tokens", "clip_text_emb", "clip_image_emb")
+
+
+class ARPriorLit(ZooLit):
+    """Args:
+        preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.ar_prior.model.PRESETS``); ``net`` overrides fields
+            of ``ARPriorConfig`` (e.g. ``embed_dim`` to match the CLIP, ``n_buckets``, ``n_dot_bins``).
+        variance_kept: keep the fewest PCA components holding more than this fraction of the variance (paper: 0.99).
+        n_components: keep exactly this many instead (None: by ``variance_kept``).
+        bucketing: ``quantile`` (equal-mass buckets) | ``uniform`` (± ``uniform_std`` std); see ``pca.py``.
+        text_dropout: probability of the null caption in training (classifier-free guidance; paper: 0.1).
+        dot_quantile: default of ``sample``: draw the dot-product bin from above this quantile of its predicted
+            distribution (paper: 0.5, "the top half").
+    """
+
+    def __init__(self, preset: str = "shapes", net: Optional[dict[str, Any]] = None, variance_kept: float = 0.99,
+                 n_components: Optional[int] = None, bucketing: str = "quantile", uniform_std: float = 4.0,
+                 text_dropout: float = 0.1, dot_quantile: float = 0.5, optimizer=None, scheduler=None):
+        super().__init__(optimizer, scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        if not 0.0 <= text_dropout < 1.0:
+            raise ConfigError(f"text_dropout must be in [0, 1), got {text_dropout}")
+        if not 0.0 <= dot_quantile < 1.0:
+            raise ConfigError(f"dot_quantile must be in [0, 1), got {dot_quantile}")
+        self.cfg: ARPriorConfig = resolve_preset(PRESETS, ARPriorConfig, preset, net, "AR prior")
+        self.net = ARPrior(self.cfg)
+        try:
+            self.pca = EmbeddingPCA(self.cfg.embed_dim, self.cfg.n_buckets, variance_kept, n_components, bucketing,
+                                    uniform_std)
+        except ValueError as e:
+            raise ConfigError(f"AR prior PCA: {e} (model.variance_kept / model.n_components / model.bucketing)") from None
+        self.dot_bins = ScalarBins(self.cfg.n_dot_bins)
+        self.text_dropout = float(text_dropout)
+        self.dot_quantile = float(dot_quantile)
+
+    # ------------------------------------------------------------------------------------------ PCA fitting
+    @property
+    def fitted(self) -> bool:
+        return self.pca.fitted and self.dot_bins.fitted
+
+    @torch.no_grad()
+    def fit_discretisation(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
+        """Fit the PCA + buckets on training image embeddings (N, D) and the dot-product bins on (z_t · z_i)."""
+        d = self.cfg.embed_dim
+        if image_emb.dim() != 2 or image_emb.shape[1] != d:
+            raise ConfigError(f"the CLIP image embeddings are {tuple(image_emb.shape[1:])}-d but the AR prior expects "
+                              f"{d} (fix: model.net.embed_dim={image_emb.shape[-1]})")
+        self.pca.fit(image_emb.float())
+        self.dot_bins.fit(self.dot_product(text_emb.float(), image_emb.float()))
+
+    @staticmethod
+    def dot_product(text_emb: torch.Tensor, image_emb: torch.Tensor) -> torch.Tensor:
+        """z_t · z_i of the L2-normalised embeddings (B,)."""
+        return (F.normalize(text_emb, dim=-1) * F.normalize(image_emb, dim=-1)).sum(-1)
+
+    def setup(self, stage: str) -> None:
+        if self.fitted or self._trainer is None:
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        feats = _train_features(dm)
+        self.fit_discretisation(feats["clip_image_emb"], feats["clip_text_emb"])
+        ratio = self.pca.variance_ratio()
+        import logging
+
+        logging.getLogger("zoo.ar_prior").info(
+            "AR prior: PCA keeps %d of %d components (%.4f of the variance), %d %s buckets each; %d dot-product bins",
+            self.pca.k, self.cfg.embed_dim, ratio, self.cfg.n_buckets, self.pca.bucketing, self.cfg.n_dot_bins)
+
+    def check_data(self, datamodule) -> None:
+        """Needs ``data.features.train`` (a zoo-embed file) unless the PCA is already fitted (e.g. fine-tuning a
+        loaded module), and validation features when validation runs on them."""
+        features = getattr(datamodule, "features", None) or {}
+        if not self.fitted and "train" not in features:
+            raise ConfigError("the AR prior trains on zoo-embed features (fix: data.features.train=<file from "
+                              "`zoo-embed clip.checkpoint=<clip.ckpt> data=shapes split=train out=<file>`>, and "
+                              "data.features.val=<the val file>)")
+
+    # ------------------------------------------------------------------------------------------ batches
+    def pad_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> (B, text_len), right-padded with pad_id."""
+        t = self.cfg.text_len
+        if tokens.shape[1] > t:
+            raise ConfigError(f"captions have {tokens.shape[1]} CLIP tokens; the AR prior takes text_len={t} "
+                              f"(fix: model.net.text_len={tokens.shape[1]})")
+        if tokens.shape[1] < t:
+            tokens = F.pad(tokens, (0, t - tokens.shape[1]), value=self.cfg.pad_id)
+        if tokens.numel() and int(tokens.max()) >= self.cfg.text_vocab:
+            raise ConfigError(f"caption token id {int(tokens.max())} >= model text_vocab {self.cfg.text_vocab} "
+                              f"(fix: model.net.text_vocab=49408 for open_clip's BPE)")
+        return tokens
+
+    def targets(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        missing = [k for k in FEATURE_KEYS if k not in batch]
+        if missing:
+            raise ConfigError(f"batch lacks {missing} (fix: data.features.<split>=<zoo-embed file>)")
+        if not self.fitted:
+            raise RuntimeError("the AR prior's PCA is not fitted: train it with zoo-train (setup fits it) or call "
+                               "fit_discretisation(image_emb, text_emb)")
+        tokens = self.pad_text(batch["clip_text_tokens"].long())
+        txt, img = batch["clip_text_emb"].float(), batch["clip_image_emb"].float()
+        codes = self.pca.encode(img)  # (B, K)
+        dot = self.dot_bins.encode(self.dot_product(txt, img))  # (B,)
+        return tokens, F.normalize(txt, dim=-1), dot, codes
+
+    def forward_loss(self, batch: dict[str, Any], train: bool) -> dict[str, torch.Tensor]:
+        tokens, txt, dot, codes = self.targets(batch)
+        drop = None
+        if train and self.text_dropout > 0:
+            drop = torch.rand(tokens.shape[0], device=tokens.device) < self.text_dropout
+        return self.net.loss(tokens, txt, dot, codes, drop)
+
+    # ------------------------------------------------------------------------------------------ loops
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        r = self.forward_loss(batch, train=True)
+        self.log_metrics("train", r, batch_size=len(batch["clip_image_emb"]))
+        return r["loss"]
+
+    def eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        r = self.forward_loss(batch, train=False)
+        img = batch["clip_image_emb"].float()
+        r["pca_cos"] = F.cosine_similarity(self.pca.decode(self.pca.encode(img)), img, dim=-1).mean()
+        self.log_metrics(stage, r, batch_size=len(img))
+
+    # ------------------------------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, text_emb: torch.Tensor, text_tokens: torch.Tensor, guidance_scale: float = 1.0,
+               temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+               dot_quantile: Optional[float] = None, use_cache: bool = True,
+               generator: Optional[torch.Generator] = None, return_codes: bool = False):
+        """CLIP text embeddings (B, D) + their CLIP caption tokens (B, L) -> sampled image embeddings (B, D),
+        L2-normalised (and, with ``return_codes``, the (B, K) codes and (B,) dot bins)."""
+        tokens = self.pad_text(text_tokens.to(self.device).long())
+        txt = F.normalize(text_emb.to(self.device, self.pca.mean.dtype), dim=-1)
+        q = self.dot_quantile if dot_quantile is None else dot_quantile
+        codes, dot = sample_codes(self.net, tokens, txt, self.pca.k, temperature=temperature, top_k=top_k,
+                                  top_p=top_p, guidance_scale=guidance_scale, dot_quantile=q, use_cache=use_cache,
+                                  generator=generator)
+        emb = F.normalize(self.pca.decode(codes), dim=-1)
+        return (emb, codes, dot) if return_codes else emb
+
+    def default_optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.04)
+
+
+def _train_features(dm) -> dict[str, torch.Tensor]:
+    """The training split's zoo-embed tensors: from the DataModule's built dataset, else from its feature file."""
+    if dm is None:
+        raise ConfigError("the AR prior fits its PCA on the training features at setup: train it with a DataModule "
+                          "(zoo-train ... data.features.train=<zoo-embed file>)")
+    feats = getattr(dm.dataset("train"), "features", None) if hasattr(dm, "dataset") else None
+    if not feats or "clip_image_emb" not in feats:
+        path = (getattr(dm, "features", None) or {}).get("train")
+        if not path:
+            raise ConfigError("no training features to fit the AR prior's PCA on (fix: data.features.train=<zoo-embed "
+                              "file>)")
+        from zoo.embed import load_embeddings
+
+        feats = load_embeddings(path)
+    missing = [k for k in ("clip_image_emb", "clip_text_emb") if k not in feats]
+    if missing:
+        raise ConfigError(f"the training feature file lacks {missing}: it is not a zoo-embed file (fix: "
+                          f"data.features.train=<file written by zoo-embed>)")
+    return feats

@@ -1,0 +1,200 @@
+"""The one LightningModule base of the zoo: optimizers, presets, logging, sample grids.
+
+Every component's ``zoo/models/<c>/lit.py`` subclasses ``ZooLit`` and keeps only what is its own (its network,
+loss, metrics, checks). The contract, in the order a subclass meets it::
+
+    class MyLit(ZooLit):
+        def __init__(self, preset="shapes", net=None, ..., optimizer=None, scheduler=None):
+            super().__init__(optimizer, scheduler)              # stores the two factories
+            self.save_hyperparameters(ignore=["optimizer", "scheduler"])   # plain values only
+            self.cfg = resolve_preset(PRESETS, MyConfig, preset, net, "my model")
+            self.net = MyNet(self.cfg)
+
+        def training_step(self, batch, batch_idx):
+            r = self.forward_loss(batch)
+            self.log_metrics("train", {"loss": r["loss"], ...})   # train/<k>, plus "loss" on the progress bar
+            return r["loss"]
+
+        def eval_step(self, batch, stage):                       # stage: "val" | "test"
+            self.log_metrics(stage, {...}, batch_size=len(batch["image"]))
+
+Hyper-parameters and factories:
+    * ``preset`` / ``net``: the network's size preset and field overrides, resolved by
+      ``zoo.models.presets.resolve_preset`` (re-exported here). The override argument is called ``net`` everywhere.
+    * ``optimizer`` / ``scheduler``: Hydra ``_partial_: true`` nodes, i.e. callables ``optimizer(params)`` and
+      ``scheduler(optimizer)``; never saved in the checkpoint's hyper-parameters (pass ``ignore`` as above).
+      Without ``optimizer`` the subclass's ``default_optimizer(params)`` is used (AdamW, lr 1e-3, unless overridden).
+      The scheduler is stepped every ``scheduler_interval`` (class attribute, ``"step"``).
+
+Hooks a subclass may override (all optional):
+    * ``trainable_parameters()``: what the optimizer gets: parameters or a list of param-group dicts (CLIP: no
+      weight decay on gains/biases; DALL·E: only the transformer, never the frozen image tokenizer). Default: every
+      parameter with ``requires_grad``.
+    * ``default_optimizer(params)``: the optimizer when none is configured.
+    * ``eval_step(batch, stage)``: one validation/test batch (``validation_step`` / ``test_step`` call it).
+    * ``start_epoch(stage)`` / ``log_epoch(stage)``: reset and log epoch-level metrics (``on_{validation,test}_
+      epoch_{start,end}`` call them with ``"val"`` / ``"test"``).
+    * ``check_data(datamodule)``: checks that need model and data (``zoo.train`` calls it before fitting); raise
+      ``ConfigError`` with the fix. If it adapts the model to the data (e.g. sets a tokenizer's resolution), its
+      docstring says so.
+
+The ``sample_grid`` hook contract (not defined here: ``SampleGridCallback`` and ``zoo-sample`` look it up with
+``hasattr``, so a module without it simply has no grids)::
+
+    @torch.no_grad()
+    def sample_grid(self, batch: dict) -> torch.Tensor:   # (N, 3, H, W) float in [-1, 1]
+        '''Called in eval mode on (the first rows of) a validation batch already on ``self.device``. Returns images
+        laid out row-major in rows of ``self.grid_nrow`` (class attribute, default 8): e.g. input|reconstruction
+        pairs for tokenizers, real|sample pairs for generators. Must be deterministic for a given batch (seed any
+        sampling with a fixed ``torch.Generator``) so grids of successive epochs are comparable.'''
+
+``ImageTokenizerLit`` (below) is the shared base of the dVAE and VQ-VAE modules: reconstruction / codebook epoch
+metrics and their input|reconstruction ``sample_grid``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Optional
+
+import lightning as L
+import torch
+
+from zoo.models.presets import resolve_preset
+from zoo.nn.image_tokenizer import codebook_stats, psnr_from_mse
+
+__all__ = ["ZooLit", "ImageTokenizerLit", "cosine_with_warmup", "resolve_preset"]
+
+
+class ZooLit(L.LightningModule):
+    """The zoo's LightningModule base; see the module docstring for the contract."""
+
+    grid_nrow: int = 8  # images per row of ``sample_grid``'s output
+    scheduler_interval: str = "step"  # how often the lr scheduler steps ("step" | "epoch")
+
+    def __init__(self, optimizer=None, scheduler=None):
+        super().__init__()
+        self.optimizer_factory = optimizer  # Hydra _partial_: params -> torch.optim.Optimizer
+        self.scheduler_factory = scheduler  # Hydra _partial_: optimizer -> lr scheduler
+
+    # -------------------------------------------------------------------------------------------- optimisation
+    def trainable_parameters(self) -> Iterable[torch.nn.Parameter] | list[dict[str, Any]]:
+        """What the optimizer optimises (parameters or param-group dicts). Default: all with ``requires_grad``."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def default_optimizer(self, params) -> torch.optim.Optimizer:
+        """The optimizer when ``optimizer`` is not configured."""
+        return torch.optim.AdamW(params, lr=1e-3)
+
+    def configure_optimizers(self):
+        params = self.trainable_parameters()
+        opt = self.optimizer_factory(params) if self.optimizer_factory is not None else self.default_optimizer(params)
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": self.scheduler_interval}}
+
+    # -------------------------------------------------------------------------------------------- logging
+    def log_metrics(self, stage: str, metrics: Mapping[str, Any], batch_size: Optional[int] = None,
+                    **kwargs) -> None:
+        """Log ``{stage}/{name}`` for every metric; in training, ``metrics["loss"]`` also goes to the progress bar
+        (as ``loss``, not to the logger)."""
+        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, batch_size=batch_size, **kwargs)
+        if stage == "train" and "loss" in metrics:
+            self.log("loss", metrics["loss"], prog_bar=True, logger=False, batch_size=batch_size)
+
+    def gather_sum(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Sum epoch accumulators over DDP ranks (identity on one process)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return stats
+        return {k: self.all_gather(v).sum(0) for k, v in stats.items()}
+
+    # -------------------------------------------------------------------------------------------- eval loop
+    def eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        raise NotImplementedError(f"{type(self).__name__} defines no eval_step(batch, stage)")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.eval_step(batch, "test")
+
+    def start_epoch(self, stage: str) -> None:
+        """Reset epoch accumulators before a ``val`` / ``test`` epoch (default: nothing)."""
+
+    def log_epoch(self, stage: str) -> None:
+        """Log epoch-level metrics after a ``val`` / ``test`` epoch (default: nothing)."""
+
+    def on_validation_epoch_start(self) -> None:
+        self.start_epoch("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.start_epoch("test")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch("test")
+
+    # -------------------------------------------------------------------------------------------- checks
+    def check_data(self, datamodule) -> None:
+        """Checks that need both the model and the data (default: none)."""
+
+
+class ImageTokenizerLit(ZooLit):
+    """Shared base of the image-tokenizer modules (dVAE, VQ-VAE).
+
+    A subclass sets ``tokenizer`` (its ``ImageTokenizer`` network) and, in ``eval_step``, calls
+    ``accumulate(codes, recon, images)``; ``log_epoch`` then logs ``recon_mse`` / ``psnr`` over the whole epoch
+    (PSNR of the epoch MSE), ``codebook_usage`` and ``perplexity``. ``sample_grid`` gives input | reconstruction
+    pairs from the tokens (what stage 2 sees).
+    """
+
+    @property
+    def tokenizer(self):
+        raise NotImplementedError
+
+    def start_epoch(self, stage: str) -> None:
+        self._eval_stats = {
+            "counts": torch.zeros(self.tokenizer.codebook_size, dtype=torch.long, device=self.device),
+            "sse": torch.zeros((), dtype=torch.float64, device=self.device),
+            "n": torch.zeros((), dtype=torch.float64, device=self.device),
+        }
+
+    def accumulate(self, codes: torch.Tensor, recon: torch.Tensor, images: torch.Tensor) -> None:
+        """Add a batch's codes (B, h, w) and reconstruction error (images and recon in [-1, 1]) to the epoch."""
+        err = (recon.float().clamp(-1, 1).add(1).div(2) - images.float().add(1).div(2)).pow(2)
+        st = self._eval_stats
+        st["counts"] += torch.bincount(codes.flatten(), minlength=self.tokenizer.codebook_size)
+        st["sse"] += err.sum().double()
+        st["n"] += err.numel()
+
+    def log_epoch(self, stage: str) -> None:
+        st = getattr(self, "_eval_stats", None)
+        if st is None or st["n"] == 0:
+            return
+        st = self.gather_sum(st)
+        mse = (st["sse"] / st["n"]).float()
+        usage, perplexity = codebook_stats(st["counts"])
+        self.log_dict({f"{stage}/recon_mse": mse, f"{stage}/psnr": psnr_from_mse(mse),
+                       f"{stage}/codebook_usage": usage, f"{stage}/perplexity": perplexity})
+
+    @torch.no_grad()
+    def sample_grid(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Interleaved input | reconstruction pairs (decoded from the tokens)."""
+        images = batch["image"][: self.grid_nrow]
+        recon = self.tokenizer.decode(self.tokenizer.encode(images))
+        return torch.stack([images.float(), recon.float()], 1).flatten(0, 1)
+
+
+def cosine_with_warmup(optimizer, warmup_steps: int = 100, total_steps: int = 2000, min_ratio: float = 0.1):
+    """LambdaLR: linear warm-up then cosine decay to ``min_ratio`` of the base lr (Hydra: ``_partial_: true``,
+    ``_target_: zoo.models.base.cosine_with_warmup``)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

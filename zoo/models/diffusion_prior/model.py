@@ -1,0 +1,193 @@
+"""unCLIP's diffusion prior network (Ramesh et al. 2022, sec. 2.1): caption -> CLIP image embedding, plain PyTorch.
+
+A decoder-only causal transformer (``zoo.nn.transformer.Transformer``) over the sequence::
+
+    [ text_0 .. text_{L-1} ; text_emb ; time ; x_t ; query ]        (L + 4 positions, causal mask)
+      encoded text tokens    CLIP text  t     noised    learned final
+                             embedding        image emb query
+
+The output of the final query position (the only one that sees everything) goes through a linear head and predicts
+the UN-NOISED image embedding x0 (``GaussianDiffusion(model_mean_type="x0")``).
+
+Encoded text tokens (``text_input``), a choice:
+* ``"tokens"`` (default of ``tiny`` / ``shapes``): learned embeddings of the CLIP token ids (``clip_text_tokens``,
+  always written by ``zoo-embed``); the prior's own causal transformer does the text encoding. Positions holding
+  ``pad_id`` (open_clip pads with 0 after the end-of-text token) use a learned per-position pad vector, as DALL·E's
+  transformer does, so no per-example key mask is needed.
+* ``"encodings"`` (default of ``paper``, as in the paper and Karlo): the per-token outputs of CLIP's text tower
+  (``clip_text_encodings`` (B, L, text_enc_dim) + ``clip_text_mask`` (B, L), ``zoo-embed text_encodings=true``)
+  projected to the width; masked-out positions use the same learned pad vectors.
+* ``"none"``: no text tokens, only the CLIP text embedding (an ablation; the sequence is 4 long).
+
+Null condition (classifier-free guidance; the Lit drops the text 10% of the time): every text position takes its
+learned pad vector (the "all pads" caption) and the text embedding is replaced by a learned ``null_text_emb``.
+
+Inputs are in the diffusion's scaled units (the Lit multiplies CLIP embeddings by its ``embed_scale``); learned
+positional embeddings are added to every position. Timesteps go through sinusoidal features and an MLP
+(``zoo.nn.embeddings.TimestepEmbedder``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+import torch
+import torch.nn as nn
+
+from zoo.models.presets import resolve_preset
+from zoo.nn.embeddings import TimestepEmbedder
+from zoo.nn.transformer import Transformer
+
+TEXT_INPUTS = ("tokens", "encodings", "none")
+
+
+@dataclass
+class DiffusionPriorConfig:
+    clip_dim: int = 128          # CLIP embedding width (the diffused vector)
+    dim: int = 256               # transformer width
+    n_layers: int = 4
+    n_heads: int = 4
+    head_dim: int = 64
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    text_input: str = "tokens"   # tokens | encodings | none (see the module docstring)
+    text_len: int = 48           # CLIP context length (open_clip's tokenizer pads/truncates to it)
+    text_vocab: int = 49408      # CLIP BPE vocabulary (text_input=tokens)
+    text_enc_dim: int = 128      # width of CLIP's per-token text encodings (text_input=encodings)
+    pad_id: int = 0              # open_clip's pad id (text_input=tokens)
+
+    @property
+    def n_text(self) -> int:
+        return 0 if self.text_input == "none" else self.text_len
+
+    @property
+    def seq_len(self) -> int:  # text tokens, text embedding, timestep, x_t, final query
+        return self.n_text + 4
+
+
+PRESETS: dict[str, DiffusionPriorConfig] = {
+    "tiny": DiffusionPriorConfig(clip_dim=16, dim=32, n_layers=2, n_heads=2, head_dim=16, text_len=8, text_vocab=64,
+                                 text_enc_dim=16),
+    # the shapes CLIP (zoo/models/clip/configs/zoo-clip-shapes.json): 128-d embeddings, 48-token context, width 128.
+    # 7.2M parameters, 6.3M of them the CLIP-vocabulary token table (a sparse lookup); 0.8M in the transformer.
+    "shapes": DiffusionPriorConfig(clip_dim=128, dim=128, n_layers=4, n_heads=4, head_dim=32, text_len=48,
+                                   text_vocab=49408, text_enc_dim=128),
+    # unCLIP: "1B parameters" with ViT-H/16 CLIP (1024-d embeddings, text tower width 1024, 77-token context).
+    # Width 2048 / 32 heads x 64; 20 layers as in Karlo (kakaobrain/karlo, the public unCLIP reproduction, and
+    # diffusers' PriorTransformer defaults): 20 x 12 x 2048^2 = 1.007B, i.e. the paper's 1B. The paper's own table
+    # gives only the size. Measured count: PAPER_PARAMS.
+    "paper": DiffusionPriorConfig(clip_dim=1024, dim=2048, n_layers=20, n_heads=32, head_dim=64, text_input="encodings",
+                                  text_len=77, text_vocab=49408, text_enc_dim=1024),
+}
+
+# Parameter count of the ``paper`` preset, measured on the meta device (tests/models/test_diffusion_prior.py).
+PAPER_PARAMS = 1_024_285_696
+
+
+def build_config(preset: str = "shapes", net: Optional[Mapping[str, Any]] = None) -> DiffusionPriorConfig:
+    cfg = resolve_preset(PRESETS, DiffusionPriorConfig, preset, net, "diffusion prior")
+    if cfg.text_input not in TEXT_INPUTS:
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"model.net.text_input={cfg.text_input!r}; choose one of {TEXT_INPUTS}")
+    return cfg
+
+
+class DiffusionPriorNet(nn.Module):
+    """forward(x_t (B, D), t (B,), text_emb (B, D), text_tokens=None (B, L), text_encodings=None (B, L, E),
+    text_mask=None (B, L) bool, drop_text=None (B,) bool) -> predicted x0 (B, D). All embeddings in scaled units."""
+
+    def __init__(self, cfg: DiffusionPriorConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        if cfg.text_input == "tokens":
+            self.text_tok = nn.Embedding(cfg.text_vocab, d)
+        elif cfg.text_input == "encodings":
+            self.text_proj = nn.Linear(cfg.text_enc_dim, d)
+        self.text_pad_emb = nn.Parameter(torch.empty(cfg.n_text, d))  # pads and the null caption, per position
+        self.text_emb_proj = nn.Linear(cfg.clip_dim, d)
+        self.null_text_emb = nn.Parameter(torch.empty(d))  # the CLIP text embedding of the null condition
+        self.time_embed = TimestepEmbedder(d, d)
+        self.x_proj = nn.Linear(cfg.clip_dim, d)
+        self.query = nn.Parameter(torch.empty(d))
+        self.pos = nn.Parameter(torch.empty(cfg.seq_len, d))
+        self.transformer = Transformer(d, cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.mlp_ratio, cfg.dropout)
+        self.head = nn.Linear(d, cfg.clip_dim)
+        self.register_buffer("causal_mask", torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.bool).tril(),
+                             persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self):  # GPT-2 style: N(0, 0.02); residual output projections scaled by 1/sqrt(2 L)
+        if any(p.is_meta for p in self.parameters()):
+            return
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        for blk in self.transformer.blocks:
+            for lin in (blk.attn.proj, blk.mlp[2]):
+                nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * self.cfg.n_layers))
+        for p in (self.text_pad_emb, self.null_text_emb, self.query, self.pos):
+            nn.init.normal_(p, std=0.02)
+
+    # -- pieces
+    def embed_text(self, batch: int, text_tokens: Optional[torch.Tensor], text_encodings: Optional[torch.Tensor],
+                   text_mask: Optional[torch.Tensor], drop_text: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, n_text, dim): token embeddings / projected encodings, pad vectors where masked or dropped."""
+        c = self.cfg
+        pad = self.text_pad_emb.unsqueeze(0).expand(batch, -1, -1)  # (B, L, d)
+        if c.text_input == "none":
+            return pad
+        if c.text_input == "tokens":
+            if text_tokens is None:
+                raise ValueError("text_input=tokens needs text_tokens (B, L) (zoo-embed's clip_text_tokens)")
+            if text_tokens.shape[1] != c.text_len:
+                raise ValueError(f"text_tokens have {text_tokens.shape[1]} positions, the prior expects "
+                                 f"text_len={c.text_len} (model.net.text_len)")
+            tok = self.text_tok(text_tokens)
+            keep = text_tokens != c.pad_id  # (B, L)
+        else:
+            if text_encodings is None:
+                raise ValueError("text_input=encodings needs text_encodings (B, L, E) (zoo-embed text_encodings=true)")
+            if text_encodings.shape[1:] != (c.text_len, c.text_enc_dim):
+                raise ValueError(f"text_encodings {tuple(text_encodings.shape[1:])} != (text_len, text_enc_dim) = "
+                                 f"({c.text_len}, {c.text_enc_dim}) (model.net.text_len / text_enc_dim)")
+            tok = self.text_proj(text_encodings.to(self.text_proj.weight.dtype))
+            keep = (text_mask.bool() if text_mask is not None
+                    else torch.ones(text_encodings.shape[:2], dtype=torch.bool, device=tok.device))
+        if drop_text is not None:
+            keep = keep & ~drop_text.bool().unsqueeze(1)
+        return torch.where(keep.unsqueeze(-1), tok, pad.to(tok.dtype))
+
+    def sequence(self, x_t: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor,
+                 text_tokens: Optional[torch.Tensor] = None, text_encodings: Optional[torch.Tensor] = None,
+                 text_mask: Optional[torch.Tensor] = None, drop_text: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The transformer's input (B, L + 4, dim)."""
+        b = x_t.shape[0]
+        w = self.x_proj.weight
+        text = self.embed_text(b, text_tokens, text_encodings, text_mask, drop_text)  # (B, L, d)
+        temb = self.text_emb_proj(text_emb.to(w.dtype))  # (B, d)
+        if drop_text is not None:
+            temb = torch.where(drop_text.bool().unsqueeze(1), self.null_text_emb.to(temb.dtype), temb)
+        time = self.time_embed(t)  # (B, d)
+        x = self.x_proj(x_t.to(w.dtype))  # (B, d)
+        query = self.query.expand(b, -1)
+        tail = torch.stack([temb, time.to(temb.dtype), x, query.to(temb.dtype)], dim=1)  # (B, 4, d)
+        return torch.cat([text.to(tail.dtype), tail], dim=1) + self.pos
+
+    def hidden(self, *args, **kwargs) -> torch.Tensor:
+        """Transformer outputs at every position (B, L + 4, dim) (tests use it to check the causal structure)."""
+        return self.transformer(self.sequence(*args, **kwargs), [self.causal_mask] * self.cfg.n_layers)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor,
+                text_tokens: Optional[torch.Tensor] = None, text_encodings: Optional[torch.Tensor] = None,
+                text_mask: Optional[torch.Tensor] = None, drop_text: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h = self.hidden(x_t, t, text_emb, text_tokens, text_encodings, text_mask, drop_text)
+        return self.head(h[:, -1])  # (B, D): x0 from the final query
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,197 @@
+"""The generator interface shared by ``zoo-sample`` and ``zoo-eval``, and its adapters.
+
+A **generator** is anything with ``generate(captions: list[str]) -> FloatTensor (len(captions), 3, H, W)`` in
+[-1, 1] (``Generator``). Reranking and "several images per prompt" need several independent samples per caption:
+``candidates(captions, n) -> (len(captions), n, 3, H, W)`` (``CandidateGenerator``). ``as_candidate_generator``
+gives any generator that call: the object's own ``candidates`` when it has one, otherwise ``generate`` called n
+times, candidate i under torch seed ``seed + i`` (and with the object's ``seed`` attribute set to ``seed + i`` if it
+has one), so candidate i of a caption is the same whatever n is asked -- reranking curves are nested.
+
+A generator that reranks its own candidates (``zoo.pipelines.dalle.DallePipeline``: CLIP) also has
+``sample(captions, n_keep=k) -> {"images": (B, k, 3, H, W), "scores": (B, k) or None, ...}``, best first
+(``RerankingGenerator``); ``keep_best`` uses it when there, else the first k candidates.
+
+Both entry points build their generator from one config group, ``conf/generator/<name>.yaml`` (``_target_`` + the
+generator's arguments): ``zoo-eval generator=<name>`` and ``zoo-sample generator=<name>``. ``zoo-sample ckpt=<file>``
+is the short form: the file's registered component name (``zoo.registry.component_in``, read with the safe loader;
+never anything the file names) picks the option in ``CHECKPOINT_GENERATORS`` and the argument the file goes to.
+
+Naming convention for pipeline knobs (diffusers' unCLIP pipeline style, for every pipeline that follows): a knob that
+belongs to one stage of a multi-stage pipeline is prefixed with that stage -- ``prior_guidance_scale``,
+``prior_steps``, ``decoder_guidance_scale``, ``decoder_steps``, ``super_res_steps`` -- and a single-stage pipeline uses
+the bare name (``guidance_scale``, ``temperature``, ``top_k``/``top_p`` for logit filtering). Counts of images have
+their own names: ``n_candidates`` (samples drawn per caption), ``n_keep`` (the best of them kept after reranking);
+``top_k`` always means the logit filter. Checkpoints are ``<stage>_ckpt`` (``dalle_ckpt``, ``clip_ckpt``, later
+``prior_ckpt``, ``decoder_ckpt``). Every pipeline takes a ``seed`` and is a pure function of (seed, captions, knobs).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Protocol, runtime_checkable
+
+import torch
+
+# zoo-sample ckpt=<file>: registered component name -> (conf/generator/ option, the argument the file goes to).
+# Adding a pipeline for a new component: one line here and its yaml in conf/generator/.
+CHECKPOINT_GENERATORS: dict[str, tuple[str, str]] = {
+    "dalle": ("dalle", "dalle_ckpt"),
+}
+
+RANGE_TOLERANCE = 1e-3  # float round-off of [-1, 1] outputs (decoders, resizes) is tolerated
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Anything that turns captions into images: ``generate(captions) -> (len(captions), 3, H, W)`` in [-1, 1]."""
+
+    def generate(self, captions: list[str]) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class CandidateGenerator(Protocol):
+    """``candidates(captions, n) -> (len(captions), n, 3, H, W)`` in [-1, 1]: n independent samples per caption."""
+
+    def candidates(self, captions: list[str], n: int) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class RerankingGenerator(Protocol):
+    """``sample(captions, n_keep=k) -> {"images": (B, k, 3, H, W), "scores": (B, k) or None}``, best first."""
+
+    def sample(self, captions: list[str], n_keep: int = 1) -> dict[str, Any]: ...
+
+
+def check_images(images, min_count: int = 1, what: str = "images") -> torch.Tensor:
+    """Raise ``ValueError`` with a fix unless ``images`` is a float (N, 3, H, W) tensor in [-1, 1], N >= min_count."""
+    if not torch.is_tensor(images):
+        raise ValueError(f"{what}: expected a torch.Tensor (N, 3, H, W) in [-1, 1], got {type(images).__name__}")
+    if images.dim() != 4:
+        hint = " (a single image? add a batch dim with x.unsqueeze(0))" if images.dim() == 3 else ""
+        raise ValueError(f"{what}: expected shape (N, 3, H, W), got {tuple(images.shape)}{hint}")
+    if images.shape[1] != 3:
+        hint = " (grayscale? use x.expand(-1, 3, -1, -1))" if images.shape[1] == 1 else ""
+        hint = " (channels-last? use x.permute(0, 3, 1, 2))" if images.shape[-1] == 3 else hint
+        raise ValueError(f"{what}: expected 3 channels (N, 3, H, W), got shape {tuple(images.shape)}{hint}")
+    if not images.is_floating_point():
+        raise ValueError(
+            f"{what}: expected float images in [-1, 1], got dtype {images.dtype} "
+            f"(uint8 [0, 255] images: convert with x.float() / 127.5 - 1)"
+        )
+    if images.shape[0] < min_count:
+        raise ValueError(f"{what}: need at least {min_count} images, got {images.shape[0]}")
+    if images.numel() == 0:
+        raise ValueError(f"{what}: empty tensor {tuple(images.shape)}")
+    finite = torch.isfinite(images)
+    if not bool(finite.all()):
+        bad = int((~finite).flatten(1).any(1).sum())
+        raise ValueError(f"{what}: {bad} of {images.shape[0]} images contain NaN or Inf values")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+        hint = " ([0, 255] images: use x / 127.5 - 1)" if hi > 2 else " (clamp model outputs with x.clamp(-1, 1))"
+        raise ValueError(f"{what}: values must lie in [-1, 1], got min {lo:.4g}, max {hi:.4g}{hint}")
+    return images
+
+
+def check_generated(images, n: int, what: str = "generator output") -> torch.Tensor:
+    """The generator's output as a float tensor (n, 3, H, W) in [-1, 1], or a ValueError saying what is wrong."""
+    check_images(images, what=what)
+    if images.shape[0] != n:
+        raise ValueError(f"{what}: asked for {n} images (one per caption), got {images.shape[0]}")
+    return images
+
+
+class RepeatedCandidates:
+    """``candidates(captions, n)`` from any ``generate``: n calls, call i under seed ``seed + i``.
+
+    Each call runs inside ``torch.random.fork_rng`` with ``torch.manual_seed(seed + i)`` (the caller's RNG state is
+    left untouched) and, if the generator exposes a ``seed`` attribute, with that attribute set to ``seed + i``
+    (restored afterwards). Candidate i therefore does not depend on n.
+    """
+
+    def __init__(self, generator: Generator, seed: int = 0):
+        if not callable(getattr(generator, "generate", None)):
+            raise TypeError(f"{type(generator).__name__} has no generate(captions) method")
+        self.generator, self.seed = generator, int(seed)
+
+    def candidate(self, captions: list[str], i: int) -> torch.Tensor:
+        """Candidate ``i`` for every caption: (B, 3, H, W)."""
+        g, s = self.generator, self.seed + int(i)
+        has_seed = hasattr(g, "seed")
+        old = getattr(g, "seed", None)
+        try:
+            if has_seed:
+                g.seed = s
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(s)
+                out = g.generate(list(captions))
+        finally:
+            if has_seed:
+                g.seed = old
+        return check_generated(out, len(captions), f"{type(g).__name__}.generate (candidate {i})")
+
+    def candidates(self, captions: list[str], n: int) -> torch.Tensor:
+        if int(n) < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        return torch.stack([self.candidate(captions, i) for i in range(int(n))], dim=1)  # (B, n, 3, H, W)
+
+
+def as_candidate_generator(generator, seed: int = 0) -> CandidateGenerator:
+    """The generator itself if it has ``candidates(captions, n)``, else ``RepeatedCandidates(generator, seed)``."""
+    if callable(getattr(generator, "candidates", None)):
+        return generator
+    return RepeatedCandidates(generator, seed)
+
+
+def keep_best(generator, captions: list[str], n_keep: int, seed: int = 0) -> dict[str, Any]:
+    """``n_keep`` images per caption, best first: ``{"images": (B, n_keep, 3, H, W), "scores": (B, n_keep) or None}``.
+
+    A ``RerankingGenerator`` reranks its own candidates (``sample``); any other generator gives its first
+    ``n_keep`` candidates (``as_candidate_generator``), unscored."""
+    captions = list(captions)
+    if callable(getattr(generator, "sample", None)):
+        return generator.sample(captions, n_keep=int(n_keep))
+    images = as_candidate_generator(generator, seed).candidates(captions, int(n_keep))
+    return {"images": images, "scores": None}
+
+
+def build_generator(node, what: str = "generator"):
+    """The generator of a ``conf/generator/`` node (the user's config, never a file's), for ``zoo-sample`` and
+    ``zoo-eval`` alike: required keys and ``*_ckpt`` / ``checkpoint`` files are checked first (``ConfigError``
+    naming the fix), then ``zoo.config.instantiate``; the result must have ``generate(captions)``."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from zoo.config import instantiate
+    from zoo.errors import ConfigError
+
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise ConfigError(f"no {what} configured (fix: {what}=real_blurred | folder | dalle)")
+    target = str(node._target_)
+    missing = [k for k in node if OmegaConf.is_missing(node, k)]
+    if missing:
+        raise ConfigError(f"{what} {target} needs {what}.{missing[0]} (fix: {what}.{missing[0]}="
+                          f"{'/path/to/samples' if missing[0] == 'path' else '...'})")
+    for key in node:
+        if str(key).endswith(("ckpt", "checkpoint")) and node[key] not in (None, ""):
+            path = Path(str(node[key])).expanduser()
+            if not path.is_file():
+                hint = (" -- train one with `make demo` (logs/demo/dalle) or zoo-train" if "dalle" in key
+                        else " -- e.g. `make demo`'s CLIP, or zoo-train experiment=clip/shapes" if "clip" in key
+                        else "")
+                raise ConfigError(f"{what}.{key}: checkpoint not found: {path} "
+                                  f"(fix: {what}.{key}=/path/to/file.ckpt{hint})")
+    gen = instantiate(node, what)
+    if not callable(getattr(gen, "generate", None)):
+        raise ConfigError(f"{what} {target} built a {type(gen).__name__}, which has no "
+                          f"generate(captions) -> images method (fix: point _target_ at a Generator)")
+    return gen
+
+
+def checkpoint_generator(component: str) -> Optional[tuple[str, str]]:
+    """(conf/generator/ option, checkpoint argument) that samples a ``component`` checkpoint, or None."""
+    return CHECKPOINT_GENERATORS.get(component)
+
+
+__all__ = [
+    "CHECKPOINT_GENERATORS", "CandidateGenerator", "Generator", "RepeatedCandidates", "RerankingGenerator",
+    "as_candidate_generator", "build_generator", "check_generated", "check_images", "checkpoint_generator", "keep_best",
+]
