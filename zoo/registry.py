@@ -12,8 +12,8 @@ is an image tokenizer, its name in ``IMAGE_TOKENIZERS``.
 from __future__ import annotations
 
 import inspect
-import pickle
 import math
+import pickle
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from zoo.errors import ConfigError
@@ -99,26 +99,25 @@ _LEGACY_HPARAM_NAMES: dict[str, dict[str, str]] = {
 }
 
 
+# The config dataclass each component's ``net`` overrides (absent: ``net`` is free-form, e.g. open_clip's nested
+# model config, which is still checked to be plain values). A fixed table of our own modules, never a file's.
+_NET_DATACLASSES = {
+    "dvae": ("zoo.models.dvae.model", "DVAEConfig"),
+    "vqvae": ("zoo.models.vqvae.model", "VQVAEConfig"),
+    "dalle": ("zoo.models.dalle.model", "DalleTransformerConfig"),
+    "glide": ("zoo.models.glide.model", "GlideConfig"),
+    "diffusion_prior": ("zoo.models.diffusion_prior.model", "DiffusionPriorConfig"),
+    "ar_prior": ("zoo.models.ar_prior.model", "ARPriorConfig"),
+}
+
+
 def _net_dataclass(name: str) -> Optional[type]:
-    """The config dataclass that a component's ``net`` overrides (None where ``net`` is free-form, e.g. open_clip's
-    nested model config, which is still checked to be plain values)."""
-    if name == "dvae":
-        from zoo.models.dvae.model import DVAEConfig
+    if name not in _NET_DATACLASSES:
+        return None
+    import importlib
 
-        return DVAEConfig
-    if name == "vqvae":
-        from zoo.models.vqvae.model import VQVAEConfig
-
-        return VQVAEConfig
-    if name == "dalle":
-        from zoo.models.dalle.model import DalleTransformerConfig
-
-        return DalleTransformerConfig
-    if name == "glide":
-        from zoo.models.glide.model import GlideConfig
-
-        return GlideConfig
-    return None
+    module, attr = _NET_DATACLASSES[name]
+    return getattr(importlib.import_module(module), attr)
 
 
 def _shapes_dm():

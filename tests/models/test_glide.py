@@ -1,0 +1,267 @@
+"""GLIDE: shapes, text reaching every attention block, the null condition, guidance at scale 1, overfitting a batch,
+zoo-train -> load_module -> generate, and the paper preset's parameter count (meta device)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from zoo.diffusion.samplers import ddim_sample
+from zoo.models.glide.lit import GlideLit
+from zoo.models.glide.model import GLIDE_PAPER_TOTAL_PARAMS, GLIDE_PRESETS, Glide, count_glide_params
+from zoo.nn.unet import GLIDE_PAPER_PARAMS, AttentionBlock
+
+TINY = GLIDE_PRESETS["tiny"]
+
+
+def _perturb(net: nn.Module, std: float = 0.1, seed: int = 0) -> nn.Module:
+    """Randomise the zero-initialised layers so outputs and gradients are not trivially zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return net
+
+
+def _tokens(b: int = 2, n_real: int = 5, seed: int = 1) -> torch.Tensor:
+    """(B, text_len): [random non-pad ids] then pads."""
+    g = torch.Generator().manual_seed(seed)
+    tok = torch.full((b, TINY.text_len), TINY.pad_id, dtype=torch.long)
+    tok[:, :n_real] = torch.randint(1, TINY.text_vocab, (b, n_real), generator=g)
+    return tok
+
+
+def _inputs(b: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 3, 16, 16, generator=g), torch.randint(0, 1000, (b,), generator=g)
+
+
+def test_output_shapes():
+    torch.manual_seed(0)
+    net = Glide(TINY).eval()
+    x, t = _inputs()
+    assert net(x, t, _tokens()).shape == (2, 6, 16, 16)  # [eps ; v]
+    assert net(x, t, _tokens()[:, :7]).shape == (2, 6, 16, 16)  # shorter text is right-padded
+    cond = net.encode_text(_tokens())
+    assert cond["context"].shape == (2, TINY.text_len, TINY.text_width)
+    assert cond["emb"].shape == (2, 4 * TINY.width)
+    assert cond["context_mask"][:, :5].all() and not cond["context_mask"][:, 5:].any()
+
+
+def test_bf16_autocast_forward_is_finite():
+    torch.manual_seed(0)
+    net = _perturb(Glide(TINY)).eval()
+    x, t = _inputs()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x, t, torch.cat([_tokens(1), net.null_tokens(1)]))
+    assert out.shape == (2, 6, 16, 16) and torch.isfinite(out.float()).all()
+
+
+def test_text_reaches_every_attention_block():
+    """The caption's token embeddings get a gradient through each attention block's context projection, and the
+    final-token projection (added to the timestep embedding) gets one too."""
+    torch.manual_seed(0)
+    net = _perturb(Glide(TINY)).train()
+    blocks = [m for m in net.unet.modules() if isinstance(m, AttentionBlock)]
+    assert len(blocks) >= 5  # down, middle and up path
+    x, t = _inputs()
+    tok = _tokens()
+    embeds = []
+
+    def keep(module, inp, out):
+        out.retain_grad()
+        embeds.append(out)
+
+    hook = net.text.token_embedding.register_forward_hook(keep)
+    (net(x, t, tok) ** 2).mean().backward()
+    hook.remove()
+    for i, blk in enumerate(blocks):
+        g = blk.context_kv.weight.grad
+        assert g is not None and g.abs().sum() > 0, f"attention block {i} received no text"
+    assert net.text_proj.weight.grad.abs().sum() > 0
+    grad = embeds[0].grad
+    assert grad[:, :5].abs().sum() > 0  # the real tokens influence the output
+    # per block: the text embedding's gradient flowing through that block's context projection alone
+    for i, blk in enumerate(blocks):
+        net.zero_grad()
+        captured = {}
+        h = blk.context_kv.register_forward_hook(lambda m, inp, out: captured.update(inp=inp[0]) and None)
+        out = net(x, t, tok)
+        h.remove()
+        (gin,) = torch.autograd.grad((out ** 2).mean(), captured["inp"])
+        assert gin[:, :5].abs().sum() > 0, f"attention block {i}: no gradient to the text tokens"
+
+
+def test_padding_is_masked_in_unet_but_empty_caption_is_finite():
+    torch.manual_seed(0)
+    net = _perturb(Glide(TINY)).eval()
+    x, t = _inputs()
+    empty = net(x, t, net.null_tokens(2))
+    assert torch.isfinite(empty).all()  # all pads: no empty attention row anywhere
+    # with a causal encoder, what follows the real tokens cannot change them: the caption's encoding is padding-free
+    tok = _tokens()
+    a, b = net.encode_text(tok), net.encode_text(tok[:, :10])
+    torch.testing.assert_close(a["context"][:, :5], b["context"][:, :5], rtol=0, atol=0)
+
+
+def test_dropped_caption_is_the_null_condition():
+    torch.manual_seed(0)
+    lit = GlideLit(preset="tiny", text_dropout=0.999)
+    _perturb(lit.net).eval()
+    x, t = _inputs()
+    tok = _tokens()
+    dropped = lit.drop_captions(tok, torch.Generator().manual_seed(0))
+    assert torch.equal(dropped, lit.net.null_tokens(2))
+    explicit = lit.net(x, t, lit.net.null_tokens(2))
+    assert torch.equal(lit.net(x, t, dropped), explicit)
+    assert torch.equal(lit.net(x, t, None), explicit)  # None == the empty caption
+    assert not torch.equal(lit.net(x, t, tok), explicit)
+
+
+class _Tok:
+    """A stand-in text tokenizer: one id per word, [SOT]=2 ... [EOT]=3, pads 0 (enough for sampling tests)."""
+
+    vocab_size, pad_id, sot_id, eot_id, context_length = 64, 0, 2, 3, 16
+
+    def encode(self, captions):
+        out = torch.zeros(len(captions), self.context_length, dtype=torch.long)
+        for i, c in enumerate(captions):
+            ids = [2, *[4 + (hash(w) % 60) for w in c.split()][:14], 3]
+            out[i, :len(ids)] = torch.tensor(ids)
+        return out
+
+    def to_spec(self):
+        return None
+
+
+def _sampling_lit() -> GlideLit:
+    torch.manual_seed(0)
+    lit = GlideLit(preset="tiny")
+    _perturb(lit.net)
+    lit.text_tokenizer = _Tok()
+    return lit.eval()
+
+
+def test_guidance_scale_one_is_the_conditional_model_bit_for_bit():
+    lit = _sampling_lit()
+    caps = ["a red circle", "two blue squares"]
+    got = lit.generate(caps, seed=3, guidance_scale=1.0, steps=4)
+    # the unguided reference, written out: conditional model only, same seed, same respaced DDIM
+    text = lit.encode_captions(caps)
+    cond = lit.net.encode_text(text)
+    ref = ddim_sample(lit.process.respaced(4), lambda x, t: lit.net.denoise(x, t, cond), (2, 3, 16, 16),
+                      generator=torch.Generator().manual_seed(3)).clamp(-1, 1)
+    assert torch.equal(got, ref)
+    guided = lit.generate(caps, seed=3, guidance_scale=3.0, steps=4)
+    assert guided.shape == got.shape and not torch.equal(guided, got)
+
+
+def test_guided_model_fn_is_one_batched_forward():
+    """At scale s the model_fn equals guide_learned_variance of separate cond / uncond forwards (up to batching
+    round-off), computed with a single (2B) forward of the denoiser per call."""
+    from zoo.nn.guidance import guide_learned_variance
+
+    lit = _sampling_lit()
+    text = lit.encode_captions(["a red circle", "a green triangle"])
+    x, t = _inputs()
+    calls = []
+    h = lit.net.unet.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    with torch.no_grad():
+        out = lit.model_fn(text, 2.5)(x, t)
+    h.remove()
+    assert calls == [4]
+    with torch.no_grad():
+        cond, uncond = lit.net(x, t, text), lit.net(x, t, None)
+    torch.testing.assert_close(out, guide_learned_variance(uncond, cond, 2.5), rtol=1e-4, atol=1e-5)
+
+
+def test_samplers_and_candidates():
+    lit = _sampling_lit()
+    caps = ["a red circle"]
+    for sampler in ("ddim", "ddpm"):
+        imgs = lit.generate(caps, n=2, steps=3, sampler=sampler)
+        assert imgs.shape == (2, 3, 16, 16) and imgs.abs().max() <= 1
+    cand = lit.candidates(caps, 2, steps=2)
+    assert cand.shape == (1, 2, 3, 16, 16)
+    assert torch.equal(cand[:, 0], lit.candidates(caps, 1, steps=2)[:, 0])  # nested in n
+
+
+def test_tiny_glide_overfits_a_fixed_batch():
+    torch.manual_seed(0)
+    lit = GlideLit(preset="tiny", text_dropout=0.0)
+    g = torch.Generator().manual_seed(0)
+    # 4 fixed images (smooth colour fields) and captions
+    base = torch.rand(4, 3, 1, 1, generator=g) * 2 - 1
+    x0 = (base + 0.3 * torch.linspace(-1, 1, 16)[None, None, :, None]).clamp(-1, 1).expand(4, 3, 16, 16)
+    batch = {"image": x0.contiguous(), "text_tokens": _tokens(4)}
+    opt = torch.optim.Adam(lit.parameters(), lr=5e-3)
+    # evaluate on fixed timesteps / noise so start and end are comparable
+    def eval_loss():
+        with torch.no_grad():
+            return lit.forward_loss(batch, train=False, generator=torch.Generator().manual_seed(1))["mse"].item()
+
+    start = eval_loss()
+    for step in range(40):
+        loss = lit.forward_loss(batch, train=True)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    end = eval_loss()
+    assert end < 0.35 * start, (start, end)  # measured: 1.04 -> 0.19 in 40 steps
+
+
+def test_paper_preset_parameter_count():
+    assert count_glide_params("paper") == GLIDE_PAPER_TOTAL_PARAMS
+    with torch.device("meta"):
+        net = Glide(GLIDE_PRESETS["paper"])
+    unet = sum(p.numel() for p in net.unet.parameters())
+    text = sum(p.numel() for p in net.text.parameters())
+    assert unet == GLIDE_PAPER_PARAMS  # the 2.3B ADM of zoo.nn.unet's glide_paper preset
+    assert 1.2e9 <= text <= 1.35e9  # the 24-block, 2048-wide text transformer (1.2B) plus its embeddings
+    assert 3.5e9 <= GLIDE_PAPER_TOTAL_PARAMS <= 3.6e9
+
+
+TRAIN = [
+    "model=glide",
+    "model.preset=tiny",
+    "model.grid_captions=2",
+    "model.grid_steps=2",
+    "data=shapes",
+    "data/tokenizer=bpe",
+    "data.tokenizer.vocab_size=300",
+    "data.tokenizer.context_length=32",
+    "data.resolution=16",
+    "data.train_size=24",
+    "data.val_size=8",
+    "data.test_size=8",
+    "data.batch_size=8",
+    "logger=none",
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.precision=32-true",
+    "trainer.enable_progress_bar=false",
+    "trainer.num_sanity_val_steps=0",
+    "test=false",
+]
+
+
+def test_train_checkpoint_load_and_generate(train_cfg):
+    from zoo.checkpoint import load_module
+    from zoo.train import train
+
+    cfg = train_cfg(*TRAIN)
+    metrics = train(cfg)
+    assert metrics["global_step"] == 3
+    run = Path(cfg.paths.output_dir)
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    assert list((run / "samples").glob("*.png")), "sample grid PNG missing"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["zoo_component"] == "glide"
+    assert ckpt["hyper_parameters"]["text_tokenizer"]["kind"] == "trained_bpe"  # self-contained
+    model = load_module(last)
+    assert isinstance(model, GlideLit)
+    imgs = model.generate(["a red circle", "a blue square in the top left"], n=2, steps=3, guidance_scale=2.0)
+    assert imgs.shape == (4, 3, 16, 16) and torch.isfinite(imgs).all() and imgs.abs().max() <= 1

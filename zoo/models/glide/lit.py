@@ -1,0 +1,236 @@
+"""Training and sampling GLIDE with Lightning.
+
+Training (Improved DDPM, as GLIDE): a cosine schedule of ``num_timesteps`` (1000) steps, eps prediction, learned-range
+variance and the hybrid loss (L_simple + 0.001 L_vlb), all through ``zoo.diffusion.GaussianDiffusion``. Text tokens
+are the DataModule's ``text_tokens`` (``data/tokenizer=bpe`` or ``clip_bpe``), right-padded to the model's
+``text_len``. With probability ``text_dropout`` (GLIDE: 20%) a training caption is replaced by the empty caption
+(all pads, ``Glide.null_tokens``): the null condition of classifier-free guidance.
+
+Sampling (``generate``): the text is encoded once; each step runs ONE batched forward over [cond ; uncond] (2B) and
+``zoo.nn.guidance.guide_learned_variance`` guides the eps half (the variance half comes from the conditional output,
+as in GLIDE). At ``guidance_scale == 1`` the unconditional half is skipped: the guided output would be exactly the
+conditional one (``torch.lerp`` at weight 1), so skipping it changes nothing but the cost. Samplers: ``ddim`` (eta),
+``ddpm`` (ancestral, with the learned variance re-derived on the respaced schedule) or any diffusers scheduler by
+class name or alias (``DPMSolverMultistepScheduler``, ``dpm++``, ``euler``, ``unipc``; the learned variance is dropped).
+
+Self-contained checkpoints: ``on_save_checkpoint`` adds ``text_tokenizer`` (the tokenizer's plain-value spec, e.g.
+the BPE's tokenizer.json as a string), so ``zoo.checkpoint.load_module(ckpt).generate([...])`` needs no file.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from zoo.diffusion.process import GaussianDiffusion
+from zoo.diffusion.samplers import ddim_sample, ddpm_sample
+from zoo.diffusion.schedules import get_schedule
+from zoo.errors import ConfigError
+from zoo.models.base import ZooLit, resolve_preset
+from zoo.models.glide.model import GLIDE_PRESETS, Glide, GlideConfig
+from zoo.nn.guidance import guide_learned_variance
+from zoo.text import TextTokenizer
+
+SAMPLERS = ("ddim", "ddpm")  # ours; any other name goes to zoo.diffusion.diffusers_adapter
+
+
+def build_config(preset: str = "shapes", net: Optional[dict[str, Any]] = None) -> GlideConfig:
+    return resolve_preset(GLIDE_PRESETS, GlideConfig, preset, net, "GLIDE")
+
+
+class GlideLit(ZooLit):
+    """Args:
+        preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.glide.model.GLIDE_PRESETS``); ``net`` overrides fields.
+        text_dropout: probability of replacing a training caption by the empty caption (GLIDE: 0.2).
+        num_timesteps, schedule: the training diffusion process (cosine, 1000).
+        guidance_scale, sample_steps, sampler, eta: ``generate``'s defaults.
+        grid_captions, grid_steps, grid_guidance_scale: ``sample_grid`` (real | sample pairs of val captions).
+        text_tokenizer: filled in by the checkpoint (leave None when training).
+    """
+
+    grid_nrow = 8  # 4 real | sample pairs per row
+
+    def __init__(self, preset: str = "shapes", net: Optional[dict[str, Any]] = None, text_dropout: float = 0.2,
+                 num_timesteps: int = 1000, schedule: str = "cosine", guidance_scale: float = 3.0,
+                 sample_steps: int = 50, sampler: str = "ddim", eta: float = 0.0, grid_captions: int = 8,
+                 grid_steps: int = 25, grid_guidance_scale: float = 3.0,
+                 text_tokenizer: Optional[dict[str, Any]] = None, optimizer=None, scheduler=None):
+        super().__init__(optimizer, scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "text_tokenizer"])
+        if not 0.0 <= text_dropout < 1.0:
+            raise ConfigError(f"text_dropout must be in [0, 1), got {text_dropout}")
+        self.cfg = build_config(preset, net)
+        if not self.cfg.learn_sigma:
+            raise ConfigError("GLIDE trains a learned-range variance (hybrid loss): keep model.net.learn_sigma=true")
+        self.net = Glide(self.cfg)
+        self.process = GaussianDiffusion(get_schedule(schedule, int(num_timesteps)), model_mean_type="eps",
+                                         model_var_type="learned_range", loss_type="hybrid")
+        self.text_dropout = float(text_dropout)
+        self.text_tokenizer: Optional[TextTokenizer] = TextTokenizer.from_spec(text_tokenizer)
+
+    def default_optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=1e-4)
+
+    # ------------------------------------------------------------------------------------------ tokenizer / data
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        hp = dict(checkpoint.get("hyper_parameters", {}))
+        hp["text_tokenizer"] = self.text_tokenizer.to_spec() if self.text_tokenizer is not None else None
+        checkpoint["hyper_parameters"] = hp
+
+    def check_data(self, datamodule) -> None:
+        """Text tokens present and compatible with the text encoder; data resolution == the model's image_size.
+        Keeps the DataModule's tokenizer (it goes into the checkpoint)."""
+        c = self.cfg
+        if callable(getattr(datamodule, "prepare_tokenizer", None)):
+            datamodule.prepare_tokenizer()  # a BPE fitted on first use must be ready before we read its vocabulary
+        tok = getattr(datamodule, "tokenizer", None)
+        if tok is None:
+            raise ConfigError("GLIDE needs text tokens in the batches (fix: data/tokenizer=bpe, or "
+                              "data/tokenizer=clip_bpe with model.net.text_vocab=49408)")
+        if tok.vocab_size > c.text_vocab:
+            raise ConfigError(f"text tokenizer vocabulary ({tok.vocab_size}) is larger than the model's text_vocab "
+                              f"({c.text_vocab}) (fix: model.net.text_vocab={tok.vocab_size}, or a smaller "
+                              f"data.tokenizer.vocab_size)")
+        if tok.context_length > c.text_len:
+            raise ConfigError(f"text tokenizer context_length ({tok.context_length}) is longer than the model's "
+                              f"text_len ({c.text_len}) (fix: data.tokenizer.context_length={c.text_len}, or "
+                              f"model.net.text_len={tok.context_length})")
+        if tok.pad_id != c.pad_id:
+            raise ConfigError(f"text tokenizer pad id {tok.pad_id} != model pad_id {c.pad_id} "
+                              f"(fix: model.net.pad_id={tok.pad_id})")
+        res = getattr(datamodule, "resolution", None)
+        if res is not None and res != c.image_size:
+            raise ConfigError(f"data.resolution={res} but the GLIDE model is built for {c.image_size} px "
+                              f"(fix: model.net.image_size={res} if {res} is divisible by "
+                              f"{c.unet_config().divisor} and by every attention resolution, or data.resolution="
+                              f"{c.image_size})")
+        self.text_tokenizer = tok
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.text_tokenizer is None and dm is not None and getattr(dm, "tokenizer", None) is not None:
+            self.text_tokenizer = dm.tokenizer
+
+    def encode_captions(self, captions: Sequence[str]) -> torch.Tensor:
+        """Captions -> (B, text_len) token ids on the module's device."""
+        if self.text_tokenizer is None:
+            raise RuntimeError("no text tokenizer: train with data/tokenizer=bpe (it is stored in the checkpoint)")
+        return self.net.pad_text(self.text_tokenizer.encode(list(captions))).to(self.device)
+
+    def drop_captions(self, text: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Replace each caption (B, text_len) by the empty caption with probability ``text_dropout``."""
+        if self.text_dropout <= 0:
+            return text
+        drop = torch.rand(text.shape[0], device=text.device, generator=generator) < self.text_dropout
+        return torch.where(drop[:, None], self.net.null_tokens(text.shape[0], text.device), text)
+
+    # ------------------------------------------------------------------------------------------ training
+    def forward_loss(self, batch: dict[str, Any], train: bool,
+                     generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+        x0 = batch["image"].float()
+        text = self.net.pad_text(batch["text_tokens"].to(x0.device))
+        if train:
+            text = self.drop_captions(text, generator)
+        t = self.process.sample_timesteps(x0.shape[0], device=x0.device, generator=generator)
+        terms = self.process.training_losses(self.net, x0, t, model_kwargs={"text_tokens": text}, generator=generator)
+        return {k: v.mean() for k, v in terms.items()}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        r = self.forward_loss(batch, train=True)
+        self.log_metrics("train", r, batch_size=len(batch["image"]))
+        return r["loss"]
+
+    def eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        # fixed timesteps and noise, so successive validations are comparable
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        r = self.forward_loss(batch, train=False, generator=gen)
+        self.log_metrics(stage, r, batch_size=len(batch["image"]))
+
+    # ------------------------------------------------------------------------------------------ sampling
+    def model_fn(self, text_tokens: torch.Tensor, guidance_scale: Optional[float]):
+        """The sampler's ``model_fn(x_t, t)`` for captions (B, text_len): conditional at scale None or 1, else
+        classifier-free guided with one batched [cond ; uncond] forward per step."""
+        b = text_tokens.shape[0]
+        if guidance_scale is None or guidance_scale == 1.0:
+            cond = self.net.encode_text(text_tokens)
+            return lambda x, t: self.net.denoise(x, t, cond)
+        both = self.net.encode_text(torch.cat([text_tokens, self.net.null_tokens(b, text_tokens.device)]))
+
+        def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            out = self.net.denoise(torch.cat([x, x]), torch.cat([t, t]), both)  # (2B, 2C, H, W)
+            cond, uncond = out.float().chunk(2, dim=0)
+            return guide_learned_variance(uncond, cond, guidance_scale, dim=1)
+
+        return guided
+
+    @torch.no_grad()
+    def sample_tokens(self, text_tokens: torch.Tensor, guidance_scale: Optional[float] = None,
+                      steps: Optional[int] = None, sampler: Optional[str] = None, eta: Optional[float] = None,
+                      generator: Optional[torch.Generator] = None, x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] for text tokens (B, <= text_len) (defaults from the hyper-parameters)."""
+        hp = self.hparams
+        scale = hp.guidance_scale if guidance_scale is None else guidance_scale
+        steps = int(hp.sample_steps if steps is None else steps)
+        sampler = hp.sampler if sampler is None else sampler
+        eta = float(hp.eta if eta is None else eta)
+        text = self.net.pad_text(text_tokens.to(self.device))
+        c = self.cfg
+        shape = (text.shape[0], c.out_channels, c.image_size, c.image_size)
+        fn = self.model_fn(text, scale)
+        if sampler == "ddim":
+            x = ddim_sample(self.process.respaced(steps), fn, shape, eta=eta, generator=generator, device=self.device,
+                            x_T=x_T)
+        elif sampler == "ddpm":
+            x = ddpm_sample(self.process.respaced(steps), fn, shape, generator=generator, device=self.device, x_T=x_T)
+        else:
+            from zoo.diffusion.diffusers_adapter import diffusers_sample
+
+            x = diffusers_sample(self.process, fn, shape, scheduler=sampler, steps=steps, generator=generator,
+                                 device=self.device, x_T=x_T)
+        return x.float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def generate(self, captions: Sequence[str], n: int = 1, seed: int = 0, guidance_scale: Optional[float] = None,
+                 steps: Optional[int] = None, sampler: Optional[str] = None, eta: Optional[float] = None,
+                 generator: Optional[torch.Generator] = None, batch_size: int = 64) -> torch.Tensor:
+        """``n`` images per caption -> FloatTensor (len(captions) * n, 3, H, W) in [-1, 1], caption-major.
+
+        ``guidance_scale`` (default ``hparams.guidance_scale``, 3.0): 1 is the plain conditional model;
+        ``sampler``: ``ddim`` | ``ddpm`` | a diffusers scheduler name; ``steps``: respaced sampling steps (DDIM /
+        DDPM) or scheduler steps. Deterministic given ``seed`` (one generator over the chunks of ``batch_size``)."""
+        if isinstance(captions, str):
+            captions = [captions]
+        was_training = self.training
+        self.eval()
+        try:
+            text = self.encode_captions(captions).repeat_interleave(int(n), 0)  # (B * n, text_len)
+            gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
+            return torch.cat([self.sample_tokens(text[i:i + batch_size], guidance_scale, steps, sampler, eta, gen)
+                              for i in range(0, len(text), batch_size)])
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def candidates(self, captions: Sequence[str], n: int, seed: int = 0, **kwargs) -> torch.Tensor:
+        """(len(captions), n, 3, H, W): candidate i is ``generate(captions, seed=seed + i)``, so candidate i of a
+        caption is the same whatever n is (nested reranking curves, as ``zoo.pipelines.base`` asks)."""
+        if int(n) < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        return torch.stack([self.generate(captions, n=1, seed=seed + i, **kwargs) for i in range(int(n))], dim=1)
+
+    @torch.no_grad()
+    def sample_grid(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Real val image | sample for the first ``grid_captions`` val captions (pairs, row-major); fixed seed."""
+        n = min(int(self.hparams.grid_captions), len(batch["image"]))
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        fake = self.sample_tokens(batch["text_tokens"][:n], guidance_scale=self.hparams.grid_guidance_scale,
+                                  steps=self.hparams.grid_steps, sampler="ddim", eta=0.0, generator=gen)
+        real = batch["image"][:n].float().to(fake.device)
+        if real.shape[-2:] != fake.shape[-2:]:
+            real = F.interpolate(real, size=fake.shape[-2:], mode="bilinear", antialias=True)
+        return torch.stack([real, fake], 1).flatten(0, 1)
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())

@@ -1,0 +1,203 @@
+"""GLIDE (Nichol et al., 2021): a text-conditional ADM U-Net with a transformer text encoder (plain PyTorch).
+
+The network is two parts glued by two paths (PAPER_FACTS "GLIDE"):
+
+- ``TextEncoder``: token + learned position embeddings -> the generic pre-LN ``zoo.nn.transformer.Transformer``
+  (with its final LayerNorm). **Causal**, as GLIDE's text transformer (``GlideConfig.text_causal``; ``False`` gives a
+  bidirectional encoder). It never uses a key padding mask: padding positions are ordinary inputs (the ``pad_id``
+  embedding plus their position embedding, GLIDE's learned padding), so no attention row can ever be empty, not even
+  for the all-pad empty caption.
+- Path 1, the final token replaces ADM's class embedding: the encoder output at the LAST position (``[:, -1]``, as in
+  openai/glide-text2im; with right-padding and a causal encoder it has seen the whole caption) is projected
+  (``text_proj``, width -> 4 x U-Net width) and ADDED to the timestep embedding (``UNet.forward(emb=...)``).
+- Path 2, the token outputs are the U-Net's ``context``: every attention block projects them to extra keys/values
+  (the U-Net owns those per-block projections, ``AttentionBlock.context_kv``). Padded positions are masked there
+  (``context_mask = tokens != pad_id``); the image's own keys are never masked, so no row is empty.
+
+The null condition (classifier-free guidance) is GLIDE's empty sequence: ``text_len`` pads, i.e. ``null_tokens``.
+``forward(x_t, t, None)`` is exactly ``forward(x_t, t, null_tokens(B))``. With all pads the model sees only the pad
+and position embeddings through path 1 (path 2 is fully masked).
+
+Output: learned sigma (Improved DDPM), 2C channels = [eps ; v]; the process (``zoo.diffusion``) interprets them.
+
+API::
+
+    net = Glide(GLIDE_PRESETS["shapes"])
+    out = net(x_t, t, text_tokens)                 # (B, 6, H, W)
+    cond = net.encode_text(text_tokens)            # once per sampling run ...
+    out = net.denoise(x_t, t, cond)                # ... then every step
+
+References read (not copied): openai/glide-text2im ``text2im_model.py`` (final-token projection, xf_padding,
+``encoder_kv``) and ``model_creation.py`` (layout numbers).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from zoo.nn.transformer import Transformer
+from zoo.nn.unet import UNet, UNetConfig
+
+__all__ = ["GlideConfig", "GLIDE_PRESETS", "PRESETS", "TextEncoder", "Glide", "count_glide_params",
+           "GLIDE_PAPER_TOTAL_PARAMS"]
+
+
+@dataclass(frozen=True)
+class GlideConfig:
+    """Shape of a GLIDE model: the U-Net fields (see ``zoo.nn.unet.UNetConfig``) and the text encoder's."""
+
+    # ---- image / U-Net (ADM)
+    image_size: int = 32  # training (and sampling) resolution
+    in_channels: int = 3  # x_t channels (an inpainting variant adds 4)
+    out_channels: int = 3  # C; the network outputs 2C with learn_sigma
+    width: int = 64  # U-Net model channels
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16, 8)  # pixels at image_size
+    num_head_channels: int = 64
+    dropout: float = 0.0
+    resblock_updown: bool = False
+    learn_sigma: bool = True  # GLIDE: learned-range variance + hybrid loss
+    max_groups: int = 32
+    # ---- text encoder
+    text_vocab: int = 1024  # >= the text tokenizer's vocab_size
+    text_len: int = 32  # tokens per caption (>= the tokenizer's context_length)
+    text_width: int = 256
+    text_layers: int = 4
+    text_heads: int = 4  # head_dim = text_width // text_heads
+    text_causal: bool = True  # GLIDE's text transformer is causal
+    pad_id: int = 0  # the tokenizer's pad id (trained BPE and CLIP BPE: 0)
+
+    def __post_init__(self):
+        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
+        if self.text_width % self.text_heads:
+            raise ValueError(f"text_width {self.text_width} not divisible by text_heads {self.text_heads}")
+        if not 0 <= self.pad_id < self.text_vocab:
+            raise ValueError(f"pad_id {self.pad_id} outside the text vocabulary [0, {self.text_vocab})")
+
+    def unet_config(self) -> UNetConfig:
+        return UNetConfig(in_channels=self.in_channels, out_channels=self.out_channels, width=self.width,
+                          channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
+                          attention_resolutions=self.attention_resolutions, image_size=self.image_size,
+                          num_head_channels=self.num_head_channels, dropout=self.dropout,
+                          learn_sigma=self.learn_sigma, resblock_updown=self.resblock_updown,
+                          context_dim=self.text_width, max_groups=self.max_groups)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Presets. ``paper``: the 64 px base model of GLIDE. The U-Net is ``zoo.nn.unet.UNET_PRESETS["glide_paper"]`` (width
+# 512 is our reconstruction of the 2.3B model; see zoo/nn/unet.py). The text transformer is the paper's 24 residual
+# blocks of width 2048 (32 heads of 64); its vocabulary (GPT-2 BPE, 50257) and context (128 tokens) are the
+# released glide-text2im defaults. Measured total: GLIDE_PAPER_TOTAL_PARAMS (paper: 3.5B = 2.3B + 1.2B).
+GLIDE_PRESETS: dict[str, GlideConfig] = {
+    # Tests: 16 px, two levels, attention at 16 and 8 px (6 attention blocks), a 2-layer 16-wide text encoder.
+    "tiny": GlideConfig(image_size=16, width=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16, 8),
+                        num_head_channels=8, max_groups=8, text_vocab=1024, text_len=32, text_width=16,
+                        text_layers=2, text_heads=2),
+    # The shapes world on a CPU: 32 px, attention at 16 and 8, a 4-layer 256-wide text encoder over 48 tokens
+    # (descriptive shapes captions under the 1024-token BPE: median 29 tokens with SOT/EOT, 90% <= 40, max 45; 32
+    # would cut the third object off many 3-object captions).
+    "shapes": GlideConfig(image_size=32, width=64, channel_mult=(1, 2, 2), num_res_blocks=2,
+                          attention_resolutions=(16, 8), num_head_channels=64, text_vocab=1024, text_len=48,
+                          text_width=256, text_layers=4, text_heads=4),
+    "paper": GlideConfig(image_size=64, width=512, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
+                         attention_resolutions=(32, 16, 8), num_head_channels=64, dropout=0.1, resblock_updown=True,
+                         text_vocab=50257, text_len=128, text_width=2048, text_layers=24, text_heads=32),
+}
+PRESETS = GLIDE_PRESETS  # the name zoo.models.presets.resolve_preset callers use
+
+# Measured with count_glide_params("paper") on the meta device (tests/models/test_glide.py re-measures it):
+# U-Net 2,238,164,486 (zoo.nn.unet.GLIDE_PAPER_PARAMS, context projections included) + text encoder
+# 1,311,791,104 (24 blocks 1,208,598,528 + token embeddings 102,926,336 + positions 262,144 + final LN 4,096)
+# + final-token projection 2048 -> 2048: 4,196,352. Total 3.554B against the paper's "3.5B" (2.3B + 1.2B: the
+# paper's 1.2B matches the 24 blocks without the embeddings).
+GLIDE_PAPER_TOTAL_PARAMS = 3_554_151_942
+
+
+# ------------------------------------------------------------------------------------------------------ network
+class TextEncoder(nn.Module):
+    """tokens (B, L) -> (token outputs (B, L, width), final-token output (B, width)), both after the final LN."""
+
+    def __init__(self, cfg: GlideConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.token_embedding = nn.Embedding(cfg.text_vocab, cfg.text_width)
+        self.position_embedding = nn.Parameter(torch.empty(cfg.text_len, cfg.text_width))
+        self.transformer = Transformer(cfg.text_width, cfg.text_layers, cfg.text_heads,
+                                       cfg.text_width // cfg.text_heads, causal=cfg.text_causal)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.position_embedding, std=0.01)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n = tokens.shape
+        if n != self.cfg.text_len:
+            raise ValueError(f"text tokens must be (B, text_len={self.cfg.text_len}), got {tuple(tokens.shape)} "
+                             f"(pad with Glide.pad_text)")
+        x = self.token_embedding(tokens) + self.position_embedding  # (B, L, W)
+        # No key padding mask: pads are learned inputs, so every attention row keeps at least itself.
+        h = self.transformer(x)  # (B, L, W), final LayerNorm applied
+        return h, h[:, -1]
+
+
+class Glide(nn.Module):
+    """GLIDE: ``forward(x_t, t, text_tokens=None) -> (B, 2C, H, W)`` (None = the empty caption)."""
+
+    def __init__(self, cfg: GlideConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.text = TextEncoder(cfg)
+        self.unet = UNet(cfg.unet_config())
+        # final token -> added to the timestep embedding (replaces ADM's class embedding)
+        self.text_proj = nn.Linear(cfg.text_width, self.unet.time_embed_dim)
+
+    # ---- text
+    def null_tokens(self, batch: int, device=None) -> torch.Tensor:
+        """The empty caption (GLIDE's empty sequence): (batch, text_len) of pad_id."""
+        return torch.full((batch, self.cfg.text_len), self.cfg.pad_id, dtype=torch.long, device=device)
+
+    def pad_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L <= text_len) -> (B, text_len), right-padded with pad_id."""
+        n = self.cfg.text_len
+        if tokens.shape[1] > n:
+            raise ValueError(f"text has {tokens.shape[1]} tokens; the model takes {n} (data.tokenizer.context_length "
+                             f"<= model.net.text_len)")
+        if tokens.shape[1] < n:
+            tokens = torch.nn.functional.pad(tokens, (0, n - tokens.shape[1]), value=self.cfg.pad_id)
+        return tokens.long()
+
+    def encode_text(self, tokens: Optional[torch.Tensor], batch: Optional[int] = None,
+                    device=None) -> dict[str, torch.Tensor]:
+        """The U-Net's conditioning for text tokens (B, <= text_len), or for the empty caption when ``tokens`` is
+        None (then ``batch`` gives B): {"context" (B, L, W), "context_mask" (B, L) bool, "emb" (B, 4 x width)}."""
+        if tokens is None:
+            if batch is None:
+                raise ValueError("encode_text(None) needs batch=")
+            tokens = self.null_tokens(batch, device or self.text_proj.weight.device)
+        tokens = self.pad_text(tokens)
+        context, last = self.text(tokens)
+        return {"context": context, "context_mask": tokens != self.cfg.pad_id, "emb": self.text_proj(last)}
+
+    # ---- denoiser
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The U-Net on x_t (B, C, H, W) at original timesteps t (B,) under ``encode_text``'s conditioning."""
+        return self.unet(x_t, t, context=cond["context"], context_mask=cond["context_mask"], emb=cond["emb"])
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x_t (B, C, H, W), t (B,) timesteps, text_tokens (B, <= text_len) or None (the empty caption)
+        -> (B, 2C, H, W) = [eps ; v] with learn_sigma."""
+        return self.denoise(x_t, t, self.encode_text(text_tokens, batch=x_t.shape[0], device=x_t.device))
+
+
+def count_glide_params(cfg: GlideConfig | str) -> int:
+    """Parameters of a GLIDE model (a config or a preset name), built on the meta device (no memory)."""
+    if isinstance(cfg, str):
+        cfg = GLIDE_PRESETS[cfg]
+    with torch.device("meta"):
+        net = Glide(cfg)
+    return sum(p.numel() for p in net.parameters())
