@@ -146,3 +146,25 @@ class Transformer(nn.Module):
         for i, (block, m) in enumerate(zip(self.blocks, layer_masks)):
             x = block(x, m, cache, i, start_pos, self.causal, key_padding_mask)
         return self.ln_f(x)
+
+
+def gpt2_init_(root: nn.Module, transformer: Transformer, extra: Sequence[torch.Tensor] = ()) -> None:
+    """GPT-2 initialisation of ``root`` (every Linear / Embedding ~ N(0, 0.02), biases 0), with the residual output
+    projections of ``transformer``'s blocks scaled by 1/sqrt(2 L) so the residual stream's variance does not grow
+    with depth, and the raw parameters in ``extra`` (learned positions, pad / null / query vectors) ~ N(0, 0.02).
+    Skipped on the meta device (nothing to initialise when only counting parameters)."""
+    import math
+
+    if any(p.is_meta for p in root.parameters()):
+        return
+    for m in root.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+    n_layers = len(transformer.blocks)
+    for blk in transformer.blocks:
+        for lin in (blk.attn.proj, blk.mlp[2]):
+            nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * n_layers))
+    for p in extra:
+        nn.init.normal_(p, std=0.02)

@@ -41,7 +41,6 @@ Presets (parameter counts measured on the meta device, tests/models/test_ar_prio
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -52,7 +51,7 @@ import torch.nn.functional as F
 from zoo.models.presets import resolve_preset
 from zoo.nn.guidance import guide
 from zoo.nn.sampling import filter_logits, gumbel_pick
-from zoo.nn.transformer import KVCache, Transformer
+from zoo.nn.transformer import gpt2_init_, KVCache, Transformer
 
 
 @dataclass
@@ -114,17 +113,8 @@ class ARPrior(nn.Module):
         self.code_head = nn.Linear(d, cfg.n_buckets, bias=False)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:  # GPT-2 style: N(0, 0.02); residual output projections / sqrt(2 L)
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-        for blk in self.transformer.blocks:
-            for lin in (blk.attn.proj, blk.mlp[2]):
-                nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * self.cfg.n_layers))
-        for p in (self.text_pos, self.null_cond, self.cond_pos, self.code_pos):
-            nn.init.normal_(p, std=0.02)
+    def reset_parameters(self) -> None:  # GPT-2 style (zoo.nn.transformer.gpt2_init_)
+        gpt2_init_(self, self.transformer, (self.text_pos, self.null_cond, self.cond_pos, self.code_pos))
 
     # ------------------------------------------------------------------------------------------- embeddings
     def embed_prefix(self, text_tokens: torch.Tensor, text_emb: torch.Tensor,

@@ -37,7 +37,6 @@ w = ``loss_text_weight`` (paper: 1/8 text, 7/8 image). Text targets that are pad
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -47,7 +46,7 @@ import torch.nn.functional as F
 
 from zoo.nn.image_tokenizer import find_image_tokenizer
 from zoo.nn.sparse_masks import dalle_mask, layer_pattern
-from zoo.nn.transformer import KVCache, Transformer
+from zoo.nn.transformer import gpt2_init_, KVCache, Transformer
 
 PAPER_PARAMS = 12_292_808_448  # measured: sum(p.numel()) of DalleTransformer(PRESETS["paper"]) on the meta device
 
@@ -115,17 +114,8 @@ class DalleTransformer(nn.Module):
                                                             cfg.conv_kernel), persistent=False)
         self.reset_parameters()
 
-    def reset_parameters(self):  # GPT-2 style: N(0, 0.02); residual output projections scaled by 1/sqrt(2 L)
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-        for blk in self.transformer.blocks:
-            for lin in (blk.attn.proj, blk.mlp[2]):
-                nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * self.cfg.n_layers))
-        for p in (self.text_pad_emb, self.text_pos, self.image_row, self.image_col):
-            nn.init.normal_(p, std=0.02)
+    def reset_parameters(self) -> None:  # GPT-2 style (zoo.nn.transformer.gpt2_init_)
+        gpt2_init_(self, self.transformer, (self.text_pad_emb, self.text_pos, self.image_row, self.image_col))
 
     # -- pieces
     def layer_masks(self) -> list[torch.Tensor]:

@@ -28,7 +28,6 @@ positional embeddings are added to every position. Timesteps go through sinusoid
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
@@ -37,7 +36,7 @@ import torch.nn as nn
 
 from zoo.models.presets import resolve_preset
 from zoo.nn.embeddings import TimestepEmbedder
-from zoo.nn.transformer import Transformer
+from zoo.nn.transformer import gpt2_init_, KVCache, Transformer
 
 TEXT_INPUTS = ("tokens", "encodings", "none")
 
@@ -119,19 +118,8 @@ class DiffusionPriorNet(nn.Module):
                              persistent=False)
         self.reset_parameters()
 
-    def reset_parameters(self):  # GPT-2 style: N(0, 0.02); residual output projections scaled by 1/sqrt(2 L)
-        if any(p.is_meta for p in self.parameters()):
-            return
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-        for blk in self.transformer.blocks:
-            for lin in (blk.attn.proj, blk.mlp[2]):
-                nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * self.cfg.n_layers))
-        for p in (self.text_pad_emb, self.null_text_emb, self.query, self.pos):
-            nn.init.normal_(p, std=0.02)
+    def reset_parameters(self) -> None:  # GPT-2 style (zoo.nn.transformer.gpt2_init_)
+        gpt2_init_(self, self.transformer, (self.text_pad_emb, self.null_text_emb, self.query, self.pos))
 
     # -- pieces
     def embed_text(self, batch: int, text_tokens: Optional[torch.Tensor], text_encodings: Optional[torch.Tensor],
@@ -167,16 +155,45 @@ class DiffusionPriorNet(nn.Module):
                  text_mask: Optional[torch.Tensor] = None, drop_text: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The transformer's input (B, L + 4, dim)."""
         b = x_t.shape[0]
-        w = self.x_proj.weight
         text = self.embed_text(b, text_tokens, text_encodings, text_mask, drop_text)  # (B, L, d)
+        tail = self.tail(x_t, t, text_emb, drop_text)  # (B, 4, d)
+        return torch.cat([text.to(tail.dtype), tail], dim=1) + self.pos
+
+    def tail(self, x_t: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor,
+             drop_text: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The last 4 positions [text_emb ; time ; x_t ; query] (B, 4, dim), before positional embeddings."""
+        b = x_t.shape[0]
+        w = self.x_proj.weight
         temb = self.text_emb_proj(text_emb.to(w.dtype))  # (B, d)
         if drop_text is not None:
             temb = torch.where(drop_text.bool().unsqueeze(1), self.null_text_emb.to(temb.dtype), temb)
         time = self.time_embed(t)  # (B, d)
         x = self.x_proj(x_t.to(w.dtype))  # (B, d)
         query = self.query.expand(b, -1)
-        tail = torch.stack([temb, time.to(temb.dtype), x, query.to(temb.dtype)], dim=1)  # (B, 4, d)
-        return torch.cat([text.to(tail.dtype), tail], dim=1) + self.pos
+        return torch.stack([temb, time.to(temb.dtype), x, query.to(temb.dtype)], dim=1)  # (B, 4, d)
+
+    # -- sampling with the text prefix computed once
+    # Under the causal mask the text positions see only earlier text positions: their keys and values do not depend
+    # on t, x_t or the text embedding, so a sampler computes them once per caption (``text_cache``) and each of its
+    # steps runs only the last 4 positions (``forward_cached``): (L + 4) / 4 = 13x fewer positions for shapes.
+    def text_cache(self, batch: int, text_tokens: Optional[torch.Tensor] = None,
+                   text_encodings: Optional[torch.Tensor] = None, text_mask: Optional[torch.Tensor] = None,
+                   drop_text: Optional[torch.Tensor] = None) -> KVCache:
+        """A KV cache holding every layer's keys/values of the n_text text positions (B = ``batch``)."""
+        cache = self.transformer.new_cache(batch, self.cfg.seq_len)
+        if self.cfg.n_text:
+            text = self.embed_text(batch, text_tokens, text_encodings, text_mask, drop_text)  # (B, L, d)
+            self.transformer(text + self.pos[: self.cfg.n_text], self.causal_mask, cache, 0)
+        return cache
+
+    def forward_cached(self, cache: KVCache, x_t: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor,
+                       drop_text: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``forward`` for the captions whose ``text_cache`` is ``cache`` (same rows, same ``drop_text``); writes
+        only positions >= n_text of the cache, so one cache serves every step."""
+        n = self.cfg.n_text
+        tail = self.tail(x_t, t, text_emb, drop_text) + self.pos[n:]
+        h = self.transformer(tail, self.causal_mask, cache, n)
+        return self.head(h[:, -1])
 
     def hidden(self, *args, **kwargs) -> torch.Tensor:
         """Transformer outputs at every position (B, L + 4, dim) (tests use it to check the causal structure)."""

@@ -1,0 +1,275 @@
+"""zoo-convert: state dicts with the PUBLISHED key names and shapes (small configs of the same layouts, built here;
+nothing is downloaded) convert onto our classes, reproduce the reference computation, refuse mismatches, and
+are written as checkpoints the zoo's loaders accept."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ------------------------------------------------------------------ the released dall_e layout, re-stated
+class RefConv2d(nn.Module):
+    """dall_e/utils.py Conv2d: parameters ``w`` (n_out, n_in, kw, kw) and ``b`` (n_out,), 'same' padding."""
+
+    def __init__(self, n_in, n_out, kw):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(n_out, n_in, kw, kw) / (n_in * kw * kw) ** 0.5)
+        self.b = nn.Parameter(torch.randn(n_out) * 0.1)
+        self.kw = kw
+
+    def forward(self, x):
+        return F.conv2d(x, self.w, self.b, padding=(self.kw - 1) // 2)
+
+
+class RefBlock(nn.Module):
+    def __init__(self, n_in, n_out, n_layers, kernels):
+        super().__init__()
+        hid = n_out // 4
+        self.post_gain = 1 / n_layers**2
+        self.id_path = RefConv2d(n_in, n_out, 1) if n_in != n_out else nn.Identity()
+        widths = [(n_in, hid), (hid, hid), (hid, hid), (hid, n_out)]
+        layers = []
+        for j, ((a, b), k) in enumerate(zip(widths, kernels, strict=True), 1):
+            layers += [(f"relu_{j}", nn.ReLU()), (f"conv_{j}", RefConv2d(a, b, k))]
+        self.res_path = nn.Sequential(OrderedDict(layers))
+
+    def forward(self, x):
+        return self.id_path(x) + self.post_gain * self.res_path(x)
+
+
+def ref_encoder(n_hid=8, n_blk=1, vocab=32, groups=4):
+    """dall_e/encoder.py Encoder (group_count 4 in the release; any count here)."""
+    n_layers = groups * n_blk
+    mods = [("input", RefConv2d(3, n_hid, 7))]
+    n_in = n_hid
+    for g in range(groups):
+        w = n_hid * 2**g
+        blocks = [(f"block_{i + 1}", RefBlock(n_in if i == 0 else w, w, n_layers, (3, 3, 3, 1))) for i in range(n_blk)]
+        if g < groups - 1:
+            blocks.append(("pool", nn.MaxPool2d(2)))
+        mods.append((f"group_{g + 1}", nn.Sequential(OrderedDict(blocks))))
+        n_in = w
+    mods.append(("output", nn.Sequential(OrderedDict([("relu", nn.ReLU()), ("conv", RefConv2d(n_in, vocab, 1))]))))
+    enc = nn.Module()
+    enc.blocks = nn.Sequential(OrderedDict(mods))
+    return enc
+
+
+def ref_decoder(n_hid=8, n_blk=1, vocab=32, n_init=16, groups=4):
+    """dall_e/decoder.py Decoder (output_channels 3 -> 6 logit-Laplace channels)."""
+    n_layers = groups * n_blk
+    mods = [("input", RefConv2d(vocab, n_init, 1))]
+    n_in = n_init
+    for g in range(groups):
+        w = n_hid * 2 ** (groups - 1 - g)
+        blocks = [(f"block_{i + 1}", RefBlock(n_in if i == 0 else w, w, n_layers, (1, 3, 3, 3))) for i in range(n_blk)]
+        if g < groups - 1:
+            blocks.append(("upsample", nn.Upsample(scale_factor=2, mode="nearest")))
+        mods.append((f"group_{g + 1}", nn.Sequential(OrderedDict(blocks))))
+        n_in = w
+    mods.append(("output", nn.Sequential(OrderedDict([("relu", nn.ReLU()), ("conv", RefConv2d(n_in, 6, 1))]))))
+    dec = nn.Module()
+    dec.blocks = nn.Sequential(OrderedDict(mods))
+    return dec
+
+
+def map_pixels(x01):  # dall_e/utils.py
+    return (1 - 2 * 0.1) * x01 + 0.1
+
+
+def unmap_pixels(x):
+    return torch.clamp((x - 0.1) / (1 - 2 * 0.1), 0, 1)
+
+
+@pytest.fixture(scope="module")
+def released():
+    torch.manual_seed(0)
+    return ref_encoder(n_blk=2).eval(), ref_decoder(n_blk=2).eval()
+
+
+def test_dalle_dvae_published_key_names(released):
+    enc, dec = released
+    keys = set(enc.state_dict()) | {"dec." + k for k in dec.state_dict()}
+    # names as in the released model (spot checks against dall_e/encoder.py, decoder.py)
+    for k in ("blocks.input.w", "blocks.group_1.block_1.res_path.conv_1.w", "blocks.group_2.block_1.id_path.w",
+              "blocks.group_4.block_2.res_path.conv_4.b", "blocks.output.conv.w"):
+        assert k in keys
+    assert "dec.blocks.group_1.block_1.id_path.w" in keys  # n_init -> 8 n_hid
+
+
+def test_dalle_dvae_converts_exactly(released):
+    from zoo.convert import RELEASED_PAD_PIXEL, convert_dalle_dvae, dalle_dvae_stem_error
+
+    enc, dec = released
+    lit = convert_dalle_dvae(enc.state_dict(), dec.state_dict(), resolution=32)
+    dv = lit.dvae
+    assert dv.cfg.n_hid == 8 and dv.cfg.vocab_size == 32 and dv.cfg.n_groups == 4 and dv.cfg.n_blk_per_group == 2
+    assert dv.downsample_factor == 8 and dv.grid_size == (4, 4)
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1  # our range
+    with torch.no_grad():
+        ref_logits = enc.blocks(map_pixels((x + 1) / 2))
+        # exact once the released model's zero padding of the MAPPED image is made explicit (pixel -1.25 for us)
+        stem = dv.encoder[0]
+        exact = dv.encoder[1:](F.conv2d(F.pad(x, (3,) * 4, value=RELEASED_PAD_PIXEL), stem.weight, stem.bias))
+        torch.testing.assert_close(exact, ref_logits, atol=1e-4, rtol=1e-4)
+        # away from the border the folded stem IS the released one
+        torch.testing.assert_close(dv.encoder[0](x)[..., 3:-3, 3:-3],
+                                   enc.blocks.input(map_pixels((x + 1) / 2))[..., 3:-3, 3:-3], atol=1e-5, rtol=1e-5)
+        # decoder: exact, including the image mapping
+        codes = ref_logits.argmax(1)
+        z = F.one_hot(codes, 32).permute(0, 3, 1, 2).float()
+        ref_stats = dec.blocks(z)
+        torch.testing.assert_close(dv.decode_soft(z), ref_stats, atol=1e-5, rtol=1e-5)
+        ref_img = unmap_pixels(torch.sigmoid(ref_stats[:, :3]))
+        torch.testing.assert_close((dv.decode(codes) + 1) / 2, ref_img, atol=1e-5, rtol=1e-5)
+    err = dalle_dvae_stem_error(lit, x)
+    assert 0.0 <= err["code_agreement"] <= 1.0 and err["max_abs_logit_error"] >= 0.0
+
+
+def test_dalle_dvae_refuses_mismatches(released):
+    from zoo.convert import ConversionError, convert_dalle_dvae
+
+    enc, dec = released
+    e, d = dict(enc.state_dict()), dict(dec.state_dict())
+    bad = dict(e)
+    bad["blocks.group_2.block_1.res_path.conv_2.w"] = torch.zeros(4, 4, 5, 5)  # a 5x5 kernel where ours is 3x3
+    with pytest.raises(ConversionError, match=r"blocks\.group_2\.block_1\.res_path\.conv_2\.w.*shape"):
+        convert_dalle_dvae(bad, d)
+    missing = {k: v for k, v in e.items() if k != "blocks.group_3.block_2.res_path.conv_4.b"}
+    with pytest.raises(ConversionError, match="conv_4.b"):
+        convert_dalle_dvae(missing, d)
+    with pytest.raises(ConversionError, match="not a pair"):
+        convert_dalle_dvae(e, dict(ref_decoder(n_blk=2, vocab=64).state_dict()))
+    with pytest.raises(ConversionError, match="blocks.input.w"):
+        convert_dalle_dvae({"encoder.conv_in.weight": torch.zeros(1)}, d)
+
+
+def test_converted_dvae_checkpoint_loads_like_zoo_train(tmp_path, released):
+    """zoo-convert's output goes through the safe loader, is accepted where an image tokenizer is expected
+    (zoo-tokenize, model.image_tokenizer_ckpt) and exports (zoo-export)."""
+    from omegaconf import OmegaConf
+
+    from zoo.checkpoint import load_module
+    from zoo.convert import convert
+    from zoo.registry import IMAGE_TOKENIZERS
+
+    enc, dec = released
+    torch.save(enc.state_dict(), tmp_path / "encoder.pt")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in dec.state_dict().items()}, str(tmp_path / "decoder.safetensors"))
+    out = convert(OmegaConf.create({"kind": "dalle_dvae", "encoder": str(tmp_path / "encoder.pt"),
+                                    "decoder": str(tmp_path / "decoder.safetensors"), "resolution": 32,
+                                    "out": str(tmp_path / "dalle_dvae.ckpt")}))
+    ck = torch.load(out, weights_only=True)
+    assert ck["zoo_component"] == "dvae" and ck["zoo_converted"]["kind"] == "dalle_dvae"
+    lit = load_module(out, expect=IMAGE_TOKENIZERS)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        ref = enc.blocks(map_pixels((x + 1) / 2))
+    assert lit.dvae.encode(x).shape == (2, 4, 4) and lit.dvae.resolution == 32
+    from zoo.pipelines.grid import checkpoint_sample_grid  # what zoo-sample does with a tokenizer checkpoint
+
+    grid, _ = checkpoint_sample_grid(str(out))
+    assert grid.shape[-3] == 3 and torch.isfinite(grid).all()
+    torch.testing.assert_close(lit.dvae.decode_soft(F.one_hot(ref.argmax(1), 32).permute(0, 3, 1, 2).float()),
+                               dec.blocks(F.one_hot(ref.argmax(1), 32).permute(0, 3, 1, 2).float()), atol=1e-5,
+                               rtol=1e-5)
+
+
+def test_released_pickle_is_refused_with_the_fix(tmp_path):
+    """The released encoder.pkl is a pickled module; the converter does not unpickle code, it says what to do."""
+    from zoo.convert import ConversionError, read_state_dict
+
+    torch.save(nn.Linear(2, 2), tmp_path / "encoder.pkl")
+    with pytest.raises(ConversionError, match="dall_e.load_model"):
+        read_state_dict(tmp_path / "encoder.pkl", "encoder")
+
+
+# ------------------------------------------------------------------ taming-transformers VQGAN / Gumbel-VQ
+def taming_state_dict(kind: str, n_embed=48, embed_dim=8, z_channels=8, ch=16) -> dict[str, torch.Tensor]:
+    """Key names and shapes of taming/models/vqgan.py VQModel / GumbelVQ (a representative subset of the encoder,
+    decoder and discriminator keys, all of the quantizer's)."""
+    torch.manual_seed(3)
+    sd = {
+        "encoder.conv_in.weight": torch.randn(ch, 3, 3, 3), "encoder.conv_in.bias": torch.randn(ch),
+        "encoder.down.0.block.0.norm1.weight": torch.ones(ch), "encoder.down.0.block.0.norm1.bias": torch.zeros(ch),
+        "encoder.down.0.block.0.conv1.weight": torch.randn(ch, ch, 3, 3),
+        "encoder.down.0.downsample.conv.weight": torch.randn(ch, ch, 3, 3),
+        "encoder.mid.attn_1.q.weight": torch.randn(ch, ch, 1, 1),
+        "encoder.norm_out.weight": torch.ones(ch), "encoder.conv_out.weight": torch.randn(z_channels, ch, 3, 3),
+        "quant_conv.weight": torch.randn(embed_dim, z_channels, 1, 1), "quant_conv.bias": torch.randn(embed_dim),
+        "post_quant_conv.weight": torch.randn(z_channels, embed_dim, 1, 1),
+        "decoder.conv_in.weight": torch.randn(ch, z_channels, 3, 3), "decoder.conv_out.weight": torch.randn(3, ch, 3, 3),
+        "loss.discriminator.main.0.weight": torch.randn(64, 3, 4, 4),
+    }
+    if kind == "taming_vq":  # VectorQuantizer2: self.embedding = nn.Embedding(n_e, e_dim)
+        sd["quantize.embedding.weight"] = torch.randn(n_embed, embed_dim)
+    else:  # GumbelQuantize: self.proj = nn.Conv2d(num_hiddens, n_embed, 1); self.embed = nn.Embedding(...)
+        sd["quantize.proj.weight"] = torch.randn(n_embed, z_channels, 1, 1)
+        sd["quantize.proj.bias"] = torch.randn(n_embed)
+        sd["quantize.embed.weight"] = torch.randn(n_embed, embed_dim)
+    return sd
+
+
+@pytest.mark.parametrize("kind", ["taming_vq", "taming_gumbel"])
+def test_taming_codebook_converts(tmp_path, kind):
+    from omegaconf import OmegaConf
+
+    from zoo.checkpoint import load_module
+    from zoo.convert import TAMING_CODEBOOK_KEYS, convert
+
+    sd = taming_state_dict(kind)
+    torch.save({"state_dict": sd, "global_step": 10}, tmp_path / "last.ckpt")  # Lightning layout
+    out = convert(OmegaConf.create({"kind": kind, "ckpt": str(tmp_path / "last.ckpt"), "preset": "tiny",
+                                    "out": str(tmp_path / "vq.ckpt")}))
+    ck = torch.load(out, weights_only=True)
+    assert ck["zoo_converted"]["untrained"] == ["encoder", "decoder"]
+    lit = load_module(out, expect=("vqvae",))
+    q = lit.vqvae.quantizer
+    cb = sd[TAMING_CODEBOOK_KEYS[kind]]
+    assert torch.equal(q.codebook(), cb) and q.codebook_size == 48 and q.dim == 8
+    # VectorQuantizer2's rule: argmin of ||z||^2 + ||e||^2 - 2 z.e ; its embed_code / Gumbel's lookup: e[idx]
+    z = torch.randn(100, 8)
+    ref = torch.argmin(torch.sum(z**2, 1, keepdim=True) + torch.sum(cb**2, 1) - 2 * z @ cb.t(), dim=1)
+    assert torch.equal(q.nearest(z), ref)
+    idx = torch.randint(0, 48, (2, 3, 3))
+    assert torch.equal(q.lookup(idx), F.embedding(idx, cb).permute(0, 3, 1, 2))
+
+
+def test_taming_wrong_kind_is_named():
+    from zoo.convert import ConversionError, taming_codebook
+
+    with pytest.raises(ConversionError, match="kind=taming_gumbel"):
+        taming_codebook(taming_state_dict("taming_gumbel"), "taming_vq")
+
+
+# ------------------------------------------------------------------ open_clip
+def test_open_clip_file_converts(tmp_path):
+    """An open_clip checkpoint file (here the tiny architecture's, saved as open_clip saves it) -> a zoo clip
+    checkpoint with the same towers. (Loading open_clip files is also covered in tests/models/test_clip_scorer.py.)"""
+    import open_clip
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    import zoo.models.clip.model  # noqa: F401  (registers the zoo-clip-* architectures with open_clip)
+    from zoo.checkpoint import load_module
+    from zoo.convert import convert
+
+    torch.manual_seed(5)
+    model = open_clip.create_model("zoo-clip-tiny")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
+    out = convert(OmegaConf.create({"kind": "open_clip", "arch": "zoo-clip-tiny",
+                                    "ckpt": str(tmp_path / "open_clip_model.safetensors"),
+                                    "out": str(tmp_path / "clip.ckpt")}))
+    (tmp_path / "open_clip_model.safetensors").unlink()  # the converted checkpoint stands alone
+    lit = load_module(out, expect=("clip",))
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(lit.clip.encode_image(x), model.encode_image(x))

@@ -1,0 +1,176 @@
+"""zoo-export: safetensors + config.json rebuild every component bit for bit; ONNX graphs match PyTorch under
+onnxruntime (dynamic batch); the export directory is read through the registry's checks."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+pytest.importorskip("safetensors")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny(name: str, tmp_path: Path, helpers):
+    torch.manual_seed(0)
+    if name == "dvae":
+        from zoo.models.dvae.lit import DVAELit
+
+        return DVAELit(preset="tiny")
+    if name == "vqvae":
+        from zoo.models.vqvae.lit import VQVAELit
+
+        return VQVAELit(preset="tiny")
+    if name == "clip":
+        from zoo.models.clip.lit import ClipLit
+
+        return ClipLit(preset="tiny", load_weights=False)
+    if name == "dalle":
+        from zoo.models.dalle.lit import DalleLit
+
+        tok = helpers.tiny_tokenizer_ckpt(tmp_path / "vq.ckpt")
+        return DalleLit(preset="tiny", net=dict(helpers.TINY_NET), image_tokenizer_ckpt=str(tok),
+                        text_tokenizer=helpers.tiny_bpe().to_spec())
+    if name == "glide":
+        from zoo.models.glide.lit import GlideLit
+
+        lit = GlideLit(preset="tiny")
+        with torch.no_grad():  # zero-initialised output layers would make every output 0 (a vacuous comparison)
+            for p in lit.parameters():
+                if p.ndim > 1 and p.abs().max() == 0:
+                    p.normal_(std=0.1)
+        return lit
+    if name == "diffusion_prior":
+        from zoo.models.diffusion_prior.lit import DiffusionPriorLit
+
+        return DiffusionPriorLit(preset="tiny", embed_scale=1.5)
+    if name == "ar_prior":
+        from zoo.models.ar_prior.lit import ARPriorLit
+
+        return ARPriorLit(preset="tiny")
+    raise AssertionError(name)
+
+
+def _outputs(name: str, m) -> list[torch.Tensor]:
+    """A deterministic forward per component (fixed inputs)."""
+    g = torch.Generator().manual_seed(7)
+    m.eval()
+    with torch.no_grad():
+        if name in ("dvae", "vqvae"):
+            from zoo.nn.image_tokenizer import find_image_tokenizer
+
+            tok = find_image_tokenizer(m)
+            x = torch.rand(2, 3, tok.resolution, tok.resolution, generator=g) * 2 - 1
+            codes = tok.encode(x)
+            return [codes, tok.decode(codes)]
+        if name == "clip":
+            x = torch.randn(2, 3, m.image_size, m.image_size, generator=g)
+            t = m.tokenize(["a red circle", "a blue square"])
+            return [m.clip.encode_image(x), m.clip.encode_text(t)]
+        if name == "dalle":
+            c = m.transformer.cfg
+            text = torch.randint(1, c.text_vocab, (2, c.text_len), generator=g)
+            image = torch.randint(0, c.image_vocab, (2, c.image_len), generator=g)
+            x = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+            return [*m.transformer(text, image), m.image_tokenizer.encode(x)]
+        if name == "glide":
+            c = m.net.cfg
+            x = torch.randn(2, 3, c.image_size, c.image_size, generator=g)
+            t = torch.tensor([3, 700])
+            return [m.net(x, t, torch.randint(0, c.text_vocab, (2, c.text_len), generator=g))]
+    return []  # priors: state dict equality (their forward needs fitted data-dependent inputs)
+
+
+def _write_ckpt(lit, path: Path) -> Path:
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.export import checkpoint_dict
+
+    return atomic_torch_save(checkpoint_dict(lit), path)
+
+
+COMPONENTS = ["dvae", "vqvae", "clip", "dalle", "glide", "diffusion_prior", "ar_prior"]
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_safetensors_export_rebuilds_identically(tmp_path, name, dalle_helpers):
+    from zoo.checkpoint import load_module
+    from zoo.export import export, load_export
+
+    ckpt = _write_ckpt(_tiny(name, tmp_path, dalle_helpers), tmp_path / "last.ckpt")
+    out = tmp_path / "export"
+    summary = export(OmegaConf.create({"ckpt": str(ckpt), "out": str(out), "onnx": False}))
+    assert summary["reload_identical_weights"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["component"] == name and config["format"] == "dalle-zoo-export"
+    if name == "dalle":  # the nested plain specs travel in config.json
+        hp = config["hyper_parameters"]
+        assert hp["tokenizer_spec"]["component"] == "vqvae" and isinstance(hp["text_tokenizer"], dict)
+    original, again = load_module(ckpt), load_export(out)
+    sd0, sd1 = original.state_dict(), again.state_dict()
+    assert sd0.keys() == sd1.keys()
+    assert all(torch.equal(sd0[k], sd1[k]) for k in sd0)
+    for a, b in zip(_outputs(name, original), _outputs(name, again), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_load_export_refuses_what_a_file_may_not_name(tmp_path):
+    from zoo.export import load_export, save_export
+    from zoo.models.dvae.lit import DVAELit
+    from zoo.registry import UnsafeCheckpointError
+
+    save_export(DVAELit(preset="tiny"), tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for bad in ({**cfg, "component": "os.system"},
+                {**cfg, "hyper_parameters": {**cfg["hyper_parameters"], "net": {"_target_": "os.system"}}},
+                {**cfg, "hyper_parameters": {**cfg["hyper_parameters"], "not_an_argument": 1}}):
+        (tmp_path / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(UnsafeCheckpointError):
+            load_export(tmp_path)
+
+
+ONNX_TOL = 1e-4
+
+
+@pytest.mark.parametrize("name", ["dvae", "vqvae", "clip", "dalle", "glide"])
+def test_onnx_graphs_match_pytorch(tmp_path, name, dalle_helpers):
+    pytest.importorskip("onnxruntime")
+    from zoo.export import export_onnx
+
+    lit = _tiny(name, tmp_path, dalle_helpers).eval()
+    report = export_onnx(name, lit, tmp_path / "onnx", export_batch=2, check_batch=3)
+    expected = {"dvae": {"encode", "decode"}, "vqvae": {"encode", "decode"}, "clip": {"image_tower", "text_tower"},
+                "dalle": {"prefill", "decode_step"}, "glide": {"text_encoder", "unet"}}[name]
+    assert set(report) == expected
+    for graph, info in report.items():
+        assert info["batch"] == 3  # not the export's batch: the batch axis is dynamic
+        assert info["max_abs_error"] < ONNX_TOL, (graph, info)
+        assert all(v == 1.0 for k, v in info.items() if k.endswith("_agreement")), (graph, info)
+        assert Path(info["path"]).stat().st_size == info["bytes"] > 0
+    if name == "dalle":  # prefill + a decode_step per token through the explicit KV cache == the uncached forward
+        assert report["decode_step"]["full_decode_vs_uncached_max_abs_error"] < ONNX_TOL
+    assert json.loads((tmp_path / "onnx" / "report.json").read_text()).keys() == report.keys()
+
+
+def test_zoo_export_command(tmp_path):
+    """The console entry point end to end: Hydra config, summary printed, files written."""
+    from zoo.models.vqvae.lit import VQVAELit
+
+    torch.manual_seed(0)
+    ckpt = _write_ckpt(VQVAELit(preset="tiny"), tmp_path / "vq.ckpt")
+    out = tmp_path / "vq_export"
+    r = subprocess.run([sys.executable, "-m", "zoo.export", f"ckpt={ckpt}", f"out={out}", "graphs=[decode]",
+                        f"paths.log_dir={tmp_path / 'logs'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "onnx/decode.onnx" in r.stdout and "max abs error" in r.stdout
+    assert (out / "model.safetensors").is_file() and (out / "onnx" / "decode.onnx").is_file()
+    assert not (out / "onnx" / "encode.onnx").exists()
+    from zoo.errors import ConfigError
+    from zoo.export import export
+
+    with pytest.raises(ConfigError, match="zoo-export ckpt="):  # printed as "error: ..." (exit 2) by the entry point
+        export(OmegaConf.create({"ckpt": None}))

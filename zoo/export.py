@@ -1,0 +1,567 @@
+"""``zoo-export``: a component checkpoint -> ``model.safetensors`` + ``config.json`` (+ ONNX inference graphs).
+
+The export directory holds everything another tool needs, and nothing that runs code when read:
+
+- ``model.safetensors``: the LightningModule's state dict (safetensors: a header + raw tensors, no pickle);
+- ``config.json``: ``{"format": "dalle-zoo-export", "version": 1, "component": <registry name>,
+  "hyper_parameters": {...plain values...}}``. DALL·E checkpoints keep their nested plain specs here (the text
+  tokenizer's tokenizer.json as a string, the frozen image tokenizer's component + hyper-parameters + resolution);
+- ``onnx/<graph>.onnx`` where a graph makes sense (see ``onnx_graphs``), each checked against PyTorch with
+  onnxruntime on fresh inputs of ANOTHER batch size than the export's (the batch axis is dynamic);
+  ``onnx/report.json`` records the max abs errors and sizes.
+
+``load_export(dir)`` rebuilds the module through the same registry checks as ``zoo.checkpoint.load_module``
+(component by name from ``zoo.registry``, plain hyper-parameters checked against the constructor) and loads the
+safetensors weights: its outputs equal the checkpoint's bit for bit (tests/test_export.py).
+
+ONNX graphs (TorchScript exporter, ``dynamo=False``: it needs no onnxscript):
+
+==================  ===========================================  ==============================================
+component           graph                                         inputs -> outputs
+==================  ===========================================  ==============================================
+dvae / vqvae        ``encode``                                   images (B,3,H,W) in [-1,1] -> codes (B,h,w),
+                                                                 features (B,K|D,h,w) (dVAE logits / VQ z_e)
+dvae / vqvae        ``decode``                                   codes (B,h,w) -> images (B,3,H,W)
+clip                ``image_tower`` / ``text_tower``             pixels (B,3,S,S) / tokens (B,L) -> features
+                                                                 (B,E), L2-normalised
+dalle               ``prefill``                                  text (B,T) -> logits of image token 0 (B,V),
+                                                                 present_k/v (n_layers,B,H,T,D)
+dalle               ``decode_step``                              image_token (B,1), past_k/v (n_layers,B,H,P,D)
+                                                                 -> logits of the next token, present_k/v
+                                                                 (n_layers,B,H,P+1,D): the explicit KV cache
+glide               ``text_encoder``                             tokens (B,L) -> context (B,L,W), emb (B,E)
+glide               ``unet``                                     x_t, t, context, context_mask, emb -> (B,2C,H,W)
+diffusion_prior,    (none: safetensors + config.json only; their samplers loop in Python around small nets)
+ar_prior
+==================  ===========================================  ==============================================
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import hydra
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from zoo.config import report_user_errors
+from zoo.errors import ConfigError
+
+log = logging.getLogger("zoo.export")
+
+EXPORT_FORMAT = "dalle-zoo-export"
+EXPORT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+# ------------------------------------------------------------------------------------------ checkpoint side
+def hyper_parameters_of(module: nn.Module) -> dict[str, Any]:
+    """The hyper-parameters a checkpoint of ``module`` carries: Lightning's saved hparams plus what the module's
+    ``on_save_checkpoint`` adds (DALL·E: ``tokenizer_spec``, ``text_tokenizer``; GLIDE: ``text_tokenizer``)."""
+    ck: dict[str, Any] = {"hyper_parameters": dict(getattr(module, "hparams", {}) or {})}
+    hook = getattr(module, "on_save_checkpoint", None)
+    if callable(hook):
+        hook(ck)
+    return _plain(dict(ck["hyper_parameters"]))
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers / AttributeDicts / tuples -> dicts and lists (what JSON and ``check_plain`` take)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def checkpoint_dict(module: nn.Module) -> dict[str, Any]:
+    """A zoo-train-style checkpoint dict for ``module`` (``zoo_component`` stamp, plain hyper-parameters,
+    state dict): what ``zoo.checkpoint.load_module`` (and so zoo-sample / zoo-tokenize) accepts."""
+    from zoo.registry import component_name_of
+
+    return {"zoo_component": component_name_of(module), "hyper_parameters": hyper_parameters_of(module),
+            "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()}, "zoo_config": {}}
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[str, nn.Module, dict[str, Any]]:
+    """(component name, rebuilt module in eval mode, its checked plain hyper-parameters) from a zoo-train file."""
+    from zoo.checkpoint import load_module, safe_load
+    from zoo.registry import checked_hparams, component_in
+
+    ckpt = safe_load(path)
+    name = component_in(ckpt, str(path))
+    hp = checked_hparams(name, ckpt.get("hyper_parameters", {}), str(path))
+    del ckpt
+    return name, load_module(path), _plain(hp)
+
+
+# ------------------------------------------------------------------------------------------ safetensors
+def save_export(module: nn.Module, out_dir: str | os.PathLike, name: Optional[str] = None,
+                hyper_parameters: Optional[dict[str, Any]] = None) -> dict[str, Path]:
+    """Write ``model.safetensors`` + ``config.json`` for ``module`` into ``out_dir``."""
+    from safetensors.torch import save_model
+
+    from zoo.registry import check_plain, component_name_of
+
+    name = name or component_name_of(module)
+    hp = _plain(hyper_parameters if hyper_parameters is not None else hyper_parameters_of(module))
+    check_plain(hp, f"{name} hyper-parameters")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / WEIGHTS_FILE
+    # save_model drops duplicate names of shared (tied) tensors and makes channels_last weights contiguous;
+    # load_model restores them. The metadata is informational (safetensors metadata must be str -> str).
+    save_model(module, str(weights), metadata={"format": EXPORT_FORMAT, "component": name}, force_contiguous=True)
+    config = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "component": name, "hyper_parameters": hp}
+    text = json.dumps(config, indent=2, allow_nan=False)
+    cfg_path = out / CONFIG_FILE
+    tmp = cfg_path.with_suffix(".json.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, cfg_path)
+    return {"weights": weights, "config": cfg_path}
+
+
+def load_export(export_dir: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
+    """Rebuild a module from a ``zoo-export`` directory: the class from the component registry by name, the
+    hyper-parameters checked like a checkpoint's (``zoo.registry.checked_hparams``), the weights from safetensors.
+    No pickle is read and nothing the files name is imported."""
+    from safetensors.torch import load_model
+
+    from zoo.registry import UnsafeCheckpointError, checked_hparams, component_class
+
+    d = Path(export_dir)
+    cfg_path, weights = d / CONFIG_FILE, d / WEIGHTS_FILE
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: {d} is not a zoo-export directory (run zoo-export ckpt=... "
+                                    f"out={d})")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{cfg_path} is not valid JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
+        raise UnsafeCheckpointError(f"{cfg_path} is not a {EXPORT_FORMAT} config (format={config.get('format')!r})"
+                                    if isinstance(config, dict) else f"{cfg_path} is not a JSON object")
+    if config.get("version") != EXPORT_VERSION:
+        raise ConfigError(f"{cfg_path}: export version {config.get('version')!r}; this zoo reads {EXPORT_VERSION}")
+    name = config.get("component")
+    if not isinstance(name, str):
+        raise UnsafeCheckpointError(f"{cfg_path}: no component name")
+    cls = component_class(name)  # refuses unregistered names
+    hp = checked_hparams(name, config.get("hyper_parameters", {}), str(cfg_path))
+    module = cls(**hp)
+    load_model(module, str(weights), strict=True, device=map_location)
+    module.eval()
+    return module
+
+
+# ------------------------------------------------------------------------------------------ ONNX graphs
+@dataclass
+class Graph:
+    """One ONNX inference graph: a wrapper module, how to make inputs for a batch size, names and dynamic axes."""
+
+    name: str
+    module: nn.Module
+    make_inputs: Callable[[int], tuple[torch.Tensor, ...]]
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    # outputs compared by code agreement (argmax/argmin results) rather than by abs error
+    integer_outputs: tuple[str, ...] = ()
+    note: str = ""
+    check: Optional[Callable[["Graph", Any], dict[str, Any]]] = field(default=None, repr=False)
+
+
+def _batch_axes(names, axis: int = 0) -> dict[str, dict[int, str]]:
+    return {n: {axis: "batch"} for n in names}
+
+
+class _TokenizerEncode(nn.Module):
+    def __init__(self, name: str, tok: nn.Module):
+        super().__init__()
+        self.name, self.tok = name, tok
+
+    def forward(self, images: torch.Tensor):
+        if self.name == "dvae":
+            logits = self.tok.logits(images)  # (B, K, h, w)
+            return logits.argmax(1), logits
+        z = self.tok.encoder(images.contiguous(memory_format=torch.channels_last)).float()  # (B, D, h, w)
+        b, d, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, d)
+        if self.tok.cfg.l2_normalize:
+            flat = F.normalize(flat, dim=-1)
+        return self.tok.quantizer.nearest(flat).view(b, h, w), z
+
+
+class _TokenizerDecode(nn.Module):
+    def __init__(self, tok: nn.Module):
+        super().__init__()
+        self.tok = tok
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.tok.decode(codes)
+
+
+def _tokenizer_graphs(name: str, lit: nn.Module) -> list[Graph]:
+    from zoo.nn.image_tokenizer import find_image_tokenizer
+
+    tok = find_image_tokenizer(lit)
+    res, (h, w), k = tok.resolution, tok.grid_size, tok.codebook_size
+
+    def images(b):
+        return (torch.rand(b, 3, res, res) * 2 - 1,)
+
+    def codes(b):
+        return (torch.randint(0, k, (b, h, w)),)
+
+    return [
+        Graph("encode", _TokenizerEncode(name, tok), images, ["images"], ["codes", "features"],
+              _batch_axes(["images", "codes", "features"]), integer_outputs=("codes",)),
+        Graph("decode", _TokenizerDecode(tok), codes, ["codes"], ["images"], _batch_axes(["codes", "images"])),
+    ]
+
+
+class _ClipImage(nn.Module):
+    def __init__(self, clip):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, pixels):
+        return self.clip.encode_image(pixels, normalize=True)
+
+
+class _ClipText(nn.Module):
+    def __init__(self, clip):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, tokens):
+        return self.clip.encode_text(tokens, normalize=True)
+
+
+def _clip_graphs(lit: nn.Module) -> list[Graph]:
+    clip = lit.clip
+    size = int(lit.image_size)
+    ctx = int(getattr(clip, "context_length", 77))
+    vocab = int(getattr(clip, "vocab_size", 49408))
+
+    def pixels(b):
+        return (torch.randn(b, 3, size, size),)
+
+    def tokens(b):
+        t = torch.randint(1, vocab - 1, (b, ctx))
+        t[:, -1] = vocab - 1  # the EOT (highest id) marks the pooled position, as the BPE does
+        return (t,)
+
+    return [Graph("image_tower", _ClipImage(clip), pixels, ["pixels"], ["image_features"],
+                  _batch_axes(["pixels", "image_features"])),
+            Graph("text_tower", _ClipText(clip), tokens, ["tokens"], ["text_features"],
+                  _batch_axes(["tokens", "text_features"]))]
+
+
+# -- DALL·E with an explicit KV cache ------------------------------------------------------------------------
+def _attend(blk, x, past_k, past_v, mask_rows):
+    """One pre-LN block on new positions x (B, n, d) given this layer's past keys/values (B, H, P, D) (or None)
+    and the bool mask rows (n, P + n). Returns (x, k_all, v_all). Same maths as ``zoo.nn.transformer.Block``
+    with its ``KVCache``, but the cache is an input and an output instead of a buffer written in place."""
+    a = blk.attn
+    b, n = x.shape[0], x.shape[1]
+    q, k, v = a.qkv(blk.ln1(x)).reshape(b, n, 3, a.n_heads, a.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, n, D)
+    if past_k is not None:
+        k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B, H, P + n, D)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_rows)  # (B, H, n, D)
+    x = x + a.proj(y.transpose(1, 2).reshape(b, n, a.n_heads * a.head_dim))
+    x = x + blk.mlp(blk.ln2(x))
+    return x, k, v
+
+
+class _DallePrefill(nn.Module):
+    """text (B, T) -> logits of image token 0 (B, V), present_k / present_v (n_layers, B, H, T, D)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, text: torch.Tensor):
+        net, t = self.net, self.net.cfg.text_len
+        x = net.embed(text)  # (B, T, d)
+        ks, vs = [], []
+        for blk, mask in zip(net.transformer.blocks, net.layer_masks(), strict=True):
+            x, k, v = _attend(blk, x, None, None, mask[:t, :t])
+            ks.append(k)
+            vs.append(v)
+        h = net.transformer.ln_f(x)
+        return net.image_head(h[:, -1]), torch.stack(ks), torch.stack(vs)
+
+
+class _DalleStep(nn.Module):
+    """image_token (B, 1) at raster position p = P - T, past_k / past_v (n_layers, B, H, P, D) -> logits of image
+    token p + 1 (B, V), present_k / present_v (n_layers, B, H, P + 1, D). The position comes from the cache length."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image_token: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor):
+        net, c = self.net, self.net.cfg
+        idx = torch.arange(past_k.shape[3] + 1, device=image_token.device)  # key positions 0 .. P
+        here = idx[-1:]  # (1,) stream position P of the new token
+        p = here - c.text_len  # raster index of the image token
+        pos = net.image_row.index_select(0, torch.div(p, c.grid_w, rounding_mode="floor")) + \
+            net.image_col.index_select(0, torch.remainder(p, c.grid_w))  # (1, d)
+        x = net.image_emb(image_token) + pos  # (B, 1, d)
+        ks, vs = [], []
+        for i, (blk, mask) in enumerate(zip(net.transformer.blocks, net.layer_masks(), strict=True)):
+            rows = mask.index_select(0, here).index_select(1, idx)  # (1, P + 1)
+            x, k, v = _attend(blk, x, past_k[i], past_v[i], rows)
+            ks.append(k)
+            vs.append(v)
+        h = net.transformer.ln_f(x)
+        return net.image_head(h[:, -1]), torch.stack(ks), torch.stack(vs)
+
+
+def _dalle_graphs(lit: nn.Module) -> list[Graph]:
+    net = lit.transformer
+    c = net.cfg
+    kv_shape = (c.n_layers, c.n_heads, c.head_dim)
+
+    def text(b):
+        return (torch.randint(1, c.text_vocab, (b, c.text_len)),)
+
+    def step(b):
+        p = c.text_len + 3  # a cache holding the text and three image tokens
+        return (torch.randint(0, c.image_vocab, (b, 1)),
+                torch.randn(kv_shape[0], b, kv_shape[1], p, kv_shape[2]) * 0.5,
+                torch.randn(kv_shape[0], b, kv_shape[1], p, kv_shape[2]) * 0.5)
+
+    kv_axes = {1: "batch", 3: "past_len"}
+    out_axes = {1: "batch", 3: "total_len"}
+    return [
+        Graph("prefill", _DallePrefill(net), text, ["text"], ["logits", "present_k", "present_v"],
+              {"text": {0: "batch"}, "logits": {0: "batch"}, "present_k": {1: "batch"}, "present_v": {1: "batch"}}),
+        Graph("decode_step", _DalleStep(net), step, ["image_token", "past_k", "past_v"],
+              ["logits", "present_k", "present_v"],
+              {"image_token": {0: "batch"}, "past_k": kv_axes, "past_v": kv_axes, "logits": {0: "batch"},
+               "present_k": out_axes, "present_v": out_axes},
+              note="explicit KV cache: present_k/v of one call are the next call's past_k/v"),
+    ]
+
+
+class _GlideText(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, tokens):
+        context, last = self.net.text(tokens)
+        return context, self.net.text_proj(last)
+
+
+class _GlideUNet(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x_t, t, context, context_mask, emb):
+        return self.net.unet(x_t, t, context=context, context_mask=context_mask, emb=emb)
+
+
+def _glide_graphs(lit: nn.Module) -> list[Graph]:
+    net = lit.net
+    c = net.cfg
+    width, e = c.text_width, net.unet.time_embed_dim
+    in_ch = net.unet.cfg.in_channels
+
+    def tokens(b):
+        return (torch.randint(0, c.text_vocab, (b, c.text_len)),)
+
+    def unet_in(b):
+        mask = torch.ones(b, c.text_len, dtype=torch.bool)
+        mask[:, c.text_len // 2:] = False  # padded tail
+        return (torch.randn(b, in_ch, c.image_size, c.image_size), torch.randint(0, 1000, (b,)),
+                torch.randn(b, c.text_len, width), mask, torch.randn(b, e))
+
+    return [Graph("text_encoder", _GlideText(net), tokens, ["tokens"], ["context", "emb"],
+                  _batch_axes(["tokens", "context", "emb"])),
+            Graph("unet", _GlideUNet(net), unet_in, ["x_t", "t", "context", "context_mask", "emb"], ["out"],
+                  _batch_axes(["x_t", "t", "context", "context_mask", "emb", "out"]),
+                  note="the denoiser step; context/context_mask/emb from text_encoder (mask = tokens != pad_id)")]
+
+
+def onnx_graphs(name: str, module: nn.Module) -> list[Graph]:
+    """The ONNX inference graphs of a component (empty where none makes sense)."""
+    from zoo.registry import IMAGE_TOKENIZERS
+
+    if name in IMAGE_TOKENIZERS:
+        return _tokenizer_graphs(name, module)
+    if name == "clip":
+        return _clip_graphs(module)
+    if name == "dalle":
+        return _dalle_graphs(module)
+    if name == "glide":
+        return _glide_graphs(module)
+    return []
+
+
+def _as_tuple(x) -> tuple[torch.Tensor, ...]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def export_graph(g: Graph, path: Path, opset: int = 17, export_batch: int = 2) -> Path:
+    import warnings
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    g.module.eval()
+    torch.manual_seed(0)
+    args = g.make_inputs(export_batch)
+    # Traced with autograd ON: under no_grad, nn.MultiheadAttention (open_clip's towers) takes its fused fast path
+    # (aten::_native_multi_head_attention), which has no ONNX symbolic; with grad on it runs the plain ops.
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(g.module, args, str(path), dynamo=False, opset_version=opset, input_names=g.input_names,
+                          output_names=g.output_names, dynamic_axes=g.dynamic_axes, do_constant_folding=True)
+    return path
+
+
+def check_graph(g: Graph, path: Path, batch: int = 3, seed: int = 1) -> dict[str, Any]:
+    """Run the ONNX graph with onnxruntime and the wrapper with PyTorch on the same fresh inputs (batch ``batch``,
+    not the export's): max abs error per float output, agreement of integer outputs."""
+    import onnxruntime as ort
+
+    torch.manual_seed(seed)
+    args = g.make_inputs(batch)
+    with torch.no_grad():
+        ref = _as_tuple(g.module(*args))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {n: a.numpy() for n, a in zip(g.input_names, args, strict=True)})
+    out: dict[str, Any] = {"batch": batch, "max_abs_error": 0.0}
+    for n, r, o in zip(g.output_names, ref, got, strict=True):
+        o = torch.from_numpy(o)
+        if tuple(o.shape) != tuple(r.shape):
+            raise AssertionError(f"{g.name}.{n}: ONNX shape {tuple(o.shape)} != PyTorch {tuple(r.shape)}")
+        if n in g.integer_outputs or not r.is_floating_point():
+            out[f"{n}_agreement"] = float((o == r).float().mean())
+        else:
+            err = float((o.double() - r.double()).abs().max())
+            out[f"{n}_max_abs_error"] = err
+            out["max_abs_error"] = max(out["max_abs_error"], err)
+    return out
+
+
+@torch.no_grad()
+def check_dalle_decoding(lit: nn.Module, prefill_path: Path, step_path: Path, batch: int = 3,
+                         seed: int = 2) -> float:
+    """Decode a whole image with the two ONNX graphs (prefill, then one decode_step per token, feeding each call's
+    present_k/v back as past_k/v) under teacher forcing, against the PyTorch model's UNCACHED forward on the same
+    (text, image): the max abs error over all image-token logits."""
+    import onnxruntime as ort
+
+    net = lit.transformer.eval()
+    c = net.cfg
+    torch.manual_seed(seed)
+    text = torch.randint(1, c.text_vocab, (batch, c.text_len))
+    image = torch.randint(0, c.image_vocab, (batch, c.image_len))
+    _, ref = net(text, image)  # (B, N, V): ref[:, p] predicts image token p
+    pre = ort.InferenceSession(str(prefill_path), providers=["CPUExecutionProvider"])
+    step = ort.InferenceSession(str(step_path), providers=["CPUExecutionProvider"])
+    logits, k, v = pre.run(None, {"text": text.numpy()})
+    err = float((torch.from_numpy(logits) - ref[:, 0]).abs().max())
+    for p in range(c.image_len - 1):
+        logits, k, v = step.run(None, {"image_token": image[:, p:p + 1].numpy(), "past_k": k, "past_v": v})
+        err = max(err, float((torch.from_numpy(logits) - ref[:, p + 1]).abs().max()))
+    return err
+
+
+def export_onnx(name: str, module: nn.Module, out_dir: str | os.PathLike, opset: int = 17, export_batch: int = 2,
+                check_batch: int = 3, graphs: Optional[list[str]] = None) -> dict[str, dict[str, Any]]:
+    """Export and check every ONNX graph of the component; returns {graph: {path, bytes, max_abs_error, ...}}."""
+    out = Path(out_dir)
+    report: dict[str, dict[str, Any]] = {}
+    module.eval()
+    for g in onnx_graphs(name, module):
+        if graphs is not None and g.name not in graphs:
+            continue
+        path = export_graph(g, out / f"{g.name}.onnx", opset, export_batch)
+        info = {"path": str(path), "bytes": path.stat().st_size, **check_graph(g, path, check_batch)}
+        if g.note:
+            info["note"] = g.note
+        report[g.name] = info
+    if name == "dalle" and {"prefill", "decode_step"} <= set(report):
+        report["decode_step"]["full_decode_vs_uncached_max_abs_error"] = check_dalle_decoding(
+            module, Path(report["prefill"]["path"]), Path(report["decode_step"]["path"]), check_batch)
+    if report:
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+# ------------------------------------------------------------------------------------------ the command
+def _dir_bytes(paths) -> int:
+    return sum(Path(p).stat().st_size for p in paths)
+
+
+def export(cfg) -> dict[str, Any]:
+    """zoo-export: checkpoint -> out dir (safetensors + config.json, then ONNX graphs if ``onnx``)."""
+    if not cfg.get("ckpt"):
+        raise ConfigError("no checkpoint (fix: zoo-export ckpt=/path/to/last.ckpt out=exports/my_model)")
+    ckpt = Path(str(cfg.ckpt))
+    out = Path(str(cfg.out)) if cfg.get("out") else ckpt.parent / f"{ckpt.stem}_export"
+    name, module, hp = load_checkpoint(ckpt)
+    files = save_export(module, out, name, hp)
+    summary: dict[str, Any] = {"component": name, "out": str(out),
+                               "safetensors_bytes": files["weights"].stat().st_size,
+                               "config_bytes": files["config"].stat().st_size}
+    # round trip: the export rebuilds to identical weights
+    again = load_export(out)
+    sd0, sd1 = module.state_dict(), again.state_dict()
+    same = sd0.keys() == sd1.keys() and all(torch.equal(sd0[k], sd1[k]) for k in sd0)
+    summary["reload_identical_weights"] = bool(same)
+    if cfg.get("onnx", True):
+        graphs = list(cfg.graphs) if cfg.get("graphs") else None
+        rep = export_onnx(name, module, out / "onnx", int(cfg.get("opset", 17)), int(cfg.get("export_batch", 2)),
+                          int(cfg.get("check_batch", 3)), graphs)
+        summary["onnx"] = rep
+        if not rep:
+            summary["onnx_note"] = f"no ONNX graph for {name} (safetensors + config.json only)"
+    _print_summary(summary)
+    return summary
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    print(f"{s['component']} -> {s['out']}")
+    print(f"  model.safetensors {_fmt_bytes(s['safetensors_bytes'])}, config.json {_fmt_bytes(s['config_bytes'])}, "
+          f"reload identical: {s['reload_identical_weights']}")
+    for g, info in (s.get("onnx") or {}).items():
+        extra = "".join(f", {k} {v:.4g}" for k, v in info.items()
+                        if k.endswith(("agreement", "uncached_max_abs_error")))
+        print(f"  onnx/{g}.onnx {_fmt_bytes(info['bytes'])}: max abs error {info['max_abs_error']:.3g} "
+              f"(onnxruntime vs PyTorch, batch {info['batch']}){extra}")
+    if s.get("onnx_note"):
+        print(f"  {s['onnx_note']}")
+
+
+@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="export")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()
