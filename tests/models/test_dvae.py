@@ -9,7 +9,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from zoo.data.shapes import ShapesDataset
-from zoo.errors import ConfigError
 from zoo.models.dvae import DVAE, PRESETS, DVAEConfig
 from zoo.models.dvae.lit import DVAELit, kl_to_uniform
 from zoo.nn.image_tokenizer import ImageTokenizer
@@ -185,23 +184,6 @@ def test_lightning_bf16_fit_logs_the_metrics(tmp_path):
     assert grid.shape == (6, 3, 32, 32) and m.grid_nrow > 0
     assert grid.min() >= -1 and grid.max() <= 1
     torch.testing.assert_close(grid[0::2], _images(3))  # interleaved input | reconstruction
-
-
-def test_check_data_names_the_fix():
-    m = DVAELit(preset="shapes")  # downsample factor 4
-    with pytest.raises(ConfigError, match="data.resolution"):
-        m.check_data(_DM(resolution=30))
-    m.check_data(_DM(resolution=64))
-    assert m.dvae.grid_size == (16, 16)
-
-
-def test_checkpoint_hparams_are_plain_values():
-    import functools
-
-    m = DVAELit(preset="tiny", optimizer=functools.partial(torch.optim.AdamW, lr=1e-3))
-    assert "optimizer" not in m.hparams and m.hparams.preset == "tiny"
-    opt = m.configure_optimizers()
-    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == 1e-3
 
 
 def test_config_dataclass_is_frozen():

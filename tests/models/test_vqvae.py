@@ -9,7 +9,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from zoo.data.shapes import ShapesDataset
-from zoo.errors import ConfigError
 from zoo.models.vqvae import PRESETS, VQVAE
 from zoo.models.vqvae.lit import VQVAELit
 from zoo.nn.image_tokenizer import ImageTokenizer
@@ -113,17 +112,17 @@ def test_lightning_bf16_fit_logs_the_metrics(tmp_path):
     torch.testing.assert_close(grid[0::2], x)
 
 
-def test_check_data_names_the_fix():
-    m = VQVAELit(preset="shapes")  # downsample factor 4
-    with pytest.raises(ConfigError, match="data.resolution"):
-        m.check_data(_DM(resolution=30))
-    m.check_data(_DM(resolution=64))
-    assert m.tokenizer.grid_size == (16, 16)
-
-
-def test_hparams_are_plain_values():
-    import functools
-
-    m = VQVAELit(preset="tiny", optimizer=functools.partial(torch.optim.AdamW, lr=5e-4))
-    assert "optimizer" not in m.hparams and m.hparams.preset == "tiny"
-    assert m.configure_optimizers().param_groups[0]["lr"] == 5e-4
+def test_tokenizer_interface():
+    m = VQVAELit(preset="shapes").eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    codes = m.tokenizer.encode(x)
+    assert codes.shape == (2, 8, 8) and codes.dtype == torch.long
+    assert int(codes.min()) >= 0 and int(codes.max()) < 512
+    assert m.tokenizer.grid_size == (8, 8) and m.tokenizer.downsample_factor == 4
+    out = m.tokenizer.decode(codes)
+    assert out.shape == x.shape and out.dtype == torch.float32 and out.abs().max() <= 1
+    with torch.device("meta"):
+        paper = VQVAELit(preset="paper")
+    assert paper.tokenizer.grid_size == (32, 32) and paper.tokenizer.codebook_size == 8192
+    with pytest.raises(ValueError, match="shapes"):
+        VQVAELit(preset="big")

@@ -83,12 +83,3 @@ def test_tokens_are_argmax_and_decode_shapes():
     assert torch.equal(codes, m.dvae.encode(x))  # deterministic: no Gumbel noise
     out = m.dvae.decode(codes)
     assert out.shape == x.shape and out.dtype == torch.float32 and out.min() >= -1 and out.max() <= 1
-
-
-def test_bad_options_name_the_fix():
-    with pytest.raises(ValueError, match="tiny"):
-        DVAELit(preset="huge")
-    with pytest.raises(ValueError, match="n_hid"):
-        DVAELit(preset="tiny", net={"n_hidden": 3})
-    with pytest.raises(ValueError, match="mse"):
-        DVAELit(preset="tiny", recon_loss="l1")

@@ -151,14 +151,7 @@ def test_perplexity_bounds():
 
 
 # ------------------------------------------------------------------------- (merged from test_vector_quantizer.py)
-def _vq(**kw):
-    vq = VectorQuantizer(2, 2, restart_dead_codes=False, **kw)
-    with torch.no_grad():
-        vq.embed.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
-        if vq.ema:
-            vq.embed_sum.copy_(vq.embed)
-            vq.cluster_size.fill_(1.0)
-    return vq
+_vq = _two_code_vq  # the two-code quantizer both halves of this module were written against
 
 
 def test_ste_gradient_reaches_encoder_and_commitment_is_encoder_side():

@@ -1,0 +1,238 @@
+"""unCLIP decoder: shapes, the embedding reaching the timestep embedding and the 4 context tokens, the null condition
+and the independent dropouts, guidance 1 == conditional, overfitting a batch, zoo-train -> load_module -> generate,
+and the paper preset's parameter count (meta device)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from zoo.diffusion.samplers import ddim_sample
+from zoo.models.glide.model import count_glide_params
+from zoo.models.unclip_decoder.lit import UnclipDecoderLit
+from zoo.models.unclip_decoder.model import (UNCLIP_DECODER_PAPER_PARAMS, UNCLIP_DECODER_PRESETS, UnclipDecoder,
+                                             count_decoder_params)
+from zoo.nn.unet import AttentionBlock
+
+TINY = UNCLIP_DECODER_PRESETS["tiny"]
+D = TINY.clip_dim
+
+
+def _perturb(net: nn.Module, std: float = 0.1, seed: int = 0) -> nn.Module:
+    """Randomise the zero-initialised layers so outputs and gradients are not trivially zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return net
+
+
+def _tokens(b: int = 2, n_real: int = 5, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    tok = torch.full((b, TINY.text_len), TINY.pad_id, dtype=torch.long)
+    tok[:, :n_real] = torch.randint(1, TINY.text_vocab, (b, n_real), generator=g)
+    return tok
+
+
+def _inputs(b: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.nn.functional.normalize(torch.randn(b, D, generator=g), dim=-1)
+    return torch.randn(b, 3, 16, 16, generator=g), torch.randint(0, 1000, (b,), generator=g), emb
+
+
+def _net() -> UnclipDecoder:
+    torch.manual_seed(0)
+    return _perturb(UnclipDecoder(TINY)).eval()
+
+
+def test_output_shapes_and_context_layout():
+    net = _net()
+    x, t, emb = _inputs()
+    assert net(x, t, _tokens(), emb).shape == (2, 6, 16, 16)
+    assert net(x, t, _tokens()[:, :7], emb).shape == (2, 6, 16, 16)
+    cond = net.encode(_tokens(), emb)
+    assert cond["context"].shape == (2, TINY.text_len + 4, TINY.text_width)
+    assert cond["emb"].shape == (2, 4 * TINY.width)
+    mask = cond["context_mask"]
+    assert mask[:, :5].all() and not mask[:, 5:TINY.text_len].any() and mask[:, TINY.text_len:].all()
+    # the 4 embedding tokens stay valid for the empty caption (so its context is never only masked pads)
+    assert net.encode(None, None, batch=2)["context_mask"][:, -4:].all()
+
+
+def test_embedding_reaches_timestep_embedding_and_every_attention_layer():
+    net = _net()
+    x, t, emb = _inputs()
+    emb = emb.clone().requires_grad_(True)
+    seen = []
+    hooks = [blk.context_kv.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+             for blk in net.unet.attention_blocks()]
+    net(x, t, _tokens(), emb).square().sum().backward()
+    for h in hooks:
+        h.remove()
+    assert len(seen) == len(net.unet.attention_blocks()) >= 4 and set(seen) == {TINY.text_len + 4}
+    for proj in (net.clip_emb_proj, net.clip_tokens_proj):  # both paths carry gradient from the output
+        assert proj.weight.grad is not None and proj.weight.grad.abs().sum() > 0
+    assert emb.grad.abs().sum() > 0
+
+    # each path alone changes the output: cut one, the embedding still matters through the other
+    for cut in ("clip_emb_proj", "clip_tokens_proj"):
+        net2 = _net()
+        with torch.no_grad():
+            getattr(net2, cut).weight.zero_()
+        a, b = net2(x, t, _tokens(), emb.detach()), net2(x, t, _tokens(), -emb.detach())
+        assert not torch.allclose(a, b), cut
+    # and the 4 tokens go through the attention's context keys/values: gradient at every attention block
+    net.zero_grad()
+    emb2 = emb.detach().clone().requires_grad_(True)
+    net(x, t, _tokens(), emb2).square().sum().backward()
+    assert all(blk.context_kv.weight.grad.abs().sum() > 0 for blk in net.unet.modules()
+               if isinstance(blk, AttentionBlock))
+
+
+def test_null_condition_and_independent_dropouts():
+    net = _net()
+    x, t, emb = _inputs()
+    null = net(x, t, None, None)
+    assert torch.equal(null, net(x, t, net.null_tokens(2), torch.zeros(2, D)))
+    assert not torch.allclose(null, net(x, t, _tokens(), emb))
+    lit = UnclipDecoderLit(preset="tiny")
+    assert lit.text_dropout == 0.5 and lit.emb_dropout == 0.1  # unCLIP's defaults
+    n = 4000
+    tok = _tokens(n, seed=3)
+    e = torch.nn.functional.normalize(torch.randn(n, D), dim=-1)
+    g = torch.Generator().manual_seed(0)
+    dt = (lit.drop_captions(tok, g) == TINY.pad_id).all(1)
+    de = (lit.drop_embeddings(e, g) == 0).all(1)
+    assert abs(dt.float().mean().item() - 0.5) < 0.04 and abs(de.float().mean().item() - 0.1) < 0.03
+    both = (dt & de).float().mean().item()
+    assert abs(both - 0.05) < 0.02  # independent draws: 0.5 x 0.1
+    # a dropped row is exactly the null condition
+    kept_tok = lit.drop_captions(tok[:2], torch.Generator().manual_seed(0))
+    assert torch.equal(torch.where(torch.ones(2, 1, dtype=torch.bool), net.null_tokens(2), tok[:2]),
+                       net.null_tokens(2)) and kept_tok.shape == (2, TINY.text_len)
+
+
+class _Tok:
+    vocab_size, pad_id, sot_id, eot_id, context_length = 64, 0, 2, 3, 16
+
+    def encode(self, captions):
+        out = torch.zeros(len(captions), self.context_length, dtype=torch.long)
+        for i, c in enumerate(captions):
+            ids = [2, *[4 + (hash(w) % 60) for w in c.split()][:14], 3]
+            out[i, :len(ids)] = torch.tensor(ids)
+        return out
+
+    def to_spec(self):
+        return None
+
+
+def _sampling_lit() -> UnclipDecoderLit:
+    torch.manual_seed(0)
+    lit = UnclipDecoderLit(preset="tiny")
+    _perturb(lit.net)
+    lit.text_tokenizer = _Tok()
+    return lit.eval()
+
+
+def test_decoder_guidance_one_is_the_conditional_model_bit_for_bit():
+    lit = _sampling_lit()
+    caps = ["a red circle", "two blue squares"]
+    _, _, emb = _inputs()
+    got = lit.generate(caps, emb, seed=3, decoder_guidance_scale=1.0, steps=4)
+    cond = lit.net.encode(lit.encode_captions(caps), emb)
+    ref = ddim_sample(lit.process.respaced(4), lambda x, t: lit.net.denoise(x, t, cond), (2, 3, 16, 16),
+                      generator=torch.Generator().manual_seed(3)).clamp(-1, 1)
+    assert torch.equal(got, ref)
+    guided = lit.generate(caps, emb, seed=3, decoder_guidance_scale=3.0, steps=4)
+    assert guided.shape == got.shape and not torch.equal(guided, got)
+    # from embeddings alone (the unCLIP pipeline): the empty caption, n per embedding
+    imgs = lit.generate_from_embeddings(emb, n=2, steps=2, decoder_guidance_scale=2.0)
+    assert imgs.shape == (4, 3, 16, 16) and imgs.abs().max() <= 1
+
+
+def test_tiny_decoder_overfits_a_fixed_batch():
+    torch.manual_seed(0)
+    lit = UnclipDecoderLit(preset="tiny", text_dropout=0.0, emb_dropout=0.0)
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(4, 3, 1, 1, generator=g) * 2 - 1
+    x0 = (base + 0.3 * torch.linspace(-1, 1, 16)[None, None, :, None]).clamp(-1, 1).expand(4, 3, 16, 16)
+    batch = {"image": x0.contiguous(), "text_tokens": _tokens(4),
+             "clip_image_emb": torch.nn.functional.normalize(torch.randn(4, D, generator=g), dim=-1)}
+    opt = torch.optim.Adam(lit.parameters(), lr=5e-3)
+
+    def eval_loss():
+        with torch.no_grad():
+            return lit.forward_loss(batch, train=False, generator=torch.Generator().manual_seed(1))["mse"].item()
+
+    start = eval_loss()
+    for _ in range(40):
+        loss = lit.forward_loss(batch, train=True)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    end = eval_loss()
+    assert end < 0.35 * start, (start, end)
+
+
+def test_paper_preset_parameter_count_and_registry():
+    from zoo.registry import component_class, component_name_of
+
+    assert count_decoder_params("paper") == UNCLIP_DECODER_PAPER_PARAMS
+    # GLIDE's 3.5B plus the two projections of the 1024-d ViT-H embedding (2048 + 4 x 2048 outputs, with biases)
+    assert UNCLIP_DECODER_PAPER_PARAMS - count_glide_params("paper") == 1025 * 2048 + 1025 * 4 * 2048
+    assert component_class("unclip_decoder") is UnclipDecoderLit
+    assert component_name_of(UnclipDecoderLit) == "unclip_decoder"  # not "glide", its base class
+
+
+def _features_file(path: Path, n: int):
+    from zoo.checkpoint import atomic_torch_save
+
+    g = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=-1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save({"clip_image_emb": emb, "clip_text_emb": emb.roll(1, 0),
+                       "clip_text_tokens": torch.randint(1, 100, (n, 32), generator=g)}, path)
+    return path
+
+
+def test_train_checkpoint_load_and_generate(train_cfg, tmp_path):
+    from zoo.checkpoint import load_module
+    from zoo.train import train
+
+    files = {s: _features_file(tmp_path / "emb" / f"{s}.pt", n) for s, n in (("train", 16), ("val", 8), ("test", 8))}
+    cfg = train_cfg("model=unclip_decoder", "model.preset=tiny", "model.grid_captions=2", "model.grid_steps=2",
+                    "data=shapes", "data/tokenizer=bpe", "data.tokenizer.vocab_size=300",
+                    "data.tokenizer.context_length=32", "data.resolution=16", "data.train_size=16",
+                    "data.val_size=8", "data.test_size=8", "data.batch_size=8",
+                    *[f"data.features.{s}={p}" for s, p in files.items()], "logger=none", "trainer=cpu",
+                    "trainer.max_epochs=1", "trainer.precision=32-true", "trainer.enable_progress_bar=false",
+                    "trainer.num_sanity_val_steps=0", "test=false")
+    metrics = train(cfg)
+    assert metrics["global_step"] == 2
+    run = Path(cfg.paths.output_dir)
+    last = run / "checkpoints" / "last.ckpt"
+    assert list((run / "samples").glob("*.png")), "sample grid PNG missing"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["zoo_component"] == "unclip_decoder"
+    model = load_module(last)
+    assert isinstance(model, UnclipDecoderLit) and model.cfg == TINY
+    for k, v in ckpt["state_dict"].items():
+        assert torch.equal(model.state_dict()[k], v), k
+    emb = torch.load(files["val"], weights_only=True)["clip_image_emb"][:2]
+    imgs = model.generate(["a red circle", "a blue square"], emb, steps=2, decoder_guidance_scale=2.0)
+    assert imgs.shape == (2, 3, 16, 16) and torch.isfinite(imgs).all()
+
+
+def test_missing_embeddings_is_a_config_error(train_cfg):
+    import pytest
+
+    from zoo.errors import ConfigError
+    from zoo.train import check_compatibility, instantiate
+
+    cfg = train_cfg("model=unclip_decoder", "model.preset=tiny", "data=shapes", "data/tokenizer=bpe",
+                    "data.tokenizer.vocab_size=300", "data.tokenizer.context_length=32", "data.resolution=16",
+                    "data.train_size=8", "data.val_size=8")
+    with pytest.raises(ConfigError, match="clip_ckpt|data.features"):
+        check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
