@@ -1,0 +1,452 @@
+"""``zoo-serve``: a local web page (Gradio) to try prompts on any generator of ``conf/generator/``.
+
+    zoo-serve generator=dalle generator.dalle_ckpt=<dalle ckpt> generator.clip_ckpt=<clip ckpt>    # 127.0.0.1:7860
+    zoo-serve generator=dalle generator.dalle_ckpt=<dalle ckpt> server.port=8000 ui.n_keep=8
+
+The generator is built exactly as ``zoo-sample`` builds it (``zoo.pipelines.base.build_generator``). The page has a
+prompt box, the seed, "keep" (images shown, best first) and one control per sampling knob the generator has as an
+attribute, named by the convention of ``zoo.pipelines.base`` (``n_candidates``, ``guidance_scale``, ``steps``,
+``temperature`` and their ``prior_`` / ``decoder_`` / ``super_res_`` stage forms); a generator without a knob simply
+has no control for it. Results come back as a grid with each image's CLIP score (the generator's own reranker, e.g.
+the DALL·E pipeline's ``generator.clip_ckpt``, or ``clip_ckpt=`` here for generators that do not rerank), and a
+gallery keeps the session's recent results.
+
+A request the page cannot honour -- an empty or very long prompt, numbers outside the page's bounds (``ui.max_*``),
+a generator that raises -- is answered with a one-line message in the status box; the traceback goes to the
+server's log only. Knobs are applied for one request (set on the generator, restored afterwards) under a lock, so
+requests never see each other's settings; each request is a pure function of (prompt, seed, knobs).
+
+The server listens on 127.0.0.1 only, makes no share link and sends no analytics (``GRADIO_ANALYTICS_ENABLED`` is
+forced off, system fonts instead of web fonts), so it starts and runs without internet. The logic (``Studio``) is
+plain Python and testable without a browser; ``build_app`` is the Gradio layer over it.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from omegaconf import DictConfig
+
+from zoo.config import report_user_errors
+from zoo.errors import ConfigError
+
+log = logging.getLogger("zoo.serve")
+
+HOST = "127.0.0.1"  # loopback only: the page runs models on this machine for whoever can reach it
+SEED_MAX = 2**31 - 1
+
+
+class RequestError(ValueError):
+    """A request the page refuses, with the message the user sees."""
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A sampling knob shown as a slider when the generator has the attribute ``name``."""
+
+    name: str
+    label: str
+    kind: type  # int or float
+    lo: float
+    hi: float | str  # a number, or the ui.* key holding it
+    step: float
+    info: str
+
+
+KNOBS = (
+    Knob("n_candidates", "candidates", int, 1, "max_candidates", 1, "samples drawn per prompt; the best are kept"),
+    Knob("guidance_scale", "guidance scale", float, 0.0, "max_guidance", 0.1, "classifier-free guidance (1 = off)"),
+    Knob("prior_guidance_scale", "prior guidance", float, 0.0, "max_guidance", 0.1, "prior's guidance (1 = off)"),
+    Knob("decoder_guidance_scale", "decoder guidance", float, 0.0, "max_guidance", 0.1, "decoder's guidance (1 = off)"),
+    Knob("steps", "steps", int, 1, "max_steps", 1, "sampling steps"),
+    Knob("prior_steps", "prior steps", int, 1, "max_steps", 1, "prior sampling steps"),
+    Knob("decoder_steps", "decoder steps", int, 1, "max_steps", 1, "decoder sampling steps"),
+    Knob("super_res_steps", "super-res steps", int, 1, "max_steps", 1, "upsampler sampling steps"),
+    Knob("temperature", "temperature", float, 0.05, 5.0, 0.05, "sampling temperature"),
+)
+
+UI_DEFAULTS = {
+    "title": "dalle-zoo",
+    "n_keep": 4,
+    "max_keep": 16,
+    "max_candidates": 128,
+    "max_steps": 1000,
+    "max_guidance": 30.0,
+    "max_prompt_chars": 300,
+    "history": 12,
+    "tile_px": 192,
+}
+
+
+def _number(value: Any, name: str, kind: type, lo: float, hi: float) -> int | float:
+    """``value`` as ``kind`` within [lo, hi], or a ``RequestError`` naming the bounds."""
+    span = f"{int(lo)} and {int(hi)}" if kind is int else f"{lo:g} and {hi:g}"
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"{name} must be a number between {span}, got {value!r}") from None
+    if not math.isfinite(x) or x < lo or x > hi:
+        raise RequestError(f"{name} must be between {span}, got {value!r}")
+    if kind is int:
+        if x != int(x):
+            raise RequestError(f"{name} must be a whole number, got {value!r}")
+        return int(x)
+    return x
+
+
+def _number_or_none(value: Any) -> int | float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def call_parameters(generator) -> dict[str, Any]:
+    """Keyword parameters of ``generator.candidates(captions, n, ...)`` (plus ``generate``'s when ``candidates``
+    forwards ``**kwargs`` to it) -> their defaults; empty for a generator that reranks itself (``sample``) or has
+    no ``candidates``: its knobs can only be attributes."""
+    import inspect
+
+    if callable(getattr(generator, "sample", None)) or not callable(getattr(generator, "candidates", None)):
+        return {}
+    out: dict[str, Any] = {}
+    for name in ("candidates", "generate"):
+        try:
+            params = inspect.signature(getattr(generator, name)).parameters.values()
+        except (AttributeError, TypeError, ValueError):
+            break
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        out = {**{p.name: p.default for p in params if p.kind in named}, **out}
+        if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params):
+            break
+    return out
+
+
+class Studio:
+    """The page's logic without the page: validate a request, apply its knobs, generate, score.
+
+    ``run(prompt, seed, n_keep, **knobs)`` -> dict(images (k, 3, H, W) in [-1, 1] best first, scores (k,) CLIP
+    scores or None, seed, n_candidates, seconds); a ``RequestError`` with the user's message for a bad request or a
+    failing generator.
+
+    Knobs are found two ways: attributes (the convention of ``zoo.pipelines.base``: set for the request, restored
+    after), or keyword parameters of the generator's ``candidates`` (e.g. ``GlideLit.candidates(captions, n, seed=,
+    guidance_scale=, steps=)``: passed in the call; the start value is the parameter's default, else the model's
+    hyper-parameter ``<name>`` or ``sample_<name>``). The seed goes to a ``seed`` attribute, else to a ``seed``
+    parameter of ``candidates``, and always to torch's global RNG."""
+
+    def __init__(self, generator, scorer=None, ui: Optional[dict[str, Any]] = None):
+        self.generator, self.scorer = generator, scorer
+        self.ui = {**UI_DEFAULTS, **(ui or {})}
+        params = call_parameters(generator)
+        self.defaults: dict[str, int | float] = {}
+        self.by_call: set[str] = set()
+        hparams = getattr(generator, "hparams", None) or {}
+        for knob in KNOBS:
+            value = _number_or_none(getattr(generator, knob.name, None))
+            if value is None and knob.name in params:
+                value = _number_or_none(params[knob.name])
+                for key in (knob.name, f"sample_{knob.name}"):
+                    if value is None and hasattr(hparams, "get"):
+                        value = _number_or_none(hparams.get(key))
+                if value is not None:
+                    self.by_call.add(knob.name)
+            if value is not None:
+                self.defaults[knob.name] = value
+        self.knobs = [k for k in KNOBS if k.name in self.defaults]
+        self.seed_by_call = not hasattr(generator, "seed") and "seed" in params
+        self._lock = threading.Lock()
+
+    @property
+    def start_seed(self) -> int:
+        seed = _number_or_none(getattr(self.generator, "seed", None))
+        return int(seed) if seed is not None and 0 <= seed <= SEED_MAX else 0
+
+    def bounds(self, knob: Knob) -> tuple[float, float]:
+        hi = self.ui[knob.hi] if isinstance(knob.hi, str) else knob.hi
+        return float(knob.lo), float(hi)
+
+    def initial(self, knob: Knob) -> int | float:
+        lo, hi = self.bounds(knob)
+        return knob.kind(min(max(self.defaults[knob.name], lo), hi))
+
+    def check(self, prompt: Any, seed: Any, n_keep: Any, knobs: dict[str, Any]) -> tuple[str, int, int, dict]:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise RequestError("the prompt is empty: type what the image should show")
+        prompt = prompt.strip()
+        if len(prompt) > int(self.ui["max_prompt_chars"]):
+            raise RequestError(
+                f"the prompt is {len(prompt)} characters long; the limit is {self.ui['max_prompt_chars']}"
+            )
+        seed = _number(seed, "seed", int, 0, SEED_MAX)
+        n_keep = _number(n_keep, "keep", int, 1, int(self.ui["max_keep"]))
+        known = {k.name: k for k in self.knobs}
+        unknown = sorted(set(knobs) - set(known))
+        if unknown:
+            raise RequestError(f"this generator has no knob {unknown[0]} (it has: {', '.join(known) or 'none'})")
+        values = {
+            name: _number(v, known[name].label, known[name].kind, *self.bounds(known[name]))
+            for name, v in knobs.items()
+        }
+        n = values.get("n_candidates")
+        if n is not None and n_keep > n:
+            raise RequestError(f"keep ({n_keep}) cannot exceed candidates ({n}): raise candidates or lower keep")
+        return prompt, seed, n_keep, values
+
+    def _generate(self, prompt: str, seed: int, n_keep: int, values: dict[str, Any]) -> dict[str, Any]:
+        from zoo.pipelines.base import keep_best
+
+        g = self.generator
+        call = {name: value for name, value in values.items() if name in self.by_call}
+        if self.seed_by_call:
+            call["seed"] = seed
+        if call:
+            return {"images": g.candidates([prompt], n_keep, **call), "scores": None}
+        return keep_best(g, [prompt], n_keep, seed=seed)
+
+    def run(self, prompt: Any, seed: Any = 0, n_keep: Any = 1, **knobs: Any) -> dict[str, Any]:
+        import torch
+
+        from zoo.pipelines.base import check_images
+
+        prompt, seed, n_keep, values = self.check(prompt, seed, n_keep, knobs)
+        g = self.generator
+        attrs = {name: value for name, value in values.items() if name not in self.by_call}
+        if hasattr(g, "seed"):
+            attrs["seed"] = seed
+        with self._lock:
+            saved = {name: getattr(g, name) for name in attrs}
+            start = time.perf_counter()
+            try:
+                for name, value in attrs.items():
+                    setattr(g, name, value)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    out = self._generate(prompt, seed, n_keep, values)
+                images = check_images(out["images"][0].detach().float().cpu(), what="generator output")
+                scores = out.get("scores")
+                scores = None if scores is None else scores[0].detach().float().cpu()
+                if scores is None and self.scorer is not None:
+                    scores = self.scorer.clip_score(images, [prompt] * len(images)).float().cpu()
+                    order = torch.argsort(scores, descending=True)
+                    images, scores = images[order], scores[order]
+            except RequestError:
+                raise
+            except Exception as e:  # the generator's or the scorer's: one line to the page, the traceback to the log
+                log.exception("generation failed for prompt %r", prompt)
+                msg = " ".join(str(e).split()) or "no message"
+                raise RequestError(f"generation failed: {type(e).__name__}: {msg[:300]}") from e
+            finally:
+                for name, value in saved.items():
+                    setattr(g, name, value)
+        n = out.get("n_candidates", values.get("n_candidates"))
+        return {
+            "images": images,
+            "scores": scores,
+            "seed": seed,
+            "prompt": prompt,
+            "n_candidates": None if n is None else int(n),
+            "seconds": time.perf_counter() - start,
+        }
+
+
+def enlarge(images, tile_px: int):
+    """(k, 3, H, W) in [-1, 1] -> uint8 (k, 3, H', W'), small images enlarged (nearest) to about ``tile_px`` pixels."""
+    import torch.nn.functional as F
+
+    x = images.float().clamp(-1, 1).add(1).div(2)
+    scale = max(1, int(tile_px) // max(x.shape[-2:]))
+    if scale > 1:
+        x = F.interpolate(x, scale_factor=scale, mode="nearest")
+    return x.mul(255).add(0.5).clamp(0, 255).byte()
+
+
+def tiles(images, tile_px: int) -> list:
+    """(k, 3, H, W) in [-1, 1] -> k PIL images, enlarged (``enlarge``)."""
+    from PIL import Image
+
+    return [Image.fromarray(a) for a in enlarge(images, tile_px).permute(0, 2, 3, 1).numpy()]
+
+
+def grid(images, tile_px: int):
+    """One square-ish PIL grid of (k, 3, H, W) images in [-1, 1] (grey padding), for the recent-results gallery."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    g = make_grid(enlarge(images, tile_px), nrow=math.ceil(math.sqrt(len(images))), padding=4, pad_value=128)
+    return Image.fromarray(g.permute(1, 2, 0).numpy())
+
+
+def status_text(result: dict[str, Any]) -> str:
+    k, scores = len(result["images"]), result["scores"]
+    n = result["n_candidates"]
+    head = f"{k} image{'s' if k > 1 else ''}" + (f", the best of {n} candidates" if n and n > k else "")
+    line = f"**{head}** for “{html.escape(result['prompt'])}” · seed {result['seed']} · {result['seconds']:.1f} s"
+    if scores is not None:
+        line += "  \nCLIP scores, 100·max(cos, 0): " + ", ".join(f"{float(s):.1f}" for s in scores)
+    return line
+
+
+CSS = "#result img, #history img { image-rendering: pixelated; } #status .error { color: #b91c1c; }"
+
+
+def build_app(studio: Studio):
+    """The Gradio page over ``studio``: returns (blocks, launch kwargs: theme/css)."""
+    import gradio as gr
+
+    ui = studio.ui
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"],  # system fonts: no web fonts
+        font_mono=["ui-monospace", "monospace"],
+    )
+    # delete_cache: every hour, the page's image files older than a day go (a long-running server stays small)
+    with gr.Blocks(title=str(ui["title"]), analytics_enabled=False, delete_cache=(3600, 86400)) as app:
+        gr.Markdown(f"## {ui['title']}: {type(studio.generator).__name__}")
+        with gr.Row():
+            with gr.Column(scale=2):
+                prompt = gr.Textbox(
+                    label="prompt",
+                    placeholder="a large red circle at the top left",
+                    lines=2,
+                    max_lines=4,
+                    elem_id="prompt",
+                )
+                go = gr.Button("Generate", variant="primary", elem_id="generate")
+                status = gr.Markdown("Type a prompt and press Generate.", elem_id="status")
+                result = gr.Gallery(
+                    label="result (best first)",
+                    columns=4,
+                    format="png",
+                    object_fit="contain",
+                    elem_id="result",
+                    interactive=False,
+                )
+            with gr.Column(scale=1):
+                seed = gr.Number(
+                    label="seed",
+                    value=studio.start_seed,
+                    precision=0,
+                    elem_id="seed",
+                )
+                keep = gr.Slider(
+                    1,
+                    int(ui["max_keep"]),
+                    value=int(ui["n_keep"]),
+                    step=1,
+                    label="keep",
+                    info="images shown, best first",
+                    elem_id="keep",
+                )
+                sliders = []
+                for knob in studio.knobs:
+                    lo, hi = studio.bounds(knob)
+                    sliders.append(
+                        gr.Slider(
+                            lo,
+                            hi,
+                            value=studio.initial(knob),
+                            step=knob.step,
+                            label=knob.label,
+                            info=knob.info,
+                            elem_id=f"knob-{knob.name}",
+                        )
+                    )
+        history_state = gr.State([])
+        history = gr.Gallery(
+            label="recent results (this session)",
+            columns=6,
+            fit_columns=False,
+            height=280,
+            format="png",
+            object_fit="contain",
+            elem_id="history",
+            interactive=False,
+        )
+
+        def on_generate(text, seed_value, keep_value, *rest):
+            *knob_values, past = rest
+            knobs = {k.name: v for k, v in zip(studio.knobs, knob_values, strict=True)}
+            try:
+                out = studio.run(text, seed_value, keep_value, **knobs)
+            except RequestError as e:
+                return gr.update(), gr.update(), past, f"<span class='error'>**Error:** {html.escape(str(e))}</span>"
+            scores = out["scores"]
+            labels = [
+                f"#{i + 1}" + ("" if scores is None else f" · CLIP {float(scores[i]):.1f}")
+                for i in range(len(out["images"]))
+            ]
+            shown = list(zip(tiles(out["images"], ui["tile_px"]), labels, strict=True))
+            entry = (grid(out["images"], max(32, int(ui["tile_px"]) // 2)), f"{out['prompt']} · seed {out['seed']}")
+            past = ([entry] + list(past or []))[: int(ui["history"])]
+            return shown, past, past, status_text(out)
+
+        inputs = [prompt, seed, keep, *sliders, history_state]
+        outputs = [result, history, history_state, status]
+        go.click(on_generate, inputs, outputs, concurrency_limit=1)
+        prompt.submit(on_generate, inputs, outputs, concurrency_limit=1)
+    return app, {"theme": theme, "css": CSS}
+
+
+def build_scorer(clip_ckpt: Optional[str]):
+    if not clip_ckpt:
+        return None
+    path = Path(str(clip_ckpt)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"clip_ckpt: checkpoint not found: {path} (fix: clip_ckpt=/path/to/clip/last.ckpt, or null)")
+    from zoo.models.clip.scorer import ClipScorer
+
+    return ClipScorer.from_lightning_checkpoint(str(path))
+
+
+def serve(cfg: DictConfig, block: bool = True):
+    """Build the generator and the page, and serve it on 127.0.0.1:``server.port``. Returns the Gradio app
+    (already closed when ``block``)."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no usage reports, no version check
+    import torch
+
+    from zoo.pipelines.base import build_generator
+
+    port = int(cfg.server.port)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"server.port must be in 1..65535, got {port} (fix: server.port=7860)")
+    torch.manual_seed(int(cfg.seed))
+    generator = build_generator(cfg.get("generator"), "generator")
+    studio = Studio(generator, build_scorer(cfg.get("clip_ckpt")), dict(cfg.get("ui") or {}))
+    app, style = build_app(studio)
+    log.info("%s: knobs %s", type(generator).__name__, [k.name for k in studio.knobs] or "none")
+    try:
+        app.queue(max_size=16).launch(
+            server_name=HOST,
+            server_port=port,
+            share=False,
+            inbrowser=False,
+            show_error=True,
+            prevent_thread_lock=True,
+            quiet=False,
+            **style,
+        )
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {HOST}:{port}: {e} (fix: server.port=<a free port>)") from e
+    log.info("serving on http://%s:%d (Ctrl+C to stop)", HOST, port)
+    if block:
+        try:
+            app.block_thread()
+        finally:
+            app.close()
+    return app
+
+
+@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="serve")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    serve(cfg)
+
+
+if __name__ == "__main__":
+    main()
