@@ -66,9 +66,35 @@ def _glide():
     return GlideLit
 
 
+def _upsampler():
+    from zoo.models.upsampler.lit import UpsamplerLit
+
+    return UpsamplerLit
+
+
+def _unclip_decoder():
+    from zoo.models.unclip_decoder.lit import UnclipDecoderLit
+
+    return UnclipDecoderLit
+
+
+def _noised_clip():
+    from zoo.models.noised_clip.lit import NoisedClipLit
+
+    return NoisedClipLit
+
+
+def _captioner():
+    from zoo.models.captioner.lit import CaptionerLit
+
+    return CaptionerLit
+
+
 _COMPONENTS: dict[str, Callable[[], type]] = {"dvae": _dvae, "vqvae": _vqvae, "clip": _clip, "dalle": _dalle,
                                                 "diffusion_prior": _diffusion_prior, "ar_prior": _ar_prior,
-                                                "glide": _glide}
+                                                "glide": _glide, "unclip_decoder": _unclip_decoder,
+                                                "noised_clip": _noised_clip, "upsampler": _upsampler,
+                                                "captioner": _captioner}
 
 IMAGE_TOKENIZERS = ("dvae", "vqvae")
 
@@ -90,6 +116,8 @@ _NEVER_FROM_FILE = {"optimizer", "scheduler", "self"}
 _REBUILD_OVERRIDES: dict[str, dict[str, Any]] = {
     "clip": {"load_weights": False, "pretrained": None, "checkpoint": None, "cache_dir": None},
     "dalle": {"image_tokenizer_ckpt": None},
+    "unclip_decoder": {"clip_ckpt": None},  # embeddings come with the sampling call; the frozen CLIP is training's
+    "captioner": {"init_from": None},  # the fine-tuned weights are in the state dict; the source is not reopened
 }
 
 # Hyper-parameters renamed since checkpoints were written: component -> {old name: new name}. ``checked_hparams``
@@ -106,8 +134,12 @@ _NET_DATACLASSES = {
     "vqvae": ("zoo.models.vqvae.model", "VQVAEConfig"),
     "dalle": ("zoo.models.dalle.model", "DalleTransformerConfig"),
     "glide": ("zoo.models.glide.model", "GlideConfig"),
+    "unclip_decoder": ("zoo.models.unclip_decoder.model", "UnclipDecoderConfig"),
+    "noised_clip": ("zoo.models.noised_clip.model", "NoisedClipConfig"),
     "diffusion_prior": ("zoo.models.diffusion_prior.model", "DiffusionPriorConfig"),
     "ar_prior": ("zoo.models.ar_prior.model", "ARPriorConfig"),
+    "upsampler": ("zoo.models.upsampler.model", "UpsamplerConfig"),
+    "captioner": ("zoo.models.captioner.model", "CaptionerConfig"),
 }
 
 
@@ -160,6 +192,9 @@ def component_class(name: str) -> type:
 def component_name_of(obj_or_cls: Any) -> str:
     """The registry name of a LightningModule instance or class (what ``CheckpointInfo`` stamps)."""
     cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
+    for name, get in _COMPONENTS.items():  # the exact class first: unclip_decoder's class subclasses glide's
+        if cls is get():
+            return name
     for name, get in _COMPONENTS.items():
         if issubclass(cls, get()):
             return name

@@ -11,8 +11,12 @@ import torch.nn as nn
 from zoo.diffusion.samplers import ddim_sample
 from zoo.models.glide.model import count_glide_params
 from zoo.models.unclip_decoder.lit import UnclipDecoderLit
-from zoo.models.unclip_decoder.model import (UNCLIP_DECODER_PAPER_PARAMS, UNCLIP_DECODER_PRESETS, UnclipDecoder,
-                                             count_decoder_params)
+from zoo.models.unclip_decoder.model import (
+    UNCLIP_DECODER_PAPER_PARAMS,
+    UNCLIP_DECODER_PRESETS,
+    UnclipDecoder,
+    count_decoder_params,
+)
 from zoo.nn.unet import AttentionBlock
 
 TINY = UNCLIP_DECODER_PRESETS["tiny"]
@@ -108,10 +112,15 @@ def test_null_condition_and_independent_dropouts():
     assert abs(dt.float().mean().item() - 0.5) < 0.04 and abs(de.float().mean().item() - 0.1) < 0.03
     both = (dt & de).float().mean().item()
     assert abs(both - 0.05) < 0.02  # independent draws: 0.5 x 0.1
-    # a dropped row is exactly the null condition
-    kept_tok = lit.drop_captions(tok[:2], torch.Generator().manual_seed(0))
-    assert torch.equal(torch.where(torch.ones(2, 1, dtype=torch.bool), net.null_tokens(2), tok[:2]),
-                       net.null_tokens(2)) and kept_tok.shape == (2, TINY.text_len)
+    # a row whose caption and embedding were both dropped is exactly the null condition
+    lit = UnclipDecoderLit(preset="tiny", text_dropout=0.7, emb_dropout=0.7)
+    lit.net = net
+    x8, t8, e8 = _inputs(8, seed=5)
+    g = torch.Generator().manual_seed(1)
+    tok8, e8 = lit.drop_captions(_tokens(8), g), lit.drop_embeddings(e8, g)
+    both = (tok8 == TINY.pad_id).all(1) & (e8 == 0).all(1)
+    assert 0 < both.sum() < 8
+    torch.testing.assert_close(net(x8, t8, tok8, e8)[both], net(x8, t8, None, None)[both], rtol=0, atol=1e-6)
 
 
 class _Tok:
@@ -223,6 +232,22 @@ def test_train_checkpoint_load_and_generate(train_cfg, tmp_path):
     emb = torch.load(files["val"], weights_only=True)["clip_image_emb"][:2]
     imgs = model.generate(["a red circle", "a blue square"], emb, steps=2, decoder_guidance_scale=2.0)
     assert imgs.shape == (2, 3, 16, 16) and torch.isfinite(imgs).all()
+
+
+def test_frozen_clip_in_the_loop_embeds_batches_without_features(dalle_helpers, tmp_path):
+    from zoo.models.clip.scorer import ClipScorer
+
+    ckpt = dalle_helpers.tiny_clip_ckpt(tmp_path / "clip.ckpt")  # zoo-clip-tiny: 32-d == the tiny decoder's clip_dim
+    torch.manual_seed(0)
+    lit = UnclipDecoderLit(preset="tiny", clip_ckpt=str(ckpt))
+    x0 = torch.rand(2, 3, 16, 16) * 2 - 1
+    emb = lit.image_embedding({"image": x0})
+    want = ClipScorer.from_lightning_checkpoint(str(ckpt)).encode_image(x0)
+    torch.testing.assert_close(emb, want)
+    assert not any(k.startswith("_clip") or "clip." in k for k in lit.state_dict())  # not part of the weights
+    loss = lit.forward_loss({"image": x0, "text_tokens": _tokens(2)}, train=True)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is None for p in lit.clip_scorer().model.parameters())
 
 
 def test_missing_embeddings_is_a_config_error(train_cfg):

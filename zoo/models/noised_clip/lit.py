@@ -1,0 +1,185 @@
+"""Training a noised CLIP with Lightning, and GLIDE sampling guided by it (CLIP guidance).
+
+Training: each batch's images are noised with the GLIDE process (``zoo.diffusion.GaussianDiffusion`` over the same
+schedule as GLIDE: cosine, 1000 steps) at t ~ U{0..T-1}, independently per image; the image tower sees (x_t, t), the
+text tower the caption's ``text_tokens`` (``data/tokenizer=bpe``, stored in the checkpoint as GLIDE does); loss:
+CLIP's symmetric cross-entropy over the batch (``open_clip.ClipLoss``, gathered across DDP ranks).
+
+Guidance: ``clip_guided_generate(glide, noised_clip, captions, scale)`` samples a ``GlideLit`` with GLIDE's CLIP
+guidance (``zoo.diffusion.guidance.clip_guided_sample``): μ + s · Σ · ∇_x (f(x_t, t) · g(c)) each step, on top of the
+text-conditional model (``guidance_scale`` 1, GLIDE's CLIP-guidance setting) or of classifier-free guidance. With
+``scale=0`` it is the unguided sampler bit for bit, so "classifier-free vs CLIP guidance" is one switch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import open_clip
+import torch
+
+from zoo.diffusion.guidance import clip_guided_sample, dot_product_gradient
+from zoo.diffusion.process import GaussianDiffusion
+from zoo.diffusion.schedules import get_schedule
+from zoo.errors import ConfigError
+from zoo.models.base import ZooLit, resolve_preset
+from zoo.models.noised_clip.model import NOISED_CLIP_PRESETS, NoisedClip, NoisedClipConfig
+from zoo.text import TextTokenizer
+
+
+def build_config(preset: str = "shapes", net: Optional[dict[str, Any]] = None) -> NoisedClipConfig:
+    return resolve_preset(NOISED_CLIP_PRESETS, NoisedClipConfig, preset, net, "noised CLIP")
+
+
+class NoisedClipLit(ZooLit):
+    """Args:
+        preset: ``tiny`` | ``shapes`` | ``paper`` (``NOISED_CLIP_PRESETS``); ``net`` overrides ``NoisedClipConfig``.
+        num_timesteps, schedule: the noising process; must match the GLIDE model it will guide (cosine, 1000).
+        text_tokenizer: filled in by the checkpoint (leave None when training).
+    """
+
+    def __init__(self, preset: str = "shapes", net: Optional[dict[str, Any]] = None, num_timesteps: int = 1000,
+                 schedule: str = "cosine", text_tokenizer: Optional[dict[str, Any]] = None, optimizer=None,
+                 scheduler=None):
+        super().__init__(optimizer, scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "text_tokenizer"])
+        self.cfg = build_config(preset, net)
+        self.net = NoisedClip(self.cfg)
+        self.process = GaussianDiffusion(get_schedule(schedule, int(num_timesteps)))  # only q_sample is used
+        self.text_tokenizer: Optional[TextTokenizer] = TextTokenizer.from_spec(text_tokenizer)
+        self.loss_fn = open_clip.ClipLoss()
+
+    def default_optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=3e-4, weight_decay=0.1)
+
+    # ------------------------------------------------------------------------------------------ tokenizer / data
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        hp = dict(checkpoint.get("hyper_parameters", {}))
+        hp["text_tokenizer"] = self.text_tokenizer.to_spec() if self.text_tokenizer is not None else None
+        checkpoint["hyper_parameters"] = hp
+
+    def check_data(self, datamodule) -> None:
+        """Text tokens compatible with the text tower, data resolution == image_size, >= 2 pairs per batch.
+        Keeps the DataModule's tokenizer (it goes into the checkpoint)."""
+        c = self.cfg
+        bs = getattr(datamodule, "batch_size", None)
+        if bs is not None and bs < 2:
+            raise ConfigError(f"the contrastive loss needs at least 2 pairs per batch, got data.batch_size={bs} "
+                              "(fix: data.batch_size=64 or more)")
+        if callable(getattr(datamodule, "prepare_tokenizer", None)):
+            datamodule.prepare_tokenizer()
+        tok = getattr(datamodule, "tokenizer", None)
+        if tok is None:
+            raise ConfigError("the noised CLIP needs text tokens in the batches (fix: data/tokenizer=bpe, the "
+                              "tokenizer of the GLIDE model it will guide)")
+        if tok.vocab_size > c.text_vocab:
+            raise ConfigError(f"text tokenizer vocabulary ({tok.vocab_size}) is larger than the model's text_vocab "
+                              f"({c.text_vocab}) (fix: model.net.text_vocab={tok.vocab_size})")
+        if tok.context_length > c.text_len:
+            raise ConfigError(f"text tokenizer context_length ({tok.context_length}) is longer than the model's "
+                              f"text_len ({c.text_len}) (fix: data.tokenizer.context_length={c.text_len}, or "
+                              f"model.net.text_len={tok.context_length})")
+        if tok.pad_id != c.pad_id:
+            raise ConfigError(f"text tokenizer pad id {tok.pad_id} != model pad_id {c.pad_id} "
+                              f"(fix: model.net.pad_id={tok.pad_id})")
+        res = getattr(datamodule, "resolution", None)
+        if res is not None and res != c.image_size:
+            raise ConfigError(f"data.resolution={res} but the noised CLIP is built for {c.image_size} px "
+                              f"(fix: model.net.image_size={res}, or data.resolution={c.image_size})")
+        self.text_tokenizer = tok
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.text_tokenizer is None and dm is not None and getattr(dm, "tokenizer", None) is not None:
+            self.text_tokenizer = dm.tokenizer
+        if self._trainer is not None:  # DDP: every rank's pairs are negatives for every other's
+            self.loss_fn = open_clip.ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True,
+                                              rank=self.global_rank, world_size=self.trainer.world_size)
+
+    def encode_captions(self, captions: Sequence[str]) -> torch.Tensor:
+        """Captions -> (B, text_len) token ids on the module's device."""
+        if self.text_tokenizer is None:
+            raise RuntimeError("no text tokenizer: train with data/tokenizer=bpe (it is stored in the checkpoint)")
+        return self.net.pad_text(self.text_tokenizer.encode(list(captions))).to(self.device)
+
+    # ------------------------------------------------------------------------------------------ training
+    def forward_loss(self, batch: dict[str, Any], generator: Optional[torch.Generator] = None,
+                     t: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """Contrastive loss of (noised image at t, caption) pairs; t ~ U{0..T-1} per image unless given (indices)."""
+        x0 = batch["image"].float()
+        if t is None:
+            t = self.process.sample_timesteps(x0.shape[0], device=x0.device, generator=generator)
+        x_t = self.process.q_sample(x0, t, generator=generator)
+        img, txt = self.net(x_t, self.process.model_timesteps(t), batch["text_tokens"].to(x0.device))
+        scale = self.net.logit_scale.exp()
+        loss = self.loss_fn(img.float(), txt.float(), scale)
+        with torch.no_grad():
+            target = torch.arange(len(txt), device=txt.device)
+            acc = ((txt.float() @ img.float().t()).argmax(1) == target).float().mean()
+        return {"loss": loss, "t2i_acc": acc, "logit_scale": scale.detach()}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        r = self.forward_loss(batch)
+        self.log_metrics("train", r, batch_size=len(batch["image"]))
+        return r["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        with torch.no_grad():  # CLIP's clamp: temperature no sharper than 1/100
+            self.net.logit_scale.clamp_(0, math.log(100))
+
+    def eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        gen = torch.Generator(device=self.device).manual_seed(0)  # fixed t and noise: comparable validations
+        r = self.forward_loss(batch, generator=gen)
+        self.log_metrics(stage, r, batch_size=len(batch["image"]))
+
+    # ------------------------------------------------------------------------------------------ guidance
+    def score(self, x_t: torch.Tensor, t: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
+        """Per-pair dot product f(x_t, t) · g(c) (B,); t original timesteps (0 scores clean images)."""
+        img, txt = self.net(x_t, t, text_tokens)
+        return (img * txt).sum(-1)
+
+    def cond_fn(self, text_tokens: torch.Tensor, scale: float):
+        """``cond_fn(x_t, t) = scale · ∇_x f(x_t, t) · g(c)`` for captions' tokens (B, <= text_len)."""
+        with torch.no_grad():
+            text_emb = self.net.encode_text(text_tokens.to(self.device))
+        return dot_product_gradient(self.net.encode_image, text_emb, scale)
+
+
+@torch.no_grad()
+def clip_guided_generate(glide, noised_clip: NoisedClipLit, captions: Sequence[str], scale: float, n: int = 1,
+                         seed: int = 0, steps: Optional[int] = None, sampler: str = "ddpm",
+                         guidance_scale: float = 1.0, eta: float = 0.0, batch_size: int = 64) -> torch.Tensor:
+    """GLIDE samples with CLIP guidance -> (len(captions) * n, 3, H, W) in [-1, 1], caption-major.
+
+    ``glide``: a ``GlideLit``; ``noised_clip``: a ``NoisedClipLit`` trained on the same process (schedule and number
+    of steps) and resolution; ``scale``: s in μ + s · Σ · ∇(f · g) (0 = unguided); ``guidance_scale``: classifier-free
+    guidance underneath (1 = the conditional model, GLIDE's CLIP-guidance setting); ``sampler``: ``ddpm`` (GLIDE:
+    mean shift) or ``ddim`` (score shift). Deterministic given ``seed``."""
+    if isinstance(captions, str):
+        captions = [captions]
+    gp, cp = glide.process.schedule, noised_clip.process.schedule
+    if gp.num_timesteps != cp.num_timesteps or not torch.allclose(gp.alphas_cumprod, cp.alphas_cumprod):
+        raise ConfigError("the noised CLIP was trained on another diffusion process than the GLIDE model's (fix: "
+                          "train it with model.schedule / model.num_timesteps equal to GLIDE's)")
+    if noised_clip.cfg.image_size != glide.cfg.image_size:
+        raise ConfigError(f"the noised CLIP takes {noised_clip.cfg.image_size} px, GLIDE samples "
+                          f"{glide.cfg.image_size} px (fix: a noised CLIP trained at GLIDE's resolution)")
+    steps = int(glide.hparams.sample_steps if steps is None else steps)
+    was = glide.training, noised_clip.training
+    glide.eval(), noised_clip.eval()
+    try:
+        text = glide.encode_captions(captions).repeat_interleave(int(n), 0)  # GLIDE's tokens
+        clip_text = noised_clip.encode_captions(captions).repeat_interleave(int(n), 0)  # the noised CLIP's own
+        gen = torch.Generator(device=glide.device).manual_seed(int(seed))
+        c = glide.cfg
+        out = []
+        for i in range(0, len(text), batch_size):
+            tt = text[i:i + batch_size]
+            shape = (len(tt), c.out_channels, c.image_size, c.image_size)
+            x = clip_guided_sample(glide.process.respaced(steps), glide.model_fn(tt, guidance_scale),
+                                   noised_clip.cond_fn(clip_text[i:i + batch_size], scale), shape, sampler=sampler,
+                                   eta=eta, generator=gen, device=glide.device)
+            out.append(x.float().clamp(-1, 1))
+        return torch.cat(out)
+    finally:
+        glide.train(was[0]), noised_clip.train(was[1])

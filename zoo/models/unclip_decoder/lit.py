@@ -1,0 +1,262 @@
+"""Training and sampling the unCLIP decoder with Lightning: GLIDE (``GlideLit``) plus the CLIP image embedding.
+
+Everything GLIDE's module does is inherited (diffusion process, caption tokenizer in the checkpoint, data checks,
+``encode_captions``, ``drop_captions``, optimizer, ``candidates``); this module adds the embedding:
+
+- Training: images + the CLIP image embedding of each image, either ``clip_image_emb`` from ``zoo-embed`` features
+  (``data.features.<split>=<file>``) or, when ``clip_ckpt`` is set and the batch has none, computed by that frozen
+  CLIP (``ClipScorer.encode_image`` under no_grad; the CLIP is not part of this module's weights or checkpoint).
+  Independently per example: the caption is replaced by the empty caption with probability ``text_dropout``
+  (unCLIP: 50%) and the embedding by zeros with probability ``emb_dropout`` (unCLIP: 10%).
+- Sampling: guidance on the embedding (and caption) with ``decoder_guidance_scale``: one batched forward over
+  [cond ; uncond] with uncond = (empty caption, zero embedding); scale 1 skips the unconditional half and is the
+  conditional model bit for bit. ``generate(captions, image_emb)`` and ``generate_from_embeddings(image_emb,
+  captions=None)`` (the unCLIP pipeline: prior -> embedding -> decoder).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from zoo.diffusion.process import GaussianDiffusion
+from zoo.diffusion.samplers import ddim_sample, ddpm_sample
+from zoo.diffusion.schedules import get_schedule
+from zoo.errors import ConfigError
+from zoo.models.base import ZooLit, resolve_preset
+from zoo.models.glide.lit import GlideLit
+from zoo.models.unclip_decoder.model import UNCLIP_DECODER_PRESETS, UnclipDecoder, UnclipDecoderConfig
+from zoo.nn.guidance import guide_learned_variance
+from zoo.text import TextTokenizer
+
+_FIX_EMBED = ("run zoo-embed for the split and pass it (data.features.{split}=<dir>/{split}.pt), or give a frozen "
+              "CLIP: model.clip_ckpt=<zoo-train model=clip last.ckpt>")
+
+
+def build_config(preset: str = "shapes", net: Optional[dict[str, Any]] = None) -> UnclipDecoderConfig:
+    return resolve_preset(UNCLIP_DECODER_PRESETS, UnclipDecoderConfig, preset, net, "unCLIP decoder")
+
+
+def run_sampler(process: GaussianDiffusion, fn, shape, steps: int, sampler: str, eta: float,
+                generator: Optional[torch.Generator], device, x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``ddim`` | ``ddpm`` (respaced to ``steps``) | a diffusers scheduler name, as ``GlideLit.sample_tokens``."""
+    if sampler == "ddim":
+        return ddim_sample(process.respaced(steps), fn, shape, eta=eta, generator=generator, device=device, x_T=x_T)
+    if sampler == "ddpm":
+        return ddpm_sample(process.respaced(steps), fn, shape, generator=generator, device=device, x_T=x_T)
+    from zoo.diffusion.diffusers_adapter import diffusers_sample
+
+    return diffusers_sample(process, fn, shape, scheduler=sampler, steps=steps, generator=generator, device=device,
+                            x_T=x_T)
+
+
+class UnclipDecoderLit(GlideLit):
+    """Args:
+        preset: ``tiny`` | ``shapes`` | ``paper`` (``UNCLIP_DECODER_PRESETS``); ``net`` overrides fields
+            (``UnclipDecoderConfig``: GLIDE's plus ``clip_dim``, ``clip_tokens``).
+        text_dropout: probability of the empty caption in training (unCLIP: 0.5).
+        emb_dropout: probability of the zero CLIP embedding in training (unCLIP: 0.1), independent of the caption's.
+        clip_ckpt: optional zoo-train CLIP checkpoint, frozen, embedding batches that carry no ``clip_image_emb``.
+        num_timesteps, schedule: the training diffusion process (cosine, 1000).
+        decoder_guidance_scale, sample_steps, sampler, eta: ``generate``'s defaults (unCLIP: guidance 1.25 at FID).
+        grid_captions, grid_steps, grid_guidance_scale: ``sample_grid`` (real | decoded from its embedding + caption).
+        text_tokenizer: filled in by the checkpoint (leave None when training).
+    """
+
+    def __init__(self, preset: str = "shapes", net: Optional[dict[str, Any]] = None, text_dropout: float = 0.5,
+                 emb_dropout: float = 0.1, clip_ckpt: Optional[str] = None, num_timesteps: int = 1000,
+                 schedule: str = "cosine", decoder_guidance_scale: float = 3.0, sample_steps: int = 50,
+                 sampler: str = "ddim", eta: float = 0.0, grid_captions: int = 8, grid_steps: int = 25,
+                 grid_guidance_scale: float = 3.0, text_tokenizer: Optional[dict[str, Any]] = None, optimizer=None,
+                 scheduler=None):
+        # GlideLit's constructor builds a Glide; ours builds the decoder, so we start from the base (the rest of
+        # GlideLit's behaviour is inherited unchanged). The hyper-parameters are given explicitly: Lightning's frame
+        # inspection only collects constructors that call super().
+        hparams = {k: v for k, v in locals().items() if k not in ("self", "optimizer", "scheduler", "text_tokenizer")}
+        ZooLit.__init__(self, optimizer, scheduler)
+        self.save_hyperparameters(hparams)
+        for name, p in (("text_dropout", text_dropout), ("emb_dropout", emb_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {p}")
+        self.cfg = build_config(preset, net)
+        if not self.cfg.learn_sigma:
+            raise ConfigError("the unCLIP decoder trains a learned-range variance (hybrid loss): keep "
+                              "model.net.learn_sigma=true")
+        self.net = UnclipDecoder(self.cfg)
+        self.process = GaussianDiffusion(get_schedule(schedule, int(num_timesteps)), model_mean_type="eps",
+                                         model_var_type="learned_range", loss_type="hybrid")
+        self.text_dropout, self.emb_dropout = float(text_dropout), float(emb_dropout)
+        self.text_tokenizer: Optional[TextTokenizer] = TextTokenizer.from_spec(text_tokenizer)
+        self._clip = None  # the frozen ClipScorer (loaded on first use; never in the state dict)
+
+    # ------------------------------------------------------------------------------------------ data
+    @staticmethod
+    def _features(datamodule, split: str) -> dict[str, torch.Tensor]:
+        if split not in (getattr(datamodule, "features", None) or {}):
+            return {}
+        dataset = getattr(datamodule, "dataset", None)
+        return (getattr(dataset(split), "features", {}) or {}) if callable(dataset) else {}
+
+    def check_data(self, datamodule) -> None:
+        """GLIDE's checks (text tokens, resolution; keeps the tokenizer), then the embeddings: ``clip_image_emb``
+        features of width ``clip_dim`` for train and val, unless a frozen CLIP (``clip_ckpt``) computes them."""
+        super().check_data(datamodule)
+        if self.hparams.clip_ckpt:
+            d = self.clip_scorer().encode_image(torch.zeros(1, 3, self.cfg.image_size, self.cfg.image_size)).shape[-1]
+            if d != self.cfg.clip_dim:
+                raise ConfigError(f"the CLIP at {self.hparams.clip_ckpt} embeds to {d}-d but the decoder's clip_dim "
+                                  f"is {self.cfg.clip_dim} (fix: model.net.clip_dim={d})")
+            return
+        for split in ("train", "val"):
+            feats = self._features(datamodule, split)
+            if "clip_image_emb" not in feats:
+                raise ConfigError(f"the unCLIP decoder needs CLIP image embeddings and data.features.{split} has "
+                                  f"none (fix: {_FIX_EMBED.format(split=split)})")
+            d = feats["clip_image_emb"].shape[-1]
+            if d != self.cfg.clip_dim:
+                raise ConfigError(f"the {split} CLIP image embeddings are {d}-d but the decoder's clip_dim is "
+                                  f"{self.cfg.clip_dim} (fix: model.net.clip_dim={d})")
+
+    def clip_scorer(self):
+        """The frozen CLIP of ``clip_ckpt`` (a ``ClipScorer``), loaded once."""
+        if self._clip is None:
+            if not self.hparams.clip_ckpt:
+                raise ConfigError("the batch has no clip_image_emb and no frozen CLIP is given (fix: "
+                                  + _FIX_EMBED.format(split="<split>") + ")")
+            from zoo.models.clip.scorer import ClipScorer
+
+            self._clip = ClipScorer.from_lightning_checkpoint(str(self.hparams.clip_ckpt), device=str(self.device))
+            for p in self._clip.model.parameters():
+                p.requires_grad_(False)
+        return self._clip
+
+    def image_embedding(self, batch: dict[str, Any]) -> torch.Tensor:
+        """(B, clip_dim) float: the batch's ``clip_image_emb``, else the frozen CLIP's embedding of its images."""
+        if "clip_image_emb" in batch:
+            return batch["clip_image_emb"].float().to(self.device)
+        clip = self.clip_scorer()
+        if clip.device != self.device:  # follow the module (e.g. moved to a GPU after loading)
+            clip.model.to(self.device)
+            clip.device, clip.mean, clip.std = self.device, clip.mean.to(self.device), clip.std.to(self.device)
+        with torch.no_grad():
+            return clip.encode_image(batch["image"]).to(self.device)
+
+    def drop_embeddings(self, emb: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Zero each embedding (B, D) with probability ``emb_dropout`` (an independent draw from the caption's)."""
+        if self.emb_dropout <= 0:
+            return emb
+        drop = torch.rand(emb.shape[0], device=emb.device, generator=generator) < self.emb_dropout
+        return torch.where(drop[:, None], torch.zeros_like(emb), emb)
+
+    # ------------------------------------------------------------------------------------------ training
+    def forward_loss(self, batch: dict[str, Any], train: bool,
+                     generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+        x0 = batch["image"].float()
+        text = self.net.pad_text(batch["text_tokens"].to(x0.device))
+        emb = self.image_embedding(batch).to(x0.device)
+        if train:
+            text = self.drop_captions(text, generator)
+            emb = self.drop_embeddings(emb, generator)
+        t = self.process.sample_timesteps(x0.shape[0], device=x0.device, generator=generator)
+        terms = self.process.training_losses(self.net, x0, t, model_kwargs={"text_tokens": text, "image_emb": emb},
+                                             generator=generator)
+        return {k: v.mean() for k, v in terms.items()}
+
+    # ------------------------------------------------------------------------------------------ sampling
+    def decoder_model_fn(self, text_tokens: torch.Tensor, image_emb: torch.Tensor, guidance_scale: Optional[float]):
+        """The sampler's ``model_fn(x_t, t)``: conditional at scale None or 1, else guided against the null condition
+        (empty caption + zero embedding) with one batched [cond ; uncond] forward per step."""
+        b = text_tokens.shape[0]
+        if guidance_scale is None or guidance_scale == 1.0:
+            cond = self.net.encode(text_tokens, image_emb)
+            return lambda x, t: self.net.denoise(x, t, cond)
+        both = self.net.encode(torch.cat([text_tokens, self.net.null_tokens(b, text_tokens.device)]),
+                               torch.cat([image_emb, self.net.null_embedding(b, image_emb.device)]))
+
+        def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            out = self.net.denoise(torch.cat([x, x]), torch.cat([t, t]), both)  # (2B, 2C, H, W)
+            cond, uncond = out.float().chunk(2, dim=0)
+            return guide_learned_variance(uncond, cond, guidance_scale, dim=1)
+
+        return guided
+
+    @torch.no_grad()
+    def sample(self, text_tokens: Optional[torch.Tensor], image_emb: torch.Tensor,
+               decoder_guidance_scale: Optional[float] = None, steps: Optional[int] = None,
+               sampler: Optional[str] = None, eta: Optional[float] = None, generator: Optional[torch.Generator] = None,
+               x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] for CLIP image embeddings (B, clip_dim) and text tokens (B, <= text_len)
+        (None: the empty caption). Defaults from the hyper-parameters."""
+        hp = self.hparams
+        scale = hp.decoder_guidance_scale if decoder_guidance_scale is None else decoder_guidance_scale
+        steps = int(hp.sample_steps if steps is None else steps)
+        sampler = hp.sampler if sampler is None else sampler
+        eta = float(hp.eta if eta is None else eta)
+        emb = image_emb.float().to(self.device)
+        b = emb.shape[0]
+        text = (self.net.null_tokens(b, self.device) if text_tokens is None
+                else self.net.pad_text(text_tokens.to(self.device)))
+        c = self.cfg
+        fn = self.decoder_model_fn(text, emb, scale)
+        x = run_sampler(self.process, fn, (b, c.out_channels, c.image_size, c.image_size), steps, sampler, eta,
+                        generator, self.device, x_T)
+        return x.float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def generate(self, captions: Optional[Sequence[str]], image_emb: torch.Tensor, n: int = 1, seed: int = 0,
+                 decoder_guidance_scale: Optional[float] = None, steps: Optional[int] = None,
+                 sampler: Optional[str] = None, eta: Optional[float] = None,
+                 generator: Optional[torch.Generator] = None, batch_size: int = 64,
+                 guidance_scale: Optional[float] = None) -> torch.Tensor:
+        """``n`` images per (caption, embedding) pair -> (B * n, 3, H, W) in [-1, 1], pair-major.
+
+        ``image_emb`` (B, clip_dim) (a prior's sample or ``zoo-embed``'s; as trained, e.g. unit-norm);
+        ``captions`` B strings or None (the empty caption). ``decoder_guidance_scale`` (``guidance_scale`` is an
+        alias) defaults to the hyper-parameter; 1 is the conditional model. Deterministic given ``seed``."""
+        if isinstance(captions, str):
+            captions = [captions]
+        emb = torch.as_tensor(image_emb).float().to(self.device)
+        if emb.dim() != 2:
+            raise ValueError(f"image_emb must be (B, clip_dim), got {tuple(emb.shape)}")
+        if captions is not None and len(captions) != len(emb):
+            raise ValueError(f"{len(captions)} captions but {len(emb)} image embeddings")
+        scale = decoder_guidance_scale if decoder_guidance_scale is not None else guidance_scale
+        was_training = self.training
+        self.eval()
+        try:
+            text = None if captions is None else self.encode_captions(captions).repeat_interleave(int(n), 0)
+            emb = emb.repeat_interleave(int(n), 0)
+            gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
+            return torch.cat([self.sample(None if text is None else text[i:i + batch_size], emb[i:i + batch_size],
+                                          scale, steps, sampler, eta, gen)
+                              for i in range(0, len(emb), batch_size)])
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def generate_from_embeddings(self, image_emb: torch.Tensor, captions: Optional[Sequence[str]] = None,
+                                 **kwargs) -> torch.Tensor:
+        """The unCLIP pipeline's call: decode CLIP image embeddings (B, clip_dim), captions optional."""
+        return self.generate(captions, image_emb, **kwargs)
+
+    def sample_tokens(self, *args, **kwargs):
+        raise NotImplementedError("the unCLIP decoder samples from image embeddings: use sample(text_tokens, "
+                                  "image_emb) or generate(captions, image_emb)")
+
+    def candidates(self, captions, n, seed=0, **kwargs):
+        raise NotImplementedError("the unCLIP decoder needs image embeddings: use generate(captions, image_emb) "
+                                  "or the unCLIP pipeline (prior -> decoder)")
+
+    @torch.no_grad()
+    def sample_grid(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Real val image | decoded from its CLIP embedding and caption, for the first ``grid_captions``; fixed seed."""
+        n = min(int(self.hparams.grid_captions), len(batch["image"]))
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        emb = self.image_embedding({k: v[:n] for k, v in batch.items() if k in ("image", "clip_image_emb")})
+        fake = self.sample(batch["text_tokens"][:n], emb, decoder_guidance_scale=self.hparams.grid_guidance_scale,
+                           steps=self.hparams.grid_steps, sampler="ddim", eta=0.0, generator=gen)
+        real = batch["image"][:n].float().to(fake.device)
+        if real.shape[-2:] != fake.shape[-2:]:
+            real = F.interpolate(real, size=fake.shape[-2:], mode="bilinear", antialias=True)
+        return torch.stack([real, fake], 1).flatten(0, 1)
