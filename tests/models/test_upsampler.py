@@ -1,0 +1,209 @@
+"""unCLIP upsamplers: the super-resolution U-Net's inputs (x_t + upsampled low-res = 6 channels, no attention),
+training on quarter-size crops vs full-size sampling, overfitting a fixed batch, zoo-train -> load_module ->
+upsample, the paper presets' parameter counts (meta device) and the default DDIM step counts (27 / 15)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from zoo.errors import ConfigError
+from zoo.models.upsampler.lit import UpsamplerLit
+from zoo.models.upsampler.model import (
+    UPSAMPLER_PAPER_PARAMS,
+    UPSAMPLER_PRESETS,
+    Upsampler,
+    count_upsampler_params,
+)
+from zoo.nn.unet import AttentionBlock
+
+
+def _images(b: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Smooth colour fields with an edge: something an upsampler can learn quickly."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(b, 3, 4, 4, generator=g) * 2 - 1
+    x = torch.nn.functional.interpolate(base, size=size, mode="bilinear", align_corners=False)
+    x[..., size // 2:, :] *= -1
+    return x.clamp(-1, 1).contiguous()
+
+
+def test_super_resolution_unet_inputs_and_no_attention():
+    torch.manual_seed(0)
+    net = Upsampler(UPSAMPLER_PRESETS["tiny"])
+    assert net.input_channels == 6  # x_t (3) + the upsampled low-resolution image (3)
+    assert not [m for m in net.modules() if isinstance(m, AttentionBlock)]
+    assert net.unet.cfg.context_dim is None
+    x, low = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 8, 8)
+    assert net(x, torch.tensor([0, 999]), low).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError):
+        net(x, torch.tensor([0, 1]), torch.randn(2, 3, 16, 16))  # not x4
+    learned = Upsampler(UPSAMPLER_PRESETS["tiny"].__class__(**{**UPSAMPLER_PRESETS["tiny"].to_dict(),
+                                                               "learn_sigma": True}))
+    assert learned(x, torch.tensor([0, 1]), low).shape == (2, 6, 32, 32)  # [eps ; v]
+    for name, cfg in UPSAMPLER_PRESETS.items():
+        assert cfg.unet_config().attention_resolutions == () and not cfg.unet_config().attention_in_middle, name
+
+
+def test_the_low_res_image_reaches_the_output():
+    """With the zero-initialised output layer perturbed, changing only the conditioning changes the output."""
+    torch.manual_seed(0)
+    net = Upsampler(UPSAMPLER_PRESETS["tiny"]).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0, 0.1)
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([500])
+    a = net(x, t, torch.zeros(1, 3, 8, 8))
+    b = net(x, t, torch.ones(1, 3, 8, 8))
+    assert (a - b).abs().mean() > 1e-3
+
+
+def test_crop_training_then_full_size_upsampling():
+    torch.manual_seed(0)
+    lit = UpsamplerLit(preset="tiny")
+    cfg = lit.cfg
+    assert (cfg.image_size, cfg.low_res_size, cfg.train_crop) == (32, 8, 8)
+    x = _images(4, 32)
+    high, low = lit.training_pair(x, torch.Generator().manual_seed(0))
+    assert high.shape == (4, 3, 8, 8) and low.shape == (4, 3, 2, 2)  # a quarter of the target side
+    seen = []
+    hook = lit.net.unet.register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape)))
+    loss = lit.forward_loss({"image": x})["loss"]
+    loss.backward()
+    assert seen == [(4, 3, 8, 8)]  # the U-Net trains on the crops only
+    assert all(p.grad is not None for p in lit.net.parameters())
+    seen.clear()
+    full_low = lit.degrade(x, torch.Generator().manual_seed(0))
+    assert full_low.shape == (4, 3, 8, 8)
+    up = lit.upsample(full_low, steps=3, generator=torch.Generator().manual_seed(0))
+    hook.remove()
+    assert up.shape == (4, 3, 32, 32) and up.abs().max() <= 1 and torch.isfinite(up).all()
+    assert seen == [(4, 3, 32, 32)] * 3  # sampled at the full target size, 3 DDIM steps
+    # any low-resolution size whose x4 fits the U-Net: fully convolutional
+    assert lit.upsample(torch.zeros(1, 3, 4, 6), steps=2).shape == (1, 3, 16, 24)
+    # eta = 0: deterministic given the seed
+    again = lit.upsample(full_low, steps=3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(up, again)
+
+
+def test_bsr_stage_trains_and_sample_grid_layout():
+    torch.manual_seed(0)
+    lit = UpsamplerLit(preset="tiny", corruption="bsr", grid_images=3, grid_steps=2)
+    assert lit.corruption.kind == "bsr" and lit.sample_steps == 15
+    r = lit.forward_loss({"image": _images(2, 32)})
+    assert torch.isfinite(r["loss"])
+    grid = lit.sample_grid({"image": _images(3, 32)})
+    assert grid.shape == (12, 3, 32, 32) and lit.grid_nrow == 4  # low-res | bicubic | upsampled | real
+    torch.testing.assert_close(grid[3::4], _images(3, 32))  # the real column
+    assert torch.equal(grid, lit.sample_grid({"image": _images(3, 32)}))  # deterministic
+
+
+def test_tiny_upsampler_overfits_a_fixed_batch():
+    torch.manual_seed(0)
+    lit = UpsamplerLit(preset="tiny")
+    batch = {"image": _images(4, 32)}
+    opt = torch.optim.Adam(lit.parameters(), lr=5e-3)
+
+    def eval_loss():  # fixed crops, timesteps and noise so start and end compare
+        with torch.no_grad():
+            return lit.forward_loss(batch, generator=torch.Generator().manual_seed(1),
+                                    diffusion_generator=torch.Generator().manual_seed(2))["mse"].item()
+
+    start = eval_loss()
+    for _ in range(60):
+        loss = lit.forward_loss(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    end = eval_loss()
+    assert end < 0.4 * start, (start, end)
+
+
+def test_default_steps_are_the_papers():
+    assert UPSAMPLER_PRESETS["paper_64_256"].default_sample_steps == 27
+    assert UPSAMPLER_PRESETS["paper_256_1024"].default_sample_steps == 15
+    assert UPSAMPLER_PRESETS["shapes_32_128"].corruption == "blur"
+    assert UPSAMPLER_PRESETS["shapes_128_512"].corruption == "bsr"
+    assert UpsamplerLit(preset="tiny").sample_steps == 27
+    assert UpsamplerLit(preset="tiny", corruption="bsr").sample_steps == 15
+    assert UpsamplerLit(preset="tiny", corruption="bsr", sample_steps=9).sample_steps == 9
+    with pytest.raises(ConfigError, match="contradicts"):
+        UpsamplerLit(preset="tiny", corruption="bsr", net={"corruption": "blur"})
+    with pytest.raises(ConfigError):
+        UpsamplerLit(preset="tiny", corruption="sharpen")
+    with pytest.raises(ConfigError):
+        UpsamplerLit(preset="tiny", net={"image_size": 36})  # not a multiple of 4 * crop_fraction
+
+
+def test_paper_presets_parameter_counts_on_meta():
+    for name, paper in (("paper_64_256", 700e6), ("paper_256_1024", 300e6)):
+        n = count_upsampler_params(name)
+        assert n == UPSAMPLER_PAPER_PARAMS[name]
+        assert abs(n - paper) / paper < 0.08, (name, n)  # within 8% of the paper's size
+        cfg = UPSAMPLER_PRESETS[name]
+        assert (cfg.scale, cfg.train_crop * 4) == (4, cfg.image_size)
+    assert UPSAMPLER_PRESETS["paper_64_256"].image_size == 256
+    assert UPSAMPLER_PRESETS["paper_256_1024"].image_size == 1024
+    assert count_upsampler_params("tiny") < 100_000
+
+
+def test_check_data_wants_the_target_resolution():
+    class DM:
+        resolution = 64
+
+    with pytest.raises(ConfigError, match="data.resolution=32"):
+        UpsamplerLit(preset="tiny").check_data(DM())
+
+
+TRAIN = [
+    "model=upsampler",
+    "model.preset=tiny",
+    "model.grid_images=2",
+    "model.grid_steps=2",
+    "data=shapes",
+    "data.resolution=32",
+    "data.train_size=24",
+    "data.val_size=8",
+    "data.test_size=8",
+    "data.batch_size=8",
+    "logger=none",
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.precision=32-true",
+    "trainer.enable_progress_bar=false",
+    "trainer.num_sanity_val_steps=0",
+    "test=false",
+]
+
+
+def test_train_checkpoint_load_and_upsample(train_cfg):
+    from zoo.checkpoint import load_module
+    from zoo.train import train
+
+    cfg = train_cfg(*TRAIN)
+    metrics = train(cfg)
+    assert metrics["global_step"] == 3
+    run = Path(cfg.paths.output_dir)
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    assert list((run / "samples").glob("*.png")), "sample grid PNG missing"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["zoo_component"] == "upsampler"
+    model = load_module(last)
+    assert isinstance(model, UpsamplerLit) and model.cfg == UPSAMPLER_PRESETS["tiny"]
+    low = model.degrade(_images(2, 32), torch.Generator().manual_seed(0))  # 8 px
+    up = model.upsample(low, steps=3, generator=torch.Generator().manual_seed(0))
+    assert up.shape == (2, 3, 32, 32) and torch.isfinite(up).all() and up.abs().max() <= 1
+
+
+def test_experiment_config_composes(train_cfg):
+    cfg = train_cfg("experiment=unclip/upsampler_shapes_32_128", "logger=none")
+    assert cfg.model._target_ == "zoo.models.upsampler.lit.UpsamplerLit"
+    assert cfg.model.preset == "shapes_32_128" and cfg.data.resolution == 128
+    from zoo.config import instantiate
+
+    lit = instantiate(cfg.model, "model")
+    assert lit.cfg.image_size == 128 and lit.corruption.kind == "blur" and lit.sample_steps == 27
+    assert isinstance(lit.net, nn.Module)

@@ -1,0 +1,189 @@
+"""Training and sampling unCLIP's diffusion upsamplers with Lightning.
+
+Training, per batch of real images ``image`` (B, 3, S, S) at the TARGET size S (the DataModule's resolution):
+
+1. degrade the FULL image to its conditioning (B, 3, S / 4, S / 4): ``BlurCorruption`` (first stage) or
+   ``BSRDegradation`` (second stage) from ``zoo.data.degradations``, parameters drawn per image;
+2. cut a random (S / 4)-pixel crop of the image and the matching (S / 16)-pixel crop of the conditioning at the
+   same place (``paired_random_crop``: corner a multiple of the scale, so the two crops show the same scene region);
+3. the diffusion loss (``zoo.diffusion.GaussianDiffusion``: cosine schedule of 1000 steps, eps prediction; with
+   ``net.learn_sigma`` the learned-range variance and hybrid loss) on the high-resolution crop, conditioned on the
+   low-resolution crop.
+
+Why degrade first, then crop: at inference the network sees a conditioning image degraded as a WHOLE. Blurring,
+resizing or JPEG-coding a crop instead would change what it learns near the crop's borders (reflect padding where
+the real image has content, resampling kernels cut off, JPEG's 8x8 block grid anchored at the crop's corner rather
+than the image's), and a crop of a crop's degradation is not a crop of the image's. Degrading once and cropping
+both at matching coordinates gives exactly the statistics of a window of the inference-time input. (It costs a
+degradation of the full image per step; the U-Net, the expensive part, still only sees the crops.)
+
+Sampling (``upsample``): the network is fully convolutional (no attention), so it runs on the full target size:
+DDIM (``eta`` 0 by default) over ``steps`` respaced steps, 27 for a blur-trained (first) stage and 15 for a
+BSR-trained (second) stage by default (the paper), predicted x0 clipped to [-1, 1].
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from zoo.data.degradations import make_corruption, paired_random_crop
+from zoo.diffusion.process import GaussianDiffusion
+from zoo.diffusion.samplers import ddim_sample
+from zoo.diffusion.schedules import get_schedule
+from zoo.errors import ConfigError
+from zoo.models.base import ZooLit, resolve_preset
+from zoo.models.upsampler.model import UPSAMPLER_PRESETS, Upsampler, UpsamplerConfig
+
+
+def build_config(preset: str = "shapes_32_128", net: Optional[dict[str, Any]] = None, corruption: Optional[str] = None,
+                 scale: Optional[int] = None) -> UpsamplerConfig:
+    """The preset with ``net`` overrides; ``corruption`` / ``scale`` are shorthands for ``net.corruption`` /
+    ``net.scale`` (None = the preset's)."""
+    net = dict(net or {})
+    for key, value in (("corruption", corruption), ("scale", scale)):
+        if value is None:
+            continue
+        if key in net and net[key] != value:
+            raise ConfigError(f"model.{key}={value!r} contradicts model.net.{key}={net[key]!r} (fix: set only one)")
+        net[key] = value
+    try:
+        return resolve_preset(UPSAMPLER_PRESETS, UpsamplerConfig, preset, net, "upsampler")
+    except ValueError as e:  # the dataclass's own checks (divisibility, corruption name)
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"upsampler config: {e}") from None
+
+
+class UpsamplerLit(ZooLit):
+    """Args:
+        preset: ``tiny`` | ``shapes_32_128`` (blur) | ``shapes_128_512`` (BSR) | ``paper_64_256`` |
+            ``paper_256_1024`` (``zoo.models.upsampler.model.UPSAMPLER_PRESETS``); ``net`` overrides fields.
+        corruption: ``blur`` | ``bsr`` (None = the preset's); scale: ×scale (None = the preset's, 4).
+        blur_sigma_range: the blur corruption's sigma range in low-resolution pixels.
+        bsr: overrides of ``zoo.data.degradations.BSRConfig`` fields (e.g. ``{jpeg_quality_range: [50, 95]}``).
+        num_timesteps, schedule: the training diffusion process (1000, cosine).
+        sample_steps: DDIM steps of ``upsample`` (None = 27 for blur, 15 for bsr); eta: DDIM eta (0).
+        grid_images, grid_steps: ``sample_grid`` (rows of low-res | bicubic | upsampled | real; steps None = the
+            sampling default).
+    """
+
+    grid_nrow = 4  # low-res (nearest) | bicubic | upsampled | real
+
+    def __init__(self, preset: str = "shapes_32_128", net: Optional[dict[str, Any]] = None,
+                 corruption: Optional[str] = None, scale: Optional[int] = None,
+                 blur_sigma_range: Sequence[float] = (0.4, 0.6), bsr: Optional[dict[str, Any]] = None,
+                 num_timesteps: int = 1000, schedule: str = "cosine", sample_steps: Optional[int] = None,
+                 eta: float = 0.0, grid_images: int = 4, grid_steps: Optional[int] = None,
+                 optimizer=None, scheduler=None):
+        super().__init__(optimizer, scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.cfg = build_config(preset, net, corruption, scale)
+        self.net = Upsampler(self.cfg)
+        learned = self.cfg.learn_sigma
+        self.process = GaussianDiffusion(get_schedule(schedule, int(num_timesteps)), model_mean_type="eps",
+                                         model_var_type="learned_range" if learned else "fixed_small",
+                                         loss_type="hybrid" if learned else "mse")
+        try:
+            self.corruption = make_corruption(self.cfg.corruption, self.cfg.scale, blur_sigma_range, bsr)
+        except ValueError as e:
+            raise ConfigError(f"upsampler corruption: {e}") from None
+
+    def default_optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=1e-4)
+
+    @property
+    def sample_steps(self) -> int:
+        steps = self.hparams.sample_steps
+        return int(self.cfg.default_sample_steps if steps is None else steps)
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    # ------------------------------------------------------------------------------------------ data
+    def check_data(self, datamodule) -> None:
+        """The data's resolution is the upsampler's target size (``net.image_size``)."""
+        res = getattr(datamodule, "resolution", None)
+        c = self.cfg
+        if res is not None and int(res) != c.image_size:
+            raise ConfigError(
+                f"data.resolution={res} but the upsampler's target size is {c.image_size} px "
+                f"({c.low_res_size} -> {c.image_size}) (fix: data.resolution={c.image_size}, or "
+                f"model.net.image_size={res} if {res} is a multiple of {c.scale * c.crop_fraction} and of "
+                f"{c.divisor * c.crop_fraction})")
+
+    @torch.no_grad()
+    def degrade(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """High-resolution images (B, 3, H, W) in [-1, 1] -> their corrupted conditioning (B, 3, H / s, W / s)
+        (the training corruption; randomness from a CPU ``generator``)."""
+        return self.corruption(images.float(), generator)
+
+    @torch.no_grad()
+    def training_pair(self, images: torch.Tensor, generator: Optional[torch.Generator] = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(high-resolution crops (B, 3, c, c), conditioning crops (B, 3, c / s, c / s)), c = ``cfg.train_crop``:
+        the full images are degraded FIRST, then both are cropped at matching coordinates (module docstring)."""
+        low = self.degrade(images, generator)
+        high, low, _ = paired_random_crop(images.float(), low, self.cfg.train_crop, generator)
+        return high, low
+
+    # ------------------------------------------------------------------------------------------ training
+    def forward_loss(self, batch: dict[str, Any], generator: Optional[torch.Generator] = None,
+                     diffusion_generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+        high, low = self.training_pair(batch["image"], generator)
+        high, low = high.to(self.device), low.to(self.device)
+        t = self.process.sample_timesteps(high.shape[0], device=high.device, generator=diffusion_generator)
+        terms = self.process.training_losses(self.net, high, t, model_kwargs={"low_res": low},
+                                             generator=diffusion_generator)
+        return {k: v.mean() for k, v in terms.items()}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        r = self.forward_loss(batch)
+        self.log_metrics("train", r, batch_size=len(batch["image"]))
+        return r["loss"]
+
+    def eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        # fixed corruption, crops, timesteps and noise, so successive validations are comparable
+        r = self.forward_loss(batch, generator=torch.Generator().manual_seed(0),
+                              diffusion_generator=torch.Generator(device=self.device).manual_seed(1))
+        self.log_metrics(stage, r, batch_size=len(batch["image"]))
+
+    # ------------------------------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def upsample(self, low_res: torch.Tensor, steps: Optional[int] = None, eta: Optional[float] = None,
+                 generator: Optional[torch.Generator] = None, x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Low-resolution images (B, 3, h, w) in [-1, 1] -> (B, 3, h * scale, w * scale) in [-1, 1], the network
+        applied fully convolutionally at that size. DDIM with ``steps`` (default ``sample_steps``: 27 for a blur
+        stage, 15 for a BSR stage) and ``eta`` (default ``hparams.eta``, 0: deterministic given x_T); randomness
+        from ``generator`` (on the module's device)."""
+        steps = self.sample_steps if steps is None else int(steps)
+        eta = float(self.hparams.eta if eta is None else eta)
+        s = self.cfg.scale
+        low = low_res.to(self.device).float()
+        shape = (low.shape[0], self.cfg.in_channels, low.shape[-2] * s, low.shape[-1] * s)
+        if shape[-2] % self.cfg.divisor or shape[-1] % self.cfg.divisor:
+            raise ValueError(f"output {shape[-2]}x{shape[-1]} must be divisible by {self.cfg.divisor} "
+                             f"(the U-Net's levels); pad the low-resolution input")
+        was_training = self.training
+        self.eval()
+        try:
+            x = ddim_sample(self.process.respaced(steps), lambda x, t: self.net(x, t, low), shape, eta=eta,
+                            generator=generator, device=self.device, x_T=x_T, clip_denoised=True)
+        finally:
+            self.train(was_training)
+        return x.float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def sample_grid(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Rows of low-res (nearest-upsampled) | bicubic | upsampled | real for the first ``grid_images`` images,
+        their conditioning degraded with a fixed seed and sampled with a fixed seed."""
+        n = min(int(self.hparams.grid_images), len(batch["image"]))
+        real = batch["image"][:n].float().to(self.device)
+        low = self.degrade(real.cpu(), torch.Generator().manual_seed(0)).to(self.device)
+        up = self.upsample(low, steps=self.hparams.grid_steps, generator=torch.Generator(self.device).manual_seed(0))
+        size = real.shape[-2:]
+        nearest = F.interpolate(low, size=size, mode="nearest")
+        bicubic = F.interpolate(low, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
+        return torch.stack([nearest, bicubic, up, real], 1).flatten(0, 1)
