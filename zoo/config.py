@@ -38,7 +38,7 @@ def check_types(node: Any, what: str, skip: Any = ()) -> None:
 
     Hydra passes strings through as they are, so a typo such as ``data.batch_size=abc`` would otherwise surface as
     a ``TypeError`` deep inside the constructor. Nested nodes and unannotated arguments are left to the target."""
-    from hydra.utils import get_class
+    from hydra._internal.utils import _locate  # get_class would log an error for a classmethod target
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     from zoo.registry import _fits
@@ -46,7 +46,9 @@ def check_types(node: Any, what: str, skip: Any = ()) -> None:
     if not isinstance(node, DictConfig) or "_target_" not in node:
         return
     try:
-        target = get_class(str(node._target_))
+        target = _locate(str(node._target_))
+        if not isinstance(target, type):
+            return  # a function or classmethod target: Hydra's own errors are clear enough
     except Exception:  # a function target or an unimportable one: Hydra's own error is clear enough
         return
     # A subclass passes **kwargs on to its base (ShapesDataModule -> ImageTextDataModule): walk the MRO.

@@ -35,6 +35,7 @@ import torch
 # Adding a pipeline for a new component: one line here and its yaml in conf/generator/.
 CHECKPOINT_GENERATORS: dict[str, tuple[str, str]] = {
     "dalle": ("dalle", "dalle_ckpt"),
+    "glide": ("glide", "glide_ckpt"),
 }
 
 RANGE_TOLERANCE = 1e-3  # float round-off of [-1, 1] outputs (decoders, resizes) is tolerated

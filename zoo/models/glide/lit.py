@@ -13,16 +13,25 @@ conditional one (``torch.lerp`` at weight 1), so skipping it changes nothing but
 ``ddpm`` (ancestral, with the learned variance re-derived on the respaced schedule) or any diffusers scheduler by
 class name or alias (``DPMSolverMultistepScheduler``, ``dpm++``, ``euler``, ``unipc``; the learned variance is dropped).
 
+Inpainting (``inpaint=True``, ``model=glide_inpaint``; PAPER_FACTS "GLIDE"): the network takes the masked image and
+the mask (1 = known) as 4 extra input channels (``Glide.inpaint_input``). Every training image gets a random mask from
+``zoo.data.masks.random_masks`` (rectangles, brush strokes, or everything erased; ``inpaint_masks`` overrides
+``MaskConfig`` fields); the loss is the ordinary one on the whole image. At sampling (``inpaint``) the known pixels are
+given as input (GLIDE) and, with ``replace_known`` (default), also re-imposed after every step through the samplers'
+known-region hook, so the result holds them exactly. A plain model inpaints by the hook alone.
+
 Self-contained checkpoints: ``on_save_checkpoint`` adds ``text_tokenizer`` (the tokenizer's plain-value spec, e.g.
 the BPE's tokenizer.json as a string), so ``zoo.checkpoint.load_module(ckpt).generate([...])`` needs no file.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from zoo.data.masks import mask_config, random_masks
 from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.samplers import ddim_sample, ddpm_sample
 from zoo.diffusion.schedules import get_schedule
@@ -46,6 +55,9 @@ class GlideLit(ZooLit):
         num_timesteps, schedule: the training diffusion process (cosine, 1000).
         guidance_scale, sample_steps, sampler, eta: ``generate``'s defaults.
         grid_captions, grid_steps, grid_guidance_scale: ``sample_grid`` (real | sample pairs of val captions).
+        inpaint: the inpainting model (masked image + mask as 4 extra U-Net input channels; trained on random masks).
+        inpaint_masks: ``zoo.data.masks.MaskConfig`` overrides for the training masks (e.g. ``{rect_prob: 0.5}``).
+        replace_known: ``inpaint``'s default: also re-impose the known pixels after every sampling step.
         text_tokenizer: filled in by the checkpoint (leave None when training).
     """
 
@@ -54,13 +66,20 @@ class GlideLit(ZooLit):
     def __init__(self, preset: str = "shapes", net: Optional[dict[str, Any]] = None, text_dropout: float = 0.2,
                  num_timesteps: int = 1000, schedule: str = "cosine", guidance_scale: float = 3.0,
                  sample_steps: int = 50, sampler: str = "ddim", eta: float = 0.0, grid_captions: int = 8,
-                 grid_steps: int = 25, grid_guidance_scale: float = 3.0,
+                 grid_steps: int = 25, grid_guidance_scale: float = 3.0, inpaint: bool = False,
+                 inpaint_masks: Optional[dict[str, Any]] = None, replace_known: bool = True,
                  text_tokenizer: Optional[dict[str, Any]] = None, optimizer=None, scheduler=None):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "text_tokenizer"])
         if not 0.0 <= text_dropout < 1.0:
             raise ConfigError(f"text_dropout must be in [0, 1), got {text_dropout}")
         self.cfg = build_config(preset, net)
+        if inpaint and not self.cfg.inpaint:
+            self.cfg = replace(self.cfg, inpaint=True)  # model.inpaint=true is model.net.inpaint=true
+        try:
+            self.mask_cfg = mask_config(inpaint_masks)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model.inpaint_masks: {e}") from None
         if not self.cfg.learn_sigma:
             raise ConfigError("GLIDE trains a learned-range variance (hybrid loss): keep model.net.learn_sigma=true")
         self.net = Glide(self.cfg)
@@ -126,14 +145,33 @@ class GlideLit(ZooLit):
         return torch.where(drop[:, None], self.net.null_tokens(text.shape[0], text.device), text)
 
     # ------------------------------------------------------------------------------------------ training
+    @property
+    def is_inpainting_model(self) -> bool:
+        return bool(self.cfg.inpaint)
+
+    def inpaint_kwargs(self, x0: torch.Tensor, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+        """The network's inpainting inputs for a training batch x0 (B, C, H, W): random masks (1 = known) and the
+        images; {} for a plain model (so its random stream is untouched). Masks are drawn on the CPU: from a CPU
+        generator seeded by ``generator`` when given, else from torch's global RNG."""
+        if not self.cfg.inpaint:
+            return {}
+        g = None
+        if generator is not None:
+            seed = int(torch.randint(0, 2 ** 62, (), generator=generator, device=generator.device))
+            g = torch.Generator().manual_seed(seed)
+        mask = random_masks(x0.shape[0], x0.shape[-1], generator=g, cfg=getattr(self, "mask_cfg", None),
+                            device=x0.device)
+        return {"inpaint_image": x0, "inpaint_mask": mask.to(x0.dtype)}
+
     def forward_loss(self, batch: dict[str, Any], train: bool,
                      generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
         x0 = batch["image"].float()
         text = self.net.pad_text(batch["text_tokens"].to(x0.device))
         if train:
             text = self.drop_captions(text, generator)
+        kwargs = {"text_tokens": text, **self.inpaint_kwargs(x0, generator)}
         t = self.process.sample_timesteps(x0.shape[0], device=x0.device, generator=generator)
-        terms = self.process.training_losses(self.net, x0, t, model_kwargs={"text_tokens": text}, generator=generator)
+        terms = self.process.training_losses(self.net, x0, t, model_kwargs=kwargs, generator=generator)
         return {k: v.mean() for k, v in terms.items()}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -148,14 +186,20 @@ class GlideLit(ZooLit):
         self.log_metrics(stage, r, batch_size=len(batch["image"]))
 
     # ------------------------------------------------------------------------------------------ sampling
-    def model_fn(self, text_tokens: torch.Tensor, guidance_scale: Optional[float]):
+    def model_fn(self, text_tokens: torch.Tensor, guidance_scale: Optional[float],
+                 inpaint: Optional[torch.Tensor] = None):
         """The sampler's ``model_fn(x_t, t)`` for captions (B, text_len): conditional at scale None or 1, else
-        classifier-free guided with one batched [cond ; uncond] forward per step."""
+        classifier-free guided with one batched [cond ; uncond] forward per step. ``inpaint``: the inpainting
+        model's extra channels (``Glide.inpaint_input``, (B, C + 1, H, W)), given to both halves."""
         b = text_tokens.shape[0]
         if guidance_scale is None or guidance_scale == 1.0:
             cond = self.net.encode_text(text_tokens)
+            if inpaint is not None:
+                cond["inpaint"] = inpaint
             return lambda x, t: self.net.denoise(x, t, cond)
         both = self.net.encode_text(torch.cat([text_tokens, self.net.null_tokens(b, text_tokens.device)]))
+        if inpaint is not None:
+            both["inpaint"] = torch.cat([inpaint, inpaint])
 
         def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             out = self.net.denoise(torch.cat([x, x]), torch.cat([t, t]), both)  # (2B, 2C, H, W)
@@ -167,8 +211,15 @@ class GlideLit(ZooLit):
     @torch.no_grad()
     def sample_tokens(self, text_tokens: torch.Tensor, guidance_scale: Optional[float] = None,
                       steps: Optional[int] = None, sampler: Optional[str] = None, eta: Optional[float] = None,
-                      generator: Optional[torch.Generator] = None, x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Images (B, 3, H, W) in [-1, 1] for text tokens (B, <= text_len) (defaults from the hyper-parameters)."""
+                      generator: Optional[torch.Generator] = None, x_T: Optional[torch.Tensor] = None, *,
+                      inpaint_image: Optional[torch.Tensor] = None, inpaint_mask: Optional[torch.Tensor] = None,
+                      replace_known: Optional[bool] = None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] for text tokens (B, <= text_len) (defaults from the hyper-parameters).
+
+        Inpainting: ``inpaint_image`` (B, 3, H, W) in [-1, 1] and ``inpaint_mask`` (B or 1, 1, H, W), 1 = known.
+        The inpainting model gets them as input channels; with ``replace_known`` (default ``hparams.replace_known``;
+        always for a plain model) the known pixels are also re-imposed after every step (``known_region``: the
+        result holds them exactly; ddim / ddpm only)."""
         hp = self.hparams
         scale = hp.guidance_scale if guidance_scale is None else guidance_scale
         steps = int(hp.sample_steps if steps is None else steps)
@@ -177,13 +228,38 @@ class GlideLit(ZooLit):
         text = self.net.pad_text(text_tokens.to(self.device))
         c = self.cfg
         shape = (text.shape[0], c.out_channels, c.image_size, c.image_size)
-        fn = self.model_fn(text, scale)
+        known = None
+        if (inpaint_image is None) != (inpaint_mask is None):
+            raise ValueError("give both inpaint_image and inpaint_mask, or neither")
+        if inpaint_image is None:
+            fn = self.model_fn(text, scale)
+        else:
+            image = inpaint_image.to(self.device, torch.float32)
+            mask = inpaint_mask.to(self.device, torch.float32)
+            if image.shape[1:] != shape[1:] or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != shape[-2:]:
+                raise ValueError(f"inpainting needs image (B, {c.out_channels}, {c.image_size}, {c.image_size}) and "
+                                 f"mask (B, 1, {c.image_size}, {c.image_size}); got {tuple(image.shape)} and "
+                                 f"{tuple(mask.shape)} (resize to the model's image_size)")
+            image, mask = image.expand(shape), mask.expand(shape[0], 1, *shape[-2:])
+            replace_known = bool(hp.get("replace_known", True) if replace_known is None else replace_known)
+            if self.cfg.inpaint:
+                fn = self.model_fn(text, scale, inpaint=self.net.inpaint_input(image, mask))
+            elif not replace_known:
+                raise ValueError("a plain GLIDE model inpaints only by re-imposing the known pixels "
+                                 "(replace_known=True); replace_known=False needs an inpainting model (model.inpaint)")
+            else:
+                fn = self.model_fn(text, scale)
+            known = (image, mask) if replace_known else None
         if sampler == "ddim":
             x = ddim_sample(self.process.respaced(steps), fn, shape, eta=eta, generator=generator, device=self.device,
-                            x_T=x_T)
+                            x_T=x_T, known=known)
         elif sampler == "ddpm":
-            x = ddpm_sample(self.process.respaced(steps), fn, shape, generator=generator, device=self.device, x_T=x_T)
+            x = ddpm_sample(self.process.respaced(steps), fn, shape, generator=generator, device=self.device, x_T=x_T,
+                            known=known)
         else:
+            if known is not None:
+                raise ValueError(f"re-imposing known pixels needs sampler=ddim or ddpm, not {sampler!r} (or "
+                                 f"replace_known=False with an inpainting model)")
             from zoo.diffusion.diffusers_adapter import diffusers_sample
 
             x = diffusers_sample(self.process, fn, shape, scheduler=sampler, steps=steps, generator=generator,
@@ -212,6 +288,35 @@ class GlideLit(ZooLit):
             self.train(was_training)
 
     @torch.no_grad()
+    def inpaint(self, captions: Sequence[str], image: torch.Tensor, mask: torch.Tensor, n: int = 1, seed: int = 0,
+                guidance_scale: Optional[float] = None, steps: Optional[int] = None, sampler: Optional[str] = None,
+                eta: Optional[float] = None, replace_known: Optional[bool] = None,
+                generator: Optional[torch.Generator] = None, batch_size: int = 64) -> torch.Tensor:
+        """Fill the erased pixels (mask 0) of ``image`` (B or 1, 3, H, W) in [-1, 1] under ``captions`` (B):
+        ``n`` per caption -> (B * n, 3, H, W), caption-major. ``mask`` (B or 1, 1, H, W), 1 = known. The inpainting
+        model takes them as input (and re-imposes them with ``replace_known``); a plain model re-imposes them at
+        every step (known-region inpainting). Other arguments as ``generate``."""
+        if isinstance(captions, str):
+            captions = [captions]
+        b = len(captions)
+        if image.shape[0] not in (1, b) or mask.shape[0] not in (1, b):
+            raise ValueError(f"{b} captions but {image.shape[0]} images and {mask.shape[0]} masks (give one, or one "
+                             f"per caption)")
+        image = image.expand(b, *image.shape[1:]).repeat_interleave(int(n), 0)
+        mask = mask.expand(b, *mask.shape[1:]).repeat_interleave(int(n), 0)
+        was_training = self.training
+        self.eval()
+        try:
+            text = self.encode_captions(captions).repeat_interleave(int(n), 0)  # (B * n, text_len)
+            gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
+            return torch.cat([self.sample_tokens(text[i:i + batch_size], guidance_scale, steps, sampler, eta, gen,
+                                                 inpaint_image=image[i:i + batch_size],
+                                                 inpaint_mask=mask[i:i + batch_size], replace_known=replace_known)
+                              for i in range(0, len(text), batch_size)])
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
     def candidates(self, captions: Sequence[str], n: int, seed: int = 0, **kwargs) -> torch.Tensor:
         """(len(captions), n, 3, H, W): candidate i is ``generate(captions, seed=seed + i)``, so candidate i of a
         caption is the same whatever n is (nested reranking curves, as ``zoo.pipelines.base`` asks)."""
@@ -221,15 +326,23 @@ class GlideLit(ZooLit):
 
     @torch.no_grad()
     def sample_grid(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Real val image | sample for the first ``grid_captions`` val captions (pairs, row-major); fixed seed."""
+        """Real val image | sample for the first ``grid_captions`` val captions (pairs, row-major); fixed seed.
+        The inpainting model shows masked real image (erased pixels grey) | inpainted, with fixed masks."""
         n = min(int(self.hparams.grid_captions), len(batch["image"]))
         gen = torch.Generator(device=self.device).manual_seed(0)
+        real = batch["image"][:n].float().to(self.device)
+        size = self.cfg.image_size
+        if real.shape[-2:] != (size, size):
+            real = F.interpolate(real, size=(size, size), mode="bilinear", antialias=True)
+        inpaint = {}
+        if self.cfg.inpaint:
+            mask = random_masks(n, size, generator=torch.Generator().manual_seed(0),
+                                cfg=getattr(self, "mask_cfg", None), device=self.device)
+            inpaint = {"inpaint_image": real, "inpaint_mask": mask}
         fake = self.sample_tokens(batch["text_tokens"][:n], guidance_scale=self.hparams.grid_guidance_scale,
-                                  steps=self.hparams.grid_steps, sampler="ddim", eta=0.0, generator=gen)
-        real = batch["image"][:n].float().to(fake.device)
-        if real.shape[-2:] != fake.shape[-2:]:
-            real = F.interpolate(real, size=fake.shape[-2:], mode="bilinear", antialias=True)
-        return torch.stack([real, fake], 1).flatten(0, 1)
+                                  steps=self.hparams.grid_steps, sampler="ddim", eta=0.0, generator=gen, **inpaint)
+        left = real * inpaint["inpaint_mask"] if inpaint else real
+        return torch.stack([left, fake], 1).flatten(0, 1)
 
     @property
     def n_params(self) -> int:

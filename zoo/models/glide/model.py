@@ -20,12 +20,19 @@ and position embeddings through path 1 (path 2 is fully masked).
 
 Output: learned sigma (Improved DDPM), 2C channels = [eps ; v]; the process (``zoo.diffusion``) interprets them.
 
+Inpainting (``GlideConfig.inpaint``, GLIDE's inpainting fine-tune): C + 1 extra input channels -- the masked image
+(C, the known pixels, zeros elsewhere) and the mask (1, **1 = known**) -- concatenated to x_t before the U-Net's first
+conv (in_channels 3 + 4 = 7). Without them (``cond`` has no ``"inpaint"``) the extra channels are zeros: nothing known,
+plain text-to-image generation (as openai/glide-text2im's ``InpaintText2ImUNet``).
+
 API::
 
     net = Glide(GLIDE_PRESETS["shapes"])
     out = net(x_t, t, text_tokens)                 # (B, 6, H, W)
     cond = net.encode_text(text_tokens)            # once per sampling run ...
     out = net.denoise(x_t, t, cond)                # ... then every step
+    # inpainting (cfg.inpaint): the masked image + mask ride along in the conditioning
+    cond["inpaint"] = net.inpaint_input(image, mask)   # (B, C + 1, H, W), mask 1 = known
 
 References read (not copied): openai/glide-text2im ``text2im_model.py`` (final-token projection, xf_padding,
 ``encoder_kv``) and ``model_creation.py`` (layout numbers).
@@ -51,7 +58,7 @@ class GlideConfig:
 
     # ---- image / U-Net (ADM)
     image_size: int = 32  # training (and sampling) resolution
-    in_channels: int = 3  # x_t channels (an inpainting variant adds 4)
+    in_channels: int = 3  # x_t channels (the inpainting variant's U-Net takes in_channels + 1 more)
     out_channels: int = 3  # C; the network outputs 2C with learn_sigma
     width: int = 64  # U-Net model channels
     channel_mult: tuple[int, ...] = (1, 2, 2)
@@ -70,6 +77,8 @@ class GlideConfig:
     text_heads: int = 4  # head_dim = text_width // text_heads
     text_causal: bool = True  # GLIDE's text transformer is causal
     pad_id: int = 0  # the tokenizer's pad id (trained BPE and CLIP BPE: 0)
+    # ---- inpainting (GLIDE): masked image (in_channels) + mask (1) as extra U-Net input channels
+    inpaint: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
@@ -80,12 +89,17 @@ class GlideConfig:
             raise ValueError(f"pad_id {self.pad_id} outside the text vocabulary [0, {self.text_vocab})")
 
     def unet_config(self) -> UNetConfig:
-        return UNetConfig(in_channels=self.in_channels, out_channels=self.out_channels, width=self.width,
+        return UNetConfig(in_channels=self.unet_in_channels, out_channels=self.out_channels, width=self.width,
                           channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
                           attention_resolutions=self.attention_resolutions, image_size=self.image_size,
                           num_head_channels=self.num_head_channels, dropout=self.dropout,
                           learn_sigma=self.learn_sigma, resblock_updown=self.resblock_updown,
                           context_dim=self.text_width, max_groups=self.max_groups)
+
+    @property
+    def unet_in_channels(self) -> int:
+        """x_t's channels, plus the masked image's and the mask's for the inpainting model (3 -> 7)."""
+        return self.in_channels + (self.in_channels + 1 if self.inpaint else 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -183,15 +197,48 @@ class Glide(nn.Module):
         context, last = self.text(tokens)
         return {"context": context, "context_mask": tokens != self.cfg.pad_id, "emb": self.text_proj(last)}
 
+    # ---- inpainting inputs
+    @staticmethod
+    def inpaint_input(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The inpainting model's extra channels: [image * mask ; mask] (B, C + 1, H, W) for an image (B, C, H, W)
+        in [-1, 1] and a mask (B or 1, 1, H, W), **1 = known** (soft values allowed). Erased pixels read 0."""
+        mask = mask.to(image.dtype)
+        if mask.dim() != 4 or mask.shape[1] != 1:
+            raise ValueError(f"inpaint mask must be (B, 1, H, W), got {tuple(mask.shape)}")
+        mask = mask.expand(image.shape[0], 1, *image.shape[-2:])
+        return torch.cat([image * mask, mask], dim=1)
+
+    def unet_input(self, x_t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """x_t, or [x_t ; cond["inpaint"]] for the inpainting model (zeros when absent: nothing known)."""
+        if not self.cfg.inpaint:
+            if cond.get("inpaint") is not None:
+                raise ValueError("this GLIDE model has no inpainting channels (train with model=glide_inpaint); "
+                                 "inpaint a plain model through the samplers' known-region hook instead")
+            return x_t
+        extra = cond.get("inpaint")
+        if extra is None:
+            extra = x_t.new_zeros(x_t.shape[0], self.cfg.in_channels + 1, *x_t.shape[-2:])
+        return torch.cat([x_t, extra.to(x_t.dtype)], dim=1)  # (B, 2C + 1, H, W)
+
     # ---- denoiser
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The U-Net on x_t (B, C, H, W) at original timesteps t (B,) under ``encode_text``'s conditioning."""
-        return self.unet(x_t, t, context=cond["context"], context_mask=cond["context_mask"], emb=cond["emb"])
+        """The U-Net on x_t (B, C, H, W) at original timesteps t (B,) under ``encode_text``'s conditioning (plus
+        ``cond["inpaint"]``, ``inpaint_input``'s channels, for the inpainting model)."""
+        return self.unet(self.unet_input(x_t, cond), t, context=cond["context"], context_mask=cond["context_mask"],
+                         emb=cond["emb"])
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text_tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text_tokens: Optional[torch.Tensor] = None,
+                inpaint_image: Optional[torch.Tensor] = None,
+                inpaint_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x_t (B, C, H, W), t (B,) timesteps, text_tokens (B, <= text_len) or None (the empty caption)
-        -> (B, 2C, H, W) = [eps ; v] with learn_sigma."""
-        return self.denoise(x_t, t, self.encode_text(text_tokens, batch=x_t.shape[0], device=x_t.device))
+        -> (B, 2C, H, W) = [eps ; v] with learn_sigma. Inpainting model: ``inpaint_image`` (B, C, H, W) and
+        ``inpaint_mask`` (B, 1, H, W), 1 = known (both None: nothing known)."""
+        cond = self.encode_text(text_tokens, batch=x_t.shape[0], device=x_t.device)
+        if (inpaint_image is None) != (inpaint_mask is None):
+            raise ValueError("give both inpaint_image and inpaint_mask, or neither")
+        if inpaint_image is not None:
+            cond["inpaint"] = self.inpaint_input(inpaint_image, inpaint_mask)
+        return self.denoise(x_t, t, cond)
 
 
 def count_glide_params(cfg: GlideConfig | str) -> int:

@@ -1,0 +1,200 @@
+"""GLIDE inference: captions -> classifier-free-guided diffusion samples (-> optional CLIP rerank); inpainting.
+
+    pipe = GlidePipeline.from_checkpoints("logs/.../glide/checkpoints/last.ckpt", guidance_scale=3.0, steps=50)
+    images = pipe.generate(["a large red circle at the top left"])          # (1, 3, H, W) in [-1, 1]
+    cands = pipe.candidates(captions, 4)                                      # (B, 4, 3, H, W), candidate i: seed + i
+    out = pipe.sample(captions, n_candidates=16, n_keep=4)                    # CLIP-best 4 of 16 (with clip_ckpt)
+    res = pipe.inpaint(image, mask, captions)                                 # mask 1 = known pixel
+    res["images"], res["method"]   # "inpaint_model+known_region" | "inpaint_model" | "known_region"
+
+A ``zoo.pipelines.base`` generator (``generate``, ``candidates``, and ``sample`` as a ``RerankingGenerator``), built by
+``conf/generator/glide.yaml`` for ``zoo-sample`` and ``zoo-eval``. Knobs (``zoo.pipelines.base`` naming):
+``guidance_scale`` (classifier-free, with GLIDE's empty caption; 1 = the conditional model), ``steps`` (respaced
+sampling steps), ``sampler`` (``ddim`` | ``ddpm`` | a diffusers scheduler), ``eta`` (DDIM), ``n_candidates`` (drawn
+per caption when a CLIP reranks), ``n_keep`` (kept after reranking; ``sample``'s default), ``batch_size``, ``seed``.
+``None`` for a sampling knob means the checkpoint's own default (``GlideLit`` hyper-parameters). Results are a pure
+function of (seed, captions, knobs): candidate i of every caption is ``GlideLit.generate(..., seed=seed + i)``, so it
+does not depend on how many candidates are drawn, and ``generate`` without a CLIP is candidate 0.
+
+EMA weights. ``conf/callbacks/ema.yaml`` is Lightning's ``EMAWeightAveraging`` (decay 0.999, updates from step 100).
+When it saves a checkpoint it **moves the raw weights to ``checkpoint["current_model_state"]`` and writes the EMA
+average into ``checkpoint["state_dict"]``** (plus ``checkpoint["averaging_state"]``, e.g. ``n_averaged``); it swaps
+the average in for validation too, so sample grids logged during training are EMA samples. ``from_checkpoints``
+therefore samples with the EMA by default (``use_ema=True``: ``state_dict``, what ``zoo.checkpoint.load_module``
+loads) and with the raw weights for ``use_ema=False`` (``current_model_state``). A checkpoint saved before the EMA's
+first update (``n_averaged == 0``: its "average" is the initial weights) falls back to the raw weights with a
+warning. ``pipe.weights`` says which were loaded: ``"ema"``, ``"raw"`` or ``"raw (no EMA in checkpoint)"``.
+
+Inpainting. With an inpainting checkpoint (``model=glide_inpaint``) the masked image and the mask are the model's
+extra input channels (GLIDE) and, with ``replace_known`` (default), the known pixels are also re-imposed after every
+step; a plain checkpoint inpaints by re-imposing them alone (``zoo.diffusion.samplers.known_region``: "known region"
+inpainting, to compare). Either way ``inpaint`` reports the method used.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Sequence
+
+import torch
+
+from zoo.progress import track
+
+log = logging.getLogger("zoo.pipelines.glide")
+
+METHOD_MODEL_AND_KNOWN = "inpaint_model+known_region"  # model input channels + known pixels re-imposed each step
+METHOD_MODEL = "inpaint_model"  # model input channels only (GLIDE's description)
+METHOD_KNOWN_REGION = "known_region"  # a plain model; known pixels re-imposed each step
+
+
+def load_glide(glide_ckpt: str, device: str = "cpu", use_ema: bool = True):
+    """A zoo-train GLIDE checkpoint -> (GlideLit on ``device`` in eval mode, which weights: "ema" | "raw" |
+    "raw (no EMA in checkpoint)"). See the module docstring for how the EMA callback stores its weights."""
+    from zoo.checkpoint import load_module, safe_load
+    from zoo.models.glide.lit import GlideLit
+
+    glide = load_module(glide_ckpt, map_location="cpu", expect=("glide",))  # loads checkpoint["state_dict"]
+    if not isinstance(glide, GlideLit):
+        raise ValueError(f"{glide_ckpt} holds a {type(glide).__name__}, not a GLIDE model (model=glide)")
+    ckpt = safe_load(glide_ckpt, map_location="cpu")  # read again for the EMA bookkeeping (load_module takes a path)
+    raw = ckpt.get("current_model_state")
+    if not isinstance(raw, dict):
+        weights = "raw (no EMA in checkpoint)"
+    else:
+        n_avg = (ckpt.get("averaging_state") or {}).get("n_averaged")
+        started = n_avg is None or int(n_avg) > 0
+        if use_ema and not started:
+            log.warning("%s: the EMA had not started when this checkpoint was saved (n_averaged = 0, see "
+                        "callbacks.ema.update_starting_at_step): sampling with the raw weights", glide_ckpt)
+        if use_ema and started:
+            weights = "ema"
+        else:
+            glide.load_state_dict(raw)
+            weights = "raw"
+    del ckpt
+    return glide.to(device).eval(), weights
+
+
+class GlidePipeline:
+    def __init__(self, glide, scorer=None, guidance_scale: Optional[float] = None, steps: Optional[int] = None,
+                 sampler: Optional[str] = None, eta: Optional[float] = None, n_candidates: int = 1, n_keep: int = 1,
+                 replace_known: Optional[bool] = None, batch_size: int = 64, seed: int = 0,
+                 progress: Optional[bool] = None, weights: str = "as given"):
+        self.glide = glide.eval()
+        self.scorer = scorer
+        self.guidance_scale = guidance_scale  # None: the checkpoint's default (GlideLit.hparams)
+        self.steps = steps
+        self.sampler = sampler
+        self.eta = eta
+        self.n_candidates = int(n_candidates)
+        self.n_keep = int(n_keep)
+        if self.n_candidates < 1 or self.n_keep < 1:
+            raise ValueError(f"n_candidates and n_keep must be >= 1, got {n_candidates} and {n_keep}")
+        self.replace_known = replace_known
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.progress = progress  # None: a bar only when there is more than one candidate round
+        self.weights = weights
+
+    @classmethod
+    def from_checkpoints(cls, glide_ckpt: Optional[str], clip_ckpt: Optional[str] = None, device: str = "cpu",
+                         use_ema: bool = True, **kw) -> "GlidePipeline":
+        """A zoo-train GLIDE checkpoint (self-contained: its text tokenizer inside; EMA weights by default) and
+        optionally a zoo-train CLIP one for reranking ``n_candidates`` samples per caption."""
+        if not glide_ckpt:
+            from zoo.errors import ConfigError
+
+            raise ConfigError("the GLIDE pipeline needs a checkpoint (fix: generator.glide_ckpt=/path/to/last.ckpt, "
+                              "or zoo-sample generator=glide ckpt=/path/to/last.ckpt)")
+        glide, weights = load_glide(str(glide_ckpt), device=device, use_ema=use_ema)
+        scorer = None
+        if clip_ckpt:
+            from zoo.models.clip.scorer import ClipScorer
+
+            scorer = ClipScorer.from_lightning_checkpoint(str(clip_ckpt), device=device)
+        return cls(glide, scorer, weights=weights, **kw)
+
+    @property
+    def is_inpainting_model(self) -> bool:
+        return bool(self.glide.cfg.inpaint)
+
+    def _knobs(self) -> dict[str, Any]:
+        return dict(guidance_scale=self.guidance_scale, steps=self.steps, sampler=self.sampler, eta=self.eta,
+                    batch_size=self.batch_size)
+
+    # ------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def candidates(self, captions: Sequence[str], n_candidates: Optional[int] = None) -> torch.Tensor:
+        """(B, n, 3, H, W) in [-1, 1]: candidate i of every caption is sampled with seed ``seed + i``."""
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        n = int(n_candidates or self.n_candidates)
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        show = self.progress if self.progress is not None else n > 1
+        out = [self.glide.generate(captions, n=1, seed=self.seed + i, **self._knobs())
+               for i in track(range(n), desc="glide sample", unit="candidate", disable=not show)]
+        return torch.stack(out, dim=1)
+
+    def rerank(self, candidates: torch.Tensor, captions: Sequence[str], n_keep: int
+               ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Keep the ``n_keep`` best of each caption's candidates (B, N, 3, H, W) by CLIP score, best first; without a
+        CLIP the first ``n_keep`` in sampling order (scores None)."""
+        k = min(int(n_keep), candidates.shape[1])
+        if self.scorer is None:
+            return candidates[:, :k], None
+        from zoo.models.clip.scorer import clip_score_from_cos
+
+        picked, cos, _ = self.scorer.rerank_batched(candidates, list(captions), k)
+        return picked, clip_score_from_cos(cos)
+
+    @torch.no_grad()
+    def sample(self, captions: Sequence[str], n_candidates: Optional[int] = None,
+               n_keep: Optional[int] = None) -> dict[str, Any]:
+        """``max(n_candidates, n_keep)`` samples per caption, CLIP-reranked when the pipeline has a CLIP; the
+        ``n_keep`` best (or first) of each: dict(images (B, n_keep, 3, H, W), scores (B, n_keep) or None,
+        n_candidates)."""
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        k = int(n_keep or self.n_keep)
+        n = max(int(n_candidates or self.n_candidates), k) if self.scorer is not None else k
+        images, scores = self.rerank(self.candidates(captions, n), captions, k)
+        return {"images": images, "scores": scores, "n_candidates": n}
+
+    @torch.no_grad()
+    def generate(self, captions: list[str]) -> torch.Tensor:
+        """One image per caption (the CLIP-best of ``n_candidates`` with a CLIP, else candidate 0):
+        FloatTensor (len(captions), 3, H, W) in [-1, 1]."""
+        return self.sample(captions, n_keep=1)["images"][:, 0]
+
+    __call__ = generate
+
+    # ------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def inpaint(self, image: torch.Tensor, mask: torch.Tensor, captions: Sequence[str],
+                replace_known: Optional[bool] = None) -> dict[str, Any]:
+        """Fill the erased pixels of ``image`` under ``captions``.
+
+        image: (B or 1, 3, H, W) or (3, H, W) in [-1, 1] at the model's resolution; mask: (B or 1, 1, H, W), (1, H, W)
+        or (H, W), bool or float, **1 = known** (kept), 0 = to generate. Returns dict(images (B, 3, H, W) in [-1, 1],
+        method (``METHOD_*``: which inpainting was used), replace_known)."""
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        image = torch.as_tensor(image)
+        if image.dim() == 3:
+            image = image.unsqueeze(0)
+        mask = torch.as_tensor(mask)
+        mask = mask.reshape(1, 1, *mask.shape) if mask.dim() == 2 else mask
+        mask = mask.unsqueeze(1) if mask.dim() == 3 else mask
+        if not image.is_floating_point() or float(image.min()) < -1.001 or float(image.max()) > 1.001:
+            raise ValueError("inpaint: image must be float in [-1, 1] (uint8 [0, 255]: x.float() / 127.5 - 1)")
+        replace = self.replace_known if replace_known is None else replace_known
+        if self.is_inpainting_model:
+            replace = bool(self.glide.hparams.get("replace_known", True) if replace is None else replace)
+            method = METHOD_MODEL_AND_KNOWN if replace else METHOD_MODEL
+        else:
+            if replace is False:
+                raise ValueError("this GLIDE checkpoint is not an inpainting model (model=glide_inpaint): it can only "
+                                 "inpaint by re-imposing the known pixels (replace_known=True)")
+            replace, method = True, METHOD_KNOWN_REGION
+        k = self._knobs()
+        images = self.glide.inpaint(captions, image.float(), mask.float(), n=1, seed=self.seed,
+                                    guidance_scale=k["guidance_scale"], steps=k["steps"], sampler=k["sampler"],
+                                    eta=k["eta"], replace_known=replace, batch_size=self.batch_size)
+        return {"images": images, "method": method, "replace_known": replace}
