@@ -62,7 +62,7 @@ import torch
 from zoo.models.presets import resolve_preset
 from zoo.nn.image_tokenizer import codebook_stats, psnr_from_mse
 
-__all__ = ["ZooLit", "ImageTokenizerLit", "cosine_with_warmup", "resolve_preset"]
+__all__ = ["ZooLit", "ImageTokenizerLit", "check_text_tokenizer", "cosine_with_warmup", "resolve_preset"]
 
 
 class ZooLit(L.LightningModule):
@@ -198,3 +198,30 @@ def cosine_with_warmup(optimizer, warmup_steps: int = 100, total_steps: int = 20
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_text_tokenizer(datamodule, text_vocab: int, text_len: int, pad_id: int, what: str,
+                         fix_missing: str = "data/tokenizer=bpe, or data/tokenizer=clip_bpe with "
+                                            "model.net.text_vocab=49408"):
+    """The DataModule's text tokenizer, checked against a model's text embedding (vocabulary, context length, pad id);
+    a ``ConfigError`` naming the override that fixes each mismatch. Fits a lazily trained BPE first (its vocabulary is
+    only known then): the one side effect, on the data, not the model."""
+    from zoo.errors import ConfigError
+
+    if callable(getattr(datamodule, "prepare_tokenizer", None)):
+        datamodule.prepare_tokenizer()
+    tok = getattr(datamodule, "tokenizer", None)
+    if tok is None:
+        raise ConfigError(f"{what} needs text tokens in the batches (fix: {fix_missing})")
+    if tok.vocab_size > text_vocab:
+        raise ConfigError(f"text tokenizer vocabulary ({tok.vocab_size}) is larger than the model's text_vocab "
+                          f"({text_vocab}) (fix: model.net.text_vocab={tok.vocab_size}, or a smaller "
+                          f"data.tokenizer.vocab_size)")
+    if tok.context_length > text_len:
+        raise ConfigError(f"text tokenizer context_length ({tok.context_length}) is longer than the model's "
+                          f"text_len ({text_len}) (fix: data.tokenizer.context_length={text_len}, or "
+                          f"model.net.text_len={tok.context_length})")
+    if tok.pad_id != pad_id:
+        raise ConfigError(f"text tokenizer pad id {tok.pad_id} != model pad_id {pad_id} "
+                          f"(fix: model.net.pad_id={tok.pad_id})")
+    return tok

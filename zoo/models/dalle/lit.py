@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.errors import ConfigError
-from zoo.models.base import ZooLit
+from zoo.models.base import check_text_tokenizer, ZooLit
 from zoo.models.dalle.model import (PRESETS, DalleTransformer, DalleTransformerConfig, image_tokenizer_from_spec,
                                     image_tokenizer_spec)
 from zoo.models.presets import resolve_preset
@@ -96,23 +96,7 @@ class DalleLit(ZooLit):
     # --------------------------------------------------------------------------------------------- data
     def check_data(self, datamodule) -> None:
         c = self.cfg
-        if callable(getattr(datamodule, "prepare_tokenizer", None)):
-            datamodule.prepare_tokenizer()  # a BPE fitted on first use must be ready before we read its vocabulary
-        tok = getattr(datamodule, "tokenizer", None)
-        if tok is None:
-            raise ConfigError("the DALL·E transformer needs text tokens in the batches "
-                              "(fix: data/tokenizer=bpe, or data/tokenizer=clip_bpe with model.net.text_vocab=49408)")
-        if tok.vocab_size > c.text_vocab:
-            raise ConfigError(f"text tokenizer vocabulary ({tok.vocab_size}) is larger than the model's text_vocab "
-                              f"({c.text_vocab}) (fix: model.net.text_vocab={tok.vocab_size}, or a smaller "
-                              f"data.tokenizer.vocab_size)")
-        if tok.context_length > c.text_len:
-            raise ConfigError(f"text tokenizer context_length ({tok.context_length}) is longer than the model's "
-                              f"text_len ({c.text_len}) (fix: data.tokenizer.context_length={c.text_len}, or "
-                              f"model.net.text_len={tok.context_length})")
-        if tok.pad_id != c.pad_id:
-            raise ConfigError(f"text tokenizer pad id {tok.pad_id} != model pad_id {c.pad_id} "
-                              f"(fix: model.net.pad_id={tok.pad_id})")
+        tok = check_text_tokenizer(datamodule, c.text_vocab, c.text_len, c.pad_id, "the DALL·E transformer")
         features = getattr(datamodule, "features", {}) or {}
         if self.image_tokenizer is None:
             path = self.hparams.get("image_tokenizer_ckpt")

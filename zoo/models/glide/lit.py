@@ -36,7 +36,7 @@ from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.samplers import ddim_sample, ddpm_sample
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
-from zoo.models.base import ZooLit, resolve_preset
+from zoo.models.base import check_text_tokenizer, resolve_preset, ZooLit
 from zoo.models.glide.model import GLIDE_PRESETS, Glide, GlideConfig
 from zoo.nn.guidance import guide_learned_variance
 from zoo.text import TextTokenizer
@@ -101,23 +101,7 @@ class GlideLit(ZooLit):
         """Text tokens present and compatible with the text encoder; data resolution == the model's image_size.
         Keeps the DataModule's tokenizer (it goes into the checkpoint)."""
         c = self.cfg
-        if callable(getattr(datamodule, "prepare_tokenizer", None)):
-            datamodule.prepare_tokenizer()  # a BPE fitted on first use must be ready before we read its vocabulary
-        tok = getattr(datamodule, "tokenizer", None)
-        if tok is None:
-            raise ConfigError("GLIDE needs text tokens in the batches (fix: data/tokenizer=bpe, or "
-                              "data/tokenizer=clip_bpe with model.net.text_vocab=49408)")
-        if tok.vocab_size > c.text_vocab:
-            raise ConfigError(f"text tokenizer vocabulary ({tok.vocab_size}) is larger than the model's text_vocab "
-                              f"({c.text_vocab}) (fix: model.net.text_vocab={tok.vocab_size}, or a smaller "
-                              f"data.tokenizer.vocab_size)")
-        if tok.context_length > c.text_len:
-            raise ConfigError(f"text tokenizer context_length ({tok.context_length}) is longer than the model's "
-                              f"text_len ({c.text_len}) (fix: data.tokenizer.context_length={c.text_len}, or "
-                              f"model.net.text_len={tok.context_length})")
-        if tok.pad_id != c.pad_id:
-            raise ConfigError(f"text tokenizer pad id {tok.pad_id} != model pad_id {c.pad_id} "
-                              f"(fix: model.net.pad_id={tok.pad_id})")
+        tok = check_text_tokenizer(datamodule, c.text_vocab, c.text_len, c.pad_id, "GLIDE")
         res = getattr(datamodule, "resolution", None)
         if res is not None and res != c.image_size:
             raise ConfigError(f"data.resolution={res} but the GLIDE model is built for {c.image_size} px "

@@ -22,7 +22,7 @@ from zoo.diffusion.guidance import clip_guided_sample, dot_product_gradient
 from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
-from zoo.models.base import ZooLit, resolve_preset
+from zoo.models.base import check_text_tokenizer, resolve_preset, ZooLit
 from zoo.models.noised_clip.model import NOISED_CLIP_PRESETS, NoisedClip, NoisedClipConfig
 from zoo.text import TextTokenizer
 
@@ -66,22 +66,8 @@ class NoisedClipLit(ZooLit):
         if bs is not None and bs < 2:
             raise ConfigError(f"the contrastive loss needs at least 2 pairs per batch, got data.batch_size={bs} "
                               "(fix: data.batch_size=64 or more)")
-        if callable(getattr(datamodule, "prepare_tokenizer", None)):
-            datamodule.prepare_tokenizer()
-        tok = getattr(datamodule, "tokenizer", None)
-        if tok is None:
-            raise ConfigError("the noised CLIP needs text tokens in the batches (fix: data/tokenizer=bpe, the "
-                              "tokenizer of the GLIDE model it will guide)")
-        if tok.vocab_size > c.text_vocab:
-            raise ConfigError(f"text tokenizer vocabulary ({tok.vocab_size}) is larger than the model's text_vocab "
-                              f"({c.text_vocab}) (fix: model.net.text_vocab={tok.vocab_size})")
-        if tok.context_length > c.text_len:
-            raise ConfigError(f"text tokenizer context_length ({tok.context_length}) is longer than the model's "
-                              f"text_len ({c.text_len}) (fix: data.tokenizer.context_length={c.text_len}, or "
-                              f"model.net.text_len={tok.context_length})")
-        if tok.pad_id != c.pad_id:
-            raise ConfigError(f"text tokenizer pad id {tok.pad_id} != model pad_id {c.pad_id} "
-                              f"(fix: model.net.pad_id={tok.pad_id})")
+        tok = check_text_tokenizer(datamodule, c.text_vocab, c.text_len, c.pad_id, "the noised CLIP",
+                                   "data/tokenizer=bpe, the tokenizer of the GLIDE model it will guide")
         res = getattr(datamodule, "resolution", None)
         if res is not None and res != c.image_size:
             raise ConfigError(f"data.resolution={res} but the noised CLIP is built for {c.image_size} px "

@@ -1,0 +1,188 @@
+"""DALL·E 3's captioner: cached == uncached decoding, beam width 1 == greedy, it overfits a fixed batch, the paper
+preset's size, and zoo-train end to end (alt pre-training, then a descriptive fine-tune through init_from) with
+load_module rebuilding a module that captions."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from zoo.errors import ConfigError
+from zoo.models.captioner.lit import CaptionerLit
+from zoo.models.captioner.model import (
+    PAPER_PARAMS,
+    PRESETS,
+    Captioner,
+    CaptionerConfig,
+    beam_search,
+    build_config,
+    sample_captions,
+)
+from zoo.text import TrainedBPETokenizer
+
+D = 32  # the tiny preset's CLIP width
+
+
+def _model(seed: int = 0, **net) -> Captioner:
+    torch.manual_seed(seed)
+    return Captioner(build_config("tiny", net)).double().eval()
+
+
+def _emb(n: int, seed: int = 1, dim: int = D) -> torch.Tensor:
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# ------------------------------------------------------------------------------------------------- decoding
+def test_cached_decoding_equals_uncached():
+    m, e = _model(), _emb(4)
+    greedy = sample_captions(m, e, max_len=24)
+    assert torch.equal(greedy, sample_captions(m, e, max_len=24, use_cache=False))
+    assert (greedy[:, 0] == m.cfg.sot_id).all() and greedy.shape == (4, 24)
+    for w in (1, 3):
+        assert torch.equal(beam_search(m, e, beam_width=w, max_len=24),
+                           beam_search(m, e, beam_width=w, max_len=24, use_cache=False))
+    draws = [sample_captions(m, e, temperature=1.0, top_p=0.9, max_len=24, use_cache=c,
+                             generator=torch.Generator().manual_seed(3)) for c in (True, False)]
+    assert torch.equal(*draws)
+
+
+def test_beam_width_one_is_greedy_and_wider_beams_score_at_least_as_well():
+    m, e = _model(seed=2), _emb(6, seed=5)
+    greedy = sample_captions(m, e, max_len=20)
+    beam1, s1 = beam_search(m, e, beam_width=1, max_len=20, return_scores=True)
+    assert torch.equal(beam1, greedy)
+    _, s4 = beam_search(m, e, beam_width=4, length_penalty=0.0, max_len=20, return_scores=True)
+    assert (s4 >= s1 - 1e-9).all()  # with no length normalisation the wider search never finds a worse sequence
+
+
+def test_decoding_stops_at_eot_and_pads_after():
+    m = _model()
+    with torch.no_grad():  # make EOT the argmax after the second caption token
+        m.head.weight[m.cfg.eot_id].zero_()
+    cfg = m.cfg
+    out = sample_captions(m, _emb(3), max_len=16)
+    for row in out.tolist():
+        if cfg.eot_id in row:
+            k = row.index(cfg.eot_id)
+            assert all(t == cfg.pad_id for t in row[k + 1:])
+
+
+def test_patch_tokens_prefix():
+    m = _model(patch_dim=8, n_patches=5)
+    patches = torch.randn(2, 5, 8, dtype=torch.float64)
+    tokens = sample_captions(m, _emb(2), patches, max_len=10)
+    assert torch.equal(tokens, sample_captions(m, _emb(2), patches, max_len=10, use_cache=False))
+    assert torch.equal(beam_search(m, _emb(2), patches, beam_width=1, max_len=10), tokens)
+    with pytest.raises(ValueError, match="patch"):
+        sample_captions(m, _emb(2), max_len=10)
+
+
+# ------------------------------------------------------------------------------------------------- learning
+CAPTIONS = ["a red circle", "two objects on a gray background: a small blue star at the top left and a large "
+            "green heart in the middle center", "the yellow cross", "cool shapes wallpaper",
+            "a large purple triangle at the bottom right", "an orange square icon"]
+
+
+def test_overfits_a_fixed_batch():
+    tok = TrainedBPETokenizer.train(CAPTIONS * 4, vocab_size=300, context_length=64)
+    net = {"vocab_size": 300, "text_len": 64, "pad_id": tok.pad_id, "sot_id": tok.sot_id, "eot_id": tok.eot_id}
+    torch.manual_seed(0)
+    model = Captioner(build_config("tiny", net))
+    emb = torch.nn.functional.normalize(torch.randn(len(CAPTIONS), D), dim=-1)
+    tokens = tok.encode(CAPTIONS)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for step in range(200):
+        loss = model.loss(emb, tokens)["loss"]
+        first = first if first is not None else float(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.05 * first
+    assert tok.decode(sample_captions(model, emb)) == CAPTIONS
+    assert tok.decode(beam_search(model, emb, beam_width=3)) == CAPTIONS
+
+
+def test_presets_and_paper_size():
+    assert set(PRESETS) == {"tiny", "shapes", "paper"}
+    with torch.device("meta"):
+        paper = Captioner(PRESETS["paper"])
+    assert sum(p.numel() for p in paper.parameters()) == PAPER_PARAMS
+    with pytest.raises(ConfigError, match="valid"):
+        build_config("tiny", {"width": 3})
+    assert isinstance(CaptionerLit(preset="tiny").cfg, CaptionerConfig)
+
+
+# ------------------------------------------------------------------------------------------------- zoo-train
+def _embed_file(path: Path, n: int, seed: int = 0) -> Path:
+    from zoo.checkpoint import atomic_torch_save
+
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=-1)
+    atomic_torch_save({"clip_image_emb": emb, "clip_text_emb": emb.roll(1, 0),
+                       "clip_text_tokens": torch.randint(1, 100, (n, 16), generator=g)}, path)
+    return path
+
+
+def test_zoo_train_alt_then_descriptive_fine_tune_and_load_module(train_cfg, tmp_path):
+    from omegaconf import open_dict
+
+    from zoo.checkpoint import load_module
+    from zoo.train import train
+
+    train_file, val_file = _embed_file(tmp_path / "train.pt", 24), _embed_file(tmp_path / "val.pt", 8, seed=1)
+    common = ["model.preset=tiny", "data.train_size=24", "data.val_size=8", "data.test_size=8", "data.batch_size=8",
+              f"data.features.train={train_file}", f"data.features.val={val_file}", "logger=csv",
+              "trainer.max_steps=3", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+              "trainer.num_sanity_val_steps=0", "trainer.max_time=null"]
+    cfg = train_cfg("experiment=dalle3/captioner_alt", *common, "data.tokenizer.vocab_size=400")
+    metrics = train(cfg)
+    assert metrics["global_step"] == 3 and "val/loss" in metrics
+    alt_ckpt = tmp_path / "alt.ckpt"
+    shutil.copy(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", alt_ckpt)
+    alt = load_module(alt_ckpt)
+    assert isinstance(alt, CaptionerLit) and alt.text_tokenizer is not None
+    # the BPE was fitted on every caption style: a descriptive caption takes few tokens
+    desc = "two objects on a gray background: a small blue star at the top left and a large green heart at the " \
+           "bottom right"
+    assert len(alt.text_tokenizer._ids(desc)) < 40
+
+    cfg = train_cfg("experiment=dalle3/captioner_descriptive", *common[1:], f"model.init_from={alt_ckpt}")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run_ft")
+    assert cfg.data.caption_style == "descriptive"
+    model = CaptionerLit(**{k: v for k, v in cfg.model.items() if k not in ("_target_", "optimizer", "scheduler")})
+    assert model.hparams["preset"] == "tiny"  # architecture and tokenizer come from the alt checkpoint
+    assert torch.equal(model.net.tok_emb.weight, alt.net.tok_emb.weight)
+    metrics = train(cfg)
+    assert metrics["global_step"] == 3
+    ft = load_module(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    assert ft.hparams["init_from"] is None  # not reopened on rebuild
+    assert ft.text_tokenizer.to_spec() == alt.text_tokenizer.to_spec()
+    emb = torch.load(val_file, weights_only=True)["clip_image_emb"][:3]
+    for method in ("greedy", "beam", "nucleus"):
+        caps = ft.caption(emb, method=method, max_len=12)
+        assert len(caps) == 3 and all(isinstance(c, str) for c in caps)
+    assert ft.caption(emb, method="beam", beam_width=1, max_len=12) == ft.caption(emb, method="greedy", max_len=12)
+
+
+def test_check_data_names_the_fixes(train_cfg, tmp_path):
+    from zoo.train import check_compatibility, instantiate
+
+    cfg = train_cfg("model=captioner", "model.preset=tiny", "data.train_size=8", "data.val_size=8")
+    with pytest.raises(ConfigError, match="data.features.train"):
+        check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
+    feats = _embed_file(tmp_path / "f.pt", 8)
+    cfg = train_cfg("model=captioner", "model.preset=tiny", "data.train_size=8", "data.val_size=8",
+                    f"data.features.train={feats}")
+    with pytest.raises(ConfigError, match="data/tokenizer=bpe"):
+        check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
+    cfg = train_cfg("model=captioner", "model.preset=shapes", "data.train_size=8", "data.val_size=8",
+                    f"data.features.train={feats}", "data/tokenizer=bpe")
+    with pytest.raises(ConfigError, match="model.net.embed_dim=32"):
+        check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
+    cfg = train_cfg("experiment=dalle3/captioner_short", f"model.init_from={tmp_path / 'missing.ckpt'}")
+    with pytest.raises(ConfigError, match="model.init_from"):
+        check_compatibility(instantiate(cfg.model), instantiate(cfg.data))

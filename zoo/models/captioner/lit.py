@@ -1,0 +1,238 @@
+"""Training DALL·E 3's image captioner (Lightning): CLIP image embedding -> caption, with the LM loss.
+
+Trains from ``zoo-embed`` features (no CLIP in the loop): batches carry ``clip_image_emb`` (B, D), served by the
+DataModule from ``data.features.<split>=<zoo-embed file>``, and ``caption`` (the data config's ``caption_style`` or
+``caption_mix``). Optional ``clip_image_patches`` (B, P, patch_dim) feed the patch-token prefix (``net.patch_dim``).
+
+Text: the captioner tokenizes ``batch["caption"]`` itself with its own tokenizer (so a fine-tune keeps the tokenizer
+it was pre-trained with, whatever the data config's). The first run takes the DataModule's (``data/tokenizer=bpe``);
+with ``tokenizer_all_styles`` (default) and the shapes world, that BPE is refitted on every caption style of the
+training scenes (``alt``, ``short`` and ``descriptive``; its own cache file, keyed by the data identity + "all
+styles"), so a captioner pre-trained on ``alt`` captions tokenizes the ``short`` / ``descriptive`` fine-tunes as
+compactly as their own BPE would (a BPE of the alt captions alone takes ~2.5x more tokens per descriptive caption).
+The tokenizer is stored in the checkpoint (``text_tokenizer``: ``TextTokenizer.to_spec()``).
+
+The paper's recipe: pre-train on the noisy ground truth (``alt``), then fine-tune (``init_from=<that checkpoint>``:
+weights, architecture and tokenizer are taken from it, read through ``zoo.checkpoint.load_module`` -- a file is
+data) on ``short`` (SSC) and on ``descriptive`` (DSC) captions.
+
+Decoding: ``caption(image_emb, method=...)`` with ``greedy``, ``beam`` (``beam_width``, ``length_penalty``) or
+``nucleus`` (``top_p``, ``temperature``, ``seed``). Validation logs ``val/loss``, ``val/token_acc`` and
+``val/ppl``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from zoo.errors import ConfigError
+from zoo.models.base import ZooLit
+from zoo.models.captioner.model import PRESETS, Captioner, CaptionerConfig, beam_search, sample_captions
+from zoo.models.presets import resolve_preset
+from zoo.text import TextTokenizer
+
+log = logging.getLogger("zoo.captioner")
+DECODING = ("greedy", "beam", "nucleus")
+
+
+class CaptionerLit(ZooLit):
+    """Args:
+        preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.captioner.model.PRESETS``); ``net`` overrides fields
+            of ``CaptionerConfig`` (e.g. ``embed_dim`` to match the CLIP, ``vocab_size``, ``n_prefix``).
+        init_from: a captioner checkpoint to fine-tune: its weights, architecture (preset / net) and tokenizer
+            replace this config's (the paper's SSC / DSC fine-tunes of the alt-text captioner).
+        tokenizer_all_styles: fit the data's BPE on every caption style of the shapes world (see the module doc).
+        decoding, beam_width, length_penalty, top_p, temperature: defaults of ``caption``.
+        text_tokenizer: filled in by the checkpoint (leave None when training).
+    """
+
+    def __init__(self, preset: str = "shapes", net: Optional[dict[str, Any]] = None, init_from: Optional[str] = None,
+                 tokenizer_all_styles: bool = True, decoding: str = "greedy", beam_width: int = 4,
+                 length_penalty: float = 1.0, top_p: float = 0.9, temperature: float = 1.0,
+                 text_tokenizer: Optional[dict[str, Any]] = None, optimizer=None, scheduler=None):
+        super().__init__(optimizer, scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "text_tokenizer"])
+        if decoding not in DECODING:
+            raise ConfigError(f"unknown decoding {decoding!r}; choose one of {DECODING} (model.decoding=...)")
+        if int(beam_width) < 1:
+            raise ConfigError(f"model.beam_width must be >= 1, got {beam_width}")
+        if not 0.0 < float(top_p) <= 1.0:
+            raise ConfigError(f"model.top_p must be in (0, 1], got {top_p}")
+        self.decoding, self.beam_width, self.length_penalty = decoding, int(beam_width), float(length_penalty)
+        self.top_p, self.temperature = float(top_p), float(temperature)
+        self.tokenizer_all_styles = bool(tokenizer_all_styles)
+        self.text_tokenizer: Optional[TextTokenizer] = TextTokenizer.from_spec(text_tokenizer)
+        source = None
+        if init_from and Path(init_from).is_file():
+            source = self._load_source(init_from)
+            preset, net = source.hparams["preset"], source.hparams.get("net")
+            self.hparams["preset"], self.hparams["net"] = preset, net  # what a rebuild of this run needs
+        # a missing init_from is reported by check_data with its fix (not here, so configs can be composed)
+        self.cfg: CaptionerConfig = resolve_preset(PRESETS, CaptionerConfig, preset, net, "captioner")
+        self.net = Captioner(self.cfg)
+        if source is not None:
+            self.net.load_state_dict(source.net.state_dict())
+            self.text_tokenizer = source.text_tokenizer
+        self._source = init_from if source is not None else None
+
+    @staticmethod
+    def _load_source(path: str) -> "CaptionerLit":
+        from zoo.checkpoint import load_module
+
+        src = load_module(path, expect=("captioner",))
+        if src.text_tokenizer is None:
+            raise ConfigError(f"{path} carries no text tokenizer (fix: model.init_from=<a captioner checkpoint written "
+                              f"by zoo-train>)")
+        log.info("captioner: fine-tuning %s (preset %s, net %s)", path, src.hparams["preset"], src.hparams.get("net"))
+        return src
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        hp = dict(checkpoint.get("hyper_parameters", {}))
+        hp["text_tokenizer"] = self.text_tokenizer.to_spec() if self.text_tokenizer is not None else None
+        checkpoint["hyper_parameters"] = hp
+
+    # ------------------------------------------------------------------------------------------ data
+    def check_data(self, datamodule) -> None:
+        """Needs ``data.features.train`` (a zoo-embed file of this CLIP width) and, unless fine-tuning, a text
+        tokenizer in the data config. Adapts: takes the data's tokenizer (refitted on every shapes caption style with
+        ``tokenizer_all_styles``) when the module has none yet."""
+        path = self.hparams.get("init_from")
+        if path and self._source is None:
+            raise ConfigError(f"captioner checkpoint to fine-tune not found: {path} (fix: model.init_from=<the alt "
+                              f"captioner's last.ckpt>, e.g. from `zoo-train experiment=dalle3/captioner_alt`)")
+        features = getattr(datamodule, "features", None) or {}
+        if "train" not in features:
+            raise ConfigError("the captioner trains on zoo-embed features (fix: data.features.train=<file from "
+                              "`zoo-embed clip.checkpoint=<clip.ckpt> data=shapes split=train`>, and "
+                              "data.features.val=<the val file>)")
+        ds = datamodule.dataset("train") if hasattr(datamodule, "dataset") else None
+        emb = (getattr(ds, "features", None) or {}).get("clip_image_emb")
+        if emb is None:
+            raise ConfigError(f"{features['train']} has no clip_image_emb: it is not a zoo-embed file (fix: "
+                              f"data.features.train=<file written by zoo-embed>)")
+        if emb.shape[-1] != self.cfg.embed_dim:
+            raise ConfigError(f"the CLIP image embeddings are {emb.shape[-1]}-d but the captioner expects "
+                              f"{self.cfg.embed_dim} (fix: model.net.embed_dim={emb.shape[-1]})")
+        if self.text_tokenizer is None:
+            self.text_tokenizer = self._data_tokenizer(datamodule, ds)
+        self._check_tokenizer(self.text_tokenizer)
+
+    def _data_tokenizer(self, datamodule, ds) -> TextTokenizer:
+        tok = getattr(datamodule, "tokenizer", None)
+        if tok is None:
+            raise ConfigError("the captioner needs a text tokenizer for its captions (fix: data/tokenizer=bpe)")
+        base = getattr(ds, "base", ds)
+        if self.tokenizer_all_styles and callable(getattr(tok, "ensure_ready", None)) and hasattr(base, "scene"):
+            from zoo.text import LazyTrainedBPE
+
+            own = LazyTrainedBPE(tok.path, tok.requested_vocab, tok.context_length)
+            key = {**datamodule.data_identity(), "caption_style": "all styles", "caption_mix": None}
+            own.ensure_ready(lambda: _all_style_captions(base), fit_key=key)
+            return own._require()
+        if callable(getattr(datamodule, "prepare_tokenizer", None)):
+            datamodule.prepare_tokenizer()
+        return tok
+
+    def _check_tokenizer(self, tok: TextTokenizer) -> None:
+        c = self.cfg
+        if tok.vocab_size > c.vocab_size:
+            raise ConfigError(f"text tokenizer vocabulary ({tok.vocab_size}) is larger than the captioner's vocab_size "
+                              f"({c.vocab_size}) (fix: model.net.vocab_size={tok.vocab_size}, or a smaller "
+                              f"data.tokenizer.vocab_size)")
+        if tok.context_length > c.text_len:
+            raise ConfigError(f"text tokenizer context_length ({tok.context_length}) is longer than the captioner's "
+                              f"text_len ({c.text_len}) (fix: model.net.text_len={tok.context_length})")
+        for name in ("pad_id", "sot_id", "eot_id"):
+            if getattr(tok, name) != getattr(c, name):
+                raise ConfigError(f"text tokenizer {name} {getattr(tok, name)} != the captioner's {getattr(c, name)} "
+                                  f"(fix: model.net.{name}={getattr(tok, name)})")
+
+    # ------------------------------------------------------------------------------------------ batches
+    def tokenize(self, captions: Sequence[str]) -> torch.Tensor:
+        """Captions -> (B, text_len) token ids on this module's device, right-padded with pad_id."""
+        if self.text_tokenizer is None:
+            raise RuntimeError("no text tokenizer: train with data/tokenizer=bpe (it is stored in the checkpoint)")
+        tokens = self.text_tokenizer.encode(list(captions))
+        t = self.cfg.text_len
+        if tokens.shape[1] < t:
+            tokens = F.pad(tokens, (0, t - tokens.shape[1]), value=self.cfg.pad_id)
+        return tokens[:, :t].to(self.device)
+
+    def features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if "clip_image_emb" not in batch:
+            raise ConfigError("batch lacks clip_image_emb (fix: data.features.<split>=<zoo-embed file>)")
+        patches = batch.get("clip_image_patches") if self.cfg.patch_dim > 0 else None
+        return batch["clip_image_emb"].float(), None if patches is None else patches.float()
+
+    def forward_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        emb, patches = self.features(batch)
+        return self.net.loss(emb, self.tokenize(batch["caption"]), patches)
+
+    # ------------------------------------------------------------------------------------------ loops
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        r = self.forward_loss(batch)
+        self.log_metrics("train", r, batch_size=len(batch["caption"]))
+        return r["loss"]
+
+    def eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        r = self.forward_loss(batch)
+        r["ppl"] = r["loss"].exp()
+        self.log_metrics(stage, r, batch_size=len(batch["caption"]))
+
+    def default_optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01)
+
+    # ------------------------------------------------------------------------------------------ captioning
+    @torch.no_grad()
+    def caption_tokens(self, image_emb: torch.Tensor, patches: Optional[torch.Tensor] = None,
+                       method: Optional[str] = None, beam_width: Optional[int] = None,
+                       length_penalty: Optional[float] = None, top_p: Optional[float] = None,
+                       top_k: Optional[int] = None, temperature: Optional[float] = None, seed: int = 0,
+                       generator: Optional[torch.Generator] = None, max_len: Optional[int] = None,
+                       use_cache: bool = True) -> torch.Tensor:
+        """Caption token ids (B, max_len) for CLIP image embeddings (B, D); unset options take the module's
+        defaults (``decoding``, ``beam_width``, ...)."""
+        method = method or self.decoding
+        if method not in DECODING:
+            raise ConfigError(f"unknown decoding {method!r}; choose one of {DECODING}")
+        emb = image_emb.to(self.device).float()
+        pat = patches.to(self.device).float() if patches is not None else None
+        if method == "beam":
+            return beam_search(self.net, emb, pat, beam_width or self.beam_width,
+                               self.length_penalty if length_penalty is None else length_penalty, max_len, use_cache)
+        if method == "greedy":
+            return sample_captions(self.net, emb, pat, temperature=0.0, max_len=max_len, use_cache=use_cache)
+        gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
+        return sample_captions(self.net, emb, pat, temperature=self.temperature if temperature is None else temperature,
+                               top_k=top_k, top_p=self.top_p if top_p is None else top_p, max_len=max_len,
+                               use_cache=use_cache, generator=gen)
+
+    @torch.no_grad()
+    def caption(self, image_emb: torch.Tensor, patches: Optional[torch.Tensor] = None, batch_size: int = 256,
+                **kwargs) -> list[str]:
+        """Captions (strings) for CLIP image embeddings (B, D), in chunks of ``batch_size``; ``kwargs`` as
+        ``caption_tokens``. With a ``seed`` (nucleus), one generator runs through every chunk."""
+        if self.text_tokenizer is None:
+            raise RuntimeError("no text tokenizer to decode with (train with data/tokenizer=bpe)")
+        was_training = self.training
+        self.eval()
+        try:
+            if kwargs.get("generator") is None and (kwargs.get("method") or self.decoding) == "nucleus":
+                kwargs["generator"] = torch.Generator(device=self.device).manual_seed(int(kwargs.pop("seed", 0)))
+            out: list[str] = []
+            for i in range(0, len(image_emb), batch_size):
+                pat = patches[i:i + batch_size] if patches is not None else None
+                out += self.text_tokenizer.decode(self.caption_tokens(image_emb[i:i + batch_size], pat, **kwargs).cpu())
+            return out
+        finally:
+            self.train(was_training)
+
+
+def _all_style_captions(dataset) -> Iterable[str]:
+    """Every caption style of every training scene (a shapes dataset's ``scene``: no rendering)."""
+    for i in range(len(dataset)):
+        yield from dataset.scene(i)[1].values()
