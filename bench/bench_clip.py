@@ -4,6 +4,7 @@
 
 Prints a table; times are wall-clock medians over ``--steps`` after one warm-up step. Not a test.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,12 @@ def main() -> None:
     batch = {"image": torch.stack([s["image"] for s in items]), "caption": [s["caption"] for s in items]}
     opt = torch.optim.AdamW(lit.parameters(), lr=1e-5)
     n_params = sum(p.numel() for p in lit.parameters())
-    print(f"arch={lit.arch} ({n_params / 1e6:.1f} M params, image {lit.image_size}px) batch={args.batch} "
-          f"threads={torch.get_num_threads()}")
-    print(f"| precision | train pairs/s | embed images/s | embed texts/s |")
-    print(f"|---|---:|---:|---:|")
+    print(
+        f"arch={lit.arch} ({n_params / 1e6:.1f} M params, image {lit.image_size}px) batch={args.batch} "
+        f"threads={torch.get_num_threads()}"
+    )
+    print("| precision | train pairs/s | embed images/s | embed texts/s |")
+    print("|---|---:|---:|---:|")
     for prec in ("fp32", "bf16"):
         autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=prec == "bf16")
 

@@ -13,6 +13,7 @@
 4. Peak memory: the process's peak resident set size (``ru_maxrss``) after each part (monotonic: a part's own
    peak is visible only where it exceeds the earlier ones).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 6) -> float:
         t0 = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 def sampling_seconds(model, batch: int, use_cache: bool) -> float:
@@ -52,8 +53,9 @@ def sampling_seconds(model, batch: int, use_cache: bool) -> float:
 
 def train_flops_per_step(model, batch: int) -> float:
     c = model.cfg
-    matmul_params = sum(p.numel() for n, p in model.named_parameters()
-                        if p.dim() == 2 and ("transformer" in n or "head" in n))
+    matmul_params = sum(
+        p.numel() for n, p in model.named_parameters() if p.dim() == 2 and ("transformer" in n or "head" in n)
+    )
     seq = c.seq_len - 1
     tokens = batch * seq
     attn = 4 * seq * seq * c.n_heads * c.head_dim * c.n_layers * batch
@@ -96,8 +98,10 @@ def main():
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
 
     peak = {name: matmul_peak(dt) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    print(f"matmul peak (2048^3): fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s "
-          f"({peak['bf16'] / peak['fp32']:.1f}x)")
+    print(
+        f"matmul peak (2048^3): fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s "
+        f"({peak['bf16'] / peak['fp32']:.1f}x)"
+    )
 
     print("\nsampling, shapes preset (dim 256, 8 layers, text 48), top_k=64, seconds per image:")
     for g in args.grids:
@@ -106,18 +110,21 @@ def main():
         for b in args.sample_batches:
             cached = sampling_seconds(model, b, True)
             uncached = sampling_seconds(model, b, False)
-            print(f"  {g:>2}x{g:<2} ({g * g:>4} tokens) batch {b}: cached {cached:7.3f} s/img  "
-                  f"uncached {uncached:7.3f} s/img  speed-up {uncached / cached:5.1f}x  "
-                  f"(peak RSS so far {peak_rss_mb():.0f} MB)")
+            print(
+                f"  {g:>2}x{g:<2} ({g * g:>4} tokens) batch {b}: cached {cached:7.3f} s/img  "
+                f"uncached {uncached:7.3f} s/img  speed-up {uncached / cached:5.1f}x  "
+                f"(peak RSS so far {peak_rss_mb():.0f} MB)"
+            )
 
     model = DalleTransformer(PRESETS["shapes"]).train()
     n = sum(p.numel() for p in model.parameters())
-    print(f"\ntraining, shapes preset ({n / 1e6:.1f}M params, seq {model.cfg.seq_len - 1}), "
-          f"batch {args.train_batch}:")
+    print(f"\ntraining, shapes preset ({n / 1e6:.1f}M params, seq {model.cfg.seq_len - 1}), batch {args.train_batch}:")
     for name, bf16 in (("fp32", False), ("bf16", True)):
         tps, flops = train_tokens_per_s(model, args.train_batch, args.steps, bf16)
-        print(f"  {name}: {tps:8.0f} tokens/s  {flops / 1e9:6.1f} GFLOP/s  MFU {100 * flops / peak[name]:5.1f}%  "
-              f"(peak RSS so far {peak_rss_mb():.0f} MB)")
+        print(
+            f"  {name}: {tps:8.0f} tokens/s  {flops / 1e9:6.1f} GFLOP/s  MFU {100 * flops / peak[name]:5.1f}%  "
+            f"(peak RSS so far {peak_rss_mb():.0f} MB)"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ and the loop. Shapes: a unCLIP prior embedding batch (B, 768), 64x64 and 256x256
 one ``diffusers`` scheduler step (DDIMScheduler, DPMSolverMultistepScheduler) on the same tensors. Prints figures,
 asserts nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,14 +35,16 @@ def best_ms_per_step(run, steps: int, reps: int) -> float:
 
 def ours(kind: str, shape, steps: int, reps: int, learned: bool) -> float:
     base = cosine_schedule(1000)
-    proc = GaussianDiffusion(base, "eps", "learned_range" if learned else "fixed_small",
-                             "hybrid" if learned else "mse").respaced(steps)
+    proc = GaussianDiffusion(
+        base, "eps", "learned_range" if learned else "fixed_small", "hybrid" if learned else "mse"
+    ).respaced(steps)
     out_shape = (shape[0], shape[1] * (2 if learned else 1), *shape[2:])
     out = torch.randn(out_shape) * 0.1
     model_fn = lambda x, t: out  # noqa: E731  identity cost: no network
     sample = ddpm_sample if kind == "ddpm" else ddim_sample
-    return best_ms_per_step(lambda: sample(proc, model_fn, shape, generator=torch.Generator().manual_seed(0)),
-                            steps, reps)
+    return best_ms_per_step(
+        lambda: sample(proc, model_fn, shape, generator=torch.Generator().manual_seed(0)), steps, reps
+    )
 
 
 def diffusers_ms(name: str, shape, steps: int, reps: int) -> float:
@@ -68,8 +71,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
-    print(f"cpu capability: {torch.backends.cpu.get_cpu_capability()}  torch {torch.__version__}  "
-          f"threads {torch.get_num_threads()}")
+    print(
+        f"cpu capability: {torch.backends.cpu.get_cpu_capability()}  torch {torch.__version__}  "
+        f"threads {torch.get_num_threads()}"
+    )
     print(f"sampler overhead per step (ms, best of {args.reps}, {args.steps} steps, network excluded)")
     try:
         import diffusers  # noqa: F401
@@ -86,12 +91,16 @@ def main() -> None:
         n = 1
         for d in shape:
             n *= d
-        row = (f"{str(tuple(shape)):>20} {n:>9} {ours('ddpm', shape, args.steps, args.reps, False):8.3f} "
-               f"{ours('ddpm', shape, args.steps, args.reps, True):8.3f} "
-               f"{ours('ddim', shape, args.steps, args.reps, False):8.3f}")
+        row = (
+            f"{str(tuple(shape)):>20} {n:>9} {ours('ddpm', shape, args.steps, args.reps, False):8.3f} "
+            f"{ours('ddpm', shape, args.steps, args.reps, True):8.3f} "
+            f"{ours('ddim', shape, args.steps, args.reps, False):8.3f}"
+        )
         if has_diffusers:
-            row += (f" {diffusers_ms('DDIMScheduler', shape, args.steps, args.reps):8.3f}"
-                    f" {diffusers_ms('DPMSolverMultistepScheduler', shape, args.steps, args.reps):8.3f}")
+            row += (
+                f" {diffusers_ms('DDIMScheduler', shape, args.steps, args.reps):8.3f}"
+                f" {diffusers_ms('DPMSolverMultistepScheduler', shape, args.steps, args.reps):8.3f}"
+            )
         print(row, flush=True)
     print("DDPM-LR: learned-range variance (2C outputs). DDPM includes drawing the step's noise; DDIM (eta=0) none.")
 

@@ -12,6 +12,7 @@ oversubscribed ones, for torch (--threads 1) and for numpy's OpenBLAS eigvals (O
 
     OMP_NUM_THREADS=1 python bench/bench_eval.py --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--target", type=int, default=10_000, help="extrapolate an FID over this many fake images")
     ap.add_argument("--suite-n", type=int, default=1024, help="shapes images timed through the offline metric suite")
-    ap.add_argument("--clip", default=None, help="CLIP checkpoint for the suite (default: logs/demo/clip's, else a "
-                                                 "random zoo-clip-shapes: same cost)")
+    ap.add_argument(
+        "--clip",
+        default=None,
+        help="CLIP checkpoint for the suite (default: logs/demo/clip's, else a random zoo-clip-shapes: same cost)",
+    )
     ap.add_argument("--skip-inception", action="store_true", help="only time the offline metric suite")
     args = ap.parse_args()
     if args.threads:
@@ -59,8 +63,10 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     small = torch.rand(args.n, 3, args.resolution // 8, args.resolution // 8, generator=g)
     images = torch.nn.functional.interpolate(small, size=args.resolution, mode="bilinear") * 2 - 1  # smooth, [-1, 1]
-    print(f"threads={torch.get_num_threads()} n={args.n} batch={args.batch} input={args.resolution}px "
-          f"weights={'random' if args.weights is None else args.weights}")
+    print(
+        f"threads={torch.get_num_threads()} n={args.n} batch={args.batch} input={args.resolution}px "
+        f"weights={'random' if args.weights is None else args.weights}"
+    )
 
     res: dict = {"threads": torch.get_num_threads(), "n": args.n, "batch": args.batch, "resolution": args.resolution}
     feats = {}
@@ -81,8 +87,9 @@ def main() -> None:
     fid32 = frechet_distance(feats["fp32"][:half], feats["fp32"][half:])
     fid16 = frechet_distance(feats["bf16"][:half], feats["bf16"][half:])
     res.update(bf16_feature_rel_err=round(rel, 5), fid_fp32=fid32, fid_bf16=fid16)
-    print(f"bf16 vs fp32: mean |dfeature| / mean |feature| = {rel:.4f}; "
-          f"FD(half, half) fp32 {fid32:.4f} bf16 {fid16:.4f}")
+    print(
+        f"bf16 vs fp32: mean |dfeature| / mean |feature| = {rel:.4f}; FD(half, half) fp32 {fid32:.4f} bf16 {fid16:.4f}"
+    )
 
     # statistics at the real sizes: covariance of `target` x 2048 features, the 2048x2048 eigvals FID, KID subsets
     f = torch.randn(args.target, 2048, generator=g).abs()
@@ -93,8 +100,10 @@ def main() -> None:
     n_kid = 5
     t_kid = _timed(lambda: kid(f, f.flip(0), subsets=n_kid, subset_size=min(1000, args.target))) * 100 / n_kid
     res.update(stats_s=round(t_stats, 2), fid_eigvals_s=round(t_fid, 2), kid_100x1000_s=round(t_kid, 2))
-    print(f"statistics of {args.target} x 2048: {t_stats:.2f} s; FID (torch-fidelity eigvals 2048^2): {t_fid:.2f} s; "
-          f"KID 100 subsets x 1000 (extrapolated from {n_kid}): {t_kid:.1f} s")
+    print(
+        f"statistics of {args.target} x 2048: {t_stats:.2f} s; FID (torch-fidelity eigvals 2048^2): {t_fid:.2f} s; "
+        f"KID 100 subsets x 1000 (extrapolated from {n_kid}): {t_kid:.1f} s"
+    )
 
     for prec in ("fp32", "bf16"):
         ips = res[f"{prec}_images_per_s"]  # channels_last
@@ -102,9 +111,11 @@ def main() -> None:
         both = 2 * args.target / ips + 2 * t_stats + t_fid
         res[f"fid_{args.target}_{prec}_cached_real_min"] = round(fake_only / 60, 1)
         res[f"fid_{args.target}_{prec}_both_sides_min"] = round(both / 60, 1)
-        print(f"FID over {args.target} fakes, {prec} (extrapolated from {args.n} measured images): "
-              f"{fake_only / 60:.1f} min with cached real stats, "
-              f"{both / 60:.1f} min extracting {args.target} real images too (+{t_kid / 60:.1f} min for KID)")
+        print(
+            f"FID over {args.target} fakes, {prec} (extrapolated from {args.n} measured images): "
+            f"{fake_only / 60:.1f} min with cached real stats, "
+            f"{both / 60:.1f} min extracting {args.target} real images too (+{t_kid / 60:.1f} min for KID)"
+        )
     res.update(bench_suite(args))
     print(json.dumps(res))
     tmp.cleanup()
@@ -114,8 +125,8 @@ def bench_suite(args) -> dict:
     """zoo-eval's default offline metrics on ``--suite-n`` shapes images (32 px) at blur radius 0, extrapolated to
     ``--target``; the one-off costs (real CLIP features, cached afterwards) are timed separately."""
     from eval.ablations import MetricSuite
-    from eval.judge import ShapesJudge, Vocab
     from eval.generators import RealBlurredGenerator, generate_images
+    from eval.judge import ShapesJudge, Vocab
     from eval.shapes_protocol import ShapesProtocol
     from zoo.models.clip.scorer import ClipScorer
 
@@ -124,18 +135,22 @@ def bench_suite(args) -> dict:
     es = ShapesProtocol(n=n, resolution=32).load()
     t_render = time.perf_counter() - t
     fakes = generate_images(RealBlurredGenerator(radius=1).bind(es), es.captions, batch_size=256, progress=False)
-    ckpt = args.clip or ("logs/demo/clip/checkpoints/last.ckpt" if Path("logs/demo/clip/checkpoints/last.ckpt").is_file()
-                         else None)
-    clip = (ClipScorer.from_lightning_checkpoint(ckpt) if ckpt else ClipScorer.from_open_clip("zoo-clip-shapes"))
+    ckpt = args.clip or (
+        "logs/demo/clip/checkpoints/last.ckpt" if Path("logs/demo/clip/checkpoints/last.ckpt").is_file() else None
+    )
+    clip = ClipScorer.from_lightning_checkpoint(ckpt) if ckpt else ClipScorer.from_open_clip("zoo-clip-shapes")
     judge = ShapesJudge(Vocab.from_world()).eval()  # untrained: same cost as the trained one
-    suite = MetricSuite(["fd_clip", "clip_score", "prompt_fidelity", "is_judge"], clip=clip, judge=judge,
-                        batch_size=256, progress=False)
+    suite = MetricSuite(
+        ["fd_clip", "clip_score", "prompt_fidelity", "is_judge"], clip=clip, judge=judge, batch_size=256, progress=False
+    )
     t = time.perf_counter()
     suite.evaluate(fakes, es)  # first call: also the real side's CLIP features and the caption embeddings
     t_first = time.perf_counter() - t
     per = {}
-    for name, metrics, kw in (("clip", ["fd_clip", "clip_score"], {"clip": clip}),
-                              ("judge", ["prompt_fidelity", "is_judge"], {"judge": judge})):
+    for name, metrics, kw in (
+        ("clip", ["fd_clip", "clip_score"], {"clip": clip}),
+        ("judge", ["prompt_fidelity", "is_judge"], {"judge": judge}),
+    ):
         s = MetricSuite(metrics, batch_size=256, progress=False, **kw)
         s._text_emb = suite._text_emb
         t = time.perf_counter()
@@ -145,17 +160,27 @@ def bench_suite(args) -> dict:
     suite.evaluate(fakes, es, blur_radius=2)
     t_blur = time.perf_counter() - t
     scale = args.target / n
-    out = {"suite_n": n, "suite_clip": ckpt or "random zoo-clip-shapes", "render_real_s": round(t_render, 2),
-           "suite_first_call_s": round(t_first, 2), "suite_clip_s": round(per["clip"], 2),
-           "suite_judge_s": round(per["judge"], 2), "suite_blur2_row_s": round(t_blur, 2),
-           f"suite_{args.target}_row_min_extrapolated": round(t_blur * scale / 60, 2),
-           f"suite_{args.target}_fig9_blur_table_min_extrapolated": round(5 * t_blur * scale / 60, 2)}
-    print(f"offline suite on {n} shapes images (32 px, CLIP {out['suite_clip']}): first row {t_first:.2f} s "
-          f"(incl. real CLIP features + caption embeddings), CLIP metrics {per['clip']:.2f} s "
-          f"({n / per['clip']:.0f} img/s), judge metrics {per['judge']:.2f} s ({n / per['judge']:.0f} img/s), "
-          f"one blurred row {t_blur:.2f} s")
-    print(f"extrapolated to {args.target} images (x{scale:.1f}, linear in N): {t_blur * scale / 60:.2f} min per row, "
-          f"{5 * t_blur * scale / 60:.2f} min for the 5-radius blur table (real CLIP statistics cached)")
+    out = {
+        "suite_n": n,
+        "suite_clip": ckpt or "random zoo-clip-shapes",
+        "render_real_s": round(t_render, 2),
+        "suite_first_call_s": round(t_first, 2),
+        "suite_clip_s": round(per["clip"], 2),
+        "suite_judge_s": round(per["judge"], 2),
+        "suite_blur2_row_s": round(t_blur, 2),
+        f"suite_{args.target}_row_min_extrapolated": round(t_blur * scale / 60, 2),
+        f"suite_{args.target}_fig9_blur_table_min_extrapolated": round(5 * t_blur * scale / 60, 2),
+    }
+    print(
+        f"offline suite on {n} shapes images (32 px, CLIP {out['suite_clip']}): first row {t_first:.2f} s "
+        f"(incl. real CLIP features + caption embeddings), CLIP metrics {per['clip']:.2f} s "
+        f"({n / per['clip']:.0f} img/s), judge metrics {per['judge']:.2f} s ({n / per['judge']:.0f} img/s), "
+        f"one blurred row {t_blur:.2f} s"
+    )
+    print(
+        f"extrapolated to {args.target} images (x{scale:.1f}, linear in N): {t_blur * scale / 60:.2f} min per row, "
+        f"{5 * t_blur * scale / 60:.2f} min for the 5-radius blur table (real CLIP statistics cached)"
+    )
     return out
 
 

@@ -8,6 +8,7 @@ emulates it and bf16 is ~100x slower (the issue's figure: 128 GFLOP/s fp32 vs 0.
 ``precision: auto`` picks 32-true there. Prints the ``describe_cpu()`` line first, then GFLOP/s per dtype and what
 ``trainer.precision=auto`` resolves to on this machine.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -9,6 +9,7 @@ For each resolution prints:
   scene/s   scene + captions alone (no pixels)
   warm-up   one-off cost of computing the memoised coverage masks of that resolution (paid once per process/worker)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    print(f"shapes world v{shapes.WORLD_VERSION}, one thread (torch.set_num_threads(1), "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
+    print(
+        f"shapes world v{shapes.WORLD_VERSION}, one thread (torch.set_num_threads(1), "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"
+    )
     print(f"{'resolution':>10} {'full/s':>9} {'render/s':>9} {'scene/s':>9} {'warm-up':>9}")
     for res in args.resolutions:
         n = max(200, args.n * 32 // res)

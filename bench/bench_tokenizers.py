@@ -5,6 +5,7 @@
 Peak memory is the process's max resident set size (resource.getrusage), read after each configuration, so it
 is cumulative: the largest configuration run so far. The paper preset (256 px) runs at batch 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,13 +60,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     args = ap.parse_args()
     print(f"threads={torch.get_num_threads()}")
-    print(f"{'model':6} {'preset':7} {'res':>4} {'bs':>3} {'prec':5} {'train img/s':>12} {'encode img/s':>13} {'peak RSS MB':>12}")
+    print(
+        f"{'model':6} {'preset':7} {'res':>4} {'bs':>3} {'prec':5} {'train img/s':>12} {'encode img/s':>13} {'peak RSS MB':>12}"
+    )
     for m in args.models:
         for p in args.presets:
             for prec in ("fp32", "bf16"):
                 r = bench(m, p, prec, args.steps)
-                print(f"{m:6} {p:7} {r['res']:>4} {r['bs']:>3} {prec:5} {r['train']:>12.1f} {r['encode']:>13.1f} "
-                      f"{r['peak_mb']:>12.0f}", flush=True)
+                print(
+                    f"{m:6} {p:7} {r['res']:>4} {r['bs']:>3} {prec:5} {r['train']:>12.1f} {r['encode']:>13.1f} "
+                    f"{r['peak_mb']:>12.0f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ times slower than one thread (fp32 forward 7.2 s per batch with 2 threads at loa
 
 Prints figures; asserts nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,9 @@ def _timed(fn, steps: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def bench_net(make_net, call, in_channels: int, size: int, batch: int, steps: int, bf16: bool,
-              channels_last: bool) -> tuple[float, float]:
+def bench_net(
+    make_net, call, in_channels: int, size: int, batch: int, steps: int, bf16: bool, channels_last: bool
+) -> tuple[float, float]:
     """(train images/s, forward ms) of ``call(net, x_t, t)`` for one precision / layout."""
     torch.manual_seed(0)
     net = make_net()
@@ -76,7 +78,7 @@ def bench_net(make_net, call, in_channels: int, size: int, batch: int, steps: in
     def train_step():
         with amp():
             out = call(net, x, t)
-        loss = F.mse_loss(out.float()[:, :noise.shape[1]], noise)
+        loss = F.mse_loss(out.float()[:, : noise.shape[1]], noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -100,8 +102,11 @@ def run_table(name: str, make_net, call, in_channels: int, args) -> None:
     for bf16 in (False, True):
         for cl in (False, True):
             ips, fwd_ms = bench_net(make_net, call, in_channels, args.size, args.batch, args.steps, bf16, cl)
-            print(f"  {'bf16' if bf16 else 'fp32':<10} {'channels_last' if cl else 'contiguous':<15} "
-                  f"{ips:>12.1f} {fwd_ms:>13.1f} {peak_rss_mb():>12.0f}", flush=True)
+            print(
+                f"  {'bf16' if bf16 else 'fp32':<10} {'channels_last' if cl else 'contiguous':<15} "
+                f"{ips:>12.1f} {fwd_ms:>13.1f} {peak_rss_mb():>12.0f}",
+                flush=True,
+            )
 
 
 def peer_dalle2(args) -> None:
@@ -119,13 +124,18 @@ def peer_dalle2(args) -> None:
     def call(net, x, t):
         return net(x, t.float(), image_embed=None)
 
-    for label, kw in (("default: attention in the middle only", {}),
-                      ("self_attn=(False, True, True): attention at 16 and 8", {"self_attn": (False, True, True)})):
+    for label, kw in (
+        ("default: attention in the middle only", {}),
+        ("self_attn=(False, True, True): attention at 16 and 8", {"self_attn": (False, True, True)}),
+    ):
+
         def make(kw=kw):
             return PeerUnet(dim=64, dim_mults=(1, 2, 4), channels=3, **kw)
+
         n = sum(p.numel() for p in make().parameters())
-        run_table(f"peer DALLE2-pytorch Unet(dim=64, dim_mults=(1,2,4)), {label}, {n / 1e6:.1f}M params",
-                  make, call, 3, args)
+        run_table(
+            f"peer DALLE2-pytorch Unet(dim=64, dim_mults=(1,2,4)), {label}, {n / 1e6:.1f}M params", make, call, 3, args
+        )
 
 
 def main() -> None:
@@ -142,19 +152,28 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"torch {torch.__version__}; cpu capability: {torch.backends.cpu.get_cpu_capability()}; "
-          f"native bf16: {cpu_has_native_bf16()}")
+    print(
+        f"torch {torch.__version__}; cpu capability: {torch.backends.cpu.get_cpu_capability()}; "
+        f"native bf16: {cpu_has_native_bf16()}"
+    )
     # Timings on a shared machine are only as good as its idle cores: print the load next to the thread count.
-    print(f"threads: {torch.get_num_threads()} of {os.cpu_count()} cores; load average (1, 5, 15 min): "
-          + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
+    print(
+        f"threads: {torch.get_num_threads()} of {os.cpu_count()} cores; load average (1, 5, 15 min): "
+        + ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    )
     print("parameters (meta device): " + ", ".join(f"{n} {count_params(n) / 1e6:,.2f}M" for n in UNET_PRESETS))
 
     cfg = make_unet_config(args.preset)
     if cfg.context_dim is not None:  # time the unconditional net: context cost is the text encoder's business
         cfg = make_unet_config(args.preset, context_dim=None)
     n = sum(p.numel() for p in UNet(cfg).parameters())
-    run_table(f"zoo UNet preset {args.preset!r} ({n / 1e6:.1f}M params)", lambda: UNet(cfg),
-              lambda net, x, t: net(x, t), cfg.in_channels, args)
+    run_table(
+        f"zoo UNet preset {args.preset!r} ({n / 1e6:.1f}M params)",
+        lambda: UNet(cfg),
+        lambda net, x, t: net(x, t),
+        cfg.in_channels,
+        args,
+    )
     peer_dalle2(args)
     print(f"\npeak RSS of the whole run: {peak_rss_mb():.0f} MB")
 

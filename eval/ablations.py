@@ -25,6 +25,7 @@ of CLIP-reranked candidates per caption.
   Note: when the reranking CLIP is also the CLIP of ``clip_score``/``fd_clip`` (the default), the CLIP score rewards
   reranking directly; the judge's prompt fidelity and FID are the independent readings.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -48,13 +49,24 @@ INCEPTION_METRICS = ("fid", "kid", "is")
 CLIP_METRICS = ("fd_clip", "clip_score")
 JUDGE_METRICS = ("prompt_fidelity", "attribute_accuracy", "is_judge")
 ALL_METRICS = INCEPTION_METRICS + CLIP_METRICS + JUDGE_METRICS
-NEEDS = {**{m: "inception" for m in INCEPTION_METRICS}, **{m: "clip" for m in CLIP_METRICS},
-         **{m: "judge" for m in JUDGE_METRICS}}
+NEEDS = {
+    **{m: "inception" for m in INCEPTION_METRICS},
+    **{m: "clip" for m in CLIP_METRICS},
+    **{m: "judge" for m in JUDGE_METRICS},
+}
 RERANK_CANDIDATES = (1, 2, 4, 8, 16, 32)
 DALLE_BLUR_RADII = (0, 1, 2, 4, 8)  # Fig. 9(a)'s radii
 # Which direction is better, for reports and plots.
-HIGHER_IS_BETTER = {"fid": False, "kid": False, "is": True, "fd_clip": False, "clip_score": True,
-                    "prompt_fidelity": True, "attribute_accuracy": True, "is_judge": True}
+HIGHER_IS_BETTER = {
+    "fid": False,
+    "kid": False,
+    "is": True,
+    "fd_clip": False,
+    "clip_score": True,
+    "prompt_fidelity": True,
+    "attribute_accuracy": True,
+    "is_judge": True,
+}
 
 
 def check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
@@ -71,8 +83,10 @@ def check_radii(radii: Sequence[float], resolution: int) -> list[float]:
     for r in radii:
         k = blur_kernel_size(float(r))
         if float(r) and k // 2 >= resolution:
-            raise ValueError(f"blur radius {r} needs a {k}x{k} kernel: too large for {resolution}px images "
-                             f"(fix: smaller radii, or protocol.eval_resolution >= {k // 2 + 1})")
+            raise ValueError(
+                f"blur radius {r} needs a {k}x{k} kernel: too large for {resolution}px images "
+                f"(fix: smaller radii, or protocol.eval_resolution >= {k // 2 + 1})"
+            )
         out.append(float(r))
     return out
 
@@ -96,16 +110,28 @@ class MetricSuite:
         clip_id: names the CLIP and its weights in cache keys (different CLIPs must not share an entry).
     """
 
-    def __init__(self, metrics: Sequence[str], inception=None, clip=None, judge=None, cache=None,
-                 clip_id: str = "clip", batch_size: int = 50, kid_subsets: int = 100, kid_subset_size: int = 1000,
-                 is_splits: int = 10, progress: bool = True):
+    def __init__(
+        self,
+        metrics: Sequence[str],
+        inception=None,
+        clip=None,
+        judge=None,
+        cache=None,
+        clip_id: str = "clip",
+        batch_size: int = 50,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
+        is_splits: int = 10,
+        progress: bool = True,
+    ):
         self.metrics = check_metrics(metrics)
         self.inception, self.clip, self.judge, self.cache = inception, clip, judge, cache
         have = {"inception": inception is not None, "clip": clip is not None, "judge": judge is not None}
         missing = [m for m in self.metrics if not have[NEEDS[m]]]
         if missing:
-            raise ValueError(f"metrics {missing} need a {sorted({NEEDS[m] for m in missing})} network that was "
-                             f"not given")
+            raise ValueError(
+                f"metrics {missing} need a {sorted({NEEDS[m] for m in missing})} network that was not given"
+            )
         self.clip_id, self.batch_size = clip_id, int(batch_size)
         self.kid_subsets, self.kid_subset_size, self.is_splits = int(kid_subsets), int(kid_subset_size), int(is_splits)
         self.progress = progress
@@ -137,9 +163,19 @@ class MetricSuite:
         else:
             real, kw = eval_set.real, {}
         n = len(eval_set)
-        res = compute_metrics(real, fakes, self.inception, wanted, blur_radius=r, batch_size=self.batch_size,
-                              kid_subsets=self.kid_subsets, kid_subset_size=min(self.kid_subset_size, n),
-                              is_splits=min(self.is_splits, n), progress=self.progress, **kw)
+        res = compute_metrics(
+            real,
+            fakes,
+            self.inception,
+            wanted,
+            blur_radius=r,
+            batch_size=self.batch_size,
+            kid_subsets=self.kid_subsets,
+            kid_subset_size=min(self.kid_subset_size, n),
+            is_splits=min(self.is_splits, n),
+            progress=self.progress,
+            **kw,
+        )
         out = {}
         if "fid" in wanted:
             out["fid"] = res["fid"]
@@ -179,8 +215,12 @@ class MetricSuite:
             raise ValueError(f"the judge metrics need ground-truth attributes; the {eval_set.name} protocol has none")
         wanted = self.uses("judge")
         read, probs = [], []
-        for batch in track(_blurred(fakes, r, self.batch_size), desc=f"shapes judge (blur {r:g})",
-                           disable=not self.progress, leave=False):
+        for batch in track(
+            _blurred(fakes, r, self.batch_size),
+            desc=f"shapes judge (blur {r:g})",
+            disable=not self.progress,
+            leave=False,
+        ):
             if "prompt_fidelity" in wanted or "attribute_accuracy" in wanted:
                 read.extend(self.judge.read(batch))
             if "is_judge" in wanted:
@@ -201,8 +241,9 @@ class MetricSuite:
 
 
 # ---------------------------------------------------------------------------------------------------- ablations
-def blur_ablation(fakes, eval_set: EvalSet, suite: MetricSuite, radii: Sequence[float] = DALLE_BLUR_RADII,
-                  progress: bool = True) -> list[dict[str, Any]]:
+def blur_ablation(
+    fakes, eval_set: EvalSet, suite: MetricSuite, radii: Sequence[float] = DALLE_BLUR_RADII, progress: bool = True
+) -> list[dict[str, Any]]:
     """DALL·E Fig. 9(a): one row ``{"radius": r, <metrics>}`` per radius, blurring generated and real images."""
     radii = check_radii(radii, eval_set.resolution)
     rows = []
@@ -224,9 +265,15 @@ def nested_best(scores: torch.Tensor, ns: Sequence[int]) -> dict[int, torch.Tens
 
 
 @torch.no_grad()
-def rerank_select(generator, eval_set: EvalSet, scorer, candidates: Sequence[int] = RERANK_CANDIDATES,
-                  batch_size: int = 8, seed: int = 0, progress: bool = True
-                  ) -> tuple[dict[int, ImageBank], dict[int, float]]:
+def rerank_select(
+    generator,
+    eval_set: EvalSet,
+    scorer,
+    candidates: Sequence[int] = RERANK_CANDIDATES,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[dict[int, ImageBank], dict[int, float]]:
     """Draw ``max(candidates)`` candidates per caption once; for each n keep the CLIP-best of the first n.
 
     ``generator`` is anything ``as_candidate_generator`` accepts; ``scorer`` has ``encode_image``/``encode_text``
@@ -241,14 +288,17 @@ def rerank_select(generator, eval_set: EvalSet, scorer, candidates: Sequence[int
     banks = {n: ImageBank() for n in ns}
     kept_cos: dict[int, list[torch.Tensor]] = {n: [] for n in ns}
     captions = list(eval_set.captions)
-    with track(total=len(captions) * n_max, desc=f"generate {n_max} candidates/caption", unit="img",
-               disable=not progress) as bar:
+    with track(
+        total=len(captions) * n_max, desc=f"generate {n_max} candidates/caption", unit="img", disable=not progress
+    ) as bar:
         for i in range(0, len(captions), batch_size):
             caps = captions[i : i + batch_size]
             x = cand.candidates(caps, n_max)  # (B, n_max, 3, H, W)
             if not torch.is_tensor(x) or x.dim() != 5 or tuple(x.shape[:2]) != (len(caps), n_max):
-                raise ValueError(f"candidates({len(caps)} captions, {n_max}) returned shape "
-                                 f"{tuple(getattr(x, 'shape', ()))}, expected ({len(caps)}, {n_max}, 3, H, W)")
+                raise ValueError(
+                    f"candidates({len(caps)} captions, {n_max}) returned shape "
+                    f"{tuple(getattr(x, 'shape', ()))}, expected ({len(caps)}, {n_max}, 3, H, W)"
+                )
             flat = resize_for_eval(check_images(x.flatten(0, 1), what="candidates"), res)
             x = flat.view(len(caps), n_max, *flat.shape[1:])
             img = torch.as_tensor(scorer.encode_image(flat)).float().cpu().view(len(caps), n_max, -1)
@@ -262,10 +312,17 @@ def rerank_select(generator, eval_set: EvalSet, scorer, candidates: Sequence[int
     return banks, {n: float(torch.cat(v).mean()) for n, v in kept_cos.items()}
 
 
-def rerank_ablation(generator, eval_set: EvalSet, suite: MetricSuite, scorer,
-                    candidates: Sequence[int] = RERANK_CANDIDATES, batch_size: int = 8, seed: int = 0,
-                    blur_radius: float = 0.0, progress: bool = True
-                    ) -> tuple[list[dict[str, Any]], dict[int, ImageBank]]:
+def rerank_ablation(
+    generator,
+    eval_set: EvalSet,
+    suite: MetricSuite,
+    scorer,
+    candidates: Sequence[int] = RERANK_CANDIDATES,
+    batch_size: int = 8,
+    seed: int = 0,
+    blur_radius: float = 0.0,
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], dict[int, ImageBank]]:
     """DALL·E Fig. 9(c): metrics of the CLIP-best of n candidates per caption, for each n in ``candidates``
     (``rerank_select``). Returns the rows ``{"candidates": n, "rerank_cos": mean cosine of the kept image,
     <metrics>}`` and the kept images per n."""
@@ -279,7 +336,17 @@ def rerank_ablation(generator, eval_set: EvalSet, suite: MetricSuite, scorer,
 
 
 __all__ = [
-    "ALL_METRICS", "CLIP_METRICS", "HIGHER_IS_BETTER", "INCEPTION_METRICS", "JUDGE_METRICS", "MetricSuite",
-    "RERANK_CANDIDATES", "blur_ablation", "check_metrics", "check_radii", "nested_best", "rerank_ablation",
+    "ALL_METRICS",
+    "CLIP_METRICS",
+    "HIGHER_IS_BETTER",
+    "INCEPTION_METRICS",
+    "JUDGE_METRICS",
+    "MetricSuite",
+    "RERANK_CANDIDATES",
+    "blur_ablation",
+    "check_metrics",
+    "check_radii",
+    "nested_best",
+    "rerank_ablation",
     "rerank_select",
 ]

@@ -29,6 +29,7 @@ All are micro-averages over the split (sums of counts, then ratios); a ratio wit
 
 Writes ``results.json`` and ``results.md`` into ``out`` (default ``logs/eval_captions/<time>``).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,8 @@ _POSITION_WORDS = _alt(p.replace(" ", r"\s+") for p in POSITIONS)  # "top\s+left
 _OBJECT = re.compile(
     rf"\b(?:(?P<s1>{_alt(SIZES)})\s+)?(?:(?P<colour>{_alt(COLOURS)})\s+)?(?P<shape>{_alt(SHAPES)})s?\b"
     rf"(?:\s*,\s*(?P<s2>{_alt(SIZES)})\s*,)?"
-    rf"(?:\s+(?:placed\s+)?(?:at|in)\s+the\s+(?P<position>{_POSITION_WORDS})\b)?")
+    rf"(?:\s+(?:placed\s+)?(?:at|in)\s+the\s+(?P<position>{_POSITION_WORDS})\b)?"
+)
 _COUNT = re.compile(rf"\b(?P<n>{_alt(NUMBER_WORDS)}|\d+)\s+objects?\b")
 _BACKGROUND = re.compile(rf"\b(?P<bg>{_alt(BACKGROUNDS)})\s+background\b")
 
@@ -66,8 +68,14 @@ def parse_caption(text: str) -> dict[str, Any]:
     objects = []
     for m in _OBJECT.finditer(t):
         pos = m.group("position")
-        objects.append((m.group("s1") or m.group("s2"), m.group("colour"), m.group("shape"),
-                        " ".join(pos.split()) if pos else None))
+        objects.append(
+            (
+                m.group("s1") or m.group("s2"),
+                m.group("colour"),
+                m.group("shape"),
+                " ".join(pos.split()) if pos else None,
+            )
+        )
     c = _COUNT.search(t)
     count = None
     if c:
@@ -80,14 +88,26 @@ def parse_caption(text: str) -> dict[str, Any]:
 def ground_truth(attributes: Mapping[str, Any]) -> dict[str, Any]:
     """The same structure as ``parse_caption`` for a scene's ``attributes`` (every field stated)."""
     objs = attributes["objects"]
-    return {"objects": [(o["size"], o["colour"], o["shape"], o["position"]) for o in objs], "count": len(objs),
-            "background": attributes["background"]}
+    return {
+        "objects": [(o["size"], o["colour"], o["shape"], o["position"]) for o in objs],
+        "count": len(objs),
+        "background": attributes["background"],
+    }
 
 
 # ------------------------------------------------------------------------------------------------ scoring
 def _zero_counts() -> dict[str, int]:
-    c = {"facts_pred": 0, "facts_true": 0, "facts_correct": 0, "objects_pred": 0, "objects_true": 0,
-         "objects_consistent": 0, "objects_recalled": 0, "hallucinated": 0, "captions": 0}
+    c = {
+        "facts_pred": 0,
+        "facts_true": 0,
+        "facts_correct": 0,
+        "objects_pred": 0,
+        "objects_true": 0,
+        "objects_consistent": 0,
+        "objects_recalled": 0,
+        "hallucinated": 0,
+        "captions": 0,
+    }
     for k in KINDS:
         c.update({f"{k}_pred": 0, f"{k}_true": 0, f"{k}_correct": 0})
     return c
@@ -169,7 +189,9 @@ def attribute_scores(captions: Sequence[str], attributes: Sequence[Mapping[str, 
             total[k] += v
     p, r = _ratio(total["facts_correct"], total["facts_pred"]), _ratio(total["facts_correct"], total["facts_true"])
     out: dict[str, Any] = {
-        "precision": p, "recall": r, "f1": _f1(p, r),
+        "precision": p,
+        "recall": r,
+        "f1": _f1(p, r),
         "object_precision": _ratio(total["objects_consistent"], total["objects_pred"]),
         "object_recall": _ratio(total["objects_recalled"], total["objects_true"]),
         "hallucinated_per_caption": _ratio(total["hallucinated"], total["captions"]),
@@ -192,24 +214,29 @@ def text_scores(captions: Sequence[str], references: Sequence[str]) -> dict[str,
     return {"bleu4": float(bleu), "rougeL": float(rouge["rougeL_fmeasure"])}
 
 
-def caption_scores(captions: Sequence[str], references: Sequence[str],
-                   attributes: Optional[Sequence[Mapping[str, Any]]] = None) -> dict[str, Any]:
+def caption_scores(
+    captions: Sequence[str], references: Sequence[str], attributes: Optional[Sequence[Mapping[str, Any]]] = None
+) -> dict[str, Any]:
     """Text metrics, plus attribute precision / recall when the scenes' ``attributes`` are given."""
     out: dict[str, Any] = dict(text_scores(captions, references))
     words = [len(c.split()) for c in captions]
     out["mean_words"] = sum(words) / max(1, len(words))
     if attributes is not None:
-        out.update({f"attr_{k}" if k in ("precision", "recall", "f1") else k: v
-                    for k, v in attribute_scores(captions, attributes).items()})
+        out.update(
+            {
+                f"attr_{k}" if k in ("precision", "recall", "f1") else k: v
+                for k, v in attribute_scores(captions, attributes).items()
+            }
+        )
     return out
 
 
 # ------------------------------------------------------------------------------------------------ the command
 DEFAULTS: dict[str, Any] = {
-    "ckpt": None,            # a captioner checkpoint (zoo-train model=captioner)
-    "features": None,        # the zoo-embed file of `split` (clip_image_emb per dataset index)
+    "ckpt": None,  # a captioner checkpoint (zoo-train model=captioner)
+    "features": None,  # the zoo-embed file of `split` (clip_image_emb per dataset index)
     "split": "val",
-    "n": None,               # the first n items (None: all of the file)
+    "n": None,  # the first n items (None: all of the file)
     "decoding": ["greedy", "beam"],  # one or several of greedy | beam | nucleus
     "beam_width": 4,
     "length_penalty": 1.0,
@@ -249,8 +276,9 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     cfg = {**DEFAULTS, **dict(cfg)}
     if not cfg["ckpt"] or not cfg["features"]:
-        raise ConfigError("python -m eval.captions needs ckpt=<captioner last.ckpt> and features=<zoo-embed file of "
-                          "the split>")
+        raise ConfigError(
+            "python -m eval.captions needs ckpt=<captioner last.ckpt> and features=<zoo-embed file of the split>"
+        )
     lit = load_module(cfg["ckpt"], expect=("captioner",))
     feats = safe_load(cfg["features"])
     if not isinstance(feats, dict) or "clip_image_emb" not in feats:
@@ -285,22 +313,34 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 kw.update(beam_width=int(cfg["beam_width"]), length_penalty=float(cfg["length_penalty"]))
             elif method == "nucleus":
                 kw.update(top_p=float(cfg["top_p"]), temperature=float(cfg["temperature"]), generator=gen)
-            captions += lit.caption(emb[i:min(i + bs, n)], batch_size=bs, **kw)
-        row = {"decoding": method, **caption_scores(captions, references, attributes if scene is not None else None),
-               "seconds": round(time.time() - t0, 2)}
+            captions += lit.caption(emb[i : min(i + bs, n)], batch_size=bs, **kw)
+        row = {
+            "decoding": method,
+            **caption_scores(captions, references, attributes if scene is not None else None),
+            "seconds": round(time.time() - t0, 2),
+        }
         if method == "beam":
             row["beam_width"] = int(cfg["beam_width"])
         if method == "nucleus":
             row["top_p"] = float(cfg["top_p"])
         rows.append(row)
         examples[method] = captions[: int(cfg["examples"])]
-    return {"ckpt": str(cfg["ckpt"]), "features": str(cfg["features"]), "split": cfg["split"], "n": n,
-            "reference_style": style, "rows": rows, "references": references[: int(cfg["examples"])],
-            "examples": examples,
-            "notes": ["BLEU-4: torchmetrics BLEUScore(n_gram=4), corpus level, one reference per image",
-                      "ROUGE-L: torchmetrics ROUGEScore rougeL F1, mean over captions",
-                      "CIDEr: not reported (no maintained implementation installed)",
-                      "attributes: micro-averaged facts (see eval/captions.py)"]}
+    return {
+        "ckpt": str(cfg["ckpt"]),
+        "features": str(cfg["features"]),
+        "split": cfg["split"],
+        "n": n,
+        "reference_style": style,
+        "rows": rows,
+        "references": references[: int(cfg["examples"])],
+        "examples": examples,
+        "notes": [
+            "BLEU-4: torchmetrics BLEUScore(n_gram=4), corpus level, one reference per image",
+            "ROUGE-L: torchmetrics ROUGEScore rougeL F1, mean over captions",
+            "CIDEr: not reported (no maintained implementation installed)",
+            "attributes: micro-averaged facts (see eval/captions.py)",
+        ],
+    }
 
 
 def _fmt(v: Any) -> str:
@@ -309,24 +349,48 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-COLUMNS = ("decoding", "bleu4", "rougeL", "attr_precision", "attr_recall", "attr_f1", "object_precision",
-           "object_recall", "hallucinated_per_caption", "mean_words", "seconds")
+COLUMNS = (
+    "decoding",
+    "bleu4",
+    "rougeL",
+    "attr_precision",
+    "attr_recall",
+    "attr_f1",
+    "object_precision",
+    "object_recall",
+    "hallucinated_per_caption",
+    "mean_words",
+    "seconds",
+)
 
 
 def markdown_report(results: Mapping[str, Any]) -> str:
     cols = [c for c in COLUMNS if any(c in r for r in results["rows"])]
-    lines = [f"# Caption quality: {results['ckpt']}", "",
-             f"{results['n']} images of the {results['split']} split ({results['features']}); references: "
-             f"`{results['reference_style']}` captions.", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = [
+        f"# Caption quality: {results['ckpt']}",
+        "",
+        f"{results['n']} images of the {results['split']} split ({results['features']}); references: "
+        f"`{results['reference_style']}` captions.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
     for r in results["rows"]:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
-    lines += ["", "Per attribute (precision / recall):", "", "| decoding | " + " | ".join(KINDS) + " |",
-              "|" + "---|" * (len(KINDS) + 1)]
+    lines += [
+        "",
+        "Per attribute (precision / recall):",
+        "",
+        "| decoding | " + " | ".join(KINDS) + " |",
+        "|" + "---|" * (len(KINDS) + 1),
+    ]
     for r in results["rows"]:
         if "shape_precision" in r:
-            lines.append(f"| {r['decoding']} | " + " | ".join(
-                f"{_fmt(r[f'{k}_precision'])} / {_fmt(r[f'{k}_recall'])}" for k in KINDS) + " |")
+            lines.append(
+                f"| {r['decoding']} | "
+                + " | ".join(f"{_fmt(r[f'{k}_precision'])} / {_fmt(r[f'{k}_recall'])}" for k in KINDS)
+                + " |"
+            )
     lines += ["", "Examples (reference -> generated):", ""]
     for i, ref in enumerate(results["references"]):
         lines.append(f"- `{ref}`")

@@ -15,6 +15,7 @@ run directory: ``results.json``, ``results.md``, ``blur.png``, ``rerank.png``, `
 reason (no FID Inception weights offline, no CLIP checkpoint, no ground-truth attributes); naming a metric whose
 weights are missing is an error that says which option fixes it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -80,17 +81,22 @@ def build_clip(node: DictConfig):
 
     ckpt = node.get("checkpoint")
     if ckpt and not Path(str(ckpt)).expanduser().is_file():
-        raise ConfigError(f"CLIP checkpoint not found: {ckpt} (fix: clip.checkpoint=/path/to/clip.ckpt from "
-                          f"`zoo-train experiment=clip/shapes` or `make demo`, or clip.checkpoint=null "
-                          f"clip.arch=ViT-B-32 clip.pretrained=openai)")
+        raise ConfigError(
+            f"CLIP checkpoint not found: {ckpt} (fix: clip.checkpoint=/path/to/clip.ckpt from "
+            f"`zoo-train experiment=clip/shapes` or `make demo`, or clip.checkpoint=null "
+            f"clip.arch=ViT-B-32 clip.pretrained=openai)"
+        )
     scorer = ClipScorer.from_config(node)
     if ckpt:
         ident = f"clip:{node.get('arch') or 'zoo'}@{file_digest(ckpt)}"
     else:
         ident = f"clip:{node.get('arch')}:{node.get('pretrained') or 'random-init'}"
         if not node.get("pretrained"):
-            log.warning("CLIP %s has random weights (no clip.checkpoint / clip.pretrained): its numbers only test "
-                        "the machinery", node.get("arch"))
+            log.warning(
+                "CLIP %s has random weights (no clip.checkpoint / clip.pretrained): its numbers only test "
+                "the machinery",
+                node.get("arch"),
+            )
     return scorer, ident
 
 
@@ -147,8 +153,10 @@ def build_suite(cfg: DictConfig, eval_set: EvalSet, want_rerank: bool) -> tuple[
     if set(wanted) & set(JUDGE_METRICS):
         if eval_set.attributes is None:
             if not auto:
-                raise ConfigError(f"metrics {sorted(set(wanted) & set(JUDGE_METRICS))} need ground-truth scene "
-                                  f"attributes, which only protocol=shapes has (fix: drop them from metrics=)")
+                raise ConfigError(
+                    f"metrics {sorted(set(wanted) & set(JUDGE_METRICS))} need ground-truth scene "
+                    f"attributes, which only protocol=shapes has (fix: drop them from metrics=)"
+                )
             for m in JUDGE_METRICS:
                 skipped[m] = f"the shapes judge needs ground-truth attributes; protocol {eval_set.name} has none"
         else:
@@ -161,10 +169,19 @@ def build_suite(cfg: DictConfig, eval_set: EvalSet, want_rerank: bool) -> tuple[
         reasons = "; ".join(f"{m}: {why}" for m, why in skipped.items())
         raise ConfigError(f"no metric can be computed on this machine ({reasons})")
     cache = RealStatsCache(Path(str(cfg.paths.cache_dir)) / "real_stats") if e.get("cache_real_stats", True) else None
-    suite = MetricSuite(metrics, inception=inception, clip=clip if set(metrics) & set(CLIP_METRICS) else None,
-                        judge=judge, cache=cache, clip_id=clip_id, batch_size=int(e.feature_batch_size),
-                        kid_subsets=int(e.kid_subsets), kid_subset_size=int(e.kid_subset_size),
-                        is_splits=int(e.is_splits), progress=bool(cfg.get("progress", True)))
+    suite = MetricSuite(
+        metrics,
+        inception=inception,
+        clip=clip if set(metrics) & set(CLIP_METRICS) else None,
+        judge=judge,
+        cache=cache,
+        clip_id=clip_id,
+        batch_size=int(e.feature_batch_size),
+        kid_subsets=int(e.kid_subsets),
+        kid_subset_size=int(e.kid_subset_size),
+        is_splits=int(e.is_splits),
+        progress=bool(cfg.get("progress", True)),
+    )
     return suite, clip, skipped
 
 
@@ -177,8 +194,11 @@ def _generator_info(cfg: DictConfig) -> dict[str, Any]:
     except Exception:  # compose without hydra config
         pass
     params = {k: v for k, v in OmegaConf.to_container(cfg.generator, resolve=True).items() if k != "_target_"}
-    return {"name": name or _target(cfg.generator).rsplit(".", 1)[-1], "target": _target(cfg.generator),
-            "params": params}
+    return {
+        "name": name or _target(cfg.generator).rsplit(".", 1)[-1],
+        "target": _target(cfg.generator),
+        "params": params,
+    }
 
 
 def _save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
@@ -210,8 +230,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     radii = check_radii(list(cfg.blur.radii), eval_set.resolution) if "blur" in ablations else []
     generator = build_generator(cfg.generator, eval_set)
     suite, clip, skipped = build_suite(cfg, eval_set, want_rerank="rerank" in ablations)
-    log.info("protocol %s (%d captions at %d px); metrics %s; skipped %s", eval_set.name, len(eval_set),
-             eval_set.resolution, list(suite.metrics), sorted(skipped))
+    log.info(
+        "protocol %s (%d captions at %d px); metrics %s; skipped %s",
+        eval_set.name,
+        len(eval_set),
+        eval_set.resolution,
+        list(suite.metrics),
+        sorted(skipped),
+    )
 
     results: dict[str, Any] = {
         "protocol": eval_set.describe(),
@@ -221,10 +247,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "skipped": skipped,
         "conventions": {
             "blur radius": "Gaussian standard deviation in pixels at the evaluation resolution (Pillow's "
-                           "GaussianBlur reading), applied to real and generated images",
+            "GaussianBlur reading), applied to real and generated images",
             "CLIP score": CLIP_SCORE_CONVENTION,
             "FID/KID/IS": "torch-fidelity's Inception and statistics (uint8 rounding, TF1 bilinear resize to 299); "
-                          "IS and KID subset sizes lowered to the number of images when fewer",
+            "IS and KID subset sizes lowered to the number of images when fewer",
         },
         "seed": seed,
         "timing_s": {},
@@ -233,15 +259,25 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     banks: dict[int, Any] = {}
     if "rerank" in ablations and "rerank" not in skipped:
         t = time.perf_counter()
-        rows, banks = rerank_ablation(generator, eval_set, suite, clip, list(cfg.rerank.candidates),
-                                      batch_size=int(cfg.rerank.batch_size), seed=seed,
-                                      blur_radius=float(cfg.rerank.get("blur_radius", 0)), progress=progress)
+        rows, banks = rerank_ablation(
+            generator,
+            eval_set,
+            suite,
+            clip,
+            list(cfg.rerank.candidates),
+            batch_size=int(cfg.rerank.batch_size),
+            seed=seed,
+            blur_radius=float(cfg.rerank.get("blur_radius", 0)),
+            progress=progress,
+        )
         results["rerank"] = rows
         results["timing_s"]["rerank"] = round(time.perf_counter() - t, 1)
         if set(suite.metrics) & set(CLIP_METRICS):
-            results["notes"].append("The reranking CLIP is also the CLIP of clip_score/fd_clip, so CLIP score rises "
-                                    "with reranking by construction; prompt fidelity (shapes judge) and FID are the "
-                                    "independent readings.")
+            results["notes"].append(
+                "The reranking CLIP is also the CLIP of clip_score/fd_clip, so CLIP score rises "
+                "with reranking by construction; prompt fidelity (shapes judge) and FID are the "
+                "independent readings."
+            )
         n_max = max(banks)
         _save_grid(banks[n_max].tensor()[:64], out_dir / f"samples_rerank_n{n_max}.png")
     if "blur" in ablations:
@@ -250,11 +286,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if k in banks:  # the rerank ablation already kept these images (same seeds)
             fakes = banks[k]
         elif k == 1:  # candidate 0 under the seed: no CLIP needed
-            fakes = generate_images(generator, eval_set.captions, int(cfg.batch_size), eval_set.resolution, seed,
-                                    progress)
+            fakes = generate_images(
+                generator, eval_set.captions, int(cfg.batch_size), eval_set.resolution, seed, progress
+            )
         elif clip is None:
-            raise ConfigError(f"blur.candidates={k} reranks with CLIP, and there is none: {skipped.get('rerank')} "
-                              f"(fix: blur.candidates=1, or give a CLIP)")
+            raise ConfigError(
+                f"blur.candidates={k} reranks with CLIP, and there is none: {skipped.get('rerank')} "
+                f"(fix: blur.candidates=1, or give a CLIP)"
+            )
         else:
             fakes = rerank_select(generator, eval_set, clip, [k], int(cfg.rerank.batch_size), seed, progress)[0][k]
         results["blur_candidates"] = k

@@ -1,5 +1,6 @@
 """MS-COCO zero-shot (``protocol=coco``; DALL·E 1, GLIDE, unCLIP): ``n`` images (default 30,000) drawn from
 ``val{year}`` with a fixed seed, one of each image's captions (seeded), the same images as the real set."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,11 +19,20 @@ class CocoProtocol:
 
     Layout (as ``zoo.data.coco``): ``{root}/annotations/captions_val{year}.json`` and ``{root}/val{year}/``."""
 
-    def __init__(self, root: str, n: int = 30000, year: int = 2014, seed: int = 0, eval_resolution: int = 256,
-                 batch_size: int = 32):
+    def __init__(
+        self,
+        root: str,
+        n: int = 30000,
+        year: int = 2014,
+        seed: int = 0,
+        eval_resolution: int = 256,
+        batch_size: int = 32,
+    ):
         if root is None or str(root) in ("", "???"):
-            raise ConfigError("the MS-COCO protocol needs the dataset (fix: protocol.root=/path/to/coco holding "
-                              "annotations/captions_val2014.json and val2014/)")
+            raise ConfigError(
+                "the MS-COCO protocol needs the dataset (fix: protocol.root=/path/to/coco holding "
+                "annotations/captions_val2014.json and val2014/)"
+            )
         self.root, self.n, self.year, self.seed = Path(str(root)).expanduser(), int(n), int(year), int(seed)
         self.eval_resolution, self.batch_size = int(eval_resolution), int(batch_size)
 
@@ -30,8 +40,10 @@ class CocoProtocol:
         """(file names, captions) of the protocol's images, in protocol order."""
         ann = self.root / "annotations" / f"captions_val{self.year}.json"
         if not ann.is_file():
-            raise ConfigError(f"MS-COCO captions not found: {ann} (fix: protocol.root=/path/to/coco holding "
-                              f"annotations/captions_val{self.year}.json and val{self.year}/)")
+            raise ConfigError(
+                f"MS-COCO captions not found: {ann} (fix: protocol.root=/path/to/coco holding "
+                f"annotations/captions_val{self.year}.json and val{self.year}/)"
+            )
         meta = json.loads(ann.read_text(encoding="utf-8"))
         caps: dict[int, list[str]] = {}
         for a in sorted(meta["annotations"], key=lambda a: a["id"]):
@@ -49,5 +61,13 @@ class CocoProtocol:
         real = ImageFiles([folder / f for f in files], self.eval_resolution, self.batch_size)
         digest = hashlib.sha256("\n".join(files).encode()).hexdigest()[:12]
         protocol = f"coco{self.year}-val;seed={self.seed};files={digest};resize=bicubic-aa-centercrop"
-        return EvalSet(f"coco{self.year}", "val", captions, real, self.eval_resolution, None, protocol,
-                       info={"seed": self.seed, "root": str(self.root)})
+        return EvalSet(
+            f"coco{self.year}",
+            "val",
+            captions,
+            real,
+            self.eval_resolution,
+            None,
+            protocol,
+            info={"seed": self.seed, "root": str(self.root)},
+        )

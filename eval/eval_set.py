@@ -11,6 +11,7 @@ Resolution: generators produce images at their own resolution; ``resize_for_eval
 the same treatment (shorter side resized with PIL-equivalent antialiased bicubic, centre crop). The Inception
 network then applies its own fixed resize to 299 (see ``eval/features.py``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -53,12 +54,25 @@ class EvalSet:
     def stats_key(self, extractor: str, blur_radius: float = 0.0):
         from eval.metrics import RealStatsKey
 
-        return RealStatsKey(self.name, self.split, int(self.resolution), extractor, n=len(self.captions),
-                            blur_radius=float(blur_radius), protocol=self.protocol)
+        return RealStatsKey(
+            self.name,
+            self.split,
+            int(self.resolution),
+            extractor,
+            n=len(self.captions),
+            blur_radius=float(blur_radius),
+            protocol=self.protocol,
+        )
 
     def describe(self) -> dict:
-        return {"dataset": self.name, "split": self.split, "n": len(self.captions), "resolution": int(self.resolution),
-                "protocol": self.protocol, **self.info}
+        return {
+            "dataset": self.name,
+            "split": self.split,
+            "n": len(self.captions),
+            "resolution": int(self.resolution),
+            "protocol": self.protocol,
+            **self.info,
+        }
 
 
 def resize_for_eval(images: torch.Tensor, resolution: Optional[int]) -> torch.Tensor:

@@ -22,6 +22,7 @@ unCLIP) used the TF1/pytorch-fid lineage, not clean-fid. clean-fid's argument (b
 when *downsampling*) matters for inputs larger than 299 px; the zoo's 256 px (and smaller) images are upsampled,
 where the two resizers differ far less. Rounding to uint8 first is also what happens when samples are saved as PNG.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -227,7 +228,11 @@ class InceptionFeatures(nn.Module):
 
     @torch.no_grad()
     def extract(
-        self, images: ImageSource, batch_size: int = 50, progress: bool = True, desc: str = "Inception features",
+        self,
+        images: ImageSource,
+        batch_size: int = 50,
+        progress: bool = True,
+        desc: str = "Inception features",
         transform=None,
     ) -> dict[str, torch.Tensor]:
         """Features of a whole image set (tensor, iterable of batches or a DataLoader of dict batches).

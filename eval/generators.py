@@ -10,6 +10,7 @@ loop that runs any generator over a protocol's captions. The ``Generator`` inter
   machinery, not a model).
 - ``generate_images``: one image per caption (candidate 0), batched, resized to the evaluation resolution.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,9 @@ class FolderGenerator:
     def __init__(self, path, resolution: Optional[int] = None):
         self.path = Path(str(path)).expanduser()
         if not self.path.is_dir():
-            raise ConfigError(f"sample folder not found: {self.path} (fix: generator.path=/dir/with/images "
-                              f"and captions.json)")
+            raise ConfigError(
+                f"sample folder not found: {self.path} (fix: generator.path=/dir/with/images and captions.json)"
+            )
         self.resolution = resolution
         files, captions = self._index()
         self.files, self.captions = files, captions
@@ -91,8 +93,10 @@ class FolderGenerator:
             if len(files) != len(caps):
                 raise ConfigError(f"{txt} has {len(caps)} captions but {self.path} has {len(files)} images")
             return files, caps
-        raise ConfigError(f"{self.path} has no captions.json or captions.txt (fix: write one with "
-                          f"eval.generators.save_folder, or captions.txt with one caption per image in name order)")
+        raise ConfigError(
+            f"{self.path} has no captions.json or captions.txt (fix: write one with "
+            f"eval.generators.save_folder, or captions.txt with one caption per image in name order)"
+        )
 
     def __len__(self) -> int:
         return len(self.files)
@@ -100,8 +104,10 @@ class FolderGenerator:
     def generate(self, captions: list[str]) -> torch.Tensor:
         missing = [c for c in captions if c not in self._by_caption]
         if missing:
-            raise ValueError(f"{len(missing)} captions have no image in {self.path}, e.g. {missing[0]!r} "
-                             f"(the folder must hold samples for the protocol's captions)")
+            raise ValueError(
+                f"{len(missing)} captions have no image in {self.path}, e.g. {missing[0]!r} "
+                f"(the folder must hold samples for the protocol's captions)"
+            )
         out = []
         for c in captions:
             idx = self._by_caption[c]
@@ -154,8 +160,14 @@ class RealBlurredGenerator:
         return gaussian_blur(images, self.radius) if self.radius else images
 
 
-def generate_images(generator, captions: Sequence[str], batch_size: int = 32, resolution: Optional[int] = None,
-                    seed: int = 0, progress: bool = True) -> ImageBank:
+def generate_images(
+    generator,
+    captions: Sequence[str],
+    batch_size: int = 32,
+    resolution: Optional[int] = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> ImageBank:
     """One image per caption (candidate 0 of ``as_candidate_generator(generator, seed)``), in batches with a progress
     bar, resized to ``resolution`` and kept as uint8 in an ``ImageBank``."""
     from zoo.progress import track

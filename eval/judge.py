@@ -7,6 +7,7 @@ asked for — what T2I-CompBench / DrawBench measure with people or detectors, e
 The network is a small CNN with one head per (cell, attribute): shapes world scenes put at most one object per cell
 of a 3x3 grid, so "which object is in cell (r, c)" is a closed-set classification with a "none" class.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,11 +60,19 @@ class ShapesJudge(nn.Module):
         self.resolution = resolution
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(3, w, 3, padding=1), nn.GELU(),
-            nn.Conv2d(w, w, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),          # 8x8
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),      # 4x4
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.GELU(),
-            nn.Flatten(), nn.Linear(2 * w * 16, 256), nn.GELU(),
+            nn.Conv2d(3, w, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.GELU(),
+            nn.MaxPool2d(2),  # 8x8
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.GELU(),
+            nn.MaxPool2d(2),  # 4x4
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+            nn.GELU(),
+            nn.Flatten(),
+            nn.Linear(2 * w * 16, 256),
+            nn.GELU(),
         )
         self.n_out = {"shape": len(vocab.shapes) + 1, "colour": len(vocab.colours), "size": len(vocab.sizes)}
         self.heads = nn.ModuleDict({k: nn.Linear(256, n) for k, n in self.n_out.items()})
@@ -103,10 +112,15 @@ class ShapesJudge(nn.Module):
                 s = int(shape[b, cell])
                 if s == 0:
                     continue
-                objects.append({
-                    "shape": self.vocab.shapes[s - 1], "colour": self.vocab.colours[int(colour[b, cell])],
-                    "size": self.vocab.sizes[int(size[b, cell])], "row": cell // 3, "col": cell % 3,
-                })
+                objects.append(
+                    {
+                        "shape": self.vocab.shapes[s - 1],
+                        "colour": self.vocab.colours[int(colour[b, cell])],
+                        "size": self.vocab.sizes[int(size[b, cell])],
+                        "row": cell // 3,
+                        "col": cell % 3,
+                    }
+                )
             scenes.append({"background": self.vocab.backgrounds[int(bg[b])], "objects": objects})
         return scenes
 
@@ -191,8 +205,10 @@ def train_judge(
         idx = range(step * batch_size, (step + 1) * batch_size)
         samples = [data[i] for i in idx]
         images = torch.stack([s["image"] for s in samples])
-        targets = {k: torch.stack([vocab.targets(s["attributes"])[k] for s in samples]) for k in
-                   ("shape", "colour", "size", "background")}
+        targets = {
+            k: torch.stack([vocab.targets(s["attributes"])[k] for s in samples])
+            for k in ("shape", "colour", "size", "background")
+        }
         with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):  # bf16 where native
             logits = judge(images)
         loss = judge.loss({k: v.float() for k, v in logits.items()}, targets)
@@ -210,10 +226,17 @@ def save_judge(judge: ShapesJudge, path) -> None:
 
     v = judge.vocab
     atomic_torch_save(
-        {"state_dict": judge.state_dict(), "resolution": judge.resolution,
-         "width": judge.features[0].out_channels,
-         "vocab": {"shapes": list(v.shapes), "colours": list(v.colours), "sizes": list(v.sizes),
-                   "backgrounds": list(v.backgrounds)}},
+        {
+            "state_dict": judge.state_dict(),
+            "resolution": judge.resolution,
+            "width": judge.features[0].out_channels,
+            "vocab": {
+                "shapes": list(v.shapes),
+                "colours": list(v.colours),
+                "sizes": list(v.sizes),
+                "backgrounds": list(v.backgrounds),
+            },
+        },
         path,
     )
 

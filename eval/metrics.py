@@ -18,6 +18,7 @@ Protocol notes (which numbers are comparable):
   the number of samples when there are fewer and reports the size used).
 - FID is biased upwards for small N; only compare FIDs computed with the same N (the papers use 30,000).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -137,8 +138,14 @@ def frechet_distance(feats_a, feats_b) -> float:
 
 # ----------------------------------------------------------------------------------------------- KID, IS
 def kid(
-    feats_a, feats_b, subsets: int = 100, subset_size: int = 1000, degree: int = 3,
-    gamma: Optional[float] = None, coef0: float = 1.0, seed: int = DEFAULT_SEED,
+    feats_a,
+    feats_b,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: Optional[float] = None,
+    coef0: float = 1.0,
+    seed: int = DEFAULT_SEED,
 ) -> tuple[float, float]:
     """Kernel Inception Distance (mean, std over subsets) with torch-fidelity's ``kid_features_to_metric``.
 
@@ -154,9 +161,16 @@ def kid(
             f"({a.shape[0]} vs {b.shape[0]}); pass subset_size <= {min(a.shape[0], b.shape[0])}"
         )
     out = kid_features_to_metric(
-        a.float(), b.float(), kid_subsets=subsets, kid_subset_size=subset_size, kid_kernel="poly",
-        kid_kernel_poly_degree=degree, kid_kernel_poly_gamma=gamma, kid_kernel_poly_coef0=coef0,
-        rng_seed=seed, verbose=False,
+        a.float(),
+        b.float(),
+        kid_subsets=subsets,
+        kid_subset_size=subset_size,
+        kid_kernel="poly",
+        kid_kernel_poly_degree=degree,
+        kid_kernel_poly_gamma=gamma,
+        kid_kernel_poly_coef0=coef0,
+        rng_seed=seed,
+        verbose=False,
     )
     return float(out[KEY_METRIC_KID_MEAN]), float(out[KEY_METRIC_KID_STD])
 
@@ -173,8 +187,9 @@ def inception_score(logits, splits: int = 10, shuffle: bool = True, seed: int = 
 
 # ----------------------------------------------------------------------------------------------- FD_CLIP
 @torch.no_grad()
-def clip_features(scorer, images: ImageSource, batch_size: int = 64, progress: bool = False,
-                  desc: str = "CLIP features") -> torch.Tensor:
+def clip_features(
+    scorer, images: ImageSource, batch_size: int = 64, progress: bool = False, desc: str = "CLIP features"
+) -> torch.Tensor:
     """(N, D) image features from any object with ``encode_image(images in [-1, 1]) -> (N, D)``."""
     from zoo.progress import track
 

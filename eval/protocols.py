@@ -5,6 +5,7 @@
 - ``eval.generators``: ``FolderGenerator``, ``RealBlurredGenerator``, ``save_folder``, ``generate_images``
 - ``eval.shapes_protocol``: ``ShapesProtocol``; ``eval.coco_protocol``: ``CocoProtocol``
 """
+
 from eval.coco_protocol import CocoProtocol
 from eval.eval_set import EvalSet, ImageBank, ImageFiles, load_image, resize_for_eval
 from eval.generators import (
@@ -23,7 +24,20 @@ from zoo.pipelines.base import (
 )
 
 __all__ = [
-    "CandidateGenerator", "CocoProtocol", "EvalSet", "FolderGenerator", "Generator", "ImageBank", "ImageFiles",
-    "RealBlurredGenerator", "RepeatedCandidates", "ShapesProtocol", "as_candidate_generator", "check_generated",
-    "generate_images", "load_image", "resize_for_eval", "save_folder",
+    "CandidateGenerator",
+    "CocoProtocol",
+    "EvalSet",
+    "FolderGenerator",
+    "Generator",
+    "ImageBank",
+    "ImageFiles",
+    "RealBlurredGenerator",
+    "RepeatedCandidates",
+    "ShapesProtocol",
+    "as_candidate_generator",
+    "check_generated",
+    "generate_images",
+    "load_image",
+    "resize_for_eval",
+    "save_folder",
 ]

@@ -2,6 +2,7 @@
 per blur radius / number of candidates, one column per metric), PNG plots (metric vs blur radius, metric vs
 candidates; matplotlib's Agg backend, no display needed), and the same tables and plots logged to W&B.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,7 @@ def columns_of(rows: list[dict]) -> list[str]:
 
 def markdown_table(rows: list[dict], x: str, x_header: str) -> str:
     cols = columns_of(rows)
-    lines = ["| " + " | ".join([x_header] + [COLUMNS[c][0] for c in cols]) + " |",
-             "|" + "---:|" * (len(cols) + 1)]
+    lines = ["| " + " | ".join([x_header] + [COLUMNS[c][0] for c in cols]) + " |", "|" + "---:|" * (len(cols) + 1)]
     for r in rows:
         xv = r[x]
         xs = f"{xv:g}" if isinstance(xv, float) else str(xv)
@@ -66,8 +66,10 @@ def group_skipped(skipped: dict[str, str]) -> list[tuple[list[str], str]]:
 def markdown_report(results: dict[str, Any]) -> str:
     p, g = results.get("protocol", {}), results.get("generator", {})
     out = ["# zoo-eval results", ""]
-    out.append(f"- protocol: **{p.get('dataset')}** {p.get('split')}, {p.get('n')} captions, evaluated at "
-               f"{p.get('resolution')} px (`{p.get('protocol')}`)")
+    out.append(
+        f"- protocol: **{p.get('dataset')}** {p.get('split')}, {p.get('n')} captions, evaluated at "
+        f"{p.get('resolution')} px (`{p.get('protocol')}`)"
+    )
     out.append(f"- generator: `{g.get('name')}` {g.get('params', '')}".rstrip())
     out.append(f"- metrics: {', '.join(results.get('metrics', [])) or 'none'}")
     for names, why in group_skipped(results.get("skipped", {})):
@@ -110,7 +112,7 @@ def plot_ablation(rows: list[dict], x: str, x_label: str, title: str, path, log2
             ax.set_xscale("log", base=2)
             ax.set_xticks(xs, [str(v) for v in xs])
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(cols):]:
+    for ax in list(axes.flat)[len(cols) :]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -161,4 +163,12 @@ def log_to_wandb(results: dict[str, Any], paths: dict[str, Path], init_kwargs: d
         run.finish()
 
 
-__all__ = ["COLUMNS", "group_skipped", "log_to_wandb", "markdown_report", "markdown_table", "plot_ablation", "write_report"]
+__all__ = [
+    "COLUMNS",
+    "group_skipped",
+    "log_to_wandb",
+    "markdown_report",
+    "markdown_table",
+    "plot_ablation",
+    "write_report",
+]

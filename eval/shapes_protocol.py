@@ -1,5 +1,6 @@
 """The zero-shot protocol on the built-in shapes world (``protocol=shapes``): captions, real scenes and the
 ground-truth attributes the shapes judge checks."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -17,9 +18,17 @@ class ShapesProtocol:
     ``resolution`` is the world's rendering size (the models' size, 32 px by default) and also the evaluation size
     unless ``eval_resolution`` is given (then generated and real images are both resized to it)."""
 
-    def __init__(self, n: int = 1000, split: str = "val", resolution: int = 32, seed: int = 0,
-                 caption_style: str = "descriptive", min_objects: int = 1, max_objects: int = 3,
-                 eval_resolution: Optional[int] = None):
+    def __init__(
+        self,
+        n: int = 1000,
+        split: str = "val",
+        resolution: int = 32,
+        seed: int = 0,
+        caption_style: str = "descriptive",
+        min_objects: int = 1,
+        max_objects: int = 3,
+        eval_resolution: Optional[int] = None,
+    ):
         if int(n) < 2:
             raise ConfigError(f"protocol.n must be >= 2 (statistics need two samples), got {n}")
         self.n, self.split, self.resolution, self.seed = int(n), split, int(resolution), int(seed)
@@ -30,9 +39,15 @@ class ShapesProtocol:
         from zoo.data.shapes import WORLD_VERSION, ShapesDataset
         from zoo.progress import track
 
-        ds = ShapesDataset(self.split, size=self.n, resolution=self.resolution, seed=self.seed,
-                           caption_style=self.caption_style, min_objects=self.min_objects,
-                           max_objects=self.max_objects)
+        ds = ShapesDataset(
+            self.split,
+            size=self.n,
+            resolution=self.resolution,
+            seed=self.seed,
+            caption_style=self.caption_style,
+            min_objects=self.min_objects,
+            max_objects=self.max_objects,
+        )
         bank = ImageBank()
         captions, attributes, chunk = [], [], []
         for i in track(range(self.n), desc="render shapes (real)", disable=not progress, leave=False):
@@ -43,8 +58,17 @@ class ShapesProtocol:
             if len(chunk) == 256 or i == self.n - 1:
                 bank.add(resize_for_eval(torch.stack(chunk), self.eval_resolution))
                 chunk = []
-        protocol = (f"shapes-v{WORLD_VERSION};seed={self.seed};style={self.caption_style};"
-                    f"objects={self.min_objects}-{self.max_objects};render={self.resolution}")
-        return EvalSet("shapes", self.split, captions, bank, self.eval_resolution, attributes, protocol,
-                       info={"generation_resolution": self.resolution, "caption_style": self.caption_style,
-                             "seed": self.seed})
+        protocol = (
+            f"shapes-v{WORLD_VERSION};seed={self.seed};style={self.caption_style};"
+            f"objects={self.min_objects}-{self.max_objects};render={self.resolution}"
+        )
+        return EvalSet(
+            "shapes",
+            self.split,
+            captions,
+            bank,
+            self.eval_resolution,
+            attributes,
+            protocol,
+            info={"generation_resolution": self.resolution, "caption_style": self.caption_style, "seed": self.seed},
+        )

@@ -1,7 +1,8 @@
 """Text->image and image->text recall@1/@5 of a trained CLIP on a val batch of shapes scenes with descriptive captions.
 
-    python scripts/clip_recall.py <checkpoint from zoo-train model=clip> [--n 64]
+python scripts/clip_recall.py <checkpoint from zoo-train model=clip> [--n 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,10 @@ def main() -> None:
     images = torch.stack([ds[i]["image"] for i in range(args.n)])
     captions = [ds[i]["captions"]["descriptive"] for i in range(args.n)]
     sim = scorer.encode_text(captions) @ scorer.encode_image(images).t()  # (texts, images)
-    print(f"n={args.n} t2i_r@1={recall_at_k(sim, 1):.3f} t2i_r@5={recall_at_k(sim, 5):.3f} "
-          f"i2t_r@1={recall_at_k(sim.t(), 1):.3f} i2t_r@5={recall_at_k(sim.t(), 5):.3f}")
+    print(
+        f"n={args.n} t2i_r@1={recall_at_k(sim, 1):.3f} t2i_r@5={recall_at_k(sim, 5):.3f} "
+        f"i2t_r@1={recall_at_k(sim.t(), 1):.3f} i2t_r@5={recall_at_k(sim.t(), 5):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ on reconstructions from the argmax / nearest codes: what the stage-2 transformer
 The budget is CPU time (time.process_time) = minutes x torch threads, so contention from other processes
 lengthens the wall time but not the amount of training.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,7 +90,9 @@ def main() -> None:
     val = torch.stack([vds[i]["image"] for i in range(len(vds))])
     t0, step = time.process_time(), 0
     budget = args.minutes * 60 * torch.get_num_threads()  # CPU seconds over all threads
-    print(f"{args.model} {overrides} lr={args.lr} bs={args.batch_size} budget={args.minutes} min x {torch.get_num_threads()} threads")
+    print(
+        f"{args.model} {overrides} lr={args.lr} bs={args.batch_size} budget={args.minutes} min x {torch.get_num_threads()} threads"
+    )
     while time.process_time() - t0 < budget:
         idx = range(step * args.batch_size, (step + 1) * args.batch_size)
         x = torch.stack([train[i]["image"] for i in idx])
@@ -101,8 +104,11 @@ def main() -> None:
         step += 1
         if step % args.eval_every == 0:
             m = evaluate(lit, val)
-            print(f"step {step:5d}  cpu {((time.process_time() - t0) / 60 / torch.get_num_threads()):5.1f} min  "
-                  f"loss {r['loss'].item():.4f}  val psnr {m['psnr']:.2f} dB  usage {m['usage']:.1f}%", flush=True)
+            print(
+                f"step {step:5d}  cpu {((time.process_time() - t0) / 60 / torch.get_num_threads()):5.1f} min  "
+                f"loss {r['loss'].item():.4f}  val psnr {m['psnr']:.2f} dB  usage {m['usage']:.1f}%",
+                flush=True,
+            )
     m = evaluate(lit, val)
     print(f"FINAL {args.model} steps={step} val_psnr={m['psnr']:.2f}dB codebook_usage={m['usage']:.1f}%")
 

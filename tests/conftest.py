@@ -1,4 +1,5 @@
 """Shared fixtures: compose the real Hydra configs exactly as zoo-train does, pointed at a temp dir."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Shared builders for the DALL·E tests (no tests here; tests get this module from the ``dalle_helpers`` fixture in
 tests/conftest.py): a tiny frozen VQ-VAE checkpoint, a tiny BPE, a tiny CLIP checkpoint."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,17 +20,28 @@ def tiny_tokenizer_ckpt(path: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     lit = VQVAELit(preset="tiny", net=dict(TINY_TOKENIZER_NET))
-    atomic_torch_save({"zoo_class": "zoo.models.vqvae.lit.VQVAELit",
-                       "hyper_parameters": {"preset": "tiny", "net": dict(TINY_TOKENIZER_NET)},
-                       "state_dict": lit.state_dict(), "zoo_config": {"data": {"resolution": RESOLUTION}}}, path)
+    atomic_torch_save(
+        {
+            "zoo_class": "zoo.models.vqvae.lit.VQVAELit",
+            "hyper_parameters": {"preset": "tiny", "net": dict(TINY_TOKENIZER_NET)},
+            "state_dict": lit.state_dict(),
+            "zoo_config": {"data": {"resolution": RESOLUTION}},
+        },
+        path,
+    )
     return path
 
 
 def tiny_bpe(path: Path | None = None, context_length: int = 16):
     from zoo.text import TrainedBPETokenizer
 
-    words = ["a large red circle at the top left", "a small blue square at the bottom right",
-             "two objects on a white background", "a green triangle in the middle center", "a yellow star, small"]
+    words = [
+        "a large red circle at the top left",
+        "a small blue square at the bottom right",
+        "two objects on a white background",
+        "a green triangle in the middle center",
+        "a yellow star, small",
+    ]
     return TrainedBPETokenizer.train(words * 20, vocab_size=300, path=path, context_length=context_length)
 
 
@@ -40,9 +52,16 @@ def tiny_clip_ckpt(path: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     lit = ClipLit(preset="tiny")
-    hp = {"preset": "tiny", "arch": None, "net": None, "pretrained": None, "checkpoint": None, "cache_dir": None,
-          "load_weights": False}
-    atomic_torch_save({"zoo_class": "zoo.models.clip.lit.ClipLit", "hyper_parameters": hp,
-                       "state_dict": lit.state_dict()}, path)
+    hp = {
+        "preset": "tiny",
+        "arch": None,
+        "net": None,
+        "pretrained": None,
+        "checkpoint": None,
+        "cache_dir": None,
+        "load_weights": False,
+    }
+    atomic_torch_save(
+        {"zoo_class": "zoo.models.clip.lit.ClipLit", "hyper_parameters": hp, "state_dict": lit.state_dict()}, path
+    )
     return path
-

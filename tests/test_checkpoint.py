@@ -1,4 +1,5 @@
 """Atomic checkpoint writes and weights_only loads."""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,17 @@ def test_malicious_checkpoint_refused_by_zoo_train(train_cfg, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": _Evil()}, path)
-    cfg = train_cfg("model=dvae", "model.preset=tiny", "data.train_size=16", "data.val_size=8", "data.test_size=8",
-                    "data.batch_size=8", "logger=none", "trainer=cpu", f"ckpt_path={path}")
+    cfg = train_cfg(
+        "model=dvae",
+        "model.preset=tiny",
+        "data.train_size=16",
+        "data.val_size=8",
+        "data.test_size=8",
+        "data.batch_size=8",
+        "logger=none",
+        "trainer=cpu",
+        f"ckpt_path={path}",
+    )
     with pytest.raises(pickle.UnpicklingError):
         train(cfg)
     assert not (tmp_path / "pwned_marker").exists()

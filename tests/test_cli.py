@@ -1,30 +1,49 @@
 """The zoo-train command line as users run it: multirun sweeps with W&B offline, and 2-process DDP on CPU."""
+
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-TINY = ["model=dvae", "model.preset=tiny", "data.train_size=32", "data.val_size=8", "data.test_size=8",
-        "data.batch_size=8", "trainer=cpu", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
-        "trainer.num_sanity_val_steps=0"]
+TINY = [
+    "model=dvae",
+    "model.preset=tiny",
+    "data.train_size=32",
+    "data.val_size=8",
+    "data.test_size=8",
+    "data.batch_size=8",
+    "trainer=cpu",
+    "trainer.max_steps=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.num_sanity_val_steps=0",
+]
 
 
 def _run(args, cwd, timeout=600):
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
-    done = subprocess.run([sys.executable, "-m", "zoo.train", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "zoo.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
     return done
 
 
 def test_multirun_makes_one_dir_and_one_wandb_run_per_job(tmp_path):
-    _run(["-m", *TINY, "logger=wandb", "data.batch_size=4,8", f"paths.log_dir={tmp_path}/logs",
-          f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    _run(
+        [
+            "-m",
+            *TINY,
+            "logger=wandb",
+            "data.batch_size=4,8",
+            f"paths.log_dir={tmp_path}/logs",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        tmp_path,
+    )
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in jobs] == ["0", "1"]
     run_ids = set()

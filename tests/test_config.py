@@ -1,4 +1,5 @@
 """Every model x data pair composes and resolves; bad overrides fail early with messages that say the fix."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +34,16 @@ def test_every_model_data_pair_composes(train_cfg, model, data):
 
 
 # dalle: text tokens + a trained image tokenizer; glide: text tokens; the priors: zoo-embed CLIP features.
-NEEDS_MORE_THAN_IMAGES = ("dalle", "glide", "glide_inpaint", "diffusion_prior", "ar_prior", "unclip_decoder", "noised_clip",
-                          "captioner")
+NEEDS_MORE_THAN_IMAGES = (
+    "dalle",
+    "glide",
+    "glide_inpaint",
+    "diffusion_prior",
+    "ar_prior",
+    "unclip_decoder",
+    "noised_clip",
+    "captioner",
+)
 
 
 def _synthetic_embed_file(path, n: int, clip_dim: int, text_len: int):
@@ -46,8 +55,14 @@ def _synthetic_embed_file(path, n: int, clip_dim: int, text_len: int):
 
     g = torch.Generator().manual_seed(0)
     emb = torch.nn.functional.normalize(torch.randn(n, clip_dim, generator=g), dim=-1)
-    atomic_torch_save({"clip_image_emb": emb, "clip_text_emb": emb.roll(1, 0),
-                       "clip_text_tokens": torch.randint(1, 100, (n, text_len), generator=g)}, path)
+    atomic_torch_save(
+        {
+            "clip_image_emb": emb,
+            "clip_text_emb": emb.roll(1, 0),
+            "clip_text_tokens": torch.randint(1, 100, (n, text_len), generator=g),
+        },
+        path,
+    )
     return path
 
 
@@ -115,7 +130,9 @@ def test_coco_missing_root_names_the_option(train_cfg, tmp_path):
         instantiate(cfg.data)
 
 
-EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml"))
+EXPERIMENTS = sorted(
+    str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml")
+)
 
 
 def _shapes_tokenizer_ckpt(path: Path) -> Path:
@@ -128,15 +145,24 @@ def _shapes_tokenizer_ckpt(path: Path) -> Path:
 
     torch.manual_seed(0)
     lit = VQVAELit(preset="shapes")
-    atomic_torch_save({"zoo_class": "zoo.models.vqvae.lit.VQVAELit", "hyper_parameters": {"preset": "shapes", "net": {}},
-                       "state_dict": lit.state_dict(), "zoo_config": {"data": {"resolution": 32}}}, path)
+    atomic_torch_save(
+        {
+            "zoo_class": "zoo.models.vqvae.lit.VQVAELit",
+            "hyper_parameters": {"preset": "shapes", "net": {}},
+            "state_dict": lit.state_dict(),
+            "zoo_config": {"data": {"resolution": 32}},
+        },
+        path,
+    )
     return path
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
     extra = []
-    if experiment.startswith(("dalle1/", "demo/dalle")):  # builds on a stage-1 checkpoint; check its grid/vocab against a real one
+    if experiment.startswith(
+        ("dalle1/", "demo/dalle")
+    ):  # builds on a stage-1 checkpoint; check its grid/vocab against a real one
         extra = [f"model.image_tokenizer_ckpt={_shapes_tokenizer_ckpt(tmp_path / 'tokenizer.ckpt')}"]
     cfg = train_cfg(f"experiment={experiment}", "data.train_size=8", "data.val_size=8", "data.test_size=8", *extra)
     OmegaConf.to_container(cfg, resolve=True)

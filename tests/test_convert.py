@@ -1,6 +1,7 @@
 """zoo-convert: state dicts with the PUBLISHED key names and shapes (small configs of the same layouts, built here;
 nothing is downloaded) convert onto our classes, reproduce the reference computation, refuse mismatches, and
 are written as checkpoints the zoo's loaders accept."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -95,8 +96,13 @@ def test_dalle_dvae_published_key_names(released):
     enc, dec = released
     keys = set(enc.state_dict()) | {"dec." + k for k in dec.state_dict()}
     # names as in the released model (spot checks against dall_e/encoder.py, decoder.py)
-    for k in ("blocks.input.w", "blocks.group_1.block_1.res_path.conv_1.w", "blocks.group_2.block_1.id_path.w",
-              "blocks.group_4.block_2.res_path.conv_4.b", "blocks.output.conv.w"):
+    for k in (
+        "blocks.input.w",
+        "blocks.group_1.block_1.res_path.conv_1.w",
+        "blocks.group_2.block_1.id_path.w",
+        "blocks.group_4.block_2.res_path.conv_4.b",
+        "blocks.output.conv.w",
+    ):
         assert k in keys
     assert "dec.blocks.group_1.block_1.id_path.w" in keys  # n_init -> 8 n_hid
 
@@ -118,8 +124,12 @@ def test_dalle_dvae_converts_exactly(released):
         exact = dv.encoder[1:](F.conv2d(F.pad(x, (3,) * 4, value=RELEASED_PAD_PIXEL), stem.weight, stem.bias))
         torch.testing.assert_close(exact, ref_logits, atol=1e-4, rtol=1e-4)
         # away from the border the folded stem IS the released one
-        torch.testing.assert_close(dv.encoder[0](x)[..., 3:-3, 3:-3],
-                                   enc.blocks.input(map_pixels((x + 1) / 2))[..., 3:-3, 3:-3], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            dv.encoder[0](x)[..., 3:-3, 3:-3],
+            enc.blocks.input(map_pixels((x + 1) / 2))[..., 3:-3, 3:-3],
+            atol=1e-5,
+            rtol=1e-5,
+        )
         # decoder: exact, including the image mapping
         codes = ref_logits.argmax(1)
         z = F.one_hot(codes, 32).permute(0, 3, 1, 2).float()
@@ -163,9 +173,17 @@ def test_converted_dvae_checkpoint_loads_like_zoo_train(tmp_path, released):
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in dec.state_dict().items()}, str(tmp_path / "decoder.safetensors"))
-    out = convert(OmegaConf.create({"kind": "dalle_dvae", "encoder": str(tmp_path / "encoder.pt"),
-                                    "decoder": str(tmp_path / "decoder.safetensors"), "resolution": 32,
-                                    "out": str(tmp_path / "dalle_dvae.ckpt")}))
+    out = convert(
+        OmegaConf.create(
+            {
+                "kind": "dalle_dvae",
+                "encoder": str(tmp_path / "encoder.pt"),
+                "decoder": str(tmp_path / "decoder.safetensors"),
+                "resolution": 32,
+                "out": str(tmp_path / "dalle_dvae.ckpt"),
+            }
+        )
+    )
     ck = torch.load(out, weights_only=True)
     assert ck["zoo_component"] == "dvae" and ck["zoo_converted"]["kind"] == "dalle_dvae"
     lit = load_module(out, expect=IMAGE_TOKENIZERS)
@@ -177,9 +195,12 @@ def test_converted_dvae_checkpoint_loads_like_zoo_train(tmp_path, released):
 
     grid, _ = checkpoint_sample_grid(str(out))
     assert grid.shape[-3] == 3 and torch.isfinite(grid).all()
-    torch.testing.assert_close(lit.dvae.decode_soft(F.one_hot(ref.argmax(1), 32).permute(0, 3, 1, 2).float()),
-                               dec.blocks(F.one_hot(ref.argmax(1), 32).permute(0, 3, 1, 2).float()), atol=1e-5,
-                               rtol=1e-5)
+    torch.testing.assert_close(
+        lit.dvae.decode_soft(F.one_hot(ref.argmax(1), 32).permute(0, 3, 1, 2).float()),
+        dec.blocks(F.one_hot(ref.argmax(1), 32).permute(0, 3, 1, 2).float()),
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_released_pickle_is_refused_with_the_fix(tmp_path):
@@ -197,15 +218,20 @@ def taming_state_dict(kind: str, n_embed=48, embed_dim=8, z_channels=8, ch=16) -
     decoder and discriminator keys, all of the quantizer's)."""
     torch.manual_seed(3)
     sd = {
-        "encoder.conv_in.weight": torch.randn(ch, 3, 3, 3), "encoder.conv_in.bias": torch.randn(ch),
-        "encoder.down.0.block.0.norm1.weight": torch.ones(ch), "encoder.down.0.block.0.norm1.bias": torch.zeros(ch),
+        "encoder.conv_in.weight": torch.randn(ch, 3, 3, 3),
+        "encoder.conv_in.bias": torch.randn(ch),
+        "encoder.down.0.block.0.norm1.weight": torch.ones(ch),
+        "encoder.down.0.block.0.norm1.bias": torch.zeros(ch),
         "encoder.down.0.block.0.conv1.weight": torch.randn(ch, ch, 3, 3),
         "encoder.down.0.downsample.conv.weight": torch.randn(ch, ch, 3, 3),
         "encoder.mid.attn_1.q.weight": torch.randn(ch, ch, 1, 1),
-        "encoder.norm_out.weight": torch.ones(ch), "encoder.conv_out.weight": torch.randn(z_channels, ch, 3, 3),
-        "quant_conv.weight": torch.randn(embed_dim, z_channels, 1, 1), "quant_conv.bias": torch.randn(embed_dim),
+        "encoder.norm_out.weight": torch.ones(ch),
+        "encoder.conv_out.weight": torch.randn(z_channels, ch, 3, 3),
+        "quant_conv.weight": torch.randn(embed_dim, z_channels, 1, 1),
+        "quant_conv.bias": torch.randn(embed_dim),
         "post_quant_conv.weight": torch.randn(z_channels, embed_dim, 1, 1),
-        "decoder.conv_in.weight": torch.randn(ch, z_channels, 3, 3), "decoder.conv_out.weight": torch.randn(3, ch, 3, 3),
+        "decoder.conv_in.weight": torch.randn(ch, z_channels, 3, 3),
+        "decoder.conv_out.weight": torch.randn(3, ch, 3, 3),
         "loss.discriminator.main.0.weight": torch.randn(64, 3, 4, 4),
     }
     if kind == "taming_vq":  # VectorQuantizer2: self.embedding = nn.Embedding(n_e, e_dim)
@@ -226,8 +252,11 @@ def test_taming_codebook_converts(tmp_path, kind):
 
     sd = taming_state_dict(kind)
     torch.save({"state_dict": sd, "global_step": 10}, tmp_path / "last.ckpt")  # Lightning layout
-    out = convert(OmegaConf.create({"kind": kind, "ckpt": str(tmp_path / "last.ckpt"), "preset": "tiny",
-                                    "out": str(tmp_path / "vq.ckpt")}))
+    out = convert(
+        OmegaConf.create(
+            {"kind": kind, "ckpt": str(tmp_path / "last.ckpt"), "preset": "tiny", "out": str(tmp_path / "vq.ckpt")}
+        )
+    )
     ck = torch.load(out, weights_only=True)
     assert ck["zoo_converted"]["untrained"] == ["encoder", "decoder"]
     lit = load_module(out, expect=("vqvae",))
@@ -264,9 +293,16 @@ def test_open_clip_file_converts(tmp_path):
     torch.manual_seed(5)
     model = open_clip.create_model("zoo-clip-tiny")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
-    out = convert(OmegaConf.create({"kind": "open_clip", "arch": "zoo-clip-tiny",
-                                    "ckpt": str(tmp_path / "open_clip_model.safetensors"),
-                                    "out": str(tmp_path / "clip.ckpt")}))
+    out = convert(
+        OmegaConf.create(
+            {
+                "kind": "open_clip",
+                "arch": "zoo-clip-tiny",
+                "ckpt": str(tmp_path / "open_clip_model.safetensors"),
+                "out": str(tmp_path / "clip.ckpt"),
+            }
+        )
+    )
     (tmp_path / "open_clip_model.safetensors").unlink()  # the converted checkpoint stands alone
     lit = load_module(out, expect=("clip",))
     model.eval()

@@ -1,5 +1,6 @@
 """zoo-export: safetensors + config.json rebuild every component bit for bit; ONNX graphs match PyTorch under
 onnxruntime (dynamic batch); the export directory is read through the registry's checks."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,12 @@ def _tiny(name: str, tmp_path: Path, helpers):
         from zoo.models.dalle.lit import DalleLit
 
         tok = helpers.tiny_tokenizer_ckpt(tmp_path / "vq.ckpt")
-        return DalleLit(preset="tiny", net=dict(helpers.TINY_NET), image_tokenizer_ckpt=str(tok),
-                        text_tokenizer=helpers.tiny_bpe().to_spec())
+        return DalleLit(
+            preset="tiny",
+            net=dict(helpers.TINY_NET),
+            image_tokenizer_ckpt=str(tok),
+            text_tokenizer=helpers.tiny_bpe().to_spec(),
+        )
     if name == "glide":
         from zoo.models.glide.lit import GlideLit
 
@@ -125,9 +130,11 @@ def test_load_export_refuses_what_a_file_may_not_name(tmp_path):
 
     save_export(DVAELit(preset="tiny"), tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    for bad in ({**cfg, "component": "os.system"},
-                {**cfg, "hyper_parameters": {**cfg["hyper_parameters"], "net": {"_target_": "os.system"}}},
-                {**cfg, "hyper_parameters": {**cfg["hyper_parameters"], "not_an_argument": 1}}):
+    for bad in (
+        {**cfg, "component": "os.system"},
+        {**cfg, "hyper_parameters": {**cfg["hyper_parameters"], "net": {"_target_": "os.system"}}},
+        {**cfg, "hyper_parameters": {**cfg["hyper_parameters"], "not_an_argument": 1}},
+    ):
         (tmp_path / "config.json").write_text(json.dumps(bad))
         with pytest.raises(UnsafeCheckpointError):
             load_export(tmp_path)
@@ -143,8 +150,13 @@ def test_onnx_graphs_match_pytorch(tmp_path, name, dalle_helpers):
 
     lit = _tiny(name, tmp_path, dalle_helpers).eval()
     report = export_onnx(name, lit, tmp_path / "onnx", export_batch=2, check_batch=3)
-    expected = {"dvae": {"encode", "decode"}, "vqvae": {"encode", "decode"}, "clip": {"image_tower", "text_tower"},
-                "dalle": {"prefill", "decode_step"}, "glide": {"text_encoder", "unet"}}[name]
+    expected = {
+        "dvae": {"encode", "decode"},
+        "vqvae": {"encode", "decode"},
+        "clip": {"image_tower", "text_tower"},
+        "dalle": {"prefill", "decode_step"},
+        "glide": {"text_encoder", "unet"},
+    }[name]
     assert set(report) == expected
     for graph, info in report.items():
         assert info["batch"] == 3  # not the export's batch: the batch axis is dynamic
@@ -163,8 +175,21 @@ def test_zoo_export_command(tmp_path):
     torch.manual_seed(0)
     ckpt = _write_ckpt(VQVAELit(preset="tiny"), tmp_path / "vq.ckpt")
     out = tmp_path / "vq_export"
-    r = subprocess.run([sys.executable, "-m", "zoo.export", f"ckpt={ckpt}", f"out={out}", "graphs=[decode]",
-                        f"paths.log_dir={tmp_path / 'logs'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zoo.export",
+            f"ckpt={ckpt}",
+            f"out={out}",
+            "graphs=[decode]",
+            f"paths.log_dir={tmp_path / 'logs'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "onnx/decode.onnx" in r.stdout and "max abs error" in r.stdout
     assert (out / "model.safetensors").is_file() and (out / "onnx" / "decode.onnx").is_file()

@@ -1,4 +1,5 @@
 """ResumableDataLoader: epoch-seeded order, mid-epoch resume, DDP-style sharding."""
+
 from __future__ import annotations
 
 import torch

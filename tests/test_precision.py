@@ -1,4 +1,5 @@
 """trainer.precision=auto picks what the hardware runs fast; no config hard-codes bf16; bad values fail early."""
+
 from __future__ import annotations
 
 import logging
@@ -14,10 +15,22 @@ from zoo import precision as zp
 from zoo.errors import ConfigError
 
 CONF = Path(conf.__file__).parent
-EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml"))
+EXPERIMENTS = sorted(
+    str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml")
+)
 TINY = [
-    "model=dvae", "model.preset=tiny", "data=shapes", "data.train_size=8", "data.val_size=8", "data.test_size=8",
-    "data.batch_size=8", "logger=csv", "trainer=cpu", "trainer.enable_progress_bar=false", "train=false", "test=false",
+    "model=dvae",
+    "model.preset=tiny",
+    "data=shapes",
+    "data.train_size=8",
+    "data.val_size=8",
+    "data.test_size=8",
+    "data.batch_size=8",
+    "logger=csv",
+    "trainer=cpu",
+    "trainer.enable_progress_bar=false",
+    "train=false",
+    "test=false",
 ]
 
 

@@ -1,5 +1,6 @@
 """Progress in any log: LogProgress (training) and track (plain loops) write plain lines when stdout is not a
 terminal, and leave the terminal to the progress bars when it is."""
+
 from __future__ import annotations
 
 import io
@@ -44,8 +45,13 @@ def _lines(caplog) -> list[str]:
 def test_training_logs_plain_lines_when_stdout_is_not_a_terminal(train_cfg, caplog, monkeypatch):
     monkeypatch.setattr(sys, "stdout", FakeStdout(tty=False))
     caplog.set_level(logging.INFO, logger="zoo.progress")
-    cfg = train_cfg(*TINY, "trainer.max_steps=10", "trainer.enable_progress_bar=false",
-                    "callbacks.log_progress.every_n_steps=3", "callbacks.log_progress.every_seconds=null")
+    cfg = train_cfg(
+        *TINY,
+        "trainer.max_steps=10",
+        "trainer.enable_progress_bar=false",
+        "callbacks.log_progress.every_n_steps=3",
+        "callbacks.log_progress.every_seconds=null",
+    )
     assert train(cfg)["global_step"] == 10
     lines = _lines(caplog)
     steps = [m for m in map(STEP_LINE.match, lines) if m]
@@ -59,8 +65,13 @@ def test_training_logs_plain_lines_when_stdout_is_not_a_terminal(train_cfg, capl
 def test_training_is_silent_on_a_terminal_unless_forced(train_cfg, caplog, monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "stdout", FakeStdout(tty=True))
     caplog.set_level(logging.INFO, logger="zoo.progress")
-    common = [*TINY, "trainer.max_steps=3", "trainer.limit_val_batches=0", "trainer.enable_progress_bar=true",
-              "callbacks.log_progress.every_n_steps=1"]
+    common = [
+        *TINY,
+        "trainer.max_steps=3",
+        "trainer.limit_val_batches=0",
+        "trainer.enable_progress_bar=true",
+        "callbacks.log_progress.every_n_steps=1",
+    ]
     train(train_cfg(*common))
     assert _lines(caplog) == []  # the progress bar shows progress on a terminal
     forced = train_cfg(*common, "callbacks.log_progress.force=true")
@@ -110,8 +121,9 @@ def test_track_is_tqdm_on_a_terminal(monkeypatch):
     assert list(bar) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("seconds, text", [(4.2, "4.2s"), (42, "42s"), (587, "9m47s"), (7500, "2h05m"),
-                                           (float("inf"), "?")])
+@pytest.mark.parametrize(
+    "seconds, text", [(4.2, "4.2s"), (42, "42s"), (587, "9m47s"), (7500, "2h05m"), (float("inf"), "?")]
+)
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
 

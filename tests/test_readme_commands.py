@@ -3,6 +3,7 @@
 The commands are read from README.md (so the documentation and this test cannot drift), passed through a real
 ``bash`` to get the arguments a user's shell would hand to ``zoo-train``, then parsed and composed by Hydra.
 """
+
 from __future__ import annotations
 
 import re

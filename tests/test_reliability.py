@@ -4,6 +4,7 @@ A "gadget" checkpoint passes ``torch.load(weights_only=True)`` (plain dicts and 
 and carries Hydra ``_target_`` nodes that, if anything built them, would create a marker file. Every entry point must
 refuse each one with a clear error, and the marker must never appear.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,9 +25,19 @@ from zoo.checkpoint import CorruptCheckpointError, UnsafeCheckpointError, atomic
 from zoo.errors import ConfigError
 from zoo.train import train
 
-TINY = ["model=dvae", "model.preset=tiny", "data=shapes", "data.train_size=64", "data.val_size=16",
-        "data.test_size=16", "data.batch_size=8", "logger=csv", "trainer=cpu", "trainer.enable_progress_bar=false",
-        "trainer.num_sanity_val_steps=0"]
+TINY = [
+    "model=dvae",
+    "model.preset=tiny",
+    "data=shapes",
+    "data.train_size=64",
+    "data.val_size=16",
+    "data.test_size=16",
+    "data.batch_size=8",
+    "logger=csv",
+    "trainer=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.num_sanity_val_steps=0",
+]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -48,28 +59,50 @@ def _gadget_files(tmp_path: Path, marker: Path) -> dict[str, Path]:
     cases = {
         # the class named by an import path (the old stamp), pointing at a function that instantiates its kwargs
         "legacy_class_path": {"zoo_class": "zoo.train.instantiate", "hyper_parameters": {"node": g}, "state_dict": {}},
-        "unregistered_component": {"zoo_component": "zoo.train.instantiate", "hyper_parameters": {"node": g},
-                                   "state_dict": {}},
-        "target_in_net": {"zoo_component": "dvae", "hyper_parameters": {"preset": "tiny", "net": g},
-                          "state_dict": sd},
-        "unknown_hparam": {"zoo_component": "dvae", "hyper_parameters": {"preset": "tiny", "payload": g},
-                           "state_dict": sd},
-        "wrong_type_in_net": {"zoo_component": "dvae", "hyper_parameters": {"preset": "tiny", "net": {"hidden": g}},
-                              "state_dict": sd},
+        "unregistered_component": {
+            "zoo_component": "zoo.train.instantiate",
+            "hyper_parameters": {"node": g},
+            "state_dict": {},
+        },
+        "target_in_net": {"zoo_component": "dvae", "hyper_parameters": {"preset": "tiny", "net": g}, "state_dict": sd},
+        "unknown_hparam": {
+            "zoo_component": "dvae",
+            "hyper_parameters": {"preset": "tiny", "payload": g},
+            "state_dict": sd,
+        },
+        "wrong_type_in_net": {
+            "zoo_component": "dvae",
+            "hyper_parameters": {"preset": "tiny", "net": {"hidden": g}},
+            "state_dict": sd,
+        },
         "dalle_tokenizer_spec_class": {
-            "zoo_component": "dalle", "state_dict": {},
-            "hyper_parameters": {"preset": "tiny",
-                                 "tokenizer_spec": {"zoo_class": "zoo.train.instantiate",
-                                                    "hyper_parameters": {"node": g}}}},
+            "zoo_component": "dalle",
+            "state_dict": {},
+            "hyper_parameters": {
+                "preset": "tiny",
+                "tokenizer_spec": {"zoo_class": "zoo.train.instantiate", "hyper_parameters": {"node": g}},
+            },
+        },
         "dalle_tokenizer_spec_target": {
-            "zoo_component": "dalle", "state_dict": {},
-            "hyper_parameters": {"preset": "tiny",
-                                 "tokenizer_spec": {"component": "vqvae", "hyper_parameters": {"net": g}}}},
-        "data_config_target": {"zoo_component": "dvae", "hyper_parameters": {"preset": "tiny"}, "state_dict": sd,
-                               "zoo_config": {"data": {"_target_": "zoo.train.instantiate", "node": g}}},
+            "zoo_component": "dalle",
+            "state_dict": {},
+            "hyper_parameters": {
+                "preset": "tiny",
+                "tokenizer_spec": {"component": "vqvae", "hyper_parameters": {"net": g}},
+            },
+        },
+        "data_config_target": {
+            "zoo_component": "dvae",
+            "hyper_parameters": {"preset": "tiny"},
+            "state_dict": sd,
+            "zoo_config": {"data": {"_target_": "zoo.train.instantiate", "node": g}},
+        },
         "data_config_nested_target": {
-            "zoo_component": "dvae", "hyper_parameters": {"preset": "tiny"}, "state_dict": sd,
-            "zoo_config": {"data": {"_target_": "zoo.data.modules.ShapesDataModule", "caption_mix": g}}},
+            "zoo_component": "dvae",
+            "hyper_parameters": {"preset": "tiny"},
+            "state_dict": sd,
+            "zoo_config": {"data": {"_target_": "zoo.data.modules.ShapesDataModule", "caption_mix": g}},
+        },
     }
     out = {}
     for name, obj in cases.items():
@@ -101,17 +134,38 @@ def test_gadget_checkpoints_are_refused_at_every_file_input(tmp_path, train_cfg,
     for name, path in files.items():
         every_input = {
             "load_module": lambda: load_module(path),
-            "zoo-sample ckpt=": lambda: sample(_compose("sample", [f"ckpt={path}", f"out_dir={tmp_path / 'out'}",
-                                                                   f"paths.root_dir={tmp_path}"])),
-            "zoo-tokenize tokenizer_ckpt=": lambda: tokenize(_compose(
-                "tokenize", [f"tokenizer_ckpt={path}", f"out={tmp_path / 'tok.pt'}", f"paths.root_dir={tmp_path}",
-                             "data.train_size=8", "data.val_size=8", "data.test_size=8"])),
+            "zoo-sample ckpt=": lambda: sample(
+                _compose("sample", [f"ckpt={path}", f"out_dir={tmp_path / 'out'}", f"paths.root_dir={tmp_path}"])
+            ),
+            "zoo-tokenize tokenizer_ckpt=": lambda: tokenize(
+                _compose(
+                    "tokenize",
+                    [
+                        f"tokenizer_ckpt={path}",
+                        f"out={tmp_path / 'tok.pt'}",
+                        f"paths.root_dir={tmp_path}",
+                        "data.train_size=8",
+                        "data.val_size=8",
+                        "data.test_size=8",
+                    ],
+                )
+            ),
             "zoo-eval generator.dalle_ckpt=": lambda: DallePipeline.from_checkpoints(str(path)),
             "zoo-eval generator.clip_ckpt=": lambda: ClipScorer.from_lightning_checkpoint(str(path)),
             "zoo-embed clip.checkpoint=": lambda: build_scorer({"checkpoint": str(path)}),
-            "zoo-train model.image_tokenizer_ckpt=": lambda: train(train_cfg(
-                "model=dalle", "model.preset=tiny", f"model.image_tokenizer_ckpt={path}", "data/tokenizer=bpe",
-                "data.train_size=8", "data.val_size=8", "data.test_size=8", "logger=none", "trainer=cpu")),
+            "zoo-train model.image_tokenizer_ckpt=": lambda: train(
+                train_cfg(
+                    "model=dalle",
+                    "model.preset=tiny",
+                    f"model.image_tokenizer_ckpt={path}",
+                    "data/tokenizer=bpe",
+                    "data.train_size=8",
+                    "data.val_size=8",
+                    "data.test_size=8",
+                    "logger=none",
+                    "trainer=cpu",
+                )
+            ),
             "zoo-train ckpt_path=": lambda: train(train_cfg(*TINY, "logger=none", f"ckpt_path={path}")),
         }
         for where, call in every_input.items():
@@ -138,8 +192,14 @@ def test_gadget_refusal_message_names_the_problem(tmp_path):
 def test_legacy_checkpoints_still_load(tmp_path):
     """Files written before the registry (``zoo_class`` = the exact class path) load through the legacy table."""
     path = tmp_path / "old.ckpt"
-    atomic_torch_save({"zoo_class": "zoo.models.dvae.lit.DVAELit", "hyper_parameters": {"preset": "tiny"},
-                       "state_dict": _dvae_state()}, path)
+    atomic_torch_save(
+        {
+            "zoo_class": "zoo.models.dvae.lit.DVAELit",
+            "hyper_parameters": {"preset": "tiny"},
+            "state_dict": _dvae_state(),
+        },
+        path,
+    )
     model = load_module(path)
     assert type(model).__name__ == "DVAELit"
 
@@ -166,8 +226,9 @@ def test_ckpt_path_goes_through_the_safe_loader(train_cfg, tmp_path):
     with pytest.raises(CorruptCheckpointError):
         train(train_cfg(*TINY, "logger=none", f"ckpt_path={bad}"))
     clip_like = tmp_path / "clip.ckpt"
-    atomic_torch_save({"zoo_component": "clip", "state_dict": {}, "pytorch-lightning_version": "2", "loops": {}},
-                      clip_like)
+    atomic_torch_save(
+        {"zoo_component": "clip", "state_dict": {}, "pytorch-lightning_version": "2", "loops": {}}, clip_like
+    )
     with pytest.raises(ConfigError, match="holds a clip checkpoint but the model is dvae"):
         train(train_cfg(*TINY, "logger=none", f"ckpt_path={clip_like}"))
 
@@ -183,8 +244,9 @@ def _run(module: str, args: list[str], cwd: Path, **env) -> subprocess.Completed
     e.pop("ZOO_DEBUG", None)
     e.pop("HYDRA_FULL_ERROR", None)
     e.update(env)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, env=e,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, env=e, timeout=300
+    )
 
 
 @pytest.mark.slow
@@ -193,8 +255,9 @@ def test_config_error_prints_its_message_without_a_traceback(tmp_path):
     assert done.returncode == 2
     assert "error: data.batch_size must be int, got 'abc'" in done.stderr
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
-    debug = _run("zoo.train", [*TINY, "data.batch_size=abc", f"hydra.run.dir={tmp_path / 'run2'}"], tmp_path,
-                 ZOO_DEBUG="1")
+    debug = _run(
+        "zoo.train", [*TINY, "data.batch_size=abc", f"hydra.run.dir={tmp_path / 'run2'}"], tmp_path, ZOO_DEBUG="1"
+    )
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
@@ -202,8 +265,11 @@ def test_config_error_prints_its_message_without_a_traceback(tmp_path):
 def test_gadget_at_the_command_line_exits_cleanly_without_running_it(tmp_path):
     marker = tmp_path / "PWNED"
     files = _gadget_files(tmp_path, marker)
-    done = _run("zoo.sample", [f"ckpt={files['legacy_class_path']}", f"out_dir={tmp_path / 'out'}",
-                               f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    done = _run(
+        "zoo.sample",
+        [f"ckpt={files['legacy_class_path']}", f"out_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'run'}"],
+        tmp_path,
+    )
     assert done.returncode == 2 and "error:" in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert not marker.exists()
 
@@ -220,8 +286,13 @@ def _same_weights(a: dict, b: dict) -> bool:
 @pytest.mark.parametrize("n", [5, 8, 11])  # mid-epoch, exactly one epoch (8 batches), mid second epoch
 def test_train_n_then_resume_to_2n_equals_train_2n(train_cfg, tmp_path, n):
     """The final last.ckpt of a finished run (max_steps not a multiple of the save interval) resumes exactly."""
-    common = [*TINY, "test=false", "callbacks.last_checkpoint.every_n_train_steps=3", "trainer.limit_val_batches=0",
-              "callbacks.sample_grid=null"]
+    common = [
+        *TINY,
+        "test=false",
+        "callbacks.last_checkpoint.every_n_train_steps=3",
+        "trainer.limit_val_batches=0",
+        "callbacks.sample_grid=null",
+    ]
     straight = train_cfg(*common, f"trainer.max_steps={2 * n}")
     straight.paths.output_dir = str(tmp_path / "straight")
     train(straight)
@@ -239,8 +310,14 @@ def test_train_n_then_resume_to_2n_equals_train_2n(train_cfg, tmp_path, n):
 
 
 def test_resume_in_the_same_run_dir_keeps_earlier_csv_metrics(train_cfg, tmp_path):
-    common = [*TINY, "test=false", "callbacks.last_checkpoint.every_n_train_steps=2", "trainer.limit_val_batches=0",
-              "trainer.log_every_n_steps=1", "callbacks.sample_grid=null"]
+    common = [
+        *TINY,
+        "test=false",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        "trainer.limit_val_batches=0",
+        "trainer.log_every_n_steps=1",
+        "callbacks.sample_grid=null",
+    ]
     first = train_cfg(*common, "trainer.max_steps=4")
     train(first)
     again = train_cfg(*common, "trainer.max_steps=8", "ckpt_path=last")
@@ -253,11 +330,25 @@ def test_resume_in_the_same_run_dir_keeps_earlier_csv_metrics(train_cfg, tmp_pat
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_non_zero(tmp_path):
     run_dir = tmp_path / "run"
-    args = [*TINY, "logger=none", "data.train_size=4096", "trainer.max_epochs=100", "trainer.limit_val_batches=0",
-            "callbacks.last_checkpoint.every_n_train_steps=2", f"hydra.run.dir={run_dir}", f"paths.log_dir={tmp_path}"]
+    args = [
+        *TINY,
+        "logger=none",
+        "data.train_size=4096",
+        "trainer.max_epochs=100",
+        "trainer.limit_val_batches=0",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        f"hydra.run.dir={run_dir}",
+        f"paths.log_dir={tmp_path}",
+    ]
     env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "zoo.train", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zoo.train", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 180
     while time.time() < deadline and not last.is_file():
@@ -272,8 +363,14 @@ def test_sigterm_saves_and_exits_non_zero(tmp_path):
 
 def test_metrics_json_of_resumed_run(train_cfg, tmp_path):
     """A resumed run writes metrics.json at its own final step (and the run dir is the same)."""
-    common = [*TINY, "test=false", "callbacks.last_checkpoint.every_n_train_steps=2", "trainer.limit_val_batches=0",
-              "logger=none", "callbacks.sample_grid=null"]
+    common = [
+        *TINY,
+        "test=false",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        "trainer.limit_val_batches=0",
+        "logger=none",
+        "callbacks.sample_grid=null",
+    ]
     train(train_cfg(*common, "trainer.max_steps=3"))
     train(train_cfg(*common, "trainer.max_steps=6", "ckpt_path=last"))
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["global_step"] == 6
@@ -283,12 +380,31 @@ def test_metrics_json_of_resumed_run(train_cfg, tmp_path):
 def test_kill_9_mid_train_then_resume_equals_uninterrupted(train_cfg, tmp_path):
     """SIGKILL at an arbitrary moment (no handler runs), resume from last.ckpt to S+3 steps == train S+3 straight."""
     run_dir = tmp_path / "killed"
-    common = [*TINY, "logger=none", "test=false", "data.train_size=4096", "trainer.limit_val_batches=0",
-              "callbacks.last_checkpoint.every_n_train_steps=2", "callbacks.sample_grid=null"]
+    common = [
+        *TINY,
+        "logger=none",
+        "test=false",
+        "data.train_size=4096",
+        "trainer.limit_val_batches=0",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        "callbacks.sample_grid=null",
+    ]
     env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "zoo.train", *common, "trainer.max_steps=400",
-                             f"hydra.run.dir={run_dir}", f"paths.log_dir={tmp_path / 'logs'}"],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "zoo.train",
+            *common,
+            "trainer.max_steps=400",
+            f"hydra.run.dir={run_dir}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 180
     try:

@@ -1,5 +1,6 @@
 """zoo-sample: a tokenizer checkpoint's reconstructions grid; a DALL·E checkpoint through the shared generator config
 (short ckpt= form and long generator= form); output names; renamed options."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,14 +22,26 @@ def _sample_cfg(*overrides: str):
 
 
 def test_sample_writes_reconstruction_grid(train_cfg, tmp_path):
-    cfg = train_cfg("model=dvae", "model.preset=tiny", "data.train_size=16", "data.val_size=8", "data.test_size=8",
-                    "data.batch_size=8", "logger=none", "trainer=cpu", "trainer.max_steps=2", "test=false",
-                    "trainer.enable_progress_bar=false")
+    cfg = train_cfg(
+        "model=dvae",
+        "model.preset=tiny",
+        "data.train_size=16",
+        "data.val_size=8",
+        "data.test_size=8",
+        "data.batch_size=8",
+        "logger=none",
+        "trainer=cpu",
+        "trainer.max_steps=2",
+        "test=false",
+        "trainer.enable_progress_bar=false",
+    )
     train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="conf", version_base="1.3"):
-        scfg = compose("sample", overrides=[f"ckpt={ckpt}", f"out_dir={tmp_path / 'out'}", f"paths.root_dir={tmp_path}"])
+        scfg = compose(
+            "sample", overrides=[f"ckpt={ckpt}", f"out_dir={tmp_path / 'out'}", f"paths.root_dir={tmp_path}"]
+        )
     written = sample(scfg)
     png = Path(written["reconstructions"]["grid"])
     w, h = Image.open(png).size
@@ -41,24 +54,51 @@ def test_sample_dalle_writes_grid_images_and_clip_scores(train_cfg, tmp_path, da
     import json
 
     H = dalle_helpers
-    cfg = train_cfg("model=dalle", "model.preset=tiny",
-                    f"model.image_tokenizer_ckpt={H.tiny_tokenizer_ckpt(tmp_path / 't.ckpt')}",
-                    "+model.net.text_vocab=512", "+model.net.text_len=16", "+model.net.image_vocab=32",
-                    "data/tokenizer=bpe", "data.tokenizer.vocab_size=300", "data.tokenizer.context_length=16",
-                    f"data.resolution={H.RESOLUTION}", "data.train_size=16", "data.val_size=8", "data.test_size=8",
-                    "data.batch_size=8", "logger=none", "trainer=cpu", "trainer.max_steps=2", "test=false",
-                    "trainer.enable_progress_bar=false", "trainer.limit_val_batches=0")
+    cfg = train_cfg(
+        "model=dalle",
+        "model.preset=tiny",
+        f"model.image_tokenizer_ckpt={H.tiny_tokenizer_ckpt(tmp_path / 't.ckpt')}",
+        "+model.net.text_vocab=512",
+        "+model.net.text_len=16",
+        "+model.net.image_vocab=32",
+        "data/tokenizer=bpe",
+        "data.tokenizer.vocab_size=300",
+        "data.tokenizer.context_length=16",
+        f"data.resolution={H.RESOLUTION}",
+        "data.train_size=16",
+        "data.val_size=8",
+        "data.test_size=8",
+        "data.batch_size=8",
+        "logger=none",
+        "trainer=cpu",
+        "trainer.max_steps=2",
+        "test=false",
+        "trainer.enable_progress_bar=false",
+        "trainer.limit_val_batches=0",
+    )
     train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     clip = H.tiny_clip_ckpt(tmp_path / "clip.ckpt")
     # two prompts that slug alike and one given twice: every one gets its own files and samples.json entry
-    prompts = ["a large red circle at the top left", "a small blue square at the bottom right",
-               "A large red circle at the top left!", "a large red circle at the top left"]
-    knobs = [f"generator.clip_ckpt={clip}", f"paths.root_dir={tmp_path}", f"prompts={json.dumps(prompts)}",
-             "generator.n_candidates=6", "n_keep=4", "generator.guidance_scale=1.5", "generator.top_k=16"]
+    prompts = [
+        "a large red circle at the top left",
+        "a small blue square at the bottom right",
+        "A large red circle at the top left!",
+        "a large red circle at the top left",
+    ]
+    knobs = [
+        f"generator.clip_ckpt={clip}",
+        f"paths.root_dir={tmp_path}",
+        f"prompts={json.dumps(prompts)}",
+        "generator.n_candidates=6",
+        "n_keep=4",
+        "generator.guidance_scale=1.5",
+        "generator.top_k=16",
+    ]
     written = sample(_sample_cfg(f"ckpt={ckpt}", f"out_dir={tmp_path / 'out'}", *knobs))
-    long_form = sample(_sample_cfg("generator=dalle", f"generator.dalle_ckpt={ckpt}", f"out_dir={tmp_path / 'long'}",
-                                   *knobs))
+    long_form = sample(
+        _sample_cfg("generator=dalle", f"generator.dalle_ckpt={ckpt}", f"out_dir={tmp_path / 'long'}", *knobs)
+    )
     assert [e["clip_scores"] for e in long_form.values()] == [e["clip_scores"] for e in written.values()]
     saved = json.loads((tmp_path / "out" / "samples.json").read_text())
     keys = prompts[:3] + [prompts[3] + " #2"]
@@ -89,9 +129,11 @@ def test_save_grid_enlarges_pixels_without_smoothing(tmp_path):
     one, four = np.asarray(Image.open(tmp_path / "x1.png")), np.asarray(Image.open(tmp_path / "x4.png"))
     assert four.shape[0] == 4 * one.shape[0] and four.shape[1] == 4 * one.shape[1]
     pad = 2 * 4
-    tile = four[pad:pad + 24, pad:pad + 24]  # first image, 6x6 pixels -> 24x24
+    tile = four[pad : pad + 24, pad : pad + 24]  # first image, 6x6 pixels -> 24x24
     expected = (images[0].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
-    assert np.array_equal(tile[::4, ::4], expected) and np.array_equal(tile, np.kron(expected, np.ones((4, 4, 1), np.uint8)))
+    assert np.array_equal(tile[::4, ::4], expected) and np.array_equal(
+        tile, np.kron(expected, np.ones((4, 4, 1), np.uint8))
+    )
     with pytest.raises(ConfigError, match="grid_scale"):
         save_grid(images, tmp_path / "x0.png", nrow=2, scale=0)
 
@@ -123,8 +165,13 @@ def test_sample_never_overwrites_one_prompt_with_another(tmp_path, monkeypatch):
 
     monkeypatch.setattr(zoo.pipelines.base, "build_generator", lambda *a, **k: Generator())
     prompts = ["a red circle", "A red circle!", "", "   ", "a red circle"]
-    scfg = _sample_cfg(f"out_dir={tmp_path / 'out'}", f"paths.root_dir={tmp_path}", f"prompts={json.dumps(prompts)}",
-                       "n_keep=2", "grid_scale=1")
+    scfg = _sample_cfg(
+        f"out_dir={tmp_path / 'out'}",
+        f"paths.root_dir={tmp_path}",
+        f"prompts={json.dumps(prompts)}",
+        "n_keep=2",
+        "grid_scale=1",
+    )
     written = sample(scfg)
     saved = json.loads((tmp_path / "out" / "samples.json").read_text())
     assert saved == written and len(saved) == 5
@@ -135,8 +182,15 @@ def test_sample_never_overwrites_one_prompt_with_another(tmp_path, monkeypatch):
     assert len(list((tmp_path / "out").glob("*.png"))) == 5  # nothing overwritten
 
 
-@pytest.mark.parametrize("old, new", [("top_k=8", "n_keep"), ("clip_ckpt=x.ckpt", "generator.clip_ckpt"),
-                                      ("sample_top_k=4", "generator.top_k"), ("n_per_prompt=2", "n_keep")])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("top_k=8", "n_keep"),
+        ("clip_ckpt=x.ckpt", "generator.clip_ckpt"),
+        ("sample_top_k=4", "generator.top_k"),
+        ("n_per_prompt=2", "n_keep"),
+    ],
+)
 def test_renamed_options_name_the_new_one(tmp_path, old, new):
     from zoo.errors import ConfigError
 
@@ -151,5 +205,8 @@ def test_checkpoint_of_another_generator_names_the_option(train_cfg, tmp_path):
     ckpt = tmp_path / "fake.ckpt"
     torch.save({"zoo_component": "dalle", "state_dict": {}}, ckpt)
     with pytest.raises(ConfigError, match="generator=dalle"):
-        sample(_sample_cfg(f"ckpt={ckpt}", "generator=folder", "generator.path=/x", f"out_dir={tmp_path / 'o'}",
-                           'prompts=["a"]'))
+        sample(
+            _sample_cfg(
+                f"ckpt={ckpt}", "generator=folder", "generator.path=/x", f"out_dir={tmp_path / 'o'}", 'prompts=["a"]'
+            )
+        )

@@ -1,4 +1,5 @@
 """zoo-tokenize: a trained tokenizer encodes a split to a token file that the DataModule then serves."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,15 +16,32 @@ DATA = ["data.train_size=24", "data.val_size=8", "data.test_size=8", "data.batch
 
 
 def test_tokenize_split_and_serve_tokens(train_cfg, tmp_path):
-    cfg = train_cfg("model=vqvae", "model.preset=tiny", *DATA, "logger=none", "trainer=cpu", "trainer.max_steps=2",
-                    "trainer.enable_progress_bar=false", "test=false")
+    cfg = train_cfg(
+        "model=vqvae",
+        "model.preset=tiny",
+        *DATA,
+        "logger=none",
+        "trainer=cpu",
+        "trainer.max_steps=2",
+        "trainer.enable_progress_bar=false",
+        "test=false",
+    )
     train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     out = tmp_path / "tokens_val.pt"
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="conf", version_base="1.3"):
-        tcfg = compose("tokenize", overrides=[f"tokenizer_ckpt={ckpt}", "split=val", f"out={out}", *DATA,
-                                              "batch_size=3", f"paths.root_dir={tmp_path}"])
+        tcfg = compose(
+            "tokenize",
+            overrides=[
+                f"tokenizer_ckpt={ckpt}",
+                "split=val",
+                f"out={out}",
+                *DATA,
+                "batch_size=3",
+                f"paths.root_dir={tmp_path}",
+            ],
+        )
     tokenize(tcfg)
     saved = safe_load(out)
     model = load_module(ckpt)

@@ -1,4 +1,5 @@
 """zoo-train end to end on the tiny dVAE and the shapes world: metrics, grids, checkpoints, exact resume."""
+
 from __future__ import annotations
 
 import json
@@ -91,8 +92,15 @@ def _zoo_train(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
 
 def test_kill_then_resume_continues_from_saved_step(tmp_path):
     run_dir = tmp_path / "run"
-    args = [*TINY, "data.train_size=4096", "trainer.max_epochs=100", "trainer.limit_val_batches=0",
-            "callbacks.last_checkpoint.every_n_train_steps=2", f"hydra.run.dir={run_dir}", f"paths.log_dir={tmp_path}"]
+    args = [
+        *TINY,
+        "data.train_size=4096",
+        "trainer.max_epochs=100",
+        "trainer.limit_val_batches=0",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        f"hydra.run.dir={run_dir}",
+        f"paths.log_dir={tmp_path}",
+    ]
     proc = _zoo_train(args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
@@ -104,18 +112,36 @@ def test_kill_then_resume_continues_from_saved_step(tmp_path):
         proc.wait()
     saved_step = _state(last)["global_step"]  # a kill at any moment leaves a loadable file (atomic writes)
     assert saved_step >= 2
-    done = subprocess.run([sys.executable, "-m", "zoo.train", *args, "ckpt_path=last",
-                           f"trainer.max_steps={saved_step + 2}", "test=false"],
-                          cwd=tmp_path, capture_output=True, text=True,
-                          env=dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1"))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zoo.train",
+            *args,
+            "ckpt_path=last",
+            f"trainer.max_steps={saved_step + 2}",
+            "test=false",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1"),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Restoring states from the checkpoint path at {last}" in done.stderr + done.stdout
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == saved_step + 2
 
 
 def test_ema_callback_trains_checkpoints_and_resumes(train_cfg):
-    common = [*TINY, "callbacks=ema", "callbacks.ema.update_starting_at_step=1", "callbacks.ema.decay=0.5", "test=false",
-              "trainer.limit_val_batches=0", "callbacks.last_checkpoint.every_n_train_steps=1"]
+    common = [
+        *TINY,
+        "callbacks=ema",
+        "callbacks.ema.update_starting_at_step=1",
+        "callbacks.ema.decay=0.5",
+        "test=false",
+        "trainer.limit_val_batches=0",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+    ]
     cfg = train_cfg(*common, "trainer.max_steps=3")
     train(cfg)
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"

@@ -4,6 +4,7 @@ Writes go to a temporary file in the same directory and are moved into place wit
 so a process killed mid-save leaves the previous file intact. Every load of a user-given file goes through
 ``safe_load`` which uses ``weights_only=True``: a pickle that carries code is refused instead of executed.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,10 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (check the path you passed)")
     if path.stat().st_size == 0:
-        raise CorruptCheckpointError(f"{path} is empty (0 bytes): a copy or a save did not finish; use another "
-                                     f"checkpoint (e.g. the run's last.ckpt or a step*.ckpt)")
+        raise CorruptCheckpointError(
+            f"{path} is empty (0 bytes): a copy or a save did not finish; use another "
+            f"checkpoint (e.g. the run's last.ckpt or a step*.ckpt)"
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -67,11 +70,15 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
                 f"refused to load {path}: it contains objects that are not plain tensors/containers and could run "
                 f"code (weights_only=True). If you made this file and trust it, re-save its state_dict only."
             ) from None
-        raise CorruptCheckpointError(f"{path} is corrupt or not a torch checkpoint ({e}); use another checkpoint "
-                                     f"(e.g. the run's last.ckpt or a step*.ckpt)") from None
+        raise CorruptCheckpointError(
+            f"{path} is corrupt or not a torch checkpoint ({e}); use another checkpoint "
+            f"(e.g. the run's last.ckpt or a step*.ckpt)"
+        ) from None
     except (EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError) as e:
-        raise CorruptCheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]}); use "
-                                     f"another checkpoint (e.g. the run's last.ckpt or a step*.ckpt)") from None
+        raise CorruptCheckpointError(
+            f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]}); use "
+            f"another checkpoint (e.g. the run's last.ckpt or a step*.ckpt)"
+        ) from None
 
 
 _CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
@@ -92,8 +99,9 @@ def _names_code(path: Path) -> bool:
     return False
 
 
-def load_module(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                expect: Optional[tuple[str, ...]] = None):
+def load_module(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", expect: Optional[tuple[str, ...]] = None
+):
     """Rebuild a zoo LightningModule from a checkpoint written by ``zoo-train`` (weights_only load).
 
     The class comes from the fixed registry of the project's components (``zoo.registry``), looked up by the short
@@ -107,8 +115,10 @@ def load_module(path: str | os.PathLike, map_location: str | torch.device = "cpu
     if expect is not None and name not in expect:
         from zoo.errors import ConfigError
 
-        raise ConfigError(f"{path} holds a {name} checkpoint; this input takes {' or '.join(expect)} "
-                          f"(fix: pass a checkpoint of the right kind)")
+        raise ConfigError(
+            f"{path} holds a {name} checkpoint; this input takes {' or '.join(expect)} "
+            f"(fix: pass a checkpoint of the right kind)"
+        )
     if "state_dict" not in ckpt or not isinstance(ckpt["state_dict"], dict):
         raise CorruptCheckpointError(f"{path} has no state_dict; it is not a complete zoo-train checkpoint")
     hp = checked_hparams(name, ckpt.get("hyper_parameters", {}), str(path))

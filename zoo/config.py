@@ -11,6 +11,7 @@
   are printed as one message without the traceback above it; ``ZOO_DEBUG=1`` (or ``HYDRA_FULL_ERROR=1``) shows
   the full trace.
 """
+
 from __future__ import annotations
 
 import functools
@@ -93,7 +94,8 @@ def instantiate(node: Any, what: str = "config", **kwargs) -> Any:
             target = node.get("_target_", "?") if hasattr(node, "get") else "?"
             raise ConfigError(
                 f"cannot build {what} {str(target)!r}: {cause or e} (fix: choose another {what} option of its "
-                f"config group, or install / write the module it names)") from e
+                f"config group, or install / write the module it names)"
+            ) from e
         raise
 
 

@@ -36,6 +36,7 @@ What converts, and what does not:
   training ``{"state_dict": ...}``) for a given architecture loads through ``ClipLit(arch=..., checkpoint=...)``
   (open_clip's own loader); this writes it as a zoo ``clip`` checkpoint.
 """
+
 from __future__ import annotations
 
 import logging
@@ -83,9 +84,10 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
     except UnsafeCheckpointError as e:
         raise ConversionError(
             f"{what}: {p} holds pickled objects, not only tensors ({e}). The released DALL·E dVAE files are pickled "
-            f"modules: with the dall_e package installed, save their state dicts once -- python -c \"import torch, "
+            f'modules: with the dall_e package installed, save their state dicts once -- python -c "import torch, '
             f"dall_e; torch.save(dall_e.load_model('{p.name}').state_dict(), '{p.stem}_state_dict.pt')\" -- or, for "
-            f"a Lightning .ckpt you trust, torch.save(torch.load(f, weights_only=False)['state_dict'], out)") from None
+            f"a Lightning .ckpt you trust, torch.save(torch.load(f, weights_only=False)['state_dict'], out)"
+        ) from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -93,15 +95,18 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
     return dict(obj)
 
 
-def _check_shapes(mapped: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], src_names: Mapping[str, str],
-                  what: str) -> None:
+def _check_shapes(
+    mapped: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], src_names: Mapping[str, str], what: str
+) -> None:
     for k, v in mapped.items():
         if k not in target:
             raise ConversionError(f"{what}: {src_names.get(k, k)} maps to {k}, which our model does not have")
         if tuple(v.shape) != tuple(target[k].shape):
-            raise ConversionError(f"{what}: {src_names.get(k, k)} has shape {tuple(v.shape)} but our {k} is "
-                                  f"{tuple(target[k].shape)}; the published model and the config inferred from it "
-                                  f"disagree -- this file is not the layout zoo-convert knows")
+            raise ConversionError(
+                f"{what}: {src_names.get(k, k)} has shape {tuple(v.shape)} but our {k} is "
+                f"{tuple(target[k].shape)}; the published model and the config inferred from it "
+                f"disagree -- this file is not the layout zoo-convert knows"
+            )
 
 
 # --------------------------------------------------------------------------------- OpenAI DALL·E dVAE
@@ -112,8 +117,9 @@ def _dalle_layout(sd: Mapping[str, torch.Tensor], what: str) -> tuple[int, int]:
     """(group_count, n_blk_per_group) from the key names, checking every group has the same block count."""
     for key in ("blocks.input.w", "blocks.input.b", "blocks.output.conv.w", "blocks.output.conv.b"):
         if key not in sd:
-            raise ConversionError(f"{what}: no {key!r}: not a dall_e Encoder/Decoder state dict (its keys: "
-                                  f"{sorted(sd)[:6]}...)")
+            raise ConversionError(
+                f"{what}: no {key!r}: not a dall_e Encoder/Decoder state dict (its keys: {sorted(sd)[:6]}...)"
+            )
     blocks: dict[int, set[int]] = {}
     for k in sd:
         m = _GROUP.match(k)
@@ -127,8 +133,9 @@ def _dalle_layout(sd: Mapping[str, torch.Tensor], what: str) -> tuple[int, int]:
     return len(blocks), counts.pop()
 
 
-def _map_blocks(sd: Mapping[str, torch.Tensor], seq, block_type, prefix: str, n_groups: int, n_blk: int,
-                what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _map_blocks(
+    sd: Mapping[str, torch.Tensor], seq, block_type, prefix: str, n_groups: int, n_blk: int, what: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """dall_e ``blocks.*`` keys -> our ``<prefix>.<index>.*`` keys (our Sequential: stem conv, resblocks with
     pool/upsample between groups, ReLU, output conv)."""
     out: dict[str, torch.Tensor] = {}
@@ -164,8 +171,9 @@ def _map_blocks(sd: Mapping[str, torch.Tensor], seq, block_type, prefix: str, n_
     return out, src
 
 
-def dalle_dvae_config(encoder_sd: Mapping[str, torch.Tensor], decoder_sd: Mapping[str, torch.Tensor],
-                      resolution: int = 256) -> dict[str, Any]:
+def dalle_dvae_config(
+    encoder_sd: Mapping[str, torch.Tensor], decoder_sd: Mapping[str, torch.Tensor], resolution: int = 256
+) -> dict[str, Any]:
     """Our ``DVAEConfig`` fields (plain values) read off the released state dicts' shapes."""
     g_e, b_e = _dalle_layout(encoder_sd, "dall_e encoder")
     g_d, b_d = _dalle_layout(decoder_sd, "dall_e decoder")
@@ -174,18 +182,30 @@ def dalle_dvae_config(encoder_sd: Mapping[str, torch.Tensor], decoder_sd: Mappin
     if (g_e, b_e) != (g_d, b_d):
         raise ConversionError(f"encoder has {g_e} groups x {b_e} blocks, decoder {g_d} x {b_d}: not a pair")
     if int(decoder_sd["blocks.input.w"].shape[1]) != vocab:
-        raise ConversionError(f"encoder emits {vocab} codes but the decoder reads "
-                              f"{int(decoder_sd['blocks.input.w'].shape[1])}: not a pair")
+        raise ConversionError(
+            f"encoder emits {vocab} codes but the decoder reads "
+            f"{int(decoder_sd['blocks.input.w'].shape[1])}: not a pair"
+        )
     if int(decoder_sd["blocks.output.conv.w"].shape[0]) != 6:
-        raise ConversionError("the decoder's output conv does not emit 6 channels (logit-Laplace mu, ln b for RGB); "
-                              "our dVAE decodes exactly that")
+        raise ConversionError(
+            "the decoder's output conv does not emit 6 channels (logit-Laplace mu, ln b for RGB); "
+            "our dVAE decodes exactly that"
+        )
     if int(encoder_sd["blocks.input.w"].shape[1]) != 3:
         raise ConversionError("the encoder does not read 3 input channels; our dVAE reads RGB")
     if g_e > 4:
         raise ConversionError(f"{g_e} groups: our DVAEConfig has width multipliers for at most 4")
-    return {"resolution": int(resolution), "vocab_size": vocab, "n_hid": n_hid, "n_groups": g_e,
-            "n_blk_per_group": b_e, "n_init": int(decoder_sd["blocks.input.w"].shape[0]), "out_channels": 6,
-            "width_mults": [1, 2, 4, 8], "logit_init_gain": 1.0}
+    return {
+        "resolution": int(resolution),
+        "vocab_size": vocab,
+        "n_hid": n_hid,
+        "n_groups": g_e,
+        "n_blk_per_group": b_e,
+        "n_init": int(decoder_sd["blocks.input.w"].shape[0]),
+        "out_channels": 6,
+        "width_mults": [1, 2, 4, 8],
+        "logit_init_gain": 1.0,
+    }
 
 
 def fold_map_pixels(w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,8 +214,9 @@ def fold_map_pixels(w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, tor
     return w * MAP_SCALE, b + MAP_SHIFT * w.sum(dim=(1, 2, 3))
 
 
-def convert_dalle_dvae(encoder_sd: Mapping[str, torch.Tensor], decoder_sd: Mapping[str, torch.Tensor],
-                       resolution: int = 256):
+def convert_dalle_dvae(
+    encoder_sd: Mapping[str, torch.Tensor], decoder_sd: Mapping[str, torch.Tensor], resolution: int = 256
+):
     """OpenAI's dall_e Encoder + Decoder state dicts -> our ``DVAELit`` (eval mode) with those weights."""
     from zoo.models.dvae.lit import DVAELit
     from zoo.models.dvae.model import DecoderBlock, EncoderBlock
@@ -203,12 +224,15 @@ def convert_dalle_dvae(encoder_sd: Mapping[str, torch.Tensor], decoder_sd: Mappi
     net = dalle_dvae_config(encoder_sd, decoder_sd, resolution)
     lit = DVAELit(preset="paper", net=dict(net))
     dv = lit.dvae
-    enc, src_e = _map_blocks(encoder_sd, dv.encoder, EncoderBlock, "dvae.encoder", net["n_groups"],
-                             net["n_blk_per_group"], "dall_e encoder")
-    enc["dvae.encoder.0.weight"], enc["dvae.encoder.0.bias"] = fold_map_pixels(enc["dvae.encoder.0.weight"],
-                                                                               enc["dvae.encoder.0.bias"])
-    dec, src_d = _map_blocks(decoder_sd, dv.decoder, DecoderBlock, "dvae.decoder", net["n_groups"],
-                             net["n_blk_per_group"], "dall_e decoder")
+    enc, src_e = _map_blocks(
+        encoder_sd, dv.encoder, EncoderBlock, "dvae.encoder", net["n_groups"], net["n_blk_per_group"], "dall_e encoder"
+    )
+    enc["dvae.encoder.0.weight"], enc["dvae.encoder.0.bias"] = fold_map_pixels(
+        enc["dvae.encoder.0.weight"], enc["dvae.encoder.0.bias"]
+    )
+    dec, src_d = _map_blocks(
+        decoder_sd, dv.decoder, DecoderBlock, "dvae.decoder", net["n_groups"], net["n_blk_per_group"], "dall_e decoder"
+    )
     mapped = {**enc, **dec}
     target = lit.state_dict()
     _check_shapes(mapped, target, {**src_e, **src_d}, "dall_e dVAE")
@@ -232,8 +256,10 @@ def dalle_dvae_stem_error(lit, images: torch.Tensor) -> dict[str, float]:
     exact_stem = F.conv2d(F.pad(images, (pad,) * 4, value=RELEASED_PAD_PIXEL), stem.weight, stem.bias)
     exact = dv.encoder[1:](exact_stem)
     ours = dv.logits(images)
-    return {"code_agreement": float((exact.argmax(1) == ours.argmax(1)).float().mean()),
-            "max_abs_logit_error": float((exact - ours).abs().max())}
+    return {
+        "code_agreement": float((exact.argmax(1) == ours.argmax(1)).float().mean()),
+        "max_abs_logit_error": float((exact - ours).abs().max()),
+    }
 
 
 # --------------------------------------------------------------------------------- taming VQGAN / Gumbel-VQ
@@ -247,20 +273,25 @@ def taming_codebook(sd: Mapping[str, torch.Tensor], kind: str) -> torch.Tensor:
     key = TAMING_CODEBOOK_KEYS[kind]
     if key not in sd:
         other = [k for k in TAMING_CODEBOOK_KEYS.values() if k in sd]
-        hint = f" (it has {other[0]!r}: use kind={[n for n, k in TAMING_CODEBOOK_KEYS.items() if k == other[0]][0]})" \
-            if other else ""
+        hint = (
+            f" (it has {other[0]!r}: use kind={[n for n, k in TAMING_CODEBOOK_KEYS.items() if k == other[0]][0]})"
+            if other
+            else ""
+        )
         raise ConversionError(f"{kind}: no {key!r} in the state dict{hint}")
     w = sd[key]
     if w.ndim != 2:
         raise ConversionError(f"{kind}: {key} has shape {tuple(w.shape)}, expected (n_embed, embed_dim)")
     if kind == "taming_gumbel" and "quantize.proj.weight" in sd and sd["quantize.proj.weight"].shape[0] != w.shape[0]:
-        raise ConversionError(f"{kind}: quantize.proj emits {sd['quantize.proj.weight'].shape[0]} logits for a "
-                              f"{w.shape[0]}-code codebook")
+        raise ConversionError(
+            f"{kind}: quantize.proj emits {sd['quantize.proj.weight'].shape[0]} logits for a {w.shape[0]}-code codebook"
+        )
     return w.float().clone()
 
 
-def convert_taming_codebook(sd: Mapping[str, torch.Tensor], kind: str = "taming_vq", preset: str = "paper",
-                            resolution: Optional[int] = None):
+def convert_taming_codebook(
+    sd: Mapping[str, torch.Tensor], kind: str = "taming_vq", preset: str = "paper", resolution: Optional[int] = None
+):
     """A ``VQVAELit`` whose quantizer holds taming's codebook (encoder/decoder freshly initialised: see the module
     docstring for why they cannot be converted)."""
     from zoo.models.vqvae.lit import VQVAELit
@@ -307,8 +338,9 @@ def save_converted(lit, out: str | os.PathLike, source: dict[str, Any]) -> Path:
         # A data config as zoo-train records it (a registered DataModule, plain values): the resolution the tokenizer
         # is used at (DALL·E's model.image_tokenizer_ckpt= reads it) and images for zoo-sample's reconstruction grid
         # (the built-in shapes world; no training data of the published model is implied).
-        ck["zoo_config"] = {"data": {"_target_": "zoo.data.modules.ShapesDataModule",
-                                     "resolution": int(tok.resolution)}}
+        ck["zoo_config"] = {
+            "data": {"_target_": "zoo.data.modules.ShapesDataModule", "resolution": int(tok.resolution)}
+        }
     ck["zoo_converted"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in source.items()}
     return atomic_torch_save(ck, out)
 
@@ -320,24 +352,39 @@ def convert(cfg) -> Path:
         raise ConfigError("no output path (fix: zoo-convert kind=... out=converted/<name>.ckpt)")
     if kind == "dalle_dvae":
         if not cfg.get("encoder") or not cfg.get("decoder"):
-            raise ConfigError("kind=dalle_dvae needs both encoder=<encoder state dict> and decoder=<decoder state dict>")
-        lit = convert_dalle_dvae(read_state_dict(cfg.encoder, "encoder"), read_state_dict(cfg.decoder, "decoder"),
-                                 int(cfg.get("resolution") or 256))
-        source = {"kind": kind, "encoder": str(cfg.encoder), "decoder": str(cfg.decoder),
-                  "note": "encoder input map folded into the stem conv (exact except the 3-pixel border)"}
+            raise ConfigError(
+                "kind=dalle_dvae needs both encoder=<encoder state dict> and decoder=<decoder state dict>"
+            )
+        lit = convert_dalle_dvae(
+            read_state_dict(cfg.encoder, "encoder"),
+            read_state_dict(cfg.decoder, "decoder"),
+            int(cfg.get("resolution") or 256),
+        )
+        source = {
+            "kind": kind,
+            "encoder": str(cfg.encoder),
+            "decoder": str(cfg.decoder),
+            "note": "encoder input map folded into the stem conv (exact except the 3-pixel border)",
+        }
     elif kind in TAMING_CODEBOOK_KEYS:
         if not cfg.get("ckpt"):
             raise ConfigError(f"kind={kind} needs ckpt=<taming .ckpt or its state dict>")
-        lit = convert_taming_codebook(read_state_dict(cfg.ckpt, kind), kind, cfg.get("preset") or "paper",
-                                      cfg.get("resolution"))
-        source = {"kind": kind, "ckpt": str(cfg.ckpt), "untrained": ["encoder", "decoder"],
-                  "note": "codebook only: taming's encoder/decoder are a different network; train this VQ-VAE "
-                          "before tokenizing"}
+        lit = convert_taming_codebook(
+            read_state_dict(cfg.ckpt, kind), kind, cfg.get("preset") or "paper", cfg.get("resolution")
+        )
+        source = {
+            "kind": kind,
+            "ckpt": str(cfg.ckpt),
+            "untrained": ["encoder", "decoder"],
+            "note": "codebook only: taming's encoder/decoder are a different network; train this VQ-VAE "
+            "before tokenizing",
+        }
         log.warning("%s: only the codebook was converted; the VQ-VAE's encoder/decoder are freshly initialised", kind)
     elif kind == "open_clip":
         if not cfg.get("ckpt") or not cfg.get("arch"):
-            raise ConfigError("kind=open_clip needs ckpt=<open_clip file> and arch=<open_clip architecture, e.g. "
-                              "ViT-B-32>")
+            raise ConfigError(
+                "kind=open_clip needs ckpt=<open_clip file> and arch=<open_clip architecture, e.g. ViT-B-32>"
+            )
         lit = convert_open_clip(cfg.ckpt, cfg.arch)
         source = {"kind": kind, "ckpt": str(cfg.ckpt), "arch": str(cfg.arch)}
     else:

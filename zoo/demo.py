@@ -5,6 +5,7 @@ DALL·E Figure 9 on shapes (``zoo-eval``). Each is an ordinary command (printed 
 tweak it); a stage that finished earlier is reused (``DEMO_FRESH=1`` redoes all). The stages
 write into ``logs/demo/<stage>`` and later stages find earlier checkpoints there.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,9 +38,14 @@ def run_sampling(prompts: list[str] = SAMPLE_PROMPTS) -> Path:
     """zoo-sample on the demo's DALL·E checkpoint: 32 candidates per prompt, CLIP-reranked, best 8 as a grid."""
     out_dir = DEMO_DIR / "dalle_samples"
     clip = DEMO_DIR / "clip" / "checkpoints" / "last.ckpt"
-    overrides = [f"ckpt={DEMO_DIR / 'dalle' / 'checkpoints' / 'last.ckpt'}",
-                 f"generator.clip_ckpt={clip if clip.is_file() else 'null'}", f"prompts={json.dumps(prompts)}",
-                 "generator.n_candidates=32", "n_keep=8", f"hydra.run.dir={out_dir}"]
+    overrides = [
+        f"ckpt={DEMO_DIR / 'dalle' / 'checkpoints' / 'last.ckpt'}",
+        f"generator.clip_ckpt={clip if clip.is_file() else 'null'}",
+        f"prompts={json.dumps(prompts)}",
+        "generator.n_candidates=32",
+        "n_keep=8",
+        f"hydra.run.dir={out_dir}",
+    ]
     print(f"\n=== demo stage 'dalle_samples': {shlex.join(['zoo-sample', *overrides])}", flush=True)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "zoo.sample", *overrides], check=True)
@@ -56,8 +62,13 @@ def run_eval() -> dict:
     subprocess.run([sys.executable, "-m", "eval.cli", *overrides], check=True)
     print(f"=== stage 'eval' finished in {time.perf_counter() - t0:.0f} s", flush=True)
     plots = sorted(str(p) for p in out_dir.glob("*.png"))
-    return {"run_dir": str(out_dir), "metrics": {}, "last_grid": plots[0] if plots else None,
-            "results": str(out_dir / "results.md"), "plots": plots}
+    return {
+        "run_dir": str(out_dir),
+        "metrics": {},
+        "last_grid": plots[0] if plots else None,
+        "results": str(out_dir / "results.md"),
+        "plots": plots,
+    }
 
 
 def finished(run_dir: Path) -> bool:
@@ -89,13 +100,18 @@ def main() -> None:
     if any(name == "dalle" for name, _ in STAGES):
         out_dir = run_sampling()
         written = json.loads((out_dir / "samples.json").read_text())
-        summary["dalle_samples"] = {"run_dir": str(out_dir), "metrics": {},
-                                    "last_grid": next(iter(written.values()))["grid"] if written else None,
-                                    "clip_scores": {p: w.get("clip_scores") for p, w in written.items()}}
+        summary["dalle_samples"] = {
+            "run_dir": str(out_dir),
+            "metrics": {},
+            "last_grid": next(iter(written.values()))["grid"] if written else None,
+            "clip_scores": {p: w.get("clip_scores") for p, w in written.items()},
+        }
         summary["eval"] = run_eval()
     print("\n=== demo summary")
     for name, s in summary.items():
-        shown = {k: round(v, 4) for k, v in s["metrics"].items() if isinstance(v, float) and k.startswith(("val/", "test/"))}
+        shown = {
+            k: round(v, 4) for k, v in s["metrics"].items() if isinstance(v, float) and k.startswith(("val/", "test/"))
+        }
         print(f"{name}: {s['run_dir']}\n  metrics: {shown}\n  grid: {s['last_grid']}")
     (DEMO_DIR / "summary.json").write_text(json.dumps(summary, indent=2))
 

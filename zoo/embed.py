@@ -21,6 +21,7 @@ Config keys read (``conf/embed.yaml``):
   ``out``              the output file; ``batch_size`` (default 128)
   ``text_encodings``   (optional, default false) also write ``clip_text_encodings`` / ``clip_text_mask``
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,16 +60,26 @@ def text_token_encodings(model, tokens: torch.Tensor) -> tuple[torch.Tensor, tor
         x, attn_mask = model.text._embeds(tokens)  # open_clip.CustomTextCLIP
         x = model.text.ln_final(model.text.transformer(x, attn_mask=attn_mask))
     else:
-        raise ConfigError(f"text_encodings=true needs an open_clip CLIP text tower; {type(model).__name__} has none "
-                          "(fix: text_encodings=false)")
+        raise ConfigError(
+            f"text_encodings=true needs an open_clip CLIP text tower; {type(model).__name__} has none "
+            "(fix: text_encodings=false)"
+        )
     eot = tokens.argmax(dim=-1, keepdim=True)  # (N, 1)
     mask = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0) <= eot  # (N, L)
     return x.float(), mask
 
 
 @torch.no_grad()
-def embed_dataset(scorer, dataset, out_path: str | Path, batch_size: int = 128, num_workers: int = 0,
-                  progress: bool = True, meta: dict[str, Any] | None = None, text_encodings: bool = False) -> Path:
+def embed_dataset(
+    scorer,
+    dataset,
+    out_path: str | Path,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    progress: bool = True,
+    meta: dict[str, Any] | None = None,
+    text_encodings: bool = False,
+) -> Path:
     """Encode every (image, caption) of ``dataset`` with ``scorer`` (a ``ClipScorer``) and save them to ``out_path``.
 
     Returns the path written. Rows are in dataset index order, so ``attach_embeddings`` can serve them by index.
@@ -76,11 +87,17 @@ def embed_dataset(scorer, dataset, out_path: str | Path, batch_size: int = 128, 
     """
     from zoo.checkpoint import atomic_torch_save
 
-    loader = torch.utils.data.DataLoader(dataset, batch_size=int(batch_size), shuffle=False,
-                                         num_workers=num_workers, collate_fn=_first_image_caption_collate)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=int(batch_size),
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_first_image_caption_collate,
+    )
     img, txt, tok, enc, mask = [], [], [], [], []
-    with track(total=len(dataset), desc=f"zoo-embed -> {Path(out_path).name}", unit="pair",
-               disable=not progress) as bar:
+    with track(
+        total=len(dataset), desc=f"zoo-embed -> {Path(out_path).name}", unit="pair", disable=not progress
+    ) as bar:
         for batch in loader:
             tokens = scorer.tokenize(batch["caption"])
             img.append(scorer.encode_image(batch["image"]).cpu())
@@ -98,8 +115,13 @@ def embed_dataset(scorer, dataset, out_path: str | Path, batch_size: int = 128, 
         out["clip_text_encodings"], out["clip_text_mask"] = torch.cat(enc), torch.cat(mask)
     from zoo.models.clip.scorer import CLIP_SCORE_CONVENTION
 
-    out["meta"] = {"n": len(out["clip_image_emb"]), "dim": int(out["clip_image_emb"].shape[1]),
-                   "image_size": int(scorer.image_size), "convention": CLIP_SCORE_CONVENTION, **(meta or {})}
+    out["meta"] = {
+        "n": len(out["clip_image_emb"]),
+        "dim": int(out["clip_image_emb"].shape[1]),
+        "image_size": int(scorer.image_size),
+        "convention": CLIP_SCORE_CONVENTION,
+        **(meta or {}),
+    }
     return atomic_torch_save(out, out_path)
 
 
@@ -142,9 +164,14 @@ def embed(cfg: DictConfig) -> Path:
     dm = instantiate(cfg.data, "data")
     split = str(cfg.split)
     source = {k: v for k, v in OmegaConf.to_container(cfg.clip, resolve=True).items() if v is not None}
-    path = embed_dataset(scorer, dm.dataset(split), cfg.out, batch_size=int(cfg.get("batch_size") or 128),
-                         meta={"clip": source, "split": split},
-                         text_encodings=bool(cfg.get("text_encodings") or False))
+    path = embed_dataset(
+        scorer,
+        dm.dataset(split),
+        cfg.out,
+        batch_size=int(cfg.get("batch_size") or 128),
+        meta={"clip": source, "split": split},
+        text_encodings=bool(cfg.get("text_encodings") or False),
+    )
     log.info("wrote %s (serve with data.features.%s=%s)", path, split, path)
     print(path)
     return path

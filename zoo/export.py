@@ -35,6 +35,7 @@ diffusion_prior,    (none: safetensors + config.json only; their samplers loop i
 ar_prior
 ==================  ===========================================  ==============================================
 """
+
 from __future__ import annotations
 
 import json
@@ -93,8 +94,12 @@ def checkpoint_dict(module: nn.Module) -> dict[str, Any]:
     state dict): what ``zoo.checkpoint.load_module`` (and so zoo-sample / zoo-tokenize) accepts."""
     from zoo.registry import component_name_of
 
-    return {"zoo_component": component_name_of(module), "hyper_parameters": hyper_parameters_of(module),
-            "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()}, "zoo_config": {}}
+    return {
+        "zoo_component": component_name_of(module),
+        "hyper_parameters": hyper_parameters_of(module),
+        "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
+        "zoo_config": {},
+    }
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[str, nn.Module, dict[str, Any]]:
@@ -110,8 +115,12 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[str, nn.Module, dict[str, 
 
 
 # ------------------------------------------------------------------------------------------ safetensors
-def save_export(module: nn.Module, out_dir: str | os.PathLike, name: Optional[str] = None,
-                hyper_parameters: Optional[dict[str, Any]] = None) -> dict[str, Path]:
+def save_export(
+    module: nn.Module,
+    out_dir: str | os.PathLike,
+    name: Optional[str] = None,
+    hyper_parameters: Optional[dict[str, Any]] = None,
+) -> dict[str, Path]:
     """Write ``model.safetensors`` + ``config.json`` for ``module`` into ``out_dir``."""
     from safetensors.torch import save_model
 
@@ -147,15 +156,19 @@ def load_export(export_dir: str | os.PathLike, map_location: str = "cpu") -> nn.
     cfg_path, weights = d / CONFIG_FILE, d / WEIGHTS_FILE
     for p in (cfg_path, weights):
         if not p.is_file():
-            raise FileNotFoundError(f"{p} not found: {d} is not a zoo-export directory (run zoo-export ckpt=... "
-                                    f"out={d})")
+            raise FileNotFoundError(
+                f"{p} not found: {d} is not a zoo-export directory (run zoo-export ckpt=... out={d})"
+            )
     try:
         config = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{cfg_path} is not valid JSON ({e})") from None
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
-        raise UnsafeCheckpointError(f"{cfg_path} is not a {EXPORT_FORMAT} config (format={config.get('format')!r})"
-                                    if isinstance(config, dict) else f"{cfg_path} is not a JSON object")
+        raise UnsafeCheckpointError(
+            f"{cfg_path} is not a {EXPORT_FORMAT} config (format={config.get('format')!r})"
+            if isinstance(config, dict)
+            else f"{cfg_path} is not a JSON object"
+        )
     if config.get("version") != EXPORT_VERSION:
         raise ConfigError(f"{cfg_path}: export version {config.get('version')!r}; this zoo reads {EXPORT_VERSION}")
     name = config.get("component")
@@ -229,8 +242,15 @@ def _tokenizer_graphs(name: str, lit: nn.Module) -> list[Graph]:
         return (torch.randint(0, k, (b, h, w)),)
 
     return [
-        Graph("encode", _TokenizerEncode(name, tok), images, ["images"], ["codes", "features"],
-              _batch_axes(["images", "codes", "features"]), integer_outputs=("codes",)),
+        Graph(
+            "encode",
+            _TokenizerEncode(name, tok),
+            images,
+            ["images"],
+            ["codes", "features"],
+            _batch_axes(["images", "codes", "features"]),
+            integer_outputs=("codes",),
+        ),
         Graph("decode", _TokenizerDecode(tok), codes, ["codes"], ["images"], _batch_axes(["codes", "images"])),
     ]
 
@@ -267,10 +287,24 @@ def _clip_graphs(lit: nn.Module) -> list[Graph]:
         t[:, -1] = vocab - 1  # the EOT (highest id) marks the pooled position, as the BPE does
         return (t,)
 
-    return [Graph("image_tower", _ClipImage(clip), pixels, ["pixels"], ["image_features"],
-                  _batch_axes(["pixels", "image_features"])),
-            Graph("text_tower", _ClipText(clip), tokens, ["tokens"], ["text_features"],
-                  _batch_axes(["tokens", "text_features"]))]
+    return [
+        Graph(
+            "image_tower",
+            _ClipImage(clip),
+            pixels,
+            ["pixels"],
+            ["image_features"],
+            _batch_axes(["pixels", "image_features"]),
+        ),
+        Graph(
+            "text_tower",
+            _ClipText(clip),
+            tokens,
+            ["tokens"],
+            ["text_features"],
+            _batch_axes(["tokens", "text_features"]),
+        ),
+    ]
 
 
 # -- DALL·E with an explicit KV cache ------------------------------------------------------------------------
@@ -321,8 +355,9 @@ class _DalleStep(nn.Module):
         idx = torch.arange(past_k.shape[3] + 1, device=image_token.device)  # key positions 0 .. P
         here = idx[-1:]  # (1,) stream position P of the new token
         p = here - c.text_len  # raster index of the image token
-        pos = net.image_row.index_select(0, torch.div(p, c.grid_w, rounding_mode="floor")) + \
-            net.image_col.index_select(0, torch.remainder(p, c.grid_w))  # (1, d)
+        pos = net.image_row.index_select(0, torch.div(p, c.grid_w, rounding_mode="floor")) + net.image_col.index_select(
+            0, torch.remainder(p, c.grid_w)
+        )  # (1, d)
         x = net.image_emb(image_token) + pos  # (B, 1, d)
         ks, vs = [], []
         for i, (blk, mask) in enumerate(zip(net.transformer.blocks, net.layer_masks(), strict=True)):
@@ -344,20 +379,39 @@ def _dalle_graphs(lit: nn.Module) -> list[Graph]:
 
     def step(b):
         p = c.text_len + 3  # a cache holding the text and three image tokens
-        return (torch.randint(0, c.image_vocab, (b, 1)),
-                torch.randn(kv_shape[0], b, kv_shape[1], p, kv_shape[2]) * 0.5,
-                torch.randn(kv_shape[0], b, kv_shape[1], p, kv_shape[2]) * 0.5)
+        return (
+            torch.randint(0, c.image_vocab, (b, 1)),
+            torch.randn(kv_shape[0], b, kv_shape[1], p, kv_shape[2]) * 0.5,
+            torch.randn(kv_shape[0], b, kv_shape[1], p, kv_shape[2]) * 0.5,
+        )
 
     kv_axes = {1: "batch", 3: "past_len"}
     out_axes = {1: "batch", 3: "total_len"}
     return [
-        Graph("prefill", _DallePrefill(net), text, ["text"], ["logits", "present_k", "present_v"],
-              {"text": {0: "batch"}, "logits": {0: "batch"}, "present_k": {1: "batch"}, "present_v": {1: "batch"}}),
-        Graph("decode_step", _DalleStep(net), step, ["image_token", "past_k", "past_v"],
-              ["logits", "present_k", "present_v"],
-              {"image_token": {0: "batch"}, "past_k": kv_axes, "past_v": kv_axes, "logits": {0: "batch"},
-               "present_k": out_axes, "present_v": out_axes},
-              note="explicit KV cache: present_k/v of one call are the next call's past_k/v"),
+        Graph(
+            "prefill",
+            _DallePrefill(net),
+            text,
+            ["text"],
+            ["logits", "present_k", "present_v"],
+            {"text": {0: "batch"}, "logits": {0: "batch"}, "present_k": {1: "batch"}, "present_v": {1: "batch"}},
+        ),
+        Graph(
+            "decode_step",
+            _DalleStep(net),
+            step,
+            ["image_token", "past_k", "past_v"],
+            ["logits", "present_k", "present_v"],
+            {
+                "image_token": {0: "batch"},
+                "past_k": kv_axes,
+                "past_v": kv_axes,
+                "logits": {0: "batch"},
+                "present_k": out_axes,
+                "present_v": out_axes,
+            },
+            note="explicit KV cache: present_k/v of one call are the next call's past_k/v",
+        ),
     ]
 
 
@@ -391,15 +445,34 @@ def _glide_graphs(lit: nn.Module) -> list[Graph]:
 
     def unet_in(b):
         mask = torch.ones(b, c.text_len, dtype=torch.bool)
-        mask[:, c.text_len // 2:] = False  # padded tail
-        return (torch.randn(b, in_ch, c.image_size, c.image_size), torch.randint(0, 1000, (b,)),
-                torch.randn(b, c.text_len, width), mask, torch.randn(b, e))
+        mask[:, c.text_len // 2 :] = False  # padded tail
+        return (
+            torch.randn(b, in_ch, c.image_size, c.image_size),
+            torch.randint(0, 1000, (b,)),
+            torch.randn(b, c.text_len, width),
+            mask,
+            torch.randn(b, e),
+        )
 
-    return [Graph("text_encoder", _GlideText(net), tokens, ["tokens"], ["context", "emb"],
-                  _batch_axes(["tokens", "context", "emb"])),
-            Graph("unet", _GlideUNet(net), unet_in, ["x_t", "t", "context", "context_mask", "emb"], ["out"],
-                  _batch_axes(["x_t", "t", "context", "context_mask", "emb", "out"]),
-                  note="the denoiser step; context/context_mask/emb from text_encoder (mask = tokens != pad_id)")]
+    return [
+        Graph(
+            "text_encoder",
+            _GlideText(net),
+            tokens,
+            ["tokens"],
+            ["context", "emb"],
+            _batch_axes(["tokens", "context", "emb"]),
+        ),
+        Graph(
+            "unet",
+            _GlideUNet(net),
+            unet_in,
+            ["x_t", "t", "context", "context_mask", "emb"],
+            ["out"],
+            _batch_axes(["x_t", "t", "context", "context_mask", "emb", "out"]),
+            note="the denoiser step; context/context_mask/emb from text_encoder (mask = tokens != pad_id)",
+        ),
+    ]
 
 
 def onnx_graphs(name: str, module: nn.Module) -> list[Graph]:
@@ -432,8 +505,17 @@ def export_graph(g: Graph, path: Path, opset: int = 17, export_batch: int = 2) -
     # (aten::_native_multi_head_attention), which has no ONNX symbolic; with grad on it runs the plain ops.
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-        torch.onnx.export(g.module, args, str(path), dynamo=False, opset_version=opset, input_names=g.input_names,
-                          output_names=g.output_names, dynamic_axes=g.dynamic_axes, do_constant_folding=True)
+        torch.onnx.export(
+            g.module,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=g.input_names,
+            output_names=g.output_names,
+            dynamic_axes=g.dynamic_axes,
+            do_constant_folding=True,
+        )
     return path
 
 
@@ -463,8 +545,7 @@ def check_graph(g: Graph, path: Path, batch: int = 3, seed: int = 1) -> dict[str
 
 
 @torch.no_grad()
-def check_dalle_decoding(lit: nn.Module, prefill_path: Path, step_path: Path, batch: int = 3,
-                         seed: int = 2) -> float:
+def check_dalle_decoding(lit: nn.Module, prefill_path: Path, step_path: Path, batch: int = 3, seed: int = 2) -> float:
     """Decode a whole image with the two ONNX graphs (prefill, then one decode_step per token, feeding each call's
     present_k/v back as past_k/v) under teacher forcing, against the PyTorch model's UNCACHED forward on the same
     (text, image): the max abs error over all image-token logits."""
@@ -481,13 +562,20 @@ def check_dalle_decoding(lit: nn.Module, prefill_path: Path, step_path: Path, ba
     logits, k, v = pre.run(None, {"text": text.numpy()})
     err = float((torch.from_numpy(logits) - ref[:, 0]).abs().max())
     for p in range(c.image_len - 1):
-        logits, k, v = step.run(None, {"image_token": image[:, p:p + 1].numpy(), "past_k": k, "past_v": v})
+        logits, k, v = step.run(None, {"image_token": image[:, p : p + 1].numpy(), "past_k": k, "past_v": v})
         err = max(err, float((torch.from_numpy(logits) - ref[:, p + 1]).abs().max()))
     return err
 
 
-def export_onnx(name: str, module: nn.Module, out_dir: str | os.PathLike, opset: int = 17, export_batch: int = 2,
-                check_batch: int = 3, graphs: Optional[list[str]] = None) -> dict[str, dict[str, Any]]:
+def export_onnx(
+    name: str,
+    module: nn.Module,
+    out_dir: str | os.PathLike,
+    opset: int = 17,
+    export_batch: int = 2,
+    check_batch: int = 3,
+    graphs: Optional[list[str]] = None,
+) -> dict[str, dict[str, Any]]:
     """Export and check every ONNX graph of the component; returns {graph: {path, bytes, max_abs_error, ...}}."""
     out = Path(out_dir)
     report: dict[str, dict[str, Any]] = {}
@@ -502,7 +590,8 @@ def export_onnx(name: str, module: nn.Module, out_dir: str | os.PathLike, opset:
         report[g.name] = info
     if name == "dalle" and {"prefill", "decode_step"} <= set(report):
         report["decode_step"]["full_decode_vs_uncached_max_abs_error"] = check_dalle_decoding(
-            module, Path(report["prefill"]["path"]), Path(report["decode_step"]["path"]), check_batch)
+            module, Path(report["prefill"]["path"]), Path(report["decode_step"]["path"]), check_batch
+        )
     if report:
         (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
@@ -521,9 +610,12 @@ def export(cfg) -> dict[str, Any]:
     out = Path(str(cfg.out)) if cfg.get("out") else ckpt.parent / f"{ckpt.stem}_export"
     name, module, hp = load_checkpoint(ckpt)
     files = save_export(module, out, name, hp)
-    summary: dict[str, Any] = {"component": name, "out": str(out),
-                               "safetensors_bytes": files["weights"].stat().st_size,
-                               "config_bytes": files["config"].stat().st_size}
+    summary: dict[str, Any] = {
+        "component": name,
+        "out": str(out),
+        "safetensors_bytes": files["weights"].stat().st_size,
+        "config_bytes": files["config"].stat().st_size,
+    }
     # round trip: the export rebuilds to identical weights
     again = load_export(out)
     sd0, sd1 = module.state_dict(), again.state_dict()
@@ -531,8 +623,15 @@ def export(cfg) -> dict[str, Any]:
     summary["reload_identical_weights"] = bool(same)
     if cfg.get("onnx", True):
         graphs = list(cfg.graphs) if cfg.get("graphs") else None
-        rep = export_onnx(name, module, out / "onnx", int(cfg.get("opset", 17)), int(cfg.get("export_batch", 2)),
-                          int(cfg.get("check_batch", 3)), graphs)
+        rep = export_onnx(
+            name,
+            module,
+            out / "onnx",
+            int(cfg.get("opset", 17)),
+            int(cfg.get("export_batch", 2)),
+            int(cfg.get("check_batch", 3)),
+            graphs,
+        )
         summary["onnx"] = rep
         if not rep:
             summary["onnx_note"] = f"no ONNX graph for {name} (safetensors + config.json only)"
@@ -546,13 +645,18 @@ def _fmt_bytes(n: int) -> str:
 
 def _print_summary(s: dict[str, Any]) -> None:
     print(f"{s['component']} -> {s['out']}")
-    print(f"  model.safetensors {_fmt_bytes(s['safetensors_bytes'])}, config.json {_fmt_bytes(s['config_bytes'])}, "
-          f"reload identical: {s['reload_identical_weights']}")
+    print(
+        f"  model.safetensors {_fmt_bytes(s['safetensors_bytes'])}, config.json {_fmt_bytes(s['config_bytes'])}, "
+        f"reload identical: {s['reload_identical_weights']}"
+    )
     for g, info in (s.get("onnx") or {}).items():
-        extra = "".join(f", {k} {v:.4g}" for k, v in info.items()
-                        if k.endswith(("agreement", "uncached_max_abs_error")))
-        print(f"  onnx/{g}.onnx {_fmt_bytes(info['bytes'])}: max abs error {info['max_abs_error']:.3g} "
-              f"(onnxruntime vs PyTorch, batch {info['batch']}){extra}")
+        extra = "".join(
+            f", {k} {v:.4g}" for k, v in info.items() if k.endswith(("agreement", "uncached_max_abs_error"))
+        )
+        print(
+            f"  onnx/{g}.onnx {_fmt_bytes(info['bytes'])}: max abs error {info['max_abs_error']:.3g} "
+            f"(onnxruntime vs PyTorch, batch {info['batch']}){extra}"
+        )
     if s.get("onnx_note"):
         print(f"  {s['onnx_note']}")
 

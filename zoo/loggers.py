@@ -5,6 +5,7 @@ run in place (``ckpt_path=last`` with the same ``hydra.run.dir``) silently lost 
 interruption. ``ResumableCSVLogger`` keeps the file and appends to it, reading its header so that new columns
 rewrite it once rather than misaligning rows.
 """
+
 from __future__ import annotations
 
 import csv

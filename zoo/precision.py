@@ -12,6 +12,7 @@ several times faster in bf16 than in fp32; on an AVX2-only CPU torch emulates bf
 ``ZOO_FORCE_NATIVE_BF16=0`` / ``=1`` overrides the CPU detection (tests; a machine the detection gets wrong).
 Torch only (Lightning is not imported), so ``zoo.nn`` and benchmarks can use it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,8 +30,15 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of x86 CP
 # Lightning's precision strings (lightning.fabric.connector._PRECISION_INPUT_STR) plus the legacy short forms it
 # still accepts, and our "auto".
 VALID_PRECISIONS = (
-    "auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true",
-    "transformer-engine", "transformer-engine-float16",
+    "auto",
+    "32-true",
+    "bf16-mixed",
+    "bf16-true",
+    "16-mixed",
+    "16-true",
+    "64-true",
+    "transformer-engine",
+    "transformer-engine-float16",
 )
 LEGACY_PRECISIONS = ("32", "16", "64", "bf16")
 _BF16 = ("bf16-mixed", "bf16-true", "bf16")
@@ -136,7 +144,10 @@ def resolve_precision(requested: Any, accelerator: Any = "auto") -> tuple[Union[
             if not native:
                 log.warning(
                     "trainer.precision=%s on a CPU without native bf16 (%s): bf16 matmuls are emulated and run "
-                    "20-100x slower than fp32 (fix: trainer.precision=auto, or 32-true)", value, why)
+                    "20-100x slower than fp32 (fix: trainer.precision=auto, or 32-true)",
+                    value,
+                    why,
+                )
         return requested, "set explicitly"
     if device == "cuda":
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():

@@ -18,6 +18,7 @@ to the run's log file. The Lightning counterpart for training is ``zoo.callbacks
 Written by hand because tqdm has no periodic plain-line mode (its ``mininterval`` still redraws one line with
 ``\\r``) and Lightning's bars are Lightning-only.
 """
+
 from __future__ import annotations
 
 import logging
@@ -80,9 +81,17 @@ class LogLines:
     least every ``every_seconds`` seconds, then a ``done`` line (kept for ``leave=False`` loops only if they took
     long enough to have logged something: nested loops stay quiet in a log when they are quick)."""
 
-    def __init__(self, iterable: Optional[Iterable] = None, total: Optional[float] = None, desc: str = "",
-                 unit: str = "it", every: Optional[int] = None, every_seconds: Optional[float] = EVERY_SECONDS,
-                 leave: bool = True, logger: Optional[logging.Logger] = None):
+    def __init__(
+        self,
+        iterable: Optional[Iterable] = None,
+        total: Optional[float] = None,
+        desc: str = "",
+        unit: str = "it",
+        every: Optional[int] = None,
+        every_seconds: Optional[float] = EVERY_SECONDS,
+        leave: bool = True,
+        logger: Optional[logging.Logger] = None,
+    ):
         if every is not None and int(every) < 1:
             raise ValueError(f"every must be >= 1 (or None for time-based lines only), got {every}")
         if total is None and iterable is not None:
@@ -156,8 +165,15 @@ class LogLines:
             return
         elapsed = time.monotonic() - self._start
         rate = self.n / elapsed if elapsed > 0 else float("nan")
-        self.log.info("%sdone %d %s in %s (%s)%s", self._prefix(), self.n, self.unit, format_duration(elapsed),
-                      format_rate(rate, self.unit), self._postfix())
+        self.log.info(
+            "%sdone %d %s in %s (%s)%s",
+            self._prefix(),
+            self.n,
+            self.unit,
+            format_duration(elapsed),
+            format_rate(rate, self.unit),
+            self._postfix(),
+        )
 
     # --- lines -------------------------------------------------------------------------------------------
     def _prefix(self) -> str:
@@ -179,9 +195,18 @@ class LogLines:
         self._lines += 1
 
 
-def track(iterable: Optional[Iterable] = None, total: Optional[float] = None, desc: str = "", unit: str = "it",
-          disable: bool = False, leave: bool = True, every: Optional[int] = None,
-          every_seconds: Optional[float] = EVERY_SECONDS, plain: Optional[bool] = None, **tqdm_kwargs):
+def track(
+    iterable: Optional[Iterable] = None,
+    total: Optional[float] = None,
+    desc: str = "",
+    unit: str = "it",
+    disable: bool = False,
+    leave: bool = True,
+    every: Optional[int] = None,
+    every_seconds: Optional[float] = EVERY_SECONDS,
+    plain: Optional[bool] = None,
+    **tqdm_kwargs,
+):
     """Progress over ``iterable`` (or ``total`` units advanced with ``update``): a tqdm bar on a terminal, plain
     periodic log lines otherwise (``plain=True``/``False`` forces one or the other). ``disable`` silences both."""
     if plain is None:

@@ -15,6 +15,7 @@ generator (the image tokenizers), or any checkpoint without prompts, gives the m
 validation batch of the data it was trained on (``zoo.pipelines.grid``). Everything is written under the run
 directory.
 """
+
 from __future__ import annotations
 
 import json
@@ -78,8 +79,10 @@ RENAMED = {
     "top_k": "n_keep (the number of reranked images kept; the logit filter is generator.top_k)",
     "n_per_prompt": "n_keep",
     "sample_top_k": "generator.top_k",
-    **{k: f"generator.{k}" for k in ("clip_ckpt", "n_candidates", "top_p", "temperature", "guidance_scale",
-                                     "batch_size")},
+    **{
+        k: f"generator.{k}"
+        for k in ("clip_ckpt", "n_candidates", "top_p", "temperature", "guidance_scale", "batch_size")
+    },
 }
 
 
@@ -105,8 +108,10 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
 
     check_renamed(cfg)
     if not cfg.get("ckpt") and not cfg.prompts:
-        raise ConfigError("nothing to sample (fix: zoo-sample ckpt=/path/to/run/checkpoints/last.ckpt, with "
-                          "prompts='[\"...\"]' for a text-to-image model)")
+        raise ConfigError(
+            "nothing to sample (fix: zoo-sample ckpt=/path/to/run/checkpoints/last.ckpt, with "
+            "prompts='[\"...\"]' for a text-to-image model)"
+        )
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     node = cfg.get("generator")
@@ -117,8 +122,10 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
             return _finish(written, out_dir)
         option, key = mapped
         if node is None or key not in node:
-            raise ConfigError(f"{cfg.ckpt} is sampled by generator={option} (fix: add generator={option}, or "
-                              f"drop ckpt= and give generator.{key}=)")
+            raise ConfigError(
+                f"{cfg.ckpt} is sampled by generator={option} (fix: add generator={option}, or "
+                f"drop ckpt= and give generator.{key}=)"
+            )
         with open_dict(node):
             node[key] = str(cfg.ckpt)
     torch.manual_seed(int(cfg.seed))

@@ -4,6 +4,7 @@ Stage 2 (the DALL·E transformer) then trains from ``image_tokens`` without runn
 ``data.features.train=<out>`` makes the DataModule serve them. The output is a dict of tensors written atomically:
 ``image_tokens`` LongTensor (N, h, w) in dataset index order, plus ``codebook_size`` and ``grid_size``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,7 +42,9 @@ def tokenize_dataset(tokenizer, dataset, out_path: str | Path, batch_size: int =
     )
     chunks = []
     for batch in track(loader, desc=f"tokenize -> {Path(out_path).name}", unit="batch"):
-        chunks.append(tokenizer.encode(batch["image"]).to(torch.int32 if tokenizer.codebook_size < 2**31 else torch.long))
+        chunks.append(
+            tokenizer.encode(batch["image"]).to(torch.int32 if tokenizer.codebook_size < 2**31 else torch.long)
+        )
     tokens = torch.cat(chunks).long()
     return atomic_torch_save(
         {"image_tokens": tokens, "codebook_size": int(tokenizer.codebook_size), "grid_size": list(tokens.shape[1:])},

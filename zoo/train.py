@@ -4,6 +4,7 @@
 and notebooks can call it directly. It builds everything first (data, model, callbacks, loggers, trainer) and runs
 the model's data checks, so a bad config fails before a single step is taken.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,9 @@ def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
     if found:
         return str(max(found, key=lambda p: p.stat().st_mtime))
     runs = Path(cfg.paths.log_dir) / cfg.task_name
-    found = [p for n in names for pattern in (f"*/*/checkpoints/{n}", f"*/*/*/checkpoints/{n}") for p in runs.glob(pattern)]
+    found = [
+        p for n in names for pattern in (f"*/*/checkpoints/{n}", f"*/*/*/checkpoints/{n}") for p in runs.glob(pattern)
+    ]
     if found:
         newest = max(found, key=lambda p: p.stat().st_mtime)
         log.info("ckpt_path=last: resuming from %s", newest)
@@ -69,23 +72,24 @@ def check_resume_file(path: str, model) -> None:
     """``ckpt_path=`` goes through the project's safe loader before Lightning opens it: a missing, corrupt, unsafe or
     wrong-kind file fails here, with a message that names the fix, instead of in torch's own words (which suggest
     ``weights_only=False``, the one thing never to do with a file from elsewhere)."""
-    from zoo.checkpoint import safe_load
-    from zoo.registry import component_in, component_name_of
-
-    from zoo.checkpoint import CorruptCheckpointError
-    from zoo.registry import checked_hparams
+    from zoo.checkpoint import CorruptCheckpointError, safe_load
+    from zoo.registry import checked_hparams, component_in, component_name_of
 
     ckpt = safe_load(path)
     name = component_in(ckpt, str(path))
     checked_hparams(name, ckpt.get("hyper_parameters", {}), str(path))  # same rules as every other file input
     missing = [k for k in ("state_dict", "pytorch-lightning_version", "loops") if k not in ckpt]
     if missing:
-        raise CorruptCheckpointError(f"ckpt_path={path} lacks {missing}: it is not a complete training checkpoint "
-                                     f"(fix: resume from a run's last.ckpt / interrupted.ckpt)")
+        raise CorruptCheckpointError(
+            f"ckpt_path={path} lacks {missing}: it is not a complete training checkpoint "
+            f"(fix: resume from a run's last.ckpt / interrupted.ckpt)"
+        )
     mine = component_name_of(model)
     if name != mine:
-        raise ConfigError(f"ckpt_path={path} holds a {name} checkpoint but the model is {mine} "
-                          f"(fix: model={name}, or a {mine} checkpoint)")
+        raise ConfigError(
+            f"ckpt_path={path} holds a {name} checkpoint but the model is {mine} "
+            f"(fix: model={name}, or a {mine} checkpoint)"
+        )
 
 
 def check_compatibility(model, datamodule) -> None:
@@ -165,8 +169,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             except SIGTERMException:
                 # Lightning raises SystemExit() (status 0) on SIGTERM after the on-exception checkpoint is saved.
                 # A scheduler or a shell script must see that the job did not finish: exit 128 + SIGTERM.
-                log.warning("SIGTERM at step %d: state saved to %s; resume with ckpt_path=last",
-                            trainer.global_step, out_dir / "checkpoints" / "interrupted.ckpt")
+                log.warning(
+                    "SIGTERM at step %d: state saved to %s; resume with ckpt_path=last",
+                    trainer.global_step,
+                    out_dir / "checkpoints" / "interrupted.ckpt",
+                )
                 raise SystemExit(143) from None
             _save_final_last(trainer, out_dir / "checkpoints" / "last.ckpt")
             if trainer.interrupted:  # Ctrl-C: Lightning stopped gracefully; keep the state, skip testing

@@ -1,4 +1,5 @@
 """CocoCaptions on a tiny COCO-format tree written by the test: samples, caption rules, splits, bad files."""
+
 from __future__ import annotations
 
 import io
@@ -54,7 +55,8 @@ def coco_root(tmp_path_factory) -> Path:
                 (d / name).write_bytes(_image_bytes(i, "JPEG" if i % 2 else "PNG"))
         images.reverse()
         (root / "annotations" / f"captions_{part}2014.json").write_text(
-            json.dumps({"images": images, "annotations": anns}))
+            json.dumps({"images": images, "annotations": anns})
+        )
     return root
 
 
@@ -120,7 +122,9 @@ def test_missing_root_json_or_image_folder_name_the_path_and_option(tmp_path, co
     assert "data.root" in str(e.value)
     half = tmp_path / "half"
     (half / "annotations").mkdir(parents=True)
-    (half / "annotations" / "captions_val2014.json").write_text((coco_root / "annotations" / "captions_val2014.json").read_text())
+    (half / "annotations" / "captions_val2014.json").write_text(
+        (coco_root / "annotations" / "captions_val2014.json").read_text()
+    )
     with pytest.raises(FileNotFoundError, match="val2014"):
         CocoCaptions(str(half), "val")
     with pytest.raises(ValueError, match="split"):
@@ -173,8 +177,15 @@ def test_skipped_images_are_summarised_when_training_ends(coco_root, caplog):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     dm = CocoDataModule(root=str(coco_root), resolution=8, batch_size=4, num_workers=0)
-    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
     with caplog.at_level(logging.WARNING):
         trainer.fit(Tiny(), datamodule=dm)
     msgs = [r.getMessage() for r in caplog.records if r.name == "zoo.data.datamodule"]

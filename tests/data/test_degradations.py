@@ -4,6 +4,7 @@ Poisson variance, JPEG quality vs error and size), output shapes and ranges, det
 
 The "FD rises with blur radius" check needs the Inception fixture and lives in tests/eval/test_metrics.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -144,7 +145,7 @@ def test_blur_corruption_sigma_is_the_impulse_response_std():
     assert all(1.0 <= s <= 3.0 for s in sigmas) and max(sigmas) - min(sigmas) > 0.5  # drawn per image
     for img, s in zip(y, sigmas, strict=True):
         var = float(_moments(img[0])[0, 0])
-        assert var == pytest.approx(s ** 2, rel=0.05), (s, var)  # 3-sigma truncation removes ~3%
+        assert var == pytest.approx(s**2, rel=0.05), (s, var)  # 3-sigma truncation removes ~3%
 
 
 def test_blur_corruption_downsamples_then_blurs_within_range():
@@ -167,7 +168,7 @@ def test_anisotropic_kernel_has_the_rotated_covariance():
     assert k.shape == (31, 31) and float(k.sum()) == pytest.approx(1.0)
     c, s = math.cos(theta), math.sin(theta)
     rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
-    want = rot @ torch.diag(torch.tensor([sx ** 2, sy ** 2], dtype=torch.float64)) @ rot.T
+    want = rot @ torch.diag(torch.tensor([sx**2, sy**2], dtype=torch.float64)) @ rot.T
     torch.testing.assert_close(_moments(k), want, rtol=0.02, atol=0.02)
     # through filter2d on an impulse image: the same moments (the filter is the kernel)
     resp = filter2d(_impulse(size=65), k)[0, 0]
@@ -219,12 +220,14 @@ def test_sensor_noise_is_poisson_shot_noise():
             assert abs(float(r.mean())) < 0.05 * math.sqrt(u / peak) + 1e-3
     bsr = BSRDegradation(scale=1, **{**ONLY, "sensor_noise_prob": 1.0})
     _, params = bsr(torch.zeros(8, 3, 16, 16), g, return_params=True)
-    assert all(10 ** 2 <= p["sensor"]["peak"] <= 10 ** 4 for p in params)
+    assert all(10**2 <= p["sensor"]["peak"] <= 10**4 for p in params)
 
 
 def test_jpeg_error_and_size_grow_as_quality_falls():
     pos = torch.arange(64.0)
-    x = (0.8 * _smooth_images(n=1, size=64) + 0.2 * torch.sin(pos[:, None] * 0.9) * torch.cos(pos[None] * 0.7)).clamp(-1, 1)
+    x = (0.8 * _smooth_images(n=1, size=64) + 0.2 * torch.sin(pos[:, None] * 0.9) * torch.cos(pos[None] * 0.7)).clamp(
+        -1, 1
+    )
     u8 = to_uint8(x)[0]
     errors, sizes = [], []
     for q in (95, 70, 50, 30):
@@ -259,8 +262,7 @@ def test_bsr_shapes_range_random_order_and_all_operations():
     assert len(orders) > 20  # operations in random order
     full = [o for o in orders if len(o) == len(BSR_OPERATIONS)]
     assert full and all(sorted(o) == sorted(BSR_OPERATIONS) for o in full)
-    assert any(o.index("jpeg") < o.index("blur") for o in full) and any(o.index("jpeg") > o.index("blur")
-                                                                         for o in full)
+    assert any(o.index("jpeg") < o.index("blur") for o in full) and any(o.index("jpeg") > o.index("blur") for o in full)
     modes = {BSRDegradation(scale=4).sample_params(g)["final_mode"] for _ in range(100)}
     assert modes == {"bilinear", "bicubic", "area"}
     # nothing enabled and scale 1: the identity; nothing enabled: a plain resize
@@ -313,6 +315,6 @@ def test_paired_random_crop_matches_coordinates():
     assert (corners % 4 == 0).all() and len({tuple(c) for c in corners.tolist()}) > 1
     torch.testing.assert_close(downsample(hi, 4, "area"), lo)
     for i, (top, left) in enumerate(corners.tolist()):
-        torch.testing.assert_close(hi[i], x[i, :, top:top + 16, left:left + 16])
+        torch.testing.assert_close(hi[i], x[i, :, top : top + 16, left : left + 16])
     with pytest.raises(ValueError):
         paired_random_crop(x, low, 18)  # not a multiple of the scale

@@ -1,4 +1,5 @@
 """COCO-format folders and WebDataset shards written by the tests: loading, caption rules, corrupt files skipped."""
+
 from __future__ import annotations
 
 import io
@@ -38,7 +39,9 @@ def coco_root(tmp_path) -> Path:
                 pass  # listed in the JSON but missing on disk
             else:
                 (d / name).write_bytes(_png_bytes((40 * i, 80, 200), fmt="JPEG"))
-        (root / "annotations" / f"captions_{part}2014.json").write_text(json.dumps({"images": images, "annotations": anns}))
+        (root / "annotations" / f"captions_{part}2014.json").write_text(
+            json.dumps({"images": images, "annotations": anns})
+        )
     return root
 
 
@@ -114,7 +117,9 @@ def test_webdataset_ranks_get_disjoint_shards(shards, monkeypatch):
     seen = []
     for rank in range(2):
         monkeypatch.setattr(wu, "pytorch_worker_info", lambda group=None, r=rank: (r, 2, 0, 1))
-        monkeypatch.setattr(wds.shardlists, "pytorch_worker_info", lambda group=None, r=rank: (r, 2, 0, 1), raising=False)
+        monkeypatch.setattr(
+            wds.shardlists, "pytorch_worker_info", lambda group=None, r=rank: (r, 2, 0, 1), raising=False
+        )
         ds = make_webdataset(shards, resolution=16, shuffle_buffer=0)
         seen.append({s["key"][:2] for s in ds})
     assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == {"00", "01", "02"}

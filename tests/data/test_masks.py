@@ -1,4 +1,5 @@
 """Inpainting masks (zoo/data/masks.py): convention, seeding, kinds produced, coverage statistics."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,7 +36,7 @@ def test_rectangles_strokes_and_full_erasure_are_all_produced(drawn):
     # a rectangle mask is exactly one axis-aligned box: its bounding box is fully erased
     for m in erased[kinds == 0]:
         rows, cols = m.any(1).nonzero(), m.any(0).nonzero()
-        box = m[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        box = m[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
         assert box.all()
     # strokes are not boxes (most of them): their bounding box has kept pixels
     not_box = [not m[m.any(1)][:, m.any(0)].all() for m in erased[kinds == 1]]
@@ -70,6 +71,7 @@ def test_single_mask_functions_and_config():
         mask_config({"rect_probability": 0.5})
     with pytest.raises(ValueError):
         MaskConfig(rect_prob=0.8, stroke_prob=0.5)
-    only_rect = random_masks(20, 16, torch.Generator().manual_seed(0), MaskConfig(rect_prob=1.0, stroke_prob=0.0),
-                             return_kinds=True)[1]
+    only_rect = random_masks(
+        20, 16, torch.Generator().manual_seed(0), MaskConfig(rect_prob=1.0, stroke_prob=0.0), return_kinds=True
+    )[1]
     assert (only_rect == 0).all()

@@ -1,5 +1,6 @@
 """The built-in shapes world (zoo/data/shapes.py): determinism, independent splits, captions <-> attributes <->
 pixels, caption mixes, argument checks, image format at every resolution, anti-aliasing."""
+
 from __future__ import annotations
 
 import itertools
@@ -122,8 +123,10 @@ def test_main_subject_is_first_large_else_first_object():
 
 
 def test_descriptive_count_word_and_single_object():
-    attrs = {"background": "black", "objects": [
-        {"shape": "star", "colour": "red", "size": "large", "position": "top left", "row": 0, "col": 0}]}
+    attrs = {
+        "background": "black",
+        "objects": [{"shape": "star", "colour": "red", "size": "large", "position": "top left", "row": 0, "col": 0}],
+    }
     caps = captions_for(attrs, np.random.default_rng(0))
     assert "one object" in caps["descriptive"] and "objects" not in caps["descriptive"]
     assert "large red star" in caps["descriptive"] or "red star, large" in caps["descriptive"]
@@ -172,22 +175,25 @@ def test_single_caption_style():
 
 
 # ------------------------------------------------------------------------------------------------ arguments
-@pytest.mark.parametrize("kwargs,match", [
-    ({"caption_style": "poetic"}, "valid styles.*descriptive"),
-    ({"caption_mix": {"verbose": 1.0}}, "valid styles.*descriptive"),
-    ({"caption_mix": {"alt": -1.0, "descriptive": 2.0}}, ">= 0"),
-    ({"caption_mix": {"alt": float("nan")}}, ">= 0"),
-    ({"caption_mix": {"alt": 0.0, "short": 0}}, "sum"),
-    ({"caption_mix": {}}, "non-empty"),
-    ({"resolution": 8}, "resolution.*fix"),
-    ({"resolution": 34}, "multiple of 16"),
-    ({"resolution": 0}, "resolution"),
-    ({"split": "dev"}, "split.*train"),
-    ({"size": 0}, "size"),
-    ({"min_objects": 3, "max_objects": 2}, "min_objects"),
-    ({"max_objects": 10}, "max_objects"),
-    ({"min_objects": 0}, "min_objects"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"caption_style": "poetic"}, "valid styles.*descriptive"),
+        ({"caption_mix": {"verbose": 1.0}}, "valid styles.*descriptive"),
+        ({"caption_mix": {"alt": -1.0, "descriptive": 2.0}}, ">= 0"),
+        ({"caption_mix": {"alt": float("nan")}}, ">= 0"),
+        ({"caption_mix": {"alt": 0.0, "short": 0}}, "sum"),
+        ({"caption_mix": {}}, "non-empty"),
+        ({"resolution": 8}, "resolution.*fix"),
+        ({"resolution": 34}, "multiple of 16"),
+        ({"resolution": 0}, "resolution"),
+        ({"split": "dev"}, "split.*train"),
+        ({"size": 0}, "size"),
+        ({"min_objects": 3, "max_objects": 2}, "min_objects"),
+        ({"max_objects": 10}, "max_objects"),
+        ({"min_objects": 0}, "min_objects"),
+    ],
+)
 def test_bad_arguments_raise_value_error_naming_the_fix(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ShapesDataset(**kwargs)
@@ -268,8 +274,12 @@ def test_edges_are_anti_aliased(res):
         img = s["image"].permute(1, 2, 0).reshape(-1, 3)
         assert len(torch.unique(img, dim=0)) > len(s["attributes"]["objects"]) + 1
     # a lone circle: many pixels strictly between the object and background colours
-    attrs = {"background": "black", "objects": [
-        {"shape": "circle", "colour": "white", "size": "large", "position": "middle center", "row": 1, "col": 1}]}
+    attrs = {
+        "background": "black",
+        "objects": [
+            {"shape": "circle", "colour": "white", "size": "large", "position": "middle center", "row": 1, "col": 1}
+        ],
+    }
     grey = render_scene(attrs, res)[..., 0].astype(int)
     partial = ((grey > BACKGROUNDS["black"][0] + 2) & (grey < COLOURS["white"][0] - 2)).sum()
     assert partial >= res // 4 and len(np.unique(grey)) >= 6
@@ -277,8 +287,12 @@ def test_edges_are_anti_aliased(res):
 
 def test_shapes_differ_from_each_other():
     def mask(shape: str, size: str = "large") -> np.ndarray:
-        attrs = {"background": "black", "objects": [
-            {"shape": shape, "colour": "white", "size": size, "position": "middle center", "row": 1, "col": 1}]}
+        attrs = {
+            "background": "black",
+            "objects": [
+                {"shape": shape, "colour": "white", "size": size, "position": "middle center", "row": 1, "col": 1}
+            ],
+        }
         return render_scene(attrs, 32)[..., 0].astype(float) / 255
 
     for size in SIZES:

@@ -1,4 +1,5 @@
 """The built-in shapes world: determinism, disjoint splits, attributes <-> captions <-> pixels, caption mix."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -81,14 +82,17 @@ def test_caption_mix_proportions():
     assert all(plain.scene(i)[0] == ds.scene(i)[0] for i in range(50))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"caption_style": "poetic"}, "descriptive"),
-    ({"caption_mix": {"verbose": 1.0}}, "valid styles"),
-    ({"caption_mix": {"alt": -1.0}}, ">= 0"),
-    ({"caption_mix": {"alt": 0.0}}, "sum"),
-    ({"resolution": 8}, "resolution"),
-    ({"split": "dev"}, "split"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"caption_style": "poetic"}, "descriptive"),
+        ({"caption_mix": {"verbose": 1.0}}, "valid styles"),
+        ({"caption_mix": {"alt": -1.0}}, ">= 0"),
+        ({"caption_mix": {"alt": 0.0}}, "sum"),
+        ({"resolution": 8}, "resolution"),
+        ({"split": "dev"}, "split"),
+    ],
+)
 def test_bad_arguments_name_the_fix(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ShapesDataset(**kwargs)

@@ -3,6 +3,7 @@
 Composed as zoo-train composes it: a tokenizer fitted for caption_style=short is not reused for descriptive, a
 changed COCO root or annotation file refits, the same key reuses; cache files are group-readable whatever the umask.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,14 @@ def fits(monkeypatch):
 
 
 def _shapes_bpe(train_cfg, *overrides):
-    cfg = train_cfg("data/tokenizer=bpe", "data.tokenizer.vocab_size=300", "data.train_size=24", "data.val_size=4",
-                    "data.test_size=4", *overrides)
+    cfg = train_cfg(
+        "data/tokenizer=bpe",
+        "data.tokenizer.vocab_size=300",
+        "data.train_size=24",
+        "data.val_size=4",
+        "data.test_size=4",
+        *overrides,
+    )
     dm = instantiate(cfg.data)
     dm.prepare_tokenizer()  # what zoo-train does before building the model
     return dm.tokenizer
@@ -112,8 +119,12 @@ def test_coco_root_or_annotations_change_refits(tmp_path, fits):
     cache = tmp_path / "cache" / "tokenizer.json"
 
     def fit(root):
-        dm = CocoDataModule(root=str(root), resolution=8, num_workers=0,
-                            tokenizer=LazyTrainedBPE(cache, vocab_size=280, context_length=12))
+        dm = CocoDataModule(
+            root=str(root),
+            resolution=8,
+            num_workers=0,
+            tokenizer=LazyTrainedBPE(cache, vocab_size=280, context_length=12),
+        )
         dm.prepare_tokenizer()
         return dm.tokenizer
 

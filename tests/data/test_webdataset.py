@@ -1,9 +1,10 @@
 """WebDataset shards written by the test: every good sample once per pass (workers, ranks), bad samples counted."""
+
 from __future__ import annotations
 
 import io
-import logging
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -87,7 +88,9 @@ def test_ranks_get_disjoint_shards(shards, monkeypatch):
     for rank in range(2):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        ds = make_webdataset(shards, resolution=8, shuffle_buffer=3, seed=5)  # shard order shuffled the same on all ranks
+        ds = make_webdataset(
+            shards, resolution=8, shuffle_buffer=3, seed=5
+        )  # shard order shuffled the same on all ranks
         seen.append({s["key"] for s in ds})
     assert seen[0] and seen[1] and seen[0].isdisjoint(seen[1])
     assert sorted(seen[0] | seen[1]) == GOOD
@@ -187,8 +190,14 @@ def test_skip_counter_copies_keep_the_seen_set(shards):
 def test_datamodule_summarises_skips_at_the_end_of_fit(shard_dir, caplog):
     from zoo.data.modules import WebDataModule
 
-    dm = WebDataModule(train_urls=str(shard_dir / "{00000..00002}.tar"), resolution=8, batch_size=4,
-                       num_workers=0, epoch_length=None, shuffle_buffer=0)
+    dm = WebDataModule(
+        train_urls=str(shard_dir / "{00000..00002}.tar"),
+        resolution=8,
+        batch_size=4,
+        num_workers=0,
+        epoch_length=None,
+        shuffle_buffer=0,
+    )
     dm.setup("fit")
     for _ in range(2):
         for _ in dm.train_dataloader():
@@ -198,5 +207,10 @@ def test_datamodule_summarises_skips_at_the_end_of_fit(shard_dir, caplog):
     msgs = [r.getMessage() for r in caplog.records if r.name == "zoo.data.datamodule"]
     assert len(msgs) == 1 and "skipped 1 bad WebDataset samples/shards in the train split" in msgs[0], msgs
     assert f"#{CORRUPT}" in msgs[0]  # names the sample: <shard url>#<key>
-    assert dm.skip_counts() == {"train": {"skipped": 1, "examples": [f"{shard_dir / '00001.tar'}#{CORRUPT}"],
-                                          "what": "bad WebDataset samples/shards"}}
+    assert dm.skip_counts() == {
+        "train": {
+            "skipped": 1,
+            "examples": [f"{shard_dir / '00001.tar'}#{CORRUPT}"],
+            "what": "bad WebDataset samples/shards",
+        }
+    }

@@ -3,6 +3,7 @@
 diffusers keeps its tables in float32, where 1 − ᾱ_t/ᾱ_{t−1} at small t loses most of its digits; the step
 parity tests therefore hand the scheduler our float64 ᾱ table and float64 inputs, so that they compare the
 formulas (to ~1e-12) rather than float32 rounding. The float32 tables themselves are compared separately."""
+
 import sys
 
 import pytest
@@ -27,8 +28,13 @@ def test_ddpm_step_matches_ddpm_scheduler(mean_type, var_type):
     base = cosine_schedule(1000)
     learned = var_type == "learned_range"
     p = GaussianDiffusion(base, mean_type, var_type, "hybrid" if learned else "mse")
-    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, trained_betas=base.betas.tolist(),
-                                    prediction_type=PRED[mean_type], variance_type=var_type, clip_sample=False)
+    sched = diffusers.DDPMScheduler(
+        num_train_timesteps=1000,
+        trained_betas=base.betas.tolist(),
+        prediction_type=PRED[mean_type],
+        variance_type=var_type,
+        clip_sample=False,
+    )
     sched.set_timesteps(1000)
     sched.alphas_cumprod, sched.one = base.alphas_cumprod, torch.tensor(1.0, dtype=torch.float64)
     g = gen()
@@ -49,9 +55,14 @@ def test_ddim_step_matches_ddim_scheduler(mean_type, eta):
     base = linear_schedule(1000)
     # diffusers' 'leading' spacing with 50 steps = our 'ddim50' (0, 20, ..., 980); set_alpha_to_one = ᾱ_{−1} = 1
     p = GaussianDiffusion(base, mean_type).respaced("ddim50")
-    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, trained_betas=base.betas.tolist(),
-                                    prediction_type=PRED[mean_type], clip_sample=False, set_alpha_to_one=True,
-                                    timestep_spacing="leading")
+    sched = diffusers.DDIMScheduler(
+        num_train_timesteps=1000,
+        trained_betas=base.betas.tolist(),
+        prediction_type=PRED[mean_type],
+        clip_sample=False,
+        set_alpha_to_one=True,
+        timestep_spacing="leading",
+    )
     sched.set_timesteps(50)
     assert sched.timesteps.tolist() == p.schedule.timestep_map.flip(0).tolist()
     sched.alphas_cumprod, sched.final_alpha_cumprod = base.alphas_cumprod, torch.tensor(1.0, dtype=torch.float64)
@@ -100,8 +111,9 @@ def test_adapter_on_a_respaced_process_maps_to_original_timesteps(gaussian_eps):
     fn = gaussian_eps(base.alphas_cumprod)
     seen = []
     # (10 steps on the linear schedule undershoot the std, ~0.41: too few steps at low noise, not a bug)
-    x = diffusers_sample(p, lambda x, t: seen.append(int(t[0])) or fn(x, t), (2000, 2), scheduler="dpm++", steps=20,
-                         generator=gen())
+    x = diffusers_sample(
+        p, lambda x, t: seen.append(int(t[0])) or fn(x, t), (2000, 2), scheduler="dpm++", steps=20, generator=gen()
+    )
     assert set(seen) <= set(p.schedule.timestep_map.tolist()) and seen[0] == 999
     assert abs(x.mean().item() - 0.3) < 0.04 and abs(x.std().item() - 0.5) < 0.06
 

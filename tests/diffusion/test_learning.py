@@ -1,4 +1,5 @@
 """A tiny MLP denoiser learns a 2-D toy with the hybrid loss (learned range): both terms go down."""
+
 import torch
 from torch import nn
 

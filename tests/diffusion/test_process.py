@@ -1,11 +1,16 @@
 """GaussianDiffusion: forward process, parameterisations, reverse step, VLB terms and losses."""
+
 import math
 
 import pytest
 import torch
 
-from zoo.diffusion.losses import (approx_standard_normal_cdf, discretized_gaussian_log_likelihood,
-                                  gaussian_log_likelihood, normal_kl)
+from zoo.diffusion.losses import (
+    approx_standard_normal_cdf,
+    discretized_gaussian_log_likelihood,
+    gaussian_log_likelihood,
+    normal_kl,
+)
 from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.schedules import NoiseSchedule, cosine_schedule, linear_schedule
 
@@ -55,8 +60,10 @@ def test_q_posterior_is_bayes_rule():
 def test_p_mean_variance_with_perfect_prediction_is_the_posterior(mean_type):
     p = GaussianDiffusion(linear_schedule(100), model_mean_type=mean_type)
     g = gen(1)
-    x0, eps = torch.randn(4, 2, 3, 3, generator=g, dtype=torch.float64), torch.randn(4, 2, 3, 3, generator=g,
-                                                                                     dtype=torch.float64)
+    x0, eps = (
+        torch.randn(4, 2, 3, 3, generator=g, dtype=torch.float64),
+        torch.randn(4, 2, 3, 3, generator=g, dtype=torch.float64),
+    )
     t = torch.tensor([1, 5, 50, 99])
     x_t = p.q_sample(x0, t, eps)
     out = {"eps": eps, "x0": x0, "v": p.v_from_x0_eps(x0, t, eps)}[mean_type]
@@ -71,8 +78,9 @@ def test_clipping_clamps_x0_and_rederives_eps():
     p = GaussianDiffusion(linear_schedule(100), model_mean_type="x0")
     x_t = torch.randn(3, 4, dtype=torch.float64, generator=gen())
     t = torch.tensor([3, 40, 80])
-    step = p.p_mean_variance(torch.full((3, 4), 2.5, dtype=torch.float64), x_t, t, clip_denoised=True,
-                             clip_range=(-2.0, 2.0))
+    step = p.p_mean_variance(
+        torch.full((3, 4), 2.5, dtype=torch.float64), x_t, t, clip_denoised=True, clip_range=(-2.0, 2.0)
+    )
     assert torch.equal(step.pred_x0, torch.full((3, 4), 2.0, dtype=torch.float64))
     torch.testing.assert_close(p.x0_from_eps(x_t, t, step.pred_eps), step.pred_x0)
 
@@ -90,8 +98,10 @@ def test_variance_types():
     for v, frac in ((-1.0, 0.0), (1.0, 1.0), (0.0, 0.5), (0.3, 0.65)):
         out = torch.cat([torch.zeros(3, 2), torch.full((3, 2), v)], 1).double()
         lv = learned.p_mean_variance(out, x, t).log_variance[:, 0]
-        hand = [frac * math.log(s.betas[i].item()) + (1 - frac) * math.log(s.posterior_variance[max(i, 1)].item())
-                for i in range(3)]
+        hand = [
+            frac * math.log(s.betas[i].item()) + (1 - frac) * math.log(s.posterior_variance[max(i, 1)].item())
+            for i in range(3)
+        ]
         torch.testing.assert_close(lv, torch.tensor(hand, dtype=torch.float64))
 
 
@@ -109,11 +119,13 @@ def test_options_are_validated():
 
 # ---- losses -------------------------------------------------------------------------------------------------------
 
+
 def test_normal_kl_matches_torch_distributions():
     g = gen(2)
     m1, m2, lv1, lv2 = (torch.randn(50, generator=g, dtype=torch.float64) for _ in range(4))
-    ref = torch.distributions.kl_divergence(torch.distributions.Normal(m1, (0.5 * lv1).exp()),
-                                            torch.distributions.Normal(m2, (0.5 * lv2).exp()))
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.Normal(m1, (0.5 * lv1).exp()), torch.distributions.Normal(m2, (0.5 * lv2).exp())
+    )
     torch.testing.assert_close(normal_kl(m1, lv1, m2, lv2), ref)
 
 
@@ -131,16 +143,19 @@ def test_approx_cdf_is_close_to_phi():
 def test_discretized_likelihood_is_a_distribution_over_256_levels():
     levels = torch.linspace(-1, 1, 256, dtype=torch.float64)
     for mean, log_scale in ((0.3, -2.0), (-0.99, -4.0), (1.5, 0.0)):
-        logp = discretized_gaussian_log_likelihood(levels, torch.full_like(levels, mean),
-                                                   torch.full_like(levels, log_scale))
+        logp = discretized_gaussian_log_likelihood(
+            levels, torch.full_like(levels, mean), torch.full_like(levels, log_scale)
+        )
         assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
     # a middle level: the mass of its bin [x − 1/255, x + 1/255]
     x, m, ls = 0.2, 0.25, math.log(0.1)
-    cdf = lambda z: 0.5 * (1 + math.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z ** 3)))  # noqa: E731
+    cdf = lambda z: 0.5 * (1 + math.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))  # noqa: E731
     hand = math.log(cdf((x - m + 1 / 255) / 0.1) - cdf((x - m - 1 / 255) / 0.1))
-    got = discretized_gaussian_log_likelihood(torch.tensor([x], dtype=torch.float64),
-                                              torch.tensor([m], dtype=torch.float64),
-                                              torch.tensor([ls], dtype=torch.float64))
+    got = discretized_gaussian_log_likelihood(
+        torch.tensor([x], dtype=torch.float64),
+        torch.tensor([m], dtype=torch.float64),
+        torch.tensor([ls], dtype=torch.float64),
+    )
     assert got.item() == pytest.approx(hand, rel=1e-10)
 
 
@@ -154,7 +169,7 @@ def test_hybrid_loss_vb_term_by_hand():
     v_hat = torch.tensor([[0.2, -0.6], [0.9, -0.1]], dtype=torch.float64)
     model = lambda x, t: torch.cat([eps_hat, v_hat], 1)  # noqa: E731
     ac, betas, post_var = [0.9, 0.72, 0.504], [0.1, 0.2, 0.3], [0.0, 0.2 * 0.1 / 0.28, 0.3 * 0.28 / 0.496]
-    cdf = lambda z: 0.5 * (1 + math.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z ** 3)))  # noqa: E731
+    cdf = lambda z: 0.5 * (1 + math.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))  # noqa: E731
 
     def hand(b, t):
         terms = []
@@ -204,8 +219,10 @@ def test_vb_gradient_is_stopped_through_the_mean():
 def test_training_losses_targets_and_timesteps(mean_type):
     """mse is against ε / x_0 / v; the network sees original timesteps of a respaced process; works on (B, D)."""
     p = GaussianDiffusion(cosine_schedule(100), model_mean_type=mean_type, decoder_nll="gaussian").respaced(10)
-    x0, noise = torch.randn(3, 5, generator=gen(), dtype=torch.float64), torch.randn(3, 5, generator=gen(1),
-                                                                                   dtype=torch.float64)
+    x0, noise = (
+        torch.randn(3, 5, generator=gen(), dtype=torch.float64),
+        torch.randn(3, 5, generator=gen(1), dtype=torch.float64),
+    )
     t = torch.tensor([0, 4, 9])
     seen = {}
 

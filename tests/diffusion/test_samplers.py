@@ -1,4 +1,5 @@
 """DDPM / DDIM samplers, DDIM inversion and the known-region hook, on an exactly known denoiser (conftest)."""
+
 import pytest
 import torch
 
@@ -66,8 +67,13 @@ def test_respaced_sampler_gives_the_network_original_timesteps(gaussian_eps):
     seen = []
     fn = gaussian_eps(base.alphas_cumprod)
     calls = []
-    ddim_sample(p, lambda x, t: seen.append(t[0].item()) or fn(x, t), (2, 3), generator=gen(),
-                progress=lambda done, n, x, x0: calls.append((done, n)))
+    ddim_sample(
+        p,
+        lambda x, t: seen.append(t[0].item()) or fn(x, t),
+        (2, 3),
+        generator=gen(),
+        progress=lambda done, n, x, x0: calls.append((done, n)),
+    )
     assert seen == list(range(900, -1, -100))
     assert calls == [(k, 10) for k in range(1, 11)]
 

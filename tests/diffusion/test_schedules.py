@@ -1,11 +1,19 @@
 """Noise schedules: closed forms, the posterior tables, respacing (improved-diffusion's formulas)."""
+
 import math
 
 import pytest
 import torch
 
-from zoo.diffusion.schedules import (NoiseSchedule, cosine_schedule, get_schedule, linear_betas, linear_schedule,
-                                     respace, space_timesteps)
+from zoo.diffusion.schedules import (
+    NoiseSchedule,
+    cosine_schedule,
+    get_schedule,
+    linear_betas,
+    linear_schedule,
+    respace,
+    space_timesteps,
+)
 
 
 def f_cos(u: float, s: float = 0.008) -> float:
@@ -54,12 +62,20 @@ def test_posterior_tables_small_case():
     torch.testing.assert_close(s.alphas_cumprod_prev, torch.tensor([1.0, 0.9, 0.72], dtype=torch.float64))
     var1, var2 = 0.2 * 0.1 / 0.28, 0.3 * 0.28 / 0.496  # β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t)
     torch.testing.assert_close(s.posterior_variance, torch.tensor([0.0, var1, var2], dtype=torch.float64))
-    torch.testing.assert_close(s.posterior_log_variance_clipped,
-                               torch.tensor([math.log(var1), math.log(var1), math.log(var2)], dtype=torch.float64))
-    torch.testing.assert_close(s.posterior_mean_coef1, torch.tensor(
-        [0.1 * 1.0 / 0.1, 0.2 * math.sqrt(0.9) / 0.28, 0.3 * math.sqrt(0.72) / 0.496], dtype=torch.float64))
-    torch.testing.assert_close(s.posterior_mean_coef2, torch.tensor(
-        [0.0, 0.1 * math.sqrt(0.8) / 0.28, 0.28 * math.sqrt(0.7) / 0.496], dtype=torch.float64))
+    torch.testing.assert_close(
+        s.posterior_log_variance_clipped,
+        torch.tensor([math.log(var1), math.log(var1), math.log(var2)], dtype=torch.float64),
+    )
+    torch.testing.assert_close(
+        s.posterior_mean_coef1,
+        torch.tensor(
+            [0.1 * 1.0 / 0.1, 0.2 * math.sqrt(0.9) / 0.28, 0.3 * math.sqrt(0.72) / 0.496], dtype=torch.float64
+        ),
+    )
+    torch.testing.assert_close(
+        s.posterior_mean_coef2,
+        torch.tensor([0.0, 0.1 * math.sqrt(0.8) / 0.28, 0.28 * math.sqrt(0.7) / 0.496], dtype=torch.float64),
+    )
 
 
 def test_respace_1000_to_50_is_the_published_formula():

@@ -2,6 +2,7 @@
 FD at radius 0, on FD_CLIP and on FID with random Inception weights), the reranking ablation (more candidates ->
 higher CLIP score, nested best-of-first-n, hand-computed), the judge metrics, and argument errors. CPU, no network.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -59,7 +60,9 @@ def test_blur_ablation_fd_clip_blurry_generator_gains_from_blur(shapes_set):
     assert fd[-1] < fd[0] / 3, fd
     assert fd[0] > 0
     # against the formula: radius 0 = FD between plain features
-    direct = frechet_distance(PoolScorer().encode_image(shapes_set.real.tensor()), PoolScorer().encode_image(fakes.tensor()))
+    direct = frechet_distance(
+        PoolScorer().encode_image(shapes_set.real.tensor()), PoolScorer().encode_image(fakes.tensor())
+    )
     assert fd[0] == pytest.approx(direct, rel=1e-6)
     # a sharp generator (the real images themselves) has FD 0 at every radius
     exact = generate_images(RealBlurredGenerator(radius=0).bind(shapes_set), shapes_set.captions, progress=False)
@@ -117,8 +120,9 @@ def test_rerank_more_candidates_higher_clip_score():
     es = EvalSet("stub", "val", caps, ImageBank.from_tensor(torch.zeros(n, 3, 8, 8)), 8)
     suite = MetricSuite(["clip_score"], clip=ValueScorer(), progress=False)
     gen = ValueGenerator()
-    rows, banks = rerank_ablation(gen, es, suite, ValueScorer(), candidates=[1, 2, 4, 8], batch_size=7, seed=5,
-                                  progress=False)
+    rows, banks = rerank_ablation(
+        gen, es, suite, ValueScorer(), candidates=[1, 2, 4, 8], batch_size=7, seed=5, progress=False
+    )
     scores = [r["clip_score"] for r in rows]
     assert [r["candidates"] for r in rows] == [1, 2, 4, 8]
     assert all(b > a for a, b in zip(scores, scores[1:])), scores
@@ -154,12 +158,14 @@ def test_judge_metrics_with_a_stub_judge(shapes_set):
             return p
 
     es = shapes_set
-    suite = MetricSuite(["prompt_fidelity", "attribute_accuracy", "is_judge"], judge=Oracle(es), is_splits=2,
-                        progress=False)
+    suite = MetricSuite(
+        ["prompt_fidelity", "attribute_accuracy", "is_judge"], judge=Oracle(es), is_splits=2, progress=False
+    )
     real = suite.evaluate(es.real, es)
     assert real["prompt_fidelity"] == 1.0 and real["attribute_accuracy"] == 1.0
-    assert real["is_judge"] == pytest.approx(inception_score(torch.log(Oracle(es).class_probs(es.real.tensor())
-                                                                       .clamp_min(1e-12)), splits=2)[0])
+    assert real["is_judge"] == pytest.approx(
+        inception_score(torch.log(Oracle(es).class_probs(es.real.tensor()).clamp_min(1e-12)), splits=2)[0]
+    )
     blurred = suite.evaluate(es.real, es, blur_radius=1)  # blurred images no longer match: fidelity drops
     assert blurred["prompt_fidelity"] == 0.0 and blurred["is_judge"] == pytest.approx(1.0)
     assert blurred["attribute_accuracy"] == 0.0  # nothing read: every object missed, no background right

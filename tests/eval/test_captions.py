@@ -1,5 +1,6 @@
 """Caption quality: the shapes caption parser round-trips every template of the world; attribute precision / recall
 on hand-made captions against hand-computed values; BLEU / ROUGE-L through torchmetrics; the command end to end."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ def _descriptive(attrs, d: int, o: int) -> str:
     """A descriptive caption of ``attrs`` with descriptive template ``d`` and object template ``o`` for every object
     (the world's own building blocks, so every template is exercised, not only those a random draw picks)."""
     body = shapes._join([shapes._OBJECT_TEMPLATES[o].format(**ob) for ob in attrs["objects"]])
-    text = shapes._DESCRIPTIVE_TEMPLATES[d].format(count=shapes.count_phrase(len(attrs["objects"])),
-                                                   bg=attrs["background"], body=body)
+    text = shapes._DESCRIPTIVE_TEMPLATES[d].format(
+        count=shapes.count_phrase(len(attrs["objects"])), bg=attrs["background"], body=body
+    )
     return shapes._articles(text)
 
 
@@ -38,8 +40,11 @@ def test_parser_round_trips_the_world_captions():
         attrs, caps, _ = ds.scene(i)
         assert parse_caption(caps["descriptive"]) == ground_truth(attrs), caps["descriptive"]
         subject = main_subject(attrs)
-        assert parse_caption(caps["short"]) == {"objects": [(None, subject["colour"], subject["shape"], None)],
-                                                "count": None, "background": None}, caps["short"]
+        assert parse_caption(caps["short"]) == {
+            "objects": [(None, subject["colour"], subject["shape"], None)],
+            "count": None,
+            "background": None,
+        }, caps["short"]
         # alt text: whatever it states is true of the scene's main subject (no hallucinated facts)
         alt = parse_caption(caps["alt"])
         assert alt["count"] is None and alt["background"] is None
@@ -48,26 +53,37 @@ def test_parser_round_trips_the_world_captions():
 
 
 def test_parser_reads_every_short_and_alt_template():
-    attrs = {"background": "gray", "objects": [{"shape": "heart", "colour": "orange", "size": "large",
-                                                 "position": "top left", "row": 0, "col": 0}]}
+    attrs = {
+        "background": "gray",
+        "objects": [
+            {"shape": "heart", "colour": "orange", "size": "large", "position": "top left", "row": 0, "col": 0}
+        ],
+    }
     for t in shapes._SHORT_TEMPLATES:
-        assert parse_caption(shapes._articles(t.format(colour="orange", shape="heart")))["objects"] == \
-            [(None, "orange", "heart", None)]
-    named = {"{colour} {shape} clipart free download": [(None, "orange", "heart", None)],
-             "{shape} icon": [(None, None, "heart", None)], "{shape}s and more": [(None, None, "heart", None)]}
+        assert parse_caption(shapes._articles(t.format(colour="orange", shape="heart")))["objects"] == [
+            (None, "orange", "heart", None)
+        ]
+    named = {
+        "{colour} {shape} clipart free download": [(None, "orange", "heart", None)],
+        "{shape} icon": [(None, None, "heart", None)],
+        "{shape}s and more": [(None, None, "heart", None)],
+    }
     for t in shapes._ALT_TEMPLATES:
         text = t.format(num=1234, bg="gray", colour="orange", shape="heart")
         assert parse_caption(text) == {"objects": named.get(t, []), "count": None, "background": None}, text
     assert captions_for(attrs, np.random.default_rng(0))  # the templates above are the world's
 
 
-SCENE = {"background": "gray", "objects": [
-    {"shape": "circle", "colour": "red", "size": "large", "position": "top left", "row": 0, "col": 0},
-    {"shape": "star", "colour": "blue", "size": "small", "position": "middle center", "row": 1, "col": 1}]}
+SCENE = {
+    "background": "gray",
+    "objects": [
+        {"shape": "circle", "colour": "red", "size": "large", "position": "top left", "row": 0, "col": 0},
+        {"shape": "star", "colour": "blue", "size": "small", "position": "middle center", "row": 1, "col": 1},
+    ],
+}
 HAND = [
     # 10 facts stated, 9 right (the star's colour); the green star contradicts its match: hallucinated
-    "two objects on a gray background: a large red circle at the top left and a small green star in the middle "
-    "center",
+    "two objects on a gray background: a large red circle at the top left and a small green star in the middle center",
     "a red circle",  # 2 facts, both right
     "a large red circle, a yellow heart and a blue star",  # 7 facts, 5 right: the yellow heart has no object left
 ]
@@ -112,15 +128,28 @@ def test_command_writes_results(tmp_path):
     torch.manual_seed(0)
     lit = CaptionerLit(preset="tiny", net=net, text_tokenizer=tok.to_spec())
     ckpt = tmp_path / "captioner.ckpt"
-    atomic_torch_save({"zoo_component": "captioner", "state_dict": lit.state_dict(),
-                       "hyper_parameters": {**dict(lit.hparams), "text_tokenizer": tok.to_spec()},
-                       "zoo_config": {"data": {"_target_": "zoo.data.modules.ShapesDataModule", "val_size": 6,
-                                               "caption_style": "descriptive", "tokenizer": None}}}, ckpt)
+    atomic_torch_save(
+        {
+            "zoo_component": "captioner",
+            "state_dict": lit.state_dict(),
+            "hyper_parameters": {**dict(lit.hparams), "text_tokenizer": tok.to_spec()},
+            "zoo_config": {
+                "data": {
+                    "_target_": "zoo.data.modules.ShapesDataModule",
+                    "val_size": 6,
+                    "caption_style": "descriptive",
+                    "tokenizer": None,
+                }
+            },
+        },
+        ckpt,
+    )
     feats = tmp_path / "val.pt"
     atomic_torch_save({"clip_image_emb": torch.nn.functional.normalize(torch.randn(6, 32), dim=-1)}, feats)
     out = tmp_path / "report"
-    results = main([f"ckpt={ckpt}", f"features={feats}", f"out={out}", "decoding=[greedy,beam,nucleus]",
-                    "beam_width=2"])
+    results = main(
+        [f"ckpt={ckpt}", f"features={feats}", f"out={out}", "decoding=[greedy,beam,nucleus]", "beam_width=2"]
+    )
     saved = json.loads((out / "results.json").read_text())
     assert [r["decoding"] for r in saved["rows"]] == ["greedy", "beam", "nucleus"] and saved["n"] == 6
     assert saved["reference_style"] == "descriptive" and len(saved["references"]) == 6

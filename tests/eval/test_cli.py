@@ -2,6 +2,7 @@
 protocol (tiny random CLIP, a judge trained for a few steps) and check results.json / results.md / PNGs / the offline
 W&B run; config errors name their fix (unknown generator, missing checkpoint or path, missing weights); every
 dalle1 experiment row composes to the row it names; the console entry point runs. CPU, no network."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,17 @@ import pytest
 
 from zoo.errors import ConfigError, MissingWeightsError
 
-FAST = ["protocol.n=16", "judge.steps=20", "judge.batch_size=16", "progress=false", "clip.checkpoint=null",
-        "clip.arch=zoo-clip-tiny", "rerank.candidates=[1,2,4]", "rerank.batch_size=8", "eval.is_splits=2"]
+FAST = [
+    "protocol.n=16",
+    "judge.steps=20",
+    "judge.batch_size=16",
+    "progress=false",
+    "clip.checkpoint=null",
+    "clip.arch=zoo-clip-tiny",
+    "rerank.candidates=[1,2,4]",
+    "rerank.batch_size=8",
+    "eval.is_splits=2",
+]
 
 
 def compose_eval_cfg(tmp_path: Path, overrides: list[str]):
@@ -56,8 +66,9 @@ def test_zoo_eval_writes_results_tables_plots_and_wandb(tmp_path):
     cos = [r["rerank_cos"] for r in saved["rerank"]]
     assert cos == sorted(cos)
     md = (run / "results.md").read_text()
-    assert ("| blur radius (σ, px) | FD_CLIP ↓ | CLIP score ↑ | prompt fidelity ↑ | attribute accuracy ↑ | "
-            "IS (judge) ↑ |") in md
+    assert (
+        "| blur radius (σ, px) | FD_CLIP ↓ | CLIP score ↑ | prompt fidelity ↑ | attribute accuracy ↑ | IS (judge) ↑ |"
+    ) in md
     assert "| candidates |" in md and "skipped **fid, kid, is**" in md
     assert md.count("\n| ") == (1 + 5) + (1 + 3)  # header + one line per radius / per n
     offline = list((run / "wandb").glob("offline-run-*"))
@@ -71,8 +82,9 @@ def test_zoo_eval_writes_results_tables_plots_and_wandb(tmp_path):
 def test_explicit_metrics_and_single_ablation(tmp_path):
     from eval.cli import evaluate
 
-    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "metrics=[prompt_fidelity]", "ablations=[blur]",
-                                             "blur.radii=[0,2]"])
+    cfg = compose_eval_cfg(
+        tmp_path, FAST + ["logger=none", "metrics=[prompt_fidelity]", "ablations=[blur]", "blur.radii=[0,2]"]
+    )
     saved = evaluate(cfg)
     assert saved["metrics"] == ["prompt_fidelity"] and saved["skipped"] == {}
     assert [r["radius"] for r in saved["blur"]] == [0, 2] and "rerank" not in saved
@@ -82,13 +94,17 @@ def test_explicit_metrics_and_single_ablation(tmp_path):
 def test_blur_rows_can_score_reranked_images(tmp_path):
     from eval.cli import evaluate
 
-    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "metrics=[fd_clip]", "blur.candidates=4",
-                                             "blur.radii=[0,1]"])
+    cfg = compose_eval_cfg(
+        tmp_path, FAST + ["logger=none", "metrics=[fd_clip]", "blur.candidates=4", "blur.radii=[0,1]"]
+    )
     both = evaluate(cfg)
     assert both["blur_candidates"] == 4
     assert both["blur"][0]["fd_clip"] == pytest.approx(both["rerank"][-1]["fd_clip"])  # the n=4 images, reused
-    alone = evaluate(compose_eval_cfg(tmp_path / "alone", FAST + ["logger=none", "metrics=[fd_clip]",
-                                                                  "blur.candidates=4", "ablations=[blur]"]))
+    alone = evaluate(
+        compose_eval_cfg(
+            tmp_path / "alone", FAST + ["logger=none", "metrics=[fd_clip]", "blur.candidates=4", "ablations=[blur]"]
+        )
+    )
     assert [r["fd_clip"] for r in alone["blur"][:2]] == pytest.approx([r["fd_clip"] for r in both["blur"]])
     assert "CLIP-best of 4 candidates" in (tmp_path / "alone" / "run" / "results.md").read_text()
 
@@ -101,8 +117,18 @@ def test_folder_generator_through_the_cli(tmp_path):
 
     es = ShapesProtocol(n=16, resolution=32).load()
     save_folder(es.real.tensor(), es.captions, tmp_path / "samples")
-    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "generator=folder", f"generator.path={tmp_path}/samples",
-                                             "metrics=[fd_clip]", "ablations=[blur]", "blur.radii=[0,2]"])
+    cfg = compose_eval_cfg(
+        tmp_path,
+        FAST
+        + [
+            "logger=none",
+            "generator=folder",
+            f"generator.path={tmp_path}/samples",
+            "metrics=[fd_clip]",
+            "ablations=[blur]",
+            "blur.radii=[0,2]",
+        ],
+    )
     res = evaluate(cfg)
     assert res["generator"]["name"] == "FolderGenerator" or res["generator"]["target"].endswith("FolderGenerator")
     assert [abs(r["fd_clip"]) < 1e-6 for r in res["blur"]] == [True, True]
@@ -118,11 +144,25 @@ def test_coco_protocol_through_the_cli(tmp_path):
     tp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tp)
     tp._fake_coco(tmp_path / "coco")
-    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "protocol=coco", f"protocol.root={tmp_path}/coco",
-                                             "protocol.n=4", "protocol.eval_resolution=64", "ablations=[blur]",
-                                             "blur.radii=[0,1]", "generator.mismatch=0", "generator.radius=1"])
+    cfg = compose_eval_cfg(
+        tmp_path,
+        FAST
+        + [
+            "logger=none",
+            "protocol=coco",
+            f"protocol.root={tmp_path}/coco",
+            "protocol.n=4",
+            "protocol.eval_resolution=64",
+            "ablations=[blur]",
+            "blur.radii=[0,1]",
+            "generator.mismatch=0",
+            "generator.radius=1",
+        ],
+    )
     res = evaluate(cfg)
-    assert res["protocol"]["dataset"] == "coco2014" and res["protocol"]["n"] == 4 and res["protocol"]["resolution"] == 64
+    assert (
+        res["protocol"]["dataset"] == "coco2014" and res["protocol"]["n"] == 4 and res["protocol"]["resolution"] == 64
+    )
     assert res["metrics"] == ["fd_clip", "clip_score"]
     assert "ground-truth attributes" in res["skipped"]["prompt_fidelity"]
     assert res["blur"][1]["fd_clip"] < res["blur"][0]["fd_clip"]  # sigma-1 fakes: blurring both sides closes the gap
@@ -165,8 +205,10 @@ def test_missing_inception_weights_named_when_fid_is_asked_for(tmp_path):
     with pytest.raises(MissingWeightsError, match="eval.inception_weights="):
         evaluate(cfg)
     # metrics=auto skips Inception only when no file was named; a named file that is missing is an error
-    cfg = compose_eval_cfg(tmp_path, ["protocol.n=4", "logger=none", "progress=false", "judge.steps=20",
-                                      "eval.inception_weights=/no/w.pth"])
+    cfg = compose_eval_cfg(
+        tmp_path,
+        ["protocol.n=4", "logger=none", "progress=false", "judge.steps=20", "eval.inception_weights=/no/w.pth"],
+    )
     with pytest.raises(MissingWeightsError, match="/no/w.pth"):
         evaluate(cfg)
 
@@ -192,10 +234,27 @@ def test_dalle1_experiment_rows_compose(tmp_path):
 def test_console_entry_point_runs(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1", TORCH_HOME=str(tmp_path / "th"))
     done = subprocess.run(
-        [sys.executable, "-m", "eval.cli", "protocol.n=8", "judge.steps=20", "judge.batch_size=8", "logger=none",
-         "metrics=[prompt_fidelity]", "ablations=[blur]", "blur.radii=[0,1]", f"hydra.run.dir={tmp_path}/run",
-         f"paths.cache_dir={tmp_path}/cache", "progress=false"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "eval.cli",
+            "protocol.n=8",
+            "judge.steps=20",
+            "judge.batch_size=8",
+            "logger=none",
+            "metrics=[prompt_fidelity]",
+            "ablations=[blur]",
+            "blur.radii=[0,1]",
+            f"hydra.run.dir={tmp_path}/run",
+            f"paths.cache_dir={tmp_path}/cache",
+            "progress=false",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "run" / "results.md").is_file() and (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
     assert "prompt fidelity" in done.stdout

@@ -5,6 +5,7 @@ to a temp file once per module (~96 MB, never committed) and passed through the 
 (``InceptionFeatures(weights_path=...)``, torch-fidelity's ``feature_extractor_weights_path``). Inception on CPU
 costs ~0.1-0.5 s per image here, so the image sets are small and every extraction is reused.
 """
+
 from __future__ import annotations
 
 import math
@@ -94,8 +95,15 @@ def ours(extractor, images):
     extractor.extract = spy
     try:
         result = compute_metrics(
-            real, fake, extractor, ("fid", "kid", "is"), batch_size=8,
-            kid_subsets=KID_SUBSETS, kid_subset_size=KID_SUBSET_SIZE, is_splits=IS_SPLITS, progress=False,
+            real,
+            fake,
+            extractor,
+            ("fid", "kid", "is"),
+            batch_size=8,
+            kid_subsets=KID_SUBSETS,
+            kid_subset_size=KID_SUBSET_SIZE,
+            is_splits=IS_SPLITS,
+            progress=False,
         )
     finally:
         del extractor.extract
@@ -110,9 +118,19 @@ def reference(weights, images):
 
     real, fake = images
     return calculate_metrics(
-        input1=_Uint8Dataset(to_uint8(fake)), input2=_Uint8Dataset(to_uint8(real)),
-        fid=True, kid=True, isc=True, cuda=False, cache=False, verbose=False, save_cpu_ram=True, batch_size=8,
-        feature_extractor_weights_path=str(weights), kid_subsets=KID_SUBSETS, kid_subset_size=KID_SUBSET_SIZE,
+        input1=_Uint8Dataset(to_uint8(fake)),
+        input2=_Uint8Dataset(to_uint8(real)),
+        fid=True,
+        kid=True,
+        isc=True,
+        cuda=False,
+        cache=False,
+        verbose=False,
+        save_cpu_ram=True,
+        batch_size=8,
+        feature_extractor_weights_path=str(weights),
+        kid_subsets=KID_SUBSETS,
+        kid_subset_size=KID_SUBSET_SIZE,
         isc_splits=IS_SPLITS,
     )
 
@@ -244,9 +262,7 @@ def test_real_stats_cache_round_trip_and_keys(tmp_path, extractor, images, ours)
         torch.testing.assert_close(loaded[k], saved[k], rtol=0, atol=0)
     assert loaded["n"] == N and loaded["mu"].dtype == torch.float64
     # every protocol field changes the file
-    variants = [
-        RealStatsKey("shapes", "val", 64, extractor.extractor_id, n=N, blur_radius=r) for r in (1, 2, 4, 8)
-    ] + [
+    variants = [RealStatsKey("shapes", "val", 64, extractor.extractor_id, n=N, blur_radius=r) for r in (1, 2, 4, 8)] + [
         RealStatsKey("shapes", "val", 64, extractor.extractor_id, n=N + 1),
         RealStatsKey("shapes", "test", 64, extractor.extractor_id, n=N),
         RealStatsKey("shapes", "val", 32, extractor.extractor_id, n=N),

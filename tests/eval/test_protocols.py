@@ -1,5 +1,6 @@
 """zoo.pipelines.base's Generator / CandidateGenerator interfaces and their adapter; eval's shapes and MS-COCO
 protocols (seeded caption draws, real sets, resizing), the folder and real_blurred generators. CPU, no network."""
+
 from __future__ import annotations
 
 import json
@@ -84,8 +85,12 @@ def test_generate_images_batches_and_validates():
         def generate(self, captions):
             return self.out
 
-    for out, match in [(torch.zeros(2, 3, 4, 4), "asked for 3"), (torch.full((3, 3, 4, 4), float("nan")), "NaN"),
-                       (torch.zeros(3, 1, 4, 4), "3 channels"), (torch.zeros(3, 3, 4, 4) + 5, r"\[-1, 1\]")]:
+    for out, match in [
+        (torch.zeros(2, 3, 4, 4), "asked for 3"),
+        (torch.full((3, 3, 4, 4), float("nan")), "NaN"),
+        (torch.zeros(3, 1, 4, 4), "3 channels"),
+        (torch.zeros(3, 3, 4, 4) + 5, r"\[-1, 1\]"),
+    ]:
         with pytest.raises(ValueError, match=match):
             generate_images(Bad(out), ["a", "b", "c"], progress=False)
     with pytest.raises(ValueError, match="asked for 2"):

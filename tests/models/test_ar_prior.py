@@ -1,5 +1,6 @@
 """unCLIP's AR prior: PCA + buckets, the dot-product token, KV-cached sampling, learning, zoo-train end to end, and
 the paper preset's size."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,7 +33,7 @@ def _pairs(n: int, seed: int = 0):
     """Synthetic zoo-embed rows: image embeddings, text embeddings correlated with them, CLIP-like caption tokens."""
     g = torch.Generator().manual_seed(seed + 1)
     img = _low_rank(n, seed=seed)
-    txt = F.normalize(img + 0.8 * torch.randn(n, D, generator=g) / D ** 0.5, dim=-1)
+    txt = F.normalize(img + 0.8 * torch.randn(n, D, generator=g) / D**0.5, dim=-1)
     tokens = torch.zeros(n, 32, dtype=torch.long)
     tokens[:, 0] = 49406  # open_clip's start-of-text
     tokens[:, 1:6] = torch.randint(300, 49000, (n, 5), generator=g)
@@ -172,8 +173,9 @@ def _write_embed_file(path: Path, n: int, seed: int) -> Path:
     from zoo.checkpoint import atomic_torch_save
 
     img, txt, tokens = _pairs(n, seed=seed)
-    return atomic_torch_save({"clip_image_emb": img, "clip_text_emb": txt, "clip_text_tokens": tokens,
-                              "meta": {"n": n, "dim": D}}, path)
+    return atomic_torch_save(
+        {"clip_image_emb": img, "clip_text_emb": txt, "clip_text_tokens": tokens, "meta": {"n": n, "dim": D}}, path
+    )
 
 
 def test_zoo_train_checkpoints_and_load_module_samples(train_cfg, tmp_path):
@@ -182,10 +184,22 @@ def test_zoo_train_checkpoints_and_load_module_samples(train_cfg, tmp_path):
 
     train_file = _write_embed_file(tmp_path / "train_clip.pt", 64, seed=0)
     val_file = _write_embed_file(tmp_path / "val_clip.pt", 16, seed=1)
-    cfg = train_cfg("experiment=unclip/ar_prior_shapes", "model.preset=tiny", "data.train_size=64",
-                    "data.val_size=16", "data.test_size=16", "data.batch_size=16", f"data.features.train={train_file}",
-                    f"data.features.val={val_file}", "logger=csv", "trainer.max_steps=4", "trainer.max_epochs=1",
-                    "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0", "trainer.max_time=null")
+    cfg = train_cfg(
+        "experiment=unclip/ar_prior_shapes",
+        "model.preset=tiny",
+        "data.train_size=64",
+        "data.val_size=16",
+        "data.test_size=16",
+        "data.batch_size=16",
+        f"data.features.train={train_file}",
+        f"data.features.val={val_file}",
+        "logger=csv",
+        "trainer.max_steps=4",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.max_time=null",
+    )
     metrics = train(cfg)
     assert metrics["global_step"] == 4
     assert "val/loss" in metrics and metrics["val/pca_cos"] > 0.9

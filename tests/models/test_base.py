@@ -1,4 +1,5 @@
 """The one LightningModule base (zoo.models.base) and the one preset resolver (zoo.models.presets)."""
+
 from __future__ import annotations
 
 import functools
@@ -45,8 +46,10 @@ def test_configure_optimizers_default_factory_and_scheduler():
     opt = _Toy(freeze=True).configure_optimizers()
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == 1e-3
     assert len(opt.param_groups[0]["params"]) == 2  # only trainable parameters
-    m = _Toy(optimizer=functools.partial(torch.optim.SGD, lr=0.5),
-             scheduler=functools.partial(cosine_with_warmup, warmup_steps=2, total_steps=10))
+    m = _Toy(
+        optimizer=functools.partial(torch.optim.SGD, lr=0.5),
+        scheduler=functools.partial(cosine_with_warmup, warmup_steps=2, total_steps=10),
+    )
     out = m.configure_optimizers()
     assert isinstance(out["optimizer"], torch.optim.SGD) and out["optimizer"].param_groups[0]["lr"] == 0.25
     assert out["lr_scheduler"]["interval"] == "step"

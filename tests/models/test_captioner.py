@@ -1,6 +1,7 @@
 """DALL·E 3's captioner: cached == uncached decoding, beam width 1 == greedy, it overfits a fixed batch, the paper
 preset's size, and zoo-train end to end (alt pre-training, then a descriptive fine-tune through init_from) with
 load_module rebuilding a module that captions."""
+
 from __future__ import annotations
 
 import shutil
@@ -41,10 +42,15 @@ def test_cached_decoding_equals_uncached():
     assert torch.equal(greedy, sample_captions(m, e, max_len=24, use_cache=False))
     assert (greedy[:, 0] == m.cfg.sot_id).all() and greedy.shape == (4, 24)
     for w in (1, 3):
-        assert torch.equal(beam_search(m, e, beam_width=w, max_len=24),
-                           beam_search(m, e, beam_width=w, max_len=24, use_cache=False))
-    draws = [sample_captions(m, e, temperature=1.0, top_p=0.9, max_len=24, use_cache=c,
-                             generator=torch.Generator().manual_seed(3)) for c in (True, False)]
+        assert torch.equal(
+            beam_search(m, e, beam_width=w, max_len=24), beam_search(m, e, beam_width=w, max_len=24, use_cache=False)
+        )
+    draws = [
+        sample_captions(
+            m, e, temperature=1.0, top_p=0.9, max_len=24, use_cache=c, generator=torch.Generator().manual_seed(3)
+        )
+        for c in (True, False)
+    ]
     assert torch.equal(*draws)
 
 
@@ -66,7 +72,7 @@ def test_decoding_stops_at_eot_and_pads_after():
     for row in out.tolist():
         if cfg.eot_id in row:
             k = row.index(cfg.eot_id)
-            assert all(t == cfg.pad_id for t in row[k + 1:])
+            assert all(t == cfg.pad_id for t in row[k + 1 :])
 
 
 def test_patch_tokens_prefix():
@@ -80,9 +86,14 @@ def test_patch_tokens_prefix():
 
 
 # ------------------------------------------------------------------------------------------------- learning
-CAPTIONS = ["a red circle", "two objects on a gray background: a small blue star at the top left and a large "
-            "green heart in the middle center", "the yellow cross", "cool shapes wallpaper",
-            "a large purple triangle at the bottom right", "an orange square icon"]
+CAPTIONS = [
+    "a red circle",
+    "two objects on a gray background: a small blue star at the top left and a large green heart in the middle center",
+    "the yellow cross",
+    "cool shapes wallpaper",
+    "a large purple triangle at the bottom right",
+    "an orange square icon",
+]
 
 
 def test_overfits_a_fixed_batch():
@@ -121,8 +132,14 @@ def _embed_file(path: Path, n: int, seed: int = 0) -> Path:
 
     g = torch.Generator().manual_seed(seed)
     emb = torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=-1)
-    atomic_torch_save({"clip_image_emb": emb, "clip_text_emb": emb.roll(1, 0),
-                       "clip_text_tokens": torch.randint(1, 100, (n, 16), generator=g)}, path)
+    atomic_torch_save(
+        {
+            "clip_image_emb": emb,
+            "clip_text_emb": emb.roll(1, 0),
+            "clip_text_tokens": torch.randint(1, 100, (n, 16), generator=g),
+        },
+        path,
+    )
     return path
 
 
@@ -133,10 +150,21 @@ def test_zoo_train_alt_then_descriptive_fine_tune_and_load_module(train_cfg, tmp
     from zoo.train import train
 
     train_file, val_file = _embed_file(tmp_path / "train.pt", 24), _embed_file(tmp_path / "val.pt", 8, seed=1)
-    common = ["model.preset=tiny", "data.train_size=24", "data.val_size=8", "data.test_size=8", "data.batch_size=8",
-              f"data.features.train={train_file}", f"data.features.val={val_file}", "logger=csv",
-              "trainer.max_steps=3", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-              "trainer.num_sanity_val_steps=0", "trainer.max_time=null"]
+    common = [
+        "model.preset=tiny",
+        "data.train_size=24",
+        "data.val_size=8",
+        "data.test_size=8",
+        "data.batch_size=8",
+        f"data.features.train={train_file}",
+        f"data.features.val={val_file}",
+        "logger=csv",
+        "trainer.max_steps=3",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.max_time=null",
+    ]
     cfg = train_cfg("experiment=dalle3/captioner_alt", *common, "data.tokenizer.vocab_size=400")
     metrics = train(cfg)
     assert metrics["global_step"] == 3 and "val/loss" in metrics
@@ -145,8 +173,10 @@ def test_zoo_train_alt_then_descriptive_fine_tune_and_load_module(train_cfg, tmp
     alt = load_module(alt_ckpt)
     assert isinstance(alt, CaptionerLit) and alt.text_tokenizer is not None
     # the BPE was fitted on every caption style: a descriptive caption takes few tokens
-    desc = "two objects on a gray background: a small blue star at the top left and a large green heart at the " \
-           "bottom right"
+    desc = (
+        "two objects on a gray background: a small blue star at the top left and a large green heart at the "
+        "bottom right"
+    )
     assert len(alt.text_tokenizer._ids(desc)) < 40
 
     cfg = train_cfg("experiment=dalle3/captioner_descriptive", *common[1:], f"model.init_from={alt_ckpt}")
@@ -175,12 +205,19 @@ def test_check_data_names_the_fixes(train_cfg, tmp_path):
     with pytest.raises(ConfigError, match="data.features.train"):
         check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
     feats = _embed_file(tmp_path / "f.pt", 8)
-    cfg = train_cfg("model=captioner", "model.preset=tiny", "data.train_size=8", "data.val_size=8",
-                    f"data.features.train={feats}")
+    cfg = train_cfg(
+        "model=captioner", "model.preset=tiny", "data.train_size=8", "data.val_size=8", f"data.features.train={feats}"
+    )
     with pytest.raises(ConfigError, match="data/tokenizer=bpe"):
         check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
-    cfg = train_cfg("model=captioner", "model.preset=shapes", "data.train_size=8", "data.val_size=8",
-                    f"data.features.train={feats}", "data/tokenizer=bpe")
+    cfg = train_cfg(
+        "model=captioner",
+        "model.preset=shapes",
+        "data.train_size=8",
+        "data.val_size=8",
+        f"data.features.train={feats}",
+        "data/tokenizer=bpe",
+    )
     with pytest.raises(ConfigError, match="model.net.embed_dim=32"):
         check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
     cfg = train_cfg("experiment=dalle3/captioner_short", f"model.init_from={tmp_path / 'missing.ckpt'}")

@@ -1,6 +1,7 @@
 """ClipLit (model=clip): presets and net overrides, learning on a fixed batch (fp32 and bf16 autocast), val retrieval
 metrics, Lightning checkpoint round trips through model.checkpoint= / ClipScorer, offline pretrained weights, refused
 pickles, check_data."""
+
 from __future__ import annotations
 
 import os
@@ -50,13 +51,19 @@ def loader(batch, bs=8):
 # ----------------------------------------------------------------------------------------- presets / config
 def test_presets_and_net_overrides():
     assert set(PRESETS) == {"tiny", "shapes", "paper"}
-    m = ClipLit(preset="tiny", net={"embed_dim": 48, "vision_cfg": {"width": 96, "patch_size": 4},
-                                    "text_cfg": {"context_length": 24}})
+    m = ClipLit(
+        preset="tiny",
+        net={"embed_dim": 48, "vision_cfg": {"width": 96, "patch_size": 4}, "text_cfg": {"context_length": 24}},
+    )
     assert m.clip.visual.conv1.out_channels == 96 and m.clip.visual.conv1.kernel_size == (4, 4)
     assert m.clip.text_projection.shape[1] == 48 and m.tokenize(["a b"]).shape == (1, 24)
     assert m.image_size == 32 and m.arch == "zoo-clip-tiny"
-    for bad, match in [({"preset": "huge"}, "tiny"), ({"net": {"widht": 3}}, "embed_dim"),
-                       ({"net": {"vision_cfg": {"layerz": 1}}}, "layers"), ({"arch": "ViT-Nope"}, "architecture")]:
+    for bad, match in [
+        ({"preset": "huge"}, "tiny"),
+        ({"net": {"widht": 3}}, "embed_dim"),
+        ({"net": {"vision_cfg": {"layerz": 1}}}, "layers"),
+        ({"arch": "ViT-Nope"}, "architecture"),
+    ]:
         with pytest.raises(ValueError, match=match):
             ClipLit(**{"preset": "tiny", **bad})
 
@@ -98,8 +105,15 @@ def test_recall_at_k_exact_index_matching():
 
 
 def _trainer(tmp_path, **kw):
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, default_root_dir=str(tmp_path), **kw)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        **kw,
+    )
 
 
 def test_fit_validate_logs_retrieval_and_checkpoint_round_trips(tmp_path):
@@ -176,8 +190,9 @@ def test_cached_pretrained_tag_loads_offline(monkeypatch, tmp_path):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    monkeypatch.setitem(ocp._PRETRAINED, "zoo-clip-tiny", {"testtag": {"hf_hub": "zoo-test/tiny-clip/", "mean": mean,
-                                                                       "std": std}})
+    monkeypatch.setitem(
+        ocp._PRETRAINED, "zoo-clip-tiny", {"testtag": {"hf_hub": "zoo-test/tiny-clip/", "mean": mean, "std": std}}
+    )
     torch.manual_seed(3)
     src = ClipLit(preset="tiny").clip
     snap = tmp_path / "hub" / "models--zoo-test--tiny-clip" / "snapshots" / ("a" * 40)

@@ -1,4 +1,5 @@
 """CLIP: learning on a fixed batch, ClipScorer arithmetic and reranking, checkpoint round trip, offline errors."""
+
 from __future__ import annotations
 
 import os
@@ -6,7 +7,6 @@ import pickle
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from zoo.data.shapes import ShapesDataset
 from zoo.errors import MissingWeightsError
@@ -92,9 +92,19 @@ def test_trained_checkpoint_loads_with_identical_embeddings(train_cfg, tmp_path)
 
     from zoo.train import train
 
-    cfg = train_cfg("model=clip", "model.preset=tiny", "data.train_size=16", "data.val_size=8", "data.test_size=8",
-                    "data.batch_size=8", "logger=none", "trainer=cpu", "trainer.max_steps=2", "test=false",
-                    "trainer.enable_progress_bar=false")
+    cfg = train_cfg(
+        "model=clip",
+        "model.preset=tiny",
+        "data.train_size=16",
+        "data.val_size=8",
+        "data.test_size=8",
+        "data.batch_size=8",
+        "logger=none",
+        "trainer=cpu",
+        "trainer.max_steps=2",
+        "test=false",
+        "trainer.enable_progress_bar=false",
+    )
     train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     from zoo.checkpoint import load_module
@@ -148,8 +158,18 @@ def test_zoo_embed_writes_embeddings_the_datamodule_serves(tmp_path):
     data = ["data.train_size=8", "data.val_size=6", "data.test_size=6"]
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose("embed", overrides=[f"clip.checkpoint={ckpt}", "clip.arch=zoo-clip-tiny", "split=val",
-                                          f"out={out}", "batch_size=4", f"paths.root_dir={tmp_path}", *data])
+        cfg = compose(
+            "embed",
+            overrides=[
+                f"clip.checkpoint={ckpt}",
+                "clip.arch=zoo-clip-tiny",
+                "split=val",
+                f"out={out}",
+                "batch_size=4",
+                f"paths.root_dir={tmp_path}",
+                *data,
+            ],
+        )
     embed(cfg)
     dm = instantiate(OmegaConf.merge(cfg.data, {"features": {"val": str(out)}}))
     batch = next(iter(dm.val_dataloader()))

@@ -1,5 +1,6 @@
 """ClipScorer (no Lightning): CLIP score and similarity against hand computations, reranking order, the model's own
 preprocessing, open_clip-file loading, zoo-embed output served by index, and that nothing imports Lightning."""
+
 from __future__ import annotations
 
 import os
@@ -92,8 +93,8 @@ def test_rerank_batched_matches_rerank_per_caption():
 
 
 def test_preprocess_resizes_like_open_clip_and_normalises():
-    from PIL import Image
     from open_clip.transform import image_transform
+    from PIL import Image
 
     torch.manual_seed(0)
     mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -172,18 +173,26 @@ def test_embed_dataset_and_attach_embeddings(tmp_path):
     items = [served[i] for i in (0, 4, 6)]
     imgs = torch.stack([it["image"] for it in items])
     torch.testing.assert_close(torch.stack([it["clip_image_emb"] for it in items]), s.encode_image(imgs))
-    torch.testing.assert_close(torch.stack([it["clip_text_emb"] for it in items]),
-                               s.encode_text([it["caption"] for it in items]))
+    torch.testing.assert_close(
+        torch.stack([it["clip_text_emb"] for it in items]), s.encode_text([it["caption"] for it in items])
+    )
     assert torch.equal(items[1]["clip_text_tokens"], s.tokenize([items[1]["caption"]])[0])
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["n"] == 7 and meta["dim"] == 32
 
 
 def test_scorer_and_model_do_not_import_lightning():
-    code = ("import sys; import zoo.models.clip.scorer, zoo.models.clip.model; "
-            "bad = [m for m in ('lightning', 'pytorch_lightning', 'hydra') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys; import zoo.models.clip.scorer, zoo.models.clip.model; "
+        "bad = [m for m in ('lightning', 'pytorch_lightning', 'hydra') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
     assert r.returncode == 0, r.stderr[-2000:]

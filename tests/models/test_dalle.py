@@ -1,5 +1,6 @@
 """DALL·E stage 2 as a component: learning, caption dropout, data checks, self-contained checkpoints, zoo-train,
 the paper preset's size."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,6 @@ import torch
 
 from zoo.errors import ConfigError
 from zoo.models.dalle.lit import DalleLit
-
 
 H = None  # tests/helpers_dalle.py, set by the fixture below for every test of this module
 
@@ -105,8 +105,9 @@ def test_unknown_preset_or_field():
 
 
 def test_frozen_tokenizer_is_not_trained(tmp_path):
-    model = DalleLit(preset="tiny", net=dict(H.TINY_NET),
-                     image_tokenizer_ckpt=str(H.tiny_tokenizer_ckpt(tmp_path / "t.ckpt")))
+    model = DalleLit(
+        preset="tiny", net=dict(H.TINY_NET), image_tokenizer_ckpt=str(H.tiny_tokenizer_ckpt(tmp_path / "t.ckpt"))
+    )
     model.train()
     assert not model.image_tokenizer.training
     assert all(not p.requires_grad for p in model.image_tokenizer.parameters())
@@ -122,13 +123,30 @@ def test_zoo_train_then_self_contained_checkpoint_generates(train_cfg, tmp_path)
     from zoo.train import train
 
     tok_ckpt = H.tiny_tokenizer_ckpt(tmp_path / "tokenizer.ckpt")
-    cfg = train_cfg("model=dalle", "model.preset=tiny", f"model.image_tokenizer_ckpt={tok_ckpt}",
-                    "+model.net.text_vocab=512", "+model.net.text_len=16", "+model.net.image_vocab=32",
-                    "data=shapes", "data/tokenizer=bpe", "data.tokenizer.vocab_size=300",
-                    "data.tokenizer.context_length=16", f"data.resolution={H.RESOLUTION}",
-                    "data.train_size=24", "data.val_size=8", "data.test_size=8", "data.batch_size=8",
-                    "trainer=cpu", "trainer.max_steps=3", "trainer.precision=bf16-mixed", "logger=csv",
-                    "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0", "test=false")
+    cfg = train_cfg(
+        "model=dalle",
+        "model.preset=tiny",
+        f"model.image_tokenizer_ckpt={tok_ckpt}",
+        "+model.net.text_vocab=512",
+        "+model.net.text_len=16",
+        "+model.net.image_vocab=32",
+        "data=shapes",
+        "data/tokenizer=bpe",
+        "data.tokenizer.vocab_size=300",
+        "data.tokenizer.context_length=16",
+        f"data.resolution={H.RESOLUTION}",
+        "data.train_size=24",
+        "data.val_size=8",
+        "data.test_size=8",
+        "data.batch_size=8",
+        "trainer=cpu",
+        "trainer.max_steps=3",
+        "trainer.precision=bf16-mixed",
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        "trainer.num_sanity_val_steps=0",
+        "test=false",
+    )
     metrics = train(cfg)
     run = Path(cfg.paths.output_dir)
     assert metrics["global_step"] == 3
@@ -139,7 +157,7 @@ def test_zoo_train_then_self_contained_checkpoint_generates(train_cfg, tmp_path)
     raw = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # plain values only
     assert raw["zoo_component"] == "dalle"
     assert raw["hyper_parameters"]["text_tokenizer"]["kind"] == "trained_bpe"
-    tok_sd = {k[len("image_tokenizer."):]: v for k, v in raw["state_dict"].items() if k.startswith("image_tokenizer.")}
+    tok_sd = {k[len("image_tokenizer.") :]: v for k, v in raw["state_dict"].items() if k.startswith("image_tokenizer.")}
     assert tok_sd, "frozen tokenizer weights missing from the checkpoint"
 
     # nothing but the checkpoint is needed: remove the tokenizer checkpoint and the BPE file
@@ -173,13 +191,21 @@ def test_legacy_checkpoint_with_tokenizer_ckpt_loads(tmp_path):
     bpe = H.tiny_bpe(context_length=16)
     torch.manual_seed(0)
     lit = DalleLit(preset="tiny", net=dict(H.TINY_NET), image_tokenizer_ckpt=str(tok_ckpt))
-    hp = {"preset": "tiny", "net": dict(H.TINY_NET), "tokenizer_ckpt": str(tok_ckpt), "text_dropout": 0.15,
-          "grid_captions": 8, "grid_top_k": None, "grid_guidance_scale": 1.0,
-          "tokenizer_spec": lit._tokenizer_spec,
-          "text_tokenizer": {"kind": "trained_bpe", "json": bpe._tok.to_str(), "context_length": 16}}
+    hp = {
+        "preset": "tiny",
+        "net": dict(H.TINY_NET),
+        "tokenizer_ckpt": str(tok_ckpt),
+        "text_dropout": 0.15,
+        "grid_captions": 8,
+        "grid_top_k": None,
+        "grid_guidance_scale": 1.0,
+        "tokenizer_spec": lit._tokenizer_spec,
+        "text_tokenizer": {"kind": "trained_bpe", "json": bpe._tok.to_str(), "context_length": 16},
+    }
     path = tmp_path / "legacy_dalle.ckpt"
-    atomic_torch_save({"zoo_class": "zoo.models.dalle.lit.DalleLit", "hyper_parameters": hp,
-                       "state_dict": lit.state_dict()}, path)
+    atomic_torch_save(
+        {"zoo_class": "zoo.models.dalle.lit.DalleLit", "hyper_parameters": hp, "state_dict": lit.state_dict()}, path
+    )
     tok_ckpt.unlink()  # the rebuild never opens it: the tokenizer's weights are in the state dict
     model = load_module(path)
     assert model.hparams["image_tokenizer_ckpt"] is None and "tokenizer_ckpt" not in model.hparams

@@ -1,4 +1,5 @@
 """DalleTransformer: embeddings, heads, loss, learning, KV cache == no cache, guidance, priming, paper size."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,7 +36,7 @@ def _batch(b=3, seed=1):
     cfg = _config("tiny")
     text = torch.randint(1, cfg.text_vocab, (b, cfg.text_len), generator=g)
     for i in range(b):  # variable caption lengths, padded with pad_id = 0
-        text[i, 3 + i:] = cfg.pad_id
+        text[i, 3 + i :] = cfg.pad_id
     image = torch.randint(0, cfg.image_vocab, (b, cfg.grid_h, cfg.grid_w), generator=g)
     return text, image
 
@@ -151,7 +152,7 @@ def test_kv_cache_is_preallocated_and_written_in_place():
     m.next_image_logits(text=text, cache=cache)
     m.next_image_logits(image=image.flatten(1)[:, :1], image_start=0, cache=cache, start_pos=c.text_len)
     assert (cache.k.data_ptr(), cache.v.data_ptr()) == ptr
-    assert cache.k[:, :, :, : c.text_len + 1].abs().sum() > 0 and (cache.k[:, :, :, c.text_len + 1:] == 0).all()
+    assert cache.k[:, :, :, : c.text_len + 1].abs().sum() > 0 and (cache.k[:, :, :, c.text_len + 1 :] == 0).all()
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
@@ -166,7 +167,7 @@ def test_cached_logits_equal_full_forward(pattern, dtype, atol):
     cache = m.new_cache(3)
     got = [m.next_image_logits(text=text, image=flat[:, :5], cache=cache)]  # predicts token 5
     for p in range(5, c.image_len - 1):
-        got.append(m.next_image_logits(image=flat[:, p:p + 1], image_start=p, cache=cache, start_pos=c.text_len + p))
+        got.append(m.next_image_logits(image=flat[:, p : p + 1], image_start=p, cache=cache, start_pos=c.text_len + p))
     torch.testing.assert_close(torch.stack(got, 1), full[:, 5:], rtol=0, atol=atol)
 
 
@@ -183,8 +184,15 @@ def test_cached_sampling_equals_uncached(pattern):
     assert not torch.equal(sample_image_tokens(m, text2, generator=_gen()), a)
 
 
-@pytest.mark.parametrize("kw", [dict(top_k=4), dict(top_p=0.8, temperature=0.7), dict(guidance_scale=3.0),
-                                dict(guidance_scale=2.0, top_k=5, prime_tokens="rows")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(top_k=4),
+        dict(top_p=0.8, temperature=0.7),
+        dict(guidance_scale=3.0),
+        dict(guidance_scale=2.0, top_k=5, prime_tokens="rows"),
+    ],
+)
 def test_cached_sampling_equals_uncached_with_options(kw):
     m = _model("paper")
     text, image = _batch()

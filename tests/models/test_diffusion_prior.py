@@ -1,4 +1,5 @@
 """unCLIP diffusion prior: network structure, null condition, guidance, best-of-n, learning, zoo-train and zoo-embed."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 
 from zoo.diffusion.samplers import ddim_sample
 from zoo.models.diffusion_prior.lit import DiffusionPriorLit, embedding_scale, pick_best
-from zoo.models.diffusion_prior.model import (PAPER_PARAMS, DiffusionPriorNet, build_config, count_parameters)
+from zoo.models.diffusion_prior.model import PAPER_PARAMS, DiffusionPriorNet, build_config, count_parameters
 from zoo.nn.guidance import guide
 
 B, D, L = 4, 16, 8  # the tiny preset: clip_dim 16, text_len 8, text_vocab 64
@@ -19,8 +20,12 @@ def _inputs(b=B, seed=0):
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(1, 64, (b, L), generator=g)
     tokens[:, 5:] = 0  # open_clip pads with 0 after the end of text
-    return {"x_t": torch.randn(b, D, generator=g), "t": torch.randint(0, 1000, (b,), generator=g),
-            "text_emb": torch.randn(b, D, generator=g), "text_tokens": tokens}
+    return {
+        "x_t": torch.randn(b, D, generator=g),
+        "t": torch.randint(0, 1000, (b,), generator=g),
+        "text_emb": torch.randn(b, D, generator=g),
+        "text_tokens": tokens,
+    }
 
 
 def _net(**net):
@@ -83,8 +88,11 @@ def _batch(n=8, seed=1):
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(1, 64, (n, L), generator=g)
     tokens[:, 6:] = 0
-    return {"clip_image_emb": F.normalize(torch.randn(n, D, generator=g), dim=-1),
-            "clip_text_emb": F.normalize(torch.randn(n, D, generator=g), dim=-1), "clip_text_tokens": tokens}
+    return {
+        "clip_image_emb": F.normalize(torch.randn(n, D, generator=g), dim=-1),
+        "clip_text_emb": F.normalize(torch.randn(n, D, generator=g), dim=-1),
+        "clip_text_tokens": tokens,
+    }
 
 
 def _lit(**kw):
@@ -94,13 +102,25 @@ def _lit(**kw):
 
 def test_guidance_scale_one_is_the_conditional_sampler_bit_for_bit():
     lit, batch = _lit(), _batch(3)
-    got = lit.sample_candidates(batch["clip_text_emb"], batch["clip_text_tokens"], steps=8, guidance_scale=1.0,
-                                n_candidates=2, generator=torch.Generator().manual_seed(3))
-    cond = {"text_emb": batch["clip_text_emb"].repeat_interleave(2, 0) * 4.0,
-            "text_tokens": batch["clip_text_tokens"].repeat_interleave(2, 0)}
+    got = lit.sample_candidates(
+        batch["clip_text_emb"],
+        batch["clip_text_tokens"],
+        steps=8,
+        guidance_scale=1.0,
+        n_candidates=2,
+        generator=torch.Generator().manual_seed(3),
+    )
+    cond = {
+        "text_emb": batch["clip_text_emb"].repeat_interleave(2, 0) * 4.0,
+        "text_tokens": batch["clip_text_tokens"].repeat_interleave(2, 0),
+    }
     with torch.no_grad():
-        want = ddim_sample(lit.process.respaced(8), lambda x, t: lit.net(x, t, **cond), (6, D),
-                           generator=torch.Generator().manual_seed(3))
+        want = ddim_sample(
+            lit.process.respaced(8),
+            lambda x, t: lit.net(x, t, **cond),
+            (6, D),
+            generator=torch.Generator().manual_seed(3),
+        )
     assert torch.equal(got, F.normalize(want, dim=-1).view(3, 2, D))
     # a scale != 1 uses the shared formula on [cond ; uncond]
     seen = {}
@@ -113,8 +133,13 @@ def test_guidance_scale_one_is_the_conditional_sampler_bit_for_bit():
 
     lit_mod.guide, orig = spy, lit_mod.guide
     try:
-        guided = lit.sample_candidates(batch["clip_text_emb"], batch["clip_text_tokens"], steps=8, guidance_scale=3.0,
-                                       generator=torch.Generator().manual_seed(3))
+        guided = lit.sample_candidates(
+            batch["clip_text_emb"],
+            batch["clip_text_tokens"],
+            steps=8,
+            guidance_scale=3.0,
+            generator=torch.Generator().manual_seed(3),
+        )
     finally:
         lit_mod.guide = orig
     assert seen["args"][2] == 3.0 and not torch.allclose(seen["args"][0], seen["args"][1])
@@ -191,12 +216,26 @@ def test_zoo_train_runs_checkpoints_and_load_module_rebuilds(train_cfg, tmp_path
     from zoo.checkpoint import load_module
     from zoo.train import train
 
-    files = {s: _write_embed_file(tmp_path / "emb" / f"{s}.pt", n, i) for i, (s, n) in
-             enumerate([("train", 32), ("val", 8), ("test", 8)])}
-    cfg = train_cfg("model=diffusion_prior", "model.preset=tiny", "model.sample_steps=4", "data=shapes",
-                    "data.train_size=32", "data.val_size=8", "data.test_size=8", "data.batch_size=8",
-                    *[f"data.features.{s}={p}" for s, p in files.items()], "logger=csv", "trainer=cpu",
-                    "trainer.max_steps=4", "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0")
+    files = {
+        s: _write_embed_file(tmp_path / "emb" / f"{s}.pt", n, i)
+        for i, (s, n) in enumerate([("train", 32), ("val", 8), ("test", 8)])
+    }
+    cfg = train_cfg(
+        "model=diffusion_prior",
+        "model.preset=tiny",
+        "model.sample_steps=4",
+        "data=shapes",
+        "data.train_size=32",
+        "data.val_size=8",
+        "data.test_size=8",
+        "data.batch_size=8",
+        *[f"data.features.{s}={p}" for s, p in files.items()],
+        "logger=csv",
+        "trainer=cpu",
+        "trainer.max_steps=4",
+        "trainer.enable_progress_bar=false",
+        "trainer.num_sanity_val_steps=0",
+    )
     metrics = train(cfg)
     assert metrics["global_step"] == 4
     assert "val/loss" in metrics and "test/cos_image" in metrics and "test/cos_text" in metrics
@@ -218,8 +257,9 @@ def test_missing_features_is_a_config_error(train_cfg):
     from zoo.errors import ConfigError
     from zoo.train import train
 
-    cfg = train_cfg("model=diffusion_prior", "model.preset=tiny", "data=shapes", "data.train_size=8",
-                    "logger=csv", "trainer=cpu")
+    cfg = train_cfg(
+        "model=diffusion_prior", "model.preset=tiny", "data=shapes", "data.train_size=8", "logger=csv", "trainer=cpu"
+    )
     with pytest.raises(ConfigError, match="data.features.train"):
         train(cfg)
 
@@ -246,8 +286,14 @@ def test_zoo_embed_writes_per_token_text_encodings(tmp_path):
     e, _ = text_token_encodings(s.model, s.tokenize(captions))
     pooled = e[torch.arange(5), tok.argmax(1)] @ s.model.text_projection
     torch.testing.assert_close(F.normalize(pooled, dim=-1), s.encode_text(captions), rtol=1e-4, atol=1e-5)
-    assert not obj.keys() - {"clip_image_emb", "clip_text_emb", "clip_text_tokens", "clip_text_encodings",
-                             "clip_text_mask", "meta"}
+    assert not obj.keys() - {
+        "clip_image_emb",
+        "clip_text_emb",
+        "clip_text_tokens",
+        "clip_text_encodings",
+        "clip_text_mask",
+        "meta",
+    }
 
 
 def test_per_token_encodings_mode_trains_and_samples():
@@ -261,14 +307,16 @@ def test_per_token_encodings_mode_trains_and_samples():
     loss = lit.forward_loss(batch, text_dropout=0.1)["loss"]
     loss.backward()
     assert torch.isfinite(loss) and lit.net.text_proj.weight.grad is not None
-    z = lit.eval().sample(batch["clip_text_emb"], text_encodings=batch["clip_text_encodings"],
-                          text_mask=batch["clip_text_mask"], steps=4)
+    z = lit.eval().sample(
+        batch["clip_text_emb"], text_encodings=batch["clip_text_encodings"], text_mask=batch["clip_text_mask"], steps=4
+    )
     assert z.shape == (4, D)
     # masked-out positions are pads: their encodings do not matter
     other = batch["clip_text_encodings"].clone()
     other[:, 5:] = 7
     x = _inputs()
-    a = lit.net(x["x_t"], x["t"], x["text_emb"], text_encodings=batch["clip_text_encodings"],
-                text_mask=batch["clip_text_mask"])
+    a = lit.net(
+        x["x_t"], x["t"], x["text_emb"], text_encodings=batch["clip_text_encodings"], text_mask=batch["clip_text_mask"]
+    )
     b = lit.net(x["x_t"], x["t"], x["text_emb"], text_encodings=other, text_mask=batch["clip_text_mask"])
     torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -1,4 +1,5 @@
 """dVAE: paper architecture (presets), ImageTokenizer view, objective pieces, schedules, learning, Lightning wiring."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,8 @@ from torch.utils.data import DataLoader
 from zoo.data.shapes import ShapesDataset
 from zoo.models.dvae import DVAE, PRESETS, DVAEConfig
 from zoo.models.dvae.lit import DVAELit, kl_to_uniform
-from zoo.nn.image_tokenizer import ImageTokenizer
 from zoo.nn.annealing import SCHEDULES
+from zoo.nn.image_tokenizer import ImageTokenizer
 
 
 def _images(n: int, res: int = 32, seed: int = 0) -> torch.Tensor:
@@ -20,7 +21,7 @@ def _images(n: int, res: int = 32, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.empty(n, 3, res, res)
     for i in range(n):
-        x[i] = (torch.rand(3, 1, 1, generator=g) * 2 - 1)
+        x[i] = torch.rand(3, 1, 1, generator=g) * 2 - 1
         for _ in range(2):
             y0, x0 = torch.randint(0, res - 8, (2,), generator=g).tolist()
             s = int(torch.randint(6, 14, (1,), generator=g))
@@ -70,7 +71,11 @@ def test_encode_decode_shapes_and_dtypes():
     x = torch.rand(3, 3, 32, 32) * 2 - 1
     codes = m.encode(x)
     h, w = m.grid_size
-    assert codes.dtype == torch.long and codes.shape == (3, h, w) == (3, 32 // m.downsample_factor, 32 // m.downsample_factor)
+    assert codes.dtype == torch.long and codes.shape == (3, h, w) == (
+        3,
+        32 // m.downsample_factor,
+        32 // m.downsample_factor,
+    )
     assert int(codes.min()) >= 0 and int(codes.max()) < m.codebook_size
     torch.testing.assert_close(codes, m.logits(x).argmax(1))  # argmax tokens, no Gumbel noise
     assert torch.equal(codes, m.encode(x))
@@ -113,8 +118,13 @@ def test_schedule_functions_hit_endpoints(schedule):
 
 @pytest.mark.parametrize("schedule", sorted(SCHEDULES))
 def test_temperature_and_kl_weight_reach_their_endpoints(schedule):
-    m = DVAELit(preset="tiny", temperature_steps=100, kl_steps=10, temperature_schedule=schedule,
-                kl_schedule="linear" if schedule == "exponential" else schedule)
+    m = DVAELit(
+        preset="tiny",
+        temperature_steps=100,
+        kl_steps=10,
+        temperature_schedule=schedule,
+        kl_schedule="linear" if schedule == "exponential" else schedule,
+    )
     assert m.temperature(0) == pytest.approx(1.0) and m.kl_weight(0) == pytest.approx(0.0)
     taus = [m.temperature(s) for s in range(101)]
     assert all(a >= b for a, b in zip(taus, taus[1:]))  # monotone
@@ -129,8 +139,14 @@ def test_overfits_a_fixed_batch(recon_loss):
     torch.manual_seed(0)
     ds = ShapesDataset("train", 8, 32)
     x = torch.stack([ds[i]["image"] for i in range(8)])
-    m = DVAELit(preset="tiny", recon_loss=recon_loss, temperature_steps=100, temperature_schedule="exponential",
-                kl_steps=50, kl_weight_max=0.5)
+    m = DVAELit(
+        preset="tiny",
+        recon_loss=recon_loss,
+        temperature_steps=100,
+        temperature_schedule="exponential",
+        kl_steps=50,
+        kl_weight_max=0.5,
+    )
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     mses = []
     for step in range(150):
@@ -168,13 +184,32 @@ def test_lightning_bf16_fit_logs_the_metrics(tmp_path):
     torch.manual_seed(0)
     m = DVAELit(preset="tiny", temperature_steps=2, kl_steps=2)
     m.check_data(_DM())
-    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=4, limit_val_batches=2,
-                        val_check_interval=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision="bf16-mixed",
+        max_steps=4,
+        limit_val_batches=2,
+        val_check_interval=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(m, datamodule=_DM())
     logged = trainer.callback_metrics
-    for k in ["train/loss", "train/recon_mse", "train/psnr", "train/temperature", "train/kl_weight",
-              "val/loss", "val/recon_mse", "val/psnr", "val/codebook_usage", "val/perplexity"]:
+    for k in [
+        "train/loss",
+        "train/recon_mse",
+        "train/psnr",
+        "train/temperature",
+        "train/kl_weight",
+        "val/loss",
+        "val/recon_mse",
+        "val/psnr",
+        "val/codebook_usage",
+        "val/perplexity",
+    ]:
         assert k in logged and torch.isfinite(logged[k]), k
     assert 0 < logged["val/codebook_usage"] <= 100
     assert logged["train/temperature"].item() == pytest.approx(1 / 16)

@@ -1,5 +1,6 @@
 """GLIDE: shapes, text reaching every attention block, the null condition, guidance at scale 1, overfitting a batch,
 zoo-train -> load_module -> generate, and the paper preset's parameter count (meta device)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -90,7 +91,7 @@ def test_text_reaches_every_attention_block():
         h = blk.context_kv.register_forward_hook(lambda m, inp, out: captured.update(inp=inp[0]) and None)
         out = net(x, t, tok)
         h.remove()
-        (gin,) = torch.autograd.grad((out ** 2).mean(), captured["inp"])
+        (gin,) = torch.autograd.grad((out**2).mean(), captured["inp"])
         assert gin[:, :5].abs().sum() > 0, f"attention block {i}: no gradient to the text tokens"
 
 
@@ -129,7 +130,7 @@ class _Tok:
         out = torch.zeros(len(captions), self.context_length, dtype=torch.long)
         for i, c in enumerate(captions):
             ids = [2, *[4 + (hash(w) % 60) for w in c.split()][:14], 3]
-            out[i, :len(ids)] = torch.tensor(ids)
+            out[i, : len(ids)] = torch.tensor(ids)
         return out
 
     def to_spec(self):
@@ -151,8 +152,12 @@ def test_guidance_scale_one_is_the_conditional_model_bit_for_bit():
     # the unguided reference, written out: conditional model only, same seed, same respaced DDIM
     text = lit.encode_captions(caps)
     cond = lit.net.encode_text(text)
-    ref = ddim_sample(lit.process.respaced(4), lambda x, t: lit.net.denoise(x, t, cond), (2, 3, 16, 16),
-                      generator=torch.Generator().manual_seed(3)).clamp(-1, 1)
+    ref = ddim_sample(
+        lit.process.respaced(4),
+        lambda x, t: lit.net.denoise(x, t, cond),
+        (2, 3, 16, 16),
+        generator=torch.Generator().manual_seed(3),
+    ).clamp(-1, 1)
     assert torch.equal(got, ref)
     guided = lit.generate(caps, seed=3, guidance_scale=3.0, steps=4)
     assert guided.shape == got.shape and not torch.equal(guided, got)
@@ -197,6 +202,7 @@ def test_tiny_glide_overfits_a_fixed_batch():
     x0 = (base + 0.3 * torch.linspace(-1, 1, 16)[None, None, :, None]).clamp(-1, 1).expand(4, 3, 16, 16)
     batch = {"image": x0.contiguous(), "text_tokens": _tokens(4)}
     opt = torch.optim.Adam(lit.parameters(), lr=5e-3)
+
     # evaluate on fixed timesteps / noise so start and end are comparable
     def eval_loss():
         with torch.no_grad():

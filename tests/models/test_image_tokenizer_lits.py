@@ -1,4 +1,5 @@
 """What the dVAE and VQ-VAE modules share through ``zoo.models.base.ImageTokenizerLit``, tested once for both."""
+
 from __future__ import annotations
 
 import functools

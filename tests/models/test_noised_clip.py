@@ -1,6 +1,7 @@
 """Noised CLIP and CLIP guidance: the contrastive loss falls on a fixed batch, the timestep changes the features,
 CLIP guidance at scale 0 is the unguided sampler bit for bit (ddpm and ddim), one guided step is the hand-computed
 μ + s Σ ∇(f·g) and moves the score up, guided samples score higher, zoo-train -> load_module."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,7 +41,7 @@ class _Tok:
         out = torch.zeros(len(captions), self.context_length, dtype=torch.long)
         for i, c in enumerate(captions):
             ids = [2, *[4 + (sum(map(ord, w)) % 60) for w in c.split()][:14], 3]
-            out[i, :len(ids)] = torch.tensor(ids)
+            out[i, : len(ids)] = torch.tensor(ids)
         return out
 
     def to_spec(self):
@@ -117,8 +118,8 @@ def test_one_guided_step_is_the_hand_computed_mean_and_raises_the_score():
     # by hand: autograd of the summed dot products, one example at a time
     grads = []
     for i in range(4):
-        xi = x[i:i + 1].clone().requires_grad_(True)
-        score = (clip.net.encode_image(xi, t[i:i + 1]) * clip.net.encode_text(ctok[i:i + 1])).sum()
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        score = (clip.net.encode_image(xi, t[i : i + 1]) * clip.net.encode_text(ctok[i : i + 1])).sum()
         grads.append(torch.autograd.grad(score, xi)[0])
     grad = torch.cat(grads)
     want = step.mean + step.variance * s * grad
@@ -154,8 +155,9 @@ def test_clip_guided_samples_score_higher_on_average(sampler, scale):
     zero = torch.zeros(len(caps), dtype=torch.long)
     out = {}
     for s in (0.0, scale):
-        x = clip_guided_sample(proc, model_fn, clip.cond_fn(tok, s), shape, sampler=sampler,
-                               generator=torch.Generator().manual_seed(0))
+        x = clip_guided_sample(
+            proc, model_fn, clip.cond_fn(tok, s), shape, sampler=sampler, generator=torch.Generator().manual_seed(0)
+        )
         with torch.no_grad():
             out[s] = clip.score(x, zero, tok)
     gain = out[scale] - out[0.0]
@@ -180,11 +182,26 @@ def test_train_checkpoint_load(train_cfg):
     from zoo.checkpoint import load_module
     from zoo.train import train
 
-    cfg = train_cfg("model=noised_clip", "model.preset=tiny", "data=shapes", "data/tokenizer=bpe",
-                    "data.tokenizer.vocab_size=300", "data.tokenizer.context_length=32", "data.resolution=16",
-                    "data.train_size=16", "data.val_size=8", "data.test_size=8", "data.batch_size=8", "logger=none",
-                    "trainer=cpu", "trainer.max_epochs=1", "trainer.precision=32-true",
-                    "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0", "test=false")
+    cfg = train_cfg(
+        "model=noised_clip",
+        "model.preset=tiny",
+        "data=shapes",
+        "data/tokenizer=bpe",
+        "data.tokenizer.vocab_size=300",
+        "data.tokenizer.context_length=32",
+        "data.resolution=16",
+        "data.train_size=16",
+        "data.val_size=8",
+        "data.test_size=8",
+        "data.batch_size=8",
+        "logger=none",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "trainer.precision=32-true",
+        "trainer.enable_progress_bar=false",
+        "trainer.num_sanity_val_steps=0",
+        "test=false",
+    )
     metrics = train(cfg)
     assert metrics["global_step"] == 2 and "val/loss" in metrics
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"

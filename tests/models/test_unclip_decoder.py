@@ -1,6 +1,7 @@
 """unCLIP decoder: shapes, the embedding reaching the timestep embedding and the 4 context tokens, the null condition
 and the independent dropouts, guidance 1 == conditional, overfitting a batch, zoo-train -> load_module -> generate,
 and the paper preset's parameter count (meta device)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -60,7 +61,7 @@ def test_output_shapes_and_context_layout():
     assert cond["context"].shape == (2, TINY.text_len + 4, TINY.text_width)
     assert cond["emb"].shape == (2, 4 * TINY.width)
     mask = cond["context_mask"]
-    assert mask[:, :5].all() and not mask[:, 5:TINY.text_len].any() and mask[:, TINY.text_len:].all()
+    assert mask[:, :5].all() and not mask[:, 5 : TINY.text_len].any() and mask[:, TINY.text_len :].all()
     # the 4 embedding tokens stay valid for the empty caption (so its context is never only masked pads)
     assert net.encode(None, None, batch=2)["context_mask"][:, -4:].all()
 
@@ -70,8 +71,10 @@ def test_embedding_reaches_timestep_embedding_and_every_attention_layer():
     x, t, emb = _inputs()
     emb = emb.clone().requires_grad_(True)
     seen = []
-    hooks = [blk.context_kv.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
-             for blk in net.unet.attention_blocks()]
+    hooks = [
+        blk.context_kv.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+        for blk in net.unet.attention_blocks()
+    ]
     net(x, t, _tokens(), emb).square().sum().backward()
     for h in hooks:
         h.remove()
@@ -91,8 +94,9 @@ def test_embedding_reaches_timestep_embedding_and_every_attention_layer():
     net.zero_grad()
     emb2 = emb.detach().clone().requires_grad_(True)
     net(x, t, _tokens(), emb2).square().sum().backward()
-    assert all(blk.context_kv.weight.grad.abs().sum() > 0 for blk in net.unet.modules()
-               if isinstance(blk, AttentionBlock))
+    assert all(
+        blk.context_kv.weight.grad.abs().sum() > 0 for blk in net.unet.modules() if isinstance(blk, AttentionBlock)
+    )
 
 
 def test_null_condition_and_independent_dropouts():
@@ -130,7 +134,7 @@ class _Tok:
         out = torch.zeros(len(captions), self.context_length, dtype=torch.long)
         for i, c in enumerate(captions):
             ids = [2, *[4 + (hash(w) % 60) for w in c.split()][:14], 3]
-            out[i, :len(ids)] = torch.tensor(ids)
+            out[i, : len(ids)] = torch.tensor(ids)
         return out
 
     def to_spec(self):
@@ -151,8 +155,12 @@ def test_decoder_guidance_one_is_the_conditional_model_bit_for_bit():
     _, _, emb = _inputs()
     got = lit.generate(caps, emb, seed=3, decoder_guidance_scale=1.0, steps=4)
     cond = lit.net.encode(lit.encode_captions(caps), emb)
-    ref = ddim_sample(lit.process.respaced(4), lambda x, t: lit.net.denoise(x, t, cond), (2, 3, 16, 16),
-                      generator=torch.Generator().manual_seed(3)).clamp(-1, 1)
+    ref = ddim_sample(
+        lit.process.respaced(4),
+        lambda x, t: lit.net.denoise(x, t, cond),
+        (2, 3, 16, 16),
+        generator=torch.Generator().manual_seed(3),
+    ).clamp(-1, 1)
     assert torch.equal(got, ref)
     guided = lit.generate(caps, emb, seed=3, decoder_guidance_scale=3.0, steps=4)
     assert guided.shape == got.shape and not torch.equal(guided, got)
@@ -167,8 +175,11 @@ def test_tiny_decoder_overfits_a_fixed_batch():
     g = torch.Generator().manual_seed(0)
     base = torch.rand(4, 3, 1, 1, generator=g) * 2 - 1
     x0 = (base + 0.3 * torch.linspace(-1, 1, 16)[None, None, :, None]).clamp(-1, 1).expand(4, 3, 16, 16)
-    batch = {"image": x0.contiguous(), "text_tokens": _tokens(4),
-             "clip_image_emb": torch.nn.functional.normalize(torch.randn(4, D, generator=g), dim=-1)}
+    batch = {
+        "image": x0.contiguous(),
+        "text_tokens": _tokens(4),
+        "clip_image_emb": torch.nn.functional.normalize(torch.randn(4, D, generator=g), dim=-1),
+    }
     opt = torch.optim.Adam(lit.parameters(), lr=5e-3)
 
     def eval_loss():
@@ -201,8 +212,14 @@ def _features_file(path: Path, n: int):
     g = torch.Generator().manual_seed(0)
     emb = torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=-1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save({"clip_image_emb": emb, "clip_text_emb": emb.roll(1, 0),
-                       "clip_text_tokens": torch.randint(1, 100, (n, 32), generator=g)}, path)
+    atomic_torch_save(
+        {
+            "clip_image_emb": emb,
+            "clip_text_emb": emb.roll(1, 0),
+            "clip_text_tokens": torch.randint(1, 100, (n, 32), generator=g),
+        },
+        path,
+    )
     return path
 
 
@@ -211,13 +228,29 @@ def test_train_checkpoint_load_and_generate(train_cfg, tmp_path):
     from zoo.train import train
 
     files = {s: _features_file(tmp_path / "emb" / f"{s}.pt", n) for s, n in (("train", 16), ("val", 8), ("test", 8))}
-    cfg = train_cfg("model=unclip_decoder", "model.preset=tiny", "model.grid_captions=2", "model.grid_steps=2",
-                    "data=shapes", "data/tokenizer=bpe", "data.tokenizer.vocab_size=300",
-                    "data.tokenizer.context_length=32", "data.resolution=16", "data.train_size=16",
-                    "data.val_size=8", "data.test_size=8", "data.batch_size=8",
-                    *[f"data.features.{s}={p}" for s, p in files.items()], "logger=none", "trainer=cpu",
-                    "trainer.max_epochs=1", "trainer.precision=32-true", "trainer.enable_progress_bar=false",
-                    "trainer.num_sanity_val_steps=0", "test=false")
+    cfg = train_cfg(
+        "model=unclip_decoder",
+        "model.preset=tiny",
+        "model.grid_captions=2",
+        "model.grid_steps=2",
+        "data=shapes",
+        "data/tokenizer=bpe",
+        "data.tokenizer.vocab_size=300",
+        "data.tokenizer.context_length=32",
+        "data.resolution=16",
+        "data.train_size=16",
+        "data.val_size=8",
+        "data.test_size=8",
+        "data.batch_size=8",
+        *[f"data.features.{s}={p}" for s, p in files.items()],
+        "logger=none",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "trainer.precision=32-true",
+        "trainer.enable_progress_bar=false",
+        "trainer.num_sanity_val_steps=0",
+        "test=false",
+    )
     metrics = train(cfg)
     assert metrics["global_step"] == 2
     run = Path(cfg.paths.output_dir)
@@ -256,8 +289,16 @@ def test_missing_embeddings_is_a_config_error(train_cfg):
     from zoo.errors import ConfigError
     from zoo.train import check_compatibility, instantiate
 
-    cfg = train_cfg("model=unclip_decoder", "model.preset=tiny", "data=shapes", "data/tokenizer=bpe",
-                    "data.tokenizer.vocab_size=300", "data.tokenizer.context_length=32", "data.resolution=16",
-                    "data.train_size=8", "data.val_size=8")
+    cfg = train_cfg(
+        "model=unclip_decoder",
+        "model.preset=tiny",
+        "data=shapes",
+        "data/tokenizer=bpe",
+        "data.tokenizer.vocab_size=300",
+        "data.tokenizer.context_length=32",
+        "data.resolution=16",
+        "data.train_size=8",
+        "data.val_size=8",
+    )
     with pytest.raises(ConfigError, match="clip_ckpt|data.features"):
         check_compatibility(instantiate(cfg.model), instantiate(cfg.data))

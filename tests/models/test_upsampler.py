@@ -1,6 +1,7 @@
 """unCLIP upsamplers: the super-resolution U-Net's inputs (x_t + upsampled low-res = 6 channels, no attention),
 training on quarter-size crops vs full-size sampling, overfitting a fixed batch, zoo-train -> load_module ->
 upsample, the paper presets' parameter counts (meta device) and the default DDIM step counts (27 / 15)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,7 +26,7 @@ def _images(b: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     base = torch.rand(b, 3, 4, 4, generator=g) * 2 - 1
     x = torch.nn.functional.interpolate(base, size=size, mode="bilinear", align_corners=False)
-    x[..., size // 2:, :] *= -1
+    x[..., size // 2 :, :] *= -1
     return x.clamp(-1, 1).contiguous()
 
 
@@ -39,8 +40,9 @@ def test_super_resolution_unet_inputs_and_no_attention():
     assert net(x, torch.tensor([0, 999]), low).shape == (2, 3, 32, 32)
     with pytest.raises(ValueError):
         net(x, torch.tensor([0, 1]), torch.randn(2, 3, 16, 16))  # not x4
-    learned = Upsampler(UPSAMPLER_PRESETS["tiny"].__class__(**{**UPSAMPLER_PRESETS["tiny"].to_dict(),
-                                                               "learn_sigma": True}))
+    learned = Upsampler(
+        UPSAMPLER_PRESETS["tiny"].__class__(**{**UPSAMPLER_PRESETS["tiny"].to_dict(), "learn_sigma": True})
+    )
     assert learned(x, torch.tensor([0, 1]), low).shape == (2, 6, 32, 32)  # [eps ; v]
     for name, cfg in UPSAMPLER_PRESETS.items():
         assert cfg.unet_config().attention_resolutions == () and not cfg.unet_config().attention_in_middle, name
@@ -108,8 +110,9 @@ def test_tiny_upsampler_overfits_a_fixed_batch():
 
     def eval_loss():  # fixed crops, timesteps and noise so start and end compare
         with torch.no_grad():
-            return lit.forward_loss(batch, generator=torch.Generator().manual_seed(1),
-                                    diffusion_generator=torch.Generator().manual_seed(2))["mse"].item()
+            return lit.forward_loss(
+                batch, generator=torch.Generator().manual_seed(1), diffusion_generator=torch.Generator().manual_seed(2)
+            )["mse"].item()
 
     start = eval_loss()
     for _ in range(60):

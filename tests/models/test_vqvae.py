@@ -1,4 +1,5 @@
 """VQ-VAE: presets, ImageTokenizer view, learning a fixed batch, Lightning wiring (bf16), config errors."""
+
 from __future__ import annotations
 
 import math
@@ -95,13 +96,32 @@ def test_lightning_bf16_fit_logs_the_metrics(tmp_path):
     torch.manual_seed(0)
     m = VQVAELit(preset="tiny")
     m.check_data(_DM())
-    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=4, limit_val_batches=2,
-                        val_check_interval=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision="bf16-mixed",
+        max_steps=4,
+        limit_val_batches=2,
+        val_check_interval=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(m, datamodule=_DM())
     logged = trainer.callback_metrics
-    for k in ["train/loss", "train/recon_mse", "train/psnr", "train/perplexity", "train/commitment",
-              "val/loss", "val/recon_mse", "val/psnr", "val/codebook_usage", "val/perplexity"]:
+    for k in [
+        "train/loss",
+        "train/recon_mse",
+        "train/psnr",
+        "train/perplexity",
+        "train/commitment",
+        "val/loss",
+        "val/recon_mse",
+        "val/psnr",
+        "val/codebook_usage",
+        "val/perplexity",
+    ]:
         assert k in logged and torch.isfinite(logged[k]), k
     assert 0 < logged["val/codebook_usage"] <= 100
     mse = logged["val/recon_mse"].item()

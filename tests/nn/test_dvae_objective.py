@@ -1,4 +1,5 @@
 """The dVAE's paper objective: logit-Laplace density, pixel mapping, schedules, KL, argmax tokens."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,8 @@ import pytest
 import torch
 
 from zoo.models.dvae.lit import DVAELit, kl_to_uniform
-from zoo.nn.likelihoods import logit_laplace_nll, map_pixels, unmap_pixels
 from zoo.nn.annealing import cosine_anneal, exponential_anneal, linear_ramp
+from zoo.nn.likelihoods import logit_laplace_nll, map_pixels, unmap_pixels
 
 
 def _density(x: float, mu: float, b: float) -> float:
@@ -19,8 +20,11 @@ def _density(x: float, mu: float, b: float) -> float:
 
 @pytest.mark.parametrize("x,mu,b", [(0.5, 0.0, 1.0), (0.2, -0.3, 0.5), (0.85, 1.2, 0.1), (0.1, 2.0, 3.0)])
 def test_logit_laplace_nll_equals_density_formula(x, mu, b):
-    got = logit_laplace_nll(torch.tensor([x], dtype=torch.float64), torch.tensor([mu], dtype=torch.float64),
-                            torch.tensor([math.log(b)], dtype=torch.float64))
+    got = logit_laplace_nll(
+        torch.tensor([x], dtype=torch.float64),
+        torch.tensor([mu], dtype=torch.float64),
+        torch.tensor([math.log(b)], dtype=torch.float64),
+    )
     assert got.item() == pytest.approx(-math.log(_density(x, mu, b)), rel=1e-9)
 
 

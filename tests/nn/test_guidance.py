@@ -1,4 +1,5 @@
 """Classifier-free guidance: one formula (torch.lerp), exact at scale 1, shared by the DALL·E sampler."""
+
 import torch
 
 from zoo.nn.guidance import guide, guide_batched, guide_learned_variance

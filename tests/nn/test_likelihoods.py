@@ -1,4 +1,5 @@
 """Logit-Laplace likelihood (DALL·E appendix A.3): NLL against the density written out by hand, pixel mapping."""
+
 from __future__ import annotations
 
 import math
@@ -44,7 +45,9 @@ def test_nll_is_elementwise_on_image_tensors_and_keeps_the_jacobian():
 def test_density_integrates_to_one_on_the_unit_interval():
     x = torch.linspace(1e-6, 1 - 1e-6, 400_001, dtype=torch.float64)
     for mu, b in [(0.7, 0.4), (-1.0, 1.5)]:
-        nll = logit_laplace_nll(x, torch.tensor(mu, dtype=torch.float64), torch.tensor(math.log(b), dtype=torch.float64))
+        nll = logit_laplace_nll(
+            x, torch.tensor(mu, dtype=torch.float64), torch.tensor(math.log(b), dtype=torch.float64)
+        )
         assert torch.trapezoid(torch.exp(-nll), x).item() == pytest.approx(1.0, abs=2e-3)
 
 

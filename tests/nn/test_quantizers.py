@@ -1,5 +1,6 @@
 """VectorQuantizer: STE gradients, commitment on the encoder side, EMA arithmetic by hand, dead-code restart,
 k-means init, cosine codes, no statistics updates in eval mode."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """DALL·E sparse attention masks against hand-drawn matrices (T=2 text tokens, 3x3 image grid, conv k=3)."""
+
 from __future__ import annotations
 
 import pytest
@@ -106,8 +107,20 @@ def test_bad_kind_and_kernel():
 
 def test_layer_pattern_paper():
     # 1-based i: column where (i - 2) % 4 == 0 -> layers 2, 6, 10; conv in the last layer; row otherwise
-    assert layer_pattern(12) == ["row", "column", "row", "row", "row", "column", "row", "row",
-                                 "row", "column", "row", "conv"]
+    assert layer_pattern(12) == [
+        "row",
+        "column",
+        "row",
+        "row",
+        "row",
+        "column",
+        "row",
+        "row",
+        "row",
+        "column",
+        "row",
+        "conv",
+    ]
     p64 = layer_pattern(64, "paper")
     assert p64[-1] == "conv" and p64.count("conv") == 1
     assert [i + 1 for i, k in enumerate(p64) if k == "column"] == list(range(2, 64, 4))

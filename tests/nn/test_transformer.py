@@ -1,4 +1,5 @@
 """The generic pre-LN Transformer on its own: causal or not, shared / per-layer masks, key padding, KV cache."""
+
 from __future__ import annotations
 
 import pytest
@@ -61,7 +62,7 @@ def test_kv_cache_matches_full_pass():
     assert isinstance(cache, KVCache) and cache.k.dtype == torch.float64
     steps = [net(x[:, :3], cache=cache, start_pos=0)]
     for p in range(3, 7):
-        steps.append(net(x[:, p:p + 1], cache=cache, start_pos=p))
+        steps.append(net(x[:, p : p + 1], cache=cache, start_pos=p))
     torch.testing.assert_close(torch.cat(steps, 1), full)
     with pytest.raises(ValueError, match="needs a KVCache"):
         net(x[:, :1], start_pos=3)

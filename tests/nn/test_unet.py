@@ -1,5 +1,6 @@
 """ADM U-Net: shapes, context reaching every attention block, padding mask, emb, zero init, super-resolution,
 bf16 / channels_last, learning, paper parameter counts (on the meta device)."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -9,8 +10,16 @@ import torch
 import torch.nn as nn
 
 from zoo.nn.embeddings import timestep_embedding
-from zoo.nn.unet import (GLIDE_PAPER_PARAMS, GLIDE_RELEASED_PARAMS, UNET_PRESETS, UPSAMPLE_PAPER_PARAMS,
-                         AttentionBlock, SuperResUNet, UNet, count_params, make_unet_config)
+from zoo.nn.unet import (
+    GLIDE_PAPER_PARAMS,
+    GLIDE_RELEASED_PARAMS,
+    UNET_PRESETS,
+    UPSAMPLE_PAPER_PARAMS,
+    SuperResUNet,
+    UNet,
+    count_params,
+    make_unet_config,
+)
 
 TINY = UNET_PRESETS["tiny"]
 

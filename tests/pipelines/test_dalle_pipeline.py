@@ -1,4 +1,5 @@
 """DallePipeline: CLIP reranking keeps the best-scoring candidates in order; generate's contract; seeding."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,11 @@ def _helpers(dalle_helpers):
     H = dalle_helpers
 
 
-CAPTIONS = ["a large red circle at the top left", "a small blue square at the bottom right",
-            "a green triangle in the middle center"]
+CAPTIONS = [
+    "a large red circle at the top left",
+    "a small blue square at the bottom right",
+    "a green triangle in the middle center",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +29,9 @@ def pipe(tmp_path_factory, _helpers):
 
     tmp = tmp_path_factory.mktemp("dalle_pipe")
     torch.manual_seed(0)
-    dalle = DalleLit(preset="tiny", net=dict(H.TINY_NET),
-                     image_tokenizer_ckpt=str(H.tiny_tokenizer_ckpt(tmp / "tok.ckpt")))
+    dalle = DalleLit(
+        preset="tiny", net=dict(H.TINY_NET), image_tokenizer_ckpt=str(H.tiny_tokenizer_ckpt(tmp / "tok.ckpt"))
+    )
     dalle.text_tokenizer = H.tiny_bpe(context_length=16)
     scorer = ClipScorer.from_lightning_checkpoint(str(H.tiny_clip_ckpt(tmp / "clip.ckpt")))
     return DallePipeline(dalle, scorer, n_candidates=6, batch_size=8, seed=3)
@@ -64,7 +69,9 @@ def test_several_batches_are_seeded_and_complete(pipe):
     a = split.candidates(CAPTIONS)
     assert a.shape == (3, 4, 3, H.RESOLUTION, H.RESOLUTION)
     assert torch.equal(a, split.candidates(CAPTIONS))
-    assert not torch.equal(a, DallePipeline(pipe.dalle, None, n_candidates=4, batch_size=4, seed=6).candidates(CAPTIONS))
+    assert not torch.equal(
+        a, DallePipeline(pipe.dalle, None, n_candidates=4, batch_size=4, seed=6).candidates(CAPTIONS)
+    )
 
 
 def test_without_clip_keeps_sampling_order(pipe):

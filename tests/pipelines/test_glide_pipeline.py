@@ -4,6 +4,7 @@ exactly), and a tiny inpainting GLIDE that learns.
 
 Two tiny checkpoints are trained by zoo-train for 2-3 steps (once per module): a plain GLIDE with the EMA callback and
 an inpainting GLIDE (model=glide_inpaint)."""
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,26 @@ CAPTIONS = ["a large red circle at the top left", "a small blue square at the bo
 RES = 16
 
 TRAIN = [
-    "model.preset=tiny", "model.grid_captions=2", "model.grid_steps=2", "data=shapes", "data/tokenizer=bpe",
-    "data.tokenizer.vocab_size=300", "data.tokenizer.context_length=32", f"data.resolution={RES}",
-    "data.train_size=16", "data.val_size=8", "data.test_size=8", "data.batch_size=8", "logger=none", "trainer=cpu",
-    "trainer.max_steps=2", "trainer.precision=32-true", "trainer.enable_progress_bar=false",
-    "trainer.num_sanity_val_steps=0", "trainer.limit_val_batches=0", "test=false",
+    "model.preset=tiny",
+    "model.grid_captions=2",
+    "model.grid_steps=2",
+    "data=shapes",
+    "data/tokenizer=bpe",
+    "data.tokenizer.vocab_size=300",
+    "data.tokenizer.context_length=32",
+    f"data.resolution={RES}",
+    "data.train_size=16",
+    "data.val_size=8",
+    "data.test_size=8",
+    "data.batch_size=8",
+    "logger=none",
+    "trainer=cpu",
+    "trainer.max_steps=2",
+    "trainer.precision=32-true",
+    "trainer.enable_progress_bar=false",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.limit_val_batches=0",
+    "test=false",
 ]
 
 
@@ -46,15 +62,22 @@ def _train(root: Path, *overrides: str) -> Path:
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     base = tmp_path_factory.mktemp("glide_pipe")
-    plain = _train(base / "plain", "model=glide", "callbacks=ema", "callbacks.ema.update_starting_at_step=1",
-                   "callbacks.ema.decay=0.5", "trainer.max_steps=3")  # 2 EMA updates: average != weights
+    plain = _train(
+        base / "plain",
+        "model=glide",
+        "callbacks=ema",
+        "callbacks.ema.update_starting_at_step=1",
+        "callbacks.ema.decay=0.5",
+        "trainer.max_steps=3",
+    )  # 2 EMA updates: average != weights
     inpaint = _train(base / "inpaint", "model=glide_inpaint")
     return {"plain": plain, "inpaint": inpaint}
 
 
 def _pipe(ckpt, **kw) -> GlidePipeline:
-    return GlidePipeline.from_checkpoints(str(ckpt), steps=kw.pop("steps", 3), guidance_scale=kw.pop("guidance", 2.0),
-                                          **kw)
+    return GlidePipeline.from_checkpoints(
+        str(ckpt), steps=kw.pop("steps", 3), guidance_scale=kw.pop("guidance", 2.0), **kw
+    )
 
 
 def test_generate_and_candidates_shapes_and_seeding(ckpts):
@@ -97,9 +120,18 @@ def test_zoo_sample_with_a_glide_checkpoint_writes_grids(ckpts, tmp_path):
     from zoo.sample import sample
 
     prompts = CAPTIONS[:1]
-    written = sample(_sample_cfg("generator=glide", f"ckpt={ckpts['plain']}", f"out_dir={tmp_path / 'out'}",
-                                 f"paths.root_dir={tmp_path}", f"prompts={json.dumps(prompts)}", "n_keep=2",
-                                 "generator.steps=2", "generator.guidance_scale=1.5"))
+    written = sample(
+        _sample_cfg(
+            "generator=glide",
+            f"ckpt={ckpts['plain']}",
+            f"out_dir={tmp_path / 'out'}",
+            f"paths.root_dir={tmp_path}",
+            f"prompts={json.dumps(prompts)}",
+            "n_keep=2",
+            "generator.steps=2",
+            "generator.guidance_scale=1.5",
+        )
+    )
     entry = json.loads((tmp_path / "out" / "samples.json").read_text())[prompts[0]]
     assert entry == written[prompts[0]]
     w, h = Image.open(entry["grid"]).size
@@ -167,7 +199,7 @@ def test_known_pixels_reach_the_inpainting_output_by_gradient():
     image = image.clone().requires_grad_(True)
     x, t = torch.randn(1, 3, RES, RES, generator=g), torch.tensor([500])
     out = lit.net(x, t, None, inpaint_image=image, inpaint_mask=mask)
-    (out ** 2).sum().backward()
+    (out**2).sum().backward()
     grad = image.grad.abs().sum(1)[0]  # (H, W)
     assert grad[mask[0, 0].bool()].sum() > 0
     assert grad[~mask[0, 0].bool()].sum() == 0

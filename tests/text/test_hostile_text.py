@@ -3,6 +3,7 @@
 Each is sanitised (never a crash) with a warning naming the prompt; a truncation says to how many tokens, once per
 ``encode`` call, and a training loop over long captions does not flood the log.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,8 +14,11 @@ import torch
 from zoo.text import ClipBPETokenizer, TrainedBPETokenizer
 from zoo.text.base import MAX_WARNINGS, sanitize_text
 
-CAPTIONS = ["a large red circle at the top left", "a small blue square at the bottom right",
-            "two green triangles on a white background"] * 10
+CAPTIONS = [
+    "a large red circle at the top left",
+    "a small blue square at the bottom right",
+    "two green triangles on a white background",
+] * 10
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +45,7 @@ HOSTILE = [ARGV_PROMPT, "a \ud800 lone high surrogate", "nul\x00 and escape\x1b[
 def test_sanitize_rules():
     assert sanitize_text(ARGV_PROMPT) == ("a réd \ufffd circle", 1)  # valid bytes recovered, the bad one replaced
     assert sanitize_text("x \ud800 y") == ("x \ufffd y", 1)
-    assert sanitize_text("\ud83d\ude00 ok") == ("\U0001F600 ok", 1)  # a surrogate pair in a str is joined
+    assert sanitize_text("\ud83d\ude00 ok") == ("\U0001f600 ok", 1)  # a surrogate pair in a str is joined
     assert sanitize_text("tab\tnew\nline\x00") == ("tab\tnew\nline ", 1)  # tab / newlines kept, NUL -> space
     assert sanitize_text(b"by\xfftes \xef\xbf\xbd") == ("by\ufffdtes \ufffd", 1)  # a real U+FFFD is not counted
     assert sanitize_text(None) == ("", 0) and sanitize_text("plain") == ("plain", 0)

@@ -1,5 +1,6 @@
 """Text tokenizers (CLIP BPE via open_clip, trained byte-level BPE via tokenizers): fixed-length encodings, padding,
 truncation that keeps EOT, empty and non-ASCII captions, round trips, vocab sizes, save/reload, load_or_train."""
+
 from __future__ import annotations
 
 import pickle
@@ -14,8 +15,14 @@ from zoo.text import (
     TrainedBPETokenizer,
 )
 
-CAPTIONS = [f"a {s} {c} {sh} at the {r} {col}" for s in ("small", "large") for c in ("red", "blue", "green")
-            for sh in ("circle", "star") for r in ("top", "bottom") for col in ("left", "right")]
+CAPTIONS = [
+    f"a {s} {c} {sh} at the {r} {col}"
+    for s in ("small", "large")
+    for c in ("red", "blue", "green")
+    for sh in ("circle", "star")
+    for r in ("top", "bottom")
+    for col in ("left", "right")
+]
 ASCII = ["a small red circle at the top left", "a large blue star at the bottom right", "two green stars"]
 NON_ASCII = "un café à zürich 日本 ★"
 
@@ -63,7 +70,7 @@ def test_truncation_keeps_eot_and_empty_caption(name, request):
     ids = tok.encode([long, ""])
     assert ids.shape == (2, 16)
     assert ids[0, 0] == tok.sot_id and ids[0, -1] == tok.eot_id and (ids[0] != tok.pad_id).all()
-    assert tok.decode(ids[:1])[0] == " ".join(long.split()[:len(tok.decode(ids[:1])[0].split())])  # a prefix
+    assert tok.decode(ids[:1])[0] == " ".join(long.split()[: len(tok.decode(ids[:1])[0].split())])  # a prefix
     assert ids[1, :2].tolist() == [tok.sot_id, tok.eot_id] and (ids[1, 2:] == tok.pad_id).all()
     assert tok.decode(ids[1:]) == [""]
 

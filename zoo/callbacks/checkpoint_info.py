@@ -5,6 +5,7 @@ position, but not the random number generators; models that draw noise every ste
 timesteps, caption dropout) would then diverge from an uninterrupted run. We save and restore the torch and Python
 RNG states so that "train 2N steps" and "train N, kill, resume N" give the same weights.
 """
+
 from __future__ import annotations
 
 import random

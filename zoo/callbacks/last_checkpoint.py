@@ -6,6 +6,7 @@ epoch finished while our loader's position says it stopped part-way: resuming to
 start a new epoch and skip the rest of this one, so "train N, resume to 2N" would differ from "train 2N". Saving the
 final step from ``on_train_batch_end`` records the same mid-epoch state as every other step checkpoint.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -16,6 +16,7 @@ Lightning's ``estimated_stepping_batches``; without one (an endless iterable dat
 The loss is the mean of the training-step losses since the previous line (``outputs``), else the newest
 ``train/loss`` / ``loss`` in ``trainer.callback_metrics`` (manual optimization).
 """
+
 from __future__ import annotations
 
 import logging
@@ -92,8 +93,9 @@ class LogProgress(L.Callback):
             parts.append(format_duration(self.every_seconds))
         return " or ".join(parts)
 
-    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if not self.active:
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
@@ -142,8 +144,12 @@ class LogProgress(L.Callback):
     def on_validation_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         if not self.active or trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        self._log_metrics(f"val @ step {trainer.global_step}", trainer, ("val",),
-                          time.monotonic() - getattr(self, "_val_start", time.monotonic()))
+        self._log_metrics(
+            f"val @ step {trainer.global_step}",
+            trainer,
+            ("val",),
+            time.monotonic() - getattr(self, "_val_start", time.monotonic()),
+        )
         # the training rate of the next line should not count the time spent validating
         self._last_time += time.monotonic() - getattr(self, "_val_start", time.monotonic())
 
@@ -163,11 +169,19 @@ class LogProgress(L.Callback):
             return
         elapsed = time.monotonic() - self._start_time
         steps = trainer.global_step - self._start_step
-        log.info("train done: %d steps in %s (%s)", steps, format_duration(elapsed),
-                 format_rate(steps / elapsed if elapsed > 0 else float("nan")))
+        log.info(
+            "train done: %d steps in %s (%s)",
+            steps,
+            format_duration(elapsed),
+            format_rate(steps / elapsed if elapsed > 0 else float("nan")),
+        )
 
     def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
         if not self.active or not hasattr(self, "_start_time"):
             return
-        log.info("train stopped at step %d after %s (%s)", trainer.global_step,
-                 format_duration(time.monotonic() - self._start_time), type(exception).__name__)
+        log.info(
+            "train stopped at step %d after %s (%s)",
+            trainer.global_step,
+            format_duration(time.monotonic() - self._start_time),
+            type(exception).__name__,
+        )

@@ -4,6 +4,7 @@ Any LightningModule that defines ``sample_grid(batch) -> (N, 3, H, W) in [-1, 1]
 (reconstructions for tokenizers, samples for generators). The same first validation batch is used every
 time, so grids of successive epochs are comparable.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,7 +37,9 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 class SampleGridCallback(L.Callback):
     """Save ``<dirpath>/<prefix>_step{global_step}.png`` after validation and log it as ``wandb.Image``."""
 
-    def __init__(self, dirpath: Optional[str] = None, n_samples: int = 16, every_n_epochs: int = 1, prefix: str = "samples"):
+    def __init__(
+        self, dirpath: Optional[str] = None, n_samples: int = 16, every_n_epochs: int = 1, prefix: str = "samples"
+    ):
         self.dirpath = dirpath
         self.n_samples = n_samples
         self.every_n_epochs = max(1, every_n_epochs)

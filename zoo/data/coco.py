@@ -19,6 +19,7 @@ DataLoader workers -- forked or spawned -- write to the same flags and ``ds.skip
 main process report every distinct bad file seen by any worker (each counted once). ``scan()`` checks every file up
 front, with a progress bar, and returns the bad ones.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,15 @@ class CocoCaptions(Dataset):
     ``index`` is the index actually served (it differs from the requested one when a bad file was skipped).
     """
 
-    def __init__(self, root: str, split: str = "train", year: int = 2014, resolution: int = 64, seed: int = 0,
-                 max_items: Optional[int] = None):
+    def __init__(
+        self,
+        root: str,
+        split: str = "train",
+        year: int = 2014,
+        resolution: int = 64,
+        seed: int = 0,
+        max_items: Optional[int] = None,
+    ):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         year = int(year)
@@ -62,16 +70,19 @@ class CocoCaptions(Dataset):
         if not root_path.is_dir():
             raise FileNotFoundError(
                 f"MS-COCO root not found: {root_path} (fix: data.root=/path/to/coco, the folder holding "
-                f"annotations/captions_{part}{year}.json and {part}{year}/)")
+                f"annotations/captions_{part}{year}.json and {part}{year}/)"
+            )
         if not ann.is_file():
             raise FileNotFoundError(
                 f"MS-COCO captions not found: {ann} (fix: data.root=/path/to/coco holding "
-                f"annotations/captions_{part}{year}.json, or data.year=2014|2017)")
+                f"annotations/captions_{part}{year}.json, or data.year=2014|2017)"
+            )
         self.image_dir = root_path / f"{part}{year}"
         if not self.image_dir.is_dir():
             raise FileNotFoundError(
                 f"MS-COCO image folder not found: {self.image_dir} (fix: data.root=/path/to/coco holding "
-                f"{part}{year}/ next to annotations/)")
+                f"{part}{year}/ next to annotations/)"
+            )
         try:
             meta = json.loads(ann.read_text(encoding="utf-8"))
             caps: dict[int, list[str]] = {}
@@ -81,7 +92,7 @@ class CocoCaptions(Dataset):
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{ann} is not a COCO captions file ({type(e).__name__}: {e})") from e
         if split != "train":
-            images = images[(0 if split == "val" else 1)::2]
+            images = images[(0 if split == "val" else 1) :: 2]
         if max_items is not None:
             images = images[: int(max_items)]
         if not images:
@@ -132,8 +143,13 @@ class CocoCaptions(Dataset):
     def _mark_bad(self, i: int, err: BaseException) -> None:
         if not self._bad[i]:
             self._bad[i] = 1
-            log.warning("skipping unreadable MS-COCO image %s (%s: %s); %d skipped so far",
-                        self.image_dir / self.items[i][0], type(err).__name__, err, self.skipped)
+            log.warning(
+                "skipping unreadable MS-COCO image %s (%s: %s); %d skipped so far",
+                self.image_dir / self.items[i][0],
+                type(err).__name__,
+                err,
+                self.skipped,
+            )
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         n = len(self.items)

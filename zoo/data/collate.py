@@ -3,6 +3,7 @@
 Tensors are stacked, strings and dicts are kept as lists, and, when a text tokenizer is given, captions are
 encoded into ``text_tokens`` (B, L) here -- in the DataLoader workers, so the training loop never waits on BPE.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence

@@ -12,6 +12,7 @@ Implementation: ``torchvision.transforms.functional.gaussian_blur`` with ``sigma
 is of the same Gaussian). torchvision pads with edge *reflection*, Pillow extends the edge pixels: they differ
 only within ~3r pixels of the border. ``r = 0`` is the identity (the same tensor is returned).
 """
+
 from __future__ import annotations
 
 import math
@@ -105,8 +106,10 @@ BSR_OPERATIONS = ("blur", "resize", "gaussian", "sensor", "jpeg")
 
 def _check_batch(images: torch.Tensor, what: str) -> None:
     if not torch.is_tensor(images) or images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"{what} expects a float tensor (N, C, H, W) in [-1, 1], got "
-                         f"{type(images).__name__}{tuple(images.shape) if torch.is_tensor(images) else ''}")
+        raise ValueError(
+            f"{what} expects a float tensor (N, C, H, W) in [-1, 1], got "
+            f"{type(images).__name__}{tuple(images.shape) if torch.is_tensor(images) else ''}"
+        )
 
 
 def _gen_device(generator: Optional[torch.Generator]) -> torch.device:
@@ -161,8 +164,9 @@ def downsample(images: torch.Tensor, scale: int, mode: str = "bicubic") -> torch
     return resize(images, (h // scale, w // scale), mode)
 
 
-def gaussian_kernel2d(sigma_x: float, sigma_y: Optional[float] = None, theta: float = 0.0,
-                      size: Optional[int] = None) -> torch.Tensor:
+def gaussian_kernel2d(
+    sigma_x: float, sigma_y: Optional[float] = None, theta: float = 0.0, size: Optional[int] = None
+) -> torch.Tensor:
     """A normalised (size, size) float64 Gaussian kernel with standard deviations ``sigma_x`` / ``sigma_y`` along
     the axes rotated by ``theta`` radians (anisotropic when they differ; isotropic when sigma_y is None).
     Default size ``blur_kernel_size(max sigma)``."""
@@ -174,7 +178,7 @@ def gaussian_kernel2d(sigma_x: float, sigma_y: Optional[float] = None, theta: fl
         raise ValueError(f"kernel size must be odd and >= 1, got {size}")
     c, s = math.cos(theta), math.sin(theta)
     rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
-    cov = rot @ torch.diag(torch.tensor([sigma_x ** 2, sigma_y ** 2], dtype=torch.float64)) @ rot.T
+    cov = rot @ torch.diag(torch.tensor([sigma_x**2, sigma_y**2], dtype=torch.float64)) @ rot.T
     r = torch.arange(size, dtype=torch.float64) - size // 2
     yy, xx = torch.meshgrid(r, r, indexing="ij")
     pos = torch.stack([xx, yy], -1)  # (k, k, 2): (x, y)
@@ -195,8 +199,7 @@ def filter2d(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, weight, groups=c)
 
 
-def add_gaussian_noise(images: torch.Tensor, sigma: float, generator: Optional[torch.Generator] = None
-                       ) -> torch.Tensor:
+def add_gaussian_noise(images: torch.Tensor, sigma: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Additive white Gaussian noise of std ``sigma`` GREY LEVELS (of 255), i.e. ``2 sigma / 255`` in [-1, 1]
     units, independent per pixel and channel; clamped to [-1, 1]."""
     noise = torch.randn(images.shape, generator=generator, device=_gen_device(generator), dtype=torch.float32)
@@ -249,11 +252,10 @@ class BlurCorruption:
         """Downsample and blur (N, C, H, W) with the given parameters (the same for every image)."""
         return gaussian_blur(downsample(images, self.scale, "bicubic"), params["sigma"])
 
-    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None,
-                 return_params: bool = False):
+    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None, return_params: bool = False):
         _check_batch(images, "BlurCorruption")
         params = [self.sample_params(generator) for _ in range(images.shape[0])]
-        out = torch.cat([self.apply(images[i:i + 1], p) for i, p in enumerate(params)])
+        out = torch.cat([self.apply(images[i : i + 1], p) for i, p in enumerate(params)])
         return (out, params) if return_params else out
 
     def __repr__(self) -> str:
@@ -284,8 +286,14 @@ class BSRConfig:
             v = getattr(self, f.name)
             if isinstance(v, list):  # YAML lists
                 object.__setattr__(self, f.name, tuple(v))
-        for name in ("blur_prob", "anisotropic_prob", "resize_prob", "gaussian_noise_prob", "sensor_noise_prob",
-                     "jpeg_prob"):
+        for name in (
+            "blur_prob",
+            "anisotropic_prob",
+            "resize_prob",
+            "gaussian_noise_prob",
+            "sensor_noise_prob",
+            "jpeg_prob",
+        ):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         _check_range("blur_sigma_range", self.blur_sigma_range, lo=1e-3)
@@ -348,8 +356,9 @@ class BSRDegradation:
         params["final_mode"] = final_mode
         return params
 
-    def apply(self, images: torch.Tensor, params: Mapping[str, Any],
-              generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def apply(
+        self, images: torch.Tensor, params: Mapping[str, Any], generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         """Degrade (N, C, H, W) with one parameter draw (noise is drawn from ``generator``)."""
         h, w = images.shape[-2:]
         if h % self.scale or w % self.scale:
@@ -359,8 +368,9 @@ class BSRDegradation:
             q = params[op]
             if op == "blur":
                 side = min(x.shape[-2:])
-                size = min(blur_kernel_size(max(q["sigma_x"], q["sigma_y"])), self.config.max_kernel_size,
-                           2 * (side - 1) + 1)
+                size = min(
+                    blur_kernel_size(max(q["sigma_x"], q["sigma_y"])), self.config.max_kernel_size, 2 * (side - 1) + 1
+                )
                 x = filter2d(x, gaussian_kernel2d(q["sigma_x"], q["sigma_y"], q["theta"], size)).clamp(-1.0, 1.0)
             elif op == "resize":
                 ch, cw = x.shape[-2:]
@@ -373,13 +383,12 @@ class BSRDegradation:
                 x = jpeg_compress(x, q["quality"])
         return resize(x, (h // self.scale, w // self.scale), params["final_mode"]).clamp(-1.0, 1.0)
 
-    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None,
-                 return_params: bool = False):
+    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None, return_params: bool = False):
         _check_batch(images, "BSRDegradation")
         params, out = [], []
         for i in range(images.shape[0]):
             p = self.sample_params(generator)
-            out.append(self.apply(images[i:i + 1], p, generator))
+            out.append(self.apply(images[i : i + 1], p, generator))
             params.append(p)
         out_t = torch.cat(out)
         return (out_t, params) if return_params else out_t
@@ -388,8 +397,9 @@ class BSRDegradation:
         return f"BSRDegradation(scale={self.scale}, {self.config})"
 
 
-def make_corruption(kind: str, scale: int = 4, blur_sigma_range: Sequence[float] = (0.4, 0.6),
-                    bsr: Optional[Mapping[str, Any]] = None):
+def make_corruption(
+    kind: str, scale: int = 4, blur_sigma_range: Sequence[float] = (0.4, 0.6), bsr: Optional[Mapping[str, Any]] = None
+):
     """The upsampler conditioning corruption ``kind`` (``blur`` | ``bsr``) for a ×``scale`` upsampler."""
     if kind == "blur":
         return BlurCorruption(scale, blur_sigma_range)
@@ -399,8 +409,9 @@ def make_corruption(kind: str, scale: int = 4, blur_sigma_range: Sequence[float]
 
 
 # --------------------------------------------------------------------------------------------------- crops
-def paired_random_crop(high: torch.Tensor, low: torch.Tensor, crop: int, generator: Optional[torch.Generator] = None
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def paired_random_crop(
+    high: torch.Tensor, low: torch.Tensor, crop: int, generator: Optional[torch.Generator] = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Crop a high-resolution batch (N, C, H, W) and its low-resolution version (N, C, H / s, W / s) at MATCHING
     coordinates: per image, a (crop, crop) window of ``high`` whose corner is a multiple of s, and the
     (crop / s, crop / s) window of ``low`` at corner / s, so both show the same part of the scene.
@@ -418,12 +429,29 @@ def paired_random_crop(high: torch.Tensor, low: torch.Tensor, crop: int, generat
     lefts = torch.randint(0, lw - lc + 1, (n,), generator=generator, device=_gen_device(generator))
     hi_c, lo_c = [], []
     for i, (top, left) in enumerate(zip(tops.tolist(), lefts.tolist(), strict=True)):
-        lo_c.append(low[i, :, top:top + lc, left:left + lc])
-        hi_c.append(high[i, :, top * s:(top + lc) * s, left * s:(left + lc) * s])
+        lo_c.append(low[i, :, top : top + lc, left : left + lc])
+        hi_c.append(high[i, :, top * s : (top + lc) * s, left * s : (left + lc) * s])
     return torch.stack(hi_c), torch.stack(lo_c), torch.stack([tops, lefts], 1).cpu() * s
 
 
-__all__ = ["GaussianBlur", "blur_kernel_size", "gaussian_blur", "CORRUPTIONS", "RESIZE_MODES", "BSR_OPERATIONS",
-           "resize", "downsample", "gaussian_kernel2d", "filter2d", "add_gaussian_noise", "add_sensor_noise",
-           "to_uint8", "jpeg_compress", "BlurCorruption", "BSRConfig", "BSRDegradation", "make_corruption",
-           "paired_random_crop"]
+__all__ = [
+    "GaussianBlur",
+    "blur_kernel_size",
+    "gaussian_blur",
+    "CORRUPTIONS",
+    "RESIZE_MODES",
+    "BSR_OPERATIONS",
+    "resize",
+    "downsample",
+    "gaussian_kernel2d",
+    "filter2d",
+    "add_gaussian_noise",
+    "add_sensor_noise",
+    "to_uint8",
+    "jpeg_compress",
+    "BlurCorruption",
+    "BSRConfig",
+    "BSRDegradation",
+    "make_corruption",
+    "paired_random_crop",
+]

@@ -8,6 +8,7 @@ sees the same data, in the same order, as an uninterrupted one.
 Sharding across DDP ranks is done here (Lightning's ``use_distributed_sampler`` is turned off by ``train()``)
 because re-wrapping a custom sampler in Lightning's ``DistributedSamplerWrapper`` would lose the skip state.
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterator

@@ -19,6 +19,7 @@ no torch-only library draws thick polylines; it is vectorised over pixels.
     masks = random_masks(8, 32, generator=torch.Generator().manual_seed(0))            # (8, 1, 32, 32) float
     masks, kinds = random_masks(8, 32, generator=g, return_kinds=True)                 # kinds: (8,) index into KINDS
 """
+
 from __future__ import annotations
 
 import math
@@ -53,8 +54,10 @@ class MaskConfig:
             if not 0 <= lo <= hi:
                 raise ValueError(f"MaskConfig.{name} must be a range (lo <= hi), got {(lo, hi)}")
         if not (0 <= self.rect_prob and 0 <= self.stroke_prob and self.rect_prob + self.stroke_prob <= 1):
-            raise ValueError(f"MaskConfig: rect_prob ({self.rect_prob}) + stroke_prob ({self.stroke_prob}) must be "
-                             f"probabilities summing to <= 1 (the rest erases the whole image)")
+            raise ValueError(
+                f"MaskConfig: rect_prob ({self.rect_prob}) + stroke_prob ({self.stroke_prob}) must be "
+                f"probabilities summing to <= 1 (the rest erases the whole image)"
+            )
         if self.rect_area[1] > 1 or self.stroke_area[1] > 1:
             raise ValueError("MaskConfig: area fractions must be <= 1")
         if self.rect_aspect < 1 or self.max_strokes < 1 or self.stroke_vertices[0] < 1:
@@ -85,7 +88,7 @@ def rectangle_mask(size: int, generator: torch.Generator, cfg: MaskConfig = Mask
     top = int(torch.randint(0, size - h + 1, (), generator=g))
     left = int(torch.randint(0, size - w + 1, (), generator=g))
     m = torch.zeros(size, size, dtype=torch.bool)
-    m[top:top + h, left:left + w] = True
+    m[top : top + h, left : left + w] = True
     return m
 
 
@@ -122,8 +125,14 @@ def stroke_mask(size: int, generator: torch.Generator, cfg: MaskConfig = MaskCon
     return m
 
 
-def random_masks(n: int, size: int, generator: Optional[torch.Generator] = None, cfg: Optional[MaskConfig] = None,
-                 device=None, return_kinds: bool = False):
+def random_masks(
+    n: int,
+    size: int,
+    generator: Optional[torch.Generator] = None,
+    cfg: Optional[MaskConfig] = None,
+    device=None,
+    return_kinds: bool = False,
+):
     """``n`` masks (n, 1, size, size) float32, **1 = known, 0 = erased**, each a rectangle, strokes or all erased
     (probabilities ``cfg.rect_prob``, ``cfg.stroke_prob``, the rest). Drawn on the CPU from ``generator`` (a CPU
     ``torch.Generator``; None = torch's global RNG), then moved to ``device``. ``return_kinds``: also (n,) long,
@@ -131,7 +140,7 @@ def random_masks(n: int, size: int, generator: Optional[torch.Generator] = None,
     cfg = cfg or MaskConfig()
     g = generator
     if g is None:
-        g = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 62, ())))
+        g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
     erased, kinds = [], []
     for _ in range(int(n)):
         u = float(torch.rand((), generator=g))

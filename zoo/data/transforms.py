@@ -8,6 +8,7 @@ PIL image -> RGB (transparent pixels composited on white) -> resize the shorter 
 Train and eval use the same deterministic center crop: the papers' small-data recipes gain little from random
 crops, and a deterministic transform keeps resumed runs and cached features (zoo-tokenize, zoo-embed) exact.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,13 +36,15 @@ class ImageTransform:
         if resolution < 1:
             raise ValueError(f"resolution must be >= 1, got {resolution}")
         self.resolution, self.train = resolution, bool(train)
-        self.pipeline = v2.Compose([
-            v2.PILToTensor(),  # uint8 (3, H, W): resizing uint8 clamps bicubic overshoot to [0, 255]
-            v2.Resize(resolution, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.CenterCrop(resolution),
-            v2.ToDtype(torch.float32, scale=True),  # [0, 1]
-            v2.Normalize([0.5] * 3, [0.5] * 3),  # [-1, 1]
-        ])
+        self.pipeline = v2.Compose(
+            [
+                v2.PILToTensor(),  # uint8 (3, H, W): resizing uint8 clamps bicubic overshoot to [0, 255]
+                v2.Resize(resolution, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                v2.CenterCrop(resolution),
+                v2.ToDtype(torch.float32, scale=True),  # [0, 1]
+                v2.Normalize([0.5] * 3, [0.5] * 3),  # [-1, 1]
+            ]
+        )
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.pipeline(to_rgb(image))
@@ -62,8 +65,14 @@ def load_rgb(path_or_file) -> Image.Image:
         return to_rgb(im)
 
 
-def resize_center_crop(x: torch.Tensor, size: int, resize_mode: str = "shortest", interpolation: str = "bicubic",
-                       fill: float = 0.0, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+def resize_center_crop(
+    x: torch.Tensor,
+    size: int,
+    resize_mode: str = "shortest",
+    interpolation: str = "bicubic",
+    fill: float = 0.0,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+) -> torch.Tensor:
     """A batch of images (N, C, H, W) -> (N, C, size, size), antialiased like PIL's resize (clean-fid's point:
     downsampling must low-pass first); the input itself when it already has that size.
 
@@ -85,7 +94,9 @@ def resize_center_crop(x: torch.Tensor, size: int, resize_mode: str = "shortest"
         new = (max(1, round(h * scale)), max(1, round(w * scale)))
     else:
         raise ValueError(f"resize_mode must be shortest, longest or squash, got {resize_mode!r}")
-    x = F.interpolate(x if x.is_floating_point() else x.float(), size=new, mode=mode, antialias=True, align_corners=False).clamp(*value_range)
+    x = F.interpolate(
+        x if x.is_floating_point() else x.float(), size=new, mode=mode, antialias=True, align_corners=False
+    ).clamp(*value_range)
     nh, nw = x.shape[-2:]
     if resize_mode == "shortest" and (nh, nw) != (size, size):
         top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))

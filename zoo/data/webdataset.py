@@ -28,6 +28,7 @@ again on the next pass -- or while a BPE is fitted on the captions -- neither co
 the set of seen items live in shared memory created in the main process (a ``multiprocessing.Value`` and a
 ``RawArray`` hash set of 64-bit digests), so ``ds.skip_counter.skipped`` includes the workers' skips.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -78,8 +79,12 @@ class SkipCounter:
 
     def _add(self, name: str) -> tuple[bool, int]:
         """(new?, count) after recording ``name`` (under the shared lock)."""
-        digest = int.from_bytes(hashlib.blake2b(name.encode("utf-8", "backslashreplace"), digest_size=8).digest(),
-                                "little", signed=True) or 1
+        digest = (
+            int.from_bytes(
+                hashlib.blake2b(name.encode("utf-8", "backslashreplace"), digest_size=8).digest(), "little", signed=True
+            )
+            or 1
+        )
         with self._value.get_lock():
             slot = digest % self.SLOTS
             for _ in range(self.SLOTS):
@@ -99,8 +104,9 @@ class SkipCounter:
         if new:
             if len(self.examples) < self.MAX_EXAMPLES:
                 self.examples.append(name)
-            log.warning("skipping a bad webdataset sample or shard (%s: %s); %d skipped so far",
-                        type(exn).__name__, exn, n)
+            log.warning(
+                "skipping a bad webdataset sample or shard (%s: %s); %d skipped so far", type(exn).__name__, exn, n
+            )
         else:
             log.debug("skipping %s again (already counted)", name)
         return True  # keep going
@@ -142,12 +148,15 @@ def _is_local(url: str) -> bool:
 
 def _check_local(urls: list[str]) -> None:
     if not urls:
-        raise FileNotFoundError("no webdataset shards given (fix: \"data.train_urls='/data/shards/{00000..00099}.tar'\")")
+        raise FileNotFoundError(
+            "no webdataset shards given (fix: \"data.train_urls='/data/shards/{00000..00099}.tar'\")"
+        )
     missing = [u for u in urls if _is_local(u) and not Path(u).expanduser().is_file()]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} of {len(urls)} webdataset shards not found, e.g. {missing[0]} "
-            f"(fix: \"data.train_urls='/path/to/shards/{{00000..00009}}.tar'\", same for data.val_urls)")
+            f"(fix: \"data.train_urls='/path/to/shards/{{00000..00009}}.tar'\", same for data.val_urls)"
+        )
 
 
 def split_shards(urls: Sequence[str], rank: int, world_size: int, worker: int = 0, num_workers: int = 1) -> list[str]:
@@ -308,8 +317,12 @@ class WebDatasetStream(IterableDataset):
         rank, world, worker, workers = pytorch_worker_info()
         if not self._warned_idle and len(self.shards.urls) < world * workers:
             self._warned_idle = True
-            log.warning("%d shards for %d ranks x %d workers: some workers get no shard and stay idle",
-                        len(self.shards.urls), world, workers)
+            log.warning(
+                "%d shards for %d ranks x %d workers: some workers get no shard and stay idle",
+                len(self.shards.urls),
+                world,
+                workers,
+            )
         if self.epoch_length is None:
             yield from self.pipeline
             return
@@ -321,9 +334,15 @@ class WebDatasetStream(IterableDataset):
         yield from islice(self._stream, quota)
 
 
-def make_webdataset(urls: str | Sequence[str], resolution: int = 64, shuffle_buffer: int = 1000, seed: int = 0,
-                    caption_key: str | Sequence[str] = ("txt", "json"), epoch_length: Optional[int] = None,
-                    handler: Optional[SkipCounter] = None) -> WebDatasetStream:
+def make_webdataset(
+    urls: str | Sequence[str],
+    resolution: int = 64,
+    shuffle_buffer: int = 1000,
+    seed: int = 0,
+    caption_key: str | Sequence[str] = ("txt", "json"),
+    epoch_length: Optional[int] = None,
+    handler: Optional[SkipCounter] = None,
+) -> WebDatasetStream:
     """An IterableDataset of ``{"image": FloatTensor (3, R, R) in [-1, 1], "caption": str, "key": str}``.
 
     ``shuffle_buffer=0`` keeps the shard order and the sample order (eval). ``epoch_length`` is samples per rank per

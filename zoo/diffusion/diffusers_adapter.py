@@ -10,6 +10,7 @@ Differences from our samplers: the scheduler picks its own inference timesteps (
 ``timestep_spacing='trailing'``, which starts at the noisiest step and gives integer timesteps); a learned variance
 is dropped (only the mean half of the output is passed); clipping and thresholding are the scheduler's options.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -20,9 +21,12 @@ import torch
 from zoo.diffusion.process import GaussianDiffusion
 
 ALIASES = {
-    "dpm++": "DPMSolverMultistepScheduler", "dpmsolver": "DPMSolverMultistepScheduler",
-    "euler": "EulerDiscreteScheduler", "unipc": "UniPCMultistepScheduler",
-    "ddim": "DDIMScheduler", "ddpm": "DDPMScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "dpmsolver": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
 }
 PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 
@@ -31,8 +35,9 @@ def import_diffusers():
     try:
         import diffusers
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("running a diffusers scheduler needs the optional package diffusers: "
-                          "pip install diffusers") from e
+        raise ImportError(
+            "running a diffusers scheduler needs the optional package diffusers: pip install diffusers"
+        ) from e
     return diffusers
 
 
@@ -58,12 +63,21 @@ def make_scheduler(process: GaussianDiffusion, name: str = "DPMSolverMultistepSc
 
 
 @torch.no_grad()
-def diffusers_sample(process: GaussianDiffusion, model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                     shape: Sequence[int], *, scheduler: Union[str, Any] = "DPMSolverMultistepScheduler",
-                     steps: int = 25, generator: Optional[torch.Generator] = None, device=None,
-                     dtype: torch.dtype = torch.float32, x_T: Optional[torch.Tensor] = None,
-                     scheduler_kwargs: Optional[dict[str, Any]] = None, step_kwargs: Optional[dict[str, Any]] = None,
-                     progress: Optional[Callable[[int, int, torch.Tensor], None]] = None) -> torch.Tensor:
+def diffusers_sample(
+    process: GaussianDiffusion,
+    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    shape: Sequence[int],
+    *,
+    scheduler: Union[str, Any] = "DPMSolverMultistepScheduler",
+    steps: int = 25,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+    x_T: Optional[torch.Tensor] = None,
+    scheduler_kwargs: Optional[dict[str, Any]] = None,
+    step_kwargs: Optional[dict[str, Any]] = None,
+    progress: Optional[Callable[[int, int, torch.Tensor], None]] = None,
+) -> torch.Tensor:
     """Sample x_0 of ``shape`` in ``steps`` network calls of a diffusers scheduler (name, alias or instance).
 
     ``model_fn(x_t, timesteps)`` as for our samplers (original timesteps, (B,) int64; the input is the scheduler's

@@ -18,6 +18,7 @@ API::
     cond_fn = dot_product_gradient(lambda x, t: noised_clip.encode_image(x, t), text_emb, scale=s)
     x0 = clip_guided_sample(process.respaced(50), model_fn, cond_fn, shape, generator=g)
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
@@ -32,8 +33,12 @@ __all__ = ["CondFn", "dot_product_gradient", "condition_mean", "condition_eps", 
 CondFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, original t) -> s · ∇_x log p(c | x_t)
 
 
-def dot_product_gradient(image_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], text_emb: torch.Tensor,
-                         scale: float, logit_scale: float = 1.0) -> CondFn:
+def dot_product_gradient(
+    image_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    text_emb: torch.Tensor,
+    scale: float,
+    logit_scale: float = 1.0,
+) -> CondFn:
     """``cond_fn(x_t, t) = scale · ∇_x Σ_b logit_scale · f(x_t, t)_b · g_b`` (per sample: the examples of a batch are
     independent, so the gradient of the sum is each example's own). ``image_fn(x, t) -> (B, D)``, ``text_emb``
     (B, D). Evaluated in float32 with gradients enabled whatever the caller's mode."""
@@ -53,8 +58,9 @@ def condition_mean(step: ReverseStep, grad: torch.Tensor) -> torch.Tensor:
     return step.mean + step.variance * grad
 
 
-def condition_eps(process: GaussianDiffusion, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
-                  grad: torch.Tensor) -> torch.Tensor:
+def condition_eps(
+    process: GaussianDiffusion, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor, grad: torch.Tensor
+) -> torch.Tensor:
     """The output with its ε part moved to ε − √(1 − ᾱ_t) · grad (score conditioning, for DDIM); ``t`` indexes the
     process. A learned-variance half is kept as is. Needs an ε-predicting process."""
     if process.model_mean_type != "eps":
@@ -65,11 +71,22 @@ def condition_eps(process: GaussianDiffusion, model_output: torch.Tensor, x: tor
 
 
 @torch.no_grad()
-def clip_guided_sample(process: GaussianDiffusion, model_fn: ModelFn, cond_fn: CondFn, shape: Sequence[int], *,
-                       sampler: str = "ddpm", eta: float = 0.0, generator: Optional[torch.Generator] = None,
-                       device=None, dtype: torch.dtype = torch.float32, x_T: Optional[torch.Tensor] = None,
-                       clip_denoised: bool = False, clip_range: tuple[float, float] = (-1.0, 1.0),
-                       progress: Optional[Progress] = None) -> torch.Tensor:
+def clip_guided_sample(
+    process: GaussianDiffusion,
+    model_fn: ModelFn,
+    cond_fn: CondFn,
+    shape: Sequence[int],
+    *,
+    sampler: str = "ddpm",
+    eta: float = 0.0,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+    x_T: Optional[torch.Tensor] = None,
+    clip_denoised: bool = False,
+    clip_range: tuple[float, float] = (-1.0, 1.0),
+    progress: Optional[Progress] = None,
+) -> torch.Tensor:
     """Sampling over every step of ``process`` with ``cond_fn``'s gradient guiding each step -> x_0 of ``shape``.
 
     ``sampler="ddpm"``: ancestral, mean shifted by Σ · grad (GLIDE). ``"ddim"`` (eta): ε shifted by

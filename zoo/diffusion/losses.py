@@ -5,6 +5,7 @@ log-likelihood of the data under p(x_0|x_1): for 8-bit images, the Gaussian's ma
 (``discretized_gaussian_log_likelihood``); for continuous data (e.g. CLIP embeddings) its density
 (``gaussian_log_likelihood``).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,11 +27,12 @@ def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     """Φ(x) by the tanh approximation 0.5 (1 + tanh(√(2/π) (x + 0.044715 x³))) (max error ~3e-4).
 
     Improved DDPM's published bits/dim use this approximation, so we keep it for comparable numbers."""
-    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
-def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor,
-                                        bins: int = 256) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor, bins: int = 256
+) -> torch.Tensor:
     """log P(x) per element under N(means, e^{2 log_scales}) for data quantised to ``bins`` levels in [-1, 1]
     (8 bits: 256).
 
@@ -47,9 +49,14 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, lo
     tiny = 1e-12
     edge = 1.0 - half  # 0.999 for 8 bits up to rounding: a level beyond it is an extreme one
     log_p = torch.where(
-        x < -edge, torch.log(upper.clamp(min=tiny)),  # lowest level: P(X ≤ upper edge)
-        torch.where(x > edge, torch.log((1.0 - lower).clamp(min=tiny)),  # highest level: P(X ≥ lower edge)
-                    torch.log((upper - lower).clamp(min=tiny))))
+        x < -edge,
+        torch.log(upper.clamp(min=tiny)),  # lowest level: P(X ≤ upper edge)
+        torch.where(
+            x > edge,
+            torch.log((1.0 - lower).clamp(min=tiny)),  # highest level: P(X ≥ lower edge)
+            torch.log((upper - lower).clamp(min=tiny)),
+        ),
+    )
     return log_p
 
 

@@ -13,6 +13,7 @@
 * The arithmetic runs in x_t's dtype (keep it float32 or float64); the coefficient tables are computed in float64
   and cast once per (device, dtype).
 """
+
 from __future__ import annotations
 
 import math
@@ -59,18 +60,30 @@ class GaussianDiffusion:
     continuous data.
     """
 
-    def __init__(self, schedule: NoiseSchedule, model_mean_type: str = "eps", model_var_type: str = "fixed_small",
-                 loss_type: str = "mse", vb_weight: float = 1e-3, decoder_nll: str = "discretized"):
-        for name, value, allowed in (("model_mean_type", model_mean_type, MEAN_TYPES),
-                                     ("model_var_type", model_var_type, VAR_TYPES),
-                                     ("loss_type", loss_type, LOSS_TYPES), ("decoder_nll", decoder_nll, DECODER_NLLS)):
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        model_mean_type: str = "eps",
+        model_var_type: str = "fixed_small",
+        loss_type: str = "mse",
+        vb_weight: float = 1e-3,
+        decoder_nll: str = "discretized",
+    ):
+        for name, value, allowed in (
+            ("model_mean_type", model_mean_type, MEAN_TYPES),
+            ("model_var_type", model_var_type, VAR_TYPES),
+            ("loss_type", loss_type, LOSS_TYPES),
+            ("decoder_nll", decoder_nll, DECODER_NLLS),
+        ):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r}; expected one of {allowed}")
         learned = model_var_type == "learned_range"
         if learned != (loss_type == "hybrid"):
             # mse alone never trains a learned variance; hybrid with a fixed variance adds a constant
-            raise ValueError(f"loss_type={loss_type!r} does not fit model_var_type={model_var_type!r}: "
-                             "use 'hybrid' with 'learned_range' and 'mse' with a fixed variance")
+            raise ValueError(
+                f"loss_type={loss_type!r} does not fit model_var_type={model_var_type!r}: "
+                "use 'hybrid' with 'learned_range' and 'mse' with a fixed variance"
+            )
         self.schedule = schedule
         self.model_mean_type = model_mean_type
         self.model_var_type = model_var_type
@@ -82,14 +95,22 @@ class GaussianDiffusion:
         large_var = torch.cat([s.posterior_variance[1:2], s.betas[1:]]) if len(s.betas) > 1 else s.betas
         # float64 tables; cast per (device, dtype) on first use
         self._tables64 = {
-            "sqrt_ac": ac.sqrt(), "sqrt_1m_ac": (1.0 - ac).sqrt(),
-            "sqrt_recip_ac": (1.0 / ac).sqrt(), "sqrt_recipm1_ac": (1.0 / ac - 1.0).sqrt(),
-            "ac_prev": prev, "sqrt_ac_prev": prev.sqrt(), "sqrt_1m_ac_prev": (1.0 - prev).sqrt(),
+            "sqrt_ac": ac.sqrt(),
+            "sqrt_1m_ac": (1.0 - ac).sqrt(),
+            "sqrt_recip_ac": (1.0 / ac).sqrt(),
+            "sqrt_recipm1_ac": (1.0 / ac - 1.0).sqrt(),
+            "ac_prev": prev,
+            "sqrt_ac_prev": prev.sqrt(),
+            "sqrt_1m_ac_prev": (1.0 - prev).sqrt(),
             # DDIM's σ_t at η = 1: √((1−ᾱ_prev)/(1−ᾱ)) · √(1 − ᾱ/ᾱ_prev) = √β̃_t
             "ddim_sigma1": ((1.0 - prev) / (1.0 - ac) * (1.0 - ac / prev)).sqrt(),
-            "post_coef1": s.posterior_mean_coef1, "post_coef2": s.posterior_mean_coef2,
-            "post_var": s.posterior_variance, "post_logvar": s.posterior_log_variance_clipped,
-            "log_betas": s.betas.log(), "large_var": large_var, "large_logvar": large_var.log(),
+            "post_coef1": s.posterior_mean_coef1,
+            "post_coef2": s.posterior_mean_coef2,
+            "post_var": s.posterior_variance,
+            "post_logvar": s.posterior_log_variance_clipped,
+            "log_betas": s.betas.log(),
+            "large_var": large_var,
+            "large_logvar": large_var.log(),
         }
         self._tables: dict[tuple, dict[str, torch.Tensor]] = {}
         self._timestep_maps: dict[torch.device, torch.Tensor] = {}
@@ -106,8 +127,14 @@ class GaussianDiffusion:
 
     def respaced(self, steps: Steps) -> "GaussianDiffusion":
         """The same process on ``respace(schedule, steps)`` (for sampling with fewer steps)."""
-        return GaussianDiffusion(respace(self.schedule, steps), self.model_mean_type, self.model_var_type,
-                                 self.loss_type, self.vb_weight, self.decoder_nll)
+        return GaussianDiffusion(
+            respace(self.schedule, steps),
+            self.model_mean_type,
+            self.model_var_type,
+            self.loss_type,
+            self.vb_weight,
+            self.decoder_nll,
+        )
 
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Indices into this schedule (B,) -> the original timesteps the network is conditioned on (B,) int64."""
@@ -141,8 +168,13 @@ class GaussianDiffusion:
         """q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I): (mean, variance broadcastable)."""
         return self.coef("sqrt_ac", t, x0) * x0, self.coef("sqrt_1m_ac", t, x0) ** 2
 
-    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: Optional[torch.Tensor] = None,
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def q_sample(
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
         """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, ε ~ N(0, I) drawn from ``generator`` unless given."""
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -178,9 +210,14 @@ class GaussianDiffusion:
             raise ValueError(f"learned_range expects 2C channels along dim 1, got {model_output.shape[1]}")
         return model_output.chunk(2, dim=1)
 
-    def predictions(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                    clip_denoised: bool = False, clip_range: tuple[float, float] = (-1.0, 1.0)
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def predictions(
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        clip_denoised: bool = False,
+        clip_range: tuple[float, float] = (-1.0, 1.0),
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The mean part of the output -> (x̂_0, ε̂). With ``clip_denoised`` x̂_0 is clamped to ``clip_range`` and ε̂
         re-derived from the clamped x̂_0 (so DDIM stays consistent with the clamp)."""
         out, _ = self.split_output(model_output.to(x_t.dtype))
@@ -197,8 +234,9 @@ class GaussianDiffusion:
 
     # ---- reverse process ------------------------------------------------------------------------------------------
 
-    def p_variance(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def p_variance(
+        self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(variance, log variance) of p(x_{t−1} | x_t): x_t's shape for learned_range, (B, 1, ..., 1) otherwise."""
         if self.model_var_type == "learned_range":
             _, v = self.split_output(model_output.to(x_t.dtype))
@@ -209,8 +247,14 @@ class GaussianDiffusion:
             return self.coef("post_var", t, x_t), self.coef("post_logvar", t, x_t)
         return self.coef("large_var", t, x_t), self.coef("large_logvar", t, x_t)
 
-    def p_mean_variance(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                        clip_denoised: bool = False, clip_range: tuple[float, float] = (-1.0, 1.0)) -> ReverseStep:
+    def p_mean_variance(
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        clip_denoised: bool = False,
+        clip_range: tuple[float, float] = (-1.0, 1.0),
+    ) -> ReverseStep:
         """p(x_{t−1} | x_t) = N(posterior mean at x̂_0, Σ) from the network's output at (x_t, t); clipping as in
         ``predictions``. Fixed variances come back as (B, 1, ..., 1) (they broadcast; expanding costs a pass)."""
         var, log_var = self.p_variance(model_output, x_t, t)
@@ -220,8 +264,9 @@ class GaussianDiffusion:
 
     # ---- losses ---------------------------------------------------------------------------------------------------
 
-    def vb_terms_bpd(self, model_output: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
-                     t: torch.Tensor) -> torch.Tensor:
+    def vb_terms_bpd(
+        self, model_output: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
         """The VLB term L_t of each example, in bits per dimension (B,): KL(q posterior ‖ p) for t > 0, the decoder
         NLL −log p(x_0 | x_1) at t = 0. No clipping (the bound is of the model as trained)."""
         true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, x_t, t)
@@ -231,9 +276,15 @@ class GaussianDiffusion:
         nll = -mean_flat(nll_fn(x0, p.mean, 0.5 * p.log_variance)) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
-    def training_losses(self, model_fn: Callable[..., torch.Tensor], x0: torch.Tensor, t: torch.Tensor,
-                        noise: Optional[torch.Tensor] = None, model_kwargs: Optional[dict[str, Any]] = None,
-                        generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+    def training_losses(
+        self,
+        model_fn: Callable[..., torch.Tensor],
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: Optional[torch.Tensor] = None,
+        model_kwargs: Optional[dict[str, Any]] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> dict[str, torch.Tensor]:
         """Per-example loss terms (B,) for data x0 (B, ...) at indices t (B,).
 
         ``model_fn(x_t, timesteps, **model_kwargs)`` receives the original timesteps. Returns

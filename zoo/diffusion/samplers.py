@@ -12,6 +12,7 @@ Conventions:
 * Levels: the step at index i maps x at level ᾱ_i to level ᾱ_{i−1} (``ac_prev``); level "−1" is clean data.
   A hook ``hook(x, i) -> x`` is called on the initial x with i = T−1 and after the step at index i with i − 1.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
@@ -29,18 +30,31 @@ def _full_t(i: int, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
 
 
-def ddpm_step(process: GaussianDiffusion, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
-              noise: torch.Tensor, clip_denoised: bool = False,
-              clip_range: tuple[float, float] = (-1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+def ddpm_step(
+    process: GaussianDiffusion,
+    model_output: torch.Tensor,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    clip_denoised: bool = False,
+    clip_range: tuple[float, float] = (-1.0, 1.0),
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One ancestral step x_t -> x_{t−1} = mean + σ noise (no noise where t = 0). Returns (x_{t−1}, x̂_0)."""
     out = process.p_mean_variance(model_output, x, t, clip_denoised, clip_range)
     not_last = (t != 0).to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
     return out.mean + (not_last * torch.exp(0.5 * out.log_variance)) * noise, out.pred_x0
 
 
-def ddim_step(process: GaussianDiffusion, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
-              eta: float = 0.0, noise: Optional[torch.Tensor] = None, clip_denoised: bool = False,
-              clip_range: tuple[float, float] = (-1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+def ddim_step(
+    process: GaussianDiffusion,
+    model_output: torch.Tensor,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    eta: float = 0.0,
+    noise: Optional[torch.Tensor] = None,
+    clip_denoised: bool = False,
+    clip_range: tuple[float, float] = (-1.0, 1.0),
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM step: x_{t−1} = √ᾱ_{t−1} x̂_0 + √(1 − ᾱ_{t−1} − σ²) ε̂ + σ noise, σ = η √β̃_t (Song et al. eq. 12/16).
 
     η = 0 is deterministic (``noise`` unused); η = 1 has DDPM's posterior variance. A learned variance is ignored.
@@ -48,7 +62,7 @@ def ddim_step(process: GaussianDiffusion, model_output: torch.Tensor, x: torch.T
     pred_x0, pred_eps = process.predictions(model_output, x, t, clip_denoised, clip_range)
     sigma = eta * process.coef("ddim_sigma1", t, x)
     ac_prev = process.coef("ac_prev", t, x)
-    x_prev = process.coef("sqrt_ac_prev", t, x) * pred_x0 + (1.0 - ac_prev - sigma ** 2).clamp(min=0).sqrt() * pred_eps
+    x_prev = process.coef("sqrt_ac_prev", t, x) * pred_x0 + (1.0 - ac_prev - sigma**2).clamp(min=0).sqrt() * pred_eps
     if eta > 0:
         if noise is None:
             raise ValueError("ddim_step with eta > 0 needs noise")
@@ -56,8 +70,9 @@ def ddim_step(process: GaussianDiffusion, model_output: torch.Tensor, x: torch.T
     return x_prev, pred_x0
 
 
-def ddim_reverse_step(process: GaussianDiffusion, model_output: torch.Tensor, x: torch.Tensor,
-                      t: torch.Tensor) -> torch.Tensor:
+def ddim_reverse_step(
+    process: GaussianDiffusion, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
     """The inverse of the η = 0 DDIM step at index t: x at level ᾱ_{t−1} -> level ᾱ_t, given the output of the
     network evaluated at (x, t) (the true input x_t is unknown; the ODE is smooth, so this costs O(step) error).
     ε̂ is read as the network's ε at index t; x̂_0 is re-derived from x at its own level, which makes this step the
@@ -67,8 +82,9 @@ def ddim_reverse_step(process: GaussianDiffusion, model_output: torch.Tensor, x:
     return process.coef("sqrt_ac", t, x) * x0 + process.coef("sqrt_1m_ac", t, x) * eps
 
 
-def known_region(process: GaussianDiffusion, x_known: torch.Tensor, mask: torch.Tensor,
-                 generator: Optional[torch.Generator] = None) -> Hook:
+def known_region(
+    process: GaussianDiffusion, x_known: torch.Tensor, mask: torch.Tensor, generator: Optional[torch.Generator] = None
+) -> Hook:
     """A hook re-imposing known values after every step (inpainting by replacement; RePaint without resampling).
 
     ``mask`` broadcasts against x, 1 where ``x_known`` is given (soft values blend). At level i the known part is a
@@ -101,8 +117,14 @@ def _hooks(process, known, hook, generator) -> list[Hook]:
     return hooks
 
 
-def _run(process: GaussianDiffusion, model_fn: ModelFn, x: torch.Tensor, step, hooks: list[Hook],
-         progress: Optional[Progress]) -> torch.Tensor:
+def _run(
+    process: GaussianDiffusion,
+    model_fn: ModelFn,
+    x: torch.Tensor,
+    step,
+    hooks: list[Hook],
+    progress: Optional[Progress],
+) -> torch.Tensor:
     n = process.num_timesteps
     for h in hooks:
         x = h(x, n - 1)
@@ -117,12 +139,21 @@ def _run(process: GaussianDiffusion, model_fn: ModelFn, x: torch.Tensor, step, h
 
 
 @torch.no_grad()
-def ddpm_sample(process: GaussianDiffusion, model_fn: ModelFn, shape: Sequence[int], *,
-                generator: Optional[torch.Generator] = None, device=None, dtype: torch.dtype = torch.float32,
-                x_T: Optional[torch.Tensor] = None, clip_denoised: bool = False,
-                clip_range: tuple[float, float] = (-1.0, 1.0),
-                known: Optional[tuple[torch.Tensor, torch.Tensor]] = None, hook: Optional[Hook] = None,
-                progress: Optional[Progress] = None) -> torch.Tensor:
+def ddpm_sample(
+    process: GaussianDiffusion,
+    model_fn: ModelFn,
+    shape: Sequence[int],
+    *,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+    x_T: Optional[torch.Tensor] = None,
+    clip_denoised: bool = False,
+    clip_range: tuple[float, float] = (-1.0, 1.0),
+    known: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    hook: Optional[Hook] = None,
+    progress: Optional[Progress] = None,
+) -> torch.Tensor:
     """Ancestral sampling over every step of ``process`` -> x_0 of ``shape``. ``known=(x_known, mask)`` keeps the
     masked values (see ``known_region``); ``hook`` runs after it; ``x_T`` replaces the initial noise."""
     x = _start(shape, x_T, generator, device, dtype)
@@ -135,12 +166,22 @@ def ddpm_sample(process: GaussianDiffusion, model_fn: ModelFn, shape: Sequence[i
 
 
 @torch.no_grad()
-def ddim_sample(process: GaussianDiffusion, model_fn: ModelFn, shape: Sequence[int], *, eta: float = 0.0,
-                generator: Optional[torch.Generator] = None, device=None, dtype: torch.dtype = torch.float32,
-                x_T: Optional[torch.Tensor] = None, clip_denoised: bool = False,
-                clip_range: tuple[float, float] = (-1.0, 1.0),
-                known: Optional[tuple[torch.Tensor, torch.Tensor]] = None, hook: Optional[Hook] = None,
-                progress: Optional[Progress] = None) -> torch.Tensor:
+def ddim_sample(
+    process: GaussianDiffusion,
+    model_fn: ModelFn,
+    shape: Sequence[int],
+    *,
+    eta: float = 0.0,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+    x_T: Optional[torch.Tensor] = None,
+    clip_denoised: bool = False,
+    clip_range: tuple[float, float] = (-1.0, 1.0),
+    known: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    hook: Optional[Hook] = None,
+    progress: Optional[Progress] = None,
+) -> torch.Tensor:
     """DDIM sampling over every step of ``process`` -> x_0; η = 0 (default) is deterministic given x_T.
     Arguments as ``ddpm_sample``."""
     x = _start(shape, x_T, generator, device, dtype)
@@ -153,8 +194,13 @@ def ddim_sample(process: GaussianDiffusion, model_fn: ModelFn, shape: Sequence[i
 
 
 @torch.no_grad()
-def ddim_invert(process: GaussianDiffusion, model_fn: ModelFn, x0: torch.Tensor, refine: int = 0,
-                progress: Optional[Callable[[int, int, torch.Tensor], None]] = None) -> torch.Tensor:
+def ddim_invert(
+    process: GaussianDiffusion,
+    model_fn: ModelFn,
+    x0: torch.Tensor,
+    refine: int = 0,
+    progress: Optional[Callable[[int, int, torch.Tensor], None]] = None,
+) -> torch.Tensor:
     """Deterministic DDIM inversion x_0 -> x_T (level ᾱ_{T−1}, where ``ddim_sample`` starts), so that
     ``ddim_sample(process, model_fn, x0.shape, x_T=ddim_invert(process, model_fn, x0))`` returns ≈ x0.
 

@@ -10,6 +10,7 @@ Conventions (those of improved-diffusion, which GLIDE and unCLIP build on):
 * A respaced schedule keeps ``timestep_map``: ``timestep_map[i]`` is the original timestep of index ``i``, which is
   what the network is given (it was trained on the original ``t``).
 """
+
 from __future__ import annotations
 
 import math
@@ -132,7 +133,7 @@ def space_timesteps(num_timesteps: int, steps: Steps) -> list[int]:
     """
     if isinstance(steps, str):
         if steps.startswith("ddim"):
-            n = int(steps[len("ddim"):])
+            n = int(steps[len("ddim") :])
             for stride in range(1, num_timesteps + 1):
                 if len(range(0, num_timesteps, stride)) == n:
                     return list(range(0, num_timesteps, stride))

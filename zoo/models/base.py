@@ -51,6 +51,7 @@ The ``sample_grid`` hook contract (not defined here: ``SampleGridCallback`` and 
 ``ImageTokenizerLit`` (below) is the shared base of the dVAE and VQ-VAE modules: reconstruction / codebook epoch
 metrics and their input|reconstruction ``sample_grid``.
 """
+
 from __future__ import annotations
 
 import math
@@ -90,12 +91,13 @@ class ZooLit(L.LightningModule):
         opt = self.optimizer_factory(params) if self.optimizer_factory is not None else self.default_optimizer(params)
         if self.scheduler_factory is None:
             return opt
-        return {"optimizer": opt,
-                "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": self.scheduler_interval}}
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": self.scheduler_interval},
+        }
 
     # -------------------------------------------------------------------------------------------- logging
-    def log_metrics(self, stage: str, metrics: Mapping[str, Any], batch_size: Optional[int] = None,
-                    **kwargs) -> None:
+    def log_metrics(self, stage: str, metrics: Mapping[str, Any], batch_size: Optional[int] = None, **kwargs) -> None:
         """Log ``{stage}/{name}`` for every metric; in training, ``metrics["loss"]`` also goes to the progress bar
         (as ``loss``, not to the logger)."""
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, batch_size=batch_size, **kwargs)
@@ -176,8 +178,14 @@ class ImageTokenizerLit(ZooLit):
         st = self.gather_sum(st)
         mse = (st["sse"] / st["n"]).float()
         usage, perplexity = codebook_stats(st["counts"])
-        self.log_dict({f"{stage}/recon_mse": mse, f"{stage}/psnr": psnr_from_mse(mse),
-                       f"{stage}/codebook_usage": usage, f"{stage}/perplexity": perplexity})
+        self.log_dict(
+            {
+                f"{stage}/recon_mse": mse,
+                f"{stage}/psnr": psnr_from_mse(mse),
+                f"{stage}/codebook_usage": usage,
+                f"{stage}/perplexity": perplexity,
+            }
+        )
 
     @torch.no_grad()
     def sample_grid(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -200,9 +208,14 @@ def cosine_with_warmup(optimizer, warmup_steps: int = 100, total_steps: int = 20
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def check_text_tokenizer(datamodule, text_vocab: int, text_len: int, pad_id: int, what: str,
-                         fix_missing: str = "data/tokenizer=bpe, or data/tokenizer=clip_bpe with "
-                                            "model.net.text_vocab=49408"):
+def check_text_tokenizer(
+    datamodule,
+    text_vocab: int,
+    text_len: int,
+    pad_id: int,
+    what: str,
+    fix_missing: str = "data/tokenizer=bpe, or data/tokenizer=clip_bpe with model.net.text_vocab=49408",
+):
     """The DataModule's text tokenizer, checked against a model's text embedding (vocabulary, context length, pad id);
     a ``ConfigError`` naming the override that fixes each mismatch. Fits a lazily trained BPE first (its vocabulary is
     only known then): the one side effect, on the data, not the model."""
@@ -214,14 +227,19 @@ def check_text_tokenizer(datamodule, text_vocab: int, text_len: int, pad_id: int
     if tok is None:
         raise ConfigError(f"{what} needs text tokens in the batches (fix: {fix_missing})")
     if tok.vocab_size > text_vocab:
-        raise ConfigError(f"text tokenizer vocabulary ({tok.vocab_size}) is larger than the model's text_vocab "
-                          f"({text_vocab}) (fix: model.net.text_vocab={tok.vocab_size}, or a smaller "
-                          f"data.tokenizer.vocab_size)")
+        raise ConfigError(
+            f"text tokenizer vocabulary ({tok.vocab_size}) is larger than the model's text_vocab "
+            f"({text_vocab}) (fix: model.net.text_vocab={tok.vocab_size}, or a smaller "
+            f"data.tokenizer.vocab_size)"
+        )
     if tok.context_length > text_len:
-        raise ConfigError(f"text tokenizer context_length ({tok.context_length}) is longer than the model's "
-                          f"text_len ({text_len}) (fix: data.tokenizer.context_length={text_len}, or "
-                          f"model.net.text_len={tok.context_length})")
+        raise ConfigError(
+            f"text tokenizer context_length ({tok.context_length}) is longer than the model's "
+            f"text_len ({text_len}) (fix: data.tokenizer.context_length={text_len}, or "
+            f"model.net.text_len={tok.context_length})"
+        )
     if tok.pad_id != pad_id:
-        raise ConfigError(f"text tokenizer pad id {tok.pad_id} != model pad_id {pad_id} "
-                          f"(fix: model.net.pad_id={tok.pad_id})")
+        raise ConfigError(
+            f"text tokenizer pad id {tok.pad_id} != model pad_id {pad_id} (fix: model.net.pad_id={tok.pad_id})"
+        )
     return tok

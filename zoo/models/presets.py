@@ -9,6 +9,7 @@ Each ``zoo/models/<c>/model.py`` defines a config dataclass and ``PRESETS: dict[
 Errors are ``ConfigError`` (a ``ValueError``) naming the valid presets or the valid fields. Plain PyTorch: no
 Lightning, no Hydra (a Hydra ``ListConfig`` override is accepted wherever a list is).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,13 @@ C = TypeVar("C")
 __all__ = ["resolve_preset"]
 
 
-def resolve_preset(presets: Mapping[str, C], config_cls: type[C], preset: str,
-                   net: Optional[Mapping[str, Any]] = None, what: str = "model") -> C:
+def resolve_preset(
+    presets: Mapping[str, C],
+    config_cls: type[C],
+    preset: str,
+    net: Optional[Mapping[str, Any]] = None,
+    what: str = "model",
+) -> C:
     """``presets[preset]`` with the fields in ``net`` replaced (``dataclasses.replace``).
 
     Args:

@@ -1,6 +1,7 @@
 """Annealing of hyper-parameters over training steps (Gumbel temperature, KL weight, ...) — torch-free, pure functions.
 
 (Named annealing, not schedules: "schedule" is the diffusion noise schedule, zoo/diffusion/schedules.py.)"""
+
 from __future__ import annotations
 
 import math

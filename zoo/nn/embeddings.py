@@ -8,6 +8,7 @@ Layout follows ADM / improved-diffusion (``timestep_embedding`` in their ``nn.py
 a zero column appended when ``dim`` is odd. Keeping that order means a state dict converted from OpenAI's
 checkpoints sees the same features in the same columns of the first MLP layer.
 """
+
 from __future__ import annotations
 
 import math

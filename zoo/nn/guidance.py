@@ -5,6 +5,7 @@ guided = uncond + s · (cond − uncond), computed with ``torch.lerp(uncond, con
 reproduces the unguided one exactly) and s = 0 returns ``uncond``. Batched layout, where both streams run as one
 batch of 2B: [cond ; uncond] along dim 0 (cond first).
 """
+
 from __future__ import annotations
 
 import torch

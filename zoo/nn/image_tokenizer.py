@@ -1,4 +1,5 @@
 """The interface every image tokenizer (dVAE, VQ-VAE, ...) offers to the rest of the zoo (torch only)."""
+
 from __future__ import annotations
 
 import abc

@@ -5,6 +5,7 @@ The logit-Laplace distribution (DALL·E, Ramesh et al. 2021, sec. A.3) models a 
 i.e. a Laplace distribution on logit(x); the 1/(x(1-x)) factor is the Jacobian of the logit. Pixels are first
 squeezed into (eps, 1 - eps) with eps = 0.1 so that the density's support excludes the poles at 0 and 1.
 """
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,7 @@
 - optional k-means initialisation on the first training batch and optional l2-normalised (cosine) codes.
 Torch only. Statistics are all-reduced across DDP ranks when a process group is up, so all ranks keep one codebook.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -171,6 +172,10 @@ class VectorQuantizer(nn.Module):
             p = p / p.sum()
             perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum())
         return {
-            "z_q": z_q, "codes": codes.view(b, h, w), "loss": commitment + codebook_loss,
-            "commitment": commitment, "codebook_loss": codebook_loss, "perplexity": perplexity,
+            "z_q": z_q,
+            "codes": codes.view(b, h, w),
+            "loss": commitment + codebook_loss,
+            "commitment": commitment,
+            "codebook_loss": codebook_loss,
+            "perplexity": perplexity,
         }

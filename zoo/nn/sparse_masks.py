@@ -30,6 +30,7 @@ token p (p = row * w + col). Every mask is causal (j <= i) and:
 the 1-based layer index i (layers 2, 6, 10, ...), row attention otherwise, and convolutional attention in the last
 layer. Written by hand: no maintained library offers the paper's masks. Torch only.
 """
+
 from __future__ import annotations
 
 import torch

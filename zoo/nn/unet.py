@@ -42,6 +42,7 @@ GroupNorm and the attention's token view all accept channels_last input without 
 References read (not copied): openai/guided-diffusion and openai/glide-text2im ``unet.py`` (block order,
 scale-shift norm, the ``encoder_kv`` context, zero-initialised layers) and ``model_creation.py`` (preset numbers).
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,19 @@ import torch.nn.functional as F
 from zoo.nn.embeddings import TimestepEmbedder
 
 __all__ = [
-    "UNetConfig", "UNET_PRESETS", "make_unet_config", "UNet", "SuperResUNet", "ResBlock", "AttentionBlock",
-    "Downsample", "Upsample", "GroupNorm32", "count_params", "GLIDE_PAPER_PARAMS", "GLIDE_RELEASED_PARAMS",
+    "UNetConfig",
+    "UNET_PRESETS",
+    "make_unet_config",
+    "UNet",
+    "SuperResUNet",
+    "ResBlock",
+    "AttentionBlock",
+    "Downsample",
+    "Upsample",
+    "GroupNorm32",
+    "count_params",
+    "GLIDE_PAPER_PARAMS",
+    "GLIDE_RELEASED_PARAMS",
     "UPSAMPLE_PAPER_PARAMS",
 ]
 
@@ -135,26 +147,84 @@ class UNetConfig:
 #   attention_resolutions=(), attention_in_middle=False, context_dim=None)`` for those.
 UNET_PRESETS: dict[str, UNetConfig] = {
     # Tests: two levels, one block each, attention at 8 px with context tokens; ~50K parameters, ms per step.
-    "tiny": UNetConfig(width=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,), image_size=16,
-                       num_head_channels=8, context_dim=8, max_groups=8),
+    "tiny": UNetConfig(
+        width=8,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        image_size=16,
+        num_head_channels=8,
+        context_dim=8,
+        max_groups=8,
+    ),
     # The shapes-dataset GLIDE on a CPU: 32 px, attention at 16 and 8 (2 and 4 heads of 64).
-    "shapes": UNetConfig(width=64, channel_mult=(1, 2, 4), num_res_blocks=2, attention_resolutions=(16, 8),
-                         image_size=32, num_head_channels=64),
-    "glide_paper": UNetConfig(in_channels=3, out_channels=3, width=512, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
-                              attention_resolutions=(32, 16, 8), image_size=64, num_head_channels=64, dropout=0.1,
-                              learn_sigma=True, resblock_updown=True, context_dim=2048),
-    "glide_released": UNetConfig(in_channels=3, out_channels=3, width=192, channel_mult=(1, 2, 3, 4),
-                                 num_res_blocks=3, attention_resolutions=(32, 16, 8), image_size=64,
-                                 num_head_channels=64, dropout=0.1, learn_sigma=True, resblock_updown=True,
-                                 context_dim=512),
+    "shapes": UNetConfig(
+        width=64,
+        channel_mult=(1, 2, 4),
+        num_res_blocks=2,
+        attention_resolutions=(16, 8),
+        image_size=32,
+        num_head_channels=64,
+    ),
+    "glide_paper": UNetConfig(
+        in_channels=3,
+        out_channels=3,
+        width=512,
+        channel_mult=(1, 2, 3, 4),
+        num_res_blocks=3,
+        attention_resolutions=(32, 16, 8),
+        image_size=64,
+        num_head_channels=64,
+        dropout=0.1,
+        learn_sigma=True,
+        resblock_updown=True,
+        context_dim=2048,
+    ),
+    "glide_released": UNetConfig(
+        in_channels=3,
+        out_channels=3,
+        width=192,
+        channel_mult=(1, 2, 3, 4),
+        num_res_blocks=3,
+        attention_resolutions=(32, 16, 8),
+        image_size=64,
+        num_head_channels=64,
+        dropout=0.1,
+        learn_sigma=True,
+        resblock_updown=True,
+        context_dim=512,
+    ),
     # SuperResUNet presets: in_channels is x_t's; the low-resolution image's channels are added by the subclass.
-    "upsample_tiny": UNetConfig(width=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(),
-                                image_size=32, max_groups=8, attention_in_middle=False),
-    "upsample_shapes": UNetConfig(width=32, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(),
-                                  image_size=64, attention_in_middle=False),
-    "upsample_paper": UNetConfig(in_channels=3, out_channels=3, width=384, channel_mult=(1, 1, 2, 2, 4, 4),
-                                 num_res_blocks=2, attention_resolutions=(32, 16, 8), image_size=256,
-                                 num_head_channels=64, learn_sigma=True, resblock_updown=True, context_dim=1024),
+    "upsample_tiny": UNetConfig(
+        width=8,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(),
+        image_size=32,
+        max_groups=8,
+        attention_in_middle=False,
+    ),
+    "upsample_shapes": UNetConfig(
+        width=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(),
+        image_size=64,
+        attention_in_middle=False,
+    ),
+    "upsample_paper": UNetConfig(
+        in_channels=3,
+        out_channels=3,
+        width=384,
+        channel_mult=(1, 1, 2, 2, 4, 4),
+        num_res_blocks=2,
+        attention_resolutions=(32, 16, 8),
+        image_size=256,
+        num_head_channels=64,
+        learn_sigma=True,
+        resblock_updown=True,
+        context_dim=1024,
+    ),
 }
 
 # Parameter counts measured with count_params() on the meta device (tests/nn/test_unet.py re-measures them).
@@ -188,8 +258,9 @@ class GroupNorm32(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Weights upcast too, so a module cast wholesale with .to(torch.bfloat16) works as well as autocast.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(),
-                                self.eps).to(x.dtype)
+            return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(
+                x.dtype
+            )
 
 
 def group_norm(channels: int, max_groups: int = 32) -> GroupNorm32:
@@ -234,8 +305,17 @@ class ResBlock(nn.Module):
     after the first norm+SiLU and on the skip path, by nearest x2 / 2x2 average pool (no extra parameters).
     """
 
-    def __init__(self, in_channels: int, emb_dim: int, out_channels: Optional[int] = None, *, dropout: float = 0.0,
-                 up: bool = False, down: bool = False, max_groups: int = 32):
+    def __init__(
+        self,
+        in_channels: int,
+        emb_dim: int,
+        out_channels: Optional[int] = None,
+        *,
+        dropout: float = 0.0,
+        up: bool = False,
+        down: bool = False,
+        max_groups: int = 32,
+    ):
         super().__init__()
         if up and down:
             raise ValueError("a ResBlock resamples up or down, not both")
@@ -243,8 +323,9 @@ class ResBlock(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.norm1 = group_norm(in_channels, max_groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.resample = (Upsample(in_channels, use_conv=False) if up
-                         else Downsample(in_channels, use_conv=False) if down else None)
+        self.resample = (
+            Upsample(in_channels, use_conv=False) if up else Downsample(in_channels, use_conv=False) if down else None
+        )
         # One projection gives both halves: (B, 2 * out) -> scale, shift.
         self.emb_proj = nn.Linear(emb_dim, 2 * out_channels)
         self.norm2 = group_norm(out_channels, max_groups)
@@ -272,8 +353,9 @@ class AttentionBlock(nn.Module):
     FRONT of the image keys/values: queries are the image positions only.
     """
 
-    def __init__(self, channels: int, num_head_channels: int = 64, context_dim: Optional[int] = None,
-                 max_groups: int = 32):
+    def __init__(
+        self, channels: int, num_head_channels: int = 64, context_dim: Optional[int] = None, max_groups: int = 32
+    ):
         super().__init__()
         head_dim = min(num_head_channels, channels)
         if channels % head_dim:
@@ -286,8 +368,9 @@ class AttentionBlock(nn.Module):
         self.context_kv = nn.Linear(context_dim, 2 * channels) if context_dim else None
         self.proj_out = zero_init(nn.Linear(channels, channels))
 
-    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
-                context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: Optional[torch.Tensor] = None, context_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         b, c, hh, ww = x.shape
         # (B, C, H, W) -> (B, HW, C): a view for channels_last input, one copy otherwise.
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, T, C), T = H * W
@@ -317,8 +400,13 @@ class AttentionBlock(nn.Module):
 class EmbedSequential(nn.ModuleList):
     """A chain of ResBlocks / AttentionBlocks / resamplers, each given the inputs it needs."""
 
-    def forward(self, h: torch.Tensor, emb: torch.Tensor, context: Optional[torch.Tensor] = None,
-                context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        h: torch.Tensor,
+        emb: torch.Tensor,
+        context: Optional[torch.Tensor] = None,
+        context_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 h = layer(h, emb)
@@ -385,14 +473,22 @@ class UNet(nn.Module):
                 self.output_blocks.append(EmbedSequential(layers))
         assert not skip_channels and ds == 1
 
-        self.out = nn.Sequential(group_norm(ch, g), nn.SiLU(),
-                                 zero_init(nn.Conv2d(ch, cfg.output_channels, 3, padding=1)))
+        self.out = nn.Sequential(
+            group_norm(ch, g), nn.SiLU(), zero_init(nn.Conv2d(ch, cfg.output_channels, 3, padding=1))
+        )
 
     def _conv_in_channels(self) -> int:
         return self.cfg.in_channels
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, *, context: Optional[torch.Tensor] = None,
-                context_mask: Optional[torch.Tensor] = None, emb: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        *,
+        context: Optional[torch.Tensor] = None,
+        context_mask: Optional[torch.Tensor] = None,
+        emb: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """x_t (B, in_channels, H, W); t (B,) int or float timesteps (or a scalar, broadcast);
         context (B, L, context_dim) tokens; context_mask (B, L) bool, True = real token; emb (B, time_embed_dim)
         added to the timestep embedding. Returns (B, out_channels * (2 if learn_sigma else 1), H, W)."""

@@ -15,6 +15,7 @@ convention in ``zoo.pipelines.base``: ``n_candidates``, ``temperature``, ``top_k
 batch), ``seed``; ``sample(..., n_keep=k)`` keeps the best k. Results are a pure function of (seed, captions,
 settings): each call starts its own generator from ``seed``.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -25,9 +26,19 @@ from zoo.progress import track
 
 
 class DallePipeline:
-    def __init__(self, dalle, scorer=None, n_candidates: int = 32, temperature: float = 1.0,
-                 top_k: Optional[int] = None, top_p: Optional[float] = None, guidance_scale: float = 1.0,
-                 batch_size: int = 64, seed: int = 0, progress: Optional[bool] = None):
+    def __init__(
+        self,
+        dalle,
+        scorer=None,
+        n_candidates: int = 32,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        guidance_scale: float = 1.0,
+        batch_size: int = 64,
+        seed: int = 0,
+        progress: Optional[bool] = None,
+    ):
         self.dalle = dalle.eval()
         self.scorer = scorer
         self.n_candidates = int(n_candidates)
@@ -40,8 +51,9 @@ class DallePipeline:
         self.progress = progress  # None: a bar only when there is more than one batch
 
     @classmethod
-    def from_checkpoints(cls, dalle_ckpt: str, clip_ckpt: Optional[str] = None, device: str = "cpu",
-                         **kw) -> "DallePipeline":
+    def from_checkpoints(
+        cls, dalle_ckpt: str, clip_ckpt: Optional[str] = None, device: str = "cpu", **kw
+    ) -> "DallePipeline":
         """A zoo-train DALL·E checkpoint (self-contained: tokenizers inside) and optionally a zoo-train CLIP one."""
         from zoo.checkpoint import load_module
         from zoo.models.dalle.lit import DalleLit
@@ -63,19 +75,27 @@ class DallePipeline:
         captions = [captions] if isinstance(captions, str) else list(captions)
         n = int(n_candidates or self.n_candidates)
         per_batch = max(1, self.batch_size // n)  # captions per transformer batch
-        chunks = [captions[i:i + per_batch] for i in range(0, len(captions), per_batch)]
+        chunks = [captions[i : i + per_batch] for i in range(0, len(captions), per_batch)]
         show = self.progress if self.progress is not None else len(chunks) > 1
         gen = torch.Generator(device=self.dalle.device).manual_seed(self.seed)
         out = []
         for chunk in track(chunks, desc="dalle sample", unit="batch", disable=not show):
-            imgs = self.dalle.generate(chunk, n=n, temperature=self.temperature, top_k=self.top_k,
-                                       top_p=self.top_p, guidance_scale=self.guidance_scale, generator=gen,
-                                       batch_size=max(self.batch_size, n))
+            imgs = self.dalle.generate(
+                chunk,
+                n=n,
+                temperature=self.temperature,
+                top_k=self.top_k,
+                top_p=self.top_p,
+                guidance_scale=self.guidance_scale,
+                generator=gen,
+                batch_size=max(self.batch_size, n),
+            )
             out.append(imgs.view(len(chunk), n, *imgs.shape[1:]))
         return torch.cat(out)
 
-    def rerank(self, candidates: torch.Tensor, captions: Sequence[str], n_keep: int
-               ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def rerank(
+        self, candidates: torch.Tensor, captions: Sequence[str], n_keep: int
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Keep the ``n_keep`` best of each caption's candidates (B, N, 3, H, W) -> (B, k, ...), CLIP scores (B, k)."""
         k = min(int(n_keep), candidates.shape[1])
         if self.scorer is None:
@@ -86,13 +106,17 @@ class DallePipeline:
         return picked, clip_score_from_cos(cos)
 
     @torch.no_grad()
-    def sample(self, captions: Sequence[str], n_candidates: Optional[int] = None, n_keep: int = 1,
-               **renamed) -> dict[str, Any]:
+    def sample(
+        self, captions: Sequence[str], n_candidates: Optional[int] = None, n_keep: int = 1, **renamed
+    ) -> dict[str, Any]:
         """``n_candidates`` samples per caption, reranked by CLIP; the ``n_keep`` best of each, best first:
         dict(images (B, n_keep, 3, H, W) in [-1, 1], scores (B, n_keep) CLIP scores or None, n_candidates)."""
         if renamed:
-            hint = " (top_k is the logit filter, an attribute; the number of images kept is n_keep)" \
-                if "top_k" in renamed else ""
+            hint = (
+                " (top_k is the logit filter, an attribute; the number of images kept is n_keep)"
+                if "top_k" in renamed
+                else ""
+            )
             raise TypeError(f"DallePipeline.sample() got unexpected arguments {sorted(renamed)}{hint}")
         captions = [captions] if isinstance(captions, str) else list(captions)
         n = int(n_candidates or self.n_candidates)

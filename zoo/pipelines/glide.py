@@ -30,6 +30,7 @@ extra input channels (GLIDE) and, with ``replace_known`` (default), the known pi
 step; a plain checkpoint inpaints by re-imposing them alone (``zoo.diffusion.samplers.known_region``: "known region"
 inpainting, to compare). Either way ``inpaint`` reports the method used.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,8 +64,11 @@ def load_glide(glide_ckpt: str, device: str = "cpu", use_ema: bool = True):
         n_avg = (ckpt.get("averaging_state") or {}).get("n_averaged")
         started = n_avg is None or int(n_avg) > 0
         if use_ema and not started:
-            log.warning("%s: the EMA had not started when this checkpoint was saved (n_averaged = 0, see "
-                        "callbacks.ema.update_starting_at_step): sampling with the raw weights", glide_ckpt)
+            log.warning(
+                "%s: the EMA had not started when this checkpoint was saved (n_averaged = 0, see "
+                "callbacks.ema.update_starting_at_step): sampling with the raw weights",
+                glide_ckpt,
+            )
         if use_ema and started:
             weights = "ema"
         else:
@@ -75,10 +79,22 @@ def load_glide(glide_ckpt: str, device: str = "cpu", use_ema: bool = True):
 
 
 class GlidePipeline:
-    def __init__(self, glide, scorer=None, guidance_scale: Optional[float] = None, steps: Optional[int] = None,
-                 sampler: Optional[str] = None, eta: Optional[float] = None, n_candidates: int = 1, n_keep: int = 1,
-                 replace_known: Optional[bool] = None, batch_size: int = 64, seed: int = 0,
-                 progress: Optional[bool] = None, weights: str = "as given"):
+    def __init__(
+        self,
+        glide,
+        scorer=None,
+        guidance_scale: Optional[float] = None,
+        steps: Optional[int] = None,
+        sampler: Optional[str] = None,
+        eta: Optional[float] = None,
+        n_candidates: int = 1,
+        n_keep: int = 1,
+        replace_known: Optional[bool] = None,
+        batch_size: int = 64,
+        seed: int = 0,
+        progress: Optional[bool] = None,
+        weights: str = "as given",
+    ):
         self.glide = glide.eval()
         self.scorer = scorer
         self.guidance_scale = guidance_scale  # None: the checkpoint's default (GlideLit.hparams)
@@ -96,15 +112,18 @@ class GlidePipeline:
         self.weights = weights
 
     @classmethod
-    def from_checkpoints(cls, glide_ckpt: Optional[str], clip_ckpt: Optional[str] = None, device: str = "cpu",
-                         use_ema: bool = True, **kw) -> "GlidePipeline":
+    def from_checkpoints(
+        cls, glide_ckpt: Optional[str], clip_ckpt: Optional[str] = None, device: str = "cpu", use_ema: bool = True, **kw
+    ) -> "GlidePipeline":
         """A zoo-train GLIDE checkpoint (self-contained: its text tokenizer inside; EMA weights by default) and
         optionally a zoo-train CLIP one for reranking ``n_candidates`` samples per caption."""
         if not glide_ckpt:
             from zoo.errors import ConfigError
 
-            raise ConfigError("the GLIDE pipeline needs a checkpoint (fix: generator.glide_ckpt=/path/to/last.ckpt, "
-                              "or zoo-sample generator=glide ckpt=/path/to/last.ckpt)")
+            raise ConfigError(
+                "the GLIDE pipeline needs a checkpoint (fix: generator.glide_ckpt=/path/to/last.ckpt, "
+                "or zoo-sample generator=glide ckpt=/path/to/last.ckpt)"
+            )
         glide, weights = load_glide(str(glide_ckpt), device=device, use_ema=use_ema)
         scorer = None
         if clip_ckpt:
@@ -118,8 +137,13 @@ class GlidePipeline:
         return bool(self.glide.cfg.inpaint)
 
     def _knobs(self) -> dict[str, Any]:
-        return dict(guidance_scale=self.guidance_scale, steps=self.steps, sampler=self.sampler, eta=self.eta,
-                    batch_size=self.batch_size)
+        return dict(
+            guidance_scale=self.guidance_scale,
+            steps=self.steps,
+            sampler=self.sampler,
+            eta=self.eta,
+            batch_size=self.batch_size,
+        )
 
     # ------------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -130,12 +154,15 @@ class GlidePipeline:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         show = self.progress if self.progress is not None else n > 1
-        out = [self.glide.generate(captions, n=1, seed=self.seed + i, **self._knobs())
-               for i in track(range(n), desc="glide sample", unit="candidate", disable=not show)]
+        out = [
+            self.glide.generate(captions, n=1, seed=self.seed + i, **self._knobs())
+            for i in track(range(n), desc="glide sample", unit="candidate", disable=not show)
+        ]
         return torch.stack(out, dim=1)
 
-    def rerank(self, candidates: torch.Tensor, captions: Sequence[str], n_keep: int
-               ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def rerank(
+        self, candidates: torch.Tensor, captions: Sequence[str], n_keep: int
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Keep the ``n_keep`` best of each caption's candidates (B, N, 3, H, W) by CLIP score, best first; without a
         CLIP the first ``n_keep`` in sampling order (scores None)."""
         k = min(int(n_keep), candidates.shape[1])
@@ -147,8 +174,9 @@ class GlidePipeline:
         return picked, clip_score_from_cos(cos)
 
     @torch.no_grad()
-    def sample(self, captions: Sequence[str], n_candidates: Optional[int] = None,
-               n_keep: Optional[int] = None) -> dict[str, Any]:
+    def sample(
+        self, captions: Sequence[str], n_candidates: Optional[int] = None, n_keep: Optional[int] = None
+    ) -> dict[str, Any]:
         """``max(n_candidates, n_keep)`` samples per caption, CLIP-reranked when the pipeline has a CLIP; the
         ``n_keep`` best (or first) of each: dict(images (B, n_keep, 3, H, W), scores (B, n_keep) or None,
         n_candidates)."""
@@ -168,8 +196,9 @@ class GlidePipeline:
 
     # ------------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def inpaint(self, image: torch.Tensor, mask: torch.Tensor, captions: Sequence[str],
-                replace_known: Optional[bool] = None) -> dict[str, Any]:
+    def inpaint(
+        self, image: torch.Tensor, mask: torch.Tensor, captions: Sequence[str], replace_known: Optional[bool] = None
+    ) -> dict[str, Any]:
         """Fill the erased pixels of ``image`` under ``captions``.
 
         image: (B or 1, 3, H, W) or (3, H, W) in [-1, 1] at the model's resolution; mask: (B or 1, 1, H, W), (1, H, W)
@@ -190,11 +219,23 @@ class GlidePipeline:
             method = METHOD_MODEL_AND_KNOWN if replace else METHOD_MODEL
         else:
             if replace is False:
-                raise ValueError("this GLIDE checkpoint is not an inpainting model (model=glide_inpaint): it can only "
-                                 "inpaint by re-imposing the known pixels (replace_known=True)")
+                raise ValueError(
+                    "this GLIDE checkpoint is not an inpainting model (model=glide_inpaint): it can only "
+                    "inpaint by re-imposing the known pixels (replace_known=True)"
+                )
             replace, method = True, METHOD_KNOWN_REGION
         k = self._knobs()
-        images = self.glide.inpaint(captions, image.float(), mask.float(), n=1, seed=self.seed,
-                                    guidance_scale=k["guidance_scale"], steps=k["steps"], sampler=k["sampler"],
-                                    eta=k["eta"], replace_known=replace, batch_size=self.batch_size)
+        images = self.glide.inpaint(
+            captions,
+            image.float(),
+            mask.float(),
+            n=1,
+            seed=self.seed,
+            guidance_scale=k["guidance_scale"],
+            steps=k["steps"],
+            sampler=k["sampler"],
+            eta=k["eta"],
+            replace_known=replace,
+            batch_size=self.batch_size,
+        )
         return {"images": images, "method": method, "replace_known": replace}

@@ -1,6 +1,7 @@
 """A checkpoint's own sample grid on validation data: what ``zoo-sample ckpt=<file>`` writes for components that are
 not text-to-image generators (the image tokenizers: input | reconstruction pairs) and for any component when no
 prompts are given (the grid its training run logs, e.g. DALL·E samples for validation captions)."""
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ and newlines become a space. Each change and each truncation to the context is l
 (logger ``zoo.text``; one message per ``encode`` call, and after ``MAX_WARNINGS`` calls per tokenizer the rest go to
 DEBUG so a training loop over long captions does not flood the log).
 """
+
 from __future__ import annotations
 
 import abc
@@ -134,13 +135,26 @@ class TextTokenizer(abc.ABC):
         if sanitised:
             raw, n = sanitised[0]
             more = f" (and {len(sanitised) - 1} more of the {len(texts)} prompts)" if len(sanitised) > 1 else ""
-            self._warn("sanitised", "prompt %s: replaced %d undecodable, surrogate or control character(s) "
-                       "with U+FFFD or a space%s", _short(raw), n, more)
+            self._warn(
+                "sanitised",
+                "prompt %s: replaced %d undecodable, surrogate or control character(s) with U+FFFD or a space%s",
+                _short(raw),
+                n,
+                more,
+            )
         if truncated:
             text, n = truncated[0]
             more = f" (and {len(truncated) - 1} more of the {len(texts)} prompts)" if len(truncated) > 1 else ""
-            self._warn("truncated", "prompt %s has %d tokens: truncated to %d tokens (context_length %d = "
-                       "[SOT] + %d + [EOT])%s", _short(text), n, room, self.context_length, room, more)
+            self._warn(
+                "truncated",
+                "prompt %s has %d tokens: truncated to %d tokens (context_length %d = [SOT] + %d + [EOT])%s",
+                _short(text),
+                n,
+                room,
+                self.context_length,
+                room,
+                more,
+            )
         return out
 
     def _warn(self, kind: str, msg: str, *args) -> None:
@@ -148,7 +162,11 @@ class TextTokenizer(abc.ABC):
         counts = self.__dict__.setdefault("_warnings", {})
         counts[kind] = counts.get(kind, 0) + 1
         if counts[kind] <= MAX_WARNINGS:
-            last = " (further %s-prompt warnings from this tokenizer go to DEBUG)" % kind if counts[kind] == MAX_WARNINGS else ""
+            last = (
+                " (further %s-prompt warnings from this tokenizer go to DEBUG)" % kind
+                if counts[kind] == MAX_WARNINGS
+                else ""
+            )
             log.warning(msg + last, *args)
         else:
             log.debug(msg, *args)

@@ -5,6 +5,7 @@ CLIP's tokenizer cleans text first (ftfy, HTML unescape, whitespace, lower case)
 after every word-final token, so ``decode`` gives back lower-cased text with punctuation spaced out
 ("a cat, sitting." -> "a cat , sitting ."). Lower-case words separated by single spaces round-trip exactly.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -15,6 +15,7 @@ several keys share one cache folder without overwriting each other.
 The vocabulary actually reached can be smaller than requested on a small corpus (there are only so many merges
 to make): ``vocab_size`` is always the real size, ``requested_vocab_size`` what was asked for.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -94,7 +95,8 @@ class TrainedBPETokenizer(TextTokenizer):
                 f"tokenizer file not found: {path} (fix: fit one with "
                 f"TrainedBPETokenizer.train(captions, vocab_size=..., path='{path}') or "
                 f"TrainedBPETokenizer.load_or_train(...), or use data/tokenizer=bpe, which fits it on the training "
-                f"captions the first time)")
+                f"captions the first time)"
+            )
         self._setup(Tokenizer.from_file(str(path)), path, context_length)
 
     def _setup(self, tok, path: Optional[Path], context_length: int) -> None:
@@ -105,8 +107,10 @@ class TrainedBPETokenizer(TextTokenizer):
         ids = {s: tok.token_to_id(s) for s in SPECIALS}
         missing = [s for s in ("[PAD]", "[SOT]", "[EOT]") if ids[s] is None]
         if missing:
-            raise ValueError(f"{path or 'tokenizer'} lacks the special tokens {missing} (fix: refit it with "
-                             f"TrainedBPETokenizer.train)")
+            raise ValueError(
+                f"{path or 'tokenizer'} lacks the special tokens {missing} (fix: refit it with "
+                f"TrainedBPETokenizer.train)"
+            )
         self.pad_id, self.sot_id, self.eot_id = ids["[PAD]"], ids["[SOT]"], ids["[EOT]"]
         self.unk_id = ids["[UNK]"]  # None in tokenizer.json files fitted before [UNK] was added
         self.requested_vocab_size = self.vocab_size
@@ -118,21 +122,29 @@ class TrainedBPETokenizer(TextTokenizer):
         return self._tok.decode(ids, skip_special_tokens=True).strip()
 
     @classmethod
-    def train(cls, captions: Iterable[str], vocab_size: int = 16384, path: str | os.PathLike | None = None,
-              context_length: int = 64) -> "TrainedBPETokenizer":
+    def train(
+        cls,
+        captions: Iterable[str],
+        vocab_size: int = 16384,
+        path: str | os.PathLike | None = None,
+        context_length: int = 64,
+    ) -> "TrainedBPETokenizer":
         """Fit on ``captions``; save ``tokenizer.json`` at ``path`` (atomically) unless ``path`` is None."""
         from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
         vocab_size = int(vocab_size)
         if vocab_size < MIN_VOCAB:
-            raise ValueError(f"vocab_size must be >= {MIN_VOCAB} (256 bytes + {len(SPECIALS)} special tokens), "
-                             f"got {vocab_size}")
+            raise ValueError(
+                f"vocab_size must be >= {MIN_VOCAB} (256 bytes + {len(SPECIALS)} special tokens), got {vocab_size}"
+            )
         tok = Tokenizer(models.BPE(unk_token="[UNK]"))
         tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            vocab_size=vocab_size,
+            special_tokens=SPECIALS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
         tok.train_from_iterator((c for c in captions if c), trainer=trainer)
@@ -145,8 +157,13 @@ class TrainedBPETokenizer(TextTokenizer):
         return self
 
     @classmethod
-    def load_or_train(cls, path: str | os.PathLike, captions_fn: Callable[[], Iterable[str]],
-                      vocab_size: int = 16384, context_length: int = 64) -> "TrainedBPETokenizer":
+    def load_or_train(
+        cls,
+        path: str | os.PathLike,
+        captions_fn: Callable[[], Iterable[str]],
+        vocab_size: int = 16384,
+        context_length: int = 64,
+    ) -> "TrainedBPETokenizer":
         """Load ``path`` if it exists, else fit on ``captions_fn()`` (called only then) and save it there.
         An existing file is used as is, whatever ``vocab_size`` it was fitted with (put the size in the path)."""
         if Path(path).expanduser().is_file():
@@ -197,7 +214,12 @@ class LazyTrainedBPE(TextTokenizer):
     def _load(self, inner: TrainedBPETokenizer) -> None:
         self._inner = inner
         self.file = inner.path
-        self.vocab_size, self.pad_id, self.sot_id, self.eot_id = inner.vocab_size, inner.pad_id, inner.sot_id, inner.eot_id
+        self.vocab_size, self.pad_id, self.sot_id, self.eot_id = (
+            inner.vocab_size,
+            inner.pad_id,
+            inner.sot_id,
+            inner.eot_id,
+        )
 
     def fit_key(self, data_key: dict) -> dict:
         """The full key of a fit: the data's identity, the requested vocabulary and the BPE format."""
@@ -208,8 +230,9 @@ class LazyTrainedBPE(TextTokenizer):
         if self._inner is not None:
             return
         if fit_key is None:
-            self._load(TrainedBPETokenizer.load_or_train(self.path, captions_fn, self.requested_vocab,
-                                                         self.context_length))
+            self._load(
+                TrainedBPETokenizer.load_or_train(self.path, captions_fn, self.requested_vocab, self.context_length)
+            )
             return
         key = self.fit_key(fit_key)
         key = json.loads(json.dumps(key, sort_keys=True, default=str))  # what the key file will hold
@@ -225,18 +248,30 @@ class LazyTrainedBPE(TextTokenizer):
                 self._load(TrainedBPETokenizer(file, self.context_length))
                 self._inner.requested_vocab_size = self.requested_vocab
                 return
-            log.warning("BPE tokenizer: %s was fitted on %s, not on this run's data %s: refitting it",
-                        file, "unknown data (no readable key file)" if stored is None
-                        else json.dumps(stored, sort_keys=True), json.dumps(key, sort_keys=True))
+            log.warning(
+                "BPE tokenizer: %s was fitted on %s, not on this run's data %s: refitting it",
+                file,
+                "unknown data (no readable key file)" if stored is None else json.dumps(stored, sort_keys=True),
+                json.dumps(key, sort_keys=True),
+            )
         else:
             if self.path.is_file():
-                log.warning("BPE tokenizer: not reusing %s (it has no record of the captions it was fitted on); "
-                            "fitting %s instead", self.path, file)
-            log.info("BPE tokenizer: fitting %d tokens on %s -> %s", self.requested_vocab,
-                     json.dumps(key["data"], sort_keys=True), file)
+                log.warning(
+                    "BPE tokenizer: not reusing %s (it has no record of the captions it was fitted on); "
+                    "fitting %s instead",
+                    self.path,
+                    file,
+                )
+            log.info(
+                "BPE tokenizer: fitting %d tokens on %s -> %s",
+                self.requested_vocab,
+                json.dumps(key["data"], sort_keys=True),
+                file,
+            )
         key_file.unlink(missing_ok=True)  # never a key file beside a tokenizer it does not describe
-        tok = TrainedBPETokenizer.train(captions_fn(), vocab_size=self.requested_vocab, path=file,
-                                        context_length=self.context_length)
+        tok = TrainedBPETokenizer.train(
+            captions_fn(), vocab_size=self.requested_vocab, path=file, context_length=self.context_length
+        )
         _atomic_write_text(key_file, json.dumps(key, indent=1, sort_keys=True) + "\n")
         self._load(tok)
 

@@ -36,6 +36,7 @@ Bucketing (``bucketing=``):
 ``ScalarBins``: the same equal-mass quantile bucketing for one scalar -- the text-image dot product z_t · z_i of the
 AR prior's conditioning token, whose bins are then ordered by dot product and equally likely in training.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -89,8 +90,15 @@ def _midpoints(edges: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch
 class EmbeddingPCA(nn.Module):
     """PCA + per-component bucketing of D-dim embeddings into (B, K) ids in [0, n_buckets). See the module doc."""
 
-    def __init__(self, dim: int, n_buckets: int = 1024, variance_kept: float = 0.99,
-                 n_components: Optional[int] = None, bucketing: str = "quantile", uniform_std: float = 4.0):
+    def __init__(
+        self,
+        dim: int,
+        n_buckets: int = 1024,
+        variance_kept: float = 0.99,
+        n_components: Optional[int] = None,
+        bucketing: str = "quantile",
+        uniform_std: float = 4.0,
+    ):
         super().__init__()
         if bucketing not in BUCKETINGS:
             raise ValueError(f"unknown bucketing {bucketing!r}; choose one of {BUCKETINGS}")
@@ -159,7 +167,9 @@ class EmbeddingPCA(nn.Module):
             centres = bucket_means(coeff, bucketize(coeff, edges), self.n_buckets, mids)
         else:  # uniform over mean ± uniform_std std (the coefficients are centred: mean 0)
             std = coeff.std(0).clamp(min=1e-12)
-            span = torch.linspace(-1, 1, self.n_buckets + 1, dtype=torch.float64)[None] * (self.uniform_std * std[:, None])
+            span = torch.linspace(-1, 1, self.n_buckets + 1, dtype=torch.float64)[None] * (
+                self.uniform_std * std[:, None]
+            )
             edges = span[:, 1:-1].contiguous()
             centres = (span[:, :-1] + span[:, 1:]) / 2
         self.mean.copy_(mean)

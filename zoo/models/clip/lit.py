@@ -13,6 +13,7 @@ text->image (``t2i``) and image->text (``i2t``). Recall counts a hit only at the
 repeat (two scenes may share a caption) and such a duplicate ranked first counts as a miss, so the numbers are a
 strict lower bound of caption-level recall.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,15 +49,25 @@ class ClipLit(ZooLit):
             weights, so reloading never needs the original ``pretrained``/``checkpoint`` files).
     """
 
-    def __init__(self, preset: str = "shapes", arch: Optional[str] = None, net: Optional[dict[str, Any]] = None,
-                 pretrained: Optional[str] = None, checkpoint: Optional[str] = None, cache_dir: Optional[str] = None,
-                 load_weights: bool = True, optimizer=None, scheduler=None):
+    def __init__(
+        self,
+        preset: str = "shapes",
+        arch: Optional[str] = None,
+        net: Optional[dict[str, Any]] = None,
+        pretrained: Optional[str] = None,
+        checkpoint: Optional[str] = None,
+        cache_dir: Optional[str] = None,
+        load_weights: bool = True,
+        optimizer=None,
+        scheduler=None,
+    ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.config = clip_config(preset, arch, net)
         self.arch = self.config.arch
-        self.clip = create_clip(self.config, pretrained=pretrained, checkpoint=checkpoint, cache_dir=cache_dir,
-                                load_weights=load_weights)
+        self.clip = create_clip(
+            self.config, pretrained=pretrained, checkpoint=checkpoint, cache_dir=cache_dir, load_weights=load_weights
+        )
         self.tokenize = tokenizer_for(self.config)
         self._scorer = ClipScorer.from_model(self.clip, self.tokenize)  # its preprocessing, used by embed()
         self.clip.train()  # (building a scorer switched the network to eval mode)
@@ -84,8 +95,10 @@ class ClipLit(ZooLit):
     def check_data(self, datamodule) -> None:
         bs = getattr(datamodule, "batch_size", None)
         if bs is not None and bs < 2:
-            raise ConfigError(f"CLIP's contrastive loss needs at least 2 pairs per batch, got data.batch_size={bs} "
-                              "(fix: data.batch_size=64 or more)")
+            raise ConfigError(
+                f"CLIP's contrastive loss needs at least 2 pairs per batch, got data.batch_size={bs} "
+                "(fix: data.batch_size=64 or more)"
+            )
         dataset = getattr(datamodule, "dataset", None)
         if not callable(dataset):
             return
@@ -97,8 +110,10 @@ class ClipLit(ZooLit):
             return
         if not isinstance(sample, dict) or "image" not in sample or "caption" not in sample:
             keys = sorted(sample) if isinstance(sample, dict) else type(sample).__name__
-            raise ConfigError(f"CLIP trains on image-caption pairs but the data's samples have {keys} "
-                              "(fix: a data config whose samples carry 'image' and 'caption', e.g. data=shapes)")
+            raise ConfigError(
+                f"CLIP trains on image-caption pairs but the data's samples have {keys} "
+                "(fix: a data config whose samples carry 'image' and 'caption', e.g. data=shapes)"
+            )
         img = sample["image"]
         if not torch.is_tensor(img) or img.dim() != 3 or img.shape[0] != 3:
             shape = tuple(img.shape) if torch.is_tensor(img) else type(img).__name__
@@ -109,15 +124,22 @@ class ClipLit(ZooLit):
     # -- training ------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         # DDP: gather features from all ranks so each rank sees every negative (gradients flow through the gather)
-        self.loss_fn = open_clip.ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True,
-                                          rank=self.global_rank, world_size=self.trainer.world_size)
+        self.loss_fn = open_clip.ClipLoss(
+            local_loss=False,
+            gather_with_grad=True,
+            cache_labels=True,
+            rank=self.global_rank,
+            world_size=self.trainer.world_size,
+        )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         img, txt = self.embed(batch)
         scale = self.clip.logit_scale.exp()
         loss = self.loss_fn(img.float(), txt.float(), scale)
         with torch.no_grad():
-            acc = ((txt.float() @ img.float().t()).argmax(1) == torch.arange(len(txt), device=txt.device)).float().mean()
+            acc = (
+                ((txt.float() @ img.float().t()).argmax(1) == torch.arange(len(txt), device=txt.device)).float().mean()
+            )
         self.log_metrics("train", {"loss": loss, "logit_scale": scale, "t2i_acc": acc}, batch_size=len(txt))
         return loss
 
@@ -153,10 +175,16 @@ class ClipLit(ZooLit):
         labels = torch.arange(len(txt), device=txt.device)
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
         # every rank holds the same gathered numbers, so no sync_dist reduction is needed
-        self.log_dict({
-            f"{stage}/loss": loss, f"{stage}/t2i_r@1": recall_at_k(logits, 1), f"{stage}/t2i_r@5": recall_at_k(logits, 5),
-            f"{stage}/i2t_r@1": recall_at_k(logits.t(), 1), f"{stage}/i2t_r@5": recall_at_k(logits.t(), 5),
-        }, rank_zero_only=False)
+        self.log_dict(
+            {
+                f"{stage}/loss": loss,
+                f"{stage}/t2i_r@1": recall_at_k(logits, 1),
+                f"{stage}/t2i_r@5": recall_at_k(logits, 5),
+                f"{stage}/i2t_r@1": recall_at_k(logits.t(), 1),
+                f"{stage}/i2t_r@5": recall_at_k(logits.t(), 5),
+            },
+            rank_zero_only=False,
+        )
 
     # -- saving / optimisation -----------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ Weights come from (in order): ``checkpoint`` — a local open_clip file (.pt/.bi
 Lightning checkpoint trained here — or ``pretrained`` — an open_clip tag, read from open_clip's cache and downloaded
 only where there is internet. Offline without the file, one ``MissingWeightsError`` names the option and the file.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -96,8 +97,9 @@ def validate_overrides(arch: str, overrides: dict[str, Any]) -> None:
                 raise ValueError(f"unknown CLIP net.{k} key(s) {bad}; valid keys: {sorted(valid)}")
 
 
-def clip_config(preset: Optional[str] = "shapes", arch: Optional[str] = None,
-                net: Optional[dict[str, Any]] = None) -> ClipConfig:
+def clip_config(
+    preset: Optional[str] = "shapes", arch: Optional[str] = None, net: Optional[dict[str, Any]] = None
+) -> ClipConfig:
     """``resolve_preset(PRESETS, ...)`` then CLIP's own overrides: ``arch`` (any open_clip architecture) and ``net``
     (open_clip model-config keys, deep-merged and validated against open_clip's config, not dataclass fields)."""
     cfg = resolve_preset(PRESETS, ClipConfig, preset, None, "CLIP")
@@ -105,8 +107,10 @@ def clip_config(preset: Optional[str] = "shapes", arch: Optional[str] = None,
     arch = net.pop("arch", None) or arch
     if arch:
         if open_clip.get_model_config(arch) is None:
-            raise ValueError(f"unknown open_clip architecture {arch!r} (model.arch=...); registered ones include "
-                             f"{sorted(p.arch for p in PRESETS.values())} and open_clip.list_models()")
+            raise ValueError(
+                f"unknown open_clip architecture {arch!r} (model.arch=...); registered ones include "
+                f"{sorted(p.arch for p in PRESETS.values())} and open_clip.list_models()"
+            )
         cfg = dataclasses.replace(cfg, arch=arch, overrides={})
     validate_overrides(cfg.arch, net)
     return dataclasses.replace(cfg, overrides=deep_merge(cfg.overrides, net))
@@ -155,7 +159,7 @@ def clip_state_dict(obj: Any, model: Optional[torch.nn.Module] = None) -> dict[s
     target = set(model.state_dict()) if model is not None else {"logit_scale"}
 
     def strip(p: str) -> dict[str, torch.Tensor]:
-        return {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
+        return {k[len(p) :]: v for k, v in sd.items() if k.startswith(p)}
 
     return max((strip(p) for p in prefixes), key=lambda d: len(target & set(d)))
 
@@ -172,14 +176,19 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def load_weights_file(model: torch.nn.Module, path: str | os.PathLike, arch: str = "?") -> torch.nn.Module:
     """Load a local file into ``model`` (strict), with open_clip's usual format fix-ups."""
-    from open_clip.factory import convert_state_dict, convert_to_custom_text_state_dict, resize_pos_embed, \
-        resize_text_pos_embed
+    from open_clip.factory import (
+        convert_state_dict,
+        convert_to_custom_text_state_dict,
+        resize_pos_embed,
+        resize_text_pos_embed,
+    )
 
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(
             f"CLIP checkpoint not found: {path} (option: model.checkpoint=/path/to/file.pt — an open_clip "
-            f".pt/.bin/.safetensors or a zoo-train .ckpt)")
+            f".pt/.bin/.safetensors or a zoo-train .ckpt)"
+        )
     if path.suffix in (".npz", ".npy"):  # big_vision (SigLIP) weights; numpy loads without pickles
         from open_clip.convert import load_big_vision_weights
 
@@ -195,19 +204,24 @@ def load_weights_file(model: torch.nn.Module, path: str | os.PathLike, arch: str
         resize_pos_embed(sd, model)
         resize_text_pos_embed(sd, model)
         missing, unexpected = model.load_state_dict(sd, strict=False)
-        problem = f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        problem = (
+            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
     except (AssertionError, RuntimeError, ValueError, KeyError) as e:  # shape mismatches
         missing, unexpected, problem = [None], [], f"{type(e).__name__}: {str(e)[:300]}"
     if missing or unexpected:
         raise ConfigError(
             f"{path} does not fit CLIP architecture {arch!r}: {problem} (fix: model.arch= / model.net= to the ones "
-            f"it was trained with)")
+            f"it was trained with)"
+        )
     return model
 
 
 def _env_offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ZOO_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ZOO_OFFLINE")
+    )
 
 
 def _reachable(tag_cfg: dict, timeout: float = 3.0) -> None:
@@ -264,7 +278,8 @@ def _missing_pretrained(arch: str, tag: str, tag_cfg: dict, cache_dir: Optional[
         f"pretrained CLIP weights {arch} / {tag!r} are not on this machine and cannot be downloaded here "
         f"({type(err).__name__}: {str(err)[:160]}). Expected: {where}. Fix: download it once where there is internet "
         f"and pass the file with model.checkpoint=/path/to/{fname} (keep model.pretrained={tag} for its "
-        f"preprocessing; zoo-embed: clip.checkpoint=), or put it into that cache.")
+        f"preprocessing; zoo-embed: clip.checkpoint=), or put it into that cache."
+    )
 
 
 class _QuietRandomInit(logging.Filter):
@@ -285,8 +300,14 @@ def _build(cfg: ClipConfig, preprocess: Optional[dict[str, Any]]) -> torch.nn.Mo
         logging.getLogger().removeFilter(quiet)
 
 
-def create_clip(cfg: ClipConfig | str, pretrained: Optional[str] = None, checkpoint: Optional[str] = None,
-                cache_dir: Optional[str] = None, load_weights: bool = True, **overrides) -> torch.nn.Module:
+def create_clip(
+    cfg: ClipConfig | str,
+    pretrained: Optional[str] = None,
+    checkpoint: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    load_weights: bool = True,
+    **overrides,
+) -> torch.nn.Module:
     """Build the architecture, then load ``checkpoint`` (local file) or the ``pretrained`` tag's weights.
 
     A known ``pretrained`` tag also sets the preprocessing (mean/std/resize) and QuickGELU the weights were trained
@@ -309,7 +330,8 @@ def create_clip(cfg: ClipConfig | str, pretrained: Optional[str] = None, checkpo
             else:
                 raise ConfigError(
                     f"unknown open_clip pretrained tag {pretrained!r} for {cfg.arch} (fix: one of "
-                    f"{open_clip.list_pretrained_tags_by_model(cfg.arch)}, or model.checkpoint=/path/to/file)")
+                    f"{open_clip.list_pretrained_tags_by_model(cfg.arch)}, or model.checkpoint=/path/to/file)"
+                )
         if tag_cfg.get("quick_gelu") and "quick_gelu" not in cfg.overrides:
             cfg = dataclasses.replace(cfg, overrides={**cfg.overrides, "quick_gelu": True})
     preprocess = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg} or None

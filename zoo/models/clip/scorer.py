@@ -11,10 +11,10 @@ per-sample clamp of Hessel et al.'s CLIPScore with the scale 100 of torchmetrics
 (torchmetrics clamps after averaging instead; the two agree whenever no pair has a negative cosine). Averaging over
 pairs is left to the caller (``clip_score(...).mean()``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -39,8 +39,9 @@ def clip_score_from_cos(cos: torch.Tensor) -> torch.Tensor:
     return 100 * cos.clamp_min(0)
 
 
-def resize_for_clip(x: torch.Tensor, size: int, resize_mode: str = "shortest", interpolation: str = "bicubic",
-                    fill: float = 0.0) -> torch.Tensor:
+def resize_for_clip(
+    x: torch.Tensor, size: int, resize_mode: str = "shortest", interpolation: str = "bicubic", fill: float = 0.0
+) -> torch.Tensor:
     """open_clip's eval transform on a tensor batch in [0, 1]: (N, 3, H, W) -> (N, 3, size, size)
     (``zoo.data.transforms.resize_center_crop``: ``shortest`` resize + centre crop, ``longest`` + pad, ``squash``)."""
     from zoo.data.transforms import resize_center_crop
@@ -59,9 +60,18 @@ class ClipScorer:
         batch_size: encoder batch size (inputs of any length are split).
     """
 
-    def __init__(self, model, tokenizer: Callable[[Sequence[str]], torch.Tensor], image_size: int,
-                 mean: Sequence[float], std: Sequence[float], device: str | torch.device = "cpu", batch_size: int = 256,
-                 resize_mode: str = "shortest", interpolation: str = "bicubic"):
+    def __init__(
+        self,
+        model,
+        tokenizer: Callable[[Sequence[str]], torch.Tensor],
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: str | torch.device = "cpu",
+        batch_size: int = 256,
+        resize_mode: str = "shortest",
+        interpolation: str = "bicubic",
+    ):
         if isinstance(model, torch.nn.Module):
             model = model.eval().to(device)
         self.model = model
@@ -88,9 +98,16 @@ class ClipScorer:
         return cls(model, tokenizer, size, mean, std, device=device, **kw)
 
     @classmethod
-    def from_open_clip(cls, arch: str, pretrained: Optional[str] = None, checkpoint: Optional[str] = None,
-                       device: str = "cpu", net: Optional[dict] = None, cache_dir: Optional[str] = None,
-                       **kw) -> "ClipScorer":
+    def from_open_clip(
+        cls,
+        arch: str,
+        pretrained: Optional[str] = None,
+        checkpoint: Optional[str] = None,
+        device: str = "cpu",
+        net: Optional[dict] = None,
+        cache_dir: Optional[str] = None,
+        **kw,
+    ) -> "ClipScorer":
         """Any open_clip architecture (or zoo config) with an open_clip ``pretrained`` tag and/or a local
         ``checkpoint`` file (open_clip file or zoo-train .ckpt). Raises ``MissingWeightsError`` offline."""
         from zoo.models.clip.model import ClipConfig, clip_config, create_clip, tokenizer_for
@@ -112,20 +129,22 @@ class ClipScorer:
             return cls.from_lightning_checkpoint(str(get("checkpoint")), device=device)
         if get("arch"):
             net = dict(get("net") or {}) or None
-            return cls.from_open_clip(str(get("arch")), pretrained=get("pretrained"), checkpoint=get("checkpoint"),
-                                      device=device, net=net)
-        raise ConfigError("no CLIP given (fix: clip.checkpoint=/path/to/clip.ckpt from zoo-train model=clip, or "
-                          "clip.arch=ViT-B-32 clip.pretrained=openai, or clip.arch=<arch> clip.checkpoint=<open_clip "
-                          "file>)")
+            return cls.from_open_clip(
+                str(get("arch")), pretrained=get("pretrained"), checkpoint=get("checkpoint"), device=device, net=net
+            )
+        raise ConfigError(
+            "no CLIP given (fix: clip.checkpoint=/path/to/clip.ckpt from zoo-train model=clip, or "
+            "clip.arch=ViT-B-32 clip.pretrained=openai, or clip.arch=<arch> clip.checkpoint=<open_clip "
+            "file>)"
+        )
 
     @classmethod
     def from_lightning_checkpoint(cls, path: str, device: str = "cpu", **kw) -> "ClipScorer":
         """A checkpoint written by ``zoo-train model=clip`` (weights_only load; preset/arch/net read from its
         hyper-parameters; the ``pretrained`` tag it started from only sets the preprocessing, nothing downloads)."""
         from zoo.checkpoint import safe_load
-        from zoo.models.clip.model import clip_config, create_clip, tokenizer_for
-
         from zoo.errors import ConfigError
+        from zoo.models.clip.model import clip_config, create_clip, tokenizer_for
         from zoo.registry import check_plain, component_in
 
         ckpt = safe_load(path)
@@ -161,8 +180,10 @@ class ClipScorer:
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (N, 3, H, W) -> L2-normalised float embeddings (N, D)."""
-        out = [self.model.encode_image(self.preprocess(images[i : i + self.batch_size])).float()
-               for i in range(0, len(images), self.batch_size)]
+        out = [
+            self.model.encode_image(self.preprocess(images[i : i + self.batch_size])).float()
+            for i in range(0, len(images), self.batch_size)
+        ]
         return F.normalize(torch.cat(out), dim=-1)
 
     def tokenize(self, captions: Sequence[str]) -> torch.Tensor:
@@ -175,8 +196,10 @@ class ClipScorer:
     def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
         """Captions -> L2-normalised float embeddings (N, D)."""
         captions = list(captions) if not isinstance(captions, str) else [captions]
-        out = [self.model.encode_text(self.tokenize(captions[i : i + self.batch_size]).to(self.device)).float()
-               for i in range(0, len(captions), self.batch_size)]
+        out = [
+            self.model.encode_text(self.tokenize(captions[i : i + self.batch_size]).to(self.device)).float()
+            for i in range(0, len(captions), self.batch_size)
+        ]
         return F.normalize(torch.cat(out), dim=-1)
 
     # -- scores ------------------------------------------------------------------------------------------------
@@ -202,12 +225,15 @@ class ClipScorer:
         best_scores, best = torch.topk(scores, k)
         return images[best.to(images.device)], best_scores, best
 
-    def rerank_batched(self, images: torch.Tensor, captions: Sequence[str], top_k: int
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def rerank_batched(
+        self, images: torch.Tensor, captions: Sequence[str], top_k: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Several captions, each with its own N candidates: images (B, N, 3, H, W), B captions ->
         (images (B, k, 3, H, W), scores (B, k), indices (B, k)), best first per caption."""
         if images.dim() != 5 or len(images) != len(captions):
-            raise ValueError(f"expected images (B, N, 3, H, W) for B={len(captions)} captions, got {tuple(images.shape)}")
+            raise ValueError(
+                f"expected images (B, N, 3, H, W) for B={len(captions)} captions, got {tuple(images.shape)}"
+            )
         b, n = images.shape[:2]
         img = self.encode_image(images.flatten(0, 1)).view(b, n, -1)  # (B, N, D)
         txt = self.encode_text(captions)  # (B, D)

@@ -14,6 +14,7 @@ in the state dict under ``image_tokenizer.``) and ``text_tokenizer`` (``TextToke
 tokenizer.json as a string), so
 ``zoo.checkpoint.load_module(ckpt)`` followed by ``generate`` needs neither the tokenizer checkpoint nor the BPE file.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,9 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from zoo.errors import ConfigError
-from zoo.models.base import check_text_tokenizer, ZooLit
-from zoo.models.dalle.model import (PRESETS, DalleTransformer, DalleTransformerConfig, image_tokenizer_from_spec,
-                                    image_tokenizer_spec)
+from zoo.models.base import ZooLit, check_text_tokenizer
+from zoo.models.dalle.model import (
+    PRESETS,
+    DalleTransformer,
+    DalleTransformerConfig,
+    image_tokenizer_from_spec,
+    image_tokenizer_spec,
+)
 from zoo.models.presets import resolve_preset
 from zoo.nn.sampling import sample_image_tokens
 from zoo.text import TextTokenizer
@@ -33,19 +39,28 @@ from zoo.text import TextTokenizer
 
 class DalleLit(ZooLit):
     """Args:
-        preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.dalle.model.PRESETS``); ``net`` overrides fields.
-        image_tokenizer_ckpt: zoo-train dVAE / VQ-VAE checkpoint used frozen to encode images (and to decode samples).
-        text_dropout: probability of replacing a training caption by all pads (classifier-free guidance).
-        grid_captions: captions sampled by ``sample_grid`` (the SampleGridCallback) beside their real images.
-        grid_top_k, grid_guidance_scale: sampling settings of ``sample_grid``.
-        tokenizer_spec, text_tokenizer: filled in by the checkpoint (leave None when training).
+    preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.dalle.model.PRESETS``); ``net`` overrides fields.
+    image_tokenizer_ckpt: zoo-train dVAE / VQ-VAE checkpoint used frozen to encode images (and to decode samples).
+    text_dropout: probability of replacing a training caption by all pads (classifier-free guidance).
+    grid_captions: captions sampled by ``sample_grid`` (the SampleGridCallback) beside their real images.
+    grid_top_k, grid_guidance_scale: sampling settings of ``sample_grid``.
+    tokenizer_spec, text_tokenizer: filled in by the checkpoint (leave None when training).
     """
 
-    def __init__(self, preset: str = "shapes", net: Optional[dict[str, Any]] = None,
-                 image_tokenizer_ckpt: Optional[str] = None, text_dropout: float = 0.15, grid_captions: int = 8,
-                 grid_top_k: Optional[int] = None, grid_guidance_scale: float = 1.0,
-                 tokenizer_spec: Optional[dict[str, Any]] = None, text_tokenizer: Optional[dict[str, Any]] = None,
-                 optimizer=None, scheduler=None):
+    def __init__(
+        self,
+        preset: str = "shapes",
+        net: Optional[dict[str, Any]] = None,
+        image_tokenizer_ckpt: Optional[str] = None,
+        text_dropout: float = 0.15,
+        grid_captions: int = 8,
+        grid_top_k: Optional[int] = None,
+        grid_guidance_scale: float = 1.0,
+        tokenizer_spec: Optional[dict[str, Any]] = None,
+        text_tokenizer: Optional[dict[str, Any]] = None,
+        optimizer=None,
+        scheduler=None,
+    ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "tokenizer_spec", "text_tokenizer"])
         if not 0.0 <= text_dropout < 1.0:
@@ -68,8 +83,9 @@ class DalleLit(ZooLit):
 
         ckpt = safe_load(path)
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-            raise ConfigError(f"{path} is not a zoo-train checkpoint "
-                              "(fix: model.image_tokenizer_ckpt=<dvae/vqvae last.ckpt>)")
+            raise ConfigError(
+                f"{path} is not a zoo-train checkpoint (fix: model.image_tokenizer_ckpt=<dvae/vqvae last.ckpt>)"
+            )
         res = resolution or ((ckpt.get("zoo_config") or {}).get("data") or {}).get("resolution")
         spec = image_tokenizer_spec(ckpt, res)  # plain values; stored in our checkpoints by on_save_checkpoint
         self._set_image_tokenizer(image_tokenizer_from_spec(spec, ckpt["state_dict"]), spec)
@@ -101,32 +117,42 @@ class DalleLit(ZooLit):
         if self.image_tokenizer is None:
             path = self.hparams.get("image_tokenizer_ckpt")
             if path:
-                raise ConfigError(f"image tokenizer checkpoint not found: {path} (fix: model.image_tokenizer_ckpt=<a "
-                                  f"zoo-train dvae/vqvae last.ckpt>, e.g. train one with "
-                                  f"`zoo-train experiment=demo/tokenizer hydra.run.dir=logs/demo/tokenizer`)")
+                raise ConfigError(
+                    f"image tokenizer checkpoint not found: {path} (fix: model.image_tokenizer_ckpt=<a "
+                    f"zoo-train dvae/vqvae last.ckpt>, e.g. train one with "
+                    f"`zoo-train experiment=demo/tokenizer hydra.run.dir=logs/demo/tokenizer`)"
+                )
             if "train" not in features:
-                raise ConfigError("no image tokenizer and no precomputed image tokens (fix: "
-                                  "model.image_tokenizer_ckpt=<dvae/vqvae ckpt>, "
-                                  "or data.features.train=<zoo-tokenize file>)")
+                raise ConfigError(
+                    "no image tokenizer and no precomputed image tokens (fix: "
+                    "model.image_tokenizer_ckpt=<dvae/vqvae ckpt>, "
+                    "or data.features.train=<zoo-tokenize file>)"
+                )
         else:
             it = self.image_tokenizer
             res = getattr(datamodule, "resolution", None)
             if res is not None:
                 if res % it.downsample_factor:
-                    raise ConfigError(f"data.resolution={res} is not a multiple of the image tokenizer's downsample "
-                                      f"factor {it.downsample_factor} (fix: data.resolution={c.grid_h * it.downsample_factor})")
+                    raise ConfigError(
+                        f"data.resolution={res} is not a multiple of the image tokenizer's downsample "
+                        f"factor {it.downsample_factor} (fix: data.resolution={c.grid_h * it.downsample_factor})"
+                    )
                 it.resolution = res
                 if self._tokenizer_spec is not None:
                     self._tokenizer_spec["resolution"] = res
             grid = tuple(it.grid_size)
             if grid != (c.grid_h, c.grid_w):
-                raise ConfigError(f"the image tokenizer makes a {grid[0]}x{grid[1]} grid at data.resolution={res} but "
-                                  f"the model expects {c.grid_h}x{c.grid_w} (fix: model.net.grid_h={grid[0]} "
-                                  f"model.net.grid_w={grid[1]}, or data.resolution="
-                                  f"{c.grid_h * it.downsample_factor})")
+                raise ConfigError(
+                    f"the image tokenizer makes a {grid[0]}x{grid[1]} grid at data.resolution={res} but "
+                    f"the model expects {c.grid_h}x{c.grid_w} (fix: model.net.grid_h={grid[0]} "
+                    f"model.net.grid_w={grid[1]}, or data.resolution="
+                    f"{c.grid_h * it.downsample_factor})"
+                )
             if it.codebook_size > c.image_vocab:
-                raise ConfigError(f"image tokenizer codebook ({it.codebook_size}) is larger than the model's "
-                                  f"image_vocab ({c.image_vocab}) (fix: model.net.image_vocab={it.codebook_size})")
+                raise ConfigError(
+                    f"image tokenizer codebook ({it.codebook_size}) is larger than the model's "
+                    f"image_vocab ({c.image_vocab}) (fix: model.net.image_vocab={it.codebook_size})"
+                )
         self.text_tokenizer = tok
 
     def setup(self, stage: str) -> None:
@@ -155,8 +181,9 @@ class DalleLit(ZooLit):
         if "image_tokens" in batch:
             return batch["image_tokens"].long()
         if self.image_tokenizer is None:
-            raise RuntimeError("batch has no image_tokens and no image tokenizer is loaded "
-                               "(model.image_tokenizer_ckpt)")
+            raise RuntimeError(
+                "batch has no image_tokens and no image tokenizer is loaded (model.image_tokenizer_ckpt)"
+            )
         return self.image_tokenizer.encode(batch["image"]).long()
 
     def drop_captions(self, text: torch.Tensor) -> torch.Tensor:
@@ -180,8 +207,11 @@ class DalleLit(ZooLit):
 
     def eval_step(self, batch: dict[str, Any], stage: str) -> None:
         r = self.forward_loss(batch, train=False)
-        self.log_metrics(stage, {"loss": r["loss"], "text_loss": r["text_loss"], "image_loss": r["image_loss"]},
-                         batch_size=batch["text_tokens"].shape[0])
+        self.log_metrics(
+            stage,
+            {"loss": r["loss"], "text_loss": r["text_loss"], "image_loss": r["image_loss"]},
+            batch_size=batch["text_tokens"].shape[0],
+        )
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """The transformer only: the frozen image tokenizer is never optimised."""
@@ -197,23 +227,50 @@ class DalleLit(ZooLit):
         return self.image_tokenizer.decode(tokens).float().clamp(-1, 1)
 
     @torch.no_grad()
-    def generate_tokens(self, text_tokens: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
-                        top_p: Optional[float] = None, guidance_scale: float = 1.0,
-                        prime_tokens: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-                        batch_size: int = 64) -> torch.Tensor:
+    def generate_tokens(
+        self,
+        text_tokens: torch.Tensor,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        guidance_scale: float = 1.0,
+        prime_tokens: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        batch_size: int = 64,
+    ) -> torch.Tensor:
         """Image tokens (B, h, w) for text tokens (B, text_len), in chunks of ``batch_size``."""
         out = []
         for i in range(0, len(text_tokens), batch_size):
-            prime = None if prime_tokens is None else prime_tokens[i:i + batch_size]
-            out.append(sample_image_tokens(self.transformer, text_tokens[i:i + batch_size], temperature, top_k, top_p,
-                                           guidance_scale, prime_tokens=prime, generator=generator))
+            prime = None if prime_tokens is None else prime_tokens[i : i + batch_size]
+            out.append(
+                sample_image_tokens(
+                    self.transformer,
+                    text_tokens[i : i + batch_size],
+                    temperature,
+                    top_k,
+                    top_p,
+                    guidance_scale,
+                    prime_tokens=prime,
+                    generator=generator,
+                )
+            )
         return torch.cat(out)
 
     @torch.no_grad()
-    def generate(self, captions: Sequence[str], n: int = 1, seed: int = 0, temperature: float = 1.0,
-                 top_k: Optional[int] = None, top_p: Optional[float] = None, guidance_scale: float = 1.0,
-                 prime: Optional[torch.Tensor] = None, prime_rows: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, batch_size: int = 64) -> torch.Tensor:
+    def generate(
+        self,
+        captions: Sequence[str],
+        n: int = 1,
+        seed: int = 0,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        guidance_scale: float = 1.0,
+        prime: Optional[torch.Tensor] = None,
+        prime_rows: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        batch_size: int = 64,
+    ) -> torch.Tensor:
         """``n`` images per caption -> FloatTensor (len(captions) * n, 3, H, W) in [-1, 1], caption-major.
 
         ``prime``: images (len(captions), 3, H, W) in [-1, 1] whose top ``prime_rows`` token rows (default half the
@@ -231,9 +288,10 @@ class DalleLit(ZooLit):
                     prime = self.image_tokenizer.encode(prime.to(self.device))[:, :rows]
                 prime_tokens = prime.long().to(self.device).repeat_interleave(n, 0)
             gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
-            tokens = self.generate_tokens(text, temperature, top_k, top_p, guidance_scale, prime_tokens, gen,
-                                          batch_size)
-            return torch.cat([self.decode(tokens[i:i + batch_size]) for i in range(0, len(tokens), batch_size)])
+            tokens = self.generate_tokens(
+                text, temperature, top_k, top_p, guidance_scale, prime_tokens, gen, batch_size
+            )
+            return torch.cat([self.decode(tokens[i : i + batch_size]) for i in range(0, len(tokens), batch_size)])
         finally:
             self.train(was_training)
 
@@ -243,8 +301,9 @@ class DalleLit(ZooLit):
         n = min(int(self.hparams.grid_captions), len(batch["caption"]))
         text = self.pad_text(batch["text_tokens"][:n].long().to(self.device))
         gen = torch.Generator(device=self.device).manual_seed(0)
-        tokens = self.generate_tokens(text, top_k=self.hparams.grid_top_k,
-                                      guidance_scale=self.hparams.grid_guidance_scale, generator=gen)
+        tokens = self.generate_tokens(
+            text, top_k=self.hparams.grid_top_k, guidance_scale=self.hparams.grid_guidance_scale, generator=gen
+        )
         fake = self.decode(tokens)
         real = batch["image"][:n].float().to(fake.device)
         if real.shape[-2:] != fake.shape[-2:]:
@@ -254,4 +313,3 @@ class DalleLit(ZooLit):
     @property
     def n_params(self) -> int:
         return sum(p.numel() for p in self.transformer.parameters())
-

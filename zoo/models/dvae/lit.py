@@ -7,6 +7,7 @@ loss = NLL_recon + beta * KL(q(z|x) || uniform), both per pixel x channel (the p
 - beta ramps 0 -> 6.6 (paper: over the first 5k updates; tau over 150k) on configurable step schedules.
 Validation uses the tokens stage 2 will see: argmax codes, no noise.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,11 +18,11 @@ import torch.nn.functional as F
 
 from zoo.errors import ConfigError
 from zoo.models.base import ImageTokenizerLit
-from zoo.models.dvae.model import DVAE, DVAEConfig, PRESETS
+from zoo.models.dvae.model import DVAE, PRESETS, DVAEConfig
 from zoo.models.presets import resolve_preset
+from zoo.nn.annealing import SCHEDULES
 from zoo.nn.image_tokenizer import psnr_from_mse
 from zoo.nn.likelihoods import LOGIT_LAPLACE_EPS, logit_laplace_nll, map_pixels
-from zoo.nn.annealing import SCHEDULES
 
 
 def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
@@ -101,10 +102,18 @@ class DVAELit(ImageTokenizerLit):
     # --------------------------------------------------------------------------------------------- lightning
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         r = self.forward_loss(batch["image"])
-        self.log_metrics("train", {
-            "loss": r["loss"], "recon_nll": r["recon"], "kl": r["kl"], "recon_mse": r["mse"],
-            "psnr": psnr_from_mse(r["mse"]), "temperature": self.temperature(), "kl_weight": self.kl_weight(),
-        })
+        self.log_metrics(
+            "train",
+            {
+                "loss": r["loss"],
+                "recon_nll": r["recon"],
+                "kl": r["kl"],
+                "recon_mse": r["mse"],
+                "psnr": psnr_from_mse(r["mse"]),
+                "temperature": self.temperature(),
+                "kl_weight": self.kl_weight(),
+            },
+        )
         return r["loss"]
 
     # --------------------------------------------------------------------------------------------- evaluation
@@ -114,8 +123,7 @@ class DVAELit(ImageTokenizerLit):
         r = self.forward_loss(images)
         codes = r["logits"].argmax(1)
         self.accumulate(codes, self.dvae.decode(codes), images)
-        self.log_metrics(stage, {"loss": r["loss"], "kl": r["kl"], "recon_nll": r["recon"]},
-                         batch_size=images.shape[0])
+        self.log_metrics(stage, {"loss": r["loss"], "kl": r["kl"], "recon_nll": r["recon"]}, batch_size=images.shape[0])
 
     def check_data(self, datamodule) -> None:
         """Refuses a resolution the downsampling does not divide; adapts the tokenizer's resolution (and so its
@@ -130,4 +138,3 @@ class DVAELit(ImageTokenizerLit):
         if res is not None and res != self.cfg.resolution:
             # The network is convolutional, so it runs at any multiple of f; grid_size follows the data.
             self.dvae.resolution = res
-

@@ -7,6 +7,7 @@ ReLU + 1x1 conv to 2x3 channels (logit-Laplace mu and ln b per pixel channel; 3 
 Each resblock's residual branch is multiplied by ``post_gain = 1 / n_layers**2`` (n_layers = total resblocks), the
 paper's way of keeping the identity path dominant at initialisation.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,13 +47,15 @@ class DVAEConfig:
 
 PRESETS: dict[str, DVAEConfig] = {
     # for tests: 32 px -> 16x16 grid of 64 codes, 2 groups x 1 block; trains in seconds
-    "tiny": DVAEConfig(resolution=32, vocab_size=64, n_hid=16, n_groups=2, n_blk_per_group=1, n_init=32,
-                       logit_init_gain=8.0),
+    "tiny": DVAEConfig(
+        resolution=32, vocab_size=64, n_hid=16, n_groups=2, n_blk_per_group=1, n_init=32, logit_init_gain=8.0
+    ),
     # the shapes world: 32 px -> 8x8 grid of 512 codes (3 groups -> 2 max-pools, downsample 4), widths 64/128/256.
     # logit_init_gain 8: code logits start ~4 nats apart, above the Gumbel noise, so the relaxed codes carry
     # information from step 0 (measured: usage 10-15% vs 2-4% with gain 1 after 200-300 steps).
-    "shapes": DVAEConfig(resolution=32, vocab_size=512, n_hid=64, n_groups=3, n_blk_per_group=1, n_init=128,
-                         logit_init_gain=8.0),
+    "shapes": DVAEConfig(
+        resolution=32, vocab_size=512, n_hid=64, n_groups=3, n_blk_per_group=1, n_init=128, logit_init_gain=8.0
+    ),
     # the paper: 256 px -> 32x32 grid of 8192 codes, widths 256..2048, 4 groups x 2 blocks (post_gain 1/64),
     # the released model's plain variance-preserving init
     "paper": DVAEConfig(resolution=256, vocab_size=8192, n_hid=256, n_groups=4, n_blk_per_group=2, n_init=128),
@@ -65,10 +68,14 @@ class EncoderBlock(nn.Module):
         hid = n_out // 4
         self.id_path = nn.Conv2d(n_in, n_out, 1) if n_in != n_out else nn.Identity()
         self.res_path = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(n_in, hid, 3, padding=1),
-            nn.ReLU(), nn.Conv2d(hid, hid, 3, padding=1),
-            nn.ReLU(), nn.Conv2d(hid, hid, 3, padding=1),
-            nn.ReLU(), nn.Conv2d(hid, n_out, 1),
+            nn.ReLU(),
+            nn.Conv2d(n_in, hid, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hid, hid, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hid, hid, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hid, n_out, 1),
         )
         self.post_gain = post_gain
 
@@ -82,10 +89,14 @@ class DecoderBlock(nn.Module):
         hid = n_out // 4
         self.id_path = nn.Conv2d(n_in, n_out, 1) if n_in != n_out else nn.Identity()
         self.res_path = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(n_in, hid, 1),
-            nn.ReLU(), nn.Conv2d(hid, hid, 3, padding=1),
-            nn.ReLU(), nn.Conv2d(hid, hid, 3, padding=1),
-            nn.ReLU(), nn.Conv2d(hid, n_out, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(n_in, hid, 1),
+            nn.ReLU(),
+            nn.Conv2d(hid, hid, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hid, hid, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hid, n_out, 3, padding=1),
         )
         self.post_gain = post_gain
 
@@ -149,7 +160,11 @@ class DVAE(nn.Module, ImageTokenizer):
 
     def output_to_image(self, out: torch.Tensor) -> torch.Tensor:
         """Decoder output -> image in [-1, 1] (the mean of the logit-Laplace, mapped back from (eps, 1-eps))."""
-        x01 = unmap_pixels(torch.sigmoid(out[:, :3].float())) if self.cfg.out_channels == 6 else torch.sigmoid(out.float())
+        x01 = (
+            unmap_pixels(torch.sigmoid(out[:, :3].float()))
+            if self.cfg.out_channels == 6
+            else torch.sigmoid(out.float())
+        )
         return x01 * 2 - 1
 
     # -- ImageTokenizer ----------------------------------------------------------------------------------------

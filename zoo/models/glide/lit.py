@@ -23,6 +23,7 @@ known-region hook, so the result holds them exactly. A plain model inpaints by t
 Self-contained checkpoints: ``on_save_checkpoint`` adds ``text_tokenizer`` (the tokenizer's plain-value spec, e.g.
 the BPE's tokenizer.json as a string), so ``zoo.checkpoint.load_module(ckpt).generate([...])`` needs no file.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -36,7 +37,7 @@ from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.samplers import ddim_sample, ddpm_sample
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
-from zoo.models.base import check_text_tokenizer, resolve_preset, ZooLit
+from zoo.models.base import ZooLit, check_text_tokenizer, resolve_preset
 from zoo.models.glide.model import GLIDE_PRESETS, Glide, GlideConfig
 from zoo.nn.guidance import guide_learned_variance
 from zoo.text import TextTokenizer
@@ -50,25 +51,40 @@ def build_config(preset: str = "shapes", net: Optional[dict[str, Any]] = None) -
 
 class GlideLit(ZooLit):
     """Args:
-        preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.glide.model.GLIDE_PRESETS``); ``net`` overrides fields.
-        text_dropout: probability of replacing a training caption by the empty caption (GLIDE: 0.2).
-        num_timesteps, schedule: the training diffusion process (cosine, 1000).
-        guidance_scale, sample_steps, sampler, eta: ``generate``'s defaults.
-        grid_captions, grid_steps, grid_guidance_scale: ``sample_grid`` (real | sample pairs of val captions).
-        inpaint: the inpainting model (masked image + mask as 4 extra U-Net input channels; trained on random masks).
-        inpaint_masks: ``zoo.data.masks.MaskConfig`` overrides for the training masks (e.g. ``{rect_prob: 0.5}``).
-        replace_known: ``inpaint``'s default: also re-impose the known pixels after every sampling step.
-        text_tokenizer: filled in by the checkpoint (leave None when training).
+    preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.glide.model.GLIDE_PRESETS``); ``net`` overrides fields.
+    text_dropout: probability of replacing a training caption by the empty caption (GLIDE: 0.2).
+    num_timesteps, schedule: the training diffusion process (cosine, 1000).
+    guidance_scale, sample_steps, sampler, eta: ``generate``'s defaults.
+    grid_captions, grid_steps, grid_guidance_scale: ``sample_grid`` (real | sample pairs of val captions).
+    inpaint: the inpainting model (masked image + mask as 4 extra U-Net input channels; trained on random masks).
+    inpaint_masks: ``zoo.data.masks.MaskConfig`` overrides for the training masks (e.g. ``{rect_prob: 0.5}``).
+    replace_known: ``inpaint``'s default: also re-impose the known pixels after every sampling step.
+    text_tokenizer: filled in by the checkpoint (leave None when training).
     """
 
     grid_nrow = 8  # 4 real | sample pairs per row
 
-    def __init__(self, preset: str = "shapes", net: Optional[dict[str, Any]] = None, text_dropout: float = 0.2,
-                 num_timesteps: int = 1000, schedule: str = "cosine", guidance_scale: float = 3.0,
-                 sample_steps: int = 50, sampler: str = "ddim", eta: float = 0.0, grid_captions: int = 8,
-                 grid_steps: int = 25, grid_guidance_scale: float = 3.0, inpaint: bool = False,
-                 inpaint_masks: Optional[dict[str, Any]] = None, replace_known: bool = True,
-                 text_tokenizer: Optional[dict[str, Any]] = None, optimizer=None, scheduler=None):
+    def __init__(
+        self,
+        preset: str = "shapes",
+        net: Optional[dict[str, Any]] = None,
+        text_dropout: float = 0.2,
+        num_timesteps: int = 1000,
+        schedule: str = "cosine",
+        guidance_scale: float = 3.0,
+        sample_steps: int = 50,
+        sampler: str = "ddim",
+        eta: float = 0.0,
+        grid_captions: int = 8,
+        grid_steps: int = 25,
+        grid_guidance_scale: float = 3.0,
+        inpaint: bool = False,
+        inpaint_masks: Optional[dict[str, Any]] = None,
+        replace_known: bool = True,
+        text_tokenizer: Optional[dict[str, Any]] = None,
+        optimizer=None,
+        scheduler=None,
+    ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "text_tokenizer"])
         if not 0.0 <= text_dropout < 1.0:
@@ -83,8 +99,12 @@ class GlideLit(ZooLit):
         if not self.cfg.learn_sigma:
             raise ConfigError("GLIDE trains a learned-range variance (hybrid loss): keep model.net.learn_sigma=true")
         self.net = Glide(self.cfg)
-        self.process = GaussianDiffusion(get_schedule(schedule, int(num_timesteps)), model_mean_type="eps",
-                                         model_var_type="learned_range", loss_type="hybrid")
+        self.process = GaussianDiffusion(
+            get_schedule(schedule, int(num_timesteps)),
+            model_mean_type="eps",
+            model_var_type="learned_range",
+            loss_type="hybrid",
+        )
         self.text_dropout = float(text_dropout)
         self.text_tokenizer: Optional[TextTokenizer] = TextTokenizer.from_spec(text_tokenizer)
 
@@ -104,10 +124,12 @@ class GlideLit(ZooLit):
         tok = check_text_tokenizer(datamodule, c.text_vocab, c.text_len, c.pad_id, "GLIDE")
         res = getattr(datamodule, "resolution", None)
         if res is not None and res != c.image_size:
-            raise ConfigError(f"data.resolution={res} but the GLIDE model is built for {c.image_size} px "
-                              f"(fix: model.net.image_size={res} if {res} is divisible by "
-                              f"{c.unet_config().divisor} and by every attention resolution, or data.resolution="
-                              f"{c.image_size})")
+            raise ConfigError(
+                f"data.resolution={res} but the GLIDE model is built for {c.image_size} px "
+                f"(fix: model.net.image_size={res} if {res} is divisible by "
+                f"{c.unet_config().divisor} and by every attention resolution, or data.resolution="
+                f"{c.image_size})"
+            )
         self.text_tokenizer = tok
 
     def setup(self, stage: str) -> None:
@@ -141,14 +163,16 @@ class GlideLit(ZooLit):
             return {}
         g = None
         if generator is not None:
-            seed = int(torch.randint(0, 2 ** 62, (), generator=generator, device=generator.device))
+            seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
             g = torch.Generator().manual_seed(seed)
-        mask = random_masks(x0.shape[0], x0.shape[-1], generator=g, cfg=getattr(self, "mask_cfg", None),
-                            device=x0.device)
+        mask = random_masks(
+            x0.shape[0], x0.shape[-1], generator=g, cfg=getattr(self, "mask_cfg", None), device=x0.device
+        )
         return {"inpaint_image": x0, "inpaint_mask": mask.to(x0.dtype)}
 
-    def forward_loss(self, batch: dict[str, Any], train: bool,
-                     generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+    def forward_loss(
+        self, batch: dict[str, Any], train: bool, generator: Optional[torch.Generator] = None
+    ) -> dict[str, torch.Tensor]:
         x0 = batch["image"].float()
         text = self.net.pad_text(batch["text_tokens"].to(x0.device))
         if train:
@@ -170,8 +194,9 @@ class GlideLit(ZooLit):
         self.log_metrics(stage, r, batch_size=len(batch["image"]))
 
     # ------------------------------------------------------------------------------------------ sampling
-    def model_fn(self, text_tokens: torch.Tensor, guidance_scale: Optional[float],
-                 inpaint: Optional[torch.Tensor] = None):
+    def model_fn(
+        self, text_tokens: torch.Tensor, guidance_scale: Optional[float], inpaint: Optional[torch.Tensor] = None
+    ):
         """The sampler's ``model_fn(x_t, t)`` for captions (B, text_len): conditional at scale None or 1, else
         classifier-free guided with one batched [cond ; uncond] forward per step. ``inpaint``: the inpainting
         model's extra channels (``Glide.inpaint_input``, (B, C + 1, H, W)), given to both halves."""
@@ -193,11 +218,20 @@ class GlideLit(ZooLit):
         return guided
 
     @torch.no_grad()
-    def sample_tokens(self, text_tokens: torch.Tensor, guidance_scale: Optional[float] = None,
-                      steps: Optional[int] = None, sampler: Optional[str] = None, eta: Optional[float] = None,
-                      generator: Optional[torch.Generator] = None, x_T: Optional[torch.Tensor] = None, *,
-                      inpaint_image: Optional[torch.Tensor] = None, inpaint_mask: Optional[torch.Tensor] = None,
-                      replace_known: Optional[bool] = None) -> torch.Tensor:
+    def sample_tokens(
+        self,
+        text_tokens: torch.Tensor,
+        guidance_scale: Optional[float] = None,
+        steps: Optional[int] = None,
+        sampler: Optional[str] = None,
+        eta: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+        x_T: Optional[torch.Tensor] = None,
+        *,
+        inpaint_image: Optional[torch.Tensor] = None,
+        inpaint_mask: Optional[torch.Tensor] = None,
+        replace_known: Optional[bool] = None,
+    ) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] for text tokens (B, <= text_len) (defaults from the hyper-parameters).
 
         Inpainting: ``inpaint_image`` (B, 3, H, W) in [-1, 1] and ``inpaint_mask`` (B or 1, 1, H, W), 1 = known.
@@ -221,39 +255,71 @@ class GlideLit(ZooLit):
             image = inpaint_image.to(self.device, torch.float32)
             mask = inpaint_mask.to(self.device, torch.float32)
             if image.shape[1:] != shape[1:] or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != shape[-2:]:
-                raise ValueError(f"inpainting needs image (B, {c.out_channels}, {c.image_size}, {c.image_size}) and "
-                                 f"mask (B, 1, {c.image_size}, {c.image_size}); got {tuple(image.shape)} and "
-                                 f"{tuple(mask.shape)} (resize to the model's image_size)")
+                raise ValueError(
+                    f"inpainting needs image (B, {c.out_channels}, {c.image_size}, {c.image_size}) and "
+                    f"mask (B, 1, {c.image_size}, {c.image_size}); got {tuple(image.shape)} and "
+                    f"{tuple(mask.shape)} (resize to the model's image_size)"
+                )
             image, mask = image.expand(shape), mask.expand(shape[0], 1, *shape[-2:])
             replace_known = bool(hp.get("replace_known", True) if replace_known is None else replace_known)
             if self.cfg.inpaint:
                 fn = self.model_fn(text, scale, inpaint=self.net.inpaint_input(image, mask))
             elif not replace_known:
-                raise ValueError("a plain GLIDE model inpaints only by re-imposing the known pixels "
-                                 "(replace_known=True); replace_known=False needs an inpainting model (model.inpaint)")
+                raise ValueError(
+                    "a plain GLIDE model inpaints only by re-imposing the known pixels "
+                    "(replace_known=True); replace_known=False needs an inpainting model (model.inpaint)"
+                )
             else:
                 fn = self.model_fn(text, scale)
             known = (image, mask) if replace_known else None
         if sampler == "ddim":
-            x = ddim_sample(self.process.respaced(steps), fn, shape, eta=eta, generator=generator, device=self.device,
-                            x_T=x_T, known=known)
+            x = ddim_sample(
+                self.process.respaced(steps),
+                fn,
+                shape,
+                eta=eta,
+                generator=generator,
+                device=self.device,
+                x_T=x_T,
+                known=known,
+            )
         elif sampler == "ddpm":
-            x = ddpm_sample(self.process.respaced(steps), fn, shape, generator=generator, device=self.device, x_T=x_T,
-                            known=known)
+            x = ddpm_sample(
+                self.process.respaced(steps), fn, shape, generator=generator, device=self.device, x_T=x_T, known=known
+            )
         else:
             if known is not None:
-                raise ValueError(f"re-imposing known pixels needs sampler=ddim or ddpm, not {sampler!r} (or "
-                                 f"replace_known=False with an inpainting model)")
+                raise ValueError(
+                    f"re-imposing known pixels needs sampler=ddim or ddpm, not {sampler!r} (or "
+                    f"replace_known=False with an inpainting model)"
+                )
             from zoo.diffusion.diffusers_adapter import diffusers_sample
 
-            x = diffusers_sample(self.process, fn, shape, scheduler=sampler, steps=steps, generator=generator,
-                                 device=self.device, x_T=x_T)
+            x = diffusers_sample(
+                self.process,
+                fn,
+                shape,
+                scheduler=sampler,
+                steps=steps,
+                generator=generator,
+                device=self.device,
+                x_T=x_T,
+            )
         return x.float().clamp(-1, 1)
 
     @torch.no_grad()
-    def generate(self, captions: Sequence[str], n: int = 1, seed: int = 0, guidance_scale: Optional[float] = None,
-                 steps: Optional[int] = None, sampler: Optional[str] = None, eta: Optional[float] = None,
-                 generator: Optional[torch.Generator] = None, batch_size: int = 64) -> torch.Tensor:
+    def generate(
+        self,
+        captions: Sequence[str],
+        n: int = 1,
+        seed: int = 0,
+        guidance_scale: Optional[float] = None,
+        steps: Optional[int] = None,
+        sampler: Optional[str] = None,
+        eta: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+        batch_size: int = 64,
+    ) -> torch.Tensor:
         """``n`` images per caption -> FloatTensor (len(captions) * n, 3, H, W) in [-1, 1], caption-major.
 
         ``guidance_scale`` (default ``hparams.guidance_scale``, 3.0): 1 is the plain conditional model;
@@ -266,16 +332,31 @@ class GlideLit(ZooLit):
         try:
             text = self.encode_captions(captions).repeat_interleave(int(n), 0)  # (B * n, text_len)
             gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
-            return torch.cat([self.sample_tokens(text[i:i + batch_size], guidance_scale, steps, sampler, eta, gen)
-                              for i in range(0, len(text), batch_size)])
+            return torch.cat(
+                [
+                    self.sample_tokens(text[i : i + batch_size], guidance_scale, steps, sampler, eta, gen)
+                    for i in range(0, len(text), batch_size)
+                ]
+            )
         finally:
             self.train(was_training)
 
     @torch.no_grad()
-    def inpaint(self, captions: Sequence[str], image: torch.Tensor, mask: torch.Tensor, n: int = 1, seed: int = 0,
-                guidance_scale: Optional[float] = None, steps: Optional[int] = None, sampler: Optional[str] = None,
-                eta: Optional[float] = None, replace_known: Optional[bool] = None,
-                generator: Optional[torch.Generator] = None, batch_size: int = 64) -> torch.Tensor:
+    def inpaint(
+        self,
+        captions: Sequence[str],
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        n: int = 1,
+        seed: int = 0,
+        guidance_scale: Optional[float] = None,
+        steps: Optional[int] = None,
+        sampler: Optional[str] = None,
+        eta: Optional[float] = None,
+        replace_known: Optional[bool] = None,
+        generator: Optional[torch.Generator] = None,
+        batch_size: int = 64,
+    ) -> torch.Tensor:
         """Fill the erased pixels (mask 0) of ``image`` (B or 1, 3, H, W) in [-1, 1] under ``captions`` (B):
         ``n`` per caption -> (B * n, 3, H, W), caption-major. ``mask`` (B or 1, 1, H, W), 1 = known. The inpainting
         model takes them as input (and re-imposes them with ``replace_known``); a plain model re-imposes them at
@@ -284,8 +365,9 @@ class GlideLit(ZooLit):
             captions = [captions]
         b = len(captions)
         if image.shape[0] not in (1, b) or mask.shape[0] not in (1, b):
-            raise ValueError(f"{b} captions but {image.shape[0]} images and {mask.shape[0]} masks (give one, or one "
-                             f"per caption)")
+            raise ValueError(
+                f"{b} captions but {image.shape[0]} images and {mask.shape[0]} masks (give one, or one per caption)"
+            )
         image = image.expand(b, *image.shape[1:]).repeat_interleave(int(n), 0)
         mask = mask.expand(b, *mask.shape[1:]).repeat_interleave(int(n), 0)
         was_training = self.training
@@ -293,10 +375,22 @@ class GlideLit(ZooLit):
         try:
             text = self.encode_captions(captions).repeat_interleave(int(n), 0)  # (B * n, text_len)
             gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
-            return torch.cat([self.sample_tokens(text[i:i + batch_size], guidance_scale, steps, sampler, eta, gen,
-                                                 inpaint_image=image[i:i + batch_size],
-                                                 inpaint_mask=mask[i:i + batch_size], replace_known=replace_known)
-                              for i in range(0, len(text), batch_size)])
+            return torch.cat(
+                [
+                    self.sample_tokens(
+                        text[i : i + batch_size],
+                        guidance_scale,
+                        steps,
+                        sampler,
+                        eta,
+                        gen,
+                        inpaint_image=image[i : i + batch_size],
+                        inpaint_mask=mask[i : i + batch_size],
+                        replace_known=replace_known,
+                    )
+                    for i in range(0, len(text), batch_size)
+                ]
+            )
         finally:
             self.train(was_training)
 
@@ -320,11 +414,23 @@ class GlideLit(ZooLit):
             real = F.interpolate(real, size=(size, size), mode="bilinear", antialias=True)
         inpaint = {}
         if self.cfg.inpaint:
-            mask = random_masks(n, size, generator=torch.Generator().manual_seed(0),
-                                cfg=getattr(self, "mask_cfg", None), device=self.device)
+            mask = random_masks(
+                n,
+                size,
+                generator=torch.Generator().manual_seed(0),
+                cfg=getattr(self, "mask_cfg", None),
+                device=self.device,
+            )
             inpaint = {"inpaint_image": real, "inpaint_mask": mask}
-        fake = self.sample_tokens(batch["text_tokens"][:n], guidance_scale=self.hparams.grid_guidance_scale,
-                                  steps=self.hparams.grid_steps, sampler="ddim", eta=0.0, generator=gen, **inpaint)
+        fake = self.sample_tokens(
+            batch["text_tokens"][:n],
+            guidance_scale=self.hparams.grid_guidance_scale,
+            steps=self.hparams.grid_steps,
+            sampler="ddim",
+            eta=0.0,
+            generator=gen,
+            **inpaint,
+        )
         left = real * inpaint["inpaint_mask"] if inpaint else real
         return torch.stack([left, fake], 1).flatten(0, 1)
 

@@ -37,6 +37,7 @@ API::
 References read (not copied): openai/glide-text2im ``text2im_model.py`` (final-token projection, xf_padding,
 ``encoder_kv``) and ``model_creation.py`` (layout numbers).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -48,8 +49,15 @@ import torch.nn as nn
 from zoo.nn.transformer import Transformer
 from zoo.nn.unet import UNet, UNetConfig
 
-__all__ = ["GlideConfig", "GLIDE_PRESETS", "PRESETS", "TextEncoder", "Glide", "count_glide_params",
-           "GLIDE_PAPER_TOTAL_PARAMS"]
+__all__ = [
+    "GlideConfig",
+    "GLIDE_PRESETS",
+    "PRESETS",
+    "TextEncoder",
+    "Glide",
+    "count_glide_params",
+    "GLIDE_PAPER_TOTAL_PARAMS",
+]
 
 
 @dataclass(frozen=True)
@@ -89,12 +97,21 @@ class GlideConfig:
             raise ValueError(f"pad_id {self.pad_id} outside the text vocabulary [0, {self.text_vocab})")
 
     def unet_config(self) -> UNetConfig:
-        return UNetConfig(in_channels=self.unet_in_channels, out_channels=self.out_channels, width=self.width,
-                          channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
-                          attention_resolutions=self.attention_resolutions, image_size=self.image_size,
-                          num_head_channels=self.num_head_channels, dropout=self.dropout,
-                          learn_sigma=self.learn_sigma, resblock_updown=self.resblock_updown,
-                          context_dim=self.text_width, max_groups=self.max_groups)
+        return UNetConfig(
+            in_channels=self.unet_in_channels,
+            out_channels=self.out_channels,
+            width=self.width,
+            channel_mult=self.channel_mult,
+            num_res_blocks=self.num_res_blocks,
+            attention_resolutions=self.attention_resolutions,
+            image_size=self.image_size,
+            num_head_channels=self.num_head_channels,
+            dropout=self.dropout,
+            learn_sigma=self.learn_sigma,
+            resblock_updown=self.resblock_updown,
+            context_dim=self.text_width,
+            max_groups=self.max_groups,
+        )
 
     @property
     def unet_in_channels(self) -> int:
@@ -111,18 +128,51 @@ class GlideConfig:
 # released glide-text2im defaults. Measured total: GLIDE_PAPER_TOTAL_PARAMS (paper: 3.5B = 2.3B + 1.2B).
 GLIDE_PRESETS: dict[str, GlideConfig] = {
     # Tests: 16 px, two levels, attention at 16 and 8 px (6 attention blocks), a 2-layer 16-wide text encoder.
-    "tiny": GlideConfig(image_size=16, width=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16, 8),
-                        num_head_channels=8, max_groups=8, text_vocab=1024, text_len=32, text_width=16,
-                        text_layers=2, text_heads=2),
+    "tiny": GlideConfig(
+        image_size=16,
+        width=8,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(16, 8),
+        num_head_channels=8,
+        max_groups=8,
+        text_vocab=1024,
+        text_len=32,
+        text_width=16,
+        text_layers=2,
+        text_heads=2,
+    ),
     # The shapes world on a CPU: 32 px, attention at 16 and 8, a 4-layer 256-wide text encoder over 48 tokens
     # (descriptive shapes captions under the 1024-token BPE: median 29 tokens with SOT/EOT, 90% <= 40, max 45; 32
     # would cut the third object off many 3-object captions).
-    "shapes": GlideConfig(image_size=32, width=64, channel_mult=(1, 2, 2), num_res_blocks=2,
-                          attention_resolutions=(16, 8), num_head_channels=64, text_vocab=1024, text_len=48,
-                          text_width=256, text_layers=4, text_heads=4),
-    "paper": GlideConfig(image_size=64, width=512, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
-                         attention_resolutions=(32, 16, 8), num_head_channels=64, dropout=0.1, resblock_updown=True,
-                         text_vocab=50257, text_len=128, text_width=2048, text_layers=24, text_heads=32),
+    "shapes": GlideConfig(
+        image_size=32,
+        width=64,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(16, 8),
+        num_head_channels=64,
+        text_vocab=1024,
+        text_len=48,
+        text_width=256,
+        text_layers=4,
+        text_heads=4,
+    ),
+    "paper": GlideConfig(
+        image_size=64,
+        width=512,
+        channel_mult=(1, 2, 3, 4),
+        num_res_blocks=3,
+        attention_resolutions=(32, 16, 8),
+        num_head_channels=64,
+        dropout=0.1,
+        resblock_updown=True,
+        text_vocab=50257,
+        text_len=128,
+        text_width=2048,
+        text_layers=24,
+        text_heads=32,
+    ),
 }
 PRESETS = GLIDE_PRESETS  # the name zoo.models.presets.resolve_preset callers use
 
@@ -143,16 +193,19 @@ class TextEncoder(nn.Module):
         self.cfg = cfg
         self.token_embedding = nn.Embedding(cfg.text_vocab, cfg.text_width)
         self.position_embedding = nn.Parameter(torch.empty(cfg.text_len, cfg.text_width))
-        self.transformer = Transformer(cfg.text_width, cfg.text_layers, cfg.text_heads,
-                                       cfg.text_width // cfg.text_heads, causal=cfg.text_causal)
+        self.transformer = Transformer(
+            cfg.text_width, cfg.text_layers, cfg.text_heads, cfg.text_width // cfg.text_heads, causal=cfg.text_causal
+        )
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.position_embedding, std=0.01)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, n = tokens.shape
         if n != self.cfg.text_len:
-            raise ValueError(f"text tokens must be (B, text_len={self.cfg.text_len}), got {tuple(tokens.shape)} "
-                             f"(pad with Glide.pad_text)")
+            raise ValueError(
+                f"text tokens must be (B, text_len={self.cfg.text_len}), got {tuple(tokens.shape)} "
+                f"(pad with Glide.pad_text)"
+            )
         x = self.token_embedding(tokens) + self.position_embedding  # (B, L, W)
         # No key padding mask: pads are learned inputs, so every attention row keeps at least itself.
         h = self.transformer(x)  # (B, L, W), final LayerNorm applied
@@ -179,14 +232,17 @@ class Glide(nn.Module):
         """(B, L <= text_len) -> (B, text_len), right-padded with pad_id."""
         n = self.cfg.text_len
         if tokens.shape[1] > n:
-            raise ValueError(f"text has {tokens.shape[1]} tokens; the model takes {n} (data.tokenizer.context_length "
-                             f"<= model.net.text_len)")
+            raise ValueError(
+                f"text has {tokens.shape[1]} tokens; the model takes {n} (data.tokenizer.context_length "
+                f"<= model.net.text_len)"
+            )
         if tokens.shape[1] < n:
             tokens = torch.nn.functional.pad(tokens, (0, n - tokens.shape[1]), value=self.cfg.pad_id)
         return tokens.long()
 
-    def encode_text(self, tokens: Optional[torch.Tensor], batch: Optional[int] = None,
-                    device=None) -> dict[str, torch.Tensor]:
+    def encode_text(
+        self, tokens: Optional[torch.Tensor], batch: Optional[int] = None, device=None
+    ) -> dict[str, torch.Tensor]:
         """The U-Net's conditioning for text tokens (B, <= text_len), or for the empty caption when ``tokens`` is
         None (then ``batch`` gives B): {"context" (B, L, W), "context_mask" (B, L) bool, "emb" (B, 4 x width)}."""
         if tokens is None:
@@ -212,8 +268,10 @@ class Glide(nn.Module):
         """x_t, or [x_t ; cond["inpaint"]] for the inpainting model (zeros when absent: nothing known)."""
         if not self.cfg.inpaint:
             if cond.get("inpaint") is not None:
-                raise ValueError("this GLIDE model has no inpainting channels (train with model=glide_inpaint); "
-                                 "inpaint a plain model through the samplers' known-region hook instead")
+                raise ValueError(
+                    "this GLIDE model has no inpainting channels (train with model=glide_inpaint); "
+                    "inpaint a plain model through the samplers' known-region hook instead"
+                )
             return x_t
         extra = cond.get("inpaint")
         if extra is None:
@@ -224,12 +282,18 @@ class Glide(nn.Module):
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         """The U-Net on x_t (B, C, H, W) at original timesteps t (B,) under ``encode_text``'s conditioning (plus
         ``cond["inpaint"]``, ``inpaint_input``'s channels, for the inpainting model)."""
-        return self.unet(self.unet_input(x_t, cond), t, context=cond["context"], context_mask=cond["context_mask"],
-                         emb=cond["emb"])
+        return self.unet(
+            self.unet_input(x_t, cond), t, context=cond["context"], context_mask=cond["context_mask"], emb=cond["emb"]
+        )
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text_tokens: Optional[torch.Tensor] = None,
-                inpaint_image: Optional[torch.Tensor] = None,
-                inpaint_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        text_tokens: Optional[torch.Tensor] = None,
+        inpaint_image: Optional[torch.Tensor] = None,
+        inpaint_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """x_t (B, C, H, W), t (B,) timesteps, text_tokens (B, <= text_len) or None (the empty caption)
         -> (B, 2C, H, W) = [eps ; v] with learn_sigma. Inpainting model: ``inpaint_image`` (B, C, H, W) and
         ``inpaint_mask`` (B, 1, H, W), 1 = known (both None: nothing known)."""

@@ -10,6 +10,7 @@ guidance (``zoo.diffusion.guidance.clip_guided_sample``): μ + s · Σ · ∇_x 
 text-conditional model (``guidance_scale`` 1, GLIDE's CLIP-guidance setting) or of classifier-free guidance. With
 ``scale=0`` it is the unguided sampler bit for bit, so "classifier-free vs CLIP guidance" is one switch.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,7 +23,7 @@ from zoo.diffusion.guidance import clip_guided_sample, dot_product_gradient
 from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
-from zoo.models.base import check_text_tokenizer, resolve_preset, ZooLit
+from zoo.models.base import ZooLit, check_text_tokenizer, resolve_preset
 from zoo.models.noised_clip.model import NOISED_CLIP_PRESETS, NoisedClip, NoisedClipConfig
 from zoo.text import TextTokenizer
 
@@ -33,14 +34,21 @@ def build_config(preset: str = "shapes", net: Optional[dict[str, Any]] = None) -
 
 class NoisedClipLit(ZooLit):
     """Args:
-        preset: ``tiny`` | ``shapes`` | ``paper`` (``NOISED_CLIP_PRESETS``); ``net`` overrides ``NoisedClipConfig``.
-        num_timesteps, schedule: the noising process; must match the GLIDE model it will guide (cosine, 1000).
-        text_tokenizer: filled in by the checkpoint (leave None when training).
+    preset: ``tiny`` | ``shapes`` | ``paper`` (``NOISED_CLIP_PRESETS``); ``net`` overrides ``NoisedClipConfig``.
+    num_timesteps, schedule: the noising process; must match the GLIDE model it will guide (cosine, 1000).
+    text_tokenizer: filled in by the checkpoint (leave None when training).
     """
 
-    def __init__(self, preset: str = "shapes", net: Optional[dict[str, Any]] = None, num_timesteps: int = 1000,
-                 schedule: str = "cosine", text_tokenizer: Optional[dict[str, Any]] = None, optimizer=None,
-                 scheduler=None):
+    def __init__(
+        self,
+        preset: str = "shapes",
+        net: Optional[dict[str, Any]] = None,
+        num_timesteps: int = 1000,
+        schedule: str = "cosine",
+        text_tokenizer: Optional[dict[str, Any]] = None,
+        optimizer=None,
+        scheduler=None,
+    ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "text_tokenizer"])
         self.cfg = build_config(preset, net)
@@ -64,14 +72,24 @@ class NoisedClipLit(ZooLit):
         c = self.cfg
         bs = getattr(datamodule, "batch_size", None)
         if bs is not None and bs < 2:
-            raise ConfigError(f"the contrastive loss needs at least 2 pairs per batch, got data.batch_size={bs} "
-                              "(fix: data.batch_size=64 or more)")
-        tok = check_text_tokenizer(datamodule, c.text_vocab, c.text_len, c.pad_id, "the noised CLIP",
-                                   "data/tokenizer=bpe, the tokenizer of the GLIDE model it will guide")
+            raise ConfigError(
+                f"the contrastive loss needs at least 2 pairs per batch, got data.batch_size={bs} "
+                "(fix: data.batch_size=64 or more)"
+            )
+        tok = check_text_tokenizer(
+            datamodule,
+            c.text_vocab,
+            c.text_len,
+            c.pad_id,
+            "the noised CLIP",
+            "data/tokenizer=bpe, the tokenizer of the GLIDE model it will guide",
+        )
         res = getattr(datamodule, "resolution", None)
         if res is not None and res != c.image_size:
-            raise ConfigError(f"data.resolution={res} but the noised CLIP is built for {c.image_size} px "
-                              f"(fix: model.net.image_size={res}, or data.resolution={c.image_size})")
+            raise ConfigError(
+                f"data.resolution={res} but the noised CLIP is built for {c.image_size} px "
+                f"(fix: model.net.image_size={res}, or data.resolution={c.image_size})"
+            )
         self.text_tokenizer = tok
 
     def setup(self, stage: str) -> None:
@@ -79,8 +97,13 @@ class NoisedClipLit(ZooLit):
         if self.text_tokenizer is None and dm is not None and getattr(dm, "tokenizer", None) is not None:
             self.text_tokenizer = dm.tokenizer
         if self._trainer is not None:  # DDP: every rank's pairs are negatives for every other's
-            self.loss_fn = open_clip.ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True,
-                                              rank=self.global_rank, world_size=self.trainer.world_size)
+            self.loss_fn = open_clip.ClipLoss(
+                local_loss=False,
+                gather_with_grad=True,
+                cache_labels=True,
+                rank=self.global_rank,
+                world_size=self.trainer.world_size,
+            )
 
     def encode_captions(self, captions: Sequence[str]) -> torch.Tensor:
         """Captions -> (B, text_len) token ids on the module's device."""
@@ -89,8 +112,9 @@ class NoisedClipLit(ZooLit):
         return self.net.pad_text(self.text_tokenizer.encode(list(captions))).to(self.device)
 
     # ------------------------------------------------------------------------------------------ training
-    def forward_loss(self, batch: dict[str, Any], generator: Optional[torch.Generator] = None,
-                     t: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    def forward_loss(
+        self, batch: dict[str, Any], generator: Optional[torch.Generator] = None, t: Optional[torch.Tensor] = None
+    ) -> dict[str, torch.Tensor]:
         """Contrastive loss of (noised image at t, caption) pairs; t ~ U{0..T-1} per image unless given (indices)."""
         x0 = batch["image"].float()
         if t is None:
@@ -132,9 +156,19 @@ class NoisedClipLit(ZooLit):
 
 
 @torch.no_grad()
-def clip_guided_generate(glide, noised_clip: NoisedClipLit, captions: Sequence[str], scale: float, n: int = 1,
-                         seed: int = 0, steps: Optional[int] = None, sampler: str = "ddpm",
-                         guidance_scale: float = 1.0, eta: float = 0.0, batch_size: int = 64) -> torch.Tensor:
+def clip_guided_generate(
+    glide,
+    noised_clip: NoisedClipLit,
+    captions: Sequence[str],
+    scale: float,
+    n: int = 1,
+    seed: int = 0,
+    steps: Optional[int] = None,
+    sampler: str = "ddpm",
+    guidance_scale: float = 1.0,
+    eta: float = 0.0,
+    batch_size: int = 64,
+) -> torch.Tensor:
     """GLIDE samples with CLIP guidance -> (len(captions) * n, 3, H, W) in [-1, 1], caption-major.
 
     ``glide``: a ``GlideLit``; ``noised_clip``: a ``NoisedClipLit`` trained on the same process (schedule and number
@@ -145,11 +179,15 @@ def clip_guided_generate(glide, noised_clip: NoisedClipLit, captions: Sequence[s
         captions = [captions]
     gp, cp = glide.process.schedule, noised_clip.process.schedule
     if gp.num_timesteps != cp.num_timesteps or not torch.allclose(gp.alphas_cumprod, cp.alphas_cumprod):
-        raise ConfigError("the noised CLIP was trained on another diffusion process than the GLIDE model's (fix: "
-                          "train it with model.schedule / model.num_timesteps equal to GLIDE's)")
+        raise ConfigError(
+            "the noised CLIP was trained on another diffusion process than the GLIDE model's (fix: "
+            "train it with model.schedule / model.num_timesteps equal to GLIDE's)"
+        )
     if noised_clip.cfg.image_size != glide.cfg.image_size:
-        raise ConfigError(f"the noised CLIP takes {noised_clip.cfg.image_size} px, GLIDE samples "
-                          f"{glide.cfg.image_size} px (fix: a noised CLIP trained at GLIDE's resolution)")
+        raise ConfigError(
+            f"the noised CLIP takes {noised_clip.cfg.image_size} px, GLIDE samples "
+            f"{glide.cfg.image_size} px (fix: a noised CLIP trained at GLIDE's resolution)"
+        )
     steps = int(glide.hparams.sample_steps if steps is None else steps)
     was = glide.training, noised_clip.training
     glide.eval(), noised_clip.eval()
@@ -160,11 +198,18 @@ def clip_guided_generate(glide, noised_clip: NoisedClipLit, captions: Sequence[s
         c = glide.cfg
         out = []
         for i in range(0, len(text), batch_size):
-            tt = text[i:i + batch_size]
+            tt = text[i : i + batch_size]
             shape = (len(tt), c.out_channels, c.image_size, c.image_size)
-            x = clip_guided_sample(glide.process.respaced(steps), glide.model_fn(tt, guidance_scale),
-                                   noised_clip.cond_fn(clip_text[i:i + batch_size], scale), shape, sampler=sampler,
-                                   eta=eta, generator=gen, device=glide.device)
+            x = clip_guided_sample(
+                glide.process.respaced(steps),
+                glide.model_fn(tt, guidance_scale),
+                noised_clip.cond_fn(clip_text[i : i + batch_size], scale),
+                shape,
+                sampler=sampler,
+                eta=eta,
+                generator=gen,
+                device=glide.device,
+            )
             out.append(x.float().clamp(-1, 1))
         return torch.cat(out)
     finally:

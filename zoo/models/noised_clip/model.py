@@ -22,6 +22,7 @@ API::
     f = net.encode_image(x_t, t)        # (B, D) unit norm; t original timesteps (B,)
     g = net.encode_text(text_tokens)    # (B, D) unit norm
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,14 @@ from zoo.models.glide.model import TextEncoder
 from zoo.nn.embeddings import TimestepEmbedder
 from zoo.nn.unet import Downsample, ResBlock, group_norm
 
-__all__ = ["NoisedClipConfig", "NOISED_CLIP_PRESETS", "PRESETS", "NoisedImageEncoder", "NoisedClip",
-           "count_noised_clip_params"]
+__all__ = [
+    "NoisedClipConfig",
+    "NOISED_CLIP_PRESETS",
+    "PRESETS",
+    "NoisedImageEncoder",
+    "NoisedClip",
+    "count_noised_clip_params",
+]
 
 
 @dataclass(frozen=True)
@@ -77,16 +84,47 @@ class NoisedClipConfig:
 
 NOISED_CLIP_PRESETS: dict[str, NoisedClipConfig] = {
     # tests: 16 px, two levels, 8 wide; a 2-layer 16-wide text encoder over GLIDE tiny's 32 tokens
-    "tiny": NoisedClipConfig(image_size=16, width=8, channel_mult=(1, 2), num_res_blocks=1, max_groups=8,
-                             embed_dim=16, text_vocab=1024, text_len=32, text_width=16, text_layers=2, text_heads=2),
+    "tiny": NoisedClipConfig(
+        image_size=16,
+        width=8,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        max_groups=8,
+        embed_dim=16,
+        text_vocab=1024,
+        text_len=32,
+        text_width=16,
+        text_layers=2,
+        text_heads=2,
+    ),
     # the shapes world at 32 px beside GLIDE's shapes preset (same 48-token captions); towers about zoo-clip-shapes'
-    "shapes": NoisedClipConfig(image_size=32, width=64, channel_mult=(1, 2, 2), num_res_blocks=2, embed_dim=128,
-                               text_vocab=1024, text_len=48, text_width=128, text_layers=3, text_heads=4),
+    "shapes": NoisedClipConfig(
+        image_size=32,
+        width=64,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=2,
+        embed_dim=128,
+        text_vocab=1024,
+        text_len=48,
+        text_width=128,
+        text_layers=3,
+        text_heads=4,
+    ),
     # GLIDE's base model resolution (64 px). NOT a published size: GLIDE's noised CLIPs are ViTs whose exact shape is
     # not in PAPER_FACTS; this is an ADM encoder at 64 px with a CLIP-B-sized text tower (width 512, 12 layers,
     # 8 heads, 77 tokens of CLIP's 49,408-token BPE) and a 512-d embedding.
-    "paper": NoisedClipConfig(image_size=64, width=192, channel_mult=(1, 2, 3, 4), num_res_blocks=3, embed_dim=512,
-                              text_vocab=49408, text_len=77, text_width=512, text_layers=12, text_heads=8),
+    "paper": NoisedClipConfig(
+        image_size=64,
+        width=192,
+        channel_mult=(1, 2, 3, 4),
+        num_res_blocks=3,
+        embed_dim=512,
+        text_vocab=49408,
+        text_len=77,
+        text_width=512,
+        text_layers=12,
+        text_heads=8,
+    ),
 }
 PRESETS = NOISED_CLIP_PRESETS
 
@@ -139,8 +177,10 @@ class NoisedClip(nn.Module):
         """(B, L <= text_len) -> (B, text_len), right-padded with pad_id."""
         n = self.cfg.text_len
         if tokens.shape[1] > n:
-            raise ValueError(f"text has {tokens.shape[1]} tokens; the model takes {n} (data.tokenizer.context_length "
-                             f"<= model.net.text_len)")
+            raise ValueError(
+                f"text has {tokens.shape[1]} tokens; the model takes {n} (data.tokenizer.context_length "
+                f"<= model.net.text_len)"
+            )
         return F.pad(tokens, (0, n - tokens.shape[1]), value=self.cfg.pad_id).long()
 
     def encode_image(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ API::
     cond = net.encode(text_tokens, image_emb)          # once per sampling run ...
     out = net.denoise(x_t, t, cond)                    # ... then every step (Glide.denoise)
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -29,8 +30,14 @@ import torch.nn as nn
 
 from zoo.models.glide.model import GLIDE_PRESETS, Glide, GlideConfig
 
-__all__ = ["UnclipDecoderConfig", "UNCLIP_DECODER_PRESETS", "PRESETS", "UnclipDecoder", "count_decoder_params",
-           "UNCLIP_DECODER_PAPER_PARAMS"]
+__all__ = [
+    "UnclipDecoderConfig",
+    "UNCLIP_DECODER_PRESETS",
+    "PRESETS",
+    "UnclipDecoder",
+    "count_decoder_params",
+    "UNCLIP_DECODER_PAPER_PARAMS",
+]
 
 
 @dataclass(frozen=True)
@@ -77,8 +84,13 @@ class UnclipDecoder(Glide):
         """The dropped CLIP embedding: zeros (batch, clip_dim)."""
         return torch.zeros(batch, self.cfg.clip_dim, device=device or self.clip_emb_proj.weight.device)
 
-    def encode(self, text_tokens: Optional[torch.Tensor], image_emb: Optional[torch.Tensor],
-               batch: Optional[int] = None, device=None) -> dict[str, torch.Tensor]:
+    def encode(
+        self,
+        text_tokens: Optional[torch.Tensor],
+        image_emb: Optional[torch.Tensor],
+        batch: Optional[int] = None,
+        device=None,
+    ) -> dict[str, torch.Tensor]:
         """The U-Net's conditioning (``Glide.encode_text``'s dict with the embedding added): "context"
         (B, L + clip_tokens, text_width), "context_mask" (B, L + clip_tokens) bool, "emb" (B, 4 x width).
         ``text_tokens`` None = the empty caption, ``image_emb`` None = the zero embedding (``batch`` gives B then)."""
@@ -97,11 +109,19 @@ class UnclipDecoder(Glide):
         tokens = self.clip_tokens_proj(image_emb).view(b, self.cfg.clip_tokens, self.cfg.text_width)  # (B, 4, W)
         context = torch.cat([cond["context"], tokens.to(cond["context"].dtype)], dim=1)  # (B, L + 4, W)
         always = torch.ones(b, self.cfg.clip_tokens, dtype=torch.bool, device=context.device)
-        return {"context": context, "context_mask": torch.cat([cond["context_mask"], always], dim=1),
-                "emb": cond["emb"] + self.clip_emb_proj(image_emb).to(cond["emb"].dtype)}
+        return {
+            "context": context,
+            "context_mask": torch.cat([cond["context_mask"], always], dim=1),
+            "emb": cond["emb"] + self.clip_emb_proj(image_emb).to(cond["emb"].dtype),
+        }
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text_tokens: Optional[torch.Tensor] = None,
-                image_emb: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        text_tokens: Optional[torch.Tensor] = None,
+        image_emb: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """x_t (B, C, H, W), t (B,) timesteps, text_tokens (B, <= text_len) or None, image_emb (B, clip_dim) or None
         -> (B, 2C, H, W) = [eps ; v]."""
         return self.denoise(x_t, t, self.encode(text_tokens, image_emb, batch=x_t.shape[0], device=x_t.device))

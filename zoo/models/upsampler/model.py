@@ -28,6 +28,7 @@ re-measures them):
   verify); measured 282.1M (282,059,139) against the paper's 300M (224 channels would give 384M).
   The paper's table (from memory) also gives this stage a linear noise schedule: ``model.schedule=linear``.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -37,8 +38,16 @@ import torch.nn as nn
 
 from zoo.nn.unet import SuperResUNet, UNetConfig
 
-__all__ = ["UpsamplerConfig", "UPSAMPLER_PRESETS", "PRESETS", "Upsampler", "count_upsampler_params",
-           "UPSAMPLER_PAPER_PARAMS", "DEFAULT_SAMPLE_STEPS", "CORRUPTIONS"]
+__all__ = [
+    "UpsamplerConfig",
+    "UPSAMPLER_PRESETS",
+    "PRESETS",
+    "Upsampler",
+    "count_upsampler_params",
+    "UPSAMPLER_PAPER_PARAMS",
+    "DEFAULT_SAMPLE_STEPS",
+    "CORRUPTIONS",
+]
 
 CORRUPTIONS = ("blur", "bsr")  # zoo.data.degradations.CORRUPTIONS (kept here so model.py imports torch only)
 # unCLIP samples the first stage (blur-trained, 64 -> 256) with 27 DDIM steps and the second (BSR, 256 -> 1024)
@@ -75,7 +84,8 @@ class UpsamplerConfig:
                 raise ValueError(
                     f"{name} {side} must be a positive multiple of the scale ({self.scale}) and of the U-Net's "
                     f"divisor {d} (2 ** (levels - 1)) (image_size={self.image_size}, crop_fraction="
-                    f"{self.crop_fraction})")
+                    f"{self.crop_fraction})"
+                )
 
     @property
     def divisor(self) -> int:
@@ -96,28 +106,55 @@ class UpsamplerConfig:
 
     def unet_config(self) -> UNetConfig:
         """The SuperResUNet's config: no attention anywhere, no context, no class embedding."""
-        return UNetConfig(in_channels=self.in_channels, out_channels=self.in_channels, width=self.width,
-                          channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
-                          attention_resolutions=(), image_size=self.image_size, dropout=self.dropout,
-                          learn_sigma=self.learn_sigma, resblock_updown=self.resblock_updown, context_dim=None,
-                          max_groups=self.max_groups, attention_in_middle=False)
+        return UNetConfig(
+            in_channels=self.in_channels,
+            out_channels=self.in_channels,
+            width=self.width,
+            channel_mult=self.channel_mult,
+            num_res_blocks=self.num_res_blocks,
+            attention_resolutions=(),
+            image_size=self.image_size,
+            dropout=self.dropout,
+            learn_sigma=self.learn_sigma,
+            resblock_updown=self.resblock_updown,
+            context_dim=None,
+            max_groups=self.max_groups,
+            attention_in_middle=False,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 UPSAMPLER_PRESETS: dict[str, UpsamplerConfig] = {
-    "tiny": UpsamplerConfig(image_size=32, scale=4, corruption="blur", width=8, channel_mult=(1, 2),
-                            num_res_blocks=1, max_groups=8),
-    "shapes_32_128": UpsamplerConfig(image_size=128, scale=4, corruption="blur", width=32, channel_mult=(1, 2, 2),
-                                     num_res_blocks=2),
-    "shapes_128_512": UpsamplerConfig(image_size=512, scale=4, corruption="bsr", width=32,
-                                      channel_mult=(1, 1, 2, 2), num_res_blocks=2),
-    "paper_64_256": UpsamplerConfig(image_size=256, scale=4, corruption="blur", width=320,
-                                    channel_mult=(1, 2, 3, 4), num_res_blocks=3, dropout=0.1,
-                                    resblock_updown=True),
-    "paper_256_1024": UpsamplerConfig(image_size=1024, scale=4, corruption="bsr", width=192,
-                                      channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, resblock_updown=True),
+    "tiny": UpsamplerConfig(
+        image_size=32, scale=4, corruption="blur", width=8, channel_mult=(1, 2), num_res_blocks=1, max_groups=8
+    ),
+    "shapes_32_128": UpsamplerConfig(
+        image_size=128, scale=4, corruption="blur", width=32, channel_mult=(1, 2, 2), num_res_blocks=2
+    ),
+    "shapes_128_512": UpsamplerConfig(
+        image_size=512, scale=4, corruption="bsr", width=32, channel_mult=(1, 1, 2, 2), num_res_blocks=2
+    ),
+    "paper_64_256": UpsamplerConfig(
+        image_size=256,
+        scale=4,
+        corruption="blur",
+        width=320,
+        channel_mult=(1, 2, 3, 4),
+        num_res_blocks=3,
+        dropout=0.1,
+        resblock_updown=True,
+    ),
+    "paper_256_1024": UpsamplerConfig(
+        image_size=1024,
+        scale=4,
+        corruption="bsr",
+        width=192,
+        channel_mult=(1, 1, 2, 2, 4, 4),
+        num_res_blocks=2,
+        resblock_updown=True,
+    ),
 }
 PRESETS = UPSAMPLER_PRESETS  # the name zoo.models.presets.resolve_preset callers use
 

@@ -1,4 +1,5 @@
 """Training the VQ-VAE (Lightning): MSE reconstruction + commitment (+ codebook loss without EMA)."""
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -34,11 +35,17 @@ class VQVAELit(ImageTokenizerLit):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         r = self.forward_loss(batch["image"])
-        self.log_metrics("train", {
-            "loss": r["loss"], "recon_mse": r["mse"], "psnr": psnr_from_mse(r["mse"]),
-            "commitment": r["commitment"], "perplexity": r["perplexity"],
-            **({} if self.cfg.ema else {"codebook_loss": r["codebook_loss"]}),
-        })
+        self.log_metrics(
+            "train",
+            {
+                "loss": r["loss"],
+                "recon_mse": r["mse"],
+                "psnr": psnr_from_mse(r["mse"]),
+                "commitment": r["commitment"],
+                "perplexity": r["perplexity"],
+                **({} if self.cfg.ema else {"codebook_loss": r["codebook_loss"]}),
+            },
+        )
         return r["loss"]
 
     # --------------------------------------------------------------------------------------------- evaluation
@@ -54,7 +61,9 @@ class VQVAELit(ImageTokenizerLit):
         res = getattr(datamodule, "resolution", None)
         f = self.cfg.downsample_factor
         if res is not None and res % f:
-            raise ConfigError(f"data.resolution={res} is not divisible by the VQ-VAE downsample factor {f} "
-                              f"(fix: data.resolution={res - res % f or f}, or model.net.n_down)")
+            raise ConfigError(
+                f"data.resolution={res} is not divisible by the VQ-VAE downsample factor {f} "
+                f"(fix: data.resolution={res - res % f or f}, or model.net.n_down)"
+            )
         if res is not None:
             self.vqvae.resolution = res

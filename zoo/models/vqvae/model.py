@@ -3,6 +3,7 @@
 Same ``ImageTokenizer`` interface and presets as the dVAE, so the DALL·E transformer and eval can swap them.
 Downsampling is by strided 4x4 convolutions, upsampling by nearest + 3x3 conv; resblocks are pre-activation.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -66,8 +67,15 @@ class VQVAE(nn.Module, ImageTokenizer):
         enc += [ResBlock(ch) for _ in range(cfg.n_res)] + [nn.GELU(), nn.Conv2d(ch, cfg.dim, 1)]
         self.encoder = nn.Sequential(*enc)
         self.quantizer = VectorQuantizer(
-            cfg.codebook_size, cfg.dim, beta=cfg.beta, ema=cfg.ema, decay=cfg.decay, l2_normalize=cfg.l2_normalize,
-            kmeans_init=cfg.kmeans_init, restart_dead_codes=cfg.restart_dead_codes, dead_threshold=cfg.dead_threshold,
+            cfg.codebook_size,
+            cfg.dim,
+            beta=cfg.beta,
+            ema=cfg.ema,
+            decay=cfg.decay,
+            l2_normalize=cfg.l2_normalize,
+            kmeans_init=cfg.kmeans_init,
+            restart_dead_codes=cfg.restart_dead_codes,
+            dead_threshold=cfg.dead_threshold,
         )
         dec: list[nn.Module] = [nn.Conv2d(cfg.dim, ch, 3, padding=1)] + [ResBlock(ch) for _ in range(cfg.n_res)]
         for _ in range(cfg.n_down):
