@@ -37,8 +37,9 @@ format: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests -m "not slow"
 
+# every bench/bench_*.py, one JSON + markdown summary in bench/results/ (diff two machines' runs)
 bench: $(STAMP)
-	for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf logs .zoo_cache .pytest_cache
