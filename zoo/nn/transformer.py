@@ -19,6 +19,12 @@ per example), one for all layers or a sequence of one per layer; the attention t
 exactly the rows of training's masks. ``key_padding_mask`` (B, L) bool (True = a real token) hides padded keys
 and is combined with the mask. Every query must be allowed at least one key (an all-False row gives NaN).
 
+Sparse masks that pay (``attn_impl``). A mask may also be a ``zoo.nn.block_sparse.BlockSparseMask`` (a dense (L, L)
+bool mask plus its block-sparse plans): with ``Transformer(..., attn_impl="block_sparse")`` attention then computes
+only the (query block, key) pairs that the mask allows, in training and in one-row cached decoding alike, with the
+same results as the dense mask up to float rounding; plain (L, L) bool masks are wrapped automatically. With
+``attn_impl="dense"`` (the default here) a ``BlockSparseMask`` is used through its dense mask.
+
 Example (a causal prior over already-embedded tokens)::
 
     net = Transformer(dim=256, n_layers=6, n_heads=8, head_dim=32)
@@ -26,6 +32,7 @@ Example (a causal prior over already-embedded tokens)::
     h = net(x, key_padding_mask=tokens != pad)   # causal and padded keys hidden
     enc = Transformer(256, 4, 8, 32, causal=False)(x, key_padding_mask=keep)   # bidirectional text encoder
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
@@ -35,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from zoo.nn.block_sparse import ATTN_IMPLS, BlockSparseMask
 from zoo.precision import math_sdpa_preferred  # torch-only: the project's one place for bf16 kernel choices
 
 __all__ = ["KVCache", "SelfAttention", "Block", "Transformer"]
@@ -44,8 +52,16 @@ __all__ = ["KVCache", "SelfAttention", "Block", "Transformer"]
 class KVCache:
     """Preallocated per-layer keys and values: ``k``, ``v`` of shape (n_layers, B, H, max_len, D)."""
 
-    def __init__(self, batch: int, n_layers: int, n_heads: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device=None):
+    def __init__(
+        self,
+        batch: int,
+        n_layers: int,
+        n_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ):
         shape = (n_layers, batch, n_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -69,9 +85,16 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * n_heads * head_dim)
         self.proj = nn.Linear(n_heads * head_dim, dim)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor], cache: Optional[KVCache] = None,
-                layer: int = 0, start_pos: int = 0, causal: bool = True,
-                key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: Optional[torch.Tensor],
+        cache: Optional[KVCache] = None,
+        layer: int = 0,
+        start_pos: int = 0,
+        causal: bool = True,
+        key_padding_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """x (B, n, dim) at positions [start_pos, start_pos + n) -> (B, n, dim).
 
         mask: the full (L, L) (or (B, 1|H, L, L)) bool mask, True = may attend; None = causal if ``causal`` else
@@ -84,6 +107,14 @@ class SelfAttention(nn.Module):
         elif start_pos != 0:
             raise ValueError("start_pos > 0 needs a KVCache holding the earlier positions")
         end = start_pos + n
+        if isinstance(mask, BlockSparseMask):  # only the allowed (query block, key) work; see zoo.nn.block_sparse
+            dropout_p = self.dropout if self.training else 0.0
+            if math_sdpa_preferred(q.device.type, q.dtype):
+                with sdpa_kernel(SDPBackend.MATH):
+                    y = mask.attention(q, k, v, start_pos, dropout_p, key_padding_mask)
+            else:
+                y = mask.attention(q, k, v, start_pos, dropout_p, key_padding_mask)  # (B, H, n, D)
+            return self.proj(y.transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim))
         if mask is None and causal:  # dense causal
             mask = torch.ones(end, end, dtype=torch.bool, device=x.device).tril()
         m = None if mask is None else mask[..., start_pos:end, :end]  # rows for the new positions, (n, start_pos + n)
@@ -118,34 +149,65 @@ class Transformer(nn.Module):
     key_padding_mask=None) -> (B, n, dim)`` processes positions [start_pos, start_pos + n); with a cache they attend
     to every cached position before them (subject to the mask). See the module docstring for the masks."""
 
-    def __init__(self, dim: int, n_layers: int, n_heads: int, head_dim: int, mlp_ratio: int = 4,
-                 dropout: float = 0.0, causal: bool = True):
+    def __init__(
+        self,
+        dim: int,
+        n_layers: int,
+        n_heads: int,
+        head_dim: int,
+        mlp_ratio: int = 4,
+        dropout: float = 0.0,
+        causal: bool = True,
+        attn_impl: str = "dense",
+    ):
         super().__init__()
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"unknown attn_impl {attn_impl!r}; valid: {ATTN_IMPLS}")
         self.dim, self.n_layers, self.n_heads, self.head_dim = dim, n_layers, n_heads, head_dim
         self.causal = causal
+        self.attn_impl = attn_impl
+        self._wrapped: dict = {}  # plain (L, L) masks wrapped as BlockSparseMask (attn_impl="block_sparse")
         self.blocks = nn.ModuleList(Block(dim, n_heads, head_dim, mlp_ratio, dropout) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(dim)
 
     def new_cache(self, batch: int, max_len: int, dtype: Optional[torch.dtype] = None, device=None) -> KVCache:
         """An empty cache for ``batch`` sequences of up to ``max_len`` positions (dtype/device of the weights)."""
         p = self.ln_f.weight
-        return KVCache(batch, self.n_layers, self.n_heads, max_len, self.head_dim, dtype or p.dtype,
-                       device or p.device)
+        return KVCache(batch, self.n_layers, self.n_heads, max_len, self.head_dim, dtype or p.dtype, device or p.device)
 
-    def forward(self, x: torch.Tensor,
-                mask: Union[None, torch.Tensor, Sequence[Optional[torch.Tensor]]] = None,
-                cache: Optional[KVCache] = None, start_pos: int = 0, *,
-                key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: Union[None, torch.Tensor, BlockSparseMask, Sequence[Optional[torch.Tensor]]] = None,
+        cache: Optional[KVCache] = None,
+        start_pos: int = 0,
+        *,
+        key_padding_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``mask``: None, one bool mask for every layer, or a sequence of one mask (or None) per layer."""
-        if mask is None or isinstance(mask, torch.Tensor):
+        if mask is None or isinstance(mask, (torch.Tensor, BlockSparseMask)):
             layer_masks = [mask] * self.n_layers
         else:
             layer_masks = list(mask)
             if len(layer_masks) != self.n_layers:
                 raise ValueError(f"need one mask per layer ({self.n_layers}), got {len(layer_masks)}")
+        layer_masks = [self._for_impl(m) for m in layer_masks]
         for i, (block, m) in enumerate(zip(self.blocks, layer_masks)):
             x = block(x, m, cache, i, start_pos, self.causal, key_padding_mask)
         return self.ln_f(x)
+
+    def _for_impl(self, m):
+        """The mask as this stack's ``attn_impl`` uses it: a BlockSparseMask's dense mask for ``dense``; a plain
+        (L, L) bool mask wrapped (once; cached by identity) for ``block_sparse``."""
+        if isinstance(m, BlockSparseMask):
+            return m if self.attn_impl == "block_sparse" else m.dense
+        if self.attn_impl == "block_sparse" and m is not None and m.dim() == 2 and m.dtype == torch.bool:
+            key = (m.data_ptr(), tuple(m.shape), str(m.device))
+            hit = self._wrapped.get(key)
+            if hit is None or hit.dense is not m:
+                hit = self._wrapped[key] = BlockSparseMask(m, block=64)
+            return hit
+        return m
 
 
 def gpt2_init_(root: nn.Module, transformer: Transformer, extra: Sequence[torch.Tensor] = ()) -> None:

@@ -35,6 +35,7 @@ Loss: cross-entropy on text and image predictions, ``loss = w * text_loss + (1 -
 w = ``loss_text_weight`` (paper: 1/8 text, 7/8 image). Text targets that are pads are included by default
 (``text_loss_on_pad``), as the paper's fixed 256-token text stream is.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,14 +45,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zoo.nn.block_sparse import BlockSparseMask, column_major_perm
 from zoo.nn.image_tokenizer import find_image_tokenizer
 from zoo.nn.sparse_masks import dalle_mask, layer_pattern
-from zoo.nn.transformer import gpt2_init_, KVCache, Transformer
+from zoo.nn.transformer import KVCache, Transformer, gpt2_init_
 
+BLOCK_SPARSE_MIN_LEN = 256  # shorter streams attend densely (measured in bench/bench_sparse_attention.py)
 PAPER_PARAMS = 12_292_808_448  # measured: sum(p.numel()) of DalleTransformer(PRESETS["paper"]) on the meta device
 
-__all__ = ["PRESETS", "DalleTransformer", "DalleTransformerConfig", "image_tokenizer_spec",
-           "image_tokenizer_from_spec", "PAPER_PARAMS"]
+__all__ = [
+    "PRESETS",
+    "DalleTransformer",
+    "DalleTransformerConfig",
+    "image_tokenizer_spec",
+    "image_tokenizer_from_spec",
+    "PAPER_PARAMS",
+]
 
 
 # ---------------------------------------------------------------------------------------------- the network
@@ -73,6 +82,9 @@ class DalleTransformerConfig:
     pad_id: int = 0
     mlp_ratio: int = 4
     text_loss_on_pad: bool = True
+    # dense: SDPA with the (L, L) bool masks; block_sparse: compute only the blocks the masks allow (zoo.nn.block_sparse;
+    # same results; faster from 16x16 grids on, and the dense path runs by itself where blocking would not pay)
+    attn_impl: str = "block_sparse"
 
     @property
     def image_len(self) -> int:
@@ -84,13 +96,43 @@ class DalleTransformerConfig:
 
 
 PRESETS: dict[str, DalleTransformerConfig] = {
-    "tiny": DalleTransformerConfig(dim=64, n_layers=4, n_heads=4, head_dim=16, text_len=8, text_vocab=64,
-                                   image_vocab=32, grid_h=4, grid_w=4, conv_kernel=3),
-    "shapes": DalleTransformerConfig(dim=256, n_layers=8, n_heads=8, head_dim=32, text_len=48, text_vocab=1024,
-                                     image_vocab=512, grid_h=8, grid_w=8, conv_kernel=5),
+    "tiny": DalleTransformerConfig(
+        dim=64,
+        n_layers=4,
+        n_heads=4,
+        head_dim=16,
+        text_len=8,
+        text_vocab=64,
+        image_vocab=32,
+        grid_h=4,
+        grid_w=4,
+        conv_kernel=3,
+    ),
+    "shapes": DalleTransformerConfig(
+        dim=256,
+        n_layers=8,
+        n_heads=8,
+        head_dim=32,
+        text_len=48,
+        text_vocab=1024,
+        image_vocab=512,
+        grid_h=8,
+        grid_w=8,
+        conv_kernel=5,
+    ),
     # Ramesh et al. 2021: 64 layers, 62 heads x 64 = 3968 wide, 256 BPE tokens (16384) + 32x32 image tokens (8192)
-    "paper": DalleTransformerConfig(dim=3968, n_layers=64, n_heads=62, head_dim=64, text_len=256, text_vocab=16384,
-                                    image_vocab=8192, grid_h=32, grid_w=32, conv_kernel=11),
+    "paper": DalleTransformerConfig(
+        dim=3968,
+        n_layers=64,
+        n_heads=62,
+        head_dim=64,
+        text_len=256,
+        text_vocab=16384,
+        image_vocab=8192,
+        grid_h=32,
+        grid_w=32,
+        conv_kernel=11,
+    ),
 }
 
 
@@ -105,13 +147,19 @@ class DalleTransformer(nn.Module):
         self.image_emb = nn.Embedding(cfg.image_vocab, d)
         self.image_row = nn.Parameter(torch.empty(cfg.grid_h, d))
         self.image_col = nn.Parameter(torch.empty(cfg.grid_w, d))
-        self.transformer = Transformer(d, cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.mlp_ratio, cfg.dropout)
+        self.transformer = Transformer(
+            d, cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.mlp_ratio, cfg.dropout, attn_impl=cfg.attn_impl
+        )
         self.text_head = nn.Linear(d, cfg.text_vocab, bias=False)
         self.image_head = nn.Linear(d, cfg.image_vocab, bias=False)
         self.layer_kinds = layer_pattern(cfg.n_layers, cfg.pattern)
         for kind in sorted(set(self.layer_kinds)):  # one (L, L) buffer per distinct kind, shared by its layers
-            self.register_buffer(f"mask_{kind}", dalle_mask(kind, cfg.text_len, cfg.grid_h, cfg.grid_w,
-                                                            cfg.conv_kernel), persistent=False)
+            self.register_buffer(
+                f"mask_{kind}",
+                dalle_mask(kind, cfg.text_len, cfg.grid_h, cfg.grid_w, cfg.conv_kernel),
+                persistent=False,
+            )
+        self._block_sparse: dict[str, tuple[torch.Tensor, BlockSparseMask]] = {}  # kind -> (buffer, its wrapper)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:  # GPT-2 style (zoo.nn.transformer.gpt2_init_)
@@ -121,8 +169,9 @@ class DalleTransformer(nn.Module):
     def layer_masks(self) -> list[torch.Tensor]:
         return [getattr(self, f"mask_{k}") for k in self.layer_kinds]
 
-    def embed(self, text: Optional[torch.Tensor] = None, image: Optional[torch.Tensor] = None,
-              image_start: int = 0) -> torch.Tensor:
+    def embed(
+        self, text: Optional[torch.Tensor] = None, image: Optional[torch.Tensor] = None, image_start: int = 0
+    ) -> torch.Tensor:
         """Embeddings of [text (B, T) ; image (B, n) at raster positions image_start ..] -> (B, T + n, dim).
         Either part may be None (decoding feeds one image token at a time)."""
         parts = []
@@ -144,8 +193,28 @@ class DalleTransformer(nn.Module):
         c = self.cfg
         return KVCache(batch, c.n_layers, c.n_heads, c.seq_len, c.head_dim, dtype or p.dtype, device or p.device)
 
+    def attention_masks(self) -> list:
+        """Per-layer masks for the transformer: the dense buffers (``attn_impl=dense``), or ``BlockSparseMask``
+        wrappers of them (``block_sparse``): query blocks of whole grid lines (about 64 tokens), column layers in
+        column-major image order so that a column's keys are contiguous. Rebuilt when a buffer moves device."""
+        if self.cfg.attn_impl != "block_sparse":
+            return self.layer_masks()
+        c, out = self.cfg, {}
+        for kind in set(self.layer_kinds):
+            buf = getattr(self, f"mask_{kind}")
+            hit = self._block_sparse.get(kind)
+            if hit is None or hit[0] is not buf:
+                line = c.grid_h if kind == "column" else c.grid_w  # tokens per grid line in block order
+                perm = column_major_perm(c.text_len, c.grid_h, c.grid_w) if kind == "column" else None
+                hit = self._block_sparse[kind] = (
+                    buf,
+                    BlockSparseMask(buf, perm, block=line * max(1, round(64 / line)), min_len=BLOCK_SPARSE_MIN_LEN),
+                )
+            out[kind] = hit[1]
+        return [out[k] for k in self.layer_kinds]
+
     def hidden(self, x_emb: torch.Tensor, cache: Optional[KVCache] = None, start_pos: int = 0) -> torch.Tensor:
-        return self.transformer(x_emb, self.layer_masks(), cache, start_pos)
+        return self.transformer(x_emb, self.attention_masks(), cache, start_pos)
 
     # -- training
     def forward(self, text: torch.Tensor, image: torch.Tensor):
@@ -154,21 +223,27 @@ class DalleTransformer(nn.Module):
         image = image.flatten(1)
         h = self.hidden(self.embed(text, image[:, :-1]))  # (B, T + N - 1, d)
         t = self.cfg.text_len
-        return self.text_head(h[:, : t - 1]), self.image_head(h[:, t - 1:])
+        return self.text_head(h[:, : t - 1]), self.image_head(h[:, t - 1 :])
 
     def loss(self, text: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
         image = image.flatten(1)
         text_logits, image_logits = self(text, image)
         ignore = -100 if self.cfg.text_loss_on_pad else self.cfg.pad_id
-        up = (lambda x: x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)  # CE in >= fp32
+        up = lambda x: x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # CE in >= fp32
         text_loss = F.cross_entropy(up(text_logits).flatten(0, 1), text[:, 1:].flatten(), ignore_index=ignore)
         image_loss = F.cross_entropy(up(image_logits).flatten(0, 1), image.flatten())
         w = self.cfg.loss_text_weight
         return {"loss": w * text_loss + (1 - w) * image_loss, "text_loss": text_loss, "image_loss": image_loss}
 
     # -- decoding
-    def next_image_logits(self, text: Optional[torch.Tensor] = None, image: Optional[torch.Tensor] = None,
-                          image_start: int = 0, cache: Optional[KVCache] = None, start_pos: int = 0) -> torch.Tensor:
+    def next_image_logits(
+        self,
+        text: Optional[torch.Tensor] = None,
+        image: Optional[torch.Tensor] = None,
+        image_start: int = 0,
+        cache: Optional[KVCache] = None,
+        start_pos: int = 0,
+    ) -> torch.Tensor:
         """Image logits (B, image_vocab) predicted at the LAST of the given positions. Uncached: pass the whole
         prefix (text, image[:, :p]) -> distribution of image token p. Cached: pass only the new positions with
         start_pos (= T + image_start for image-only chunks)."""
@@ -186,8 +261,10 @@ def image_tokenizer_spec(ckpt: dict[str, Any], resolution: Optional[int] = None)
     if name not in IMAGE_TOKENIZERS:
         from zoo.errors import ConfigError
 
-        raise ConfigError(f"the image tokenizer checkpoint holds a {name} model, not an image tokenizer "
-                         f"({' or '.join(IMAGE_TOKENIZERS)}) (fix: model.image_tokenizer_ckpt=<dvae/vqvae last.ckpt>)")
+        raise ConfigError(
+            f"the image tokenizer checkpoint holds a {name} model, not an image tokenizer "
+            f"({' or '.join(IMAGE_TOKENIZERS)}) (fix: model.image_tokenizer_ckpt=<dvae/vqvae last.ckpt>)"
+        )
     hp = checked_hparams(name, ckpt.get("hyper_parameters", {}), "the image tokenizer checkpoint")
     return {"component": name, "hyper_parameters": hp, "resolution": resolution}
 
@@ -203,8 +280,9 @@ def image_tokenizer_from_spec(spec: dict[str, Any], state_dict: Optional[dict[st
     if name not in IMAGE_TOKENIZERS:
         from zoo.registry import UnsafeCheckpointError
 
-        raise UnsafeCheckpointError(f"image tokenizer spec names {name!r}; only {IMAGE_TOKENIZERS} are image "
-                                    f"tokenizers")
+        raise UnsafeCheckpointError(
+            f"image tokenizer spec names {name!r}; only {IMAGE_TOKENIZERS} are image tokenizers"
+        )
     lit = component_class(name)(**checked_hparams(name, spec.get("hyper_parameters", {}), "image tokenizer spec"))
     if state_dict is not None:
         lit.load_state_dict(state_dict)
