@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from zoo.data.shapes import ShapesDataset
 from zoo.models.dvae import DVAE, PRESETS, DVAEConfig
@@ -161,64 +159,6 @@ def test_overfits_a_fixed_batch(recon_loss):
     m.eval()
     mse_hard = torch.nn.functional.mse_loss(m.dvae.decode(m.dvae.encode(x)).add(1).div(2), x.add(1).div(2)).item()
     assert mse_hard < first / 3, (first, mse_hard)
-
-
-# ----------------------------------------------------------------------------------------------- lightning
-class _DM(L.LightningDataModule):
-    def __init__(self, resolution: int = 32):
-        super().__init__()
-        self.resolution = resolution
-
-    def _loader(self):
-        x = _images(8, self.resolution)
-        return DataLoader([{"image": x[i]} for i in range(8)], batch_size=4)
-
-    def train_dataloader(self):
-        return self._loader()
-
-    def val_dataloader(self):
-        return self._loader()
-
-
-def test_lightning_bf16_fit_logs_the_metrics(tmp_path):
-    torch.manual_seed(0)
-    m = DVAELit(preset="tiny", temperature_steps=2, kl_steps=2)
-    m.check_data(_DM())
-    trainer = L.Trainer(
-        accelerator="cpu",
-        precision="bf16-mixed",
-        max_steps=4,
-        limit_val_batches=2,
-        val_check_interval=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(m, datamodule=_DM())
-    logged = trainer.callback_metrics
-    for k in [
-        "train/loss",
-        "train/recon_mse",
-        "train/psnr",
-        "train/temperature",
-        "train/kl_weight",
-        "val/loss",
-        "val/recon_mse",
-        "val/psnr",
-        "val/codebook_usage",
-        "val/perplexity",
-    ]:
-        assert k in logged and torch.isfinite(logged[k]), k
-    assert 0 < logged["val/codebook_usage"] <= 100
-    assert logged["train/temperature"].item() == pytest.approx(1 / 16)
-    mse = logged["val/recon_mse"].item()
-    assert logged["val/psnr"].item() == pytest.approx(10 * math.log10(1 / mse), rel=1e-3)
-    grid = m.sample_grid({"image": _images(3)})
-    assert grid.shape == (6, 3, 32, 32) and m.grid_nrow > 0
-    assert grid.min() >= -1 and grid.max() <= 1
-    torch.testing.assert_close(grid[0::2], _images(3))  # interleaved input | reconstruction
 
 
 def test_config_dataclass_is_frozen():

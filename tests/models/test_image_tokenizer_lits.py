@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import functools
+import math
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
+from zoo.data.shapes import ShapesDataset
 from zoo.errors import ConfigError
 from zoo.models.dvae.lit import DVAELit
 from zoo.models.vqvae.lit import VQVAELit
@@ -30,3 +34,70 @@ def test_hparams_are_plain_values_and_the_factory_builds_the_optimizer(cls):
     assert "optimizer" not in m.hparams and m.hparams.preset == "tiny"
     opt = m.configure_optimizers()
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == 5e-4
+
+
+# ------------------------------------------------------------------------------------------------ Lightning fit
+class _ShapesImages(L.LightningDataModule):
+    def __init__(self, resolution: int = 32):
+        super().__init__()
+        self.resolution = resolution
+
+    def _loader(self):
+        ds = ShapesDataset("train", 8, self.resolution)
+        return DataLoader([{"image": ds[i]["image"]} for i in range(8)], batch_size=4)
+
+    def train_dataloader(self):
+        return self._loader()
+
+    def val_dataloader(self):
+        return self._loader()
+
+
+# the metrics every image tokenizer logs, then each one's own (temperature / KL weight; commitment)
+COMMON = [
+    "train/loss",
+    "train/recon_mse",
+    "train/psnr",
+    "val/loss",
+    "val/recon_mse",
+    "val/psnr",
+    "val/codebook_usage",
+    "val/perplexity",
+]
+OWN = {DVAELit: ["train/temperature", "train/kl_weight"], VQVAELit: ["train/perplexity", "train/commitment"]}
+KWARGS = {DVAELit: {"temperature_steps": 2, "kl_steps": 2}, VQVAELit: {}}
+
+
+@pytest.mark.parametrize("cls", LITS, ids=lambda c: c.__name__)
+def test_lightning_fit_logs_the_metrics_and_the_grid(cls, tmp_path):
+    from zoo.precision import resolve_precision
+
+    torch.manual_seed(0)
+    m = cls(preset="tiny", **KWARGS[cls])
+    m.check_data(_ShapesImages())
+    precision, _ = resolve_precision("auto", "cpu")  # bf16 only where this CPU has it natively
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision=precision,
+        max_steps=4,
+        limit_val_batches=2,
+        val_check_interval=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(m, datamodule=_ShapesImages())
+    logged = trainer.callback_metrics
+    for k in COMMON + OWN[cls]:
+        assert k in logged and torch.isfinite(logged[k]), k
+    assert 0 < logged["val/codebook_usage"] <= 100
+    mse = logged["val/recon_mse"].item()
+    assert logged["val/psnr"].item() == pytest.approx(10 * math.log10(1 / mse), rel=1e-3)
+    if cls is DVAELit:  # the temperature schedule reached its end within the run
+        assert logged["train/temperature"].item() == pytest.approx(1 / 16)
+    x = torch.stack([ShapesDataset("val", 3, 32)[i]["image"] for i in range(3)])
+    grid = m.sample_grid({"image": x})
+    assert grid.shape == (6, 3, 32, 32) and m.grid_nrow > 0 and grid.abs().max() <= 1
+    torch.testing.assert_close(grid[0::2], x)  # interleaved input | reconstruction

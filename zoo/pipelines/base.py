@@ -24,6 +24,7 @@ their own names: ``n_candidates`` (samples drawn per caption), ``n_keep`` (the b
 ``top_k`` always means the logit filter. Checkpoints are ``<stage>_ckpt`` (``dalle_ckpt``, ``clip_ckpt``, later
 ``prior_ckpt``, ``decoder_ckpt``). Every pipeline takes a ``seed`` and is a pure function of (seed, captions, knobs).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,6 +37,7 @@ import torch
 CHECKPOINT_GENERATORS: dict[str, tuple[str, str]] = {
     "dalle": ("dalle", "dalle_ckpt"),
     "glide": ("glide", "glide_ckpt"),
+    "unclip_decoder": ("unclip", "decoder_ckpt"),  # also needs generator.prior_ckpt= and generator.clip_ckpt=
 }
 
 RANGE_TOLERANCE = 1e-3  # float round-off of [-1, 1] outputs (decoders, resizes) is tolerated
@@ -169,21 +171,30 @@ def build_generator(node, what: str = "generator"):
     target = str(node._target_)
     missing = [k for k in node if OmegaConf.is_missing(node, k)]
     if missing:
-        raise ConfigError(f"{what} {target} needs {what}.{missing[0]} (fix: {what}.{missing[0]}="
-                          f"{'/path/to/samples' if missing[0] == 'path' else '...'})")
+        raise ConfigError(
+            f"{what} {target} needs {what}.{missing[0]} (fix: {what}.{missing[0]}="
+            f"{'/path/to/samples' if missing[0] == 'path' else '...'})"
+        )
     for key in node:
         if str(key).endswith(("ckpt", "checkpoint")) and node[key] not in (None, ""):
             path = Path(str(node[key])).expanduser()
             if not path.is_file():
-                hint = (" -- train one with `make demo` (logs/demo/dalle) or zoo-train" if "dalle" in key
-                        else " -- e.g. `make demo`'s CLIP, or zoo-train experiment=clip/shapes" if "clip" in key
-                        else "")
-                raise ConfigError(f"{what}.{key}: checkpoint not found: {path} "
-                                  f"(fix: {what}.{key}=/path/to/file.ckpt{hint})")
+                hint = (
+                    " -- train one with `make demo` (logs/demo/dalle) or zoo-train"
+                    if "dalle" in key
+                    else " -- e.g. `make demo`'s CLIP, or zoo-train experiment=clip/shapes"
+                    if "clip" in key
+                    else ""
+                )
+                raise ConfigError(
+                    f"{what}.{key}: checkpoint not found: {path} (fix: {what}.{key}=/path/to/file.ckpt{hint})"
+                )
     gen = instantiate(node, what)
     if not callable(getattr(gen, "generate", None)):
-        raise ConfigError(f"{what} {target} built a {type(gen).__name__}, which has no "
-                          f"generate(captions) -> images method (fix: point _target_ at a Generator)")
+        raise ConfigError(
+            f"{what} {target} built a {type(gen).__name__}, which has no "
+            f"generate(captions) -> images method (fix: point _target_ at a Generator)"
+        )
     return gen
 
 
@@ -193,6 +204,15 @@ def checkpoint_generator(component: str) -> Optional[tuple[str, str]]:
 
 
 __all__ = [
-    "CHECKPOINT_GENERATORS", "CandidateGenerator", "Generator", "RepeatedCandidates", "RerankingGenerator",
-    "as_candidate_generator", "build_generator", "check_generated", "check_images", "checkpoint_generator", "keep_best",
+    "CHECKPOINT_GENERATORS",
+    "CandidateGenerator",
+    "Generator",
+    "RepeatedCandidates",
+    "RerankingGenerator",
+    "as_candidate_generator",
+    "build_generator",
+    "check_generated",
+    "check_images",
+    "checkpoint_generator",
+    "keep_best",
 ]

@@ -1,0 +1,376 @@
+"""The unCLIP pipeline: knobs reach their stages, shapes per stage, slerp, the bipartite latent, manipulations, seeds.
+
+Tiny checkpoints, trained a couple of steps here, with agreeing dims: CLIP ``tiny`` (32-d, 32-token context, 32 px),
+diffusion prior ``tiny`` widened to 32-d / CLIP's vocabulary and context, AR prior ``tiny`` (32-d), decoder ``tiny``
+(16 px, 32-d embedding, a tiny BPE), two ``tiny`` upsamplers (x4 each: 16 -> 64 -> 256 at inference).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zoo.pipelines.unclip import UnclipPipeline, slerp
+
+D = 32
+CAPS = ["a large red circle at the top left", "a small blue square at the bottom right"]
+
+
+def _save(lit, component: str, path: Path, **extra_hp) -> Path:
+    from zoo.checkpoint import atomic_torch_save
+
+    hp = {**dict(lit.hparams), **extra_hp}
+    atomic_torch_save({"zoo_component": component, "hyper_parameters": hp, "state_dict": lit.state_dict()}, path)
+    return path
+
+
+def _train(lit, loss_fn, steps: int = 2):
+    opt = torch.optim.Adam(lit.parameters(), lr=1e-3)
+    lit.train()
+    for _ in range(steps):
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return lit.eval()
+
+
+def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Smooth coloured blobs in [-1, 1] (n, 3, size, size)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, 1, 1, generator=g) * 1.6 - 0.8
+    ramp = torch.linspace(-1, 1, size)
+    return (
+        (base + 0.3 * ramp[None, None, :, None] * torch.rand(n, 3, 1, 1, generator=g))
+        .expand(n, 3, size, size)
+        .clamp(-1, 1)
+        .contiguous()
+    )
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory, dalle_helpers):
+    from zoo.models.ar_prior.lit import ARPriorLit
+    from zoo.models.clip.scorer import ClipScorer
+    from zoo.models.diffusion_prior.lit import DiffusionPriorLit
+    from zoo.models.unclip_decoder.lit import UnclipDecoderLit
+    from zoo.models.upsampler.lit import UpsamplerLit
+
+    d = tmp_path_factory.mktemp("unclip")
+    out = {"clip": dalle_helpers.tiny_clip_ckpt(d / "clip.ckpt")}
+    clip = ClipScorer.from_lightning_checkpoint(str(out["clip"]))
+    imgs = _images(8, 32)
+    img_emb, txt_emb = clip.encode_image(imgs), clip.encode_text(CAPS * 4)
+    tokens = clip.tokenize(CAPS * 4)
+
+    torch.manual_seed(0)
+    prior = DiffusionPriorLit(
+        preset="tiny",
+        net={"clip_dim": D, "text_len": tokens.shape[1], "text_vocab": 49408},
+        embed_scale=5.0,
+        sample_steps=4,
+    )
+    batch = {"clip_image_emb": img_emb, "clip_text_emb": txt_emb, "clip_text_tokens": tokens}
+    _train(prior, lambda: prior.forward_loss(batch, 0.1)["loss"])
+    out["prior"] = _save(prior, "diffusion_prior", d / "prior.ckpt")
+
+    torch.manual_seed(0)
+    ar = ARPriorLit(preset="tiny", net={"n_buckets": 16}, n_components=4)
+    g = torch.Generator().manual_seed(0)
+    many_img = F.normalize(img_emb.repeat(8, 1) + 0.1 * torch.randn(64, D, generator=g), dim=-1)
+    ar.fit_discretisation(many_img, txt_emb.repeat(8, 1))
+    _train(ar, lambda: ar.forward_loss(batch, train=True)["loss"])
+    out["ar"] = _save(ar, "ar_prior", d / "ar.ckpt")
+
+    torch.manual_seed(0)
+    bpe = dalle_helpers.tiny_bpe(context_length=32)
+    dec = UnclipDecoderLit(preset="tiny", sample_steps=4)
+    dec.text_tokenizer = bpe
+    x16 = F.interpolate(imgs, size=16, mode="bilinear", antialias=True)
+    dbatch = {"image": x16, "text_tokens": bpe.encode(CAPS * 4), "clip_image_emb": img_emb}
+    _train(dec, lambda: dec.forward_loss(dbatch, train=True)["loss"])
+    out["decoder"] = _save(dec, "unclip_decoder", d / "decoder.ckpt", text_tokenizer=bpe.to_spec())
+
+    for i in (1, 2):
+        torch.manual_seed(i)
+        up = UpsamplerLit(preset="tiny", sample_steps=3)
+        _train(up, lambda: up.forward_loss({"image": imgs})["loss"], steps=1)
+        out[f"up{i}"] = _save(up, "upsampler", d / f"up{i}.ckpt")
+    return out
+
+
+def _pipe(ckpts, prior="diffusion", ups=2, **kw) -> UnclipPipeline:
+    kw.setdefault("prior_steps", 2)
+    kw.setdefault("decoder_steps", 2)
+    kw.setdefault("upsampler_steps", 1)
+    prior_ckpt = {"diffusion": ckpts["prior"], "ar": ckpts["ar"]}.get(prior)
+    return UnclipPipeline.from_checkpoints(
+        prior_ckpt, ckpts["decoder"], ckpts["clip"], [ckpts["up1"], ckpts["up2"]][:ups], prior=prior, **kw
+    )
+
+
+def _spy(monkeypatch, obj, name: str) -> list[dict]:
+    calls: list[dict] = []
+    real = getattr(obj, name)
+
+    def wrapper(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append({"args": args, "kwargs": kwargs, "out": out})
+        return out
+
+    monkeypatch.setattr(obj, name, wrapper)
+    return calls
+
+
+# ------------------------------------------------------------------------------------------------------ slerp
+def test_slerp_endpoints_norm_and_angle():
+    g = torch.Generator().manual_seed(0)
+    a, b = F.normalize(torch.randn(5, D, generator=g), dim=-1), F.normalize(torch.randn(5, D, generator=g), dim=-1)
+    assert torch.equal(slerp(a, b, 0.0), a) and torch.equal(slerp(a, b, 1.0), b)
+    ts = torch.linspace(0, 1, 7)
+    for t in ts:
+        torch.testing.assert_close(slerp(a, b, t).norm(dim=-1), torch.ones(5), rtol=0, atol=1e-5)
+    # the angle to a grows linearly in t
+    theta = torch.arccos((a * b).sum(-1))
+    mid = slerp(a, b, 0.25)
+    torch.testing.assert_close(torch.arccos((mid * a).sum(-1).clamp(-1, 1)), 0.25 * theta, rtol=0, atol=1e-4)
+    # a batch of t against one pair, and parallel inputs (linear fallback, no NaN)
+    strip = slerp(a[:1], b[:1], ts[:, None])
+    assert strip.shape == (7, D) and torch.equal(strip[0], a[0]) and torch.equal(strip[-1], b[0])
+    same = slerp(a, a.clone(), 0.3)
+    torch.testing.assert_close(same, a, rtol=0, atol=1e-6)
+    assert math.isclose(
+        float(slerp(torch.tensor([1.0, 0]), torch.tensor([0.0, 1]), 0.5)[0]), math.sqrt(0.5), abs_tol=1e-6
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ stages
+def test_output_shapes_per_enabled_stage(ckpts):
+    pipe = _pipe(ckpts, stages=["prior", "decoder"])
+    assert pipe.generate(CAPS).shape == (2, 3, 16, 16)
+    pipe = _pipe(ckpts, stages=["prior", "decoder", "upsampler1"])
+    assert pipe.generate(CAPS).shape == (2, 3, 64, 64)
+    pipe = _pipe(ckpts)  # all stages: 16 -> 64 -> 256
+    out = pipe.generate(CAPS[:1])
+    assert out.shape == (1, 3, 256, 256) and out.abs().max() <= 1 and torch.isfinite(out).all()
+    cands = _pipe(ckpts, ups=0).candidates(CAPS, 2)
+    assert cands.shape == (2, 2, 3, 16, 16)
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="decoder"):
+        _pipe(ckpts, stages=["prior"])
+    with pytest.raises(ConfigError, match="prior"):
+        _pipe(ckpts, stages=["decoder"])  # a diffusion prior given but not run
+    with pytest.raises(ConfigError, match="upsampler3"):
+        _pipe(ckpts, stages=["decoder", "upsampler3"], prior="none")
+
+
+def test_every_knob_reaches_its_stage(ckpts, monkeypatch):
+    pipe = _pipe(
+        ckpts,
+        prior_guidance_scale=2.5,
+        prior_steps=3,
+        prior_n_candidates=3,
+        prior_eta=0.1,
+        decoder_guidance_scale=1.7,
+        decoder_steps=2,
+        decoder_sampler="ddpm",
+        decoder_eta=0.3,
+        upsampler_steps=[1, 2],
+        upsampler_eta=0.2,
+    )
+    p = _spy(monkeypatch, pipe.prior_model, "sample")
+    d = _spy(monkeypatch, pipe.decoder, "sample")
+    u1 = _spy(monkeypatch, pipe.upsamplers[0], "upsample")
+    u2 = _spy(monkeypatch, pipe.upsamplers[1], "upsample")
+    pipe.generate(CAPS)
+    kw = p[0]["kwargs"]
+    assert (kw["steps"], kw["guidance_scale"], kw["n_candidates"], kw["eta"]) == (3, 2.5, 3, 0.1)
+    text_emb, text_tokens = p[0]["args"][:2]
+    torch.testing.assert_close(text_emb, pipe.clip.encode_text(CAPS))  # the caption's CLIP text embedding ...
+    assert torch.equal(text_tokens, pipe.clip.tokenize(CAPS))  # ... and CLIP tokens
+    args, kw = d[0]["args"], d[0]["kwargs"]
+    assert torch.equal(args[0], pipe.decoder.encode_captions(CAPS))  # the decoder's own BPE
+    assert torch.equal(args[1], p[0]["out"])  # the prior's embedding
+    assert (kw["decoder_guidance_scale"], kw["steps"], kw["sampler"], kw["eta"]) == (1.7, 2, "ddpm", 0.3)
+    assert torch.equal(u1[0]["args"][0], d[0]["out"])
+    assert (u1[0]["kwargs"]["steps"], u1[0]["kwargs"]["eta"]) == (1, 0.2)
+    assert (u2[0]["kwargs"]["steps"], u2[0]["kwargs"]["eta"]) == (2, 0.2)
+    assert u2[0]["args"][0].shape[-1] == 64
+
+    # the AR prior gets its guidance scale; text_emb / none feed the decoder the text embedding / zeros
+    ar = _pipe(ckpts, prior="ar", ups=0, prior_guidance_scale=2.0)
+    a = _spy(monkeypatch, ar.prior_model, "sample")
+    assert ar.generate(CAPS).shape == (2, 3, 16, 16)
+    assert a[0]["kwargs"]["guidance_scale"] == 2.0
+    for mode in ("text_emb", "none"):
+        pipe = _pipe(ckpts, prior=mode, ups=0, stages=["decoder"])
+        d = _spy(monkeypatch, pipe.decoder, "sample")
+        pipe.generate(CAPS)
+        want = pipe.clip.encode_text(CAPS) if mode == "text_emb" else torch.zeros(2, D)
+        torch.testing.assert_close(d[0]["args"][1], want)
+
+
+def test_seed_determinism_candidates_and_reranking(ckpts):
+    pipe = _pipe(ckpts, ups=1, seed=3)
+    one = pipe.candidates(CAPS, 1)
+    two = pipe.candidates(CAPS, 2)
+    assert torch.equal(one[:, 0], two[:, 0])  # candidate i does not depend on n
+    assert torch.equal(_pipe(ckpts, ups=1, seed=3).generate(CAPS), one[:, 0])
+    assert not torch.equal(_pipe(ckpts, ups=1, seed=4).generate(CAPS), one[:, 0])
+    out = _pipe(ckpts, ups=1, seed=3, n_candidates=2).sample(CAPS, n_keep=2)
+    assert out["images"].shape == (2, 2, 3, 64, 64) and (out["scores"][:, 0] >= out["scores"][:, 1]).all()
+    cos = torch.einsum(
+        "bnd,bd->bn", pipe.clip.encode_image(two.flatten(0, 1)).view(2, 2, -1), pipe.clip.encode_text(CAPS)
+    )
+    best = cos.argmax(1)
+    want = two[torch.arange(2), best]
+    assert torch.equal(_pipe(ckpts, ups=1, seed=3, n_candidates=2).generate(CAPS), want)
+
+
+# ------------------------------------------------------------------------------------------------------ manipulations
+def test_variations_eta0_with_inverted_latent_reproduce_the_input(ckpts):
+    pipe = _pipe(ckpts, ups=0, prior="text_emb", stages=["decoder"], decoder_steps=10, decoder_guidance_scale=1.0)
+    x = _images(2, 16, seed=5)
+    rec = pipe.variations(x, n=1, eta=0.0)[:, 0]
+    lat = pipe.invert(x)
+    rand = pipe.decode_latent(
+        lat["image_emb"], torch.randn(lat["x_T"].shape, generator=torch.Generator().manual_seed(0))
+    )
+    assert torch.equal(rec, pipe.decode_latent(lat["image_emb"], lat["x_T"], eta=0.0))
+    err, err_rand = (rec - x).abs().mean().item(), (rand - x).abs().mean().item()
+    assert err < 0.05 and err < 0.1 * err_rand, (err, err_rand)  # measured: 0.014 vs 0.97
+    # eta > 0: variations differ from each other and from the reconstruction, deterministic by seed
+    v = pipe.variations(x, n=2, eta=1.0)
+    assert v.shape == (2, 2, 3, 16, 16) and not torch.equal(v[:, 0], v[:, 1])
+    assert torch.equal(v, pipe.variations(x, n=2, eta=1.0))
+    assert not torch.allclose(v[:, 0], rec)
+    # with an upsampler the variations come out at its size
+    up = _pipe(ckpts, ups=1, prior="text_emb", stages=["decoder", "upsampler"])
+    assert up.variations(x, n=1).shape == (2, 1, 3, 64, 64)
+
+
+@pytest.mark.parametrize("latent", ["fixed", "slerp"])
+def test_interpolation_endpoints_are_the_two_images_decodes(ckpts, latent):
+    pipe = _pipe(ckpts, ups=0, prior="text_emb", stages=["decoder"], decoder_steps=3)
+    a, b = _images(1, 16, seed=1), _images(1, 16, seed=2)
+    strip = pipe.interpolate(a, b, n_steps=4, latent=latent)
+    assert strip.shape == (1, 4, 3, 16, 16)
+    if latent == "fixed":
+        x_T = torch.randn(a.shape, generator=torch.Generator().manual_seed(pipe.seed))
+        xa = xb = x_T
+    else:
+        xa, xb = pipe.invert(a)["x_T"], pipe.invert(b)["x_T"]
+    dec_a = pipe.decode_latent(pipe.image_embedding(a), xa)
+    dec_b = pipe.decode_latent(pipe.image_embedding(b), xb)
+    torch.testing.assert_close(strip[:, 0], dec_a, rtol=0, atol=1e-5)
+    torch.testing.assert_close(strip[:, -1], dec_b, rtol=0, atol=1e-5)
+    assert not torch.allclose(strip[:, 1], strip[:, 0])
+
+
+def test_text_diff_slerps_toward_the_normalised_text_difference(ckpts, monkeypatch):
+    import zoo.pipelines.unclip as unclip_module
+
+    pipe = _pipe(ckpts, ups=0, prior="text_emb", stages=["decoder"], decoder_steps=3, invert_refine=2)
+    inv_calls = _spy(monkeypatch, unclip_module, "ddim_invert")
+    x = _images(1, 16, seed=3)
+    d = _spy(monkeypatch, pipe.decoder, "decoder_model_fn")
+    s = _spy(monkeypatch, pipe, "decode_latent")
+    out = pipe.text_diff(x, "a red circle", "a blue square", n_steps=3, max_t=0.5)
+    assert out.shape == (1, 3, 3, 16, 16)
+    z_i = pipe.image_embedding(x)
+    z_d = F.normalize(pipe.clip.encode_text(["a blue square"]) - pipe.clip.encode_text(["a red circle"]), dim=-1)
+    embs = [c["args"][1] for c in d[-3:]]
+    torch.testing.assert_close(embs[0], z_i)
+    torch.testing.assert_close(embs[-1], slerp(z_i, z_d, 0.5), rtol=0, atol=1e-6)
+    inv = pipe.invert(x)["x_T"]
+    assert all(torch.equal(c["args"][1], inv) for c in s)  # the image's own latent throughout
+    assert len(s) == 3 and all(c["args"][2] == 0.0 for c in s)  # DDIM eta 0
+    assert inv_calls[0]["kwargs"]["refine"] == 2 and inv_calls[0]["args"][0].num_timesteps == 3  # invert knobs
+
+
+# ------------------------------------------------------------------------------------------------------ configs
+def _generator_overrides(ckpts, *extra: str) -> list[str]:
+    return [
+        "generator=unclip",
+        f"generator.prior_ckpt={ckpts['prior']}",
+        f"generator.decoder_ckpt={ckpts['decoder']}",
+        f"generator.clip_ckpt={ckpts['clip']}",
+        "generator.prior_steps=2",
+        "generator.decoder_steps=2",
+        "generator.upsampler_steps=1",
+        *extra,
+    ]
+
+
+def test_zoo_eval_config_builds_the_pipeline(ckpts, tmp_path):
+    from tests.conftest import compose_cfg  # registered by pytest under this name (importlib mode)
+    from zoo.pipelines.base import CHECKPOINT_GENERATORS, build_generator
+
+    cfg = compose_cfg(
+        tmp_path,
+        _generator_overrides(ckpts, f"generator.upsampler_ckpts=[{ckpts['up1']}]", "seed=7"),
+        module="conf.eval",
+        name="eval",
+    )
+    pipe = build_generator(cfg.generator)
+    assert isinstance(pipe, UnclipPipeline) and pipe.seed == 7 and pipe.prior == "diffusion"
+    assert pipe.candidates(CAPS[:1], 2).shape == (1, 2, 3, 64, 64)  # what zoo-eval calls
+    assert CHECKPOINT_GENERATORS["unclip_decoder"] == ("unclip", "decoder_ckpt")
+
+
+def test_zoo_sample_writes_grids_per_prompt(ckpts, tmp_path):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from zoo.sample import sample
+
+    GlobalHydra.instance().clear()
+    overrides = _generator_overrides(
+        ckpts,
+        f"out_dir={tmp_path / 'out'}",
+        f"paths.root_dir={tmp_path}",
+        "n_keep=2",
+        "generator.n_candidates=3",
+        f"prompts={json.dumps(CAPS)}",
+    )
+    # the short form: ckpt=<decoder> fills generator.decoder_ckpt
+    overrides = [o for o in overrides if not o.startswith("generator.decoder_ckpt")] + [f"ckpt={ckpts['decoder']}"]
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("sample", overrides=overrides)
+    written = sample(cfg)
+    entries = [v for v in written.values() if isinstance(v, dict) and "grid" in v]
+    assert len(entries) == 2 and all(Path(e["grid"]).is_file() and len(e["images"]) == 2 for e in entries)
+    assert all(e["clip_scores"][0] >= e["clip_scores"][1] for e in entries)
+
+
+def test_manipulation_cli_writes_a_grid(ckpts, tmp_path):
+    from torchvision.utils import save_image
+
+    from zoo.pipelines.unclip import main
+
+    img = tmp_path / "a.png"
+    save_image(_images(1, 16, seed=4)[0].add(1).div(2), img)
+    out = tmp_path / "var.png"
+    main(
+        [
+            "variations",
+            str(img),
+            "--decoder-ckpt",
+            str(ckpts["decoder"]),
+            "--clip-ckpt",
+            str(ckpts["clip"]),
+            "-n",
+            "2",
+            "--decoder-steps",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    assert out.is_file()

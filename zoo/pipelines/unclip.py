@@ -1,0 +1,648 @@
+"""unCLIP (DALL·E 2) inference: caption -> CLIP text embedding -> prior -> decoder -> upsamplers; image manipulations.
+
+    pipe = UnclipPipeline.from_checkpoints(prior_ckpt, decoder_ckpt, clip_ckpt, upsampler_ckpts=[up_ckpt],
+                                           prior_guidance_scale=1.0, decoder_guidance_scale=1.25)
+    images = pipe.generate(["a large red circle at the top left"])      # (1, 3, H, W) in [-1, 1]
+    cands = pipe.candidates(captions, 4)                                  # (B, 4, 3, H, W), candidate i: seed + i
+    vars_ = pipe.variations(image, n=4, eta=0.5)                          # (B, 4, 3, H, W)
+    strip = pipe.interpolate(image_a, image_b, n_steps=5, latent="slerp")  # (B, 5, 3, H, W)
+    diff = pipe.text_diff(image, "a red circle", "a blue circle", n_steps=5)  # (B, 5, 3, H, W)
+
+Stages (PAPER_FACTS "unCLIP"): P(x|y) = P(x|z_i, y) P(z_i|y).
+
+1. CLIP (``ClipScorer`` of ``clip_ckpt``): the caption's L2-normalised text embedding z_t and its CLIP token ids
+   (the prior's inputs; a prior with ``text_input="encodings"`` gets the text tower's per-token outputs too,
+   ``zoo.embed.text_token_encodings``).
+2. ``prior``: ``diffusion`` (``DiffusionPriorLit.sample``: ``prior_steps`` DDIM steps, ``prior_guidance_scale``,
+   best of ``prior_n_candidates`` by dot product with z_t, ``prior_eta``) | ``ar`` (``ARPriorLit.sample``:
+   ``prior_guidance_scale``; ``prior_steps`` does not apply) | ``text_emb`` (z_t used as if it were the image
+   embedding: the paper's ablation baseline, no prior checkpoint needed) | ``none`` (the zero embedding: the decoder's
+   learned "no embedding" input, i.e. caption only). ``None`` picks the loaded prior's kind.
+3. ``decoder`` (``UnclipDecoderLit.sample``): the caption's tokens from the decoder's OWN tokenizer (stored in its
+   checkpoint, ``encode_captions``), the embedding, ``decoder_guidance_scale``, ``decoder_steps``,
+   ``decoder_sampler``, ``decoder_eta``.
+4. ``upsampler`` (``UpsamplerLit.upsample``, one per checkpoint in ``upsampler_ckpts``, in order):
+   ``upsampler_steps`` (an int for all, or one per upsampler; None = each checkpoint's 27 / 15), ``upsampler_eta``.
+
+``stages`` says which stages run: any of ``prior``, ``decoder``, ``upsampler`` (all upsamplers) or ``upsampler1``,
+``upsampler2``... (one). The decoder always runs; without ``prior`` in ``stages`` the embedding must come from
+``prior=text_emb`` or ``prior=none``. ``embeddings(captions)`` gives the prior stage's output alone.
+
+Randomness and reranking (``zoo.pipelines.base`` conventions): candidate i of every caption runs the whole chain with
+one ``torch.Generator`` seeded ``seed + i`` (prior noise, decoder noise, upsampler noise in that order), so it is a
+pure function of (seed, captions, knobs) and does not depend on how many candidates are drawn. ``sample(captions,
+n_candidates, n_keep)`` keeps the CLIP-best ``n_keep`` of ``n_candidates`` (the pipeline's own CLIP); ``generate``
+is ``sample(..., n_keep=1)``; with ``n_candidates=1`` (default) no reranking happens.
+
+Manipulations (PAPER_FACTS "unCLIP": manipulations) work on images in [-1, 1] (resized to the decoder's resolution):
+
+- **the bipartite latent** ``invert(image)``: (z_i, x_T) = (the image's CLIP embedding, its DDIM inversion
+  ``zoo.diffusion.samplers.ddim_invert`` with the decoder's conditional model at z_i and the empty caption, on
+  ``decoder_steps`` DDIM-strided timesteps 0, s, 2s, ... (``manipulation_process``: why not the evenly spaced
+  0..T−1 of ``decoder.sample`` is in its docstring), ``invert_refine`` fixed-point refinements per step);
+  ``decode_latent(z_i, x_T, eta)`` decodes one (guided by ``decoder_guidance_scale``);
+- **variations** ``variations(image, n, eta)``: decode (z_i, x_T) with DDIM η > 0 (η = 0 reproduces the input up to
+  the inversion error); variation i uses seed + i;
+- **interpolation** ``interpolate(a, b, n_steps, latent)``: z = slerp(z_a, z_b, θ) for θ in linspace(0, 1); x_T
+  ``fixed`` (one Gaussian draw from the seed, shared by every frame) or ``slerp`` (slerped between the two images'
+  inverted latents); DDIM η = 0;
+- **text diffs** ``text_diff(image, caption_from, caption_to, n_steps, max_t)``: z_d = norm(z_t − z_t0) of the two
+  captions' CLIP text embeddings, z = slerp(z_i, z_d, θ) for θ in linspace(0, max_t) (default 0.5), x_T the image's
+  inverted latent, DDIM η = 0.
+
+CLI for the manipulations (zoo-sample covers captions): ``python -m zoo.pipelines.unclip --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from zoo.diffusion.samplers import ddim_invert, ddim_sample
+from zoo.errors import ConfigError
+
+log = logging.getLogger("zoo.pipelines.unclip")
+
+PRIORS = ("diffusion", "ar", "text_emb", "none")
+STAGES = ("prior", "decoder", "upsampler")
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: Union[float, torch.Tensor], eps: float = 1e-7) -> torch.Tensor:
+    """Spherical interpolation along the last dimension: ``sin((1−t)θ)/sin θ · a + sin(tθ)/sin θ · b``, θ the angle
+    between a and b (their directions). Exact endpoints (t = 0 gives a, t = 1 gives b, bit for bit); for unit inputs
+    the result is a unit vector. Nearly parallel inputs fall back to linear interpolation. ``t`` is a float or a
+    tensor broadcasting against ``a[..., :1]`` (e.g. (N, 1) with a, b (1, D) gives N points)."""
+    a, b = torch.broadcast_tensors(a, b)
+    t = torch.as_tensor(t, dtype=a.dtype, device=a.device)
+    if t.dim() == 0:
+        t = t.reshape(1)
+    if t.dim() < a.dim():
+        t = t.reshape(*t.shape, *([1] * (a.dim() - t.dim())))
+    an, bn = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    cos = (an * bn).sum(-1, keepdim=True).clamp(-1.0, 1.0)
+    theta = torch.arccos(cos)
+    sin = torch.sin(theta)
+    small = sin.abs() < eps
+    safe = torch.where(small, torch.ones_like(sin), sin)
+    wa = torch.where(small, 1.0 - t, torch.sin((1.0 - t) * theta) / safe)
+    wb = torch.where(small, t, torch.sin(t * theta) / safe)
+    out = wa * a + wb * b
+    out = torch.where(t == 0, a, out)
+    return torch.where(t == 1, b, out)
+
+
+def _as_images(image: torch.Tensor, size: int, what: str) -> torch.Tensor:
+    """(B, 3, H, W) or (3, H, W) in [-1, 1] -> float (B, 3, size, size) (antialiased resize if needed)."""
+    x = torch.as_tensor(image)
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    from zoo.pipelines.base import check_images
+
+    check_images(x, what=what)
+    x = x.float()
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
+    return x
+
+
+class UnclipPipeline:
+    """See the module docstring. ``None`` for a sampling knob means the stage checkpoint's own default."""
+
+    def __init__(
+        self,
+        decoder,
+        clip,
+        prior_model=None,
+        upsamplers: Sequence = (),
+        prior: Optional[str] = None,
+        stages: Optional[Sequence[str]] = None,
+        prior_guidance_scale: Optional[float] = None,
+        prior_steps: Optional[int] = None,
+        prior_n_candidates: Optional[int] = None,
+        prior_eta: Optional[float] = None,
+        decoder_guidance_scale: Optional[float] = None,
+        decoder_steps: Optional[int] = None,
+        decoder_sampler: Optional[str] = None,
+        decoder_eta: Optional[float] = None,
+        upsampler_steps: Union[None, int, Sequence[Optional[int]]] = None,
+        upsampler_eta: Optional[float] = None,
+        n_candidates: int = 1,
+        n_keep: int = 1,
+        invert_refine: int = 0,
+        batch_size: int = 64,
+        seed: int = 0,
+        progress: Optional[bool] = None,
+    ):
+        self.decoder = decoder.eval()
+        self.clip = clip
+        self.prior_model = prior_model.eval() if prior_model is not None else None
+        self.upsamplers = [u.eval() for u in upsamplers]
+        self.prior = prior if prior is not None else self._prior_kind(prior_model)
+        if self.prior not in PRIORS:
+            raise ConfigError(f"prior={self.prior!r}; choose one of {', '.join(PRIORS)}")
+        if self.prior in ("diffusion", "ar") and self._prior_kind(prior_model) != self.prior:
+            raise ConfigError(
+                f"prior={self.prior} needs a {self.prior} prior checkpoint (fix: generator.prior_ckpt="
+                f"<zoo-train model={self.prior}_prior last.ckpt>, or prior=text_emb | none)"
+            )
+        self.stages = list(stages) if stages is not None else ["prior", "decoder", "upsampler"]
+        if self.prior == "ar":
+            ignored = [
+                k
+                for k, v in (
+                    ("prior_steps", prior_steps),
+                    ("prior_n_candidates", prior_n_candidates),
+                    ("prior_eta", prior_eta),
+                )
+                if v is not None
+            ]
+            if ignored:
+                log.warning("%s apply to the diffusion prior only: ignored by the AR prior", ", ".join(ignored))
+        self.prior_guidance_scale, self.prior_steps = prior_guidance_scale, prior_steps
+        self.prior_n_candidates, self.prior_eta = prior_n_candidates, prior_eta
+        self.decoder_guidance_scale, self.decoder_steps = decoder_guidance_scale, decoder_steps
+        self.decoder_sampler, self.decoder_eta = decoder_sampler, decoder_eta
+        if upsampler_steps is not None and not isinstance(upsampler_steps, int):  # a list (also Hydra's ListConfig)
+            upsampler_steps = [None if v is None else int(v) for v in upsampler_steps]
+        self.upsampler_steps, self.upsampler_eta = upsampler_steps, upsampler_eta
+        self.n_candidates, self.n_keep = int(n_candidates), int(n_keep)
+        if self.n_candidates < 1 or self.n_keep < 1:
+            raise ValueError(f"n_candidates and n_keep must be >= 1, got {n_candidates} and {n_keep}")
+        self.invert_refine = int(invert_refine)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.progress = progress
+        self._check_stages()
+
+    @staticmethod
+    def _prior_kind(prior_model) -> str:
+        if prior_model is None:
+            return "text_emb"
+        from zoo.models.ar_prior.lit import ARPriorLit
+        from zoo.models.diffusion_prior.lit import DiffusionPriorLit
+
+        if isinstance(prior_model, DiffusionPriorLit):
+            return "diffusion"
+        if isinstance(prior_model, ARPriorLit):
+            return "ar"
+        raise ConfigError(f"the prior is a {type(prior_model).__name__}, not a diffusion_prior or ar_prior")
+
+    def _check_stages(self) -> None:
+        known = set(STAGES) | {f"upsampler{i + 1}" for i in range(len(self.upsamplers))}
+        bad = [s for s in self.stages if s not in known]
+        if bad:
+            raise ConfigError(
+                f"stages has {bad}; choose from {sorted(known)} ({len(self.upsamplers)} upsampler checkpoints loaded)"
+            )
+        if "decoder" not in self.stages:
+            raise ConfigError("stages must include decoder (the prior's output alone: pipe.embeddings(captions))")
+        if "prior" not in self.stages and self.prior in ("diffusion", "ar"):
+            raise ConfigError(
+                f"stages lacks prior but prior={self.prior} (fix: add prior to stages, or prior=text_emb | none)"
+            )
+        steps = self.upsampler_steps
+        if isinstance(steps, (list, tuple)) and len(steps) != len(self.upsamplers):
+            raise ConfigError(
+                f"upsampler_steps has {len(steps)} values for {len(self.upsamplers)} upsamplers "
+                f"(fix: one value, or one per upsampler)"
+            )
+        c = self.decoder.cfg
+        if self.clip is not None:
+            d = self.clip.encode_text(["a"]).shape[-1]
+            if d != c.clip_dim:
+                raise ConfigError(
+                    f"the CLIP embeds to {d}-d but the decoder's clip_dim is {c.clip_dim} "
+                    f"(fix: the CLIP the decoder was trained with)"
+                )
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        prior_ckpt: Optional[str],
+        decoder_ckpt: Optional[str],
+        clip_ckpt: Optional[str],
+        upsampler_ckpts: Sequence[str] = (),
+        device: str = "cpu",
+        **kw,
+    ) -> "UnclipPipeline":
+        """zoo-train checkpoints: a prior (``diffusion_prior`` or ``ar_prior``; None with ``prior=text_emb|none``),
+        an ``unclip_decoder`` (its BPE inside), the CLIP the prior and decoder were trained with (``zoo-train
+        model=clip``; required: it embeds the captions and, for the manipulations, the images) and 0+ upsamplers."""
+        from zoo.checkpoint import load_module
+        from zoo.models.clip.scorer import ClipScorer
+        from zoo.models.unclip_decoder.lit import UnclipDecoderLit
+
+        if not decoder_ckpt:
+            raise ConfigError(
+                "the unCLIP pipeline needs a decoder (fix: generator.decoder_ckpt=<zoo-train "
+                "model=unclip_decoder last.ckpt>)"
+            )
+        if not clip_ckpt:
+            raise ConfigError(
+                "the unCLIP pipeline needs the CLIP its prior and decoder were trained with (fix: "
+                "generator.clip_ckpt=<zoo-train model=clip last.ckpt>)"
+            )
+        decoder = load_module(str(decoder_ckpt), map_location="cpu", expect=("unclip_decoder",))
+        if not isinstance(decoder, UnclipDecoderLit):
+            raise ConfigError(f"{decoder_ckpt} holds a {type(decoder).__name__}, not an unCLIP decoder")
+        prior_model = None
+        if prior_ckpt:
+            prior_model = load_module(str(prior_ckpt), map_location="cpu", expect=("diffusion_prior", "ar_prior")).to(
+                device
+            )
+        elif kw.get("prior") in ("diffusion", "ar"):
+            raise ConfigError(
+                f"prior={kw['prior']} needs generator.prior_ckpt=<zoo-train model={kw['prior']}_prior "
+                f"last.ckpt> (or prior=text_emb | none)"
+            )
+        ups = [
+            load_module(str(p), map_location="cpu", expect=("upsampler",)).to(device) for p in (upsampler_ckpts or ())
+        ]
+        clip = ClipScorer.from_lightning_checkpoint(str(clip_ckpt), device=device)
+        return cls(decoder.to(device), clip, prior_model, ups, **kw)
+
+    # ------------------------------------------------------------------------------------------ pieces
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.device
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(int(seed))
+
+    def _active_upsamplers(self) -> list[tuple[int, Any]]:
+        if "upsampler" in self.stages:
+            return list(enumerate(self.upsamplers))
+        return [(i, u) for i, u in enumerate(self.upsamplers) if f"upsampler{i + 1}" in self.stages]
+
+    def _upsampler_steps(self, i: int) -> Optional[int]:
+        s = self.upsampler_steps
+        return s[i] if isinstance(s, (list, tuple)) else s
+
+    @torch.no_grad()
+    def text_condition(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """CLIP inputs of the priors: ``text_emb`` (B, D) L2-normalised, ``text_tokens`` (B, L) CLIP token ids (and
+        ``text_encodings`` / ``text_mask`` when the diffusion prior reads per-token encodings)."""
+        captions = list(captions)
+        out = {
+            "text_emb": self.clip.encode_text(captions).to(self.device),
+            "text_tokens": self.clip.tokenize(captions).to(self.device),
+        }
+        p = self.prior_model
+        if self.prior == "diffusion" and p.cfg.text_input == "encodings":
+            from zoo.embed import text_token_encodings
+
+            enc, mask = text_token_encodings(self.clip.model, out["text_tokens"].to(self.clip.device))
+            out["text_encodings"], out["text_mask"] = enc.to(self.device), mask.to(self.device)
+        return out
+
+    @torch.no_grad()
+    def embeddings(self, captions: Sequence[str], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The prior stage: captions -> CLIP image embeddings (B, D) (per ``prior``; see the module docstring)."""
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        cond = self.text_condition(captions)
+        if self.prior == "text_emb":
+            return F.normalize(cond["text_emb"].float(), dim=-1)
+        if self.prior == "none":
+            return self.decoder.net.null_embedding(len(captions), self.device)
+        if self.prior == "diffusion":
+            return self.prior_model.sample(
+                cond["text_emb"],
+                cond["text_tokens"],
+                text_encodings=cond.get("text_encodings"),
+                text_mask=cond.get("text_mask"),
+                steps=self.prior_steps,
+                guidance_scale=self.prior_guidance_scale,
+                n_candidates=self.prior_n_candidates,
+                eta=self.prior_eta,
+                generator=generator,
+            ).to(self.device)
+        scale = 1.0 if self.prior_guidance_scale is None else float(self.prior_guidance_scale)
+        return self.prior_model.sample(
+            cond["text_emb"], cond["text_tokens"], guidance_scale=scale, generator=generator
+        ).to(self.device)
+
+    @torch.no_grad()
+    def decode(
+        self,
+        image_emb: torch.Tensor,
+        captions: Optional[Sequence[str]] = None,
+        generator: Optional[torch.Generator] = None,
+        x_T: Optional[torch.Tensor] = None,
+        eta: Optional[float] = None,
+        sampler: Optional[str] = None,
+    ) -> torch.Tensor:
+        """The decoder stage: embeddings (B, D) (+ captions, None = the empty caption) -> (B, 3, s, s) in [-1, 1]."""
+        text = None if captions is None else self.decoder.encode_captions(list(captions))
+        return self.decoder.sample(
+            text,
+            image_emb.to(self.device),
+            decoder_guidance_scale=self.decoder_guidance_scale,
+            steps=self.decoder_steps,
+            sampler=sampler or self.decoder_sampler,
+            eta=self.decoder_eta if eta is None else eta,
+            generator=generator,
+            x_T=x_T,
+        )
+
+    @torch.no_grad()
+    def upsample(
+        self, images: torch.Tensor, generator: Optional[torch.Generator] = None, shared_noise: bool = False
+    ) -> torch.Tensor:
+        """The upsampler stages that ``stages`` enables, in order. ``shared_noise``: one x_T for every image of the
+        batch (interpolation strips stay coherent)."""
+        x = images
+        for i, up in self._active_upsamplers():
+            x_T = None
+            if shared_noise:
+                s = up.cfg.scale
+                shape = (1, up.cfg.in_channels, x.shape[-2] * s, x.shape[-1] * s)
+                x_T = torch.randn(shape, generator=generator, device=up.device).expand(len(x), -1, -1, -1)
+            x = up.upsample(
+                x.to(up.device), steps=self._upsampler_steps(i), eta=self.upsampler_eta, generator=generator, x_T=x_T
+            ).to(self.device)
+        return x
+
+    @torch.no_grad()
+    def _candidate(self, captions: list[str], seed: int) -> torch.Tensor:
+        """One full chain per caption with the generator of ``seed``: (B, 3, H, W)."""
+        gen = self._generator(seed)
+        out = []
+        for i in range(0, len(captions), self.batch_size):
+            chunk = captions[i : i + self.batch_size]
+            emb = self.embeddings(chunk, gen)
+            out.append(self.upsample(self.decode(emb, chunk, gen), gen))
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------------------------------ Generator
+    @torch.no_grad()
+    def candidates(self, captions: Sequence[str], n_candidates: Optional[int] = None) -> torch.Tensor:
+        """(B, n, 3, H, W) in [-1, 1]: candidate i of every caption runs the chain under seed ``seed + i``."""
+        from zoo.progress import track
+
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        n = int(n_candidates or self.n_candidates)
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        show = self.progress if self.progress is not None else n > 1
+        return torch.stack(
+            [
+                self._candidate(captions, self.seed + i)
+                for i in track(range(n), desc="unclip sample", unit="candidate", disable=not show)
+            ],
+            1,
+        )
+
+    @torch.no_grad()
+    def sample(
+        self, captions: Sequence[str], n_candidates: Optional[int] = None, n_keep: Optional[int] = None
+    ) -> dict[str, Any]:
+        """``max(n_candidates, n_keep)`` chains per caption, the CLIP-best ``n_keep`` kept (best first; the
+        pipeline's CLIP): dict(images (B, n_keep, 3, H, W), scores (B, n_keep) CLIP scores, n_candidates)."""
+        from zoo.models.clip.scorer import clip_score_from_cos
+
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        k = int(n_keep or self.n_keep)
+        n = max(int(n_candidates or self.n_candidates), k)
+        cands = self.candidates(captions, n)
+        picked, cos, _ = self.clip.rerank_batched(cands, captions, k)
+        return {"images": picked, "scores": clip_score_from_cos(cos), "n_candidates": n}
+
+    @torch.no_grad()
+    def generate(self, captions: list[str]) -> torch.Tensor:
+        """One image per caption (the CLIP-best of ``n_candidates``): (len(captions), 3, H, W) in [-1, 1]."""
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        if self.n_candidates == 1:
+            return self._candidate(captions, self.seed)
+        return self.sample(captions, n_keep=1)["images"][:, 0]
+
+    __call__ = generate
+
+    # ------------------------------------------------------------------------------------------ manipulations
+    @torch.no_grad()
+    def image_embedding(self, image: torch.Tensor) -> torch.Tensor:
+        """CLIP image embeddings (B, D) of images (B, 3, H, W) or (3, H, W) in [-1, 1] (any size: the CLIP's own
+        preprocessing)."""
+        x = torch.as_tensor(image)
+        x = x.unsqueeze(0) if x.dim() == 3 else x
+        from zoo.pipelines.base import check_images
+
+        return self.clip.encode_image(check_images(x, what="image").float()).to(self.device)
+
+    @torch.no_grad()
+    def invert(
+        self, image: torch.Tensor, image_emb: Optional[torch.Tensor] = None, captions: Optional[Sequence[str]] = None
+    ) -> dict[str, torch.Tensor]:
+        """The bipartite latent of images (B, 3, H, W) in [-1, 1]: dict(image_emb (B, D) their CLIP embeddings,
+        x_T (B, 3, s, s) their DDIM inversion by the decoder's conditional model at that embedding (and the empty
+        caption, or ``captions``) on ``manipulation_process`` (``decoder_steps`` DDIM-strided steps)."""
+        x0 = _as_images(image, self.decoder.cfg.image_size, "invert: image").to(self.device)
+        emb = self.image_embedding(image) if image_emb is None else image_emb.to(self.device).float()
+        dec = self.decoder
+        text = dec.net.null_tokens(len(x0), self.device) if captions is None else dec.encode_captions(list(captions))
+        fn = dec.decoder_model_fn(text, emb, None)  # conditional model (no guidance)
+        x_T = ddim_invert(self.manipulation_process(), fn, x0, refine=self.invert_refine)
+        return {"image_emb": emb, "x_T": x_T}
+
+    def manipulation_process(self):
+        """The decoder's process on ``decoder_steps`` DDIM-strided timesteps 0, s, 2s, ... (s = T // steps), where
+        inversion and the manipulations' DDIM run. Not the evenly spaced 0..T−1 of ``decoder.sample``: its last level
+        (cosine schedule: ᾱ ≈ 2e-9) makes x_T carry the image at a ~1e-4 scale, so any mismatch of ε̂ between the
+        inversion's last step and the sampler's first is amplified ~1e4 times (measured on the tiny decoder:
+        reconstruction error ~0.95, no better than a random x_T); DDIM's own stride stops at ᾱ ≈ 1e-3 and inverts well."""
+        dec = self.decoder
+        steps = int(dec.hparams.sample_steps if self.decoder_steps is None else self.decoder_steps)
+        total = dec.process.num_timesteps
+        steps = max(1, min(steps, total))
+        stride = total // steps
+        return dec.process.respaced([i * stride for i in range(steps)])
+
+    @torch.no_grad()
+    def decode_latent(
+        self,
+        image_emb: torch.Tensor,
+        x_T: torch.Tensor,
+        eta: float = 0.0,
+        generator: Optional[torch.Generator] = None,
+        captions: Optional[Sequence[str]] = None,
+    ) -> torch.Tensor:
+        """Decode a bipartite latent (z_i (B, D), x_T (B, 3, s, s)) with DDIM ``eta`` on ``manipulation_process``
+        (guided by ``decoder_guidance_scale``; the empty caption or ``captions``) -> (B, 3, s, s) in [-1, 1]
+        (before upsampling)."""
+        dec = self.decoder
+        emb = image_emb.to(self.device).float()
+        text = dec.net.null_tokens(len(emb), self.device) if captions is None else dec.encode_captions(list(captions))
+        scale = (
+            dec.hparams.decoder_guidance_scale if self.decoder_guidance_scale is None else self.decoder_guidance_scale
+        )
+        fn = dec.decoder_model_fn(text, emb, scale)
+        x = ddim_sample(
+            self.manipulation_process(),
+            fn,
+            tuple(x_T.shape),
+            eta=float(eta),
+            generator=generator,
+            device=self.device,
+            x_T=x_T.to(self.device),
+        )
+        return x.float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def variations(
+        self, image: torch.Tensor, n: int = 4, eta: float = 0.5, captions: Optional[Sequence[str]] = None
+    ) -> torch.Tensor:
+        """``n`` variations of each image (B, 3, H, W): the bipartite latent (z_i, x_T) decoded with DDIM ``eta``
+        (> 0 for variety; 0 reproduces the image up to the inversion error), variation i under seed + i ->
+        (B, n, 3, H', W') (after the enabled upsamplers)."""
+        lat = self.invert(image, captions=captions)
+        out = []
+        for i in range(int(n)):
+            gen = self._generator(self.seed + i)
+            out.append(self.upsample(self.decode_latent(lat["image_emb"], lat["x_T"], float(eta), gen, captions), gen))
+        return torch.stack(out, 1)
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        image_a: torch.Tensor,
+        image_b: torch.Tensor,
+        n_steps: int = 5,
+        latent: str = "fixed",
+        captions: Optional[Sequence[str]] = None,
+    ) -> torch.Tensor:
+        """Strips from a to b (B, n_steps, 3, H', W'): embeddings slerp(z_a, z_b, θ), θ = linspace(0, 1, n_steps);
+        x_T ``fixed`` (one Gaussian draw from the seed for every frame) or ``slerp`` (between the inverted latents);
+        DDIM η = 0. Frame 0 / the last frame are the decodes of z_a / z_b themselves (with the same x_T rule)."""
+        if latent not in ("fixed", "slerp"):
+            raise ValueError(f"latent={latent!r}; choose fixed or slerp")
+        a = _as_images(image_a, self.decoder.cfg.image_size, "interpolate: image_a").to(self.device)
+        b = _as_images(image_b, self.decoder.cfg.image_size, "interpolate: image_b").to(self.device)
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"image_a has {a.shape[0]} images but image_b has {b.shape[0]}")
+        gen = self._generator(self.seed)
+        if latent == "slerp":
+            la, lb = self.invert(image_a, captions=captions), self.invert(image_b, captions=captions)
+            za, zb, xa, xb = la["image_emb"], lb["image_emb"], la["x_T"], lb["x_T"]
+        else:  # CLIP sees the images as given (its own preprocessing), the decoder its resolution
+            za, zb = self.image_embedding(image_a), self.image_embedding(image_b)
+            xa = xb = torch.randn(a.shape, generator=gen, device=self.device)
+        ts = torch.linspace(0, 1, int(n_steps), device=self.device)
+        frames = []
+        for t in ts:
+            z = slerp(za, zb, t)
+            x_T = xa if latent == "fixed" else self._slerp_latent(xa, xb, t)
+            frames.append(self.decode_latent(z, x_T, 0.0, gen, captions))
+        return self._upsample_frames(frames, gen)
+
+    @staticmethod
+    def _slerp_latent(xa: torch.Tensor, xb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return slerp(xa.flatten(1), xb.flatten(1), t).view_as(xa)
+
+    def _upsample_frames(self, frames: list[torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+        x = torch.stack(frames, 1)  # (B, n, 3, s, s)
+        b, n = x.shape[:2]
+        return self.upsample(x.flatten(0, 1), gen, shared_noise=True).unflatten(0, (b, n))
+
+    @torch.no_grad()
+    def text_diff(
+        self,
+        image: torch.Tensor,
+        caption_from: Union[str, Sequence[str]],
+        caption_to: Union[str, Sequence[str]],
+        n_steps: int = 5,
+        max_t: float = 0.5,
+        captions: Optional[Sequence[str]] = None,
+    ) -> torch.Tensor:
+        """Edit images toward a caption change (B, n_steps, 3, H', W'): z_d = norm(z_t − z_t0) of the CLIP text
+        embeddings of ``caption_to`` and ``caption_from`` (one each, or one per image), embeddings
+        slerp(z_i, z_d, θ), θ = linspace(0, max_t, n_steps), x_T the image's inverted latent, DDIM η = 0."""
+        lat = self.invert(image, captions=captions)
+        bsz = lat["x_T"].shape[0]
+        src = [caption_from] * bsz if isinstance(caption_from, str) else list(caption_from)
+        dst = [caption_to] * bsz if isinstance(caption_to, str) else list(caption_to)
+        z_d = F.normalize(
+            self.clip.encode_text(dst).to(self.device) - self.clip.encode_text(src).to(self.device), dim=-1
+        )
+        gen = self._generator(self.seed)
+        frames = [
+            self.decode_latent(slerp(lat["image_emb"], z_d, t), lat["x_T"], 0.0, gen, captions)
+            for t in torch.linspace(0, float(max_t), int(n_steps), device=self.device)
+        ]
+        return self._upsample_frames(frames, gen)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _load_image(path: str) -> torch.Tensor:
+    from PIL import Image
+    from torchvision.transforms.functional import pil_to_tensor
+
+    return pil_to_tensor(Image.open(path).convert("RGB")).float().div(127.5).sub(1).unsqueeze(0)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
+    """``python -m zoo.pipelines.unclip {variations,interpolate,text_diff} --decoder-ckpt ... --clip-ckpt ...``:
+    one grid PNG (rows of frames / variations) per call. Captions go through ``zoo-sample generator=unclip``."""
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog="python -m zoo.pipelines.unclip", description=main.__doc__)
+    p.add_argument("mode", choices=["variations", "interpolate", "text_diff"])
+    p.add_argument("images", nargs="+", help="image file(s): one (variations, text_diff) or two (interpolate)")
+    p.add_argument("--decoder-ckpt", required=True)
+    p.add_argument("--clip-ckpt", required=True)
+    p.add_argument("--upsampler-ckpt", action="append", default=[])
+    p.add_argument("--out", default="unclip_manipulation.png")
+    p.add_argument("-n", "--n", type=int, default=5, help="variations / frames")
+    p.add_argument("--eta", type=float, default=0.5, help="DDIM eta of variations")
+    p.add_argument("--latent", choices=["fixed", "slerp"], default="fixed")
+    p.add_argument("--caption-from", default="")
+    p.add_argument("--caption-to", default="")
+    p.add_argument("--max-t", type=float, default=0.5)
+    p.add_argument("--decoder-steps", type=int, default=None)
+    p.add_argument("--decoder-guidance-scale", type=float, default=1.0)
+    p.add_argument("--upsampler-steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    from zoo.config import report_user_errors
+
+    @report_user_errors
+    def run() -> dict[str, str]:
+        pipe = UnclipPipeline.from_checkpoints(
+            None,
+            a.decoder_ckpt,
+            a.clip_ckpt,
+            a.upsampler_ckpt,
+            device=a.device,
+            prior="text_emb",
+            stages=["decoder", "upsampler"],
+            decoder_steps=a.decoder_steps,
+            decoder_guidance_scale=a.decoder_guidance_scale,
+            upsampler_steps=a.upsampler_steps,
+            seed=a.seed,
+        )
+        imgs = [_load_image(x) for x in a.images]
+        if a.mode == "variations":
+            out = pipe.variations(torch.cat(imgs), n=a.n, eta=a.eta)
+        elif a.mode == "interpolate":
+            if len(imgs) != 2:
+                raise ConfigError("interpolate takes two images")
+            out = pipe.interpolate(imgs[0], imgs[1], n_steps=a.n, latent=a.latent)
+        else:
+            if not a.caption_to:
+                raise ConfigError("text_diff needs --caption-to (and --caption-from, the image's description)")
+            out = pipe.text_diff(torch.cat(imgs), a.caption_from, a.caption_to, n_steps=a.n, max_t=a.max_t)
+        from torchvision.utils import save_image
+
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        save_image(out.flatten(0, 1).add(1).div(2).clamp(0, 1), a.out, nrow=out.shape[1])
+        print(a.out)
+        return {"grid": a.out}
+
+    return run()
+
+
+if __name__ == "__main__":
+    main()
