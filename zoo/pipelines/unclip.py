@@ -12,7 +12,7 @@ Stages (PAPER_FACTS "unCLIP"): P(x|y) = P(x|z_i, y) P(z_i|y).
 
 1. CLIP (``ClipScorer`` of ``clip_ckpt``): the caption's L2-normalised text embedding z_t and its CLIP token ids
    (the prior's inputs; a prior with ``text_input="encodings"`` gets the text tower's per-token outputs too,
-   ``zoo.embed.text_token_encodings``).
+   ``zoo.models.clip.model.text_token_encodings``).
 2. ``prior``: ``diffusion`` (``DiffusionPriorLit.sample``: ``prior_steps`` DDIM steps, ``prior_guidance_scale``,
    best of ``prior_n_candidates`` by dot product with z_t, ``prior_eta``) | ``ar`` (``ARPriorLit.sample``:
    ``prior_guidance_scale``; ``prior_steps`` does not apply) | ``text_emb`` (z_t used as if it were the image
@@ -293,7 +293,7 @@ class UnclipPipeline:
         }
         p = self.prior_model
         if self.prior == "diffusion" and p.cfg.text_input == "encodings":
-            from zoo.embed import text_token_encodings
+            from zoo.models.clip.model import text_token_encodings
 
             enc, mask = text_token_encodings(self.clip.model, out["text_tokens"].to(self.clip.device))
             out["text_encodings"], out["text_mask"] = enc.to(self.device), mask.to(self.device)

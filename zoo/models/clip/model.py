@@ -375,3 +375,26 @@ def preprocess_cfg(model: torch.nn.Module) -> tuple[int, tuple[float, ...], tupl
     mean = pp.get("mean") or open_clip.OPENAI_DATASET_MEAN
     std = pp.get("std") or open_clip.OPENAI_DATASET_STD
     return int(size), tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def text_token_encodings(model, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token outputs of an open_clip model's text tower: token ids (N, L) -> (encodings (N, L, W) float32,
+    mask (N, L) bool, True up to and including the end-of-text token (the arg-max id, as open_clip pools)).
+
+    ``encode_text`` without its pooling and projection: token embedding + positional embedding + transformer +
+    ln_final (``CLIP``), or the same pieces of ``model.text`` (``CustomTextCLIP``'s ``TextTransformer``)."""
+    if hasattr(model, "token_embedding") and hasattr(model, "ln_final"):  # open_clip.CLIP
+        cast = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens).to(cast) + model.positional_embedding.to(cast)  # (N, L, W)
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+    elif hasattr(getattr(model, "text", None), "_embeds") and getattr(model.text, "cls_emb", None) is None:
+        x, attn_mask = model.text._embeds(tokens)  # open_clip.CustomTextCLIP
+        x = model.text.ln_final(model.text.transformer(x, attn_mask=attn_mask))
+    else:
+        raise ConfigError(
+            f"text_encodings=true needs an open_clip CLIP text tower; {type(model).__name__} has none "
+            "(fix: text_encodings=false)"
+        )
+    eot = tokens.argmax(dim=-1, keepdim=True)  # (N, 1)
+    mask = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0) <= eot  # (N, L)
+    return x.float(), mask
