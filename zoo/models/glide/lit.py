@@ -282,10 +282,18 @@ class GlideLit(ZooLit):
                 device=self.device,
                 x_T=x_T,
                 known=known,
+                clip_denoised=True,  # images live in [-1, 1]: clip the predicted x0 (GLIDE / ADM sample this way)
             )
         elif sampler == "ddpm":
             x = ddpm_sample(
-                self.process.respaced(steps), fn, shape, generator=generator, device=self.device, x_T=x_T, known=known
+                self.process.respaced(steps),
+                fn,
+                shape,
+                generator=generator,
+                device=self.device,
+                x_T=x_T,
+                known=known,
+                clip_denoised=True,
             )
         else:
             if known is not None:

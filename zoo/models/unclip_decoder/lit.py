@@ -13,6 +13,7 @@ Everything GLIDE's module does is inherited (diffusion process, caption tokenize
   conditional model bit for bit. ``generate(captions, image_emb)`` and ``generate_from_embeddings(image_emb,
   captions=None)`` (the unCLIP pipeline: prior -> embedding -> decoder).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -30,46 +31,77 @@ from zoo.models.unclip_decoder.model import UNCLIP_DECODER_PRESETS, UnclipDecode
 from zoo.nn.guidance import guide_learned_variance
 from zoo.text import TextTokenizer
 
-_FIX_EMBED = ("run zoo-embed for the split and pass it (data.features.{split}=<dir>/{split}.pt), or give a frozen "
-              "CLIP: model.clip_ckpt=<zoo-train model=clip last.ckpt>")
+_FIX_EMBED = (
+    "run zoo-embed for the split and pass it (data.features.{split}=<dir>/{split}.pt), or give a frozen "
+    "CLIP: model.clip_ckpt=<zoo-train model=clip last.ckpt>"
+)
 
 
 def build_config(preset: str = "shapes", net: Optional[dict[str, Any]] = None) -> UnclipDecoderConfig:
     return resolve_preset(UNCLIP_DECODER_PRESETS, UnclipDecoderConfig, preset, net, "unCLIP decoder")
 
 
-def run_sampler(process: GaussianDiffusion, fn, shape, steps: int, sampler: str, eta: float,
-                generator: Optional[torch.Generator], device, x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+def run_sampler(
+    process: GaussianDiffusion,
+    fn,
+    shape,
+    steps: int,
+    sampler: str,
+    eta: float,
+    generator: Optional[torch.Generator],
+    device,
+    x_T: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """``ddim`` | ``ddpm`` (respaced to ``steps``) | a diffusers scheduler name, as ``GlideLit.sample_tokens``."""
     if sampler == "ddim":
-        return ddim_sample(process.respaced(steps), fn, shape, eta=eta, generator=generator, device=device, x_T=x_T)
+        # images live in [-1, 1]: clip the predicted x0 at every step, as GLIDE / ADM sample
+        return ddim_sample(
+            process.respaced(steps), fn, shape, eta=eta, generator=generator, device=device, x_T=x_T, clip_denoised=True
+        )
     if sampler == "ddpm":
-        return ddpm_sample(process.respaced(steps), fn, shape, generator=generator, device=device, x_T=x_T)
+        return ddpm_sample(
+            process.respaced(steps), fn, shape, generator=generator, device=device, x_T=x_T, clip_denoised=True
+        )
     from zoo.diffusion.diffusers_adapter import diffusers_sample
 
-    return diffusers_sample(process, fn, shape, scheduler=sampler, steps=steps, generator=generator, device=device,
-                            x_T=x_T)
+    return diffusers_sample(
+        process, fn, shape, scheduler=sampler, steps=steps, generator=generator, device=device, x_T=x_T
+    )
 
 
 class UnclipDecoderLit(GlideLit):
     """Args:
-        preset: ``tiny`` | ``shapes`` | ``paper`` (``UNCLIP_DECODER_PRESETS``); ``net`` overrides fields
-            (``UnclipDecoderConfig``: GLIDE's plus ``clip_dim``, ``clip_tokens``).
-        text_dropout: probability of the empty caption in training (unCLIP: 0.5).
-        emb_dropout: probability of the zero CLIP embedding in training (unCLIP: 0.1), independent of the caption's.
-        clip_ckpt: optional zoo-train CLIP checkpoint, frozen, embedding batches that carry no ``clip_image_emb``.
-        num_timesteps, schedule: the training diffusion process (cosine, 1000).
-        decoder_guidance_scale, sample_steps, sampler, eta: ``generate``'s defaults (unCLIP: guidance 1.25 at FID).
-        grid_captions, grid_steps, grid_guidance_scale: ``sample_grid`` (real | decoded from its embedding + caption).
-        text_tokenizer: filled in by the checkpoint (leave None when training).
+    preset: ``tiny`` | ``shapes`` | ``paper`` (``UNCLIP_DECODER_PRESETS``); ``net`` overrides fields
+        (``UnclipDecoderConfig``: GLIDE's plus ``clip_dim``, ``clip_tokens``).
+    text_dropout: probability of the empty caption in training (unCLIP: 0.5).
+    emb_dropout: probability of the zero CLIP embedding in training (unCLIP: 0.1), independent of the caption's.
+    clip_ckpt: optional zoo-train CLIP checkpoint, frozen, embedding batches that carry no ``clip_image_emb``.
+    num_timesteps, schedule: the training diffusion process (cosine, 1000).
+    decoder_guidance_scale, sample_steps, sampler, eta: ``generate``'s defaults (unCLIP: guidance 1.25 at FID).
+    grid_captions, grid_steps, grid_guidance_scale: ``sample_grid`` (real | decoded from its embedding + caption).
+    text_tokenizer: filled in by the checkpoint (leave None when training).
     """
 
-    def __init__(self, preset: str = "shapes", net: Optional[dict[str, Any]] = None, text_dropout: float = 0.5,
-                 emb_dropout: float = 0.1, clip_ckpt: Optional[str] = None, num_timesteps: int = 1000,
-                 schedule: str = "cosine", decoder_guidance_scale: float = 3.0, sample_steps: int = 50,
-                 sampler: str = "ddim", eta: float = 0.0, grid_captions: int = 8, grid_steps: int = 25,
-                 grid_guidance_scale: float = 3.0, text_tokenizer: Optional[dict[str, Any]] = None, optimizer=None,
-                 scheduler=None):
+    def __init__(
+        self,
+        preset: str = "shapes",
+        net: Optional[dict[str, Any]] = None,
+        text_dropout: float = 0.5,
+        emb_dropout: float = 0.1,
+        clip_ckpt: Optional[str] = None,
+        num_timesteps: int = 1000,
+        schedule: str = "cosine",
+        decoder_guidance_scale: float = 3.0,
+        sample_steps: int = 50,
+        sampler: str = "ddim",
+        eta: float = 0.0,
+        grid_captions: int = 8,
+        grid_steps: int = 25,
+        grid_guidance_scale: float = 3.0,
+        text_tokenizer: Optional[dict[str, Any]] = None,
+        optimizer=None,
+        scheduler=None,
+    ):
         # GlideLit's constructor builds a Glide; ours builds the decoder, so we start from the base (the rest of
         # GlideLit's behaviour is inherited unchanged). The hyper-parameters are given explicitly: Lightning's frame
         # inspection only collects constructors that call super().
@@ -81,11 +113,16 @@ class UnclipDecoderLit(GlideLit):
                 raise ConfigError(f"{name} must be in [0, 1), got {p}")
         self.cfg = build_config(preset, net)
         if not self.cfg.learn_sigma:
-            raise ConfigError("the unCLIP decoder trains a learned-range variance (hybrid loss): keep "
-                              "model.net.learn_sigma=true")
+            raise ConfigError(
+                "the unCLIP decoder trains a learned-range variance (hybrid loss): keep model.net.learn_sigma=true"
+            )
         self.net = UnclipDecoder(self.cfg)
-        self.process = GaussianDiffusion(get_schedule(schedule, int(num_timesteps)), model_mean_type="eps",
-                                         model_var_type="learned_range", loss_type="hybrid")
+        self.process = GaussianDiffusion(
+            get_schedule(schedule, int(num_timesteps)),
+            model_mean_type="eps",
+            model_var_type="learned_range",
+            loss_type="hybrid",
+        )
         self.text_dropout, self.emb_dropout = float(text_dropout), float(emb_dropout)
         self.text_tokenizer: Optional[TextTokenizer] = TextTokenizer.from_spec(text_tokenizer)
         self._clip = None  # the frozen ClipScorer (loaded on first use; never in the state dict)
@@ -105,25 +142,34 @@ class UnclipDecoderLit(GlideLit):
         if self.hparams.clip_ckpt:
             d = self.clip_scorer().encode_image(torch.zeros(1, 3, self.cfg.image_size, self.cfg.image_size)).shape[-1]
             if d != self.cfg.clip_dim:
-                raise ConfigError(f"the CLIP at {self.hparams.clip_ckpt} embeds to {d}-d but the decoder's clip_dim "
-                                  f"is {self.cfg.clip_dim} (fix: model.net.clip_dim={d})")
+                raise ConfigError(
+                    f"the CLIP at {self.hparams.clip_ckpt} embeds to {d}-d but the decoder's clip_dim "
+                    f"is {self.cfg.clip_dim} (fix: model.net.clip_dim={d})"
+                )
             return
         for split in ("train", "val"):
             feats = self._features(datamodule, split)
             if "clip_image_emb" not in feats:
-                raise ConfigError(f"the unCLIP decoder needs CLIP image embeddings and data.features.{split} has "
-                                  f"none (fix: {_FIX_EMBED.format(split=split)})")
+                raise ConfigError(
+                    f"the unCLIP decoder needs CLIP image embeddings and data.features.{split} has "
+                    f"none (fix: {_FIX_EMBED.format(split=split)})"
+                )
             d = feats["clip_image_emb"].shape[-1]
             if d != self.cfg.clip_dim:
-                raise ConfigError(f"the {split} CLIP image embeddings are {d}-d but the decoder's clip_dim is "
-                                  f"{self.cfg.clip_dim} (fix: model.net.clip_dim={d})")
+                raise ConfigError(
+                    f"the {split} CLIP image embeddings are {d}-d but the decoder's clip_dim is "
+                    f"{self.cfg.clip_dim} (fix: model.net.clip_dim={d})"
+                )
 
     def clip_scorer(self):
         """The frozen CLIP of ``clip_ckpt`` (a ``ClipScorer``), loaded once."""
         if self._clip is None:
             if not self.hparams.clip_ckpt:
-                raise ConfigError("the batch has no clip_image_emb and no frozen CLIP is given (fix: "
-                                  + _FIX_EMBED.format(split="<split>") + ")")
+                raise ConfigError(
+                    "the batch has no clip_image_emb and no frozen CLIP is given (fix: "
+                    + _FIX_EMBED.format(split="<split>")
+                    + ")"
+                )
             from zoo.models.clip.scorer import ClipScorer
 
             self._clip = ClipScorer.from_lightning_checkpoint(str(self.hparams.clip_ckpt), device=str(self.device))
@@ -150,8 +196,9 @@ class UnclipDecoderLit(GlideLit):
         return torch.where(drop[:, None], torch.zeros_like(emb), emb)
 
     # ------------------------------------------------------------------------------------------ training
-    def forward_loss(self, batch: dict[str, Any], train: bool,
-                     generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+    def forward_loss(
+        self, batch: dict[str, Any], train: bool, generator: Optional[torch.Generator] = None
+    ) -> dict[str, torch.Tensor]:
         x0 = batch["image"].float()
         text = self.net.pad_text(batch["text_tokens"].to(x0.device))
         emb = self.image_embedding(batch).to(x0.device)
@@ -159,8 +206,9 @@ class UnclipDecoderLit(GlideLit):
             text = self.drop_captions(text, generator)
             emb = self.drop_embeddings(emb, generator)
         t = self.process.sample_timesteps(x0.shape[0], device=x0.device, generator=generator)
-        terms = self.process.training_losses(self.net, x0, t, model_kwargs={"text_tokens": text, "image_emb": emb},
-                                             generator=generator)
+        terms = self.process.training_losses(
+            self.net, x0, t, model_kwargs={"text_tokens": text, "image_emb": emb}, generator=generator
+        )
         return {k: v.mean() for k, v in terms.items()}
 
     # ------------------------------------------------------------------------------------------ sampling
@@ -171,8 +219,10 @@ class UnclipDecoderLit(GlideLit):
         if guidance_scale is None or guidance_scale == 1.0:
             cond = self.net.encode(text_tokens, image_emb)
             return lambda x, t: self.net.denoise(x, t, cond)
-        both = self.net.encode(torch.cat([text_tokens, self.net.null_tokens(b, text_tokens.device)]),
-                               torch.cat([image_emb, self.net.null_embedding(b, image_emb.device)]))
+        both = self.net.encode(
+            torch.cat([text_tokens, self.net.null_tokens(b, text_tokens.device)]),
+            torch.cat([image_emb, self.net.null_embedding(b, image_emb.device)]),
+        )
 
         def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             out = self.net.denoise(torch.cat([x, x]), torch.cat([t, t]), both)  # (2B, 2C, H, W)
@@ -182,10 +232,17 @@ class UnclipDecoderLit(GlideLit):
         return guided
 
     @torch.no_grad()
-    def sample(self, text_tokens: Optional[torch.Tensor], image_emb: torch.Tensor,
-               decoder_guidance_scale: Optional[float] = None, steps: Optional[int] = None,
-               sampler: Optional[str] = None, eta: Optional[float] = None, generator: Optional[torch.Generator] = None,
-               x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def sample(
+        self,
+        text_tokens: Optional[torch.Tensor],
+        image_emb: torch.Tensor,
+        decoder_guidance_scale: Optional[float] = None,
+        steps: Optional[int] = None,
+        sampler: Optional[str] = None,
+        eta: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+        x_T: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] for CLIP image embeddings (B, clip_dim) and text tokens (B, <= text_len)
         (None: the empty caption). Defaults from the hyper-parameters."""
         hp = self.hparams
@@ -195,20 +252,41 @@ class UnclipDecoderLit(GlideLit):
         eta = float(hp.eta if eta is None else eta)
         emb = image_emb.float().to(self.device)
         b = emb.shape[0]
-        text = (self.net.null_tokens(b, self.device) if text_tokens is None
-                else self.net.pad_text(text_tokens.to(self.device)))
+        text = (
+            self.net.null_tokens(b, self.device)
+            if text_tokens is None
+            else self.net.pad_text(text_tokens.to(self.device))
+        )
         c = self.cfg
         fn = self.decoder_model_fn(text, emb, scale)
-        x = run_sampler(self.process, fn, (b, c.out_channels, c.image_size, c.image_size), steps, sampler, eta,
-                        generator, self.device, x_T)
+        x = run_sampler(
+            self.process,
+            fn,
+            (b, c.out_channels, c.image_size, c.image_size),
+            steps,
+            sampler,
+            eta,
+            generator,
+            self.device,
+            x_T,
+        )
         return x.float().clamp(-1, 1)
 
     @torch.no_grad()
-    def generate(self, captions: Optional[Sequence[str]], image_emb: torch.Tensor, n: int = 1, seed: int = 0,
-                 decoder_guidance_scale: Optional[float] = None, steps: Optional[int] = None,
-                 sampler: Optional[str] = None, eta: Optional[float] = None,
-                 generator: Optional[torch.Generator] = None, batch_size: int = 64,
-                 guidance_scale: Optional[float] = None) -> torch.Tensor:
+    def generate(
+        self,
+        captions: Optional[Sequence[str]],
+        image_emb: torch.Tensor,
+        n: int = 1,
+        seed: int = 0,
+        decoder_guidance_scale: Optional[float] = None,
+        steps: Optional[int] = None,
+        sampler: Optional[str] = None,
+        eta: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+        batch_size: int = 64,
+        guidance_scale: Optional[float] = None,
+    ) -> torch.Tensor:
         """``n`` images per (caption, embedding) pair -> (B * n, 3, H, W) in [-1, 1], pair-major.
 
         ``image_emb`` (B, clip_dim) (a prior's sample or ``zoo-embed``'s; as trained, e.g. unit-norm);
@@ -228,25 +306,41 @@ class UnclipDecoderLit(GlideLit):
             text = None if captions is None else self.encode_captions(captions).repeat_interleave(int(n), 0)
             emb = emb.repeat_interleave(int(n), 0)
             gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
-            return torch.cat([self.sample(None if text is None else text[i:i + batch_size], emb[i:i + batch_size],
-                                          scale, steps, sampler, eta, gen)
-                              for i in range(0, len(emb), batch_size)])
+            return torch.cat(
+                [
+                    self.sample(
+                        None if text is None else text[i : i + batch_size],
+                        emb[i : i + batch_size],
+                        scale,
+                        steps,
+                        sampler,
+                        eta,
+                        gen,
+                    )
+                    for i in range(0, len(emb), batch_size)
+                ]
+            )
         finally:
             self.train(was_training)
 
     @torch.no_grad()
-    def generate_from_embeddings(self, image_emb: torch.Tensor, captions: Optional[Sequence[str]] = None,
-                                 **kwargs) -> torch.Tensor:
+    def generate_from_embeddings(
+        self, image_emb: torch.Tensor, captions: Optional[Sequence[str]] = None, **kwargs
+    ) -> torch.Tensor:
         """The unCLIP pipeline's call: decode CLIP image embeddings (B, clip_dim), captions optional."""
         return self.generate(captions, image_emb, **kwargs)
 
     def sample_tokens(self, *args, **kwargs):
-        raise NotImplementedError("the unCLIP decoder samples from image embeddings: use sample(text_tokens, "
-                                  "image_emb) or generate(captions, image_emb)")
+        raise NotImplementedError(
+            "the unCLIP decoder samples from image embeddings: use sample(text_tokens, "
+            "image_emb) or generate(captions, image_emb)"
+        )
 
     def candidates(self, captions, n, seed=0, **kwargs):
-        raise NotImplementedError("the unCLIP decoder needs image embeddings: use generate(captions, image_emb) "
-                                  "or the unCLIP pipeline (prior -> decoder)")
+        raise NotImplementedError(
+            "the unCLIP decoder needs image embeddings: use generate(captions, image_emb) "
+            "or the unCLIP pipeline (prior -> decoder)"
+        )
 
     @torch.no_grad()
     def sample_grid(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -254,8 +348,15 @@ class UnclipDecoderLit(GlideLit):
         n = min(int(self.hparams.grid_captions), len(batch["image"]))
         gen = torch.Generator(device=self.device).manual_seed(0)
         emb = self.image_embedding({k: v[:n] for k, v in batch.items() if k in ("image", "clip_image_emb")})
-        fake = self.sample(batch["text_tokens"][:n], emb, decoder_guidance_scale=self.hparams.grid_guidance_scale,
-                           steps=self.hparams.grid_steps, sampler="ddim", eta=0.0, generator=gen)
+        fake = self.sample(
+            batch["text_tokens"][:n],
+            emb,
+            decoder_guidance_scale=self.hparams.grid_guidance_scale,
+            steps=self.hparams.grid_steps,
+            sampler="ddim",
+            eta=0.0,
+            generator=gen,
+        )
         real = batch["image"][:n].float().to(fake.device)
         if real.shape[-2:] != fake.shape[-2:]:
             real = F.interpolate(real, size=fake.shape[-2:], mode="bilinear", antialias=True)
