@@ -9,6 +9,7 @@ imported, called by name or handed to Hydra's ``instantiate``: a file that names
 Adding a component: one line in ``_COMPONENTS`` (its short name -> a function importing its class), plus, if it
 is an image tokenizer, its name in ``IMAGE_TOKENIZERS``.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -90,11 +91,26 @@ def _captioner():
     return CaptionerLit
 
 
-_COMPONENTS: dict[str, Callable[[], type]] = {"dvae": _dvae, "vqvae": _vqvae, "clip": _clip, "dalle": _dalle,
-                                                "diffusion_prior": _diffusion_prior, "ar_prior": _ar_prior,
-                                                "glide": _glide, "unclip_decoder": _unclip_decoder,
-                                                "noised_clip": _noised_clip, "upsampler": _upsampler,
-                                                "captioner": _captioner}
+def _prompt_upsampler():
+    from zoo.models.prompt_upsampler.lit import PromptUpsamplerLit
+
+    return PromptUpsamplerLit
+
+
+_COMPONENTS: dict[str, Callable[[], type]] = {
+    "dvae": _dvae,
+    "vqvae": _vqvae,
+    "clip": _clip,
+    "dalle": _dalle,
+    "diffusion_prior": _diffusion_prior,
+    "ar_prior": _ar_prior,
+    "glide": _glide,
+    "unclip_decoder": _unclip_decoder,
+    "noised_clip": _noised_clip,
+    "upsampler": _upsampler,
+    "captioner": _captioner,
+    "prompt_upsampler": _prompt_upsampler,
+}
 
 IMAGE_TOKENIZERS = ("dvae", "vqvae")
 
@@ -140,6 +156,7 @@ _NET_DATACLASSES = {
     "ar_prior": ("zoo.models.ar_prior.model", "ARPriorConfig"),
     "upsampler": ("zoo.models.upsampler.model", "UpsamplerConfig"),
     "captioner": ("zoo.models.captioner.model", "CaptionerConfig"),
+    "prompt_upsampler": ("zoo.models.prompt_upsampler.model", "PromptUpsamplerConfig"),
 }
 
 
@@ -212,14 +229,18 @@ def component_in(ckpt: Mapping[str, Any], where: str = "the checkpoint") -> str:
         if legacy not in _LEGACY_CLASS_PATHS:
             raise UnsafeCheckpointError(
                 f"{where} names the class {legacy!r}, which is not one of the project's components "
-                f"({component_names()}); refusing to import anything a file names")
+                f"({component_names()}); refusing to import anything a file names"
+            )
         name = _LEGACY_CLASS_PATHS[legacy]
     if name is None:
-        raise UnsafeCheckpointError(f"{where} was not written by zoo-train (no zoo_component stamp); load its "
-                                    f"state_dict into the model class yourself")
+        raise UnsafeCheckpointError(
+            f"{where} was not written by zoo-train (no zoo_component stamp); load its "
+            f"state_dict into the model class yourself"
+        )
     if not isinstance(name, str) or name not in _COMPONENTS:
-        raise UnsafeCheckpointError(f"{where} names the component {name!r}, which is not registered "
-                                    f"(registered: {component_names()})")
+        raise UnsafeCheckpointError(
+            f"{where} names the component {name!r}, which is not registered (registered: {component_names()})"
+        )
     return name
 
 
@@ -246,7 +267,8 @@ def check_plain(value: Any, where: str, depth: int = 0) -> None:
                 raise UnsafeCheckpointError(f"{where}: a non-string key {k!r}")
             if k in _HYDRA_KEYS or (k.startswith("_") and k.endswith("_") and len(k) > 2):
                 raise UnsafeCheckpointError(
-                    f"{where}.{k}: a file may not carry instantiation nodes ({k}); refusing to run code a file names")
+                    f"{where}.{k}: a file may not carry instantiation nodes ({k}); refusing to run code a file names"
+                )
             check_plain(v, f"{where}.{k}", depth + 1)
         return
     raise UnsafeCheckpointError(f"{where}: {type(value).__name__} is not a plain value (number, string, list, dict)")
@@ -272,8 +294,10 @@ def checked_hparams(name: str, hparams: Any, where: str = "the checkpoint") -> d
     allowed = _constructor_args(cls)
     unknown = sorted(set(hp) - allowed)
     if unknown:
-        raise UnsafeCheckpointError(f"{where}: hyper-parameter(s) {unknown} are not arguments of the {name} "
-                                    f"component (allowed: {sorted(allowed)})")
+        raise UnsafeCheckpointError(
+            f"{where}: hyper-parameter(s) {unknown} are not arguments of the {name} "
+            f"component (allowed: {sorted(allowed)})"
+        )
     dc = _net_dataclass(name)
     if dc is not None and hp.get("net"):
         if not isinstance(hp["net"], Mapping):
@@ -329,8 +353,12 @@ def _fits(value: Any, tp: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ DataModules
-def datamodule_from_file_config(data_cfg: Any, where: str, drop: Iterable[str] = ("tokenizer", "features"),
-                                overrides: Optional[Mapping[str, Any]] = None):
+def datamodule_from_file_config(
+    data_cfg: Any,
+    where: str,
+    drop: Iterable[str] = ("tokenizer", "features"),
+    overrides: Optional[Mapping[str, Any]] = None,
+):
     """Rebuild one of the project's DataModules from a data config stored in a checkpoint (``zoo_config.data``):
     the ``_target_`` string must match a registered DataModule exactly (no import), every other value must be plain
     and an argument of its constructor. ``drop`` removes nested nodes the caller does not need (the text tokenizer,
@@ -339,8 +367,10 @@ def datamodule_from_file_config(data_cfg: Any, where: str, drop: Iterable[str] =
         raise UnsafeCheckpointError(f"{where} carries no data config")
     target = data_cfg["_target_"]
     if target not in _LEGACY_DATAMODULE_TARGETS:
-        raise UnsafeCheckpointError(f"{where}: data config names {target!r}, not one of the project's DataModules "
-                                    f"({sorted(_LEGACY_DATAMODULE_TARGETS)})")
+        raise UnsafeCheckpointError(
+            f"{where}: data config names {target!r}, not one of the project's DataModules "
+            f"({sorted(_LEGACY_DATAMODULE_TARGETS)})"
+        )
     cls = _DATAMODULES[_LEGACY_DATAMODULE_TARGETS[target]]()
     kw = {k: v for k, v in data_cfg.items() if k != "_target_" and k not in set(drop)}
     check_plain(kw, f"{where}: data config")

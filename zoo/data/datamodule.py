@@ -4,14 +4,18 @@ Subclasses only say how to build a split's dataset (``build_dataset``); batching
 resumable shuffling, DDP sharding and optional precomputed features (image tokens, CLIP embeddings) live here,
 once. Batches are dicts with the keys listed in docs/CONTRACTS.md, so any model fits any data.
 """
+
 from __future__ import annotations
 
 import inspect
 import logging
+import math
+import numbers
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from zoo.data.collate import Collator
@@ -24,8 +28,14 @@ log = logging.getLogger(__name__)
 
 # Per-index tensors a features file may carry (zoo-tokenize: image_tokens; zoo-embed: the CLIP keys, optionally the
 # per-token text encodings the diffusion prior's `encodings` mode reads). Anything else in a file is ignored.
-FEATURE_KEYS = ("image_tokens", "clip_image_emb", "clip_text_emb", "clip_text_tokens", "clip_text_encodings",
-                "clip_text_mask")
+FEATURE_KEYS = (
+    "image_tokens",
+    "clip_image_emb",
+    "clip_text_emb",
+    "clip_text_tokens",
+    "clip_text_encodings",
+    "clip_text_mask",
+)
 
 
 class FeatureAttached(Dataset):
@@ -52,6 +62,109 @@ class FeatureAttached(Dataset):
         return sample
 
 
+class SyntheticCaptioned(Dataset):
+    """Replaces a sample's ``caption`` with a synthetic one (``zoo-recaption``) with the probabilities of a caption mix.
+
+    ``captions``: style -> list of captions in dataset index order; ``probs``: style -> absolute probability (their
+    sum is the chance that a sample gets a synthetic caption; otherwise the base dataset's own caption stays). The
+    draw for ``index`` is a pure function of ``(seed, index)`` (one ``numpy`` stream per index), so any worker, order
+    or resume sees the same caption. The chosen style is in ``caption_style``; every sample's ``captions`` dict also
+    holds its caption of every synthetic style (so a model can read pairs of styles, e.g. the prompt upsampler).
+    Other attributes are the base's."""
+
+    _STREAM = 0x5CA9  # a constant third key: these draws never coincide with another stream keyed by (seed, index)
+
+    def __init__(self, base: Dataset, captions: Mapping[str, list[str]], probs: Mapping[str, float], seed: int = 0):
+        self.base = base
+        self.captions = {k: list(v) for k, v in captions.items()}
+        self.styles = tuple(s for s, p in probs.items() if p > 0)
+        self.cdf = np.cumsum([float(probs[s]) for s in self.styles])
+        self.seed = int(seed)
+        n = len(base)  # type: ignore[arg-type]
+        for style, caps in self.captions.items():
+            if len(caps) != n:
+                raise ConfigError(
+                    f"synthetic captions '{style}' have {len(caps)} rows but the dataset split has {n} "
+                    f"items (fix: run zoo-recaption on this split and size, or match data.*_size to it)"
+                )
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:  # the base's attributes (``scene``, ``skipped``, ...)
+        if name.startswith("__") or "base" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["base"], name)
+
+    def style_of(self, index: int) -> Optional[str]:
+        """The synthetic style drawn for ``index``, or None (the base's own caption)."""
+        u = np.random.default_rng([self.seed, self._STREAM, int(index)]).random()
+        k = int(np.searchsorted(self.cdf, u, side="right"))
+        return self.styles[k] if k < len(self.styles) else None
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sample = dict(self.base[i])
+        sample["captions"] = {**(sample.get("captions") or {}), **{s: c[int(i)] for s, c in self.captions.items()}}
+        style = self.style_of(i)
+        if style is not None:
+            sample["caption"] = self.captions[style][int(i)]
+            sample["caption_style"] = style
+        return sample
+
+
+def load_synthetic_captions(path: str | Path) -> list[str]:
+    """The ``captions`` of a ``zoo-recaption`` file (weights_only load), checked to be a list of strings."""
+    from zoo.checkpoint import safe_load
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"synthetic captions file not found: {path} (fix: run `zoo-recaption ckpt=<captioner ckpt> "
+            f"features=<zoo-embed file of the split> out={path}` first)"
+        )
+    obj = safe_load(path)
+    caps = obj.get("captions") if isinstance(obj, dict) else None
+    if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+        raise ConfigError(f"{path} is not a zoo-recaption file (expected {{'captions': list[str], 'meta': ...}})")
+    return caps
+
+
+def split_caption_mix(
+    caption_mix: Optional[Mapping[str, float]], native: tuple[str, ...], synthetic: tuple[str, ...]
+) -> tuple[dict[str, float], Optional[dict[str, float]]]:
+    """(synthetic style -> absolute probability, native mix or None) of a caption mix whose styles are the dataset's
+    own (``native``) or the names of ``data.synthetic_captions`` (``synthetic``). The native part is returned as
+    given (the dataset normalises it); None when the mix names no native style."""
+    if caption_mix is None:
+        return {}, None
+    if not hasattr(caption_mix, "items") or not caption_mix:
+        raise ConfigError(
+            f"data.caption_mix must be a non-empty mapping style -> proportion, got {caption_mix!r} "
+            f"(fix: e.g. {{descriptive: 0.95, alt: 0.05}}, or null)"
+        )
+    for style, p in caption_mix.items():
+        if style not in native and style not in synthetic:
+            hint = (
+                ""
+                if synthetic
+                else (
+                    f" -- a synthetic style needs its file: data.synthetic_captions={{{style}: <zoo-recaption file>}}"
+                )
+            )
+            raise ConfigError(
+                f"unknown caption style {style!r} in data.caption_mix; valid styles: "
+                f"{tuple(native) + tuple(synthetic)}{hint}"
+            )
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(p) or p < 0:
+            raise ConfigError(f"data.caption_mix proportions must be finite numbers >= 0, got {style}={p!r}")
+    total = float(sum(caption_mix.values()))
+    if total <= 0:
+        raise ConfigError("data.caption_mix proportions sum to 0 (fix: e.g. {descriptive: 0.95, alt: 0.05})")
+    synth = {s: float(p) / total for s, p in caption_mix.items() if s in synthetic}
+    nat = {s: float(p) for s, p in caption_mix.items() if s in native and p > 0}
+    return synth, (nat or None)
+
+
 class ImageTextDataModule(L.LightningDataModule):
     """Base DataModule: image/caption datasets per split -> dict batches.
 
@@ -63,7 +176,16 @@ class ImageTextDataModule(L.LightningDataModule):
         seed: shuffling seed (the order is a pure function of seed and epoch, so resumes are exact).
         features: optional ``{split: path}`` of files written by ``zoo-tokenize`` / ``zoo-embed``.
         eval_batch_size: val/test batch size (defaults to batch_size).
+        caption_mix: style -> proportion of the training captions (train split only; DALL·E 3's blends). Styles are
+            the dataset's own (``NATIVE_CAPTION_STYLES``: ``alt`` = the dataset's caption for COCO / WebDataset; the
+            shapes world's ``alt``/``short``/``descriptive``) and the names given in ``synthetic_captions``.
+        synthetic_captions: ``{style: <zoo-recaption file of the train split>}``: new caption styles. A training
+            sample's caption is replaced by its synthetic caption with the style's share of the mix, drawn per
+            (``seed``, index) (``SyntheticCaptioned``), e.g. ``{synthetic_descriptive: 0.95, alt: 0.05}``.
     """
+
+    # the dataset's own caption styles a caption_mix may name (subclasses with several override this)
+    NATIVE_CAPTION_STYLES: tuple[str, ...] = ("alt",)
 
     def __init__(
         self,
@@ -75,6 +197,8 @@ class ImageTextDataModule(L.LightningDataModule):
         features: Optional[dict[str, str]] = None,
         eval_batch_size: Optional[int] = None,
         pin_memory: bool = False,
+        caption_mix: Optional[dict[str, float]] = None,
+        synthetic_captions: Optional[dict[str, str]] = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -91,6 +215,17 @@ class ImageTextDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.features = {k: v for k, v in (features or {}).items() if v}
         self.pin_memory = pin_memory
+        self.caption_mix = dict(caption_mix) if caption_mix else None
+        self.synthetic_captions = {str(k): str(v) for k, v in (synthetic_captions or {}).items() if v}
+        clash = set(self.synthetic_captions) & set(self.NATIVE_CAPTION_STYLES)
+        if clash:
+            raise ConfigError(
+                f"data.synthetic_captions style {sorted(clash)[0]!r} is one of the dataset's own styles "
+                f"{self.NATIVE_CAPTION_STYLES} (fix: name it e.g. synthetic_descriptive)"
+            )
+        self.synthetic_mix, self.native_caption_mix = split_caption_mix(
+            self.caption_mix, self.NATIVE_CAPTION_STYLES, tuple(self.synthetic_captions)
+        )
         self.datasets: dict[str, Dataset] = {}
         self.collate = Collator(tokenizer)
 
@@ -108,7 +243,19 @@ class ImageTextDataModule(L.LightningDataModule):
         """What the training captions are a function of (JSON-able): the key of anything fitted on them, such as a
         trained BPE (``LazyTrainedBPE``). Subclasses add their fields to this one; a change must change the key."""
         cls = type(self)
-        return {"datamodule": f"{cls.__module__}.{cls.__qualname__}"}
+        out: dict[str, Any] = {"datamodule": f"{cls.__module__}.{cls.__qualname__}"}
+        if self.synthetic_captions:  # which synthetic captions (file identity) and which draw
+            files = {}
+            for style in self.synthetic_captions:
+                p = Path(self.synthetic_captions[style]).expanduser().resolve()
+                st = p.stat() if p.is_file() else None
+                files[style] = {
+                    "path": str(p),
+                    "size": st.st_size if st else None,
+                    "mtime_ns": st.st_mtime_ns if st else None,
+                }
+            out.update(synthetic_captions=files, caption_mix=self.caption_mix, synthetic_seed=self.seed)
+        return out
 
     def skip_counts(self) -> dict[str, dict[str, Any]]:
         """``{split: {"skipped": n, "examples": [...], "what": str}}`` for the built splits that skipped bad items
@@ -132,8 +279,13 @@ class ImageTextDataModule(L.LightningDataModule):
                 continue
             shown = ", ".join(map(str, c["examples"]))
             more = f", ... ({c['skipped'] - len(c['examples'])} more)" if c["skipped"] > len(c["examples"]) else ""
-            log.warning("data summary: skipped %d %s in the %s split%s", c["skipped"], c["what"], split,
-                        f": {shown}{more}" if shown else " (see the warnings above for which)")
+            log.warning(
+                "data summary: skipped %d %s in the %s split%s",
+                c["skipped"],
+                c["what"],
+                split,
+                f": {shown}{more}" if shown else " (see the warnings above for which)",
+            )
         return counts
 
     def teardown(self, stage: Optional[str] = None) -> None:
@@ -147,10 +299,22 @@ class ImageTextDataModule(L.LightningDataModule):
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         if split not in self.datasets:
             ds = self.build_dataset(split)
+            if split == "train" and self.synthetic_captions:
+                ds = self._with_synthetic_captions(ds)
             if split in self.features:
                 ds = FeatureAttached(ds, load_features(self.features[split]))
             self.datasets[split] = ds
         return self.datasets[split]
+
+    def _with_synthetic_captions(self, ds: Dataset) -> Dataset:
+        if isinstance(ds, IterableDataset):
+            raise ConfigError(
+                f"data.synthetic_captions needs a map-style dataset (captions are served by index); "
+                f"{type(self).__name__} streams its samples (fix: recaption and serve shapes or COCO, "
+                f"or write the synthetic captions into the shards' txt)"
+            )
+        captions = {s: load_synthetic_captions(p) for s, p in self.synthetic_captions.items()}
+        return SyntheticCaptioned(ds, captions, self.synthetic_mix, self.seed)
 
     def prepare_tokenizer(self) -> None:
         """Train / load a tokenizer that needs the training captions (``TrainedBPETokenizer``)."""
@@ -201,4 +365,3 @@ def load_features(path: str | Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ConfigError(f"{path} is not a feature file (expected a dict of tensors)")
     return {k: v for k, v in obj.items() if k in FEATURE_KEYS}
-

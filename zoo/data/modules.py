@@ -1,4 +1,5 @@
 """The concrete DataModules named in ``conf/data/``: shapes (built-in), coco, webdataset."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,6 +14,8 @@ from zoo.errors import ConfigError
 class ShapesDataModule(ImageTextDataModule):
     """The built-in procedural world: no downloads, deterministic from (seed, split, index)."""
 
+    from zoo.data.shapes import CAPTION_STYLES as NATIVE_CAPTION_STYLES  # alt | short | descriptive
+
     def __init__(
         self,
         train_size: int = 20000,
@@ -25,7 +28,7 @@ class ShapesDataModule(ImageTextDataModule):
         max_objects: int = 3,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(caption_mix=caption_mix, **kwargs)
         from zoo.data.shapes import ShapesDataset  # noqa: F401  (fail early if the world cannot be built)
 
         self.sizes = {"train": int(train_size), "val": int(val_size), "test": int(test_size)}
@@ -34,7 +37,6 @@ class ShapesDataModule(ImageTextDataModule):
                 raise ConfigError(f"data.{split}_size must be >= 1, got {n}")
         self.world_seed = world_seed
         self.caption_style = caption_style
-        self.caption_mix = dict(caption_mix) if caption_mix else None
         self.min_objects, self.max_objects = min_objects, max_objects
         # Build one sample now so that a bad caption style / resolution fails before training starts.
         self.build_dataset("val")[0]
@@ -43,9 +45,16 @@ class ShapesDataModule(ImageTextDataModule):
         from zoo.data.shapes import WORLD_VERSION
 
         # the training captions: resolution does not change them, val/test sizes do not enter them
-        return {**super().data_identity(), "world_version": WORLD_VERSION, "world_seed": self.world_seed,
-                "train_size": self.sizes["train"], "caption_style": self.caption_style,
-                "caption_mix": self.caption_mix, "min_objects": self.min_objects, "max_objects": self.max_objects}
+        return {
+            **super().data_identity(),
+            "world_version": WORLD_VERSION,
+            "world_seed": self.world_seed,
+            "train_size": self.sizes["train"],
+            "caption_style": self.caption_style,
+            "caption_mix": self.caption_mix,
+            "min_objects": self.min_objects,
+            "max_objects": self.max_objects,
+        }
 
     def build_dataset(self, split: str) -> Dataset:
         from zoo.data.shapes import ShapesDataset
@@ -58,7 +67,7 @@ class ShapesDataModule(ImageTextDataModule):
             resolution=self.resolution,
             seed=self.world_seed,
             caption_style=self.caption_style,
-            caption_mix=self.caption_mix if split == "train" else None,
+            caption_mix=self.native_caption_mix if split == "train" else None,  # synthetic styles: the base class
             min_objects=self.min_objects,
             max_objects=self.max_objects,
         )
@@ -85,9 +94,15 @@ class CocoDataModule(ImageTextDataModule):
         ann = _ann_path(root, "train", self.year)
         stat = ann.stat() if ann.is_file() else None  # a replaced annotation file changes the key too
         # data.seed is left out: it only picks which of an image's ~5 captions the fit reads (same distribution)
-        return {**super().data_identity(), "root": str(root), "year": self.year, "max_items": self.max_items,
-                "annotations": str(ann), "annotations_size": stat.st_size if stat else None,
-                "annotations_mtime_ns": stat.st_mtime_ns if stat else None}
+        return {
+            **super().data_identity(),
+            "root": str(root),
+            "year": self.year,
+            "max_items": self.max_items,
+            "annotations": str(ann),
+            "annotations_size": stat.st_size if stat else None,
+            "annotations_mtime_ns": stat.st_mtime_ns if stat else None,
+        }
 
     def build_dataset(self, split: str) -> Dataset:
         from zoo.data.coco import CocoCaptions
@@ -134,8 +149,12 @@ class WebDataModule(ImageTextDataModule):
         # buffer and how many captions are read. The seed is left out on purpose: another seed reads another
         # sample of the same shards, and a per-seed tokenizer would make seed sweeps incomparable.
         urls = self.urls["train"]
-        return {**super().data_identity(), "train_urls": [str(urls)] if isinstance(urls, (str, Path)) else
-                [str(u) for u in urls], "shuffle_buffer": self.shuffle_buffer, "max_captions": self.MAX_FIT_CAPTIONS}
+        return {
+            **super().data_identity(),
+            "train_urls": [str(urls)] if isinstance(urls, (str, Path)) else [str(u) for u in urls],
+            "shuffle_buffer": self.shuffle_buffer,
+            "max_captions": self.MAX_FIT_CAPTIONS,
+        }
 
     def train_captions(self) -> Iterable[str]:
         for i, sample in enumerate(self.dataset("train")):  # type: ignore[arg-type]

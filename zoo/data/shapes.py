@@ -23,6 +23,7 @@ colour, size and position, the count and the background). ``caption_mix`` draws 
 Bump ``WORLD_VERSION`` whenever a change alters any rendered pixel or sampled scene, and include it in the key of
 anything cached from this world (real-image statistics, trained judges).
 """
+
 from __future__ import annotations
 
 import math
@@ -97,7 +98,7 @@ def sample_attributes(rng: np.random.Generator, max_objects: int = 3, min_object
     cells = list(range(9))
     objects = []
     for k in range(n):
-        uc, us, ucol, usz = u[2 + 4 * k: 6 + 4 * k]
+        uc, us, ucol, usz = u[2 + 4 * k : 6 + 4 * k]
         j = k + int(uc * (9 - k))  # partial Fisher-Yates: distinct cells
         cells[k], cells[j] = cells[j], cells[k]
         row, col = divmod(cells[k], 3)
@@ -123,7 +124,9 @@ _OBJECT_COLOURS_ON = {bg: tuple(c for c in COLOURS if c != bg) for bg in BACKGRO
 def _star_radius(theta: np.ndarray, outer: float = 1.0, inner: float = 0.45) -> np.ndarray:
     """Boundary radius of a straight-edged 5-point star (a tip pointing up) at polar angle ``theta``."""
     a = math.pi / 5  # half a sector: the angle from a tip to the next inner vertex
-    phi = a - np.abs(((theta + math.pi / 2) % (2 * a)) - a)  # angle from the nearest tip: 0 at a tip, a at an inner vertex
+    phi = a - np.abs(
+        ((theta + math.pi / 2) % (2 * a)) - a
+    )  # angle from the nearest tip: 0 at a tip, a at an inner vertex
     # polar equation of the line through the tip (outer, 0) and the inner vertex (inner, a)
     return outer * inner * math.sin(a) / (outer * np.sin(phi) + inner * np.sin(a - phi))
 
@@ -141,7 +144,7 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if shape == "heart":  # classic implicit heart (x^2 + y^2 - 1)^3 - x^2 y^3 <= 0, point down
         x = u * 1.2
         y = -(v * 1.2) + 0.2
-        return (x * x + y * y - 1) ** 3 - x * x * y ** 3 <= 0
+        return (x * x + y * y - 1) ** 3 - x * x * y**3 <= 0
     if shape == "cross":  # plus sign
         return ((np.abs(u) <= 0.32) & (np.abs(v) <= 0.96)) | ((np.abs(v) <= 0.32) & (np.abs(u) <= 0.96))
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
@@ -169,8 +172,9 @@ def _coverage(shape: str, half: float, cx: float, cy: float, resolution: int) ->
 def _cell_coverage(shape: str, size: str, row: int, col: int, resolution: int) -> tuple[int, int, np.ndarray]:
     # objects sit at cell centres, so this is all the coverage masks a resolution ever needs (6 * 2 * 9)
     cell = resolution / 3.0
-    y0, x0, alpha = _coverage(shape, 0.5 * _SIZE_FRACTION[size] * cell, (col + 0.5) * cell, (row + 0.5) * cell,
-                              resolution)
+    y0, x0, alpha = _coverage(
+        shape, 0.5 * _SIZE_FRACTION[size] * cell, (col + 0.5) * cell, (row + 0.5) * cell, resolution
+    )
     alpha.setflags(write=False)
     return y0, x0, alpha
 
@@ -185,12 +189,17 @@ def render_scene(attributes: dict[str, Any], resolution: int = 32) -> np.ndarray
     for obj in attributes["objects"]:
         dx, dy = obj.get("dx", 0.0), obj.get("dy", 0.0)
         if dx or dy:
-            y0, x0, alpha = _coverage(obj["shape"], 0.5 * _SIZE_FRACTION[obj["size"]] * cell,
-                                      (obj["col"] + 0.5 + dx) * cell, (obj["row"] + 0.5 + dy) * cell, resolution)
+            y0, x0, alpha = _coverage(
+                obj["shape"],
+                0.5 * _SIZE_FRACTION[obj["size"]] * cell,
+                (obj["col"] + 0.5 + dx) * cell,
+                (obj["row"] + 0.5 + dy) * cell,
+                resolution,
+            )
         else:
             y0, x0, alpha = _cell_coverage(obj["shape"], obj["size"], obj["row"], obj["col"], resolution)
         h, w = alpha.shape[:2]
-        patch = img[y0:y0 + h, x0:x0 + w]  # (h, w, 3) view
+        patch = img[y0 : y0 + h, x0 : x0 + w]  # (h, w, 3) view
         patch += alpha * (np.asarray(COLOURS[obj["colour"]], dtype=np.float32) - patch)
     img += 0.5
     return img.astype(np.uint8)  # values stay within [0.5, 255.5): truncation rounds to nearest

@@ -157,11 +157,90 @@ def keep_best(generator, captions: list[str], n_keep: int, seed: int = 0) -> dic
     return {"images": images, "scores": None}
 
 
+class PromptUpsampled:
+    """A generator whose prompts are rewritten by a prompt upsampler before it sees them (DALL·E 3's upsampling).
+
+    ``generator``: any generator; ``upsampler``: anything with ``upsample(prompts, seed=..., **options) -> list[str]``
+    (``zoo.models.prompt_upsampler.lit.PromptUpsamplerLit``). Every method of the inner generator that takes
+    captions (``generate``, and when it has them ``candidates``, ``candidate``, ``sample``, ``inpaint``) gets the
+    rewritten captions; everything else (``seed``, ``n_keep``, ``hparams``, other methods) is the inner generator's,
+    so the wrapper is used wherever the generator was. The rewrite of a call is a pure function of (captions, seed):
+    the seed is the inner generator's ``seed`` when it has one (``RepeatedCandidates`` sets it per candidate, so
+    repeated candidates of one short prompt are generated from different plausible scenes), else ``seed``; a
+    generator's own ``candidates`` / ``sample`` share one rewrite per caption. ``last_prompts`` holds the last
+    call's ``{prompt: rewrite}``.
+    """
+
+    # method -> position of its captions argument
+    _CAPTION_ARG = {"generate": 0, "candidates": 0, "candidate": 0, "sample": 0, "inpaint": 2}
+    _OWN = ("generator", "upsampler", "options", "last_prompts", "_seed")
+
+    def __init__(self, generator, upsampler, seed: int = 0, **options):
+        if not callable(getattr(generator, "generate", None)):
+            raise TypeError(f"{type(generator).__name__} has no generate(captions) method")
+        if not callable(getattr(upsampler, "upsample", None)):
+            raise TypeError(f"{type(upsampler).__name__} has no upsample(prompts) method")
+        self.generator, self.upsampler = generator, upsampler
+        self.options = {k: v for k, v in options.items() if v is not None}
+        self._seed = int(seed)
+        self.last_prompts: dict[str, str] = {}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._OWN:
+            object.__setattr__(self, name, value)
+        else:  # seed, n_keep, ...: the inner generator's knobs
+            setattr(self.generator, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in self._OWN:
+            raise AttributeError(name)
+        attr = getattr(self.generator, name)
+        if name in self._CAPTION_ARG and callable(attr):
+            return self._wrap(attr, self._CAPTION_ARG[name])
+        return attr
+
+    def rewrite(self, captions) -> list[str]:
+        """The upsampled captions (one per caption)."""
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        seed = getattr(self.generator, "seed", None)
+        seed = self._seed if seed is None else int(seed)
+        out = list(self.upsampler.upsample(captions, seed=seed, **self.options))
+        if len(out) != len(captions):
+            raise RuntimeError(f"the prompt upsampler returned {len(out)} prompts for {len(captions)}")
+        self.last_prompts = dict(zip(captions, out))
+        return out
+
+    def _wrap(self, method, index: int):
+        import functools
+
+        @functools.wraps(method)
+        def call(*args, **kwargs):
+            if "captions" in kwargs:
+                kwargs["captions"] = self.rewrite(kwargs["captions"])
+            elif len(args) > index:
+                args = (*args[:index], self.rewrite(args[index]), *args[index + 1 :])
+            return method(*args, **kwargs)
+
+        return call
+
+    def generate(self, captions: list[str]) -> torch.Tensor:
+        return self.generator.generate(self.rewrite(captions))
+
+
+def load_prompt_upsampler(path: str | Path, device: str = "cpu"):
+    """A ``prompt_upsampler`` checkpoint (``zoo-train model=prompt_upsampler``), rebuilt through the registry."""
+    from zoo.checkpoint import load_module
+
+    return load_module(path, map_location=device, expect=("prompt_upsampler",)).to(device)
+
+
 def build_generator(node, what: str = "generator"):
     """The generator of a ``conf/generator/`` node (the user's config, never a file's), for ``zoo-sample`` and
     ``zoo-eval`` alike: required keys and ``*_ckpt`` / ``checkpoint`` files are checked first (``ConfigError``
-    naming the fix), then ``zoo.config.instantiate``; the result must have ``generate(captions)``."""
-    from omegaconf import DictConfig, OmegaConf
+    naming the fix), then ``zoo.config.instantiate``; the result must have ``generate(captions)``. With
+    ``prompt_upsampler`` set (a ``model=prompt_upsampler`` checkpoint; the key is not passed to the target), the
+    generator is wrapped in ``PromptUpsampled``: prompts are rewritten before it sees them."""
+    from omegaconf import DictConfig, OmegaConf, open_dict
 
     from zoo.config import instantiate
     from zoo.errors import ConfigError
@@ -189,12 +268,27 @@ def build_generator(node, what: str = "generator"):
                 raise ConfigError(
                     f"{what}.{key}: checkpoint not found: {path} (fix: {what}.{key}=/path/to/file.ckpt{hint})"
                 )
+    upsampler_path = node.get("prompt_upsampler") if "prompt_upsampler" in node else None
+    if "prompt_upsampler" in node:
+        node = node.copy()  # the caller's node keeps the key
+        with open_dict(node):
+            del node["prompt_upsampler"]
+    if upsampler_path not in (None, "") and not Path(str(upsampler_path)).expanduser().is_file():
+        raise ConfigError(
+            f"{what}.prompt_upsampler: checkpoint not found: {upsampler_path} (fix: {what}.prompt_upsampler=<a "
+            f"zoo-train model=prompt_upsampler last.ckpt>, or null)"
+        )
     gen = instantiate(node, what)
     if not callable(getattr(gen, "generate", None)):
         raise ConfigError(
             f"{what} {target} built a {type(gen).__name__}, which has no "
             f"generate(captions) -> images method (fix: point _target_ at a Generator)"
         )
+    if upsampler_path not in (None, ""):
+        device = str(node.get("device") or "cpu") if "device" in node else "cpu"
+        seed = node.get("seed") if "seed" in node else 0
+        upsampler = load_prompt_upsampler(Path(str(upsampler_path)).expanduser(), device)
+        gen = PromptUpsampled(gen, upsampler, seed=int(seed or 0))
     return gen
 
 
@@ -207,6 +301,7 @@ __all__ = [
     "CHECKPOINT_GENERATORS",
     "CandidateGenerator",
     "Generator",
+    "PromptUpsampled",
     "RepeatedCandidates",
     "RerankingGenerator",
     "as_candidate_generator",
@@ -215,4 +310,5 @@ __all__ = [
     "check_images",
     "checkpoint_generator",
     "keep_best",
+    "load_prompt_upsampler",
 ]

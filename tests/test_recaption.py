@@ -1,0 +1,244 @@
+"""zoo-recaption (DALL·E 3's dataset recaptioning): the file loads with weights_only and carries the captioner's
+digest; a run killed after k chunks resumes to the identical file (greedy and nucleus); the Hydra command composes
+and runs; the DataModule serves the synthetic captions at the mix ratio, deterministically per (seed, index)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from zoo.errors import ConfigError
+
+D = 32  # the captioner's tiny preset CLIP width
+WORDS = [
+    "a red circle",
+    "a large blue star at the top left",
+    "two objects on a gray background",
+    "a small green heart in the middle center",
+    "the yellow cross",
+    "cool shapes wallpaper",
+]
+
+
+def _captioner_ckpt(path: Path) -> Path:
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.models.captioner.lit import CaptionerLit
+    from zoo.text import TrainedBPETokenizer
+
+    tok = TrainedBPETokenizer.train(WORDS * 4, vocab_size=300, context_length=24)
+    net = {"vocab_size": 300, "text_len": 24}
+    torch.manual_seed(0)
+    lit = CaptionerLit(preset="tiny", net=net, text_tokenizer=tok.to_spec())
+    hp = {"preset": "tiny", "net": net, "text_tokenizer": tok.to_spec()}
+    atomic_torch_save(
+        {
+            "zoo_component": "captioner",
+            "hyper_parameters": hp,
+            "state_dict": lit.state_dict(),
+            "zoo_config": {"data": {"caption_style": "descriptive"}},
+        },
+        path,
+    )
+    return path
+
+
+def _features(path: Path, n: int) -> Path:
+    from zoo.checkpoint import atomic_torch_save
+
+    emb = torch.nn.functional.normalize(torch.randn(n, D, generator=torch.Generator().manual_seed(0)), dim=-1)
+    atomic_torch_save({"clip_image_emb": emb, "clip_text_emb": emb}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("recaption")
+    return _captioner_ckpt(d / "captioner.ckpt"), _features(d / "train_clip.pt", 21)
+
+
+def _run(ckpt, feats, out, decoding="greedy", fail_after=None, monkeypatch=None):
+    from zoo.checkpoint import load_module
+    from zoo.embed import load_embeddings
+    from zoo.recaption import file_digest, recaption
+
+    cap = load_module(ckpt, expect=("captioner",))
+    emb = load_embeddings(feats)["clip_image_emb"]
+    calls = []
+
+    def embeddings(a, b):
+        if fail_after is not None and len(calls) >= fail_after:
+            raise KeyboardInterrupt("simulated kill")
+        calls.append((a, b))
+        return emb[a:b]
+
+    path = recaption(
+        cap,
+        embeddings,
+        len(emb),
+        out,
+        captioner_digest=file_digest(ckpt),
+        style="synthetic_descriptive",
+        source={"features": str(feats)},
+        decoding={"method": decoding},
+        seed=3,
+        batch_size=4,
+        chunk_size=5,
+        progress=False,
+    )
+    return path, calls
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "nucleus"])
+def test_file_loads_weights_only_and_resume_after_kill_is_identical(files, tmp_path, decoding):
+    ckpt, feats = files
+    ref, calls = _run(ckpt, feats, tmp_path / "ref.pt", decoding)
+    assert len(calls) == 5  # 21 items in chunks of 5
+    obj = torch.load(ref, weights_only=True)
+    assert set(obj) == {"captions", "meta"} and len(obj["captions"]) == 21
+    assert all(isinstance(c, str) for c in obj["captions"])
+    meta = obj["meta"]
+    assert meta["n"] == 21 and meta["style"] == "synthetic_descriptive"
+    assert meta["captioner_digest"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert not list(tmp_path.glob(".ref.pt.chunks-*"))  # the work directory is gone
+
+    out = tmp_path / "resumed.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _run(ckpt, feats, out, decoding, fail_after=2)
+    assert not out.exists()
+    work = list(tmp_path.glob(".resumed.pt.chunks-*"))
+    assert len(work) == 1 and len(list(work[0].glob("chunk-*.pt"))) == 2  # the kill left the finished chunks
+    _, calls = _run(ckpt, feats, out, decoding)
+    assert calls == [(10, 15), (15, 20), (20, 21)]  # finished chunks skipped
+    assert torch.load(out, weights_only=True)["captions"] == obj["captions"]
+
+
+def _compose(tmp_path, *overrides):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose("recaption", overrides=[*overrides, f"paths.root_dir={tmp_path}"])
+
+
+def test_zoo_recaption_command(files, tmp_path):
+    from zoo.recaption import load_recaptions, run
+
+    ckpt, feats = files
+    out = tmp_path / "captions.pt"
+    cfg = _compose(tmp_path, f"ckpt={ckpt}", f"features={feats}", f"out={out}", "chunk_size=8", "progress=false")
+    assert run(cfg) == out
+    r = load_recaptions(out)
+    assert len(r["captions"]) == 21 and r["meta"]["style"] == "synthetic_descriptive"  # from the checkpoint's data
+    assert r["meta"]["decoding"] == {}  # the checkpoint's defaults
+    with pytest.raises(ConfigError, match="captioner"):
+        run(_compose(tmp_path, f"ckpt={tmp_path / 'missing.ckpt'}", f"features={feats}", f"out={out}"))
+    with pytest.raises(ConfigError, match="32-d"):
+        wide = _features(tmp_path / "wide.pt", 4)
+        from zoo.checkpoint import atomic_torch_save
+
+        atomic_torch_save({"clip_image_emb": torch.randn(4, 16)}, wide)
+        run(_compose(tmp_path, f"ckpt={ckpt}", f"features={wide}", f"out={out}"))
+
+
+def test_zoo_recaption_computes_embeddings_with_a_clip(files, tmp_path, dalle_helpers):
+    from zoo.recaption import load_recaptions, run
+
+    ckpt, _ = files
+    clip = dalle_helpers.tiny_clip_ckpt(tmp_path / "clip.ckpt")  # 32-d, the tiny captioner's width
+    out = tmp_path / "captions.pt"
+    common = [f"ckpt={ckpt}", f"clip.checkpoint={clip}", "data.train_size=7", "data.resolution=16", f"out={out}"]
+    run(_compose(tmp_path, *common, "chunk_size=3", "progress=false", "style=synthetic_short"))
+    r = load_recaptions(out)
+    assert len(r["captions"]) == 7 and r["meta"]["style"] == "synthetic_short" and r["meta"]["split"] == "train"
+    with pytest.raises(ConfigError, match="features="):
+        run(_compose(tmp_path, f"ckpt={ckpt}", f"out={out}"))
+
+
+# ------------------------------------------------------------------------------------------------- serving
+def _synthetic_file(path: Path, n: int) -> Path:
+    from zoo.checkpoint import atomic_torch_save
+
+    atomic_torch_save(
+        {
+            "captions": [f"synthetic caption {i}" for i in range(n)],
+            "meta": {"captioner_digest": "0" * 64, "style": "synthetic_descriptive", "n": n},
+        },
+        path,
+    )
+    return path
+
+
+def _shapes(tmp_path, n=2000, **kw):
+    from zoo.data.modules import ShapesDataModule
+
+    f = _synthetic_file(tmp_path / "syn.pt", n)
+    return ShapesDataModule(
+        train_size=n,
+        val_size=4,
+        test_size=4,
+        resolution=16,
+        seed=kw.pop("seed", 0),
+        synthetic_captions={"synthetic_descriptive": str(f)},
+        **kw,
+    )
+
+
+def test_datamodule_serves_synthetic_captions_at_the_mix_ratio_deterministically(tmp_path):
+    dm = _shapes(tmp_path, caption_mix={"synthetic_descriptive": 0.95, "alt": 0.05})
+    ds = dm.dataset("train")
+    styles = [ds.style_of(i) for i in range(len(ds))]
+    share = sum(s == "synthetic_descriptive" for s in styles) / len(styles)
+    assert abs(share - 0.95) < 0.02  # binomial sd ~0.005 at n=2000
+    for i in (0, 1, 7, 123, 1999):
+        s = ds[i]
+        assert s["captions"]["synthetic_descriptive"] == f"synthetic caption {i}"  # every sample carries every style
+        if styles[i] == "synthetic_descriptive":
+            assert s["caption"] == f"synthetic caption {i}" and s["caption_style"] == "synthetic_descriptive"
+        else:  # the rest of the mix: the world's own alt text
+            assert s["caption_style"] == "alt" and s["caption"] == s["captions"]["alt"]
+    # deterministic: a fresh module (another process, a resume) draws the same styles; another seed does not
+    again = _shapes(tmp_path, caption_mix={"synthetic_descriptive": 0.95, "alt": 0.05}).dataset("train")
+    assert [again.style_of(i) for i in range(len(ds))] == styles
+    other = _shapes(tmp_path, seed=1, caption_mix={"synthetic_descriptive": 0.95, "alt": 0.05}).dataset("train")
+    assert [other.style_of(i) for i in range(len(ds))] != styles
+    assert dm.dataset("val")[0]["caption_style"] == "descriptive"  # the mix is the training split's only
+    # the tokenizer cache key changes with the synthetic captions
+    assert "synthetic_captions" in dm.data_identity()
+    half = _shapes(tmp_path, caption_mix={"synthetic_descriptive": 0.5, "short": 0.5}).dataset("train")
+    share = sum(half.style_of(i) is not None for i in range(len(half))) / len(half)
+    assert abs(share - 0.5) < 0.05
+    assert {half[i]["caption_style"] for i in range(40)} == {"synthetic_descriptive", "short"}
+
+
+def test_datamodule_checks(tmp_path):
+    with pytest.raises(ConfigError, match="unknown caption style"):
+        _shapes(tmp_path, n=10, caption_mix={"synthetic_short": 1.0})
+    with pytest.raises(ConfigError, match="own styles"):
+        from zoo.data.modules import ShapesDataModule
+
+        ShapesDataModule(
+            train_size=10, val_size=4, test_size=4, resolution=16, synthetic_captions={"alt": str(tmp_path / "x.pt")}
+        )
+    dm = _shapes(tmp_path, n=10, caption_mix={"synthetic_descriptive": 1.0})
+    dm.sizes["train"] = 12  # a file of another split size
+    with pytest.raises(ConfigError, match="rows"):
+        dm.dataset("train")
+
+
+def test_train_config_composes_with_synthetic_captions(train_cfg, tmp_path):
+    from zoo.config import instantiate
+
+    f = _synthetic_file(tmp_path / "syn.pt", 16)
+    cfg = train_cfg(
+        "data.train_size=16",
+        "data.resolution=16",
+        f"data.synthetic_captions={{synthetic_descriptive: {f}}}",
+        "data.caption_mix={synthetic_descriptive: 0.95, alt: 0.05}",
+    )
+    dm = instantiate(cfg.data, "data")
+    caps = [dm.dataset("train")[i]["caption"] for i in range(16)]
+    assert sum(c.startswith("synthetic caption") for c in caps) >= 12

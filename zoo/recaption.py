@@ -1,0 +1,282 @@
+"""``zoo-recaption``: caption a whole dataset split with a captioner checkpoint (DALL·E 3's dataset recaptioning).
+
+    zoo-recaption ckpt=<captioner last.ckpt> features=<zoo-embed file of the split> split=train out=<file>
+    zoo-recaption ckpt=<captioner last.ckpt> clip.checkpoint=<clip.ckpt> data=shapes split=train out=<file>
+
+The image embeddings come from a ``zoo-embed`` features file of the split (``features=``: its ``clip_image_emb``,
+in dataset index order) or are computed with a CLIP (``clip.*``, as zoo-embed's node) over ``data``'s split.
+
+Output (written atomically, loadable with ``weights_only=True``): ``{"captions": list[str] in dataset index order,
+"meta": {"captioner_digest": sha256 of the checkpoint file, "style": ..., "n": ..., "decoding": {...}, ...}}``.
+Serve it as a new caption style of the training split: ``data.synthetic_captions={synthetic_descriptive: <out>}
+data.caption_mix={synthetic_descriptive: 0.95, alt: 0.05}`` (``zoo.data.datamodule.SyntheticCaptioned``).
+
+Resumable: the split is captioned in chunks of ``chunk_size`` items, each written atomically to a work directory
+next to ``out`` (``.<out name>.chunks-<key>/chunk-<i>.pt``; the key digests the captioner file, the embeddings'
+source, the decoding options and the chunk size, so a changed run never reuses stale chunks). A restart skips the
+finished chunks; a kill leaves them. When every chunk is done the file is written and the work directory removed.
+Nucleus sampling draws chunk i from its own generator seeded by (seed, i), so a resumed run is identical to an
+uninterrupted one.
+
+Config keys (``conf/recaption.yaml``): ``ckpt``, ``features`` or ``clip``, ``data``, ``split``, ``style`` (default
+``synthetic_<the style the captioner was fine-tuned on>``), ``decoding`` (greedy | beam | nucleus; null: the
+checkpoint's), ``beam_width``, ``length_penalty``, ``top_p``, ``temperature``, ``seed``, ``batch_size``,
+``chunk_size``, ``device``, ``out``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from zoo.config import report_user_errors
+from zoo.errors import ConfigError
+from zoo.progress import track
+
+log = logging.getLogger("zoo.recaption")
+
+DECODING_KEYS = ("method", "beam_width", "length_penalty", "top_p", "temperature")
+
+
+def file_digest(path: str | Path, block: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _chunk_generator(seed: int, chunk: int, device) -> torch.Generator:
+    """Chunk ``chunk``'s own sampling generator, a function of (seed, chunk) only."""
+    key = int.from_bytes(hashlib.sha256(f"{int(seed)}:{int(chunk)}".encode()).digest()[:8], "little") >> 1
+    return torch.Generator(device=device).manual_seed(key)
+
+
+def _caption_chunk(
+    captioner, emb: torch.Tensor, decoding: Mapping[str, Any], seed: int, chunk: int, batch_size: int
+) -> list[str]:
+    kwargs = {k: v for k, v in decoding.items() if v is not None}
+    if (kwargs.get("method") or captioner.decoding) == "nucleus":
+        kwargs["generator"] = _chunk_generator(seed, chunk, captioner.device)
+    return captioner.caption(emb, batch_size=batch_size, **kwargs)
+
+
+def recaption(
+    captioner,
+    embeddings: Callable[[int, int], torch.Tensor],
+    n: int,
+    out: str | Path,
+    *,
+    captioner_digest: str,
+    style: str,
+    source: Any = None,
+    decoding: Optional[Mapping[str, Any]] = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    chunk_size: int = 1024,
+    progress: bool = True,
+    meta: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Caption items 0..n-1 and write the recaption file ``out``; returns its path.
+
+    ``captioner``: a ``CaptionerLit``; ``embeddings(start, stop)`` -> the CLIP image embeddings (stop - start, D) of
+    those items (called only for chunks not finished yet); ``source``: a JSON-able description of where the
+    embeddings come from (part of the resume key). ``decoding``: ``CaptionerLit.caption`` options (``method``,
+    ``beam_width``, ``length_penalty``, ``top_p``, ``temperature``; None: the checkpoint's)."""
+    from zoo.checkpoint import CorruptCheckpointError, atomic_torch_save, safe_load
+
+    if n < 1:
+        raise ConfigError("the split is empty: nothing to caption (fix: data.<split>_size >= 1)")
+    if int(chunk_size) < 1 or int(batch_size) < 1:
+        raise ConfigError(f"chunk_size and batch_size must be >= 1, got {chunk_size} and {batch_size}")
+    out, chunk_size = Path(out), int(chunk_size)
+    decoding = {k: (decoding or {}).get(k) for k in DECODING_KEYS}
+    key_src = {
+        "captioner": captioner_digest,
+        "source": source,
+        "n": n,
+        "decoding": decoding,
+        "seed": int(seed),
+        "chunk_size": chunk_size,
+    }
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    work = out.parent / f".{out.name}.chunks-{key}"
+    work.mkdir(parents=True, exist_ok=True)
+    n_chunks = (n + chunk_size - 1) // chunk_size
+    captions: list[Optional[list[str]]] = [None] * n_chunks
+    for i in range(n_chunks):  # finished chunks of an earlier (killed) run
+        path = work / f"chunk-{i:06d}.pt"
+        if path.is_file():
+            start, stop = i * chunk_size, min(n, (i + 1) * chunk_size)
+            try:
+                obj = safe_load(path)
+            except CorruptCheckpointError:
+                continue
+            if isinstance(obj, dict) and obj.get("start") == start and len(obj.get("captions", ())) == stop - start:
+                captions[i] = list(obj["captions"])
+    done = sum(len(c) for c in captions if c is not None)
+    if done:
+        log.info("zoo-recaption: resuming %s: %d of %d items already captioned", work, done, n)
+    with track(total=n, desc=f"zoo-recaption -> {out.name}", unit="caption", disable=not progress) as bar:
+        if done:
+            bar.update(done)
+        for i in range(n_chunks):
+            if captions[i] is not None:
+                continue
+            start, stop = i * chunk_size, min(n, (i + 1) * chunk_size)
+            emb = embeddings(start, stop)
+            if len(emb) != stop - start:
+                raise RuntimeError(f"embeddings({start}, {stop}) gave {len(emb)} rows")
+            caps = _caption_chunk(captioner, emb, decoding, seed, i, int(batch_size))
+            atomic_torch_save({"start": start, "captions": caps}, work / f"chunk-{i:06d}.pt")
+            captions[i] = caps
+            bar.update(len(caps))
+    flat = [c for chunk in captions for c in chunk]  # type: ignore[union-attr]
+    info = {
+        "captioner_digest": captioner_digest,
+        "style": style,
+        "n": len(flat),
+        "decoding": {k: v for k, v in decoding.items() if v is not None},
+        "seed": int(seed),
+        **(meta or {}),
+    }
+    path = atomic_torch_save({"captions": flat, "meta": info}, out)
+    shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
+def load_recaptions(path: str | Path) -> dict[str, Any]:
+    """``{"captions": [...], "meta": {...}}`` of a recaption file (weights_only load)."""
+    from zoo.checkpoint import safe_load
+    from zoo.data.datamodule import load_synthetic_captions
+
+    captions = load_synthetic_captions(path)
+    return {"captions": captions, "meta": dict(safe_load(path).get("meta") or {})}
+
+
+# ------------------------------------------------------------------------------------------------ the command
+def _default_style(captioner) -> str:
+    data = (getattr(captioner, "zoo_config", None) or {}).get("data") or {}
+    style = data.get("caption_style") if isinstance(data, Mapping) else None
+    return f"synthetic_{style}" if style else "synthetic"
+
+
+def _embedding_source(cfg: DictConfig, want_dim: int) -> tuple[Callable[[int, int], torch.Tensor], int, Any]:
+    """(embeddings(start, stop), n, JSON-able source) from ``features=`` or a CLIP over ``data``'s split."""
+    from omegaconf import OmegaConf
+
+    split = str(cfg.split)
+    if cfg.get("features"):
+        from zoo.embed import load_embeddings
+
+        path = Path(str(cfg.features)).expanduser()
+        emb = load_embeddings(path).get("clip_image_emb")
+        if emb is None:
+            raise ConfigError(f"{path} has no clip_image_emb (fix: features=<a file written by zoo-embed>)")
+        _check_dim(emb.shape[-1], want_dim, f"features={path}")
+        return (lambda a, b: emb[a:b].float()), len(emb), {"features": file_digest(path)}
+    clip = cfg.get("clip") or {}
+    if not (clip.get("checkpoint") or clip.get("arch")):
+        raise ConfigError(
+            "no image embeddings (fix: features=<zoo-embed file of the split>, or "
+            "clip.checkpoint=<zoo-train CLIP ckpt> with data=<the dataset> split=<split>)"
+        )
+    from zoo.config import instantiate
+    from zoo.models.clip.scorer import ClipScorer
+
+    scorer = ClipScorer.from_config(clip)
+    dm = instantiate(cfg.data, "data")
+    ds = dm.dataset(split)
+    if isinstance(ds, torch.utils.data.IterableDataset):
+        raise ConfigError(
+            "zoo-recaption captions map-style splits (shapes, COCO): a streamed WebDataset split has no "
+            "index order (fix: data=shapes | coco)"
+        )
+
+    def embeddings(start: int, stop: int) -> torch.Tensor:
+        images = torch.stack([ds[i]["image"] for i in range(start, stop)])
+        emb = scorer.encode_image(images).cpu()
+        _check_dim(emb.shape[-1], want_dim, "the CLIP")
+        return emb
+
+    source = {
+        "clip": {k: v for k, v in OmegaConf.to_container(clip, resolve=True).items() if v is not None},
+        "data": dm.data_identity(),
+        "split": split,
+        "n": len(ds),
+    }
+    return embeddings, len(ds), source
+
+
+def _check_dim(got: int, want: int, where: str) -> None:
+    if got != want:
+        raise ConfigError(
+            f"{where} gives {got}-d image embeddings but the captioner takes {want}-d "
+            f"(fix: embeddings of the CLIP the captioner was trained on)"
+        )
+
+
+def run(cfg: DictConfig) -> Path:
+    """Plain function behind ``zoo-recaption`` (testable without Hydra's runtime)."""
+    from zoo.checkpoint import load_module
+
+    ckpt = Path(str(cfg.get("ckpt") or "")).expanduser()
+    if not cfg.get("ckpt") or not ckpt.is_file():
+        raise ConfigError(
+            f"captioner checkpoint not found: {cfg.get('ckpt')} (fix: ckpt=<a zoo-train model=captioner "
+            f"last.ckpt>, e.g. from `zoo-train experiment=dalle3/captioner_descriptive`)"
+        )
+    captioner = load_module(ckpt, map_location=str(cfg.get("device") or "cpu"), expect=("captioner",))
+    captioner.to(str(cfg.get("device") or "cpu"))
+    embeddings, n, source = _embedding_source(cfg, captioner.cfg.embed_dim)
+    style = str(cfg.get("style") or _default_style(captioner))
+    decoding = {
+        "method": cfg.get("decoding"),
+        "beam_width": cfg.get("beam_width"),
+        "length_penalty": cfg.get("length_penalty"),
+        "top_p": cfg.get("top_p"),
+        "temperature": cfg.get("temperature"),
+    }
+    path = recaption(
+        captioner,
+        embeddings,
+        n,
+        str(cfg.out),
+        captioner_digest=file_digest(ckpt),
+        style=style,
+        source=source,
+        decoding=decoding,
+        seed=int(cfg.get("seed") or 0),
+        batch_size=int(cfg.get("batch_size") or 64),
+        chunk_size=int(cfg.get("chunk_size") or 1024),
+        progress=bool(cfg.get("progress", True)),
+        meta={"split": str(cfg.split), "captioner": str(ckpt)},
+    )
+    log.info(
+        "wrote %s (serve with data.synthetic_captions={%s: %s} data.caption_mix={%s: 0.95, alt: 0.05})",
+        path,
+        style,
+        path,
+        style,
+    )
+    print(path)
+    return path
+
+
+@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="recaption")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
