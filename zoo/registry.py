@@ -6,8 +6,9 @@ plain values (numbers, strings, lists, dicts) accepted by the component's constr
 imported, called by name or handed to Hydra's ``instantiate``: a file that names anything else, or carries a
 ``_target_``-style node anywhere, is refused with an ``UnsafeCheckpointError`` before any code runs.
 
-Adding a component: one line in ``_COMPONENTS`` (its short name -> a function importing its class), plus, if it
-is an image tokenizer, its name in ``IMAGE_TOKENIZERS``.
+Adding a component: one line in ``_COMPONENTS`` (its short name -> its module and class), one in
+``_NET_DATACLASSES`` (the dataclass its ``net`` overrides), plus, if it is an image tokenizer, its name in
+``IMAGE_TOKENIZERS``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import inspect
 import math
 import pickle
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from zoo.errors import ConfigError
 
@@ -25,103 +26,36 @@ class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
 
 
 # --------------------------------------------------------------------------------------------- the tables
-def _dvae():
-    from zoo.models.dvae.lit import DVAELit
-
-    return DVAELit
-
-
-def _vqvae():
-    from zoo.models.vqvae.lit import VQVAELit
-
-    return VQVAELit
-
-
-def _clip():
-    from zoo.models.clip.lit import ClipLit
-
-    return ClipLit
-
-
-def _dalle():
-    from zoo.models.dalle.lit import DalleLit
-
-    return DalleLit
-
-
-def _diffusion_prior():
-    from zoo.models.diffusion_prior.lit import DiffusionPriorLit
-
-    return DiffusionPriorLit
-
-
-def _ar_prior():
-    from zoo.models.ar_prior.lit import ARPriorLit
-
-    return ARPriorLit
-
-
-def _glide():
-    from zoo.models.glide.lit import GlideLit
-
-    return GlideLit
-
-
-def _upsampler():
-    from zoo.models.upsampler.lit import UpsamplerLit
-
-    return UpsamplerLit
-
-
-def _unclip_decoder():
-    from zoo.models.unclip_decoder.lit import UnclipDecoderLit
-
-    return UnclipDecoderLit
-
-
-def _noised_clip():
-    from zoo.models.noised_clip.lit import NoisedClipLit
-
-    return NoisedClipLit
-
-
-def _captioner():
-    from zoo.models.captioner.lit import CaptionerLit
-
-    return CaptionerLit
-
-
-def _prompt_upsampler():
-    from zoo.models.prompt_upsampler.lit import PromptUpsamplerLit
-
-    return PromptUpsamplerLit
-
-
-_COMPONENTS: dict[str, Callable[[], type]] = {
-    "dvae": _dvae,
-    "vqvae": _vqvae,
-    "clip": _clip,
-    "dalle": _dalle,
-    "diffusion_prior": _diffusion_prior,
-    "ar_prior": _ar_prior,
-    "glide": _glide,
-    "unclip_decoder": _unclip_decoder,
-    "noised_clip": _noised_clip,
-    "upsampler": _upsampler,
-    "captioner": _captioner,
-    "prompt_upsampler": _prompt_upsampler,
+# name -> (module, class) of the project's own components. Only the entry a name selects is imported, so stamping
+# or loading one component never imports (or depends on the state of) the others.
+_COMPONENTS: dict[str, tuple[str, str]] = {
+    "dvae": ("zoo.models.dvae.lit", "DVAELit"),
+    "vqvae": ("zoo.models.vqvae.lit", "VQVAELit"),
+    "clip": ("zoo.models.clip.lit", "ClipLit"),
+    "dalle": ("zoo.models.dalle.lit", "DalleLit"),
+    "diffusion_prior": ("zoo.models.diffusion_prior.lit", "DiffusionPriorLit"),
+    "ar_prior": ("zoo.models.ar_prior.lit", "ARPriorLit"),
+    "glide": ("zoo.models.glide.lit", "GlideLit"),
+    "unclip_decoder": ("zoo.models.unclip_decoder.lit", "UnclipDecoderLit"),
+    "noised_clip": ("zoo.models.noised_clip.lit", "NoisedClipLit"),
+    "upsampler": ("zoo.models.upsampler.lit", "UpsamplerLit"),
+    "captioner": ("zoo.models.captioner.lit", "CaptionerLit"),
+    "prompt_upsampler": ("zoo.models.prompt_upsampler.lit", "PromptUpsamplerLit"),
 }
+
+
+def _load(entry: tuple[str, str]) -> Any:
+    import importlib
+
+    module, attr = entry
+    return getattr(importlib.import_module(module), attr)
+
 
 IMAGE_TOKENIZERS = ("dvae", "vqvae")
 
 # Checkpoints written before the registry carried the class's import path (``zoo_class``). Those exact strings are
-# recognised as names (a string compare, no import), so earlier ``make demo`` checkpoints still load.
-_LEGACY_CLASS_PATHS = {
-    "zoo.models.dvae.lit.DVAELit": "dvae",
-    "zoo.models.vqvae.lit.VQVAELit": "vqvae",
-    "zoo.models.clip.lit.ClipLit": "clip",
-    "zoo.models.dalle.lit.DalleLit": "dalle",
-}
+# recognised as names (a string compare against this table, no import), so earlier ``make demo`` checkpoints load.
+_LEGACY_CLASS_PATHS = {f"{module}.{cls}": name for name, (module, cls) in _COMPONENTS.items()}
 
 # Constructor arguments that never come from a file: factories (``_partial_`` nodes at training time) and
 # arguments whose value a rebuild must not take from the file (paths to other files, downloads).
@@ -161,38 +95,16 @@ _NET_DATACLASSES = {
 
 
 def _net_dataclass(name: str) -> Optional[type]:
-    if name not in _NET_DATACLASSES:
-        return None
-    import importlib
-
-    module, attr = _NET_DATACLASSES[name]
-    return getattr(importlib.import_module(module), attr)
+    return _load(_NET_DATACLASSES[name]) if name in _NET_DATACLASSES else None
 
 
-def _shapes_dm():
-    from zoo.data.modules import ShapesDataModule
-
-    return ShapesDataModule
-
-
-def _coco_dm():
-    from zoo.data.modules import CocoDataModule
-
-    return CocoDataModule
-
-
-def _webdataset_dm():
-    from zoo.data.modules import WebDataModule
-
-    return WebDataModule
-
-
-_DATAMODULES: dict[str, Callable[[], type]] = {"shapes": _shapes_dm, "coco": _coco_dm, "webdataset": _webdataset_dm}
-_LEGACY_DATAMODULE_TARGETS = {
-    "zoo.data.modules.ShapesDataModule": "shapes",
-    "zoo.data.modules.CocoDataModule": "coco",
-    "zoo.data.modules.WebDataModule": "webdataset",
+_DATAMODULES: dict[str, tuple[str, str]] = {
+    "shapes": ("zoo.data.modules", "ShapesDataModule"),
+    "coco": ("zoo.data.modules", "CocoDataModule"),
+    "webdataset": ("zoo.data.modules", "WebDataModule"),
 }
+# A data config stored in a checkpoint names its DataModule by our own _target_ string: matched exactly here.
+_LEGACY_DATAMODULE_TARGETS = {f"{module}.{cls}": name for name, (module, cls) in _DATAMODULES.items()}
 
 
 def component_names() -> list[str]:
@@ -203,18 +115,21 @@ def component_class(name: str) -> type:
     """The LightningModule class registered as ``name`` (a ConfigError naming the choices otherwise)."""
     if name not in _COMPONENTS:
         raise UnsafeCheckpointError(f"unknown component {name!r}; the registered components are {component_names()}")
-    return _COMPONENTS[name]()
+    return _load(_COMPONENTS[name])
 
 
 def component_name_of(obj_or_cls: Any) -> str:
     """The registry name of a LightningModule instance or class (what ``CheckpointInfo`` stamps)."""
     cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
-    for name, get in _COMPONENTS.items():  # the exact class first: unclip_decoder's class subclasses glide's
-        if cls is get():
-            return name
-    for name, get in _COMPONENTS.items():
-        if issubclass(cls, get()):
-            return name
+    # By the class's own module and name (no import of the other components); then, for a subclass defined
+    # elsewhere (a user's or a test's), the nearest registered base class.
+    path = f"{cls.__module__}.{cls.__qualname__}"
+    if path in _LEGACY_CLASS_PATHS:
+        return _LEGACY_CLASS_PATHS[path]
+    for base in cls.__mro__[1:]:
+        path = f"{base.__module__}.{base.__qualname__}"
+        if path in _LEGACY_CLASS_PATHS:
+            return _LEGACY_CLASS_PATHS[path]
     raise ConfigError(f"{cls.__name__} is not a registered component; add it to zoo.registry._COMPONENTS")
 
 
@@ -371,7 +286,7 @@ def datamodule_from_file_config(
             f"{where}: data config names {target!r}, not one of the project's DataModules "
             f"({sorted(_LEGACY_DATAMODULE_TARGETS)})"
         )
-    cls = _DATAMODULES[_LEGACY_DATAMODULE_TARGETS[target]]()
+    cls = _load(_DATAMODULES[_LEGACY_DATAMODULE_TARGETS[target]])
     kw = {k: v for k, v in data_cfg.items() if k != "_target_" and k not in set(drop)}
     check_plain(kw, f"{where}: data config")
     allowed: set[str] = set()
