@@ -18,6 +18,7 @@ token), which ``sample(..., guidance_scale=s)`` uses for the unconditional strea
 PCA). Validation logs ``val/loss``, ``val/code_loss``, ``val/dot_loss``, ``val/code_acc`` and ``val/pca_cos`` (the
 cosine between an image embedding and its encode -> decode round trip: the ceiling of any sample).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.errors import ConfigError
-from zoo.models.ar_prior.model import ARPrior, PRESETS, ARPriorConfig, sample_codes
+from zoo.models.ar_prior.model import PRESETS, ARPrior, ARPriorConfig, sample_codes
 from zoo.models.ar_prior.pca import EmbeddingPCA, ScalarBins
 from zoo.models.base import ZooLit, resolve_preset
 
@@ -35,19 +36,29 @@ FEATURE_KEYS = ("clip_text_tokens", "clip_text_emb", "clip_image_emb")
 
 class ARPriorLit(ZooLit):
     """Args:
-        preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.ar_prior.model.PRESETS``); ``net`` overrides fields
-            of ``ARPriorConfig`` (e.g. ``embed_dim`` to match the CLIP, ``n_buckets``, ``n_dot_bins``).
-        variance_kept: keep the fewest PCA components holding more than this fraction of the variance (paper: 0.99).
-        n_components: keep exactly this many instead (None: by ``variance_kept``).
-        bucketing: ``quantile`` (equal-mass buckets) | ``uniform`` (± ``uniform_std`` std); see ``pca.py``.
-        text_dropout: probability of the null caption in training (classifier-free guidance; paper: 0.1).
-        dot_quantile: default of ``sample``: draw the dot-product bin from above this quantile of its predicted
-            distribution (paper: 0.5, "the top half").
+    preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.ar_prior.model.PRESETS``); ``net`` overrides fields
+        of ``ARPriorConfig`` (e.g. ``embed_dim`` to match the CLIP, ``n_buckets``, ``n_dot_bins``).
+    variance_kept: keep the fewest PCA components holding more than this fraction of the variance (paper: 0.99).
+    n_components: keep exactly this many instead (None: by ``variance_kept``).
+    bucketing: ``quantile`` (equal-mass buckets) | ``uniform`` (± ``uniform_std`` std); see ``pca.py``.
+    text_dropout: probability of the null caption in training (classifier-free guidance; paper: 0.1).
+    dot_quantile: default of ``sample``: draw the dot-product bin from above this quantile of its predicted
+        distribution (paper: 0.5, "the top half").
     """
 
-    def __init__(self, preset: str = "shapes", net: Optional[dict[str, Any]] = None, variance_kept: float = 0.99,
-                 n_components: Optional[int] = None, bucketing: str = "quantile", uniform_std: float = 4.0,
-                 text_dropout: float = 0.1, dot_quantile: float = 0.5, optimizer=None, scheduler=None):
+    def __init__(
+        self,
+        preset: str = "shapes",
+        net: Optional[dict[str, Any]] = None,
+        variance_kept: float = 0.99,
+        n_components: Optional[int] = None,
+        bucketing: str = "quantile",
+        uniform_std: float = 4.0,
+        text_dropout: float = 0.1,
+        dot_quantile: float = 0.5,
+        optimizer=None,
+        scheduler=None,
+    ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         if not 0.0 <= text_dropout < 1.0:
@@ -57,10 +68,13 @@ class ARPriorLit(ZooLit):
         self.cfg: ARPriorConfig = resolve_preset(PRESETS, ARPriorConfig, preset, net, "AR prior")
         self.net = ARPrior(self.cfg)
         try:
-            self.pca = EmbeddingPCA(self.cfg.embed_dim, self.cfg.n_buckets, variance_kept, n_components, bucketing,
-                                    uniform_std)
+            self.pca = EmbeddingPCA(
+                self.cfg.embed_dim, self.cfg.n_buckets, variance_kept, n_components, bucketing, uniform_std
+            )
         except ValueError as e:
-            raise ConfigError(f"AR prior PCA: {e} (model.variance_kept / model.n_components / model.bucketing)") from None
+            raise ConfigError(
+                f"AR prior PCA: {e} (model.variance_kept / model.n_components / model.bucketing)"
+            ) from None
         self.dot_bins = ScalarBins(self.cfg.n_dot_bins)
         self.text_dropout = float(text_dropout)
         self.dot_quantile = float(dot_quantile)
@@ -75,8 +89,10 @@ class ARPriorLit(ZooLit):
         """Fit the PCA + buckets on training image embeddings (N, D) and the dot-product bins on (z_t · z_i)."""
         d = self.cfg.embed_dim
         if image_emb.dim() != 2 or image_emb.shape[1] != d:
-            raise ConfigError(f"the CLIP image embeddings are {tuple(image_emb.shape[1:])}-d but the AR prior expects "
-                              f"{d} (fix: model.net.embed_dim={image_emb.shape[-1]})")
+            raise ConfigError(
+                f"the CLIP image embeddings are {tuple(image_emb.shape[1:])}-d but the AR prior expects "
+                f"{d} (fix: model.net.embed_dim={image_emb.shape[-1]})"
+            )
         self.pca.fit(image_emb.float())
         self.dot_bins.fit(self.dot_product(text_emb.float(), image_emb.float()))
 
@@ -96,29 +112,41 @@ class ARPriorLit(ZooLit):
 
         logging.getLogger("zoo.ar_prior").info(
             "AR prior: PCA keeps %d of %d components (%.4f of the variance), %d %s buckets each; %d dot-product bins",
-            self.pca.k, self.cfg.embed_dim, ratio, self.cfg.n_buckets, self.pca.bucketing, self.cfg.n_dot_bins)
+            self.pca.k,
+            self.cfg.embed_dim,
+            ratio,
+            self.cfg.n_buckets,
+            self.pca.bucketing,
+            self.cfg.n_dot_bins,
+        )
 
     def check_data(self, datamodule) -> None:
         """Needs ``data.features.train`` (a zoo-embed file) unless the PCA is already fitted (e.g. fine-tuning a
         loaded module), and validation features when validation runs on them."""
         features = getattr(datamodule, "features", None) or {}
         if not self.fitted and "train" not in features:
-            raise ConfigError("the AR prior trains on zoo-embed features (fix: data.features.train=<file from "
-                              "`zoo-embed clip.checkpoint=<clip.ckpt> data=shapes split=train out=<file>`>, and "
-                              "data.features.val=<the val file>)")
+            raise ConfigError(
+                "the AR prior trains on zoo-embed features (fix: data.features.train=<file from "
+                "`zoo-embed clip.checkpoint=<clip.ckpt> data=shapes split=train out=<file>`>, and "
+                "data.features.val=<the val file>)"
+            )
 
     # ------------------------------------------------------------------------------------------ batches
     def pad_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) -> (B, text_len), right-padded with pad_id."""
         t = self.cfg.text_len
         if tokens.shape[1] > t:
-            raise ConfigError(f"captions have {tokens.shape[1]} CLIP tokens; the AR prior takes text_len={t} "
-                              f"(fix: model.net.text_len={tokens.shape[1]})")
+            raise ConfigError(
+                f"captions have {tokens.shape[1]} CLIP tokens; the AR prior takes text_len={t} "
+                f"(fix: model.net.text_len={tokens.shape[1]})"
+            )
         if tokens.shape[1] < t:
             tokens = F.pad(tokens, (0, t - tokens.shape[1]), value=self.cfg.pad_id)
         if tokens.numel() and int(tokens.max()) >= self.cfg.text_vocab:
-            raise ConfigError(f"caption token id {int(tokens.max())} >= model text_vocab {self.cfg.text_vocab} "
-                              f"(fix: model.net.text_vocab=49408 for open_clip's BPE)")
+            raise ConfigError(
+                f"caption token id {int(tokens.max())} >= model text_vocab {self.cfg.text_vocab} "
+                f"(fix: model.net.text_vocab=49408 for open_clip's BPE)"
+            )
         return tokens
 
     def targets(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -126,8 +154,10 @@ class ARPriorLit(ZooLit):
         if missing:
             raise ConfigError(f"batch lacks {missing} (fix: data.features.<split>=<zoo-embed file>)")
         if not self.fitted:
-            raise RuntimeError("the AR prior's PCA is not fitted: train it with zoo-train (setup fits it) or call "
-                               "fit_discretisation(image_emb, text_emb)")
+            raise RuntimeError(
+                "the AR prior's PCA is not fitted: train it with zoo-train (setup fits it) or call "
+                "fit_discretisation(image_emb, text_emb)"
+            )
         tokens = self.pad_text(batch["clip_text_tokens"].long())
         txt, img = batch["clip_text_emb"].float(), batch["clip_image_emb"].float()
         codes = self.pca.encode(img)  # (B, K)
@@ -155,18 +185,37 @@ class ARPriorLit(ZooLit):
 
     # ------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def sample(self, text_emb: torch.Tensor, text_tokens: torch.Tensor, guidance_scale: float = 1.0,
-               temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
-               dot_quantile: Optional[float] = None, use_cache: bool = True,
-               generator: Optional[torch.Generator] = None, return_codes: bool = False):
+    def sample(
+        self,
+        text_emb: torch.Tensor,
+        text_tokens: torch.Tensor,
+        guidance_scale: float = 1.0,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        dot_quantile: Optional[float] = None,
+        use_cache: bool = True,
+        generator: Optional[torch.Generator] = None,
+        return_codes: bool = False,
+    ):
         """CLIP text embeddings (B, D) + their CLIP caption tokens (B, L) -> sampled image embeddings (B, D),
         L2-normalised (and, with ``return_codes``, the (B, K) codes and (B,) dot bins)."""
         tokens = self.pad_text(text_tokens.to(self.device).long())
         txt = F.normalize(text_emb.to(self.device, self.pca.mean.dtype), dim=-1)
         q = self.dot_quantile if dot_quantile is None else dot_quantile
-        codes, dot = sample_codes(self.net, tokens, txt, self.pca.k, temperature=temperature, top_k=top_k,
-                                  top_p=top_p, guidance_scale=guidance_scale, dot_quantile=q, use_cache=use_cache,
-                                  generator=generator)
+        codes, dot = sample_codes(
+            self.net,
+            tokens,
+            txt,
+            self.pca.k,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            guidance_scale=guidance_scale,
+            dot_quantile=q,
+            use_cache=use_cache,
+            generator=generator,
+        )
         emb = F.normalize(self.pca.decode(codes), dim=-1)
         return (emb, codes, dot) if return_codes else emb
 
@@ -177,19 +226,24 @@ class ARPriorLit(ZooLit):
 def _train_features(dm) -> dict[str, torch.Tensor]:
     """The training split's zoo-embed tensors: from the DataModule's built dataset, else from its feature file."""
     if dm is None:
-        raise ConfigError("the AR prior fits its PCA on the training features at setup: train it with a DataModule "
-                          "(zoo-train ... data.features.train=<zoo-embed file>)")
+        raise ConfigError(
+            "the AR prior fits its PCA on the training features at setup: train it with a DataModule "
+            "(zoo-train ... data.features.train=<zoo-embed file>)"
+        )
     feats = getattr(dm.dataset("train"), "features", None) if hasattr(dm, "dataset") else None
     if not feats or "clip_image_emb" not in feats:
         path = (getattr(dm, "features", None) or {}).get("train")
         if not path:
-            raise ConfigError("no training features to fit the AR prior's PCA on (fix: data.features.train=<zoo-embed "
-                              "file>)")
+            raise ConfigError(
+                "no training features to fit the AR prior's PCA on (fix: data.features.train=<zoo-embed file>)"
+            )
         from zoo.embed import load_embeddings
 
         feats = load_embeddings(path)
     missing = [k for k in ("clip_image_emb", "clip_text_emb") if k not in feats]
     if missing:
-        raise ConfigError(f"the training feature file lacks {missing}: it is not a zoo-embed file (fix: "
-                          f"data.features.train=<file written by zoo-embed>)")
+        raise ConfigError(
+            f"the training feature file lacks {missing}: it is not a zoo-embed file (fix: "
+            f"data.features.train=<file written by zoo-embed>)"
+        )
     return feats

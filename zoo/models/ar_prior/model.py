@@ -39,6 +39,7 @@ Presets (parameter counts measured on the meta device, tests/models/test_ar_prio
             share one decoder-only stream, as the diffusion prior does, so the 2048 / 24 / 32 shape is the one kept.
             The number of dot-product bins is not published (64 is our choice).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ import torch.nn.functional as F
 from zoo.models.presets import resolve_preset
 from zoo.nn.guidance import guide
 from zoo.nn.sampling import filter_logits, gumbel_pick
-from zoo.nn.transformer import gpt2_init_, KVCache, Transformer
+from zoo.nn.transformer import KVCache, Transformer, gpt2_init_
 
 
 @dataclass
@@ -75,15 +76,18 @@ class ARPriorConfig:
 
 
 PRESETS: dict[str, ARPriorConfig] = {
-    "tiny": ARPriorConfig(dim=64, n_layers=2, n_heads=4, head_dim=16, text_len=32, embed_dim=32, n_buckets=256,
-                          n_dot_bins=16),
+    "tiny": ARPriorConfig(
+        dim=64, n_layers=2, n_heads=4, head_dim=16, text_len=32, embed_dim=32, n_buckets=256, n_dot_bins=16
+    ),
     # the shapes CLIP (zoo-clip-shapes: 128-d, 48-token context); the diffusion prior's shapes transformer size, so
     # the two priors are compared at equal width / depth (as the paper compares them at 1B each)
-    "shapes": ARPriorConfig(dim=128, n_layers=4, n_heads=4, head_dim=32, text_len=48, embed_dim=128, n_buckets=1024,
-                            n_dot_bins=64),
+    "shapes": ARPriorConfig(
+        dim=128, n_layers=4, n_heads=4, head_dim=32, text_len=48, embed_dim=128, n_buckets=1024, n_dot_bins=64
+    ),
     # unCLIP Table 3: the priors' transformer is 2048 wide, 24 deep, 32 heads, text context 256; CLIP ViT-H/16 (1024-d)
-    "paper": ARPriorConfig(dim=2048, n_layers=24, n_heads=32, head_dim=64, text_len=256, embed_dim=1024,
-                           n_buckets=1024, n_dot_bins=64),
+    "paper": ARPriorConfig(
+        dim=2048, n_layers=24, n_heads=32, head_dim=64, text_len=256, embed_dim=1024, n_buckets=1024, n_dot_bins=64
+    ),
 }
 
 PAPER_PARAMS = 1_318_973_440  # measured: sum(p.numel()) of ARPrior(PRESETS["paper"]) on the meta device
@@ -117,8 +121,9 @@ class ARPrior(nn.Module):
         gpt2_init_(self, self.transformer, (self.text_pos, self.null_cond, self.cond_pos, self.code_pos))
 
     # ------------------------------------------------------------------------------------------- embeddings
-    def embed_prefix(self, text_tokens: torch.Tensor, text_emb: torch.Tensor,
-                     drop: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def embed_prefix(
+        self, text_tokens: torch.Tensor, text_emb: torch.Tensor, drop: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """caption tokens (B, T), CLIP text embedding (B, D), drop (B,) bool (null caption) -> (B, T + 1, dim)."""
         c = self.cfg
         if text_tokens.shape[1] != c.text_len:
@@ -137,40 +142,59 @@ class ARPrior(nn.Module):
 
     def embed_codes(self, codes: torch.Tensor, start: int = 0) -> torch.Tensor:
         """codes (B, n) of components start .. start + n - 1 -> (B, n, dim)."""
-        return self.code_emb(codes) + self.code_pos[start:start + codes.shape[1]]
+        return self.code_emb(codes) + self.code_pos[start : start + codes.shape[1]]
 
     def hidden(self, x: torch.Tensor, cache: Optional[KVCache] = None, start_pos: int = 0) -> torch.Tensor:
         return self.transformer(x, [None] * self.cfg.n_layers, cache, start_pos)  # None: dense causal
 
     def new_cache(self, batch: int, n_codes: int, dtype: Optional[torch.dtype] = None, device=None) -> KVCache:
         c, p = self.cfg, self.text_pos
-        return KVCache(batch, c.n_layers, c.n_heads, c.text_len + 1 + n_codes, c.head_dim, dtype or p.dtype,
-                       device or p.device)
+        return KVCache(
+            batch, c.n_layers, c.n_heads, c.text_len + 1 + n_codes, c.head_dim, dtype or p.dtype, device or p.device
+        )
 
     # ------------------------------------------------------------------------------------------- training
-    def forward(self, text_tokens: torch.Tensor, text_emb: torch.Tensor, dot_bins: torch.Tensor,
-                codes: torch.Tensor, drop: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        text_tokens: torch.Tensor,
+        text_emb: torch.Tensor,
+        dot_bins: torch.Tensor,
+        codes: torch.Tensor,
+        drop: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (dot_logits (B, n_dot_bins), code_logits (B, K, n_buckets)); code_logits[:, j] predicts codes[:, j]."""
         k = codes.shape[1]
         if not 1 <= k <= self.cfg.embed_dim:
             raise ValueError(f"got {k} codes per embedding; the model takes 1 .. embed_dim={self.cfg.embed_dim}")
-        x = torch.cat([self.embed_prefix(text_tokens, text_emb, drop), self.embed_dot(dot_bins),
-                       self.embed_codes(codes[:, :-1])], 1)  # (B, T + 1 + K, dim)
+        x = torch.cat(
+            [self.embed_prefix(text_tokens, text_emb, drop), self.embed_dot(dot_bins), self.embed_codes(codes[:, :-1])],
+            1,
+        )  # (B, T + 1 + K, dim)
         h = self.hidden(x)
         t = self.cfg.text_len
-        return self.dot_head(h[:, t]), self.code_head(h[:, t + 1:])
+        return self.dot_head(h[:, t]), self.code_head(h[:, t + 1 :])
 
-    def loss(self, text_tokens: torch.Tensor, text_emb: torch.Tensor, dot_bins: torch.Tensor, codes: torch.Tensor,
-             drop: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    def loss(
+        self,
+        text_tokens: torch.Tensor,
+        text_emb: torch.Tensor,
+        dot_bins: torch.Tensor,
+        codes: torch.Tensor,
+        drop: Optional[torch.Tensor] = None,
+    ) -> dict[str, torch.Tensor]:
         dot_logits, code_logits = self(text_tokens, text_emb, dot_bins, codes, drop)
-        up = (lambda x: x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)  # CE in >= fp32
+        up = lambda x: x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # CE in >= fp32
         dot_loss = F.cross_entropy(up(dot_logits), dot_bins)
         code_loss = F.cross_entropy(up(code_logits).flatten(0, 1), codes.flatten())
         k = codes.shape[1]
         with torch.no_grad():
             acc = (code_logits.argmax(-1) == codes).float().mean()
-        return {"loss": (k * code_loss + dot_loss) / (k + 1), "code_loss": code_loss, "dot_loss": dot_loss,
-                "code_acc": acc}
+        return {
+            "loss": (k * code_loss + dot_loss) / (k + 1),
+            "code_loss": code_loss,
+            "dot_loss": dot_loss,
+            "code_acc": acc,
+        }
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -183,11 +207,20 @@ def upper_quantile_mask(logits: torch.Tensor, q: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_codes(model: ARPrior, text_tokens: torch.Tensor, text_emb: torch.Tensor, n_codes: int,
-                 temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                 guidance_scale: float = 1.0, dot_quantile: Optional[float] = 0.5,
-                 dot_bins: Optional[torch.Tensor] = None, use_cache: bool = True,
-                 generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_codes(
+    model: ARPrior,
+    text_tokens: torch.Tensor,
+    text_emb: torch.Tensor,
+    n_codes: int,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    guidance_scale: float = 1.0,
+    dot_quantile: Optional[float] = 0.5,
+    dot_bins: Optional[torch.Tensor] = None,
+    use_cache: bool = True,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample (codes (B, n_codes), dot_bins (B,)) for captions text_tokens (B, T) and CLIP text embeddings (B, D).
 
     The dot bin is drawn from the (guided) predicted distribution restricted to its upper part
@@ -235,7 +268,7 @@ def sample_codes(model: ARPrior, text_tokens: torch.Tensor, text_emb: torch.Tens
             for j in range(n_codes):
                 codes[:, j] = pick(logits)
                 if j + 1 < n_codes:  # feed c_j at position T + 2 + j; its output predicts c_{j+1}
-                    x = model.embed_codes(codes[:, j:j + 1].repeat(streams, 1), start=j)
+                    x = model.embed_codes(codes[:, j : j + 1].repeat(streams, 1), start=j)
                     logits = model.code_head(model.hidden(x, cache, t + 2 + j)[:, -1])
         else:
             for j in range(n_codes):

@@ -17,6 +17,7 @@ Trains from ``zoo-embed`` features only (no CLIP in the loop): the batch's ``cli
   the sampled embedding to the true image embedding) beside ``cos_text`` (the text embedding used as if it were an
   image embedding: the baseline a prior must beat).
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,10 @@ from zoo.models.base import ZooLit
 from zoo.models.diffusion_prior.model import DiffusionPriorNet, build_config
 from zoo.nn.guidance import guide
 
-_FIX_EMBED = ("run zoo-embed for the split and pass it, e.g. zoo-embed clip.checkpoint=<clip last.ckpt> data=shapes "
-              "split={split} out=<dir>/{split}.pt, then data.features.{split}=<dir>/{split}.pt")
+_FIX_EMBED = (
+    "run zoo-embed for the split and pass it, e.g. zoo-embed clip.checkpoint=<clip last.ckpt> data=shapes "
+    "split={split} out=<dir>/{split}.pt, then data.features.{split}=<dir>/{split}.pt"
+)
 
 
 def embedding_scale(image_emb: torch.Tensor) -> float:
@@ -45,8 +48,10 @@ def embedding_scale(image_emb: torch.Tensor) -> float:
         raise ConfigError(f"need >= 2 image embeddings (N, D) to derive the prior's embed_scale, got {tuple(x.shape)}")
     var = x.var(dim=0, unbiased=True).mean()
     if not torch.isfinite(var) or var <= 0:
-        raise ConfigError("the training image embeddings have zero variance: cannot derive embed_scale "
-                          "(fix: model.embed_scale=<value>, or check the zoo-embed file)")
+        raise ConfigError(
+            "the training image embeddings have zero variance: cannot derive embed_scale "
+            "(fix: model.embed_scale=<value>, or check the zoo-embed file)"
+        )
     return float(1.0 / var.sqrt())
 
 
@@ -60,19 +65,31 @@ def pick_best(candidates: torch.Tensor, text_emb: torch.Tensor) -> tuple[torch.T
 
 class DiffusionPriorLit(ZooLit):
     """Args:
-        preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.diffusion_prior.model.PRESETS``); ``net`` overrides
-            ``DiffusionPriorConfig`` fields (e.g. ``text_input``, ``clip_dim``, ``n_layers``).
-        text_dropout: probability of training with the null condition (classifier-free guidance).
-        timesteps, schedule: the training diffusion (``cosine`` | ``linear``, ``zoo.diffusion.schedules``).
-        sample_steps, guidance_scale, n_candidates, eta: ``sample`` defaults (DDIM steps, guidance, best-of-n).
-        embed_scale: the CLIP-embedding scale; None derives it from the training data at ``setup("fit")``.
-        val_sample_batches: validation/test batches on which embeddings are sampled for ``cos_image``.
+    preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.diffusion_prior.model.PRESETS``); ``net`` overrides
+        ``DiffusionPriorConfig`` fields (e.g. ``text_input``, ``clip_dim``, ``n_layers``).
+    text_dropout: probability of training with the null condition (classifier-free guidance).
+    timesteps, schedule: the training diffusion (``cosine`` | ``linear``, ``zoo.diffusion.schedules``).
+    sample_steps, guidance_scale, n_candidates, eta: ``sample`` defaults (DDIM steps, guidance, best-of-n).
+    embed_scale: the CLIP-embedding scale; None derives it from the training data at ``setup("fit")``.
+    val_sample_batches: validation/test batches on which embeddings are sampled for ``cos_image``.
     """
 
-    def __init__(self, preset: str = "shapes", net: Optional[dict[str, Any]] = None, text_dropout: float = 0.1,
-                 timesteps: int = 1000, schedule: str = "cosine", sample_steps: int = 64, guidance_scale: float = 1.0,
-                 n_candidates: int = 2, eta: float = 0.0, embed_scale: Optional[float] = None,
-                 val_sample_batches: int = 1, optimizer=None, scheduler=None):
+    def __init__(
+        self,
+        preset: str = "shapes",
+        net: Optional[dict[str, Any]] = None,
+        text_dropout: float = 0.1,
+        timesteps: int = 1000,
+        schedule: str = "cosine",
+        sample_steps: int = 64,
+        guidance_scale: float = 1.0,
+        n_candidates: int = 2,
+        eta: float = 0.0,
+        embed_scale: Optional[float] = None,
+        val_sample_batches: int = 1,
+        optimizer=None,
+        scheduler=None,
+    ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         if not 0.0 <= text_dropout < 1.0:
@@ -82,8 +99,9 @@ class DiffusionPriorLit(ZooLit):
         self.cfg = build_config(preset, net)
         self.net = DiffusionPriorNet(self.cfg)
         self.text_dropout = float(text_dropout)
-        self.process = GaussianDiffusion(get_schedule(schedule, int(timesteps)), model_mean_type="x0",
-                                         model_var_type="fixed_small", loss_type="mse")
+        self.process = GaussianDiffusion(
+            get_schedule(schedule, int(timesteps)), model_mean_type="x0", model_var_type="fixed_small", loss_type="mse"
+        )
         self.sample_steps, self.guidance_scale = int(sample_steps), float(guidance_scale)
         self.n_candidates, self.eta = int(n_candidates), float(eta)
         self.val_sample_batches = int(val_sample_batches)
@@ -94,15 +112,19 @@ class DiffusionPriorLit(ZooLit):
     @property
     def scale(self) -> torch.Tensor:
         if torch.isnan(self.embed_scale):
-            raise ConfigError("the prior's embed_scale is not set: it is derived from the training image embeddings "
-                              "at fit time (or pass model.embed_scale=<value>, or load a trained checkpoint)")
+            raise ConfigError(
+                "the prior's embed_scale is not set: it is derived from the training image embeddings "
+                "at fit time (or pass model.embed_scale=<value>, or load a trained checkpoint)"
+            )
         return self.embed_scale
 
     @staticmethod
     def _features(datamodule, split: str) -> dict[str, torch.Tensor]:
         if split not in (getattr(datamodule, "features", None) or {}):
-            raise ConfigError(f"the diffusion prior trains from CLIP embeddings, and data.features.{split} is not set "
-                              f"(fix: {_FIX_EMBED.format(split=split)})")
+            raise ConfigError(
+                f"the diffusion prior trains from CLIP embeddings, and data.features.{split} is not set "
+                f"(fix: {_FIX_EMBED.format(split=split)})"
+            )
         return getattr(datamodule.dataset(split), "features", {}) or {}
 
     def _required_keys(self) -> tuple[str, ...]:
@@ -116,28 +138,38 @@ class DiffusionPriorLit(ZooLit):
             feats = self._features(datamodule, split)
             missing = [k for k in self._required_keys() if k not in feats]
             if missing:
-                hint = (" (fix: zoo-embed ... text_encodings=true, or model.net.text_input=tokens)"
-                        if "clip_text_encodings" in missing else f" (fix: {_FIX_EMBED.format(split=split)})")
+                hint = (
+                    " (fix: zoo-embed ... text_encodings=true, or model.net.text_input=tokens)"
+                    if "clip_text_encodings" in missing
+                    else f" (fix: {_FIX_EMBED.format(split=split)})"
+                )
                 raise ConfigError(f"data.features.{split} lacks {missing}{hint}")
             d = feats["clip_image_emb"].shape[-1]
             if d != c.clip_dim:
-                raise ConfigError(f"the {split} CLIP embeddings are {d}-d but the prior's clip_dim is {c.clip_dim} "
-                                  f"(fix: model.net.clip_dim={d})")
+                raise ConfigError(
+                    f"the {split} CLIP embeddings are {d}-d but the prior's clip_dim is {c.clip_dim} "
+                    f"(fix: model.net.clip_dim={d})"
+                )
             key = {"tokens": "clip_text_tokens", "encodings": "clip_text_encodings"}.get(c.text_input)
             if key and feats[key].shape[1] != c.text_len:
-                raise ConfigError(f"{key} has {feats[key].shape[1]} positions but the prior's text_len is "
-                                  f"{c.text_len} (fix: model.net.text_len={feats[key].shape[1]})")
+                raise ConfigError(
+                    f"{key} has {feats[key].shape[1]} positions but the prior's text_len is "
+                    f"{c.text_len} (fix: model.net.text_len={feats[key].shape[1]})"
+                )
             if c.text_input == "encodings" and feats[key].shape[2] != c.text_enc_dim:
-                raise ConfigError(f"clip_text_encodings are {feats[key].shape[2]}-d but text_enc_dim is "
-                                  f"{c.text_enc_dim} (fix: model.net.text_enc_dim={feats[key].shape[2]})")
+                raise ConfigError(
+                    f"clip_text_encodings are {feats[key].shape[2]}-d but text_enc_dim is "
+                    f"{c.text_enc_dim} (fix: model.net.text_enc_dim={feats[key].shape[2]})"
+                )
 
     def setup(self, stage: Optional[str] = None) -> None:
         if stage != "fit" or not torch.isnan(self.embed_scale):
             return
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None:
-            raise ConfigError("embed_scale is not set and there is no datamodule to derive it from "
-                              "(fix: model.embed_scale=<value>)")
+            raise ConfigError(
+                "embed_scale is not set and there is no datamodule to derive it from (fix: model.embed_scale=<value>)"
+            )
         value = embedding_scale(self._features(dm, "train")["clip_image_emb"])
         self.embed_scale.fill_(value)
 
@@ -146,8 +178,10 @@ class DiffusionPriorLit(ZooLit):
         c = self.cfg
         missing = [k for k in self._required_keys() if k not in batch]
         if missing:
-            raise ConfigError(f"the batch lacks {missing}: the diffusion prior needs zoo-embed features for every "
-                              f"split it runs on (fix: data.features.<split>=<zoo-embed file>)")
+            raise ConfigError(
+                f"the batch lacks {missing}: the diffusion prior needs zoo-embed features for every "
+                f"split it runs on (fix: data.features.<split>=<zoo-embed file>)"
+            )
         out: dict[str, Optional[torch.Tensor]] = {"text_emb": batch["clip_text_emb"].float() * self.scale}
         if c.text_input == "tokens":
             out["text_tokens"] = batch["clip_text_tokens"].long()
@@ -198,16 +232,28 @@ class DiffusionPriorLit(ZooLit):
     # ------------------------------------------------------------------------------------------------ sampling
     @staticmethod
     def _sample_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-        keys = {"clip_text_emb": "text_emb", "clip_text_tokens": "text_tokens",
-                "clip_text_encodings": "text_encodings", "clip_text_mask": "text_mask"}
+        keys = {
+            "clip_text_emb": "text_emb",
+            "clip_text_tokens": "text_tokens",
+            "clip_text_encodings": "text_encodings",
+            "clip_text_mask": "text_mask",
+        }
         return {v: batch[k] for k, v in keys.items() if k in batch}
 
     @torch.no_grad()
-    def sample_candidates(self, text_emb: torch.Tensor, text_tokens: Optional[torch.Tensor] = None,
-                          text_encodings: Optional[torch.Tensor] = None, text_mask: Optional[torch.Tensor] = None,
-                          steps: Optional[int] = None, guidance_scale: Optional[float] = None,
-                          n_candidates: Optional[int] = None, eta: Optional[float] = None,
-                          generator: Optional[torch.Generator] = None, sampler: str = "ddim") -> torch.Tensor:
+    def sample_candidates(
+        self,
+        text_emb: torch.Tensor,
+        text_tokens: Optional[torch.Tensor] = None,
+        text_encodings: Optional[torch.Tensor] = None,
+        text_mask: Optional[torch.Tensor] = None,
+        steps: Optional[int] = None,
+        guidance_scale: Optional[float] = None,
+        n_candidates: Optional[int] = None,
+        eta: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+        sampler: str = "ddim",
+    ) -> torch.Tensor:
         """n_candidates L2-normalised CLIP image embeddings per caption: (B, n, D). Inputs as the batch's
         ``clip_text_emb`` (B, D) (L2-normalised CLIP units) and ``clip_text_tokens`` / ``clip_text_encodings``.
         ``sampler``: ``ddim`` (with ``eta``) or ``ddpm`` (ancestral, fixed-small variance; ``eta`` unused), both on
@@ -220,20 +266,34 @@ class DiffusionPriorLit(ZooLit):
         eta = self.eta if eta is None else float(eta)
         b, dev = text_emb.shape[0], self.embed_scale.device
         c = self.cfg
-        text = {"text_tokens": text_tokens if c.text_input == "tokens" else None,
-                "text_encodings": text_encodings if c.text_input == "encodings" else None,
-                "text_mask": text_mask if c.text_input == "encodings" else None}
+        text = {
+            "text_tokens": text_tokens if c.text_input == "tokens" else None,
+            "text_encodings": text_encodings if c.text_input == "encodings" else None,
+            "text_mask": text_mask if c.text_input == "encodings" else None,
+        }
         cond = {k: v.to(dev).repeat_interleave(n, 0) for k, v in text.items() if v is not None}
         cond["text_emb"] = (text_emb.to(dev).float() * self.scale).repeat_interleave(n, 0)  # (B n, D)
-        if scale != 1.0:  # one batch [cond ; uncond]; at scale 1 the unconditional pass is skipped (guide(.,., 1) = cond)
+        if (
+            scale != 1.0
+        ):  # one batch [cond ; uncond]; at scale 1 the unconditional pass is skipped (guide(.,., 1) = cond)
             both = {k: torch.cat([v, v]) for k, v in cond.items()}
-            drop = torch.cat([torch.zeros(b * n, dtype=torch.bool, device=dev), torch.ones(b * n, dtype=torch.bool,
-                                                                                            device=dev)])
+            drop = torch.cat(
+                [torch.zeros(b * n, dtype=torch.bool, device=dev), torch.ones(b * n, dtype=torch.bool, device=dev)]
+            )
+
+        # the text positions' keys/values are the same at every step (causal mask): computed once here
+        text_keys = ("text_tokens", "text_encodings", "text_mask")
+        if scale == 1.0:
+            cache = self.net.text_cache(b * n, **{k: v for k, v in cond.items() if k in text_keys})
+        else:
+            cache = self.net.text_cache(2 * b * n, **{k: v for k, v in both.items() if k in text_keys}, drop_text=drop)
 
         def model_fn(x, timesteps):
             if scale == 1.0:
-                return self.net(x, timesteps, **cond).float()
-            out = self.net(torch.cat([x, x]), torch.cat([timesteps, timesteps]), **both, drop_text=drop).float()
+                return self.net.forward_cached(cache, x, timesteps, cond["text_emb"]).float()
+            out = self.net.forward_cached(
+                cache, torch.cat([x, x]), torch.cat([timesteps, timesteps]), both["text_emb"], drop_text=drop
+            ).float()
             out_cond, out_uncond = out.chunk(2)
             return guide(out_uncond, out_cond, scale)
 
@@ -245,16 +305,35 @@ class DiffusionPriorLit(ZooLit):
         return F.normalize(x, dim=-1).view(b, n, c.clip_dim)
 
     @torch.no_grad()
-    def sample(self, text_emb: torch.Tensor, text_tokens: Optional[torch.Tensor] = None, *,
-               text_encodings: Optional[torch.Tensor] = None, text_mask: Optional[torch.Tensor] = None,
-               steps: Optional[int] = None, guidance_scale: Optional[float] = None,
-               n_candidates: Optional[int] = None, eta: Optional[float] = None,
-               generator: Optional[torch.Generator] = None, sampler: str = "ddim") -> torch.Tensor:
+    def sample(
+        self,
+        text_emb: torch.Tensor,
+        text_tokens: Optional[torch.Tensor] = None,
+        *,
+        text_encodings: Optional[torch.Tensor] = None,
+        text_mask: Optional[torch.Tensor] = None,
+        steps: Optional[int] = None,
+        guidance_scale: Optional[float] = None,
+        n_candidates: Optional[int] = None,
+        eta: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+        sampler: str = "ddim",
+    ) -> torch.Tensor:
         """Text -> L2-normalised CLIP image embeddings (B, D): the best (highest dot product with the text
         embedding) of ``n_candidates`` DDIM (or ``sampler="ddpm"``) samples with ``steps`` steps and classifier-free
         ``guidance_scale``."""
-        cands = self.sample_candidates(text_emb, text_tokens, text_encodings, text_mask, steps, guidance_scale,
-                                       n_candidates, eta, generator, sampler)
+        cands = self.sample_candidates(
+            text_emb,
+            text_tokens,
+            text_encodings,
+            text_mask,
+            steps,
+            guidance_scale,
+            n_candidates,
+            eta,
+            generator,
+            sampler,
+        )
         best, _ = pick_best(cands, text_emb.to(cands.device))
         return best
 

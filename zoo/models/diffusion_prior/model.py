@@ -26,6 +26,7 @@ Inputs are in the diffusion's scaled units (the Lit multiplies CLIP embeddings b
 positional embeddings are added to every position. Timesteps go through sinusoidal features and an MLP
 (``zoo.nn.embeddings.TimestepEmbedder``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,25 +37,25 @@ import torch.nn as nn
 
 from zoo.models.presets import resolve_preset
 from zoo.nn.embeddings import TimestepEmbedder
-from zoo.nn.transformer import gpt2_init_, KVCache, Transformer
+from zoo.nn.transformer import KVCache, Transformer, gpt2_init_
 
 TEXT_INPUTS = ("tokens", "encodings", "none")
 
 
 @dataclass
 class DiffusionPriorConfig:
-    clip_dim: int = 128          # CLIP embedding width (the diffused vector)
-    dim: int = 256               # transformer width
+    clip_dim: int = 128  # CLIP embedding width (the diffused vector)
+    dim: int = 256  # transformer width
     n_layers: int = 4
     n_heads: int = 4
     head_dim: int = 64
     mlp_ratio: int = 4
     dropout: float = 0.0
-    text_input: str = "tokens"   # tokens | encodings | none (see the module docstring)
-    text_len: int = 48           # CLIP context length (open_clip's tokenizer pads/truncates to it)
-    text_vocab: int = 49408      # CLIP BPE vocabulary (text_input=tokens)
-    text_enc_dim: int = 128      # width of CLIP's per-token text encodings (text_input=encodings)
-    pad_id: int = 0              # open_clip's pad id (text_input=tokens)
+    text_input: str = "tokens"  # tokens | encodings | none (see the module docstring)
+    text_len: int = 48  # CLIP context length (open_clip's tokenizer pads/truncates to it)
+    text_vocab: int = 49408  # CLIP BPE vocabulary (text_input=tokens)
+    text_enc_dim: int = 128  # width of CLIP's per-token text encodings (text_input=encodings)
+    pad_id: int = 0  # open_clip's pad id (text_input=tokens)
 
     @property
     def n_text(self) -> int:
@@ -66,18 +67,29 @@ class DiffusionPriorConfig:
 
 
 PRESETS: dict[str, DiffusionPriorConfig] = {
-    "tiny": DiffusionPriorConfig(clip_dim=16, dim=32, n_layers=2, n_heads=2, head_dim=16, text_len=8, text_vocab=64,
-                                 text_enc_dim=16),
+    "tiny": DiffusionPriorConfig(
+        clip_dim=16, dim=32, n_layers=2, n_heads=2, head_dim=16, text_len=8, text_vocab=64, text_enc_dim=16
+    ),
     # the shapes CLIP (zoo/models/clip/configs/zoo-clip-shapes.json): 128-d embeddings, 48-token context, width 128.
     # 7.2M parameters, 6.3M of them the CLIP-vocabulary token table (a sparse lookup); 0.8M in the transformer.
-    "shapes": DiffusionPriorConfig(clip_dim=128, dim=128, n_layers=4, n_heads=4, head_dim=32, text_len=48,
-                                   text_vocab=49408, text_enc_dim=128),
+    "shapes": DiffusionPriorConfig(
+        clip_dim=128, dim=128, n_layers=4, n_heads=4, head_dim=32, text_len=48, text_vocab=49408, text_enc_dim=128
+    ),
     # unCLIP: "1B parameters" with ViT-H/16 CLIP (1024-d embeddings, text tower width 1024, 77-token context).
     # Width 2048 / 32 heads x 64; 20 layers as in Karlo (kakaobrain/karlo, the public unCLIP reproduction, and
     # diffusers' PriorTransformer defaults): 20 x 12 x 2048^2 = 1.007B, i.e. the paper's 1B. The paper's own table
     # gives only the size. Measured count: PAPER_PARAMS.
-    "paper": DiffusionPriorConfig(clip_dim=1024, dim=2048, n_layers=20, n_heads=32, head_dim=64, text_input="encodings",
-                                  text_len=77, text_vocab=49408, text_enc_dim=1024),
+    "paper": DiffusionPriorConfig(
+        clip_dim=1024,
+        dim=2048,
+        n_layers=20,
+        n_heads=32,
+        head_dim=64,
+        text_input="encodings",
+        text_len=77,
+        text_vocab=49408,
+        text_enc_dim=1024,
+    ),
 }
 
 # Parameter count of the ``paper`` preset, measured on the meta device (tests/models/test_diffusion_prior.py).
@@ -114,16 +126,23 @@ class DiffusionPriorNet(nn.Module):
         self.pos = nn.Parameter(torch.empty(cfg.seq_len, d))
         self.transformer = Transformer(d, cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.mlp_ratio, cfg.dropout)
         self.head = nn.Linear(d, cfg.clip_dim)
-        self.register_buffer("causal_mask", torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.bool).tril(),
-                             persistent=False)
+        self.register_buffer(
+            "causal_mask", torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.bool).tril(), persistent=False
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:  # GPT-2 style (zoo.nn.transformer.gpt2_init_)
         gpt2_init_(self, self.transformer, (self.text_pad_emb, self.null_text_emb, self.query, self.pos))
 
     # -- pieces
-    def embed_text(self, batch: int, text_tokens: Optional[torch.Tensor], text_encodings: Optional[torch.Tensor],
-                   text_mask: Optional[torch.Tensor], drop_text: Optional[torch.Tensor]) -> torch.Tensor:
+    def embed_text(
+        self,
+        batch: int,
+        text_tokens: Optional[torch.Tensor],
+        text_encodings: Optional[torch.Tensor],
+        text_mask: Optional[torch.Tensor],
+        drop_text: Optional[torch.Tensor],
+    ) -> torch.Tensor:
         """(B, n_text, dim): token embeddings / projected encodings, pad vectors where masked or dropped."""
         c = self.cfg
         pad = self.text_pad_emb.unsqueeze(0).expand(batch, -1, -1)  # (B, L, d)
@@ -133,34 +152,49 @@ class DiffusionPriorNet(nn.Module):
             if text_tokens is None:
                 raise ValueError("text_input=tokens needs text_tokens (B, L) (zoo-embed's clip_text_tokens)")
             if text_tokens.shape[1] != c.text_len:
-                raise ValueError(f"text_tokens have {text_tokens.shape[1]} positions, the prior expects "
-                                 f"text_len={c.text_len} (model.net.text_len)")
+                raise ValueError(
+                    f"text_tokens have {text_tokens.shape[1]} positions, the prior expects "
+                    f"text_len={c.text_len} (model.net.text_len)"
+                )
             tok = self.text_tok(text_tokens)
             keep = text_tokens != c.pad_id  # (B, L)
         else:
             if text_encodings is None:
                 raise ValueError("text_input=encodings needs text_encodings (B, L, E) (zoo-embed text_encodings=true)")
             if text_encodings.shape[1:] != (c.text_len, c.text_enc_dim):
-                raise ValueError(f"text_encodings {tuple(text_encodings.shape[1:])} != (text_len, text_enc_dim) = "
-                                 f"({c.text_len}, {c.text_enc_dim}) (model.net.text_len / text_enc_dim)")
+                raise ValueError(
+                    f"text_encodings {tuple(text_encodings.shape[1:])} != (text_len, text_enc_dim) = "
+                    f"({c.text_len}, {c.text_enc_dim}) (model.net.text_len / text_enc_dim)"
+                )
             tok = self.text_proj(text_encodings.to(self.text_proj.weight.dtype))
-            keep = (text_mask.bool() if text_mask is not None
-                    else torch.ones(text_encodings.shape[:2], dtype=torch.bool, device=tok.device))
+            keep = (
+                text_mask.bool()
+                if text_mask is not None
+                else torch.ones(text_encodings.shape[:2], dtype=torch.bool, device=tok.device)
+            )
         if drop_text is not None:
             keep = keep & ~drop_text.bool().unsqueeze(1)
         return torch.where(keep.unsqueeze(-1), tok, pad.to(tok.dtype))
 
-    def sequence(self, x_t: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor,
-                 text_tokens: Optional[torch.Tensor] = None, text_encodings: Optional[torch.Tensor] = None,
-                 text_mask: Optional[torch.Tensor] = None, drop_text: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def sequence(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        text_emb: torch.Tensor,
+        text_tokens: Optional[torch.Tensor] = None,
+        text_encodings: Optional[torch.Tensor] = None,
+        text_mask: Optional[torch.Tensor] = None,
+        drop_text: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """The transformer's input (B, L + 4, dim)."""
         b = x_t.shape[0]
         text = self.embed_text(b, text_tokens, text_encodings, text_mask, drop_text)  # (B, L, d)
         tail = self.tail(x_t, t, text_emb, drop_text)  # (B, 4, d)
         return torch.cat([text.to(tail.dtype), tail], dim=1) + self.pos
 
-    def tail(self, x_t: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor,
-             drop_text: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def tail(
+        self, x_t: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor, drop_text: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """The last 4 positions [text_emb ; time ; x_t ; query] (B, 4, dim), before positional embeddings."""
         b = x_t.shape[0]
         w = self.x_proj.weight
@@ -176,9 +210,14 @@ class DiffusionPriorNet(nn.Module):
     # Under the causal mask the text positions see only earlier text positions: their keys and values do not depend
     # on t, x_t or the text embedding, so a sampler computes them once per caption (``text_cache``) and each of its
     # steps runs only the last 4 positions (``forward_cached``): (L + 4) / 4 = 13x fewer positions for shapes.
-    def text_cache(self, batch: int, text_tokens: Optional[torch.Tensor] = None,
-                   text_encodings: Optional[torch.Tensor] = None, text_mask: Optional[torch.Tensor] = None,
-                   drop_text: Optional[torch.Tensor] = None) -> KVCache:
+    def text_cache(
+        self,
+        batch: int,
+        text_tokens: Optional[torch.Tensor] = None,
+        text_encodings: Optional[torch.Tensor] = None,
+        text_mask: Optional[torch.Tensor] = None,
+        drop_text: Optional[torch.Tensor] = None,
+    ) -> KVCache:
         """A KV cache holding every layer's keys/values of the n_text text positions (B = ``batch``)."""
         cache = self.transformer.new_cache(batch, self.cfg.seq_len)
         if self.cfg.n_text:
@@ -186,8 +225,14 @@ class DiffusionPriorNet(nn.Module):
             self.transformer(text + self.pos[: self.cfg.n_text], self.causal_mask, cache, 0)
         return cache
 
-    def forward_cached(self, cache: KVCache, x_t: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor,
-                       drop_text: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward_cached(
+        self,
+        cache: KVCache,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        text_emb: torch.Tensor,
+        drop_text: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``forward`` for the captions whose ``text_cache`` is ``cache`` (same rows, same ``drop_text``); writes
         only positions >= n_text of the cache, so one cache serves every step."""
         n = self.cfg.n_text
@@ -199,9 +244,16 @@ class DiffusionPriorNet(nn.Module):
         """Transformer outputs at every position (B, L + 4, dim) (tests use it to check the causal structure)."""
         return self.transformer(self.sequence(*args, **kwargs), [self.causal_mask] * self.cfg.n_layers)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor,
-                text_tokens: Optional[torch.Tensor] = None, text_encodings: Optional[torch.Tensor] = None,
-                text_mask: Optional[torch.Tensor] = None, drop_text: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        text_emb: torch.Tensor,
+        text_tokens: Optional[torch.Tensor] = None,
+        text_encodings: Optional[torch.Tensor] = None,
+        text_mask: Optional[torch.Tensor] = None,
+        drop_text: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         h = self.hidden(x_t, t, text_emb, text_tokens, text_encodings, text_mask, drop_text)
         return self.head(h[:, -1])  # (B, D): x0 from the final query
 

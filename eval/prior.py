@@ -1,0 +1,488 @@
+"""unCLIP prior report: how close do sampled CLIP image embeddings come to the true ones, on held-out captions?
+
+    python -m eval.prior features=<val zoo-embed file> diffusion_ckpt=<prior last.ckpt> ar_ckpt=<ar last.ckpt>
+    python -m eval.prior features=... diffusion_ckpt=... sweep.diffusion_guidance=[1,2,4] sweep.ar_guidance=[1,2]
+
+For every caption of a ``zoo-embed`` file (``clip_image_emb``, ``clip_text_emb``, ``clip_text_tokens``, and the
+per-token ``clip_text_encodings`` a prior trained on them needs), each method produces one L2-normalised CLIP image
+embedding z, compared with the L2-normalised true image embedding y of the same caption:
+
+* ``text baseline``: z = the CLIP text embedding, used as if it were an image embedding (unCLIP's ablation; the
+  modality gap keeps it away from the image embeddings -- a prior exists to close that gap);
+* ``diffusion prior``: ``DiffusionPriorLit.sample`` (best of ``n_candidates``) with DDIM on ``diffusion.steps`` (64)
+  steps, and, as the check of the respaced sampler, DDPM ancestral on all ``diffusion.ddpm_steps`` (1000) steps;
+* ``AR prior``: ``ARPriorLit.sample`` (dot-product token from the top half, PCA codes decoded);
+* the optional ``sweep`` rows: the same priors at other guidance scales.
+
+Metrics (N captions):
+
+* ``cos`` = mean_i z_i · y_i;
+* ``R@k``: text->image retrieval of the true image among the N images of the file by z (score z_i · y_j); the rank
+  of the true image is the number of images scoring strictly higher (ties go to the true image);
+* ``FD``: Fréchet distance between Gaussians fitted to {z_i} and {y_i} (``eval.metrics.frechet_distance``, the
+  same formula as FID, on the embeddings);
+* with ``reference_features=<train file>``: the FD between the first N training image embeddings and {y_i}, the
+  floor of the FD at this N (two samples of real image embeddings).
+
+Writes ``results.json``, ``results.md`` and ``prior.png`` (bars of cos, R@1, R@5 and FD per method) into
+``out`` (default: the Hydra run directory ``logs/eval_prior/runs/<time>``). Config: ``conf/eval/prior.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import hydra
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from zoo.config import report_user_errors
+from zoo.errors import ConfigError
+
+log = logging.getLogger("zoo.eval.prior")
+
+# a sampler: (features of one batch of captions, torch.Generator) -> (B, D) L2-normalised embeddings
+Sampler = Callable[[dict[str, torch.Tensor], torch.Generator], torch.Tensor]
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def cosine_to_truth(z: torch.Tensor, image_emb: torch.Tensor) -> float:
+    """mean_i cos(z_i, y_i) of (N, D) sampled and true embeddings."""
+    return float(F.cosine_similarity(z.double(), image_emb.double(), dim=-1).mean())
+
+
+def retrieval_ranks(z: torch.Tensor, image_emb: torch.Tensor) -> torch.Tensor:
+    """(N,) 0-based rank of the true image i among the N images when retrieved by z_i (dot product of normalised
+    embeddings): the number of images scoring strictly higher than the true one."""
+    zn, yn = F.normalize(z.double(), dim=-1), F.normalize(image_emb.double(), dim=-1)
+    sim = zn @ yn.T  # (N, N): caption i vs image j
+    return (sim > sim.diagonal().unsqueeze(1)).sum(1)
+
+
+def recall_at(ranks: torch.Tensor, k: int) -> float:
+    return float((ranks < k).double().mean())
+
+
+def embedding_metrics(z: torch.Tensor, image_emb: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """``cos``, ``r@k`` for k in ``ks`` and ``fd`` of sampled embeddings z (N, D) against the true ones (N, D)."""
+    from eval.metrics import frechet_distance
+
+    if z.shape != image_emb.shape:
+        raise ValueError(f"sampled {tuple(z.shape)} vs true {tuple(image_emb.shape)} embeddings")
+    zn, yn = F.normalize(z.float(), dim=-1), F.normalize(image_emb.float(), dim=-1)
+    ranks = retrieval_ranks(zn, yn)
+    out = {"cos": cosine_to_truth(zn, yn)}
+    out.update({f"r@{k}": recall_at(ranks, k) for k in ks})
+    out["fd"] = frechet_distance(zn, yn)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ data and models
+def load_features(path: str, n: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """The first ``n`` rows (all when None) of a zoo-embed file."""
+    from zoo.embed import load_embeddings
+
+    feats = load_embeddings(path)
+    missing = [k for k in ("clip_image_emb", "clip_text_emb") if k not in feats]
+    if missing:
+        raise ConfigError(f"{path} lacks {missing}: pass a file written by zoo-embed")
+    total = len(feats["clip_image_emb"])
+    n = total if n is None else int(n)
+    if not 2 <= n <= total:
+        raise ConfigError(f"n={n}: {path} holds {total} captions (fix: n=<2..{total}> or n=null for all)")
+    return {k: v[:n] for k, v in feats.items()}
+
+
+def _batches(feats: dict[str, torch.Tensor], batch_size: int):
+    n = len(feats["clip_image_emb"])
+    for start in range(0, n, batch_size):
+        yield start, {k: v[start : start + batch_size] for k, v in feats.items()}
+
+
+def run_sampler(
+    name: str, sampler: Sampler, feats: dict[str, torch.Tensor], batch_size: int, seed: int, progress: bool = True
+) -> tuple[torch.Tensor, float]:
+    """(N, D) embeddings from ``sampler`` over the captions in batches (batch i under ``torch.Generator`` seeded
+    ``seed + i``, so a result does not depend on the other methods run before it) and the wall seconds taken."""
+    from zoo.progress import track
+
+    n = len(feats["clip_image_emb"])
+    out = []
+    t0 = time.perf_counter()
+    with track(total=n, desc=f"prior report: {name}", unit="caption", disable=not progress) as bar:
+        for i, (_, batch) in enumerate(_batches(feats, batch_size)):
+            z = sampler(batch, torch.Generator().manual_seed(seed + i))
+            out.append(F.normalize(z.detach().float().cpu(), dim=-1))
+            bar.update(len(batch["clip_image_emb"]))
+    return torch.cat(out), time.perf_counter() - t0
+
+
+def text_baseline(batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    """The CLIP text embedding used as if it were an image embedding."""
+    return F.normalize(batch["clip_text_emb"].float(), dim=-1)
+
+
+def diffusion_sampler(
+    lit,
+    steps: int,
+    sampler: str = "ddim",
+    guidance_scale: Optional[float] = None,
+    n_candidates: Optional[int] = None,
+    eta: Optional[float] = None,
+) -> Sampler:
+    def run(batch, generator):
+        inputs = lit._sample_inputs(batch)
+        return lit.sample(
+            **inputs,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            n_candidates=n_candidates,
+            eta=eta,
+            generator=generator,
+            sampler=sampler,
+        )
+
+    return run
+
+
+def ar_sampler(
+    lit,
+    guidance_scale: float = 1.0,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    dot_quantile: Optional[float] = None,
+) -> Sampler:
+    def run(batch, generator):
+        if "clip_text_tokens" not in batch:
+            raise ConfigError(
+                "the AR prior needs clip_text_tokens in the features file (every zoo-embed file has "
+                "them: re-run zoo-embed)"
+            )
+        return lit.sample(
+            batch["clip_text_emb"],
+            batch["clip_text_tokens"],
+            guidance_scale=guidance_scale,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            dot_quantile=dot_quantile,
+            generator=generator,
+        )
+
+    return run
+
+
+def load_prior(path: str, kind: str):
+    """A trained prior from a zoo-train checkpoint (``kind``: ``diffusion_prior`` or ``ar_prior``), in eval mode."""
+    from zoo.checkpoint import load_module
+
+    if not Path(str(path)).expanduser().is_file():
+        train = {"diffusion_prior": "unclip/prior_shapes", "ar_prior": "unclip/ar_prior_shapes"}[kind]
+        raise ConfigError(
+            f"{kind} checkpoint not found: {path} (fix: `zoo-train experiment={train}`, then "
+            f"{'diffusion' if kind == 'diffusion_prior' else 'ar'}_ckpt=<run>/checkpoints/last.ckpt, "
+            f"or =null to leave it out)"
+        )
+    return load_module(Path(str(path)).expanduser(), expect=(kind,)).eval()
+
+
+def _check_dim(lit, feats: dict[str, torch.Tensor], kind: str) -> None:
+    d = feats["clip_image_emb"].shape[1]
+    want = lit.cfg.clip_dim if kind == "diffusion_prior" else lit.cfg.embed_dim
+    if d != want:
+        raise ConfigError(
+            f"the features are {d}-d CLIP embeddings but the {kind} was trained on {want}-d ones: "
+            f"use the zoo-embed file of the CLIP it was trained with"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ the report
+def _row(
+    name: str, method: str, params: dict[str, Any], z: torch.Tensor, truth: torch.Tensor, seconds: float
+) -> dict[str, Any]:
+    r = {
+        "name": name,
+        "method": method,
+        "params": params,
+        **embedding_metrics(z, truth),
+        "seconds": seconds,
+        "ms_per_caption": 1e3 * seconds / len(z),
+    }
+    log.info(
+        "%-34s cos %.4f  R@1 %.3f  R@5 %.3f  FD %.4f  (%.1f s)", name, r["cos"], r["r@1"], r["r@5"], r["fd"], seconds
+    )
+    return r
+
+
+def prior_report(cfg: DictConfig) -> dict[str, Any]:
+    """Run the report of ``cfg`` (``conf/eval/prior.yaml``); write it into ``cfg.out``; return the results."""
+    from zoo.precision import describe_cpu
+
+    t_start = time.perf_counter()
+    if not cfg.get("features"):
+        raise ConfigError(
+            "features=<zoo-embed file of held-out captions> is required (e.g. the val or test split: "
+            "zoo-embed clip.checkpoint=<clip last.ckpt> data=shapes split=val)"
+        )
+    if not cfg.get("diffusion_ckpt") and not cfg.get("ar_ckpt"):
+        log.warning("no prior checkpoint given (diffusion_ckpt=, ar_ckpt=): only the text baseline is reported")
+    out_dir = Path(str(cfg.out))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = bool(cfg.get("progress", True))
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    feats = load_features(str(cfg.features), cfg.get("n"))
+    truth = F.normalize(feats["clip_image_emb"].float(), dim=-1)
+    n = len(truth)
+    bs, seed = int(cfg.batch_size), int(cfg.seed)
+
+    rows, sweep_rows = [], []
+
+    def measure(name, method, params, sampler, into):
+        z, secs = run_sampler(name, sampler, feats, bs, seed, progress)
+        into.append(_row(name, method, params, z, truth, secs))
+        return z
+
+    measure("text embedding (baseline)", "text_baseline", {}, text_baseline, rows)
+
+    dcfg, acfg, sweep = cfg.diffusion, cfg.ar, cfg.get("sweep") or {}
+    models: dict[str, Any] = {}
+    if cfg.get("diffusion_ckpt"):
+        lit = load_prior(str(cfg.diffusion_ckpt), "diffusion_prior")
+        _check_dim(lit, feats, "diffusion_prior")
+        g = lit.guidance_scale if dcfg.get("guidance_scale") is None else float(dcfg.guidance_scale)
+        nc = lit.n_candidates if dcfg.get("n_candidates") is None else int(dcfg.n_candidates)
+        models["diffusion_prior"] = {
+            "checkpoint": str(cfg.diffusion_ckpt),
+            "embed_scale": float(lit.embed_scale),
+            "config": dict(vars(lit.cfg)),
+            "guidance_scale": g,
+            "n_candidates": nc,
+        }
+        steps = int(dcfg.steps)
+        base = {"sampler": "ddim", "steps": steps, "eta": lit.eta, "guidance_scale": g, "n_candidates": nc}
+        measure(
+            f"diffusion prior (DDIM {steps})",
+            "diffusion_prior",
+            base,
+            diffusion_sampler(lit, steps, "ddim", g, nc),
+            rows,
+        )
+        if dcfg.get("ddpm_steps"):
+            ds = int(dcfg.ddpm_steps)
+            measure(
+                f"diffusion prior (DDPM {ds})",
+                "diffusion_prior",
+                {**base, "sampler": "ddpm", "steps": ds, "eta": None},
+                diffusion_sampler(lit, ds, "ddpm", g, nc),
+                rows,
+            )
+        for gs in sweep.get("diffusion_guidance") or []:
+            measure(
+                f"diffusion prior (DDIM {steps}, guidance {float(gs):g})",
+                "diffusion_prior",
+                {**base, "guidance_scale": float(gs)},
+                diffusion_sampler(lit, steps, "ddim", float(gs), nc),
+                sweep_rows,
+            )
+        for st in sweep.get("diffusion_steps") or []:
+            measure(
+                f"diffusion prior (DDIM {int(st)})",
+                "diffusion_prior",
+                {**base, "steps": int(st)},
+                diffusion_sampler(lit, int(st), "ddim", g, nc),
+                sweep_rows,
+            )
+        del lit
+    if cfg.get("ar_ckpt"):
+        lit = load_prior(str(cfg.ar_ckpt), "ar_prior")
+        _check_dim(lit, feats, "ar_prior")
+        q = lit.dot_quantile if acfg.get("dot_quantile") is None else float(acfg.dot_quantile)
+        params = {
+            "guidance_scale": float(acfg.guidance_scale),
+            "temperature": float(acfg.temperature),
+            "top_k": acfg.get("top_k"),
+            "top_p": acfg.get("top_p"),
+            "dot_quantile": q,
+        }
+        models["ar_prior"] = {
+            "checkpoint": str(cfg.ar_ckpt),
+            "pca_components": lit.pca.k,
+            "pca_variance": lit.pca.variance_ratio(),
+            "config": dict(vars(lit.cfg)),
+        }
+        measure("AR prior", "ar_prior", params, ar_sampler(lit, **params), rows)
+        for gs in sweep.get("ar_guidance") or []:
+            measure(
+                f"AR prior (guidance {float(gs):g})",
+                "ar_prior",
+                {**params, "guidance_scale": float(gs)},
+                ar_sampler(lit, **{**params, "guidance_scale": float(gs)}),
+                sweep_rows,
+            )
+        del lit
+
+    reference = None
+    if cfg.get("reference_features"):
+        from eval.metrics import frechet_distance
+
+        ref = load_features(str(cfg.reference_features))["clip_image_emb"][:n]
+        reference = {
+            "file": str(cfg.reference_features),
+            "n": len(ref),
+            "fd": frechet_distance(F.normalize(ref.float(), dim=-1), truth),
+        }
+
+    results = {
+        "features": str(cfg.features),
+        "n": n,
+        "dim": int(truth.shape[1]),
+        "seed": seed,
+        "cpu": describe_cpu(),
+        "rows": rows,
+        "sweep": sweep_rows,
+        "reference": reference,
+        "models": models,
+        "checks": checks(rows),
+        "conventions": {
+            "cos": "mean cosine between each caption's sampled embedding and its true image embedding",
+            "r@k": f"text->image retrieval of the true image among the {n} images of the file by the sampled "
+            f"embedding (dot product of L2-normalised embeddings; ties count for the true image)",
+            "fd": "Fréchet distance between Gaussians fitted to the sampled and the true (L2-normalised) image "
+            "embeddings (the FID formula, eval.metrics.frechet_distance)",
+        },
+        "seconds": time.perf_counter() - t_start,
+    }
+    write_report(results, out_dir, plot=bool(cfg.get("plot", True)))
+    return results
+
+
+def checks(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's acceptance checks on the main rows: each prior beats the text baseline on cos and FD; the DDIM
+    and DDPM diffusion-prior FDs within 5% of each other (relative to the DDPM one)."""
+    base = next((r for r in rows if r["method"] == "text_baseline"), None)
+    out: dict[str, Any] = {}
+    if base is None:
+        return out
+    for r in rows:
+        if r["method"] == "text_baseline":
+            continue
+        out[r["name"]] = {"cos_above_baseline": r["cos"] > base["cos"], "fd_below_baseline": r["fd"] < base["fd"]}
+    ddim = next((r for r in rows if r["method"] == "diffusion_prior" and r["params"]["sampler"] == "ddim"), None)
+    ddpm = next((r for r in rows if r["method"] == "diffusion_prior" and r["params"]["sampler"] == "ddpm"), None)
+    if ddim and ddpm:
+        rel = abs(ddim["fd"] - ddpm["fd"]) / max(ddpm["fd"], 1e-12)
+        out["ddim_vs_ddpm_fd"] = {
+            "ddim": ddim["fd"],
+            "ddpm": ddpm["fd"],
+            "relative_difference": rel,
+            "within_5_percent": rel <= 0.05,
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _f(v, fmt: str) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| method | cos to true image ↑ | R@1 ↑ | R@5 ↑ | FD ↓ | ms / caption |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {_f(r['cos'], '{:.4f}')} | {_f(r['r@1'], '{:.1%}')} | {_f(r['r@5'], '{:.1%}')} "
+            f"| {_f(r['fd'], '{:.4f}')} | {_f(r['ms_per_caption'], '{:.1f}')} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    out = [
+        "# unCLIP prior report",
+        "",
+        f"- held-out captions: **{results['n']}** from `{results['features']}` ({results['dim']}-d CLIP "
+        f"embeddings), seed {results['seed']}",
+        f"- {results['cpu']}",
+    ]
+    for kind, m in results.get("models", {}).items():
+        extra = {k: v for k, v in m.items() if k not in ("config", "checkpoint")}
+        out.append(f"- {kind}: `{m['checkpoint']}` {json.dumps(extra)}")
+    for k, v in results["conventions"].items():
+        out.append(f"- {k}: {v}")
+    out += ["", markdown_table(results["rows"])]
+    if results.get("reference"):
+        ref = results["reference"]
+        out += [
+            "",
+            f"FD floor: {ref['n']} real image embeddings of `{ref['file']}` vs the true ones: **{ref['fd']:.4f}**.",
+        ]
+    if results.get("sweep"):
+        out += ["", "## Sweep", "", markdown_table(results["sweep"])]
+    c = results.get("checks", {})
+    if c:
+        out += ["", "## Checks (issue 14)", ""]
+        for name, v in c.items():
+            if name == "ddim_vs_ddpm_fd":
+                out.append(
+                    f"- DDIM vs DDPM FD: {v['ddim']:.4f} vs {v['ddpm']:.4f}, relative difference "
+                    f"{v['relative_difference']:.1%} ({'within' if v['within_5_percent'] else 'NOT within'} "
+                    f"5%)"
+                )
+            else:
+                out.append(
+                    f"- {name}: cos above the text baseline: {'yes' if v['cos_above_baseline'] else 'NO'}; "
+                    f"FD below it: {'yes' if v['fd_below_baseline'] else 'NO'}"
+                )
+    return "\n".join(out) + "\n"
+
+
+def plot_report(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Four bar panels (cos, R@1, R@5, FD), one bar per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in rows]
+    fig, axes = plt.subplots(1, 4, figsize=(4 * 3.2, 3.6))
+    for ax, (key, title) in zip(
+        axes, [("cos", "cos to true image ↑"), ("r@1", "R@1 ↑"), ("r@5", "R@5 ↑"), ("fd", "FD ↓")], strict=True
+    ):
+        vals = [r[key] for r in rows]
+        ax.bar(range(len(rows)), vals, color=[f"C{i}" for i in range(len(rows))])
+        ax.set_xticks(range(len(rows)), names, rotation=35, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=9)
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=7)
+    fig.suptitle("unCLIP priors on held-out captions: sampled vs true CLIP image embedding", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict[str, Any], out_dir: Path, plot: bool = True) -> None:
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out_dir / "results.md").write_text(markdown_report(results))
+    if plot:
+        plot_report(results["rows"] + results.get("sweep", []), out_dir / "prior.png")
+    log.info("wrote %s/results.json, results.md%s", out_dir, ", prior.png" if plot else "")
+
+
+@hydra.main(version_base="1.3", config_path="pkg://conf.eval", config_name="prior")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    OmegaConf.resolve(cfg)
+    results = prior_report(cfg)
+    print(markdown_table(results["rows"]))
+
+
+if __name__ == "__main__":
+    main()
