@@ -21,9 +21,8 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -41,7 +40,7 @@ from eval.ablations import (
 )
 from eval.eval_set import EvalSet
 from eval.generators import generate_images
-from zoo.config import instantiate, report_user_errors
+from zoo.config import entry_point, instantiate
 from zoo.errors import ConfigError, MissingWeightsError
 
 log = logging.getLogger("zoo.eval")
@@ -315,12 +314,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path="pkg://conf.eval", config_name="eval")
-@report_user_errors
-def main(cfg: DictConfig) -> Optional[float]:
+def _evaluate(cfg: DictConfig) -> None:
     torch.set_float32_matmul_precision("high")
     evaluate(cfg)
-    return None
+
+
+main = entry_point(_evaluate, "eval", config_path="pkg://conf.eval")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,30 @@ def dalle_helpers():
     return load_test_helpers("helpers_dalle")
 
 
+@pytest.fixture(scope="session")
+def nn_helpers():
+    """tests/helpers_nn.py: ``perturb(net)``, a stand-in word tokenizer, tiny GLIDE-like modules for sampling."""
+    return load_test_helpers("helpers_nn")
+
+
+@pytest.fixture(scope="session")
+def perturb(nn_helpers):
+    """``perturb(net)``: the zero-initialised layers of a fresh net randomised (tests/helpers_nn.py)."""
+    return nn_helpers.perturb
+
+
+@pytest.fixture(scope="session")
+def train_helpers():
+    """tests/helpers_train.py: shared zoo-train override lists (tiny data, two steps, one epoch, tiny runs)."""
+    return load_test_helpers("helpers_train")
+
+
+@pytest.fixture
+def tiny_dvae(train_helpers):
+    """The tiny dVAE on the shapes world (``helpers_train.DVAE_SHAPES``), a fresh list for each test."""
+    return list(train_helpers.DVAE_SHAPES)
+
+
 def compose_train_cfg(tmp_path: Path, overrides: list[str]):
     return compose_cfg(tmp_path, overrides)
 

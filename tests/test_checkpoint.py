@@ -26,7 +26,7 @@ def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "pwned_marker").exists()
 
 
-def test_malicious_checkpoint_refused_by_zoo_train(train_cfg, tmp_path, monkeypatch):
+def test_malicious_checkpoint_refused_by_zoo_train(train_cfg, tmp_path, monkeypatch, train_helpers):
     from zoo.train import train
 
     monkeypatch.chdir(tmp_path)
@@ -35,10 +35,7 @@ def test_malicious_checkpoint_refused_by_zoo_train(train_cfg, tmp_path, monkeypa
     cfg = train_cfg(
         "model=dvae",
         "model.preset=tiny",
-        "data.train_size=16",
-        "data.val_size=8",
-        "data.test_size=8",
-        "data.batch_size=8",
+        *train_helpers.sizes(),
         "logger=none",
         "trainer=cpu",
         f"ckpt_path={path}",

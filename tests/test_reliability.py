@@ -25,19 +25,6 @@ from zoo.checkpoint import CorruptCheckpointError, UnsafeCheckpointError, atomic
 from zoo.errors import ConfigError
 from zoo.train import train
 
-TINY = [
-    "model=dvae",
-    "model.preset=tiny",
-    "data=shapes",
-    "data.train_size=64",
-    "data.val_size=16",
-    "data.test_size=16",
-    "data.batch_size=8",
-    "logger=csv",
-    "trainer=cpu",
-    "trainer.enable_progress_bar=false",
-    "trainer.num_sanity_val_steps=0",
-]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -121,7 +108,7 @@ def _compose(name: str, overrides: list[str]):
 REFUSED = (UnsafeCheckpointError, ConfigError)
 
 
-def test_gadget_checkpoints_are_refused_at_every_file_input(tmp_path, train_cfg, monkeypatch):
+def test_gadget_checkpoints_are_refused_at_every_file_input(tmp_path, train_cfg, monkeypatch, tiny_dvae):
     from zoo.embed import build_scorer
     from zoo.models.clip.scorer import ClipScorer
     from zoo.pipelines.dalle import DallePipeline
@@ -166,7 +153,7 @@ def test_gadget_checkpoints_are_refused_at_every_file_input(tmp_path, train_cfg,
                     "trainer=cpu",
                 )
             ),
-            "zoo-train ckpt_path=": lambda: train(train_cfg(*TINY, "logger=none", f"ckpt_path={path}")),
+            "zoo-train ckpt_path=": lambda: train(train_cfg(*tiny_dvae, "logger=none", f"ckpt_path={path}")),
         }
         for where, call in every_input.items():
             if name.startswith("data_config") and where not in ("zoo-sample ckpt=",):
@@ -220,23 +207,23 @@ def test_empty_truncated_and_garbage_files_are_reported_as_corrupt(tmp_path):
         assert "unsafe" not in str(e.value) and "weights_only=False" not in str(e.value)
 
 
-def test_ckpt_path_goes_through_the_safe_loader(train_cfg, tmp_path):
+def test_ckpt_path_goes_through_the_safe_loader(train_cfg, tmp_path, tiny_dvae):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CorruptCheckpointError):
-        train(train_cfg(*TINY, "logger=none", f"ckpt_path={bad}"))
+        train(train_cfg(*tiny_dvae, "logger=none", f"ckpt_path={bad}"))
     clip_like = tmp_path / "clip.ckpt"
     atomic_torch_save(
         {"zoo_component": "clip", "state_dict": {}, "pytorch-lightning_version": "2", "loops": {}}, clip_like
     )
     with pytest.raises(ConfigError, match="holds a clip checkpoint but the model is dvae"):
-        train(train_cfg(*TINY, "logger=none", f"ckpt_path={clip_like}"))
+        train(train_cfg(*tiny_dvae, "logger=none", f"ckpt_path={clip_like}"))
 
 
 # ---------------------------------------------------------------------------------------------- config errors
-def test_batch_size_of_wrong_type_gets_a_typed_message(train_cfg):
+def test_batch_size_of_wrong_type_gets_a_typed_message(train_cfg, tiny_dvae):
     with pytest.raises(ConfigError, match=r"data\.batch_size must be int, got 'abc'"):
-        train(train_cfg(*TINY, "data.batch_size=abc"))
+        train(train_cfg(*tiny_dvae, "data.batch_size=abc"))
 
 
 def _run(module: str, args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
@@ -250,13 +237,13 @@ def _run(module: str, args: list[str], cwd: Path, **env) -> subprocess.Completed
 
 
 @pytest.mark.slow
-def test_config_error_prints_its_message_without_a_traceback(tmp_path):
-    done = _run("zoo.train", [*TINY, "data.batch_size=abc", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+def test_config_error_prints_its_message_without_a_traceback(tmp_path, tiny_dvae):
+    done = _run("zoo.train", [*tiny_dvae, "data.batch_size=abc", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert done.returncode == 2
     assert "error: data.batch_size must be int, got 'abc'" in done.stderr
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     debug = _run(
-        "zoo.train", [*TINY, "data.batch_size=abc", f"hydra.run.dir={tmp_path / 'run2'}"], tmp_path, ZOO_DEBUG="1"
+        "zoo.train", [*tiny_dvae, "data.batch_size=abc", f"hydra.run.dir={tmp_path / 'run2'}"], tmp_path, ZOO_DEBUG="1"
     )
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
@@ -284,10 +271,10 @@ def _same_weights(a: dict, b: dict) -> bool:
 
 
 @pytest.mark.parametrize("n", [5, 8, 11])  # mid-epoch, exactly one epoch (8 batches), mid second epoch
-def test_train_n_then_resume_to_2n_equals_train_2n(train_cfg, tmp_path, n):
+def test_train_n_then_resume_to_2n_equals_train_2n(train_cfg, tmp_path, n, tiny_dvae):
     """The final last.ckpt of a finished run (max_steps not a multiple of the save interval) resumes exactly."""
     common = [
-        *TINY,
+        *tiny_dvae,
         "test=false",
         "callbacks.last_checkpoint.every_n_train_steps=3",
         "trainer.limit_val_batches=0",
@@ -309,9 +296,9 @@ def test_train_n_then_resume_to_2n_equals_train_2n(train_cfg, tmp_path, n):
     assert _same_weights(got["state_dict"], ref["state_dict"])
 
 
-def test_resume_in_the_same_run_dir_keeps_earlier_csv_metrics(train_cfg, tmp_path):
+def test_resume_in_the_same_run_dir_keeps_earlier_csv_metrics(train_cfg, tmp_path, tiny_dvae):
     common = [
-        *TINY,
+        *tiny_dvae,
         "test=false",
         "callbacks.last_checkpoint.every_n_train_steps=2",
         "trainer.limit_val_batches=0",
@@ -328,17 +315,12 @@ def test_resume_in_the_same_run_dir_keeps_earlier_csv_metrics(train_cfg, tmp_pat
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits_non_zero(tmp_path):
+def test_sigterm_saves_and_exits_non_zero(tmp_path, tiny_dvae, train_helpers):
     run_dir = tmp_path / "run"
     args = [
-        *TINY,
+        *tiny_dvae,
         "logger=none",
-        "data.train_size=4096",
-        "trainer.max_epochs=100",
-        "trainer.limit_val_batches=0",
-        "callbacks.last_checkpoint.every_n_train_steps=2",
-        f"hydra.run.dir={run_dir}",
-        f"paths.log_dir={tmp_path}",
+        *train_helpers.long_run(run_dir, tmp_path),
     ]
     env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
@@ -361,10 +343,10 @@ def test_sigterm_saves_and_exits_non_zero(tmp_path):
     assert "resume with ckpt_path=last" in err
 
 
-def test_metrics_json_of_resumed_run(train_cfg, tmp_path):
+def test_metrics_json_of_resumed_run(train_cfg, tmp_path, tiny_dvae):
     """A resumed run writes metrics.json at its own final step (and the run dir is the same)."""
     common = [
-        *TINY,
+        *tiny_dvae,
         "test=false",
         "callbacks.last_checkpoint.every_n_train_steps=2",
         "trainer.limit_val_batches=0",
@@ -377,11 +359,11 @@ def test_metrics_json_of_resumed_run(train_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_mid_train_then_resume_equals_uninterrupted(train_cfg, tmp_path):
+def test_kill_9_mid_train_then_resume_equals_uninterrupted(train_cfg, tmp_path, tiny_dvae, train_helpers):
     """SIGKILL at an arbitrary moment (no handler runs), resume from last.ckpt to S+3 steps == train S+3 straight."""
     run_dir = tmp_path / "killed"
     common = [
-        *TINY,
+        *tiny_dvae,
         "logger=none",
         "test=false",
         "data.train_size=4096",
@@ -406,14 +388,7 @@ def test_kill_9_mid_train_then_resume_equals_uninterrupted(train_cfg, tmp_path):
         stderr=subprocess.DEVNULL,
     )
     last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline and not (last.is_file() and _state(last)["global_step"] >= 4):
-            time.sleep(0.3)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    saved = _state(last)["global_step"]
+    saved = train_helpers.kill_once_saved(proc, last, timeout=180, poll=0.3)
     target = saved + 3
     resumed = train_cfg(*common, "trainer.max_steps=400", "ckpt_path=last")
     resumed.paths.output_dir = str(run_dir)

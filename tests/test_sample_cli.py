@@ -21,22 +21,11 @@ def _sample_cfg(*overrides: str):
         return compose("sample", overrides=list(overrides))
 
 
-def test_sample_writes_reconstruction_grid(train_cfg, tmp_path):
-    cfg = train_cfg(
-        "model=dvae",
-        "model.preset=tiny",
-        "data.train_size=16",
-        "data.val_size=8",
-        "data.test_size=8",
-        "data.batch_size=8",
-        "logger=none",
-        "trainer=cpu",
-        "trainer.max_steps=2",
-        "test=false",
-        "trainer.enable_progress_bar=false",
-    )
+def test_sample_writes_reconstruction_grid(train_cfg, tmp_path, train_helpers):
+    T = train_helpers
+    cfg = train_cfg("model=dvae", "model.preset=tiny", *T.sizes(), *T.TWO_STEPS)
     train(cfg)
-    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    ckpt = T.last_ckpt(cfg)
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="conf", version_base="1.3"):
         scfg = compose(
@@ -48,36 +37,15 @@ def test_sample_writes_reconstruction_grid(train_cfg, tmp_path):
     assert png.is_file() and w > 32 and h > 32  # a grid of input | reconstruction pairs
 
 
-def test_sample_dalle_writes_grid_images_and_clip_scores(train_cfg, tmp_path, dalle_helpers):
+def test_sample_dalle_writes_grid_images_and_clip_scores(train_cfg, tmp_path, dalle_helpers, train_helpers):
     """zoo-sample on a tiny DALL·E checkpoint (zoo-train, 2 steps) with a tiny CLIP: grid + images + scores; the
     short form (ckpt=) and the long form (generator=dalle generator.dalle_ckpt=) are the same run."""
     import json
 
-    H = dalle_helpers
-    cfg = train_cfg(
-        "model=dalle",
-        "model.preset=tiny",
-        f"model.image_tokenizer_ckpt={H.tiny_tokenizer_ckpt(tmp_path / 't.ckpt')}",
-        "+model.net.text_vocab=512",
-        "+model.net.text_len=16",
-        "+model.net.image_vocab=32",
-        "data/tokenizer=bpe",
-        "data.tokenizer.vocab_size=300",
-        "data.tokenizer.context_length=16",
-        f"data.resolution={H.RESOLUTION}",
-        "data.train_size=16",
-        "data.val_size=8",
-        "data.test_size=8",
-        "data.batch_size=8",
-        "logger=none",
-        "trainer=cpu",
-        "trainer.max_steps=2",
-        "test=false",
-        "trainer.enable_progress_bar=false",
-        "trainer.limit_val_batches=0",
-    )
+    H, T = dalle_helpers, train_helpers
+    cfg = train_cfg(*T.tiny_dalle(H, tmp_path))
     train(cfg)
-    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    ckpt = T.last_ckpt(cfg)
     clip = H.tiny_clip_ckpt(tmp_path / "clip.ckpt")
     # two prompts that slug alike and one given twice: every one gets its own files and samples.json entry
     prompts = [

@@ -205,37 +205,16 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_zoo_serve_in_a_headless_browser(train_cfg, tmp_path, dalle_helpers):
+def test_zoo_serve_in_a_headless_browser(train_cfg, tmp_path, dalle_helpers, train_helpers):
     chromium = _chromium()
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' (playwright)")
     pytest.importorskip("gradio", reason="pip install -e '.[serve]'")
     from zoo.train import train
 
-    H = dalle_helpers
-    cfg = train_cfg(
-        "model=dalle",
-        "model.preset=tiny",
-        f"model.image_tokenizer_ckpt={H.tiny_tokenizer_ckpt(tmp_path / 't.ckpt')}",
-        "+model.net.text_vocab=512",
-        "+model.net.text_len=16",
-        "+model.net.image_vocab=32",
-        "data/tokenizer=bpe",
-        "data.tokenizer.vocab_size=300",
-        "data.tokenizer.context_length=16",
-        f"data.resolution={H.RESOLUTION}",
-        "data.train_size=16",
-        "data.val_size=8",
-        "data.test_size=8",
-        "data.batch_size=8",
-        "logger=none",
-        "trainer=cpu",
-        "trainer.max_steps=2",
-        "test=false",
-        "trainer.enable_progress_bar=false",
-        "trainer.limit_val_batches=0",
-    )
+    H, T = dalle_helpers, train_helpers
+    cfg = train_cfg(*T.tiny_dalle(H, tmp_path))
     train(cfg)
-    dalle = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    dalle = T.last_ckpt(cfg)
     clip = H.tiny_clip_ckpt(tmp_path / "clip.ckpt")
 
     port = _free_port()

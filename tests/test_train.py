@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,27 +14,13 @@ import torch
 from zoo.errors import ConfigError
 from zoo.train import train
 
-TINY = [
-    "model=dvae",
-    "model.preset=tiny",
-    "data=shapes",
-    "data.train_size=64",
-    "data.val_size=16",
-    "data.test_size=16",
-    "data.batch_size=8",
-    "logger=csv",
-    "trainer=cpu",
-    "trainer.enable_progress_bar=false",
-    "trainer.num_sanity_val_steps=0",
-]
-
 
 def _state(ckpt: Path) -> dict:
     return torch.load(ckpt, map_location="cpu", weights_only=True)
 
 
-def test_train_writes_metrics_grid_and_checkpoints(train_cfg, tmp_path):
-    cfg = train_cfg(*TINY, "trainer.max_epochs=1")
+def test_train_writes_metrics_grid_and_checkpoints(train_cfg, tmp_path, tiny_dvae):
+    cfg = train_cfg(*tiny_dvae, "trainer.max_epochs=1")
     metrics = train(cfg)
     run = Path(cfg.paths.output_dir)
     saved = json.loads((run / "metrics.json").read_text())
@@ -49,9 +33,14 @@ def test_train_writes_metrics_grid_and_checkpoints(train_cfg, tmp_path):
     assert ckpt["zoo_config"]["model"]["preset"] == "tiny"
 
 
-def test_resume_is_exact_mid_epoch(train_cfg, tmp_path):
+def test_resume_is_exact_mid_epoch(train_cfg, tmp_path, tiny_dvae):
     """train 6 steps == train 3 steps, stop, resume to 6 (same weights: data position, optimizer and RNG restored)."""
-    common = [*TINY, "test=false", "callbacks.last_checkpoint.every_n_train_steps=1", "trainer.limit_val_batches=0"]
+    common = [
+        *tiny_dvae,
+        "test=false",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+        "trainer.limit_val_batches=0",
+    ]
     straight = train_cfg(*common, "trainer.max_steps=6")
     train(straight)
     ref = _state(Path(straight.paths.output_dir) / "checkpoints" / "last.ckpt")
@@ -72,15 +61,15 @@ def test_resume_is_exact_mid_epoch(train_cfg, tmp_path):
         torch.testing.assert_close(got["state_dict"][k], v, rtol=0, atol=0, msg=f"weights differ at {k}")
 
 
-def test_bad_resolution_fails_before_training(train_cfg):
-    cfg = train_cfg(*TINY, "data.resolution=34", "model.preset=shapes")
+def test_bad_resolution_fails_before_training(train_cfg, tiny_dvae):
+    cfg = train_cfg(*tiny_dvae, "data.resolution=34", "model.preset=shapes")
     with pytest.raises(ConfigError, match="resolution"):
         train(cfg)
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
 
 
-def test_missing_ckpt_path_is_a_config_error(train_cfg):
-    cfg = train_cfg(*TINY, "ckpt_path=/nonexistent/last.ckpt")
+def test_missing_ckpt_path_is_a_config_error(train_cfg, tiny_dvae):
+    cfg = train_cfg(*tiny_dvae, "ckpt_path=/nonexistent/last.ckpt")
     with pytest.raises(ConfigError, match="ckpt_path"):
         train(cfg)
 
@@ -90,27 +79,16 @@ def _zoo_train(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "zoo.train", *args], cwd=cwd, env=env, **kw)
 
 
-def test_kill_then_resume_continues_from_saved_step(tmp_path):
+def test_kill_then_resume_continues_from_saved_step(tmp_path, tiny_dvae, train_helpers):
     run_dir = tmp_path / "run"
     args = [
-        *TINY,
-        "data.train_size=4096",
-        "trainer.max_epochs=100",
-        "trainer.limit_val_batches=0",
-        "callbacks.last_checkpoint.every_n_train_steps=2",
-        f"hydra.run.dir={run_dir}",
-        f"paths.log_dir={tmp_path}",
+        *tiny_dvae,
+        *train_helpers.long_run(run_dir, tmp_path),
     ]
     proc = _zoo_train(args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline and not (last.is_file() and _state(last)["global_step"] >= 4):
-            time.sleep(0.5)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    saved_step = _state(last)["global_step"]  # a kill at any moment leaves a loadable file (atomic writes)
+    # a kill at any moment leaves a loadable file (atomic writes)
+    saved_step = train_helpers.kill_once_saved(proc, last, timeout=120, poll=0.5)
     assert saved_step >= 2
     done = subprocess.run(
         [
@@ -132,9 +110,9 @@ def test_kill_then_resume_continues_from_saved_step(tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == saved_step + 2
 
 
-def test_ema_callback_trains_checkpoints_and_resumes(train_cfg):
+def test_ema_callback_trains_checkpoints_and_resumes(train_cfg, tiny_dvae):
     common = [
-        *TINY,
+        *tiny_dvae,
         "callbacks=ema",
         "callbacks.ema.update_starting_at_step=1",
         "callbacks.ema.decay=0.5",

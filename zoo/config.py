@@ -116,6 +116,22 @@ def report_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def entry_point(
+    body: Callable[[Any], Any], config_name: str, config_path: str = "pkg://conf", returns: bool = False
+) -> Callable[..., Any]:
+    """The ``main`` of a command: ``@hydra.main`` (``<config_path>/<config_name>.yaml``) over
+    ``report_user_errors(body)``. Hydra gets ``body(cfg)``'s value only with ``returns`` (a sweep's objective);
+    the job is named after ``body``'s module, as if ``main`` were written there."""
+    import hydra
+
+    @functools.wraps(body)  # Hydra names the job after body's file / module
+    def main(cfg):
+        value = body(cfg)
+        return value if returns else None
+
+    return hydra.main(version_base="1.3", config_path=config_path, config_name=config_name)(report_user_errors(main))
+
+
 def debug_enabled(env: Optional[dict[str, str]] = None) -> bool:
     env = os.environ if env is None else env
     return env.get("ZOO_DEBUG", "0") not in ("", "0") or env.get("HYDRA_FULL_ERROR", "0") not in ("", "0")

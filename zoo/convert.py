@@ -45,11 +45,9 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-import hydra
 import torch
-from omegaconf import DictConfig
 
-from zoo.config import report_user_errors
+from zoo.config import entry_point
 from zoo.errors import ConfigError
 
 log = logging.getLogger("zoo.convert")
@@ -394,10 +392,7 @@ def convert(cfg) -> Path:
     return path
 
 
-@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="convert")
-@report_user_errors
-def main(cfg: DictConfig) -> None:
-    convert(cfg)
+main = entry_point(convert, "convert")
 
 
 if __name__ == "__main__":

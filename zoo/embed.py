@@ -28,11 +28,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
-from zoo.config import report_user_errors
+from zoo.config import entry_point
 from zoo.errors import ConfigError
 from zoo.models.clip.model import text_token_encodings  # noqa: F401  (library code; re-exported)
 from zoo.progress import track
@@ -155,10 +154,7 @@ def embed(cfg: DictConfig) -> Path:
     return path
 
 
-@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="embed")
-@report_user_errors
-def main(cfg: DictConfig) -> None:
-    embed(cfg)
+main = entry_point(embed, "embed")
 
 
 if __name__ == "__main__":

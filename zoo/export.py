@@ -45,13 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import hydra
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from omegaconf import DictConfig
 
-from zoo.config import report_user_errors
+from zoo.config import entry_point
 from zoo.errors import ConfigError
 
 log = logging.getLogger("zoo.export")
@@ -661,10 +659,7 @@ def _print_summary(s: dict[str, Any]) -> None:
         print(f"  {s['onnx_note']}")
 
 
-@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="export")
-@report_user_errors
-def main(cfg: DictConfig) -> None:
-    export(cfg)
+main = entry_point(export, "export")
 
 
 if __name__ == "__main__":

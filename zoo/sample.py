@@ -23,10 +23,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, open_dict
 
-from zoo.config import report_user_errors
+from zoo.config import entry_point
 from zoo.errors import ConfigError
 
 log = logging.getLogger("zoo.sample")
@@ -182,10 +181,7 @@ def sample_prompts(cfg: DictConfig, generator, out_dir: Path) -> dict[str, Any]:
     return written
 
 
-@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="sample")
-@report_user_errors
-def main(cfg: DictConfig) -> None:
-    sample(cfg)
+main = entry_point(sample, "sample")
 
 
 if __name__ == "__main__":

@@ -33,10 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import hydra
 from omegaconf import DictConfig
 
-from zoo.config import report_user_errors
+from zoo.config import entry_point
 from zoo.errors import ConfigError
 
 log = logging.getLogger("zoo.serve")
@@ -442,10 +441,7 @@ def serve(cfg: DictConfig, block: bool = True):
     return app
 
 
-@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="serve")
-@report_user_errors
-def main(cfg: DictConfig) -> None:
-    serve(cfg)
+main = entry_point(serve, "serve")
 
 
 if __name__ == "__main__":

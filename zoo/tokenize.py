@@ -11,11 +11,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
-from zoo.config import report_user_errors
+from zoo.config import entry_point
 from zoo.errors import ConfigError
 from zoo.progress import track
 
@@ -73,10 +72,7 @@ def tokenize(cfg: DictConfig) -> Path:
     return path
 
 
-@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="tokenize")
-@report_user_errors
-def main(cfg: DictConfig) -> None:
-    tokenize(cfg)
+main = entry_point(tokenize, "tokenize")
 
 
 if __name__ == "__main__":

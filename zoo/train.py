@@ -14,10 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from zoo.config import report_user_errors
+from zoo.config import entry_point
 from zoo.errors import ConfigError
 
 log = logging.getLogger("zoo.train")
@@ -215,9 +214,8 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
-@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="train")
-@report_user_errors
-def main(cfg: DictConfig) -> Optional[float]:
+def objective(cfg: DictConfig) -> Optional[float]:
+    """Train; what a sweep optimises: ``cfg.optimized_metric`` of the metrics, or None."""
     metrics = train(cfg)
     name = cfg.get("optimized_metric")
     if name:
@@ -227,6 +225,8 @@ def main(cfg: DictConfig) -> Optional[float]:
         return metrics[name]
     return None
 
+
+main = entry_point(objective, "train", returns=True)
 
 if __name__ == "__main__":
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")

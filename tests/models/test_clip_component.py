@@ -87,26 +87,13 @@ def test_recall_at_k():
     assert recall_at_k(sim, 1) == pytest.approx(1 / 3) and recall_at_k(sim, 2) == pytest.approx(2 / 3)
 
 
-def test_trained_checkpoint_loads_with_identical_embeddings(train_cfg, tmp_path):
-    from pathlib import Path
-
+def test_trained_checkpoint_loads_with_identical_embeddings(train_cfg, tmp_path, train_helpers):
     from zoo.train import train
 
-    cfg = train_cfg(
-        "model=clip",
-        "model.preset=tiny",
-        "data.train_size=16",
-        "data.val_size=8",
-        "data.test_size=8",
-        "data.batch_size=8",
-        "logger=none",
-        "trainer=cpu",
-        "trainer.max_steps=2",
-        "test=false",
-        "trainer.enable_progress_bar=false",
-    )
+    T = train_helpers
+    cfg = train_cfg("model=clip", "model.preset=tiny", *T.sizes(), *T.TWO_STEPS)
     train(cfg)
-    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    ckpt = T.last_ckpt(cfg)
     from zoo.checkpoint import load_module
 
     trained = load_module(ckpt)

@@ -133,7 +133,7 @@ def test_temperature_and_kl_weight_reach_their_endpoints(schedule):
 
 # ----------------------------------------------------------------------------------------------- learning
 @pytest.mark.parametrize("recon_loss", ["logit_laplace", "mse"])
-def test_overfits_a_fixed_batch(recon_loss):
+def test_overfits_a_fixed_batch(recon_loss, nn_helpers):
     torch.manual_seed(0)
     ds = ShapesDataset("train", 8, 32)
     x = torch.stack([ds[i]["image"] for i in range(8)])
@@ -145,15 +145,7 @@ def test_overfits_a_fixed_batch(recon_loss):
         kl_steps=50,
         kl_weight_max=0.5,
     )
-    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    mses = []
-    for step in range(150):
-        r = m.forward_loss(x, step=step)
-        opt.zero_grad()
-        r["loss"].backward()
-        opt.step()
-        mses.append(r["mse"].item())
-    first, last = sum(mses[:5]) / 5, sum(mses[-5:]) / 5
+    first, last = nn_helpers.fit(m, x, pass_step=True)
     assert last < first / 5, (first, last)
     # and the hard tokens reconstruct too (what stage 2 sees)
     m.eval()

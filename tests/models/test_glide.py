@@ -3,10 +3,7 @@ zoo-train -> load_module -> generate, and the paper preset's parameter count (me
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-import torch.nn as nn
 
 from zoo.diffusion.samplers import ddim_sample
 from zoo.models.glide.lit import GlideLit
@@ -14,16 +11,6 @@ from zoo.models.glide.model import GLIDE_PAPER_TOTAL_PARAMS, GLIDE_PRESETS, Glid
 from zoo.nn.unet import GLIDE_PAPER_PARAMS, AttentionBlock
 
 TINY = GLIDE_PRESETS["tiny"]
-
-
-def _perturb(net: nn.Module, std: float = 0.1, seed: int = 0) -> nn.Module:
-    """Randomise the zero-initialised layers so outputs and gradients are not trivially zero."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-    return net
 
 
 def _tokens(b: int = 2, n_real: int = 5, seed: int = 1) -> torch.Tensor:
@@ -51,20 +38,20 @@ def test_output_shapes():
     assert cond["context_mask"][:, :5].all() and not cond["context_mask"][:, 5:].any()
 
 
-def test_bf16_autocast_forward_is_finite():
+def test_bf16_autocast_forward_is_finite(perturb):
     torch.manual_seed(0)
-    net = _perturb(Glide(TINY)).eval()
+    net = perturb(Glide(TINY)).eval()
     x, t = _inputs()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = net(x, t, torch.cat([_tokens(1), net.null_tokens(1)]))
     assert out.shape == (2, 6, 16, 16) and torch.isfinite(out.float()).all()
 
 
-def test_text_reaches_every_attention_block():
+def test_text_reaches_every_attention_block(perturb):
     """The caption's token embeddings get a gradient through each attention block's context projection, and the
     final-token projection (added to the timestep embedding) gets one too."""
     torch.manual_seed(0)
-    net = _perturb(Glide(TINY)).train()
+    net = perturb(Glide(TINY)).train()
     blocks = [m for m in net.unet.modules() if isinstance(m, AttentionBlock)]
     assert len(blocks) >= 5  # down, middle and up path
     x, t = _inputs()
@@ -95,9 +82,9 @@ def test_text_reaches_every_attention_block():
         assert gin[:, :5].abs().sum() > 0, f"attention block {i}: no gradient to the text tokens"
 
 
-def test_padding_is_masked_in_unet_but_empty_caption_is_finite():
+def test_padding_is_masked_in_unet_but_empty_caption_is_finite(perturb):
     torch.manual_seed(0)
-    net = _perturb(Glide(TINY)).eval()
+    net = perturb(Glide(TINY)).eval()
     x, t = _inputs()
     empty = net(x, t, net.null_tokens(2))
     assert torch.isfinite(empty).all()  # all pads: no empty attention row anywhere
@@ -107,10 +94,10 @@ def test_padding_is_masked_in_unet_but_empty_caption_is_finite():
     torch.testing.assert_close(a["context"][:, :5], b["context"][:, :5], rtol=0, atol=0)
 
 
-def test_dropped_caption_is_the_null_condition():
+def test_dropped_caption_is_the_null_condition(perturb):
     torch.manual_seed(0)
     lit = GlideLit(preset="tiny", text_dropout=0.999)
-    _perturb(lit.net).eval()
+    perturb(lit.net).eval()
     x, t = _inputs()
     tok = _tokens()
     dropped = lit.drop_captions(tok, torch.Generator().manual_seed(0))
@@ -121,32 +108,8 @@ def test_dropped_caption_is_the_null_condition():
     assert not torch.equal(lit.net(x, t, tok), explicit)
 
 
-class _Tok:
-    """A stand-in text tokenizer: one id per word, [SOT]=2 ... [EOT]=3, pads 0 (enough for sampling tests)."""
-
-    vocab_size, pad_id, sot_id, eot_id, context_length = 64, 0, 2, 3, 16
-
-    def encode(self, captions):
-        out = torch.zeros(len(captions), self.context_length, dtype=torch.long)
-        for i, c in enumerate(captions):
-            ids = [2, *[4 + (hash(w) % 60) for w in c.split()][:14], 3]
-            out[i, : len(ids)] = torch.tensor(ids)
-        return out
-
-    def to_spec(self):
-        return None
-
-
-def _sampling_lit() -> GlideLit:
-    torch.manual_seed(0)
-    lit = GlideLit(preset="tiny")
-    _perturb(lit.net)
-    lit.text_tokenizer = _Tok()
-    return lit.eval()
-
-
-def test_guidance_scale_one_is_the_conditional_model_bit_for_bit():
-    lit = _sampling_lit()
+def test_guidance_scale_one_is_the_conditional_model_bit_for_bit(nn_helpers):
+    lit = nn_helpers.sampling_lit(GlideLit)
     caps = ["a red circle", "two blue squares"]
     got = lit.generate(caps, seed=3, guidance_scale=1.0, steps=4)
     # the unguided reference, written out: conditional model only, same seed, same respaced DDIM
@@ -164,12 +127,12 @@ def test_guidance_scale_one_is_the_conditional_model_bit_for_bit():
     assert guided.shape == got.shape and not torch.equal(guided, got)
 
 
-def test_guided_model_fn_is_one_batched_forward():
+def test_guided_model_fn_is_one_batched_forward(nn_helpers):
     """At scale s the model_fn equals guide_learned_variance of separate cond / uncond forwards (up to batching
     round-off), computed with a single (2B) forward of the denoiser per call."""
     from zoo.nn.guidance import guide_learned_variance
 
-    lit = _sampling_lit()
+    lit = nn_helpers.sampling_lit(GlideLit)
     text = lit.encode_captions(["a red circle", "a green triangle"])
     x, t = _inputs()
     calls = []
@@ -183,8 +146,8 @@ def test_guided_model_fn_is_one_batched_forward():
     torch.testing.assert_close(out, guide_learned_variance(uncond, cond, 2.5), rtol=1e-4, atol=1e-5)
 
 
-def test_samplers_and_candidates():
-    lit = _sampling_lit()
+def test_samplers_and_candidates(nn_helpers):
+    lit = nn_helpers.sampling_lit(GlideLit)
     caps = ["a red circle"]
     for sampler in ("ddim", "ddpm"):
         imgs = lit.generate(caps, n=2, steps=3, sampler=sampler)
@@ -194,7 +157,7 @@ def test_samplers_and_candidates():
     assert torch.equal(cand[:, 0], lit.candidates(caps, 1, steps=2)[:, 0])  # nested in n
 
 
-def test_tiny_glide_overfits_a_fixed_batch():
+def test_tiny_glide_overfits_a_fixed_batch(nn_helpers):
     torch.manual_seed(0)
     lit = GlideLit(preset="tiny", text_dropout=0.0)
     g = torch.Generator().manual_seed(0)
@@ -202,20 +165,7 @@ def test_tiny_glide_overfits_a_fixed_batch():
     base = torch.rand(4, 3, 1, 1, generator=g) * 2 - 1
     x0 = (base + 0.3 * torch.linspace(-1, 1, 16)[None, None, :, None]).clamp(-1, 1).expand(4, 3, 16, 16)
     batch = {"image": x0.contiguous(), "text_tokens": _tokens(4)}
-    opt = torch.optim.Adam(lit.parameters(), lr=5e-3)
-
-    # evaluate on fixed timesteps / noise so start and end are comparable
-    def eval_loss():
-        with torch.no_grad():
-            return lit.forward_loss(batch, train=False, generator=torch.Generator().manual_seed(1))["mse"].item()
-
-    start = eval_loss()
-    for step in range(40):
-        loss = lit.forward_loss(batch, train=True)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    end = eval_loss()
+    start, end = nn_helpers.overfit(lit, batch)  # eval MSE on fixed timesteps / noise, before and after 40 steps
     assert end < 0.35 * start, (start, end)  # measured: 1.04 -> 0.19 in 40 steps
 
 
@@ -230,43 +180,21 @@ def test_paper_preset_parameter_count():
     assert 3.5e9 <= GLIDE_PAPER_TOTAL_PARAMS <= 3.6e9
 
 
-TRAIN = [
-    "model=glide",
-    "model.preset=tiny",
-    "model.grid_captions=2",
-    "model.grid_steps=2",
-    "data=shapes",
-    "data/tokenizer=bpe",
-    "data.tokenizer.vocab_size=300",
-    "data.tokenizer.context_length=32",
-    "data.resolution=16",
-    "data.train_size=24",
-    "data.val_size=8",
-    "data.test_size=8",
-    "data.batch_size=8",
-    "logger=none",
-    "trainer=cpu",
-    "trainer.max_epochs=1",
-    "trainer.precision=32-true",
-    "trainer.enable_progress_bar=false",
-    "trainer.num_sanity_val_steps=0",
-    "test=false",
-]
-
-
-def test_train_checkpoint_load_and_generate(train_cfg):
+def test_train_checkpoint_load_and_generate(train_cfg, train_helpers):
     from zoo.checkpoint import load_module
-    from zoo.train import train
 
-    cfg = train_cfg(*TRAIN)
-    metrics = train(cfg)
-    assert metrics["global_step"] == 3
-    run = Path(cfg.paths.output_dir)
-    last = run / "checkpoints" / "last.ckpt"
-    assert last.is_file()
-    assert list((run / "samples").glob("*.png")), "sample grid PNG missing"
-    ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    assert ckpt["zoo_component"] == "glide"
+    T = train_helpers
+    cfg = train_cfg(
+        "model=glide",
+        "model.preset=tiny",
+        "model.grid_captions=2",
+        "model.grid_steps=2",
+        *T.SHAPES_BPE,
+        "data.resolution=16",
+        *T.sizes(24),
+        *T.ONE_EPOCH,
+    )
+    _, last, ckpt = T.train_checked(cfg, "glide", global_step=3)
     assert ckpt["hyper_parameters"]["text_tokenizer"]["kind"] == "trained_bpe"  # self-contained
     model = load_module(last)
     assert isinstance(model, GlideLit)

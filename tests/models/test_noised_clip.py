@@ -4,11 +4,8 @@ CLIP guidance at scale 0 is the unguided sampler bit for bit (ddpm and ddim), on
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-import torch.nn as nn
 
 from zoo.diffusion.guidance import clip_guided_sample, condition_mean, dot_product_gradient
 from zoo.models.glide.lit import GlideLit
@@ -18,15 +15,6 @@ from zoo.models.noised_clip.model import NOISED_CLIP_PRESETS, NoisedClip
 TINY = NOISED_CLIP_PRESETS["tiny"]
 
 
-def _perturb(net: nn.Module, std: float = 0.1, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-    return net
-
-
 def _tokens(b: int, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     tok = torch.zeros(b, TINY.text_len, dtype=torch.long)
@@ -34,33 +22,19 @@ def _tokens(b: int, seed: int = 1) -> torch.Tensor:
     return tok
 
 
-class _Tok:
-    vocab_size, pad_id, sot_id, eot_id, context_length = 64, 0, 2, 3, 16
-
-    def encode(self, captions):
-        out = torch.zeros(len(captions), self.context_length, dtype=torch.long)
-        for i, c in enumerate(captions):
-            ids = [2, *[4 + (sum(map(ord, w)) % 60) for w in c.split()][:14], 3]
-            out[i, : len(ids)] = torch.tensor(ids)
-        return out
-
-    def to_spec(self):
-        return None
-
-
-def _pair():
-    torch.manual_seed(0)
-    glide = GlideLit(preset="tiny")
-    _perturb(glide.net)
+def _pair(nn_helpers):
+    """A tiny GLIDE and a tiny noised CLIP sharing a word tokenizer (with a hash of the word that is stable across
+    processes), in eval mode."""
+    glide = nn_helpers.sampling_lit(GlideLit)
     clip = NoisedClipLit(preset="tiny")
-    _perturb(clip.net, std=0.3, seed=1)
-    glide.text_tokenizer = clip.text_tokenizer = _Tok()
-    return glide.eval(), clip.eval()
+    nn_helpers.perturb(clip.net, std=0.3, seed=1)
+    glide.text_tokenizer = clip.text_tokenizer = nn_helpers.WordTokenizer(word_hash=lambda w: sum(map(ord, w)))
+    return glide, clip.eval()
 
 
-def test_shapes_and_timestep_changes_the_features():
+def test_shapes_and_timestep_changes_the_features(perturb):
     torch.manual_seed(0)
-    net = _perturb(NoisedClip(TINY)).eval()
+    net = perturb(NoisedClip(TINY)).eval()
     x = torch.randn(3, 3, 16, 16)
     f0, f1 = net.encode_image(x, torch.full((3,), 10)), net.encode_image(x, torch.full((3,), 900))
     assert f0.shape == (3, TINY.embed_dim) and net.encode_text(_tokens(3)).shape == (3, TINY.embed_dim)
@@ -93,8 +67,8 @@ def test_contrastive_loss_falls_on_a_fixed_batch():
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
-def test_clip_guidance_scale_zero_is_the_unguided_sampler_bit_for_bit(sampler):
-    glide, clip = _pair()
+def test_clip_guidance_scale_zero_is_the_unguided_sampler_bit_for_bit(sampler, nn_helpers):
+    glide, clip = _pair(nn_helpers)
     caps = ["a red circle", "two blue squares"]
     want = glide.generate(caps, seed=3, guidance_scale=1.0, steps=4, sampler=sampler)
     got = clip_guided_generate(glide, clip, caps, scale=0.0, seed=3, steps=4, sampler=sampler)
@@ -103,8 +77,8 @@ def test_clip_guidance_scale_zero_is_the_unguided_sampler_bit_for_bit(sampler):
     assert not torch.equal(guided, want)
 
 
-def test_one_guided_step_is_the_hand_computed_mean_and_raises_the_score():
-    glide, clip = _pair()
+def test_one_guided_step_is_the_hand_computed_mean_and_raises_the_score(nn_helpers):
+    glide, clip = _pair(nn_helpers)
     proc = glide.process.respaced(10)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 3, 16, 16, generator=g)
@@ -133,14 +107,14 @@ def test_one_guided_step_is_the_hand_computed_mean_and_raises_the_score():
 
 
 @pytest.mark.parametrize("sampler,scale", [("ddpm", 100.0), ("ddim", 2.0)])
-def test_clip_guided_samples_score_higher_on_average(sampler, scale):
+def test_clip_guided_samples_score_higher_on_average(sampler, scale, nn_helpers):
     """A denoiser that is exact for data ~ N(0, 0.5² I) (so samples stay in range), guided by a fixed tiny noised
     CLIP: the final samples' noised-CLIP score at t = 0 is higher with guidance, on average and for most captions.
     (A randomly perturbed GLIDE would saturate its samples at the [-1, 1] clamp, hiding any effect.)"""
     from zoo.diffusion.process import GaussianDiffusion
     from zoo.diffusion.schedules import get_schedule
 
-    _, clip = _pair()
+    _, clip = _pair(nn_helpers)
     full = GaussianDiffusion(get_schedule("cosine", 1000))
     proc = full.respaced(10)
     var = 0.25
@@ -165,11 +139,11 @@ def test_clip_guided_samples_score_higher_on_average(sampler, scale):
     assert gain.mean() > 0.005 and (gain > 0).float().mean() >= 0.75, (out[0.0], out[scale])
 
 
-def test_direct_sampler_matches_with_zero_gradient():
+def test_direct_sampler_matches_with_zero_gradient(nn_helpers):
     """``clip_guided_sample`` with a cond_fn of zeros is ``ddpm_sample`` (the loop shares its noise stream)."""
     from zoo.diffusion.samplers import ddpm_sample
 
-    glide, _ = _pair()
+    glide, _ = _pair(nn_helpers)
     proc = glide.process.respaced(3)
     fn = glide.model_fn(glide.encode_captions(["a red circle"]), 1.0)
     a = ddpm_sample(proc, fn, (1, 3, 16, 16), generator=torch.Generator().manual_seed(0))
@@ -178,33 +152,17 @@ def test_direct_sampler_matches_with_zero_gradient():
     assert torch.equal(a, b)
 
 
-def test_train_checkpoint_load(train_cfg):
+def test_train_checkpoint_load(train_cfg, train_helpers):
     from zoo.checkpoint import load_module
     from zoo.train import train
 
+    T = train_helpers
     cfg = train_cfg(
-        "model=noised_clip",
-        "model.preset=tiny",
-        "data=shapes",
-        "data/tokenizer=bpe",
-        "data.tokenizer.vocab_size=300",
-        "data.tokenizer.context_length=32",
-        "data.resolution=16",
-        "data.train_size=16",
-        "data.val_size=8",
-        "data.test_size=8",
-        "data.batch_size=8",
-        "logger=none",
-        "trainer=cpu",
-        "trainer.max_epochs=1",
-        "trainer.precision=32-true",
-        "trainer.enable_progress_bar=false",
-        "trainer.num_sanity_val_steps=0",
-        "test=false",
+        "model=noised_clip", "model.preset=tiny", *T.SHAPES_BPE, "data.resolution=16", *T.sizes(), *T.ONE_EPOCH
     )
     metrics = train(cfg)
     assert metrics["global_step"] == 2 and "val/loss" in metrics
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    last = T.last_ckpt(cfg)
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt["zoo_component"] == "noised_clip"
     assert ckpt["hyper_parameters"]["text_tokenizer"]["kind"] == "trained_bpe"

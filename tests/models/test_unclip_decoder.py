@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 from zoo.diffusion.samplers import ddim_sample
 from zoo.models.glide.model import count_glide_params
@@ -24,16 +23,6 @@ TINY = UNCLIP_DECODER_PRESETS["tiny"]
 D = TINY.clip_dim
 
 
-def _perturb(net: nn.Module, std: float = 0.1, seed: int = 0) -> nn.Module:
-    """Randomise the zero-initialised layers so outputs and gradients are not trivially zero."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-    return net
-
-
 def _tokens(b: int = 2, n_real: int = 5, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     tok = torch.full((b, TINY.text_len), TINY.pad_id, dtype=torch.long)
@@ -47,13 +36,13 @@ def _inputs(b: int = 2, seed: int = 0):
     return torch.randn(b, 3, 16, 16, generator=g), torch.randint(0, 1000, (b,), generator=g), emb
 
 
-def _net() -> UnclipDecoder:
+def _net(perturb) -> UnclipDecoder:
     torch.manual_seed(0)
-    return _perturb(UnclipDecoder(TINY)).eval()
+    return perturb(UnclipDecoder(TINY)).eval()
 
 
-def test_output_shapes_and_context_layout():
-    net = _net()
+def test_output_shapes_and_context_layout(perturb):
+    net = _net(perturb)
     x, t, emb = _inputs()
     assert net(x, t, _tokens(), emb).shape == (2, 6, 16, 16)
     assert net(x, t, _tokens()[:, :7], emb).shape == (2, 6, 16, 16)
@@ -66,8 +55,8 @@ def test_output_shapes_and_context_layout():
     assert net.encode(None, None, batch=2)["context_mask"][:, -4:].all()
 
 
-def test_embedding_reaches_timestep_embedding_and_every_attention_layer():
-    net = _net()
+def test_embedding_reaches_timestep_embedding_and_every_attention_layer(perturb):
+    net = _net(perturb)
     x, t, emb = _inputs()
     emb = emb.clone().requires_grad_(True)
     seen = []
@@ -85,7 +74,7 @@ def test_embedding_reaches_timestep_embedding_and_every_attention_layer():
 
     # each path alone changes the output: cut one, the embedding still matters through the other
     for cut in ("clip_emb_proj", "clip_tokens_proj"):
-        net2 = _net()
+        net2 = _net(perturb)
         with torch.no_grad():
             getattr(net2, cut).weight.zero_()
         a, b = net2(x, t, _tokens(), emb.detach()), net2(x, t, _tokens(), -emb.detach())
@@ -99,8 +88,8 @@ def test_embedding_reaches_timestep_embedding_and_every_attention_layer():
     )
 
 
-def test_null_condition_and_independent_dropouts():
-    net = _net()
+def test_null_condition_and_independent_dropouts(perturb):
+    net = _net(perturb)
     x, t, emb = _inputs()
     null = net(x, t, None, None)
     assert torch.equal(null, net(x, t, net.null_tokens(2), torch.zeros(2, D)))
@@ -127,30 +116,8 @@ def test_null_condition_and_independent_dropouts():
     torch.testing.assert_close(net(x8, t8, tok8, e8)[both], net(x8, t8, None, None)[both], rtol=0, atol=1e-6)
 
 
-class _Tok:
-    vocab_size, pad_id, sot_id, eot_id, context_length = 64, 0, 2, 3, 16
-
-    def encode(self, captions):
-        out = torch.zeros(len(captions), self.context_length, dtype=torch.long)
-        for i, c in enumerate(captions):
-            ids = [2, *[4 + (hash(w) % 60) for w in c.split()][:14], 3]
-            out[i, : len(ids)] = torch.tensor(ids)
-        return out
-
-    def to_spec(self):
-        return None
-
-
-def _sampling_lit() -> UnclipDecoderLit:
-    torch.manual_seed(0)
-    lit = UnclipDecoderLit(preset="tiny")
-    _perturb(lit.net)
-    lit.text_tokenizer = _Tok()
-    return lit.eval()
-
-
-def test_decoder_guidance_one_is_the_conditional_model_bit_for_bit():
-    lit = _sampling_lit()
+def test_decoder_guidance_one_is_the_conditional_model_bit_for_bit(nn_helpers):
+    lit = nn_helpers.sampling_lit(UnclipDecoderLit)
     caps = ["a red circle", "two blue squares"]
     _, _, emb = _inputs()
     got = lit.generate(caps, emb, seed=3, decoder_guidance_scale=1.0, steps=4)
@@ -170,7 +137,7 @@ def test_decoder_guidance_one_is_the_conditional_model_bit_for_bit():
     assert imgs.shape == (4, 3, 16, 16) and imgs.abs().max() <= 1
 
 
-def test_tiny_decoder_overfits_a_fixed_batch():
+def test_tiny_decoder_overfits_a_fixed_batch(nn_helpers):
     torch.manual_seed(0)
     lit = UnclipDecoderLit(preset="tiny", text_dropout=0.0, emb_dropout=0.0)
     g = torch.Generator().manual_seed(0)
@@ -181,19 +148,7 @@ def test_tiny_decoder_overfits_a_fixed_batch():
         "text_tokens": _tokens(4),
         "clip_image_emb": torch.nn.functional.normalize(torch.randn(4, D, generator=g), dim=-1),
     }
-    opt = torch.optim.Adam(lit.parameters(), lr=5e-3)
-
-    def eval_loss():
-        with torch.no_grad():
-            return lit.forward_loss(batch, train=False, generator=torch.Generator().manual_seed(1))["mse"].item()
-
-    start = eval_loss()
-    for _ in range(40):
-        loss = lit.forward_loss(batch, train=True)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    end = eval_loss()
+    start, end = nn_helpers.overfit(lit, batch)  # eval MSE on fixed timesteps / noise, before and after 40 steps
     assert end < 0.35 * start, (start, end)
 
 
@@ -224,41 +179,23 @@ def _features_file(path: Path, n: int):
     return path
 
 
-def test_train_checkpoint_load_and_generate(train_cfg, tmp_path):
+def test_train_checkpoint_load_and_generate(train_cfg, tmp_path, train_helpers):
     from zoo.checkpoint import load_module
-    from zoo.train import train
 
+    T = train_helpers
     files = {s: _features_file(tmp_path / "emb" / f"{s}.pt", n) for s, n in (("train", 16), ("val", 8), ("test", 8))}
     cfg = train_cfg(
         "model=unclip_decoder",
         "model.preset=tiny",
         "model.grid_captions=2",
         "model.grid_steps=2",
-        "data=shapes",
-        "data/tokenizer=bpe",
-        "data.tokenizer.vocab_size=300",
-        "data.tokenizer.context_length=32",
+        *T.SHAPES_BPE,
         "data.resolution=16",
-        "data.train_size=16",
-        "data.val_size=8",
-        "data.test_size=8",
-        "data.batch_size=8",
+        *T.sizes(),
         *[f"data.features.{s}={p}" for s, p in files.items()],
-        "logger=none",
-        "trainer=cpu",
-        "trainer.max_epochs=1",
-        "trainer.precision=32-true",
-        "trainer.enable_progress_bar=false",
-        "trainer.num_sanity_val_steps=0",
-        "test=false",
+        *T.ONE_EPOCH,
     )
-    metrics = train(cfg)
-    assert metrics["global_step"] == 2
-    run = Path(cfg.paths.output_dir)
-    last = run / "checkpoints" / "last.ckpt"
-    assert list((run / "samples").glob("*.png")), "sample grid PNG missing"
-    ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    assert ckpt["zoo_component"] == "unclip_decoder"
+    _, last, ckpt = T.train_checked(cfg, "unclip_decoder", global_step=2)
     model = load_module(last)
     assert isinstance(model, UnclipDecoderLit) and model.cfg == TINY
     for k, v in ckpt["state_dict"].items():

@@ -4,8 +4,6 @@ upsample, the paper presets' parameter counts (meta device) and the default DDIM
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn as nn
@@ -160,40 +158,21 @@ def test_check_data_wants_the_target_resolution():
         UpsamplerLit(preset="tiny").check_data(DM())
 
 
-TRAIN = [
-    "model=upsampler",
-    "model.preset=tiny",
-    "model.grid_images=2",
-    "model.grid_steps=2",
-    "data=shapes",
-    "data.resolution=32",
-    "data.train_size=24",
-    "data.val_size=8",
-    "data.test_size=8",
-    "data.batch_size=8",
-    "logger=none",
-    "trainer=cpu",
-    "trainer.max_epochs=1",
-    "trainer.precision=32-true",
-    "trainer.enable_progress_bar=false",
-    "trainer.num_sanity_val_steps=0",
-    "test=false",
-]
-
-
-def test_train_checkpoint_load_and_upsample(train_cfg):
+def test_train_checkpoint_load_and_upsample(train_cfg, train_helpers):
     from zoo.checkpoint import load_module
-    from zoo.train import train
 
-    cfg = train_cfg(*TRAIN)
-    metrics = train(cfg)
-    assert metrics["global_step"] == 3
-    run = Path(cfg.paths.output_dir)
-    last = run / "checkpoints" / "last.ckpt"
-    assert last.is_file()
-    assert list((run / "samples").glob("*.png")), "sample grid PNG missing"
-    ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    assert ckpt["zoo_component"] == "upsampler"
+    T = train_helpers
+    cfg = train_cfg(
+        "model=upsampler",
+        "model.preset=tiny",
+        "model.grid_images=2",
+        "model.grid_steps=2",
+        "data=shapes",
+        "data.resolution=32",
+        *T.sizes(24),
+        *T.ONE_EPOCH,
+    )
+    _, last, ckpt = T.train_checked(cfg, "upsampler", global_step=3)
     model = load_module(last)
     assert isinstance(model, UpsamplerLit) and model.cfg == UPSAMPLER_PRESETS["tiny"]
     low = model.degrade(_images(2, 32), torch.Generator().manual_seed(0))  # 8 px

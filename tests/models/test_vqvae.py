@@ -47,19 +47,11 @@ def test_presets_and_bad_options():
 
 
 @pytest.mark.parametrize("net", [{"kmeans_init": True}, {"ema": False}])
-def test_overfits_a_fixed_batch(net):
+def test_overfits_a_fixed_batch(net, nn_helpers):
     torch.manual_seed(0)
     x = _shapes(8)
     m = VQVAELit(preset="tiny", net=net)
-    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    mses = []
-    for _ in range(150):
-        r = m.forward_loss(x)
-        opt.zero_grad()
-        r["loss"].backward()
-        opt.step()
-        mses.append(r["mse"].item())
-    first, last = sum(mses[:5]) / 5, sum(mses[-5:]) / 5
+    first, last = nn_helpers.fit(m, x)
     assert last < first / 5, (first, last)
 
 

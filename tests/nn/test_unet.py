@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-import torch.nn as nn
 
 from zoo.nn.embeddings import timestep_embedding
 from zoo.nn.unet import (
@@ -24,20 +23,15 @@ from zoo.nn.unet import (
 TINY = UNET_PRESETS["tiny"]
 
 
-def _perturb(net: nn.Module, std: float = 0.1, seed: int = 0) -> nn.Module:
-    """Randomise the zero-initialised layers (output conv, ResBlock conv2, attention proj_out): a fresh net
-    outputs zeros and passes no gradient back through them, which would make most tests vacuous."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-    return net
+@pytest.fixture
+def make_net(perturb):
+    """``make_net(cfg=TINY, cls=UNet, seed=0, **kw)``: a seeded net, zero-initialised layers perturbed, in eval."""
 
+    def make(cfg=TINY, cls=UNet, seed=0, **kw):
+        torch.manual_seed(seed)
+        return perturb(cls(cfg, **kw)).eval()
 
-def _net(cfg=TINY, cls=UNet, seed=0, **kw):
-    torch.manual_seed(seed)
-    return _perturb(cls(cfg, **kw)).eval()
+    return make
 
 
 def _inputs(cfg=TINY, b=2, size=16, n_ctx=5, seed=1):
@@ -87,8 +81,8 @@ def test_zero_init_fresh_net_outputs_zeros():
     assert torch.equal(out, torch.zeros_like(out))
 
 
-def test_timesteps_int_float_scalar():
-    net = _net()
+def test_timesteps_int_float_scalar(make_net):
+    net = make_net()
     x, _, ctx = _inputs()
     with torch.no_grad():
         a = net(x, torch.tensor([7, 7]), context=ctx)
@@ -103,8 +97,8 @@ def test_timesteps_int_float_scalar():
 
 
 # ------------------------------------------------------------------------------------------------ conditioning
-def test_context_reaches_every_attention_block():
-    net = _net().train()
+def test_context_reaches_every_attention_block(make_net):
+    net = make_net().train()
     x, t, ctx = _inputs()
     ctx.requires_grad_(True)
     net(x, t, context=ctx).square().mean().backward()
@@ -115,8 +109,8 @@ def test_context_reaches_every_attention_block():
     assert ctx.grad.abs().sum() > 0
 
 
-def test_context_changes_output_and_mask_excludes_padded_tokens():
-    net = _net()
+def test_context_changes_output_and_mask_excludes_padded_tokens(make_net):
+    net = make_net()
     x, t, ctx = _inputs(n_ctx=6)
     mask = torch.tensor([[True] * 4 + [False] * 2, [True] * 6])
     ctx2 = ctx.clone()
@@ -132,8 +126,8 @@ def test_context_changes_output_and_mask_excludes_padded_tokens():
     torch.testing.assert_close(a[0], d[0], rtol=1e-5, atol=1e-6)
 
 
-def test_emb_changes_output():
-    net = _net()
+def test_emb_changes_output(make_net):
+    net = make_net()
     x, t, ctx = _inputs()
     emb = torch.randn(2, TINY.time_embed_dim)
     with torch.no_grad():
@@ -145,9 +139,9 @@ def test_emb_changes_output():
 
 
 # ------------------------------------------------------------------------------------------------ super-res
-def test_super_res_channels_and_crop_vs_full_size():
+def test_super_res_channels_and_crop_vs_full_size(make_net):
     cfg = UNET_PRESETS["upsample_tiny"]
-    net = _net(cfg, SuperResUNet)
+    net = make_net(cfg, SuperResUNet)
     assert net.input_blocks[0][0].in_channels == 6 and net.in_channels == 3
     assert not net.attention_blocks()  # no attention: fully convolutional
     g = torch.Generator().manual_seed(0)
@@ -175,15 +169,15 @@ def test_super_res_preset_shapes(preset):
 
 
 # ------------------------------------------------------------------------------------ precision and layout
-def test_channels_last_and_bf16_autocast_match_fp32():
+def test_channels_last_and_bf16_autocast_match_fp32(make_net):
     cfg = replace(TINY, learn_sigma=True)
-    net = _net(cfg)
+    net = make_net(cfg)
     x, t, ctx = _inputs(cfg, size=16)
     mask = torch.tensor([[True] * 3 + [False] * 2, [True] * 5])
     emb = torch.randn(2, cfg.time_embed_dim)
     with torch.no_grad():
         ref = net(x, t, context=ctx, context_mask=mask, emb=emb)
-        cl_net = _net(cfg).to(memory_format=torch.channels_last)
+        cl_net = make_net(cfg).to(memory_format=torch.channels_last)
         cl = cl_net(x.to(memory_format=torch.channels_last), t, context=ctx, context_mask=mask, emb=emb)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf = cl_net(x.to(memory_format=torch.channels_last), t, context=ctx, context_mask=mask, emb=emb)
@@ -193,8 +187,8 @@ def test_channels_last_and_bf16_autocast_match_fp32():
     assert rel < 0.05, rel
 
 
-def test_bf16_autocast_backward_is_finite():
-    net = _net().train()
+def test_bf16_autocast_backward_is_finite(make_net):
+    net = make_net().train()
     x, t, ctx = _inputs()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = net(x.to(memory_format=torch.channels_last), t, context=ctx).float().square().mean()
@@ -202,8 +196,8 @@ def test_bf16_autocast_backward_is_finite():
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 
-def test_module_cast_to_bf16_runs():
-    net = _net().to(torch.bfloat16)  # weights in bf16 (sampling without autocast); GroupNorm still upcasts
+def test_module_cast_to_bf16_runs(make_net):
+    net = make_net().to(torch.bfloat16)  # weights in bf16 (sampling without autocast); GroupNorm still upcasts
     x, t, ctx = _inputs()
     with torch.no_grad():
         out = net(x.bfloat16(), t, context=ctx.bfloat16(), emb=torch.randn(2, TINY.time_embed_dim))

@@ -22,47 +22,38 @@ from zoo.pipelines.glide import METHOD_KNOWN_REGION, METHOD_MODEL, METHOD_MODEL_
 CAPTIONS = ["a large red circle at the top left", "a small blue square at the bottom right"]
 RES = 16
 
-TRAIN = [
-    "model.preset=tiny",
-    "model.grid_captions=2",
-    "model.grid_steps=2",
-    "data=shapes",
-    "data/tokenizer=bpe",
-    "data.tokenizer.vocab_size=300",
-    "data.tokenizer.context_length=32",
-    f"data.resolution={RES}",
-    "data.train_size=16",
-    "data.val_size=8",
-    "data.test_size=8",
-    "data.batch_size=8",
-    "logger=none",
-    "trainer=cpu",
-    "trainer.max_steps=2",
-    "trainer.precision=32-true",
-    "trainer.enable_progress_bar=false",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.limit_val_batches=0",
-    "test=false",
-]
 
-
-def _train(root: Path, *overrides: str) -> Path:
+def _train(T, root: Path, *overrides: str) -> Path:
+    """Two steps of a tiny GLIDE (``T``: the ``train_helpers`` module) with ``overrides``."""
     from omegaconf import open_dict
 
     from tests.conftest import compose_cfg  # registered by pytest under this name (importlib mode)
     from zoo.train import train
 
-    cfg = compose_cfg(root, [*TRAIN, *overrides])
+    tiny = [
+        "model.preset=tiny",
+        "model.grid_captions=2",
+        "model.grid_steps=2",
+        *T.SHAPES_BPE,
+        f"data.resolution={RES}",
+        *T.sizes(),
+        *T.TWO_STEPS,
+        "trainer.precision=32-true",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.limit_val_batches=0",
+    ]
+    cfg = compose_cfg(root, [*tiny, *overrides])
     with open_dict(cfg):
         cfg.paths.cache_dir = str(root.parent / "cache")  # the fitted BPE is shared by both runs
     train(cfg)
-    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    return T.last_ckpt(cfg)
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
+def ckpts(tmp_path_factory, train_helpers):
     base = tmp_path_factory.mktemp("glide_pipe")
     plain = _train(
+        train_helpers,
         base / "plain",
         "model=glide",
         "callbacks=ema",
@@ -70,7 +61,7 @@ def ckpts(tmp_path_factory):
         "callbacks.ema.decay=0.5",
         "trainer.max_steps=3",
     )  # 2 EMA updates: average != weights
-    inpaint = _train(base / "inpaint", "model=glide_inpaint")
+    inpaint = _train(train_helpers, base / "inpaint", "model=glide_inpaint")
     return {"plain": plain, "inpaint": inpaint}
 
 
@@ -205,7 +196,7 @@ def test_known_pixels_reach_the_inpainting_output_by_gradient():
     assert grad[~mask[0, 0].bool()].sum() == 0
 
 
-def test_tiny_inpainting_glide_learns_a_fixed_batch():
+def test_tiny_inpainting_glide_learns_a_fixed_batch(nn_helpers):
     torch.manual_seed(0)
     lit = GlideLit(preset="tiny", inpaint=True, text_dropout=0.0)
     g = torch.Generator().manual_seed(0)
@@ -214,17 +205,5 @@ def test_tiny_inpainting_glide_learns_a_fixed_batch():
     tok = torch.zeros(4, 32, dtype=torch.long)
     tok[:, :5] = torch.randint(1, 1000, (4, 5), generator=g)
     batch = {"image": x0.contiguous(), "text_tokens": tok}
-    opt = torch.optim.Adam(lit.parameters(), lr=5e-3)
-
-    def eval_loss():
-        with torch.no_grad():
-            return lit.forward_loss(batch, train=False, generator=torch.Generator().manual_seed(1))["mse"].item()
-
-    start = eval_loss()
-    for _ in range(40):
-        loss = lit.forward_loss(batch, train=True)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    end = eval_loss()
+    start, end = nn_helpers.overfit(lit, batch)  # eval MSE on fixed timesteps / noise, before and after 40 steps
     assert end < 0.35 * start, (start, end)  # measured: 0.98 -> 0.19 in 40 steps

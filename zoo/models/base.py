@@ -143,6 +143,27 @@ class ZooLit(L.LightningModule):
         """Checks that need both the model and the data (default: none)."""
 
 
+class TextTokenizerLit(ZooLit):
+    """Shared base of the modules whose text tokenizer travels in their checkpoints (DALL·E, GLIDE, noised CLIP).
+
+    ``self.text_tokenizer`` (a ``TextTokenizer`` or None; ``check_data`` keeps the DataModule's) is stored as
+    ``hyper_parameters["text_tokenizer"]`` (its ``to_spec()``); ``setup`` takes the trainer DataModule's tokenizer
+    when the module has none yet.
+    """
+
+    text_tokenizer: Any = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        hp = dict(checkpoint.get("hyper_parameters", {}))
+        hp["text_tokenizer"] = self.text_tokenizer.to_spec() if self.text_tokenizer is not None else None
+        checkpoint["hyper_parameters"] = hp
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.text_tokenizer is None and dm is not None and getattr(dm, "tokenizer", None) is not None:
+            self.text_tokenizer = dm.tokenizer
+
+
 class ImageTokenizerLit(ZooLit):
     """Shared base of the image-tokenizer modules (dVAE, VQ-VAE).
 

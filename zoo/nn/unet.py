@@ -145,6 +145,20 @@ class UNetConfig:
 #   upsampler section, from our reading of the paper; not in PAPER_FACTS, so verify before relying on it).
 #   unCLIP's upsamplers drop attention and text (PAPER_FACTS "unCLIP"): use ``replace(cfg,
 #   attention_resolutions=(), attention_in_middle=False, context_dim=None)`` for those.
+_GLIDE_PAPER = UNetConfig(
+    in_channels=3,
+    out_channels=3,
+    width=512,
+    channel_mult=(1, 2, 3, 4),
+    num_res_blocks=3,
+    attention_resolutions=(32, 16, 8),
+    image_size=64,
+    num_head_channels=64,
+    dropout=0.1,
+    learn_sigma=True,
+    resblock_updown=True,
+    context_dim=2048,
+)
 UNET_PRESETS: dict[str, UNetConfig] = {
     # Tests: two levels, one block each, attention at 8 px with context tokens; ~50K parameters, ms per step.
     "tiny": UNetConfig(
@@ -166,34 +180,8 @@ UNET_PRESETS: dict[str, UNetConfig] = {
         image_size=32,
         num_head_channels=64,
     ),
-    "glide_paper": UNetConfig(
-        in_channels=3,
-        out_channels=3,
-        width=512,
-        channel_mult=(1, 2, 3, 4),
-        num_res_blocks=3,
-        attention_resolutions=(32, 16, 8),
-        image_size=64,
-        num_head_channels=64,
-        dropout=0.1,
-        learn_sigma=True,
-        resblock_updown=True,
-        context_dim=2048,
-    ),
-    "glide_released": UNetConfig(
-        in_channels=3,
-        out_channels=3,
-        width=192,
-        channel_mult=(1, 2, 3, 4),
-        num_res_blocks=3,
-        attention_resolutions=(32, 16, 8),
-        image_size=64,
-        num_head_channels=64,
-        dropout=0.1,
-        learn_sigma=True,
-        resblock_updown=True,
-        context_dim=512,
-    ),
+    "glide_paper": _GLIDE_PAPER,
+    "glide_released": replace(_GLIDE_PAPER, width=192, context_dim=512),
     # SuperResUNet presets: in_channels is x_t's; the low-resolution image's channels are added by the subclass.
     "upsample_tiny": UNetConfig(
         width=8,

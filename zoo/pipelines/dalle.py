@@ -22,10 +22,11 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from zoo.pipelines.candidates import ClipRerank
 from zoo.progress import track
 
 
-class DallePipeline:
+class DallePipeline(ClipRerank):
     def __init__(
         self,
         dalle,
@@ -92,18 +93,6 @@ class DallePipeline:
             )
             out.append(imgs.view(len(chunk), n, *imgs.shape[1:]))
         return torch.cat(out)
-
-    def rerank(
-        self, candidates: torch.Tensor, captions: Sequence[str], n_keep: int
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Keep the ``n_keep`` best of each caption's candidates (B, N, 3, H, W) -> (B, k, ...), CLIP scores (B, k)."""
-        k = min(int(n_keep), candidates.shape[1])
-        if self.scorer is None:
-            return candidates[:, :k], None
-        picked, cos, _ = self.scorer.rerank_batched(candidates, list(captions), k)
-        from zoo.models.clip.scorer import clip_score_from_cos
-
-        return picked, clip_score_from_cos(cos)
 
     @torch.no_grad()
     def sample(

@@ -38,7 +38,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from zoo.progress import track
+from zoo.pipelines.candidates import ClipRerank, seeded_candidates
 
 log = logging.getLogger("zoo.pipelines.glide")
 
@@ -78,7 +78,7 @@ def load_glide(glide_ckpt: str, device: str = "cpu", use_ema: bool = True):
     return glide.to(device).eval(), weights
 
 
-class GlidePipeline:
+class GlidePipeline(ClipRerank):
     def __init__(
         self,
         glide,
@@ -149,29 +149,14 @@ class GlidePipeline:
     @torch.no_grad()
     def candidates(self, captions: Sequence[str], n_candidates: Optional[int] = None) -> torch.Tensor:
         """(B, n, 3, H, W) in [-1, 1]: candidate i of every caption is sampled with seed ``seed + i``."""
-        captions = [captions] if isinstance(captions, str) else list(captions)
-        n = int(n_candidates or self.n_candidates)
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        show = self.progress if self.progress is not None else n > 1
-        out = [
-            self.glide.generate(captions, n=1, seed=self.seed + i, **self._knobs())
-            for i in track(range(n), desc="glide sample", unit="candidate", disable=not show)
-        ]
-        return torch.stack(out, dim=1)
-
-    def rerank(
-        self, candidates: torch.Tensor, captions: Sequence[str], n_keep: int
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Keep the ``n_keep`` best of each caption's candidates (B, N, 3, H, W) by CLIP score, best first; without a
-        CLIP the first ``n_keep`` in sampling order (scores None)."""
-        k = min(int(n_keep), candidates.shape[1])
-        if self.scorer is None:
-            return candidates[:, :k], None
-        from zoo.models.clip.scorer import clip_score_from_cos
-
-        picked, cos, _ = self.scorer.rerank_batched(candidates, list(captions), k)
-        return picked, clip_score_from_cos(cos)
+        return seeded_candidates(
+            lambda caps, seed: self.glide.generate(caps, n=1, seed=seed, **self._knobs()),
+            captions,
+            n_candidates or self.n_candidates,
+            self.seed,
+            self.progress,
+            "glide sample",
+        )
 
     @torch.no_grad()
     def sample(

@@ -381,19 +381,10 @@ class UnclipPipeline:
     @torch.no_grad()
     def candidates(self, captions: Sequence[str], n_candidates: Optional[int] = None) -> torch.Tensor:
         """(B, n, 3, H, W) in [-1, 1]: candidate i of every caption runs the chain under seed ``seed + i``."""
-        from zoo.progress import track
+        from zoo.pipelines.candidates import seeded_candidates
 
-        captions = [captions] if isinstance(captions, str) else list(captions)
-        n = int(n_candidates or self.n_candidates)
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        show = self.progress if self.progress is not None else n > 1
-        return torch.stack(
-            [
-                self._candidate(captions, self.seed + i)
-                for i in track(range(n), desc="unclip sample", unit="candidate", disable=not show)
-            ],
-            1,
+        return seeded_candidates(
+            self._candidate, captions, n_candidates or self.n_candidates, self.seed, self.progress, "unclip sample"
         )
 
     @torch.no_grad()

@@ -35,6 +35,18 @@ def recall_at_k(sim: torch.Tensor, k: int) -> float:
     return (topk == torch.arange(sim.shape[0], device=sim.device)[:, None]).any(1).float().mean().item()
 
 
+def contrastive_loss(lit) -> open_clip.ClipLoss:
+    """open_clip's symmetric InfoNCE for a module under a trainer. DDP: features are gathered from all ranks, so
+    each rank sees every negative (gradients flow through the gather)."""
+    return open_clip.ClipLoss(
+        local_loss=False,
+        gather_with_grad=True,
+        cache_labels=True,
+        rank=lit.global_rank,
+        world_size=lit.trainer.world_size,
+    )
+
+
 class ClipLit(ZooLit):
     """CLIP on any open_clip architecture.
 
@@ -123,14 +135,7 @@ class ClipLit(ZooLit):
 
     # -- training ------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        # DDP: gather features from all ranks so each rank sees every negative (gradients flow through the gather)
-        self.loss_fn = open_clip.ClipLoss(
-            local_loss=False,
-            gather_with_grad=True,
-            cache_labels=True,
-            rank=self.global_rank,
-            world_size=self.trainer.world_size,
-        )
+        self.loss_fn = contrastive_loss(self)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         img, txt = self.embed(batch)

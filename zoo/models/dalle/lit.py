@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.errors import ConfigError
-from zoo.models.base import ZooLit, check_text_tokenizer
+from zoo.models.base import TextTokenizerLit, check_text_tokenizer
 from zoo.models.dalle.model import (
     PRESETS,
     DalleTransformer,
@@ -37,7 +37,7 @@ from zoo.nn.sampling import sample_image_tokens
 from zoo.text import TextTokenizer
 
 
-class DalleLit(ZooLit):
+class DalleLit(TextTokenizerLit):
     """Args:
     preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.dalle.model.PRESETS``); ``net`` overrides fields.
     image_tokenizer_ckpt: zoo-train dVAE / VQ-VAE checkpoint used frozen to encode images (and to decode samples).
@@ -104,10 +104,8 @@ class DalleLit(ZooLit):
         return self
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        hp = dict(checkpoint.get("hyper_parameters", {}))
-        hp["tokenizer_spec"] = self._tokenizer_spec
-        hp["text_tokenizer"] = self.text_tokenizer.to_spec() if self.text_tokenizer is not None else None
-        checkpoint["hyper_parameters"] = hp
+        super().on_save_checkpoint(checkpoint)  # the text tokenizer
+        checkpoint["hyper_parameters"]["tokenizer_spec"] = self._tokenizer_spec
 
     # --------------------------------------------------------------------------------------------- data
     def check_data(self, datamodule) -> None:
@@ -154,11 +152,6 @@ class DalleLit(ZooLit):
                     f"image_vocab ({c.image_vocab}) (fix: model.net.image_vocab={it.codebook_size})"
                 )
         self.text_tokenizer = tok
-
-    def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if self.text_tokenizer is None and dm is not None and getattr(dm, "tokenizer", None) is not None:
-            self.text_tokenizer = dm.tokenizer
 
     def pad_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) -> (B, text_len): right-pad with pad_id (L > text_len is refused by check_data)."""

@@ -62,46 +62,33 @@ PRESETS: dict[str, DVAEConfig] = {
 }
 
 
-class EncoderBlock(nn.Module):
+class _ResBlock(nn.Module):
+    """id_path(x) + post_gain * res_path(x); res_path: four ReLU-conv pairs n_in -> n_out/4 -> n_out/4 -> n_out/4
+    -> n_out with the subclass's ``kernels`` (odd sizes, "same" padding)."""
+
+    kernels: tuple[int, int, int, int]
+
     def __init__(self, n_in: int, n_out: int, post_gain: float):
         super().__init__()
         hid = n_out // 4
         self.id_path = nn.Conv2d(n_in, n_out, 1) if n_in != n_out else nn.Identity()
-        self.res_path = nn.Sequential(
-            nn.ReLU(),
-            nn.Conv2d(n_in, hid, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(hid, hid, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(hid, hid, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(hid, n_out, 1),
-        )
+        widths = (n_in, hid, hid, hid, n_out)
+        layers = []
+        for i, k in enumerate(self.kernels):
+            layers += [nn.ReLU(), nn.Conv2d(widths[i], widths[i + 1], k, padding=k // 2)]
+        self.res_path = nn.Sequential(*layers)
         self.post_gain = post_gain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.id_path(x) + self.post_gain * self.res_path(x)
 
 
-class DecoderBlock(nn.Module):
-    def __init__(self, n_in: int, n_out: int, post_gain: float):
-        super().__init__()
-        hid = n_out // 4
-        self.id_path = nn.Conv2d(n_in, n_out, 1) if n_in != n_out else nn.Identity()
-        self.res_path = nn.Sequential(
-            nn.ReLU(),
-            nn.Conv2d(n_in, hid, 1),
-            nn.ReLU(),
-            nn.Conv2d(hid, hid, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(hid, hid, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(hid, n_out, 3, padding=1),
-        )
-        self.post_gain = post_gain
+class EncoderBlock(_ResBlock):
+    kernels = (3, 3, 3, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.id_path(x) + self.post_gain * self.res_path(x)
+
+class DecoderBlock(_ResBlock):
+    kernels = (1, 3, 3, 3)
 
 
 class DVAE(nn.Module, ImageTokenizer):

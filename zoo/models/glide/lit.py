@@ -27,7 +27,7 @@ the BPE's tokenizer.json as a string), so ``zoo.checkpoint.load_module(ckpt).gen
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.samplers import ddim_sample, ddpm_sample
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
-from zoo.models.base import ZooLit, check_text_tokenizer, resolve_preset
+from zoo.models.base import TextTokenizerLit, check_text_tokenizer, resolve_preset
 from zoo.models.glide.model import GLIDE_PRESETS, Glide, GlideConfig
 from zoo.nn.guidance import guide_learned_variance
 from zoo.text import TextTokenizer
@@ -49,7 +49,39 @@ def build_config(preset: str = "shapes", net: Optional[dict[str, Any]] = None) -
     return resolve_preset(GLIDE_PRESETS, GlideConfig, preset, net, "GLIDE")
 
 
-class GlideLit(ZooLit):
+def run_sampler(
+    process: GaussianDiffusion,
+    fn,
+    shape,
+    steps: int,
+    sampler: str,
+    eta: float,
+    generator: Optional[torch.Generator],
+    device,
+    x_T: Optional[torch.Tensor] = None,
+    known: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+) -> torch.Tensor:
+    """``ddim`` (``eta``) | ``ddpm``, respaced to ``steps`` | a diffusers scheduler name (``steps`` of it) over
+    ``process`` -> x_0 of ``shape``. ``known=(image, mask)`` re-imposes the known pixels (ddim / ddpm only)."""
+    # images live in [-1, 1]: clip the predicted x0 at every step, as GLIDE / ADM sample
+    kwargs = dict(generator=generator, device=device, x_T=x_T, known=known, clip_denoised=True)
+    if sampler == "ddim":
+        return ddim_sample(process.respaced(steps), fn, shape, eta=eta, **kwargs)
+    if sampler == "ddpm":
+        return ddpm_sample(process.respaced(steps), fn, shape, **kwargs)
+    if known is not None:
+        raise ValueError(
+            f"re-imposing known pixels needs sampler=ddim or ddpm, not {sampler!r} (or "
+            f"replace_known=False with an inpainting model)"
+        )
+    from zoo.diffusion.diffusers_adapter import diffusers_sample
+
+    return diffusers_sample(
+        process, fn, shape, scheduler=sampler, steps=steps, generator=generator, device=device, x_T=x_T
+    )
+
+
+class GlideLit(TextTokenizerLit):
     """Args:
     preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.glide.model.GLIDE_PRESETS``); ``net`` overrides fields.
     text_dropout: probability of replacing a training caption by the empty caption (GLIDE: 0.2).
@@ -112,11 +144,6 @@ class GlideLit(ZooLit):
         return torch.optim.AdamW(params, lr=1e-4)
 
     # ------------------------------------------------------------------------------------------ tokenizer / data
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        hp = dict(checkpoint.get("hyper_parameters", {}))
-        hp["text_tokenizer"] = self.text_tokenizer.to_spec() if self.text_tokenizer is not None else None
-        checkpoint["hyper_parameters"] = hp
-
     def check_data(self, datamodule) -> None:
         """Text tokens present and compatible with the text encoder; data resolution == the model's image_size.
         Keeps the DataModule's tokenizer (it goes into the checkpoint)."""
@@ -131,11 +158,6 @@ class GlideLit(ZooLit):
                 f"{c.image_size})"
             )
         self.text_tokenizer = tok
-
-    def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if self.text_tokenizer is None and dm is not None and getattr(dm, "tokenizer", None) is not None:
-            self.text_tokenizer = dm.tokenizer
 
     def encode_captions(self, captions: Sequence[str]) -> torch.Tensor:
         """Captions -> (B, text_len) token ids on the module's device."""
@@ -201,14 +223,28 @@ class GlideLit(ZooLit):
         classifier-free guided with one batched [cond ; uncond] forward per step. ``inpaint``: the inpainting
         model's extra channels (``Glide.inpaint_input``, (B, C + 1, H, W)), given to both halves."""
         b = text_tokens.shape[0]
-        if guidance_scale is None or guidance_scale == 1.0:
-            cond = self.net.encode_text(text_tokens)
+
+        def encode(guided: bool) -> dict[str, torch.Tensor]:
+            if not guided:
+                cond = self.net.encode_text(text_tokens)
+                if inpaint is not None:
+                    cond["inpaint"] = inpaint
+                return cond
+            both = self.net.encode_text(torch.cat([text_tokens, self.net.null_tokens(b, text_tokens.device)]))
             if inpaint is not None:
-                cond["inpaint"] = inpaint
+                both["inpaint"] = torch.cat([inpaint, inpaint])
+            return both
+
+        return self.guided_model_fn(encode, guidance_scale)
+
+    def guided_model_fn(self, encode: Callable[[bool], dict[str, torch.Tensor]], guidance_scale: Optional[float]):
+        """``model_fn(x_t, t)`` over ``self.net.denoise``: at scale None or 1 the conditional model with
+        ``encode(False)``'s conditioning; else classifier-free guided, one batched forward per step over
+        ``encode(True)``'s [cond ; uncond] conditioning (2B rows), eps guided, variance from the conditional half."""
+        if guidance_scale is None or guidance_scale == 1.0:
+            cond = encode(False)
             return lambda x, t: self.net.denoise(x, t, cond)
-        both = self.net.encode_text(torch.cat([text_tokens, self.net.null_tokens(b, text_tokens.device)]))
-        if inpaint is not None:
-            both["inpaint"] = torch.cat([inpaint, inpaint])
+        both = encode(True)
 
         def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             out = self.net.denoise(torch.cat([x, x]), torch.cat([t, t]), both)  # (2B, 2C, H, W)
@@ -272,47 +308,7 @@ class GlideLit(ZooLit):
             else:
                 fn = self.model_fn(text, scale)
             known = (image, mask) if replace_known else None
-        if sampler == "ddim":
-            x = ddim_sample(
-                self.process.respaced(steps),
-                fn,
-                shape,
-                eta=eta,
-                generator=generator,
-                device=self.device,
-                x_T=x_T,
-                known=known,
-                clip_denoised=True,  # images live in [-1, 1]: clip the predicted x0 (GLIDE / ADM sample this way)
-            )
-        elif sampler == "ddpm":
-            x = ddpm_sample(
-                self.process.respaced(steps),
-                fn,
-                shape,
-                generator=generator,
-                device=self.device,
-                x_T=x_T,
-                known=known,
-                clip_denoised=True,
-            )
-        else:
-            if known is not None:
-                raise ValueError(
-                    f"re-imposing known pixels needs sampler=ddim or ddpm, not {sampler!r} (or "
-                    f"replace_known=False with an inpainting model)"
-                )
-            from zoo.diffusion.diffusers_adapter import diffusers_sample
-
-            x = diffusers_sample(
-                self.process,
-                fn,
-                shape,
-                scheduler=sampler,
-                steps=steps,
-                generator=generator,
-                device=self.device,
-                x_T=x_T,
-            )
+        x = run_sampler(self.process, fn, shape, steps, sampler, eta, generator, self.device, x_T, known)
         return x.float().clamp(-1, 1)
 
     @torch.no_grad()
@@ -335,17 +331,31 @@ class GlideLit(ZooLit):
         DDPM) or scheduler steps. Deterministic given ``seed`` (one generator over the chunks of ``batch_size``)."""
         if isinstance(captions, str):
             captions = [captions]
+        text = self.encode_captions(captions).repeat_interleave(int(n), 0)  # (B * n, text_len)
+        return self.sample_in_chunks(
+            len(text),
+            lambda rows, gen: self.sample_tokens(text[rows], guidance_scale, steps, sampler, eta, gen),
+            seed,
+            generator,
+            batch_size,
+        )
+
+    def sample_in_chunks(
+        self,
+        n_rows: int,
+        sample_rows: Callable[[slice, torch.Generator], torch.Tensor],
+        seed: int,
+        generator: Optional[torch.Generator],
+        batch_size: int,
+    ) -> torch.Tensor:
+        """``sample_rows(rows, gen)`` over the chunks of ``batch_size`` of ``n_rows`` rows, concatenated, in eval
+        mode (the training mode is restored after). One generator over all chunks (``generator``, else one seeded
+        with ``seed``), so the result is deterministic given ``seed``."""
         was_training = self.training
         self.eval()
         try:
-            text = self.encode_captions(captions).repeat_interleave(int(n), 0)  # (B * n, text_len)
             gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
-            return torch.cat(
-                [
-                    self.sample_tokens(text[i : i + batch_size], guidance_scale, steps, sampler, eta, gen)
-                    for i in range(0, len(text), batch_size)
-                ]
-            )
+            return torch.cat([sample_rows(slice(i, i + batch_size), gen) for i in range(0, n_rows, batch_size)])
         finally:
             self.train(was_training)
 
@@ -378,29 +388,24 @@ class GlideLit(ZooLit):
             )
         image = image.expand(b, *image.shape[1:]).repeat_interleave(int(n), 0)
         mask = mask.expand(b, *mask.shape[1:]).repeat_interleave(int(n), 0)
-        was_training = self.training
-        self.eval()
-        try:
-            text = self.encode_captions(captions).repeat_interleave(int(n), 0)  # (B * n, text_len)
-            gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
-            return torch.cat(
-                [
-                    self.sample_tokens(
-                        text[i : i + batch_size],
-                        guidance_scale,
-                        steps,
-                        sampler,
-                        eta,
-                        gen,
-                        inpaint_image=image[i : i + batch_size],
-                        inpaint_mask=mask[i : i + batch_size],
-                        replace_known=replace_known,
-                    )
-                    for i in range(0, len(text), batch_size)
-                ]
-            )
-        finally:
-            self.train(was_training)
+        text = self.encode_captions(captions).repeat_interleave(int(n), 0)  # (B * n, text_len)
+        return self.sample_in_chunks(
+            len(text),
+            lambda rows, gen: self.sample_tokens(
+                text[rows],
+                guidance_scale,
+                steps,
+                sampler,
+                eta,
+                gen,
+                inpaint_image=image[rows],
+                inpaint_mask=mask[rows],
+                replace_known=replace_known,
+            ),
+            seed,
+            generator,
+            batch_size,
+        )
 
     @torch.no_grad()
     def candidates(self, captions: Sequence[str], n: int, seed: int = 0, **kwargs) -> torch.Tensor:

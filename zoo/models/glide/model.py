@@ -60,6 +60,15 @@ __all__ = [
 ]
 
 
+def check_text_fields(cfg) -> None:
+    """The text-tower fields ``TextEncoder`` reads (``text_width``, ``text_heads``, ``pad_id``, ``text_vocab``) are
+    consistent; for any config that carries them (GLIDE's, the noised CLIP's)."""
+    if cfg.text_width % cfg.text_heads:
+        raise ValueError(f"text_width {cfg.text_width} not divisible by text_heads {cfg.text_heads}")
+    if not 0 <= cfg.pad_id < cfg.text_vocab:
+        raise ValueError(f"pad_id {cfg.pad_id} outside the text vocabulary [0, {cfg.text_vocab})")
+
+
 @dataclass(frozen=True)
 class GlideConfig:
     """Shape of a GLIDE model: the U-Net fields (see ``zoo.nn.unet.UNetConfig``) and the text encoder's."""
@@ -91,10 +100,7 @@ class GlideConfig:
     def __post_init__(self):
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
         object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
-        if self.text_width % self.text_heads:
-            raise ValueError(f"text_width {self.text_width} not divisible by text_heads {self.text_heads}")
-        if not 0 <= self.pad_id < self.text_vocab:
-            raise ValueError(f"pad_id {self.pad_id} outside the text vocabulary [0, {self.text_vocab})")
+        check_text_fields(self)
 
     def unet_config(self) -> UNetConfig:
         return UNetConfig(

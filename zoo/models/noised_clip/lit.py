@@ -23,7 +23,8 @@ from zoo.diffusion.guidance import clip_guided_sample, dot_product_gradient
 from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
-from zoo.models.base import ZooLit, check_text_tokenizer, resolve_preset
+from zoo.models.base import TextTokenizerLit, check_text_tokenizer, resolve_preset
+from zoo.models.clip.lit import contrastive_loss
 from zoo.models.noised_clip.model import NOISED_CLIP_PRESETS, NoisedClip, NoisedClipConfig
 from zoo.text import TextTokenizer
 
@@ -32,7 +33,7 @@ def build_config(preset: str = "shapes", net: Optional[dict[str, Any]] = None) -
     return resolve_preset(NOISED_CLIP_PRESETS, NoisedClipConfig, preset, net, "noised CLIP")
 
 
-class NoisedClipLit(ZooLit):
+class NoisedClipLit(TextTokenizerLit):
     """Args:
     preset: ``tiny`` | ``shapes`` | ``paper`` (``NOISED_CLIP_PRESETS``); ``net`` overrides ``NoisedClipConfig``.
     num_timesteps, schedule: the noising process; must match the GLIDE model it will guide (cosine, 1000).
@@ -61,11 +62,6 @@ class NoisedClipLit(ZooLit):
         return torch.optim.AdamW(params, lr=3e-4, weight_decay=0.1)
 
     # ------------------------------------------------------------------------------------------ tokenizer / data
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        hp = dict(checkpoint.get("hyper_parameters", {}))
-        hp["text_tokenizer"] = self.text_tokenizer.to_spec() if self.text_tokenizer is not None else None
-        checkpoint["hyper_parameters"] = hp
-
     def check_data(self, datamodule) -> None:
         """Text tokens compatible with the text tower, data resolution == image_size, >= 2 pairs per batch.
         Keeps the DataModule's tokenizer (it goes into the checkpoint)."""
@@ -93,17 +89,9 @@ class NoisedClipLit(ZooLit):
         self.text_tokenizer = tok
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if self.text_tokenizer is None and dm is not None and getattr(dm, "tokenizer", None) is not None:
-            self.text_tokenizer = dm.tokenizer
+        super().setup(stage)
         if self._trainer is not None:  # DDP: every rank's pairs are negatives for every other's
-            self.loss_fn = open_clip.ClipLoss(
-                local_loss=False,
-                gather_with_grad=True,
-                cache_labels=True,
-                rank=self.global_rank,
-                world_size=self.trainer.world_size,
-            )
+            self.loss_fn = contrastive_loss(self)
 
     def encode_captions(self, captions: Sequence[str]) -> torch.Tensor:
         """Captions -> (B, text_len) token ids on the module's device."""

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.models.glide.model import TextEncoder
+from zoo.models.glide.model import TextEncoder, check_text_fields
 from zoo.nn.embeddings import TimestepEmbedder
 from zoo.nn.unet import Downsample, ResBlock, group_norm
 
@@ -71,10 +71,7 @@ class NoisedClipConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        if self.text_width % self.text_heads:
-            raise ValueError(f"text_width {self.text_width} not divisible by text_heads {self.text_heads}")
-        if not 0 <= self.pad_id < self.text_vocab:
-            raise ValueError(f"pad_id {self.pad_id} outside the text vocabulary [0, {self.text_vocab})")
+        check_text_fields(self)
         if self.image_size % (2 ** (len(self.channel_mult) - 1)):
             raise ValueError(f"image_size {self.image_size} not divisible by 2^{len(self.channel_mult) - 1}")
 

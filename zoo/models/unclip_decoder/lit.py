@@ -22,13 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from zoo.diffusion.process import GaussianDiffusion
-from zoo.diffusion.samplers import ddim_sample, ddpm_sample
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
 from zoo.models.base import ZooLit, resolve_preset
-from zoo.models.glide.lit import GlideLit
+from zoo.models.glide.lit import GlideLit, run_sampler
 from zoo.models.unclip_decoder.model import UNCLIP_DECODER_PRESETS, UnclipDecoder, UnclipDecoderConfig
-from zoo.nn.guidance import guide_learned_variance
 from zoo.text import TextTokenizer
 
 _FIX_EMBED = (
@@ -39,34 +37,6 @@ _FIX_EMBED = (
 
 def build_config(preset: str = "shapes", net: Optional[dict[str, Any]] = None) -> UnclipDecoderConfig:
     return resolve_preset(UNCLIP_DECODER_PRESETS, UnclipDecoderConfig, preset, net, "unCLIP decoder")
-
-
-def run_sampler(
-    process: GaussianDiffusion,
-    fn,
-    shape,
-    steps: int,
-    sampler: str,
-    eta: float,
-    generator: Optional[torch.Generator],
-    device,
-    x_T: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """``ddim`` | ``ddpm`` (respaced to ``steps``) | a diffusers scheduler name, as ``GlideLit.sample_tokens``."""
-    if sampler == "ddim":
-        # images live in [-1, 1]: clip the predicted x0 at every step, as GLIDE / ADM sample
-        return ddim_sample(
-            process.respaced(steps), fn, shape, eta=eta, generator=generator, device=device, x_T=x_T, clip_denoised=True
-        )
-    if sampler == "ddpm":
-        return ddpm_sample(
-            process.respaced(steps), fn, shape, generator=generator, device=device, x_T=x_T, clip_denoised=True
-        )
-    from zoo.diffusion.diffusers_adapter import diffusers_sample
-
-    return diffusers_sample(
-        process, fn, shape, scheduler=sampler, steps=steps, generator=generator, device=device, x_T=x_T
-    )
 
 
 class UnclipDecoderLit(GlideLit):
@@ -216,20 +186,16 @@ class UnclipDecoderLit(GlideLit):
         """The sampler's ``model_fn(x_t, t)``: conditional at scale None or 1, else guided against the null condition
         (empty caption + zero embedding) with one batched [cond ; uncond] forward per step."""
         b = text_tokens.shape[0]
-        if guidance_scale is None or guidance_scale == 1.0:
-            cond = self.net.encode(text_tokens, image_emb)
-            return lambda x, t: self.net.denoise(x, t, cond)
-        both = self.net.encode(
-            torch.cat([text_tokens, self.net.null_tokens(b, text_tokens.device)]),
-            torch.cat([image_emb, self.net.null_embedding(b, image_emb.device)]),
-        )
 
-        def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            out = self.net.denoise(torch.cat([x, x]), torch.cat([t, t]), both)  # (2B, 2C, H, W)
-            cond, uncond = out.float().chunk(2, dim=0)
-            return guide_learned_variance(uncond, cond, guidance_scale, dim=1)
+        def encode(guided: bool) -> dict[str, torch.Tensor]:
+            if not guided:
+                return self.net.encode(text_tokens, image_emb)
+            return self.net.encode(
+                torch.cat([text_tokens, self.net.null_tokens(b, text_tokens.device)]),
+                torch.cat([image_emb, self.net.null_embedding(b, image_emb.device)]),
+            )
 
-        return guided
+        return self.guided_model_fn(encode, guidance_scale)
 
     @torch.no_grad()
     def sample(
@@ -300,28 +266,17 @@ class UnclipDecoderLit(GlideLit):
         if captions is not None and len(captions) != len(emb):
             raise ValueError(f"{len(captions)} captions but {len(emb)} image embeddings")
         scale = decoder_guidance_scale if decoder_guidance_scale is not None else guidance_scale
-        was_training = self.training
-        self.eval()
-        try:
-            text = None if captions is None else self.encode_captions(captions).repeat_interleave(int(n), 0)
-            emb = emb.repeat_interleave(int(n), 0)
-            gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
-            return torch.cat(
-                [
-                    self.sample(
-                        None if text is None else text[i : i + batch_size],
-                        emb[i : i + batch_size],
-                        scale,
-                        steps,
-                        sampler,
-                        eta,
-                        gen,
-                    )
-                    for i in range(0, len(emb), batch_size)
-                ]
-            )
-        finally:
-            self.train(was_training)
+        text = None if captions is None else self.encode_captions(captions).repeat_interleave(int(n), 0)
+        emb = emb.repeat_interleave(int(n), 0)
+        return self.sample_in_chunks(
+            len(emb),
+            lambda rows, gen: self.sample(
+                None if text is None else text[rows], emb[rows], scale, steps, sampler, eta, gen
+            ),
+            seed,
+            generator,
+            batch_size,
+        )
 
     @torch.no_grad()
     def generate_from_embeddings(
