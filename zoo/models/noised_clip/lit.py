@@ -197,6 +197,7 @@ def clip_guided_generate(
                 eta=eta,
                 generator=gen,
                 device=glide.device,
+                clip_denoised=True,  # as GLIDE's own sampler: the predicted x0 is clipped to the image range
             )
             out.append(x.float().clamp(-1, 1))
         return torch.cat(out)
