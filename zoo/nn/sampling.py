@@ -15,6 +15,7 @@ streams run as one batch of 2B; logits = uncond + s * (cond - uncond), computed 
 returns the conditional logits bit for bit. Priming: the first P raster tokens (e.g. the top r rows) are given and
 kept; the rest are sampled. The uncached path recomputes the whole prefix at every step (reference / benchmark).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -50,10 +51,18 @@ def gumbel_pick(logits: torch.Tensor, temperature: float, generator: Optional[to
 
 
 @torch.no_grad()
-def sample_image_tokens(model, text_tokens: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
-                        top_p: Optional[float] = None, guidance_scale: float = 1.0,
-                        null_text_tokens: Optional[torch.Tensor] = None, prime_tokens: Optional[torch.Tensor] = None,
-                        use_cache: bool = True, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def sample_image_tokens(
+    model,
+    text_tokens: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    guidance_scale: float = 1.0,
+    null_text_tokens: Optional[torch.Tensor] = None,
+    prime_tokens: Optional[torch.Tensor] = None,
+    use_cache: bool = True,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """Sample image tokens (B, h, w) for text_tokens (B, T).
 
     guidance_scale != 1 or a given ``null_text_tokens`` ((T,) or (B, T); default all ``pad_id``) runs the
@@ -97,8 +106,9 @@ def sample_image_tokens(model, text_tokens: torch.Tensor, temperature: float = 1
             for p in range(n_prime, n):
                 out[:, p] = pick(logits)
                 if p + 1 < n:  # feed token p at position T + p; its output predicts token p + 1
-                    logits = model.next_image_logits(image=out[:, p:p + 1].repeat(streams, 1), image_start=p,
-                                                     cache=cache, start_pos=t + p)
+                    logits = model.next_image_logits(
+                        image=out[:, p : p + 1].repeat(streams, 1), image_start=p, cache=cache, start_pos=t + p
+                    )
         else:
             for p in range(n_prime, n):
                 out[:, p] = pick(model.next_image_logits(text=text, image=out[:, :p].repeat(streams, 1)))

@@ -20,6 +20,7 @@ Decoding: ``caption(image_emb, method=...)`` with ``greedy``, ``beam`` (``beam_w
 ``nucleus`` (``top_p``, ``temperature``, ``seed``). Validation logs ``val/loss``, ``val/token_acc`` and
 ``val/ppl``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,19 +42,30 @@ DECODING = ("greedy", "beam", "nucleus")
 
 class CaptionerLit(ZooLit):
     """Args:
-        preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.captioner.model.PRESETS``); ``net`` overrides fields
-            of ``CaptionerConfig`` (e.g. ``embed_dim`` to match the CLIP, ``vocab_size``, ``n_prefix``).
-        init_from: a captioner checkpoint to fine-tune: its weights, architecture (preset / net) and tokenizer
-            replace this config's (the paper's SSC / DSC fine-tunes of the alt-text captioner).
-        tokenizer_all_styles: fit the data's BPE on every caption style of the shapes world (see the module doc).
-        decoding, beam_width, length_penalty, top_p, temperature: defaults of ``caption``.
-        text_tokenizer: filled in by the checkpoint (leave None when training).
+    preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.captioner.model.PRESETS``); ``net`` overrides fields
+        of ``CaptionerConfig`` (e.g. ``embed_dim`` to match the CLIP, ``vocab_size``, ``n_prefix``).
+    init_from: a captioner checkpoint to fine-tune: its weights, architecture (preset / net) and tokenizer
+        replace this config's (the paper's SSC / DSC fine-tunes of the alt-text captioner).
+    tokenizer_all_styles: fit the data's BPE on every caption style of the shapes world (see the module doc).
+    decoding, beam_width, length_penalty, top_p, temperature: defaults of ``caption``.
+    text_tokenizer: filled in by the checkpoint (leave None when training).
     """
 
-    def __init__(self, preset: str = "shapes", net: Optional[dict[str, Any]] = None, init_from: Optional[str] = None,
-                 tokenizer_all_styles: bool = True, decoding: str = "greedy", beam_width: int = 4,
-                 length_penalty: float = 1.0, top_p: float = 0.9, temperature: float = 1.0,
-                 text_tokenizer: Optional[dict[str, Any]] = None, optimizer=None, scheduler=None):
+    def __init__(
+        self,
+        preset: str = "shapes",
+        net: Optional[dict[str, Any]] = None,
+        init_from: Optional[str] = None,
+        tokenizer_all_styles: bool = True,
+        decoding: str = "greedy",
+        beam_width: int = 4,
+        length_penalty: float = 1.0,
+        top_p: float = 0.9,
+        temperature: float = 1.0,
+        text_tokenizer: Optional[dict[str, Any]] = None,
+        optimizer=None,
+        scheduler=None,
+    ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "text_tokenizer"])
         if decoding not in DECODING:
@@ -85,8 +97,9 @@ class CaptionerLit(ZooLit):
 
         src = load_module(path, expect=("captioner",))
         if src.text_tokenizer is None:
-            raise ConfigError(f"{path} carries no text tokenizer (fix: model.init_from=<a captioner checkpoint written "
-                              f"by zoo-train>)")
+            raise ConfigError(
+                f"{path} carries no text tokenizer (fix: model.init_from=<a captioner checkpoint written by zoo-train>)"
+            )
         log.info("captioner: fine-tuning %s (preset %s, net %s)", path, src.hparams["preset"], src.hparams.get("net"))
         return src
 
@@ -102,21 +115,29 @@ class CaptionerLit(ZooLit):
         ``tokenizer_all_styles``) when the module has none yet."""
         path = self.hparams.get("init_from")
         if path and self._source is None:
-            raise ConfigError(f"captioner checkpoint to fine-tune not found: {path} (fix: model.init_from=<the alt "
-                              f"captioner's last.ckpt>, e.g. from `zoo-train experiment=dalle3/captioner_alt`)")
+            raise ConfigError(
+                f"captioner checkpoint to fine-tune not found: {path} (fix: model.init_from=<the alt "
+                f"captioner's last.ckpt>, e.g. from `zoo-train experiment=dalle3/captioner_alt`)"
+            )
         features = getattr(datamodule, "features", None) or {}
         if "train" not in features:
-            raise ConfigError("the captioner trains on zoo-embed features (fix: data.features.train=<file from "
-                              "`zoo-embed clip.checkpoint=<clip.ckpt> data=shapes split=train`>, and "
-                              "data.features.val=<the val file>)")
+            raise ConfigError(
+                "the captioner trains on zoo-embed features (fix: data.features.train=<file from "
+                "`zoo-embed clip.checkpoint=<clip.ckpt> data=shapes split=train`>, and "
+                "data.features.val=<the val file>)"
+            )
         ds = datamodule.dataset("train") if hasattr(datamodule, "dataset") else None
         emb = (getattr(ds, "features", None) or {}).get("clip_image_emb")
         if emb is None:
-            raise ConfigError(f"{features['train']} has no clip_image_emb: it is not a zoo-embed file (fix: "
-                              f"data.features.train=<file written by zoo-embed>)")
+            raise ConfigError(
+                f"{features['train']} has no clip_image_emb: it is not a zoo-embed file (fix: "
+                f"data.features.train=<file written by zoo-embed>)"
+            )
         if emb.shape[-1] != self.cfg.embed_dim:
-            raise ConfigError(f"the CLIP image embeddings are {emb.shape[-1]}-d but the captioner expects "
-                              f"{self.cfg.embed_dim} (fix: model.net.embed_dim={emb.shape[-1]})")
+            raise ConfigError(
+                f"the CLIP image embeddings are {emb.shape[-1]}-d but the captioner expects "
+                f"{self.cfg.embed_dim} (fix: model.net.embed_dim={emb.shape[-1]})"
+            )
         if self.text_tokenizer is None:
             self.text_tokenizer = self._data_tokenizer(datamodule, ds)
         self._check_tokenizer(self.text_tokenizer)
@@ -140,16 +161,22 @@ class CaptionerLit(ZooLit):
     def _check_tokenizer(self, tok: TextTokenizer) -> None:
         c = self.cfg
         if tok.vocab_size > c.vocab_size:
-            raise ConfigError(f"text tokenizer vocabulary ({tok.vocab_size}) is larger than the captioner's vocab_size "
-                              f"({c.vocab_size}) (fix: model.net.vocab_size={tok.vocab_size}, or a smaller "
-                              f"data.tokenizer.vocab_size)")
+            raise ConfigError(
+                f"text tokenizer vocabulary ({tok.vocab_size}) is larger than the captioner's vocab_size "
+                f"({c.vocab_size}) (fix: model.net.vocab_size={tok.vocab_size}, or a smaller "
+                f"data.tokenizer.vocab_size)"
+            )
         if tok.context_length > c.text_len:
-            raise ConfigError(f"text tokenizer context_length ({tok.context_length}) is longer than the captioner's "
-                              f"text_len ({c.text_len}) (fix: model.net.text_len={tok.context_length})")
+            raise ConfigError(
+                f"text tokenizer context_length ({tok.context_length}) is longer than the captioner's "
+                f"text_len ({c.text_len}) (fix: model.net.text_len={tok.context_length})"
+            )
         for name in ("pad_id", "sot_id", "eot_id"):
             if getattr(tok, name) != getattr(c, name):
-                raise ConfigError(f"text tokenizer {name} {getattr(tok, name)} != the captioner's {getattr(c, name)} "
-                                  f"(fix: model.net.{name}={getattr(tok, name)})")
+                raise ConfigError(
+                    f"text tokenizer {name} {getattr(tok, name)} != the captioner's {getattr(c, name)} "
+                    f"(fix: model.net.{name}={getattr(tok, name)})"
+                )
 
     # ------------------------------------------------------------------------------------------ batches
     def tokenize(self, captions: Sequence[str]) -> torch.Tensor:
@@ -188,12 +215,21 @@ class CaptionerLit(ZooLit):
 
     # ------------------------------------------------------------------------------------------ captioning
     @torch.no_grad()
-    def caption_tokens(self, image_emb: torch.Tensor, patches: Optional[torch.Tensor] = None,
-                       method: Optional[str] = None, beam_width: Optional[int] = None,
-                       length_penalty: Optional[float] = None, top_p: Optional[float] = None,
-                       top_k: Optional[int] = None, temperature: Optional[float] = None, seed: int = 0,
-                       generator: Optional[torch.Generator] = None, max_len: Optional[int] = None,
-                       use_cache: bool = True) -> torch.Tensor:
+    def caption_tokens(
+        self,
+        image_emb: torch.Tensor,
+        patches: Optional[torch.Tensor] = None,
+        method: Optional[str] = None,
+        beam_width: Optional[int] = None,
+        length_penalty: Optional[float] = None,
+        top_p: Optional[float] = None,
+        top_k: Optional[int] = None,
+        temperature: Optional[float] = None,
+        seed: int = 0,
+        generator: Optional[torch.Generator] = None,
+        max_len: Optional[int] = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
         """Caption token ids (B, max_len) for CLIP image embeddings (B, D); unset options take the module's
         defaults (``decoding``, ``beam_width``, ...)."""
         method = method or self.decoding
@@ -202,18 +238,34 @@ class CaptionerLit(ZooLit):
         emb = image_emb.to(self.device).float()
         pat = patches.to(self.device).float() if patches is not None else None
         if method == "beam":
-            return beam_search(self.net, emb, pat, beam_width or self.beam_width,
-                               self.length_penalty if length_penalty is None else length_penalty, max_len, use_cache)
+            return beam_search(
+                self.net,
+                emb,
+                pat,
+                beam_width or self.beam_width,
+                self.length_penalty if length_penalty is None else length_penalty,
+                max_len,
+                use_cache,
+            )
         if method == "greedy":
             return sample_captions(self.net, emb, pat, temperature=0.0, max_len=max_len, use_cache=use_cache)
         gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
-        return sample_captions(self.net, emb, pat, temperature=self.temperature if temperature is None else temperature,
-                               top_k=top_k, top_p=self.top_p if top_p is None else top_p, max_len=max_len,
-                               use_cache=use_cache, generator=gen)
+        return sample_captions(
+            self.net,
+            emb,
+            pat,
+            temperature=self.temperature if temperature is None else temperature,
+            top_k=top_k,
+            top_p=self.top_p if top_p is None else top_p,
+            max_len=max_len,
+            use_cache=use_cache,
+            generator=gen,
+        )
 
     @torch.no_grad()
-    def caption(self, image_emb: torch.Tensor, patches: Optional[torch.Tensor] = None, batch_size: int = 256,
-                **kwargs) -> list[str]:
+    def caption(
+        self, image_emb: torch.Tensor, patches: Optional[torch.Tensor] = None, batch_size: int = 256, **kwargs
+    ) -> list[str]:
         """Captions (strings) for CLIP image embeddings (B, D), in chunks of ``batch_size``; ``kwargs`` as
         ``caption_tokens``. With a ``seed`` (nucleus), one generator runs through every chunk."""
         if self.text_tokenizer is None:
@@ -225,8 +277,10 @@ class CaptionerLit(ZooLit):
                 kwargs["generator"] = torch.Generator(device=self.device).manual_seed(int(kwargs.pop("seed", 0)))
             out: list[str] = []
             for i in range(0, len(image_emb), batch_size):
-                pat = patches[i:i + batch_size] if patches is not None else None
-                out += self.text_tokenizer.decode(self.caption_tokens(image_emb[i:i + batch_size], pat, **kwargs).cpu())
+                pat = patches[i : i + batch_size] if patches is not None else None
+                out += self.text_tokenizer.decode(
+                    self.caption_tokens(image_emb[i : i + batch_size], pat, **kwargs).cpu()
+                )
             return out
         finally:
             self.train(was_training)

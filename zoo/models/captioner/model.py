@@ -36,6 +36,7 @@ Presets (parameter counts measured on the meta device, tests/models/test_caption
             heads), DALL·E 1's 16,384-token BPE and 256-token text context, unCLIP's CLIP ViT-H/16 image embedding
             (1024-d) and ClipCap's 10 prefix tokens: 330,906,624 parameters.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -78,14 +79,17 @@ class CaptionerConfig:
 
 
 PRESETS: dict[str, CaptionerConfig] = {
-    "tiny": CaptionerConfig(dim=64, n_layers=2, n_heads=4, head_dim=16, vocab_size=1024, text_len=64, embed_dim=32,
-                            n_prefix=2),
+    "tiny": CaptionerConfig(
+        dim=64, n_layers=2, n_heads=4, head_dim=16, vocab_size=1024, text_len=64, embed_dim=32, n_prefix=2
+    ),
     # zoo-clip-shapes embeddings (128-d); data/tokenizer=bpe (1024 tokens, context 64)
-    "shapes": CaptionerConfig(dim=256, n_layers=4, n_heads=8, head_dim=32, vocab_size=1024, text_len=64,
-                              embed_dim=128, n_prefix=4),
+    "shapes": CaptionerConfig(
+        dim=256, n_layers=4, n_heads=8, head_dim=32, vocab_size=1024, text_len=64, embed_dim=128, n_prefix=4
+    ),
     # not published by DALL·E 3: GPT-2-medium shape, DALL·E 1 BPE/context, ViT-H/16 embedding, ClipCap prefix length
-    "paper": CaptionerConfig(dim=1024, n_layers=24, n_heads=16, head_dim=64, vocab_size=16384, text_len=256,
-                             embed_dim=1024, n_prefix=10),
+    "paper": CaptionerConfig(
+        dim=1024, n_layers=24, n_heads=16, head_dim=64, vocab_size=16384, text_len=256, embed_dim=1024, n_prefix=10
+    ),
 }
 
 PAPER_PARAMS = 330_906_624  # measured: sum(p.numel()) of Captioner(PRESETS["paper"]) on the meta device
@@ -128,19 +132,25 @@ class Captioner(nn.Module):
         the returned tensor)."""
         c = self.cfg
         if image_emb.dim() != 2 or image_emb.shape[1] != c.embed_dim:
-            raise ValueError(f"image embedding of shape {tuple(image_emb.shape)}; the captioner takes (B, "
-                             f"{c.embed_dim}) (net.embed_dim)")
+            raise ValueError(
+                f"image embedding of shape {tuple(image_emb.shape)}; the captioner takes (B, "
+                f"{c.embed_dim}) (net.embed_dim)"
+            )
         w = self.prefix_map[0].weight
         z = F.normalize(image_emb.to(w.dtype), dim=-1)
         x = self.prefix_map(z).view(len(z), c.n_prefix, c.dim) + self.prefix_pos  # (B, k, dim)
         if c.patch_dim > 0:
             if patches is None:
-                raise ValueError(f"this captioner takes CLIP patch tokens (net.patch_dim={c.patch_dim}): pass "
-                                 f"clip_image_patches (B, P <= {c.n_patches}, {c.patch_dim})")
+                raise ValueError(
+                    f"this captioner takes CLIP patch tokens (net.patch_dim={c.patch_dim}): pass "
+                    f"clip_image_patches (B, P <= {c.n_patches}, {c.patch_dim})"
+                )
             p = patches.shape[1]
             if p > c.n_patches or patches.shape[2] != c.patch_dim:
-                raise ValueError(f"patch tokens of shape {tuple(patches.shape)}; the captioner takes (B, <= "
-                                 f"{c.n_patches}, {c.patch_dim})")
+                raise ValueError(
+                    f"patch tokens of shape {tuple(patches.shape)}; the captioner takes (B, <= "
+                    f"{c.n_patches}, {c.patch_dim})"
+                )
             x = torch.cat([x, self.patch_proj(patches.to(w.dtype)) + self.patch_pos[:p]], 1)
         elif patches is not None:
             raise ValueError("patch tokens given but the captioner has none (net.patch_dim=0)")
@@ -148,7 +158,7 @@ class Captioner(nn.Module):
 
     def embed_tokens(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Caption tokens (B, n) at caption positions start .. start + n - 1 -> (B, n, dim)."""
-        return self.tok_emb(tokens) + self.text_pos[start:start + tokens.shape[1]]
+        return self.tok_emb(tokens) + self.text_pos[start : start + tokens.shape[1]]
 
     def hidden(self, x: torch.Tensor, cache: Optional[KVCache] = None, start_pos: int = 0) -> torch.Tensor:
         return self.transformer(x, None, cache, start_pos)  # None: dense causal
@@ -156,23 +166,26 @@ class Captioner(nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(h)
 
-    def new_cache(self, batch: int, max_len: Optional[int] = None, dtype: Optional[torch.dtype] = None,
-                  device=None) -> KVCache:
+    def new_cache(
+        self, batch: int, max_len: Optional[int] = None, dtype: Optional[torch.dtype] = None, device=None
+    ) -> KVCache:
         return self.transformer.new_cache(batch, max_len or self.cfg.max_len, dtype, device)
 
     # ------------------------------------------------------------------------------------------- training
-    def forward(self, image_emb: torch.Tensor, tokens: torch.Tensor,
-                patches: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, image_emb: torch.Tensor, tokens: torch.Tensor, patches: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """tokens (B, n) starting with [SOT] -> logits (B, n - 1, V); logits[:, j] predicts tokens[:, j + 1]."""
         if tokens.shape[1] > self.cfg.text_len:
             raise ValueError(f"captions of {tokens.shape[1]} tokens; the captioner takes text_len={self.cfg.text_len}")
         prefix = self.embed_prefix(image_emb, patches)
         x = torch.cat([prefix, self.embed_tokens(tokens[:, :-1])], 1)  # (B, prefix + n - 1, dim)
         h = self.hidden(x)
-        return self.logits(h[:, prefix.shape[1]:])
+        return self.logits(h[:, prefix.shape[1] :])
 
-    def loss(self, image_emb: torch.Tensor, tokens: torch.Tensor,
-             patches: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    def loss(
+        self, image_emb: torch.Tensor, tokens: torch.Tensor, patches: Optional[torch.Tensor] = None
+    ) -> dict[str, torch.Tensor]:
         logits = self(image_emb, tokens, patches)
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()  # CE in >= fp32
@@ -192,10 +205,17 @@ def _finish(out: torch.Tensor, done: torch.Tensor, tok: torch.Tensor, pos: int, 
 
 
 @torch.no_grad()
-def sample_captions(model: Captioner, image_emb: torch.Tensor, patches: Optional[torch.Tensor] = None,
-                    temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                    max_len: Optional[int] = None, use_cache: bool = True,
-                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def sample_captions(
+    model: Captioner,
+    image_emb: torch.Tensor,
+    patches: Optional[torch.Tensor] = None,
+    temperature: float = 0.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    max_len: Optional[int] = None,
+    use_cache: bool = True,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """Caption tokens (B, max_len) laid out as the tokenizer's (``[SOT] ... [EOT] [PAD] ...``; a caption that hits
     ``max_len`` has no EOT). ``temperature <= 0``: greedy (argmax). Otherwise every token is drawn from
     softmax(filtered logits / temperature) with Gumbel-max noise from ``generator`` (``filter_logits``: ``top_p``
@@ -226,7 +246,7 @@ def sample_captions(model: Captioner, image_emb: torch.Tensor, patches: Optional
                 done = _finish(out, done, pick(logits), t, cfg)
                 if bool(done.all()) or t + 1 >= n:
                     break
-                h = model.hidden(model.embed_tokens(out[:, t:t + 1], start=t), cache, p0 + t)  # token t at p0 + t
+                h = model.hidden(model.embed_tokens(out[:, t : t + 1], start=t), cache, p0 + t)  # token t at p0 + t
                 logits = model.logits(h[:, -1])
         else:
             for t in range(1, n):
@@ -246,9 +266,16 @@ def _reorder(cache: KVCache, index: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def beam_search(model: Captioner, image_emb: torch.Tensor, patches: Optional[torch.Tensor] = None,
-                beam_width: int = 4, length_penalty: float = 1.0, max_len: Optional[int] = None,
-                use_cache: bool = True, return_scores: bool = False):
+def beam_search(
+    model: Captioner,
+    image_emb: torch.Tensor,
+    patches: Optional[torch.Tensor] = None,
+    beam_width: int = 4,
+    length_penalty: float = 1.0,
+    max_len: Optional[int] = None,
+    use_cache: bool = True,
+    return_scores: bool = False,
+):
     """Beam search: caption tokens (B, max_len) in the tokenizer's layout (and, with ``return_scores``, the chosen
     beams' summed log-probabilities (B,)).
 
@@ -300,9 +327,9 @@ def beam_search(model: Captioner, image_emb: torch.Tensor, patches: Optional[tor
                 break
             if use_cache:
                 _reorder(cache, src)
-                h = model.hidden(model.embed_tokens(seq[:, t:t + 1], start=t), cache, p0 + t)
+                h = model.hidden(model.embed_tokens(seq[:, t : t + 1], start=t), cache, p0 + t)
             else:
-                h = model.hidden(torch.cat([prefix, model.embed_tokens(seq[:, :t + 1])], 1))
+                h = model.hidden(torch.cat([prefix, model.embed_tokens(seq[:, : t + 1])], 1))
             logits = model.logits(h[:, -1])
     finally:
         model.train(was_training)

@@ -21,6 +21,7 @@ Sampling (``upsample``): the network is fully convolutional (no attention), so i
 DDIM (``eta`` 0 by default) over ``steps`` respaced steps, 27 for a blur-trained (first) stage and 15 for a
 BSR-trained (second) stage by default (the paper), predicted x0 clipped to [-1, 1].
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -37,8 +38,12 @@ from zoo.models.base import ZooLit, resolve_preset
 from zoo.models.upsampler.model import UPSAMPLER_PRESETS, Upsampler, UpsamplerConfig
 
 
-def build_config(preset: str = "shapes_32_128", net: Optional[dict[str, Any]] = None, corruption: Optional[str] = None,
-                 scale: Optional[int] = None) -> UpsamplerConfig:
+def build_config(
+    preset: str = "shapes_32_128",
+    net: Optional[dict[str, Any]] = None,
+    corruption: Optional[str] = None,
+    scale: Optional[int] = None,
+) -> UpsamplerConfig:
     """The preset with ``net`` overrides; ``corruption`` / ``scale`` are shorthands for ``net.corruption`` /
     ``net.scale`` (None = the preset's)."""
     net = dict(net or {})
@@ -58,33 +63,47 @@ def build_config(preset: str = "shapes_32_128", net: Optional[dict[str, Any]] = 
 
 class UpsamplerLit(ZooLit):
     """Args:
-        preset: ``tiny`` | ``shapes_32_128`` (blur) | ``shapes_128_512`` (BSR) | ``paper_64_256`` |
-            ``paper_256_1024`` (``zoo.models.upsampler.model.UPSAMPLER_PRESETS``); ``net`` overrides fields.
-        corruption: ``blur`` | ``bsr`` (None = the preset's); scale: ×scale (None = the preset's, 4).
-        blur_sigma_range: the blur corruption's sigma range in low-resolution pixels.
-        bsr: overrides of ``zoo.data.degradations.BSRConfig`` fields (e.g. ``{jpeg_quality_range: [50, 95]}``).
-        num_timesteps, schedule: the training diffusion process (1000, cosine).
-        sample_steps: DDIM steps of ``upsample`` (None = 27 for blur, 15 for bsr); eta: DDIM eta (0).
-        grid_images, grid_steps: ``sample_grid`` (rows of low-res | bicubic | upsampled | real; steps None = the
-            sampling default).
+    preset: ``tiny`` | ``shapes_32_128`` (blur) | ``shapes_128_512`` (BSR) | ``paper_64_256`` |
+        ``paper_256_1024`` (``zoo.models.upsampler.model.UPSAMPLER_PRESETS``); ``net`` overrides fields.
+    corruption: ``blur`` | ``bsr`` (None = the preset's); scale: ×scale (None = the preset's, 4).
+    blur_sigma_range: the blur corruption's sigma range in low-resolution pixels.
+    bsr: overrides of ``zoo.data.degradations.BSRConfig`` fields (e.g. ``{jpeg_quality_range: [50, 95]}``).
+    num_timesteps, schedule: the training diffusion process (1000, cosine).
+    sample_steps: DDIM steps of ``upsample`` (None = 27 for blur, 15 for bsr); eta: DDIM eta (0).
+    grid_images, grid_steps: ``sample_grid`` (rows of low-res | bicubic | upsampled | real; steps None = the
+        sampling default).
     """
 
     grid_nrow = 4  # low-res (nearest) | bicubic | upsampled | real
 
-    def __init__(self, preset: str = "shapes_32_128", net: Optional[dict[str, Any]] = None,
-                 corruption: Optional[str] = None, scale: Optional[int] = None,
-                 blur_sigma_range: Sequence[float] = (0.4, 0.6), bsr: Optional[dict[str, Any]] = None,
-                 num_timesteps: int = 1000, schedule: str = "cosine", sample_steps: Optional[int] = None,
-                 eta: float = 0.0, grid_images: int = 4, grid_steps: Optional[int] = None,
-                 optimizer=None, scheduler=None):
+    def __init__(
+        self,
+        preset: str = "shapes_32_128",
+        net: Optional[dict[str, Any]] = None,
+        corruption: Optional[str] = None,
+        scale: Optional[int] = None,
+        blur_sigma_range: Sequence[float] = (0.4, 0.6),
+        bsr: Optional[dict[str, Any]] = None,
+        num_timesteps: int = 1000,
+        schedule: str = "cosine",
+        sample_steps: Optional[int] = None,
+        eta: float = 0.0,
+        grid_images: int = 4,
+        grid_steps: Optional[int] = None,
+        optimizer=None,
+        scheduler=None,
+    ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.cfg = build_config(preset, net, corruption, scale)
         self.net = Upsampler(self.cfg)
         learned = self.cfg.learn_sigma
-        self.process = GaussianDiffusion(get_schedule(schedule, int(num_timesteps)), model_mean_type="eps",
-                                         model_var_type="learned_range" if learned else "fixed_small",
-                                         loss_type="hybrid" if learned else "mse")
+        self.process = GaussianDiffusion(
+            get_schedule(schedule, int(num_timesteps)),
+            model_mean_type="eps",
+            model_var_type="learned_range" if learned else "fixed_small",
+            loss_type="hybrid" if learned else "mse",
+        )
         try:
             self.corruption = make_corruption(self.cfg.corruption, self.cfg.scale, blur_sigma_range, bsr)
         except ValueError as e:
@@ -112,7 +131,8 @@ class UpsamplerLit(ZooLit):
                 f"data.resolution={res} but the upsampler's target size is {c.image_size} px "
                 f"({c.low_res_size} -> {c.image_size}) (fix: data.resolution={c.image_size}, or "
                 f"model.net.image_size={res} if {res} is a multiple of {c.scale * c.crop_fraction} and of "
-                f"{c.divisor * c.crop_fraction})")
+                f"{c.divisor * c.crop_fraction})"
+            )
 
     @torch.no_grad()
     def degrade(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -121,8 +141,9 @@ class UpsamplerLit(ZooLit):
         return self.corruption(images.float(), generator)
 
     @torch.no_grad()
-    def training_pair(self, images: torch.Tensor, generator: Optional[torch.Generator] = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_pair(
+        self, images: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(high-resolution crops (B, 3, c, c), conditioning crops (B, 3, c / s, c / s)), c = ``cfg.train_crop``:
         the full images are degraded FIRST, then both are cropped at matching coordinates (module docstring)."""
         low = self.degrade(images, generator)
@@ -130,13 +151,18 @@ class UpsamplerLit(ZooLit):
         return high, low
 
     # ------------------------------------------------------------------------------------------ training
-    def forward_loss(self, batch: dict[str, Any], generator: Optional[torch.Generator] = None,
-                     diffusion_generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+    def forward_loss(
+        self,
+        batch: dict[str, Any],
+        generator: Optional[torch.Generator] = None,
+        diffusion_generator: Optional[torch.Generator] = None,
+    ) -> dict[str, torch.Tensor]:
         high, low = self.training_pair(batch["image"], generator)
         high, low = high.to(self.device), low.to(self.device)
         t = self.process.sample_timesteps(high.shape[0], device=high.device, generator=diffusion_generator)
-        terms = self.process.training_losses(self.net, high, t, model_kwargs={"low_res": low},
-                                             generator=diffusion_generator)
+        terms = self.process.training_losses(
+            self.net, high, t, model_kwargs={"low_res": low}, generator=diffusion_generator
+        )
         return {k: v.mean() for k, v in terms.items()}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -146,14 +172,23 @@ class UpsamplerLit(ZooLit):
 
     def eval_step(self, batch: dict[str, Any], stage: str) -> None:
         # fixed corruption, crops, timesteps and noise, so successive validations are comparable
-        r = self.forward_loss(batch, generator=torch.Generator().manual_seed(0),
-                              diffusion_generator=torch.Generator(device=self.device).manual_seed(1))
+        r = self.forward_loss(
+            batch,
+            generator=torch.Generator().manual_seed(0),
+            diffusion_generator=torch.Generator(device=self.device).manual_seed(1),
+        )
         self.log_metrics(stage, r, batch_size=len(batch["image"]))
 
     # ------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def upsample(self, low_res: torch.Tensor, steps: Optional[int] = None, eta: Optional[float] = None,
-                 generator: Optional[torch.Generator] = None, x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def upsample(
+        self,
+        low_res: torch.Tensor,
+        steps: Optional[int] = None,
+        eta: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+        x_T: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Low-resolution images (B, 3, h, w) in [-1, 1] -> (B, 3, h * scale, w * scale) in [-1, 1], the network
         applied fully convolutionally at that size. DDIM with ``steps`` (default ``sample_steps``: 27 for a blur
         stage, 15 for a BSR stage) and ``eta`` (default ``hparams.eta``, 0: deterministic given x_T); randomness
@@ -164,13 +199,23 @@ class UpsamplerLit(ZooLit):
         low = low_res.to(self.device).float()
         shape = (low.shape[0], self.cfg.in_channels, low.shape[-2] * s, low.shape[-1] * s)
         if shape[-2] % self.cfg.divisor or shape[-1] % self.cfg.divisor:
-            raise ValueError(f"output {shape[-2]}x{shape[-1]} must be divisible by {self.cfg.divisor} "
-                             f"(the U-Net's levels); pad the low-resolution input")
+            raise ValueError(
+                f"output {shape[-2]}x{shape[-1]} must be divisible by {self.cfg.divisor} "
+                f"(the U-Net's levels); pad the low-resolution input"
+            )
         was_training = self.training
         self.eval()
         try:
-            x = ddim_sample(self.process.respaced(steps), lambda x, t: self.net(x, t, low), shape, eta=eta,
-                            generator=generator, device=self.device, x_T=x_T, clip_denoised=True)
+            x = ddim_sample(
+                self.process.respaced(steps),
+                lambda x, t: self.net(x, t, low),
+                shape,
+                eta=eta,
+                generator=generator,
+                device=self.device,
+                x_T=x_T,
+                clip_denoised=True,
+            )
         finally:
             self.train(was_training)
         return x.float().clamp(-1, 1)
