@@ -69,7 +69,7 @@ KNOBS = (
     Knob("steps", "steps", int, 1, "max_steps", 1, "sampling steps"),
     Knob("prior_steps", "prior steps", int, 1, "max_steps", 1, "prior sampling steps"),
     Knob("decoder_steps", "decoder steps", int, 1, "max_steps", 1, "decoder sampling steps"),
-    Knob("super_res_steps", "super-res steps", int, 1, "max_steps", 1, "upsampler sampling steps"),
+    Knob("upsampler_steps", "upsampler steps", int, 1, "max_steps", 1, "upsampler sampling steps"),
     Knob("temperature", "temperature", float, 0.05, 5.0, 0.05, "sampling temperature"),
 )
 

@@ -18,7 +18,7 @@ never anything the file names) picks the option in ``CHECKPOINT_GENERATORS`` and
 
 Naming convention for pipeline knobs (diffusers' unCLIP pipeline style, for every pipeline that follows): a knob that
 belongs to one stage of a multi-stage pipeline is prefixed with that stage -- ``prior_guidance_scale``,
-``prior_steps``, ``decoder_guidance_scale``, ``decoder_steps``, ``super_res_steps`` -- and a single-stage pipeline uses
+``prior_steps``, ``decoder_guidance_scale``, ``decoder_steps``, ``upsampler_steps`` -- and a single-stage pipeline uses
 the bare name (``guidance_scale``, ``temperature``, ``top_k``/``top_p`` for logit filtering). Counts of images have
 their own names: ``n_candidates`` (samples drawn per caption), ``n_keep`` (the best of them kept after reranking);
 ``top_k`` always means the logit filter. Checkpoints are ``<stage>_ckpt`` (``dalle_ckpt``, ``clip_ckpt``, later
