@@ -302,3 +302,22 @@ def test_zoo_serve_in_a_headless_browser(train_cfg, tmp_path, dalle_helpers, tra
     # the server's own HTTP client (gradio's startup checks) only ever spoke to itself: no analytics, no version check
     requests = [line for line in server_log.splitlines() if "HTTP Request:" in line]
     assert requests and all(f"http://127.0.0.1:{port}/" in line for line in requests), requests
+
+
+def test_knobs_left_at_none_show_the_models_own_defaults():
+    """GLIDE / unCLIP pipelines keep guidance and steps at None (= the checkpoint's value): the page shows those."""
+    from types import SimpleNamespace
+
+    from zoo.serve import Studio
+
+    class Pipe:
+        def __init__(self):
+            self.glide = SimpleNamespace(hparams={"guidance_scale": 3.0, "sample_steps": 50})
+            self.guidance_scale, self.steps, self.seed = None, None, 0
+
+        def generate(self, captions):  # pragma: no cover - not called
+            raise AssertionError
+
+    studio = Studio(Pipe())
+    assert studio.defaults["guidance_scale"] == 3.0 and studio.defaults["steps"] == 50
+    assert {k.name for k in studio.knobs} >= {"guidance_scale", "steps"}

@@ -127,6 +127,26 @@ def call_parameters(generator) -> dict[str, Any]:
     return out
 
 
+# Where a pipeline keeps its models, and the prefix of the knobs that belong to each (GLIDE's single stage has none).
+_STAGE_MODELS = (("glide", ""), ("model", ""), ("prior", "prior_"), ("decoder", "decoder_"))
+
+
+def model_default(generator, name: str) -> int | float | None:
+    """The value a pipeline uses for a knob it leaves at None: its model's hyper-parameter (``guidance_scale`` or
+    ``sample_steps`` of GLIDE; ``decoder_steps`` -> the decoder's ``sample_steps``), so the page can show the slider
+    at the value sampling will actually use."""
+    for attr, prefix in _STAGE_MODELS:
+        hp = getattr(getattr(generator, attr, None), "hparams", None)
+        if hp is None or not hasattr(hp, "get") or not name.startswith(prefix):
+            continue
+        base = name[len(prefix) :]
+        for key in (name, base, f"sample_{base}"):
+            value = _number_or_none(hp.get(key))
+            if value is not None:
+                return value
+    return None
+
+
 class Studio:
     """The page's logic without the page: validate a request, apply its knobs, generate, score.
 
@@ -149,6 +169,8 @@ class Studio:
         hparams = getattr(generator, "hparams", None) or {}
         for knob in KNOBS:
             value = _number_or_none(getattr(generator, knob.name, None))
+            if value is None and hasattr(generator, knob.name):  # None = "the checkpoint's own default"
+                value = model_default(generator, knob.name)
             if value is None and knob.name in params:
                 value = _number_or_none(params[knob.name])
                 for key in (knob.name, f"sample_{knob.name}"):
