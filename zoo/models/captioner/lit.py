@@ -40,6 +40,16 @@ log = logging.getLogger("zoo.captioner")
 DECODING = ("greedy", "beam", "nucleus")
 
 
+def check_decoding(decoding: str, beam_width: int, top_p: float) -> None:
+    """The decoding options of a text-generating Lit (captioner, prompt upsampler), checked before training."""
+    if decoding not in DECODING:
+        raise ConfigError(f"unknown decoding {decoding!r}; choose one of {DECODING} (model.decoding=...)")
+    if int(beam_width) < 1:
+        raise ConfigError(f"model.beam_width must be >= 1, got {beam_width}")
+    if not 0.0 < float(top_p) <= 1.0:
+        raise ConfigError(f"model.top_p must be in (0, 1], got {top_p}")
+
+
 class CaptionerLit(ZooLit):
     """Args:
     preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.captioner.model.PRESETS``); ``net`` overrides fields
@@ -68,12 +78,7 @@ class CaptionerLit(ZooLit):
     ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "text_tokenizer"])
-        if decoding not in DECODING:
-            raise ConfigError(f"unknown decoding {decoding!r}; choose one of {DECODING} (model.decoding=...)")
-        if int(beam_width) < 1:
-            raise ConfigError(f"model.beam_width must be >= 1, got {beam_width}")
-        if not 0.0 < float(top_p) <= 1.0:
-            raise ConfigError(f"model.top_p must be in (0, 1], got {top_p}")
+        check_decoding(decoding, beam_width, top_p)
         self.decoding, self.beam_width, self.length_penalty = decoding, int(beam_width), float(length_penalty)
         self.top_p, self.temperature = float(top_p), float(temperature)
         self.tokenizer_all_styles = bool(tokenizer_all_styles)

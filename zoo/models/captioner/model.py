@@ -99,7 +99,29 @@ def build_config(preset: str = "shapes", net: Optional[dict[str, Any]] = None) -
     return resolve_preset(PRESETS, CaptionerConfig, preset, net, "captioner")
 
 
-class Captioner(nn.Module):
+class PrefixLM:
+    """The decoding interface ``sample_captions`` / ``beam_search`` drive, shared by every prefix-conditioned causal
+    LM here (the captioner: a CLIP-embedding prefix; the prompt upsampler: a short-prompt prefix). A subclass has
+    ``tok_emb``, ``text_pos`` (output positions), ``transformer``, ``head`` and ``cfg.max_len``, and embeds its own
+    prefix."""
+
+    def embed_tokens(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Output tokens (B, n) at output positions start .. start + n - 1 -> (B, n, dim)."""
+        return self.tok_emb(tokens) + self.text_pos[start : start + tokens.shape[1]]
+
+    def hidden(self, x: torch.Tensor, cache: Optional[KVCache] = None, start_pos: int = 0) -> torch.Tensor:
+        return self.transformer(x, None, cache, start_pos)  # None: dense causal
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(h)
+
+    def new_cache(
+        self, batch: int, max_len: Optional[int] = None, dtype: Optional[torch.dtype] = None, device=None
+    ) -> KVCache:
+        return self.transformer.new_cache(batch, max_len or self.cfg.max_len, dtype, device)
+
+
+class Captioner(PrefixLM, nn.Module):
     """Prefix mapping, the generic causal ``Transformer`` and a tied LM head."""
 
     def __init__(self, cfg: CaptionerConfig):
@@ -155,21 +177,6 @@ class Captioner(nn.Module):
         elif patches is not None:
             raise ValueError("patch tokens given but the captioner has none (net.patch_dim=0)")
         return x
-
-    def embed_tokens(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Caption tokens (B, n) at caption positions start .. start + n - 1 -> (B, n, dim)."""
-        return self.tok_emb(tokens) + self.text_pos[start : start + tokens.shape[1]]
-
-    def hidden(self, x: torch.Tensor, cache: Optional[KVCache] = None, start_pos: int = 0) -> torch.Tensor:
-        return self.transformer(x, None, cache, start_pos)  # None: dense causal
-
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(h)
-
-    def new_cache(
-        self, batch: int, max_len: Optional[int] = None, dtype: Optional[torch.dtype] = None, device=None
-    ) -> KVCache:
-        return self.transformer.new_cache(batch, max_len or self.cfg.max_len, dtype, device)
 
     # ------------------------------------------------------------------------------------------- training
     def forward(

@@ -24,13 +24,13 @@ import torch.nn.functional as F
 
 from zoo.errors import ConfigError
 from zoo.models.base import ZooLit
+from zoo.models.captioner.lit import DECODING, check_decoding
 from zoo.models.captioner.model import beam_search, sample_captions
 from zoo.models.presets import resolve_preset
 from zoo.models.prompt_upsampler.model import PRESETS, PromptUpsampler, PromptUpsamplerConfig
 from zoo.text import TextTokenizer
 
 log = logging.getLogger("zoo.prompt_upsampler")
-DECODING = ("greedy", "beam", "nucleus")
 
 
 class PromptUpsamplerLit(ZooLit):
@@ -60,12 +60,7 @@ class PromptUpsamplerLit(ZooLit):
     ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "text_tokenizer"])
-        if decoding not in DECODING:
-            raise ConfigError(f"unknown decoding {decoding!r}; choose one of {DECODING} (model.decoding=...)")
-        if int(beam_width) < 1:
-            raise ConfigError(f"model.beam_width must be >= 1, got {beam_width}")
-        if not 0.0 < float(top_p) <= 1.0:
-            raise ConfigError(f"model.top_p must be in (0, 1], got {top_p}")
+        check_decoding(decoding, beam_width, top_p)
         self.prompt_style, self.target_style = str(prompt_style), str(target_style)
         self.decoding, self.beam_width, self.length_penalty = decoding, int(beam_width), float(length_penalty)
         self.top_p, self.temperature = float(top_p), float(temperature)

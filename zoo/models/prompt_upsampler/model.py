@@ -36,8 +36,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zoo.models.captioner.model import PrefixLM
 from zoo.models.presets import resolve_preset
-from zoo.nn.transformer import KVCache, Transformer, gpt2_init_
+from zoo.nn.transformer import Transformer, gpt2_init_
 
 
 @dataclass
@@ -82,7 +83,7 @@ def build_config(preset: str = "shapes", net: Optional[dict[str, Any]] = None) -
     return resolve_preset(PRESETS, PromptUpsamplerConfig, preset, net, "prompt_upsampler")
 
 
-class PromptUpsampler(nn.Module):
+class PromptUpsampler(PrefixLM, nn.Module):
     """Token embedding (shared by prompt and output), prompt / output positions, the causal ``Transformer``, tied
     LM head. Decoded by the captioner's ``sample_captions`` / ``beam_search`` with the prompt tokens in place of the
     image embedding."""
@@ -113,21 +114,6 @@ class PromptUpsampler(nn.Module):
                 f"{self.cfg.prompt_len}) (net.prompt_len)"
             )
         return self.tok_emb(prompt_tokens.long()) + self.prompt_pos[: prompt_tokens.shape[1]]
-
-    def embed_tokens(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Output tokens (B, n) at output positions start .. start + n - 1 -> (B, n, dim)."""
-        return self.tok_emb(tokens) + self.text_pos[start : start + tokens.shape[1]]
-
-    def hidden(self, x: torch.Tensor, cache: Optional[KVCache] = None, start_pos: int = 0) -> torch.Tensor:
-        return self.transformer(x, None, cache, start_pos)  # None: dense causal
-
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(h)
-
-    def new_cache(
-        self, batch: int, max_len: Optional[int] = None, dtype: Optional[torch.dtype] = None, device=None
-    ) -> KVCache:
-        return self.transformer.new_cache(batch, max_len or self.cfg.max_len, dtype, device)
 
     def forward(self, prompt_tokens: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """prompt (B, P), output tokens (B, n) starting with [SOT] -> logits (B, n - 1, V) predicting tokens[:, 1:]."""
