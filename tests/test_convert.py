@@ -212,70 +212,7 @@ def test_released_pickle_is_refused_with_the_fix(tmp_path):
         read_state_dict(tmp_path / "encoder.pkl", "encoder")
 
 
-# ------------------------------------------------------------------ taming-transformers VQGAN / Gumbel-VQ
-def taming_state_dict(kind: str, n_embed=48, embed_dim=8, z_channels=8, ch=16) -> dict[str, torch.Tensor]:
-    """Key names and shapes of taming/models/vqgan.py VQModel / GumbelVQ (a representative subset of the encoder,
-    decoder and discriminator keys, all of the quantizer's)."""
-    torch.manual_seed(3)
-    sd = {
-        "encoder.conv_in.weight": torch.randn(ch, 3, 3, 3),
-        "encoder.conv_in.bias": torch.randn(ch),
-        "encoder.down.0.block.0.norm1.weight": torch.ones(ch),
-        "encoder.down.0.block.0.norm1.bias": torch.zeros(ch),
-        "encoder.down.0.block.0.conv1.weight": torch.randn(ch, ch, 3, 3),
-        "encoder.down.0.downsample.conv.weight": torch.randn(ch, ch, 3, 3),
-        "encoder.mid.attn_1.q.weight": torch.randn(ch, ch, 1, 1),
-        "encoder.norm_out.weight": torch.ones(ch),
-        "encoder.conv_out.weight": torch.randn(z_channels, ch, 3, 3),
-        "quant_conv.weight": torch.randn(embed_dim, z_channels, 1, 1),
-        "quant_conv.bias": torch.randn(embed_dim),
-        "post_quant_conv.weight": torch.randn(z_channels, embed_dim, 1, 1),
-        "decoder.conv_in.weight": torch.randn(ch, z_channels, 3, 3),
-        "decoder.conv_out.weight": torch.randn(3, ch, 3, 3),
-        "loss.discriminator.main.0.weight": torch.randn(64, 3, 4, 4),
-    }
-    if kind == "taming_vq":  # VectorQuantizer2: self.embedding = nn.Embedding(n_e, e_dim)
-        sd["quantize.embedding.weight"] = torch.randn(n_embed, embed_dim)
-    else:  # GumbelQuantize: self.proj = nn.Conv2d(num_hiddens, n_embed, 1); self.embed = nn.Embedding(...)
-        sd["quantize.proj.weight"] = torch.randn(n_embed, z_channels, 1, 1)
-        sd["quantize.proj.bias"] = torch.randn(n_embed)
-        sd["quantize.embed.weight"] = torch.randn(n_embed, embed_dim)
-    return sd
-
-
-@pytest.mark.parametrize("kind", ["taming_vq", "taming_gumbel"])
-def test_taming_codebook_converts(tmp_path, kind):
-    from omegaconf import OmegaConf
-
-    from zoo.checkpoint import load_module
-    from zoo.convert import TAMING_CODEBOOK_KEYS, convert
-
-    sd = taming_state_dict(kind)
-    torch.save({"state_dict": sd, "global_step": 10}, tmp_path / "last.ckpt")  # Lightning layout
-    out = convert(
-        OmegaConf.create(
-            {"kind": kind, "ckpt": str(tmp_path / "last.ckpt"), "preset": "tiny", "out": str(tmp_path / "vq.ckpt")}
-        )
-    )
-    ck = torch.load(out, weights_only=True)
-    assert ck["zoo_converted"]["untrained"] == ["encoder", "decoder"]
-    lit = load_module(out, expect=("vqvae",))
-    q = lit.vqvae.quantizer
-    cb = sd[TAMING_CODEBOOK_KEYS[kind]]
-    assert torch.equal(q.codebook(), cb) and q.codebook_size == 48 and q.dim == 8
-    # VectorQuantizer2's rule: argmin of ||z||^2 + ||e||^2 - 2 z.e ; its embed_code / Gumbel's lookup: e[idx]
-    z = torch.randn(100, 8)
-    ref = torch.argmin(torch.sum(z**2, 1, keepdim=True) + torch.sum(cb**2, 1) - 2 * z @ cb.t(), dim=1)
-    assert torch.equal(q.nearest(z), ref)
-    idx = torch.randint(0, 48, (2, 3, 3))
-    assert torch.equal(q.lookup(idx), F.embedding(idx, cb).permute(0, 3, 1, 2))
-
-
-def test_taming_wrong_kind_is_named():
-    from zoo.convert import ConversionError, taming_codebook
-
-    with pytest.raises(ConversionError, match="kind=taming_gumbel"):
-        taming_codebook(taming_state_dict("taming_gumbel"), "taming_vq")
+# taming-transformers VQGAN / Gumbel-VQ (the whole autoencoder, not only the codebook): tests/test_convert_taming.py
 
 
 # ------------------------------------------------------------------ open_clip

@@ -21,17 +21,19 @@ What converts, and what does not:
   exactness with the padding made explicit. The released files are pickled MODULES (``torch.save(model)``), which
   only the ``dall_e`` package can unpickle: save their state dicts once with it (see README).
 - ``taming_vq`` / ``taming_gumbel`` -- taming-transformers' VQGAN (``taming/models/vqgan.py`` ``VQModel``,
-  ``taming/modules/vqvae/quantize.py`` ``VectorQuantizer2``) and Gumbel-VQ (``GumbelVQ``, ``GumbelQuantize``).
-  ONLY THE CODEBOOK converts: ``quantize.embedding.weight`` (VQ) / ``quantize.embed.weight`` (Gumbel), (n_embed,
-  embed_dim), becomes our ``VectorQuantizer`` codebook (nearest neighbour by squared Euclidean distance, the same
-  rule as ``VectorQuantizer2``; the code -> vector lookup is the same for both). The encoder/decoder do not: taming's
-  ``Encoder``/``Decoder`` (``taming/modules/diffusionmodules/model.py``) are GroupNorm + swish resblocks with
-  non-local attention blocks, ``ch_mult`` levels and ``quant_conv``/``post_quant_conv``; our VQ-VAE is a different,
-  smaller network (norm-free GELU resblocks, strided-conv downsampling, no attention), so there is nothing to load
-  them into. Gumbel-VQ's ``quantize.proj`` (1x1 conv to code logits, codes chosen by argmax) has no counterpart
-  either (our quantizer picks the nearest code). The written VQ-VAE checkpoint therefore has a published codebook
-  and FRESHLY INITIALISED encoder/decoder: a starting point for training, not a working tokenizer; the file says so
-  (``zoo_converted.untrained``).
+  ``taming/modules/vqvae/quantize.py`` ``VectorQuantizer2``) and Gumbel-VQ (``GumbelVQ``, ``GumbelQuantize``):
+  ALL weights of the autoencoder map onto ``zoo.models.vqgan`` (component ``vqgan``), whose network
+  (``zoo.nn.taming_vq``) has taming's parameter names and shapes (``encoder.*``, ``decoder.*`` from
+  ``taming/modules/diffusionmodules/model.py``, ``quant_conv``, ``post_quant_conv``, ``quantize.embedding`` /
+  ``quantize.proj`` + ``quantize.embed``), so the conversion copies every key and checks every shape. ``loss.*``
+  (the patch discriminator and LPIPS's VGG, training only) is dropped and counted. The config (``ch``, ``ch_mult``,
+  ``num_res_blocks``, ``z_channels``, ``embed_dim``, ``n_embed``, which levels have attention) is INFERRED from the
+  shapes and key names; only ``attn_resolutions`` is stated relative to ``resolution`` (256 unless the user passes
+  ``resolution=`` or the run's ``configs/model.yaml`` as ``taming_config=``, which is then cross-checked field by
+  field). Codes: VQ, the nearest codebook entry (``VectorQuantizer2``'s rule); Gumbel, the argmax of
+  ``quantize.proj``'s logits (taming's forward adds Gumbel noise even in eval mode; the argmax is its noise-free
+  mode). Images are [-1, 1] on both sides. A checkpoint holding the VQGAN under ``first_stage_model.`` (taming's
+  ``Net2NetTransformer``) converts too. Index remapping (``quantize.used``, the ``remap`` option) is refused.
 - ``open_clip`` -- any open_clip checkpoint file (``open_clip_model.safetensors``, ``.bin``, ``.pt``, open_clip's
   training ``{"state_dict": ...}``) for a given architecture loads through ``ClipLit(arch=..., checkpoint=...)``
   (open_clip's own loader); this writes it as a zoo ``clip`` checkpoint.
@@ -64,9 +66,18 @@ class ConversionError(ConfigError):
 
 
 # ------------------------------------------------------------------------------------------------- reading
-def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
+DALL_E_PICKLE_FIX = (
+    "The released DALL·E dVAE files are pickled modules: with the dall_e package installed, save their state dicts "
+    "once -- python -c \"import torch, dall_e; torch.save(dall_e.load_model('{name}').state_dict(), "
+    "'{stem}_state_dict.pt')\" -- or, for a Lightning .ckpt you trust, "
+    "torch.save(torch.load(f, weights_only=False)['state_dict'], out)"
+)
+
+
+def read_state_dict(path: str | os.PathLike, what: str, fix: Optional[str] = None) -> dict[str, torch.Tensor]:
     """A state dict from a local file: safetensors, or a torch file loaded with ``weights_only=True`` (a bare
-    state dict, or a dict with ``state_dict`` as Lightning / open_clip training checkpoints have)."""
+    state dict, or a dict with ``state_dict`` as Lightning / open_clip training checkpoints have). ``fix``: what to
+    tell the user when the file pickles more than tensors (``{name}`` / ``{stem}`` / ``{path}`` are filled in)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{what}: {p} not found (check the path)")
@@ -80,17 +91,27 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
     try:
         obj = safe_load(p)
     except UnsafeCheckpointError as e:
+        named = _pickled_globals(p)
         raise ConversionError(
-            f"{what}: {p} holds pickled objects, not only tensors ({e}). The released DALL·E dVAE files are pickled "
-            f'modules: with the dall_e package installed, save their state dicts once -- python -c "import torch, '
-            f"dall_e; torch.save(dall_e.load_model('{p.name}').state_dict(), '{p.stem}_state_dict.pt')\" -- or, for "
-            f"a Lightning .ckpt you trust, torch.save(torch.load(f, weights_only=False)['state_dict'], out)"
+            f"{what}: {p} holds pickled objects, not only tensors"
+            + (f" (it names {', '.join(named[:4])})" if named else f" ({e})")
+            + " -- refused: zoo-convert reads files with weights_only=True, so no code in them runs. "
+            + (fix or DALL_E_PICKLE_FIX).format(name=p.name, stem=p.stem, path=p)
         ) from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConversionError(f"{what}: {p} is not a state dict (a mapping of names to tensors)")
     return dict(obj)
+
+
+def _pickled_globals(path: Path) -> list[str]:
+    """The classes / functions a torch file's pickle names beyond what ``weights_only`` allows (read from the pickle's
+    opcodes by torch, nothing is imported or run); empty if that cannot be told."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # an older torch, or not a zip checkpoint
+        return []
 
 
 def _check_shapes(
@@ -262,20 +283,29 @@ def dalle_dvae_stem_error(lit, images: torch.Tensor) -> dict[str, float]:
 
 # --------------------------------------------------------------------------------- taming VQGAN / Gumbel-VQ
 TAMING_CODEBOOK_KEYS = {"taming_vq": "quantize.embedding.weight", "taming_gumbel": "quantize.embed.weight"}
+TAMING_KINDS = tuple(TAMING_CODEBOOK_KEYS)
+TAMING_TARGETS = {"taming_vq": "VQModel", "taming_gumbel": "GumbelVQ"}  # the class model.target names in a config
+TAMING_TRAINING_PREFIX = "loss."  # VQLPIPSWithDiscriminator: patch discriminator + LPIPS (VGG16), training only
+TAMING_SUBMODEL_PREFIX = "first_stage_model."  # where a taming Net2NetTransformer checkpoint holds its VQGAN
+DEFAULT_TAMING_RESOLUTION = 256  # every published VQGAN config (ddconfig.resolution)
+TAMING_PICKLE_FIX = (
+    "taming's Lightning .ckpt files can carry more than tensors (PyTorch Lightning 1.x keys callback states by the "
+    "callback's class). Extract the state dict once, with a torch that may unpickle it (pytorch_lightning installed) "
+    "and only for a file you trust: python -c \"import torch; torch.save(torch.load('{path}', map_location='cpu', "
+    "weights_only=False)['state_dict'], '{stem}_state_dict.pt')\" -- then pass ckpt={stem}_state_dict.pt"
+)
+_TAMING_LEVEL = re.compile(r"^(encoder\.down|decoder\.up)\.(\d+)\.(block|attn)\.(\d+)\.")
 
 
 def taming_codebook(sd: Mapping[str, torch.Tensor], kind: str) -> torch.Tensor:
-    """The (n_embed, embed_dim) codebook of a taming VQModel / GumbelVQ state dict."""
+    """The (n_embed, embed_dim) codebook of a taming VQModel / GumbelVQ state dict (naming the other kind when the
+    file is that one)."""
     if kind not in TAMING_CODEBOOK_KEYS:
         raise ConfigError(f"kind={kind!r}; taming converters: {sorted(TAMING_CODEBOOK_KEYS)}")
     key = TAMING_CODEBOOK_KEYS[kind]
     if key not in sd:
-        other = [k for k in TAMING_CODEBOOK_KEYS.values() if k in sd]
-        hint = (
-            f" (it has {other[0]!r}: use kind={[n for n, k in TAMING_CODEBOOK_KEYS.items() if k == other[0]][0]})"
-            if other
-            else ""
-        )
+        other = [n for n, k in TAMING_CODEBOOK_KEYS.items() if k in sd]
+        hint = f" (it has {TAMING_CODEBOOK_KEYS[other[0]]!r}: use kind={other[0]})" if other else ""
         raise ConversionError(f"{kind}: no {key!r} in the state dict{hint}")
     w = sd[key]
     if w.ndim != 2:
@@ -284,29 +314,243 @@ def taming_codebook(sd: Mapping[str, torch.Tensor], kind: str) -> torch.Tensor:
         raise ConversionError(
             f"{kind}: quantize.proj emits {sd['quantize.proj.weight'].shape[0]} logits for a {w.shape[0]}-code codebook"
         )
-    return w.float().clone()
+    return w
 
 
-def convert_taming_codebook(
-    sd: Mapping[str, torch.Tensor], kind: str = "taming_vq", preset: str = "paper", resolution: Optional[int] = None
+def taming_autoencoder_state(sd: Mapping[str, torch.Tensor], kind: str) -> tuple[dict[str, torch.Tensor], int]:
+    """(the autoencoder's own weights, how many training-only ``loss.*`` keys were dropped) from a taming state dict.
+    A Net2NetTransformer's VQGAN (``first_stage_model.*``) is taken when the file holds no bare one."""
+    sd = dict(sd)
+    if "encoder.conv_in.weight" not in sd and f"{TAMING_SUBMODEL_PREFIX}encoder.conv_in.weight" in sd:
+        n = len(TAMING_SUBMODEL_PREFIX)
+        sd = {k[n:]: v for k, v in sd.items() if k.startswith(TAMING_SUBMODEL_PREFIX)}
+        log.info(
+            "%s: converting the VQGAN held under %s (a taming transformer checkpoint)", kind, TAMING_SUBMODEL_PREFIX
+        )
+    dropped = sum(k.startswith(TAMING_TRAINING_PREFIX) for k in sd)
+    own = {k: v for k, v in sd.items() if not k.startswith(TAMING_TRAINING_PREFIX)}
+    if "quantize.used" in own:
+        raise ConversionError(
+            f"{kind}: the checkpoint has quantize.used, taming's index remapping (the quantizer's remap= option: codes "
+            f"renumbered to a subset of the codebook); zoo-convert does not convert remapped quantizers"
+        )
+    taming_codebook(own, kind)  # the right kind, and a 2-d codebook
+    return own, dropped
+
+
+def _shape(sd: Mapping[str, torch.Tensor], key: str, kind: str) -> tuple[int, ...]:
+    if key not in sd:
+        raise ConversionError(
+            f"{kind}: no {key!r}: not a taming VQModel / GumbelVQ state dict (its keys: {sorted(sd)[:6]}...)"
+        )
+    return tuple(sd[key].shape)
+
+
+def _taming_levels(sd: Mapping[str, torch.Tensor], part: str) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
+    """{level: resnet block indices}, {level: attention block indices} of ``encoder.down`` or ``decoder.up``."""
+    blocks: dict[int, set[int]] = {}
+    attn: dict[int, set[int]] = {}
+    for k in sd:
+        m = _TAMING_LEVEL.match(k)
+        if m and m.group(1) == part:
+            (blocks if m.group(3) == "block" else attn).setdefault(int(m.group(2)), set()).add(int(m.group(4)))
+    return blocks, attn
+
+
+def taming_config_from_state_dict(
+    sd: Mapping[str, torch.Tensor], kind: str, resolution: Optional[int] = None
+) -> dict[str, Any]:
+    """Our ``TamingVQGANConfig`` fields (plain values) read off a taming autoencoder state dict (``loss.*`` already
+    dropped). Everything is determined by the shapes and key names except the size ``attn_resolutions`` refers to:
+    ``resolution`` (default 256, as in every published config)."""
+    ch, in_ch = _shape(sd, "encoder.conv_in.weight", kind)[:2]
+    out_ch = _shape(sd, "decoder.conv_out.weight", kind)[0]
+    if in_ch != 3 or out_ch != 3:
+        raise ConversionError(
+            f"{kind}: the encoder reads {in_ch} and the decoder writes {out_ch} channels; an image tokenizer reads and "
+            f"writes RGB (3): this is not an image VQGAN (e.g. a segmentation or depth model)"
+        )
+    enc_blocks, enc_attn = _taming_levels(sd, "encoder.down")
+    dec_blocks, dec_attn = _taming_levels(sd, "decoder.up")
+    n = len(enc_blocks)
+    if not n or sorted(enc_blocks) != list(range(n)) or sorted(dec_blocks) != list(range(n)):
+        raise ConversionError(
+            f"{kind}: encoder levels {sorted(enc_blocks)} and decoder levels {sorted(dec_blocks)} are not both "
+            f"0 .. L-1: not taming's Encoder / Decoder layout"
+        )
+    counts = {len(b) for b in enc_blocks.values()}
+    if len(counts) != 1:
+        raise ConversionError(f"{kind}: encoder levels have different resnet block counts {sorted(counts)}")
+    num_res_blocks = counts.pop()
+    dec_counts = {len(b) for b in dec_blocks.values()}
+    if dec_counts != {num_res_blocks + 1}:
+        raise ConversionError(
+            f"{kind}: the decoder's levels have {sorted(dec_counts)} resnet blocks; taming's Decoder has "
+            f"num_res_blocks + 1 = {num_res_blocks + 1} where the encoder has {num_res_blocks}"
+        )
+    ch_mult = []
+    for i in range(n):
+        width = _shape(sd, f"encoder.down.{i}.block.0.conv1.weight", kind)[0]
+        if width % ch:
+            raise ConversionError(f"{kind}: encoder level {i} is {width} wide, not a multiple of ch={ch}")
+        ch_mult.append(width // ch)
+    if sorted(enc_attn) != sorted(dec_attn):
+        raise ConversionError(
+            f"{kind}: attention at encoder levels {sorted(enc_attn)} but decoder levels {sorted(dec_attn)}; taming "
+            f"places both by the same attn_resolutions"
+        )
+    z_channels = _shape(sd, "encoder.conv_out.weight", kind)[0]
+    embed_dim, quant_in = _shape(sd, "quant_conv.weight", kind)[:2]
+    if quant_in != z_channels:
+        why = " (double_z: True, a KL autoencoder's layout, not a VQGAN's)" if z_channels == 2 * quant_in else ""
+        raise ConversionError(
+            f"{kind}: encoder.conv_out emits {z_channels} channels but quant_conv reads {quant_in}{why}"
+        )
+    n_embed, code_dim = taming_codebook(sd, kind).shape
+    if code_dim != embed_dim:
+        raise ConversionError(f"{kind}: the codebook's vectors are {code_dim} wide but quant_conv emits {embed_dim}")
+    res = int(resolution or DEFAULT_TAMING_RESOLUTION)
+    if res % 2 ** (n - 1):
+        raise ConversionError(f"{kind}: resolution={res} is not a multiple of the downsample factor {2 ** (n - 1)}")
+    return {
+        "resolution": res,
+        "ch": int(ch),
+        "ch_mult": ch_mult,
+        "num_res_blocks": int(num_res_blocks),
+        "attn_resolutions": [res // 2**i for i in sorted(enc_attn)],
+        "z_channels": int(z_channels),
+        "embed_dim": int(embed_dim),
+        "n_embed": int(n_embed),
+        "quantizer": "gumbel" if kind == "taming_gumbel" else "vq",
+        "resamp_with_conv": n == 1 or "encoder.down.0.downsample.conv.weight" in sd,
+    }
+
+
+def read_taming_config(path: str | os.PathLike, kind: str) -> dict[str, Any]:
+    """Our config fields from a taming run's ``configs/*.yaml`` (``model.target``, ``model.params.embed_dim`` /
+    ``n_embed`` / ``ddconfig``). Read as plain YAML: its ``target`` strings are compared, never imported."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"taming_config: {p} not found (check the path; it is the run's configs/*.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        model = data["model"]
+        params = model["params"]
+        dd = params["ddconfig"]
+    except (yaml.YAMLError, KeyError, TypeError) as e:
+        raise ConversionError(
+            f"taming_config: {p} is not a taming model config (no model.params.ddconfig: {type(e).__name__} {e})"
+        ) from None
+    target = str(model.get("target") or "")
+    want = TAMING_TARGETS[kind]
+    if target and target.rsplit(".", 1)[-1] != want:
+        other = [k for k, t in TAMING_TARGETS.items() if target.rsplit(".", 1)[-1] == t]
+        raise ConversionError(
+            f"taming_config: {p} describes a {target}, not a {want}"
+            + (f" (fix: kind={other[0]})" if other else " (zoo-convert converts VQModel and GumbelVQ)")
+        )
+    if params.get("remap"):
+        raise ConversionError(f"taming_config: {p} sets remap= (index remapping), which zoo-convert does not convert")
+    if dd.get("double_z") or int(dd.get("in_channels", 3)) != 3 or int(dd.get("out_ch", 3)) != 3:
+        raise ConversionError(
+            f"taming_config: {p} has double_z={dd.get('double_z')}, in_channels={dd.get('in_channels')}, "
+            f"out_ch={dd.get('out_ch')}; an image VQGAN has False, 3, 3"
+        )
+    try:
+        return {
+            "resolution": int(dd["resolution"]),
+            "ch": int(dd["ch"]),
+            "ch_mult": [int(m) for m in dd["ch_mult"]],
+            "num_res_blocks": int(dd["num_res_blocks"]),
+            "attn_resolutions": [int(r) for r in dd.get("attn_resolutions") or []],
+            "z_channels": int(dd["z_channels"]),
+            "embed_dim": int(params["embed_dim"]),
+            "n_embed": int(params["n_embed"]),
+            "quantizer": "gumbel" if kind == "taming_gumbel" else "vq",
+            "resamp_with_conv": bool(dd.get("resamp_with_conv", True)),
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConversionError(
+            f"taming_config: {p}: a value is missing or not a number ({type(e).__name__} {e})"
+        ) from None
+
+
+def _attention_level_set(net: Mapping[str, Any]) -> set[int]:
+    from zoo.nn.taming_vq import attention_levels
+
+    flags = attention_levels(int(net["resolution"]), len(net["ch_mult"]), net["attn_resolutions"])
+    return {i for i, f in enumerate(flags) if f}
+
+
+def _merge_taming_config(inferred: dict[str, Any], stated: dict[str, Any], where: str) -> dict[str, Any]:
+    """The config a taming yaml states, checked against the one the weights imply (a ConversionError naming the
+    first field that differs)."""
+    for k in ("ch", "ch_mult", "num_res_blocks", "z_channels", "embed_dim", "n_embed", "resamp_with_conv"):
+        if stated[k] != inferred[k]:
+            raise ConversionError(
+                f"{where} says {k}={stated[k]} but the checkpoint's weights have {k}={inferred[k]}: the config and "
+                f"the checkpoint are not a pair (fix: pass the run's own configs/*.yaml, or leave taming_config unset "
+                f"to read the config off the weights)"
+            )
+    if _attention_level_set(stated) != _attention_level_set(inferred):
+        raise ConversionError(
+            f"{where} puts attention at attn_resolutions={stated['attn_resolutions']} of resolution="
+            f"{stated['resolution']} (levels {sorted(_attention_level_set(stated))}) but the checkpoint has attention "
+            f"blocks at levels {sorted(_attention_level_set(inferred))}: the config and the checkpoint are not a pair"
+        )
+    return dict(stated)
+
+
+def convert_taming(
+    sd: Mapping[str, torch.Tensor],
+    kind: str = "taming_vq",
+    taming_config: Optional[str | os.PathLike] = None,
+    resolution: Optional[int] = None,
 ):
-    """A ``VQVAELit`` whose quantizer holds taming's codebook (encoder/decoder freshly initialised: see the module
-    docstring for why they cannot be converted)."""
-    from zoo.models.vqvae.lit import VQVAELit
+    """A taming VQModel / GumbelVQ state dict -> (our ``TamingVQGANLit`` in eval mode with every autoencoder
+    weight, a record: ``config_from`` ("shapes" | the yaml's path), ``dropped_training_keys``).
 
-    cb = taming_codebook(sd, kind)
-    k, d = cb.shape
-    net: dict[str, Any] = {"codebook_size": int(k), "dim": int(d)}
+    The config is read off the weights; ``taming_config`` (the run's ``configs/model.yaml``) is optional and, when
+    given, must agree with them (it also supplies ``resolution``). ``resolution`` sets the size the tokenizer works
+    at (and that ``attn_resolutions`` refers to; the network is the same at any size)."""
+    from zoo.models.vqgan.lit import TamingVQGANLit
+
+    own, dropped = taming_autoencoder_state(sd, kind)
+    net = taming_config_from_state_dict(own, kind)
+    config_from = "shapes"
+    if taming_config:
+        net = _merge_taming_config(net, read_taming_config(taming_config, kind), f"taming_config {taming_config}")
+        config_from = str(taming_config)
     if resolution:
-        net["resolution"] = int(resolution)
-    lit = VQVAELit(preset=preset, net=net)
-    q = lit.vqvae.quantizer
-    with torch.no_grad():
-        q.embed.copy_(cb)
-        if hasattr(q, "embed_sum"):
-            q.embed_sum.copy_(cb * q.cluster_size[:, None])  # EMA state consistent with the codebook
-        q.initialized.fill_(True)
-    return lit.eval()
+        levels = _attention_level_set(net)
+        res = int(resolution)
+        if res % 2 ** (len(net["ch_mult"]) - 1):
+            raise ConversionError(
+                f"{kind}: resolution={res} is not a multiple of the downsample factor {2 ** (len(net['ch_mult']) - 1)}"
+            )
+        net["resolution"] = res
+        net["attn_resolutions"] = [res // 2**i for i in sorted(levels)]
+    lit = TamingVQGANLit(preset="paper", net=net)
+    mapped = {f"vqgan.{k}": v.float() for k, v in own.items()}
+    src = {f"vqgan.{k}": k for k in own}
+    target = lit.state_dict()
+    extra = sorted(src[k] for k in mapped if k not in target)
+    if extra:
+        raise ConversionError(
+            f"{kind}: published keys with no place in taming's {TAMING_TARGETS[kind]} layout as zoo-convert knows it: "
+            f"{extra[:8]}{' ...' if len(extra) > 8 else ''}"
+        )
+    _check_shapes(mapped, target, src, kind)
+    missing = sorted(k.removeprefix("vqgan.") for k in set(target) - set(mapped))
+    if missing:
+        raise ConversionError(
+            f"{kind}: the checkpoint lacks {missing[:8]}{' ...' if len(missing) > 8 else ''}, which a "
+            f"{TAMING_TARGETS[kind]} with the config read off its other weights has (a truncated or edited state dict?)"
+        )
+    lit.load_state_dict(mapped, strict=True)
+    return lit.eval(), {"config_from": config_from, "dropped_training_keys": int(dropped)}
 
 
 # --------------------------------------------------------------------------------- open_clip
@@ -364,20 +608,33 @@ def convert(cfg) -> Path:
             "decoder": str(cfg.decoder),
             "note": "encoder input map folded into the stem conv (exact except the 3-pixel border)",
         }
-    elif kind in TAMING_CODEBOOK_KEYS:
+    elif kind in TAMING_KINDS:
         if not cfg.get("ckpt"):
-            raise ConfigError(f"kind={kind} needs ckpt=<taming .ckpt or its state dict>")
-        lit = convert_taming_codebook(
-            read_state_dict(cfg.ckpt, kind), kind, cfg.get("preset") or "paper", cfg.get("resolution")
+            raise ConfigError(
+                f"kind={kind} needs ckpt=<taming checkpoints/last.ckpt, or its state dict> (optional: "
+                f"taming_config=<the run's configs/*.yaml>)"
+            )
+        lit, record = convert_taming(
+            read_state_dict(cfg.ckpt, kind, fix=TAMING_PICKLE_FIX),
+            kind,
+            taming_config=cfg.get("taming_config"),
+            resolution=cfg.get("resolution"),
         )
         source = {
             "kind": kind,
             "ckpt": str(cfg.ckpt),
-            "untrained": ["encoder", "decoder"],
-            "note": "codebook only: taming's encoder/decoder are a different network; train this VQ-VAE "
-            "before tokenizing",
+            "taming_config": str(cfg.get("taming_config")) if cfg.get("taming_config") else None,
+            **record,
+            "note": "every autoencoder weight; codes = "
+            + ("argmax of quantize.proj logits (no Gumbel noise)" if kind == "taming_gumbel" else "nearest entry"),
         }
-        log.warning("%s: only the codebook was converted; the VQ-VAE's encoder/decoder are freshly initialised", kind)
+        log.info(
+            "%s: converted %s (config from %s); dropped %d training-only loss.* keys (discriminator / LPIPS)",
+            kind,
+            cfg.ckpt,
+            record["config_from"],
+            record["dropped_training_keys"],
+        )
     elif kind == "open_clip":
         if not cfg.get("ckpt") or not cfg.get("arch"):
             raise ConfigError(

@@ -19,9 +19,9 @@ ONNX graphs (TorchScript exporter, ``dynamo=False``: it needs no onnxscript):
 ==================  ===========================================  ==============================================
 component           graph                                         inputs -> outputs
 ==================  ===========================================  ==============================================
-dvae / vqvae        ``encode``                                   images (B,3,H,W) in [-1,1] -> codes (B,h,w),
+dvae/vqvae/vqgan    ``encode``                                   images (B,3,H,W) in [-1,1] -> codes (B,h,w),
                                                                  features (B,K|D,h,w) (dVAE logits / VQ z_e)
-dvae / vqvae        ``decode``                                   codes (B,h,w) -> images (B,3,H,W)
+dvae/vqvae/vqgan    ``decode``                                   codes (B,h,w) -> images (B,3,H,W)
 clip                ``image_tower`` / ``text_tower``             pixels (B,3,S,S) / tokens (B,L) -> features
                                                                  (B,E), L2-normalised
 dalle               ``prefill``                                  text (B,T) -> logits of image token 0 (B,V),
@@ -210,6 +210,8 @@ class _TokenizerEncode(nn.Module):
         if self.name == "dvae":
             logits = self.tok.logits(images)  # (B, K, h, w)
             return logits.argmax(1), logits
+        if self.name == "vqgan":  # converted taming VQGAN / Gumbel-VQ: its own (codes, features) path
+            return self.tok.encode_with_features(images)
         z = self.tok.encoder(images.contiguous(memory_format=torch.channels_last)).float()  # (B, D, h, w)
         b, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)

@@ -31,6 +31,7 @@ class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
 _COMPONENTS: dict[str, tuple[str, str]] = {
     "dvae": ("zoo.models.dvae.lit", "DVAELit"),
     "vqvae": ("zoo.models.vqvae.lit", "VQVAELit"),
+    "vqgan": ("zoo.models.vqgan.lit", "TamingVQGANLit"),  # published taming weights (zoo-convert), not trained
     "clip": ("zoo.models.clip.lit", "ClipLit"),
     "dalle": ("zoo.models.dalle.lit", "DalleLit"),
     "diffusion_prior": ("zoo.models.diffusion_prior.lit", "DiffusionPriorLit"),
@@ -51,7 +52,7 @@ def _load(entry: tuple[str, str]) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-IMAGE_TOKENIZERS = ("dvae", "vqvae")
+IMAGE_TOKENIZERS = ("dvae", "vqvae", "vqgan")
 
 # Checkpoints written before the registry carried the class's import path (``zoo_class``). Those exact strings are
 # recognised as names (a string compare against this table, no import), so earlier ``make demo`` checkpoints load.
@@ -82,6 +83,7 @@ _LEGACY_HPARAM_NAMES: dict[str, dict[str, str]] = {
 _NET_DATACLASSES = {
     "dvae": ("zoo.models.dvae.model", "DVAEConfig"),
     "vqvae": ("zoo.models.vqvae.model", "VQVAEConfig"),
+    "vqgan": ("zoo.models.vqgan.model", "TamingVQGANConfig"),
     "dalle": ("zoo.models.dalle.model", "DalleTransformerConfig"),
     "glide": ("zoo.models.glide.model", "GlideConfig"),
     "unclip_decoder": ("zoo.models.unclip_decoder.model", "UnclipDecoderConfig"),

@@ -1,0 +1,3 @@
+from zoo.models.vqgan.model import PRESETS, TamingVQGAN, TamingVQGANConfig
+
+__all__ = ["TamingVQGAN", "TamingVQGANConfig", "PRESETS"]
