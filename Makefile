@@ -3,6 +3,7 @@
 PY_BOOT ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
+FULL    ?= 0
 STAMP   := $(VENV)/.installed
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
@@ -19,8 +20,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# make demo: ~30 min on 2 cores (training stages run for wall-clock budgets); make demo FULL=1: the long settings
 demo: $(STAMP)
-	$(PY) -m zoo.demo
+	FULL=$(FULL) $(PY) -m zoo.demo
 
 # lint first: a style or pyflakes error fails CI before the (longer) tests run
 test: $(STAMP) lint

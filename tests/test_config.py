@@ -161,16 +161,21 @@ def _shapes_tokenizer_ckpt(path: Path) -> Path:
 def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
     extra = []
     if experiment.startswith(
-        ("dalle1/", "demo/dalle")
+        ("dalle1/", "demo/dalle", "demo/full/dalle")
     ):  # builds on a stage-1 checkpoint; check its grid/vocab against a real one
         extra = [f"model.image_tokenizer_ckpt={_shapes_tokenizer_ckpt(tmp_path / 'tokenizer.ckpt')}"]
     cfg = train_cfg(f"experiment={experiment}", "data.train_size=8", "data.val_size=8", "data.test_size=8", *extra)
     OmegaConf.to_container(cfg, resolve=True)
     net = instantiate(cfg.model)
-    if experiment.startswith("unclip/") and "prior" in experiment:  # priors train from zoo-embed files of its width
+    if (experiment.startswith("unclip/") and "prior" in experiment) or experiment == "demo/prior":
+        # priors train from zoo-embed files of its width
         c = net.cfg
         dim = getattr(c, "clip_dim", None) or getattr(c, "embed_dim")
         feats = _synthetic_embed_file(tmp_path / "features.pt", 8, dim, c.text_len)
+        for split in ("train", "val", "test"):
+            cfg.data.features[split] = str(feats)
+    if experiment == "demo/decoder":  # make demo passes model.clip_ckpt; here zoo-embed-format image embeddings
+        feats = _synthetic_embed_file(tmp_path / "features.pt", 8, net.cfg.clip_dim, 16)
         for split in ("train", "val", "test"):
             cfg.data.features[split] = str(feats)
     if experiment.startswith("dalle3/"):  # the captioner reads zoo-embed image embeddings of its CLIP width

@@ -129,6 +129,9 @@ class LogProgress(L.Callback):
     def _emit(self, trainer: "L.Trainer", step: int, now: float) -> None:
         dt = now - self._last_time
         rate = (step - self._last_step) / dt if dt > 0 else float("nan")
+        max_steps = trainer.max_steps  # lowered mid-run by zoo.callbacks.TimeBudget: the total follows it
+        if max_steps and max_steps > 0 and (self._total is None or max_steps < self._total):
+            self._total = float(max_steps)
         parts = [f"step {format_count(step, self._total)}", format_rate(rate)]
         loss = self._loss(trainer)
         if loss is not None:

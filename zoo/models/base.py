@@ -216,17 +216,29 @@ class ImageTokenizerLit(ZooLit):
         return torch.stack([images.float(), recon.float()], 1).flatten(0, 1)
 
 
+class WarmupCosine:
+    """The learning-rate factor of ``cosine_with_warmup``: linear warm-up, then cosine decay to ``min_ratio``.
+
+    An object, not a closure, for two reasons: ``LambdaLR.state_dict`` saves an object's attributes (so a resumed
+    run keeps its schedule), and ``zoo.callbacks.TimeBudget`` sets ``total_steps`` once it knows how many steps fit
+    in a wall-clock budget (the decay then ends at the budget's last step)."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float):
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.min_ratio = float(min_ratio)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / max(1, self.warmup_steps)
+        t = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
 def cosine_with_warmup(optimizer, warmup_steps: int = 100, total_steps: int = 2000, min_ratio: float = 0.1):
     """LambdaLR: linear warm-up then cosine decay to ``min_ratio`` of the base lr (Hydra: ``_partial_: true``,
     ``_target_: zoo.models.base.cosine_with_warmup``)."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, min_ratio))
 
 
 def check_text_tokenizer(

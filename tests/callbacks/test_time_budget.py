@@ -1,0 +1,116 @@
+"""zoo.callbacks.TimeBudget: the step count and the cosine schedule are fitted into a wall-clock budget."""
+
+from __future__ import annotations
+
+import functools
+
+import lightning as L
+import pytest
+import torch
+
+from zoo.callbacks import time_budget as tb
+from zoo.callbacks.time_budget import TimeBudget
+from zoo.models.base import WarmupCosine, cosine_with_warmup
+
+
+class _Clock:
+    """A fake monotonic clock: each training step costs ``sec_per_step`` seconds."""
+
+    def __init__(self, sec_per_step: float):
+        self.t, self.dt = 0.0, sec_per_step
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _Tiny(L.LightningModule):
+    def __init__(self, clock: _Clock, warmup: int = 2, total: int = 10_000):
+        super().__init__()
+        self.clock = clock
+        self.lin = torch.nn.Linear(4, 1)
+        self.sched = functools.partial(cosine_with_warmup, warmup_steps=warmup, total_steps=total, min_ratio=0.1)
+        self.lrs: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        self.clock.t += self.clock.dt
+        self.lrs.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+        return self.lin(batch[0]).pow(2).mean()
+
+    def train_dataloader(self):
+        x = torch.randn(4096, 4)
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=2)
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.sched(opt), "interval": "step"}}
+
+
+def _fit(monkeypatch, sec_per_step: float, minutes: float, max_steps: int = 10_000, **kw):
+    clock = _Clock(sec_per_step)
+    monkeypatch.setattr(tb.time, "monotonic", clock)
+    model = _Tiny(clock)
+    budget = TimeBudget(minutes=minutes, calibrate_steps=5, warmup_steps=2, min_steps=3, **kw)
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        max_epochs=-1,
+        callbacks=[budget],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(model)
+    return trainer, model, budget
+
+
+def test_steps_and_schedule_fit_the_budget(monkeypatch):
+    # 1 s per step, 1 minute, 6% kept in reserve: 56 steps (60 * 0.94 = 56.4), whatever max_steps says
+    trainer, model, budget = _fit(monkeypatch, 1.0, 1.0, reserve=0.06)
+    assert budget.planned_steps == 56 and trainer.global_step == 56
+    assert budget.sec_per_step == pytest.approx(1.0)
+    fn = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+    assert isinstance(fn, WarmupCosine) and fn.total_steps == 56
+    # the cosine decay ends on the budget's last step: the last lr is near min_ratio, the middle one near half-way
+    assert model.lrs[-1] == pytest.approx(WarmupCosine(2, 56, 0.1)(55))
+    assert model.lrs[-1] < 0.11 and 0.5 < model.lrs[28] < 0.6
+
+
+def test_a_slower_machine_gets_fewer_steps_and_the_cap_holds(monkeypatch):
+    trainer_slow, _, b_slow = _fit(monkeypatch, 4.0, 1.0)
+    assert b_slow.planned_steps == 14 and trainer_slow.global_step == 14  # 60 * 0.94 / 4
+    trainer_cap, _, b_cap = _fit(monkeypatch, 0.01, 1.0, max_steps=40)  # 5,640 would fit; max_steps caps it
+    assert b_cap.planned_steps == 40 and trainer_cap.global_step == 40
+
+
+def test_hard_stop_when_the_machine_slows_down(monkeypatch):
+    # the plan is made at 1 s/step; then the steps turn 10x slower: training stops at 1.25x the budget
+    clock = _Clock(1.0)
+    monkeypatch.setattr(tb.time, "monotonic", clock)
+    model = _Tiny(clock)
+    orig = model.training_step
+
+    def step(batch, batch_idx):
+        if batch_idx >= 10:
+            clock.dt = 10.0
+        return orig(batch, batch_idx)
+
+    model.training_step = step
+    budget = TimeBudget(minutes=1.0, calibrate_steps=5, warmup_steps=2, recheck_fraction=None)
+    trainer = L.Trainer(
+        max_steps=10_000,
+        max_epochs=-1,
+        callbacks=[budget],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(model)
+    assert clock.t <= 1.25 * 60 + 10 and trainer.global_step < budget.planned_steps
+
+
+def test_bad_budget_is_refused():
+    with pytest.raises(ValueError, match="minutes"):
+        TimeBudget(minutes=0)

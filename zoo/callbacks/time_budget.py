@@ -1,0 +1,137 @@
+"""Train for a wall-clock budget instead of a step count, and finish the learning-rate schedule inside it.
+
+``trainer.max_time`` stops a run when time is up, wherever its schedule is: a cosine decay cut at 40% leaves the
+model at a high learning rate. ``TimeBudget`` instead measures this machine's seconds per step over the first
+steps, then sets the run's step count to what fits in the budget — ``trainer.max_steps``, the cosine schedule's
+``total_steps`` (``zoo.models.base.WarmupCosine``) and the validation interval (one validation, at the end) — so a
+fast CPU (native bf16) trains more steps than a slow one and both end their schedule on time. ``make demo`` uses it
+so the demo fits its half hour on either kind of CPU.
+
+The step count is re-estimated once more at ``recheck_fraction`` of the budget (a machine's speed drifts with its
+load) and, as a last resort, training stops at ``hard_stop`` × the budget. The configured ``trainer.max_steps``
+stays an upper bound; ``min_steps`` a lower one (a very slow machine still trains that many steps, late).
+
+    callbacks.time_budget: {_target_: zoo.callbacks.TimeBudget, minutes: 5}
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Optional
+
+import lightning as L
+
+from zoo.progress import format_duration
+
+log = logging.getLogger("zoo.progress")
+
+
+class TimeBudget(L.Callback):
+    def __init__(
+        self,
+        minutes: float,
+        calibrate_steps: int = 10,
+        warmup_steps: int = 3,
+        min_steps: int = 20,
+        recheck_fraction: Optional[float] = 0.4,
+        reserve: float = 0.06,
+        hard_stop: float = 1.25,
+        validate_at_end: bool = True,
+    ):
+        if float(minutes) <= 0:
+            raise ValueError(f"TimeBudget minutes must be > 0, got {minutes}")
+        if int(calibrate_steps) < 1 or int(warmup_steps) < 0:
+            raise ValueError("TimeBudget needs calibrate_steps >= 1 and warmup_steps >= 0")
+        self.budget_s = float(minutes) * 60.0
+        self.calibrate_steps = int(calibrate_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.min_steps = int(min_steps)
+        self.recheck_fraction = recheck_fraction
+        self.reserve = float(reserve)  # share of the budget kept for the final validation / checkpoint
+        self.hard_stop = float(hard_stop)
+        self.validate_at_end = bool(validate_at_end)
+        self.planned_steps: Optional[int] = None
+        self.sec_per_step: Optional[float] = None
+        self._t_fit = 0.0
+        self._t_timed = 0.0
+        self._step_timed = 0
+        self._cap = 0
+        self._rechecked = False
+
+    # --- hooks ---------------------------------------------------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t_fit = time.monotonic()
+        self._start_step = trainer.global_step
+        cap = trainer.max_steps
+        self._cap = cap if cap is not None and cap > 0 else 10**9
+        log.info(
+            "time budget: %s of training (steps fitted after %d timed steps)",
+            format_duration(self.budget_s),
+            self.calibrate_steps,
+        )
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        done = trainer.global_step - self._start_step
+        now = time.monotonic()
+        if done == self.warmup_steps:  # the first steps pay for allocation / kernel selection: not timed
+            self._t_timed, self._step_timed = now, trainer.global_step
+        elif done == self.warmup_steps + self.calibrate_steps:
+            self._plan(trainer, now, "measured")
+        elif (
+            not self._rechecked
+            and self.recheck_fraction
+            and self.planned_steps is not None
+            and now - self._t_fit >= self.recheck_fraction * self.budget_s
+        ):
+            self._rechecked = True
+            self._plan(trainer, now, "re-measured")
+        if now - self._t_fit > self.hard_stop * self.budget_s and not trainer.should_stop:
+            log.warning(
+                "time budget: %s used (%.0f%% of the budget): stopping at step %d",
+                format_duration(now - self._t_fit),
+                100 * self.hard_stop,
+                trainer.global_step,
+            )
+            trainer.should_stop = True
+
+    # --- planning ------------------------------------------------------------------------------------------
+    def _plan(self, trainer: L.Trainer, now: float, how: str) -> None:
+        steps_timed = trainer.global_step - self._step_timed
+        if steps_timed <= 0:
+            return
+        # validation runs between steps inflate the measured rate a little: the plan errs on the short side
+        self.sec_per_step = (now - self._t_timed) / steps_timed
+        left = self.budget_s * (1.0 - self.reserve) - (now - self._t_fit)
+        steps = trainer.global_step + max(0, int(left / self.sec_per_step))
+        steps = min(self._cap, max(self.min_steps, steps))
+        self.planned_steps = steps
+        self._apply(trainer, steps)
+        log.info(
+            "time budget: %s %.3g s/step -> %d steps in all (%s)",
+            how,
+            self.sec_per_step,
+            steps,
+            format_duration(self.budget_s),
+        )
+
+    def _apply(self, trainer: L.Trainer, steps: int) -> None:
+        trainer.fit_loop.epoch_loop.max_steps = steps
+        for sched_cfg in trainer.lr_scheduler_configs:
+            for fn in getattr(sched_cfg.scheduler, "lr_lambdas", []):
+                if hasattr(fn, "total_steps"):
+                    fn.total_steps = steps
+        if self.validate_at_end and isinstance(trainer.val_check_batch, int) and trainer.num_val_batches:
+            # one validation (and sample grid), on the last step of the budget; an epoch that started at step 0
+            # counts batches from the same origin as global_step (no gradient accumulation in budgeted runs)
+            trainer.val_check_batch = max(1, steps)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"planned_steps": self.planned_steps, "sec_per_step": self.sec_per_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # a resumed run re-measures (it may be on another machine); the old plan is kept only for the record
+        self.planned_steps = state_dict.get("planned_steps")
+        self.sec_per_step = state_dict.get("sec_per_step")
