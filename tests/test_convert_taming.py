@@ -516,3 +516,17 @@ def test_dalle_trains_and_reloads_over_a_converted_vqgan(tmp_path):
     assert torch.equal(again.image_tokens(batch), tokens)
     assert again.decode(tokens).shape == (2, 3, 16, 16)
 
+
+@pytest.mark.parametrize("kind", ["taming_vq", "taming_gumbel"])
+def test_converted_vqgan_exports_to_onnx(tmp_path, kind):
+    """zoo-export's encode/decode graphs of a converted VQGAN match PyTorch at another batch (dynamic batch axis)."""
+    pytest.importorskip("onnxruntime")
+    from zoo.convert import convert_taming
+    from zoo.export import export_onnx
+
+    lit, _ = convert_taming(random_state_dict(small_layout(kind)), kind, resolution=16)
+    report = export_onnx("vqgan", lit.eval(), tmp_path / "onnx", export_batch=2, check_batch=3)
+    assert set(report) == {"encode", "decode"}
+    for graph, info in report.items():
+        assert info["batch"] == 3 and info["max_abs_error"] < 1e-3, (graph, info)
+        assert all(v == 1.0 for k, v in info.items() if k.endswith("_agreement")), (graph, info)

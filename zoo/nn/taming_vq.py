@@ -249,7 +249,9 @@ class NearestCodebook(nn.Module):
         flat = z.permute(0, 2, 3, 1).reshape(-1, d).float()
         e = self.embedding.weight.float()
         e2 = e.pow(2).sum(1)
-        out = [(rows.pow(2).sum(1, keepdim=True) + e2 - 2 * rows @ e.t()).argmin(1) for rows in flat.split(self.chunk)]
+        # an exported graph (ONNX) keeps a dynamic batch axis only without the data-dependent chunking
+        chunks = [flat] if torch.onnx.is_in_onnx_export() else flat.split(self.chunk)
+        out = [(rows.pow(2).sum(1, keepdim=True) + e2 - 2 * rows @ e.t()).argmin(1) for rows in chunks]
         return torch.cat(out).view(b, h, w)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
