@@ -27,6 +27,36 @@ A fact is correct when it agrees with its matched object (count / background: wi
 * per-kind precision / recall for shape, colour, size, position, count and background.
 All are micro-averages over the split (sums of counts, then ratios); a ratio with a zero denominator is None.
 
+Ground-truth rows (``truth=true``, the default, shapes only): the world's own ``alt`` / ``short`` / ``descriptive``
+captions of the same scenes scored the same way, as the ceiling and the floor a captioner of that style is read
+against (the reference style's own row has BLEU = ROUGE = 1 by construction), and the chance level: every scene
+scored with the *next* scene's caption of the reference style (a well-formed caption that ignores the image; the
+one-to-one matching lifts per-field agreement above 1 / classes on multi-object scenes, so read a captioner against
+this row, not against 1 / classes).
+
+``plausible`` (every row): the share of captions that state a complete scene of the world (``scene_plausible``).
+
+A recaptioned split (``recaptions=<zoo-recaption file>`` instead of ``ckpt=``): the file's captions scored the same
+way against the scenes of the split named in its meta (``n=`` the first n)::
+
+    python -m eval.captions recaptions=.zoo_cache/recaptions/shapes_train_captions.pt n=2000
+
+Prompt upsampling (``upsampler=<zoo-train model=prompt_upsampler last.ckpt>`` instead of ``ckpt=``)::
+
+    python -m eval.captions upsampler=<ckpt> split=val n=256 samples=4 decoding=[greedy,nucleus] expand=["a red circle"]
+
+Each scene's short prompt (the world's ``prompt_style`` caption, default ``short``; or ``prompts=<zoo-recaption file of
+the split>``) is rewritten by the upsampler (greedy / beam once, nucleus ``samples`` times with seeds seed .. seed +
+samples - 1). Per decoding: ``kept`` (share of rewrites in which every object the prompt names is consistent with a
+distinct object of the rewrite, and a stated count / background agrees), ``plausible`` (share that parse to a complete
+scene of the world: every object with size, colour, shape and position, distinct positions, the stated count equal to
+the number of objects, a background no object shares), ``distinct`` (distinct rewrites per prompt), attribute precision
+/ recall of the rewrites against the scene the prompt was written for (the upsampler cannot see the scene: facts beyond
+the prompt are guesses, so precision falls and recall rises only by lucky guesses -- the paper's point is to match
+the descriptive training captions' distribution, not to recover the image), ``recall_when_kept``, and BLEU / ROUGE-L
+against the scene's descriptive caption; a first row scores the prompts themselves. ``expand=[...]`` adds free-text
+prompts, each sampled ``samples`` times, to the report's examples.
+
 Writes ``results.json`` and ``results.md`` into ``out`` (default ``logs/eval_captions/<time>``).
 """
 
@@ -228,6 +258,7 @@ def caption_scores(
                 for k, v in attribute_scores(captions, attributes).items()
             }
         )
+        out["plausible"] = _ratio(sum(scene_plausible(parse_caption(c)) for c in captions), len(captions))
     return out
 
 
@@ -247,6 +278,15 @@ DEFAULTS: dict[str, Any] = {
     "reference_style": None,  # alt | short | descriptive (None: the checkpoint's data.caption_style)
     "out": None,
     "examples": 8,
+    "truth": True,  # also score the world's own captions of every style (ceiling / floor rows)
+    # prompt upsampling (instead of ckpt)
+    "upsampler": None,  # a zoo-train model=prompt_upsampler checkpoint
+    "samples": 4,  # nucleus rewrites per prompt
+    "prompts": None,  # a zoo-recaption file of the split (None: the world's prompt_style captions)
+    "prompt_style": None,  # None: the upsampler's prompt_style when it is a world style, else short
+    "expand": [],  # free-text prompts to show expanded `samples` times
+    # a zoo-recaption file (instead of ckpt): its captions against the truth of its split's scenes
+    "recaptions": None,
 }
 
 
@@ -267,6 +307,71 @@ def load_split(ckpt_config: Mapping[str, Any], split: str, n: int, where: str):
     return dm.build_dataset(split), data_cfg
 
 
+def truth_rows(
+    world_captions: Sequence[Mapping[str, str]],
+    references: Sequence[str],
+    attributes: Sequence[Mapping[str, Any]],
+    style: str,
+) -> list[dict[str, Any]]:
+    """The ground-truth rows (see the module doc): each world style of the same scenes, then chance level (every
+    scene scored with the next scene's ``style`` caption)."""
+    if not world_captions:
+        return []
+    rows = [
+        {"decoding": f"ground truth `{s}`", **caption_scores([c[s] for c in world_captions], references, attributes)}
+        for s in world_captions[0]
+    ]
+    other = [world_captions[(i + 1) % len(world_captions)][style] for i in range(len(world_captions))]
+    rows.append({"decoding": f"another scene's `{style}` (chance)", **caption_scores(other, references, attributes)})
+    return rows
+
+
+def evaluate_recaptions(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``python -m eval.captions recaptions=<zoo-recaption file>``: the file's captions against the truth of the
+    scenes they describe (the split named in its meta, rebuilt with its captioner's data config when that checkpoint
+    is still there, else the default shapes world of the file's size)."""
+    from zoo.checkpoint import load_module
+    from zoo.errors import ConfigError
+    from zoo.recaption import load_recaptions
+
+    cfg = {**DEFAULTS, **dict(cfg)}
+    rec = load_recaptions(str(cfg["recaptions"]))
+    captions, meta = list(rec["captions"]), dict(rec["meta"])
+    split = str(meta.get("split") or cfg["split"])
+    ckpt = meta.get("captioner")
+    zoo_config = load_module(ckpt, expect=("captioner",)).zoo_config if ckpt and Path(ckpt).is_file() else {}
+    ds, _ = load_split(zoo_config, split, len(captions), str(cfg["recaptions"]))
+    if not hasattr(ds, "scene"):
+        raise ConfigError("recaption scores need the shapes world (its scenes' attributes)")
+    n = min(int(cfg["n"] or len(captions)), len(captions))
+    from zoo.data.shapes import CAPTION_STYLES
+
+    own = str(meta.get("style") or "").removeprefix("synthetic_")
+    style = cfg["reference_style"] or (own if own in CAPTION_STYLES else "descriptive")
+    scenes = [ds.scene(i) for i in range(n)]
+    attributes, world = [a for a, _, _ in scenes], [c for _, c, _ in scenes]
+    references = [c[style] for c in world]
+    row = {"decoding": f"zoo-recaption `{meta.get('style')}` ({meta.get('decoding') or 'checkpoint default'})"}
+    row.update(caption_scores(captions[:n], references, attributes))
+    return {
+        "ckpt": str(ckpt),
+        "features": str(cfg["recaptions"]),
+        "split": split,
+        "n": n,
+        "reference_style": style,
+        "rows": [row],
+        "truth_rows": truth_rows(world, references, attributes, style) if cfg["truth"] else [],
+        "references": references[: int(cfg["examples"])],
+        "examples": {"recaption": captions[: int(cfg["examples"])]},
+        "meta": meta,
+        "notes": [
+            "the captions of a zoo-recaption file scored against the scenes of its split",
+            "plausible: the caption states a complete scene of the world (see eval/captions.py)",
+            "BLEU-4: torchmetrics BLEUScore(n_gram=4), corpus level; ROUGE-L: rougeL F1, mean over captions",
+        ],
+    }
+
+
 def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -275,6 +380,13 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     from zoo.progress import track
 
     cfg = {**DEFAULTS, **dict(cfg)}
+    modes = [k for k in ("ckpt", "upsampler", "recaptions") if cfg[k]]
+    if len(modes) > 1:
+        raise ConfigError(f"give one of ckpt=<captioner>, upsampler=<prompt upsampler>, recaptions=<file>; got {modes}")
+    if cfg["upsampler"]:
+        return evaluate_upsampler(cfg)
+    if cfg["recaptions"]:
+        return evaluate_recaptions(cfg)
     if not cfg["ckpt"] or not cfg["features"]:
         raise ConfigError(
             "python -m eval.captions needs ckpt=<captioner last.ckpt> and features=<zoo-embed file of the split>"
@@ -289,7 +401,7 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     ds, data_cfg = load_split(lit.zoo_config, cfg["split"], n_file, str(cfg["ckpt"]))
     style = cfg["reference_style"] or data_cfg.get("caption_style") or "descriptive"
     scene = getattr(ds, "scene", None)
-    attributes, references = [], []
+    attributes, references, world_captions = [], [], []
     for i in range(n):
         if scene is not None:
             attrs, caps, _ = scene(i)
@@ -297,6 +409,7 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"unknown reference_style {style!r}; choose one of {sorted(caps)}")
             attributes.append(attrs)
             references.append(caps[style])
+            world_captions.append(caps)
         else:
             references.append(ds[i]["caption"])
     methods = cfg["decoding"]
@@ -325,6 +438,7 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
             row["top_p"] = float(cfg["top_p"])
         rows.append(row)
         examples[method] = captions[: int(cfg["examples"])]
+    truth = truth_rows(world_captions, references, attributes, style) if cfg["truth"] else []
     return {
         "ckpt": str(cfg["ckpt"]),
         "features": str(cfg["features"]),
@@ -332,6 +446,7 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "n": n,
         "reference_style": style,
         "rows": rows,
+        "truth_rows": truth,
         "references": references[: int(cfg["examples"])],
         "examples": examples,
         "notes": [
@@ -341,6 +456,213 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "attributes: micro-averaged facts (see eval/captions.py)",
         ],
     }
+
+
+# ------------------------------------------------------------------------------------------------ prompt upsampling
+def scene_plausible(parsed: Mapping[str, Any]) -> bool:
+    """Whether a parsed caption states a complete scene of the shapes world: at least one object, every object with
+    size, colour, shape and position, distinct positions, a stated count equal to the number of objects, a stated
+    background that no object's colour equals (``zoo.data.shapes.sample_attributes``'s rules)."""
+    objs = list(parsed["objects"])
+    bg = parsed["background"]
+    return (
+        bool(objs)
+        and all(None not in o for o in objs)
+        and len({o[3] for o in objs}) == len(objs)
+        and parsed["count"] == len(objs)
+        and bg is not None
+        and all(o[1] != bg for o in objs)
+    )
+
+
+def keeps_prompt(prompt: Mapping[str, Any], parsed: Mapping[str, Any]) -> bool:
+    """Whether a rewrite keeps its prompt: every object the prompt names is consistent with a distinct object of the
+    rewrite (one-to-one, as ``caption_counts`` matches), and a count / background the prompt states is the rewrite's."""
+    po, ro = list(prompt["objects"]), list(parsed["objects"])
+    for p, j in zip(po, _match(po, ro), strict=True):
+        if j is None or not all(a is None or a == b for a, b in zip(p, ro[j], strict=True)):
+            return False
+    return all(prompt[k] is None or prompt[k] == parsed[k] for k in ("count", "background"))
+
+
+def upsampling_scores(
+    prompts: Sequence[str],
+    rewrites: Sequence[Sequence[str]],
+    attributes: Sequence[Mapping[str, Any]],
+    references: Sequence[str],
+) -> dict[str, Any]:
+    """Scores of ``rewrites[i]`` (one or more rewrites of ``prompts[i]``) against scene ``attributes[i]`` and its
+    descriptive ``references[i]`` (see the module doc)."""
+    flat, attrs, refs, kept_flags, plausible = [], [], [], [], []
+    for prompt, rs, a, ref in zip(prompts, rewrites, attributes, references, strict=True):
+        pp = parse_caption(prompt)
+        for r in rs:
+            parsed = parse_caption(r)
+            flat.append(r)
+            attrs.append(a)
+            refs.append(ref)
+            kept_flags.append(keeps_prompt(pp, parsed))
+            plausible.append(scene_plausible(parsed))
+    out = caption_scores(flat, refs, attrs)
+    kept = [i for i, k in enumerate(kept_flags) if k]
+    out.update(
+        {
+            "rewrites": len(flat),
+            "kept": _ratio(sum(kept_flags), len(flat)),
+            "plausible": _ratio(sum(plausible), len(flat)),
+            "distinct": sum(len(set(rs)) for rs in rewrites) / max(1, len(rewrites)),
+            "recall_when_kept": (
+                attribute_scores([flat[i] for i in kept], [attrs[i] for i in kept])["recall"] if kept else None
+            ),
+        }
+    )
+    return out
+
+
+def _upsampler_prompts(
+    cfg: Mapping[str, Any], up, n: int, world_captions: list[dict[str, str]]
+) -> tuple[list[str], str]:
+    from zoo.errors import ConfigError
+
+    if cfg["prompts"]:
+        from zoo.data.datamodule import load_synthetic_captions
+
+        caps = load_synthetic_captions(str(cfg["prompts"]))
+        if len(caps) < n:
+            raise ConfigError(f"prompts={cfg['prompts']} has {len(caps)} captions for {n} scenes (fix: n={len(caps)})")
+        return list(caps[:n]), f"zoo-recaption file {cfg['prompts']}"
+    from zoo.data.shapes import CAPTION_STYLES
+
+    style = cfg["prompt_style"] or (up.prompt_style if up.prompt_style in CAPTION_STYLES else "short")
+    if style not in CAPTION_STYLES:
+        raise ConfigError(f"unknown prompt_style {style!r}; choose one of {CAPTION_STYLES} (or prompts=<file>)")
+    return [c[style] for c in world_captions], f"the world's `{style}` captions"
+
+
+def evaluate_upsampler(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``python -m eval.captions upsampler=...``: prompt-upsampling scores (see the module doc)."""
+    from zoo.checkpoint import load_module
+    from zoo.errors import ConfigError
+
+    cfg = {**DEFAULTS, **dict(cfg)}
+    up = load_module(cfg["upsampler"], expect=("prompt_upsampler",))
+    n = int(cfg["n"] or 256)
+    ds, _ = load_split(up.zoo_config, cfg["split"], n, str(cfg["upsampler"]))
+    if not hasattr(ds, "scene"):
+        raise ConfigError("upsampler scores need the shapes world (its scenes' attributes)")
+    scenes = [ds.scene(i) for i in range(n)]
+    attributes = [a for a, _, _ in scenes]
+    world = [c for _, c, _ in scenes]
+    references = [c["descriptive"] for c in world]
+    prompts, source = _upsampler_prompts(cfg, up, n, world)
+    k, seed, bs = int(cfg["samples"]), int(cfg["seed"]), int(cfg["batch_size"])
+    opts = {"top_p": float(cfg["top_p"]), "temperature": float(cfg["temperature"])}
+
+    def rewrite(texts: list[str], method: str, s: int) -> list[str]:
+        out: list[str] = []
+        for i in range(0, len(texts), bs):
+            kw: dict[str, Any] = {"method": method}
+            if method == "nucleus":
+                kw.update(seed=s, **opts)
+            elif method == "beam":
+                kw.update(beam_width=int(cfg["beam_width"]), length_penalty=float(cfg["length_penalty"]))
+            out += up.upsample(texts[i : i + bs], **kw)
+        return out
+
+    rows = [
+        {
+            "decoding": "prompt (no upsampling)",
+            **upsampling_scores(prompts, [[p] for p in prompts], attributes, references),
+        }
+    ]
+    examples: dict[str, list[list[str]]] = {}
+    methods = cfg["decoding"]
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    for method in methods:
+        t0 = time.time()
+        draws = [rewrite(prompts, method, seed + j) for j in range(k if method == "nucleus" else 1)]
+        rewrites = [list(r) for r in zip(*draws, strict=True)]
+        row = {"decoding": method, **upsampling_scores(prompts, rewrites, attributes, references)}
+        row["samples"] = len(draws)
+        if method == "nucleus":
+            row.update(opts)
+        row["seconds"] = round(time.time() - t0, 2)
+        rows.append(row)
+        examples[method] = rewrites[: int(cfg["examples"])]
+    expand = cfg["expand"] or []
+    expand = [expand] if isinstance(expand, str) else [str(e) for e in expand]
+    expanded = {p: up.expand(p, k, seed=seed, **opts) for p in expand}
+    return {
+        "mode": "upsampler",
+        "upsampler": str(cfg["upsampler"]),
+        "prompt_style": up.prompt_style,
+        "target_style": up.target_style,
+        "split": cfg["split"],
+        "n": n,
+        "prompt_source": source,
+        "rows": rows,
+        "prompts": prompts[: int(cfg["examples"])],
+        "references": references[: int(cfg["examples"])],
+        "examples": examples,
+        "expanded": expanded,
+        "notes": [
+            "kept: every object the prompt names is consistent with a distinct object of the rewrite",
+            "plausible: the rewrite states a complete scene of the world (see eval/captions.py)",
+            "attributes / BLEU / ROUGE-L: against the scene the prompt was written for (its descriptive caption)",
+            "the upsampler never sees the image: facts beyond the prompt are guesses",
+        ],
+    }
+
+
+UPSAMPLER_COLUMNS = (
+    "decoding",
+    "samples",
+    "kept",
+    "plausible",
+    "distinct",
+    "attr_precision",
+    "attr_recall",
+    "recall_when_kept",
+    "object_precision",
+    "hallucinated_per_caption",
+    "bleu4",
+    "rougeL",
+    "mean_words",
+    "seconds",
+)
+
+
+def upsampler_markdown_report(results: Mapping[str, Any]) -> str:
+    cols = [c for c in UPSAMPLER_COLUMNS if any(c in r for r in results["rows"])]
+    lines = [
+        f"# Prompt upsampling: {results['upsampler']}",
+        "",
+        f"{results['n']} scenes of the {results['split']} split; prompts: {results['prompt_source']} "
+        f"(the upsampler was trained on `{results['prompt_style']}` -> `{results['target_style']}`).",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
+    for r in results["rows"]:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    lines += ["", "Examples (prompt -> rewrites; the scene's descriptive caption):", ""]
+    for i, prompt in enumerate(results["prompts"]):
+        lines.append(f"- `{prompt}` (scene: `{results['references'][i]}`)")
+        for method, rewrites in results["examples"].items():
+            for r in rewrites[i] if i < len(rewrites) else []:
+                lines.append(f"  - {method}: `{r}`")
+    if results.get("expanded"):
+        lines += ["", "Free prompts, each expanded several times (nucleus):", ""]
+        for prompt, rewrites in results["expanded"].items():
+            lines.append(f"- `{prompt}`")
+            lines += [f"  - `{r}`" for r in rewrites]
+    lines += ["", *[f"- {n}" for n in results["notes"]], ""]
+    return "\n".join(lines)
+
+
+def report(results: Mapping[str, Any]) -> str:
+    """The markdown report of either mode."""
+    return upsampler_markdown_report(results) if results.get("mode") == "upsampler" else markdown_report(results)
 
 
 def _fmt(v: Any) -> str:
@@ -359,6 +681,7 @@ COLUMNS = (
     "object_precision",
     "object_recall",
     "hallucinated_per_caption",
+    "plausible",
     "mean_words",
     "seconds",
 )
@@ -375,8 +698,11 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),
     ]
-    for r in results["rows"]:
+    truth = list(results.get("truth_rows") or [])
+    for r in results["rows"] + truth:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    if truth:
+        lines += ["", "(ground truth rows: the world's own captions of each style, scored the same way)"]
     lines += [
         "",
         "Per attribute (precision / recall):",
@@ -384,7 +710,7 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         "| decoding | " + " | ".join(KINDS) + " |",
         "|" + "---|" * (len(KINDS) + 1),
     ]
-    for r in results["rows"]:
+    for r in results["rows"] + truth:
         if "shape_precision" in r:
             lines.append(
                 f"| {r['decoding']} | "
@@ -405,7 +731,7 @@ def write_report(results: Mapping[str, Any], out_dir: Path) -> None:
     """``results.json`` and ``results.md`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (out_dir / "results.md").write_text(markdown_report(results))
+    (out_dir / "results.md").write_text(report(results))
     log.info("caption report written to %s", out_dir)
 
 
@@ -426,7 +752,7 @@ def main(argv: Optional[Iterable[str]] = None) -> dict[str, Any]:
         results = evaluate(cfg)
         out = Path(cfg["out"] or Path("logs") / "eval_captions" / time.strftime("%Y-%m-%d_%H-%M-%S"))
         write_report(results, out)
-        print(markdown_report(results))
+        print(report(results))
         return results
 
     return run()

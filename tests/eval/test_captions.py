@@ -159,3 +159,128 @@ def test_command_writes_results(tmp_path):
     assert results["rows"][0]["decoding"] == "greedy"
     with pytest.raises(SystemExit):
         main([f"ckpt={ckpt}", "bogus=1"])
+
+
+def test_command_adds_ground_truth_rows(tmp_path):
+    """truth=true (default) scores the world's own captions of every style: the reference style's row is perfect
+    text-wise, the descriptive row perfect attribute-wise, the short row precise but incomplete."""
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.models.captioner.lit import CaptionerLit
+    from zoo.text import TrainedBPETokenizer
+
+    ds = ShapesDataset("val", size=8)
+    tok = TrainedBPETokenizer.train([c for i in range(8) for c in ds.scene(i)[1].values()], vocab_size=300)
+    net = {"vocab_size": 300, "pad_id": tok.pad_id, "sot_id": tok.sot_id, "eot_id": tok.eot_id}
+    lit = CaptionerLit(preset="tiny", net=net, text_tokenizer=tok.to_spec())
+    data = {"_target_": "zoo.data.modules.ShapesDataModule", "val_size": 8, "caption_style": "short", "tokenizer": None}
+    ckpt = atomic_torch_save(
+        {
+            "zoo_component": "captioner",
+            "state_dict": lit.state_dict(),
+            "hyper_parameters": {**dict(lit.hparams), "text_tokenizer": tok.to_spec()},
+            "zoo_config": {"data": data},
+        },
+        tmp_path / "c.ckpt",
+    )
+    feats = atomic_torch_save({"clip_image_emb": torch.randn(8, 32)}, tmp_path / "val.pt")
+    out = tmp_path / "r"
+    res = main([f"ckpt={ckpt}", f"features={feats}", f"out={out}", "decoding=greedy"])
+    truth = {r["decoding"]: r for r in res["truth_rows"]}
+    assert set(truth) == {
+        "ground truth `alt`",
+        "ground truth `short`",
+        "ground truth `descriptive`",
+        "another scene's `short` (chance)",
+    }
+    chance = truth["another scene's `short` (chance)"]
+    assert chance["attr_precision"] < 1.0 and chance["hallucinated_per_caption"] > 0
+    # (BLEU-4 of 2-4-word captions is degenerate: few or no 4-grams; ROUGE-L is the text metric that reads them)
+    assert res["reference_style"] == "short" and truth["ground truth `short`"]["rougeL"] == pytest.approx(1.0)
+    d, s = truth["ground truth `descriptive`"], truth["ground truth `short`"]
+    assert d["attr_precision"] == d["attr_recall"] == d["object_precision"] == 1.0
+    assert s["attr_precision"] == 1.0 and s["attr_recall"] < 0.5 and s["hallucinated_per_caption"] == 0.0
+    assert "ground truth `descriptive`" in (out / "results.md").read_text()
+    res = main([f"ckpt={ckpt}", f"features={feats}", f"out={out}", "decoding=greedy", "truth=false"])
+    assert res["truth_rows"] == []
+
+
+def test_plausible_and_kept_by_hand():
+    from eval.captions import keeps_prompt, scene_plausible, upsampling_scores
+
+    full = parse_caption(HAND[0])
+    assert scene_plausible(full) and scene_plausible(parse_caption(_descriptive(SCENE, 2, 1)))
+    assert not scene_plausible(parse_caption(HAND[0].replace("two objects", "three objects")))  # count disagrees
+    assert not scene_plausible(parse_caption(HAND[0].replace("middle center", "top left")))  # one cell, two objects
+    assert not scene_plausible(
+        parse_caption(HAND[0].replace("gray background", "blue background").replace("green", "blue"))
+    )
+    assert not scene_plausible(parse_caption(HAND[2]))  # no count, no background, no positions
+    assert keeps_prompt(parse_caption("a red circle"), full)
+    assert keeps_prompt(parse_caption("the green star icon"), full)
+    assert not keeps_prompt(parse_caption("a blue star"), full)  # the star is green there
+    assert not keeps_prompt(parse_caption("a red circle and a red circle"), full)  # one-to-one
+    assert not keeps_prompt(parse_caption("one object: a red circle"), full)  # the count disagrees
+    prompts = ["a red circle", "a blue star"]
+    rewrites = [[HAND[0], HAND[0], "untitled"], [HAND[0]]]
+    r = upsampling_scores(prompts, rewrites, [SCENE, SCENE], [_descriptive(SCENE, 0, 0)] * 2)
+    assert r["rewrites"] == 4 and r["kept"] == pytest.approx(2 / 4) and r["plausible"] == pytest.approx(3 / 4)
+    assert r["distinct"] == pytest.approx((2 + 1) / 2)
+    assert r["attr_recall"] == pytest.approx(27 / 40) and r["recall_when_kept"] == pytest.approx(18 / 20)
+
+
+def test_upsampler_command(tmp_path):
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.models.prompt_upsampler.lit import PromptUpsamplerLit
+    from zoo.text import TrainedBPETokenizer
+
+    ds = ShapesDataset("val", size=6)
+    tok = TrainedBPETokenizer.train([c for i in range(6) for c in ds.scene(i)[1].values()], vocab_size=300)
+    net = {"vocab_size": 300, "pad_id": tok.pad_id, "sot_id": tok.sot_id, "eot_id": tok.eot_id, "text_len": 16}
+    torch.manual_seed(0)
+    lit = PromptUpsamplerLit(preset="tiny", net=net, text_tokenizer=tok.to_spec())
+    data = {"_target_": "zoo.data.modules.ShapesDataModule", "val_size": 6, "tokenizer": None}
+    ckpt = atomic_torch_save(
+        {
+            "zoo_component": "prompt_upsampler",
+            "state_dict": lit.state_dict(),
+            "hyper_parameters": {**dict(lit.hparams), "text_tokenizer": tok.to_spec()},
+            "zoo_config": {"data": data},
+        },
+        tmp_path / "u.ckpt",
+    )
+    out = tmp_path / "r"
+    res = main(
+        [f"upsampler={ckpt}", "n=6", "samples=3", "decoding=[greedy,nucleus]", f"out={out}", "expand=[a red circle]"]
+    )
+    rows = {r["decoding"]: r for r in res["rows"]}
+    assert list(rows) == ["prompt (no upsampling)", "greedy", "nucleus"]
+    assert rows["greedy"]["rewrites"] == 6 and rows["nucleus"]["rewrites"] == 18 and rows["nucleus"]["samples"] == 3
+    p = rows["prompt (no upsampling)"]
+    assert p["kept"] == 1.0 and p["attr_precision"] == 1.0 and p["plausible"] == 0.0  # a short caption is no scene
+    assert res["prompts"] == [ds.scene(i)[1]["short"] for i in range(6)]
+    assert len(res["expanded"]["a red circle"]) == 3 and len(res["examples"]["nucleus"][0]) == 3
+    md = (out / "results.md").read_text()
+    assert "# Prompt upsampling" in md and "| kept | plausible |" in md and "- nucleus: `" in md
+    again = main([f"upsampler={ckpt}", "n=6", "samples=3", "decoding=nucleus", f"out={tmp_path / 'r2'}"])
+    assert again["examples"]["nucleus"] == res["examples"]["nucleus"]  # seeded
+    with pytest.raises(SystemExit):
+        main([f"upsampler={ckpt}", f"ckpt={ckpt}"])
+
+
+def test_recaptions_command(tmp_path):
+    """recaptions=<zoo-recaption file>: its captions scored against the scenes of its split (default world when the
+    captioner named in its meta is gone); the world's own descriptive captions score perfectly."""
+    from zoo.checkpoint import atomic_torch_save
+
+    ds = ShapesDataset("train", size=6)
+    caps = [ds.scene(i)[1]["descriptive"] for i in range(6)]
+    meta = {"style": "synthetic_descriptive", "split": "train", "captioner": str(tmp_path / "gone.ckpt")}
+    f = atomic_torch_save({"captions": caps, "meta": meta}, tmp_path / "rec.pt")
+    res = main([f"recaptions={f}", f"out={tmp_path / 'r'}"])
+    (row,) = res["rows"]
+    assert res["n"] == 6 and res["split"] == "train" and res["reference_style"] == "descriptive"
+    assert row["attr_precision"] == row["attr_recall"] == row["plausible"] == 1.0 and row["rougeL"] == pytest.approx(1)
+    assert "another scene's `descriptive` (chance)" in {r["decoding"] for r in res["truth_rows"]}
+    assert "zoo-recaption `synthetic_descriptive`" in (tmp_path / "r" / "results.md").read_text()
+    with pytest.raises(SystemExit):
+        main([f"recaptions={f}", f"upsampler={f}"])
