@@ -230,7 +230,9 @@ def run_eval(timings: dict[str, float]) -> dict:
     overrides = ["experiment=dalle1/fig9", f"hydra.run.dir={out_dir}"]
     overrides += [f"generator.dalle_ckpt={ckpt('dalle')}", f"clip.checkpoint={ckpt('clip')}"]
     expect = 400
-    if not FULL:  # 32 px scenes; 128 captions and up to 8 candidates keep it to a couple of minutes
+    if FULL:  # 48 px scenes, the whole Figure 9 (256 captions, up to 32 candidates)
+        overrides += ["protocol.resolution=48"]
+    else:  # 32 px scenes; 128 captions and up to 8 candidates keep it to a couple of minutes
         overrides += ["protocol.resolution=32", "protocol.n=128", "rerank.candidates=[1,2,4,8]", "blur.candidates=8"]
         expect = 120
     t0 = announce("eval", ["zoo-eval", *overrides], expect)
