@@ -1,0 +1,156 @@
+"""unCLIP priors from the command line (issue 14): ``zoo-train model=diffusion_prior`` and ``model=ar_prior`` on
+zoo-embed-style feature files train, log to W&B (offline), and resume from ``last.ckpt`` exactly; and the diffusion
+prior's training forward (its last block at the final query only) equals the full transformer's last position."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+# (model, tiny preset's CLIP width, its caption length, token ids drawn below this)
+PRIORS = {"diffusion_prior": (16, 8, 64), "ar_prior": (32, 32, 49408)}
+
+
+def _write_features(path: Path, n: int, dim: int, text_len: int, vocab: int, seed: int) -> Path:
+    """A zoo-embed file stand-in: image embeddings, correlated text embeddings, caption tokens padded with 0."""
+    from zoo.checkpoint import atomic_torch_save
+
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(6, dim, generator=torch.Generator().manual_seed(99))  # low rank, like CLIP embeddings
+    img = F.normalize(torch.randn(n, 6, generator=g) @ basis + 0.05 * torch.randn(n, dim, generator=g), dim=-1)
+    txt = F.normalize(img + 0.5 * torch.randn(n, dim, generator=g) / dim**0.5, dim=-1)
+    tokens = torch.randint(1, vocab, (n, text_len), generator=g)
+    tokens[:, text_len // 2 :] = 0
+    return atomic_torch_save(
+        {"clip_image_emb": img, "clip_text_emb": txt, "clip_text_tokens": tokens, "meta": {"n": n, "dim": dim}}, path
+    )
+
+
+def _overrides(model: str, tmp_path: Path) -> list[str]:
+    dim, text_len, vocab = PRIORS[model]
+    files = {
+        s: _write_features(tmp_path / f"{s}.pt", n, dim, text_len, vocab, i)
+        for i, (s, n) in enumerate([("train", 48), ("val", 16)])
+    }
+    return [
+        f"model={model}",
+        "model.preset=tiny",
+        "data=shapes",
+        "data.train_size=48",
+        "data.val_size=16",
+        "data.test_size=16",
+        "data.batch_size=16",  # 3 steps an epoch: the resume below crosses an epoch boundary
+        *[f"data.features.{s}={p}" for s, p in files.items()],
+        "trainer=cpu",
+        "trainer.max_epochs=10",
+        "trainer.enable_progress_bar=false",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.limit_val_batches=0",
+        "trainer.log_every_n_steps=1",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+        "test=false",
+        f"paths.log_dir={tmp_path / 'logs'}",
+    ]
+
+
+def _zoo_train(args: list[str], cwd: Path) -> str:
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "zoo.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
+    return done.stdout + done.stderr
+
+
+def _state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _wandb_runs(run: Path) -> list[Path]:
+    return sorted((run / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.parametrize("model", sorted(PRIORS))
+def test_zoo_train_logs_to_wandb_and_resumes_exactly(model, tmp_path, train_cfg):
+    """zoo-train 3 steps (W&B offline), then ``ckpt_path=last`` to 5 == a straight 5-step run, weight for weight.
+
+    A resume that silently started over would not print Lightning's restore line; one that restored the weights but
+    not the optimizer, the data position or the random state (t, noise and text dropout are drawn every step) would
+    not equal the straight run."""
+    from zoo.train import train
+
+    common = _overrides(model, tmp_path)
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    _zoo_train([*common, "logger=wandb", "trainer.max_steps=3", f"hydra.run.dir={run}"], tmp_path)
+    first = _state(last)
+    assert first["global_step"] == 3 and first["zoo_component"] == model
+    runs = _wandb_runs(run)
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb")), f"no offline W&B run under {run / 'wandb'}"
+    assert list(runs[0].glob("run-*.wandb"))[0].stat().st_size > 0
+
+    out = _zoo_train(
+        [*common, "logger=wandb", "trainer.max_steps=5", "ckpt_path=last", f"hydra.run.dir={run}"], tmp_path
+    )
+    assert f"Restoring states from the checkpoint path at {last}" in out
+    resumed = _state(last)
+    assert resumed["global_step"] == 5
+    assert len(_wandb_runs(run)) == 2  # the resumed process logs its own offline run beside the first
+    moved = [
+        k
+        for k, v in first["state_dict"].items()
+        if v.is_floating_point() and not torch.equal(v, resumed["state_dict"][k])
+    ]
+    assert moved, "the resumed run did not train"
+
+    straight = train_cfg(*common, "logger=none", "trainer.max_steps=5")
+    straight.paths.output_dir = str(tmp_path / "straight")
+    assert train(straight)["global_step"] == 5
+    ref = _state(tmp_path / "straight" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert ref.keys() == resumed["state_dict"].keys()
+    for k, v in ref.items():
+        torch.testing.assert_close(resumed["state_dict"][k], v, rtol=0, atol=0, msg=f"resumed != straight at {k}")
+
+
+# ------------------------------------------------------------------------------------- the diffusion prior's readout
+@pytest.mark.parametrize("text_input", ["tokens", "encodings", "none"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_diffusion_prior_readout_equals_the_full_stack(text_input, dropout):
+    """``DiffusionPriorNet.forward`` runs its last block at the final query only (keys/values folded into the query):
+    values and every parameter's gradient equal ``head(hidden(...)[:, -1])`` (float64; dropout via the same seed is
+    not comparable, so dropout > 0 checks eval mode and that training mode still trains)."""
+    from zoo.models.diffusion_prior.model import DiffusionPriorNet, build_config
+
+    torch.manual_seed(0)
+    net = DiffusionPriorNet(build_config("tiny", {"text_input": text_input, "dropout": dropout})).double()
+    b = 6
+    tokens = torch.randint(1, 64, (b, 8))
+    tokens[:, 4:] = 0
+    text = {
+        "tokens": {"text_tokens": tokens},
+        "encodings": {"text_encodings": torch.randn(b, 8, 16).double(), "text_mask": tokens != 0},
+        "none": {},
+    }[text_input]
+    x, t, emb = torch.randn(b, 16).double(), torch.randint(0, 1000, (b,)), torch.randn(b, 16).double()
+    drop = torch.tensor([False, True] * 3)
+    params = [p for p in net.parameters() if p.numel()]
+    net.eval()
+    got = net(x, t, emb, **text, drop_text=drop)
+    want = net.head(net.hidden(x, t, emb, **text, drop_text=drop)[:, -1])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g_got = torch.autograd.grad(got.square().sum(), params, allow_unused=True)
+    g_want = torch.autograd.grad(want.square().sum(), params, allow_unused=True)
+    for p, a, w in zip(params, g_got, g_want):
+        a = torch.zeros_like(p) if a is None else a
+        w = torch.zeros_like(p) if w is None else w
+        torch.testing.assert_close(a, w, rtol=1e-9, atol=1e-12)
+    if dropout:
+        net.train()
+        a, b2 = net(x, t, emb, **text, drop_text=drop), net(x, t, emb, **text, drop_text=drop)
+        assert not torch.allclose(a, b2)  # dropout is live in training
