@@ -2,7 +2,8 @@
 of 2), the diffusion core's sampler overhead per step; side by side with lucidrains/DALLE2-pytorch's
 ``DiffusionPrior`` / ``DiffusionPriorNetwork`` when ``PEER_DALLE2=<checkout>`` is set.
 
-    OMP_NUM_THREADS=1 python bench/bench_prior.py [--threads 1] [--reps 3] [--steps 6] [--quick]
+    OMP_NUM_THREADS=1 python bench/bench_prior.py [--threads 1] [--reps 3] [--steps 6] [--train-only]
+        [--configs shapes,peer-readme] [--optimizer fused|foreach|single] [--clock cpu|wall] [--proposed-attention]
     PEER_DALLE2=/tmp/peer_dalle2 python bench/bench_prior.py
 
 Configs (``CONFIGS``):
@@ -18,6 +19,14 @@ runs with ``text_input=encodings`` and ``text_enc_dim = clip_dim = dim``; the pe
 compared, the printed lengths say so). Both: x0 prediction, cosine schedule, 1000 steps, 10% text dropout,
 AdamW; the peer's rotary embeddings + relative position bias + SwiGLU feed-forward are its own design. Both sides are
 timed interleaved (ours, peer, ours, peer, ...) on the same threads, best of ``--reps``; ratio = ours / peer.
+Optimizer (``--optimizer``): the SAME ``torch.optim.AdamW`` for both sides, by default ``fused=True`` (one pass over
+the parameters; the default for-loop AdamW costs ~165 ms a step at peer-readme's 20-25M parameters on one core, the
+same for both and no part of either model). Clock (``--clock``): ``cpu`` (default) times the process's CPU seconds
+(``time.process_time``), which other jobs time-slicing the same cores do not inflate; ``wall`` is
+``time.perf_counter``. ``--proposed-attention`` adds a variant "ours encodings +attn": the training step with a
+PROPOSED change to ``zoo/nn/transformer.py`` applied as a monkeypatch (``proposed_attention``: on CPU in bf16/fp16,
+attention as two matmuls in bf16 and a float32 softmax instead of SDPA's MATH backend, which upcasts q, k, v to
+float32); its lines are labelled, the other variants run the code as it is.
 Sampling: ours ``DiffusionPriorLit.sample`` (DDIM η = 0, 64 steps, 2 candidates, best by dot product); the peer's
 ``p_sample_loop`` with 64 DDIM steps on the 2 x repeated captions + its top-1 selection (its ``sample`` minus the
 CLIP text encoding; its DDIM default η = 1; its tqdm bars replaced by a pass-through). Prints figures, asserts nothing. Peer code is read from
@@ -46,7 +55,8 @@ from zoo.diffusion.process import GaussianDiffusion  # noqa: E402
 from zoo.diffusion.samplers import ddim_sample  # noqa: E402
 from zoo.diffusion.schedules import cosine_schedule  # noqa: E402
 from zoo.models.diffusion_prior.lit import DiffusionPriorLit  # noqa: E402
-from zoo.precision import describe_cpu  # noqa: E402
+from zoo.nn import transformer as transformer_module  # noqa: E402
+from zoo.precision import describe_cpu, math_sdpa_preferred  # noqa: E402
 
 
 @dataclass
@@ -65,13 +75,63 @@ CONFIGS = [BenchConfig("shapes", 128, 4, 4, 32, 48, 128, 16), BenchConfig("peer-
 
 
 # ------------------------------------------------------------------------------------------------ timing
+CLOCK: Callable[[], float] = time.process_time  # --clock cpu (default) | wall (time.perf_counter)
+
+
 def best_seconds(fn: Callable[[], None], reps: int) -> float:
     best = float("inf")
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, CLOCK() - t0)
     return best
+
+
+def adamw(params, lr: float, kind: str) -> torch.optim.Optimizer:
+    """The same AdamW for both sides: ``fused`` (one pass), ``foreach`` or ``single`` (torch's CPU default)."""
+    extra = {"fused": {"fused": True}, "foreach": {"foreach": True}, "single": {"foreach": False}}[kind]
+    return torch.optim.AdamW(params, lr=lr, **extra)
+
+
+# ------------------------------------------------------------------------------------------------ a proposal
+def explicit_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **kw):
+    """PROPOSED for ``zoo.nn.transformer.SelfAttention`` (CPU bf16/fp16 only): softmax(q k^T / sqrt(D) + mask) v with
+    both matmuls in q's dtype (AMX/AVX512-bf16) and the softmax in float32, what autocast does with an explicit
+    attention (and what the peer does). SDPA's MATH backend, which the module forces there, upcasts q, k and v to
+    float32 (the slow part); its flash kernel is slower still in bf16. Other dtypes/devices: SDPA unchanged."""
+    if kw or not math_sdpa_preferred(q.device.type, q.dtype):
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kw
+        )
+    s = torch.matmul(q, k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5  # (..., n, m) float32
+    if is_causal:  # SDPA's convention: top-left aligned
+        attn_mask = torch.ones(s.shape[-2:], dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None:
+        s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
+    p = s.softmax(-1)
+    if dropout_p:
+        p = F.dropout(p, dropout_p)
+    return torch.matmul(p.to(v.dtype), v)
+
+
+@contextlib.contextmanager
+def proposed_attention():
+    """Monkeypatch: ``zoo.nn.transformer`` sees ``F.scaled_dot_product_attention`` = ``explicit_attention``."""
+    saved = transformer_module.F
+    names = {n: getattr(F, n) for n in dir(F) if not n.startswith("__")}
+    transformer_module.F = types.SimpleNamespace(**{**names, "scaled_dot_product_attention": explicit_attention})
+    try:
+        yield
+    finally:
+        transformer_module.F = saved
+
+
+def patched(fn: Callable[[], None]) -> Callable[[], None]:
+    def run():
+        with proposed_attention():
+            fn()
+
+    return run
 
 
 def autocast(bf16: bool):
@@ -111,8 +171,8 @@ def ours(c: BenchConfig, text_input: str) -> DiffusionPriorLit:
     return DiffusionPriorLit(preset="shapes", net=net, embed_scale=float(c.dim) ** 0.5)
 
 
-def ours_train_step(lit: DiffusionPriorLit, batch, bf16: bool) -> Callable[[], None]:
-    opt = torch.optim.AdamW(lit.parameters(), lr=1e-4)
+def ours_train_step(lit: DiffusionPriorLit, batch, bf16: bool, optimizer: str = "fused") -> Callable[[], None]:
+    opt = adamw(lit.parameters(), 1e-4, optimizer)
     lit.train()
 
     def step():
@@ -165,8 +225,8 @@ def peer(mod, c: BenchConfig):
     )
 
 
-def peer_train_step(prior, batch, bf16: bool) -> Callable[[], None]:
-    opt = torch.optim.AdamW(prior.parameters(), lr=1e-4)
+def peer_train_step(prior, batch, bf16: bool, optimizer: str = "fused") -> Callable[[], None]:
+    opt = adamw(prior.parameters(), 1e-4, optimizer)
     prior.train()
     img, txt, enc = batch["clip_image_emb"], batch["clip_text_emb"], batch["clip_text_encodings"]
 
@@ -233,10 +293,10 @@ def train_rate(make_step: Callable[[], None], batch_size: int, steps: int) -> Ca
     """A closure that runs ``steps`` training steps and returns samples/s."""
 
     def measure() -> float:
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         for _ in range(steps):
             make_step()
-        return batch_size * steps / (time.perf_counter() - t0)
+        return batch_size * steps / (CLOCK() - t0)
 
     return measure
 
@@ -266,18 +326,33 @@ def bench_config(c: BenchConfig, args, peer_mod) -> None:
     for bf16 in (False, True):
         prec = "bf16" if bf16 else "fp32"
         # training: interleaved, best of reps
-        steps = {name: train_rate(ours_train_step(lit, batch, bf16), c.batch, args.steps) for name, lit in lits.items()}
+        steps = {
+            name: train_rate(ours_train_step(lit, batch, bf16, args.optimizer), c.batch, args.steps)
+            for name, lit in lits.items()
+        }
+        if args.proposed_attention and math_sdpa_preferred("cpu", torch.bfloat16 if bf16 else torch.float32):
+            step = ours_train_step(ours(c, "encodings"), batch, bf16, args.optimizer)
+            steps["ours encodings +attn"] = train_rate(patched(step), c.batch, args.steps)
         if prior is not None:
-            steps["peer"] = train_rate(peer_train_step(prior, batch, bf16), c.batch, args.steps)
+            steps["peer"] = train_rate(peer_train_step(prior, batch, bf16, args.optimizer), c.batch, args.steps)
         for fn in steps.values():  # warm-up
             fn()
         best = {k: 0.0 for k in steps}
         for _ in range(args.reps):
             for k, fn in steps.items():
                 best[k] = max(best[k], fn())
-        line = " | ".join(f"{k} {v:,.0f}" for k, v in best.items())
-        ratio = f" | ours encodings / peer = {best['ours encodings'] / best['peer']:.2f}x" if prior is not None else ""
-        print(f"   train samples/s {prec}: {line}{ratio}")
+        line = " | ".join(f"{k} {v:,.1f}" for k, v in best.items())
+        ratio = ""
+        if prior is not None:
+            ratio = f" | ours encodings / peer = {best['ours encodings'] / best['peer']:.2f}x"
+            if "ours encodings +attn" in best:
+                ratio += (
+                    f" | ours encodings +attn / peer = {best['ours encodings +attn'] / best['peer']:.2f}x "
+                    "(PROPOSED zoo/nn/transformer.py attention, monkeypatched)"
+                )
+        print(f"   train samples/s {prec} ({args.clock} clock, AdamW {args.optimizer}): {line}{ratio}")
+        if args.train_only:
+            continue
         # sampling
         runs = {
             "ours tokens": ours_sample(lits["ours tokens"], sbatch, bf16),
@@ -310,7 +385,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--sample-reps", type=int, default=2)
     ap.add_argument("--steps", type=int, default=6, help="training steps per timed repetition")
     ap.add_argument("--configs", default=",".join(c.name for c in CONFIGS))
+    ap.add_argument("--train-only", action="store_true", help="skip the sampling and sampler-overhead figures")
+    ap.add_argument("--optimizer", choices=("fused", "foreach", "single"), default="fused", help="AdamW, both sides")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="process CPU time or wall clock")
+    ap.add_argument(
+        "--proposed-attention", action="store_true", help="add the monkeypatched transformer.py attention variant"
+    )
     args = ap.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     print(describe_cpu())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")

@@ -284,13 +284,15 @@ class GaussianDiffusion:
         noise: Optional[torch.Tensor] = None,
         model_kwargs: Optional[dict[str, Any]] = None,
         generator: Optional[torch.Generator] = None,
+        report_vb: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Per-example loss terms (B,) for data x0 (B, ...) at indices t (B,).
 
         ``model_fn(x_t, timesteps, **model_kwargs)`` receives the original timesteps. Returns
         {'loss', 'mse', 'vb'}: mse is L_simple against the target of ``model_mean_type`` (ε, x_0 or v), vb the
         L_t of ``vb_terms_bpd`` (bits/dim; with a fixed variance it is reported without gradient), and
-        loss = mse (+ vb_weight · T · vb for 'hybrid')."""
+        loss = mse (+ vb_weight · T · vb for 'hybrid'). ``report_vb=False`` skips the reported-only vb of a fixed
+        variance (no 'vb' key; the loss is the same); 'hybrid' always computes it (it is in the loss)."""
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = self.q_sample(x0, t, noise)
@@ -304,8 +306,10 @@ class GaussianDiffusion:
             # the VLB sees the mean as a constant: it trains only the variance (L_simple trains the mean)
             vb = self.vb_terms_bpd(torch.cat([mean_part.detach(), v], dim=1), x0, x_t, t)
             loss = mse + self.vb_weight * self.num_timesteps * vb
-        else:
+        elif report_vb:
             with torch.no_grad():
                 vb = self.vb_terms_bpd(output.detach(), x0, x_t, t)
             loss = mse
+        else:
+            return {"loss": mse, "mse": mse}
         return {"loss": loss, "mse": mse, "vb": vb}

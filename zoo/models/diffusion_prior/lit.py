@@ -201,7 +201,7 @@ class DiffusionPriorLit(ZooLit):
         def model_fn(x_t, timesteps):
             return self.net(x_t, timesteps, **cond, drop_text=drop)
 
-        losses = self.process.training_losses(model_fn, x0, t)
+        losses = self.process.training_losses(model_fn, x0, t, report_vb=False)  # only the loss is logged
         return {"loss": losses["loss"].mean()}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

@@ -34,6 +34,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from zoo.models.presets import resolve_preset
 from zoo.nn.embeddings import TimestepEmbedder
@@ -103,6 +104,16 @@ def build_config(preset: str = "shapes", net: Optional[Mapping[str, Any]] = None
 
         raise ConfigError(f"model.net.text_input={cfg.text_input!r}; choose one of {TEXT_INPUTS}")
     return cfg
+
+
+@dataclass
+class TextCache:
+    """What a sampler reuses across steps for a batch of captions (``DiffusionPriorNet.text_cache``): the text
+    positions' keys/values in every block but the last (``kv``) and the last block's ln1 outputs there (``h_last``
+    (B, n_text, dim))."""
+
+    kv: KVCache
+    h_last: torch.Tensor
 
 
 class DiffusionPriorNet(nn.Module):
@@ -206,10 +217,49 @@ class DiffusionPriorNet(nn.Module):
         query = self.query.expand(b, -1)
         return torch.stack([temb, time.to(temb.dtype), x, query.to(temb.dtype)], dim=1)  # (B, 4, d)
 
+    # -- only the final query's output is read
+    # ``forward`` needs the transformer output at the LAST position only. Every block but the last runs on every
+    # position (its outputs are the last block's keys/values); the last block runs at the final query only
+    # (``_last_block``), its keys/values folded into the query: for a head with query q the score of position j is
+    # q . (W_k h_j + b_k) = (W_k^T q) . h_j + const, and its output sum_j a_j (W_v h_j + b_v) = W_v (sum_j a_j h_j) + b_v
+    # (h = the block's ln1 output, sum_j a_j = 1). The same function as the full stack's last position (the constant
+    # q . b_k cancels in the softmax, so b_k's gradient is 0 here as there) in (B, H, S) x dim multiply-adds instead
+    # of the keys' and values' (B, S) x dim x 2 H D: the last layer costs ~nothing, 1 / n_layers of the transformer
+    # saved (25% for shapes' 4 layers). It rounds differently from ``head(hidden(...)[:, -1])`` (another summation
+    # order; tests/test_prior_cli.py checks values and gradients against it).
+    def _last_block(self, x_last: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The last block and the final LayerNorm at the final position only: x_last (B, dim) is the block's input
+        there, h (B, S, dim) its ``ln1`` output at every position -> (B, dim)."""
+        blk = self.transformer.blocks[-1]
+        attn = blk.attn
+        b, _, d = h.shape
+        nh, hd = attn.n_heads, attn.head_dim
+        w_q, w_k, w_v = attn.qkv.weight.split(nh * hd)  # (H D, d) each
+        b_q, _, b_v = attn.qkv.bias.split(nh * hd)
+        q = F.linear(h[:, -1], w_q, b_q).view(b, nh, hd) * hd**-0.5  # (B, H, D), SDPA's scale
+        qk = torch.einsum("bne,ned->bnd", q, w_k.view(nh, hd, d))  # (B, H, d): W_k^T q per head
+        probs = torch.bmm(qk, h.transpose(1, 2)).softmax(-1)  # (B, H, S): the final query sees every position
+        if attn.dropout and self.training:
+            probs = F.dropout(probs, attn.dropout)
+        ctx = torch.bmm(probs, h)  # (B, H, d): sum_j a_j h_j
+        y = torch.einsum("bnd,ned->bne", ctx, w_v.view(nh, hd, d)) + b_v.view(nh, hd)  # (B, H, D)
+        r = x_last + blk.drop(attn.proj(y.reshape(b, nh * hd)))
+        r = r + blk.drop(blk.mlp(blk.ln2(r)))
+        return self.transformer.ln_f(r)
+
+    def readout(self, x: torch.Tensor) -> torch.Tensor:
+        """The transformer's final (ln_f) output at the last position (B, dim) of the input sequence x (B, S, dim)."""
+        blocks = self.transformer.blocks
+        for blk in blocks[:-1]:
+            x = blk(x, self.causal_mask)
+        return self._last_block(x[:, -1], blocks[-1].ln1(x))
+
     # -- sampling with the text prefix computed once
     # Under the causal mask the text positions see only earlier text positions: their keys and values do not depend
     # on t, x_t or the text embedding, so a sampler computes them once per caption (``text_cache``) and each of its
-    # steps runs only the last 4 positions (``forward_cached``): (L + 4) / 4 = 13x fewer positions for shapes.
+    # steps runs only the last 4 positions (``forward_cached``): (L + 4) / 4 = 13x fewer positions for shapes. The
+    # last block reads the text positions through its ln1 outputs (``_last_block``), so those are what is cached
+    # for it; ``forward_cached`` gives ``forward``'s result bit for bit.
     def text_cache(
         self,
         batch: int,
@@ -217,17 +267,22 @@ class DiffusionPriorNet(nn.Module):
         text_encodings: Optional[torch.Tensor] = None,
         text_mask: Optional[torch.Tensor] = None,
         drop_text: Optional[torch.Tensor] = None,
-    ) -> KVCache:
-        """A KV cache holding every layer's keys/values of the n_text text positions (B = ``batch``)."""
-        cache = self.transformer.new_cache(batch, self.cfg.seq_len)
-        if self.cfg.n_text:
-            text = self.embed_text(batch, text_tokens, text_encodings, text_mask, drop_text)  # (B, L, d)
-            self.transformer(text + self.pos[: self.cfg.n_text], self.causal_mask, cache, 0)
-        return cache
+    ) -> TextCache:
+        """The text positions' keys/values in every block but the last and the last block's ln1 outputs there
+        (B = ``batch``)."""
+        c, blocks = self.cfg, self.transformer.blocks
+        p = self.transformer.ln_f.weight
+        kv = KVCache(batch, c.n_layers - 1, c.n_heads, c.seq_len, c.head_dim, p.dtype, p.device)
+        if not c.n_text:
+            return TextCache(kv, p.new_zeros(batch, 0, c.dim))
+        x = self.embed_text(batch, text_tokens, text_encodings, text_mask, drop_text) + self.pos[: c.n_text]
+        for i, blk in enumerate(blocks[:-1]):
+            x = blk(x, self.causal_mask, kv, i, 0)
+        return TextCache(kv, blocks[-1].ln1(x))
 
     def forward_cached(
         self,
-        cache: KVCache,
+        cache: TextCache,
         x_t: torch.Tensor,
         t: torch.Tensor,
         text_emb: torch.Tensor,
@@ -235,10 +290,13 @@ class DiffusionPriorNet(nn.Module):
     ) -> torch.Tensor:
         """``forward`` for the captions whose ``text_cache`` is ``cache`` (same rows, same ``drop_text``); writes
         only positions >= n_text of the cache, so one cache serves every step."""
-        n = self.cfg.n_text
-        tail = self.tail(x_t, t, text_emb, drop_text) + self.pos[n:]
-        h = self.transformer(tail, self.causal_mask, cache, n)
-        return self.head(h[:, -1])
+        n, blocks = self.cfg.n_text, self.transformer.blocks
+        x = self.tail(x_t, t, text_emb, drop_text) + self.pos[n:]
+        for i, blk in enumerate(blocks[:-1]):
+            x = blk(x, self.causal_mask, cache.kv, i, n)
+        h = blocks[-1].ln1(x)
+        h = torch.cat([cache.h_last.to(h.dtype), h], dim=1)  # (B, L + 4, d)
+        return self.head(self._last_block(x[:, -1], h))
 
     def hidden(self, *args, **kwargs) -> torch.Tensor:
         """Transformer outputs at every position (B, L + 4, dim) (tests use it to check the causal structure)."""
@@ -254,8 +312,8 @@ class DiffusionPriorNet(nn.Module):
         text_mask: Optional[torch.Tensor] = None,
         drop_text: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        h = self.hidden(x_t, t, text_emb, text_tokens, text_encodings, text_mask, drop_text)
-        return self.head(h[:, -1])  # (B, D): x0 from the final query
+        x = self.sequence(x_t, t, text_emb, text_tokens, text_encodings, text_mask, drop_text)
+        return self.head(self.readout(x))  # (B, D): x0 from the final query (= head(hidden(...)[:, -1]))
 
 
 def count_parameters(module: nn.Module) -> int:
