@@ -69,6 +69,7 @@ def attention_part(grids, texts, repeats, batch=2, heads=8, head_dim=32):
                 m = dalle_mask(kind, t, g, g, 11)
                 perm = column_major_perm(t, g, g) if kind == "column" else None
                 bs = BlockSparseMask(m, perm, block=block_for(kind, g, g), max_density=2.0)
+                bs.causal = False  # the planned path itself, also for the causal 'full' mask (normally SDPA causal)
                 plan = bs.plan(0, n, "cpu")
                 dense_m = m[:n, :n]
                 fwd = interleaved(

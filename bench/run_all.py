@@ -4,7 +4,8 @@ Each benchmark prints its own figures (and, first, the CPU it ran on); this runn
 exit status, wall time and everything it printed, under a header naming the machine (CPU capability, native bf16,
 torch version, load average). The files are ``bench/results/<UTC time>_<capability>.{json,md}`` so that two
 machines' runs can be diffed side by side. Peer comparisons run when their checkout variables are set
-(``PEER_DALLE=``, ``PEER_DALLE2=``) and are skipped by the scripts otherwise.
+(``PEER_DALLE=``, ``PEER_DALLE2=``) and are skipped by the scripts otherwise. A script's last ``BENCH_JSON {...}``
+line, if it prints one, is stored parsed as that script's ``summary``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ def run(script: Path, timeout: float) -> dict:
             (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""),
             f"timed out after {timeout:.0f} s",
         )
+    # a script may end its output with one ``BENCH_JSON {...}`` line (its figures, machine-readable): kept as "summary"
+    tagged = [ln[len("BENCH_JSON ") :] for ln in out.splitlines() if ln.startswith("BENCH_JSON ")]
+    try:
+        summary = json.loads(tagged[-1]) if tagged else None
+    except json.JSONDecodeError:
+        summary = None
     return {
         "script": script.name,
         "command": " ".join(cmd),
@@ -57,6 +64,7 @@ def run(script: Path, timeout: float) -> dict:
         "seconds": round(time.perf_counter() - t0, 1),
         "stdout": out,
         "stderr_tail": err[-2000:],
+        "summary": summary,
     }
 
 

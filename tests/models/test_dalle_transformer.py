@@ -254,3 +254,85 @@ def test_bf16_autocast_training_and_cached_sampling_run():
     out["loss"].backward()
     assert m.text_pad_emb.grad is not None
     assert tokens.shape == (3, 4, 4) and tokens.max() < m.cfg.image_vocab
+
+
+# ------------------------------------------------------------------------------ speed paths (same results)
+@pytest.mark.parametrize("ignore", [-100, 0])
+def test_head_cross_entropy_equals_f_cross_entropy(ignore):
+    from zoo.models.dalle.model import head_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(40, 16, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(300, 16, dtype=torch.float64, generator=g, requires_grad=True)
+    target = torch.randint(0, 300, (40,), generator=g)
+    target[::5] = 0  # some rows ignored when ignore == 0
+    got = head_cross_entropy(h, w, target, ignore)
+    want = F.cross_entropy(F.linear(h, w), target, ignore_index=ignore)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(got * 3, (h, w)), torch.autograd.grad(want * 3, (h, w)), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    loss = head_cross_entropy(h, w, target, ignore)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):  # its logits became the gradient: a 2nd backward is refused
+        loss.backward()
+
+
+def test_loss_equals_cross_entropy_of_forward_logits_with_gradients():
+    m = _model(sharp=False)
+    text, image = _batch()
+    out = m.loss(text, image)
+    tl, il = m(text, image)
+    w = m.cfg.loss_text_weight
+    want = w * F.cross_entropy(tl.flatten(0, 1), text[:, 1:].flatten()) + (1 - w) * F.cross_entropy(
+        il.flatten(0, 1), image.flatten()
+    )
+    torch.testing.assert_close(out["loss"], want, rtol=1e-12, atol=1e-12)
+    params = list(m.parameters())
+    for a, b in zip(torch.autograd.grad(out["loss"], params), torch.autograd.grad(want, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_full_layers_run_the_stacks_causal_attention():
+    """DALL·E's ``full`` mask is the plain causal mask (text first, text never sees image), so full layers pass no
+    mask and the stack attends causally: same outputs as the explicit mask."""
+    from zoo.nn.sparse_masks import dalle_mask
+
+    c = _config("tiny")
+    full = dalle_mask("full", c.text_len, c.grid_h, c.grid_w)
+    assert torch.equal(full, torch.ones_like(full).tril())
+    for impl in ("dense", "block_sparse"):
+        m = _model("full", sharp=False, attn_impl=impl)
+        assert m.attention_masks() == [None] * c.n_layers
+        text, image = _batch()
+        x = m.embed(text, image.flatten(1)[:, :-1])
+        torch.testing.assert_close(m.transformer(x), m.transformer(x, full), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("pattern", ["paper", "full"])
+def test_last_only_prefill_and_shared_prefixes_equal_the_full_computation(pattern):
+    """next_image_logits runs the last block for the last position only, and a prefill computes each distinct
+    prefix once (guidance's null captions): same logits and the same cache as the plain computation."""
+    m = _model(pattern, sharp=False)
+    c = m.cfg
+    text, image = _batch()
+    null = torch.zeros_like(text)
+    both = torch.cat([text, null, null], 0)  # 3 captions + 3 identical null captions: 4 distinct prefixes
+    prime = torch.cat([image.flatten(1)[:, :3]] * 3, 0)
+    prime[3:] = prime[0]  # the null streams share their primed tokens too
+    cache = m.new_cache(9)
+    got = m.next_image_logits(text=both, image=prime, cache=cache)
+    ref_cache = m.new_cache(9)
+    h = m.hidden(m.embed(both, prime), ref_cache)  # every position of every row, no sharing
+    torch.testing.assert_close(got, m.image_head(h[:, -1]), rtol=0, atol=1e-10)
+    n = c.text_len + 3
+    torch.testing.assert_close(cache.k[:, :, :, :n], ref_cache.k[:, :, :, :n], rtol=0, atol=1e-10)
+    torch.testing.assert_close(cache.v[:, :, :, :n], ref_cache.v[:, :, :, :n], rtol=0, atol=1e-10)
+    # uncached: the whole prefix, last position only
+    torch.testing.assert_close(m.next_image_logits(text=both, image=prime), got, rtol=0, atol=1e-10)
+
+
+def test_layer_pattern_cycle_of_kinds():
+    m = _model("full,row,column,conv", sharp=False, n_layers=6)
+    assert m.layer_kinds == ["full", "row", "column", "conv", "full", "row"]
+    a = sample_image_tokens(m, _batch()[0], generator=_gen(), use_cache=True)
+    assert torch.equal(a, sample_image_tokens(m, _batch()[0], generator=_gen(), use_cache=False))

@@ -156,3 +156,41 @@ def test_overfits_a_fixed_batch(recon_loss, nn_helpers):
 def test_config_dataclass_is_frozen():
     with pytest.raises(Exception):
         DVAEConfig().vocab_size = 3  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------------------------- speed paths
+def test_gumbel_softmax_has_f_gumbel_softmax_distribution():
+    """One uniform draw -> Gumbel(0, 1) noise (the difference of two is Logistic(0, 1): mean 0, variance pi^2 / 3),
+    and the argmax of the relaxed sample is a draw from softmax(logits) (Gumbel-max); finite; the layout of the
+    logits is kept."""
+    from zoo.models.dvae.lit import gumbel_softmax
+
+    g = torch.Generator().manual_seed(0)
+    # the noise itself, read back through tau = 1 and a 2-way softmax: logit(y_0) = g_0 - g_1 ~ Logistic(0, 1)
+    y = gumbel_softmax(torch.zeros(200_000, 2), 1.0, dim=1, generator=g)
+    d = torch.log(y[:, 0]) - torch.log(y[:, 1])
+    assert abs(d.mean().item()) < 0.02 and abs(d.var().item() - math.pi**2 / 3) < 0.05
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0])
+    z = gumbel_softmax(logits.expand(100_000, 4).contiguous(), 0.5, dim=1, generator=g)
+    freq = torch.bincount(z.argmax(1), minlength=4).float() / 100_000
+    torch.testing.assert_close(freq, logits.softmax(0), rtol=0, atol=0.006)
+    cl = torch.randn(4, 16, 3, 3).contiguous(memory_format=torch.channels_last)
+    s = gumbel_softmax(cl, 0.1, dim=1, generator=g)
+    assert s.is_contiguous(memory_format=torch.channels_last) and torch.isfinite(s).all()
+    torch.testing.assert_close(s.sum(1), torch.ones(4, 3, 3))
+
+
+def test_kl_to_uniform_same_in_both_layouts():
+    x = torch.randn(2, 32, 4, 4, dtype=torch.float64)
+    torch.testing.assert_close(kl_to_uniform(x.contiguous(memory_format=torch.channels_last)), kl_to_uniform(x))
+
+
+def test_resblock_is_identity_plus_gained_residual():
+    torch.manual_seed(0)
+    m = DVAE(PRESETS["tiny"]).double()
+    blk = [b for b in m.encoder if hasattr(b, "res_path")][0]
+    x = torch.randn(2, blk.res_path[1].in_channels, 8, 8, dtype=torch.float64)
+    res = x.relu()
+    for layer in blk.res_path:
+        res = layer(res) if isinstance(layer, torch.nn.Conv2d) else torch.relu(res)
+    torch.testing.assert_close(blk(x), blk.id_path(x) + blk.post_gain * res)

@@ -178,3 +178,19 @@ def test_dalle_default_is_block_sparse_and_short_streams_stay_dense():
     bs = m.attention_masks()[0]
     assert bs.plan(0, m.cfg.seq_len - 1, "cpu") is None  # 24 tokens < BLOCK_SPARSE_MIN_LEN: dense path
     assert all(torch.equal(a.dense, b) for a, b in zip(m.attention_masks(), m.layer_masks(), strict=True))
+
+
+def test_causal_mask_runs_sdpa_causal_path():
+    """A plain causal (tril) mask is recognised: training / prefill run SDPA with is_causal, one decoding row
+    runs without a mask; both equal the dense-mask SDPA. Other masks are not taken for causal."""
+    bs = _wrapper("full", 8, 4, 4, 3)
+    assert bs.causal and not _wrapper("row", 8, 4, 4, 3).causal
+    n = 24
+    q, k, v = _qkv(n)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=bs.dense[:n, :n])
+    torch.testing.assert_close(bs.attention(q, k, v), ref, rtol=0, atol=ATOL)
+    for p in (0, 9, n - 1):
+        y = bs.attention(q[:, :, p : p + 1], k[:, :, : p + 1], v[:, :, : p + 1], start_pos=p)
+        torch.testing.assert_close(y, ref[:, :, p : p + 1], rtol=0, atol=ATOL)
+    y = bs.attention(q[:, :, 10:], k, v, start_pos=10)  # chunked prefill: the mask's rows
+    torch.testing.assert_close(y, ref[:, :, 10:], rtol=0, atol=ATOL)

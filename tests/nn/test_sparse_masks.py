@@ -127,3 +127,15 @@ def test_layer_pattern_paper():
     assert p64.count("row") == 64 - 1 - 16
     assert layer_pattern(6, "full") == ["full"] * 6
     assert layer_pattern(3, "column") == ["column"] * 3
+
+
+def test_layer_pattern_comma_list_cycles_kinds():
+    assert layer_pattern(6, "full,row,column,conv") == ["full", "row", "column", "conv", "full", "row"]
+    assert layer_pattern(3, "row, conv") == ["row", "conv", "row"]
+    with pytest.raises(ValueError, match="valid kinds"):
+        layer_pattern(4, "full,axial_row")
+
+
+def test_full_mask_is_the_causal_mask():
+    m = dalle_mask("full", 5, 3, 4)
+    assert torch.equal(m, torch.ones_like(m).tril())

@@ -66,3 +66,48 @@ def test_kv_cache_matches_full_pass():
     torch.testing.assert_close(torch.cat(steps, 1), full)
     with pytest.raises(ValueError, match="needs a KVCache"):
         net(x[:, :1], start_pos=3)
+
+
+@pytest.mark.parametrize("mask", ["causal", "row"])
+def test_last_only_equals_last_row_of_full_pass(mask):
+    from zoo.nn.sparse_masks import dalle_mask
+
+    net, x = _net(), _x(n=7)
+    m = None if mask == "causal" else dalle_mask("row", 3, 2, 2)[:7, :7]
+    full = net(x, m)
+    torch.testing.assert_close(net(x, m, last_only=True), full[:, -1:])
+    cache = net.new_cache(batch=2, max_len=7)
+    torch.testing.assert_close(net(x[:, :5], m, cache=cache, last_only=True), full[:, 4:5])
+    steps = [net(x[:, p : p + 1], m, cache=cache, start_pos=p) for p in (5, 6)]  # the cache is complete
+    torch.testing.assert_close(torch.cat(steps, 1), full[:, 5:])
+
+
+def test_kv_cache_copy_rows():
+    src = KVCache(batch=2, n_layers=1, n_heads=1, max_len=3, head_dim=2)
+    src.k.copy_(torch.arange(12.0).view(src.k.shape))
+    src.v.copy_(-src.k)
+    dst = KVCache(batch=3, n_layers=1, n_heads=1, max_len=5, head_dim=2)
+    dst.copy_rows(src, torch.tensor([1, 0, 1]))
+    assert torch.equal(dst.k[0, :, :, :3], src.k[0, [1, 0, 1]]) and torch.equal(dst.v[0, :, :, :3], src.v[0, [1, 0, 1]])
+    assert (dst.k[:, :, :, 3:] == 0).all()
+
+
+def test_decode_linear_equals_linear_and_follows_weight_updates():
+    from zoo.nn.transformer import decode_linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 40)
+    with torch.no_grad():
+        for rows in ((8,), (2, 4), (1,), (64,)):  # packed GEMM for 3..32 rows, plain F.linear otherwise
+            x = torch.randn(*rows, 16)
+            torch.testing.assert_close(decode_linear(x, lin), lin(x), rtol=1e-6, atol=1e-6)
+        x = torch.randn(8, 16)
+        decode_linear(x, lin)
+        lin.weight.mul_(2.0)  # an in-place update (an optimizer step): the packed copy is rebuilt
+        torch.testing.assert_close(decode_linear(x, lin), lin(x), rtol=1e-6, atol=1e-6)
+        lin.weight = torch.nn.Parameter(torch.randn(40, 16))  # a replaced weight: rebuilt too
+        torch.testing.assert_close(decode_linear(x, lin), lin(x), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(decode_linear(x.double(), lin.double()), lin(x.double()))
+    x = torch.randn(8, 16, requires_grad=True)  # autograd: the plain path, gradients flow
+    decode_linear(x, lin.float()).sum().backward()
+    assert x.grad is not None and lin.weight.grad is not None

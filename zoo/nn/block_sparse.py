@@ -18,7 +18,9 @@ stream, True = may attend) and computes only what is needed, with the same resul
   copy, and copying keys costs as much as attending to them), with one softmax over the two score parts.
   Several rows at ``start_pos > 0`` (chunked prefill) use the block plan on those rows.
 
-Every plan is computed once from the dense mask (torch ops, milliseconds) and cached per (start_pos, n, device).
+A plain causal mask (``tril``; DALL·E's ``full`` kind) runs SDPA with ``is_causal`` (training / prefill) or
+without a mask (one decoding row): no plan, no mask read. Every other plan is computed once from the dense mask
+(torch ops, milliseconds) and cached per (start_pos, n, device).
 Where blocking would not save enough — the planned score count is above ``max_density`` of the dense one, or the
 sequence is shorter than ``min_len`` — the dense-mask SDPA runs instead, so the wrapper is never much slower than
 dense. With a ``key_padding_mask`` the dense path runs (DALL·E never passes one).
@@ -108,6 +110,8 @@ class BlockSparseMask:
         if block < 1:
             raise ValueError(f"block must be >= 1, got {block}")
         self.dense = dense
+        # a plain causal mask (DALL·E's ``full``): SDPA's own causal path beats any plan (no mask, half the blocks)
+        self.causal = bool(torch.equal(dense, torch.ones_like(dense).tril()))
         self.perm = perm
         self.block = int(block)
         self.max_density = float(max_density)
@@ -242,6 +246,8 @@ class BlockSparseMask:
         n, end = q.shape[2], k.shape[2]
         if end != start_pos + n:
             raise ValueError(f"keys cover {end} positions; expected start_pos + n = {start_pos + n}")
+        if key_padding_mask is None and self.causal and (start_pos == 0 or n == 1):
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=n > 1)
         if key_padding_mask is None:
             if n == 1:
                 if end >= self.min_len:

@@ -72,9 +72,17 @@ def dalle_mask(kind: str, text_len: int, h: int, w: int, conv_kernel: int = 11, 
 
 def layer_pattern(n_layers: int, kind: str = "paper") -> list[str]:
     """Per-layer mask kinds. ``paper``: with 1-based layer index i, ``column`` where (i - 2) % 4 == 0, ``row``
-    otherwise, and ``conv`` in the last layer. ``full``/``row``/``column``/``conv``: that kind in every layer."""
+    otherwise, and ``conv`` in the last layer. ``full``/``row``/``column``/``conv``: that kind in every layer.
+    A comma-separated list of kinds (e.g. ``full,row,column,conv``) is cycled over the layers (the way
+    lucidrains/DALLE-pytorch's ``attn_types`` are)."""
+    if "," in kind:
+        cycle = [k.strip() for k in kind.split(",")]
+        bad = [k for k in cycle if k not in MASK_KINDS]
+        if bad:
+            raise ValueError(f"unknown mask kind(s) {bad} in layer pattern {kind!r}; valid kinds: {MASK_KINDS}")
+        return [cycle[i % len(cycle)] for i in range(n_layers)]
     if kind not in PATTERNS:
-        raise ValueError(f"unknown layer pattern {kind!r}; valid: {PATTERNS}")
+        raise ValueError(f"unknown layer pattern {kind!r}; valid: {PATTERNS} or a comma-separated list of kinds")
     if kind != "paper":
         return [kind] * n_layers
     kinds = ["column" if (i - 2) % 4 == 0 else "row" for i in range(1, n_layers + 1)]

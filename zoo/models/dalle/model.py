@@ -33,7 +33,13 @@ probability on an image token or vice versa (equivalent to one joint head with -
 
 Loss: cross-entropy on text and image predictions, ``loss = w * text_loss + (1 - w) * image_loss`` with
 w = ``loss_text_weight`` (paper: 1/8 text, 7/8 image). Text targets that are pads are included by default
-(``text_loss_on_pad``), as the paper's fixed 256-token text stream is.
+(``text_loss_on_pad``), as the paper's fixed 256-token text stream is. Each head's cross-entropy goes through
+``head_cross_entropy`` (no log-probability tensors; the logits' memory becomes their gradient): with a 49k-word BPE
+vocabulary that is most of a training step's non-matmul time.
+
+Speed paths with the same results (up to float rounding): ``full`` layers pass no mask (the stream's full mask is
+the causal mask), so the stack's causal attention runs; decoding's prefill computes each distinct prefix once
+(guidance's null captions) and the last block only for the last position (``Transformer(..., last_only=True)``).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ import torch.nn.functional as F
 from zoo.nn.block_sparse import BlockSparseMask, column_major_perm
 from zoo.nn.image_tokenizer import find_image_tokenizer
 from zoo.nn.sparse_masks import dalle_mask, layer_pattern
-from zoo.nn.transformer import KVCache, Transformer, gpt2_init_
+from zoo.nn.transformer import KVCache, Transformer, decode_linear, gpt2_init_
 
 BLOCK_SPARSE_MIN_LEN = 256  # shorter streams attend densely (measured in bench/bench_sparse_attention.py)
 PAPER_PARAMS = 12_292_808_448  # measured: sum(p.numel()) of DalleTransformer(PRESETS["paper"]) on the meta device
@@ -60,7 +66,76 @@ __all__ = [
     "image_tokenizer_spec",
     "image_tokenizer_from_spec",
     "PAPER_PARAMS",
+    "head_cross_entropy",
 ]
+
+
+# ---------------------------------------------------------------------------------------------- the loss
+_CE_CHUNK = 1 << 18  # logits per chunk of rows in the softmax passes (1 MB in fp32: the rows stay in cache)
+
+
+def _ce_rows(logits: torch.Tensor) -> int:
+    """Rows per pass: on the CPU a cache-sized chunk per thread (the row ops split rows over threads, so fewer rows
+    than threads would leave threads idle); all rows at once elsewhere (one kernel launch)."""
+    if logits.device.type != "cpu":
+        return max(1, logits.shape[0])
+    return max(1, _CE_CHUNK // max(1, logits.shape[1])) * torch.get_num_threads()
+
+
+class _HeadCrossEntropy(torch.autograd.Function):
+    """``F.cross_entropy(F.linear(h, weight), target, ignore_index)`` (mean over the kept rows) without the
+    log-probability tensors. Forward: the logits (kept, in >= fp32) and their per-row logsumexp, a few rows at a
+    time. Backward: the logits are turned IN PLACE into the gradient ``(softmax - onehot) * grad / n_kept``, a few
+    rows at a time while they are in cache, then the two matmuls of a linear layer's backward (in the forward's
+    matmul dtype: bf16 under autocast). Autograd's version would allocate, fill and read three more (N, V) tensors
+    (log-probabilities, their zero-filled gradient, the logits' gradient); for a 49k-word text head that is most of
+    the non-matmul time of a training step. The logits never leave this function, so reusing them is safe (a second
+    backward through the same graph is refused by autograd's version check)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, target, ignore_index: int):
+        logits = F.linear(h, weight)  # (N, V), under autocast in its dtype
+        mm_dtype = logits.dtype
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        n = logits.shape[0]
+        rows = _ce_rows(logits)
+        lse = torch.empty(n, dtype=logits.dtype, device=logits.device)
+        for i in range(0, n, rows):
+            torch.logsumexp(logits[i : i + rows], -1, out=lse[i : i + rows])
+        keep = target != ignore_index
+        tgt = torch.where(keep, target, torch.zeros_like(target))
+        picked = logits.gather(1, tgt[:, None]).squeeze(1)
+        n_kept = keep.sum()
+        ctx.save_for_backward(h, weight, logits, lse, tgt, keep, n_kept)
+        ctx.mm_dtype = mm_dtype
+        return torch.where(keep, lse - picked, torch.zeros_like(lse)).sum() / n_kept
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, weight, g, lse, tgt, keep, n_kept = ctx.saved_tensors
+        scale = torch.where(keep, grad / n_kept, torch.zeros_like(lse))  # (N,)
+        n = g.shape[0]
+        rows = _ce_rows(g)
+        for i in range(0, n, rows):  # softmax * scale, in place
+            g[i : i + rows].sub_(lse[i : i + rows, None]).exp_().mul_(scale[i : i + rows, None])
+        g.index_put_((torch.arange(n, device=g.device), tgt), -scale, accumulate=True)  # - onehot * scale
+        gm = g.to(ctx.mm_dtype)
+        grad_h = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_h = (gm @ weight.to(ctx.mm_dtype)).to(h.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = (gm.t() @ h.to(ctx.mm_dtype)).to(weight.dtype)
+        return grad_h, grad_w, None, None
+
+
+def head_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, ignore_index: int = -100
+) -> torch.Tensor:
+    """Mean cross-entropy of the bias-free head ``h (N, d) @ weight (V, d).T`` against ``target`` (N,) (rows whose
+    target is ``ignore_index`` excluded), equal to ``F.cross_entropy(F.linear(h, weight), target,
+    ignore_index=ignore_index)`` up to float rounding, with the softmax in >= fp32; see ``_HeadCrossEntropy``."""
+    return _HeadCrossEntropy.apply(h, weight, target, ignore_index)
 
 
 # ---------------------------------------------------------------------------------------------- the network
@@ -194,13 +269,15 @@ class DalleTransformer(nn.Module):
         return KVCache(batch, c.n_layers, c.n_heads, c.seq_len, c.head_dim, dtype or p.dtype, device or p.device)
 
     def attention_masks(self) -> list:
-        """Per-layer masks for the transformer: the dense buffers (``attn_impl=dense``), or ``BlockSparseMask``
-        wrappers of them (``block_sparse``): query blocks of whole grid lines (about 64 tokens), column layers in
-        column-major image order so that a column's keys are contiguous. Rebuilt when a buffer moves device."""
+        """Per-layer masks for the transformer: ``None`` for ``full`` layers (the stream's full mask IS the causal
+        mask: text before image, text never sees image, so the stack's own causal attention runs, without reading a
+        mask), the dense buffers (``attn_impl=dense``), or ``BlockSparseMask`` wrappers of them (``block_sparse``):
+        query blocks of whole grid lines (about 64 tokens), column layers in column-major image order so that a
+        column's keys are contiguous. Rebuilt when a buffer moves device."""
         if self.cfg.attn_impl != "block_sparse":
-            return self.layer_masks()
-        c, out = self.cfg, {}
-        for kind in set(self.layer_kinds):
+            return [None if k == "full" else m for k, m in zip(self.layer_kinds, self.layer_masks(), strict=True)]
+        c, out = self.cfg, {"full": None}
+        for kind in set(self.layer_kinds) - {"full"}:
             buf = getattr(self, f"mask_{kind}")
             hit = self._block_sparse.get(kind)
             if hit is None or hit[0] is not buf:
@@ -213,25 +290,32 @@ class DalleTransformer(nn.Module):
             out[kind] = hit[1]
         return [out[k] for k in self.layer_kinds]
 
-    def hidden(self, x_emb: torch.Tensor, cache: Optional[KVCache] = None, start_pos: int = 0) -> torch.Tensor:
-        return self.transformer(x_emb, self.attention_masks(), cache, start_pos)
+    def hidden(
+        self, x_emb: torch.Tensor, cache: Optional[KVCache] = None, start_pos: int = 0, last_only: bool = False
+    ) -> torch.Tensor:
+        return self.transformer(x_emb, self.attention_masks(), cache, start_pos, last_only=last_only)
 
     # -- training
     def forward(self, text: torch.Tensor, image: torch.Tensor):
         """text (B, T), image (B, h, w) or (B, N) -> (text_logits (B, T-1, text_vocab), image_logits (B, N,
         image_vocab)); text_logits[:, i] predicts text[:, i+1], image_logits[:, p] predicts image token p."""
-        image = image.flatten(1)
+        h_text, h_image = self._training_hidden(text, image.flatten(1))
+        return self.text_head(h_text), self.image_head(h_image)
+
+    def _training_hidden(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states of the text positions 0 .. T-2 (B, T-1, d) and image positions T-1 .. (B, N, d)."""
         h = self.hidden(self.embed(text, image[:, :-1]))  # (B, T + N - 1, d)
         t = self.cfg.text_len
-        return self.text_head(h[:, : t - 1]), self.image_head(h[:, t - 1 :])
+        return h[:, : t - 1], h[:, t - 1 :]
 
     def loss(self, text: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Cross-entropy of both heads, each through ``head_cross_entropy`` (the logits are never returned, so their
+        memory is reused for the gradient; same value and gradients as ``F.cross_entropy`` on ``forward``'s logits)."""
         image = image.flatten(1)
-        text_logits, image_logits = self(text, image)
+        h_text, h_image = self._training_hidden(text, image)
         ignore = -100 if self.cfg.text_loss_on_pad else self.cfg.pad_id
-        up = lambda x: x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # CE in >= fp32
-        text_loss = F.cross_entropy(up(text_logits).flatten(0, 1), text[:, 1:].flatten(), ignore_index=ignore)
-        image_loss = F.cross_entropy(up(image_logits).flatten(0, 1), image.flatten())
+        text_loss = head_cross_entropy(h_text.flatten(0, 1), self.text_head.weight, text[:, 1:].flatten(), ignore)
+        image_loss = head_cross_entropy(h_image.flatten(0, 1), self.image_head.weight, image.flatten())
         w = self.cfg.loss_text_weight
         return {"loss": w * text_loss + (1 - w) * image_loss, "text_loss": text_loss, "image_loss": image_loss}
 
@@ -247,8 +331,20 @@ class DalleTransformer(nn.Module):
         """Image logits (B, image_vocab) predicted at the LAST of the given positions. Uncached: pass the whole
         prefix (text, image[:, :p]) -> distribution of image token p. Cached: pass only the new positions with
         start_pos (= T + image_start for image-only chunks)."""
-        h = self.hidden(self.embed(text, image, image_start), cache, start_pos)
-        return self.image_head(h[:, -1])
+        if cache is not None and start_pos == 0 and text is not None and text.shape[0] > 1:
+            prefix = text if image is None else torch.cat([text, image], 1)
+            uniq, inverse = torch.unique(prefix, dim=0, return_inverse=True)
+            if uniq.shape[0] < prefix.shape[0]:  # e.g. guidance's null captions: prefill each distinct one once
+                t = self.cfg.text_len
+                c = cache
+                small = KVCache(
+                    uniq.shape[0], c.n_layers, c.n_heads, prefix.shape[1], c.head_dim, c.k.dtype, c.k.device
+                )
+                h = self.hidden(self.embed(uniq[:, :t], uniq[:, t:], image_start), small, 0, last_only=True)
+                cache.copy_rows(small, inverse)
+                return decode_linear(h[:, -1], self.image_head)[inverse]
+        h = self.hidden(self.embed(text, image, image_start), cache, start_pos, last_only=True)
+        return decode_linear(h[:, -1], self.image_head)
 
 
 # ------------------------------------------------------------------------------------------ image tokenizer

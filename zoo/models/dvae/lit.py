@@ -2,7 +2,8 @@
 
 loss = NLL_recon + beta * KL(q(z|x) || uniform), both per pixel x channel (the paper normalises the ELB this way):
 - q(z|x): the encoder's categorical over ``vocab_size`` codes at every grid cell; the decoder sees a Gumbel-softmax
-  relaxed sample with temperature tau (annealed 1 -> 1/16), the KL uses the categorical logits directly;
+  relaxed sample with temperature tau (annealed 1 -> 1/16; ``gumbel_softmax``: F.gumbel_softmax's distribution
+  from one float32 uniform draw, ~3x faster), the KL uses the categorical logits directly;
 - NLL_recon: logit-Laplace (paper) on pixels mapped to (eps, 1-eps), eps = 0.1, or MSE (``recon_loss=mse``);
 - beta ramps 0 -> 6.6 (paper: over the first 5k updates; tau over 150k) on configurable step schedules.
 Validation uses the tokens stage 2 will see: argmax codes, no noise.
@@ -25,10 +26,36 @@ from zoo.nn.image_tokenizer import psnr_from_mse
 from zoo.nn.likelihoods import LOGIT_LAPLACE_EPS, logit_laplace_nll, map_pixels
 
 
+def gumbel_softmax(
+    logits: torch.Tensor, tau: float, dim: int = 1, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """The relaxed one-hot sample softmax((logits + g) / tau), g ~ Gumbel(0, 1) iid: ``F.gumbel_softmax(logits,
+    tau, hard=False, dim=dim)``'s distribution, ~3x faster on the CPU. The noise comes from ONE float32 uniform
+    draw u, in place: E = -log(1 - u) ~ Exp(1) (the inverse CDF, as ``exponential_`` builds it) and g = -log E;
+    F.gumbel_softmax calls ``exponential_()``, which on the CPU draws doubles (~5x the cost of the uniform). u = 0
+    (one draw in 2^24) counts as the middle of its bin, 2^-25, so that g stays finite. ``(logits + g) / tau`` is one
+    fused op, and the softmax runs along memory order: for channels_last (B, K, h, w) ``logits`` and dim 1 it is
+    taken over the last dim of the (B, h, w, K) view (torch's softmax over a strided dim is ~3x slower); the result
+    keeps the layout of ``logits``."""
+    if dim < 0:
+        dim += logits.dim()
+    x = logits
+    if logits.dim() == 4 and dim == 1 and logits.is_contiguous(memory_format=torch.channels_last):
+        x, dim = logits.permute(0, 2, 3, 1), 3  # contiguous (B, h, w, K)
+    u = torch.empty(x.shape, dtype=torch.float32, device=x.device).uniform_(generator=generator).clamp_(min=2.0**-25)
+    noise = u.neg_().log1p_().neg_().log_().mul_(-1.0 / tau)  # g / tau = -log(E) / tau, E = -log(1 - u)
+    y = torch.add(noise.to(x.dtype), x, alpha=1.0 / tau).softmax(dim)  # (logits + g) / tau
+    return y.permute(0, 3, 1, 2) if x is not logits else y
+
+
 def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(logits) || uniform) summed over codes, per grid cell: (B, K, h, w) -> (B, h, w)."""
-    logq = F.log_softmax(logits.float(), dim=1)
-    return (logq.exp() * logq).sum(1) + math.log(logits.shape[1])
+    """KL(softmax(logits) || uniform) summed over codes, per grid cell: (B, K, h, w) -> (B, h, w). For
+    channels_last logits the softmax runs over the last dim of the (B, h, w, K) view (along memory)."""
+    x, dim = logits.float(), 1
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        x, dim = x.permute(0, 2, 3, 1), 3
+    logq = F.log_softmax(x, dim=dim)
+    return (logq.exp() * logq).sum(dim) + math.log(logits.shape[1])
 
 
 class DVAELit(ImageTokenizerLit):
@@ -89,7 +116,7 @@ class DVAELit(ImageTokenizerLit):
     def forward_loss(self, images: torch.Tensor, step: Optional[int] = None) -> dict[str, torch.Tensor]:
         logits = self.dvae.logits(images)
         tau = self.temperature(step)
-        z = F.gumbel_softmax(logits.float(), tau=tau, hard=False, dim=1).to(logits.dtype)
+        z = gumbel_softmax(logits.float(), tau, dim=1).to(logits.dtype)
         out = self.dvae.decode_soft(z)
         recon = self.recon_nll(out, images)
         # KL summed over the grid, normalised by the number of pixel channels, as the recon term is.

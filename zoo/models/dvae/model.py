@@ -74,13 +74,13 @@ class _ResBlock(nn.Module):
         self.id_path = nn.Conv2d(n_in, n_out, 1) if n_in != n_out else nn.Identity()
         widths = (n_in, hid, hid, hid, n_out)
         layers = []
-        for i, k in enumerate(self.kernels):
-            layers += [nn.ReLU(), nn.Conv2d(widths[i], widths[i + 1], k, padding=k // 2)]
+        for i, k in enumerate(self.kernels):  # ReLUs after the first act in place on a conv output only they read
+            layers += [nn.ReLU(inplace=i > 0), nn.Conv2d(widths[i], widths[i + 1], k, padding=k // 2)]
         self.res_path = nn.Sequential(*layers)
         self.post_gain = post_gain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.id_path(x) + self.post_gain * self.res_path(x)
+        return torch.add(self.id_path(x), self.res_path(x), alpha=self.post_gain)  # one fused pass
 
 
 class EncoderBlock(_ResBlock):
