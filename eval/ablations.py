@@ -24,11 +24,19 @@ of CLIP-reranked candidates per caption.
   monotone in the reranking score by construction (Fig. 9(c): the paper draws 512 and keeps 1 of the top 32).
   Note: when the reranking CLIP is also the CLIP of ``clip_score``/``fd_clip`` (the default), the CLIP score rewards
   reranking directly; the judge's prompt fidelity and FID are the independent readings.
+- ``diversity_ablation``: k samples for each of the first n captions (candidate i under seed + i, the reranking
+  path), scored by the mean pairwise CLIP cosine distance (``eval.metrics.pairwise_cosine_distance``) and, with the
+  shapes judge, by the fraction of distinct scenes the judge reads. Fidelity alone rewards a generator that draws
+  one good image per caption every time (high guidance); this is the other side of that trade-off.
+
+``timing`` (a dict the caller passes) receives the seconds spent inside the generator's calls only, and the number
+of images they drew: sampling speed without the metrics' time.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import time
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -39,6 +47,7 @@ from eval.metrics import (
     compute_metrics,
     frechet_distance,
     inception_score,
+    pairwise_cosine_distance,
 )
 from zoo.data.degradations import blur_kernel_size, gaussian_blur
 from zoo.models.clip.scorer import clip_score_from_cos
@@ -264,6 +273,22 @@ def nested_best(scores: torch.Tensor, ns: Sequence[int]) -> dict[int, torch.Tens
     return out
 
 
+def _draw_candidates(cand, caps: list[str], n: int, timing: Optional[dict]) -> torch.Tensor:
+    """``cand.candidates(caps, n)`` checked to be (B, n, 3, H, W); its wall time and image count added to
+    ``timing`` (only the generator's call is timed: sampling speed without the metrics' time)."""
+    t = time.perf_counter()
+    x = cand.candidates(caps, n)  # (B, n, 3, H, W)
+    if timing is not None:
+        timing["seconds"] = timing.get("seconds", 0.0) + time.perf_counter() - t
+        timing["images"] = timing.get("images", 0) + len(caps) * n
+    if not torch.is_tensor(x) or x.dim() != 5 or tuple(x.shape[:2]) != (len(caps), n):
+        raise ValueError(
+            f"candidates({len(caps)} captions, {n}) returned shape "
+            f"{tuple(getattr(x, 'shape', ()))}, expected ({len(caps)}, {n}, 3, H, W)"
+        )
+    return x
+
+
 @torch.no_grad()
 def rerank_select(
     generator,
@@ -273,12 +298,14 @@ def rerank_select(
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = True,
+    timing: Optional[dict] = None,
 ) -> tuple[dict[int, ImageBank], dict[int, float]]:
     """Draw ``max(candidates)`` candidates per caption once; for each n keep the CLIP-best of the first n.
 
     ``generator`` is anything ``as_candidate_generator`` accepts; ``scorer`` has ``encode_image``/``encode_text``
     (L2-normalised; a ``ClipScorer``). Candidates are resized to the protocol's resolution before scoring.
     Returns the kept images per n (aligned with ``eval_set.captions``) and the mean cosine of the kept images.
+    ``timing``: a dict that receives ``seconds`` (inside the generator) and ``images`` (drawn).
     """
     ns = sorted({int(n) for n in candidates})
     if not ns or ns[0] < 1:
@@ -293,12 +320,7 @@ def rerank_select(
     ) as bar:
         for i in range(0, len(captions), batch_size):
             caps = captions[i : i + batch_size]
-            x = cand.candidates(caps, n_max)  # (B, n_max, 3, H, W)
-            if not torch.is_tensor(x) or x.dim() != 5 or tuple(x.shape[:2]) != (len(caps), n_max):
-                raise ValueError(
-                    f"candidates({len(caps)} captions, {n_max}) returned shape "
-                    f"{tuple(getattr(x, 'shape', ()))}, expected ({len(caps)}, {n_max}, 3, H, W)"
-                )
+            x = _draw_candidates(cand, caps, n_max, timing)  # (B, n_max, 3, H, W)
             flat = resize_for_eval(check_images(x.flatten(0, 1), what="candidates"), res)
             x = flat.view(len(caps), n_max, *flat.shape[1:])
             img = torch.as_tensor(scorer.encode_image(flat)).float().cpu().view(len(caps), n_max, -1)
@@ -322,17 +344,84 @@ def rerank_ablation(
     seed: int = 0,
     blur_radius: float = 0.0,
     progress: bool = True,
+    timing: Optional[dict] = None,
 ) -> tuple[list[dict[str, Any]], dict[int, ImageBank]]:
     """DALL·E Fig. 9(c): metrics of the CLIP-best of n candidates per caption, for each n in ``candidates``
     (``rerank_select``). Returns the rows ``{"candidates": n, "rerank_cos": mean cosine of the kept image,
-    <metrics>}`` and the kept images per n."""
-    banks, kept_cos = rerank_select(generator, eval_set, scorer, candidates, batch_size, seed, progress)
+    <metrics>}`` and the kept images per n. ``timing`` as ``rerank_select``'s."""
+    banks, kept_cos = rerank_select(generator, eval_set, scorer, candidates, batch_size, seed, progress, timing)
     out = []
     for n in track(sorted(banks), desc="rerank ablation metrics", disable=not progress):
         row = {"candidates": n, "rerank_cos": kept_cos[n]}
         row.update(suite.evaluate(banks[n], eval_set, blur_radius=blur_radius))
         out.append(row)
     return out, banks
+
+
+def scene_key(scene: dict[str, Any]) -> tuple:
+    """A hashable form of one judge reading (``ShapesJudge.read``): background plus the sorted objects, so two
+    images read as the same scene exactly when their keys are equal."""
+    objects = sorted(
+        (int(o["row"]), int(o["col"]), str(o["shape"]), str(o["colour"]), str(o["size"])) for o in scene["objects"]
+    )
+    return (str(scene["background"]), tuple(objects))
+
+
+def check_diversity(captions: int, samples: int, batch_size: int) -> None:
+    """A ValueError naming the fix for settings the diversity ablation cannot run (zoo-eval checks them before it
+    generates anything)."""
+    if int(samples) < 2:
+        raise ValueError(f"diversity needs at least 2 samples per caption, got {samples} (fix: diversity.samples=4)")
+    if int(captions) < 1 or int(batch_size) < 1:
+        raise ValueError(
+            f"diversity.captions and diversity.batch_size must be >= 1, got {captions} and {batch_size} "
+            f"(fix: diversity.captions=32 diversity.batch_size=8)"
+        )
+
+
+@torch.no_grad()
+def diversity_ablation(
+    generator,
+    eval_set: EvalSet,
+    scorer,
+    captions: int = 32,
+    samples: int = 4,
+    batch_size: int = 8,
+    seed: int = 0,
+    judge=None,
+    progress: bool = True,
+    timing: Optional[dict] = None,
+) -> dict[str, Any]:
+    """Sample diversity: ``samples`` images for each of the first ``captions`` captions (candidate i under
+    seed + i, as ``rerank_select`` draws them), resized to the protocol's resolution and embedded by ``scorer``.
+
+    Returns ``{"pairwise_clip_distance": mean over captions of the mean over pairs i < j of 1 - cos(e_i, e_j),
+    "captions": n, "samples": k, "judge_distinct": mean over captions of (distinct judge readings) / k, or None
+    without a judge}``. ``judge_distinct`` is 1/k when every sample of a caption is read as the same scene, 1
+    when all k are read differently. ``timing`` as ``rerank_select``'s.
+    """
+    check_diversity(captions, samples, batch_size)
+    n, k = min(int(captions), len(eval_set)), int(samples)
+    cand = as_candidate_generator(generator, seed)
+    caps_all, res = list(eval_set.captions)[:n], eval_set.resolution
+    embs: list[torch.Tensor] = []
+    distinct: list[float] = []
+    with track(total=n * k, desc=f"diversity: {k} samples/caption", unit="img", disable=not progress) as bar:
+        for i in range(0, n, int(batch_size)):
+            caps = caps_all[i : i + int(batch_size)]
+            x = _draw_candidates(cand, caps, k, timing)
+            flat = resize_for_eval(check_images(x.flatten(0, 1), what="candidates"), res)  # (B * k, 3, R, R)
+            embs.append(torch.as_tensor(scorer.encode_image(flat)).float().cpu().view(len(caps), k, -1))
+            if judge is not None:
+                keys = [scene_key(s) for s in judge.read(flat)]
+                distinct += [len(set(keys[b * k : (b + 1) * k])) / k for b in range(len(caps))]
+            bar.update(len(caps) * k)
+    return {
+        "pairwise_clip_distance": pairwise_cosine_distance(torch.cat(embs)),
+        "captions": n,
+        "samples": k,
+        "judge_distinct": sum(distinct) / len(distinct) if distinct else None,
+    }
 
 
 __all__ = [
@@ -345,8 +434,11 @@ __all__ = [
     "RERANK_CANDIDATES",
     "blur_ablation",
     "check_metrics",
+    "check_diversity",
     "check_radii",
+    "diversity_ablation",
     "nested_best",
     "rerank_ablation",
     "rerank_select",
+    "scene_key",
 ]

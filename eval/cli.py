@@ -5,11 +5,16 @@
     zoo-eval generator=dalle                    # zoo.pipelines.dalle.DallePipeline.from_checkpoints (via _target_)
     zoo-eval experiment=dalle1/fig9             # the whole Figure 9 table (conf/eval/experiment/dalle1/*)
     zoo-eval metrics=[fd_clip,clip_score,prompt_fidelity,is_judge] logger=none
+    zoo-eval ablations=[blur,diversity]         # + sample diversity (pairwise CLIP distance of k samples/caption)
+    zoo-eval experiment=leaderboard/glide       # one row of the model leaderboard (eval/leaderboard.py)
 
 Config: ``conf/eval/eval.yaml`` (groups ``protocol/``, ``logger/``, ``experiment/`` under ``conf/eval/``; the
 ``generator/``, ``paths/`` and ``hydra/`` groups are the top-level ones ``zoo-sample`` and ``zoo-train`` use). Output in the
 run directory: ``results.json``, ``results.md``, ``blur.png``, ``rerank.png``, ``samples.png`` and, with
 ``logger=wandb`` (default, offline), a W&B run with the tables (``wandb.Table``) and plots (``wandb.Image``).
+``results.json`` also holds the sampling speed (``sec_per_image``: seconds inside the generator's calls per image,
+``sampling`` per ablation), the CPU it was measured on (``cpu``) and what the generator's checkpoints' training runs
+recorded (``training``), for ``python -m eval.leaderboard``.
 
 ``metrics=auto`` (default) computes every metric whose network is on this machine and lists the others with the
 reason (no FID Inception weights offline, no CLIP checkpoint, no ground-truth attributes); naming a metric whose
@@ -33,8 +38,10 @@ from eval.ablations import (
     JUDGE_METRICS,
     MetricSuite,
     blur_ablation,
+    check_diversity,
     check_metrics,
     check_radii,
+    diversity_ablation,
     rerank_ablation,
     rerank_select,
 )
@@ -44,7 +51,7 @@ from zoo.config import entry_point, instantiate
 from zoo.errors import ConfigError, MissingWeightsError
 
 log = logging.getLogger("zoo.eval")
-ABLATIONS = ("blur", "rerank")
+ABLATIONS = ("blur", "rerank", "diversity")
 
 
 # ------------------------------------------------------------------------------------------------ building blocks
@@ -120,8 +127,11 @@ def _requested_metrics(cfg) -> tuple[tuple[str, ...], bool]:
     return check_metrics(list(m)), False
 
 
-def build_suite(cfg: DictConfig, eval_set: EvalSet, want_rerank: bool) -> tuple[MetricSuite, Any, dict[str, str]]:
-    """The MetricSuite for this run, the reranking CLIP (or None) and ``{metric: why skipped}``."""
+def build_suite(
+    cfg: DictConfig, eval_set: EvalSet, want_rerank: bool, want_diversity: bool = False
+) -> tuple[MetricSuite, Any, dict[str, str]]:
+    """The MetricSuite for this run, the CLIP of reranking and diversity (or None) and ``{metric or ablation: why
+    skipped}``."""
     from eval.features import INCEPTION_FILENAME, InceptionFeatures
     from eval.metrics import RealStatsCache
 
@@ -139,7 +149,7 @@ def build_suite(cfg: DictConfig, eval_set: EvalSet, want_rerank: bool) -> tuple[
             why = str(err).split(" Fix:")[0].strip()
             for m in INCEPTION_METRICS:
                 skipped[m] = f"{why} (fix: eval.inception_weights=/path/to/{INCEPTION_FILENAME})"
-    if set(wanted) & set(CLIP_METRICS) or want_rerank or int(cfg.blur.get("candidates", 1)) > 1:
+    if set(wanted) & set(CLIP_METRICS) or want_rerank or want_diversity or int(cfg.blur.get("candidates", 1)) > 1:
         try:
             clip, clip_id = build_clip(cfg.clip)
         except (ConfigError, MissingWeightsError) as err:
@@ -149,6 +159,8 @@ def build_suite(cfg: DictConfig, eval_set: EvalSet, want_rerank: bool) -> tuple[
                 skipped[m] = f"no CLIP: {err}"
             if want_rerank:
                 skipped["rerank"] = f"no CLIP: {err}"
+            if want_diversity:
+                skipped["diversity"] = f"no CLIP: {err}"
     if set(wanted) & set(JUDGE_METRICS):
         if eval_set.attributes is None:
             if not auto:
@@ -200,6 +212,40 @@ def _generator_info(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def _training_info(params: dict[str, Any]) -> dict[str, Any]:
+    """For each ``*_ckpt`` generator parameter naming a file of a zoo-train run (``<run>/checkpoints/x.ckpt``):
+    the run directory and what its ``metrics.json`` recorded about the training (step count, and ``cpu`` when the
+    run wrote one), so a leaderboard row says how much training it stands for."""
+    import json
+
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if not key.endswith("_ckpt") or not isinstance(value, str) or not Path(value).is_file():
+            continue
+        run_dir = Path(value).resolve().parent.parent
+        info: dict[str, Any] = {"checkpoint": value, "run_dir": str(run_dir)}
+        try:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        except (OSError, ValueError):  # no metrics.json (a converted or copied checkpoint): the path is all we know
+            metrics = {}
+        for k in ("global_step", "cpu", "train_minutes", "threads"):
+            if k in metrics:
+                info[k] = metrics[k]
+        out[key.removesuffix("_ckpt")] = info
+    return out
+
+
+def _sampling(timing: dict[str, Any], batch_size: int, what: str) -> dict[str, Any]:
+    images, seconds = int(timing.get("images", 0)), float(timing.get("seconds", 0.0))
+    return {
+        "images": images,
+        "seconds": seconds,
+        "sec_per_image": seconds / images if images else None,
+        "batch_size": batch_size,
+        "what": what,
+    }
+
+
 def _save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
     from torchvision.utils import save_image
 
@@ -220,7 +266,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ablations = [str(a) for a in (cfg.get("ablations") or [])]
     unknown = [a for a in ablations if a not in ABLATIONS]
     if unknown or not ablations:
-        raise ConfigError(f"unknown ablations {unknown}; choose from {list(ABLATIONS)} (fix: ablations=[blur,rerank])")
+        raise ConfigError(
+            f"unknown ablations {unknown}; choose from {list(ABLATIONS)} (fix: ablations=[blur,rerank] or "
+            f"ablations=[blur,diversity])"
+        )
+    if "diversity" in ablations:
+        check_diversity(cfg.diversity.captions, cfg.diversity.samples, cfg.diversity.batch_size)
     seed = int(cfg.get("seed", 0))
     torch.manual_seed(seed)  # anything random outside the generator's own seeding (e.g. a random-init test CLIP)
 
@@ -228,7 +279,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     eval_set = protocol.load(progress)
     radii = check_radii(list(cfg.blur.radii), eval_set.resolution) if "blur" in ablations else []
     generator = build_generator(cfg.generator, eval_set)
-    suite, clip, skipped = build_suite(cfg, eval_set, want_rerank="rerank" in ablations)
+    suite, clip, skipped = build_suite(
+        cfg, eval_set, want_rerank="rerank" in ablations, want_diversity="diversity" in ablations
+    )
     log.info(
         "protocol %s (%d captions at %d px); metrics %s; skipped %s",
         eval_set.name,
@@ -238,9 +291,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         sorted(skipped),
     )
 
+    from zoo.precision import describe_cpu
+
+    generator_info = _generator_info(cfg)
     results: dict[str, Any] = {
+        "task_name": cfg.get("task_name"),
         "protocol": eval_set.describe(),
-        "generator": _generator_info(cfg),
+        "generator": generator_info,
+        "training": _training_info(generator_info["params"]),
+        "cpu": describe_cpu(),  # the machine sec_per_image was measured on
         "metrics": list(suite.metrics),
         "clip": suite.clip_id if clip is not None else None,
         "skipped": skipped,
@@ -253,11 +312,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         },
         "seed": seed,
         "timing_s": {},
+        "sampling": {},  # per ablation: seconds inside the generator's calls and images drawn (metrics excluded)
         "notes": [],
     }
     banks: dict[int, Any] = {}
     if "rerank" in ablations and "rerank" not in skipped:
         t = time.perf_counter()
+        gen_time: dict[str, Any] = {}
         rows, banks = rerank_ablation(
             generator,
             eval_set,
@@ -268,6 +329,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             seed=seed,
             blur_radius=float(cfg.rerank.get("blur_radius", 0)),
             progress=progress,
+            timing=gen_time,
+        )
+        results["sampling"]["rerank"] = _sampling(
+            gen_time, int(cfg.rerank.batch_size), f"{max(banks)} candidates per caption, all drawn images counted"
         )
         results["rerank"] = rows
         results["timing_s"]["rerank"] = round(time.perf_counter() - t, 1)
@@ -285,20 +350,55 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if k in banks:  # the rerank ablation already kept these images (same seeds)
             fakes = banks[k]
         elif k == 1:  # candidate 0 under the seed: no CLIP needed
+            t_gen = time.perf_counter()  # generate_images is generation + a resize: no metric inside
             fakes = generate_images(
                 generator, eval_set.captions, int(cfg.batch_size), eval_set.resolution, seed, progress
             )
+            gen_time = {"seconds": time.perf_counter() - t_gen, "images": len(fakes)}
+            results["sampling"]["blur"] = _sampling(gen_time, int(cfg.batch_size), "1 image per caption")
         elif clip is None:
             raise ConfigError(
                 f"blur.candidates={k} reranks with CLIP, and there is none: {skipped.get('rerank')} "
                 f"(fix: blur.candidates=1, or give a CLIP)"
             )
         else:
-            fakes = rerank_select(generator, eval_set, clip, [k], int(cfg.rerank.batch_size), seed, progress)[0][k]
+            gen_time = {}
+            fakes = rerank_select(
+                generator, eval_set, clip, [k], int(cfg.rerank.batch_size), seed, progress, timing=gen_time
+            )[0][k]
+            results["sampling"]["blur"] = _sampling(
+                gen_time, int(cfg.rerank.batch_size), f"{k} candidates per caption, all drawn images counted"
+            )
         results["blur_candidates"] = k
         results["blur"] = blur_ablation(fakes, eval_set, suite, radii, progress)
         results["timing_s"]["blur"] = round(time.perf_counter() - t, 1)
         _save_grid(fakes.tensor()[:64], out_dir / "samples.png")
+    if "diversity" in ablations and "diversity" not in skipped:
+        t = time.perf_counter()
+        d, gen_time = cfg.diversity, {}
+        results["diversity"] = diversity_ablation(
+            generator,
+            eval_set,
+            clip,
+            captions=int(d.captions),
+            samples=int(d.samples),
+            batch_size=int(d.batch_size),
+            seed=seed,
+            judge=suite.judge,
+            progress=progress,
+            timing=gen_time,
+        )
+        results["sampling"]["diversity"] = _sampling(
+            gen_time, int(d.batch_size), f"{int(d.samples)} samples per caption"
+        )
+        results["timing_s"]["diversity"] = round(time.perf_counter() - t, 1)
+    # The headline speed: the blur ablation's own draw (what the blur rows score) when it drew, else the first
+    # ablation that did; each ablation's own number stays in results["sampling"].
+    for source in ("blur", "rerank", "diversity"):
+        if (results["sampling"].get(source) or {}).get("sec_per_image") is not None:
+            results["sec_per_image"] = results["sampling"][source]["sec_per_image"]
+            results["sec_per_image_from"] = source
+            break
     results["timing_s"]["total"] = round(time.perf_counter() - t_start, 1)
 
     paths = write_report(results, out_dir)

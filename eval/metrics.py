@@ -213,6 +213,32 @@ def fd_clip(
     return frechet_distance(fa, fb)
 
 
+# ----------------------------------------------------------------------------------------------- diversity
+def pairwise_cosine_distance(embeddings) -> float:
+    """Sample diversity: mean over groups of the mean over pairs i < j of ``1 - cos(e_i, e_j)``, for embeddings
+    (n, k, d) = k samples of each of n captions (``zoo-eval``'s diversity ablation, on CLIP image embeddings).
+
+    0 when every caption's samples embed identically, 1 for mutually orthogonal embeddings (up to 2 for opposite
+    ones). Rows are L2-normalised here, so unnormalised features give the same number as their unit rows. Each
+    caption weighs the same whatever its samples; float64 so that identical samples read 0, not -1e-7.
+    """
+    e = torch.as_tensor(embeddings)
+    if e.dim() != 3 or e.shape[0] < 1 or e.shape[1] < 2 or e.shape[2] < 1:
+        raise ValueError(
+            f"embeddings must be (captions, samples >= 2, dim), got {tuple(e.shape)} "
+            f"(a distance needs at least two samples per caption)"
+        )
+    e = e.double()
+    norms = e.norm(dim=-1)
+    if not torch.isfinite(e).all() or (norms == 0).any():
+        raise ValueError("embeddings hold a zero or non-finite row: its cosine is undefined")
+    e = e / norms.unsqueeze(-1)
+    k = e.shape[1]
+    i, j = torch.triu_indices(k, k, offset=1)
+    dist = 1.0 - (e[:, i] * e[:, j]).sum(-1)  # (n, k(k-1)/2): one distance per unordered pair
+    return float(dist.mean(1).mean())
+
+
 # ----------------------------------------------------------------------------------------------- real-stats cache
 @dataclass(frozen=True)
 class RealStatsKey:
@@ -391,4 +417,5 @@ __all__ = [
     "frechet_distance_from_statistics",
     "inception_score",
     "kid",
+    "pairwise_cosine_distance",
 ]

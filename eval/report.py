@@ -1,6 +1,7 @@
 """Reports of an evaluation: ``results.json`` (everything), ``results.md`` (tables in the paper's layout: one row
-per blur radius / number of candidates, one column per metric), PNG plots (metric vs blur radius, metric vs
-candidates; matplotlib's Agg backend, no display needed), and the same tables and plots logged to W&B.
+per blur radius / number of candidates, one column per metric; the sample diversity; the sampling time), PNG plots
+(metric vs blur radius, metric vs candidates; matplotlib's Agg backend, no display needed), and the same tables and
+plots logged to W&B.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "attribute_accuracy": ("attribute accuracy ↑", "{:.1%}"),
     "is_judge": ("IS (judge) ↑", "{:.2f}"),
     "rerank_cos": ("kept cos (reranker)", "{:.4f}"),
+    # the diversity ablation and the sampling time (one value per run: the leaderboard's columns)
+    "pairwise_clip_distance": ("pairwise CLIP distance ↑", "{:.4f}"),
+    "judge_distinct": ("distinct judge readings ↑", "{:.1%}"),
+    "sec_per_image": ("s / image ↓", "{:.4g}"),
 }
+DIVERSITY = ("pairwise_clip_distance", "judge_distinct")
 STD = {"kid": "kid_std", "is": "is_std", "is_judge": "is_judge_std"}
 ABLATIONS = {  # results key -> (title, x column, x header, log2 x axis)
     "blur": ("Metrics vs Gaussian blur radius (DALL·E Fig. 9a)", "radius", "blur radius (σ, px)", False),
@@ -83,6 +89,46 @@ def markdown_report(results: dict[str, Any]) -> str:
             if key == "blur" and results.get("blur_candidates", 1) > 1:
                 out += [f"Images: the CLIP-best of {results['blur_candidates']} candidates per caption.", ""]
             out += [markdown_table(rows, x, x_header)]
+    div = results.get("diversity")
+    if div:
+        out += ["", "## Sample diversity", ""]
+        out += [
+            f"{div.get('samples')} samples for each of the first {div.get('captions')} captions (candidate i under "
+            f"seed + i). Pairwise CLIP distance: mean over captions of the mean over pairs of 1 - cos of the images' "
+            f"CLIP embeddings (0: identical samples)."
+            + (
+                f" Distinct judge readings: mean over captions of the fraction of its samples the shapes judge reads "
+                f"as different scenes (1/{div.get('samples')}: all the same)."
+                if div.get("judge_distinct") is not None
+                else " (No shapes judge in this run: no distinct-readings column.)"
+            ),
+            "",
+            "| captions | samples / caption | " + " | ".join(COLUMNS[c][0] for c in DIVERSITY) + " |",
+            "|---:|---:|" + "---:|" * len(DIVERSITY),
+            f"| {div.get('captions')} | {div.get('samples')} | " + " | ".join(_fmt(div, c) for c in DIVERSITY) + " |",
+        ]
+    sampling = results.get("sampling") or {}
+    if any(s.get("images") for s in sampling.values()):
+        out += ["", "## Sampling time", ""]
+        out += [
+            "Seconds inside the generator's calls (metrics excluded) per image drawn"
+            + (f", on {results['cpu']}" if results.get("cpu") else "")
+            + (
+                f"; the run's headline sec_per_image is the {results['sec_per_image_from']} draw"
+                if results.get("sec_per_image_from")
+                else ""
+            )
+            + ".",
+            "",
+            "| ablation | images | seconds | s / image ↓ | batch size | drawn |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for name, s in sampling.items():
+            spi = s.get("sec_per_image")
+            out.append(
+                f"| {name} | {s.get('images')} | {s.get('seconds', 0):.2f} | "
+                f"{'–' if spi is None else f'{spi:.4g}'} | {s.get('batch_size')} | {s.get('what', '')} |"
+            )
     for note in results.get("notes", []):
         out += ["", f"> {note}"]
     return "\n".join(out) + "\n"
@@ -158,6 +204,10 @@ def log_to_wandb(results: dict[str, Any], paths: dict[str, Path], init_kwargs: d
             run.log(payload)
         run.summary["protocol"] = results.get("protocol")
         run.summary["skipped"] = results.get("skipped")
+        if results.get("diversity"):
+            run.summary["diversity"] = results["diversity"]
+        if results.get("sec_per_image") is not None:
+            run.summary["sec_per_image"] = results["sec_per_image"]
         return str(Path(run.dir).parent)
     finally:
         run.finish()

@@ -164,20 +164,30 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
         ("dalle1/", "demo/dalle", "demo/full/dalle")
     ):  # builds on a stage-1 checkpoint; check its grid/vocab against a real one
         extra = [f"model.image_tokenizer_ckpt={_shapes_tokenizer_ckpt(tmp_path / 'tokenizer.ckpt')}"]
+    if experiment == "leaderboard/decoder":  # its CLIP is make demo's (absent here): embeddings from files instead
+        extra = ["model.clip_ckpt=null"]
     cfg = train_cfg(f"experiment={experiment}", "data.train_size=8", "data.val_size=8", "data.test_size=8", *extra)
     OmegaConf.to_container(cfg, resolve=True)
     net = instantiate(cfg.model)
-    if (experiment.startswith("unclip/") and "prior" in experiment) or experiment == "demo/prior":
+    if (experiment.startswith(("unclip/", "leaderboard/")) and "prior" in experiment) or experiment == "demo/prior":
         # priors train from zoo-embed files of its width
         c = net.cfg
         dim = getattr(c, "clip_dim", None) or getattr(c, "embed_dim")
         feats = _synthetic_embed_file(tmp_path / "features.pt", 8, dim, c.text_len)
         for split in ("train", "val", "test"):
             cfg.data.features[split] = str(feats)
-    if experiment == "demo/decoder":  # make demo passes model.clip_ckpt; here zoo-embed-format image embeddings
+    if experiment in (
+        "demo/decoder",
+        "leaderboard/decoder",
+    ):  # make demo passes model.clip_ckpt; here zoo-embed-format image embeddings
         feats = _synthetic_embed_file(tmp_path / "features.pt", 8, net.cfg.clip_dim, 16)
         for split in ("train", "val", "test"):
             cfg.data.features[split] = str(feats)
+    if experiment.startswith("unclip/upsampler_"):  # both upsampler rows train 10 minutes; they differ in corruption
+        assert cfg.callbacks.time_budget._target_ == "zoo.callbacks.TimeBudget"
+        assert cfg.callbacks.time_budget.minutes == 10 and cfg.trainer.max_time is None
+        assert net.cfg.image_size == 128 and net.cfg.scale == 4 and net.sample_steps == 27
+        assert net.cfg.corruption == ("bsr" if experiment.endswith("_bsr") else "blur")
     if experiment == "dalle3/prompt_upsampler":  # trains on zoo-recaption files (absent here)
         with pytest.raises(ConfigError, match="synthetic captions file not found"):
             check_compatibility(net, instantiate(cfg.data))
@@ -191,3 +201,61 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
                 check_compatibility(net, instantiate(cfg.data))
             return
     check_compatibility(net, instantiate(cfg.data))
+
+
+UNCLIP_EVAL = {  # conf/eval/experiment/unclip/<name>: (the swept key, its values, the generator)
+    "prior_ablation": ("generator.prior", ["none", "text_emb", "diffusion"], "unclip"),
+    "ar_vs_diffusion": ("prior_run", ["demo/prior", "leaderboard/ar_prior"], "unclip"),
+    "decoder_guidance": ("generator.decoder_guidance_scale", [1, 1.25, 2, 3, 5], "unclip"),
+    "glide_guidance": ("generator.guidance_scale", [1, 1.25, 2, 3, 5], "glide"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNCLIP_EVAL))
+def test_unclip_eval_experiments_compose_and_sweep(tmp_path, name):
+    """zoo-eval -m experiment=unclip/<name> runs the whole table: its hydra.sweeper.params expand (as Hydra's
+    BasicSweeper does) to one job per row, each composing to the shapes protocol at 32 px with 256 captions, the
+    radius-0 blur row + diversity, and make demo's checkpoints (they need not exist to compose)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from tests.conftest import compose_cfg  # registered by pytest under this name (importlib mode)
+
+    assert (CONF / "eval" / "experiment" / "unclip" / f"{name}.yaml").is_file()
+    key, values, generator = UNCLIP_EVAL[name]
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="conf.eval", version_base="1.3"):
+        raw = compose("eval", overrides=[f"experiment=unclip/{name}"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    params = dict(raw.hydra.sweeper.params)
+    assert list(params) == [key]
+    (override,) = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    assert override.is_sweep_override() and list(override.sweep_iterator()) == values
+    # the sweep dir is the log dir's eval/unclip/<name>, resolvable before any job (no ${hydra:runtime.cwd})
+    sweep = OmegaConf.to_container(raw.hydra.sweep, resolve=False)
+    assert sweep["dir"].endswith(f"/logs}}/eval/unclip/{name}")
+    assert "hydra:" not in sweep["dir"] and "paths." not in sweep["dir"]
+    assert sweep["subdir"] == "${hydra.job.num}"  # numbered job dirs: what eval.leaderboard reads as one multirun
+
+    for value in values:
+        cfg = compose_cfg(tmp_path, [f"experiment=unclip/{name}", f"{key}={value}"], module="conf.eval", name="eval")
+        OmegaConf.to_container(cfg, resolve=True)
+        logs = tmp_path / "logs"
+        assert cfg.protocol._target_ == "eval.shapes_protocol.ShapesProtocol"
+        assert cfg.protocol.n == 256 and cfg.protocol.resolution == 32
+        assert list(cfg.ablations) == ["blur", "diversity"] and list(cfg.blur.radii) == [0]
+        assert cfg.clip.checkpoint == str(logs / "demo/clip/checkpoints/last.ckpt")
+        assert OmegaConf.select(cfg, key) == value
+        g = cfg.generator
+        if generator == "glide":
+            assert g._target_ == "zoo.pipelines.glide.GlidePipeline.from_checkpoints"
+            assert g.glide_ckpt == str(logs / "leaderboard/glide/checkpoints/last.ckpt") and g.steps == 25
+            continue
+        assert g._target_ == "zoo.pipelines.unclip.UnclipPipeline.from_checkpoints"
+        assert g.decoder_ckpt == str(logs / "demo/decoder/checkpoints/last.ckpt")
+        assert g.clip_ckpt == str(logs / "demo/clip/checkpoints/last.ckpt") and g.decoder_steps == 25
+        prior = value if name == "ar_vs_diffusion" else "demo/prior"
+        assert g.prior_ckpt == str(logs / prior / "checkpoints/last.ckpt")
+        if name in ("prior_ablation", "ar_vs_diffusion"):
+            assert g.decoder_guidance_scale == 1.25  # the paper's FID setting

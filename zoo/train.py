@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -164,7 +165,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             from lightning.pytorch.utilities.exceptions import SIGTERMException
 
             try:
+                t_fit = time.perf_counter()
                 trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+                fit_minutes = (time.perf_counter() - t_fit) / 60.0
             except SIGTERMException:
                 # Lightning raises SystemExit() (status 0) on SIGTERM after the on-exception checkpoint is saved.
                 # A scheduler or a shell script must see that the job did not finish: exit 128 + SIGTERM.
@@ -185,6 +188,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics.update(trainer.callback_metrics)
         metrics = _plain_metrics(metrics)
         metrics["global_step"] = trainer.global_step
+        # What the training cost and where (zoo-eval's leaderboard reports it beside each row): wall minutes of
+        # this fit (a resumed run counts only its last leg), the threads it ran on and the CPU's capability.
+        if cfg.get("train", True):
+            from zoo.precision import describe_cpu
+
+            metrics["train_minutes"] = round(fit_minutes, 2)
+            metrics["threads"] = torch.get_num_threads()
+            metrics["cpu"] = describe_cpu()
         if trainer.is_global_zero:
             (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
             log.info("metrics written to %s", out_dir / "metrics.json")

@@ -65,12 +65,18 @@ def test_zoo_eval_writes_results_tables_plots_and_wandb(tmp_path):
     # reranking by the same CLIP cannot lower the kept cosine
     cos = [r["rerank_cos"] for r in saved["rerank"]]
     assert cos == sorted(cos)
+    # sampling time: rerank drew 4 candidates for each of the 16 captions; blur reused its n=1 images (no draw)
+    assert saved["sampling"]["rerank"]["images"] == 16 * 4 and "blur" not in saved["sampling"]
+    assert saved["sec_per_image_from"] == "rerank"
+    assert saved["sec_per_image"] == pytest.approx(saved["sampling"]["rerank"]["seconds"] / 64, rel=1e-2, abs=1e-5)
+    assert saved["cpu"].startswith("cpu: ")
     md = (run / "results.md").read_text()
     assert (
         "| blur radius (σ, px) | FD_CLIP ↓ | CLIP score ↑ | prompt fidelity ↑ | attribute accuracy ↑ | IS (judge) ↑ |"
     ) in md
     assert "| candidates |" in md and "skipped **fid, kid, is**" in md
-    assert md.count("\n| ") == (1 + 5) + (1 + 3)  # header + one line per radius / per n
+    # header + one line per radius / per n, and the sampling-time table (header + the rerank draw)
+    assert md.count("\n| ") == (1 + 5) + (1 + 3) + (1 + 1)
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and results["wandb_dir"]
     media = offline[0] / "files" / "media"
@@ -107,6 +113,51 @@ def test_blur_rows_can_score_reranked_images(tmp_path):
     )
     assert [r["fd_clip"] for r in alone["blur"][:2]] == pytest.approx([r["fd_clip"] for r in both["blur"]])
     assert "CLIP-best of 4 candidates" in (tmp_path / "alone" / "run" / "results.md").read_text()
+
+
+def test_diversity_ablation_and_sampling_time_through_the_cli(tmp_path):
+    """ablations=[blur,diversity]: identical candidates (mismatch=0: each caption's own scene whatever the seed) are
+    distance 0 and one judge reading in three; swapped scenes (mismatch=1) are apart. The blur row's own draw is
+    timed and shown in results.md."""
+    from eval.cli import evaluate
+
+    div = ["ablations=[blur,diversity]", "blur.radii=[0]", "diversity.captions=6", "diversity.samples=3"]
+    same = evaluate(compose_eval_cfg(tmp_path, FAST + ["logger=none", "generator.mismatch=0", *div]))
+    d = same["diversity"]
+    assert (d["captions"], d["samples"]) == (6, 3)
+    assert abs(d["pairwise_clip_distance"]) < 1e-6 and d["judge_distinct"] == pytest.approx(1 / 3)
+    s = same["sampling"]
+    assert s["blur"]["images"] == 16 and s["diversity"]["images"] == 6 * 3 and "rerank" not in s
+    assert same["sec_per_image_from"] == "blur" and same["sec_per_image"] > 0
+    assert same["sec_per_image"] == pytest.approx(s["blur"]["seconds"] / 16, rel=1e-2, abs=1e-5)
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "## Sample diversity" in md and "| 6 | 3 | 0.0000 | 33.3% |" in md
+    assert "## Sampling time" in md and "| blur | 16 |" in md and "| diversity | 18 |" in md
+    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "generator.mismatch=1", *div])
+    cfg.paths.output_dir = str(tmp_path / "apart")  # same judge cache as above: trained once
+    apart = evaluate(cfg)
+    assert apart["diversity"]["pairwise_clip_distance"] > 1e-3
+    assert 1 / 3 <= apart["diversity"]["judge_distinct"] <= 1
+
+
+def test_diversity_is_skipped_with_the_reason_when_there_is_no_clip(tmp_path):
+    from eval.cli import evaluate
+
+    cfg = compose_eval_cfg(
+        tmp_path,
+        FAST
+        + [
+            "logger=none",
+            "ablations=[blur,diversity]",
+            "blur.radii=[0]",
+            "clip.arch=null",
+            "clip.checkpoint=/no/c.ckpt",
+        ],
+    )
+    res = evaluate(cfg)
+    assert "diversity" not in res and "fix: clip.checkpoint=" in res["skipped"]["diversity"]
+    assert res["metrics"] == ["prompt_fidelity", "attribute_accuracy", "is_judge"]  # the judge rows still run
+    assert "skipped **fd_clip, clip_score, diversity**" in (tmp_path / "run" / "results.md").read_text()
 
 
 def test_folder_generator_through_the_cli(tmp_path):
@@ -185,6 +236,7 @@ def test_unknown_generator_lists_the_options(tmp_path):
         (["protocol=coco"], r"fix: protocol.root=/path/to/coco"),
         (["metrics=[clip_score]", "clip.arch=null", "clip.checkpoint=/no/clip.ckpt"], r"fix: clip.checkpoint="),
         (["ablations=[blurr]"], r"ablations=\[blur,rerank\]"),
+        (["ablations=[blur,diversity]", "diversity.samples=1"], r"fix: diversity.samples=4"),
         (["blur.radii=[0,16]"], r"protocol.eval_resolution"),
         (["generator._target_=builtins.dict"], r"no generate\(captions\)"),
         (["generator._target_=zoo.no_such_module.Gen"], r"cannot build generator"),

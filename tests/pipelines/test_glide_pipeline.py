@@ -1,9 +1,12 @@
 """GlidePipeline: generate/candidates shapes and seeding, EMA weights by default, zoo-sample with a GLIDE checkpoint,
 inpainting (the inpainting model's 7-channel input carries the known pixels; known-region inpainting keeps them
-exactly), and a tiny inpainting GLIDE that learns.
+exactly), a tiny inpainting GLIDE that learns, CLIP guidance as a generator knob (noised_clip_ckpt +
+clip_guidance_scale: scale 0 is the unguided conditional sampler bit for bit, scale > 0 changes the samples, the
+config errors), and the experiments/glide zoo-eval configs (conf/eval/experiment/glide: every multirun job composes).
 
-Two tiny checkpoints are trained by zoo-train for 2-3 steps (once per module): a plain GLIDE with the EMA callback and
-an inpainting GLIDE (model=glide_inpaint)."""
+Three tiny checkpoints are trained by zoo-train for 2-3 steps (once per module): a plain GLIDE with the EMA callback,
+an inpainting GLIDE (model=glide_inpaint) and, for the CLIP-guidance tests, a noised CLIP (model=noised_clip) on the
+same BPE and resolution."""
 
 from __future__ import annotations
 
@@ -62,7 +65,7 @@ def ckpts(tmp_path_factory, train_helpers):
         "trainer.max_steps=3",
     )  # 2 EMA updates: average != weights
     inpaint = _train(train_helpers, base / "inpaint", "model=glide_inpaint")
-    return {"plain": plain, "inpaint": inpaint}
+    return {"plain": plain, "inpaint": inpaint, "base": base}
 
 
 def _pipe(ckpt, **kw) -> GlidePipeline:
@@ -207,3 +210,185 @@ def test_tiny_inpainting_glide_learns_a_fixed_batch(nn_helpers):
     batch = {"image": x0.contiguous(), "text_tokens": tok}
     start, end = nn_helpers.overfit(lit, batch)  # eval MSE on fixed timesteps / noise, before and after 40 steps
     assert end < 0.35 * start, (start, end)  # measured: 0.98 -> 0.19 in 40 steps
+
+
+# ----------------------------------------------------------------------------------------------- CLIP guidance
+@pytest.fixture(scope="module")
+def noised_clip_ckpt(ckpts, train_helpers):
+    """A tiny noised CLIP (2 zoo-train steps) on the plain GLIDE's BPE (the shared cache), resolution and process."""
+    from omegaconf import open_dict
+
+    from tests.conftest import compose_cfg  # registered by pytest under this name (importlib mode)
+    from zoo.train import train
+
+    T = train_helpers
+    root = ckpts["base"] / "noised_clip"
+    overrides = ["model=noised_clip", "model.preset=tiny", *T.SHAPES_BPE, f"data.resolution={RES}", *T.sizes()]
+    cfg = compose_cfg(root, [*overrides, *T.TWO_STEPS, "trainer.num_sanity_val_steps=0", "trainer.limit_val_batches=0"])
+    with open_dict(cfg):
+        cfg.paths.cache_dir = str(ckpts["base"] / "cache")
+    train(cfg)
+    return T.last_ckpt(cfg)
+
+
+def _clip_pipe(ckpts, noised_clip_ckpt, scale, **kw) -> GlidePipeline:
+    return GlidePipeline.from_checkpoints(
+        str(ckpts["plain"]), noised_clip_ckpt=str(noised_clip_ckpt), clip_guidance_scale=scale, steps=3, **kw
+    )
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_clip_guidance_scale_zero_is_the_conditional_sampler_and_scale_changes_samples(
+    ckpts, noised_clip_ckpt, sampler
+):
+    plain = _pipe(ckpts["plain"], guidance=1.0, sampler=sampler, seed=4)  # the conditional model, no CLIP
+    want = plain.candidates(CAPTIONS, 2)
+    off = _clip_pipe(ckpts, noised_clip_ckpt, 0.0, sampler=sampler, seed=4)  # guidance_scale unset: 1 under CLIP
+    assert off.clip_guided and off.noised_clip.cfg.image_size == RES
+    assert torch.equal(off.candidates(CAPTIONS, 2), want)  # bit for bit
+    assert torch.equal(off.generate(CAPTIONS), want[:, 0])
+    on = _clip_pipe(ckpts, noised_clip_ckpt, 500.0, sampler=sampler, seed=4)
+    guided = on.candidates(CAPTIONS, 2)
+    assert guided.shape == want.shape and torch.isfinite(guided).all()
+    assert not torch.equal(guided, want)
+    assert torch.equal(on.sample(CAPTIONS, n_keep=2)["images"], guided)  # sample() draws the same candidates
+    # an explicit classifier-free scale stacks underneath: at CLIP scale 0 it is the classifier-free sampler
+    cfg3 = _clip_pipe(ckpts, noised_clip_ckpt, 0.0, sampler=sampler, seed=4, guidance_scale=3.0)
+    assert torch.equal(
+        cfg3.generate(CAPTIONS), _pipe(ckpts["plain"], guidance=3.0, sampler=sampler, seed=4).generate(CAPTIONS)
+    )
+
+
+def test_clip_guidance_knob_errors_name_the_fix(ckpts, noised_clip_ckpt):
+    from zoo.errors import ConfigError
+    from zoo.models.noised_clip.lit import NoisedClipLit
+
+    with pytest.raises(ConfigError, match=r"only noised_clip_ckpt is set .*generator\.clip_guidance_scale="):
+        GlidePipeline.from_checkpoints(str(ckpts["plain"]), noised_clip_ckpt=str(noised_clip_ckpt))
+    with pytest.raises(ConfigError, match=r"only clip_guidance_scale is set .*generator\.noised_clip_ckpt="):
+        GlidePipeline.from_checkpoints(str(ckpts["plain"]), clip_guidance_scale=3.0)
+    with pytest.raises(ConfigError, match=r"ddim or ddpm.*generator\.sampler="):
+        _clip_pipe(ckpts, noised_clip_ckpt, 1.0, sampler="euler")
+    with pytest.raises(ConfigError, match="holds a glide checkpoint"):  # the registry's check, weights-only load
+        GlidePipeline.from_checkpoints(str(ckpts["plain"]), noised_clip_ckpt=str(ckpts["plain"]), clip_guidance_scale=1)
+    glide = _pipe(ckpts["plain"]).glide
+    torch.manual_seed(0)
+    wrong_size = NoisedClipLit(preset="tiny", net={"image_size": 2 * RES})
+    with pytest.raises(ConfigError, match=rf"takes {2 * RES} px, GLIDE samples {RES} px.*fix: "):
+        GlidePipeline(glide, noised_clip=wrong_size, clip_guidance_scale=1.0)
+    for other in ({"num_timesteps": 500}, {"schedule": "linear"}):
+        with pytest.raises(ConfigError, match=r"another diffusion process.*fix: .*model\.num_timesteps"):
+            GlidePipeline(glide, noised_clip=NoisedClipLit(preset="tiny", **other), clip_guidance_scale=1.0)
+    pipe = _clip_pipe(ckpts, noised_clip_ckpt, 1.0)
+    image = torch.zeros(1, 3, RES, RES)
+    with pytest.raises(ConfigError, match="classifier-free guidance only"):
+        pipe.inpaint(image, torch.ones(1, 1, RES, RES), CAPTIONS[:1])
+
+
+def test_noised_clip_checkpoint_is_loaded_weights_only(ckpts, tmp_path):
+    """A file holding more than tensors and containers is refused, not unpickled."""
+    import datetime
+
+    from zoo.checkpoint import UnsafeCheckpointError
+
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"zoo_component": "noised_clip", "when": datetime.datetime(2021, 12, 20)}, bad)
+    with pytest.raises(UnsafeCheckpointError, match="weights_only"):
+        GlidePipeline.from_checkpoints(str(ckpts["plain"]), noised_clip_ckpt=str(bad), clip_guidance_scale=1.0)
+
+
+# ------------------------------------------------------------------------------- experiments/glide zoo-eval configs
+GLIDE_EVAL = ["base", "guidance_sweep", "cfg_vs_clip", "steps"]
+
+
+def _eval_hydra_cfg(*overrides: str):
+    """conf/eval/eval.yaml composed with its hydra node (the sweeper's params), as zoo-eval -m sees it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="conf.eval", version_base="1.3"):
+        return compose("eval", overrides=list(overrides), return_hydra_config=True)
+
+
+def _sweep_jobs(experiment: str) -> list[list[str]]:
+    """The overrides of every job of ``zoo-eval -m experiment=<experiment>`` (Hydra's basic sweeper's expansion)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = _eval_hydra_cfg(f"experiment={experiment}").hydra.sweeper.params or {}
+    overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    (batch,) = BasicSweeper.split_arguments(overrides, None)
+    return batch
+
+
+def _eval_cfg(tmp_path, *overrides: str):
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(tmp_path, list(overrides), module="conf.eval", name="eval")
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves (no checkpoint needs to exist)
+    return cfg
+
+
+@pytest.mark.parametrize("name", GLIDE_EVAL)
+def test_glide_eval_experiments_compose(tmp_path, name):
+    cfg = _eval_cfg(tmp_path, f"experiment=glide/{name}")
+    assert cfg.protocol._target_.endswith("ShapesProtocol") and cfg.protocol.resolution == 32
+    assert list(cfg.ablations) == ["blur", "diversity"] and list(cfg.blur.radii) == [0]
+    assert cfg.generator._target_ == "zoo.pipelines.glide.GlidePipeline.from_checkpoints"
+    assert cfg.generator.glide_ckpt == str(tmp_path / "logs/leaderboard/glide/checkpoints/last.ckpt")
+    if name != "base":
+        hydra_cfg = _eval_hydra_cfg(f"experiment=glide/{name}").hydra
+        assert hydra_cfg.sweep.dir.endswith(f"/eval/glide/{name}")
+
+
+def test_glide_eval_sweeps_expand_to_the_tables_rows(tmp_path):
+    """``zoo-eval -m experiment=glide/<table>`` alone runs every row: the sweeper's params expand to one job per row,
+    and each job composes to the row's knobs."""
+    from omegaconf import OmegaConf
+
+    def knobs(experiment: str, key: str) -> list:
+        out = []
+        for job in _sweep_jobs(experiment):
+            cfg = _eval_cfg(tmp_path, f"experiment={experiment}", *job)
+            out.append(OmegaConf.to_container(cfg, resolve=True)[key] if key == "protocol" else cfg.generator)
+        return out
+
+    gens = knobs("glide/guidance_sweep", "generator")
+    assert [g.guidance_scale for g in gens] == [1, 1.5, 2, 3, 5, 8]
+    assert {(g.sampler, g.steps, g.clip_guidance_scale, g.noised_clip_ckpt) for g in gens} == {("ddim", 25, None, None)}
+
+    gens = knobs("glide/cfg_vs_clip", "generator")
+    assert [g.clip_guidance_scale for g in gens] == [0, 3, 10, 30, 100, 300, 1000]
+    assert {(g.guidance_scale, g.sampler, g.steps) for g in gens} == {(1, "ddim", 25)}
+    assert gens[0].noised_clip_ckpt == str(tmp_path / "logs/glide/noised_clip/checkpoints/last.ckpt")
+
+    rows = []
+    for job in _sweep_jobs("glide/steps"):
+        cfg = _eval_cfg(tmp_path, "experiment=glide/steps", *job)
+        rows.append((cfg.generator.sampler, cfg.generator.steps, cfg.protocol.n, cfg.generator.guidance_scale))
+    assert rows == [
+        ("ddim", 10, 256, 3),
+        ("ddim", 25, 256, 3),
+        ("ddim", 50, 256, 3),
+        ("ddim", 250, 256, 3),
+        ("ddpm", 1000, 64, 3),
+        ("ddim", 50, 64, 3),
+    ]
+
+
+def test_cfg_vs_clip_config_builds_a_clip_guided_pipeline(tmp_path, ckpts, noised_clip_ckpt):
+    """The zoo-eval generator node of experiment=glide/cfg_vs_clip reaches the pipeline's CLIP-guidance knobs."""
+    from zoo.pipelines.base import build_generator
+
+    cfg = _eval_cfg(
+        tmp_path,
+        "experiment=glide/cfg_vs_clip",
+        f"generator.glide_ckpt={ckpts['plain']}",
+        f"generator.noised_clip_ckpt={noised_clip_ckpt}",
+        "generator.clip_guidance_scale=30",
+    )
+    pipe = build_generator(cfg.generator)
+    assert isinstance(pipe, GlidePipeline) and pipe.clip_guided
+    assert pipe.clip_guidance_scale == 30.0 and pipe.guidance_scale == 1 and (pipe.sampler, pipe.steps) == ("ddim", 25)
+    cfg = _eval_cfg(tmp_path, "experiment=glide/guidance_sweep", f"generator.glide_ckpt={ckpts['plain']}")
+    assert not build_generator(cfg.generator).clip_guided

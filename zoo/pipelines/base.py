@@ -258,13 +258,15 @@ def build_generator(node, what: str = "generator"):
         if str(key).endswith(("ckpt", "checkpoint")) and node[key] not in (None, ""):
             path = Path(str(node[key])).expanduser()
             if not path.is_file():
-                hint = (
-                    " -- train one with `make demo` (logs/demo/dalle) or zoo-train"
-                    if "dalle" in key
-                    else " -- e.g. `make demo`'s CLIP, or zoo-train experiment=clip/shapes"
-                    if "clip" in key
-                    else ""
-                )
+                hints = {  # the command that makes each kind of checkpoint (first matching key fragment)
+                    "dalle": "train one with `make demo` (logs/demo/dalle) or zoo-train",
+                    "noised_clip": "train one with zoo-train experiment=glide/noised_clip_shapes",
+                    "glide": "train one with zoo-train experiment=leaderboard/glide",
+                    "prior": "train one with `make demo` (logs/demo/prior) or zoo-train experiment=leaderboard/prior",
+                    "decoder": "train one with `make demo` (logs/demo/decoder) or zoo-train",
+                    "clip": "e.g. `make demo`'s CLIP, or zoo-train experiment=clip/shapes",
+                }
+                hint = next((f" -- {h}" for frag, h in hints.items() if frag in key), "")
                 raise ConfigError(
                     f"{what}.{key}: checkpoint not found: {path} (fix: {what}.{key}=/path/to/file.ckpt{hint})"
                 )

@@ -1,4 +1,5 @@
-"""GLIDE inference: captions -> classifier-free-guided diffusion samples (-> optional CLIP rerank); inpainting.
+"""GLIDE inference: captions -> classifier-free- or CLIP-guided diffusion samples (-> optional CLIP rerank);
+inpainting.
 
     pipe = GlidePipeline.from_checkpoints("logs/.../glide/checkpoints/last.ckpt", guidance_scale=3.0, steps=50)
     images = pipe.generate(["a large red circle at the top left"])          # (1, 3, H, W) in [-1, 1]
@@ -6,15 +7,19 @@
     out = pipe.sample(captions, n_candidates=16, n_keep=4)                    # CLIP-best 4 of 16 (with clip_ckpt)
     res = pipe.inpaint(image, mask, captions)                                 # mask 1 = known pixel
     res["images"], res["method"]   # "inpaint_model+known_region" | "inpaint_model" | "known_region"
+    clip_guided = GlidePipeline.from_checkpoints(glide_ckpt, noised_clip_ckpt="logs/.../noised_clip/.../last.ckpt",
+                                                 clip_guidance_scale=3.0, guidance_scale=1.0)   # GLIDE's CLIP guidance
 
 A ``zoo.pipelines.base`` generator (``generate``, ``candidates``, and ``sample`` as a ``RerankingGenerator``), built by
 ``conf/generator/glide.yaml`` for ``zoo-sample`` and ``zoo-eval``. Knobs (``zoo.pipelines.base`` naming):
 ``guidance_scale`` (classifier-free, with GLIDE's empty caption; 1 = the conditional model), ``steps`` (respaced
 sampling steps), ``sampler`` (``ddim`` | ``ddpm`` | a diffusers scheduler), ``eta`` (DDIM), ``n_candidates`` (drawn
-per caption when a CLIP reranks), ``n_keep`` (kept after reranking; ``sample``'s default), ``batch_size``, ``seed``.
+per caption when a CLIP reranks), ``n_keep`` (kept after reranking; ``sample``'s default), ``batch_size``, ``seed``,
+and ``noised_clip_ckpt`` + ``clip_guidance_scale`` (CLIP guidance, below).
 ``None`` for a sampling knob means the checkpoint's own default (``GlideLit`` hyper-parameters). Results are a pure
-function of (seed, captions, knobs): candidate i of every caption is ``GlideLit.generate(..., seed=seed + i)``, so it
-does not depend on how many candidates are drawn, and ``generate`` without a CLIP is candidate 0.
+function of (seed, captions, knobs): candidate i of every caption is ``GlideLit.generate(..., seed=seed + i)`` (with
+CLIP guidance ``clip_guided_generate(..., seed=seed + i)``), so it does not depend on how many candidates are drawn,
+and ``generate`` without a CLIP is candidate 0.
 
 EMA weights. ``conf/callbacks/ema.yaml`` is Lightning's ``EMAWeightAveraging`` (decay 0.999, updates from step 100).
 When it saves a checkpoint it **moves the raw weights to ``checkpoint["current_model_state"]`` and writes the EMA
@@ -24,6 +29,16 @@ therefore samples with the EMA by default (``use_ema=True``: ``state_dict``, wha
 loads) and with the raw weights for ``use_ema=False`` (``current_model_state``). A checkpoint saved before the EMA's
 first update (``n_averaged == 0``: its "average" is the initial weights) falls back to the raw weights with a
 warning. ``pipe.weights`` says which were loaded: ``"ema"``, ``"raw"`` or ``"raw (no EMA in checkpoint)"``.
+
+CLIP guidance (GLIDE §2.4, the alternative to classifier-free guidance). With ``noised_clip_ckpt`` (a zoo-train
+``model=noised_clip`` checkpoint: a CLIP whose image tower sees the noised x_t and the timestep, trained on the GLIDE's
+process and resolution, e.g. ``experiment=glide/noised_clip_shapes``) AND ``clip_guidance_scale`` s, ``candidates`` /
+``sample`` / ``generate`` draw with ``zoo.models.noised_clip.lit.clip_guided_generate``: every step's mean becomes
+μ + s · Σ · ∇_x (f(x_t, t) · g(c)) (``ddpm``; ``ddim`` shifts ε instead), over the conditional model:
+``guidance_scale`` unset means 1 here (GLIDE's CLIP-guidance setting; an explicit value > 1 stacks classifier-free
+guidance underneath). s = 0 is the unguided conditional sampler bit for bit. Only the ``ddim`` and ``ddpm`` samplers
+take a gradient; ``inpaint`` stays classifier-free. Giving one of the two knobs without the other, or a noised CLIP of
+another resolution or diffusion process, is a ``ConfigError`` naming the fix.
 
 Inpainting. With an inpainting checkpoint (``model=glide_inpaint``) the masked image and the mask are the model's
 extra input channels (GLIDE) and, with ``replace_known`` (default), the known pixels are also re-imposed after every
@@ -78,6 +93,21 @@ def load_glide(glide_ckpt: str, device: str = "cpu", use_ema: bool = True):
     return glide.to(device).eval(), weights
 
 
+def load_noised_clip(noised_clip_ckpt: str, device: str = "cpu"):
+    """A zoo-train noised-CLIP checkpoint (``model=noised_clip``) -> ``NoisedClipLit`` on ``device`` in eval mode
+    (``zoo.checkpoint.load_module``: a weights-only load, the class from the component registry)."""
+    from zoo.checkpoint import load_module
+    from zoo.models.noised_clip.lit import NoisedClipLit
+
+    clip = load_module(noised_clip_ckpt, map_location="cpu", expect=("noised_clip",))
+    if not isinstance(clip, NoisedClipLit):
+        raise ValueError(f"{noised_clip_ckpt} holds a {type(clip).__name__}, not a noised CLIP (model=noised_clip)")
+    return clip.to(device).eval()
+
+
+CLIP_GUIDANCE_SAMPLERS = ("ddim", "ddpm")  # zoo.diffusion.guidance.clip_guided_sample
+
+
 class GlidePipeline(ClipRerank):
     def __init__(
         self,
@@ -94,6 +124,8 @@ class GlidePipeline(ClipRerank):
         seed: int = 0,
         progress: Optional[bool] = None,
         weights: str = "as given",
+        noised_clip=None,
+        clip_guidance_scale: Optional[float] = None,
     ):
         self.glide = glide.eval()
         self.scorer = scorer
@@ -110,13 +142,56 @@ class GlidePipeline(ClipRerank):
         self.seed = int(seed)
         self.progress = progress  # None: a bar only when there is more than one candidate round
         self.weights = weights
+        self.noised_clip = noised_clip  # a NoisedClipLit: CLIP guidance (with clip_guidance_scale)
+        self.clip_guidance_scale = None if clip_guidance_scale is None else float(clip_guidance_scale)
+        self._check_clip_guidance()
+
+    def _check_clip_guidance(self) -> None:
+        from zoo.errors import ConfigError
+
+        if (self.noised_clip is None) != (self.clip_guidance_scale is None):
+            given, missing = (
+                ("noised_clip_ckpt", "clip_guidance_scale=3.0")
+                if self.clip_guidance_scale is None
+                else ("clip_guidance_scale", "noised_clip_ckpt=<zoo-train model=noised_clip last.ckpt>")
+            )
+            raise ConfigError(
+                f"CLIP guidance needs both generator.noised_clip_ckpt and generator.clip_guidance_scale; only "
+                f"{given} is set (fix: generator.{missing}, or generator.{given}=null for classifier-free guidance)"
+            )
+        if self.noised_clip is None:
+            return
+        from zoo.models.noised_clip.lit import check_guidance_pair
+
+        check_guidance_pair(self.glide, self.noised_clip, "generator.noised_clip_ckpt")
+        if self.clip_guidance_scale < 0:
+            raise ConfigError(f"clip_guidance_scale must be >= 0, got {self.clip_guidance_scale}")
+        sampler = self._clip_knobs()["sampler"]
+        if sampler not in CLIP_GUIDANCE_SAMPLERS:
+            raise ConfigError(
+                f"CLIP guidance runs the ddim or ddpm sampler, not {sampler!r} (fix: generator.sampler=ddpm, "
+                f"GLIDE's mean shift, or generator.sampler=ddim)"
+            )
+        self.noised_clip.eval()
+
+    @property
+    def clip_guided(self) -> bool:
+        """True when samples are drawn with CLIP guidance (``noised_clip`` and ``clip_guidance_scale`` set)."""
+        return self.noised_clip is not None
 
     @classmethod
     def from_checkpoints(
-        cls, glide_ckpt: Optional[str], clip_ckpt: Optional[str] = None, device: str = "cpu", use_ema: bool = True, **kw
+        cls,
+        glide_ckpt: Optional[str],
+        clip_ckpt: Optional[str] = None,
+        device: str = "cpu",
+        use_ema: bool = True,
+        noised_clip_ckpt: Optional[str] = None,
+        **kw,
     ) -> "GlidePipeline":
-        """A zoo-train GLIDE checkpoint (self-contained: its text tokenizer inside; EMA weights by default) and
-        optionally a zoo-train CLIP one for reranking ``n_candidates`` samples per caption."""
+        """A zoo-train GLIDE checkpoint (self-contained: its text tokenizer inside; EMA weights by default),
+        optionally a zoo-train CLIP one for reranking ``n_candidates`` samples per caption, and optionally a zoo-train
+        noised CLIP (``model=noised_clip``) for CLIP guidance (with ``clip_guidance_scale``)."""
         if not glide_ckpt:
             from zoo.errors import ConfigError
 
@@ -130,7 +205,8 @@ class GlidePipeline(ClipRerank):
             from zoo.models.clip.scorer import ClipScorer
 
             scorer = ClipScorer.from_lightning_checkpoint(str(clip_ckpt), device=device)
-        return cls(glide, scorer, weights=weights, **kw)
+        noised_clip = load_noised_clip(str(noised_clip_ckpt), device=device) if noised_clip_ckpt else None
+        return cls(glide, scorer, weights=weights, noised_clip=noised_clip, **kw)
 
     @property
     def is_inpainting_model(self) -> bool:
@@ -145,12 +221,34 @@ class GlidePipeline(ClipRerank):
             batch_size=self.batch_size,
         )
 
+    def _clip_knobs(self) -> dict[str, Any]:
+        """``clip_guided_generate``'s knobs: unset ones from the checkpoint, except ``guidance_scale`` (1: GLIDE's
+        CLIP guidance runs on the conditional model)."""
+        hp = self.glide.hparams
+        return dict(
+            guidance_scale=1.0 if self.guidance_scale is None else float(self.guidance_scale),
+            steps=self.steps,  # None: clip_guided_generate takes the checkpoint's sample_steps
+            sampler=str(hp.get("sampler", "ddim") if self.sampler is None else self.sampler),
+            eta=float(hp.get("eta", 0.0) if self.eta is None else self.eta),
+            batch_size=self.batch_size,
+        )
+
+    def _draw(self, captions: list[str], seed: int) -> torch.Tensor:
+        """One image per caption under ``seed``: (B, 3, H, W) in [-1, 1], classifier-free or CLIP guided."""
+        if self.noised_clip is None:
+            return self.glide.generate(captions, n=1, seed=seed, **self._knobs())
+        from zoo.models.noised_clip.lit import clip_guided_generate
+
+        return clip_guided_generate(
+            self.glide, self.noised_clip, captions, self.clip_guidance_scale, n=1, seed=seed, **self._clip_knobs()
+        )
+
     # ------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def candidates(self, captions: Sequence[str], n_candidates: Optional[int] = None) -> torch.Tensor:
         """(B, n, 3, H, W) in [-1, 1]: candidate i of every caption is sampled with seed ``seed + i``."""
         return seeded_candidates(
-            lambda caps, seed: self.glide.generate(caps, n=1, seed=seed, **self._knobs()),
+            self._draw,
             captions,
             n_candidates or self.n_candidates,
             self.seed,
@@ -184,11 +282,18 @@ class GlidePipeline(ClipRerank):
     def inpaint(
         self, image: torch.Tensor, mask: torch.Tensor, captions: Sequence[str], replace_known: Optional[bool] = None
     ) -> dict[str, Any]:
-        """Fill the erased pixels of ``image`` under ``captions``.
+        """Fill the erased pixels of ``image`` under ``captions`` (classifier-free guided; not with CLIP guidance).
 
         image: (B or 1, 3, H, W) or (3, H, W) in [-1, 1] at the model's resolution; mask: (B or 1, 1, H, W), (1, H, W)
         or (H, W), bool or float, **1 = known** (kept), 0 = to generate. Returns dict(images (B, 3, H, W) in [-1, 1],
         method (``METHOD_*``: which inpainting was used), replace_known)."""
+        if self.noised_clip is not None:
+            from zoo.errors import ConfigError
+
+            raise ConfigError(
+                "inpaint() samples with classifier-free guidance only; this pipeline has CLIP guidance on (fix: "
+                "generator.noised_clip_ckpt=null generator.clip_guidance_scale=null for inpainting)"
+            )
         captions = [captions] if isinstance(captions, str) else list(captions)
         image = torch.as_tensor(image)
         if image.dim() == 3:

@@ -143,6 +143,26 @@ class NoisedClipLit(TextTokenizerLit):
         return dot_product_gradient(self.net.encode_image, text_emb, scale)
 
 
+def check_guidance_pair(glide, noised_clip: NoisedClipLit, option: str = "") -> None:
+    """ConfigError (naming the fix) unless ``noised_clip`` can guide ``glide``: trained on the same diffusion process
+    (number of steps and ᾱ schedule) at the same resolution. ``option``: the config key that chose the noised CLIP,
+    named in the message (e.g. ``generator.noised_clip_ckpt``)."""
+    where = f" ({option})" if option else ""
+    gp, cp = glide.process.schedule, noised_clip.process.schedule
+    if gp.num_timesteps != cp.num_timesteps or not torch.allclose(gp.alphas_cumprod, cp.alphas_cumprod):
+        raise ConfigError(
+            f"the noised CLIP{where} was trained on another diffusion process than the GLIDE model's (its noise "
+            f"schedule or its number of steps differs: {cp.num_timesteps} vs {gp.num_timesteps}) (fix: train it with "
+            f"model.schedule / model.num_timesteps equal to GLIDE's, e.g. zoo-train experiment=glide/noised_clip_shapes)"
+        )
+    if noised_clip.cfg.image_size != glide.cfg.image_size:
+        raise ConfigError(
+            f"the noised CLIP{where} takes {noised_clip.cfg.image_size} px, GLIDE samples "
+            f"{glide.cfg.image_size} px (fix: a noised CLIP trained at GLIDE's resolution, "
+            f"model.net.image_size={glide.cfg.image_size} data.resolution={glide.cfg.image_size})"
+        )
+
+
 @torch.no_grad()
 def clip_guided_generate(
     glide,
@@ -165,17 +185,7 @@ def clip_guided_generate(
     mean shift) or ``ddim`` (score shift). Deterministic given ``seed``."""
     if isinstance(captions, str):
         captions = [captions]
-    gp, cp = glide.process.schedule, noised_clip.process.schedule
-    if gp.num_timesteps != cp.num_timesteps or not torch.allclose(gp.alphas_cumprod, cp.alphas_cumprod):
-        raise ConfigError(
-            "the noised CLIP was trained on another diffusion process than the GLIDE model's (fix: "
-            "train it with model.schedule / model.num_timesteps equal to GLIDE's)"
-        )
-    if noised_clip.cfg.image_size != glide.cfg.image_size:
-        raise ConfigError(
-            f"the noised CLIP takes {noised_clip.cfg.image_size} px, GLIDE samples "
-            f"{glide.cfg.image_size} px (fix: a noised CLIP trained at GLIDE's resolution)"
-        )
+    check_guidance_pair(glide, noised_clip)
     steps = int(glide.hparams.sample_steps if steps is None else steps)
     was = glide.training, noised_clip.training
     glide.eval(), noised_clip.eval()
