@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: demo test test-fast lint format bench clean setup
+.PHONY: demo test test-fast lint format bench clean setup leaderboard
 
 setup: $(STAMP)
 
@@ -45,3 +45,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf logs .zoo_cache .pytest_cache
+
+# the headline table (DALL·E 1, GLIDE, unCLIP diffusion / AR prior on one shapes protocol); needs `make demo` first
+leaderboard: $(STAMP)
+	PY=$(PY) bash experiments/leaderboard/run.sh

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -205,7 +206,7 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
 
 UNCLIP_EVAL = {  # conf/eval/experiment/unclip/<name>: (the swept key, its values, the generator)
     "prior_ablation": ("generator.prior", ["none", "text_emb", "diffusion"], "unclip"),
-    "ar_vs_diffusion": ("prior_run", ["demo/prior", "leaderboard/ar_prior"], "unclip"),
+    "ar_vs_diffusion": ("prior_run", ["leaderboard/prior", "leaderboard/ar_prior"], "unclip"),
     "decoder_guidance": ("generator.decoder_guidance_scale", [1, 1.25, 2, 3, 5], "unclip"),
     "glide_guidance": ("generator.guidance_scale", [1, 1.25, 2, 3, 5], "glide"),
 }
@@ -232,10 +233,15 @@ def test_unclip_eval_experiments_compose_and_sweep(tmp_path, name):
     assert list(params) == [key]
     (override,) = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
     assert override.is_sweep_override() and list(override.sweep_iterator()) == values
-    # the sweep dir is the log dir's eval/unclip/<name>, resolvable before any job (no ${hydra:runtime.cwd})
+    # the sweep dir is the log dir's eval/unclip/<name>, and it resolves before any job has started (Hydra's runtime
+    # config is not set then: paths.root_dir must not use ${hydra:runtime.cwd}; zoo/__init__.py's zoo.cwd resolver)
     sweep = OmegaConf.to_container(raw.hydra.sweep, resolve=False)
-    assert sweep["dir"].endswith(f"/logs}}/eval/unclip/{name}")
-    assert "hydra:" not in sweep["dir"] and "paths." not in sweep["dir"]
+    assert sweep["dir"] == f"${{paths.log_dir}}/eval/unclip/{name}"
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().cfg = None  # as when the sweeper resolves the sweep dir (an earlier test may have set it)
+    log_dir = os.environ.get("ZOO_LOG_DIR") or str(Path(os.environ.get("ZOO_ROOT") or os.getcwd()) / "logs")
+    assert OmegaConf.select(raw, "hydra.sweep.dir") == f"{log_dir}/eval/unclip/{name}"
     assert sweep["subdir"] == "${hydra.job.num}"  # numbered job dirs: what eval.leaderboard reads as one multirun
 
     for value in values:
@@ -253,9 +259,9 @@ def test_unclip_eval_experiments_compose_and_sweep(tmp_path, name):
             assert g.glide_ckpt == str(logs / "leaderboard/glide/checkpoints/last.ckpt") and g.steps == 25
             continue
         assert g._target_ == "zoo.pipelines.unclip.UnclipPipeline.from_checkpoints"
-        assert g.decoder_ckpt == str(logs / "demo/decoder/checkpoints/last.ckpt")
+        assert g.decoder_ckpt == str(logs / "leaderboard/decoder/checkpoints/last.ckpt")
         assert g.clip_ckpt == str(logs / "demo/clip/checkpoints/last.ckpt") and g.decoder_steps == 25
-        prior = value if name == "ar_vs_diffusion" else "demo/prior"
+        prior = value if name == "ar_vs_diffusion" else "leaderboard/prior"
         assert g.prior_ckpt == str(logs / prior / "checkpoints/last.ckpt")
         if name in ("prior_ablation", "ar_vs_diffusion"):
             assert g.decoder_guidance_scale == 1.25  # the paper's FID setting

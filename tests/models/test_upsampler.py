@@ -100,6 +100,19 @@ def test_bsr_stage_trains_and_sample_grid_layout():
     assert torch.equal(grid, lit.sample_grid({"image": _images(3, 32)}))  # deterministic
 
 
+def test_bsr_corruption_runs_under_bf16_autocast():
+    """bf16-mixed training (chosen on CPUs with native bf16) autocasts the step; the BSR corruption's antialiased
+    resizes have no bf16 CPU kernel, so degrade() runs in fp32 whatever the autocast state, with the same result."""
+    lit = UpsamplerLit(preset="tiny", corruption="bsr")
+    images = _images(2, 32)
+    plain = lit.degrade(images, torch.Generator().manual_seed(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = lit.degrade(images, torch.Generator().manual_seed(3))
+        r = lit.forward_loss({"image": images}, torch.Generator().manual_seed(3), torch.Generator().manual_seed(4))
+    assert mixed.dtype == torch.float32 and torch.equal(plain, mixed)
+    assert torch.isfinite(r["loss"])
+
+
 def test_tiny_upsampler_overfits_a_fixed_batch():
     torch.manual_seed(0)
     lit = UpsamplerLit(preset="tiny")

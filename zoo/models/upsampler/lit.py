@@ -137,8 +137,11 @@ class UpsamplerLit(ZooLit):
     @torch.no_grad()
     def degrade(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """High-resolution images (B, 3, H, W) in [-1, 1] -> their corrupted conditioning (B, 3, H / s, W / s)
-        (the training corruption; randomness from a CPU ``generator``)."""
-        return self.corruption(images.float(), generator)
+        (the training corruption; randomness from a CPU ``generator``). Always in fp32, outside autocast: the
+        corruption is data preparation, and some of its resizes (antialiased bicubic/area) have no bf16 kernel on
+        the CPU, which made bf16-mixed training crash in the BSR stage."""
+        with torch.autocast(images.device.type, enabled=False):
+            return self.corruption(images.float(), generator)
 
     @torch.no_grad()
     def training_pair(

@@ -1,0 +1,129 @@
+"""python -m eval.upsampler on a tiny upsampler checkpoint (random weights, 8 -> 32 px), a tiny CLIP and a judge trained
+for two steps: files written, the identity row handled, the bicubic row equal to a direct torchmetrics call."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from eval import upsampler as U
+
+
+def _tiny_upsampler_ckpt(path, corruption: str = "blur", seed: int = 0):
+    """A zoo-train-like checkpoint of the ``tiny`` upsampler preset (32 px target, x4) with random weights."""
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.models.upsampler.lit import UpsamplerLit
+
+    torch.manual_seed(seed)
+    lit = UpsamplerLit(preset="tiny", corruption=corruption)
+    atomic_torch_save(
+        {
+            "zoo_component": "upsampler",
+            "hyper_parameters": dict(lit.hparams),
+            "state_dict": lit.state_dict(),
+            "global_step": 7,
+        },
+        path,
+    )
+    return path
+
+
+def _ckpt(tmp_path, run: str, corruption: str, seed: int = 0):
+    d = tmp_path / run / "checkpoints"
+    d.mkdir(parents=True, exist_ok=True)
+    return _tiny_upsampler_ckpt(d / "last.ckpt", corruption, seed)
+
+
+COMMON = ["--n", "4", "--steps", "2", "--batch-size", "3", "--judge-steps", "2", "--judge-batch-size", "4"]
+
+
+def test_report_files_identity_and_bicubic_match_torchmetrics(tmp_path, dalle_helpers):
+    blur = _ckpt(tmp_path, "up_blur", "blur")
+    bsr = _ckpt(tmp_path, "up_bsr", "bsr", seed=1)
+    clip = dalle_helpers.tiny_clip_ckpt(tmp_path / "clip.ckpt")
+    out = tmp_path / "report"
+    argv = [str(blur), str(bsr), "--out", str(out), "--clip", str(clip), "--judge-dir", str(tmp_path / "judge")]
+    res = U.main(argv + COMMON + ["--inputs", "clean", "blur", "--no-progress"])
+
+    # files
+    for f in ("results.json", "results.md", "strip.png", "strip_blur.png"):
+        assert (out / f).is_file(), f
+    saved = json.loads((out / "results.json").read_text())  # strict JSON: no Infinity / NaN
+    assert saved["data"]["high_resolution"] == 32 and saved["data"]["low_resolution"] == 8
+    assert [c["corruption"] for c in saved["checkpoints"]] == ["blur", "bsr"]
+    assert [c["sample_steps"] for c in saved["checkpoints"]] == [2, 2] and saved["checkpoints"][0]["global_step"] == 7
+    assert list(saved["inputs"]) == ["clean", "blur"]
+    assert len(list((tmp_path / "judge").glob("shapes_judge_v*_32px_2x4.pt"))) == 1  # zoo-eval's cache name
+    from PIL import Image
+
+    w, h = Image.open(out / "strip.png").size
+    assert (w, h) == (5 * 32 + 6 * 2, 4 * 32 + 5 * 2)  # low | bicubic | 2 upsamplers | real, 4 scenes
+
+    rows = {r["label"]: r for r in res["inputs"]["clean"]["rows"]}
+    assert list(rows)[0] == "bicubic" and list(rows)[-1] == "real (identity)"
+    assert {r["method"] for r in rows.values()} == {"bicubic", "upsampler", "real"}
+
+    # the identity row: PSNR infinite (null in JSON, "inf" in markdown), SSIM 1, FD_CLIP 0
+    real = rows["real (identity)"]
+    assert real["psnr"] is None and real["psnr_inf"] == 4 and real["psnr_finite"] is None
+    assert real["ssim"] == pytest.approx(1.0, abs=1e-5) and abs(real["fd_clip"]) < 1e-4
+    saved_real = saved["inputs"]["clean"]["rows"][-1]
+    assert saved_real["psnr"] is None and saved_real["psnr_inf"] == 4
+    md = (out / "results.md").read_text()
+    assert "| real (identity) | inf |" in md and "## Input: blur" in md
+
+    # the bicubic row equals a direct torchmetrics call on the same images
+    real_img, _, _ = U.render_scenes("test", 4, 32)
+    from zoo.data.degradations import downsample
+
+    bic = F.interpolate(downsample(real_img, 4, "bicubic"), size=(32, 32), mode="bicubic", align_corners=False)
+    bic = bic.clamp(-1, 1)
+    p, t = (bic + 1) / 2, (real_img + 1) / 2
+    assert rows["bicubic"]["psnr"] == pytest.approx(float(peak_signal_noise_ratio(p, t, data_range=1.0, dim=(1, 2, 3))))
+    assert rows["bicubic"]["ssim"] == pytest.approx(float(structural_similarity_index_measure(p, t, data_range=1.0)))
+    assert math.isfinite(rows["bicubic"]["psnr"]) and rows["bicubic"]["psnr"] > 10
+
+    # every computed metric is there; the upsampler rows carry their speed and the checks compare with bicubic
+    for r in rows.values():
+        assert {"ssim", "fd_clip", "prompt_fidelity", "attribute_accuracy", "attr_shape", "attr_count"} <= set(r)
+    ups = [r for r in rows.values() if r["method"] == "upsampler"]
+    assert len(ups) == 2 and all(r["sec_per_image"] > 0 and math.isfinite(r["psnr"]) for r in ups)
+    assert set(res["inputs"]["clean"]["checks"]) == {r["label"] for r in ups}
+    assert "beats_bicubic_fd_clip" in res["inputs"]["clean"]["checks"][ups[0]["label"]]
+    # the blur inputs differ from the clean ones (the training corruption), and so does bicubic's score
+    assert res["inputs"]["blur"]["rows"][0]["psnr"] != rows["bicubic"]["psnr"]
+
+
+def test_identity_psnr_is_handled_directly():
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    m = U.pixel_metrics(x, x)
+    assert m["psnr"] is None and m["psnr_inf"] == 3 and m["ssim"] == pytest.approx(1.0, abs=1e-5)
+    y = x.clone()
+    y[0] = (y[0] + 0.1).clamp(-1, 1)  # one image differs: mean over the other two is still inf
+    m = U.pixel_metrics(y, x)
+    assert m["psnr"] is None and m["psnr_inf"] == 2 and math.isfinite(m["psnr_finite"]) and m["psnr_finite"] > 20
+
+
+def test_upsampler_outputs_do_not_depend_on_the_batch_size(tmp_path):
+    lit, step = U.load_upsampler(str(_ckpt(tmp_path, "run", "blur")))
+    assert step == 7
+    low = torch.rand(4, 3, 8, 8) * 2 - 1
+    x_T = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    a, _ = U.run_upsampler(lit, low, x_T, steps=2, batch_size=1)
+    b, _ = U.run_upsampler(lit, low, x_T, steps=2, batch_size=4)
+    assert a.shape == (4, 3, 32, 32) and torch.allclose(a, b, atol=1e-5)
+
+
+def test_user_errors_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        U.main([str(tmp_path / "missing.ckpt"), "--no-progress"])
+    assert e.value.code == 2 and "upsampler checkpoint not found" in capsys.readouterr().err
+    ckpt = _ckpt(tmp_path, "run", "blur")
+    with pytest.raises(SystemExit) as e:  # render needs a low side the world renders (8 px is not)
+        U.main([str(ckpt), "--inputs", "render", "--clip", "none", "--no-judge", "--out", str(tmp_path / "o")] + COMMON)
+    assert e.value.code == 2 and "--inputs render" in capsys.readouterr().err
