@@ -86,7 +86,9 @@ class ShapesJudge(nn.Module):
         # (B, 3, 48, 48) -> (B*9, 3, 16, 16), cells in raster order
         cells = images.unfold(2, self.CELL, self.CELL).unfold(3, self.CELL, self.CELL)  # (B, 3, 3, 3, 16, 16)
         cells = cells.permute(0, 2, 3, 1, 4, 5).reshape(b * N_CELLS, 3, self.CELL, self.CELL)
-        h = self.features(cells)  # (B*9, 256)
+        # channels_last: oneDNN's convolutions run ~1.4x faster in that layout on the CPU (bf16 and fp32 alike),
+        # and training the judge is one of make demo's longest untimed stages
+        h = self.features(cells.contiguous(memory_format=torch.channels_last))  # (B*9, 256)
         out = {k: head(h).view(b, N_CELLS, -1) for k, head in self.heads.items()}  # (B, 9, classes)
         out["background"] = self.background(h.view(b, N_CELLS, -1).mean(1))
         return out
@@ -192,7 +194,7 @@ def train_judge(
 
     torch.manual_seed(seed)
     vocab = Vocab.from_world()
-    judge = ShapesJudge(vocab, width=width, resolution=resolution)
+    judge = ShapesJudge(vocab, width=width, resolution=resolution).to(memory_format=torch.channels_last)
     data = ShapesDataset("train", size=steps * batch_size, resolution=resolution, seed=seed + 1000)
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -248,7 +250,7 @@ def load_judge(path) -> ShapesJudge:
     vocab = Vocab(**{k: tuple(v) for k, v in ckpt["vocab"].items()})
     judge = ShapesJudge(vocab, width=ckpt["width"], resolution=ckpt["resolution"])
     judge.load_state_dict(ckpt["state_dict"])
-    return judge.eval()
+    return judge.to(memory_format=torch.channels_last).eval()
 
 
 def load_or_train_judge(path, resolution: int = 32, **train_kwargs) -> ShapesJudge:

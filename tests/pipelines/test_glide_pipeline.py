@@ -355,11 +355,11 @@ def test_glide_eval_sweeps_expand_to_the_tables_rows(tmp_path):
 
     gens = knobs("glide/guidance_sweep", "generator")
     assert [g.guidance_scale for g in gens] == [1, 1.5, 2, 3, 5, 8]
-    assert {(g.sampler, g.steps, g.clip_guidance_scale, g.noised_clip_ckpt) for g in gens} == {("ddim", 25, None, None)}
+    assert {(g.sampler, g.steps, g.clip_guidance_scale, g.noised_clip_ckpt) for g in gens} == {("ddpm", 25, None, None)}
 
     gens = knobs("glide/cfg_vs_clip", "generator")
     assert [g.clip_guidance_scale for g in gens] == [0, 3, 10, 30, 100, 300, 1000]
-    assert {(g.guidance_scale, g.sampler, g.steps) for g in gens} == {(1, "ddim", 25)}
+    assert {(g.guidance_scale, g.sampler, g.steps) for g in gens} == {(1, "ddpm", 25)}
     assert gens[0].noised_clip_ckpt == str(tmp_path / "logs/glide/noised_clip/checkpoints/last.ckpt")
 
     rows = []
@@ -371,6 +371,8 @@ def test_glide_eval_sweeps_expand_to_the_tables_rows(tmp_path):
         ("ddim", 25, 256, 3),
         ("ddim", 50, 256, 3),
         ("ddim", 250, 256, 3),
+        ("ddpm", 25, 256, 3),
+        ("ddpm", 50, 256, 3),
         ("ddpm", 1000, 64, 3),
         ("ddim", 50, 64, 3),
     ]
@@ -389,6 +391,6 @@ def test_cfg_vs_clip_config_builds_a_clip_guided_pipeline(tmp_path, ckpts, noise
     )
     pipe = build_generator(cfg.generator)
     assert isinstance(pipe, GlidePipeline) and pipe.clip_guided
-    assert pipe.clip_guidance_scale == 30.0 and pipe.guidance_scale == 1 and (pipe.sampler, pipe.steps) == ("ddim", 25)
+    assert pipe.clip_guidance_scale == 30.0 and pipe.guidance_scale == 1 and (pipe.sampler, pipe.steps) == ("ddpm", 25)
     cfg = _eval_cfg(tmp_path, "experiment=glide/guidance_sweep", f"generator.glide_ckpt={ckpts['plain']}")
     assert not build_generator(cfg.generator).clip_guided
