@@ -226,24 +226,26 @@ ROWS = {
     "dalle": ("zoo.pipelines.dalle.DallePipeline.from_checkpoints", {"dalle_ckpt": "demo/dalle"}),
     "glide": (
         "zoo.pipelines.glide.GlidePipeline.from_checkpoints",
-        {"glide_ckpt": "leaderboard/glide", "guidance_scale": 3, "steps": 25},
+        {"glide_ckpt": "leaderboard/glide", "guidance_scale": 3, "steps": 25, "sampler": "ddpm"},
     ),
     "unclip_diffusion": (
         "zoo.pipelines.unclip.UnclipPipeline.from_checkpoints",
         {
-            "prior_ckpt": "demo/prior",
-            "decoder_ckpt": "demo/decoder",
+            "prior_ckpt": "leaderboard/prior",
+            "decoder_ckpt": "leaderboard/decoder",
             "clip_ckpt": "demo/clip",
             "decoder_steps": 25,
+            "decoder_sampler": "ddpm",  # as GLIDE's row: the same sampler on both diffusion decoders
         },
     ),
     "unclip_ar": (
         "zoo.pipelines.unclip.UnclipPipeline.from_checkpoints",
         {
             "prior_ckpt": "leaderboard/ar_prior",
-            "decoder_ckpt": "demo/decoder",
+            "decoder_ckpt": "leaderboard/decoder",
             "clip_ckpt": "demo/clip",
             "decoder_steps": 25,
+            "decoder_sampler": "ddpm",  # as GLIDE's row: the same sampler on both diffusion decoders
         },
     ),
 }
