@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from eval.report import COLUMNS
+from eval.report import COLUMNS, save_figure
 
 # The table's columns, in order (only the ones some row has are shown). Fidelity on the radius-0 blur row.
 HEADLINE = (
@@ -344,13 +344,7 @@ def plot_leaderboard(
         used += 1
     for ax in panels[used:]:
         ax.axis("off")
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title, fontsize=11)
 
 
 def write_leaderboard(

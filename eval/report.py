@@ -160,7 +160,14 @@ def plot_ablation(rows: list[dict], x: str, x_label: str, title: str, path, log2
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(cols) :]:
         ax.axis("off")
-    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, title, fontsize=10)
+
+
+def save_figure(fig, path, title: str, fontsize: int = 10) -> Path:
+    """Title, lay out, write (parents created) and close a matplotlib figure: every report and leaderboard PNG."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=fontsize)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ def test_train_writes_metrics_grid_and_checkpoints(train_cfg, tmp_path, tiny_dva
     assert "val/loss" in saved and "test/loss" in saved
     # the training cost the leaderboard reports beside each row
     assert saved["threads"] == torch.get_num_threads() and 0 < saved["train_minutes"] < 30
-    assert "AVX" in saved["cpu"] or saved["cpu"]
+    assert saved["cpu"].startswith("cpu: ")  # zoo.precision.describe_cpu's line
     assert list((run / "samples").glob("*.png")), "sample grid PNG missing"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     ckpt = _state(run / "checkpoints" / "last.ckpt")  # weights_only load must work for our own checkpoints

@@ -223,7 +223,7 @@ def run_judge(timings: dict[str, float]) -> None:
         print(f"\n=== demo stage 'judge': reusing {cached}")
         return
     # 400 steps x 128 scenes, ~120 GFLOP a step: measured 7 min 17 s on a quiet 2-core AVX512-BF16 CPU before the
-    # judge ran channels_last (1.4x on its convolutions); longer in fp32 on a CPU without native bf16
+    # judge ran channels_last (step 1.4x faster in fp32, 1.1-1.8x in bf16, timed under load); longer in fp32 on a CPU without native bf16
     t0 = announce("judge", ["python", "-c", code], 330)
     subprocess.run([sys.executable, "-c", code], check=True)
     finish("judge", t0, timings)
