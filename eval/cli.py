@@ -111,11 +111,17 @@ def build_judge(node: DictConfig, resolution: int, progress: bool):
     from zoo.data.shapes import WORLD_VERSION
 
     steps, bs = int(node.get("steps", 400)), int(node.get("batch_size", 128))
-    path = Path(str(node.dir)) / f"shapes_judge_v{WORLD_VERSION}_{resolution}px_{steps}x{bs}.pt"
+    width = int(node.get("width", 64))
+    if width < 8:
+        raise ConfigError(f"judge.width={width} is too small to read a scene (fix: judge.width=64, the default, or 32)")
+    # width 64 is the reference judge every measured table used (its files keep their old names); other widths are
+    # other instruments, cached apart
+    suffix = "" if width == 64 else f"_w{width}"
+    path = Path(str(node.dir)) / f"shapes_judge_v{WORLD_VERSION}_{resolution}px_{steps}x{bs}{suffix}.pt"
     if not path.is_file():
-        log.info("training the shapes judge once (%d steps), cached at %s", steps, path)
+        log.info("training the shapes judge once (%d steps, width %d), cached at %s", steps, width, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return load_or_train_judge(path, resolution=resolution, steps=steps, batch_size=bs, progress=progress)
+    return load_or_train_judge(path, resolution=resolution, steps=steps, batch_size=bs, width=width, progress=progress)
 
 
 def _requested_metrics(cfg) -> tuple[tuple[str, ...], bool]:

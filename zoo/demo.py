@@ -2,23 +2,26 @@
 
 Stages (each an ordinary command, printed with its expected time before it runs, so you can re-run or tweak it):
 
-1. ``tokenizer``  VQ-VAE image tokenizer, 32 px -> 8x8 codes             (zoo-train experiment=demo/tokenizer)
-2. ``clip``       the shapes CLIP: reranks DALL·E, conditions unCLIP     (zoo-train experiment=demo/clip)
-3. ``dalle``      the DALL·E 1 transformer over the tokenizer's codes    (zoo-train experiment=demo/dalle)
-4. ``embed``      CLIP embeddings of the scenes, for the prior           (zoo-embed, train / val / test)
-5. ``prior``      unCLIP's diffusion prior: caption -> image embedding   (zoo-train experiment=demo/prior)
-6. ``decoder``    unCLIP's decoder: embedding + caption -> 32 px image   (zoo-train experiment=demo/decoder)
-7. ``dalle_samples`` / ``unclip_samples``: the demo prompts, best 8 of 32 (DALL·E) / 8 (unCLIP) by CLIP (zoo-sample)
-8. ``unclip_manipulations``: variations of a scene and an interpolation strip between two (python -m
+1. ``judge``      the shapes judge zoo-eval scores prompt fidelity with (trained once, cached in .zoo_cache/judge);
+   first, because it needs no trained model and its wall time measures this CPU's speed
+2. ``tokenizer``  VQ-VAE image tokenizer, 32 px -> 8x8 codes             (zoo-train experiment=demo/tokenizer)
+3. ``clip``       the shapes CLIP: reranks DALL·E, conditions unCLIP     (zoo-train experiment=demo/clip)
+4. ``dalle``      the DALL·E 1 transformer over the tokenizer's codes    (zoo-train experiment=demo/dalle)
+5. ``embed``      CLIP embeddings of the scenes, for the prior           (zoo-embed, train / val / test)
+6. ``prior``      unCLIP's diffusion prior: caption -> image embedding   (zoo-train experiment=demo/prior)
+7. ``decoder``    unCLIP's decoder: embedding + caption -> 32 px image   (zoo-train experiment=demo/decoder)
+8. ``dalle_samples`` / ``unclip_samples``: the demo prompts, best 8 of 32 (DALL·E) / 8 (unCLIP) by CLIP (zoo-sample)
+9. ``unclip_manipulations``: variations of a scene and an interpolation strip between two (python -m
    zoo.pipelines.unclip)
-9. ``judge``      the shapes judge zoo-eval scores prompt fidelity with (trained once, cached in .zoo_cache/judge)
 10. ``eval``      DALL·E 1 Figure 9 on shapes: metrics vs blur radius and vs reranked candidates (zoo-eval)
 
 Training stages run for a wall-clock budget (``zoo.callbacks.TimeBudget``: it measures this CPU's seconds per step
-and fits the step count and the learning-rate schedule into the budget), so the demo takes about the same time on a
-CPU with native bf16 as on an AVX2-only one; the fast CPU trains more steps and draws better scenes.
-``make demo FULL=1`` runs the long settings instead (the DALL·E 1 stages at 48 px for fixed step counts, the
-unCLIP stages with 3x the budget; about 1.9 hours) into ``logs/demo_full``.
+and fits the step count and the learning-rate schedule into the budget). The budgets are not fixed: ``Schedule``
+gives each training stage its share of the time left before the target (``DEMO_MINUTES``, 30, counted from when
+``make demo`` started, set-up included), after the predicted time of the fixed-work stages. So the demo takes about
+30 minutes on a CPU with native bf16 and on an AVX2-only one alike; the fast CPU trains more steps and draws better
+scenes. ``make demo FULL=1`` runs the long settings instead (the DALL·E 1 stages at 48 px for fixed step counts, the
+unCLIP stages with 3x the budget, the reference width-64 judge; about 1.9 hours) into ``logs/demo_full``.
 
 Stages write into ``logs/demo/<stage>``; a stage that finished earlier is reused (``DEMO_FRESH=1`` redoes all), so an
 interrupted demo picks up where it stopped. ``DEMO_BUDGET_SCALE=0.1`` scales every training budget (a smoke run).
@@ -81,14 +84,83 @@ def training_stages() -> list[Stage]:
             Stage("dalle", ["experiment=demo/full/dalle", f"model.image_tokenizer_ckpt={tok}"], expect_s=63 * 60),
             *unclip,
         ]
+    # Nominal budgets (minutes): their *shares* of the time left are what counts. Before each training stage the
+    # Schedule turns "deadline - now - the predicted time of the fixed-work stages still to come" into this stage's
+    # share, so a slower CPU (no native bf16: fp32 everywhere) or a slow setup shortens training instead of
+    # overrunning the 30 minutes, and a fast one trains longer.
     return [
-        # budgets: a quiet 2-core AVX512-BF16 run took 29 min 29 s in all with tokenizer 3.5 and DALL·E 7 minutes
-        # (plus ~3 min of setup on a fresh clone); half a minute off each keeps a fresh clone inside 30 minutes
         Stage("tokenizer", ["experiment=demo/tokenizer"], minutes=3),
         Stage("clip", ["experiment=demo/clip"], minutes=2.5),
         Stage("dalle", ["experiment=demo/dalle", f"model.image_tokenizer_ckpt={tok}"], minutes=6.5),
         *unclip,
     ]
+
+
+# Fixed-work stages (they do a set amount of work, not a time budget): seconds measured on a quiet 2-core
+# AVX512-BF16 CPU (fresh clone, ac2f20f: embed 41 s, samples 13 s / 22 s, manipulations 28 s, eval 49 s), rounded up.
+# On another CPU they are scaled by the speed factor the judge stage measures (see Schedule).
+FIXED_S = {"embed": 50, "dalle_samples": 20, "unclip_samples": 30, "unclip_manipulations": 35, "eval": 60}
+JUDGE_S = 150  # the judge (400 steps x 128 scenes at width 32) on that CPU; see run_judge
+# the judge's time on a CPU without native bf16 over its time with it (fp32 vs bf16 autocast): measured 2.5x with
+# torch forced to AVX2 kernels (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2) on the AVX512 machine
+NO_BF16_FACTOR = 2.5
+
+
+class Schedule:
+    """Fits ``make demo`` into its wall-time target (``DEMO_MINUTES``, 30) counted from when ``make demo`` started
+    (``DEMO_START``, set by the Makefile, so a fresh clone's venv set-up counts too).
+
+    The judge runs first: it is fixed work (400 steps) that needs no trained model, so its wall time against
+    ``JUDGE_S`` measures this CPU's speed factor, which scales the predicted time of the other fixed-work stages.
+    Each training stage then gets its nominal share of what is left."""
+
+    MARGIN_S = 60  # kept back for process start-up jitter and the summary
+    MIN_SHARE = 0.35  # below this share of a stage's nominal budget, warn: the target cannot be met here
+    MAX_SHARE = 2.0  # a fast CPU trains longer, up to twice the nominal budget
+
+    def __init__(self, stages: list[Stage]):
+        start = os.environ.get("DEMO_START", "").strip()
+        now = time.time()
+        self.start = float(start) if start else now
+        self.target_s = float(os.environ.get("DEMO_MINUTES", "30")) * 60
+        self.deadline = self.start + self.target_s - self.MARGIN_S
+        self.nominal = {s.name: s.minutes * 60 for s in stages if s.minutes is not None}
+        self.done: set[str] = set()
+        self.budgets: dict[str, float] = {}  # the TimeBudget minutes each training stage was given
+        from zoo.precision import cpu_has_native_bf16
+
+        self.factor = 1.0 if cpu_has_native_bf16() else NO_BF16_FACTOR
+        self.factor_why = "assumed from the CPU (native bf16)" if self.factor == 1.0 else "assumed: no native bf16"
+
+    def measured(self, name: str, seconds: float, expected: float) -> None:
+        """A fixed-work stage took ``seconds`` where ``expected`` was predicted for the reference CPU."""
+        self.factor = min(max(seconds / expected, 0.5), 6.0)
+        self.factor_why = f"measured by the {name} stage ({fmt(seconds)} vs {fmt(expected)} on the reference CPU)"
+
+    def fixed_left(self) -> float:
+        return sum(v for k, v in FIXED_S.items() if k not in self.done) * self.factor
+
+    def budget_minutes(self, stage: Stage) -> float:
+        """This training stage's TimeBudget: its nominal share of the training time left before the deadline."""
+        left = [n for n in self.nominal if n not in self.done]
+        startup = STARTUP_S * len(left)
+        available = self.deadline - time.time() - self.fixed_left() - startup
+        share = available * self.nominal[stage.name] / sum(self.nominal[n] for n in left)
+        lo, hi = self.MIN_SHARE * self.nominal[stage.name], self.MAX_SHARE * self.nominal[stage.name]
+        if share < lo:
+            print(
+                f"    WARNING: only {fmt(max(share, 0))} left for '{stage.name}' within the {fmt(self.target_s)} target;"
+                f" training it for {fmt(lo)} instead (the demo will run over; DEMO_MINUTES=<n> sets the target)",
+                flush=True,
+            )
+        return min(max(share, lo), hi) / 60
+
+    def describe(self) -> str:
+        used = time.time() - self.start
+        return (
+            f"target {fmt(self.target_s)} from the start of `make demo` ({fmt(used)} used so far, "
+            f"{fmt(max(self.deadline - time.time(), 0))} left); speed factor {self.factor:.2f}, {self.factor_why}"
+        )
 
 
 def announce(name: str, cmd: list[str], expect_s: float) -> float:
@@ -112,7 +184,7 @@ def finished(run_dir: Path) -> bool:
     return os.environ.get("DEMO_FRESH", "0") != "1" and (run_dir / "metrics.json").is_file()
 
 
-def run_train(stage: Stage, timings: dict[str, float]) -> Path:
+def run_train(stage: Stage, timings: dict[str, float], schedule: Optional[Schedule] = None) -> Path:
     run_dir = DEMO_DIR / stage.name
     if finished(run_dir):
         print(f"\n=== demo stage '{stage.name}': reusing {run_dir} (finished earlier; DEMO_FRESH=1 redoes it)")
@@ -120,7 +192,10 @@ def run_train(stage: Stage, timings: dict[str, float]) -> Path:
     overrides = [*stage.overrides, f"hydra.run.dir={run_dir}"]
     expect = stage.expect_s
     if stage.minutes is not None:
-        minutes = stage.minutes * SCALE
+        minutes = (schedule.budget_minutes(stage) if schedule is not None else stage.minutes) * SCALE
+        minutes = round(minutes, 2)
+        if schedule is not None:
+            schedule.budgets[stage.name] = minutes
         overrides.append(f"callbacks.time_budget.minutes={minutes:g}")
         expect = minutes * 60 + STARTUP_S
     t0 = announce(stage.name, ["zoo-train", *overrides], expect)
@@ -129,7 +204,7 @@ def run_train(stage: Stage, timings: dict[str, float]) -> Path:
     return run_dir
 
 
-def run_embed(timings: dict[str, float]) -> None:
+def run_embed(timings: dict[str, float], expect_s: float) -> None:
     """zoo-embed of the prior's splits (sizes as in experiment=demo/prior) with the demo CLIP."""
     sizes = {"train": 4096, "val": 256, "test": 256}
     todo = [s for s in sizes if not features(s).is_file() or os.environ.get("DEMO_FRESH", "0") == "1"]
@@ -141,7 +216,7 @@ def run_embed(timings: dict[str, float]) -> None:
         f"data.val_size={sizes['val']}",
         f"data.test_size={sizes['test']}",
     ]
-    t0 = announce("embed", ["zoo-embed", f"clip.checkpoint={ckpt('clip')}", "split=<train|val|test>"], 70)
+    t0 = announce("embed", ["zoo-embed", f"clip.checkpoint={ckpt('clip')}", "split=<train|val|test>"], expect_s)
     for split in todo:
         overrides = [f"clip.checkpoint={ckpt('clip')}", "data=shapes", *size_args, f"split={split}"]
         overrides += [f"out={features(split)}", f"hydra.run.dir={DEMO_DIR / 'embed' / split}"]
@@ -185,7 +260,7 @@ def scene_images(out_dir: Path) -> list[Path]:
     return paths
 
 
-def run_manipulations(timings: dict[str, float]) -> dict:
+def run_manipulations(timings: dict[str, float], expect_s: float) -> dict:
     out_dir = DEMO_DIR / "unclip_manipulations"
     scenes = scene_images(out_dir)
     common = [f"--decoder-ckpt={ckpt('decoder')}", f"--clip-ckpt={ckpt('clip')}", "--decoder-steps=25"]
@@ -193,7 +268,9 @@ def run_manipulations(timings: dict[str, float]) -> dict:
         "variations": ["variations", str(scenes[0]), "-n", "6", "--eta", "0.5", "--decoder-guidance-scale", "2"],
         "interpolation": ["interpolate", str(scenes[0]), str(scenes[1]), "-n", "6", "--latent", "slerp"],
     }
-    t0 = announce("unclip_manipulations", ["python", "-m", "zoo.pipelines.unclip", "<variations|interpolate>"], 40)
+    t0 = announce(
+        "unclip_manipulations", ["python", "-m", "zoo.pipelines.unclip", "<variations|interpolate>"], expect_s
+    )
     grids = {}
     for what, args in jobs.items():
         out = out_dir / f"{what}.png"
@@ -205,42 +282,50 @@ def run_manipulations(timings: dict[str, float]) -> dict:
     return {"run_dir": str(out_dir), "metrics": {}, "last_grid": grids["interpolation"], "grids": grids}
 
 
-def run_judge(timings: dict[str, float]) -> None:
+JUDGE_WIDTH = 32  # the cheaper judge (conf/eval/eval.yaml judge.width): the reference width-64 one costs 2.5x more
+
+
+def run_judge(timings: dict[str, float], schedule: Optional[Schedule] = None) -> None:
     """The shapes judge that zoo-eval scores prompt fidelity with: trained once (400 steps) and cached under
-    .zoo_cache/judge, shown as its own stage so its time is not hidden inside the eval."""
+    .zoo_cache/judge, shown as its own stage so its time is not hidden inside the eval. It runs first: it needs no
+    trained model, and its wall time tells the Schedule how fast this CPU is."""
     resolution = 48 if FULL else 32
+    width = 64 if FULL else JUDGE_WIDTH
     judge_dir = Path(os.environ.get("ZOO_CACHE_DIR", ".zoo_cache")) / "judge"  # zoo-eval's judge.dir
+    node = f"{{'dir': '{judge_dir}', 'steps': 400, 'batch_size': 128, 'width': {width}}}"
     code = (  # logging configured: the judge's progress lines (zoo.progress, INFO) reach the demo's log
         "import logging; logging.basicConfig(level=logging.INFO, format='[%(asctime)s][%(name)s] %(message)s'); "
         "from omegaconf import OmegaConf; from eval.cli import build_judge; "
-        f"build_judge(OmegaConf.create({{'dir': '{judge_dir}', 'steps': 400, 'batch_size': 128}}), {resolution}, True)"
+        f"build_judge(OmegaConf.create({node}), {resolution}, True)"
     )
     from eval.cli import build_judge  # noqa: F401  (fail here, not in the subprocess, if eval is not installed)
     from zoo.data.shapes import WORLD_VERSION
 
-    cached = judge_dir / f"shapes_judge_v{WORLD_VERSION}_{resolution}px_400x128.pt"
+    suffix = "" if width == 64 else f"_w{width}"
+    cached = judge_dir / f"shapes_judge_v{WORLD_VERSION}_{resolution}px_400x128{suffix}.pt"
     if cached.is_file():
         print(f"\n=== demo stage 'judge': reusing {cached}")
         return
-    # 400 steps x 128 scenes, ~120 GFLOP a step: measured 7 min 17 s on a quiet 2-core AVX512-BF16 CPU before the
-    # judge ran channels_last (step 1.4x faster in fp32, 1.1-1.8x in bf16, timed under load); longer in fp32 on a CPU without native bf16
-    t0 = announce("judge", ["python", "-c", code], 330)
+    # 400 steps x 128 scenes at width 32 (~35 GFLOP a step): 2.1 min on a quiet 2-core AVX512-BF16 CPU, 5.2 min
+    # in fp32 with torch forced onto AVX2 kernels (0.32 vs 0.79 s a step over 12 steps)
+    expect = JUDGE_S if width == JUDGE_WIDTH and not FULL else 330
+    t0 = announce("judge", ["python", "-c", code], expect * (schedule.factor if schedule else 1.0))
     subprocess.run([sys.executable, "-c", code], check=True)
     finish("judge", t0, timings)
+    if schedule is not None:
+        schedule.measured("judge", timings["judge"], expect)
 
 
-def run_eval(timings: dict[str, float]) -> dict:
+def run_eval(timings: dict[str, float], expect_s: float) -> dict:
     """zoo-eval on the demo's DALL·E: DALL·E 1 Figure 9 (metrics vs blur radius and vs CLIP-reranked candidates)."""
     out_dir = DEMO_DIR / "eval"
-    overrides = ["experiment=dalle1/fig9", f"hydra.run.dir={out_dir}"]
+    overrides = ["experiment=dalle1/fig9", f"hydra.run.dir={out_dir}", f"judge.width={64 if FULL else JUDGE_WIDTH}"]
     overrides += [f"generator.dalle_ckpt={ckpt('dalle')}", f"clip.checkpoint={ckpt('clip')}"]
-    expect = 400
     if FULL:  # 48 px scenes, the whole Figure 9 (256 captions, up to 32 candidates)
         overrides += ["protocol.resolution=48"]
-    else:  # 32 px scenes; 128 captions and up to 8 candidates keep it to a couple of minutes
+    else:  # 32 px scenes; 128 captions and up to 8 candidates keep it to about a minute
         overrides += ["protocol.resolution=32", "protocol.n=128", "rerank.candidates=[1,2,4,8]", "blur.candidates=8"]
-        expect = 120
-    t0 = announce("eval", ["zoo-eval", *overrides], expect)
+    t0 = announce("eval", ["zoo-eval", *overrides], expect_s)
     subprocess.run([sys.executable, "-m", "eval.cli", *overrides], check=True)
     finish("eval", t0, timings)
     plots = sorted(str(p) for p in out_dir.glob("*.png"))
@@ -258,17 +343,34 @@ def main() -> None:
     from zoo.precision import describe_cpu
 
     stages = training_stages()
-    budget = sum((s.minutes * SCALE * 60 + STARTUP_S) if s.minutes is not None else s.expect_s for s in stages)
-    # embed, the two sample stages, manipulations, the judge, eval
-    budget += 70 + 60 + 60 + 40 + 150 + (400 if FULL else 120)
+    schedule = None if FULL else Schedule(stages)
     print(f"make demo{' FULL=1' if FULL else ''}: {describe_cpu()}")
-    print(f"expected total ~{fmt(budget)}; outputs under {DEMO_DIR}/", flush=True)
+    if schedule is None:
+        budget = sum((s.minutes * SCALE * 60 + STARTUP_S) if s.minutes is not None else s.expect_s for s in stages)
+        budget += 330 + 70 + 60 + 60 + 40 + 400  # the judge, embed, the two sample stages, manipulations, eval
+        print(f"expected total ~{fmt(budget)}; outputs under {DEMO_DIR}/", flush=True)
+    else:
+        print(f"{schedule.describe()}; outputs under {DEMO_DIR}/", flush=True)
     timings: dict[str, float] = {}
     summary: dict[str, dict] = {}
+
+    def expect(name: str, full_s: float) -> float:
+        if schedule is None:
+            return full_s
+        return FIXED_S[name] * schedule.factor
+
+    def done(name: str) -> None:
+        if schedule is not None:
+            schedule.done.add(name)
+            print(f"    schedule: {schedule.describe()}", flush=True)
+
+    run_judge(timings, schedule)
     for stage in stages:
         if stage.name == "prior":
-            run_embed(timings)
-        run_dir = run_train(stage, timings)
+            run_embed(timings, expect("embed", 70))
+            done("embed")
+        run_dir = run_train(stage, timings, schedule)
+        done(stage.name)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         grids = sorted((run_dir / "samples").glob("*.png"))
         summary[stage.name] = {
@@ -279,9 +381,10 @@ def main() -> None:
     summary["dalle_samples"] = run_sample(
         "dalle_samples",
         [f"ckpt={ckpt('dalle')}", f"generator.clip_ckpt={ckpt('clip')}", "generator.n_candidates=32", "n_keep=8"],
-        60,
+        expect("dalle_samples", 60),
         timings,
     )
+    done("dalle_samples")
     unclip = ["generator=unclip", f"generator.prior_ckpt={ckpt('prior')}", f"generator.decoder_ckpt={ckpt('decoder')}"]
     unclip += [
         f"generator.clip_ckpt={ckpt('clip')}",
@@ -289,10 +392,11 @@ def main() -> None:
         "n_keep=8",
         "generator.decoder_steps=25",
     ]
-    summary["unclip_samples"] = run_sample("unclip_samples", unclip, 60, timings)
-    summary["unclip_manipulations"] = run_manipulations(timings)
-    run_judge(timings)
-    summary["eval"] = run_eval(timings)
+    summary["unclip_samples"] = run_sample("unclip_samples", unclip, expect("unclip_samples", 60), timings)
+    done("unclip_samples")
+    summary["unclip_manipulations"] = run_manipulations(timings, expect("unclip_manipulations", 40))
+    done("unclip_manipulations")
+    summary["eval"] = run_eval(timings, expect("eval", 400))
     total = time.perf_counter() - t_start
     print(f"\n=== demo summary ({describe_cpu()}): {fmt(total)} in all")
     for name, s in summary.items():
@@ -306,6 +410,19 @@ def main() -> None:
     print(f"  DALL·E Figure 9 table: {summary['eval']['results']}")
     summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     summary["total_s"] = round(total, 1)
+    if schedule is not None:
+        since_start = time.time() - schedule.start
+        summary["schedule"] = {
+            "target_s": schedule.target_s,
+            "since_make_demo_started_s": round(since_start, 1),
+            "speed_factor": round(schedule.factor, 3),
+            "speed_factor_from": schedule.factor_why,
+            "training_budgets_min": schedule.budgets,
+        }
+        print(
+            f"  `make demo` wall time (set-up included when started by make): {fmt(since_start)} of the "
+            f"{fmt(schedule.target_s)} target; training budgets (min): {schedule.budgets}"
+        )
     (DEMO_DIR / "summary.json").write_text(json.dumps(summary, indent=2))
 
 

@@ -310,3 +310,24 @@ def test_console_entry_point_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "run" / "results.md").is_file() and (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
     assert "prompt fidelity" in done.stdout
+
+
+def test_judge_width_is_its_own_cached_instrument(tmp_path):
+    """judge.width picks the judge's CNN width; the reference width 64 keeps the old file name, any other width is
+    cached apart (so a demo's cheaper judge never stands in for the reference one), and a silly width is refused."""
+    from omegaconf import OmegaConf
+
+    from eval.cli import build_judge
+    from zoo.errors import ConfigError
+
+    node = OmegaConf.create({"dir": str(tmp_path), "steps": 2, "batch_size": 4, "width": 16})
+    judge = build_judge(node, 32, False)
+    assert judge.features[0].out_channels == 16
+    files = sorted(p.name for p in tmp_path.glob("*.pt"))
+    assert len(files) == 1 and files[0].endswith("_32px_2x4_w16.pt")
+    node.width = 64
+    assert build_judge(node, 32, False).features[0].out_channels == 64
+    assert len(list(tmp_path.glob("*_32px_2x4.pt"))) == 1  # the reference name, no suffix
+    node.width = 4
+    with pytest.raises(ConfigError, match="judge.width"):
+        build_judge(node, 32, False)

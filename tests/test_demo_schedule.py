@@ -1,0 +1,65 @@
+"""make demo's Schedule: training budgets are the nominal shares of the time left before the target, after the
+predicted fixed-work stages, so a slower CPU trains less instead of overrunning."""
+
+import time
+
+import pytest
+
+from zoo import demo
+
+
+@pytest.fixture
+def stages():
+    return [s for s in demo.training_stages() if s.minutes is not None]
+
+
+def _schedule(monkeypatch, stages, minutes: float, used_s: float, native: str) -> "demo.Schedule":
+    monkeypatch.setenv("ZOO_FORCE_NATIVE_BF16", native)
+    monkeypatch.setenv("DEMO_MINUTES", str(minutes))
+    monkeypatch.setenv("DEMO_START", str(time.time() - used_s))
+    return demo.Schedule(stages)
+
+
+def test_budgets_fill_the_time_left_in_nominal_shares(monkeypatch, stages):
+    sched = _schedule(monkeypatch, stages, minutes=30, used_s=180, native="1")  # 3 min of set-up already spent
+    assert sched.factor == 1.0
+    nominal = {s.name: s.minutes for s in stages}
+    left = 30 * 60 - 180 - sched.MARGIN_S - sum(demo.FIXED_S.values()) - demo.STARTUP_S * len(stages)
+    first = stages[0]
+    got = sched.budget_minutes(first)
+    want = left * nominal[first.name] / sum(nominal.values()) / 60
+    assert got == pytest.approx(want, rel=1e-3)
+    # the stages' budgets, if each took exactly its budget, end at the deadline
+    total = 0.0
+    for st in stages:
+        b = sched.budget_minutes(st)
+        total += b * 60 + demo.STARTUP_S
+        sched.start -= b * 60 + demo.STARTUP_S  # as if that much wall time passed
+        sched.deadline -= b * 60 + demo.STARTUP_S
+        sched.done.add(st.name)
+    # every budget was computed against the same remaining time, so the sum is that time
+    assert total == pytest.approx(left + demo.STARTUP_S * len(stages), rel=1e-3)
+
+
+def test_a_slower_cpu_gets_shorter_training(monkeypatch, stages):
+    fast = _schedule(monkeypatch, stages, 30, 180, native="1").budget_minutes(stages[0])
+    slow_sched = _schedule(monkeypatch, stages, 30, 180, native="0")
+    assert slow_sched.factor == demo.NO_BF16_FACTOR
+    slow = slow_sched.budget_minutes(stages[0])
+    assert slow < fast
+    # the judge's measured time replaces the assumed factor
+    slow_sched.measured("judge", demo.JUDGE_S * 1.5, demo.JUDGE_S)
+    assert slow_sched.factor == pytest.approx(1.5)
+    assert fast > slow_sched.budget_minutes(stages[0]) > slow
+
+
+def test_no_time_left_warns_and_keeps_a_floor(monkeypatch, stages, capsys):
+    sched = _schedule(monkeypatch, stages, minutes=30, used_s=29 * 60, native="1")
+    got = sched.budget_minutes(stages[0])
+    assert got == pytest.approx(sched.MIN_SHARE * stages[0].minutes)
+    assert "WARNING" in capsys.readouterr().out
+
+
+def test_a_fast_cpu_is_capped(monkeypatch, stages):
+    sched = _schedule(monkeypatch, stages, minutes=300, used_s=0, native="1")
+    assert sched.budget_minutes(stages[0]) == pytest.approx(sched.MAX_SHARE * stages[0].minutes)
