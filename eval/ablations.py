@@ -218,7 +218,7 @@ class MetricSuite:
 
     @torch.no_grad()
     def _judge(self, fakes, eval_set, r) -> dict[str, Any]:
-        from eval.judge import attribute_accuracy, prompt_fidelity
+        from eval.judge import attribute_accuracy, prompt_fidelity, subject_accuracy
 
         if eval_set.attributes is None:
             raise ValueError(f"the judge metrics need ground-truth attributes; the {eval_set.name} protocol has none")
@@ -241,6 +241,7 @@ class MetricSuite:
             acc = attribute_accuracy(read, eval_set.attributes)
             parts = ("shape", "colour", "size", "position", "background")
             out["attribute_accuracy"] = sum(acc[k] for k in parts) / len(parts)
+            acc["subject"] = subject_accuracy(read, eval_set.attributes)  # what a short prompt asks for
             out["attributes"] = acc
         if "is_judge" in wanted:
             p = torch.cat(probs).float()

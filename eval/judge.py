@@ -167,6 +167,20 @@ def attribute_accuracy(predicted: Sequence[dict], truth: Sequence[dict]) -> dict
     return out
 
 
+def subject_accuracy(predicted: Sequence[dict], truth: Sequence[dict]) -> float:
+    """Fraction of images in which the judge finds the scene's main subject (the object a ``short`` caption names,
+    ``zoo.data.shapes.main_subject``) in any cell with the right shape and colour: the one thing a short prompt
+    asks for, so the fidelity measure for short prompts (size, position, background and the other objects are
+    not in them)."""
+    from zoo.data.shapes import main_subject
+
+    ok = 0
+    for pred, true in zip(predicted, truth):
+        want = main_subject(true)
+        ok += any(o["shape"] == want["shape"] and o["colour"] == want["colour"] for o in pred["objects"])
+    return ok / max(len(truth), 1)
+
+
 def prompt_fidelity(predicted: Sequence[dict], truth: Sequence[dict], check_background: bool = True) -> float:
     """Fraction of images whose scene matches the caption's attributes exactly: every asked-for object present in
     its cell with the right shape, colour and size, no extra objects, and (optionally) the right background."""

@@ -28,7 +28,7 @@ def test_budgets_fill_the_time_left_in_nominal_shares(monkeypatch, stages):
     first = stages[0]
     got = sched.budget_minutes(first)
     want = left * nominal[first.name] / sum(nominal.values()) / 60
-    assert got == pytest.approx(want, rel=1e-3)
+    assert got == pytest.approx(want, abs=0.05)  # (seconds pass while torch imports)
     # the stages' budgets, if each took exactly its budget, end at the deadline
     total = 0.0
     for st in stages:
@@ -38,19 +38,22 @@ def test_budgets_fill_the_time_left_in_nominal_shares(monkeypatch, stages):
         sched.deadline -= b * 60 + demo.STARTUP_S
         sched.done.add(st.name)
     # every budget was computed against the same remaining time, so the sum is that time
-    assert total == pytest.approx(left + demo.STARTUP_S * len(stages), rel=1e-3)
+    assert total == pytest.approx(left + demo.STARTUP_S * len(stages), abs=20)
 
 
 def test_a_slower_cpu_gets_shorter_training(monkeypatch, stages):
     fast = _schedule(monkeypatch, stages, 30, 180, native="1").budget_minutes(stages[0])
     slow_sched = _schedule(monkeypatch, stages, 30, 180, native="0")
-    assert slow_sched.factor == demo.NO_BF16_FACTOR
+    # without native bf16 the judge is expected to take longer, and the inference stages a little longer
+    assert slow_sched.judge_s > demo.JUDGE_S[True] and slow_sched.factor == 1.0
+    assert slow_sched.fixed_left() == pytest.approx(sum(demo.FIXED_S.values()) * demo.FIXED_NO_BF16)
     slow = slow_sched.budget_minutes(stages[0])
     assert slow < fast
-    # the judge's measured time replaces the assumed factor
-    slow_sched.measured("judge", demo.JUDGE_S * 1.5, demo.JUDGE_S)
+    # a judge 1.5x slower than the reference machine's at this precision: the fixed stages are predicted 1.5x longer
+    slow_sched.measured("judge", slow_sched.judge_s * 1.5, slow_sched.judge_s)
     assert slow_sched.factor == pytest.approx(1.5)
-    assert fast > slow_sched.budget_minutes(stages[0]) > slow
+    assert slow_sched.expect("eval") == pytest.approx(demo.FIXED_S["eval"] * 1.5 * demo.FIXED_NO_BF16)
+    assert slow_sched.budget_minutes(stages[0]) < slow
 
 
 def test_no_time_left_warns_and_keeps_a_floor(monkeypatch, stages, capsys):

@@ -69,6 +69,28 @@ def test_caption_style_short_is_not_reused_for_descriptive(train_cfg, fits, capl
     assert len(fits) == 5
 
 
+def test_bpe_fit_styles_all_is_one_tokenizer_for_every_blend(train_cfg, fits, tmp_path):
+    """data.bpe_fit_styles=all fits on alt + short + descriptive of every training scene, keyed apart from the
+    served captions, so runs on different caption blends (DALL·E 3's experiment) share one file and one vocabulary."""
+    from zoo.data.shapes import ShapesDataset
+
+    alt = _shapes_bpe(train_cfg, "data.bpe_fit_styles=all", "data.caption_style=alt")
+    assert len(fits) == 1
+    mixed = _shapes_bpe(
+        train_cfg, "data.bpe_fit_styles=all", "data.caption_mix={descriptive: 0.95, alt: 0.05}"
+    )  # another blend: the same file, no refit
+    assert len(fits) == 1 and mixed.file == alt.file
+    key = json.loads(alt.file.with_name(alt.file.name[: -len(".json")] + ".key.json").read_text())
+    assert key["data"]["caption_style"] == "all styles" and key["data"]["caption_mix"] is None
+    served = _shapes_bpe(train_cfg, "data.caption_style=alt")  # the default fits on what training sees
+    assert len(fits) == 2 and served.file != alt.file
+    # what it was fitted on: every style of the 24 training scenes (the alt-only fit never saw "descriptive" words)
+    text = ShapesDataset("train", size=24, resolution=32, seed=0).scene(0)[1]["descriptive"]
+    assert len(alt._require()._ids(text)) < len(served._require()._ids(text))
+    with pytest.raises(Exception, match="bpe_fit_styles"):
+        _shapes_bpe(train_cfg, "data.bpe_fit_styles=some")
+
+
 def test_cache_files_are_group_readable_whatever_the_umask(train_cfg, tmp_path, fits):
     old = os.umask(0o077)
     try:

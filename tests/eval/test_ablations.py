@@ -180,6 +180,16 @@ def test_judge_metrics_with_a_stub_judge(shapes_set):
     assert acc["shape"] == pytest.approx(n_first / n_obj) and acc["background"] == 0.5
     assert half["attribute_accuracy"] == pytest.approx((4 * n_first / n_obj + 0.5) / 5)
     assert half["prompt_fidelity"] == 0.5
+    # subject accuracy (what a short prompt asks for): the oracle reads the first 12 scenes right, so it is 0.5, and
+    # a reading that keeps only each scene's main subject (nothing else, wrong background) still scores 1.0 on it
+    assert half["attributes"]["subject"] == 0.5
+    from eval.judge import subject_accuracy
+    from zoo.data.shapes import main_subject
+
+    only_subject = [{"background": "none", "objects": [main_subject(a)]} for a in es.attributes]
+    assert subject_accuracy(only_subject, es.attributes) == 1.0
+    recoloured = [{"background": "none", "objects": [{**main_subject(a), "colour": "?"}]} for a in es.attributes]
+    assert subject_accuracy(recoloured, es.attributes) == 0.0
 
 
 def test_argument_errors(shapes_set):

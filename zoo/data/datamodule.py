@@ -321,9 +321,17 @@ class ImageTextDataModule(L.LightningDataModule):
         ensure = getattr(self.tokenizer, "ensure_ready", None)
         if callable(ensure):
             if "fit_key" in inspect.signature(ensure).parameters:  # a cache keyed by what it is fitted on
-                ensure(self.train_captions, fit_key=self.data_identity())
+                ensure(self.tokenizer_captions, fit_key=self.tokenizer_fit_key())
             else:
-                ensure(self.train_captions)
+                ensure(self.tokenizer_captions)
+
+    def tokenizer_captions(self) -> Iterable[str]:
+        """The captions a trainable tokenizer is fitted on: the training captions as served (subclasses may widen)."""
+        return self.train_captions()
+
+    def tokenizer_fit_key(self) -> dict[str, Any]:
+        """The cache key of that fit: what ``tokenizer_captions`` are a function of."""
+        return self.data_identity()
 
     def setup(self, stage: Optional[str] = None) -> None:
         self.prepare_tokenizer()

@@ -26,9 +26,17 @@ class ShapesDataModule(ImageTextDataModule):
         caption_mix: Optional[dict[str, float]] = None,
         min_objects: int = 1,
         max_objects: int = 3,
+        bpe_fit_styles: str = "served",
         **kwargs,
     ):
         super().__init__(caption_mix=caption_mix, **kwargs)
+        if bpe_fit_styles not in ("served", "all"):
+            raise ConfigError(
+                f"data.bpe_fit_styles={bpe_fit_styles!r}: expected 'served' (fit a trained BPE on the captions "
+                f"training sees) or 'all' (on every caption style of the world: runs on different caption blends "
+                f"then share one tokenizer)"
+            )
+        self.bpe_fit_styles = bpe_fit_styles
         from zoo.data.shapes import ShapesDataset  # noqa: F401  (fail early if the world cannot be built)
 
         self.sizes = {"train": int(train_size), "val": int(val_size), "test": int(test_size)}
@@ -55,6 +63,19 @@ class ShapesDataModule(ImageTextDataModule):
             "min_objects": self.min_objects,
             "max_objects": self.max_objects,
         }
+
+    def tokenizer_captions(self) -> Iterable[str]:
+        if self.bpe_fit_styles == "served":
+            return self.train_captions()
+        base = self.build_dataset("train")  # every style of every training scene, no rendering, no synthetic file
+        return (caption for i in range(len(base)) for caption in base.scene(i)[1].values())
+
+    def tokenizer_fit_key(self) -> dict:
+        if self.bpe_fit_styles == "served":
+            return self.data_identity()
+        # the same key the captioner and the prompt upsampler use for their all-styles BPE: one shared file
+        key = {k: v for k, v in self.data_identity().items() if k not in ("synthetic_captions", "synthetic_seed")}
+        return {**key, "caption_style": "all styles", "caption_mix": None}
 
     def build_dataset(self, split: str) -> Dataset:
         from zoo.data.shapes import ShapesDataset
