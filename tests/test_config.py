@@ -158,11 +158,15 @@ def _shapes_tokenizer_ckpt(path: Path) -> Path:
     return path
 
 
+def mix_files(cfg) -> list[tuple[str, str]]:
+    return [(k, str(v)) for k, v in cfg.data.synthetic_captions.items()]
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
     extra = []
     if experiment.startswith(
-        ("dalle1/", "demo/dalle", "demo/full/dalle")
+        ("dalle1/", "demo/dalle", "demo/full/dalle", "dalle3/t2i/")
     ):  # builds on a stage-1 checkpoint; check its grid/vocab against a real one
         extra = [f"model.image_tokenizer_ckpt={_shapes_tokenizer_ckpt(tmp_path / 'tokenizer.ckpt')}"]
     if experiment == "leaderboard/decoder":  # its CLIP is make demo's (absent here): embeddings from files instead
@@ -193,6 +197,29 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
         with pytest.raises(ConfigError, match="synthetic captions file not found"):
             check_compatibility(net, instantiate(cfg.data))
         return
+    if experiment.startswith("dalle3/t2i/"):  # DALL·E 3's caption blends: one DALL·E run per blend, equal steps
+        row = experiment.rsplit("/", 1)[1]
+        assert cfg.trainer.max_steps == 400 and cfg.callbacks.get("time_budget") is None
+        assert cfg.data.bpe_fit_styles == "all" and cfg.model.net.n_layers == 6
+        mix = cfg.data.caption_mix
+        if row == "alt":
+            assert mix is None and cfg.data.caption_style == "alt"
+        else:
+            style = {"short": "synthetic_short", "desc": "synthetic_descriptive", "oracle": "descriptive"}
+            share = int(row.lstrip("abcdefghijklmnopqrstuvwxyz")) / 100
+            want = style[row.rstrip("0123456789")]
+            assert set(mix) == {want, "alt"} and mix[want] == pytest.approx(share)
+            assert mix["alt"] == pytest.approx(1 - share)
+            assert bool(cfg.data.synthetic_captions) == want.startswith("synthetic_")
+        if cfg.data.synthetic_captions:  # zoo-recaption files of the train split: checked before training starts
+            assert all(str(p).endswith(f"recaptions/dalle3/shapes_train_{k}.pt") for k, p in mix_files(cfg))
+            for style in cfg.data.synthetic_captions:  # (a checkout may have the real ones: point at a missing file)
+                cfg.data.synthetic_captions[style] = str(tmp_path / "missing.pt")
+            with pytest.raises(ConfigError, match="synthetic captions file not found"):
+                instantiate(cfg.data).dataset("train")  # what setup("fit") builds before the first step
+            return
+        check_compatibility(net, instantiate(cfg.data))
+        return
     if experiment.startswith("dalle3/"):  # the captioner reads zoo-embed image embeddings of its CLIP width
         feats = _synthetic_embed_file(tmp_path / "features.pt", 8, net.cfg.embed_dim, 16)
         for split in ("train", "val", "test"):
@@ -202,6 +229,36 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
                 check_compatibility(net, instantiate(cfg.data))
             return
     check_compatibility(net, instantiate(cfg.data))
+
+
+@pytest.mark.parametrize("name", ["blend_descriptive", "blend_short", "blend_short_upsampled"])
+def test_dalle3_blend_eval_experiments_sweep_every_row(tmp_path, name):
+    """zoo-eval -m experiment=dalle3/<name>: one job per trained caption-blend row (conf/experiment/dalle3/t2i), each
+    reading that row's checkpoint, on the prompts of its style, with the upsampler only where the name says so."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from tests.conftest import compose_cfg  # registered by pytest under this name (importlib mode)
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="conf.eval", version_base="1.3"):
+        raw = compose("eval", overrides=[f"experiment=dalle3/{name}"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    (override,) = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in raw.hydra.sweeper.params.items()])
+    rows = list(override.sweep_iterator())
+    trained = sorted(p.stem for p in (CONF / "experiment" / "dalle3" / "t2i").glob("*.yaml"))
+    assert override.key_or_group == "row" and sorted(rows) == trained
+    for row in ("alt", "desc95"):
+        cfg = compose_cfg(tmp_path, [f"experiment=dalle3/{name}", f"row={row}"], module="conf.eval", name="eval")
+        OmegaConf.to_container(cfg, resolve=True)
+        logs = tmp_path / "logs"
+        assert cfg.generator.dalle_ckpt == str(logs / f"dalle3/t2i/{row}/checkpoints/last.ckpt")
+        assert cfg.protocol.caption_style == ("descriptive" if name == "blend_descriptive" else "short")
+        assert cfg.protocol.n == 256 and cfg.blur.candidates == 1 and "attribute_accuracy" in cfg.metrics
+        upsampler = cfg.generator.prompt_upsampler
+        assert (upsampler is not None) == name.endswith("_upsampled")
+        assert cfg.clip.checkpoint == str(logs / "dalle3/clip/last.ckpt")
 
 
 UNCLIP_EVAL = {  # conf/eval/experiment/unclip/<name>: (the swept key, its values, the generator)
