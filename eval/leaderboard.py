@@ -48,7 +48,8 @@ HEADLINE = (
     "sec_per_image",
 )
 FIDELITY = ("prompt_fidelity", "attribute_accuracy", "clip_score", "fd_clip", "fid", "kid", "is")
-ATTRIBUTES = ("shape", "colour", "size", "position", "background", "count", "subject")  # eval.ablations MetricSuite._judge's keys
+# the keys of the judge's per-attribute accuracies (eval.ablations MetricSuite._judge)
+ATTRIBUTES = ("shape", "colour", "size", "position", "background", "count", "subject")
 # The scatter's axes: the judge's exact-match fidelity where the protocol has attributes, else the CLIP score.
 SCATTER_Y = ("prompt_fidelity", "clip_score")
 # column -> (header, format): results.md's, plus the per-attribute accuracies
