@@ -106,18 +106,26 @@ def build_clip(node: DictConfig):
     return scorer, ident
 
 
+def judge_path(node, resolution: int) -> Path:
+    """Where the judge of zoo-eval's ``judge`` node (a DictConfig or dict) is cached for this resolution."""
+    from zoo.data.shapes import WORLD_VERSION
+
+    steps, bs = int(node.get("steps", 400)), int(node.get("batch_size", 128))
+    width = int(node.get("width", 64))
+    # width 64 is the reference judge every measured table used (its files keep their old names); other widths are
+    # other instruments, cached apart
+    suffix = "" if width == 64 else f"_w{width}"
+    return Path(str(node["dir"])) / f"shapes_judge_v{WORLD_VERSION}_{resolution}px_{steps}x{bs}{suffix}.pt"
+
+
 def build_judge(node: DictConfig, resolution: int, progress: bool):
     from eval.judge import load_or_train_judge
-    from zoo.data.shapes import WORLD_VERSION
 
     steps, bs = int(node.get("steps", 400)), int(node.get("batch_size", 128))
     width = int(node.get("width", 64))
     if width < 8:
         raise ConfigError(f"judge.width={width} is too small to read a scene (fix: judge.width=64, the default, or 32)")
-    # width 64 is the reference judge every measured table used (its files keep their old names); other widths are
-    # other instruments, cached apart
-    suffix = "" if width == 64 else f"_w{width}"
-    path = Path(str(node.dir)) / f"shapes_judge_v{WORLD_VERSION}_{resolution}px_{steps}x{bs}{suffix}.pt"
+    path = judge_path(node, resolution)
     if not path.is_file():
         log.info("training the shapes judge once (%d steps, width %d), cached at %s", steps, width, path)
     path.parent.mkdir(parents=True, exist_ok=True)

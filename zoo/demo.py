@@ -146,12 +146,12 @@ class Schedule:
         self.factor = min(max(seconds / expected, 0.5), 6.0)
         self.factor_why = f"measured by the {name} stage ({fmt(seconds)} vs {fmt(expected)} on the reference machine)"
 
-    def fixed_left(self) -> float:
-        precision = 1.0 if self.native_bf16 else FIXED_NO_BF16
-        return sum(v for k, v in FIXED_S.items() if k not in self.done) * self.factor * precision
-
     def expect(self, name: str) -> float:
+        """A fixed-work stage's predicted wall time on this machine."""
         return FIXED_S[name] * self.factor * (1.0 if self.native_bf16 else FIXED_NO_BF16)
+
+    def fixed_left(self) -> float:
+        return sum(self.expect(k) for k in FIXED_S if k not in self.done)
 
     def budget_minutes(self, stage: Stage) -> float:
         """This training stage's TimeBudget: its nominal share of the training time left before the deadline."""
@@ -305,17 +305,15 @@ def run_judge(timings: dict[str, float], schedule: Optional[Schedule] = None) ->
     resolution = 48 if FULL else 32
     width = 64 if FULL else JUDGE_WIDTH
     judge_dir = Path(os.environ.get("ZOO_CACHE_DIR", ".zoo_cache")) / "judge"  # zoo-eval's judge.dir
-    node = f"{{'dir': '{judge_dir}', 'steps': 400, 'batch_size': 128, 'width': {width}}}"
+    node = {"dir": str(judge_dir), "steps": 400, "batch_size": 128, "width": width}
     code = (  # logging configured: the judge's progress lines (zoo.progress, INFO) reach the demo's log
         "import logging; logging.basicConfig(level=logging.INFO, format='[%(asctime)s][%(name)s] %(message)s'); "
         "from omegaconf import OmegaConf; from eval.cli import build_judge; "
-        f"build_judge(OmegaConf.create({node}), {resolution}, True)"
+        f"build_judge(OmegaConf.create({node!r}), {resolution}, True)"
     )
-    from eval.cli import build_judge  # noqa: F401  (fail here, not in the subprocess, if eval is not installed)
-    from zoo.data.shapes import WORLD_VERSION
+    from eval.cli import judge_path  # (fails here, not in the subprocess, if eval is not installed)
 
-    suffix = "" if width == 64 else f"_w{width}"
-    cached = judge_dir / f"shapes_judge_v{WORLD_VERSION}_{resolution}px_400x128{suffix}.pt"
+    cached = judge_path(node, resolution)  # the file zoo-eval's build_judge reads and writes
     if cached.is_file():
         print(f"\n=== demo stage 'judge': reusing {cached}")
         return
