@@ -61,13 +61,17 @@ def condition_mean(step: ReverseStep, grad: torch.Tensor) -> torch.Tensor:
 def condition_eps(
     process: GaussianDiffusion, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor, grad: torch.Tensor
 ) -> torch.Tensor:
-    """The output with its ε part moved to ε − √(1 − ᾱ_t) · grad (score conditioning, for DDIM); ``t`` indexes the
-    process. A learned-variance half is kept as is. Needs an ε-predicting process."""
-    if process.model_mean_type != "eps":
-        raise ValueError("condition_eps needs model_mean_type='eps'")
-    eps, v = process.split_output(model_output.to(x.dtype))
-    eps = eps - process.coef("sqrt_1m_ac", t, x) * grad
-    return eps if v is None else torch.cat([eps, v], dim=1)
+    """The output with the ε it implies moved to ε − √(1 − ᾱ_t) · grad (score conditioning, for DDIM); ``t``
+    indexes the process. A learned-variance half is kept as is. An ε-predicting process shifts its output directly;
+    a v-predicting one by the same shift divided by √ᾱ_t (at fixed x_t, ε = √ᾱ_t · v + √(1 − ᾱ_t) · x_t)."""
+    if process.model_mean_type not in ("eps", "v"):
+        raise ValueError(f"condition_eps needs model_mean_type 'eps' or 'v', not {process.model_mean_type!r}")
+    out, var = process.split_output(model_output.to(x.dtype))
+    shift = process.coef("sqrt_1m_ac", t, x) * grad
+    if process.model_mean_type == "v":
+        shift = shift / process.coef("sqrt_ac", t, x)
+    out = out - shift
+    return out if var is None else torch.cat([out, var], dim=1)
 
 
 @torch.no_grad()

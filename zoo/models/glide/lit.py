@@ -49,6 +49,18 @@ def build_config(preset: str = "shapes", net: Optional[dict[str, Any]] = None) -
     return resolve_preset(GLIDE_PRESETS, GlideConfig, preset, net, "GLIDE")
 
 
+PREDICTIONS = ("eps", "v")
+
+
+def check_prediction(prediction: str) -> str:
+    """``model.prediction`` for the text-to-image diffusion models (GLIDE, the unCLIP decoder): eps or v."""
+    if prediction not in PREDICTIONS:
+        raise ConfigError(
+            f"model.prediction must be one of {PREDICTIONS} (eps: GLIDE's; v: v-prediction), got {prediction!r}"
+        )
+    return prediction
+
+
 def run_sampler(
     process: GaussianDiffusion,
     fn,
@@ -86,6 +98,10 @@ class GlideLit(TextTokenizerLit):
     preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.glide.model.GLIDE_PRESETS``); ``net`` overrides fields.
     text_dropout: probability of replacing a training caption by the empty caption (GLIDE: 0.2).
     num_timesteps, schedule: the training diffusion process (cosine, 1000).
+    prediction: what the U-Net's first C channels predict: ``eps`` (GLIDE, the default) or ``v`` (√ᾱ·ε − √(1−ᾱ)·x0,
+        Salimans & Ho). ε-prediction weights the error of the predicted image by the SNR, i.e. next to nothing at
+        the high noise levels where a sample's layout and colours are decided; v gives those steps weight ≥ 1. Guidance, learned variance
+        and every sampler work with either (guidance is affine in the output, so guiding v is guiding ε).
     guidance_scale, sample_steps, sampler, eta: ``generate``'s defaults.
     grid_captions, grid_steps, grid_guidance_scale: ``sample_grid`` (real | sample pairs of val captions).
     inpaint: the inpainting model (masked image + mask as 4 extra U-Net input channels; trained on random masks).
@@ -103,6 +119,7 @@ class GlideLit(TextTokenizerLit):
         text_dropout: float = 0.2,
         num_timesteps: int = 1000,
         schedule: str = "cosine",
+        prediction: str = "eps",
         guidance_scale: float = 3.0,
         sample_steps: int = 50,
         sampler: str = "ddim",
@@ -133,7 +150,7 @@ class GlideLit(TextTokenizerLit):
         self.net = Glide(self.cfg)
         self.process = GaussianDiffusion(
             get_schedule(schedule, int(num_timesteps)),
-            model_mean_type="eps",
+            model_mean_type=check_prediction(prediction),
             model_var_type="learned_range",
             loss_type="hybrid",
         )

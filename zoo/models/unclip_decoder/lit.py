@@ -25,7 +25,7 @@ from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
 from zoo.models.base import ZooLit, resolve_preset
-from zoo.models.glide.lit import GlideLit, run_sampler
+from zoo.models.glide.lit import GlideLit, check_prediction, run_sampler
 from zoo.models.unclip_decoder.model import UNCLIP_DECODER_PRESETS, UnclipDecoder, UnclipDecoderConfig
 from zoo.text import TextTokenizer
 
@@ -47,6 +47,7 @@ class UnclipDecoderLit(GlideLit):
     emb_dropout: probability of the zero CLIP embedding in training (unCLIP: 0.1), independent of the caption's.
     clip_ckpt: optional zoo-train CLIP checkpoint, frozen, embedding batches that carry no ``clip_image_emb``.
     num_timesteps, schedule: the training diffusion process (cosine, 1000).
+    prediction: ``eps`` (GLIDE's and unCLIP's) or ``v`` (``GlideLit``'s docstring says when v helps).
     decoder_guidance_scale, sample_steps, sampler, eta: ``generate``'s defaults (unCLIP: guidance 1.25 at FID).
     grid_captions, grid_steps, grid_guidance_scale: ``sample_grid`` (real | decoded from its embedding + caption).
     text_tokenizer: filled in by the checkpoint (leave None when training).
@@ -61,6 +62,7 @@ class UnclipDecoderLit(GlideLit):
         clip_ckpt: Optional[str] = None,
         num_timesteps: int = 1000,
         schedule: str = "cosine",
+        prediction: str = "eps",
         decoder_guidance_scale: float = 3.0,
         sample_steps: int = 50,
         sampler: str = "ddim",
@@ -89,7 +91,7 @@ class UnclipDecoderLit(GlideLit):
         self.net = UnclipDecoder(self.cfg)
         self.process = GaussianDiffusion(
             get_schedule(schedule, int(num_timesteps)),
-            model_mean_type="eps",
+            model_mean_type=check_prediction(prediction),
             model_var_type="learned_range",
             loss_type="hybrid",
         )
