@@ -99,3 +99,20 @@ def test_tiny_v_glide_overfits_a_fixed_batch(nn_helpers):
         ["a red circle"], n=2, steps=3, sampler="ddpm"
     )
     assert imgs.shape == (2, 3, 16, 16) and torch.isfinite(imgs).all() and imgs.abs().max() <= 1
+
+
+@pytest.mark.parametrize(
+    "experiment, prediction",
+    [
+        ("demo/decoder", "v"),  # make demo's decoder: v since the equal-budget comparison
+        ("leaderboard/decoder", "eps"),  # pinned: the leaderboard's numbers were measured with eps
+        ("leaderboard/glide", "eps"),
+        ("glide/shapes_long", "eps"),  # the control of the eps-vs-v comparison
+        ("glide/shapes_long_v", "v"),  # the GLIDE of experiments/glide's tables
+    ],
+)
+def test_which_experiments_predict_v(tmp_path, experiment, prediction):
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(tmp_path, [f"experiment={experiment}"])
+    assert cfg.model.prediction == prediction

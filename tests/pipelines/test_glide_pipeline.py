@@ -335,7 +335,7 @@ def test_glide_eval_experiments_compose(tmp_path, name):
     assert cfg.protocol._target_.endswith("ShapesProtocol") and cfg.protocol.resolution == 32
     assert list(cfg.ablations) == ["blur", "diversity"] and list(cfg.blur.radii) == [0]
     assert cfg.generator._target_ == "zoo.pipelines.glide.GlidePipeline.from_checkpoints"
-    assert cfg.generator.glide_ckpt == str(tmp_path / "logs/leaderboard/glide/checkpoints/last.ckpt")
+    assert cfg.generator.glide_ckpt == str(tmp_path / "logs/glide/shapes_long_v/checkpoints/last.ckpt")
     if name != "base":
         hydra_cfg = _eval_hydra_cfg(f"experiment=glide/{name}").hydra
         assert hydra_cfg.sweep.dir.endswith(f"/eval/glide/{name}")
