@@ -131,3 +131,32 @@ def test_format_duration(seconds, text):
 def test_format_rate():
     assert format_rate(3.21) == "3.21 it/s"
     assert format_rate(0.25, "step") == "4 s/step"
+
+
+def test_the_total_follows_a_time_budget_replan_up_and_down(caplog, monkeypatch):
+    """TimeBudget plans max_steps after its first timed steps, then re-plans (possibly upwards): each printed line
+    shows the current plan (a run once printed 'step 5750/5668 (101%)' after a re-plan to 6474)."""
+    from types import SimpleNamespace
+
+    from zoo.callbacks.progress import LogProgress
+
+    class FakeTrainer(SimpleNamespace):
+        @property
+        def estimated_stepping_batches(self):
+            return min(self.max_steps, self.epoch_cap)
+
+    trainer = FakeTrainer(max_steps=20000, epoch_cap=10**9, global_step=0, callback_metrics={}, is_global_zero=True)
+    cb = LogProgress(every_n_steps=1, every_seconds=None, force=True)
+    cb.active = True
+    caplog.set_level(logging.INFO, logger="zoo.progress")
+    cb.on_train_start(trainer, None)
+    totals = []
+    for step, max_steps in ((1, 20000), (2, 5668), (3, 5668), (4, 6474), (5, 3000)):
+        trainer.max_steps, trainer.global_step = max_steps, step
+        cb.on_train_batch_end(trainer, None, {"loss": None}, None, step)
+        totals.append(int(re.search(r"step \d+/(\d+)", _lines(caplog)[-1]).group(1)))
+    assert totals == [20000, 5668, 5668, 6474, 3000]
+    trainer.epoch_cap = 4000  # an epoch limit below the plan still caps the total
+    trainer.max_steps, trainer.global_step = 7000, 6
+    cb.on_train_batch_end(trainer, None, {"loss": None}, None, 6)
+    assert "step 6/4000" in _lines(caplog)[-1]

@@ -79,6 +79,7 @@ class LogProgress(L.Callback):
         if not self.active:
             return
         self._total = self._total_steps(trainer)
+        self._seen_max_steps = trainer.max_steps
         self._start_time, self._start_step = time.monotonic(), trainer.global_step
         self._reset_interval(trainer.global_step)
         what = f"{int(self._total)} steps" if self._total else "no fixed number of steps"
@@ -129,9 +130,11 @@ class LogProgress(L.Callback):
     def _emit(self, trainer: "L.Trainer", step: int, now: float) -> None:
         dt = now - self._last_time
         rate = (step - self._last_step) / dt if dt > 0 else float("nan")
-        max_steps = trainer.max_steps  # lowered mid-run by zoo.callbacks.TimeBudget: the total follows it
-        if max_steps and max_steps > 0 and (self._total is None or max_steps < self._total):
-            self._total = float(max_steps)
+        # zoo.callbacks.TimeBudget sets max_steps mid-run (its plan, then a re-plan that may raise it): the total
+        # follows every change, still capped by the epochs (estimated_stepping_batches reads the new max_steps)
+        if trainer.max_steps != getattr(self, "_seen_max_steps", trainer.max_steps):
+            self._seen_max_steps = trainer.max_steps
+            self._total = self._total_steps(trainer)
         parts = [f"step {format_count(step, self._total)}", format_rate(rate)]
         loss = self._loss(trainer)
         if loss is not None:
