@@ -109,6 +109,7 @@ def test_tiny_v_glide_overfits_a_fixed_batch(nn_helpers):
         ("leaderboard/glide", "eps"),
         ("glide/shapes_long", "eps"),  # the control of the eps-vs-v comparison
         ("glide/shapes_long_v", "v"),  # the GLIDE of experiments/glide's tables
+        ("unclip/decoder_long_v", "v"),  # the unCLIP decoder beside it
     ],
 )
 def test_which_experiments_predict_v(tmp_path, experiment, prediction):
