@@ -169,7 +169,9 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
         ("dalle1/", "demo/dalle", "demo/full/dalle", "dalle3/t2i/")
     ):  # builds on a stage-1 checkpoint; check its grid/vocab against a real one
         extra = [f"model.image_tokenizer_ckpt={_shapes_tokenizer_ckpt(tmp_path / 'tokenizer.ckpt')}"]
-    if experiment == "leaderboard/decoder":  # its CLIP is make demo's (absent here): embeddings from files instead
+    # decoders whose CLIP is make demo's (absent here): image embeddings from files instead
+    clip_decoders = ("demo/decoder", "leaderboard/decoder", "unclip/decoder_long_v")
+    if experiment in clip_decoders[1:]:
         extra = ["model.clip_ckpt=null"]
     cfg = train_cfg(f"experiment={experiment}", "data.train_size=8", "data.val_size=8", "data.test_size=8", *extra)
     OmegaConf.to_container(cfg, resolve=True)
@@ -181,13 +183,12 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
         feats = _synthetic_embed_file(tmp_path / "features.pt", 8, dim, c.text_len)
         for split in ("train", "val", "test"):
             cfg.data.features[split] = str(feats)
-    if experiment in (
-        "demo/decoder",
-        "leaderboard/decoder",
-    ):  # make demo passes model.clip_ckpt; here zoo-embed-format image embeddings
+    if experiment in clip_decoders:  # make demo passes model.clip_ckpt; here zoo-embed-format image embeddings
         feats = _synthetic_embed_file(tmp_path / "features.pt", 8, net.cfg.clip_dim, 16)
         for split in ("train", "val", "test"):
             cfg.data.features[split] = str(feats)
+    if experiment == "unclip/decoder_long_v":  # leaderboard/decoder with v-prediction and a longer budget
+        assert net.process.model_mean_type == "v" and cfg.callbacks.time_budget.minutes == 60
     if experiment.startswith("unclip/upsampler_"):  # both upsampler rows train 10 minutes; they differ in corruption
         assert cfg.callbacks.time_budget._target_ == "zoo.callbacks.TimeBudget"
         assert cfg.callbacks.time_budget.minutes == 10 and cfg.trainer.max_time is None
