@@ -111,6 +111,58 @@ def test_hard_stop_when_the_machine_slows_down(monkeypatch):
     assert clock.t <= 1.25 * 60 + 10 and trainer.global_step < budget.planned_steps
 
 
+def _fit_with_speed_change(monkeypatch, change_at: int, before: float, after: float, **kw):
+    """A run whose steps cost ``before`` seconds up to batch ``change_at`` and ``after`` from there on (another job
+    on the same cores ends, or starts)."""
+    clock = _Clock(before)
+    monkeypatch.setattr(tb.time, "monotonic", clock)
+    model = _Tiny(clock)
+    orig = model.training_step
+
+    def step(batch, batch_idx):
+        clock.dt = before if batch_idx < change_at else after
+        return orig(batch, batch_idx)
+
+    model.training_step = step
+    budget = TimeBudget(minutes=10.0, calibrate_steps=5, warmup_steps=2, min_steps=3, reserve=0.06, **kw)
+    trainer = L.Trainer(
+        max_steps=10_000,
+        max_epochs=-1,
+        callbacks=[budget],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(model)
+    return trainer, clock, budget
+
+
+def test_a_load_that_ends_midway_does_not_cut_the_run_short(monkeypatch):
+    # 600 s budget, 564 s usable. Steps cost 2 s for the first 100 batches (200 s: a second job on the cores), then
+    # 1 s. The first plan (14 s in, 2 s/step) aims at 282 steps. The 40% re-measure (240 s, step 140) times the
+    # steps since that plan, still mostly loaded (1.70 s/step), and aims to end at 430 s; the 70% re-measure
+    # (420 s) sees only 1 s steps and fills the budget: 464 steps, 564 s.
+    trainer, clock, budget = _fit_with_speed_change(monkeypatch, 100, 2.0, 1.0)
+    assert budget.sec_per_step == pytest.approx(1.0)
+    assert 564 - 2 <= clock.t <= 564 + 2
+    # with the 40% re-measure alone (the old rule, whose window was the whole run: the same 1.70 s/step here) the
+    # run ends at 430 s, a quarter of the budget unused
+    trainer1, clock1, _ = _fit_with_speed_change(monkeypatch, 100, 2.0, 1.0, recheck_fraction=0.4)
+    assert clock1.t < 564 - 60
+
+
+def test_a_load_that_starts_midway_is_planned_for(monkeypatch):
+    # the reverse: 1 s steps, then 2 s from batch 100 (200 s in): the re-measures shorten the plan so the run ends
+    # inside its budget instead of at the hard stop (1.25x)
+    trainer, clock, budget = _fit_with_speed_change(monkeypatch, 100, 1.0, 2.0)
+    assert budget.sec_per_step == pytest.approx(2.0)
+    assert 564 - 4 <= clock.t <= 564 + 4
+
+
 def test_bad_budget_is_refused():
     with pytest.raises(ValueError, match="minutes"):
         TimeBudget(minutes=0)
+    with pytest.raises(ValueError, match="recheck_fraction"):
+        TimeBudget(minutes=1, recheck_fraction=[0.4, 1.5])

@@ -7,8 +7,10 @@ steps, then sets the run's step count to what fits in the budget — ``trainer.m
 fast CPU (native bf16) trains more steps than a slow one and both end their schedule on time. ``make demo`` uses it
 so the demo fits its half hour on either kind of CPU.
 
-The step count is re-estimated once more at ``recheck_fraction`` of the budget (a machine's speed drifts with its
-load) and, as a last resort, training stops at ``hard_stop`` × the budget. The configured ``trainer.max_steps``
+The step count is re-estimated at each of ``recheck_fraction`` (fractions of the budget: 0.4 and 0.7) from the rate
+of the steps since the previous plan, not since the start: a machine's speed drifts with its load, and the recent
+rate is what the rest of the run will see (a run planned while another job shared its cores, which then ended, kept
+the loaded rate and stopped at 36 of its 45 minutes). As a last resort, training stops at ``hard_stop`` × the budget. The configured ``trainer.max_steps``
 stays an upper bound; ``min_steps`` a lower one (a very slow machine still trains that many steps, late).
 
     callbacks.time_budget: {_target_: zoo.callbacks.TimeBudget, minutes: 5}
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 import lightning as L
 
@@ -34,7 +36,7 @@ class TimeBudget(L.Callback):
         calibrate_steps: int = 10,
         warmup_steps: int = 3,
         min_steps: int = 20,
-        recheck_fraction: Optional[float] = 0.4,
+        recheck_fraction: Union[float, Sequence[float], None] = (0.4, 0.7),
         reserve: float = 0.06,
         hard_stop: float = 1.25,
         validate_at_end: bool = True,
@@ -47,7 +49,15 @@ class TimeBudget(L.Callback):
         self.calibrate_steps = int(calibrate_steps)
         self.warmup_steps = int(warmup_steps)
         self.min_steps = int(min_steps)
-        self.recheck_fraction = recheck_fraction
+        if recheck_fraction is None:
+            fractions: list[float] = []
+        elif isinstance(recheck_fraction, (int, float)):
+            fractions = [float(recheck_fraction)]
+        else:  # a list from the config
+            fractions = sorted(float(f) for f in recheck_fraction)
+        if any(not 0.0 < f < 1.0 for f in fractions):
+            raise ValueError(f"TimeBudget recheck_fraction must lie in (0, 1), got {recheck_fraction}")
+        self.recheck_fractions = fractions
         self.reserve = float(reserve)  # share of the budget kept for the final validation / checkpoint
         self.hard_stop = float(hard_stop)
         self.validate_at_end = bool(validate_at_end)
@@ -57,7 +67,7 @@ class TimeBudget(L.Callback):
         self._t_timed = 0.0
         self._step_timed = 0
         self._cap = 0
-        self._rechecked = False
+        self._rechecks_done = 0
 
     # --- hooks ---------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -81,12 +91,11 @@ class TimeBudget(L.Callback):
         elif done == self.warmup_steps + self.calibrate_steps:
             self._plan(trainer, now, "measured")
         elif (
-            not self._rechecked
-            and self.recheck_fraction
+            self._rechecks_done < len(self.recheck_fractions)
             and self.planned_steps is not None
-            and now - self._t_fit >= self.recheck_fraction * self.budget_s
+            and now - self._t_fit >= self.recheck_fractions[self._rechecks_done] * self.budget_s
         ):
-            self._rechecked = True
+            self._rechecks_done += 1
             self._plan(trainer, now, "re-measured")
         if now - self._t_fit > self.hard_stop * self.budget_s and not trainer.should_stop:
             log.warning(
@@ -104,6 +113,8 @@ class TimeBudget(L.Callback):
             return
         # validation runs between steps inflate the measured rate a little: the plan errs on the short side
         self.sec_per_step = (now - self._t_timed) / steps_timed
+        # the next re-measure times only the steps after this plan: the recent rate predicts the rest of the run
+        self._t_timed, self._step_timed = now, trainer.global_step
         left = self.budget_s * (1.0 - self.reserve) - (now - self._t_fit)
         steps = trainer.global_step + max(0, int(left / self.sec_per_step))
         steps = min(self._cap, max(self.min_steps, steps))
