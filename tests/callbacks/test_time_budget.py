@@ -45,12 +45,8 @@ class _Tiny(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.sched(opt), "interval": "step"}}
 
 
-def _fit(monkeypatch, sec_per_step: float, minutes: float, max_steps: int = 10_000, **kw):
-    clock = _Clock(sec_per_step)
-    monkeypatch.setattr(tb.time, "monotonic", clock)
-    model = _Tiny(clock)
-    budget = TimeBudget(minutes=minutes, calibrate_steps=5, warmup_steps=2, min_steps=3, **kw)
-    trainer = L.Trainer(
+def _trainer(budget: TimeBudget, max_steps: int = 10_000) -> L.Trainer:
+    return L.Trainer(
         max_steps=max_steps,
         max_epochs=-1,
         callbacks=[budget],
@@ -60,6 +56,14 @@ def _fit(monkeypatch, sec_per_step: float, minutes: float, max_steps: int = 10_0
         enable_model_summary=False,
         limit_val_batches=0,
     )
+
+
+def _fit(monkeypatch, sec_per_step: float, minutes: float, max_steps: int = 10_000, **kw):
+    clock = _Clock(sec_per_step)
+    monkeypatch.setattr(tb.time, "monotonic", clock)
+    model = _Tiny(clock)
+    budget = TimeBudget(minutes=minutes, calibrate_steps=5, warmup_steps=2, min_steps=3, **kw)
+    trainer = _trainer(budget, max_steps)
     trainer.fit(model)
     return trainer, model, budget
 
@@ -97,16 +101,7 @@ def test_hard_stop_when_the_machine_slows_down(monkeypatch):
 
     model.training_step = step
     budget = TimeBudget(minutes=1.0, calibrate_steps=5, warmup_steps=2, recheck_fraction=None)
-    trainer = L.Trainer(
-        max_steps=10_000,
-        max_epochs=-1,
-        callbacks=[budget],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = _trainer(budget)
     trainer.fit(model)
     assert clock.t <= 1.25 * 60 + 10 and trainer.global_step < budget.planned_steps
 
@@ -125,16 +120,7 @@ def _fit_with_speed_change(monkeypatch, change_at: int, before: float, after: fl
 
     model.training_step = step
     budget = TimeBudget(minutes=10.0, calibrate_steps=5, warmup_steps=2, min_steps=3, reserve=0.06, **kw)
-    trainer = L.Trainer(
-        max_steps=10_000,
-        max_epochs=-1,
-        callbacks=[budget],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = _trainer(budget)
     trainer.fit(model)
     return trainer, clock, budget
 
