@@ -27,7 +27,8 @@ def test_train_writes_metrics_grid_and_checkpoints(train_cfg, tmp_path, tiny_dva
     assert saved["global_step"] == 8 == metrics["global_step"]
     assert "val/loss" in saved and "test/loss" in saved
     # the training cost the leaderboard reports beside each row
-    assert saved["threads"] == torch.get_num_threads() and 0 < saved["train_minutes"] < 30
+    # (a fast CPU trains these 8 tiny steps in under 0.3 s, which rounds to 0.0 minutes)
+    assert saved["threads"] == torch.get_num_threads() and 0 <= saved["train_minutes"] < 30
     assert saved["cpu"].startswith("cpu: ")  # zoo.precision.describe_cpu's line
     assert list((run / "samples").glob("*.png")), "sample grid PNG missing"
     assert (run / "checkpoints" / "last.ckpt").is_file()
