@@ -110,6 +110,8 @@ def test_tiny_v_glide_overfits_a_fixed_batch(nn_helpers):
         ("glide/shapes_long", "eps"),  # the control of the eps-vs-v comparison
         ("glide/shapes_long_v", "v"),  # the GLIDE of experiments/glide's tables
         ("unclip/decoder_long_v", "v"),  # the unCLIP decoder beside it
+        ("unclip/upsampler_shapes_32_128", "eps"),  # the paper's upsampler
+        ("unclip/upsampler_shapes_32_128_v", "v"),  # its v twin
     ],
 )
 def test_which_experiments_predict_v(tmp_path, experiment, prediction):

@@ -6,7 +6,7 @@ Training, per batch of real images ``image`` (B, 3, S, S) at the TARGET size S (
    ``BSRDegradation`` (second stage) from ``zoo.data.degradations``, parameters drawn per image;
 2. cut a random (S / 4)-pixel crop of the image and the matching (S / 16)-pixel crop of the conditioning at the
    same place (``paired_random_crop``: corner a multiple of the scale, so the two crops show the same scene region);
-3. the diffusion loss (``zoo.diffusion.GaussianDiffusion``: cosine schedule of 1000 steps, eps prediction; with
+3. the diffusion loss (``zoo.diffusion.GaussianDiffusion``: cosine schedule of 1000 steps, eps (or v) prediction; with
    ``net.learn_sigma`` the learned-range variance and hybrid loss) on the high-resolution crop, conditioned on the
    low-resolution crop.
 
@@ -35,6 +35,7 @@ from zoo.diffusion.samplers import ddim_sample
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
 from zoo.models.base import ZooLit, resolve_preset
+from zoo.models.glide.lit import check_prediction
 from zoo.models.upsampler.model import UPSAMPLER_PRESETS, Upsampler, UpsamplerConfig
 
 
@@ -69,6 +70,9 @@ class UpsamplerLit(ZooLit):
     blur_sigma_range: the blur corruption's sigma range in low-resolution pixels.
     bsr: overrides of ``zoo.data.degradations.BSRConfig`` fields (e.g. ``{jpeg_quality_range: [50, 95]}``).
     num_timesteps, schedule: the training diffusion process (1000, cosine).
+    prediction: ``eps`` (the paper's) or ``v``. An eps upsampler trained for CPU minutes shifts flat backgrounds'
+        colour (brown to grey or purple in its sample grids): the colour is decided at high noise, where the eps
+        loss gives the image error almost no weight, the same failure as GLIDE's captions (``GlideLit``).
     sample_steps: DDIM steps of ``upsample`` (None = 27 for blur, 15 for bsr); eta: DDIM eta (0).
     grid_images, grid_steps: ``sample_grid`` (rows of low-res | bicubic | upsampled | real; steps None = the
         sampling default).
@@ -86,6 +90,7 @@ class UpsamplerLit(ZooLit):
         bsr: Optional[dict[str, Any]] = None,
         num_timesteps: int = 1000,
         schedule: str = "cosine",
+        prediction: str = "eps",
         sample_steps: Optional[int] = None,
         eta: float = 0.0,
         grid_images: int = 4,
@@ -100,7 +105,7 @@ class UpsamplerLit(ZooLit):
         learned = self.cfg.learn_sigma
         self.process = GaussianDiffusion(
             get_schedule(schedule, int(num_timesteps)),
-            model_mean_type="eps",
+            model_mean_type=check_prediction(prediction),
             model_var_type="learned_range" if learned else "fixed_small",
             loss_type="hybrid" if learned else "mse",
         )
