@@ -169,9 +169,10 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
         ("dalle1/", "demo/dalle", "demo/full/dalle", "dalle3/t2i/")
     ):  # builds on a stage-1 checkpoint; check its grid/vocab against a real one
         extra = [f"model.image_tokenizer_ckpt={_shapes_tokenizer_ckpt(tmp_path / 'tokenizer.ckpt')}"]
-    # decoders whose CLIP is make demo's (absent here): image embeddings from files instead
+    # decoders that train with make demo's CLIP (absent here): image embeddings from files instead. demo/decoder
+    # has no CLIP path of its own (make demo passes it); the others default to make demo's, so it is cleared.
     clip_decoders = ("demo/decoder", "leaderboard/decoder", "unclip/decoder_long_v")
-    if experiment in clip_decoders[1:]:
+    if experiment in clip_decoders and experiment != "demo/decoder":
         extra = ["model.clip_ckpt=null"]
     cfg = train_cfg(f"experiment={experiment}", "data.train_size=8", "data.val_size=8", "data.test_size=8", *extra)
     OmegaConf.to_container(cfg, resolve=True)
@@ -183,7 +184,7 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
         feats = _synthetic_embed_file(tmp_path / "features.pt", 8, dim, c.text_len)
         for split in ("train", "val", "test"):
             cfg.data.features[split] = str(feats)
-    if experiment in clip_decoders:  # make demo passes model.clip_ckpt; here zoo-embed-format image embeddings
+    if experiment in clip_decoders:  # zoo-embed-format image embeddings
         feats = _synthetic_embed_file(tmp_path / "features.pt", 8, net.cfg.clip_dim, 16)
         for split in ("train", "val", "test"):
             cfg.data.features[split] = str(feats)

@@ -51,6 +51,7 @@ class LogProgress(L.Callback):
         self.every_seconds = float(every_seconds) if every_seconds is not None else None
         self.force = bool(force)
         self.active = False
+        self._seen_max_steps: Optional[int] = None  # the max_steps the printed total was computed from
         self._reset_interval(0)
 
     # --- state -------------------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ class LogProgress(L.Callback):
         rate = (step - self._last_step) / dt if dt > 0 else float("nan")
         # zoo.callbacks.TimeBudget sets max_steps mid-run (its plan, then a re-plan that may raise it): the total
         # follows every change, still capped by the epochs (estimated_stepping_batches reads the new max_steps)
-        if trainer.max_steps != getattr(self, "_seen_max_steps", trainer.max_steps):
+        if trainer.max_steps != self._seen_max_steps:
             self._seen_max_steps = trainer.max_steps
             self._total = self._total_steps(trainer)
         parts = [f"step {format_count(step, self._total)}", format_rate(rate)]

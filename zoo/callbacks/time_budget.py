@@ -10,8 +10,8 @@ so the demo fits its half hour on either kind of CPU.
 The step count is re-estimated at each of ``recheck_fraction`` (fractions of the budget: 0.4 and 0.7) from the rate
 of the steps since the previous plan, not since the start: a machine's speed drifts with its load, and the recent
 rate is what the rest of the run will see (a run planned while another job shared its cores, which then ended, kept
-the loaded rate and stopped at 36 of its 45 minutes). As a last resort, training stops at ``hard_stop`` × the budget. The configured ``trainer.max_steps``
-stays an upper bound; ``min_steps`` a lower one (a very slow machine still trains that many steps, late).
+the loaded rate and stopped at 36 of its 45 minutes). As a last resort, training stops at ``hard_stop`` × the
+budget. The configured ``trainer.max_steps`` stays an upper bound; ``min_steps`` a lower one (a very slow machine still trains that many steps, late).
 
     callbacks.time_budget: {_target_: zoo.callbacks.TimeBudget, minutes: 5}
 """
