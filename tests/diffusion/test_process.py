@@ -234,3 +234,45 @@ def test_training_losses_targets_and_timesteps(mean_type):
     assert seen["t"].tolist() == [0, 44, 99]
     assert out["mse"].abs().max().item() < 1e-20 and torch.equal(out["loss"], out["mse"])
     assert set(out) == {"loss", "mse", "vb"} and out["vb"].shape == (3,) and not out["vb"].requires_grad
+
+
+@pytest.mark.parametrize("mean_type", ["eps", "x0", "v"])
+def test_min_snr_weighting_weighs_the_implied_x0_error_by_min_snr_gamma(mean_type):
+    """Min-SNR-γ: whatever the target, the loss is min(SNR_t, γ) · ‖x̂_0 − x_0‖² for a prediction whose implied x_0
+    is off by δ. On the 3-step schedule SNR = ᾱ/(1 − ᾱ) = 9, 2.571.., 1.016.., so γ = 5 caps only t = 0."""
+    gamma = 5.0
+    p = GaussianDiffusion(SMALL, model_mean_type=mean_type, snr_gamma=gamma, decoder_nll="gaussian")
+    x0 = torch.randn(3, 4, generator=gen(), dtype=torch.float64)
+    noise = torch.randn(3, 4, generator=gen(1), dtype=torch.float64)
+    delta = torch.randn(3, 4, generator=gen(2), dtype=torch.float64) * 0.1
+    t = torch.tensor([0, 1, 2])
+    x_t = p.q_sample(x0, t, noise)
+    x0_hat = x0 + delta
+    eps_hat = p.eps_from_x0(x_t, t, x0_hat)
+    pred = {"eps": eps_hat, "x0": x0_hat, "v": p.v_from_x0_eps(x0_hat, t, eps_hat)}[mean_type]
+    out = p.training_losses(lambda x, ts: pred, x0, t, noise=noise)
+    snr = [0.9 / 0.1, 0.72 / 0.28, 0.504 / 0.496]
+    want = torch.tensor([min(s, gamma) for s in snr], dtype=torch.float64) * (delta**2).mean(1)
+    torch.testing.assert_close(out["loss"], want, rtol=1e-9, atol=1e-15)
+    # 'mse' stays the target's own (unweighted) error: ε's is SNR · δ², v's (SNR + 1) · δ², x_0's δ²
+    scale = {"eps": snr, "x0": [1.0] * 3, "v": [s + 1 for s in snr]}[mean_type]
+    torch.testing.assert_close(out["mse"], torch.tensor(scale, dtype=torch.float64) * (delta**2).mean(1))
+    assert p.respaced([0, 2]).snr_gamma == gamma
+
+
+def test_min_snr_weighting_with_hybrid_loss_and_its_limits():
+    """The VLB term of 'hybrid' is not reweighted; ε with γ ≥ every SNR is plain L_simple; γ must be > 0."""
+    p = GaussianDiffusion(SMALL, model_var_type="learned_range", loss_type="hybrid", snr_gamma=2.0)
+    plain = GaussianDiffusion(SMALL, model_var_type="learned_range", loss_type="hybrid")
+    x0 = torch.rand(2, 3, generator=gen(), dtype=torch.float64) * 2 - 1
+    out_fn = lambda x, t: torch.cat([x * 0.3, torch.full_like(x, 0.2)], 1)  # noqa: E731
+    t = torch.tensor([0, 2])
+    a, b = (q.training_losses(out_fn, x0, t, generator=gen(3)) for q in (p, plain))
+    torch.testing.assert_close(a["vb"], b["vb"])
+    w = torch.tensor([2.0 / 9.0, 1.0], dtype=torch.float64)  # ε weights min(SNR, 2) / SNR at SNR 9 and 1.016
+    torch.testing.assert_close(a["loss"], w * b["mse"] + 0.001 * 3 * b["vb"])
+    big = GaussianDiffusion(SMALL, snr_gamma=100.0)
+    torch.testing.assert_close(big.mse_weights(torch.tensor([0, 1, 2])), torch.ones(3, dtype=torch.float64))
+    for bad in (0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="snr_gamma"):
+            GaussianDiffusion(SMALL, snr_gamma=bad)

@@ -26,6 +26,7 @@ the BPE's tokenizer.json as a string), so ``zoo.checkpoint.load_module(ckpt).gen
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence
 
@@ -59,6 +60,22 @@ def check_prediction(prediction: str) -> str:
             f"model.prediction must be one of {PREDICTIONS} (eps: GLIDE's; v: v-prediction), got {prediction!r}"
         )
     return prediction
+
+
+def check_snr_gamma(snr_gamma) -> Optional[float]:
+    """``model.snr_gamma`` for the image diffusion models: null (the target's plain MSE) or γ > 0 (Min-SNR-γ)."""
+    if snr_gamma is None:
+        return None
+    try:
+        gamma = float(snr_gamma)
+    except (TypeError, ValueError):
+        gamma = float("nan")
+    if not (gamma > 0 and math.isfinite(gamma)):
+        raise ConfigError(
+            f"model.snr_gamma must be null (no reweighting) or a finite number > 0 (Min-SNR-γ; 5 is the paper's), "
+            f"got {snr_gamma!r}"
+        )
+    return gamma
 
 
 def run_sampler(
@@ -102,6 +119,8 @@ class GlideLit(TextTokenizerLit):
         Salimans & Ho). ε-prediction weights the error of the predicted image by the SNR, i.e. next to nothing at
         the high noise levels where a sample's layout and colours are decided; v gives those steps weight ≥ 1. Guidance, learned variance
         and every sampler work with either (guidance is affine in the output, so guiding v is guiding ε).
+    snr_gamma: null, or γ for Min-SNR-γ loss weighting (Hang et al. 2023; ``GaussianDiffusion``'s docstring): the
+        x_0 error weighted by min(SNR, γ) whatever ``prediction`` is, so nearly clean steps stop dominating.
     guidance_scale, sample_steps, sampler, eta: ``generate``'s defaults.
     grid_captions, grid_steps, grid_guidance_scale: ``sample_grid`` (real | sample pairs of val captions).
     inpaint: the inpainting model (masked image + mask as 4 extra U-Net input channels; trained on random masks).
@@ -120,6 +139,7 @@ class GlideLit(TextTokenizerLit):
         num_timesteps: int = 1000,
         schedule: str = "cosine",
         prediction: str = "eps",
+        snr_gamma: Optional[float] = None,
         guidance_scale: float = 3.0,
         sample_steps: int = 50,
         sampler: str = "ddim",
@@ -153,6 +173,7 @@ class GlideLit(TextTokenizerLit):
             model_mean_type=check_prediction(prediction),
             model_var_type="learned_range",
             loss_type="hybrid",
+            snr_gamma=check_snr_gamma(snr_gamma),
         )
         self.text_dropout = float(text_dropout)
         self.text_tokenizer: Optional[TextTokenizer] = TextTokenizer.from_spec(text_tokenizer)

@@ -25,7 +25,7 @@ from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
 from zoo.models.base import ZooLit, resolve_preset
-from zoo.models.glide.lit import GlideLit, check_prediction, run_sampler
+from zoo.models.glide.lit import GlideLit, check_prediction, check_snr_gamma, run_sampler
 from zoo.models.unclip_decoder.model import UNCLIP_DECODER_PRESETS, UnclipDecoder, UnclipDecoderConfig
 from zoo.text import TextTokenizer
 
@@ -48,6 +48,7 @@ class UnclipDecoderLit(GlideLit):
     clip_ckpt: optional zoo-train CLIP checkpoint, frozen, embedding batches that carry no ``clip_image_emb``.
     num_timesteps, schedule: the training diffusion process (cosine, 1000).
     prediction: ``eps`` (GLIDE's and unCLIP's) or ``v`` (``GlideLit``'s docstring says when v helps).
+    snr_gamma: null or γ for Min-SNR-γ loss weighting (as ``GlideLit``).
     decoder_guidance_scale, sample_steps, sampler, eta: ``generate``'s defaults (unCLIP: guidance 1.25 at FID).
     grid_captions, grid_steps, grid_guidance_scale: ``sample_grid`` (real | decoded from its embedding + caption).
     text_tokenizer: filled in by the checkpoint (leave None when training).
@@ -63,6 +64,7 @@ class UnclipDecoderLit(GlideLit):
         num_timesteps: int = 1000,
         schedule: str = "cosine",
         prediction: str = "eps",
+        snr_gamma: Optional[float] = None,
         decoder_guidance_scale: float = 3.0,
         sample_steps: int = 50,
         sampler: str = "ddim",
@@ -94,6 +96,7 @@ class UnclipDecoderLit(GlideLit):
             model_mean_type=check_prediction(prediction),
             model_var_type="learned_range",
             loss_type="hybrid",
+            snr_gamma=check_snr_gamma(snr_gamma),
         )
         self.text_dropout, self.emb_dropout = float(text_dropout), float(emb_dropout)
         self.text_tokenizer: Optional[TextTokenizer] = TextTokenizer.from_spec(text_tokenizer)

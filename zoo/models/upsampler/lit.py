@@ -35,7 +35,7 @@ from zoo.diffusion.samplers import ddim_sample
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
 from zoo.models.base import ZooLit, resolve_preset
-from zoo.models.glide.lit import check_prediction
+from zoo.models.glide.lit import check_prediction, check_snr_gamma
 from zoo.models.upsampler.model import UPSAMPLER_PRESETS, Upsampler, UpsamplerConfig
 
 
@@ -73,6 +73,7 @@ class UpsamplerLit(ZooLit):
     prediction: ``eps`` (the paper's) or ``v``. An eps upsampler trained for CPU minutes shifts flat backgrounds'
         colour (brown to grey or purple in its sample grids): the colour is decided at high noise, where the eps
         loss gives the image error almost no weight, the same failure as GLIDE's captions (``GlideLit``).
+    snr_gamma: null or γ for Min-SNR-γ loss weighting (``GaussianDiffusion``'s docstring).
     sample_steps: DDIM steps of ``upsample`` (None = 27 for blur, 15 for bsr); eta: DDIM eta (0).
     grid_images, grid_steps: ``sample_grid`` (rows of low-res | bicubic | upsampled | real; steps None = the
         sampling default).
@@ -91,6 +92,7 @@ class UpsamplerLit(ZooLit):
         num_timesteps: int = 1000,
         schedule: str = "cosine",
         prediction: str = "eps",
+        snr_gamma: Optional[float] = None,
         sample_steps: Optional[int] = None,
         eta: float = 0.0,
         grid_images: int = 4,
@@ -108,6 +110,7 @@ class UpsamplerLit(ZooLit):
             model_mean_type=check_prediction(prediction),
             model_var_type="learned_range" if learned else "fixed_small",
             loss_type="hybrid" if learned else "mse",
+            snr_gamma=check_snr_gamma(snr_gamma),
         )
         try:
             self.corruption = make_corruption(self.cfg.corruption, self.cfg.scale, blur_sigma_range, bsr)
