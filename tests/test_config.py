@@ -171,7 +171,7 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
         extra = [f"model.image_tokenizer_ckpt={_shapes_tokenizer_ckpt(tmp_path / 'tokenizer.ckpt')}"]
     # decoders that train with make demo's CLIP (absent here): image embeddings from files instead. demo/decoder
     # has no CLIP path of its own (make demo passes it); the others default to make demo's, so it is cleared.
-    clip_decoders = ("demo/decoder", "leaderboard/decoder", "unclip/decoder_long_v")
+    clip_decoders = ("demo/decoder", "leaderboard/decoder", "unclip/decoder_long_v", "unclip/decoder_min_snr")
     if experiment in clip_decoders and experiment != "demo/decoder":
         extra = ["model.clip_ckpt=null"]
     cfg = train_cfg(f"experiment={experiment}", "data.train_size=8", "data.val_size=8", "data.test_size=8", *extra)
@@ -190,6 +190,9 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
             cfg.data.features[split] = str(feats)
     if experiment == "unclip/decoder_long_v":  # leaderboard/decoder with v-prediction and a longer budget
         assert net.process.model_mean_type == "v" and cfg.callbacks.time_budget.minutes == 60
+    if experiment.endswith("min_snr"):  # the leaderboard's GLIDE / decoder with only the loss weights changed
+        assert net.process.snr_gamma == 5.0 and net.process.model_mean_type == "v"
+        assert cfg.callbacks.time_budget.minutes == 15
     if experiment.startswith("unclip/upsampler_"):  # both upsampler rows train 10 minutes; they differ in corruption
         assert cfg.callbacks.time_budget._target_ == "zoo.callbacks.TimeBudget"
         assert cfg.callbacks.time_budget.minutes == 10 and cfg.trainer.max_time is None
