@@ -217,6 +217,8 @@ def run_upsampler(
     bf16: bool = False,
     progress: bool = False,
     desc: str = "upsample",
+    tile=None,
+    tile_overlap: Optional[int] = None,
 ) -> tuple[torch.Tensor, float]:
     """(upsampled images (N, 3, S, S), seconds per image). ``x_T`` (N, 3, S, S) is the DDIM start of each image, so
     with eta 0 an image does not depend on the batch size; eta > 0 draws batch i's noise from seed + 1 + i."""
@@ -229,7 +231,13 @@ def run_upsampler(
             gen = torch.Generator(lit.device).manual_seed(int(seed) + 1 + b)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 up = lit.upsample(
-                    low[i : i + batch_size], steps=steps, eta=eta, generator=gen, x_T=x_T[i : i + batch_size]
+                    low[i : i + batch_size],
+                    steps=steps,
+                    eta=eta,
+                    generator=gen,
+                    x_T=x_T[i : i + batch_size],
+                    tile=tile,
+                    tile_overlap=tile_overlap,
                 )
             out.append(up.float().cpu())
             bar.update(len(out[-1]))
@@ -315,6 +323,8 @@ def upsampler_report(
     floor: bool = True,
     bf16: bool = False,
     progress: bool = True,
+    tiles: Sequence = (None,),
+    tile_overlap: Optional[int] = None,
 ) -> dict[str, Any]:
     """Run the comparison (module docstring) and write results.json, results.md and the strip(s) into ``out``
     (default ``<log dir>/eval/unclip/upsampler/<first checkpoint's run name>``). Returns the results."""
@@ -346,6 +356,20 @@ def upsampler_report(
     low_side = high // scale
     taken: set = set()
     labels = [checkpoint_label(p, lit, taken) for p, lit in zip(checkpoints, lits)]
+    # sampling variants: each checkpoint once per --tile value (None: its own sample_tile; 0: the whole image)
+    try:
+        tiles = [None if t in (None, "default") else (t if t == "train_crop" else int(t)) for t in (tiles or [None])]
+    except ValueError:
+        raise ConfigError(f"--tile {list(tiles)}: each must be default, 0, train_crop or a side in px") from None
+    variants = []  # (checkpoint index, tile, row label)
+    for i, lit in enumerate(lits):
+        for tile in dict.fromkeys(tiles):
+            w = lit.resolve_tile(
+                lit.hparams.get("sample_tile") if tile is None else tile,
+                lit.hparams.get("sample_tile_overlap", 8) if tile_overlap is None else tile_overlap,
+            )
+            how = "whole image" if w is None else f"{w[0]} px tiles, overlap {w[1]}"
+            variants.append((i, tile, labels[i] if len(tiles) == 1 and tile is None else f"{labels[i]}, {how}"))
     if out is None:
         first = Path(checkpoints[0])
         run = first.parent.parent.name if first.parent.name == "checkpoints" else first.stem
@@ -393,7 +417,8 @@ def upsampler_report(
         bic = bicubic_upsample(low, high)
         rows = [{"method": "bicubic", "label": "bicubic", **score(bic)}]
         ups = []
-        for lit, label in zip(lits, labels):
+        for i, tile, label in variants:
+            lit = lits[i]
             up, spi = run_upsampler(
                 lit,
                 low,
@@ -405,6 +430,8 @@ def upsampler_report(
                 bf16,
                 progress,
                 desc=f"{label} on {mode} inputs",
+                tile=tile,
+                tile_overlap=tile_overlap,
             )
             ups.append(up)
             rows.append({"method": "upsampler", "label": label, **score(up), "sec_per_image": spi})
@@ -425,7 +452,15 @@ def upsampler_report(
             "low_resolution": low_side,
             "scale": scale,
         },
-        "sampling": {"steps": steps, "eta": eta, "seed": int(seed), "batch_size": int(batch_size), "bf16": bool(bf16)},
+        "sampling": {
+            "steps": steps,
+            "eta": eta,
+            "seed": int(seed),
+            "batch_size": int(batch_size),
+            "bf16": bool(bf16),
+            "tiles": [str(t) for t in dict.fromkeys(tiles)],
+            "tile_overlap": tile_overlap,
+        },
         "checkpoints": [
             {
                 "label": label,
@@ -612,6 +647,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     ap.add_argument("--steps", type=int, default=None, help="DDIM steps (default: each checkpoint's, 27 blur / 15 bsr)")
     ap.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the checkpoint's, 0)")
+    ap.add_argument(
+        "--tile",
+        nargs="+",
+        default=[None],
+        metavar="T",
+        help="sampling windows, one row per value: default (the checkpoint's sample_tile), 0 (the whole image, the "
+        "paper), train_crop, or a side in px (overlapping windows averaged each step; zoo.diffusion.tiling)",
+    )
+    ap.add_argument("--tile-overlap", type=int, default=None, help="pixels shared by neighbouring windows (default 8)")
     ap.add_argument("--batch-size", type=int, default=16, help="images per upsampler call")
     ap.add_argument("--seed", type=int, default=0, help="x_T and corruption seed")
     ap.add_argument("--clip", default="default", help="CLIP checkpoint for FD_CLIP (default: make demo's), or none")
@@ -653,6 +697,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             floor=not args.no_floor,
             bf16=args.bf16,
             progress=not args.no_progress,
+            tiles=args.tile,
+            tile_overlap=args.tile_overlap,
         )
     except ConfigError as e:
         sys.stderr.write(f"error: {e}\n")

@@ -119,6 +119,16 @@ def test_upsampler_outputs_do_not_depend_on_the_batch_size(tmp_path):
     assert a.shape == (4, 3, 32, 32) and torch.allclose(a, b, atol=1e-5)
 
 
+def test_one_row_per_tile_mode(tmp_path):
+    ckpt = _ckpt(tmp_path, "run", "blur")
+    argv = [str(ckpt), "--clip", "none", "--no-judge", "--out", str(tmp_path / "o"), "--no-progress"]
+    res = U.main(argv + COMMON + ["--tile", "0", "train_crop", "--tile-overlap", "4"])
+    rows = res["inputs"]["clean"]["rows"]
+    labels = [r["label"] for r in rows if r["method"] == "upsampler"]
+    assert labels == ["upsampler (blur, run), whole image", "upsampler (blur, run), 8 px tiles, overlap 4"]
+    assert res["sampling"]["tiles"] == ["0", "train_crop"]
+
+
 def test_user_errors_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         U.main([str(tmp_path / "missing.ckpt"), "--no-progress"])

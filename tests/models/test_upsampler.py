@@ -88,6 +88,28 @@ def test_crop_training_then_full_size_upsampling():
     assert torch.equal(up, again)
 
 
+def test_tiled_sampling_feeds_training_size_windows_and_bad_tiles_fail_before_training():
+    torch.manual_seed(0)
+    lit = UpsamplerLit(preset="tiny", sample_tile="train_crop", sample_tile_overlap=4)
+    with torch.no_grad():  # re-draw every weight: the zero-initialised output layer would make any two samplings equal
+        for p in lit.net.parameters():
+            p.normal_(0.0, 0.2)
+    assert lit.resolve_tile("train_crop", 4) == (8, 4) and lit.resolve_tile(None, 8) is None
+    low = torch.rand(2, 3, 8, 8) * 2 - 1
+    seen = []
+    hook = lit.net.unet.register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape)))
+    up = lit.upsample(low, steps=2, generator=torch.Generator().manual_seed(0))
+    assert up.shape == (2, 3, 32, 32) and up.abs().max() <= 1
+    assert seen == [(2 * 7 * 7, 3, 8, 8)] * 2  # 7 x 7 windows of 8 px (stride 4) per image, each step
+    seen.clear()
+    whole = lit.upsample(low, steps=2, generator=torch.Generator().manual_seed(0), tile=0)  # the paper's way
+    hook.remove()
+    assert seen == [(2, 3, 32, 32)] * 2 and not torch.equal(up, whole)
+    for tile, overlap in ((6, 2), (8, 8), ("big", 2), (8, -1)):
+        with pytest.raises(ConfigError, match="model.sample_tile"):
+            UpsamplerLit(preset="tiny", sample_tile=tile, sample_tile_overlap=overlap)
+
+
 def test_bsr_stage_trains_and_sample_grid_layout():
     torch.manual_seed(0)
     lit = UpsamplerLit(preset="tiny", corruption="bsr", grid_images=3, grid_steps=2)

@@ -19,7 +19,10 @@ degradation of the full image per step; the U-Net, the expensive part, still onl
 
 Sampling (``upsample``): the network is fully convolutional (no attention), so it runs on the full target size:
 DDIM (``eta`` 0 by default) over ``steps`` respaced steps, 27 for a blur-trained (first) stage and 15 for a
-BSR-trained (second) stage by default (the paper), predicted x0 clipped to [-1, 1].
+BSR-trained (second) stage by default (the paper), predicted x0 clipped to [-1, 1]. ``sample_tile`` instead feeds
+the network overlapping windows of its training-crop size at every step and averages their outputs
+(``zoo.diffusion.tiling``): its GroupNorm then sees the statistics it was trained on. On shapes that removes the
+background tint of full-size sampling (experiments/unclip/README.md, section 4).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from zoo.data.degradations import make_corruption, paired_random_crop
 from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.samplers import ddim_sample
 from zoo.diffusion.schedules import get_schedule
+from zoo.diffusion.tiling import tiled_call, window_starts
 from zoo.errors import ConfigError
 from zoo.models.base import ZooLit, resolve_preset
 from zoo.models.glide.lit import check_prediction, check_snr_gamma
@@ -75,6 +79,9 @@ class UpsamplerLit(ZooLit):
         loss gives the image error almost no weight, the same failure as GLIDE's captions (``GlideLit``).
     snr_gamma: null or γ for Min-SNR-γ loss weighting (``GaussianDiffusion``'s docstring).
     sample_steps: DDIM steps of ``upsample`` (None = 27 for blur, 15 for bsr); eta: DDIM eta (0).
+    sample_tile: None (the paper: the network on the whole target-size image), ``train_crop`` (windows of the
+        training crop's side) or a side in pixels: ``upsample`` evaluates the network on overlapping windows and
+        averages the outputs at every step (module docstring). sample_tile_overlap: pixels shared by neighbours.
     grid_images, grid_steps: ``sample_grid`` (rows of low-res | bicubic | upsampled | real; steps None = the
         sampling default).
     """
@@ -95,6 +102,8 @@ class UpsamplerLit(ZooLit):
         snr_gamma: Optional[float] = None,
         sample_steps: Optional[int] = None,
         eta: float = 0.0,
+        sample_tile: Optional[int | str] = None,
+        sample_tile_overlap: int = 8,
         grid_images: int = 4,
         grid_steps: Optional[int] = None,
         optimizer=None,
@@ -116,6 +125,28 @@ class UpsamplerLit(ZooLit):
             self.corruption = make_corruption(self.cfg.corruption, self.cfg.scale, blur_sigma_range, bsr)
         except ValueError as e:
             raise ConfigError(f"upsampler corruption: {e}") from None
+        self.resolve_tile(sample_tile, sample_tile_overlap)  # a bad tile fails here, before training
+
+    def resolve_tile(self, tile, overlap) -> Optional[tuple[int, int]]:
+        """(window side, overlap) for ``upsample``, or None for whole-image sampling; ``tile`` None / 0 -> None,
+        ``train_crop`` -> the training crop's side. Checked against the U-Net's divisor and the scale."""
+        if tile is None or tile == 0:
+            return None
+        side = self.cfg.train_crop if tile == "train_crop" else tile
+        try:
+            side, overlap = int(side), int(overlap)
+        except (TypeError, ValueError):
+            raise ConfigError(f"model.sample_tile must be null, train_crop or a side in pixels, got {tile!r}") from None
+        try:
+            if side % self.cfg.divisor:
+                raise ValueError(f"it must be a multiple of the U-Net's divisor {self.cfg.divisor}")
+            window_starts(self.cfg.image_size, side, overlap, self.cfg.scale)
+        except ValueError as e:
+            raise ConfigError(
+                f"model.sample_tile={tile!r} / sample_tile_overlap={overlap}: {e} "
+                f"(fix: sample_tile=train_crop, i.e. {self.cfg.train_crop}, with overlap 8)"
+            ) from None
+        return side, overlap
 
     def default_optimizer(self, params) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=1e-4)
@@ -199,13 +230,21 @@ class UpsamplerLit(ZooLit):
         eta: Optional[float] = None,
         generator: Optional[torch.Generator] = None,
         x_T: Optional[torch.Tensor] = None,
+        tile: Optional[int | str] = None,
+        tile_overlap: Optional[int] = None,
     ) -> torch.Tensor:
         """Low-resolution images (B, 3, h, w) in [-1, 1] -> (B, 3, h * scale, w * scale) in [-1, 1], the network
-        applied fully convolutionally at that size. DDIM with ``steps`` (default ``sample_steps``: 27 for a blur
-        stage, 15 for a BSR stage) and ``eta`` (default ``hparams.eta``, 0: deterministic given x_T); randomness
-        from ``generator`` (on the module's device)."""
+        applied fully convolutionally at that size, or on overlapping windows (``tile``: None = ``sample_tile``,
+        0 = the whole image, ``train_crop`` or a side; ``tile_overlap`` None = ``sample_tile_overlap``). DDIM with
+        ``steps`` (default ``sample_steps``: 27 for a blur stage, 15 for a BSR stage) and ``eta`` (default
+        ``hparams.eta``, 0: deterministic given x_T); randomness from ``generator`` (on the module's device)."""
         steps = self.sample_steps if steps is None else int(steps)
         eta = float(self.hparams.eta if eta is None else eta)
+        hp = self.hparams
+        windows = self.resolve_tile(
+            hp.get("sample_tile") if tile is None else tile,
+            hp.get("sample_tile_overlap", 8) if tile_overlap is None else tile_overlap,
+        )
         s = self.cfg.scale
         low = low_res.to(self.device).float()
         shape = (low.shape[0], self.cfg.in_channels, low.shape[-2] * s, low.shape[-1] * s)
@@ -217,9 +256,13 @@ class UpsamplerLit(ZooLit):
         was_training = self.training
         self.eval()
         try:
+            if windows is None:
+                fn = lambda x, t: self.net(x, t, low)  # noqa: E731
+            else:
+                fn = lambda x, t: tiled_call(self.net, x, t, low, windows[0], windows[1], s)  # noqa: E731
             x = ddim_sample(
                 self.process.respaced(steps),
-                lambda x, t: self.net(x, t, low),
+                fn,
                 shape,
                 eta=eta,
                 generator=generator,
