@@ -366,7 +366,7 @@ def upsampler_report(
         for tile in dict.fromkeys(tiles):
             w = lit.resolve_tile(
                 lit.hparams.get("sample_tile") if tile is None else tile,
-                lit.hparams.get("sample_tile_overlap", 8) if tile_overlap is None else tile_overlap,
+                lit.hparams.get("sample_tile_overlap") if tile_overlap is None else tile_overlap,
             )
             how = "whole image" if w is None else f"{w[0]} px tiles, overlap {w[1]}"
             variants.append((i, tile, labels[i] if len(tiles) == 1 and tile is None else f"{labels[i]}, {how}"))
@@ -655,7 +655,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="sampling windows, one row per value: default (the checkpoint's sample_tile), 0 (the whole image, the "
         "paper), train_crop, or a side in px (overlapping windows averaged each step; zoo.diffusion.tiling)",
     )
-    ap.add_argument("--tile-overlap", type=int, default=None, help="pixels shared by neighbouring windows (default 8)")
+    ap.add_argument(
+        "--tile-overlap",
+        type=int,
+        default=None,
+        help="pixels shared by neighbouring windows (default: the checkpoint's, else a quarter of the window)",
+    )
     ap.add_argument("--batch-size", type=int, default=16, help="images per upsampler call")
     ap.add_argument("--seed", type=int, default=0, help="x_T and corruption seed")
     ap.add_argument("--clip", default="default", help="CLIP checkpoint for FD_CLIP (default: make demo's), or none")

@@ -183,6 +183,7 @@ def test_every_knob_reaches_its_stage(ckpts, monkeypatch):
         decoder_eta=0.3,
         upsampler_steps=[1, 2],
         upsampler_eta=0.2,
+        upsampler_tile="train_crop",
     )
     p = _spy(monkeypatch, pipe.prior_model, "sample")
     d = _spy(monkeypatch, pipe.decoder, "sample")
@@ -199,8 +200,8 @@ def test_every_knob_reaches_its_stage(ckpts, monkeypatch):
     assert torch.equal(args[1], p[0]["out"])  # the prior's embedding
     assert (kw["decoder_guidance_scale"], kw["steps"], kw["sampler"], kw["eta"]) == (1.7, 2, "ddpm", 0.3)
     assert torch.equal(u1[0]["args"][0], d[0]["out"])
-    assert (u1[0]["kwargs"]["steps"], u1[0]["kwargs"]["eta"]) == (1, 0.2)
-    assert (u2[0]["kwargs"]["steps"], u2[0]["kwargs"]["eta"]) == (2, 0.2)
+    assert (u1[0]["kwargs"]["steps"], u1[0]["kwargs"]["eta"], u1[0]["kwargs"]["tile"]) == (1, 0.2, "train_crop")
+    assert (u2[0]["kwargs"]["steps"], u2[0]["kwargs"]["eta"], u2[0]["kwargs"]["tile"]) == (2, 0.2, "train_crop")
     assert u2[0]["args"][0].shape[-1] == 64
 
     # the AR prior gets its guidance scale; text_emb / none feed the decoder the text embedding / zeros

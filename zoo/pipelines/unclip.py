@@ -22,7 +22,9 @@ Stages (PAPER_FACTS "unCLIP"): P(x|y) = P(x|z_i, y) P(z_i|y).
    checkpoint, ``encode_captions``), the embedding, ``decoder_guidance_scale``, ``decoder_steps``,
    ``decoder_sampler``, ``decoder_eta``.
 4. ``upsampler`` (``UpsamplerLit.upsample``, one per checkpoint in ``upsampler_ckpts``, in order):
-   ``upsampler_steps`` (an int for all, or one per upsampler; None = each checkpoint's 27 / 15), ``upsampler_eta``.
+   ``upsampler_steps`` (an int for all, or one per upsampler; None = each checkpoint's 27 / 15), ``upsampler_eta``,
+   ``upsampler_tile`` (None = each checkpoint's ``sample_tile``; 0 = the whole image; ``train_crop`` or a side:
+   overlapping windows of that size, ``UpsamplerLit``'s docstring says why).
 
 ``stages`` says which stages run: any of ``prior``, ``decoder``, ``upsampler`` (all upsamplers) or ``upsampler1``,
 ``upsampler2``... (one). The decoder always runs; without ``prior`` in ``stages`` the embedding must come from
@@ -130,6 +132,7 @@ class UnclipPipeline:
         decoder_eta: Optional[float] = None,
         upsampler_steps: Union[None, int, Sequence[Optional[int]]] = None,
         upsampler_eta: Optional[float] = None,
+        upsampler_tile: Union[None, int, str] = None,
         n_candidates: int = 1,
         n_keep: int = 1,
         invert_refine: int = 0,
@@ -169,6 +172,10 @@ class UnclipPipeline:
         if upsampler_steps is not None and not isinstance(upsampler_steps, int):  # a list (also Hydra's ListConfig)
             upsampler_steps = [None if v is None else int(v) for v in upsampler_steps]
         self.upsampler_steps, self.upsampler_eta = upsampler_steps, upsampler_eta
+        self.upsampler_tile = upsampler_tile
+        for up in self.upsamplers:  # a tile that does not fit an upsampler fails here, not after the decoder ran
+            if upsampler_tile is not None:
+                up.resolve_tile(upsampler_tile, up.hparams.get("sample_tile_overlap"))
         self.n_candidates, self.n_keep = int(n_candidates), int(n_keep)
         if self.n_candidates < 1 or self.n_keep < 1:
             raise ValueError(f"n_candidates and n_keep must be >= 1, got {n_candidates} and {n_keep}")
@@ -362,7 +369,12 @@ class UnclipPipeline:
                 shape = (1, up.cfg.in_channels, x.shape[-2] * s, x.shape[-1] * s)
                 x_T = torch.randn(shape, generator=generator, device=up.device).expand(len(x), -1, -1, -1)
             x = up.upsample(
-                x.to(up.device), steps=self._upsampler_steps(i), eta=self.upsampler_eta, generator=generator, x_T=x_T
+                x.to(up.device),
+                steps=self._upsampler_steps(i),
+                eta=self.upsampler_eta,
+                generator=generator,
+                x_T=x_T,
+                tile=self.upsampler_tile,
             ).to(self.device)
         return x
 

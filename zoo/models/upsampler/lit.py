@@ -81,7 +81,8 @@ class UpsamplerLit(ZooLit):
     sample_steps: DDIM steps of ``upsample`` (None = 27 for blur, 15 for bsr); eta: DDIM eta (0).
     sample_tile: None (the paper: the network on the whole target-size image), ``train_crop`` (windows of the
         training crop's side) or a side in pixels: ``upsample`` evaluates the network on overlapping windows and
-        averages the outputs at every step (module docstring). sample_tile_overlap: pixels shared by neighbours.
+        averages the outputs at every step (module docstring). sample_tile_overlap: pixels shared by neighbours
+        (None: a quarter of the window).
     grid_images, grid_steps: ``sample_grid`` (rows of low-res | bicubic | upsampled | real; steps None = the
         sampling default).
     """
@@ -103,7 +104,7 @@ class UpsamplerLit(ZooLit):
         sample_steps: Optional[int] = None,
         eta: float = 0.0,
         sample_tile: Optional[int | str] = None,
-        sample_tile_overlap: int = 8,
+        sample_tile_overlap: Optional[int] = None,
         grid_images: int = 4,
         grid_steps: Optional[int] = None,
         optimizer=None,
@@ -134,7 +135,8 @@ class UpsamplerLit(ZooLit):
             return None
         side = self.cfg.train_crop if tile == "train_crop" else tile
         try:
-            side, overlap = int(side), int(overlap)
+            side = int(side)
+            overlap = side // 4 if overlap is None else int(overlap)
         except (TypeError, ValueError):
             raise ConfigError(f"model.sample_tile must be null, train_crop or a side in pixels, got {tile!r}") from None
         try:
@@ -144,7 +146,7 @@ class UpsamplerLit(ZooLit):
         except ValueError as e:
             raise ConfigError(
                 f"model.sample_tile={tile!r} / sample_tile_overlap={overlap}: {e} "
-                f"(fix: sample_tile=train_crop, i.e. {self.cfg.train_crop}, with overlap 8)"
+                f"(fix: sample_tile=train_crop, i.e. {self.cfg.train_crop}, and sample_tile_overlap=null, a quarter)"
             ) from None
         return side, overlap
 
@@ -243,7 +245,7 @@ class UpsamplerLit(ZooLit):
         hp = self.hparams
         windows = self.resolve_tile(
             hp.get("sample_tile") if tile is None else tile,
-            hp.get("sample_tile_overlap", 8) if tile_overlap is None else tile_overlap,
+            hp.get("sample_tile_overlap") if tile_overlap is None else tile_overlap,
         )
         s = self.cfg.scale
         low = low_res.to(self.device).float()
