@@ -364,10 +364,7 @@ def upsampler_report(
     variants = []  # (checkpoint index, tile, row label)
     for i, lit in enumerate(lits):
         for tile in dict.fromkeys(tiles):
-            w = lit.resolve_tile(
-                lit.hparams.get("sample_tile") if tile is None else tile,
-                lit.hparams.get("sample_tile_overlap") if tile_overlap is None else tile_overlap,
-            )
+            w = lit.sampling_windows(tile, tile_overlap)
             how = "whole image" if w is None else f"{w[0]} px tiles, overlap {w[1]}"
             variants.append((i, tile, labels[i] if len(tiles) == 1 and tile is None else f"{labels[i]}, {how}"))
     if out is None:

@@ -43,6 +43,19 @@ class ReverseStep:
     pred_eps: torch.Tensor  # consistent with the (clipped) pred_x0 and x_t
 
 
+def check_snr_gamma(snr_gamma) -> Optional[float]:
+    """None, or Min-SNR-γ's γ as a float; ValueError unless it is a finite number > 0."""
+    if snr_gamma is None:
+        return None
+    try:
+        gamma = float(snr_gamma)
+    except (TypeError, ValueError):
+        gamma = float("nan")
+    if not (gamma > 0 and math.isfinite(gamma)):
+        raise ValueError(f"snr_gamma={snr_gamma!r}; expected None (no reweighting) or a finite number > 0 (e.g. 5)")
+    return gamma
+
+
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
     """(B, ...) -> (B,): the mean over every non-batch dimension."""
     return x.reshape(x.shape[0], -1).mean(1)
@@ -76,8 +89,7 @@ class GaussianDiffusion:
         decoder_nll: str = "discretized",
         snr_gamma: Optional[float] = None,
     ):
-        if snr_gamma is not None and not (float(snr_gamma) > 0 and math.isfinite(float(snr_gamma))):
-            raise ValueError(f"snr_gamma={snr_gamma!r}; expected None (no reweighting) or a finite number > 0 (e.g. 5)")
+        snr_gamma = check_snr_gamma(snr_gamma)
         for name, value, allowed in (
             ("model_mean_type", model_mean_type, MEAN_TYPES),
             ("model_var_type", model_var_type, VAR_TYPES),
@@ -99,7 +111,7 @@ class GaussianDiffusion:
         self.loss_type = loss_type
         self.vb_weight = vb_weight
         self.decoder_nll = decoder_nll
-        self.snr_gamma = None if snr_gamma is None else float(snr_gamma)
+        self.snr_gamma = snr_gamma
         s = schedule
         ac, prev = s.alphas_cumprod, s.alphas_cumprod_prev
         large_var = torch.cat([s.posterior_variance[1:2], s.betas[1:]]) if len(s.betas) > 1 else s.betas
@@ -291,12 +303,12 @@ class GaussianDiffusion:
     def mse_weights(self, t: torch.Tensor) -> torch.Tensor:
         """(B,) float64 weights on the target's MSE at indices t: all ones without ``snr_gamma``, else Min-SNR-γ
         (see the class docstring)."""
-        snr = self._tables64["snr"].to(t.device)[t]
+        snr = self._table("snr", t.device, torch.float64)[t]
         if self.snr_gamma is None:
             return torch.ones_like(snr)
-        w_x0 = snr.clamp(max=self.snr_gamma)
         if self.model_mean_type == "eps":
             return (self.snr_gamma / snr).clamp(max=1.0)  # = min(SNR, γ) / SNR, and 1 (not 0/0) where SNR = 0
+        w_x0 = snr.clamp(max=self.snr_gamma)
         return w_x0 if self.model_mean_type == "x0" else w_x0 / (snr + 1.0)
 
     def training_losses(

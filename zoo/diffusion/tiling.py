@@ -3,7 +3,7 @@ low-resolution conditioning), and the outputs are averaged where tiles overlap, 
 
 Why: unCLIP's upsamplers train on random crops a quarter of the target size and are applied "fully
 convolutionally" at the full size. Their U-Net's GroupNorm layers normalise over the whole spatial extent, so at the
-full size every layer sees statistics of a 4x larger field than in training. On the shapes world, where a crop is
+full size every layer sees statistics of a field 16x larger (4x per side) than in training. On the shapes world, where a crop is
 mostly flat background, that shift tints whole backgrounds (experiments/unclip/README.md, section 4). Feeding the
 network windows of its training size removes the shift while the sampler still draws ONE image: the denoising step
 runs on the whole x_t with the averaged prediction, so neighbouring tiles agree (MultiDiffusion's averaging, Bar-Tal
@@ -51,7 +51,7 @@ def tiled_call(
     ``tile`` >= H and W this is exactly ``fn(x, t, cond)``."""
     b, _, h, w = x.shape
     ys, xs = window_starts(h, tile, overlap, scale), window_starts(w, tile, overlap, scale)
-    if len(ys) == 1 and len(xs) == 1 and tile >= h and tile >= w:
+    if tile >= h and tile >= w:
         return fn(x, t, cond)
     th, tw = min(tile, h), min(tile, w)
     windows = [(y, x0) for y in ys for x0 in xs]

@@ -175,7 +175,7 @@ class UnclipPipeline:
         self.upsampler_tile = upsampler_tile
         for up in self.upsamplers:  # a tile that does not fit an upsampler fails here, not after the decoder ran
             if upsampler_tile is not None:
-                up.resolve_tile(upsampler_tile, up.hparams.get("sample_tile_overlap"))
+                up.sampling_windows(upsampler_tile)
         self.n_candidates, self.n_keep = int(n_candidates), int(n_keep)
         if self.n_candidates < 1 or self.n_keep < 1:
             raise ValueError(f"n_candidates and n_keep must be >= 1, got {n_candidates} and {n_keep}")

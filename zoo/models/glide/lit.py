@@ -26,7 +26,6 @@ the BPE's tokenizer.json as a string), so ``zoo.checkpoint.load_module(ckpt).gen
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence
 
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 
 from zoo.data.masks import mask_config, random_masks
 from zoo.diffusion.process import GaussianDiffusion
+from zoo.diffusion.process import check_snr_gamma as process_check_snr_gamma
 from zoo.diffusion.samplers import ddim_sample, ddpm_sample
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
@@ -64,18 +64,13 @@ def check_prediction(prediction: str) -> str:
 
 def check_snr_gamma(snr_gamma) -> Optional[float]:
     """``model.snr_gamma`` for the image diffusion models: null (the target's plain MSE) or γ > 0 (Min-SNR-γ)."""
-    if snr_gamma is None:
-        return None
     try:
-        gamma = float(snr_gamma)
-    except (TypeError, ValueError):
-        gamma = float("nan")
-    if not (gamma > 0 and math.isfinite(gamma)):
+        return process_check_snr_gamma(snr_gamma)
+    except ValueError:
         raise ConfigError(
             f"model.snr_gamma must be null (no reweighting) or a finite number > 0 (Min-SNR-γ; 5 is the paper's), "
             f"got {snr_gamma!r}"
-        )
-    return gamma
+        ) from None
 
 
 def run_sampler(

@@ -128,6 +128,15 @@ class UpsamplerLit(ZooLit):
             raise ConfigError(f"upsampler corruption: {e}") from None
         self.resolve_tile(sample_tile, sample_tile_overlap)  # a bad tile fails here, before training
 
+    def sampling_windows(self, tile=None, overlap: Optional[int] = None) -> Optional[tuple[int, int]]:
+        """``resolve_tile`` with this checkpoint's defaults: ``tile`` None = ``sample_tile``, ``overlap`` None =
+        ``sample_tile_overlap`` (checkpoints from before tiling have neither: the whole image)."""
+        hp = self.hparams
+        return self.resolve_tile(
+            hp.get("sample_tile") if tile is None else tile,
+            hp.get("sample_tile_overlap") if overlap is None else overlap,
+        )
+
     def resolve_tile(self, tile, overlap) -> Optional[tuple[int, int]]:
         """(window side, overlap) for ``upsample``, or None for whole-image sampling; ``tile`` None / 0 -> None,
         ``train_crop`` -> the training crop's side. Checked against the U-Net's divisor and the scale."""
@@ -242,11 +251,7 @@ class UpsamplerLit(ZooLit):
         ``hparams.eta``, 0: deterministic given x_T); randomness from ``generator`` (on the module's device)."""
         steps = self.sample_steps if steps is None else int(steps)
         eta = float(self.hparams.eta if eta is None else eta)
-        hp = self.hparams
-        windows = self.resolve_tile(
-            hp.get("sample_tile") if tile is None else tile,
-            hp.get("sample_tile_overlap") if tile_overlap is None else tile_overlap,
-        )
+        windows = self.sampling_windows(tile, tile_overlap)
         s = self.cfg.scale
         low = low_res.to(self.device).float()
         shape = (low.shape[0], self.cfg.in_channels, low.shape[-2] * s, low.shape[-1] * s)
