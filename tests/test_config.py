@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 import conf
 from zoo.errors import ConfigError
+from zoo.nn.unet import UNet
 from zoo.train import check_compatibility, instantiate
 
 CONF = Path(conf.__file__).parent
@@ -190,6 +191,11 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
             cfg.data.features[split] = str(feats)
     if experiment == "unclip/decoder_long_v":  # leaderboard/decoder with v-prediction and a longer budget
         assert net.process.model_mean_type == "v" and cfg.callbacks.time_budget.minutes == 60
+    if experiment == "glide/coords":  # the leaderboard GLIDE plus pixel coordinates, for its 1,190 steps
+        (unet,) = [m for m in net.modules() if isinstance(m, UNet)]
+        assert unet.cfg.coord_channels and unet.input_blocks[0][0].in_channels == 5
+        assert cfg.trainer.max_steps == 1190 and cfg.callbacks.get("time_budget") is None
+        assert net.process.model_mean_type == "v"
     if experiment.endswith("min_snr"):  # the leaderboard's GLIDE / decoder with only the loss weights changed
         assert net.process.snr_gamma == 5.0 and net.process.model_mean_type == "v"
         assert cfg.callbacks.time_budget.minutes == 15
@@ -202,10 +208,14 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
         with pytest.raises(ConfigError, match="synthetic captions file not found"):
             check_compatibility(net, instantiate(cfg.data))
         return
-    if experiment.startswith("dalle3/t2i/"):  # DALL·E 3's caption blends: one DALL·E run per blend, equal steps
-        row = experiment.rsplit("/", 1)[1]
-        assert cfg.trainer.max_steps == 400 and cfg.callbacks.get("time_budget") is None
-        assert cfg.data.bpe_fit_styles == "all" and cfg.model.net.n_layers == 6
+    if experiment.startswith(("dalle3/t2i/", "dalle3/glide/")):  # DALL·E 3's caption blends: one run per blend,
+        row = experiment.rsplit("/", 1)[1]  # equal steps; the DALL·E 1 column and the GLIDE column
+        assert cfg.callbacks.get("time_budget") is None and cfg.data.bpe_fit_styles == "all"
+        if experiment.startswith("dalle3/t2i/"):
+            assert cfg.trainer.max_steps == 400 and cfg.model.net.n_layers == 6
+        else:  # the leaderboard GLIDE's network and parameterisation
+            assert cfg.trainer.max_steps == 800 and net.process.model_mean_type == "v"
+            assert cfg.model.text_dropout == 0.2 and cfg.model.net.width == 32
         mix = cfg.data.caption_mix
         if row == "alt":
             assert mix is None and cfg.data.caption_style == "alt"
@@ -236,10 +246,14 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
     check_compatibility(net, instantiate(cfg.data))
 
 
-@pytest.mark.parametrize("name", ["blend_descriptive", "blend_short", "blend_short_upsampled"])
+@pytest.mark.parametrize(
+    "name",
+    [f"{m}blend_{p}" for m in ("", "glide_") for p in ("descriptive", "short", "short_upsampled")],
+)
 def test_dalle3_blend_eval_experiments_sweep_every_row(tmp_path, name):
-    """zoo-eval -m experiment=dalle3/<name>: one job per trained caption-blend row (conf/experiment/dalle3/t2i), each
-    reading that row's checkpoint, on the prompts of its style, with the upsampler only where the name says so."""
+    """zoo-eval -m experiment=dalle3/<name>: one job per trained caption-blend row (conf/experiment/dalle3/t2i for the
+    DALL·E 1 column, dalle3/glide for GLIDE's), each reading that row's checkpoint, on the prompts of its style, with
+    the upsampler only where the name says so."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -252,14 +266,19 @@ def test_dalle3_blend_eval_experiments_sweep_every_row(tmp_path, name):
     GlobalHydra.instance().clear()
     (override,) = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in raw.hydra.sweeper.params.items()])
     rows = list(override.sweep_iterator())
-    trained = sorted(p.stem for p in (CONF / "experiment" / "dalle3" / "t2i").glob("*.yaml"))
+    column = "glide" if name.startswith("glide_") else "t2i"
+    trained = sorted(p.stem for p in (CONF / "experiment" / "dalle3" / column).glob("*.yaml"))
     assert override.key_or_group == "row" and sorted(rows) == trained
     for row in ("alt", "desc95"):
         cfg = compose_cfg(tmp_path, [f"experiment=dalle3/{name}", f"row={row}"], module="conf.eval", name="eval")
         OmegaConf.to_container(cfg, resolve=True)
         logs = tmp_path / "logs"
-        assert cfg.generator.dalle_ckpt == str(logs / f"dalle3/t2i/{row}/checkpoints/last.ckpt")
-        assert cfg.protocol.caption_style == ("descriptive" if name == "blend_descriptive" else "short")
+        if column == "glide":  # sampled as the leaderboard GLIDE is
+            assert cfg.generator.glide_ckpt == str(logs / f"dalle3/glide/{row}/checkpoints/last.ckpt")
+            assert cfg.generator.guidance_scale == 3 and cfg.generator.sampler == "ddpm"
+        else:
+            assert cfg.generator.dalle_ckpt == str(logs / f"dalle3/t2i/{row}/checkpoints/last.ckpt")
+        assert cfg.protocol.caption_style == ("descriptive" if name.endswith("blend_descriptive") else "short")
         assert cfg.protocol.n == 256 and cfg.blur.candidates == 1 and "attribute_accuracy" in cfg.metrics
         upsampler = cfg.generator.prompt_upsampler
         assert (upsampler is not None) == name.endswith("_upsampled")

@@ -18,6 +18,7 @@ from zoo.nn.unet import (
     UNet,
     count_params,
     make_unet_config,
+    with_coords,
 )
 
 TINY = UNET_PRESETS["tiny"]
@@ -157,6 +158,43 @@ def test_super_res_channels_and_crop_vs_full_size(make_net):
         a = net(x, torch.tensor([10, 500]), low_res=lr)
         b = net(x, torch.tensor([10, 500]), low_res=lr + 1)
     assert (a - b).abs().max() > 1e-3
+
+
+def test_with_coords_appends_row_and_column_grids():
+    x = torch.randn(2, 3, 3, 5, dtype=torch.float64)
+    out = with_coords(x)
+    assert out.shape == (2, 5, 3, 5) and out.dtype == torch.float64 and torch.equal(out[:, :3], x)
+    assert torch.equal(out[0, 3, :, 0], torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64))  # rows, top = -1
+    assert torch.equal(out[1, 4, 2], torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=torch.float64))  # columns
+    assert torch.equal(out[:, 3], out[:, 3, :, :1].expand(2, 3, 5))  # a row's coordinate is constant along it
+
+
+@pytest.mark.parametrize("cls", [UNet, SuperResUNet])
+def test_coord_channels_feed_the_input_conv_only(make_net, cls):
+    """coord_channels=True: the input conv takes 2 more channels, which hold the pixel grid; with their weights
+    zeroed the net is exactly the one without (the coordinates enter nowhere else), and they change the output."""
+    base = UNET_PRESETS["upsample_tiny"] if cls is SuperResUNet else TINY
+    plain, coords = make_net(base, cls), make_net(replace(base, coord_channels=True), cls)
+    conv_p, conv_c = plain.input_blocks[0][0], coords.input_blocks[0][0]
+    assert conv_c.in_channels == conv_p.in_channels + 2
+    extra = sum(p.numel() for p in coords.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 2 * 9 * conv_c.out_channels  # two more 3x3 input channels of the first conv, nothing else
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([10, 700])
+    kw = {"low_res": torch.randn(2, 3, 4, 4, generator=g)} if cls is SuperResUNet else {}
+    if base.context_dim:
+        kw["context"] = torch.randn(2, 5, base.context_dim, generator=g)
+    seen = []
+    conv_c.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        out_c = coords(x, t, **kw)
+        assert torch.equal(seen[0][:, -2:], with_coords(x)[:, -2:]) and torch.equal(seen[0][:, :3], x)
+        state = coords.state_dict()
+        state["input_blocks.0.0.weight"] = state["input_blocks.0.0.weight"][:, :-2]  # drop the coordinate inputs
+        plain.load_state_dict(state)
+        conv_c.weight[:, -2:] = 0
+        assert torch.allclose(coords(x, t, **kw), plain(x, t, **kw), atol=1e-6)
+    assert (out_c - plain(x, t, **kw)).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("preset", ["upsample_tiny", "upsample_shapes"])

@@ -59,6 +59,7 @@ __all__ = [
     "UNetConfig",
     "UNET_PRESETS",
     "make_unet_config",
+    "with_coords",
     "UNet",
     "SuperResUNet",
     "ResBlock",
@@ -95,6 +96,10 @@ class UNetConfig:
     context_dim: Optional[int] = None  # width of context tokens (GLIDE: xf_width); None = no context projections
     max_groups: int = 32  # GroupNorm groups = gcd(max_groups, channels): 32 as in ADM, fewer for tiny widths
     attention_in_middle: bool = True  # ADM always has it; upsamplers without attention turn it off
+    # CoordConv (Liu et al., 2018): two more input channels holding each pixel's row and column in [-1, 1]. Not in
+    # ADM / GLIDE. A convolutional U-Net knows where a pixel is only through zero padding, and its attention layers
+    # have no position embeddings; captions that name absolute places ("at the top left", the shapes world) need it.
+    coord_channels: bool = False
 
     def __post_init__(self):
         # Hydra/YAML hand us lists; the dataclass is frozen and hashable only with tuples.
@@ -236,6 +241,16 @@ def make_unet_config(preset: str = "shapes", **overrides) -> UNetConfig:
 
 
 # ------------------------------------------------------------------------------------------------------ layers
+def with_coords(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C + 2, H, W): x with its pixels' row and column coordinates appended, each running
+    linearly from -1 (top / left pixel) to 1 (bottom / right pixel), in x's dtype. A function of the size only, so a
+    network trained at one size sees the same extremes at another (its cells' coordinates scale with the image)."""
+    b, _, hh, ww = x.shape
+    rows = torch.linspace(-1.0, 1.0, hh, device=x.device, dtype=x.dtype).view(1, 1, hh, 1).expand(b, 1, hh, ww)
+    cols = torch.linspace(-1.0, 1.0, ww, device=x.device, dtype=x.dtype).view(1, 1, 1, ww).expand(b, 1, hh, ww)
+    return torch.cat([x, rows, cols], dim=1)
+
+
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm whose statistics are computed in float32 and whose output has the input's dtype.
 
@@ -466,7 +481,7 @@ class UNet(nn.Module):
         )
 
     def _conv_in_channels(self) -> int:
-        return self.cfg.in_channels
+        return self.cfg.in_channels + (2 if self.cfg.coord_channels else 0)
 
     def forward(
         self,
@@ -495,7 +510,7 @@ class UNet(nn.Module):
         if context_mask is not None and context is None:
             raise ValueError("context_mask given without context")
 
-        h, hs = x_t, []
+        h, hs = (with_coords(x_t) if self.cfg.coord_channels else x_t), []
         for block in self.input_blocks:
             h = block(h, e, context, context_mask)
             hs.append(h)
@@ -522,7 +537,7 @@ class SuperResUNet(UNet):
         super().__init__(cfg)
 
     def _conv_in_channels(self) -> int:
-        return self.cfg.in_channels + self.low_res_channels
+        return super()._conv_in_channels() + self.low_res_channels
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, *, low_res: torch.Tensor, **kwargs) -> torch.Tensor:
         if low_res.shape[1] != self.low_res_channels:

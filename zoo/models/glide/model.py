@@ -86,6 +86,7 @@ class GlideConfig:
     resblock_updown: bool = False
     learn_sigma: bool = True  # GLIDE: learned-range variance + hybrid loss
     max_groups: int = 32
+    coord_channels: bool = False  # not GLIDE's: pixel coordinates as 2 more U-Net inputs (zoo.nn.unet.UNetConfig)
     # ---- text encoder
     text_vocab: int = 1024  # >= the text tokenizer's vocab_size
     text_len: int = 32  # tokens per caption (>= the tokenizer's context_length)
@@ -117,6 +118,7 @@ class GlideConfig:
             resblock_updown=self.resblock_updown,
             context_dim=self.text_width,
             max_groups=self.max_groups,
+            coord_channels=self.coord_channels,
         )
 
     @property
