@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 import conf
 from zoo.errors import ConfigError
+from zoo.nn.quantizers import VectorQuantizer
 from zoo.nn.unet import UNet
 from zoo.train import check_compatibility, instantiate
 
@@ -191,6 +192,9 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
             cfg.data.features[split] = str(feats)
     if experiment == "unclip/decoder_long_v":  # leaderboard/decoder with v-prediction and a longer budget
         assert net.process.model_mean_type == "v" and cfg.callbacks.time_budget.minutes == 60
+    if experiment == "demo/tokenizer":  # a short-budget VQ-VAE re-seeds codes unused for 20 steps (not ~349)
+        (vq,) = [m for m in net.modules() if isinstance(m, VectorQuantizer)]
+        assert vq.fresh_usage * vq.decay**20 < vq.dead_threshold < vq.fresh_usage * vq.decay**19
     if experiment == "glide/coords":  # the leaderboard GLIDE plus pixel coordinates, for its 1,190 steps
         (unet,) = [m for m in net.modules() if isinstance(m, UNet)]
         assert unet.cfg.coord_channels and unet.input_blocks[0][0].in_channels == 5

@@ -228,3 +228,26 @@ def test_kmeans_init_puts_codes_on_three_clusters():
     vq(pts.t().reshape(1, 2, 150, 1))
     d = torch.cdist(centers, vq.embed)
     assert d.min(1).values.max() < 0.5
+
+
+@pytest.mark.parametrize("after", [1, 5, 20])
+def test_restart_after_n_unused_steps(after):
+    """restart_after=N: a code no vector picks is re-seeded at the N-th step, not before, whatever the decay and
+    threshold (the default, usage 1 at decay 0.99 / threshold 0.03, would wait 349 steps)."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(4, 2, decay=0.99, dead_threshold=0.03, restart_after=after, buffer_size=64).train()
+    torch.testing.assert_close(vq.embed_sum, vq.embed * vq.cluster_size[:, None])  # consistent EMA state from the start
+    with torch.no_grad():
+        vq.embed.copy_(torch.tensor([[0.0, 0.0], [100.0, 100.0], [-100.0, 100.0], [100.0, -100.0]]))
+        vq.embed_sum.copy_(vq.embed * vq.cluster_size[:, None])
+    z = torch.rand(1, 2, 4, 4)  # every vector picks code 0
+    for step in range(1, after + 1):
+        vq(z)
+        far = (vq.embed[1:].abs() > 50).all(dim=1)
+        assert far.all() if step < after else not far.any(), (step, vq.cluster_size)
+    recent = z.permute(0, 2, 3, 1).reshape(-1, 2)
+    assert torch.cdist(vq.embed[1:], recent).min(dim=1).values.max() < 1e-6  # re-seeded on encoder outputs
+    torch.testing.assert_close(vq.embed_sum[1:], vq.embed[1:] * vq.cluster_size[1:, None])
+    torch.testing.assert_close(VectorQuantizer(4, 2).cluster_size, torch.ones(4))  # None: the old usage 1
+    with pytest.raises(ValueError, match="restart_after"):
+        VectorQuantizer(4, 2, restart_after=0)

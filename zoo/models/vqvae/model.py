@@ -7,6 +7,7 @@ Downsampling is by strided 4x4 convolutions, upsampling by nearest + 3x3 conv; r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,7 @@ class VQVAEConfig:
     kmeans_init: bool = False
     restart_dead_codes: bool = True
     dead_threshold: float = 0.03
+    restart_after: Optional[int] = None  # steps unused before a code is re-seeded (None: ~349 at decay 0.99)
 
     @property
     def downsample_factor(self) -> int:
@@ -76,6 +78,7 @@ class VQVAE(nn.Module, ImageTokenizer):
             kmeans_init=cfg.kmeans_init,
             restart_dead_codes=cfg.restart_dead_codes,
             dead_threshold=cfg.dead_threshold,
+            restart_after=cfg.restart_after,
         )
         dec: list[nn.Module] = [nn.Conv2d(cfg.dim, ch, 3, padding=1)] + [ResBlock(ch) for _ in range(cfg.n_res)]
         for _ in range(cfg.n_down):
