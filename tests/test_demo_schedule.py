@@ -65,3 +65,12 @@ def test_no_time_left_warns_and_keeps_a_floor(monkeypatch, stages, capsys):
 def test_a_fast_cpu_is_capped(monkeypatch, stages):
     sched = _schedule(monkeypatch, stages, minutes=300, used_s=0, native="1")
     assert sched.budget_minutes(stages[0]) == pytest.approx(sched.MAX_SHARE * stages[0].minutes)
+
+
+@pytest.mark.parametrize("native", ["0", "1"])
+def test_clip_stage_halves_its_batch_without_native_bf16(monkeypatch, native):
+    """fp32 buys ~60 CLIP steps of 128 in the budget, too few to leave chance; 64 doubles the steps (demo.py)."""
+    monkeypatch.setenv("ZOO_FORCE_NATIVE_BF16", native)
+    (clip,) = [s for s in demo.training_stages() if s.name == "clip"]
+    assert clip.overrides[0] == "experiment=demo/clip"
+    assert ("data.batch_size=64" in clip.overrides) == (native == "0")
