@@ -123,11 +123,12 @@ def test_restart_disabled_leaves_dead_codes():
     assert (vq.embed[1:].abs() > 50).all()
 
 
-def test_kmeans_init_puts_codes_on_clusters():
+@pytest.mark.parametrize("restart_after", [None, 20])  # the EMA sums follow the fresh codes' usage either way
+def test_kmeans_init_puts_codes_on_clusters(restart_after):
     torch.manual_seed(0)
     centers = torch.tensor([[5.0, 5.0], [-5.0, 5.0], [0.0, -5.0]])
     pts = torch.cat([c + 0.1 * torch.randn(50, 2) for c in centers])
-    vq = VectorQuantizer(3, 2, kmeans_init=True, restart_dead_codes=False).train()
+    vq = VectorQuantizer(3, 2, kmeans_init=True, restart_dead_codes=False, restart_after=restart_after).train()
     vq(_as_map(pts))
     assert bool(vq.initialized)
     assert torch.cdist(centers, vq.embed).min(1).values.max() < 0.5

@@ -156,8 +156,8 @@ class VectorQuantizer(nn.Module):
             with torch.no_grad():
                 centroids = kmeans(flat.detach(), self.codebook_size)
                 self.embed.data.copy_(centroids)
-                if self.ema:
-                    self.embed_sum.copy_(centroids)
+                if self.ema:  # embed = embed_sum / cluster_size (the fresh usage, 1 unless restart_after)
+                    self.embed_sum.copy_(centroids * self.cluster_size.unsqueeze(1))
                 self.initialized.fill_(True)
         codes = self.nearest(flat.detach())
         q = self.codebook()[codes]  # (N, D)
