@@ -72,8 +72,8 @@ def features(split: str) -> Path:
 
 def clip_batch_override() -> list[str]:
     """The demo CLIP's batch for this CPU. Its budget buys ~230 steps of 128 with native bf16 but ~60 in fp32, and
-    60 steps leave a contrastive CLIP at chance: fp32, the 161-step AVX2 schedule's CLIP share (63 steps of 128,
-    4.0 min on one thread) reached text-to-image R@1 0.05 on the test scenes, 126 steps of 64 in the same time 0.43.
+    60 steps leave a contrastive CLIP at chance: in fp32, the CLIP share of the AVX2 demo run (63 steps of 128, 4.0 min
+    on one thread) reached text-to-image R@1 0.05 on the test scenes, 126 steps of 64 in the same time 0.43.
     With native bf16, halving the batch buys nothing (462 x 64: R@1 0.80 in 13.9 min, 231 x 128: 0.82 in 9.3 min,
     one thread each on a busy machine), so the batch stays 128 there."""
     from zoo.precision import cpu_has_native_bf16

@@ -74,11 +74,10 @@ class VectorQuantizer(nn.Module):
         embed = torch.randn(codebook_size, dim) * (dim**-0.5)
         if ema:
             self.register_buffer("embed", embed)
-            self.register_buffer("cluster_size", torch.full((codebook_size,), self.fresh_usage))
             self.register_buffer("embed_sum", embed * self.fresh_usage)  # embed = embed_sum / cluster_size
         else:
             self.embed = nn.Parameter(embed)
-            self.register_buffer("cluster_size", torch.full((codebook_size,), self.fresh_usage))
+        self.register_buffer("cluster_size", torch.full((codebook_size,), self.fresh_usage))
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
         # ring buffer of recent encoder outputs, the pool dead codes are restarted from
         self.register_buffer("recent", torch.zeros(buffer_size, dim))
