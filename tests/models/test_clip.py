@@ -50,7 +50,7 @@ def loader(batch, bs=8):
 
 # ----------------------------------------------------------------------------------------- presets / config
 def test_presets_and_net_overrides():
-    assert set(PRESETS) == {"tiny", "shapes", "paper"}
+    assert set(PRESETS) == {"tiny", "shapes", "shapes_rn", "paper"}
     m = ClipLit(
         preset="tiny",
         net={"embed_dim": 48, "vision_cfg": {"width": 96, "patch_size": 4}, "text_cfg": {"context_length": 24}},
@@ -66,6 +66,20 @@ def test_presets_and_net_overrides():
     ]:
         with pytest.raises(ValueError, match=match):
             ClipLit(**{"preset": "tiny", **bad})
+
+
+def test_shapes_rn_preset_is_a_resnet_tower_that_fits_the_shapes_presets_downstream():
+    from open_clip.modified_resnet import ModifiedResNet
+
+    rn, vit = ClipLit(preset="shapes_rn"), ClipLit(preset="shapes")
+    assert isinstance(rn.clip.visual, ModifiedResNet)
+    assert sum(p.numel() for p in rn.clip.visual.parameters()) == 1_360_664  # the figure the model docstring quotes
+    # what the priors, decoders and captioner read is unchanged: 128-d embeddings, 48-token captions, 32 px images
+    scorer = rn.scorer()
+    img = scorer.encode_image(torch.rand(2, 3, 32, 32) * 2 - 1)
+    txt = scorer.encode_text(["a red star at the top left", "a blue heart"])
+    assert img.shape == txt.shape == (2, 128) and torch.isfinite(img).all()
+    assert rn.tokenize(["a"]).shape == vit.tokenize(["a"]).shape == (1, 48) and rn.image_size == vit.image_size == 32
 
 
 def test_paper_preset_is_vit_h_counted_on_meta():

@@ -5,7 +5,9 @@ architecture's own open_clip tokenizer and applies the model's own preprocessing
 DataModule fits (``data/tokenizer=none`` saves the DataModule's tokenising work).
 
 Loss: open_clip's ``ClipLoss`` (symmetric InfoNCE; features gathered from every rank under DDP) with the learnable
-temperature ``logit_scale`` clamped to ln(100) after each step, as in CLIP.
+temperature ``logit_scale`` clamped to ln(100) after each step, as in CLIP. With ``hard_negatives`` (NegCLIP; see
+``zoo.models.clip.negatives``) each caption also gets a copy with one attribute word swapped, which its image must
+score below its own caption.
 
 Validation / test accumulate the epoch's embeddings (gathered over ranks) and log ``val/loss`` — the same symmetric
 InfoNCE over all N val pairs at once, so it is larger than ``train/loss`` when N > batch size — and recall@1/@5 for
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from zoo.errors import ConfigError
 from zoo.models.base import ZooLit
 from zoo.models.clip.model import clip_config, create_clip, tokenizer_for
+from zoo.models.clip.negatives import NegativeSwapper, hard_negative_loss
 from zoo.models.clip.scorer import ClipScorer
 
 
@@ -59,6 +62,8 @@ class ClipLit(ZooLit):
         cache_dir: where open_clip / the HF hub cache pretrained weights (default: their own cache).
         load_weights: False rebuilds the architecture only (set in saved checkpoints, whose state dict holds the
             weights, so reloading never needs the original ``pretrained``/``checkpoint`` files).
+        hard_negatives: None, or ``{"groups": <name or word lists>, "seed": int}``: one swapped-word negative
+            caption per caption (``groups=shapes``: the world's shape and position words).
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class ClipLit(ZooLit):
         checkpoint: Optional[str] = None,
         cache_dir: Optional[str] = None,
         load_weights: bool = True,
+        hard_negatives: Optional[dict[str, Any]] = None,
         optimizer=None,
         scheduler=None,
     ):
@@ -86,6 +92,14 @@ class ClipLit(ZooLit):
         self.image_size = self._scorer.image_size
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.loss_fn = open_clip.ClipLoss()
+        self.swapper = None
+        if hard_negatives:  # checked here, so a bad vocabulary fails before training starts
+            unknown = set(hard_negatives) - {"groups", "seed"}
+            if unknown:
+                raise ConfigError(
+                    f"unknown model.hard_negatives keys {sorted(unknown)} (fix: groups=<shapes or word lists>, seed=<int>)"
+                )
+            self.swapper = NegativeSwapper(hard_negatives.get("groups", "shapes"), int(hard_negatives.get("seed", 0)))
 
     # -- shared with ClipScorer ---------------------------------------------------------------------------------
     def scorer(self) -> ClipScorer:
@@ -138,15 +152,43 @@ class ClipLit(ZooLit):
         self.loss_fn = contrastive_loss(self)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        img, txt = self.embed(batch)
-        scale = self.clip.logit_scale.exp()
-        loss = self.loss_fn(img.float(), txt.float(), scale)
+        if self.swapper is None:
+            img, txt = self.embed(batch)
+            scale = self.clip.logit_scale.exp()
+            loss = self.loss_fn(img.float(), txt.float(), scale)
+            metrics = {}
+        else:
+            img, txt, loss, metrics = self._hard_negative_step(list(batch["caption"]), batch["image"])
+            scale = self.clip.logit_scale.exp()
         with torch.no_grad():
             acc = (
                 ((txt.float() @ img.float().t()).argmax(1) == torch.arange(len(txt), device=txt.device)).float().mean()
             )
-        self.log_metrics("train", {"loss": loss, "logit_scale": scale, "t2i_acc": acc}, batch_size=len(txt))
+        metrics.update({"loss": loss, "logit_scale": scale, "t2i_acc": acc})
+        self.log_metrics("train", metrics, batch_size=len(txt))
         return loss
+
+    def _hard_negative_step(self, captions: list[str], images: torch.Tensor):
+        """Features, NegCLIP loss and ``neg_acc`` (how often an image scores its caption above its negative)."""
+        negs, valid = self.swapper(captions)
+        img = self.clip.encode_image(self._pixels(images), normalize=True).float()
+        # one text-tower pass over captions and negatives together
+        both = self.clip.encode_text(self.tokenize(captions + negs).to(self.device), normalize=True).float()
+        txt, neg = both[: len(captions)], both[len(captions) :]
+        valid = valid.to(self.device)
+        with torch.no_grad():
+            wins = ((img * txt).sum(1) > (img * neg).sum(1))[valid].float()
+            metrics = {"neg_acc": wins.mean() if len(wins) else torch.tensor(float("nan"))}
+        own_img, own_txt = img, txt
+        if self._trainer is not None and self.trainer.world_size > 1:  # every rank ranks every rank's texts
+            from open_clip.loss import gather_features
+
+            kw = dict(gather_with_grad=True, rank=self.global_rank, world_size=self.trainer.world_size)
+            img, txt = gather_features(img, txt, **kw)
+            neg, valid_f = gather_features(neg, valid.float()[:, None], **kw)
+            valid = valid_f[:, 0] > 0.5
+        loss = hard_negative_loss(img, txt, neg, valid, self.clip.logit_scale.exp())
+        return own_img, own_txt, loss, metrics
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         with torch.no_grad():  # CLIP's clamp: temperature no sharper than 1/100

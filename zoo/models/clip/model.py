@@ -10,9 +10,18 @@ name                   image  patch  vision w x L     text w x L       context  
 ``zoo-clip-tiny``      32     8      64 x 2           64 x 2           32         32
 ``zoo-clip-shapes``    32     4      128 x 4          128 x 3          48         128
 ``zoo-clip-shapes64``  64     8      128 x 4          128 x 3          48         128
+``zoo-clip-shapes-rn`` 32     -      ResNet 1-1-1-1   128 x 3          48         128
+                                     width 16
 =====================  =====  =====  ===============  ===============  =========  =======
 
-Presets (``model.preset=``): ``tiny`` (tests), ``shapes`` (32 px shapes world, ~10 CPU minutes) and ``paper``
+``zoo-clip-shapes-rn`` swaps the ViT image tower for open_clip's ModifiedResNet (CLIP's RN towers: a 3-conv stem,
+four residual stages, attention pooling), width 16, 1.36M image-tower parameters. Why: the ViT tower hardly learns
+shape on this world. Trained with shape labels directly (300 steps of 128 single-object scenes, one thread), the
+ViT reaches 0.58 test accuracy; the ResNet reaches 0.89, and runs its steps about 8x faster
+(``experiments/clip/README.md``).
+
+Presets (``model.preset=``): ``tiny`` (tests), ``shapes`` (32 px shapes world, ~10 CPU minutes), ``shapes_rn``
+(the same with the ResNet image tower; what ``make demo`` trains) and ``paper``
 (``ViT-H-14``, the CLIP unCLIP conditions on; build it on the meta device to count parameters, see
 ``count_parameters``). ``net`` overrides are open_clip model-config keys, deep-merged into the architecture's
 config: ``{"embed_dim": 64, "vision_cfg": {"width": 128}, "text_cfg": {"layers": 2}}``; ``net.arch`` swaps the
@@ -55,6 +64,7 @@ class ClipConfig:
 PRESETS: dict[str, ClipConfig] = {
     "tiny": ClipConfig("zoo-clip-tiny"),
     "shapes": ClipConfig("zoo-clip-shapes"),
+    "shapes_rn": ClipConfig("zoo-clip-shapes-rn"),
     "paper": ClipConfig("ViT-H-14"),  # unCLIP's CLIP (open_clip tag e.g. laion2b_s32b_b79k for trained weights)
 }
 

@@ -1,0 +1,146 @@
+"""Hard negative captions (NegCLIP-style word swaps): the swapper's edits, the loss against open_clip's and a hand
+computation, config errors, and learning: with negatives the image tower learns the swapped word, without them it
+does not need to."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import open_clip
+import pytest
+import torch
+
+from zoo.data.shapes import POSITIONS, SHAPES, ShapesDataset
+from zoo.errors import ConfigError
+from zoo.models.clip.lit import ClipLit
+from zoo.models.clip.negatives import NegativeSwapper, hard_negative_loss
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text)
+
+
+def test_swap_changes_exactly_one_group_word_for_another_of_its_group():
+    sw = NegativeSwapper("shapes", seed=0)
+    ds = ShapesDataset("train", size=200)
+    changed_groups = {"shape": 0, "position": 0}
+    for i in range(200):
+        cap = ds[i]["captions"]["descriptive"]
+        neg = sw.swap(cap)
+        assert neg is not None and neg != cap
+        # the edit is a single span: same text before and after it
+        pre = len(_common_prefix(cap, neg))
+        suf = len(_common_prefix(cap[::-1], neg[::-1]))
+        old, new = cap[pre : len(cap) - suf], neg[pre : len(neg) - suf]
+        old_full = _expand(cap, pre, len(cap) - suf)
+        new_full = _expand(neg, pre, len(neg) - suf)
+        if old_full in SHAPES:
+            assert new_full in SHAPES and new_full != old_full, (cap, neg)
+            changed_groups["shape"] += 1
+        else:
+            assert old_full in POSITIONS and new_full in POSITIONS and new_full != old_full, (cap, neg, old, new)
+            changed_groups["position"] += 1
+    assert min(changed_groups.values()) > 50, changed_groups  # both groups drawn
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+def _expand(text: str, start: int, end: int) -> str:
+    """The whole vocabulary phrase around text[start:end] (a swap may share letters with its replacement)."""
+    for phrase in sorted([*SHAPES, *POSITIONS], key=len, reverse=True):
+        for m in re.finditer(r"\b" + re.escape(phrase) + r"\b", text):
+            if m.start() <= start and end <= m.end():
+                return phrase
+    return text[start:end]
+
+
+def test_swap_matches_whole_phrases_and_skips_captions_without_words():
+    sw = NegativeSwapper([["top left", "top right"], ["star", "heart"]], seed=1)
+    assert sw.swap("IMG_1234.png") is None
+    assert sw.swap("a starry top leftish night") is None  # word boundaries: no partial words
+    out = {sw.swap("a star") for _ in range(10)}
+    assert out == {"a heart"}
+    out = {sw.swap("at the top left") for _ in range(10)}
+    assert out == {"at the top right"}
+    negs, valid = sw(["a star", "untitled"])
+    assert negs == ["a heart", "untitled"] and valid.tolist() == [True, False]
+    # seeded: the same stream gives the same swaps
+    a = NegativeSwapper("shapes", seed=3)
+    b = NegativeSwapper("shapes", seed=3)
+    caps = [ShapesDataset("val", size=20)[i]["caption"] for i in range(20)]
+    assert a(caps)[0] == b(caps)[0]
+
+
+@pytest.mark.parametrize("groups", ["colours", [["star"]], [], [["a", "a"]]])
+def test_bad_groups_fail_with_the_fix(groups):
+    with pytest.raises(ConfigError, match="fix"):
+        NegativeSwapper(groups)
+
+
+def test_unknown_key_fails_before_training():
+    with pytest.raises(ConfigError, match="hard_negatives"):
+        ClipLit(preset="tiny", hard_negatives={"groups": "shapes", "per_caption": 2})
+
+
+def test_loss_equals_open_clip_without_negatives_and_a_hand_computation_with_one():
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=1)
+    neg = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=1)
+    scale = torch.tensor(10.0)
+    none = torch.zeros(4, dtype=torch.bool)
+    ref = open_clip.ClipLoss()(img, txt, scale)
+    assert torch.allclose(hard_negative_loss(img, txt, neg, none, scale), ref, atol=1e-6)
+    # one valid negative (caption 2's): it joins every image's denominator on the image -> text side
+    valid = torch.tensor([False, False, True, False])
+    s = scale * img @ txt.t()
+    extra = scale * img @ neg[2]
+    i2t = sum(-s[i, i] + math.log(s[i].exp().sum() + extra[i].exp()) for i in range(4)) / 4
+    t2i = sum(-s[i, i] + math.log(s[:, i].exp().sum()) for i in range(4)) / 4
+    assert torch.allclose(hard_negative_loss(img, txt, neg, valid, scale), (i2t + t2i) / 2, atol=1e-5)
+
+
+def _margin(m: ClipLit, batch, negs) -> torch.Tensor:
+    """Per image: score of its caption minus score of its negative."""
+    with torch.no_grad():
+        img = m.clip.encode_image(m._pixels(batch["image"]), normalize=True)
+        txt = m.clip.encode_text(m.tokenize(batch["caption"]), normalize=True)
+        neg = m.clip.encode_text(m.tokenize(negs), normalize=True)
+    return (img * txt).sum(1) - (img * neg).sum(1)
+
+
+def test_negatives_teach_the_swapped_word_that_the_plain_loss_ignores():
+    # 8 random images, captions told apart by their number; the shape word is the same for all: the plain loss has
+    # no reason to tie images to it, the hard-negative loss must (each image's negative is its caption with the
+    # shape swapped).
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "image": torch.rand(8, 3, 32, 32, generator=g) * 2 - 1,
+        "caption": [f"a star number {i}" for i in range(8)],
+    }
+    eval_negs = [f"a heart number {i}" for i in range(8)]
+    margins = {}
+    for hard in (False, True):
+        torch.manual_seed(0)
+        m = ClipLit(preset="tiny", hard_negatives={"groups": [["star", "heart"]]} if hard else None)
+        params = [p for n, p in m.named_parameters() if "logit_scale" not in n]
+        opt = torch.optim.AdamW(params, lr=2e-3)
+        for _ in range(40):
+            if hard:
+                _, _, loss, _ = m._hard_negative_step(batch["caption"], batch["image"])
+            else:
+                img, txt = m.embed(batch)
+                loss = m.loss_fn(img, txt, m.clip.logit_scale.exp())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        margins[hard] = _margin(m, batch, eval_negs)
+    # measured: mean margin 0.57 with negatives, 0.01 without
+    assert (margins[True] > 0).all(), margins[True]
+    assert margins[True].mean() > margins[False].mean() + 0.1, (margins[True].mean(), margins[False].mean())
