@@ -17,7 +17,7 @@ name                   image  patch  vision w x L     text w x L       context  
 ``zoo-clip-shapes-rn`` swaps the ViT image tower for open_clip's ModifiedResNet (CLIP's RN towers: a 3-conv stem,
 four residual stages, attention pooling), width 16, 1.36M image-tower parameters. Why: the ViT tower hardly learns
 shape on this world. Trained with shape labels directly (300 steps of 128 single-object scenes, one thread), the
-ViT reaches 0.58 test accuracy; the ResNet reaches 0.89, and runs its steps about 8x faster
+ViT reaches 0.58 test accuracy; the ResNet reaches 0.87, and runs its steps about 7x faster
 (``experiments/clip/README.md``).
 
 Presets (``model.preset=``): ``tiny`` (tests), ``shapes`` (32 px shapes world, ~10 CPU minutes), ``shapes_rn``
