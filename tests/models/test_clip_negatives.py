@@ -17,47 +17,29 @@ from zoo.models.clip.lit import ClipLit
 from zoo.models.clip.negatives import NegativeSwapper, hard_negative_loss
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z]+", text)
+def _one_swaps(caption: str) -> dict[str, str]:
+    """Every caption one vocabulary swap can make from ``caption``, mapped to the group it swapped in."""
+    out = {}
+    for name, group in (("shape", SHAPES), ("position", POSITIONS)):
+        for word in group:
+            for m in re.finditer(r"\b" + re.escape(word) + r"\b", caption):
+                for other in group:
+                    if other != word:
+                        out[caption[: m.start()] + other + caption[m.end() :]] = name
+    return out
 
 
 def test_swap_changes_exactly_one_group_word_for_another_of_its_group():
     sw = NegativeSwapper("shapes", seed=0)
     ds = ShapesDataset("train", size=200)
-    changed_groups = {"shape": 0, "position": 0}
+    drawn = {"shape": 0, "position": 0}
     for i in range(200):
         cap = ds[i]["captions"]["descriptive"]
         neg = sw.swap(cap)
-        assert neg is not None and neg != cap
-        # the edit is a single span: same text before and after it
-        pre = len(_common_prefix(cap, neg))
-        suf = len(_common_prefix(cap[::-1], neg[::-1]))
-        old, new = cap[pre : len(cap) - suf], neg[pre : len(neg) - suf]
-        old_full = _expand(cap, pre, len(cap) - suf)
-        new_full = _expand(neg, pre, len(neg) - suf)
-        if old_full in SHAPES:
-            assert new_full in SHAPES and new_full != old_full, (cap, neg)
-            changed_groups["shape"] += 1
-        else:
-            assert old_full in POSITIONS and new_full in POSITIONS and new_full != old_full, (cap, neg, old, new)
-            changed_groups["position"] += 1
-    assert min(changed_groups.values()) > 50, changed_groups  # both groups drawn
-
-
-def _common_prefix(a: str, b: str) -> str:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return a[:n]
-
-
-def _expand(text: str, start: int, end: int) -> str:
-    """The whole vocabulary phrase around text[start:end] (a swap may share letters with its replacement)."""
-    for phrase in sorted([*SHAPES, *POSITIONS], key=len, reverse=True):
-        for m in re.finditer(r"\b" + re.escape(phrase) + r"\b", text):
-            if m.start() <= start and end <= m.end():
-                return phrase
-    return text[start:end]
+        allowed = _one_swaps(cap)
+        assert neg in allowed, (cap, neg)
+        drawn[allowed[neg]] += 1
+    assert min(drawn.values()) > 50, drawn  # both groups drawn
 
 
 def test_swap_matches_whole_phrases_and_skips_captions_without_words():

@@ -152,14 +152,13 @@ class ClipLit(ZooLit):
         self.loss_fn = contrastive_loss(self)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        scale = self.clip.logit_scale.exp()
         if self.swapper is None:
             img, txt = self.embed(batch)
-            scale = self.clip.logit_scale.exp()
             loss = self.loss_fn(img.float(), txt.float(), scale)
             metrics = {}
         else:
             img, txt, loss, metrics = self._hard_negative_step(list(batch["caption"]), batch["image"])
-            scale = self.clip.logit_scale.exp()
         with torch.no_grad():
             acc = (
                 ((txt.float() @ img.float().t()).argmax(1) == torch.arange(len(txt), device=txt.device)).float().mean()
