@@ -4,6 +4,7 @@ PY_BOOT ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 FULL    ?= 0
+VENV_GB ?= 7
 STAMP   := $(VENV)/.installed
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
@@ -13,11 +14,18 @@ export WANDB_SILENT ?= true
 setup: $(STAMP)
 
 # torch 2.14.1 / torchvision 0.29.1 come from the machine's local wheel index (pip.conf find-links/extra-index).
+# The venv takes about 6.5 GB (torch 2.14.1 is a CUDA build: 4.4 GB of it is torch, nvidia-* and triton), so the
+# disk is checked first: a full disk otherwise fails half-way through pip with "[Errno 28] No space left on device"
+# (it did once, on a machine whose /tmp held old clean-clone checks). --no-cache-dir: the wheels are not kept twice.
 $(STAMP): pyproject.toml
+	@test -x $(PY) || $(PY_BOOT) -c "import os, shutil, sys; \
+	  free = shutil.disk_usage(os.path.dirname(os.path.abspath('$(VENV)'))).free / 2**30; \
+	  msg = f'error: {free:.1f} GB free where $(VENV) goes; the venv needs about $(VENV_GB) GB'; \
+	  sys.exit(0 if free >= $(VENV_GB) else msg + ' (fix: free space, e.g. old clones in /tmp, or VENV=<dir on a bigger disk>)')"
 	test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-cache-dir --upgrade pip
+	$(PY) -m pip install --quiet --no-cache-dir torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet --no-cache-dir -e '.[dev]'
 	touch $(STAMP)
 
 # make demo: 30 min on 2 cores, set-up included: DEMO_START is when make began (before the venv set-up), and the

@@ -4,6 +4,7 @@ and the paper preset's parameter count (meta device)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -86,6 +87,34 @@ def test_embedding_reaches_timestep_embedding_and_every_attention_layer(perturb)
     assert all(
         blk.context_kv.weight.grad.abs().sum() > 0 for blk in net.unet.modules() if isinstance(blk, AttentionBlock)
     )
+
+
+def test_clip_emb_norm_scales_the_embedding_to_the_text_tokens(perturb):
+    """clip_emb_norm: z_i at unit RMS (so its scale does not matter), LayerNormed tokens, the zero embedding still
+    the null condition; off, a unit-norm z_i's tokens are far smaller than the text tokens beside them."""
+    x, t, emb = _inputs()
+    torch.manual_seed(0)
+    plain = UnclipDecoder(TINY).eval()
+    torch.manual_seed(0)
+    normed = perturb(UnclipDecoder(replace(TINY, clip_emb_norm=True))).eval()
+    n_text = TINY.text_len
+
+    def rms(v):
+        return v.pow(2).mean().sqrt().item()
+
+    ctx = plain.encode(_tokens(), emb)["context"]
+    assert rms(ctx[:, n_text:]) < 0.2 * rms(ctx[:, :n_text])  # the imbalance the option removes
+    ctx = normed.encode(_tokens(), emb)["context"]
+    assert 0.5 < rms(ctx[:, n_text:]) / rms(ctx[:, :n_text]) < 2  # LayerNormed, like the text tokens
+    with torch.no_grad():  # unit RMS: the projection sees sqrt(D) * z_i for a unit-norm z_i, whatever its scale
+        scaled = normed.clip_emb_proj(emb * D**0.5)
+        torch.testing.assert_close(
+            normed.encode(_tokens(), 7 * emb)["emb"] - normed.encode(_tokens(), None, batch=2)["emb"],
+            scaled - normed.clip_emb_proj(torch.zeros(2, D)),
+        )
+    torch.testing.assert_close(normed(x, t, _tokens(), emb), normed(x, t, _tokens(), 3 * emb))
+    assert torch.equal(normed(x, t, None, None), normed(x, t, None, torch.zeros(2, D)))
+    assert not torch.allclose(normed(x, t, None, None), normed(x, t, None, emb))
 
 
 def test_null_condition_and_independent_dropouts(perturb):
@@ -197,7 +226,9 @@ def test_train_checkpoint_load_and_generate(train_cfg, tmp_path, train_helpers):
     )
     _, last, ckpt = T.train_checked(cfg, "unclip_decoder", global_step=2)
     model = load_module(last)
-    assert isinstance(model, UnclipDecoderLit) and model.cfg == TINY
+    # the CLI's decoder scales the embedding (conf/model/unclip_decoder.yaml), and the checkpoint rebuilds it so
+    assert isinstance(model, UnclipDecoderLit) and model.cfg == replace(TINY, clip_emb_norm=True)
+    assert isinstance(model.net.clip_tokens_norm, torch.nn.LayerNorm)
     for k, v in ckpt["state_dict"].items():
         assert torch.equal(model.state_dict()[k], v), k
     emb = torch.load(files["val"], weights_only=True)["clip_image_emb"][:2]

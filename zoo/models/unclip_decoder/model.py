@@ -46,6 +46,11 @@ class UnclipDecoderConfig(GlideConfig):
 
     clip_dim: int = 128  # the CLIP embedding width (zoo-clip-tiny 32, zoo-clip-shapes 128, ViT-H-14 1024)
     clip_tokens: int = 4  # unCLIP: 4 extra context tokens
+    # Scale z_i to unit RMS before its projections and LayerNorm its context tokens (as the text encoder's are).
+    # A unit-norm CLIP embedding has entries of about 1/sqrt(clip_dim): through a default-initialised Linear its
+    # tokens start ~20x smaller than the LayerNormed text tokens they sit beside in every attention layer, and its
+    # timestep-embedding term as small, so a decoder trained for minutes barely reads it. False = as before.
+    clip_emb_norm: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -79,6 +84,7 @@ class UnclipDecoder(Glide):
         super().__init__(cfg)
         self.clip_emb_proj = nn.Linear(cfg.clip_dim, self.unet.time_embed_dim)  # z_i -> + timestep embedding
         self.clip_tokens_proj = nn.Linear(cfg.clip_dim, cfg.clip_tokens * cfg.text_width)  # z_i -> 4 context tokens
+        self.clip_tokens_norm = nn.LayerNorm(cfg.text_width) if cfg.clip_emb_norm else nn.Identity()
 
     def null_embedding(self, batch: int, device=None) -> torch.Tensor:
         """The dropped CLIP embedding: zeros (batch, clip_dim)."""
@@ -106,7 +112,10 @@ class UnclipDecoder(Glide):
         if image_emb.shape != (b, self.cfg.clip_dim):
             raise ValueError(f"image_emb must be (B={b}, clip_dim={self.cfg.clip_dim}), got {tuple(image_emb.shape)}")
         image_emb = image_emb.to(self.clip_emb_proj.weight.dtype)
+        if self.cfg.clip_emb_norm:  # unit RMS per row; the null (zero) embedding stays zero
+            image_emb = image_emb * torch.rsqrt(image_emb.pow(2).mean(-1, keepdim=True) + 1e-12)
         tokens = self.clip_tokens_proj(image_emb).view(b, self.cfg.clip_tokens, self.cfg.text_width)  # (B, 4, W)
+        tokens = self.clip_tokens_norm(tokens)
         context = torch.cat([cond["context"], tokens.to(cond["context"].dtype)], dim=1)  # (B, L + 4, W)
         always = torch.ones(b, self.cfg.clip_tokens, dtype=torch.bool, device=context.device)
         return {
