@@ -7,6 +7,9 @@ extra projections of the CLIP image embedding z_i (PAPER_FACTS "unCLIP", decoder
   final-token projection);
 - ``clip_tokens_proj``: z_i -> ``clip_tokens`` (4) extra context tokens (B, 4, text_width), CONCATENATED after the
   text encoder's token outputs; they are always valid in the context mask (only text pads are masked).
+- ``clip_emb_norm`` (on in conf/model/unclip_decoder.yaml, off in the presets and in checkpoints made before it):
+  z_i scaled to unit RMS before both projections and the tokens LayerNormed, so the embedding enters at the
+  caption tokens' scale (2 x text_width more parameters).
 
 The null condition (classifier-free guidance on the embedding) is the zero embedding plus the empty caption:
 ``forward(x_t, t, None, None)`` == ``forward(x_t, t, null_tokens, zeros)``. A zero embedding still reaches the
