@@ -14,7 +14,7 @@ export WANDB_SILENT ?= true
 setup: $(STAMP)
 
 # torch 2.14.1 / torchvision 0.29.1 come from the machine's local wheel index (pip.conf find-links/extra-index).
-# The venv takes about 6.5 GB (torch 2.14.1 is a CUDA build: 4.4 GB of it is torch, nvidia-* and triton), so the
+# The venv takes about 6.5 GB (torch 2.14.1 is a CUDA build: 5.3 GB of it is nvidia-*, torch and triton), so the
 # disk is checked first: a full disk otherwise fails half-way through pip with "[Errno 28] No space left on device"
 # (it did once, on a machine whose /tmp held old clean-clone checks). --no-cache-dir: the wheels are not kept twice.
 $(STAMP): pyproject.toml

@@ -79,7 +79,7 @@ def clip_batch_override() -> list[str]:
     demo trains now (``shapes_rn``) is fast enough in fp32 that the smaller batch no longer pays: 4 minutes on one
     thread with AVX2 kernels, 305 steps of 128 reach R@1 0.93 and 543 of 64 reach 0.90 (within the noise of 256
     test scenes). A whole AVX2 demo with it at 64 (39af835, fresh clone, AVX2 kernels, fp32): 584 steps, R@1 0.91,
-    and the demo in 27 min 50 s. 64 and 128 tie within noise, so the override stays; it costs nothing."""
+    and the demo in 27 min 50 s. 64 and 128 tie within noise, so the override stays."""
     from zoo.precision import cpu_has_native_bf16
 
     return [] if cpu_has_native_bf16() else ["data.batch_size=64"]
