@@ -36,9 +36,11 @@ Metrics (vs the real high-resolution images):
   set and ``n`` OTHER real scenes (the noise level of an FD over ``n`` images).
 - **judge** (``eval.judge``, the zoo-eval judge cached per resolution, trained once when absent): exact prompt
   fidelity and per-attribute accuracy, run at ``--judge-resolution`` (default: the target size; a judge trained on
-  scenes rendered there). The judge's network reads a 48 x 48 view of its input (``ShapesJudge.CELL`` x 3) for any
-  resolution, so its cost does not depend on the resolution; it sees more of the upsampled detail than a 32 px
-  CLIP, not all of it.
+  scenes rendered there). By default its network reads a 48 x 48 view of its input (``ShapesJudge.CELL`` x 3)
+  for any resolution, so its cost does not depend on the resolution; it sees more of the upsampled detail than a
+  32 px CLIP, not all of it. ``--judge-cell 32`` (or 64) trains and uses a judge that reads a 96 (192) px view:
+  edges at the high resolution, where bicubic's blur and an upsampler's sharpness differ (cached under its own
+  name).
 
 Writes ``results.json``, ``results.md`` and ``strip.png`` (8 scenes: low-res (nearest) | bicubic | upsampler(s) |
 real, for the first input mode; ``strip_<mode>.png`` for the others) into ``--out``.
@@ -201,8 +203,11 @@ def low_res_inputs(
 
 
 def bicubic_upsample(low: torch.Tensor, size: int) -> torch.Tensor:
-    """The baseline: bicubic interpolation to ``size`` (align_corners False), overshoot clamped to [-1, 1]."""
-    return F.interpolate(low.float(), size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+    """The baseline: bicubic interpolation to ``size`` (align_corners False), overshoot clamped to [-1, 1]; the same
+    function as a residual upsampler's base (``UpsamplerLit.bicubic_base``)."""
+    from zoo.models.upsampler.lit import UpsamplerLit
+
+    return UpsamplerLit.bicubic_base(low, (size, size))
 
 
 @torch.no_grad()
@@ -271,21 +276,34 @@ def checkpoint_label(path: str, lit, taken: set) -> str:
     return label
 
 
-def judge_path(judge_dir: Path, resolution: int, steps: int, batch_size: int) -> Path:
-    """The file zoo-eval's ``build_judge`` caches this judge in (same name: one judge per resolution)."""
+def judge_path(judge_dir: Path, resolution: int, steps: int, batch_size: int, cell: int = 16) -> Path:
+    """The file zoo-eval's ``build_judge`` caches this judge in (same name: one judge per resolution); a judge with
+    finer cells (``cell`` > 16) gets its own name."""
     from zoo.data.shapes import WORLD_VERSION
 
-    return Path(judge_dir) / f"shapes_judge_v{WORLD_VERSION}_{resolution}px_{steps}x{batch_size}.pt"
+    tag = "" if cell == 16 else f"_cell{cell}"
+    return Path(judge_dir) / f"shapes_judge_v{WORLD_VERSION}_{resolution}px{tag}_{steps}x{batch_size}.pt"
 
 
-def load_judge(judge_dir: Path, resolution: int, steps: int, batch_size: int, progress: bool):
-    from eval.judge import load_or_train_judge
+def load_judge(judge_dir: Path, resolution: int, steps: int, batch_size: int, progress: bool, cell: int = 16):
+    from eval.judge import ShapesJudge, load_or_train_judge
 
-    path = judge_path(judge_dir, resolution, steps, batch_size)
+    if cell < ShapesJudge.CELL or cell & (cell - 1):
+        raise ConfigError(f"--judge-cell {cell}: must be 16 times a power of two (16, the default, 32 or 64)")
+    path = judge_path(judge_dir, resolution, steps, batch_size, cell)
     if not path.is_file():
-        log.info("training the shapes judge once at %d px (%d steps), cached at %s", resolution, steps, path)
+        log.info(
+            "training the shapes judge once at %d px (%d steps, %d px view), cached at %s",
+            resolution,
+            steps,
+            3 * cell,
+            path,
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
-    return load_or_train_judge(path, resolution=resolution, steps=steps, batch_size=batch_size, progress=progress), path
+    judge = load_or_train_judge(
+        path, resolution=resolution, steps=steps, batch_size=batch_size, progress=progress, cell=cell
+    )
+    return judge, path
 
 
 def load_clip(path: Optional[str]):
@@ -320,6 +338,7 @@ def upsampler_report(
     judge_steps: int = 400,
     judge_batch_size: int = 128,
     judge_resolution: Optional[int] = None,
+    judge_cell: int = 16,
     floor: bool = True,
     bf16: bool = False,
     progress: bool = True,
@@ -387,6 +406,7 @@ def upsampler_report(
             judge_steps,
             judge_batch_size,
             progress,
+            int(judge_cell),
         )
 
     # -- the real scenes and the shared DDIM starts
@@ -475,7 +495,7 @@ def upsampler_report(
         else {"checkpoint": clip_path, "image_size": scorer.image_size, "fd_clip_floor": floor_fd},
         "judge": None
         if judge_net is None
-        else {"path": str(judge_file), "resolution": j_res, "input_side": 3 * judge_net.CELL},
+        else {"path": str(judge_file), "resolution": j_res, "input_side": 3 * judge_net.cell},
         "inputs": tables,
         "cpu": describe_cpu(),  # the machine sec_per_image was measured on
         "threads": torch.get_num_threads(),
@@ -666,6 +686,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--judge-steps", type=int, default=400, help="judge training steps if absent (zoo-eval's 400)")
     ap.add_argument("--judge-batch-size", type=int, default=128, help="judge training batch (zoo-eval's 128)")
     ap.add_argument("--judge-resolution", type=int, default=None, help="judge resolution (default: the target size)")
+    ap.add_argument(
+        "--judge-cell",
+        type=int,
+        default=16,
+        help="judge cell side: 16 (default: a 48 px view, zoo-eval's judge) or 32 / 64 (a 96 / 192 px view that "
+        "sees high-resolution edges; trained once, cached under its own name)",
+    )
     ap.add_argument("--no-floor", action="store_true", help="skip the FD_CLIP floor (n other real scenes)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the upsampler (faster on native-bf16 CPUs)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -696,6 +723,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             judge_steps=args.judge_steps,
             judge_batch_size=args.judge_batch_size,
             judge_resolution=args.judge_resolution,
+            judge_cell=args.judge_cell,
             floor=not args.no_floor,
             bf16=args.bf16,
             progress=not args.no_progress,

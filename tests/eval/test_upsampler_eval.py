@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +138,45 @@ def test_user_errors_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # render needs a low side the world renders (8 px is not)
         U.main([str(ckpt), "--inputs", "render", "--clip", "none", "--no-judge", "--out", str(tmp_path / "o")] + COMMON)
     assert e.value.code == 2 and "--inputs render" in capsys.readouterr().err
+
+
+def test_judge_cell_reads_a_finer_view(tmp_path):
+    """--judge-cell 32: a judge whose network reads a 96 px view. Detail that exists only above 48 px (a one-pixel
+    checkerboard at 96 px, which the 48 px view averages to flat grey) reaches it and not the default judge; it is
+    saved and loaded with its cell (old files, without one, load as 16) and cached under its own name."""
+    from eval.judge import ShapesJudge, Vocab, load_judge, save_judge
+
+    torch.manual_seed(0)
+    vocab = Vocab.from_world()
+    coarse, fine = ShapesJudge(vocab, width=16).eval(), ShapesJudge(vocab, width=16, cell=32).eval()
+    assert len(coarse.stem) == 0 and len(fine.stem) == 3  # one conv + GELU + pool at 32 px per cell
+    checker = (torch.arange(96).view(1, -1) + torch.arange(96).view(-1, 1)) % 2 * 2.0 - 1  # +-1, period 2 px
+    flat = torch.zeros(1, 3, 96, 96)
+    textured = checker.expand(1, 3, 96, 96).clone()
+    with torch.no_grad():
+        for judge, sees in ((coarse, False), (fine, True)):
+            a, b = judge(flat), judge(textured)
+            assert a["shape"].shape == (1, 9, len(vocab.shapes) + 1) and a["background"].shape[0] == 1
+            differs = any(not torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+            assert differs == sees, (judge.cell, differs)
+    for bad in (8, 24, 48):
+        with pytest.raises(ValueError, match="cell"):
+            ShapesJudge(vocab, cell=bad)
+    # save / load keep the cell; a file from before the option loads as a 16 px-cell judge
+    save_judge(fine, tmp_path / "fine.pt")
+    again = load_judge(tmp_path / "fine.pt")
+    assert again.cell == 32 and torch.allclose(again(textured)["shape"], fine(textured)["shape"], atol=1e-6)
+    save_judge(coarse, tmp_path / "coarse.pt")
+    old = torch.load(tmp_path / "coarse.pt", weights_only=True)
+    del old["cell"]
+    torch.save(old, tmp_path / "old.pt")
+    assert load_judge(tmp_path / "old.pt").cell == 16
+    # the report: its own cached file and the 96 px view recorded
+    ckpt = _ckpt(tmp_path, "run", "blur")
+    argv = [str(ckpt), "--clip", "none", "--out", str(tmp_path / "o"), "--judge-dir", str(tmp_path / "j")]
+    res = U.main(argv + COMMON + ["--judge-cell", "32", "--no-progress"])
+    assert res["judge"]["input_side"] == 96 and "_cell32_" in res["judge"]["path"]
+    assert [p.name for p in (tmp_path / "j").glob("*.pt")] == [Path(res["judge"]["path"]).name]
+    with pytest.raises(SystemExit) as e:
+        U.main(argv + COMMON + ["--judge-cell", "24", "--no-progress"])
+    assert e.value.code == 2

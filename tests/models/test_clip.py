@@ -50,7 +50,7 @@ def loader(batch, bs=8):
 
 # ----------------------------------------------------------------------------------------- presets / config
 def test_presets_and_net_overrides():
-    assert set(PRESETS) == {"tiny", "shapes", "shapes_rn", "paper"}
+    assert set(PRESETS) == {"tiny", "shapes", "shapes_rn", "shapes_rn128", "paper"}
     m = ClipLit(
         preset="tiny",
         net={"embed_dim": 48, "vision_cfg": {"width": 96, "patch_size": 4}, "text_cfg": {"context_length": 24}},
@@ -80,6 +80,22 @@ def test_shapes_rn_preset_is_a_resnet_tower_that_fits_the_shapes_presets_downstr
     txt = scorer.encode_text(["a red star at the top left", "a blue heart"])
     assert img.shape == txt.shape == (2, 128) and torch.isfinite(img).all()
     assert rn.tokenize(["a"]).shape == vit.tokenize(["a"]).shape == (1, 48) and rn.image_size == vit.image_size == 32
+
+
+def test_shapes_rn128_preset_reads_128_px_scenes(train_cfg):
+    """The upsamplers' FD_CLIP instrument: make demo's ResNet CLIP network on 128 px scenes, its experiment
+    composes on 128 px data, and a 128 px image's detail reaches the embedding (a 32 px CLIP shrinks it away)."""
+    torch.manual_seed(0)
+    lit = ClipLit(preset="shapes_rn128")
+    assert lit.image_size == 128
+    scorer = lit.scorer()
+    x = torch.rand(1, 3, 128, 128) * 2 - 1
+    checker = ((torch.arange(128).view(1, -1) + torch.arange(128).view(-1, 1)) % 2 * 0.5 - 0.25).expand(1, 3, -1, -1)
+    with torch.no_grad():
+        a, b = scorer.encode_image(x), scorer.encode_image((x + checker).clamp(-1, 1))
+    assert a.shape == (1, 128) and not torch.allclose(a, b, atol=1e-4)
+    cfg = train_cfg("experiment=unclip/clip_shapes_rn128", "logger=none")
+    assert cfg.model.preset == "shapes_rn128" and cfg.data.resolution == 128
 
 
 def test_paper_preset_is_vit_h_counted_on_meta():

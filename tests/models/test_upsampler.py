@@ -245,3 +245,86 @@ def test_experiment_config_composes(train_cfg):
     lit = instantiate(cfg.model, "model")
     assert lit.cfg.image_size == 128 and lit.corruption.kind == "blur" and lit.sample_steps == 27
     assert isinstance(lit.net, nn.Module)
+
+
+class _OracleNet(nn.Module):
+    """A denoiser that knows the answer: the eps that x_t holds for a fixed target x0 (what a perfect network
+    predicts), at the ORIGINAL timestep the sampler passes."""
+
+    def __init__(self, x0: torch.Tensor, alphas_cumprod: torch.Tensor):
+        super().__init__()
+        self.x0, self.abar = x0, alphas_cumprod.double()
+
+    def forward(self, x, t, low_res):
+        a = self.abar[t].view(-1, 1, 1, 1)
+        return ((x.double() - a.sqrt() * self.x0.double()) / (1 - a).sqrt()).to(x.dtype)
+
+
+def test_residual_upsampler_diffuses_what_bicubic_misses():
+    """model.residual: training diffuses x_high - bicubic(low) with the base cut from the WHOLE image's bicubic
+    upsampling at the crop's coordinates (same crops as the image upsampler); sampling returns base + the sampled
+    residual, so a perfect residual denoiser gives back the real image, and the clip keeps base + x0 in [-1, 1]."""
+    torch.manual_seed(0)
+    plain, res = UpsamplerLit(preset="tiny"), UpsamplerLit(preset="tiny", residual=True)
+    assert not plain.residual and res.residual
+    x = _images(4, 32)
+    high, low, base = res.training_crops(x, torch.Generator().manual_seed(3))
+    high0, low0 = plain.training_pair(x, torch.Generator().manual_seed(3))
+    assert torch.equal(high, high0) and torch.equal(low, low0)  # the same random draws
+    full_low = res.degrade(x, torch.Generator().manual_seed(3))
+    whole = torch.nn.functional.interpolate(full_low, size=32, mode="bicubic", align_corners=False).clamp(-1, 1)
+    # the base crop is a window of the whole image's base (find it by the high crop's position)
+    hits = [
+        any(
+            torch.equal(base[i], whole[i, :, y : y + 8, x_ : x_ + 8])
+            and torch.equal(high[i], x[i, :, y : y + 8, x_ : x_ + 8])
+            for y in range(0, 25, 4)
+            for x_ in range(0, 25, 4)
+        )
+        for i in range(4)
+    ]
+    assert all(hits), hits
+    # (a crop's own bicubic upsampling differs near its border: that is why the base is cut from the whole image)
+    own = torch.nn.functional.interpolate(low, size=8, mode="bicubic", align_corners=False).clamp(-1, 1)
+    assert not torch.allclose(own, base, atol=1e-3)
+    # the diffused target is the residual
+    seen = {}
+    real_losses = res.process.training_losses
+
+    def spy(net, x_start, t, **kw):
+        seen["x_start"] = x_start
+        return real_losses(net, x_start, t, **kw)
+
+    res.process.training_losses = spy
+    res.forward_loss({"image": x}, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(seen["x_start"], high - base)
+    # sampling: a denoiser that knows the residual returns the real image; the plain model with one that knows the
+    # image returns it too
+    target_res = x - whole
+    res.net = _OracleNet(target_res, res.process.schedule.alphas_cumprod)
+    up = res.upsample(full_low, steps=5, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(up, x, atol=1e-4)
+    # the clip range is base-relative: a residual that would leave [-1, 1] is cut where the sum would
+    res.net = _OracleNet(target_res + 1.5, res.process.schedule.alphas_cumprod)
+    up = res.upsample(full_low, steps=5, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(up, (x + 1.5).clamp(-1, 1), atol=1e-4) and up.max() <= 1
+    plain.net = _OracleNet(x, plain.process.schedule.alphas_cumprod)
+    assert torch.allclose(plain.upsample(full_low, steps=5), x, atol=1e-4)
+
+
+def test_residual_upsampler_learns_a_fixed_batch():
+    torch.manual_seed(0)
+    lit = UpsamplerLit(preset="tiny", residual=True, prediction="v")
+    start, end = _overfit(lit, {"image": _images(4, 32)})
+    assert end < 0.6 * start, (start, end)
+
+
+def test_residual_and_v_experiment_configs_compose(train_cfg):
+    from zoo.config import instantiate
+
+    cfg = train_cfg("experiment=unclip/upsampler_shapes_32_128_residual", "logger=none")
+    assert cfg.task_name == "upsampler_shapes_32_128_residual" and cfg.data.resolution == 128
+    lit = instantiate(cfg.model, "model")
+    assert lit.residual and lit.process.model_mean_type == "v" and lit.cfg.image_size == 128
+    v = instantiate(train_cfg("experiment=unclip/upsampler_shapes_32_128_v", "logger=none").model, "model")
+    assert not v.residual and v.process.model_mean_type == "v"

@@ -21,7 +21,8 @@ ViT reaches 0.58 test accuracy; the ResNet reaches 0.87, and runs its steps abou
 (``experiments/clip/README.md``).
 
 Presets (``model.preset=``): ``tiny`` (tests), ``shapes`` (32 px shapes world, ~10 CPU minutes), ``shapes_rn``
-(the same with the ResNet image tower; what ``make demo`` trains) and ``paper``
+(the same with the ResNet image tower; what ``make demo`` trains), ``shapes_rn128`` (that network on 128 px scenes:
+the upsamplers' FD_CLIP) and ``paper``
 (``ViT-H-14``, the CLIP unCLIP conditions on; build it on the meta device to count parameters, see
 ``count_parameters``). ``net`` overrides are open_clip model-config keys, deep-merged into the architecture's
 config: ``{"embed_dim": 64, "vision_cfg": {"width": 128}, "text_cfg": {"layers": 2}}``; ``net.arch`` swaps the
@@ -65,6 +66,10 @@ PRESETS: dict[str, ClipConfig] = {
     "tiny": ClipConfig("zoo-clip-tiny"),
     "shapes": ClipConfig("zoo-clip-shapes"),
     "shapes_rn": ClipConfig("zoo-clip-shapes-rn"),
+    # the same network reading 128 px scenes (data.resolution=128): its ResNet ends on a 4 x 4 map instead of 1 x 1.
+    # An instrument for 128 px images (FD_CLIP of upsampled images, eval.upsampler), where the 32 px CLIP shrinks
+    # every image back to 32 px and cannot tell bicubic's blur from a sharp edge.
+    "shapes_rn128": ClipConfig("zoo-clip-shapes-rn", {"vision_cfg": {"image_size": 128}}),
     "paper": ClipConfig("ViT-H-14"),  # unCLIP's CLIP (open_clip tag e.g. laion2b_s32b_b79k for trained weights)
 }
 

@@ -23,6 +23,16 @@ BSR-trained (second) stage by default (the paper), predicted x0 clipped to [-1, 
 the network overlapping windows of its training-crop size at every step and averages their outputs
 (``zoo.diffusion.tiling``): its GroupNorm then sees the statistics it was trained on. On shapes that removes the
 background tint of full-size sampling (experiments/unclip/README.md, section 4).
+
+Residual diffusion (``residual=True``, off by default: the paper's upsamplers diffuse the image itself). The
+process diffuses ``x_high - bicubic(low)`` instead of ``x_high``, as SRDiff (Li et al., 2022) does, and ``upsample``
+returns ``bicubic(low) + the sampled residual`` (x0 clipped so that the sum stays in [-1, 1]). The network and its
+conditioning are unchanged; what changes is what it has to generate: only what bicubic interpolation misses
+(edges, texture). Colours and layout, which a short-trained image upsampler gets wrong (backgrounds tinted,
+section 4 of experiments/unclip/README.md), come from the bicubic base. In training the base is the bicubic
+upsampling of the WHOLE degraded image, cropped at the high-resolution crop's coordinates: a crop's own bicubic
+upsampling would differ near its border (the kernel reads pixels outside the crop), and at sampling the base is the
+whole image's.
 """
 
 from __future__ import annotations
@@ -78,6 +88,7 @@ class UpsamplerLit(ZooLit):
         colour (brown to grey or purple in its sample grids): the colour is decided at high noise, where the eps
         loss gives the image error almost no weight, the same failure as GLIDE's captions (``GlideLit``).
     snr_gamma: null or γ for Min-SNR-γ loss weighting (``GaussianDiffusion``'s docstring).
+    residual: diffuse the residual over bicubic upsampling instead of the image (module docstring; SRDiff).
     sample_steps: DDIM steps of ``upsample`` (None = 27 for blur, 15 for bsr); eta: DDIM eta (0).
     sample_tile: None (the paper: the network on the whole target-size image), ``train_crop`` (windows of the
         training crop's side) or a side in pixels: ``upsample`` evaluates the network on overlapping windows and
@@ -101,6 +112,7 @@ class UpsamplerLit(ZooLit):
         schedule: str = "cosine",
         prediction: str = "eps",
         snr_gamma: Optional[float] = None,
+        residual: bool = False,
         sample_steps: Optional[int] = None,
         eta: float = 0.0,
         sample_tile: Optional[int | str] = None,
@@ -127,6 +139,7 @@ class UpsamplerLit(ZooLit):
         except ValueError as e:
             raise ConfigError(f"upsampler corruption: {e}") from None
         self.resolve_tile(sample_tile, sample_tile_overlap)  # a bad tile fails here, before training
+        self.residual = bool(residual)
 
     def sampling_windows(self, tile=None, overlap: Optional[int] = None) -> Optional[tuple[int, int]]:
         """``resolve_tile`` with this checkpoint's defaults: ``tile`` None = ``sample_tile``, ``overlap`` None =
@@ -193,14 +206,35 @@ class UpsamplerLit(ZooLit):
         with torch.autocast(images.device.type, enabled=False):
             return self.corruption(images.float(), generator)
 
+    @staticmethod
+    def bicubic_base(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Bicubic upsampling of ``low`` to ``size`` (align_corners False), overshoot clamped to [-1, 1]: the
+        baseline eval.upsampler compares with, and the base of residual diffusion."""
+        return F.interpolate(low.float(), size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
+
+    @torch.no_grad()
+    def training_crops(
+        self, images: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """``training_pair`` plus, for a residual upsampler, the bicubic base at the high-resolution crops'
+        coordinates (B, 3, c, c) (None otherwise): the base of the whole degraded image, cropped (module
+        docstring). The same random draws as ``training_pair``."""
+        low_full = self.degrade(images, generator)
+        high, low, corners = paired_random_crop(images.float(), low_full, self.cfg.train_crop, generator)
+        if not self.residual:
+            return high, low, None
+        base_full = self.bicubic_base(low_full, tuple(images.shape[-2:]))
+        c = self.cfg.train_crop
+        base = torch.stack([base_full[i, :, y : y + c, x : x + c] for i, (y, x) in enumerate(corners.tolist())])
+        return high, low, base
+
     @torch.no_grad()
     def training_pair(
         self, images: torch.Tensor, generator: Optional[torch.Generator] = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(high-resolution crops (B, 3, c, c), conditioning crops (B, 3, c / s, c / s)), c = ``cfg.train_crop``:
         the full images are degraded FIRST, then both are cropped at matching coordinates (module docstring)."""
-        low = self.degrade(images, generator)
-        high, low, _ = paired_random_crop(images.float(), low, self.cfg.train_crop, generator)
+        high, low, _ = self.training_crops(images, generator)
         return high, low
 
     # ------------------------------------------------------------------------------------------ training
@@ -210,11 +244,12 @@ class UpsamplerLit(ZooLit):
         generator: Optional[torch.Generator] = None,
         diffusion_generator: Optional[torch.Generator] = None,
     ) -> dict[str, torch.Tensor]:
-        high, low = self.training_pair(batch["image"], generator)
+        high, low, base = self.training_crops(batch["image"], generator)
         high, low = high.to(self.device), low.to(self.device)
+        x_start = high if base is None else high - base.to(self.device)  # residual diffusion: what bicubic misses
         t = self.process.sample_timesteps(high.shape[0], device=high.device, generator=diffusion_generator)
         terms = self.process.training_losses(
-            self.net, high, t, model_kwargs={"low_res": low}, generator=diffusion_generator
+            self.net, x_start, t, model_kwargs={"low_res": low}, generator=diffusion_generator
         )
         return {k: v.mean() for k, v in terms.items()}
 
@@ -248,7 +283,9 @@ class UpsamplerLit(ZooLit):
         applied fully convolutionally at that size, or on overlapping windows (``tile``: None = ``sample_tile``,
         0 = the whole image, ``train_crop`` or a side; ``tile_overlap`` None = ``sample_tile_overlap``). DDIM with
         ``steps`` (default ``sample_steps``: 27 for a blur stage, 15 for a BSR stage) and ``eta`` (default
-        ``hparams.eta``, 0: deterministic given x_T); randomness from ``generator`` (on the module's device)."""
+        ``hparams.eta``, 0: deterministic given x_T); randomness from ``generator`` (on the module's device).
+        A residual upsampler samples the residual and returns bicubic(low_res) + it, x0 clipped so that the sum
+        stays in [-1, 1]."""
         steps = self.sample_steps if steps is None else int(steps)
         eta = float(self.hparams.eta if eta is None else eta)
         windows = self.sampling_windows(tile, tile_overlap)
@@ -267,6 +304,7 @@ class UpsamplerLit(ZooLit):
                 fn = lambda x, t: self.net(x, t, low)  # noqa: E731
             else:
                 fn = lambda x, t: tiled_call(self.net, x, t, low, windows[0], windows[1], s)  # noqa: E731
+            base = self.bicubic_base(low, shape[-2:]) if self.residual else None
             x = ddim_sample(
                 self.process.respaced(steps),
                 fn,
@@ -276,9 +314,12 @@ class UpsamplerLit(ZooLit):
                 device=self.device,
                 x_T=x_T,
                 clip_denoised=True,
+                clip_range=(-1.0, 1.0) if base is None else (-1.0 - base, 1.0 - base),  # base + x0 in [-1, 1]
             )
         finally:
             self.train(was_training)
+        if base is not None:
+            x = base + x.float()
         return x.float().clamp(-1, 1)
 
     @torch.no_grad()
@@ -291,5 +332,5 @@ class UpsamplerLit(ZooLit):
         up = self.upsample(low, steps=self.hparams.grid_steps, generator=torch.Generator(self.device).manual_seed(0))
         size = real.shape[-2:]
         nearest = F.interpolate(low, size=size, mode="nearest")
-        bicubic = F.interpolate(low, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
+        bicubic = self.bicubic_base(low, tuple(size))
         return torch.stack([nearest, bicubic, up, real], 1).flatten(0, 1)
