@@ -12,8 +12,9 @@ Sequence (k = ``n_prefix``, P = patch tokens when ``patch_dim > 0``, L = ``text_
                tokens (MLP)            (linear, optional)
     predicts :  -                       -                         t_1          t_2 .. (EOT, then padding)
 
-- F(i): the CLIP image embedding (B, D) (``clip_image_emb`` from ``zoo-embed``), L2-normalised, then mapped by a
-  two-layer MLP (D -> dim -> k * dim; the ClipCap "prefix" mapping) to k tokens, plus a learned position each.
+- F(i): the CLIP image embedding (B, D) (``clip_image_emb`` from ``zoo-embed``), L2-normalised (and scaled to unit
+  RMS with ``prefix_emb_norm``), then mapped by a two-layer MLP (D -> dim -> k * dim; the ClipCap "prefix" mapping)
+  to k tokens, plus a learned position each.
 - patch tokens (optional, ``patch_dim > 0``): the CLIP ViT's per-patch outputs (B, P, patch_dim), P <= n_patches,
   projected to dim; a batch carries them as ``clip_image_patches``.
 - caption: the tokenizer's layout ``[SOT] tokens [EOT] [PAD] ...`` (``zoo.text.TextTokenizer.encode``) right-padded
@@ -68,6 +69,12 @@ class CaptionerConfig:
     n_prefix: int = 4  # prefix tokens the embedding is mapped to (k)
     patch_dim: int = 0  # CLIP patch-token width; 0 = no patch tokens
     n_patches: int = 0  # most patch tokens a batch may carry
+    # The L2-normalised CLIP embedding has entries of ~0.09 (128-d), and the GPT-2-initialised prefix MLP (std 0.02)
+    # turns it into image-dependent prefix parts far smaller than the learned positions added to them: RMS 0.0064
+    # against prefix_pos 0.0196 (and token embeddings 0.030) in the trained descriptive captioner, the imbalance
+    # unCLIP's decoder had (UnclipDecoderConfig.clip_emb_norm). True: the embedding is scaled to unit RMS (x sqrt(D))
+    # before the MLP. False = as before (and in checkpoints made before the option).
+    prefix_emb_norm: bool = False
 
     @property
     def prefix_len(self) -> int:  # positions before [SOT]
@@ -160,6 +167,8 @@ class Captioner(PrefixLM, nn.Module):
             )
         w = self.prefix_map[0].weight
         z = F.normalize(image_emb.to(w.dtype), dim=-1)
+        if c.prefix_emb_norm:  # unit RMS instead of unit norm (the config's comment)
+            z = z * c.embed_dim**0.5
         x = self.prefix_map(z).view(len(z), c.n_prefix, c.dim) + self.prefix_pos  # (B, k, dim)
         if c.patch_dim > 0:
             if patches is None:
