@@ -60,11 +60,18 @@ class ShapesJudge(nn.Module):
 
     CELL = 16  # the default cell side (and the side the shared CNN below works at)
 
+    @classmethod
+    def halvings(cls, cell: int) -> int:
+        """How many stem stages a judge with ``cell`` px cells has (log2(cell / 16)); a ValueError for a cell that is
+        not 16 times a power of two."""
+        n = (int(cell) // cls.CELL).bit_length() - 1
+        if cell < cls.CELL or cls.CELL << n != cell:
+            raise ValueError(f"judge cell={cell}: must be 16 times a power of two (16, 32, 64, ...)")
+        return n
+
     def __init__(self, vocab: Vocab, width: int = 64, resolution: int = 32, cell: int = CELL):
         super().__init__()
-        halvings = (int(cell) // self.CELL).bit_length() - 1
-        if cell < self.CELL or self.CELL << halvings != cell:
-            raise ValueError(f"judge cell={cell}: must be 16 times a power of two (16, 32, 64, ...)")
+        halvings = self.halvings(cell)
         self.vocab = vocab
         self.resolution = resolution
         self.cell, self.width = int(cell), int(width)

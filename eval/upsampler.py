@@ -288,8 +288,10 @@ def judge_path(judge_dir: Path, resolution: int, steps: int, batch_size: int, ce
 def load_judge(judge_dir: Path, resolution: int, steps: int, batch_size: int, progress: bool, cell: int = 16):
     from eval.judge import ShapesJudge, load_or_train_judge
 
-    if cell < ShapesJudge.CELL or cell & (cell - 1):
-        raise ConfigError(f"--judge-cell {cell}: must be 16 times a power of two (16, the default, 32 or 64)")
+    try:
+        ShapesJudge.halvings(cell)
+    except ValueError:
+        raise ConfigError(f"--judge-cell {cell}: must be 16 times a power of two (16, the default, 32 or 64)") from None
     path = judge_path(judge_dir, resolution, steps, batch_size, cell)
     if not path.is_file():
         log.info(
