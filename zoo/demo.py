@@ -24,7 +24,8 @@ scenes. ``make demo FULL=1`` runs the long settings instead (the DALL·E 1 stage
 unCLIP stages with 3x the budget, the reference width-64 judge; about 1.9 hours) into ``logs/demo_full``.
 
 Stages write into ``logs/demo/<stage>``; a stage that finished earlier is reused (``DEMO_FRESH=1`` redoes all), so an
-interrupted demo picks up where it stopped. ``DEMO_BUDGET_SCALE=0.1`` scales every training budget (a smoke run).
+interrupted demo picks up where it stopped. With FULL=1 an interrupted training stage also resumes from its last
+checkpoint (its time is the sum of its runs, kept in ``stage_legs.json``); a budgeted stage starts over. ``DEMO_BUDGET_SCALE=0.1`` scales every training budget (a smoke run).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -201,9 +203,67 @@ def fmt(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
+def legs_file() -> Path:
+    """Wall seconds of the interrupted runs ("legs") of fixed-step stages that will resume: an interrupted
+    ``make demo FULL=1`` (hours on a CPU) picks a stage up from its last checkpoint, and the stage's time is then the
+    sum of its legs, not just the last one."""
+    return DEMO_DIR / "stage_legs.json"
+
+
+def earlier_legs(name: str) -> list[float]:
+    f = legs_file()
+    return json.loads(f.read_text()).get(name, []) if f.is_file() else []
+
+
+def record_leg(name: str, seconds: float) -> None:
+    f = legs_file()
+    legs = json.loads(f.read_text()) if f.is_file() else {}
+    legs[name] = [*legs.get(name, []), round(seconds, 1)]
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(legs, indent=2))
+
+
 def finish(name: str, t0: float, timings: dict[str, float]) -> None:
-    timings[name] = time.perf_counter() - t0
-    print(f"=== stage '{name}' finished in {fmt(timings[name])}", flush=True)
+    leg = time.perf_counter() - t0
+    before = earlier_legs(name)
+    timings[name] = leg + sum(before)
+    how = f" ({fmt(leg)} in this run + {fmt(sum(before))} in {len(before)} interrupted one(s))" if before else ""
+    print(f"=== stage '{name}' finished in {fmt(timings[name])}{how}", flush=True)
+    if before:  # counted now: the stage is finished
+        legs = json.loads(legs_file().read_text())
+        legs.pop(name, None)
+        legs_file().write_text(json.dumps(legs, indent=2))
+
+
+def run_child(cmd: list[str]) -> None:
+    """``run_child(cmd)``, except that an interruption of the demo (Ctrl-C, or SIGTERM turned into
+    SystemExit by ``main``) lets a training child save its state first: subprocess.run would SIGKILL it at once.
+    A signal sent to the whole process group (Ctrl-C, a scheduler) reaches the child itself; one sent to the demo
+    alone is passed on after a moment."""
+    proc = subprocess.Popen(cmd)
+    try:
+        rc = proc.wait()
+    except BaseException:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)  # zoo-train saves interrupted.ckpt on SIGTERM
+            try:
+                proc.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
+    if rc:
+        raise subprocess.CalledProcessError(rc, cmd)
+
+
+def resumable(stage: Stage, run_dir: Path) -> bool:
+    """A fixed-step stage (FULL=1) with a checkpoint from an interrupted run resumes from it (``ckpt_path=last``).
+    A budgeted stage starts over instead: its step count and learning-rate schedule are fitted to a budget that an
+    interruption has already spent part of."""
+    if stage.minutes is not None or os.environ.get("DEMO_FRESH", "0") == "1":
+        return False
+    return any((run_dir / "checkpoints" / n).is_file() for n in ("last.ckpt", "interrupted.ckpt"))
 
 
 def finished(run_dir: Path) -> bool:
@@ -218,6 +278,9 @@ def run_train(stage: Stage, timings: dict[str, float], schedule: Optional[Schedu
         print(f"\n=== demo stage '{stage.name}': reusing {run_dir} (finished earlier; DEMO_FRESH=1 redoes it)")
         return run_dir
     overrides = [*stage.overrides, f"hydra.run.dir={run_dir}"]
+    resume = resumable(stage, run_dir)
+    if resume:
+        overrides.append("ckpt_path=last")
     expect = stage.expect_s
     if stage.minutes is not None:
         minutes = (schedule.budget_minutes(stage) if schedule is not None else stage.minutes) * SCALE
@@ -226,8 +289,15 @@ def run_train(stage: Stage, timings: dict[str, float], schedule: Optional[Schedu
             schedule.budgets[stage.name] = minutes
         overrides.append(f"callbacks.time_budget.minutes={minutes:g}")
         expect = minutes * 60 + STARTUP_S
+    if resume:
+        print(f"\n=== demo stage '{stage.name}': resuming the interrupted run in {run_dir} from its last checkpoint")
     t0 = announce(stage.name, ["zoo-train", *overrides], expect)
-    subprocess.run([sys.executable, "-m", "zoo.train", *overrides], check=True)
+    try:
+        run_child([sys.executable, "-m", "zoo.train", *overrides])
+    except BaseException:
+        if stage.minutes is None:  # it will resume: keep this leg's time for the stage's total
+            record_leg(stage.name, time.perf_counter() - t0)
+        raise
     finish(stage.name, t0, timings)
     return run_dir
 
@@ -249,7 +319,7 @@ def run_embed(timings: dict[str, float], expect_s: float) -> None:
         overrides = [f"clip.checkpoint={ckpt('clip')}", "data=shapes", *size_args, f"split={split}"]
         overrides += [f"out={features(split)}", f"hydra.run.dir={DEMO_DIR / 'embed' / split}"]
         print(f"    zoo-embed {shlex.join(overrides)}", flush=True)
-        subprocess.run([sys.executable, "-m", "zoo.embed", *overrides], check=True)
+        run_child([sys.executable, "-m", "zoo.embed", *overrides])
     finish("embed", t0, timings)
 
 
@@ -257,7 +327,7 @@ def run_sample(name: str, overrides: list[str], expect_s: float, timings: dict[s
     out_dir = DEMO_DIR / name
     overrides = [*overrides, f"prompts={json.dumps(SAMPLE_PROMPTS)}", f"hydra.run.dir={out_dir}"]
     t0 = announce(name, ["zoo-sample", *overrides], expect_s)
-    subprocess.run([sys.executable, "-m", "zoo.sample", *overrides], check=True)
+    run_child([sys.executable, "-m", "zoo.sample", *overrides])
     finish(name, t0, timings)
     written = json.loads((out_dir / "samples.json").read_text())
     return {
@@ -304,7 +374,7 @@ def run_manipulations(timings: dict[str, float], expect_s: float) -> dict:
         out = out_dir / f"{what}.png"
         cmd = [sys.executable, "-m", "zoo.pipelines.unclip", *args, *common, f"--out={out}"]
         print(f"    {shlex.join(['python', *cmd[1:]])}", flush=True)
-        subprocess.run(cmd, check=True)
+        run_child(cmd)
         grids[what] = str(out)
     finish("unclip_manipulations", t0, timings)
     return {"run_dir": str(out_dir), "metrics": {}, "last_grid": grids["interpolation"], "grids": grids}
@@ -336,7 +406,7 @@ def run_judge(timings: dict[str, float], schedule: Optional[Schedule] = None) ->
     # in fp32 with torch forced onto AVX2 kernels (JUDGE_S)
     expect = schedule.judge_s if schedule is not None else 330
     t0 = announce("judge", ["python", "-c", code], expect)
-    subprocess.run([sys.executable, "-c", code], check=True)
+    run_child([sys.executable, "-c", code])
     finish("judge", t0, timings)
     if schedule is not None:
         schedule.measured("judge", timings["judge"], expect)
@@ -352,7 +422,7 @@ def run_eval(timings: dict[str, float], expect_s: float) -> dict:
     else:  # 32 px scenes; 128 captions and up to 8 candidates keep it to about a minute
         overrides += ["protocol.resolution=32", "protocol.n=128", "rerank.candidates=[1,2,4,8]", "blur.candidates=8"]
     t0 = announce("eval", ["zoo-eval", *overrides], expect_s)
-    subprocess.run([sys.executable, "-m", "eval.cli", *overrides], check=True)
+    run_child([sys.executable, "-m", "eval.cli", *overrides])
     finish("eval", t0, timings)
     plots = sorted(str(p) for p in out_dir.glob("*.png"))
     return {
@@ -364,8 +434,13 @@ def run_eval(timings: dict[str, float], expect_s: float) -> dict:
     }
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run_child / run_train: the child saves, the leg is recorded
+
+
 def main() -> None:
     t_start = time.perf_counter()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from zoo.precision import describe_cpu
 
     stages = training_stages()

@@ -1,0 +1,116 @@
+"""An interrupted ``make demo FULL=1`` (hours on a CPU) resumes its fixed-step training stage from the last
+checkpoint, counts the stage's time over all its runs, and lets a training child save before the demo exits."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from zoo import demo
+
+
+@pytest.fixture
+def demo_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "DEMO_DIR", tmp_path / "demo_full")
+    monkeypatch.delenv("DEMO_FRESH", raising=False)
+    return demo.DEMO_DIR
+
+
+def _with_checkpoint(run_dir: Path, name: str = "last.ckpt") -> None:
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / name).write_bytes(b"x")
+
+
+def _interrupting(calls: list):
+    """A run_child stand-in that records the command, then is interrupted (Ctrl-C) as the stage runs."""
+
+    def run(cmd):
+        calls.append(cmd)
+        raise KeyboardInterrupt
+
+    return run
+
+
+def test_only_a_fixed_step_stage_with_a_checkpoint_resumes(demo_dir, monkeypatch):
+    fixed = demo.Stage("dalle", ["experiment=demo/full/dalle"], expect_s=60)
+    budgeted = demo.Stage("prior", ["experiment=demo/prior"], minutes=1.5)
+    assert not demo.resumable(fixed, demo_dir / "dalle")  # nothing saved yet
+    _with_checkpoint(demo_dir / "dalle", "interrupted.ckpt")
+    _with_checkpoint(demo_dir / "prior")
+    assert demo.resumable(fixed, demo_dir / "dalle")
+    assert not demo.resumable(budgeted, demo_dir / "prior")  # its budget is re-fitted from scratch
+    monkeypatch.setenv("DEMO_FRESH", "1")
+    assert not demo.resumable(fixed, demo_dir / "dalle")
+
+
+def test_run_train_passes_ckpt_path_last_and_sums_the_legs(demo_dir, monkeypatch, capsys):
+    stage = demo.Stage("tokenizer", ["experiment=demo/full/tokenizer"], expect_s=60)
+    run_dir = demo_dir / "tokenizer"
+    _with_checkpoint(run_dir)
+    calls = []
+    monkeypatch.setattr(demo, "run_child", _interrupting(calls))
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_train(stage, {})
+    assert "ckpt_path=last" in calls[0]
+    assert len(demo.earlier_legs("tokenizer")) == 1  # the interrupted leg is kept
+
+    demo.record_leg("tokenizer", 100.0)  # a second interrupted leg of 100 s
+    before = sum(demo.earlier_legs("tokenizer"))
+    monkeypatch.setattr(demo, "run_child", lambda cmd: (calls.append(cmd), time.sleep(0.05)))
+    timings = {}
+    demo.run_train(stage, timings)
+    assert "ckpt_path=last" in calls[-1]
+    assert before + 0.05 <= timings["tokenizer"] < before + 5
+    assert demo.earlier_legs("tokenizer") == []  # counted once, then cleared
+    assert "interrupted one(s)" in capsys.readouterr().out
+
+
+def test_a_budgeted_stage_records_no_leg_and_starts_over(demo_dir, monkeypatch):
+    stage = demo.Stage("decoder", ["experiment=demo/decoder"], minutes=4.5)
+    _with_checkpoint(demo_dir / "decoder")
+    calls = []
+    monkeypatch.setattr(demo, "run_child", _interrupting(calls))
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_train(stage, {})
+    assert not any(a.startswith("ckpt_path=") for a in calls[0])
+    assert demo.earlier_legs("decoder") == []
+
+
+def test_sigterm_to_the_demo_lets_the_child_save_first(tmp_path):
+    """SIGTERM to the demo process alone: run_child passes it on and waits, so the child's own SIGTERM handler
+    (zoo-train's: save interrupted.ckpt) runs before the demo exits with 128 + 15."""
+    child = tmp_path / "child.py"
+    child.write_text(
+        textwrap.dedent(
+            f"""
+            import signal, sys, time
+            def save(signum, frame):
+                time.sleep(0.5)  # saving takes a moment
+                open({str(tmp_path / "saved")!r}, "w").write("state")
+                sys.exit(143)
+            signal.signal(signal.SIGTERM, save)
+            open({str(tmp_path / "started")!r}, "w").write("")
+            time.sleep(60)
+            """
+        )
+    )
+    parent = (
+        "import signal, sys; from zoo import demo; "
+        "signal.signal(signal.SIGTERM, demo._exit_on_sigterm); "
+        f"demo.run_child([sys.executable, {str(child)!r}])"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=Path(demo.__file__).parents[1])
+    deadline = time.time() + 60
+    while not (tmp_path / "started").exists():
+        assert time.time() < deadline and proc.poll() is None, "the child never started"
+        time.sleep(0.05)
+    t0 = time.time()
+    os.kill(proc.pid, signal.SIGTERM)  # the demo only, not its process group
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert (tmp_path / "saved").read_text() == "state"  # the child saved before the demo went
+    assert time.time() - t0 < 30
