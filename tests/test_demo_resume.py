@@ -1,6 +1,7 @@
 """An interrupted ``make demo FULL=1`` (hours on a CPU) resumes its fixed-step training stage from the last
 checkpoint, counts the stage's time over all its runs, and lets a training child save before the demo exits."""
 
+import json
 import os
 import signal
 import subprocess
@@ -114,3 +115,12 @@ def test_sigterm_to_the_demo_lets_the_child_save_first(tmp_path):
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert (tmp_path / "saved").read_text() == "state"  # the child saved before the demo went
     assert time.time() - t0 < 30
+
+
+def test_finished_stage_times_are_kept_across_runs(demo_dir):
+    """A resumed demo reuses finished stages; their times stay on file so its summary can give the whole demo's."""
+    demo.finish("judge", time.perf_counter() - 2.0, {})
+    demo.finish("tokenizer", time.perf_counter() - 3.0, {})
+    times = json.loads(demo.times_file().read_text())
+    assert set(times) == {"judge", "tokenizer"}
+    assert 2.0 <= times["judge"] < 10 and 3.0 <= times["tokenizer"] < 11

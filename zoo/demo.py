@@ -210,6 +210,11 @@ def legs_file() -> Path:
     return DEMO_DIR / "stage_legs.json"
 
 
+def times_file() -> Path:
+    """Wall seconds of every stage that finished, over all runs of the demo into DEMO_DIR."""
+    return DEMO_DIR / "stage_times.json"
+
+
 def earlier_legs(name: str) -> list[float]:
     f = legs_file()
     return json.loads(f.read_text()).get(name, []) if f.is_file() else []
@@ -229,6 +234,11 @@ def finish(name: str, t0: float, timings: dict[str, float]) -> None:
     timings[name] = leg + sum(before)
     how = f" ({fmt(leg)} in this run + {fmt(sum(before))} in {len(before)} interrupted one(s))" if before else ""
     print(f"=== stage '{name}' finished in {fmt(timings[name])}{how}", flush=True)
+    f = times_file()  # kept across runs: a resumed demo's summary still has the time of the stages it reuses
+    times = json.loads(f.read_text()) if f.is_file() else {}
+    times[name] = round(timings[name], 1)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(times, indent=2))
     if before:  # counted now: the stage is finished
         legs = json.loads(legs_file().read_text())
         legs.pop(name, None)
@@ -509,6 +519,12 @@ def main() -> None:
     print(f"  DALL·E Figure 9 table: {summary['eval']['results']}")
     summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     summary["total_s"] = round(total, 1)
+    # An interrupted demo run again reuses finished stages: their time is in stage_times.json from the earlier run.
+    all_stages = json.loads(times_file().read_text()) if times_file().is_file() else {}
+    summary["stage_times_all_runs_s"] = all_stages
+    summary["stages_total_all_runs_s"] = round(sum(all_stages.values()), 1)
+    if set(all_stages) != set(timings):
+        print(f"  stages' time over all runs of this demo (reused ones included): {fmt(sum(all_stages.values()))}")
     if schedule is not None:
         since_start = time.time() - schedule.start
         summary["schedule"] = {
