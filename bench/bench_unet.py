@@ -1,6 +1,7 @@
 """ADM U-Net benchmark on the CPU: training images/s and forward latency, fp32 vs bf16, contiguous vs channels_last.
 
     OMP_NUM_THREADS=1 python bench/bench_unet.py [--preset shapes] [--size 32] [--batch 16] [--steps 4] [--threads N]
+    OMP_NUM_THREADS=1 python bench/bench_unet.py --flops     # FLOPs per step, ours vs peer; per-convolution GFLOP/s
 
 On a machine shared with other jobs use one thread: OpenMP threads competing for busy cores were measured several
 times slower than one thread (fp32 forward 7.2 s per batch with 2 threads at load average 5, vs 1.3 s with 1).
@@ -138,6 +139,76 @@ def peer_dalle2(args) -> None:
         )
 
 
+def flop_report(make_ours, call_ours, in_channels: int, args) -> None:
+    """``--flops``: FLOPs of one training step (forward + backward, torch.utils.flop_counter; SDPA not counted) of
+    ours and of the peer (when ``PEER_DALLE2`` imports), and a per-shape table of our convolutions' GFLOP/s forward
+    and backward: where the fp32 step's time goes and how close each convolution runs to the CPU's peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(args.batch, in_channels, args.size, args.size)
+    t = torch.randint(0, 1000, (args.batch,))
+    nets = [("ours", make_ours, call_ours)]
+    path = os.environ.get("PEER_DALLE2")
+    if path:
+        sys.path.insert(0, path)
+        try:
+            from dalle2_pytorch.dalle2_pytorch import Unet as PeerUnet
+
+            nets.append(
+                (
+                    "peer (self_attn at 16 and 8)",
+                    lambda: PeerUnet(dim=64, dim_mults=(1, 2, 4), channels=3, self_attn=(False, True, True)),
+                    lambda net, x, t: net(x, t.float(), image_embed=None),
+                )
+            )
+        except Exception as exc:
+            print(f"peer not counted: {type(exc).__name__}: {exc}")
+    print(f"\nFLOPs of one training step, {args.size} px, batch {args.batch} (attention kernels not counted):")
+    for name, make, call in nets:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            call(make(), x, t).float().square().mean().backward()
+        by_op = {str(k).split(".")[-1]: v / 1e9 for k, v in counter.get_flop_counts()["Global"].items()}
+        print(
+            f"  {name}: {counter.get_total_flops() / 1e9:.1f} GFLOP ("
+            + ", ".join(f"{k} {v:.1f}" for k, v in by_op.items())
+            + ")"
+        )
+
+    shapes: dict[tuple, int] = {}
+    net = make_ours()
+    hooks = [
+        m.register_forward_hook(
+            lambda m, inp, out: shapes.__setitem__(
+                key := (inp[0].shape[1], m.out_channels, m.kernel_size[0], m.stride[0], inp[0].shape[2]),
+                shapes.get(key, 0) + 1,
+            )
+        )
+        for m in net.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
+    call_ours(net, x, t)
+    for h in hooks:
+        h.remove()
+    print("\nour convolutions alone (fp32, contiguous), GFLOP/s and ms per call; backward = input + weight grads:")
+    total_f = total_b = 0.0
+    for (cin, cout, k, stride, hw), count in sorted(shapes.items(), key=lambda kv: (-kv[0][4], kv[0][:2])):
+        conv = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+        xin = torch.randn(args.batch, cin, hw, hw, requires_grad=cin != in_channels)
+        grad = torch.randn_like(conv(xin))
+        flops = 2 * args.batch * cin * cout * k * k * grad.shape[2] * grad.shape[3]
+        fwd = _timed(lambda: conv(xin), args.steps)
+        both = _timed(lambda: conv(xin).backward(grad), args.steps)
+        bwd = max(both - fwd, 1e-9)
+        total_f, total_b = total_f + fwd * count, total_b + bwd * count
+        n_grads = 2 if xin.requires_grad else 1
+        print(
+            f"  {cin:4d} -> {cout:4d} k{k} stride {stride} at {hw:2d} px (x{count:2d}): forward {flops / fwd / 1e9:6.1f} "
+            f"GFLOP/s {fwd * 1e3:6.1f} ms, backward {n_grads * flops / bwd / 1e9:6.1f} GFLOP/s {bwd * 1e3:6.1f} ms"
+        )
+    print(f"  per training step: forward {total_f:.2f} s, backward {total_b:.2f} s")
+
+
 def main() -> None:
     from zoo.precision import describe_cpu
 
@@ -148,6 +219,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--flops", action="store_true", help="FLOPs per step (ours, peer) and our convolutions' rates")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -166,6 +238,9 @@ def main() -> None:
     cfg = make_unet_config(args.preset)
     if cfg.context_dim is not None:  # time the unconditional net: context cost is the text encoder's business
         cfg = make_unet_config(args.preset, context_dim=None)
+    if args.flops:
+        flop_report(lambda: UNet(cfg), lambda net, x, t: net(x, t), cfg.in_channels, args)
+        return
     n = sum(p.numel() for p in UNet(cfg).parameters())
     run_table(
         f"zoo UNet preset {args.preset!r} ({n / 1e6:.1f}M params)",
