@@ -74,3 +74,17 @@ def test_clip_stage_halves_its_batch_without_native_bf16(monkeypatch, native):
     (clip,) = [s for s in demo.training_stages() if s.name == "clip"]
     assert clip.overrides[0] == "experiment=demo/clip"
     assert ("data.batch_size=64" in clip.overrides) == (native == "0")
+
+
+def test_full_expectations_scale_with_the_judge():
+    """make demo FULL=1 prints each stage's expected time: the reference machine's, times the judge's measured speed."""
+    pace = demo.FullPace()
+    assert pace.expect("dalle") == demo.FULL_S["dalle"]
+    pace.measured(2 * demo.FULL_S["judge"])  # a CPU half as fast
+    assert pace.expect("dalle") == pytest.approx(2 * demo.FULL_S["dalle"])
+    stages = [demo.Stage("dalle", [], expect_s=1.0), demo.Stage("prior", [], minutes=4.5)]
+    budgeted = 4.5 * demo.SCALE * 60 + demo.STARTUP_S  # a budgeted stage takes its budget on any CPU
+    fixed = sum(pace.expect(n) for n in demo.FULL_S if n != "prior")
+    assert pace.total(stages) == pytest.approx(budgeted + fixed)
+    pace.measured(1e6)  # an absurd judge time (a suspended laptop) is clamped
+    assert pace.factor == 6.0
