@@ -21,7 +21,7 @@ gives each training stage its share of the time left before the target (``DEMO_M
 ``make demo`` started, set-up included), after the predicted time of the fixed-work stages. So the demo takes about
 30 minutes on a CPU with native bf16 and on an AVX2-only one alike; the fast CPU trains more steps and draws better
 scenes. ``make demo FULL=1`` runs the long settings instead (the DALL·E 1 stages at 48 px for fixed step counts, the
-unCLIP stages with 3x the budget, the reference width-64 judge; about 1.9 hours) into ``logs/demo_full``.
+unCLIP stages with 3x the budget, the reference width-64 judge; about 2 to 3.3 hours by the CPU, see ``FULL_S``) into ``logs/demo_full``.
 
 Stages write into ``logs/demo/<stage>``; a stage that finished earlier is reused (``DEMO_FRESH=1`` redoes all), so an
 interrupted demo picks up where it stopped. With FULL=1 an interrupted training stage also resumes from its last
