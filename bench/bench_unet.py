@@ -30,6 +30,7 @@ import resource
 import statistics
 import sys
 import time
+from collections import Counter
 from contextlib import nullcontext
 
 import torch
@@ -110,21 +111,29 @@ def run_table(name: str, make_net, call, in_channels: int, args) -> None:
             )
 
 
-def peer_dalle2(args) -> None:
+def peer_unet_class():
+    """lucidrains/DALLE2-pytorch's ``Unet`` from the ``PEER_DALLE2`` checkout, or None (with the reason printed)."""
     path = os.environ.get("PEER_DALLE2")
     if not path:
         print("\npeer lucidrains/DALLE2-pytorch: skipped (set PEER_DALLE2=<dir of a DALLE2-pytorch checkout>)")
-        return
+        return None
     sys.path.insert(0, path)
     try:
-        from dalle2_pytorch.dalle2_pytorch import Unet as PeerUnet
+        from dalle2_pytorch.dalle2_pytorch import Unet
     except Exception as exc:  # its own dependency list is long (einops, kornia, x-clip, coca-pytorch, ...)
         print(f"\npeer lucidrains/DALLE2-pytorch: skipped, import failed: {type(exc).__name__}: {exc}")
+        return None
+    return Unet
+
+
+def peer_call(net, x, t):
+    return net(x, t.float(), image_embed=None)
+
+
+def peer_dalle2(args) -> None:
+    PeerUnet = peer_unet_class()
+    if PeerUnet is None:
         return
-
-    def call(net, x, t):
-        return net(x, t.float(), image_embed=None)
-
     for label, kw in (
         ("default: attention in the middle only", {}),
         ("self_attn=(False, True, True): attention at 16 and 8", {"self_attn": (False, True, True)}),
@@ -135,7 +144,11 @@ def peer_dalle2(args) -> None:
 
         n = sum(p.numel() for p in make().parameters())
         run_table(
-            f"peer DALLE2-pytorch Unet(dim=64, dim_mults=(1,2,4)), {label}, {n / 1e6:.1f}M params", make, call, 3, args
+            f"peer DALLE2-pytorch Unet(dim=64, dim_mults=(1,2,4)), {label}, {n / 1e6:.1f}M params",
+            make,
+            peer_call,
+            3,
+            args,
         )
 
 
@@ -148,21 +161,10 @@ def flop_report(make_ours, call_ours, in_channels: int, args) -> None:
     x = torch.randn(args.batch, in_channels, args.size, args.size)
     t = torch.randint(0, 1000, (args.batch,))
     nets = [("ours", make_ours, call_ours)]
-    path = os.environ.get("PEER_DALLE2")
-    if path:
-        sys.path.insert(0, path)
-        try:
-            from dalle2_pytorch.dalle2_pytorch import Unet as PeerUnet
-
-            nets.append(
-                (
-                    "peer (self_attn at 16 and 8)",
-                    lambda: PeerUnet(dim=64, dim_mults=(1, 2, 4), channels=3, self_attn=(False, True, True)),
-                    lambda net, x, t: net(x, t.float(), image_embed=None),
-                )
-            )
-        except Exception as exc:
-            print(f"peer not counted: {type(exc).__name__}: {exc}")
+    PeerUnet = peer_unet_class()
+    if PeerUnet is not None:
+        attn_16_8 = {"dim": 64, "dim_mults": (1, 2, 4), "channels": 3, "self_attn": (False, True, True)}
+        nets.append(("peer (self_attn at 16 and 8)", lambda: PeerUnet(**attn_16_8), peer_call))
     print(f"\nFLOPs of one training step, {args.size} px, batch {args.batch} (attention kernels not counted):")
     for name, make, call in nets:
         counter = FlopCounterMode(display=False)
@@ -175,18 +177,13 @@ def flop_report(make_ours, call_ours, in_channels: int, args) -> None:
             + ")"
         )
 
-    shapes: dict[tuple, int] = {}
+    shapes: Counter[tuple] = Counter()  # (in, out, kernel, stride, input size) -> calls per forward
+
+    def record(m, inp, out):
+        shapes[(inp[0].shape[1], m.out_channels, m.kernel_size[0], m.stride[0], inp[0].shape[2])] += 1
+
     net = make_ours()
-    hooks = [
-        m.register_forward_hook(
-            lambda m, inp, out: shapes.__setitem__(
-                key := (inp[0].shape[1], m.out_channels, m.kernel_size[0], m.stride[0], inp[0].shape[2]),
-                shapes.get(key, 0) + 1,
-            )
-        )
-        for m in net.modules()
-        if isinstance(m, torch.nn.Conv2d)
-    ]
+    hooks = [m.register_forward_hook(record) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     call_ours(net, x, t)
     for h in hooks:
         h.remove()

@@ -162,9 +162,9 @@ class FullPace:
         return FULL_S[name] * self.factor
 
     def total(self, stages: list[Stage]) -> float:
-        """All stages: fixed-step ones from FULL_S, budgeted ones (the unCLIP stages) by their budget."""
+        """All stages: the fixed-work ones (FULL_S) scaled, the budgeted ones (the unCLIP stages) by their budget."""
         budgeted = sum(s.minutes * SCALE * 60 + STARTUP_S for s in stages if s.minutes is not None)
-        return budgeted + sum(self.expect(n) for n in FULL_S if n not in {s.name for s in stages if s.minutes})
+        return budgeted + sum(self.expect(n) for n in FULL_S)
 
 
 PACE = FullPace()  # used when FULL
@@ -259,17 +259,23 @@ def times_file() -> Path:
     return DEMO_DIR / "stage_times.json"
 
 
+def _load(f: Path) -> dict:
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def _save(f: Path, data: dict) -> None:
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(data, indent=2))
+
+
 def earlier_legs(name: str) -> list[float]:
-    f = legs_file()
-    return json.loads(f.read_text()).get(name, []) if f.is_file() else []
+    return _load(legs_file()).get(name, [])
 
 
 def record_leg(name: str, seconds: float) -> None:
-    f = legs_file()
-    legs = json.loads(f.read_text()) if f.is_file() else {}
+    legs = _load(legs_file())
     legs[name] = [*legs.get(name, []), round(seconds, 1)]
-    f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps(legs, indent=2))
+    _save(legs_file(), legs)
 
 
 def finish(name: str, t0: float, timings: dict[str, float]) -> None:
@@ -278,19 +284,14 @@ def finish(name: str, t0: float, timings: dict[str, float]) -> None:
     timings[name] = leg + sum(before)
     how = f" ({fmt(leg)} in this run + {fmt(sum(before))} in {len(before)} interrupted one(s))" if before else ""
     print(f"=== stage '{name}' finished in {fmt(timings[name])}{how}", flush=True)
-    f = times_file()  # kept across runs: a resumed demo's summary still has the time of the stages it reuses
-    times = json.loads(f.read_text()) if f.is_file() else {}
-    times[name] = round(timings[name], 1)
-    f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps(times, indent=2))
+    # kept across runs: a resumed demo's summary still has the time of the stages it reuses
+    _save(times_file(), {**_load(times_file()), name: round(timings[name], 1)})
     if before:  # counted now: the stage is finished
-        legs = json.loads(legs_file().read_text())
-        legs.pop(name, None)
-        legs_file().write_text(json.dumps(legs, indent=2))
+        _save(legs_file(), {k: v for k, v in _load(legs_file()).items() if k != name})
 
 
 def run_child(cmd: list[str]) -> None:
-    """``run_child(cmd)``, except that an interruption of the demo (Ctrl-C, or SIGTERM turned into
+    """``subprocess.run(cmd, check=True)``, except that an interruption of the demo (Ctrl-C, or SIGTERM turned into
     SystemExit by ``main``) lets a training child save its state first: subprocess.run would SIGKILL it at once.
     A signal sent to the whole process group (Ctrl-C, a scheduler) reaches the child itself; one sent to the demo
     alone is passed on after a moment."""
@@ -335,7 +336,7 @@ def run_train(stage: Stage, timings: dict[str, float], schedule: Optional[Schedu
     resume = resumable(stage, run_dir)
     if resume:
         overrides.append("ckpt_path=last")
-    expect = PACE.expect(stage.name) if FULL and stage.name in FULL_S else stage.expect_s
+    expect = stage.expect_s * (PACE.factor if FULL else 1.0)
     if stage.minutes is not None:
         minutes = (schedule.budget_minutes(stage) if schedule is not None else stage.minutes) * SCALE
         minutes = round(minutes, 2)
@@ -565,7 +566,7 @@ def main() -> None:
     summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     summary["total_s"] = round(total, 1)
     # An interrupted demo run again reuses finished stages: their time is in stage_times.json from the earlier run.
-    all_stages = json.loads(times_file().read_text()) if times_file().is_file() else {}
+    all_stages = _load(times_file())
     summary["stage_times_all_runs_s"] = all_stages
     summary["stages_total_all_runs_s"] = round(sum(all_stages.values()), 1)
     if set(all_stages) != set(timings):
