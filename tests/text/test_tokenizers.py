@@ -208,3 +208,10 @@ def test_lazy_bpe_fits_once_then_reloads(tmp_path):
     again.ensure_ready(captions)
     assert calls == [1]
     assert torch.equal(again.encode(CAPTIONS[:3]), lazy.encode(CAPTIONS[:3]))
+
+
+def test_clip_bpe_vocab_size_may_be_stated_but_not_changed():
+    # a config composing a trained BPE's settings under CLIP BPE states CLIP's size; any other size is an error
+    assert ClipBPETokenizer(context_length=16, vocab_size=49408).vocab_size == 49408
+    with pytest.raises(ValueError, match="data.tokenizer.vocab_size=49408"):
+        ClipBPETokenizer(context_length=16, vocab_size=1024)

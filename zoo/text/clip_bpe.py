@@ -8,7 +8,7 @@ after every word-final token, so ``decode`` gives back lower-cased text with pun
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from zoo.text.base import TextTokenizer
 
@@ -16,7 +16,9 @@ from zoo.text.base import TextTokenizer
 class ClipBPETokenizer(TextTokenizer):
     spec_kind = "clip_bpe"
 
-    def __init__(self, context_length: int = 77):
+    def __init__(self, context_length: int = 77, vocab_size: Optional[int] = None):
+        """``vocab_size``: optional, and then it must be CLIP's fixed 49,408 (a config that composes a trained BPE's
+        settings under this tokenizer says so explicitly instead of silently keeping the BPE's size)."""
         from open_clip.tokenizer import SimpleTokenizer
 
         if int(context_length) < 2:
@@ -24,6 +26,11 @@ class ClipBPETokenizer(TextTokenizer):
         self._tok = SimpleTokenizer(context_length=int(context_length))
         self.context_length = int(context_length)
         self.vocab_size = len(self._tok.encoder)  # 49408
+        if vocab_size is not None and int(vocab_size) != self.vocab_size:
+            raise ValueError(
+                f"CLIP BPE's vocabulary is fixed at {self.vocab_size} tokens, not {vocab_size} "
+                f"(fix: data.tokenizer.vocab_size={self.vocab_size}, or leave it out)"
+            )
         self.sot_id = self._tok.sot_token_id  # 49406, <start_of_text>
         self.eot_id = self._tok.eot_token_id  # 49407, <end_of_text>
         # open_clip pads with 0 (also the id of the byte "!"): decode cuts at EOT, so a real "!" is never dropped.

@@ -26,7 +26,9 @@ the BPE's tokenizer.json as a string), so ``zoo.checkpoint.load_module(ckpt).gen
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -42,6 +44,8 @@ from zoo.models.base import TextTokenizerLit, check_text_tokenizer, resolve_pres
 from zoo.models.glide.model import GLIDE_PRESETS, Glide, GlideConfig
 from zoo.nn.guidance import guide_learned_variance
 from zoo.text import TextTokenizer
+
+log = logging.getLogger(__name__)
 
 SAMPLERS = ("ddim", "ddpm")  # ours; any other name goes to zoo.diffusion.diffusers_adapter
 
@@ -121,6 +125,13 @@ class GlideLit(TextTokenizerLit):
     inpaint: the inpainting model (masked image + mask as 4 extra U-Net input channels; trained on random masks).
     inpaint_masks: ``zoo.data.masks.MaskConfig`` overrides for the training masks (e.g. ``{rect_prob: 0.5}``).
     replace_known: ``inpaint``'s default: also re-impose the known pixels after every sampling step.
+    text_init: not GLIDE's: a ``zoo-train model=clip`` checkpoint whose text tower initialises the caption encoder
+        (a pretrained text encoder, as Imagen uses; GLIDE learns its own from the diffusion loss). Read once, when
+        training starts (``check_data``; a resumed run then restores its own weights); sampling from the trained
+        checkpoint never reads it. Needs ``data/tokenizer=clip_bpe`` and the CLIP's text shape in ``model.net``
+        (``experiment=glide/clip_text``).
+    freeze_text: keep the initialised caption encoder fixed (Imagen's frozen encoder); the projections into the
+        U-Net still train. Needs ``text_init``.
     text_tokenizer: filled in by the checkpoint (leave None when training).
     """
 
@@ -145,6 +156,8 @@ class GlideLit(TextTokenizerLit):
         inpaint: bool = False,
         inpaint_masks: Optional[dict[str, Any]] = None,
         replace_known: bool = True,
+        text_init: Optional[str] = None,
+        freeze_text: bool = False,
         text_tokenizer: Optional[dict[str, Any]] = None,
         optimizer=None,
         scheduler=None,
@@ -163,6 +176,13 @@ class GlideLit(TextTokenizerLit):
         if not self.cfg.learn_sigma:
             raise ConfigError("GLIDE trains a learned-range variance (hybrid loss): keep model.net.learn_sigma=true")
         self.net = Glide(self.cfg)
+        if freeze_text and not text_init:
+            raise ConfigError(
+                "model.freeze_text=true freezes a caption encoder initialised from a CLIP: give model.text_init="
+                "<zoo-train model=clip last.ckpt> (or model.freeze_text=false)"
+            )
+        if freeze_text:  # the default optimizer takes only parameters with requires_grad
+            self.net.text.requires_grad_(False)
         self.process = GaussianDiffusion(
             get_schedule(schedule, int(num_timesteps)),
             model_mean_type=check_prediction(prediction),
@@ -191,6 +211,33 @@ class GlideLit(TextTokenizerLit):
                 f"{c.image_size})"
             )
         self.text_tokenizer = tok
+        if self.hparams.get("text_init"):
+            self.init_text_from_clip(str(self.hparams.text_init), tok)
+
+    def init_text_from_clip(self, path: str, tok) -> None:
+        """Copy the text tower of the CLIP checkpoint at ``path`` into the caption encoder (``text_init``). The
+        batches must be tokenised as that CLIP tokenises (CLIP BPE)."""
+        from zoo.models.clip.scorer import ClipScorer
+        from zoo.text import ClipBPETokenizer
+
+        if not isinstance(tok, ClipBPETokenizer):
+            raise ConfigError(
+                f"model.text_init copies a CLIP text tower, which reads CLIP BPE tokens, but the data is tokenised "
+                f"by {type(tok).__name__} (fix: data/tokenizer=clip_bpe data.tokenizer.context_length="
+                f"{self.cfg.text_len})"
+            )
+        if not Path(path).is_file():
+            raise ConfigError(f"model.text_init: no file {path} (fix: a zoo-train model=clip last.ckpt)")
+        clip = ClipScorer.from_lightning_checkpoint(path)
+        try:
+            self.net.text.load_clip_text(clip.model)
+        except ValueError as e:
+            raise ConfigError(f"model.text_init={path}: {e}") from None
+        log.info(
+            "caption encoder initialised from the CLIP text tower of %s%s",
+            path,
+            " (frozen)" if self.hparams.get("freeze_text") else "",
+        )
 
     def encode_captions(self, captions: Sequence[str]) -> torch.Tensor:
         """Captions -> (B, text_len) token ids on the module's device."""

@@ -14,6 +14,10 @@ The network is two parts glued by two paths (PAPER_FACTS "GLIDE"):
   (the U-Net owns those per-block projections, ``AttentionBlock.context_kv``). Padded positions are masked there
   (``context_mask = tokens != pad_id``); the image's own keys are never masked, so no row is empty.
 
+Not GLIDE's, for short CPU budgets: the caption encoder can start from a CLIP's text tower (``TextEncoder.load_clip_text``,
+``clip_text_state_dict``): the same pre-LN causal transformer, so the copy computes exactly CLIP's per-token encodings;
+with ``text_pool="argmax"`` path 1 reads the end-of-text token, where CLIP pools (GlideLit's ``text_init``).
+
 The null condition (classifier-free guidance) is GLIDE's empty sequence: ``text_len`` pads, i.e. ``null_tokens``.
 ``forward(x_t, t, None)`` is exactly ``forward(x_t, t, null_tokens(B))``. With all pads the model sees only the pad
 and position embeddings through path 1 (path 2 is fully masked).
@@ -57,6 +61,7 @@ __all__ = [
     "Glide",
     "count_glide_params",
     "GLIDE_PAPER_TOTAL_PARAMS",
+    "clip_text_state_dict",
 ]
 
 
@@ -67,6 +72,9 @@ def check_text_fields(cfg) -> None:
         raise ValueError(f"text_width {cfg.text_width} not divisible by text_heads {cfg.text_heads}")
     if not 0 <= cfg.pad_id < cfg.text_vocab:
         raise ValueError(f"pad_id {cfg.pad_id} outside the text vocabulary [0, {cfg.text_vocab})")
+
+
+TEXT_POOLS = ("last", "argmax")
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,9 @@ class GlideConfig:
     text_heads: int = 4  # head_dim = text_width // text_heads
     text_causal: bool = True  # GLIDE's text transformer is causal
     pad_id: int = 0  # the tokenizer's pad id (trained BPE and CLIP BPE: 0)
+    # path 1 reads the encoder's output at: "last" (GLIDE: the last position) | "argmax" (the highest token id, CLIP
+    # BPE's end-of-text, where a CLIP text tower pools: for a text encoder initialised from a CLIP, load_clip_text)
+    text_pool: str = "last"
     # ---- inpainting (GLIDE): masked image (in_channels) + mask (1) as extra U-Net input channels
     inpaint: bool = False
 
@@ -102,6 +113,8 @@ class GlideConfig:
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
         object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
         check_text_fields(self)
+        if self.text_pool not in TEXT_POOLS:
+            raise ValueError(f"text_pool must be one of {TEXT_POOLS}, got {self.text_pool!r}")
 
     def unet_config(self) -> UNetConfig:
         return UNetConfig(
@@ -217,7 +230,17 @@ class TextEncoder(nn.Module):
         x = self.token_embedding(tokens) + self.position_embedding  # (B, L, W)
         # No key padding mask: pads are learned inputs, so every attention row keeps at least itself.
         h = self.transformer(x)  # (B, L, W), final LayerNorm applied
+        if (
+            getattr(self.cfg, "text_pool", "last") == "argmax"
+        ):  # CLIP's pooling (the noised CLIP's cfg has no field): the end-of-text token has the highest id
+            return h, h[torch.arange(b, device=h.device), tokens.argmax(dim=-1)]
         return h, h[:, -1]
+
+    def load_clip_text(self, clip_model: nn.Module) -> None:
+        """Copy an open_clip CLIP's text tower (token and position embeddings, blocks, ``ln_final``) into this
+        encoder: the same pre-LN causal transformer, so the outputs equal ``text_token_encodings``' (tested).
+        ``ValueError`` naming the field to change when the shapes differ."""
+        self.load_state_dict(clip_text_state_dict(clip_model, self.cfg))
 
 
 class Glide(nn.Module):
@@ -311,6 +334,65 @@ class Glide(nn.Module):
         if inpaint_image is not None:
             cond["inpaint"] = self.inpaint_input(inpaint_image, inpaint_mask)
         return self.denoise(x_t, t, cond)
+
+
+def clip_text_state_dict(clip_model: nn.Module, cfg: GlideConfig) -> dict[str, torch.Tensor]:
+    """``TextEncoder``'s state dict made from an open_clip model's text tower (``open_clip.CLIP``, or the ``.text`` of
+    a ``CustomTextCLIP``): token_embedding -> token_embedding, positional_embedding -> position_embedding, each
+    residual block's ln_1 / attn.in_proj (q, k, v stacked as our qkv) / attn.out_proj / ln_2 / mlp.c_fc / mlp.c_proj
+    -> ln1 / attn.qkv / attn.proj / ln2 / mlp.0 / mlp.2, ln_final -> transformer.ln_f. The tower must be what
+    ``TextEncoder`` computes: the config's vocabulary, context, width, depth and heads, causal iff ``text_causal``,
+    exact GELU, MLP ratio 4, no layer scale. The text projection is not copied (GLIDE projects its own way)."""
+    tower = clip_model.text if hasattr(getattr(clip_model, "text", None), "transformer") else clip_model
+    need = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+    if not all(hasattr(tower, a) for a in need) or not hasattr(tower.transformer, "resblocks"):
+        raise ValueError(f"{type(clip_model).__name__} has no open_clip text tower ({', '.join(need)})")
+    blocks = list(tower.transformer.resblocks)
+    vocab, width = tower.token_embedding.weight.shape
+    ctx = tower.positional_embedding.shape[0]
+    heads = blocks[0].attn.num_heads if blocks else cfg.text_heads
+    fixes = []
+    for field, theirs, ours in (
+        ("text_vocab", vocab, cfg.text_vocab),
+        ("text_len", ctx, cfg.text_len),
+        ("text_width", width, cfg.text_width),
+        ("text_layers", len(blocks), cfg.text_layers),
+        ("text_heads", heads, cfg.text_heads),
+    ):
+        if theirs != ours:
+            fixes.append(f"model.net.{field}={theirs} (is {ours})")
+    causal = getattr(tower, "attn_mask", None) is not None
+    if causal != cfg.text_causal:
+        fixes.append(f"model.net.text_causal={str(causal).lower()}")
+    if fixes:
+        raise ValueError(f"the CLIP's text tower does not fit this text encoder (fix: {' '.join(fixes)})")
+    for i, blk in enumerate(blocks):
+        act = blk.mlp.gelu if hasattr(blk.mlp, "gelu") else None
+        if type(act) is not nn.GELU or act.approximate != "none":
+            raise ValueError(f"CLIP text block {i} uses {type(act).__name__}, not exact GELU: it cannot be copied")
+        if not isinstance(blk.ls_1, nn.Identity) or not isinstance(blk.ls_2, nn.Identity):
+            raise ValueError(f"CLIP text block {i} has layer scale: it cannot be copied")
+        if blk.mlp.c_fc.out_features != 4 * width:
+            raise ValueError(f"CLIP text block {i} has MLP width {blk.mlp.c_fc.out_features}, not 4 x {width}")
+    sd = {"token_embedding.weight": tower.token_embedding.weight, "position_embedding": tower.positional_embedding}
+    for i, blk in enumerate(blocks):
+        p = f"transformer.blocks.{i}."
+        sd |= {
+            p + "ln1.weight": blk.ln_1.weight,
+            p + "ln1.bias": blk.ln_1.bias,
+            p + "attn.qkv.weight": blk.attn.in_proj_weight,
+            p + "attn.qkv.bias": blk.attn.in_proj_bias,
+            p + "attn.proj.weight": blk.attn.out_proj.weight,
+            p + "attn.proj.bias": blk.attn.out_proj.bias,
+            p + "ln2.weight": blk.ln_2.weight,
+            p + "ln2.bias": blk.ln_2.bias,
+            p + "mlp.0.weight": blk.mlp.c_fc.weight,
+            p + "mlp.0.bias": blk.mlp.c_fc.bias,
+            p + "mlp.2.weight": blk.mlp.c_proj.weight,
+            p + "mlp.2.bias": blk.mlp.c_proj.bias,
+        }
+    sd |= {"transformer.ln_f.weight": tower.ln_final.weight, "transformer.ln_f.bias": tower.ln_final.bias}
+    return {k: v.detach().float().clone() for k, v in sd.items()}
 
 
 def count_glide_params(cfg: GlideConfig | str) -> int:
