@@ -21,7 +21,7 @@ gives each training stage its share of the time left before the target (``DEMO_M
 ``make demo`` started, set-up included), after the predicted time of the fixed-work stages. So the demo takes about
 30 minutes on a CPU with native bf16 and on an AVX2-only one alike; the fast CPU trains more steps and draws better
 scenes. ``make demo FULL=1`` runs the long settings instead (the DALL·E 1 stages at 48 px for fixed step counts, the
-unCLIP stages with 3x the budget, the reference width-64 judge; about 2 to 3.3 hours by the CPU, see ``FULL_S``) into ``logs/demo_full``.
+unCLIP stages with 3x the budget, the reference width-64 judge; about 2 to 3.2 hours by the CPU, see ``FULL_S``) into ``logs/demo_full``.
 
 Stages write into ``logs/demo/<stage>``; a stage that finished earlier is reused (``DEMO_FRESH=1`` redoes all), so an
 interrupted demo picks up where it stopped. With FULL=1 an interrupted training stage also resumes from its last
@@ -129,20 +129,21 @@ FIXED_NO_BF16 = 1.2
 
 
 # make demo FULL=1's stages (wall seconds) on its reference machine, a quiet 2-core AMD EPYC with avx512_bf16 and no
-# AMX, fresh clone (2026-12-02): judge 4 min 54 s; tokenizer 1,200 steps at ~1.4 s (27 min 50 s + a 2 min 28 s run
-# interrupted and resumed); CLIP (ResNet tower) 200 steps, 1 min 34 s; DALL·E 2,000 steps at ~3.7 s. On an Intel Xeon
-# with AMX the DALL·E 1 stages took 16 / 11 (ViT CLIP) / 63 minutes: bf16 matmuls there are several times faster.
-# The stages after DALL·E (embed, samples, the 48 px Figure 9 eval) were timed on that Intel CPU only.
+# AMX, fresh clone of 06bdf65 (2026-12-02), timed end to end over three runs (two interruptions, resumed): judge
+# 4 min 54 s; tokenizer 1,200 steps, 30 min 18 s; CLIP (ResNet tower) 200 steps, 1 min 34 s; DALL·E 2,000 steps,
+# 123 min 34 s; embed 37 s; samples 24 s / 26 s; manipulations 28 s; the 48 px Figure 9 eval 11 min 38 s (prior and
+# decoder are budgeted: 4.5 and 13.5 minutes). All stages 191 min 17 s, with set-up 3 h 13 min. On an Intel Xeon with
+# AMX the DALL·E 1 stages took 16 / 11 (ViT CLIP) / 63 minutes: bf16 matmuls there are several times faster.
 FULL_S = {
     "judge": 294,
-    "tokenizer": 1800,
-    "clip": 95,
-    "dalle": 7500,
-    "embed": 70,
-    "dalle_samples": 60,
-    "unclip_samples": 60,
-    "unclip_manipulations": 40,
-    "eval": 400,
+    "tokenizer": 1818,
+    "clip": 94,
+    "dalle": 7414,
+    "embed": 40,
+    "dalle_samples": 25,
+    "unclip_samples": 26,
+    "unclip_manipulations": 30,
+    "eval": 698,
 }
 
 
