@@ -45,15 +45,15 @@ def tiny_bpe(path: Path | None = None, context_length: int = 16):
     return TrainedBPETokenizer.train(words * 20, vocab_size=300, path=path, context_length=context_length)
 
 
-def tiny_clip_ckpt(path: Path, seed: int = 0) -> Path:
-    """A zoo-train-like CLIP checkpoint of the ``tiny`` preset (random weights)."""
+def tiny_clip_ckpt(path: Path, seed: int = 0, preset: str = "tiny") -> Path:
+    """A zoo-train-like CLIP checkpoint of the ``tiny`` preset, or of ``preset`` (random weights)."""
     from zoo.checkpoint import atomic_torch_save
     from zoo.models.clip.lit import ClipLit
 
     torch.manual_seed(seed)
-    lit = ClipLit(preset="tiny")
+    lit = ClipLit(preset=preset)
     hp = {
-        "preset": "tiny",
+        "preset": preset,
         "arch": None,
         "net": None,
         "pretrained": None,

@@ -165,7 +165,7 @@ def mix_files(cfg) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
+def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path, dalle_helpers):
     extra = []
     if experiment.startswith(
         ("dalle1/", "demo/dalle", "demo/full/dalle", "dalle3/t2i/")
@@ -203,6 +203,15 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path):
     if experiment.endswith("min_snr"):  # the leaderboard's GLIDE / decoder with only the loss weights changed
         assert net.process.snr_gamma == 5.0 and net.process.model_mean_type == "v"
         assert cfg.callbacks.time_budget.minutes == 15
+    if experiment in ("glide/clip_text", "leaderboard/glide_clip_text"):  # GLIDE around make demo's CLIP text tower
+        assert cfg.model.freeze_text and cfg.trainer.max_steps == 1190 and net.process.model_mean_type == "v"
+        assert str(cfg.model.text_init).endswith("demo/clip/checkpoints/last.ckpt")
+        # make demo's CLIP is absent here: a random CLIP with its text tower (the ViT preset has the same one)
+        cfg.model.text_init = str(dalle_helpers.tiny_clip_ckpt(tmp_path / "clip.ckpt", preset="shapes"))
+        net = instantiate(cfg.model)
+        check_compatibility(net, instantiate(cfg.data))  # copies the tower: shapes, tokenizer and pooling agree
+        assert not any(p.requires_grad for p in net.net.text.parameters())
+        return
     if experiment.startswith("unclip/upsampler_"):  # both upsampler rows train 10 minutes; they differ in corruption
         assert cfg.callbacks.time_budget._target_ == "zoo.callbacks.TimeBudget"
         assert cfg.callbacks.time_budget.minutes == 10 and cfg.trainer.max_time is None

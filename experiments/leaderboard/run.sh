@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's headline table: DALL·E 1, GLIDE, unCLIP (diffusion prior) and unCLIP (AR prior) on one zoo-eval
+# The project's headline table: DALL·E 1, GLIDE (its own caption encoder, and make demo's CLIP text tower frozen), unCLIP (diffusion prior) and unCLIP (AR prior) on one zoo-eval
 # shapes protocol (32 px, 256 val captions, one raw sample per caption, the demo CLIP as the metrics CLIP).
 # Needs `make demo` first (its tokenizer, DALL·E, CLIP and CLIP embeddings). Each training step is skipped when its
 # run already finished (metrics.json), so an interrupted run picks up where it stopped (zoo-train resumes from
@@ -32,11 +32,12 @@ pair() {  # two trainings of equal budget: side by side on one thread each, or o
 mkdir -p "$LOGS/leaderboard"
 pair glide decoder      # same U-Net, same budget: caption vs caption + CLIP image embedding
 pair prior ar_prior     # same budget: diffusion vs autoregressive prior
+train glide_clip_text   # GLIDE with make demo's CLIP text tower, frozen (1,190 fixed steps: ~13 min on one thread)
 
-for row in dalle glide unclip_diffusion unclip_ar; do
+for row in dalle glide glide_clip_text unclip_diffusion unclip_ar; do
   echo "=== zoo-eval experiment=leaderboard/$row"
   $PY -m eval.cli "experiment=leaderboard/$row"
 done
-$PY -m eval.leaderboard "$LOGS"/eval/leaderboard/{dalle,glide,unclip_diffusion,unclip_ar} \
-  --labels "DALL·E 1 (transformer),GLIDE,unCLIP (diffusion prior),unCLIP (AR prior)" \
+$PY -m eval.leaderboard "$LOGS"/eval/leaderboard/{dalle,glide,glide_clip_text,unclip_diffusion,unclip_ar} \
+  --labels "DALL·E 1 (transformer),GLIDE,GLIDE (frozen CLIP text tower),unCLIP (diffusion prior),unCLIP (AR prior)" \
   --out experiments/leaderboard --title "shapes leaderboard (32 px, 256 captions, 1 sample each)"
