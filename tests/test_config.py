@@ -173,7 +173,13 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path, d
         extra = [f"model.image_tokenizer_ckpt={_shapes_tokenizer_ckpt(tmp_path / 'tokenizer.ckpt')}"]
     # decoders that train with make demo's CLIP (absent here): image embeddings from files instead. demo/decoder
     # has no CLIP path of its own (make demo passes it); the others default to make demo's, so it is cleared.
-    clip_decoders = ("demo/decoder", "leaderboard/decoder", "unclip/decoder_long_v", "unclip/decoder_min_snr")
+    clip_decoders = (
+        "demo/decoder",
+        "leaderboard/decoder",
+        "unclip/decoder_long_v",
+        "unclip/decoder_min_snr",
+        "unclip/decoder_clip_text",
+    )
     if experiment in clip_decoders and experiment != "demo/decoder":
         extra = ["model.clip_ckpt=null"]
     cfg = train_cfg(f"experiment={experiment}", "data.train_size=8", "data.val_size=8", "data.test_size=8", *extra)
@@ -203,8 +209,9 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path, d
     if experiment.endswith("min_snr"):  # the leaderboard's GLIDE / decoder with only the loss weights changed
         assert net.process.snr_gamma == 5.0 and net.process.model_mean_type == "v"
         assert cfg.callbacks.time_budget.minutes == 15
-    if experiment in ("glide/clip_text", "leaderboard/glide_clip_text"):  # GLIDE around make demo's CLIP text tower
-        assert cfg.model.freeze_text and cfg.trainer.max_steps == 1190 and net.process.model_mean_type == "v"
+    if experiment.endswith("clip_text"):  # GLIDE / the unCLIP decoder around make demo's CLIP text tower, frozen
+        steps = 1317 if experiment.startswith("unclip/") else 1190  # the leaderboard rows' step counts
+        assert cfg.model.freeze_text and cfg.trainer.max_steps == steps and net.process.model_mean_type == "v"
         assert str(cfg.model.text_init).endswith("demo/clip/checkpoints/last.ckpt")
         # make demo's CLIP is absent here: a random CLIP with its text tower (the ViT preset has the same one)
         cfg.model.text_init = str(dalle_helpers.tiny_clip_ckpt(tmp_path / "clip.ckpt", preset="shapes"))

@@ -176,13 +176,7 @@ class GlideLit(TextTokenizerLit):
         if not self.cfg.learn_sigma:
             raise ConfigError("GLIDE trains a learned-range variance (hybrid loss): keep model.net.learn_sigma=true")
         self.net = Glide(self.cfg)
-        if freeze_text and not text_init:
-            raise ConfigError(
-                "model.freeze_text=true freezes a caption encoder initialised from a CLIP: give model.text_init="
-                "<zoo-train model=clip last.ckpt> (or model.freeze_text=false)"
-            )
-        if freeze_text:  # the default optimizer takes only parameters with requires_grad
-            self.net.text.requires_grad_(False)
+        self.freeze_text_encoder(text_init, freeze_text)
         self.process = GaussianDiffusion(
             get_schedule(schedule, int(num_timesteps)),
             model_mean_type=check_prediction(prediction),
@@ -195,6 +189,16 @@ class GlideLit(TextTokenizerLit):
 
     def default_optimizer(self, params) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=1e-4)
+
+    def freeze_text_encoder(self, text_init: Optional[str], freeze_text: bool) -> None:
+        """``model.freeze_text``: fix the caption encoder (``self.net.text``) that ``text_init`` initialises."""
+        if freeze_text and not text_init:
+            raise ConfigError(
+                "model.freeze_text=true freezes a caption encoder initialised from a CLIP: give model.text_init="
+                "<zoo-train model=clip last.ckpt> (or model.freeze_text=false)"
+            )
+        if freeze_text:  # the default optimizer takes only parameters with requires_grad
+            self.net.text.requires_grad_(False)
 
     # ------------------------------------------------------------------------------------------ tokenizer / data
     def check_data(self, datamodule) -> None:

@@ -49,6 +49,7 @@ class UnclipDecoderLit(GlideLit):
     num_timesteps, schedule: the training diffusion process (cosine, 1000).
     prediction: ``eps`` (GLIDE's and unCLIP's) or ``v`` (``GlideLit``'s docstring says when v helps).
     snr_gamma: null or γ for Min-SNR-γ loss weighting (as ``GlideLit``).
+    text_init, freeze_text: the caption encoder from a CLIP's text tower, optionally frozen (as ``GlideLit``).
     decoder_guidance_scale, sample_steps, sampler, eta: ``generate``'s defaults (unCLIP: guidance 1.25 at FID).
     grid_captions, grid_steps, grid_guidance_scale: ``sample_grid`` (real | decoded from its embedding + caption).
     text_tokenizer: filled in by the checkpoint (leave None when training).
@@ -72,6 +73,8 @@ class UnclipDecoderLit(GlideLit):
         grid_captions: int = 8,
         grid_steps: int = 25,
         grid_guidance_scale: float = 3.0,
+        text_init: Optional[str] = None,
+        freeze_text: bool = False,
         text_tokenizer: Optional[dict[str, Any]] = None,
         optimizer=None,
         scheduler=None,
@@ -91,6 +94,7 @@ class UnclipDecoderLit(GlideLit):
                 "the unCLIP decoder trains a learned-range variance (hybrid loss): keep model.net.learn_sigma=true"
             )
         self.net = UnclipDecoder(self.cfg)
+        self.freeze_text_encoder(text_init, freeze_text)  # GlideLit's text_init / freeze_text (check_data copies it)
         self.process = GaussianDiffusion(
             get_schedule(schedule, int(num_timesteps)),
             model_mean_type=check_prediction(prediction),
