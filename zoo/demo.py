@@ -139,10 +139,10 @@ FULL_S = {
     "tokenizer": 1818,
     "clip": 94,
     "dalle": 7414,
-    "embed": 40,
-    "dalle_samples": 25,
+    "embed": 37,
+    "dalle_samples": 24,
     "unclip_samples": 26,
-    "unclip_manipulations": 30,
+    "unclip_manipulations": 28,
     "eval": 698,
 }
 
