@@ -126,3 +126,35 @@ def test_negatives_teach_the_swapped_word_that_the_plain_loss_ignores():
     # measured: mean margin 0.57 with negatives, 0.01 without
     assert (margins[True] > 0).all(), margins[True]
     assert margins[True].mean() > margins[False].mean() + 0.1, (margins[True].mean(), margins[False].mean())
+
+
+# ------------------------------------------------------------------------------ exchange (binding) negatives
+def test_exchange_trades_two_of_the_captions_own_words_and_keeps_the_bag_of_words():
+    sw = NegativeSwapper("binding", seed=0, exchange=True)
+    assert sw.swap("a large red circle at the top left") is None  # one object: nothing of one group to trade
+    cap = "a large red circle at the top left and a small blue square at the bottom right"
+    outs = {sw.swap(cap) for _ in range(200)}
+    assert outs == {
+        "a large red square at the top left and a small blue circle at the bottom right",  # shapes
+        "a large red circle at the bottom right and a small blue square at the top left",  # cells
+        "a large blue circle at the top left and a small red square at the bottom right",  # colours
+        "a small red circle at the top left and a large blue square at the bottom right",  # sizes
+    }
+    ds = ShapesDataset("train", size=200)
+    made = 0
+    for i in range(200):
+        c = ds[i]["captions"]["descriptive"]
+        neg = sw.swap(c)
+        if neg is None:
+            continue
+        made += 1
+        words = sorted(re.findall(r"[a-z]+", neg)), sorted(re.findall(r"[a-z]+", c))
+        assert neg != c and words[0] == words[1], (c, neg)  # the same words, another binding
+    assert made > 100
+
+
+def test_exchange_is_reachable_from_the_config_and_checked():
+    lit = ClipLit(preset="tiny", hard_negatives={"groups": "binding", "exchange": True})
+    assert lit.swapper.exchange
+    with pytest.raises(ConfigError, match="exchange=<bool>"):
+        ClipLit(preset="tiny", hard_negatives={"groups": "binding", "swap": True})

@@ -62,8 +62,10 @@ class ClipLit(ZooLit):
         cache_dir: where open_clip / the HF hub cache pretrained weights (default: their own cache).
         load_weights: False rebuilds the architecture only (set in saved checkpoints, whose state dict holds the
             weights, so reloading never needs the original ``pretrained``/``checkpoint`` files).
-        hard_negatives: None, or ``{"groups": <name or word lists>, "seed": int}``: one swapped-word negative
-            caption per caption (``groups=shapes``: the world's shape and position words).
+        hard_negatives: None, or ``{"groups": <name or word lists>, "seed": int, "exchange": bool}``: one
+            swapped-word negative caption per caption (``groups=shapes``: the world's shape and position words;
+            ``exchange=true``: two of the caption's own words of one group trade places, a binding negative, e.g.
+            with ``groups=binding``).
     """
 
     def __init__(
@@ -94,12 +96,17 @@ class ClipLit(ZooLit):
         self.loss_fn = open_clip.ClipLoss()
         self.swapper = None
         if hard_negatives:  # checked here, so a bad vocabulary fails before training starts
-            unknown = set(hard_negatives) - {"groups", "seed"}
+            unknown = set(hard_negatives) - {"groups", "seed", "exchange"}
             if unknown:
                 raise ConfigError(
-                    f"unknown model.hard_negatives keys {sorted(unknown)} (fix: groups=<shapes or word lists>, seed=<int>)"
+                    f"unknown model.hard_negatives keys {sorted(unknown)} (fix: groups=<shapes, binding or word "
+                    "lists>, seed=<int>, exchange=<bool>)"
                 )
-            self.swapper = NegativeSwapper(hard_negatives.get("groups", "shapes"), int(hard_negatives.get("seed", 0)))
+            self.swapper = NegativeSwapper(
+                hard_negatives.get("groups", "shapes"),
+                int(hard_negatives.get("seed", 0)),
+                exchange=bool(hard_negatives.get("exchange", False)),
+            )
 
     # -- shared with ClipScorer ---------------------------------------------------------------------------------
     def scorer(self) -> ClipScorer:
