@@ -27,15 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from eval.metrics import pairwise_cosine_distance as pairwise_distance  # zoo-eval's diversity measure
 from zoo.data.shapes import ShapesDataset, main_subject
 from zoo.pipelines.unclip import UnclipPipeline
-
-
-def pairwise_distance(e: torch.Tensor) -> float:
-    """(captions, samples, D) unit vectors -> mean over captions of the mean over pairs of 1 - cos."""
-    sims = torch.einsum("cid,cjd->cij", e, e)
-    i, j = torch.triu_indices(e.shape[1], e.shape[1], 1)
-    return (1 - sims[:, i, j]).mean().item()
 
 
 def same_subject_scenes(ds: ShapesDataset, index: int, k: int, search: ShapesDataset) -> list[int]:
@@ -99,8 +93,7 @@ def main() -> None:
             "real, same caption: 0 (a descriptive caption fixes every attribute; the world renders them to one image)"
         )
     real = embed([ds[i]["image"] for i in range(args.captions)])
-    n = args.captions
-    print(f"real, {n} different scenes: {((1 - real @ real.T).sum() / (n * (n - 1))).item():.4f}")
+    print(f"real, {args.captions} different scenes: {pairwise_distance(real.unsqueeze(0)):.4f}")
 
 
 if __name__ == "__main__":

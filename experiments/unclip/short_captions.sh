@@ -8,7 +8,7 @@
 #   CLIP (demo/clip, 2.5 min) -> zoo-embed -> diffusion prior (5 min) -> unCLIP decoder (1,317 steps)
 #   GLIDE with that CLIP's text tower frozen (glide/clip_text, 1,190 steps)
 #   zoo-eval on short captions at guidance 3 and 1, both models; then the prior's and the real scenes' spread.
-# About 70 minutes on one thread. Stages that finished (their metrics.json) are skipped on a re-run.
+# About 50 minutes on one thread (as measured: training 35 min, each evaluation 2-3.5 min). Stages that finished (their metrics.json) are skipped on a re-run.
 #   bash experiments/unclip/short_captions.sh                 # -> logs/short_captions/...
 #   LOGS=/elsewhere bash experiments/unclip/short_captions.sh
 set -euo pipefail
