@@ -301,6 +301,16 @@ def train_rate(make_step: Callable[[], None], batch_size: int, steps: int) -> Ca
     return measure
 
 
+def step_gflop(step: Callable[[], None]) -> float:
+    """GFLOP of one training step (forward + backward; torch's ``FlopCounterMode`` counts matrix multiplies and
+    attention, the work that sets a step's time here), run once untimed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / 1e9
+
+
 def bench_config(c: BenchConfig, args, peer_mod) -> None:
     print(
         f"\n== {c.name}: width {c.dim}, {c.n_layers} layers, {c.n_heads} heads x {c.head_dim}, text length "
@@ -351,6 +361,15 @@ def bench_config(c: BenchConfig, args, peer_mod) -> None:
                     "(PROPOSED zoo/nn/transformer.py attention, monkeypatched)"
                 )
         print(f"   train samples/s {prec} ({args.clock} clock, AdamW {args.optimizer}): {line}{ratio}")
+        if not bf16:  # the work per step, the same in both precisions: ratio of rates = ratio of work x efficiency
+            work = {"ours encodings": ours_train_step(lits["ours encodings"], batch, False, args.optimizer)}
+            if prior is not None:
+                work["peer"] = peer_train_step(prior, batch, False, args.optimizer)
+            gf = {k: step_gflop(fn) for k, fn in work.items()}
+            print(
+                "   GFLOP per training step (rate at the fp32 samples/s above): "
+                + " | ".join(f"{k} {g:.1f} ({g * best[k] / c.batch:.0f} GFLOP/s)" for k, g in gf.items())
+            )
         if args.train_only:
             continue
         # sampling
