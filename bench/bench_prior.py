@@ -336,15 +336,12 @@ def bench_config(c: BenchConfig, args, peer_mod) -> None:
     for bf16 in (False, True):
         prec = "bf16" if bf16 else "fp32"
         # training: interleaved, best of reps
-        steps = {
-            name: train_rate(ours_train_step(lit, batch, bf16, args.optimizer), c.batch, args.steps)
-            for name, lit in lits.items()
-        }
+        raw = {name: ours_train_step(lit, batch, bf16, args.optimizer) for name, lit in lits.items()}
         if args.proposed_attention and math_sdpa_preferred("cpu", torch.bfloat16 if bf16 else torch.float32):
-            step = ours_train_step(ours(c, "encodings"), batch, bf16, args.optimizer)
-            steps["ours encodings +attn"] = train_rate(patched(step), c.batch, args.steps)
+            raw["ours encodings +attn"] = patched(ours_train_step(ours(c, "encodings"), batch, bf16, args.optimizer))
         if prior is not None:
-            steps["peer"] = train_rate(peer_train_step(prior, batch, bf16, args.optimizer), c.batch, args.steps)
+            raw["peer"] = peer_train_step(prior, batch, bf16, args.optimizer)
+        steps = {name: train_rate(fn, c.batch, args.steps) for name, fn in raw.items()}
         for fn in steps.values():  # warm-up
             fn()
         best = {k: 0.0 for k in steps}
@@ -362,10 +359,7 @@ def bench_config(c: BenchConfig, args, peer_mod) -> None:
                 )
         print(f"   train samples/s {prec} ({args.clock} clock, AdamW {args.optimizer}): {line}{ratio}")
         if not bf16:  # the work per step, the same in both precisions: ratio of rates = ratio of work x efficiency
-            work = {"ours encodings": ours_train_step(lits["ours encodings"], batch, False, args.optimizer)}
-            if prior is not None:
-                work["peer"] = peer_train_step(prior, batch, False, args.optimizer)
-            gf = {k: step_gflop(fn) for k, fn in work.items()}
+            gf = {k: step_gflop(raw[k]) for k in ("ours encodings", "peer") if k in raw}
             print(
                 "   GFLOP per training step (rate at the fp32 samples/s above): "
                 + " | ".join(f"{k} {g:.1f} ({g * best[k] / c.batch:.0f} GFLOP/s)" for k, g in gf.items())
