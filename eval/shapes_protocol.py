@@ -28,12 +28,18 @@ class ShapesProtocol:
         min_objects: int = 1,
         max_objects: int = 3,
         eval_resolution: Optional[int] = None,
+        object_order: str = "raster",
     ):
         if int(n) < 2:
             raise ConfigError(f"protocol.n must be >= 2 (statistics need two samples), got {n}")
         self.n, self.split, self.resolution, self.seed = int(n), split, int(resolution), int(seed)
         self.caption_style, self.min_objects, self.max_objects = caption_style, int(min_objects), int(max_objects)
         self.eval_resolution = int(eval_resolution) if eval_resolution else self.resolution
+        from zoo.data.shapes import OBJECT_ORDERS
+
+        if object_order not in OBJECT_ORDERS:
+            raise ConfigError(f"protocol.object_order={object_order!r}: expected one of {OBJECT_ORDERS}")
+        self.object_order = object_order
 
     def load(self, progress: bool = False) -> EvalSet:
         from zoo.data.shapes import WORLD_VERSION, ShapesDataset
@@ -47,6 +53,7 @@ class ShapesProtocol:
             caption_style=self.caption_style,
             min_objects=self.min_objects,
             max_objects=self.max_objects,
+            object_order=self.object_order,
         )
         bank = ImageBank()
         captions, attributes, chunk = [], [], []
@@ -61,6 +68,7 @@ class ShapesProtocol:
         protocol = (
             f"shapes-v{WORLD_VERSION};seed={self.seed};style={self.caption_style};"
             f"objects={self.min_objects}-{self.max_objects};render={self.resolution}"
+            + (f";order={self.object_order}" if self.object_order != "raster" else "")  # raster keys as before
         )
         return EvalSet(
             "shapes",

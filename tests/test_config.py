@@ -209,14 +209,20 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path, d
     if experiment.endswith("min_snr"):  # the leaderboard's GLIDE / decoder with only the loss weights changed
         assert net.process.snr_gamma == 5.0 and net.process.model_mean_type == "v"
         assert cfg.callbacks.time_budget.minutes == 15
-    if experiment == "clip/binding":  # make demo's CLIP, 800 fixed steps, with attribute-exchange negatives
+    if experiment.startswith("clip/binding"):  # make demo's CLIP, 800 fixed steps, with attribute-exchange negatives
         assert cfg.model.hard_negatives == {"groups": "binding", "exchange": True}
         assert cfg.trainer.max_steps == 800 and cfg.callbacks.get("time_budget") is None
         assert cfg.model.preset == "shapes_rn"
-    if experiment.endswith(("clip_text", "clip_text_binding")):  # GLIDE / the unCLIP decoder around a frozen CLIP
-        # text tower: make demo's (the leaderboard rows' step counts), or clip/binding's for 6,000 steps
-        steps = {"unclip/decoder_clip_text": 1317, "glide/clip_text_binding": 6000}.get(experiment, 1190)
-        tower = "clip/rn_binding800" if experiment.endswith("_binding") else "demo/clip"
+        assert cfg.data.object_order == ("shuffled" if experiment.endswith("_shuffled") else "raster")
+    if experiment.endswith(("clip_text", "clip_text_binding", "clip_text_binding_shuffled")):  # GLIDE / the unCLIP
+        # decoder around a frozen CLIP text tower: make demo's (the leaderboard rows' step counts), or clip/binding's
+        # (clip/binding_shuffled's for captions in a random object order) for 6,000 steps
+        steps = {"unclip/decoder_clip_text": 1317}.get(experiment, 6000 if "_binding" in experiment else 1190)
+        shuffled = experiment.endswith("_shuffled")
+        tower = {"b": "clip/rn_binding800", "s": "clip/rn_binding800_shuffled"}.get(
+            "s" if shuffled else "b" if "_binding" in experiment else "", "demo/clip"
+        )
+        assert cfg.data.object_order == ("shuffled" if shuffled else "raster")
         assert cfg.model.freeze_text and cfg.trainer.max_steps == steps and net.process.model_mean_type == "v"
         assert str(cfg.model.text_init).endswith(f"{tower}/checkpoints/last.ckpt")
         # make demo's CLIP is absent here: a random CLIP with its text tower (the ViT preset has the same one)

@@ -168,6 +168,53 @@ def test_caption_mix_proportions_and_independence():
         assert abs(styles.count(style) / n - want) < 0.04, style
 
 
+def _listed_positions(attributes: dict, caption: str) -> list[str]:
+    """The scene's object positions in the order the caption names them (positions are unique per scene and none
+    is a substring of another)."""
+    positions = [o["position"] for o in attributes["objects"]]
+    assert all(caption.count(p) == 1 for p in positions), caption
+    return sorted(positions, key=caption.index)
+
+
+def test_object_order_shuffled_permutes_only_the_listing():
+    n = 1500
+    raster, shuffled = ShapesDataset("train", n), ShapesDataset("train", n, object_order="shuffled")
+    counts: dict[int, dict[tuple, int]] = {2: {}, 3: {}}
+    for i in range(n):
+        attrs, caps, style = raster.scene(i)
+        attrs_s, caps_s, style_s = shuffled.scene(i)
+        # the scene, the style and the other caption styles are untouched; raster captions list top left first
+        assert (attrs_s, style_s, caps_s["short"], caps_s["alt"]) == (attrs, style, caps["short"], caps["alt"])
+        raster_order = [o["position"] for o in attrs["objects"]]
+        assert _listed_positions(attrs, caps["descriptive"]) == raster_order
+        listed = _listed_positions(attrs, caps_s["descriptive"])
+        k = len(raster_order)
+        if k == 1:
+            assert caps_s["descriptive"] == caps["descriptive"]
+        else:  # every object still named with its own colour and shape (every template reads "{colour} {shape}")
+            assert all(f"{o['colour']} {o['shape']}" in caps_s["descriptive"] for o in attrs["objects"])
+            assert f"{world.NUMBER_WORDS[k]} objects" in caps_s["descriptive"]
+            perm = tuple(raster_order.index(p) for p in listed)
+            counts[k][perm] = counts[k].get(perm, 0) + 1
+    # every order occurs about equally often (the permutation is uniform), the raster order included
+    for k, perms in counts.items():
+        total = sum(perms.values())
+        assert len(perms) == (2 if k == 2 else 6) and total > 200, (k, perms)
+        for perm, c in perms.items():
+            assert abs(c / total - 1 / len(perms)) < 0.1, (k, perm, c, total)
+    assert [shuffled.scene(i)[1] for i in range(20)] == [shuffled.scene(i)[1] for i in range(20)]  # deterministic
+    assert np.array_equal(shuffled[3]["image"].numpy(), raster[3]["image"].numpy())
+
+
+def test_captions_for_order_must_be_a_permutation():
+    attrs = sample_attributes(np.random.default_rng(1), max_objects=3, min_objects=3)
+    caps = captions_for(attrs, np.random.default_rng(2), order=[2, 1, 0])
+    assert _listed_positions(attrs, caps["descriptive"]) == [o["position"] for o in attrs["objects"]][::-1]
+    for bad in ([0, 1], [0, 0, 1], [1, 2, 3]):
+        with pytest.raises(ValueError, match="permutation"):
+            captions_for(attrs, np.random.default_rng(2), order=bad)
+
+
 def test_single_caption_style():
     for style in CAPTION_STYLES:
         s = ShapesDataset("test", 5, caption_style=style)[3]
@@ -192,6 +239,7 @@ def test_single_caption_style():
         ({"min_objects": 3, "max_objects": 2}, "min_objects"),
         ({"max_objects": 10}, "max_objects"),
         ({"min_objects": 0}, "min_objects"),
+        ({"object_order": "random"}, "valid orders.*shuffled"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_the_fix(kwargs, match):
@@ -329,3 +377,19 @@ def test_batches_through_the_shared_collate_and_pickle():
     batch = collate_samples([ds[i] for i in range(4)])
     assert batch["image"].shape == (4, 3, 32, 32) and len(batch["caption"]) == 4
     assert batch["index"].tolist() == [0, 1, 2, 3] and isinstance(batch["attributes"][0], dict)
+
+
+def test_datamodule_object_order():
+    from zoo.data.modules import ShapesDataModule
+    from zoo.errors import ConfigError
+
+    kw = {"train_size": 30, "val_size": 4, "test_size": 4}
+    raster, shuffled = ShapesDataModule(**kw), ShapesDataModule(object_order="shuffled", **kw)
+    want = ShapesDataset("train", 30, object_order="shuffled")
+    assert [shuffled.dataset("train")[i]["caption"] for i in range(30)] == [want[i]["caption"] for i in range(30)]
+    assert [raster.dataset("train")[i]["caption"] for i in range(30)] != [want[i]["caption"] for i in range(30)]
+    # a trained BPE fitted on raster captions is not reused for shuffled ones; raster keys are those of before
+    assert "object_order" not in raster.data_identity()
+    assert shuffled.data_identity() == {**raster.data_identity(), "object_order": "shuffled"}
+    with pytest.raises(ConfigError, match="data.object_order.*shuffled"):
+        ShapesDataModule(object_order="bottom first", **kw)

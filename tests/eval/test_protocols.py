@@ -139,6 +139,21 @@ def test_shapes_protocol_matches_the_dataset():
         ShapesProtocol(n=1)
 
 
+def test_shapes_protocol_object_order():
+    """protocol.object_order=shuffled: the same scenes (real images, attributes: what the judge checks) with captions
+    that list the objects in another order; its own key, so no cache of raster statistics or captions is reused."""
+    raster = ShapesProtocol(n=40, split="val", resolution=32).load()
+    shuffled = ShapesProtocol(n=40, split="val", resolution=32, object_order="shuffled").load()
+    assert shuffled.attributes == raster.attributes
+    torch.testing.assert_close(shuffled.real.tensor(), raster.real.tensor(), rtol=0, atol=0)
+    differ = [a != b for a, b in zip(raster.captions, shuffled.captions)]
+    multi = [len(a["objects"]) > 1 for a in raster.attributes]
+    assert not any(d and not m for d, m in zip(differ, multi)) and sum(differ) >= 5  # only multi-object captions
+    assert shuffled.protocol == raster.protocol + ";order=shuffled"
+    with pytest.raises(ConfigError, match="object_order.*shuffled"):
+        ShapesProtocol(n=4, object_order="reversed")
+
+
 def _fake_coco(root, n_images=5):
     from PIL import Image
 

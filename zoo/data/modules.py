@@ -27,9 +27,18 @@ class ShapesDataModule(ImageTextDataModule):
         min_objects: int = 1,
         max_objects: int = 3,
         bpe_fit_styles: str = "served",
+        object_order: str = "raster",
         **kwargs,
     ):
         super().__init__(caption_mix=caption_mix, **kwargs)
+        from zoo.data.shapes import OBJECT_ORDERS
+
+        if object_order not in OBJECT_ORDERS:
+            raise ConfigError(
+                f"data.object_order={object_order!r}: expected one of {OBJECT_ORDERS} (raster: captions list the "
+                f"objects top left first; shuffled: in a random order per scene)"
+            )
+        self.object_order = object_order
         if bpe_fit_styles not in ("served", "all"):
             raise ConfigError(
                 f"data.bpe_fit_styles={bpe_fit_styles!r}: expected 'served' (fit a trained BPE on the captions "
@@ -62,6 +71,8 @@ class ShapesDataModule(ImageTextDataModule):
             "caption_mix": self.caption_mix,
             "min_objects": self.min_objects,
             "max_objects": self.max_objects,
+            # only when not the default, so that the keys (and cached tokenizers) of raster runs stay as they were
+            **({"object_order": self.object_order} if self.object_order != "raster" else {}),
         }
 
     def tokenizer_captions(self) -> Iterable[str]:
@@ -91,6 +102,7 @@ class ShapesDataModule(ImageTextDataModule):
             caption_mix=self.native_caption_mix if split == "train" else None,  # synthetic styles: the base class
             min_objects=self.min_objects,
             max_objects=self.max_objects,
+            object_order=self.object_order,
         )
 
 

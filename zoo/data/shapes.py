@@ -30,7 +30,7 @@ import math
 import numbers
 import re
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -65,6 +65,10 @@ ROWS = ("top", "middle", "bottom")
 COLS = ("left", "center", "right")
 POSITIONS = tuple(f"{r} {c}" for r in ROWS for c in COLS)  # "top left", ..., "bottom right" (raster order)
 CAPTION_STYLES = ("alt", "short", "descriptive")
+# The order in which a descriptive caption lists its objects: ``raster`` (top left first, the world's default) or
+# ``shuffled`` (a uniform random permutation per scene). A model trained on raster captions only has never seen a
+# caption that names the bottom-right object first, and fails on such prompts (experiments/glide/README.md).
+OBJECT_ORDERS = ("raster", "shuffled")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 RESOLUTIONS = (32, 64, 128, 256)  # tested and benchmarked; any multiple of 16 (>= 16) is accepted
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -266,18 +270,26 @@ def _pick(u: float, options: tuple[str, ...]) -> str:
     return options[int(u * len(options))]
 
 
-def captions_for(attributes: dict[str, Any], rng: np.random.Generator) -> dict[str, str]:
+def captions_for(
+    attributes: dict[str, Any], rng: np.random.Generator, order: Optional[Sequence[int]] = None
+) -> dict[str, str]:
     """All three caption styles for a scene; the template variety is drawn from ``rng``.
 
     ``descriptive`` names the count, the background and every object's size, colour, shape and position with the
     exact vocabulary words (so a plain substring test can check it); ``short`` names the main subject's colour and
-    shape; ``alt`` is web-like alt text."""
+    shape; ``alt`` is web-like alt text. ``order`` (a permutation of the object indices) is the order in which
+    ``descriptive`` lists the objects; by default the scene's raster order (top left first). The k-th listed object
+    takes the k-th template draw whatever the order, so an order changes which object comes first and nothing else."""
     objs = attributes["objects"]
     bg = attributes["background"]
     u = rng.random(len(objs) + 4).tolist()
+    if order is not None:
+        if sorted(int(i) for i in order) != list(range(len(objs))):
+            raise ValueError(f"order must be a permutation of range({len(objs)}), got {list(order)!r}")
+        objs = [objs[int(i)] for i in order]
     body = _join([_pick(u[4 + k], _OBJECT_TEMPLATES).format(**o) for k, o in enumerate(objs)])
     descriptive = _pick(u[0], _DESCRIPTIVE_TEMPLATES).format(count=count_phrase(len(objs)), bg=bg, body=body)
-    subject = main_subject(attributes)
+    subject = main_subject(attributes)  # the raster-order subject whatever ``order``: short captions do not list
     short = _pick(u[1], _SHORT_TEMPLATES).format(**subject)
     alt = _pick(u[2], _ALT_TEMPLATES).format(num=1000 + int(u[3] * 9000), bg=bg, **subject)
     return {"alt": alt, "short": _articles(short), "descriptive": _articles(descriptive)}
@@ -325,6 +337,8 @@ class ShapesDataset(Dataset):
     ``caption`` is the ``caption_style`` caption, or, when ``caption_mix`` (style -> proportion, normalised) is
     given, a style drawn per sample from it (deterministic per (seed, split, index); the mix never changes the
     scenes). ``captions`` always holds all three styles and ``caption_style`` the one chosen.
+    ``object_order`` (``OBJECT_ORDERS``) is the order in which descriptive captions list the objects; ``shuffled``
+    draws the permutation from a stream of its own, so the scenes, styles and templates stay those of ``raster``.
     """
 
     def __init__(
@@ -337,6 +351,7 @@ class ShapesDataset(Dataset):
         caption_mix: Optional[dict[str, float]] = None,
         min_objects: int = 1,
         max_objects: int = 3,
+        object_order: str = "raster",
     ):
         if split not in SPLIT_IDS:
             raise ValueError(f"unknown split {split!r}; expected one of {tuple(SPLIT_IDS)}")
@@ -346,6 +361,9 @@ class ShapesDataset(Dataset):
         if int(size) < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         _check_object_counts(min_objects, max_objects)
+        if object_order not in OBJECT_ORDERS:
+            raise ValueError(f"unknown object_order {object_order!r}; valid orders: {OBJECT_ORDERS}")
+        self.object_order = object_order
         self.split, self.size, self.seed = split, int(size), int(seed)
         self.caption_style = caption_style
         self.mix = _normalise_mix(caption_mix)
@@ -363,7 +381,12 @@ class ShapesDataset(Dataset):
         # Drawn in this order from one stream: the scene, then the style uniform (always drawn, so a caption_mix
         # never changes the scenes or the captions), then the captions (so caption templates never change either).
         u_style = rng.random()
-        captions = captions_for(attributes, rng)
+        order = None
+        if self.object_order == "shuffled" and len(attributes["objects"]) > 1:
+            order = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 1]).permutation(
+                len(attributes["objects"])
+            )
+        captions = captions_for(attributes, rng, order)
         if self.mix is None:
             style = self.caption_style
         else:
