@@ -231,7 +231,14 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path, d
         check_compatibility(net, instantiate(cfg.data))  # copies the tower: shapes, tokenizer and pooling agree
         assert not any(p.requires_grad for p in net.net.text.parameters())
         return
-    if experiment.startswith("unclip/upsampler_"):  # both upsampler rows train 10 minutes; they differ in corruption
+    if experiment == "unclip/upsampler_shapes_128_512":  # the second stage: BSR, 512 px, 15 DDIM steps, residual v
+        assert net.cfg.image_size == 512 and net.cfg.scale == 4 and net.cfg.train_crop == 128
+        assert net.cfg.corruption == "bsr" and net.sample_steps == 15 and net.residual
+        assert net.process.model_mean_type == "v" and cfg.data.resolution == 512
+        assert cfg.callbacks.time_budget.minutes == 15 and cfg.trainer.max_time is None
+    elif experiment.startswith(
+        "unclip/upsampler_"
+    ):  # the first stage's rows train 10 minutes; they differ in corruption
         assert cfg.callbacks.time_budget._target_ == "zoo.callbacks.TimeBudget"
         assert cfg.callbacks.time_budget.minutes == 10 and cfg.trainer.max_time is None
         assert net.cfg.image_size == 128 and net.cfg.scale == 4 and net.sample_steps == 27
