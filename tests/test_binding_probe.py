@@ -53,3 +53,28 @@ def test_control_foil_names_a_colour_the_scene_does_not_have():
         used = {o["colour"] for o in attrs["objects"]} | {attrs["background"]}
         assert foil["objects"][0]["colour"] not in used
         assert _words(probe.caption(attrs, i)) != _words(probe.caption(foil, i))
+
+
+def _in_raster_order(attrs: dict, caption: str) -> bool:
+    """Whether the caption names the scene's objects top left first (positions are unique words per scene)."""
+    named = sorted(attrs["objects"], key=lambda o: caption.index(o["position"]))
+    return [(o["row"], o["col"]) for o in named] == sorted((o["row"], o["col"]) for o in attrs["objects"])
+
+
+def test_shuffled_captions_keep_the_bag_of_words_and_remove_the_order_cue():
+    ds = ShapesDataset("val", size=160)
+    n = foils_out_of_order = true_out_of_order = 0
+    for i in range(160):
+        attrs = ds.scene(i)[0]
+        foil = probe.swapped(attrs, "position") if len(attrs["objects"]) > 1 else attrs
+        if not probe.differs(attrs, foil):
+            continue
+        n += 1
+        cap, foil_cap = probe.caption(attrs, i, "shuffled"), probe.caption(foil, i, "shuffled")
+        assert cap != foil_cap and _words(cap) == _words(foil_cap)
+        assert _in_raster_order(attrs, probe.caption(attrs, i))  # raster captions: the true one always in order...
+        foils_out_of_order += not _in_raster_order(foil, probe.caption(foil, i))
+        true_out_of_order += not _in_raster_order(attrs, cap)
+    # ... and every position foil out of it: a cue that needs no binding. Shuffled: true captions out of order too
+    assert n > 40 and foils_out_of_order == n
+    assert 0.4 < true_out_of_order / n < 0.9, (true_out_of_order, n)

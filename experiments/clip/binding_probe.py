@@ -13,6 +13,12 @@ A pair counts as right when the true one has the higher cosine. Chance is 50%. F
 not in the caption): a model that reads the words at all gets that one right.
 
     python experiments/clip/binding_probe.py --clip logs/demo/clip/checkpoints/last.ckpt [--n 512]
+        [--object-order shuffled]
+
+``--object-order shuffled``: both captions of a pair list the objects in one random order per scene (the same
+permutation of the object list for the scene and its foil) instead of top left first. With raster captions a
+position foil is itself out of raster order (its first-listed object moved to a later cell), a cue that a CLIP
+trained on raster captions can read without binding anything (image -> caption); shuffled captions remove that cue.
 
 GLIDE with a frozen CLIP text tower inherits whatever this CLIP's text tower does not bind
 (experiments/glide/README.md, the 6,000-step demo prompts).
@@ -51,9 +57,13 @@ def control(attributes: dict[str, Any], rng: np.random.Generator) -> dict[str, A
     return out
 
 
-def caption(attributes: dict[str, Any], index: int) -> str:
-    """The world's descriptive caption, with the template draws fixed per scene (same words for scene and foil)."""
-    return captions_for(attributes, np.random.default_rng([7, index]))["descriptive"]
+def caption(attributes: dict[str, Any], index: int, order: str = "raster") -> str:
+    """The world's descriptive caption, with the template draws fixed per scene (same words for scene and foil);
+    ``order="shuffled"``: the objects listed in a permutation fixed per scene (the same for scene and foil)."""
+    perm = None
+    if order == "shuffled":
+        perm = np.random.default_rng([11, index]).permutation(len(attributes["objects"]))
+    return captions_for(attributes, np.random.default_rng([7, index]), perm)["descriptive"]
 
 
 def image(attributes: dict[str, Any], resolution: int) -> torch.Tensor:
@@ -76,6 +86,7 @@ def main() -> None:
     p.add_argument("--clip", required=True, help="a zoo-train CLIP last.ckpt")
     p.add_argument("--n", type=int, default=512, help="val scenes searched (those with 2+ objects are used)")
     p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--object-order", default="raster", choices=("raster", "shuffled"), help="captions' object order")
     args = p.parse_args()
     torch.set_num_threads(1)
     scorer = ClipScorer.from_lightning_checkpoint(args.clip)
@@ -93,12 +104,12 @@ def main() -> None:
                 continue
             with torch.no_grad():
                 imgs = scorer.encode_image(torch.stack([image(attrs, args.resolution), image(foil, args.resolution)]))
-                caps = scorer.encode_text([caption(attrs, i), caption(foil, i)])
+                caps = scorer.encode_text([caption(attrs, i, args.object_order), caption(foil, i, args.object_order)])
             sim = imgs @ caps.T  # [scene, foil] x [caption, foil caption]
             t2i.append(bool(sim[0, 0] > sim[1, 0]))  # the caption picks the scene over the foil image
             i2t.append(bool(sim[0, 0] > sim[0, 1]))  # the scene picks its caption over the foil caption
         rows.append((what, len(t2i), float(np.mean(t2i)), float(np.mean(i2t))))
-    print(f"CLIP {args.clip}; {args.n} val scenes, those with 2+ objects; chance 50%")
+    print(f"CLIP {args.clip}; {args.n} val scenes, those with 2+ objects, {args.object_order} captions; chance 50%")
     print("| foil swaps, between the first two objects | pairs | caption -> image | image -> caption |")
     print("|---|---:|---:|---:|")
     for what, n, a, b in rows:
