@@ -35,11 +35,9 @@ class ShapesProtocol:
         self.n, self.split, self.resolution, self.seed = int(n), split, int(resolution), int(seed)
         self.caption_style, self.min_objects, self.max_objects = caption_style, int(min_objects), int(max_objects)
         self.eval_resolution = int(eval_resolution) if eval_resolution else self.resolution
-        from zoo.data.shapes import OBJECT_ORDERS
+        from zoo.data.shapes import check_object_order
 
-        if object_order not in OBJECT_ORDERS:
-            raise ConfigError(f"protocol.object_order={object_order!r}: expected one of {OBJECT_ORDERS}")
-        self.object_order = object_order
+        self.object_order = check_object_order(object_order, "protocol.object_order")
 
     def load(self, progress: bool = False) -> EvalSet:
         from zoo.data.shapes import WORLD_VERSION, ShapesDataset

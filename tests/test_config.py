@@ -217,11 +217,9 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path, d
     if experiment.endswith(("clip_text", "clip_text_binding", "clip_text_binding_shuffled")):  # GLIDE / the unCLIP
         # decoder around a frozen CLIP text tower: make demo's (the leaderboard rows' step counts), or clip/binding's
         # (clip/binding_shuffled's for captions in a random object order) for 6,000 steps
-        steps = {"unclip/decoder_clip_text": 1317}.get(experiment, 6000 if "_binding" in experiment else 1190)
-        shuffled = experiment.endswith("_shuffled")
-        tower = {"b": "clip/rn_binding800", "s": "clip/rn_binding800_shuffled"}.get(
-            "s" if shuffled else "b" if "_binding" in experiment else "", "demo/clip"
-        )
+        shuffled, binding = experiment.endswith("_shuffled"), "_binding" in experiment
+        steps = {"unclip/decoder_clip_text": 1317}.get(experiment, 6000 if binding else 1190)
+        tower = "clip/rn_binding800_shuffled" if shuffled else "clip/rn_binding800" if binding else "demo/clip"
         assert cfg.data.object_order == ("shuffled" if shuffled else "raster")
         assert cfg.model.freeze_text and cfg.trainer.max_steps == steps and net.process.model_mean_type == "v"
         assert str(cfg.model.text_init).endswith(f"{tower}/checkpoints/last.ckpt")
@@ -236,9 +234,7 @@ def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path, d
         assert net.cfg.corruption == "bsr" and net.sample_steps == 15 and net.residual
         assert net.process.model_mean_type == "v" and cfg.data.resolution == 512
         assert cfg.callbacks.time_budget.minutes == 15 and cfg.trainer.max_time is None
-    elif experiment.startswith(
-        "unclip/upsampler_"
-    ):  # the first stage's rows train 10 minutes; they differ in corruption
+    elif experiment.startswith("unclip/upsampler_"):  # the first stage: 10 minutes each, differing in corruption
         assert cfg.callbacks.time_budget._target_ == "zoo.callbacks.TimeBudget"
         assert cfg.callbacks.time_budget.minutes == 10 and cfg.trainer.max_time is None
         assert net.cfg.image_size == 128 and net.cfg.scale == 4 and net.sample_steps == 27

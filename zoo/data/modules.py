@@ -31,14 +31,9 @@ class ShapesDataModule(ImageTextDataModule):
         **kwargs,
     ):
         super().__init__(caption_mix=caption_mix, **kwargs)
-        from zoo.data.shapes import OBJECT_ORDERS
+        from zoo.data.shapes import check_object_order
 
-        if object_order not in OBJECT_ORDERS:
-            raise ConfigError(
-                f"data.object_order={object_order!r}: expected one of {OBJECT_ORDERS} (raster: captions list the "
-                f"objects top left first; shuffled: in a random order per scene)"
-            )
-        self.object_order = object_order
+        self.object_order = check_object_order(object_order, "data.object_order")
         if bpe_fit_styles not in ("served", "all"):
             raise ConfigError(
                 f"data.bpe_fit_styles={bpe_fit_styles!r}: expected 'served' (fit a trained BPE on the captions "

@@ -69,6 +69,18 @@ CAPTION_STYLES = ("alt", "short", "descriptive")
 # ``shuffled`` (a uniform random permutation per scene). A model trained on raster captions only has never seen a
 # caption that names the bottom-right object first, and fails on such prompts (experiments/glide/README.md).
 OBJECT_ORDERS = ("raster", "shuffled")
+
+
+def check_object_order(order: str, option: str = "object_order") -> str:
+    """``order`` if it is one of ``OBJECT_ORDERS``, else a ConfigError (a ValueError) naming ``option`` and the fix."""
+    if order not in OBJECT_ORDERS:
+        raise ConfigError(
+            f"{option}={order!r}: expected one of {OBJECT_ORDERS} (raster: descriptive captions list the objects top "
+            f"left first; shuffled: in a random order per scene)"
+        )
+    return order
+
+
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 RESOLUTIONS = (32, 64, 128, 256)  # tested and benchmarked; any multiple of 16 (>= 16) is accepted
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -361,9 +373,7 @@ class ShapesDataset(Dataset):
         if int(size) < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         _check_object_counts(min_objects, max_objects)
-        if object_order not in OBJECT_ORDERS:
-            raise ValueError(f"unknown object_order {object_order!r}; valid orders: {OBJECT_ORDERS}")
-        self.object_order = object_order
+        self.object_order = check_object_order(object_order)
         self.split, self.size, self.seed = split, int(size), int(seed)
         self.caption_style = caption_style
         self.mix = _normalise_mix(caption_mix)
