@@ -7,9 +7,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
 from zoo.diffusion.samplers import ddim_sample
+from zoo.errors import ConfigError
 from zoo.models.glide.model import count_glide_params
 from zoo.models.unclip_decoder.lit import UnclipDecoderLit
 from zoo.models.unclip_decoder.model import (
@@ -143,6 +145,29 @@ def test_null_condition_and_independent_dropouts(perturb):
     both = (tok8 == TINY.pad_id).all(1) & (e8 == 0).all(1)
     assert 0 < both.sum() < 8
     torch.testing.assert_close(net(x8, t8, tok8, e8)[both], net(x8, t8, None, None)[both], rtol=0, atol=1e-6)
+
+
+def test_null_dropout_adds_the_joint_null_on_top_of_the_independent_draws():
+    n = 4000
+    tok = _tokens(n, seed=3)
+    e = torch.nn.functional.normalize(torch.randn(n, D), dim=-1)
+    # 0 (the default) is the paper's scheme: drop_conditions == the two independent drops, same generator state
+    lit = UnclipDecoderLit(preset="tiny", text_dropout=0.2)
+    assert lit.null_dropout == 0.0
+    t0, e0 = lit.drop_conditions(tok, e, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(t0, lit.drop_captions(tok, g)) and torch.equal(e0, lit.drop_embeddings(e, g))
+    # with p: P(both) = p + (1 - p) * 0.2 * 0.1 = 0.2 + 0.8 * 0.02 = 0.216; P(caption dropped) = 0.2 + 0.8 * 0.2 = 0.36
+    lit = UnclipDecoderLit(preset="tiny", text_dropout=0.2, emb_dropout=0.1, null_dropout=0.2)
+    td, ed = lit.drop_conditions(tok, e, torch.Generator().manual_seed(0))
+    dt, de = (td == TINY.pad_id).all(1), (ed == 0).all(1)
+    assert abs((dt & de).float().mean().item() - 0.216) < 0.03
+    assert abs(dt.float().mean().item() - 0.36) < 0.03 and abs(de.float().mean().item() - 0.28) < 0.03
+    # rows left alone keep their caption and embedding exactly
+    keep = ~dt & ~de
+    assert torch.equal(td[keep], tok[keep]) and torch.equal(ed[keep], e[keep])
+    with pytest.raises(ConfigError, match="null_dropout"):
+        UnclipDecoderLit(preset="tiny", null_dropout=1.0)
 
 
 def test_decoder_guidance_one_is_the_conditional_model_bit_for_bit(nn_helpers):

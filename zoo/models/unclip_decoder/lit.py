@@ -7,7 +7,10 @@ Everything GLIDE's module does is inherited (diffusion process, caption tokenize
   (``data.features.<split>=<file>``) or, when ``clip_ckpt`` is set and the batch has none, computed by that frozen
   CLIP (``ClipScorer.encode_image`` under no_grad; the CLIP is not part of this module's weights or checkpoint).
   Independently per example: the caption is replaced by the empty caption with probability ``text_dropout``
-  (unCLIP: 50%) and the embedding by zeros with probability ``emb_dropout`` (unCLIP: 10%).
+  (unCLIP: 50%) and the embedding by zeros with probability ``emb_dropout`` (unCLIP: 10%); with probability
+  ``null_dropout`` (default 0) both together, on top of those draws. Guidance contrasts against that joint null,
+  which the independent draws train only text_dropout x emb_dropout of the time (5% at the paper's rates, 2% with
+  GLIDE's caption rate 0.2 beside it; GLIDE's own null, the empty caption, is trained 20% of the time).
 - Sampling: guidance on the embedding (and caption) with ``decoder_guidance_scale``: one batched forward over
   [cond ; uncond] with uncond = (empty caption, zero embedding); scale 1 skips the unconditional half and is the
   conditional model bit for bit. ``generate(captions, image_emb)`` and ``generate_from_embeddings(image_emb,
@@ -45,6 +48,8 @@ class UnclipDecoderLit(GlideLit):
         (``UnclipDecoderConfig``: GLIDE's plus ``clip_dim``, ``clip_tokens``).
     text_dropout: probability of the empty caption in training (unCLIP: 0.5).
     emb_dropout: probability of the zero CLIP embedding in training (unCLIP: 0.1), independent of the caption's.
+    null_dropout: probability that a training example gets the null condition (empty caption and zero embedding
+        together), drawn after and on top of the two independent dropouts (0: the paper's scheme).
     clip_ckpt: optional zoo-train CLIP checkpoint, frozen, embedding batches that carry no ``clip_image_emb``.
     num_timesteps, schedule: the training diffusion process (cosine, 1000).
     prediction: ``eps`` (GLIDE's and unCLIP's) or ``v`` (``GlideLit``'s docstring says when v helps).
@@ -61,6 +66,7 @@ class UnclipDecoderLit(GlideLit):
         net: Optional[dict[str, Any]] = None,
         text_dropout: float = 0.5,
         emb_dropout: float = 0.1,
+        null_dropout: float = 0.0,
         clip_ckpt: Optional[str] = None,
         num_timesteps: int = 1000,
         schedule: str = "cosine",
@@ -85,7 +91,7 @@ class UnclipDecoderLit(GlideLit):
         hparams = {k: v for k, v in locals().items() if k not in ("self", "optimizer", "scheduler", "text_tokenizer")}
         ZooLit.__init__(self, optimizer, scheduler)
         self.save_hyperparameters(hparams)
-        for name, p in (("text_dropout", text_dropout), ("emb_dropout", emb_dropout)):
+        for name, p in (("text_dropout", text_dropout), ("emb_dropout", emb_dropout), ("null_dropout", null_dropout)):
             if not 0.0 <= p < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {p}")
         self.cfg = build_config(preset, net)
@@ -103,6 +109,7 @@ class UnclipDecoderLit(GlideLit):
             snr_gamma=check_snr_gamma(snr_gamma),
         )
         self.text_dropout, self.emb_dropout = float(text_dropout), float(emb_dropout)
+        self.null_dropout = float(null_dropout)
         self.text_tokenizer: Optional[TextTokenizer] = TextTokenizer.from_spec(text_tokenizer)
         self._clip = None  # the frozen ClipScorer (loaded on first use; never in the state dict)
 
@@ -174,6 +181,20 @@ class UnclipDecoderLit(GlideLit):
         drop = torch.rand(emb.shape[0], device=emb.device, generator=generator) < self.emb_dropout
         return torch.where(drop[:, None], torch.zeros_like(emb), emb)
 
+    def drop_conditions(
+        self, text: torch.Tensor, emb: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training-time dropout of (text (B, text_len), emb (B, D)): the independent caption and embedding drops,
+        then with probability ``null_dropout`` the joint null (empty caption and zero embedding, guidance's
+        unconditional input)."""
+        text, emb = self.drop_captions(text, generator), self.drop_embeddings(emb, generator)
+        if self.null_dropout <= 0:
+            return text, emb
+        drop = torch.rand(emb.shape[0], device=emb.device, generator=generator) < self.null_dropout
+        text = torch.where(drop[:, None].to(text.device), self.net.null_tokens(text.shape[0], text.device), text)
+        emb = torch.where(drop[:, None], self.net.null_embedding(emb.shape[0], emb.device).to(emb.dtype), emb)
+        return text, emb
+
     # ------------------------------------------------------------------------------------------ training
     def forward_loss(
         self, batch: dict[str, Any], train: bool, generator: Optional[torch.Generator] = None
@@ -182,8 +203,7 @@ class UnclipDecoderLit(GlideLit):
         text = self.net.pad_text(batch["text_tokens"].to(x0.device))
         emb = self.image_embedding(batch).to(x0.device)
         if train:
-            text = self.drop_captions(text, generator)
-            emb = self.drop_embeddings(emb, generator)
+            text, emb = self.drop_conditions(text, emb, generator)
         t = self.process.sample_timesteps(x0.shape[0], device=x0.device, generator=generator)
         terms = self.process.training_losses(
             self.net, x0, t, model_kwargs={"text_tokens": text, "image_emb": emb}, generator=generator
