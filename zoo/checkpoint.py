@@ -86,17 +86,17 @@ _CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "N
 
 def _names_code(path: Path) -> bool:
     """True if the file parses as a pickle that imports or calls something (a raw pickle, not torch's zip format,
-    is refused by torch on its first unusual opcode, before the global it names, so look for ourselves)."""
+    is refused by torch on its first unusual opcode, before the global it names, so look for ourselves).
+
+    The whole pickle must parse, up to its STOP: a few random bytes often begin with a code opcode (``R``, ``b``,
+    ``o`` take no argument), and garbage must be reported as corruption, not as a file that carries code."""
     import pickletools
 
     try:
-        data = path.read_bytes()
-        for op, _, _ in pickletools.genops(data):
-            if op.name in _CODE_OPCODES:
-                return True
-    except Exception:  # not a (complete) pickle: corruption, unless a code opcode came first
+        names = {op.name for op, _, _ in pickletools.genops(path.read_bytes())}  # all of it: raises unless complete
+    except Exception:  # not a complete pickle: corruption
         return False
-    return False
+    return not names.isdisjoint(_CODE_OPCODES)
 
 
 def load_module(
