@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python bench/bench_unet.py [--preset shapes] [--size 32] [--batch 16] [--steps 4] [--threads N]
     OMP_NUM_THREADS=1 python bench/bench_unet.py --flops     # FLOPs per step, ours vs peer; per-convolution GFLOP/s
+    PEER_DALLE2=<checkout> OMP_NUM_THREADS=1 python bench/bench_unet.py --compare-only --threads 1   # the 1.5x figure
 
 On a machine shared with other jobs use one thread: OpenMP threads competing for busy cores were measured several
 times slower than one thread (fp32 forward 7.2 s per batch with 2 threads at load average 5, vs 1.3 s with 1).
@@ -12,12 +13,16 @@ times slower than one thread (fp32 forward 7.2 s per batch with 2 threads at loa
 2. For the preset (default ``shapes``: width 64, mult (1,2,4), 2 res blocks, attention at 16 and 8) at 32 px,
    batch 16, epsilon-prediction training step = forward + MSE backward + AdamW step: images/s, and no-grad forward
    ms per batch, for fp32 / bf16 autocast x contiguous / channels_last (the memory format of the weights AND the
-   input). Median of ``--steps`` timed steps after 2 warm-up steps.
+   input). Median of ``--steps`` timed steps after 2 warm-up steps. bf16 rows only where the CPU has native bf16
+   (``--bf16-anyway`` times the emulation: minutes a step on an AVX2-only CPU).
 3. Peak memory: the process's peak resident set size (ru_maxrss) after each configuration (monotonic: a
    configuration's own peak shows only where it exceeds the earlier ones).
 4. Optional peer: lucidrains/DALLE2-pytorch ``Unet(dim=64, dim_mults=(1,2,4))`` (its default: attention only in
    the middle; also with ``self_attn=(False, True, True)``, attention at 16 and 8 like ours) on the same batch,
    when ``PEER_DALLE2`` points at a checkout whose dependencies (einops, kornia, x-clip, ...) are installed.
+5. With the peer: ours / peer training images/s (the issue's 1.5x), both with attention at 16 and 8, timed
+   interleaved on the CPU-time clock (``compare_with_peer``), per precision and layout; also in the last line,
+   ``BENCH_JSON {...}``, which ``bench/run_all.py`` keeps.
 
 Prints figures; asserts nothing.
 """
@@ -25,6 +30,7 @@ Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -32,6 +38,7 @@ import sys
 import time
 from collections import Counter
 from contextlib import nullcontext
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -67,26 +74,8 @@ def bench_net(
     make_net, call, in_channels: int, size: int, batch: int, steps: int, bf16: bool, channels_last: bool
 ) -> tuple[float, float]:
     """(train images/s, forward ms) of ``call(net, x_t, t)`` for one precision / layout."""
-    torch.manual_seed(0)
-    net = make_net()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = net.to(memory_format=fmt)
-    x = torch.randn(batch, in_channels, size, size).to(memory_format=fmt)
-    noise = torch.randn_like(x)
-    t = torch.randint(0, 1000, (batch,))
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
-
-    def train_step():
-        with amp():
-            out = call(net, x, t)
-        loss = F.mse_loss(out.float()[:, : noise.shape[1]], noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    net.train()
-    step_s = _timed(train_step, steps)
+    step, net, x, t, amp = train_step_fn(make_net, call, in_channels, size, batch, bf16, channels_last)
+    step_s = _timed(step, steps)
     net.eval()
 
     @torch.no_grad()
@@ -98,10 +87,18 @@ def bench_net(
     return batch / step_s, fwd_s * 1e3
 
 
+def precisions(args) -> tuple[bool, ...]:
+    """bf16 flags to time: fp32 always; bf16 autocast only where the CPU computes bf16 natively (``--bf16-anyway``
+    times the emulation too: ~100x slower than fp32 on an AVX2-only CPU, a U-Net step then takes minutes)."""
+    from zoo.precision import cpu_has_native_bf16
+
+    return (False, True) if args.bf16_anyway or cpu_has_native_bf16() else (False,)
+
+
 def run_table(name: str, make_net, call, in_channels: int, args) -> None:
     print(f"\n{name}: {args.size} px, batch {args.batch}, median of {args.steps} steps")
     print(f"  {'precision':<10} {'layout':<15} {'train img/s':>12} {'fwd ms/batch':>13} {'peak RSS MB':>12}")
-    for bf16 in (False, True):
+    for bf16 in precisions(args):
         for cl in (False, True):
             ips, fwd_ms = bench_net(make_net, call, in_channels, args.size, args.batch, args.steps, bf16, cl)
             print(
@@ -150,6 +147,79 @@ def peer_dalle2(args) -> None:
             3,
             args,
         )
+
+
+def train_step_fn(make_net, call, in_channels: int, size: int, batch: int, bf16: bool, channels_last: bool):
+    """One epsilon-prediction training step (forward, MSE, backward, fused AdamW: one pass over the parameters,
+    both sides) of a fresh network on a fixed batch, as a closure, run once here (the warm-up allocations);
+    returned with the network, its inputs and the autocast context factory: (step, net, x, t, amp)."""
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = make_net().to(memory_format=fmt).train()
+    x = torch.randn(batch, in_channels, size, size).to(memory_format=fmt)
+    noise = torch.randn_like(x)
+    t = torch.randint(0, 1000, (batch,))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
+    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
+
+    def step():
+        with amp():
+            out = call(net, x, t)
+        loss = F.mse_loss(out.float()[:, : noise.shape[1]], noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    return step, net, x, t, amp
+
+
+def compare_with_peer(make_ours, call_ours, in_channels: int, args) -> Optional[dict]:
+    """The issue's figure, ours / peer training images/s, both sides at attention 16 and 8, timed INTERLEAVED
+    (ours, peer, ours, peer, ... ``--reps`` rounds of ``--steps`` steps each) on the process's CPU-time clock, best
+    round per side: a load change on a shared machine hits both sides alike, and time slices lost to other jobs
+    are not counted. One row per precision (``precisions``) and layout."""
+    if args.preset != "shapes":  # the peer below is built as the shapes preset's twin (width 64, mult 1,2,4)
+        print(f"\nours / peer: skipped (the peer is configured as the shapes preset; --preset {args.preset})")
+        return None
+    PeerUnet = peer_unet_class()
+    if PeerUnet is None:
+        return None
+    attn_16_8 = {"dim": 64, "dim_mults": (1, 2, 4), "channels": 3, "self_attn": (False, True, True)}
+    print(
+        f"\nours / peer (self_attn at 16 and 8), {args.size} px, batch {args.batch}, interleaved, CPU-time clock, "
+        f"best of {args.reps} rounds of {args.steps} steps:"
+    )
+    rows = []
+    for bf16 in precisions(args):
+        for cl in (False, True):
+            shape = (args.size, args.batch, bf16, cl)
+            sides = {
+                "ours": train_step_fn(make_ours, call_ours, in_channels, *shape)[0],
+                "peer": train_step_fn(lambda: PeerUnet(**attn_16_8), peer_call, 3, *shape)[0],
+            }
+            best = {k: float("inf") for k in sides}
+            for _ in range(args.reps):
+                for k, step in sides.items():
+                    t0 = time.process_time()
+                    for _ in range(args.steps):
+                        step()
+                    best[k] = min(best[k], (time.process_time() - t0) / args.steps)
+            ours_ips, peer_ips = args.batch / best["ours"], args.batch / best["peer"]
+            row = {
+                "precision": "bf16" if bf16 else "fp32",
+                "layout": "channels_last" if cl else "contiguous",
+                "ours_img_s": round(ours_ips, 2),
+                "peer_img_s": round(peer_ips, 2),
+                "ratio": round(ours_ips / peer_ips, 3),
+            }
+            rows.append(row)
+            print(
+                f"  {row['precision']:<5} {row['layout']:<14} ours {ours_ips:6.2f} img/s | peer {peer_ips:6.2f} img/s | "
+                f"ours / peer = {row['ratio']:.2f}x (target 1.5x)",
+                flush=True,
+            )
+    return {"rows": rows, "target": 1.5}
 
 
 def flop_report(make_ours, call_ours, in_channels: int, args) -> None:
@@ -217,6 +287,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--flops", action="store_true", help="FLOPs per step (ours, peer) and our convolutions' rates")
+    ap.add_argument("--reps", type=int, default=4, help="interleaved rounds of the ours / peer comparison")
+    ap.add_argument("--compare-only", action="store_true", help="only the interleaved ours / peer ratio")
+    ap.add_argument("--bf16-anyway", action="store_true", help="time bf16 even where the CPU only emulates it")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -238,6 +311,13 @@ def main() -> None:
     if args.flops:
         flop_report(lambda: UNet(cfg), lambda net, x, t: net(x, t), cfg.in_channels, args)
         return
+    if not args.bf16_anyway and precisions(args) == (False,):
+        print("bf16 rows: skipped (no native bf16 on this CPU: emulated bf16 would time the emulation; --bf16-anyway)")
+    summary = {"machine": describe_cpu(), "preset": args.preset, "size": args.size, "batch": args.batch}
+    if args.compare_only:
+        summary["peer"] = compare_with_peer(lambda: UNet(cfg), lambda net, x, t: net(x, t), cfg.in_channels, args)
+        print("BENCH_JSON " + json.dumps(summary))
+        return
     n = sum(p.numel() for p in UNet(cfg).parameters())
     run_table(
         f"zoo UNet preset {args.preset!r} ({n / 1e6:.1f}M params)",
@@ -247,7 +327,9 @@ def main() -> None:
         args,
     )
     peer_dalle2(args)
+    summary["peer"] = compare_with_peer(lambda: UNet(cfg), lambda net, x, t: net(x, t), cfg.in_channels, args)
     print(f"\npeak RSS of the whole run: {peak_rss_mb():.0f} MB")
+    print("BENCH_JSON " + json.dumps(summary))
 
 
 if __name__ == "__main__":
