@@ -1,6 +1,10 @@
 """DALL·E transformer benchmarks: sampling speed with/without the KV cache, training throughput fp32 vs bf16.
 
     OMP_NUM_THREADS=1 python bench/bench_dalle_sampling.py [--grids 8 16] [--train-batch 16] [--steps 4]
+        [--bf16-anyway]
+
+bf16 (its matmul peak, its training row) runs only on a CPU with native bf16 (``zoo.precision.cpu_has_native_bf16``);
+``--bf16-anyway`` times it elsewhere too (the emulation, ~100x slower than fp32 on an AVX2-only CPU).
 
 1. Matmul peak of this machine (fp32 and bf16), measured here with a large square matmul.
 2. Sampling seconds per image, cached vs uncached (the uncached path recomputes the whole prefix every step), for
@@ -25,7 +29,7 @@ import torch
 from zoo.models.dalle.model import PRESETS, DalleTransformer, DalleTransformerConfig
 from zoo.models.presets import resolve_preset
 from zoo.nn.sampling import sample_image_tokens
-from zoo.precision import describe_cpu
+from zoo.precision import cpu_has_native_bf16, describe_cpu
 
 
 def peak_rss_mb() -> float:
@@ -91,17 +95,29 @@ def main():
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--bf16-anyway", action="store_true", help="time bf16 even where the CPU only emulates it")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    dtypes = [("fp32", torch.float32)]
+    if args.bf16_anyway or cpu_has_native_bf16():
+        dtypes.append(("bf16", torch.bfloat16))
+    else:
+        print(
+            "bf16 rows: skipped (no native bf16 on this CPU: emulated bf16 would time the emulation; "
+            "--bf16-anyway to time it)"
+        )
 
-    peak = {name: matmul_peak(dt) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    print(
-        f"matmul peak (2048^3): fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s "
-        f"({peak['bf16'] / peak['fp32']:.1f}x)"
-    )
+    peak = {name: matmul_peak(dt) for name, dt in dtypes}
+    if "bf16" in peak:
+        print(
+            f"matmul peak (2048^3): fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s "
+            f"({peak['bf16'] / peak['fp32']:.1f}x)"
+        )
+    else:
+        print(f"matmul peak (2048^3): fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s")
 
     print("\nsampling, shapes preset (dim 256, 8 layers, text 48), top_k=64, seconds per image:")
     for g in args.grids:
@@ -119,8 +135,8 @@ def main():
     model = DalleTransformer(PRESETS["shapes"]).train()
     n = sum(p.numel() for p in model.parameters())
     print(f"\ntraining, shapes preset ({n / 1e6:.1f}M params, seq {model.cfg.seq_len - 1}), batch {args.train_batch}:")
-    for name, bf16 in (("fp32", False), ("bf16", True)):
-        tps, flops = train_tokens_per_s(model, args.train_batch, args.steps, bf16)
+    for name, dtype in dtypes:
+        tps, flops = train_tokens_per_s(model, args.train_batch, args.steps, dtype == torch.bfloat16)
         print(
             f"  {name}: {tps:8.0f} tokens/s  {flops / 1e9:6.1f} GFLOP/s  MFU {100 * flops / peak[name]:5.1f}%  "
             f"(peak RSS so far {peak_rss_mb():.0f} MB)"

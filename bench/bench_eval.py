@@ -4,9 +4,12 @@ suite zoo-eval runs by default on shapes (FD_CLIP + CLIP score with a CLIP, prom
 shapes judge): images/s and the end-to-end time for 10k images, extrapolated from ``--suite-n`` measured images.
 
     python bench/bench_eval.py [--n 64] [--batch 32] [--resolution 256] [--weights FILE] [--threads 2]
-                               [--suite-n 1024] [--clip CKPT] [--skip-inception]
+                               [--suite-n 1024] [--clip CKPT] [--skip-inception] [--bf16-anyway]
 
 Random Inception weights (built like the tests do) are fine for timing; pass --weights to time real ones.
+The bf16 Inception rows (and the bf16 figures derived from them) run only on a CPU with native bf16
+(``zoo.precision.cpu_has_native_bf16``); elsewhere they are skipped and null in the JSON line, and ``--bf16-anyway``
+times them anyway (the emulation, ~100x slower than fp32 on an AVX2-only CPU).
 The machine is shared: read the figures as orders of magnitude. Under load, one thread is much faster than two
 oversubscribed ones, for torch (--threads 1) and for numpy's OpenBLAS eigvals (OMP_NUM_THREADS=1 in the env):
 
@@ -25,7 +28,7 @@ import torch
 
 from eval.features import INCEPTION_FILENAME, InceptionFeatures, make_random_inception_weights
 from eval.metrics import fid_statistics, frechet_distance, frechet_distance_from_statistics, kid
-from zoo.precision import describe_cpu
+from zoo.precision import cpu_has_native_bf16, describe_cpu
 
 
 def _timed(fn, repeat: int = 1) -> float:
@@ -51,6 +54,7 @@ def main() -> None:
         help="CLIP checkpoint for the suite (default: logs/demo/clip's, else a random zoo-clip-shapes: same cost)",
     )
     ap.add_argument("--skip-inception", action="store_true", help="only time the offline metric suite")
+    ap.add_argument("--bf16-anyway", action="store_true", help="time bf16 even where the CPU only emulates it")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,11 +72,20 @@ def main() -> None:
         f"weights={'random' if args.weights is None else args.weights}"
     )
 
+    bf16 = args.bf16_anyway or cpu_has_native_bf16()
+    if not bf16:
+        print(
+            "bf16 rows: skipped (no native bf16 on this CPU: emulated bf16 would time the emulation; "
+            "--bf16-anyway to time it)"
+        )
     res: dict = {"threads": torch.get_num_threads(), "n": args.n, "batch": args.batch, "resolution": args.resolution}
     feats = {}
     print(f"{'prec':5} {'layout':14} {'images/s':>9} {'s/image':>8}")
     for layout in ("contiguous", "channels_last"):
         for prec, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+            if prec == "bf16" and not bf16:
+                res[f"{prec}_{layout}_images_per_s"] = None
+                continue
             ex = InceptionFeatures(weights, autocast_dtype=dtype, channels_last=layout == "channels_last")
             ex(images[:2])  # warm-up (oneDNN primitive creation)
             t = time.perf_counter()
@@ -82,14 +95,19 @@ def main() -> None:
             print(f"{prec:5} {layout:14} {ips:>9.2f} {1 / ips:>8.3f}", flush=True)
     for prec in ("fp32", "bf16"):  # the default layout (channels_last) is what the extrapolation uses
         res[f"{prec}_images_per_s"] = res[f"{prec}_channels_last_images_per_s"]
-    rel = float((feats["bf16"] - feats["fp32"]).abs().mean() / feats["fp32"].abs().mean())
     half = args.n // 2
     fid32 = frechet_distance(feats["fp32"][:half], feats["fp32"][half:])
-    fid16 = frechet_distance(feats["bf16"][:half], feats["bf16"][half:])
-    res.update(bf16_feature_rel_err=round(rel, 5), fid_fp32=fid32, fid_bf16=fid16)
-    print(
-        f"bf16 vs fp32: mean |dfeature| / mean |feature| = {rel:.4f}; FD(half, half) fp32 {fid32:.4f} bf16 {fid16:.4f}"
-    )
+    if bf16:
+        rel = float((feats["bf16"] - feats["fp32"]).abs().mean() / feats["fp32"].abs().mean())
+        fid16 = frechet_distance(feats["bf16"][:half], feats["bf16"][half:])
+        res.update(bf16_feature_rel_err=round(rel, 5), fid_fp32=fid32, fid_bf16=fid16)
+        print(
+            f"bf16 vs fp32: mean |dfeature| / mean |feature| = {rel:.4f}; FD(half, half) fp32 {fid32:.4f} "
+            f"bf16 {fid16:.4f}"
+        )
+    else:
+        res.update(bf16_feature_rel_err=None, fid_fp32=fid32, fid_bf16=None)
+        print(f"FD(half, half) fp32 {fid32:.4f}")
 
     # statistics at the real sizes: covariance of `target` x 2048 features, the 2048x2048 eigvals FID, KID subsets
     f = torch.randn(args.target, 2048, generator=g).abs()
@@ -107,6 +125,10 @@ def main() -> None:
 
     for prec in ("fp32", "bf16"):
         ips = res[f"{prec}_images_per_s"]  # channels_last
+        if ips is None:  # bf16 skipped
+            res[f"fid_{args.target}_{prec}_cached_real_min"] = None
+            res[f"fid_{args.target}_{prec}_both_sides_min"] = None
+            continue
         fake_only = args.target / ips + t_stats + t_fid
         both = 2 * args.target / ips + 2 * t_stats + t_fid
         res[f"fid_{args.target}_{prec}_cached_real_min"] = round(fake_only / 60, 1)
