@@ -4,7 +4,7 @@
         [--bf16-anyway]
 
 Prints a table; times are wall-clock medians over ``--steps`` after one warm-up step. Not a test. The bf16 row runs
-only on a CPU with native bf16 (``zoo.precision.cpu_has_native_bf16``); ``--bf16-anyway`` times it elsewhere too
+only on a CPU with native bf16 (``zoo.precision.bench_bf16``); ``--bf16-anyway`` times it elsewhere too
 (the emulation, ~100x slower than fp32 on an AVX2-only CPU).
 """
 
@@ -18,7 +18,7 @@ import torch
 
 from zoo.data.shapes import ShapesDataset
 from zoo.models.clip.lit import ClipLit
-from zoo.precision import cpu_has_native_bf16, describe_cpu
+from zoo.precision import bench_bf16, describe_cpu
 
 
 def _median_rate(fn, n_items: int, steps: int) -> float:
@@ -41,7 +41,6 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=32, help="data resolution (the model resizes to its own)")
     ap.add_argument("--bf16-anyway", action="store_true", help="time bf16 even where the CPU only emulates it")
     args = ap.parse_args()
-    precisions = ("fp32", "bf16") if args.bf16_anyway or cpu_has_native_bf16() else ("fp32",)
 
     torch.manual_seed(0)
     lit = ClipLit(preset=args.preset, arch=args.arch)
@@ -54,11 +53,7 @@ def main() -> None:
         f"arch={lit.arch} ({n_params / 1e6:.1f} M params, image {lit.image_size}px) batch={args.batch} "
         f"threads={torch.get_num_threads()}"
     )
-    if "bf16" not in precisions:
-        print(
-            "bf16 rows: skipped (no native bf16 on this CPU: emulated bf16 would time the emulation; "
-            "--bf16-anyway to time it)"
-        )
+    precisions = ("fp32", "bf16") if bench_bf16(args.bf16_anyway) else ("fp32",)
     print("| precision | train pairs/s | embed images/s | embed texts/s |")
     print("|---|---:|---:|---:|")
     for prec in precisions:

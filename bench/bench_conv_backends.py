@@ -15,7 +15,7 @@ torch only uses it when oneDNN is disabled and only for the forward; this script
 2. the whole ``shapes`` U-Net: training step (forward, MSE, backward, fused AdamW) and no-grad forward (what a
    sampler runs), the stock network against every 3x3 stride-1 convolution through ``NNPackForwardConv`` and
    against only those with 64+ input channels at 16 px or more (where the table has NNPACK ahead on AVX2).
-   Interleaved rounds on the CPU-time clock, best round per side.
+   Interleaved rounds on the CPU-time clock, best round per side (``bench_unet.interleaved_best``).
 
 Nothing in zoo/ uses NNPACK; this is the measurement a change there would need. Prints figures; asserts nothing.
 """
@@ -26,13 +26,14 @@ import argparse
 import contextlib
 import os
 import sys
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from bench_unet import interleaved_best  # noqa: E402  (bench/ is sys.path[0] when a script there runs)
 
 from zoo.nn.unet import UNet, make_unet_config  # noqa: E402
 from zoo.precision import describe_cpu  # noqa: E402
@@ -94,21 +95,6 @@ def nnpack_convs(min_channels: int = 1, min_size: int = 1):
         yield
     finally:
         nn.Conv2d._conv_forward = stock
-
-
-def best_of(fns: dict, reps: int, calls: int = 2) -> dict:
-    """Interleaved rounds of ``calls`` calls of each function on the process CPU-time clock; best round per name,
-    in seconds per call."""
-    for fn in fns.values():
-        fn()
-    best = {k: float("inf") for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t0 = time.process_time()
-            for _ in range(calls):
-                fn()
-            best[k] = min(best[k], (time.process_time() - t0) / calls)
-    return best
 
 
 def conv_shapes(net: UNet, x: torch.Tensor, t: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -173,19 +159,23 @@ def main() -> None:
                 )
             }
         with torch.no_grad():
-            fwd = best_of(
+            fwd = interleaved_best(
                 {
                     "onednn": lambda: F.conv2d(xin, w, b, padding=1),
                     "nnpack": lambda: NNPackForwardConv.apply(xin, w, b, 1),
                 },
                 args.reps,
+                calls=2,
+                warmup=1,
             )
-        both = best_of(
+        both = interleaved_best(
             {
                 "onednn": lambda: F.conv2d(xin, w, b, padding=1).backward(grad),
                 "nnpack": lambda: NNPackForwardConv.apply(xin, w, b, 1).backward(grad),
             },
             args.reps,
+            calls=2,
+            warmup=1,
         )
         print(
             f"  {cin:>4} {cout:>4} {hw:>3} | {fwd['onednn'] * 1e3:>10.1f} {fwd['nnpack'] * 1e3:>10.1f} | "
@@ -193,13 +183,11 @@ def main() -> None:
             flush=True,
         )
 
-    # the whole network: copies with the same weights, routed through NNPACK's forward or not
-    twin = UNet(cfg)
-    twin.load_state_dict(net.state_dict())
+    # the whole network, stock and with every 3x3 stride-1 convolution's forward through NNPACK
     with torch.no_grad():
         y_stock = net(x, t)
         with nnpack_convs():
-            y_nnpack = twin(x, t)
+            y_nnpack = net(x, t)
     rel = float((y_stock - y_nnpack).abs().max() / y_stock.abs().max())
     noise = torch.randn(args.batch, cfg.in_channels, args.size, args.size)
 
@@ -232,7 +220,7 @@ def main() -> None:
         nets = {name: (net if route is None else UNet(cfg)) for name, route in routes.items()}
         for model in nets.values():
             model.load_state_dict(net.state_dict())
-        best = best_of({name: make(nets[name], route) for name, route in routes.items()}, args.reps)
+        best = interleaved_best({name: make(nets[name], route) for name, route in routes.items()}, args.reps, 2, 1)
         print(
             f"  {label:<16} "
             + " | ".join(f"{name} {sec * 1e3:.0f} ms ({best['oneDNN'] / sec:.2f}x)" for name, sec in best.items()),

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python bench/bench_dalle_sampling.py [--grids 8 16] [--train-batch 16] [--steps 4]
         [--bf16-anyway]
 
-bf16 (its matmul peak, its training row) runs only on a CPU with native bf16 (``zoo.precision.cpu_has_native_bf16``);
+bf16 (its matmul peak, its training row) runs only on a CPU with native bf16 (``zoo.precision.bench_bf16``);
 ``--bf16-anyway`` times it elsewhere too (the emulation, ~100x slower than fp32 on an AVX2-only CPU).
 
 1. Matmul peak of this machine (fp32 and bf16), measured here with a large square matmul.
@@ -29,7 +29,7 @@ import torch
 from zoo.models.dalle.model import PRESETS, DalleTransformer, DalleTransformerConfig
 from zoo.models.presets import resolve_preset
 from zoo.nn.sampling import sample_image_tokens
-from zoo.precision import cpu_has_native_bf16, describe_cpu
+from zoo.precision import bench_bf16, describe_cpu
 
 
 def peak_rss_mb() -> float:
@@ -101,14 +101,7 @@ def main():
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    dtypes = [("fp32", torch.float32)]
-    if args.bf16_anyway or cpu_has_native_bf16():
-        dtypes.append(("bf16", torch.bfloat16))
-    else:
-        print(
-            "bf16 rows: skipped (no native bf16 on this CPU: emulated bf16 would time the emulation; "
-            "--bf16-anyway to time it)"
-        )
+    dtypes = [("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if bench_bf16(args.bf16_anyway) else [])
 
     peak = {name: matmul_peak(dt) for name, dt in dtypes}
     if "bf16" in peak:

@@ -8,7 +8,7 @@ shapes judge): images/s and the end-to-end time for 10k images, extrapolated fro
 
 Random Inception weights (built like the tests do) are fine for timing; pass --weights to time real ones.
 The bf16 Inception rows (and the bf16 figures derived from them) run only on a CPU with native bf16
-(``zoo.precision.cpu_has_native_bf16``); elsewhere they are skipped and null in the JSON line, and ``--bf16-anyway``
+(``zoo.precision.bench_bf16``); elsewhere they are skipped and null in the JSON line, and ``--bf16-anyway``
 times them anyway (the emulation, ~100x slower than fp32 on an AVX2-only CPU).
 The machine is shared: read the figures as orders of magnitude. Under load, one thread is much faster than two
 oversubscribed ones, for torch (--threads 1) and for numpy's OpenBLAS eigvals (OMP_NUM_THREADS=1 in the env):
@@ -28,7 +28,7 @@ import torch
 
 from eval.features import INCEPTION_FILENAME, InceptionFeatures, make_random_inception_weights
 from eval.metrics import fid_statistics, frechet_distance, frechet_distance_from_statistics, kid
-from zoo.precision import cpu_has_native_bf16, describe_cpu
+from zoo.precision import bench_bf16, describe_cpu
 
 
 def _timed(fn, repeat: int = 1) -> float:
@@ -72,12 +72,7 @@ def main() -> None:
         f"weights={'random' if args.weights is None else args.weights}"
     )
 
-    bf16 = args.bf16_anyway or cpu_has_native_bf16()
-    if not bf16:
-        print(
-            "bf16 rows: skipped (no native bf16 on this CPU: emulated bf16 would time the emulation; "
-            "--bf16-anyway to time it)"
-        )
+    bf16 = bench_bf16(args.bf16_anyway)
     res: dict = {"threads": torch.get_num_threads(), "n": args.n, "batch": args.batch, "resolution": args.resolution}
     feats = {}
     print(f"{'prec':5} {'layout':14} {'images/s':>9} {'s/image':>8}")

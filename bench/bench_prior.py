@@ -8,7 +8,7 @@ of 2), the diffusion core's sampler overhead per step; side by side with lucidra
     PEER_DALLE2=/tmp/peer_dalle2 python bench/bench_prior.py
 
 The bf16 lines (training, sampling, sampler overhead) run only on a CPU with native bf16
-(``zoo.precision.cpu_has_native_bf16``); ``--bf16-anyway`` times them elsewhere too (the emulation, ~100x slower
+(``zoo.precision.bench_bf16``); ``--bf16-anyway`` times them elsewhere too (the emulation, ~100x slower
 than fp32 on an AVX2-only CPU).
 
 Configs (``CONFIGS``):
@@ -61,7 +61,7 @@ from zoo.diffusion.samplers import ddim_sample  # noqa: E402
 from zoo.diffusion.schedules import cosine_schedule  # noqa: E402
 from zoo.models.diffusion_prior.lit import DiffusionPriorLit  # noqa: E402
 from zoo.nn import transformer as transformer_module  # noqa: E402
-from zoo.precision import cpu_has_native_bf16, describe_cpu, math_sdpa_preferred  # noqa: E402
+from zoo.precision import bench_bf16, describe_cpu, math_sdpa_preferred  # noqa: E402
 
 
 @dataclass
@@ -316,11 +316,6 @@ def step_gflop(step: Callable[[], None]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def bf16_rows(args) -> bool:
-    """Time bf16 autocast: only where the CPU computes bf16 natively, unless ``--bf16-anyway``."""
-    return args.bf16_anyway or cpu_has_native_bf16()
-
-
 def bench_config(c: BenchConfig, args, peer_mod) -> None:
     print(
         f"\n== {c.name}: width {c.dim}, {c.n_layers} layers, {c.n_heads} heads x {c.head_dim}, text length "
@@ -343,7 +338,7 @@ def bench_config(c: BenchConfig, args, peer_mod) -> None:
             f"transformer params (SwiGLU feed-forward), {sum(p.numel() for p in prior.parameters()) / 1e6:.2f}M "
             f"total; max_text_len={c.text_len} (its default 256 not used)"
         )
-    for bf16 in (False, True) if bf16_rows(args) else (False,):
+    for bf16 in (False, True) if args.bf16 else (False,):
         prec = "bf16" if bf16 else "fp32"
         # training: interleaved, best of reps
         raw = {name: ours_train_step(lit, batch, bf16, args.optimizer) for name, lit in lits.items()}
@@ -421,11 +416,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     print(describe_cpu())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
-    if not bf16_rows(args):
-        print(
-            "bf16 rows: skipped (no native bf16 on this CPU: emulated bf16 would time the emulation; "
-            "--bf16-anyway to time it)"
-        )
+    args.bf16 = bench_bf16(args.bf16_anyway)  # decided once, with the reason printed when no
     peer_dir = os.environ.get("PEER_DALLE2")
     peer_mod = import_peer(peer_dir) if peer_dir else None
     if peer_mod is None:

@@ -2,7 +2,7 @@
 
     python bench/bench_tokenizers.py [--presets shapes paper] [--steps 5] [--bf16-anyway]
 
-The bf16 rows run only on a CPU with native bf16 (``zoo.precision.cpu_has_native_bf16``); ``--bf16-anyway`` times
+The bf16 rows run only on a CPU with native bf16 (``zoo.precision.bench_bf16``); ``--bf16-anyway`` times
 them elsewhere too (the emulation, ~100x slower than fp32 on an AVX2-only CPU).
 
 Peak memory is the process's max resident set size (resource.getrusage), read after each configuration, so it
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from zoo.precision import cpu_has_native_bf16, describe_cpu
+from zoo.precision import bench_bf16, describe_cpu
 
 
 def bench(model_name: str, preset: str, precision: str, steps: int) -> dict:
@@ -64,12 +64,7 @@ def main() -> None:
     ap.add_argument("--bf16-anyway", action="store_true", help="time bf16 even where the CPU only emulates it")
     args = ap.parse_args()
     print(f"threads={torch.get_num_threads()}")
-    precisions = ("fp32", "bf16") if args.bf16_anyway or cpu_has_native_bf16() else ("fp32",)
-    if "bf16" not in precisions:
-        print(
-            "bf16 rows: skipped (no native bf16 on this CPU: emulated bf16 would time the emulation; "
-            "--bf16-anyway to time it)"
-        )
+    precisions = ("fp32", "bf16") if bench_bf16(args.bf16_anyway) else ("fp32",)
     print(
         f"{'model':6} {'preset':7} {'res':>4} {'bs':>3} {'prec':5} {'train img/s':>12} {'encode img/s':>13} {'peak RSS MB':>12}"
     )

@@ -88,11 +88,26 @@ def bench_net(
 
 
 def precisions(args) -> tuple[bool, ...]:
-    """bf16 flags to time: fp32 always; bf16 autocast only where the CPU computes bf16 natively (``--bf16-anyway``
-    times the emulation too: ~100x slower than fp32 on an AVX2-only CPU, a U-Net step then takes minutes)."""
-    from zoo.precision import cpu_has_native_bf16
+    """bf16 flags to time: fp32 always, bf16 autocast where ``main`` decided to (``zoo.precision.bench_bf16``)."""
+    return (False, True) if args.bf16 else (False,)
 
-    return (False, True) if args.bf16_anyway or cpu_has_native_bf16() else (False,)
+
+def interleaved_best(fns: dict, reps: int, calls: int, warmup: int = 0) -> dict:
+    """Seconds per call of each function: ``reps`` rounds, each running every function ``calls`` times in turn
+    (ours, peer, ours, peer, ...), on the process's CPU-time clock, best round per function, after ``warmup``
+    untimed calls of each. A load change on a shared machine hits every function alike, and time slices lost to
+    other jobs are not counted."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    best = {k: float("inf") for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.process_time()
+            for _ in range(calls):
+                fn()
+            best[k] = min(best[k], (time.process_time() - t0) / calls)
+    return best
 
 
 def run_table(name: str, make_net, call, in_channels: int, args) -> None:
@@ -175,10 +190,8 @@ def train_step_fn(make_net, call, in_channels: int, size: int, batch: int, bf16:
 
 
 def compare_with_peer(make_ours, call_ours, in_channels: int, args) -> Optional[dict]:
-    """The issue's figure, ours / peer training images/s, both sides at attention 16 and 8, timed INTERLEAVED
-    (ours, peer, ours, peer, ... ``--reps`` rounds of ``--steps`` steps each) on the process's CPU-time clock, best
-    round per side: a load change on a shared machine hits both sides alike, and time slices lost to other jobs
-    are not counted. One row per precision (``precisions``) and layout."""
+    """The issue's figure, ours / peer training images/s, both sides at attention 16 and 8, timed interleaved
+    (``interleaved_best``: ``--reps`` rounds of ``--steps`` steps each). One row per precision and layout."""
     if args.preset != "shapes":  # the peer below is built as the shapes preset's twin (width 64, mult 1,2,4)
         print(f"\nours / peer: skipped (the peer is configured as the shapes preset; --preset {args.preset})")
         return None
@@ -198,13 +211,7 @@ def compare_with_peer(make_ours, call_ours, in_channels: int, args) -> Optional[
                 "ours": train_step_fn(make_ours, call_ours, in_channels, *shape)[0],
                 "peer": train_step_fn(lambda: PeerUnet(**attn_16_8), peer_call, 3, *shape)[0],
             }
-            best = {k: float("inf") for k in sides}
-            for _ in range(args.reps):
-                for k, step in sides.items():
-                    t0 = time.process_time()
-                    for _ in range(args.steps):
-                        step()
-                    best[k] = min(best[k], (time.process_time() - t0) / args.steps)
+            best = interleaved_best(sides, args.reps, args.steps)
             ours_ips, peer_ips = args.batch / best["ours"], args.batch / best["peer"]
             row = {
                 "precision": "bf16" if bf16 else "fp32",
@@ -277,7 +284,7 @@ def flop_report(make_ours, call_ours, in_channels: int, args) -> None:
 
 
 def main() -> None:
-    from zoo.precision import describe_cpu
+    from zoo.precision import bench_bf16, describe_cpu
 
     print(describe_cpu())  # what the figures below were measured on
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -311,8 +318,7 @@ def main() -> None:
     if args.flops:
         flop_report(lambda: UNet(cfg), lambda net, x, t: net(x, t), cfg.in_channels, args)
         return
-    if not args.bf16_anyway and precisions(args) == (False,):
-        print("bf16 rows: skipped (no native bf16 on this CPU: emulated bf16 would time the emulation; --bf16-anyway)")
+    args.bf16 = bench_bf16(args.bf16_anyway)  # decided once, with the reason printed when no
     summary = {"machine": describe_cpu(), "preset": args.preset, "size": args.size, "batch": args.batch}
     if args.compare_only:
         summary["peer"] = compare_with_peer(lambda: UNet(cfg), lambda net, x, t: net(x, t), cfg.in_channels, args)

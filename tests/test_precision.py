@@ -189,3 +189,13 @@ def test_inception_autocast_auto_follows_the_cpu(native, tmp_path):
     assert InceptionFeatures(weights, autocast_dtype="auto").autocast_dtype is None
     native(True)
     assert InceptionFeatures(weights, autocast_dtype="auto").autocast_dtype is torch.bfloat16
+
+
+def test_bench_bf16_times_bf16_only_where_native_or_asked(monkeypatch, capsys):
+    monkeypatch.setenv(zp.ENV_OVERRIDE, "0")  # an AVX2-only CPU: bf16 would be emulated
+    assert zp.bench_bf16() is False
+    assert "bf16 rows: skipped" in capsys.readouterr().out  # the benchmark says why its bf16 row is missing
+    assert zp.bench_bf16(anyway=True) is True  # --bf16-anyway times the emulation
+    monkeypatch.setenv(zp.ENV_OVERRIDE, "1")
+    assert zp.bench_bf16() is True
+    assert capsys.readouterr().out == ""

@@ -89,6 +89,16 @@ def cpu_has_native_bf16() -> bool:
     return _native_bf16()[0]
 
 
+def bench_bf16(anyway: bool = False) -> bool:
+    """Whether a benchmark should time bf16 autocast: where the CPU computes bf16 natively, or when asked
+    (``anyway``, the benchmarks' ``--bf16-anyway``: on an AVX2-only CPU that times the emulation, ~100x slower than
+    fp32). Prints why when it says no, so every benchmark explains a missing bf16 row the same way."""
+    if anyway or cpu_has_native_bf16():
+        return True
+    print("bf16 rows: skipped (no native bf16 on this CPU: emulated bf16 would time the emulation; --bf16-anyway)")
+    return False
+
+
 def describe_cpu() -> str:
     """One line for logs and benchmarks, e.g. ``cpu: Intel(R) Xeon(R) Processor | torch capability AVX512 | native
     bf16: yes (avx512_bf16, amx_bf16)``."""
