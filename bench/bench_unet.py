@@ -23,6 +23,8 @@ times slower than one thread (fp32 forward 7.2 s per batch with 2 threads at loa
 5. With the peer: ours / peer training images/s (the issue's 1.5x), both with attention at 16 and 8, timed
    interleaved on the CPU-time clock (``compare_with_peer``), per precision and layout; also in the last line,
    ``BENCH_JSON {...}``, which ``bench/run_all.py`` keeps.
+6. Our convolutions go through ``zoo.nn.conv`` as in training (``--conv-backend``, default ``auto``: NNPACK's
+   Winograd 3x3 convolutions on an AVX2 CPU with one thread, torch's otherwise); a line says which ran.
 
 Prints figures; asserts nothing.
 """
@@ -92,21 +94,22 @@ def precisions(args) -> tuple[bool, ...]:
     return (False, True) if args.bf16 else (False,)
 
 
-def interleaved_best(fns: dict, reps: int, calls: int, warmup: int = 0) -> dict:
+def interleaved_best(fns: dict, reps: int, calls: int, warmup: int = 0, clock=time.process_time) -> dict:
     """Seconds per call of each function: ``reps`` rounds, each running every function ``calls`` times in turn
     (ours, peer, ours, peer, ...), on the process's CPU-time clock, best round per function, after ``warmup``
     untimed calls of each. A load change on a shared machine hits every function alike, and time slices lost to
-    other jobs are not counted."""
+    other jobs are not counted. With several threads the CPU-time clock also counts the time idle pool threads
+    spin; pass ``clock=time.perf_counter`` there (and keep the machine otherwise idle)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     best = {k: float("inf") for k in fns}
     for _ in range(reps):
         for k, fn in fns.items():
-            t0 = time.process_time()
+            t0 = clock()
             for _ in range(calls):
                 fn()
-            best[k] = min(best[k], (time.process_time() - t0) / calls)
+            best[k] = min(best[k], (clock() - t0) / calls)
     return best
 
 
@@ -297,9 +300,18 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=4, help="interleaved rounds of the ours / peer comparison")
     ap.add_argument("--compare-only", action="store_true", help="only the interleaved ours / peer ratio")
     ap.add_argument("--bf16-anyway", action="store_true", help="time bf16 even where the CPU only emulates it")
+    ap.add_argument(
+        "--conv-backend",
+        default="auto",
+        choices=("auto", "torch", "nnpack"),
+        help="our U-Net's 3x3 convolutions (zoo.nn.conv; auto: NNPACK on AVX2 CPUs with one thread)",
+    )
     args = ap.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)  # before NNPACK's first call, which fixes its pool's size
+    from zoo.nn.conv import conv_backend, set_conv_backend
+
+    set_conv_backend(args.conv_backend)
 
     print(
         f"torch {torch.__version__}; cpu capability: {torch.backends.cpu.get_cpu_capability()}; "
@@ -310,6 +322,11 @@ def main() -> None:
         f"threads: {torch.get_num_threads()} of {os.cpu_count()} cores; load average (1, 5, 15 min): "
         + ", ".join(f"{v:.1f}" for v in os.getloadavg())
     )
+    backend, why, one_thread_only = conv_backend()
+    if one_thread_only and torch.get_num_threads() != 1:
+        backend, why = "torch", f"{why}; more than one thread here"
+    print(f"our convolutions: conv_backend={args.conv_backend} -> {backend} ({why})")
+    summary_conv = f"{args.conv_backend} -> {backend}"
     print("parameters (meta device): " + ", ".join(f"{n} {count_params(n) / 1e6:,.2f}M" for n in UNET_PRESETS))
 
     cfg = make_unet_config(args.preset)
@@ -319,7 +336,13 @@ def main() -> None:
         flop_report(lambda: UNet(cfg), lambda net, x, t: net(x, t), cfg.in_channels, args)
         return
     args.bf16 = bench_bf16(args.bf16_anyway)  # decided once, with the reason printed when no
-    summary = {"machine": describe_cpu(), "preset": args.preset, "size": args.size, "batch": args.batch}
+    summary = {
+        "machine": describe_cpu(),
+        "preset": args.preset,
+        "size": args.size,
+        "batch": args.batch,
+        "conv_backend": summary_conv,
+    }
     if args.compare_only:
         summary["peer"] = compare_with_peer(lambda: UNet(cfg), lambda net, x, t: net(x, t), cfg.in_channels, args)
         print("BENCH_JSON " + json.dumps(summary))

@@ -430,6 +430,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 def _evaluate(cfg: DictConfig) -> None:
     torch.set_float32_matmul_precision("high")
+    from zoo.nn.conv import apply_conv_backend  # conv_backend=auto: NNPACK's 3x3 convolutions on AVX2 CPUs
+
+    apply_conv_backend(cfg.get("conv_backend", "auto"))
     evaluate(cfg)
 
 

@@ -103,9 +103,11 @@ def checkpoint_component(ckpt: str) -> str:
 def sample(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
+    from zoo.nn.conv import apply_conv_backend
     from zoo.pipelines.base import build_generator, checkpoint_generator
 
     check_renamed(cfg)
+    apply_conv_backend(cfg.get("conv_backend", "auto"))  # auto: NNPACK's 3x3 convolutions on AVX2 CPUs
     if not cfg.get("ckpt") and not cfg.prompts:
         raise ConfigError(
             "nothing to sample (fix: zoo-sample ckpt=/path/to/run/checkpoints/last.ckpt, with "

@@ -124,6 +124,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    from zoo.nn.conv import apply_conv_backend  # conv_backend=auto: NNPACK's 3x3 convolutions on AVX2 CPUs
+
+    apply_conv_backend(cfg.get("conv_backend", "auto"))
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)

@@ -53,6 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zoo.nn.conv import Conv2d
 from zoo.nn.embeddings import TimestepEmbedder
 
 __all__ = [
@@ -283,7 +284,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int, use_conv: bool = True):
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv else nn.AvgPool2d(2)
+        self.op = Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv else nn.AvgPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -294,7 +295,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int, use_conv: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if use_conv else nn.Identity()
+        self.conv = Conv2d(channels, channels, 3, padding=1) if use_conv else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -325,7 +326,7 @@ class ResBlock(nn.Module):
         out_channels = out_channels or in_channels
         self.in_channels, self.out_channels = in_channels, out_channels
         self.norm1 = group_norm(in_channels, max_groups)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
         self.resample = (
             Upsample(in_channels, use_conv=False) if up else Downsample(in_channels, use_conv=False) if down else None
         )
@@ -333,9 +334,9 @@ class ResBlock(nn.Module):
         self.emb_proj = nn.Linear(emb_dim, 2 * out_channels)
         self.norm2 = group_norm(out_channels, max_groups)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.conv2 = zero_init(Conv2d(out_channels, out_channels, 3, padding=1))
         # A 1x1 conv only where the channel count changes (ADM's default; its 3x3 option is never used).
-        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+        self.skip = nn.Identity() if in_channels == out_channels else Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = F.silu(self.norm1(x))  # (B, Cin, H, W)
@@ -440,7 +441,7 @@ class UNet(nn.Module):
 
         self.time_embed = TimestepEmbedder(cfg.width, ted)
         ch = cfg.width * cfg.channel_mult[0]
-        self.input_blocks = nn.ModuleList([EmbedSequential([nn.Conv2d(self._conv_in_channels(), ch, 3, padding=1)])])
+        self.input_blocks = nn.ModuleList([EmbedSequential([Conv2d(self._conv_in_channels(), ch, 3, padding=1)])])
         skip_channels = [ch]  # channels of every activation the up path will concatenate, in push order
         ds = 1
         for level, mult in enumerate(cfg.channel_mult):
@@ -476,9 +477,7 @@ class UNet(nn.Module):
                 self.output_blocks.append(EmbedSequential(layers))
         assert not skip_channels and ds == 1
 
-        self.out = nn.Sequential(
-            group_norm(ch, g), nn.SiLU(), zero_init(nn.Conv2d(ch, cfg.output_channels, 3, padding=1))
-        )
+        self.out = nn.Sequential(group_norm(ch, g), nn.SiLU(), zero_init(Conv2d(ch, cfg.output_channels, 3, padding=1)))
 
     def _conv_in_channels(self) -> int:
         return self.cfg.in_channels + (2 if self.cfg.coord_channels else 0)

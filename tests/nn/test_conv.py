@@ -1,0 +1,214 @@
+"""zoo.nn.conv: the NNPACK route computes nn.Conv2d's function and gradients, is taken only where it should be,
+and the backend choice (auto / torch / nnpack) follows the CPU and fails clearly on a bad name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from zoo.errors import ConfigError
+from zoo.nn import conv as zconv
+from zoo.nn.unet import UNet, make_unet_config
+
+needs_nnpack = pytest.mark.skipif(not zconv._nnpack_available(), reason="this torch build has no NNPACK")
+
+
+@pytest.fixture
+def backend():
+    """``backend(name)`` sets the process's conv backend for the test; the previous choice comes back after."""
+    saved = (zconv._requested, zconv._resolved)
+    yield zconv.set_conv_backend
+    zconv._requested, zconv._resolved = saved
+
+
+@pytest.fixture
+def route_calls(monkeypatch):
+    """A list that gets one entry per call of the NNPACK route."""
+    calls = []
+    apply = zconv._NNPackConv3x3.apply
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return apply(*args)
+
+    monkeypatch.setattr(zconv._NNPackConv3x3, "apply", counted)
+    return calls
+
+
+def _pair(cin=64, cout=80, seed=0, **kw):
+    """A zoo Conv2d and an nn.Conv2d with the same random parameters (bias too)."""
+    torch.manual_seed(seed)
+    ours = zconv.Conv2d(cin, cout, 3, padding=1, **kw)
+    ref = nn.Conv2d(cin, cout, 3, padding=1, **kw)
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@needs_nnpack
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_nnpack_route_matches_nn_conv2d_forward_and_every_gradient(backend, route_calls, channels_last):
+    backend("nnpack")
+    ours, ref = _pair()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 64, 32, 48, generator=g)  # 4608 output positions: above the route's 4096
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    grad = torch.randn(3, 80, 32, 48, generator=g)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = ours(x1), ref(x2)
+    y1.backward(grad)
+    y2.backward(grad)
+    assert len(route_calls) == 1  # the route ran (not nn.Conv2d's forward)
+    assert y1.shape == y2.shape == (3, 80, 32, 48)
+    # Winograd's rounding: ~1e-5 relative in fp32 (oneDNN's own ~1e-6); a wrong flip or transpose would be O(1)
+    assert _rel(y1, y2) < 1e-4
+    assert _rel(x1.grad, x2.grad) < 1e-4
+    assert _rel(ours.weight.grad, ref.weight.grad) < 1e-5  # the weight gradient is oneDNN's in both
+    assert _rel(ours.bias.grad, ref.bias.grad) < 1e-5
+
+
+@needs_nnpack
+def test_input_gradient_alone_and_frozen_weights(backend, route_calls):
+    """A frozen network (CLIP-guidance style gradients w.r.t. the input only) and no-bias convolutions."""
+    backend("nnpack")
+    ours, ref = _pair(bias=False)
+    for m in (ours, ref):
+        m.weight.requires_grad_(False)
+    x = torch.randn(1, 64, 64, 64)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (gx1,) = torch.autograd.grad(ours(x1).square().sum(), x1)
+    (gx2,) = torch.autograd.grad(ref(x2).square().sum(), x2)
+    assert len(route_calls) == 1 and ours.weight.grad is None
+    assert _rel(gx1, gx2) < 1e-4
+
+
+@needs_nnpack
+def test_route_is_taken_only_where_eligible(backend, route_calls):
+    backend("nnpack")
+    x = torch.randn(4, 64, 32, 32)  # 4096 output positions: routed when the convolution is eligible
+    cases = {
+        "1024 positions (NNPACK measured behind)": (zconv.Conv2d(64, 64, 3, padding=1), torch.randn(1, 64, 32, 32)),
+        "thin output (3 channels)": (zconv.Conv2d(64, 3, 3, padding=1), x),
+        "thin input (3 channels)": (zconv.Conv2d(3, 64, 3, padding=1), torch.randn(4, 3, 32, 32)),
+        "stride 2": (zconv.Conv2d(64, 64, 3, stride=2, padding=1), x),
+        "1x1": (zconv.Conv2d(64, 128, 1), x),
+        "float64": (zconv.Conv2d(64, 64, 3, padding=1).double(), x.double()),
+    }
+    for name, (m, inp) in cases.items():
+        ref = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding).to(m.weight.dtype)
+        ref.load_state_dict(m.state_dict())
+        assert torch.equal(m(inp), ref(inp)), name  # nn.Conv2d's own forward: bit for bit
+    assert route_calls == []
+    m = zconv.Conv2d(64, 64, 3, padding=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m(x).dtype == torch.bfloat16  # autocast keeps its say: the bf16 convolution, not an fp32 NNPACK one
+    traced = torch.jit.trace(m, x, check_trace=False)  # export / tracing records torch's convolution, which ONNX knows
+    assert route_calls == []
+    assert torch.equal(traced(x), nn.Conv2d.forward(m, x))
+    m(x)
+    assert len(route_calls) == 1  # and the same module outside those takes the route
+
+
+@needs_nnpack
+def test_route_steps_aside_when_the_thread_count_changes(backend, route_calls, monkeypatch):
+    """NNPACK's pool keeps the thread count of its first call; torch's kernel follows set_num_threads."""
+    backend("nnpack")
+    m, x = zconv.Conv2d(64, 64, 3, padding=1), torch.randn(1, 64, 64, 64)
+    monkeypatch.setattr(zconv, "_pool_threads", torch.get_num_threads() + 1)
+    m(x)
+    assert route_calls == []
+    monkeypatch.setattr(zconv, "_pool_threads", torch.get_num_threads())
+    m(x)
+    assert len(route_calls) == 1
+
+
+@needs_nnpack
+def test_auto_routes_with_one_thread_only(backend, route_calls, monkeypatch):
+    """Measured: with two threads NNPACK's pool and OpenMP's take turns on the cores and the U-Net is slower."""
+    monkeypatch.setattr(zconv, "_capability", lambda: "AVX2")
+    assert backend("auto") == ("nnpack", backend("auto").why, True)
+    monkeypatch.setattr(zconv, "_pool_threads", None)
+    m, x = zconv.Conv2d(64, 64, 3, padding=1), torch.randn(1, 64, 64, 64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        m(x)
+        assert route_calls == []  # auto, two threads: torch's kernel
+        backend("nnpack")
+        assert not backend("nnpack").one_thread_only
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(zconv, "_pool_threads", None)
+    backend("auto")
+    if threads == 1:
+        m(x)
+        assert len(route_calls) == 1
+
+
+def test_torch_backend_is_nn_conv2d_bit_for_bit_and_keeps_state_dict_keys(backend, route_calls):
+    backend("torch")
+    ours, ref = _pair()
+    x = torch.randn(2, 64, 16, 16, requires_grad=True)
+    assert torch.equal(ours(x), ref(x))
+    assert route_calls == []
+    assert list(ours.state_dict()) == list(ref.state_dict()) == ["weight", "bias"]
+
+
+def test_backend_resolution(backend, monkeypatch):
+    monkeypatch.setattr(zconv, "_nnpack_available", lambda: True)
+    monkeypatch.setattr(zconv, "_capability", lambda: "AVX2")
+    assert zconv.resolve_conv_backend("auto")[0] == "nnpack"
+    monkeypatch.setattr(zconv, "_capability", lambda: "AVX512")
+    assert zconv.resolve_conv_backend("auto")[0] == "torch"  # oneDNN's AVX-512 kernels: not measured behind
+    assert zconv.resolve_conv_backend("nnpack")[0] == "nnpack"  # asked for: where the user measured it ahead
+    monkeypatch.setenv(zconv.ENV_VAR, "torch")
+    monkeypatch.setattr(zconv, "_capability", lambda: "AVX2")
+    assert zconv.resolve_conv_backend(None)[0] == "torch"  # the environment variable when the config says nothing
+    monkeypatch.setattr(zconv, "_nnpack_available", lambda: False)
+    assert zconv.resolve_conv_backend("auto")[0] == "torch"
+    with pytest.raises(ConfigError, match="no NNPACK.*conv_backend=torch"):
+        zconv.resolve_conv_backend("nnpack")
+    before = zconv.conv_backend()
+    with pytest.raises(ConfigError, match="'winograd'.*auto, torch, nnpack"):
+        backend("winograd")
+    assert zconv.conv_backend() == before  # a bad name changes nothing
+
+
+@needs_nnpack
+def test_unet_under_nnpack_matches_torch_and_trains_the_same(backend, route_calls):
+    """The whole U-Net at a width where the route is taken: same output and parameter gradients to rounding."""
+    cfg = make_unet_config(
+        "tiny",
+        width=64,
+        image_size=32,
+        attention_resolutions=(16,),
+        num_head_channels=32,
+        max_groups=32,
+        context_dim=None,
+    )
+    torch.manual_seed(0)
+    net = UNet(cfg)
+    for m in net.modules():  # zero-initialised output layers would make the comparison vacuous
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, std=(2.0 / (m.in_channels * 9)) ** 0.5)
+    x, t = torch.randn(4, cfg.in_channels, 32, 32), torch.tensor([10, 300, 600, 900])  # 4096 positions at 32 px
+
+    def run(name):
+        backend(name)
+        net.zero_grad(set_to_none=True)
+        y = net(x, t)
+        y.square().mean().backward()
+        return y.detach(), {k: p.grad.clone() for k, p in net.named_parameters()}
+
+    y_t, g_t = run("torch")
+    assert route_calls == []
+    y_n, g_n = run("nnpack")
+    assert len(route_calls) > 0
+    assert _rel(y_n, y_t) < 1e-4
+    worst = max(_rel(g_n[k], g_t[k]) for k in g_t if g_t[k].abs().max() > 0)
+    assert worst < 1e-3, worst

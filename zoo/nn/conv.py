@@ -1,0 +1,217 @@
+"""Which CPU kernel runs the U-Net's 3x3 convolutions: torch's default (oneDNN) or NNPACK's Winograd.
+
+Why: in fp32 on the CPU the ADM U-Net is convolution-bound, and oneDNN's direct 3x3 convolutions already run near
+the CPU's matmul rate (``bench/bench_unet.py --flops``: 87-91 GFLOP/s against 95 for a plain matmul on an AVX2-only
+AMD EPYC). NNPACK, compiled into torch's CPU builds, computes 3x3 stride-1 convolutions by Winograd transforms
+(fewer multiplies, about 10x oneDNN's rounding error in fp32: ~1e-5 relative). torch itself calls it only when
+oneDNN is off, and only for the forward. :class:`Conv2d` routes both the forward and the input gradient (a 3x3
+convolution of the output gradient with the flipped, transposed kernel, so also a forward convolution to NNPACK)
+through it; the weight gradient stays with oneDNN (NNPACK has no such kernel in torch).
+
+Measured on an AVX2-only AMD EPYC (``bench/bench_conv_backends.py``, 64+ channels in and out):
+
+- one thread: NNPACK's forward is 1.3-1.8x oneDNN's once a call has 4096 output positions (batch x H x W: 16
+  images at 16 px, 4 at 32, 1 at 64) and up to 2.5x on single 64-256 px images; below that it is even or behind
+  (0.7x for one image at 16 px). The ``shapes`` U-Net at batch 16: training step 1.11-1.13x, no-grad forward 1.19-1.22x.
+- two threads: NNPACK's own thread pool and torch's OpenMP threads take turns on the same cores, and the whole
+  ``shapes`` U-Net is *slower* through it (training step 0.85x, forward 0.84x), although single large calls (one
+  image at 256 px) still gain 1.85x.
+- NNPACK's x86 kernels are AVX2 (FMA3) ones, while oneDNN uses AVX-512 where the CPU has it: not measured there.
+
+So ``auto`` takes the route only where it was measured ahead: AVX2 CPUs, one intra-op thread (one process per core,
+as on a shared machine, in the tests and in the benchmarks' comparisons).
+
+``conv_backend`` (Hydra key of ``zoo-train`` / ``zoo-sample`` / ``zoo-eval``, or ``ZOO_CONV_BACKEND``):
+
+- ``auto`` (default): ``nnpack`` on an AVX2 CPU with NNPACK in the torch build, while ``torch.get_num_threads()`` is
+  1; ``torch`` otherwise;
+- ``torch``: every convolution as ``nn.Conv2d``, bit for bit;
+- ``nnpack``: the route wherever a convolution is eligible, any thread count: CPU, fp32, no autocast, 3x3 stride 1
+  padding 1, 64+ channels in and out, 4096+ output positions, not while exporting / tracing / compiling.
+
+The route changes no parameter and no state-dict key, only which kernel computes the same function; checkpoints
+move freely between backends. NNPACK sizes its thread pool once, at its first call, from ``torch.get_num_threads()``;
+if the thread count changes afterwards the route steps aside (torch's kernel follows the new count, NNPACK would not).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+from torch.autograd.function import once_differentiable
+
+from zoo.errors import ConfigError
+from zoo.precision import _capability
+
+log = logging.getLogger("zoo.nn.conv")
+
+ENV_VAR = "ZOO_CONV_BACKEND"
+CONV_BACKENDS = ("auto", "torch", "nnpack")
+# Where NNPACK was measured ahead of oneDNN (bench/bench_conv_backends.py, AVX2 AMD EPYC, one thread): both channel
+# counts at least MIN_CHANNELS, and at least MIN_POSITIONS output positions (batch x H x W) in the call.
+MIN_CHANNELS = 64
+MIN_POSITIONS = 4096
+
+
+class Choice(NamedTuple):
+    backend: str  # "torch" or "nnpack"
+    why: str
+    one_thread_only: bool = False  # auto's choice: the route only while torch.get_num_threads() == 1
+
+
+_requested: Optional[str] = None  # set_conv_backend's argument; None = the environment variable, else auto
+_resolved: Optional[Choice] = None  # cached
+_pool_threads: Optional[int] = None  # torch.get_num_threads() when NNPACK first ran (its pool's fixed size)
+
+
+def _nnpack_available() -> bool:
+    # also initialises NNPACK: without this call torch._nnpack_spatial_convolution fails
+    try:
+        return bool(torch._nnpack_available())
+    except Exception:  # pragma: no cover - a build without the op
+        return False
+
+
+def resolve_conv_backend(requested: Optional[str] = None) -> Choice:
+    """``requested`` (auto / torch / nnpack; None = ``$ZOO_CONV_BACKEND`` or auto) -> (backend, why, one thread)."""
+    name = requested if requested is not None else os.environ.get(ENV_VAR, "auto")
+    name = str(name).strip().lower()
+    if name not in CONV_BACKENDS:
+        raise ConfigError(f"conv_backend={name!r}: expected one of {', '.join(CONV_BACKENDS)} (or unset {ENV_VAR})")
+    available = _nnpack_available()
+    if name == "nnpack":
+        if not available:
+            raise ConfigError("conv_backend=nnpack: this torch build has no NNPACK; use conv_backend=torch or auto")
+        return Choice("nnpack", "asked for")
+    if name == "torch":
+        return Choice("torch", "asked for")
+    cap = _capability()
+    if cap == "AVX2" and available:
+        why = "auto: AVX2 CPU, where NNPACK's 3x3 convolutions were measured ahead of oneDNN's with one thread"
+        return Choice("nnpack", why + " (torch's kernels with more threads)", one_thread_only=True)
+    why = (
+        "no NNPACK in this torch build"
+        if not available
+        else f"CPU capability {cap}, where NNPACK was not measured ahead"
+    )
+    return Choice("torch", f"auto: {why}")
+
+
+def set_conv_backend(requested: Optional[str] = "auto") -> Choice:
+    """Choose the backend for the process (``None``: back to ``$ZOO_CONV_BACKEND``); returns (backend, why)."""
+    global _requested, _resolved
+    resolved = resolve_conv_backend(requested)  # raises on a bad name before anything changes
+    _requested, _resolved = requested, resolved
+    return resolved
+
+
+def apply_conv_backend(requested: Optional[str]) -> str:
+    """What the CLIs call with their ``conv_backend`` key: set it, log the choice and why, return the backend."""
+    backend, why, _ = set_conv_backend(requested)
+    log.info("conv backend: %s (%s)", backend, why)
+    return backend
+
+
+def conv_backend() -> Choice:
+    """The process's (backend, why, one thread only), resolved on first use."""
+    global _resolved
+    if _resolved is None:
+        _resolved = resolve_conv_backend(_requested)
+    return _resolved
+
+
+def _nnpack_conv(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+    global _pool_threads
+    if _pool_threads is None:
+        _pool_threads = torch.get_num_threads()
+    return torch._nnpack_spatial_convolution(x.contiguous(), w.contiguous(), b, [1, 1, 1, 1])
+
+
+class _NNPackConv3x3(torch.autograd.Function):
+    """conv2d(x, w, b, padding=1), stride 1: NNPACK forward and input gradient, oneDNN weight/bias gradient."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        return _nnpack_conv(x, w, b)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad = grad.contiguous()
+        # d conv(x, w) / dx applied to grad: the "full" correlation of grad with w rotated 180 degrees and its
+        # in/out channels swapped; with a 3x3 kernel, stride 1 and padding 1 that is again a padding-1 convolution.
+        gx = _nnpack_conv(grad, w.flip(-1, -2).transpose(0, 1), None) if need_x else None
+        gw = gb = None
+        if need_w or (ctx.has_bias and need_b):
+            _, gw, gb = torch.ops.aten.convolution_backward(
+                grad,
+                x.contiguous(),
+                w,
+                [w.shape[0]] if ctx.has_bias else None,
+                [1, 1],  # stride
+                [1, 1],  # padding
+                [1, 1],  # dilation
+                False,  # transposed
+                [0, 0],  # output padding
+                1,  # groups
+                [False, need_w, ctx.has_bias and need_b],
+            )
+        return gx, gw, gb
+
+
+def _backend_allows_route() -> bool:
+    backend, _, one_thread_only = conv_backend()
+    if backend != "nnpack":
+        return False
+    threads = torch.get_num_threads()
+    return (not one_thread_only or threads == 1) and (_pool_threads is None or _pool_threads == threads)
+
+
+def _exporting() -> bool:
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters, same state-dict keys) whose eligible 3x3 convolutions run on NNPACK when the
+    process's :func:`conv_backend` is ``nnpack``; everything else is ``nn.Conv2d``'s own forward."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._nnpack_shape = (
+            self.kernel_size == (3, 3)
+            and self.stride == (1, 1)
+            and self.padding == (1, 1)
+            and self.dilation == (1, 1)
+            and self.groups == 1
+            and self.padding_mode == "zeros"
+            and min(self.in_channels, self.out_channels) >= MIN_CHANNELS
+        )
+
+    def _routed(self, x: torch.Tensor) -> bool:
+        return (
+            self._nnpack_shape
+            and not _exporting()  # first: a tracer must not see the shape tests below (it would freeze them)
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and x.dim() == 4
+            and x.shape[0] * x.shape[2] * x.shape[3] >= MIN_POSITIONS
+            and not torch.is_autocast_enabled("cpu")
+            and _backend_allows_route()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._routed(x):
+            return _NNPackConv3x3.apply(x, self.weight, self.bias)
+        return super().forward(x)
