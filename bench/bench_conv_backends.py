@@ -12,14 +12,15 @@ that choice, on this CPU:
 
 1. per convolution shape of the ``shapes`` U-Net at 32 px (batch ``--batch``): forward, and forward + backward,
    through oneDNN and through the route (``zoo.nn.conv._NNPackConv3x3``: NNPACK forward and input gradient,
-   oneDNN weight gradient), whether or not the route's own thresholds (64+ channels, 4096+ output positions) would
-   take it, with
-   the route's output error against a float64 reference next to oneDNN's;
-2. single large images (batch 1, 64-256 px), forward only: what an upsampler's sampler runs;
+   oneDNN weight gradient), with the route's output error against a float64 reference next to oneDNN's, and
+   whether the route's thresholds (``zoo.nn.conv._enough_work``) would take it;
+2. single images (batch 1, 64-512 px), forward only: what an upsampler's sampler runs;
 3. the whole ``shapes`` U-Net under ``conv_backend=torch`` and ``=nnpack``: training step (forward, MSE, backward,
-   fused AdamW) at batch ``--batch``, and the no-grad forward (what a sampler runs) at batch ``--batch`` and 1.
-   Interleaved rounds on the CPU-time clock, best round per side (``bench_unet.interleaved_best``).
+   fused AdamW) at batch ``--batch``, and the no-grad forward (what a sampler runs) at batch ``--batch`` and 1;
+4. the shapes upsamplers (width 32): one image's sampling forward at 128 / 512 px and a training step on crops.
 
+Interleaved rounds, best round per side (``bench_unet.interleaved_best``): on the CPU-time clock with one thread,
+on the wall clock with more (keep the machine otherwise idle then).
 NNPACK sizes its thread pool at its first call (from ``torch.get_num_threads()``), so ``--threads`` is set before
 anything runs. Prints figures; asserts nothing.
 """
@@ -79,7 +80,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3, help="interleaved rounds (best kept)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
-    ap.add_argument("--skip-shapes", action="store_true", help="only the whole-network rows")
+    ap.add_argument("--skip-shapes", action="store_true", help="no per-convolution tables")
+    ap.add_argument("--skip-upsamplers", action="store_true", help="no upsampler rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)  # before NNPACK's first call, which fixes its pool's size
     # one thread: the CPU-time clock (robust to other jobs); more: the wall clock, since CPU time would also count
@@ -129,7 +131,7 @@ def main() -> None:
                 }
                 fwd = timed(lambda: F.conv2d(xin, w, b, padding=1), lambda: route(xin, w, b))
             both = timed(lambda: F.conv2d(xin, w, b, padding=1).backward(grad), lambda: route(xin, w, b).backward(grad))
-            routed = min(cin, cout) >= zconv.MIN_CHANNELS and args.batch * hw * hw >= zconv.MIN_POSITIONS
+            routed = zconv._enough_work(min(cin, cout), args.batch, hw * hw)
             print(
                 f"  {cin:>4} {cout:>4} {hw:>3} | {fwd['onednn'] * 1e3:>10.1f} {fwd['nnpack'] * 1e3:>10.1f} | "
                 f"{both['onednn'] * 1e3:>10.1f} {both['nnpack'] * 1e3:>10.1f} | "
@@ -141,11 +143,21 @@ def main() -> None:
         # what an upsampler's sampler runs: one image at a time, large
         print("\nsingle images (batch 1), forward only (a sampler's call): ms per call")
         print(f"  {'in=out':>6} {'px':>4} | {'oneDNN':>8} {'NNPACK':>8} | routed by auto thresholds")
-        for ch, hw in ((64, 64), (128, 64), (192, 64), (64, 128), (128, 128), (64, 256)):
+        for ch, hw in (
+            (32, 64),
+            (32, 128),
+            (32, 512),
+            (64, 64),
+            (128, 64),
+            (192, 64),
+            (64, 128),
+            (128, 128),
+            (64, 256),
+        ):
             xin, w, b = torch.randn(1, ch, hw, hw), torch.randn(ch, ch, 3, 3) * (2.0 / (ch * 9)) ** 0.5, torch.randn(ch)
             with torch.no_grad():
                 fwd = timed(lambda: F.conv2d(xin, w, b, padding=1), lambda: route(xin, w, b))
-            routed = ch >= zconv.MIN_CHANNELS and hw * hw >= zconv.MIN_POSITIONS
+            routed = zconv._enough_work(ch, 1, hw * hw)
             print(
                 f"  {ch:>6} {hw:>4} | {fwd['onednn'] * 1e3:>8.1f} {fwd['nnpack'] * 1e3:>8.1f} | {'yes' if routed else 'no'}",
                 flush=True,
@@ -196,7 +208,49 @@ def main() -> None:
             f"({best['torch'] / best['nnpack']:.2f}x)",
             flush=True,
         )
+
+    if not args.skip_upsamplers:
+        upsampler_rows(under, args.reps, clock)
     zconv.set_conv_backend(None)
+
+
+def upsampler_rows(under, reps: int, clock) -> None:
+    """The shapes upsamplers (SuperResUNet, width 32): one image's sampling forward at the full size and a training
+    step on a batch of 8 crops, under each backend."""
+    from zoo.models.upsampler.model import UPSAMPLER_PRESETS
+    from zoo.nn.unet import SuperResUNet
+
+    print("\nthe shapes upsamplers (width 32: their top level's 32-channel convolutions route only at 128+ px)")
+    for name in ("shapes_32_128", "shapes_128_512"):
+        up = UPSAMPLER_PRESETS[name]
+        torch.manual_seed(0)
+        net = SuperResUNet(up.unet_config())
+        x, low = torch.randn(1, 3, up.image_size, up.image_size), torch.randn(1, 3, up.low_res_size, up.low_res_size)
+        crop, b = up.train_crop, 8
+        xc, lc = torch.randn(b, 3, crop, crop), torch.randn(b, 3, crop // up.scale, crop // up.scale)
+        tc = torch.randint(0, 1000, (b,))
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-5, fused=True)
+
+        @torch.no_grad()
+        def sample_call():
+            net(x, torch.tensor([500]), low_res=low)
+
+        def train_step():
+            loss = F.mse_loss(net(xc, tc, low_res=lc), xc)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        for label, fn in (
+            (f"forward, 1 x {up.image_size} px", sample_call),
+            (f"training step, {b} x {crop} px", train_step),
+        ):
+            best = interleaved_best({k: under(k, fn) for k in ("torch", "nnpack")}, reps, 1, 1, clock)
+            print(
+                f"  {name:<15} {label:<27} torch {best['torch'] * 1e3:.0f} ms | nnpack {best['nnpack'] * 1e3:.0f} ms "
+                f"({best['torch'] / best['nnpack']:.2f}x)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

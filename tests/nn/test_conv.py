@@ -95,6 +95,8 @@ def test_route_is_taken_only_where_eligible(backend, route_calls):
         "1024 positions (NNPACK measured behind)": (zconv.Conv2d(64, 64, 3, padding=1), torch.randn(1, 64, 32, 32)),
         "thin output (3 channels)": (zconv.Conv2d(64, 3, 3, padding=1), x),
         "thin input (3 channels)": (zconv.Conv2d(3, 64, 3, padding=1), torch.randn(4, 3, 32, 32)),
+        "32 channels at 64 px (NNPACK measured even)": (zconv.Conv2d(32, 32, 3, padding=1), torch.randn(4, 32, 64, 64)),
+        "16 channels at 128 px": (zconv.Conv2d(16, 16, 3, padding=1), torch.randn(1, 16, 128, 128)),
         "stride 2": (zconv.Conv2d(64, 64, 3, stride=2, padding=1), x),
         "1x1": (zconv.Conv2d(64, 128, 1), x),
         "float64": (zconv.Conv2d(64, 64, 3, padding=1).double(), x.double()),
@@ -112,6 +114,8 @@ def test_route_is_taken_only_where_eligible(backend, route_calls):
     assert torch.equal(traced(x), nn.Conv2d.forward(m, x))
     m(x)
     assert len(route_calls) == 1  # and the same module outside those takes the route
+    zconv.Conv2d(32, 32, 3, padding=1)(torch.randn(1, 32, 128, 128))
+    assert len(route_calls) == 2  # 32 channels on a large image (the upsamplers' top level): routed
 
 
 @needs_nnpack

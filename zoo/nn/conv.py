@@ -8,11 +8,14 @@ oneDNN is off, and only for the forward. :class:`Conv2d` routes both the forward
 convolution of the output gradient with the flipped, transposed kernel, so also a forward convolution to NNPACK)
 through it; the weight gradient stays with oneDNN (NNPACK has no such kernel in torch).
 
-Measured on an AVX2-only AMD EPYC (``bench/bench_conv_backends.py``, 64+ channels in and out):
+Measured on an AVX2-only AMD EPYC (``bench/bench_conv_backends.py``):
 
-- one thread: NNPACK's forward is 1.3-1.8x oneDNN's once a call has 4096 output positions (batch x H x W: 16
-  images at 16 px, 4 at 32, 1 at 64) and up to 2.5x on single 64-256 px images; below that it is even or behind
-  (0.7x for one image at 16 px). The ``shapes`` U-Net at batch 16: training step 1.11-1.13x, no-grad forward 1.19-1.22x.
+- one thread, 64+ channels in and out: NNPACK's forward is 1.3-1.8x oneDNN's once a call has 4096 output positions
+  (batch x H x W: 16 images at 16 px, 4 at 32, 1 at 64) and up to 2.6x on single 64-256 px images; below that it is
+  even or behind (0.7x for one image at 16 px). The ``shapes`` U-Net at batch 16: training step 1.11-1.13x, no-grad
+  forward 1.19-1.22x.
+- one thread, 32-63 channels (the upsamplers' top levels): ahead only on large images, forward 1.6-1.8x at 128-512
+  px a side, 0.9-1.1x at 32-64 px whatever the batch. The 128 -> 512 px upsampler's sampling forward 1.30x.
 - two threads: NNPACK's own thread pool and torch's OpenMP threads take turns on the same cores, and the whole
   ``shapes`` U-Net is *slower* through it (training step 0.85x, forward 0.84x), although single large calls (one
   image at 256 px) still gain 1.85x.
@@ -27,7 +30,8 @@ as on a shared machine, in the tests and in the benchmarks' comparisons).
   1; ``torch`` otherwise;
 - ``torch``: every convolution as ``nn.Conv2d``, bit for bit;
 - ``nnpack``: the route wherever a convolution is eligible, any thread count: CPU, fp32, no autocast, 3x3 stride 1
-  padding 1, 64+ channels in and out, 4096+ output positions, not while exporting / tracing / compiling.
+  padding 1, 64+ channels in and out with 4096+ output positions or 32+ with images of 128 x 128 or more, not while
+  exporting / tracing / compiling.
 
 The route changes no parameter and no state-dict key, only which kernel computes the same function; checkpoints
 move freely between backends. NNPACK sizes its thread pool once, at its first call, from ``torch.get_num_threads()``;
@@ -55,6 +59,10 @@ CONV_BACKENDS = ("auto", "torch", "nnpack")
 # counts at least MIN_CHANNELS, and at least MIN_POSITIONS output positions (batch x H x W) in the call.
 MIN_CHANNELS = 64
 MIN_POSITIONS = 4096
+# Thinner convolutions (32-63 channels, the upsamplers' top levels) gain only on large images: forward 1.6-1.8x at
+# 128-512 px a side, 0.9-1.1x at 32-64 px whatever the batch.
+MIN_CHANNELS_LARGE = 32
+MIN_IMAGE_POSITIONS_LARGE = 128 * 128
 
 
 class Choice(NamedTuple):
@@ -167,6 +175,13 @@ class _NNPackConv3x3(torch.autograd.Function):
         return gx, gw, gb
 
 
+def _enough_work(channels: int, batch: int, image_positions: int) -> bool:
+    """Whether a call is large enough for NNPACK to be ahead (the measured thresholds above)."""
+    if channels >= MIN_CHANNELS:
+        return batch * image_positions >= MIN_POSITIONS
+    return channels >= MIN_CHANNELS_LARGE and image_positions >= MIN_IMAGE_POSITIONS_LARGE
+
+
 def _backend_allows_route() -> bool:
     backend, _, one_thread_only = conv_backend()
     if backend != "nnpack":
@@ -195,8 +210,9 @@ class Conv2d(nn.Conv2d):
             and self.dilation == (1, 1)
             and self.groups == 1
             and self.padding_mode == "zeros"
-            and min(self.in_channels, self.out_channels) >= MIN_CHANNELS
         )
+        self._min_channels = min(self.in_channels, self.out_channels)
+        self._nnpack_shape = self._nnpack_shape and self._min_channels >= MIN_CHANNELS_LARGE
 
     def _routed(self, x: torch.Tensor) -> bool:
         return (
@@ -206,7 +222,7 @@ class Conv2d(nn.Conv2d):
             and x.dtype == torch.float32
             and self.weight.dtype == torch.float32
             and x.dim() == 4
-            and x.shape[0] * x.shape[2] * x.shape[3] >= MIN_POSITIONS
+            and _enough_work(self._min_channels, x.shape[0], x.shape[2] * x.shape[3])
             and not torch.is_autocast_enabled("cpu")
             and _backend_allows_route()
         )
