@@ -143,12 +143,13 @@ def test_auto_routes_with_one_thread_only(backend, route_calls, monkeypatch):
         torch.set_num_threads(2)
         m(x)
         assert route_calls == []  # auto, two threads: torch's kernel
+        assert zconv.apply_conv_backend("auto") == "torch"  # and the CLIs' log line says so
         backend("nnpack")
         assert not backend("nnpack").one_thread_only
     finally:
         torch.set_num_threads(threads)
     monkeypatch.setattr(zconv, "_pool_threads", None)
-    backend("auto")
+    assert zconv.apply_conv_backend("auto") == ("nnpack" if threads == 1 else "torch")
     if threads == 1:
         m(x)
         assert len(route_calls) == 1

@@ -119,7 +119,10 @@ def set_conv_backend(requested: Optional[str] = "auto") -> Choice:
 
 def apply_conv_backend(requested: Optional[str]) -> str:
     """What the CLIs call with their ``conv_backend`` key: set it, log the choice and why, return the backend."""
-    backend, why, _ = set_conv_backend(requested)
+    backend, why, one_thread_only = set_conv_backend(requested)
+    threads = torch.get_num_threads()
+    if one_thread_only and threads != 1:  # what will run at this thread count, not what auto would like
+        backend, why = "torch", f"auto: NNPACK only with one intra-op thread, {threads} here (OMP_NUM_THREADS=1 for it)"
     log.info("conv backend: %s (%s)", backend, why)
     return backend
 
