@@ -199,3 +199,15 @@ def test_bench_bf16_times_bf16_only_where_native_or_asked(monkeypatch, capsys):
     monkeypatch.setenv(zp.ENV_OVERRIDE, "1")
     assert zp.bench_bf16() is True
     assert capsys.readouterr().out == ""
+
+
+def test_invalid_conv_backend_fails_before_training_and_changes_nothing(train_cfg):
+    from zoo.nn import conv as zconv
+    from zoo.train import train
+
+    before = zconv.conv_backend()
+    cfg = train_cfg(*TINY[:-2], "conv_backend=winograd")
+    with pytest.raises(ConfigError, match="conv_backend='winograd'.*auto, torch, nnpack"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+    assert zconv.conv_backend() == before
