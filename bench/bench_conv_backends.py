@@ -28,6 +28,7 @@ anything runs. Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -199,10 +200,12 @@ def main() -> None:
         return run
 
     print(f"\nthe shapes U-Net, {args.size} px; outputs differ by {rel:.1e} (max abs / max abs)")
+    summary: dict[str, float] = {}
     rows = [(f"training step, batch {args.batch}", {k: train_step(k) for k in nets}, 2)]
     rows += [(f"no-grad forward, batch {b}", {k: forward(b) for k in nets}, 2 if b > 1 else 8) for b in (args.batch, 1)]
     for label, fns, calls in rows:
         best = interleaved_best({k: under(k, fn) for k, fn in fns.items()}, args.reps, calls, 1, clock)
+        summary[f"shapes unet {label}"] = round(best["torch"] / best["nnpack"], 3)
         print(
             f"  {label:<26} torch {best['torch'] * 1e3:.0f} ms | nnpack {best['nnpack'] * 1e3:.0f} ms "
             f"({best['torch'] / best['nnpack']:.2f}x)",
@@ -210,16 +213,20 @@ def main() -> None:
         )
 
     if not args.skip_upsamplers:
-        upsampler_rows(under, args.reps, clock)
+        summary.update(upsampler_rows(under, args.reps, clock))
     zconv.set_conv_backend(None)
+    print(
+        "BENCH_JSON " + json.dumps({"machine": describe_cpu(), "threads": args.threads, "torch_over_nnpack": summary})
+    )
 
 
-def upsampler_rows(under, reps: int, clock) -> None:
+def upsampler_rows(under, reps: int, clock) -> dict:
     """The shapes upsamplers (SuperResUNet, width 32): one image's sampling forward at the full size and a training
-    step on a batch of 8 crops, under each backend."""
+    step on a batch of 8 crops, under each backend; returns {row: torch time / nnpack time}."""
     from zoo.models.upsampler.model import UPSAMPLER_PRESETS
     from zoo.nn.unet import SuperResUNet
 
+    ratios = {}
     print("\nthe shapes upsamplers (width 32: their top level's 32-channel convolutions route only at 128+ px)")
     for name in ("shapes_32_128", "shapes_128_512"):
         up = UPSAMPLER_PRESETS[name]
@@ -251,6 +258,8 @@ def upsampler_rows(under, reps: int, clock) -> None:
                 f"({best['torch'] / best['nnpack']:.2f}x)",
                 flush=True,
             )
+            ratios[f"{name} {label}"] = round(best["torch"] / best["nnpack"], 3)
+    return ratios
 
 
 if __name__ == "__main__":
