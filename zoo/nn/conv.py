@@ -31,8 +31,9 @@ as on a shared machine, in the tests and in the benchmarks' comparisons).
   1; ``torch`` otherwise;
 - ``torch``: every convolution as ``nn.Conv2d``, bit for bit;
 - ``nnpack``: the route wherever a convolution is eligible, any thread count: CPU, fp32, no autocast, 3x3 stride 1
-  padding 1, 64+ channels in and out with 4096+ output positions or 32+ with images of 128 x 128 or more, not while
-  exporting / tracing / compiling.
+  padding 1, NCHW-contiguous input (channels_last stays with oneDNN, which computes it natively), 64+ channels in
+  and out with 4096+ output positions or 32+ with images of 128 x 128 or more, not while exporting / tracing /
+  compiling.
 
 The route changes no parameter and no state-dict key, only which kernel computes the same function; checkpoints
 move freely between backends. NNPACK sizes its thread pool once, at its first call, from ``torch.get_num_threads()``;
@@ -226,6 +227,7 @@ class Conv2d(nn.Conv2d):
             and x.dtype == torch.float32
             and self.weight.dtype == torch.float32
             and x.dim() == 4
+            and x.is_contiguous()  # NCHW: channels_last input stays with oneDNN (NNPACK would cost a copy each way)
             and _enough_work(self._min_channels, x.shape[0], x.shape[2] * x.shape[3])
             and not torch.is_autocast_enabled("cpu")
             and _backend_allows_route()
