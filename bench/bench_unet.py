@@ -267,7 +267,10 @@ def flop_report(make_ours, call_ours, in_channels: int, args) -> None:
     call_ours(net, x, t)
     for h in hooks:
         h.remove()
-    print("\nour convolutions alone (fp32, contiguous), GFLOP/s and ms per call; backward = input + weight grads:")
+    print(
+        "\nour convolutions alone through torch's kernels (fp32, contiguous; NNPACK's route: bench_conv_backends.py), "
+        "GFLOP/s and ms per call; backward = input + weight grads:"
+    )
     total_f = total_b = 0.0
     for (cin, cout, k, stride, hw), count in sorted(shapes.items(), key=lambda kv: (-kv[0][4], kv[0][:2])):
         conv = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
