@@ -211,3 +211,11 @@ def test_invalid_conv_backend_fails_before_training_and_changes_nothing(train_cf
         train(cfg)
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
     assert zconv.conv_backend() == before
+
+
+def test_conv_backend_key_defaults_to_the_environment_variable(train_cfg, monkeypatch):
+    monkeypatch.setenv("ZOO_CONV_BACKEND", "torch")
+    assert train_cfg(*TINY).conv_backend == "torch"
+    monkeypatch.delenv("ZOO_CONV_BACKEND")
+    assert train_cfg(*TINY).conv_backend == "auto"
+    assert train_cfg(*TINY, "conv_backend=nnpack").conv_backend == "nnpack"  # the key wins over the variable

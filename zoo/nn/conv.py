@@ -17,8 +17,8 @@ Measured on an AVX2-only AMD EPYC (``bench/bench_conv_backends.py``):
 - one thread, 32-63 channels (the upsamplers' top levels): ahead only on large images, forward 1.6-1.8x at 128-512
   px a side, 0.9-1.1x at 32-64 px whatever the batch. The 128 -> 512 px upsampler's sampling forward 1.30x.
 - two threads: NNPACK's own thread pool and torch's OpenMP threads take turns on the same cores, and the whole
-  ``shapes`` U-Net is *slower* through it (training step 0.85-0.91x, forward 0.83-0.84x), although single large
-  calls (one image at 256 px) still gain 1.85x. With ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP's threads sleep instead of
+  ``shapes`` U-Net is *slower* through it (training step 0.85-0.93x, forward 0.82-0.84x), and so are the
+  upsamplers (0.80-1.03x), although single large calls (one image at 256 px) still gain 1.85x. With ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP's threads sleep instead of
   spinning between ops) NNPACK is 1.13x ahead, but that policy costs torch's other ops more than NNPACK gains.
 - NNPACK's x86 kernels are AVX2 (FMA3) ones, while oneDNN uses AVX-512 where the CPU has it: not measured there.
 
