@@ -17,7 +17,8 @@ that choice, on this CPU:
 2. single images (batch 1, 64-512 px), forward only: what an upsampler's sampler runs;
 3. the whole ``shapes`` U-Net under ``conv_backend=torch`` and ``=nnpack``: training step (forward, MSE, backward,
    fused AdamW) at batch ``--batch``, and the no-grad forward (what a sampler runs) at batch ``--batch`` and 1;
-4. the shapes upsamplers (width 32): one image's sampling forward at 128 / 512 px and a training step on crops.
+4. the shapes upsamplers (width 32): one image's sampling forward at 128 / 512 px and a training step on crops;
+5. taming's VQGAN (the ``vqgan`` tokenizer's published layouts): one 256 px image's encode and decode.
 
 Interleaved rounds, best round per side (``bench_unet.interleaved_best``): on the CPU-time clock with one thread,
 on the wall clock with more (keep the machine otherwise idle then).
@@ -83,6 +84,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     ap.add_argument("--skip-shapes", action="store_true", help="no per-convolution tables")
     ap.add_argument("--skip-upsamplers", action="store_true", help="no upsampler rows")
+    ap.add_argument("--skip-vqgan", action="store_true", help="no taming VQGAN rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)  # before NNPACK's first call, which fixes its pool's size
     # one thread: the CPU-time clock (robust to other jobs); more: the wall clock, since CPU time would also count
@@ -214,10 +216,24 @@ def main() -> None:
 
     if not args.skip_upsamplers:
         summary.update(upsampler_rows(under, args.reps, clock))
+    if not args.skip_vqgan:
+        summary.update(vqgan_rows(under, args.reps, clock))
     zconv.set_conv_backend(None)
     print(
         "BENCH_JSON " + json.dumps({"machine": describe_cpu(), "threads": args.threads, "torch_over_nnpack": summary})
     )
+
+
+def backend_row(label: str, under, fn, reps: int, clock) -> float:
+    """Time ``fn`` under conv_backend=torch and =nnpack (interleaved, one call a round), print a row, return
+    torch time / nnpack time."""
+    best = interleaved_best({k: under(k, fn) for k in ("torch", "nnpack")}, reps, 1, 1, clock)
+    ratio = best["torch"] / best["nnpack"]
+    print(
+        f"  {label} torch {best['torch'] * 1e3:.0f} ms | nnpack {best['nnpack'] * 1e3:.0f} ms ({ratio:.2f}x)",
+        flush=True,
+    )
+    return round(ratio, 3)
 
 
 def upsampler_rows(under, reps: int, clock) -> dict:
@@ -252,13 +268,27 @@ def upsampler_rows(under, reps: int, clock) -> dict:
             (f"forward, 1 x {up.image_size} px", sample_call),
             (f"training step, {b} x {crop} px", train_step),
         ):
-            best = interleaved_best({k: under(k, fn) for k in ("torch", "nnpack")}, reps, 1, 1, clock)
-            print(
-                f"  {name:<15} {label:<27} torch {best['torch'] * 1e3:.0f} ms | nnpack {best['nnpack'] * 1e3:.0f} ms "
-                f"({best['torch'] / best['nnpack']:.2f}x)",
-                flush=True,
+            ratios[f"{name} {label}"] = backend_row(f"{name:<15} {label:<27}", under, fn, reps, clock)
+    return ratios
+
+
+def vqgan_rows(under, reps: int, clock) -> dict:
+    """taming's VQGAN (``vqgan`` tokenizer, the published f16 and Gumbel f8 layouts, random weights): one 256 px
+    image's encode and decode under each backend; returns {row: torch time / nnpack time}."""
+    from zoo.models.vqgan.model import PRESETS, TamingVQGAN
+
+    print("\ntaming VQGAN (zoo-convert's vqgan tokenizer), one 256 px image")
+    ratios = {}
+    for name in ("paper", "gumbel_f8"):
+        torch.manual_seed(0)
+        m = TamingVQGAN(PRESETS[name]).eval()
+        x = torch.rand(1, 3, 256, 256) * 2 - 1
+        with torch.no_grad():
+            codes = m.encode(x)
+        for label, fn in (("encode", lambda: m.encode(x)), ("decode", lambda: m.decode(codes))):
+            ratios[f"vqgan {name} {label}"] = backend_row(
+                f"{name:<10} {label:<7}", under, torch.no_grad()(fn), reps, clock
             )
-            ratios[f"{name} {label}"] = round(best["torch"] / best["nnpack"], 3)
     return ratios
 
 

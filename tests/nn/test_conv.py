@@ -218,3 +218,36 @@ def test_unet_under_nnpack_matches_torch_and_trains_the_same(backend, route_call
     assert _rel(y_n, y_t) < 1e-4
     worst = max(_rel(g_n[k], g_t[k]) for k in g_t if g_t[k].abs().max() > 0)
     assert worst < 1e-3, worst
+
+
+@needs_nnpack
+def test_nchw_for_route_copies_only_where_the_route_is_on(backend):
+    """A channels_last-strided input (a codebook lookup) becomes NCHW only where NNPACK will then take the
+    convolutions; elsewhere oneDNN keeps its faster channels_last path (and no copy is made)."""
+    x = torch.randn(1, 64, 16, 16).contiguous(memory_format=torch.channels_last)
+    backend("torch")
+    assert zconv.nchw_for_route(x) is x
+    backend("nnpack")
+    y = zconv.nchw_for_route(x)
+    assert y.is_contiguous() and torch.equal(y, x)
+    assert zconv.nchw_for_route(y) is y  # already NCHW: no copy
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert zconv.nchw_for_route(x) is x
+
+
+@needs_nnpack
+def test_taming_decoder_takes_the_route_from_a_codebook_lookup(backend, route_calls):
+    from dataclasses import replace
+
+    from zoo.models.vqgan.model import PRESETS, TamingVQGAN
+
+    cfg = replace(PRESETS["tiny"], resolution=64, ch=64, ch_mult=(1, 1), attn_resolutions=())
+    torch.manual_seed(0)
+    m = TamingVQGAN(cfg).eval()
+    codes = torch.randint(0, cfg.n_embed, (1, 32, 32))
+    backend("torch")
+    ref = m.decode(codes)
+    backend("nnpack")
+    out = m.decode(codes)
+    assert len(route_calls) > 0  # the lookup's channels_last layout no longer keeps the decoder off the route
+    assert (out - ref).abs().max() < 1e-3
