@@ -91,12 +91,8 @@ def main() -> None:
     # the spinning of idle pool threads (NNPACK's and OpenMP's differ there), so keep the machine otherwise idle
     clock = time.process_time if args.threads == 1 else time.perf_counter
     print(describe_cpu())
-    auto = zconv.resolve_conv_backend("auto")
-    if auto.one_thread_only and torch.get_num_threads() != 1:
-        auto = zconv.Choice("torch", f"{auto.backend} with one thread only; torch's kernels at this thread count")
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); conv_backend=auto: {auto.backend} ({auto.why})"
-    )
+    backend, why = zconv.effective_conv_backend(zconv.resolve_conv_backend("auto"))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); conv_backend=auto: {backend} ({why})")
     if not zconv._nnpack_available():
         print("NNPACK: not available in this torch build; nothing to compare")
         return

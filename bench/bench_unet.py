@@ -312,7 +312,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)  # before NNPACK's first call, which fixes its pool's size
-    from zoo.nn.conv import conv_backend, set_conv_backend
+    from zoo.nn.conv import effective_conv_backend, set_conv_backend
 
     set_conv_backend(args.conv_backend)
 
@@ -325,9 +325,7 @@ def main() -> None:
         f"threads: {torch.get_num_threads()} of {os.cpu_count()} cores; load average (1, 5, 15 min): "
         + ", ".join(f"{v:.1f}" for v in os.getloadavg())
     )
-    backend, why, one_thread_only = conv_backend()
-    if one_thread_only and torch.get_num_threads() != 1:
-        backend, why = "torch", f"{why}; more than one thread here"
+    backend, why = effective_conv_backend()
     print(f"our convolutions: conv_backend={args.conv_backend} -> {backend} ({why})")
     summary_conv = f"{args.conv_backend} -> {backend}"
     print("parameters (meta device): " + ", ".join(f"{n} {count_params(n) / 1e6:,.2f}M" for n in UNET_PRESETS))

@@ -11,11 +11,11 @@ through it; the weight gradient stays with oneDNN (NNPACK has no such kernel in 
 Measured on an AVX2-only AMD EPYC (``bench/bench_conv_backends.py``):
 
 - one thread, 64+ channels in and out: NNPACK's forward is 1.3-1.8x oneDNN's once a call has 4096 output positions
-  (batch x H x W: 16 images at 16 px, 4 at 32, 1 at 64) and up to 2.6x on single 64-256 px images; below that it is
+  (batch x H x W: 16 images at 16 px, 4 at 32, 1 at 64) and up to 2.7x on single 64-256 px images; below that it is
   even or behind (0.7x for one image at 16 px). The ``shapes`` U-Net at batch 16: training step 1.11-1.13x, no-grad
   forward 1.19-1.22x.
-- one thread, 32-63 channels (the upsamplers' top levels): ahead only on large images, forward 1.6-1.8x at 128-512
-  px a side, 0.9-1.1x at 32-64 px whatever the batch. The 128 -> 512 px upsampler's sampling forward 1.30x.
+- one thread, 32-63 channels (the upsamplers' top levels): ahead only on large images, forward 1.1-1.8x at 128-512
+  px a side (1.1x for a single 128 px image, 1.6x for 8 of them), 0.9-1.1x at 32-64 px whatever the batch. The 128 -> 512 px upsampler's sampling forward 1.30x.
 - two threads: NNPACK's own thread pool and torch's OpenMP threads take turns on the same cores, and the whole
   ``shapes`` U-Net is *slower* through it (training step 0.85-0.93x, forward 0.82-0.84x), and so are the
   upsamplers (0.80-1.03x), although single large calls (one image at 256 px) still gain 1.85x. With ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP's threads sleep instead of
@@ -61,7 +61,7 @@ CONV_BACKENDS = ("auto", "torch", "nnpack")
 # counts at least MIN_CHANNELS, and at least MIN_POSITIONS output positions (batch x H x W) in the call.
 MIN_CHANNELS = 64
 MIN_POSITIONS = 4096
-# Thinner convolutions (32-63 channels, the upsamplers' top levels) gain only on large images: forward 1.6-1.8x at
+# Thinner convolutions (32-63 channels, the upsamplers' top levels) gain only on large images: forward 1.1-1.8x at
 # 128-512 px a side, 0.9-1.1x at 32-64 px whatever the batch.
 MIN_CHANNELS_LARGE = 32
 MIN_IMAGE_POSITIONS_LARGE = 128 * 128
@@ -119,12 +119,23 @@ def set_conv_backend(requested: Optional[str] = "auto") -> Choice:
     return resolved
 
 
-def apply_conv_backend(requested: Optional[str]) -> str:
-    """What the CLIs call with their ``conv_backend`` key: set it, log the choice and why, return the backend."""
-    backend, why, one_thread_only = set_conv_backend(requested)
+def _runs_nnpack(choice: Choice, threads: int) -> bool:
+    return choice.backend == "nnpack" and (not choice.one_thread_only or threads == 1)
+
+
+def effective_conv_backend(choice: Optional[Choice] = None) -> tuple[str, str]:
+    """(backend, why) that runs at this thread count for ``choice`` (default: the process's): auto's NNPACK choice
+    becomes torch's kernels with more than one thread. What logs and benchmarks report."""
+    choice = choice or conv_backend()
     threads = torch.get_num_threads()
-    if one_thread_only and threads != 1:  # what will run at this thread count, not what auto would like
-        backend, why = "torch", f"auto: NNPACK only with one intra-op thread, {threads} here (OMP_NUM_THREADS=1 for it)"
+    if choice.backend == "nnpack" and not _runs_nnpack(choice, threads):
+        return "torch", f"auto: NNPACK only with one intra-op thread, {threads} here (OMP_NUM_THREADS=1 for it)"
+    return choice.backend, choice.why
+
+
+def apply_conv_backend(requested: Optional[str]) -> str:
+    """What the CLIs call with their ``conv_backend`` key: set it, log what runs and why, return the backend."""
+    backend, why = effective_conv_backend(set_conv_backend(requested))
     log.info("conv backend: %s (%s)", backend, why)
     return backend
 
@@ -187,12 +198,19 @@ def _enough_work(channels: int, batch: int, image_positions: int) -> bool:
     return channels >= MIN_CHANNELS_LARGE and image_positions >= MIN_IMAGE_POSITIONS_LARGE
 
 
-def _backend_allows_route() -> bool:
-    backend, _, one_thread_only = conv_backend()
-    if backend != "nnpack":
-        return False
+def _route_on(x: torch.Tensor) -> bool:
+    """Whether the process routes ``x``'s convolutions to NNPACK at all (shape and size aside): the backend at this
+    thread count (and NNPACK's pool still of that size), an fp32 CPU tensor, no autocast, not exporting. The backend
+    first: with torch's kernels (most processes) each convolution pays one cached lookup."""
     threads = torch.get_num_threads()
-    return (not one_thread_only or threads == 1) and (_pool_threads is None or _pool_threads == threads)
+    return (
+        _runs_nnpack(conv_backend(), threads)
+        and (_pool_threads is None or _pool_threads == threads)
+        and not _exporting()  # before the shape tests of the caller: a tracer would freeze them
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    )
 
 
 def nchw_for_route(x: torch.Tensor) -> torch.Tensor:
@@ -200,16 +218,7 @@ def nchw_for_route(x: torch.Tensor) -> torch.Tensor:
     For a network's input that arrives channels_last-strided (a codebook lookup's permute): oneDNN carries that
     layout through every following convolution, which the route then never sees. Where the route is off, the copy
     would only cost (oneDNN runs channels_last ~10% faster than NCHW for taming's decoder on an AVX2 CPU)."""
-    if (
-        x.is_contiguous()
-        or x.device.type != "cpu"
-        or x.dtype != torch.float32
-        or torch.is_autocast_enabled("cpu")
-        or _exporting()
-        or not _backend_allows_route()
-    ):
-        return x
-    return x.contiguous()
+    return x.contiguous() if not x.is_contiguous() and _route_on(x) else x
 
 
 def _exporting() -> bool:
@@ -225,6 +234,7 @@ class Conv2d(nn.Conv2d):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._min_channels = min(self.in_channels, self.out_channels)
         self._nnpack_shape = (
             self.kernel_size == (3, 3)
             and self.stride == (1, 1)
@@ -232,22 +242,17 @@ class Conv2d(nn.Conv2d):
             and self.dilation == (1, 1)
             and self.groups == 1
             and self.padding_mode == "zeros"
+            and self._min_channels >= MIN_CHANNELS_LARGE
         )
-        self._min_channels = min(self.in_channels, self.out_channels)
-        self._nnpack_shape = self._nnpack_shape and self._min_channels >= MIN_CHANNELS_LARGE
 
     def _routed(self, x: torch.Tensor) -> bool:
         return (
             self._nnpack_shape
-            and not _exporting()  # first: a tracer must not see the shape tests below (it would freeze them)
-            and x.device.type == "cpu"
-            and x.dtype == torch.float32
+            and _route_on(x)
             and self.weight.dtype == torch.float32
             and x.dim() == 4
             and x.is_contiguous()  # NCHW: channels_last input stays with oneDNN (NNPACK would cost a copy each way)
             and _enough_work(self._min_channels, x.shape[0], x.shape[2] * x.shape[3])
-            and not torch.is_autocast_enabled("cpu")
-            and _backend_allows_route()
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
