@@ -67,10 +67,12 @@ def test_knobs_given_as_call_parameters_reach_the_generator(dalle_helpers):
     b = studio.run("a red circle", seed=4, n_keep=2, guidance_scale=2.0, steps=2)["images"]
     assert a.shape == (2, 3, 16, 16) and torch.equal(a[1], b[0])  # candidate i is seed + i: the seed reached it
     seen = []
-    generate = glide.generate
-    glide.generate = lambda *a, **kw: seen.append(kw) or generate(*a, **kw)  # spy: the untrained net saturates
+    sample_tokens = glide.sample_tokens
+    glide.sample_tokens = lambda *a, **kw: seen.append(kw) or sample_tokens(*a, **kw)  # spy: the net saturates
     studio.run("a red circle", seed=3, n_keep=2, guidance_scale=5.0, steps=2)
-    assert [(kw["seed"], kw["guidance_scale"], kw["steps"]) for kw in seen] == [(3, 5.0, 2), (4, 5.0, 2)]
+    # both candidates in one denoiser batch, each row drawing from its own seed's generator
+    assert [(kw["guidance_scale"], kw["steps"]) for kw in seen] == [(5.0, 2)]
+    assert [g.initial_seed() for _, g in seen[0]["generator"].groups] == [3, 4]
 
 
 def test_a_scorer_orders_the_images_best_first():

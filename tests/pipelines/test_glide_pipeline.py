@@ -81,7 +81,8 @@ def test_generate_and_candidates_shapes_and_seeding(ckpts):
     cands = pipe.candidates(CAPTIONS, 3)
     assert cands.shape == (2, 3, 3, RES, RES)
     assert torch.equal(cands[:, 0], img)  # no CLIP: generate is candidate 0
-    assert torch.equal(pipe.candidates(CAPTIONS, 2), cands[:, :2])  # seeded; nested in n
+    # seeded; nested in n (the same noise; two candidates share a denoiser batch of 4 rows here, three of 6)
+    torch.testing.assert_close(pipe.candidates(CAPTIONS, 2), cands[:, :2], rtol=0, atol=1e-4)
     assert not torch.equal(cands[:, 0], cands[:, 1])  # candidates differ
     assert torch.equal(_pipe(ckpts["plain"], seed=5).generate(CAPTIONS), img)  # a fresh pipeline, same seed
     assert not torch.equal(_pipe(ckpts["plain"], seed=6).generate(CAPTIONS), img)
@@ -241,8 +242,11 @@ def _clip_pipe(ckpts, noised_clip_ckpt, scale, **kw) -> GlidePipeline:
 def test_clip_guidance_scale_zero_is_the_conditional_sampler_and_scale_changes_samples(
     ckpts, noised_clip_ckpt, sampler
 ):
-    plain = _pipe(ckpts["plain"], guidance=1.0, sampler=sampler, seed=4)  # the conditional model, no CLIP
+    # the conditional model, no CLIP, one candidate per denoiser batch (batch_size = the captions) as CLIP guidance
+    plain = _pipe(ckpts["plain"], guidance=1.0, sampler=sampler, seed=4, batch_size=len(CAPTIONS))
     want = plain.candidates(CAPTIONS, 2)
+    batched = _pipe(ckpts["plain"], guidance=1.0, sampler=sampler, seed=4).candidates(CAPTIONS, 2)
+    torch.testing.assert_close(batched, want, rtol=0, atol=1e-4)  # the same noise; the batch may round differently
     off = _clip_pipe(ckpts, noised_clip_ckpt, 0.0, sampler=sampler, seed=4)  # guidance_scale unset: 1 under CLIP
     assert off.clip_guided and off.noised_clip.cfg.image_size == RES
     assert torch.equal(off.candidates(CAPTIONS, 2), want)  # bit for bit

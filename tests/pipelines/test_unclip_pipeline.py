@@ -217,11 +217,38 @@ def test_every_knob_reaches_its_stage(ckpts, monkeypatch):
         torch.testing.assert_close(d[0]["args"][1], want)
 
 
+@pytest.mark.parametrize("prior,sampler", [("diffusion", "ddim"), ("diffusion", "ddpm"), ("ar", "ddim")])
+def test_batched_candidates_are_the_one_at_a_time_candidates(ckpts, monkeypatch, prior, sampler):
+    """Candidates share the decoder's and upsampler's batches, each candidate's rows drawing from its own seed's
+    generator (the diffusion prior's too; the AR prior samples one seed at a time): the same images as one seed at
+    a time (batch_size = the captions), to float rounding; a diffusers decoder sampler draws one candidate at a time."""
+    kw = dict(prior=prior, ups=1, seed=7, decoder_sampler=sampler, decoder_eta=0.5, upsampler_eta=0.5)
+    alone = _pipe(ckpts, batch_size=len(CAPS), **kw)
+    d_alone = _spy(monkeypatch, alone.decoder, "sample")
+    want = alone.candidates(CAPS, 3)
+    pipe = _pipe(ckpts, **kw)
+    d = _spy(monkeypatch, pipe.decoder, "sample")
+    u = _spy(monkeypatch, pipe.upsamplers[0], "upsample")
+    pr = _spy(monkeypatch, pipe.prior_model, "sample")
+    got = pipe.candidates(CAPS, 3)
+    assert [c["args"][0].shape[0] for c in pr] == ([6] if prior == "diffusion" else [2, 2, 2])
+    assert got.shape == want.shape == (2, 3, 3, 64, 64)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    assert not torch.equal(got[:, 0], got[:, 1])  # the candidates differ: each has its own noise
+    assert [c["args"][1].shape[0] for c in d_alone] == [2, 2, 2]  # one candidate (2 captions) per call
+    assert [c["args"][1].shape[0] for c in d] == [6] and [c["args"][0].shape[0] for c in u] == [6]
+    if prior == "ar":
+        return
+    diffusers = _pipe(ckpts, ups=0, seed=7, decoder_sampler="euler")
+    d = _spy(monkeypatch, diffusers.decoder, "sample")
+    assert diffusers.candidates(CAPS, 2).shape == (2, 2, 3, 16, 16) and len(d) == 2
+
+
 def test_seed_determinism_candidates_and_reranking(ckpts):
     pipe = _pipe(ckpts, ups=1, seed=3)
     one = pipe.candidates(CAPS, 1)
     two = pipe.candidates(CAPS, 2)
-    assert torch.equal(one[:, 0], two[:, 0])  # candidate i does not depend on n
+    torch.testing.assert_close(one[:, 0], two[:, 0], rtol=0, atol=1e-4)  # candidate i: the same noise whatever n
     assert torch.equal(_pipe(ckpts, ups=1, seed=3).generate(CAPS), one[:, 0])
     assert not torch.equal(_pipe(ckpts, ups=1, seed=4).generate(CAPS), one[:, 0])
     out = _pipe(ckpts, ups=1, seed=3, n_candidates=2).sample(CAPS, n_keep=2)

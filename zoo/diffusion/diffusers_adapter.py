@@ -84,6 +84,13 @@ def diffusers_sample(
     ``scale_model_input``, i.e. an ordinary x_t for every scheduler here). ``x_T`` is standard normal noise (it is
     multiplied by the scheduler's ``init_noise_sigma``). ``generator`` draws the initial noise and, for stochastic
     schedulers, their step noise."""
+    from zoo.diffusion.noise import RowGenerators
+
+    if isinstance(generator, RowGenerators):  # its stochastic schedulers draw their own noise, one generator per row
+        raise ValueError(
+            "a diffusers scheduler takes one torch.Generator, not RowGenerators (batched candidates): sample "
+            "candidates with sampler=ddim or ddpm, or one seed at a time"
+        )
     sched = make_scheduler(process, scheduler, **(scheduler_kwargs or {})) if isinstance(scheduler, str) else scheduler
     if x_T is None:
         if device is None:

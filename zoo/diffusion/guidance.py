@@ -25,6 +25,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from zoo.diffusion.noise import randn
 from zoo.diffusion.process import GaussianDiffusion, ReverseStep
 from zoo.diffusion.samplers import ModelFn, Progress, _run, _start, ddim_step
 
@@ -101,14 +102,14 @@ def clip_guided_sample(
     x = _start(shape, x_T, generator, device, dtype)
 
     def ddpm(output, x, t):
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = randn(x.shape, generator, device=x.device, dtype=x.dtype)
         out = process.p_mean_variance(output, x, t, clip_denoised, clip_range)
         mean = condition_mean(out, cond_fn(x, process.model_timesteps(t)))
         not_last = (t != 0).to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
         return mean + (not_last * torch.exp(0.5 * out.log_variance)) * noise, out.pred_x0
 
     def ddim(output, x, t):
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if eta > 0 else None
+        noise = randn(x.shape, generator, device=x.device, dtype=x.dtype) if eta > 0 else None
         output = condition_eps(process, output, x, t, cond_fn(x, process.model_timesteps(t)))
         return ddim_step(process, output, x, t, eta, noise, clip_denoised, clip_range)
 

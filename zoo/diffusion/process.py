@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from zoo.diffusion.losses import discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl
+from zoo.diffusion.noise import randn
 from zoo.diffusion.schedules import NoiseSchedule, Steps, respace
 
 MEAN_TYPES = ("eps", "x0", "v")
@@ -201,7 +202,7 @@ class GaussianDiffusion:
     ) -> torch.Tensor:
         """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, ε ~ N(0, I) drawn from ``generator`` unless given."""
         if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            noise = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
         return self.coef("sqrt_ac", t, x0) * x0 + self.coef("sqrt_1m_ac", t, x0) * noise
 
     def q_posterior_mean_variance(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):

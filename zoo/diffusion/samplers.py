@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from zoo.diffusion.noise import randn
 from zoo.diffusion.process import GaussianDiffusion
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -105,7 +106,7 @@ def _start(shape: Sequence[int], x_T: Optional[torch.Tensor], generator, device,
         return x_T.to(device=device or x_T.device, dtype=dtype)
     if device is None:
         device = generator.device if generator is not None else "cpu"
-    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    return randn(shape, generator, device=device, dtype=dtype)
 
 
 def _hooks(process, known, hook, generator) -> list[Hook]:
@@ -159,7 +160,7 @@ def ddpm_sample(
     x = _start(shape, x_T, generator, device, dtype)
 
     def step(output, x, t):
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = randn(x.shape, generator, device=x.device, dtype=x.dtype)
         return ddpm_step(process, output, x, t, noise, clip_denoised, clip_range)
 
     return _run(process, model_fn, x, step, _hooks(process, known, hook, generator), progress)
@@ -187,7 +188,7 @@ def ddim_sample(
     x = _start(shape, x_T, generator, device, dtype)
 
     def step(output, x, t):
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if eta > 0 else None
+        noise = randn(x.shape, generator, device=x.device, dtype=x.dtype) if eta > 0 else None
         return ddim_step(process, output, x, t, eta, noise, clip_denoised, clip_range)
 
     return _run(process, model_fn, x, step, _hooks(process, known, hook, generator), progress)

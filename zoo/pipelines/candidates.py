@@ -37,10 +37,32 @@ def seeded_candidates(
 ) -> torch.Tensor:
     """(B, n, 3, H, W): candidate i of every caption is ``sample(captions, seed + i)`` (B images), so candidate i is
     the same whatever n is (nested reranking curves). A progress bar when ``progress`` (None: when n > 1)."""
+    return batched_seeded_candidates(lambda caps, seeds: sample(caps, seeds[0]), captions, n, seed, 1, progress, desc)
+
+
+def batched_seeded_candidates(
+    sample_seeds: Callable[[list[str], list[int]], torch.Tensor],
+    captions: Sequence[str],
+    n: int,
+    seed: int,
+    per_batch: int,
+    progress: Optional[bool],
+    desc: str,
+) -> torch.Tensor:
+    """(B, n, 3, H, W), ``per_batch`` candidates per call: ``sample_seeds(captions, seeds)`` returns (len(seeds) * B,
+    3, H, W), candidate-major, candidate j of every caption drawn under ``seeds[j]`` (its own generator,
+    ``zoo.diffusion.noise.RowGenerators``); candidate i's seed is ``seed + i`` whatever n and ``per_batch`` are. A
+    progress bar in candidates when ``progress`` (None: when n > 1)."""
     captions = [captions] if isinstance(captions, str) else list(captions)
-    n = int(n)
+    n, per_batch = int(n), max(1, int(per_batch))
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     show = progress if progress is not None else n > 1
-    out = [sample(captions, seed + i) for i in track(range(n), desc=desc, unit="candidate", disable=not show)]
-    return torch.stack(out, dim=1)
+    out = []
+    with track(total=n, desc=desc, unit="candidate", disable=not show) as bar:
+        for start in range(0, n, per_batch):
+            seeds = list(range(seed + start, seed + min(start + per_batch, n)))
+            images = sample_seeds(captions, seeds)
+            out.append(images.view(len(seeds), len(captions), *images.shape[1:]).transpose(0, 1))
+            bar.update(len(seeds))
+    return torch.cat(out, dim=1)

@@ -17,9 +17,12 @@ sampling steps), ``sampler`` (``ddim`` | ``ddpm`` | a diffusers scheduler), ``et
 per caption when a CLIP reranks), ``n_keep`` (kept after reranking; ``sample``'s default), ``batch_size``, ``seed``,
 and ``noised_clip_ckpt`` + ``clip_guidance_scale`` (CLIP guidance, below).
 ``None`` for a sampling knob means the checkpoint's own default (``GlideLit`` hyper-parameters). Results are a pure
-function of (seed, captions, knobs): candidate i of every caption is ``GlideLit.generate(..., seed=seed + i)`` (with
-CLIP guidance ``clip_guided_generate(..., seed=seed + i)``), so it does not depend on how many candidates are drawn,
-and ``generate`` without a CLIP is candidate 0.
+function of (seed, captions, knobs): candidate i of every caption has the noise of ``GlideLit.generate(...,
+seed=seed + i)`` (with CLIP guidance ``clip_guided_generate(..., seed=seed + i)``), so it does not depend on how many
+candidates are drawn, and ``generate`` without a CLIP is candidate 0. With ``ddim`` / ``ddpm`` and classifier-free
+guidance several candidates share a denoiser batch of up to ``batch_size`` rows, each drawing from its own seed's
+generator (``GlideLit.candidates``): the same images to float rounding, faster than one candidate at a time
+(``bench/bench_candidates.py``).
 
 EMA weights. ``conf/callbacks/ema.yaml`` is Lightning's ``EMAWeightAveraging`` (decay 0.999, updates from step 100).
 When it saves a checkpoint it **moves the raw weights to ``checkpoint["current_model_state"]`` and writes the EMA
@@ -246,7 +249,12 @@ class GlidePipeline(ClipRerank):
     # ------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def candidates(self, captions: Sequence[str], n_candidates: Optional[int] = None) -> torch.Tensor:
-        """(B, n, 3, H, W) in [-1, 1]: candidate i of every caption is sampled with seed ``seed + i``."""
+        """(B, n, 3, H, W) in [-1, 1]: candidate i of every caption is sampled with seed ``seed + i``
+        (classifier-free guidance: several candidates per denoiser batch, ``GlideLit.candidates``)."""
+        if self.noised_clip is None:
+            n = n_candidates or self.n_candidates
+            show = self.progress if self.progress is not None else n > 1
+            return self.glide.candidates(captions, n, seed=self.seed, progress=show, **self._knobs())
         return seeded_candidates(
             self._draw,
             captions,

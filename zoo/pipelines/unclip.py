@@ -32,7 +32,10 @@ Stages (PAPER_FACTS "unCLIP"): P(x|y) = P(x|z_i, y) P(z_i|y).
 
 Randomness and reranking (``zoo.pipelines.base`` conventions): candidate i of every caption runs the whole chain with
 one ``torch.Generator`` seeded ``seed + i`` (prior noise, decoder noise, upsampler noise in that order), so it is a
-pure function of (seed, captions, knobs) and does not depend on how many candidates are drawn. ``sample(captions,
+pure function of (seed, captions, knobs) and does not depend on how many candidates are drawn. With a ``ddim`` /
+``ddpm`` decoder the candidates share the decoder's and upsamplers' batches (up to ``batch_size`` rows), each
+candidate's rows drawing from its own generator (``zoo.diffusion.noise.RowGenerators``): the same noise, the same
+images to float rounding. ``sample(captions,
 n_candidates, n_keep)`` keeps the CLIP-best ``n_keep`` of ``n_candidates`` (the pipeline's own CLIP); ``generate``
 is ``sample(..., n_keep=1)``; with ``n_candidates=1`` (default) no reranking happens.
 
@@ -64,6 +67,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from zoo.diffusion.noise import BATCHED_SAMPLERS, RowGenerators, candidates_per_batch
 from zoo.diffusion.samplers import ddim_invert, ddim_sample
 from zoo.errors import ConfigError
 
@@ -389,14 +393,42 @@ class UnclipPipeline:
             out.append(self.upsample(self.decode(emb, chunk, gen), gen))
         return torch.cat(out)
 
+    @torch.no_grad()
+    def _candidates_batched(self, captions: list[str], seeds: list[int]) -> torch.Tensor:
+        """Candidates under ``seeds`` (B <= batch_size captions): (len(seeds) * B, 3, H, W), candidate-major. The
+        diffusion prior, the decoder and the upsamplers each run every candidate in one batch, each candidate's rows
+        drawing from its own seed's generator (``RowGenerators``); the AR prior (token sampling) runs one seed at a
+        time. Each generator so makes the draws ``_candidate`` makes (prior, decoder, upsampler noise, in that
+        order): a batched candidate has the same noise as one sampled alone."""
+        if len(seeds) == 1:
+            return self._candidate(captions, seeds[0])
+        gens = [self._generator(s) for s in seeds]
+        rows = RowGenerators([(len(captions), g) for g in gens])
+        if self.prior == "ar":
+            emb = torch.cat([self.embeddings(captions, g) for g in gens])
+        else:
+            emb = self.embeddings(captions * len(seeds), rows)
+        return self.upsample(self.decode(emb, captions * len(seeds), rows), rows)
+
     # ------------------------------------------------------------------------------------------ Generator
     @torch.no_grad()
     def candidates(self, captions: Sequence[str], n_candidates: Optional[int] = None) -> torch.Tensor:
-        """(B, n, 3, H, W) in [-1, 1]: candidate i of every caption runs the chain under seed ``seed + i``."""
-        from zoo.pipelines.candidates import seeded_candidates
+        """(B, n, 3, H, W) in [-1, 1]: candidate i of every caption runs the chain under seed ``seed + i``; with a
+        ``ddim`` / ``ddpm`` decoder several candidates share the decoder's and upsamplers' batches (up to
+        ``batch_size`` rows; the same noise as one at a time, the same images to float rounding)."""
+        from zoo.pipelines.candidates import batched_seeded_candidates
 
-        return seeded_candidates(
-            self._candidate, captions, n_candidates or self.n_candidates, self.seed, self.progress, "unclip sample"
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        sampler = self.decoder_sampler if self.decoder_sampler is not None else self.decoder.hparams.sampler
+        per_batch = candidates_per_batch(len(captions), self.batch_size) if sampler in BATCHED_SAMPLERS else 1
+        return batched_seeded_candidates(
+            self._candidates_batched,
+            captions,
+            n_candidates or self.n_candidates,
+            self.seed,
+            per_batch,
+            self.progress,
+            "unclip sample",
         )
 
     @torch.no_grad()

@@ -26,6 +26,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from zoo.diffusion.noise import RowGenerators
 from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.samplers import ddim_sample, ddpm_sample
 from zoo.diffusion.schedules import get_schedule
@@ -298,6 +299,8 @@ class DiffusionPriorLit(ZooLit):
             return guide(out_uncond, out_cond, scale)
 
         process = self.process.respaced(steps) if steps != self.process.num_timesteps else self.process
+        if isinstance(generator, RowGenerators):  # one stream per group of captions: each caption's n rows are its own
+            generator = generator.repeated(n)
         if sampler == "ddpm":
             x = ddpm_sample(process, model_fn, (b * n, c.clip_dim), generator=generator, device=dev)
         else:
