@@ -533,11 +533,16 @@ class UnclipPipeline:
         (> 0 for variety; 0 reproduces the image up to the inversion error), variation i under seed + i ->
         (B, n, 3, H', W') (after the enabled upsamplers)."""
         lat = self.invert(image, captions=captions)
-        out = []
-        for i in range(int(n)):
-            gen = self._generator(self.seed + i)
-            out.append(self.upsample(self.decode_latent(lat["image_emb"], lat["x_T"], float(eta), gen, captions), gen))
-        return torch.stack(out, 1)
+        emb, x_T = lat["image_emb"], lat["x_T"]
+        b, out = len(emb), []
+        per_batch = candidates_per_batch(b, self.batch_size)
+        for start in range(0, int(n), per_batch):  # several variations per call, each from its own seed's generator
+            k = min(per_batch, int(n) - start)
+            rows = RowGenerators([(b, self._generator(self.seed + start + j)) for j in range(k)])
+            caps = None if captions is None else list(captions) * k
+            x = self.decode_latent(emb.repeat(k, 1), x_T.repeat(k, 1, 1, 1), float(eta), rows, caps)
+            out.append(self.upsample(x, rows).unflatten(0, (k, b)).transpose(0, 1))
+        return torch.cat(out, 1)
 
     @torch.no_grad()
     def interpolate(
@@ -565,12 +570,23 @@ class UnclipPipeline:
             za, zb = self.image_embedding(image_a), self.image_embedding(image_b)
             xa = xb = torch.randn(a.shape, generator=gen, device=self.device)
         ts = torch.linspace(0, 1, int(n_steps), device=self.device)
-        frames = []
-        for t in ts:
-            z = slerp(za, zb, t)
-            x_T = xa if latent == "fixed" else self._slerp_latent(xa, xb, t)
-            frames.append(self.decode_latent(z, x_T, 0.0, gen, captions))
-        return self._upsample_frames(frames, gen)
+        zs = [slerp(za, zb, t) for t in ts]
+        xs = [xa if latent == "fixed" else self._slerp_latent(xa, xb, t) for t in ts]
+        return self._upsample_frames(self._decode_frames(zs, xs, captions), gen)
+
+    def _decode_frames(
+        self, zs: list[torch.Tensor], xs: list[torch.Tensor], captions: Optional[Sequence[str]]
+    ) -> list[torch.Tensor]:
+        """Deterministic (DDIM η = 0) decodes of the frames (z_f (B, D), x_T_f (B, 3, s, s)), several frames per
+        decoder call (up to ``CANDIDATE_BATCH`` images, within ``batch_size``): η = 0 draws no noise, so batching
+        changes nothing but the rounding."""
+        b, frames = len(zs[0]), []
+        per_batch = candidates_per_batch(b, self.batch_size)
+        for i in range(0, len(zs), per_batch):
+            z, x = torch.cat(zs[i : i + per_batch]), torch.cat(xs[i : i + per_batch])
+            caps = None if captions is None else list(captions) * (len(z) // b)
+            frames.extend(self.decode_latent(z, x, 0.0, None, caps).split(b))
+        return frames
 
     @staticmethod
     def _slerp_latent(xa: torch.Tensor, xb: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -602,10 +618,8 @@ class UnclipPipeline:
             self.clip.encode_text(dst).to(self.device) - self.clip.encode_text(src).to(self.device), dim=-1
         )
         gen = self._generator(self.seed)
-        frames = [
-            self.decode_latent(slerp(lat["image_emb"], z_d, t), lat["x_T"], 0.0, gen, captions)
-            for t in torch.linspace(0, float(max_t), int(n_steps), device=self.device)
-        ]
+        ts = torch.linspace(0, float(max_t), int(n_steps), device=self.device)
+        frames = self._decode_frames([slerp(lat["image_emb"], z_d, t) for t in ts], [lat["x_T"]] * len(ts), captions)
         return self._upsample_frames(frames, gen)
 
 
