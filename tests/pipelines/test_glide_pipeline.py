@@ -242,18 +242,20 @@ def _clip_pipe(ckpts, noised_clip_ckpt, scale, **kw) -> GlidePipeline:
 def test_clip_guidance_scale_zero_is_the_conditional_sampler_and_scale_changes_samples(
     ckpts, noised_clip_ckpt, sampler
 ):
-    # the conditional model, no CLIP, one candidate per denoiser batch (batch_size = the captions) as CLIP guidance
-    plain = _pipe(ckpts["plain"], guidance=1.0, sampler=sampler, seed=4, batch_size=len(CAPTIONS))
-    want = plain.candidates(CAPTIONS, 2)
-    batched = _pipe(ckpts["plain"], guidance=1.0, sampler=sampler, seed=4).candidates(CAPTIONS, 2)
-    torch.testing.assert_close(batched, want, rtol=0, atol=1e-4)  # the same noise; the batch may round differently
+    plain = _pipe(ckpts["plain"], guidance=1.0, sampler=sampler, seed=4)  # the conditional model, no CLIP
+    want = plain.candidates(CAPTIONS, 2)  # both candidates in one denoiser batch, as CLIP guidance below
     off = _clip_pipe(ckpts, noised_clip_ckpt, 0.0, sampler=sampler, seed=4)  # guidance_scale unset: 1 under CLIP
     assert off.clip_guided and off.noised_clip.cfg.image_size == RES
     assert torch.equal(off.candidates(CAPTIONS, 2), want)  # bit for bit
-    assert torch.equal(off.generate(CAPTIONS), want[:, 0])
+    assert torch.equal(off.generate(CAPTIONS), plain.generate(CAPTIONS))  # candidate 0 alone, both
+    # one candidate per sampler batch (batch_size = the captions): the same noise, so the same images to rounding
+    alone = _clip_pipe(ckpts, noised_clip_ckpt, 0.0, sampler=sampler, seed=4, batch_size=len(CAPTIONS))
+    torch.testing.assert_close(alone.candidates(CAPTIONS, 2), want, rtol=0, atol=1e-4)
     on = _clip_pipe(ckpts, noised_clip_ckpt, 500.0, sampler=sampler, seed=4)
     guided = on.candidates(CAPTIONS, 2)
     assert guided.shape == want.shape and torch.isfinite(guided).all()
+    on_alone = _clip_pipe(ckpts, noised_clip_ckpt, 500.0, sampler=sampler, seed=4, batch_size=len(CAPTIONS))
+    torch.testing.assert_close(on_alone.candidates(CAPTIONS, 2), guided, rtol=0, atol=1e-4)  # per-row gradients
     assert not torch.equal(guided, want)
     assert torch.equal(on.sample(CAPTIONS, n_keep=2)["images"], guided)  # sample() draws the same candidates
     # an explicit classifier-free scale stacks underneath: at CLIP scale 0 it is the classifier-free sampler

@@ -19,10 +19,10 @@ and ``noised_clip_ckpt`` + ``clip_guidance_scale`` (CLIP guidance, below).
 ``None`` for a sampling knob means the checkpoint's own default (``GlideLit`` hyper-parameters). Results are a pure
 function of (seed, captions, knobs): candidate i of every caption has the noise of ``GlideLit.generate(...,
 seed=seed + i)`` (with CLIP guidance ``clip_guided_generate(..., seed=seed + i)``), so it does not depend on how many
-candidates are drawn, and ``generate`` without a CLIP is candidate 0. With ``ddim`` / ``ddpm`` and classifier-free
-guidance several candidates share a denoiser batch of up to ``batch_size`` rows, each drawing from its own seed's
-generator (``GlideLit.candidates``): the same images to float rounding, faster than one candidate at a time
-(``bench/bench_candidates.py``).
+candidates are drawn, and ``generate`` without a CLIP is candidate 0. With ``ddim`` / ``ddpm`` (classifier-free or
+CLIP guidance) several candidates share a denoiser batch (up to 16 images, within ``batch_size``), each drawing from
+its own seed's generator (``GlideLit.candidates``, ``zoo.diffusion.noise.RowGenerators``): the same images to float
+rounding, faster than one candidate at a time (``bench/bench_candidates.py``).
 
 EMA weights. ``conf/callbacks/ema.yaml`` is Lightning's ``EMAWeightAveraging`` (decay 0.999, updates from step 100).
 When it saves a checkpoint it **moves the raw weights to ``checkpoint["current_model_state"]`` and writes the EMA
@@ -56,7 +56,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from zoo.pipelines.candidates import ClipRerank, seeded_candidates
+from zoo.diffusion.noise import candidates_per_batch, seeded_row_generators
+from zoo.pipelines.candidates import ClipRerank, batched_seeded_candidates
 
 log = logging.getLogger("zoo.pipelines.glide")
 
@@ -251,17 +252,27 @@ class GlidePipeline(ClipRerank):
     def candidates(self, captions: Sequence[str], n_candidates: Optional[int] = None) -> torch.Tensor:
         """(B, n, 3, H, W) in [-1, 1]: candidate i of every caption is sampled with seed ``seed + i``
         (classifier-free guidance: several candidates per denoiser batch, ``GlideLit.candidates``)."""
+        n = n_candidates or self.n_candidates
         if self.noised_clip is None:
-            n = n_candidates or self.n_candidates
             show = self.progress if self.progress is not None else n > 1
             return self.glide.candidates(captions, n, seed=self.seed, progress=show, **self._knobs())
-        return seeded_candidates(
-            self._draw,
-            captions,
-            n_candidates or self.n_candidates,
-            self.seed,
-            self.progress,
-            "glide sample",
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        per_batch = candidates_per_batch(len(captions), self.batch_size)  # CLIP guidance samples with ddim / ddpm
+        return batched_seeded_candidates(
+            self._draw_seeds, captions, n, self.seed, per_batch, self.progress, "glide sample"
+        )
+
+    def _draw_seeds(self, captions: list[str], seeds: list[int]) -> torch.Tensor:
+        """CLIP-guided candidates under ``seeds`` in one sampler batch, each candidate's rows drawing from its own
+        seed's generator: (len(seeds) * B, 3, H, W), candidate-major (the noised CLIP's gradient is per row)."""
+        if len(seeds) == 1:
+            return self._draw(captions, seeds[0])
+        from zoo.models.noised_clip.lit import clip_guided_generate
+
+        knobs = {**self._clip_knobs(), "batch_size": len(captions) * len(seeds)}
+        rows = seeded_row_generators(len(captions), seeds, self.glide.device)
+        return clip_guided_generate(
+            self.glide, self.noised_clip, captions * len(seeds), self.clip_guidance_scale, generator=rows, **knobs
         )
 
     @torch.no_grad()

@@ -176,13 +176,15 @@ def clip_guided_generate(
     guidance_scale: float = 1.0,
     eta: float = 0.0,
     batch_size: int = 64,
+    generator=None,
 ) -> torch.Tensor:
     """GLIDE samples with CLIP guidance -> (len(captions) * n, 3, H, W) in [-1, 1], caption-major.
 
     ``glide``: a ``GlideLit``; ``noised_clip``: a ``NoisedClipLit`` trained on the same process (schedule and number
     of steps) and resolution; ``scale``: s in μ + s · Σ · ∇(f · g) (0 = unguided); ``guidance_scale``: classifier-free
     guidance underneath (1 = the conditional model, GLIDE's CLIP-guidance setting); ``sampler``: ``ddpm`` (GLIDE:
-    mean shift) or ``ddim`` (score shift). Deterministic given ``seed``."""
+    mean shift) or ``ddim`` (score shift). Deterministic given ``seed``; ``generator`` (a ``torch.Generator`` or a
+    ``zoo.diffusion.noise.RowGenerators``, e.g. one stream per candidate) replaces the seed's generator."""
     if isinstance(captions, str):
         captions = [captions]
     check_guidance_pair(glide, noised_clip)
@@ -192,7 +194,7 @@ def clip_guided_generate(
     try:
         text = glide.encode_captions(captions).repeat_interleave(int(n), 0)  # GLIDE's tokens
         clip_text = noised_clip.encode_captions(captions).repeat_interleave(int(n), 0)  # the noised CLIP's own
-        gen = torch.Generator(device=glide.device).manual_seed(int(seed))
+        gen = generator if generator is not None else torch.Generator(device=glide.device).manual_seed(int(seed))
         c = glide.cfg
         out = []
         for i in range(0, len(text), batch_size):
