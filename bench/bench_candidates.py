@@ -1,7 +1,7 @@
 """Batched vs one-at-a-time candidates of a GLIDE model: sampling ms per image, and how far the images differ.
 
     OMP_NUM_THREADS=1 python bench/bench_candidates.py [--ckpt logs/.../last.ckpt] [--captions 1 2 4] [--n 8]
-        [--steps 10] [--reps 2] [--threads 1]
+        [--steps 5] [--reps 2] [--threads 1]
     python bench/bench_candidates.py --threads 2      # the default of zoo-sample on a 2-core machine
 
 What ``zoo-sample`` / ``zoo-serve`` / ``GlideLit.candidates`` do for n candidates of B captions:
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--ckpt", default=None, help="a GLIDE checkpoint (default: the shapes preset, untrained)")
     ap.add_argument("--captions", type=int, nargs="+", default=[1, 2, 4], help="captions per call (B)")
     ap.add_argument("--n", type=int, default=8, help="candidates per caption")
-    ap.add_argument("--steps", type=int, default=10, help="DDIM steps")
+    ap.add_argument("--steps", type=int, default=5, help="DDIM steps")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--batch-size", type=int, default=64, help="rows per denoiser batch when batched")
