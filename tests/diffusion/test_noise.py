@@ -59,12 +59,34 @@ def test_samplers_give_each_group_the_sample_of_its_seed(sampler):
     assert torch.equal(got[1:], run((2, 2, 4, 4), torch.Generator().manual_seed(6), slice(1, 3)))
 
 
-def test_the_diffusers_adapter_refuses_row_generators():
+def test_the_diffusers_adapter_takes_row_generators_only_for_deterministic_solvers():
     pytest.importorskip("diffusers")
     from zoo.diffusion.diffusers_adapter import diffusers_sample
+    from zoo.diffusion.noise import sampler_takes_row_generators
 
     process = GaussianDiffusion(cosine_schedule(100), model_mean_type="eps")
-    with pytest.raises(ValueError, match="sampler=ddim or ddpm"):
+    assert [sampler_takes_row_generators(process, s) for s in ("ddim", "ddpm", "dpm++", "unipc", "euler")] == [
+        True,
+        True,
+        True,
+        True,
+        False,
+    ]
+    assert not sampler_takes_row_generators(process, "not-a-scheduler")
+    # dpm++: each group of rows is the sample of its own seed (only x_T is random)
+    rows = RowGenerators([(1, torch.Generator().manual_seed(3)), (1, torch.Generator().manual_seed(5))])
+    got = diffusers_sample(process, _row_wise_model, (2, 1, 4, 4), scheduler="dpm++", steps=3, generator=rows)
+    for k, seed in enumerate((3, 5)):
+        one = diffusers_sample(
+            process,
+            _row_wise_model,
+            (1, 1, 4, 4),
+            scheduler="dpm++",
+            steps=3,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        assert torch.equal(got[k : k + 1], one)
+    with pytest.raises(ValueError, match="draws noise in its steps"):
         diffusers_sample(
             process,
             _row_wise_model,

@@ -181,8 +181,24 @@ def test_batched_candidates_are_the_seeded_samples(nn_helpers, monkeypatch, samp
     lit.candidates(caps, 2, seed=10, generator=torch.Generator().manual_seed(0), **knobs)  # one stream for all
     assert calls == [3, 3]
     calls.clear()
-    lit.candidates(caps, 2, steps=2, sampler="euler")  # diffusers draws its own noise
+    lit.candidates(caps, 2, steps=2, sampler="euler")  # a stochastic diffusers scheduler draws its own step noise
     assert calls == [3, 3]
+
+
+@pytest.mark.parametrize("solver", ["dpm++", "unipc"])
+def test_deterministic_diffusers_solvers_batch_candidates(nn_helpers, monkeypatch, solver):
+    """DPM-Solver++ and UniPC draw no noise in their steps: candidates share a batch (only x_T per seed)."""
+    lit = nn_helpers.sampling_lit(GlideLit)
+    caps = ["a red circle", "a blue square"]
+    calls = []
+    real = lit.sample_tokens
+    monkeypatch.setattr(lit, "sample_tokens", lambda text, *a, **kw: calls.append(len(text)) or real(text, *a, **kw))
+    got = lit.candidates(caps, 3, seed=2, steps=4, sampler=solver)
+    assert calls == [6] and got.shape == (2, 3, 3, 16, 16)
+    for i in range(3):
+        torch.testing.assert_close(
+            got[:, i], lit.generate(caps, seed=2 + i, steps=4, sampler=solver), rtol=0, atol=1e-4
+        )
 
 
 def test_tiny_glide_overfits_a_fixed_batch(nn_helpers):

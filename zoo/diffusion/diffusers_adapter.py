@@ -62,6 +62,27 @@ def make_scheduler(process: GaussianDiffusion, name: str = "DPMSolverMultistepSc
     return cls(**config)
 
 
+# Schedulers whose steps draw no noise: with them only x_T is random, so candidates can share a batch (RowGenerators).
+_DETERMINISTIC = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler")
+
+
+def draws_step_noise(sched) -> bool:
+    """Whether ``sched.step`` may draw random noise. False only for the schedulers known to be deterministic (DPM-Solver
+    with an ODE ``algorithm_type``, UniPC); Euler draws a noise tensor at every step even when ``s_churn`` = 0 leaves
+    it unused, which moves the generator that later stages (an upsampler) would read."""
+    if type(sched).__name__ not in _DETERMINISTIC:
+        return True
+    return str(getattr(sched.config, "algorithm_type", "")).startswith("sde")
+
+
+def takes_row_generators(process: GaussianDiffusion, scheduler: str) -> bool:
+    """Whether ``diffusers_sample`` with this scheduler name takes RowGenerators (no noise drawn in its steps)."""
+    try:
+        return not draws_step_noise(make_scheduler(process, scheduler))
+    except (ImportError, ValueError):  # no diffusers, or not a scheduler: the sampler itself will say so
+        return False
+
+
 @torch.no_grad()
 def diffusers_sample(
     process: GaussianDiffusion,
@@ -84,23 +105,24 @@ def diffusers_sample(
     ``scale_model_input``, i.e. an ordinary x_t for every scheduler here). ``x_T`` is standard normal noise (it is
     multiplied by the scheduler's ``init_noise_sigma``). ``generator`` draws the initial noise and, for stochastic
     schedulers, their step noise."""
-    from zoo.diffusion.noise import RowGenerators
+    from zoo.diffusion.noise import RowGenerators, randn
 
-    if isinstance(generator, RowGenerators):  # its stochastic schedulers draw their own noise, one generator per row
-        raise ValueError(
-            "a diffusers scheduler takes one torch.Generator, not RowGenerators (batched candidates): sample "
-            "candidates with sampler=ddim or ddpm, or one seed at a time"
-        )
     sched = make_scheduler(process, scheduler, **(scheduler_kwargs or {})) if isinstance(scheduler, str) else scheduler
+    rows = isinstance(generator, RowGenerators)
+    if rows and draws_step_noise(sched):  # its steps would draw from one generator for every row
+        raise ValueError(
+            f"{type(sched).__name__} draws noise in its steps, from one torch.Generator, not RowGenerators (batched "
+            f"candidates): sample candidates with ddim, ddpm, dpm++ or unipc, or one seed at a time"
+        )
     if x_T is None:
         if device is None:
             device = generator.device if generator is not None else "cpu"
-        x_T = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        x_T = randn(shape, generator, device=device, dtype=dtype)
     x = x_T.to(device=device or x_T.device, dtype=dtype)
     sched.set_timesteps(steps, device=x.device)
     x = x * sched.init_noise_sigma
     step_args = dict(step_kwargs or {})
-    if "generator" in inspect.signature(sched.step).parameters:
+    if "generator" in inspect.signature(sched.step).parameters and not rows:
         step_args.setdefault("generator", generator)
     n = len(sched.timesteps)
     for done, ts in enumerate(sched.timesteps, start=1):

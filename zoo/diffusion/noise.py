@@ -11,7 +11,8 @@ in another order at another batch size).
 
 Every noise site of the samplers (initial x_T, DDPM and DDIM(η) step noise, the known-region re-noising, CLIP
 guidance's steps) draws through :func:`randn`, which takes either kind of generator (or None: torch's global one).
-The diffusers adapter does not: its stochastic schedulers draw noise themselves (one generator per row at most).
+The diffusers adapter takes one for its deterministic schedulers (DPM-Solver++, UniPC: only x_T is random); its
+stochastic ones draw their own step noise from one generator, so they sample one candidate at a time.
 """
 
 from __future__ import annotations
@@ -60,8 +61,20 @@ class RowGenerators:
 
 
 # The samplers (``zoo.diffusion.samplers`` names, as ``run_sampler`` takes them) whose every noise draw goes
-# through ``randn``, so they take RowGenerators; a diffusers scheduler draws its own.
+# through ``randn``, so they take RowGenerators; of the diffusers schedulers only the deterministic ones do
+# (``sampler_takes_row_generators``).
 BATCHED_SAMPLERS = ("ddim", "ddpm")
+
+
+def sampler_takes_row_generators(process, sampler: str) -> bool:
+    """Whether a ``run_sampler`` sampler name takes RowGenerators: ddim / ddpm, or a diffusers scheduler whose
+    steps draw no noise (DPM-Solver++ as ODE, UniPC; only x_T is random there)."""
+    if sampler in BATCHED_SAMPLERS:
+        return True
+    from zoo.diffusion.diffusers_adapter import takes_row_generators
+
+    return takes_row_generators(process, sampler)
+
 
 AnyGenerator = Union[torch.Generator, RowGenerators, None]
 

@@ -32,10 +32,10 @@ Stages (PAPER_FACTS "unCLIP"): P(x|y) = P(x|z_i, y) P(z_i|y).
 
 Randomness and reranking (``zoo.pipelines.base`` conventions): candidate i of every caption runs the whole chain with
 one ``torch.Generator`` seeded ``seed + i`` (prior noise, decoder noise, upsampler noise in that order), so it is a
-pure function of (seed, captions, knobs) and does not depend on how many candidates are drawn. With a ``ddim`` /
-``ddpm`` decoder the candidates share the decoder's and upsamplers' batches (up to ``batch_size`` rows), each
-candidate's rows drawing from its own generator (``zoo.diffusion.noise.RowGenerators``): the same noise, the same
-images to float rounding. ``sample(captions,
+pure function of (seed, captions, knobs) and does not depend on how many candidates are drawn. With a ``ddim``,
+``ddpm``, ``dpm++`` or ``unipc`` decoder sampler the candidates share the diffusion prior's, the decoder's and the
+upsamplers' batches (up to 16 images, within ``batch_size``), each candidate's rows drawing from its own generator
+(``zoo.diffusion.noise.RowGenerators``): the same noise, the same images to float rounding. ``sample(captions,
 n_candidates, n_keep)`` keeps the CLIP-best ``n_keep`` of ``n_candidates`` (the pipeline's own CLIP); ``generate``
 is ``sample(..., n_keep=1)``; with ``n_candidates=1`` (default) no reranking happens.
 
@@ -67,7 +67,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from zoo.diffusion.noise import BATCHED_SAMPLERS, RowGenerators, candidates_per_batch
+from zoo.diffusion.noise import RowGenerators, candidates_per_batch, sampler_takes_row_generators
 from zoo.diffusion.samplers import ddim_invert, ddim_sample
 from zoo.errors import ConfigError
 
@@ -414,13 +414,14 @@ class UnclipPipeline:
     @torch.no_grad()
     def candidates(self, captions: Sequence[str], n_candidates: Optional[int] = None) -> torch.Tensor:
         """(B, n, 3, H, W) in [-1, 1]: candidate i of every caption runs the chain under seed ``seed + i``; with a
-        ``ddim`` / ``ddpm`` decoder several candidates share the decoder's and upsamplers' batches (up to
-        ``batch_size`` rows; the same noise as one at a time, the same images to float rounding)."""
+        decoder sampler that takes RowGenerators (``ddim``, ``ddpm``, ``dpm++``, ``unipc``) several candidates share
+        the stages' batches (the same noise as one at a time, the same images to float rounding)."""
         from zoo.pipelines.candidates import batched_seeded_candidates
 
         captions = [captions] if isinstance(captions, str) else list(captions)
         sampler = self.decoder_sampler if self.decoder_sampler is not None else self.decoder.hparams.sampler
-        per_batch = candidates_per_batch(len(captions), self.batch_size) if sampler in BATCHED_SAMPLERS else 1
+        batched = sampler_takes_row_generators(self.decoder.process, sampler)
+        per_batch = candidates_per_batch(len(captions), self.batch_size) if batched else 1
         return batched_seeded_candidates(
             self._candidates_batched,
             captions,

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.data.masks import mask_config, random_masks
-from zoo.diffusion.noise import BATCHED_SAMPLERS, candidates_per_batch, seeded_row_generators
+from zoo.diffusion.noise import candidates_per_batch, sampler_takes_row_generators, seeded_row_generators
 from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.process import check_snr_gamma as process_check_snr_gamma
 from zoo.diffusion.samplers import ddim_sample, ddpm_sample
@@ -513,14 +513,15 @@ class GlideLit(TextTokenizerLit):
         With ``ddim`` / ``ddpm`` several candidates share a denoiser call (up to ``CANDIDATE_BATCH`` = 16 images,
         never more than ``batch_size``), each candidate's rows drawing from its own seed's generator
         (``zoo.diffusion.noise.RowGenerators``). Measured on the shapes GLIDE (``bench/bench_candidates.py``, 8
-        candidates): 1.46x (one thread) and 1.50x (two) for one caption, 1.13-1.25x for 2-4. A diffusers
-        scheduler, an explicit ``generator`` (one stream for all candidates) or 16+ captions draw one candidate at
-        a time."""
+        candidates): 1.46x (one thread) and 1.50x (two) for one caption, 1.13-1.25x for 2-4. The deterministic
+        diffusers schedulers (``dpm++``, ``unipc``: only x_T is random) batch too; a stochastic one (``euler``,
+        the diffusers ``ddpm``), an explicit ``generator`` (one stream for all candidates) or 16+ captions draw one
+        candidate at a time."""
         if isinstance(captions, str):
             captions = [captions]
         sampler = self.hparams.sampler if sampler is None else sampler
         knobs = dict(guidance_scale=guidance_scale, steps=steps, sampler=sampler, eta=eta)
-        batched = sampler in BATCHED_SAMPLERS and generator is None
+        batched = generator is None and sampler_takes_row_generators(self.process, sampler)
         per_batch = candidates_per_batch(len(captions), batch_size) if batched else 1
 
         def draw(caps: list[str], seeds: list[int]) -> torch.Tensor:
