@@ -20,6 +20,18 @@ def test_a_draw_is_each_groups_own_draw():
     assert uneven.rows == 4 and randn((4, 2), uneven, dtype=torch.float64).dtype == torch.float64
 
 
+def test_gumbel_picks_take_one_stream_per_group():
+    from zoo.nn.sampling import gumbel_pick
+
+    logits = torch.randn(5, 40)
+    rows = RowGenerators([(2, torch.Generator().manual_seed(7)), (3, torch.Generator().manual_seed(8))])
+    got = gumbel_pick(logits, 1.0, rows)
+    assert torch.equal(got[:2], gumbel_pick(logits[:2], 1.0, torch.Generator().manual_seed(7)))
+    assert torch.equal(got[2:], gumbel_pick(logits[2:], 1.0, torch.Generator().manual_seed(8)))
+    u = seeded_row_generators(1, [4, 4]).rand((2, 6))
+    assert torch.equal(u[0], u[1]) and torch.equal(u[:1], torch.rand(1, 6, generator=torch.Generator().manual_seed(4)))
+
+
 def test_bad_groups_and_draws_fail_with_the_reason():
     rows = seeded_row_generators(2, [1, 2])
     with pytest.raises(ValueError, match="first dimension must be the batch's rows"):

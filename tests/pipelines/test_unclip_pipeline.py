@@ -220,8 +220,8 @@ def test_every_knob_reaches_its_stage(ckpts, monkeypatch):
 @pytest.mark.parametrize("prior,sampler", [("diffusion", "ddim"), ("diffusion", "ddpm"), ("ar", "ddim")])
 def test_batched_candidates_are_the_one_at_a_time_candidates(ckpts, monkeypatch, prior, sampler):
     """Candidates share the decoder's and upsampler's batches, each candidate's rows drawing from its own seed's
-    generator (the diffusion prior's too; the AR prior samples one seed at a time): the same images as one seed at
-    a time (batch_size = the captions), to float rounding; a diffusers decoder sampler draws one candidate at a time."""
+    generator (the prior's too, diffusion or AR): the same images as one seed at a time (batch_size = the captions),
+    to float rounding; a stochastic diffusers decoder sampler draws one candidate at a time."""
     kw = dict(prior=prior, ups=1, seed=7, decoder_sampler=sampler, decoder_eta=0.5, upsampler_eta=0.5)
     alone = _pipe(ckpts, batch_size=len(CAPS), **kw)
     d_alone = _spy(monkeypatch, alone.decoder, "sample")
@@ -231,7 +231,7 @@ def test_batched_candidates_are_the_one_at_a_time_candidates(ckpts, monkeypatch,
     u = _spy(monkeypatch, pipe.upsamplers[0], "upsample")
     pr = _spy(monkeypatch, pipe.prior_model, "sample")
     got = pipe.candidates(CAPS, 3)
-    assert [c["args"][0].shape[0] for c in pr] == ([6] if prior == "diffusion" else [2, 2, 2])
+    assert [c["args"][0].shape[0] for c in pr] == [6]  # the prior too: one call for the 3 candidates
     assert got.shape == want.shape == (2, 3, 3, 64, 64)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
     assert not torch.equal(got[:, 0], got[:, 1])  # the candidates differ: each has its own noise

@@ -40,16 +40,26 @@ class RowGenerators:
         self.rows = sum(r for r, _ in groups)
         self.device = devices.pop()
 
-    def randn(self, shape: Sequence[int], device=None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    def _check(self, shape: Sequence[int]) -> tuple[int, ...]:
         shape = tuple(shape)
         if not shape or shape[0] != self.rows:
             raise ValueError(
                 f"a draw of shape {shape} from RowGenerators over {self.rows} rows: the first dimension must be the "
                 f"batch's rows (a sampler drawing per-row noise)"
             )
+        return shape
+
+    def randn(self, shape: Sequence[int], device=None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        shape = self._check(shape)
         return torch.cat(
             [torch.randn((r, *shape[1:]), generator=g, device=device, dtype=dtype) for r, g in self.groups]
         )
+
+    def rand(self, shape: Sequence[int], device=None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """Uniform [0, 1) draws, per group as ``randn`` (the Gumbel noise of ``zoo.nn.sampling.gumbel_pick``: the AR
+        prior's token sampling)."""
+        shape = self._check(shape)
+        return torch.cat([torch.rand((r, *shape[1:]), generator=g, device=device, dtype=dtype) for r, g in self.groups])
 
     def repeated(self, k: int) -> "RowGenerators":
         """The same streams for a batch whose every row is repeated ``k`` times in place (``repeat_interleave(k,

@@ -42,8 +42,13 @@ def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Opti
 
 def gumbel_pick(logits: torch.Tensor, temperature: float, generator: Optional[torch.Generator]) -> torch.Tensor:
     """Sample (B,) from softmax(logits / temperature) with Gumbel-max; temperature <= 0 means greedy.
-    The noise is drawn even when greedy so that the generator advances identically."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
+    The noise is drawn even when greedy so that the generator advances identically. ``generator`` may also be an
+    object with ``rand(shape, device=, dtype=)`` (``zoo.diffusion.noise.RowGenerators``: one stream per group of
+    rows, batched candidates)."""
+    if hasattr(generator, "rand"):
+        u = generator.rand(logits.shape, device=logits.device, dtype=torch.float32)
+    else:
+        u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
     if temperature <= 0:
         return logits.argmax(-1)
     g = -torch.log(-torch.log(u.clamp(min=torch.finfo(torch.float32).tiny)))

@@ -396,18 +396,14 @@ class UnclipPipeline:
     @torch.no_grad()
     def _candidates_batched(self, captions: list[str], seeds: list[int]) -> torch.Tensor:
         """Candidates under ``seeds`` (B <= batch_size captions): (len(seeds) * B, 3, H, W), candidate-major. The
-        diffusion prior, the decoder and the upsamplers each run every candidate in one batch, each candidate's rows
-        drawing from its own seed's generator (``RowGenerators``); the AR prior (token sampling) runs one seed at a
-        time. Each generator so makes the draws ``_candidate`` makes (prior, decoder, upsampler noise, in that
-        order): a batched candidate has the same noise as one sampled alone."""
+        prior (diffusion: its noise; AR: its Gumbel token noise), the decoder and the upsamplers each run every
+        candidate in one batch, each candidate's rows drawing from its own seed's generator (``RowGenerators``). Each
+        generator so makes the draws ``_candidate`` makes (prior, decoder, upsampler noise, in that order): a batched
+        candidate has the same noise as one sampled alone."""
         if len(seeds) == 1:
             return self._candidate(captions, seeds[0])
-        gens = [self._generator(s) for s in seeds]
-        rows = RowGenerators([(len(captions), g) for g in gens])
-        if self.prior == "ar":
-            emb = torch.cat([self.embeddings(captions, g) for g in gens])
-        else:
-            emb = self.embeddings(captions * len(seeds), rows)
+        rows = RowGenerators([(len(captions), self._generator(s)) for s in seeds])
+        emb = self.embeddings(captions * len(seeds), rows)
         return self.upsample(self.decode(emb, captions * len(seeds), rows), rows)
 
     # ------------------------------------------------------------------------------------------ Generator
