@@ -244,3 +244,35 @@ def test_train_checkpoint_load_and_generate(train_cfg, train_helpers):
     assert isinstance(model, GlideLit)
     imgs = model.generate(["a red circle", "a blue square in the top left"], n=2, steps=3, guidance_scale=2.0)
     assert imgs.shape == (4, 3, 16, 16) and torch.isfinite(imgs).all() and imgs.abs().max() <= 1
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.5])
+@pytest.mark.parametrize("model", ["glide", "unclip_decoder"])
+def test_large_sampling_calls_run_the_network_16_images_at_a_time(nn_helpers, monkeypatch, model, scale):
+    """Past CANDIDATE_BATCH images a sampling call runs the network on slices of rows (cheaper per image on a CPU):
+    the same output as one call, the conditioning sliced with the rows ([cond ; uncond] under guidance)."""
+    import zoo.models.glide.lit as glide_lit
+
+    if model == "glide":
+        lit = nn_helpers.sampling_lit(GlideLit)
+        make = lambda text: lit.model_fn(text, scale)  # noqa: E731
+    else:
+        from zoo.models.unclip_decoder.lit import UnclipDecoderLit
+
+        lit = nn_helpers.sampling_lit(UnclipDecoderLit)
+        emb = torch.randn(20, lit.cfg.clip_dim, generator=torch.Generator().manual_seed(1))
+        make = lambda text: lit.decoder_model_fn(text, emb, scale)  # noqa: E731
+    text = lit.encode_captions([f"a red circle {i}" for i in range(20)])
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(20, 3, 16, 16, generator=g), torch.randint(0, 1000, (20,), generator=g)
+    calls = []
+    real = lit.net.denoise
+    monkeypatch.setattr(lit.net, "denoise", lambda x, *a, **kw: calls.append(len(x)) or real(x, *a, **kw))
+    with torch.no_grad():
+        sliced = make(text)(x, t)
+        rows = 2 if scale != 1.0 else 1
+        assert calls == [16 * rows, 4 * rows]
+        monkeypatch.setattr(glide_lit, "CANDIDATE_BATCH", 1000)
+        whole = make(text)(x, t)
+    assert calls[2:] == [20 * rows]
+    torch.testing.assert_close(sliced, whole, rtol=0, atol=1e-5)

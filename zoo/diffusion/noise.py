@@ -107,7 +107,8 @@ def seeded_row_generators(rows: int, seeds: Sequence[int], device=None) -> RowGe
 # Images per denoiser call that batched candidates aim for. Measured on the shapes GLIDE at 32 px (AVX2 AMD EPYC,
 # classifier-free guidance, so twice the rows): per image a call costs 91 / 88 / 82 / 94 / 106 ms at 4 / 8 / 16 / 32
 # / 64 images on one thread, 51 / 52 / 53 / 55 / 65 ms on two; a lone image costs ~112. Past ~16 the activations
-# leave the caches and a bigger batch is slower per image, so candidates fill a batch up to this many images only.
+# leave the caches and a bigger batch is slower per image, so candidates fill a batch up to this many images only,
+# and GLIDE / the unCLIP decoder run a larger sampling call on slices of this many images (GlideLit.guided_model_fn).
 CANDIDATE_BATCH = 16
 
 

@@ -35,7 +35,12 @@ import torch
 import torch.nn.functional as F
 
 from zoo.data.masks import mask_config, random_masks
-from zoo.diffusion.noise import candidates_per_batch, sampler_takes_row_generators, seeded_row_generators
+from zoo.diffusion.noise import (
+    CANDIDATE_BATCH,
+    candidates_per_batch,
+    sampler_takes_row_generators,
+    seeded_row_generators,
+)
 from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.process import check_snr_gamma as process_check_snr_gamma
 from zoo.diffusion.samplers import ddim_sample, ddpm_sample
@@ -109,6 +114,11 @@ def run_sampler(
     return diffusers_sample(
         process, fn, shape, scheduler=sampler, steps=steps, generator=generator, device=device, x_T=x_T
     )
+
+
+def _rows(cond: dict[str, Any], rows) -> dict[str, Any]:
+    """The conditioning of some rows (a slice or an index tensor) of a per-row dict (``Glide.encode_text``'s)."""
+    return {k: v[rows] if torch.is_tensor(v) else v for k, v in cond.items()}
 
 
 class GlideLit(TextTokenizerLit):
@@ -327,15 +337,38 @@ class GlideLit(TextTokenizerLit):
         """``model_fn(x_t, t)`` over ``self.net.denoise``: at scale None or 1 the conditional model with
         ``encode(False)``'s conditioning; else classifier-free guided, one batched forward per step over
         ``encode(True)``'s [cond ; uncond] conditioning (2B rows), eps guided, variance from the conditional half."""
+        m = CANDIDATE_BATCH  # images per network call: larger calls are slower per image on a CPU (noise.py)
         if guidance_scale is None or guidance_scale == 1.0:
             cond = encode(False)
-            return lambda x, t: self.net.denoise(x, t, cond)
+
+            def conditional(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                if len(x) <= m:
+                    return self.net.denoise(x, t, cond)
+                return torch.cat(
+                    [
+                        self.net.denoise(x[i : i + m], t[i : i + m], _rows(cond, slice(i, i + m)))
+                        for i in range(0, len(x), m)
+                    ]
+                )
+
+            return conditional
         both = encode(True)
 
+        def guided_rows(x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+            out = self.net.denoise(torch.cat([x, x]), torch.cat([t, t]), cond)  # (2B, 2C, H, W)
+            c, u = out.float().chunk(2, dim=0)
+            return guide_learned_variance(u, c, guidance_scale, dim=1)
+
         def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            out = self.net.denoise(torch.cat([x, x]), torch.cat([t, t]), both)  # (2B, 2C, H, W)
-            cond, uncond = out.float().chunk(2, dim=0)
-            return guide_learned_variance(uncond, cond, guidance_scale, dim=1)
+            b = len(x)
+            if b <= m:
+                return guided_rows(x, t, both)
+            out = []
+            for i in range(0, b, m):  # [cond ; uncond] rows of images i .. i + m
+                j = min(i + m, b)
+                idx = torch.cat([torch.arange(i, j), torch.arange(b + i, b + j)]).to(x.device)
+                out.append(guided_rows(x[i:j], t[i:j], _rows(both, idx)))
+            return torch.cat(out)
 
         return guided
 
