@@ -110,6 +110,31 @@ def test_tiled_sampling_feeds_training_size_windows_and_bad_tiles_fail_before_tr
             UpsamplerLit(preset="tiny", sample_tile=tile, sample_tile_overlap=overlap)
 
 
+@pytest.mark.parametrize("tile", [0, "train_crop"])
+def test_large_sampling_batches_run_the_network_a_few_images_at_a_time(monkeypatch, tile):
+    """Past CALL_POSITIONS output pixels a sampling call runs the network on slices of images (each with its own
+    low-res input; tiled or whole): the same upsampled images as one call, the noise drawn for the whole batch."""
+    import zoo.models.upsampler.lit as up_lit
+
+    torch.manual_seed(0)
+    lit = UpsamplerLit(preset="tiny", sample_tile_overlap=4)
+    with torch.no_grad():  # re-draw every weight: the zero-initialised output layer would hide a mix-up
+        for p in lit.net.parameters():
+            p.normal_(0.0, 0.2)
+    low = torch.rand(5, 3, 8, 8) * 2 - 1
+    seen = []
+    hook = lit.net.unet.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    monkeypatch.setattr(up_lit, "CALL_POSITIONS", 2 * 32 * 32)  # 2 images of 32 px per call
+    sliced = lit.upsample(low, steps=2, generator=torch.Generator().manual_seed(0), tile=tile)
+    per_image = 1 if tile == 0 else 7 * 7  # windows per image
+    assert seen == [2 * per_image, 2 * per_image, per_image] * 2  # 2 + 2 + 1 images, each of 2 steps
+    monkeypatch.setattr(up_lit, "CALL_POSITIONS", 10**9)
+    whole = lit.upsample(low, steps=2, generator=torch.Generator().manual_seed(0), tile=tile)
+    hook.remove()
+    assert seen[6:] == [5 * per_image] * 2
+    torch.testing.assert_close(sliced, whole, rtol=0, atol=1e-5)
+
+
 def test_bsr_stage_trains_and_sample_grid_layout():
     torch.manual_seed(0)
     lit = UpsamplerLit(preset="tiny", corruption="bsr", grid_images=3, grid_steps=2)
