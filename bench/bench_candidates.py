@@ -15,7 +15,9 @@ What ``zoo-sample`` / ``zoo-serve`` / ``GlideLit.candidates`` do for n candidate
 The model: ``--ckpt`` (a GLIDE checkpoint), else the ``shapes`` preset freshly initialised (32 px, width 64; its zero-initialised
 layers made small and random) with a word-hash stand-in tokenizer: speed does not depend on the weights. Both ways timed interleaved, best of ``--reps``;
 one thread on the CPU-time clock, several on the wall clock (idle pool threads spin, which CPU time would count).
-Prints figures and a ``BENCH_JSON`` line; asserts nothing.
+Then the other way round: one large sampling call (GLIDE ``generate`` of 32 captions; the ``shapes_32_128``
+upsampler, untrained, on 16 images) in one piece vs in slices (16 images; ``CALL_POSITIONS`` pixels), as sampling
+now runs them. Prints figures and a ``BENCH_JSON`` line; asserts nothing.
 """
 
 from __future__ import annotations
@@ -137,7 +139,57 @@ def main() -> None:
             f"{row['batched_ms_per_image']:7.1f} ms/image | {row['speedup']:.2f}x | images differ by at most {diff:.1e}",
             flush=True,
         )
-    print("BENCH_JSON " + json.dumps({"machine": describe_cpu(), "threads": threads, "rows": rows}))
+    sliced = sliced_calls(glide, args, clock)
+    print("BENCH_JSON " + json.dumps({"machine": describe_cpu(), "threads": threads, "rows": rows, "sliced": sliced}))
+
+
+def sliced_calls(glide, args, clock) -> list[dict]:
+    """The other way round: one large sampling call run on slices (GLIDE: 16 images; the upsampler: CALL_POSITIONS
+    pixels) against the same call in one piece (the module constants raised for the comparison)."""
+    import zoo.models.glide.lit as glide_lit
+    import zoo.models.upsampler.lit as up_lit
+
+    print(f"\nlarge calls, one piece vs slices, DDIM {args.steps} steps, best of {args.reps}:")
+    torch.manual_seed(0)
+    up = up_lit.UpsamplerLit(preset="shapes_32_128").eval()  # untrained: speed only
+    low = torch.rand(16, 3, up.cfg.low_res_size, up.cfg.low_res_size) * 2 - 1
+    cases = {
+        "GLIDE generate, 32 captions": (
+            glide_lit,
+            "CANDIDATE_BATCH",
+            lambda: glide.generate((CAPTIONS * 4)[:32], seed=0, steps=args.steps, sampler="ddim"),
+        ),
+        f"upsampler {up.cfg.low_res_size} -> {up.cfg.image_size} px, 16 images": (
+            up_lit,
+            "CALL_POSITIONS",
+            lambda: up.upsample(low, steps=args.steps, generator=torch.Generator().manual_seed(0), tile=0),
+        ),
+    }
+    rows = []
+    for name, (module, const, call) in cases.items():
+        sliced_value, out = getattr(module, const), {}
+
+        def run(key: str, value: int, call=call, module=module, const=const, out=out):
+            def fn():
+                setattr(module, const, value)
+                out[key] = call()
+
+            return fn
+
+        best = interleaved_best(
+            {"whole": run("whole", 10**9), "sliced": run("sliced", sliced_value)}, args.reps, 1, clock=clock
+        )
+        setattr(module, const, sliced_value)
+        diff = (out["whole"] - out["sliced"]).abs().max().item()
+        row = {"call": name, "whole_s": round(best["whole"], 2), "sliced_s": round(best["sliced"], 2)}
+        row.update(speedup=round(best["whole"] / best["sliced"], 2), max_abs_diff=diff)
+        rows.append(row)
+        print(
+            f"  {name}: one piece {row['whole_s']:.2f} s | sliced {row['sliced_s']:.2f} s | {row['speedup']:.2f}x | "
+            f"images differ by at most {diff:.1e}",
+            flush=True,
+        )
+    return rows
 
 
 if __name__ == "__main__":
