@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
+from zoo.diffusion.noise import RowGenerators, randn
 from zoo.diffusion.process import GaussianDiffusion
 
 ALIASES = {
@@ -105,8 +106,6 @@ def diffusers_sample(
     ``scale_model_input``, i.e. an ordinary x_t for every scheduler here). ``x_T`` is standard normal noise (it is
     multiplied by the scheduler's ``init_noise_sigma``). ``generator`` draws the initial noise and, for stochastic
     schedulers, their step noise."""
-    from zoo.diffusion.noise import RowGenerators, randn
-
     sched = make_scheduler(process, scheduler, **(scheduler_kwargs or {})) if isinstance(scheduler, str) else scheduler
     rows = isinstance(generator, RowGenerators)
     if rows and draws_step_noise(sched):  # its steps would draw from one generator for every row

@@ -49,17 +49,17 @@ class RowGenerators:
             )
         return shape
 
-    def randn(self, shape: Sequence[int], device=None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    def _cat(self, draw, shape: Sequence[int], device, dtype) -> torch.Tensor:
         shape = self._check(shape)
-        return torch.cat(
-            [torch.randn((r, *shape[1:]), generator=g, device=device, dtype=dtype) for r, g in self.groups]
-        )
+        return torch.cat([draw((r, *shape[1:]), generator=g, device=device, dtype=dtype) for r, g in self.groups])
+
+    def randn(self, shape: Sequence[int], device=None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        return self._cat(torch.randn, shape, device, dtype)
 
     def rand(self, shape: Sequence[int], device=None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """Uniform [0, 1) draws, per group as ``randn`` (the Gumbel noise of ``zoo.nn.sampling.gumbel_pick``: the AR
         prior's token sampling)."""
-        shape = self._check(shape)
-        return torch.cat([torch.rand((r, *shape[1:]), generator=g, device=device, dtype=dtype) for r, g in self.groups])
+        return self._cat(torch.rand, shape, device, dtype)
 
     def repeated(self, k: int) -> "RowGenerators":
         """The same streams for a batch whose every row is repeated ``k`` times in place (``repeat_interleave(k,

@@ -27,6 +27,16 @@ Hook = Callable[[torch.Tensor, int], torch.Tensor]
 Progress = Callable[[int, int, torch.Tensor, torch.Tensor], None]  # (steps done, total, x, pred_x0)
 
 
+def in_row_slices(n: int, size: int, fn: Callable[[slice], torch.Tensor]) -> torch.Tensor:
+    """``fn(rows)`` over consecutive slices of at most ``size`` of ``n`` rows, concatenated; ``fn(slice(0, n))``
+    when n <= size. For a sampler's network call on a CPU, where a call too large for the caches costs more per
+    image than several smaller ones (``zoo.diffusion.noise.CANDIDATE_BATCH``); the rows are independent, so the
+    result is the same."""
+    if n <= size:
+        return fn(slice(0, n))
+    return torch.cat([fn(slice(i, min(i + size, n))) for i in range(0, n, size)])
+
+
 def _full_t(i: int, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
 

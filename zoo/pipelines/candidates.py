@@ -28,19 +28,6 @@ class ClipRerank:
 
 
 def seeded_candidates(
-    sample: Callable[[list[str], int], torch.Tensor],
-    captions: Sequence[str],
-    n: int,
-    seed: int,
-    progress: Optional[bool],
-    desc: str,
-) -> torch.Tensor:
-    """(B, n, 3, H, W): candidate i of every caption is ``sample(captions, seed + i)`` (B images), so candidate i is
-    the same whatever n is (nested reranking curves). A progress bar when ``progress`` (None: when n > 1)."""
-    return batched_seeded_candidates(lambda caps, seeds: sample(caps, seeds[0]), captions, n, seed, 1, progress, desc)
-
-
-def batched_seeded_candidates(
     sample_seeds: Callable[[list[str], list[int]], torch.Tensor],
     captions: Sequence[str],
     n: int,

@@ -57,7 +57,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from zoo.diffusion.noise import candidates_per_batch, seeded_row_generators
-from zoo.pipelines.candidates import ClipRerank, batched_seeded_candidates
+from zoo.pipelines.candidates import ClipRerank, seeded_candidates
 
 log = logging.getLogger("zoo.pipelines.glide")
 
@@ -258,9 +258,7 @@ class GlidePipeline(ClipRerank):
             return self.glide.candidates(captions, n, seed=self.seed, progress=show, **self._knobs())
         captions = [captions] if isinstance(captions, str) else list(captions)
         per_batch = candidates_per_batch(len(captions), self.batch_size)  # CLIP guidance samples with ddim / ddpm
-        return batched_seeded_candidates(
-            self._draw_seeds, captions, n, self.seed, per_batch, self.progress, "glide sample"
-        )
+        return seeded_candidates(self._draw_seeds, captions, n, self.seed, per_batch, self.progress, "glide sample")
 
     def _draw_seeds(self, captions: list[str], seeds: list[int]) -> torch.Tensor:
         """CLIP-guided candidates under ``seeds`` in one sampler batch, each candidate's rows drawing from its own

@@ -67,7 +67,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from zoo.diffusion.noise import RowGenerators, candidates_per_batch, sampler_takes_row_generators
+from zoo.diffusion.noise import candidates_per_batch, sampler_takes_row_generators, seeded_row_generators
 from zoo.diffusion.samplers import ddim_invert, ddim_sample
 from zoo.errors import ConfigError
 
@@ -402,7 +402,7 @@ class UnclipPipeline:
         candidate has the same noise as one sampled alone."""
         if len(seeds) == 1:
             return self._candidate(captions, seeds[0])
-        rows = RowGenerators([(len(captions), self._generator(s)) for s in seeds])
+        rows = seeded_row_generators(len(captions), seeds, self.device)
         emb = self.embeddings(captions * len(seeds), rows)
         return self.upsample(self.decode(emb, captions * len(seeds), rows), rows)
 
@@ -412,13 +412,13 @@ class UnclipPipeline:
         """(B, n, 3, H, W) in [-1, 1]: candidate i of every caption runs the chain under seed ``seed + i``; with a
         decoder sampler that takes RowGenerators (``ddim``, ``ddpm``, ``dpm++``, ``unipc``) several candidates share
         the stages' batches (the same noise as one at a time, the same images to float rounding)."""
-        from zoo.pipelines.candidates import batched_seeded_candidates
+        from zoo.pipelines.candidates import seeded_candidates
 
         captions = [captions] if isinstance(captions, str) else list(captions)
         sampler = self.decoder_sampler if self.decoder_sampler is not None else self.decoder.hparams.sampler
         batched = sampler_takes_row_generators(self.decoder.process, sampler)
         per_batch = candidates_per_batch(len(captions), self.batch_size) if batched else 1
-        return batched_seeded_candidates(
+        return seeded_candidates(
             self._candidates_batched,
             captions,
             n_candidates or self.n_candidates,
@@ -535,7 +535,7 @@ class UnclipPipeline:
         per_batch = candidates_per_batch(b, self.batch_size)
         for start in range(0, int(n), per_batch):  # several variations per call, each from its own seed's generator
             k = min(per_batch, int(n) - start)
-            rows = RowGenerators([(b, self._generator(self.seed + start + j)) for j in range(k)])
+            rows = seeded_row_generators(b, range(self.seed + start, self.seed + start + k), self.device)
             caps = None if captions is None else list(captions) * k
             x = self.decode_latent(emb.repeat(k, 1), x_T.repeat(k, 1, 1, 1), float(eta), rows, caps)
             out.append(self.upsample(x, rows).unflatten(0, (k, b)).transpose(0, 1))

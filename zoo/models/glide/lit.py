@@ -43,13 +43,13 @@ from zoo.diffusion.noise import (
 )
 from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.process import check_snr_gamma as process_check_snr_gamma
-from zoo.diffusion.samplers import ddim_sample, ddpm_sample
+from zoo.diffusion.samplers import ddim_sample, ddpm_sample, in_row_slices
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
 from zoo.models.base import TextTokenizerLit, check_text_tokenizer, resolve_preset
 from zoo.models.glide.model import GLIDE_PRESETS, Glide, GlideConfig
 from zoo.nn.guidance import guide_learned_variance
-from zoo.pipelines.candidates import batched_seeded_candidates
+from zoo.pipelines.candidates import seeded_candidates
 from zoo.text import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,8 @@ def run_sampler(
     )
 
 
-def _rows(cond: dict[str, Any], rows) -> dict[str, Any]:
-    """The conditioning of some rows (a slice or an index tensor) of a per-row dict (``Glide.encode_text``'s)."""
+def _rows(cond: dict[str, Any], rows: slice) -> dict[str, Any]:
+    """The conditioning of some rows of a per-row dict (``Glide.encode_text``'s)."""
     return {k: v[rows] if torch.is_tensor(v) else v for k, v in cond.items()}
 
 
@@ -340,37 +340,17 @@ class GlideLit(TextTokenizerLit):
         m = CANDIDATE_BATCH  # images per network call: larger calls are slower per image on a CPU (noise.py)
         if guidance_scale is None or guidance_scale == 1.0:
             cond = encode(False)
-
-            def conditional(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                if len(x) <= m:
-                    return self.net.denoise(x, t, cond)
-                return torch.cat(
-                    [
-                        self.net.denoise(x[i : i + m], t[i : i + m], _rows(cond, slice(i, i + m)))
-                        for i in range(0, len(x), m)
-                    ]
-                )
-
-            return conditional
+            return lambda x, t: in_row_slices(len(x), m, lambda r: self.net.denoise(x[r], t[r], _rows(cond, r)))
         both = encode(True)
 
-        def guided_rows(x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
-            out = self.net.denoise(torch.cat([x, x]), torch.cat([t, t]), cond)  # (2B, 2C, H, W)
+        def guided_rows(x: torch.Tensor, t: torch.Tensor, r: slice) -> torch.Tensor:
+            b = len(x)  # ``both`` holds the [cond ; uncond] conditioning of images r at rows r and b + r
+            pair = both if r == slice(0, b) else {k: torch.cat([v[r], v[b:][r]]) for k, v in both.items()}
+            out = self.net.denoise(torch.cat([x[r], x[r]]), torch.cat([t[r], t[r]]), pair)  # (2 rows, 2C, H, W)
             c, u = out.float().chunk(2, dim=0)
             return guide_learned_variance(u, c, guidance_scale, dim=1)
 
-        def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            b = len(x)
-            if b <= m:
-                return guided_rows(x, t, both)
-            out = []
-            for i in range(0, b, m):  # [cond ; uncond] rows of images i .. i + m
-                j = min(i + m, b)
-                idx = torch.cat([torch.arange(i, j), torch.arange(b + i, b + j)]).to(x.device)
-                out.append(guided_rows(x[i:j], t[i:j], _rows(both, idx)))
-            return torch.cat(out)
-
-        return guided
+        return lambda x, t: in_row_slices(len(x), m, lambda r: guided_rows(x, t, r))
 
     @torch.no_grad()
     def sample_tokens(
@@ -528,20 +508,11 @@ class GlideLit(TextTokenizerLit):
 
     @torch.no_grad()
     def candidates(
-        self,
-        captions: Sequence[str],
-        n: int,
-        seed: int = 0,
-        guidance_scale: Optional[float] = None,
-        steps: Optional[int] = None,
-        sampler: Optional[str] = None,
-        eta: Optional[float] = None,
-        generator: Optional[torch.Generator] = None,
-        batch_size: int = 64,
-        progress: Optional[bool] = False,
+        self, captions: Sequence[str], n: int, seed: int = 0, progress: Optional[bool] = False, **kwargs
     ) -> torch.Tensor:
-        """(len(captions), n, 3, H, W): candidate i is ``generate(captions, seed=seed + i)``: the same noise whatever
-        n is (nested reranking curves, as ``zoo.pipelines.base`` asks), the same image to float rounding.
+        """(len(captions), n, 3, H, W): candidate i is ``generate(captions, seed=seed + i, **kwargs)`` (``kwargs``:
+        ``generate``'s knobs): the same noise whatever n is (nested reranking curves, as ``zoo.pipelines.base``
+        asks), the same image to float rounding.
 
         With ``ddim`` / ``ddpm`` several candidates share a denoiser call (up to ``CANDIDATE_BATCH`` = 16 images,
         never more than ``batch_size``), each candidate's rows drawing from its own seed's generator
@@ -552,21 +523,21 @@ class GlideLit(TextTokenizerLit):
         candidate at a time."""
         if isinstance(captions, str):
             captions = [captions]
-        sampler = self.hparams.sampler if sampler is None else sampler
-        knobs = dict(guidance_scale=guidance_scale, steps=steps, sampler=sampler, eta=eta)
-        batched = generator is None and sampler_takes_row_generators(self.process, sampler)
-        per_batch = candidates_per_batch(len(captions), batch_size) if batched else 1
+        sampler = self.hparams.sampler if kwargs.get("sampler") is None else kwargs["sampler"]
+        batched = kwargs.get("generator") is None and sampler_takes_row_generators(self.process, sampler)
+        per_batch = candidates_per_batch(len(captions), kwargs.get("batch_size", 64)) if batched else 1
+        knobs = {k: v for k, v in kwargs.items() if k not in ("generator", "batch_size")}  # sample_tokens' own
 
         def draw(caps: list[str], seeds: list[int]) -> torch.Tensor:
             if len(seeds) == 1:
-                return self.generate(caps, 1, seeds[0], generator=generator, batch_size=batch_size, **knobs)
+                return self.generate(caps, 1, seeds[0], **kwargs)
             text = self.encode_captions(caps).repeat(len(seeds), 1)  # candidate-major
             gens = seeded_row_generators(len(caps), seeds, self.device)
             return self.sample_in_chunks(
                 len(text), lambda rows, gen: self.sample_tokens(text[rows], generator=gen, **knobs), 0, gens, len(text)
             )
 
-        return batched_seeded_candidates(draw, captions, n, seed, per_batch, progress, "glide sample")
+        return seeded_candidates(draw, captions, n, seed, per_batch, progress, "glide sample")
 
     @torch.no_grad()
     def sample_grid(self, batch: dict[str, Any]) -> torch.Tensor:

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from zoo.data.degradations import make_corruption, paired_random_crop
 from zoo.diffusion.process import GaussianDiffusion
-from zoo.diffusion.samplers import ddim_sample
+from zoo.diffusion.samplers import ddim_sample, in_row_slices
 from zoo.diffusion.schedules import get_schedule
 from zoo.diffusion.tiling import tiled_call, window_starts
 from zoo.errors import ConfigError
@@ -313,11 +313,7 @@ class UpsamplerLit(ZooLit):
             else:
                 one = lambda x, t, low: tiled_call(self.net, x, t, low, windows[0], windows[1], s)  # noqa: E731
             m = max(1, CALL_POSITIONS // (shape[-2] * shape[-1]))  # images per network call
-
-            def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                if len(x) <= m:
-                    return one(x, t, low)
-                return torch.cat([one(x[i : i + m], t[i : i + m], low[i : i + m]) for i in range(0, len(x), m)])
+            fn = lambda x, t: in_row_slices(len(x), m, lambda r: one(x[r], t[r], low[r]))  # noqa: E731
 
             base = self.bicubic_base(low, shape[-2:]) if self.residual else None
             x = ddim_sample(
