@@ -251,3 +251,21 @@ def test_taming_decoder_takes_the_route_from_a_codebook_lookup(backend, route_ca
     out = m.decode(codes)
     assert len(route_calls) > 0  # the lookup's channels_last layout no longer keeps the decoder off the route
     assert (out - ref).abs().max() < 1e-3
+
+
+def test_torch_compile_traces_the_unet_in_one_graph(backend, route_calls):
+    """Under torch.compile the route steps aside before asking for the thread count, which Dynamo cannot trace: one
+    graph for the whole U-Net (``fullgraph=True`` raises at any graph break), computing torch's convolution. Dynamo
+    with its ``eager`` backend: the tracing is what is tested, not Inductor's code generation (minutes on a CPU)."""
+    backend("nnpack")
+    torch.manual_seed(0)
+    net = UNet(make_unet_config("shapes", context_dim=None)).eval()  # 64+ channels: convolutions the route takes
+    x, t = torch.randn(4, 3, 32, 32), torch.tensor([0, 10, 500, 999])
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        out = compiled(x, t)
+        assert route_calls == []  # compiled: torch's convolutions
+        backend("torch")
+        ref = net(x, t)
+    assert torch.allclose(out, ref, atol=1e-5)

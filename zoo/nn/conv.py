@@ -202,11 +202,12 @@ def _route_on(x: torch.Tensor) -> bool:
     """Whether the process routes ``x``'s convolutions to NNPACK at all (shape and size aside): the backend at this
     thread count (and NNPACK's pool still of that size), an fp32 CPU tensor, no autocast, not exporting. The backend
     first: with torch's kernels (most processes) each convolution pays one cached lookup."""
+    if _exporting():  # first: a tracer or torch.compile cannot trace get_num_threads (a graph break per conv)
+        return False
     threads = torch.get_num_threads()
     return (
         _runs_nnpack(conv_backend(), threads)
         and (_pool_threads is None or _pool_threads == threads)
-        and not _exporting()  # before the shape tests of the caller: a tracer would freeze them
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
