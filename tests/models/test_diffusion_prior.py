@@ -324,3 +324,32 @@ def test_per_token_encodings_mode_trains_and_samples():
     )
     b = lit.net(x["x_t"], x["t"], x["text_emb"], text_encodings=other, text_mask=batch["clip_text_mask"])
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_token_ids_past_text_vocab_are_a_config_error(train_cfg, tmp_path):
+    """zoo-embed writes open_clip token ids (up to 49,407); the tiny preset's text_vocab is 64. That mismatch was an
+    IndexError in the embedding lookup of the first validation / training step; it is a ConfigError naming
+    model.net.text_vocab before training starts."""
+    from zoo.errors import ConfigError
+    from zoo.train import train
+
+    files = {
+        s: _write_embed_file(tmp_path / "emb" / f"{s}.pt", n, i) for i, (s, n) in enumerate([("train", 8), ("val", 8)])
+    }
+    val = torch.load(files["val"], weights_only=True)
+    val["clip_text_tokens"][0, 1] = 49406  # open_clip's start-of-text id
+    torch.save(val, files["val"])
+    cfg = train_cfg(
+        "model=diffusion_prior",
+        "model.preset=tiny",
+        "data=shapes",
+        "data.train_size=8",
+        "data.val_size=8",
+        *[f"data.features.{s}={p}" for s, p in files.items()],
+        "data.features.test=null",
+        "logger=csv",
+        "trainer=cpu",
+        "trainer.max_steps=1",
+    )
+    with pytest.raises(ConfigError, match=r"val clip_text_tokens hold token id 49406.*model.net.text_vocab=49408"):
+        train(cfg)

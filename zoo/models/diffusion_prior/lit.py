@@ -157,6 +157,12 @@ class DiffusionPriorLit(ZooLit):
                     f"{key} has {feats[key].shape[1]} positions but the prior's text_len is "
                     f"{c.text_len} (fix: model.net.text_len={feats[key].shape[1]})"
                 )
+            if c.text_input == "tokens" and feats[key].numel() and int(feats[key].max()) >= c.text_vocab:
+                # an embedding lookup past the table is an IndexError deep in the first step otherwise
+                raise ConfigError(
+                    f"the {split} clip_text_tokens hold token id {int(feats[key].max())} but the prior's text_vocab "
+                    f"is {c.text_vocab} (fix: model.net.text_vocab=49408, open_clip's BPE vocabulary)"
+                )
             if c.text_input == "encodings" and feats[key].shape[2] != c.text_enc_dim:
                 raise ConfigError(
                     f"clip_text_encodings are {feats[key].shape[2]}-d but text_enc_dim is "
