@@ -231,3 +231,61 @@ def ddim_invert(
         if progress is not None:
             progress(i + 1, n, x)
     return x
+
+
+OWN_SAMPLERS = ("ddim", "ddpm")
+
+
+def sampler_known(name: str) -> bool:
+    """``ddim`` | ``ddpm`` | a diffusers scheduler alias (``zoo.diffusion.diffusers_adapter.ALIASES``) or class name."""
+    from zoo.diffusion.diffusers_adapter import ALIASES, import_diffusers
+
+    if name in OWN_SAMPLERS or name in ALIASES:
+        return True
+    try:
+        cls = getattr(import_diffusers(), str(name), None)
+    except ImportError:  # pragma: no cover - diffusers is a dependency; without it the name cannot run anyway
+        return False
+    return isinstance(cls, type) and hasattr(cls, "set_timesteps")
+
+
+def check_sampling_knobs(num_timesteps: int, knobs: dict) -> None:
+    """A ``ConfigError`` naming the config key and its fix for a sampling knob that cannot work, before any model
+    runs (a bad value otherwise fails mid-sampling, or after training at the first sample grid, or is silently
+    taken: a negative DDIM eta samples as |eta|). ``knobs``: config key -> value (None: not set, skipped); the key's
+    ending says what it is: ``...steps`` (an int in [1, num_timesteps]), ``...sampler`` (a known sampler),
+    ``...eta`` (>= 0), ``...guidance_scale`` (>= 0: 0 is the unconditional model, 1 the conditional one)."""
+    import math
+
+    from zoo.diffusion.diffusers_adapter import ALIASES
+    from zoo.errors import ConfigError
+
+    for key, value in knobs.items():
+        if value is None:
+            continue
+        if key.endswith("steps"):
+            ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= num_timesteps
+            if not ok:
+                raise ConfigError(
+                    f"{key} must be a whole number of sampling steps from 1 to {num_timesteps} (the diffusion's "
+                    f"timesteps), got {value!r} (fix: {key}={min(50, num_timesteps)})"
+                )
+        elif key.endswith("sampler"):
+            if not isinstance(value, str) or not sampler_known(value):
+                names = ", ".join([*OWN_SAMPLERS, *sorted(k for k in ALIASES if k not in OWN_SAMPLERS)])
+                raise ConfigError(
+                    f"{key}={value!r} is not a sampler: choose one of {names} or a diffusers scheduler class name "
+                    f"(fix: {key}=ddim)"
+                )
+        elif key.endswith(("eta", "guidance_scale")):
+            what = "DDIM eta" if key.endswith("eta") else "guidance scale"
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or value < 0:
+                hint = (
+                    "0 is deterministic DDIM, 1 is DDPM's variance"
+                    if what == "DDIM eta"
+                    else "1 is the conditional model"
+                )
+                raise ConfigError(f"{key} is a {what} and must be a number >= 0 ({hint}), got {value!r}")
+        else:
+            raise ValueError(f"check_sampling_knobs: no check for {key!r}")

@@ -57,6 +57,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from zoo.diffusion.noise import candidates_per_batch, seeded_row_generators
+from zoo.diffusion.samplers import check_sampling_knobs
 from zoo.pipelines.candidates import ClipRerank, seeded_candidates
 
 log = logging.getLogger("zoo.pipelines.glide")
@@ -148,6 +149,15 @@ class GlidePipeline(ClipRerank):
         self.weights = weights
         self.noised_clip = noised_clip  # a NoisedClipLit: CLIP guidance (with clip_guidance_scale)
         self.clip_guidance_scale = None if clip_guidance_scale is None else float(clip_guidance_scale)
+        check_sampling_knobs(
+            self.glide.process.num_timesteps,
+            {
+                "generator.steps": steps,
+                "generator.sampler": sampler,
+                "generator.eta": eta,
+                "generator.guidance_scale": guidance_scale,
+            },
+        )
         self._check_clip_guidance()
 
     def _check_clip_guidance(self) -> None:

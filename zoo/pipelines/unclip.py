@@ -176,6 +176,7 @@ class UnclipPipeline:
         if upsampler_steps is not None and not isinstance(upsampler_steps, int):  # a list (also Hydra's ListConfig)
             upsampler_steps = [None if v is None else int(v) for v in upsampler_steps]
         self.upsampler_steps, self.upsampler_eta = upsampler_steps, upsampler_eta
+        self._check_sampling_knobs()
         self.upsampler_tile = upsampler_tile
         for up in self.upsamplers:  # a tile that does not fit an upsampler fails here, not after the decoder ran
             if upsampler_tile is not None:
@@ -201,6 +202,31 @@ class UnclipPipeline:
         if isinstance(prior_model, ARPriorLit):
             return "ar"
         raise ConfigError(f"the prior is a {type(prior_model).__name__}, not a diffusion_prior or ar_prior")
+
+    def _check_sampling_knobs(self) -> None:
+        """Each stage's steps / sampler / eta / guidance: a ConfigError naming the generator key before sampling."""
+        from zoo.diffusion.samplers import check_sampling_knobs
+
+        check_sampling_knobs(
+            self.decoder.process.num_timesteps,
+            {
+                "generator.decoder_steps": self.decoder_steps,
+                "generator.decoder_sampler": self.decoder_sampler,
+                "generator.decoder_eta": self.decoder_eta,
+                "generator.decoder_guidance_scale": self.decoder_guidance_scale,
+                "generator.prior_guidance_scale": self.prior_guidance_scale,
+            },
+        )
+        if self.prior == "diffusion":
+            check_sampling_knobs(
+                self.prior_model.process.num_timesteps,
+                {"generator.prior_steps": self.prior_steps, "generator.prior_eta": self.prior_eta},
+            )
+        steps = self.upsampler_steps
+        for i, up in enumerate(self.upsamplers):
+            one = steps[i] if isinstance(steps, list) and i < len(steps) else steps
+            knobs = {"generator.upsampler_steps": one, "generator.upsampler_eta": self.upsampler_eta}
+            check_sampling_knobs(up.process.num_timesteps, knobs)
 
     def _check_stages(self) -> None:
         known = set(STAGES) | {f"upsampler{i + 1}" for i in range(len(self.upsamplers))}

@@ -43,7 +43,7 @@ from zoo.diffusion.noise import (
 )
 from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.process import check_snr_gamma as process_check_snr_gamma
-from zoo.diffusion.samplers import ddim_sample, ddpm_sample, in_row_slices
+from zoo.diffusion.samplers import check_sampling_knobs, ddim_sample, ddpm_sample, in_row_slices
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
 from zoo.models.base import TextTokenizerLit, check_text_tokenizer, resolve_preset
@@ -195,6 +195,17 @@ class GlideLit(TextTokenizerLit):
             model_var_type="learned_range",
             loss_type="hybrid",
             snr_gamma=check_snr_gamma(snr_gamma),
+        )
+        check_sampling_knobs(
+            self.process.num_timesteps,
+            {
+                "model.sample_steps": sample_steps,
+                "model.sampler": sampler,
+                "model.eta": eta,
+                "model.guidance_scale": guidance_scale,
+                "model.grid_steps": grid_steps,
+                "model.grid_guidance_scale": grid_guidance_scale,
+            },
         )
         self.text_dropout = float(text_dropout)
         self.text_tokenizer: Optional[TextTokenizer] = TextTokenizer.from_spec(text_tokenizer)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.diffusion.process import GaussianDiffusion
+from zoo.diffusion.samplers import check_sampling_knobs
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
 from zoo.models.base import ZooLit, resolve_preset
@@ -107,6 +108,17 @@ class UnclipDecoderLit(GlideLit):
             model_var_type="learned_range",
             loss_type="hybrid",
             snr_gamma=check_snr_gamma(snr_gamma),
+        )
+        check_sampling_knobs(
+            self.process.num_timesteps,
+            {
+                "model.sample_steps": sample_steps,
+                "model.sampler": sampler,
+                "model.eta": eta,
+                "model.decoder_guidance_scale": decoder_guidance_scale,
+                "model.grid_steps": grid_steps,
+                "model.grid_guidance_scale": grid_guidance_scale,
+            },
         )
         self.text_dropout, self.emb_dropout = float(text_dropout), float(emb_dropout)
         self.null_dropout = float(null_dropout)
