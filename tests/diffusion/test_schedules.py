@@ -120,3 +120,21 @@ def test_get_schedule():
     assert torch.equal(get_schedule("cosine", 10).betas, cosine_schedule(10).betas)
     with pytest.raises(ValueError, match="linear"):
         get_schedule("sigmoid")
+
+
+def test_bad_schedule_settings_are_config_errors_naming_the_key():
+    """A misspelt schedule or a step count below 1 fails while the model is built, naming the key and its fix (0
+    steps failed deep inside with "betas must be a non-empty 1-D sequence")."""
+    from zoo.errors import ConfigError
+    from zoo.models.diffusion_prior.lit import DiffusionPriorLit
+    from zoo.models.glide.lit import GlideLit
+
+    with pytest.raises(ConfigError, match=r"model\.schedule='cosin'.*fix: model\.schedule=cosine"):
+        get_schedule("cosin")
+    for bad in (0, -5, 2.5):
+        with pytest.raises(ConfigError, match=r"model\.num_timesteps .*fix: model\.num_timesteps=1000"):
+            get_schedule("linear", bad)
+    with pytest.raises(ConfigError, match=r"model\.num_timesteps"):
+        GlideLit(preset="tiny", num_timesteps=0)
+    with pytest.raises(ConfigError, match=r"model\.timesteps"):  # the prior's own key name
+        DiffusionPriorLit(preset="tiny", timesteps=0)

@@ -116,11 +116,24 @@ def cosine_schedule(num_timesteps: int = 1000, s: float = 0.008, max_beta: float
     return NoiseSchedule.from_betas(cosine_betas(num_timesteps, s, max_beta))
 
 
-def get_schedule(name: str, num_timesteps: int = 1000) -> NoiseSchedule:
-    """By name, for configs: 'linear' or 'cosine'."""
+def get_schedule(
+    name: str, num_timesteps: int = 1000, keys: tuple[str, str] = ("model.schedule", "model.num_timesteps")
+) -> NoiseSchedule:
+    """By name, for configs: 'linear' or 'cosine'. A bad name or step count is a ``ConfigError`` naming the config
+    keys (``keys``: the schedule's and the step count's), raised while the model is built, before any data loads."""
+    from zoo.errors import ConfigError
+
     makers = {"linear": linear_schedule, "cosine": cosine_schedule}
     if name not in makers:
-        raise ValueError(f"unknown noise schedule {name!r}; expected one of {sorted(makers)}")
+        raise ConfigError(
+            f"{keys[0]}={name!r} is not a noise schedule: choose one of {', '.join(sorted(makers))} "
+            f"(fix: {keys[0]}=cosine)"
+        )
+    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 1:
+        raise ConfigError(
+            f"{keys[1]} is the diffusion's number of timesteps, a whole number >= 1, got {num_timesteps!r} "
+            f"(fix: {keys[1]}=1000)"
+        )
     return makers[name](num_timesteps)
 
 

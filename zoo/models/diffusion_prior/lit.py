@@ -101,7 +101,10 @@ class DiffusionPriorLit(ZooLit):
         self.net = DiffusionPriorNet(self.cfg)
         self.text_dropout = float(text_dropout)
         self.process = GaussianDiffusion(
-            get_schedule(schedule, int(timesteps)), model_mean_type="x0", model_var_type="fixed_small", loss_type="mse"
+            get_schedule(schedule, int(timesteps), ("model.schedule", "model.timesteps")),
+            model_mean_type="x0",
+            model_var_type="fixed_small",
+            loss_type="mse",
         )
         self.sample_steps, self.guidance_scale = int(sample_steps), float(guidance_scale)
         self.n_candidates, self.eta = int(n_candidates), float(eta)
