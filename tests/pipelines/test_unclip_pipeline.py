@@ -170,6 +170,27 @@ def test_output_shapes_per_enabled_stage(ckpts):
         _pipe(ckpts, stages=["decoder", "upsampler3"], prior="none")
 
 
+def test_upsampler_chain_off_its_training_resolution_warns(ckpts, caplog):
+    """The tiny decoder gives 16 px and the tiny upsamplers were trained 8 -> 32 px: the chain runs (fully
+    convolutional) but each mismatched link is a WARNING naming the upsampler and both sizes; a matched link is
+    not."""
+    import dataclasses
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="zoo.pipelines.unclip"):
+        pipe = _pipe(ckpts, ups=2)
+    lines = [r.getMessage() for r in caplog.records if "trained 8 -> 32 px" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "upsampler1" in lines[0] and "the decoder gives 16 px" in lines[0] and "output 64 px" in lines[0]
+    assert "upsampler2" in lines[1] and "upsampler1 gives 64 px" in lines[1]
+    caplog.clear()
+    pipe.decoder.cfg = dataclasses.replace(pipe.decoder.cfg, image_size=8)  # now upsampler1 fits, upsampler2 not
+    with caplog.at_level(logging.WARNING, logger="zoo.pipelines.unclip"):
+        pipe._warn_resolution_chain()
+    lines = [r.getMessage() for r in caplog.records if "trained" in r.getMessage()]
+    assert len(lines) == 1 and "upsampler2" in lines[0] and "upsampler1 gives 32 px" in lines[0]
+
+
 def test_every_knob_reaches_its_stage(ckpts, monkeypatch):
     pipe = _pipe(
         ckpts,

@@ -178,6 +178,7 @@ class UnclipPipeline:
         self.upsampler_steps, self.upsampler_eta = upsampler_steps, upsampler_eta
         self._check_sampling_knobs()
         self.upsampler_tile = upsampler_tile
+        self._warn_resolution_chain()
         for up in self.upsamplers:  # a tile that does not fit an upsampler fails here, not after the decoder ran
             if upsampler_tile is not None:
                 up.sampling_windows(upsampler_tile)
@@ -227,6 +228,26 @@ class UnclipPipeline:
             one = steps[i] if isinstance(steps, list) and i < len(steps) else steps
             knobs = {"generator.upsampler_steps": one, "generator.upsampler_eta": self.upsampler_eta}
             check_sampling_knobs(up.process.num_timesteps, knobs)
+
+    def _warn_resolution_chain(self) -> None:
+        """A WARNING where a stage's input is not the resolution the next upsampler was trained from (a 16 px decoder
+        into an 8 -> 32 px upsampler). The upsamplers are fully convolutional, so such a chain runs, but at a scale
+        and with degradations the upsampler never saw: allowed (a deliberate experiment), never silent."""
+        size, source = self.decoder.cfg.image_size, "the decoder"
+        for i, up in enumerate(self.upsamplers):
+            if size != up.cfg.low_res_size:
+                log.warning(
+                    "upsampler%d was trained %d -> %d px but %s gives %d px: it will output %d px, a scale it never "
+                    "saw (pass upsamplers trained from %d px for the chain it was built for)",
+                    i + 1,
+                    up.cfg.low_res_size,
+                    up.cfg.image_size,
+                    source,
+                    size,
+                    size * up.cfg.scale,
+                    size,
+                )
+            size, source = size * up.cfg.scale, f"upsampler{i + 1}"
 
     def _check_stages(self) -> None:
         known = set(STAGES) | {f"upsampler{i + 1}" for i in range(len(self.upsamplers))}
