@@ -1,5 +1,6 @@
+from zoo.callbacks.ema import EMA
 from zoo.callbacks.last_checkpoint import LastCheckpoint
 from zoo.callbacks.sample_grid import SampleGridCallback
 from zoo.callbacks.time_budget import TimeBudget
 
-__all__ = ["LastCheckpoint", "SampleGridCallback", "TimeBudget"]
+__all__ = ["EMA", "LastCheckpoint", "SampleGridCallback", "TimeBudget"]

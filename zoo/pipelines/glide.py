@@ -24,14 +24,15 @@ CLIP guidance) several candidates share a denoiser batch (up to 16 images, withi
 its own seed's generator (``GlideLit.candidates``, ``zoo.diffusion.noise.RowGenerators``): the same images to float
 rounding, faster than one candidate at a time (``bench/bench_candidates.py``).
 
-EMA weights. ``conf/callbacks/ema.yaml`` is Lightning's ``EMAWeightAveraging`` (decay 0.999, updates from step 100).
+EMA weights. ``conf/callbacks/ema.yaml`` is Lightning's ``EMAWeightAveraging`` (decay 0.999, updates from step 100;
+``zoo.callbacks.ema.EMA``, which uses the current weights everywhere until the first update).
 When it saves a checkpoint it **moves the raw weights to ``checkpoint["current_model_state"]`` and writes the EMA
 average into ``checkpoint["state_dict"]``** (plus ``checkpoint["averaging_state"]``, e.g. ``n_averaged``); it swaps
 the average in for validation too, so sample grids logged during training are EMA samples. ``from_checkpoints``
 therefore samples with the EMA by default (``use_ema=True``: ``state_dict``, what ``zoo.checkpoint.load_module``
 loads) and with the raw weights for ``use_ema=False`` (``current_model_state``). A checkpoint saved before the EMA's
-first update (``n_averaged == 0``: its "average" is the initial weights) falls back to the raw weights with a
-warning. ``pipe.weights`` says which were loaded: ``"ema"``, ``"raw"`` or ``"raw (no EMA in checkpoint)"``.
+first update (``n_averaged == 0``: its "average" is the initial weights; written so by Lightning's own callback,
+before ``zoo.callbacks.ema``) falls back to the raw weights with a warning. ``pipe.weights`` says which were loaded: ``"ema"``, ``"raw"`` or ``"raw (no EMA in checkpoint)"``.
 
 CLIP guidance (GLIDE §2.4, the alternative to classifier-free guidance). With ``noised_clip_ckpt`` (a zoo-train
 ``model=noised_clip`` checkpoint: a CLIP whose image tower sees the noised x_t and the timestep, trained on the GLIDE's

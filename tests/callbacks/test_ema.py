@@ -1,0 +1,80 @@
+"""zoo.callbacks.EMA: Lightning's EMAWeightAveraging, except that before its first update validation, checkpoints
+and the end of fit use the current (trained) weights instead of a copy of the initial ones."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from zoo.callbacks import EMA
+
+
+class _Lin(L.LightningModule):
+    """A linear layer pulled towards 1.0 on a fixed batch: its weight moves every step (lr 0.1), so initial,
+    trained and averaged weights are all different. Records the weight each validation saw."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(4, 1)
+        self.initial = self.lin.weight.detach().clone()
+        self.val_weights: list[torch.Tensor] = []
+
+    def _loss(self, batch):
+        return (self.lin(batch[0]) - 1.0).pow(2).mean()
+
+    def training_step(self, batch, batch_idx):
+        return self._loss(batch)
+
+    def validation_step(self, batch, batch_idx):
+        self.val_weights.append(self.lin.weight.detach().clone())
+        self.log("val/loss", self._loss(batch))
+
+    def _loader(self):
+        x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=8)
+
+    train_dataloader = val_dataloader = _loader
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _fit(tmp_path, start: int, steps: int = 4):
+    model, ema = _Lin(), EMA(decay=0.5, update_starting_at_step=start)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=steps)
+    trainer = L.Trainer(
+        max_steps=steps,
+        callbacks=[ema, ckpt],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        val_check_interval=2,  # validations after steps 2 and 4
+        check_val_every_n_epoch=None,
+        accelerator="cpu",
+    )
+    trainer.fit(model)
+    raw = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    return model, ema, raw
+
+
+def test_before_the_first_update_everything_uses_the_trained_weights(tmp_path):
+    model, ema, ckpt = _fit(tmp_path, start=100)  # 4 steps: never averaged
+    assert not ema.averaged()
+    w = model.lin.weight.detach()
+    assert not torch.allclose(w, model.initial)  # fit ended with the trained weights (Lightning: the initial ones)
+    assert all(not torch.allclose(v, model.initial) for v in model.val_weights)  # validation saw training's progress
+    assert not torch.allclose(model.val_weights[0], model.val_weights[1])
+    torch.testing.assert_close(ckpt["state_dict"]["lin.weight"], w, rtol=0, atol=0)  # what samplers load
+    torch.testing.assert_close(ckpt["current_model_state"]["lin.weight"], w, rtol=0, atol=0)
+    assert int(ckpt["averaging_state"]["n_averaged"]) == 0  # Lightning's layout kept: resuming restores both
+
+
+def test_after_the_first_update_it_is_lightnings_ema(tmp_path):
+    model, ema, ckpt = _fit(tmp_path, start=1)  # updates after steps 2, 3 and 4
+    assert ema.averaged()
+    avg = ema._average_model.module.lin.weight.detach()
+    torch.testing.assert_close(model.lin.weight.detach(), avg, rtol=0, atol=0)  # fit ends on the average
+    torch.testing.assert_close(ckpt["state_dict"]["lin.weight"], avg, rtol=0, atol=0)
+    assert not torch.allclose(ckpt["current_model_state"]["lin.weight"], avg)  # the raw weights, kept apart
