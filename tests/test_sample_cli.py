@@ -178,3 +178,15 @@ def test_checkpoint_of_another_generator_names_the_option(train_cfg, tmp_path):
                 f"ckpt={ckpt}", "generator=folder", "generator.path=/x", f"out_dir={tmp_path / 'o'}", 'prompts=["a"]'
             )
         )
+
+
+def test_sample_dalle_without_prompts_writes_its_val_grid(train_cfg, tmp_path, dalle_helpers, train_helpers):
+    """zoo-sample ckpt=<dalle ckpt> with no prompts: the model's grid on val captions (sample.yaml). The val data is
+    rebuilt from the checkpoint without its text tokenizer node, so the captions are tokenized with the model's own
+    tokenizer (it raised KeyError: 'text_tokens')."""
+    H, T = dalle_helpers, train_helpers
+    cfg = train_cfg(*T.tiny_dalle(H, tmp_path))
+    train(cfg)
+    written = sample(_sample_cfg(f"ckpt={T.last_ckpt(cfg)}", f"out_dir={tmp_path / 'out'}", "prompts=[]"))
+    w, h = Image.open(written["reconstructions"]["grid"]).size
+    assert w > 2 * H.RESOLUTION and h > H.RESOLUTION  # real | sample pairs

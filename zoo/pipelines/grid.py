@@ -28,4 +28,8 @@ def checkpoint_sample_grid(ckpt: str, seed: int = 0) -> tuple[torch.Tensor, int]
         raise ConfigError(f"{ckpt} carries no data config; cannot pick images to reconstruct")
     dm = datamodule_from_file_config(data_cfg, str(ckpt))
     batch = next(iter(dm.val_dataloader()))
+    tok = getattr(model, "text_tokenizer", None)
+    if "text_tokens" not in batch and "caption" in batch and tok is not None:
+        # the data's tokenizer node is not rebuilt from the file (a _target_ node); the model's own is the same one
+        batch["text_tokens"] = tok.encode(list(batch["caption"]))
     return model.sample_grid(batch), int(getattr(model, "grid_nrow", 8))
