@@ -190,3 +190,34 @@ def test_sample_dalle_without_prompts_writes_its_val_grid(train_cfg, tmp_path, d
     written = sample(_sample_cfg(f"ckpt={T.last_ckpt(cfg)}", f"out_dir={tmp_path / 'out'}", "prompts=[]"))
     w, h = Image.open(written["reconstructions"]["grid"]).size
     assert w > 2 * H.RESOLUTION and h > H.RESOLUTION  # real | sample pairs
+
+
+def test_prompt_given_without_brackets_is_one_prompt(tmp_path, monkeypatch):
+    """prompts='a red circle' (a string, not a list) is one prompt: it was iterated into one prompt per character
+    (12 folders of samples for " ", "a", "c", ...)."""
+    import zoo.pipelines.base as base
+
+    seen = []
+
+    def fake_keep_best(generator, prompts, n_keep, seed=0):
+        seen.append(list(prompts))
+        return {"images": torch.zeros(len(prompts), n_keep, 3, 4, 4), "scores": None}
+
+    monkeypatch.setattr(base, "build_generator", lambda node, what: object())
+    monkeypatch.setattr(base, "keep_best", fake_keep_best)
+    written = sample(_sample_cfg("prompts=a red circle", "n_keep=1", f"out_dir={tmp_path}"))
+    assert seen == [["a red circle"]] and list(written) == ["a red circle"]
+
+
+@pytest.mark.parametrize("bad", ["n_keep=0", "generator.n_candidates=0"])
+def test_zero_images_asked_is_a_config_error(train_cfg, tmp_path, dalle_helpers, train_helpers, bad):
+    """n_keep=0 or generator.n_candidates=0 fail with a ConfigError naming the key, before sampling (they raised
+    ZeroDivisionError from inside the pipeline)."""
+    from zoo.errors import ConfigError
+
+    H, T = dalle_helpers, train_helpers
+    cfg = train_cfg(*T.tiny_dalle(H, tmp_path))
+    train(cfg)
+    key = bad.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        sample(_sample_cfg(f"ckpt={T.last_ckpt(cfg)}", 'prompts=["a red circle"]', f"out_dir={tmp_path / 'o'}", bad))

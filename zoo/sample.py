@@ -107,6 +107,11 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     from zoo.pipelines.base import build_generator, checkpoint_generator
 
     check_renamed(cfg)
+    if isinstance(cfg.prompts, str):  # prompts='a red circle' (no brackets): one prompt, not one per character
+        with open_dict(cfg):
+            cfg.prompts = [cfg.prompts]
+    if int(cfg.n_keep) < 1:
+        raise ConfigError(f"n_keep must be >= 1, got {cfg.n_keep} (fix: n_keep=8)")
     apply_conv_backend(cfg.get("conv_backend", "auto"))  # auto: NNPACK's 3x3 convolutions on AVX2 CPUs
     if not cfg.get("ckpt") and not cfg.prompts:
         raise ConfigError(

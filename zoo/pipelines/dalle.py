@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from zoo.errors import ConfigError
 from zoo.pipelines.candidates import ClipRerank
 from zoo.progress import track
 
@@ -50,6 +51,8 @@ class DallePipeline(ClipRerank):
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.progress = progress  # None: a bar only when there is more than one batch
+        if self.n_candidates < 1:
+            raise ConfigError(f"n_candidates must be >= 1, got {n_candidates} (fix: generator.n_candidates=32)")
 
     @classmethod
     def from_checkpoints(
