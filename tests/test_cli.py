@@ -65,3 +65,41 @@ def test_ddp_cpu_trains_with_two_processes(tmp_path):
     assert "GLOBAL_RANK: 1" in out or "MEMBER: 2/2" in out, out[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 2
+
+
+def test_model_net_fields_are_set_without_plus():
+    """README: `model.net.<field>=...` overrides one field of the preset's dataclass, and every ConfigError hint
+    says `fix: model.net.<field>=...`. Hydra refused such a field when the config did not list it already ("Key
+    'n_layers' is not in struct"), while `+` fails when an experiment does list it; both forms now work as written."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), HYDRA_FULL_ERROR="1")
+    for args, line in [
+        (["model=dalle", "model.net.n_layers=1", "model.net.text_vocab=413"], "text_vocab: 413"),
+        (["model=vqvae", "model.net.codebook_size=64"], "codebook_size: 64"),
+        (["experiment=dalle1/train_shapes", "model.net.grid_h=8"], "grid_h: 8"),  # listed by the experiment
+        (["model=vqvae", "+model.net.codebook_size=64"], "codebook_size: 64"),  # the explicit form still works
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "zoo.train", *args, "--cfg", "job"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0 and line in done.stdout, (args, done.stderr[-2000:])
+
+
+def test_open_overrides_only_touches_fields_of_the_open_node():
+    from zoo.config import open_overrides
+
+    args = ["model.net.n_layers=2", "+model.net.dim=8", "++model.net.x=1", "model.preset=tiny", "model.net={}"]
+    assert open_overrides(args, ("model.net.",)) == [
+        "++model.net.n_layers=2",
+        "+model.net.dim=8",
+        "++model.net.x=1",
+        "model.preset=tiny",
+        "model.net={}",
+    ]

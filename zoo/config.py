@@ -116,12 +116,33 @@ def report_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def open_overrides(args: list[str], prefixes: tuple[str, ...]) -> list[str]:
+    """Command-line overrides with each plain ``<prefix><field>=value`` made ``++<prefix><field>=value``.
+
+    A node such as ``model.net`` holds only the fields a config changes (``net: {}``), the rest coming from the
+    preset's dataclass; Hydra's struct mode would refuse ``model.net.n_layers=12`` there ("not in struct", use
+    ``+``), while an experiment that already sets the field refuses ``+``. ``++`` sets the field either way, so the
+    documented ``model.net.<field>=...`` (and every "fix: model.net.<field>=..." hint) works as written; the
+    component's preset resolver still refuses a field its dataclass does not have."""
+    out = []
+    for arg in args:
+        if any(arg.startswith(p) and "=" in arg[len(p) :] for p in prefixes):
+            arg = "++" + arg
+        out.append(arg)
+    return out
+
+
 def entry_point(
-    body: Callable[[Any], Any], config_name: str, config_path: str = "pkg://conf", returns: bool = False
+    body: Callable[[Any], Any],
+    config_name: str,
+    config_path: str = "pkg://conf",
+    returns: bool = False,
+    open_keys: tuple[str, ...] = (),
 ) -> Callable[..., Any]:
     """The ``main`` of a command: ``@hydra.main`` (``<config_path>/<config_name>.yaml``) over
     ``report_user_errors(body)``. Hydra gets ``body(cfg)``'s value only with ``returns`` (a sweep's objective);
-    the job is named after ``body``'s module, as if ``main`` were written there."""
+    the job is named after ``body``'s module, as if ``main`` were written there. ``open_keys``: prefixes of nodes
+    whose fields may be set on the command line without ``+`` (:func:`open_overrides`)."""
     import hydra
 
     @functools.wraps(body)  # Hydra names the job after body's file / module
@@ -129,7 +150,18 @@ def entry_point(
         value = body(cfg)
         return value if returns else None
 
-    return hydra.main(version_base="1.3", config_path=config_path, config_name=config_name)(report_user_errors(main))
+    hydra_main = hydra.main(version_base="1.3", config_path=config_path, config_name=config_name)(
+        report_user_errors(main)
+    )
+    if not open_keys:
+        return hydra_main
+
+    @functools.wraps(hydra_main)
+    def cli(*args, **kwargs):
+        sys.argv[1:] = open_overrides(sys.argv[1:], tuple(open_keys))
+        return hydra_main(*args, **kwargs)
+
+    return cli
 
 
 def debug_enabled(env: Optional[dict[str, str]] = None) -> bool:

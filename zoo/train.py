@@ -240,7 +240,7 @@ def objective(cfg: DictConfig) -> Optional[float]:
     return None
 
 
-main = entry_point(objective, "train", returns=True)
+main = entry_point(objective, "train", returns=True, open_keys=("model.net.",))
 
 if __name__ == "__main__":
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
