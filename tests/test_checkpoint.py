@@ -67,3 +67,25 @@ def test_atomic_save_keeps_previous_file_when_interrupted(tmp_path, monkeypatch)
 def test_missing_file_names_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         safe_load(tmp_path / "nope.ckpt")
+
+
+def test_saved_files_get_the_umask_mode_not_owner_only(tmp_path):
+    """atomic_torch_save (zoo-embed / zoo-tokenize / zoo-recaption outputs, the judge cache) and zoo-export's
+    model.safetensors were written 0o600 (mkstemp's and safetensors' mode) where every other file of a run is 0o644:
+    on shared storage (ZOO_CACHE_DIR, an export handed on) the rest of a team could not read them."""
+    from omegaconf import OmegaConf
+
+    from zoo.export import checkpoint_dict, export
+    from zoo.models.vqvae.lit import VQVAELit
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_torch_save({"x": torch.zeros(2)}, tmp_path / "features.pt")
+        assert path.stat().st_mode & 0o777 == 0o644
+        ckpt = atomic_torch_save(checkpoint_dict(VQVAELit(preset="tiny")), tmp_path / "last.ckpt")
+        export(OmegaConf.create({"ckpt": str(ckpt), "out": str(tmp_path / "export"), "onnx": False}))
+        assert (tmp_path / "export" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)  # a user who wants owner-only files still gets them
+        assert atomic_torch_save({"x": 1}, tmp_path / "private.pt").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

@@ -18,6 +18,27 @@ import torch
 from zoo.registry import UnsafeCheckpointError  # noqa: F401  (re-exported: callers catch it from here)
 
 
+def default_file_mode(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode a plainly created file gets (0o666 less the umask, e.g. 0o644): ``mkstemp`` (and
+    safetensors' writer) create files readable by their owner only (0o600), so a feature file, a cached judge or
+    an export on shared storage (``ZOO_CACHE_DIR``) would be unreadable to the rest of a team."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (``os.umask`` can only set it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` that never leaves a half-written file at ``path``."""
     path = Path(path)
@@ -28,6 +49,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        default_file_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         # Leave no temp litter behind; the old checkpoint (if any) is untouched.

@@ -122,6 +122,7 @@ def save_export(
     """Write ``model.safetensors`` + ``config.json`` for ``module`` into ``out_dir``."""
     from safetensors.torch import save_model
 
+    from zoo.checkpoint import default_file_mode
     from zoo.registry import check_plain, component_name_of
 
     name = name or component_name_of(module)
@@ -133,6 +134,7 @@ def save_export(
     # save_model drops duplicate names of shared (tied) tensors and makes channels_last weights contiguous;
     # load_model restores them. The metadata is informational (safetensors metadata must be str -> str).
     save_model(module, str(weights), metadata={"format": EXPORT_FORMAT, "component": name}, force_contiguous=True)
+    default_file_mode(weights)  # safetensors writes 0o600; config.json and the ONNX files get the usual mode
     config = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "component": name, "hyper_parameters": hp}
     text = json.dumps(config, indent=2, allow_nan=False)
     cfg_path = out / CONFIG_FILE
