@@ -199,3 +199,17 @@ def test_zoo_export_command(tmp_path):
 
     with pytest.raises(ConfigError, match="zoo-export ckpt="):  # printed as "error: ..." (exit 2) by the entry point
         export(OmegaConf.create({"ckpt": None}))
+
+
+def test_misspelt_graph_name_is_refused_before_writing(tmp_path):
+    """zoo-export graphs=[decod]: refused with the component's graph names, before anything is written (it exported
+    the weights, no graph at all, and exited 0 with "no ONNX graph for vqvae")."""
+    from zoo.errors import ConfigError
+    from zoo.export import export
+    from zoo.models.vqvae.lit import VQVAELit
+
+    ckpt = _write_ckpt(VQVAELit(preset="tiny"), tmp_path / "vq.ckpt")
+    out = tmp_path / "vq_export"
+    with pytest.raises(ConfigError, match=r"\['decod'\].*\['encode', 'decode'\]"):
+        export(OmegaConf.create({"ckpt": str(ckpt), "out": str(out), "graphs": ["decod"]}))
+    assert not out.exists()

@@ -611,6 +611,18 @@ def export(cfg) -> dict[str, Any]:
     ckpt = Path(str(cfg.ckpt))
     out = Path(str(cfg.out)) if cfg.get("out") else ckpt.parent / f"{ckpt.stem}_export"
     name, module, hp = load_checkpoint(ckpt)
+    if cfg.get("onnx", True) and cfg.get("graphs"):  # a misspelt graph name would silently export no graph
+        known = [g.name for g in onnx_graphs(name, module)]
+        unknown = [str(g) for g in cfg.graphs if str(g) not in known]
+        if unknown:
+            raise ConfigError(
+                f"graphs={unknown}: {name} has "
+                + (
+                    f"the ONNX graphs {known} (fix: graphs=[{','.join(known)}], or graphs=null for all)"
+                    if known
+                    else "no ONNX graph (fix: graphs=null, or onnx=false)"
+                )
+            )
     files = save_export(module, out, name, hp)
     summary: dict[str, Any] = {
         "component": name,
