@@ -50,6 +50,7 @@ from eval.metrics import (
     pairwise_cosine_distance,
 )
 from zoo.data.degradations import blur_kernel_size, gaussian_blur
+from zoo.errors import ConfigError
 from zoo.models.clip.scorer import clip_score_from_cos
 from zoo.pipelines.base import as_candidate_generator
 from zoo.progress import track
@@ -82,17 +83,24 @@ def check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
     metrics = tuple(str(m).lower() for m in metrics)
     unknown = [m for m in metrics if m not in ALL_METRICS]
     if unknown or not metrics:
-        raise ValueError(f"unknown metrics {unknown}; choose from {list(ALL_METRICS)} (or metrics=auto)")
+        raise ConfigError(
+            f"unknown metrics {unknown}; choose from {list(ALL_METRICS)} (fix: metrics=auto, or e.g. "
+            f"metrics=[fd_clip,clip_score])"
+        )
     return tuple(dict.fromkeys(metrics))
 
 
 def check_radii(radii: Sequence[float], resolution: int) -> list[float]:
-    """The radii as floats; a ValueError naming the fix if a kernel does not fit ``resolution``-pixel images."""
+    """The radii as floats; a ConfigError naming the fix for a negative radius or a kernel that does not fit
+    ``resolution``-pixel images."""
     out = []
     for r in radii:
-        k = blur_kernel_size(float(r))
+        try:
+            k = blur_kernel_size(float(r))
+        except ValueError as e:
+            raise ConfigError(f"blur.radii={list(radii)}: {e} (fix: e.g. blur.radii=[0,1,2,4,8])") from None
         if float(r) and k // 2 >= resolution:
-            raise ValueError(
+            raise ConfigError(
                 f"blur radius {r} needs a {k}x{k} kernel: too large for {resolution}px images "
                 f"(fix: smaller radii, or protocol.eval_resolution >= {k // 2 + 1})"
             )
@@ -310,7 +318,9 @@ def rerank_select(
     """
     ns = sorted({int(n) for n in candidates})
     if not ns or ns[0] < 1:
-        raise ValueError(f"candidates must be integers >= 1, got {list(candidates)}")
+        raise ConfigError(
+            f"candidates must be integers >= 1, got {list(candidates)} (fix: e.g. rerank.candidates=[1,2,4,8])"
+        )
     cand = as_candidate_generator(generator, seed)
     n_max, res = ns[-1], eval_set.resolution
     banks = {n: ImageBank() for n in ns}
@@ -369,12 +379,12 @@ def scene_key(scene: dict[str, Any]) -> tuple:
 
 
 def check_diversity(captions: int, samples: int, batch_size: int) -> None:
-    """A ValueError naming the fix for settings the diversity ablation cannot run (zoo-eval checks them before it
+    """A ConfigError naming the fix for settings the diversity ablation cannot run (zoo-eval checks them before it
     generates anything)."""
     if int(samples) < 2:
-        raise ValueError(f"diversity needs at least 2 samples per caption, got {samples} (fix: diversity.samples=4)")
+        raise ConfigError(f"diversity needs at least 2 samples per caption, got {samples} (fix: diversity.samples=4)")
     if int(captions) < 1 or int(batch_size) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"diversity.captions and diversity.batch_size must be >= 1, got {captions} and {batch_size} "
             f"(fix: diversity.captions=32 diversity.batch_size=8)"
         )

@@ -331,3 +331,23 @@ def test_judge_width_is_its_own_cached_instrument(tmp_path):
     node.width = 4
     with pytest.raises(ConfigError, match="judge.width"):
         build_judge(node, 32, False)
+
+
+@pytest.mark.parametrize(
+    "bad, key",
+    [
+        (["metrics=[fd_clip,clip_scor]"], "metrics="),
+        (["blur.radii=[0,-1]"], "blur.radii="),
+        (["ablations=[rerank]", "rerank.candidates=[0,2]"], "rerank.candidates="),
+        (["ablations=[diversity]", "diversity.samples=1"], "diversity.samples="),
+    ],
+)
+def test_bad_ablation_settings_are_config_errors(tmp_path, bad, key):
+    """A misspelt metric, a negative blur radius, 0 reranking candidates or 1 diversity sample are user errors:
+    a ConfigError naming the key to fix, which zoo-eval prints as one `error:` line with exit status 2 (they were
+    plain ValueErrors: a full traceback and status 1)."""
+    from eval.cli import evaluate
+
+    cfg = compose_eval_cfg(tmp_path, FAST + ["metrics=[fd_clip]", "logger=none", *bad])
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[")):
+        evaluate(cfg)
