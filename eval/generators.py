@@ -71,6 +71,7 @@ class FolderGenerator:
         self.resolution = resolution
         files, captions = self._index()
         self.files, self.captions = files, captions
+        self._check_headers()
         self._by_caption: dict[str, list[int]] = {}
         for i, c in enumerate(captions):
             self._by_caption.setdefault(c, []).append(i)
@@ -98,8 +99,31 @@ class FolderGenerator:
             f"eval.generators.save_folder, or captions.txt with one caption per image in name order)"
         )
 
+    def _unreadable(self, file: Path, err: BaseException) -> ConfigError:
+        return ConfigError(
+            f"unreadable image {file} in the sample folder ({type(err).__name__}: {err}) (fix: re-save it, or "
+            f"remove it and its caption entry; zoo-eval scores every caption's image, so it cannot be skipped)"
+        )
+
+    def _check_headers(self) -> None:
+        """Open every file's header (cheap: no pixels decoded), so an empty or non-image file fails before any work."""
+        from PIL import Image
+
+        for f in self.files:
+            try:
+                with Image.open(f):
+                    pass
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                raise self._unreadable(f, e) from None
+
     def __len__(self) -> int:
         return len(self.files)
+
+    def _load(self, file: Path) -> torch.Tensor:
+        try:
+            return load_image(file, self.resolution)
+        except (OSError, ValueError) as e:  # e.g. truncated pixel data, which the header check cannot see
+            raise self._unreadable(file, e) from None
 
     def generate(self, captions: list[str]) -> torch.Tensor:
         missing = [c for c in captions if c not in self._by_caption]
@@ -112,7 +136,7 @@ class FolderGenerator:
         for c in captions:
             idx = self._by_caption[c]
             k = int(self.seed) % len(idx)
-            out.append(load_image(self.files[idx[k]], self.resolution))
+            out.append(self._load(self.files[idx[k]]))
         shapes = {tuple(x.shape) for x in out}
         if len(shapes) > 1:
             raise ValueError(f"images of different sizes {sorted(shapes)} in {self.path} (fix: generator.resolution=N)")

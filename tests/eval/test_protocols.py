@@ -229,3 +229,21 @@ def test_real_blurred_generator():
         RealBlurredGenerator().generate(["x"])
     with pytest.raises(ConfigError, match="mismatch"):
         RealBlurredGenerator(mismatch=2)
+
+
+def test_folder_generator_names_an_unreadable_image(tmp_path):
+    """zoo-eval generator=folder with a corrupt file: a ConfigError naming the file, when the folder is opened for a
+    non-image (it was PIL's UnidentifiedImageError traceback mid-run) and when pixels are read for a truncated one."""
+    x = torch.rand(3, 3, 8, 8) * 2 - 1
+    save_folder(x, ["a", "b", "c"], tmp_path / "s")
+    files = sorted((tmp_path / "s").glob("*.png"))
+    good = files[2].read_bytes()
+    files[1].write_bytes(b"not an image")
+    with pytest.raises(ConfigError, match=f"unreadable image {files[1]}"):
+        FolderGenerator(tmp_path / "s")
+    files[1].write_bytes(good)
+    files[2].write_bytes(good[: len(good) // 2])  # a valid header, truncated pixel data
+    gen = FolderGenerator(tmp_path / "s")
+    assert gen.generate(["a"]).shape == (1, 3, 8, 8)
+    with pytest.raises(ConfigError, match=f"unreadable image {files[2]}"):
+        gen.generate(["c"])
