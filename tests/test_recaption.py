@@ -242,3 +242,18 @@ def test_train_config_composes_with_synthetic_captions(train_cfg, tmp_path):
     dm = instantiate(cfg.data, "data")
     caps = [dm.dataset("train")[i]["caption"] for i in range(16)]
     assert sum(c.startswith("synthetic caption") for c in caps) >= 12
+
+
+def test_misspelt_split_is_a_config_error(files, tmp_path):
+    """split=vall: refused with the valid splits. With features= it was only written into the output's meta (a
+    file labelled 'vall'); zoo-tokenize / zoo-embed / recaption with a CLIP died on a ValueError traceback from the
+    DataModule."""
+    from zoo.data.modules import ShapesDataModule
+    from zoo.recaption import run
+
+    ckpt, feats = files
+    with pytest.raises(ConfigError, match=r"unknown split 'vall'.*fix: split="):
+        run(_compose(tmp_path, f"ckpt={ckpt}", f"features={feats}", f"out={tmp_path / 'c.pt'}", "split=vall"))
+    assert not (tmp_path / "c.pt").exists()
+    with pytest.raises(ConfigError, match=r"unknown split 'tset'.*fix: split="):
+        ShapesDataModule(train_size=8, val_size=8, test_size=8).dataset("tset")

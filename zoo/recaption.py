@@ -175,6 +175,10 @@ def _embedding_source(cfg: DictConfig, want_dim: int) -> tuple[Callable[[int, in
     from omegaconf import OmegaConf
 
     split = str(cfg.split)
+    from zoo.data.datamodule import SPLITS
+
+    if split not in SPLITS:  # with features= the split is only recorded in the output: a typo would pass silently
+        raise ConfigError(f"unknown split {split!r}; expected one of {SPLITS} (fix: split=train, val or test)")
     if cfg.get("features"):
         from zoo.embed import load_embeddings
 

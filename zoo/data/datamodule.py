@@ -296,7 +296,7 @@ class ImageTextDataModule(L.LightningDataModule):
     # -- shared machinery -------------------------------------------------------------------------------
     def dataset(self, split: str) -> Dataset:
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+            raise ConfigError(f"unknown split {split!r}; expected one of {SPLITS} (fix: split=train, val or test)")
         if split not in self.datasets:
             ds = self.build_dataset(split)
             if split == "train" and self.synthetic_captions:
