@@ -132,3 +132,26 @@ def test_ema_callback_trains_checkpoints_and_resumes(train_cfg, tiny_dvae):
     again = train_cfg(*common, "trainer.max_steps=5", "ckpt_path=last")
     again.paths.output_dir = cfg.paths.output_dir
     assert train(again)["global_step"] == 5
+
+
+def test_val_check_interval_longer_than_an_epoch_fails_before_fit(train_cfg, train_helpers):
+    """A step-based experiment (dalle1/train_shapes: val_check_interval 400, max_epochs -1) on a smaller
+    data.train_size: Lightning raised its ValueError from inside trainer.fit (a traceback, exit 1, an
+    interrupted.ckpt at step 0). It is now a ConfigError before anything runs, naming both fixes; with
+    check_val_every_n_epoch=null the same interval validates across epochs and trains."""
+    T = train_helpers
+    cfg = train_cfg(
+        *T.DVAE_SHAPES, "data.train_size=16", "trainer.max_steps=6", "trainer.val_check_interval=5", "test=false"
+    )
+    with pytest.raises(ConfigError, match=r"val_check_interval=5 .* 2 training batches.*check_val_every_n_epoch=null"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+    cfg = train_cfg(
+        *T.DVAE_SHAPES,
+        "data.train_size=16",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=5",
+        "trainer.check_val_every_n_epoch=null",
+        "test=false",
+    )
+    assert train(cfg)["global_step"] == 6

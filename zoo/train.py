@@ -102,6 +102,32 @@ def check_compatibility(model, datamodule) -> None:
         check(datamodule)
 
 
+def check_val_check_interval(trainer_cfg: Any, datamodule: Any) -> None:
+    """A step-count ``trainer.val_check_interval`` larger than an epoch fails inside ``trainer.fit`` with Lightning's
+    traceback (after set-up, leaving an interrupted.ckpt at step 0); it is what a step-based experiment
+    (``val_check_interval: 400``) gives on a smaller ``data.train_size``. Checked here against an upper bound of
+    the batches per epoch (one device, drop_last), only when that is known (a map-style train split, no
+    ``limit_train_batches``)."""
+    vci = trainer_cfg.get("val_check_interval")
+    if isinstance(vci, bool) or not isinstance(vci, int) or trainer_cfg.get("check_val_every_n_epoch", 1) is None:
+        return
+    if trainer_cfg.get("limit_train_batches") is not None or trainer_cfg.get("fast_dev_run"):
+        return
+    dataset, batch_size = getattr(datamodule, "dataset", None), getattr(datamodule, "batch_size", None)
+    if not callable(dataset) or not isinstance(batch_size, int) or batch_size < 1:
+        return
+    try:
+        n_batches = len(dataset("train")) // batch_size
+    except TypeError:  # a streamed (iterable) split: its length is unknown
+        return
+    if 0 < n_batches < vci:
+        raise ConfigError(
+            f"trainer.val_check_interval={vci} is more than the {n_batches} training batches of an epoch "
+            f"(data.batch_size={batch_size}) (fix: trainer.check_val_every_n_epoch=null to validate every {vci} "
+            f"steps across epochs, or trainer.val_check_interval<={n_batches})"
+        )
+
+
 def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in metrics.items():
@@ -139,6 +165,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("model: %s", cfg.model._target_)
     model = instantiate(cfg.model, "model")
     check_compatibility(model, datamodule)
+    if cfg.get("train", True):
+        check_val_check_interval(cfg.trainer, datamodule)
     callbacks = _instantiate_dict(cfg.get("callbacks")) + [CheckpointInfo(plain_cfg)]
     loggers = _instantiate_dict(cfg.get("logger"))
     from omegaconf import open_dict
