@@ -155,3 +155,25 @@ def test_val_check_interval_longer_than_an_epoch_fails_before_fit(train_cfg, tra
         "test=false",
     )
     assert train(cfg)["global_step"] == 6
+
+
+def test_failed_resume_leaves_no_checkpoint_that_shadows_the_real_one(train_cfg, train_helpers, tmp_path):
+    """Run A trains 4 steps; run B resumes it (ckpt_path=last: the newest run of task_name) with another network
+    (model.net.n_hid), so Lightning's restore fails. B used to leave interrupted.ckpt of its fresh model at step 0
+    (OnExceptionCheckpoint), which the next, correct ckpt_path=last then picked as the newest file: training silently
+    restarted from scratch. Now B fails with a ConfigError naming the mismatch and leaves no checkpoint, and run C
+    resumes A's step 4."""
+    T = train_helpers
+    common = [*T.DVAE_SHAPES, "test=false", "trainer.limit_val_batches=0"]
+
+    def run_cfg(name, *extra):
+        cfg = train_cfg(*common, *extra)
+        cfg.paths.output_dir = str(tmp_path / "logs" / cfg.task_name / "runs" / name)
+        return cfg
+
+    assert train(run_cfg("a", "trainer.max_steps=4"))["global_step"] == 4
+    b = run_cfg("b", "trainer.max_steps=8", "ckpt_path=last", "+model.net.n_hid=8")
+    with pytest.raises(ConfigError, match=r"does not fit the configured model"):
+        train(b)
+    assert not list((tmp_path / "logs" / b.task_name / "runs" / "b").rglob("*.ckpt"))
+    assert train(run_cfg("c", "trainer.max_steps=8", "ckpt_path=last"))["global_step"] == 8

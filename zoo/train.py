@@ -68,10 +68,10 @@ def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
     return None
 
 
-def check_resume_file(path: str, model) -> None:
+def check_resume_file(path: str, model) -> int:
     """``ckpt_path=`` goes through the project's safe loader before Lightning opens it: a missing, corrupt, unsafe or
     wrong-kind file fails here, with a message that names the fix, instead of in torch's own words (which suggest
-    ``weights_only=False``, the one thing never to do with a file from elsewhere)."""
+    ``weights_only=False``, the one thing never to do with a file from elsewhere). Returns the file's global step."""
     from zoo.checkpoint import CorruptCheckpointError, safe_load
     from zoo.registry import checked_hparams, component_in, component_name_of
 
@@ -90,6 +90,30 @@ def check_resume_file(path: str, model) -> None:
             f"ckpt_path={path} holds a {name} checkpoint but the model is {mine} "
             f"(fix: model={name}, or a {mine} checkpoint)"
         )
+    return int(ckpt.get("global_step") or 0)
+
+
+def _state_dict_mismatch(error: BaseException, path: str) -> ConfigError:
+    """Lightning's restore of ``ckpt_path`` failed on the weights: the file's network is not the configured one."""
+    detail = str(error).strip().splitlines()
+    overrides = Path(path).resolve().parent.parent / ".hydra" / "overrides.yaml"
+    where = f" (its run's overrides: {overrides})" if overrides.is_file() else ""
+    return ConfigError(
+        f"ckpt_path={path} does not fit the configured model: it was trained with other model settings{where}; "
+        f"{detail[0] if detail else ''} {detail[1].strip()[:300] if len(detail) > 1 else ''} "
+        f"(fix: the same model.preset / model.net.* as the run that wrote it, or another checkpoint)"
+    )
+
+
+def _drop_idle_interrupt(trainer, out_dir: Path, resume_step: int) -> None:
+    """A resume that failed before training a step (e.g. its weights did not fit) still makes Lightning's
+    OnExceptionCheckpoint write interrupted.ckpt, of the model as built (step 0 when the restore failed). Being the
+    newest file, it is what the next ``ckpt_path=last`` would pick, silently restarting from scratch instead of
+    from the run that was meant. It holds nothing the resumed file does not, so it is removed."""
+    path = out_dir / "checkpoints" / "interrupted.ckpt"
+    if path.is_file() and trainer.global_step <= resume_step:
+        path.unlink()
+        log.warning("removed %s: the resume failed before training past step %d", path, resume_step)
 
 
 def check_compatibility(model, datamodule) -> None:
@@ -186,8 +210,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         use_distributed_sampler=False,
     )
     ckpt_path = resolve_ckpt_path(cfg)
-    if ckpt_path:
-        check_resume_file(ckpt_path, model)
+    resume_step = check_resume_file(ckpt_path, model) if ckpt_path else 0
     for lg in loggers:
         lg.log_hyperparams(plain_cfg)  # the whole run config, as a plain dict
 
@@ -208,6 +231,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
                     out_dir / "checkpoints" / "interrupted.ckpt",
                 )
                 raise SystemExit(143) from None
+            except Exception as e:
+                if ckpt_path:
+                    _drop_idle_interrupt(trainer, out_dir, resume_step)
+                    if isinstance(e, RuntimeError) and "Error(s) in loading state_dict" in str(e):
+                        raise _state_dict_mismatch(e, ckpt_path) from e
+                raise
             _save_final_last(trainer, out_dir / "checkpoints" / "last.ckpt")
             if trainer.interrupted:  # Ctrl-C: Lightning stopped gracefully; keep the state, skip testing
                 log.warning("interrupted at step %d; resume with ckpt_path=last", trainer.global_step)
