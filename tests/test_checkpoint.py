@@ -89,3 +89,25 @@ def test_saved_files_get_the_umask_mode_not_owner_only(tmp_path):
         assert atomic_torch_save({"x": 1}, tmp_path / "private.pt").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_corrupt_feature_file_names_the_command_that_rewrites_it(tmp_path):
+    """A truncated zoo-tokenize / zoo-embed / zoo-recaption file said "use another checkpoint (e.g. the run's
+    last.ckpt or a step*.ckpt)", which is no fix for a feature file; it now names the command that wrote it."""
+    from zoo.checkpoint import CorruptCheckpointError
+    from zoo.data.datamodule import load_features, load_synthetic_captions
+    from zoo.embed import load_embeddings
+
+    good = atomic_torch_save({"image_tokens": torch.zeros(4, 2, 2, dtype=torch.long)}, tmp_path / "good.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(good.read_bytes()[:300])
+    for load, command in [
+        (load_features, "zoo-tokenize / zoo-embed"),
+        (load_embeddings, "zoo-embed"),
+        (load_synthetic_captions, "zoo-recaption"),
+    ]:
+        with pytest.raises(CorruptCheckpointError, match=f"truncated or corrupt.*re-run the {command} command") as e:
+            load(bad)
+        assert "last.ckpt" not in str(e.value)
+    with pytest.raises(CorruptCheckpointError, match=r"last\.ckpt"):  # checkpoints keep their own advice
+        safe_load(bad)

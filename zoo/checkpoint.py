@@ -67,20 +67,21 @@ class CorruptCheckpointError(ValueError):
 _WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
 
 
-def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+CHECKPOINT_FIX = "use another checkpoint (e.g. the run's last.ckpt or a step*.ckpt)"
+
+
+def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu", fix: str = CHECKPOINT_FIX) -> Any:
     """Load a checkpoint with ``weights_only=True``; explain refusals, corruption and missing files.
 
     Three different problems get three different messages: a missing file (check the path), a file that is
     empty/truncated/not a checkpoint (re-copy it or resume from another one), and a file that holds pickled
-    objects beyond plain tensors and containers (refused: it could run code)."""
+    objects beyond plain tensors and containers (refused: it could run code). ``fix``: what to do about a corrupt
+    file (a feature file is rewritten by the command that made it, not replaced by another checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (check the path you passed)")
     if path.stat().st_size == 0:
-        raise CorruptCheckpointError(
-            f"{path} is empty (0 bytes): a copy or a save did not finish; use another "
-            f"checkpoint (e.g. the run's last.ckpt or a step*.ckpt)"
-        )
+        raise CorruptCheckpointError(f"{path} is empty (0 bytes): a copy or a save did not finish; {fix}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -92,14 +93,10 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
                 f"refused to load {path}: it contains objects that are not plain tensors/containers and could run "
                 f"code (weights_only=True). If you made this file and trust it, re-save its state_dict only."
             ) from None
-        raise CorruptCheckpointError(
-            f"{path} is corrupt or not a torch checkpoint ({e}); use another checkpoint "
-            f"(e.g. the run's last.ckpt or a step*.ckpt)"
-        ) from None
+        raise CorruptCheckpointError(f"{path} is corrupt or not a torch checkpoint ({e}); {fix}") from None
     except (EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError) as e:
         raise CorruptCheckpointError(
-            f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]}); use "
-            f"another checkpoint (e.g. the run's last.ckpt or a step*.ckpt)"
+            f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]}); {fix}"
         ) from None
 
 

@@ -109,7 +109,7 @@ def load_embeddings(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"embedding file not found: {path} (fix: run zoo-embed for this split first)")
-    obj = safe_load(path)
+    obj = safe_load(path, fix="re-run the zoo-embed command that wrote it")
     if not isinstance(obj, dict) or not any(k in obj for k in EMBEDDING_KEYS):
         raise ConfigError(f"{path} is not a zoo-embed file (expected keys {EMBEDDING_KEYS})")
     return {k: obj[k] for k in EMBEDDING_KEYS if k in obj}

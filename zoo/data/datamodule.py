@@ -122,7 +122,7 @@ def load_synthetic_captions(path: str | Path) -> list[str]:
             f"synthetic captions file not found: {path} (fix: run `zoo-recaption ckpt=<captioner ckpt> "
             f"features=<zoo-embed file of the split> out={path}` first)"
         )
-    obj = safe_load(path)
+    obj = safe_load(path, fix="re-run the zoo-recaption command that wrote it")
     caps = obj.get("captions") if isinstance(obj, dict) else None
     if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
         raise ConfigError(f"{path} is not a zoo-recaption file (expected {{'captions': list[str], 'meta': ...}})")
@@ -369,7 +369,7 @@ def load_features(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"feature file not found: {path} (fix: run zoo-tokenize / zoo-embed for this split first)")
-    obj = safe_load(path)
+    obj = safe_load(path, fix="re-run the zoo-tokenize / zoo-embed command that wrote it")
     if not isinstance(obj, dict):
         raise ConfigError(f"{path} is not a feature file (expected a dict of tensors)")
     return {k: v for k, v in obj.items() if k in FEATURE_KEYS}
