@@ -213,3 +213,17 @@ def test_misspelt_graph_name_is_refused_before_writing(tmp_path):
     with pytest.raises(ConfigError, match=r"\['decod'\].*\['encode', 'decode'\]"):
         export(OmegaConf.create({"ckpt": str(ckpt), "out": str(out), "graphs": ["decod"]}))
     assert not out.exists()
+
+
+def test_out_naming_a_file_is_refused(tmp_path):
+    """zoo-export out=model.safetensors (a file, not a folder) died on a FileExistsError traceback from mkdir."""
+    from zoo.errors import ConfigError
+    from zoo.export import export
+    from zoo.models.vqvae.lit import VQVAELit
+
+    ckpt = _write_ckpt(VQVAELit(preset="tiny"), tmp_path / "vq.ckpt")
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"keep me")
+    with pytest.raises(ConfigError, match="is a file"):
+        export(OmegaConf.create({"ckpt": str(ckpt), "out": str(target), "onnx": False}))
+    assert target.read_bytes() == b"keep me"

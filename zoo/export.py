@@ -610,6 +610,8 @@ def export(cfg) -> dict[str, Any]:
         raise ConfigError("no checkpoint (fix: zoo-export ckpt=/path/to/last.ckpt out=exports/my_model)")
     ckpt = Path(str(cfg.ckpt))
     out = Path(str(cfg.out)) if cfg.get("out") else ckpt.parent / f"{ckpt.stem}_export"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out} is a file; zoo-export writes a directory (fix: out=<a new or existing folder>)")
     name, module, hp = load_checkpoint(ckpt)
     if cfg.get("onnx", True) and cfg.get("graphs"):  # a misspelt graph name would silently export no graph
         known = [g.name for g in onnx_graphs(name, module)]
