@@ -53,6 +53,15 @@ def test_rerank_keeps_best_scoring_candidates_in_order(pipe):
         assert len(set(all_scores.tolist())) > 1  # candidates differ, so the test can fail
 
 
+def test_n_keep_above_n_candidates_draws_n_keep(pipe):
+    """n_keep = 4 of n_candidates = 2: four images drawn and kept (as GLIDE / unCLIP do), not two silently."""
+    out = pipe.sample(CAPTIONS[:1], n_candidates=2, n_keep=4)
+    assert out["images"].shape[:2] == (1, 4) and out["n_candidates"] == 4
+    cands = pipe.candidates(CAPTIONS[:1], 4)[0]
+    kept = [next(j for j in range(4) if torch.equal(img, cands[j])) for img in out["images"][0]]
+    assert sorted(kept) == [0, 1, 2, 3]  # every candidate once, reordered by score
+
+
 def test_generate_returns_one_best_image_per_caption(pipe):
     images = pipe.generate(CAPTIONS)
     assert images.shape == (3, 3, H.RESOLUTION, H.RESOLUTION) and images.dtype == torch.float32

@@ -101,8 +101,9 @@ class DallePipeline(ClipRerank):
     def sample(
         self, captions: Sequence[str], n_candidates: Optional[int] = None, n_keep: int = 1, **renamed
     ) -> dict[str, Any]:
-        """``n_candidates`` samples per caption, reranked by CLIP; the ``n_keep`` best of each, best first:
-        dict(images (B, n_keep, 3, H, W) in [-1, 1], scores (B, n_keep) CLIP scores or None, n_candidates)."""
+        """``max(n_candidates, n_keep)`` samples per caption (as GLIDE's and unCLIP's pipelines), reranked by CLIP;
+        the ``n_keep`` best of each, best first: dict(images (B, n_keep, 3, H, W) in [-1, 1], scores (B, n_keep)
+        CLIP scores or None, n_candidates). Before, ``n_keep`` above ``n_candidates`` silently kept fewer."""
         if renamed:
             hint = (
                 " (top_k is the logit filter, an attribute; the number of images kept is n_keep)"
@@ -111,7 +112,9 @@ class DallePipeline(ClipRerank):
             )
             raise TypeError(f"DallePipeline.sample() got unexpected arguments {sorted(renamed)}{hint}")
         captions = [captions] if isinstance(captions, str) else list(captions)
-        n = int(n_candidates or self.n_candidates)
+        if int(n_keep) < 1:
+            raise ConfigError(f"n_keep must be >= 1, got {n_keep} (fix: n_keep=1)")
+        n = max(int(n_candidates or self.n_candidates), int(n_keep))
         cands = self.candidates(captions, n)
         images, scores = self.rerank(cands, captions, n_keep)
         return {"images": images, "scores": scores, "n_candidates": n}
