@@ -177,3 +177,18 @@ def test_failed_resume_leaves_no_checkpoint_that_shadows_the_real_one(train_cfg,
         train(b)
     assert not list((tmp_path / "logs" / b.task_name / "runs" / "b").rglob("*.ckpt"))
     assert train(run_cfg("c", "trainer.max_steps=8", "ckpt_path=last"))["global_step"] == 8
+
+
+def test_resume_with_no_steps_left_warns(train_cfg, tiny_dvae, caplog):
+    """ckpt_path=last with trainer.max_steps at or below the checkpoint's step trains nothing: a WARNING names the
+    step and the fix (Lightning ended fit without a word); the run still exits cleanly (a requeued finished job)."""
+    import logging
+
+    common = [*tiny_dvae, "test=false", "trainer.limit_val_batches=0"]
+    cfg = train_cfg(*common, "trainer.max_steps=3")
+    train(cfg)
+    again = train_cfg(*common, "trainer.max_steps=3", "ckpt_path=last")
+    again.paths.output_dir = cfg.paths.output_dir
+    with caplog.at_level(logging.WARNING, logger="zoo.train"):
+        assert train(again)["global_step"] == 3
+    assert any("is at step 3 and trainer.max_steps=3" in r.getMessage() for r in caplog.records)

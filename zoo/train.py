@@ -211,6 +211,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     ckpt_path = resolve_ckpt_path(cfg)
     resume_step = check_resume_file(ckpt_path, model) if ckpt_path else 0
+    max_steps = cfg.trainer.get("max_steps")
+    if ckpt_path and cfg.get("train", True) and isinstance(max_steps, int) and 0 <= max_steps <= resume_step:
+        # Lightning would end fit at once without a word; a warning, not an error: a requeued job that already
+        # finished (SLURM, a sweep re-run) must still exit cleanly
+        log.warning(
+            "ckpt_path=%s is at step %d and trainer.max_steps=%d: nothing left to train "
+            "(to train on: trainer.max_steps=%d or more)",
+            ckpt_path,
+            resume_step,
+            max_steps,
+            resume_step + 1,
+        )
     for lg in loggers:
         lg.log_hyperparams(plain_cfg)  # the whole run config, as a plain dict
 
