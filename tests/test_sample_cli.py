@@ -221,3 +221,29 @@ def test_zero_images_asked_is_a_config_error(train_cfg, tmp_path, dalle_helpers,
     key = bad.split("=")[0]
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         sample(_sample_cfg(f"ckpt={T.last_ckpt(cfg)}", 'prompts=["a red circle"]', f"out_dir={tmp_path / 'o'}", bad))
+
+
+def test_samples_json_records_the_upsampled_prompts(tmp_path, monkeypatch):
+    """With a prompt upsampler (DALL·E 3), samples.json says what each prompt was rewritten to: one rewrite per
+    repeated candidate (each candidate's seed), none for a generator without an upsampler."""
+    import json
+
+    import zoo.pipelines.base as base
+
+    class Gen:
+        seed = 0
+
+        def generate(self, captions):
+            return torch.zeros(len(captions), 3, 4, 4)
+
+    class Rewriter:
+        def upsample(self, prompts, seed=0):
+            return [f"{p}, scene {seed}" for p in prompts]
+
+    monkeypatch.setattr(base, "build_generator", lambda node, what: base.PromptUpsampled(Gen(), Rewriter()))
+    sample(_sample_cfg('prompts=["a red circle"]', "n_keep=2", "seed=4", f"out_dir={tmp_path}"))
+    entry = json.loads((tmp_path / "samples.json").read_text())["a red circle"]
+    assert entry["upsampled_prompts"] == ["a red circle, scene 4", "a red circle, scene 5"]
+    monkeypatch.setattr(base, "build_generator", lambda node, what: Gen())
+    sample(_sample_cfg('prompts=["a red circle"]', "n_keep=2", f"out_dir={tmp_path / 'plain'}"))
+    assert "upsampled_prompts" not in json.loads((tmp_path / "plain" / "samples.json").read_text())["a red circle"]

@@ -177,6 +177,9 @@ def sample_prompts(cfg: DictConfig, generator, out_dir: Path) -> dict[str, Any]:
             save_image(img, f)
             files.append(str(f))
         entry: dict[str, Any] = {"prompt": prompt, "grid": str(path), "images": files}
+        rewrites = getattr(generator, "all_prompts", None)  # a prompt upsampler's rewrites (DALL·E 3)
+        if isinstance(rewrites, dict) and prompt in rewrites:
+            entry["upsampled_prompts"] = list(dict.fromkeys(rewrites[prompt]))  # distinct, in the order drawn
         if out.get("n_candidates") is not None:
             entry["n_candidates"] = int(out["n_candidates"])
         if scores is not None:

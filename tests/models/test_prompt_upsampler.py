@@ -160,6 +160,9 @@ def test_wrapper_rewrites_prompts_before_the_inner_generator_sees_them():
     images = keep_best(gen, ["a red circle"], 3, seed=10)["images"]
     assert images.shape == (1, 3, 3, 4, 4)
     assert spy.seen == [[f"a red circle [seed {s}]"] for s in (10, 11, 12)] and spy.seed == 3
+    assert gen.all_prompts["a red circle"] == ["a red circle [seed 7]"] + [
+        f"a red circle [seed {s}]" for s in (10, 11, 12)
+    ]
     assert isinstance(RepeatedCandidates(gen).generator, PromptUpsampled)
 
 

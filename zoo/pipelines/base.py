@@ -168,12 +168,13 @@ class PromptUpsampled:
     the seed is the inner generator's ``seed`` when it has one (``RepeatedCandidates`` sets it per candidate, so
     repeated candidates of one short prompt are generated from different plausible scenes), else ``seed``; a
     generator's own ``candidates`` / ``sample`` share one rewrite per caption. ``last_prompts`` holds the last
-    call's ``{prompt: rewrite}``.
+    call's ``{prompt: rewrite}``, ``all_prompts`` every call's (``{prompt: [rewrite, ...]}``, in call order: one per
+    repeated candidate), which ``zoo-sample`` writes into ``samples.json``.
     """
 
     # method -> position of its captions argument
     _CAPTION_ARG = {"generate": 0, "candidates": 0, "candidate": 0, "sample": 0, "inpaint": 2}
-    _OWN = ("generator", "upsampler", "options", "last_prompts", "_seed")
+    _OWN = ("generator", "upsampler", "options", "last_prompts", "all_prompts", "_seed")
 
     def __init__(self, generator, upsampler, seed: int = 0, **options):
         if not callable(getattr(generator, "generate", None)):
@@ -184,6 +185,7 @@ class PromptUpsampled:
         self.options = {k: v for k, v in options.items() if v is not None}
         self._seed = int(seed)
         self.last_prompts: dict[str, str] = {}
+        self.all_prompts: dict[str, list[str]] = {}
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in self._OWN:
@@ -208,6 +210,8 @@ class PromptUpsampled:
         if len(out) != len(captions):
             raise RuntimeError(f"the prompt upsampler returned {len(out)} prompts for {len(captions)}")
         self.last_prompts = dict(zip(captions, out))
+        for caption, rewritten in zip(captions, out):
+            self.all_prompts.setdefault(caption, []).append(rewritten)
         return out
 
     def _wrap(self, method, index: int):
