@@ -97,6 +97,23 @@ def test_check_data_errors_name_their_fix(tmp_path):
     DalleLit(preset="tiny", net=dict(H.TINY_NET)).check_data(_dm(tok, features={"train": "tokens.pt"}))
 
 
+def test_check_data_reports_every_mismatch_at_once(tmp_path):
+    """Text vocabulary, grid and image vocabulary all wrong: one ConfigError listing the three fixes (they came
+    one per attempt)."""
+    tok = H.tiny_bpe(context_length=16)
+    ckpt = H.tiny_tokenizer_ckpt(tmp_path / "tok.ckpt")
+    bad = DalleLit(
+        preset="tiny", image_tokenizer_ckpt=str(ckpt), net={**H.TINY_NET, "text_vocab": 64, "image_vocab": 16}
+    )
+    with pytest.raises(ConfigError) as info:
+        bad.check_data(_dm(tok, resolution=32))
+    msg = str(info.value)
+    assert msg.startswith("3 mismatches")
+    for fix in ("model.net.text_vocab=300", "model.net.grid_h=8 model.net.grid_w=8", "model.net.image_vocab=32"):
+        assert fix in msg, fix
+    assert bad.text_tokenizer is None  # nothing half-applied
+
+
 def test_unknown_preset_or_field():
     with pytest.raises(ValueError, match="tiny"):
         DalleLit(preset="huge")

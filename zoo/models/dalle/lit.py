@@ -109,19 +109,27 @@ class DalleLit(TextTokenizerLit):
 
     # --------------------------------------------------------------------------------------------- data
     def check_data(self, datamodule) -> None:
+        """The data against the network: text tokenizer, image tokenizer (or precomputed tokens), grid and
+        vocabularies. Every mismatch found is reported in one ConfigError, each with its fix, so a run that needs
+        three ``model.net.*`` fixes (the tiny preset on the shapes data) takes one attempt, not three."""
         c = self.cfg
-        tok = check_text_tokenizer(datamodule, c.text_vocab, c.text_len, c.pad_id, "the DALL·E transformer")
+        problems: list[str] = []
+        tok = None
+        try:
+            tok = check_text_tokenizer(datamodule, c.text_vocab, c.text_len, c.pad_id, "the DALL·E transformer")
+        except ConfigError as e:
+            problems.append(str(e))
         features = getattr(datamodule, "features", {}) or {}
         if self.image_tokenizer is None:
             path = self.hparams.get("image_tokenizer_ckpt")
             if path:
-                raise ConfigError(
+                problems.append(
                     f"image tokenizer checkpoint not found: {path} (fix: model.image_tokenizer_ckpt=<a "
                     f"zoo-train dvae/vqvae last.ckpt>, e.g. train one with "
                     f"`zoo-train experiment=demo/tokenizer hydra.run.dir=logs/demo/tokenizer`)"
                 )
-            if "train" not in features:
-                raise ConfigError(
+            elif "train" not in features:
+                problems.append(
                     "no image tokenizer and no precomputed image tokens (fix: "
                     "model.image_tokenizer_ckpt=<dvae/vqvae ckpt>, "
                     "or data.features.train=<zoo-tokenize file>)"
@@ -129,28 +137,36 @@ class DalleLit(TextTokenizerLit):
         else:
             it = self.image_tokenizer
             res = getattr(datamodule, "resolution", None)
-            if res is not None:
-                if res % it.downsample_factor:
-                    raise ConfigError(
-                        f"data.resolution={res} is not a multiple of the image tokenizer's downsample "
-                        f"factor {it.downsample_factor} (fix: data.resolution={c.grid_h * it.downsample_factor})"
-                    )
-                it.resolution = res
-                if self._tokenizer_spec is not None:
-                    self._tokenizer_spec["resolution"] = res
-            grid = tuple(it.grid_size)
-            if grid != (c.grid_h, c.grid_w):
-                raise ConfigError(
-                    f"the image tokenizer makes a {grid[0]}x{grid[1]} grid at data.resolution={res} but "
-                    f"the model expects {c.grid_h}x{c.grid_w} (fix: model.net.grid_h={grid[0]} "
-                    f"model.net.grid_w={grid[1]}, or data.resolution="
-                    f"{c.grid_h * it.downsample_factor})"
+            if res is not None and res % it.downsample_factor:
+                problems.append(
+                    f"data.resolution={res} is not a multiple of the image tokenizer's downsample "
+                    f"factor {it.downsample_factor} (fix: data.resolution={c.grid_h * it.downsample_factor})"
                 )
+            else:
+                if res is not None:
+                    it.resolution = res
+                    if self._tokenizer_spec is not None:
+                        self._tokenizer_spec["resolution"] = res
+                grid = tuple(it.grid_size)
+                if grid != (c.grid_h, c.grid_w):
+                    problems.append(
+                        f"the image tokenizer makes a {grid[0]}x{grid[1]} grid at data.resolution={res} but "
+                        f"the model expects {c.grid_h}x{c.grid_w} (fix: model.net.grid_h={grid[0]} "
+                        f"model.net.grid_w={grid[1]}, or data.resolution="
+                        f"{c.grid_h * it.downsample_factor})"
+                    )
             if it.codebook_size > c.image_vocab:
-                raise ConfigError(
+                problems.append(
                     f"image tokenizer codebook ({it.codebook_size}) is larger than the model's "
                     f"image_vocab ({c.image_vocab}) (fix: model.net.image_vocab={it.codebook_size})"
                 )
+        if len(problems) == 1:
+            raise ConfigError(problems[0])
+        if problems:
+            raise ConfigError(
+                f"{len(problems)} mismatches between the data and the DALL·E transformer, fix all of them:\n"
+                + "\n".join(f"  {i + 1}. {p}" for i, p in enumerate(problems))
+            )
         self.text_tokenizer = tok
 
     def pad_text(self, tokens: torch.Tensor) -> torch.Tensor:
