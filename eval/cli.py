@@ -280,9 +280,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ablations = [str(a) for a in (cfg.get("ablations") or [])]
     unknown = [a for a in ablations if a not in ABLATIONS]
     if unknown or not ablations:
+        what = f"unknown ablations {unknown}" if unknown else "no ablation to run (ablations is empty)"
         raise ConfigError(
-            f"unknown ablations {unknown}; choose from {list(ABLATIONS)} (fix: ablations=[blur,rerank] or "
-            f"ablations=[blur,diversity])"
+            f"{what}; choose from {list(ABLATIONS)} (fix: ablations=[blur,rerank] or ablations=[blur,diversity])"
         )
     if "diversity" in ablations:
         check_diversity(cfg.diversity.captions, cfg.diversity.samples, cfg.diversity.batch_size)

@@ -37,6 +37,21 @@ def test_sample_writes_reconstruction_grid(train_cfg, tmp_path, train_helpers):
     assert png.is_file() and w > 32 and h > 32  # a grid of input | reconstruction pairs
 
 
+def test_prompts_for_a_tokenizer_checkpoint_are_ignored_with_a_warning(train_cfg, tmp_path, train_helpers, caplog):
+    """A dVAE draws nothing from text: prompts given with its ckpt= produce its reconstruction grid and a WARNING
+    saying so (they were ignored silently)."""
+    import logging
+
+    T = train_helpers
+    cfg = train_cfg("model=dvae", "model.preset=tiny", *T.sizes(), *T.TWO_STEPS)
+    train(cfg)
+    over = [f"ckpt={T.last_ckpt(cfg)}", f"out_dir={tmp_path / 'out'}", 'prompts=["a red circle"]']
+    with caplog.at_level(logging.WARNING, logger="zoo.sample"):
+        written = sample(_sample_cfg(*over))
+    assert list(written) == ["reconstructions"]
+    assert any("dvae checkpoint" in r.getMessage() and "prompts ignored" in r.getMessage() for r in caplog.records)
+
+
 def test_sample_dalle_writes_grid_images_and_clip_scores(train_cfg, tmp_path, dalle_helpers, train_helpers):
     """zoo-sample on a tiny DALL·E checkpoint (zoo-train, 2 steps) with a tiny CLIP: grid + images + scores; the
     short form (ckpt=) and the long form (generator=dalle generator.dalle_ckpt=) are the same run."""

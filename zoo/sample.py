@@ -122,7 +122,15 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     node = cfg.get("generator")
     if cfg.get("ckpt"):
-        mapped = checkpoint_generator(checkpoint_component(str(cfg.ckpt)))
+        component = checkpoint_component(str(cfg.ckpt))
+        mapped = checkpoint_generator(component)
+        if cfg.prompts and mapped is None:  # an image tokenizer, a CLIP...: nothing to draw from a caption
+            log.warning(
+                "%s is a %s checkpoint, which does not draw images from text: prompts ignored, writing its own "
+                "sample grid (for text-to-image: a dalle, glide or unclip_decoder checkpoint)",
+                cfg.ckpt,
+                component,
+            )
         if not cfg.prompts or mapped is None:
             written = sample_checkpoint_grid(cfg, out_dir)
             return _finish(written, out_dir)

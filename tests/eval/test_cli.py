@@ -340,6 +340,8 @@ def test_judge_width_is_its_own_cached_instrument(tmp_path):
         (["blur.radii=[0,-1]"], "blur.radii="),
         (["ablations=[rerank]", "rerank.candidates=[0,2]"], "rerank.candidates="),
         (["ablations=[diversity]", "diversity.samples=1"], "diversity.samples="),
+        (["ablations=[]"], "no ablation to run"),
+        (["ablations=[blurr]"], "unknown ablations"),
     ],
 )
 def test_bad_ablation_settings_are_config_errors(tmp_path, bad, key):
