@@ -192,3 +192,16 @@ def test_resume_with_no_steps_left_warns(train_cfg, tiny_dvae, caplog):
     with caplog.at_level(logging.WARNING, logger="zoo.train"):
         assert train(again)["global_step"] == 3
     assert any("is at step 3 and trainer.max_steps=3" in r.getMessage() for r in caplog.records)
+
+
+def test_a_bad_model_knob_fails_before_the_tokenizer_is_fitted(train_cfg, monkeypatch):
+    """The model is built before the data's tokenizer is prepared (a first BPE fit costs ~40 s): a misspelt
+    model.net field fails without it."""
+    from zoo.data.datamodule import ImageTextDataModule
+
+    fitted = []
+    monkeypatch.setattr(ImageTextDataModule, "prepare_tokenizer", lambda self: fitted.append(self))
+    cfg = train_cfg("model=dalle", "model.preset=tiny", "data/tokenizer=bpe", "++model.net.n_layerz=2")
+    with pytest.raises(ConfigError, match="n_layerz"):
+        train(cfg)
+    assert fitted == []
