@@ -257,3 +257,17 @@ def test_misspelt_split_is_a_config_error(files, tmp_path):
     assert not (tmp_path / "c.pt").exists()
     with pytest.raises(ConfigError, match=r"unknown split 'tset'.*fix: split="):
         ShapesDataModule(train_size=8, val_size=8, test_size=8).dataset("tset")
+
+
+def test_features_of_another_split_are_refused(files, tmp_path):
+    """features= written by zoo-embed split=val, recaptioned as split=train: refused naming both splits (the
+    captions would have been served to the train split's images, matched by index)."""
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.recaption import run
+
+    ckpt, feats = files
+    val = tmp_path / "val_clip.pt"
+    atomic_torch_save({**torch.load(feats, weights_only=True), "meta": {"split": "val"}}, val)
+    with pytest.raises(ConfigError, match=r"holds the val split's embeddings.*fix: split=val"):
+        run(_compose(tmp_path, f"ckpt={ckpt}", f"features={val}", f"out={tmp_path / 'c.pt'}", "split=train"))
+    assert not (tmp_path / "c.pt").exists()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -102,8 +102,9 @@ def embed_dataset(
     return atomic_torch_save(out, out_path)
 
 
-def load_embeddings(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a ``zoo-embed`` file (weights_only load), without ``meta``."""
+def load_embeddings(path: str | Path, meta: Optional[dict] = None) -> dict[str, torch.Tensor]:
+    """The tensors of a ``zoo-embed`` file (weights_only load); its ``meta`` (the CLIP, the split) is copied into
+    ``meta`` when a dict is given."""
     from zoo.checkpoint import safe_load
 
     path = Path(path)
@@ -112,6 +113,8 @@ def load_embeddings(path: str | Path) -> dict[str, torch.Tensor]:
     obj = safe_load(path, fix="re-run the zoo-embed command that wrote it")
     if not isinstance(obj, dict) or not any(k in obj for k in EMBEDDING_KEYS):
         raise ConfigError(f"{path} is not a zoo-embed file (expected keys {EMBEDDING_KEYS})")
+    if meta is not None and isinstance(obj.get("meta"), dict):
+        meta.update(obj["meta"])
     return {k: obj[k] for k in EMBEDDING_KEYS if k in obj}
 
 

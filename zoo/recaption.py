@@ -183,7 +183,14 @@ def _embedding_source(cfg: DictConfig, want_dim: int) -> tuple[Callable[[int, in
         from zoo.embed import load_embeddings
 
         path = Path(str(cfg.features)).expanduser()
-        emb = load_embeddings(path).get("clip_image_emb")
+        meta: dict = {}
+        emb = load_embeddings(path, meta).get("clip_image_emb")
+        written_for = meta.get("split")
+        if written_for is not None and str(written_for) != split:  # the captions would be served to the wrong images
+            raise ConfigError(
+                f"features={path} holds the {written_for} split's embeddings (zoo-embed split={written_for}) but "
+                f"split={split} (fix: split={written_for}, or features=<the zoo-embed file of the {split} split>)"
+            )
         if emb is None:
             raise ConfigError(f"{path} has no clip_image_emb (fix: features=<a file written by zoo-embed>)")
         _check_dim(emb.shape[-1], want_dim, f"features={path}")
