@@ -227,3 +227,27 @@ def test_out_naming_a_file_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="is a file"):
         export(OmegaConf.create({"ckpt": str(ckpt), "out": str(target), "onnx": False}))
     assert target.read_bytes() == b"keep me"
+
+
+def test_opset_outside_the_exporters_range_is_refused_before_writing(tmp_path):
+    """opset=5 (below torch's 7) failed with the exporter's traceback after the safetensors were written."""
+    from zoo.errors import ConfigError
+    from zoo.export import export
+    from zoo.models.vqvae.lit import VQVAELit
+
+    ckpt = _write_ckpt(VQVAELit(preset="tiny"), tmp_path / "vq.ckpt")
+    for bad in (5, 99, "17"):
+        with pytest.raises(ConfigError, match=r"opset=.*fix: opset=17"):
+            export(OmegaConf.create({"ckpt": str(ckpt), "out": str(tmp_path / "out"), "opset": bad}))
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_operator_the_opset_lacks_is_a_config_error(tmp_path):
+    """GLIDE's text encoder uses attention, which ONNX has from opset 14: at opset 12 a ConfigError names the graph,
+    the operator and the fix, not the exporter's traceback."""
+    from zoo.errors import ConfigError
+    from zoo.export import export_onnx
+    from zoo.models.glide.lit import GlideLit
+
+    with pytest.raises(ConfigError, match=r"text_encoder.*scaled_dot_product_attention.*fix: opset=17"):
+        export_onnx("glide", GlideLit(preset="tiny"), tmp_path / "onnx", 12, graphs=["text_encoder"])

@@ -38,6 +38,7 @@ ar_prior
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -496,6 +497,29 @@ def _as_tuple(x) -> tuple[torch.Tensor, ...]:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
+@contextlib.contextmanager
+def _opset_errors(graph: str, opset: int):
+    """An operator the chosen opset lacks (e.g. attention below opset 14): a ConfigError naming the graph, the
+    operator and the fix, not the exporter's traceback."""
+    from torch.onnx.errors import UnsupportedOperatorError
+
+    try:
+        yield
+    except UnsupportedOperatorError as e:
+        raise ConfigError(f"ONNX graph {graph}: {str(e).splitlines()[0]} (fix: opset=17, the default)") from e
+
+
+def check_opset(opset: Any) -> int:
+    """``opset`` within what torch's TorchScript ONNX exporter writes (7-20 in torch 2.14), else a ConfigError before
+    anything is written (it failed with torch's traceback after the safetensors were)."""
+    from torch.onnx import _constants
+
+    lo, hi = _constants.ONNX_MIN_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    if isinstance(opset, bool) or not isinstance(opset, int) or not lo <= opset <= hi:
+        raise ConfigError(f"opset={opset!r}: torch's ONNX exporter writes opsets {lo} to {hi} (fix: opset=17)")
+    return opset
+
+
 def export_graph(g: Graph, path: Path, opset: int = 17, export_batch: int = 2) -> Path:
     import warnings
 
@@ -505,7 +529,7 @@ def export_graph(g: Graph, path: Path, opset: int = 17, export_batch: int = 2) -
     args = g.make_inputs(export_batch)
     # Traced with autograd ON: under no_grad, nn.MultiheadAttention (open_clip's towers) takes its fused fast path
     # (aten::_native_multi_head_attention), which has no ONNX symbolic; with grad on it runs the plain ops.
-    with torch.enable_grad(), warnings.catch_warnings():
+    with torch.enable_grad(), warnings.catch_warnings(), _opset_errors(g.name, opset):
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
         torch.onnx.export(
             g.module,
@@ -612,6 +636,8 @@ def export(cfg) -> dict[str, Any]:
     out = Path(str(cfg.out)) if cfg.get("out") else ckpt.parent / f"{ckpt.stem}_export"
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out={out} is a file; zoo-export writes a directory (fix: out=<a new or existing folder>)")
+    if cfg.get("onnx", True):
+        check_opset(cfg.get("opset", 17))
     name, module, hp = load_checkpoint(ckpt)
     if cfg.get("onnx", True) and cfg.get("graphs"):  # a misspelt graph name would silently export no graph
         known = [g.name for g in onnx_graphs(name, module)]
