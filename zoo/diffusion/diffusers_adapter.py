@@ -42,12 +42,17 @@ def import_diffusers():
     return diffusers
 
 
+def scheduler_class(name: str):
+    """The diffusers scheduler class of a class name or an alias in ``ALIASES``, or None if there is none."""
+    cls = getattr(import_diffusers(), ALIASES.get(str(name), str(name)), None)
+    return cls if isinstance(cls, type) and hasattr(cls, "set_timesteps") else None
+
+
 def make_scheduler(process: GaussianDiffusion, name: str = "DPMSolverMultistepScheduler", **overrides: Any):
     """A diffusers scheduler (class name or alias in ``ALIASES``) configured with the process's betas and
     prediction type; ``overrides`` are passed to its constructor (e.g. ``use_karras_sigmas=True``)."""
-    diffusers = import_diffusers()
-    cls = getattr(diffusers, ALIASES.get(name, name), None)
-    if cls is None or not hasattr(cls, "set_timesteps"):
+    cls = scheduler_class(name)
+    if cls is None:
         raise ValueError(f"{name!r} is not a diffusers scheduler (aliases: {sorted(ALIASES)})")
     accepted = inspect.signature(cls.__init__).parameters
     config: dict[str, Any] = {

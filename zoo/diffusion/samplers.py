@@ -238,15 +238,14 @@ OWN_SAMPLERS = ("ddim", "ddpm")
 
 def sampler_known(name: str) -> bool:
     """``ddim`` | ``ddpm`` | a diffusers scheduler alias (``zoo.diffusion.diffusers_adapter.ALIASES``) or class name."""
-    from zoo.diffusion.diffusers_adapter import ALIASES, import_diffusers
+    from zoo.diffusion.diffusers_adapter import ALIASES, scheduler_class
 
     if name in OWN_SAMPLERS or name in ALIASES:
         return True
     try:
-        cls = getattr(import_diffusers(), str(name), None)
+        return scheduler_class(name) is not None
     except ImportError:  # pragma: no cover - diffusers is a dependency; without it the name cannot run anyway
         return False
-    return isinstance(cls, type) and hasattr(cls, "set_timesteps")
 
 
 def check_sampling_knobs(num_timesteps: int, knobs: dict) -> None:
