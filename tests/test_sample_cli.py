@@ -203,8 +203,9 @@ def test_sample_dalle_without_prompts_writes_its_val_grid(train_cfg, tmp_path, d
     cfg = train_cfg(*T.tiny_dalle(H, tmp_path))
     train(cfg)
     written = sample(_sample_cfg(f"ckpt={T.last_ckpt(cfg)}", f"out_dir={tmp_path / 'out'}", "prompts=[]"))
-    w, h = Image.open(written["reconstructions"]["grid"]).size
-    assert w > 2 * H.RESOLUTION and h > H.RESOLUTION  # real | sample pairs
+    assert list(written) == ["val_samples"]  # real | sample pairs, not a tokenizer's reconstructions
+    w, h = Image.open(written["val_samples"]["grid"]).size
+    assert w > 2 * H.RESOLUTION and h > H.RESOLUTION
 
 
 def test_prompt_given_without_brackets_is_one_prompt(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ checkpoint written by ``zoo-train``.
     zoo-sample ckpt=<dalle ckpt> generator.clip_ckpt=<clip ckpt> prompts='["a red circle"]' n_keep=8
     zoo-sample generator=dalle generator.dalle_ckpt=<dalle ckpt> prompts='[...]'    # the same, long form
     zoo-sample ckpt=<tokenizer ckpt>                                             # reconstructions grid
+    zoo-sample ckpt=<dalle ckpt> prompts='[]'                                    # val images | samples of their captions
 
 With prompts, the generator makes ``n_keep`` images per prompt, best first (``zoo.pipelines.base.keep_best``: the
 DALL·E pipeline draws ``generator.n_candidates`` and keeps the CLIP-best when it has ``generator.clip_ckpt``), written
@@ -132,7 +133,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
                 component,
             )
         if not cfg.prompts or mapped is None:
-            written = sample_checkpoint_grid(cfg, out_dir)
+            written = sample_checkpoint_grid(cfg, out_dir, component)
             return _finish(written, out_dir)
         option, key = mapped
         if node is None or key not in node:
@@ -154,14 +155,18 @@ def _finish(written: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     return written
 
 
-def sample_checkpoint_grid(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """The checkpoint's own sample grid on validation data (image tokenizers: reconstructions)."""
+def sample_checkpoint_grid(cfg: DictConfig, out_dir: Path, component: str) -> dict[str, Any]:
+    """The checkpoint's own sample grid on validation data: an image tokenizer's reconstructions; for any other
+    component (a DALL·E, GLIDE... given no prompts) the validation batch's real images beside samples drawn from
+    its captions, which are not reconstructions and are not named so."""
     from zoo.pipelines.grid import checkpoint_sample_grid
+    from zoo.registry import IMAGE_TOKENIZERS
 
     images, nrow = checkpoint_sample_grid(str(cfg.ckpt), seed=int(cfg.seed))
-    path = out_dir / "reconstructions.png"
+    name = "reconstructions" if component in IMAGE_TOKENIZERS else "val_samples"
+    path = out_dir / f"{name}.png"
     save_grid(images, path, nrow, cfg.grid_scale)
-    return {"reconstructions": {"grid": str(path)}}
+    return {name: {"grid": str(path)}}
 
 
 def sample_prompts(cfg: DictConfig, generator, out_dir: Path) -> dict[str, Any]:
