@@ -381,3 +381,42 @@ def test_unclip_eval_experiments_compose_and_sweep(tmp_path, name):
         assert g.prior_ckpt == str(logs / prior / "checkpoints/last.ckpt")
         if name in ("prior_ablation", "ar_vs_diffusion"):
             assert g.decoder_guidance_scale == 1.25  # the paper's FID setting
+
+
+def test_a_failed_run_writes_its_reason_to_the_run_log(tmp_path, capsys):
+    """A run that stops on a user error or a crash leaves its Hydra run directory; its job log (a file handler on
+    the root logger) now ends with the reason, which was only on the terminal. The console is not written twice."""
+    import io
+    import logging
+
+    from zoo.config import report_user_errors
+
+    root = logging.getLogger()
+    file_handler = logging.FileHandler(tmp_path / "train.log")
+    console = io.StringIO()
+    stream_handler = logging.StreamHandler(console)
+    root.addHandler(file_handler)
+    root.addHandler(stream_handler)
+
+    def bad_config(_cfg):
+        raise ConfigError("model.net.bogus is not a field (fix: drop it)")
+
+    def crash(_cfg):
+        raise RuntimeError("out of memory in the 3rd step")
+
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            report_user_errors(bad_config)(None)
+        with pytest.raises(RuntimeError):
+            report_user_errors(crash)(None)
+    finally:
+        root.removeHandler(file_handler)
+        root.removeHandler(stream_handler)
+        file_handler.close()
+    assert exit_info.value.code == 2
+    text = (tmp_path / "train.log").read_text()
+    assert "error: model.net.bogus is not a field (fix: drop it)" in text
+    assert "failed: RuntimeError: out of memory in the 3rd step" in text
+    assert "Traceback" in text and "in crash" in text  # a crash's traceback is kept for the post-mortem
+    assert console.getvalue() == ""  # the terminal got the printed message (and Hydra's traceback) only once
+    assert "model.net.bogus" in capsys.readouterr().err

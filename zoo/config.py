@@ -107,13 +107,32 @@ def report_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except _user_error_types() as e:
+            log_to_run_files(f"error: {e}", exc_info=debug_enabled())
             if debug_enabled():
                 raise
             log.debug("user error", exc_info=True)
             print(f"error: {e}\n(set ZOO_DEBUG=1 for the full traceback)", file=sys.stderr)
             sys.exit(2)
+        except Exception as e:
+            log_to_run_files(f"failed: {type(e).__name__}: {e}", exc_info=True)
+            raise
 
     return wrapper
+
+
+def log_to_run_files(message: str, exc_info: bool = False) -> None:
+    """Write ``message`` (and the traceback when ``exc_info``) to the file handlers of the root logger only.
+
+    A run that fails leaves its Hydra run directory (``.hydra/`` and the job log) behind; without this the log ended
+    at the last INFO line and the reason was only on the terminal, which a sweep's or a batch job's user may never
+    see. The console already shows the error (printed above, or Hydra's traceback), so it is not logged twice."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, sys.exc_info() if exc_info else None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            try:
+                handler.handle(record)
+            except Exception:  # a full disk must not hide the error being reported
+                pass
 
 
 def open_overrides(args: list[str], prefixes: tuple[str, ...]) -> list[str]:
