@@ -20,6 +20,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCH_HOME", str(Path(__file__).parent / ".torch_home_unused"))
 
 REPO = Path(__file__).resolve().parents[1]
+# Subprocess tests run `python -m zoo.train` etc. from a temp dir, so they import whatever checkout the venv's
+# editable install points at. Put this checkout first: run from a second clone, those tests test its code, not
+# another's (they silently tested /work/main's while a helper changed its clone; same code in CI either way).
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH", "")] if p])
 
 
 def compose_cfg(tmp_path: Path, overrides: list[str], module: str = "conf", name: str = "train"):
