@@ -205,3 +205,21 @@ def test_a_bad_model_knob_fails_before_the_tokenizer_is_fitted(train_cfg, monkey
     with pytest.raises(ConfigError, match="n_layerz"):
         train(cfg)
     assert fitted == []
+
+
+def test_resume_continues_the_wandb_run(train_cfg, tiny_dvae, monkeypatch):
+    """ckpt_path=last in the same run directory logs to the checkpoint's W&B run (same id), not to a second run
+    of the same name: `wandb sync <run>/wandb/offline-run-*` then uploads one run whose history continues."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    common = [*tiny_dvae, "logger=wandb", "test=false", "trainer.limit_val_batches=0"]
+    first = train_cfg(*common, "trainer.max_steps=2")
+    run = Path(first.paths.output_dir)
+    train(first)
+    second = train_cfg(*common, "trainer.max_steps=4", "ckpt_path=last")
+    second.paths.output_dir = str(run)
+    assert train(second)["global_step"] == 4
+    pieces = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(pieces) == 2, pieces
+    ids = {f.stem for p in pieces for f in p.glob("run-*.wandb")}
+    assert len(ids) == 1, f"the resumed training opened another W&B run: {ids}"

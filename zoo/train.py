@@ -68,6 +68,39 @@ def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
     return None
 
 
+def _wandb_run_id(wandb_dir: Path) -> Optional[str]:
+    """The id of the newest W&B run under ``wandb_dir`` (``latest-run``, else the newest ``*run-*`` folder)."""
+    latest = wandb_dir / "latest-run"
+    runs = [latest] if latest.is_dir() else sorted(wandb_dir.glob("*run-*"), key=lambda p: p.stat().st_mtime)
+    for run in reversed(runs):
+        for f in run.glob("run-*.wandb"):
+            return f.stem[len("run-") :]
+    return None
+
+
+def continue_wandb_run(logger_cfg: Optional[DictConfig], ckpt_path: str) -> None:
+    """A resumed training continues the W&B run of the checkpoint's run directory (same id, ``resume=allow``)
+    instead of opening a second, unrelated run under the same name: its history then picks up where the
+    checkpoint's left off, and ``wandb sync <run dir>/wandb/offline-run-*`` uploads the offline pieces as one run.
+    A ``logger.wandb.id`` given on the command line wins."""
+    from omegaconf import open_dict
+
+    for name, sub in (logger_cfg or {}).items():
+        if not (isinstance(sub, DictConfig) and str(sub.get("_target_", "")).endswith("WandbLogger")):
+            continue
+        if sub.get("id"):
+            continue
+        run_dir = Path(ckpt_path).resolve().parent.parent
+        run_id = _wandb_run_id(run_dir / "wandb")
+        if run_id is None:
+            log.info("W&B: no earlier run under %s; the resumed training is logged as a new run", run_dir / "wandb")
+            continue
+        with open_dict(sub):
+            sub.id = run_id
+            sub.resume = "allow"
+        log.info("W&B: continuing run %s of %s (resumed from %s)", run_id, run_dir, ckpt_path)
+
+
 def check_resume_file(path: str, model) -> int:
     """``ckpt_path=`` goes through the project's safe loader before Lightning opens it: a missing, corrupt, unsafe or
     wrong-kind file fails here, with a message that names the fix, instead of in torch's own words (which suggest
@@ -194,6 +227,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("train", True):
         check_val_check_interval(cfg.trainer, datamodule)
     callbacks = _instantiate_dict(cfg.get("callbacks")) + [CheckpointInfo(plain_cfg)]
+    ckpt_path = resolve_ckpt_path(cfg)
+    if ckpt_path:
+        continue_wandb_run(cfg.get("logger"), ckpt_path)
     loggers = _instantiate_dict(cfg.get("logger"))
     from omegaconf import open_dict
 
@@ -211,7 +247,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # Our ResumableDataLoader shards by rank itself (and keeps its mid-epoch position across restarts).
         use_distributed_sampler=False,
     )
-    ckpt_path = resolve_ckpt_path(cfg)
     resume_step = check_resume_file(ckpt_path, model) if ckpt_path else 0
     max_steps = cfg.trainer.get("max_steps")
     if ckpt_path and cfg.get("train", True) and isinstance(max_steps, int) and 0 <= max_steps <= resume_step:
