@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from eval.report import COLUMNS, save_figure
+from eval.report import COLUMNS, plot_scale, save_figure
 
 # The table's columns, in order (only the ones some row has are shown). Fidelity on the radius-0 blur row.
 HEADLINE = (
@@ -318,20 +318,22 @@ def plot_leaderboard(
     colours = [plt.cm.tab10(i % 10) for i in range(len(rows))]
     nan = float("nan")
     for ax, c in zip(panels, cols):
-        ys = [nan if r.get(c) is None else float(r[c]) for r in rows]
+        scale, header = plot_scale(c)
+        ys = [nan if r.get(c) is None else scale * float(r[c]) for r in rows]
         if by:
             ax.plot([r["by"] for r in rows], ys, marker="o")
             ax.set_xlabel(by.rsplit(".", 1)[-1])
         else:
             ax.bar(range(len(rows)), [0.0 if math.isnan(y) else y for y in ys], color=colours)
             ax.set_xticks(range(len(rows)), [r["label"] for r in rows], rotation=30, ha="right", fontsize=7)
-        ax.set_title(COLUMNS[c][0], fontsize=9)
+        ax.set_title(header, fontsize=9)
         ax.grid(alpha=0.3, axis="y" if not by else "both")
     used = len(cols)
     if scatter_y:
         ax = panels[used]
+        y_scale, y_header = plot_scale(scatter_y)
         pts = [
-            (float(r["pairwise_clip_distance"]), float(r[scatter_y]), r["by"])
+            (float(r["pairwise_clip_distance"]), y_scale * float(r[scatter_y]), r["by"])
             for r in rows
             if r.get("pairwise_clip_distance") is not None and r.get(scatter_y) is not None
         ]
@@ -339,7 +341,7 @@ def plot_leaderboard(
         for x, y, v in pts:
             ax.annotate(f"{v:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xlabel(COLUMNS["pairwise_clip_distance"][0])
-        ax.set_ylabel(COLUMNS[scatter_y][0])
+        ax.set_ylabel(y_header)
         ax.set_title(f"fidelity vs diversity (labels: {by.rsplit('.', 1)[-1]})", fontsize=9)
         ax.grid(alpha=0.3)
         used += 1

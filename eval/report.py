@@ -47,6 +47,15 @@ def _fmt(row: dict, col: str) -> str:
     return text
 
 
+def plot_scale(col: str) -> tuple[float, str]:
+    """(factor, panel title) of a metric's plot: shares (prompt fidelity, accuracies) are printed as percentages in
+    the tables, so their panels show percent too and say so, rather than a bare 0-1 axis beside a table in %."""
+    header = COLUMNS[col][0]
+    if COLUMNS[col][1].endswith("%}"):
+        return 100.0, f"{header} (%)"
+    return 1.0, header
+
+
 def columns_of(rows: list[dict]) -> list[str]:
     return [c for c in COLUMNS if any(c in r for r in rows)]
 
@@ -149,10 +158,11 @@ def plot_ablation(rows: list[dict], x: str, x_label: str, title: str, path, log2
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow), squeeze=False)
     xs = [r[x] for r in rows]
     for ax, c in zip(axes.flat, cols):
-        ys = [r.get(c, float("nan")) for r in rows]
-        err = [r.get(STD[c], 0.0) for r in rows] if c in STD else None
+        scale, header = plot_scale(c)
+        ys = [scale * r.get(c, float("nan")) for r in rows]
+        err = [scale * r.get(STD[c], 0.0) for r in rows] if c in STD else None
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3)
-        ax.set_title(COLUMNS[c][0])
+        ax.set_title(header)
         ax.set_xlabel(x_label)
         if log2:
             ax.set_xscale("log", base=2)
@@ -227,5 +237,6 @@ __all__ = [
     "markdown_report",
     "markdown_table",
     "plot_ablation",
+    "plot_scale",
     "write_report",
 ]

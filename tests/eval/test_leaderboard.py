@@ -313,3 +313,39 @@ def test_a_leaderboard_row_runs_end_to_end_into_a_leaderboard(tmp_path, monkeypa
     assert abs(rows[0]["fd_clip"]) < 1e-6 < rows[1]["fd_clip"]  # the unblurred real images are the real set
     paths = write_leaderboard(rows, tmp_path / "board", by="generator.params.radius")
     assert paths["png"].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plots_show_shares_in_percent_as_the_tables_do(tmp_path, monkeypatch):
+    """results.md / leaderboard.md print prompt fidelity and attribute accuracy in %; the PNGs plotted the same
+    numbers on a bare 0-1 axis (0.0625 beside a table's 6.2%). Their panels now plot percent and say "(%)"."""
+    import eval.leaderboard as lb
+    import eval.report as report
+
+    figures = []
+
+    def keep(fig, path, title, fontsize=10):
+        figures.append(fig)
+        return Path(path)
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    monkeypatch.setattr(lb, "save_figure", keep)
+    rows = [
+        {"radius": 0.0, "prompt_fidelity": 0.25, "attribute_accuracy": 0.8, "clip_score": 30.0},
+        {"radius": 2.0, "prompt_fidelity": 0.125, "attribute_accuracy": 0.5, "clip_score": 20.0},
+    ]
+    report.plot_ablation(rows, "radius", "blur radius (σ, px)", "t", tmp_path / "blur.png")
+    panels = {ax.get_title(): list(ax.lines[0].get_ydata()) for ax in figures[0].axes if ax.lines}
+    assert panels["prompt fidelity ↑ (%)"] == pytest.approx([25.0, 12.5])
+    assert panels["attribute accuracy ↑ (%)"] == pytest.approx([80.0, 50.0])
+    assert panels["CLIP score ↑"] == pytest.approx([30.0, 20.0])  # not a share: unchanged
+
+    sweep = tmp_path / "sweep"
+    for job, g in enumerate([1.0, 3.0]):
+        write_run(sweep / str(job), fake_results("glide", 0.1 * g, 25.0, 0.3, 0.2, 1.0, {"guidance_scale": g}))
+    by = "generator.params.guidance_scale"
+    lb.plot_leaderboard(build_leaderboard([sweep], by=by), tmp_path / "lb.png", by=by)
+    axes = {ax.get_title(): ax for ax in figures[1].axes if ax.lines}
+    assert list(axes["prompt fidelity ↑ (%)"].lines[0].get_ydata()) == pytest.approx([10.0, 30.0])
+    scatter = next(ax for t, ax in axes.items() if t.startswith("fidelity vs diversity"))
+    assert scatter.get_ylabel() == "prompt fidelity ↑ (%)"
+    assert list(scatter.lines[0].get_ydata()) == pytest.approx([10.0, 30.0])
