@@ -416,9 +416,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     results["timing_s"]["total"] = round(time.perf_counter() - t_start, 1)
 
     paths = write_report(results, out_dir)
+    # the sample grids written above, so that "wrote ..." names them and the W&B run shows them beside the plots
+    paths.update({p.stem: p for p in sorted(out_dir.glob("samples*.png"))})
     wb = cfg.get("logger", {}).get("wandb") if cfg.get("logger") else None
     if wb:
         kwargs = OmegaConf.to_container(wb, resolve=True)
+        # the run's whole config (generator, protocol, ablation knobs), as zoo-train logs its own: without it the
+        # W&B runs of a sweep (one per guidance scale, prior, ...) cannot be told apart or filtered
+        kwargs.setdefault("config", OmegaConf.to_container(cfg, resolve=True))
         Path(kwargs.get("dir") or out_dir).mkdir(parents=True, exist_ok=True)
         results["wandb_dir"] = log_to_wandb(results, paths, kwargs)
     print((out_dir / "results.md").read_text())

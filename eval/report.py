@@ -203,7 +203,8 @@ def write_report(results: dict[str, Any], out_dir) -> dict[str, Path]:
 
 def log_to_wandb(results: dict[str, Any], paths: dict[str, Path], init_kwargs: dict[str, Any]) -> Optional[str]:
     """One W&B run (offline unless ``mode`` says otherwise) with a ``wandb.Table`` and a ``wandb.Image`` per
-    ablation, the report as a summary; returns the run directory."""
+    ablation, a ``wandb.Image`` per ``samples*`` entry of ``paths``, the report as a summary; returns the run
+    directory."""
     import wandb
 
     run = wandb.init(**init_kwargs)
@@ -217,6 +218,9 @@ def log_to_wandb(results: dict[str, Any], paths: dict[str, Path], init_kwargs: d
             payload[f"eval/{key}_table"] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])
             if key in paths:
                 payload[f"eval/{key}_plot"] = wandb.Image(str(paths[key]))
+        for key, path in paths.items():
+            if key.startswith("samples"):  # zoo-eval's sample grids (samples.png, samples_rerank_n32.png)
+                payload[f"eval/{key}"] = wandb.Image(str(path))
         if payload:
             run.log(payload)
         run.summary["protocol"] = results.get("protocol")

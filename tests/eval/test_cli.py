@@ -353,3 +353,27 @@ def test_bad_ablation_settings_are_config_errors(tmp_path, bad, key):
     cfg = compose_eval_cfg(tmp_path, FAST + ["metrics=[fd_clip]", "logger=none", *bad])
     with pytest.raises(ConfigError, match=key.replace("[", r"\[")):
         evaluate(cfg)
+
+
+def test_wandb_run_has_the_config_and_the_sample_grids(tmp_path, monkeypatch):
+    """The eval's W&B run carried tables and plots but neither the run's config (a sweep's runs could not be told
+    apart: which guidance scale, which prior) nor the sample grids; both are logged now, and "wrote" names the grids."""
+    import wandb
+
+    from eval.cli import evaluate
+
+    seen = {}
+    real_init = wandb.init
+
+    def init(**kwargs):
+        seen.update(kwargs)
+        return real_init(**kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=wandb", "ablations=[blur]", "blur.radii=[0]", "seed=3"])
+    evaluate(cfg)
+    config = seen["config"]
+    assert config["seed"] == 3 and config["blur"]["radii"] == [0] and config["protocol"]["n"] == 16
+    assert config["generator"]["_target_"] == cfg.generator._target_
+    (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    assert list((offline / "files" / "media").glob("images/eval/samples_*.png")), "sample grid not logged"
