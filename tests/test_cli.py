@@ -23,8 +23,10 @@ TINY = [
 ]
 
 
-def _run(args, cwd, timeout=600):
+def _run(args, cwd, timeout=600, pythonpath=None):
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
     done = subprocess.run(
         [sys.executable, "-m", "zoo.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -55,6 +57,26 @@ def test_multirun_makes_one_dir_and_one_wandb_run_per_job(tmp_path):
     assert len(run_ids) == 2
     assert "data.batch_size=4" in (jobs[0] / ".hydra" / "overrides.yaml").read_text()
     assert "data.batch_size=8" in (jobs[1] / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_a_sweep_into_a_used_sweep_dir_sets_the_earlier_jobs_aside(tmp_path):
+    """The tables' sweeps write to a fixed hydra.sweep.dir (logs/eval/glide/guidance_sweep/0..5). A second sweep with
+    fewer or other values overwrote jobs 0..k and left the rest, which eval.leaderboard then read as one table of
+    both sweeps. The earlier jobs are now moved to <sweep dir>/earlier/<time>/ before the new ones start."""
+    from pathlib import Path
+
+    sweep = tmp_path / "sweep"
+    common = [*TINY, "logger=none", "test=false", f"paths.log_dir={tmp_path}/logs", f"hydra.sweep.dir={sweep}"]
+    # this clone's code (the installed zoo may be another checkout's)
+    env_path = str(Path(__file__).resolve().parents[1])
+    _run(["-m", *common, "data.batch_size=4,8"], tmp_path, pythonpath=env_path)
+    _run(["-m", *common, "data.batch_size=2"], tmp_path, pythonpath=env_path)
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert jobs == ["0"], f"jobs of the earlier sweep left beside the new one: {jobs}"
+    assert "data.batch_size=2" in (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
+    (earlier,) = (sweep / "earlier").iterdir()
+    assert sorted(p.name for p in earlier.iterdir()) == ["0", "1", "multirun.yaml"]
+    assert "data.batch_size=8" in (earlier / "1" / ".hydra" / "overrides.yaml").read_text()
 
 
 @pytest.mark.slow

@@ -1,0 +1,47 @@
+"""Hydra callbacks of every entry point (conf/hydra/default.yaml, ``hydra.callbacks``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+class SetAsideEarlierSweep(Callback):
+    """A multirun into a sweep directory that already holds numbered job folders (the tables' fixed
+    ``hydra.sweep.dir``, e.g. ``logs/eval/glide/guidance_sweep``) first moves them, with the earlier
+    ``multirun.yaml``, to ``<sweep dir>/earlier/<time of the earlier sweep>/``.
+
+    Job numbers follow the new sweep's list, so a subset or "more points" re-run overwrote some of the earlier jobs
+    with other settings and left the rest in place: ``eval.leaderboard <sweep dir>`` then read a table of both
+    sweeps, with no sign of which job came from which (e.g. guidance 8 from today beside guidance 3 from last week).
+    Folders named otherwise (``subdir: ${row}``) are one row each, replaced row by row, and stay."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(str(config.hydra.sweep.dir))
+        if not sweep.is_dir():
+            return
+        jobs = sorted((d for d in sweep.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
+        if not jobs:
+            return
+        moved = jobs + [f for f in (sweep / "multirun.yaml",) if f.is_file()]
+        when = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(max(p.stat().st_mtime for p in moved)))
+        dest = sweep / "earlier" / when
+        n = 1
+        while dest.exists():  # two earlier sweeps within the same second
+            dest, n = sweep / "earlier" / f"{when}_{n}", n + 1
+        dest.mkdir(parents=True)
+        for p in moved:
+            p.rename(dest / p.name)
+        log.warning(
+            "%s held the jobs %s of an earlier sweep: moved to %s, so that this sweep's jobs are the only ones there",
+            sweep,
+            ",".join(d.name for d in jobs),
+            dest,
+        )
