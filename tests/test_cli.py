@@ -79,6 +79,29 @@ def test_a_sweep_into_a_used_sweep_dir_sets_the_earlier_jobs_aside(tmp_path):
     assert "data.batch_size=8" in (earlier / "1" / ".hydra" / "overrides.yaml").read_text()
 
 
+def test_a_failing_sweep_job_is_named(tmp_path):
+    """A job's config error in a -m sweep printed only "error: ..." (its exit skips Hydra's "Error executing job"
+    line), so a sweep's log did not say which job failed, where, or that the rest never ran."""
+    from pathlib import Path
+
+    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    for debug in ("ZOO_DEBUG", "HYDRA_FULL_ERROR"):  # the error as users read it, not the traceback
+        env.pop(debug, None)
+    args = [*TINY, "logger=none", f"paths.log_dir={tmp_path}/logs", f"hydra.sweep.dir={tmp_path}/sweep"]
+    done = subprocess.run(
+        [sys.executable, "-m", "zoo.train", "-m", *args, "data.resolution=34,32"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"multirun job 0 ({tmp_path}/sweep/0; " in done.stderr and "data.resolution=34) failed" in done.stderr
+    assert "the jobs after it did not run" in done.stderr and "error: the shapes world" in done.stderr
+    assert not (tmp_path / "sweep" / "1").exists()
+
+
 @pytest.mark.slow
 def test_ddp_cpu_trains_with_two_processes(tmp_path):
     run = tmp_path / "run"

@@ -111,7 +111,7 @@ def report_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if debug_enabled():
                 raise
             log.debug("user error", exc_info=True)
-            print(f"error: {e}\n(set ZOO_DEBUG=1 for the full traceback)", file=sys.stderr)
+            print(f"{_multirun_job()}error: {e}\n(set ZOO_DEBUG=1 for the full traceback)", file=sys.stderr)
             sys.exit(2)
         except Exception as e:
             log_to_run_files(f"failed: {type(e).__name__}: {e}", exc_info=True)
@@ -133,6 +133,25 @@ def log_to_run_files(message: str, exc_info: bool = False) -> None:
                 handler.handle(record)
             except Exception:  # a full disk must not hide the error being reported
                 pass
+
+
+def _multirun_job() -> str:
+    """In a ``-m`` sweep, the line that says which job failed and that the sweep stopped there (the error exits
+    the process, so Hydra's own "Error executing job with overrides" line is never printed); "" otherwise."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode != RunMode.MULTIRUN:
+            return ""
+        overrides = " ".join(hc.overrides.task)
+        # the local launcher runs the jobs one after the other in this process: its sweep ends with this exit
+        local = str(hc.launcher.get("_target_", "")).endswith("BasicLauncher")
+        stops = "; the sweep stops here, the jobs after it did not run" if local else ""
+        return f"multirun job {hc.job.num} ({hc.runtime.output_dir}; {overrides}) failed{stops}\n"
+    except Exception:  # no Hydra run (a test calling the body directly)
+        return ""
 
 
 def open_overrides(args: list[str], prefixes: tuple[str, ...]) -> list[str]:
