@@ -79,6 +79,23 @@ def test_a_sweep_into_a_used_sweep_dir_sets_the_earlier_jobs_aside(tmp_path):
     assert "data.batch_size=8" in (earlier / "1" / ".hydra" / "overrides.yaml").read_text()
 
 
+def test_a_sweep_over_task_names_links_its_jobs_into_the_sweep_dir(tmp_path):
+    """`-m experiment=a,b` (or task_name=a,b) put job 0 under logs/a/multiruns/<time>/0 and job 1 under
+    logs/b/multiruns/<time>/1, leaving the sweep's own folder (logs/train/multiruns/<time>) with multirun.yaml alone:
+    eval.leaderboard and a reader found no job there. Each job is now linked there under its number."""
+    from pathlib import Path
+
+    logs = tmp_path / "logs"
+    args = ["-m", *TINY, "logger=none", "test=false", f"paths.log_dir={logs}", "task_name=row_a,row_b"]
+    _run(args, tmp_path, pythonpath=str(Path(__file__).resolve().parents[1]))
+    (sweep,) = (logs / "train" / "multiruns").iterdir()
+    assert (sweep / "multirun.yaml").is_file()
+    (job0,) = (logs / "row_a" / "multiruns").glob("*/0")
+    (job1,) = (logs / "row_b" / "multiruns").glob("*/1")
+    assert (sweep / "0").resolve() == job0.resolve() and (sweep / "1").resolve() == job1.resolve()
+    assert (sweep / "1" / "metrics.json").is_file()
+
+
 def test_a_failing_sweep_job_is_named(tmp_path):
     """A job's config error in a -m sweep printed only "error: ..." (its exit skips Hydra's "Error executing job"
     line), so a sweep's log did not say which job failed, where, or that the rest never ran."""

@@ -45,3 +45,30 @@ class SetAsideEarlierSweep(Callback):
             ",".join(d.name for d in jobs),
             dest,
         )
+
+
+class LinkJobsIntoSweepDir(Callback):
+    """A sweep over ``experiment=`` (``zoo-eval -m experiment=dalle1/rerank_n1,dalle1/rerank_n2``) put each job
+    under its own row's ``task_name`` (``logs/dalle1_rerank_n1/multiruns/<time>/0``, ``logs/dalle1_rerank_n2/...
+    /1``), while the sweep's own folder (``logs/eval/multiruns/<time>``) held only ``multirun.yaml``: nothing said
+    where the jobs went, and ``eval.leaderboard <sweep dir>`` found no job. A job whose folder is elsewhere gets a
+    symlink ``<sweep dir>/<job number>`` to it, so the sweep's folder lists every job again."""
+
+    sweep_dir: Any = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # the launcher resolves the same config object (Hydra caches ${now:...} per object): the same folder
+        self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:  # at the start: a failing job is listed too
+        if self.sweep_dir is None:
+            return
+        out = Path(str(config.hydra.runtime.output_dir)).resolve()
+        if out.parent == self.sweep_dir:
+            return
+        link = self.sweep_dir / str(config.hydra.job.num)
+        if link.exists() or link.is_symlink():
+            return
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(out, target_is_directory=True)
+        log.info("job %s ran in %s (its own task_name's folder): linked as %s", config.hydra.job.num, out, link)
