@@ -420,3 +420,18 @@ def test_a_failed_run_writes_its_reason_to_the_run_log(tmp_path, capsys):
     assert "Traceback" in text and "in crash" in text  # a crash's traceback is kept for the post-mortem
     assert console.getvalue() == ""  # the terminal got the printed message (and Hydra's traceback) only once
     assert "model.net.bogus" in capsys.readouterr().err
+
+
+def test_wandb_run_names_tell_a_sweeps_jobs_apart(train_cfg, tmp_path):
+    """Every job of a -m sweep logged a W&B run named just ${task_name} (one list of identical names in W&B for a
+    learning-rate sweep); job n of a sweep is now <task_name>-job<n>, a single run keeps <task_name>."""
+    from tests.conftest import compose_cfg
+
+    single = train_cfg("logger=wandb", "task_name=lr_sweep")
+    assert OmegaConf.to_container(single.logger.wandb, resolve=True)["name"] == "lr_sweep"
+    job = train_cfg("logger=wandb", "task_name=lr_sweep", "hydra.mode=MULTIRUN", "hydra.job.num=3")
+    assert OmegaConf.to_container(job.logger.wandb, resolve=True)["name"] == "lr_sweep-job3"
+    ev = compose_cfg(
+        tmp_path, ["task_name=g", "hydra.mode=MULTIRUN", "hydra.job.num=1"], module="conf.eval", name="eval"
+    )
+    assert OmegaConf.to_container(ev.logger.wandb, resolve=True)["name"] == "g-job1"

@@ -10,3 +10,20 @@ from omegaconf import OmegaConf
 # process's working directory at resolution time is the launch directory, which is what runtime.cwd would give.
 if not OmegaConf.has_resolver("zoo.cwd"):
     OmegaConf.register_new_resolver("zoo.cwd", os.getcwd)
+
+
+def _job_suffix() -> str:
+    """``-job<n>`` in job n of a ``-m`` sweep, else "": the W&B run name (conf/logger/wandb.yaml, conf/eval/logger/
+    wandb.yaml) is ``${task_name}${zoo.job_suffix:}``, so a sweep's runs, all of one task_name, are told apart in
+    W&B's run list, numbered as their job folders."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return ""
+    hc = HydraConfig.get()
+    return f"-job{hc.job.num}" if hc.mode == RunMode.MULTIRUN else ""
+
+
+if not OmegaConf.has_resolver("zoo.job_suffix"):
+    OmegaConf.register_new_resolver("zoo.job_suffix", _job_suffix)
