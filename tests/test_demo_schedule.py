@@ -90,3 +90,31 @@ def test_full_expectations_scale_with_the_judge():
     assert before - budgeted > 3600  # the fixed work is hours: the budget is the smaller part
     pace.measured(1e6)  # an absurd judge time (a suspended laptop) is clamped
     assert pace.factor == 6.0
+
+
+def test_demo_writes_where_the_configs_read_it(monkeypatch, tmp_path):
+    """With ZOO_LOG_DIR set (the README's shared-storage setting) make demo wrote ./logs/demo while zoo-eval's
+    generators, the leaderboard experiments and experiments/leaderboard/run.sh read $ZOO_LOG_DIR/demo: after a
+    finished make demo, `make leaderboard` said "$ZOO_LOG_DIR/demo/clip/... is missing (fix: run make demo first)"."""
+    import importlib
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    monkeypatch.setenv("ZOO_LOG_DIR", str(tmp_path / "shared"))
+    monkeypatch.delenv("FULL", raising=False)
+    importlib.reload(demo)
+    try:
+        GlobalHydra.instance().clear()
+        with initialize_config_module(config_module="conf.eval", version_base="1.3"):
+            cfg = compose("eval", overrides=["generator=dalle"])
+        assert Path(cfg.generator.dalle_ckpt) == demo.ckpt("dalle")
+        assert Path(cfg.clip.checkpoint) == demo.ckpt("clip")
+        with initialize_config_module(config_module="conf", version_base="1.3"):
+            train = compose("train", overrides=["experiment=demo/dalle"])
+        assert Path(train.model.image_tokenizer_ckpt) == demo.ckpt("tokenizer")
+    finally:
+        GlobalHydra.instance().clear()
+        monkeypatch.delenv("ZOO_LOG_DIR")
+        importlib.reload(demo)

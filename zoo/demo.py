@@ -42,7 +42,9 @@ from pathlib import Path
 from typing import Optional
 
 FULL = os.environ.get("FULL", "0") == "1"
-DEMO_DIR = Path("logs/demo_full" if FULL else "logs/demo")
+# Under the log dir the configs read the demo's outputs from (${paths.log_dir}/demo/...: the eval generators, the
+# leaderboard and unCLIP experiments, experiments/leaderboard/run.sh): $ZOO_LOG_DIR when set, else ./logs.
+DEMO_DIR = Path(os.environ.get("ZOO_LOG_DIR") or "logs") / ("demo_full" if FULL else "demo")
 SCALE = float(os.environ.get("DEMO_BUDGET_SCALE", "1"))
 STARTUP_S = 25  # a zoo-train process: imports, data set-up, model build, the final checkpoint
 
