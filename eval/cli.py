@@ -329,6 +329,21 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "sampling": {},  # per ablation: seconds inside the generator's calls and images drawn (metrics excluded)
         "notes": [],
     }
+    # what the numbers are read with: FD_CLIP depends on the CLIP, the judge's metrics on the judge (width and steps)
+    conventions = results["conventions"]
+    if "fd_clip" in suite.metrics:
+        conventions["FD_CLIP"] = (
+            f"Fréchet distance between the unit-norm image embeddings ({results['clip']}) of the generated and the "
+            f"real images; compare only runs scored with the same CLIP"
+        )
+    if set(suite.metrics) & set(JUDGE_METRICS):
+        j = cfg.judge
+        conventions["judge"] = (
+            f"prompt fidelity = share of images whose objects, colours, sizes, cells and background all match the "
+            f"caption; attribute accuracy = mean of the per-attribute accuracies; read by the shapes judge "
+            f"{judge_path(j, eval_set.resolution).name} (width {int(j.get('width', 64))}, {int(j.get('steps', 400))} "
+            f"steps; the README's tables: width 64, 400 steps): compare only runs read by the same judge"
+        )
     banks: dict[int, Any] = {}
     if "rerank" in ablations and "rerank" not in skipped:
         t = time.perf_counter()

@@ -377,3 +377,19 @@ def test_wandb_run_has_the_config_and_the_sample_grids(tmp_path, monkeypatch):
     assert config["generator"]["_target_"] == cfg.generator._target_
     (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
     assert list((offline / "files" / "media").glob("images/eval/samples_*.png")), "sample grid not logged"
+
+
+def test_results_md_names_the_clip_and_the_judge_its_numbers_depend_on(tmp_path):
+    """results.md listed conventions for the blur radius, CLIP score and FID but not for FD_CLIP (a distance whose
+    scale depends on the CLIP) nor for the judge's metrics (a width-32 or 20-step judge reads other numbers than the
+    README's width-64 reference): two runs' tables could not be checked for comparability."""
+    from eval.cli import evaluate
+
+    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "ablations=[blur]", "blur.radii=[0]", "judge.width=32"])
+    results = evaluate(cfg)
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert (
+        results["clip"]
+        and f"FD_CLIP: Fréchet distance between the unit-norm image embeddings ({results['clip']})" in md
+    )
+    assert "shapes judge shapes_judge_v" in md and "(width 32, 20 steps;" in md
