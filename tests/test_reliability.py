@@ -408,3 +408,21 @@ def test_kill_9_mid_train_then_resume_equals_uninterrupted(train_cfg, tmp_path, 
     got = _state(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
     ref = _state(tmp_path / "straight" / "checkpoints" / "last.ckpt")["state_dict"]
     assert _same_weights(got, ref)
+
+
+def test_second_run_in_a_busy_run_dir_is_refused_before_writing(train_cfg, tmp_path, tiny_dvae):
+    """Two zoo-train runs into one directory both used to finish, their csv rows interleaved and the second's
+    checkpoints renamed last-v1.ckpt (never picked by ckpt_path=last). The running one holds the directory's lock."""
+    from zoo.train import lock_run_dir
+
+    cfg = train_cfg(*tiny_dvae, "test=false", "trainer.max_steps=1", "trainer.limit_val_batches=0")
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    holder = lock_run_dir(run_dir)  # a separate open file description: flock conflicts as with another process
+    try:
+        with pytest.raises(ConfigError, match=r"another zoo-train \(pid \d+ on .*\) is running in .*hydra.run.dir"):
+            train(cfg)
+        assert not (run_dir / "checkpoints").exists()
+    finally:
+        holder.close()
+    assert train(cfg)["global_step"] == 1  # released: the directory is usable again

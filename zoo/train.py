@@ -149,6 +149,41 @@ def _drop_idle_interrupt(trainer, out_dir: Path, resume_step: int) -> None:
         log.warning("removed %s: the resume failed before training past step %d", path, resume_step)
 
 
+RUN_LOCK = ".zoo-train.lock"
+
+
+def lock_run_dir(out_dir: Path):
+    """Hold an exclusive lock on the run directory for the whole run; refuse a second ``zoo-train`` writing there.
+
+    Two runs in one directory (the same explicit ``hydra.run.dir``, or two jobs of an array started in the same
+    second under the default timestamped one) otherwise both "succeed": their rows interleave in one
+    metrics.csv, the second's checkpoints become last-v1.ckpt (which ``ckpt_path=last`` never picks) and whichever
+    ends last wins metrics.json. ``flock`` is released by the kernel when the process dies (even kill -9), so a
+    crashed run never leaves a stale lock. Only the launching process locks: DDP / SLURM ranks > 0 share rank 0's
+    directory by design. Returns the open lock file (close it to release), or None on a rank > 0."""
+    import fcntl
+    import socket
+
+    if any(os.environ.get(k, "0") not in ("", "0") for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")):
+        return None
+    f = open(out_dir / RUN_LOCK, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise ConfigError(
+            f"another zoo-train ({holder}) is running in {out_dir}: two runs in one directory would mix their "
+            f"checkpoints and logs (fix: another hydra.run.dir, or wait for it to end and resume with ckpt_path=last)"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    return f
+
+
 def check_compatibility(model, datamodule) -> None:
     """Checks that need both the model and the data, before any step runs: each model's own ``check_data``
     (e.g. DALL·E: text vocabulary / context length / pad id against the data's tokenizer; the image tokenizers
@@ -201,8 +236,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     import torch
 
-    from zoo.callbacks.checkpoint_info import CheckpointInfo
-
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.get("float32_matmul_precision"):
@@ -212,6 +245,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     apply_conv_backend(cfg.get("conv_backend", "auto"))
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    run_lock = lock_run_dir(out_dir)
+    try:
+        return _train(cfg, out_dir)
+    finally:
+        if run_lock is not None:
+            run_lock.close()
+
+
+def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
+    """``train`` once the run directory is locked."""
+    import lightning as L
+    import torch
+
+    from zoo.callbacks.checkpoint_info import CheckpointInfo
+
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
 
     # --- build everything (fails here, before training, on a bad config) ---------------------------------
