@@ -426,3 +426,34 @@ def test_second_run_in_a_busy_run_dir_is_refused_before_writing(train_cfg, tmp_p
     finally:
         holder.close()
     assert train(cfg)["global_step"] == 1  # released: the directory is usable again
+
+
+def test_checkpoints_are_written_beside_their_file_not_in_the_system_temp_dir(
+    train_cfg, tmp_path, tiny_dvae, monkeypatch
+):
+    """Lightning staged every checkpoint in the system temp dir and moved it into place: across file systems
+    (node-local /tmp, the run on shared storage) that move is a copy into last.ckpt itself, so a kill during it
+    left a truncated last.ckpt, and a full or missing /tmp failed every save. The temp file is now the
+    checkpoint's neighbour (os.replace), so a full system temp dir changes nothing."""
+    import tempfile
+
+    cfg = train_cfg(
+        *tiny_dvae,
+        "test=false",
+        "trainer.max_steps=2",
+        "trainer.limit_val_batches=0",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+        "callbacks.sample_grid=null",
+    )
+    mkstemp = tempfile.mkstemp
+
+    def full_system_tmp(*args, dir=None, **kwargs):  # a full /tmp: only a temp file placed elsewhere can be made
+        if dir is None:
+            raise OSError(28, "No space left on device", tempfile.gettempdir())
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", full_system_tmp)
+    assert train(cfg)["global_step"] == 2
+    ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    assert _state(ckpt_dir / "last.ckpt")["global_step"] == 2
+    assert not [p.name for p in ckpt_dir.iterdir() if p.name.endswith(".tmp")], "temp file left behind"

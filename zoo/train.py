@@ -287,8 +287,18 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     log.info("precision: %s (%s)", precision, why)
     with open_dict(cfg.trainer):  # the resolved value (the run config saved above keeps "auto")
         cfg.trainer.precision = precision
+    from lightning.fabric.plugins import CheckpointIO
+
+    from zoo.checkpoint_io import AtomicCheckpointIO  # last.ckpt is never half-written (see its module)
+
+    plugins = [
+        instantiate(p, "trainer.plugins") if isinstance(p, DictConfig) else p for p in cfg.trainer.get("plugins") or []
+    ]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):  # a user's own CheckpointIO wins
+        plugins.append(AtomicCheckpointIO())
     trainer: L.Trainer = instantiate(
         cfg.trainer,
+        plugins=plugins,
         callbacks=callbacks,
         logger=loggers or False,
         default_root_dir=str(out_dir),
