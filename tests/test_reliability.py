@@ -457,3 +457,26 @@ def test_checkpoints_are_written_beside_their_file_not_in_the_system_temp_dir(
     ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
     assert _state(ckpt_dir / "last.ckpt")["global_step"] == 2
     assert not [p.name for p in ckpt_dir.iterdir() if p.name.endswith(".tmp")], "temp file left behind"
+
+
+def test_ctrl_c_saves_says_how_to_resume_and_exits_130(train_cfg, tmp_path, tiny_dvae, monkeypatch, caplog):
+    """On Ctrl-C Lightning saved interrupted.ckpt and then sys.exit(1): no word on how to resume (zoo-train's own
+    message was never reached) and a status that reads as an ordinary failure. Now: the hint and 128 + SIGINT."""
+    from zoo.callbacks.progress import LogProgress
+
+    def ctrl_c_at_step_2(self, trainer, *args, **kwargs):
+        if trainer.global_step >= 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(LogProgress, "on_train_batch_end", ctrl_c_at_step_2)
+    cfg = train_cfg(*tiny_dvae, "test=false", "trainer.max_steps=6", "trainer.limit_val_batches=0")
+    handler = signal.getsignal(signal.SIGINT)  # Lightning sets SIGINT to "ignore" while it shuts down
+    try:
+        with caplog.at_level("WARNING", logger="zoo.train"), pytest.raises(SystemExit) as exit_info:
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert exit_info.value.code == 130
+    assert "interrupted (SIGINT) at step 2" in caplog.text and "ckpt_path=last" in caplog.text
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "interrupted.ckpt"
+    assert _state(ckpt)["global_step"] == 2

@@ -338,6 +338,17 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                     out_dir / "checkpoints" / "interrupted.ckpt",
                 )
                 raise SystemExit(143) from None
+            except SystemExit:
+                if not trainer.interrupted:
+                    raise
+                # Ctrl-C (SIGINT): Lightning saves interrupted.ckpt (on_exception) then calls sys.exit(1), so the
+                # user never heard how to go on; 128 + SIGINT says "interrupted" to a shell as SIGTERM's 143 does
+                log.warning(
+                    "interrupted (SIGINT) at step %d: state saved to %s; resume with ckpt_path=last",
+                    trainer.global_step,
+                    out_dir / "checkpoints" / "interrupted.ckpt",
+                )
+                raise SystemExit(130) from None
             except Exception as e:
                 if ckpt_path:
                     _drop_idle_interrupt(trainer, out_dir, resume_step)
