@@ -291,7 +291,8 @@ class RealStatsCache:
         path = self.path(key)
         if not path.is_file():
             return None
-        rec = safe_load(path)
+        # a cache entry is not a checkpoint to swap for another: the fix for a truncated one is to drop it
+        rec = safe_load(path, fix=f"delete {path}: the statistics are recomputed and cached again on the next run")
         if not isinstance(rec, dict) or rec.get("key") != key.as_dict():
             stored = rec.get("key") if isinstance(rec, dict) else None
             raise ValueError(f"{path} does not hold the statistics for {key} (stored key: {stored!r}); delete it")

@@ -392,3 +392,18 @@ def test_fd_clip_uses_encode_image_features(images):
     assert value == pytest.approx(expected, rel=1e-9) and value > 0
     assert scorer.calls == 2 * math.ceil(N / 5) + 2
     assert fd_clip(scorer, real, real) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_truncated_real_stats_cache_says_delete_it_not_use_another_checkpoint(tmp_path):
+    """A cache file cut short (a full disk, a copy that stopped) was reported with the checkpoint advice "use another
+    checkpoint (e.g. the run's last.ckpt ...)", which means nothing for a cache; the fix named is deleting it."""
+    from zoo.checkpoint import CorruptCheckpointError
+
+    cache = RealStatsCache(tmp_path / "stats")
+    key = RealStatsKey("shapes", "val", 64, "inception-v3-compat@00000000", n=4)
+    cache.save(key, torch.randn(4, 8, generator=torch.Generator().manual_seed(0)))
+    path = cache.path(key)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CorruptCheckpointError, match=r"truncated or corrupt.*delete .*recomputed") as err:
+        cache.load(key)
+    assert "last.ckpt" not in str(err.value)
