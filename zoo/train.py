@@ -194,6 +194,27 @@ def check_compatibility(model, datamodule) -> None:
         check(datamodule)
 
 
+def fit_tiny_to_data(model, datamodule):
+    """``model.preset=tiny`` means a tiny network *for the data at hand*: the sizes the data dictates (the model's
+    ``data_sizes``: text vocabulary and length, resolution, CLIP width, image codebook and grid) replace the tiny
+    preset's own where those do not fit (a tiny run that fits its data is unchanged), so ``zoo-train
+    experiment=<any> model.preset=tiny`` keeps the experiment's data and only shrinks width and depth. Fields given
+    in ``model.net`` are the user's (or the experiment's) choice and stay as given (check_data reports a mismatch in
+    them). Other presets are returned as they are. Returns the model, rebuilt with the data's sizes in its ``net``
+    hyper-parameters when any differ (so its checkpoint loads as it trained)."""
+    hp = getattr(model, "hparams", None)
+    if not hp or hp.get("preset") != "tiny" or not callable(getattr(model, "data_sizes", None)):
+        return model
+    net = dict(hp.get("net") or {})
+    sizes = {k: v for k, v in model.data_sizes(datamodule).items() if k not in net and getattr(model.cfg, k) != v}
+    if not sizes:
+        return model
+    log.info("model.preset=tiny takes its data-dependent sizes from the data: %s", sizes)
+    return type(model)(
+        **{**hp, "net": {**net, **sizes}}, optimizer=model.optimizer_factory, scheduler=model.scheduler_factory
+    )
+
+
 def check_val_check_interval(trainer_cfg: Any, datamodule: Any) -> None:
     """A step-count ``trainer.val_check_interval`` larger than an epoch fails inside ``trainer.fit`` with Lightning's
     traceback (after set-up, leaving an interrupted.ckpt at step 0); it is what a step-based experiment
@@ -271,6 +292,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     model = instantiate(cfg.model, "model")
     if hasattr(datamodule, "prepare_tokenizer"):
         datamodule.prepare_tokenizer()
+    model = fit_tiny_to_data(model, datamodule)
     check_compatibility(model, datamodule)
     if cfg.get("train", True):
         check_val_check_interval(cfg.trainer, datamodule)

@@ -34,6 +34,7 @@ Hooks a subclass may override (all optional):
     * ``eval_step(batch, stage)``: one validation/test batch (``validation_step`` / ``test_step`` call it).
     * ``start_epoch(stage)`` / ``log_epoch(stage)``: reset and log epoch-level metrics (``on_{validation,test}_
       epoch_{start,end}`` call them with ``"val"`` / ``"test"``).
+    * ``data_sizes(datamodule)``: the network fields the data dictates (see the method), used for ``tiny``.
     * ``check_data(datamodule)``: checks that need model and data (``zoo.train`` calls it before fitting); raise
       ``ConfigError`` with the fix. If it adapts the model to the data (e.g. sets a tokenizer's resolution), its
       docstring says so.
@@ -63,7 +64,15 @@ import torch
 from zoo.models.presets import resolve_preset
 from zoo.nn.image_tokenizer import codebook_stats, psnr_from_mse
 
-__all__ = ["ZooLit", "ImageTokenizerLit", "check_text_tokenizer", "cosine_with_warmup", "resolve_preset"]
+__all__ = [
+    "ZooLit",
+    "ImageTokenizerLit",
+    "check_text_tokenizer",
+    "text_tokenizer_sizes",
+    "unmet_sizes",
+    "cosine_with_warmup",
+    "resolve_preset",
+]
 
 
 class ZooLit(L.LightningModule):
@@ -141,6 +150,13 @@ class ZooLit(L.LightningModule):
     # -------------------------------------------------------------------------------------------- checks
     def check_data(self, datamodule) -> None:
         """Checks that need both the model and the data (default: none)."""
+
+    def data_sizes(self, datamodule) -> dict[str, Any]:
+        """The network fields the data dictates (text vocabulary and length, resolution, embedding widths) that this
+        network does not meet, as ``{field: the data's value}`` (``unmet_sizes``); ``zoo.train.fit_tiny_to_data``
+        gives them to a ``tiny`` preset, so ``model.preset=tiny`` on an experiment is a tiny network *of that
+        experiment's data*, and a tiny run that already fit its data is unchanged. Default: none."""
+        return {}
 
 
 class TextTokenizerLit(ZooLit):
@@ -239,6 +255,29 @@ def cosine_with_warmup(optimizer, warmup_steps: int = 100, total_steps: int = 20
     """LambdaLR: linear warm-up then cosine decay to ``min_ratio`` of the base lr (Hydra: ``_partial_: true``,
     ``_target_: zoo.models.base.cosine_with_warmup``)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, min_ratio))
+
+
+def unmet_sizes(
+    cfg, exact: Optional[Mapping[str, Any]] = None, at_least: Optional[Mapping[str, int]] = None
+) -> dict[str, Any]:
+    """What ``data_sizes`` returns: the fields of ``cfg`` that do not fit the data, with the data's value -- those of
+    ``exact`` that differ, those of ``at_least`` that are smaller (a larger vocabulary or context still fits)."""
+    out = {k: v for k, v in (exact or {}).items() if getattr(cfg, k) != v}
+    out.update({k: v for k, v in (at_least or {}).items() if getattr(cfg, k) < v})
+    return out
+
+
+def text_tokenizer_sizes(datamodule, cfg) -> dict[str, int]:
+    """The ``text_vocab`` / ``text_len`` / ``pad_id`` of ``cfg`` that the DataModule's text tokenizer does not fit
+    (fitting a lazily trained BPE first, as ``check_text_tokenizer`` does), with the tokenizer's values; nothing when
+    the data has no tokenizer."""
+    if callable(getattr(datamodule, "prepare_tokenizer", None)):
+        datamodule.prepare_tokenizer()
+    tok = getattr(datamodule, "tokenizer", None)
+    if tok is None:
+        return {}
+    at_least = {"text_vocab": int(tok.vocab_size), "text_len": int(tok.context_length)}
+    return unmet_sizes(cfg, exact={"pad_id": int(tok.pad_id)}, at_least=at_least)
 
 
 def check_text_tokenizer(

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.errors import ConfigError
-from zoo.models.base import ZooLit
+from zoo.models.base import ZooLit, unmet_sizes
 from zoo.models.captioner.model import PRESETS, Captioner, CaptionerConfig, beam_search, sample_captions
 from zoo.models.presets import resolve_preset
 from zoo.text import TextTokenizer
@@ -114,6 +114,13 @@ class CaptionerLit(ZooLit):
         checkpoint["hyper_parameters"] = hp
 
     # ------------------------------------------------------------------------------------------ data
+    def data_sizes(self, datamodule) -> dict[str, Any]:
+        """The width of the train features' CLIP image embeddings (nothing without them: check_data names the fix)."""
+        if "train" not in (getattr(datamodule, "features", None) or {}) or not hasattr(datamodule, "dataset"):
+            return {}
+        emb = (getattr(datamodule.dataset("train"), "features", None) or {}).get("clip_image_emb")
+        return {} if emb is None else unmet_sizes(self.cfg, {"embed_dim": int(emb.shape[-1])})
+
     def check_data(self, datamodule) -> None:
         """Needs ``data.features.train`` (a zoo-embed file of this CLIP width) and, unless fine-tuning, a text
         tokenizer in the data config. Adapts: takes the data's tokenizer (refitted on every shapes caption style with

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.errors import ConfigError
-from zoo.models.base import TextTokenizerLit, check_text_tokenizer
+from zoo.models.base import TextTokenizerLit, check_text_tokenizer, text_tokenizer_sizes, unmet_sizes
 from zoo.models.dalle.model import (
     PRESETS,
     DalleTransformer,
@@ -108,6 +108,19 @@ class DalleLit(TextTokenizerLit):
         checkpoint["hyper_parameters"]["tokenizer_spec"] = self._tokenizer_spec
 
     # --------------------------------------------------------------------------------------------- data
+    def data_sizes(self, datamodule) -> dict[str, Any]:
+        """The text tokenizer's vocabulary / context length / pad id; the image tokenizer's codebook and its grid at
+        data.resolution (a resolution its downsampling does not divide is left to check_data to refuse)."""
+        exact: dict[str, int] = {}
+        at_least: dict[str, int] = {}
+        it = self.image_tokenizer
+        if it is not None:
+            at_least["image_vocab"] = int(it.codebook_size)
+            res = getattr(datamodule, "resolution", None)
+            if res is not None and res % it.downsample_factor == 0:
+                exact["grid_h"] = exact["grid_w"] = res // it.downsample_factor
+        return {**text_tokenizer_sizes(datamodule, self.cfg), **unmet_sizes(self.cfg, exact, at_least)}
+
     def check_data(self, datamodule) -> None:
         """The data against the network: text tokenizer, image tokenizer (or precomputed tokens), grid and
         vocabularies. Every mismatch found is reported in one ConfigError, each with its fix, so a run that needs

@@ -31,7 +31,7 @@ from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.samplers import ddim_sample, ddpm_sample
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
-from zoo.models.base import ZooLit
+from zoo.models.base import ZooLit, unmet_sizes
 from zoo.models.diffusion_prior.model import DiffusionPriorNet, build_config
 from zoo.nn.guidance import guide
 
@@ -134,6 +134,24 @@ class DiffusionPriorLit(ZooLit):
     def _required_keys(self) -> tuple[str, ...]:
         extra = {"tokens": ("clip_text_tokens",), "encodings": ("clip_text_encodings",), "none": ()}
         return ("clip_image_emb", "clip_text_emb", *extra[self.cfg.text_input])
+
+    def data_sizes(self, datamodule) -> dict[str, Any]:
+        """The train features' CLIP width, text positions and encoding width; open_clip's vocabulary when their
+        token ids do not fit the table. Nothing when there are no features (check_data names the fix)."""
+        if "train" not in (getattr(datamodule, "features", None) or {}):
+            return {}
+        feats, c = self._features(datamodule, "train"), self.cfg
+        sizes: dict[str, Any] = {}
+        if "clip_image_emb" in feats:
+            sizes["clip_dim"] = int(feats["clip_image_emb"].shape[-1])
+        key = {"tokens": "clip_text_tokens", "encodings": "clip_text_encodings"}.get(c.text_input)
+        if key in feats:
+            sizes["text_len"] = int(feats[key].shape[1])
+            if key == "clip_text_encodings":
+                sizes["text_enc_dim"] = int(feats[key].shape[2])
+            elif feats[key].numel() and int(feats[key].max()) >= c.text_vocab:
+                sizes["text_vocab"] = 49408  # open_clip's BPE, what zoo-embed writes
+        return unmet_sizes(c, sizes)
 
     def check_data(self, datamodule) -> None:
         """The train (and val) splits carry zoo-embed features whose shapes fit the network."""

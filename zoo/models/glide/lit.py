@@ -46,7 +46,7 @@ from zoo.diffusion.process import check_snr_gamma as process_check_snr_gamma
 from zoo.diffusion.samplers import check_sampling_knobs, ddim_sample, ddpm_sample, in_row_slices
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
-from zoo.models.base import TextTokenizerLit, check_text_tokenizer, resolve_preset
+from zoo.models.base import TextTokenizerLit, check_text_tokenizer, resolve_preset, text_tokenizer_sizes, unmet_sizes
 from zoo.models.glide.model import GLIDE_PRESETS, Glide, GlideConfig
 from zoo.nn.guidance import guide_learned_variance
 from zoo.pipelines.candidates import seeded_candidates
@@ -224,6 +224,15 @@ class GlideLit(TextTokenizerLit):
             self.net.text.requires_grad_(False)
 
     # ------------------------------------------------------------------------------------------ tokenizer / data
+    def data_sizes(self, datamodule) -> dict[str, Any]:
+        """The text tokenizer's vocabulary / context length / pad id and data.resolution (when the U-Net's levels
+        divide it; otherwise check_data refuses it with the fix)."""
+        sizes: dict[str, Any] = text_tokenizer_sizes(datamodule, self.cfg)
+        res = getattr(datamodule, "resolution", None)
+        if res is not None and res % self.cfg.unet_config().divisor == 0:
+            sizes.update(unmet_sizes(self.cfg, {"image_size": int(res)}))
+        return sizes
+
     def check_data(self, datamodule) -> None:
         """Text tokens present and compatible with the text encoder; data resolution == the model's image_size.
         Keeps the DataModule's tokenizer (it goes into the checkpoint)."""

@@ -23,7 +23,7 @@ from zoo.diffusion.guidance import clip_guided_sample, dot_product_gradient
 from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
-from zoo.models.base import TextTokenizerLit, check_text_tokenizer, resolve_preset
+from zoo.models.base import TextTokenizerLit, check_text_tokenizer, resolve_preset, text_tokenizer_sizes, unmet_sizes
 from zoo.models.clip.lit import contrastive_loss
 from zoo.models.noised_clip.model import NOISED_CLIP_PRESETS, NoisedClip, NoisedClipConfig
 from zoo.text import TextTokenizer
@@ -62,6 +62,14 @@ class NoisedClipLit(TextTokenizerLit):
         return torch.optim.AdamW(params, lr=3e-4, weight_decay=0.1)
 
     # ------------------------------------------------------------------------------------------ tokenizer / data
+    def data_sizes(self, datamodule) -> dict[str, Any]:
+        """The text tokenizer's vocabulary / context length / pad id and data.resolution."""
+        sizes: dict[str, Any] = text_tokenizer_sizes(datamodule, self.cfg)
+        res = getattr(datamodule, "resolution", None)
+        if res is not None:
+            sizes.update(unmet_sizes(self.cfg, {"image_size": int(res)}))
+        return sizes
+
     def check_data(self, datamodule) -> None:
         """Text tokens compatible with the text tower, data resolution == image_size, >= 2 pairs per batch.
         Keeps the DataModule's tokenizer (it goes into the checkpoint)."""

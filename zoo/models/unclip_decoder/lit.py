@@ -28,7 +28,7 @@ from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.samplers import check_sampling_knobs
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
-from zoo.models.base import ZooLit, resolve_preset
+from zoo.models.base import ZooLit, resolve_preset, unmet_sizes
 from zoo.models.glide.lit import GlideLit, check_prediction, check_snr_gamma, run_sampler
 from zoo.models.unclip_decoder.model import UNCLIP_DECODER_PRESETS, UnclipDecoder, UnclipDecoderConfig
 from zoo.text import TextTokenizer
@@ -132,6 +132,18 @@ class UnclipDecoderLit(GlideLit):
             return {}
         dataset = getattr(datamodule, "dataset", None)
         return (getattr(dataset(split), "features", {}) or {}) if callable(dataset) else {}
+
+    def data_sizes(self, datamodule) -> dict[str, Any]:
+        """GLIDE's, plus clip_dim: the frozen CLIP's embedding width (``clip_ckpt``), else the train features'."""
+        sizes = super().data_sizes(datamodule)
+        if self.hparams.clip_ckpt:
+            size = sizes.get("image_size", self.cfg.image_size)
+            dim = int(self.clip_scorer().encode_image(torch.zeros(1, 3, size, size)).shape[-1])
+        elif "clip_image_emb" in self._features(datamodule, "train"):
+            dim = int(self._features(datamodule, "train")["clip_image_emb"].shape[-1])
+        else:
+            return sizes
+        return {**sizes, **unmet_sizes(self.cfg, {"clip_dim": dim})}
 
     def check_data(self, datamodule) -> None:
         """GLIDE's checks (text tokens, resolution; keeps the tokenizer), then the embeddings: ``clip_image_emb``

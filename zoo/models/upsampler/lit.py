@@ -48,7 +48,7 @@ from zoo.diffusion.samplers import ddim_sample, in_row_slices
 from zoo.diffusion.schedules import get_schedule
 from zoo.diffusion.tiling import tiled_call, window_starts
 from zoo.errors import ConfigError
-from zoo.models.base import ZooLit, resolve_preset
+from zoo.models.base import ZooLit, resolve_preset, unmet_sizes
 from zoo.models.glide.lit import check_prediction, check_snr_gamma
 from zoo.models.upsampler.model import UPSAMPLER_PRESETS, Upsampler, UpsamplerConfig
 
@@ -193,6 +193,14 @@ class UpsamplerLit(ZooLit):
         return sum(p.numel() for p in self.net.parameters())
 
     # ------------------------------------------------------------------------------------------ data
+    def data_sizes(self, datamodule) -> dict[str, Any]:
+        """data.resolution as the target size, when the scale and the U-Net's levels divide it (else check_data
+        refuses it with the fix)."""
+        res, c = getattr(datamodule, "resolution", None), self.cfg
+        if res is None or res % (c.scale * c.crop_fraction) or res % (c.divisor * c.crop_fraction):
+            return {}
+        return unmet_sizes(c, {"image_size": int(res)})
+
     def check_data(self, datamodule) -> None:
         """The data's resolution is the upsampler's target size (``net.image_size``)."""
         res = getattr(datamodule, "resolution", None)
