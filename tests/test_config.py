@@ -140,9 +140,10 @@ EXPERIMENTS = sorted(
 )
 
 
-def _shapes_tokenizer_ckpt(path: Path) -> Path:
+def _shapes_tokenizer_ckpt(path: Path, resolution: int = 32) -> Path:
     """A zoo-train-format VQ-VAE checkpoint of the ``shapes`` preset (random weights): the frozen stage-1 tokenizer
-    that the DALL·E experiments expect under logs/demo/tokenizer."""
+    that the DALL·E experiments expect under logs/demo/tokenizer, trained at ``resolution`` (the DALL·E experiment's
+    own: make demo's stage 1 at 32 px, make demo FULL=1's at 48 px; another is refused)."""
     import torch
 
     from zoo.checkpoint import atomic_torch_save
@@ -155,7 +156,7 @@ def _shapes_tokenizer_ckpt(path: Path) -> Path:
             "zoo_class": "zoo.models.vqvae.lit.VQVAELit",
             "hyper_parameters": {"preset": "shapes", "net": {}},
             "state_dict": lit.state_dict(),
-            "zoo_config": {"data": {"resolution": 32}},
+            "zoo_config": {"data": {"resolution": resolution}},
         },
         path,
     )
@@ -177,12 +178,13 @@ CLIP_DECODERS = (
 )
 
 
-def _experiment_extras(experiment: str, tmp_path: Path) -> list[str]:
+def _experiment_extras(experiment: str, tmp_path: Path, train_cfg) -> list[str]:
     """Overrides standing in for the stage-1 runs an experiment builds on (absent here)."""
     if experiment.startswith(
         ("dalle1/", "demo/dalle", "demo/full/dalle", "dalle3/t2i/")
     ):  # builds on a stage-1 checkpoint; check its grid/vocab against a real one
-        return [f"model.image_tokenizer_ckpt={_shapes_tokenizer_ckpt(tmp_path / 'tokenizer.ckpt')}"]
+        res = train_cfg(f"experiment={experiment}").data.resolution
+        return [f"model.image_tokenizer_ckpt={_shapes_tokenizer_ckpt(tmp_path / 'tokenizer.ckpt', res)}"]
     if experiment in CLIP_DECODERS and experiment != "demo/decoder":
         return ["model.clip_ckpt=null"]
     return []
@@ -190,7 +192,7 @@ def _experiment_extras(experiment: str, tmp_path: Path) -> list[str]:
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_builds(train_cfg, experiment, tmp_path, dalle_helpers):
-    extra = _experiment_extras(experiment, tmp_path)
+    extra = _experiment_extras(experiment, tmp_path, train_cfg)
     clip_decoders = CLIP_DECODERS
     cfg = train_cfg(f"experiment={experiment}", "data.train_size=8", "data.val_size=8", "data.test_size=8", *extra)
     OmegaConf.to_container(cfg, resolve=True)
@@ -306,7 +308,7 @@ def test_every_experiment_builds_with_the_tiny_preset(train_cfg, experiment, tmp
     CLIP width, stage-1 tokenizer) and takes the sizes that data dictates (fit_tiny_to_data), with a tiny network
     otherwise. Before, 44 of the 61 experiments stopped on a text length / vocabulary / resolution / CLIP width
     mismatch. The data files here are of the experiment's own (shapes) widths, as make demo writes them."""
-    extra = _experiment_extras(experiment, tmp_path)
+    extra = _experiment_extras(experiment, tmp_path, train_cfg)
     sizes = ("data.train_size=8", "data.val_size=8", "data.test_size=8")
     if experiment.endswith(("clip_text", "clip_text_binding", "clip_text_binding_shuffled")):  # make demo's CLIP
         extra.append(f"model.text_init={dalle_helpers.tiny_clip_ckpt(tmp_path / 'clip.ckpt', preset='shapes')}")

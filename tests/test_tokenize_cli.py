@@ -56,3 +56,39 @@ def test_tokenize_split_and_serve_tokens(train_cfg, tmp_path):
     dm2 = instantiate(OmegaConf.merge(tcfg.data, {"features": {"val": str(out)}}))
     batch = next(iter(dm2.val_dataloader()))
     assert torch.equal(batch["image_tokens"], saved["image_tokens"][: len(batch["index"])])
+
+
+def _tokenize_cfg(tmp_path, ckpt, *overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose(
+            "tokenize",
+            overrides=[f"tokenizer_ckpt={ckpt}", "split=val", *DATA, f"paths.root_dir={tmp_path}", *overrides],
+        )
+
+
+def test_tokenize_refuses_another_resolution_than_the_tokenizer_trained_at(tmp_path, dalle_helpers, caplog):
+    """A tokenizer trained at 16 px encodes 32 px images too, into an 8x8 grid instead of the 4x4 it learned, and
+    zoo-tokenize wrote that file without a word. Now a ConfigError naming both resolutions and the fix, before any
+    file is written; a checkpoint that does not record its resolution (no zoo_config) gets a warning instead."""
+    import logging
+
+    import pytest
+
+    from zoo.errors import ConfigError
+
+    ckpt = dalle_helpers.tiny_tokenizer_ckpt(tmp_path / "tok.ckpt")  # zoo_config.data.resolution = 16
+    out = tmp_path / "tokens.pt"
+    with pytest.raises(ConfigError, match=r"trained at 16 px but data.resolution=32.*fix: data.resolution=16"):
+        tokenize(_tokenize_cfg(tmp_path, ckpt, "data.resolution=32", f"out={out}"))
+    assert not out.exists()
+    tokenize(_tokenize_cfg(tmp_path, ckpt, "data.resolution=16", f"out={out}"))
+    assert safe_load(out)["image_tokens"].shape[1:] == (4, 4)
+
+    raw = torch.load(ckpt, weights_only=True)
+    del raw["zoo_config"]  # written before the run record (or by zoo-convert)
+    torch.save(raw, tmp_path / "old.ckpt")
+    with caplog.at_level(logging.WARNING, logger="zoo.tokenize"):
+        tokenize(_tokenize_cfg(tmp_path, tmp_path / "old.ckpt", "data.resolution=32", f"out={out}"))
+    assert "does not record the resolution it was trained at" in caplog.text
+    assert safe_load(out)["image_tokens"].shape[1:] == (8, 8)

@@ -148,3 +148,13 @@ def load_module(
     # go through zoo.registry (e.g. zoo-sample's datamodule_from_file_config), never through Hydra.
     model.zoo_config = ckpt.get("zoo_config", {}) or {}
     return model
+
+
+def trained_resolution(zoo_config: Any) -> Optional[int]:
+    """The ``data.resolution`` a checkpoint's run trained at, from the run config ``zoo-train`` stores in it
+    (``zoo_config``); None when the file has none (written before that record, or by ``zoo-convert``). An image
+    tokenizer's grid follows the resolution it is given, so this, not its network config (which a run adapts to the
+    data without rewriting), is the size its codes were learned at."""
+    data = (zoo_config or {}).get("data") if isinstance(zoo_config, dict) else None
+    res = data.get("resolution") if isinstance(data, dict) else None
+    return int(res) if isinstance(res, int) and not isinstance(res, bool) and res > 0 else None

@@ -51,6 +51,28 @@ def tokenize_dataset(tokenizer, dataset, out_path: str | Path, batch_size: int =
     )
 
 
+def check_tokenizer_resolution(module: Any, resolution: Any, path: str) -> None:
+    """``data.resolution`` must be the resolution the tokenizer trained at: a convolutional tokenizer encodes any
+    multiple of its downsample factor, but at another size it gives a different (larger or smaller) grid of codes
+    than the one it learned, and stage 2 trains on those without a word. Refused (ConfigError, before any image is
+    read) when the checkpoint records its training resolution; a warning when it does not."""
+    from zoo.checkpoint import trained_resolution
+
+    trained = trained_resolution(getattr(module, "zoo_config", None))
+    if trained is None:
+        log.warning(
+            "%s does not record the resolution it was trained at (no zoo_config.data.resolution): make sure "
+            "data.resolution=%s is that resolution, or the token grid differs from the one it learned",
+            path,
+            resolution,
+        )
+    elif resolution is not None and int(resolution) != trained:
+        raise ConfigError(
+            f"the tokenizer {path} was trained at {trained} px but data.resolution={resolution}: its codes at "
+            f"{resolution} px are another grid than the one it learned (fix: data.resolution={trained})"
+        )
+
+
 def tokenize(cfg: DictConfig) -> Path:
     from zoo.checkpoint import load_module
     from zoo.config import instantiate
@@ -59,7 +81,9 @@ def tokenize(cfg: DictConfig) -> Path:
         raise ConfigError("no tokenizer checkpoint (fix: zoo-tokenize tokenizer_ckpt=/path/to/dvae/last.ckpt)")
     from zoo.registry import IMAGE_TOKENIZERS
 
-    tokenizer = image_tokenizer_of(load_module(cfg.tokenizer_ckpt, expect=IMAGE_TOKENIZERS))
+    module = load_module(cfg.tokenizer_ckpt, expect=IMAGE_TOKENIZERS)
+    tokenizer = image_tokenizer_of(module)
+    check_tokenizer_resolution(module, cfg.data.get("resolution"), str(cfg.tokenizer_ckpt))
     dm = instantiate(cfg.data, "data")
     if dm.resolution % tokenizer.downsample_factor:
         raise ConfigError(

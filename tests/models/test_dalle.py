@@ -81,8 +81,9 @@ def test_check_data_errors_name_their_fix(tmp_path):
     small_vocab = DalleLit(preset="tiny", image_tokenizer_ckpt=str(ckpt), net={**H.TINY_NET, "text_vocab": 64})
     with pytest.raises(ConfigError, match=r"model.net.text_vocab=300"):
         small_vocab.check_data(_dm(tok))
-    with pytest.raises(ConfigError, match=r"grid.*fix: model.net.grid_h=8 model.net.grid_w=8"):
-        ok.check_data(_dm(tok, resolution=32))  # 32 px / 4 = 8x8 != 4x4
+    big_grid = DalleLit(preset="tiny", image_tokenizer_ckpt=str(ckpt), net={**H.TINY_NET, "grid_h": 8, "grid_w": 8})
+    with pytest.raises(ConfigError, match=r"grid.*fix: model.net.grid_h=4 model.net.grid_w=4"):
+        big_grid.check_data(_dm(tok))  # 16 px / 4 = 4x4 != 8x8
     with pytest.raises(ConfigError, match="data.tokenizer.context_length=16"):
         ok.check_data(_dm(H.tiny_bpe(context_length=24)))
     missing = DalleLit(preset="tiny", net=dict(H.TINY_NET), image_tokenizer_ckpt=str(tmp_path / "nope.ckpt"))
@@ -103,15 +104,36 @@ def test_check_data_reports_every_mismatch_at_once(tmp_path):
     tok = H.tiny_bpe(context_length=16)
     ckpt = H.tiny_tokenizer_ckpt(tmp_path / "tok.ckpt")
     bad = DalleLit(
-        preset="tiny", image_tokenizer_ckpt=str(ckpt), net={**H.TINY_NET, "text_vocab": 64, "image_vocab": 16}
+        preset="tiny",
+        image_tokenizer_ckpt=str(ckpt),
+        net={**H.TINY_NET, "text_vocab": 64, "image_vocab": 16, "grid_h": 8, "grid_w": 8},
     )
     with pytest.raises(ConfigError) as info:
-        bad.check_data(_dm(tok, resolution=32))
+        bad.check_data(_dm(tok))
     msg = str(info.value)
     assert msg.startswith("3 mismatches")
-    for fix in ("model.net.text_vocab=300", "model.net.grid_h=8 model.net.grid_w=8", "model.net.image_vocab=32"):
+    for fix in ("model.net.text_vocab=300", "model.net.grid_h=4 model.net.grid_w=4", "model.net.image_vocab=32"):
         assert fix in msg, fix
     assert bad.text_tokenizer is None  # nothing half-applied
+
+
+def test_check_data_refuses_a_resolution_the_tokenizer_was_not_trained_at(tmp_path):
+    """The frozen tokenizer encodes any multiple of its downsample factor, but at another size than it trained at
+    its codes are another grid than it learned: check_data adapted the tokenizer to data.resolution without a word
+    (a model grid made to match trained on them). Refused, naming both resolutions and data.resolution=<trained>;
+    a tokenizer checkpoint that does not record its resolution is still adapted (nothing to compare with)."""
+    tok = H.tiny_bpe(context_length=16)
+    ckpt = H.tiny_tokenizer_ckpt(tmp_path / "tok.ckpt")  # trained at 16 px (its zoo_config)
+    grid8 = {**H.TINY_NET, "grid_h": 8, "grid_w": 8}  # what 32 px gives with this tokenizer
+    model = DalleLit(preset="tiny", image_tokenizer_ckpt=str(ckpt), net=grid8)
+    with pytest.raises(ConfigError, match=r"trained at 16 px but data.resolution=32 \(fix: data.resolution=16"):
+        model.check_data(_dm(tok, resolution=32))
+    raw = torch.load(ckpt, weights_only=True)
+    del raw["zoo_config"]  # a tokenizer checkpoint without the run record
+    torch.save(raw, tmp_path / "old.ckpt")
+    old = DalleLit(preset="tiny", image_tokenizer_ckpt=str(tmp_path / "old.ckpt"), net=grid8)
+    old.check_data(_dm(tok, resolution=32))
+    assert tuple(old.image_tokenizer.grid_size) == (8, 8)
 
 
 def test_unknown_preset_or_field():

@@ -69,6 +69,7 @@ class DalleLit(TextTokenizerLit):
         self.transformer = DalleTransformer(self.cfg)
         self.text_dropout = float(text_dropout)
         self._tokenizer_spec: Optional[dict[str, Any]] = None
+        self._tokenizer_trained_resolution: Optional[int] = None  # from the tokenizer checkpoint's run config
         self.image_tokenizer = None
         if tokenizer_spec:  # rebuilt from a checkpoint: weights come with the state dict
             self._set_image_tokenizer(image_tokenizer_from_spec(tokenizer_spec), tokenizer_spec)
@@ -86,7 +87,10 @@ class DalleLit(TextTokenizerLit):
             raise ConfigError(
                 f"{path} is not a zoo-train checkpoint (fix: model.image_tokenizer_ckpt=<dvae/vqvae last.ckpt>)"
             )
-        res = resolution or ((ckpt.get("zoo_config") or {}).get("data") or {}).get("resolution")
+        from zoo.checkpoint import trained_resolution
+
+        self._tokenizer_trained_resolution = trained_resolution(ckpt.get("zoo_config"))
+        res = resolution or self._tokenizer_trained_resolution
         spec = image_tokenizer_spec(ckpt, res)  # plain values; stored in our checkpoints by on_save_checkpoint
         self._set_image_tokenizer(image_tokenizer_from_spec(spec, ckpt["state_dict"]), spec)
 
@@ -150,7 +154,15 @@ class DalleLit(TextTokenizerLit):
         else:
             it = self.image_tokenizer
             res = getattr(datamodule, "resolution", None)
-            if res is not None and res % it.downsample_factor:
+            trained = self._tokenizer_trained_resolution
+            if res is not None and trained is not None and res != trained:
+                # encoding at another size gives another grid of codes than the tokenizer learned (and samples
+                # decoded at it): refused, as zoo-tokenize refuses it
+                problems.append(
+                    f"the image tokenizer {self.hparams.get('image_tokenizer_ckpt')} was trained at {trained} px but "
+                    f"data.resolution={res} (fix: data.resolution={trained}, or a tokenizer trained at {res} px)"
+                )
+            elif res is not None and res % it.downsample_factor:
                 problems.append(
                     f"data.resolution={res} is not a multiple of the image tokenizer's downsample "
                     f"factor {it.downsample_factor} (fix: data.resolution={c.grid_h * it.downsample_factor})"
