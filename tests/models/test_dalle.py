@@ -136,6 +136,28 @@ def test_check_data_refuses_a_resolution_the_tokenizer_was_not_trained_at(tmp_pa
     assert tuple(old.image_tokenizer.grid_size) == (8, 8)
 
 
+def test_check_data_checks_zoo_tokenize_codes_against_the_model(train_cfg, tmp_path):
+    """Trained from a zoo-tokenize file (no tokenizer checkpoint), a grid or a code the model lacks was an IndexError
+    in the first step; now a ConfigError naming the fixes, and model.preset=tiny takes the file's grid."""
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.train import fit_tiny_to_data, instantiate
+
+    codes = torch.randint(0, 64, (8, 8, 8))  # 8 images: an 8x8 grid of 64 codes
+    path = atomic_torch_save({"image_tokens": codes, "codebook_size": 64, "grid_size": [8, 8]}, tmp_path / "t.pt")
+    cfg = train_cfg("data/tokenizer=bpe", "data.tokenizer.vocab_size=300", "data.tokenizer.context_length=16")
+    cfg.data.update(train_size=8, val_size=8, test_size=8, features={"train": str(path)})
+    dm = instantiate(cfg.data)
+    dm.tokenizer = H.tiny_bpe(context_length=16)  # (no BPE fit here)
+    model = DalleLit(preset="tiny", net=dict(H.TINY_NET))  # 4x4 grid of 32 codes
+    with pytest.raises(ConfigError) as info:
+        model.check_data(dm)
+    assert "model.net.grid_h=8 model.net.grid_w=8" in str(info.value)
+    assert f"hold code {int(codes.max())} but the model's image_vocab is 32" in str(info.value)
+    tiny = fit_tiny_to_data(DalleLit(preset="tiny"), dm)
+    tiny.check_data(dm)
+    assert (tiny.cfg.grid_h, tiny.cfg.grid_w, tiny.cfg.image_vocab) == (8, 8, int(codes.max()) + 1)
+
+
 def test_unknown_preset_or_field():
     with pytest.raises(ValueError, match="tiny"):
         DalleLit(preset="huge")

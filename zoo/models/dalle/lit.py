@@ -112,6 +112,18 @@ class DalleLit(TextTokenizerLit):
         checkpoint["hyper_parameters"]["tokenizer_spec"] = self._tokenizer_spec
 
     # --------------------------------------------------------------------------------------------- data
+    @staticmethod
+    def _token_file_stats(datamodule) -> Optional[tuple[int, int, int]]:
+        """(grid h, grid w, largest code + 1) of the zoo-tokenize codes serving the train split, or None."""
+        if "train" not in (getattr(datamodule, "features", None) or {}) or not callable(
+            getattr(datamodule, "dataset", None)
+        ):
+            return None
+        toks = (getattr(datamodule.dataset("train"), "features", None) or {}).get("image_tokens")
+        if toks is None or toks.dim() != 3:
+            return None
+        return int(toks.shape[1]), int(toks.shape[2]), int(toks.max()) + 1 if toks.numel() else 0
+
     def data_sizes(self, datamodule) -> dict[str, Any]:
         """The text tokenizer's vocabulary / context length / pad id; the image tokenizer's codebook and its grid at
         data.resolution (a resolution its downsampling does not divide is left to check_data to refuse)."""
@@ -123,10 +135,13 @@ class DalleLit(TextTokenizerLit):
             res = getattr(datamodule, "resolution", None)
             if res is not None and res % it.downsample_factor == 0:
                 exact["grid_h"] = exact["grid_w"] = res // it.downsample_factor
+        elif (tokens := self._token_file_stats(datamodule)) is not None:  # zoo-tokenize codes, no tokenizer here
+            exact["grid_h"], exact["grid_w"] = tokens[:2]
+            at_least["image_vocab"] = tokens[2]  # every code the file holds
         return {**text_tokenizer_sizes(datamodule, self.cfg), **unmet_sizes(self.cfg, exact, at_least)}
 
     def check_data(self, datamodule) -> None:
-        """The data against the network: text tokenizer, image tokenizer (or precomputed tokens), grid and
+        """The data against the network: text tokenizer, image tokenizer (or zoo-tokenize codes), grid and
         vocabularies. Every mismatch found is reported in one ConfigError, each with its fix, so a run that needs
         three ``model.net.*`` fixes (the tiny preset on the shapes data) takes one attempt, not three."""
         c = self.cfg
@@ -184,6 +199,19 @@ class DalleLit(TextTokenizerLit):
                 problems.append(
                     f"image tokenizer codebook ({it.codebook_size}) is larger than the model's "
                     f"image_vocab ({c.image_vocab}) (fix: model.net.image_vocab={it.codebook_size})"
+                )
+        tokens = self._token_file_stats(datamodule)
+        if tokens is not None:  # zoo-tokenize codes: a grid or an id the model lacks is an IndexError at step 1
+            h, w, n_codes = tokens
+            if (h, w) != (c.grid_h, c.grid_w):
+                problems.append(
+                    f"the image tokens of data.features.train are a {h}x{w} grid but the model expects "
+                    f"{c.grid_h}x{c.grid_w} (fix: model.net.grid_h={h} model.net.grid_w={w})"
+                )
+            if n_codes > c.image_vocab:
+                problems.append(
+                    f"the image tokens of data.features.train hold code {n_codes - 1} but the model's image_vocab is "
+                    f"{c.image_vocab} (fix: model.net.image_vocab=<the tokenizer's codebook size, at least {n_codes}>)"
                 )
         if len(problems) == 1:
             raise ConfigError(problems[0])
