@@ -23,6 +23,7 @@ weights are missing is an error that says which option fixes it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -317,13 +318,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "metrics": list(suite.metrics),
         "clip": suite.clip_id if clip is not None else None,
         "skipped": skipped,
-        "conventions": {
-            "blur radius": "Gaussian standard deviation in pixels at the evaluation resolution (Pillow's "
-            "GaussianBlur reading), applied to real and generated images",
-            "CLIP score": CLIP_SCORE_CONVENTION,
-            "FID/KID/IS": "torch-fidelity's Inception and statistics (uint8 rounding, TF1 bilinear resize to 299); "
-            "IS and KID subset sizes lowered to the number of images when fewer",
-        },
+        "conventions": {},  # filled below with the conventions of the numbers this run reports, and no others
         "seed": seed,
         "timing_s": {},
         "sampling": {},  # per ablation: seconds inside the generator's calls and images drawn (metrics excluded)
@@ -331,6 +326,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     # what the numbers are read with: FD_CLIP depends on the CLIP, the judge's metrics on the judge (width and steps)
     conventions = results["conventions"]
+    if "blur" in ablations:
+        conventions["blur radius"] = (
+            "Gaussian standard deviation in pixels at the evaluation resolution (Pillow's GaussianBlur reading), "
+            "applied to real and generated images"
+        )
+    if "clip_score" in suite.metrics:
+        conventions["CLIP score"] = CLIP_SCORE_CONVENTION
+    if set(suite.metrics) & set(INCEPTION_METRICS):  # a run without Inception weights skips them: no convention
+        conventions["FID/KID/IS"] = (
+            "torch-fidelity's Inception and statistics (uint8 rounding, TF1 bilinear resize to 299); IS and KID "
+            "subset sizes lowered to the number of images when fewer"
+        )
     if "fd_clip" in suite.metrics:
         conventions["FD_CLIP"] = (
             f"Fréchet distance between the unit-norm image embeddings ({results['clip']}) of the generated and the "
@@ -441,6 +448,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         kwargs.setdefault("config", OmegaConf.to_container(cfg, resolve=True))
         Path(kwargs.get("dir") or out_dir).mkdir(parents=True, exist_ok=True)
         results["wandb_dir"] = log_to_wandb(results, paths, kwargs)
+        # results.json was written before the W&B run existed; rewrite it so it says where that run is
+        paths["json"].write_text(json.dumps(results, indent=2, default=str))
     print((out_dir / "results.md").read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     for names, why in group_skipped(skipped):

@@ -79,6 +79,11 @@ def test_zoo_eval_writes_results_tables_plots_and_wandb(tmp_path):
     assert md.count("\n| ") == (1 + 5) + (1 + 3) + (1 + 1)
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and results["wandb_dir"]
+    # results.json says where the W&B run is (it was written before the run existed and never held the key)
+    assert json.loads((run / "results.json").read_text())["wandb_dir"] == results["wandb_dir"]
+    # conventions only for the numbers reported: FID/KID/IS were skipped, so no Inception convention
+    assert set(saved["conventions"]) == {"blur radius", "CLIP score", "FD_CLIP", "judge"}
+    assert "FID/KID/IS:" not in md and "- CLIP score:" in md
     media = offline[0] / "files" / "media"
     for key in ("blur", "rerank"):  # a wandb.Table and a wandb.Image per ablation
         assert list(media.glob(f"table/eval/{key}_table_*.table.json")), key
@@ -93,6 +98,7 @@ def test_explicit_metrics_and_single_ablation(tmp_path):
     )
     saved = evaluate(cfg)
     assert saved["metrics"] == ["prompt_fidelity"] and saved["skipped"] == {}
+    assert set(saved["conventions"]) == {"blur radius", "judge"}  # no CLIP score / FID conventions without them
     assert [r["radius"] for r in saved["blur"]] == [0, 2] and "rerank" not in saved
     assert not (tmp_path / "run" / "rerank.png").exists() and not (tmp_path / "run" / "wandb").exists()
 
