@@ -184,6 +184,37 @@ def lock_run_dir(out_dir: Path):
     return f
 
 
+def remove_stale_temp_checkpoints(ckpt_path: str, out_dir: Path) -> None:
+    """Delete the temp files a killed save left beside the checkpoint being resumed (``.last.ckpt.<random>.tmp``).
+
+    ``zoo.checkpoint.atomic_torch_save`` writes a checkpoint to such a file and renames it into place; ``kill -9``
+    (or a node failure) mid-save leaves it, as large as a checkpoint, and nothing would ever remove it. It is only
+    removed when no process can still be writing it: the checkpoint is in this run's own (locked) directory, or its
+    run directory's lock (:func:`lock_run_dir`) can be taken, i.e. the run that saved it has ended."""
+    import fcntl
+
+    ckpt_dir = Path(ckpt_path).resolve().parent
+    stale = sorted(ckpt_dir.glob(".*.ckpt.*.tmp"))
+    if not stale:
+        return
+    run_dir = ckpt_dir.parent
+    if run_dir != out_dir.resolve():
+        lock = run_dir / RUN_LOCK
+        if lock.is_file():
+            with open(lock, "a") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    return  # that run is still going: its temp file may be a save in progress
+                fcntl.flock(f, fcntl.LOCK_UN)
+    for tmp in stale:
+        size_mb = tmp.stat().st_size / 2**20
+        tmp.unlink(missing_ok=True)
+        log.warning(
+            "removed %s (%.1f MB): a checkpoint save that never finished (the run was killed mid-save)", tmp, size_mb
+        )
+
+
 def check_compatibility(model, datamodule) -> None:
     """Checks that need both the model and the data, before any step runs: each model's own ``check_data``
     (e.g. DALL·E: text vocabulary / context length / pad id against the data's tokenizer; the image tokenizers
@@ -298,6 +329,8 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         check_val_check_interval(cfg.trainer, datamodule)
     callbacks = _instantiate_dict(cfg.get("callbacks")) + [CheckpointInfo(plain_cfg)]
     ckpt_path = resolve_ckpt_path(cfg)
+    if ckpt_path:
+        remove_stale_temp_checkpoints(ckpt_path, out_dir)
     if ckpt_path:
         continue_wandb_run(cfg.get("logger"), ckpt_path)
     loggers = _instantiate_dict(cfg.get("logger"))
