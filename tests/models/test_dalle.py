@@ -99,20 +99,21 @@ def test_check_data_errors_name_their_fix(tmp_path):
 
 
 def test_check_data_reports_every_mismatch_at_once(tmp_path):
-    """Text vocabulary, grid and image vocabulary all wrong: one ConfigError listing the three fixes (they came
-    one per attempt)."""
+    """Text vocabulary, text length, grid and image vocabulary all wrong: one ConfigError listing the four fixes
+    (they came one per attempt; then the text length came in a second round behind the vocabulary)."""
     tok = H.tiny_bpe(context_length=16)
     ckpt = H.tiny_tokenizer_ckpt(tmp_path / "tok.ckpt")
     bad = DalleLit(
         preset="tiny",
         image_tokenizer_ckpt=str(ckpt),
-        net={**H.TINY_NET, "text_vocab": 64, "image_vocab": 16, "grid_h": 8, "grid_w": 8},
+        net={**H.TINY_NET, "text_vocab": 64, "text_len": 8, "image_vocab": 16, "grid_h": 8, "grid_w": 8},
     )
     with pytest.raises(ConfigError) as info:
         bad.check_data(_dm(tok))
     msg = str(info.value)
-    assert msg.startswith("3 mismatches")
-    for fix in ("model.net.text_vocab=300", "model.net.grid_h=4 model.net.grid_w=4", "model.net.image_vocab=32"):
+    assert msg.startswith("4 mismatches")
+    fixes = ("model.net.text_vocab=300", "model.net.text_len=16", "model.net.grid_h=4 model.net.grid_w=4")
+    for fix in (*fixes, "model.net.image_vocab=32"):
         assert fix in msg, fix
     assert bad.text_tokenizer is None  # nothing half-applied
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.errors import ConfigError
-from zoo.models.base import TextTokenizerLit, check_text_tokenizer, text_tokenizer_sizes, unmet_sizes
+from zoo.models.base import TextTokenizerLit, text_tokenizer_problems, text_tokenizer_sizes, unmet_sizes
 from zoo.models.dalle.model import (
     PRESETS,
     DalleTransformer,
@@ -143,14 +143,12 @@ class DalleLit(TextTokenizerLit):
     def check_data(self, datamodule) -> None:
         """The data against the network: text tokenizer, image tokenizer (or zoo-tokenize codes), grid and
         vocabularies. Every mismatch found is reported in one ConfigError, each with its fix, so a run that needs
-        three ``model.net.*`` fixes (the tiny preset on the shapes data) takes one attempt, not three."""
+        three ``model.net.*`` fixes (e.g. a text vocabulary, a text length and an image vocabulary all smaller than
+        the data's) takes one attempt, not three."""
         c = self.cfg
-        problems: list[str] = []
-        tok = None
-        try:
-            tok = check_text_tokenizer(datamodule, c.text_vocab, c.text_len, c.pad_id, "the DALL·E transformer")
-        except ConfigError as e:
-            problems.append(str(e))
+        tok, problems = text_tokenizer_problems(
+            datamodule, c.text_vocab, c.text_len, c.pad_id, "the DALL·E transformer"
+        )
         features = getattr(datamodule, "features", {}) or {}
         if self.image_tokenizer is None:
             path = self.hparams.get("image_tokenizer_ckpt")
