@@ -119,8 +119,10 @@ def test_tokenizer_larger_than_model_vocab_is_refused():
     is a real override (model.net.text_vocab)."""
     from zoo.models.dalle.lit import DalleLit
 
-    class Tok:
+    class Tok:  # CLIP's BPE sizes; only the vocabulary is larger than the model's
         vocab_size = 49408
+        context_length = 8  # the tiny preset's text_len
+        pad_id = 0
 
     class Data:
         tokenizer = Tok()
