@@ -9,5 +9,17 @@ class ConfigError(ValueError):
     """A configuration the code cannot run; the message says how to fix it."""
 
 
+def raise_all(problems: list[str], between: str) -> None:
+    """One ``ConfigError`` for every problem found (each message names its own fix): a user fixes them in one
+    attempt, not one per run. Nothing when ``problems`` is empty."""
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} mismatches between {between}, fix all of them:\n"
+            + "\n".join(f"  {i + 1}. {p}" for i, p in enumerate(problems))
+        )
+
+
 class MissingWeightsError(FileNotFoundError):
     """Pretrained weights that are needed are not on this machine (nothing is downloaded at run time here)."""

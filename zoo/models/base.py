@@ -285,16 +285,10 @@ def check_text_tokenizer(datamodule, *args, **kwargs):
     """The DataModule's text tokenizer, checked against a model's text embedding (vocabulary, context length, pad id);
     a ``ConfigError`` naming the override that fixes each mismatch, all of them at once. Fits a lazily trained BPE
     first (its vocabulary is only known then): the one side effect, on the data, not the model."""
-    from zoo.errors import ConfigError
+    from zoo.errors import raise_all
 
     tok, problems = text_tokenizer_problems(datamodule, *args, **kwargs)  # (text_vocab, text_len, pad_id, what, ...)
-    if len(problems) == 1:
-        raise ConfigError(problems[0])
-    if problems:
-        raise ConfigError(
-            f"{len(problems)} mismatches between the text tokenizer and the model, fix all of them:\n"
-            + "\n".join(f"  {i + 1}. {p}" for i, p in enumerate(problems))
-        )
+    raise_all(problems, "the text tokenizer and the model")
     return tok
 
 
@@ -309,26 +303,18 @@ def text_tokenizer_problems(
     """(the DataModule's text tokenizer or None, every mismatch with the model's text embedding, each with its fix).
     Every one is listed: a vocabulary and a context length both wrong took two attempts when the first was raised
     alone."""
-    if callable(getattr(datamodule, "prepare_tokenizer", None)):
-        datamodule.prepare_tokenizer()
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(text_vocab=text_vocab, text_len=text_len, pad_id=pad_id)
+    unmet = text_tokenizer_sizes(datamodule, model)  # fits a lazy BPE first
     tok = getattr(datamodule, "tokenizer", None)
     if tok is None:
         return None, [f"{what} needs text tokens in the batches (fix: {fix_missing})"]
-    problems = []
-    if tok.vocab_size > text_vocab:
-        problems.append(
-            f"text tokenizer vocabulary ({tok.vocab_size}) is larger than the model's text_vocab "
-            f"({text_vocab}) (fix: model.net.text_vocab={tok.vocab_size}, or a smaller "
-            f"data.tokenizer.vocab_size)"
-        )
-    if tok.context_length > text_len:
-        problems.append(
-            f"text tokenizer context_length ({tok.context_length}) is longer than the model's "
-            f"text_len ({text_len}) (fix: data.tokenizer.context_length={text_len}, or "
-            f"model.net.text_len={tok.context_length})"
-        )
-    if tok.pad_id != pad_id:
-        problems.append(
-            f"text tokenizer pad id {tok.pad_id} != model pad_id {pad_id} (fix: model.net.pad_id={tok.pad_id})"
-        )
-    return tok, problems
+    why = {
+        "text_vocab": f"text tokenizer vocabulary ({tok.vocab_size}) is larger than the model's text_vocab "
+        f"({text_vocab}) (fix: model.net.text_vocab={tok.vocab_size}, or a smaller data.tokenizer.vocab_size)",
+        "text_len": f"text tokenizer context_length ({tok.context_length}) is longer than the model's text_len "
+        f"({text_len}) (fix: data.tokenizer.context_length={text_len}, or model.net.text_len={tok.context_length})",
+        "pad_id": f"text tokenizer pad id {tok.pad_id} != model pad_id {pad_id} (fix: model.net.pad_id={tok.pad_id})",
+    }
+    return tok, [why[k] for k in why if k in unmet]

@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, raise_all
 from zoo.models.base import TextTokenizerLit, text_tokenizer_problems, text_tokenizer_sizes, unmet_sizes
 from zoo.models.dalle.model import (
     PRESETS,
@@ -211,13 +211,7 @@ class DalleLit(TextTokenizerLit):
                     f"the image tokens of data.features.train hold code {n_codes - 1} but the model's image_vocab is "
                     f"{c.image_vocab} (fix: model.net.image_vocab=<the tokenizer's codebook size, at least {n_codes}>)"
                 )
-        if len(problems) == 1:
-            raise ConfigError(problems[0])
-        if problems:
-            raise ConfigError(
-                f"{len(problems)} mismatches between the data and the DALL·E transformer, fix all of them:\n"
-                + "\n".join(f"  {i + 1}. {p}" for i, p in enumerate(problems))
-            )
+        raise_all(problems, "the data and the DALL·E transformer")
         self.text_tokenizer = tok
 
     def pad_text(self, tokens: torch.Tensor) -> torch.Tensor:
