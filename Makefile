@@ -14,14 +14,12 @@ export WANDB_SILENT ?= true
 setup: $(STAMP)
 
 # torch 2.14.1 / torchvision 0.29.1 come from the machine's local wheel index (pip.conf find-links/extra-index).
-# The venv takes about 6.5 GB (torch 2.14.1 is a CUDA build: 5.3 GB of it is nvidia-*, torch and triton), so the
-# disk is checked first: a full disk otherwise fails half-way through pip with "[Errno 28] No space left on device"
-# (it did once, on a machine whose /tmp held old clean-clone checks). --no-cache-dir: the wheels are not kept twice.
+# The venv takes about 6.5 GB (torch 2.14.1 is a CUDA build: 5.3 GB of it is nvidia-*, torch and triton), so where it
+# goes is decided first (.ci/venv_place.py): beside the checkout when the disk has room, else on a RAM-backed tmpfs
+# (/dev/shm) with VENV linking to it, else a clear error. A full disk otherwise fails half-way through pip with
+# "[Errno 28] No space left on device". --no-cache-dir: the wheels are not kept twice.
 $(STAMP): pyproject.toml
-	@test -x $(PY) || $(PY_BOOT) -c "import os, shutil, sys; \
-	  free = shutil.disk_usage(os.path.dirname(os.path.abspath('$(VENV)'))).free / 2**30; \
-	  msg = f'error: {free:.1f} GB free where $(VENV) goes; the venv needs about $(VENV_GB) GB'; \
-	  sys.exit(0 if free >= $(VENV_GB) else msg + ' (fix: free space, e.g. old clones in /tmp, or VENV=<dir on a bigger disk>)')"
+	@test -x $(PY) || $(PY_BOOT) .ci/venv_place.py $(VENV) $(VENV_GB)
 	test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet --no-cache-dir --upgrade pip
 	$(PY) -m pip install --quiet --no-cache-dir torch==2.14.1 torchvision==0.29.1
