@@ -223,3 +223,27 @@ def test_resume_continues_the_wandb_run(train_cfg, tiny_dvae, monkeypatch):
     assert len(pieces) == 2, pieces
     ids = {f.stem for p in pieces for f in p.glob("run-*.wandb")}
     assert len(ids) == 1, f"the resumed training opened another W&B run: {ids}"
+
+
+def test_final_checkpoint_says_weights_only_false(train_cfg, tiny_dvae, tmp_path):
+    """The last.ckpt written after fit is the resume point, so it is saved with its training state and says so:
+    left unset, Lightning logged "`weights_only` was not set, defaulting to `False`" at the end of every run (when
+    no ModelCheckpoint had saved that step already)."""
+    from zoo.train import _save_final_last
+
+    calls = []
+
+    class Trainer:  # what _save_final_last reads of a Lightning Trainer
+        checkpoint_callbacks: list = []
+        global_step = 3
+
+        def save_checkpoint(self, filepath, weights_only=None, storage_options=None):
+            calls.append(weights_only)
+
+    _save_final_last(Trainer(), tmp_path / "last.ckpt")
+    assert calls == [False]
+    # and a real run's last.ckpt holds that state (optimizer, loops), readable with weights_only=True
+    cfg = train_cfg(*tiny_dvae, "test=false", "trainer.max_steps=3")
+    train(cfg)
+    ckpt = _state(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 3 and ckpt["optimizer_states"] and "loops" in ckpt

@@ -445,7 +445,10 @@ def _save_final_last(trainer, path: Path) -> None:
         if getattr(cb, "save_last", False) and getattr(cb, "_last_global_step_saved", -1) == trainer.global_step:
             if Path(cb.last_model_path or "") == path:
                 return
-    trainer.save_checkpoint(path)
+    # weights_only=False said, not left to Lightning's default: last.ckpt is the resume point, so it must hold the
+    # optimizer, scheduler, loop and callback states (what ModelCheckpoint saves too); left unset, Lightning logged
+    # "`weights_only` was not set, defaulting to `False`" at the end of every training run
+    trainer.save_checkpoint(path, weights_only=False)
 
 
 def _finish_wandb() -> None:
