@@ -363,7 +363,8 @@ def rerank_ablation(
     banks, kept_cos = rerank_select(generator, eval_set, scorer, candidates, batch_size, seed, progress, timing)
     out = []
     for n in track(sorted(banks), desc="rerank ablation metrics", disable=not progress):
-        row = {"candidates": n, "rerank_cos": kept_cos[n]}
+        # blur_radius recorded: eval.leaderboard reads only unblurred rows as a run's fidelity
+        row = {"candidates": n, "rerank_cos": kept_cos[n], "blur_radius": float(blur_radius)}
         row.update(suite.evaluate(banks[n], eval_set, blur_radius=blur_radius))
         out.append(row)
     return out, banks

@@ -11,7 +11,9 @@ A row reads, from the run's ``results.json``:
 
 - the fidelity metrics (``prompt_fidelity``, ``attribute_accuracy`` and its per-attribute parts, ``clip_score``,
   ``fd_clip``, and ``fid``/``kid``/``is`` when computed) from the **blur row at radius 0** -- the unblurred images,
-  one per caption, or the CLIP-best of ``blur.candidates`` as the run recorded (``blur_candidates``);
+  one per caption, or the CLIP-best of ``blur.candidates`` as the run recorded (``blur_candidates``); a run of the
+  rerank ablation alone (``ablations: [rerank]``) has no blur row: its unblurred rerank row of the most candidates
+  stands in (the row's label says "best of n");
 - the sample diversity (``diversity.pairwise_clip_distance``, ``diversity.judge_distinct``);
 - ``sec_per_image`` (seconds inside the generator per image drawn) and the CPU it was measured on;
 - what the generator's checkpoints' training runs recorded (``training``: step count, and CPU when recorded).
@@ -116,6 +118,21 @@ def _radius0(results: dict[str, Any]) -> Optional[dict[str, Any]]:
     return None
 
 
+def _fidelity_row(results: dict[str, Any]) -> tuple[Optional[dict[str, Any]], Optional[int], Optional[str]]:
+    """(the row the fidelity columns read, the number of candidates its images are the CLIP-best of, "blur" or
+    "rerank"): the blur row at radius 0; else, for a run of the rerank ablation alone (``ablations: [rerank]``, the
+    ``dalle1/rerank_n*`` rows), its rerank row of the most candidates whose images are unblurred. Without that
+    fallback a sweep of rerank-only rows gave a leaderboard with no fidelity column at all."""
+    r0 = _radius0(results)
+    if r0 is not None:
+        return r0, results.get("blur_candidates"), "blur"
+    rerank = [r for r in results.get("rerank") or [] if float(r.get("blur_radius") or 0.0) == 0.0]
+    if rerank:
+        best = max(rerank, key=lambda r: int(r.get("candidates", 0)))
+        return best, best.get("candidates"), "rerank"
+    return None, None, None
+
+
 def _by_value(results: dict[str, Any], key: str, run_dir: Path) -> float:
     try:
         v = lookup(results, key)
@@ -150,8 +167,11 @@ def leaderboard_row(
         row["by"] = _by_value(results, by, run_dir)
         row["label"] = f"{label} {by.rsplit('.', 1)[-1]}={row['by']:g}"
     row["protocol"] = f"{p.get('dataset')} {p.get('split')}, {p.get('n')} captions at {p.get('resolution')} px"
-    r0 = _radius0(results)
-    row["blur_candidates"] = results.get("blur_candidates") if r0 is not None else None
+    r0, candidates, source = _fidelity_row(results)
+    row["blur_candidates"] = candidates
+    row["fidelity_from"] = source
+    if source == "rerank" and not by:  # a rerank sweep's rows are one generator: tell them apart by n
+        row["label"] = f"{label}, best of {candidates}"
     for m in FIDELITY:
         row[m] = r0.get(m) if r0 is not None else None
     row["attributes"] = dict((r0 or {}).get("attributes") or {})
@@ -245,11 +265,20 @@ def markdown_leaderboard(rows: list[dict[str, Any]], title: str = "Leaderboard",
     protocols = sorted({r["protocol"] for r in rows})
     out.append(f"- protocol: {protocols[0]}" if len(protocols) == 1 else "- protocols: " + "; ".join(protocols))
     ks = sorted({r["blur_candidates"] for r in rows if r.get("blur_candidates") is not None})
+    sources = sorted({r["fidelity_from"] for r in rows if r.get("fidelity_from")})
     if ks:
         best_of = "one image per caption" if ks == [1] else f"the CLIP-best of {' / '.join(map(str, ks))} candidates"
-        out.append(f"- fidelity columns: the unblurred images (blur row at radius 0), {best_of}")
+        where = {
+            ("blur",): "blur row at radius 0",
+            ("rerank",): "rerank row",
+            ("blur", "rerank"): "blur row at radius 0, or the rerank row of runs without one",
+        }[tuple(sources)]
+        out.append(f"- fidelity columns: the unblurred images ({where}), {best_of}")
     else:
-        out.append("- fidelity columns: none of these runs has a blur row at radius 0 (zoo-eval blur.radii=[0])")
+        out.append(
+            "- fidelity columns: none of these runs has a blur row at radius 0 or an unblurred rerank row "
+            "(zoo-eval blur.radii=[0])"
+        )
     if "pairwise_clip_distance" in cols:
         out.append(
             "- pairwise CLIP distance: mean over captions of the mean over pairs of its samples of 1 - cos of the "

@@ -349,3 +349,27 @@ def test_plots_show_shares_in_percent_as_the_tables_do(tmp_path, monkeypatch):
     scatter = next(ax for t, ax in axes.items() if t.startswith("fidelity vs diversity"))
     assert scatter.get_ylabel() == "prompt fidelity ↑ (%)"
     assert list(scatter.lines[0].get_ydata()) == pytest.approx([10.0, 30.0])
+
+
+def test_a_sweep_of_rerank_only_rows_gives_its_table(tmp_path):
+    """zoo-eval -m experiment=dalle1/rerank_n1,dalle1/rerank_n2 (ablations: [rerank], no blur row): each job's
+    unblurred rerank row is its fidelity; the leaderboard was empty (no fidelity column, 'no blur row at radius 0')."""
+    sweep = tmp_path / "multirun"
+    for job, n, fidelity in ((0, 1, 0.2), (1, 2, 0.3)):
+        res = fake_results("dalle", 0.0, 20.0, 0.5, distance=None, sec=0.1)
+        del res["blur"], res["blur_candidates"]
+        res["rerank"] = [
+            {"candidates": n, "rerank_cos": 0.3, "blur_radius": 0.0, "prompt_fidelity": fidelity, "clip_score": 30.0}
+        ]
+        write_run(sweep / str(job), res)
+    rows = build_leaderboard([sweep])
+    assert [(r["label"], r["prompt_fidelity"], r["blur_candidates"]) for r in rows] == [
+        ("dalle, best of 1", 0.2, 1),
+        ("dalle, best of 2", 0.3, 2),
+    ]
+    md = markdown_leaderboard(rows)
+    assert "the unblurred images (rerank row), the CLIP-best of 1 / 2 candidates" in md
+    assert "| dalle, best of 2 | 30.0% |" in md
+    # a rerank row of blurred images (rerank.blur_radius=2) is not the run's fidelity
+    res["rerank"][0]["blur_radius"] = 2.0
+    assert leaderboard_row(res, sweep / "1")["prompt_fidelity"] is None
