@@ -247,3 +247,20 @@ def test_final_checkpoint_says_weights_only_false(train_cfg, tiny_dvae, tmp_path
     train(cfg)
     ckpt = _state(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 3 and ckpt["optimizer_states"] and "loops" in ckpt
+
+
+def test_loggers_get_the_hyper_parameters_once(train_cfg, tiny_dvae):
+    """The loggers record one set: the run config with the model's own hyper-parameters under model. Lightning
+    logged model.hparams a second time, flattened at the top level (preset, net, ... beside model), and there its
+    net (completed by the Lit: out_channels) differed from the run config's model.net."""
+    import yaml
+
+    cfg = train_cfg(*tiny_dvae, "test=false", "trainer.max_steps=1", "trainer.limit_val_batches=0")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    (hparams_file,) = run.rglob("hparams.yaml")  # CSVLogger's record of every log_hyperparams call
+    logged = yaml.safe_load(hparams_file.read_text())
+    assert set(logged) == set(cfg), sorted(set(logged) ^ set(cfg))
+    built = _state(run / "checkpoints" / "last.ckpt")["hyper_parameters"]
+    assert logged["model"]["net"] == built["net"] and logged["model"]["preset"] == "tiny"
+    assert logged["model"]["_target_"] == cfg.model._target_  # the run config's own keys stay

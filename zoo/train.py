@@ -374,7 +374,15 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             resume_step + 1,
         )
     for lg in loggers:
-        lg.log_hyperparams(plain_cfg)  # the whole run config, as a plain dict
+        lg.log_hyperparams(logged_config(plain_cfg, model))
+    # Lightning would log model.hparams again at fit start, flattened at the top level (preset, net, lr ... beside
+    # our model.*): two copies of the model's hyper-parameters in W&B's config (and CSV / TensorBoard hparams),
+    # differing where the Lit or fit_tiny_to_data changed net, the top-level one overwriting any run-config key of
+    # the same name. logged_config already holds them under model; this is the flag save_hyperparameters(logger=)
+    # sets, set here once for every Lit.
+    for m in (model, datamodule):
+        if hasattr(m, "_log_hyperparams"):
+            m._log_hyperparams = False
 
     try:
         if cfg.get("train", True):
@@ -435,6 +443,22 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         return metrics
     finally:
         _finish_wandb()
+
+
+def logged_config(plain_cfg: dict, model: Any) -> dict:
+    """What the loggers record as the run's hyper-parameters (once): the whole run config, its ``model`` section
+    updated with the model's own hyper-parameters, i.e. the values it was built with (the Lit may complete ``net``,
+    and ``model.preset=tiny`` takes data-dependent sizes from the data), so the record is one complete set."""
+    hparams = dict(getattr(model, "hparams", None) or {})
+    if not hparams:
+        return plain_cfg
+    from omegaconf import ListConfig
+
+    plain = {
+        k: OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+        for k, v in hparams.items()
+    }
+    return {**plain_cfg, "model": {**(plain_cfg.get("model") or {}), **plain}}
 
 
 def _save_final_last(trainer, path: Path) -> None:
