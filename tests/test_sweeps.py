@@ -68,6 +68,59 @@ def test_optuna_sweep_best_value_is_the_best_trial(tmp_path):
     overrides = yaml.safe_load((best / ".hydra" / "overrides.yaml").read_text())
     for key, value in results["best_params"].items():  # the best params are the best trial's sampled overrides
         assert any(o.startswith(f"{key}=") and float(o.split("=", 1)[1]) == pytest.approx(value) for o in overrides)
+    assert results["best_job_dir"] == str(best)  # where the best trial ran (RecordBestTrialJobDir)
+
+
+def _job(sweep: Path, n: int, overrides: list[str], value: float | None) -> Path:
+    job = sweep / str(n)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"optimized_metric": "val/loss"}))
+    if value is not None:
+        (job / "metrics.json").write_text(json.dumps({"val/loss": value}))
+    return job
+
+
+def test_optuna_results_name_the_best_trials_job_dir(tmp_path, caplog):
+    """optimization_results.yaml gave best_params and best_value only; a user then searched the job folders for the
+    run that won. The job whose overrides are the best params (and whose metrics hold the best value, when two
+    trials drew the same params) is now written beside them as best_job_dir, and logged."""
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from zoo.hydra_callbacks import RecordBestTrialJobDir
+
+    sweep = tmp_path / "sweep"
+    lr = 0.0006554064060987877
+    _job(sweep, 0, [f"model.optimizer.lr={lr * 2}", "data.batch_size=64", "test=False"], 0.9)
+    _job(sweep, 1, [f"model.optimizer.lr={lr}", "data.batch_size=128", "test=False"], 0.7)
+    best = _job(sweep, 2, [f"model.optimizer.lr={lr}", "data.batch_size=128", "test=False"], 0.5)  # same params
+    results = {"name": "optuna", "best_params": {"model.optimizer.lr": lr, "data.batch_size": 128}, "best_value": 0.5}
+    (sweep / "optimization_results.yaml").write_text(yaml.safe_dump(results))
+    config = OmegaConf.create(
+        {
+            "hydra": {
+                "sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"},
+                "sweep": {"dir": str(sweep)},
+            }
+        }
+    )
+    with caplog.at_level(logging.INFO, logger="zoo.hydra_callbacks"):
+        RecordBestTrialJobDir().on_multirun_end(config)
+    written = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert written == {**results, "best_job_dir": str(best)}
+    assert any(str(best) in r.getMessage() for r in caplog.records)
+    # a stored study's best trial from an earlier sweep: no job here has its params -- said, not guessed
+    results["best_params"]["data.batch_size"] = 32
+    (sweep / "optimization_results.yaml").write_text(yaml.safe_dump(results))
+    RecordBestTrialJobDir().on_multirun_end(config)
+    assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_job_dir"] is None
+    # another sweeper's multirun is left alone
+    config.hydra.sweeper._target_ = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    (sweep / "optimization_results.yaml").write_text(yaml.safe_dump(results))
+    RecordBestTrialJobDir().on_multirun_end(config)
+    assert "best_job_dir" not in yaml.safe_load((sweep / "optimization_results.yaml").read_text())
 
 
 @pytest.mark.slow

@@ -72,3 +72,79 @@ class LinkJobsIntoSweepDir(Callback):
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         link.symlink_to(out, target_is_directory=True)
         log.info("job %s ran in %s (its own task_name's folder): linked as %s", config.hydra.job.num, out, link)
+
+
+class RecordBestTrialJobDir(Callback):
+    """After an Optuna sweep (``hparams_search=optuna``), say which job directory the best trial ran in.
+
+    The sweeper's ``optimization_results.yaml`` gives ``best_params`` and ``best_value`` only, so a user had to open
+    every ``<sweep dir>/<n>/.hydra/overrides.yaml`` to find the run (its checkpoints, samples, metrics) that won. The
+    sweeper keeps no map from trial to job, so the job is found the way a user would: the numbered job whose
+    overrides set every best parameter to its best value and, when its ``metrics.json`` holds ``optimized_metric``,
+    whose value is ``best_value``. ``best_job_dir`` is added to ``optimization_results.yaml`` (a list when several
+    jobs fit, null when none does: the best trial ran in an earlier sweep of a stored study) and logged."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if "optuna" not in str(config.hydra.sweeper.get("_target_", "")).lower():
+            return
+        sweep = Path(str(config.hydra.sweep.dir))
+        results_file = sweep / "optimization_results.yaml"
+        if not results_file.is_file():  # the sweep failed before the sweeper wrote it
+            return
+        import yaml
+
+        results = yaml.safe_load(results_file.read_text()) or {}
+        if "best_params" in results:
+            found = best_trial_job_dirs(sweep, results["best_params"], results.get("best_value"))
+            results["best_job_dir"] = found[0] if len(found) == 1 else (found or None)
+            what = f"best trial (value {results.get('best_value')})"
+            shown = results["best_job_dir"]
+        elif "solutions" in results:  # several objectives: a Pareto front, one job per solution
+            for s in results["solutions"]:
+                found = best_trial_job_dirs(sweep, s.get("params") or {}, None)
+                s["job_dir"] = found[0] if len(found) == 1 else (found or None)
+            found = shown = [s["job_dir"] for s in results["solutions"]]
+            what = "Pareto-optimal trials"
+        else:
+            return
+        results_file.write_text(yaml.safe_dump(results, sort_keys=False))
+        if found:
+            log.info("the %s ran in %s (written to %s)", what, shown, results_file)
+        else:
+            log.warning(
+                "no job in %s has the best trial's parameters %s: it ran in an earlier sweep of this study "
+                "(hydra.sweeper.storage)",
+                sweep,
+                results.get("best_params"),
+            )
+
+
+def best_trial_job_dirs(sweep: Path, params: dict, value: Any) -> list[str]:
+    """The numbered job directories of ``sweep`` whose overrides set every one of ``params`` to its value (and
+    whose ``metrics.json`` holds ``value`` as the job's ``optimized_metric``, when both are known)."""
+    import json
+
+    import yaml
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    found = []
+    jobs = sorted((d for d in sweep.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
+    for job in jobs:
+        try:
+            overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+            given = {o.key_or_group: o.value() for o in parser.parse_overrides(overrides)}
+        except Exception:  # a job that did not start, or overrides Hydra cannot read back: not the best trial
+            continue
+        if any(k not in given or given[k] != v for k, v in params.items()):
+            continue
+        if value is not None:
+            try:
+                metric = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()).get("optimized_metric")
+                job_value = json.loads((job / "metrics.json").read_text())[metric]
+            except Exception:  # no metrics.json / no optimized_metric: the parameters alone decide
+                job_value = None
+            if job_value is not None and float(job_value) != float(value):
+                continue
+        found.append(str(job))
+    return found
