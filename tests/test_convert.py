@@ -246,3 +246,21 @@ def test_open_clip_file_converts(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(lit.clip.encode_image(x), model.encode_image(x))
+
+
+def test_zoo_convert_dalle_dvae_needs_the_resolution(tmp_path, released):
+    """The dall_e state dicts do not say the resolution the dVAE trained at; zoo-convert recorded a silent 256."""
+    from omegaconf import OmegaConf
+
+    from zoo.convert import convert
+    from zoo.errors import ConfigError
+
+    enc, dec = released
+    torch.save(enc.state_dict(), tmp_path / "encoder.pt")
+    torch.save(dec.state_dict(), tmp_path / "decoder.pt")
+    cfg = {"kind": "dalle_dvae", "encoder": str(tmp_path / "encoder.pt"), "decoder": str(tmp_path / "decoder.pt")}
+    with pytest.raises(ConfigError, match="released dVAE was trained at 256 px: resolution=256"):
+        convert(OmegaConf.create({**cfg, "out": str(tmp_path / "d.ckpt")}))
+    out = convert(OmegaConf.create({**cfg, "resolution": 32, "out": str(tmp_path / "d.ckpt")}))
+    ck = torch.load(out, weights_only=True)
+    assert ck["zoo_config"]["data"]["resolution"] == 32 and ck["zoo_converted"]["resolution_from"] == "resolution="

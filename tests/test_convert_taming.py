@@ -422,6 +422,45 @@ def test_taming_config_yaml_is_read_and_cross_checked(tmp_path):
     assert lit.tokenizer.cfg.attn_resolutions == (32,) and lit.tokenizer.grid_size == (16, 16)
 
 
+def test_zoo_convert_records_the_training_resolution_it_was_told_never_a_guess(tmp_path):
+    """zoo-convert records the resolution the tokenizer trained at (zoo-tokenize and DALL·E hold data.resolution to
+    it). The weights do not say it: without taming_config or resolution= it wrote 256, and a VQGAN trained at 16 px
+    was then refused at 16 px as 'trained at 256 px'. It now comes from the run's yaml or resolution=, else a
+    ConfigError naming both; a resolution= that contradicts the yaml is refused."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from zoo.checkpoint import load_module, trained_resolution
+    from zoo.convert import convert
+    from zoo.errors import ConfigError
+    from zoo.tokenize import check_tokenizer_resolution
+
+    torch.save(random_state_dict(small_layout("taming_vq")), tmp_path / "last.ckpt")
+    dd = {"double_z": False, "z_channels": 8, "resolution": 16, "in_channels": 3, "out_ch": 3, "ch": 32}
+    dd.update({"ch_mult": [1, 2, 2], "num_res_blocks": 2, "attn_resolutions": [8], "dropout": 0.0})
+    params = {"embed_dim": 6, "n_embed": 24, "ddconfig": dd}
+    (tmp_path / "model.yaml").write_text(
+        yaml.safe_dump({"model": {"target": "taming.models.vqgan.VQModel", "params": params}})
+    )
+
+    def run(**options):
+        cfg = {"kind": "taming_vq", "ckpt": str(tmp_path / "last.ckpt"), "out": str(tmp_path / "vq.ckpt"), **options}
+        return convert(OmegaConf.create(cfg))
+
+    with pytest.raises(ConfigError, match=r"do not say the resolution.*taming_config=.*resolution="):
+        run()
+    assert not (tmp_path / "vq.ckpt").exists()
+    out = run(taming_config=str(tmp_path / "model.yaml"))
+    ck = torch.load(out, weights_only=True)
+    assert trained_resolution(ck["zoo_config"]) == 16 and ck["zoo_converted"]["resolution_from"].startswith("taming_")
+    check_tokenizer_resolution(load_module(out), 16, str(out))  # zoo-tokenize takes it at its own 16 px
+    with pytest.raises(ConfigError, match="trained at 16 px but data.resolution=256"):
+        check_tokenizer_resolution(load_module(out), 256, str(out))
+    assert trained_resolution(torch.load(run(resolution=32), weights_only=True)["zoo_config"]) == 32
+    with pytest.raises(ConfigError, match="resolution=32 but taming_config .* says the model trained at 16 px"):
+        run(taming_config=str(tmp_path / "model.yaml"), resolution=32)
+
+
 def test_mismatches_are_refused_with_the_key_named():
     from zoo.convert import ConversionError, convert_taming
 
@@ -455,7 +494,8 @@ def test_pickled_lightning_checkpoint_is_refused_with_the_fix(tmp_path):
 
     sd = random_state_dict(small_layout("taming_vq"), loss=False)
     torch.save({"state_dict": sd, "callbacks": {LightningCallbackStandIn: {"best": 1.0}}}, tmp_path / "last.ckpt")
-    cfg = OmegaConf.create({"kind": "taming_vq", "ckpt": str(tmp_path / "last.ckpt"), "out": str(tmp_path / "o.ckpt")})
+    cfg = {"kind": "taming_vq", "ckpt": str(tmp_path / "last.ckpt"), "resolution": 16, "out": str(tmp_path / "o.ckpt")}
+    cfg = OmegaConf.create(cfg)
     with pytest.raises(ConversionError) as e:
         convert(cfg)
     msg = str(e.value)

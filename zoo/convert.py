@@ -30,10 +30,11 @@ What converts, and what does not:
   ``num_res_blocks``, ``z_channels``, ``embed_dim``, ``n_embed``, which levels have attention) is INFERRED from the
   shapes and key names; only ``attn_resolutions`` is stated relative to ``resolution`` (256 unless the user passes
   ``resolution=`` or the run's ``configs/model.yaml`` as ``taming_config=``, which is then cross-checked field by
-  field). Codes: VQ, the nearest codebook entry (``VectorQuantizer2``'s rule); Gumbel, the argmax of
-  ``quantize.proj``'s logits (taming's forward adds Gumbel noise even in eval mode; the argmax is its noise-free
-  mode). Images are [-1, 1] on both sides. A checkpoint holding the VQGAN under ``first_stage_model.`` (taming's
-  ``Net2NetTransformer``) converts too. Index remapping (``quantize.used``, the ``remap`` option) is refused.
+  field). ``zoo-convert`` records the resolution the model trained at (``zoo_config.data.resolution``): from
+  ``taming_config`` or ``resolution=``, refused when neither is given (the weights do not say it). Codes: VQ, the
+  nearest codebook entry (``VectorQuantizer2``'s rule); Gumbel, the argmax of ``quantize.proj``'s logits (taming's
+  forward adds Gumbel noise even in eval mode; the argmax is its noise-free mode). Images are [-1, 1] on both sides.
+  A checkpoint holding the VQGAN under ``first_stage_model.`` (taming's ``Net2NetTransformer``) converts too. Index remapping (``quantize.used``, the ``remap`` option) is refused.
 - ``open_clip`` -- any open_clip checkpoint file (``open_clip_model.safetensors``, ``.bin``, ``.pt``, open_clip's
   training ``{"state_dict": ...}``) for a given architecture loads through ``ClipLit(arch=..., checkpoint=...)``
   (open_clip's own loader); this writes it as a zoo ``clip`` checkpoint.
@@ -587,6 +588,41 @@ def save_converted(lit, out: str | os.PathLike, source: dict[str, Any]) -> Path:
     return atomic_torch_save(ck, out)
 
 
+def training_resolution(cfg, kind: str) -> tuple[int, str]:
+    """(the resolution the published tokenizer was trained at, where that was read). The converted checkpoint
+    records it as its training resolution (``zoo_config.data.resolution``), which ``zoo-tokenize`` and DALL·E's
+    ``model.image_tokenizer_ckpt=`` hold ``data.resolution`` to. A convolutional tokenizer's weights do not say it,
+    so it comes from the taming run's config (``taming_config``, its ``ddconfig.resolution``) or from
+    ``resolution=``; with neither, a ConfigError: a guessed 256 was recorded as a fact, and a tokenizer trained at
+    another size was then refused at its own resolution ("trained at 256 px") or used at a size it never learned."""
+    given = cfg.get("resolution")
+    if kind in TAMING_KINDS and cfg.get("taming_config"):
+        stated = read_taming_config(cfg.taming_config, kind)["resolution"]
+        if given and int(given) != stated:
+            raise ConfigError(
+                f"resolution={given} but taming_config {cfg.taming_config} says the model trained at {stated} px: the "
+                f"checkpoint records the resolution it was trained at, and zoo-tokenize and DALL·E use it there "
+                f"(fix: drop resolution=, or drop taming_config if that yaml is not this model's)"
+            )
+        return stated, f"taming_config {cfg.taming_config}"
+    if given:
+        if isinstance(given, bool) or not isinstance(given, int) or given <= 0:
+            raise ConfigError(f"resolution={given!r}: expected a positive number of pixels, e.g. resolution=256")
+        return int(given), "resolution="
+    if kind == "dalle_dvae":
+        example = "OpenAI's released dVAE was trained at 256 px: resolution=256"
+    else:
+        example = (
+            "the run's configs/*.yaml as taming_config=, or resolution=<px> (the published VQGANs: "
+            "model.params.ddconfig.resolution, 256)"
+        )
+    raise ConfigError(
+        f"kind={kind}: the weights do not say the resolution the tokenizer was trained at, and the converted "
+        f"checkpoint records it (zoo-tokenize and model.image_tokenizer_ckpt= hold data.resolution to it); "
+        f"fix: {example}"
+    )
+
+
 def convert(cfg) -> Path:
     kind = cfg.get("kind")
     out = cfg.get("out")
@@ -597,15 +633,15 @@ def convert(cfg) -> Path:
             raise ConfigError(
                 "kind=dalle_dvae needs both encoder=<encoder state dict> and decoder=<decoder state dict>"
             )
+        resolution, resolution_from = training_resolution(cfg, kind)
         lit = convert_dalle_dvae(
-            read_state_dict(cfg.encoder, "encoder"),
-            read_state_dict(cfg.decoder, "decoder"),
-            int(cfg.get("resolution") or 256),
+            read_state_dict(cfg.encoder, "encoder"), read_state_dict(cfg.decoder, "decoder"), resolution
         )
         source = {
             "kind": kind,
             "encoder": str(cfg.encoder),
             "decoder": str(cfg.decoder),
+            "resolution_from": resolution_from,
             "note": "encoder input map folded into the stem conv (exact except the 3-pixel border)",
         }
     elif kind in TAMING_KINDS:
@@ -614,16 +650,18 @@ def convert(cfg) -> Path:
                 f"kind={kind} needs ckpt=<taming checkpoints/last.ckpt, or its state dict> (optional: "
                 f"taming_config=<the run's configs/*.yaml>)"
             )
+        resolution, resolution_from = training_resolution(cfg, kind)
         lit, record = convert_taming(
             read_state_dict(cfg.ckpt, kind, fix=TAMING_PICKLE_FIX),
             kind,
             taming_config=cfg.get("taming_config"),
-            resolution=cfg.get("resolution"),
+            resolution=resolution,
         )
         source = {
             "kind": kind,
             "ckpt": str(cfg.ckpt),
             "taming_config": str(cfg.get("taming_config")) if cfg.get("taming_config") else None,
+            "resolution_from": resolution_from,
             **record,
             "note": "every autoencoder weight; codes = "
             + ("argmax of quantize.proj logits (no Gumbel noise)" if kind == "taming_gumbel" else "nearest entry"),
