@@ -111,3 +111,54 @@ def test_corrupt_feature_file_names_the_command_that_rewrites_it(tmp_path):
         assert "last.ckpt" not in str(e.value)
     with pytest.raises(CorruptCheckpointError, match=r"last\.ckpt"):  # checkpoints keep their own advice
         safe_load(bad)
+
+
+def _embed_file(**change):
+    g = torch.Generator().manual_seed(0)
+    feats = {
+        "clip_image_emb": torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1),
+        "clip_text_emb": torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1),
+        "clip_text_tokens": torch.randint(1, 100, (4, 6), generator=g),
+    }
+    return {**feats, **change}
+
+
+_nan = _embed_file()["clip_image_emb"].clone()
+_nan[2, 3] = float("nan")
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ({"clip_image_emb": _nan}, "'clip_image_emb' holds NaN or infinite values in 1 of its 4 rows"),
+        ({"clip_text_tokens": -torch.ones(4, 6, dtype=torch.long)}, "'clip_text_tokens' holds negative ids"),
+        ({"clip_image_emb": [[0.0] * 8] * 4}, "'clip_image_emb' is a list, not a tensor"),
+        ({"clip_image_emb": torch.zeros(4, dtype=torch.float32)}, r"'clip_image_emb' is a \(4,\) torch.float32"),
+        ({"clip_image_emb": torch.zeros(4, 8, dtype=torch.long)}, r"expected \(N, D\) embeddings \(float\)"),
+        ({"clip_text_emb": torch.zeros(4, 5)}, "'clip_image_emb' is 8-d but 'clip_text_emb' is 5-d"),
+        ({"clip_text_tokens": torch.ones(3, 6, dtype=torch.long)}, "different numbers of rows"),
+        ({"image_tokens": torch.ones(4, 16, dtype=torch.long)}, r"'image_tokens' is a \(4, 16\) torch.int64"),
+    ],
+)
+def test_damaged_feature_file_is_refused_at_load_naming_the_problem(tmp_path, change, says):
+    """A feature file with NaN embeddings, negative or non-integer ids, a list for a tensor, a wrong rank or two
+    embedding widths loaded without a word: the run then failed in its first step (IndexError, AttributeError, a
+    matmul shape error) or said "zero variance" of NaN embeddings. Now load_features / load_embeddings refuse it at
+    once, naming the file, the key, the problem and the command that rewrites it."""
+    from zoo.data.datamodule import load_features
+    from zoo.embed import load_embeddings
+    from zoo.errors import ConfigError
+
+    path = atomic_torch_save(_embed_file(**change), tmp_path / "feats.pt")
+    for load, command in [(load_features, "zoo-tokenize / zoo-embed"), (load_embeddings, "zoo-embed")]:
+        if load is load_embeddings and "image_tokens" in change:
+            continue  # not a key zoo-embed files carry
+        with pytest.raises(ConfigError, match=says) as e:
+            load(path)
+        assert str(path) in str(e.value) and f"re-run the {command} command" in str(e.value)
+    good = atomic_torch_save(_embed_file(), tmp_path / "good.pt")
+    assert (
+        set(load_features(good))
+        == set(load_embeddings(good))
+        == {"clip_image_emb", "clip_text_emb", "clip_text_tokens"}
+    )

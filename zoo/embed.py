@@ -115,7 +115,11 @@ def load_embeddings(path: str | Path, meta: Optional[dict] = None) -> dict[str, 
         raise ConfigError(f"{path} is not a zoo-embed file (expected keys {EMBEDDING_KEYS})")
     if meta is not None and isinstance(obj.get("meta"), dict):
         meta.update(obj["meta"])
-    return {k: obj[k] for k in EMBEDDING_KEYS if k in obj}
+    from zoo.data.datamodule import check_feature_tensors
+
+    return check_feature_tensors(
+        {k: obj[k] for k in EMBEDDING_KEYS if k in obj}, path, "re-run the zoo-embed command that wrote it"
+    )
 
 
 def attach_embeddings(dataset, path: str | Path):

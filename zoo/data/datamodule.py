@@ -369,7 +369,60 @@ def load_features(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"feature file not found: {path} (fix: run zoo-tokenize / zoo-embed for this split first)")
-    obj = safe_load(path, fix="re-run the zoo-tokenize / zoo-embed command that wrote it")
+    fix = "re-run the zoo-tokenize / zoo-embed command that wrote it"
+    obj = safe_load(path, fix=fix)
     if not isinstance(obj, dict):
         raise ConfigError(f"{path} is not a feature file (expected a dict of tensors)")
-    return {k: v for k, v in obj.items() if k in FEATURE_KEYS}
+    return check_feature_tensors({k: v for k, v in obj.items() if k in FEATURE_KEYS}, path, fix)
+
+
+# What zoo-tokenize / zoo-embed write for each key: (number of dims, dtype kind). "int" holds ids (never negative),
+# "float" must be finite, "bool" is a mask.
+_FEATURE_LAYOUT = {
+    "image_tokens": (3, "int", "(N, h, w) code ids"),
+    "clip_image_emb": (2, "float", "(N, D) embeddings"),
+    "clip_text_emb": (2, "float", "(N, D) embeddings"),
+    "clip_text_tokens": (2, "int", "(N, L) token ids"),
+    "clip_text_encodings": (3, "float", "(N, L, W) encodings"),
+    "clip_text_mask": (2, "bool", "(N, L) mask"),
+}
+
+
+def check_feature_tensors(features: dict[str, Any], path: str | Path, fix: str) -> dict[str, Any]:
+    """``features`` (key -> value of a zoo-tokenize / zoo-embed file) checked against what those commands write:
+    a tensor of the right rank and dtype per key, finite embeddings, code / token ids >= 0, one row per item in every
+    key and one width for the image and text embeddings. A damaged or hand-made file otherwise loads and fails
+    later: an AttributeError or IndexError deep in the first training step, a "zero variance" message for NaN
+    embeddings, or NaN losses. Every problem is reported at once (ConfigError naming the file and ``fix``)."""
+    import torch
+
+    problems = []
+    for key, value in features.items():
+        ndim, kind, what = _FEATURE_LAYOUT[key]
+        if not isinstance(value, torch.Tensor):
+            problems.append(f"'{key}' is a {type(value).__name__}, not a tensor of {what}")
+            continue
+        dt = value.dtype
+        got_kind = "bool" if dt == torch.bool else "float" if dt.is_floating_point else None
+        if got_kind is None and not dt.is_complex:
+            got_kind = "int"
+        if value.dim() != ndim or got_kind != kind:
+            problems.append(f"'{key}' is a {tuple(value.shape)} {dt} tensor, expected {what} ({kind})")
+        elif kind == "float" and value.numel() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).flatten(1).any(1).sum())
+            problems.append(f"'{key}' holds NaN or infinite values in {bad} of its {len(value)} rows")
+        elif kind == "int" and value.numel() and int(value.min()) < 0:
+            problems.append(f"'{key}' holds negative ids (smallest {int(value.min())})")
+    tensors = {k: v for k, v in features.items() if isinstance(v, torch.Tensor) and v.dim() >= 1}
+    rows = {k: len(v) for k, v in tensors.items()}
+    if len(set(rows.values())) > 1:
+        problems.append(f"its keys hold different numbers of rows: {rows}")
+    img, txt = tensors.get("clip_image_emb"), tensors.get("clip_text_emb")
+    if img is not None and txt is not None and img.dim() == txt.dim() == 2 and img.shape[1] != txt.shape[1]:
+        problems.append(
+            f"'clip_image_emb' is {img.shape[1]}-d but 'clip_text_emb' is {txt.shape[1]}-d (one CLIP embeds both)"
+        )
+    if problems:
+        head = f"{path} is damaged or not a zoo-tokenize / zoo-embed file"
+        raise ConfigError(f"{head}: {'; '.join(problems)} (fix: {fix})")
+    return features
