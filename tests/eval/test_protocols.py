@@ -247,3 +247,21 @@ def test_folder_generator_names_an_unreadable_image(tmp_path):
     assert gen.generate(["a"]).shape == (1, 3, 8, 8)
     with pytest.raises(ConfigError, match=f"unreadable image {files[2]}"):
         gen.generate(["c"])
+
+
+def test_folder_generator_reads_16_bit_grayscale_at_its_brightness(tmp_path):
+    """A 16-bit grayscale PNG (PIL mode I;16) came out almost all white: PIL's convert("RGB") clips every value to 255
+    instead of scaling, so zoo-eval scored white squares for a folder of mid-grey samples. It now reads as the same
+    grey an 8-bit copy of the image gives (within a rounding step)."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 8 * 8).reshape(8, 8).astype(np.uint16)
+    (tmp_path / "s").mkdir()
+    Image.fromarray(ramp).save(tmp_path / "s" / "g16.png")
+    Image.fromarray((ramp // 257).astype(np.uint8)).save(tmp_path / "s" / "g8.png")
+    (tmp_path / "s" / "captions.json").write_text('{"g16.png": "sixteen", "g8.png": "eight"}')
+    assert Image.open(tmp_path / "s" / "g16.png").mode == "I;16"
+    gen = FolderGenerator(tmp_path / "s")
+    sixteen, eight = gen.generate(["sixteen", "eight"])
+    assert (sixteen - eight).abs().max() <= 2 / 127.5 + 1e-6
+    assert abs(float(sixteen.mean())) < 0.05  # a mid-grey ramp, not white (+1)

@@ -11,6 +11,7 @@ crops, and a deterministic transform keeps resumed runs and cached features (zoo
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -21,6 +22,11 @@ def to_rgb(im: Image.Image) -> Image.Image:
     """RGB copy of ``im``; images with transparency are composited on white (not on black garbage under alpha)."""
     if im.mode == "RGB":
         return im
+    if im.mode.startswith("I;16") or im.mode == "I":
+        # 16-bit grayscale (a 16-bit PNG opens as I;16, or I in older Pillow): PIL's convert("RGB") clips each value
+        # to 255 instead of scaling, so a mid-grey 16-bit image came out almost all white. Scale 0..65535 to 0..255.
+        a = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray((np.clip(a, 0, 65535) / 257.0).round().astype(np.uint8))
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
