@@ -119,6 +119,21 @@ class FolderGenerator:
     def __len__(self) -> int:
         return len(self.files)
 
+    def bind(self, eval_set: "EvalSet") -> "FolderGenerator":
+        """zoo-eval calls this before any long work (the judge, real-image statistics): a folder that lacks samples
+        for some of the protocol's captions was a ValueError traceback only when generation reached them."""
+        missing = [c for c in dict.fromkeys(eval_set.captions) if c not in self._by_caption]
+        if missing:
+            raise ConfigError(self._missing_message(missing, len(set(eval_set.captions))))
+        return self
+
+    def _missing_message(self, missing: list[str], total: int) -> str:
+        return (
+            f"the sample folder {self.path} has no image for {len(missing)} of the {total} captions asked for, "
+            f"e.g. {missing[0]!r} (fix: write a sample for every caption of the protocol into it, "
+            f"e.g. with eval.generators.save_folder, or score it with the protocol it was made for)"
+        )
+
     def _load(self, file: Path) -> torch.Tensor:
         try:
             return load_image(file, self.resolution)
@@ -126,12 +141,9 @@ class FolderGenerator:
             raise self._unreadable(file, e) from None
 
     def generate(self, captions: list[str]) -> torch.Tensor:
-        missing = [c for c in captions if c not in self._by_caption]
+        missing = [c for c in dict.fromkeys(captions) if c not in self._by_caption]
         if missing:
-            raise ValueError(
-                f"{len(missing)} captions have no image in {self.path}, e.g. {missing[0]!r} "
-                f"(the folder must hold samples for the protocol's captions)"
-            )
+            raise ConfigError(self._missing_message(missing, len(set(captions))))
         out = []
         for c in captions:
             idx = self._by_caption[c]

@@ -191,6 +191,29 @@ def test_folder_generator_through_the_cli(tmp_path):
     assert [abs(r["fd_clip"]) < 1e-6 for r in res["blur"]] == [True, True]
 
 
+def test_folder_missing_captions_refused_before_any_long_work(tmp_path, monkeypatch):
+    """A sample folder with images for 8 of the protocol's 16 captions: a ValueError traceback once generation
+    reached them, after the judge was trained (minutes at the default 400 steps). Now a ConfigError naming the folder
+    and the count, before the judge or any metric network is built."""
+    import eval.cli
+    from eval.cli import evaluate
+    from eval.generators import save_folder
+    from eval.shapes_protocol import ShapesProtocol
+
+    es = ShapesProtocol(n=16, resolution=32).load()
+    save_folder(es.real.tensor()[:8], es.captions[:8], tmp_path / "samples")
+
+    def long_work(*a, **k):
+        raise AssertionError("the metrics were built before the folder was checked")
+
+    monkeypatch.setattr(eval.cli, "build_suite", long_work)
+    cfg = compose_eval_cfg(
+        tmp_path, FAST + ["logger=none", "generator=folder", f"generator.path={tmp_path}/samples", "ablations=[blur]"]
+    )
+    with pytest.raises(ConfigError, match=f"sample folder {tmp_path}/samples has no image for 8 of the 16 captions"):
+        evaluate(cfg)
+
+
 def test_coco_protocol_through_the_cli(tmp_path):
     """A 5-image fake MS-COCO: captions/real images at eval_resolution; the judge metrics are skipped with a reason."""
     import importlib.util
