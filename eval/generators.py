@@ -80,8 +80,7 @@ class FolderGenerator:
     def _index(self) -> tuple[list[Path], list[str]]:
         js, txt = self.path / "captions.json", self.path / "captions.txt"
         if js.is_file():
-            data = json.loads(js.read_text(encoding="utf-8"))
-            pairs = list(data.items()) if isinstance(data, dict) else [(d["file"], d["caption"]) for d in data]
+            pairs = self._read_captions_json(js)
             pairs.sort()
             files = [self.path / f for f, _ in pairs]
             missing = [str(f) for f in files if not f.is_file()]
@@ -98,6 +97,25 @@ class FolderGenerator:
             f"{self.path} has no captions.json or captions.txt (fix: write one with "
             f"eval.generators.save_folder, or captions.txt with one caption per image in name order)"
         )
+
+    @staticmethod
+    def _read_captions_json(js: Path) -> list[tuple[str, str]]:
+        """(file name, caption) pairs of ``captions.json``. A truncated or hand-edited file was a JSONDecodeError,
+        KeyError or TypeError traceback that did not name it; now a ConfigError naming it and the layout."""
+        layout = '{"000000.png": "caption", ...} or [{"file": "000000.png", "caption": "..."}, ...]'
+        try:
+            data = json.loads(js.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{js} is not valid JSON ({e}) (fix: rewrite it as {layout})") from None
+        if isinstance(data, dict):
+            pairs = list(data.items())
+        elif isinstance(data, list) and all(isinstance(d, dict) and {"file", "caption"} <= set(d) for d in data):
+            pairs = [(d["file"], d["caption"]) for d in data]
+        else:
+            pairs = None
+        if pairs is None or not all(isinstance(f, str) and isinstance(c, str) for f, c in pairs):
+            raise ConfigError(f"{js} is not a captions index (fix: rewrite it as {layout})")
+        return pairs
 
     def _unreadable(self, file: Path, err: BaseException) -> ConfigError:
         return ConfigError(

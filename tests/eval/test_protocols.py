@@ -265,3 +265,21 @@ def test_folder_generator_reads_16_bit_grayscale_at_its_brightness(tmp_path):
     sixteen, eight = gen.generate(["sixteen", "eight"])
     assert (sixteen - eight).abs().max() <= 2 / 127.5 + 1e-6
     assert abs(float(sixteen.mean())) < 0.05  # a mid-grey ramp, not white (+1)
+
+
+@pytest.mark.parametrize(
+    "index, says",
+    [
+        ('{"000000.png": "a red', "is not valid JSON"),  # truncated
+        ("", "is not valid JSON"),  # zero bytes
+        ('[{"file": "000000.png"}]', "is not a captions index"),  # an entry without its caption
+        ("[1, 2]", "is not a captions index"),
+    ],
+)
+def test_folder_generator_names_a_garbled_captions_json(tmp_path, index, says):
+    """A truncated, empty or hand-edited captions.json was a JSONDecodeError / KeyError / TypeError traceback that did
+    not name the file; now a ConfigError naming it and the layout to write."""
+    save_folder(torch.zeros(1, 3, 8, 8), ["a red circle"], tmp_path / "s")
+    (tmp_path / "s" / "captions.json").write_text(index)
+    with pytest.raises(ConfigError, match=f"{tmp_path / 's' / 'captions.json'} {says}.*fix: rewrite it as"):
+        FolderGenerator(tmp_path / "s")
