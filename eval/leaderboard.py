@@ -96,9 +96,54 @@ def find_runs(paths: Sequence) -> list[Path]:
 def load_results(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "results.json"
     try:
-        return json.loads(path.read_text())
+        results = json.loads(path.read_text())
     except ValueError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); fix: rerun zoo-eval for that run") from e
+    problems = _layout_problems(results)
+    if problems:  # read blindly, these were AttributeError / TypeError tracebacks naming no file
+        raise ValueError(
+            f"{path} is not a zoo-eval results file as this version writes it: {'; '.join(problems)} (fix: rerun "
+            f"zoo-eval for that run, or leave it out)"
+        )
+    return results
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _layout_problems(results: Any) -> list[str]:
+    """What in a parsed ``results.json`` the rows cannot read (an older zoo-eval's layout, a hand edit, another
+    program's file): the top level an object; generator, protocol, diversity, training objects; blur a list of
+    objects with a numeric radius; the fidelity metrics and sec_per_image numbers or null."""
+    if not isinstance(results, dict):
+        kind = {type(None): "null", list: "list", str: "string", bool: "boolean"}.get(type(results), "number")
+        return [f"it holds a JSON {kind}, not an object"]
+    problems = []
+    for key in ("generator", "protocol", "diversity", "training"):
+        if results.get(key) is not None and not isinstance(results[key], dict):
+            problems.append(f"{key!r} is a {type(results[key]).__name__}, not an object")
+    blur = results.get("blur")
+    if blur is not None and not (isinstance(blur, list) and all(isinstance(r, dict) for r in blur)):
+        problems.append("'blur' is not a list of rows (objects)")
+    else:
+        for r in blur or []:
+            if not _is_number(r.get("radius")):
+                problems.append(f"a 'blur' row has radius {r.get('radius')!r}, not a number")
+            bad = [m for m in FIDELITY if r.get(m) is not None and not _is_number(r[m])]
+            if bad:
+                problems.append(f"the blur row at radius {r.get('radius')!r} has non-numeric {bad}")
+            if r.get("attributes") is not None and not isinstance(r["attributes"], dict):
+                problems.append("a 'blur' row's 'attributes' is not an object")
+    training = results.get("training") if isinstance(results.get("training"), dict) else {}
+    for name, info in training.items():
+        keys = ("global_step", "train_minutes", "threads")
+        bad = [k for k in keys if isinstance(info, dict) and info.get(k) is not None and not _is_number(info[k])]
+        if bad:
+            problems.append(f"training.{name} has non-numeric {bad}")
+    if results.get("sec_per_image") is not None and not _is_number(results["sec_per_image"]):
+        problems.append(f"'sec_per_image' is {results['sec_per_image']!r}, not a number")
+    return problems
 
 
 def lookup(results: dict[str, Any], dotted: str) -> Any:

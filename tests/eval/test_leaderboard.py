@@ -373,3 +373,30 @@ def test_a_sweep_of_rerank_only_rows_gives_its_table(tmp_path):
     # a rerank row of blurred images (rerank.blur_radius=2) is not the run's fidelity
     res["rerank"][0]["blur_radius"] = 2.0
     assert leaderboard_row(res, sweep / "1")["prompt_fidelity"] is None
+
+
+@pytest.mark.parametrize(
+    "results, says",
+    [
+        ("[]", "it holds a JSON list, not an object"),
+        ('{"generator": {"name": "g"}, "blur": {"0": {"fid": 1.0}}}', "'blur' is not a list of rows"),
+        ('{"generator": {"name": "g"}, "blur": [{"radius": 0, "fid": "n/a"}]}', "non-numeric ['fid']"),
+        ('{"generator": {"name": "g"}, "diversity": [0.3]}', "'diversity' is a list, not an object"),
+        ('{"generator": {"name": "g"}, "training": {"d": {"train_minutes": "5m"}}}', "training.d has non-numeric"),
+    ],
+)
+def test_results_json_of_another_layout_is_named(tmp_path, capsys, results, says):
+    """A results.json of another layout (an older zoo-eval's, a hand edit) was an AttributeError / TypeError /
+    "Unknown format code" traceback naming no file; now "error: <file> is not a zoo-eval results file ...: <what>"."""
+    from eval.leaderboard import main
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text(results)
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'run' / 'results.json'} is not a zoo-eval results file" in err and says in err.replace(
+        "\n", " "
+    )
+    assert "rerun zoo-eval" in err
