@@ -3,6 +3,7 @@ the paper preset's size."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -94,8 +95,9 @@ def test_check_data_errors_name_their_fix(tmp_path):
     small_codebook = DalleLit(preset="tiny", image_tokenizer_ckpt=str(ckpt), net={**H.TINY_NET, "image_vocab": 16})
     with pytest.raises(ConfigError, match="image_vocab=32"):
         small_codebook.check_data(_dm(tok))
-    # precomputed tokens and no tokenizer checkpoint is fine
-    DalleLit(preset="tiny", net=dict(H.TINY_NET)).check_data(_dm(tok, features={"train": "tokens.pt"}))
+    # precomputed tokens (for every split the run reads: train and val) and no tokenizer checkpoint is fine
+    codes = {"train": "tokens.pt", "val": "tokens_val.pt"}
+    DalleLit(preset="tiny", net=dict(H.TINY_NET)).check_data(_dm(tok, features=codes))
 
 
 def test_check_data_reports_every_mismatch_at_once(tmp_path):
@@ -146,7 +148,7 @@ def test_check_data_checks_zoo_tokenize_codes_against_the_model(train_cfg, tmp_p
     codes = torch.randint(0, 64, (8, 8, 8))  # 8 images: an 8x8 grid of 64 codes
     path = atomic_torch_save({"image_tokens": codes, "codebook_size": 64, "grid_size": [8, 8]}, tmp_path / "t.pt")
     cfg = train_cfg("data/tokenizer=bpe", "data.tokenizer.vocab_size=300", "data.tokenizer.context_length=16")
-    cfg.data.update(train_size=8, val_size=8, test_size=8, features={"train": str(path)})
+    cfg.data.update(train_size=8, val_size=8, test_size=8, features={"train": str(path), "val": str(path)})
     dm = instantiate(cfg.data)
     dm.tokenizer = H.tiny_bpe(context_length=16)  # (no BPE fit here)
     model = DalleLit(preset="tiny", net=dict(H.TINY_NET))  # 4x4 grid of 32 codes
@@ -157,6 +159,35 @@ def test_check_data_checks_zoo_tokenize_codes_against_the_model(train_cfg, tmp_p
     tiny = fit_tiny_to_data(DalleLit(preset="tiny"), dm)
     tiny.check_data(dm)
     assert (tiny.cfg.grid_h, tiny.cfg.grid_w, tiny.cfg.image_vocab) == (8, 8, int(codes.max()) + 1)
+
+
+def test_check_data_checks_the_val_codes_too(train_cfg, tmp_path):
+    """Trained from zoo-tokenize files without a tokenizer, only the train file was checked: val codes of another
+    grid were an IndexError, a zoo-embed file (no image_tokens) or no val file a "batch has no image_tokens"
+    RuntimeError, all at the first validation, after the training steps. Now check_data refuses each up front."""
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.train import fit_tiny_to_data, instantiate
+
+    def tokens(grid, name):
+        codes = torch.randint(0, 64, (8, grid, grid))
+        return str(atomic_torch_save({"image_tokens": codes, "codebook_size": 64}, tmp_path / name))
+
+    train = tokens(8, "train.pt")
+    embed = str(atomic_torch_save({"clip_image_emb": torch.randn(8, 4)}, tmp_path / "embed.pt"))
+    cases = [
+        (tokens(4, "val4.pt"), "the image tokens of data.features.val are a 4x4 grid but the model expects 8x8"),
+        (embed, f"data.features.val={embed} holds no image_tokens (a zoo-embed file?)"),
+        (None, "data.features.train gives image codes but data.features.val none"),
+    ]
+    for val, says in cases:
+        cfg = train_cfg("data/tokenizer=bpe", "data.tokenizer.vocab_size=300", "data.tokenizer.context_length=16")
+        features = {"train": train, **({"val": val} if val else {})}
+        cfg.data.update(train_size=8, val_size=8, test_size=8, features=features)
+        dm = instantiate(cfg.data)
+        dm.tokenizer = H.tiny_bpe(context_length=16)
+        model = fit_tiny_to_data(DalleLit(preset="tiny"), dm)  # fits the train codes' 8x8 grid
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            model.check_data(dm)
 
 
 def test_unknown_preset_or_field():

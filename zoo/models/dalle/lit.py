@@ -113,13 +113,13 @@ class DalleLit(TextTokenizerLit):
 
     # --------------------------------------------------------------------------------------------- data
     @staticmethod
-    def _token_file_stats(datamodule) -> Optional[tuple[int, int, int]]:
-        """(grid h, grid w, largest code + 1) of the zoo-tokenize codes serving the train split, or None."""
-        if "train" not in (getattr(datamodule, "features", None) or {}) or not callable(
+    def _token_file_stats(datamodule, split: str = "train") -> Optional[tuple[int, int, int]]:
+        """(grid h, grid w, largest code + 1) of the zoo-tokenize codes serving ``split``, or None."""
+        if split not in (getattr(datamodule, "features", None) or {}) or not callable(
             getattr(datamodule, "dataset", None)
         ):
             return None
-        toks = (getattr(datamodule.dataset("train"), "features", None) or {}).get("image_tokens")
+        toks = (getattr(datamodule.dataset(split), "features", None) or {}).get("image_tokens")
         if toks is None or toks.dim() != 3:
             return None
         return int(toks.shape[1]), int(toks.shape[2]), int(toks.max()) + 1 if toks.numel() else 0
@@ -198,18 +198,44 @@ class DalleLit(TextTokenizerLit):
                     f"image tokenizer codebook ({it.codebook_size}) is larger than the model's "
                     f"image_vocab ({c.image_vocab}) (fix: model.net.image_vocab={it.codebook_size})"
                 )
-        tokens = self._token_file_stats(datamodule)
-        if tokens is not None:  # zoo-tokenize codes: a grid or an id the model lacks is an IndexError at step 1
+        # zoo-tokenize codes of every split the run reads (train, and val: validation was an IndexError or "batch has
+        # no image_tokens" at the first validation otherwise): a grid or an id the model lacks is an IndexError at
+        # step 1, and a file with no codes (e.g. a zoo-embed file passed by mistake) has nothing to train on
+        for split in ("train", "val"):
+            if split not in features:
+                if split == "val" and "train" in features and self.image_tokenizer is None:
+                    problems.append(
+                        "data.features.train gives image codes but data.features.val none, and there is no image "
+                        "tokenizer to encode the val images: the run would stop at its first validation (fix: "
+                        "data.features.val=<the zoo-tokenize file of the val split>, or "
+                        "model.image_tokenizer_ckpt=<dvae/vqvae ckpt>)"
+                    )
+                continue
+            tokens = self._token_file_stats(datamodule, split)
+            if tokens is None:
+                if self.image_tokenizer is None and callable(getattr(datamodule, "dataset", None)):
+                    problems.append(
+                        f"data.features.{split}={features[split]} holds no image_tokens (a zoo-embed file?) and there "
+                        f"is no image tokenizer to encode the images (fix: data.features.{split}=<the zoo-tokenize "
+                        f"file of the {split} split>, or model.image_tokenizer_ckpt=<dvae/vqvae ckpt>)"
+                    )
+                continue
             h, w, n_codes = tokens
             if (h, w) != (c.grid_h, c.grid_w):
                 problems.append(
-                    f"the image tokens of data.features.train are a {h}x{w} grid but the model expects "
-                    f"{c.grid_h}x{c.grid_w} (fix: model.net.grid_h={h} model.net.grid_w={w})"
+                    f"the image tokens of data.features.{split} are a {h}x{w} grid but the model expects "
+                    f"{c.grid_h}x{c.grid_w} (fix: "
+                    + (
+                        "data.features.val=<the val split's codes by the tokenizer that made the train codes>)"
+                        if split == "val"
+                        else f"model.net.grid_h={h} model.net.grid_w={w})"
+                    )
                 )
             if n_codes > c.image_vocab:
                 problems.append(
-                    f"the image tokens of data.features.train hold code {n_codes - 1} but the model's image_vocab is "
-                    f"{c.image_vocab} (fix: model.net.image_vocab=<the tokenizer's codebook size, at least {n_codes}>)"
+                    f"the image tokens of data.features.{split} hold code {n_codes - 1} but the model's image_vocab "
+                    f"is {c.image_vocab} (fix: model.net.image_vocab=<the tokenizer's codebook size, at least "
+                    f"{n_codes}>)"
                 )
         raise_all(problems, "the data and the DALL·E transformer")
         self.text_tokenizer = tok
