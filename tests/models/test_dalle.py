@@ -339,3 +339,24 @@ def test_paper_preset_is_12_billion_parameters():
     n = sum(p.numel() for p in model.parameters())
     assert n == PAPER_PARAMS
     assert 11.5e9 < n < 12.5e9  # "12 billion parameters"
+
+
+def test_sample_grid_without_an_image_tokenizer_does_not_stop_the_run(tmp_path, caplog):
+    """Trained from zoo-tokenize codes alone (no model.image_tokenizer_ckpt), the sample-grid callback raised "no
+    image tokenizer to decode with" at the first validation and stopped the run. Now no grid is written, a warning
+    says why and how to get one, and validation goes on."""
+    from types import SimpleNamespace
+
+    from zoo.callbacks.sample_grid import SampleGridCallback
+
+    model = DalleLit(preset="tiny", net=dict(H.TINY_NET))
+    batch = {**_fixed_batch(b=2), "caption": ["a", "b"], "image": torch.zeros(2, 3, 16, 16)}
+    grid = SampleGridCallback(dirpath=str(tmp_path / "samples"))
+    grid._batch = batch
+    trainer = SimpleNamespace(default_root_dir=str(tmp_path), global_step=0, loggers=[])
+    with caplog.at_level("WARNING"):
+        assert grid.write(trainer, model) is None
+        grid.write(trainer, model)
+    warnings = [r.getMessage() for r in caplog.records if "no sample grids" in r.getMessage()]
+    assert len(warnings) == 1 and "model.image_tokenizer_ckpt=" in warnings[0]
+    assert not (tmp_path / "samples").exists()

@@ -59,12 +59,14 @@ class SampleGridCallback(L.Callback):
             return
         self.write(trainer, pl_module)
 
-    def write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
+    def write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Optional[Path]:
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
             images = pl_module.sample_grid(_to_device(self._batch, pl_module.device))
         pl_module.train(was_training)
+        if images is None:  # the module cannot draw images now (it said why): no grid, and the run goes on
+            return None
         images = images.detach().float().cpu().clamp(-1, 1).add(1).div(2)
         dirpath = Path(self.dirpath or Path(trainer.default_root_dir) / "samples")
         dirpath.mkdir(parents=True, exist_ok=True)

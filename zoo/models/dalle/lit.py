@@ -17,6 +17,7 @@ tokenizer.json as a string), so
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -35,6 +36,8 @@ from zoo.models.dalle.model import (
 from zoo.models.presets import resolve_preset
 from zoo.nn.sampling import sample_image_tokens
 from zoo.text import TextTokenizer
+
+log = logging.getLogger(__name__)
 
 
 class DalleLit(TextTokenizerLit):
@@ -376,8 +379,19 @@ class DalleLit(TextTokenizerLit):
             self.train(was_training)
 
     @torch.no_grad()
-    def sample_grid(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Real val image | sampled image for the first ``grid_captions`` val captions (pairs, row-major)."""
+    def sample_grid(self, batch: dict[str, Any]) -> Optional[torch.Tensor]:
+        """Real val image | sampled image for the first ``grid_captions`` val captions (pairs, row-major); None, with
+        a warning once, when there is no image tokenizer to decode the codes (trained from zoo-tokenize files alone:
+        the grid raised at the first validation and stopped the run)."""
+        if self.image_tokenizer is None:
+            if not getattr(self, "_warned_no_grid", False):
+                self._warned_no_grid = True
+                log.warning(
+                    "no sample grids: the DALL·E transformer trains from zoo-tokenize codes and has no image "
+                    "tokenizer to decode its samples with (fix: model.image_tokenizer_ckpt=<the dvae/vqvae ckpt "
+                    "that wrote the codes>, to see samples)"
+                )
+            return None
         n = min(int(self.hparams.grid_captions), len(batch["caption"]))
         text = self.pad_text(batch["text_tokens"][:n].long().to(self.device))
         gen = torch.Generator(device=self.device).manual_seed(0)
