@@ -375,7 +375,8 @@ def evaluate_recaptions(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     import torch
 
-    from zoo.checkpoint import load_module, safe_load
+    from zoo.checkpoint import load_module
+    from zoo.embed import load_embeddings
     from zoo.errors import ConfigError
     from zoo.progress import track
 
@@ -392,8 +393,10 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "python -m eval.captions needs ckpt=<captioner last.ckpt> and features=<zoo-embed file of the split>"
         )
     lit = load_module(cfg["ckpt"], expect=("captioner",))
-    feats = safe_load(cfg["features"])
-    if not isinstance(feats, dict) or "clip_image_emb" not in feats:
+    # load_embeddings, not a bare safe_load: a truncated file's advice is "re-run zoo-embed" (safe_load's default
+    # says "use another checkpoint"), and NaN or misshapen embeddings are refused instead of captioned
+    feats = load_embeddings(cfg["features"])
+    if "clip_image_emb" not in feats:
         raise ConfigError(f"{cfg['features']} has no clip_image_emb (fix: features=<a zoo-embed file>)")
     emb = feats["clip_image_emb"]
     n_file = len(emb)

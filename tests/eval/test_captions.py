@@ -10,9 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from eval.captions import attribute_scores, caption_counts, ground_truth, main, parse_caption, text_scores
+from eval.captions import (
+    attribute_scores,
+    caption_counts,
+    evaluate,
+    ground_truth,
+    main,
+    parse_caption,
+    text_scores,
+)
 from zoo.data import shapes
 from zoo.data.shapes import ShapesDataset, captions_for, main_subject, sample_attributes
+from zoo.errors import ConfigError
 
 
 def _descriptive(attrs, d: int, o: int) -> str:
@@ -284,3 +293,28 @@ def test_recaptions_command(tmp_path):
     assert "zoo-recaption `synthetic_descriptive`" in (tmp_path / "r" / "results.md").read_text()
     with pytest.raises(SystemExit):
         main([f"recaptions={f}", f"upsampler={f}"])
+
+
+def test_command_refuses_a_damaged_features_file_with_the_zoo_embed_fix(tmp_path):
+    """features= was read with a bare safe_load: a truncated file said "use another checkpoint (e.g. the run's
+    last.ckpt ...)", no fix for a zoo-embed file, and NaN embeddings were captioned and scored without a word. It is
+    now read as every zoo-embed consumer reads it (load_embeddings): "re-run the zoo-embed command", NaN refused. The
+    features are read before anything is decoded, so no captioner is needed to see it."""
+    from zoo.checkpoint import CorruptCheckpointError, atomic_torch_save
+    from zoo.models.captioner.lit import CaptionerLit
+
+    lit = CaptionerLit(preset="tiny", net={"vocab_size": 64})
+    ckpt = atomic_torch_save(
+        {"zoo_component": "captioner", "state_dict": lit.state_dict(), "hyper_parameters": dict(lit.hparams)},
+        tmp_path / "c.ckpt",
+    )
+    emb = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
+    good = atomic_torch_save({"clip_image_emb": emb}, tmp_path / "good.pt")
+    (tmp_path / "trunc.pt").write_bytes(good.read_bytes()[:300])
+    emb[1, 0] = float("nan")
+    nan = atomic_torch_save({"clip_image_emb": emb}, tmp_path / "nan.pt")
+    with pytest.raises(CorruptCheckpointError, match="re-run the zoo-embed command") as e:
+        evaluate({"ckpt": str(ckpt), "features": str(tmp_path / "trunc.pt")})
+    assert "last.ckpt" not in str(e.value)
+    with pytest.raises(ConfigError, match=f"{nan} is damaged.*'clip_image_emb' holds NaN"):
+        evaluate({"ckpt": str(ckpt), "features": str(nan)})
