@@ -162,3 +162,21 @@ def test_damaged_feature_file_is_refused_at_load_naming_the_problem(tmp_path, ch
         == set(load_embeddings(good))
         == {"clip_image_emb", "clip_text_emb", "clip_text_tokens"}
     )
+
+
+def test_a_data_file_passed_as_a_checkpoint_names_the_command_that_wrote_it(tmp_path):
+    """zoo-export / zoo-serve / zoo-sample ckpt=<a zoo-embed, zoo-tokenize or zoo-recaption file> said "was not
+    written by zoo-train (no zoo_component stamp); load its state_dict into the model class yourself": there is no
+    state_dict in a data file. Now the message says which command wrote it and what to pass instead."""
+    from zoo.checkpoint import load_module
+
+    files = {
+        "zoo-embed": {"clip_image_emb": torch.zeros(2, 4), "clip_text_emb": torch.zeros(2, 4), "meta": {}},
+        "zoo-tokenize": {"image_tokens": torch.zeros(2, 2, 2, dtype=torch.long), "codebook_size": 8},
+        "zoo-recaption": {"captions": ["a", "b"], "meta": {}},
+    }
+    for command, obj in files.items():
+        path = atomic_torch_save(obj, tmp_path / f"{command}.pt")
+        with pytest.raises(UnsafeCheckpointError, match=f"{path} is a {command} output .* not a model checkpoint") as e:
+            load_module(path)
+        assert "checkpoints/last.ckpt" in str(e.value) and "state_dict" not in str(e.value)

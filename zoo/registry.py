@@ -150,6 +150,13 @@ def component_in(ckpt: Mapping[str, Any], where: str = "the checkpoint") -> str:
             )
         name = _LEGACY_CLASS_PATHS[legacy]
     if name is None:
+        made_by = _data_file_kind(ckpt)
+        if made_by:  # a data file passed where a model goes: "load its state_dict yourself" would be no fix
+            raise UnsafeCheckpointError(
+                f"{where} is a {made_by} output (it holds {sorted(map(str, ckpt))[:4]}), not a model checkpoint "
+                f"(fix: pass the checkpoint of a zoo-train run, e.g. <run dir>/checkpoints/last.ckpt; the data file "
+                f"goes to data.features.<split>= or data.synthetic_captions=)"
+            )
         raise UnsafeCheckpointError(
             f"{where} was not written by zoo-train (no zoo_component stamp); load its "
             f"state_dict into the model class yourself"
@@ -159,6 +166,17 @@ def component_in(ckpt: Mapping[str, Any], where: str = "the checkpoint") -> str:
             f"{where} names the component {name!r}, which is not registered (registered: {component_names()})"
         )
     return name
+
+
+def _data_file_kind(obj: Mapping[str, Any]) -> Optional[str]:
+    """Which zoo command wrote a loaded data file (features, tokens, synthetic captions), or None."""
+    if "image_tokens" in obj:
+        return "zoo-tokenize"
+    if any(k in obj for k in ("clip_image_emb", "clip_text_emb", "clip_text_tokens")):
+        return "zoo-embed"
+    if isinstance(obj.get("captions"), list):
+        return "zoo-recaption"
+    return None
 
 
 # --------------------------------------------------------------------------------------- value checking
