@@ -180,3 +180,20 @@ def test_a_data_file_passed_as_a_checkpoint_names_the_command_that_wrote_it(tmp_
         with pytest.raises(UnsafeCheckpointError, match=f"{path} is a {command} output .* not a model checkpoint") as e:
             load_module(path)
         assert "checkpoints/last.ckpt" in str(e.value) and "state_dict" not in str(e.value)
+
+
+def test_an_image_passed_as_a_checkpoint_is_named_without_torchs_unsafe_advice(tmp_path):
+    """ckpt=<a PNG> (a sample grid picked by mistake) printed torch's 7-line weights_only text, whose advice is to
+    re-run torch.load with weights_only=False ("will likely succeed", "file an issue"): wrong for an image, and
+    unsafe. Now one line: what the file is and the core of the failure."""
+    from PIL import Image
+
+    from zoo.checkpoint import CorruptCheckpointError
+
+    png = tmp_path / "samples_step0000100.png"
+    Image.new("RGB", (4, 4)).save(png)
+    with pytest.raises(
+        CorruptCheckpointError, match=f"{png} is corrupt or not a torch checkpoint \\(it is a PNG image"
+    ) as e:
+        safe_load(png)
+    assert "weights_only" not in str(e.value) and "file an issue" not in str(e.value) and "\n" not in str(e.value)

@@ -93,11 +93,38 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                 f"refused to load {path}: it contains objects that are not plain tensors/containers and could run "
                 f"code (weights_only=True). If you made this file and trust it, re-save its state_dict only."
             ) from None
-        raise CorruptCheckpointError(f"{path} is corrupt or not a torch checkpoint ({e}); {fix}") from None
+        raise CorruptCheckpointError(
+            f"{path} is corrupt or not a torch checkpoint ({_file_kind(path)}{_unpickle_reason(msg)}); {fix}"
+        ) from None
     except (EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError) as e:
         raise CorruptCheckpointError(
             f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]}); {fix}"
         ) from None
+
+
+def _unpickle_reason(msg: str) -> str:
+    """The core of torch's weights_only failure ("Unsupported operand 80"), without its advice to re-run with
+    weights_only=False and file an issue: for a file that is no checkpoint at all, that advice is wrong and unsafe."""
+    if "WeightsUnpickler error:" in msg:
+        core = msg.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        return "unpickling failed: " + " ".join(core.split())[:200]
+    return " ".join(msg.split())[:200]
+
+
+_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"RIFF": "a WebP image"}
+
+
+def _file_kind(path: Path) -> str:
+    """ "it is a PNG image; " when the first bytes say what the file is instead of a checkpoint, else ""."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return ""
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return f"it is {kind}; "
+    return ""
 
 
 _CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
