@@ -127,12 +127,21 @@ class FolderGenerator:
         """Open every file's header (cheap: no pixels decoded), so an empty or non-image file fails before any work."""
         from PIL import Image
 
+        sizes: dict[tuple[int, int], Path] = {}
         for f in self.files:
             try:
-                with Image.open(f):
-                    pass
+                with Image.open(f) as im:
+                    sizes.setdefault(im.size, f)
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 raise self._unreadable(f, e) from None
+        if self.resolution is None and len(sizes) > 1:
+            # images are stacked per batch at their own size: mixed sizes were a ValueError traceback mid-run,
+            # after the judge and the metrics were built
+            (a, fa), (b, fb) = list(sizes.items())[:2]
+            raise ConfigError(
+                f"the sample folder {self.path} holds images of different sizes, e.g. {fa.name} "
+                f"{a[0]}x{a[1]} and {fb.name} {b[0]}x{b[1]} (fix: generator.resolution=<the evaluation resolution>)"
+            )
 
     def __len__(self) -> int:
         return len(self.files)
@@ -169,7 +178,9 @@ class FolderGenerator:
             out.append(self._load(self.files[idx[k]]))
         shapes = {tuple(x.shape) for x in out}
         if len(shapes) > 1:
-            raise ValueError(f"images of different sizes {sorted(shapes)} in {self.path} (fix: generator.resolution=N)")
+            raise ConfigError(
+                f"images of different sizes {sorted(shapes)} in {self.path} (fix: generator.resolution=N)"
+            )
         return torch.stack(out)
 
 

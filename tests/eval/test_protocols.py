@@ -283,3 +283,16 @@ def test_folder_generator_names_a_garbled_captions_json(tmp_path, index, says):
     (tmp_path / "s" / "captions.json").write_text(index)
     with pytest.raises(ConfigError, match=f"{tmp_path / 's' / 'captions.json'} {says}.*fix: rewrite it as"):
         FolderGenerator(tmp_path / "s")
+
+
+def test_folder_generator_refuses_mixed_sizes_when_opened(tmp_path):
+    """Images of two sizes without generator.resolution: a ValueError traceback when a batch stacked them, mid-run
+    (after the judge and the metrics were built). Now a ConfigError when the folder is opened, naming two files and
+    their sizes; generator.resolution reads them all at one size."""
+    save_folder(torch.zeros(1, 3, 8, 8), ["a"], tmp_path / "s")
+    save_folder(torch.zeros(1, 3, 12, 12), ["b"], tmp_path / "s", start=1)
+    with pytest.raises(
+        ConfigError, match="different sizes, e.g. 000000.png 8x8 and 000001.png 12x12.*generator.resolution"
+    ):
+        FolderGenerator(tmp_path / "s")
+    assert FolderGenerator(tmp_path / "s", resolution=8).generate(["a", "b"]).shape == (2, 3, 8, 8)
