@@ -197,3 +197,23 @@ def test_an_image_passed_as_a_checkpoint_is_named_without_torchs_unsafe_advice(t
     ) as e:
         safe_load(png)
     assert "weights_only" not in str(e.value) and "file an issue" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_feature_rows_mismatch_names_the_split_and_file(tmp_path):
+    """data.features.train and data.features.val given, one of them made for another split or size: the error said
+    "precomputed 'clip_image_emb' has 8 rows but the dataset split has 4 items" without saying which file."""
+    from zoo.data.modules import ShapesDataModule
+    from zoo.errors import ConfigError
+
+    train = atomic_torch_save(
+        _embed_file(
+            clip_image_emb=torch.zeros(8, 8),
+            clip_text_emb=torch.zeros(8, 8),
+            clip_text_tokens=torch.zeros(8, 6, dtype=torch.long),
+        ),
+        tmp_path / "train.pt",
+    )
+    dm = ShapesDataModule(train_size=8, val_size=4, test_size=4, features={"train": str(train), "val": str(train)})
+    assert len(dm.dataset("train")) == 8
+    with pytest.raises(ConfigError, match=f"data.features.val={train}: precomputed 'clip_image_emb' has 8 rows"):
+        dm.dataset("val")

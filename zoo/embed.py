@@ -127,7 +127,7 @@ def attach_embeddings(dataset, path: str | Path):
     from a ``zoo-embed`` file — the same wrapper DataModules use for ``data.features.<split>=<path>``."""
     from zoo.data.datamodule import FeatureAttached
 
-    return FeatureAttached(dataset, load_embeddings(path))
+    return FeatureAttached(dataset, load_embeddings(path), source=str(path))
 
 
 def build_scorer(c: DictConfig | dict):

@@ -41,14 +41,17 @@ FEATURE_KEYS = (
 class FeatureAttached(Dataset):
     """Adds precomputed per-index tensors (``image_tokens``, ``clip_image_emb``, ...) to a dataset's samples."""
 
-    def __init__(self, base: Dataset, features: dict[str, Any]):
+    def __init__(self, base: Dataset, features: dict[str, Any], source: Optional[str] = None):
+        """``source``: where the features come from (e.g. ``data.features.val=<file>``), named in the row-count
+        error: a user with a train and a val file must be told which one was made for another split or size."""
         self.base = base
         self.features = features
         n = len(base)  # type: ignore[arg-type]
         for key, value in features.items():
             if len(value) != n:
+                where = f"{source}: " if source else ""
                 raise ConfigError(
-                    f"precomputed '{key}' has {len(value)} rows but the dataset split has {n} items "
+                    f"{where}precomputed '{key}' has {len(value)} rows but the dataset split has {n} items "
                     "(fix: recompute it for this split and size, or match data.*_size to it)"
                 )
 
@@ -302,7 +305,8 @@ class ImageTextDataModule(L.LightningDataModule):
             if split == "train" and self.synthetic_captions:
                 ds = self._with_synthetic_captions(ds)
             if split in self.features:
-                ds = FeatureAttached(ds, load_features(self.features[split]))
+                path = self.features[split]
+                ds = FeatureAttached(ds, load_features(path), source=f"data.features.{split}={path}")
             self.datasets[split] = ds
         return self.datasets[split]
 
