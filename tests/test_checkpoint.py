@@ -217,3 +217,17 @@ def test_feature_rows_mismatch_names_the_split_and_file(tmp_path):
     assert len(dm.dataset("train")) == 8
     with pytest.raises(ConfigError, match=f"data.features.val={train}: precomputed 'clip_image_emb' has 8 rows"):
         dm.dataset("val")
+
+
+def test_feature_file_of_another_split_is_refused(tmp_path):
+    """zoo-embed records the split it embedded; given as another split's features with the same item count (the
+    train file as data.features.val, train_size == val_size), it was served to the val images without a word:
+    validation on the training embeddings. Now refused, naming the file, both splits and the fix."""
+    from zoo.data.modules import ShapesDataModule
+    from zoo.errors import ConfigError
+
+    train = atomic_torch_save({**_embed_file(), "meta": {"split": "train", "n": 4}}, tmp_path / "train.pt")
+    dm = ShapesDataModule(train_size=4, val_size=4, test_size=4, features={"train": str(train), "val": str(train)})
+    assert len(dm.dataset("train")) == 4
+    with pytest.raises(ConfigError, match=f"data.features.val={train} holds the train split's features"):
+        dm.dataset("val")

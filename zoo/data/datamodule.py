@@ -306,7 +306,7 @@ class ImageTextDataModule(L.LightningDataModule):
                 ds = self._with_synthetic_captions(ds)
             if split in self.features:
                 path = self.features[split]
-                ds = FeatureAttached(ds, load_features(path), source=f"data.features.{split}={path}")
+                ds = FeatureAttached(ds, load_features(path, split), source=f"data.features.{split}={path}")
             self.datasets[split] = ds
         return self.datasets[split]
 
@@ -366,8 +366,10 @@ class ImageTextDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
 
-def load_features(path: str | Path) -> dict[str, Any]:
-    """Read a feature file written by zoo-tokenize / zoo-embed (a dict of tensors), safely."""
+def load_features(path: str | Path, split: Optional[str] = None) -> dict[str, Any]:
+    """Read a feature file written by zoo-tokenize / zoo-embed (a dict of tensors), safely. With ``split``, a file
+    whose meta says it was written for another split (zoo-embed records it) is refused: with equal split sizes its
+    rows would be served to the wrong images without a word (e.g. the train embeddings as validation data)."""
     from zoo.checkpoint import safe_load
 
     path = Path(path)
@@ -377,6 +379,12 @@ def load_features(path: str | Path) -> dict[str, Any]:
     obj = safe_load(path, fix=fix)
     if not isinstance(obj, dict):
         raise ConfigError(f"{path} is not a feature file (expected a dict of tensors)")
+    written_for = obj["meta"].get("split") if isinstance(obj.get("meta"), dict) else None
+    if split is not None and written_for is not None and str(written_for) != split:
+        raise ConfigError(
+            f"data.features.{split}={path} holds the {written_for} split's features (zoo-embed split={written_for}) "
+            f"(fix: data.features.{split}=<the zoo-embed file of the {split} split>)"
+        )
     return check_feature_tensors({k: v for k, v in obj.items() if k in FEATURE_KEYS}, path, fix)
 
 
