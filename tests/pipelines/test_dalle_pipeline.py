@@ -90,3 +90,25 @@ def test_without_clip_keeps_sampling_order(pipe):
     out = p.sample(CAPTIONS[:2], n_keep=2)
     assert out["scores"] is None
     assert torch.equal(out["images"], p.candidates(CAPTIONS[:2])[:, :2])
+
+
+def test_a_checkpoint_without_image_tokenizer_is_refused_at_load_or_given_one(tmp_path):
+    """A DALL·E trained from zoo-tokenize codes alone carries no image tokenizer: zoo-sample / zoo-serve / zoo-eval
+    loaded it and raised "no image tokenizer to decode with" only after sampling every candidate's codes (zoo-serve:
+    on every request). Now from_checkpoints refuses it with the fix, and generator.image_tokenizer_ckpt decodes it."""
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.errors import ConfigError
+    from zoo.export import checkpoint_dict
+    from zoo.models.dalle.lit import DalleLit
+    from zoo.pipelines.dalle import DallePipeline
+
+    dalle = DalleLit(preset="tiny", net=dict(H.TINY_NET))
+    dalle.text_tokenizer = H.tiny_bpe(context_length=16)
+    state = checkpoint_dict(dalle)  # no tokenizer_spec: as trained from zoo-tokenize codes alone
+    state["hyper_parameters"]["text_tokenizer"] = dalle.text_tokenizer.to_spec()
+    ckpt = atomic_torch_save(state, tmp_path / "dalle.ckpt")
+    with pytest.raises(ConfigError, match="has no image tokenizer.*fix: generator.image_tokenizer_ckpt="):
+        DallePipeline.from_checkpoints(str(ckpt))
+    tok = H.tiny_tokenizer_ckpt(tmp_path / "tok.ckpt")
+    pipe = DallePipeline.from_checkpoints(str(ckpt), image_tokenizer_ckpt=str(tok), n_candidates=1)
+    assert pipe.candidates(["a red circle"], 1).shape == (1, 1, 3, H.RESOLUTION, H.RESOLUTION)

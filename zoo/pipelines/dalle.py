@@ -56,15 +56,40 @@ class DallePipeline(ClipRerank):
 
     @classmethod
     def from_checkpoints(
-        cls, dalle_ckpt: str, clip_ckpt: Optional[str] = None, device: str = "cpu", **kw
+        cls,
+        dalle_ckpt: str,
+        clip_ckpt: Optional[str] = None,
+        device: str = "cpu",
+        image_tokenizer_ckpt: Optional[str] = None,
+        **kw,
     ) -> "DallePipeline":
-        """A zoo-train DALL·E checkpoint (self-contained: tokenizers inside) and optionally a zoo-train CLIP one."""
+        """A zoo-train DALL·E checkpoint (self-contained: tokenizers inside) and optionally a zoo-train CLIP one.
+
+        ``image_tokenizer_ckpt``: the dVAE / VQ-VAE that decodes its codes, for a checkpoint trained from zoo-tokenize
+        files alone (no ``model.image_tokenizer_ckpt``), which carries none; without it such a checkpoint is refused
+        here, where it was a RuntimeError only after every candidate's codes had been sampled."""
         from zoo.checkpoint import load_module
         from zoo.models.dalle.lit import DalleLit
 
         dalle = load_module(dalle_ckpt, map_location=device, expect=("dalle",))
         if not isinstance(dalle, DalleLit):
             raise ValueError(f"{dalle_ckpt} holds a {type(dalle).__name__}, not a DALL·E transformer (model=dalle)")
+        if dalle.image_tokenizer is None:
+            if not image_tokenizer_ckpt:
+                raise ConfigError(
+                    f"the DALL·E checkpoint {dalle_ckpt} has no image tokenizer to decode its samples (it was trained "
+                    f"from zoo-tokenize codes without model.image_tokenizer_ckpt) (fix: "
+                    f"generator.image_tokenizer_ckpt=<the dvae/vqvae checkpoint that wrote its training codes>)"
+                )
+            dalle.load_image_tokenizer(str(image_tokenizer_ckpt))
+            grid, want = tuple(dalle.image_tokenizer.grid_size), (dalle.cfg.grid_h, dalle.cfg.grid_w)
+            if grid != want:
+                raise ConfigError(
+                    f"the image tokenizer {image_tokenizer_ckpt} makes a {grid[0]}x{grid[1]} grid but the DALL·E "
+                    f"checkpoint {dalle_ckpt} samples {want[0]}x{want[1]} codes (fix: generator.image_tokenizer_ckpt="
+                    f"<the tokenizer that wrote its training codes>)"
+                )
+            dalle.image_tokenizer.to(device)
         scorer = None
         if clip_ckpt:
             from zoo.models.clip.scorer import ClipScorer
