@@ -223,3 +223,24 @@ def test_paper_preset_parameter_count_on_meta():
     assert 1.0e9 < n < 1.5e9  # "1B" (unCLIP Table 3)
     c = PRESETS["paper"]
     assert (c.dim, c.n_layers, c.n_heads * c.head_dim, c.embed_dim, c.n_buckets) == (2048, 24, 2048, 1024, 1024)
+
+
+def test_check_data_checks_the_val_features_too(train_cfg, tmp_path):
+    """Only data.features.train was checked: a val file without the zoo-embed keys (e.g. a zoo-tokenize file)
+    failed with "batch lacks [...]" at the first validation, after the training steps when sanity checks are off
+    (experiment=leaderboard/ar_prior). Now refused by check_data, naming the file."""
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.train import check_compatibility, instantiate
+
+    train_file = _write_embed_file(tmp_path / "train.pt", 8, seed=0)
+    codes = atomic_torch_save({"image_tokens": torch.zeros(8, 2, 2, dtype=torch.long)}, tmp_path / "codes.pt")
+    cfg = train_cfg(
+        "model=ar_prior",
+        "model.preset=tiny",
+        "data.train_size=8",
+        "data.val_size=8",
+        f"data.features.train={train_file}",
+        f"data.features.val={codes}",
+    )
+    with pytest.raises(ConfigError, match=f"data.features.val={codes} lacks .*clip_image_emb.*not a zoo-embed file"):
+        check_compatibility(instantiate(cfg.model), instantiate(cfg.data))

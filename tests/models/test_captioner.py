@@ -242,3 +242,28 @@ def test_check_data_names_the_fixes(train_cfg, tmp_path):
     cfg = train_cfg("experiment=dalle3/captioner_short", f"model.init_from={tmp_path / 'missing.ckpt'}")
     with pytest.raises(ConfigError, match="model.init_from"):
         check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
+
+
+def test_check_data_checks_the_val_features_too(train_cfg, tmp_path):
+    """Only data.features.train was checked: a val file without clip_image_emb (a zoo-tokenize file) or of another
+    CLIP width failed at the first validation, after the training steps when sanity checks are off. Now refused."""
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.train import check_compatibility, instantiate
+
+    feats = _embed_file(tmp_path / "f.pt", 8)
+    codes = atomic_torch_save({"image_tokens": torch.zeros(8, 2, 2, dtype=torch.long)}, tmp_path / "codes.pt")
+    wide = atomic_torch_save(
+        {"clip_image_emb": torch.nn.functional.normalize(torch.randn(8, 2 * D), dim=-1)}, tmp_path / "wide.pt"
+    )
+    for val, says in [(codes, "has no clip_image_emb"), (wide, f"holds {2 * D}-d embeddings, train {D}-d")]:
+        cfg = train_cfg(
+            "model=captioner",
+            "model.preset=tiny",
+            "data.train_size=8",
+            "data.val_size=8",
+            "data/tokenizer=bpe",
+            f"data.features.train={feats}",
+            f"data.features.val={val}",
+        )
+        with pytest.raises(ConfigError, match=f"data.features.val={val} {says}"):
+            check_compatibility(instantiate(cfg.model), instantiate(cfg.data))

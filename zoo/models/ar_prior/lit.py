@@ -130,6 +130,16 @@ class ARPriorLit(ZooLit):
                 "`zoo-embed clip.checkpoint=<clip.ckpt> data=shapes split=train out=<file>`>, and "
                 "data.features.val=<the val file>)"
             )
+        # the val file is read only at the first validation, after the training steps when sanity checks are off
+        # (experiment=leaderboard/ar_prior): a file without the keys was "batch lacks [...]" there
+        if "val" in features and callable(getattr(datamodule, "dataset", None)):
+            val = getattr(datamodule.dataset("val"), "features", None) or {}
+            missing = [k for k in FEATURE_KEYS if k not in val]
+            if missing:
+                raise ConfigError(
+                    f"data.features.val={features['val']} lacks {missing}: it is not a zoo-embed file (fix: "
+                    f"data.features.val=<the zoo-embed file of the val split>)"
+                )
 
     # ------------------------------------------------------------------------------------------ batches
     def pad_text(self, tokens: torch.Tensor) -> torch.Tensor:

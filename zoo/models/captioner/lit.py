@@ -150,6 +150,20 @@ class CaptionerLit(ZooLit):
                 f"the CLIP image embeddings are {emb.shape[-1]}-d but the captioner expects "
                 f"{self.cfg.embed_dim} (fix: model.net.embed_dim={emb.shape[-1]})"
             )
+        # the val file is read only at the first validation (after the training steps when sanity checks are off):
+        # one without clip_image_emb, or of another width, failed there
+        if "val" in features and ds is not None:
+            val = (getattr(datamodule.dataset("val"), "features", None) or {}).get("clip_image_emb")
+            if val is None or val.shape[-1] != emb.shape[-1]:
+                what = (
+                    "has no clip_image_emb"
+                    if val is None
+                    else f"holds {val.shape[-1]}-d embeddings, train {emb.shape[-1]}-d"
+                )
+                raise ConfigError(
+                    f"data.features.val={features['val']} {what} (fix: data.features.val=<the zoo-embed file of the "
+                    f"val split, by the CLIP of the train file>)"
+                )
         if self.text_tokenizer is None:
             self.text_tokenizer = self._data_tokenizer(datamodule, ds)
         self._check_tokenizer(self.text_tokenizer)
