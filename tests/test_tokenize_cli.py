@@ -49,6 +49,7 @@ def test_tokenize_split_and_serve_tokens(train_cfg, tmp_path):
     images = torch.stack([dm.dataset("val")[i]["image"] for i in range(8)])
     assert torch.equal(saved["image_tokens"], model.tokenizer.encode(images))
     assert saved["image_tokens"].shape == (8, 16, 16) and saved["codebook_size"] == 64
+    assert saved["meta"]["split"] == "val"
 
     # the DataModule serves them as batch["image_tokens"], aligned with the images
     from omegaconf import OmegaConf
@@ -56,6 +57,15 @@ def test_tokenize_split_and_serve_tokens(train_cfg, tmp_path):
     dm2 = instantiate(OmegaConf.merge(tcfg.data, {"features": {"val": str(out)}}))
     batch = next(iter(dm2.val_dataloader()))
     assert torch.equal(batch["image_tokens"], saved["image_tokens"][: len(batch["index"])])
+
+    # the val codes given as another split of the same size are refused (they would be served to other images)
+    import pytest
+
+    from zoo.errors import ConfigError
+
+    dm3 = instantiate(OmegaConf.merge(tcfg.data, {"test_size": 8, "features": {"test": str(out)}}))
+    with pytest.raises(ConfigError, match=f"data.features.test={out} holds the val split's features"):
+        dm3.dataset("test")
 
 
 def _tokenize_cfg(tmp_path, ckpt, *overrides):

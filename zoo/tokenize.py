@@ -2,7 +2,8 @@
 
 Stage 2 (the DALL·E transformer) then trains from ``image_tokens`` without running the encoder every step:
 ``data.features.train=<out>`` makes the DataModule serve them. The output is a dict of tensors written atomically:
-``image_tokens`` LongTensor (N, h, w) in dataset index order, plus ``codebook_size`` and ``grid_size``.
+``image_tokens`` LongTensor (N, h, w) in dataset index order, plus ``codebook_size``, ``grid_size`` and ``meta``
+(the split and the tokenizer checkpoint).
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ def image_tokenizer_of(module: Any):
 
 
 @torch.no_grad()
-def tokenize_dataset(tokenizer, dataset, out_path: str | Path, batch_size: int = 256, num_workers: int = 0) -> Path:
+def tokenize_dataset(
+    tokenizer, dataset, out_path: str | Path, batch_size: int = 256, num_workers: int = 0, meta: dict | None = None
+) -> Path:
+    """``meta`` (plain values, e.g. the split) is stored beside the codes: the DataModule refuses a file whose
+    ``meta["split"]`` is not the split it is given for (with equal sizes it would be served to the wrong images)."""
     from zoo.checkpoint import atomic_torch_save
     from zoo.data.collate import collate_samples
 
@@ -46,7 +51,12 @@ def tokenize_dataset(tokenizer, dataset, out_path: str | Path, batch_size: int =
         )
     tokens = torch.cat(chunks).long()
     return atomic_torch_save(
-        {"image_tokens": tokens, "codebook_size": int(tokenizer.codebook_size), "grid_size": list(tokens.shape[1:])},
+        {
+            "image_tokens": tokens,
+            "codebook_size": int(tokenizer.codebook_size),
+            "grid_size": list(tokens.shape[1:]),
+            "meta": dict(meta or {}),
+        },
         out_path,
     )
 
@@ -90,7 +100,13 @@ def tokenize(cfg: DictConfig) -> Path:
             f"data.resolution={dm.resolution} is not a multiple of the tokenizer's downsample factor "
             f"{tokenizer.downsample_factor} (fix: data.resolution=<multiple>)"
         )
-    path = tokenize_dataset(tokenizer, dm.dataset(cfg.split), cfg.out, batch_size=int(cfg.batch_size))
+    path = tokenize_dataset(
+        tokenizer,
+        dm.dataset(cfg.split),
+        cfg.out,
+        batch_size=int(cfg.batch_size),
+        meta={"split": str(cfg.split), "tokenizer": str(cfg.tokenizer_ckpt)},
+    )
     log.info("wrote %s", path)
     print(path)
     return path

@@ -382,8 +382,8 @@ def load_features(path: str | Path, split: Optional[str] = None) -> dict[str, An
     written_for = obj["meta"].get("split") if isinstance(obj.get("meta"), dict) else None
     if split is not None and written_for is not None and str(written_for) != split:
         raise ConfigError(
-            f"data.features.{split}={path} holds the {written_for} split's features (zoo-embed split={written_for}) "
-            f"(fix: data.features.{split}=<the zoo-embed file of the {split} split>)"
+            f"data.features.{split}={path} holds the {written_for} split's features (written with "
+            f"split={written_for}) (fix: data.features.{split}=<the zoo-embed / zoo-tokenize file of the {split} split>)"
         )
     return check_feature_tensors({k: v for k, v in obj.items() if k in FEATURE_KEYS}, path, fix)
 
