@@ -242,6 +242,15 @@ def prior_report(cfg: DictConfig) -> dict[str, Any]:
     truth = F.normalize(feats["clip_image_emb"].float(), dim=-1)
     n = len(truth)
     bs, seed = int(cfg.batch_size), int(cfg.seed)
+    ref = None
+    if cfg.get("reference_features"):  # read (and checked) now: it was read after every prior had sampled
+        ref = load_features(str(cfg.reference_features))["clip_image_emb"][:n]
+        if ref.shape[-1] != truth.shape[-1]:
+            raise ConfigError(
+                f"reference_features={cfg.reference_features} holds {ref.shape[-1]}-d embeddings but "
+                f"features={cfg.features} {truth.shape[-1]}-d (fix: reference_features=<a zoo-embed file by the "
+                f"same CLIP>)"
+            )
 
     rows, sweep_rows = [], []
 
@@ -330,10 +339,9 @@ def prior_report(cfg: DictConfig) -> dict[str, Any]:
         del lit
 
     reference = None
-    if cfg.get("reference_features"):
+    if ref is not None:
         from eval.metrics import frechet_distance
 
-        ref = load_features(str(cfg.reference_features))["clip_image_emb"][:n]
         reference = {
             "file": str(cfg.reference_features),
             "n": len(ref),

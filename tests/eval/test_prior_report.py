@@ -279,3 +279,21 @@ def test_cached_text_prefix_equals_the_full_forward(text_input):
             want = net(x, t, emb, **text, drop_text=drop)
             got = net.forward_cached(cache, x, t, emb, drop_text=drop)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_features_of_another_clip_refused_before_sampling(files, tmp_path, monkeypatch):
+    """reference_features of another CLIP width was read after every prior had sampled, and frechet_distance then
+    failed on the shapes (a traceback at the end of the report's work). Now a ConfigError before any sampling."""
+    import eval.prior
+    from zoo.checkpoint import atomic_torch_save
+
+    wide = atomic_torch_save(
+        {"clip_image_emb": torch.randn(64, 7), "clip_text_emb": torch.randn(64, 7)}, tmp_path / "w.pt"
+    )
+
+    def sampled(*a, **k):
+        raise AssertionError("sampling started before reference_features was checked")
+
+    monkeypatch.setattr(eval.prior, "run_sampler", sampled)
+    with pytest.raises(ConfigError, match=f"reference_features={wide} holds 7-d embeddings"):
+        prior_report(_cfg(tmp_path, [f"features={files['val']}", f"reference_features={wide}"]))
