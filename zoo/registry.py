@@ -150,7 +150,7 @@ def component_in(ckpt: Mapping[str, Any], where: str = "the checkpoint") -> str:
             )
         name = _LEGACY_CLASS_PATHS[legacy]
     if name is None:
-        made_by = _data_file_kind(ckpt)
+        made_by = data_file_kind(ckpt)
         if made_by:  # a data file passed where a model goes: "load its state_dict yourself" would be no fix
             raise UnsafeCheckpointError(
                 f"{where} is a {made_by} output (it holds {sorted(map(str, ckpt))[:4]}), not a model checkpoint "
@@ -168,7 +168,7 @@ def component_in(ckpt: Mapping[str, Any], where: str = "the checkpoint") -> str:
     return name
 
 
-def _data_file_kind(obj: Mapping[str, Any]) -> Optional[str]:
+def data_file_kind(obj: Mapping[str, Any]) -> Optional[str]:
     """Which zoo command wrote a loaded data file (features, tokens, synthetic captions), or None."""
     if "image_tokens" in obj:
         return "zoo-tokenize"

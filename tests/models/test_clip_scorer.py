@@ -196,3 +196,18 @@ def test_scorer_and_model_do_not_import_lightning():
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     )
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_a_zoo_embed_file_as_the_clip_checkpoint_is_named(tmp_path):
+    """clip_ckpt=<a zoo-embed file> (zoo-serve, zoo-sample, the decoder's model.clip_ckpt) was read as CLIP weights:
+    "does not fit CLIP architecture 'zoo-clip-shapes': 98 missing keys ... (fix: model.arch= / model.net=)", a
+    wrong fix. Now it says the file is a zoo-embed output and what to pass."""
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.errors import ConfigError
+    from zoo.models.clip.scorer import ClipScorer
+
+    path = atomic_torch_save(
+        {"clip_image_emb": torch.zeros(2, 4), "clip_text_emb": torch.zeros(2, 4)}, tmp_path / "e.pt"
+    )
+    with pytest.raises(ConfigError, match=f"{path} is a zoo-embed output .* not a CLIP checkpoint"):
+        ClipScorer.from_lightning_checkpoint(str(path))

@@ -145,11 +145,17 @@ class ClipScorer:
         from zoo.checkpoint import safe_load
         from zoo.errors import ConfigError
         from zoo.models.clip.model import clip_config, create_clip, tokenizer_for
-        from zoo.registry import check_plain, component_in
+        from zoo.registry import check_plain, component_in, data_file_kind
 
         ckpt = safe_load(path)
         if not isinstance(ckpt, dict):
             raise ConfigError(f"{path} is not a Lightning checkpoint (fix: a zoo-train model=clip last.ckpt)")
+        made_by = data_file_kind(ckpt)
+        if made_by and "state_dict" not in ckpt:  # read as CLIP weights: "98 missing keys ... fix: model.arch="
+            raise ConfigError(
+                f"{path} is a {made_by} output (it holds {sorted(map(str, ckpt))[:4]}), not a CLIP checkpoint "
+                f"(fix: a zoo-train model=clip checkpoint, e.g. <run dir>/checkpoints/last.ckpt)"
+            )
         # The class is fixed here (CLIP), so an unstamped Lightning checkpoint is fine; a stamp must say clip.
         stamped = "zoo_component" in ckpt or "zoo_class" in ckpt
         if stamped and component_in(ckpt, str(path)) != "clip":
