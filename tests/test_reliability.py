@@ -428,6 +428,48 @@ def test_second_run_in_a_busy_run_dir_is_refused_before_writing(train_cfg, tmp_p
     assert train(cfg)["global_step"] == 1  # released: the directory is usable again
 
 
+def test_refused_second_run_leaves_the_running_runs_hydra_record_and_log(tmp_path, tiny_dvae):
+    """Hydra wrote the refused run's .hydra/config.yaml, overrides.yaml, hydra.yaml and log lines into the running
+    run's directory before train() took the lock and refused: the running run's record named the wrong settings.
+    The lock is now taken in a Hydra callback (on_run_start) before Hydra writes anything there."""
+    from zoo.train import lock_run_dir
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    record = {name: f"the running run's {name}\n" for name in ("config.yaml", "overrides.yaml", "hydra.yaml")}
+    for name, text in record.items():
+        (run_dir / ".hydra" / name).write_text(text)
+    (run_dir / "train.log").write_text("the running run's log\n")
+    holder = lock_run_dir(run_dir)  # the running run
+    try:
+        done = _run("zoo.train", [*tiny_dvae, "trainer.max_steps=1", f"hydra.run.dir={run_dir}"], tmp_path)
+    finally:
+        holder.close()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "error: another zoo-train (pid" in done.stderr and "Traceback" not in done.stderr
+    assert {n: (run_dir / ".hydra" / n).read_text() for n in record} == record
+    assert (run_dir / "train.log").read_text() == "the running run's log\n"
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", ".zoo-train.lock", "train.log"]
+
+
+def test_train_takes_over_the_lock_of_the_hydra_callback(train_cfg, tmp_path, tiny_dvae):
+    """The callback's lock is this process's own: train() must use it (a second flock would refuse the run itself)
+    and release it at the end."""
+    from omegaconf import OmegaConf
+
+    from zoo.hydra_callbacks import LockRunDir
+    from zoo.train import lock_run_dir
+
+    cfg = train_cfg(*tiny_dvae, "test=false", "trainer.max_steps=1", "trainer.limit_val_batches=0")
+    callback = LockRunDir()
+    callback.on_run_start(OmegaConf.create({"hydra": {"run": {"dir": cfg.paths.output_dir}}}))
+    with pytest.raises(ConfigError, match="another zoo-train"):  # held: another run is refused
+        lock_run_dir(Path(cfg.paths.output_dir))
+    assert train(cfg)["global_step"] == 1
+    callback.on_run_end(OmegaConf.create({}))
+    lock_run_dir(Path(cfg.paths.output_dir)).close()  # released
+
+
 def test_checkpoints_are_written_beside_their_file_not_in_the_system_temp_dir(
     train_cfg, tmp_path, tiny_dvae, monkeypatch
 ):

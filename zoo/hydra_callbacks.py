@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -148,3 +149,51 @@ def best_trial_job_dirs(sweep: Path, params: dict, value: Any) -> list[str]:
                 continue
         found.append(str(job))
     return found
+
+
+# Run directories LockRunDir locked in this process (resolved path -> the open lock file), for ``zoo.train.train`` to
+# take over. Kept here, not in zoo.train: ``python -m zoo.train`` runs that file as ``__main__``, a second module
+# object beside the ``zoo.train`` this callback imports, each with its own globals.
+_HELD_RUN_LOCKS: dict[str, Any] = {}
+
+
+def take_held_run_dir_lock(out_dir: Path) -> Any:
+    """The open lock file LockRunDir holds on ``out_dir``, handed over to the caller (who closes it), or None."""
+    return _HELD_RUN_LOCKS.pop(str(Path(out_dir).resolve()), None)
+
+
+class LockRunDir(Callback):
+    """zoo-train's run-directory lock (``zoo.train.lock_run_dir``), taken before Hydra writes into the directory.
+
+    Hydra saves the job's ``.hydra/config.yaml``, ``overrides.yaml`` and ``hydra.yaml`` and opens its job log
+    before the task (``train``, which locks the directory) runs: a second ``zoo-train`` into the directory of a
+    running one was refused, but had already replaced the running run's record with its own config and appended its
+    lines to that run's log. ``on_run_start`` comes before all of that (``hydra._internal.hydra.Hydra.run``, then
+    ``hydra.core.utils.run_job``); ``train`` takes the lock over and releases it when it ends. A refused run exits
+    here with status 2 (Hydra turns a callback's exception into a warning and would go on). A multirun's jobs lock
+    their own directories in ``train``."""
+
+    out_dir: Any = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from zoo.config import report_user_errors
+
+        # run_job's own reading of the directory: the same config object (its ${now:...} is cached), made absolute
+        self.out_dir = Path(os.path.abspath(str(config.hydra.run.dir)))
+        report_user_errors(self._lock)(self.out_dir)
+
+    @staticmethod
+    def _lock(out_dir: Path) -> None:
+        from zoo.train import lock_run_dir
+
+        key = str(out_dir.resolve())
+        if key not in _HELD_RUN_LOCKS:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            lock = lock_run_dir(out_dir)  # None on a DDP / SLURM rank > 0
+            if lock is not None:
+                _HELD_RUN_LOCKS[key] = lock
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        lock = take_held_run_dir_lock(self.out_dir) if self.out_dir is not None else None
+        if lock is not None:  # the job failed before train took the lock over
+            lock.close()

@@ -184,6 +184,16 @@ def lock_run_dir(out_dir: Path):
     return f
 
 
+def _take_run_dir_lock(out_dir: Path):
+    """The lock the Hydra callback ``zoo.hydra_callbacks.LockRunDir`` already took on ``out_dir`` (now the caller's
+    to close), else a new one (:func:`lock_run_dir`): a second ``flock`` of this process on a newly opened lock file
+    would conflict with the first."""
+    from zoo.hydra_callbacks import take_held_run_dir_lock
+
+    held = take_held_run_dir_lock(out_dir)
+    return held if held is not None else lock_run_dir(out_dir)
+
+
 def remove_stale_temp_checkpoints(ckpt_path: str, out_dir: Path) -> None:
     """Delete the temp files a killed save left beside the checkpoint being resumed (``.last.ckpt.<random>.tmp``).
 
@@ -297,7 +307,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     apply_conv_backend(cfg.get("conv_backend", "auto"))
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_lock = lock_run_dir(out_dir)
+    run_lock = _take_run_dir_lock(out_dir)
     try:
         return _train(cfg, out_dir)
     finally:
