@@ -350,6 +350,49 @@ def test_sigterm_saves_and_exits_non_zero(tmp_path, tiny_dvae, train_helpers):
     assert "resume with ckpt_path=last" in err
 
 
+def test_ckpt_path_last_picks_the_checkpoint_furthest_in_training_not_the_newest_file(tmp_path, caplog):
+    """ckpt_path=last chose between last.ckpt and interrupted.ckpt by file time: an older interrupted.ckpt that was
+    copied back or touched won over a last.ckpt steps ahead, silently throwing those steps away. It now goes by the
+    global step each file records (last.ckpt on a tie), and says which file it chose and why."""
+    from omegaconf import OmegaConf
+
+    from zoo.train import resolve_ckpt_path
+
+    run = tmp_path / "logs" / "train" / "runs" / "r1"
+    ckpts = run / "checkpoints"
+    cfg = OmegaConf.create(
+        {
+            "ckpt_path": "last",
+            "task_name": "train",
+            "paths": {"output_dir": str(run), "log_dir": str(tmp_path / "logs")},
+        }
+    )
+
+    def save(name: str, step: int, mtime: float) -> Path:
+        path = atomic_torch_save({"global_step": step, "state_dict": {"w": torch.zeros(2)}}, ckpts / name)
+        os.utime(path, (mtime, mtime))
+        return path
+
+    ckpts.mkdir(parents=True)
+    last = save("last.ckpt", 8, 1000.0)
+    interrupted = save("interrupted.ckpt", 4, 2000.0)  # an older state, newer on disk
+    with caplog.at_level("INFO", logger="zoo.train"):
+        assert resolve_ckpt_path(cfg) == str(last)
+    assert f"resuming from {last} (step 8; interrupted.ckpt at step 4)" in caplog.text
+
+    save("interrupted.ckpt", 9, 500.0)  # further in training, older on disk
+    assert resolve_ckpt_path(cfg) == str(interrupted)
+    save("interrupted.ckpt", 8, 2000.0)  # a tie: the regular step-boundary save
+    assert resolve_ckpt_path(cfg) == str(last)
+    interrupted.write_bytes(b"truncated")  # unreadable: the readable one
+    assert resolve_ckpt_path(cfg) == str(last)
+
+    # no file in this run dir: the newest earlier run of the task_name, and in it the furthest file
+    here = tmp_path / "logs" / "train" / "runs" / "r2"
+    cfg.paths.output_dir = str(here)
+    assert resolve_ckpt_path(cfg) == str(last)
+
+
 def test_metrics_json_of_resumed_run(train_cfg, tmp_path, tiny_dvae):
     """A resumed run writes metrics.json at its own final step (and the run dir is the same)."""
     common = [

@@ -41,9 +41,47 @@ def _instantiate_dict(node: Optional[DictConfig]) -> list[Any]:
     return out
 
 
+RESUME_NAMES = ("last.ckpt", "interrupted.ckpt")  # in tie-break order: see furthest_checkpoint
+
+
+def checkpoint_step(path: Path) -> Optional[int]:
+    """The global step a training checkpoint records, or None when it cannot be read (truncated, not a checkpoint,
+    refused by ``weights_only``). Memory-mapped: the tensors are not read, only the pickled dict."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["global_step"])
+    except Exception:  # whatever is wrong with it, check_resume_file names it if it is the one chosen
+        return None
+
+
+def furthest_checkpoint(found: list[Path]) -> tuple[Path, str]:
+    """The file of ``found`` (one run's ``last.ckpt`` / ``interrupted.ckpt``) to resume from, and why.
+
+    By the global step each file records, not by file time: a copied, restored or touched older file is newer on
+    disk but not further in training. At the same step ``last.ckpt`` wins: the callback saves it at a step boundary,
+    while ``interrupted.ckpt`` is written wherever the run was stopped (mid-step, mid-validation). An unreadable file
+    is only chosen when no other is readable (``check_resume_file`` then says what is wrong with it)."""
+    steps = {p: checkpoint_step(p) for p in found}
+    readable = [p for p in found if steps[p] is not None]
+    if not readable:
+        return found[0], "no candidate could be read"
+    rank = {n: i for i, n in enumerate(RESUME_NAMES)}
+    best = max(readable, key=lambda p: (steps[p], -rank.get(p.name, len(RESUME_NAMES))))
+    others = [
+        f"{p.name} at step {steps[p]}" if steps[p] is not None else f"{p.name} unreadable" for p in found if p != best
+    ]
+    why = f"step {steps[best]}" + (f"; {', '.join(others)}" if others else "")
+    if any(steps[p] == steps[best] for p in readable if p != best):
+        why += f"; at the same step {best.name} wins (the regular step-boundary save)"
+    return best, why
+
+
 def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
-    """``ckpt_path=last`` resumes this run directory's newest of ``last.ckpt`` / ``interrupted.ckpt`` or, failing that,
-    the newest such file of an earlier run with the same ``task_name``; any other value is a file path."""
+    """``ckpt_path=last`` resumes this run directory's ``last.ckpt`` / ``interrupted.ckpt`` (the one further in
+    training: :func:`furthest_checkpoint`) or, failing that, that of the newest earlier run with the same
+    ``task_name``; any other value is a file path."""
     ckpt = cfg.get("ckpt_path")
     if not ckpt:
         return None
@@ -51,21 +89,25 @@ def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
         if not Path(ckpt).is_file():
             raise ConfigError(f"ckpt_path={ckpt} does not exist (fix: pass a .ckpt file, or ckpt_path=last)")
         return str(ckpt)
-    names = ("last.ckpt", "interrupted.ckpt")
     here = Path(cfg.paths.output_dir) / "checkpoints"
-    found = [here / n for n in names if (here / n).is_file()]
-    if found:
-        return str(max(found, key=lambda p: p.stat().st_mtime))
-    runs = Path(cfg.paths.log_dir) / cfg.task_name
-    found = [
-        p for n in names for pattern in (f"*/*/checkpoints/{n}", f"*/*/*/checkpoints/{n}") for p in runs.glob(pattern)
-    ]
-    if found:
-        newest = max(found, key=lambda p: p.stat().st_mtime)
-        log.info("ckpt_path=last: resuming from %s", newest)
-        return str(newest)
-    log.warning("ckpt_path=last but no last.ckpt under %s or %s: starting from scratch", here.parent, runs)
-    return None
+    found = [here / n for n in RESUME_NAMES if (here / n).is_file()]
+    if not found:
+        runs = Path(cfg.paths.log_dir) / cfg.task_name
+        earlier = [
+            p
+            for n in RESUME_NAMES
+            for pattern in (f"*/*/checkpoints/{n}", f"*/*/*/checkpoints/{n}")
+            for p in runs.glob(pattern)
+        ]
+        if not earlier:
+            log.warning("ckpt_path=last but no last.ckpt under %s or %s: starting from scratch", here.parent, runs)
+            return None
+        # the newest earlier run (by its files' times: which run is wanted), then its furthest file
+        newest_run = max(earlier, key=lambda p: p.stat().st_mtime).parent
+        found = sorted((p for p in earlier if p.parent == newest_run), key=lambda p: RESUME_NAMES.index(p.name))
+    chosen, why = furthest_checkpoint(found)
+    log.info("ckpt_path=last: resuming from %s (%s)", chosen, why)
+    return str(chosen)
 
 
 def _wandb_run_id(wandb_dir: Path) -> Optional[str]:
