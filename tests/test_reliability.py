@@ -567,6 +567,30 @@ def test_ctrl_c_saves_says_how_to_resume_and_exits_130(train_cfg, tmp_path, tiny
     assert _state(ckpt)["global_step"] == 2
 
 
+def test_ctrl_c_in_the_first_step_saves_nothing_and_says_so(train_cfg, tmp_path, tiny_dvae, monkeypatch, caplog):
+    """Ctrl-C in the first step (or the sanity check) saved interrupted.ckpt at step 0, its loop and loader state
+    part-way into that step, and said "state saved ... resume with ckpt_path=last": resumed, it skipped the first
+    batch and lost the first epoch's validation row (metrics.csv no longer matched an uninterrupted run). Nothing
+    was trained, so nothing is saved now, and the message says to run the command again."""
+    from zoo.callbacks.progress import LogProgress
+
+    def ctrl_c_in_step_0(self, trainer, *args, **kwargs):
+        if trainer.global_step == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(LogProgress, "on_before_optimizer_step", ctrl_c_in_step_0, raising=False)
+    cfg = train_cfg(*tiny_dvae, "test=false", "trainer.max_steps=4", "trainer.limit_val_batches=0")
+    handler = signal.getsignal(signal.SIGINT)  # Lightning sets SIGINT to "ignore" while it shuts down
+    try:
+        with caplog.at_level("WARNING", logger="zoo.train"), pytest.raises(SystemExit) as exit_info:
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert exit_info.value.code == 130
+    assert "interrupted (SIGINT) at step 0: nothing was trained yet, so nothing was saved" in caplog.text
+    assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))
+
+
 def test_resume_removes_the_temp_file_a_killed_save_left(train_cfg, tmp_path, tiny_dvae, caplog):
     """kill -9 during a checkpoint save leaves checkpoints/.last.ckpt.<random>.tmp (as big as a checkpoint) that
     nothing removed; the resume removes it, but never while the run that saved it may still be writing."""

@@ -179,6 +179,23 @@ def test_failed_resume_leaves_no_checkpoint_that_shadows_the_real_one(train_cfg,
     assert train(run_cfg("c", "trainer.max_steps=8", "ckpt_path=last"))["global_step"] == 8
 
 
+def test_failed_resume_keeps_the_interrupted_checkpoint_it_resumed(train_cfg, train_helpers, tmp_path):
+    """A run stopped by SIGTERM before its first last.ckpt has only interrupted.ckpt. Resuming it with a wrong model
+    setting failed (good), but OnExceptionCheckpoint first saved the untrained model over that very file and the
+    clean-up then deleted it: the run's training was gone. Nothing is saved before a run has trained a step now."""
+    T = train_helpers
+    common = [*T.DVAE_SHAPES, "test=false", "trainer.limit_val_batches=0", "logger=none"]
+    cfg = train_cfg(*common, "trainer.max_steps=4")
+    train(cfg)
+    ckpts = Path(cfg.paths.output_dir) / "checkpoints"
+    (ckpts / "last.ckpt").rename(ckpts / "interrupted.ckpt")  # the SIGTERM'd run's only state
+    with pytest.raises(ConfigError, match=r"does not fit the configured model"):
+        train(train_cfg(*common, "trainer.max_steps=8", "ckpt_path=last", "+model.net.n_hid=8"))
+    assert sorted(p.name for p in ckpts.iterdir()) == ["interrupted.ckpt"]
+    assert _state(ckpts / "interrupted.ckpt")["global_step"] == 4
+    assert train(train_cfg(*common, "trainer.max_steps=6", "ckpt_path=last"))["global_step"] == 6
+
+
 def test_resume_with_no_steps_left_warns(train_cfg, tiny_dvae, caplog):
     """ckpt_path=last with trainer.max_steps at or below the checkpoint's step trains nothing: a WARNING names the
     step and the fix (Lightning ended fit without a word); the run still exits cleanly (a requeued finished job)."""

@@ -180,15 +180,23 @@ def _state_dict_mismatch(error: BaseException, path: str) -> ConfigError:
     )
 
 
-def _drop_idle_interrupt(trainer, out_dir: Path, resume_step: int) -> None:
-    """A resume that failed before training a step (e.g. its weights did not fit) still makes Lightning's
-    OnExceptionCheckpoint write interrupted.ckpt, of the model as built (step 0 when the restore failed). Being the
-    newest file, it is what the next ``ckpt_path=last`` would pick, silently restarting from scratch instead of
-    from the run that was meant. It holds nothing the resumed file does not, so it is removed."""
-    path = out_dir / "checkpoints" / "interrupted.ckpt"
-    if path.is_file() and trainer.global_step <= resume_step:
-        path.unlink()
-        log.warning("removed %s: the resume failed before training past step %d", path, resume_step)
+def _where_to_resume(trainer, ckpt_path: Optional[str], resume_step: int) -> str:
+    """What an interrupted run's message says about its state: the interrupted.ckpt this run saved, or (nothing was
+    trained since it started, so ``InterruptCheckpoint`` saved nothing) the truth and what to do instead."""
+    from lightning.pytorch.callbacks import OnExceptionCheckpoint
+
+    from zoo.callbacks import InterruptCheckpoint
+
+    saver = next((cb for cb in trainer.callbacks if isinstance(cb, OnExceptionCheckpoint)), None)
+    if saver is None:
+        return "no interrupted.ckpt (callbacks.on_exception is off); ckpt_path=last resumes the newest last.ckpt"
+    if not isinstance(saver, InterruptCheckpoint) or saver.saved:
+        return f"state saved to {saver.ckpt_path}; resume with ckpt_path=last"
+    if ckpt_path:
+        return (
+            f"nothing trained since {ckpt_path} (step {resume_step}), which is still the resume point: ckpt_path=last"
+        )
+    return "nothing was trained yet, so nothing was saved: run the same command again to start over"
 
 
 RUN_LOCK = ".zoo-train.lock"
@@ -448,9 +456,9 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 # Lightning raises SystemExit() (status 0) on SIGTERM after the on-exception checkpoint is saved.
                 # A scheduler or a shell script must see that the job did not finish: exit 128 + SIGTERM.
                 log.warning(
-                    "SIGTERM at step %d: state saved to %s; resume with ckpt_path=last",
+                    "SIGTERM at step %d: %s",
                     trainer.global_step,
-                    out_dir / "checkpoints" / "interrupted.ckpt",
+                    _where_to_resume(trainer, ckpt_path, resume_step),
                 )
                 raise SystemExit(143) from None
             except SystemExit:
@@ -459,14 +467,13 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 # Ctrl-C (SIGINT): Lightning saves interrupted.ckpt (on_exception) then calls sys.exit(1), so the
                 # user never heard how to go on; 128 + SIGINT says "interrupted" to a shell as SIGTERM's 143 does
                 log.warning(
-                    "interrupted (SIGINT) at step %d: state saved to %s; resume with ckpt_path=last",
+                    "interrupted (SIGINT) at step %d: %s",
                     trainer.global_step,
-                    out_dir / "checkpoints" / "interrupted.ckpt",
+                    _where_to_resume(trainer, ckpt_path, resume_step),
                 )
                 raise SystemExit(130) from None
             except Exception as e:
                 if ckpt_path:
-                    _drop_idle_interrupt(trainer, out_dir, resume_step)
                     if isinstance(e, RuntimeError) and "Error(s) in loading state_dict" in str(e):
                         raise _state_dict_mismatch(e, ckpt_path) from e
                 raise
