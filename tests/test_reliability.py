@@ -321,6 +321,32 @@ def test_resume_in_the_same_run_dir_keeps_earlier_csv_metrics(train_cfg, tmp_pat
     assert min(steps) < 4 <= max(steps), steps  # rows of both runs are there
 
 
+def test_resume_after_a_kill_does_not_log_the_redone_steps_twice(train_cfg, tmp_path, tiny_dvae, caplog):
+    """kill -9 after a checkpoint leaves metrics.csv rows of the steps after it; the resume trains those steps again
+    and appended their rows a second time. The rows past the resumed step are now dropped first (with a warning)."""
+    import shutil
+
+    common = [
+        *tiny_dvae,
+        "test=false",
+        "trainer.limit_val_batches=0",
+        "trainer.log_every_n_steps=1",
+        "callbacks.sample_grid=null",
+    ]
+    first = train_cfg(*common, "trainer.max_steps=2")
+    train(first)
+    ckpts = Path(first.paths.output_dir) / "checkpoints"
+    shutil.copy(ckpts / "last.ckpt", tmp_path / "step2.ckpt")
+    train(train_cfg(*common, "trainer.max_steps=4", "ckpt_path=last"))  # rows of steps 2 and 3 written ...
+    shutil.copy(tmp_path / "step2.ckpt", ckpts / "last.ckpt")  # ... and then killed before saving them
+    with caplog.at_level("WARNING", logger="zoo.train"):
+        assert train(train_cfg(*common, "trainer.max_steps=4", "ckpt_path=last"))["global_step"] == 4
+    with open(Path(first.paths.output_dir) / "csv" / "metrics.csv") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")]
+    assert steps == [0, 1, 2, 3]
+    assert "removed 2 rows logged at step 2 or later" in caplog.text
+
+
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_non_zero(tmp_path, tiny_dvae, train_helpers):
     run_dir = tmp_path / "run"

@@ -28,6 +28,29 @@ class _AppendingWriter(ExperimentWriter):
 class ResumableCSVLogger(CSVLogger):
     """``CSVLogger`` that appends to an existing ``metrics.csv`` instead of deleting it (same arguments)."""
 
+    def drop_rows_from(self, step: int) -> int:
+        """Remove the rows of ``metrics.csv`` logged at ``step`` or later; returns how many were removed.
+
+        A run killed after its checkpoint (``kill -9``, a node failure: nothing saved since) had already written rows
+        for the steps after it; the resume from that checkpoint trains and logs those steps again, so appending
+        left each of them twice (and a plot drew both). Called before the resumed run logs anything."""
+        path = os.path.join(self.log_dir, ExperimentWriter.NAME_METRICS_FILE)
+        if not os.path.isfile(path):
+            return 0
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = reader.fieldnames or [], list(reader)
+        keep = [r for r in rows if not (r.get("step") or "").isdigit() or int(r["step"]) < step]
+        if len(keep) == len(rows):
+            return 0
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(keep)
+        os.replace(tmp, path)  # a kill now leaves the old file or the new one, never half of one
+        return len(rows) - len(keep)
+
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:

@@ -433,6 +433,18 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             max_steps,
             resume_step + 1,
         )
+    if ckpt_path and cfg.get("train", True) and trainer.is_global_zero:
+        from zoo.loggers import ResumableCSVLogger
+
+        for lg in loggers:
+            if isinstance(lg, ResumableCSVLogger) and (n := lg.drop_rows_from(resume_step)):
+                log.warning(
+                    "%s: removed %d rows logged at step %d or later, after the checkpoint (the run that wrote them was "
+                    "stopped before saving them); the resume logs those steps again",
+                    Path(lg.log_dir) / "metrics.csv",
+                    n,
+                    resume_step,
+                )
     for lg in loggers:
         lg.log_hyperparams(logged_config(plain_cfg, model))
     # Lightning would log model.hparams again at fit start, flattened at the top level (preset, net, lr ... beside
