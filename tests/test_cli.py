@@ -79,6 +79,32 @@ def test_a_sweep_into_a_used_sweep_dir_sets_the_earlier_jobs_aside(tmp_path):
     assert "data.batch_size=8" in (earlier / "1" / ".hydra" / "overrides.yaml").read_text()
 
 
+def test_a_sweep_into_a_sweep_dir_still_running_is_refused(tmp_path, capsys):
+    """Setting the earlier jobs aside also moved a job that was still running: it went on writing to its old path,
+    recreated empty, where the new sweep's job of the same number wrote too. A running zoo-train holds its job
+    directory's lock, so the new sweep is now refused before it moves or writes anything."""
+    from omegaconf import OmegaConf
+
+    from zoo.hydra_callbacks import SetAsideEarlierSweep
+    from zoo.train import lock_run_dir
+
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1"):
+        (sweep / job).mkdir(parents=True)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+    holder = lock_run_dir(sweep / "1")  # job 1 of the earlier sweep is still training
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            SetAsideEarlierSweep().on_multirun_start(config)
+    finally:
+        holder.close()
+    assert exit_info.value.code == 2
+    assert "holds job 1 of a sweep that is still running (pid" in capsys.readouterr().err
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1"]
+    SetAsideEarlierSweep().on_multirun_start(config)  # that sweep has ended: set aside as before
+    assert [p.name for p in sweep.iterdir()] == ["earlier"]
+
+
 def test_a_sweep_over_task_names_links_its_jobs_into_the_sweep_dir(tmp_path):
     """`-m experiment=a,b` (or task_name=a,b) put job 0 under logs/a/multiruns/<time>/0 and job 1 under
     logs/b/multiruns/<time>/1, leaving the sweep's own folder (logs/train/multiruns/<time>) with multirun.yaml alone:

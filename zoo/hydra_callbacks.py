@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,19 @@ class SetAsideEarlierSweep(Callback):
         jobs = sorted((d for d in sweep.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
         if not jobs:
             return
+        from zoo.train import run_dir_holder
+
+        # A job still running there (a zoo-train holding its run-directory lock) would lose its directory from
+        # under it: it goes on writing to the old path, recreated empty, where this sweep's job of that number
+        # then writes too. Refused, as a second zoo-train into a running run's directory is.
+        busy = [(d.name, holder) for d in jobs if (holder := run_dir_holder(d))]
+        if busy:
+            print(
+                f"error: {sweep} holds job {busy[0][0]} of a sweep that is still running ({busy[0][1]}): its jobs "
+                f"cannot be moved aside (fix: another hydra.sweep.dir, or wait for that sweep to end)",
+                file=sys.stderr,
+            )
+            sys.exit(2)  # Hydra turns a callback's exception into a warning and would go on
         moved = jobs + [f for f in (sweep / "multirun.yaml",) if f.is_file()]
         when = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(max(p.stat().st_mtime for p in moved)))
         dest = sweep / "earlier" / when

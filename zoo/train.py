@@ -244,6 +244,23 @@ def _take_run_dir_lock(out_dir: Path):
     return held if held is not None else lock_run_dir(out_dir)
 
 
+def run_dir_holder(run_dir: Path) -> Optional[str]:
+    """Who holds ``run_dir``'s lock (:func:`lock_run_dir`: "pid N on host"), or None when no run is going on there."""
+    import fcntl
+
+    lock = run_dir / RUN_LOCK
+    if not lock.is_file():
+        return None
+    with open(lock, "a+") as f:  # writable: NFS emulates flock with fcntl locks, whose exclusive kind needs it
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            return f.read().strip() or "another process"
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
 def remove_stale_temp_checkpoints(ckpt_path: str, out_dir: Path) -> None:
     """Delete the temp files a killed save left beside the checkpoint being resumed (``.last.ckpt.<random>.tmp``).
 
@@ -251,22 +268,14 @@ def remove_stale_temp_checkpoints(ckpt_path: str, out_dir: Path) -> None:
     (or a node failure) mid-save leaves it, as large as a checkpoint, and nothing would ever remove it. It is only
     removed when no process can still be writing it: the checkpoint is in this run's own (locked) directory, or its
     run directory's lock (:func:`lock_run_dir`) can be taken, i.e. the run that saved it has ended."""
-    import fcntl
 
     ckpt_dir = Path(ckpt_path).resolve().parent
     stale = sorted(ckpt_dir.glob(".*.ckpt.*.tmp"))
     if not stale:
         return
     run_dir = ckpt_dir.parent
-    if run_dir != out_dir.resolve():
-        lock = run_dir / RUN_LOCK
-        if lock.is_file():
-            with open(lock, "a") as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    return  # that run is still going: its temp file may be a save in progress
-                fcntl.flock(f, fcntl.LOCK_UN)
+    if run_dir != out_dir.resolve() and run_dir_holder(run_dir):
+        return  # that run is still going: its temp file may be a save in progress
     for tmp in stale:
         size_mb = tmp.stat().st_size / 2**20
         tmp.unlink(missing_ok=True)
