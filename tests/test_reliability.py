@@ -617,6 +617,53 @@ def test_ctrl_c_in_the_first_step_saves_nothing_and_says_so(train_cfg, tmp_path,
     assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))
 
 
+def test_ctrl_c_inside_a_step_then_resume_equals_uninterrupted(train_cfg, tmp_path, tiny_dvae, monkeypatch):
+    """Ctrl-C lands inside a step: interrupted.ckpt recorded the loader with that step's batch already consumed and
+    the RNG after its forward pass, so the resume (which redoes the step) skipped a batch and drew other noise:
+    the weights and every later metrics.csv row differed from an uninterrupted run (and were logged one step late).
+    The state from before the step is saved now."""
+    from zoo.callbacks.progress import LogProgress
+
+    fired = []
+
+    def ctrl_c_inside_step_3(self, trainer, *args, **kwargs):
+        if trainer.global_step == 3 and not fired:
+            fired.append(True)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(LogProgress, "on_before_optimizer_step", ctrl_c_inside_step_3, raising=False)
+    common = [
+        *tiny_dvae,
+        "test=false",
+        "trainer.log_every_n_steps=1",
+        "trainer.limit_val_batches=0",
+        "trainer.max_steps=6",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        "callbacks.sample_grid=null",
+    ]
+    cfg = train_cfg(*common)
+    handler = signal.getsignal(signal.SIGINT)  # Lightning sets SIGINT to "ignore" while it shuts down
+    try:
+        with pytest.raises(SystemExit):
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    ckpts = Path(cfg.paths.output_dir) / "checkpoints"
+    assert _state(ckpts / "interrupted.ckpt")["global_step"] == 3 and _state(ckpts / "last.ckpt")["global_step"] == 2
+    assert train(train_cfg(*common, "ckpt_path=last"))["global_step"] == 6
+    straight = train_cfg(*common)
+    straight.paths.output_dir = str(tmp_path / "straight")
+    train(straight)
+    got = _state(ckpts / "last.ckpt")["state_dict"]
+    assert _same_weights(got, _state(tmp_path / "straight" / "checkpoints" / "last.ckpt")["state_dict"])
+
+    def losses(run: Path) -> list[tuple[int, str]]:
+        with open(run / "csv" / "metrics.csv") as f:
+            return [(int(r["step"]), r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+    assert losses(Path(cfg.paths.output_dir)) == losses(tmp_path / "straight")  # same rows, same steps
+
+
 def test_resume_removes_the_temp_file_a_killed_save_left(train_cfg, tmp_path, tiny_dvae, caplog):
     """kill -9 during a checkpoint save leaves checkpoints/.last.ckpt.<random>.tmp (as big as a checkpoint) that
     nothing removed; the resume removes it, but never while the run that saved it may still be writing."""
