@@ -212,6 +212,25 @@ def test_released_pickle_is_refused_with_the_fix(tmp_path):
         read_state_dict(tmp_path / "encoder.pkl", "encoder")
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_truncated_source_file_is_named_with_copy_it_again(tmp_path, suffix):
+    """A half-copied release file: the fix is to copy it again, not the project-checkpoint advice "use the run's
+    last.ckpt" (there is no run), and a truncated safetensors file was safetensors' own error naming no file."""
+    from safetensors.torch import save_file
+
+    from zoo.checkpoint import CorruptCheckpointError
+    from zoo.convert import ConversionError, read_state_dict
+
+    f = tmp_path / f"encoder{suffix}"
+    sd = {"w": torch.randn(64, 64)}
+    save_file(sd, str(f)) if suffix == ".safetensors" else torch.save(sd, f)
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises((CorruptCheckpointError, ConversionError)) as e:
+        read_state_dict(f, "encoder")
+    msg = str(e.value)
+    assert str(f) in msg and "copy the file again" in msg and "last.ckpt" not in msg
+
+
 # taming-transformers VQGAN / Gumbel-VQ (the whole autoencoder, not only the codebook): tests/test_convert_taming.py
 
 

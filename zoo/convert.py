@@ -82,15 +82,21 @@ def read_state_dict(path: str | os.PathLike, what: str, fix: Optional[str] = Non
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{what}: {p} not found (check the path)")
+    # the files zoo-convert reads come from elsewhere (a release, another project's run): when one is damaged, the
+    # fix is to copy it again, not safe_load's default advice to pick another of this project's checkpoints
+    damaged = "copy the file again from where it came from (a download or copy did not finish)"
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(p))
+        try:
+            return load_file(str(p))
+        except Exception as e:  # safetensors' own error on a truncated header or body names no file
+            raise ConversionError(f"{what}: {p} is truncated or not a safetensors file ({e}); {damaged}") from None
     from zoo.checkpoint import safe_load
     from zoo.registry import UnsafeCheckpointError
 
     try:
-        obj = safe_load(p)
+        obj = safe_load(p, fix=damaged)
     except UnsafeCheckpointError as e:
         named = _pickled_globals(p)
         raise ConversionError(
