@@ -244,3 +244,26 @@ def test_check_data_checks_the_val_features_too(train_cfg, tmp_path):
     )
     with pytest.raises(ConfigError, match=f"data.features.val={codes} lacks .*clip_image_emb.*not a zoo-embed file"):
         check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
+
+
+@pytest.mark.parametrize("model", ["ar_prior", "captioner"])
+def test_train_features_without_val_features_are_refused_when_the_run_validates(train_cfg, tmp_path, model):
+    """data.features.train and no .val: the val batches lack the features, and the run stopped at its first
+    validation (after every training step with sanity checks off). Refused before training, unless validation is
+    off (trainer.limit_val_batches=0, as a train-only run may be)."""
+    from zoo.train import check_compatibility, instantiate, train, validates
+
+    train_file = _write_embed_file(tmp_path / "train.pt", 8, seed=0)
+    args = [f"model={model}", "model.preset=tiny", "data.train_size=8", "data.val_size=8"]
+    args += [f"data.features.train={train_file}", "logger=csv", "trainer.max_steps=1", "trainer.max_epochs=1"]
+    args += ["trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0"]
+    if model == "captioner":
+        args += ["data/tokenizer=bpe", "data.tokenizer.vocab_size=400"]
+    cfg = train_cfg(*args)
+    assert validates(cfg)
+    with pytest.raises(ConfigError, match=r"no data.features.val: validation reads .*clip_image_emb.*split=val"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()  # refused before any step
+    off = train_cfg(*args, "trainer.limit_val_batches=0")
+    assert not validates(off)
+    check_compatibility(instantiate(off.model), instantiate(off.data), validates(off))  # a train-only run is fine

@@ -46,6 +46,10 @@ class ARPriorLit(ZooLit):
         distribution (paper: 0.5, "the top half").
     """
 
+    # what the val batches read from data.features.val (zoo.train.check_compatibility refuses a run that trains on
+    # features and would validate without them)
+    val_features_needed = FEATURE_KEYS
+
     def __init__(
         self,
         preset: str = "shapes",

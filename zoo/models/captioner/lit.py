@@ -61,6 +61,10 @@ class CaptionerLit(ZooLit):
     text_tokenizer: filled in by the checkpoint (leave None when training).
     """
 
+    # what the val batches read from data.features.val (zoo.train.check_compatibility refuses a run that trains on
+    # features and would validate without them)
+    val_features_needed = ("clip_image_emb",)
+
     def __init__(
         self,
         preset: str = "shapes",
