@@ -155,8 +155,14 @@ def test_samplers_and_candidates(nn_helpers):
         assert imgs.shape == (2, 3, 16, 16) and imgs.abs().max() <= 1
     cand = lit.candidates(caps, 2, steps=2)
     assert cand.shape == (1, 2, 3, 16, 16)
-    # nested in n: the same noise (batch 1 vs 2 may round differently)
-    torch.testing.assert_close(cand[:, 0], lit.candidates(caps, 1, steps=2)[:, 0], rtol=0, atol=1e-4)
+    # nested in n: the same noise, so the same image. Batch 1 vs 2 may round differently, and 2 DDIM steps from
+    # t = T divide the model's rounding by sqrt(alpha_bar_T) (about 0.006 on the cosine schedule): a pixel now and
+    # then lands 0.04 away (1 of 768 in one make test run). Other noise would move nearly every pixel by O(1), so
+    # "the same noise" is: all but a few pixels within 1e-4, none far off.
+    one = lit.candidates(caps, 1, steps=2)[:, 0]
+    diff = (cand[:, 0] - one).abs()
+    assert (diff <= 1e-4).float().mean() >= 0.99 and diff.max() < 0.2, (float(diff.max()), int((diff > 1e-4).sum()))
+    assert (lit.candidates(caps, 1, steps=2, seed=1)[:, 0] - one).abs().mean() > 0.05  # another seed is not "close"
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
