@@ -277,6 +277,20 @@ def _same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _train_interrupted(cfg) -> int:
+    """Run ``train(cfg)``, which a test's injected KeyboardInterrupt stops; its exit status. Lightning sets SIGINT
+    to "ignore" while it shuts down: the test process's handler is put back."""
+    from zoo.train import train
+
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    return exit_info.value.code
+
+
 @pytest.mark.parametrize("n", [5, 8, 11])  # mid-epoch, exactly one epoch (8 batches), mid second epoch
 def test_train_n_then_resume_to_2n_equals_train_2n(train_cfg, tmp_path, n, tiny_dvae):
     """The final last.ckpt of a finished run (max_steps not a multiple of the save interval) resumes exactly."""
@@ -581,13 +595,8 @@ def test_ctrl_c_saves_says_how_to_resume_and_exits_130(train_cfg, tmp_path, tiny
 
     monkeypatch.setattr(LogProgress, "on_train_batch_end", ctrl_c_at_step_2)
     cfg = train_cfg(*tiny_dvae, "test=false", "trainer.max_steps=6", "trainer.limit_val_batches=0")
-    handler = signal.getsignal(signal.SIGINT)  # Lightning sets SIGINT to "ignore" while it shuts down
-    try:
-        with caplog.at_level("WARNING", logger="zoo.train"), pytest.raises(SystemExit) as exit_info:
-            train(cfg)
-    finally:
-        signal.signal(signal.SIGINT, handler)
-    assert exit_info.value.code == 130
+    with caplog.at_level("WARNING", logger="zoo.train"):
+        assert _train_interrupted(cfg) == 130
     assert "interrupted (SIGINT) at step 2" in caplog.text and "ckpt_path=last" in caplog.text
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "interrupted.ckpt"
     assert _state(ckpt)["global_step"] == 2
@@ -606,13 +615,8 @@ def test_ctrl_c_in_the_first_step_saves_nothing_and_says_so(train_cfg, tmp_path,
 
     monkeypatch.setattr(LogProgress, "on_before_optimizer_step", ctrl_c_in_step_0, raising=False)
     cfg = train_cfg(*tiny_dvae, "test=false", "trainer.max_steps=4", "trainer.limit_val_batches=0")
-    handler = signal.getsignal(signal.SIGINT)  # Lightning sets SIGINT to "ignore" while it shuts down
-    try:
-        with caplog.at_level("WARNING", logger="zoo.train"), pytest.raises(SystemExit) as exit_info:
-            train(cfg)
-    finally:
-        signal.signal(signal.SIGINT, handler)
-    assert exit_info.value.code == 130
+    with caplog.at_level("WARNING", logger="zoo.train"):
+        assert _train_interrupted(cfg) == 130
     assert "interrupted (SIGINT) at step 0: nothing was trained yet, so nothing was saved" in caplog.text
     assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))
 
@@ -642,12 +646,7 @@ def test_ctrl_c_inside_a_step_then_resume_equals_uninterrupted(train_cfg, tmp_pa
         "callbacks.sample_grid=null",
     ]
     cfg = train_cfg(*common)
-    handler = signal.getsignal(signal.SIGINT)  # Lightning sets SIGINT to "ignore" while it shuts down
-    try:
-        with pytest.raises(SystemExit):
-            train(cfg)
-    finally:
-        signal.signal(signal.SIGINT, handler)
+    _train_interrupted(cfg)
     ckpts = Path(cfg.paths.output_dir) / "checkpoints"
     assert _state(ckpts / "interrupted.ckpt")["global_step"] == 3 and _state(ckpts / "last.ckpt")["global_step"] == 2
     assert train(train_cfg(*common, "ckpt_path=last"))["global_step"] == 6

@@ -307,9 +307,7 @@ def check_compatibility(model, datamodule, validates: bool = False) -> None:
 
 def validates(cfg: DictConfig) -> bool:
     """Whether this zoo-train run will run validation (training, and limit_val_batches not 0)."""
-    return bool(cfg.get("train", True)) and (
-        cfg.trainer.get("limit_val_batches") is None or cfg.trainer.limit_val_batches != 0
-    )
+    return bool(cfg.get("train", True)) and cfg.trainer.get("limit_val_batches") != 0  # None: Lightning's default
 
 
 def fit_tiny_to_data(model, datamodule):
@@ -550,12 +548,7 @@ def logged_config(plain_cfg: dict, model: Any) -> dict:
     hparams = dict(getattr(model, "hparams", None) or {})
     if not hparams:
         return plain_cfg
-    from omegaconf import ListConfig
-
-    plain = {
-        k: OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
-        for k, v in hparams.items()
-    }
+    plain = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in hparams.items()}
     return {**plain_cfg, "model": {**(plain_cfg.get("model") or {}), **plain}}
 
 
