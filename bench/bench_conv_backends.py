@@ -1,6 +1,10 @@
-"""Which CPU convolution kernel is fastest for the U-Net's 3x3 convolutions: oneDNN (torch's default) or NNPACK.
+"""Which CPU convolution kernel is fastest for the U-Net's 3x3 convolutions: oneDNN (torch's default), our
+Winograd F(4x4, 3x3) kernels (``zoo.nn.winograd``) or NNPACK.
 
-    OMP_NUM_THREADS=1 python bench/bench_conv_backends.py [--batch 16] [--reps 3] [--threads N]
+    OMP_NUM_THREADS=1 python bench/bench_conv_backends.py [--route winograd|nnpack] [--batch 16] [--reps 3] [--threads N]
+
+Each run compares oneDNN with one route (``--route``, default ``winograd``: forward, input AND weight gradient by
+our kernels; ``nnpack``: NNPACK's forward and input gradient, oneDNN's weight gradient); run it once per route.
 
 Why: the ADM U-Net's fp32 training step is convolution-bound (``bench/bench_unet.py --flops``: its 3x3
 convolutions run at ~90% of the CPU's fp32 matmul rate through oneDNN), so at equal work the step cannot get much
@@ -11,11 +15,11 @@ process's ``conv_backend`` is ``nnpack`` (``auto`` picks it on AVX2 CPUs); this 
 that choice, on this CPU:
 
 1. per convolution shape of the ``shapes`` U-Net at 32 px (batch ``--batch``): forward, and forward + backward,
-   through oneDNN and through the route (``zoo.nn.conv._NNPackConv3x3``: NNPACK forward and input gradient,
-   oneDNN weight gradient), with the route's output error against a float64 reference next to oneDNN's, and
-   whether the route's thresholds (``zoo.nn.conv._enough_work``) would take it;
+   through oneDNN and through the route (``zoo.nn.conv._WinogradConv3x3`` or ``_NNPackConv3x3``), with the route's
+   output error against a float64 reference next to oneDNN's, and whether the route's thresholds
+   (``zoo.nn.conv._winograd_work`` / ``_enough_work``) would take it;
 2. single images (batch 1, 64-512 px), forward only: what an upsampler's sampler runs;
-3. the whole ``shapes`` U-Net under ``conv_backend=torch`` and ``=nnpack``: training step (forward, MSE, backward,
+3. the whole ``shapes`` U-Net under ``conv_backend=torch`` and the route's backend: training step (forward, MSE, backward,
    fused AdamW) at batch ``--batch``, and the no-grad forward (what a sampler runs) at batch ``--batch`` and 1;
 4. the shapes upsamplers (width 32): one image's sampling forward at 128 / 512 px and a training step on crops;
 5. taming's VQGAN (the ``vqgan`` tokenizer's published layouts): one 256 px image's encode and decode.
@@ -76,8 +80,12 @@ def conv_shapes(net: UNet, x: torch.Tensor, t: torch.Tensor) -> list[tuple[int, 
     return sorted(seen, key=lambda k: (-k[2], k[0], k[1]))
 
 
+ROUTE = "winograd"  # --route: set by main()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--route", choices=("winograd", "nnpack"), default="winograd", help="the route against oneDNN")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3, help="interleaved rounds (best kept)")
@@ -93,14 +101,27 @@ def main() -> None:
     print(describe_cpu())
     backend, why = zconv.effective_conv_backend(zconv.resolve_conv_backend("auto"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); conv_backend=auto: {backend} ({why})")
-    if not zconv._nnpack_available():
+    global ROUTE
+    ROUTE = args.route
+    if ROUTE == "nnpack" and not zconv._nnpack_available():
         print("NNPACK: not available in this torch build; nothing to compare")
         return
-    route = zconv._NNPackConv3x3.apply
+    if ROUTE == "winograd" and not zconv.winograd.available()[0]:
+        print(f"Winograd kernels unavailable: {zconv.winograd.available()[1]}")
+        return
+    route = (zconv._WinogradConv3x3 if ROUTE == "winograd" else zconv._NNPackConv3x3).apply
+    label = {"winograd": "Winograd", "nnpack": "NNPACK"}[ROUTE]
+
+    def thresholds(cin: int, cout: int, batch: int, hw: int) -> bool:
+        if ROUTE == "winograd":
+            return min(cin, cout) >= zconv.MIN_CHANNELS_LARGE and zconv._winograd_work(
+                cin, cout, torch.empty(batch, 0, hw, hw)
+            )
+        return zconv._enough_work(min(cin, cout), batch, hw * hw)
 
     def timed(onednn, nnpack) -> dict:
         """Seconds per call of each, interleaved, best of ``--reps`` rounds of 2 calls."""
-        return interleaved_best({"onednn": onednn, "nnpack": nnpack}, args.reps, calls=2, warmup=1, clock=clock)
+        return interleaved_best({"onednn": onednn, ROUTE: nnpack}, args.reps, calls=2, warmup=1, clock=clock)
 
     cfg = make_unet_config("shapes", context_dim=None)
     torch.manual_seed(0)
@@ -114,8 +135,8 @@ def main() -> None:
     if not args.skip_shapes:
         print(f"\n3x3 stride-1 convolutions of the shapes U-Net at {args.size} px, batch {args.batch}: ms per call")
         print(
-            f"  {'in':>4} {'out':>4} {'px':>3} | {'oneDNN fwd':>10} {'NNPACK fwd':>10} | {'oneDNN f+b':>10}"
-            f" {'NNPACK f+b':>10} | rel. error oneDNN / NNPACK | routed by auto thresholds"
+            f"  {'in':>4} {'out':>4} {'px':>3} | {'oneDNN fwd':>10} {label + ' fwd':>12} | {'oneDNN f+b':>10}"
+            f" {label + ' f+b':>12} | rel. error oneDNN / {label} | routed by the thresholds"
         )
         for cin, cout, hw in conv_shapes(net, x, t):
             xin = torch.randn(args.batch, cin, hw, hw, requires_grad=True)
@@ -126,22 +147,22 @@ def main() -> None:
             with torch.no_grad():
                 err = {
                     name: float((y.double() - ref).abs().max() / ref.abs().max())
-                    for name, y in (("onednn", F.conv2d(xin, w, b, padding=1)), ("nnpack", route(xin, w, b)))
+                    for name, y in (("onednn", F.conv2d(xin, w, b, padding=1)), (ROUTE, route(xin, w, b)))
                 }
                 fwd = timed(lambda: F.conv2d(xin, w, b, padding=1), lambda: route(xin, w, b))
             both = timed(lambda: F.conv2d(xin, w, b, padding=1).backward(grad), lambda: route(xin, w, b).backward(grad))
-            routed = zconv._enough_work(min(cin, cout), args.batch, hw * hw)
+            routed = thresholds(cin, cout, args.batch, hw)
             print(
-                f"  {cin:>4} {cout:>4} {hw:>3} | {fwd['onednn'] * 1e3:>10.1f} {fwd['nnpack'] * 1e3:>10.1f} | "
-                f"{both['onednn'] * 1e3:>10.1f} {both['nnpack'] * 1e3:>10.1f} | "
-                f"{err['onednn']:.1e} / {err['nnpack']:.1e}{'':>13} | {'yes' if routed else 'no'}",
+                f"  {cin:>4} {cout:>4} {hw:>3} | {fwd['onednn'] * 1e3:>10.1f} {fwd[ROUTE] * 1e3:>12.1f} | "
+                f"{both['onednn'] * 1e3:>10.1f} {both[ROUTE] * 1e3:>12.1f} | "
+                f"{err['onednn']:.1e} / {err[ROUTE]:.1e}{'':>13} | {'yes' if routed else 'no'}",
                 flush=True,
             )
 
     if not args.skip_shapes:
         # what an upsampler's sampler runs: one image at a time, large
         print("\nsingle images (batch 1), forward only (a sampler's call): ms per call")
-        print(f"  {'in=out':>6} {'px':>4} | {'oneDNN':>8} {'NNPACK':>8} | routed by auto thresholds")
+        print(f"  {'in=out':>6} {'px':>4} | {'oneDNN':>8} {label:>8} | routed by the thresholds")
         for ch, hw in (
             (32, 64),
             (32, 128),
@@ -156,9 +177,9 @@ def main() -> None:
             xin, w, b = torch.randn(1, ch, hw, hw), torch.randn(ch, ch, 3, 3) * (2.0 / (ch * 9)) ** 0.5, torch.randn(ch)
             with torch.no_grad():
                 fwd = timed(lambda: F.conv2d(xin, w, b, padding=1), lambda: route(xin, w, b))
-            routed = zconv._enough_work(ch, 1, hw * hw)
+            routed = thresholds(ch, ch, 1, hw)
             print(
-                f"  {ch:>6} {hw:>4} | {fwd['onednn'] * 1e3:>8.1f} {fwd['nnpack'] * 1e3:>8.1f} | {'yes' if routed else 'no'}",
+                f"  {ch:>6} {hw:>4} | {fwd['onednn'] * 1e3:>8.1f} {fwd[ROUTE] * 1e3:>8.1f} | {'yes' if routed else 'no'}",
                 flush=True,
             )
 
@@ -173,12 +194,12 @@ def main() -> None:
     with torch.no_grad():
         zconv.set_conv_backend("torch")
         y_torch = net(x, t)
-        zconv.set_conv_backend("nnpack")
-        y_nnpack = net(x, t)
-    rel = float((y_torch - y_nnpack).abs().max() / y_torch.abs().max())
+        zconv.set_conv_backend(ROUTE)
+        y_route = net(x, t)
+    rel = float((y_torch - y_route).abs().max() / y_torch.abs().max())
     noise = torch.randn_like(x)
-    nets = {"torch": net, "nnpack": UNet(cfg)}
-    nets["nnpack"].load_state_dict(net.state_dict())
+    nets = {"torch": net, ROUTE: UNet(cfg)}
+    nets[ROUTE].load_state_dict(net.state_dict())
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True) for k, m in nets.items()}
 
     def train_step(name):
@@ -201,12 +222,12 @@ def main() -> None:
     summary: dict[str, float] = {}
     rows = [(f"training step, batch {args.batch}", {k: train_step(k) for k in nets}, 2)]
     rows += [(f"no-grad forward, batch {b}", {k: forward(b) for k in nets}, 2 if b > 1 else 8) for b in (args.batch, 1)]
-    for label, fns, calls in rows:
+    for row, fns, calls in rows:
         best = interleaved_best({k: under(k, fn) for k, fn in fns.items()}, args.reps, calls, 1, clock)
-        summary[f"shapes unet {label}"] = round(best["torch"] / best["nnpack"], 3)
+        summary[f"shapes unet {row}"] = round(best["torch"] / best[ROUTE], 3)
         print(
-            f"  {label:<26} torch {best['torch'] * 1e3:.0f} ms | nnpack {best['nnpack'] * 1e3:.0f} ms "
-            f"({best['torch'] / best['nnpack']:.2f}x)",
+            f"  {row:<26} torch {best['torch'] * 1e3:.0f} ms | {ROUTE} {best[ROUTE] * 1e3:.0f} ms "
+            f"({best['torch'] / best[ROUTE]:.2f}x)",
             flush=True,
         )
 
@@ -216,17 +237,17 @@ def main() -> None:
         summary.update(vqgan_rows(under, args.reps, clock))
     zconv.set_conv_backend(None)
     print(
-        "BENCH_JSON " + json.dumps({"machine": describe_cpu(), "threads": args.threads, "torch_over_nnpack": summary})
+        "BENCH_JSON " + json.dumps({"machine": describe_cpu(), "threads": args.threads, f"torch_over_{ROUTE}": summary})
     )
 
 
 def backend_row(label: str, under, fn, reps: int, clock) -> float:
-    """Time ``fn`` under conv_backend=torch and =nnpack (interleaved, one call a round), print a row, return
-    torch time / nnpack time."""
-    best = interleaved_best({k: under(k, fn) for k in ("torch", "nnpack")}, reps, 1, 1, clock)
-    ratio = best["torch"] / best["nnpack"]
+    """Time ``fn`` under conv_backend=torch and the route's (interleaved, one call a round), print a row, return
+    torch time / route time."""
+    best = interleaved_best({k: under(k, fn) for k in ("torch", ROUTE)}, reps, 1, 1, clock)
+    ratio = best["torch"] / best[ROUTE]
     print(
-        f"  {label} torch {best['torch'] * 1e3:.0f} ms | nnpack {best['nnpack'] * 1e3:.0f} ms ({ratio:.2f}x)",
+        f"  {label} torch {best['torch'] * 1e3:.0f} ms | {ROUTE} {best[ROUTE] * 1e3:.0f} ms ({ratio:.2f}x)",
         flush=True,
     )
     return round(ratio, 3)

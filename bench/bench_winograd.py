@@ -15,8 +15,8 @@ weight gradient. This script measures one written with torch ops, F(m x m, 3 x 3
 as one batched matmul over the a x a transform positions, ``(A dY A^T)`` (O, P) @ ``(B^T d B)`` (P, C) with P =
 batch x tiles, the transforms as matmuls with Kronecker products. Also the forward, ``A^T [ (G g G^T) ⊙ (B^T d B) ] A``,
 the same way. Each row: ms per call, best of ``--reps``, CPU-time clock; the error against float64 (relative
-Frobenius norm). Prints figures, asserts nothing; nothing in the zoo uses these kernels (see the conclusion the
-script prints, and the README's Measured table).
+Frobenius norm). Prints figures, asserts nothing. The zoo does not use these torch-op kernels: their transforms
+were the bottleneck, so zoo/nn/winograd.py does the transforms in C (``bench/bench_conv_backends.py`` measures those).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from zoo.nn.winograd import _G  # noqa: E402
 from zoo.precision import describe_cpu  # noqa: E402
 
 
@@ -49,14 +50,7 @@ def winograd_matrices(m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
             [0, 2, -1, -2, 1, 0],
             [0, 4, 0, -5, 0, 1],
         ]
-        g = [
-            [1 / 4, 0, 0],
-            [-1 / 6, -1 / 6, -1 / 6],
-            [-1 / 6, 1 / 6, -1 / 6],
-            [1 / 24, 1 / 12, 1 / 6],
-            [1 / 24, -1 / 12, 1 / 6],
-            [0, 0, 1],
-        ]
+        g = _G.tolist()  # the zoo's own kernels' G (zoo/nn/winograd.py)
         at = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
     else:
         raise ValueError(f"m = 2 or 4, got {m}")

@@ -1,5 +1,6 @@
 """zoo.nn.conv: the NNPACK route computes nn.Conv2d's function and gradients, is taken only where it should be,
-and the backend choice (auto / torch / nnpack) follows the CPU and fails clearly on a bad name."""
+and the backend choice (auto / torch / nnpack / winograd) follows the CPU and fails clearly on a bad name. The
+Winograd kernels themselves: tests/nn/test_winograd.py."""
 
 from __future__ import annotations
 
@@ -15,25 +16,9 @@ needs_nnpack = pytest.mark.skipif(not zconv._nnpack_available(), reason="this to
 
 
 @pytest.fixture
-def backend():
-    """``backend(name)`` sets the process's conv backend for the test; the previous choice comes back after."""
-    saved = (zconv._requested, zconv._resolved)
-    yield zconv.set_conv_backend
-    zconv._requested, zconv._resolved = saved
-
-
-@pytest.fixture
-def route_calls(monkeypatch):
+def route_calls(count_route):
     """A list that gets one entry per call of the NNPACK route."""
-    calls = []
-    apply = zconv._NNPackConv3x3.apply
-
-    def counted(*args):
-        calls.append(args[0].shape)
-        return apply(*args)
-
-    monkeypatch.setattr(zconv._NNPackConv3x3, "apply", counted)
-    return calls
+    return count_route(zconv._NNPackConv3x3)
 
 
 def _pair(cin=64, cout=80, seed=0, **kw):
@@ -134,8 +119,10 @@ def test_route_steps_aside_when_the_thread_count_changes(backend, route_calls, m
 
 @needs_nnpack
 def test_auto_routes_with_one_thread_only(backend, route_calls, monkeypatch):
-    """Measured: with two threads NNPACK's pool and OpenMP's take turns on the cores and the U-Net is slower."""
+    """Measured: with two threads NNPACK's pool and OpenMP's take turns on the cores and the U-Net is slower. (auto
+    takes NNPACK where the Winograd kernels cannot be built, as here.)"""
     monkeypatch.setattr(zconv, "_capability", lambda: "AVX2")
+    monkeypatch.setattr(zconv.winograd, "available", lambda: (False, "no C compiler found"))
     assert backend("auto") == ("nnpack", backend("auto").why, True)
     monkeypatch.setattr(zconv, "_pool_threads", None)
     m, x = zconv.Conv2d(64, 64, 3, padding=1), torch.randn(1, 64, 64, 64)
@@ -168,7 +155,14 @@ def test_torch_backend_is_nn_conv2d_bit_for_bit_and_keeps_state_dict_keys(backen
 def test_backend_resolution(backend, monkeypatch):
     monkeypatch.setattr(zconv, "_nnpack_available", lambda: True)
     monkeypatch.setattr(zconv, "_capability", lambda: "AVX2")
-    assert zconv.resolve_conv_backend("auto")[0] == "nnpack"
+    monkeypatch.setattr(zconv.winograd, "available", lambda: (True, ""))
+    assert zconv.resolve_conv_backend("auto")[0] == "winograd"  # ahead of both on AVX2 (bench_conv_backends.py)
+    assert zconv.resolve_conv_backend("auto").one_thread_only
+    monkeypatch.setattr(zconv.winograd, "available", lambda: (False, "no C compiler found (...)\nmore"))
+    choice = zconv.resolve_conv_backend("auto")
+    assert choice[0] == "nnpack" and "no C compiler found" in choice.why  # the log line says why not Winograd
+    with pytest.raises(ConfigError, match="conv_backend=winograd: no C compiler found"):
+        zconv.resolve_conv_backend("winograd")
     monkeypatch.setattr(zconv, "_capability", lambda: "AVX512")
     assert zconv.resolve_conv_backend("auto")[0] == "torch"  # oneDNN's AVX-512 kernels: not measured behind
     assert zconv.resolve_conv_backend("nnpack")[0] == "nnpack"  # asked for: where the user measured it ahead
@@ -180,8 +174,8 @@ def test_backend_resolution(backend, monkeypatch):
     with pytest.raises(ConfigError, match="no NNPACK.*conv_backend=torch"):
         zconv.resolve_conv_backend("nnpack")
     before = zconv.conv_backend()
-    with pytest.raises(ConfigError, match="'winograd'.*auto, torch, nnpack"):
-        backend("winograd")
+    with pytest.raises(ConfigError, match="'fft'.*auto, torch, nnpack, winograd"):
+        backend("fft")
     assert zconv.conv_backend() == before  # a bad name changes nothing
 
 

@@ -1,4 +1,12 @@
-"""Which CPU kernel runs the U-Net's 3x3 convolutions: torch's default (oneDNN) or NNPACK's Winograd.
+"""Which CPU kernel runs the U-Net's 3x3 convolutions: torch's default (oneDNN), our Winograd F(4x4, 3x3) kernels
+(``zoo.nn.winograd``) or NNPACK's Winograd.
+
+Since 2026-12-05 ``auto`` picks ``winograd`` on AVX2 CPUs with one thread: forward, input gradient AND weight
+gradient by F(4x4, 3x3) (C tile transforms + torch's batched matmuls), measured against both (AVX2-only AMD EPYC,
+one thread, ``bench/bench_conv_backends.py``): the U-Net's forward convolutions 1.3-2x oneDNN's and 1.0-2x
+NNPACK's, weight gradients 1.7-3.3x oneDNN's (NNPACK has none), about even on 32-channel 128-256 px images; the
+``shapes`` U-Net's training step ~1.5x oneDNN's (see ``bench/bench_unet.py``). It needs a C compiler at first use
+(the library is cached); without one ``auto`` falls back to NNPACK as below. What follows is NNPACK's record.
 
 Why: in fp32 on the CPU the ADM U-Net is convolution-bound, and oneDNN's direct 3x3 convolutions already run near
 the CPU's matmul rate (``bench/bench_unet.py --flops``: 87-91 GFLOP/s against 95 for a plain matmul on an AVX2-only
@@ -27,11 +35,15 @@ as on a shared machine, in the tests and in the benchmarks' comparisons).
 
 ``conv_backend`` (Hydra key of ``zoo-train`` / ``zoo-sample`` / ``zoo-eval``, or ``ZOO_CONV_BACKEND``):
 
-- ``auto`` (default): ``nnpack`` on an AVX2 CPU with NNPACK in the torch build, while ``torch.get_num_threads()`` is
-  1; ``torch`` otherwise;
+- ``auto`` (default): on an AVX2 CPU while ``torch.get_num_threads()`` is 1, ``winograd`` where its kernels build
+  (a C compiler), else ``nnpack`` where the torch build has it; ``torch`` otherwise;
+- ``winograd``: our F(4x4, 3x3) kernels wherever a convolution is eligible, any thread count (the transforms run on
+  one thread, the products on torch's): as for ``nnpack`` below but 32+ channels in and out, and at least
+  C x O / 4096 tiles of 4x4 outputs in the call;
 - ``torch``: every convolution as ``nn.Conv2d``, bit for bit;
 - ``nnpack``: the route wherever a convolution is eligible, any thread count: CPU, fp32, no autocast, 3x3 stride 1
-  padding 1, NCHW-contiguous input (channels_last stays with oneDNN, which computes it natively), 64+ channels in
+  padding 1, NCHW-contiguous input (channels_last stays with oneDNN, which computes it natively; the Winograd route
+  takes both layouts), 64+ channels in
   and out with 4096+ output positions or 32+ with images of 128 x 128 or more, not while exporting / tracing /
   compiling.
 
@@ -51,12 +63,13 @@ import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
 from zoo.errors import ConfigError
+from zoo.nn import winograd
 from zoo.precision import _capability
 
 log = logging.getLogger("zoo.nn.conv")
 
 ENV_VAR = "ZOO_CONV_BACKEND"
-CONV_BACKENDS = ("auto", "torch", "nnpack")
+CONV_BACKENDS = ("auto", "torch", "nnpack", "winograd")
 # Where NNPACK was measured ahead of oneDNN (bench/bench_conv_backends.py, AVX2 AMD EPYC, one thread): both channel
 # counts at least MIN_CHANNELS, and at least MIN_POSITIONS output positions (batch x H x W) in the call.
 MIN_CHANNELS = 64
@@ -67,8 +80,16 @@ MIN_CHANNELS_LARGE = 32
 MIN_IMAGE_POSITIONS_LARGE = 128 * 128
 
 
+# Where our Winograd kernels were measured ahead (bench/bench_conv_backends.py, AVX2 AMD EPYC, one thread): both
+# channel counts at least MIN_CHANNELS_LARGE (the 3-channel input and output convolutions stay with oneDNN), and
+# enough tiles for the weight transform (36 x C x O values, made every call) to pay: tiles (4x4 output blocks)
+# x 4096 >= C x O. E.g. batch 4 at 8 px with 256 channels: even with oneDNN's forward, weight gradient 1.7x; one
+# image there (4 tiles): 0.4x; 2 images at 16 px with 512 channels: 0.6x, so oneDNN.
+WINOGRAD_TILE_WORK = 4096
+
+
 class Choice(NamedTuple):
-    backend: str  # "torch" or "nnpack"
+    backend: str  # "torch", "nnpack" or "winograd"
     why: str
     one_thread_only: bool = False  # auto's choice: the route only while torch.get_num_threads() == 1
 
@@ -93,6 +114,11 @@ def resolve_conv_backend(requested: Optional[str] = None) -> Choice:
     if name not in CONV_BACKENDS:
         raise ConfigError(f"conv_backend={name!r}: expected one of {', '.join(CONV_BACKENDS)} (or unset {ENV_VAR})")
     available = _nnpack_available()
+    if name == "winograd":
+        ok, why = winograd.available()
+        if not ok:
+            raise ConfigError(f"conv_backend=winograd: {why}")
+        return Choice("winograd", "asked for")
     if name == "nnpack":
         if not available:
             raise ConfigError("conv_backend=nnpack: this torch build has no NNPACK; use conv_backend=torch or auto")
@@ -100,9 +126,18 @@ def resolve_conv_backend(requested: Optional[str] = None) -> Choice:
     if name == "torch":
         return Choice("torch", "asked for")
     cap = _capability()
+    wino_why = ""
+    if cap == "AVX2":
+        ok, wino_why = winograd.available()
+        if ok:
+            why = "auto: AVX2 CPU, where our Winograd F(4x4, 3x3) kernels were measured ahead of oneDNN's and NNPACK's"
+            return Choice(
+                "winograd", why + " with one thread (torch's kernels with more threads)", one_thread_only=True
+            )
+        wino_why = " (Winograd kernels unavailable: " + wino_why.splitlines()[0] + ")"
     if cap == "AVX2" and available:
         why = "auto: AVX2 CPU, where NNPACK's 3x3 convolutions were measured ahead of oneDNN's with one thread"
-        return Choice("nnpack", why + " (torch's kernels with more threads)", one_thread_only=True)
+        return Choice("nnpack", why + " (torch's kernels with more threads)" + wino_why, one_thread_only=True)
     why = (
         "no NNPACK in this torch build"
         if not available
@@ -119,17 +154,19 @@ def set_conv_backend(requested: Optional[str] = "auto") -> Choice:
     return resolved
 
 
-def _runs_nnpack(choice: Choice, threads: int) -> bool:
-    return choice.backend == "nnpack" and (not choice.one_thread_only or threads == 1)
+def _runs_route(choice: Choice, threads: int) -> bool:
+    return choice.backend != "torch" and (not choice.one_thread_only or threads == 1)
 
 
 def effective_conv_backend(choice: Optional[Choice] = None) -> tuple[str, str]:
-    """(backend, why) that runs at this thread count for ``choice`` (default: the process's): auto's NNPACK choice
-    becomes torch's kernels with more than one thread. What logs and benchmarks report."""
+    """(backend, why) that runs at this thread count for ``choice`` (default: the process's): auto's NNPACK or
+    Winograd choice becomes torch's kernels with more than one thread. What logs and benchmarks report."""
     choice = choice or conv_backend()
     threads = torch.get_num_threads()
-    if choice.backend == "nnpack" and not _runs_nnpack(choice, threads):
-        return "torch", f"auto: NNPACK only with one intra-op thread, {threads} here (OMP_NUM_THREADS=1 for it)"
+    if choice.backend != "torch" and not _runs_route(choice, threads):
+        return "torch", (
+            f"auto: {choice.backend} only with one intra-op thread, {threads} here (OMP_NUM_THREADS=1 for it)"
+        )
     return choice.backend, choice.why
 
 
@@ -191,6 +228,34 @@ class _NNPackConv3x3(torch.autograd.Function):
         return gx, gw, gb
 
 
+class _WinogradConv3x3(torch.autograd.Function):
+    """conv2d(x, w, b, padding=1), stride 1: forward, input and weight gradient by zoo.nn.winograd."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        return winograd.conv3x3(x, w, b)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad = grad.contiguous()
+        # the input gradient: a padding-1 convolution of grad with w rotated 180 degrees, in/out channels swapped
+        gx = winograd.conv3x3(grad, w.flip(-1, -2).transpose(0, 1)) if need_x else None
+        gw = winograd.weight_grad(x, grad) if need_w else None
+        gb = grad.sum((0, 2, 3)) if ctx.has_bias and need_b else None
+        return gx, gw, gb
+
+
+def _winograd_work(in_channels: int, out_channels: int, x: torch.Tensor) -> bool:
+    """Whether a call has enough 4x4 tiles for our Winograd kernels to be ahead (WINOGRAD_TILE_WORK above)."""
+    tiles = x.shape[0] * -(-x.shape[2] // 4) * -(-x.shape[3] // 4)
+    return tiles * WINOGRAD_TILE_WORK >= in_channels * out_channels
+
+
 def _enough_work(channels: int, batch: int, image_positions: int) -> bool:
     """Whether a call is large enough for NNPACK to be ahead (the measured thresholds above)."""
     if channels >= MIN_CHANNELS:
@@ -199,15 +264,16 @@ def _enough_work(channels: int, batch: int, image_positions: int) -> bool:
 
 
 def _route_on(x: torch.Tensor) -> bool:
-    """Whether the process routes ``x``'s convolutions to NNPACK at all (shape and size aside): the backend at this
-    thread count (and NNPACK's pool still of that size), an fp32 CPU tensor, no autocast, not exporting. The backend
-    first: with torch's kernels (most processes) each convolution pays one cached lookup."""
+    """Whether the process routes ``x``'s convolutions to NNPACK or Winograd at all (shape and size aside): the
+    backend at this thread count (and NNPACK's pool still of that size), an fp32 CPU tensor, no autocast, not
+    exporting. The backend first: with torch's kernels (most processes) each convolution pays one cached lookup."""
     if _exporting():  # first: a tracer or torch.compile cannot trace get_num_threads (a graph break per conv)
         return False
     threads = torch.get_num_threads()
+    choice = conv_backend()
     return (
-        _runs_nnpack(conv_backend(), threads)
-        and (_pool_threads is None or _pool_threads == threads)
+        _runs_route(choice, threads)
+        and (choice.backend != "nnpack" or _pool_threads is None or _pool_threads == threads)
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
@@ -215,11 +281,12 @@ def _route_on(x: torch.Tensor) -> bool:
 
 
 def nchw_for_route(x: torch.Tensor) -> torch.Tensor:
-    """``x`` made NCHW-contiguous when the NNPACK route is on in this process at this thread count, else ``x``.
+    """``x`` made NCHW-contiguous when the NNPACK or Winograd route is on in this process at this thread count, else ``x``.
     For a network's input that arrives channels_last-strided (a codebook lookup's permute): oneDNN carries that
     layout through every following convolution, which the route then never sees. Where the route is off, the copy
     would only cost (oneDNN runs channels_last ~10% faster than NCHW for taming's decoder on an AVX2 CPU)."""
-    return x.contiguous() if not x.is_contiguous() and _route_on(x) else x
+    nnpack = not x.is_contiguous() and _route_on(x) and conv_backend().backend == "nnpack"
+    return x.contiguous() if nnpack else x  # (the Winograd route reads channels_last as it is)
 
 
 def _exporting() -> bool:
@@ -230,8 +297,8 @@ def _exporting() -> bool:
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters, same state-dict keys) whose eligible 3x3 convolutions run on NNPACK when the
-    process's :func:`conv_backend` is ``nnpack``; everything else is ``nn.Conv2d``'s own forward."""
+    """``nn.Conv2d`` (same parameters, same state-dict keys) whose eligible 3x3 convolutions run on NNPACK or our
+    Winograd kernels when the process's :func:`conv_backend` says so; everything else is ``nn.Conv2d``'s forward."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -246,17 +313,20 @@ class Conv2d(nn.Conv2d):
             and self._min_channels >= MIN_CHANNELS_LARGE
         )
 
-    def _routed(self, x: torch.Tensor) -> bool:
-        return (
-            self._nnpack_shape
-            and _route_on(x)
-            and self.weight.dtype == torch.float32
-            and x.dim() == 4
-            and x.is_contiguous()  # NCHW: channels_last input stays with oneDNN (NNPACK would cost a copy each way)
-            and _enough_work(self._min_channels, x.shape[0], x.shape[2] * x.shape[3])
-        )
+    def _routed(self, x: torch.Tensor) -> Optional[str]:
+        """ "nnpack" / "winograd" when this call takes that route, else None."""
+        if not (self._nnpack_shape and _route_on(x) and self.weight.dtype == torch.float32 and x.dim() == 4):
+            return None
+        if conv_backend().backend == "winograd":  # reads and writes NCHW and channels_last alike
+            return "winograd" if _winograd_work(self.in_channels, self.out_channels, x) else None
+        # NNPACK: NCHW only; channels_last input stays with oneDNN (NNPACK would cost a copy each way)
+        enough = _enough_work(self._min_channels, x.shape[0], x.shape[2] * x.shape[3])
+        return "nnpack" if x.is_contiguous() and enough else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._routed(x):
+        route = self._routed(x)
+        if route == "winograd":
+            return _WinogradConv3x3.apply(x, self.weight, self.bias)
+        if route == "nnpack":
             return _NNPackConv3x3.apply(x, self.weight, self.bias)
         return super().forward(x)
