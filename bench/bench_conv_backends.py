@@ -260,7 +260,7 @@ def upsampler_rows(under, reps: int, clock) -> dict:
     from zoo.nn.unet import SuperResUNet
 
     ratios = {}
-    print("\nthe shapes upsamplers (width 32: their top level's 32-channel convolutions route only at 128+ px)")
+    print("\nthe shapes upsamplers (width 32; NNPACK routes their 32-channel convolutions only at 128+ px)")
     for name in ("shapes_32_128", "shapes_128_512"):
         up = UPSAMPLER_PRESETS[name]
         torch.manual_seed(0)
