@@ -55,6 +55,13 @@ def test_forward_and_weight_gradient_match_float64(shape):
 
 
 @needs_kernels
+def test_empty_batch():
+    x, w = torch.randn(0, 32, 8, 8), torch.randn(40, 32, 3, 3)
+    assert zw.conv3x3(x, w).shape == (0, 40, 8, 8)
+    assert torch.equal(zw.weight_grad(x, torch.randn(0, 40, 8, 8)), torch.zeros(40, 32, 3, 3))
+
+
+@needs_kernels
 def test_hand_computed_values():
     """A 1-channel 3x3 image and an all-ones kernel: each output is the sum of its 3x3 neighbourhood (zero padded)."""
     x = torch.arange(1.0, 10.0).view(1, 1, 3, 3).expand(1, 32, 3, 3).contiguous() / 32  # 32 equal channels

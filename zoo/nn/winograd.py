@@ -247,8 +247,7 @@ def weight_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     o = grad.shape[1]
     th, tw = _tiles(h, w)
-    acc = torch.zeros(36, o, c)
-    v = u = None
+    acc = v = u = None
     for p0, p1 in _chunks(n, th, tw, 36 * 4 * (c + o)):
         k = p1 - p0
         if v is None:
@@ -256,5 +255,12 @@ def weight_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         vk, uk = v[: 36 * k * c].view(36, k, c), u[: 36 * k * o].view(36, k, o)
         _check(lib.zoo_winograd_input(x.data_ptr(), n, c, h, w, *x.stride(), p0, p1, vk.data_ptr()), "input transform")
         _check(lib.zoo_winograd_grad(grad.data_ptr(), n, o, h, w, *grad.stride(), p0, p1, uk.data_ptr()), "gradient")
-        acc.baddbmm_(uk.transpose(1, 2), vk)  # sum over the chunk's tiles, per transform position
+        # the sum over the chunk's tiles, per transform position; the first chunk's product starts the sum (a zeroed
+        # accumulator cost more than the products here: its pages are touched for the first time)
+        if acc is None:
+            acc = torch.bmm(uk.transpose(1, 2), vk)
+        else:
+            acc.baddbmm_(uk.transpose(1, 2), vk)
+    if acc is None:  # an empty batch
+        return torch.zeros(o, c, 3, 3)
     return (_KW.t() @ acc.view(36, o * c)).view(3, 3, o, c).permute(2, 3, 0, 1).contiguous()
