@@ -393,7 +393,7 @@ def test_sigterm_saves_and_exits_non_zero(tmp_path, tiny_dvae, train_helpers):
 def test_ckpt_path_last_picks_the_checkpoint_furthest_in_training_not_the_newest_file(tmp_path, caplog):
     """ckpt_path=last chose between last.ckpt and interrupted.ckpt by file time: an older interrupted.ckpt that was
     copied back or touched won over a last.ckpt steps ahead, silently throwing those steps away. It now goes by the
-    global step each file records (last.ckpt on a tie), and says which file it chose and why."""
+    global step each file records (interrupted.ckpt on a tie: saved later), and says which file it chose and why."""
     from omegaconf import OmegaConf
 
     from zoo.train import resolve_ckpt_path
@@ -422,8 +422,8 @@ def test_ckpt_path_last_picks_the_checkpoint_furthest_in_training_not_the_newest
 
     save("interrupted.ckpt", 9, 500.0)  # further in training, older on disk
     assert resolve_ckpt_path(cfg) == str(interrupted)
-    save("interrupted.ckpt", 8, 2000.0)  # a tie: the regular step-boundary save
-    assert resolve_ckpt_path(cfg) == str(last)
+    save("interrupted.ckpt", 8, 500.0)  # a tie: saved when the run stopped, after that step's last.ckpt
+    assert resolve_ckpt_path(cfg) == str(interrupted)
     interrupted.write_bytes(b"truncated")  # unreadable: the readable one
     assert resolve_ckpt_path(cfg) == str(last)
 
@@ -661,6 +661,101 @@ def test_ctrl_c_inside_a_step_then_resume_equals_uninterrupted(train_cfg, tmp_pa
             return [(int(r["step"]), r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
     assert losses(Path(cfg.paths.output_dir)) == losses(tmp_path / "straight")  # same rows, same steps
+
+
+def _metrics_rows(run: Path) -> list[dict[str, str]]:
+    """metrics.csv of a run, each row without its empty cells."""
+    with open(run / "csv" / "metrics.csv") as f:
+        return [{k: v for k, v in r.items() if v} for r in csv.DictReader(f)]
+
+
+def _stopped_in_validation_then_resumed(train_cfg, tmp_path, monkeypatch, overrides, hook, step, stop):
+    """Train ``overrides`` straight, then again with ``stop`` ("SIGINT": Ctrl-C, "SIGTERM") raised / sent once from
+    the ``LogProgress`` hook ``hook`` in the validation after ``step``, resumed with ckpt_path=last -> (metrics.csv
+    rows and final weights of the straight run, of the interrupted + resumed run)."""
+    from zoo.callbacks.progress import LogProgress
+
+    straight = train_cfg(*overrides)
+    straight.paths.output_dir = str(tmp_path / "straight")
+    train(straight)
+    fired = []
+
+    def stop_once(self, trainer, *args, **kwargs):
+        if trainer.global_step == step and not trainer.sanity_checking and not fired:
+            fired.append(True)
+            if stop == "SIGINT":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning acts on it after the current batch, or later
+
+    monkeypatch.setattr(LogProgress, hook, stop_once, raising=False)
+    cfg = train_cfg(*overrides)
+    assert _train_interrupted(cfg) == (130 if stop == "SIGINT" else 143)
+    assert fired
+    assert train(train_cfg(*overrides, "ckpt_path=last"))["global_step"] == straight.trainer.max_steps
+    run = Path(cfg.paths.output_dir)
+    return (
+        (_metrics_rows(tmp_path / "straight"), _state(tmp_path / "straight" / "checkpoints" / "last.ckpt")),
+        (_metrics_rows(run), _state(run / "checkpoints" / "last.ckpt")),
+    )
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [
+        "on_validation_batch_end",  # in the validation: its row not logged yet
+        "on_validation_end",  # after its row was logged (as in the top-k checkpoint save)
+    ],
+)
+def test_ctrl_c_in_a_mid_epoch_validation_then_resume_equals_uninterrupted(
+    train_cfg, tmp_path, tiny_dvae, monkeypatch, hook
+):
+    """Ctrl-C in a validation (trainer.val_check_interval) saved the state part-way into it, which Lightning resumed
+    by skipping the validation: its metrics.csv row was never written, and every later row differed (the RNG had
+    moved on by the validation's draws). ckpt_path=last also took the last.ckpt of that step, saved before the
+    validation. The state from before the validation is saved now (and preferred), and the resume redoes it; stopped
+    once the row was logged, the resume goes on after the validation without logging it twice."""
+    overrides = [
+        *tiny_dvae,
+        "test=false",
+        "trainer.log_every_n_steps=1",
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=3",  # validations after steps 3 and 6
+        "callbacks.last_checkpoint.every_n_train_steps=3",  # last.ckpt at step 6 too, saved before its validation
+        "callbacks.sample_grid=null",
+    ]
+    straight, resumed = _stopped_in_validation_then_resumed(
+        train_cfg, tmp_path, monkeypatch, overrides, hook, 6, "SIGINT"
+    )
+    assert resumed[0] == straight[0]  # the same rows: steps and values
+    assert _same_weights(resumed[1]["state_dict"], straight[1]["state_dict"])
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [
+        "on_validation_batch_end",  # acted on after the first val batch
+    ],
+)
+def test_sigterm_in_the_end_of_epoch_validation_then_resume_equals_uninterrupted(
+    train_cfg, tmp_path, tiny_dvae, monkeypatch, hook
+):
+    """SIGTERM in the end-of-epoch validation: acted on after a val batch, the resume skipped the validation (its
+    row lost, later rows other values); acted on after the last one (Lightning then ends the epoch first), the resume
+    ran an empty epoch and went on in the one after (other data), every row logged one step late. Now the same rows
+    and weights as a run that was not stopped."""
+    overrides = [
+        *tiny_dvae,
+        "test=false",
+        "trainer.log_every_n_steps=1",
+        "trainer.max_steps=11",  # 8 steps an epoch
+        "callbacks.last_checkpoint.every_n_train_steps=5",
+        "callbacks.sample_grid=null",
+    ]
+    straight, resumed = _stopped_in_validation_then_resumed(
+        train_cfg, tmp_path, monkeypatch, overrides, hook, 8, "SIGTERM"
+    )
+    assert resumed[0] == straight[0]
+    assert _same_weights(resumed[1]["state_dict"], straight[1]["state_dict"])
 
 
 def test_resume_removes_the_temp_file_a_killed_save_left(train_cfg, tmp_path, tiny_dvae, caplog):

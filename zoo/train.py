@@ -41,7 +41,7 @@ def _instantiate_dict(node: Optional[DictConfig]) -> list[Any]:
     return out
 
 
-RESUME_NAMES = ("last.ckpt", "interrupted.ckpt")  # in tie-break order: see furthest_checkpoint
+RESUME_NAMES = ("last.ckpt", "interrupted.ckpt")  # what ckpt_path=last looks for: see furthest_checkpoint
 
 
 def checkpoint_step(path: Path) -> Optional[int]:
@@ -60,21 +60,22 @@ def furthest_checkpoint(found: list[Path]) -> tuple[Path, str]:
     """The file of ``found`` (one run's ``last.ckpt`` / ``interrupted.ckpt``) to resume from, and why.
 
     By the global step each file records, not by file time: a copied, restored or touched older file is newer on
-    disk but not further in training. At the same step ``last.ckpt`` wins: the callback saves it at a step boundary,
-    while ``interrupted.ckpt`` is written wherever the run was stopped (mid-step, mid-validation). An unreadable file
-    is only chosen when no other is readable (``check_resume_file`` then says what is wrong with it)."""
+    disk but not further in training. At the same step ``interrupted.ckpt`` wins: ``last.ckpt`` was saved at the end
+    of that step, before its validation, and the run was stopped later -- in that validation (which a resume from
+    ``last.ckpt`` counts as done: its metrics.csv row was lost) or after it (``last.ckpt`` has the RNG from before
+    it) -- and ``InterruptCheckpoint`` saves the state to go on from exactly. An unreadable file is only chosen when
+    no other is readable (``check_resume_file`` then says what is wrong with it)."""
     steps = {p: checkpoint_step(p) for p in found}
     readable = [p for p in found if steps[p] is not None]
     if not readable:
         return found[0], "no candidate could be read"
-    rank = {n: i for i, n in enumerate(RESUME_NAMES)}
-    best = max(readable, key=lambda p: (steps[p], -rank.get(p.name, len(RESUME_NAMES))))
+    best = max(readable, key=lambda p: (steps[p], p.name == "interrupted.ckpt"))
     others = [
         f"{p.name} at step {steps[p]}" if steps[p] is not None else f"{p.name} unreadable" for p in found if p != best
     ]
     why = f"step {steps[best]}" + (f"; {', '.join(others)}" if others else "")
     if any(steps[p] == steps[best] for p in readable if p != best):
-        why += f"; at the same step {best.name} wins (the regular step-boundary save)"
+        why += f"; at the same step {best.name} wins (saved when the run stopped, after that step's last.ckpt)"
     return best, why
 
 

@@ -18,6 +18,18 @@ already drawn its noise, so the resume skipped a batch and drew other noise than
 every row one step late). The saved loader position, RNG states and logging step are those from before the step
 (what ``last.ckpt`` holds at a step boundary). ``saved`` says whether this run wrote the file (``zoo.train`` words
 its message on it).
+
+Stopped inside a validation of the fit (a mid-epoch ``val_check_interval`` one or the end-of-epoch one, with its
+sample grid), the state was part-way into it: the val loop's counters said some batches were done and the RNG had
+moved on by the validation's draws; Lightning resumed such a state by skipping the validation (its metrics.csv
+row, not logged yet, was lost) or by finishing it on the wrong val batches (a wrong row), and every later row drew
+other noise than an uninterrupted run. The saved state is now that from before the validation (the val loop
+"started, no batch done", the RNG as the step left it), which Lightning resumes by running the whole validation
+again, at the same logging step, then training on. A validation counts as done once its metrics have gone to the
+loggers (redone after that, its row would be logged twice).
+
+``ckpt_path=last`` takes such a file over the ``last.ckpt`` of the same step (saved before the validation, which a
+resume from it counts as done).
 """
 
 from __future__ import annotations
@@ -36,39 +48,78 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         super().__init__(*args, **kwargs)
         self.start_step: Optional[int] = None  # the global step training started at (after a restore)
         self.saved = False
+        self._in_validation = False  # a validation of the fit has begun and its metrics are not logged yet
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = trainer.global_step
         self._keep_rng()
+        # A validation is done once its metrics are handed to the loggers (the row is written then, or when
+        # Lightning finalizes the loggers on the way out). The callbacks' on_validation_end comes later (the
+        # checkpoint callbacks', ours among them, last): a Ctrl-C in the top-k save would pass for one inside it.
+        connector = trainer._logger_connector
+        log_eval_end_metrics = connector.log_eval_end_metrics
+        if getattr(log_eval_end_metrics, "_zoo_interrupt_checkpoint", None) is self:
+            return
+
+        def logged(*args: Any, **kwargs: Any) -> None:
+            log_eval_end_metrics(*args, **kwargs)
+            self._in_validation = False
+
+        logged._zoo_interrupt_checkpoint = self  # type: ignore[attr-defined]
+        connector.log_eval_end_metrics = logged
 
     # The RNG states as the next step finds them (CheckpointInfo saves torch's CPU and Python's): after a step, and
     # again after a validation (which draws too) -- where last.ckpt records them.
     def on_train_batch_end(self, trainer, pl_module, *args: Any, **kwargs: Any) -> None:
         self._keep_rng()
 
+    def on_validation_start(self, trainer, pl_module) -> None:
+        # the RNG is still the one kept at the step's end (the val loader has a generator of its own)
+        self._in_validation = not trainer.sanity_checking and trainer.state.fn == "fit"
+
     def on_validation_end(self, trainer, pl_module) -> None:
+        self._in_validation = False
         if not trainer.sanity_checking:
             self._keep_rng()
 
     def _keep_rng(self) -> None:
         self._rng = (torch.get_rng_state(), random.getstate())
 
+    def _put_back_rng(self) -> None:
+        torch.set_rng_state(self._rng[0])
+        random.setstate(self._rng[1])
+
     def on_exception(self, trainer, *args: Any, **kwargs: Any) -> None:
         if self.start_step is None or trainer.global_step <= self.start_step:
             return
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        if progress.processed < progress.ready:  # inside a step: save the state from before it (the run is ending)
+        # the state is changed in place: the run is ending
+        epoch_loop = trainer.fit_loop.epoch_loop
+        progress = epoch_loop.batch_progress
+        if progress.current.processed < progress.current.ready:  # inside a step: save the state from before it
             from zoo.data.loader import ResumableDataLoader
 
             loader = trainer.fit_loop._combined_loader
             for dl in loader.flattened if loader is not None else []:
                 if isinstance(dl, ResumableDataLoader):
-                    dl._batches_done = progress.processed  # the batches of this epoch whose step was done
-            torch.set_rng_state(self._rng[0])
-            random.setstate(self._rng[1])
+                    dl._batches_done = progress.current.processed  # the batches of this epoch whose step was done
+            self._put_back_rng()
             if trainer.accumulate_grad_batches == 1:
                 # the logging step: a restore adds the 1 that a step-boundary save (last.ckpt) has not counted yet;
                 # saved after the step counted it, every row of the resumed run was logged one step late
-                trainer.fit_loop.epoch_loop._batches_that_stepped -= 1
+                epoch_loop._batches_that_stepped -= 1
+        elif self._in_validation:
+            self._rewind_validation(trainer)
         super().on_exception(trainer, *args, **kwargs)
         self.saved = True
+
+    def _rewind_validation(self, trainer) -> None:
+        """The val loop's counters as Lightning saves them "mid-evaluation" with no batch done, which it resumes
+        by running the whole validation (after the step: its logging step is not counted yet, as Lightning wants
+        it there), and the RNG as the validation found it."""
+        progress = trainer.fit_loop.epoch_loop.val_loop.batch_progress
+        earlier = progress.total.completed - progress.current.completed  # val batches of this epoch's earlier ones
+        for tracker, base in ((progress.total, earlier), (progress.current, 0)):
+            tracker.ready = tracker.started = base + 1  # on restore, all are reset to the completed count
+            tracker.processed = tracker.completed = base
+        progress.is_last_batch = False
+        self._put_back_rng()
