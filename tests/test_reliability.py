@@ -669,10 +669,10 @@ def _metrics_rows(run: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in r.items() if v} for r in csv.DictReader(f)]
 
 
-def _stopped_in_validation_then_resumed(train_cfg, tmp_path, monkeypatch, overrides, hook, step, stop):
+def _stopped_then_resumed(train_cfg, tmp_path, monkeypatch, overrides, hook, step, stop):
     """Train ``overrides`` straight, then again with ``stop`` ("SIGINT": Ctrl-C, "SIGTERM") raised / sent once from
-    the ``LogProgress`` hook ``hook`` in the validation after ``step``, resumed with ckpt_path=last -> (metrics.csv
-    rows and final weights of the straight run, of the interrupted + resumed run)."""
+    the ``LogProgress`` hook ``hook`` at global step ``step``, resumed with ckpt_path=last -> (metrics.csv rows and
+    final weights of the straight run, of the interrupted + resumed run)."""
     from zoo.callbacks.progress import LogProgress
 
     straight = train_cfg(*overrides)
@@ -723,36 +723,57 @@ def test_ctrl_c_in_a_mid_epoch_validation_then_resume_equals_uninterrupted(
         "callbacks.last_checkpoint.every_n_train_steps=3",  # last.ckpt at step 6 too, saved before its validation
         "callbacks.sample_grid=null",
     ]
-    straight, resumed = _stopped_in_validation_then_resumed(
-        train_cfg, tmp_path, monkeypatch, overrides, hook, 6, "SIGINT"
-    )
+    straight, resumed = _stopped_then_resumed(train_cfg, tmp_path, monkeypatch, overrides, hook, 6, "SIGINT")
     assert resumed[0] == straight[0]  # the same rows: steps and values
     assert _same_weights(resumed[1]["state_dict"], straight[1]["state_dict"])
 
 
 @pytest.mark.parametrize(
-    "hook",
+    "hook, step",
     [
-        "on_validation_batch_end",  # acted on after the first val batch
+        ("on_validation_batch_end", 8),  # the end-of-epoch validation, acted on after its first batch
+        ("on_validation_epoch_end", 8),  # acted on after it: after the end of the epoch
+        ("on_validation_epoch_end", 3),  # a mid-epoch one, acted on after it: before the next step
     ],
 )
-def test_sigterm_in_the_end_of_epoch_validation_then_resume_equals_uninterrupted(
-    train_cfg, tmp_path, tiny_dvae, monkeypatch, hook
+def test_sigterm_in_a_validation_then_resume_equals_uninterrupted(
+    train_cfg, tmp_path, tiny_dvae, monkeypatch, hook, step
 ):
-    """SIGTERM in the end-of-epoch validation: acted on after a val batch, the resume skipped the validation (its
-    row lost, later rows other values); acted on after the last one (Lightning then ends the epoch first), the resume
-    ran an empty epoch and went on in the one after (other data), every row logged one step late. Now the same rows
-    and weights as a run that was not stopped."""
+    """SIGTERM in a validation: acted on after a val batch, the resume skipped the validation (its row lost, later
+    rows other values). Acted on after the validation's last batch, the state was one Lightning misreads: it skipped
+    the validation it had already counted, so every later row was logged one step late, and at the end of an epoch it
+    also ran an empty epoch and went on in the one after (other data). Now the same rows and weights as a run that
+    was not stopped."""
     overrides = [
         *tiny_dvae,
         "test=false",
         "trainer.log_every_n_steps=1",
         "trainer.max_steps=11",  # 8 steps an epoch
+        "trainer.val_check_interval=3" if step == 3 else "trainer.val_check_interval=null",
         "callbacks.last_checkpoint.every_n_train_steps=5",
         "callbacks.sample_grid=null",
     ]
-    straight, resumed = _stopped_in_validation_then_resumed(
-        train_cfg, tmp_path, monkeypatch, overrides, hook, 8, "SIGTERM"
+    straight, resumed = _stopped_then_resumed(train_cfg, tmp_path, monkeypatch, overrides, hook, step, "SIGTERM")
+    assert resumed[0] == straight[0]
+    assert _same_weights(resumed[1]["state_dict"], straight[1]["state_dict"])
+
+
+def test_sigterm_in_the_last_step_of_an_epoch_then_resume_equals_uninterrupted(
+    train_cfg, tmp_path, tiny_dvae, monkeypatch
+):
+    """Lightning acts on a SIGTERM in an epoch's last step after ending the epoch, a state it misreads: the resume
+    ran an empty epoch and trained on in the one after (other data, every row one step late). No validation needed."""
+    overrides = [
+        *tiny_dvae,
+        "test=false",
+        "trainer.log_every_n_steps=1",
+        "trainer.max_steps=11",  # 8 steps an epoch
+        "trainer.limit_val_batches=0",
+        "callbacks.last_checkpoint.every_n_train_steps=5",
+        "callbacks.sample_grid=null",
+    ]
+    straight, resumed = _stopped_then_resumed(
+        train_cfg, tmp_path, monkeypatch, overrides, "on_train_batch_end", 8, "SIGTERM"
     )
     assert resumed[0] == straight[0]
     assert _same_weights(resumed[1]["state_dict"], straight[1]["state_dict"])

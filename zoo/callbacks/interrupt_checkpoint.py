@@ -28,8 +28,14 @@ other noise than an uninterrupted run. The saved state is now that from before t
 again, at the same logging step, then training on. A validation counts as done once its metrics have gone to the
 loggers (redone after that, its row would be logged twice).
 
-``ckpt_path=last`` takes such a file over the ``last.ckpt`` of the same step (saved before the validation, which a
-resume from it counts as done).
+Stopped after a step and its validation, before the next step (SIGTERM is acted on there, or at the end of the
+epoch; Ctrl-C in the top-k checkpoint save or while the next batch loads), the state was one Lightning misreads:
+it skipped a validation it had already counted, so every later row was logged one step late, and after the last
+step of an epoch it also ran an empty epoch and went on in the epoch after next (other data). It is now saved in
+the shape of the regular step-boundary save of that step (``last.ckpt``'s: step done, logging step not yet
+counted, epoch not yet ended) with the RNG as the validation left it, which Lightning resumes with the next step.
+
+So ``interrupted.ckpt`` is never behind a ``last.ckpt`` of the same step, and ``ckpt_path=last`` takes it on a tie.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         self.start_step: Optional[int] = None  # the global step training started at (after a restore)
         self.saved = False
         self._in_validation = False  # a validation of the fit has begun and its metrics are not logged yet
+        self._logging_step = 0  # the logging step (_batches_that_stepped) as the last step's on_train_batch_end saw it
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = trainer.global_step
@@ -72,6 +79,7 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
     # again after a validation (which draws too) -- where last.ckpt records them.
     def on_train_batch_end(self, trainer, pl_module, *args: Any, **kwargs: Any) -> None:
         self._keep_rng()
+        self._logging_step = trainer.fit_loop.epoch_loop._batches_that_stepped
 
     def on_validation_start(self, trainer, pl_module) -> None:
         # the RNG is still the one kept at the step's end (the val loader has a generator of its own)
@@ -109,6 +117,8 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
                 epoch_loop._batches_that_stepped -= 1
         elif self._in_validation:
             self._rewind_validation(trainer)
+        elif 0 < progress.current.completed == progress.current.ready:
+            self._as_step_boundary(trainer)
         super().on_exception(trainer, *args, **kwargs)
         self.saved = True
 
@@ -123,3 +133,18 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             tracker.processed = tracker.completed = base
         progress.is_last_batch = False
         self._put_back_rng()
+
+    def _as_step_boundary(self, trainer) -> None:
+        """A state after a finished step (and its validation, if one was due) as the step-boundary save of that step
+        records it: the step's batch not yet marked completed (Lightning resumes that by counting it and training
+        on, the validation counted as done), the logging step as the step's end saw it, the epoch not yet ended
+        (Lightning ends it on resume). The RNG stays as the validation left it."""
+        fit_loop = trainer.fit_loop
+        progress = fit_loop.epoch_loop.batch_progress
+        for tracker in (progress.total, progress.current):
+            tracker.completed -= 1
+        fit_loop.epoch_loop._batches_that_stepped = self._logging_step
+        epochs = fit_loop.epoch_progress
+        if epochs.current.processed == epochs.current.started:  # the epoch was ended (SIGTERM is acted on after it)
+            for tracker in (epochs.total, epochs.current):
+                tracker.processed = tracker.completed = tracker.started - 1
