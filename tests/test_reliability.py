@@ -317,6 +317,30 @@ def test_train_n_then_resume_to_2n_equals_train_2n(train_cfg, tmp_path, n, tiny_
     assert _same_weights(got["state_dict"], ref["state_dict"])
 
 
+def test_train_n_then_resume_to_2n_with_a_validation_at_step_n_equals_train_2n(train_cfg, tmp_path, tiny_dvae):
+    """last.ckpt is saved at the end of its step, before that step's validation, which Lightning counts as done on
+    resume: the resumed run went on from the RNG state before the validation's draws, an uninterrupted one after
+    them, so every later metrics.csv row and the weights differed (the same after a kill -9). A validation now leaves
+    the RNG as it found it."""
+    common = [
+        *tiny_dvae,
+        "test=false",
+        "trainer.log_every_n_steps=1",
+        "trainer.val_check_interval=3",  # validations after steps 3 and 6 of each 8-step epoch
+        "callbacks.sample_grid=null",
+    ]
+    straight = train_cfg(*common, "trainer.max_steps=12")
+    straight.paths.output_dir = str(tmp_path / "straight")
+    train(straight)
+    train(train_cfg(*common, "trainer.max_steps=6"))  # last.ckpt at step 6, then the validation of step 6
+    again = train_cfg(*common, "trainer.max_steps=12", "ckpt_path=last")
+    assert train(again)["global_step"] == 12
+    run = Path(again.paths.output_dir)
+    assert _metrics_rows(run) == _metrics_rows(tmp_path / "straight")
+    got, ref = _state(run / "checkpoints" / "last.ckpt"), _state(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    assert _same_weights(got["state_dict"], ref["state_dict"])
+
+
 def test_resume_in_the_same_run_dir_keeps_earlier_csv_metrics(train_cfg, tmp_path, tiny_dvae):
     common = [
         *tiny_dvae,

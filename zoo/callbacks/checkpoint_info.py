@@ -4,6 +4,13 @@ Lightning restores weights, optimizer, schedulers, loop counters and (through ``
 position, but not the random number generators; models that draw noise every step (Gumbel-softmax, diffusion
 timesteps, caption dropout) would then diverge from an uninterrupted run. We save and restore the torch and Python
 RNG states so that "train 2N steps" and "train N, kill, resume N" give the same weights.
+
+A validation during fit draws from the same RNGs (diffusion timesteps and noise of the val loss, the sample grid),
+but ``last.ckpt`` is saved at the end of its step, before that step's validation, and Lightning resumes it as
+validated: the resumed run went on from the RNG state before the validation, an uninterrupted one from the state
+after it, so with a validation at the saved step ("train N, resume to 2N", a ``kill -9`` after it) every later
+row and the weights differed. A validation during fit (and the sanity check) therefore leaves the RNG states as it
+found them.
 """
 
 from __future__ import annotations
@@ -22,6 +29,39 @@ class CheckpointInfo(L.Callback):
 
     def __init__(self, config: Optional[dict[str, Any]] = None):
         self.config = config or {}
+        self._rng_before_validation: Optional[tuple] = None
+        self._validating = False  # a validation of the fit has started and the RNG is not back yet
+
+    # Taken at the step's end, not at on_validation_start: the val loader's iterator is made in between, and a plain
+    # DataLoader (webdataset) draws its base seed from the global RNG.
+    def on_train_batch_end(self, trainer, pl_module, *args: Any, **kwargs: Any) -> None:
+        self._rng_before_validation = (torch.get_rng_state(), random.getstate())
+
+    # and before the sanity check, and at the start of training (the restored state: a resume may begin by redoing
+    # the validation it was interrupted in)
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        self._rng_before_validation = (torch.get_rng_state(), random.getstate())
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._rng_before_validation = (torch.get_rng_state(), random.getstate())
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._validating = trainer.state.fn == "fit"
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # before the checkpoint callbacks' on_validation_end (Lightning runs those last): the top-k save records this
+        self._restore_rng_after_validation()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # stopped in a validation (or in on_validation_end before ours): interrupted.ckpt, saved after this, records
+        # the RNG the run would have gone on with
+        self._restore_rng_after_validation()
+
+    def _restore_rng_after_validation(self) -> None:
+        if self._validating and self._rng_before_validation is not None:
+            torch.set_rng_state(self._rng_before_validation[0])
+            random.setstate(self._rng_before_validation[1])
+        self._validating = False
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         from zoo.registry import component_name_of

@@ -33,7 +33,7 @@ epoch; Ctrl-C in the top-k checkpoint save or while the next batch loads), the s
 it skipped a validation it had already counted, so every later row was logged one step late, and after the last
 step of an epoch it also ran an empty epoch and went on in the epoch after next (other data). It is now saved in
 the shape of the regular step-boundary save of that step (``last.ckpt``'s: step done, logging step not yet
-counted, epoch not yet ended) with the RNG as the validation left it, which Lightning resumes with the next step.
+counted, epoch not yet ended) with the RNG as the next step would find it, which Lightning resumes with that step.
 
 So ``interrupted.ckpt`` is never behind a ``last.ckpt`` of the same step, and ``ckpt_path=last`` takes it on a tie.
 """
@@ -76,7 +76,8 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         connector.log_eval_end_metrics = logged
 
     # The RNG states as the next step finds them (CheckpointInfo saves torch's CPU and Python's): after a step, and
-    # again after a validation (which draws too) -- where last.ckpt records them.
+    # again after a validation (CheckpointInfo has put them back as the step left them by then) -- as last.ckpt
+    # records them.
     def on_train_batch_end(self, trainer, pl_module, *args: Any, **kwargs: Any) -> None:
         self._keep_rng()
         self._logging_step = trainer.fit_loop.epoch_loop._batches_that_stepped
@@ -138,7 +139,7 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         """A state after a finished step (and its validation, if one was due) as the step-boundary save of that step
         records it: the step's batch not yet marked completed (Lightning resumes that by counting it and training
         on, the validation counted as done), the logging step as the step's end saw it, the epoch not yet ended
-        (Lightning ends it on resume). The RNG stays as the validation left it."""
+        (Lightning ends it on resume). The RNG stays as it is (``CheckpointInfo`` puts it back after a validation)."""
         fit_loop = trainer.fit_loop
         progress = fit_loop.epoch_loop.batch_progress
         for tracker in (progress.total, progress.current):
