@@ -104,25 +104,6 @@ def test_chunks_of_one_tile_row_give_the_same_result(monkeypatch):
     assert _rel(zw.weight_grad(x, grad), gw) < 1e-5  # the sum over tiles in another order: rounding (2e-6)
 
 
-@needs_kernels
-def test_threads_split_the_tiles_the_same():
-    """With torch's thread count above 1 the transforms run on that many POSIX threads (runs of tile rows)."""
-    g = torch.Generator().manual_seed(3)
-    x, w, b = torch.randn(2, 32, 21, 10, generator=g), torch.randn(40, 32, 3, 3, generator=g), torch.randn(40)
-    grad = torch.randn(2, 40, 21, 10, generator=g)
-    tiny = torch.randn(1, 32, 3, 3, generator=g)  # one tile row: fewer rows than threads
-    saved = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = zw.conv3x3(x, w, b), zw.weight_grad(x, grad), zw.conv3x3(tiny, w)
-        torch.set_num_threads(3)
-        three = zw.conv3x3(x, w, b), zw.weight_grad(x, grad), zw.conv3x3(tiny, w)
-    finally:
-        torch.set_num_threads(saved)
-    assert _rel(three[0], one[0]) < 1e-6 and _rel(three[1], one[1]) < 1e-6 and _rel(three[2], one[2]) < 1e-6
-    assert _rel(three[0], _ref(x, w, b)) < 2e-5
-
-
 @pytest.fixture
 def route_calls(count_route):
     """A list that gets one entry per call of the Winograd route."""

@@ -37,8 +37,8 @@ as on a shared machine, in the tests and in the benchmarks' comparisons).
 
 - ``auto`` (default): on an AVX2 CPU while ``torch.get_num_threads()`` is 1, ``winograd`` where its kernels build
   (a C compiler), else ``nnpack`` where the torch build has it; ``torch`` otherwise;
-- ``winograd``: our F(4x4, 3x3) kernels wherever a convolution is eligible, any thread count (the transforms on as many
-  POSIX threads as torch's intra-op count, the products on torch's own): as for ``nnpack`` below but 32+ channels in and out, and at least
+- ``winograd``: our F(4x4, 3x3) kernels wherever a convolution is eligible, any thread count (the transforms run on
+  one thread, the products on torch's): as for ``nnpack`` below but 32+ channels in and out, and at least
   C x O / 4096 tiles of 4x4 outputs in the call;
 - ``torch``: every convolution as ``nn.Conv2d``, bit for bit;
 - ``nnpack``: the route wherever a convolution is eligible, any thread count: CPU, fp32, no autocast, 3x3 stride 1

@@ -10,17 +10,15 @@
    default; NHWC: channels_last, whose rows are copied as they are); a tile is 4x4 outputs (6x6 inputs with its 1-pixel halo), tiles are
    numbered p = (n * th + ti) * tw + tj with th = ceil(H / 4), tw = ceil(W / 4), and every function handles the
    tiles p0 <= p < p1 (the caller works in cache-sized chunks). Transformed tensors are (36, p1 - p0, channels): one
-   matrix per position of the 6x6 transform, so the products are 36 matrix multiplies. With threads > 1 the tiles
-   are split into that many runs of whole tile rows, one POSIX thread each (the caller's thread takes one).
+   matrix per position of the 6x6 transform, so the products are 36 matrix multiplies.
 
    Matrices (Lavin & Gray, points 0, +-1, +-2, infinity): forward Y = AT [(G g GT) . (BT d B)] A; the weight
    gradient of one tile is GT [(A dY AT) . (BT d B)] G, summed over tiles, for one (output, input) channel pair. */
 
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define ZOO_WINOGRAD_ABI 2
+#define ZOO_WINOGRAD_ABI 1
 
 int zoo_winograd_abi(void) { return ZOO_WINOGRAD_ABI; }
 
@@ -110,9 +108,10 @@ static void cl_to_row(const float* src, int C, int W, const float* bias, float* 
 }
 
 /* x (N, C, H, W) -> V (36, p1 - p0, C): BT d B for each tile's 6x6 input (zero outside the image). */
-static int input_range(const float* x, int N, int C, int H, int W, long sn, long sc, long sh, long sw, long p0,
-                       long p1, long base, long Pc, float* V) {
+int zoo_winograd_input(const float* x, int N, int C, int H, int W, long sn, long sc, long sh, long sw, long p0,
+                       long p1, float* V) {
   int th = (H + 3) / 4, tw = (W + 3) / 4;
+  long Pc = p1 - p0;
   if (p0 < 0 || p0 > p1 || p1 > (long)N * th * tw) return -3;
   float* rows = (float*)malloc(sizeof(float) * 6 * (long)W * C); /* the tile row's 6 input rows, (6, W, C) */
   float* zero = (float*)calloc(C, sizeof(float));
@@ -150,7 +149,7 @@ static int input_range(const float* x, int N, int C, int H, int W, long sn, long
     for (int i = 0; i < 6; i++) { /* rows: B along each row -> V */
       for (int s = 0; s < 6; s++) {
         in[s] = tmp + (i * 6 + s) * (long)C;
-        out[s] = V + ((long)(i * 6 + s) * Pc + (p - base)) * C;
+        out[s] = V + ((long)(i * 6 + s) * Pc + (p - p0)) * C;
       }
       bt_pass(in, out, C);
     }
@@ -160,9 +159,10 @@ static int input_range(const float* x, int N, int C, int H, int W, long sn, long
 }
 
 /* dy (N, O, H, W) -> U (36, p1 - p0, O): A dY AT for each tile's 4x4 output gradient (zero outside the image). */
-static int grad_range(const float* dy, int N, int O, int H, int W, long sn, long sc, long sh, long sw, long p0,
-                      long p1, long base, long Pc, float* U) {
+int zoo_winograd_grad(const float* dy, int N, int O, int H, int W, long sn, long sc, long sh, long sw, long p0,
+                      long p1, float* U) {
   int th = (H + 3) / 4, tw = (W + 3) / 4;
+  long Pc = p1 - p0;
   if (p0 < 0 || p0 > p1 || p1 > (long)N * th * tw) return -3;
   float* rows = (float*)malloc(sizeof(float) * 4 * (long)W * O);
   float* zero = (float*)calloc(O, sizeof(float));
@@ -197,7 +197,7 @@ static int grad_range(const float* dy, int N, int O, int H, int W, long sn, long
     }
     for (int i = 0; i < 6; i++) {
       for (int s = 0; s < 4; s++) in[s] = tmp + (i * 4 + s) * (long)O;
-      for (int j = 0; j < 6; j++) out[j] = U + ((long)(i * 6 + j) * Pc + (p - base)) * O;
+      for (int j = 0; j < 6; j++) out[j] = U + ((long)(i * 6 + j) * Pc + (p - p0)) * O;
       a_pass(in, out, O);
     }
   }
@@ -208,9 +208,10 @@ static int grad_range(const float* dy, int N, int O, int H, int W, long sn, long
 /* M (36, p1 - p0, O) -> y (N, O, H, W): AT M A per tile, cropped to the image, plus bias (may be NULL). The tiles
    of one tile row are gathered in a (4, 4 * tw, O) buffer and written out when the row is complete, so a chunk
    must start and end on tile-row boundaries (returns -2 otherwise; the caller's chunks do). */
-static int output_range(const float* M, int N, int O, int H, int W, long sn, long sc, long sh, long sw, long p0,
-                        long p1, long base, long Pc, const float* bias, float* y) {
+int zoo_winograd_output(const float* M, int N, int O, int H, int W, long sn, long sc, long sh, long sw, long p0,
+                        long p1, const float* bias, float* y) {
   int th = (H + 3) / 4, tw = (W + 3) / 4, Wp = 4 * tw;
+  long Pc = p1 - p0;
   if (p0 < 0 || p0 > p1 || p1 > (long)N * th * tw) return -3;
   if (p0 % tw != 0 || p1 % tw != 0) return -2;
   float* rows = (float*)malloc(sizeof(float) * 4 * (long)Wp * O);
@@ -226,7 +227,7 @@ static int output_range(const float* M, int N, int O, int H, int W, long sn, lon
     int tj = (int)(p % tw), ti = (int)(nt % th);
     long n = nt / th;
     for (int j = 0; j < 6; j++) {
-      for (int i = 0; i < 6; i++) in[i] = M + ((long)(i * 6 + j) * Pc + (p - base)) * O;
+      for (int i = 0; i < 6; i++) in[i] = M + ((long)(i * 6 + j) * Pc + (p - p0)) * O;
       for (int r = 0; r < 4; r++) out[r] = tmp + (r * 6 + j) * (long)O;
       at_pass(in, out, O);
     }
@@ -242,79 +243,4 @@ static int output_range(const float* M, int N, int O, int H, int W, long sn, lon
   }
   free(rows), free(tmp);
   return 0;
-}
-
-/* The public entry points: [p0, p1) split into `threads` runs of whole tile rows (each run's rows are transposed
-   once by its own thread), run in parallel; returns the first failure's code. */
-typedef struct {
-  int kind; /* 0 input, 1 grad, 2 output */
-  const float* src;
-  const float* bias;
-  float* dst;
-  int N, C, H, W;
-  long sn, sc, sh, sw, p0, p1, base, Pc;
-  int rc;
-} job_t;
-
-static void* run_job(void* arg) {
-  job_t* j = (job_t*)arg;
-  if (j->kind == 0)
-    j->rc = input_range(j->src, j->N, j->C, j->H, j->W, j->sn, j->sc, j->sh, j->sw, j->p0, j->p1, j->base, j->Pc, j->dst);
-  else if (j->kind == 1)
-    j->rc = grad_range(j->src, j->N, j->C, j->H, j->W, j->sn, j->sc, j->sh, j->sw, j->p0, j->p1, j->base, j->Pc, j->dst);
-  else
-    j->rc = output_range(j->src, j->N, j->C, j->H, j->W, j->sn, j->sc, j->sh, j->sw, j->p0, j->p1, j->base, j->Pc,
-                         j->bias, j->dst);
-  return NULL;
-}
-
-#define MAX_THREADS 64
-
-static int run_parallel(job_t proto, int threads) {
-  int tw = (proto.W + 3) / 4;
-  long rows = (proto.p1 - proto.p0 + tw - 1) / tw;
-  if (threads > MAX_THREADS) threads = MAX_THREADS;
-  if (threads > rows) threads = (int)rows;
-  if (threads <= 1) {
-    run_job(&proto);
-    return proto.rc;
-  }
-  job_t jobs[MAX_THREADS];
-  pthread_t ids[MAX_THREADS];
-  int started[MAX_THREADS];
-  for (int t = 0; t < threads; t++) {
-    jobs[t] = proto;
-    jobs[t].p0 = proto.p0 + (rows * t / threads) * tw;
-    jobs[t].p1 = t == threads - 1 ? proto.p1 : proto.p0 + (rows * (t + 1) / threads) * tw;
-    started[t] = 0;
-  }
-  for (int t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, run_job, &jobs[t]) == 0;
-  run_job(&jobs[0]);
-  for (int t = 1; t < threads; t++) {
-    if (started[t])
-      pthread_join(ids[t], NULL);
-    else
-      run_job(&jobs[t]); /* no thread to be had: this one does that run too */
-  }
-  for (int t = 0; t < threads; t++)
-    if (jobs[t].rc != 0) return jobs[t].rc;
-  return 0;
-}
-
-int zoo_winograd_input(const float* x, int N, int C, int H, int W, long sn, long sc, long sh, long sw, long p0,
-                       long p1, float* V, int threads) {
-  job_t j = {0, x, NULL, V, N, C, H, W, sn, sc, sh, sw, p0, p1, p0, p1 - p0, 0};
-  return run_parallel(j, threads);
-}
-
-int zoo_winograd_grad(const float* dy, int N, int O, int H, int W, long sn, long sc, long sh, long sw, long p0,
-                      long p1, float* U, int threads) {
-  job_t j = {1, dy, NULL, U, N, O, H, W, sn, sc, sh, sw, p0, p1, p0, p1 - p0, 0};
-  return run_parallel(j, threads);
-}
-
-int zoo_winograd_output(const float* M, int N, int O, int H, int W, long sn, long sc, long sh, long sw, long p0,
-                        long p1, const float* bias, float* y, int threads) {
-  job_t j = {2, M, bias, y, N, O, H, W, sn, sc, sh, sw, p0, p1, p0, p1 - p0, 0};
-  return run_parallel(j, threads);
 }

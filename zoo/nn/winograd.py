@@ -9,8 +9,6 @@ feature maps (the U-Net's 8 px level, where it is behind oneDNN). Here:
 - the transforms are C (``winograd.c``, compiled on first use with the system's C compiler and cached): they run
   over channels in cache-sized chunks of tiles, so they cost a few percent of the step;
 - the multiplies are 36 batched matrix products done by torch (``torch.bmm``: MKL/oneDNN's sgemm);
-- with more than one intra-op thread (``torch.get_num_threads()``) the transforms run on that many POSIX threads,
-  each on its own runs of tile rows (C threads, not OpenMP: a second OpenMP runtime beside torch's would fight it);
 - the weight gradient is the same transforms of the input and the output gradient, summed over tiles by the
   products, and the input gradient is a forward convolution with the flipped, transposed kernel.
 
@@ -40,7 +38,7 @@ from typing import Iterator, Optional
 import torch
 
 SOURCE = Path(__file__).with_name("winograd.c")
-ABI = 2  # ZOO_WINOGRAD_ABI in winograd.c
+ABI = 1  # ZOO_WINOGRAD_ABI in winograd.c
 CACHE_ENV = "ZOO_KERNEL_CACHE"
 # Bytes of transformed tiles (input + the other operand) per chunk. bench/bench_conv_backends.py --chunks: at 2-8 MB
 # the chunk stays in the CPU's cache and large images run as fast per tile as small ones; one chunk for a whole 256 px
@@ -87,7 +85,7 @@ def _compiler() -> Optional[str]:
 
 
 def _flags() -> list[str]:
-    flags = ["-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno", "-pthread"]
+    flags = ["-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno"]
     # AVX2 + FMA vectorise the channel loops 8 floats wide; only where torch itself found AVX2 (or better).
     if platform.machine().lower() in ("x86_64", "amd64") and _cpu_capability() in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
@@ -121,9 +119,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     ptr, i, n = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
     for name in ("zoo_winograd_input", "zoo_winograd_grad"):
         fn = getattr(lib, name)
-        fn.argtypes = [ptr, i, i, i, i, n, n, n, n, n, n, ptr, i]
+        fn.argtypes = [ptr, i, i, i, i, n, n, n, n, n, n, ptr]
         fn.restype = i
-    lib.zoo_winograd_output.argtypes = [ptr, i, i, i, i, n, n, n, n, n, n, ptr, ptr, i]
+    lib.zoo_winograd_output.argtypes = [ptr, i, i, i, i, n, n, n, n, n, n, ptr, ptr]
     lib.zoo_winograd_output.restype = i
     lib.zoo_winograd_abi.restype = i
     return lib
@@ -205,11 +203,6 @@ def _check(code: int, what: str) -> None:
         raise RuntimeError(f"Winograd {what} kernel failed (code {code})" + (": out of memory" if code == -1 else ""))
 
 
-def _threads() -> int:
-    """The transforms' thread count: torch's intra-op count, which the products use too."""
-    return max(1, torch.get_num_threads())
-
-
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
@@ -242,15 +235,9 @@ def conv3x3_transformed(x: torch.Tensor, wt: torch.Tensor, b: Optional[torch.Ten
         if v is None:  # the first chunk is the largest
             v, m = torch.empty(36 * k * c), torch.empty(36 * k * o)
         vk, mk = v[: 36 * k * c].view(36, k, c), m[: 36 * k * o].view(36, k, o)
-        _check(
-            lib.zoo_winograd_input(x.data_ptr(), n, c, h, w, *x.stride(), p0, p1, vk.data_ptr(), _threads()),
-            "input transform",
-        )
+        _check(lib.zoo_winograd_input(x.data_ptr(), n, c, h, w, *x.stride(), p0, p1, vk.data_ptr()), "input transform")
         torch.bmm(vk, wt, out=mk)
-        _check(
-            lib.zoo_winograd_output(mk.data_ptr(), n, o, h, w, *y.stride(), p0, p1, _ptr(b), y.data_ptr(), _threads()),
-            "output",
-        )
+        _check(lib.zoo_winograd_output(mk.data_ptr(), n, o, h, w, *y.stride(), p0, p1, _ptr(b), y.data_ptr()), "output")
     return y
 
 
@@ -266,14 +253,8 @@ def weight_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         if v is None:
             v, u = torch.empty(36 * k * c), torch.empty(36 * k * o)
         vk, uk = v[: 36 * k * c].view(36, k, c), u[: 36 * k * o].view(36, k, o)
-        _check(
-            lib.zoo_winograd_input(x.data_ptr(), n, c, h, w, *x.stride(), p0, p1, vk.data_ptr(), _threads()),
-            "input transform",
-        )
-        _check(
-            lib.zoo_winograd_grad(grad.data_ptr(), n, o, h, w, *grad.stride(), p0, p1, uk.data_ptr(), _threads()),
-            "gradient",
-        )
+        _check(lib.zoo_winograd_input(x.data_ptr(), n, c, h, w, *x.stride(), p0, p1, vk.data_ptr()), "input transform")
+        _check(lib.zoo_winograd_grad(grad.data_ptr(), n, o, h, w, *grad.stride(), p0, p1, uk.data_ptr()), "gradient")
         # the sum over the chunk's tiles, per transform position; the first chunk's product starts the sum (a zeroed
         # accumulator cost more than the products here: its pages are touched for the first time)
         if acc is None:
