@@ -180,22 +180,9 @@ def test_backend_resolution(backend, monkeypatch):
 
 
 @needs_nnpack
-def test_unet_under_nnpack_matches_torch_and_trains_the_same(backend, route_calls):
+def test_unet_under_nnpack_matches_torch_and_trains_the_same(backend, route_calls, wide_unet):
     """The whole U-Net at a width where the route is taken: same output and parameter gradients to rounding."""
-    cfg = make_unet_config(
-        "tiny",
-        width=64,
-        image_size=32,
-        attention_resolutions=(16,),
-        num_head_channels=32,
-        max_groups=32,
-        context_dim=None,
-    )
-    torch.manual_seed(0)
-    net = UNet(cfg)
-    for m in net.modules():  # zero-initialised output layers would make the comparison vacuous
-        if isinstance(m, nn.Conv2d):
-            nn.init.normal_(m.weight, std=(2.0 / (m.in_channels * 9)) ** 0.5)
+    cfg, net = wide_unet(32, (16,))
     x, t = torch.randn(4, cfg.in_channels, 32, 32), torch.tensor([10, 300, 600, 900])  # 4096 positions at 32 px
 
     def run(name):

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from zoo.errors import ConfigError
 from zoo.nn import conv as zconv
 from zoo.nn import winograd as zw
-from zoo.nn.unet import UNet, make_unet_config
 
 needs_kernels = pytest.mark.skipif(not zw.available()[0], reason=f"Winograd kernels unavailable: {zw.available()[1]}")
 
@@ -156,23 +155,10 @@ def test_route_is_taken_only_where_eligible(backend, route_calls):
 
 
 @needs_kernels
-def test_unet_under_winograd_matches_torch_and_learns(backend, route_calls):
+def test_unet_under_winograd_matches_torch_and_learns(backend, route_calls, wide_unet):
     """The shapes-width U-Net: output and every parameter gradient as with torch's kernels, and a few AdamW steps
     on a fixed batch lower the loss the same way."""
-    cfg = make_unet_config(
-        "tiny",
-        width=64,
-        image_size=16,
-        attention_resolutions=(8,),
-        num_head_channels=32,
-        max_groups=32,
-        context_dim=None,
-    )
-    torch.manual_seed(0)
-    net = UNet(cfg)
-    for m in net.modules():  # zero-initialised output layers would make the comparison vacuous
-        if isinstance(m, nn.Conv2d):
-            nn.init.normal_(m.weight, std=(2.0 / (m.in_channels * 9)) ** 0.5)
+    cfg, net = wide_unet(16, (8,))
     start = {k: v.clone() for k, v in net.state_dict().items()}
     x, t = torch.randn(4, cfg.in_channels, 16, 16), torch.tensor([10, 300, 600, 900])
     target = torch.randn(4, cfg.out_channels, 16, 16)

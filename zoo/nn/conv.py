@@ -2,11 +2,12 @@
 (``zoo.nn.winograd``) or NNPACK's Winograd.
 
 Since 2026-12-05 ``auto`` picks ``winograd`` on AVX2 CPUs with one thread: forward, input gradient AND weight
-gradient by F(4x4, 3x3) (C tile transforms + torch's batched matmuls), measured against both (AVX2-only AMD EPYC,
-one thread, ``bench/bench_conv_backends.py``): the U-Net's forward convolutions 1.3-2x oneDNN's and 1.0-2x
-NNPACK's, weight gradients 1.7-3.3x oneDNN's (NNPACK has none), about even on 32-channel 128-256 px images; the
-``shapes`` U-Net's training step ~1.5x oneDNN's (see ``bench/bench_unet.py``). It needs a C compiler at first use
-(the library is cached); without one ``auto`` falls back to NNPACK as below. What follows is NNPACK's record.
+gradient by F(4x4, 3x3) (C tile transforms + torch's batched matmuls), measured on an AVX2-only AMD EPYC, one
+thread (``bench/bench_conv_backends.py``): the ``shapes`` U-Net's 3x3 convolutions of 64+ channels 1.7-2.7x
+oneDNN's forward and 1.8-2.7x its forward + backward (NNPACK has no weight gradient), single 32-512 px images
+1.1-2.4x oneDNN's forward; the U-Net's training step 1.65x oneDNN's, NNPACK's 1.11-1.13x. It needs a C compiler at
+first use (the library is cached); without one ``auto`` falls back to NNPACK as below. What follows is NNPACK's
+record.
 
 Why: in fp32 on the CPU the ADM U-Net is convolution-bound, and oneDNN's direct 3x3 convolutions already run near
 the CPU's matmul rate (``bench/bench_unet.py --flops``: 87-91 GFLOP/s against 95 for a plain matmul on an AVX2-only
@@ -242,7 +243,7 @@ class _WinogradConv3x3(torch.autograd.Function):
     def backward(ctx, grad):
         x, w = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        grad = grad.contiguous()
+        # grad as it comes (no contiguous copy: the kernels read any strides)
         # the input gradient: a padding-1 convolution of grad with w rotated 180 degrees, in/out channels swapped
         gx = winograd.conv3x3(grad, w.flip(-1, -2).transpose(0, 1)) if need_x else None
         gw = winograd.weight_grad(x, grad) if need_w else None
@@ -250,9 +251,9 @@ class _WinogradConv3x3(torch.autograd.Function):
         return gx, gw, gb
 
 
-def _winograd_work(in_channels: int, out_channels: int, x: torch.Tensor) -> bool:
+def _winograd_work(in_channels: int, out_channels: int, batch: int, height: int, width: int) -> bool:
     """Whether a call has enough 4x4 tiles for our Winograd kernels to be ahead (WINOGRAD_TILE_WORK above)."""
-    tiles = x.shape[0] * -(-x.shape[2] // 4) * -(-x.shape[3] // 4)
+    tiles = batch * -(-height // 4) * -(-width // 4)
     return tiles * WINOGRAD_TILE_WORK >= in_channels * out_channels
 
 
@@ -281,12 +282,12 @@ def _route_on(x: torch.Tensor) -> bool:
 
 
 def nchw_for_route(x: torch.Tensor) -> torch.Tensor:
-    """``x`` made NCHW-contiguous when the NNPACK or Winograd route is on in this process at this thread count, else ``x``.
+    """``x`` made NCHW-contiguous when the NNPACK route is on in this process at this thread count, else ``x``.
     For a network's input that arrives channels_last-strided (a codebook lookup's permute): oneDNN carries that
     layout through every following convolution, which the route then never sees. Where the route is off, the copy
     would only cost (oneDNN runs channels_last ~10% faster than NCHW for taming's decoder on an AVX2 CPU)."""
     nnpack = not x.is_contiguous() and _route_on(x) and conv_backend().backend == "nnpack"
-    return x.contiguous() if nnpack else x  # (the Winograd route reads channels_last as it is)
+    return x.contiguous() if nnpack else x  # the Winograd route reads channels_last as it is
 
 
 def _exporting() -> bool:
@@ -303,7 +304,7 @@ class Conv2d(nn.Conv2d):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._min_channels = min(self.in_channels, self.out_channels)
-        self._nnpack_shape = (
+        self._route_shape = (
             self.kernel_size == (3, 3)
             and self.stride == (1, 1)
             and self.padding == (1, 1)
@@ -315,10 +316,14 @@ class Conv2d(nn.Conv2d):
 
     def _routed(self, x: torch.Tensor) -> Optional[str]:
         """ "nnpack" / "winograd" when this call takes that route, else None."""
-        if not (self._nnpack_shape and _route_on(x) and self.weight.dtype == torch.float32 and x.dim() == 4):
+        if not (self._route_shape and _route_on(x) and self.weight.dtype == torch.float32 and x.dim() == 4):
             return None
         if conv_backend().backend == "winograd":  # reads and writes NCHW and channels_last alike
-            return "winograd" if _winograd_work(self.in_channels, self.out_channels, x) else None
+            return (
+                "winograd"
+                if _winograd_work(self.in_channels, self.out_channels, x.shape[0], x.shape[2], x.shape[3])
+                else None
+            )
         # NNPACK: NCHW only; channels_last input stays with oneDNN (NNPACK would cost a copy each way)
         enough = _enough_work(self._min_channels, x.shape[0], x.shape[2] * x.shape[3])
         return "nnpack" if x.is_contiguous() and enough else None

@@ -7,13 +7,14 @@ multiplies per channel pair instead of 144 (4x fewer), at the price of transform
 feature maps (the U-Net's 8 px level, where it is behind oneDNN). Here:
 
 - the transforms are C (``winograd.c``, compiled on first use with the system's C compiler and cached): they run
-  over channels in cache-sized chunks of tiles, so they cost a few percent of the step;
+  over channels in cache-sized chunks of tiles, ~14% of the ``shapes`` U-Net's training step (0.26 of 1.85 s in a
+  profile on an AVX2 AMD EPYC, one thread);
 - the multiplies are 36 batched matrix products done by torch (``torch.bmm``: MKL/oneDNN's sgemm);
 - the weight gradient is the same transforms of the input and the output gradient, summed over tiles by the
   products, and the input gradient is a forward convolution with the flipped, transposed kernel.
 
-Error: about 2-3e-6 relative to a float64 reference (oneDNN's direct kernels 1-2e-6, NNPACK's ~1e-5), measured by
-``tests/nn/test_winograd.py`` and ``bench/bench_conv_backends.py``.
+Error against a float64 reference (``bench/bench_conv_backends.py``, max abs / max abs): 0.5-1.1e-5 for the U-Net's
+convolutions, oneDNN's direct kernels 0.3-3e-6, NNPACK's 0.7-1.4e-5; ``tests/nn/test_winograd.py`` bounds it.
 
 The compiled library lives in ``$ZOO_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/dalle-zoo/kernels``, else
 ``~/.cache/dalle-zoo/kernels``) under a name derived from the source, compiler and flags, so an edited source or
@@ -37,12 +38,15 @@ from typing import Iterator, Optional
 
 import torch
 
+from zoo.precision import _capability
+
 SOURCE = Path(__file__).with_name("winograd.c")
 ABI = 1  # ZOO_WINOGRAD_ABI in winograd.c
 CACHE_ENV = "ZOO_KERNEL_CACHE"
-# Bytes of transformed tiles (input + the other operand) per chunk. bench/bench_conv_backends.py --chunks: at 2-8 MB
-# the chunk stays in the CPU's cache and large images run as fast per tile as small ones; one chunk for a whole 256 px
-# image of 64 channels (38 MB of tiles) was 2.5x slower.
+# Bytes of transformed tiles (input + the other operand) per chunk, so that a chunk stays in the CPU's cache. Timed
+# with budgets of 1, 4, 16 MB and unbounded (AVX2 AMD EPYC, one thread, 11 shapes from 8 px at 512 channels to 256 px
+# at 32): 4 MB was the fastest or within 10% of it everywhere; unbounded, a 256 px image of 64 channels (38 MB of
+# tiles) was 2.3-2.6x slower.
 CHUNK_BYTES = 4 << 20
 
 # F(4x4, 3x3) with the points 0, +-1, +-2, infinity (Lavin & Gray 2016): g's transform G (6x3).
@@ -87,15 +91,9 @@ def _compiler() -> Optional[str]:
 def _flags() -> list[str]:
     flags = ["-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno"]
     # AVX2 + FMA vectorise the channel loops 8 floats wide; only where torch itself found AVX2 (or better).
-    if platform.machine().lower() in ("x86_64", "amd64") and _cpu_capability() in ("AVX2", "AVX512"):
+    if platform.machine().lower() in ("x86_64", "amd64") and _capability() in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
     return flags
-
-
-def _cpu_capability() -> str:
-    from zoo.precision import _capability
-
-    return _capability()
 
 
 def _build(compiler: str, flags: list[str], target: Path) -> None:
@@ -203,10 +201,6 @@ def _check(code: int, what: str) -> None:
         raise RuntimeError(f"Winograd {what} kernel failed (code {code})" + (": out of memory" if code == -1 else ""))
 
 
-def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
-    return None if t is None else t.data_ptr()
-
-
 def weight_transform(w: torch.Tensor) -> torch.Tensor:
     """(O, C, 3, 3) -> (36, C, O): G g G^T for every channel pair, as the products' right-hand side."""
     o, c = w.shape[:2]
@@ -216,19 +210,16 @@ def weight_transform(w: torch.Tensor) -> torch.Tensor:
 def conv3x3(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.conv2d(x, w, b, padding=1)`` for fp32 CPU tensors; x (N, C, H, W) of any strides, w (O, C, 3, 3). The
     output has x's memory format (channels_last in, channels_last out)."""
-    return conv3x3_transformed(x, weight_transform(w.float()), b)
-
-
-def conv3x3_transformed(x: torch.Tensor, wt: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
     lib = library()
+    wt = weight_transform(w.float())
     n, c, h, w = x.shape
     o = wt.shape[2]
     th, tw = _tiles(h, w)
-    cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    cl = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     y = torch.empty(
         n, o, h, w, dtype=torch.float32, memory_format=torch.channels_last if cl else torch.contiguous_format
     )
-    b = None if b is None else b.detach().contiguous().float()
+    bias = None if b is None else b.detach().contiguous().float().data_ptr()
     v = m = None
     for p0, p1 in _chunks(n, th, tw, 36 * 4 * (c + o)):
         k = p1 - p0
@@ -237,7 +228,7 @@ def conv3x3_transformed(x: torch.Tensor, wt: torch.Tensor, b: Optional[torch.Ten
         vk, mk = v[: 36 * k * c].view(36, k, c), m[: 36 * k * o].view(36, k, o)
         _check(lib.zoo_winograd_input(x.data_ptr(), n, c, h, w, *x.stride(), p0, p1, vk.data_ptr()), "input transform")
         torch.bmm(vk, wt, out=mk)
-        _check(lib.zoo_winograd_output(mk.data_ptr(), n, o, h, w, *y.stride(), p0, p1, _ptr(b), y.data_ptr()), "output")
+        _check(lib.zoo_winograd_output(mk.data_ptr(), n, o, h, w, *y.stride(), p0, p1, bias, y.data_ptr()), "output")
     return y
 
 
