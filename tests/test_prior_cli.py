@@ -154,3 +154,70 @@ def test_diffusion_prior_readout_equals_the_full_stack(text_input, dropout):
         net.train()
         a, b2 = net(x, t, emb, **text, drop_text=drop), net(x, t, emb, **text, drop_text=drop)
         assert not torch.allclose(a, b2)  # dropout is live in training
+
+
+def _prior_inputs(text_input: str, b: int, dtype=torch.float64):
+    tokens = torch.randint(1, 64, (b, 8))
+    tokens[:, 5:] = 0
+    text = {
+        "tokens": {"text_tokens": tokens},
+        "encodings": {"text_encodings": torch.randn(b, 8, 16, dtype=dtype), "text_mask": tokens != 0},
+    }[text_input]
+    x, t, emb = torch.randn(b, 16, dtype=dtype), torch.randint(0, 1000, (b,)), torch.randn(b, 16, dtype=dtype)
+    return x, t, emb, text
+
+
+@pytest.mark.parametrize("text_input", ["tokens", "encodings"])
+@pytest.mark.parametrize("pattern", ["ttfftf", "tttttt", "fttfff"])
+def test_diffusion_prior_shared_null_prefix_equals_the_full_stack(text_input, pattern, monkeypatch):
+    """With two or more dropped captions in a training batch, ``forward`` computes the null caption's text prefix
+    once (``_shared_null``: kept rows first, one null prefix for the dropped rows): values and every parameter's
+    gradient equal ``head(hidden(...)[:, -1])`` (float64, training mode, rows in the caller's order), including a
+    batch with every caption dropped. The shared path must actually run (spied)."""
+    from zoo.models.diffusion_prior.model import DiffusionPriorNet, build_config
+
+    torch.manual_seed(0)
+    net = DiffusionPriorNet(build_config("tiny", {"text_input": text_input})).double().train()
+    runs = []
+    shared = net._shared_null
+    monkeypatch.setattr(net, "_shared_null", lambda *a: (runs.append(1), shared(*a))[1])
+    x, t, emb, text = _prior_inputs(text_input, len(pattern))
+    drop = torch.tensor([c == "t" for c in pattern])
+    params = [p for p in net.parameters() if p.numel()]
+    got = net(x, t, emb, **text, drop_text=drop)
+    assert runs == [1]
+    want = net.head(net.hidden(x, t, emb, **text, drop_text=drop)[:, -1])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    w = torch.randn_like(got)  # a loss that tells the rows apart, so a row mix-up shows in the gradients
+    g_got = torch.autograd.grad((got * w).sum(), params, allow_unused=True)
+    g_want = torch.autograd.grad((want * w).sum(), params, allow_unused=True)
+    for p, a, b in zip(params, g_got, g_want):
+        a = torch.zeros_like(p) if a is None else a
+        b = torch.zeros_like(p) if b is None else b
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_diffusion_prior_shares_the_null_prefix_only_when_it_is_the_same_function():
+    """The shared null prefix is used for 2+ dropped rows with text positions; not for one dropped row (nothing to
+    share), not without text tokens, and not under live dropout (each row must draw its own masks); in eval mode
+    dropout is off, so it is used. Under bf16 autocast it stays within the full stack's own bf16 rounding."""
+    from zoo.models.diffusion_prior.model import DiffusionPriorNet, build_config
+
+    torch.manual_seed(0)
+    two, one = torch.tensor([True, True, False]), torch.tensor([True, False, False])
+    net = DiffusionPriorNet(build_config("tiny")).train()
+    assert net._shares_null(two) and not net._shares_null(one) and not net._shares_null(None)
+    assert not DiffusionPriorNet(build_config("tiny", {"text_input": "none"}))._shares_null(two)
+    live = DiffusionPriorNet(build_config("tiny", {"dropout": 0.1})).train()
+    assert not live._shares_null(two)
+    assert live.eval()._shares_null(two)
+
+    x, t, emb, text = _prior_inputs("tokens", 6, torch.float32)
+    drop = torch.tensor([True, False, True, True, False, False])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = net(x, t, emb, **text, drop_text=drop)
+        want = net.head(net.hidden(x, t, emb, **text, drop_text=drop)[:, -1])
+    assert got.dtype == want.dtype == torch.bfloat16
+    exact = net.head(net.hidden(x, t, emb, **text, drop_text=drop)[:, -1])  # float32, outputs up to ~0.17
+    bf16_error = (want.float() - exact).abs().max()  # the full stack's own bf16 rounding (~1.5e-3 measured)
+    assert (got.float() - want.float()).abs().max() <= 2 * bf16_error + 1e-3

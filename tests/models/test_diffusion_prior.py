@@ -353,3 +353,34 @@ def test_token_ids_past_text_vocab_are_a_config_error(train_cfg, tmp_path):
     )
     with pytest.raises(ConfigError, match=r"val clip_text_tokens hold token id 49406.*model.net.text_vocab=49408"):
         train(cfg)
+
+
+def test_guided_sampling_computes_each_caption_prefix_once():
+    """Guided sampling of n candidates computes the text prefix once per caption plus once for the null caption
+    (b + 1 rows, spied) and copies it to the 2 b n rows (``expand_cache``); the samples equal DDIM over a cache
+    computed row by row for [cond ; uncond], as before (to float32 rounding: the same function, the prefix computed
+    at another batch size)."""
+    lit, batch = _lit(), _batch(3)
+    b, n, scale = 3, 2, 3.0
+    emb, tokens = batch["clip_text_emb"], batch["clip_text_tokens"]
+    sizes = []
+    text_cache = lit.net.text_cache
+    lit.net.text_cache = lambda rows, **kw: (sizes.append(rows), text_cache(rows, **kw))[1]
+    got = lit.sample_candidates(
+        emb, tokens, steps=6, guidance_scale=scale, n_candidates=n, generator=torch.Generator().manual_seed(5)
+    )
+    assert sizes == [b + 1]
+    del lit.net.text_cache
+    both_tokens = tokens.repeat_interleave(n, 0).repeat(2, 1)
+    both_emb = (emb * 4.0).repeat_interleave(n, 0).repeat(2, 1)
+    drop = torch.arange(2 * b * n) >= b * n
+    with torch.no_grad():
+        cache = lit.net.text_cache(2 * b * n, text_tokens=both_tokens, drop_text=drop)  # every row its own
+
+        def model_fn(x, t):
+            out = lit.net.forward_cached(cache, torch.cat([x, x]), torch.cat([t, t]), both_emb, drop_text=drop)
+            cond, uncond = out.chunk(2)
+            return guide(uncond, cond, scale)
+
+        want = ddim_sample(lit.process.respaced(6), model_fn, (b * n, D), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(got, F.normalize(want, dim=-1).view(b, n, D), rtol=1e-5, atol=1e-6)

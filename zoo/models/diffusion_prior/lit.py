@@ -309,12 +309,17 @@ class DiffusionPriorLit(ZooLit):
                 [torch.zeros(b * n, dtype=torch.bool, device=dev), torch.ones(b * n, dtype=torch.bool, device=dev)]
             )
 
-        # the text positions' keys/values are the same at every step (causal mask): computed once here
-        text_keys = ("text_tokens", "text_encodings", "text_mask")
+        # the text positions' keys/values are the same at every step (causal mask): computed once here, and once per
+        # caption (its n candidate rows share it) plus once for the null caption of every unconditional row
+        own = {k: v.to(dev) for k, v in text.items() if v is not None}
+        rows = torch.arange(b, device=dev).repeat_interleave(n)
         if scale == 1.0:
-            cache = self.net.text_cache(b * n, **{k: v for k, v in cond.items() if k in text_keys})
+            cache = self.net.text_cache(b, **own)
         else:
-            cache = self.net.text_cache(2 * b * n, **{k: v for k, v in both.items() if k in text_keys}, drop_text=drop)
+            null = torch.arange(b + 1, device=dev) == b  # one more row (any caption's text: dropped) for the null
+            cache = self.net.text_cache(b + 1, **{k: torch.cat([v, v[:1]]) for k, v in own.items()}, drop_text=null)
+            rows = torch.cat([rows, torch.full_like(rows, b)])
+        cache = self.net.expand_cache(cache, rows)
 
         def model_fn(x, timesteps):
             if scale == 1.0:
