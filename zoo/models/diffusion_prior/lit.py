@@ -299,33 +299,26 @@ class DiffusionPriorLit(ZooLit):
             "text_encodings": text_encodings if c.text_input == "encodings" else None,
             "text_mask": text_mask if c.text_input == "encodings" else None,
         }
-        cond = {k: v.to(dev).repeat_interleave(n, 0) for k, v in text.items() if v is not None}
-        cond["text_emb"] = (text_emb.to(dev).float() * self.scale).repeat_interleave(n, 0)  # (B n, D)
-        if (
-            scale != 1.0
-        ):  # one batch [cond ; uncond]; at scale 1 the unconditional pass is skipped (guide(.,., 1) = cond)
-            both = {k: torch.cat([v, v]) for k, v in cond.items()}
-            drop = torch.cat(
-                [torch.zeros(b * n, dtype=torch.bool, device=dev), torch.ones(b * n, dtype=torch.bool, device=dev)]
-            )
-
+        own = {k: v.to(dev) for k, v in text.items() if v is not None}
+        emb = (text_emb.to(dev).float() * self.scale).repeat_interleave(n, 0)  # (B n, D)
         # the text positions' keys/values are the same at every step (causal mask): computed once here, and once per
         # caption (its n candidate rows share it) plus once for the null caption of every unconditional row
-        own = {k: v.to(dev) for k, v in text.items() if v is not None}
         rows = torch.arange(b, device=dev).repeat_interleave(n)
-        if scale == 1.0:
+        if scale == 1.0:  # the unconditional pass is skipped (guide(., ., 1) = cond)
             cache = self.net.text_cache(b, **own)
-        else:
+        else:  # one batch [cond ; uncond]
             null = torch.arange(b + 1, device=dev) == b  # one more row (any caption's text: dropped) for the null
             cache = self.net.text_cache(b + 1, **{k: torch.cat([v, v[:1]]) for k, v in own.items()}, drop_text=null)
             rows = torch.cat([rows, torch.full_like(rows, b)])
+            emb = torch.cat([emb, emb])
+            drop = torch.arange(2 * b * n, device=dev) >= b * n
         cache = self.net.expand_cache(cache, rows)
 
         def model_fn(x, timesteps):
             if scale == 1.0:
-                return self.net.forward_cached(cache, x, timesteps, cond["text_emb"]).float()
+                return self.net.forward_cached(cache, x, timesteps, emb).float()
             out = self.net.forward_cached(
-                cache, torch.cat([x, x]), torch.cat([timesteps, timesteps]), both["text_emb"], drop_text=drop
+                cache, torch.cat([x, x]), torch.cat([timesteps, timesteps]), emb, drop_text=drop
             ).float()
             out_cond, out_uncond = out.chunk(2)
             return guide(out_uncond, out_cond, scale)

@@ -281,15 +281,21 @@ class DiffusionPriorNet(nn.Module):
     ) -> TextCache:
         """The text positions' keys/values in every block but the last and the last block's ln1 outputs there
         (B = ``batch``)."""
-        c, blocks = self.cfg, self.transformer.blocks
+        c = self.cfg
         p = self.transformer.ln_f.weight
         kv = KVCache(batch, c.n_layers - 1, c.n_heads, c.seq_len, c.head_dim, p.dtype, p.device)
         if not c.n_text:
             return TextCache(kv, p.new_zeros(batch, 0, c.dim))
-        x = self.embed_text(batch, text_tokens, text_encodings, text_mask, drop_text) + self.pos[: c.n_text]
-        for i, blk in enumerate(blocks[:-1]):
+        x = self.embed_text(batch, text_tokens, text_encodings, text_mask, drop_text)
+        return TextCache(kv, self._prefix(x, kv))
+
+    def _prefix(self, text: torch.Tensor, kv) -> torch.Tensor:
+        """The text positions (B, n_text, dim) through every block but the last, their keys/values going to ``kv``
+        (a ``KVCache``, or ``_Recorder`` with autograd) -> the last block's ln1 outputs there (B, n_text, dim)."""
+        x = text + self.pos[: self.cfg.n_text]
+        for i, blk in enumerate(self.transformer.blocks[:-1]):
             x = blk(x, self.causal_mask, kv, i, 0)
-        return TextCache(kv, blocks[-1].ln1(x))
+        return self.transformer.blocks[-1].ln1(x)
 
     def expand_cache(self, cache: TextCache, rows: torch.Tensor) -> TextCache:
         """A cache whose row i is row ``rows[i]`` of ``cache``: a sampler computes the prefix once per distinct
@@ -364,15 +370,13 @@ class DiffusionPriorNet(nn.Module):
             None if text_mask is None else text_mask.index_select(0, kept),
             None,
         )  # (K, L, d)
-        prefix = torch.cat([own, self.text_pad_emb.unsqueeze(0).to(own.dtype)]) + self.pos[:n]  # (K + 1, L, d)
         kv = _Recorder()
-        for i, blk in enumerate(blocks[:-1]):
-            prefix = blk(prefix, self.causal_mask, kv, i, 0)
+        h_prefix = self._prefix(torch.cat([own, self.text_pad_emb.unsqueeze(0).to(own.dtype)]), kv)  # (K + 1, L, d)
         x = self.tail(x_t[order], t[order], text_emb[order], drop[order]) + self.pos[n:]  # (B, 4, d)
         for blk, (kp, vp) in zip(blocks[:-1], kv.kv):
             x = self._tail_block(blk, x, kp, vp, k)
         h = blocks[-1].ln1(x)
-        y = self.head(self._last_block(x[:, -1], h, blocks[-1].ln1(prefix).to(h.dtype), k))
+        y = self.head(self._last_block(x[:, -1], h, h_prefix, k))
         return y.index_select(0, torch.argsort(order))
 
     @staticmethod
@@ -394,13 +398,13 @@ class DiffusionPriorNet(nn.Module):
         tail_mask = self.causal_mask[-m:, -m:]
         scores = torch.cat(
             [
-                self._per_prefix(q, kp.to(q.dtype), k, transpose=True),  # (B, H, 4, L)
+                self._per_prefix(q, kp, k, transpose=True),  # (B, H, 4, L)
                 torch.matmul(q, kt.transpose(-1, -2)).masked_fill(~tail_mask, float("-inf")),  # (B, H, 4, 4)
             ],
             dim=-1,
         ).softmax(-1)
         n = kp.shape[2]
-        y = self._per_prefix(scores[..., :n], vp.to(q.dtype), k) + torch.matmul(scores[..., n:], vt)  # (B, H, 4, D)
+        y = self._per_prefix(scores[..., :n], vp, k) + torch.matmul(scores[..., n:], vt)  # (B, H, 4, D)
         x = x + attn.proj(y.transpose(1, 2).reshape(b, m, nh * hd))
         return x + blk.mlp(blk.ln2(x))
 
