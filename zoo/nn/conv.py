@@ -4,7 +4,7 @@
 Since 2026-12-05 ``auto`` picks ``winograd`` on AVX2 CPUs with one thread: forward, input gradient AND weight
 gradient by F(4x4, 3x3) (C tile transforms + torch's batched matmuls), measured on an AVX2-only AMD EPYC, one
 thread (``bench/bench_conv_backends.py``): the ``shapes`` U-Net's 3x3 convolutions of 64+ channels 1.7-2.7x
-oneDNN's forward and 1.8-2.7x its forward + backward (NNPACK has no weight gradient), single 32-512 px images
+oneDNN's forward and 1.8-2.7x its forward + backward (NNPACK has no weight gradient), single 64-512 px images
 1.1-2.4x oneDNN's forward; the U-Net's training step 1.65x oneDNN's, NNPACK's 1.11-1.13x. It needs a C compiler at
 first use (the library is cached); without one ``auto`` falls back to NNPACK as below. What follows is NNPACK's
 record.
