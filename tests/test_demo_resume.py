@@ -80,6 +80,21 @@ def test_a_budgeted_stage_records_no_leg_and_starts_over(demo_dir, monkeypatch):
         demo.run_train(stage, {})
     assert not any(a.startswith("ckpt_path=") for a in calls[0])
     assert demo.earlier_legs("decoder") == []
+    # zoo-train refuses a run without ckpt_path beside an earlier run's checkpoints (it would resume from them):
+    # starting over removes the interrupted run's directory first
+    assert not (demo_dir / "decoder").exists()
+
+
+def test_demo_fresh_starts_a_fixed_step_stage_over_in_an_emptied_directory(demo_dir, monkeypatch):
+    stage = demo.Stage("tokenizer", ["experiment=demo/full/tokenizer"], expect_s=60)
+    _with_checkpoint(demo_dir / "tokenizer", "interrupted.ckpt")
+    monkeypatch.setenv("DEMO_FRESH", "1")
+    calls = []
+    monkeypatch.setattr(demo, "run_child", _interrupting(calls))
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_train(stage, {})
+    assert not any(a.startswith("ckpt_path=") for a in calls[0])
+    assert not (demo_dir / "tokenizer" / "checkpoints").exists()
 
 
 def test_sigterm_to_the_demo_lets_the_child_save_first(tmp_path):

@@ -535,6 +535,49 @@ def test_second_run_in_a_busy_run_dir_is_refused_before_writing(train_cfg, tmp_p
     assert train(cfg)["global_step"] == 1  # released: the directory is usable again
 
 
+def test_a_new_run_beside_an_earlier_runs_checkpoints_is_refused_not_silently_resumed(
+    train_cfg, tmp_path, tiny_dvae, recwarn
+):
+    """Lightning turns fit(ckpt_path=None) into ckpt_path="last" when an on-exception checkpoint callback is set (ours
+    is): a second run in the same run directory without ckpt_path silently went on from the earlier run's last.ckpt
+    (its weights and step), past check_resume_file. It is refused before anything is written; ckpt_path=last resumes."""
+    cfg = train_cfg(*tiny_dvae, "test=false", "trainer.max_steps=2", "trainer.limit_val_batches=0")
+    assert train(cfg)["global_step"] == 2
+    # nothing to resume in a new directory: Lightning's "the last model of the previous fit call will be used" and
+    # "no last checkpoint" warnings are not shown
+    assert not [w for w in recwarn if "ckpt_path" in str(w.message)], [str(w.message) for w in recwarn]
+    run_dir = Path(cfg.paths.output_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    before = (last.read_bytes(), (run_dir / "metrics.json").read_text())
+    again = train_cfg(*tiny_dvae, "test=false", "trainer.max_steps=4", "trainer.limit_val_batches=0")
+    assert again.paths.output_dir == cfg.paths.output_dir
+    with pytest.raises(ConfigError, match=r"holds an earlier run's checkpoints: last\.ckpt \(step 2\).*ckpt_path=last"):
+        train(again)
+    assert (last.read_bytes(), (run_dir / "metrics.json").read_text()) == before
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    resumed = train_cfg(
+        *tiny_dvae, "test=false", "trainer.max_steps=4", "trainer.limit_val_batches=0", "ckpt_path=last"
+    )
+    assert train(resumed)["global_step"] == 4
+
+
+def test_refused_new_run_leaves_the_earlier_runs_hydra_record(tmp_path, tiny_dvae):
+    """From the command line the refusal comes from the Hydra callback, before Hydra replaces the earlier run's
+    .hydra record with the refused command's."""
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir()
+    atomic_torch_save({"global_step": 7, "state_dict": {}}, run_dir / "checkpoints" / "interrupted.ckpt")
+    record = {name: f"the earlier run's {name}\n" for name in ("config.yaml", "overrides.yaml", "hydra.yaml")}
+    for name, text in record.items():
+        (run_dir / ".hydra" / name).write_text(text)
+    done = _run("zoo.train", [*tiny_dvae, "trainer.max_steps=1", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "holds an earlier run's checkpoints: interrupted.ckpt (step 7)" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert {n: (run_dir / ".hydra" / n).read_text() for n in record} == record
+
+
 def test_refused_second_run_leaves_the_running_runs_hydra_record_and_log(tmp_path, tiny_dvae):
     """Hydra wrote the refused run's .hydra/config.yaml, overrides.yaml, hydra.yaml and log lines into the running
     run's directory before train() took the lock and refused: the running run's record named the wrong settings.

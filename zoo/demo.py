@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -339,6 +340,11 @@ def run_train(stage: Stage, timings: dict[str, float], schedule: Optional[Schedu
     resume = resumable(stage, run_dir)
     if resume:
         overrides.append("ckpt_path=last")
+    elif (run_dir / "checkpoints").is_dir():
+        # starting over (a budgeted stage after an interruption, or DEMO_FRESH=1): zoo-train refuses a new run in a
+        # directory that holds an earlier run's checkpoints (it would resume from them), so the earlier leg goes
+        print(f"\n=== demo stage '{stage.name}': starting over, removing the earlier run in {run_dir}", flush=True)
+        shutil.rmtree(run_dir)
     expect = stage.expect_s * (PACE.factor if FULL else 1.0)
     if stage.minutes is not None:
         minutes = (schedule.budget_minutes(stage) if schedule is not None else stage.minutes) * SCALE

@@ -195,6 +195,20 @@ class LockRunDir(Callback):
         # run_job's own reading of the directory: the same config object (its ${now:...} is cached), made absolute
         self.out_dir = Path(os.path.abspath(str(config.hydra.run.dir)))
         report_user_errors(self._lock)(self.out_dir)
+        # a new run in the directory of an earlier one is refused here too (zoo.train.check_no_earlier_run), before
+        # Hydra replaces that run's .hydra record with the refused command's; config's own checkpoint dirpaths name
+        # ${hydra:runtime.output_dir}, unset this early, so this looks in <run dir>/checkpoints (train looks in all)
+        report_user_errors(self._check_no_earlier_run)(config, self.out_dir)
+
+    @staticmethod
+    def _check_no_earlier_run(config: DictConfig, out_dir: Path) -> None:
+        from omegaconf import OmegaConf
+
+        from zoo.train import check_no_earlier_run
+
+        check_no_earlier_run(
+            OmegaConf.create({"train": config.get("train", True), "ckpt_path": config.get("ckpt_path")}), out_dir
+        )
 
     @staticmethod
     def _lock(out_dir: Path) -> None:

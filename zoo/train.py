@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -109,6 +110,53 @@ def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
     chosen, why = furthest_checkpoint(found)
     log.info("ckpt_path=last: resuming from %s (%s)", chosen, why)
     return str(chosen)
+
+
+def earlier_run_checkpoints(cfg: DictConfig, out_dir: Path) -> list[Path]:
+    """The resume points (``last*.ckpt``, the on-exception ``interrupted.ckpt``) an earlier run left in the
+    checkpoint directories of this run's config (``out_dir/checkpoints`` and any callback's ``dirpath``)."""
+    import re
+
+    dirs, names = {out_dir / "checkpoints"}, {"interrupted.ckpt"}
+    for node in (cfg.get("callbacks") or {}).values():
+        if not isinstance(node, DictConfig) or "Checkpoint" not in str(node.get("_target_", "")):
+            continue
+        try:  # a dirpath that does not resolve here (an interpolation of another tool) is Lightning's to report
+            if node.get("dirpath"):
+                dirs.add(Path(str(node.dirpath)))
+            if "Exception" in str(node._target_) or "Interrupt" in str(node._target_):
+                names.add(f"{node.get('filename') or 'on_exception'}.ckpt")
+        except Exception:
+            continue
+    last = re.compile(r"^last(-\d+)?\.ckpt$")
+    return sorted(
+        {p for d in dirs if d.is_dir() for p in d.iterdir() if p.is_file() and (p.name in names or last.match(p.name))}
+    )
+
+
+def check_no_earlier_run(cfg: DictConfig, out_dir: Path) -> None:
+    """A training run without ``ckpt_path`` in a directory that holds an earlier run's resume points is refused
+    (ConfigError) before anything is built or written.
+
+    Lightning itself resumes silently there: with an on-exception checkpoint callback (ours, ``callbacks.on_exception``)
+    ``trainer.fit(ckpt_path=None)`` becomes ``ckpt_path="last"`` and loads the newest ``last*.ckpt`` /
+    ``interrupted.ckpt`` it finds, past ``check_resume_file``: a run meant to start over (another learning rate, a
+    re-run with the same explicit ``hydra.run.dir``) went on from the earlier weights and step, and a run of another
+    model failed on a state-dict mismatch. Without that callback the new run's last checkpoint became
+    ``last-v1.ckpt`` beside the earlier ``last.ckpt``, which ``ckpt_path=last`` would later resume. So the user
+    says which: resume, or another directory."""
+    if not cfg.get("train", True) or cfg.get("ckpt_path"):
+        return
+    found = earlier_run_checkpoints(cfg, out_dir)
+    if found:
+        steps = ", ".join(
+            f"{p.name} (step {s})" if (s := checkpoint_step(p)) is not None else f"{p.name} (unreadable)" for p in found
+        )
+        raise ConfigError(
+            f"{out_dir} holds an earlier run's checkpoints: {steps} in {found[0].parent}. A new run there would "
+            f"resume from them or mix with them (fix: ckpt_path=last to go on with that run, or another "
+            f"hydra.run.dir to start over; delete {found[0].parent} to start over in this directory)"
+        )
 
 
 def _wandb_run_id(wandb_dir: Path) -> Optional[str]:
@@ -398,6 +446,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
 
     from zoo.callbacks.checkpoint_info import CheckpointInfo
 
+    check_no_earlier_run(cfg, out_dir)  # first: nothing of the earlier run is touched
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
 
     # --- build everything (fails here, before training, on a bad config) ---------------------------------
@@ -488,7 +537,17 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
 
             try:
                 t_fit = time.perf_counter()
-                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+                with warnings.catch_warnings():
+                    if not ckpt_path:
+                        # check_no_earlier_run left nothing for Lightning's implicit ckpt_path="last" to find; its two
+                        # warnings ("the last model of the previous fit will be used", "no last checkpoint") would
+                        # tell every new run otherwise
+                        for message in (
+                            r".*ckpt_path=None\)` was called without a model",
+                            r'.*ckpt_path="last"\) is set',
+                        ):
+                            warnings.filterwarnings("ignore", message=message)
+                    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
                 fit_minutes = (time.perf_counter() - t_fit) / 60.0
             except SIGTERMException:
                 # Lightning raises SystemExit() (status 0) on SIGTERM after the on-exception checkpoint is saved.
