@@ -263,3 +263,50 @@ def test_samples_json_records_the_upsampled_prompts(tmp_path, monkeypatch):
     monkeypatch.setattr(base, "build_generator", lambda node, what: Gen())
     sample(_sample_cfg('prompts=["a red circle"]', "n_keep=2", f"out_dir={tmp_path / 'plain'}"))
     assert "upsampled_prompts" not in json.loads((tmp_path / "plain" / "samples.json").read_text())["a red circle"]
+
+
+def _stamped(path: Path, component: str) -> Path:
+    """A file that says it holds ``component`` (all zoo-sample reads before it picks the generator)."""
+    from zoo.checkpoint import atomic_torch_save
+
+    atomic_torch_save({"zoo_component": component, "state_dict": {}}, path)
+    return path
+
+
+@pytest.mark.parametrize("component", ["diffusion_prior", "ar_prior"])
+def test_a_prior_checkpoint_goes_to_the_unclip_generator(tmp_path, monkeypatch, component):
+    """A prior draws CLIP image embeddings, not images: ckpt=<prior> with prompts is unCLIP's prior_ckpt (it used to
+    warn "prompts ignored, writing its own sample grid" and then fail: a prior has no grid), and without prompts the
+    error says how to sample it."""
+    import zoo.pipelines.base
+    from zoo.errors import ConfigError
+
+    ckpt = _stamped(tmp_path / "prior.ckpt", component)
+    seen = {}
+
+    class Generator:
+        def generate(self, captions):
+            return torch.zeros(len(captions), 3, 4, 4)
+
+    def build(node, what):
+        seen.update(node)
+        return Generator()
+
+    monkeypatch.setattr(zoo.pipelines.base, "build_generator", build)
+    common = [f"out_dir={tmp_path / 'out'}", f"paths.root_dir={tmp_path}", f"ckpt={ckpt}"]
+    sample(_sample_cfg(*common, "generator=unclip", 'prompts=["a red circle"]'))
+    assert seen["prior_ckpt"] == str(ckpt) and seen["decoder_ckpt"] is None
+    with pytest.raises(ConfigError, match=r"add generator=unclip.*generator.prior_ckpt="):
+        sample(_sample_cfg(*common, 'prompts=["a red circle"]'))
+    with pytest.raises(ConfigError, match=rf"{component} checkpoint: it turns captions into CLIP image embeddings"):
+        sample(_sample_cfg(*common))
+
+
+@pytest.mark.parametrize("component", ["clip", "noised_clip", "captioner", "prompt_upsampler"])
+@pytest.mark.parametrize("prompts", ['prompts=["a red circle"]', "prompts=[]"])
+def test_a_checkpoint_that_draws_no_images_says_what_it_is_for(tmp_path, component, prompts):
+    from zoo.errors import ConfigError
+
+    ckpt = _stamped(tmp_path / "m.ckpt", component)
+    with pytest.raises(ConfigError, match=rf"is a {component} checkpoint, which draws no images \(fix: it "):
+        sample(_sample_cfg(f"out_dir={tmp_path / 'out'}", f"paths.root_dir={tmp_path}", f"ckpt={ckpt}", prompts))

@@ -13,8 +13,10 @@ as a grid PNG per prompt plus the individual images (``<prompt>-<hash>/NN.png``)
 names the generator option and the argument the file fills (``zoo.pipelines.base.CHECKPOINT_GENERATORS``; dalle ->
 ``generator=dalle``, ``generator.dalle_ckpt=<file>``). A checkpoint of a component that is not a text-to-image
 generator (the image tokenizers), or any checkpoint without prompts, gives the model's own sample grid on a
-validation batch of the data it was trained on (``zoo.pipelines.grid``). Everything is written under the run
-directory.
+validation batch of the data it was trained on (``zoo.pipelines.grid``). A prior's file (``diffusion_prior``,
+``ar_prior``) is unCLIP's ``generator.prior_ckpt``; a component that draws no images at all (CLIP, the noised CLIP,
+the captioner, the prompt upsampler) is an error that says what it is for (``NOT_IMAGE_MODELS``). Everything is
+written under the run directory.
 """
 
 from __future__ import annotations
@@ -93,6 +95,25 @@ def check_renamed(cfg: DictConfig) -> None:
         raise ConfigError(f"zoo-sample option{'s' if len(used) > 1 else ''} renamed: {fixes}")
 
 
+# Components that draw no images, text-conditioned or not: zoo-sample says what each is for instead of promising a
+# sample grid it cannot make.
+NOT_IMAGE_MODELS = {
+    "clip": "it scores images against captions: generator.clip_ckpt=<it> reranks a generator's samples; zoo-embed "
+    "and zoo-eval use it too",
+    "noised_clip": "it guides GLIDE's sampling: generator=glide generator.glide_ckpt=<glide ckpt> "
+    "generator.noised_clip_ckpt=<it> generator.clip_guidance_scale=<s>",
+    "captioner": "it writes captions for images: zoo-recaption ckpt=<it>",
+    "prompt_upsampler": "it rewrites prompts before a generator draws them: generator.prompt_upsampler=<it> with "
+    "generator=dalle, glide or unclip and that generator's checkpoints",
+}
+
+
+def _has_sample_grid(component: str) -> bool:
+    from zoo.registry import component_class
+
+    return callable(getattr(component_class(component), "sample_grid", None))
+
+
 def checkpoint_component(ckpt: str) -> str:
     """The registered component name a checkpoint file says it holds (safe load; nothing the file names is used)."""
     from zoo.checkpoint import safe_load
@@ -124,6 +145,10 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     node = cfg.get("generator")
     if cfg.get("ckpt"):
         component = checkpoint_component(str(cfg.ckpt))
+        if component in NOT_IMAGE_MODELS:
+            raise ConfigError(
+                f"{cfg.ckpt} is a {component} checkpoint, which draws no images (fix: {NOT_IMAGE_MODELS[component]})"
+            )
         mapped = checkpoint_generator(component)
         if cfg.prompts and mapped is None:  # an image tokenizer, a CLIP...: nothing to draw from a caption
             log.warning(
@@ -131,6 +156,13 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
                 "sample grid (for text-to-image: a dalle, glide or unclip_decoder checkpoint)",
                 cfg.ckpt,
                 component,
+            )
+        if not cfg.prompts and mapped is not None and not _has_sample_grid(component):
+            option, key = mapped  # a prior: its samples are CLIP embeddings, drawn from captions only
+            raise ConfigError(
+                f"{cfg.ckpt} is a {component} checkpoint: it turns captions into CLIP image embeddings for the "
+                f"{option} generator (fix: zoo-sample generator={option} generator.{key}={cfg.ckpt} "
+                f"prompts='[\"...\"]' and that generator's other checkpoints, conf/generator/{option}.yaml)"
             )
         if not cfg.prompts or mapped is None:
             written = sample_checkpoint_grid(cfg, out_dir, component)

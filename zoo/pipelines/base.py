@@ -38,6 +38,9 @@ CHECKPOINT_GENERATORS: dict[str, tuple[str, str]] = {
     "dalle": ("dalle", "dalle_ckpt"),
     "glide": ("glide", "glide_ckpt"),
     "unclip_decoder": ("unclip", "decoder_ckpt"),  # also needs generator.prior_ckpt= and generator.clip_ckpt=
+    # a prior makes CLIP image embeddings, which unCLIP's decoder turns into images
+    "diffusion_prior": ("unclip", "prior_ckpt"),  # also needs generator.decoder_ckpt= and generator.clip_ckpt=
+    "ar_prior": ("unclip", "prior_ckpt"),
 }
 
 RANGE_TOLERANCE = 1e-3  # float round-off of [-1, 1] outputs (decoders, resizes) is tolerated
