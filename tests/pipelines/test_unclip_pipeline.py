@@ -431,3 +431,25 @@ def test_manipulation_cli_writes_a_grid(ckpts, tmp_path):
         ]
     )
     assert out.is_file()
+
+
+def test_manipulation_cli_out_may_be_a_directory_and_a_bad_extension_fails_first(ckpts, tmp_path, monkeypatch):
+    """--out without an extension crashed in PIL ("unknown file extension") after the whole sampling; it is a
+    directory now, and an extension PIL cannot write is refused before any checkpoint is loaded."""
+    from torchvision.utils import save_image
+
+    from zoo.pipelines import unclip
+
+    img = tmp_path / "a.png"
+    save_image(_images(1, 16, seed=4)[0].add(1).div(2), img)
+    args = ["--decoder-ckpt", str(ckpts["decoder"]), "--clip-ckpt", str(ckpts["clip"]), "-n", "2", "--decoder-steps"]
+    written = unclip.main(["variations", str(img), *args, "2", "--out", str(tmp_path / "grids")])
+    assert written["grid"] == str(tmp_path / "grids" / "variations.png") and Path(written["grid"]).is_file()
+
+    def must_not_load(*a, **k):
+        raise AssertionError("checkpoints loaded before --out was checked")
+
+    monkeypatch.setattr(unclip.UnclipPipeline, "from_checkpoints", must_not_load)
+    with pytest.raises(SystemExit) as e:
+        unclip.main(["variations", str(img), *args, "2", "--out", str(tmp_path / "v.xyz")])
+    assert e.value.code == 2

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -675,18 +676,34 @@ def _load_image(path: str) -> torch.Tensor:
     return pil_to_tensor(Image.open(path).convert("RGB")).float().div(127.5).sub(1).unsqueeze(0)
 
 
+def _grid_path(out: str, mode: str) -> Path:
+    """``--out`` as the grid's file: an existing directory or a name without an extension is a directory (the grid
+    is ``<dir>/<mode>.png``); an extension PIL cannot write is a ConfigError, raised before anything is sampled."""
+    from PIL import Image
+
+    path = Path(out)
+    if path.is_dir() or not path.suffix:
+        return path / f"{mode}.png"
+    Image.init()
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise ConfigError(f"--out {out}: PIL cannot write {path.suffix} images (fix: --out <name>.png, or a directory)")
+    return path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
     """``python -m zoo.pipelines.unclip {variations,interpolate,text_diff} --decoder-ckpt ... --clip-ckpt ...``:
     one grid PNG (rows of frames / variations) per call. Captions go through ``zoo-sample generator=unclip``."""
-    from pathlib import Path
-
     p = argparse.ArgumentParser(prog="python -m zoo.pipelines.unclip", description=main.__doc__)
     p.add_argument("mode", choices=["variations", "interpolate", "text_diff"])
     p.add_argument("images", nargs="+", help="image file(s): one (variations, text_diff) or two (interpolate)")
     p.add_argument("--decoder-ckpt", required=True)
     p.add_argument("--clip-ckpt", required=True)
     p.add_argument("--upsampler-ckpt", action="append", default=[])
-    p.add_argument("--out", default="unclip_manipulation.png")
+    p.add_argument(
+        "--out",
+        default="unclip_manipulation.png",
+        help="the grid's image file (.png, .jpg...), or a directory: <dir>/<mode>.png",
+    )
     p.add_argument("-n", "--n", type=int, default=5, help="variations / frames")
     p.add_argument("--eta", type=float, default=0.5, help="DDIM eta of variations")
     p.add_argument("--latent", choices=["fixed", "slerp"], default="fixed")
@@ -703,6 +720,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
 
     @report_user_errors
     def run() -> dict[str, str]:
+        out_file = _grid_path(a.out, a.mode)  # checked before the work: a bad name used to fail after sampling
         pipe = UnclipPipeline.from_checkpoints(
             None,
             a.decoder_ckpt,
@@ -729,10 +747,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
             out = pipe.text_diff(torch.cat(imgs), a.caption_from, a.caption_to, n_steps=a.n, max_t=a.max_t)
         from torchvision.utils import save_image
 
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        save_image(out.flatten(0, 1).add(1).div(2).clamp(0, 1), a.out, nrow=out.shape[1])
-        print(a.out)
-        return {"grid": a.out}
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        save_image(out.flatten(0, 1).add(1).div(2).clamp(0, 1), out_file, nrow=out.shape[1])
+        print(out_file)
+        return {"grid": str(out_file)}
 
     return run()
 
