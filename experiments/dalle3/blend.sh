@@ -27,7 +27,8 @@ done
 train() {  # train <row>: zoo-train unless it finished; resume from last.ckpt if it was interrupted
   local run="$LOGS/dalle3/$COL/$1" resume=()
   if [ -f "$run/metrics.json" ]; then echo "=== dalle3/$COL/$1: done earlier ($run)"; return; fi
-  [ -f "$run/checkpoints/last.ckpt" ] && resume=(ckpt_path=last)
+  # interrupted.ckpt too: a run stopped before its first last.ckpt (zoo-train refuses a new run beside either)
+  if [ -f "$run/checkpoints/last.ckpt" ] || [ -f "$run/checkpoints/interrupted.ckpt" ]; then resume=(ckpt_path=last); fi
   echo "=== zoo-train experiment=dalle3/$COL/$1 ${resume[*]}"
   $PY -m zoo.train "experiment=dalle3/$COL/$1" "${resume[@]}"
 }

@@ -16,7 +16,8 @@ done
 train() {  # train <experiment>: zoo-train unless its run finished; resume from last.ckpt if it was interrupted
   local run="$LOGS/leaderboard/$1" resume=()
   if [ -f "$run/metrics.json" ]; then echo "=== leaderboard/$1: done earlier ($run)"; return; fi
-  [ -f "$run/checkpoints/last.ckpt" ] && resume=(ckpt_path=last)
+  # interrupted.ckpt too: a run stopped before its first last.ckpt (zoo-train refuses a new run beside either)
+  if [ -f "$run/checkpoints/last.ckpt" ] || [ -f "$run/checkpoints/interrupted.ckpt" ]; then resume=(ckpt_path=last); fi
   echo "=== zoo-train experiment=leaderboard/$1 ${resume[*]}"
   $PY -m zoo.train "experiment=leaderboard/$1" "${resume[@]}"
 }

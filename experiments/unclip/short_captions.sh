@@ -18,11 +18,12 @@ export ZOO_LOG_DIR=${LOGS:-logs/short_captions}
 L=$ZOO_LOG_DIR
 MIX='data.caption_mix={descriptive:0.5,short:0.5}'
 
-train() {  # train <run dir> <zoo-train overrides...>: skipped when the run finished
-  local run=$1; shift
+train() {  # train <run dir> <zoo-train overrides...>: skipped when the run finished, resumed when interrupted
+  local run=$1 resume=(); shift
   if [ -f "$run/metrics.json" ]; then echo "=== $run: done earlier"; return; fi
-  echo "=== zoo-train $*"
-  $PY -m zoo.train "$@"
+  if [ -f "$run/checkpoints/last.ckpt" ] || [ -f "$run/checkpoints/interrupted.ckpt" ]; then resume=(ckpt_path=last); fi
+  echo "=== zoo-train $* ${resume[*]}"
+  $PY -m zoo.train "$@" "${resume[@]}"
 }
 
 train "$L/demo/clip" experiment=demo/clip "$MIX" "hydra.run.dir=$L/demo/clip"
