@@ -281,3 +281,15 @@ def test_loggers_get_the_hyper_parameters_once(train_cfg, tiny_dvae):
     built = _state(run / "checkpoints" / "last.ckpt")["hyper_parameters"]
     assert logged["model"]["net"] == built["net"] and logged["model"]["preset"] == "tiny"
     assert logged["model"]["_target_"] == cfg.model._target_  # the run config's own keys stay
+
+
+def test_debug_fdr_leaves_no_resume_point(train_cfg, tiny_dvae):
+    """debug=fdr (Lightning's fast_dev_run: "checkpointing is suppressed") still wrote last.ckpt at step 1 after fit:
+    the newest run of its task_name, which a later ckpt_path=last resumed, and the reason a second debug run in the
+    same directory was refused."""
+    cfg = train_cfg(*tiny_dvae, "debug=fdr")
+    assert cfg.trainer.fast_dev_run
+    assert train(cfg)["global_step"] == 1
+    ckpts = Path(cfg.paths.output_dir) / "checkpoints"
+    assert not (ckpts.is_dir() and any(ckpts.iterdir())), sorted(p.name for p in ckpts.iterdir())
+    assert train(cfg)["global_step"] == 1  # again, in the same directory

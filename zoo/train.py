@@ -615,7 +615,11 @@ def logged_config(plain_cfg: dict, model: Any) -> dict:
 def _save_final_last(trainer, path: Path) -> None:
     """Leave last.ckpt at the final step. If the step-based callback already saved this very step (mid-epoch,
     from inside the loop), keep its file: saved after fit returns, Lightning would mark the epoch finished and a
-    resume would skip the rest of that epoch's data."""
+    resume would skip the rest of that epoch's data. Not in ``fast_dev_run`` (``debug=fdr``): Lightning suppresses
+    checkpointing there, and a one-batch debug run's last.ckpt would become the newest run of its task_name, the one
+    a later ``ckpt_path=last`` resumes."""
+    if trainer.fast_dev_run:
+        return
     for cb in trainer.checkpoint_callbacks:
         if getattr(cb, "save_last", False) and getattr(cb, "_last_global_step_saved", -1) == trainer.global_step:
             if Path(cb.last_model_path or "") == path:

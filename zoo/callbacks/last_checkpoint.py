@@ -26,3 +26,10 @@ class LastCheckpoint(ModelCheckpoint):
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         self._last_global_step_saved = trainer.global_step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Lightning's on_train_end writes last.ckpt even under fast_dev_run, where it says "checkpointing is
+        # suppressed": a one-batch debug run (debug=fdr) then left the newest resume point of its task_name
+        if trainer.fast_dev_run:
+            return
+        super().on_train_end(trainer, pl_module)
