@@ -253,6 +253,7 @@ def test_final_checkpoint_says_weights_only_false(train_cfg, tiny_dvae, tmp_path
     class Trainer:  # what _save_final_last reads of a Lightning Trainer
         checkpoint_callbacks: list = []
         global_step = 3
+        fast_dev_run = 0
 
         def save_checkpoint(self, filepath, weights_only=None, storage_options=None):
             calls.append(weights_only)
