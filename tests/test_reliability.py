@@ -561,6 +561,20 @@ def test_a_new_run_beside_an_earlier_runs_checkpoints_is_refused_not_silently_re
     assert train(resumed)["global_step"] == 4
 
 
+def test_a_requeued_slurm_job_resumes_in_its_directory_instead_of_being_refused(
+    train_cfg, tmp_path, tiny_dvae, monkeypatch
+):
+    """A preempted SLURM job is started again with the same command in the same directory (submitit's checkpointing,
+    Lightning's auto-requeue), without ckpt_path: it must go on from its checkpoint, as Lightning does on its own."""
+    cfg = train_cfg(*tiny_dvae, "test=false", "trainer.max_steps=2", "trainer.limit_val_batches=0")
+    assert train(cfg)["global_step"] == 2
+    again = train_cfg(*tiny_dvae, "test=false", "trainer.max_steps=4", "trainer.limit_val_batches=0")
+    with pytest.raises(ConfigError, match="holds an earlier run's checkpoints"):
+        train(again)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert train(again)["global_step"] == 4
+
+
 def test_refused_new_run_leaves_the_earlier_runs_hydra_record(tmp_path, tiny_dvae):
     """From the command line the refusal comes from the Hydra callback, before Hydra replaces the earlier run's
     .hydra record with the refused command's."""

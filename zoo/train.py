@@ -134,6 +134,12 @@ def earlier_run_checkpoints(cfg: DictConfig, out_dir: Path) -> list[Path]:
     )
 
 
+def slurm_requeued() -> bool:
+    """This process is a SLURM job started again after a requeue (``scontrol requeue``: preemption, submitit's
+    checkpointing, Lightning's auto-requeue), which SLURM says with ``SLURM_RESTART_COUNT`` >= 1."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
+
+
 def check_no_earlier_run(cfg: DictConfig, out_dir: Path) -> None:
     """A training run without ``ckpt_path`` in a directory that holds an earlier run's resume points is refused
     (ConfigError) before anything is built or written.
@@ -144,8 +150,18 @@ def check_no_earlier_run(cfg: DictConfig, out_dir: Path) -> None:
     re-run with the same explicit ``hydra.run.dir``) went on from the earlier weights and step, and a run of another
     model failed on a state-dict mismatch. Without that callback the new run's last checkpoint became
     ``last-v1.ckpt`` beside the earlier ``last.ckpt``, which ``ckpt_path=last`` would later resume. So the user
-    says which: resume, or another directory."""
+    says which: resume, or another directory.
+
+    Except in a requeued SLURM job (``SLURM_RESTART_COUNT`` > 0: preempted or timed out, then started again with the
+    same command in the same directory, by submitit or Lightning's auto-requeue): resuming is the point there, and
+    Lightning's own choice (its ``hpc_ckpt_*.ckpt``, else the newest last / interrupted checkpoint) is kept."""
     if not cfg.get("train", True) or cfg.get("ckpt_path"):
+        return
+    if slurm_requeued():
+        log.info(
+            "requeued SLURM job (SLURM_RESTART_COUNT=%s): Lightning resumes from this run's newest checkpoint",
+            os.environ["SLURM_RESTART_COUNT"],
+        )
         return
     found = earlier_run_checkpoints(cfg, out_dir)
     if found:
@@ -538,7 +554,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             try:
                 t_fit = time.perf_counter()
                 with warnings.catch_warnings():
-                    if not ckpt_path:
+                    if not ckpt_path and not slurm_requeued():
                         # check_no_earlier_run left nothing for Lightning's implicit ckpt_path="last" to find; its two
                         # warnings ("the last model of the previous fit will be used", "no last checkpoint") would
                         # tell every new run otherwise
