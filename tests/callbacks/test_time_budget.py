@@ -133,10 +133,13 @@ def test_a_load_that_ends_midway_does_not_cut_the_run_short(monkeypatch):
     trainer, clock, budget = _fit_with_speed_change(monkeypatch, 100, 2.0, 1.0)
     assert budget.sec_per_step == pytest.approx(1.0)
     assert 564 - 2 <= clock.t <= 564 + 2
-    # with the 40% re-measure alone (the old rule, whose window was the whole run: the same 1.70 s/step here) the
-    # run ends at 430 s, a quarter of the budget unused
-    trainer1, clock1, _ = _fit_with_speed_change(monkeypatch, 100, 2.0, 1.0, recheck_fraction=0.4)
+    assert not budget.in_tail  # the re-measures alone filled it
+    # with the 40% re-measure alone (the old rule, whose window was the whole run: the same 1.70 s/step here) and no
+    # tail, the run ends at 430 s, a quarter of the budget unused; the tail then fills it at the final learning rate
+    trainer1, clock1, _ = _fit_with_speed_change(monkeypatch, 100, 2.0, 1.0, recheck_fraction=0.4, tail_fraction=0.999)
     assert clock1.t < 564 - 60
+    trainer2, clock2, budget2 = _fit_with_speed_change(monkeypatch, 100, 2.0, 1.0, recheck_fraction=0.4)
+    assert budget2.in_tail and 564 - 2 <= clock2.t <= 564 + 2
 
 
 def test_a_load_that_starts_midway_is_planned_for(monkeypatch):
@@ -145,6 +148,47 @@ def test_a_load_that_starts_midway_is_planned_for(monkeypatch):
     trainer, clock, budget = _fit_with_speed_change(monkeypatch, 100, 1.0, 2.0)
     assert budget.sec_per_step == pytest.approx(2.0)
     assert 564 - 4 <= clock.t <= 564 + 4
+
+
+def _fit_with_a_load_between(monkeypatch, start: int, end: int, slow: float, **kw):
+    """1 s steps, ``slow`` s steps for batches start..end-1 (another job on the cores for a while)."""
+    clock = _Clock(1.0)
+    monkeypatch.setattr(tb.time, "monotonic", clock)
+    model = _Tiny(clock)
+    orig = model.training_step
+
+    def step(batch, batch_idx):
+        clock.dt = slow if start <= batch_idx < end else 1.0
+        return orig(batch, batch_idx)
+
+    model.training_step = step
+    budget = TimeBudget(minutes=10.0, calibrate_steps=5, warmup_steps=2, min_steps=3, reserve=0.06, **kw)
+    trainer = _trainer(budget)
+    trainer.fit(model)
+    return trainer, model, clock, budget
+
+
+def test_a_short_load_during_a_re_measure_does_not_leave_the_budget_unused(monkeypatch):
+    # 600 s budget, 564 s usable. 1 s steps, but 5 s steps for batches 30-79 (a job beside it). The first plan (7 s
+    # in) aims at 564 steps; the 40% re-measure (240 s, step 72) times 3.58 s/step since then and aims at 162. The
+    # load ends at batch 80, so step 162 comes at 362 s, before the 70% re-measure: the run used to stop there, 202 s
+    # of its budget unused. It goes on at the cosine's final learning rate and ends within the budget.
+    trainer, model, clock, budget = _fit_with_a_load_between(monkeypatch, 30, 80, 5.0)
+    assert budget.in_tail
+    assert 564 - 4 <= clock.t <= 564 + 4, clock.t
+    fn = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+    assert fn.total_steps == 162  # the schedule ended where it was planned to, not re-fitted later
+    assert trainer.global_step > 162 + 150
+    assert all(lr == pytest.approx(0.1) for lr in model.lrs[163:])  # min_ratio 0.1 of lr 1.0, no jump back up
+    assert model.lrs[150] > 0.1  # still decaying before the end of the schedule
+    # without a tail (tail_fraction near 1: never), the run stops at step 162, 362 s in
+    trainer0, _, clock0, budget0 = _fit_with_a_load_between(monkeypatch, 30, 80, 5.0, tail_fraction=0.999)
+    assert not budget0.in_tail and trainer0.global_step == 162 and clock0.t < 400
+
+
+def test_a_quiet_run_has_no_tail(monkeypatch):
+    trainer, model, clock, budget = _fit_with_a_load_between(monkeypatch, 0, 0, 1.0)
+    assert not budget.in_tail and trainer.global_step == 564
 
 
 def test_bad_budget_is_refused():

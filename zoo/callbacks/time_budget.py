@@ -13,6 +13,13 @@ rate is what the rest of the run will see (a run planned while another job share
 the loaded rate and stopped at 36 of its 45 minutes). As a last resort, training stops at ``hard_stop`` × the
 budget. The configured ``trainer.max_steps`` stays an upper bound; ``min_steps`` a lower one (a very slow machine still trains that many steps, late).
 
+A plan made while the machine was briefly loaded can also run out early: the load ends after a re-measure, the
+planned steps go by fast, and the run stopped with part of its budget unused (seen: 3.5 of 7 minutes, when tests ran
+beside ``make demo``'s decoder during its 40% re-measure). When the planned steps are done with more than
+``tail_fraction`` of the budget still to use, the run goes on at the schedule's final learning rate (its cosine has
+ended: ``min_ratio`` of the peak) for the steps that fit, re-measured as before; the schedule is not re-fitted then,
+which would jump the learning rate back up.
+
     callbacks.time_budget: {_target_: zoo.callbacks.TimeBudget, minutes: 5}
 """
 
@@ -40,6 +47,7 @@ class TimeBudget(L.Callback):
         reserve: float = 0.06,
         hard_stop: float = 1.25,
         validate_at_end: bool = True,
+        tail_fraction: float = 0.1,
     ):
         if float(minutes) <= 0:
             raise ValueError(f"TimeBudget minutes must be > 0, got {minutes}")
@@ -61,6 +69,10 @@ class TimeBudget(L.Callback):
         self.reserve = float(reserve)  # share of the budget kept for the final validation / checkpoint
         self.hard_stop = float(hard_stop)
         self.validate_at_end = bool(validate_at_end)
+        if not 0.0 < float(tail_fraction) < 1.0:
+            raise ValueError(f"TimeBudget tail_fraction must lie in (0, 1), got {tail_fraction}")
+        self.tail_fraction = float(tail_fraction)
+        self.in_tail = False  # the schedule has ended; steps that still fit run at its final learning rate
         self.planned_steps: Optional[int] = None
         self.sec_per_step: Optional[float] = None
         self._t_fit = 0.0
@@ -97,6 +109,14 @@ class TimeBudget(L.Callback):
         ):
             self._rechecks_done += 1
             self._plan(trainer, now, "re-measured")
+        elif (
+            self.planned_steps is not None
+            and trainer.global_step >= self.planned_steps
+            and trainer.global_step < self._cap
+            and now - self._t_fit < (1.0 - self.reserve - self.tail_fraction) * self.budget_s
+        ):
+            self.in_tail = True  # before _plan: the schedule stays ended
+            self._plan(trainer, now, "planned steps done early; going on at the final learning rate, re-measured")
         if now - self._t_fit > self.hard_stop * self.budget_s and not trainer.should_stop:
             log.warning(
                 "time budget: %s used (%.0f%% of the budget): stopping at step %d",
@@ -130,7 +150,7 @@ class TimeBudget(L.Callback):
 
     def _apply(self, trainer: L.Trainer, steps: int) -> None:
         trainer.fit_loop.epoch_loop.max_steps = steps
-        for sched_cfg in trainer.lr_scheduler_configs:
+        for sched_cfg in [] if self.in_tail else trainer.lr_scheduler_configs:
             for fn in getattr(sched_cfg.scheduler, "lr_lambdas", []):
                 if hasattr(fn, "total_steps"):
                     fn.total_steps = steps
