@@ -139,3 +139,27 @@ def test_finished_stage_times_are_kept_across_runs(demo_dir):
     times = json.loads(demo.times_file().read_text())
     assert set(times) == {"judge", "tokenizer"}
     assert 2.0 <= times["judge"] < 10 and 3.0 <= times["tokenizer"] < 11
+
+
+def test_starting_over_never_deletes_the_directory_of_a_running_zoo_train(demo_dir, monkeypatch):
+    """A second make demo starting a budgeted stage over would remove the stage directory of the first one's running
+    zoo-train (which holds the directory's lock): it stops with an error instead and touches nothing."""
+    from zoo.train import lock_run_dir
+
+    stage = demo.Stage("decoder", ["experiment=demo/decoder"], minutes=4.5)
+    run_dir = demo_dir / "decoder"
+    _with_checkpoint(run_dir)
+    calls = []
+
+    def run_child(cmd):  # not KeyboardInterrupt: that would end the test session, not fail this test
+        calls.append(cmd)
+        raise RuntimeError("the stage was started")
+
+    monkeypatch.setattr(demo, "run_child", run_child)
+    holder = lock_run_dir(run_dir)  # the running one
+    try:
+        with pytest.raises(SystemExit, match="in use by a running zoo-train"):
+            demo.run_train(stage, {})
+        assert (run_dir / "checkpoints" / "last.ckpt").is_file() and calls == []
+    finally:
+        holder.close()

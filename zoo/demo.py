@@ -342,7 +342,16 @@ def run_train(stage: Stage, timings: dict[str, float], schedule: Optional[Schedu
         overrides.append("ckpt_path=last")
     elif (run_dir / "checkpoints").is_dir():
         # starting over (a budgeted stage after an interruption, or DEMO_FRESH=1): zoo-train refuses a new run in a
-        # directory that holds an earlier run's checkpoints (it would resume from them), so the earlier leg goes
+        # directory that holds an earlier run's checkpoints (it would resume from them), so the earlier leg goes --
+        # unless a zoo-train still runs there (another make demo): its files are not deleted from under it
+        from zoo.train import run_dir_holder
+
+        holder = run_dir_holder(run_dir)
+        if holder:
+            raise SystemExit(
+                f"error: {run_dir} is in use by a running zoo-train ({holder}), another make demo? (fix: wait for it "
+                f"to end, or ZOO_LOG_DIR=<another dir> make demo)"
+            )
         print(f"\n=== demo stage '{stage.name}': starting over, removing the earlier run in {run_dir}", flush=True)
         shutil.rmtree(run_dir)
     expect = stage.expect_s * (PACE.factor if FULL else 1.0)
