@@ -7,6 +7,7 @@ import functools
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
 from zoo.callbacks import time_budget as tb
 from zoo.callbacks.time_budget import TimeBudget
@@ -196,3 +197,41 @@ def test_bad_budget_is_refused():
         TimeBudget(minutes=0)
     with pytest.raises(ValueError, match="recheck_fraction"):
         TimeBudget(minutes=1, recheck_fraction=[0.4, 1.5])
+
+
+class _BarTotals(L.Callback):
+    """Records the train bar's total after every batch (placed after the budget, so it sees the plan's resize)."""
+
+    def __init__(self):
+        self.totals: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        bar = trainer.progress_bar_callback
+        if isinstance(bar, RichProgressBar):
+            task = next(t for t in bar.progress.tasks if t.id == bar.train_progress_bar_id)
+            self.totals.append(task.total)
+        else:
+            self.totals.append(bar.train_progress_bar.total)
+
+
+@pytest.mark.parametrize("bar_cls", [TQDMProgressBar, RichProgressBar])
+def test_the_progress_bar_shows_the_planned_steps(monkeypatch, bar_cls):
+    # Lightning sizes the epoch's bar from max_steps (10,000) when the epoch starts; the plan (56 steps) must reach
+    # the bar, or it shows "56/10000" and an ETA for 10,000 steps
+    clock = _Clock(1.0)
+    monkeypatch.setattr(tb.time, "monotonic", clock)
+    budget = TimeBudget(minutes=1.0, calibrate_steps=5, warmup_steps=2, min_steps=3, reserve=0.06)
+    totals = _BarTotals()
+    trainer = L.Trainer(
+        max_steps=10_000,
+        max_epochs=-1,
+        callbacks=[bar_cls(), budget, totals],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(_Tiny(clock))
+    assert trainer.global_step == 56
+    assert totals.totals[0] == 2048  # before the plan: the epoch's 2,048 batches (fewer than max_steps)
+    assert totals.totals[-1] == 56

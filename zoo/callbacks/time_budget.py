@@ -30,6 +30,7 @@ import time
 from typing import Any, Optional, Sequence, Union
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
 from zoo.progress import format_duration
 
@@ -101,14 +102,14 @@ class TimeBudget(L.Callback):
         if done == self.warmup_steps:  # the first steps pay for allocation / kernel selection: not timed
             self._t_timed, self._step_timed = now, trainer.global_step
         elif done == self.warmup_steps + self.calibrate_steps:
-            self._plan(trainer, now, "measured")
+            self._plan(trainer, now, "measured", batch_idx)
         elif (
             self._rechecks_done < len(self.recheck_fractions)
             and self.planned_steps is not None
             and now - self._t_fit >= self.recheck_fractions[self._rechecks_done] * self.budget_s
         ):
             self._rechecks_done += 1
-            self._plan(trainer, now, "re-measured")
+            self._plan(trainer, now, "re-measured", batch_idx)
         elif (
             self.planned_steps is not None
             and trainer.global_step >= self.planned_steps
@@ -116,7 +117,9 @@ class TimeBudget(L.Callback):
             and now - self._t_fit < (1.0 - self.reserve - self.tail_fraction) * self.budget_s
         ):
             self.in_tail = True  # before _plan: the schedule stays ended
-            self._plan(trainer, now, "planned steps done early; going on at the final learning rate, re-measured")
+            self._plan(
+                trainer, now, "planned steps done early; going on at the final learning rate, re-measured", batch_idx
+            )
         if now - self._t_fit > self.hard_stop * self.budget_s and not trainer.should_stop:
             log.warning(
                 "time budget: %s used (%.0f%% of the budget): stopping at step %d",
@@ -127,7 +130,7 @@ class TimeBudget(L.Callback):
             trainer.should_stop = True
 
     # --- planning ------------------------------------------------------------------------------------------
-    def _plan(self, trainer: L.Trainer, now: float, how: str) -> None:
+    def _plan(self, trainer: L.Trainer, now: float, how: str, batch_idx: Optional[int] = None) -> None:
         steps_timed = trainer.global_step - self._step_timed
         if steps_timed <= 0:
             return
@@ -140,6 +143,8 @@ class TimeBudget(L.Callback):
         steps = min(self._cap, max(self.min_steps, steps))
         self.planned_steps = steps
         self._apply(trainer, steps)
+        if batch_idx is not None:
+            _resize_train_bar(trainer, steps, batch_idx)
         log.info(
             "time budget: %s %.3g s/step -> %d steps in all (%s)",
             how,
@@ -166,3 +171,31 @@ class TimeBudget(L.Callback):
         # a resumed run re-measures (it may be on another machine); the old plan is kept only for the record
         self.planned_steps = state_dict.get("planned_steps")
         self.sec_per_step = state_dict.get("sec_per_step")
+
+
+def _resize_train_bar(trainer: L.Trainer, steps: int, batch_idx: int) -> None:
+    """Give the progress bar of the running epoch the new step count.
+
+    Lightning sizes the epoch's bar once, when the epoch starts, from ``max_steps`` (3000 in a budgeted experiment
+    config, an upper bound); the plan then cuts the run to a few hundred steps, and the bar went on showing
+    "370/3000" with an ETA for 3000 steps. Later epochs are sized from the new ``max_steps`` by Lightning itself.
+    Rich and tqdm bars are handled; another bar (or none) is left alone."""
+    bar = getattr(trainer, "progress_bar_callback", None)
+    if bar is None:
+        return
+    # batches this epoch: the ones done (batch_idx + 1, this hook runs after the batch) plus those the plan has left
+    left = max(0, steps - trainer.global_step) * max(1, int(trainer.accumulate_grad_batches))
+    total = batch_idx + 1 + left
+    n_batches = trainer.num_training_batches
+    if isinstance(n_batches, (int, float)) and n_batches < total:
+        total = n_batches
+    if isinstance(bar, RichProgressBar):
+        if bar.progress is not None and bar.train_progress_bar_id is not None:
+            bar.progress.update(bar.train_progress_bar_id, total=total)
+    elif isinstance(bar, TQDMProgressBar):
+        try:
+            tqdm_bar = bar.train_progress_bar
+        except TypeError:  # its property raises before the bar exists
+            return
+        tqdm_bar.total = total
+        tqdm_bar.refresh()
