@@ -78,3 +78,46 @@ def test_after_the_first_update_it_is_lightnings_ema(tmp_path):
     torch.testing.assert_close(model.lin.weight.detach(), avg, rtol=0, atol=0)  # fit ends on the average
     torch.testing.assert_close(ckpt["state_dict"]["lin.weight"], avg, rtol=0, atol=0)
     assert not torch.allclose(ckpt["current_model_state"]["lin.weight"], avg)  # the raw weights, kept apart
+
+
+class _LinRecording(_Lin):
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.trained = {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+
+def _fit_epochs(path, epochs: int, resume: bool = False):
+    from zoo.callbacks.last_checkpoint import LastCheckpoint
+
+    model, ema = _LinRecording(), EMA(decay=0.5, update_starting_at_step=1)
+    # every_n_train_steps above the run's length: last.ckpt is written when fit ends (on_train_end), after EMA
+    # copied the average over the model -- the case of a run stopped by max_epochs, max_time or early stopping
+    ckpt = LastCheckpoint(dirpath=path, save_top_k=0, save_last=True, every_n_train_steps=100)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        callbacks=[ema, ckpt],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
+    trainer.fit(model, ckpt_path=str(path / "last.ckpt") if resume else None)
+    return model, ema
+
+
+def test_a_checkpoint_written_when_fit_ends_keeps_the_trained_weights_apart(tmp_path):
+    model, ema = _fit_epochs(tmp_path / "a", 3)  # one step an epoch: 3 steps, averaged after steps 2 and 3
+    raw = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)
+    avg = ema._average_model.module.lin.weight.detach()
+    assert raw["global_step"] == 3
+    torch.testing.assert_close(raw["state_dict"]["lin.weight"], avg, rtol=0, atol=0)  # samplers load the average
+    trained = model.trained["lin.weight"]
+    assert not torch.allclose(trained, avg)
+    torch.testing.assert_close(raw["current_model_state"]["lin.weight"], trained, rtol=0, atol=0)
+    # and so "3 epochs, then resume to 6" is "6 epochs": the resumed run trains on from the trained weights
+    resumed, ema_r = _fit_epochs(tmp_path / "a", 6, resume=True)
+    straight, ema_s = _fit_epochs(tmp_path / "b", 6)
+    torch.testing.assert_close(resumed.trained["lin.weight"], straight.trained["lin.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        ema_r._average_model.module.lin.weight, ema_s._average_model.module.lin.weight, rtol=0, atol=0
+    )

@@ -8,6 +8,12 @@ writes it into checkpoints' ``state_dict`` (what samplers load) and copies it ov
 (``n_averaged == 0``), validation, checkpoints and the end of training use the current weights; from the first
 update on, behaviour is Lightning's. A checkpoint keeps Lightning's layout either way (``current_model_state`` +
 ``averaging_state``), so resuming restores both.
+
+A checkpoint written after ``fit`` has ended (``last.ckpt`` of a run stopped by ``max_epochs``, ``max_time``, early
+stopping or TimeBudget's hard stop: Lightning's checkpoint callbacks save it in ``on_train_end``, after this callback
+has copied the average over the model) would have recorded the average as ``current_model_state`` too: the trained
+weights were lost, and a resume went on training from the average. The trained weights are kept aside when fit ends
+and written as ``current_model_state`` instead.
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ class EMA(EMAWeightAveraging):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._swapped = False
+        self._trained_state: dict[str, Any] | None = None  # the model's own weights once fit has ended
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._trained_state = None
+        super().on_fit_start(trainer, pl_module)
 
     def averaged(self) -> bool:
         """Whether the average holds anything yet (its first update copies the weights, later ones blend)."""
@@ -40,6 +51,8 @@ class EMA(EMAWeightAveraging):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.averaged():
+            # what the resume point must hold as the trained weights (see the module docstring)
+            self._trained_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
             super().on_train_end(trainer, pl_module)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
@@ -47,3 +60,6 @@ class EMA(EMAWeightAveraging):
         if self._average_model is not None and not self.averaged() and "current_model_state" in checkpoint:
             # the "average" is the initial weights: samplers loading state_dict get the trained ones instead
             checkpoint["state_dict"] = checkpoint["current_model_state"]
+        elif self._trained_state is not None and "current_model_state" in checkpoint:
+            # saved after fit ended: the model holds the average now, the trained weights were kept aside
+            checkpoint["current_model_state"] = self._trained_state
