@@ -4,6 +4,7 @@ and the end of fit use the current (trained) weights instead of a copy of the in
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 
 from zoo.callbacks import EMA
@@ -121,3 +122,38 @@ def test_a_checkpoint_written_when_fit_ends_keeps_the_trained_weights_apart(tmp_
     torch.testing.assert_close(
         ema_r._average_model.module.lin.weight, ema_s._average_model.module.lin.weight, rtol=0, atol=0
     )
+
+
+class _LinStoppedInValidation(_LinRecording):
+    """Ctrl-C lands inside the validation after step 4 (the EMA has averaged since step 2)."""
+
+    def validation_step(self, batch, batch_idx):
+        if self.trainer.global_step >= 4:
+            raise KeyboardInterrupt
+        return super().validation_step(batch, batch_idx)
+
+
+def test_interrupted_inside_a_validation_the_checkpoint_is_not_swapped(tmp_path):
+    from zoo.callbacks.interrupt_checkpoint import InterruptCheckpoint
+
+    model, ema = _LinStoppedInValidation(), EMA(decay=0.5, update_starting_at_step=1)
+    trainer = L.Trainer(
+        max_steps=10,
+        callbacks=[ema, InterruptCheckpoint(dirpath=tmp_path, filename="interrupted")],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+        accelerator="cpu",
+    )
+    with pytest.raises(SystemExit):  # Lightning's answer to a KeyboardInterrupt, after on_exception
+        trainer.fit(model)
+    raw = torch.load(tmp_path / "interrupted.ckpt", weights_only=True)
+    trained, avg = model.trained["lin.weight"], ema._average_model.module.lin.weight.detach()
+    assert not torch.allclose(trained, avg)
+    # validation had swapped the average into the model; the file must still say which is which
+    torch.testing.assert_close(raw["current_model_state"]["lin.weight"], trained, rtol=0, atol=0)
+    torch.testing.assert_close(raw["state_dict"]["lin.weight"], avg, rtol=0, atol=0)
+    torch.testing.assert_close(model.lin.weight.detach(), trained, rtol=0, atol=0)

@@ -13,7 +13,8 @@ A checkpoint written after ``fit`` has ended (``last.ckpt`` of a run stopped by 
 stopping or TimeBudget's hard stop: Lightning's checkpoint callbacks save it in ``on_train_end``, after this callback
 has copied the average over the model) would have recorded the average as ``current_model_state`` too: the trained
 weights were lost, and a resume went on training from the average. The trained weights are kept aside when fit ends
-and written as ``current_model_state`` instead.
+and written as ``current_model_state`` instead. Likewise, interrupted inside a validation (Ctrl-C, a crash), the
+average is swapped back out before ``interrupted.ckpt`` is written.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ class EMA(EMAWeightAveraging):
         if self._swapped:  # undo exactly what the start did: no update happens during validation
             super().on_validation_epoch_end(trainer, pl_module)
         self._swapped = False
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # Ctrl-C or a crash inside a validation: the average is still swapped into the model. Swap back before the
+        # checkpoint callbacks (Lightning calls them after this one) write interrupted.ckpt, or it records the
+        # average as the trained weights and the trained ones as the average
+        if self._swapped:
+            super().on_validation_epoch_end(trainer, pl_module)
+            self._swapped = False
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.averaged():
