@@ -160,3 +160,15 @@ def test_the_total_follows_a_time_budget_replan_up_and_down(caplog, monkeypatch)
     trainer.max_steps, trainer.global_step = 7000, 6
     cb.on_train_batch_end(trainer, None, {"loss": None}, None, 6)
     assert "step 6/4000" in _lines(caplog)[-1]
+
+
+def test_counts_in_plain_lines_take_the_plural(caplog, monkeypatch):
+    monkeypatch.setattr(sys, "stdout", FakeStdout(tty=False))
+    caplog.set_level(logging.INFO, logger="zoo.progress")
+    list(track(range(3), total=3, desc="recaption", unit="caption", every=2, every_seconds=None))
+    list(track(range(1), total=1, desc="one", unit="batch", every=1, every_seconds=None))
+    lines = _lines(caplog)
+    # the count takes the plural; a rate stays "caption/s" (or "s/caption")
+    assert re.match(r"^recaption: 2/3 captions \(66%\) \| [\d.]+ (caption/s|s/caption)", lines[0]), lines
+    assert re.match(r"^recaption: done 3 captions in ", lines[-3]), lines
+    assert lines[-2].startswith("one: 1/1 batch (100%)") and re.match(r"^one: done 1 batch in ", lines[-1]), lines

@@ -61,9 +61,17 @@ def format_rate(per_second: float, unit: str = "it") -> str:
     return f"{1 / per_second:.3g} s/{unit}"
 
 
+def plural(unit: str, n: float) -> str:
+    """``unit`` for a count of ``n``: "1 caption", "256 captions", "3 batches"; abbreviations ("it", "img") and
+    units already ending in s stay as they are (tqdm's convention for its own bars)."""
+    if n == 1 or not unit or unit in ("it", "img") or unit.endswith("s"):
+        return unit
+    return unit + ("es" if unit.endswith(("ch", "sh", "x")) else "s")
+
+
 def format_count(n: int, total: Optional[float], unit: str = "") -> str:
-    """``120/2000 (6%)`` (``120/2000 img (6%)`` with a unit), or ``120`` when the total is unknown."""
-    unit = f" {unit}" if unit else ""
+    """``120/2000 (6%)`` (``120/2000 captions (6%)`` with a unit), or ``120`` when the total is unknown."""
+    unit = f" {plural(unit, total if total else n)}" if unit else ""
     if total is None or not math.isfinite(total) or total <= 0:
         return f"{n}{unit}"
     return f"{n}/{int(total)}{unit} ({int(100 * n / total)}%)"
@@ -169,7 +177,7 @@ class LogLines:
             "%sdone %d %s in %s (%s)%s",
             self._prefix(),
             self.n,
-            self.unit,
+            plural(self.unit, self.n),
             format_duration(elapsed),
             format_rate(rate, self.unit),
             self._postfix(),
