@@ -8,8 +8,11 @@ import logging
 import re
 import sys
 
+import lightning as L
 import pytest
+import torch
 
+from zoo.callbacks.progress import StepRichProgressBar, default_progress_bar
 from zoo.progress import LogLines, format_duration, format_rate, track
 from zoo.train import train
 
@@ -172,3 +175,47 @@ def test_counts_in_plain_lines_take_the_plural(caplog, monkeypatch):
     assert re.match(r"^recaption: 2/3 captions \(66%\) \| [\d.]+ (caption/s|s/caption)", lines[0]), lines
     assert re.match(r"^recaption: done 3 captions in ", lines[-3]), lines
     assert lines[-2].startswith("one: 1/1 batch (100%)") and re.match(r"^one: done 1 batch in ", lines[-1]), lines
+
+
+class _Steps(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 1)
+        self.descriptions: list[str] = []
+
+    def training_step(self, batch, batch_idx):
+        bar = self.trainer.progress_bar_callback
+        self.descriptions.append(next(t for t in bar.progress.tasks if t.id == bar.train_progress_bar_id).description)
+        return self.lin(batch[0]).pow(2).mean()
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=2)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize(
+    "max_epochs, max_steps, expected", [(-1, 6, ["Epoch 0", "Epoch 1"]), (2, -1, ["Epoch 0/1", "Epoch 1/1"])]
+)
+def test_the_rich_bar_names_the_epoch_without_minus_two(max_epochs, max_steps, expected):
+    # Lightning's rich bar says "Epoch 0/-2" when a run is bounded by max_steps (max_epochs=-1)
+    model = _Steps()
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        callbacks=[StepRichProgressBar()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model)
+    seen = sorted({d.strip() for d in model.descriptions})
+    assert seen == expected, seen  # 4 batches an epoch: 6 steps reach the second epoch
+
+
+def test_train_installs_the_step_bar_where_lightning_would_add_its_own():
+    assert isinstance(default_progress_bar([], True), StepRichProgressBar)
+    assert default_progress_bar([], False) is None  # trainer.enable_progress_bar=false
+    mine = L.pytorch.callbacks.TQDMProgressBar()
+    assert default_progress_bar([mine], True) is None  # a bar the user configured stands

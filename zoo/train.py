@@ -479,6 +479,11 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     if cfg.get("train", True):
         check_val_check_interval(cfg.trainer, datamodule)
     callbacks = _instantiate_dict(cfg.get("callbacks")) + [CheckpointInfo(plain_cfg)]
+    from zoo.callbacks.progress import default_progress_bar  # "Epoch 0", not Lightning's "Epoch 0/-2"
+
+    bar = default_progress_bar(callbacks, bool(cfg.trainer.get("enable_progress_bar", True)))
+    if bar is not None:
+        callbacks.append(bar)
     ckpt_path = resolve_ckpt_path(cfg)
     if ckpt_path:
         remove_stale_temp_checkpoints(ckpt_path, out_dir)

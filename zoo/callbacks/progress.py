@@ -192,3 +192,30 @@ class LogProgress(L.Callback):
             format_duration(time.monotonic() - self._start_time),
             type(exception).__name__,
         )
+
+
+class StepRichProgressBar(L.pytorch.callbacks.RichProgressBar):
+    """Lightning's rich progress bar, without the "Epoch 0/-2" it shows on step-bounded runs.
+
+    Most experiments bound a run by ``trainer.max_steps`` with ``max_epochs=-1`` (endless epochs); Lightning's bar
+    then prints the epoch as ``{epoch}/{max_epochs - 1}``, i.e. "Epoch 0/-2". Here it is "Epoch 0" there, and
+    Lightning's own text otherwise. ``zoo.train`` installs it where Lightning would install its rich bar."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is None or max_epochs >= 0:
+            return super()._get_train_description(current_epoch)
+        description = f"Epoch {current_epoch}"
+        # Lightning pads to the validation bar's text so the two do not flicker
+        return f"{description:{len(self.validation_description)}}"
+
+
+def default_progress_bar(callbacks: list, enable_progress_bar: bool) -> Optional[L.Callback]:
+    """The bar to add to ``callbacks``: ``StepRichProgressBar`` where Lightning would add its rich bar (bars on, none
+    configured, rich installed), else None (Lightning's own choice stands)."""
+    from lightning.pytorch.callbacks.progress import ProgressBar
+    from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+
+    if not enable_progress_bar or not _RICH_AVAILABLE or any(isinstance(c, ProgressBar) for c in callbacks):
+        return None
+    return StepRichProgressBar()
