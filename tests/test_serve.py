@@ -323,3 +323,20 @@ def test_knobs_left_at_none_show_the_models_own_defaults():
     studio = Studio(Pipe())
     assert studio.defaults["guidance_scale"] == 3.0 and studio.defaults["steps"] == 50
     assert {k.name for k in studio.knobs} >= {"guidance_scale", "steps"}
+
+
+@pytest.mark.parametrize("n_candidates, n_keep", [(1, 4), (8, 4), (1, 1), (2, 40)])
+def test_the_page_as_it_opens_is_a_valid_request(n_candidates, n_keep):
+    # GLIDE and unCLIP default to 1 candidate while the page opens with keep 4: the first Generate was refused
+    # ("keep (4) cannot exceed candidates (1)")
+    class WithCandidates(FakeGenerator):
+        pass
+
+    g = WithCandidates()
+    g.n_candidates = n_candidates
+    studio = Studio(g, FakeScorer(), ui={"n_keep": n_keep})
+    opened = {k.name: studio.initial(k) for k in studio.knobs}
+    keep = studio.initial_keep
+    assert keep == min(n_keep, 16) and opened["n_candidates"] == max(n_candidates, keep)
+    out = studio.run("a red circle", studio.start_seed, keep, **opened)
+    assert len(out["images"]) == keep

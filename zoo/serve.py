@@ -193,9 +193,19 @@ class Studio:
         hi = self.ui[knob.hi] if isinstance(knob.hi, str) else knob.hi
         return float(knob.lo), float(hi)
 
+    @property
+    def initial_keep(self) -> int:
+        """The page's starting "keep": ``ui.n_keep`` within [1, ``ui.max_keep``]."""
+        return int(min(max(int(self.ui["n_keep"]), 1), int(self.ui["max_keep"])))
+
     def initial(self, knob: Knob) -> int | float:
         lo, hi = self.bounds(knob)
-        return knob.kind(min(max(self.defaults[knob.name], lo), hi))
+        value = self.defaults[knob.name]
+        if knob.name == "n_candidates":
+            # the page opens with "keep" images: at least that many candidates, or the first click on Generate with
+            # the page as it opened is refused (GLIDE and unCLIP default to 1 candidate, the page to keep 4)
+            value = max(value, self.initial_keep)
+        return knob.kind(min(max(value, lo), hi))
 
     def check(self, prompt: Any, seed: Any, n_keep: Any, knobs: dict[str, Any]) -> tuple[str, int, int, dict]:
         if not isinstance(prompt, str) or not prompt.strip():
@@ -358,7 +368,7 @@ def build_app(studio: Studio):
                 keep = gr.Slider(
                     1,
                     int(ui["max_keep"]),
-                    value=int(ui["n_keep"]),
+                    value=studio.initial_keep,
                     step=1,
                     label="keep",
                     info="images shown, best first",
