@@ -40,7 +40,7 @@ class ResumableCSVLogger(CSVLogger):
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             fields, rows = reader.fieldnames or [], list(reader)
-        keep = [r for r in rows if not (r.get("step") or "").isdigit() or int(r["step"]) < step]
+        keep = [r for r in rows if not (r.get("step") or "").isdigit() or int(r["step"]) < step or _test_row(r)]
         if len(keep) == len(rows):
             return 0
         tmp = f"{path}.tmp"
@@ -58,3 +58,9 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def _test_row(row: dict) -> bool:
+    """Whether a metrics.csv row holds only ``test/*`` metrics (besides epoch and step)."""
+    filled = [k for k, v in row.items() if k not in ("epoch", "step") and v not in (None, "")]
+    return bool(filled) and all(k.startswith("test/") for k in filled)
