@@ -1,15 +1,36 @@
 """MS-COCO zero-shot (``protocol=coco``; DALL·E 1, GLIDE, unCLIP): ``n`` images (default 30,000) drawn from
-``val{year}`` with a fixed seed, one of each image's captions (seeded), the same images as the real set."""
+``val{year}`` with a fixed seed, one of each image's captions (seeded), the same images as the real set.
+
+A drawn image that is missing or not an image file (its header does not open) is replaced before anything is
+generated -- by the next readable image of a second seeded draw, with a caption of its own -- counted, and named in
+the results (``protocol.skipped_unreadable``). Before, one such file ended the run when the real images were read,
+after every sample had been generated. With every file readable the draw is what it always was."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from pathlib import Path
 
 from eval.eval_set import EvalSet, ImageFiles
 from zoo.errors import ConfigError
+
+log = logging.getLogger("zoo.eval")
+
+
+def unreadable(path: Path) -> str:
+    """Why ``path`` cannot serve as a real image ("" when it can): missing, or a header PIL does not recognise. Only
+    the header is read (a 30,000-image check costs seconds); a file truncated past it fails when read, and
+    ``ImageFiles`` skips it there."""
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            return ""
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        return f"{type(e).__name__}: {e}"
 
 
 class CocoProtocol:
@@ -35,6 +56,7 @@ class CocoProtocol:
             )
         self.root, self.n, self.year, self.seed = Path(str(root)).expanduser(), int(n), int(year), int(seed)
         self.eval_resolution, self.batch_size = int(eval_resolution), int(batch_size)
+        self.skipped: list[tuple[str, str]] = []  # (file, why) of unreadable drawn images, replaced (sample())
 
     def sample(self) -> tuple[list[str], list[str]]:
         """(file names, captions) of the protocol's images, in protocol order."""
@@ -51,7 +73,42 @@ class CocoProtocol:
         images = sorted((im for im in meta["images"] if im["id"] in caps), key=lambda im: im["id"])
         rng = random.Random(self.seed)
         chosen = rng.sample(images, min(self.n, len(images)))
-        return [im["file_name"] for im in chosen], [rng.choice(caps[im["id"]]) for im in chosen]
+        files, captions = [im["file_name"] for im in chosen], [rng.choice(caps[im["id"]]) for im in chosen]
+        return self._replace_unreadable(files, captions, images, caps)
+
+    def _replace_unreadable(self, files, captions, images, caps) -> tuple[list[str], list[str]]:
+        """``files`` / ``captions`` with every unreadable file swapped for the next readable image (and one of its
+        captions) of a second draw seeded by ``seed`` (the first draw is untouched); ``self.skipped`` lists them."""
+        folder = self.root / f"val{self.year}"
+        self.skipped: list[tuple[str, str]] = []
+        bad = [(i, why) for i, f in enumerate(files) if (why := unreadable(folder / f))]
+        if not bad:
+            return files, captions
+        files, captions = list(files), list(captions)
+        taken = set(files)
+        spare_rng = random.Random(f"coco-replacements-{self.seed}")
+        spares = [im for im in images if im["file_name"] not in taken]
+        spare_rng.shuffle(spares)
+        spares_iter = iter(spares)
+        for i, why in bad:
+            self.skipped.append((files[i], why))
+            for im in spares_iter:
+                if not unreadable(folder / im["file_name"]):
+                    files[i], captions[i] = im["file_name"], spare_rng.choice(caps[im["id"]])
+                    break
+                self.skipped.append((im["file_name"], unreadable(folder / im["file_name"])))
+            else:
+                files[i] = captions[i] = None  # no readable image left to draw: the set is smaller
+        keep = [i for i, f in enumerate(files) if f is not None]
+        files, captions = [files[i] for i in keep], [captions[i] for i in keep]
+        log.warning(
+            "MS-COCO protocol: %d unreadable image file(s) in val%d, replaced by other val images (%s%s)",
+            len(self.skipped),
+            self.year,
+            "; ".join(f"{name} ({why})" for name, why in self.skipped[:3]),
+            f"; ... {len(self.skipped) - 3} more" if len(self.skipped) > 3 else "",
+        )
+        return files, captions
 
     def load(self, progress: bool = False) -> EvalSet:
         files, captions = self.sample()
@@ -69,5 +126,9 @@ class CocoProtocol:
             self.eval_resolution,
             None,
             protocol,
-            info={"seed": self.seed, "root": str(self.root)},
+            info={
+                "seed": self.seed,
+                "root": str(self.root),
+                **({"skipped_unreadable": [name for name, _ in self.skipped]} if self.skipped else {}),
+            },
         )

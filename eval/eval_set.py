@@ -164,8 +164,26 @@ class ImageFiles:
         return torch.stack([load_image(self.files[int(i)], self.resolution) for i in idx])
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        for i in range(0, len(self.files), self.batch_size):
-            yield self[range(i, min(i + self.batch_size, len(self.files)))]
+        """Batches of the readable files: one that fails to decode (truncated past its header) is skipped with a
+        warning and counted in ``skipped`` (a real set for FID / IS / KID is a distribution, not pairs)."""
+        import logging
+
+        self.skipped: list[str] = []
+        batch: list[torch.Tensor] = []
+        for f in self.files:
+            try:
+                batch.append(load_image(f, self.resolution))
+            except (OSError, ValueError) as e:
+                self.skipped.append(str(f))
+                logging.getLogger("zoo.eval").warning(
+                    "skipping unreadable image %s (%s: %s); %d skipped", f, type(e).__name__, e, len(self.skipped)
+                )
+                continue
+            if len(batch) == self.batch_size:
+                yield torch.stack(batch)
+                batch = []
+        if batch:
+            yield torch.stack(batch)
 
 
 __all__ = ["EvalSet", "ImageBank", "ImageFiles", "load_image", "resize_for_eval"]

@@ -85,6 +85,13 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"- protocol: **{p.get('dataset')}** {p.get('split')}, {p.get('n')} captions, evaluated at "
         f"{p.get('resolution')} px (`{p.get('protocol')}`)"
     )
+    if p.get("skipped_unreadable"):
+        bad = p["skipped_unreadable"]
+        more = f", ... {len(bad) - 5} more" if len(bad) > 5 else ""
+        out.append(
+            f"- {len(bad)} unreadable image file(s) of the draw replaced by other val images: "
+            f"{', '.join(bad[:5])}{more}"
+        )
     out.append(f"- generator: `{g.get('name')}` {g.get('params', '')}".rstrip())
     out.append(f"- metrics: {', '.join(results.get('metrics', [])) or 'none'}")
     for names, why in group_skipped(results.get("skipped", {})):

@@ -189,6 +189,49 @@ def test_coco_protocol_seeded_one_caption_per_image(tmp_path):
         CocoProtocol(str(tmp_path / "nowhere")).load()
 
 
+def test_coco_protocol_replaces_unreadable_files_before_generating(tmp_path, caplog):
+    # one missing or non-image file among the drawn ones ended zoo-eval when the real images were read, after
+    # every sample had been generated; now it is replaced by another readable val image (with its own caption)
+    _fake_coco(tmp_path, n_images=8)
+    clean_files, clean_caps = CocoProtocol(str(tmp_path), n=4, seed=0).sample()
+    (tmp_path / "val2014" / clean_files[1]).write_bytes(b"\xff\xd8 not a jpeg")
+    (tmp_path / "val2014" / clean_files[3]).unlink()
+    proto = CocoProtocol(str(tmp_path), n=4, seed=0, eval_resolution=32)
+    with caplog.at_level("WARNING", logger="zoo.eval"):
+        es = proto.load()
+    files, caps = proto.sample()
+    assert len(es) == 4 and [s for s, _ in proto.skipped] == [clean_files[1], clean_files[3]]
+    assert (files[0], files[2]) == (clean_files[0], clean_files[2]) and (caps[0], caps[2]) == (
+        clean_caps[0],
+        clean_caps[2],
+    )
+    assert len(set(files)) == 4 and not set(files) & {clean_files[1], clean_files[3]}
+    for f, c in zip(files, caps):  # a replacement's caption is one of its own image's
+        assert int(f[-8:-4]) == int(c.split()[1])
+    assert "2 unreadable image file(s)" in caplog.text and clean_files[1] in caplog.text
+    assert es.describe()["skipped_unreadable"] == [clean_files[1], clean_files[3]]
+    assert sum(len(b) for b in es.real) == 4
+    # nothing left to draw from: the set is smaller, not broken
+    assert len(CocoProtocol(str(tmp_path), n=8, seed=0).load()) == 6
+
+
+def test_image_files_skip_a_file_that_fails_to_decode(tmp_path, caplog):
+    from PIL import Image
+
+    from eval.eval_set import ImageFiles
+
+    good = [tmp_path / f"{i}.png" for i in range(3)]
+    for i, f in enumerate(good):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(f)
+    truncated = tmp_path / "t.png"
+    truncated.write_bytes(good[0].read_bytes()[:40])  # a PNG header, no image data
+    files = ImageFiles([good[0], truncated, good[1], good[2]], resolution=8, batch_size=2)
+    with caplog.at_level("WARNING", logger="zoo.eval"):
+        batches = list(files)
+    assert [len(b) for b in batches] == [2, 1] and files.skipped == [str(truncated)]
+    assert "skipping unreadable image" in caplog.text
+
+
 def test_folder_generator_round_trip(tmp_path):
     x = torch.rand(4, 3, 8, 8) * 2 - 1
     caps = ["a", "b", "a", "c"]
