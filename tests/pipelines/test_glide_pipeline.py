@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -400,3 +401,42 @@ def test_cfg_vs_clip_config_builds_a_clip_guided_pipeline(tmp_path, ckpts, noise
     assert pipe.clip_guidance_scale == 30.0 and pipe.guidance_scale == 1 and (pipe.sampler, pipe.steps) == ("ddpm", 25)
     cfg = _eval_cfg(tmp_path, "experiment=glide/guidance_sweep", f"generator.glide_ckpt={ckpts['plain']}")
     assert not build_generator(cfg.generator).clip_guided
+
+
+def test_inpaint_cli_redraws_the_box_and_keeps_the_rest(ckpts, tmp_path, capsys):
+    from PIL import Image
+
+    from zoo.data.transforms import image_transform
+    from zoo.pipelines.glide import inpaint_mask, main
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(src)  # not square, not RES
+    out = main(
+        ["inpaint", str(src), "--caption", CAPTIONS[0], "--box", "0.5,0,1,0.5", "--glide-ckpt", str(ckpts["inpaint"])]
+        + ["--steps", "2", "-n", "2", "--out", str(tmp_path / "grid")]
+    )
+    grid = torch.from_numpy(np.asarray(Image.open(out["grid"]).convert("RGB")).copy()).permute(2, 0, 1)
+    pad = 2  # torchvision's save_image padding
+    assert out["grid"] == str(tmp_path / "grid" / "inpaint.png") and grid.shape[-2:] == (
+        RES + 2 * pad,
+        3 * RES + 4 * pad,
+    )
+    tiles = [grid[:, pad : pad + RES, pad + k * (RES + pad) : pad + k * (RES + pad) + RES].float() for k in range(3)]
+    image = (image_transform(RES)(Image.open(src).convert("RGB")) + 1) * 127.5
+    known = inpaint_mask(RES, box="0.5,0,1,0.5")[0].bool().expand(3, -1, -1)
+    assert not known[:, : RES // 2, RES // 2 :].any() and known[:, RES // 2 :, :].all()  # top-right quarter redrawn
+    for tile in tiles[1:]:  # the samples keep the known pixels (to PNG rounding) and redraw the box
+        assert (tile[known] - image[known]).abs().max() <= 1.0
+        assert (tile[~known] - image[~known]).abs().mean() > 5
+    assert (tiles[0][~known] - 127.5).abs().max() <= 1.0  # the input tile shows the box greyed out
+    # a mask image: white = regenerate
+    mask = np.zeros((40, 56), dtype=np.uint8)
+    mask[:, :28] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    m = inpaint_mask(RES, mask_file=str(tmp_path / "m.png"))
+    assert not m[..., :, : RES // 2].any() and m[..., :, RES // 2 :].all()
+    for bad, message in [(["--box", "0.6,0,0.2,1"], "0 <= x0 < x1"), ([], "exactly one of --box")]:
+        with pytest.raises(SystemExit):
+            main(["inpaint", str(src), "--caption", "x", "--glide-ckpt", str(ckpts["inpaint"]), *bad])
+        assert message in capsys.readouterr().err
