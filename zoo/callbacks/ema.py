@@ -61,7 +61,8 @@ class EMA(EMAWeightAveraging):
     def on_train_end(self, trainer, pl_module) -> None:
         if self.averaged():
             # what the resume point must hold as the trained weights (see the module docstring)
-            self._trained_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+            # on the CPU: a second copy of a large model on its accelerator could run out of memory at the very end
+            self._trained_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
             super().on_train_end(trainer, pl_module)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
