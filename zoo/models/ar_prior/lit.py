@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from zoo.errors import ConfigError
 from zoo.models.ar_prior.model import PRESETS, ARPrior, ARPriorConfig, sample_codes
 from zoo.models.ar_prior.pca import EmbeddingPCA, ScalarBins
-from zoo.models.base import ZooLit, resolve_preset
+from zoo.models.base import ZooLit, resolve_preset, unmet_sizes
 
 FEATURE_KEYS = ("clip_text_tokens", "clip_text_emb", "clip_image_emb")
 
@@ -124,6 +124,25 @@ class ARPriorLit(ZooLit):
             self.cfg.n_dot_bins,
         )
 
+    def data_sizes(self, datamodule) -> dict[str, Any]:
+        """The train features' CLIP width (``embed_dim``), caption length (``text_len``, at least) and, when their
+        token ids do not fit the table, a vocabulary that holds them. Nothing without train features (check_data
+        names the fix). ``model.preset=tiny`` on the shapes features was a 32-d prior refused by its 128-d data."""
+        if "train" not in (getattr(datamodule, "features", None) or {}) or not callable(
+            getattr(datamodule, "dataset", None)
+        ):
+            return {}
+        feats = getattr(datamodule.dataset("train"), "features", None) or {}
+        exact, at_least = {}, {}
+        if "clip_image_emb" in feats:
+            exact["embed_dim"] = int(feats["clip_image_emb"].shape[-1])
+        tokens = feats.get("clip_text_tokens")
+        if tokens is not None:
+            at_least["text_len"] = int(tokens.shape[1])
+            if tokens.numel():
+                at_least["text_vocab"] = int(tokens.max()) + 1
+        return unmet_sizes(self.cfg, exact, at_least)
+
     def check_data(self, datamodule) -> None:
         """Needs ``data.features.train`` (a zoo-embed file) unless the PCA is already fitted (e.g. fine-tuning a
         loaded module), and validation features when validation runs on them."""
@@ -134,6 +153,24 @@ class ARPriorLit(ZooLit):
                 "`zoo-embed clip.checkpoint=<clip.ckpt> data=shapes split=train out=<file>`>, and "
                 "data.features.val=<the val file>)"
             )
+        # the widths the network is built for, checked here (before anything is built) for every split given: a
+        # train file of another width failed only in setup, a val file at its first validation, after training
+        if callable(getattr(datamodule, "dataset", None)):
+            for split in ("train", "val"):
+                if split not in features:
+                    continue
+                feats = getattr(datamodule.dataset(split), "features", None) or {}
+                emb, tokens = feats.get("clip_image_emb"), feats.get("clip_text_tokens")
+                if emb is not None and emb.shape[-1] != self.cfg.embed_dim:
+                    raise ConfigError(
+                        f"data.features.{split}: the CLIP image embeddings are {emb.shape[-1]}-d but the AR prior "
+                        f"expects {self.cfg.embed_dim} (fix: model.net.embed_dim={emb.shape[-1]})"
+                    )
+                if tokens is not None and tokens.shape[1] > self.cfg.text_len:
+                    raise ConfigError(
+                        f"data.features.{split}: captions of {tokens.shape[1]} CLIP tokens; the AR prior takes "
+                        f"text_len={self.cfg.text_len} (fix: model.net.text_len={tokens.shape[1]})"
+                    )
         # the val file is read only at the first validation, after the training steps when sanity checks are off
         # (experiment=leaderboard/ar_prior): a file without the keys was "batch lacks [...]" there
         if "val" in features and callable(getattr(datamodule, "dataset", None)):
