@@ -296,3 +296,13 @@ def test_missing_embeddings_is_a_config_error(train_cfg):
     )
     with pytest.raises(ConfigError, match="clip_ckpt|data.features"):
         check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
+
+
+def test_a_missing_frozen_clip_names_the_option(tmp_path):
+    import pytest
+
+    from zoo.errors import ConfigError
+
+    lit = UnclipDecoderLit(preset="tiny", clip_ckpt=str(tmp_path / "nope.ckpt"))
+    with pytest.raises(ConfigError, match=r"model\.clip_ckpt: no file .*nope\.ckpt .*model\.clip_ckpt="):
+        lit.clip_scorer()

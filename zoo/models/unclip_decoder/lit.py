@@ -180,8 +180,16 @@ class UnclipDecoderLit(GlideLit):
                     + _FIX_EMBED.format(split="<split>")
                     + ")"
                 )
+            from pathlib import Path
+
             from zoo.models.clip.scorer import ClipScorer
 
+            if not Path(str(self.hparams.clip_ckpt)).expanduser().is_file():
+                raise ConfigError(
+                    f"model.clip_ckpt: no file {self.hparams.clip_ckpt} (fix: model.clip_ckpt=<a zoo-train model=clip "
+                    f"last.ckpt>, e.g. make demo's logs/demo/clip/checkpoints/last.ckpt; or model.clip_ckpt=null with "
+                    f"zoo-embed features in data.features.train / val)"
+                )
             self._clip = ClipScorer.from_lightning_checkpoint(str(self.hparams.clip_ckpt), device=str(self.device))
             for p in self._clip.model.parameters():
                 p.requires_grad_(False)
