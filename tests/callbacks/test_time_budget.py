@@ -235,3 +235,72 @@ def test_the_progress_bar_shows_the_planned_steps(monkeypatch, bar_cls):
     assert trainer.global_step == 56
     assert totals.totals[0] == 2048  # before the plan: the epoch's 2,048 batches (fewer than max_steps)
     assert totals.totals[-1] == 56
+
+
+class _TinyWithVal(_Tiny):
+    """4 batches an epoch, one validation batch; counts validations."""
+
+    def __init__(self, clock):
+        super().__init__(clock)
+        self.validations = 0
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=2)
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(2, 4)), batch_size=2)
+
+    def validation_step(self, batch, batch_idx):
+        self.validations += 1
+
+
+@pytest.mark.parametrize("every_n_epochs, expected", [(1, 14), (None, 1)])
+def test_validation_moves_to_the_end_only_where_it_counts_steps(monkeypatch, every_n_epochs, expected):
+    # check_val_every_n_epoch=null (the budgeted experiments): one validation, at the budget's last step (56).
+    # Epoch-based validation (4 batches an epoch): a val_check_batch of 56 was never reached inside an epoch and
+    # the run did not validate at all; it is left alone (a validation at each of the 14 epochs' ends)
+    clock = _Clock(1.0)
+    monkeypatch.setattr(tb.time, "monotonic", clock)
+    model = _TinyWithVal(clock)
+    budget = TimeBudget(minutes=1.0, calibrate_steps=5, warmup_steps=2, min_steps=3, reserve=0.06)
+    trainer = L.Trainer(
+        max_steps=10_000,
+        max_epochs=-1,
+        callbacks=[budget],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=every_n_epochs,
+        val_check_interval=None if every_n_epochs else 10_000,
+    )
+    trainer.fit(model)
+    assert trainer.global_step == 56 and model.validations == expected
+
+
+def test_under_ddp_every_rank_follows_rank_zeros_plan(monkeypatch):
+    # This process plays rank 1 of 2 on a clock 3x slower than rank 0's. Planning from its own clock it stopped
+    # at its own step count (a hard stop or a plan a step apart from rank 0's left the other rank waiting for its
+    # gradients forever) and re-fitted its own schedule (ranks at different learning rates). Now it takes rank 0's
+    # plan: 40 steps from step 7 on, and rank 0's schedule.
+    clock = _Clock(3.0)
+    monkeypatch.setattr(tb.time, "monotonic", clock)
+    monkeypatch.setattr(L.Trainer, "world_size", property(lambda self: 2))
+    monkeypatch.setattr(L.Trainer, "global_rank", property(lambda self: 1))
+    model = _Tiny(clock)
+    budget = TimeBudget(minutes=1.0, calibrate_steps=5, warmup_steps=2, min_steps=3, reserve=0.06)
+    trainer = _trainer(budget)
+    sent = []
+
+    def broadcast(obj, src=0):  # what rank 0 sends: (planned steps, in tail, rechecks done, s/step, hard stop)
+        if not isinstance(obj, tuple):  # Lightning's own broadcasts (its log dir)
+            return obj
+        sent.append(obj)
+        return (40 if trainer.global_step >= 7 else None, False, 0, 1.0, False)
+
+    monkeypatch.setattr(trainer.strategy, "broadcast", broadcast)
+    trainer.fit(model)
+    assert trainer.global_step == 40 and budget.planned_steps == 40 and len(sent) == 40
+    assert trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0].total_steps == 40
+    assert model.lrs[-1] == pytest.approx(WarmupCosine(2, 40, 0.1)(39))

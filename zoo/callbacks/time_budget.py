@@ -81,6 +81,7 @@ class TimeBudget(L.Callback):
         self._step_timed = 0
         self._cap = 0
         self._rechecks_done = 0
+        self._hard_stopped = False  # the hard stop has fired (followed by every rank under DDP)
 
     # --- hooks ---------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -97,6 +98,31 @@ class TimeBudget(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if trainer.world_size > 1:
+            # Several processes (DDP): each would plan from its own clock, and a plan one step apart (or a hard stop
+            # on one rank only) leaves a rank waiting for the others' gradients forever at the end of the budget;
+            # a schedule re-fitted on one rank only trains the ranks at different learning rates. Rank 0 plans;
+            # every rank follows its plan, after every step (one small broadcast).
+            if trainer.global_rank == 0:
+                self._step_end(trainer, batch_idx)
+            self._follow_rank_zero(trainer, batch_idx)
+            return
+        self._step_end(trainer, batch_idx)
+
+    def _follow_rank_zero(self, trainer: L.Trainer, batch_idx: int) -> None:
+        state = (self.planned_steps, self.in_tail, self._rechecks_done, self.sec_per_step, self._hard_stopped)
+        planned, in_tail, rechecks, sec_per_step, hard_stopped = trainer.strategy.broadcast(state, src=0)
+        self._rechecks_done, self.sec_per_step = rechecks, sec_per_step
+        self.in_tail = in_tail  # before _apply: in the tail the schedule is not re-fitted, on any rank
+        if planned is not None and (planned != self.planned_steps or trainer.fit_loop.epoch_loop.max_steps != planned):
+            self.planned_steps = planned
+            self._apply(trainer, planned)
+            _resize_train_bar(trainer, planned, batch_idx)
+        if hard_stopped and not self._hard_stopped:
+            self._hard_stopped = True
+            trainer.should_stop = True
+
+    def _step_end(self, trainer: L.Trainer, batch_idx: int) -> None:
         done = trainer.global_step - self._start_step
         now = time.monotonic()
         if done == self.warmup_steps:  # the first steps pay for allocation / kernel selection: not timed
@@ -127,6 +153,7 @@ class TimeBudget(L.Callback):
                 100 * self.hard_stop,
                 trainer.global_step,
             )
+            self._hard_stopped = True
             trainer.should_stop = True
 
     # --- planning ------------------------------------------------------------------------------------------
@@ -159,7 +186,15 @@ class TimeBudget(L.Callback):
             for fn in getattr(sched_cfg.scheduler, "lr_lambdas", []):
                 if hasattr(fn, "total_steps"):
                     fn.total_steps = steps
-        if self.validate_at_end and isinstance(trainer.val_check_batch, int) and trainer.num_val_batches:
+        # only where validation counts steps across epochs (check_val_every_n_epoch=null, as the budgeted
+        # experiments set it): with epoch-based validation a val_check_batch past the epoch's length was never
+        # reached, and the run did not validate at all
+        if (
+            self.validate_at_end
+            and trainer.check_val_every_n_epoch is None
+            and isinstance(trainer.val_check_batch, int)
+            and trainer.num_val_batches
+        ):
             # one validation (and sample grid), on the last step of the budget; an epoch that started at step 0
             # counts batches from the same origin as global_step (no gradient accumulation in budgeted runs)
             trainer.val_check_batch = max(1, steps)
