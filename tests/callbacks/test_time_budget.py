@@ -46,16 +46,16 @@ class _Tiny(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.sched(opt), "interval": "step"}}
 
 
-def _trainer(budget: TimeBudget, max_steps: int = 10_000) -> L.Trainer:
+def _trainer(budget: TimeBudget, max_steps: int = 10_000, **kw) -> L.Trainer:
+    kw = {"limit_val_batches": 0, "enable_progress_bar": False, **kw}
     return L.Trainer(
         max_steps=max_steps,
         max_epochs=-1,
         callbacks=[budget],
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
         enable_model_summary=False,
-        limit_val_batches=0,
+        **kw,
     )
 
 
@@ -263,14 +263,9 @@ def test_validation_moves_to_the_end_only_where_it_counts_steps(monkeypatch, eve
     monkeypatch.setattr(tb.time, "monotonic", clock)
     model = _TinyWithVal(clock)
     budget = TimeBudget(minutes=1.0, calibrate_steps=5, warmup_steps=2, min_steps=3, reserve=0.06)
-    trainer = L.Trainer(
-        max_steps=10_000,
-        max_epochs=-1,
-        callbacks=[budget],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = _trainer(
+        budget,
+        limit_val_batches=None,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=every_n_epochs,
         val_check_interval=None if every_n_epochs else 10_000,
