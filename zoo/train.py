@@ -667,7 +667,10 @@ def objective(cfg: DictConfig) -> Optional[float]:
     name = cfg.get("optimized_metric")
     if name:
         if name not in metrics:  # e.g. validation switched off: nothing to optimise, but the run itself is fine
-            log.warning("optimized_metric=%s was not logged; logged: %s", name, sorted(metrics))
+            from lightning.pytorch.utilities import rank_zero_only
+
+            if rank_zero_only.rank == 0:  # once, not once per DDP process
+                log.warning("optimized_metric=%s was not logged; logged: %s", name, sorted(metrics))
             return None
         return metrics[name]
     return None

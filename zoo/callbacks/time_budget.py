@@ -89,11 +89,12 @@ class TimeBudget(L.Callback):
         self._start_step = trainer.global_step
         cap = trainer.max_steps
         self._cap = cap if cap is not None and cap > 0 else 10**9
-        log.info(
-            "time budget: %s of training (steps fitted after %d timed steps)",
-            format_duration(self.budget_s),
-            self.calibrate_steps,
-        )
+        if trainer.is_global_zero:  # under DDP rank 0 plans (and says so) for every rank
+            log.info(
+                "time budget: %s of training (steps fitted after %d timed steps)",
+                format_duration(self.budget_s),
+                self.calibrate_steps,
+            )
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
