@@ -11,6 +11,12 @@ validated: the resumed run went on from the RNG state before the validation, an 
 after it, so with a validation at the saved step ("train N, resume to 2N", a ``kill -9`` after it) every later
 row and the weights differed. A validation during fit (and the sanity check) therefore leaves the RNG states as it
 found them.
+
+Several processes (DDP) are all seeded alike (``seed_everything``), so every rank drew the same diffusion timesteps,
+noise and caption dropout for its own shard of the batch: the global batch held each draw ``world_size`` times. Each
+training step now runs on a stream of its rank's own, seeded from one draw of the stream the ranks share; at the
+step's end the shared stream is put back (all ranks alike again). Checkpoints (saved after that, from rank 0) keep
+the shared stream, so a resume is exact on every rank. One process: nothing changes.
 """
 
 from __future__ import annotations
@@ -31,10 +37,23 @@ class CheckpointInfo(L.Callback):
         self.config = config or {}
         self._rng_before_validation: Optional[tuple] = None
         self._validating = False  # a validation of the fit has started and the RNG is not back yet
+        self._shared_rng: Optional[tuple] = None  # DDP: the ranks' shared stream during a step on a rank's own
+
+    def on_train_batch_start(self, trainer, pl_module, *args: Any, **kwargs: Any) -> None:
+        if trainer.world_size > 1:
+            # one draw of the shared stream (the same on every rank), then this step's own stream for this rank
+            base = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+            self._shared_rng = _rng_state()
+            seed = (base + 0x9E3779B97F4A7C15 * (trainer.global_rank + 1)) % 2**63
+            torch.manual_seed(seed)  # the CPU and every CUDA device
+            random.seed(seed)
 
     # Taken at the step's end, not at on_validation_start: the val loader's iterator is made in between, and a plain
     # DataLoader (webdataset) draws its base seed from the global RNG.
     def on_train_batch_end(self, trainer, pl_module, *args: Any, **kwargs: Any) -> None:
+        if self._shared_rng is not None:  # DDP: back to the stream every rank shares (what checkpoints record)
+            _set_rng_state(self._shared_rng)
+            self._shared_rng = None
         self._rng_before_validation = (torch.get_rng_state(), random.getstate())
 
     # and before the sanity check, and at the start of training (the restored state: a resume may begin by redoing
@@ -56,6 +75,9 @@ class CheckpointInfo(L.Callback):
         # stopped in a validation (or in on_validation_end before ours): interrupted.ckpt, saved after this, records
         # the RNG the run would have gone on with
         self._restore_rng_after_validation()
+        if self._shared_rng is not None:  # stopped inside a step on a rank's own stream (InterruptCheckpoint puts
+            _set_rng_state(self._shared_rng)  # back the state from before the step anyway)
+            self._shared_rng = None
 
     def _restore_rng_after_validation(self) -> None:
         if self._validating and self._rng_before_validation is not None:
@@ -81,3 +103,17 @@ class CheckpointInfo(L.Callback):
         torch.set_rng_state(rng["torch"])
         version, state, gauss = rng["python"]
         random.setstate((version, tuple(state), gauss))
+
+
+def _rng_state() -> tuple:
+    """torch's CPU (and, once initialised, CUDA) and Python's RNG states."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda, random.getstate()
+
+
+def _set_rng_state(state: tuple) -> None:
+    cpu, cuda, py = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+    random.setstate(py)
