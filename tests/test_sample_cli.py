@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
+from zoo.errors import ConfigError
 from zoo.sample import sample
 from zoo.train import train
 
@@ -310,3 +311,28 @@ def test_a_checkpoint_that_draws_no_images_says_what_it_is_for(tmp_path, compone
     ckpt = _stamped(tmp_path / "m.ckpt", component)
     with pytest.raises(ConfigError, match=rf"is a {component} checkpoint, which draws no images \(fix: it "):
         sample(_sample_cfg(f"out_dir={tmp_path / 'out'}", f"paths.root_dir={tmp_path}", f"ckpt={ckpt}", prompts))
+
+
+def test_prompts_file_adds_one_prompt_per_line_and_the_bar_is_on(tmp_path, monkeypatch):
+    import zoo.pipelines.base as base
+
+    seen, nodes = [], []
+
+    def fake_keep_best(generator, prompts, n_keep, seed=0):
+        seen.append(list(prompts))
+        return {"images": torch.zeros(len(prompts), n_keep, 3, 4, 4), "scores": None}
+
+    monkeypatch.setattr(base, "build_generator", lambda node, what: nodes.append(node) or object())
+    monkeypatch.setattr(base, "keep_best", fake_keep_best)
+    f = tmp_path / "prompts.txt"
+    f.write_text("# the demo's prompts\na red circle\n\n  a blue star  \n# done\n", encoding="utf-8")
+    sample(_sample_cfg('prompts=["a green heart"]', f"prompts_file={f}", "n_keep=1", f"out_dir={tmp_path / 'o'}"))
+    assert seen == [["a green heart", "a red circle", "a blue star"]]
+    assert nodes[0].progress is True  # zoo-sample shows a bar per generator call (progress=false: quiet)
+    sample(_sample_cfg(f"prompts_file={f}", "progress=false", "n_keep=1", f"out_dir={tmp_path / 'q'}"))
+    assert nodes[1].progress is False and seen[1] == ["a red circle", "a blue star"]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n", encoding="utf-8")
+    for path, message in [(tmp_path / "missing.txt", "no such file"), (empty, "no prompts in it")]:
+        with pytest.raises(ConfigError, match=message):
+            sample(_sample_cfg(f"prompts_file={path}", f"out_dir={tmp_path / 'x'}"))

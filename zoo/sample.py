@@ -122,6 +122,21 @@ def checkpoint_component(ckpt: str) -> str:
     return component_in(safe_load(ckpt), str(ckpt))
 
 
+def read_prompts_file(path: str) -> list[str]:
+    """``prompts_file=<file>``: one prompt per line, blank lines and lines starting with ``#`` skipped (UTF-8)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"prompts_file={path}: no such file (fix: a text file with one prompt per line)")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"prompts_file={path}: not UTF-8 text ({e}) (fix: one prompt per line, UTF-8)") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ConfigError(f"prompts_file={path}: no prompts in it (one per line; # starts a comment line)")
+    return prompts
+
+
 def sample(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
@@ -132,6 +147,9 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     if isinstance(cfg.prompts, str):  # prompts='a red circle' (no brackets): one prompt, not one per character
         with open_dict(cfg):
             cfg.prompts = [cfg.prompts]
+    if cfg.get("prompts_file"):
+        with open_dict(cfg):
+            cfg.prompts = [*cfg.prompts, *read_prompts_file(str(cfg.prompts_file))]
     if int(cfg.n_keep) < 1:
         raise ConfigError(f"n_keep must be >= 1, got {cfg.n_keep} (fix: n_keep=8)")
     apply_conv_backend(cfg.get("conv_backend", "auto"))  # auto: NNPACK's 3x3 convolutions on AVX2 CPUs
@@ -175,6 +193,9 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
             )
         with open_dict(node):
             node[key] = str(cfg.ckpt)
+    if node is not None and "progress" in node and cfg.get("progress") is not None:
+        with open_dict(node):  # a bar per generator call (the generator configs default to none: zoo-eval has its own)
+            node.progress = bool(cfg.progress)
     torch.manual_seed(int(cfg.seed))
     generator = build_generator(node, "generator")
     return _finish(sample_prompts(cfg, generator, out_dir), out_dir)
