@@ -273,7 +273,8 @@ def run(cfg: DictConfig) -> Path:
         meta={"split": str(cfg.split), "captioner": str(ckpt)},
     )
     log.info(
-        "wrote %s (serve with data.synthetic_captions={%s: %s} data.caption_mix={%s: 0.95, alt: 0.05})",
+        # quoted as a shell needs it: the braces' spaces would split the override into several arguments
+        "wrote %s (serve with 'data.synthetic_captions={%s: %s}' 'data.caption_mix={%s: 0.95, alt: 0.05}')",
         path,
         style,
         path,
