@@ -299,3 +299,22 @@ def test_under_ddp_every_rank_follows_rank_zeros_plan(monkeypatch):
     assert trainer.global_step == 40 and budget.planned_steps == 40 and len(sent) == 40
     assert trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0].total_steps == 40
     assert model.lrs[-1] == pytest.approx(WarmupCosine(2, 40, 0.1)(39))
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_restored_plan_is_not_followed(monkeypatch, world):
+    # resumed (alone, or rank 0 of 2): the checkpoint's plan (5 steps) is the earlier run's record. Under DDP it was
+    # followed at once, cutting the run to 5 steps before this run's first measure (56 steps at 1 s/step); and
+    # reaching it before that measure counted as "planned steps done early", so the run went on at the final
+    # learning rate, its schedule never fitted
+    clock = _Clock(1.0)
+    monkeypatch.setattr(tb.time, "monotonic", clock)
+    monkeypatch.setattr(L.Trainer, "world_size", property(lambda self: world))
+    monkeypatch.setattr(L.Trainer, "global_rank", property(lambda self: 0))
+    budget = TimeBudget(minutes=1.0, calibrate_steps=5, warmup_steps=2, min_steps=3, reserve=0.06)
+    budget.load_state_dict({"planned_steps": 5, "sec_per_step": 9.0})
+    trainer = _trainer(budget)
+    monkeypatch.setattr(trainer.strategy, "broadcast", lambda obj, src=0: obj)  # rank 0 hears itself
+    trainer.fit(_Tiny(clock))
+    assert trainer.global_step == 56 and budget.planned_steps == 56
+    assert not budget.in_tail and trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0].total_steps == 56

@@ -82,11 +82,13 @@ class TimeBudget(L.Callback):
         self._cap = 0
         self._rechecks_done = 0
         self._hard_stopped = False  # the hard stop has fired (followed by every rank under DDP)
+        self._plans_made = 0  # plans made by this run (not restored)
 
     # --- hooks ---------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t_fit = time.monotonic()
         self._start_step = trainer.global_step
+        self._plans_made = 0
         cap = trainer.max_steps
         self._cap = cap if cap is not None and cap > 0 else 10**9
         if trainer.is_global_zero:  # under DDP rank 0 plans (and says so) for every rank
@@ -111,7 +113,10 @@ class TimeBudget(L.Callback):
         self._step_end(trainer, batch_idx)
 
     def _follow_rank_zero(self, trainer: L.Trainer, batch_idx: int) -> None:
-        state = (self.planned_steps, self.in_tail, self._rechecks_done, self.sec_per_step, self._hard_stopped)
+        # a plan restored from a checkpoint is only the record of the earlier run: nothing to follow until rank 0
+        # has planned in this one (a resumed run re-measures)
+        planned_here = self.planned_steps if self._plans_made else None
+        state = (planned_here, self.in_tail, self._rechecks_done, self.sec_per_step, self._hard_stopped)
         planned, in_tail, rechecks, sec_per_step, hard_stopped = trainer.strategy.broadcast(state, src=0)
         self._rechecks_done, self.sec_per_step = rechecks, sec_per_step
         self.in_tail = in_tail  # before _apply: in the tail the schedule is not re-fitted, on any rank
@@ -132,13 +137,13 @@ class TimeBudget(L.Callback):
             self._plan(trainer, now, "measured", batch_idx)
         elif (
             self._rechecks_done < len(self.recheck_fractions)
-            and self.planned_steps is not None
+            and self._plans_made  # a plan of this run (a restored one is the earlier run's record)
             and now - self._t_fit >= self.recheck_fractions[self._rechecks_done] * self.budget_s
         ):
             self._rechecks_done += 1
             self._plan(trainer, now, "re-measured", batch_idx)
         elif (
-            self.planned_steps is not None
+            self._plans_made
             and trainer.global_step >= self.planned_steps
             and trainer.global_step < self._cap
             and now - self._t_fit < (1.0 - self.reserve - self.tail_fraction) * self.budget_s
@@ -170,6 +175,7 @@ class TimeBudget(L.Callback):
         steps = trainer.global_step + max(0, int(left / self.sec_per_step))
         steps = min(self._cap, max(self.min_steps, steps))
         self.planned_steps = steps
+        self._plans_made += 1
         self._apply(trainer, steps)
         if batch_idx is not None:
             _resize_train_bar(trainer, steps, batch_idx)
