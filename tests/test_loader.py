@@ -71,3 +71,36 @@ def test_collate_stacks_and_tokenizes():
     assert batch["caption"] == ["c1", "c12"]
     assert batch["text_tokens"].tolist() == [[2, 0], [3, 0]]
     assert batch["index"].tolist() == [1, 12]
+
+
+def test_lightning_overfit_batches_rebuilds_the_loader_in_order():
+    """trainer.overfit_batches (debug=overfit) makes Lightning rebuild every loader with a SequentialSampler; ours
+    passed it to DataLoader beside its own sampler ("more than one sampler"), before the first step."""
+    import lightning as L
+
+    seen = []
+
+    class _Fit(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch, batch_idx):
+            seen.append(batch["index"].tolist())
+            return self.lin(batch["image"]).pow(2).mean()
+
+        def train_dataloader(self):
+            return ResumableDataLoader(_Indexed(), batch_size=4, shuffle=True, seed=0, collate_fn=collate_samples)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = L.Trainer(
+        max_epochs=2, overfit_batches=2, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.fit(_Fit())
+    assert seen == [[0, 1, 2, 3], [4, 5, 6, 7]] * 2  # the first two batches, in order, every epoch
+    in_order = ResumableDataLoader(
+        _Indexed(), 4, shuffle=True, sampler=torch.utils.data.SequentialSampler(range(20)), collate_fn=collate_samples
+    )
+    assert isinstance(in_order.sampler, ResumableSampler) and _epoch(in_order)[0] == [0, 1, 2, 3]  # still resumable

@@ -11,10 +11,10 @@ because re-wrapping a custom sampler in Lightning's ``DistributedSamplerWrapper`
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -71,8 +71,24 @@ class ResumableSampler(Sampler[int]):
 class ResumableDataLoader(DataLoader):
     """DataLoader over a map-style dataset with ``state_dict`` / ``load_state_dict`` for mid-epoch resume."""
 
-    def __init__(self, dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False, **kwargs):
-        sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, drop_last=drop_last)
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+        sampler: Optional[Sampler] = None,
+        **kwargs,
+    ):
+        # ``sampler``: Lightning re-instantiates a loader with a SequentialSampler for ``trainer.overfit_batches``
+        # (debug=overfit); passed on to DataLoader next to ours, it was a "more than one sampler" error before the
+        # first step. In-order is our sampler without shuffling, which stays resumable; another sampler is used as
+        # given (no mid-epoch resume then).
+        if sampler is None or isinstance(sampler, SequentialSampler):
+            sampler = ResumableSampler(
+                len(dataset), shuffle=shuffle and sampler is None, seed=seed, drop_last=drop_last
+            )
         # Our own generator: otherwise every new iterator draws its worker base seed from the global torch RNG,
         # and a resumed run (one extra iterator) would see different noise than an uninterrupted one.
         kwargs.setdefault("generator", torch.Generator().manual_seed(seed))
@@ -81,7 +97,10 @@ class ResumableDataLoader(DataLoader):
         self._epoch_in_progress = 0
 
     def __iter__(self):
-        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
+        sampler = self.sampler
+        if not isinstance(sampler, ResumableSampler):  # a sampler given by the caller: a plain DataLoader
+            yield from super().__iter__()
+            return
         self._epoch_in_progress = sampler.epoch
         # A restored position applies only to the epoch it was saved in (see ResumableSampler.skip_epoch).
         resumed = sampler.skip_epoch == sampler.epoch
@@ -94,6 +113,8 @@ class ResumableDataLoader(DataLoader):
         return {"epoch": int(self._epoch_in_progress), "batches_done": int(self._batches_done)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
+        sampler = self.sampler
+        if not isinstance(sampler, ResumableSampler):
+            return
         sampler.skip_epoch = int(state["epoch"])
         sampler.skip = int(state["batches_done"]) * int(self.batch_size)
