@@ -294,3 +294,12 @@ def test_debug_fdr_leaves_no_resume_point(train_cfg, tiny_dvae):
     ckpts = Path(cfg.paths.output_dir) / "checkpoints"
     assert not (ckpts.is_dir() and any(ckpts.iterdir())), sorted(p.name for p in ckpts.iterdir())
     assert train(cfg)["global_step"] == 1  # again, in the same directory
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
+@pytest.mark.parametrize("trainer", ["gpu", "ddp", "fsdp"])
+def test_a_gpu_trainer_without_a_gpu_fails_before_anything_is_built(train_cfg, tiny_dvae, tmp_path, trainer):
+    cfg = train_cfg(*tiny_dvae, f"trainer={trainer}")
+    with pytest.raises(ConfigError, match=r"no CUDA device is visible .*trainer=cpu"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()

@@ -433,6 +433,19 @@ def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def check_accelerator(trainer_cfg: Any) -> None:
+    """``trainer=gpu|ddp|fsdp`` (accelerator gpu / cuda) on a machine without a visible CUDA device: Lightning said
+    "No supported gpu backend found!" once data and model were built; now a ConfigError naming the CPU configs."""
+    import torch
+
+    accelerator = str(trainer_cfg.get("accelerator") or "auto").lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator}, but no CUDA device is visible on this machine (fix: trainer=cpu, "
+            f"trainer=ddp_cpu for several CPU processes, or trainer.accelerator=auto)"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) the configured model; write ``metrics.json`` in the run directory; return the metrics."""
     import lightning as L
@@ -463,6 +476,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     from zoo.callbacks.checkpoint_info import CheckpointInfo
 
     check_no_earlier_run(cfg, out_dir)  # first: nothing of the earlier run is touched
+    check_accelerator(cfg.trainer)
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
 
     # --- build everything (fails here, before training, on a bad config) ---------------------------------
