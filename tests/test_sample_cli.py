@@ -336,3 +336,9 @@ def test_prompts_file_adds_one_prompt_per_line_and_the_bar_is_on(tmp_path, monke
     for path, message in [(tmp_path / "missing.txt", "no such file"), (empty, "no prompts in it")]:
         with pytest.raises(ConfigError, match=message):
             sample(_sample_cfg(f"prompts_file={path}", f"out_dir={tmp_path / 'x'}"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
+def test_a_cuda_generator_without_a_gpu_names_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match=r"generator\.device=cuda, but no CUDA device .*generator\.device=cpu"):
+        sample(_sample_cfg("generator=glide", "generator.device=cuda", 'prompts=["x"]', f"out_dir={tmp_path}"))
