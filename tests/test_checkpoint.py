@@ -231,3 +231,16 @@ def test_feature_file_of_another_split_is_refused(tmp_path):
     assert len(dm.dataset("train")) == 4
     with pytest.raises(ConfigError, match=f"data.features.val={train} holds the train split's features"):
         dm.dataset("val")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
+def test_loading_onto_a_missing_gpu_is_not_called_corrupt(tmp_path):
+    # zoo-recaption device=cuda on a CPU machine said "<file> is truncated or corrupt" of a sound checkpoint
+    from zoo.checkpoint import safe_load
+    from zoo.errors import ConfigError
+
+    path = tmp_path / "ok.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, path)
+    with pytest.raises(ConfigError, match=r"no CUDA device is visible .*device=cpu"):
+        safe_load(path, map_location="cuda")
+    assert torch.equal(safe_load(path)["state_dict"]["w"], torch.ones(2))

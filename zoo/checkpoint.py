@@ -82,6 +82,14 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
         raise FileNotFoundError(f"checkpoint not found: {path} (check the path you passed)")
     if path.stat().st_size == 0:
         raise CorruptCheckpointError(f"{path} is empty (0 bytes): a copy or a save did not finish; {fix}")
+    if str(map_location).startswith("cuda") and not torch.cuda.is_available():
+        # torch's RuntimeError here used to be reported as a truncated or corrupt file
+        from zoo.errors import ConfigError
+
+        raise ConfigError(
+            f"cannot load {path} onto {map_location}: no CUDA device is visible on this machine "
+            f"(fix: set the command's device option to cpu, e.g. device=cpu)"
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
