@@ -287,6 +287,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     if "diversity" in ablations:
         check_diversity(cfg.diversity.captions, cfg.diversity.samples, cfg.diversity.batch_size)
+    from zoo.errors import check_device
+
+    for section in ("eval", "clip", "generator"):  # before the protocol loads (30,000 COCO headers) or any model
+        node = cfg.get(section)
+        if node is not None and hasattr(node, "get"):
+            check_device(node.get("device"), f"{section}.device")
     seed = int(cfg.get("seed", 0))
     torch.manual_seed(seed)  # anything random outside the generator's own seeding (e.g. a random-init test CLIP)
 

@@ -23,3 +23,14 @@ def raise_all(problems: list[str], between: str) -> None:
 
 class MissingWeightsError(FileNotFoundError):
     """Pretrained weights that are needed are not on this machine (nothing is downloaded at run time here)."""
+
+
+def check_device(device, option: str) -> None:
+    """A ``cuda`` device option on a machine without a visible CUDA device: one ConfigError naming ``option`` and the
+    CPU fix, before anything loads (torch says "Found no NVIDIA driver on your system" from deep inside a load)."""
+    value = str(device or "cpu")
+    if value.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{option}={value}, but no CUDA device is visible on this machine (fix: {option}=cpu)")

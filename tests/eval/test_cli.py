@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from zoo.errors import ConfigError, MissingWeightsError
 
@@ -269,6 +270,14 @@ def test_unknown_generator_lists_the_options(tmp_path):
         (["blur.radii=[0,16]"], r"protocol.eval_resolution"),
         (["generator._target_=builtins.dict"], r"no generate\(captions\)"),
         (["generator._target_=zoo.no_such_module.Gen"], r"cannot build generator"),
+        *(  # a cuda device on a machine without one: torch's "Found no NVIDIA driver" came from inside a load
+            []
+            if torch.cuda.is_available()
+            else [
+                (["eval.device=cuda"], r"eval\.device=cuda, but no CUDA device .*fix: eval\.device=cpu"),
+                (["clip.device=cuda"], r"fix: clip\.device=cpu"),
+            ]
+        ),
     ],
 )
 def test_config_errors_name_the_fix(tmp_path, overrides, match):

@@ -261,13 +261,9 @@ def build_generator(node, what: str = "generator"):
             f"{what} {target} needs {what}.{missing[0]} (fix: {what}.{missing[0]}="
             f"{'/path/to/samples' if missing[0] == 'path' else '...'})"
         )
-    import torch
+    from zoo.errors import check_device
 
-    device = str(node.get("device") or "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():  # torch's "Found no NVIDIA driver", said plainly
-        raise ConfigError(
-            f"{what}.device={device}, but no CUDA device is visible on this machine (fix: {what}.device=cpu)"
-        )
+    check_device(node.get("device"), f"{what}.device")
     for key in node:
         if str(key).endswith(("ckpt", "checkpoint")) and node[key] not in (None, ""):
             path = Path(str(node[key])).expanduser()
