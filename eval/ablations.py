@@ -52,7 +52,7 @@ from eval.metrics import (
 from zoo.data.degradations import blur_kernel_size, gaussian_blur
 from zoo.errors import ConfigError
 from zoo.models.clip.scorer import clip_score_from_cos
-from zoo.pipelines.base import as_candidate_generator
+from zoo.pipelines.base import as_candidate_generator, seeded_chunk
 from zoo.progress import track
 
 INCEPTION_METRICS = ("fid", "kid", "is")
@@ -329,9 +329,10 @@ def rerank_select(
     with track(
         total=len(captions) * n_max, desc=f"generate {n_max} candidates/caption", unit="img", disable=not progress
     ) as bar:
-        for i in range(0, len(captions), batch_size):
+        for j, i in enumerate(range(0, len(captions), batch_size)):
             caps = captions[i : i + batch_size]
-            x = _draw_candidates(cand, caps, n_max, timing)  # (B, n_max, 3, H, W)
+            with seeded_chunk(cand, seed, j):  # each batch its own noise (zoo.pipelines.base.CHUNK_SEED_STRIDE)
+                x = _draw_candidates(cand, caps, n_max, timing)  # (B, n_max, 3, H, W)
             flat = resize_for_eval(check_images(x.flatten(0, 1), what="candidates"), res)
             x = flat.view(len(caps), n_max, *flat.shape[1:])
             img = torch.as_tensor(scorer.encode_image(flat)).float().cpu().view(len(caps), n_max, -1)
@@ -419,9 +420,10 @@ def diversity_ablation(
     embs: list[torch.Tensor] = []
     distinct: list[float] = []
     with track(total=n * k, desc=f"diversity: {k} samples/caption", unit="img", disable=not progress) as bar:
-        for i in range(0, n, int(batch_size)):
+        for j, i in enumerate(range(0, n, int(batch_size))):
             caps = caps_all[i : i + int(batch_size)]
-            x = _draw_candidates(cand, caps, k, timing)
+            with seeded_chunk(cand, seed, j):
+                x = _draw_candidates(cand, caps, k, timing)
             flat = resize_for_eval(check_images(x.flatten(0, 1), what="candidates"), res)  # (B * k, 3, R, R)
             embs.append(torch.as_tensor(scorer.encode_image(flat)).float().cpu().view(len(caps), k, -1))
             if judge is not None:

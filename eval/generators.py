@@ -24,7 +24,7 @@ from eval.eval_set import ImageBank, load_image, resize_for_eval
 from eval.features import check_images, to_uint8
 from zoo.data.degradations import gaussian_blur
 from zoo.errors import ConfigError
-from zoo.pipelines.base import RepeatedCandidates, as_candidate_generator
+from zoo.pipelines.base import RepeatedCandidates, as_candidate_generator, seeded_chunk
 
 if TYPE_CHECKING:
     from eval.eval_set import EvalSet
@@ -61,6 +61,8 @@ class FolderGenerator:
     ``{"file": ..., "caption": ...}``) or ``captions.txt`` (one caption per line, matched to the image files in
     sorted name order). ``resolution`` resizes on load (default: the files' own size; they must all agree).
     """
+
+    seed_is_candidate_index = True  # the seed picks the caption's i-th image: zoo-eval does not offset it per batch
 
     def __init__(self, path, resolution: Optional[int] = None):
         self.path = Path(str(path)).expanduser()
@@ -241,12 +243,13 @@ def generate_images(
     bank = ImageBank()
     captions = list(captions)
     with track(total=len(captions), desc="generate", unit="img", disable=not progress) as bar:
-        for i in range(0, len(captions), batch_size):
+        for j, i in enumerate(range(0, len(captions), batch_size)):
             caps = captions[i : i + batch_size]
-            if isinstance(gen, RepeatedCandidates):
-                out = gen.candidate(caps, 0)
-            else:
-                out = gen.candidates(caps, 1)[:, 0]
+            with seeded_chunk(gen, seed, j):  # each batch its own noise (zoo.pipelines.base.CHUNK_SEED_STRIDE)
+                if isinstance(gen, RepeatedCandidates):
+                    out = gen.candidate(caps, 0)
+                else:
+                    out = gen.candidates(caps, 1)[:, 0]
             bank.add(resize_for_eval(out, resolution))
             bar.update(len(caps))
     return bank

@@ -126,10 +126,13 @@ def test_rerank_more_candidates_higher_clip_score():
     scores = [r["clip_score"] for r in rows]
     assert [r["candidates"] for r in rows] == [1, 2, 4, 8]
     assert all(b > a for a, b in zip(scores, scores[1:])), scores
-    # by hand: best of the values of candidates 0..n-1 (seeds 5..5+n-1), uint8-quantised like the stored images
+    # by hand: best of the values of candidates 0..k-1, uint8-quantised like the stored images; caption j of batch
+    # b (7 captions a batch) draws candidate i under chunk_seed(5, b) + i
+    from zoo.pipelines.base import chunk_seed
+
     for row in rows:
         k = row["candidates"]
-        best = [max(gen.value(5 + i, c) for i in range(k)) for c in caps]
+        best = [max(gen.value(chunk_seed(5, j // 7) + i, c) for i in range(k)) for j, c in enumerate(caps)]
         q = [round(b * 255) / 255 for b in best]  # (2v-1) -> uint8 -> back
         assert row["clip_score"] == pytest.approx(100 * sum(q) / n, abs=0.3)
         assert row["rerank_cos"] == pytest.approx(sum(best) / n, abs=1e-5)
@@ -207,3 +210,66 @@ def test_argument_errors(shapes_set):
     no_attrs = EvalSet("x", "val", shapes_set.captions, shapes_set.real, 32)
     with pytest.raises(ValueError, match="attributes"):
         MetricSuite(["prompt_fidelity"], judge=object(), progress=False).evaluate(shapes_set.real, no_attrs)
+
+
+class _NoiseGenerator:
+    """An image that is pure noise from torch's global RNG (the caption ignored): what every batch of a weakly
+    conditioned diffusion model shares when batches share a seed."""
+
+    def generate(self, captions):
+        return torch.rand(len(captions), 3, 4, 4) * 2 - 1
+
+
+class _SeededPipeline:
+    """A pipeline with its own candidates(): candidate i of every caption from a generator seeded by seed + i (as
+    GLIDE / unCLIP draw x_T: the rows of a batch in order)."""
+
+    def __init__(self):
+        self.seed = 0
+
+    def generate(self, captions):
+        return self.candidates(captions, 1)[:, 0]
+
+    def candidates(self, captions, n):
+        out = [
+            torch.rand(len(captions), 3, 4, 4, generator=torch.Generator().manual_seed(self.seed + i)) for i in range(n)
+        ]
+        return torch.stack(out, dim=1) * 2 - 1
+
+
+@pytest.mark.parametrize("make", [_NoiseGenerator, _SeededPipeline])
+def test_every_batch_of_captions_draws_its_own_noise(make):
+    # zoo-eval drew every batch of captions under the same seed: caption k and caption k + batch_size got the same
+    # noise (64 captions in batches of 8: 8 distinct images)
+    from eval.ablations import rerank_select
+    from eval.eval_set import EvalSet, ImageBank
+
+    caps = [f"caption {i}" for i in range(64)]
+    x = generate_images(make(), caps, batch_size=8, seed=0, progress=False).tensor()
+    assert len(torch.unique(x.flatten(1), dim=0)) == 64
+    again = generate_images(make(), caps, batch_size=8, seed=0, progress=False).tensor()
+    assert torch.equal(x, again)  # still a pure function of the seed
+    first = generate_images(make(), caps[:8], batch_size=8, seed=0, progress=False).tensor()
+    assert torch.equal(x[:8], first)  # the first batch keeps the run's seed
+
+    class _Scorer:
+        def encode_image(self, im):
+            return F.normalize(im.flatten(1)[:, :4], dim=-1)
+
+        def encode_text(self, c):
+            return F.normalize(torch.ones(len(c), 4), dim=-1)
+
+    es = EvalSet("stub", "val", caps, ImageBank.from_tensor(x), 4)
+    banks, _ = rerank_select(make(), es, _Scorer(), [1, 4], batch_size=8, progress=False)
+    assert len(torch.unique(banks[4].tensor().flatten(1), dim=0)) == 64
+
+
+def test_a_folders_candidate_i_stays_its_ith_image(tmp_path):
+    # an image folder's seed picks the caption's i-th image, not noise: batches are not offset for it
+    from eval.generators import FolderGenerator, save_folder
+
+    x = torch.rand(6, 3, 4, 4) * 2 - 1
+    save_folder(x, ["a", "b", "c", "a", "b", "c"], tmp_path / "s")
+    got = generate_images(FolderGenerator(tmp_path / "s"), ["a", "b", "c", "a"], batch_size=2, progress=False).tensor()
+    want = torch.stack([x[0], x[1], x[2], x[0]])  # candidate 0 of each caption: its first image, in every batch
+    assert (got - want).abs().max() <= 2 / 255 + 1e-6  # uint8 rounding of the stored images

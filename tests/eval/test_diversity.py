@@ -110,12 +110,14 @@ def test_diversity_ablation_draws_candidate_i_under_seed_plus_i(small_set):
         progress=False,
         timing=timing,
     )
-    # 3 caption batches (2, 2, 1) x candidates under seeds 10..13
-    assert gen.calls == [10, 11, 12, 13] * 3
+    # 3 caption batches (2, 2, 1) x candidates i = 0..3, batch b under chunk_seed(10, b) + i (each batch its own noise)
+    from zoo.pipelines.base import chunk_seed
+
+    assert gen.calls == [chunk_seed(10, b) + i for b in range(3) for i in range(4)]
     # blocks 10..13 differ: 4 one-hot embeddings per caption -> every pair orthogonal
     assert res["pairwise_clip_distance"] == pytest.approx(1.0, abs=1e-6)
     assert res["captions"] == 5 and res["samples"] == 4
-    # blocks 10, 11, 12, 13 sit in columns 2, 3, 0, 1 -> parities circle, square, circle, square: 2 of 4 distinct
+    # 4 consecutive seeds sit in 4 consecutive columns -> parities alternate circle / square: 2 of 4 distinct
     assert res["judge_distinct"] == pytest.approx(0.5)
     assert timing["images"] == 5 * 4 and timing["seconds"] > 0
 

@@ -76,7 +76,9 @@ def test_generate_images_batches_and_validates():
     gen = SeededStub()
     bank = generate_images(gen, [str(i) for i in range(7)], batch_size=3, resolution=8, seed=10, progress=False)
     assert len(bank) == 7 and bank.tensor().shape == (7, 3, 8, 8)
-    assert gen.calls == [10, 10, 10]  # candidate 0 under seed 10, batch after batch
+    from zoo.pipelines.base import chunk_seed
+
+    assert gen.calls == [chunk_seed(10, b) for b in range(3)]  # candidate 0, each batch under its own seed
 
     class Bad:
         def __init__(self, out):

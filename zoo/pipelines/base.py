@@ -27,6 +27,7 @@ their own names: ``n_candidates`` (samples drawn per caption), ``n_keep`` (the b
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Protocol, runtime_checkable
 
@@ -139,6 +140,37 @@ class RepeatedCandidates:
         if int(n) < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         return torch.stack([self.candidate(captions, i) for i in range(int(n))], dim=1)  # (B, n, 3, H, W)
+
+
+# Batches of captions drawn one after another (zoo-eval's blur, rerank and diversity loops) each start from their own
+# seed: batch j's candidate i runs under seed + CHUNK_SEED_STRIDE * j + i. Every batch used to start from ``seed``, so
+# caption k and caption k + batch_size got the same noise (the same caption in two batches, the same image); a
+# protocol of 256 captions in batches of 32 held 8 copies of one set of noise draws. The stride is far above any
+# candidate count, so no two (batch, candidate) pairs share a seed; batch 0 keeps ``seed``.
+CHUNK_SEED_STRIDE = 1_000_003
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The base seed of the ``chunk``-th batch of captions drawn from one generator (see CHUNK_SEED_STRIDE)."""
+    return int(seed) + CHUNK_SEED_STRIDE * int(chunk)
+
+
+@contextmanager
+def seeded_chunk(candidate_generator, seed: int, chunk: int):
+    """``candidate_generator`` (a pipeline or ``RepeatedCandidates``) with its ``seed`` set to ``chunk_seed(seed,
+    chunk)`` inside the block, restored after. A generator whose seed picks a stored image rather than noise (an
+    image folder: ``seed_is_candidate_index``) is left alone: its candidate i is the caption's i-th image."""
+    g = candidate_generator
+    inner = g.generator if isinstance(g, RepeatedCandidates) else g
+    if getattr(inner, "seed_is_candidate_index", False) or not hasattr(g, "seed"):
+        yield g
+        return
+    old = g.seed
+    g.seed = chunk_seed(seed, chunk)
+    try:
+        yield g
+    finally:
+        g.seed = old
 
 
 def as_candidate_generator(generator, seed: int = 0) -> CandidateGenerator:
