@@ -210,7 +210,7 @@ class MetricSuite:
         fake = self._clip_features(fakes, r, f"CLIP features (fake, blur {r:g})")
         out: dict[str, Any] = {}
         if "clip_score" in wanted:
-            key = id(eval_set)
+            key = tuple(eval_set.captions)  # not id(eval_set): Python reuses a freed object's id
             if key not in self._text_emb:
                 self._text_emb[key] = torch.as_tensor(self.clip.encode_text(list(eval_set.captions))).float().cpu()
             cos = (fake * self._text_emb[key]).sum(-1)

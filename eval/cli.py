@@ -299,6 +299,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     protocol = build_protocol(cfg.protocol)
     eval_set = protocol.load(progress)
     radii = check_radii(list(cfg.blur.radii), eval_set.resolution) if "blur" in ablations else []
+    if "rerank" in ablations:  # checked here, not after every candidate has been generated
+        try:
+            check_radii([cfg.rerank.get("blur_radius", 0) or 0], eval_set.resolution)
+        except ConfigError as e:
+            raise ConfigError(f"rerank.blur_radius={cfg.rerank.get('blur_radius')}: {e}") from None
     generator = build_generator(cfg.generator, eval_set)
     suite, clip, skipped = build_suite(
         cfg, eval_set, want_rerank="rerank" in ablations, want_diversity="diversity" in ablations
@@ -400,7 +405,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             results["sampling"]["blur"] = _sampling(gen_time, int(cfg.batch_size), "1 image per caption")
         elif clip is None:
             raise ConfigError(
-                f"blur.candidates={k} reranks with CLIP, and there is none: {skipped.get('rerank')} "
+                f"blur.candidates={k} reranks with CLIP, and there is none: "
+                f"{skipped.get('rerank') or skipped.get('clip_score') or 'no clip configured'} "
                 f"(fix: blur.candidates=1, or give a CLIP)"
             )
         else:

@@ -301,7 +301,9 @@ class RealStatsCache:
     def save(self, key: RealStatsKey, features: torch.Tensor, store_features: bool = True) -> dict:
         """Compute statistics of (N, D) ``features`` and write them; returns the record."""
         f = _as_features(features, "features").float()
-        if key.n is not None and int(key.n) != f.shape[0]:
+        # fewer rows than the key's n: real files the protocol drew but ImageFiles could not decode (truncated past
+        # their header; skipped and warned about); the key names the drawn set, the record its row count
+        if key.n is not None and f.shape[0] > int(key.n):
             raise ValueError(f"key says n={key.n} but {f.shape[0]} feature rows were given")
         rec = {"format": self.FORMAT, "key": key.as_dict(), "n": int(f.shape[0]), **fid_statistics(f)}
         if store_features:

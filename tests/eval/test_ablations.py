@@ -273,3 +273,24 @@ def test_a_folders_candidate_i_stays_its_ith_image(tmp_path):
     got = generate_images(FolderGenerator(tmp_path / "s"), ["a", "b", "c", "a"], batch_size=2, progress=False).tensor()
     want = torch.stack([x[0], x[1], x[2], x[0]])  # candidate 0 of each caption: its first image, in every batch
     assert (got - want).abs().max() <= 2 / 255 + 1e-6  # uint8 rounding of the stored images
+
+
+def test_clip_score_caption_embeddings_are_not_keyed_by_object_id():
+    # the cache used id(eval_set): a later EvalSet at a freed object's address got the earlier captions' embeddings
+    from eval.eval_set import EvalSet, ImageBank
+
+    class _Scorer:  # cos(image, caption) = +1 for "match", -1 for "mismatch"
+        def encode_image(self, x):
+            e = torch.zeros(len(x), 2)
+            e[:, 0] = 1
+            return e
+
+        def encode_text(self, caps):
+            return torch.tensor([[1.0, 0.0] if c == "match" else [-1.0, 0.0] for c in caps])
+
+    suite = MetricSuite(["clip_score"], clip=_Scorer(), progress=False)
+    fakes = ImageBank.from_tensor(torch.zeros(4, 3, 8, 8))
+    for i in range(50):
+        cap = "match" if i % 2 == 0 else "mismatch"
+        score = suite.evaluate(fakes, EvalSet("stub", "val", [cap] * 4, fakes, 8))["clip_score"]
+        assert score == (100.0 if cap == "match" else 0.0), (i, cap, score)

@@ -270,6 +270,8 @@ def test_unknown_generator_lists_the_options(tmp_path):
         (["blur.radii=[0,16]"], r"protocol.eval_resolution"),
         (["generator._target_=builtins.dict"], r"no generate\(captions\)"),
         (["generator._target_=zoo.no_such_module.Gen"], r"cannot build generator"),
+        (["ablations=[rerank]", "rerank.blur_radius=16"], r"rerank\.blur_radius=16: .*too large"),
+        (["ablations=[rerank]", "rerank.blur_radius=-1"], r"rerank\.blur_radius=-1"),
         *(  # a cuda device on a machine without one: torch's "Found no NVIDIA driver" came from inside a load
             []
             if torch.cuda.is_available()

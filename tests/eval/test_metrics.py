@@ -407,3 +407,16 @@ def test_truncated_real_stats_cache_says_delete_it_not_use_another_checkpoint(tm
     with pytest.raises(CorruptCheckpointError, match=r"truncated or corrupt.*delete .*recomputed") as err:
         cache.load(key)
     assert "last.ckpt" not in str(err.value)
+
+
+def test_real_stats_cache_takes_a_set_with_skipped_files(tmp_path):
+    # a real file truncated past its header is skipped when read (ImageFiles): the cache got fewer rows than the
+    # drawn set's n and refused them ("key says n=6 but 5 feature rows were given")
+    from eval.metrics import RealStatsCache, RealStatsKey
+
+    cache = RealStatsCache(tmp_path)
+    key = RealStatsKey("coco2014", "val", 32, "clip:x", n=6, blur_radius=0.0, protocol="p")
+    rec = cache.save(key, torch.randn(5, 4))
+    assert rec["n"] == 5 and cache.load(key)["n"] == 5
+    with pytest.raises(ValueError, match="n=6 but 7"):
+        cache.save(key, torch.randn(7, 4))
