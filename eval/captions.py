@@ -395,7 +395,14 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     lit = load_module(cfg["ckpt"], expect=("captioner",))
     # load_embeddings, not a bare safe_load: a truncated file's advice is "re-run zoo-embed" (safe_load's default
     # says "use another checkpoint"), and NaN or misshapen embeddings are refused instead of captioned
-    feats = load_embeddings(cfg["features"])
+    meta: dict = {}
+    feats = load_embeddings(cfg["features"], meta)
+    if meta.get("split") is not None and str(meta["split"]) != str(cfg["split"]):
+        # scored against the other split's scenes, silently (zoo-recaption refuses the same file)
+        raise ConfigError(
+            f"features={cfg['features']} holds the {meta['split']} split's embeddings but split={cfg['split']} "
+            f"(fix: split={meta['split']}, or features=<the zoo-embed file of the {cfg['split']} split>)"
+        )
     if "clip_image_emb" not in feats:
         raise ConfigError(f"{cfg['features']} has no clip_image_emb (fix: features=<a zoo-embed file>)")
     emb = feats["clip_image_emb"]

@@ -182,7 +182,10 @@ class InceptionFeatures(nn.Module):
     ):
         super().__init__()
         self.weights_path = resolve_weights(weights_path, allow_download=allow_download)
-        state_dict = safe_load(self.weights_path)
+        state_dict = safe_load(  # a truncated download: fetch it again (not "use another checkpoint")
+            self.weights_path,
+            fix=f"download {INCEPTION_URL} again and pass {WEIGHTS_OPTION}=/path/to/{INCEPTION_FILENAME}",
+        )
         if not isinstance(state_dict, dict):
             raise ValueError(f"{self.weights_path} is not a state dict of torch-fidelity's FID Inception")
         try:

@@ -126,7 +126,7 @@ def test_text_scores():
     assert part["bleu4"] == pytest.approx(math.exp(1 - 7 / 6), abs=1e-4)
 
 
-def test_command_writes_results(tmp_path):
+def test_command_writes_results(tmp_path, capsys):
     from zoo.checkpoint import atomic_torch_save
     from zoo.models.captioner.lit import CaptionerLit
     from zoo.text import TrainedBPETokenizer
@@ -168,6 +168,13 @@ def test_command_writes_results(tmp_path):
     assert results["rows"][0]["decoding"] == "greedy"
     with pytest.raises(SystemExit):
         main([f"ckpt={ckpt}", "bogus=1"])
+    # a zoo-embed file of another split: it was scored against this split's scenes, silently
+    train = tmp_path / "train.pt"
+    emb = torch.nn.functional.normalize(torch.randn(6, 32), dim=-1)
+    atomic_torch_save({"clip_image_emb": emb, "meta": {"split": "train"}}, train)
+    with pytest.raises(SystemExit):
+        main([f"ckpt={ckpt}", f"features={train}", f"out={tmp_path / 'r2'}", "decoding=greedy"])
+    assert "holds the train split's embeddings but split=val (fix: split=train" in capsys.readouterr().err
 
 
 def test_command_adds_ground_truth_rows(tmp_path):

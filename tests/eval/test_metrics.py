@@ -420,3 +420,13 @@ def test_real_stats_cache_takes_a_set_with_skipped_files(tmp_path):
     assert rec["n"] == 5 and cache.load(key)["n"] == 5
     with pytest.raises(ValueError, match="n=6 but 7"):
         cache.save(key, torch.randn(7, 4))
+
+
+def test_a_truncated_inception_file_says_download_it_again(tmp_path):
+    from eval.features import INCEPTION_URL
+
+    bad = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save({"w": torch.zeros(1000)}, bad)
+    bad.write_bytes(bad.read_bytes()[:300])
+    with pytest.raises(Exception, match=rf"download {INCEPTION_URL} again .*eval\.inception_weights="):
+        InceptionFeatures(weights_path=bad)
