@@ -212,6 +212,9 @@ def leaderboard_row(
         row["by"] = _by_value(results, by, run_dir)
         row["label"] = f"{label} {by.rsplit('.', 1)[-1]}={row['by']:g}"
     row["protocol"] = f"{p.get('dataset')} {p.get('split')}, {p.get('n')} captions at {p.get('resolution')} px"
+    # the protocol's full identity (caption style, seed, object order, COCO file digest): two shapes runs with short
+    # and descriptive captions read alike above, and the "not comparable" warning never fired
+    row["protocol_id"] = p.get("protocol")
     r0, candidates, source = _fidelity_row(results)
     row["blur_candidates"] = candidates
     row["fidelity_from"] = source
@@ -335,8 +338,11 @@ def markdown_leaderboard(rows: list[dict[str, Any]], title: str = "Leaderboard",
             "- s / image: seconds inside the generator's calls per image drawn (metrics excluded)"
             + (f", on {'; '.join(cpus)}" if cpus else "")
         )
-    if len(protocols) > 1:
+    variants = sorted({str(r.get("protocol_id")) for r in rows if r.get("protocol_id")})
+    if len(protocols) > 1 or len(variants) > 1:
         out.append("- **the rows use different protocols: their numbers are not comparable**")
+        if len(protocols) == 1 and len(variants) > 1:
+            out.append("  (the same data and size, other settings: " + "; ".join(f"`{v}`" for v in variants) + ")")
     out += [""] + _table(rows, cols, first)
     attrs = [a for a in ATTRIBUTES if any(a in r.get("attributes", {}) for r in rows)]
     if attrs:

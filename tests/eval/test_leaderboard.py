@@ -400,3 +400,16 @@ def test_results_json_of_another_layout_is_named(tmp_path, capsys, results, says
         "\n", " "
     )
     assert "rerun zoo-eval" in err
+
+
+def test_protocol_variants_of_the_same_size_are_not_comparable(tmp_path):
+    # shapes with short vs descriptive captions read alike ("shapes val, 256 captions at 32 px"): no warning
+    rows = []
+    for style in ("descriptive", "short"):
+        res = fake_results(f"glide_{style}", 0.4, 25.0, 0.2)
+        res["protocol"]["protocol"] = f"shapes-v2;seed=0;style={style};objects=1-3;render=32"
+        rows.append(leaderboard_row(res, tmp_path / style))
+    md = markdown_leaderboard(rows)
+    assert "not comparable" in md and "style=short" in md and "style=descriptive" in md
+    same = [leaderboard_row(fake_results("a", 0.4, 25.0, 0.2), tmp_path / "a")] * 2
+    assert "not comparable" not in markdown_leaderboard(same)
