@@ -93,11 +93,23 @@ def build_clip(node: DictConfig):
             f"`zoo-train experiment=clip/shapes` or `make demo`, or clip.checkpoint=null "
             f"clip.arch=ViT-B-32 clip.pretrained=openai)"
         )
+    import hashlib
+    import json
+
+    import torch
+
     scorer = ClipScorer.from_config(node)
+    # The ident keys the cached real features: everything that changes the CLIP must be in it. clip.net overrides
+    # (e.g. a 128 px vision tower on the same checkpoint) and the seed of a random-init CLIP used to share one entry
+    # with the plain CLIP, and a later run read the other CLIP's cached real features.
+    net = node.get("net")
+    net = OmegaConf.to_container(net, resolve=True) if OmegaConf.is_config(net) else net
+    net_tag = f";net={hashlib.sha256(json.dumps(net, sort_keys=True).encode()).hexdigest()[:12]}" if net else ""
     if ckpt:
-        ident = f"clip:{node.get('arch') or 'zoo'}@{file_digest(ckpt)}"
+        ident = f"clip:{node.get('arch') or 'zoo'}@{file_digest(ckpt)}{net_tag}"
     else:
-        ident = f"clip:{node.get('arch')}:{node.get('pretrained') or 'random-init'}"
+        init = node.get("pretrained") or f"random-init-seed{torch.initial_seed()}"
+        ident = f"clip:{node.get('arch')}:{init}{net_tag}"
         if not node.get("pretrained"):
             log.warning(
                 "CLIP %s has random weights (no clip.checkpoint / clip.pretrained): its numbers only test "

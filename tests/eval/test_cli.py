@@ -433,3 +433,24 @@ def test_results_md_names_the_clip_and_the_judge_its_numbers_depend_on(tmp_path)
         and f"FD_CLIP: Fréchet distance between the unit-norm image embeddings ({results['clip']})" in md
     )
     assert "shapes judge shapes_judge_v" in md and "(width 32, 20 steps;" in md
+
+
+def test_the_clip_cache_ident_names_net_overrides_and_the_random_init_seed(tmp_path, dalle_helpers):
+    # two different CLIPs shared one cached-real-features entry: clip.net overrides on the same checkpoint, or a
+    # random-init CLIP built under another seed
+    from omegaconf import OmegaConf
+
+    from eval.cli import build_clip
+
+    def ident(seed=0, **node):
+        torch.manual_seed(seed)  # what evaluate() does with cfg.seed before building the CLIP
+        base = {"checkpoint": None, "arch": "zoo-clip-tiny", "pretrained": None, "device": "cpu", "net": None}
+        return build_clip(OmegaConf.create({**base, **node}))[1]
+
+    assert ident(0) == ident(0) and ident(0) != ident(1)
+    assert ident(0) != ident(0, net={"embed_dim": 16}) and ident(0, net={"embed_dim": 16}) == ident(
+        0, net={"embed_dim": 16}
+    )
+    ckpt = dalle_helpers.tiny_clip_ckpt(tmp_path / "clip.ckpt")
+    with_file = ident(0, checkpoint=str(ckpt), arch=None)
+    assert with_file == ident(1, checkpoint=str(ckpt), arch=None)  # a checkpoint's weights do not depend on the seed
