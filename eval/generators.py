@@ -13,6 +13,7 @@ loop that runs any generator over a protocol's captions. The ``Generator`` inter
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -201,23 +202,37 @@ class RealBlurredGenerator:
         self.radius, self.mismatch, self.seed = float(radius), float(mismatch), int(seed)
         self.eval_set: Optional["EvalSet"] = None
         self._index: dict[str, int] = {}
+        self._last, self._cursor = -1, 0  # where the last batch of captions was found in the protocol, and after it
 
     def bind(self, eval_set: "EvalSet") -> "RealBlurredGenerator":
         self.eval_set = eval_set
         self._index = {}
         for i, c in enumerate(eval_set.captions):
             self._index.setdefault(c, i)
+        self._last, self._cursor = -1, 0
         return self
+
+    def _positions(self, captions: list[str]) -> list[int]:
+        """Where ``captions`` sit in the protocol. zoo-eval passes contiguous slices of it (the same slice again for
+        each candidate, then the next one): found there, a caption the protocol repeats (short captions: 212
+        distinct of 1,000) gets its own scene, not the first one with that caption -- the radius-0 check then has
+        FD 0 again. Any other list: each caption's first scene."""
+        pool = self.eval_set.captions
+        n = len(captions)
+        for p in itertools.chain((self._last, self._cursor), range(len(pool) - n + 1)):  # lazily: N can be 30,000
+            if 0 <= p <= len(pool) - n and list(pool[p : p + n]) == captions:
+                self._last, self._cursor = p, p + n
+                return list(range(p, p + n))
+        return [self._index[c] if c in self._index else -1 for c in captions]
 
     def generate(self, captions: list[str]) -> torch.Tensor:
         if self.eval_set is None:
             raise RuntimeError("RealBlurredGenerator.bind(eval_set) must be called before generate")
         n_pool = len(self.eval_set.captions)
         idx = []
-        for c in captions:
-            if c not in self._index:
+        for c, i in zip(captions, self._positions(list(captions))):
+            if i < 0:
                 raise ValueError(f"caption not in the protocol's set: {c!r}")
-            i = self._index[c]
             if self.mismatch > 0:
                 rng = np.random.default_rng([self.seed, i])
                 if rng.random() < self.mismatch:

@@ -294,3 +294,17 @@ def test_clip_score_caption_embeddings_are_not_keyed_by_object_id():
         cap = "match" if i % 2 == 0 else "mismatch"
         score = suite.evaluate(fakes, EvalSet("stub", "val", [cap] * 4, fakes, 8))["clip_score"]
         assert score == (100.0 if cap == "match" else 0.0), (i, cap, score)
+
+
+def test_real_blurred_at_radius_0_is_the_real_set_even_with_repeated_captions():
+    # short captions repeat (a protocol of 64 has fewer distinct ones): every repeat got the first scene with that
+    # caption, so the radius-0 check generator was not the real set (FD_CLIP 0.003 instead of 0)
+    es = ShapesProtocol(n=64, split="val", resolution=32, seed=0, caption_style="short").load()
+    assert len(set(es.captions)) < len(es.captions)
+    real = es.real.tensor()
+    fakes = generate_images(RealBlurredGenerator(radius=0).bind(es), es.captions, batch_size=8, progress=False)
+    assert torch.equal(fakes.tensor(), real)
+    # an arbitrary list of captions (not a slice of the protocol): each caption's first scene, as before
+    gen = RealBlurredGenerator(radius=0).bind(es)
+    c = es.captions[5]
+    assert torch.equal(gen.generate([c, es.captions[0]])[0], real[es.captions.index(c)])
