@@ -215,6 +215,9 @@ def leaderboard_row(
     # the protocol's full identity (caption style, seed, object order, COCO file digest): two shapes runs with short
     # and descriptive captions read alike above, and the "not comparable" warning never fired
     row["protocol_id"] = p.get("protocol")
+    # the instruments: CLIP-based and judge-based columns compare only runs scored by the same CLIP / judge
+    row["clip_id"] = results.get("clip")
+    row["judge_id"] = (results.get("conventions") or {}).get("judge")
     r0, candidates, source = _fidelity_row(results)
     row["blur_candidates"] = candidates
     row["fidelity_from"] = source
@@ -343,6 +346,10 @@ def markdown_leaderboard(rows: list[dict[str, Any]], title: str = "Leaderboard",
         out.append("- **the rows use different protocols: their numbers are not comparable**")
         if len(protocols) == 1 and len(variants) > 1:
             out.append("  (the same data and size, other settings: " + "; ".join(f"`{v}`" for v in variants) + ")")
+    for key, what in (("clip_id", "CLIPs"), ("judge_id", "shapes judges")):
+        ids = sorted({str(r[key]) for r in rows if r.get(key)})
+        if len(ids) > 1:
+            out.append(f"- **the rows were scored by different {what}: those columns are not comparable** ({len(ids)})")
     out += [""] + _table(rows, cols, first)
     attrs = [a for a in ATTRIBUTES if any(a in r.get("attributes", {}) for r in rows)]
     if attrs:

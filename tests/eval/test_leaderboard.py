@@ -413,3 +413,13 @@ def test_protocol_variants_of_the_same_size_are_not_comparable(tmp_path):
     assert "not comparable" in md and "style=short" in md and "style=descriptive" in md
     same = [leaderboard_row(fake_results("a", 0.4, 25.0, 0.2), tmp_path / "a")] * 2
     assert "not comparable" not in markdown_leaderboard(same)
+
+
+def test_rows_scored_by_different_clips_are_flagged(tmp_path):
+    a, b = fake_results("a", 0.4, 25.0, 0.2), fake_results("b", 0.4, 25.0, 0.2)
+    a["clip"], b["clip"] = "clip:zoo@1234", "clip:ViT-B-32:openai"
+    md = markdown_leaderboard([leaderboard_row(a, tmp_path / "a"), leaderboard_row(b, tmp_path / "b")])
+    assert "scored by different CLIPs" in md
+    b["clip"] = a["clip"]
+    md = markdown_leaderboard([leaderboard_row(a, tmp_path / "a"), leaderboard_row(b, tmp_path / "b")])
+    assert "different CLIPs" not in md
