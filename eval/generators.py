@@ -53,6 +53,18 @@ def save_folder(images: torch.Tensor, captions: Sequence[str], folder, start: in
     return folder
 
 
+def find_slice(pool: Sequence[str], captions: list[str], hints: Sequence[int]) -> Optional[int]:
+    """Where ``captions`` sit as a contiguous slice of ``pool`` (the protocol's captions), trying ``hints`` first
+    (the last batch's start: the same batch again for each candidate; the position after it: the next batch), then
+    every start, lazily. None when they are not a slice of it. zoo-eval passes such slices, so a generator bound to
+    the protocol knows which occurrence of a repeated caption it is drawing."""
+    n = len(captions)
+    for p in itertools.chain(hints, range(len(pool) - n + 1)):
+        if 0 <= p <= len(pool) - n and list(pool[p : p + n]) == captions:
+            return p
+    return None
+
+
 class FolderGenerator:
     """Samples made elsewhere, as a generator: ``generate(captions)`` returns, for each caption, the next image of
     the folder that carries that caption (cycling when a caption has several images: successive calls give
@@ -79,6 +91,9 @@ class FolderGenerator:
         for i, c in enumerate(captions):
             self._by_caption.setdefault(c, []).append(i)
         self.seed = 0  # candidate i (RepeatedCandidates sets seed = base + i) -> the i-th image of that caption
+        self._pool: list[str] = []  # the bound protocol's captions (bind), and each position's occurrence rank
+        self._occurrence: list[int] = []
+        self._last, self._cursor = -1, 0
 
     def _index(self) -> tuple[list[Path], list[str]]:
         js, txt = self.path / "captions.json", self.path / "captions.txt"
@@ -155,6 +170,16 @@ class FolderGenerator:
         missing = [c for c in dict.fromkeys(eval_set.captions) if c not in self._by_caption]
         if missing:
             raise ConfigError(self._missing_message(missing, len(set(eval_set.captions))))
+        # the r-th occurrence of a caption the protocol repeats takes the caption's r-th image (candidate i: the
+        # (r + i)-th): every repeat was served the first image, so a folder holding exactly the protocol's images
+        # scored as a set with duplicates
+        self._pool = list(eval_set.captions)
+        seen: dict[str, int] = {}
+        self._occurrence = []
+        for c in self._pool:
+            self._occurrence.append(seen.get(c, 0))
+            seen[c] = seen.get(c, 0) + 1
+        self._last, self._cursor = -1, 0
         return self
 
     def _missing_message(self, missing: list[str], total: int) -> str:
@@ -174,10 +199,15 @@ class FolderGenerator:
         missing = [c for c in dict.fromkeys(captions) if c not in self._by_caption]
         if missing:
             raise ConfigError(self._missing_message(missing, len(set(captions))))
+        rank = [0] * len(captions)  # each caption's occurrence in the protocol (0 when unbound or not a slice of it)
+        p = find_slice(self._pool, list(captions), (self._last, self._cursor)) if self._pool else None
+        if p is not None:
+            self._last, self._cursor = p, p + len(captions)
+            rank = self._occurrence[p : p + len(captions)]
         out = []
-        for c in captions:
+        for c, r in zip(captions, rank):
             idx = self._by_caption[c]
-            k = int(self.seed) % len(idx)
+            k = (int(self.seed) + r) % len(idx)
             out.append(self._load(self.files[idx[k]]))
         shapes = {tuple(x.shape) for x in out}
         if len(shapes) > 1:
@@ -217,12 +247,10 @@ class RealBlurredGenerator:
         each candidate, then the next one): found there, a caption the protocol repeats (short captions: 212
         distinct of 1,000) gets its own scene, not the first one with that caption -- the radius-0 check then has
         FD 0 again. Any other list: each caption's first scene."""
-        pool = self.eval_set.captions
-        n = len(captions)
-        for p in itertools.chain((self._last, self._cursor), range(len(pool) - n + 1)):  # lazily: N can be 30,000
-            if 0 <= p <= len(pool) - n and list(pool[p : p + n]) == captions:
-                self._last, self._cursor = p, p + n
-                return list(range(p, p + n))
+        p = find_slice(self.eval_set.captions, captions, (self._last, self._cursor))
+        if p is not None:
+            self._last, self._cursor = p, p + len(captions)
+            return list(range(p, p + len(captions)))
         return [self._index[c] if c in self._index else -1 for c in captions]
 
     def generate(self, captions: list[str]) -> torch.Tensor:

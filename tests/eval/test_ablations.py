@@ -308,3 +308,17 @@ def test_real_blurred_at_radius_0_is_the_real_set_even_with_repeated_captions():
     gen = RealBlurredGenerator(radius=0).bind(es)
     c = es.captions[5]
     assert torch.equal(gen.generate([c, es.captions[0]])[0], real[es.captions.index(c)])
+
+
+def test_a_folder_of_the_protocols_images_is_the_real_set_even_with_repeated_captions(tmp_path):
+    # every repeat of a caption was served the caption's first image: a folder holding exactly the protocol's images
+    # scored as a set with duplicates
+    from eval.generators import FolderGenerator, save_folder
+
+    es = ShapesProtocol(n=64, split="val", resolution=32, seed=0, caption_style="short").load()
+    assert len(set(es.captions)) < len(es.captions)
+    real = es.real.tensor()
+    save_folder(real, list(es.captions), tmp_path / "s")
+    folder = FolderGenerator(tmp_path / "s").bind(es)
+    got = generate_images(folder, es.captions, batch_size=8, progress=False).tensor()
+    assert (got - real).abs().max() <= 1e-6
