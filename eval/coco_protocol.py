@@ -80,7 +80,7 @@ class CocoProtocol:
         """``files`` / ``captions`` with every unreadable file swapped for the next readable image (and one of its
         captions) of a second draw seeded by ``seed`` (the first draw is untouched); ``self.skipped`` lists them."""
         folder = self.root / f"val{self.year}"
-        self.skipped: list[tuple[str, str]] = []
+        self.skipped = []
         bad = [(i, why) for i, f in enumerate(files) if (why := unreadable(folder / f))]
         if not bad:
             return files, captions
@@ -93,10 +93,11 @@ class CocoProtocol:
         for i, why in bad:
             self.skipped.append((files[i], why))
             for im in spares_iter:
-                if not unreadable(folder / im["file_name"]):
+                spare_why = unreadable(folder / im["file_name"])
+                if not spare_why:
                     files[i], captions[i] = im["file_name"], spare_rng.choice(caps[im["id"]])
                     break
-                self.skipped.append((im["file_name"], unreadable(folder / im["file_name"])))
+                self.skipped.append((im["file_name"], spare_why))
             else:
                 files[i] = captions[i] = None  # no readable image left to draw: the set is smaller
         keep = [i for i, f in enumerate(files) if f is not None]

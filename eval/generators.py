@@ -65,6 +65,21 @@ def find_slice(pool: Sequence[str], captions: list[str], hints: Sequence[int]) -
     return None
 
 
+class _ProtocolSlices:
+    """``find_slice`` over one protocol's captions, remembering where the last batch was (its start and the
+    position after it: the hints for the next call). Empty: nothing is ever found."""
+
+    def __init__(self, pool: Sequence[str] = ()):
+        self.pool = list(pool)
+        self.last, self.next = -1, 0
+
+    def locate(self, captions: list[str]) -> Optional[int]:
+        p = find_slice(self.pool, captions, (self.last, self.next)) if self.pool else None
+        if p is not None:
+            self.last, self.next = p, p + len(captions)
+        return p
+
+
 class FolderGenerator:
     """Samples made elsewhere, as a generator: ``generate(captions)`` returns, for each caption, the next image of
     the folder that carries that caption (cycling when a caption has several images: successive calls give
@@ -91,9 +106,8 @@ class FolderGenerator:
         for i, c in enumerate(captions):
             self._by_caption.setdefault(c, []).append(i)
         self.seed = 0  # candidate i (RepeatedCandidates sets seed = base + i) -> the i-th image of that caption
-        self._pool: list[str] = []  # the bound protocol's captions (bind), and each position's occurrence rank
+        self._slices = _ProtocolSlices()  # the bound protocol (bind), and each of its positions' occurrence rank
         self._occurrence: list[int] = []
-        self._last, self._cursor = -1, 0
 
     def _index(self) -> tuple[list[Path], list[str]]:
         js, txt = self.path / "captions.json", self.path / "captions.txt"
@@ -173,13 +187,12 @@ class FolderGenerator:
         # the r-th occurrence of a caption the protocol repeats takes the caption's r-th image (candidate i: the
         # (r + i)-th): every repeat was served the first image, so a folder holding exactly the protocol's images
         # scored as a set with duplicates
-        self._pool = list(eval_set.captions)
+        self._slices = _ProtocolSlices(eval_set.captions)
         seen: dict[str, int] = {}
         self._occurrence = []
-        for c in self._pool:
+        for c in eval_set.captions:
             self._occurrence.append(seen.get(c, 0))
             seen[c] = seen.get(c, 0) + 1
-        self._last, self._cursor = -1, 0
         return self
 
     def _missing_message(self, missing: list[str], total: int) -> str:
@@ -200,9 +213,8 @@ class FolderGenerator:
         if missing:
             raise ConfigError(self._missing_message(missing, len(set(captions))))
         rank = [0] * len(captions)  # each caption's occurrence in the protocol (0 when unbound or not a slice of it)
-        p = find_slice(self._pool, list(captions), (self._last, self._cursor)) if self._pool else None
+        p = self._slices.locate(list(captions))
         if p is not None:
-            self._last, self._cursor = p, p + len(captions)
             rank = self._occurrence[p : p + len(captions)]
         out = []
         for c, r in zip(captions, rank):
@@ -232,14 +244,14 @@ class RealBlurredGenerator:
         self.radius, self.mismatch, self.seed = float(radius), float(mismatch), int(seed)
         self.eval_set: Optional["EvalSet"] = None
         self._index: dict[str, int] = {}
-        self._last, self._cursor = -1, 0  # where the last batch of captions was found in the protocol, and after it
+        self._slices = _ProtocolSlices()  # where batches of captions sit in the bound protocol
 
     def bind(self, eval_set: "EvalSet") -> "RealBlurredGenerator":
         self.eval_set = eval_set
         self._index = {}
         for i, c in enumerate(eval_set.captions):
             self._index.setdefault(c, i)
-        self._last, self._cursor = -1, 0
+        self._slices = _ProtocolSlices(eval_set.captions)
         return self
 
     def _positions(self, captions: list[str]) -> list[int]:
@@ -247,9 +259,8 @@ class RealBlurredGenerator:
         each candidate, then the next one): found there, a caption the protocol repeats (short captions: 212
         distinct of 1,000) gets its own scene, not the first one with that caption -- the radius-0 check then has
         FD 0 again. Any other list: each caption's first scene."""
-        p = find_slice(self.eval_set.captions, captions, (self._last, self._cursor))
+        p = self._slices.locate(captions)
         if p is not None:
-            self._last, self._cursor = p, p + len(captions)
             return list(range(p, p + len(captions)))
         return [self._index[c] if c in self._index else -1 for c in captions]
 

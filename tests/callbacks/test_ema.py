@@ -41,20 +41,26 @@ class _Lin(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _fit(tmp_path, start: int, steps: int = 4):
-    model, ema = _Lin(), EMA(decay=0.5, update_starting_at_step=start)
-    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=steps)
-    trainer = L.Trainer(
-        max_steps=steps,
-        callbacks=[ema, ckpt],
+def _trainer(callbacks, **kw) -> L.Trainer:
+    """A quiet CPU trainer; ``kw``: the run's length and validation schedule."""
+    return L.Trainer(
+        callbacks=callbacks,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        num_sanity_val_steps=0,
-        val_check_interval=2,  # validations after steps 2 and 4
-        check_val_every_n_epoch=None,
         accelerator="cpu",
+        **kw,
     )
+
+
+# validations after steps 2, 4, ...
+EVERY_2 = {"num_sanity_val_steps": 0, "val_check_interval": 2, "check_val_every_n_epoch": None}
+
+
+def _fit(tmp_path, start: int, steps: int = 4):
+    model, ema = _Lin(), EMA(decay=0.5, update_starting_at_step=start)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=steps)
+    trainer = _trainer([ema, ckpt], max_steps=steps, **EVERY_2)  # validations after steps 2 and 4
     trainer.fit(model)
     raw = torch.load(tmp_path / "last.ckpt", weights_only=True)
     return model, ema, raw
@@ -93,15 +99,7 @@ def _fit_epochs(path, epochs: int, resume: bool = False):
     # every_n_train_steps above the run's length: last.ckpt is written when fit ends (on_train_end), after EMA
     # copied the average over the model -- the case of a run stopped by max_epochs, max_time or early stopping
     ckpt = LastCheckpoint(dirpath=path, save_top_k=0, save_last=True, every_n_train_steps=100)
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        callbacks=[ema, ckpt],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        accelerator="cpu",
-    )
+    trainer = _trainer([ema, ckpt], max_epochs=epochs, limit_val_batches=0)
     trainer.fit(model, ckpt_path=str(path / "last.ckpt") if resume else None)
     return model, ema
 
@@ -137,17 +135,7 @@ def test_interrupted_inside_a_validation_the_checkpoint_is_not_swapped(tmp_path)
     from zoo.callbacks.interrupt_checkpoint import InterruptCheckpoint
 
     model, ema = _LinStoppedInValidation(), EMA(decay=0.5, update_starting_at_step=1)
-    trainer = L.Trainer(
-        max_steps=10,
-        callbacks=[ema, InterruptCheckpoint(dirpath=tmp_path, filename="interrupted")],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        val_check_interval=2,
-        check_val_every_n_epoch=None,
-        accelerator="cpu",
-    )
+    trainer = _trainer([ema, InterruptCheckpoint(dirpath=tmp_path, filename="interrupted")], max_steps=10, **EVERY_2)
     with pytest.raises(SystemExit):  # Lightning's answer to a KeyboardInterrupt, after on_exception
         trainer.fit(model)
     raw = torch.load(tmp_path / "interrupted.ckpt", weights_only=True)

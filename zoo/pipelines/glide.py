@@ -373,14 +373,23 @@ def parse_box(spec: str) -> tuple[float, float, float, float]:
     return x0, y0, x1, y1
 
 
+def check_region(box: Optional[str], mask_file: Optional[str]) -> None:
+    """Exactly one of ``--box`` / ``--mask``, and a box that parses (checked before any checkpoint loads)."""
+    from zoo.errors import ConfigError
+
+    if (box is None) == (mask_file is None):
+        raise ConfigError("inpaint needs exactly one of --box x0,y0,x1,y1 (fractions) or --mask <png, white = redo>")
+    if box is not None:
+        parse_box(box)
+
+
 def inpaint_mask(size: int, box: Optional[str] = None, mask_file: Optional[str] = None) -> torch.Tensor:
     """(1, 1, size, size) float, 1 = known (kept), 0 = regenerated: from ``--box`` or from a mask image whose WHITE
     pixels are regenerated (the convention of image editors and of diffusers' inpainting pipelines; our API's mask is
     the other way round, 1 = known). The mask image is resized to ``size`` with nearest-neighbour sampling."""
     from zoo.errors import ConfigError
 
-    if (box is None) == (mask_file is None):
-        raise ConfigError("inpaint needs exactly one of --box x0,y0,x1,y1 (fractions) or --mask <png, white = redo>")
+    check_region(box, mask_file)
     if box is not None:
         x0, y0, x1, y1 = parse_box(box)
         known = torch.ones(1, 1, size, size)
@@ -438,12 +447,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
         if a.n < 1:
             raise ConfigError(f"-n {a.n}: need at least one sample")
         out_file = _grid_path(a.out, "inpaint")  # checked before any work
-        if (a.box is None) == (a.mask is None):
-            raise ConfigError(
-                "inpaint needs exactly one of --box x0,y0,x1,y1 (fractions) or --mask <png, white = redo>"
-            )
-        if a.box is not None:
-            parse_box(a.box)
+        check_region(a.box, a.mask)
         try:
             picture = load_rgb(a.image)
         except (OSError, ValueError) as e:
