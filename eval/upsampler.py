@@ -191,15 +191,23 @@ def low_res_inputs(
         return low, f"the training corruption {what}, parameters drawn per image (seed {seed})"
     if mode == "render":
         side = real.shape[-1] // scale
-        from zoo.data.shapes import check_resolution
-
-        try:
-            check_resolution(side)
-        except ValueError as e:
-            raise ConfigError(f"--inputs render: {e} (fix: --inputs clean)") from None
+        _check_side(side, f"--inputs render (the upsamplers' low side is {side} px)", "--inputs clean")
         low, _, _ = render_scenes(split, len(real), side, world_seed)
         return low, f"the same scenes rendered by the shapes world at {side} px"
     raise ConfigError(f"unknown input mode {mode!r}; choose from {', '.join(INPUTS)}")
+
+
+def _check_side(side: int, what: str, fix: str) -> None:
+    """A ConfigError naming ``what`` and ``fix`` unless the shapes world renders ``side`` px scenes (zoo.data.shapes'
+    own message names data.resolution, an option this command does not have)."""
+    from zoo.data.shapes import check_resolution
+
+    try:
+        check_resolution(side)
+    except ValueError:
+        raise ConfigError(
+            f"{what}: the shapes world renders only sides that are multiples of 16 (>= 16), not {side} (fix: {fix})"
+        ) from None
 
 
 def bicubic_upsample(low: torch.Tensor, size: int) -> torch.Tensor:
@@ -360,6 +368,16 @@ def upsampler_report(
     bad = [m for m in inputs if m not in INPUTS]
     if bad or not inputs:
         raise ConfigError(f"--inputs {bad or '(none)'}: choose from {', '.join(INPUTS)}")
+    # options that failed only once the work was under way (a ValueError from range() or the sampler after the
+    # judge had trained): checked before anything loads
+    if int(batch_size) < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if steps is not None and int(steps) < 1:
+        raise ConfigError(f"--steps must be >= 1 (or left out: each checkpoint's own), got {steps}")
+    if eta is not None and float(eta) < 0:
+        raise ConfigError(f"--eta must be >= 0 (0: deterministic DDIM), got {eta}")
+    if judge and judge_resolution is not None:
+        _check_side(int(judge_resolution), "--judge-resolution", "drop --judge-resolution: the target size")
     t_start = time.perf_counter()
 
     # -- the upsamplers: one target size and scale
@@ -375,6 +393,8 @@ def upsampler_report(
         )
     high, scale = sizes.pop()
     low_side = high // scale
+    if "render" in inputs:  # checked here, not when the render mode's turn came after the other modes had sampled
+        _check_side(low_side, f"--inputs render (the upsamplers' low side is {low_side} px)", "--inputs clean")
     taken: set = set()
     labels = [checkpoint_label(p, lit, taken) for p, lit in zip(checkpoints, lits)]
     # sampling variants: each checkpoint once per --tile value (None: its own sample_tile; 0: the whole image)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,34 @@ def test_judge_cell_reads_a_finer_view(tmp_path):
     with pytest.raises(SystemExit) as e:
         U.main(argv + COMMON + ["--judge-cell", "24", "--no-progress"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--inputs", "clean", "render"], r"--inputs render \(the upsamplers' low side is 8 px\)"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--eta", "-1"], "--eta must be >= 0"),
+        (["--judge-resolution", "20"], "--judge-resolution: .* not 20"),
+    ],
+)
+def test_bad_options_fail_before_any_work(tmp_path, capsys, monkeypatch, extra, message):
+    """--inputs clean render sampled every upsampler on the clean inputs (and wrote strip.png) before the render
+    mode found that the world cannot render 8 px scenes; --batch-size 0 / --steps 0 were a ValueError traceback after
+    the judge had trained, --judge-resolution 20 named data.resolution (not an option here) after logging 'training
+    the judge', --eta -1 ran. Each is now exit 2 with the option named, before a judge, a CLIP or a sample."""
+    from zoo.models.upsampler.lit import UpsamplerLit
+
+    def no(*a, **k):
+        raise AssertionError("work started before the options were checked")
+
+    monkeypatch.setattr(UpsamplerLit, "upsample", no)
+    monkeypatch.setattr(U, "load_judge", no)
+    ckpt = _ckpt(tmp_path, "run", "blur")
+    out = tmp_path / "o"
+    argv = [str(ckpt), "--clip", "none", "--out", str(out), "--judge-dir", str(tmp_path / "j"), "--no-progress"]
+    with pytest.raises(SystemExit) as e:
+        U.main(argv + ["--n", "4"] + extra)
+    assert e.value.code == 2 and re.search(message, capsys.readouterr().err)
+    assert not out.exists()
