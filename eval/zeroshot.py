@@ -104,6 +104,8 @@ def linear_probe(
 ) -> LinearProbe:
     """Fit a ``LinearProbe`` on frozen features ``x`` (N, D) with labels ``y`` (N,) in [0, n_classes)."""
     x, y = x.detach().float(), y.long()
+    if len(x) < 2:  # one sample has no std: every standardised feature, logit and prediction would be NaN
+        raise ValueError(f"the linear probe needs at least 2 training samples to standardise by, got {len(x)}")
     g = torch.Generator().manual_seed(int(seed))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
@@ -246,10 +248,46 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def check_options(cfg: Mapping[str, Any]) -> list[str]:
+    """The tasks of ``cfg`` as a list; a ConfigError naming the option and its fix for a value that would fail (or
+    mislead) only after the scenes had been rendered and embedded."""
+    from zoo.data.shapes import check_resolution
+    from zoo.errors import ConfigError, check_device
+
+    tasks = [cfg["tasks"]] if isinstance(cfg["tasks"], str) else list(cfg["tasks"] or [])
+    unknown = [t for t in tasks if t not in SHAPES_TASKS]
+    if unknown or not tasks:
+        raise ConfigError(f"tasks={unknown or '[]'}: choose from {list(SHAPES_TASKS)} (fix: e.g. tasks=[shape,colour])")
+
+    def integer(key: str, low: int, why: str = "") -> None:
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(f"{key}={v!r}: must be an integer >= {low}{why}")
+
+    integer("n", 1)
+    if cfg["n_train"] is not None and cfg["n_train"] != 0:
+        # one training scene has no std to standardise by: the probe's logits were NaN and its "accuracy" the share
+        # of class 0 among the test scenes; 0 epochs reported an untrained probe's accuracy
+        integer("n_train", 2, " (the probe standardises by the training scenes' std), or 0 for no probe")
+        integer("probe_epochs", 1, ", or n_train=0 for no probe")
+    integer("seed", 0)
+    integer("world_seed", 0)
+    try:
+        check_resolution(cfg["resolution"])
+    except ValueError:
+        raise ConfigError(
+            f"resolution={cfg['resolution']!r}: the shapes world renders sides that are multiples of 16 (>= 16) "
+            f"(fix: resolution=32)"
+        ) from None
+    check_device(cfg.get("device"), "device")
+    return tasks
+
+
 def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     from zoo.errors import ConfigError
     from zoo.models.clip.scorer import ClipScorer
 
+    tasks = check_options(cfg)
     if not cfg.get("clip_ckpt") or not Path(str(cfg["clip_ckpt"])).is_file():
         raise ConfigError(
             f"CLIP checkpoint not found: {cfg.get('clip_ckpt')} (fix: clip_ckpt=<zoo-train model=clip "
@@ -258,7 +296,6 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     scorer = ClipScorer.from_config(
         {"checkpoint": str(cfg["clip_ckpt"]), "arch": cfg.get("clip_arch"), "device": cfg.get("device") or "cpu"}
     )
-    tasks = [cfg["tasks"]] if isinstance(cfg["tasks"], str) else list(cfg["tasks"])
     res, wseed = int(cfg["resolution"]), int(cfg["world_seed"])
     t0 = time.time()
     images, attrs = shapes_split("test", int(cfg["n"]), res, wseed)
@@ -332,8 +369,10 @@ def main(argv: Optional[Iterable[str]] = None) -> dict[str, Any]:
         if unknown:
             raise ConfigError(f"unknown option(s) {unknown}; options: {sorted(DEFAULTS)}")
         cfg = {**DEFAULTS, **cli}
-        results = evaluate(cfg)
+        check_options(cfg)
         out = Path(cfg["out"] or Path("logs") / "eval_zeroshot" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+        out.mkdir(parents=True, exist_ok=True)  # an unwritable out fails now, not after the scenes were embedded
+        results = evaluate(cfg)
         write_report(results, out)
         print(markdown_report(results))
         return results

@@ -128,3 +128,34 @@ def test_command_on_a_tiny_clip(dalle_helpers, tmp_path):
         main([f"clip_ckpt={tmp_path / 'missing.ckpt'}"])
     with pytest.raises(SystemExit):
         main([f"clip_ckpt={ckpt}", "bogus=1"])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["n_train=1"], "n_train=1: must be an integer >= 2"),
+        (["probe_epochs=0"], "probe_epochs=0: must be an integer >= 1, or n_train=0"),
+        (["tasks=[shape,bogus]"], r"tasks=\['bogus'\]: choose from"),
+        (["n=0"], "n=0: must be an integer >= 1"),
+        (["resolution=20"], r"resolution=20: .* \(fix: resolution=32\)"),
+    ],
+)
+def test_bad_options_exit_2_before_any_scene_is_embedded(dalle_helpers, tmp_path, monkeypatch, capsys, extra, message):
+    """n_train=1 reported a linear-probe "accuracy" from NaN logits (one training scene has no std to standardise by:
+    argmax of NaN is class 0, so the share of class 0); probe_epochs=0 an untrained probe's. An unknown task or n=0
+    was a ValueError traceback after every scene had been rendered and embedded, resolution=20 named data.resolution
+    (not an option here). All are now exit 2 naming the option, before any scene is rendered."""
+    import re
+
+    import eval.zeroshot as Z
+
+    def no(*a, **k):
+        raise AssertionError("scenes rendered before the options were checked")
+
+    monkeypatch.setattr(Z, "shapes_split", no)
+    ckpt = dalle_helpers.tiny_clip_ckpt(tmp_path / "clip.ckpt")
+    with pytest.raises(SystemExit) as e:
+        main([f"clip_ckpt={ckpt}", "n=8", "n_train=8", "resolution=16", f"out={tmp_path / 'o'}", *extra])
+    assert e.value.code == 2 and re.search(message, capsys.readouterr().err)
+    with pytest.raises(ValueError, match="at least 2 training samples"):
+        linear_probe(torch.randn(1, 4), torch.zeros(1), 2)
