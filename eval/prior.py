@@ -84,11 +84,12 @@ def embedding_metrics(z: torch.Tensor, image_emb: torch.Tensor, ks: tuple[int, .
 
 
 # ------------------------------------------------------------------------------------------------ data and models
-def load_features(path: str, n: Optional[int] = None) -> dict[str, torch.Tensor]:
-    """The first ``n`` rows (all when None) of a zoo-embed file."""
+def load_features(path: str, n: Optional[int] = None, meta: Optional[dict] = None) -> dict[str, torch.Tensor]:
+    """The first ``n`` rows (all when None) of a zoo-embed file (its ``meta``, the CLIP and split, copied into
+    ``meta`` when a dict is given)."""
     from zoo.embed import load_embeddings
 
-    feats = load_embeddings(path)
+    feats = load_embeddings(path, meta)
     missing = [k for k in ("clip_image_emb", "clip_text_emb") if k not in feats]
     if missing:
         raise ConfigError(f"{path} lacks {missing}: pass a file written by zoo-embed")
@@ -97,6 +98,27 @@ def load_features(path: str, n: Optional[int] = None) -> dict[str, torch.Tensor]
     if not 2 <= n <= total:
         raise ConfigError(f"n={n}: {path} holds {total} captions (fix: n=<2..{total}> or n=null for all)")
     return {k: v[:n] for k, v in feats.items()}
+
+
+def check_reference(
+    ref: torch.Tensor, truth: torch.Tensor, ref_meta: dict, meta: dict, ref_path: str, path: str
+) -> None:
+    """The FD floor compares the true embeddings with OTHER real ones: a ConfigError when ``reference_features`` is
+    the same split as ``features`` (zoo-embed's meta) or shares image embeddings with it (the same file gave a floor
+    of exactly 0, an overlapping one a floor too low)."""
+    fix = "(fix: reference_features=<the zoo-embed file of the train split>, or leave it out)"
+    if ref_meta.get("split") is not None and ref_meta.get("split") == meta.get("split"):
+        raise ConfigError(
+            f"reference_features={ref_path} is the {ref_meta['split']} split, like features={path}: the FD floor needs "
+            f"other real images {fix}"
+        )
+    rows = {bytes(r.numpy().tobytes()) for r in F.normalize(ref.float(), dim=-1)}
+    shared = sum(bytes(r.numpy().tobytes()) in rows for r in truth)
+    if shared:
+        raise ConfigError(
+            f"reference_features={ref_path} holds {shared} of the {len(truth)} image embeddings of features={path}: "
+            f"the FD floor needs other real images {fix}"
+        )
 
 
 def _batches(feats: dict[str, torch.Tensor], batch_size: int):
@@ -238,19 +260,28 @@ def prior_report(cfg: DictConfig) -> dict[str, Any]:
     progress = bool(cfg.get("progress", True))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    feats = load_features(str(cfg.features), cfg.get("n"))
+    meta: dict[str, Any] = {}
+    feats = load_features(str(cfg.features), cfg.get("n"), meta)
+    if meta.get("split") == "train":
+        log.warning(
+            "features=%s holds the train split (zoo-embed's meta): the priors were trained on these captions, so "
+            "the numbers are not held-out ones (fix: features=<the val or test file>)",
+            cfg.features,
+        )
     truth = F.normalize(feats["clip_image_emb"].float(), dim=-1)
     n = len(truth)
     bs, seed = int(cfg.batch_size), int(cfg.seed)
     ref = None
     if cfg.get("reference_features"):  # read (and checked) now: it was read after every prior had sampled
-        ref = load_features(str(cfg.reference_features))["clip_image_emb"][:n]
+        ref_meta: dict[str, Any] = {}
+        ref = load_features(str(cfg.reference_features), meta=ref_meta)["clip_image_emb"][:n]
         if ref.shape[-1] != truth.shape[-1]:
             raise ConfigError(
                 f"reference_features={cfg.reference_features} holds {ref.shape[-1]}-d embeddings but "
                 f"features={cfg.features} {truth.shape[-1]}-d (fix: reference_features=<a zoo-embed file by the "
                 f"same CLIP>)"
             )
+        check_reference(ref, truth, ref_meta, meta, str(cfg.reference_features), str(cfg.features))
 
     rows, sweep_rows = [], []
 
@@ -350,6 +381,7 @@ def prior_report(cfg: DictConfig) -> dict[str, Any]:
 
     results = {
         "features": str(cfg.features),
+        "features_meta": {k: meta[k] for k in ("split", "clip") if k in meta},
         "n": n,
         "dim": int(truth.shape[1]),
         "seed": seed,
@@ -416,7 +448,9 @@ def markdown_report(results: dict[str, Any]) -> str:
         "# unCLIP prior report",
         "",
         f"- held-out captions: **{results['n']}** from `{results['features']}` ({results['dim']}-d CLIP "
-        f"embeddings), seed {results['seed']}",
+        f"embeddings"
+        + (f", {results['features_meta']['split']} split" if results.get("features_meta", {}).get("split") else "")
+        + f"), seed {results['seed']}",
         f"- {results['cpu']}",
     ]
     for kind, m in results.get("models", {}).items():
