@@ -215,14 +215,42 @@ def load_prior(path: str, kind: str):
     return load_module(Path(str(path)).expanduser(), expect=(kind,)).eval()
 
 
-def _check_dim(lit, feats: dict[str, torch.Tensor], kind: str) -> None:
+def check_inputs(lit, feats: dict[str, torch.Tensor], kind: str, path: str = "the features file") -> None:
+    """A ConfigError, before any sampling, unless the features carry what the prior ``lit`` samples from at the
+    sizes it was built for (a missing key was a ValueError or ConfigError at the prior's turn, after the rows
+    before it had sampled)."""
+    c = lit.cfg
     d = feats["clip_image_emb"].shape[1]
-    want = lit.cfg.clip_dim if kind == "diffusion_prior" else lit.cfg.embed_dim
+    want = c.clip_dim if kind == "diffusion_prior" else c.embed_dim
     if d != want:
         raise ConfigError(
             f"the features are {d}-d CLIP embeddings but the {kind} was trained on {want}-d ones: "
             f"use the zoo-embed file of the CLIP it was trained with"
         )
+    if kind == "ar_prior":
+        key = "clip_text_tokens"
+    else:
+        key = {"tokens": "clip_text_tokens", "encodings": "clip_text_encodings"}.get(c.text_input)
+    if key is None:
+        return
+    if key not in feats:
+        fix = "zoo-embed ... text_encodings=true" if key == "clip_text_encodings" else "re-run zoo-embed"
+        raise ConfigError(f"the {kind} needs {key} and {path} lacks it (fix: {fix} for these captions)")
+    t = feats[key]
+    if kind == "ar_prior" and t.shape[1] > c.text_len:
+        raise ConfigError(f"{path} has captions of {t.shape[1]} CLIP tokens; the ar_prior takes text_len={c.text_len}")
+    if kind == "diffusion_prior":
+        if t.shape[1] != c.text_len:
+            raise ConfigError(f"{path}'s {key} has {t.shape[1]} positions; the diffusion_prior takes {c.text_len}")
+        if key == "clip_text_tokens" and t.numel() and int(t.max()) >= c.text_vocab:
+            raise ConfigError(
+                f"{path}'s clip_text_tokens hold token id {int(t.max())}; the diffusion_prior's text_vocab is "
+                f"{c.text_vocab}: use the zoo-embed file of the CLIP it was trained with"
+            )
+        if key == "clip_text_encodings" and t.shape[2] != c.text_enc_dim:
+            raise ConfigError(
+                f"{path}'s clip_text_encodings are {t.shape[2]}-d; the diffusion_prior takes {c.text_enc_dim}"
+            )
 
 
 # ------------------------------------------------------------------------------------------------ the report
@@ -283,6 +311,15 @@ def prior_report(cfg: DictConfig) -> dict[str, Any]:
             )
         check_reference(ref, truth, ref_meta, meta, str(cfg.reference_features), str(cfg.features))
 
+    # every prior loaded and checked against the features before any row samples: a missing ar_ckpt, or features
+    # without the tokens the AR prior reads, was found only after the diffusion prior's DDIM and DDPM-1000 rows
+    dcfg, acfg, sweep = cfg.diffusion, cfg.ar, cfg.get("sweep") or {}
+    priors: dict[str, Any] = {}
+    for kind, ckpt in (("diffusion_prior", cfg.get("diffusion_ckpt")), ("ar_prior", cfg.get("ar_ckpt"))):
+        if ckpt:
+            priors[kind] = load_prior(str(ckpt), kind)
+            check_inputs(priors[kind], feats, kind, f"features={cfg.features}")
+
     rows, sweep_rows = [], []
 
     def measure(name, method, params, sampler, into):
@@ -292,11 +329,9 @@ def prior_report(cfg: DictConfig) -> dict[str, Any]:
 
     measure("text embedding (baseline)", "text_baseline", {}, text_baseline, rows)
 
-    dcfg, acfg, sweep = cfg.diffusion, cfg.ar, cfg.get("sweep") or {}
     models: dict[str, Any] = {}
-    if cfg.get("diffusion_ckpt"):
-        lit = load_prior(str(cfg.diffusion_ckpt), "diffusion_prior")
-        _check_dim(lit, feats, "diffusion_prior")
+    if "diffusion_prior" in priors:
+        lit = priors.pop("diffusion_prior")
         g = lit.guidance_scale if dcfg.get("guidance_scale") is None else float(dcfg.guidance_scale)
         nc = lit.n_candidates if dcfg.get("n_candidates") is None else int(dcfg.n_candidates)
         models["diffusion_prior"] = {
@@ -341,9 +376,8 @@ def prior_report(cfg: DictConfig) -> dict[str, Any]:
                 sweep_rows,
             )
         del lit
-    if cfg.get("ar_ckpt"):
-        lit = load_prior(str(cfg.ar_ckpt), "ar_prior")
-        _check_dim(lit, feats, "ar_prior")
+    if "ar_prior" in priors:
+        lit = priors.pop("ar_prior")
         q = lit.dot_quantile if acfg.get("dot_quantile") is None else float(acfg.dot_quantile)
         params = {
             "guidance_scale": float(acfg.guidance_scale),

@@ -316,3 +316,25 @@ def test_reference_features_of_the_same_images_refused(files, tmp_path):
     res = prior_report(_cfg(tmp_path, [f"features={a}", f"reference_features={files['train']}", "plot=false"]))
     assert res["reference"]["fd"] > 0 and res["features_meta"] == {"split": "val", "clip": "c.ckpt"}
     assert "16-d CLIP embeddings, val split)" in (tmp_path / "report" / "results.md").read_text()
+
+
+def test_every_prior_checked_against_the_features_before_any_sampling(files, tmp_path, monkeypatch):
+    """A missing ar_ckpt, or a features file without the clip_text_tokens the AR prior reads, was found only after the
+    diffusion prior's DDIM and DDPM-1000 rows had sampled (and their work was lost); features without the tokens the
+    diffusion prior reads were a ValueError traceback at its turn. Now one ConfigError each before any row samples."""
+    import eval.prior
+    from zoo.checkpoint import atomic_torch_save
+
+    def sampled(name, *a, **k):
+        raise AssertionError(f"{name} sampled before the priors were checked")
+
+    monkeypatch.setattr(eval.prior, "run_sampler", sampled)
+    no_tokens = {k: v for k, v in files["val_feats"].items() if k != "clip_text_tokens"}
+    bare = atomic_torch_save(no_tokens, tmp_path / "no_tokens.pt")
+    diff = f"diffusion_ckpt={files['diffusion']}"
+    with pytest.raises(ConfigError, match="ar_prior checkpoint not found"):
+        prior_report(_cfg(tmp_path, [f"features={files['val']}", diff, "ar_ckpt=/nonexistent/last.ckpt"]))
+    with pytest.raises(ConfigError, match=f"the ar_prior needs clip_text_tokens and features={bare} lacks it"):
+        prior_report(_cfg(tmp_path, [f"features={bare}", f"ar_ckpt={files['ar']}"]))
+    with pytest.raises(ConfigError, match="the diffusion_prior needs clip_text_tokens"):
+        prior_report(_cfg(tmp_path, [f"features={bare}", diff]))
