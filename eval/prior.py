@@ -314,6 +314,16 @@ def prior_report(cfg: DictConfig) -> dict[str, Any]:
     # every prior loaded and checked against the features before any row samples: a missing ar_ckpt, or features
     # without the tokens the AR prior reads, was found only after the diffusion prior's DDIM and DDPM-1000 rows
     dcfg, acfg, sweep = cfg.diffusion, cfg.ar, cfg.get("sweep") or {}
+    for key, ckpt in (
+        ("diffusion_guidance", "diffusion_ckpt"),
+        ("diffusion_steps", "diffusion_ckpt"),
+        ("ar_guidance", "ar_ckpt"),
+    ):
+        if sweep.get(key) and not cfg.get(ckpt):
+            raise ConfigError(
+                f"sweep.{key}={list(sweep[key])} sweeps the prior of {ckpt}, which is not given (fix: {ckpt}=<its "
+                f"last.ckpt>, or sweep.{key}=[])"
+            )
     priors: dict[str, Any] = {}
     for kind, ckpt in (("diffusion_prior", cfg.get("diffusion_ckpt")), ("ar_prior", cfg.get("ar_ckpt"))):
         if ckpt:

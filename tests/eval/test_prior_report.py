@@ -338,3 +338,14 @@ def test_every_prior_checked_against_the_features_before_any_sampling(files, tmp
         prior_report(_cfg(tmp_path, [f"features={bare}", f"ar_ckpt={files['ar']}"]))
     with pytest.raises(ConfigError, match="the diffusion_prior needs clip_text_tokens"):
         prior_report(_cfg(tmp_path, [f"features={bare}", diff]))
+
+
+def test_a_sweep_without_its_prior_is_refused(files, tmp_path):
+    """sweep.diffusion_guidance=[1,2] with ar_ckpt but no diffusion_ckpt ran and wrote a report without a single
+    sweep row (the option was silently ignored); now a ConfigError naming the missing checkpoint."""
+    with pytest.raises(ConfigError, match=r"sweep.diffusion_guidance=\[1, 2\] sweeps the prior of diffusion_ckpt"):
+        prior_report(
+            _cfg(tmp_path, [f"features={files['val']}", f"ar_ckpt={files['ar']}", "sweep.diffusion_guidance=[1,2]"])
+        )
+    with pytest.raises(ConfigError, match="fix: ar_ckpt="):
+        prior_report(_cfg(tmp_path, [f"features={files['val']}", "sweep.ar_guidance=[2]"]))
