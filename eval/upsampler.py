@@ -723,12 +723,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    from zoo.config import report_user_errors
+
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
-    try:
-        results = upsampler_report(
+
+    # every user error zoo's other entry points report in one line (a corrupt checkpoint or CLIP file, a missing
+    # weights file...), not only ConfigError: those were tracebacks with exit 1
+    @report_user_errors
+    def run() -> dict[str, Any]:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ConfigError(f"--threads must be >= 1 (or left out: torch's default), got {args.threads}")
+            torch.set_num_threads(int(args.threads))
+        return upsampler_report(
             args.checkpoints,
             out=args.out,
             n=args.n,
@@ -752,9 +760,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             tiles=args.tile,
             tile_overlap=args.tile_overlap,
         )
-    except ConfigError as e:
-        sys.stderr.write(f"error: {e}\n")
-        raise SystemExit(2) from None
+
+    results = run()
     sys.stdout.write(markdown_report(results))
     return results
 

@@ -212,3 +212,18 @@ def test_bad_options_fail_before_any_work(tmp_path, capsys, monkeypatch, extra, 
         U.main(argv + ["--n", "4"] + extra)
     assert e.value.code == 2 and re.search(message, capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_a_corrupt_checkpoint_or_clip_file_is_a_one_line_error(tmp_path, capsys):
+    """Only ConfigError was reported as 'error: ...' (exit 2): a corrupt upsampler or CLIP file (zoo.checkpoint's
+    CorruptCheckpointError, a user error for every other entry point) was a traceback with exit 1."""
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    good = _ckpt(tmp_path, "run", "blur")
+    for argv in ([str(bad), "--clip", "none"], [str(good), "--clip", str(bad)]):
+        with pytest.raises(SystemExit) as e:
+            U.main(argv + ["--no-judge", "--out", str(tmp_path / "o"), "--no-progress"] + COMMON)
+        assert e.value.code == 2 and f"error: {bad} is corrupt" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        U.main([str(good), "--threads", "0", "--clip", "none", "--no-judge", "--out", str(tmp_path / "o")] + COMMON)
+    assert e.value.code == 2 and "--threads must be >= 1" in capsys.readouterr().err
