@@ -227,3 +227,23 @@ def test_a_corrupt_checkpoint_or_clip_file_is_a_one_line_error(tmp_path, capsys)
     with pytest.raises(SystemExit) as e:
         U.main([str(good), "--threads", "0", "--clip", "none", "--no-judge", "--out", str(tmp_path / "o")] + COMMON)
     assert e.value.code == 2 and "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_an_unreadable_cached_judge_names_the_cache_fix(tmp_path, capsys):
+    """A truncated judge cache file said 'use another checkpoint (e.g. the run's last.ckpt or a step*.ckpt)' (not the
+    fix for a cache) and a torch file of another layout was a KeyError traceback; both now name the file and the
+    fix (delete it to retrain, or another --judge-dir)."""
+    ckpt = _ckpt(tmp_path, "run", "blur")
+    jdir = tmp_path / "j"
+    jdir.mkdir()
+    cached = U.judge_path(jdir, 32, 2, 4)
+    argv = [str(ckpt), "--clip", "none", "--judge-dir", str(jdir), "--out", str(tmp_path / "o"), "--no-progress"]
+    for content in (b"truncated", None):
+        if content is None:
+            torch.save({"state_dict": {}}, cached)
+        else:
+            cached.write_bytes(content)
+        with pytest.raises(SystemExit) as e:
+            U.main(argv + COMMON)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"the cached shapes judge {cached} cannot be read" in err and "delete it" in err
