@@ -19,7 +19,8 @@ Tasks (``SHAPES_TASKS``; single-object scenes of the world, ``min_objects = max_
 ``colour`` (9, the object's), ``size`` (2), ``position`` (9 grid cells), ``background`` (4) and ``colour_shape``
 (54 joint classes, templates ``"a {colour} {shape}"``...). Chance = 1 / classes.
 
-Writes ``results.json`` and ``results.md`` into ``out`` (default ``logs/eval_zeroshot/<time>``).
+Writes ``results.json`` and ``results.md`` into ``out`` (default ``<log dir>/eval_zeroshot/<time>``: $ZOO_LOG_DIR, else
+./logs, as conf/paths).
 """
 
 from __future__ import annotations
@@ -327,6 +328,13 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def default_log_dir() -> Path:
+    """``conf/paths/default.yaml``'s log_dir outside Hydra (as eval.upsampler): $ZOO_LOG_DIR, else ./logs."""
+    import os
+
+    return Path(os.environ.get("ZOO_LOG_DIR") or Path.cwd() / "logs")
+
+
 def _fmt(v: Any) -> str:
     return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
@@ -370,7 +378,7 @@ def main(argv: Optional[Iterable[str]] = None) -> dict[str, Any]:
             raise ConfigError(f"unknown option(s) {unknown}; options: {sorted(DEFAULTS)}")
         cfg = {**DEFAULTS, **cli}
         check_options(cfg)
-        out = Path(cfg["out"] or Path("logs") / "eval_zeroshot" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+        out = Path(cfg["out"] or default_log_dir() / "eval_zeroshot" / time.strftime("%Y-%m-%d_%H-%M-%S"))
         out.mkdir(parents=True, exist_ok=True)  # an unwritable out fails now, not after the scenes were embedded
         results = evaluate(cfg)
         write_report(results, out)

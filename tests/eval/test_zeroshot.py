@@ -159,3 +159,14 @@ def test_bad_options_exit_2_before_any_scene_is_embedded(dalle_helpers, tmp_path
     assert e.value.code == 2 and re.search(message, capsys.readouterr().err)
     with pytest.raises(ValueError, match="at least 2 training samples"):
         linear_probe(torch.randn(1, 4), torch.zeros(1), 2)
+
+
+def test_default_out_is_under_zoo_log_dir(dalle_helpers, tmp_path, monkeypatch):
+    """Without out=, the report went to ./logs/eval_zeroshot whatever $ZOO_LOG_DIR said (conf/paths' log_dir and
+    eval.upsampler's default honour it); now <$ZOO_LOG_DIR>/eval_zeroshot/<time>."""
+    ckpt = dalle_helpers.tiny_clip_ckpt(tmp_path / "clip.ckpt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ZOO_LOG_DIR", str(tmp_path / "scratch"))
+    main([f"clip_ckpt={ckpt}", "n=4", "n_train=0", "resolution=16", "tasks=[size]"])
+    assert len(list((tmp_path / "scratch" / "eval_zeroshot").glob("*/results.json"))) == 1
+    assert not (tmp_path / "logs").exists()
