@@ -317,6 +317,9 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "n": int(cfg["n"]),
         "n_train": int(cfg["n_train"] or 0),
         "resolution": res,
+        "world_seed": wseed,
+        "probe_epochs": int(cfg["probe_epochs"]) if train_emb is not None else None,
+        "probe_seed": int(cfg["seed"]) if train_emb is not None else None,
         "rows": rows,
         "templates": {t: SHAPES_TASKS[t]["templates"] for t in tasks},
         "seconds": round(time.time() - t0, 2),
@@ -344,8 +347,14 @@ def markdown_report(results: Mapping[str, Any]) -> str:
     lines = [
         f"# CLIP zero-shot classification: {results['clip_ckpt']}",
         "",
-        f"{results['n']} single-object test scenes ({results['resolution']} px); linear probe trained on "
-        f"{results['n_train']} training scenes.",
+        f"{results['n']} single-object test scenes ({results['resolution']} px, world seed "
+        f"{results.get('world_seed', 0)}); "
+        + (
+            f"linear probe trained on {results['n_train']} training scenes ({results.get('probe_epochs')} epochs, "
+            f"seed {results.get('probe_seed')})."
+            if results["n_train"]
+            else "no linear probe (n_train=0)."
+        ),
         "",
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),

@@ -170,3 +170,28 @@ def test_default_out_is_under_zoo_log_dir(dalle_helpers, tmp_path, monkeypatch):
     main([f"clip_ckpt={ckpt}", "n=4", "n_train=0", "resolution=16", "tasks=[size]"])
     assert len(list((tmp_path / "scratch" / "eval_zeroshot").glob("*/results.json"))) == 1
     assert not (tmp_path / "logs").exists()
+
+
+def test_results_name_the_world_seed_and_the_probe_settings(dalle_helpers, tmp_path):
+    """results.json / results.md did not record the world seed, the probe's epochs or its seed (two tables made with
+    other settings could not be told apart), and n_train=0 read 'linear probe trained on 0 training scenes'."""
+    ckpt = dalle_helpers.tiny_clip_ckpt(tmp_path / "clip.ckpt")
+    common = [f"clip_ckpt={ckpt}", "n=4", "resolution=16", "tasks=[size]", "world_seed=3"]
+    res = main(common + ["n_train=4", "probe_epochs=2", "seed=5", f"out={tmp_path / 'a'}"])
+    saved = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert (
+        (saved["world_seed"], saved["probe_epochs"], saved["probe_seed"])
+        == (3, 2, 5)
+        == (
+            res["world_seed"],
+            res["probe_epochs"],
+            res["probe_seed"],
+        )
+    )
+    assert (
+        "world seed 3); linear probe trained on 4 training scenes (2 epochs, seed 5)"
+        in (tmp_path / "a" / "results.md").read_text()
+    )
+    main(common + ["n_train=0", f"out={tmp_path / 'b'}"])
+    assert "no linear probe (n_train=0)" in (tmp_path / "b" / "results.md").read_text()
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["probe_epochs"] is None
