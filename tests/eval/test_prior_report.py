@@ -301,11 +301,11 @@ def test_reference_features_of_another_clip_refused_before_sampling(files, tmp_p
 
 def test_reference_features_of_the_same_images_refused(files, tmp_path):
     """reference_features=<the features file itself> reported an FD floor of exactly 0 ('the FD between two samples of
-    real image embeddings'), and another file of the same split a floor from shared images; both are refused now.
-    The split zoo-embed wrote into the file's meta is in results.json."""
+    real image embeddings'), and another file of the same split a floor from the same distribution of captions;
+    both are refused now. The split zoo-embed wrote into the file's meta is in results.json."""
     from zoo.checkpoint import atomic_torch_save
 
-    with pytest.raises(ConfigError, match="holds 24 of the 24 image embeddings"):
+    with pytest.raises(ConfigError, match="holds the same 24 image embeddings as features="):
         prior_report(_cfg(tmp_path, [f"features={files['val']}", f"reference_features={files['val']}"]))
     val = {**files["val_feats"], "meta": {"split": "val", "clip": "c.ckpt"}}
     a = atomic_torch_save(val, tmp_path / "val_a.pt")
@@ -313,6 +313,11 @@ def test_reference_features_of_the_same_images_refused(files, tmp_path):
     b = atomic_torch_save(other, tmp_path / "val_b.pt")
     with pytest.raises(ConfigError, match="is the val split, like features="):
         prior_report(_cfg(tmp_path, [f"features={a}", f"reference_features={b}"]))
+    # a train file with a few scenes identical to val ones (the shapes world renders some alike) is a valid floor
+    train = _features(64, 0)
+    train["clip_image_emb"][:3] = val["clip_image_emb"][:3]
+    twins = atomic_torch_save({**train, "meta": {"split": "train", "clip": "c.ckpt"}}, tmp_path / "train_twins.pt")
+    assert prior_report(_cfg(tmp_path, [f"features={a}", f"reference_features={twins}", "plot=false"]))["reference"]
     res = prior_report(_cfg(tmp_path, [f"features={a}", f"reference_features={files['train']}", "plot=false"]))
     assert res["reference"]["fd"] > 0 and res["features_meta"] == {"split": "val", "clip": "c.ckpt"}
     assert "16-d CLIP embeddings, val split)" in (tmp_path / "report" / "results.md").read_text()
