@@ -252,6 +252,20 @@ def check_inputs(lit, feats: dict[str, torch.Tensor], kind: str, path: str = "th
             )
 
 
+def check_counts(cfg: DictConfig, sweep) -> None:
+    """batch_size, the DDIM steps (and each sweep.diffusion_steps), ddpm_steps and n_candidates are positive: a 0 was
+    a ValueError / IndexError traceback at the row that used it, a 0 in the sweep after every main row had sampled."""
+    d = cfg.diffusion
+    counts = [("batch_size", cfg.batch_size), ("diffusion.steps", d.steps)]
+    counts += [("diffusion.ddpm_steps", d.get("ddpm_steps")), ("diffusion.n_candidates", d.get("n_candidates"))]
+    counts += [("sweep.diffusion_steps", s) for s in sweep.get("diffusion_steps") or []]
+    for key, v in counts:
+        if v is None or (key == "diffusion.ddpm_steps" and v == 0):  # null (and ddpm_steps 0): the default / skip
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{key}={v!r}: must be an integer >= 1")
+
+
 # ------------------------------------------------------------------------------------------------ the report
 def _row(
     name: str, method: str, params: dict[str, Any], z: torch.Tensor, truth: torch.Tensor, seconds: float
@@ -313,6 +327,7 @@ def prior_report(cfg: DictConfig) -> dict[str, Any]:
     # every prior loaded and checked against the features before any row samples: a missing ar_ckpt, or features
     # without the tokens the AR prior reads, was found only after the diffusion prior's DDIM and DDPM-1000 rows
     dcfg, acfg, sweep = cfg.diffusion, cfg.ar, cfg.get("sweep") or {}
+    check_counts(cfg, sweep)
     for key, ckpt in (
         ("diffusion_guidance", "diffusion_ckpt"),
         ("diffusion_steps", "diffusion_ckpt"),

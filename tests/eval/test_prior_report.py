@@ -354,3 +354,25 @@ def test_a_sweep_without_its_prior_is_refused(files, tmp_path):
         )
     with pytest.raises(ConfigError, match="fix: ar_ckpt="):
         prior_report(_cfg(tmp_path, [f"features={files['val']}", "sweep.ar_guidance=[2]"]))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["batch_size=0"], "batch_size=0: must be an integer >= 1"),
+        (["diffusion.steps=0"], "diffusion.steps=0"),
+        (["diffusion.n_candidates=0"], "diffusion.n_candidates=0"),
+        (["sweep.diffusion_steps=[8,0]"], "sweep.diffusion_steps=0"),
+    ],
+)
+def test_zero_counts_refused_before_any_sampling(files, tmp_path, monkeypatch, extra, message):
+    """A 0 batch size, step count or candidate count was a ValueError / IndexError traceback at the row that used it
+    (sweep.diffusion_steps=[..., 0] after every main row had sampled); now a ConfigError first."""
+    import eval.prior
+
+    def sampled(name, *a, **k):
+        raise AssertionError(f"{name} sampled before the options were checked")
+
+    monkeypatch.setattr(eval.prior, "run_sampler", sampled)
+    with pytest.raises(ConfigError, match=message):
+        prior_report(_cfg(tmp_path, [f"features={files['val']}", f"diffusion_ckpt={files['diffusion']}", *extra]))
