@@ -296,12 +296,26 @@ def load_judge(path) -> ShapesJudge:
     return judge.to(memory_format=torch.channels_last).eval()
 
 
-def load_or_train_judge(path, resolution: int = 32, **train_kwargs) -> ShapesJudge:
-    """The judge cached at ``path``; trained and saved there the first time."""
+def load_or_train_judge(path, resolution: int = 32, dir_option: str = "judge.dir=", **train_kwargs) -> ShapesJudge:
+    """The judge cached at ``path``; trained and saved there the first time. A cached file that cannot be read
+    (truncated, another layout, weights of another shape) is a ConfigError naming the file and the fix, a cache's
+    fix: delete it, or ``dir_option`` another folder (``judge.dir=`` for zoo-eval, ``--judge-dir`` for the upsampler
+    report). zoo.checkpoint's own message ("use another checkpoint, e.g. the run's last.ckpt") is a run's fix, and a
+    file of another layout was a bare KeyError."""
     from pathlib import Path
 
+    from zoo.checkpoint import CorruptCheckpointError
+    from zoo.errors import ConfigError
+
     if Path(path).is_file():
-        return load_judge(path)
+        try:
+            return load_judge(path)
+        except (CorruptCheckpointError, KeyError, TypeError, RuntimeError) as e:
+            sep = "" if dir_option.endswith("=") else " "
+            raise ConfigError(
+                f"the cached shapes judge {path} cannot be read ({type(e).__name__}: {e}) (fix: delete it, and it is "
+                f"trained again, or {dir_option}{sep}<another dir>)"
+            ) from None
     judge = train_judge(resolution=resolution, **train_kwargs)
     save_judge(judge, path)
     return judge

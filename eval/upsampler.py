@@ -295,7 +295,6 @@ def judge_path(judge_dir: Path, resolution: int, steps: int, batch_size: int, ce
 
 def load_judge(judge_dir: Path, resolution: int, steps: int, batch_size: int, progress: bool, cell: int = 16):
     from eval.judge import ShapesJudge, load_or_train_judge
-    from zoo.checkpoint import CorruptCheckpointError
 
     try:
         ShapesJudge.halvings(cell)
@@ -311,20 +310,15 @@ def load_judge(judge_dir: Path, resolution: int, steps: int, batch_size: int, pr
             path,
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    cached = path.is_file()
-    try:
-        judge = load_or_train_judge(
-            path, resolution=resolution, steps=steps, batch_size=batch_size, progress=progress, cell=cell
-        )
-    except (CorruptCheckpointError, KeyError, TypeError, RuntimeError) as e:
-        if not cached:
-            raise
-        # zoo.checkpoint's own message says "use another checkpoint (e.g. the run's last.ckpt)": not the fix for a
-        # cache file; a torch file of another layout was a bare KeyError traceback
-        raise ConfigError(
-            f"the cached shapes judge {path} cannot be read ({type(e).__name__}: {e}) (fix: delete it, and it is "
-            f"trained again, or --judge-dir <another dir>)"
-        ) from None
+    judge = load_or_train_judge(
+        path,
+        resolution=resolution,
+        dir_option="--judge-dir",
+        steps=steps,
+        batch_size=batch_size,
+        progress=progress,
+        cell=cell,
+    )
     return judge, path
 
 

@@ -373,6 +373,31 @@ def test_judge_width_is_its_own_cached_instrument(tmp_path):
         build_judge(node, 32, False)
 
 
+def test_an_unreadable_cached_judge_names_the_cache_and_its_fix(tmp_path):
+    """zoo-eval's judge cache: a truncated file said "use another checkpoint (e.g. the run's last.ckpt)", a run's
+    fix, not a cache's; a torch file of another layout was a bare KeyError, and a judge of another width cached
+    under this name a RuntimeError from load_state_dict. Each is now a ConfigError naming the file, "delete it" and
+    judge.dir=."""
+    from omegaconf import OmegaConf
+
+    from eval.cli import build_judge, judge_path
+    from eval.judge import ShapesJudge, Vocab, save_judge
+    from zoo.errors import ConfigError
+
+    node = OmegaConf.create({"dir": str(tmp_path), "steps": 2, "batch_size": 4, "width": 16})
+    cached = judge_path(node, 32)
+
+    def mismatched():  # a width-8 judge's weights filed as a width-16 one
+        save_judge(ShapesJudge(Vocab.from_world(), width=8, resolution=32), cached)
+        torch.save({**torch.load(cached, weights_only=True), "width": 16}, cached)
+
+    for write in (lambda: cached.write_bytes(b"truncated"), lambda: torch.save({"state_dict": {}}, cached), mismatched):
+        write()
+        with pytest.raises(ConfigError, match="cached shapes judge") as e:
+            build_judge(node, 32, False)
+        assert str(cached) in str(e.value) and "delete it" in str(e.value) and "judge.dir=<another dir>" in str(e.value)
+
+
 @pytest.mark.parametrize(
     "bad, key",
     [
