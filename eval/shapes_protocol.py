@@ -32,11 +32,14 @@ class ShapesProtocol:
     ):
         if int(n) < 2:
             raise ConfigError(f"protocol.n must be >= 2 (statistics need two samples), got {n}")
+        from zoo.data.shapes import check_object_order, check_resolution
+
+        # checked here, before the generator is built, and named as zoo-eval's option (the world's own check, at
+        # load, would say data.resolution)
+        resolution = check_resolution(resolution, "protocol.resolution")
         self.n, self.split, self.resolution, self.seed = int(n), split, int(resolution), int(seed)
         self.caption_style, self.min_objects, self.max_objects = caption_style, int(min_objects), int(max_objects)
         self.eval_resolution = int(eval_resolution) if eval_resolution else self.resolution
-        from zoo.data.shapes import check_object_order
-
         self.object_order = check_object_order(object_order, "protocol.object_order")
 
     def load(self, progress: bool = False) -> EvalSet:

@@ -139,6 +139,9 @@ def test_shapes_protocol_matches_the_dataset():
     assert (key.dataset, key.n, key.blur_radius, key.resolution) == ("shapes", 6, 2.0, 32)
     with pytest.raises(ConfigError, match="protocol.n"):
         ShapesProtocol(n=1)
+    # refused when the protocol is built (before the generator), named as zoo-eval's option, not data.resolution
+    with pytest.raises(ConfigError, match=r"protocol.resolution=20.*fix: protocol.resolution=32"):
+        ShapesProtocol(n=4, resolution=20)
 
 
 def test_shapes_protocol_object_order():

@@ -308,16 +308,17 @@ def captions_for(
 
 
 # --------------------------------------------------------------------------------------------- dataset
-def check_resolution(resolution: int) -> int:
-    """The resolution as an int, or a ConfigError (a ValueError) naming the fix."""
+def check_resolution(resolution: int, option: str = "data.resolution") -> int:
+    """The resolution as an int, or a ConfigError (a ValueError) naming the fix with the command's ``option`` (the
+    world is rendered by zoo-eval's protocol and the reports too, whose options are named otherwise)."""
     try:
         res = int(resolution)
     except (TypeError, ValueError):
         res = None
     if res is None or res != resolution or res < 16 or res % 16:
         raise ConfigError(
-            f"the shapes world renders square images whose side is a multiple of 16 (>= 16), got resolution="
-            f"{resolution!r} (fix: data.resolution=32, or one of {RESOLUTIONS})"
+            f"the shapes world renders square images whose side is a multiple of 16 (>= 16), got {option}="
+            f"{resolution!r} (fix: {option}=32, or one of {RESOLUTIONS})"
         )
     return res
 
