@@ -273,13 +273,7 @@ def check_options(cfg: Mapping[str, Any]) -> list[str]:
         integer("probe_epochs", 1, ", or n_train=0 for no probe")
     integer("seed", 0)
     integer("world_seed", 0)
-    try:
-        check_resolution(cfg["resolution"])
-    except ValueError:
-        raise ConfigError(
-            f"resolution={cfg['resolution']!r}: the shapes world renders sides that are multiples of 16 (>= 16) "
-            f"(fix: resolution=32)"
-        ) from None
+    check_resolution(cfg["resolution"], "resolution")
     check_device(cfg.get("device"), "device")
     return tasks
 
