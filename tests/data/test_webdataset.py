@@ -214,3 +214,14 @@ def test_datamodule_summarises_skips_at_the_end_of_fit(shard_dir, caplog):
             "what": "bad WebDataset samples/shards",
         }
     }
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sample_order_reshuffles_every_pass_with_one_shard(shards, workers):
+    """The shuffle buffer was seeded from the *previous* pass (the shard list counted a pass only at its first
+    shard, after the buffer had been built): passes 0 and 1 had the same order -- every epoch, with one shard."""
+    ds = make_webdataset(shards[:1], resolution=8, shuffle_buffer=5, seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+    passes = [[s["key"] for s in loader] for _ in range(3)]
+    assert all(sorted(p) == sorted(passes[0]) for p in passes) and len(passes[0]) == PER_SHARD
+    assert passes[0] != passes[1] and passes[1] != passes[2]

@@ -240,13 +240,16 @@ class ShardList(IterableDataset):
         return len(self.urls)
 
     def __iter__(self) -> Iterator[dict[str, str]]:
+        # Not a generator: the pass is counted when the pipeline is built (``wds.DataPipeline`` calls ``iter()`` on
+        # this stage first, then the later stages), so ``_ShuffleBuffer`` reads this pass's number, not the previous
+        # one's. As a generator the counter moved only at the first shard, after the shuffle buffer had been seeded:
+        # pass 1 reused pass 0's sample order (every epoch the same when a worker reads one shard).
         self.current_pass = self.passes
         self.passes += 1
         urls = list(self.urls)
         if self.shuffle:
             random.Random(f"{self.seed}/{self.current_pass}").shuffle(urls)
-        for url in urls:
-            yield {"url": url}
+        return iter([{"url": url} for url in urls])
 
 
 class _ShuffleBuffer:
