@@ -192,3 +192,26 @@ def test_skipped_images_are_summarised_when_training_ends(coco_root, caplog):
     assert len(msgs) == 1, msgs  # two epochs, each bad file met twice: still one line, each file once
     assert "skipped 2 unreadable images in the train split" in msgs[0]
     assert all(dm.dataset("train").items[i][0] in msgs[0] for i in BAD)
+
+
+def test_exif_orientation_is_applied():
+    """A portrait phone photo is stored landscape with EXIF orientation 6; it was loaded (and trained on) sideways."""
+    from zoo.data.transforms import load_rgb
+
+    im = Image.new("RGB", (40, 20), (255, 0, 0))
+    im.paste((0, 0, 255), (20, 0, 40, 20))  # stored: left half red, right half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: top red, bottom blue
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+    buf.seek(0)
+    upright = load_rgb(buf)
+    assert upright.size == (20, 40)
+    top, bottom = upright.getpixel((10, 5)), upright.getpixel((10, 35))
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]
+    broken = Image.Exif()
+    broken[0x0112] = 99  # an orientation that does not exist: the pixels as stored, not a skipped image
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=broken.tobytes())
+    buf.seek(0)
+    assert load_rgb(buf).size == (40, 20)

@@ -2,7 +2,7 @@
 resize/crop (``resize_center_crop``) used by eval (``eval.eval_set.resize_for_eval``), CLIP
 (``zoo.models.clip.scorer.resize_for_clip``) and the upsamplers.
 
-PIL image -> RGB (transparent pixels composited on white) -> resize the shorter side to ``resolution``
+PIL image -> upright (EXIF orientation) -> RGB (transparent pixels composited on white) -> resize the shorter side to ``resolution``
 (bicubic, antialiased) -> center crop ``resolution`` -> FloatTensor (3, R, R) in [-1, 1].
 
 Train and eval use the same deterministic center crop: the papers' small-data recipes gain little from random
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 
@@ -65,10 +65,18 @@ def image_transform(resolution: int, train: bool = False) -> ImageTransform:
 
 
 def load_rgb(path_or_file) -> Image.Image:
-    """Open and fully decode an image, so that a truncated or corrupt file fails here, where it can be skipped."""
+    """Open and fully decode an image, so that a truncated or corrupt file fails here, where it can be skipped.
+
+    The EXIF orientation is applied (a phone's portrait photo is stored landscape with an orientation tag: every
+    viewer shows it upright, so its caption describes it upright); a damaged EXIF block leaves the pixels as stored
+    rather than losing a decodable image."""
     with Image.open(path_or_file) as im:
         im.load()
-        return to_rgb(im)
+        try:
+            upright = ImageOps.exif_transpose(im)
+        except Exception:  # unreadable EXIF: the image itself decoded fine
+            upright = im
+        return to_rgb(upright)
 
 
 def resize_center_crop(
