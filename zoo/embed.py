@@ -62,6 +62,13 @@ def embed_dataset(
     Returns the path written. Rows are in dataset index order, so ``attach_embeddings`` can serve them by index.
     ``text_encodings`` also writes ``clip_text_encodings`` (float16) and ``clip_text_mask`` (see the module doc).
     """
+    if isinstance(dataset, torch.utils.data.IterableDataset):  # webdataset: shuffled, endless, no index
+        raise ConfigError(
+            f"zoo-embed writes one row per dataset index, but {type(dataset).__name__} streams its samples without "
+            f"an index (in shuffled order): the DataModule could never serve the rows (data.features needs a "
+            f"map-style dataset) (fix: data=coco or data=shapes)"
+        )
+
     from zoo.checkpoint import atomic_torch_save
 
     loader = torch.utils.data.DataLoader(

@@ -38,6 +38,13 @@ def tokenize_dataset(
 ) -> Path:
     """``meta`` (plain values, e.g. the split) is stored beside the codes: the DataModule refuses a file whose
     ``meta["split"]`` is not the split it is given for (with equal sizes it would be served to the wrong images)."""
+    if isinstance(dataset, torch.utils.data.IterableDataset):  # webdataset: shuffled, endless, no index
+        raise ConfigError(
+            f"zoo-tokenize writes one row per dataset index, but {type(dataset).__name__} streams its samples without "
+            f"an index (in shuffled order): the DataModule could never serve the rows (data.features needs a "
+            f"map-style dataset) (fix: data=coco or data=shapes)"
+        )
+
     from zoo.checkpoint import atomic_torch_save
     from zoo.data.collate import collate_samples
 

@@ -225,3 +225,38 @@ def test_sample_order_reshuffles_every_pass_with_one_shard(shards, workers):
     passes = [[s["key"] for s in loader] for _ in range(3)]
     assert all(sorted(p) == sorted(passes[0]) for p in passes) and len(passes[0]) == PER_SHARD
     assert passes[0] != passes[1] and passes[1] != passes[2]
+
+
+def test_index_features_refuse_a_stream(shards, tmp_path):
+    """zoo-tokenize / zoo-embed rows are served by index; a WebDataset stream has none (and is shuffled): the commands
+    wrote epoch_length rows in stream order (repeating samples past one pass) and the DataModule then failed in the
+    first step (NotImplementedError), or advised data.epoch_length."""
+    from zoo.data.modules import WebDataModule
+    from zoo.embed import embed_dataset
+    from zoo.errors import ConfigError
+    from zoo.tokenize import tokenize_dataset
+
+    ds = make_webdataset(shards, resolution=8, shuffle_buffer=4, epoch_length=20)
+
+    class Tok:
+        codebook_size = 2
+
+        def encode(self, x):
+            return (x[:, 0, ::4, ::4] > 0).long()
+
+    with pytest.raises(ConfigError, match="data=coco or data=shapes"):
+        tokenize_dataset(Tok(), ds, tmp_path / "tok.pt", batch_size=4)
+    with pytest.raises(ConfigError, match="data=coco or data=shapes"):
+        embed_dataset(object(), ds, tmp_path / "emb.pt", batch_size=4, progress=False)
+    assert not list(tmp_path.iterdir())
+    torch.save({"image_tokens": torch.zeros(20, 2, 2, dtype=torch.long), "meta": {"split": "train"}}, tmp_path / "t.pt")
+    for epoch_length in (20, None):
+        dm = WebDataModule(
+            train_urls=shards,
+            resolution=8,
+            batch_size=4,
+            epoch_length=epoch_length,
+            features={"train": tmp_path / "t.pt"},
+        )
+        with pytest.raises(ConfigError, match="data.features.train=.*streams its samples"):
+            dm.setup("fit")

@@ -306,6 +306,12 @@ class ImageTextDataModule(L.LightningDataModule):
                 ds = self._with_synthetic_captions(ds)
             if split in self.features:
                 path = self.features[split]
+                if isinstance(ds, IterableDataset):
+                    raise ConfigError(
+                        f"data.features.{split}={path}: precomputed features are served by dataset index, but "
+                        f"{type(self).__name__} streams its samples (no index; shuffled) (fix: drop "
+                        f"data.features.{split}, or train from a map-style dataset such as data=coco or data=shapes)"
+                    )
                 ds = FeatureAttached(ds, load_features(path, split), source=f"data.features.{split}={path}")
             self.datasets[split] = ds
         return self.datasets[split]
