@@ -283,3 +283,49 @@ def test_zoo_convert_dalle_dvae_needs_the_resolution(tmp_path, released):
     out = convert(OmegaConf.create({**cfg, "resolution": 32, "out": str(tmp_path / "d.ckpt")}))
     ck = torch.load(out, weights_only=True)
     assert ck["zoo_config"]["data"]["resolution"] == 32 and ck["zoo_converted"]["resolution_from"] == "resolution="
+
+
+def test_open_clip_file_of_a_released_tag_keeps_its_activation_and_normalisation(tmp_path, monkeypatch):
+    """The file does not say the open_clip tag it was released under, yet the tag sets QuickGELU (OpenAI, LAION-400M,
+    MetaCLIP, DFN weights) and the image mean / std (0.5 for e.g. ViT-L-14 laion2b_s32b_b82k). zoo-convert had no
+    way to pass it: such weights were written as the plain architecture (GELU, OpenAI mean / std), every embedding
+    silently wrong. Now pretrained=<tag> is recorded (and used wherever the checkpoint is read as a CLIP), and an
+    architecture whose tags disagree with it is refused without one. Here: a tag of the tiny architecture like
+    ViT-L-14 laion2b_s32b_b82k + OpenAI's quick_gelu."""
+    import open_clip
+    import open_clip.pretrained as ocp
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    import zoo.models.clip.model  # noqa: F401  (registers the zoo-clip-* architectures with open_clip)
+    from zoo.convert import convert
+    from zoo.errors import ConfigError
+    from zoo.models.clip.scorer import ClipScorer
+
+    half = (0.5, 0.5, 0.5)
+    monkeypatch.setitem(
+        ocp._PRETRAINED, "zoo-clip-tiny", {"released": ocp._pcfg(hf_hub="x/y", quick_gelu=True, mean=half, std=half)}
+    )
+    torch.manual_seed(5)
+    ref = open_clip.create_model("zoo-clip-tiny", force_quick_gelu=True).eval()  # how the weights were trained
+    src = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(src))
+    cfg = {"kind": "open_clip", "arch": "zoo-clip-tiny", "ckpt": str(src), "out": str(tmp_path / "clip.ckpt")}
+    with pytest.raises(ConfigError, match=r"released: quick_gelu, mean, std.*pretrained=<the tag"):
+        convert(OmegaConf.create(cfg))
+    assert not (tmp_path / "clip.ckpt").exists()
+    with pytest.raises(ConfigError, match="not an open_clip tag of zoo-clip-tiny"):
+        convert(OmegaConf.create({**cfg, "pretrained": "no-such-tag"}))
+
+    out = convert(OmegaConf.create({**cfg, "pretrained": "released"}))
+    ck = torch.load(out, weights_only=True)
+    assert ck["hyper_parameters"]["pretrained"] == "released" and ck["zoo_converted"]["pretrained"] == "released"
+    scorer = ClipScorer.from_lightning_checkpoint(str(out))  # how reranking / CLIP score / zoo-embed read it
+    assert scorer.mean.flatten().tolist() == [0.5] * 3 and scorer.std.flatten().tolist() == [0.5] * 3
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        want = F.normalize(ref.encode_image((x - 0.5) / 0.5), dim=-1)
+        torch.testing.assert_close(scorer.encode_image(x * 2 - 1), want, atol=1e-5, rtol=1e-5)
+    # pretrained=none: the architecture's own settings (one's own open_clip run), said explicitly
+    out = convert(OmegaConf.create({**cfg, "pretrained": "none"}))
+    assert torch.load(out, weights_only=True)["hyper_parameters"]["pretrained"] is None

@@ -37,11 +37,15 @@ What converts, and what does not:
   A checkpoint holding the VQGAN under ``first_stage_model.`` (taming's ``Net2NetTransformer``) converts too. Index remapping (``quantize.used``, the ``remap`` option) is refused.
 - ``open_clip`` -- any open_clip checkpoint file (``open_clip_model.safetensors``, ``.bin``, ``.pt``, open_clip's
   training ``{"state_dict": ...}``) for a given architecture loads through ``ClipLit(arch=..., checkpoint=...)``
-  (open_clip's own loader); this writes it as a zoo ``clip`` checkpoint.
+  (open_clip's own loader); this writes it as a zoo ``clip`` checkpoint. ``pretrained=<tag>`` names the open_clip
+  tag the file was released under (e.g. ``openai``): the tag, not the file, says the activation (QuickGELU) and the
+  image mean / std, and it is recorded; an architecture whose tags disagree on those is refused without one
+  (``pretrained=none``: the architecture's own settings, e.g. one's own open_clip run).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -561,13 +565,81 @@ def convert_taming(
 
 
 # --------------------------------------------------------------------------------- open_clip
-def convert_open_clip(path: str | os.PathLike, arch: str):
-    """A local open_clip checkpoint of architecture ``arch`` -> our ``ClipLit`` (open_clip's own loader)."""
+# What a released open_clip tag sets beyond the weights, which the file does not say: the activation the weights were
+# trained with (QuickGELU for OpenAI's, LAION-400M's, MetaCLIP's, DFN's, ...) and the image preprocessing (mean / std:
+# 0.5 for e.g. ViT-L-14 laion2b_s32b_b82k and SigLIP, OpenAI's for most others; resize).
+OPEN_CLIP_TAG_FIELDS = ("quick_gelu", "mean", "std", "interpolation", "resize_mode")
+NO_TAG = "none"  # pretrained=none: weights trained with the architecture's own settings (e.g. one's own open_clip run)
+
+
+def _open_clip_arch_settings(arch: str) -> dict[str, Any]:
+    """What ``arch`` alone builds: its QuickGELU flag and preprocessing (open_clip's defaults + its JSON's)."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg
+
+    model_cfg = open_clip.get_model_config(arch) or {}
+    pp = {**dataclasses.asdict(PreprocessCfg()), **(model_cfg.get("preprocess_cfg") or {})}
+    return {"quick_gelu": bool(model_cfg.get("quick_gelu", False)), **{k: pp.get(k) for k in OPEN_CLIP_TAG_FIELDS[1:]}}
+
+
+def _tag_settings(arch: str, tag: str) -> dict[str, Any]:
+    import open_clip
+
+    tag_cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+    base = _open_clip_arch_settings(arch)
+    out = {k: (tuple(tag_cfg[k]) if isinstance(tag_cfg[k], list) else tag_cfg[k]) for k in OPEN_CLIP_TAG_FIELDS[1:]}
+    out = {k: v for k, v in out.items() if k in tag_cfg}
+    return {**base, **out, "quick_gelu": bool(tag_cfg.get("quick_gelu")) or base["quick_gelu"]}
+
+
+def open_clip_tag(arch: str, pretrained: Optional[str], option: str = "pretrained") -> Optional[str]:
+    """The open_clip ``pretrained`` tag the weights were released under (None: the architecture's own settings).
+
+    The tag sets QuickGELU and the preprocessing (mean / std / resize), which the weights do not say and which the
+    converted checkpoint records (``hyper_parameters.pretrained``). With no tag given, an architecture whose released
+    tags disagree with what it builds alone is refused: an OpenAI ViT-B-32 file converted as plain ``ViT-B-32``
+    ran with GELU instead of QuickGELU, and a ViT-L-14 laion2b_s32b_b82k file was normalised with OpenAI's mean /
+    std instead of 0.5 -- every embedding silently wrong. ``option``: how the command line spells the option."""
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if pretrained is not None and str(pretrained).strip().lower() == NO_TAG:
+        return None
+    if pretrained:
+        tag = str(pretrained)
+        if not open_clip.get_pretrained_cfg(arch, tag):
+            raise ConfigError(
+                f"{option}={tag}: not an open_clip tag of {arch} (its tags: {tags or 'none'}; fix: the tag the file "
+                f"was released under, or {option}={NO_TAG} for weights trained with {arch}'s own settings)"
+            )
+        return tag
+    base = _open_clip_arch_settings(arch)
+    differ = {}
+    for tag in tags:
+        diff = [k for k, v in _tag_settings(arch, tag).items() if v != base[k]]
+        if diff:
+            differ[tag] = diff
+    if differ:
+        shown = "; ".join(f"{t}: {', '.join(d)}" for t, d in list(differ.items())[:6])
+        raise ConfigError(
+            f"kind=open_clip arch={arch}: weights released under some of {arch}'s open_clip tags need settings the "
+            f"architecture alone does not build and the file does not say ({shown}{' ...' if len(differ) > 6 else ''}"
+            f"): converted without the tag they run with the wrong activation or image normalisation. Fix: "
+            f"{option}=<the tag the file was released under> (e.g. {next(iter(differ))}), or {option}={NO_TAG} for "
+            f"weights trained with {arch}'s own settings (e.g. your own open_clip run)"
+        )
+    return None
+
+
+def convert_open_clip(path: str | os.PathLike, arch: str, pretrained: Optional[str] = None):
+    """A local open_clip checkpoint of architecture ``arch`` -> our ``ClipLit`` (open_clip's own loader).
+    ``pretrained``: the open_clip tag the weights were released under (its QuickGELU and preprocessing; no download:
+    the weights come from ``path``), see :func:`open_clip_tag`."""
     from zoo.models.clip.lit import ClipLit
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"open_clip checkpoint {path} not found")
-    return ClipLit(arch=arch, checkpoint=str(path)).eval()
+    return ClipLit(arch=arch, pretrained=pretrained, checkpoint=str(path)).eval()
 
 
 # --------------------------------------------------------------------------------- writing
@@ -684,8 +756,11 @@ def convert(cfg) -> Path:
             raise ConfigError(
                 "kind=open_clip needs ckpt=<open_clip file> and arch=<open_clip architecture, e.g. ViT-B-32>"
             )
-        lit = convert_open_clip(cfg.ckpt, cfg.arch)
-        source = {"kind": kind, "ckpt": str(cfg.ckpt), "arch": str(cfg.arch)}
+        # "+pretrained=" on the command line while conf/convert.yaml does not declare the key
+        option = "pretrained" if "pretrained" in cfg else "+pretrained"
+        tag = open_clip_tag(str(cfg.arch), cfg.get("pretrained"), option)
+        lit = convert_open_clip(cfg.ckpt, cfg.arch, pretrained=tag)
+        source = {"kind": kind, "ckpt": str(cfg.ckpt), "arch": str(cfg.arch), "pretrained": tag}
     else:
         raise ConfigError(f"kind={kind!r}; expected one of dalle_dvae, taming_vq, taming_gumbel, open_clip")
     path = save_converted(lit, out, source)
