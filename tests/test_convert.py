@@ -329,3 +329,30 @@ def test_open_clip_file_of_a_released_tag_keeps_its_activation_and_normalisation
     # pretrained=none: the architecture's own settings (one's own open_clip run), said explicitly
     out = convert(OmegaConf.create({**cfg, "pretrained": "none"}))
     assert torch.load(out, weights_only=True)["hyper_parameters"]["pretrained"] is None
+
+
+@pytest.mark.parametrize("kind", ["open_clip", "taming_vq", "dalle_dvae"])
+def test_a_torchscript_archive_is_named_as_such_with_the_fix(tmp_path, kind):
+    """OpenAI's original CLIP files (ViT-B-32.pt, ...) are TorchScript archives. weights_only=True refuses them with a
+    RuntimeError that was reported as a truncated file: "copy the file again" / "use the run's last.ckpt", a fix that
+    cannot work. The message now says what the file is and how to save its weights (open_clip's loader for CLIP)."""
+    from omegaconf import OmegaConf
+
+    from zoo.convert import ConversionError, convert
+
+    f = tmp_path / "ViT-B-32.pt"
+    torch.jit.script(nn.Linear(2, 2)).save(str(f))
+    out = tmp_path / "out.ckpt"
+    cfg = {
+        "open_clip": {"arch": "zoo-clip-tiny", "ckpt": str(f)},
+        "taming_vq": {"ckpt": str(f), "resolution": 16},
+        "dalle_dvae": {"encoder": str(f), "decoder": str(f), "resolution": 32},
+    }[kind]
+    with pytest.raises(ConversionError) as e:
+        convert(OmegaConf.create({"kind": kind, "out": str(out), **cfg}))
+    msg = str(e.value)
+    assert "TorchScript archive" in msg and str(f) in msg and "copy the file again" not in msg
+    assert (
+        ("load_openai_model" in msg and "pretrained=openai" in msg) if kind == "open_clip" else "torch.jit.load" in msg
+    )
+    assert not out.exists()

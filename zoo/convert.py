@@ -79,6 +79,43 @@ DALL_E_PICKLE_FIX = (
 )
 
 
+TORCHSCRIPT_FIX = (
+    "For a file you trust, save its weights once: python -c \"import torch; torch.save(torch.jit.load('{path}', "
+    "map_location='cpu').state_dict(), '{stem}_state_dict.pt')\" -- then pass {stem}_state_dict.pt"
+)
+# OpenAI's original CLIP release (ViT-B-32.pt, RN50.pt, ...): open_clip's own loader rebuilds it as an open_clip model
+OPENAI_CLIP_TORCHSCRIPT_FIX = (
+    "OpenAI's original CLIP files are such archives; for a file you trust, save its weights once in open_clip's "
+    "layout: python -c \"import torch, open_clip; torch.save(open_clip.load_openai_model('{path}', device='cpu')"
+    ".state_dict(), '{stem}_state_dict.pt')\" -- then pass ckpt={stem}_state_dict.pt pretrained=openai"
+)
+
+
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """True for a ``torch.jit.save`` archive (its zip holds ``constants.pkl``, as torch itself tells them apart); only
+    the zip's directory is read."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as z:
+            return any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def refuse_torchscript(path: str | os.PathLike, what: str, fix: str = TORCHSCRIPT_FIX) -> None:
+    """A TorchScript archive is a program, not a state dict: ``torch.load(weights_only=True)`` refuses it with a
+    RuntimeError that the loaders report as a truncated file ("copy it again"), the wrong fix. Say what it is."""
+    p = Path(path)
+    if is_torchscript_archive(p):
+        raise ConversionError(
+            f"{what}: {p} is a TorchScript archive (a saved program), not a state dict -- refused: zoo-convert reads "
+            f"weights only, so no code in it runs. " + fix.format(name=p.name, stem=p.stem, path=p)
+        )
+
+
 def read_state_dict(path: str | os.PathLike, what: str, fix: Optional[str] = None) -> dict[str, torch.Tensor]:
     """A state dict from a local file: safetensors, or a torch file loaded with ``weights_only=True`` (a bare
     state dict, or a dict with ``state_dict`` as Lightning / open_clip training checkpoints have). ``fix``: what to
@@ -99,6 +136,7 @@ def read_state_dict(path: str | os.PathLike, what: str, fix: Optional[str] = Non
     from zoo.checkpoint import safe_load
     from zoo.registry import UnsafeCheckpointError
 
+    refuse_torchscript(p, what)
     try:
         obj = safe_load(p, fix=damaged)
     except UnsafeCheckpointError as e:
@@ -639,6 +677,7 @@ def convert_open_clip(path: str | os.PathLike, arch: str, pretrained: Optional[s
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"open_clip checkpoint {path} not found")
+    refuse_torchscript(path, "open_clip checkpoint", OPENAI_CLIP_TORCHSCRIPT_FIX)
     return ClipLit(arch=arch, pretrained=pretrained, checkpoint=str(path)).eval()
 
 
