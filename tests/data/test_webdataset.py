@@ -260,3 +260,27 @@ def test_index_features_refuse_a_stream(shards, tmp_path):
         )
         with pytest.raises(ConfigError, match="data.features.train=.*streams its samples"):
             dm.setup("fit")
+
+
+def test_spawned_workers_read_only_their_ranks_shards(shards, monkeypatch):
+    """Lightning's DDP sets no RANK variable: a DataLoader worker started by spawn/forkserver (ddp_spawn, Python 3.14's
+    default) sees no torch.distributed group, and webdataset's split_by_node gave it rank 0 of 1 -- every rank read
+    every shard. The rank of the process that starts the workers is now carried to them."""
+    import multiprocessing
+
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    import zoo.data.webdataset as zwds
+
+    monkeypatch.setattr(zwds, "mp", multiprocessing.get_context("spawn"))  # the skip counter's lock, as under spawn
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    dist.init_process_group("fake", rank=1, world_size=2, store=FakeStore())  # rank 1 of 2, no partner needed
+    try:
+        ds = make_webdataset(shards, resolution=8, shuffle_buffer=0)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1, multiprocessing_context="spawn")
+        keys = {s["key"] for s in loader}
+    finally:
+        dist.destroy_process_group()
+    assert keys == {k for k in GOOD if k.startswith("01")}  # shards[1::2]: only shard 1 of 0, 1, 2

@@ -7,7 +7,8 @@ field; the order of preference is ``caption_key``). ``urls`` is a brace pattern 
 Splitting: shards (not samples) are dealt to DDP ranks (``wds.split_by_node``) and then to DataLoader workers
 (``wds.split_by_worker``), so one pass over the shards shows every sample exactly once across the whole job. Give at
 least ``world_size * num_workers`` shards, or some workers sit idle (a warning says so). Ranks read
-``RANK``/``WORLD_SIZE`` from the environment or ``torch.distributed`` (``webdataset.utils.pytorch_worker_info``).
+``RANK``/``WORLD_SIZE`` from the environment or ``torch.distributed`` (``webdataset.utils.pytorch_worker_info``); a
+DataLoader worker that was spawned rather than forked uses the rank of the process that started it (``_SplitByNode``).
 
 Epochs: without ``epoch_length`` an epoch is one pass over this rank's shards (ranks may then differ by a few batches:
 use ``epoch_length`` for DDP). With ``epoch_length`` (samples per rank) the stream is endless -- passes follow one
@@ -252,18 +253,54 @@ class ShardList(IterableDataset):
         return iter([{"url": url} for url in urls])
 
 
+def _node_info() -> tuple[int, int]:
+    """(rank, world size) of this process as webdataset sees it (``RANK``/``WORLD_SIZE`` or torch.distributed)."""
+    from webdataset import utils as wds_utils
+
+    rank, world, _, _ = wds_utils.pytorch_worker_info()
+    return rank, world
+
+
+class _SplitByNode:
+    """``wds.split_by_node`` that also works in DataLoader workers started by spawn or forkserver.
+
+    Lightning's DDP sets neither ``RANK`` in the environment nor anything a fresh worker process inherits: only a
+    forked worker sees the parent's torch.distributed group. A spawned one (``ddp_spawn``, a ``spawn`` /
+    ``forkserver`` start method, Python 3.14's default) saw rank 0 of 1, so every rank read every shard. The rank
+    is therefore recorded when the stage is pickled for a worker, in the process that starts it, and used there
+    when the worker itself sees no distributed job."""
+
+    def __init__(self):
+        self.node: Optional[tuple[int, int]] = None  # (rank, world) of the process that pickled this stage
+
+    def __getstate__(self) -> dict[str, Any]:
+        rank, world = _node_info()
+        return {"node": (rank, world) if world > 1 else self.node}
+
+    def rank_world(self) -> tuple[int, int]:
+        rank, world = _node_info()
+        if world == 1 and self.node is not None:
+            return self.node
+        return rank, world
+
+    def __call__(self, src):
+        rank, world = self.rank_world()
+        return islice(src, rank, None, world) if world > 1 else src
+
+
 class _ShuffleBuffer:
     """``wds.shuffle`` with an rng drawn per pass from (seed, pass, rank, worker) -- not one rng copied into every
     worker -- so workers and epochs get different sample orders."""
 
-    def __init__(self, shards: ShardList, bufsize: int, initial: int):
-        self.shards, self.bufsize, self.initial = shards, bufsize, initial
+    def __init__(self, shards: ShardList, split: _SplitByNode, bufsize: int, initial: int):
+        self.shards, self.split, self.bufsize, self.initial = shards, split, bufsize, initial
 
     def __call__(self, src):
         from webdataset.filters import _shuffle
         from webdataset.utils import pytorch_worker_info
 
-        rank, _, worker, _ = pytorch_worker_info()
+        _, _, worker, _ = pytorch_worker_info()
+        rank = self.split.rank_world()[0]
         rng = random.Random(f"{self.shards.seed}/{getattr(self.shards, 'current_pass', 0)}/{rank}/{worker}")
         return _shuffle(src, self.bufsize, self.initial, rng)
 
@@ -288,8 +325,16 @@ class _DecodeStage:
 class WebDatasetStream(IterableDataset):
     """What ``make_webdataset`` returns: a ``wds.DataPipeline`` (one pass) plus epoch handling (see module doc)."""
 
-    def __init__(self, pipeline, shards: ShardList, skip_counter: SkipCounter, epoch_length: Optional[int] = None):
+    def __init__(
+        self,
+        pipeline,
+        shards: ShardList,
+        skip_counter: SkipCounter,
+        epoch_length: Optional[int] = None,
+        split: Optional[_SplitByNode] = None,
+    ):
         self.pipeline, self.shards, self.skip_counter = pipeline, shards, skip_counter
+        self.split = split or _SplitByNode()
         self.epoch_length = int(epoch_length) if epoch_length else None
         self._stream: Optional[Iterator] = None
         self._stream_owner: Optional[tuple[int, int]] = None
@@ -317,7 +362,8 @@ class WebDatasetStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         from webdataset.utils import pytorch_worker_info
 
-        rank, world, worker, workers = pytorch_worker_info()
+        _, _, worker, workers = pytorch_worker_info()
+        _, world = self.split.rank_world()
         if not self._warned_idle and len(self.shards.urls) < world * workers:
             self._warned_idle = True
             log.warning(
@@ -357,8 +403,9 @@ def make_webdataset(
     _check_local(url_list)
     handler = handler or SkipCounter()
     shards = ShardList(url_list, seed=seed, shuffle=shuffle_buffer > 0)
-    stages: list[Any] = [shards, wds.split_by_node, wds.split_by_worker, wds.tarfile_to_samples(handler=handler)]
+    split = _SplitByNode()
+    stages: list[Any] = [shards, split, wds.split_by_worker, wds.tarfile_to_samples(handler=handler)]
     if shuffle_buffer > 0:
-        stages.append(_ShuffleBuffer(shards, int(shuffle_buffer), min(int(shuffle_buffer), 100)))
+        stages.append(_ShuffleBuffer(shards, split, int(shuffle_buffer), min(int(shuffle_buffer), 100)))
     stages.append(_DecodeStage(DecodeSample(resolution, caption_key), handler))
-    return WebDatasetStream(wds.DataPipeline(*stages), shards, handler, epoch_length)
+    return WebDatasetStream(wds.DataPipeline(*stages), shards, handler, epoch_length, split)
