@@ -356,3 +356,22 @@ def test_a_torchscript_archive_is_named_as_such_with_the_fix(tmp_path, kind):
         ("load_openai_model" in msg and "pretrained=openai" in msg) if kind == "open_clip" else "torch.jit.load" in msg
     )
     assert not out.exists()
+
+
+def test_dalle_dvae_resolution_the_downsampling_does_not_divide_is_refused(tmp_path, released):
+    """resolution=36 was recorded as the dVAE's size, though its 3 max-pools floor 36 px to a 4x4 grid that decodes
+    to 32 px (zoo-train's dVAE refuses such a data.resolution; the taming converter refuses it too)."""
+    from omegaconf import OmegaConf
+
+    from zoo.convert import ConversionError, convert, convert_dalle_dvae
+
+    enc, dec = released
+    with pytest.raises(ConversionError, match=r"resolution=36 is not a positive multiple of the downsample factor 8"):
+        convert_dalle_dvae(enc.state_dict(), dec.state_dict(), resolution=36)
+    torch.save(enc.state_dict(), tmp_path / "encoder.pt")
+    torch.save(dec.state_dict(), tmp_path / "decoder.pt")
+    cfg = {"kind": "dalle_dvae", "encoder": str(tmp_path / "encoder.pt"), "decoder": str(tmp_path / "decoder.pt")}
+    with pytest.raises(ConversionError, match="resolution=12"):
+        convert(OmegaConf.create({**cfg, "resolution": 12, "out": str(tmp_path / "d.ckpt")}))
+    assert not (tmp_path / "d.ckpt").exists()
+    assert convert_dalle_dvae(enc.state_dict(), dec.state_dict(), resolution=40).dvae.grid_size == (5, 5)

@@ -263,6 +263,13 @@ def dalle_dvae_config(
         raise ConversionError("the encoder does not read 3 input channels; our dVAE reads RGB")
     if g_e > 4:
         raise ConversionError(f"{g_e} groups: our DVAEConfig has width multipliers for at most 4")
+    f = 2 ** (g_e - 1)
+    if int(resolution) <= 0 or int(resolution) % f:
+        # recorded as the size the tokenizer works at: 36 px would be max-pooled to a 4x4 grid that decodes to 32 px
+        raise ConversionError(
+            f"dall_e dVAE: resolution={resolution} is not a positive multiple of the downsample factor {f} "
+            f"({g_e} groups) (fix: resolution=256, the released dVAE's, or another multiple of {f})"
+        )
     return {
         "resolution": int(resolution),
         "vocab_size": vocab,
