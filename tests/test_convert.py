@@ -157,6 +157,9 @@ def test_dalle_dvae_refuses_mismatches(released):
         convert_dalle_dvae(e, dict(ref_decoder(n_blk=2, vocab=64).state_dict()))
     with pytest.raises(ConversionError, match="blocks.input.w"):
         convert_dalle_dvae({"encoder.conv_in.weight": torch.zeros(1)}, d)
+    # the two files given the wrong way round: said so (it was "encoder emits 6 codes but the decoder reads 3")
+    with pytest.raises(ConversionError, match="swapped.*swap encoder= and decoder="):
+        convert_dalle_dvae(d, e)
 
 
 def test_converted_dvae_checkpoint_loads_like_zoo_train(tmp_path, released):

@@ -245,6 +245,13 @@ def dalle_dvae_config(
     """Our ``DVAEConfig`` fields (plain values) read off the released state dicts' shapes."""
     g_e, b_e = _dalle_layout(encoder_sd, "dall_e encoder")
     g_d, b_d = _dalle_layout(decoder_sd, "dall_e decoder")
+    enc_in, dec_in = int(encoder_sd["blocks.input.w"].shape[1]), int(decoder_sd["blocks.input.w"].shape[1])
+    if enc_in != 3 and dec_in == 3:
+        raise ConversionError(
+            f"the state dict given as encoder= reads {enc_in} channels (codes: a dall_e Decoder) and the one given as "
+            f"decoder= reads 3 (an RGB image: a dall_e Encoder): the two files are swapped (fix: swap encoder= and "
+            f"decoder=)"
+        )
     n_hid = int(encoder_sd["blocks.input.w"].shape[0])
     vocab = int(encoder_sd["blocks.output.conv.w"].shape[0])
     if (g_e, b_e) != (g_d, b_d):
