@@ -570,3 +570,24 @@ def test_converted_vqgan_exports_to_onnx(tmp_path, kind):
     for graph, info in report.items():
         assert info["batch"] == 3 and info["max_abs_error"] < 1e-3, (graph, info)
         assert all(v == 1.0 for k, v in info.items() if k.endswith("_agreement")), (graph, info)
+
+
+def test_an_out_path_that_is_a_directory_or_the_source_is_refused_before_converting(tmp_path):
+    """out= the source checkpoint: the atomic write replaced the published weights with the converted copy. out= a
+    directory: a bare IsADirectoryError after the whole conversion. Both are refused first, naming the fix."""
+    from omegaconf import OmegaConf
+
+    from zoo.convert import convert
+    from zoo.errors import ConfigError
+
+    src = tmp_path / "last.ckpt"
+    torch.save(random_state_dict(small_layout("taming_vq")), src)
+    before = src.read_bytes()
+    cfg = {"kind": "taming_vq", "ckpt": str(src), "resolution": 16}
+    with pytest.raises(ConfigError, match=r"is the ckpt= file being converted.*out=.*last_zoo\.ckpt"):
+        convert(OmegaConf.create({**cfg, "out": str(src)}))
+    assert src.read_bytes() == before
+    (tmp_path / "converted").mkdir()
+    with pytest.raises(ConfigError, match=r"is a directory.*converted\.ckpt"):
+        convert(OmegaConf.create({**cfg, "out": str(tmp_path / "converted")}))
+    assert convert(OmegaConf.create({**cfg, "out": str(tmp_path / "converted" / "vq.ckpt")})).is_file()

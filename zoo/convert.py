@@ -754,11 +754,29 @@ def training_resolution(cfg, kind: str) -> tuple[int, str]:
     )
 
 
+def check_out(out: str | os.PathLike, inputs: Mapping[str, Any]) -> None:
+    """Refuse, before any reading, an ``out=`` that cannot be written (a directory: the write failed only after the
+    whole conversion, with a bare IsADirectoryError) or that is one of the files being converted (the atomic write
+    replaced the published weights with the converted copy)."""
+    o = Path(out)
+    if o.is_dir():
+        raise ConfigError(f"out={out} is a directory (fix: a file path, e.g. out={o / 'converted.ckpt'})")
+    for name, src in inputs.items():
+        if not src or not Path(src).exists():
+            continue
+        if o.resolve() == Path(src).resolve() or (o.exists() and os.path.samefile(o, src)):
+            raise ConfigError(
+                f"out={out} is the {name}= file being converted: writing it would replace the published weights "
+                f"(fix: another path, e.g. out={o.with_name(o.stem + '_zoo.ckpt')})"
+            )
+
+
 def convert(cfg) -> Path:
     kind = cfg.get("kind")
     out = cfg.get("out")
     if not out:
         raise ConfigError("no output path (fix: zoo-convert kind=... out=converted/<name>.ckpt)")
+    check_out(out, {k: cfg.get(k) for k in ("ckpt", "encoder", "decoder", "taming_config")})
     if kind == "dalle_dvae":
         if not cfg.get("encoder") or not cfg.get("decoder"):
             raise ConfigError(
