@@ -215,3 +215,19 @@ def test_exif_orientation_is_applied():
     im.save(buf, "JPEG", exif=broken.tobytes())
     buf.seek(0)
     assert load_rgb(buf).size == (40, 20)
+
+
+def test_features_and_synthetic_captions_follow_the_served_image(coco_root):
+    """An unreadable image is replaced by the next readable one; its per-index rows (zoo-tokenize / zoo-embed
+    features, zoo-recaption captions) were looked up by the *requested* index: e.g. a file that became unreadable
+    after zoo-tokenize served image k+1 with image k's codes. They now follow the served index."""
+    from zoo.data.datamodule import FeatureAttached, SyntheticCaptioned
+
+    ds = CocoCaptions(str(coco_root), split="val", resolution=8)  # val = even ordinals: index 1 is the corrupt 2
+    n = len(ds)
+    rows = {"image_tokens": torch.arange(n).view(n, 1, 1)}  # row k belongs to item k
+    synthetic = SyntheticCaptioned(ds, {"syn": [f"syn {k}" for k in range(n)]}, {"syn": 1.0})
+    for i in range(n):
+        sample = FeatureAttached(synthetic, rows)[i]
+        assert int(sample["image_tokens"]) == sample["index"] and sample["caption"] == f"syn {sample['index']}"
+    assert FeatureAttached(ds, rows)[1]["index"] == 2

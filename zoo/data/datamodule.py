@@ -38,6 +38,16 @@ FEATURE_KEYS = (
 )
 
 
+def served_index(sample: Mapping[str, Any], requested: int, n: int) -> int:
+    """The index of the item a sample actually holds: its ``index`` key when it has one. A file dataset serves the
+    next readable item in place of an unreadable one (``CocoCaptions``), so per-index rows (features, synthetic
+    captions) must be looked up by what was served, not by what was asked for."""
+    j = sample.get("index", requested)
+    if isinstance(j, numbers.Integral) and not isinstance(j, bool) and -n <= int(j) < n:
+        return int(j)
+    return requested
+
+
 class FeatureAttached(Dataset):
     """Adds precomputed per-index tensors (``image_tokens``, ``clip_image_emb``, ...) to a dataset's samples."""
 
@@ -60,8 +70,9 @@ class FeatureAttached(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         sample = dict(self.base[i])
+        j = served_index(sample, i, len(self))  # a substitute for an unreadable file gets its own rows
         for key, value in self.features.items():
-            sample[key] = value[i]
+            sample[key] = value[j]
         return sample
 
 
@@ -107,10 +118,11 @@ class SyntheticCaptioned(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         sample = dict(self.base[i])
-        sample["captions"] = {**(sample.get("captions") or {}), **{s: c[int(i)] for s, c in self.captions.items()}}
+        i = served_index(sample, int(i), len(self))  # a substitute for an unreadable file gets its own captions
+        sample["captions"] = {**(sample.get("captions") or {}), **{s: c[i] for s, c in self.captions.items()}}
         style = self.style_of(i)
         if style is not None:
-            sample["caption"] = self.captions[style][int(i)]
+            sample["caption"] = self.captions[style][i]
             sample["caption_style"] = style
         return sample
 
