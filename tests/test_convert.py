@@ -4,6 +4,7 @@ are written as checkpoints the zoo's loaders accept."""
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 
 import pytest
@@ -206,13 +207,27 @@ def test_converted_dvae_checkpoint_loads_like_zoo_train(tmp_path, released):
     )
 
 
-def test_released_pickle_is_refused_with_the_fix(tmp_path):
-    """The released encoder.pkl is a pickled module; the converter does not unpickle code, it says what to do."""
+def test_released_pickle_is_refused_with_the_fix(tmp_path, monkeypatch):
+    """The released encoder.pkl is a pickled module; the converter does not unpickle code, it says what to do, and
+    what it says works: the advised command is run here (from another directory, with torch's weights_only=True
+    default) on a pickled module this test made. It advised dall_e.load_model('encoder.pkl'), which names the file
+    relative to where the command runs and calls torch.load(f) without weights_only, refused by torch >= 2.6."""
+    import re
+    import types
+
     from zoo.convert import ConversionError, read_state_dict
 
-    torch.save(nn.Linear(2, 2), tmp_path / "encoder.pkl")
-    with pytest.raises(ConversionError, match="dall_e.load_model"):
-        read_state_dict(tmp_path / "encoder.pkl", "encoder")
+    src = tmp_path / "release" / "encoder.pkl"
+    src.parent.mkdir()
+    torch.save(nn.Linear(2, 2), src)
+    with pytest.raises(ConversionError, match="weights_only=False") as e:
+        read_state_dict(src, "encoder")
+    command = re.search(r'python -c "(.*?)"', str(e.value)).group(1)
+    monkeypatch.setitem(sys.modules, "dall_e", types.ModuleType("dall_e"))  # stands for the installed package
+    monkeypatch.chdir(tmp_path)  # not the file's directory
+    exec(command, {})
+    sd = read_state_dict(tmp_path / "encoder_state_dict.pt", "encoder")
+    assert set(sd) == {"weight", "bias"}
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])

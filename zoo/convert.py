@@ -71,10 +71,13 @@ class ConversionError(ConfigError):
 
 
 # ------------------------------------------------------------------------------------------------- reading
+# (not dall_e.load_model: it calls torch.load(f) without weights_only, which torch >= 2.6 reads as weights_only=True and
+# so refuses the very modules it should load; and the file is named by its full path, the command may run elsewhere)
 DALL_E_PICKLE_FIX = (
-    "The released DALL·E dVAE files are pickled modules: with the dall_e package installed, save their state dicts "
-    "once -- python -c \"import torch, dall_e; torch.save(dall_e.load_model('{name}').state_dict(), "
-    "'{stem}_state_dict.pt')\" -- or, for a Lightning .ckpt you trust, "
+    "The released DALL·E dVAE files are pickled modules: with the dall_e package installed (its classes unpickle "
+    'them) and only for a file you trust, save their state dicts once -- python -c "import torch, dall_e; '
+    "torch.save(torch.load('{path}', map_location='cpu', weights_only=False).state_dict(), '{stem}_state_dict.pt')\" "
+    "-- then pass {stem}_state_dict.pt; or, for a Lightning .ckpt you trust, "
     "torch.save(torch.load(f, weights_only=False)['state_dict'], out)"
 )
 
