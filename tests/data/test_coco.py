@@ -231,3 +231,25 @@ def test_features_and_synthetic_captions_follow_the_served_image(coco_root):
         sample = FeatureAttached(synthetic, rows)[i]
         assert int(sample["image_tokens"]) == sample["index"] and sample["caption"] == f"syn {sample['index']}"
     assert FeatureAttached(ds, rows)[1]["index"] == 2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_caption_draws_depend_on_epoch_not_on_process_history(coco_root, workers):
+    """Train captions were drawn from a per-process counter: a run resumed at epoch 2 (fresh dataset, counters at 0)
+    replayed epoch 0's (image, caption) pairs instead of the uninterrupted run's epoch 2."""
+    from zoo.data.loader import ResumableDataLoader
+
+    def loader():
+        ds = CocoCaptions(str(coco_root), split="train", resolution=8, seed=3)
+        kw = dict(num_workers=workers, persistent_workers=workers > 0, collate_fn=collate_samples)
+        return ResumableDataLoader(ds, batch_size=2, shuffle=True, seed=0, **kw)
+
+    def epoch(dl, e):
+        dl.sampler.set_epoch(e)
+        return [c for b in dl for c in b["caption"]]
+
+    uninterrupted = loader()
+    captions = [epoch(uninterrupted, e) for e in range(3)]
+    assert epoch(loader(), 2) == captions[2]
+    assert sorted(captions[0]) != sorted(captions[2])  # still a new draw every epoch
+    assert all(_image_number(c) in range(N_IMAGES) for c in captions[2])

@@ -2,9 +2,11 @@
 ``{root}/annotations/captions_{train,val}{year}.json`` and ``{root}/{train,val}{year}/<file_name>``.
 
 Splits
-- ``train``: all of train{year}. Each access draws one of the image's (about 5) captions at random; the draw is
-  a pure function of ``(seed, worker seed, index, how many times this process has served that index)``, so it
-  varies from epoch to epoch, differs between DataLoader workers, and does not depend on the sampling order.
+- ``train``: all of train{year}. Each access draws one of the image's (about 5) captions at random. Under the
+  DataModule's loader (``ResumableSampler`` yields ``EpochIndex``) the draw is a pure function of
+  ``(seed, epoch, index)``: it varies from epoch to epoch, and a run resumed from a checkpoint sees the captions an
+  uninterrupted one would (a per-process draw counter restarted at 0 and replayed epoch 0's pairs). A plain integer
+  index (no epoch) draws from ``(seed, worker seed, index, how many times this process has served that index)``.
 - ``val`` / ``test``: COCO publishes no test captions, so val{year} (sorted by image id) is split in two fixed,
   disjoint halves: even ordinals are ``val``, odd ordinals are ``test``. Both always use the first caption.
   (The eval package's MS-COCO protocol samples its own 30k captions from all of val; this split is for training
@@ -130,10 +132,12 @@ class CocoCaptions(Dataset):
         self.__dict__.update(state)
 
     # -- loading ---------------------------------------------------------------------------------------------
-    def _caption(self, i: int) -> str:
+    def _caption(self, i: int, epoch: Optional[int] = None) -> str:
         captions = self.items[i][1]
         if self.split != "train" or len(captions) == 1:
             return captions[0]
+        if epoch is not None:  # the DataModule's loader: reproducible across workers and resumes
+            return captions[random.Random(f"{self.seed}/epoch {epoch}/{i}").randrange(len(captions))]
         worker = torch.utils.data.get_worker_info()
         k = self._draws.get(i, 0)
         self._draws[i] = k + 1
@@ -155,6 +159,7 @@ class CocoCaptions(Dataset):
         n = len(self.items)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} items")
+        epoch = getattr(index, "epoch", None)  # zoo.data.loader.EpochIndex
         last_err: Optional[BaseException] = None
         for offset in range(n):
             i = (index + offset) % n
@@ -166,7 +171,7 @@ class CocoCaptions(Dataset):
                 self._mark_bad(i, e)
                 last_err = e
                 continue
-            return {"image": image, "caption": self._caption(i), "index": i}
+            return {"image": image, "caption": self._caption(i, epoch), "index": i}
         raise RuntimeError(f"no readable image among the {n} files of {self.image_dir}") from last_err
 
     def scan(self, progress: bool = True) -> list[str]:

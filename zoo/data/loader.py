@@ -23,6 +23,20 @@ def _dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+class EpochIndex(int):
+    """A dataset index that also carries the epoch it was drawn for (``ResumableSampler`` yields these). A dataset
+    with per-epoch randomness (``CocoCaptions``' caption draw) keys it on ``(seed, epoch, index)``: the same in any
+    worker, and after a resume -- per-process counters restart at 0, so a resumed run replayed epoch 0's draws."""
+
+    def __new__(cls, value: int, epoch: int):
+        obj = super().__new__(cls, value)
+        obj.epoch = int(epoch)
+        return obj
+
+    def __reduce__(self):  # DataLoader workers receive indices pickled
+        return (EpochIndex, (int(self), self.epoch))
+
+
 class ResumableSampler(Sampler[int]):
     """Epoch-seeded permutation (or identity), sharded by rank, with a skip count for resumption."""
 
@@ -59,7 +73,7 @@ class ResumableSampler(Sampler[int]):
         order = self._indices()
         skip = self.skip if self.epoch == self.skip_epoch else 0
         self.skip, self.skip_epoch = 0, -1
-        return iter(order[skip:])
+        return iter([EpochIndex(i, self.epoch) for i in order[skip:]])
 
     def __len__(self) -> int:
         _, world = _dist_rank_world()
