@@ -591,3 +591,18 @@ def test_an_out_path_that_is_a_directory_or_the_source_is_refused_before_convert
     with pytest.raises(ConfigError, match=r"is a directory.*converted\.ckpt"):
         convert(OmegaConf.create({**cfg, "out": str(tmp_path / "converted")}))
     assert convert(OmegaConf.create({**cfg, "out": str(tmp_path / "converted" / "vq.ckpt")})).is_file()
+
+
+def test_a_zoo_checkpoint_given_to_convert_is_named_as_one(tmp_path):
+    """zoo-convert's (or zoo-train's) own output passed back in: its keys carry our prefixes (vqgan.*), and it was
+    refused as "no 'quantize.embedding.weight' in the state dict", which does not say what the file is."""
+    from omegaconf import OmegaConf
+
+    from zoo.convert import ConversionError, convert
+
+    torch.save(random_state_dict(small_layout("taming_vq")), tmp_path / "last.ckpt")
+    cfg = {"kind": "taming_vq", "resolution": 16}
+    ours = convert(OmegaConf.create({**cfg, "ckpt": str(tmp_path / "last.ckpt"), "out": str(tmp_path / "vq.ckpt")}))
+    with pytest.raises(ConversionError, match=r"already a zoo checkpoint \(component 'vqgan', written by zoo-convert"):
+        convert(OmegaConf.create({**cfg, "ckpt": str(ours), "out": str(tmp_path / "again.ckpt")}))
+    assert not (tmp_path / "again.ckpt").exists()

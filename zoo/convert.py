@@ -150,6 +150,16 @@ def read_state_dict(path: str | os.PathLike, what: str, fix: Optional[str] = Non
             + " -- refused: zoo-convert reads files with weights_only=True, so no code in them runs. "
             + (fix or DALL_E_PICKLE_FIX).format(name=p.name, stem=p.stem, path=p)
         ) from None
+    if isinstance(obj, Mapping) and ("zoo_component" in obj or "zoo_class" in obj):
+        # a zoo checkpoint's keys carry our attribute prefixes (vqgan., dvae., clip.): read as a published state
+        # dict it was refused as "no 'quantize.embedding.weight'", which says nothing of what the file is
+        made = obj.get("zoo_component") or obj.get("zoo_class")
+        how = "zoo-convert" if "zoo_converted" in obj else "zoo-train"
+        raise ConversionError(
+            f"{what}: {p} is already a zoo checkpoint (component {made!r}, written by {how}), not a published state "
+            f"dict: nothing to convert (fix: pass it where a zoo checkpoint goes, e.g. model.image_tokenizer_ckpt= "
+            f"or zoo-tokenize tokenizer_ckpt=; zoo-convert takes the original release's file)"
+        )
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
