@@ -216,6 +216,29 @@ def test_datamodule_summarises_skips_at_the_end_of_fit(shard_dir, caplog):
     }
 
 
+def test_a_split_without_shards_of_its_own_is_named(shards, caplog):
+    """data.val_urls / test_urls left null read the training shards: validation then measured training data, and a
+    checkpoint monitor on a val metric selected by it, without a word. Each split built that way now warns, naming
+    the shards it reads and the option to set; a split given its own shards says nothing."""
+    from zoo.data.modules import WebDataModule
+
+    def warnings(**urls):
+        dm = WebDataModule(resolution=8, batch_size=4, num_workers=0, shuffle_buffer=0, **urls)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="zoo.data.modules"):
+            for split in ("train", "val", "test"):
+                dm.build_dataset(split)
+        return [r.getMessage() for r in caplog.records if r.name == "zoo.data.modules"]
+
+    msgs = warnings(train_urls=shards)
+    assert len(msgs) == 2 and "data.val_urls is not set: the val split reads data.train_urls" in msgs[0]
+    assert "training data" in msgs[0] and "fix: data.val_urls=" in msgs[0]
+    assert "data.test_urls is not set: the test split reads data.train_urls" in msgs[1]
+    msgs = warnings(train_urls=shards[:2], val_urls=shards[2:])
+    assert len(msgs) == 1 and "the test split reads data.val_urls, the validation shards" in msgs[0]
+    assert warnings(train_urls=shards[:1], val_urls=shards[1:2], test_urls=shards[2:]) == []
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_sample_order_reshuffles_every_pass_with_one_shard(shards, workers):
     """The shuffle buffer was seeded from the *previous* pass (the shard list counted a pass only at its first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -9,6 +10,8 @@ from torch.utils.data import Dataset
 
 from zoo.data.datamodule import ImageTextDataModule
 from zoo.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class ShapesDataModule(ImageTextDataModule):
@@ -156,11 +159,31 @@ class WebDataModule(ImageTextDataModule):
         if not train_urls:
             raise ConfigError("data.train_urls is empty (fix: \"data.train_urls='/data/shards/{00000..00099}.tar'\")")
         self.urls = {"train": train_urls, "val": val_urls or train_urls, "test": test_urls or val_urls or train_urls}
+        # a split without shards of its own reads another's: val on the training shards measures training data (and a
+        # checkpoint monitor on a val metric picks by it), so it is said each time such a split is built
+        self.borrowed = {
+            split: ("val_urls" if split == "test" and val_urls else "train_urls")
+            for split, given in (("val", val_urls), ("test", test_urls))
+            if not given
+        }
         self.epoch_length = epoch_length
         self.shuffle_buffer = shuffle_buffer
 
     def build_dataset(self, split: str) -> Dataset:
         from zoo.data.webdataset import make_webdataset
+
+        if split in self.borrowed:
+            src = self.borrowed[split]
+            log.warning(
+                "data.%s_urls is not set: the %s split reads data.%s, %s (fix: data.%s_urls='<its own shards>')",
+                split,
+                split,
+                src,
+                "the training shards: its metrics measure training data, not held-out data"
+                if src == "train_urls"
+                else "the validation shards",
+                split,
+            )
 
         return make_webdataset(
             self.urls[split],
