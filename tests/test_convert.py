@@ -393,3 +393,35 @@ def test_dalle_dvae_resolution_the_downsampling_does_not_divide_is_refused(tmp_p
         convert(OmegaConf.create({**cfg, "resolution": 12, "out": str(tmp_path / "d.ckpt")}))
     assert not (tmp_path / "d.ckpt").exists()
     assert convert_dalle_dvae(enc.state_dict(), dec.state_dict(), resolution=40).dvae.grid_size == (5, 5)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_open_clip_file_of_another_image_size_is_refused_not_resized(tmp_path, monkeypatch, suffix):
+    """open_clip's loader resizes a position embedding of another patch grid to the architecture's: a 48 px ViT's
+    file converted as the 32 px architecture (as a ViT-L-14-336 file as ViT-L-14) "converted" into a model that is
+    not the released one. Refused, naming the key and both shapes; nothing is written."""
+    import copy
+
+    import open_clip
+    import open_clip.factory
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    import zoo.models.clip.model  # noqa: F401  (registers the zoo-clip-* architectures with open_clip)
+    from zoo.convert import ConversionError, convert
+
+    cfg48 = copy.deepcopy(open_clip.get_model_config("zoo-clip-tiny"))
+    cfg48["vision_cfg"]["image_size"] = 48
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "zoo-clip-tiny-48", cfg48)
+    sd = open_clip.create_model("zoo-clip-tiny-48").state_dict()
+    f = tmp_path / f"clip48{suffix}"
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(f))
+    else:
+        torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, f)  # open_clip training
+    out = tmp_path / "clip.ckpt"
+    cfg = {"kind": "open_clip", "ckpt": str(f), "out": str(out)}
+    with pytest.raises(ConversionError, match=r"visual\.positional_embedding is \(37, 64\) but arch=zoo-clip-tiny"):
+        convert(OmegaConf.create({**cfg, "arch": "zoo-clip-tiny"}))
+    assert not out.exists()
+    assert convert(OmegaConf.create({**cfg, "arch": "zoo-clip-tiny-48"})).is_file()

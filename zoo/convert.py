@@ -705,7 +705,52 @@ def convert_open_clip(path: str | os.PathLike, arch: str, pretrained: Optional[s
     if not Path(path).is_file():
         raise FileNotFoundError(f"open_clip checkpoint {path} not found")
     refuse_torchscript(path, "open_clip checkpoint", OPENAI_CLIP_TORCHSCRIPT_FIX)
-    return ClipLit(arch=arch, pretrained=pretrained, checkpoint=str(path)).eval()
+    lit = ClipLit(arch=arch, pretrained=pretrained, checkpoint=str(path)).eval()
+    _check_position_embeddings(path, arch, lit.clip)
+    return lit
+
+
+def _file_shapes(path: str | os.PathLike) -> Optional[dict[str, torch.Tensor]]:
+    """The file's tensors as meta tensors of their shapes (no data read: safetensors' header, or a memory-mapped
+    torch zip); None when that cannot be done cheaply (the loader has read the file already)."""
+    p = Path(path)
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="pt") as f:
+                return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+        if p.suffix in (".npz", ".npy"):
+            return None
+        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a legacy (non-zip) torch file cannot be memory-mapped
+        return None
+    sd = obj.get("state_dict", obj) if isinstance(obj, Mapping) else None
+    if not isinstance(sd, Mapping):
+        return None
+    return {k: torch.empty(v.shape, device="meta") for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def _check_position_embeddings(path: str | os.PathLike, arch: str, model: torch.nn.Module) -> None:
+    """open_clip's loader RESIZES a position embedding of another grid or context length to the architecture's
+    (a fine-tuning convenience), so a ViT-L-14-336 file converted as ViT-L-14 loaded "cleanly" as a different model
+    (its 24x24 embedding interpolated to 16x16). A released model is converted as it is: a difference is refused."""
+    from zoo.models.clip.model import clip_state_dict
+
+    shapes = _file_shapes(path)
+    if not shapes:
+        return
+    theirs = clip_state_dict(shapes, model)
+    ours = model.state_dict()
+    for k, v in theirs.items():
+        if k.endswith("positional_embedding") and k in ours and tuple(v.shape) != tuple(ours[k].shape):
+            what = "image size (patch grid)" if "visual" in k else "text context length"
+            raise ConversionError(
+                f"open_clip checkpoint {path}: {k} is {tuple(v.shape)} but arch={arch} has {tuple(ours[k].shape)}: "
+                f"the file is of another {what}, and open_clip's loader would silently resize it into a model that "
+                f"is not the released one (fix: arch=<the architecture it was released as, e.g. a -336 / -256 "
+                f"variant>)"
+            )
 
 
 # --------------------------------------------------------------------------------- writing
