@@ -344,6 +344,15 @@ def test_open_clip_file_of_a_released_tag_keeps_its_activation_and_normalisation
     with torch.no_grad():
         want = F.normalize(ref.encode_image((x - 0.5) / 0.5), dim=-1)
         torch.testing.assert_close(scorer.encode_image(x * 2 - 1), want, atol=1e-5, rtol=1e-5)
+    # load_module (zoo-export, zoo-sample, the unCLIP decoder's CLIP) rebuilds it the same way: the registry dropped
+    # the tag on reload, so the network came back with GELU and OpenAI's mean / std
+    from zoo.checkpoint import load_module
+    from zoo.models.clip.model import preprocess_cfg
+
+    net = load_module(out, expect=("clip",)).clip.eval()
+    assert preprocess_cfg(net)[1] == half and any("QuickGELU" in type(m).__name__ for m in net.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(F.normalize(net.encode_image((x - 0.5) / 0.5), dim=-1), want, atol=1e-5, rtol=1e-5)
     # pretrained=none: the architecture's own settings (one's own open_clip run), said explicitly
     out = convert(OmegaConf.create({**cfg, "pretrained": "none"}))
     assert torch.load(out, weights_only=True)["hyper_parameters"]["pretrained"] is None

@@ -885,9 +885,7 @@ def convert(cfg) -> Path:
             raise ConfigError(
                 "kind=open_clip needs ckpt=<open_clip file> and arch=<open_clip architecture, e.g. ViT-B-32>"
             )
-        # "+pretrained=" on the command line while conf/convert.yaml does not declare the key
-        option = "pretrained" if "pretrained" in cfg else "+pretrained"
-        tag = open_clip_tag(str(cfg.arch), cfg.get("pretrained"), option)
+        tag = open_clip_tag(str(cfg.arch), cfg.get("pretrained"))
         lit = convert_open_clip(cfg.ckpt, cfg.arch, pretrained=tag)
         source = {"kind": kind, "ckpt": str(cfg.ckpt), "arch": str(cfg.arch), "pretrained": tag}
     else:

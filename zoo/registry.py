@@ -65,7 +65,9 @@ _NEVER_FROM_FILE = {"optimizer", "scheduler", "self"}
 # What a rebuild from a checkpoint sets regardless of the file: the weights come from the state dict, so no
 # pretrained tag, external checkpoint or tokenizer file is opened again.
 _REBUILD_OVERRIDES: dict[str, dict[str, Any]] = {
-    "clip": {"load_weights": False, "pretrained": None, "checkpoint": None, "cache_dir": None},
+    # pretrained stays: with load_weights False the tag opens no file, it only sets the activation (QuickGELU) and
+    # the image mean / std the weights were trained with (dropped, a tagged CLIP came back with GELU and OpenAI's)
+    "clip": {"load_weights": False, "checkpoint": None, "cache_dir": None},
     "dalle": {"image_tokenizer_ckpt": None},
     "unclip_decoder": {"clip_ckpt": None},  # embeddings come with the sampling call; the frozen CLIP is training's
     "captioner": {"init_from": None},  # the fine-tuned weights are in the state dict; the source is not reopened
