@@ -251,3 +251,45 @@ def test_an_operator_the_opset_lacks_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match=r"text_encoder.*scaled_dot_product_attention.*fix: opset=17"):
         export_onnx("glide", GlideLit(preset="tiny"), tmp_path / "onnx", 12, graphs=["text_encoder"])
+
+
+def test_a_tokenizer_trained_at_another_resolution_exports_at_it(tmp_path):
+    """zoo-train model=vqvae data.resolution=<not the preset's> records the resolution only in the run config: the
+    export rebuilt the preset's (ONNX encode traced at 32 px, decode at a 16x16 grid; config.json and load_export
+    without it), so the graphs took another image size and gave another grid of codes than the tokenizer learned."""
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.export import checkpoint_dict, export, load_export
+    from zoo.models.vqvae.lit import VQVAELit
+    from zoo.nn.image_tokenizer import find_image_tokenizer
+
+    torch.manual_seed(0)
+    lit = VQVAELit(preset="tiny")
+    trained = 2 * find_image_tokenizer(lit).resolution
+    ck = checkpoint_dict(lit)
+    ck["zoo_config"] = {"data": {"resolution": trained}}
+    ckpt = atomic_torch_save(ck, tmp_path / "vq.ckpt")
+    out = tmp_path / "export"
+    export(OmegaConf.create({"ckpt": str(ckpt), "out": str(out), "graphs": ["encode"]}))
+    tok = find_image_tokenizer(load_export(out))
+    f = tok.downsample_factor
+    assert tok.resolution == trained and tok.grid_size == (trained // f, trained // f)
+    prep = json.loads((out / "config.json").read_text())["preprocessing"]
+    assert prep["resolution"] == trained and prep["grid_size"] == [trained // f] * 2
+    sess = ort.InferenceSession(str(out / "onnx" / "encode.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape[2:] == [trained, trained]
+
+
+def test_config_json_says_how_to_feed_the_clip_towers(tmp_path):
+    """The ONNX image tower takes normalised pixels: config.json carries the size, mean / std and context length."""
+    from zoo.export import save_export
+    from zoo.models.clip.lit import ClipLit
+
+    lit = ClipLit(preset="tiny", load_weights=False)
+    save_export(lit, tmp_path)
+    prep = json.loads((tmp_path / "config.json").read_text())["preprocessing"]
+    s = lit.scorer()
+    assert prep["image_size"] == lit.image_size and prep["context_length"] == lit.clip.context_length
+    assert torch.allclose(torch.tensor(prep["mean"]), s.mean.flatten()) and len(prep["std"]) == 3

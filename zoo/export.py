@@ -4,8 +4,12 @@ The export directory holds everything another tool needs, and nothing that runs 
 
 - ``model.safetensors``: the LightningModule's state dict (safetensors: a header + raw tensors, no pickle);
 - ``config.json``: ``{"format": "dalle-zoo-export", "version": 1, "component": <registry name>,
-  "hyper_parameters": {...plain values...}}``. DALL·E checkpoints keep their nested plain specs here (the text
-  tokenizer's tokenizer.json as a string, the frozen image tokenizer's component + hyper-parameters + resolution);
+  "hyper_parameters": {...plain values...}, "preprocessing": {...}}``. DALL·E checkpoints keep their nested plain
+  specs here (the text tokenizer's tokenizer.json as a string, the frozen image tokenizer's component +
+  hyper-parameters + resolution). ``preprocessing`` says what the inputs are: an image tokenizer's ``resolution``
+  (the one it TRAINED at, from the checkpoint's run config: a run at another ``data.resolution`` than its preset's
+  keeps the preset in its hyper-parameters), grid and pixel range; CLIP's image size, mean / std, resize and
+  context length (the ONNX towers take normalised pixels and token ids);
 - ``onnx/<graph>.onnx`` where a graph makes sense (see ``onnx_graphs``), each checked against PyTorch with
   onnxruntime on fresh inputs of ANOTHER batch size than the export's (the batch axis is dynamic);
   ``onnx/report.json`` records the max abs errors and sizes.
@@ -114,13 +118,80 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[str, nn.Module, dict[str, 
 
 
 # ------------------------------------------------------------------------------------------ safetensors
+def _set_resolution(name: str, module: nn.Module, resolution: Any, where: str) -> None:
+    """An image tokenizer's resolution set to ``resolution`` (None: left as built). Its grid, and so the codes it
+    gives and the images it decodes, follow it."""
+    from zoo.registry import IMAGE_TOKENIZERS
+
+    if resolution is None or name not in IMAGE_TOKENIZERS:
+        return
+    from zoo.nn.image_tokenizer import find_image_tokenizer
+
+    tok = find_image_tokenizer(module)
+    f = int(tok.downsample_factor)
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < f or resolution % f:
+        raise ConfigError(
+            f"{where}: resolution {resolution!r} is not a positive multiple of the tokenizer's downsample factor {f}"
+        )
+    tok.resolution = resolution
+
+
+def apply_trained_resolution(name: str, module: nn.Module, where: str) -> None:
+    """An image tokenizer rebuilt from a checkpoint has its PRESET's resolution; a run at another
+    ``data.resolution`` adapted it without rewriting the hyper-parameters (``zoo.checkpoint.trained_resolution``
+    reads the run config the checkpoint keeps). Set it back to the trained one, as DALL·E's tokenizer spec and
+    zoo-tokenize do: the ONNX graphs are traced at it and config.json records it."""
+    from zoo.checkpoint import trained_resolution
+
+    _set_resolution(name, module, trained_resolution(getattr(module, "zoo_config", None)), where)
+
+
+def preprocessing_of(name: str, module: nn.Module) -> dict[str, Any]:
+    """What a user of the exported weights / graphs must feed them (config.json's ``preprocessing``)."""
+    from zoo.registry import IMAGE_TOKENIZERS
+
+    if name in IMAGE_TOKENIZERS:
+        from zoo.nn.image_tokenizer import find_image_tokenizer
+
+        tok = find_image_tokenizer(module)
+        return {
+            "resolution": int(tok.resolution),
+            "grid_size": [int(x) for x in tok.grid_size],
+            "codebook_size": int(tok.codebook_size),
+            "pixel_range": [-1.0, 1.0],
+        }
+    if name == "clip":
+        s = getattr(module, "_scorer", None) or module.scorer()
+        clip = module.clip
+        return {
+            "image_size": int(s.image_size),
+            "mean": [float(x) for x in s.mean.flatten()],
+            "std": [float(x) for x in s.std.flatten()],
+            "resize_mode": str(s.resize_mode),
+            "interpolation": str(s.interpolation),
+            "pixels": "images in [0, 1] resized to image_size, then (x - mean) / std",
+            "context_length": int(getattr(clip, "context_length", 77)),
+        }
+    if name == "dalle":
+        tok = getattr(module, "image_tokenizer", None)
+        c = module.transformer.cfg
+        out: dict[str, Any] = {"text_len": int(c.text_len), "grid_size": [int(c.grid_h), int(c.grid_w)]}
+        if tok is not None:
+            out["resolution"] = int(tok.resolution)
+            out["pixel_range"] = [-1.0, 1.0]
+        return out
+    return {}
+
+
 def save_export(
     module: nn.Module,
     out_dir: str | os.PathLike,
     name: Optional[str] = None,
     hyper_parameters: Optional[dict[str, Any]] = None,
+    preprocessing: Optional[dict[str, Any]] = None,
 ) -> dict[str, Path]:
-    """Write ``model.safetensors`` + ``config.json`` for ``module`` into ``out_dir``."""
+    """Write ``model.safetensors`` + ``config.json`` for ``module`` into ``out_dir`` (``preprocessing``: default
+    ``preprocessing_of(name, module)``)."""
     from safetensors.torch import save_model
 
     from zoo.checkpoint import default_file_mode
@@ -128,6 +199,7 @@ def save_export(
 
     name = name or component_name_of(module)
     hp = _plain(hyper_parameters if hyper_parameters is not None else hyper_parameters_of(module))
+    prep = _plain(preprocessing if preprocessing is not None else preprocessing_of(name, module))
     check_plain(hp, f"{name} hyper-parameters")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,7 +208,13 @@ def save_export(
     # load_model restores them. The metadata is informational (safetensors metadata must be str -> str).
     save_model(module, str(weights), metadata={"format": EXPORT_FORMAT, "component": name}, force_contiguous=True)
     default_file_mode(weights)  # safetensors writes 0o600; config.json and the ONNX files get the usual mode
-    config = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "component": name, "hyper_parameters": hp}
+    config = {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "component": name,
+        "hyper_parameters": hp,
+        "preprocessing": prep,
+    }
     text = json.dumps(config, indent=2, allow_nan=False)
     cfg_path = out / CONFIG_FILE
     tmp = cfg_path.with_suffix(".json.tmp")
@@ -179,6 +257,7 @@ def load_export(export_dir: str | os.PathLike, map_location: str = "cpu") -> nn.
     hp = checked_hparams(name, config.get("hyper_parameters", {}), str(cfg_path))
     module = cls(**hp)
     load_model(module, str(weights), strict=True, device=map_location)
+    _set_resolution(name, module, (config.get("preprocessing") or {}).get("resolution"), str(cfg_path))
     module.eval()
     return module
 
@@ -639,6 +718,7 @@ def export(cfg) -> dict[str, Any]:
     if cfg.get("onnx", True):
         check_opset(cfg.get("opset", 17))
     name, module, hp = load_checkpoint(ckpt)
+    apply_trained_resolution(name, module, str(ckpt))
     if cfg.get("onnx", True) and cfg.get("graphs"):  # a misspelt graph name would silently export no graph
         known = [g.name for g in onnx_graphs(name, module)]
         unknown = [str(g) for g in cfg.graphs if str(g) not in known]
