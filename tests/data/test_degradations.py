@@ -107,7 +107,7 @@ def test_radius_too_large_for_image_is_a_clear_error():
 # unCLIP upsampler corruptions: blur corruption (first stage), BSR degradation (second stage), paired crops
 # =============================================================================================================
 
-ONLY = {f"{op}_prob": 0.0 for op in ("blur", "resize", "gaussian_noise", "sensor_noise", "jpeg")}
+ONLY = {f"{op}_prob": 0.0 for op in ("blur", "resize", "gaussian_noise", "sensor_noise", "jpeg", "final_jpeg")}
 
 
 def _impulse(n=1, size=65):
@@ -184,7 +184,7 @@ def test_bsr_blur_draws_isotropic_and_anisotropic_kernels_in_range():
     aniso = 0
     for img, p in zip(y, params, strict=True):
         b = p["blur"]
-        assert p["order"] == ["blur"]
+        assert [op for op in p["order"] if op != "final"] == ["blur"]
         assert 1.0 <= b["sigma_x"] <= 2.5 and 1.0 <= b["sigma_y"] <= 2.5
         aniso += b["sigma_x"] != b["sigma_y"]
         # the response's covariance has eigenvalues sigma_x^2, sigma_y^2
@@ -260,8 +260,8 @@ def test_bsr_shapes_range_random_order_and_all_operations():
     assert y.min() >= -1 and y.max() <= 1 and torch.isfinite(y).all()
     orders = {tuple(BSRDegradation(scale=4).sample_params(g)["order"]) for _ in range(200)}
     assert len(orders) > 20  # operations in random order
-    full = [o for o in orders if len(o) == len(BSR_OPERATIONS)]
-    assert full and all(sorted(o) == sorted(BSR_OPERATIONS) for o in full)
+    full = [o for o in orders if len(o) == len(BSR_OPERATIONS) + 1]
+    assert full and all(sorted(o) == sorted(BSR_OPERATIONS + ("final",)) for o in full)
     assert any(o.index("jpeg") < o.index("blur") for o in full) and any(o.index("jpeg") > o.index("blur") for o in full)
     modes = {BSRDegradation(scale=4).sample_params(g)["final_mode"] for _ in range(100)}
     assert modes == {"bilinear", "bicubic", "area"}
@@ -269,11 +269,37 @@ def test_bsr_shapes_range_random_order_and_all_operations():
     none = BSRDegradation(scale=1, **ONLY)
     torch.testing.assert_close(none(x, g), x)
     p = BSRDegradation(scale=4, **ONLY, resize_modes=("area",)).sample_params(g)
-    assert p["order"] == [] and p["final_mode"] == "area"
+    assert p["order"] == ["final"] and p["final_mode"] == "area" and p["final_jpeg"] is None
     with pytest.raises(ValueError, match="unknown BSR"):
         BSRDegradation(jpeg_quality=50)
     with pytest.raises(ValueError):
         BSRDegradation(jpeg_quality_range=(30, 101))
+
+
+def test_bsr_noise_and_jpeg_also_act_at_the_output_resolution():
+    """BSRGAN shuffles the resize to the target size with the other steps (only after the random resize) and ends
+    with a JPEG of the output. Were every step applied before a final 4x downsampling, its antialiasing would
+    average the noise away: a std of 20 grey levels reached the conditioning as 3-5."""
+    g = torch.Generator().manual_seed(0)
+    bsr = BSRDegradation(scale=4, **{**ONLY, "gaussian_noise_prob": 1.0}, gaussian_noise_range=(20.0, 20.0))
+    y, params = bsr(torch.zeros(12, 3, 64, 64), g, return_params=True)
+    stds = {}
+    for img, p in zip(y, params, strict=True):
+        stds[p["order"].index("gaussian") > p["order"].index("final")] = float(img.std()) * 127.5
+    assert stds[True] == pytest.approx(20.0, rel=0.1)  # noise drawn at the output resolution keeps its std
+    assert stds[False] < 8.0  # noise drawn before the 4x downsampling is averaged down
+    orders = [BSRDegradation(scale=4).sample_params(g)["order"] for _ in range(200)]
+    assert all(o.index("resize") < o.index("final") for o in orders if "resize" in o)
+    assert any(o[-1] == "final" for o in orders) and any(o[-1] != "final" for o in orders)
+    # the final JPEG: blocky output artefacts at the conditioning's resolution
+    x = _textured(n=2, size=64)
+    plain = BSRDegradation(scale=4, **ONLY, resize_modes=("area",))
+    jpeg = BSRDegradation(scale=4, **{**ONLY, "final_jpeg_prob": 1.0}, resize_modes=("area",))
+    jpeg_y, jp = jpeg(x, torch.Generator().manual_seed(1), return_params=True)
+    clean = plain(x, torch.Generator().manual_seed(1))
+    assert all(30 <= p["final_jpeg"]["quality"] <= 95 for p in jp)
+    for i, p in enumerate(jp):
+        torch.testing.assert_close(jpeg_y[i : i + 1], jpeg_compress(clean[i : i + 1], p["final_jpeg"]["quality"]))
 
 
 def test_bsr_on_small_images_caps_the_kernel():

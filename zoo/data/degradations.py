@@ -82,26 +82,35 @@ class GaussianBlur:
 #
 # BSR degradation (``BSRDegradation``): a simplified BSRGAN (Zhang et al., 2021) / Real-ESRGAN (Wang et al., 2021)
 # first-order pipeline, one pass:
-#   the five operations below, each applied with its own probability, in a random order (torch.randperm):
+#   the five operations below, each applied with its own probability, and the resize to the target size (``final``,
+#   always applied), in a random order (torch.randperm), with BSRGAN's one constraint: the intermediate ``resize``
+#   comes before ``final`` (BSRGAN swaps its "downsample2" / "downsample3" to keep the one to the target last of
+#   the two). So noise, blur and JPEG act at the OUTPUT resolution too, as in BSRGAN: were every operation applied
+#   before a final downsampling by >= 2x, its antialiasing would average the noise away (a std of 20 grey levels
+#   reached the conditioning as 3-5) and smooth out the JPEG blocks.
 #     blur     Gaussian kernel, isotropic (sigma_x = sigma_y) or, with ``anisotropic_prob``, anisotropic with
 #              sigma_x, sigma_y ~ U(blur_sigma_range) and a random rotation; sigma in pixels of the image as it is
 #              at that point; kernel 2 * ceil(3 sigma_max) + 1 capped at ``max_kernel_size`` and by the image side
 #              (reflect padding); normalised, so it never leaves [-1, 1].
 #     resize   down-resize to a factor U(resize_range) of the current side (bilinear / bicubic / area, antialiased
 #              except area, which is a box filter anyway).
-#     gaussian additive white noise, std ~ U(gaussian_noise_range) grey levels of 255 (BSRGAN: 2-25), per channel.
+#     final    resize to exactly (H / scale, W / scale) with a random mode among ``resize_modes`` (``final_mode``).
+#     gaussian additive white noise, std ~ U(gaussian_noise_range) grey levels of 255 (BSRGAN: 2-25), per channel,
+#              at the resolution of that point of the order.
 #     sensor   shot (Poisson) noise: y = Poisson(u * peak) / peak on u = (x + 1) / 2 in [0, 1] with
 #              log10(peak) ~ U(sensor_log10_peak_range) (BSRGAN's 10 ** U(2, 4)); its variance is u / peak (signal-
 #              dependent, as a camera sensor's). BSRGAN's full camera-pipeline noise model is NOT reproduced.
 #     jpeg     torchvision.io encode_jpeg/decode_jpeg of the 8-bit image at quality ~ U{jpeg_quality_range} (30-95,
 #              as BSRGAN), on the CPU.
-#   then the final resize to exactly (H / scale, W / scale) with a random mode among ``resize_modes``, and a clamp.
+#   then, with ``final_jpeg_prob`` (1: BSRGAN's "final JPEG compression noise", always applied), one more JPEG of
+#   the output at its own quality ~ U{jpeg_quality_range}, and a clamp.
 # Left out (simplifications): BSRGAN's second blur, its upsampling resizes, Real-ESRGAN's second-order pass, sinc
 # filters and grey-scale noise. Values are clamped to [-1, 1] after every operation.
 
 CORRUPTIONS = ("blur", "bsr")
 RESIZE_MODES = ("bilinear", "bicubic", "area")
-BSR_OPERATIONS = ("blur", "resize", "gaussian", "sensor", "jpeg")
+BSR_OPERATIONS = ("blur", "resize", "gaussian", "sensor", "jpeg")  # the optional ones; "final" is always applied
+BSR_STEPS = BSR_OPERATIONS + ("final",)  # what ``order`` shuffles
 
 
 def _check_batch(images: torch.Tensor, what: str) -> None:
@@ -280,6 +289,7 @@ class BSRConfig:
     sensor_log10_peak_range: tuple[float, float] = (2.0, 4.0)  # Poisson peak (photons for white) = 10 ** U(.)
     jpeg_prob: float = 1.0
     jpeg_quality_range: tuple[int, int] = (30, 95)
+    final_jpeg_prob: float = 1.0  # BSRGAN's last step: a JPEG of the output (quality from jpeg_quality_range)
 
     def __post_init__(self):
         for f in fields(self):
@@ -293,6 +303,7 @@ class BSRConfig:
             "gaussian_noise_prob",
             "sensor_noise_prob",
             "jpeg_prob",
+            "final_jpeg_prob",
         ):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
@@ -313,8 +324,9 @@ class BSRConfig:
 
 class BSRDegradation:
     """unCLIP's second-stage (256 -> 1024) conditioning: a simplified BSRGAN degradation (see the section comment):
-    blur / resize / Gaussian noise / sensor noise / JPEG, each with its probability, in a random order per image,
-    then the final resize to (H / scale, W / scale). ``BSRDegradation(scale=4, **BSRConfig fields)``."""
+    blur / resize / Gaussian noise / sensor noise / JPEG, each with its probability, and the resize to
+    (H / scale, W / scale), in a random order per image (the intermediate resize before the one to the target
+    size), then a final JPEG of the output (``final_jpeg_prob``). ``BSRDegradation(scale=4, **BSRConfig fields)``."""
 
     kind = "bsr"
 
@@ -330,14 +342,19 @@ class BSRDegradation:
         self.config = replace(base, **overrides) if overrides else base
 
     def sample_params(self, generator: Optional[torch.Generator] = None) -> dict[str, Any]:
-        """One image's draw: ``order`` (the operations applied, in order) and each one's parameters (None when
-        skipped), plus ``final_mode`` of the last resize."""
+        """One image's draw: ``order`` (the steps applied, in order: the operations drawn and ``final``, the resize
+        to the target size, always after ``resize``) and each operation's parameters (None when skipped), plus
+        ``final_mode`` of the resize to the target size and ``final_jpeg`` (``{"quality": q}`` or None)."""
         c = self.config
-        perm = torch.randperm(len(BSR_OPERATIONS), generator=generator, device=_gen_device(generator)).tolist()
+        perm = torch.randperm(len(BSR_STEPS), generator=generator, device=_gen_device(generator)).tolist()
+        order = [BSR_STEPS[i] for i in perm]
+        i_resize, i_final = order.index("resize"), order.index("final")
+        if i_resize > i_final:  # BSRGAN: the random downsampling precedes the one to the target size
+            order[i_resize], order[i_final] = order[i_final], order[i_resize]
         p: dict[str, Any] = {}
         # Every draw happens whether or not the operation is applied, so the stream (and thus the other draws) of a
         # seed does not depend on the probabilities.
-        apply = {"blur": _bernoulli(c.blur_prob, generator)}
+        apply = {"blur": _bernoulli(c.blur_prob, generator), "final": True}
         aniso = _bernoulli(c.anisotropic_prob, generator)
         sx, sy = _uniform(*c.blur_sigma_range, generator), _uniform(*c.blur_sigma_range, generator)
         theta = _uniform(0.0, math.pi, generator)
@@ -351,9 +368,12 @@ class BSRDegradation:
         apply["jpeg"] = _bernoulli(c.jpeg_prob, generator)
         p["jpeg"] = {"quality": _randint(*c.jpeg_quality_range, generator)}
         final_mode = _choice(c.resize_modes, generator)
+        final_jpeg = _bernoulli(c.final_jpeg_prob, generator)
+        final_quality = _randint(*c.jpeg_quality_range, generator)
         params: dict[str, Any] = {op: (p[op] if apply[op] else None) for op in BSR_OPERATIONS}
-        params["order"] = [BSR_OPERATIONS[i] for i in perm if apply[BSR_OPERATIONS[i]]]
+        params["order"] = [op for op in order if apply[op]]
         params["final_mode"] = final_mode
+        params["final_jpeg"] = {"quality": final_quality} if final_jpeg else None
         return params
 
     def apply(
@@ -365,7 +385,7 @@ class BSRDegradation:
             raise ValueError(f"image {h}x{w} is not divisible by the scale {self.scale}")
         x = images
         for op in params["order"]:
-            q = params[op]
+            q = params.get(op)
             if op == "blur":
                 side = min(x.shape[-2:])
                 size = min(
@@ -381,7 +401,13 @@ class BSRDegradation:
                 x = add_sensor_noise(x, q["peak"], generator)
             elif op == "jpeg":
                 x = jpeg_compress(x, q["quality"])
-        return resize(x, (h // self.scale, w // self.scale), params["final_mode"]).clamp(-1.0, 1.0)
+            elif op == "final":
+                x = resize(x, (h // self.scale, w // self.scale), params["final_mode"])
+        if "final" not in params["order"]:  # hand-made params without it: the resize to the target size comes last
+            x = resize(x, (h // self.scale, w // self.scale), params["final_mode"])
+        if params.get("final_jpeg") is not None:
+            x = jpeg_compress(x, params["final_jpeg"]["quality"])
+        return x.clamp(-1.0, 1.0)
 
     def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None, return_params: bool = False):
         _check_batch(images, "BSRDegradation")
@@ -441,6 +467,7 @@ __all__ = [
     "CORRUPTIONS",
     "RESIZE_MODES",
     "BSR_OPERATIONS",
+    "BSR_STEPS",
     "resize",
     "downsample",
     "gaussian_kernel2d",
