@@ -293,3 +293,41 @@ def test_config_json_says_how_to_feed_the_clip_towers(tmp_path):
     s = lit.scorer()
     assert prep["image_size"] == lit.image_size and prep["context_length"] == lit.clip.context_length
     assert torch.allclose(torch.tensor(prep["mean"]), s.mean.flatten()) and len(prep["std"]) == 3
+
+
+def test_a_reexport_or_a_failed_export_never_mixes_two_models(tmp_path):
+    """The export is written aside and renamed into place: re-exporting another checkpoint into a folder kept the
+    previous model's onnx/ graphs (and report) next to the new weights, and an export failing half-way (here an
+    opset without attention, after the weights were written) left the new weights with the old graphs."""
+    from zoo.errors import ConfigError
+    from zoo.export import export
+    from zoo.models.dvae.lit import DVAELit
+    from zoo.models.glide.lit import GlideLit
+    from zoo.models.vqvae.lit import VQVAELit
+
+    torch.manual_seed(0)
+    vq = _write_ckpt(VQVAELit(preset="tiny"), tmp_path / "vq.ckpt")
+    dvae = _write_ckpt(DVAELit(preset="tiny"), tmp_path / "dvae.ckpt")
+    glide = _write_ckpt(GlideLit(preset="tiny"), tmp_path / "glide.ckpt")
+    out = tmp_path / "exports" / "model"
+    pytest.importorskip("onnxruntime")
+    export(OmegaConf.create({"ckpt": str(vq), "out": str(out), "graphs": ["decode"]}))
+    assert (out / "onnx" / "decode.onnx").is_file()
+    export(OmegaConf.create({"ckpt": str(dvae), "out": str(out), "onnx": False}))
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # no vqvae graph left
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ConfigError, match="opset=17"):
+        export(OmegaConf.create({"ckpt": str(glide), "out": str(out), "opset": 12, "graphs": ["text_encoder"]}))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the dVAE export, whole
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model"]  # no temporary folder left behind
+
+
+def test_out_holding_other_files_is_refused_not_emptied(tmp_path):
+    from zoo.errors import ConfigError
+    from zoo.export import export
+    from zoo.models.vqvae.lit import VQVAELit
+
+    ckpt = _write_ckpt(VQVAELit(preset="tiny"), tmp_path / "vq.ckpt")  # tmp_path holds it: not an export folder
+    with pytest.raises(ConfigError, match=r"holds other files \(vq.ckpt\)"):
+        export(OmegaConf.create({"ckpt": str(ckpt), "out": str(tmp_path), "onnx": False}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vq.ckpt"]

@@ -46,6 +46,8 @@ import contextlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -206,8 +208,15 @@ def save_export(
     weights = out / WEIGHTS_FILE
     # save_model drops duplicate names of shared (tied) tensors and makes channels_last weights contiguous;
     # load_model restores them. The metadata is informational (safetensors metadata must be str -> str).
-    save_model(module, str(weights), metadata={"format": EXPORT_FORMAT, "component": name}, force_contiguous=True)
-    default_file_mode(weights)  # safetensors writes 0o600; config.json and the ONNX files get the usual mode
+    tmp_weights = weights.with_name(f".{WEIGHTS_FILE}.tmp")
+    try:  # through a temporary file: an interrupted write never leaves a truncated model.safetensors
+        save_model(
+            module, str(tmp_weights), metadata={"format": EXPORT_FORMAT, "component": name}, force_contiguous=True
+        )
+        default_file_mode(tmp_weights)  # safetensors writes 0o600; config.json and the ONNX files get the usual mode
+        os.replace(tmp_weights, weights)
+    finally:
+        tmp_weights.unlink(missing_ok=True)
     config = {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
@@ -707,14 +716,58 @@ def _dir_bytes(paths) -> int:
     return sum(Path(p).stat().st_size for p in paths)
 
 
+# What zoo-export writes into its folder; a folder holding only these (or nothing) is one it may replace.
+EXPORT_ENTRIES = frozenset({CONFIG_FILE, WEIGHTS_FILE, "onnx", CONFIG_FILE + ".tmp"})
+
+
+def check_out_dir(out: Path) -> None:
+    """``out`` must be a new folder, an empty one or a previous export: the export replaces it as a whole (a
+    re-export into it kept the previous model's ONNX graphs next to the new weights), so a folder holding anything
+    else is refused before any work, not emptied."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out} is a file; zoo-export writes a directory (fix: out=<a new or existing folder>)")
+    if out.is_dir():
+        other = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_ENTRIES)
+        if other:
+            shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+            raise ConfigError(
+                f"out={out} holds other files ({shown}): zoo-export replaces its folder as a whole, so it writes a "
+                f"new folder or over a previous export only (fix: out={out / 'export'}, or another new folder)"
+            )
+
+
+def _install(stage: Path, out: Path) -> None:
+    """Put the finished export ``stage`` (a sibling folder) in place of ``out``: a rename, so ``out`` is the whole
+    previous export or the whole new one, never a mixture of both."""
+    from zoo.checkpoint import _umask
+
+    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp's folder is the owner's only
+    if not out.exists():
+        os.rename(stage, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if old.exists():
+        shutil.rmtree(old)
+    os.rename(out, old)
+    try:
+        os.rename(stage, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def export(cfg) -> dict[str, Any]:
-    """zoo-export: checkpoint -> out dir (safetensors + config.json, then ONNX graphs if ``onnx``)."""
+    """zoo-export: checkpoint -> out dir (safetensors + config.json, then ONNX graphs if ``onnx``).
+
+    Everything is written into a temporary sibling folder and renamed into place once the weights reloaded
+    identically and every graph passed its check: a failure or Ctrl+C leaves ``out`` as it was (absent, or the
+    previous export whole), and a re-export leaves no file of the previous one behind."""
     if not cfg.get("ckpt"):
         raise ConfigError("no checkpoint (fix: zoo-export ckpt=/path/to/last.ckpt out=exports/my_model)")
     ckpt = Path(str(cfg.ckpt))
     out = Path(str(cfg.out)) if cfg.get("out") else ckpt.parent / f"{ckpt.stem}_export"
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out={out} is a file; zoo-export writes a directory (fix: out=<a new or existing folder>)")
+    check_out_dir(out)
     if cfg.get("onnx", True):
         check_opset(cfg.get("opset", 17))
     name, module, hp = load_checkpoint(ckpt)
@@ -731,33 +784,51 @@ def export(cfg) -> dict[str, Any]:
                     else "no ONNX graph (fix: graphs=null, or onnx=false)"
                 )
             )
-    files = save_export(module, out, name, hp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        summary = _export_into(stage, out, cfg, name, module, hp)
+        _install(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # gone already when installed
+    _print_summary(summary)
+    return summary
+
+
+def _export_into(stage: Path, out: Path, cfg, name: str, module: nn.Module, hp: dict[str, Any]) -> dict[str, Any]:
+    """The export written into ``stage``; the summary names the files as they will be in ``out``."""
+    files = save_export(module, stage, name, hp)
     summary: dict[str, Any] = {
         "component": name,
         "out": str(out),
         "safetensors_bytes": files["weights"].stat().st_size,
         "config_bytes": files["config"].stat().st_size,
     }
-    # round trip: the export rebuilds to identical weights
-    again = load_export(out)
+    # round trip: the export rebuilds to identical weights (else it is not installed)
+    again = load_export(stage)
     sd0, sd1 = module.state_dict(), again.state_dict()
     same = sd0.keys() == sd1.keys() and all(torch.equal(sd0[k], sd1[k]) for k in sd0)
-    summary["reload_identical_weights"] = bool(same)
+    if not same:
+        raise RuntimeError(f"the export of {name} does not reload to the checkpoint's weights; {out} left as it was")
+    summary["reload_identical_weights"] = True
     if cfg.get("onnx", True):
         graphs = list(cfg.graphs) if cfg.get("graphs") else None
         rep = export_onnx(
             name,
             module,
-            out / "onnx",
+            stage / "onnx",
             int(cfg.get("opset", 17)),
             int(cfg.get("export_batch", 2)),
             int(cfg.get("check_batch", 3)),
             graphs,
         )
+        if rep:  # the paths where the files will be, not the temporary folder's
+            for g, info in rep.items():
+                info["path"] = str(out / "onnx" / Path(info["path"]).name)
+            (stage / "onnx" / "report.json").write_text(json.dumps(rep, indent=2))
         summary["onnx"] = rep
         if not rep:
             summary["onnx_note"] = f"no ONNX graph for {name} (safetensors + config.json only)"
-    _print_summary(summary)
     return summary
 
 
