@@ -344,3 +344,21 @@ def test_paired_random_crop_matches_coordinates():
         torch.testing.assert_close(hi[i], x[i, :, top : top + 16, left : left + 16])
     with pytest.raises(ValueError):
         paired_random_crop(x, low, 18)  # not a multiple of the scale
+
+
+@pytest.mark.parametrize("bad", [0.5, None, "12", [0.4], ["a", "b"]])
+def test_a_range_that_is_not_a_pair_of_numbers_is_a_clear_value_error(bad):
+    """A scalar (``blur_sigma_range=0.5``) or None used to escape as ``TypeError: object of type 'float' has no
+    len()``, and a two-character string was read as two numbers ("12" -> (1, 2))."""
+    with pytest.raises(ValueError, match="sigma_range must be \\(low, high\\)"):
+        BlurCorruption(sigma_range=bad)
+    with pytest.raises(ValueError, match="gaussian_noise_range must be \\(low, high\\)"):
+        BSRDegradation(gaussian_noise_range=bad)
+
+
+def test_yaml_lists_from_hydra_become_tuples():
+    from omegaconf import OmegaConf
+
+    bsr = BSRDegradation(4, **OmegaConf.create({"jpeg_quality_range": [50, 95], "resize_modes": ["area"]}))
+    assert bsr.config.jpeg_quality_range == (50, 95) and bsr.config.resize_modes == ("area",)
+    assert BlurCorruption(4, OmegaConf.create([0.3, 0.5])).sigma_range == (0.3, 0.5)

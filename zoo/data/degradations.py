@@ -144,9 +144,21 @@ def _choice(options: Sequence[str], generator: Optional[torch.Generator]) -> str
 
 
 def _check_range(name: str, r: Sequence[float], lo: float = 0.0, hi: float = math.inf) -> tuple[float, float]:
-    if len(r) != 2 or not (lo <= float(r[0]) <= float(r[1]) <= hi):
-        raise ValueError(f"{name} must be (low, high) with {lo} <= low <= high <= {hi}, got {tuple(r)}")
-    return float(r[0]), float(r[1])
+    bad = ValueError(f"{name} must be (low, high) with {lo} <= low <= high <= {hi}, got {r!r}")
+    if isinstance(r, (str, bytes)) or not isinstance(r, Sequence) and not _is_list_config(r):
+        raise bad  # a scalar (``blur_sigma_range=0.5``) or a string, not a pair
+    try:
+        low, high = (float(v) for v in r)
+    except (TypeError, ValueError):  # not two numbers
+        raise bad from None
+    if not (lo <= low <= high <= hi):
+        raise bad
+    return low, high
+
+
+def _is_list_config(v: Any) -> bool:
+    """An OmegaConf ListConfig (what Hydra passes for a YAML list), without importing omegaconf here."""
+    return type(v).__name__ == "ListConfig"
 
 
 def resize(images: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
@@ -294,7 +306,7 @@ class BSRConfig:
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, list):  # YAML lists
+            if isinstance(v, list) or _is_list_config(v):  # YAML lists (Hydra passes ListConfig)
                 object.__setattr__(self, f.name, tuple(v))
         for name in (
             "blur_prob",
