@@ -340,3 +340,33 @@ def test_the_page_as_it_opens_is_a_valid_request(n_candidates, n_keep):
     assert keep == min(n_keep, 16) and opened["n_candidates"] == max(n_candidates, keep)
     out = studio.run("a red circle", studio.start_seed, keep, **opened)
     assert len(out["images"]) == keep
+
+
+def test_the_unclip_priors_knobs_are_on_the_page():
+    """The unCLIP pipeline keeps its prior network in ``prior_model`` (``prior`` is its kind, a string): the page
+    looked for hyper-parameters on ``prior``, found none, and showed no prior guidance / prior steps slider."""
+    from types import SimpleNamespace
+
+    class Unclip(FakeGenerator):
+        def __init__(self):
+            super().__init__()
+            del self.guidance_scale, self.steps
+            self.prior = "diffusion"
+            self.prior_model = SimpleNamespace(hparams={"guidance_scale": 1.5, "sample_steps": 64})
+            self.decoder = SimpleNamespace(hparams={"decoder_guidance_scale": 3.0, "sample_steps": 25})
+            self.prior_guidance_scale = self.prior_steps = self.decoder_guidance_scale = self.decoder_steps = None
+
+        def generate(self, captions):
+            self.seen.append((self.prior_guidance_scale, self.prior_steps))
+            return torch.zeros(len(captions), 3, 8, 8)
+
+    g = Unclip()
+    studio = Studio(g)
+    assert studio.defaults == {
+        "prior_guidance_scale": 1.5,
+        "decoder_guidance_scale": 3.0,
+        "prior_steps": 64,
+        "decoder_steps": 25,
+    }
+    studio.run("a red circle", 0, 1, prior_guidance_scale=2.0, prior_steps=3)
+    assert g.seen == [(2.0, 3)] and (g.prior_guidance_scale, g.prior_steps) == (None, None)

@@ -128,7 +128,8 @@ def call_parameters(generator) -> dict[str, Any]:
 
 
 # Where a pipeline keeps its models, and the prefix of the knobs that belong to each (GLIDE's single stage has none).
-_STAGE_MODELS = (("glide", ""), ("model", ""), ("prior", "prior_"), ("decoder", "decoder_"))
+# The unCLIP pipeline keeps its prior network in ``prior_model`` (``prior`` is the kind: "diffusion", "ar", ...).
+_STAGE_MODELS = (("glide", ""), ("model", ""), ("prior_model", "prior_"), ("prior", "prior_"), ("decoder", "decoder_"))
 
 
 def model_default(generator, name: str) -> int | float | None:
