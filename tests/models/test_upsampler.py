@@ -239,6 +239,26 @@ def test_check_data_wants_the_target_resolution():
         UpsamplerLit(preset="tiny").check_data(DM())
 
 
+def test_a_blur_too_wide_for_the_conditioning_fails_before_training_and_ignored_options_warn():
+    """A blur sigma whose kernel does not fit the low-resolution image used to fail inside the first training step
+    (gaussian_blur's reflect padding); the other corruption's options were silently ignored."""
+
+    class DM:
+        resolution = 32
+
+    net = {"image_size": 32, "width": 8, "channel_mult": (1, 2), "num_res_blocks": 1, "max_groups": 8}
+    with pytest.raises(ConfigError, match="blur_sigma_range.*8 px conditioning"):
+        UpsamplerLit(preset="shapes_32_128", net=net, blur_sigma_range=(2.0, 3.0))
+    tiny = UpsamplerLit(preset="tiny", blur_sigma_range=(2.0, 3.0))  # zoo-train may refit a tiny one to the data
+    with pytest.raises(ConfigError, match="blur_sigma_range.*8 px conditioning"):
+        tiny.check_data(DM())
+    UpsamplerLit(preset="tiny", blur_sigma_range=(1.0, 2.0)).check_data(DM())  # a 13x13 kernel fits 8 px
+    with pytest.warns(UserWarning, match="model.bsr=.* is ignored"):
+        UpsamplerLit(preset="tiny", bsr={"jpeg_quality_range": (50, 95)})
+    with pytest.warns(UserWarning, match="model.blur_sigma_range=.* is ignored"):
+        UpsamplerLit(preset="tiny", corruption="bsr", blur_sigma_range=(0.5, 1.0))
+
+
 def test_train_checkpoint_load_and_upsample(train_cfg, train_helpers):
     from zoo.checkpoint import load_module
 

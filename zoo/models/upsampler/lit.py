@@ -37,12 +37,13 @@ whole image's.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from zoo.data.degradations import make_corruption, paired_random_crop
+from zoo.data.degradations import blur_kernel_size, make_corruption, paired_random_crop
 from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.samplers import ddim_sample, in_row_slices
 from zoo.diffusion.schedules import get_schedule
@@ -82,6 +83,7 @@ def build_config(
 # captions) is therefore sampled 4 images at a time at 128 px, 1 at 256 px, 16 at 64 px; the noise is drawn for the
 # whole batch, so only the speed changes.
 CALL_POSITIONS = 4 * 128 * 128
+DEFAULT_BLUR_SIGMA_RANGE = (0.4, 0.6)  # UpsamplerLit's blur_sigma_range (conf/model/upsampler.yaml)
 
 
 class UpsamplerLit(ZooLit):
@@ -114,7 +116,7 @@ class UpsamplerLit(ZooLit):
         net: Optional[dict[str, Any]] = None,
         corruption: Optional[str] = None,
         scale: Optional[int] = None,
-        blur_sigma_range: Sequence[float] = (0.4, 0.6),
+        blur_sigma_range: Sequence[float] = DEFAULT_BLUR_SIGMA_RANGE,
         bsr: Optional[dict[str, Any]] = None,
         num_timesteps: int = 1000,
         schedule: str = "cosine",
@@ -146,8 +148,45 @@ class UpsamplerLit(ZooLit):
             self.corruption = make_corruption(self.cfg.corruption, self.cfg.scale, blur_sigma_range, bsr)
         except ValueError as e:
             raise ConfigError(f"upsampler corruption: {e}") from None
+        self._check_corruption_options(blur_sigma_range, bsr)
         self.resolve_tile(sample_tile, sample_tile_overlap)  # a bad tile fails here, before training
         self.residual = bool(residual)
+
+    def _check_corruption_options(self, blur_sigma_range, bsr) -> None:
+        """Warn about the other corruption's options (they are ignored) and check that the blur fits the
+        conditioning image (a ``tiny`` preset is checked by ``check_data``, once zoo-train has fitted it to the
+        data's resolution)."""
+        if self.cfg.corruption == "blur":
+            if self.hparams.preset != "tiny":
+                self._check_blur_fits()
+            if bsr:
+                warnings.warn(
+                    f"model.bsr={dict(bsr)} is ignored: this upsampler's corruption is blur (model.corruption=bsr "
+                    f"uses it)",
+                    stacklevel=3,
+                )
+        elif tuple(float(v) for v in blur_sigma_range) != DEFAULT_BLUR_SIGMA_RANGE:
+            warnings.warn(
+                f"model.blur_sigma_range={list(blur_sigma_range)} is ignored: this upsampler's corruption is bsr "
+                f"(its blur is model.bsr.blur_sigma_range)",
+                stacklevel=3,
+            )
+
+    def _check_blur_fits(self) -> None:
+        """The blur corruption's widest kernel must fit the whole conditioning image (``gaussian_blur``'s reflect
+        padding), else training would fail at its first step."""
+        c = self.cfg
+        if c.corruption != "blur":
+            return
+        hi = self.corruption.sigma_range[1]
+        k = blur_kernel_size(hi)
+        if k // 2 >= c.low_res_size:
+            raise ConfigError(
+                f"model.blur_sigma_range={list(self.corruption.sigma_range)}: a blur of sigma {hi:g} needs a "
+                f"{k}x{k} kernel, too wide for the {c.low_res_size} px conditioning image ({c.image_size} / "
+                f"{c.scale}; the half-width {k // 2} must be < {c.low_res_size}) (fix: a smaller range, e.g. the "
+                f"default [0.4, 0.6])"
+            )
 
     def sampling_windows(self, tile=None, overlap: Optional[int] = None) -> Optional[tuple[int, int]]:
         """``resolve_tile`` with this checkpoint's defaults: ``tile`` None = ``sample_tile``, ``overlap`` None =
@@ -212,6 +251,7 @@ class UpsamplerLit(ZooLit):
                 f"model.net.image_size={res} if {res} is a multiple of {c.scale * c.crop_fraction} and of "
                 f"{c.divisor * c.crop_fraction})"
             )
+        self._check_blur_fits()
 
     @torch.no_grad()
     def degrade(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
