@@ -112,7 +112,7 @@ def test_keep_cannot_exceed_candidates():
         n_candidates = 4
 
     with pytest.raises(RequestError, match=r"keep \(8\) cannot exceed candidates \(4\)"):
-        Studio(WithCandidates()).run("x", 0, 8, n_candidates=4)
+        Studio(WithCandidates(), FakeScorer()).run("x", 0, 8, n_candidates=4)
 
 
 def test_a_failing_generator_gives_one_line_and_keeps_its_settings():
@@ -370,3 +370,30 @@ def test_the_unclip_priors_knobs_are_on_the_page():
     }
     studio.run("a red circle", 0, 1, prior_guidance_scale=2.0, prior_steps=3)
     assert g.seen == [(2.0, 3)] and (g.prior_guidance_scale, g.prior_steps) == (None, None)
+
+
+def test_candidates_are_drawn_and_ranked_by_the_pages_scorer():
+    """A generator that does not rerank itself (GLIDE's pipeline without generator.clip_ckpt, DALL·E's without
+    one) with the page's clip_ckpt=: the candidates slider was ignored (GlidePipeline.sample draws only n_keep
+    without a CLIP; DallePipeline.sample kept its first n_keep unranked) and the page scored only the kept images.
+    Now the page draws max(candidates, keep) and keeps its scorer's best. Without any scorer there is no control."""
+
+    class Pipe(FakeGenerator):
+        def __init__(self):
+            super().__init__()
+            self.n_candidates, self.scorer = 1, None
+
+        def sample(self, captions, n_candidates=None, n_keep=1):  # without a CLIP: n_keep images, unranked
+            return {"images": self.candidates(captions, n_keep), "scores": None, "n_candidates": n_keep}
+
+        def candidates(self, captions, n):
+            return torch.stack([self.generate(captions) for _ in range(n)], 1)
+
+    g = Pipe()
+    out = Studio(g, FakeScorer()).run("a red circle", seed=0, n_keep=2, n_candidates=6)
+    assert len(g.seen) == 6 and out["n_candidates"] == 6 and out["images"].shape[0] == 2
+    torch.manual_seed(0)
+    drawn = torch.stack([torch.rand(3, 8, 8) * 2 - 1 for _ in range(6)])
+    best = FakeScorer().clip_score(drawn, None).topk(2).values
+    assert torch.allclose(out["scores"], best)
+    assert "n_candidates" not in {k.name for k in Studio(Pipe()).knobs}  # nobody ranks: no candidates slider

@@ -148,6 +148,14 @@ def model_default(generator, name: str) -> int | float | None:
     return None
 
 
+def reranks_itself(generator) -> bool:
+    """True for a pipeline whose ``sample`` reranks its candidates with its own CLIP (DALL·E / GLIDE with a
+    ``scorer``, unCLIP with its ``clip``)."""
+    return callable(getattr(generator, "sample", None)) and any(
+        getattr(generator, attr, None) is not None for attr in ("scorer", "clip")
+    )
+
+
 class Studio:
     """The page's logic without the page: validate a request, apply its knobs, generate, score.
 
@@ -181,6 +189,12 @@ class Studio:
                     self.by_call.add(knob.name)
             if value is not None:
                 self.defaults[knob.name] = value
+        # Who picks the best candidates: the generator's own CLIP (``sample``), else the page's scorer, which then
+        # draws max(candidates, keep) itself and keeps the best; with neither, extra candidates would only be
+        # dropped unseen, so the page has no candidates control.
+        self.page_reranks = scorer is not None and not reranks_itself(generator)
+        if not (self.page_reranks or reranks_itself(generator)):
+            self.defaults.pop("n_candidates", None)
         self.knobs = [k for k in KNOBS if k.name in self.defaults]
         self.seed_by_call = not hasattr(generator, "seed") and "seed" in params
         self._lock = threading.Lock()
@@ -232,7 +246,7 @@ class Studio:
         return prompt, seed, n_keep, values
 
     def _generate(self, prompt: str, seed: int, n_keep: int, values: dict[str, Any]) -> dict[str, Any]:
-        from zoo.pipelines.base import keep_best
+        from zoo.pipelines.base import as_candidate_generator, keep_best
 
         g = self.generator
         call = {name: value for name, value in values.items() if name in self.by_call}
@@ -240,6 +254,14 @@ class Studio:
             call["seed"] = seed
         if call:
             return {"images": g.candidates([prompt], n_keep, **call), "scores": None}
+        if self.page_reranks:  # the page's scorer ranks every candidate (run keeps the n_keep best)
+            n = values.get("n_candidates", _number_or_none(getattr(g, "n_candidates", None)) or 1)
+            n = max(int(n), n_keep)
+            return {
+                "images": as_candidate_generator(g, seed).candidates([prompt], n),
+                "scores": None,
+                "n_candidates": n,
+            }
         return keep_best(g, [prompt], n_keep, seed=seed)
 
     def run(self, prompt: Any, seed: Any = 0, n_keep: Any = 1, **knobs: Any) -> dict[str, Any]:
@@ -266,7 +288,7 @@ class Studio:
                 scores = None if scores is None else scores[0].detach().float().cpu()
                 if scores is None and self.scorer is not None:
                     scores = self.scorer.clip_score(images, [prompt] * len(images)).float().cpu()
-                    order = torch.argsort(scores, descending=True)
+                    order = torch.argsort(scores, descending=True)[:n_keep]
                     images, scores = images[order], scores[order]
             except RequestError:
                 raise
