@@ -331,3 +331,21 @@ def test_out_holding_other_files_is_refused_not_emptied(tmp_path):
     with pytest.raises(ConfigError, match=r"holds other files \(vq.ckpt\)"):
         export(OmegaConf.create({"ckpt": str(ckpt), "out": str(tmp_path), "onnx": False}))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vq.ckpt"]
+
+
+def test_batch_sizes_are_checked_before_anything_is_read(tmp_path):
+    """check_batch=0 failed after the export with a bare 'max(): Expected reduction dim' traceback; check_batch equal
+    to export_batch passed without showing the batch axis is dynamic."""
+    from zoo.errors import ConfigError
+    from zoo.export import export
+
+    ckpt = tmp_path / "missing.ckpt"  # never read: the batch sizes are refused first
+    for bad, match in (
+        ({"check_batch": 0}, r"check_batch=0: .*>= 1"),
+        ({"export_batch": -1}, r"export_batch=-1"),
+        ({"export_batch": "2"}, r"export_batch='2'"),
+        ({"export_batch": 2, "check_batch": 2}, r"another batch size.*fix: check_batch=3"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            export(OmegaConf.create({"ckpt": str(ckpt), "out": str(tmp_path / "out"), **bad}))
+    assert not (tmp_path / "out").exists()

@@ -608,6 +608,21 @@ def check_opset(opset: Any) -> int:
     return opset
 
 
+def check_batches(export_batch: Any, check_batch: Any) -> tuple[int, int]:
+    """Positive whole numbers, and two different ones: the onnxruntime check at another batch size than the trace
+    is what shows the batch axis is dynamic. Refused before anything is read (check_batch=0 failed after the export
+    with a bare ``max(): Expected reduction dim`` traceback; check_batch=export_batch checked nothing dynamic)."""
+    for key, value in (("export_batch", export_batch), ("check_batch", check_batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}={value!r}: a batch size is a whole number >= 1 (fix: {key}=2 / 3, the defaults)")
+    if export_batch == check_batch:
+        raise ConfigError(
+            f"export_batch = check_batch = {check_batch}: the check must run at another batch size than the trace to "
+            f"show the batch axis is dynamic (fix: check_batch={check_batch + 1})"
+        )
+    return export_batch, check_batch
+
+
 def export_graph(g: Graph, path: Path, opset: int = 17, export_batch: int = 2) -> Path:
     import warnings
 
@@ -770,6 +785,7 @@ def export(cfg) -> dict[str, Any]:
     check_out_dir(out)
     if cfg.get("onnx", True):
         check_opset(cfg.get("opset", 17))
+        check_batches(cfg.get("export_batch", 2), cfg.get("check_batch", 3))
     name, module, hp = load_checkpoint(ckpt)
     apply_trained_resolution(name, module, str(ckpt))
     if cfg.get("onnx", True) and cfg.get("graphs"):  # a misspelt graph name would silently export no graph
