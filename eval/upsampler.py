@@ -8,8 +8,8 @@ For ``n`` scenes of a held-out split of the shapes world (default 256 ``test`` s
 checkpoints of a run must share them), each ``--inputs`` mode makes the low-resolution image from the real one:
 
 - ``clean`` (default): the deterministic part of the training conditioning, ``zoo.data.degradations.downsample``
-  (antialiased bicubic, by the scale) -- ``BlurCorruption`` at sigma 0, and the final resize of ``BSRDegradation``
-  with its bicubic mode. The paper's sampling-time input is the decoder's output, NOT corrupted: the corruption is a
+  (antialiased bicubic, by the scale) -- ``BlurCorruption`` at sigma 0, and ``BSRDegradation`` with every random
+  step off (its resize to the target size, bicubic, without the shuffled steps or the closing JPEG). The paper's sampling-time input is the decoder's output, NOT corrupted: the corruption is a
   training-time augmentation, so this is the input the upsamplers meet in the unCLIP chain.
 - ``blur`` / ``bsr``: the training corruption itself (``zoo.data.degradations.make_corruption``, parameters drawn
   per image from a ``--seed`` CPU generator; the sigma range / BSR overrides of the first checkpoint trained with
