@@ -349,3 +349,30 @@ def test_batch_sizes_are_checked_before_anything_is_read(tmp_path):
         with pytest.raises(ConfigError, match=match):
             export(OmegaConf.create({"ckpt": str(ckpt), "out": str(tmp_path / "out"), **bad}))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_export_takes_the_weights_the_samplers_use(tmp_path):
+    """A callbacks=ema checkpoint exports its EMA (state_dict, what zoo-sample samples) and says so in config.json;
+    one saved before the EMA's first update (n_averaged = 0: its "average" is the initial weights) exported those
+    initial weights while the GLIDE pipeline samples the trained ones (current_model_state)."""
+    from zoo.export import export, load_export
+    from zoo.models.glide.lit import GlideLit
+    from zoo.pipelines.glide import load_glide
+
+    torch.manual_seed(0)
+    average = GlideLit(preset="tiny")
+    torch.manual_seed(1)
+    trained = GlideLit(preset="tiny")
+    key = "net.text_proj.weight"
+    assert not torch.equal(average.state_dict()[key], trained.state_dict()[key])
+    for n_averaged, expect, weights in ((5, average, "ema"), (0, trained, "trained (the EMA had not started)")):
+        ck = _write_ckpt(average, tmp_path / f"{n_averaged}.ckpt")
+        d = torch.load(ck, weights_only=True)
+        d["current_model_state"] = trained.state_dict()
+        d["averaging_state"] = {"n_averaged": torch.tensor(n_averaged)}
+        torch.save(d, ck)
+        out = tmp_path / f"export{n_averaged}"
+        export(OmegaConf.create({"ckpt": str(ck), "out": str(out), "onnx": False}))
+        got = load_export(out).state_dict()[key]
+        assert torch.equal(got, expect.state_dict()[key]) and torch.equal(got, load_glide(str(ck))[0].state_dict()[key])
+        assert json.loads((out / "config.json").read_text())["weights"] == weights

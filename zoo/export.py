@@ -9,7 +9,9 @@ The export directory holds everything another tool needs, and nothing that runs 
   hyper-parameters + resolution). ``preprocessing`` says what the inputs are: an image tokenizer's ``resolution``
   (the one it TRAINED at, from the checkpoint's run config: a run at another ``data.resolution`` than its preset's
   keeps the preset in its hyper-parameters), grid and pixel range; CLIP's image size, mean / std, resize and
-  context length (the ONNX towers take normalised pixels and token ids);
+  context length (the ONNX towers take normalised pixels and token ids). ``weights`` says which of the
+  checkpoint's weights were exported: the samplers' (``state_dict``: "ema" for a run with ``callbacks=ema``, else
+  "trained"; see ``load_checkpoint``);
 - ``onnx/<graph>.onnx`` where a graph makes sense (see ``onnx_graphs``), each checked against PyTorch with
   onnxruntime on fresh inputs of ANOTHER batch size than the export's (the batch axis is dynamic);
   ``onnx/report.json`` records the max abs errors and sizes.
@@ -108,15 +110,40 @@ def checkpoint_dict(module: nn.Module) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[str, nn.Module, dict[str, Any]]:
-    """(component name, rebuilt module in eval mode, its checked plain hyper-parameters) from a zoo-train file."""
+    """(component name, rebuilt module in eval mode, its checked plain hyper-parameters) from a zoo-train file.
+
+    The weights are the ones the samplers use: ``state_dict``, which holds the EMA average when the run had
+    ``callbacks=ema`` (``current_model_state`` then holds the trained weights). A file saved before the EMA's first
+    update (``averaging_state.n_averaged == 0``, written so by Lightning's own callback) has the INITIAL weights as
+    its "average": the trained ones are exported instead, with a warning, as ``zoo.pipelines.glide.load_glide``
+    samples them. ``module.export_weights`` says which: "ema", "trained" or "trained (the EMA had not started)"."""
     from zoo.checkpoint import load_module, safe_load
     from zoo.registry import checked_hparams, component_in
 
     ckpt = safe_load(path)
     name = component_in(ckpt, str(path))
     hp = checked_hparams(name, ckpt.get("hyper_parameters", {}), str(path))
+    raw = ckpt.get("current_model_state")
+    n_avg = (
+        (ckpt.get("averaging_state") or {}).get("n_averaged") if isinstance(ckpt.get("averaging_state"), dict) else None
+    )
     del ckpt
-    return name, load_module(path), _plain(hp)
+    module = load_module(path)
+    if not isinstance(raw, dict):
+        weights = "trained"
+    elif n_avg is not None and int(n_avg) == 0:
+        log.warning(
+            "%s: the EMA had not started when this checkpoint was saved (n_averaged = 0): its state_dict is the "
+            "initial weights, so the trained weights (current_model_state) are exported",
+            path,
+        )
+        module.load_state_dict(raw)
+        module.eval()
+        weights = "trained (the EMA had not started)"
+    else:
+        weights = "ema"
+    module.export_weights = weights
+    return name, module, _plain(hp)
 
 
 # ------------------------------------------------------------------------------------------ safetensors
@@ -224,6 +251,8 @@ def save_export(
         "hyper_parameters": hp,
         "preprocessing": prep,
     }
+    if getattr(module, "export_weights", None):  # "ema" | "trained" | ...: which weights of the checkpoint
+        config["weights"] = str(module.export_weights)
     text = json.dumps(config, indent=2, allow_nan=False)
     cfg_path = out / CONFIG_FILE
     tmp = cfg_path.with_suffix(".json.tmp")
