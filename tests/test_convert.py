@@ -434,3 +434,26 @@ def test_open_clip_file_of_another_image_size_is_refused_not_resized(tmp_path, m
         convert(OmegaConf.create({**cfg, "arch": "zoo-clip-tiny"}))
     assert not out.exists()
     assert convert(OmegaConf.create({**cfg, "arch": "zoo-clip-tiny-48"})).is_file()
+
+
+@pytest.mark.parametrize(
+    "kind, extra, stray",
+    [
+        ("open_clip", {"arch": "zoo-clip-tiny", "ckpt": "x.safetensors", "resolution": 64}, "resolution="),
+        ("dalle_dvae", {"encoder": "e.pt", "decoder": "d.pt", "taming_config": "m.yaml"}, "taming_config="),
+        ("taming_vq", {"ckpt": "last.ckpt", "arch": "ViT-B-32"}, "arch="),
+    ],
+)
+def test_an_option_the_kind_does_not_read_is_refused(tmp_path, kind, extra, stray):
+    """resolution= given to kind=open_clip (its image size is the architecture's), taming_config= to the dVAE, arch= to
+    a taming kind: each was silently ignored, so a user believed it applied. Refused before any file is read (the
+    files named here do not exist)."""
+    from omegaconf import OmegaConf
+
+    from zoo.convert import convert
+    from zoo.errors import ConfigError
+
+    cfg = OmegaConf.create({"kind": kind, "out": str(tmp_path / "o.ckpt"), **extra})
+    with pytest.raises(ConfigError, match=f"kind={kind} does not read {stray}"):
+        convert(cfg)
+    assert not (tmp_path / "o.ckpt").exists()

@@ -829,11 +829,35 @@ def check_out(out: str | os.PathLike, inputs: Mapping[str, Any]) -> None:
             )
 
 
+# the options each kind reads (conf/convert.yaml); another kind's option given to it was silently ignored (e.g.
+# resolution= for open_clip, whose image size is the architecture's, or taming_config= for the dVAE)
+KIND_OPTIONS = {
+    "dalle_dvae": ("encoder", "decoder", "resolution"),
+    **{k: ("ckpt", "taming_config", "resolution") for k in TAMING_KINDS},
+    "open_clip": ("ckpt", "arch", "pretrained"),
+}
+
+
+def check_kind_options(cfg, kind: str) -> None:
+    """A ConfigError naming any option set that ``kind`` does not read, before anything is read."""
+    if kind not in KIND_OPTIONS:
+        return
+    every = sorted({o for opts in KIND_OPTIONS.values() for o in opts})
+    stray = [o for o in every if o not in KIND_OPTIONS[kind] and cfg.get(o) is not None]
+    if stray:
+        raise ConfigError(
+            f"kind={kind} does not read {', '.join(f'{o}=' for o in stray)} (it reads "
+            f"{', '.join(f'{o}=' for o in KIND_OPTIONS[kind])}) (fix: drop {', '.join(stray)}, or the kind=... it "
+            f"belongs to)"
+        )
+
+
 def convert(cfg) -> Path:
     kind = cfg.get("kind")
     out = cfg.get("out")
     if not out:
         raise ConfigError("no output path (fix: zoo-convert kind=... out=converted/<name>.ckpt)")
+    check_kind_options(cfg, kind)
     check_out(out, {k: cfg.get(k) for k in ("ckpt", "encoder", "decoder", "taming_config")})
     if kind == "dalle_dvae":
         if not cfg.get("encoder") or not cfg.get("decoder"):
