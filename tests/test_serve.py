@@ -397,3 +397,26 @@ def test_candidates_are_drawn_and_ranked_by_the_pages_scorer():
     best = FakeScorer().clip_score(drawn, None).topk(2).values
     assert torch.allclose(out["scores"], best)
     assert "n_candidates" not in {k.name for k in Studio(Pipe()).knobs}  # nobody ranks: no candidates slider
+
+
+def test_a_clip_guided_glide_page_samples_as_the_pipeline_does(dalle_helpers):
+    """A CLIP-guided GLIDE pipeline samples an unset guidance_scale as 1 (the conditional model): the page opened its
+    guidance slider at the checkpoint's 3.0 and, as every request sends every slider, stacked classifier-free
+    guidance 3 under the CLIP guidance; and it had no control for the CLIP guidance scale itself."""
+    from zoo.models.glide.lit import GlideLit
+    from zoo.models.noised_clip.lit import NoisedClipLit
+    from zoo.pipelines.glide import GlidePipeline
+
+    torch.manual_seed(0)
+    glide = GlideLit(preset="tiny")
+    glide.text_tokenizer = dalle_helpers.tiny_bpe()
+    noised = NoisedClipLit(preset="tiny")
+    noised.text_tokenizer = glide.text_tokenizer
+    g = GlidePipeline(glide, noised_clip=noised, clip_guidance_scale=2.0, steps=2)
+    studio = Studio(g)
+    opened = {k.name: studio.initial(k) for k in studio.knobs}
+    assert opened["guidance_scale"] == 1.0 and opened["clip_guidance_scale"] == 2.0 and opened["steps"] == 2
+    page = studio.run("a red circle", 3, 1, **opened)["images"]
+    g.seed = 3
+    assert torch.equal(page, g.candidates(["a red circle"], 1)[0])  # the page's request == the pipeline as set up
+    assert (g.guidance_scale, g.clip_guidance_scale) == (None, 2.0)  # restored

@@ -6,8 +6,8 @@
 The generator is built exactly as ``zoo-sample`` builds it (``zoo.pipelines.base.build_generator``). The page has a
 prompt box, the seed, "keep" (images shown, best first) and one control per sampling knob the generator has as an
 attribute, named by the convention of ``zoo.pipelines.base`` (``n_candidates``, ``guidance_scale``, ``steps``,
-``temperature`` and their ``prior_`` / ``decoder_`` / ``super_res_`` stage forms); a generator without a knob simply
-has no control for it. Results come back as a grid with each image's CLIP score (the generator's own reranker, e.g.
+``temperature`` and their ``prior_`` / ``decoder_`` / ``upsampler_`` stage forms; ``clip_guidance_scale`` of a
+CLIP-guided GLIDE); a generator without a knob simply has no control for it. Results come back as a grid with each image's CLIP score (the generator's own reranker, e.g.
 the DALL·E pipeline's ``generator.clip_ckpt``, or ``clip_ckpt=`` here for generators that do not rerank), and a
 gallery keeps the session's recent results.
 
@@ -66,6 +66,7 @@ KNOBS = (
     Knob("guidance_scale", "guidance scale", float, 0.0, "max_guidance", 0.1, "classifier-free guidance (1 = off)"),
     Knob("prior_guidance_scale", "prior guidance", float, 0.0, "max_guidance", 0.1, "prior's guidance (1 = off)"),
     Knob("decoder_guidance_scale", "decoder guidance", float, 0.0, "max_guidance", 0.1, "decoder's guidance (1 = off)"),
+    Knob("clip_guidance_scale", "CLIP guidance", float, 0.0, "max_guidance", 0.1, "noised-CLIP guidance (0 = off)"),
     Knob("steps", "steps", int, 1, "max_steps", 1, "sampling steps"),
     Knob("prior_steps", "prior steps", int, 1, "max_steps", 1, "prior sampling steps"),
     Knob("decoder_steps", "decoder steps", int, 1, "max_steps", 1, "decoder sampling steps"),
@@ -135,7 +136,10 @@ _STAGE_MODELS = (("glide", ""), ("model", ""), ("prior_model", "prior_"), ("prio
 def model_default(generator, name: str) -> int | float | None:
     """The value a pipeline uses for a knob it leaves at None: its model's hyper-parameter (``guidance_scale`` or
     ``sample_steps`` of GLIDE; ``decoder_steps`` -> the decoder's ``sample_steps``), so the page can show the slider
-    at the value sampling will actually use."""
+    at the value sampling will actually use. A CLIP-guided GLIDE pipeline (``clip_guided``) samples an unset
+    ``guidance_scale`` as 1, the conditional model (``GlidePipeline._clip_knobs``), not at the checkpoint's."""
+    if name == "guidance_scale" and getattr(generator, "clip_guided", False) is True:
+        return 1.0
     for attr, prefix in _STAGE_MODELS:
         hp = getattr(getattr(generator, attr, None), "hparams", None)
         if hp is None or not hasattr(hp, "get") or not name.startswith(prefix):
