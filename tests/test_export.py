@@ -376,3 +376,21 @@ def test_the_export_takes_the_weights_the_samplers_use(tmp_path):
         got = load_export(out).state_dict()[key]
         assert torch.equal(got, expect.state_dict()[key]) and torch.equal(got, load_glide(str(ck))[0].state_dict()[key])
         assert json.loads((out / "config.json").read_text())["weights"] == weights
+
+
+def test_a_folder_or_an_export_given_as_ckpt_is_named(tmp_path):
+    """ckpt=<run dir> said 'checkpoint not found' although it exists; an export's model.safetensors said 'not
+    written by zoo-train ... load its state_dict into the model class yourself'."""
+    from zoo.errors import ConfigError
+    from zoo.export import export, save_export
+    from zoo.models.vqvae.lit import VQVAELit
+
+    run = tmp_path / "run"
+    _write_ckpt(VQVAELit(preset="tiny"), run / "checkpoints" / "last.ckpt")
+    with pytest.raises(ConfigError, match=r"is a folder.*fix: ckpt=.*run/checkpoints/last.ckpt\)"):
+        export(OmegaConf.create({"ckpt": str(run), "out": str(tmp_path / "out")}))
+    save_export(VQVAELit(preset="tiny"), tmp_path / "exported")
+    for given in (tmp_path / "exported", tmp_path / "exported" / "model.safetensors"):
+        with pytest.raises(ConfigError, match=r"zoo-export folder: it is exported already"):
+            export(OmegaConf.create({"ckpt": str(given), "out": str(tmp_path / "out")}))
+    assert not (tmp_path / "out").exists()

@@ -764,6 +764,23 @@ def _dir_bytes(paths) -> int:
 EXPORT_ENTRIES = frozenset({CONFIG_FILE, WEIGHTS_FILE, "onnx", CONFIG_FILE + ".tmp"})
 
 
+def check_ckpt_path(ckpt: Path) -> None:
+    """A folder or a zoo-export's own files passed as ``ckpt=`` are named as what they are (a run folder was
+    "checkpoint not found" although it exists; an export's model.safetensors "not written by zoo-train")."""
+    export_dir = ckpt if ckpt.is_dir() else ckpt.parent if ckpt.name in (WEIGHTS_FILE, CONFIG_FILE) else None
+    if export_dir is not None and (export_dir / CONFIG_FILE).is_file() and (export_dir / WEIGHTS_FILE).is_file():
+        raise ConfigError(
+            f"ckpt={ckpt} is (in) a zoo-export folder: it is exported already (zoo.export.load_export({str(export_dir)!r})"
+            " rebuilds it); zoo-export reads the zoo-train checkpoint (fix: ckpt=<run dir>/checkpoints/last.ckpt)"
+        )
+    if ckpt.is_dir():
+        found = next((c for c in (ckpt / "checkpoints" / "last.ckpt", ckpt / "last.ckpt") if c.is_file()), None)
+        raise ConfigError(
+            f"ckpt={ckpt} is a folder; zoo-export reads a checkpoint file (fix: ckpt="
+            + (f"{found})" if found else "<run dir>/checkpoints/last.ckpt)")
+        )
+
+
 def check_out_dir(out: Path) -> None:
     """``out`` must be a new folder, an empty one or a previous export: the export replaces it as a whole (a
     re-export into it kept the previous model's ONNX graphs next to the new weights), so a folder holding anything
@@ -811,6 +828,7 @@ def export(cfg) -> dict[str, Any]:
         raise ConfigError("no checkpoint (fix: zoo-export ckpt=/path/to/last.ckpt out=exports/my_model)")
     ckpt = Path(str(cfg.ckpt))
     out = Path(str(cfg.out)) if cfg.get("out") else ckpt.parent / f"{ckpt.stem}_export"
+    check_ckpt_path(ckpt)
     check_out_dir(out)
     if cfg.get("onnx", True):
         check_opset(cfg.get("opset", 17))
