@@ -35,6 +35,8 @@ dalle               ``prefill``                                  text (B,T) -> l
 dalle               ``decode_step``                              image_token (B,1), past_k/v (n_layers,B,H,P,D)
                                                                  -> logits of the next token, present_k/v
                                                                  (n_layers,B,H,P+1,D): the explicit KV cache
+dalle               ``image_decode``                             codes (B,h,w) -> images (B,3,H,W): its image
+                                                                 tokenizer's decode (sampled codes -> pixels)
 glide               ``text_encoder``                             tokens (B,L) -> context (B,L,W), emb (B,E)
 glide               ``unet``                                     x_t, t, context, context_mask, emb -> (B,2C,H,W)
 diffusion_prior,    (none: safetensors + config.json only; their samplers loop in Python around small nets)
@@ -495,7 +497,9 @@ def _dalle_graphs(lit: nn.Module) -> list[Graph]:
     kv_shape = (c.n_layers, c.n_heads, c.head_dim)
 
     def text(b):
-        return (torch.randint(1, c.text_vocab, (b, c.text_len)),)
+        t = torch.randint(1, c.text_vocab, (b, c.text_len))
+        t[:, c.text_len // 2 :] = c.pad_id  # a padded tail (each pad position has its own learned embedding)
+        return (t,)
 
     def step(b):
         p = c.text_len + 3  # a cache holding the text and three image tokens
@@ -507,7 +511,7 @@ def _dalle_graphs(lit: nn.Module) -> list[Graph]:
 
     kv_axes = {1: "batch", 3: "past_len"}
     out_axes = {1: "batch", 3: "total_len"}
-    return [
+    graphs = [
         Graph(
             "prefill",
             _DallePrefill(net),
@@ -533,6 +537,21 @@ def _dalle_graphs(lit: nn.Module) -> list[Graph]:
             note="explicit KV cache: present_k/v of one call are the next call's past_k/v",
         ),
     ]
+    tok = getattr(lit, "image_tokenizer", None)
+    if tok is not None:  # the frozen image tokenizer travels with DALL·E: its decoder turns sampled codes into pixels
+        h, w = tok.grid_size
+        graphs.append(
+            Graph(
+                "image_decode",
+                _TokenizerDecode(tok),
+                lambda b: (torch.randint(0, tok.codebook_size, (b, h, w)),),
+                ["codes"],
+                ["images"],
+                _batch_axes(["codes", "images"]),
+                note="the image tokenizer's decode: codes (B, grid_h, grid_w) -> images (B, 3, H, W) in [-1, 1]",
+            )
+        )
+    return graphs
 
 
 class _GlideText(nn.Module):
@@ -713,6 +732,7 @@ def check_dalle_decoding(lit: nn.Module, prefill_path: Path, step_path: Path, ba
     c = net.cfg
     torch.manual_seed(seed)
     text = torch.randint(1, c.text_vocab, (batch, c.text_len))
+    text[:, c.text_len // 2 :] = c.pad_id  # captions are padded
     image = torch.randint(0, c.image_vocab, (batch, c.image_len))
     _, ref = net(text, image)  # (B, N, V): ref[:, p] predicts image token p
     pre = ort.InferenceSession(str(prefill_path), providers=["CPUExecutionProvider"])
