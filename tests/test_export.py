@@ -394,3 +394,16 @@ def test_a_folder_or_an_export_given_as_ckpt_is_named(tmp_path):
         with pytest.raises(ConfigError, match=r"zoo-export folder: it is exported already"):
             export(OmegaConf.create({"ckpt": str(given), "out": str(tmp_path / "out")}))
     assert not (tmp_path / "out").exists()
+
+
+def test_out_given_as_a_link_replaces_the_folder_it_points_to(tmp_path):
+    from zoo.export import export
+    from zoo.models.vqvae.lit import VQVAELit
+
+    ckpt = _write_ckpt(VQVAELit(preset="tiny"), tmp_path / "vq.ckpt")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    for _ in range(2):  # the second export replaces the first
+        export(OmegaConf.create({"ckpt": str(ckpt), "out": str(tmp_path / "link"), "onnx": False}))
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real", "vq.ckpt"]

@@ -848,6 +848,8 @@ def export(cfg) -> dict[str, Any]:
         raise ConfigError("no checkpoint (fix: zoo-export ckpt=/path/to/last.ckpt out=exports/my_model)")
     ckpt = Path(str(cfg.ckpt))
     out = Path(str(cfg.out)) if cfg.get("out") else ckpt.parent / f"{ckpt.stem}_export"
+    if out.is_symlink():  # replace the folder it points to, not the link
+        out = out.resolve()
     check_ckpt_path(ckpt)
     check_out_dir(out)
     if cfg.get("onnx", True):
