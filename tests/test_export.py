@@ -426,3 +426,16 @@ def test_a_graph_that_does_not_match_pytorch_fails_the_export(tmp_path, monkeypa
     with pytest.raises(ConfigError, match=r"ONNX graph decode does not match PyTorch.*max_rel_error"):
         ze.export(OmegaConf.create({"ckpt": str(ckpt), "out": str(tmp_path / "out"), "graphs": ["decode"]}))
     assert not (tmp_path / "out").exists()
+
+
+def test_load_export_puts_the_module_on_map_location(tmp_path, monkeypatch):
+    """safetensors' load_model copies the tensors it read (on map_location) into the module's own CPU tensors:
+    load_export(dir, map_location="cuda") returned a CPU module."""
+    from zoo.export import load_export, save_export
+    from zoo.models.dvae.lit import DVAELit
+
+    save_export(DVAELit(preset="tiny"), tmp_path)
+    moved = []
+    monkeypatch.setattr(DVAELit, "to", lambda self, *a, **kw: moved.append(a) or self)  # no GPU here: record it
+    load_export(tmp_path, map_location="cuda:0")
+    assert moved == [("cuda:0",)]

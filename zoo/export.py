@@ -296,7 +296,9 @@ def load_export(export_dir: str | os.PathLike, map_location: str = "cpu") -> nn.
     cls = component_class(name)  # refuses unregistered names
     hp = checked_hparams(name, config.get("hyper_parameters", {}), str(cfg_path))
     module = cls(**hp)
-    load_model(module, str(weights), strict=True, device=map_location)
+    # load_model copies into the module's (CPU) tensors whatever device it reads to: move the module itself
+    load_model(module, str(weights), strict=True, device="cpu")
+    module.to(map_location)
     _set_resolution(name, module, (config.get("preprocessing") or {}).get("resolution"), str(cfg_path))
     module.eval()
     return module
