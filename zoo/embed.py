@@ -42,7 +42,11 @@ EMBEDDING_KEYS = ("clip_image_emb", "clip_text_emb", "clip_text_tokens", "clip_t
 
 
 def _first_image_caption_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"image": torch.stack([s["image"] for s in samples]), "caption": [s["caption"] for s in samples]}
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        "caption": [s["caption"] for s in samples],
+        "index": [s.get("index") for s in samples],  # the item served (a file dataset's substitute for a bad file)
+    }
 
 
 @torch.no_grad()
@@ -78,7 +82,7 @@ def embed_dataset(
         num_workers=num_workers,
         collate_fn=_first_image_caption_collate,
     )
-    img, txt, tok, enc, mask = [], [], [], [], []
+    img, txt, tok, enc, mask, served = [], [], [], [], [], []
     with track(
         total=len(dataset), desc=f"zoo-embed -> {Path(out_path).name}", unit="pair", disable=not progress
     ) as bar:
@@ -91,16 +95,21 @@ def embed_dataset(
                 e, m = text_token_encodings(scorer.model, tokens.to(scorer.device))
                 enc.append(e.half().cpu())
                 mask.append(m.cpu())
+            served.extend(batch["index"])
             bar.update(len(batch["caption"]))
     if not img:
         raise ConfigError("the dataset split is empty: nothing to embed (fix: data.<split>_size >= 1)")
     out = {"clip_image_emb": torch.cat(img), "clip_text_emb": torch.cat(txt), "clip_text_tokens": torch.cat(tok)}
     if text_encodings:
         out["clip_text_encodings"], out["clip_text_mask"] = torch.cat(enc), torch.cat(mask)
+    from zoo.data.datamodule import report_substituted_rows, substituted_rows
     from zoo.models.clip.scorer import CLIP_SCORE_CONVENTION
 
+    subst = substituted_rows(served, len(served))
+    report_substituted_rows(subst, "zoo-embed", "CLIP embeddings", log)
     out["meta"] = {
         "n": len(out["clip_image_emb"]),
+        "substituted_rows": subst,
         "dim": int(out["clip_image_emb"].shape[1]),
         "image_size": int(scorer.image_size),
         "convention": CLIP_SCORE_CONVENTION,

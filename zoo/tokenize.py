@@ -51,18 +51,24 @@ def tokenize_dataset(
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_samples
     )
-    chunks = []
+    chunks, served = [], []
     for batch in track(loader, desc=f"tokenize -> {Path(out_path).name}", unit="batch"):
+        index = batch.get("index")  # the item served (a file dataset's substitute for a bad file)
+        served.extend(index.tolist() if isinstance(index, torch.Tensor) else [None] * len(batch["image"]))
         chunks.append(
             tokenizer.encode(batch["image"]).to(torch.int32 if tokenizer.codebook_size < 2**31 else torch.long)
         )
     tokens = torch.cat(chunks).long()
+    from zoo.data.datamodule import report_substituted_rows, substituted_rows
+
+    subst = substituted_rows(served, len(served))
+    report_substituted_rows(subst, "zoo-tokenize", "image tokens", log)
     return atomic_torch_save(
         {
             "image_tokens": tokens,
             "codebook_size": int(tokenizer.codebook_size),
             "grid_size": list(tokens.shape[1:]),
-            "meta": dict(meta or {}),
+            "meta": {**(meta or {}), "substituted_rows": subst},
         },
         out_path,
     )

@@ -253,3 +253,47 @@ def test_caption_draws_depend_on_epoch_not_on_process_history(coco_root, workers
     assert epoch(loader(), 2) == captions[2]
     assert sorted(captions[0]) != sorted(captions[2])  # still a new draw every epoch
     assert all(_image_number(c) in range(N_IMAGES) for c in captions[2])
+
+
+def test_embed_and_tokenize_record_the_rows_a_bad_file_left_to_its_neighbour(coco_root, tmp_path, caplog):
+    """zoo-embed / zoo-tokenize write row r from the sample requested at r; for an unreadable file that sample is the
+    next readable image, so row r holds its neighbour's features. Harmless while the file stays bad (the DataModule
+    serves the neighbour's own row), wrong once the file is repaired; nothing said so. The rows are now listed in the
+    file's meta['substituted_rows'] and in one warning naming the command to run again."""
+    import logging
+
+    from zoo.embed import embed_dataset
+    from zoo.tokenize import tokenize_dataset
+
+    ds = CocoCaptions(str(coco_root), "train", resolution=8)  # BAD: 2 and 5 serve 3 and 6
+
+    class Tok:
+        codebook_size = 4
+
+        def encode(self, x):
+            return (x[:, 0, ::4, ::4] > 0).long()
+
+    class Scorer:
+        image_size = 8
+
+        def tokenize(self, captions):
+            return torch.zeros(len(captions), 3, dtype=torch.long)
+
+        def encode_image(self, x):
+            return x.flatten(1)[:, :4]
+
+        def encode_text(self, captions):
+            return torch.ones(len(captions), 4)
+
+    with caplog.at_level(logging.WARNING):
+        tok = torch.load(tokenize_dataset(Tok(), ds, tmp_path / "t.pt", batch_size=3), weights_only=True)
+        emb = torch.load(
+            embed_dataset(Scorer(), ds, tmp_path / "e.pt", batch_size=3, progress=False), weights_only=True
+        )
+    assert tok["meta"]["substituted_rows"] == sorted(BAD) == emb["meta"]["substituted_rows"]
+    torch.testing.assert_close(tok["image_tokens"][2], tok["image_tokens"][3])  # the neighbour's codes
+    msgs = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "substituted_rows" in r.getMessage()
+    ]
+    assert len(msgs) == 2 and "zoo-tokenize: 2 rows hold the image tokens" in msgs[0] and "rows 2, 5" in msgs[0]
+    assert "zoo-embed: 2 rows hold the CLIP embeddings" in msgs[1] and "run zoo-embed again" in msgs[1]

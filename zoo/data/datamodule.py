@@ -12,7 +12,7 @@ import logging
 import math
 import numbers
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import lightning as L
 import numpy as np
@@ -46,6 +46,29 @@ def served_index(sample: Mapping[str, Any], requested: int, n: int) -> int:
     if isinstance(j, numbers.Integral) and not isinstance(j, bool) and -n <= int(j) < n:
         return int(j)
     return requested
+
+
+def substituted_rows(served: Sequence[Any], n: int) -> list[int]:
+    """The rows of a per-index file (zoo-embed, zoo-tokenize: row r written from the sample requested at index r)
+    that hold another item: ``served`` is each row's sample ``index`` (None when the dataset does not say)."""
+    return [r for r, s in enumerate(served) if s is not None and served_index({"index": int(s)}, r, n) != r]
+
+
+def report_substituted_rows(rows: list[int], command: str, what: str, log_: logging.Logger) -> None:
+    """One WARNING naming the rows ``substituted_rows`` found (nothing when none): the DataModule serves those rows only
+    with the substitute image while the file stays unreadable; repaired, it would get another image's rows."""
+    if rows:
+        shown = ", ".join(map(str, rows[:10])) + (f", ... ({len(rows) - 10} more)" if len(rows) > 10 else "")
+        log_.warning(
+            "%s: %d rows hold the %s of the next readable image, their own file could not be read (rows %s; "
+            "recorded in the file's meta['substituted_rows']). If you repair those files, run %s again: a repaired "
+            "image would be served with its neighbour's rows",
+            command,
+            len(rows),
+            what,
+            shown,
+            command,
+        )
 
 
 class FeatureAttached(Dataset):
