@@ -420,3 +420,15 @@ def test_a_clip_guided_glide_page_samples_as_the_pipeline_does(dalle_helpers):
     g.seed = 3
     assert torch.equal(page, g.candidates(["a red circle"], 1)[0])  # the page's request == the pipeline as set up
     assert (g.guidance_scale, g.clip_guidance_scale) == (None, 2.0)  # restored
+
+
+def test_the_ar_priors_guidance_is_on_the_page():
+    """UnclipPipeline samples the AR prior with guidance (1 when unset); the AR prior's checkpoint has no
+    guidance_scale hyper-parameter, so the page showed no prior guidance control for it."""
+    from types import SimpleNamespace
+
+    g = FakeGenerator()
+    del g.guidance_scale, g.steps
+    g.prior, g.prior_model, g.prior_guidance_scale, g.prior_steps = "ar", SimpleNamespace(hparams={}), None, None
+    studio = Studio(g)
+    assert studio.defaults == {"prior_guidance_scale": 1.0}  # prior_steps does not apply to the AR prior

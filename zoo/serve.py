@@ -137,9 +137,12 @@ def model_default(generator, name: str) -> int | float | None:
     """The value a pipeline uses for a knob it leaves at None: its model's hyper-parameter (``guidance_scale`` or
     ``sample_steps`` of GLIDE; ``decoder_steps`` -> the decoder's ``sample_steps``), so the page can show the slider
     at the value sampling will actually use. A CLIP-guided GLIDE pipeline (``clip_guided``) samples an unset
-    ``guidance_scale`` as 1, the conditional model (``GlidePipeline._clip_knobs``), not at the checkpoint's."""
+    ``guidance_scale`` as 1, the conditional model (``GlidePipeline._clip_knobs``), not at the checkpoint's; the
+    unCLIP pipeline samples the AR prior's unset ``prior_guidance_scale`` as 1."""
     if name == "guidance_scale" and getattr(generator, "clip_guided", False) is True:
         return 1.0
+    if name == "prior_guidance_scale" and getattr(generator, "prior", None) == "ar":
+        return 1.0  # UnclipPipeline samples the AR prior at 1 when unset (its checkpoint has no guidance_scale)
     for attr, prefix in _STAGE_MODELS:
         hp = getattr(getattr(generator, attr, None), "hparams", None)
         if hp is None or not hasattr(hp, "get") or not name.startswith(prefix):
