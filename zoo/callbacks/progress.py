@@ -27,7 +27,7 @@ from typing import Any, Optional
 import lightning as L
 import torch
 
-from zoo.progress import format_count, format_duration, format_rate, stdout_is_tty
+from zoo.progress import format_count, format_duration, format_rate, plural, stdout_is_tty
 
 log = logging.getLogger("zoo.progress")
 
@@ -177,8 +177,9 @@ class LogProgress(L.Callback):
         elapsed = time.monotonic() - self._start_time
         steps = trainer.global_step - self._start_step
         log.info(
-            "train done: %d steps in %s (%s)",
+            "train done: %d %s in %s (%s)",
             steps,
+            plural("step", steps),
             format_duration(elapsed),
             format_rate(steps / elapsed if elapsed > 0 else float("nan")),
         )
