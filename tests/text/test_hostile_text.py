@@ -7,6 +7,7 @@ Each is sanitised (never a crash) with a warning naming the prompt; a truncation
 from __future__ import annotations
 
 import logging
+import pickle
 
 import pytest
 import torch
@@ -95,3 +96,16 @@ def test_warnings_rate_limited_for_training_loops(bpe, caplog):
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == MAX_WARNINGS and "go to DEBUG" in warnings[-1].getMessage()
     assert sum(r.levelno == logging.DEBUG for r in caplog.records) == 20
+
+
+@pytest.mark.parametrize("literal", ["[EOT]", "[PAD]", "[SOT]", "[UNK]"])
+def test_trained_bpe_special_token_text_in_a_caption_is_ordinary_text(bpe, literal):
+    """A caption quoting "[EOT]" must not end the caption (nor put a pad or SOT id inside it), also after a pickle
+    (DataLoader workers) and a spec round trip (checkpoints)."""
+    caption = f"a sign saying {literal} here"
+    wide = TrainedBPETokenizer.from_spec({**bpe.to_spec(), "context_length": 64})  # room for the whole caption
+    for tok in (wide, pickle.loads(pickle.dumps(wide)), TrainedBPETokenizer.from_spec(wide.to_spec())):
+        row = tok.encode(caption)[0].tolist()
+        body = row[1 : row.index(tok.eot_id)]
+        assert not {tok.pad_id, tok.sot_id, tok.eot_id, tok.unk_id} & set(body), (literal, row)
+        assert tok.decode(tok.encode(caption)) == [caption.lower()]

@@ -102,6 +102,10 @@ class TrainedBPETokenizer(TextTokenizer):
     def _setup(self, tok, path: Optional[Path], context_length: int) -> None:
         if int(context_length) < 2:
             raise ValueError(f"context_length must be >= 2 (SOT + EOT), got {context_length}")
+        # A caption's own text never becomes a special token: without this, tokenizers matches the literal text
+        # "[EOT]" / "[PAD]" / "[SOT]" in a caption to the special ids (a caption ending mid-way for the model and for
+        # ``decode``, a pad id inside the text). Not part of tokenizer.json, so it is set on every load.
+        tok.encode_special_tokens = True
         self._tok, self.path, self.context_length = tok, path, int(context_length)
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
         ids = {s: tok.token_to_id(s) for s in SPECIALS}
@@ -193,6 +197,7 @@ class TrainedBPETokenizer(TextTokenizer):
         from tokenizers import Tokenizer
 
         state["_tok"] = Tokenizer.from_str(state["_tok"])
+        state["_tok"].encode_special_tokens = True  # as in _setup (not saved in the JSON)
         self.__dict__.update(state)
 
 
