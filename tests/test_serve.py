@@ -432,3 +432,27 @@ def test_the_ar_priors_guidance_is_on_the_page():
     g.prior, g.prior_model, g.prior_guidance_scale, g.prior_steps = "ar", SimpleNamespace(hparams={}), None, None
     studio = Studio(g)
     assert studio.defaults == {"prior_guidance_scale": 1.0}  # prior_steps does not apply to the AR prior
+
+
+def test_bad_ui_settings_are_refused_before_the_generator_is_built(tmp_path):
+    """ui.max_keep=0 failed after the generator was built, with gradio's 'Slider minimum must be less than maximum'
+    traceback; server.port=abc with int()'s ValueError."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from zoo.errors import ConfigError
+    from zoo.serve import serve
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        # a generator checkpoint that does not exist: the ui / port checks must come first
+        base = [f"paths.root_dir={tmp_path}", "generator.dalle_ckpt=/nonexistent.ckpt"]
+        for override, message in (
+            ("ui.max_keep=0", r"ui.max_keep=0: must be a whole number >= 1 \(fix: ui.max_keep=16\)"),
+            ("ui.tile_px=big", r"ui.tile_px='big'"),
+            ("ui.max_guidance=0", r"ui.max_guidance=0"),
+            ("server.port=abc", r"server.port must be in 1..65535, got 'abc'"),
+        ):
+            cfg = compose("serve", overrides=[*base, override])
+            with pytest.raises(ConfigError, match=message):
+                serve(cfg, block=False)

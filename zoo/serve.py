@@ -87,6 +87,36 @@ UI_DEFAULTS = {
 }
 
 
+# ui.* numbers: (kind, smallest value)
+_UI_NUMBERS = {
+    "n_keep": (int, 1),
+    "max_keep": (int, 1),
+    "max_candidates": (int, 1),
+    "max_steps": (int, 1),
+    "max_guidance": (float, 0.1),
+    "max_prompt_chars": (int, 1),
+    "history": (int, 0),
+    "tile_px": (int, 1),
+}
+
+
+def check_ui(ui: dict[str, Any]) -> dict[str, Any]:
+    """``ui.*`` as the page needs them, else a ConfigError naming the key before anything is built (ui.max_keep=0
+    failed after the generator was built with gradio's 'Slider minimum must be less than maximum' traceback,
+    server.port=abc with int()'s)."""
+    for key, (kind, lo) in _UI_NUMBERS.items():
+        if key not in ui:
+            continue
+        value = ui[key]
+        ok = not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int)
+        if not ok or value < lo:
+            raise ConfigError(
+                f"ui.{key}={value!r}: must be {'a whole number' if kind is int else 'a number'} >= {lo} "
+                f"(fix: ui.{key}={UI_DEFAULTS[key]})"
+            )
+    return ui
+
+
 def _number(value: Any, name: str, kind: type, lo: float, hi: float) -> int | float:
     """``value`` as ``kind`` within [lo, hi], or a ``RequestError`` naming the bounds."""
     span = f"{int(lo)} and {int(hi)}" if kind is int else f"{lo:g} and {hi:g}"
@@ -473,12 +503,13 @@ def serve(cfg: DictConfig, block: bool = True):
 
     from zoo.pipelines.base import build_generator
 
-    port = int(cfg.server.port)
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"server.port must be in 1..65535, got {port} (fix: server.port=7860)")
+    port = cfg.server.port
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"server.port must be in 1..65535, got {port!r} (fix: server.port=7860)")
+    ui = check_ui(dict(cfg.get("ui") or {}))  # before the generator is built (which may take a while)
     torch.manual_seed(int(cfg.seed))
     generator = build_generator(cfg.get("generator"), "generator")
-    studio = Studio(generator, build_scorer(cfg.get("clip_ckpt")), dict(cfg.get("ui") or {}))
+    studio = Studio(generator, build_scorer(cfg.get("clip_ckpt")), ui)
     app, style = build_app(studio)
     log.info("%s: knobs %s", type(generator).__name__, [k.name for k in studio.knobs] or "none")
     try:
