@@ -439,3 +439,17 @@ def test_load_export_puts_the_module_on_map_location(tmp_path, monkeypatch):
     monkeypatch.setattr(DVAELit, "to", lambda self, *a, **kw: moved.append(a) or self)  # no GPU here: record it
     load_export(tmp_path, map_location="cuda:0")
     assert moved == [("cuda:0",)]
+
+
+def test_config_json_says_how_to_feed_the_text_graphs(tmp_path, dalle_helpers):
+    """GLIDE's unet graph takes context_mask = tokens != pad_id and DALL·E's prefill pads captions to text_len with
+    pad_id: neither pad_id nor text_len (preset values) was in config.json."""
+    from zoo.export import save_export
+
+    for name in ("glide", "dalle"):
+        lit = _tiny(name, tmp_path, dalle_helpers)
+        save_export(lit, tmp_path / name)
+        prep = json.loads((tmp_path / name / "config.json").read_text())["preprocessing"]
+        c = lit.net.cfg if name == "glide" else lit.transformer.cfg
+        assert (prep["text_len"], prep["pad_id"]) == (c.text_len, c.pad_id)
+    assert prep["resolution"] == lit.image_tokenizer.resolution  # DALL·E: the pixels its image_decode gives

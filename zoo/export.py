@@ -206,11 +206,26 @@ def preprocessing_of(name: str, module: nn.Module) -> dict[str, Any]:
     if name == "dalle":
         tok = getattr(module, "image_tokenizer", None)
         c = module.transformer.cfg
-        out: dict[str, Any] = {"text_len": int(c.text_len), "grid_size": [int(c.grid_h), int(c.grid_w)]}
+        out: dict[str, Any] = {
+            "text_len": int(c.text_len),
+            "pad_id": int(c.pad_id),
+            "grid_size": [int(c.grid_h), int(c.grid_w)],
+        }
         if tok is not None:
             out["resolution"] = int(tok.resolution)
             out["pixel_range"] = [-1.0, 1.0]
         return out
+    if name == "glide":
+        c = module.net.cfg
+        return {
+            "image_size": int(c.image_size),
+            "pixel_range": [-1.0, 1.0],
+            "text_len": int(c.text_len),
+            "pad_id": int(c.pad_id),
+            "context_mask": "tokens != pad_id; the empty caption (guidance's null condition) is text_len pads",
+            "unet_in_channels": int(module.net.unet.cfg.in_channels),
+            "inpaint": bool(c.inpaint),
+        }
     return {}
 
 
