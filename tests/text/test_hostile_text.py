@@ -109,3 +109,21 @@ def test_trained_bpe_special_token_text_in_a_caption_is_ordinary_text(bpe, liter
         body = row[1 : row.index(tok.eot_id)]
         assert not {tok.pad_id, tok.sot_id, tok.eot_id, tok.unk_id} & set(body), (literal, row)
         assert tok.decode(tok.encode(caption)) == [caption.lower()]
+
+
+@pytest.mark.parametrize(
+    "caption",
+    ['a sign that says "sale!".', 'a man shouting "stop!", waving', "hi!?.", "a note: <end_of_text> <START_OF_TEXT>"],
+)
+def test_clip_bpe_caption_ids_are_never_pad_sot_or_eot(caption):
+    """open_clip gives a bare "!" the id 0 (= pad_id, masked as padding by every model) and turns the text
+    "<end_of_text>" into the EOT id; between SOT and EOT there is only text, and ordinary captions are unchanged."""
+    clip = ClipBPETokenizer(context_length=32)
+    row = clip.encode(caption)[0].tolist()
+    body = row[1 : row.index(clip.eot_id)]
+    assert body and not {clip.pad_id, clip.sot_id, clip.eot_id} & set(body), row
+    assert row.count(clip.sot_id) == row.count(clip.eot_id) == 1, row  # the text did not end early
+    assert pickle.loads(pickle.dumps(clip)).encode(caption)[0].tolist() == row
+    plain = "a cat, sitting! on a mat."  # no bare "!": exactly open_clip's ids
+    expected = [clip.sot_id, *clip._tok.encode(plain), clip.eot_id]
+    assert clip.encode(plain)[0, : len(expected)].tolist() == expected
