@@ -453,3 +453,13 @@ def test_config_json_says_how_to_feed_the_text_graphs(tmp_path, dalle_helpers):
         c = lit.net.cfg if name == "glide" else lit.transformer.cfg
         assert (prep["text_len"], prep["pad_id"]) == (c.text_len, c.pad_id)
     assert prep["resolution"] == lit.image_tokenizer.resolution  # DALL·E: the pixels its image_decode gives
+
+
+def test_a_missing_export_package_is_named_before_any_work(tmp_path, monkeypatch):
+    """Without onnxruntime the export traced every graph and then died on a bare ModuleNotFoundError."""
+    from zoo.errors import ConfigError
+    from zoo.export import export
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"needs onnxruntime \(fix: pip install -e '.\[export\]', or onnx=false"):
+        export(OmegaConf.create({"ckpt": str(tmp_path / "never_read.ckpt"), "out": str(tmp_path / "out")}))

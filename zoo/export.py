@@ -843,6 +843,25 @@ def _dir_bytes(paths) -> int:
 EXPORT_ENTRIES = frozenset({CONFIG_FILE, WEIGHTS_FILE, "onnx", CONFIG_FILE + ".tmp"})
 
 
+def check_packages(onnx: bool) -> None:
+    """The export extra's packages, named before any work (a missing onnxruntime failed with a bare
+    ModuleNotFoundError after the graphs were traced)."""
+    import importlib
+
+    wanted = ["safetensors"] + (["onnx", "onnxruntime"] if onnx else [])
+    missing = []
+    for mod in wanted:
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise ConfigError(
+            f"zoo-export needs {', '.join(missing)} (fix: pip install -e '.[export]'"
+            + (", or onnx=false for the safetensors + config.json alone)" if "safetensors" not in missing else ")")
+        )
+
+
 def check_ckpt_path(ckpt: Path) -> None:
     """A folder or a zoo-export's own files passed as ``ckpt=`` are named as what they are (a run folder was
     "checkpoint not found" although it exists; an export's model.safetensors "not written by zoo-train")."""
@@ -911,6 +930,7 @@ def export(cfg) -> dict[str, Any]:
         out = out.resolve()
     check_ckpt_path(ckpt)
     check_out_dir(out)
+    check_packages(bool(cfg.get("onnx", True)))
     if cfg.get("onnx", True):
         check_opset(cfg.get("opset", 17))
         check_batches(cfg.get("export_batch", 2), cfg.get("check_batch", 3))
