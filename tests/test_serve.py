@@ -456,3 +456,20 @@ def test_bad_ui_settings_are_refused_before_the_generator_is_built(tmp_path):
             cfg = compose("serve", overrides=[*base, override])
             with pytest.raises(ConfigError, match=message):
                 serve(cfg, block=False)
+
+
+def test_a_missing_gradio_is_named_before_the_generator_is_built(tmp_path, monkeypatch):
+    """Without gradio, zoo-serve built the generator (a minute for unCLIP) and then died on a bare
+    ModuleNotFoundError in build_app."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from zoo.errors import ConfigError
+    from zoo.serve import serve
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("serve", overrides=[f"paths.root_dir={tmp_path}", "generator.dalle_ckpt=/nonexistent.ckpt"])
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"needs gradio \(fix: pip install -e '.\[serve\]'\)"):
+        serve(cfg, block=False)

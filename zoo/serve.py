@@ -507,6 +507,10 @@ def serve(cfg: DictConfig, block: bool = True):
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ConfigError(f"server.port must be in 1..65535, got {port!r} (fix: server.port=7860)")
     ui = check_ui(dict(cfg.get("ui") or {}))  # before the generator is built (which may take a while)
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ConfigError("zoo-serve needs gradio (fix: pip install -e '.[serve]')") from None
     torch.manual_seed(int(cfg.seed))
     generator = build_generator(cfg.get("generator"), "generator")
     studio = Studio(generator, build_scorer(cfg.get("clip_ckpt")), ui)
