@@ -127,3 +127,14 @@ def test_clip_bpe_caption_ids_are_never_pad_sot_or_eot(caption):
     plain = "a cat, sitting! on a mat."  # no bare "!": exactly open_clip's ids
     expected = [clip.sot_id, *clip._tok.encode(plain), clip.eot_id]
     assert clip.encode(plain)[0, : len(expected)].tolist() == expected
+
+
+@pytest.mark.parametrize("name", ["bpe", "clip"])
+def test_non_string_caption_is_refused_with_a_clear_message(name, request):
+    """A NaN (an empty cell of a captions CSV) used to become the caption "nan", an int its digits."""
+    tok = request.getfixturevalue(name)
+    with pytest.raises(TypeError, match=r"caption 1 of 2: a caption must be a str .* got float nan"):
+        tok.encode(["a red circle", float("nan")])
+    with pytest.raises(TypeError, match="a caption .* or a sequence of them, got int 123"):
+        tok.encode(123)
+    assert tok.encode(("a red circle", None)).shape == (2, 16)  # a tuple, and None for the empty caption, still work

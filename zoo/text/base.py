@@ -39,7 +39,11 @@ def sanitize_text(text: Union[str, bytes, bytearray, None]) -> tuple[str, int]:
         bad = decoded.count("\ufffd") - bytes(text).count("\ufffd".encode())
         clean, n = sanitize_text(decoded)
         return clean, bad + n
-    text = str(text)
+    if not isinstance(text, str):  # a NaN from a CSV's empty cell would otherwise become the caption "nan"
+        raise TypeError(
+            f"a caption must be a str (or bytes, or None for the empty caption), got {type(text).__name__} "
+            f"{_short(text)}"
+        )
     replaced = 0
     if _SURROGATES.search(text):
         try:  # invalid UTF-8 bytes in argv arrive as U+DC80..U+DCFF (surrogateescape): decode them back, replacing
@@ -117,6 +121,14 @@ class TextTokenizer(abc.ABC):
         """LongTensor (B, context_length); a single string (or bytes) gives B = 1."""
         if isinstance(texts, (str, bytes, bytearray)):
             texts = [texts]
+        elif not isinstance(texts, Sequence):
+            try:
+                texts = list(texts)
+            except TypeError:
+                raise TypeError(
+                    f"encode takes a caption (str or bytes) or a sequence of them, got {type(texts).__name__} "
+                    f"{_short(texts)}"
+                ) from None
         if self.context_length < 2:
             raise ValueError(f"context_length must be >= 2 (SOT + EOT), got {self.context_length}")
         out = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.long)
@@ -124,7 +136,10 @@ class TextTokenizer(abc.ABC):
         sanitised: list[tuple[Union[str, bytes], int]] = []
         truncated: list[tuple[str, int]] = []
         for i, raw in enumerate(texts):
-            text, replaced = sanitize_text(raw)
+            try:
+                text, replaced = sanitize_text(raw)
+            except TypeError as e:
+                raise TypeError(f"caption {i} of {len(texts)}: {e}") from None
             if replaced:
                 sanitised.append((raw, replaced))
             body = self._ids(text)
