@@ -7,9 +7,11 @@ The generator is built exactly as ``zoo-sample`` builds it (``zoo.pipelines.base
 prompt box, the seed, "keep" (images shown, best first) and one control per sampling knob the generator has as an
 attribute, named by the convention of ``zoo.pipelines.base`` (``n_candidates``, ``guidance_scale``, ``steps``,
 ``temperature`` and their ``prior_`` / ``decoder_`` / ``upsampler_`` stage forms; ``clip_guidance_scale`` of a
-CLIP-guided GLIDE); a generator without a knob simply has no control for it. Results come back as a grid with each image's CLIP score (the generator's own reranker, e.g.
-the DALL·E pipeline's ``generator.clip_ckpt``, or ``clip_ckpt=`` here for generators that do not rerank), and a
-gallery keeps the session's recent results.
+CLIP-guided GLIDE); a generator without a knob simply has no control for it. Results come back as a grid with each
+image's CLIP score (the generator's own reranker, e.g. the DALL·E pipeline's ``generator.clip_ckpt``, or
+``clip_ckpt=`` here for generators that do not rerank: the page then draws max(candidates, keep) itself and keeps
+its scorer's best; with no CLIP at all there is no candidates control), and a gallery keeps the session's recent
+results.
 
 A request the page cannot honour -- an empty or very long prompt, numbers outside the page's bounds (``ui.max_*``),
 a generator that raises -- is answered with a one-line message in the status box; the traceback goes to the
