@@ -13,8 +13,12 @@ The export directory holds everything another tool needs, and nothing that runs 
   checkpoint's weights were exported: the samplers' (``state_dict``: "ema" for a run with ``callbacks=ema``, else
   "trained"; see ``load_checkpoint``);
 - ``onnx/<graph>.onnx`` where a graph makes sense (see ``onnx_graphs``), each checked against PyTorch with
-  onnxruntime on fresh inputs of ANOTHER batch size than the export's (the batch axis is dynamic);
-  ``onnx/report.json`` records the max abs errors and sizes.
+  onnxruntime on fresh inputs of ANOTHER batch size than the export's (the batch axis is dynamic); a graph off by
+  more than ``REL_TOLERANCE`` of its outputs' scale fails the export; ``onnx/report.json`` records the max abs /
+  relative errors and sizes.
+
+zoo-export writes the folder aside and renames it into place when everything passed: ``out=`` is the whole previous
+export or the whole new one, never a mixture (it refuses a folder holding files it did not write).
 
 ``load_export(dir)`` rebuilds the module through the same registry checks as ``zoo.checkpoint.load_module``
 (component by name from ``zoo.registry``, plain hyper-parameters checked against the constructor) and loads the
@@ -760,8 +764,8 @@ def check_parity(graph: str, info: dict[str, Any], rel_tolerance: float = REL_TO
         raise ConfigError(
             f"ONNX graph {graph} does not match PyTorch under onnxruntime at batch {info.get('batch')} "
             f"({', '.join(bad)}; max abs error {info.get('max_abs_error', 0.0):.3g}): the trace does not generalise "
-            "(a shape or value baked in at the export's batch?); zoo-export leaves out= as it was (fix: onnx=false for the "
-            "safetensors alone, or graphs= without it)"
+            "(a shape or value baked in at the export's batch?); zoo-export leaves out= as it was "
+            "(fix: onnx=false for the safetensors alone, or graphs= without it)"
         )
 
 
