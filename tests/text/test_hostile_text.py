@@ -138,3 +138,18 @@ def test_non_string_caption_is_refused_with_a_clear_message(name, request):
     with pytest.raises(TypeError, match="a caption .* or a sequence of them, got int 123"):
         tok.encode(123)
     assert tok.encode(("a red circle", None)).shape == (2, 16)  # a tuple, and None for the empty caption, still work
+
+
+def test_trained_bpe_whitespace_runs_and_ends_do_not_change_the_tokens(bpe):
+    """A trailing space, a double space or a newline in a prompt gave extra or different tokens (the model was
+    trained on stripped, single-spaced captions); and fitting no longer crashes on a lone surrogate."""
+    plain = bpe.encode("a large red circle")
+    for variant in (
+        "a large red circle ",
+        "  a large  red circle",
+        "a large\nred\tcircle\r\n",
+        "a large\u3000red circle",
+    ):
+        assert torch.equal(bpe.encode(variant), plain), variant
+    tok = TrainedBPETokenizer.train(["a red \ud800 circle", "a  blue\nsquare "] * 5, vocab_size=270)
+    assert tok.decode(tok.encode("a  blue\nsquare ")) == ["a blue square"]

@@ -3,6 +3,10 @@
 Model: NFKC + lower-case normaliser, byte-level pre-tokeniser (prefix space) and decoder, BPE merges; special
 tokens ``[PAD]`` = 0, ``[UNK]`` = 1, ``[SOT]`` = 2, ``[EOT]`` = 3, then the 256 byte symbols, then the merges.
 Byte-level means any Unicode caption encodes without unknown tokens and decodes back (after lower-casing/NFKC).
+Whitespace is not part of a caption's identity: every run of whitespace (spaces, tabs, newlines) becomes one space
+and the ends are stripped, before fitting and before encoding (``squeeze_whitespace``), so "a red  circle\n" typed
+at sampling time is the "a red circle" the model was trained on. (Done in Python, not in tokenizer.json, so that
+tokenizers fitted before behave the same way.)
 Saved and reloaded as one ``tokenizer.json`` (written atomically: temp file + ``os.replace``; mode 0o664 and new
 folders 0o775 whatever the umask, so a cache on shared storage is readable by the group).
 
@@ -26,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from zoo.text.base import TextTokenizer
+from zoo.text.base import TextTokenizer, sanitize_text
 
 log = logging.getLogger("zoo.text")
 SPECIALS = ["[PAD]", "[UNK]", "[SOT]", "[EOT]"]
@@ -35,6 +39,11 @@ MIN_VOCAB = 256 + len(SPECIALS)  # the byte alphabet plus the special tokens
 # different tokenizer on the same captions, so that cached files from before are refitted.
 BPE_FORMAT = 1
 FILE_MODE, DIR_MODE = 0o664, 0o775  # group-readable caches (shared storage), independent of the umask
+
+
+def squeeze_whitespace(text: str) -> str:
+    """One space for every run of whitespace, none at the ends."""
+    return " ".join(text.split())
 
 
 def _make_dirs(folder: Path) -> None:
@@ -120,7 +129,7 @@ class TrainedBPETokenizer(TextTokenizer):
         self.requested_vocab_size = self.vocab_size
 
     def _ids(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+        return self._tok.encode(squeeze_whitespace(text), add_special_tokens=False).ids
 
     def _text(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True).strip()
@@ -151,7 +160,9 @@ class TrainedBPETokenizer(TextTokenizer):
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        tok.train_from_iterator((c for c in captions if c), trainer=trainer)
+        # the captions as encode() will see them: sanitised (never a crash on a lone surrogate) and squeezed
+        texts = (squeeze_whitespace(sanitize_text(c)[0]) for c in captions)
+        tok.train_from_iterator((t for t in texts if t), trainer=trainer)
         if path is not None:
             path = Path(path).expanduser()
             _atomic_write_text(path, tok.to_str())  # a kill mid-write never leaves a broken tokenizer.json
