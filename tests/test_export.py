@@ -463,3 +463,30 @@ def test_a_missing_export_package_is_named_before_any_work(tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
     with pytest.raises(ConfigError, match=r"needs onnxruntime \(fix: pip install -e '.\[export\]', or onnx=false"):
         export(OmegaConf.create({"ckpt": str(tmp_path / "never_read.ckpt"), "out": str(tmp_path / "out")}))
+
+
+def test_weights_trained_exports_the_optimisers_weights(tmp_path):
+    """zoo-sample's GLIDE samples the raw weights with generator.use_ema=false; zoo-export had no counterpart (e.g.
+    to fine-tune from the export): weights=trained takes current_model_state. A bad value is refused first."""
+    from zoo.errors import ConfigError
+    from zoo.export import export, load_export
+    from zoo.models.glide.lit import GlideLit
+    from zoo.pipelines.glide import load_glide
+
+    torch.manual_seed(0)
+    average = GlideLit(preset="tiny")
+    torch.manual_seed(1)
+    trained = GlideLit(preset="tiny")
+    ck = _write_ckpt(average, tmp_path / "g.ckpt")
+    d = torch.load(ck, weights_only=True)
+    d["current_model_state"] = trained.state_dict()
+    d["averaging_state"] = {"n_averaged": torch.tensor(7)}
+    torch.save(d, ck)
+    export(OmegaConf.create({"ckpt": str(ck), "out": str(tmp_path / "out"), "onnx": False, "weights": "trained"}))
+    key = "net.text_proj.weight"
+    got = load_export(tmp_path / "out").state_dict()[key]
+    assert torch.equal(got, trained.state_dict()[key])
+    assert torch.equal(got, load_glide(str(ck), use_ema=False)[0].state_dict()[key])
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["weights"] == "trained"
+    with pytest.raises(ConfigError, match=r"weights='raw'.*fix: weights=ema"):
+        export(OmegaConf.create({"ckpt": str(ck), "out": str(tmp_path / "o2"), "weights": "raw"}))

@@ -115,14 +115,19 @@ def checkpoint_dict(module: nn.Module) -> dict[str, Any]:
     }
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[str, nn.Module, dict[str, Any]]:
+WEIGHTS_CHOICES = ("ema", "trained")
+
+
+def load_checkpoint(path: str | os.PathLike, weights: str = "ema") -> tuple[str, nn.Module, dict[str, Any]]:
     """(component name, rebuilt module in eval mode, its checked plain hyper-parameters) from a zoo-train file.
 
     The weights are the ones the samplers use: ``state_dict``, which holds the EMA average when the run had
     ``callbacks=ema`` (``current_model_state`` then holds the trained weights). A file saved before the EMA's first
     update (``averaging_state.n_averaged == 0``, written so by Lightning's own callback) has the INITIAL weights as
     its "average": the trained ones are exported instead, with a warning, as ``zoo.pipelines.glide.load_glide``
-    samples them. ``module.export_weights`` says which: "ema", "trained" or "trained (the EMA had not started)"."""
+    samples them. ``weights="trained"`` takes ``current_model_state`` whenever the file has one (as the GLIDE
+    generator's ``use_ema=false``). ``module.export_weights`` says which: "ema", "trained" or "trained (the EMA had
+    not started)"."""
     from zoo.checkpoint import load_module, safe_load
     from zoo.registry import checked_hparams, component_in
 
@@ -135,8 +140,13 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[str, nn.Module, dict[str, 
     )
     del ckpt
     module = load_module(path)
+    if weights not in WEIGHTS_CHOICES:
+        raise ConfigError(f"weights={weights!r}: one of {', '.join(WEIGHTS_CHOICES)} (fix: weights=ema)")
     if not isinstance(raw, dict):
         weights = "trained"
+    elif weights == "trained":
+        module.load_state_dict(raw)
+        module.eval()
     elif n_avg is not None and int(n_avg) == 0:
         log.warning(
             "%s: the EMA had not started when this checkpoint was saved (n_averaged = 0): its state_dict is the "
@@ -934,11 +944,17 @@ def export(cfg) -> dict[str, Any]:
         out = out.resolve()
     check_ckpt_path(ckpt)
     check_out_dir(out)
+    weights = str(cfg.get("weights") or "ema")
+    if weights not in WEIGHTS_CHOICES:
+        raise ConfigError(
+            f"weights={weights!r}: ema (state_dict: the EMA average when the run had callbacks=ema, what the "
+            "samplers use) or trained (current_model_state, the optimiser's weights) (fix: weights=ema)"
+        )
     check_packages(bool(cfg.get("onnx", True)))
     if cfg.get("onnx", True):
         check_opset(cfg.get("opset", 17))
         check_batches(cfg.get("export_batch", 2), cfg.get("check_batch", 3))
-    name, module, hp = load_checkpoint(ckpt)
+    name, module, hp = load_checkpoint(ckpt, weights)
     apply_trained_resolution(name, module, str(ckpt))
     if cfg.get("onnx", True) and cfg.get("graphs"):  # a misspelt graph name would silently export no graph
         known = [g.name for g in onnx_graphs(name, module)]
