@@ -29,7 +29,7 @@ class ClipBPETokenizer(TextTokenizer):
     def __init__(self, context_length: int = 77, vocab_size: Optional[int] = None):
         """``vocab_size``: optional, and then it must be CLIP's fixed 49,408 (a config that composes a trained BPE's
         settings under this tokenizer says so explicitly instead of silently keeping the BPE's size)."""
-        import regex  # open_clip's own dependency (its word regex needs \\p{L})
+        import regex  # open_clip's own dependency (its word regex uses Unicode classes)
         from open_clip.tokenizer import SimpleTokenizer
 
         if int(context_length) < 2:
@@ -48,7 +48,7 @@ class ClipBPETokenizer(TextTokenizer):
             )
         self.sot_id = self._tok.sot_token_id  # 49406, <start_of_text>
         self.eot_id = self._tok.eot_token_id  # 49407, <end_of_text>
-        # open_clip pads with 0 (also the id of the byte "!"): decode cuts at EOT, so a real "!" is never dropped.
+        # open_clip pads with 0, also CLIP's id of a bare "!": _ids never emits it, so 0 before EOT is never text.
         self.pad_id = 0
 
     def _ids(self, text: str) -> list[int]:
