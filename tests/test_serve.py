@@ -473,3 +473,17 @@ def test_a_missing_gradio_is_named_before_the_generator_is_built(tmp_path, monke
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed
     with pytest.raises(ConfigError, match=r"needs gradio \(fix: pip install -e '.\[serve\]'\)"):
         serve(cfg, block=False)
+
+
+def test_a_generator_setting_beyond_the_pages_bounds_is_reported(caplog):
+    """generator.n_candidates=512 with ui.max_candidates=128: the page opened its slider at 128 and every request
+    drew 128, without a word. The server's log now says so at start, naming the ui bound to raise."""
+    import logging
+
+    class WithCandidates(FakeGenerator):
+        n_candidates = 512
+
+    with caplog.at_level(logging.WARNING, logger="zoo.serve"):
+        studio = Studio(WithCandidates(), FakeScorer())
+    assert studio.initial(next(k for k in studio.knobs if k.name == "n_candidates")) == 128
+    assert "n_candidates=512 is outside the page's 1.0..128.0" in caplog.text and "ui.max_candidates" in caplog.text

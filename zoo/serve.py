@@ -235,6 +235,21 @@ class Studio:
         if not (self.page_reranks or reranks_itself(generator)):
             self.defaults.pop("n_candidates", None)
         self.knobs = [k for k in KNOBS if k.name in self.defaults]
+        for knob in self.knobs:  # the page cannot show (or send) a value outside its slider: say so at start
+            lo, hi = self.bounds(knob)
+            value = self.defaults[knob.name]
+            if not lo <= value <= hi:
+                bound = "ui." + knob.hi if isinstance(knob.hi, str) and value > hi else "its bound"
+                log.warning(
+                    "%s=%s is outside the page's %s..%s: the page starts at %s and every request sends that "
+                    "(fix: raise %s)",
+                    knob.name,
+                    value,
+                    lo,
+                    hi,
+                    knob.kind(min(max(value, lo), hi)),
+                    bound,
+                )
         self.seed_by_call = not hasattr(generator, "seed") and "seed" in params
         self._lock = threading.Lock()
 
