@@ -303,3 +303,20 @@ def test_a_gpu_trainer_without_a_gpu_fails_before_anything_is_built(train_cfg, t
     with pytest.raises(ConfigError, match=r"no CUDA device is visible .*trainer=cpu"):
         train(cfg)
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+def test_resume_with_another_text_tokenizer_is_refused(train_cfg, dalle_helpers, train_helpers, tmp_path):
+    """A resumed DALL·E took the DataModule's BPE without comparing it with the one its checkpoint was trained with:
+    a BPE fitted on other captions (here the short caption style) with the same vocabulary size loaded silently and
+    every caption became other token ids. Refused before training; the same tokenizer still resumes."""
+    common = train_helpers.tiny_dalle(dalle_helpers, tmp_path)
+    first = train_cfg(*common)
+    train(first)
+    run = first.paths.output_dir
+    other = train_cfg(*common, "data.caption_style=short", "trainer.max_steps=4", "ckpt_path=last")
+    other.paths.output_dir = run
+    with pytest.raises(ConfigError, match="another text tokenizer.*trained_bpe.*fingerprint"):
+        train(other)
+    again = train_cfg(*common, "trainer.max_steps=4", "ckpt_path=last")
+    again.paths.output_dir = run
+    assert train(again)["global_step"] == 4

@@ -61,6 +61,7 @@ from typing import Any, Iterable, Mapping, Optional
 import lightning as L
 import torch
 
+from zoo.errors import ConfigError
 from zoo.models.presets import resolve_preset
 from zoo.nn.image_tokenizer import codebook_stats, psnr_from_mse
 
@@ -160,6 +161,32 @@ class ZooLit(L.LightningModule):
         return {}
 
 
+def tokenizer_identity(spec: dict[str, Any]) -> Any:
+    """What makes two ``TextTokenizer.to_spec()`` dicts the same tokenizer: a trained BPE's vocabulary and merges
+    (not its JSON text, whose layout may change with the ``tokenizers`` version) and the context length; any other
+    spec as it is."""
+    if spec.get("kind") == "trained_bpe" and isinstance(spec.get("json"), str):
+        import json
+
+        model = json.loads(spec["json"]).get("model", {})
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        return ("trained_bpe", spec.get("context_length"), sorted(model.get("vocab", {}).items()), merges)
+    return sorted((k, repr(v)) for k, v in spec.items())
+
+
+def describe_tokenizer_spec(spec: dict[str, Any]) -> str:
+    """A short description of a tokenizer spec for messages (kind, context length, vocabulary size)."""
+    parts = [str(spec.get("kind")), f"context_length={spec.get('context_length')}"]
+    if spec.get("kind") == "trained_bpe" and isinstance(spec.get("json"), str):
+        import hashlib
+        import json
+
+        vocab = json.loads(spec["json"]).get("model", {}).get("vocab", {})
+        digest = hashlib.sha1(repr(tokenizer_identity(spec)).encode()).hexdigest()[:8]
+        parts += [f"vocab {len(vocab)}", f"fingerprint {digest}"]
+    return ", ".join(parts)
+
+
 class TextTokenizerLit(ZooLit):
     """Shared base of the modules whose text tokenizer travels in their checkpoints (DALL·E, GLIDE, noised CLIP).
 
@@ -179,6 +206,24 @@ class TextTokenizerLit(ZooLit):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if self.text_tokenizer is None and dm is not None and getattr(dm, "tokenizer", None) is not None:
             self.text_tokenizer = dm.tokenizer
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run (``ckpt_path=``) must read captions with the tokenizer it trained with: the DataModule's is
+        taken in ``setup`` (Lightning calls it before restoring), and one fitted on other captions (another caption
+        style, world or data set; the tokenizer cache cleared and refitted elsewhere) with the same vocabulary size
+        loaded without a word, every token id now meaning another piece of text. A ConfigError before training."""
+        super().on_load_checkpoint(checkpoint)
+        saved = (checkpoint.get("hyper_parameters") or {}).get("text_tokenizer")
+        if not saved or self.text_tokenizer is None or self._trainer is None:
+            return
+        current = self.text_tokenizer.to_spec()
+        if current is not None and tokenizer_identity(saved) != tokenizer_identity(current):
+            raise ConfigError(
+                f"this checkpoint was trained with another text tokenizer ({describe_tokenizer_spec(saved)}) than "
+                f"the DataModule gives now ({describe_tokenizer_spec(current)}): resumed, every caption would be "
+                f"read as other token ids (fix: resume with the data and data.tokenizer settings the run was trained "
+                f"with, or start a new run without ckpt_path=)"
+            )
 
 
 class ImageTokenizerLit(ZooLit):
