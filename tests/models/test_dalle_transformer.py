@@ -277,6 +277,19 @@ def test_head_cross_entropy_equals_f_cross_entropy(ignore):
         loss.backward()
 
 
+def test_text_loss_without_kept_targets_is_zero_not_nan():
+    """text_loss_on_pad=False and every caption of the batch dropped to all pads (caption dropout): no text target
+    is kept; the loss was 0 / 0 = NaN (the logged train / val loss, and an epoch's mean, became NaN)."""
+    m = _model(sharp=False, text_loss_on_pad=False)
+    text, image = _batch()
+    text[:, 1:] = m.cfg.pad_id
+    out = m.loss(text, image)
+    assert out["text_loss"].item() == 0.0 and torch.isfinite(out["loss"])
+    torch.testing.assert_close(out["loss"], (1 - m.cfg.loss_text_weight) * out["image_loss"])
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
 def test_loss_equals_cross_entropy_of_forward_logits_with_gradients():
     m = _model(sharp=False)
     text, image = _batch()

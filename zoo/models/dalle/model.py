@@ -106,7 +106,9 @@ class _HeadCrossEntropy(torch.autograd.Function):
         keep = target != ignore_index
         tgt = torch.where(keep, target, torch.zeros_like(target))
         picked = logits.gather(1, tgt[:, None]).squeeze(1)
-        n_kept = keep.sum()
+        # rows kept, at least 1: no kept row (e.g. text_loss_on_pad=False and every caption of the batch dropped to
+        # all pads) is a loss of 0 with zero gradients, not F.cross_entropy's 0 / 0 = NaN in the logged loss
+        n_kept = keep.sum().clamp(min=1)
         ctx.save_for_backward(h, weight, logits, lse, tgt, keep, n_kept)
         ctx.mm_dtype = mm_dtype
         return torch.where(keep, lse - picked, torch.zeros_like(lse)).sum() / n_kept
@@ -134,7 +136,8 @@ def head_cross_entropy(
 ) -> torch.Tensor:
     """Mean cross-entropy of the bias-free head ``h (N, d) @ weight (V, d).T`` against ``target`` (N,) (rows whose
     target is ``ignore_index`` excluded), equal to ``F.cross_entropy(F.linear(h, weight), target,
-    ignore_index=ignore_index)`` up to float rounding, with the softmax in >= fp32; see ``_HeadCrossEntropy``."""
+    ignore_index=ignore_index)`` up to float rounding, with the softmax in >= fp32; see ``_HeadCrossEntropy``.
+    When every row is ignored the result is 0 (F.cross_entropy gives NaN)."""
     return _HeadCrossEntropy.apply(h, weight, target, ignore_index)
 
 
