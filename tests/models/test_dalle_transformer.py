@@ -235,6 +235,19 @@ def test_priming_keeps_given_rows(use_cache):
         sample_image_tokens(m, text, prime_tokens=image)
 
 
+def test_priming_refuses_mismatched_shapes_and_codes():
+    """prime_tokens were reshaped to (B, -1) unchecked: one caption's rows for a batch of two were split across the
+    two samples, and rows of another grid width became a shifted raster prefix, silently."""
+    m = _model("paper")
+    text, image = _batch(b=2)
+    with pytest.raises(ValueError, match="prime_tokens must be"):
+        sample_image_tokens(m, text, prime_tokens=image[:1, :2], generator=_gen())  # (1, 2, 4) for 2 captions
+    with pytest.raises(ValueError, match="prime_tokens must be"):
+        sample_image_tokens(m, text, prime_tokens=image[:, :2, :3], generator=_gen())  # rows 3 wide, grid 4 wide
+    with pytest.raises(ValueError, match="image_vocab"):
+        sample_image_tokens(m, text, prime_tokens=image[:, :1] + m.cfg.image_vocab, generator=_gen())
+
+
 def test_filter_logits():
     x = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
     assert torch.isinf(filter_logits(x, top_k=2)).tolist() == [[True, False, False, True]]

@@ -79,8 +79,19 @@ def sample_image_tokens(
     out = torch.zeros(b, n, dtype=torch.long, device=device)
     n_prime = 0
     if prime_tokens is not None:
+        ps = tuple(prime_tokens.shape)
+        if prime_tokens.dim() not in (2, 3) or ps[0] != b or (prime_tokens.dim() == 3 and ps[2] != cfg.grid_w):
+            raise ValueError(
+                f"prime_tokens must be ({b}, r, {cfg.grid_w}) token rows or a ({b}, P) raster prefix (one per "
+                f"caption of the batch, grid {cfg.grid_h}x{cfg.grid_w}), got shape {ps}"
+            )
         prime = prime_tokens.reshape(b, -1).to(device)
         n_prime = prime.shape[1]
+        if n_prime and (prime.min() < 0 or prime.max() >= cfg.image_vocab):
+            raise ValueError(
+                f"prime_tokens hold codes {int(prime.min())}..{int(prime.max())}; the model's image_vocab is "
+                f"{cfg.image_vocab}"
+            )
         if n_prime >= n:
             raise ValueError(f"prime_tokens has {n_prime} tokens; the grid has only {n}")
         out[:, :n_prime] = prime
