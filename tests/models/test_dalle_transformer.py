@@ -257,6 +257,18 @@ def test_filter_logits():
     assert torch.isinf(filter_logits(x, top_p=float(p[1] + p[2]) + 1e-3)).tolist() == [[False, False, False, True]]
 
 
+def test_top_p_zero_keeps_the_best_token():
+    """top_p <= 0 filtered out every token (all -inf), so Gumbel-max always returned token 0 whatever the model said;
+    the best token is always kept, so top_p=0 is greedy."""
+    x = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    assert torch.isinf(filter_logits(x, top_p=0.0)).tolist() == [[True, False, True, True]]
+    m = _model("paper")
+    text, _ = _batch()
+    greedy = sample_image_tokens(m, text, temperature=0.0, generator=_gen())
+    assert torch.equal(sample_image_tokens(m, text, top_p=0.0, generator=_gen()), greedy)
+    assert (greedy != 0).any()
+
+
 def test_bf16_autocast_training_and_cached_sampling_run():
     m = _model("paper", sharp=False, dtype=torch.float32)
     text, image = _batch()

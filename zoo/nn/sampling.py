@@ -34,7 +34,8 @@ def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Opti
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
         mass_before = probs.cumsum(-1) - probs  # probability of the strictly better tokens
-        drop_sorted = mass_before >= top_p  # the first token has mass_before 0 and is always kept
+        drop_sorted = mass_before >= top_p
+        drop_sorted[..., 0] = False  # the best token is always kept (top_p <= 0 dropped every token: all -inf)
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
