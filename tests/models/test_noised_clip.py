@@ -170,3 +170,45 @@ def test_train_checkpoint_load(train_cfg, train_helpers):
     assert isinstance(model, NoisedClipLit) and model.cfg == TINY
     tok = model.encode_captions(["a red circle", "a blue square"])
     assert model.score(torch.zeros(2, 3, 16, 16), torch.zeros(2, dtype=torch.long), tok).shape == (2,)
+
+
+def _configured_optimizer(model: NoisedClipLit) -> torch.optim.Optimizer:
+    """conf/model/noised_clip.yaml's optimizer (AdamW, weight decay 0.1) over the module's parameter groups."""
+    from functools import partial
+
+    model.optimizer_factory = partial(torch.optim.AdamW, lr=3e-4, betas=(0.9, 0.98), weight_decay=0.1)
+    return model.configure_optimizers()
+
+
+def test_weight_decay_spares_the_temperature_gains_biases_and_embeddings():
+    torch.manual_seed(0)
+    model = NoisedClipLit(preset="tiny")
+    opt = _configured_optimizer(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for _ in range(3):  # zero gradients: only the decoupled weight decay can move a parameter
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+    spared = ("logit_scale", "position_embedding", "token_embedding.weight", "ln_f.weight", "norm_out.weight")
+    for n, p in model.named_parameters():
+        if any(n.endswith(s) for s in spared) or p.ndim < 2:
+            assert torch.equal(p, before[n]), f"{n} was weight-decayed"
+    assert not torch.equal(model.net.visual.proj.weight, before["net.visual.proj.weight"])  # matrices still decay
+
+
+def test_resuming_a_one_group_optimizer_state_keeps_each_parameters_moments():
+    torch.manual_seed(0)
+    model = NoisedClipLit(preset="tiny")
+    params = [p for p in model.parameters() if p.requires_grad]
+    old = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.1)  # the layout before the two groups
+    for p in params:
+        p.grad = torch.randn_like(p)
+    old.step()
+    ckpt = {"optimizer_states": [old.state_dict()], "lr_schedulers": [{"base_lrs": [3e-4], "_last_lr": [3e-4]}]}
+    model.on_load_checkpoint(ckpt)
+    opt = _configured_optimizer(model)
+    opt.load_state_dict(ckpt["optimizer_states"][0])  # raised "different number of parameter groups" before
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    for p in params:
+        torch.testing.assert_close(opt.state[p]["exp_avg"], old.state[p]["exp_avg"])
+    assert ckpt["lr_schedulers"][0]["base_lrs"] == [3e-4, 3e-4]

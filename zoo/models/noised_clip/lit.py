@@ -58,8 +58,52 @@ class NoisedClipLit(TextTokenizerLit):
         self.text_tokenizer: Optional[TextTokenizer] = TextTokenizer.from_spec(text_tokenizer)
         self.loss_fn = open_clip.ClipLoss()
 
+    def decay_split(self) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+        """(decayed, not decayed) trainable parameters: no weight decay on gains, biases, embeddings and the
+        temperature, as the zoo's CLIP (``ClipLit.trainable_parameters``) and open_clip's training."""
+        decay, no_decay = [], []
+        for n, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "logit_scale" in n or "embedding" in n or "ln" in n else decay).append(p)
+        return decay, no_decay
+
+    def trainable_parameters(self) -> list[dict[str, Any]]:
+        """Two groups: ``decay_split``'s decayed parameters (the optimizer's ``weight_decay``, 0.1 in
+        conf/model/noised_clip.yaml) and the others at weight decay 0 (which would otherwise pull ``logit_scale``, the
+        LayerNorm / GroupNorm gains and the embeddings towards 0 every step)."""
+        decay, no_decay = self.decay_split()
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
     def default_optimizer(self, params) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=3e-4, weight_decay=0.1)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming a checkpoint written when the optimizer had one parameter group (every parameter decayed): its
+        optimizer state is re-laid into ``trainable_parameters``' two groups (same per-parameter moments; the second
+        group at weight decay 0), and one-entry per-group lists of its LR schedulers are repeated for both groups."""
+        super().on_load_checkpoint(checkpoint)
+        decay, no_decay = self.decay_split()
+        old_order = [p for p in self.parameters() if p.requires_grad]  # the one group's parameter order
+        new_index = {id(p): i for i, p in enumerate(decay + no_decay)}
+        remapped = False
+        for opt in checkpoint.get("optimizer_states") or []:
+            groups = opt.get("param_groups") or []
+            if len(groups) != 1 or len(groups[0].get("params", ())) != len(old_order) or not no_decay:
+                continue
+            old = groups[0]
+            pos = {i: new_index[id(p)] for i, p in zip(old["params"], old_order)}  # old state id -> new index
+            opt["state"] = {pos[k]: v for k, v in (opt.get("state") or {}).items() if k in pos}
+            opt["param_groups"] = [
+                {**old, "params": list(range(len(decay)))},
+                {**old, "weight_decay": 0.0, "params": list(range(len(decay), len(decay) + len(no_decay)))},
+            ]
+            remapped = True
+        if remapped:
+            for sched in checkpoint.get("lr_schedulers") or []:
+                for k, v in list(sched.items()):
+                    if isinstance(v, list) and len(v) == 1 and k in ("base_lrs", "_last_lr"):
+                        sched[k] = v * 2
 
     # ------------------------------------------------------------------------------------------ tokenizer / data
     def data_sizes(self, datamodule) -> dict[str, Any]:
