@@ -67,6 +67,20 @@ def test_decoding_rows_and_chunks_equal_dense(kind, shape):
         assert a == t and a + len(range(lo, hi, step)) < 0.5 * n
 
 
+@pytest.mark.parametrize("kind", ["row", "column", "conv"])
+def test_float64_decoding_rows_keep_float64_precision(kind):
+    """The one-row decoding path computed its softmax in float32 even for float64 inputs: 1e-7 away from the dense
+    reference (and from the planned path), where float64 agrees to 1e-15."""
+    t, h, w, k = SHAPES[1]
+    bs = _wrapper(kind, t, h, w, k, max_density=2.0)
+    n = t + h * w
+    q, kk, v = (x.detach() for x in _qkv(n, seed=2, dtype=torch.float64))
+    full = F.scaled_dot_product_attention(q, kk, v, attn_mask=bs.dense)
+    for p in range(t, n):
+        y = bs.attention(q[:, :, p : p + 1], kk[:, :, : p + 1], v[:, :, : p + 1], start_pos=p)
+        torch.testing.assert_close(y, full[:, :, p : p + 1], rtol=0, atol=1e-12)
+
+
 def test_plans_skip_the_masked_out_work():
     """At 16x16 with 64 text tokens the sparse kinds compute well under half the dense scores (the point)."""
     t, g = 64, 16

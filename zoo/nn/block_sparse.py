@@ -224,7 +224,10 @@ class BlockSparseMask:
                 sc = sc.masked_fill(~sub, float("-inf"))
             scores.append(sc)
             values.append(v[:, :, lo:hi:step])
-        p = torch.softmax(torch.cat(scores, -1) * scale, dim=-1, dtype=torch.float32).to(v.dtype)
+        # softmax in >= fp32: fp32 for half / bf16, the inputs' own dtype for fp64 (fp32 would round a float64
+        # model's decoding to fp32, unlike the dense and planned paths)
+        acc = torch.promote_types(q.dtype, torch.float32)
+        p = torch.softmax(torch.cat(scores, -1) * scale, dim=-1, dtype=acc).to(v.dtype)
         if dropout_p > 0:
             p = F.dropout(p, dropout_p)
         if len(values) == 1:
