@@ -191,6 +191,15 @@ def test_decoder_guidance_one_is_the_conditional_model_bit_for_bit(nn_helpers):
     assert imgs.shape == (4, 3, 16, 16) and imgs.abs().max() <= 1
 
 
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_an_embedding_of_another_width_is_named_at_every_guidance_scale(scale):
+    lit = UnclipDecoderLit(preset="tiny")
+    with pytest.raises(ValueError, match=f"clip_dim={D}"):  # guided: a bare torch.cat size error before
+        lit.sample(_tokens(2), torch.randn(2, 2 * D), decoder_guidance_scale=scale, steps=2)
+    with pytest.raises(ValueError, match="for 3 captions"):
+        lit.sample(_tokens(3), torch.randn(2, D), decoder_guidance_scale=scale, steps=2)
+
+
 def test_tiny_decoder_overfits_a_fixed_batch(nn_helpers):
     torch.manual_seed(0)
     lit = UnclipDecoderLit(preset="tiny", text_dropout=0.0, emb_dropout=0.0)

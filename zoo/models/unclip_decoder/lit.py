@@ -247,6 +247,12 @@ class UnclipDecoderLit(GlideLit):
         """The sampler's ``model_fn(x_t, t)``: conditional at scale None or 1, else guided against the null condition
         (empty caption + zero embedding) with one batched [cond ; uncond] forward per step."""
         b = text_tokens.shape[0]
+        if tuple(image_emb.shape) != (b, self.cfg.clip_dim):  # before the guided path's cat hides the cause
+            raise ValueError(
+                f"image_emb must be (B={b}, clip_dim={self.cfg.clip_dim}) for {b} captions, got "
+                f"{tuple(image_emb.shape)} (an embedding of another CLIP width, or a batch of another size: the "
+                f"decoder takes the embeddings of the CLIP it was trained with)"
+            )
 
         def encode(guided: bool) -> dict[str, torch.Tensor]:
             if not guided:
