@@ -214,6 +214,21 @@ def test_guidance_changes_samples_and_scale_one_equals_conditional():
     assert not torch.equal(s3, cond)
 
 
+def test_guidance_refuses_null_text_of_another_shape():
+    """A null caption of another batch size or length failed deep inside (torch.cat / expand size errors naming
+    neither argument); now a ValueError names null_text_tokens / text_tokens and the expected shapes."""
+    m = _model("paper")
+    text, _ = _batch()
+    t = m.cfg.text_len
+    for bad in (torch.zeros(2, t, dtype=torch.long), torch.zeros(t - 1, dtype=torch.long)):
+        with pytest.raises(ValueError, match="null_text_tokens must be"):
+            sample_image_tokens(m, text, guidance_scale=2.0, null_text_tokens=bad, generator=_gen())
+    with pytest.raises(ValueError, match="text_tokens must be"):
+        sample_image_tokens(m, text[:, :-1], guidance_scale=2.0, generator=_gen())
+    one = sample_image_tokens(m, text, guidance_scale=2.0, null_text_tokens=torch.zeros(1, t, dtype=torch.long))
+    assert one.shape == (3, 4, 4)
+
+
 def test_same_seed_same_tokens_other_seed_other_tokens():
     m = _model("paper", sharp=False)
     text, _ = _batch()

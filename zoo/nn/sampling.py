@@ -75,6 +75,11 @@ def sample_image_tokens(
     unconditional stream alongside. ``prime_tokens``: (B, r, w) rows or (B, P) raster prefix, kept as given.
     """
     cfg = model.cfg
+    if text_tokens.dim() != 2 or text_tokens.shape[1] != cfg.text_len:
+        raise ValueError(
+            f"text_tokens must be (B, {cfg.text_len}) (padded to the model's text_len), got shape "
+            f"{tuple(text_tokens.shape)}"
+        )
     b, t, n = text_tokens.shape[0], cfg.text_len, cfg.image_len
     device = text_tokens.device
     out = torch.zeros(b, n, dtype=torch.long, device=device)
@@ -101,7 +106,12 @@ def sample_image_tokens(
     text = text_tokens
     if guided:
         null = null_text_tokens if null_text_tokens is not None else torch.full((t,), cfg.pad_id)
-        null = null.to(device).expand(b, t) if null.dim() == 1 else null.to(device)
+        if tuple(null.shape) not in ((t,), (1, t), (b, t)):
+            raise ValueError(
+                f"null_text_tokens must be ({t},) or ({b}, {t}) (text_len {t}, one per caption), got shape "
+                f"{tuple(null.shape)}"
+            )
+        null = null.to(device).expand(b, t)
         text = torch.cat([text_tokens, null], 0)  # (2B, T): [cond ; uncond]
     streams = 2 if guided else 1
 
