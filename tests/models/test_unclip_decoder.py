@@ -200,6 +200,15 @@ def test_an_embedding_of_another_width_is_named_at_every_guidance_scale(scale):
         lit.sample(_tokens(3), torch.randn(2, D), decoder_guidance_scale=scale, steps=2)
 
 
+def test_glides_caption_only_model_fn_refuses_the_decoder():
+    """GlideLit.model_fn (what clip_guided_generate samples with) ran the decoder without its embedding: no timestep
+    projection and no 4 context tokens, an input it never saw in training, silently."""
+    lit = UnclipDecoderLit(preset="tiny")
+    with pytest.raises(NotImplementedError, match="decoder_model_fn"):
+        lit.model_fn(_tokens(2), 3.0)
+    assert lit.decoder_model_fn(_tokens(2), torch.randn(2, D), 3.0) is not None
+
+
 def test_tiny_decoder_overfits_a_fixed_batch(nn_helpers):
     torch.manual_seed(0)
     lit = UnclipDecoderLit(preset="tiny", text_dropout=0.0, emb_dropout=0.0)

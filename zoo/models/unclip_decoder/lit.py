@@ -352,6 +352,13 @@ class UnclipDecoderLit(GlideLit):
         """The unCLIP pipeline's call: decode CLIP image embeddings (B, clip_dim), captions optional."""
         return self.generate(captions, image_emb, **kwargs)
 
+    def model_fn(self, *args, **kwargs):
+        raise NotImplementedError(
+            "the unCLIP decoder is conditioned on image embeddings: GlideLit.model_fn would run it on the caption "
+            "alone, without the embedding's timestep projection and 4 context tokens (not even the null embedding's); "
+            "use decoder_model_fn(text_tokens, image_emb, scale) (CLIP guidance guides a GLIDE model, not the decoder)"
+        )
+
     def sample_tokens(self, *args, **kwargs):
         raise NotImplementedError(
             "the unCLIP decoder samples from image embeddings: use sample(text_tokens, "
