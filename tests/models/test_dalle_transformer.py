@@ -64,6 +64,16 @@ def test_unknown_preset_names_choices():
         _config("huge")
 
 
+@pytest.mark.parametrize("net", [dict(loss_text_weight=1.5), dict(loss_text_weight=-0.1), dict(pad_id=64)])
+def test_config_refuses_a_loss_weight_outside_0_1_and_a_pad_id_outside_the_vocabulary(net):
+    """loss_text_weight=1.5 gave the image loss weight -0.5 (training maximised it), silently; a pad id outside the
+    text vocabulary (tiny: 64 tokens) was an IndexError at the first pad."""
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="loss_text_weight|pad_id"):
+        _config("tiny", **net)
+
+
 def test_pad_token_is_learned_per_position():
     m = _model(sharp=False)
     t = m.cfg.text_len

@@ -164,6 +164,22 @@ class DalleTransformerConfig:
     # same results; faster from 16x16 grids on, and the dense path runs by itself where blocking would not pay)
     attn_impl: str = "block_sparse"
 
+    def __post_init__(self):
+        # values that were accepted silently: a text weight outside [0, 1] gives the other loss a negative weight
+        # (training then maximises it); a pad id outside the text vocabulary was an IndexError at the first pad target
+        from zoo.errors import ConfigError
+
+        if not 0.0 <= self.loss_text_weight <= 1.0:
+            raise ConfigError(
+                f"loss_text_weight must be in [0, 1] (loss = w * text + (1 - w) * image; paper: 1/8), "
+                f"got {self.loss_text_weight} (fix: model.net.loss_text_weight=0.125)"
+            )
+        if not 0 <= self.pad_id < self.text_vocab:
+            raise ConfigError(
+                f"pad_id {self.pad_id} is not a token of the text vocabulary (text_vocab={self.text_vocab}) "
+                f"(fix: model.net.pad_id=<the text tokenizer's pad id>)"
+            )
+
     @property
     def image_len(self) -> int:
         return self.grid_h * self.grid_w
