@@ -170,6 +170,36 @@ def test_output_shapes_per_enabled_stage(ckpts):
         _pipe(ckpts, stages=["decoder", "upsampler3"], prior="none")
 
 
+@pytest.mark.parametrize(
+    "kind,net,what",
+    [
+        ("diffusion", {"clip_dim": 16}, "CLIP width is 16"),
+        ("diffusion", {"clip_dim": D, "text_len": 8, "text_vocab": 49408}, "text_len=8"),
+        ("diffusion", {"clip_dim": D, "text_vocab": 64}, "embeds 64"),
+        ("ar", {"embed_dim": 16}, "CLIP width is 16"),
+        ("ar", {"text_len": 8}, "text_len=8"),
+    ],
+)
+def test_a_prior_of_another_clip_is_refused_when_the_pipeline_is_built(ckpts, kind, net, what):
+    """The prior's embedding width, context and token vocabulary must be the pipeline CLIP's: a ConfigError naming
+    the fix at construction, not a bare shape / index error once sampling started."""
+    from zoo.checkpoint import load_module
+    from zoo.errors import ConfigError
+    from zoo.models.ar_prior.lit import ARPriorLit
+    from zoo.models.clip.scorer import ClipScorer
+    from zoo.models.diffusion_prior.lit import DiffusionPriorLit
+
+    decoder = load_module(str(ckpts["decoder"]))
+    clip = ClipScorer.from_lightning_checkpoint(str(ckpts["clip"]))
+    if kind == "diffusion":
+        ctx = clip.tokenize(["a"]).shape[1]
+        prior = DiffusionPriorLit(preset="tiny", net={"text_len": ctx, **net}, embed_scale=5.0, sample_steps=2)
+    else:
+        prior = ARPriorLit(preset="tiny", net={"n_buckets": 16, **net}, n_components=4)
+    with pytest.raises(ConfigError, match=what):
+        UnclipPipeline(decoder, clip, prior, decoder_steps=2, prior_steps=None)
+
+
 def test_upsampler_chain_off_its_training_resolution_warns(ckpts, caplog):
     """The tiny decoder gives 16 px and the tiny upsamplers were trained 8 -> 32 px: the chain runs (fully
     convolutional) but each mismatched link is a WARNING naming the upsampler and both sizes; a matched link is

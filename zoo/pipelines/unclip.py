@@ -277,6 +277,31 @@ class UnclipPipeline:
                     f"the CLIP embeds to {d}-d but the decoder's clip_dim is {c.clip_dim} "
                     f"(fix: the CLIP the decoder was trained with)"
                 )
+            if self.prior in ("diffusion", "ar"):
+                self._check_prior_clip(d)
+
+    def _check_prior_clip(self, d: int) -> None:
+        """The prior reads this CLIP's text embedding (d-wide) and token ids and writes embeddings of its image tower:
+        a prior trained on another CLIP is refused here, naming the fix. It used to pass construction and fail only
+        once sampling started, with a bare matmul shape error (embedding width) or an IndexError (token vocabulary)."""
+        p = self.prior_model.cfg
+        width = int(p.clip_dim if self.prior == "diffusion" else p.embed_dim)
+        fix = "(fix: generator.clip_ckpt=<the CLIP the prior was trained on>, or a prior trained on this CLIP)"
+        if width != d:
+            raise ConfigError(f"the CLIP embeds to {d}-d but the {self.prior} prior's CLIP width is {width} {fix}")
+        if self.prior == "diffusion" and p.text_input == "none":
+            return
+        length = int(self.clip.tokenize(["a"]).shape[-1])
+        if (self.prior == "diffusion" and length != p.text_len) or (self.prior == "ar" and length > p.text_len):
+            raise ConfigError(
+                f"the CLIP's context is {length} tokens but the {self.prior} prior takes text_len={p.text_len} {fix}"
+            )
+        vocab = getattr(self.clip.model, "vocab_size", None)
+        uses_ids = self.prior == "ar" or p.text_input == "tokens"
+        if uses_ids and isinstance(vocab, int) and vocab > p.text_vocab:
+            raise ConfigError(
+                f"the CLIP's tokenizer has {vocab} token ids but the {self.prior} prior embeds {p.text_vocab} {fix}"
+            )
 
     @classmethod
     def from_checkpoints(
