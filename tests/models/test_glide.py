@@ -147,6 +147,24 @@ def test_guided_model_fn_is_one_batched_forward(nn_helpers):
     torch.testing.assert_close(out, guide_learned_variance(uncond, cond, 2.5), rtol=1e-4, atol=1e-5)
 
 
+def test_sampling_a_module_left_in_training_mode_uses_no_dropout(perturb):
+    """sample_tokens on a module in training mode (a fresh one, or one a training loop left so) ran the U-Net with
+    its dropout on: two draws from one seed differed, and neither was the eval-mode sample."""
+    torch.manual_seed(0)
+    lit = GlideLit(preset="tiny", net={"dropout": 0.5})
+    perturb(lit.net)
+    tok = torch.randint(1, 100, (2, 8), generator=torch.Generator().manual_seed(1))
+
+    def draw():
+        return lit.sample_tokens(tok, guidance_scale=2.0, steps=2, generator=torch.Generator().manual_seed(0))
+
+    assert lit.training
+    a, b = draw(), draw()
+    assert lit.training  # the caller's mode is restored
+    lit.eval()
+    assert torch.equal(a, b) and torch.equal(a, draw())
+
+
 def test_samplers_and_candidates(nn_helpers):
     lit = nn_helpers.sampling_lit(GlideLit)
     caps = ["a red circle"]

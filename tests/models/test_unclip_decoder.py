@@ -209,6 +209,21 @@ def test_glides_caption_only_model_fn_refuses_the_decoder():
     assert lit.decoder_model_fn(_tokens(2), torch.randn(2, D), 3.0) is not None
 
 
+def test_sampling_a_decoder_left_in_training_mode_uses_no_dropout(perturb):
+    torch.manual_seed(0)
+    lit = UnclipDecoderLit(preset="tiny", net={"dropout": 0.5})
+    perturb(lit.net)
+    emb = torch.randn(2, D, generator=torch.Generator().manual_seed(2))
+
+    def draw():
+        return lit.sample(_tokens(2), emb, 2.0, steps=2, generator=torch.Generator().manual_seed(0))
+
+    a, b = draw(), draw()
+    assert lit.training  # the caller's mode is restored
+    lit.eval()
+    assert torch.equal(a, b) and torch.equal(a, draw())
+
+
 def test_tiny_decoder_overfits_a_fixed_batch(nn_helpers):
     torch.manual_seed(0)
     lit = UnclipDecoderLit(preset="tiny", text_dropout=0.0, emb_dropout=0.0)

@@ -26,6 +26,8 @@ the BPE's tokenizer.json as a string), so ``zoo.checkpoint.load_module(ckpt).gen
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -119,6 +121,29 @@ def run_sampler(
 def _rows(cond: dict[str, Any], rows: slice) -> dict[str, Any]:
     """The conditioning of some rows of a per-row dict (``Glide.encode_text``'s)."""
     return {k: v[rows] if torch.is_tensor(v) else v for k, v in cond.items()}
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """``module`` in eval mode inside the block (no U-Net / text dropout), its training mode restored after: sampling
+    is deterministic given the generator whatever mode the caller left the module in."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def sampling_in_eval_mode(method):
+    """A sampling method of a module run under ``eval_mode(self)``: the caption encoding and every denoiser step."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with eval_mode(self):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class GlideLit(TextTokenizerLit):
@@ -373,6 +398,7 @@ class GlideLit(TextTokenizerLit):
         return lambda x, t: in_row_slices(len(x), m, lambda r: guided_rows(x, t, r))
 
     @torch.no_grad()
+    @sampling_in_eval_mode  # no dropout in the samples, even on a module left in training mode
     def sample_tokens(
         self,
         text_tokens: torch.Tensor,
@@ -470,13 +496,9 @@ class GlideLit(TextTokenizerLit):
         """``sample_rows(rows, gen)`` over the chunks of ``batch_size`` of ``n_rows`` rows, concatenated, in eval
         mode (the training mode is restored after). One generator over all chunks (``generator``, else one seeded
         with ``seed``), so the result is deterministic given ``seed``."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
             return torch.cat([sample_rows(slice(i, i + batch_size), gen) for i in range(0, n_rows, batch_size)])
-        finally:
-            self.train(was_training)
 
     @torch.no_grad()
     def inpaint(

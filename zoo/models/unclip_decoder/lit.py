@@ -29,7 +29,7 @@ from zoo.diffusion.samplers import check_sampling_knobs
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
 from zoo.models.base import ZooLit, resolve_preset, unmet_sizes
-from zoo.models.glide.lit import GlideLit, check_prediction, check_snr_gamma, run_sampler
+from zoo.models.glide.lit import GlideLit, check_prediction, check_snr_gamma, run_sampler, sampling_in_eval_mode
 from zoo.models.unclip_decoder.model import UNCLIP_DECODER_PRESETS, UnclipDecoder, UnclipDecoderConfig
 from zoo.text import TextTokenizer
 
@@ -265,6 +265,7 @@ class UnclipDecoderLit(GlideLit):
         return self.guided_model_fn(encode, guidance_scale)
 
     @torch.no_grad()
+    @sampling_in_eval_mode  # no dropout in the samples, even on a module left in training mode
     def sample(
         self,
         text_tokens: Optional[torch.Tensor],
