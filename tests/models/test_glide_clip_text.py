@@ -129,3 +129,21 @@ def test_text_init_with_another_tokenizer_fails_before_training(train_cfg, train
     args = _train_args(tmp_path / "missing.ckpt")
     with pytest.raises(ConfigError, match="no file"):
         train(train_cfg(*args, *T.sizes(24), *T.ONE_EPOCH))
+
+
+def test_argmax_pooling_needs_a_tokenizer_whose_end_of_text_is_the_highest_id():
+    """text_pool=argmax finds CLIP BPE's end-of-text as the highest id; under the trained BPE (EOT = 3) it pooled the
+    caption's highest-id word instead, mid-caption for a causal encoder, and check_data accepted it."""
+    from types import SimpleNamespace
+
+    from zoo.models.glide.lit import GlideLit
+    from zoo.text import ClipBPETokenizer
+    from zoo.text.trained_bpe import TrainedBPETokenizer
+
+    bpe = TrainedBPETokenizer.train(["a red circle at the top left", "two blue squares"] * 20, 300, None, 32)
+    lit = GlideLit(preset="tiny", net={"text_pool": "argmax"})
+    with pytest.raises(ConfigError, match="text_pool=last"):
+        lit.check_data(SimpleNamespace(tokenizer=bpe, resolution=16))
+    GlideLit(preset="tiny", net={"text_pool": "last"}).check_data(SimpleNamespace(tokenizer=bpe, resolution=16))
+    clip_lit = GlideLit(preset="tiny", net={k: v for k, v in CLIP_TEXT.items()})
+    clip_lit.check_data(SimpleNamespace(tokenizer=ClipBPETokenizer(context_length=32), resolution=16))

@@ -263,6 +263,15 @@ class GlideLit(TextTokenizerLit):
         Keeps the DataModule's tokenizer (it goes into the checkpoint)."""
         c = self.cfg
         tok = check_text_tokenizer(datamodule, c.text_vocab, c.text_len, c.pad_id, "GLIDE")
+        eot = getattr(tok, "eot_id", None)
+        if c.text_pool == "argmax" and (eot is None or eot != tok.vocab_size - 1):
+            # argmax pooling finds the end-of-text token as the highest id (CLIP BPE's 49407); under another
+            # tokenizer it reads the caption's highest-id word, which a causal encoder has not shown the words after
+            raise ConfigError(
+                f"model.net.text_pool=argmax reads the caption at its highest token id, CLIP BPE's end-of-text, but "
+                f"{type(tok).__name__}'s end-of-text is {eot} of {tok.vocab_size} ids: the final-token path would "
+                f"read a word in the middle of the caption (fix: model.net.text_pool=last, or data/tokenizer=clip_bpe)"
+            )
         res = getattr(datamodule, "resolution", None)
         if res is not None and res != c.image_size:
             raise ConfigError(
