@@ -200,6 +200,29 @@ def test_a_prior_of_another_clip_is_refused_when_the_pipeline_is_built(ckpts, ki
         UnclipPipeline(decoder, clip, prior, decoder_steps=2, prior_steps=None)
 
 
+@pytest.mark.parametrize("n_averaged,use_ema,want", [(0, True, "raw"), (5, True, "ema"), (5, False, "raw")])
+def test_stage_weights_follow_the_ema_and_an_unstarted_ema_falls_back_to_the_trained_weights(
+    ckpts, tmp_path, n_averaged, use_ema, want
+):
+    """The EMA callback's layout (average in state_dict, trained weights in current_model_state): the EMA when it
+    has started; before its first update (n_averaged 0: Lightning's callback wrote the INITIAL weights as the
+    average) the trained weights, as the GLIDE pipeline does, never the initial ones; use_ema=False: trained."""
+    from zoo.checkpoint import atomic_torch_save, safe_load
+
+    ckpt = safe_load(ckpts["decoder"])
+    trained = ckpt["state_dict"]
+    g = torch.Generator().manual_seed(0)
+    other = {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in trained.items()}
+    ckpt.update(state_dict=other, current_model_state=trained, averaging_state={"n_averaged": torch.tensor(n_averaged)})
+    path = tmp_path / "decoder_ema.ckpt"
+    atomic_torch_save(ckpt, path)
+    pipe = UnclipPipeline.from_checkpoints(None, path, ckpts["clip"], prior="none", use_ema=use_ema, decoder_steps=2)
+    expect = trained if want == "raw" else other
+    loaded = pipe.decoder.state_dict()
+    assert pipe.weights == {"decoder": want}
+    assert all(torch.equal(loaded[k], expect[k]) for k in expect)
+
+
 def test_upsampler_chain_off_its_training_resolution_warns(ckpts, caplog):
     """The tiny decoder gives 16 px and the tiny upsamplers were trained 8 -> 32 px: the chain runs (fully
     convolutional) but each mismatched link is a WARNING naming the upsampler and both sizes; a matched link is

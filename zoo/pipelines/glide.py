@@ -71,31 +71,14 @@ METHOD_KNOWN_REGION = "known_region"  # a plain model; known pixels re-imposed e
 def load_glide(glide_ckpt: str, device: str = "cpu", use_ema: bool = True):
     """A zoo-train GLIDE checkpoint -> (GlideLit on ``device`` in eval mode, which weights: "ema" | "raw" |
     "raw (no EMA in checkpoint)"). See the module docstring for how the EMA callback stores its weights."""
-    from zoo.checkpoint import load_module, safe_load
+    from zoo.checkpoint import load_module
     from zoo.models.glide.lit import GlideLit
+    from zoo.pipelines.base import select_ema_weights
 
     glide = load_module(glide_ckpt, map_location="cpu", expect=("glide",))  # loads checkpoint["state_dict"]
     if not isinstance(glide, GlideLit):
         raise ValueError(f"{glide_ckpt} holds a {type(glide).__name__}, not a GLIDE model (model=glide)")
-    ckpt = safe_load(glide_ckpt, map_location="cpu")  # read again for the EMA bookkeeping (load_module takes a path)
-    raw = ckpt.get("current_model_state")
-    if not isinstance(raw, dict):
-        weights = "raw (no EMA in checkpoint)"
-    else:
-        n_avg = (ckpt.get("averaging_state") or {}).get("n_averaged")
-        started = n_avg is None or int(n_avg) > 0
-        if use_ema and not started:
-            log.warning(
-                "%s: the EMA had not started when this checkpoint was saved (n_averaged = 0, see "
-                "callbacks.ema.update_starting_at_step): sampling with the raw weights",
-                glide_ckpt,
-            )
-        if use_ema and started:
-            weights = "ema"
-        else:
-            glide.load_state_dict(raw)
-            weights = "raw"
-    del ckpt
+    weights = select_ema_weights(glide, glide_ckpt, use_ema, log)
     return glide.to(device).eval(), weights
 
 

@@ -190,6 +190,7 @@ class UnclipPipeline:
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.progress = progress
+        self.weights: dict[str, str] = {}  # per stage "ema" | "raw" | ... (from_checkpoints; empty: as given)
         self._check_stages()
 
     @staticmethod
@@ -311,14 +312,23 @@ class UnclipPipeline:
         clip_ckpt: Optional[str],
         upsampler_ckpts: Sequence[str] = (),
         device: str = "cpu",
+        use_ema: bool = True,
         **kw,
     ) -> "UnclipPipeline":
         """zoo-train checkpoints: a prior (``diffusion_prior`` or ``ar_prior``; None with ``prior=text_emb|none``),
         an ``unclip_decoder`` (its BPE inside), the CLIP the prior and decoder were trained with (``zoo-train
-        model=clip``; required: it embeds the captions and, for the manipulations, the images) and 0+ upsamplers."""
+        model=clip``; required: it embeds the captions and, for the manipulations, the images) and 0+ upsamplers.
+
+        Weights: a stage trained with the EMA callback samples with its EMA (``use_ema``, default) or its raw weights
+        (``use_ema=False``); a checkpoint saved before the EMA's first update falls back to the raw weights with a
+        warning (its "average" is the initial weights), as the GLIDE pipeline does
+        (``zoo.pipelines.base.select_ema_weights``). ``pipe.weights`` says which each stage loaded."""
         from zoo.checkpoint import load_module
         from zoo.models.clip.scorer import ClipScorer
         from zoo.models.unclip_decoder.lit import UnclipDecoderLit
+        from zoo.pipelines.base import select_ema_weights
+
+        weights: dict[str, str] = {}
 
         if not decoder_ckpt:
             raise ConfigError(
@@ -333,21 +343,26 @@ class UnclipPipeline:
         decoder = load_module(str(decoder_ckpt), map_location="cpu", expect=("unclip_decoder",))
         if not isinstance(decoder, UnclipDecoderLit):
             raise ConfigError(f"{decoder_ckpt} holds a {type(decoder).__name__}, not an unCLIP decoder")
+        weights["decoder"] = select_ema_weights(decoder, str(decoder_ckpt), use_ema, log)
         prior_model = None
         if prior_ckpt:
-            prior_model = load_module(str(prior_ckpt), map_location="cpu", expect=("diffusion_prior", "ar_prior")).to(
-                device
-            )
+            prior_model = load_module(str(prior_ckpt), map_location="cpu", expect=("diffusion_prior", "ar_prior"))
+            weights["prior"] = select_ema_weights(prior_model, str(prior_ckpt), use_ema, log)
+            prior_model = prior_model.to(device)
         elif kw.get("prior") in ("diffusion", "ar"):
             raise ConfigError(
                 f"prior={kw['prior']} needs generator.prior_ckpt=<zoo-train model={kw['prior']}_prior "
                 f"last.ckpt> (or prior=text_emb | none)"
             )
-        ups = [
-            load_module(str(p), map_location="cpu", expect=("upsampler",)).to(device) for p in (upsampler_ckpts or ())
-        ]
+        ups = []
+        for i, path in enumerate(upsampler_ckpts or ()):
+            up = load_module(str(path), map_location="cpu", expect=("upsampler",))
+            weights[f"upsampler{i + 1}"] = select_ema_weights(up, str(path), use_ema, log)
+            ups.append(up.to(device))
         clip = ClipScorer.from_lightning_checkpoint(str(clip_ckpt), device=device)
-        return cls(decoder.to(device), clip, prior_model, ups, **kw)
+        pipe = cls(decoder.to(device), clip, prior_model, ups, **kw)
+        pipe.weights = weights
+        return pipe
 
     # ------------------------------------------------------------------------------------------ pieces
     @property
