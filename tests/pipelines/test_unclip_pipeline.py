@@ -506,3 +506,21 @@ def test_manipulation_cli_out_may_be_a_directory_and_a_bad_extension_fails_first
     with pytest.raises(SystemExit) as e:
         unclip.main(["variations", str(img), *args, "2", "--out", str(tmp_path / "v.xyz")])
     assert e.value.code == 2
+
+
+def test_manipulation_cli_reads_images_upright_and_refuses_unreadable_files(tmp_path):
+    """A photo stored landscape with an EXIF orientation tag (a phone's portrait) is read upright, as the data
+    loaders and the GLIDE inpainting CLI read it (it was read sideways); an unreadable file is a ConfigError."""
+    from PIL import Image
+
+    from zoo.errors import ConfigError
+    from zoo.pipelines.unclip import _load_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "portrait.jpg", exif=exif.tobytes())
+    x = _load_image(str(tmp_path / "portrait.jpg"))
+    assert x.shape == (1, 3, 40, 20) and -1 <= float(x.min()) and float(x.max()) <= 1
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ConfigError, match="broken.png"):
+        _load_image(str(tmp_path / "broken.png"))

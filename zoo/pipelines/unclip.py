@@ -710,10 +710,18 @@ class UnclipPipeline:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def _load_image(path: str) -> torch.Tensor:
-    from PIL import Image
+    """An image file -> (1, 3, H, W) in [-1, 1], upright: ``zoo.data.transforms.load_rgb`` applies the EXIF
+    orientation as the data loaders, the GLIDE inpainting CLI and every image viewer do (a phone's portrait photo is
+    stored landscape with an orientation tag; it was read sideways here). An unreadable file is a ConfigError."""
     from torchvision.transforms.functional import pil_to_tensor
 
-    return pil_to_tensor(Image.open(path).convert("RGB")).float().div(127.5).sub(1).unsqueeze(0)
+    from zoo.data.transforms import load_rgb
+
+    try:
+        picture = load_rgb(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    return pil_to_tensor(picture).float().div(127.5).sub(1).unsqueeze(0)
 
 
 def _grid_path(out: str, mode: str) -> Path:
