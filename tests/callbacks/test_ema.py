@@ -145,3 +145,27 @@ def test_interrupted_inside_a_validation_the_checkpoint_is_not_swapped(tmp_path)
     torch.testing.assert_close(raw["current_model_state"]["lin.weight"], trained, rtol=0, atol=0)
     torch.testing.assert_close(raw["state_dict"]["lin.weight"], avg, rtol=0, atol=0)
     torch.testing.assert_close(model.lin.weight.detach(), trained, rtol=0, atol=0)
+
+
+def test_a_frozen_tensor_stays_exactly_as_it_is_under_the_average():
+    """Lightning's EMA update, decay * ema + (1 - decay) * p, is not exact when ema == p: a frozen tensor (a GLIDE
+    with model.freeze_text's CLIP tower) drifted by rounding, and the drift was copied over the model when fit ended.
+    The lerp form keeps it bit for bit; a changing tensor still gets the same average (to rounding)."""
+    from torch.optim.swa_utils import AveragedModel
+
+    torch.manual_seed(0)
+    frozen, moving = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+    frozen.requires_grad_(False)
+    model = torch.nn.ModuleDict({"frozen": frozen, "moving": moving})
+    ema = EMA(decay=0.999)
+    avg = AveragedModel(model, use_buffers=True, **ema._kwargs)  # as WeightAveraging.setup builds it
+    want = None
+    for _ in range(500):
+        with torch.no_grad():
+            moving.weight.add_(0.01)
+        p = moving.weight.detach()
+        want = p.clone() if want is None else 0.999 * want + 0.001 * p  # the first update copies
+        avg.update_parameters(model)
+    torch.testing.assert_close(avg.module["frozen"].weight, frozen.weight, rtol=0, atol=0)
+    torch.testing.assert_close(avg.module["frozen"].bias, frozen.bias, rtol=0, atol=0)
+    torch.testing.assert_close(avg.module["moving"].weight, want, rtol=1e-5, atol=1e-5)

@@ -27,8 +27,17 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 class EMA(EMAWeightAveraging):
     """``EMAWeightAveraging`` that stands aside until it has averaged once (see the module docstring)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, decay: float = 0.999, **kwargs):
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        # Lightning averages with get_ema_avg_fn, decay * ema + (1 - decay) * p, which is not exact when ema == p: a
+        # frozen tensor (model.freeze_text's CLIP tower) drifted by rounding, ~16% of its entries after 2,000 updates,
+        # and the drift was copied over the model when fit ended. The foreach lerp, ema + (1 - decay) (p - ema), is
+        # the same average and leaves an unchanged tensor exactly as it is. AveragedModel takes one of the two, and
+        # EMAWeightAveraging always passes avg_fn: swapped in the kwargs it builds the AveragedModel with
+        super().__init__(*args, decay=decay, **kwargs)
+        self._kwargs.pop("avg_fn", None)
+        self._kwargs["multi_avg_fn"] = get_ema_multi_avg_fn(decay)
         self._swapped = False
         self._trained_state: dict[str, Any] | None = None  # the model's own weights once fit has ended
 
