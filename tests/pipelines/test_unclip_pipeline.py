@@ -524,3 +524,19 @@ def test_manipulation_cli_reads_images_upright_and_refuses_unreadable_files(tmp_
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(ConfigError, match="broken.png"):
         _load_image(str(tmp_path / "broken.png"))
+
+
+def test_manipulations_centre_crop_a_non_square_image_as_clip_does_never_squash_it():
+    """The decoder's half of the bipartite latent (DDIM inversion) sees the image as the training data and the CLIP
+    (z_i) see it: short side to the decoder's resolution, centre crop. It was squashed to a square, so x_T came from a
+    distorted picture while z_i described the centre crop."""
+    from zoo.pipelines.unclip import _as_images
+
+    wide = torch.cat([torch.full((1, 3, 16, 16), v) for v in (-1.0, 0.5, 1.0)], dim=-1)  # three 16 px blocks
+    x = _as_images(wide, 16, "image")
+    assert x.shape == (1, 3, 16, 16)
+    torch.testing.assert_close(x, torch.full_like(x, 0.5))  # the middle block exactly
+    tall = wide.transpose(-1, -2)
+    y = _as_images(tall, 8, "image")  # downscaled: the antialiasing filter only blurs the crop's border rows
+    assert y.shape == (1, 3, 8, 8)
+    torch.testing.assert_close(y[..., 2:6, :], torch.full((1, 3, 4, 8), 0.5), atol=1e-3, rtol=0)

@@ -39,7 +39,7 @@ upsamplers' batches (up to 16 images, within ``batch_size``), each candidate's r
 n_candidates, n_keep)`` keeps the CLIP-best ``n_keep`` of ``n_candidates`` (the pipeline's own CLIP); ``generate``
 is ``sample(..., n_keep=1)``; with ``n_candidates=1`` (default) no reranking happens.
 
-Manipulations (PAPER_FACTS "unCLIP": manipulations) work on images in [-1, 1] (resized to the decoder's resolution):
+Manipulations (PAPER_FACTS "unCLIP": manipulations) work on images in [-1, 1] (short side resized to the decoder's resolution, centre-cropped: the training data's and CLIP's geometry):
 
 - **the bipartite latent** ``invert(image)``: (z_i, x_T) = (the image's CLIP embedding, its DDIM inversion
   ``zoo.diffusion.samplers.ddim_invert`` with the decoder's conditional model at z_i and the empty caption, on
@@ -103,17 +103,18 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: Union[float, torch.Tensor], eps: 
 
 
 def _as_images(image: torch.Tensor, size: int, what: str) -> torch.Tensor:
-    """(B, 3, H, W) or (3, H, W) in [-1, 1] -> float (B, 3, size, size) (antialiased resize if needed)."""
+    """(B, 3, H, W) or (3, H, W) in [-1, 1] -> float (B, 3, size, size): short side to ``size`` (bicubic,
+    antialiased) and centre crop, the geometry of the training data (``ImageTransform``) and of the CLIP that embeds
+    the same images (``ClipScorer``'s ``shortest`` mode). A non-square image used to be squashed to a square, so the
+    decoder inverted a distorted picture while z_i described the centre crop."""
     x = torch.as_tensor(image)
     if x.dim() == 3:
         x = x.unsqueeze(0)
+    from zoo.data.transforms import resize_center_crop
     from zoo.pipelines.base import check_images
 
     check_images(x, what=what)
-    x = x.float()
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
-    return x
+    return resize_center_crop(x.float(), size, "shortest", "bicubic", value_range=(-1.0, 1.0))
 
 
 class UnclipPipeline:
