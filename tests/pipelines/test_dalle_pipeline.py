@@ -112,3 +112,34 @@ def test_a_checkpoint_without_image_tokenizer_is_refused_at_load_or_given_one(tm
     tok = H.tiny_tokenizer_ckpt(tmp_path / "tok.ckpt")
     pipe = DallePipeline.from_checkpoints(str(ckpt), image_tokenizer_ckpt=str(tok), n_candidates=1)
     assert pipe.candidates(["a red circle"], 1).shape == (1, 1, 3, H.RESOLUTION, H.RESOLUTION)
+
+
+@pytest.mark.parametrize("n_averaged,use_ema,want", [(0, True, "raw"), (4, True, "ema"), (4, False, "raw")])
+def test_checkpoint_weights_follow_the_ema_and_an_unstarted_ema_falls_back_to_the_trained_weights(
+    tmp_path, n_averaged, use_ema, want
+):
+    """A DALL·E trained with callbacks=ema: the EMA once it has started; before its first update the state_dict is
+    the INITIAL weights (Lightning's callback), so the trained current_model_state is used (it sampled the initial
+    transformer); use_ema=False: trained."""
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.export import checkpoint_dict
+    from zoo.models.dalle.lit import DalleLit
+    from zoo.pipelines.dalle import DallePipeline
+
+    torch.manual_seed(0)
+    tok = H.tiny_tokenizer_ckpt(tmp_path / "tok.ckpt")
+    dalle = DalleLit(preset="tiny", net=dict(H.TINY_NET), image_tokenizer_ckpt=str(tok))
+    dalle.text_tokenizer = H.tiny_bpe(context_length=16)
+    state = checkpoint_dict(dalle)
+    state["hyper_parameters"]["text_tokenizer"] = dalle.text_tokenizer.to_spec()
+    trained = state["state_dict"]
+    other = {k: v + 1 if v.is_floating_point() else v for k, v in trained.items()}
+    state.update(
+        state_dict=other, current_model_state=trained, averaging_state={"n_averaged": torch.tensor(n_averaged)}
+    )
+    ckpt = atomic_torch_save(state, tmp_path / "dalle.ckpt")
+    pipe = DallePipeline.from_checkpoints(str(ckpt), image_tokenizer_ckpt=str(tok), use_ema=use_ema, n_candidates=1)
+    expect = trained if want == "raw" else other
+    loaded = pipe.dalle.state_dict()
+    assert pipe.weights == want
+    assert all(torch.equal(loaded[k], expect[k]) for k in expect if k in loaded)

@@ -51,6 +51,7 @@ class DallePipeline(ClipRerank):
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.progress = progress  # None: a bar only when there is more than one batch
+        self.weights = "as given"  # from_checkpoints: "ema" | "raw" | "raw (no EMA in checkpoint)"
         if self.n_candidates < 1:
             raise ConfigError(f"n_candidates must be >= 1, got {n_candidates} (fix: generator.n_candidates=32)")
 
@@ -61,19 +62,27 @@ class DallePipeline(ClipRerank):
         clip_ckpt: Optional[str] = None,
         device: str = "cpu",
         image_tokenizer_ckpt: Optional[str] = None,
+        use_ema: bool = True,
         **kw,
     ) -> "DallePipeline":
         """A zoo-train DALL·E checkpoint (self-contained: tokenizers inside) and optionally a zoo-train CLIP one.
+
+        Trained with the EMA callback, the transformer samples with its EMA (``use_ema``, default) or its raw weights
+        (``use_ema=False``); a checkpoint saved before the EMA's first update (its "average" is the initial weights)
+        falls back to the raw weights with a warning, as the GLIDE and unCLIP pipelines do
+        (``zoo.pipelines.base.select_ema_weights``); ``pipe.weights`` says which were loaded.
 
         ``image_tokenizer_ckpt``: the dVAE / VQ-VAE that decodes its codes, for a checkpoint trained from zoo-tokenize
         files alone (no ``model.image_tokenizer_ckpt``), which carries none; without it such a checkpoint is refused
         here, where it was a RuntimeError only after every candidate's codes had been sampled."""
         from zoo.checkpoint import load_module
         from zoo.models.dalle.lit import DalleLit
+        from zoo.pipelines.base import select_ema_weights
 
         dalle = load_module(dalle_ckpt, map_location=device, expect=("dalle",))
         if not isinstance(dalle, DalleLit):
             raise ValueError(f"{dalle_ckpt} holds a {type(dalle).__name__}, not a DALL·E transformer (model=dalle)")
+        weights = select_ema_weights(dalle, dalle_ckpt, use_ema)
         if dalle.image_tokenizer is None:
             if not image_tokenizer_ckpt:
                 raise ConfigError(
@@ -95,7 +104,9 @@ class DallePipeline(ClipRerank):
             from zoo.models.clip.scorer import ClipScorer
 
             scorer = ClipScorer.from_lightning_checkpoint(str(clip_ckpt), device=device)
-        return cls(dalle.to(device), scorer, **kw)
+        pipe = cls(dalle.to(device), scorer, **kw)
+        pipe.weights = weights
+        return pipe
 
     # ------------------------------------------------------------------------------------------------------
     @torch.no_grad()
