@@ -540,3 +540,27 @@ def test_manipulations_centre_crop_a_non_square_image_as_clip_does_never_squash_
     y = _as_images(tall, 8, "image")  # downscaled: the antialiasing filter only blurs the crop's border rows
     assert y.shape == (1, 3, 8, 8)
     torch.testing.assert_close(y[..., 2:6, :], torch.full((1, 3, 4, 8), 0.5), atol=1e-3, rtol=0)
+
+
+def test_zero_frames_or_variations_are_refused_up_front(ckpts, tmp_path, monkeypatch):
+    """n = 0 variations / frames failed after the DDIM inversion with torch.cat's "expected a non-empty list of
+    Tensors" or an IndexError; now a ValueError naming the argument (the CLI: before any checkpoint loads)."""
+    from zoo.pipelines import unclip
+
+    pipe = _pipe(ckpts, prior="none", ups=0, stages=["decoder"])
+    img = _images(1, 16, seed=4)
+    for call, what in (
+        (lambda: pipe.variations(img, n=0), "variations: n"),
+        (lambda: pipe.interpolate(img, img, n_steps=0), "interpolate: n_steps"),
+        (lambda: pipe.text_diff(img, "a", "b", n_steps=0), "text_diff: n_steps"),
+    ):
+        with pytest.raises(ValueError, match=what):
+            call()
+
+    def must_not_load(*a, **k):
+        raise AssertionError("checkpoints loaded before -n was checked")
+
+    monkeypatch.setattr(unclip.UnclipPipeline, "from_checkpoints", must_not_load)
+    with pytest.raises(SystemExit) as e:
+        unclip.main(["variations", "x.png", "--decoder-ckpt", "d", "--clip-ckpt", "c", "-n", "0"])
+    assert e.value.code == 2

@@ -117,6 +117,13 @@ def _as_images(image: torch.Tensor, size: int, what: str) -> torch.Tensor:
     return resize_center_crop(x.float(), size, "shortest", "bicubic", value_range=(-1.0, 1.0))
 
 
+def _check_count(n, what: str) -> None:
+    """Frames / variations must be a positive int: 0 used to fail after the inversion with torch.cat's "expected a
+    non-empty list of Tensors" (variations) or an IndexError (interpolate, text_diff)."""
+    if isinstance(n, bool) or int(n) != n or int(n) < 1:
+        raise ValueError(f"{what} must be a positive integer, got {n!r}")
+
+
 class UnclipPipeline:
     """See the module docstring. ``None`` for a sampling knob means the stage checkpoint's own default."""
 
@@ -618,6 +625,7 @@ class UnclipPipeline:
         """``n`` variations of each image (B, 3, H, W): the bipartite latent (z_i, x_T) decoded with DDIM ``eta``
         (> 0 for variety; 0 reproduces the image up to the inversion error), variation i under seed + i ->
         (B, n, 3, H', W') (after the enabled upsamplers)."""
+        _check_count(n, "variations: n")
         lat = self.invert(image, captions=captions)
         emb, x_T = lat["image_emb"], lat["x_T"]
         b, out = len(emb), []
@@ -644,6 +652,7 @@ class UnclipPipeline:
         DDIM η = 0. Frame 0 / the last frame are the decodes of z_a / z_b themselves (with the same x_T rule)."""
         if latent not in ("fixed", "slerp"):
             raise ValueError(f"latent={latent!r}; choose fixed or slerp")
+        _check_count(n_steps, "interpolate: n_steps")
         a = _as_images(image_a, self.decoder.cfg.image_size, "interpolate: image_a").to(self.device)
         b = _as_images(image_b, self.decoder.cfg.image_size, "interpolate: image_b").to(self.device)
         if a.shape[0] != b.shape[0]:
@@ -696,6 +705,7 @@ class UnclipPipeline:
         """Edit images toward a caption change (B, n_steps, 3, H', W'): z_d = norm(z_t − z_t0) of the CLIP text
         embeddings of ``caption_to`` and ``caption_from`` (one each, or one per image), embeddings
         slerp(z_i, z_d, θ), θ = linspace(0, max_t, n_steps), x_T the image's inverted latent, DDIM η = 0."""
+        _check_count(n_steps, "text_diff: n_steps")
         lat = self.invert(image, captions=captions)
         bsz = lat["x_T"].shape[0]
         src = [caption_from] * bsz if isinstance(caption_from, str) else list(caption_from)
@@ -770,6 +780,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
     @report_user_errors
     def run() -> dict[str, str]:
         out_file = _grid_path(a.out, a.mode)  # checked before the work: a bad name used to fail after sampling
+        if a.n < 1:
+            raise ConfigError(f"-n {a.n}: need at least one variation / frame")
         pipe = UnclipPipeline.from_checkpoints(
             None,
             a.decoder_ckpt,
