@@ -185,6 +185,20 @@ def load_module(
     return model
 
 
+def ema_trained_state(ckpt: Any) -> tuple[Optional[dict], bool]:
+    """``(the trained weights, whether the EMA had started)`` of a checkpoint dict written with the EMA callback:
+    ``state_dict`` then holds the average and ``current_model_state`` the trained weights (None: no EMA in the file).
+    A file saved before the average's first update (``averaging_state["n_averaged"] == 0``, written so by
+    Lightning's own callback) has the INITIAL weights as its "average": its samplers and exports take the trained
+    ones. The one reading of this bookkeeping for the pipelines (``select_ema_weights``) and ``zoo-export``."""
+    raw = ckpt.get("current_model_state") if isinstance(ckpt, dict) else None
+    if not isinstance(raw, dict):
+        return None, False
+    state = ckpt.get("averaging_state")
+    n_avg = state.get("n_averaged") if isinstance(state, dict) else None
+    return raw, n_avg is None or int(n_avg) > 0
+
+
 def trained_resolution(zoo_config: Any) -> Optional[int]:
     """The ``data.resolution`` a checkpoint's run trained at, from the run config ``zoo-train`` stores in it
     (``zoo_config``); None when the file has none (written before that record, or by ``zoo-convert``). An image

@@ -128,26 +128,23 @@ def load_checkpoint(path: str | os.PathLike, weights: str = "ema") -> tuple[str,
     samples them. ``weights="trained"`` takes ``current_model_state`` whenever the file has one (as the GLIDE
     generator's ``use_ema=false``). ``module.export_weights`` says which: "ema", "trained" or "trained (the EMA had
     not started)"."""
-    from zoo.checkpoint import load_module, safe_load
+    from zoo.checkpoint import ema_trained_state, load_module, safe_load
     from zoo.registry import checked_hparams, component_in
 
     ckpt = safe_load(path)
     name = component_in(ckpt, str(path))
     hp = checked_hparams(name, ckpt.get("hyper_parameters", {}), str(path))
-    raw = ckpt.get("current_model_state")
-    n_avg = (
-        (ckpt.get("averaging_state") or {}).get("n_averaged") if isinstance(ckpt.get("averaging_state"), dict) else None
-    )
+    raw, started = ema_trained_state(ckpt)
     del ckpt
     module = load_module(path)
     if weights not in WEIGHTS_CHOICES:
         raise ConfigError(f"weights={weights!r}: one of {', '.join(WEIGHTS_CHOICES)} (fix: weights=ema)")
-    if not isinstance(raw, dict):
+    if raw is None:
         weights = "trained"
     elif weights == "trained":
         module.load_state_dict(raw)
         module.eval()
-    elif n_avg is not None and int(n_avg) == 0:
+    elif not started:
         log.warning(
             "%s: the EMA had not started when this checkpoint was saved (n_averaged = 0): its state_dict is the "
             "initial weights, so the trained weights (current_model_state) are exported",

@@ -278,16 +278,13 @@ def select_ema_weights(module, path: str | Path, use_ema: bool = True, log=None)
     INITIAL weights as its "average": the raw weights are used, with a warning."""
     import logging
 
-    from zoo.checkpoint import safe_load
+    from zoo.checkpoint import ema_trained_state, safe_load
 
     log = log or logging.getLogger("zoo.pipelines")
-    ckpt = safe_load(path, map_location="cpu")  # read again for the EMA bookkeeping (load_module takes a path)
-    raw = ckpt.get("current_model_state") if isinstance(ckpt, dict) else None
-    if not isinstance(raw, dict):
+    # read again for the EMA bookkeeping (load_module takes a path)
+    raw, started = ema_trained_state(safe_load(path, map_location="cpu"))
+    if raw is None:
         return "raw (no EMA in checkpoint)"
-    state = ckpt.get("averaging_state")
-    n_avg = state.get("n_averaged") if isinstance(state, dict) else None
-    started = n_avg is None or int(n_avg) > 0
     if use_ema and not started:
         log.warning(
             "%s: the EMA had not started when this checkpoint was saved (n_averaged = 0, see "
