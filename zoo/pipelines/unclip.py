@@ -770,7 +770,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
     p.add_argument("--caption-to", default="")
     p.add_argument("--max-t", type=float, default=0.5)
     p.add_argument("--decoder-steps", type=int, default=None)
-    p.add_argument("--decoder-guidance-scale", type=float, default=1.0)
+    p.add_argument(
+        "--decoder-guidance-scale",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance of the decoder; default 1.0 (unguided), not the checkpoint's own "
+        "decoder_guidance_scale, which zoo-sample uses",
+    )
     p.add_argument("--upsampler-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
