@@ -61,6 +61,26 @@ def test_ddim_inversion_then_sampling_recovers_x0(schedule, gaussian_eps):
     assert err < 0.2 * plain and err < 0.01  # fixed-point refinement: measured 5e-6 (linear), 5e-3 (cosine)
 
 
+@pytest.mark.parametrize("mean_type", ["x0", "v"])
+def test_refined_inversion_converges_for_x0_and_v_networks(mean_type, gaussian_eps):
+    # the refinement re-evaluates the network at the step's end point: an x0 / v output must be converted to ε at
+    # THAT input (it was converted at the start point, a fixed point of another map: error 0.5 instead of 1e-7)
+    base = cosine_schedule(1000)
+    p = GaussianDiffusion(base, mean_type).respaced("ddim10")
+    eps_fn = gaussian_eps(base.alphas_cumprod)
+
+    def fn(x, t):
+        ac = base.alphas_cumprod.to(x.dtype)[t].view(-1, 1)
+        eps = eps_fn(x, t) + 0.3 * torch.tanh(3 * x)  # not linear in x, so the conversion point matters
+        x0 = (x - (1 - ac).sqrt() * eps) / ac.sqrt()
+        return x0 if mean_type == "x0" else ac.sqrt() * eps - (1 - ac).sqrt() * x0
+
+    x0 = MU + SIGMA * torch.randn(8, 2, dtype=torch.float64, generator=gen(0))
+    x_T = ddim_invert(p, fn, x0, refine=20)
+    err = (ddim_sample(p, fn, x0.shape, x_T=x_T, dtype=torch.float64) - x0).abs().max().item()
+    assert err < 1e-4, err
+
+
 def test_respaced_sampler_gives_the_network_original_timesteps(gaussian_eps):
     base = linear_schedule(1000)
     p = GaussianDiffusion(base).respaced("ddim10")

@@ -82,13 +82,18 @@ def ddim_step(
 
 
 def ddim_reverse_step(
-    process: GaussianDiffusion, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor
+    process: GaussianDiffusion,
+    model_output: torch.Tensor,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    x_eval: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The inverse of the η = 0 DDIM step at index t: x at level ᾱ_{t−1} -> level ᾱ_t, given the output of the
-    network evaluated at (x, t) (the true input x_t is unknown; the ODE is smooth, so this costs O(step) error).
-    ε̂ is read as the network's ε at index t; x̂_0 is re-derived from x at its own level, which makes this step the
-    exact algebraic inverse of ``ddim_step`` when both see the same ε̂."""
-    _, eps = process.predictions(model_output, x, t)
+    network evaluated at (``x_eval``, t); ``x_eval`` defaults to x (the true input x_t is unknown; the ODE is smooth,
+    so this costs O(step) error). ε̂ is the ε the output implies at its own input ``x_eval`` (for an x_0- or
+    v-predicting network the conversion needs that input); x̂_0 is re-derived from x at its own level, which makes
+    this step the exact algebraic inverse of ``ddim_step`` when both see the same ε̂."""
+    _, eps = process.predictions(model_output, x if x_eval is None else x_eval, t)
     x0 = (x - process.coef("sqrt_1m_ac_prev", t, x) * eps) / process.coef("sqrt_ac_prev", t, x)
     return process.coef("sqrt_ac", t, x) * x0 + process.coef("sqrt_1m_ac", t, x) * eps
 
@@ -226,7 +231,7 @@ def ddim_invert(
         timesteps = process.model_timesteps(t)
         x_next = ddim_reverse_step(process, model_fn(x, timesteps), x, t)
         for _ in range(refine):  # the sampler will evaluate at (x_next, t): use the ε it will see
-            x_next = ddim_reverse_step(process, model_fn(x_next, timesteps), x, t)
+            x_next = ddim_reverse_step(process, model_fn(x_next, timesteps), x, t, x_eval=x_next)
         x = x_next
         if progress is not None:
             progress(i + 1, n, x)
