@@ -194,3 +194,21 @@ def test_resblock_is_identity_plus_gained_residual():
     for layer in blk.res_path:
         res = layer(res) if isinstance(layer, torch.nn.Conv2d) else torch.relu(res)
     torch.testing.assert_close(blk(x), blk.id_path(x) + blk.post_gain * res)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"kl_schedule": "exponential"}, "kl_schedule"),  # ramps from beta = 0: ZeroDivisionError at every step
+        ({"temperature_end": 0.0}, "temperature"),  # divided by zero only once the annealing reached it
+        ({"temperature_end": -0.5}, "temperature"),  # a negative temperature silently inverts the softmax
+        ({"temperature_start": 0.0, "temperature_schedule": "linear"}, "temperature"),
+        ({"kl_weight_max": -1.0}, "kl_weight_max"),
+        ({"kl_steps": -5}, "kl_steps"),
+    ],
+)
+def test_bad_annealing_settings_are_refused_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DVAELit(preset="tiny", **kwargs)
+    with pytest.raises(ValueError, match="start > 0"):  # the function itself names the problem, not 1 / 0
+        SCHEDULES["exponential"](5, 0.0, 6.6, 10)

@@ -23,9 +23,12 @@ def linear_ramp(step: int, start: float, end: float, steps: int) -> float:
 
 
 def exponential_anneal(step: int, start: float, end: float, steps: int) -> float:
-    """Geometric interpolation (constant ratio per step), the natural scale for a temperature 1 -> 1/16."""
+    """Geometric interpolation (constant ratio per step), the natural scale for a temperature 1 -> 1/16. Both ends
+    must be > 0 while it runs (a geometric path never reaches or leaves 0)."""
     if steps <= 0 or step >= steps:
         return end
+    if not (start > 0 and end > 0):
+        raise ValueError(f"exponential_anneal needs start > 0 and end > 0, got start={start}, end={end}")
     return start * (end / start) ** (step / steps)
 
 

@@ -80,6 +80,23 @@ class DVAELit(ImageTokenizerLit):
         for name in (temperature_schedule, kl_schedule):
             if name not in SCHEDULES:
                 raise ConfigError(f"unknown schedule {name!r}; expected one of {sorted(SCHEDULES)}")
+        # Refused here, not at the step where they break: a temperature <= 0 divides by zero (or flips the softmax)
+        # only once the annealing reaches it, possibly 150k steps in; an exponential ramp cannot start at beta = 0.
+        if not (temperature_start > 0 and temperature_end > 0):
+            raise ConfigError(
+                f"model.temperature_start={temperature_start}, model.temperature_end={temperature_end}: the Gumbel-"
+                f"softmax temperature must stay > 0 (paper: 1 -> 1/16, model.temperature_end=0.0625)"
+            )
+        if kl_weight_max < 0:
+            raise ConfigError(f"model.kl_weight_max={kl_weight_max} is negative (paper: 6.6; 0 disables the KL term)")
+        for key, steps in (("temperature_steps", temperature_steps), ("kl_steps", kl_steps)):
+            if steps < 0:
+                raise ConfigError(f"model.{key}={steps} is negative (0: the end value from the first step)")
+        if kl_schedule == "exponential" and kl_steps > 0:
+            raise ConfigError(
+                "model.kl_schedule=exponential: the KL weight ramps up from 0, which no geometric schedule leaves "
+                "(fix: model.kl_schedule=cosine, the paper's, or linear)"
+            )
         net = dict(net or {})
         net.setdefault("out_channels", 6 if recon_loss == "logit_laplace" else 3)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
