@@ -158,3 +158,24 @@ def test_exchange_is_reachable_from_the_config_and_checked():
     assert lit.swapper.exchange
     with pytest.raises(ConfigError, match="exchange=<bool>"):
         ClipLit(preset="tiny", hard_negatives={"groups": "binding", "swap": True})
+
+
+def test_a_negative_that_is_an_images_own_caption_is_not_held_against_that_image():
+    # "a red star" -> "a red heart" is the other image's caption word for word (and back): without the guard each
+    # image's row held its own caption as a negative too, the loss could not fall below ln(2)/2 and pushed every
+    # image away from its own caption.
+    e = torch.eye(2, 4)
+    both = torch.tensor([True, True])
+    same = torch.tensor([[False, True], [True, False]])  # negative 1 is caption 0's text, negative 0 caption 1's
+    assert hard_negative_loss(e, e, e.flip(0), both, torch.tensor(100.0), same) < 1e-6
+    torch.manual_seed(0)
+    m = ClipLit(preset="tiny", hard_negatives={"groups": [["star", "heart"]]})
+    caps, images = ["a red star", "a red heart"], torch.rand(2, 3, 32, 32) * 2 - 1
+    negs, valid = m.swapper(caps)
+    assert negs == caps[::-1] and valid.all()
+    img, txt, loss, _ = m._hard_negative_step(caps, images)
+    with torch.no_grad():
+        neg = m.clip.encode_text(m.tokenize(negs), normalize=True)
+    scale = m.clip.logit_scale.exp()
+    assert torch.allclose(loss, hard_negative_loss(img, txt, neg, valid, scale, same), atol=1e-5)
+    assert not torch.allclose(loss, hard_negative_loss(img, txt, neg, valid, scale), atol=1e-3)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from zoo.errors import ConfigError
 from zoo.models.base import ZooLit
 from zoo.models.clip.model import clip_config, create_clip, tokenizer_for
-from zoo.models.clip.negatives import NegativeSwapper, hard_negative_loss
+from zoo.models.clip.negatives import NegativeSwapper, hard_negative_loss, same_text
 from zoo.models.clip.scorer import ClipScorer
 
 
@@ -179,8 +179,10 @@ class ClipLit(ZooLit):
         negs, valid = self.swapper(captions)
         img = self.clip.encode_image(self._pixels(images), normalize=True).float()
         # one text-tower pass over captions and negatives together
-        both = self.clip.encode_text(self.tokenize(captions + negs).to(self.device), normalize=True).float()
+        tokens = self.tokenize(captions + negs).to(self.device)
+        both = self.clip.encode_text(tokens, normalize=True).float()
         txt, neg = both[: len(captions)], both[len(captions) :]
+        pos_tok, neg_tok = tokens[: len(captions)], tokens[len(captions) :]
         valid = valid.to(self.device)
         with torch.no_grad():
             wins = ((img * txt).sum(1) > (img * neg).sum(1))[valid].float()
@@ -193,7 +195,10 @@ class ClipLit(ZooLit):
             img, txt = gather_features(img, txt, **kw)
             neg, valid_f = gather_features(neg, valid.float()[:, None], **kw)
             valid = valid_f[:, 0] > 0.5
-        loss = hard_negative_loss(img, txt, neg, valid, self.clip.logit_scale.exp())
+            pos_tok, neg_tok = (self.all_gather(t).flatten(0, 1) for t in (pos_tok, neg_tok))
+        # a negative that is another image's caption word for word must not count against that image
+        same = same_text(pos_tok, neg_tok)
+        loss = hard_negative_loss(img, txt, neg, valid, self.clip.logit_scale.exp(), same)
         return own_img, own_txt, loss, metrics
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:

@@ -127,18 +127,35 @@ class NegativeSwapper:
         return out, torch.tensor(valid, dtype=torch.bool)
 
 
+def same_text(pos_tokens: torch.Tensor, neg_tokens: torch.Tensor) -> torch.Tensor:
+    """(B, M) bool: negative j's token ids equal positive caption i's (the same text, to the model)."""
+    _, ids = torch.unique(torch.cat([pos_tokens, neg_tokens]), dim=0, return_inverse=True)
+    return ids[: len(pos_tokens), None] == ids[None, len(pos_tokens) :]
+
+
 def hard_negative_loss(
-    img: torch.Tensor, txt: torch.Tensor, neg: torch.Tensor, valid: torch.Tensor, scale: torch.Tensor
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    neg: torch.Tensor,
+    valid: torch.Tensor,
+    scale: torch.Tensor,
+    same: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE where image i also ranks the negative captions (NegCLIP).
 
     img, txt: (B, D) normalised, pair i matches i; neg: (M, D) normalised negative captions (any image's), valid:
-    (M,) which negatives exist. Image -> text: cross-entropy over the B captions and the valid negatives; text ->
-    image: the usual cross-entropy over the B images (a negative caption has no image to find). With no valid
-    negative it equals open_clip's ``ClipLoss`` exactly."""
+    (M,) which negatives exist; same: optional (B, M) bool, negative j is caption i's own text (``same_text``): one
+    caption's negative can be another image's caption ("a red star" -> "a red heart"), and an image must never rank
+    its own caption as a negative, so that negative is left out of that image's row only. Image -> text:
+    cross-entropy over the B captions and the valid negatives; text -> image: the usual cross-entropy over the B
+    images (a negative caption has no image to find). With no valid negative it equals open_clip's ``ClipLoss``
+    exactly."""
     labels = torch.arange(len(img), device=img.device)
     i2t = scale * img @ torch.cat([txt, neg]).t()  # (B, B + M)
-    mask = torch.cat([torch.ones(len(txt), dtype=torch.bool, device=img.device), valid.to(img.device)])
+    keep = valid.to(img.device)[None, :].expand(len(img), -1)  # (B, M)
+    if same is not None:
+        keep = keep & ~same.to(img.device)
+    mask = torch.cat([torch.ones(len(img), len(txt), dtype=torch.bool, device=img.device), keep], dim=1)
     i2t = i2t.masked_fill(~mask, -math.inf)
     t2i = scale * txt @ img.t()
     return (F.cross_entropy(i2t, labels) + F.cross_entropy(t2i, labels)) / 2
