@@ -124,3 +124,21 @@ def test_sampler_works_with_learned_variance_outputs(gaussian_eps):
     a = ddpm_sample(p, two_c, (5, 2), generator=gen())
     b = ddpm_sample(GaussianDiffusion(base).respaced(20), fn, (5, 2), generator=gen())
     torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("eta", [-1.0, float("nan"), float("inf")])
+def test_negative_or_non_finite_eta_is_refused_before_sampling(eta, gaussian_eps):
+    # a negative eta was taken: sigma^2 = eta^2 beta~ shrank the eps term while the noise (added only for eta > 0)
+    # was dropped, a silently wrong deterministic sampler
+    from zoo.diffusion.samplers import ddim_step
+
+    base = linear_schedule(1000)
+    p = GaussianDiffusion(base).respaced(10)
+    calls = []
+    fn = gaussian_eps(base.alphas_cumprod)
+    with pytest.raises(ValueError, match="eta"):
+        ddim_sample(p, lambda x, t: calls.append(1) or fn(x, t), (2, 3), eta=eta, generator=gen())
+    assert not calls  # refused before any network call
+    x = torch.randn(2, 3, generator=gen())
+    with pytest.raises(ValueError, match="eta"):
+        ddim_step(p, torch.zeros_like(x), x, torch.full((2,), 5), eta=eta, noise=torch.zeros_like(x))

@@ -27,7 +27,7 @@ import torch
 
 from zoo.diffusion.noise import randn
 from zoo.diffusion.process import GaussianDiffusion, ReverseStep
-from zoo.diffusion.samplers import ModelFn, Progress, _run, _start, ddim_step
+from zoo.diffusion.samplers import ModelFn, Progress, _run, _start, check_eta, ddim_step
 
 __all__ = ["CondFn", "dot_product_gradient", "condition_mean", "condition_eps", "clip_guided_sample"]
 
@@ -99,6 +99,7 @@ def clip_guided_sample(
     exactly ``ddpm_sample`` / ``ddim_sample``."""
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"CLIP guidance runs the 'ddpm' or 'ddim' sampler, got {sampler!r}")
+    eta = check_eta(eta)
     x = _start(shape, x_T, generator, device, dtype)
 
     def ddpm(output, x, t):

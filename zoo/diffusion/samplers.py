@@ -15,6 +15,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -56,6 +57,18 @@ def ddpm_step(
     return out.mean + (not_last * torch.exp(0.5 * out.log_variance)) * noise, out.pred_x0
 
 
+def check_eta(eta) -> float:
+    """DDIM's η as a float; ValueError unless it is a finite number >= 0. (A negative η is not |η|: σ² = η² β̃ shrinks
+    the ε̂ term as |η| would while the noise term, added only for η > 0, is dropped -- neither sampler.)"""
+    try:
+        value = float(eta)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(eta, bool) or not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"DDIM eta={eta!r}; expected a finite number >= 0 (0: deterministic, 1: DDPM's variance)")
+    return value
+
+
 def ddim_step(
     process: GaussianDiffusion,
     model_output: torch.Tensor,
@@ -70,6 +83,7 @@ def ddim_step(
 
     η = 0 is deterministic (``noise`` unused); η = 1 has DDPM's posterior variance. A learned variance is ignored.
     Returns (x_{t−1}, x̂_0)."""
+    eta = check_eta(eta)
     pred_x0, pred_eps = process.predictions(model_output, x, t, clip_denoised, clip_range)
     sigma = eta * process.coef("ddim_sigma1", t, x)
     ac_prev = process.coef("ac_prev", t, x)
@@ -200,6 +214,7 @@ def ddim_sample(
 ) -> torch.Tensor:
     """DDIM sampling over every step of ``process`` -> x_0; η = 0 (default) is deterministic given x_T.
     Arguments as ``ddpm_sample``."""
+    eta = check_eta(eta)  # before any network call
     x = _start(shape, x_T, generator, device, dtype)
 
     def step(output, x, t):
@@ -256,11 +271,9 @@ def sampler_known(name: str) -> bool:
 def check_sampling_knobs(num_timesteps: int, knobs: dict) -> None:
     """A ``ConfigError`` naming the config key and its fix for a sampling knob that cannot work, before any model
     runs (a bad value otherwise fails mid-sampling, or after training at the first sample grid, or is silently
-    taken: a negative DDIM eta samples as |eta|). ``knobs``: config key -> value (None: not set, skipped); the key's
+    taken: a negative DDIM eta drops the step noise while shrinking the ε̂ term, neither DDIM nor DDPM). ``knobs``: config key -> value (None: not set, skipped); the key's
     ending says what it is: ``...steps`` (an int in [1, num_timesteps]), ``...sampler`` (a known sampler),
     ``...eta`` (>= 0), ``...guidance_scale`` (>= 0: 0 is the unconditional model, 1 the conditional one)."""
-    import math
-
     from zoo.diffusion.diffusers_adapter import ALIASES
     from zoo.errors import ConfigError
 
