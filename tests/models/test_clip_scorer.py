@@ -211,3 +211,15 @@ def test_a_zoo_embed_file_as_the_clip_checkpoint_is_named(tmp_path):
     )
     with pytest.raises(ConfigError, match=f"{path} is a zoo-embed output .* not a CLIP checkpoint"):
         ClipScorer.from_lightning_checkpoint(str(path))
+
+
+def test_another_components_checkpoint_as_clip_weights_is_named(tmp_path):
+    """model.checkpoint= / clip.arch=+clip.checkpoint= given a zoo-train checkpoint of another component said "does
+    not fit CLIP architecture ... (fix: model.arch= / model.net=)", a wrong fix: no architecture loads it."""
+    from zoo.errors import ConfigError
+
+    path = tmp_path / "glide.ckpt"
+    sd = {"model.unet.conv.weight": torch.zeros(4, 3, 3, 3)}
+    torch.save({"state_dict": sd, "hyper_parameters": {}, "zoo_component": "glide"}, path)
+    with pytest.raises(ConfigError, match=r"zoo-train 'glide' checkpoint, not CLIP weights.*fix: model.checkpoint="):
+        ClipScorer.from_config({"arch": "zoo-clip-tiny", "checkpoint": str(path)})

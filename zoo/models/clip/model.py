@@ -209,7 +209,8 @@ def load_weights_file(model: torch.nn.Module, path: str | os.PathLike, arch: str
 
         load_big_vision_weights(model, str(path))
         return model
-    sd = clip_state_dict(_read_weights(path), model)
+    raw = _read_weights(path)
+    sd = clip_state_dict(raw, model)
     try:
         sd = convert_state_dict(model, sd)
         if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
@@ -225,6 +226,14 @@ def load_weights_file(model: torch.nn.Module, path: str | os.PathLike, arch: str
     except (AssertionError, RuntimeError, ValueError, KeyError) as e:  # shape mismatches
         missing, unexpected, problem = [None], [], f"{type(e).__name__}: {str(e)[:300]}"
     if missing or unexpected:
+        component = raw.get("zoo_component") if isinstance(raw, dict) else None
+        if not set(sd) & set(model.state_dict()):  # not a CLIP of another architecture: no CLIP weights at all
+            what = f"a zoo-train {component!r} checkpoint" if component else "a file without CLIP weights"
+            raise ConfigError(
+                f"{path} is {what}, not CLIP weights: none of its {len(sd)} tensors is a {arch} weight (e.g. "
+                f"{sorted(sd)[:3]}) (fix: model.checkpoint= / clip.checkpoint= a zoo-train model=clip .ckpt or an "
+                f"open_clip .pt/.bin/.safetensors file)"
+            )
         raise ConfigError(
             f"{path} does not fit CLIP architecture {arch!r}: {problem} (fix: model.arch= / model.net= to the ones "
             f"it was trained with)"
