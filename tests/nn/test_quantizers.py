@@ -252,3 +252,37 @@ def test_restart_after_n_unused_steps(after):
     torch.testing.assert_close(VectorQuantizer(4, 2).cluster_size, torch.ones(4))  # None: the old usage 1
     with pytest.raises(ValueError, match="restart_after"):
         VectorQuantizer(4, 2, restart_after=0)
+
+
+_DDP_KMEANS_SCRIPT = """
+import sys, torch, torch.distributed as dist, torch.multiprocessing as mp
+from zoo.nn.quantizers import VectorQuantizer
+
+def run(rank, init_file, ema, out):
+    dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        vq = VectorQuantizer(4, 2, ema=ema, kmeans_init=True, restart_dead_codes=False).train()
+        pts = torch.randn(16, 2, generator=torch.Generator().manual_seed(rank)) + 10 * rank  # each rank its shard
+        vq(pts.t().reshape(1, 2, 16, 1))
+        torch.save(vq.codebook().detach(), out + "." + str(rank))
+    finally:
+        dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(run, args=(sys.argv[1], sys.argv[2] == "1", sys.argv[3]), nprocs=2)
+"""
+
+
+@pytest.mark.parametrize("ema", [True, False])
+def test_kmeans_init_gives_every_ddp_rank_the_same_codebook(tmp_path, ema):
+    """Each rank clustered its own data: with ema=False (a Parameter codebook DDP never re-synchronises) the ranks
+    kept different codebooks for the whole run, tokenizing the same image differently."""
+    import subprocess
+    import sys
+
+    script, out = tmp_path / "ddp_kmeans.py", str(tmp_path / "codebook")
+    script.write_text(_DDP_KMEANS_SCRIPT)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "pg"), "1" if ema else "0", out], check=True)
+    c0, c1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
+    torch.testing.assert_close(c0, c1, rtol=0, atol=0)

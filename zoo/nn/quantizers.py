@@ -11,7 +11,8 @@
   (measured: the 161-step tokenizer of the demo on an AVX2 CPU used 2% of its codebook). ``restart_after=N`` starts
   them at the usage that falls below the threshold after N unused steps instead;
 - optional k-means initialisation on the first training batch and optional l2-normalised (cosine) codes.
-Torch only. Statistics are all-reduced across DDP ranks when a process group is up, so all ranks keep one codebook.
+Torch only. Statistics are all-reduced across DDP ranks when a process group is up, and the k-means
+initialisation and restarts are rank 0's, so all ranks keep one codebook.
 """
 
 from __future__ import annotations
@@ -24,9 +25,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _distributed():
         dist.all_reduce(t)
+    return t
+
+
+def _broadcast(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``t`` on every rank (in place)."""
+    if _distributed():
+        dist.broadcast(t, 0)
     return t
 
 
@@ -131,12 +143,8 @@ class VectorQuantizer(nn.Module):
         dead = (self.cluster_size < self.dead_threshold).nonzero().squeeze(1)
         if dead.numel() == 0:
             return 0
-        pick = torch.randint(filled, (dead.numel(),), device=dead.device)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.broadcast(pick, 0)  # same restart on every rank
-        fresh = self.recent[pick]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.broadcast(fresh, 0)
+        pick = _broadcast(torch.randint(filled, (dead.numel(),), device=dead.device))  # same restart on every rank
+        fresh = _broadcast(self.recent[pick])
         self.embed.data[dead] = fresh
         self.cluster_size[dead] = self.fresh_usage
         if self.ema:
@@ -153,7 +161,9 @@ class VectorQuantizer(nn.Module):
             flat = F.normalize(flat, dim=-1)
         if self.training and not bool(self.initialized):
             with torch.no_grad():
-                centroids = kmeans(flat.detach(), self.codebook_size)
+                # each rank clusters its own shard of the batch: rank 0's centroids become everyone's codebook (a
+                # Parameter codebook, ema=False, is never re-synchronised by DDP, which only averages gradients)
+                centroids = _broadcast(kmeans(flat.detach(), self.codebook_size).contiguous())
                 self.embed.data.copy_(centroids)
                 if self.ema:  # embed = embed_sum / cluster_size (the fresh usage, 1 unless restart_after)
                     self.embed_sum.copy_(centroids * self.cluster_size.unsqueeze(1))
