@@ -384,3 +384,20 @@ def test_guided_sampling_computes_each_caption_prefix_once():
 
         want = ddim_sample(lit.process.respaced(6), model_fn, (b * n, D), generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(got, F.normalize(want, dim=-1).view(b, n, D), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kw, key",
+    [
+        ({"eta": -1.0}, "model.eta"),
+        ({"sample_steps": 0}, "model.sample_steps"),
+        ({"sample_steps": 5000}, "model.sample_steps"),
+        ({"guidance_scale": -2.0}, "model.guidance_scale"),
+    ],
+)
+def test_bad_sampling_defaults_fail_at_construction(kw, key):
+    # they were taken: steps failed at the first sample, a negative eta sampled silently wrong
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key):
+        DiffusionPriorLit(preset="tiny", embed_scale=1.0, **kw)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from zoo.diffusion.noise import RowGenerators
 from zoo.diffusion.process import GaussianDiffusion
-from zoo.diffusion.samplers import ddim_sample, ddpm_sample
+from zoo.diffusion.samplers import check_sampling_knobs, ddim_sample, ddpm_sample
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
 from zoo.models.base import ZooLit, unmet_sizes
@@ -105,6 +105,12 @@ class DiffusionPriorLit(ZooLit):
             model_mean_type="x0",
             model_var_type="fixed_small",
             loss_type="mse",
+        )
+        # the sampling defaults a checkpoint carries, refused here (a bad one failed at the first sample, after
+        # training when sanity validation is off, or -- a negative eta -- sampled silently wrong)
+        check_sampling_knobs(
+            self.process.num_timesteps,
+            {"model.sample_steps": sample_steps, "model.eta": eta, "model.guidance_scale": guidance_scale},
         )
         self.sample_steps, self.guidance_scale = int(sample_steps), float(guidance_scale)
         self.n_candidates, self.eta = int(n_candidates), float(eta)
