@@ -97,6 +97,17 @@ def test_upper_quantile_mask_is_the_upper_half():
     assert torch.equal(m, cdf > 0.5) and m.any(-1).all()
 
 
+@pytest.mark.parametrize("q", [1.0, 1.5, -0.1])
+def test_dot_quantile_outside_0_1_is_refused(q):
+    # dot_quantile=1 emptied the mask, every logit -inf, and the LOWEST bin (0) was drawn: the opposite of the intent
+    model = _model().double()
+    _, txt, tokens = _pairs(4)
+    with pytest.raises(ValueError, match="dot_quantile"):
+        sample_codes(model, tokens, txt.double(), n_codes=2, dot_quantile=q, generator=torch.Generator())
+    with pytest.raises(ValueError, match="dot_quantile"):
+        upper_quantile_mask(torch.zeros(2, 8), q)
+
+
 def test_dot_token_is_sampled_from_the_upper_half():
     model = _model().double()
     _, txt, tokens = _pairs(64)

@@ -201,9 +201,12 @@ class ARPrior(nn.Module):
 def upper_quantile_mask(logits: torch.Tensor, q: float) -> torch.Tensor:
     """Bool mask (B, V) of the bins at or above the q-quantile of softmax(logits) with bins ordered by value: bin b is
     kept iff P(bin <= b) > q (so the bin where the CDF crosses q is kept, and at least one bin always is). For q = 0.5
-    this is the paper's "top half of the distribution" of the dot product."""
+    this is the paper's "top half of the distribution" of the dot product. ``q`` in [0, 1); the comparison is against
+    q times the summed mass, so float rounding of the CDF's last value (1 − 1e-16) cannot empty the mask."""
+    if not 0.0 <= q < 1.0:
+        raise ValueError(f"dot_quantile={q!r}; expected a number in [0, 1) (0.5: the paper's upper half)")
     cdf = logits.double().softmax(-1).cumsum(-1)
-    return cdf > q
+    return cdf > q * cdf[..., -1:]
 
 
 @torch.no_grad()
@@ -231,6 +234,8 @@ def sample_codes(
     every logit with ``zoo.nn.guidance.guide`` (exactly the conditional logits at scale 1). ``use_cache=False``
     recomputes the whole prefix at every step (the reference the KV cache is tested against).
     """
+    if dot_quantile is not None and not 0.0 <= dot_quantile < 1.0:  # 1 emptied the mask: the LOWEST bin was drawn
+        raise ValueError(f"dot_quantile={dot_quantile!r}; expected None or a number in [0, 1) (0.5: the upper half)")
     b = text_tokens.shape[0]
     t = model.cfg.text_len
     device = text_tokens.device
