@@ -100,10 +100,12 @@ class VectorQuantizer(nn.Module):
         return F.normalize(e, dim=-1) if self.l2_normalize else e
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
-        """(N, D) -> (N,) index of the nearest code (squared Euclidean; cosine when l2-normalised)."""
-        e = self.codebook()
-        d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)[None]
-        return d.argmin(1)
+        """(N, D) -> (N,) index of the nearest code (squared Euclidean; cosine when l2-normalised), in float32
+        even under autocast."""
+        with torch.autocast(flat.device.type, enabled=False):
+            flat, e = flat.float(), self.codebook().float()
+            d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)[None]
+            return d.argmin(1)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (B, h, w) -> vectors (B, D, h, w)."""
@@ -153,7 +155,12 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, z_e: torch.Tensor) -> dict[str, torch.Tensor]:
         """z_e (B, D, h, w) -> dict(z_q: straight-through (B, D, h, w), codes (B, h, w), loss, commitment,
-        codebook_loss, perplexity)."""
+        codebook_loss, perplexity). All in float32 even under autocast (bf16-mixed): bf16 matmuls chose a code
+        other than the nearest for ~0.5% of vectors and rounded the EMA sums."""
+        with torch.autocast(z_e.device.type, enabled=False):
+            return self._forward(z_e)
+
+    def _forward(self, z_e: torch.Tensor) -> dict[str, torch.Tensor]:
         b, d, h, w = z_e.shape
         z = z_e.float()
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)
