@@ -275,3 +275,21 @@ def test_check_data():
         m.check_data(_FakeDM({"image": torch.zeros(3, 32, 32)}))
     with pytest.raises(ConfigError, match="RGB"):
         m.check_data(_FakeDM({"image": torch.zeros(1, 32, 32), "caption": "x"}))
+
+
+def test_unknown_pretrained_tag_beside_a_checkpoint_is_refused_and_old_checkpoints_still_load(tmp_path):
+    """Beside model.checkpoint= the tag only sets the preprocessing: a typo there was ignored silently and the images
+    normalised with the default mean/std. A zoo-train checkpoint whose hyper-parameters name such a tag (written
+    before the check) still loads, with the default preprocessing it was trained with."""
+    import open_clip
+
+    from zoo.models.clip.model import ClipConfig, create_clip
+
+    net = open_clip.create_model("zoo-clip-tiny")
+    torch.save(net.state_dict(), tmp_path / "tiny.pt")
+    with pytest.raises(ConfigError, match="unknown open_clip pretrained tag 'openia'.*preprocessing"):
+        create_clip(ClipConfig("zoo-clip-tiny"), pretrained="openia", checkpoint=str(tmp_path / "tiny.pt"))
+    sd = {f"clip.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": sd, "hyper_parameters": {"preset": "tiny", "pretrained": "openia"}}, tmp_path / "c.ckpt")
+    s = ClipScorer.from_lightning_checkpoint(str(tmp_path / "c.ckpt"))
+    assert s.image_size == 32 and torch.equal(s.model.logit_scale, net.logit_scale)

@@ -356,6 +356,12 @@ def create_clip(
                     f"unknown open_clip pretrained tag {pretrained!r} for {cfg.arch} (fix: one of "
                     f"{open_clip.list_pretrained_tags_by_model(cfg.arch)}, or model.checkpoint=/path/to/file)"
                 )
+        elif not tag_cfg and load_weights:  # with a checkpoint the tag sets only the preprocessing: a typo there
+            raise ConfigError(  # would silently normalise images with the default mean/std instead
+                f"unknown open_clip pretrained tag {pretrained!r} for {cfg.arch}; beside model.checkpoint= it sets "
+                f"the preprocessing the weights were trained with (fix: one of "
+                f"{open_clip.list_pretrained_tags_by_model(cfg.arch)}, or no model.pretrained)"
+            )
         if tag_cfg.get("quick_gelu") and "quick_gelu" not in cfg.overrides:
             cfg = dataclasses.replace(cfg, overrides={**cfg.overrides, "quick_gelu": True})
     preprocess = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg} or None

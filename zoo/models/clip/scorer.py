@@ -142,6 +142,8 @@ class ClipScorer:
     def from_lightning_checkpoint(cls, path: str, device: str = "cpu", **kw) -> "ClipScorer":
         """A checkpoint written by ``zoo-train model=clip`` (weights_only load; preset/arch/net read from its
         hyper-parameters; the ``pretrained`` tag it started from only sets the preprocessing, nothing downloads)."""
+        import open_clip
+
         from zoo.checkpoint import safe_load
         from zoo.errors import ConfigError
         from zoo.models.clip.model import clip_config, create_clip, tokenizer_for
@@ -166,6 +168,8 @@ class ClipScorer:
         tag = hp.get("pretrained")
         if tag and ("/" in tag or "\\" in tag or Path(tag).exists()):
             tag = None  # a path, not a tag: the weights are this file's own, never another file the file names
+        if tag and not open_clip.get_pretrained_cfg(cfg.arch, tag):
+            tag = None  # a tag unknown to open_clip set no preprocessing in training either (older checkpoints)
         model = create_clip(cfg, pretrained=tag, checkpoint=path)
         return cls.from_model(model, tokenizer_for(cfg), device=device, **kw)
 
