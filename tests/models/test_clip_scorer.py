@@ -223,3 +223,10 @@ def test_another_components_checkpoint_as_clip_weights_is_named(tmp_path):
     torch.save({"state_dict": sd, "hyper_parameters": {}, "zoo_component": "glide"}, path)
     with pytest.raises(ConfigError, match=r"zoo-train 'glide' checkpoint, not CLIP weights.*fix: model.checkpoint="):
         ClipScorer.from_config({"arch": "zoo-clip-tiny", "checkpoint": str(path)})
+
+
+def test_unknown_architecture_names_the_option():
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown open_clip architecture 'zoo-clip-nope' \(clip.arch="):
+        ClipScorer.from_config({"arch": "zoo-clip-nope"})

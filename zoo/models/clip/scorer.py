@@ -110,8 +110,16 @@ class ClipScorer:
     ) -> "ClipScorer":
         """Any open_clip architecture (or zoo config) with an open_clip ``pretrained`` tag and/or a local
         ``checkpoint`` file (open_clip file or zoo-train .ckpt). Raises ``MissingWeightsError`` offline."""
-        from zoo.models.clip.model import ClipConfig, clip_config, create_clip, tokenizer_for
+        import open_clip
 
+        from zoo.errors import ConfigError
+        from zoo.models.clip.model import PRESETS, ClipConfig, clip_config, create_clip, tokenizer_for
+
+        if open_clip.get_model_config(arch) is None:
+            raise ConfigError(
+                f"unknown open_clip architecture {arch!r} (clip.arch=...; zoo-train: model.arch=); registered ones "
+                f"include {sorted({p.arch for p in PRESETS.values()})} and open_clip.list_models()"
+            )
         cfg = clip_config("shapes", arch, net) if net else ClipConfig(arch)
         model = create_clip(cfg, pretrained=pretrained, checkpoint=checkpoint, cache_dir=cache_dir)
         return cls.from_model(model, tokenizer_for(cfg), device=device, **kw)
