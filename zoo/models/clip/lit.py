@@ -252,7 +252,8 @@ class ClipLit(ZooLit):
         checkpoint["hyper_parameters"] = hp
 
     def trainable_parameters(self) -> list[dict[str, Any]]:
-        """No weight decay on gains, biases, embeddings and the temperature (as open_clip's training does)."""
+        """No weight decay on gains, biases and the temperature (as open_clip's training), nor on the token and
+        positional embeddings (which open_clip's training does decay)."""
         decay, no_decay = [], []
         for n, p in self.named_parameters():
             if not p.requires_grad:
