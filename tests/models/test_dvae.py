@@ -212,3 +212,12 @@ def test_bad_annealing_settings_are_refused_at_construction(kwargs, match):
         DVAELit(preset="tiny", **kwargs)
     with pytest.raises(ValueError, match="start > 0"):  # the function itself names the problem, not 1 / 0
         SCHEDULES["exponential"](5, 0.0, 6.6, 10)
+
+
+@pytest.mark.parametrize("recon_loss, out_channels", [("mse", 6), ("logit_laplace", 3), ("logit_laplace", 4)])
+def test_out_channels_that_do_not_fit_the_loss_are_refused_at_construction(recon_loss, out_channels):
+    """They built, then failed at the first step's loss with a bare broadcasting error."""
+    with pytest.raises(ValueError, match="out_channels"):
+        DVAELit(preset="tiny", recon_loss=recon_loss, net={"out_channels": out_channels})
+    for loss, ch in (("mse", 3), ("logit_laplace", 6)):  # the matching pair, given or implied, still builds
+        assert DVAELit(preset="tiny", recon_loss=loss, net={"out_channels": ch}).dvae.decoder[-1].out_channels == ch

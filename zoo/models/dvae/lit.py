@@ -101,6 +101,13 @@ class DVAELit(ImageTokenizerLit):
         net.setdefault("out_channels", 6 if recon_loss == "logit_laplace" else 3)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.cfg = resolve_preset(PRESETS, DVAEConfig, preset, net, "dVAE")
+        want = 6 if recon_loss == "logit_laplace" else 3
+        if self.cfg.out_channels != want:  # else a shape error at the first step's loss
+            raise ConfigError(
+                f"model.net.out_channels={self.cfg.out_channels} does not fit model.recon_loss={recon_loss}, whose "
+                f"decoder emits {want} channels ({'mu and ln b per RGB channel' if want == 6 else 'RGB'}) (fix: "
+                f"drop model.net.out_channels; it follows recon_loss)"
+            )
         # channels_last: oneDNN's convolutions run ~1.8x faster on this CPU in that layout (bench/bench_tokenizers.py)
         self.dvae = DVAE(self.cfg).to(memory_format=torch.channels_last)
 
