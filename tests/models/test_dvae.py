@@ -221,3 +221,10 @@ def test_out_channels_that_do_not_fit_the_loss_are_refused_at_construction(recon
         DVAELit(preset="tiny", recon_loss=recon_loss, net={"out_channels": out_channels})
     for loss, ch in (("mse", 3), ("logit_laplace", 6)):  # the matching pair, given or implied, still builds
         assert DVAELit(preset="tiny", recon_loss=loss, net={"out_channels": ch}).dvae.decoder[-1].out_channels == ch
+
+
+def test_decode_takes_int32_codes_like_the_other_tokenizers():
+    """F.one_hot refused anything but int64 (the VQ-VAE's and VQGAN's decode take int32 codes)."""
+    m = DVAELit(preset="tiny").dvae.eval()
+    codes = m.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
+    torch.testing.assert_close(m.decode(codes.int()), m.decode(codes), rtol=0, atol=0)

@@ -146,7 +146,8 @@ class DVAE(nn.Module, ImageTokenizer):
         return self.decoder(z.contiguous(memory_format=torch.channels_last))
 
     def output_to_image(self, out: torch.Tensor) -> torch.Tensor:
-        """Decoder output -> image in [-1, 1] (the mean of the logit-Laplace, mapped back from (eps, 1-eps))."""
+        """Decoder output -> image in [-1, 1]: sigmoid(mu), the logit-Laplace's median (not its mean; the released
+        model's reconstruction), mapped back from (eps, 1-eps)."""
         x01 = (
             unmap_pixels(torch.sigmoid(out[:, :3].float()))
             if self.cfg.out_channels == 6
@@ -161,5 +162,6 @@ class DVAE(nn.Module, ImageTokenizer):
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        z = F.one_hot(codes, self.codebook_size).permute(0, 3, 1, 2).to(next(self.parameters()).dtype)
+        # any integer dtype, as the other tokenizers take (one_hot alone refuses all but int64)
+        z = F.one_hot(codes.long(), self.codebook_size).permute(0, 3, 1, 2).to(next(self.parameters()).dtype)
         return self.output_to_image(self.decode_soft(z))
