@@ -101,3 +101,28 @@ def test_lightning_fit_logs_the_metrics_and_the_grid(cls, tmp_path):
     grid = m.sample_grid({"image": x})
     assert grid.shape == (6, 3, 32, 32) and m.grid_nrow > 0 and grid.abs().max() <= 1
     torch.testing.assert_close(grid[0::2], x)  # interleaved input | reconstruction
+
+
+@pytest.mark.parametrize("name", ["dvae", "vqvae", "vqgan"])
+def test_encode_gives_the_same_codes_under_bf16_autocast(name):
+    """DALL·E encodes images on the fly inside its (bf16-mixed) training step: the encoder then ran in bf16 and
+    1-2% of the codes differed from those of zoo-tokenize / eval (float32) for the same image."""
+    from zoo.models.dvae import DVAE
+    from zoo.models.dvae import PRESETS as DVAE_PRESETS
+    from zoo.models.vqgan.model import PRESETS as VQGAN_PRESETS
+    from zoo.models.vqgan.model import TamingVQGAN
+    from zoo.models.vqvae.model import PRESETS as VQVAE_PRESETS
+    from zoo.models.vqvae.model import VQVAE
+
+    torch.manual_seed(0)
+    tok, res = {
+        "dvae": (lambda: DVAE(DVAE_PRESETS["shapes"]), 32),
+        "vqvae": (lambda: VQVAE(VQVAE_PRESETS["shapes"]), 32),
+        "vqgan": (lambda: TamingVQGAN(VQGAN_PRESETS["tiny"]), 16),
+    }[name]
+    m = tok().eval()
+    x = torch.rand(4, 3, res, res) * 2 - 1
+    want = m.encode(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = m.encode(x)
+    assert got.dtype == torch.long and torch.equal(got, want)

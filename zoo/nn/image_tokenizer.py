@@ -21,11 +21,18 @@ class ImageTokenizer(abc.ABC):
 
     @abc.abstractmethod
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) in [-1, 1] -> LongTensor codes (B, H/f, W/f)."""
+        """images (B, 3, H, W) in [-1, 1] -> LongTensor codes (B, H/f, W/f). Deterministic, and the same codes
+        under autocast as without (``no_autocast``): tokens must not depend on the caller's precision."""
 
     @abc.abstractmethod
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """LongTensor codes (B, h, w) -> images (B, 3, h*f, w*f) in [-1, 1]."""
+
+
+def no_autocast(images: torch.Tensor) -> torch.autocast:
+    """A context in which autocast is off on ``images``' device: an encoder run inside a bf16-mixed training step
+    (DALL·E's on-the-fly tokens) gave 1-2% other codes than the float32 ``zoo-tokenize`` / eval encode."""
+    return torch.autocast(images.device.type, enabled=False)
 
 
 def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:

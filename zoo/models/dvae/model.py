@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.nn.image_tokenizer import ImageTokenizer
+from zoo.nn.image_tokenizer import ImageTokenizer, no_autocast
 from zoo.nn.likelihoods import unmap_pixels
 
 
@@ -158,7 +158,8 @@ class DVAE(nn.Module, ImageTokenizer):
     # -- ImageTokenizer ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logits(images).argmax(1)
+        with no_autocast(images):
+            return self.logits(images.to(self.encoder[0].weight.dtype)).argmax(1)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

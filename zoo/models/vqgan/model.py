@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from zoo.errors import ConfigError
-from zoo.nn.image_tokenizer import ImageTokenizer
+from zoo.nn.image_tokenizer import ImageTokenizer, no_autocast
 from zoo.nn.taming_vq import NORM_GROUPS, GumbelCodebook, NearestCodebook, TamingDecoder, TamingEncoder
 
 
@@ -147,7 +147,8 @@ class TamingVQGAN(nn.Module, ImageTokenizer):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.quantize.codes(self.prequant(images))
+        with no_autocast(images):
+            return self.quantize.codes(self.prequant(images))
 
     def decode_features(self, z_q: torch.Tensor) -> torch.Tensor:
         """Quantized vectors (B, embed_dim, h, w) -> taming's raw decoder output (not clamped)."""

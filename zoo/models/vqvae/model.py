@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from zoo.nn.image_tokenizer import ImageTokenizer
+from zoo.nn.image_tokenizer import ImageTokenizer, no_autocast
 from zoo.nn.quantizers import VectorQuantizer
 
 
@@ -95,7 +95,9 @@ class VQVAE(nn.Module, ImageTokenizer):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        z = self.encoder(images.contiguous(memory_format=torch.channels_last)).float()
+        with no_autocast(images):
+            x = images.to(self.encoder[0].weight.dtype).contiguous(memory_format=torch.channels_last)
+            z = self.encoder(x).float()
         b, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)
         if self.cfg.l2_normalize:
