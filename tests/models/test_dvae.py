@@ -228,3 +228,12 @@ def test_decode_takes_int32_codes_like_the_other_tokenizers():
     m = DVAELit(preset="tiny").dvae.eval()
     codes = m.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
     torch.testing.assert_close(m.decode(codes.int()), m.decode(codes), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("net", [{"n_groups": 5}, {"n_groups": 0}, {"n_blk_per_group": 0}])
+def test_group_counts_the_widths_cannot_build_are_refused(net):
+    """n_groups=5 with 4 width multipliers built 4 groups with a max-pool after the last one (post_gain computed
+    for 5); 0 was a ZeroDivisionError."""
+    with pytest.raises(ValueError, match="n_groups|n_blk_per_group"):
+        DVAELit(preset="tiny", net=net)
+    assert DVAE(DVAEConfig(n_groups=4)).downsample_factor == 8  # as many groups as multipliers still builds

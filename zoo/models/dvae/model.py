@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zoo.errors import ConfigError
 from zoo.nn.image_tokenizer import ImageTokenizer, no_autocast
 from zoo.nn.likelihoods import unmap_pixels
 
@@ -35,6 +36,19 @@ class DVAEConfig:
     # the relaxed samples carry almost nothing about the image until the encoder has grown its logits ~10x
     # (see scripts/tokenizer_quality.py). The paper does not say; 1.0 is the released model's plain init.
     logit_init_gain: float = 1.0
+
+    def __post_init__(self):
+        # n_groups beyond width_mults built fewer groups with a max-pool after the last one (and a post_gain for
+        # resblocks that did not exist); 0 failed with a ZeroDivisionError
+        if not 1 <= self.n_groups <= len(self.width_mults):
+            raise ConfigError(
+                f"dVAE n_groups={self.n_groups}: needs 1..{len(self.width_mults)}, one width multiplier per group "
+                f"(width_mults={list(self.width_mults)}; fix: model.net.n_groups, or a longer model.net.width_mults)"
+            )
+        if self.n_blk_per_group < 1:
+            raise ConfigError(f"dVAE n_blk_per_group={self.n_blk_per_group}: needs at least 1 resblock per group")
+        if self.out_channels not in (3, 6):
+            raise ConfigError(f"dVAE out_channels={self.out_channels}: 6 (logit-Laplace mu, ln b) or 3 (MSE)")
 
     @property
     def n_layers(self) -> int:
