@@ -306,3 +306,10 @@ def test_bf16_autocast_changes_neither_codes_nor_codebook_statistics(ema):
     assert torch.equal(out["codes"], want["codes"])
     torch.testing.assert_close(vq.codebook(), ref.codebook(), rtol=0, atol=1e-6)
     torch.testing.assert_close(vq.cluster_size, ref.cluster_size, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [{"decay": 1.0}, {"decay": 1.5}, {"decay": 0.0}, {"beta": -0.25}])
+def test_decay_outside_the_open_unit_interval_and_negative_beta_are_refused(kwargs):
+    """decay 1 left the EMA codebook where it started forever; above 1 it diverged (silently, both)."""
+    with pytest.raises(ValueError, match="decay|beta"):
+        VectorQuantizer(8, 4, **kwargs)

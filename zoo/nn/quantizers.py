@@ -79,6 +79,10 @@ class VectorQuantizer(nn.Module):
         self.beta, self.ema, self.decay, self.eps = beta, ema, decay, eps
         self.l2_normalize, self.kmeans_init = l2_normalize, kmeans_init
         self.restart_dead_codes, self.dead_threshold = restart_dead_codes, dead_threshold
+        if not 0 < decay < 1:  # 1: the EMA codebook and usage never move; > 1: they diverge
+            raise ValueError(f"decay must be in (0, 1) (the EMA's weight on the past, e.g. 0.99), got {decay}")
+        if beta < 0:
+            raise ValueError(f"beta (the commitment weight, 0.25 in the paper) must be >= 0, got {beta}")
         if restart_after is not None and restart_after < 1:
             raise ValueError(f"restart_after must be a number of steps >= 1 (or None), got {restart_after}")
         # EMA usage of a new or re-seeded code: decay ** N * fresh_usage first falls below the threshold at N = restart_after
