@@ -172,7 +172,8 @@ class DVAELit(ImageTokenizerLit):
         """Loss as in training (noisy relaxation); reconstruction metrics from argmax tokens (what stage 2 sees)."""
         images = batch["image"]
         r = self.forward_loss(images)
-        codes = r["logits"].argmax(1)
+        # under autocast (bf16-mixed) the loss's logits are bf16: their argmax is not quite what encode gives stage 2
+        codes = self.dvae.encode(images) if torch.is_autocast_enabled(images.device.type) else r["logits"].argmax(1)
         self.accumulate(codes, self.dvae.decode(codes), images)
         self.log_metrics(stage, {"loss": r["loss"], "kl": r["kl"], "recon_nll": r["recon"]}, batch_size=images.shape[0])
 

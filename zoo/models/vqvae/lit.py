@@ -52,7 +52,11 @@ class VQVAELit(ImageTokenizerLit):
     def eval_step(self, batch: dict[str, Any], stage: str) -> None:
         images = batch["image"]
         r = self.forward_loss(images)  # eval mode: nearest codes, no codebook update
-        self.accumulate(r["codes"], r["recon"], images)
+        if torch.is_autocast_enabled(images.device.type):  # bf16 encoder output: not quite encode's codes (stage 2's)
+            codes = self.vqvae.encode(images)
+            self.accumulate(codes, self.vqvae.decode(codes), images)
+        else:
+            self.accumulate(r["codes"], r["recon"], images)
         self.log_metrics(stage, {"loss": r["loss"], "commitment": r["commitment"]}, batch_size=images.shape[0])
 
     def check_data(self, datamodule) -> None:
