@@ -334,6 +334,20 @@ def test_nearest_code_is_the_hand_computed_one():
     assert codes.flatten().tolist() == [0, 1, 2, 3, 1, 2]
 
 
+def test_nearest_code_is_the_same_under_bf16_autocast():
+    """Inside a bf16-mixed step (DALL·E's on-the-fly tokens, the export's encode_with_features) the distance matmul
+    ran in bf16 and some vectors took a code that is not their nearest; the codes are now those of float32."""
+    from zoo.nn.taming_vq import NearestCodebook
+
+    torch.manual_seed(0)
+    q = NearestCodebook(512, 64)
+    z = torch.randn(4, 64, 16, 16)
+    want = q.codes(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = q.codes(z)
+    assert torch.equal(got, want)
+
+
 # ------------------------------------------------------------------ zoo-convert end to end
 class LightningCallbackStandIn:
     """Stands for pytorch_lightning's ModelCheckpoint class, which PL 1.x pickles as a key of ``callbacks``."""

@@ -255,7 +255,10 @@ class NearestCodebook(nn.Module):
         e2 = e.pow(2).sum(1)
         # an exported graph (ONNX) keeps a dynamic batch axis only without the data-dependent chunking
         chunks = [flat] if torch.onnx.is_in_onnx_export() else flat.split(self.chunk)
-        out = [(rows.pow(2).sum(1, keepdim=True) + e2 - 2 * rows @ e.t()).argmin(1) for rows in chunks]
+        # autocast off: under bf16-mixed (DALL·E's on-the-fly tokens, export's encode_with_features) the distance
+        # matmul ran in bf16 and a fraction of vectors took a code that is not their nearest
+        with torch.autocast(z.device.type, enabled=False):
+            out = [(rows.pow(2).sum(1, keepdim=True) + e2 - 2 * rows @ e.t()).argmin(1) for rows in chunks]
         return torch.cat(out).view(b, h, w)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
