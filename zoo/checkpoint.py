@@ -154,14 +154,23 @@ def _names_code(path: Path) -> bool:
 
 
 def load_module(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu", expect: Optional[tuple[str, ...]] = None
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    expect: Optional[tuple[str, ...]] = None,
+    ema: Optional[bool] = None,
 ):
     """Rebuild a zoo LightningModule from a checkpoint written by ``zoo-train`` (weights_only load).
 
     The class comes from the fixed registry of the project's components (``zoo.registry``), looked up by the short
     name stamped in the file -- never imported from a path the file names -- and its hyper-parameters must be plain
     values accepted by that component's constructor. ``expect`` restricts the components accepted at this input
-    (e.g. only image tokenizers for ``zoo-tokenize``)."""
+    (e.g. only image tokenizers for ``zoo-tokenize``).
+
+    Weights: ``ema=None`` loads ``state_dict`` as stored. With the EMA callback that is the average, and the trained
+    weights are ``current_model_state``: ``ema=True`` takes the average once it has started (a file saved before the
+    EMA's first update holds the INITIAL weights as its average: the trained ones, with a warning), ``ema=False`` the
+    trained weights; ``model.loaded_weights`` says which: "ema" | "raw" | "raw (no EMA in checkpoint)". Decided here,
+    from the one read of the file (the samplers and zoo-export read each checkpoint a second time for it)."""
     from zoo.registry import checked_hparams, component_class, component_in
 
     ckpt = safe_load(path, map_location=map_location)
@@ -177,7 +186,27 @@ def load_module(
         raise CorruptCheckpointError(f"{path} has no state_dict; it is not a complete zoo-train checkpoint")
     hp = checked_hparams(name, ckpt.get("hyper_parameters", {}), str(path))
     model = component_class(name)(**hp)
-    model.load_state_dict(ckpt["state_dict"])
+    state, label = ckpt["state_dict"], None
+    if ema is not None:
+        raw, started = ema_trained_state(ckpt)
+        if raw is None:
+            label = "raw (no EMA in checkpoint)"
+        elif ema and started:
+            label = "ema"
+        else:
+            if ema:
+                import logging
+
+                logging.getLogger("zoo.checkpoint").warning(
+                    "%s: the EMA had not started when this checkpoint was saved (n_averaged = 0, see "
+                    "callbacks.ema.update_starting_at_step): its average is the initial weights, so the trained "
+                    "weights are used",
+                    path,
+                )
+            state, label = raw, "raw"
+    model.load_state_dict(state)
+    model.loaded_weights = label
+    model.zoo_component, model.zoo_hparams = name, hp  # as the file names them (zoo-export writes these)
     model.eval()
     # The run config is kept as a record (it is full of the user's own _target_ nodes); whatever reads it later must
     # go through zoo.registry (e.g. zoo-sample's datamodule_from_file_config), never through Hydra.
@@ -190,7 +219,7 @@ def ema_trained_state(ckpt: Any) -> tuple[Optional[dict], bool]:
     ``state_dict`` then holds the average and ``current_model_state`` the trained weights (None: no EMA in the file).
     A file saved before the average's first update (``averaging_state["n_averaged"] == 0``, written so by
     Lightning's own callback) has the INITIAL weights as its "average": its samplers and exports take the trained
-    ones. The one reading of this bookkeeping for the pipelines (``select_ema_weights``) and ``zoo-export``."""
+    ones. ``load_module(..., ema=...)`` reads it."""
     raw = ckpt.get("current_model_state") if isinstance(ckpt, dict) else None
     if not isinstance(raw, dict):
         return None, False

@@ -652,19 +652,18 @@ def _tag_settings(arch: str, tag: str) -> dict[str, Any]:
 
     tag_cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
     base = _open_clip_arch_settings(arch)
-    out = {k: (tuple(tag_cfg[k]) if isinstance(tag_cfg[k], list) else tag_cfg[k]) for k in OPEN_CLIP_TAG_FIELDS[1:]}
-    out = {k: v for k, v in out.items() if k in tag_cfg}
+    out = {k: tuple(v) if isinstance(v := tag_cfg[k], list) else v for k in OPEN_CLIP_TAG_FIELDS[1:] if k in tag_cfg}
     return {**base, **out, "quick_gelu": bool(tag_cfg.get("quick_gelu")) or base["quick_gelu"]}
 
 
-def open_clip_tag(arch: str, pretrained: Optional[str], option: str = "pretrained") -> Optional[str]:
+def open_clip_tag(arch: str, pretrained: Optional[str]) -> Optional[str]:
     """The open_clip ``pretrained`` tag the weights were released under (None: the architecture's own settings).
 
     The tag sets QuickGELU and the preprocessing (mean / std / resize), which the weights do not say and which the
     converted checkpoint records (``hyper_parameters.pretrained``). With no tag given, an architecture whose released
     tags disagree with what it builds alone is refused: an OpenAI ViT-B-32 file converted as plain ``ViT-B-32``
     ran with GELU instead of QuickGELU, and a ViT-L-14 laion2b_s32b_b82k file was normalised with OpenAI's mean /
-    std instead of 0.5 -- every embedding silently wrong. ``option``: how the command line spells the option."""
+    std instead of 0.5 -- every embedding silently wrong."""
     import open_clip
 
     tags = open_clip.list_pretrained_tags_by_model(arch)
@@ -674,8 +673,8 @@ def open_clip_tag(arch: str, pretrained: Optional[str], option: str = "pretraine
         tag = str(pretrained)
         if not open_clip.get_pretrained_cfg(arch, tag):
             raise ConfigError(
-                f"{option}={tag}: not an open_clip tag of {arch} (its tags: {tags or 'none'}; fix: the tag the file "
-                f"was released under, or {option}={NO_TAG} for weights trained with {arch}'s own settings)"
+                f"pretrained={tag}: not an open_clip tag of {arch} (its tags: {tags or 'none'}; fix: the tag the file "
+                f"was released under, or pretrained={NO_TAG} for weights trained with {arch}'s own settings)"
             )
         return tag
     base = _open_clip_arch_settings(arch)
@@ -690,7 +689,7 @@ def open_clip_tag(arch: str, pretrained: Optional[str], option: str = "pretraine
             f"kind=open_clip arch={arch}: weights released under some of {arch}'s open_clip tags need settings the "
             f"architecture alone does not build and the file does not say ({shown}{' ...' if len(differ) > 6 else ''}"
             f"): converted without the tag they run with the wrong activation or image normalisation. Fix: "
-            f"{option}=<the tag the file was released under> (e.g. {next(iter(differ))}), or {option}={NO_TAG} for "
+            f"pretrained=<the tag the file was released under> (e.g. {next(iter(differ))}), or pretrained={NO_TAG} for "
             f"weights trained with {arch}'s own settings (e.g. your own open_clip run)"
         )
     return None

@@ -118,6 +118,16 @@ def checkpoint_dict(module: nn.Module) -> dict[str, Any]:
 WEIGHTS_CHOICES = ("ema", "trained")
 
 
+def check_weights(weights: str) -> str:
+    """``weights=``: ema or trained, else a ConfigError (checked before anything is read)."""
+    if weights not in WEIGHTS_CHOICES:
+        raise ConfigError(
+            f"weights={weights!r}: ema (state_dict: the EMA average when the run had callbacks=ema, what the "
+            "samplers use) or trained (current_model_state, the optimiser's weights) (fix: weights=ema)"
+        )
+    return weights
+
+
 def load_checkpoint(path: str | os.PathLike, weights: str = "ema") -> tuple[str, nn.Module, dict[str, Any]]:
     """(component name, rebuilt module in eval mode, its checked plain hyper-parameters) from a zoo-train file.
 
@@ -128,35 +138,19 @@ def load_checkpoint(path: str | os.PathLike, weights: str = "ema") -> tuple[str,
     samples them. ``weights="trained"`` takes ``current_model_state`` whenever the file has one (as the GLIDE
     generator's ``use_ema=false``). ``module.export_weights`` says which: "ema", "trained" or "trained (the EMA had
     not started)"."""
-    from zoo.checkpoint import ema_trained_state, load_module, safe_load
-    from zoo.registry import checked_hparams, component_in
+    from zoo.checkpoint import load_module
 
-    ckpt = safe_load(path)
-    name = component_in(ckpt, str(path))
-    hp = checked_hparams(name, ckpt.get("hyper_parameters", {}), str(path))
-    raw, started = ema_trained_state(ckpt)
-    del ckpt
-    module = load_module(path)
-    if weights not in WEIGHTS_CHOICES:
-        raise ConfigError(f"weights={weights!r}: one of {', '.join(WEIGHTS_CHOICES)} (fix: weights=ema)")
-    if raw is None:
-        weights = "trained"
-    elif weights == "trained":
-        module.load_state_dict(raw)
-        module.eval()
-    elif not started:
-        log.warning(
-            "%s: the EMA had not started when this checkpoint was saved (n_averaged = 0): its state_dict is the "
-            "initial weights, so the trained weights (current_model_state) are exported",
-            path,
-        )
-        module.load_state_dict(raw)
-        module.eval()
-        weights = "trained (the EMA had not started)"
-    else:
-        weights = "ema"
-    module.export_weights = weights
-    return name, module, _plain(hp)
+    check_weights(weights)
+    module = load_module(path, ema=weights == "ema")  # one read of the file: the EMA choice is made there
+    loaded = module.loaded_weights  # "ema" | "raw" | "raw (no EMA in checkpoint)"
+    module.export_weights = (
+        "ema"
+        if loaded == "ema"
+        else "trained (the EMA had not started)"
+        if loaded == "raw" and weights == "ema"
+        else "trained"
+    )
+    return module.zoo_component, module, _plain(module.zoo_hparams)
 
 
 # ------------------------------------------------------------------------------------------ safetensors
@@ -778,11 +772,11 @@ def check_parity(graph: str, info: dict[str, Any], rel_tolerance: float = REL_TO
 
 @torch.no_grad()
 def check_dalle_decoding(
-    lit: nn.Module, prefill_path: Path, step_path: Path, batch: int = 3, seed: int = 2, scale: Optional[list] = None
-) -> float:
+    lit: nn.Module, prefill_path: Path, step_path: Path, batch: int = 3, seed: int = 2
+) -> tuple[float, float]:
     """Decode a whole image with the two ONNX graphs (prefill, then one decode_step per token, feeding each call's
     present_k/v back as past_k/v) under teacher forcing, against the PyTorch model's UNCACHED forward on the same
-    (text, image): the max abs error over all image-token logits."""
+    (text, image): (the max abs error over all image-token logits, the logits' scale: their max abs value)."""
     import onnxruntime as ort
 
     net = lit.transformer.eval()
@@ -792,8 +786,6 @@ def check_dalle_decoding(
     text[:, c.text_len // 2 :] = c.pad_id  # captions are padded
     image = torch.randint(0, c.image_vocab, (batch, c.image_len))
     _, ref = net(text, image)  # (B, N, V): ref[:, p] predicts image token p
-    if scale is not None:  # the logits' scale, for a relative error
-        scale.append(float(ref.abs().max()))
     pre = ort.InferenceSession(str(prefill_path), providers=["CPUExecutionProvider"])
     step = ort.InferenceSession(str(step_path), providers=["CPUExecutionProvider"])
     logits, k, v = pre.run(None, {"text": text.numpy()})
@@ -801,7 +793,7 @@ def check_dalle_decoding(
     for p in range(c.image_len - 1):
         logits, k, v = step.run(None, {"image_token": image[:, p : p + 1].numpy(), "past_k": k, "past_v": v})
         err = max(err, float((torch.from_numpy(logits) - ref[:, p + 1]).abs().max()))
-    return err
+    return err, float(ref.abs().max())
 
 
 def export_onnx(
@@ -830,13 +822,12 @@ def export_onnx(
             info["note"] = g.note
         report[g.name] = info
     if name == "dalle" and {"prefill", "decode_step"} <= set(report):
-        scale: list[float] = []
-        err = check_dalle_decoding(
-            module, Path(report["prefill"]["path"]), Path(report["decode_step"]["path"]), check_batch, scale=scale
+        err, scale = check_dalle_decoding(
+            module, Path(report["prefill"]["path"]), Path(report["decode_step"]["path"]), check_batch
         )
         step = report["decode_step"]
         step["full_decode_vs_uncached_max_abs_error"] = err
-        step["full_decode_vs_uncached_max_rel_error"] = err / max(scale[0], 1e-6)
+        step["full_decode_vs_uncached_max_rel_error"] = err / max(scale, 1e-6)
     if check:
         for graph, info in report.items():
             check_parity(graph, info)
@@ -941,12 +932,7 @@ def export(cfg) -> dict[str, Any]:
         out = out.resolve()
     check_ckpt_path(ckpt)
     check_out_dir(out)
-    weights = str(cfg.get("weights") or "ema")
-    if weights not in WEIGHTS_CHOICES:
-        raise ConfigError(
-            f"weights={weights!r}: ema (state_dict: the EMA average when the run had callbacks=ema, what the "
-            "samplers use) or trained (current_model_state, the optimiser's weights) (fix: weights=ema)"
-        )
+    weights = check_weights(str(cfg.get("weights") or "ema"))
     check_packages(bool(cfg.get("onnx", True)))
     if cfg.get("onnx", True):
         check_opset(cfg.get("opset", 17))

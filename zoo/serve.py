@@ -231,8 +231,9 @@ class Studio:
         # Who picks the best candidates: the generator's own CLIP (``sample``), else the page's scorer, which then
         # draws max(candidates, keep) itself and keeps the best; with neither, extra candidates would only be
         # dropped unseen, so the page has no candidates control.
-        self.page_reranks = scorer is not None and not reranks_itself(generator)
-        if not (self.page_reranks or reranks_itself(generator)):
+        own = reranks_itself(generator)
+        self.page_reranks = scorer is not None and not own
+        if not (self.page_reranks or own):
             self.defaults.pop("n_candidates", None)
         self.knobs = [k for k in KNOBS if k.name in self.defaults]
         for knob in self.knobs:  # the page cannot show (or send) a value outside its slider: say so at start

@@ -266,37 +266,6 @@ class PromptUpsampled:
         return self.generator.generate(self.rewrite(captions))
 
 
-def select_ema_weights(module, path: str | Path, use_ema: bool = True, log=None) -> str:
-    """Which weights of a zoo-train checkpoint ``module`` (loaded by ``zoo.checkpoint.load_module``, i.e. from
-    ``checkpoint["state_dict"]``) samples with: "ema" | "raw" | "raw (no EMA in checkpoint)"; loads the raw weights
-    into it when those are the ones to use.
-
-    The EMA callback (``conf/callbacks/ema.yaml``) saves the average as ``state_dict`` and the trained weights as
-    ``current_model_state`` (``averaging_state["n_averaged"]``: how many updates the average has had). The EMA is used
-    when ``use_ema`` and it has started; ``use_ema=False`` takes the raw weights. A checkpoint saved before the EMA's
-    first update (``n_averaged == 0``, written so by Lightning's own callback, before ``zoo.callbacks.ema``) has the
-    INITIAL weights as its "average": the raw weights are used, with a warning."""
-    import logging
-
-    from zoo.checkpoint import ema_trained_state, safe_load
-
-    log = log or logging.getLogger("zoo.pipelines")
-    # read again for the EMA bookkeeping (load_module takes a path)
-    raw, started = ema_trained_state(safe_load(path, map_location="cpu"))
-    if raw is None:
-        return "raw (no EMA in checkpoint)"
-    if use_ema and not started:
-        log.warning(
-            "%s: the EMA had not started when this checkpoint was saved (n_averaged = 0, see "
-            "callbacks.ema.update_starting_at_step): sampling with the raw weights",
-            path,
-        )
-    if use_ema and started:
-        return "ema"
-    module.load_state_dict(raw)
-    return "raw"
-
-
 def load_prompt_upsampler(path: str | Path, device: str = "cpu"):
     """A ``prompt_upsampler`` checkpoint (``zoo-train model=prompt_upsampler``), rebuilt through the registry."""
     from zoo.checkpoint import load_module
@@ -386,5 +355,4 @@ __all__ = [
     "checkpoint_generator",
     "keep_best",
     "load_prompt_upsampler",
-    "select_ema_weights",
 ]

@@ -70,19 +70,18 @@ class DallePipeline(ClipRerank):
         Trained with the EMA callback, the transformer samples with its EMA (``use_ema``, default) or its raw weights
         (``use_ema=False``); a checkpoint saved before the EMA's first update (its "average" is the initial weights)
         falls back to the raw weights with a warning, as the GLIDE and unCLIP pipelines do
-        (``zoo.pipelines.base.select_ema_weights``); ``pipe.weights`` says which were loaded.
+        (``zoo.checkpoint.load_module``'s ``ema``); ``pipe.weights`` says which were loaded.
 
         ``image_tokenizer_ckpt``: the dVAE / VQ-VAE that decodes its codes, for a checkpoint trained from zoo-tokenize
         files alone (no ``model.image_tokenizer_ckpt``), which carries none; without it such a checkpoint is refused
         here, where it was a RuntimeError only after every candidate's codes had been sampled."""
         from zoo.checkpoint import load_module
         from zoo.models.dalle.lit import DalleLit
-        from zoo.pipelines.base import select_ema_weights
 
-        dalle = load_module(dalle_ckpt, map_location=device, expect=("dalle",))
+        dalle = load_module(dalle_ckpt, map_location=device, expect=("dalle",), ema=use_ema)
         if not isinstance(dalle, DalleLit):
             raise ValueError(f"{dalle_ckpt} holds a {type(dalle).__name__}, not a DALL·E transformer (model=dalle)")
-        weights = select_ema_weights(dalle, dalle_ckpt, use_ema)
+        weights = dalle.loaded_weights
         if dalle.image_tokenizer is None:
             if not image_tokenizer_ckpt:
                 raise ConfigError(

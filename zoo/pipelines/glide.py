@@ -73,12 +73,11 @@ def load_glide(glide_ckpt: str, device: str = "cpu", use_ema: bool = True):
     "raw (no EMA in checkpoint)"). See the module docstring for how the EMA callback stores its weights."""
     from zoo.checkpoint import load_module
     from zoo.models.glide.lit import GlideLit
-    from zoo.pipelines.base import select_ema_weights
 
-    glide = load_module(glide_ckpt, map_location="cpu", expect=("glide",))  # loads checkpoint["state_dict"]
+    glide = load_module(glide_ckpt, map_location="cpu", expect=("glide",), ema=use_ema)
     if not isinstance(glide, GlideLit):
         raise ValueError(f"{glide_ckpt} holds a {type(glide).__name__}, not a GLIDE model (model=glide)")
-    weights = select_ema_weights(glide, glide_ckpt, use_ema, log)
+    weights = glide.loaded_weights
     return glide.to(device).eval(), weights
 
 

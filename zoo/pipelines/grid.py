@@ -14,16 +14,16 @@ def checkpoint_sample_grid(ckpt: str, seed: int = 0) -> tuple[torch.Tensor, int]
     """(images in [-1, 1], images per grid row): ``sample_grid`` of the checkpoint's model on one validation batch.
 
     Weights: the EMA average when the checkpoint has one that has started, else the trained weights
-    (``zoo.pipelines.base.select_ema_weights``: a checkpoint saved before the EMA's first update holds the INITIAL
+    (``zoo.checkpoint.load_module``'s ``ema``: a checkpoint saved before the EMA's first update holds the INITIAL
     weights as its average, and its grid was noise). The images come from the data the model was trained on. That config is read from the checkpoint, so it is data:
     rebuilt through the DataModule registry (plain values, no Hydra instantiate). Torch's RNG is seeded with
     ``seed`` once the model is built (building it draws random initial weights)."""
     from zoo.checkpoint import load_module
-    from zoo.pipelines.base import select_ema_weights
     from zoo.registry import datamodule_from_file_config
 
-    model = load_module(ckpt)
-    select_ema_weights(model, ckpt)  # the EMA when it has started, else the trained weights (never the initial ones)
+    model = load_module(
+        ckpt, ema=True
+    )  # the EMA when it has started, else the trained weights (never the initial ones)
     torch.manual_seed(int(seed))
     if not callable(getattr(model, "sample_grid", None)):
         raise ConfigError(f"{type(model).__name__} cannot sample (no generate() or sample_grid())")

@@ -330,11 +330,10 @@ class UnclipPipeline:
         Weights: a stage trained with the EMA callback samples with its EMA (``use_ema``, default) or its raw weights
         (``use_ema=False``); a checkpoint saved before the EMA's first update falls back to the raw weights with a
         warning (its "average" is the initial weights), as the GLIDE pipeline does
-        (``zoo.pipelines.base.select_ema_weights``). ``pipe.weights`` says which each stage loaded."""
+        (``zoo.checkpoint.load_module``'s ``ema``). ``pipe.weights`` says which each stage loaded."""
         from zoo.checkpoint import load_module
         from zoo.models.clip.scorer import ClipScorer
         from zoo.models.unclip_decoder.lit import UnclipDecoderLit
-        from zoo.pipelines.base import select_ema_weights
 
         weights: dict[str, str] = {}
 
@@ -348,14 +347,16 @@ class UnclipPipeline:
                 "the unCLIP pipeline needs the CLIP its prior and decoder were trained with (fix: "
                 "generator.clip_ckpt=<zoo-train model=clip last.ckpt>)"
             )
-        decoder = load_module(str(decoder_ckpt), map_location="cpu", expect=("unclip_decoder",))
+        decoder = load_module(str(decoder_ckpt), map_location="cpu", expect=("unclip_decoder",), ema=use_ema)
         if not isinstance(decoder, UnclipDecoderLit):
             raise ConfigError(f"{decoder_ckpt} holds a {type(decoder).__name__}, not an unCLIP decoder")
-        weights["decoder"] = select_ema_weights(decoder, str(decoder_ckpt), use_ema, log)
+        weights["decoder"] = decoder.loaded_weights
         prior_model = None
         if prior_ckpt:
-            prior_model = load_module(str(prior_ckpt), map_location="cpu", expect=("diffusion_prior", "ar_prior"))
-            weights["prior"] = select_ema_weights(prior_model, str(prior_ckpt), use_ema, log)
+            prior_model = load_module(
+                str(prior_ckpt), map_location="cpu", expect=("diffusion_prior", "ar_prior"), ema=use_ema
+            )
+            weights["prior"] = prior_model.loaded_weights
             prior_model = prior_model.to(device)
         elif kw.get("prior") in ("diffusion", "ar"):
             raise ConfigError(
@@ -364,8 +365,8 @@ class UnclipPipeline:
             )
         ups = []
         for i, path in enumerate(upsampler_ckpts or ()):
-            up = load_module(str(path), map_location="cpu", expect=("upsampler",))
-            weights[f"upsampler{i + 1}"] = select_ema_weights(up, str(path), use_ema, log)
+            up = load_module(str(path), map_location="cpu", expect=("upsampler",), ema=use_ema)
+            weights[f"upsampler{i + 1}"] = up.loaded_weights
             ups.append(up.to(device))
         clip = ClipScorer.from_lightning_checkpoint(str(clip_ckpt), device=device)
         pipe = cls(decoder.to(device), clip, prior_model, ups, **kw)
