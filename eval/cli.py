@@ -176,12 +176,20 @@ def build_suite(
             why = str(err).split(" Fix:")[0].strip()
             for m in INCEPTION_METRICS:
                 skipped[m] = f"{why} (fix: eval.inception_weights=/path/to/{INCEPTION_FILENAME})"
-    if set(wanted) & set(CLIP_METRICS) or want_rerank or want_diversity or int(cfg.blur.get("candidates", 1)) > 1:
+    blur_k = int(cfg.blur.get("candidates", 1))
+    if set(wanted) & set(CLIP_METRICS) or want_rerank or want_diversity or blur_k > 1:
         try:
             clip, clip_id = build_clip(cfg.clip)
         except (ConfigError, MissingWeightsError) as err:
             if not auto and set(wanted) & set(CLIP_METRICS):
                 raise ConfigError(f"metrics {sorted(set(wanted) & set(CLIP_METRICS))} need a CLIP: {err}") from err
+            if blur_k > 1 and "blur" in (cfg.get("ablations") or []):
+                # here, before the judge trains (minutes) and anything is generated: this error came only when the
+                # blur ablation began, after both
+                raise ConfigError(
+                    f"blur.candidates={blur_k} reranks with CLIP, and there is none: {err} "
+                    f"(fix: blur.candidates=1, or give a CLIP)"
+                ) from err
             for m in CLIP_METRICS:
                 skipped[m] = f"no CLIP: {err}"
             if want_rerank:
@@ -415,13 +423,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             )
             gen_time = {"seconds": time.perf_counter() - t_gen, "images": len(fakes)}
             results["sampling"]["blur"] = _sampling(gen_time, int(cfg.batch_size), "1 image per caption")
-        elif clip is None:
-            raise ConfigError(
-                f"blur.candidates={k} reranks with CLIP, and there is none: "
-                f"{skipped.get('rerank') or skipped.get('clip_score') or 'no clip configured'} "
-                f"(fix: blur.candidates=1, or give a CLIP)"
-            )
-        else:
+        else:  # k > 1: build_suite built the CLIP or raised
             gen_time = {}
             fakes = rerank_select(
                 generator, eval_set, clip, [k], int(cfg.rerank.batch_size), seed, progress, timing=gen_time

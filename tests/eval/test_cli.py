@@ -122,6 +122,25 @@ def test_blur_rows_can_score_reranked_images(tmp_path):
     assert "CLIP-best of 4 candidates" in (tmp_path / "alone" / "run" / "results.md").read_text()
 
 
+def test_blur_candidates_without_a_clip_fail_before_the_judge_trains(tmp_path, monkeypatch):
+    # experiment=dalle1/fig9 (blur.candidates=32) without the demo CLIP: the ConfigError came when the blur ablation
+    # began, after the shapes judge had trained (400 steps by default, minutes)
+    import eval.judge
+    from eval.cli import evaluate
+
+    def no_training(*a, **k):
+        raise AssertionError("the judge trained before the configuration error")
+
+    monkeypatch.setattr(eval.judge, "train_judge", no_training)
+    fast = [o for o in FAST if not o.startswith("clip.")]
+    cfg = compose_eval_cfg(
+        tmp_path,
+        fast + ["logger=none", "clip.checkpoint=/nonexistent/clip.ckpt", "blur.candidates=4", "ablations=[blur]"],
+    )
+    with pytest.raises(ConfigError, match=r"blur.candidates=4 reranks with CLIP.*/nonexistent/clip.ckpt.*fix"):
+        evaluate(cfg)
+
+
 def test_diversity_ablation_and_sampling_time_through_the_cli(tmp_path):
     """ablations=[blur,diversity]: identical candidates (mismatch=0: each caption's own scene whatever the seed) are
     distance 0 and one judge reading in three; swapped scenes (mismatch=1) are apart. The blur row's own draw is
