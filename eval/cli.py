@@ -105,10 +105,15 @@ def build_clip(node: DictConfig):
     net = node.get("net")
     net = OmegaConf.to_container(net, resolve=True) if OmegaConf.is_config(net) else net
     net_tag = f";net={hashlib.sha256(json.dumps(net, sort_keys=True).encode()).hexdigest()[:12]}" if net else ""
+    pretrained = node.get("pretrained")
     if ckpt:
-        ident = f"clip:{node.get('arch') or 'zoo'}@{file_digest(ckpt)}{net_tag}"
+        # beside an open_clip file the tag sets QuickGELU and the preprocessing: another CLIP on the same weights
+        tag = f";tag={pretrained}" if pretrained and node.get("arch") else ""
+        ident = f"clip:{node.get('arch') or 'zoo'}@{file_digest(ckpt)}{tag}{net_tag}"
+    elif pretrained and Path(str(pretrained)).is_file():  # a file given as the tag (create_clip loads it): its content
+        ident = f"clip:{node.get('arch')}@{file_digest(pretrained)}{net_tag}"
     else:
-        init = node.get("pretrained") or f"random-init-seed{torch.initial_seed()}"
+        init = pretrained or f"random-init-seed{torch.initial_seed()}"
         ident = f"clip:{node.get('arch')}:{init}{net_tag}"
         if not node.get("pretrained"):
             log.warning(

@@ -498,3 +498,28 @@ def test_the_clip_cache_ident_names_net_overrides_and_the_random_init_seed(tmp_p
     ckpt = dalle_helpers.tiny_clip_ckpt(tmp_path / "clip.ckpt")
     with_file = ident(0, checkpoint=str(ckpt), arch=None)
     assert with_file == ident(1, checkpoint=str(ckpt), arch=None)  # a checkpoint's weights do not depend on the seed
+
+
+def test_the_clip_cache_ident_names_the_tag_beside_a_file_and_a_file_given_as_the_tag(tmp_path, monkeypatch):
+    # clip.arch + clip.checkpoint with and without clip.pretrained=openai (the tag sets QuickGELU and the
+    # preprocessing) shared one cached-real-features entry, and so did two contents of a file given as
+    # clip.pretrained=/path (keyed by its path)
+    from omegaconf import OmegaConf
+
+    from eval.cli import build_clip
+    from zoo.models.clip.scorer import ClipScorer
+
+    monkeypatch.setattr(ClipScorer, "from_config", staticmethod(lambda node: object()))  # only the ident is read
+
+    def ident(**node):
+        base = {"checkpoint": None, "arch": "ViT-B-32", "pretrained": None, "device": "cpu", "net": None}
+        return build_clip(OmegaConf.create({**base, **node}))[1]
+
+    weights = tmp_path / "open_clip.pt"
+    weights.write_bytes(b"weights, first training")
+    assert ident(checkpoint=str(weights)) != ident(checkpoint=str(weights), pretrained="openai")
+    first = ident(pretrained=str(weights))
+    assert first == ident(checkpoint=str(weights))  # the same file, the same CLIP (create_clip loads it as such)
+    weights.write_bytes(b"weights, retrained")
+    assert ident(pretrained=str(weights)) != first
+    assert ident(pretrained="openai") == "clip:ViT-B-32:openai"  # a tag's entry keeps its name
