@@ -290,6 +290,19 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def decoding_methods(cfg: Mapping[str, Any]) -> list[str]:
+    """``cfg["decoding"]`` as a list, every method checked with the run's options before anything is loaded or
+    decoded: an unknown method failed only after the methods before it had run, and a beam_width of 0, a top_p of 0
+    or a negative temperature decoded something else than the row's label (the checkpoint's width; greedy)."""
+    from zoo.models.captioner.lit import check_decoding
+
+    methods = cfg["decoding"]
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    for method in methods:
+        check_decoding(method, cfg["beam_width"], cfg["top_p"], cfg["temperature"], prefix="")
+    return methods
+
+
 def load_split(ckpt_config: Mapping[str, Any], split: str, n: int, where: str):
     """The dataset of ``split`` (``n`` items) as the checkpoint's run saw it (its data config, rebuilt through the
     registry: a file's config is data), without features or tokenizer."""
@@ -392,6 +405,7 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             "python -m eval.captions needs ckpt=<captioner last.ckpt> and features=<zoo-embed file of the split>"
         )
+    methods = decoding_methods(cfg)
     lit = load_module(cfg["ckpt"], expect=("captioner",))
     # load_embeddings, not a bare safe_load: a truncated file's advice is "re-run zoo-embed" (safe_load's default
     # says "use another checkpoint"), and NaN or misshapen embeddings are refused instead of captioned
@@ -422,8 +436,6 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
             world_captions.append(caps)
         else:
             references.append(ds[i]["caption"])
-    methods = cfg["decoding"]
-    methods = [methods] if isinstance(methods, str) else list(methods)
     rows, examples = [], {}
     bs = int(cfg["batch_size"])
     for method in methods:
@@ -555,6 +567,7 @@ def evaluate_upsampler(cfg: Mapping[str, Any]) -> dict[str, Any]:
     from zoo.errors import ConfigError
 
     cfg = {**DEFAULTS, **dict(cfg)}
+    methods = decoding_methods(cfg)
     up = load_module(cfg["upsampler"], expect=("prompt_upsampler",))
     n = int(cfg["n"] or 256)
     ds, _ = load_split(up.zoo_config, cfg["split"], n, str(cfg["upsampler"]))
@@ -586,8 +599,6 @@ def evaluate_upsampler(cfg: Mapping[str, Any]) -> dict[str, Any]:
         }
     ]
     examples: dict[str, list[list[str]]] = {}
-    methods = cfg["decoding"]
-    methods = [methods] if isinstance(methods, str) else list(methods)
     for method in methods:
         t0 = time.time()
         draws = [rewrite(prompts, method, seed + j) for j in range(k if method == "nucleus" else 1)]

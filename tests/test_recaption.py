@@ -271,3 +271,26 @@ def test_features_of_another_split_are_refused(files, tmp_path):
     with pytest.raises(ConfigError, match=r"holds the val split's embeddings.*fix: split=val"):
         run(_compose(tmp_path, f"ckpt={ckpt}", f"features={val}", f"out={tmp_path / 'c.pt'}", "split=train"))
     assert not (tmp_path / "c.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["decoding=beam", "beam_width=0"], "beam_width must be an integer >= 1, got 0"),
+        (["decoding=nucleus", "top_p=0"], r"top_p must be in \(0, 1\], got 0"),
+        (["decoding=nucleus", "top_p=1.5"], r"top_p must be in \(0, 1\], got 1.5"),
+        (["decoding=nucleus", "temperature=-1"], "temperature must be a finite number >= 0"),
+        (["chunk_size=0"], "chunk_size and batch_size must be >= 1"),
+        (["batch_size=0"], "chunk_size and batch_size must be >= 1"),
+    ],
+)
+def test_bad_decoding_options_are_refused_before_any_work(files, tmp_path, options, message):
+    """They ran: beam_width=0 / chunk_size=0 / batch_size=0 as the defaults, top_p=0 and a negative temperature as
+    greedy decoding, each with the given value written into the file's meta as what produced the captions."""
+    from zoo.recaption import run
+
+    ckpt, feats = files
+    out = tmp_path / "c.pt"
+    with pytest.raises(ConfigError, match=message):
+        run(_compose(tmp_path, f"ckpt={ckpt}", f"features={feats}", f"out={out}", "progress=false", *options))
+    assert not out.exists() and not list(tmp_path.glob(".c.pt.chunks-*"))  # refused before the work directory

@@ -100,6 +100,7 @@ def recaption(
         raise ConfigError(f"chunk_size and batch_size must be >= 1, got {chunk_size} and {batch_size}")
     out, chunk_size = Path(out), int(chunk_size)
     decoding = {k: (decoding or {}).get(k) for k in DECODING_KEYS}
+    _check_decoding(captioner, decoding)
     key_src = {
         "captioner": captioner_digest,
         "source": source,
@@ -152,6 +153,24 @@ def recaption(
     path = atomic_torch_save({"captions": flat, "meta": info}, out)
     shutil.rmtree(work, ignore_errors=True)
     return path
+
+
+def _check_decoding(captioner, decoding: Mapping[str, Any]) -> None:
+    """The options the run will decode with (unset: the checkpoint's), refused before any work: a top_p of 0 or a
+    negative temperature decoded greedily, and beam_width=0 ran the checkpoint's width, each under the given
+    values in the file's meta."""
+    from zoo.models.captioner.lit import check_decoding
+
+    def value(key: str, attr: str):
+        return getattr(captioner, attr) if decoding.get(key) is None else decoding[key]
+
+    check_decoding(
+        value("method", "decoding"),
+        value("beam_width", "beam_width"),
+        value("top_p", "top_p"),
+        value("temperature", "temperature"),
+        prefix="",
+    )
 
 
 def load_recaptions(path: str | Path) -> dict[str, Any]:
@@ -267,8 +286,9 @@ def run(cfg: DictConfig) -> Path:
         source=source,
         decoding=decoding,
         seed=int(cfg.get("seed") or 0),
-        batch_size=int(cfg.get("batch_size") or 64),
-        chunk_size=int(cfg.get("chunk_size") or 1024),
+        # `is None`, not `or`: 0 is refused by recaption() (it silently became the default)
+        batch_size=int(64 if cfg.get("batch_size") is None else cfg.batch_size),
+        chunk_size=int(1024 if cfg.get("chunk_size") is None else cfg.chunk_size),
         progress=bool(cfg.get("progress", True)),
         meta={"split": str(cfg.split), "captioner": str(ckpt)},
     )

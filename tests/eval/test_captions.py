@@ -325,3 +325,20 @@ def test_command_refuses_a_damaged_features_file_with_the_zoo_embed_fix(tmp_path
     assert "last.ckpt" not in str(e.value)
     with pytest.raises(ConfigError, match=f"{nan} is damaged.*'clip_image_emb' holds NaN"):
         evaluate({"ckpt": str(ckpt), "features": str(nan)})
+
+
+@pytest.mark.parametrize("mode", ["ckpt", "upsampler"])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"decoding": ["greedy", "bogus"]}, "unknown decoding 'bogus'"),
+        ({"decoding": "beam", "beam_width": 0}, "beam_width must be an integer >= 1, got 0"),
+        ({"decoding": "nucleus", "top_p": 0}, r"top_p must be in \(0, 1\], got 0"),
+        ({"decoding": "nucleus", "temperature": -1}, "temperature must be a finite number >= 0"),
+    ],
+)
+def test_decoding_options_are_checked_before_loading_or_decoding(tmp_path, mode, options, message):
+    """An unknown method failed only after the methods before it had decoded the split; beam_width=0 ran the
+    checkpoint's width and top_p=0 / a negative temperature decoded greedily, under the row's given label."""
+    with pytest.raises(ConfigError, match=message):  # before the (missing) checkpoint is even opened
+        evaluate({mode: str(tmp_path / "missing.ckpt"), "features": str(tmp_path / "missing.pt"), **options})

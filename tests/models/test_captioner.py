@@ -104,6 +104,18 @@ def test_prefix_emb_norm_lifts_the_image_above_the_prefix_positions():
     assert CaptionerConfig().prefix_emb_norm is False and PRESETS["shapes"].prefix_emb_norm is False
 
 
+def test_decoding_options_are_refused_not_replaced():
+    """A negative temperature made nucleus decoding greedy, and caption(method="beam", beam_width=0) ran the
+    module's default width (a falsy 0 read as "unset")."""
+    with pytest.raises(ConfigError, match="temperature must be a finite number >= 0"):
+        CaptionerLit(preset="tiny", temperature=-1.0)
+    with pytest.raises(ConfigError, match="model.beam_width must be an integer >= 1"):
+        CaptionerLit(preset="tiny", beam_width=0)
+    lit = CaptionerLit(preset="tiny")
+    with pytest.raises(ValueError, match="beam_width must be >= 1, got 0"):
+        lit.caption_tokens(_emb(2).float(), method="beam", beam_width=0, max_len=6)
+
+
 # ------------------------------------------------------------------------------------------------- learning
 CAPTIONS = [
     "a red circle",

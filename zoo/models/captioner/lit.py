@@ -40,14 +40,21 @@ log = logging.getLogger("zoo.captioner")
 DECODING = ("greedy", "beam", "nucleus")
 
 
-def check_decoding(decoding: str, beam_width: int, top_p: float) -> None:
-    """The decoding options of a text-generating Lit (captioner, prompt upsampler), checked before training."""
+def check_decoding(
+    decoding: str, beam_width: int, top_p: float, temperature: float = 1.0, prefix: str = "model."
+) -> None:
+    """The decoding options of a text-generating Lit (captioner, prompt upsampler), checked before training, and of
+    the commands that decode with one (zoo-recaption, eval.captions: ``prefix`` is how their options are spelt).
+    Without it a top_p of 0 or a negative temperature decoded greedily under a "nucleus" label, and a top_p above 1
+    or a beam width of 0 (read as "the checkpoint's") ran something other than what the output's meta says."""
     if decoding not in DECODING:
-        raise ConfigError(f"unknown decoding {decoding!r}; choose one of {DECODING} (model.decoding=...)")
-    if int(beam_width) < 1:
-        raise ConfigError(f"model.beam_width must be >= 1, got {beam_width}")
+        raise ConfigError(f"unknown decoding {decoding!r}; choose one of {DECODING} ({prefix}decoding=...)")
+    if isinstance(beam_width, bool) or int(beam_width) != beam_width or int(beam_width) < 1:
+        raise ConfigError(f"{prefix}beam_width must be an integer >= 1, got {beam_width}")
     if not 0.0 < float(top_p) <= 1.0:
-        raise ConfigError(f"model.top_p must be in (0, 1], got {top_p}")
+        raise ConfigError(f"{prefix}top_p must be in (0, 1], got {top_p}")
+    if not 0.0 <= float(temperature) < float("inf"):  # 0 is greedy (sample_captions); NaN fails too
+        raise ConfigError(f"{prefix}temperature must be a finite number >= 0, got {temperature}")
 
 
 class CaptionerLit(ZooLit):
@@ -82,7 +89,7 @@ class CaptionerLit(ZooLit):
     ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "text_tokenizer"])
-        check_decoding(decoding, beam_width, top_p)
+        check_decoding(decoding, beam_width, top_p, temperature)
         self.decoding, self.beam_width, self.length_penalty = decoding, int(beam_width), float(length_penalty)
         self.top_p, self.temperature = float(top_p), float(temperature)
         self.tokenizer_all_styles = bool(tokenizer_all_styles)
@@ -272,7 +279,7 @@ class CaptionerLit(ZooLit):
                 self.net,
                 emb,
                 pat,
-                beam_width or self.beam_width,
+                self.beam_width if beam_width is None else beam_width,  # 0 is refused there, not the default
                 self.length_penalty if length_penalty is None else length_penalty,
                 max_len,
                 use_cache,

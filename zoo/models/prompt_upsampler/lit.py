@@ -60,7 +60,7 @@ class PromptUpsamplerLit(ZooLit):
     ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "text_tokenizer"])
-        check_decoding(decoding, beam_width, top_p)
+        check_decoding(decoding, beam_width, top_p, temperature)
         self.prompt_style, self.target_style = str(prompt_style), str(target_style)
         self.decoding, self.beam_width, self.length_penalty = decoding, int(beam_width), float(length_penalty)
         self.top_p, self.temperature = float(top_p), float(temperature)
@@ -243,7 +243,7 @@ class PromptUpsamplerLit(ZooLit):
                     self.net,
                     tokens,
                     None,
-                    beam_width or self.beam_width,
+                    self.beam_width if beam_width is None else beam_width,
                     self.length_penalty if length_penalty is None else length_penalty,
                     max_len,
                 )
