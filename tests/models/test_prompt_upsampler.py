@@ -122,6 +122,17 @@ def test_model_decodes_with_the_captioners_sampler_and_presets():
         build_config("tiny", {"width": 3})
 
 
+def test_a_tokenizer_context_longer_than_the_output_is_refused():
+    """Targets are cut to text_len: with a 64-token tokenizer and text_len 12 a long descriptive target lost its
+    [EOT] and the upsampler was trained on rewrites that never end, silently."""
+    pairs = _pairs(2)
+    tok = _tokenizer(pairs, context_length=64)
+    lit = PromptUpsamplerLit(preset="tiny", net={"vocab_size": 400, "text_len": 12}, text_tokenizer=tok.to_spec())
+    with pytest.raises(ConfigError, match=r"context_length \(64\).*fix: model.net.text_len=64"):
+        lit._check_tokenizer(tok)
+    PromptUpsamplerLit(preset="tiny", net={"vocab_size": 400, "text_len": 64})._check_tokenizer(tok)
+
+
 # ------------------------------------------------------------------------------------------------- the wrapper
 class Spy:
     """A generator that records the captions it sees."""

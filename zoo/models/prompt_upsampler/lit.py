@@ -159,6 +159,15 @@ class PromptUpsamplerLit(ZooLit):
                 f"({c.vocab_size}) (fix: model.net.vocab_size={tok.vocab_size}, or a smaller "
                 f"data.tokenizer.vocab_size)"
             )
+        # the targets are cut to text_len (``tokenize``): a longer context lost the [EOT] of every long target, and
+        # the upsampler learned rewrites that never end (the prompt, cut to prompt_len, is the same in training
+        # and sampling)
+        if tok.context_length > c.text_len:
+            raise ConfigError(
+                f"text tokenizer context_length ({tok.context_length}) is longer than the upsampler's text_len "
+                f"({c.text_len}) (fix: model.net.text_len={tok.context_length}, or a shorter "
+                f"data.tokenizer.context_length)"
+            )
         for name in ("pad_id", "sot_id", "eot_id"):
             if getattr(tok, name) != getattr(c, name):
                 raise ConfigError(
