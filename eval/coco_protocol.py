@@ -54,6 +54,8 @@ class CocoProtocol:
                 "the MS-COCO protocol needs the dataset (fix: protocol.root=/path/to/coco holding "
                 "annotations/captions_val2014.json and val2014/)"
             )
+        if int(n) < 2:  # as ShapesProtocol: here, not after every sample has been generated
+            raise ConfigError(f"protocol.n must be >= 2 (statistics need two samples), got {n} (fix: protocol.n=30000)")
         self.root, self.n, self.year, self.seed = Path(str(root)).expanduser(), int(n), int(year), int(seed)
         self.eval_resolution, self.batch_size = int(eval_resolution), int(batch_size)
         self.skipped: list[tuple[str, str]] = []  # (file, why) of unreadable drawn images, replaced (sample())
@@ -116,6 +118,12 @@ class CocoProtocol:
         folder = self.root / f"val{self.year}"
         if not folder.is_dir():
             raise ConfigError(f"MS-COCO image folder not found: {folder} (fix: protocol.root=/path/to/coco)")
+        if len(files) < 2:  # e.g. an annotation file of one image, or every drawn file unreadable
+            raise ConfigError(
+                f"the MS-COCO protocol found {len(files)} readable image(s) with captions in {folder} (statistics need "
+                f"two; fix: protocol.root=/path/to/coco holding annotations/captions_val{self.year}.json and "
+                f"val{self.year}/)"
+            )
         real = ImageFiles([folder / f for f in files], self.eval_resolution, self.batch_size)
         digest = hashlib.sha256("\n".join(files).encode()).hexdigest()[:12]
         protocol = f"coco{self.year}-val;seed={self.seed};files={digest};resize=bicubic-aa-centercrop"

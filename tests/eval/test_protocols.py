@@ -194,6 +194,17 @@ def test_coco_protocol_seeded_one_caption_per_image(tmp_path):
         CocoProtocol(str(tmp_path / "nowhere")).load()
 
 
+def test_coco_protocol_refuses_fewer_than_two_images_before_generating(tmp_path):
+    # protocol.n=1 generated its sample, then failed in the statistics ("need at least 2 samples"); n=0 failed with
+    # "the image bank is empty", n=-1 with random.sample's "Sample larger than population or is negative"
+    _fake_coco(tmp_path, n_images=1)
+    for n in (1, 0, -1):
+        with pytest.raises(ConfigError, match=f"protocol.n must be >= 2.*got {n}"):
+            CocoProtocol(str(tmp_path), n=n)
+    with pytest.raises(ConfigError, match="found 1 readable image.*statistics need two"):
+        CocoProtocol(str(tmp_path), n=2).load()  # a val set of one image
+
+
 def test_coco_protocol_replaces_unreadable_files_before_generating(tmp_path, caplog):
     # one missing or non-image file among the drawn ones ended zoo-eval when the real images were read, after
     # every sample had been generated; now it is replaced by another readable val image (with its own caption)
