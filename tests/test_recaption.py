@@ -294,3 +294,15 @@ def test_bad_decoding_options_are_refused_before_any_work(files, tmp_path, optio
     with pytest.raises(ConfigError, match=message):
         run(_compose(tmp_path, f"ckpt={ckpt}", f"features={feats}", f"out={out}", "progress=false", *options))
     assert not out.exists() and not list(tmp_path.glob(".c.pt.chunks-*"))  # refused before the work directory
+
+
+def test_an_output_path_that_is_a_directory_is_refused_before_captioning(files, tmp_path):
+    """out=<a directory> failed with IsADirectoryError from the final atomic rename, after every chunk had been
+    captioned."""
+    from zoo.recaption import run
+
+    ckpt, feats = files
+    (tmp_path / "outdir").mkdir()
+    with pytest.raises(ConfigError, match=r"is a directory \(fix: out=.*captions.pt"):
+        run(_compose(tmp_path, f"ckpt={ckpt}", f"features={feats}", f"out={tmp_path / 'outdir'}", "progress=false"))
+    assert not list(tmp_path.glob(".outdir.chunks-*"))

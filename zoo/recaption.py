@@ -99,6 +99,8 @@ def recaption(
     if int(chunk_size) < 1 or int(batch_size) < 1:
         raise ConfigError(f"chunk_size and batch_size must be >= 1, got {chunk_size} and {batch_size}")
     out, chunk_size = Path(out), int(chunk_size)
+    if out.is_dir():  # found only by the final os.replace, after the whole split had been captioned
+        raise ConfigError(f"out={out} is a directory (fix: out={out / 'captions.pt'}, a file path)")
     decoding = {k: (decoding or {}).get(k) for k in DECODING_KEYS}
     _check_decoding(captioner, decoding)
     key_src = {
