@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,6 +78,36 @@ def test_a_sweep_into_a_used_sweep_dir_sets_the_earlier_jobs_aside(tmp_path):
     (earlier,) = (sweep / "earlier").iterdir()
     assert sorted(p.name for p in earlier.iterdir()) == ["0", "1", "multirun.yaml"]
     assert "data.batch_size=8" in (earlier / "1" / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_a_sweep_resumes_each_job_from_its_own_directory(tmp_path):
+    """``-m ... ckpt_path=last``: a job without a checkpoint of its own fell back to "the newest run of task_name",
+    which in a sweep is whichever job wrote last: job 0 went on from the earlier sweep's job 1 (another learning
+    rate), job 1 from this sweep's job 0. Now each job resumes its own folder of the same hydra.sweep.dir (kept in
+    place, not set aside), and a job with none starts from scratch."""
+    import torch
+
+    sweep, other = tmp_path / "sweep", tmp_path / "other"
+    env_path = str(Path(__file__).resolve().parents[1])  # this clone's code
+    common = [*TINY, "logger=none", "test=false", f"paths.log_dir={tmp_path}/logs", "model.optimizer.lr=1e-3,2e-3"]
+    _run(["-m", *common, f"hydra.sweep.dir={sweep}"], tmp_path, pythonpath=env_path)
+    lr = lambda job: torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0][
+        "param_groups"
+    ][0]["lr"]
+    assert [lr(sweep / j) for j in ("0", "1")] == [1e-3, 2e-3]
+    resume = ["trainer.max_steps=3", "ckpt_path=last"]
+    _run(["-m", *common, *resume, f"hydra.sweep.dir={sweep}"], tmp_path, pythonpath=env_path)
+    assert not (sweep / "earlier").exists()
+    for j in "01":
+        log = (sweep / j / "train.log").read_text()
+        assert f"resuming from {sweep / j / 'checkpoints' / 'last.ckpt'}" in log, log[-2000:]
+        assert json.loads((sweep / j / "metrics.json").read_text())["global_step"] == 3
+    _run(["-m", *common, *resume, f"hydra.sweep.dir={other}"], tmp_path, pythonpath=env_path)
+    for j in "01":  # nothing of its own to resume: from scratch, not from another job's weights
+        log = (other / j / "train.log").read_text()
+        assert "resuming from" not in log and "starts from scratch" in log, log[-2000:]
+        ckpt = torch.load(other / j / "checkpoints" / "last.ckpt", weights_only=True)
+        assert ckpt["global_step"] == 3 and lr(other / j) == [1e-3, 2e-3][int(j)]  # its own optimizer, not job 0's
 
 
 def test_a_sweep_into_a_sweep_dir_still_running_is_refused(tmp_path, capsys):

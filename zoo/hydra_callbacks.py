@@ -23,11 +23,14 @@ class SetAsideEarlierSweep(Callback):
     Job numbers follow the new sweep's list, so a subset or "more points" re-run overwrote some of the earlier jobs
     with other settings and left the rest in place: ``eval.leaderboard <sweep dir>`` then read a table of both
     sweeps, with no sign of which job came from which (e.g. guidance 8 from today beside guidance 3 from last week).
-    Folders named otherwise (``subdir: ${row}``) are one row each, replaced row by row, and stay."""
+    Folders named otherwise (``subdir: ${row}``) are one row each, replaced row by row, and stay.
+
+    Not with ``ckpt_path=last`` (zoo-train): that re-run continues the earlier sweep, each job from its own folder
+    (``zoo.train.resolve_ckpt_path``), so the jobs stay where they are."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(str(config.hydra.sweep.dir))
-        if not sweep.is_dir():
+        if not sweep.is_dir() or config.get("ckpt_path") == "last":
             return
         jobs = sorted((d for d in sweep.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
         if not jobs:

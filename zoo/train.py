@@ -83,7 +83,7 @@ def furthest_checkpoint(found: list[Path]) -> tuple[Path, str]:
 def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
     """``ckpt_path=last`` resumes this run directory's ``last.ckpt`` / ``interrupted.ckpt`` (the one further in
     training: :func:`furthest_checkpoint`) or, failing that, that of the newest earlier run with the same
-    ``task_name``; any other value is a file path."""
+    ``task_name`` (not in a ``-m`` sweep: a job resumes its own directory only); any other value is a file path."""
     ckpt = cfg.get("ckpt_path")
     if not ckpt:
         return None
@@ -93,6 +93,17 @@ def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
         return str(ckpt)
     here = Path(cfg.paths.output_dir) / "checkpoints"
     found = [here / n for n in RESUME_NAMES if (here / n).is_file()]
+    if not found and _in_multirun():
+        # A sweep's jobs share one task_name: "the newest run of task_name" was whichever job of any sweep wrote
+        # last, so each job went on from another job's weights (another learning rate, another model), even from a
+        # job of this very sweep. A job resumes only its own directory: the same hydra.sweep.dir as the sweep it
+        # continues (SetAsideEarlierSweep keeps those jobs in place when ckpt_path=last).
+        log.warning(
+            "ckpt_path=last but no last.ckpt under %s: this sweep job starts from scratch (a sweep resumes with the "
+            "same hydra.sweep.dir as the sweep it continues; each job goes on from its own directory only)",
+            here.parent,
+        )
+        return None
     if not found:
         runs = Path(cfg.paths.log_dir) / cfg.task_name
         earlier = [
@@ -110,6 +121,14 @@ def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
     chosen, why = furthest_checkpoint(found)
     log.info("ckpt_path=last: resuming from %s (%s)", chosen, why)
     return str(chosen)
+
+
+def _in_multirun() -> bool:
+    """This process runs a job of a ``-m`` sweep (Hydra's local or a plugin launcher)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def earlier_run_checkpoints(cfg: DictConfig, out_dir: Path) -> list[Path]:
