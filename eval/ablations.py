@@ -90,6 +90,20 @@ def check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(metrics))
 
 
+def check_suite_options(batch_size: int, is_splits: int, kid_subsets: int, kid_subset_size: int) -> None:
+    """A ConfigError naming the fix for a metric setting no metric can run with (zoo-eval checks them before the judge
+    trains or anything is generated: they failed only in the metrics, after every sample was drawn, a zero
+    feature_batch_size as range()'s "arg 3 must not be zero")."""
+    for name, value, low, default in (
+        ("feature_batch_size", batch_size, 1, 50),
+        ("is_splits", is_splits, 1, 10),
+        ("kid_subsets", kid_subsets, 1, 100),
+        ("kid_subset_size", kid_subset_size, 2, 1000),
+    ):
+        if int(value) < low:
+            raise ConfigError(f"eval.{name} must be >= {low}, got {value} (fix: eval.{name}={default})")
+
+
 def check_radii(radii: Sequence[float], resolution: int) -> list[float]:
     """The radii as floats; a ConfigError naming the fix for a negative radius or a kernel that does not fit
     ``resolution``-pixel images."""
@@ -149,6 +163,7 @@ class MetricSuite:
             raise ValueError(
                 f"metrics {missing} need a {sorted({NEEDS[m] for m in missing})} network that was not given"
             )
+        check_suite_options(batch_size, is_splits, kid_subsets, kid_subset_size)
         self.clip_id, self.batch_size = clip_id, int(batch_size)
         self.kid_subsets, self.kid_subset_size, self.is_splits = int(kid_subsets), int(kid_subset_size), int(is_splits)
         self.progress = progress
@@ -450,6 +465,7 @@ __all__ = [
     "check_metrics",
     "check_diversity",
     "check_radii",
+    "check_suite_options",
     "diversity_ablation",
     "nested_best",
     "rerank_ablation",

@@ -42,6 +42,7 @@ from eval.ablations import (
     check_diversity,
     check_metrics,
     check_radii,
+    check_suite_options,
     diversity_ablation,
     rerank_ablation,
     rerank_select,
@@ -312,6 +313,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     if "diversity" in ablations:
         check_diversity(cfg.diversity.captions, cfg.diversity.samples, cfg.diversity.batch_size)
+    ev = cfg.eval  # before the protocol loads, the judge trains or anything is generated
+    check_suite_options(ev.feature_batch_size, ev.is_splits, ev.kid_subsets, ev.kid_subset_size)
     from zoo.errors import check_device
 
     for section in ("eval", "clip", "generator"):  # before the protocol loads (30,000 COCO headers) or any model

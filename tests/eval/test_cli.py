@@ -439,6 +439,26 @@ def test_bad_ablation_settings_are_config_errors(tmp_path, bad, key):
         evaluate(cfg)
 
 
+@pytest.mark.parametrize(
+    "bad", ["eval.feature_batch_size=0", "eval.is_splits=0", "eval.kid_subsets=0", "eval.kid_subset_size=1"]
+)
+def test_bad_metric_settings_fail_before_the_judge_trains_or_anything_is_generated(tmp_path, monkeypatch, bad):
+    # they failed in the metrics after every sample was drawn (feature_batch_size=0 as range()'s "arg 3 must not be
+    # zero"), or not at all when no metric used them
+    import eval.cli
+    import eval.judge
+    from eval.cli import evaluate
+
+    def too_late(*a, **k):
+        raise AssertionError("reached before the configuration error")
+
+    monkeypatch.setattr(eval.judge, "train_judge", too_late)
+    monkeypatch.setattr(eval.cli, "generate_images", too_late)
+    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "ablations=[blur]", bad])
+    with pytest.raises(ConfigError, match=bad.split("=")[0] + r" must be >= \d, got \d \(fix: " + bad.split("=")[0]):
+        evaluate(cfg)
+
+
 def test_wandb_run_has_the_config_and_the_sample_grids(tmp_path, monkeypatch):
     """The eval's W&B run carried tables and plots but neither the run's config (a sweep's runs could not be told
     apart: which guidance scale, which prior) nor the sample grids; both are logged now, and "wrote" names the grids."""
