@@ -256,6 +256,26 @@ def test_check_data_names_the_fixes(train_cfg, tmp_path):
         check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
 
 
+def test_patch_tokens_without_patch_features_are_refused_before_training(train_cfg, tmp_path):
+    """model.net.patch_dim > 0 on zoo-embed features (which carry no clip_image_patches) passed check_data and died
+    on a ValueError at the first training step."""
+    from zoo.train import check_compatibility, instantiate
+
+    feats = _embed_file(tmp_path / "f.pt", 8)
+    cfg = train_cfg(
+        "model=captioner",
+        "model.preset=tiny",
+        "data.train_size=8",
+        "data.val_size=8",
+        "data/tokenizer=bpe",
+        f"data.features.train={feats}",
+        "+model.net.patch_dim=16",
+        "+model.net.n_patches=4",
+    )
+    with pytest.raises(ConfigError, match=r"no clip_image_patches.*fix: model.net.patch_dim=0"):
+        check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
+
+
 def test_check_data_checks_the_val_features_too(train_cfg, tmp_path):
     """Only data.features.train was checked: a val file without clip_image_emb (a zoo-tokenize file) or of another
     CLIP width failed at the first validation, after the training steps when sanity checks are off. Now refused."""

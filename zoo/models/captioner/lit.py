@@ -161,6 +161,14 @@ class CaptionerLit(ZooLit):
                 f"the CLIP image embeddings are {emb.shape[-1]}-d but the captioner expects "
                 f"{self.cfg.embed_dim} (fix: model.net.embed_dim={emb.shape[-1]})"
             )
+        # the patch-token prefix needs per-patch CLIP outputs in every batch; without them the first training step
+        # died on a ValueError (zoo-embed writes no clip_image_patches, and the DataModule serves the keys it does)
+        if self.cfg.patch_dim > 0 and (getattr(ds, "features", None) or {}).get("clip_image_patches") is None:
+            raise ConfigError(
+                f"model.net.patch_dim={self.cfg.patch_dim} conditions on CLIP patch tokens, but "
+                f"data.features.train={features['train']} serves no clip_image_patches (zoo-embed writes the pooled "
+                f"clip_image_emb only) (fix: model.net.patch_dim=0)"
+            )
         # the val file is read only at the first validation (after the training steps when sanity checks are off):
         # one without clip_image_emb, or of another width, failed there
         if "val" in features and ds is not None:
