@@ -93,21 +93,63 @@ def test_kv_cache_copy_rows():
 
 
 def test_decode_linear_equals_linear_and_follows_weight_updates():
-    from zoo.nn.transformer import decode_linear
+    from zoo.nn.transformer import _PACKED, _mkl_packed_ok, decode_linear
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(16, 40)
+    session = KVCache(1, 1, 1, 1, 1)  # any decoding loop's cache
     with torch.no_grad():
         for rows in ((8,), (2, 4), (1,), (64,)):  # packed GEMM for 3..32 rows, plain F.linear otherwise
             x = torch.randn(*rows, 16)
-            torch.testing.assert_close(decode_linear(x, lin), lin(x), rtol=1e-6, atol=1e-6)
+            for _ in range(2):  # packed at the second use in a session
+                torch.testing.assert_close(decode_linear(x, lin, session), lin(x), rtol=1e-6, atol=1e-6)
         x = torch.randn(8, 16)
-        decode_linear(x, lin)
+        decode_linear(x, lin, session)
+        assert _PACKED[session][lin][2] is not None or not _mkl_packed_ok()  # the packed path really ran
         lin.weight.mul_(2.0)  # an in-place update (an optimizer step): the packed copy is rebuilt
-        torch.testing.assert_close(decode_linear(x, lin), lin(x), rtol=1e-6, atol=1e-6)
+        for _ in range(2):
+            torch.testing.assert_close(decode_linear(x, lin, session), lin(x), rtol=1e-6, atol=1e-6)
         lin.weight = torch.nn.Parameter(torch.randn(40, 16))  # a replaced weight: rebuilt too
-        torch.testing.assert_close(decode_linear(x, lin), lin(x), rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(decode_linear(x.double(), lin.double()), lin(x.double()))
+        for _ in range(2):
+            torch.testing.assert_close(decode_linear(x, lin, session), lin(x), rtol=1e-6, atol=1e-6)
+        lin.weight.data.copy_(torch.randn(40, 16))  # through .data: no version bump; a new session packs it anew
+        session = KVCache(1, 1, 1, 1, 1)
+        for _ in range(2):
+            torch.testing.assert_close(decode_linear(x, lin, session), lin(x), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(decode_linear(x.double(), lin.double(), session), lin(x.double()))
     x = torch.randn(8, 16, requires_grad=True)  # autograd: the plain path, gradients flow
-    decode_linear(x, lin.float()).sum().backward()
+    decode_linear(x, lin.float(), session).sum().backward()
     assert x.grad is not None and lin.weight.grad is not None
+
+
+def test_sampling_after_an_ema_swap_uses_the_swapped_in_weights():
+    """Lightning's EMA callback swaps the average in and out with ``param.data.copy_`` (no version bump): DALL·E
+    samples drawn after the swap in the same process are those of a fresh model holding the same weights (the packed
+    decoding weights of the earlier sampling call were reused: other tokens)."""
+    import copy
+
+    from torch.optim.swa_utils import AveragedModel
+
+    from zoo.callbacks.ema import EMA
+    from zoo.models.dalle.model import PRESETS, DalleTransformer
+    from zoo.nn.sampling import sample_image_tokens
+
+    torch.manual_seed(0)
+    model = DalleTransformer(PRESETS["tiny"])
+    with torch.no_grad():  # peaked distributions: other weights give other tokens
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(8.0)
+    ema = EMA(decay=0.5)
+    ema._average_model = AveragedModel(copy.deepcopy(model))
+    with torch.no_grad():
+        for p in ema._average_model.module.parameters():
+            p.add_(torch.randn_like(p), alpha=0.5)
+    text = torch.randint(1, model.cfg.text_vocab, (4, model.cfg.text_len), generator=torch.Generator().manual_seed(1))
+
+    def sample(m):
+        return sample_image_tokens(m, text, generator=torch.Generator().manual_seed(2))
+
+    sample(model)  # packs the trained weights
+    ema._swap_models(model)  # validation start: the average in, through .data.copy_
+    assert torch.equal(sample(model), sample(copy.deepcopy(model)))

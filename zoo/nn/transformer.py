@@ -94,7 +94,8 @@ class KVCache:
 
 # ----------------------------------------------------------------------------------------- decoding linears
 DECODE_ROWS = (3, 32)  # rows (tokens x sequences) for which decode_linear uses MKL's packed GEMM
-_PACKED: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
+# session (a decoding loop's KV cache) -> {linear: (key, weak ref to its weight, packed weight or None)}
+_PACKED: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 _MKL_PACKED_OK: Optional[bool] = None
 
 
@@ -113,16 +114,24 @@ def _mkl_packed_ok() -> bool:
     return _MKL_PACKED_OK
 
 
-def decode_linear(x: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
+def decode_linear(x: torch.Tensor, lin: nn.Linear, session: object = None) -> torch.Tensor:
     """``lin(x)``. For a few rows (``DECODE_ROWS``: one decoding step of a few sequences) of fp32 on the CPU
-    without autograd or autocast, through MKL's packed GEMM: the weight is packed once for that row count (kept
-    until the weight changes: its version counter, storage or shape), and the product runs ~2x faster than MKL's
-    small-M GEMM on the (out, in) weight (measured at 4-16 rows x 512 -> 512..8192; a step of 4-8 sequences is
-    bound by reading the weights). Same values as ``lin(x)`` up to float rounding."""
+    without autograd or autocast, inside a decoding ``session``, through MKL's packed GEMM: the product runs ~2x
+    faster than MKL's small-M GEMM on the (out, in) weight (measured at 4-16 rows x 512 -> 512..8192; a step of 4-8
+    sequences is bound by reading the weights). Same values as ``lin(x)`` up to float rounding.
+
+    ``session``: the decoding loop's ``KVCache`` (any weak-referenceable object that lives as long as the loop);
+    None = plain ``lin(x)``. A weight is packed at its second use in a session (a one-off call does not pay for the
+    packing) and the packed copy lives as long as the session. Why per session: a write through ``param.data``
+    (Lightning's EMA swaps the average in and out with ``.data.copy_``) changes no version counter, storage or
+    shape, so a cache that outlived the loop gave the next sampling call the previous weights; a new loop (a new
+    KV cache) now always packs the weights as they are. Within a session an in-place update (version counter) or
+    a replaced weight is still noticed."""
     w = lin.weight
     m = x.numel() // max(1, x.shape[-1])
     if (
-        not DECODE_ROWS[0] <= m <= DECODE_ROWS[1]
+        session is None
+        or not DECODE_ROWS[0] <= m <= DECODE_ROWS[1]
         or x.device.type != "cpu"
         or x.dtype != torch.float32
         or w.dtype != torch.float32
@@ -131,11 +140,18 @@ def decode_linear(x: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
         or not _mkl_packed_ok()
     ):
         return lin(x)
+    try:
+        packs = _PACKED.setdefault(session, {})
+    except TypeError:  # a session that cannot be weakly referenced: nothing to tie the packed copy to
+        return lin(x)
     key = (m, w._version, w.data_ptr(), tuple(w.shape))
-    hit = _PACKED.get(lin)
+    hit = packs.get(lin)
     # the weak reference tells a replaced weight (a new Parameter) that happens to reuse the storage and version
     if hit is None or hit[0] != key or hit[1]() is not w:
-        hit = _PACKED[lin] = (key, weakref.ref(w), torch.ops.mkl._mkl_reorder_linear_weight(w, m))
+        packs[lin] = (key, weakref.ref(w), None)  # first use: plain; packed if used again unchanged
+        return lin(x)
+    if hit[2] is None:
+        hit = packs[lin] = (key, hit[1], torch.ops.mkl._mkl_reorder_linear_weight(w, m))
     return torch.ops.mkl._mkl_linear(x, hit[2], w, lin.bias, m)  # no autograd here (checked above)
 
 
@@ -164,7 +180,7 @@ class SelfAttention(nn.Module):
         mask: the full (L, L) (or (B, 1|H, L, L)) bool mask, True = may attend; None = causal if ``causal`` else
         no mask. key_padding_mask: (B, >= start_pos + n) bool, True = a real key."""
         b, n, _ = x.shape
-        q, k, v = decode_linear(x, self.qkv).view(b, n, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = decode_linear(x, self.qkv, cache).view(b, n, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if cache is not None:
             k, v = cache.update(layer, start_pos, k, v)  # (B, H, start_pos + n, D)
             k, v = k.to(q.dtype), v.to(q.dtype)  # cache may be fp32 under bf16 autocast
@@ -180,7 +196,7 @@ class SelfAttention(nn.Module):
                     y = mask.attention(q, k, v, start_pos, dropout_p, key_padding_mask)
             else:
                 y = mask.attention(q, k, v, start_pos, dropout_p, key_padding_mask)  # (B, H, n, D)
-            return decode_linear(y.transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim), self.proj)
+            return decode_linear(y.transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim), self.proj, cache)
         is_causal = False
         if mask is None and causal:  # dense causal
             if key_padding_mask is None and n > 1 and start_pos == 0:
@@ -197,7 +213,7 @@ class SelfAttention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=dropout_p, is_causal=is_causal)
         else:  # (B, H, n, D)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=dropout_p, is_causal=is_causal)
-        return decode_linear(y.transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim), self.proj)
+        return decode_linear(y.transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim), self.proj, cache)
 
 
 class Block(nn.Module):
@@ -212,7 +228,7 @@ class Block(nn.Module):
     def forward(self, x, mask, cache=None, layer=0, start_pos=0, causal=True, key_padding_mask=None, last_only=False):
         a = self.attn(self.ln1(x), mask, cache, layer, start_pos, causal, key_padding_mask, last_only)
         x = x[:, -a.shape[1] :] + self.drop(a)  # last_only: the residual of the last position
-        h = decode_linear(self.mlp[1](decode_linear(self.ln2(x), self.mlp[0])), self.mlp[2])  # = self.mlp(...)
+        h = decode_linear(self.mlp[1](decode_linear(self.ln2(x), self.mlp[0], cache)), self.mlp[2], cache)  # = mlp
         return x + self.drop(h)
 
 
