@@ -256,21 +256,26 @@ def test_check_data_names_the_fixes(train_cfg, tmp_path):
         check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
 
 
-def test_patch_tokens_without_patch_features_are_refused_before_training(train_cfg, tmp_path):
-    """model.net.patch_dim > 0 on zoo-embed features (which carry no clip_image_patches) passed check_data and died
-    on a ValueError at the first training step."""
-    from zoo.train import check_compatibility, instantiate
-
-    feats = _embed_file(tmp_path / "f.pt", 8)
-    cfg = train_cfg(
+def _tiny_captioner_cfg(train_cfg, train_features: Path, *extra: str):
+    """A tiny captioner on 8 shapes scenes with the data's BPE and these train features."""
+    return train_cfg(
         "model=captioner",
         "model.preset=tiny",
         "data.train_size=8",
         "data.val_size=8",
         "data/tokenizer=bpe",
-        f"data.features.train={feats}",
-        "+model.net.patch_dim=16",
-        "+model.net.n_patches=4",
+        f"data.features.train={train_features}",
+        *extra,
+    )
+
+
+def test_patch_tokens_without_patch_features_are_refused_before_training(train_cfg, tmp_path):
+    """model.net.patch_dim > 0 on zoo-embed features (which carry no clip_image_patches) passed check_data and died
+    on a ValueError at the first training step."""
+    from zoo.train import check_compatibility, instantiate
+
+    cfg = _tiny_captioner_cfg(
+        train_cfg, _embed_file(tmp_path / "f.pt", 8), "+model.net.patch_dim=16", "+model.net.n_patches=4"
     )
     with pytest.raises(ConfigError, match=r"no clip_image_patches.*fix: model.net.patch_dim=0"):
         check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
@@ -288,14 +293,6 @@ def test_check_data_checks_the_val_features_too(train_cfg, tmp_path):
         {"clip_image_emb": torch.nn.functional.normalize(torch.randn(8, 2 * D), dim=-1)}, tmp_path / "wide.pt"
     )
     for val, says in [(codes, "has no clip_image_emb"), (wide, f"holds {2 * D}-d embeddings, train {D}-d")]:
-        cfg = train_cfg(
-            "model=captioner",
-            "model.preset=tiny",
-            "data.train_size=8",
-            "data.val_size=8",
-            "data/tokenizer=bpe",
-            f"data.features.train={feats}",
-            f"data.features.val={val}",
-        )
+        cfg = _tiny_captioner_cfg(train_cfg, feats, f"data.features.val={val}")
         with pytest.raises(ConfigError, match=f"data.features.val={val} {says}"):
             check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
