@@ -315,6 +315,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         check_diversity(cfg.diversity.captions, cfg.diversity.samples, cfg.diversity.batch_size)
     ev = cfg.eval  # before the protocol loads, the judge trains or anything is generated
     check_suite_options(ev.feature_batch_size, ev.is_splits, ev.kid_subsets, ev.kid_subset_size)
+    for key, value, default in (("batch_size", cfg.batch_size, 32), ("rerank.batch_size", cfg.rerank.batch_size, 8)):
+        if int(value) < 1:  # was range()'s "arg 3 must not be zero" when generation began, after the judge trained
+            raise ConfigError(f"{key} must be >= 1, got {value} (fix: {key}={default})")
     from zoo.errors import check_device
 
     for section in ("eval", "clip", "generator"):  # before the protocol loads (30,000 COCO headers) or any model

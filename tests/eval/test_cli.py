@@ -440,11 +440,19 @@ def test_bad_ablation_settings_are_config_errors(tmp_path, bad, key):
 
 
 @pytest.mark.parametrize(
-    "bad", ["eval.feature_batch_size=0", "eval.is_splits=0", "eval.kid_subsets=0", "eval.kid_subset_size=1"]
+    "bad",
+    [
+        "eval.feature_batch_size=0",
+        "eval.is_splits=0",
+        "eval.kid_subsets=0",
+        "eval.kid_subset_size=1",
+        "batch_size=0",
+        "rerank.batch_size=0",
+    ],
 )
 def test_bad_metric_settings_fail_before_the_judge_trains_or_anything_is_generated(tmp_path, monkeypatch, bad):
     # they failed in the metrics after every sample was drawn (feature_batch_size=0 as range()'s "arg 3 must not be
-    # zero"), or not at all when no metric used them
+    # zero"), or not at all when no metric used them; a zero generation batch size when generation began
     import eval.cli
     import eval.judge
     from eval.cli import evaluate
@@ -454,7 +462,7 @@ def test_bad_metric_settings_fail_before_the_judge_trains_or_anything_is_generat
 
     monkeypatch.setattr(eval.judge, "train_judge", too_late)
     monkeypatch.setattr(eval.cli, "generate_images", too_late)
-    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "ablations=[blur]", bad])
+    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "ablations=[blur,rerank]", bad])
     with pytest.raises(ConfigError, match=bad.split("=")[0] + r" must be >= \d, got \d \(fix: " + bad.split("=")[0]):
         evaluate(cfg)
 
