@@ -108,6 +108,12 @@ def check_reference(
     floor of exactly 0). A few equal rows are legitimate: the shapes world renders some train and val scenes
     pixel for pixel alike (about 1.5% of val scenes have a train twin among 2,000)."""
     fix = "(fix: reference_features=<the zoo-embed file of the train split>, or leave it out)"
+    a, b = ref_meta.get("clip_fingerprint"), meta.get("clip_fingerprint")
+    if a and b and a != b:
+        raise ConfigError(
+            f"reference_features={ref_path} was embedded by another CLIP (fingerprint {a}) than features={path} "
+            f"(fingerprint {b}): their FD is no floor {fix}"
+        )
     if ref_meta.get("split") is not None and ref_meta.get("split") == meta.get("split"):
         raise ConfigError(
             f"reference_features={ref_path} is the {ref_meta['split']} split, like features={path}: the FD floor needs "
@@ -343,6 +349,13 @@ def prior_report(cfg: DictConfig) -> dict[str, Any]:
         if ckpt:
             priors[kind] = load_prior(str(ckpt), kind)
             check_inputs(priors[kind], feats, kind, f"features={cfg.features}")
+            trained, given = getattr(priors[kind], "clip_fingerprint", None), meta.get("clip_fingerprint")
+            if trained and given and trained != given:  # same widths, another CLIP's space: cosines near chance
+                raise ConfigError(
+                    f"{ckpt} was trained on the embeddings of another CLIP (fingerprint {trained}) than "
+                    f"features={cfg.features} (fingerprint {given}) (fix: features=<a zoo-embed file of the CLIP the "
+                    f"prior was trained on>)"
+                )
 
     rows, sweep_rows = [], []
 
@@ -439,7 +452,7 @@ def prior_report(cfg: DictConfig) -> dict[str, Any]:
 
     results = {
         "features": str(cfg.features),
-        "features_meta": {k: meta[k] for k in ("split", "clip") if k in meta},
+        "features_meta": {k: meta[k] for k in ("split", "clip", "clip_fingerprint") if k in meta},
         "n": n,
         "dim": int(truth.shape[1]),
         "seed": seed,

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 PRIORS = {"diffusion_prior": (16, 8, 64), "ar_prior": (32, 32, 49408)}
 
 
-def _write_features(path: Path, n: int, dim: int, text_len: int, vocab: int, seed: int) -> Path:
+def _write_features(
+    path: Path, n: int, dim: int, text_len: int, vocab: int, seed: int, clip_fingerprint: str | None = None
+) -> Path:
     """A zoo-embed file stand-in: image embeddings, correlated text embeddings, caption tokens padded with 0."""
     from zoo.checkpoint import atomic_torch_save
 
@@ -27,16 +29,17 @@ def _write_features(path: Path, n: int, dim: int, text_len: int, vocab: int, see
     txt = F.normalize(img + 0.5 * torch.randn(n, dim, generator=g) / dim**0.5, dim=-1)
     tokens = torch.randint(1, vocab, (n, text_len), generator=g)
     tokens[:, text_len // 2 :] = 0
+    meta = {"n": n, "dim": dim, **({"clip_fingerprint": clip_fingerprint} if clip_fingerprint else {})}
     return atomic_torch_save(
-        {"clip_image_emb": img, "clip_text_emb": txt, "clip_text_tokens": tokens, "meta": {"n": n, "dim": dim}}, path
+        {"clip_image_emb": img, "clip_text_emb": txt, "clip_text_tokens": tokens, "meta": meta}, path
     )
 
 
-def _overrides(model: str, tmp_path: Path) -> list[str]:
+def _overrides(model: str, tmp_path: Path, fingerprints: tuple = (None, None)) -> list[str]:
     dim, text_len, vocab = PRIORS[model]
     files = {
-        s: _write_features(tmp_path / f"{s}.pt", n, dim, text_len, vocab, i)
-        for i, (s, n) in enumerate([("train", 48), ("val", 16)])
+        s: _write_features(tmp_path / f"{s}{fp or ''}.pt", n, dim, text_len, vocab, i, fp)
+        for i, ((s, n), fp) in enumerate(zip([("train", 48), ("val", 16)], fingerprints))
     }
     return [
         f"model={model}",
@@ -116,6 +119,32 @@ def test_zoo_train_logs_to_wandb_and_resumes_exactly(model, tmp_path, train_cfg)
     assert ref.keys() == resumed["state_dict"].keys()
     for k, v in ref.items():
         torch.testing.assert_close(resumed["state_dict"][k], v, rtol=0, atol=0, msg=f"resumed != straight at {k}")
+
+
+@pytest.mark.parametrize("model", sorted(PRIORS))
+def test_a_prior_keeps_its_clip_and_refuses_embeddings_of_another(model, tmp_path, train_cfg):
+    """The zoo-embed files name their CLIP (meta ``clip_fingerprint``): the trained prior keeps it in its checkpoint
+    (load_module rebuilds it: the unCLIP pipeline compares it with its CLIP); a resume on files of another CLIP, and a
+    run whose train and val files come from two CLIPs, are refused before training (both trained on silently)."""
+    from zoo.checkpoint import load_module
+    from zoo.errors import ConfigError
+    from zoo.train import train
+
+    def cfg(fps, *extra, run="run"):
+        c = train_cfg(*_overrides(model, tmp_path, fps), "logger=none", *extra)
+        c.paths.output_dir = str(tmp_path / run)
+        return c
+
+    assert train(cfg(("aaaa", "aaaa"), "trainer.max_steps=2"))["global_step"] == 2
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert _state(last)["hyper_parameters"]["clip_fingerprint"] == "aaaa"
+    assert load_module(last).clip_fingerprint == "aaaa"
+    with pytest.raises(
+        ConfigError, match="another CLIP .fingerprint aaaa. than the data of this run .fingerprint bbbb"
+    ):
+        train(cfg(("bbbb", "bbbb"), "trainer.max_steps=4", f"ckpt_path={last}"))
+    with pytest.raises(ConfigError, match="different CLIPs"):
+        train(cfg(("aaaa", "bbbb"), "trainer.max_steps=2", run="mixed"))
 
 
 # ------------------------------------------------------------------------------------- the diffusion prior's readout

@@ -6,7 +6,8 @@ The unCLIP prior and decoder then train from ``clip_image_emb`` / ``clip_text_em
 Output: one ``.pt`` (written atomically, loadable with ``weights_only=True``) holding, in dataset index order,
 ``clip_image_emb`` (N, D) float32 L2-normalised, ``clip_text_emb`` (N, D) float32 L2-normalised and
 ``clip_text_tokens`` (N, L) int64 — the model's own open_clip token ids — plus ``meta``: a dict of plain values
-(CLIP source, embedding dim, item count, CLIP-score convention). With ``text_encodings=true`` it also holds
+(CLIP source, embedding dim, item count, CLIP-score convention, ``clip_fingerprint``: a digest of the CLIP's
+weights that the modules trained on the file keep and the unCLIP pipeline checks). With ``text_encodings=true`` it also holds
 ``clip_text_encodings`` (N, L, W) float16, the per-token outputs of CLIP's text tower (token embedding + positions
 + transformer + ln_final, before pooling and projection: what unCLIP's prior and decoder read as "encoded text"),
 and ``clip_text_mask`` (N, L) bool, True up to and including the end-of-text token.
@@ -113,6 +114,9 @@ def embed_dataset(
         "dim": int(out["clip_image_emb"].shape[1]),
         "image_size": int(scorer.image_size),
         "convention": CLIP_SCORE_CONVENTION,
+        "clip_fingerprint": getattr(
+            scorer, "fingerprint", None
+        ),  # which CLIP: the priors / decoder trained on this file keep it
         **(meta or {}),
     }
     return atomic_torch_save(out, out_path)

@@ -345,6 +345,32 @@ def test_every_prior_checked_against_the_features_before_any_sampling(files, tmp
         prior_report(_cfg(tmp_path, [f"features={bare}", diff]))
 
 
+def test_a_prior_or_reference_of_another_clip_refused_before_sampling(files, tmp_path, monkeypatch):
+    """Features, reference features and priors name their CLIP (zoo-embed's meta ``clip_fingerprint``, the prior's
+    checkpoint): another CLIP of the same width gave a report of near-chance cosines, or an FD "floor" between two
+    embedding spaces, without a word. Refused before any sampling; the same CLIP, or a side that names none, runs."""
+    import eval.prior
+    from zoo.checkpoint import atomic_torch_save, safe_load
+
+    def sampled(name, *a, **k):
+        raise AssertionError(f"{name} sampled before the CLIPs were compared")
+
+    val = atomic_torch_save({**files["val_feats"], "meta": {"clip_fingerprint": "aaaa"}}, tmp_path / "val_a.pt")
+    train = atomic_torch_save({**_features(64, 0), "meta": {"clip_fingerprint": "bbbb"}}, tmp_path / "train_b.pt")
+    ckpt = safe_load(files["diffusion"])
+    ckpt["hyper_parameters"]["clip_fingerprint"] = "bbbb"
+    prior_b = atomic_torch_save(ckpt, tmp_path / "prior_b.ckpt")
+    monkeypatch.setattr(eval.prior, "run_sampler", sampled)
+    with pytest.raises(ConfigError, match="was trained on the embeddings of another CLIP .fingerprint bbbb. than"):
+        prior_report(_cfg(tmp_path, [f"features={val}", f"diffusion_ckpt={prior_b}"]))
+    with pytest.raises(ConfigError, match="was embedded by another CLIP .fingerprint bbbb. than features="):
+        prior_report(_cfg(tmp_path, [f"features={val}", f"reference_features={train}"]))
+    monkeypatch.undo()
+    same = atomic_torch_save({**files["val_feats"], "meta": {"clip_fingerprint": "bbbb"}}, tmp_path / "val_b.pt")
+    res = prior_report(_cfg(tmp_path, [f"features={same}", f"diffusion_ckpt={prior_b}", "plot=false", "n=8"]))
+    assert res["features_meta"]["clip_fingerprint"] == "bbbb"
+
+
 def test_a_sweep_without_its_prior_is_refused(files, tmp_path):
     """sweep.diffusion_guidance=[1,2] with ar_ckpt but no diffusion_ckpt ran and wrote a report without a single
     sweep row (the option was silently ignored); now a ConfigError naming the missing checkpoint."""

@@ -179,6 +179,26 @@ def test_embed_dataset_and_attach_embeddings(tmp_path):
     assert torch.equal(items[1]["clip_text_tokens"], s.tokenize([items[1]["caption"]])[0])
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["n"] == 7 and meta["dim"] == 32
+    assert meta["clip_fingerprint"] == s.fingerprint and len(s.fingerprint) == 16
+
+
+def test_clip_fingerprint_names_the_weights_not_the_file(tmp_path):
+    """The same weights loaded twice (or from a copy) share a fingerprint; a CLIP that differs in one value of one
+    tensor (a training step) does not; a model that is not an nn.Module has none."""
+    from zoo.models.clip.scorer import clip_fingerprint
+
+    model, path = _tiny_openclip_file(tmp_path)
+    a = ClipScorer.from_open_clip("zoo-clip-tiny", checkpoint=str(path))
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(path.read_bytes())
+    assert ClipScorer.from_open_clip("zoo-clip-tiny", checkpoint=str(copy)).fingerprint == a.fingerprint
+    assert clip_fingerprint(model) == a.fingerprint
+    for name, p in sorted(model.named_parameters())[-1:] + sorted(model.named_parameters())[:1]:
+        before = clip_fingerprint(model)
+        with torch.no_grad():
+            p.view(-1)[0] += 1e-3
+        assert clip_fingerprint(model) != before, name
+    assert clip_fingerprint(object()) is None
 
 
 def test_scorer_and_model_do_not_import_lightning():

@@ -249,7 +249,7 @@ def test_paper_preset_parameter_count_and_registry():
     assert component_name_of(UnclipDecoderLit) == "unclip_decoder"  # not "glide", its base class
 
 
-def _features_file(path: Path, n: int):
+def _features_file(path: Path, n: int, meta: dict | None = None):
     from zoo.checkpoint import atomic_torch_save
 
     g = torch.Generator().manual_seed(0)
@@ -260,6 +260,7 @@ def _features_file(path: Path, n: int):
             "clip_image_emb": emb,
             "clip_text_emb": emb.roll(1, 0),
             "clip_text_tokens": torch.randint(1, 100, (n, 32), generator=g),
+            **({"meta": meta} if meta else {}),
         },
         path,
     )
@@ -308,6 +309,45 @@ def test_frozen_clip_in_the_loop_embeds_batches_without_features(dalle_helpers, 
     loss = lit.forward_loss({"image": x0, "text_tokens": _tokens(2)}, train=True)["loss"]
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is None for p in lit.clip_scorer().model.parameters())
+
+
+def test_features_of_another_clip_than_the_frozen_one_are_refused(train_cfg, tmp_path, train_helpers, dalle_helpers):
+    """With ``model.clip_ckpt`` the frozen CLIP embeds the batches without features and the zoo-embed files the
+    rest: files of another CLIP (their meta's ``clip_fingerprint``) mixed two spaces in one run, silently. The
+    same CLIP's files train, and the checkpoint keeps that CLIP's fingerprint."""
+    from zoo.errors import ConfigError
+    from zoo.models.clip.scorer import ClipScorer
+    from zoo.train import train
+
+    T = train_helpers
+    clip = dalle_helpers.tiny_clip_ckpt(tmp_path / "clip.ckpt")
+    fp = ClipScorer.from_lightning_checkpoint(str(clip)).fingerprint
+
+    def run(tag: str, fingerprint: str):
+        files = {
+            s: _features_file(tmp_path / tag / f"{s}.pt", n, {"clip_fingerprint": fingerprint})
+            for s, n in (("train", 16), ("val", 8), ("test", 8))
+        }
+        cfg = train_cfg(
+            "model=unclip_decoder",
+            "model.preset=tiny",
+            f"model.clip_ckpt={clip}",
+            "model.grid_captions=2",
+            "model.grid_steps=2",
+            *T.SHAPES_BPE,
+            "data.resolution=16",
+            *T.sizes(),
+            *[f"data.features.{s}={p}" for s, p in files.items()],
+            *T.ONE_EPOCH,
+        )
+        cfg.paths.output_dir = str(tmp_path / tag / "run")
+        return train(cfg)
+
+    with pytest.raises(ConfigError, match="different CLIPs"):
+        run("other", "0123456789abcdef")
+    run("same", fp)
+    ckpt = torch.load(tmp_path / "same" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["clip_fingerprint"] == fp
 
 
 def test_missing_embeddings_is_a_config_error(train_cfg):

@@ -127,6 +127,30 @@ def _spy(monkeypatch, obj, name: str) -> list[dict]:
     return calls
 
 
+@pytest.mark.parametrize("stage", ["decoder", "prior", "ar"])
+def test_a_stage_trained_on_another_clip_of_the_same_widths_is_refused(ckpts, stage, tmp_path):
+    """A decoder or prior names the CLIP of its training embeddings (``clip_fingerprint``): another CLIP of the same
+    widths passed every shape check and the decoder drew from vectors of another space. Refused at construction
+    when it differs; the same CLIP, or a checkpoint that names none (written before the fingerprint), builds."""
+    from zoo.checkpoint import atomic_torch_save, safe_load
+    from zoo.errors import ConfigError
+    from zoo.models.clip.scorer import ClipScorer
+
+    fp = ClipScorer.from_lightning_checkpoint(str(ckpts["clip"])).fingerprint
+    ckpt = safe_load(ckpts[stage])
+    prior = "ar" if stage == "ar" else "diffusion"
+    for trained, refused in ((fp, False), (None, False), ("0123456789abcdef", True)):
+        ckpt["hyper_parameters"]["clip_fingerprint"] = trained
+        paths = {**ckpts, stage: atomic_torch_save(ckpt, tmp_path / f"{stage}.ckpt")}
+        if refused:
+            with pytest.raises(ConfigError, match="another CLIP .fingerprint 0123456789abcdef. than the pipeline's"):
+                _pipe(paths, prior=prior, ups=0)
+        else:
+            pipe = _pipe(paths, prior=prior, ups=0)
+            module = pipe.decoder if stage == "decoder" else pipe.prior_model
+            assert module.clip_fingerprint == trained
+
+
 # ------------------------------------------------------------------------------------------------------ slerp
 def test_slerp_endpoints_norm_and_angle():
     g = torch.Generator().manual_seed(0)

@@ -74,11 +74,15 @@ def report_substituted_rows(rows: list[int], command: str, what: str, log_: logg
 class FeatureAttached(Dataset):
     """Adds precomputed per-index tensors (``image_tokens``, ``clip_image_emb``, ...) to a dataset's samples."""
 
-    def __init__(self, base: Dataset, features: dict[str, Any], source: Optional[str] = None):
+    def __init__(
+        self, base: Dataset, features: dict[str, Any], source: Optional[str] = None, meta: Optional[dict] = None
+    ):
         """``source``: where the features come from (e.g. ``data.features.val=<file>``), named in the row-count
-        error: a user with a train and a val file must be told which one was made for another split or size."""
+        error: a user with a train and a val file must be told which one was made for another split or size.
+        ``meta``: the file's ``meta`` (zoo-embed's names the CLIP: ``clip_fingerprint``), kept as ``features_meta``."""
         self.base = base
         self.features = features
+        self.features_meta = dict(meta or {})
         n = len(base)  # type: ignore[arg-type]
         for key, value in features.items():
             if len(value) != n:
@@ -347,7 +351,9 @@ class ImageTextDataModule(L.LightningDataModule):
                         f"{type(self).__name__} streams its samples (no index; shuffled) (fix: drop "
                         f"data.features.{split}, or train from a map-style dataset such as data=coco or data=shapes)"
                     )
-                ds = FeatureAttached(ds, load_features(path, split), source=f"data.features.{split}={path}")
+                meta: dict[str, Any] = {}
+                feats = load_features(path, split, meta)
+                ds = FeatureAttached(ds, feats, source=f"data.features.{split}={path}", meta=meta)
             self.datasets[split] = ds
         return self.datasets[split]
 
@@ -407,10 +413,11 @@ class ImageTextDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
 
-def load_features(path: str | Path, split: Optional[str] = None) -> dict[str, Any]:
+def load_features(path: str | Path, split: Optional[str] = None, meta: Optional[dict] = None) -> dict[str, Any]:
     """Read a feature file written by zoo-tokenize / zoo-embed (a dict of tensors), safely. With ``split``, a file
     whose meta says it was written for another split (zoo-embed records it) is refused: with equal split sizes its
-    rows would be served to the wrong images without a word (e.g. the train embeddings as validation data)."""
+    rows would be served to the wrong images without a word (e.g. the train embeddings as validation data). The
+    file's ``meta`` is copied into ``meta`` when a dict is given."""
     from zoo.checkpoint import safe_load
 
     path = Path(path)
@@ -421,6 +428,8 @@ def load_features(path: str | Path, split: Optional[str] = None) -> dict[str, An
     if not isinstance(obj, dict):
         raise ConfigError(f"{path} is not a feature file (expected a dict of tensors)")
     written_for = obj["meta"].get("split") if isinstance(obj.get("meta"), dict) else None
+    if meta is not None and isinstance(obj.get("meta"), dict):
+        meta.update(obj["meta"])
     if split is not None and written_for is not None and str(written_for) != split:
         raise ConfigError(
             f"data.features.{split}={path} holds the {written_for} split's features (written with "

@@ -226,6 +226,75 @@ class TextTokenizerLit(ZooLit):
             )
 
 
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
+class ClipEmbeddingLit(ZooLit):
+    """Shared base of the modules trained on one CLIP's embeddings (unCLIP's diffusion and AR priors, its decoder).
+
+    Their inputs or targets are that CLIP's vectors; another CLIP of the same widths passes every shape check and
+    gives nonsense. ``self.clip_fingerprint`` names the CLIP (``zoo.models.clip.scorer.clip_fingerprint``; None when
+    unknown: zoo-embed files written before it recorded one). It comes from the data at ``setup`` (zoo-embed's
+    ``meta``), travels in the checkpoint as ``hyper_parameters["clip_fingerprint"]`` (so ``load_module`` rebuilds it),
+    and is compared: the splits with each other, a loaded module or a resumed run with its data, and the unCLIP
+    pipeline (``zoo.pipelines.unclip``) with the CLIP it is given. A subclass passes ``clip_fingerprint`` through its
+    constructor and may override ``clip_fingerprints`` (the unCLIP decoder adds its frozen ``model.clip_ckpt``)."""
+
+    clip_fingerprint: Optional[str] = None
+    _FIX_CLIP = (
+        "fix: zoo-embed every split with the CLIP this model was trained on (the same clip.checkpoint), or train "
+        "a model on these files"
+    )
+
+    def clip_fingerprints(self, datamodule, stage: str) -> dict[str, str]:
+        """``{where: fingerprint}`` of the CLIPs the data of ``stage`` comes from (the zoo-embed files' meta)."""
+        paths = getattr(datamodule, "features", None) or {}
+        out = {}
+        for split in STAGE_SPLITS.get(stage, ()):
+            if split in paths and callable(getattr(datamodule, "dataset", None)):
+                fp = (getattr(datamodule.dataset(split), "features_meta", None) or {}).get("clip_fingerprint")
+                if fp:
+                    out[f"data.features.{split}={paths[split]}"] = str(fp)
+        return out
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        found = self.clip_fingerprints(dm, stage) if dm is not None else {}
+        if len(set(found.values())) > 1:
+            listed = "; ".join(f"{w}: {fp}" for w, fp in found.items())
+            raise ConfigError(f"the data comes from different CLIPs (fingerprints {listed}) ({self._FIX_CLIP})")
+        if not found:
+            return
+        where, fp = next(iter(found.items()))
+        if self.clip_fingerprint is not None and fp != self.clip_fingerprint:
+            raise ConfigError(
+                f"this {type(self).__name__} was trained on the embeddings of another CLIP (fingerprint "
+                f"{self.clip_fingerprint}) than {where} (fingerprint {fp}) ({self._FIX_CLIP})"
+            )
+        self.clip_fingerprint = fp
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["hyper_parameters"] = {
+            **(checkpoint.get("hyper_parameters") or {}),
+            "clip_fingerprint": self.clip_fingerprint,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run (``ckpt_path=``) must train on the CLIP it started on: ``setup`` (before the restore) took the
+        data's fingerprint; a checkpoint of another CLIP's embeddings is refused before training."""
+        super().on_load_checkpoint(checkpoint)
+        saved = (checkpoint.get("hyper_parameters") or {}).get("clip_fingerprint")
+        if saved and self.clip_fingerprint and saved != self.clip_fingerprint:
+            raise ConfigError(
+                f"this checkpoint was trained on the embeddings of another CLIP (fingerprint {saved}) than the data "
+                f"of this run (fingerprint {self.clip_fingerprint}) ({self._FIX_CLIP}; or start a new run without "
+                f"ckpt_path=)"
+            )
+        self.clip_fingerprint = self.clip_fingerprint or saved
+
+
 class ImageTokenizerLit(ZooLit):
     """Shared base of the image-tokenizer modules (dVAE, VQ-VAE).
 

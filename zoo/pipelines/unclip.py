@@ -288,6 +288,25 @@ class UnclipPipeline:
                 )
             if self.prior in ("diffusion", "ar"):
                 self._check_prior_clip(d)
+            self._check_clip_fingerprints()
+
+    def _check_clip_fingerprints(self) -> None:
+        """The decoder and the prior were trained on one CLIP's embeddings (``ClipEmbeddingLit.clip_fingerprint``);
+        another CLIP of the same widths (a CLIP retrained in place, another run's) passed every shape check and the
+        decoder drew from vectors of another space. Refused when both sides name their CLIP (checkpoints and
+        zoo-embed files from before the fingerprint name none: not checked)."""
+        fp = getattr(self.clip, "fingerprint", None)
+        stages = [("decoder", self.decoder)]
+        if self.prior in ("diffusion", "ar"):
+            stages.append((f"{self.prior} prior", self.prior_model))
+        for what, module in stages:
+            trained = getattr(module, "clip_fingerprint", None)
+            if fp and trained and trained != fp:
+                raise ConfigError(
+                    f"the {what} was trained on the embeddings of another CLIP (fingerprint {trained}) than the "
+                    f"pipeline's (fingerprint {fp}) (fix: generator.clip_ckpt=<the CLIP whose zoo-embed files "
+                    f"trained it>, or a {what} trained on this CLIP's embeddings)"
+                )
 
     def _check_prior_clip(self, d: int) -> None:
         """The prior reads this CLIP's text embedding (d-wide) and token ids and writes embeddings of its image tower:

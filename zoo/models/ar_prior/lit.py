@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from zoo.errors import ConfigError
 from zoo.models.ar_prior.model import PRESETS, ARPrior, ARPriorConfig, sample_codes
 from zoo.models.ar_prior.pca import EmbeddingPCA, ScalarBins
-from zoo.models.base import ZooLit, resolve_preset, unmet_sizes
+from zoo.models.base import ClipEmbeddingLit, resolve_preset, unmet_sizes
 
 FEATURE_KEYS = ("clip_text_tokens", "clip_text_emb", "clip_image_emb")
 
 
-class ARPriorLit(ZooLit):
+class ARPriorLit(ClipEmbeddingLit):
     """Args:
     preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.ar_prior.model.PRESETS``); ``net`` overrides fields
         of ``ARPriorConfig`` (e.g. ``embed_dim`` to match the CLIP, ``n_buckets``, ``n_dot_bins``).
@@ -44,6 +44,8 @@ class ARPriorLit(ZooLit):
     text_dropout: probability of the null caption in training (classifier-free guidance; paper: 0.1).
     dot_quantile: default of ``sample``: draw the dot-product bin from above this quantile of its predicted
         distribution (paper: 0.5, "the top half").
+    clip_fingerprint: the CLIP of the training embeddings (``ClipEmbeddingLit``): filled in from the data and the
+        checkpoint; leave None when training.
     """
 
     # what the val batches read from data.features.val (zoo.train.check_compatibility refuses a run that trains on
@@ -60,10 +62,12 @@ class ARPriorLit(ZooLit):
         uniform_std: float = 4.0,
         text_dropout: float = 0.1,
         dot_quantile: float = 0.5,
+        clip_fingerprint: Optional[str] = None,
         optimizer=None,
         scheduler=None,
     ):
         super().__init__(optimizer, scheduler)
+        self.clip_fingerprint = clip_fingerprint  # the CLIP of its training embeddings (ClipEmbeddingLit)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         if not 0.0 <= text_dropout < 1.0:
             raise ConfigError(f"text_dropout must be in [0, 1), got {text_dropout}")
@@ -106,6 +110,7 @@ class ARPriorLit(ZooLit):
         return (F.normalize(text_emb, dim=-1) * F.normalize(image_emb, dim=-1)).sum(-1)
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)  # the data's CLIP fingerprint, checked against this module's
         if self.fitted or self._trainer is None:
             return
         dm = getattr(self.trainer, "datamodule", None)

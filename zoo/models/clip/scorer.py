@@ -34,6 +34,31 @@ class ClipLike(Protocol):
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor: ...  # (N, 3, S, S) normalised -> (N, D)
 
 
+def clip_fingerprint(model) -> Optional[str]:
+    """A short digest (16 hex digits) of a CLIP's weights, or None for a model that is not an ``nn.Module``.
+
+    What is trained on one CLIP's embeddings (unCLIP's priors and decoder) reads another CLIP of the same widths
+    without an error and produces nonsense: its vectors live in another space. zoo-embed records this digest of the
+    CLIP it embedded with, the modules trained on those files keep it in their checkpoints, and the pipelines compare
+    it with the CLIP they are given. Not a path (a CLIP retrained in place keeps its path) and not a hash of the file
+    (the same weights in a zoo-train checkpoint and an exported file must agree): the parameter and buffer names,
+    shapes, and up to 4,096 evenly strided values of each tensor in float32, so even a ViT-H hashes in milliseconds
+    while any training step changes it."""
+    import hashlib
+
+    if not isinstance(model, torch.nn.Module):
+        return None
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            continue
+        flat = t.detach().reshape(-1)
+        values = flat[:: max(1, flat.numel() // 4096)][:4096].to(device="cpu", dtype=torch.float32)
+        h.update(f"{name}:{tuple(t.shape)};".encode())
+        h.update(values.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def clip_score_from_cos(cos: torch.Tensor) -> torch.Tensor:
     """Cosine similarities -> CLIP scores under ``CLIP_SCORE_CONVENTION``: ``100 * max(cos, 0)``, elementwise."""
     return 100 * cos.clamp_min(0)
@@ -180,6 +205,13 @@ class ClipScorer:
             tag = None  # a tag unknown to open_clip set no preprocessing in training either (older checkpoints)
         model = create_clip(cfg, pretrained=tag, checkpoint=path)
         return cls.from_model(model, tokenizer_for(cfg), device=device, **kw)
+
+    @property
+    def fingerprint(self) -> Optional[str]:
+        """``clip_fingerprint`` of the model (computed once: a scorer's CLIP is frozen)."""
+        if not hasattr(self, "_fingerprint"):
+            self._fingerprint = clip_fingerprint(self.model)
+        return self._fingerprint
 
     @property
     def logit_scale(self) -> float:

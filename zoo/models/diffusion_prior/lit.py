@@ -31,7 +31,7 @@ from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.samplers import check_sampling_knobs, ddim_sample, ddpm_sample
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
-from zoo.models.base import ZooLit, unmet_sizes
+from zoo.models.base import ClipEmbeddingLit, unmet_sizes
 from zoo.models.diffusion_prior.model import DiffusionPriorNet, build_config
 from zoo.nn.guidance import guide
 
@@ -64,7 +64,7 @@ def pick_best(candidates: torch.Tensor, text_emb: torch.Tensor) -> tuple[torch.T
     return candidates[torch.arange(candidates.shape[0], device=candidates.device), best], best
 
 
-class DiffusionPriorLit(ZooLit):
+class DiffusionPriorLit(ClipEmbeddingLit):
     """Args:
     preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.diffusion_prior.model.PRESETS``); ``net`` overrides
         ``DiffusionPriorConfig`` fields (e.g. ``text_input``, ``clip_dim``, ``n_layers``).
@@ -73,6 +73,8 @@ class DiffusionPriorLit(ZooLit):
     sample_steps, guidance_scale, n_candidates, eta: ``sample`` defaults (DDIM steps, guidance, best-of-n).
     embed_scale: the CLIP-embedding scale; None derives it from the training data at ``setup("fit")``.
     val_sample_batches: validation/test batches on which embeddings are sampled for ``cos_image``.
+    clip_fingerprint: the CLIP of the training embeddings (``ClipEmbeddingLit``): filled in from the data and the
+        checkpoint; leave None when training.
     """
 
     def __init__(
@@ -88,10 +90,12 @@ class DiffusionPriorLit(ZooLit):
         eta: float = 0.0,
         embed_scale: Optional[float] = None,
         val_sample_batches: int = 1,
+        clip_fingerprint: Optional[str] = None,
         optimizer=None,
         scheduler=None,
     ):
         super().__init__(optimizer, scheduler)
+        self.clip_fingerprint = clip_fingerprint  # the CLIP of its training embeddings (ClipEmbeddingLit)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         if not 0.0 <= text_dropout < 1.0:
             raise ConfigError(f"model.text_dropout must be in [0, 1), got {text_dropout}")
@@ -197,6 +201,7 @@ class DiffusionPriorLit(ZooLit):
                 )
 
     def setup(self, stage: Optional[str] = None) -> None:
+        super().setup(stage)  # the data's CLIP fingerprint, checked against this module's
         if stage != "fit" or not torch.isnan(self.embed_scale):
             return
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None

@@ -28,7 +28,7 @@ from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.samplers import check_sampling_knobs
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
-from zoo.models.base import ZooLit, resolve_preset, unmet_sizes
+from zoo.models.base import ClipEmbeddingLit, ZooLit, resolve_preset, unmet_sizes
 from zoo.models.glide.lit import GlideLit, check_prediction, check_snr_gamma, run_sampler, sampling_in_eval_mode
 from zoo.models.unclip_decoder.model import UNCLIP_DECODER_PRESETS, UnclipDecoder, UnclipDecoderConfig
 from zoo.text import TextTokenizer
@@ -43,7 +43,7 @@ def build_config(preset: str = "shapes", net: Optional[dict[str, Any]] = None) -
     return resolve_preset(UNCLIP_DECODER_PRESETS, UnclipDecoderConfig, preset, net, "unCLIP decoder")
 
 
-class UnclipDecoderLit(GlideLit):
+class UnclipDecoderLit(ClipEmbeddingLit, GlideLit):
     """Args:
     preset: ``tiny`` | ``shapes`` | ``paper`` (``UNCLIP_DECODER_PRESETS``); ``net`` overrides fields
         (``UnclipDecoderConfig``: GLIDE's plus ``clip_dim``, ``clip_tokens``).
@@ -59,6 +59,8 @@ class UnclipDecoderLit(GlideLit):
     decoder_guidance_scale, sample_steps, sampler, eta: ``generate``'s defaults (unCLIP: guidance 1.25 at FID).
     grid_captions, grid_steps, grid_guidance_scale: ``sample_grid`` (real | decoded from its embedding + caption).
     text_tokenizer: filled in by the checkpoint (leave None when training).
+    clip_fingerprint: the CLIP of the training embeddings (``ClipEmbeddingLit``): filled in from the data, the frozen
+        ``clip_ckpt`` and the checkpoint; leave None when training.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class UnclipDecoderLit(GlideLit):
         text_init: Optional[str] = None,
         freeze_text: bool = False,
         text_tokenizer: Optional[dict[str, Any]] = None,
+        clip_fingerprint: Optional[str] = None,
         optimizer=None,
         scheduler=None,
     ):
@@ -124,6 +127,7 @@ class UnclipDecoderLit(GlideLit):
         self.null_dropout = float(null_dropout)
         self.text_tokenizer: Optional[TextTokenizer] = TextTokenizer.from_spec(text_tokenizer)
         self._clip = None  # the frozen ClipScorer (loaded on first use; never in the state dict)
+        self.clip_fingerprint = clip_fingerprint  # the CLIP of its training embeddings (ClipEmbeddingLit)
 
     # ------------------------------------------------------------------------------------------ data
     @staticmethod
@@ -170,6 +174,16 @@ class UnclipDecoderLit(GlideLit):
                     f"the {split} CLIP image embeddings are {d}-d but the decoder's clip_dim is "
                     f"{self.cfg.clip_dim} (fix: model.net.clip_dim={d})"
                 )
+
+    def clip_fingerprints(self, datamodule, stage: str) -> dict[str, str]:
+        """The zoo-embed files' CLIPs and, with ``clip_ckpt``, that frozen CLIP (the embeddings of batches without
+        features): a file embedded by another CLIP than ``clip_ckpt`` mixes two spaces in one run."""
+        found = super().clip_fingerprints(datamodule, stage)
+        if self.hparams.clip_ckpt and stage == "fit":
+            fp = self.clip_scorer().fingerprint
+            if fp:
+                found[f"model.clip_ckpt={self.hparams.clip_ckpt}"] = fp
+        return found
 
     def clip_scorer(self):
         """The frozen CLIP of ``clip_ckpt`` (a ``ClipScorer``), loaded once."""
