@@ -94,6 +94,11 @@ def build_clip(node: DictConfig):
             f"`zoo-train experiment=clip/shapes` or `make demo`, or clip.checkpoint=null "
             f"clip.arch=ViT-B-32 clip.pretrained=openai)"
         )
+    if ckpt:  # the loader and the digest get the expanded path too (a literal ~/ passed the check, then was not found)
+        ckpt = str(Path(str(ckpt)).expanduser())
+        node = (
+            OmegaConf.merge(node, {"checkpoint": ckpt}) if OmegaConf.is_config(node) else {**node, "checkpoint": ckpt}
+        )
     import hashlib
     import json
 

@@ -551,3 +551,18 @@ def test_the_clip_cache_ident_names_the_tag_beside_a_file_and_a_file_given_as_th
     weights.write_bytes(b"weights, retrained")
     assert ident(pretrained=str(weights)) != first
     assert ident(pretrained="openai") == "clip:ViT-B-32:openai"  # a tag's entry keeps its name
+
+
+def test_a_clip_checkpoint_under_home_is_loaded(tmp_path, monkeypatch, dalle_helpers):
+    # clip.checkpoint=~/clip.ckpt (bash leaves a ~ after "clip.checkpoint=" alone) passed the existence check, which
+    # expands it, and then the loader said "checkpoint not found: ~/clip.ckpt"
+    from omegaconf import OmegaConf
+
+    from eval.cli import build_clip
+
+    ckpt = dalle_helpers.tiny_clip_ckpt(tmp_path / "clip.ckpt")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    node = {"checkpoint": "~/clip.ckpt", "arch": None, "pretrained": None, "device": "cpu", "net": None}
+    scorer, ident = build_clip(OmegaConf.create(node))
+    assert ident == build_clip(OmegaConf.create({**node, "checkpoint": str(ckpt)}))[1]
+    assert scorer.encode_text(["a red circle"]).shape[0] == 1
