@@ -139,7 +139,7 @@ def judge_path(node, resolution: int) -> Path:
     # width 64 is the reference judge every measured table used (its files keep their old names); other widths are
     # other instruments, cached apart
     suffix = "" if width == 64 else f"_w{width}"
-    return Path(str(node["dir"])) / f"shapes_judge_v{WORLD_VERSION}_{resolution}px_{steps}x{bs}{suffix}.pt"
+    return Path(str(node["dir"])).expanduser() / f"shapes_judge_v{WORLD_VERSION}_{resolution}px_{steps}x{bs}{suffix}.pt"
 
 
 def build_judge(node: DictConfig, resolution: int, progress: bool):

@@ -566,3 +566,14 @@ def test_a_clip_checkpoint_under_home_is_loaded(tmp_path, monkeypatch, dalle_hel
     scorer, ident = build_clip(OmegaConf.create(node))
     assert ident == build_clip(OmegaConf.create({**node, "checkpoint": str(ckpt)}))[1]
     assert scorer.encode_text(["a red circle"]).shape[0] == 1
+
+
+def test_the_judge_dir_under_home_is_expanded(tmp_path, monkeypatch):
+    # judge.dir=~/cache/judge made a folder literally named "~" in the working directory
+    from omegaconf import OmegaConf
+
+    from eval.cli import judge_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = judge_path(OmegaConf.create({"dir": "~/cache/judge"}), 32)
+    assert path.parent == tmp_path / "cache" / "judge"
