@@ -267,7 +267,9 @@ def load_upsampler(path: str):
             f"upsampler checkpoint not found: {path} (fix: zoo-train experiment=unclip/upsampler_shapes_32_128, "
             f"then pass <run>/checkpoints/last.ckpt)"
         )
-    lit = load_module(str(p), map_location="cpu", expect=("upsampler",))
+    # ema=True: the pipelines' rule (the average once it has started, else the trained weights); the stored
+    # state_dict of a file saved before the EMA's first update is the initial, untrained network
+    lit = load_module(str(p), map_location="cpu", expect=("upsampler",), ema=True)
     step = safe_load(str(p)).get("global_step")
     return lit.eval(), (int(step) if step is not None else None)
 

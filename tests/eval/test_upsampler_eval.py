@@ -247,3 +247,22 @@ def test_an_unreadable_cached_judge_names_the_cache_fix(tmp_path, capsys):
             U.main(argv + COMMON)
         err = capsys.readouterr().err
         assert e.value.code == 2 and f"the cached shapes judge {cached} cannot be read" in err and "delete it" in err
+
+
+@pytest.mark.parametrize("n_averaged,expect", [(0, "trained"), (5, "average")])
+def test_a_checkpoint_saved_before_its_ema_started_is_scored_with_its_trained_weights(tmp_path, n_averaged, expect):
+    """The upsampler experiments average weights from step 100 (callbacks.ema.update_starting_at_step). A checkpoint
+    written before that holds the INITIAL weights as its "average" in ``state_dict``; eval.upsampler scored those (a
+    random network) while zoo-sample and the unCLIP pipeline take the trained ones. Now the same rule as theirs."""
+    from zoo.checkpoint import atomic_torch_save, safe_load
+
+    path = _ckpt(tmp_path, "run", "blur")
+    ckpt = safe_load(path)
+    trained = {k: v + 0.5 if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    ckpt.update(current_model_state=trained, averaging_state={"n_averaged": torch.tensor(n_averaged)})
+    atomic_torch_save(ckpt, path)
+    lit, step = U.load_upsampler(str(path))
+    want = trained if expect == "trained" else ckpt["state_dict"]
+    for k, v in lit.state_dict().items():
+        assert torch.equal(v, want[k]), k
+    assert step == 7
