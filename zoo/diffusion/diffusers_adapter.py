@@ -9,6 +9,9 @@ its training steps and the network still receives original timesteps through ``t
 Differences from our samplers: the scheduler picks its own inference timesteps (we default to
 ``timestep_spacing='trailing'``, which starts at the noisiest step and gives integer timesteps); a learned variance
 is dropped (only the mean half of the output is passed); clipping and thresholding are the scheduler's options.
+Schedulers that place fractional timesteps (Euler with ``use_karras_sigmas=True``: 435.19, 367.10, ...) step at the
+exact sigma, but the network is told the nearest integer step (at most half a training step off): our networks and
+the model_fns around them (guidance, CLIP guidance's noise-level tables) are defined on integer timesteps.
 """
 
 from __future__ import annotations
