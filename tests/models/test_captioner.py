@@ -158,11 +158,15 @@ def test_presets_and_paper_size():
 
 
 # ------------------------------------------------------------------------------------------------- zoo-train
-def _embed_file(path: Path, n: int, seed: int = 0) -> Path:
+def _tokenizer_spec() -> dict:
+    return TrainedBPETokenizer.train(CAPTIONS * 4, vocab_size=300, context_length=24).to_spec()
+
+
+def _embed_file(path: Path, n: int, seed: int = 0, dim: int = D) -> Path:
     from zoo.checkpoint import atomic_torch_save
 
     g = torch.Generator().manual_seed(seed)
-    emb = torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=-1)
+    emb = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=-1)
     atomic_torch_save(
         {
             "clip_image_emb": emb,
@@ -279,6 +283,42 @@ def test_patch_tokens_without_patch_features_are_refused_before_training(train_c
     )
     with pytest.raises(ConfigError, match=r"no clip_image_patches.*fix: model.net.patch_dim=0"):
         check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
+
+
+def test_a_fine_tune_refuses_net_fields_it_would_ignore(train_cfg, tmp_path):
+    """model.init_from replaces preset and net with the source's: model.net.prefix_emb_norm=true given on the
+    fine-tune was dropped silently. Refused, naming the field; a field equal to the source's passes. Features of
+    another CLIP width name the features as the fix (model.net.embed_dim cannot change a fine-tune's network)."""
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.train import check_compatibility, fit_tiny_to_data, instantiate
+
+    net = {"vocab_size": 300, "text_len": 24}
+    src = CaptionerLit(preset="tiny", net=net, text_tokenizer=_tokenizer_spec())
+    alt = tmp_path / "alt.ckpt"
+    atomic_torch_save(
+        {
+            "zoo_component": "captioner",
+            "hyper_parameters": {"preset": "tiny", "net": net, "text_tokenizer": _tokenizer_spec()},
+            "state_dict": src.state_dict(),
+        },
+        alt,
+    )
+    with pytest.raises(ConfigError, match=r"model.net.prefix_emb_norm=True: a fine-tune takes its network"):
+        CaptionerLit(net={"prefix_emb_norm": True, "text_len": 24}, init_from=str(alt))
+    ft = CaptionerLit(net={"text_len": 24}, init_from=str(alt))
+    assert ft.cfg.text_len == 24 and ft.hparams["preset"] == "tiny"
+    wide = _embed_file(tmp_path / "wide.pt", 8, dim=2 * D)
+    cfg = train_cfg(
+        "experiment=dalle3/captioner_descriptive",
+        f"model.init_from={alt}",
+        "data.train_size=8",
+        "data.val_size=8",
+        f"data.features.train={wide}",
+        f"data.features.val={wide}",
+    )
+    model, dm = instantiate(cfg.model), instantiate(cfg.data)
+    with pytest.raises(ConfigError, match=r"64-d but the captioner expects 32 \(fix: data.features"):
+        check_compatibility(fit_tiny_to_data(model, dm), dm)
 
 
 def test_check_data_checks_the_val_features_too(train_cfg, tmp_path):

@@ -97,6 +97,7 @@ class CaptionerLit(ZooLit):
         source = None
         if init_from and Path(init_from).is_file():
             source = self._load_source(init_from)
+            _check_fine_tune_net(net, source, init_from)
             preset, net = source.hparams["preset"], source.hparams.get("net")
             self.hparams["preset"], self.hparams["net"] = preset, net  # what a rebuild of this run needs
         # a missing init_from is reported by check_data with its fix (not here, so configs can be composed)
@@ -126,8 +127,13 @@ class CaptionerLit(ZooLit):
 
     # ------------------------------------------------------------------------------------------ data
     def data_sizes(self, datamodule) -> dict[str, Any]:
-        """The width of the train features' CLIP image embeddings (nothing without them: check_data names the fix)."""
-        if "train" not in (getattr(datamodule, "features", None) or {}) or not hasattr(datamodule, "dataset"):
+        """The width of the train features' CLIP image embeddings (nothing without them: check_data names the fix).
+        Nothing for a fine-tune either: its network is init_from's (check_data reports features of another width)."""
+        if (
+            self._source is not None
+            or "train" not in (getattr(datamodule, "features", None) or {})
+            or not hasattr(datamodule, "dataset")
+        ):
             return {}
         emb = (getattr(datamodule.dataset("train"), "features", None) or {}).get("clip_image_emb")
         return {} if emb is None else unmet_sizes(self.cfg, {"embed_dim": int(emb.shape[-1])})
@@ -157,9 +163,14 @@ class CaptionerLit(ZooLit):
                 f"data.features.train=<file written by zoo-embed>)"
             )
         if emb.shape[-1] != self.cfg.embed_dim:
+            fix = (  # a fine-tune's width is its source's: only the features can change
+                f"data.features.*=<zoo-embed files of the CLIP {path} was trained on>"
+                if self._source is not None
+                else f"model.net.embed_dim={emb.shape[-1]}"
+            )
             raise ConfigError(
                 f"the CLIP image embeddings are {emb.shape[-1]}-d but the captioner expects "
-                f"{self.cfg.embed_dim} (fix: model.net.embed_dim={emb.shape[-1]})"
+                f"{self.cfg.embed_dim} (fix: {fix})"
             )
         # the patch-token prefix needs per-patch CLIP outputs in every batch; without them the first training step
         # died on a ValueError (zoo-embed writes no clip_image_patches, and the DataModule serves the keys it does)
@@ -329,6 +340,20 @@ class CaptionerLit(ZooLit):
             return out
         finally:
             self.train(was_training)
+
+
+def _check_fine_tune_net(net: Optional[dict[str, Any]], source: CaptionerLit, init_from: str) -> None:
+    """A fine-tune takes its architecture from ``init_from``: ``model.net`` fields that differ from the source's were
+    dropped without a word (e.g. ``model.net.prefix_emb_norm=true``, a lever experiments/dalle3/README.md names,
+    given on the fine-tune). Refused instead, naming them."""
+    differ = {k: v for k, v in (net or {}).items() if getattr(source.cfg, k, object()) != v}
+    if differ:
+        fields = ", ".join(f"model.net.{k}={v}" for k, v in differ.items())
+        raise ConfigError(
+            f"{fields}: a fine-tune takes its network from model.init_from={init_from} (its net: "
+            f"{dict(source.hparams.get('net') or {})}, preset {source.hparams['preset']}) and would ignore it (fix: "
+            f"drop {', '.join(f'model.net.{k}' for k in differ)}, or set it on the run that wrote {init_from})"
+        )
 
 
 def _all_style_captions(dataset) -> Iterable[str]:
