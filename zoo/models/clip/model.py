@@ -201,8 +201,8 @@ def load_weights_file(model: torch.nn.Module, path: str | os.PathLike, arch: str
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(
-            f"CLIP checkpoint not found: {path} (option: model.checkpoint=/path/to/file.pt — an open_clip "
-            f".pt/.bin/.safetensors or a zoo-train .ckpt)"
+            f"CLIP checkpoint not found: {path} (option: model.checkpoint=/path/to/file.pt in zoo-train, "
+            f"clip.checkpoint= in zoo-embed / zoo-eval — an open_clip .pt/.bin/.safetensors or a zoo-train .ckpt)"
         )
     if path.suffix in (".npz", ".npy"):  # big_vision (SigLIP) weights; numpy loads without pickles
         from open_clip.convert import load_big_vision_weights
@@ -354,13 +354,14 @@ def create_clip(
             else:
                 raise ConfigError(
                     f"unknown open_clip pretrained tag {pretrained!r} for {cfg.arch} (fix: one of "
-                    f"{open_clip.list_pretrained_tags_by_model(cfg.arch)}, or model.checkpoint=/path/to/file)"
+                    f"{open_clip.list_pretrained_tags_by_model(cfg.arch)}, or model.checkpoint=/path/to/file in zoo-train, "
+                    f"clip.checkpoint= in zoo-embed / zoo-eval)"
                 )
         elif not tag_cfg and load_weights:  # with a checkpoint the tag sets only the preprocessing: a typo there
             raise ConfigError(  # would silently normalise images with the default mean/std instead
-                f"unknown open_clip pretrained tag {pretrained!r} for {cfg.arch}; beside model.checkpoint= it sets "
+                f"unknown open_clip pretrained tag {pretrained!r} for {cfg.arch}; beside a checkpoint it sets "
                 f"the preprocessing the weights were trained with (fix: one of "
-                f"{open_clip.list_pretrained_tags_by_model(cfg.arch)}, or no model.pretrained)"
+                f"{open_clip.list_pretrained_tags_by_model(cfg.arch)}, or no model.pretrained / clip.pretrained)"
             )
         if tag_cfg.get("quick_gelu") and "quick_gelu" not in cfg.overrides:
             cfg = dataclasses.replace(cfg, overrides={**cfg.overrides, "quick_gelu": True})
