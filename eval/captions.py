@@ -419,6 +419,10 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
         )
     if "clip_image_emb" not in feats:
         raise ConfigError(f"{cfg['features']} has no clip_image_emb (fix: features=<a zoo-embed file>)")
+    from zoo.recaption import check_embedding_clip
+
+    fix = "features=<zoo-embed file of the split by the captioner's CLIP>"
+    check_embedding_clip(meta.get("clip_fingerprint"), lit.clip_fingerprint, f"features={cfg['features']}", fix)
     emb = feats["clip_image_emb"]
     n_file = len(emb)
     n = min(int(cfg["n"]), n_file) if cfg["n"] else n_file

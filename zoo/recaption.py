@@ -191,8 +191,11 @@ def _default_style(captioner) -> str:
     return f"synthetic_{style}" if style else "synthetic"
 
 
-def _embedding_source(cfg: DictConfig, want_dim: int) -> tuple[Callable[[int, int], torch.Tensor], int, Any]:
-    """(embeddings(start, stop), n, JSON-able source) from ``features=`` or a CLIP over ``data``'s split."""
+def _embedding_source(
+    cfg: DictConfig, want_dim: int, want_clip: Optional[str] = None
+) -> tuple[Callable[[int, int], torch.Tensor], int, Any]:
+    """(embeddings(start, stop), n, JSON-able source) from ``features=`` or a CLIP over ``data``'s split.
+    ``want_clip``: the fingerprint of the captioner's CLIP (None: not known, not checked)."""
     from omegaconf import OmegaConf
 
     split = str(cfg.split)
@@ -215,6 +218,7 @@ def _embedding_source(cfg: DictConfig, want_dim: int) -> tuple[Callable[[int, in
         if emb is None:
             raise ConfigError(f"{path} has no clip_image_emb (fix: features=<a file written by zoo-embed>)")
         _check_dim(emb.shape[-1], want_dim, f"features={path}")
+        check_embedding_clip(meta.get("clip_fingerprint"), want_clip, f"features={path}")
         return (lambda a, b: emb[a:b].float()), len(emb), {"features": file_digest(path)}
     clip = cfg.get("clip") or {}
     if not (clip.get("checkpoint") or clip.get("arch")):
@@ -226,6 +230,7 @@ def _embedding_source(cfg: DictConfig, want_dim: int) -> tuple[Callable[[int, in
     from zoo.models.clip.scorer import ClipScorer
 
     scorer = ClipScorer.from_config(clip)
+    check_embedding_clip(scorer.fingerprint, want_clip, f"the CLIP of clip.checkpoint={clip.get('checkpoint')}")
     dm = instantiate(cfg.data, "data")
     ds = dm.dataset(split)
     if isinstance(ds, torch.utils.data.IterableDataset):
@@ -257,6 +262,21 @@ def _check_dim(got: int, want: int, where: str) -> None:
         )
 
 
+def check_embedding_clip(
+    got: Optional[str],
+    want: Optional[str],
+    where: str,
+    fix: str = "features=<zoo-embed file of the captioner's CLIP>, or clip.checkpoint=<that CLIP>",
+) -> None:
+    """Embeddings of another CLIP than the captioner's (same width: every shape check passes) are captioned as noise;
+    refused when both sides name their CLIP (files and checkpoints from before the fingerprint are not checked)."""
+    if got and want and got != want:
+        raise ConfigError(
+            f"{where} gives embeddings of another CLIP (fingerprint {got}) than the one the captioner was trained on "
+            f"(fingerprint {want}) (fix: {fix})"
+        )
+
+
 def run(cfg: DictConfig) -> Path:
     """Plain function behind ``zoo-recaption`` (testable without Hydra's runtime)."""
     from zoo.checkpoint import load_module
@@ -269,7 +289,7 @@ def run(cfg: DictConfig) -> Path:
         )
     captioner = load_module(ckpt, map_location=str(cfg.get("device") or "cpu"), expect=("captioner",))
     captioner.to(str(cfg.get("device") or "cpu"))
-    embeddings, n, source = _embedding_source(cfg, captioner.cfg.embed_dim)
+    embeddings, n, source = _embedding_source(cfg, captioner.cfg.embed_dim, captioner.clip_fingerprint)
     style = str(cfg.get("style") or _default_style(captioner))
     decoding = {
         "method": cfg.get("decoding"),

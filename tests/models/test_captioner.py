@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -162,7 +163,7 @@ def _tokenizer_spec() -> dict:
     return TrainedBPETokenizer.train(CAPTIONS * 4, vocab_size=300, context_length=24).to_spec()
 
 
-def _embed_file(path: Path, n: int, seed: int = 0, dim: int = D) -> Path:
+def _embed_file(path: Path, n: int, seed: int = 0, dim: int = D, meta: Optional[dict] = None) -> Path:
     from zoo.checkpoint import atomic_torch_save
 
     g = torch.Generator().manual_seed(seed)
@@ -172,6 +173,7 @@ def _embed_file(path: Path, n: int, seed: int = 0, dim: int = D) -> Path:
             "clip_image_emb": emb,
             "clip_text_emb": emb.roll(1, 0),
             "clip_text_tokens": torch.randint(1, 100, (n, 16), generator=g),
+            **({"meta": meta} if meta else {}),
         },
         path,
     )
@@ -231,6 +233,49 @@ def test_zoo_train_alt_then_descriptive_fine_tune_and_load_module(train_cfg, tmp
         caps = ft.caption(emb, method=method, max_len=12)
         assert len(caps) == 3 and all(isinstance(c, str) for c in caps)
     assert ft.caption(emb, method="beam", beam_width=1, max_len=12) == ft.caption(emb, method="greedy", max_len=12)
+
+
+def test_the_captioner_keeps_its_clip_and_refuses_embeddings_of_another(train_cfg, tmp_path):
+    """A captioner reads one CLIP's vectors; another CLIP of the same width (a CLIP retrained in place, the rebuilt
+    chain of experiments/dalle3) passed every shape check, and zoo-recaption / eval.captions captioned its embeddings
+    as noise, a fine-tune trained on them. The zoo-embed fingerprint now travels into the checkpoint and is
+    compared."""
+    from eval.captions import evaluate
+    from zoo.checkpoint import load_module
+    from zoo.recaption import run as recaption_run
+    from zoo.train import train
+
+    a, b = (
+        _embed_file(tmp_path / "a.pt", 8, meta={"clip_fingerprint": "a" * 16}),
+        _embed_file(tmp_path / "b.pt", 8, meta={"clip_fingerprint": "b" * 16}),
+    )
+    quick = [
+        "trainer.max_steps=1",
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        "trainer.num_sanity_val_steps=0",
+        "test=false",
+    ]
+    cfg = _tiny_captioner_cfg(train_cfg, a, f"data.features.val={a}", "data.batch_size=8", *quick)
+    train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert load_module(ckpt).clip_fingerprint == "a" * 16
+    with pytest.raises(ConfigError, match=r"another CLIP \(fingerprint b{16}\).*trained on \(fingerprint a{16}\)"):
+        evaluate({"ckpt": str(ckpt), "features": str(b), "split": "val", "truth": False})
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        rc = compose("recaption", overrides=[f"ckpt={ckpt}", f"features={b}", f"out={tmp_path / 'c.pt'}"])
+    with pytest.raises(ConfigError, match="another CLIP"):
+        recaption_run(rc)
+    ft = _tiny_captioner_cfg(
+        train_cfg, b, f"data.features.val={b}", "data.batch_size=8", f"model.init_from={ckpt}", *quick
+    )
+    ft.paths.output_dir = str(tmp_path / "ft")
+    with pytest.raises(ConfigError, match="trained on the embeddings of another CLIP"):
+        train(ft)
 
 
 def test_check_data_names_the_fixes(train_cfg, tmp_path):

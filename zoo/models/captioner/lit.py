@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.errors import ConfigError
-from zoo.models.base import ZooLit, unmet_sizes
+from zoo.models.base import ClipEmbeddingLit, unmet_sizes
 from zoo.models.captioner.model import PRESETS, Captioner, CaptionerConfig, beam_search, sample_captions
 from zoo.models.presets import resolve_preset
 from zoo.text import TextTokenizer
@@ -57,7 +57,7 @@ def check_decoding(
         raise ConfigError(f"{prefix}temperature must be a finite number >= 0, got {temperature}")
 
 
-class CaptionerLit(ZooLit):
+class CaptionerLit(ClipEmbeddingLit):
     """Args:
     preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.captioner.model.PRESETS``); ``net`` overrides fields
         of ``CaptionerConfig`` (e.g. ``embed_dim`` to match the CLIP, ``vocab_size``, ``n_prefix``).
@@ -66,6 +66,10 @@ class CaptionerLit(ZooLit):
     tokenizer_all_styles: fit the data's BPE on every caption style of the shapes world (see the module doc).
     decoding, beam_width, length_penalty, top_p, temperature: defaults of ``caption``.
     text_tokenizer: filled in by the checkpoint (leave None when training).
+    clip_fingerprint: the CLIP of the training embeddings (``ClipEmbeddingLit``): filled in from the data, the
+        fine-tuned checkpoint and this checkpoint; leave None when training. A captioner reads only that CLIP's
+        vectors: zoo-recaption and eval.captions refuse embeddings of another CLIP of the same width (they passed
+        every shape check and were captioned as noise).
     """
 
     # what the val batches read from data.features.val (zoo.train.check_compatibility refuses a run that trains on
@@ -84,10 +88,12 @@ class CaptionerLit(ZooLit):
         top_p: float = 0.9,
         temperature: float = 1.0,
         text_tokenizer: Optional[dict[str, Any]] = None,
+        clip_fingerprint: Optional[str] = None,
         optimizer=None,
         scheduler=None,
     ):
         super().__init__(optimizer, scheduler)
+        self.clip_fingerprint = clip_fingerprint  # the CLIP of its training embeddings (ClipEmbeddingLit)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "text_tokenizer"])
         check_decoding(decoding, beam_width, top_p, temperature)
         self.decoding, self.beam_width, self.length_penalty = decoding, int(beam_width), float(length_penalty)
@@ -106,6 +112,8 @@ class CaptionerLit(ZooLit):
         if source is not None:
             self.net.load_state_dict(source.net.state_dict())
             self.text_tokenizer = source.text_tokenizer
+            # a fine-tune reads the source's CLIP: setup refuses features of another one
+            self.clip_fingerprint = source.clip_fingerprint
         self._source = init_from if source is not None else None
 
     @staticmethod
@@ -121,6 +129,7 @@ class CaptionerLit(ZooLit):
         return src
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # clip_fingerprint
         hp = dict(checkpoint.get("hyper_parameters", {}))
         hp["text_tokenizer"] = self.text_tokenizer.to_spec() if self.text_tokenizer is not None else None
         checkpoint["hyper_parameters"] = hp
