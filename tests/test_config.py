@@ -114,6 +114,29 @@ def test_bad_caption_style_fails_when_building(train_cfg):
         instantiate(cfg.data)
 
 
+@pytest.mark.parametrize(
+    "overrides, key, node",
+    [
+        (["model.optimizer.lr=abc"], "model.optimizer.lr", "model"),  # torch.optim's lr: float | Tensor
+        (["model=clip", "model.scheduler.warmup_steps=abc"], "model.scheduler.warmup_steps", "model"),  # a function
+        (["trainer.max_steps=abc"], "trainer.max_steps", "trainer"),
+        (
+            ["logger=tensorboard", "logger.tensorboard.default_hp_metric=abc"],
+            "logger.tensorboard.default_hp_metric",
+            "logger.tensorboard",
+        ),
+    ],
+)
+def test_a_bad_value_is_named_by_its_key_before_building(train_cfg, overrides, key, node):
+    """The optimizer and scheduler are _partial_ nodes the module calls once fit has started: a bad value there was
+    a TypeError / ValueError from inside torch at the first step, not a ConfigError; and a trainer or logger value
+    was named config.max_steps / csv.<key> (the callers' short names), keys no command line has."""
+    cfg = train_cfg(*overrides)
+    with pytest.raises(ConfigError, match=rf"^{key} must be .*\(fix: {key}=<"):
+        # named as zoo.train names them: model "model", a logger by its entry's name, the trainer not at all
+        instantiate(OmegaConf.select(cfg, node), *{"trainer": ()}.get(node, (node.split(".")[-1],)))
+
+
 def test_tokenizer_larger_than_model_vocab_is_refused():
     """The vocabulary check is the model's own (DalleLit.check_data), run by check_compatibility; the fix it names
     is a real override (model.net.text_vocab)."""

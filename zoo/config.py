@@ -48,16 +48,19 @@ def check_types(node: Any, what: str, skip: Any = ()) -> None:
         return
     try:
         target = _locate(str(node._target_))
-        if not isinstance(target, type):
-            return  # a function or classmethod target: Hydra's own errors are clear enough
-    except Exception:  # a function target or an unimportable one: Hydra's own error is clear enough
+    except Exception:  # an unimportable target: instantiate names the node
         return
-    # A subclass passes **kwargs on to its base (ShapesDataModule -> ImageTextDataModule): walk the MRO.
+    # A subclass passes **kwargs on to its base (ShapesDataModule -> ImageTextDataModule): walk the MRO. A plain
+    # function target (model.scheduler's cosine_with_warmup) is checked against its own signature.
     hints: dict[str, Any] = {}
     params: set[str] = set()
-    for klass in reversed(getattr(target, "__mro__", (target,))):
-        init = vars(klass).get("__init__") if isinstance(klass, type) else None
-        if init is None or klass is object:
+    inits = (
+        [vars(k).get("__init__") for k in reversed(target.__mro__) if k is not object]
+        if isinstance(target, type)
+        else []
+    )
+    for init in inits + ([target] if inspect.isfunction(target) else []):
+        if init is None:
             continue
         try:
             hints.update(typing.get_type_hints(init))
@@ -65,12 +68,18 @@ def check_types(node: Any, what: str, skip: Any = ()) -> None:
         except Exception:
             continue
     for key in node:
-        if key.startswith("_") or key in skip or key not in params or key not in hints:
+        if key.startswith("_") or key in skip:
             continue
         if OmegaConf.is_missing(node, key):
             continue
         value = node[key]
-        if isinstance(value, (DictConfig, ListConfig)):
+        if isinstance(value, DictConfig):
+            # a nested _target_ node (model.optimizer, model.scheduler: _partial_ factories the module calls only
+            # once fit has started): checked now too, so model.optimizer.lr=abc is named before anything is built,
+            # not a TypeError from inside torch.optim at the first step
+            check_types(value, f"{what}.{key}")
+            continue
+        if isinstance(value, ListConfig) or key not in params or key not in hints:
             continue
         if not _fits(value, hints[key]):
             tp = hints[key]
@@ -83,7 +92,9 @@ def instantiate(node: Any, what: str = "config", **kwargs) -> Any:
     import hydra
     from hydra.errors import InstantiationException
 
-    check_types(node, what, skip=set(kwargs))  # what the caller passes replaces the node's value
+    # errors name the node by its key in the run's config when it has one (trainer.max_steps, logger.csv.version;
+    # the callers' short names said config.max_steps, csv.version: keys that do not exist on the command line)
+    check_types(node, _config_key(node) or what, skip=set(kwargs))  # what the caller passes replaces the node's value
     try:
         return hydra.utils.instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as e:
@@ -97,6 +108,14 @@ def instantiate(node: Any, what: str = "config", **kwargs) -> Any:
                 f"config group, or install / write the module it names)"
             ) from e
         raise
+
+
+def _config_key(node: Any) -> str:
+    """The dotted key of ``node`` in its config (``trainer``, ``logger.wandb``), or "" for a root / plain node."""
+    try:
+        return str(node._get_full_key(None) or "")
+    except Exception:  # not an OmegaConf node
+        return ""
 
 
 def report_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -286,6 +286,9 @@ def _fits(value: Any, tp: Any) -> bool:
         return isinstance(value, Mapping)
     if origin is typing.Literal:
         return value in args
+    if getattr(tp, "__module__", "") == "torch" and getattr(tp, "__name__", "") == "Tensor":
+        # a plain config value stands for a tensor only as a number (torch.optim's lr: float | Tensor accepted 'abc')
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
     return True  # other annotated types: the component's own checks apply
 
 
