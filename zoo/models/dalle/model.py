@@ -363,7 +363,7 @@ class DalleTransformer(nn.Module):
                 cache.copy_rows(small, inverse)
                 return decode_linear(h[:, -1], self.image_head)[inverse]
         h = self.hidden(self.embed(text, image, image_start), cache, start_pos, last_only=True)
-        return decode_linear(h[:, -1], self.image_head)
+        return decode_linear(h[:, -1], self.image_head, cache)  # packed per decoding session (its KV cache)
 
 
 # ------------------------------------------------------------------------------------------ image tokenizer
