@@ -249,14 +249,7 @@ def test_the_captioner_keeps_its_clip_and_refuses_embeddings_of_another(train_cf
         _embed_file(tmp_path / "a.pt", 8, meta={"clip_fingerprint": "a" * 16}),
         _embed_file(tmp_path / "b.pt", 8, meta={"clip_fingerprint": "b" * 16}),
     )
-    quick = [
-        "trainer.max_steps=1",
-        "logger=csv",
-        "trainer.enable_progress_bar=false",
-        "trainer.num_sanity_val_steps=0",
-        "test=false",
-    ]
-    cfg = _tiny_captioner_cfg(train_cfg, a, f"data.features.val={a}", "data.batch_size=8", *quick)
+    cfg = _tiny_captioner_cfg(train_cfg, a, f"data.features.val={a}", "data.batch_size=8", *QUICK)
     train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     assert load_module(ckpt).clip_fingerprint == "a" * 16
@@ -271,11 +264,37 @@ def test_the_captioner_keeps_its_clip_and_refuses_embeddings_of_another(train_cf
     with pytest.raises(ConfigError, match="another CLIP"):
         recaption_run(rc)
     ft = _tiny_captioner_cfg(
-        train_cfg, b, f"data.features.val={b}", "data.batch_size=8", f"model.init_from={ckpt}", *quick
+        train_cfg, b, f"data.features.val={b}", "data.batch_size=8", f"model.init_from={ckpt}", *QUICK
     )
     ft.paths.output_dir = str(tmp_path / "ft")
     with pytest.raises(ConfigError, match="trained on the embeddings of another CLIP"):
         train(ft)
+
+
+def test_a_resumed_run_keeps_the_tokenizer_it_trained_with(train_cfg, tmp_path):
+    """Resumed (ckpt_path=last) on other data (here another train_size: the BPE cache key changes, so check_data
+    refitted it), the run took the new BPE and its weights read every caption as other token ids, silently."""
+    from zoo.checkpoint import load_module
+    from zoo.train import train
+
+    def run(n: int, steps: int, *extra: str):
+        cfg = _tiny_captioner_cfg(
+            train_cfg,
+            _embed_file(tmp_path / f"f{n}.pt", n),
+            f"data.train_size={n}",
+            "data.tokenizer.vocab_size=300",
+            f"data.features.val={_embed_file(tmp_path / 'val.pt', 8)}",
+            "data.batch_size=4",
+            f"trainer.max_steps={steps}",
+            *QUICK[1:],
+            *extra,
+        )
+        train(cfg)
+        return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+
+    first = load_module(run(8, 1)).text_tokenizer.to_spec()
+    resumed = load_module(run(40, 2, "ckpt_path=last"))
+    assert resumed.text_tokenizer.to_spec() == first
 
 
 def test_check_data_names_the_fixes(train_cfg, tmp_path):
@@ -303,6 +322,15 @@ def test_check_data_names_the_fixes(train_cfg, tmp_path):
     cfg = train_cfg("experiment=dalle3/captioner_short", f"model.init_from={tmp_path / 'missing.ckpt'}")
     with pytest.raises(ConfigError, match="model.init_from"):
         check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
+
+
+QUICK = (  # a one-step zoo-train run (no test split: these features files are train / val only)
+    "trainer.max_steps=1",
+    "logger=csv",
+    "trainer.enable_progress_bar=false",
+    "trainer.num_sanity_val_steps=0",
+    "test=false",
+)
 
 
 def _tiny_captioner_cfg(train_cfg, train_features: Path, *extra: str):

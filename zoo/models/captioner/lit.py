@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.errors import ConfigError
-from zoo.models.base import ClipEmbeddingLit, unmet_sizes
+from zoo.models.base import ClipEmbeddingLit, describe_tokenizer_spec, tokenizer_identity, unmet_sizes
 from zoo.models.captioner.model import PRESETS, Captioner, CaptionerConfig, beam_search, sample_captions
 from zoo.models.presets import resolve_preset
 from zoo.text import TextTokenizer
@@ -133,6 +133,23 @@ class CaptionerLit(ClipEmbeddingLit):
         hp = dict(checkpoint.get("hyper_parameters", {}))
         hp["text_tokenizer"] = self.text_tokenizer.to_spec() if self.text_tokenizer is not None else None
         checkpoint["hyper_parameters"] = hp
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run (``ckpt_path=``) keeps the tokenizer it trained with, as a fine-tune keeps its source's: the
+        captioner tokenizes the captions itself, and ``check_data`` had taken the DataModule's, refitted when the data
+        changed (another train_size, world, cleared cache) -- the weights then read every caption as other token
+        ids, without a word."""
+        super().on_load_checkpoint(checkpoint)  # ClipEmbeddingLit: the CLIP fingerprint
+        saved = TextTokenizer.from_spec((checkpoint.get("hyper_parameters") or {}).get("text_tokenizer"))
+        if saved is None:
+            return
+        current = self.text_tokenizer.to_spec() if self.text_tokenizer is not None else None
+        if current is not None and tokenizer_identity(current) != tokenizer_identity(saved.to_spec()):
+            log.warning(
+                "captioner: resuming with the checkpoint's text tokenizer, not the data's (%s)",
+                describe_tokenizer_spec(current),
+            )
+        self.text_tokenizer = saved
 
     # ------------------------------------------------------------------------------------------ data
     def data_sizes(self, datamodule) -> dict[str, Any]:
