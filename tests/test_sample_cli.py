@@ -226,6 +226,24 @@ def test_prompt_given_without_brackets_is_one_prompt(tmp_path, monkeypatch):
     assert seen == [["a red circle"]] and list(written) == ["a red circle"]
 
 
+@pytest.mark.parametrize(
+    "bad", ["nrow=0", "nrow=-1", "nrow=abc", "grid_scale=0", "grid_scale=1.5", "n_keep=abc", "seed=abc"]
+)
+def test_bad_grid_and_count_options_fail_before_sampling(tmp_path, monkeypatch, bad):
+    """nrow and grid_scale were first read when the grids were saved, after the whole sampling (nrow=0: a
+    ZeroDivisionError inside torchvision; nrow=-1 a negative tensor size; grid_scale=1.5 silently 1), and n_keep=abc /
+    seed=abc were bare ValueError tracebacks: a ConfigError naming the key, before any image is drawn."""
+    import zoo.pipelines.base as base
+
+    drawn = []
+    monkeypatch.setattr(base, "build_generator", lambda node, what: object())
+    monkeypatch.setattr(base, "keep_best", lambda *a, **k: drawn.append(1))
+    key = bad.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{key} must be an integer"):
+        sample(_sample_cfg('prompts=["a red circle"]', f"out_dir={tmp_path}", bad))
+    assert not drawn
+
+
 @pytest.mark.parametrize("bad", ["n_keep=0", "generator.n_candidates=0"])
 def test_zero_images_asked_is_a_config_error(train_cfg, tmp_path, dalle_helpers, train_helpers, bad):
     """n_keep=0 or generator.n_candidates=0 fail with a ConfigError naming the key, before sampling (they raised

@@ -137,6 +137,25 @@ def read_prompts_file(path: str) -> list[str]:
     return prompts
 
 
+# The whole-number options, their least value and the fix: checked before the generator is built. nrow and grid_scale
+# were first read when the grids were saved, after all the sampling (nrow=0: ZeroDivisionError inside torchvision;
+# nrow=abc: int()'s ValueError), and a word for n_keep / seed was a bare ValueError traceback.
+COUNTS = {
+    "n_keep": (1, "n_keep=8"),
+    "nrow": (1, "nrow=4"),
+    "grid_scale": (1, "grid_scale=1 for native size"),
+    "seed": (None, "seed=0"),
+}
+
+
+def check_counts(cfg: DictConfig) -> None:
+    for key, (least, fix) in COUNTS.items():
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or (least is not None and value < least):
+            at_least = f" >= {least}" if least is not None else ""
+            raise ConfigError(f"{key} must be an integer{at_least}, got {value!r} (fix: {fix})")
+
+
 def sample(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
@@ -150,8 +169,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("prompts_file"):
         with open_dict(cfg):
             cfg.prompts = [*cfg.prompts, *read_prompts_file(str(cfg.prompts_file))]
-    if int(cfg.n_keep) < 1:
-        raise ConfigError(f"n_keep must be >= 1, got {cfg.n_keep} (fix: n_keep=8)")
+    check_counts(cfg)
     apply_conv_backend(cfg.get("conv_backend", "auto"))  # auto: NNPACK's 3x3 convolutions on AVX2 CPUs
     if not cfg.get("ckpt") and not cfg.prompts:
         raise ConfigError(
