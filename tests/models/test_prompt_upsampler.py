@@ -293,3 +293,31 @@ def test_zoo_train_and_load_module(train_cfg, tmp_path):
     lit = load_module(ckpt, expect=("prompt_upsampler",))
     assert isinstance(lit, PromptUpsamplerLit) and lit.text_tokenizer is not None
     assert len(lit.upsample(["a red circle", "the blue star"], max_len=8)) == 2
+
+
+def test_a_resumed_run_keeps_the_tokenizer_it_trained_with(train_cfg, tmp_path):
+    """Resumed (ckpt_path=last) on more training scenes, check_data refitted the in-memory BPE on the new pairs and the
+    run went on with it: the weights read every caption as other token ids, silently."""
+    from zoo.checkpoint import load_module
+    from zoo.train import train
+
+    def run(n: int, steps: int, *extra: str) -> Path:
+        cfg = train_cfg(
+            "model=prompt_upsampler",
+            "model.preset=tiny",
+            f"data.train_size={n}",
+            "data.val_size=8",
+            "data.batch_size=8",
+            "logger=csv",
+            f"trainer.max_steps={steps}",
+            "trainer.enable_progress_bar=false",
+            "trainer.num_sanity_val_steps=0",
+            "trainer.limit_val_batches=0",
+            "test=false",
+            *extra,
+        )
+        train(cfg)
+        return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+
+    first = load_module(run(16, 1)).text_tokenizer.to_spec()
+    assert load_module(run(200, 2, "ckpt_path=last")).text_tokenizer.to_spec() == first

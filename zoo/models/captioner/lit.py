@@ -40,6 +40,24 @@ log = logging.getLogger("zoo.captioner")
 DECODING = ("greedy", "beam", "nucleus")
 
 
+def keep_checkpoint_tokenizer(module, checkpoint: dict[str, Any]) -> None:
+    """A resumed run (``ckpt_path=``) of a model that tokenizes its captions itself (captioner, prompt upsampler)
+    keeps the tokenizer it trained with, as a fine-tune keeps its source's: ``check_data`` had taken the
+    DataModule's, refitted when the data changed (another train_size, world, a cleared cache), and the weights read
+    every caption as other token ids, without a word."""
+    saved = TextTokenizer.from_spec((checkpoint.get("hyper_parameters") or {}).get("text_tokenizer"))
+    if saved is None:
+        return
+    current = module.text_tokenizer.to_spec() if module.text_tokenizer is not None else None
+    if current is not None and tokenizer_identity(current) != tokenizer_identity(saved.to_spec()):
+        log.warning(
+            "%s: resuming with the checkpoint's text tokenizer, not the data's (%s)",
+            type(module).__name__,
+            describe_tokenizer_spec(current),
+        )
+    module.text_tokenizer = saved
+
+
 def check_decoding(
     decoding: str, beam_width: int, top_p: float, temperature: float = 1.0, prefix: str = "model."
 ) -> None:
@@ -135,21 +153,8 @@ class CaptionerLit(ClipEmbeddingLit):
         checkpoint["hyper_parameters"] = hp
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A resumed run (``ckpt_path=``) keeps the tokenizer it trained with, as a fine-tune keeps its source's: the
-        captioner tokenizes the captions itself, and ``check_data`` had taken the DataModule's, refitted when the data
-        changed (another train_size, world, cleared cache) -- the weights then read every caption as other token
-        ids, without a word."""
         super().on_load_checkpoint(checkpoint)  # ClipEmbeddingLit: the CLIP fingerprint
-        saved = TextTokenizer.from_spec((checkpoint.get("hyper_parameters") or {}).get("text_tokenizer"))
-        if saved is None:
-            return
-        current = self.text_tokenizer.to_spec() if self.text_tokenizer is not None else None
-        if current is not None and tokenizer_identity(current) != tokenizer_identity(saved.to_spec()):
-            log.warning(
-                "captioner: resuming with the checkpoint's text tokenizer, not the data's (%s)",
-                describe_tokenizer_spec(current),
-            )
-        self.text_tokenizer = saved
+        keep_checkpoint_tokenizer(self, checkpoint)
 
     # ------------------------------------------------------------------------------------------ data
     def data_sizes(self, datamodule) -> dict[str, Any]:

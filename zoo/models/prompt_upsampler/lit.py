@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from zoo.errors import ConfigError
 from zoo.models.base import ZooLit
-from zoo.models.captioner.lit import DECODING, check_decoding
+from zoo.models.captioner.lit import DECODING, check_decoding, keep_checkpoint_tokenizer
 from zoo.models.captioner.model import beam_search, sample_captions
 from zoo.models.presets import resolve_preset
 from zoo.models.prompt_upsampler.model import PRESETS, PromptUpsampler, PromptUpsamplerConfig
@@ -74,6 +74,10 @@ class PromptUpsamplerLit(ZooLit):
         hp = dict(checkpoint.get("hyper_parameters", {}))
         hp["text_tokenizer"] = self.text_tokenizer.to_spec() if self.text_tokenizer is not None else None
         checkpoint["hyper_parameters"] = hp
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        keep_checkpoint_tokenizer(self, checkpoint)  # a resume reads captions as it trained (see there)
 
     # ------------------------------------------------------------------------------------------ data
     def pair(self, sample: dict[str, Any]) -> tuple[str, str]:
