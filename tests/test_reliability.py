@@ -860,6 +860,35 @@ def test_sigterm_in_the_last_step_of_an_epoch_then_resume_equals_uninterrupted(
     assert _same_weights(resumed[1]["state_dict"], straight[1]["state_dict"])
 
 
+@pytest.mark.parametrize(
+    "accumulate, hook, step, stop",
+    [
+        (2, "on_before_optimizer_step", 2, "SIGINT"),  # Ctrl-C in the second micro-batch, before its optimizer step
+        (3, "on_after_backward", 3, "SIGTERM"),  # acted on after the first micro-batch of the epoch after step 3's
+    ],
+)
+def test_stopped_during_gradient_accumulation_then_resume_equals_uninterrupted(
+    train_cfg, tmp_path, tiny_dvae, monkeypatch, accumulate, hook, step, stop
+):
+    """Stopped part-way through a gradient accumulation, interrupted.ckpt recorded the micro-batches trained since
+    the last optimizer step as done, though their gradients are in no checkpoint: the resume stepped the optimizer on
+    the other micro-batches' gradients alone, and logged every row one step late. Now the resume redoes the whole
+    accumulation: the same rows and weights as a run that was not stopped."""
+    overrides = [
+        *tiny_dvae,
+        "test=false",
+        "trainer.log_every_n_steps=1",
+        "trainer.max_steps=6",  # 8 batches an epoch
+        f"trainer.accumulate_grad_batches={accumulate}",
+        "trainer.limit_val_batches=0",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+        "callbacks.sample_grid=null",
+    ]
+    straight, resumed = _stopped_then_resumed(train_cfg, tmp_path, monkeypatch, overrides, hook, step, stop)
+    assert resumed[0] == straight[0]
+    assert _same_weights(resumed[1]["state_dict"], straight[1]["state_dict"])
+
+
 def test_resume_removes_the_temp_file_a_killed_save_left(train_cfg, tmp_path, tiny_dvae, caplog):
     """kill -9 during a checkpoint save leaves checkpoints/.last.ckpt.<random>.tmp (as big as a checkpoint) that
     nothing removed; the resume removes it, but never while the run that saved it may still be writing."""

@@ -35,11 +35,19 @@ step of an epoch it also ran an empty epoch and went on in the epoch after next 
 the shape of the regular step-boundary save of that step (``last.ckpt``'s: step done, logging step not yet
 counted, epoch not yet ended) with the RNG as the next step would find it, which Lightning resumes with that step.
 
+Stopped part-way through a gradient accumulation (``trainer.accumulate_grad_batches`` > 1: after or inside a
+micro-batch whose gradients wait for the next; SIGTERM is acted on between micro-batches), the accumulated gradients
+are not in any checkpoint, yet the loader position, the loop counters and the RNG said those micro-batches were
+done: the resume stepped the optimizer on the remaining micro-batches' gradients alone, and logged every row one
+step late. The saved state is that of the last optimizer step's end (what ``last.ckpt`` records there), so the
+resume redoes the whole accumulation.
+
 So ``interrupted.ckpt`` is never behind a ``last.ckpt`` of the same step, and ``ckpt_path=last`` takes it on a tie.
 """
 
 from __future__ import annotations
 
+import copy
 import random
 from typing import Any, Optional
 
@@ -56,9 +64,13 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         self.saved = False
         self._in_validation = False  # a validation of the fit has begun and its metrics are not logged yet
         self._logging_step = 0  # the logging step (_batches_that_stepped) as the last step's on_train_batch_end saw it
+        self._mid_accumulation = False  # micro-batches of an optimizer step not taken yet have been trained
+        self._step_end_state: Optional[tuple[int, dict]] = None  # with accumulation: (epoch, fit loop) at a step's end
+        self._saving_step_end = False
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = trainer.global_step
+        self._mid_accumulation, self._step_end_state = False, None
         self._keep_rng()
         # A validation is done once its metrics are handed to the loggers (the row is written then, or when
         # Lightning finalizes the loggers on the way out). The callbacks' on_validation_end comes later (the
@@ -79,6 +91,13 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
     # again after a validation (CheckpointInfo has put them back as the step left them by then) -- as last.ckpt
     # records them.
     def on_train_batch_end(self, trainer, pl_module, *args: Any, **kwargs: Any) -> None:
+        if trainer.accumulate_grad_batches > 1:
+            if trainer.fit_loop.epoch_loop._should_accumulate():  # a micro-batch: no optimizer step at its end
+                self._mid_accumulation = True
+                return
+            self._mid_accumulation = False
+            # the loops as last.ckpt records them at this step's end (its save runs in this same hook)
+            self._step_end_state = (trainer.current_epoch, copy.deepcopy(trainer.fit_loop.state_dict()))
         self._keep_rng()
         self._logging_step = trainer.fit_loop.epoch_loop._batches_that_stepped
 
@@ -101,6 +120,16 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
     def on_exception(self, trainer, *args: Any, **kwargs: Any) -> None:
         if self.start_step is None or trainer.global_step <= self.start_step:
             return
+        if self._mid_accumulation and self._step_end_state is not None:
+            # the loops and the RNG as the last optimizer step left them: the resume redoes the whole accumulation
+            self._put_back_rng()
+            self._saving_step_end = True
+            try:
+                super().on_exception(trainer, *args, **kwargs)
+            finally:
+                self._saving_step_end = False
+            self.saved = True
+            return
         # the state is changed in place: the run is ending
         epoch_loop = trainer.fit_loop.epoch_loop
         progress = epoch_loop.batch_progress
@@ -122,6 +151,10 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             self._as_step_boundary(trainer)
         super().on_exception(trainer, *args, **kwargs)
         self.saved = True
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if self._saving_step_end:
+            checkpoint["epoch"], checkpoint["loops"]["fit_loop"] = copy.deepcopy(self._step_end_state)
 
     def _rewind_validation(self, trainer) -> None:
         """The val loop's counters as Lightning saves them "mid-evaluation" with no batch done, which it resumes
