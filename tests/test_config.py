@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,26 @@ def test_a_bad_value_is_named_by_its_key_before_building(train_cfg, overrides, k
     with pytest.raises(ConfigError, match=rf"^{key} must be .*\(fix: {key}=<"):
         # named as zoo.train names them: model "model", a logger by its entry's name, the trainer not at all
         instantiate(OmegaConf.select(cfg, node), *{"trainer": ()}.get(node, (node.split(".")[-1],)))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.optimizer.lr=-1"], "model.optimizer: Invalid learning rate"),
+        (["+model.optimizer.betas=[0.9,1.5]"], "model.optimizer: Invalid beta"),
+    ],
+)
+def test_a_value_torch_refuses_in_the_optimizer_fails_before_fit(
+    train_cfg, train_helpers, tmp_path, overrides, message
+):
+    """model.optimizer / model.scheduler are _partial_ factories called inside trainer.fit: a value torch refuses
+    was its ValueError as a traceback once fit had started, naming no key; now a ConfigError before anything runs."""
+    from zoo.train import train
+
+    cfg = train_cfg(*train_helpers.DVAE_SHAPES, *train_helpers.TWO_STEPS, *overrides)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_tokenizer_larger_than_model_vocab_is_refused():
@@ -380,6 +401,11 @@ def test_tiny_preset_keeps_explicit_net_fields_and_loads_from_its_checkpoint(tra
     dm = instantiate(cfg.data)
     net = fit_tiny_to_data(instantiate(cfg.model), dm)
     assert (net.cfg.image_size, net.cfg.text_len, net.cfg.width) == (32, 48, 8)  # the data's sizes, tiny's width
+    # attention at the same levels as tiny's own (16, 8) at 16 px: (32, 16) at 32 px. Before, (16, 8) was kept and
+    # 8 px is none of the two levels' resolutions, so that attention (4 of tiny's 6 blocks' worth) was dropped
+    assert net.cfg.attention_resolutions == (32, 16) and net.hparams.net["attention_resolutions"] == [32, 16]
+    tiny16 = GlideLit(preset="tiny")
+    assert len(list(net.net.unet.attention_blocks())) == len(list(tiny16.net.unet.attention_blocks())) > 0
     again = GlideLit(**net.hparams)  # what load_from_checkpoint does with the saved hyper-parameters
     assert again.load_state_dict(net.state_dict()) is not None
     cfg = train_cfg(*base, "model.preset=tiny", "+model.net.text_len=32")

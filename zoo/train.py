@@ -409,10 +409,43 @@ def fit_tiny_to_data(model, datamodule):
     sizes = {k: v for k, v in model.data_sizes(datamodule).items() if k not in net and getattr(model.cfg, k) != v}
     if not sizes:
         return model
+    old_size, new_size = getattr(model.cfg, "image_size", None), sizes.get("image_size")
+    if new_size and old_size and "attention_resolutions" not in net and getattr(model.cfg, "attention_resolutions", ()):
+        # attention sits at the same LEVELS at the data's size (the resolutions are pixels at image_size: the tiny
+        # GLIDE's (16, 8) at 32 px would put 8 px on no level of its two, and that attention would be dropped)
+        sizes["attention_resolutions"] = [
+            r * new_size // old_size for r in model.cfg.attention_resolutions if r * new_size % old_size == 0
+        ]
     log.info("model.preset=tiny takes its data-dependent sizes from the data: %s", sizes)
     return type(model)(
         **{**hp, "net": {**net, **sizes}}, optimizer=model.optimizer_factory, scheduler=model.scheduler_factory
     )
+
+
+def check_optimizer(model) -> None:
+    """Build ``model.optimizer`` (and ``model.scheduler`` on it) once on a stand-in parameter before anything runs.
+
+    They are ``_partial_`` factories the module calls only inside ``trainer.fit``: a value torch refuses
+    (``model.optimizer.lr=-1``, ``betas=[0.9,1.5]``) was torch's ValueError and a traceback once fit had started,
+    naming no key. Torch's own checks decide; the message says which node to fix."""
+    import torch
+
+    factory = getattr(model, "optimizer_factory", None)
+    if factory is None:
+        return
+    try:
+        optimizer = factory([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model.optimizer: {e} (fix: model.optimizer.<that argument>=<a value it accepts>)") from None
+    scheduler = getattr(model, "scheduler_factory", None)
+    if scheduler is not None:
+        try:
+            scheduler(optimizer)
+        except (ValueError, TypeError, ZeroDivisionError) as e:
+            raise ConfigError(
+                f"model.scheduler: {e} (fix: model.scheduler.<that argument>=<a value it accepts>, or "
+                f"model.scheduler=null)"
+            ) from None
 
 
 def check_val_check_interval(trainer_cfg: Any, datamodule: Any) -> None:
@@ -509,6 +542,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         datamodule.prepare_tokenizer()
     model = fit_tiny_to_data(model, datamodule)
     check_compatibility(model, datamodule, validates(cfg))
+    check_optimizer(model)
     if cfg.get("train", True):
         check_val_check_interval(cfg.trainer, datamodule)
     callbacks = _instantiate_dict(cfg.get("callbacks")) + [CheckpointInfo(plain_cfg)]
