@@ -39,7 +39,7 @@ this row, not against 1 / classes).
 A recaptioned split (``recaptions=<zoo-recaption file>`` instead of ``ckpt=``): the file's captions scored the same
 way against the scenes of the split named in its meta (``n=`` the first n)::
 
-    python -m eval.captions recaptions=.zoo_cache/recaptions/shapes_train_captions.pt n=2000
+    python -m eval.captions recaptions=.zoo_cache/recaptions/shapes_train_synthetic_descriptive.pt n=2000
 
 Prompt upsampling (``upsampler=<zoo-train model=prompt_upsampler last.ckpt>`` instead of ``ckpt=``)::
 

@@ -306,3 +306,25 @@ def test_an_output_path_that_is_a_directory_is_refused_before_captioning(files, 
     with pytest.raises(ConfigError, match=r"is a directory \(fix: out=.*captions.pt"):
         run(_compose(tmp_path, f"ckpt={ckpt}", f"features={feats}", f"out={tmp_path / 'outdir'}", "progress=false"))
     assert not list(tmp_path.glob(".outdir.chunks-*"))
+
+
+def test_the_default_output_names_the_style(files, tmp_path):
+    """out= left at its default wrote <data>_<split>_captions.pt for every captioner: recaptioning with the short and
+    then the descriptive captioner overwrote the short captions, and the first run's serving hint pointed
+    synthetic_short at the file that now held descriptive ones."""
+    import torch
+
+    from zoo.recaption import load_recaptions, run
+
+    ckpt, feats = files
+    short = tmp_path / "short.ckpt"
+    obj = torch.load(ckpt, weights_only=True)
+    obj["zoo_config"] = {"data": {"caption_style": "short"}}
+    torch.save(obj, short)
+    paths = [run(_compose(tmp_path, f"ckpt={c}", f"features={feats}", "progress=false")) for c in (short, ckpt)]
+    # <data> is Hydra's data choice when its runtime is set (zoo-recaption: "shapes"), else "data"
+    assert paths[0].name.endswith("_train_synthetic_short.pt") and paths[1].name.endswith(
+        "_train_synthetic_descriptive.pt"
+    )
+    assert paths[0].parent == paths[1].parent == Path(_compose(tmp_path).paths.cache_dir) / "recaptions"
+    assert [load_recaptions(p)["meta"]["style"] for p in paths] == ["synthetic_short", "synthetic_descriptive"]

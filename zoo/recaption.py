@@ -21,7 +21,7 @@ uninterrupted one.
 Config keys (``conf/recaption.yaml``): ``ckpt``, ``features`` or ``clip``, ``data``, ``split``, ``style`` (default
 ``synthetic_<the style the captioner was fine-tuned on>``), ``decoding`` (greedy | beam | nucleus; null: the
 checkpoint's), ``beam_width``, ``length_penalty``, ``top_p``, ``temperature``, ``seed``, ``batch_size``,
-``chunk_size``, ``device``, ``out``.
+``chunk_size``, ``device``, ``out`` (null: ``<paths.cache_dir>/recaptions/<data>_<split>_<style>.pt``).
 """
 
 from __future__ import annotations
@@ -277,6 +277,19 @@ def check_embedding_clip(
         )
 
 
+def _default_out(cfg: DictConfig, style: str) -> Path:
+    """``<cache>/recaptions/<data>_<split>_<style>.pt``: the style is in the name, so the short and the descriptive
+    captioners' files do not overwrite each other (one default path for both served the short style the descriptive
+    captions, following the command's own serving hint)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        data = HydraConfig.get().runtime.choices.get("data")
+    except ValueError:  # composed without Hydra's runtime (tests, the Python API)
+        data = None
+    return Path(str(cfg.paths.cache_dir)).expanduser() / "recaptions" / f"{data or 'data'}_{cfg.split}_{style}.pt"
+
+
 def run(cfg: DictConfig) -> Path:
     """Plain function behind ``zoo-recaption`` (testable without Hydra's runtime)."""
     from zoo.checkpoint import load_module
@@ -302,7 +315,7 @@ def run(cfg: DictConfig) -> Path:
         captioner,
         embeddings,
         n,
-        str(cfg.out),
+        str(cfg.get("out") or _default_out(cfg, style)),
         captioner_digest=file_digest(ckpt),
         style=style,
         source=source,
