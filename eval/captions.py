@@ -551,9 +551,16 @@ def _upsampler_prompts(
     from zoo.errors import ConfigError
 
     if cfg["prompts"]:
-        from zoo.data.datamodule import load_synthetic_captions
+        from zoo.recaption import load_recaptions
 
-        caps = load_synthetic_captions(str(cfg["prompts"]))
+        rec = load_recaptions(str(cfg["prompts"]))
+        caps, written_for = rec["captions"], rec["meta"].get("split")
+        if written_for is not None and str(written_for) != str(cfg["split"]):
+            # its prompts were scored against the scenes of another split, silently (row i: another image's prompt)
+            raise ConfigError(
+                f"prompts={cfg['prompts']} holds captions of the {written_for} split but split={cfg['split']} (fix: "
+                f"split={written_for}, or prompts=<zoo-recaption file of the {cfg['split']} split>)"
+            )
         if len(caps) < n:
             raise ConfigError(f"prompts={cfg['prompts']} has {len(caps)} captions for {n} scenes (fix: n={len(caps)})")
         return list(caps[:n]), f"zoo-recaption file {cfg['prompts']}"

@@ -281,6 +281,12 @@ def test_upsampler_command(tmp_path):
     assert again["examples"]["nucleus"] == res["examples"]["nucleus"]  # seeded
     with pytest.raises(SystemExit):
         main([f"upsampler={ckpt}", f"ckpt={ckpt}"])
+    # prompts= of another split (zoo-recaption's meta): scored against this split's scenes, silently
+    train_prompts = atomic_torch_save(
+        {"captions": ["a red circle"] * 6, "meta": {"split": "train", "style": "synthetic_short"}}, tmp_path / "p.pt"
+    )
+    with pytest.raises(ConfigError, match=r"captions of the train split but split=val \(fix: split=train"):
+        evaluate({"upsampler": str(ckpt), "n": 6, "prompts": str(train_prompts), "decoding": "greedy"})
 
 
 def test_recaptions_command(tmp_path):
