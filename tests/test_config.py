@@ -158,6 +158,19 @@ def test_a_value_torch_refuses_in_the_optimizer_fails_before_fit(
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize(
+    "bad, message",
+    [("seed=abc", "seed must be an integer"), ("float32_matmul_precision=hihg", "float32_matmul_precision='hihg'")],
+)
+def test_bad_top_level_run_options_are_refused(train_cfg, train_helpers, bad, message):
+    """seed=abc was int()'s ValueError inside Lightning; float32_matmul_precision=hihg only a torch warning that the
+    call has no effect, and the run went on at torch's default precision."""
+    from zoo.train import train
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train(train_cfg(*train_helpers.DVAE_SHAPES, *train_helpers.TWO_STEPS, bad))
+
+
 def test_tokenizer_larger_than_model_vocab_is_refused():
     """The vocabulary check is the model's own (DalleLit.check_data), run by check_compatibility; the fix it names
     is a real override (model.net.text_vocab)."""

@@ -498,11 +498,30 @@ def check_accelerator(trainer_cfg: Any) -> None:
         )
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's
+
+
+def check_run_options(cfg: DictConfig) -> None:
+    """train.yaml's own top-level knobs: seed=abc was int()'s ValueError inside Lightning (a traceback), and
+    float32_matmul_precision=hihg only a torch warning that the call "has no effect": the run went on at another
+    precision than asked."""
+    seed = cfg.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigError(f"seed must be an integer, got {seed!r} (fix: seed=42)")
+    precision = cfg.get("float32_matmul_precision")
+    if precision and precision not in MATMUL_PRECISIONS:
+        raise ConfigError(
+            f"float32_matmul_precision={precision!r} is not one of {', '.join(MATMUL_PRECISIONS)} "
+            f"(fix: float32_matmul_precision=high, or null to keep torch's default)"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) the configured model; write ``metrics.json`` in the run directory; return the metrics."""
     import lightning as L
     import torch
 
+    check_run_options(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.get("float32_matmul_precision"):
