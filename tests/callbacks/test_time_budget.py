@@ -274,6 +274,31 @@ def test_validation_moves_to_the_end_only_where_it_counts_steps(monkeypatch, eve
     assert trainer.global_step == 56 and model.validations == expected
 
 
+def test_with_gradient_accumulation_steps_are_timed_whole_and_validated_once_at_the_end(monkeypatch):
+    # trainer.accumulate_grad_batches=3, each batch 1 s: 3 s a step (4 batches an epoch: steps of 3 and 1 batches).
+    # TimeBudget timed from a micro-batch part-way into a step (a plan of more steps than fit: the run ended at the
+    # hard stop) and set the validation interval, which Lightning counts in batches, to the step count: it
+    # validated every steps/3 steps and not at the end
+    clock = _Clock(1.0)
+    monkeypatch.setattr(tb.time, "monotonic", clock)
+    model = _TinyWithVal(clock)
+    steps_at_validation = []
+    model.validation_step = lambda batch, batch_idx: steps_at_validation.append(model.trainer.global_step)
+    budget = TimeBudget(minutes=1.0, calibrate_steps=4, warmup_steps=2, min_steps=3, recheck_fraction=None)
+    trainer = _trainer(
+        budget,
+        limit_val_batches=None,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=None,
+        val_check_interval=10_000,
+        accumulate_grad_batches=3,
+    )
+    trainer.fit(model)
+    assert budget.sec_per_step == pytest.approx(2.0)  # an epoch's 4 batches make 2 steps
+    assert clock.t <= 60 * (1 - 0.06) + 3 and not budget._hard_stopped
+    assert steps_at_validation == [trainer.global_step] == [budget.planned_steps]
+
+
 def test_under_ddp_every_rank_follows_rank_zeros_plan(monkeypatch):
     # This process plays rank 1 of 2 on a clock 3x slower than rank 0's. Planning from its own clock it stopped
     # at its own step count (a hard stop or a plan a step apart from rank 0's left the other rank waiting for its

@@ -26,6 +26,7 @@ which would jump the learning rate back up.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any, Optional, Sequence, Union
 
@@ -101,6 +102,10 @@ class TimeBudget(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if trainer.fit_loop.epoch_loop._should_accumulate():
+            # a micro-batch of a gradient accumulation, not a step's end: timed from one, the measure started part-way
+            # into a step and the plan held more steps than fit (the run ended at the hard stop)
+            return
         if trainer.world_size > 1:
             # Several processes (DDP): each would plan from its own clock, and a plan one step apart (or a hard stop
             # on one rank only) leaves a rank waiting for the others' gradients forever at the end of the budget;
@@ -202,9 +207,13 @@ class TimeBudget(L.Callback):
             and isinstance(trainer.val_check_batch, int)
             and trainer.num_val_batches
         ):
-            # one validation (and sample grid), on the last step of the budget; an epoch that started at step 0
-            # counts batches from the same origin as global_step (no gradient accumulation in budgeted runs)
-            trainer.val_check_batch = max(1, steps)
+            # one validation (and sample grid), on the last step of the budget. Lightning counts that interval in
+            # batches (every micro-batch of a gradient accumulation); set as the step count, a run with
+            # trainer.accumulate_grad_batches=k validated (and drew a grid) every steps/k steps, ran past its budget
+            # into the hard stop and missed the end
+            trainer.val_check_batch = max(
+                1, trainer.fit_loop.epoch_loop.total_batch_idx + 1 + _batches_for(trainer, steps)
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {"planned_steps": self.planned_steps, "sec_per_step": self.sec_per_step}
@@ -213,6 +222,22 @@ class TimeBudget(L.Callback):
         # a resumed run re-measures (it may be on another machine); the old plan is kept only for the record
         self.planned_steps = state_dict.get("planned_steps")
         self.sec_per_step = state_dict.get("sec_per_step")
+
+
+def _batches_for(trainer: L.Trainer, steps: int) -> int:
+    """The training batches after the current one until ``global_step`` reaches ``steps``: ``accumulate_grad_batches``
+    a step, and the short step Lightning takes on an epoch's last batches."""
+    left = max(0, steps - trainer.global_step)
+    acc = max(1, int(trainer.accumulate_grad_batches))
+    n = trainer.num_training_batches
+    if not isinstance(n, int) or n < 1:  # a streamed epoch of unknown length: no epoch end in sight
+        return left * acc
+    in_epoch = n - (trainer.fit_loop.epoch_loop.batch_idx + 1)  # this epoch's batches still to come
+    here = math.ceil(in_epoch / acc)  # the steps they make
+    if left <= here:
+        return min(left * acc, in_epoch)
+    epochs, rest = divmod(left - here, math.ceil(n / acc))
+    return in_epoch + epochs * n + rest * acc
 
 
 def _resize_train_bar(trainer: L.Trainer, steps: int, batch_idx: int) -> None:
@@ -226,8 +251,7 @@ def _resize_train_bar(trainer: L.Trainer, steps: int, batch_idx: int) -> None:
     if bar is None:
         return
     # batches this epoch: the ones done (batch_idx + 1, this hook runs after the batch) plus those the plan has left
-    left = max(0, steps - trainer.global_step) * max(1, int(trainer.accumulate_grad_batches))
-    total = batch_idx + 1 + left
+    total = batch_idx + 1 + _batches_for(trainer, steps)
     n_batches = trainer.num_training_batches
     if isinstance(n_batches, (int, float)) and n_batches < total:
         total = n_batches
