@@ -64,6 +64,24 @@ def test_attention_placement_and_heads():
     assert all(b.head_dim == 64 for b in net.attention_blocks())
 
 
+def test_attention_resolutions_no_level_reaches_are_named(caplog):
+    """ADM turns attention_resolutions (pixels at image_size) into downsampling factors and drops those no level has:
+    the shapes U-Net's (16, 8) at 64 px puts 8 px on none of its 64 / 32 / 16 px levels. Still built (ADM's rule),
+    with a warning naming what was dropped and the fix; a config whose resolutions all exist warns nothing."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="zoo.nn.unet"):
+        UNet(UNET_PRESETS["shapes"])
+    assert not caplog.records
+    cfg = replace(UNET_PRESETS["shapes"], image_size=64)
+    assert cfg.unreached_attention == (8,)
+    with caplog.at_level(logging.WARNING, logger="zoo.nn.unet"):
+        net = UNet(cfg)
+    assert "attention_resolutions [8] are not the resolution of any level" in caplog.text
+    assert "[64, 32, 16]" in caplog.text and "model.net.attention_resolutions=" in caplog.text
+    assert sorted(b.heads for b in net.attention_blocks()) == [4] * 6  # 16 px (factor 4) and the middle only
+
+
 def test_in_channels_inpainting_and_bad_sizes():
     cfg = replace(TINY, in_channels=3 + 4)  # GLIDE inpainting: x_t + masked image (3) + mask (1)
     net = UNet(cfg)

@@ -127,6 +127,13 @@ class UNetConfig:
         return frozenset(self.image_size // r for r in self.attention_resolutions)
 
     @property
+    def unreached_attention(self) -> tuple[int, ...]:
+        """The ``attention_resolutions`` that no level works at (image_size // r is not a level's downsampling factor
+        2**i): they get no attention block. ADM drops them without a word; ``UNet`` warns."""
+        levels = {2**i for i in range(len(self.channel_mult))}
+        return tuple(r for r in self.attention_resolutions if self.image_size // r not in levels)
+
+    @property
     def divisor(self) -> int:
         """Input height and width must be multiples of this (one halving per level transition)."""
         return 2 ** (len(self.channel_mult) - 1)
@@ -432,6 +439,20 @@ class UNet(nn.Module):
         self.time_embed_dim = cfg.time_embed_dim
         ted, g = cfg.time_embed_dim, cfg.max_groups
         attn_at = cfg.attention_factors
+        if cfg.unreached_attention:  # e.g. a preset's (16, 8) kept when image_size doubled: 8 px is now no level's
+            import logging
+
+            reached = [r for r in cfg.attention_resolutions if r not in cfg.unreached_attention]
+            logging.getLogger("zoo.nn.unet").warning(
+                "U-Net: attention_resolutions %s are not the resolution of any level at image_size %d with %d levels "
+                "(%s): no attention there, only at %s (fix: model.net.attention_resolutions=<resolutions among "
+                "those>, or another channel_mult)",
+                list(cfg.unreached_attention),
+                cfg.image_size,
+                len(cfg.channel_mult),
+                [cfg.image_size // 2**i for i in range(len(cfg.channel_mult))],
+                reached or "no level",
+            )
 
         def res(cin, cout, **kw):
             return ResBlock(cin, ted, cout, dropout=cfg.dropout, max_groups=g, **kw)
