@@ -211,6 +211,21 @@ def test_resume_with_no_steps_left_warns(train_cfg, tiny_dvae, caplog):
     assert any("is at step 3 and trainer.max_steps=3" in r.getMessage() for r in caplog.records)
 
 
+def test_a_cosine_schedule_without_a_length_fails_before_training(train_cfg, tiny_dvae):
+    """The experiments' ``total_steps: ${trainer.max_steps}`` in a run bounded by epochs (max_steps=-1) was -1: the
+    learning rate fell to min_ratio of its peak right after the warm-up (0.0001 instead of 0.002 from step 3 on)."""
+    schedule = [
+        "+model.scheduler._target_=zoo.models.base.cosine_with_warmup",
+        "+model.scheduler._partial_=true",
+        "+model.scheduler.warmup_steps=2",
+        "+model.scheduler.total_steps=${trainer.max_steps}",
+    ]
+    cfg = train_cfg(*tiny_dvae, *schedule, "trainer.max_epochs=1", "trainer.max_steps=-1")
+    with pytest.raises(ConfigError, match=r"total_steps=-1.*fix: trainer\.max_steps="):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
 def test_a_bad_model_knob_fails_before_the_tokenizer_is_fitted(train_cfg, monkeypatch):
     """The model is built before the data's tokenizer is prepared (a first BPE fit costs ~40 s): a misspelt
     model.net field fails without it."""

@@ -474,6 +474,33 @@ def check_val_check_interval(trainer_cfg: Any, datamodule: Any) -> None:
         )
 
 
+def check_lr_schedule(model, callbacks: list) -> None:
+    """A warm-up + cosine schedule (``zoo.models.base.WarmupCosine``) needs the run's length. The experiments give
+    it as ``total_steps: ${trainer.max_steps}``; in a run bounded by epochs or time instead (``trainer.max_steps=-1``)
+    that was -1, and the learning rate fell to ``min_ratio`` of its peak right after the warm-up, silently. A
+    ConfigError before training, unless ``TimeBudget`` sets the length (it fits ``total_steps`` to the budget)."""
+    import torch
+
+    from zoo.callbacks import TimeBudget
+    from zoo.models.base import WarmupCosine
+
+    factory = getattr(model, "scheduler_factory", None)
+    if factory is None or any(isinstance(cb, TimeBudget) for cb in callbacks):
+        return
+    try:  # built on a stand-in optimizer: the model's is only made inside fit
+        scheduler = factory(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0))
+    except Exception:  # another scheduler's own needs: it reports them when fit builds it
+        return
+    for fn in getattr(scheduler, "lr_lambdas", []):
+        if isinstance(fn, WarmupCosine) and fn.total_steps < 1:
+            raise ConfigError(
+                f"model.scheduler.total_steps={fn.total_steps}: the cosine schedule has no length (it is "
+                f"trainer.max_steps in the experiments, -1 in a run bounded by epochs or time), so the learning rate "
+                f"would drop to min_ratio={fn.min_ratio} of its peak after the {fn.warmup_steps} warm-up steps (fix: "
+                f"trainer.max_steps=<the run's optimizer steps>, or model.scheduler.total_steps=<steps>)"
+            )
+
+
 def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in metrics.items():
@@ -565,6 +592,8 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     if cfg.get("train", True):
         check_val_check_interval(cfg.trainer, datamodule)
     callbacks = _instantiate_dict(cfg.get("callbacks")) + [CheckpointInfo(plain_cfg)]
+    if cfg.get("train", True):
+        check_lr_schedule(model, callbacks)
     from zoo.callbacks.progress import default_progress_bar  # "Epoch 0", not Lightning's "Epoch 0/-2"
 
     bar = default_progress_bar(callbacks, bool(cfg.trainer.get("enable_progress_bar", True)))
