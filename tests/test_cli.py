@@ -84,30 +84,39 @@ def test_a_sweep_resumes_each_job_from_its_own_directory(tmp_path):
     """``-m ... ckpt_path=last``: a job without a checkpoint of its own fell back to "the newest run of task_name",
     which in a sweep is whichever job wrote last: job 0 went on from the earlier sweep's job 1 (another learning
     rate), job 1 from this sweep's job 0. Now each job resumes its own folder of the same hydra.sweep.dir (kept in
-    place, not set aside), and a job with none starts from scratch."""
+    place, not set aside), else the newest earlier run of its own settings, else starts from scratch."""
     import torch
 
-    sweep, other = tmp_path / "sweep", tmp_path / "other"
+    sweep, other = (tmp_path / "logs" / "train" / "multiruns" / name for name in ("a", "b"))  # where -m puts them
     env_path = str(Path(__file__).resolve().parents[1])  # this clone's code
-    common = [*TINY, "logger=none", "test=false", f"paths.log_dir={tmp_path}/logs", "model.optimizer.lr=1e-3,2e-3"]
-    _run(["-m", *common, f"hydra.sweep.dir={sweep}"], tmp_path, pythonpath=env_path)
+    common = [*TINY, "logger=none", "test=false", f"paths.log_dir={tmp_path}/logs"]
+    _run(["-m", *common, "model.optimizer.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}"], tmp_path, pythonpath=env_path)
     lr = lambda job: torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0][
         "param_groups"
     ][0]["lr"]
     assert [lr(sweep / j) for j in ("0", "1")] == [1e-3, 2e-3]
     resume = ["trainer.max_steps=3", "ckpt_path=last"]
-    _run(["-m", *common, *resume, f"hydra.sweep.dir={sweep}"], tmp_path, pythonpath=env_path)
+    _run(
+        ["-m", *common, "model.optimizer.lr=1e-3,2e-3", *resume, f"hydra.sweep.dir={sweep}"],
+        tmp_path,
+        pythonpath=env_path,
+    )
     assert not (sweep / "earlier").exists()
     for j in "01":
         log = (sweep / j / "train.log").read_text()
         assert f"resuming from {sweep / j / 'checkpoints' / 'last.ckpt'}" in log, log[-2000:]
         assert json.loads((sweep / j / "metrics.json").read_text())["global_step"] == 3
-    _run(["-m", *common, *resume, f"hydra.sweep.dir={other}"], tmp_path, pythonpath=env_path)
-    for j in "01":  # nothing of its own to resume: from scratch, not from another job's weights
-        log = (other / j / "train.log").read_text()
-        assert "resuming from" not in log and "starts from scratch" in log, log[-2000:]
-        ckpt = torch.load(other / j / "checkpoints" / "last.ckpt", weights_only=True)
-        assert ckpt["global_step"] == 3 and lr(other / j) == [1e-3, 2e-3][int(j)]  # its own optimizer, not job 0's
+    # another sweep dir: lr 2e-3 goes on from the run of lr 2e-3; lr 3e-3 has none and starts from scratch
+    _run(
+        ["-m", *common, "model.optimizer.lr=2e-3,3e-3", *resume, f"hydra.sweep.dir={other}"],
+        tmp_path,
+        pythonpath=env_path,
+    )
+    log = (other / "0" / "train.log").read_text()
+    assert f"resuming from {sweep / '1' / 'checkpoints' / 'last.ckpt'}" in log, log[-2000:]
+    log = (other / "1" / "train.log").read_text()
+    assert "resuming from" not in log and "starting from scratch" in log, log[-2000:]
+    assert [lr(other / j) for j in "01"] == [2e-3, 3e-3]  # each job's own optimizer, not another job's
 
 
 def test_a_sweep_into_a_sweep_dir_still_running_is_refused(tmp_path, capsys):

@@ -26,7 +26,7 @@ class SetAsideEarlierSweep(Callback):
     Folders named otherwise (``subdir: ${row}``) are one row each, replaced row by row, and stay.
 
     Not with ``ckpt_path=last`` (zoo-train): that re-run continues the earlier sweep, each job from its own folder
-    (``zoo.train.resolve_ckpt_path``), so the jobs stay where they are."""
+    (or the newest earlier run of its settings: ``zoo.train.resolve_ckpt_path``), so the jobs stay where they are."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(str(config.hydra.sweep.dir))

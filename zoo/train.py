@@ -83,7 +83,8 @@ def furthest_checkpoint(found: list[Path]) -> tuple[Path, str]:
 def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
     """``ckpt_path=last`` resumes this run directory's ``last.ckpt`` / ``interrupted.ckpt`` (the one further in
     training: :func:`furthest_checkpoint`) or, failing that, that of the newest earlier run with the same
-    ``task_name`` (not in a ``-m`` sweep: a job resumes its own directory only); any other value is a file path."""
+    ``task_name`` (in a ``-m`` sweep: the newest earlier run with this job's settings); any other value is a file
+    path."""
     ckpt = cfg.get("ckpt_path")
     if not ckpt:
         return None
@@ -93,17 +94,6 @@ def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
         return str(ckpt)
     here = Path(cfg.paths.output_dir) / "checkpoints"
     found = [here / n for n in RESUME_NAMES if (here / n).is_file()]
-    if not found and _in_multirun():
-        # A sweep's jobs share one task_name: "the newest run of task_name" was whichever job of any sweep wrote
-        # last, so each job went on from another job's weights (another learning rate, another model), even from a
-        # job of this very sweep. A job resumes only its own directory: the same hydra.sweep.dir as the sweep it
-        # continues (SetAsideEarlierSweep keeps those jobs in place when ckpt_path=last).
-        log.warning(
-            "ckpt_path=last but no last.ckpt under %s: this sweep job starts from scratch (a sweep resumes with the "
-            "same hydra.sweep.dir as the sweep it continues; each job goes on from its own directory only)",
-            here.parent,
-        )
-        return None
     if not found:
         runs = Path(cfg.paths.log_dir) / cfg.task_name
         earlier = [
@@ -112,8 +102,17 @@ def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
             for pattern in (f"*/*/checkpoints/{n}", f"*/*/*/checkpoints/{n}")
             for p in runs.glob(pattern)
         ]
+        settings = _sweep_job_settings()
+        if settings is not None:
+            # A sweep's jobs share one task_name: "the newest run of task_name" was whichever job of any sweep wrote
+            # last, so each job went on from another job's weights and optimizer (another learning rate, another
+            # model), even from a job of this very sweep. A job resumes an earlier run of its own settings.
+            earlier = [p for p in earlier if _run_settings(p.parent.parent) == settings]
         if not earlier:
-            log.warning("ckpt_path=last but no last.ckpt under %s or %s: starting from scratch", here.parent, runs)
+            also = " with this sweep job's settings" if settings is not None else ""
+            log.warning(
+                "ckpt_path=last but no last.ckpt under %s or %s%s: starting from scratch", here.parent, runs, also
+            )
             return None
         # the newest earlier run (by its files' times: which run is wanted), then its furthest file
         newest_run = max(earlier, key=lambda p: p.stat().st_mtime).parent
@@ -123,12 +122,33 @@ def resolve_ckpt_path(cfg: DictConfig) -> Optional[str]:
     return str(chosen)
 
 
-def _in_multirun() -> bool:
-    """This process runs a job of a ``-m`` sweep (Hydra's local or a plugin launcher)."""
+# What a resume may change without being another run: where it starts from and how long it trains.
+RESUME_FREE_KEYS = ("ckpt_path", "trainer.max_steps", "trainer.max_epochs", "trainer.max_time")
+
+
+def _settings(overrides: list[str]) -> frozenset[str]:
+    """A run's command-line overrides without those a resume may change (:data:`RESUME_FREE_KEYS`)."""
+    return frozenset(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in RESUME_FREE_KEYS)
+
+
+def _sweep_job_settings() -> Optional[frozenset[str]]:
+    """In a job of a ``-m`` sweep, its settings (:func:`_settings` of its overrides); None outside a sweep."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return _settings(list(HydraConfig.get().overrides.task))
+
+
+def _run_settings(run_dir: Path) -> Optional[frozenset[str]]:
+    """The settings an earlier run was started with (its ``.hydra/overrides.yaml``), or None when unreadable."""
+    import yaml
+
+    try:
+        return _settings(yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or [])
+    except Exception:  # no Hydra record (a copied checkpoint folder): not known to be this job's
+        return None
 
 
 def earlier_run_checkpoints(cfg: DictConfig, out_dir: Path) -> list[Path]:
