@@ -226,6 +226,25 @@ def test_a_cosine_schedule_without_a_length_fails_before_training(train_cfg, tin
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
 
 
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ("trainer.accumulate_grad_batches=0", "accumulate_grad_batches=0"),  # ZeroDivisionError at the first step
+        ("trainer.accumulate_grad_batches=-1", "accumulate_grad_batches=-1"),  # trained, on other gradients
+        ("trainer.val_check_interval=0", "val_check_interval=0"),  # ZeroDivisionError after the first step
+        ("callbacks.sample_grid.n_samples=0", "n_samples"),  # ZeroDivisionError at the first validation
+        ("callbacks.log_progress.every_n_steps=0", "every_n_steps"),  # a ValueError with a traceback
+    ],
+)
+def test_bad_trainer_and_callback_counts_are_config_errors_before_training(train_cfg, tiny_dvae, bad, says):
+    """Counts Lightning or a callback cannot use are ConfigErrors (printed without a traceback) before any step;
+    they failed part-way into training (leaving an interrupted.ckpt) or trained silently on other gradients."""
+    cfg = train_cfg(*tiny_dvae, "trainer.max_steps=3", "test=false", bad)
+    with pytest.raises(ConfigError, match=says):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
 def test_a_bad_model_knob_fails_before_the_tokenizer_is_fitted(train_cfg, monkeypatch):
     """The model is built before the data's tokenizer is prepared (a first BPE fit costs ~40 s): a misspelt
     model.net field fails without it."""

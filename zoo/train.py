@@ -532,6 +532,27 @@ def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def check_trainer_counts(trainer_cfg: Any) -> None:
+    """``trainer.accumulate_grad_batches`` below 1 and ``trainer.val_check_interval=0`` are ConfigErrors before
+    anything is built. Lightning took them as given: 0 failed on a ZeroDivisionError at the first training step or
+    validation check (leaving an interrupted.ckpt), and -1 trained, on other gradients, without a word."""
+    problems = []
+    acc = trainer_cfg.get("accumulate_grad_batches", 1)
+    if isinstance(acc, bool) or not isinstance(acc, int) or acc < 1:
+        problems.append(
+            f"trainer.accumulate_grad_batches={acc!r} is not a count of batches (fix: an integer >= 1; 1 steps the "
+            f"optimizer every batch)"
+        )
+    vci = trainer_cfg.get("val_check_interval")
+    if isinstance(vci, (int, float)) and not isinstance(vci, bool) and vci <= 0:  # (a duration string: Lightning's)
+        problems.append(
+            f"trainer.val_check_interval={vci!r} is not an interval (fix: an integer >= 1 for every N training "
+            f"batches, a fraction in (0, 1] of an epoch, or null for once an epoch)"
+        )
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 def check_accelerator(trainer_cfg: Any) -> None:
     """``trainer=gpu|ddp|fsdp`` (accelerator gpu / cuda) on a machine without a visible CUDA device: Lightning said
     "No supported gpu backend found!" once data and model were built; now a ConfigError naming the CPU configs."""
@@ -595,6 +616,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
 
     check_no_earlier_run(cfg, out_dir)  # first: nothing of the earlier run is touched
     check_accelerator(cfg.trainer)
+    check_trainer_counts(cfg.trainer)
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
 
     # --- build everything (fails here, before training, on a bad config) ---------------------------------

@@ -27,6 +27,7 @@ from typing import Any, Optional
 import lightning as L
 import torch
 
+from zoo.errors import ConfigError
 from zoo.progress import format_count, format_duration, format_rate, plural, stdout_is_tty
 
 log = logging.getLogger("zoo.progress")
@@ -44,9 +45,9 @@ def _metric_str(v: Any) -> str:
 class LogProgress(L.Callback):
     def __init__(self, every_n_steps: int = 50, every_seconds: Optional[float] = 30.0, force: bool = False):
         if every_n_steps is not None and int(every_n_steps) < 1:
-            raise ValueError(f"every_n_steps must be >= 1 (or null for time-based lines only), got {every_n_steps}")
+            raise ConfigError(f"every_n_steps must be >= 1 (or null for time-based lines only), got {every_n_steps}")
         if every_seconds is not None and float(every_seconds) <= 0:
-            raise ValueError(f"every_seconds must be > 0 (or null for step-based lines only), got {every_seconds}")
+            raise ConfigError(f"every_seconds must be > 0 (or null for step-based lines only), got {every_seconds}")
         self.every_n_steps = int(every_n_steps) if every_n_steps else None
         self.every_seconds = float(every_seconds) if every_seconds is not None else None
         self.force = bool(force)

@@ -15,6 +15,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import save_image
 
+from zoo.errors import ConfigError
+
 
 def _take(batch: Any, n: int) -> Any:
     if isinstance(batch, torch.Tensor):
@@ -40,6 +42,12 @@ class SampleGridCallback(L.Callback):
     def __init__(
         self, dirpath: Optional[str] = None, n_samples: int = 16, every_n_epochs: int = 1, prefix: str = "samples"
     ):
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            # 0 failed on a ZeroDivisionError at the first validation, after the training steps before it
+            raise ConfigError(
+                f"callbacks.sample_grid.n_samples must be an integer >= 1, got {n_samples!r} "
+                f"(fix: callbacks.sample_grid.n_samples=16, or callbacks.sample_grid=null for no grids)"
+            )
         self.dirpath = dirpath
         self.n_samples = n_samples
         self.every_n_epochs = max(1, every_n_epochs)

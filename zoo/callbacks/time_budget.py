@@ -33,6 +33,7 @@ from typing import Any, Optional, Sequence, Union
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
+from zoo.errors import ConfigError
 from zoo.progress import format_duration
 
 log = logging.getLogger("zoo.progress")
@@ -52,9 +53,9 @@ class TimeBudget(L.Callback):
         tail_fraction: float = 0.1,
     ):
         if float(minutes) <= 0:
-            raise ValueError(f"TimeBudget minutes must be > 0, got {minutes}")
+            raise ConfigError(f"TimeBudget minutes must be > 0, got {minutes}")
         if int(calibrate_steps) < 1 or int(warmup_steps) < 0:
-            raise ValueError("TimeBudget needs calibrate_steps >= 1 and warmup_steps >= 0")
+            raise ConfigError("TimeBudget needs calibrate_steps >= 1 and warmup_steps >= 0")
         self.budget_s = float(minutes) * 60.0
         self.calibrate_steps = int(calibrate_steps)
         self.warmup_steps = int(warmup_steps)
@@ -66,13 +67,13 @@ class TimeBudget(L.Callback):
         else:  # a list from the config
             fractions = sorted(float(f) for f in recheck_fraction)
         if any(not 0.0 < f < 1.0 for f in fractions):
-            raise ValueError(f"TimeBudget recheck_fraction must lie in (0, 1), got {recheck_fraction}")
+            raise ConfigError(f"TimeBudget recheck_fraction must lie in (0, 1), got {recheck_fraction}")
         self.recheck_fractions = fractions
         self.reserve = float(reserve)  # share of the budget kept for the final validation / checkpoint
         self.hard_stop = float(hard_stop)
         self.validate_at_end = bool(validate_at_end)
         if not 0.0 < float(tail_fraction) < 1.0:
-            raise ValueError(f"TimeBudget tail_fraction must lie in (0, 1), got {tail_fraction}")
+            raise ConfigError(f"TimeBudget tail_fraction must lie in (0, 1), got {tail_fraction}")
         self.tail_fraction = float(tail_fraction)
         self.in_tail = False  # the schedule has ended; steps that still fit run at its final learning rate
         self.planned_steps: Optional[int] = None
