@@ -171,6 +171,19 @@ def test_bad_top_level_run_options_are_refused(train_cfg, train_helpers, bad, me
         train(train_cfg(*train_helpers.DVAE_SHAPES, *train_helpers.TWO_STEPS, bad))
 
 
+def test_a_logger_that_cannot_be_built_names_its_group(train_cfg):
+    """logger=tensorboard without the tensorboard package (or any logger / callback whose module is missing) said
+    "fix: choose another tensorboard option of its config group": the entry's name, not the group (logger=) a
+    command line chooses."""
+    from zoo.train import _instantiate_dict
+
+    cfg = train_cfg("logger=csv", "logger.csv._target_=not_installed.CSVLogger")
+    with pytest.raises(
+        ConfigError, match=r"(?s)^cannot build logger\.csv 'not_installed.CSVLogger'.*another logger= option"
+    ):
+        _instantiate_dict(cfg.logger)
+
+
 def test_tokenizer_larger_than_model_vocab_is_refused():
     """The vocabulary check is the model's own (DalleLit.check_data), run by check_compatibility; the fix it names
     is a real override (model.net.text_vocab)."""

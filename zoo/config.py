@@ -103,9 +103,12 @@ def instantiate(node: Any, what: str = "config", **kwargs) -> Any:
             raise cause from None
         if isinstance(cause, ImportError) or "Error locating target" in str(e):
             target = node.get("_target_", "?") if hasattr(node, "get") else "?"
+            key = _config_key(node) or what
+            group = _config_group(key)
+            other = f"another {group}= option" if group else f"another {what} option of its config group"
             raise ConfigError(
-                f"cannot build {what} {str(target)!r}: {cause or e} (fix: choose another {what} option of its "
-                f"config group, or install / write the module it names)"
+                f"cannot build {key} {str(target)!r}: {cause or e} (fix: {other}, or install / write the module it "
+                f"names)"
             ) from e
         raise
 
@@ -116,6 +119,21 @@ def _config_key(node: Any) -> str:
         return str(node._get_full_key(None) or "")
     except Exception:  # not an OmegaConf node
         return ""
+
+
+def _config_group(key: str) -> str:
+    """The Hydra config group whose option set ``key`` (``logger.tensorboard`` -> ``logger``, ``data.tokenizer`` ->
+    ``data/tokenizer``), or "" outside a Hydra run. A logger or callback is named by its entry, not its group: "another
+    tensorboard option" named no group a command line can choose."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices
+    except Exception:  # no Hydra run (a test building a node directly)
+        return ""
+    path = key.replace(".", "/")
+    groups = [g for g in choices if not g.startswith("hydra") and (path == g or path.startswith(g + "/"))]
+    return max(groups, key=len, default="")
 
 
 def report_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
