@@ -245,6 +245,29 @@ def test_bad_trainer_and_callback_counts_are_config_errors_before_training(train
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
 
 
+def test_a_resume_that_keeps_a_shorter_saved_schedule_says_so(train_cfg, tiny_dvae, caplog):
+    """Trained to 4 steps with total_steps: ${trainer.max_steps}, resumed to 8: the schedule restored from the
+    checkpoint ends at step 4, and steps 4-8 ran at min_ratio of the peak, the configured total_steps=8 unused,
+    without a word."""
+    import logging
+
+    common = [
+        *tiny_dvae,
+        "+model.scheduler._target_=zoo.models.base.cosine_with_warmup",
+        "+model.scheduler._partial_=true",
+        "+model.scheduler.warmup_steps=1",
+        "+model.scheduler.total_steps=${trainer.max_steps}",
+        "test=false",
+        "trainer.limit_val_batches=0",
+    ]
+    train(train_cfg(*common, "trainer.max_steps=4"))
+    with caplog.at_level(logging.WARNING, logger="zoo.train"):
+        assert train(train_cfg(*common, "trainer.max_steps=8", "ckpt_path=last"))["global_step"] == 8
+    assert any(
+        "total_steps=4, not the configured model.scheduler.total_steps=8" in r.getMessage() for r in caplog.records
+    )
+
+
 def test_a_bad_model_knob_fails_before_the_tokenizer_is_fitted(train_cfg, monkeypatch):
     """The model is built before the data's tokenizer is prepared (a first BPE fit costs ~40 s): a misspelt
     model.net field fails without it."""

@@ -499,25 +499,65 @@ def check_lr_schedule(model, callbacks: list) -> None:
     it as ``total_steps: ${trainer.max_steps}``; in a run bounded by epochs or time instead (``trainer.max_steps=-1``)
     that was -1, and the learning rate fell to ``min_ratio`` of its peak right after the warm-up, silently. A
     ConfigError before training, unless ``TimeBudget`` sets the length (it fits ``total_steps`` to the budget)."""
-    import torch
-
     from zoo.callbacks import TimeBudget
-    from zoo.models.base import WarmupCosine
 
-    factory = getattr(model, "scheduler_factory", None)
-    if factory is None or any(isinstance(cb, TimeBudget) for cb in callbacks):
+    if any(isinstance(cb, TimeBudget) for cb in callbacks):
         return
-    try:  # built on a stand-in optimizer: the model's is only made inside fit
-        scheduler = factory(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0))
-    except Exception:  # another scheduler's own needs: it reports them when fit builds it
-        return
-    for fn in getattr(scheduler, "lr_lambdas", []):
-        if isinstance(fn, WarmupCosine) and fn.total_steps < 1:
+    for fn in _cosine_schedules(model):
+        if fn.total_steps < 1:
             raise ConfigError(
                 f"model.scheduler.total_steps={fn.total_steps}: the cosine schedule has no length (it is "
                 f"trainer.max_steps in the experiments, -1 in a run bounded by epochs or time), so the learning rate "
                 f"would drop to min_ratio={fn.min_ratio} of its peak after the {fn.warmup_steps} warm-up steps (fix: "
                 f"trainer.max_steps=<the run's optimizer steps>, or model.scheduler.total_steps=<steps>)"
+            )
+
+
+def _cosine_schedules(model) -> list:
+    """The ``WarmupCosine`` factors of the model's configured scheduler (built on a stand-in optimizer: the model's
+    own is only made inside fit); none when it has another scheduler or none."""
+    import torch
+
+    from zoo.models.base import WarmupCosine
+
+    factory = getattr(model, "scheduler_factory", None)
+    if factory is None:
+        return []
+    try:
+        scheduler = factory(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0))
+    except Exception:  # another scheduler's own needs: it reports them when fit builds it
+        return []
+    return [fn for fn in getattr(scheduler, "lr_lambdas", []) if isinstance(fn, WarmupCosine)]
+
+
+def warn_resumed_schedule(ckpt_path: str, model, callbacks: list) -> None:
+    """A resume restores the learning-rate schedule of the checkpoint, with its ``total_steps``: a run trained to N
+    steps with the experiments' ``total_steps: ${trainer.max_steps}`` and resumed to 2N went on at ``min_ratio`` of
+    the peak for every resumed step, the configured length unused, without a word. A WARNING says so (TimeBudget
+    re-fits the length itself)."""
+    import torch
+
+    from zoo.callbacks import TimeBudget
+
+    configured = _cosine_schedules(model)
+    if not configured or any(isinstance(cb, TimeBudget) for cb in callbacks):
+        return
+    try:
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("lr_schedulers") or []
+        saved_fns = [fn for s in saved for fn in s.get("lr_lambdas", []) if isinstance(fn, dict)]
+    except Exception:  # check_resume_file has read it; anything odd here is Lightning's to report
+        return
+    for fn, state in zip(configured, saved_fns):
+        if state.get("total_steps") not in (None, fn.total_steps):
+            log.warning(
+                "ckpt_path=%s: the learning-rate schedule goes on as it was saved, with total_steps=%s, not the "
+                "configured model.scheduler.total_steps=%d: its cosine %s (a resume keeps the schedule it was saved "
+                "with)",
+                ckpt_path,
+                state["total_steps"],
+                fn.total_steps,
+                f"ends at step {state['total_steps']} and later steps run at min_ratio={state.get('min_ratio')} of "
+                f"the peak",
             )
 
 
@@ -674,6 +714,8 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         use_distributed_sampler=False,
     )
     resume_step = check_resume_file(ckpt_path, model) if ckpt_path else 0
+    if ckpt_path and cfg.get("train", True):
+        warn_resumed_schedule(ckpt_path, model, callbacks)
     max_steps = cfg.trainer.get("max_steps")
     if ckpt_path and cfg.get("train", True) and isinstance(max_steps, int) and 0 <= max_steps <= resume_step:
         # Lightning would end fit at once without a word; a warning, not an error: a requeued job that already
