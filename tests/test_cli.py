@@ -117,6 +117,10 @@ def test_a_sweep_resumes_each_job_from_its_own_directory(tmp_path):
     log = (other / "1" / "train.log").read_text()
     assert "resuming from" not in log and "starting from scratch" in log, log[-2000:]
     assert [lr(other / j) for j in "01"] == [2e-3, 3e-3]  # each job's own optimizer, not another job's
+    # the first dir again with another list: its job 0 (lr 1e-3) is not job 0 of this sweep (lr 3e-3): set aside
+    _run(["-m", *common, "model.optimizer.lr=3e-3", *resume, f"hydra.sweep.dir={sweep}"], tmp_path, pythonpath=env_path)
+    assert [p.name for p in (sweep / "earlier").iterdir()] and lr(sweep / "0") == 3e-3
+    assert f"resuming from {other / '1' / 'checkpoints' / 'last.ckpt'}" in (sweep / "0" / "train.log").read_text()
 
 
 def test_a_sweep_into_a_sweep_dir_still_running_is_refused(tmp_path, capsys):

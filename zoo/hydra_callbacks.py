@@ -25,12 +25,13 @@ class SetAsideEarlierSweep(Callback):
     sweeps, with no sign of which job came from which (e.g. guidance 8 from today beside guidance 3 from last week).
     Folders named otherwise (``subdir: ${row}``) are one row each, replaced row by row, and stay.
 
-    Not with ``ckpt_path=last`` (zoo-train): that re-run continues the earlier sweep, each job from its own folder
-    (or the newest earlier run of its settings: ``zoo.train.resolve_ckpt_path``), so the jobs stay where they are."""
+    Not when ``ckpt_path=last`` (zoo-train) repeats the earlier sweep (the same overrides but for ckpt_path and the
+    training length): that re-run continues it, each job from its own folder (``zoo.train.resolve_ckpt_path``), so
+    the jobs stay where they are. Another sweep list would have job n resume the earlier job n of other settings."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(str(config.hydra.sweep.dir))
-        if not sweep.is_dir() or config.get("ckpt_path") == "last":
+        if not sweep.is_dir() or (config.get("ckpt_path") == "last" and repeats_earlier_sweep(sweep, config)):
             return
         jobs = sorted((d for d in sweep.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
         if not jobs:
@@ -63,6 +64,24 @@ class SetAsideEarlierSweep(Callback):
             ",".join(d.name for d in jobs),
             dest,
         )
+
+
+def repeats_earlier_sweep(sweep: Path, config: DictConfig) -> bool:
+    """This sweep's overrides (and Optuna search space) are those of the sweep ``sweep/multirun.yaml`` recorded, but
+    for what a resume may change (``zoo.train.RESUME_FREE_KEYS``): job n is the earlier job n, with its settings."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from zoo.train import _settings
+
+    try:
+        earlier = yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]
+        params = config.hydra.sweeper.get("params")
+        return _settings(earlier["overrides"]["task"]) == _settings(list(config.hydra.overrides.task)) and (
+            earlier["sweeper"].get("params") == (OmegaConf.to_container(params) if params is not None else None)
+        )
+    except Exception:  # no readable record of the earlier sweep: not known to be the same
+        return False
 
 
 class LinkJobsIntoSweepDir(Callback):
