@@ -861,14 +861,18 @@ def test_sigterm_in_the_last_step_of_an_epoch_then_resume_equals_uninterrupted(
 
 
 @pytest.mark.parametrize(
-    "accumulate, hook, step, stop",
+    "accumulate, hook, step, stop, validation",
     [
-        (2, "on_before_optimizer_step", 2, "SIGINT"),  # Ctrl-C in the second micro-batch, before its optimizer step
-        (3, "on_after_backward", 3, "SIGTERM"),  # acted on after the first micro-batch of the epoch after step 3's
+        # Ctrl-C in the second micro-batch, before its optimizer step
+        (2, "on_before_optimizer_step", 2, "SIGINT", "trainer.limit_val_batches=0"),
+        # acted on after the first micro-batch of the epoch after step 3's
+        (3, "on_after_backward", 3, "SIGTERM", "trainer.limit_val_batches=0"),
+        # acted on after a validation between two micro-batches (after batch 3 of an epoch)
+        (2, "on_validation_end", 1, "SIGTERM", "trainer.val_check_interval=3"),
     ],
 )
 def test_stopped_during_gradient_accumulation_then_resume_equals_uninterrupted(
-    train_cfg, tmp_path, tiny_dvae, monkeypatch, accumulate, hook, step, stop
+    train_cfg, tmp_path, tiny_dvae, monkeypatch, accumulate, hook, step, stop, validation
 ):
     """Stopped part-way through a gradient accumulation, interrupted.ckpt recorded the micro-batches trained since
     the last optimizer step as done, though their gradients are in no checkpoint: the resume stepped the optimizer on
@@ -880,7 +884,8 @@ def test_stopped_during_gradient_accumulation_then_resume_equals_uninterrupted(
         "trainer.log_every_n_steps=1",
         "trainer.max_steps=6",  # 8 batches an epoch
         f"trainer.accumulate_grad_batches={accumulate}",
-        "trainer.limit_val_batches=0",
+        validation,
+        "trainer.limit_val_batches=2" if "val_check" in validation else "trainer.num_sanity_val_steps=0",
         "callbacks.last_checkpoint.every_n_train_steps=1",
         "callbacks.sample_grid=null",
     ]

@@ -107,7 +107,7 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self._in_validation = False
-        if not trainer.sanity_checking:
+        if not trainer.sanity_checking and not self._mid_accumulation:  # (mid-way: the last step's end is kept)
             self._keep_rng()
 
     def _keep_rng(self) -> None:
