@@ -388,30 +388,41 @@ def remove_stale_temp_checkpoints(ckpt_path: str, out_dir: Path) -> None:
         )
 
 
-def check_compatibility(model, datamodule, validates: bool = False) -> None:
+def check_compatibility(model, datamodule, validates: bool = False, tests: bool = False) -> None:
     """Checks that need both the model and the data, before any step runs: each model's own ``check_data``
     (e.g. DALL·E: text vocabulary / context length / pad id against the data's tokenizer; the image tokenizers
     refuse a resolution their downsampling does not divide and otherwise *adapt* their resolution to the data's,
-    as their docstrings say). ``validates``: the run will validate, so a model whose validation batches need
-    precomputed features (its ``val_features_needed``) needs ``data.features.val`` as well as ``.train``."""
+    as their docstrings say). ``validates`` / ``tests``: the run will validate / test, so a model whose evaluation
+    batches need precomputed features (its ``val_features_needed``) needs ``data.features.val`` / ``.test`` as well
+    as ``.train``."""
     check = getattr(model, "check_data", None)
     if callable(check):
         check(datamodule)
     needed = getattr(model, "val_features_needed", ())
     features = getattr(datamodule, "features", None) or {}
-    if validates and needed and "train" in features and "val" not in features:
-        # the val batches would lack the features and the run stop at its first validation: in the sanity check,
-        # or after all the training steps when sanity checks are off (experiment=leaderboard/ar_prior)
-        raise ConfigError(
-            f"data.features.train={features['train']} is given but no data.features.val: validation reads "
-            f"{', '.join(needed)} from the val split's zoo-embed file (fix: data.features.val=<file from "
-            f"`zoo-embed ... split=val`>, or trainer.limit_val_batches=0 to train without validation)"
-        )
+    # the val batches would lack the features and the run stop at its first validation: in the sanity check, or after
+    # all the training steps when sanity checks are off (experiment=leaderboard/ar_prior); the test batches, after
+    # all of them (zoo-train's default test=true)
+    for split, runs, what, skip in (
+        ("val", validates, "validation", "trainer.limit_val_batches=0 to train without validation"),
+        ("test", tests, "the test stage", "test=false to skip the test stage"),
+    ):
+        if runs and needed and "train" in features and split not in features:
+            raise ConfigError(
+                f"data.features.train={features['train']} is given but no data.features.{split}: {what} reads "
+                f"{', '.join(needed)} from the {split} split's zoo-embed file (fix: data.features.{split}=<file from "
+                f"`zoo-embed ... split={split}`>, or {skip})"
+            )
 
 
 def validates(cfg: DictConfig) -> bool:
     """Whether this zoo-train run will run validation (training, and limit_val_batches not 0)."""
     return bool(cfg.get("train", True)) and cfg.trainer.get("limit_val_batches") != 0  # None: Lightning's default
+
+
+def tests(cfg: DictConfig) -> bool:
+    """Whether this zoo-train run will run the test stage (``test``, and limit_test_batches not 0)."""
+    return bool(cfg.get("test", False)) and cfg.trainer.get("limit_test_batches") != 0
 
 
 def fit_tiny_to_data(model, datamodule):
@@ -669,7 +680,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     if hasattr(datamodule, "prepare_tokenizer"):
         datamodule.prepare_tokenizer()
     model = fit_tiny_to_data(model, datamodule)
-    check_compatibility(model, datamodule, validates(cfg))
+    check_compatibility(model, datamodule, validates(cfg), tests(cfg))
     check_optimizer(model)
     if cfg.get("train", True):
         check_val_check_interval(cfg.trainer, datamodule)

@@ -278,3 +278,27 @@ def test_train_features_without_val_features_are_refused_when_the_run_validates(
     off = train_cfg(*args, "trainer.limit_val_batches=0")
     assert not validates(off)
     check_compatibility(instantiate(off.model), instantiate(off.data), validates(off))  # a train-only run is fine
+
+
+@pytest.mark.parametrize("model", ["ar_prior", "captioner", "diffusion_prior"])
+def test_train_and_val_features_without_test_features_are_refused_when_the_run_tests(train_cfg, tmp_path, model):
+    """zoo-train's default test=true with data.features.train / .val and no .test: the run trained to the end, then
+    its test batches lacked the features (the captioner's 'batch lacks clip_image_emb', the priors' likewise). Refused
+    before training, unless the test stage is off (test=false)."""
+    from zoo.train import check_compatibility, fit_tiny_to_data, instantiate, tests, train
+
+    files = {s: _write_embed_file(tmp_path / f"{s}.pt", 8, seed=i) for i, s in enumerate(("train", "val"))}
+    args = [f"model={model}", "model.preset=tiny", "data.train_size=8", "data.val_size=8", "data.test_size=8"]
+    args += [f"data.features.{s}={p}" for s, p in files.items()]
+    args += ["logger=csv", "trainer.max_steps=1", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+    if model == "captioner":
+        args += ["data/tokenizer=bpe", "data.tokenizer.vocab_size=400"]
+    cfg = train_cfg(*args, "test=true")
+    assert tests(cfg)
+    with pytest.raises(ConfigError, match=r"no data.features.test: the test stage reads .*clip_image_emb.*test=false"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()  # refused before any step
+    off = train_cfg(*args, "test=false")
+    assert not tests(off)
+    dm = instantiate(off.data)
+    check_compatibility(fit_tiny_to_data(instantiate(off.model), dm), dm, True, tests(off))

@@ -141,6 +141,11 @@ class DiffusionPriorLit(ClipEmbeddingLit):
             )
         return getattr(datamodule.dataset(split), "features", {}) or {}
 
+    @property
+    def val_features_needed(self) -> tuple[str, ...]:
+        """What validation / test batches read from zoo-embed files (zoo.train.check_compatibility)."""
+        return self._required_keys()
+
     def _required_keys(self) -> tuple[str, ...]:
         extra = {"tokens": ("clip_text_tokens",), "encodings": ("clip_text_encodings",), "none": ()}
         return ("clip_image_emb", "clip_text_emb", *extra[self.cfg.text_input])

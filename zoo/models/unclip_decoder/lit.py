@@ -175,6 +175,12 @@ class UnclipDecoderLit(ClipEmbeddingLit, GlideLit):
                     f"{self.cfg.clip_dim} (fix: model.net.clip_dim={d})"
                 )
 
+    @property
+    def val_features_needed(self) -> tuple[str, ...]:
+        """What validation / test batches read from zoo-embed files (zoo.train.check_compatibility): the image
+        embedding, unless the frozen ``clip_ckpt`` computes it."""
+        return () if self.hparams.clip_ckpt else ("clip_image_emb",)
+
     def clip_fingerprints(self, datamodule, stage: str) -> dict[str, str]:
         """The zoo-embed files' CLIPs and, with ``clip_ckpt``, that frozen CLIP (the embeddings of batches without
         features): a file embedded by another CLIP than ``clip_ckpt`` mixes two spaces in one run."""
