@@ -440,3 +440,34 @@ def test_inpaint_cli_redraws_the_box_and_keeps_the_rest(ckpts, tmp_path, capsys)
         with pytest.raises(SystemExit):
             main(["inpaint", str(src), "--caption", "x", "--glide-ckpt", str(ckpts["inpaint"]), *bad])
         assert message in capsys.readouterr().err
+
+
+def test_inpaint_cli_regions_land_where_they_are_drawn_on_a_non_square_image(tmp_path):
+    """The CLI's picture is resized (shorter side) and centre-cropped to the model's view; a mask image painted over
+    the picture, and a --box in fractions of its width and height, go through the same geometry, so the regenerated
+    pixels are the ones the region covers in the picture (a mask squashed to the square put it elsewhere)."""
+    from zoo.data.transforms import image_transform
+    from zoo.errors import ConfigError
+    from zoo.pipelines.glide import inpaint_mask
+
+    w, h, s = 600, 300, 30  # the view is x 150..450 of the picture, 10 px of it per view pixel
+    photo = np.zeros((h, w, 3), dtype=np.uint8)
+    photo[:, 250:350] = (255, 0, 0)  # an object in the middle of the picture
+    view = image_transform(s)(Image.fromarray(photo))
+    red = view[0] > 0  # where the object lands in the model's view: columns 10..19
+    assert red[:, 10:20].all() and red.sum() == 10 * s
+    painted = np.zeros((h, w), dtype=np.uint8)
+    painted[:, 250:350] = 255  # white = regenerate: exactly the object
+    Image.fromarray(painted).save(tmp_path / "m.png")
+    known = inpaint_mask(s, mask_file=str(tmp_path / "m.png"), image_size=(w, h))
+    assert known.shape == (1, 1, s, s) and torch.equal(~known[0, 0].bool(), red)
+    Image.fromarray(painted).resize((w // 2, h // 2), Image.NEAREST).save(tmp_path / "half.png")  # same aspect
+    assert torch.equal(inpaint_mask(s, mask_file=str(tmp_path / "half.png"), image_size=(w, h)), known)
+    assert torch.equal(inpaint_mask(s, mask_file=str(tmp_path / "m.png")), known)  # its own size
+    box = inpaint_mask(s, box=f"{250 / w},0,{350 / w},1", image_size=(w, h))  # the same region as fractions
+    assert torch.equal(box, known)
+    with pytest.raises(ConfigError, match="no pixel of the model's 30x30 view"):
+        inpaint_mask(s, box="0,0,0.25,1", image_size=(w, h))  # the picture's left quarter is outside the view
+    Image.fromarray(painted[:, :300]).save(tmp_path / "other.png")  # 300x300: does not cover a 600x300 picture
+    with pytest.raises(ConfigError, match="300x300 px but the image is 600x300"):
+        inpaint_mask(s, mask_file=str(tmp_path / "other.png"), image_size=(w, h))

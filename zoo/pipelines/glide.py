@@ -365,30 +365,62 @@ def check_region(box: Optional[str], mask_file: Optional[str]) -> None:
         parse_box(box)
 
 
-def inpaint_mask(size: int, box: Optional[str] = None, mask_file: Optional[str] = None) -> torch.Tensor:
-    """(1, 1, size, size) float, 1 = known (kept), 0 = regenerated: from ``--box`` or from a mask image whose WHITE
-    pixels are regenerated (the convention of image editors and of diffusers' inpainting pipelines; our API's mask is
-    the other way round, 1 = known). The mask image is resized to ``size`` with nearest-neighbour sampling."""
+def inpaint_mask(
+    size: int,
+    box: Optional[str] = None,
+    mask_file: Optional[str] = None,
+    image_size: Optional[tuple[int, int]] = None,
+) -> torch.Tensor:
+    """(1, 1, size, size) float, 1 = known (kept), 0 = regenerated, in the model's view of an image of
+    ``image_size`` (width, height): that image resized (shorter side to ``size``) and centre-cropped, as
+    ``zoo.data.transforms.image_transform`` does to the picture. The region is given on the image as the user sees
+    it: ``--box`` in fractions of its width and height, or a mask image over it whose WHITE pixels are regenerated
+    (the convention of image editors and of diffusers' inpainting pipelines; our API's mask is the other way round,
+    1 = known), resized to the image's size if it has another with the same aspect ratio. Both go through the
+    picture's resize and crop (nearest-neighbour), so a region lands on the pixels it covers in the picture; a
+    square ``size`` image when ``image_size`` is None (a mask file: its own size)."""
+    from torchvision.transforms import v2
+
     from zoo.errors import ConfigError
 
     check_region(box, mask_file)
     if box is not None:
+        w, h = image_size or (size, size)
         x0, y0, x1, y1 = parse_box(box)
-        known = torch.ones(1, 1, size, size)
-        r0, r1 = int(round(y0 * size)), max(int(round(y1 * size)), int(round(y0 * size)) + 1)
-        c0, c1 = int(round(x0 * size)), max(int(round(x1 * size)), int(round(x0 * size)) + 1)
-        known[..., r0:r1, c0:c1] = 0
-        return known
-    from PIL import Image
+        redo = torch.zeros(1, h, w, dtype=torch.uint8)
+        r0, r1 = int(round(y0 * h)), max(int(round(y1 * h)), int(round(y0 * h)) + 1)
+        c0, c1 = int(round(x0 * w)), max(int(round(x1 * w)), int(round(x0 * w)) + 1)
+        redo[..., r0:r1, c0:c1] = 255
+        what = f"--box {box}"
+    else:
+        from PIL import Image
 
-    try:
-        with Image.open(mask_file) as im:
-            redo = im.convert("L").resize((size, size), Image.NEAREST)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--mask {mask_file}: not a readable image ({type(e).__name__}: {e})") from None
-    known = (torch.frombuffer(bytearray(redo.tobytes()), dtype=torch.uint8).view(1, 1, size, size) < 128).float()
+        try:
+            with Image.open(mask_file) as im:
+                gray = im.convert("L")
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--mask {mask_file}: not a readable image ({type(e).__name__}: {e})") from None
+        w, h = image_size or gray.size
+        if gray.size != (w, h):
+            mw, mh = gray.size
+            if abs(mw * h - mh * w) > max(w, h, mw, mh):  # more than a pixel's rounding apart
+                raise ConfigError(
+                    f"--mask {mask_file} is {mw}x{mh} px but the image is {w}x{h}: the mask must cover the image "
+                    f"(fix: a mask of the image's size, white = regenerate)"
+                )
+            gray = gray.resize((w, h), Image.NEAREST)
+        redo = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).view(1, h, w)
+        if not bool((redo >= 128).any()):
+            raise ConfigError(f"--mask {mask_file}: no white pixels, so nothing to regenerate (white = regenerate)")
+        what = f"--mask {mask_file}"
+    # the picture's own geometry (image_transform: shorter side to size, centre crop), nearest so the mask stays 0/1
+    view = v2.Compose([v2.Resize(size, interpolation=v2.InterpolationMode.NEAREST), v2.CenterCrop(size)])(redo)
+    known = (view < 128).float().view(1, 1, size, size)
     if bool(known.all()):
-        raise ConfigError(f"--mask {mask_file}: no white pixels, so nothing to regenerate (white = regenerate)")
+        raise ConfigError(
+            f"{what}: the region covers no pixel of the model's {size}x{size} view of the image (the image is "
+            f"resized and centre-cropped to it): choose a region inside the centre square of the image"
+        )
     return known
 
 
@@ -396,7 +428,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
     """``python -m zoo.pipelines.glide inpaint <image> --caption "..." (--box x0,y0,x1,y1 | --mask m.png)
     --glide-ckpt <ckpt>``: the image (resized and centre-cropped to the model's resolution) with the region redrawn
     under the caption, ``-n`` times (seeds seed..seed+n-1), as one grid PNG: the input with the region greyed out,
-    then the samples. An inpainting checkpoint (``model=glide_inpaint``) reads the known pixels; a plain GLIDE
+    then the samples. The region is given on the image file (``inpaint_mask``) and goes through its resize and crop.
+    An inpainting checkpoint (``model=glide_inpaint``) reads the known pixels; a plain GLIDE
     re-imposes them at every step (the known-region method)."""
     import argparse
 
@@ -404,8 +437,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
     p.add_argument("mode", choices=["inpaint"])
     p.add_argument("image", help="the image file to edit")
     p.add_argument("--caption", required=True, help="what the regenerated region (and the image) should show")
-    p.add_argument("--box", default=None, help="region to regenerate, fractions x0,y0,x1,y1 (0,0 = top left)")
-    p.add_argument("--mask", default=None, help="mask image: white pixels are regenerated, black ones kept")
+    p.add_argument(
+        "--box", default=None, help="region to regenerate, fractions x0,y0,x1,y1 of the image (0,0 = top left)"
+    )
+    p.add_argument("--mask", default=None, help="mask image over the image: white pixels are regenerated, black kept")
     p.add_argument("--glide-ckpt", required=True, help="zoo-train model=glide_inpaint (or model=glide) checkpoint")
     p.add_argument("--out", default="inpaint.png", help="the grid's image file, or a directory: <dir>/inpaint.png")
     p.add_argument("-n", "--n", type=int, default=4, help="samples (seeds seed .. seed + n - 1)")
@@ -444,7 +479,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
         )
         size = int(pipe.glide.cfg.image_size)
         image = image_transform(size)(picture).unsqueeze(0)
-        known = inpaint_mask(size, a.box, a.mask)
+        known = inpaint_mask(size, a.box, a.mask, image_size=picture.size)
         rows = [image * known]  # the input, the region to redraw at 0 (grey)
         for i in range(a.n):
             pipe.seed = a.seed + i
