@@ -300,3 +300,21 @@ def test_large_sampling_calls_run_the_network_16_images_at_a_time(nn_helpers, mo
         whole = make(text)(x, t)
     assert calls[2:] == [20 * rows]
     torch.testing.assert_close(sliced, whole, rtol=0, atol=1e-5)
+
+
+def test_an_inpainting_mask_outside_0_1_is_refused_before_sampling(nn_helpers):
+    """A 0/255 mask (a mask image's pixels) was taken as weights 0/255: the known-region lerp and the masked-image
+    channels extrapolated and the "kept" pixels came out as noise, without a word."""
+    lit = nn_helpers.sampling_lit(GlideLit)
+    image = torch.zeros(1, 3, 16, 16)
+    mask = torch.full((1, 1, 16, 16), 255.0)
+    mask[..., 4:12, 4:12] = 0
+    calls = []
+    lit.net.unet.register_forward_pre_hook(lambda m, args: calls.append(1))
+    with pytest.raises(ValueError, match=r"mask values must be in \[0, 1\].*got 0..255.*mask / 255"):
+        lit.inpaint(["a red circle"], image, mask, steps=2)
+    assert not calls  # refused before the first denoiser call
+    out = lit.inpaint(["a red circle"], image, mask / 255, steps=2)  # the fix the message names works
+    assert torch.equal(
+        out[(mask / 255).bool().expand_as(out)], image.expand_as(out)[(mask / 255).bool().expand_as(out)]
+    )

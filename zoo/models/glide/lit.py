@@ -450,6 +450,12 @@ class GlideLit(TextTokenizerLit):
                     f"mask (B, 1, {c.image_size}, {c.image_size}); got {tuple(image.shape)} and "
                     f"{tuple(mask.shape)} (resize to the model's image_size)"
                 )
+            if mask.numel() and not (0 <= float(mask.min()) and float(mask.max()) <= 1):
+                # a 0/255 mask (a mask image's pixels) would weight the known pixels by 255: lerp extrapolates
+                raise ValueError(
+                    f"inpainting mask values must be in [0, 1] (1 = known, 0 = to generate), got "
+                    f"{float(mask.min()):g}..{float(mask.max()):g} (a 0/255 mask: mask / 255)"
+                )
             image, mask = image.expand(shape), mask.expand(shape[0], 1, *shape[-2:])
             replace_known = bool(hp.get("replace_known", True) if replace_known is None else replace_known)
             if self.cfg.inpaint:
