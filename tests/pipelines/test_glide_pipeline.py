@@ -471,3 +471,16 @@ def test_inpaint_cli_regions_land_where_they_are_drawn_on_a_non_square_image(tmp
     Image.fromarray(painted[:, :300]).save(tmp_path / "other.png")  # 300x300: does not cover a 600x300 picture
     with pytest.raises(ConfigError, match="300x300 px but the image is 600x300"):
         inpaint_mask(s, mask_file=str(tmp_path / "other.png"), image_size=(w, h))
+
+
+@pytest.mark.parametrize("bad", [[3, 10], "abc", float("nan"), float("inf"), -1.0])
+def test_a_clip_guidance_scale_that_is_not_a_number_names_the_key(nn_helpers, bad):
+    """generator.clip_guidance_scale=3,10 without -m (a list), NaN or inf: a TypeError naming no key from float(), or
+    NaN / unguided images, instead of the ConfigError every other sampling knob gives."""
+    from zoo.errors import ConfigError
+    from zoo.models.noised_clip.lit import NoisedClipLit
+
+    lit = nn_helpers.sampling_lit(GlideLit)
+    clip = NoisedClipLit(preset="tiny")
+    with pytest.raises(ConfigError, match=r"generator\.clip_guidance_scale .*number >= 0 \(0 is unguided\)"):
+        GlidePipeline(lit, steps=2, noised_clip=clip, clip_guidance_scale=bad)

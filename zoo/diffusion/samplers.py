@@ -301,6 +301,8 @@ def check_sampling_knobs(num_timesteps: int, knobs: dict) -> None:
                 hint = (
                     "0 is deterministic DDIM, 1 is DDPM's variance"
                     if what == "DDIM eta"
+                    else "0 is unguided"  # s of CLIP guidance's mean shift, not a classifier-free scale
+                    if key.endswith("clip_guidance_scale")
                     else "1 is the conditional model"
                 )
                 raise ConfigError(f"{key} is a {what} and must be a number >= 0 ({hint}), got {value!r}")

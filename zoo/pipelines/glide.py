@@ -131,7 +131,6 @@ class GlidePipeline(ClipRerank):
         self.progress = progress  # None: a bar only when there is more than one candidate round
         self.weights = weights
         self.noised_clip = noised_clip  # a NoisedClipLit: CLIP guidance (with clip_guidance_scale)
-        self.clip_guidance_scale = None if clip_guidance_scale is None else float(clip_guidance_scale)
         check_sampling_knobs(
             self.glide.process.num_timesteps,
             {
@@ -139,8 +138,12 @@ class GlidePipeline(ClipRerank):
                 "generator.sampler": sampler,
                 "generator.eta": eta,
                 "generator.guidance_scale": guidance_scale,
+                # a finite number >= 0 (a list from a sweep without -m, or NaN, otherwise reached float() or the
+                # sampler: a TypeError naming no key, or NaN images)
+                "generator.clip_guidance_scale": clip_guidance_scale,
             },
         )
+        self.clip_guidance_scale = None if clip_guidance_scale is None else float(clip_guidance_scale)
         self._check_clip_guidance()
 
     def _check_clip_guidance(self) -> None:
@@ -161,8 +164,6 @@ class GlidePipeline(ClipRerank):
         from zoo.models.noised_clip.lit import check_guidance_pair
 
         check_guidance_pair(self.glide, self.noised_clip, "generator.noised_clip_ckpt")
-        if self.clip_guidance_scale < 0:
-            raise ConfigError(f"clip_guidance_scale must be >= 0, got {self.clip_guidance_scale}")
         sampler = self._clip_knobs()["sampler"]
         if sampler not in CLIP_GUIDANCE_SAMPLERS:
             raise ConfigError(
