@@ -422,6 +422,31 @@ def test_a_clip_guided_glide_page_samples_as_the_pipeline_does(dalle_helpers):
     assert (g.guidance_scale, g.clip_guidance_scale) == (None, 2.0)  # restored
 
 
+def test_the_clip_guidance_slider_reaches_the_scales_clip_guidance_uses(dalle_helpers):
+    """CLIP guidance is useful at s = 10-300 on the shapes GLIDE (experiments/glide), but its slider shared the
+    classifier-free bound ui.max_guidance = 30: a pipeline set up at s = 100 opened the page at 30 and every request
+    sampled s = 30. It has its own bound, ui.max_clip_guidance (1000)."""
+    from zoo.models.glide.lit import GlideLit
+    from zoo.models.noised_clip.lit import NoisedClipLit
+    from zoo.pipelines.glide import GlidePipeline
+
+    torch.manual_seed(0)
+    glide = GlideLit(preset="tiny")
+    glide.text_tokenizer = dalle_helpers.tiny_bpe()
+    noised = NoisedClipLit(preset="tiny")
+    noised.text_tokenizer = glide.text_tokenizer
+    studio = Studio(GlidePipeline(glide, noised_clip=noised, clip_guidance_scale=100.0, steps=1))
+    knob = {k.name: k for k in studio.knobs}
+    assert studio.initial(knob["clip_guidance_scale"]) == 100.0 and studio.bounds(knob["clip_guidance_scale"])[1] >= 300
+    assert studio.bounds(knob["guidance_scale"]) == (0.0, 30.0)  # the classifier-free bound is unchanged
+    studio.run("a red circle", 0, 1, clip_guidance_scale=300.0)  # accepted
+    from zoo.errors import ConfigError
+    from zoo.serve import check_ui
+
+    with pytest.raises(ConfigError, match="ui.max_clip_guidance"):
+        check_ui({"max_clip_guidance": 0})
+
+
 def test_the_ar_priors_guidance_is_on_the_page():
     """UnclipPipeline samples the AR prior with guidance (1 when unset); the AR prior's checkpoint has no
     guidance_scale hyper-parameter, so the page showed no prior guidance control for it."""

@@ -68,7 +68,11 @@ KNOBS = (
     Knob("guidance_scale", "guidance scale", float, 0.0, "max_guidance", 0.1, "classifier-free guidance (1 = off)"),
     Knob("prior_guidance_scale", "prior guidance", float, 0.0, "max_guidance", 0.1, "prior's guidance (1 = off)"),
     Knob("decoder_guidance_scale", "decoder guidance", float, 0.0, "max_guidance", 0.1, "decoder's guidance (1 = off)"),
-    Knob("clip_guidance_scale", "CLIP guidance", float, 0.0, "max_guidance", 0.1, "noised-CLIP guidance (0 = off)"),
+    # its own bound: s multiplies a gradient of unit-norm embeddings' dot product, useful at 10-300 on the shapes
+    # GLIDE (experiments/glide), above the classifier-free scales' 30
+    Knob(
+        "clip_guidance_scale", "CLIP guidance", float, 0.0, "max_clip_guidance", 0.1, "noised-CLIP guidance (0 = off)"
+    ),
     Knob("steps", "steps", int, 1, "max_steps", 1, "sampling steps"),
     Knob("prior_steps", "prior steps", int, 1, "max_steps", 1, "prior sampling steps"),
     Knob("decoder_steps", "decoder steps", int, 1, "max_steps", 1, "decoder sampling steps"),
@@ -83,6 +87,7 @@ UI_DEFAULTS = {
     "max_candidates": 128,
     "max_steps": 1000,
     "max_guidance": 30.0,
+    "max_clip_guidance": 1000.0,
     "max_prompt_chars": 300,
     "history": 12,
     "tile_px": 192,
@@ -96,6 +101,7 @@ _UI_NUMBERS = {
     "max_candidates": (int, 1),
     "max_steps": (int, 1),
     "max_guidance": (float, 0.1),
+    "max_clip_guidance": (float, 0.1),
     "max_prompt_chars": (int, 1),
     "history": (int, 0),
     "tile_px": (int, 1),
