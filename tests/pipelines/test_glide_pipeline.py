@@ -484,3 +484,27 @@ def test_a_clip_guidance_scale_that_is_not_a_number_names_the_key(nn_helpers, ba
     clip = NoisedClipLit(preset="tiny")
     with pytest.raises(ConfigError, match=r"generator\.clip_guidance_scale .*number >= 0 \(0 is unguided\)"):
         GlidePipeline(lit, steps=2, noised_clip=clip, clip_guidance_scale=bad)
+
+
+def test_inpaint_cli_with_a_sampler_that_cannot_reimpose_pixels_names_a_fix_it_has(ckpts, tmp_path, capsys):
+    """--sampler dpm++ (a diffusers scheduler) cannot re-impose the known pixels: the sampler's ValueError came out of
+    the CLI as a traceback naming replace_known=False, which the CLI had no flag for (and a plain model cannot
+    take). Now a one-line error before sampling, naming --sampler ddim and, for an inpainting model,
+    --no-replace-known (which then samples with the model's input channels alone)."""
+    from zoo.pipelines.glide import main
+
+    src = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (RES, RES, 3), dtype=np.uint8)).save(src)
+    args = ["inpaint", str(src), "--caption", CAPTIONS[0], "--box", "0.5,0,1,0.5", "--steps", "2", "-n", "1"]
+    args += ["--out", str(tmp_path / "grid.png")]
+    for ckpt, extra, message in [
+        ("inpaint", ["--sampler", "dpm++"], "not 'dpm++' (fix: sampler=ddim (--sampler ddim) or replace_known=False"),
+        ("plain", ["--sampler", "euler"], "not 'euler' (fix: sampler=ddim (--sampler ddim))"),
+        ("plain", ["--no-replace-known"], "not an inpainting model"),
+    ]:
+        with pytest.raises(SystemExit):
+            main([*args, "--glide-ckpt", str(ckpts[ckpt]), *extra])
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    out = main([*args, "--glide-ckpt", str(ckpts["inpaint"]), "--sampler", "dpm++", "--no-replace-known"])
+    assert Path(out["grid"]).is_file()

@@ -58,7 +58,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from zoo.diffusion.noise import candidates_per_batch, seeded_row_generators
-from zoo.diffusion.samplers import check_sampling_knobs
+from zoo.diffusion.samplers import OWN_SAMPLERS, check_sampling_knobs
 from zoo.pipelines.candidates import ClipRerank, seeded_candidates
 
 log = logging.getLogger("zoo.pipelines.glide")
@@ -298,9 +298,9 @@ class GlidePipeline(ClipRerank):
         image: (B or 1, 3, H, W) or (3, H, W) in [-1, 1] at the model's resolution; mask: (B or 1, 1, H, W), (1, H, W)
         or (H, W), bool or float, **1 = known** (kept), 0 = to generate. Returns dict(images (B, 3, H, W) in [-1, 1],
         method (``METHOD_*``: which inpainting was used), replace_known)."""
-        if self.noised_clip is not None:
-            from zoo.errors import ConfigError
+        from zoo.errors import ConfigError
 
+        if self.noised_clip is not None:
             raise ConfigError(
                 "inpaint() samples with classifier-free guidance only; this pipeline has CLIP guidance on (fix: "
                 "generator.noised_clip_ckpt=null generator.clip_guidance_scale=null for inpainting)"
@@ -320,12 +320,21 @@ class GlidePipeline(ClipRerank):
             method = METHOD_MODEL_AND_KNOWN if replace else METHOD_MODEL
         else:
             if replace is False:
-                raise ValueError(
+                raise ConfigError(
                     "this GLIDE checkpoint is not an inpainting model (model=glide_inpaint): it can only "
-                    "inpaint by re-imposing the known pixels (replace_known=True)"
+                    "inpaint by re-imposing the known pixels (fix: replace_known=True, without --no-replace-known)"
                 )
             replace, method = True, METHOD_KNOWN_REGION
         k = self._knobs()
+        sampler = self.glide.hparams.get("sampler", "ddim") if k["sampler"] is None else k["sampler"]
+        if replace and sampler not in OWN_SAMPLERS:
+            # checked here, before any step: the sampler's refusal was a ValueError (a traceback from the CLI)
+            # naming replace_known=False, which a plain model cannot take
+            alone = " or replace_known=False (--no-replace-known): the inpainting model's input channels alone"
+            raise ConfigError(
+                f"inpainting re-imposes the known pixels after every step, which the ddim and ddpm samplers do, not "
+                f"{sampler!r} (fix: sampler=ddim (--sampler ddim){alone if self.is_inpainting_model else ''})"
+            )
         images = self.glide.inpaint(
             captions,
             image.float(),
@@ -449,6 +458,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
     p.add_argument("--sampler", default=None, help="ddim | ddpm | a diffusers scheduler (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-replace-known",
+        action="store_true",
+        help="inpainting model: read the known pixels as input only, do not re-impose them after every step",
+    )
     p.add_argument("--no-ema", action="store_true", help="sample with the raw weights instead of the EMA")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
@@ -484,7 +498,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
         rows = [image * known]  # the input, the region to redraw at 0 (grey)
         for i in range(a.n):
             pipe.seed = a.seed + i
-            rows.append(pipe.inpaint(image, known, [a.caption])["images"].cpu())
+            rows.append(pipe.inpaint(image, known, [a.caption], False if a.no_replace_known else None)["images"].cpu())
         out_file.parent.mkdir(parents=True, exist_ok=True)
         save_image(torch.cat(rows).add(1).div(2).clamp(0, 1), out_file, nrow=len(rows))
         print(out_file)
