@@ -171,6 +171,36 @@ def test_bad_top_level_run_options_are_refused(train_cfg, train_helpers, bad, me
         train(train_cfg(*train_helpers.DVAE_SHAPES, *train_helpers.TWO_STEPS, bad))
 
 
+@pytest.mark.parametrize(
+    "model, params, gib, have", [("dalle", "12.29B", 183, 24), ("glide", "3.55B", 53, 24), ("clip", "0.99B", 15, 8)]
+)
+def test_a_paper_preset_that_cannot_fit_in_memory_is_refused_before_anything_is_built(
+    train_cfg, monkeypatch, tmp_path, model, params, gib, have
+):
+    """``zoo-train model=<m> model.preset=paper`` on a CPU machine allocated until the kernel killed it ("Killed", no
+    message). Built first on the meta device (the diffusion modules' schedules and open_clip's model now stay
+    there), its weights + gradients + AdamW moments (16 bytes a trained parameter) are compared with the memory
+    available: refused with the figures and the fix, before the data or the model is built; a machine with the
+    memory goes on, and the other presets are not probed."""
+    import zoo.train
+    from zoo.train import check_memory, train
+
+    monkeypatch.setattr(zoo.train, "available_memory", lambda: have * 2**30)  # 24: this project's machines
+    cfg = train_cfg(f"model={model}", "model.preset=paper", "trainer=cpu", "trainer.max_steps=1")
+    built = []
+    monkeypatch.setattr(zoo.train, "fit_tiny_to_data", lambda *a: built.append(a))
+    with pytest.raises(
+        ConfigError, match=rf"model.preset=paper: {params} parameters need at least {gib} GiB .*{have}.0 GiB"
+    ):
+        train(cfg)
+    assert not built and not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+    check_memory(cfg, available=2**50)  # a machine with the memory
+    probed = []
+    monkeypatch.setattr(zoo.train, "instantiate", lambda *a, **k: probed.append(a))
+    check_memory(train_cfg(f"model={model}", "model.preset=tiny"), available=1)
+    assert not probed
+
+
 def test_a_logger_that_cannot_be_built_names_its_group(train_cfg):
     """logger=tensorboard without the tensorboard package (or any logger / callback whose module is missing) said
     "fix: choose another tensorboard option of its config group": the entry's name, not the group (logger=) a

@@ -617,6 +617,64 @@ def check_accelerator(trainer_cfg: Any) -> None:
         )
 
 
+def available_memory() -> Optional[int]:
+    """Bytes this process can still allocate: /proc/meminfo's MemAvailable, lowered to the cgroup's memory.max
+    headroom where a container sets one; None where neither is readable (not Linux)."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit != "max":
+            found.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def check_memory(cfg: DictConfig, available: Optional[int] = None) -> None:
+    """A ``paper`` preset on a CPU machine: ``zoo-train model=dalle model.preset=paper`` (12.3B parameters) began to
+    allocate ~200 GB and was killed by the kernel ("Killed", no message, nothing saved). The module is first built on
+    the meta device (no memory; a second or two) and the bytes it must hold come what may -- fp32 weights, and for
+    each trained parameter its gradient and AdamW's two moments (16 bytes; another 4 with the EMA callback) -- are
+    compared with the memory available (``available_memory``). Activations come on top, so passing is no promise.
+    Only ``paper*`` presets (the others fit any machine of this project) on the CPU; a build that fails on the meta
+    device is left to the real build, which reports its own errors."""
+    import torch
+
+    preset = str(cfg.model.get("preset") or "")
+    accelerator = str(cfg.trainer.get("accelerator") or "auto").lower()
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if not preset.startswith("paper") or not on_cpu or not cfg.get("train", True):
+        return
+    available = available_memory() if available is None else available
+    if not available:
+        return
+    try:
+        with torch.device("meta"):
+            probe = instantiate(cfg.model, "model")
+    except Exception:  # the real build below names what is wrong
+        return
+    params = list(probe.parameters())
+    n = sum(p.numel() for p in params)
+    trained = sum(p.numel() for p in params if p.requires_grad)
+    ema = any("ema" in str((c or {}).get("_target_", "")).lower() for c in (cfg.get("callbacks") or {}).values())
+    need = 4 * n + 12 * trained + (4 * n if ema else 0)
+    if need > available:
+        gib = 2**30
+        raise ConfigError(
+            f"model.preset={preset}: {n / 1e9:.2f}B parameters need at least {need / gib:.0f} GiB to train (fp32 "
+            f"weights, gradients and AdamW's two moments{', the EMA copy' if ema else ''}; activations on top) and "
+            f"this machine has {available / gib:.1f} GiB available (fix: model.preset=shapes or tiny here; the paper "
+            f"presets are for counting and for machines with the memory)"
+        )
+
+
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's
 
 
@@ -668,6 +726,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     check_no_earlier_run(cfg, out_dir)  # first: nothing of the earlier run is touched
     check_accelerator(cfg.trainer)
     check_trainer_counts(cfg.trainer)
+    check_memory(cfg)
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
 
     # --- build everything (fails here, before training, on a bad config) ---------------------------------

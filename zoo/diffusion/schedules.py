@@ -13,6 +13,7 @@ Conventions (those of improved-diffusion, which GLIDE and unCLIP build on):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence, Union
@@ -20,6 +21,19 @@ from typing import Sequence, Union
 import torch
 
 Steps = Union[int, str, Sequence[int]]
+
+
+def _on_cpu(fn):
+    """Schedule tables are CPU float64 data (``GaussianDiffusion`` copies them to each device it runs on), also when
+    a module is built under ``with torch.device("meta")`` (counting a paper preset's parameters, or zoo-train's
+    memory check): there every factory call would make a meta tensor and the checks below (``.all()``) fail."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.device("cpu"):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -49,11 +63,13 @@ class NoiseSchedule:
         return not torch.equal(self.timestep_map, torch.arange(self.num_timesteps))
 
     @classmethod
+    @_on_cpu
     def from_betas(cls, betas, timestep_map=None) -> "NoiseSchedule":
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
         return cls._build(betas, torch.cumprod(1.0 - betas, 0), timestep_map)
 
     @classmethod
+    @_on_cpu
     def from_alphas_cumprod(cls, alphas_cumprod, timestep_map=None) -> "NoiseSchedule":
         """β_t = 1 − ᾱ_t / ᾱ_{t−1} (ᾱ_{−1} = 1); ᾱ is kept exactly as given (not re-multiplied from β)."""
         ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
@@ -88,6 +104,7 @@ class NoiseSchedule:
         )
 
 
+@_on_cpu
 def linear_betas(num_timesteps: int = 1000) -> torch.Tensor:
     """DDPM's β from 1e-4 to 0.02, both ends scaled by 1000/T so any T gives about the same ᾱ_T. (T,) float64."""
     scale = 1000.0 / num_timesteps
@@ -100,6 +117,7 @@ def cosine_alpha_bar(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:
     return f(t) / f(torch.zeros_like(t))
 
 
+@_on_cpu
 def cosine_betas(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """Nichol & Dhariwal: β_t = 1 − ᾱ(t+1)/ᾱ(t) on the grid t/T, clipped at ``max_beta`` (the last steps, where
     ᾱ → 0, would otherwise give β ≈ 1 and a singular final step). Unclipped, cumprod(1 − β)[t] = ᾱ((t+1)/T)."""

@@ -89,7 +89,8 @@ class ClipLit(ZooLit):
             self.config, pretrained=pretrained, checkpoint=checkpoint, cache_dir=cache_dir, load_weights=load_weights
         )
         self.tokenize = tokenizer_for(self.config)
-        self._scorer = ClipScorer.from_model(self.clip, self.tokenize)  # its preprocessing, used by embed()
+        # its preprocessing, used by embed(); on the model's device (a build on the meta device stays there)
+        self._scorer = ClipScorer.from_model(self.clip, self.tokenize, device=next(self.clip.parameters()).device)
         self.clip.train()  # (building a scorer switched the network to eval mode)
         self.image_size = self._scorer.image_size
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []

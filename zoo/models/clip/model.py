@@ -319,7 +319,11 @@ def _build(cfg: ClipConfig, preprocess: Optional[dict[str, Any]]) -> torch.nn.Mo
     quiet = _QuietRandomInit()
     logging.getLogger().addFilter(quiet)
     try:
-        return open_clip.create_model(cfg.arch, pretrained=None, force_preprocess_cfg=preprocess, **kwargs)
+        # open_clip moves the model to its ``device`` argument (cpu by default): the default device instead, so a
+        # build under ``with torch.device("meta")`` (zoo-train's memory check, parameter counts) stays there
+        return open_clip.create_model(
+            cfg.arch, pretrained=None, force_preprocess_cfg=preprocess, device=torch.get_default_device(), **kwargs
+        )
     finally:
         logging.getLogger().removeFilter(quiet)
 
