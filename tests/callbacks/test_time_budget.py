@@ -343,3 +343,41 @@ def test_a_restored_plan_is_not_followed(monkeypatch, world):
     trainer.fit(_Tiny(clock))
     assert trainer.global_step == 56 and budget.planned_steps == 56
     assert not budget.in_tail and trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0].total_steps == 56
+
+
+def test_an_interrupted_run_resumed_trains_the_rest_of_its_budget_on_its_schedule(monkeypatch, tmp_path):
+    """1 s a step, a 1-minute budget: 56 steps straight. Interrupted at step 30 (Ctrl-C, preemption) and resumed from
+    its checkpoint, the run got a fresh full minute: 30 + 56 steps, its cosine re-fitted to 86 and the learning rate
+    back up from 0.42 to 0.74 of its peak. The seconds used travel in the checkpoint (``used_s``): the resumed leg
+    trains the remaining 26 steps, its schedule that of the straight run. A run whose budget is spent trains nothing."""
+    _, straight, _ = _fit(monkeypatch, 1.0, 1.0, reserve=0.06)
+
+    class _StoppedAt30(_Tiny):
+        def on_train_batch_end(self, *args):
+            if self.trainer.global_step == 30:
+                self.trainer.should_stop = True
+
+    clock = _Clock(1.0)
+    monkeypatch.setattr(tb.time, "monotonic", clock)
+    first = _StoppedAt30(clock)
+    budget = TimeBudget(minutes=1.0, calibrate_steps=5, warmup_steps=2, min_steps=3, reserve=0.06)
+    trainer = _trainer(budget)
+    trainer.fit(first)
+    assert trainer.global_step == 30
+    trainer.save_checkpoint(tmp_path / "stopped.ckpt")
+    assert torch.load(tmp_path / "stopped.ckpt", weights_only=True)["callbacks"]["TimeBudget"]["used_s"] == 30.0
+
+    clock.t += 1000.0  # another process, another day: the monotonic clock restarted elsewhere
+    resumed = _Tiny(clock)
+    budget = TimeBudget(minutes=1.0, calibrate_steps=5, warmup_steps=2, min_steps=3, reserve=0.06)
+    trainer = _trainer(budget)
+    trainer.fit(resumed, ckpt_path=tmp_path / "stopped.ckpt")
+    assert trainer.global_step == 56 and budget.planned_steps == 56
+    assert trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0].total_steps == 56
+    torch.testing.assert_close(first.lrs + resumed.lrs, straight.lrs)
+    trainer.save_checkpoint(tmp_path / "done.ckpt")
+
+    spent = _Tiny(clock)
+    trainer = _trainer(TimeBudget(minutes=1.0, calibrate_steps=5, warmup_steps=2, min_steps=3, reserve=0.06))
+    trainer.fit(spent, ckpt_path=tmp_path / "done.ckpt")
+    assert trainer.global_step == 56 and not spent.lrs

@@ -20,6 +20,12 @@ beside ``make demo``'s decoder during its 40% re-measure). When the planned step
 ended: ``min_ratio`` of the peak) for the steps that fit, re-measured as before; the schedule is not re-fitted then,
 which would jump the learning rate back up.
 
+The budget is the RUN's, across resumes: the seconds trained so far travel in the checkpoint (``used_s``), and a run
+interrupted at 4 of its 10 minutes and resumed with ``ckpt_path=last`` trains for the remaining 6, re-measuring this
+machine's rate; its cosine ends where the uninterrupted run's would have (a fresh full budget re-fitted the schedule
+to 4 + 10 minutes of steps, and the learning rate jumped back up). A run whose budget is spent stops at once and says
+so (fix: a larger ``minutes``, which then counts the earlier legs too).
+
     callbacks.time_budget: {_target_: zoo.callbacks.TimeBudget, minutes: 5}
 """
 
@@ -85,20 +91,45 @@ class TimeBudget(L.Callback):
         self._rechecks_done = 0
         self._hard_stopped = False  # the hard stop has fired (followed by every rank under DDP)
         self._plans_made = 0  # plans made by this run (not restored)
+        self._used_before = 0.0  # training seconds of the earlier legs of a resumed run (the checkpoint's used_s)
+        self._running = False
 
     # --- hooks ---------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._t_fit = time.monotonic()
+        self._t_fit = time.monotonic() - self._used_before  # elapsed() counts the earlier legs of a resumed run
+        self._running = True
         self._start_step = trainer.global_step
         self._plans_made = 0
+        # re-measures due at fractions of the budget the earlier legs passed: not all at once on the first steps
+        self._rechecks_done = sum(f * self.budget_s <= self._used_before for f in self.recheck_fractions)
         cap = trainer.max_steps
         self._cap = cap if cap is not None and cap > 0 else 10**9
         if trainer.is_global_zero:  # under DDP rank 0 plans (and says so) for every rank
+            earlier = (
+                f", {format_duration(self._used_before)} of it used before this resume" if self._used_before else ""
+            )
             log.info(
-                "time budget: %s of training (steps fitted after %d timed steps)",
+                "time budget: %s of training%s (steps fitted after %d timed steps)",
                 format_duration(self.budget_s),
+                earlier,
                 self.calibrate_steps,
             )
+        # spent: not one more step (at the earlier legs' last measured rate) fits in what the budget has left
+        if self._used_before and self._used_before + (self.sec_per_step or 0.0) > self.budget_s * (1.0 - self.reserve):
+            if trainer.is_global_zero:
+                log.warning(
+                    "time budget: the earlier legs of this run used %s of its %s: nothing left to train (fix: a "
+                    "larger callbacks.time_budget.minutes, which counts them too)",
+                    format_duration(self._used_before),
+                    format_duration(self.budget_s),
+                )
+            # (should_stop set here is reset when the epoch starts: the step cap is what stops the loop at once)
+            trainer.fit_loop.epoch_loop.max_steps = trainer.global_step
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._used_before = time.monotonic() - self._t_fit  # what a checkpoint written after fit ends records
+        self._running = False
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -217,12 +248,15 @@ class TimeBudget(L.Callback):
             )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"planned_steps": self.planned_steps, "sec_per_step": self.sec_per_step}
+        used = time.monotonic() - self._t_fit if self._running else self._used_before
+        return {"planned_steps": self.planned_steps, "sec_per_step": self.sec_per_step, "used_s": used}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # a resumed run re-measures (it may be on another machine); the old plan is kept only for the record
+        # a resumed run re-measures (it may be on another machine); the old plan is kept only for the record, the
+        # seconds already trained count against the budget (checkpoints from before used_s: none)
         self.planned_steps = state_dict.get("planned_steps")
         self.sec_per_step = state_dict.get("sec_per_step")
+        self._used_before = float(state_dict.get("used_s") or 0.0)
 
 
 def _batches_for(trainer: L.Trainer, steps: int) -> int:
