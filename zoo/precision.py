@@ -99,6 +99,22 @@ def bench_bf16(anyway: bool = False) -> bool:
     return False
 
 
+def warn_if_emulated_bf16(option: str, fix: str) -> bool:
+    """For an explicit request of bf16 on the CPU (``option``, e.g. ``--bf16``): a WARNING naming it and ``fix``
+    when this CPU has no native bf16, where the request is honoured but runs the emulation. Returns whether bf16 is
+    native."""
+    native, why = _native_bf16()
+    if not native:
+        log.warning(
+            "%s on a CPU without native bf16 (%s): bf16 matmuls are emulated and run 20-100x slower than fp32 "
+            "(fix: %s)",
+            option,
+            why,
+            fix,
+        )
+    return native
+
+
 def describe_cpu() -> str:
     """One line for logs and benchmarks, e.g. ``cpu: Intel(R) Xeon(R) Processor | torch capability AVX512 | native
     bf16: yes (avx512_bf16, amx_bf16)``."""
@@ -150,14 +166,7 @@ def resolve_precision(requested: Any, accelerator: Any = "auto") -> tuple[Union[
     device = _device_type(accelerator)
     if value != "auto":
         if value in _BF16 and device == "cpu":
-            native, why = _native_bf16()
-            if not native:
-                log.warning(
-                    "trainer.precision=%s on a CPU without native bf16 (%s): bf16 matmuls are emulated and run "
-                    "20-100x slower than fp32 (fix: trainer.precision=auto, or 32-true)",
-                    value,
-                    why,
-                )
+            warn_if_emulated_bf16(f"trainer.precision={value}", "trainer.precision=auto, or 32-true")
         return requested, "set explicitly"
     if device == "cuda":
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():

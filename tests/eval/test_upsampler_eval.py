@@ -266,3 +266,34 @@ def test_a_checkpoint_saved_before_its_ema_started_is_scored_with_its_trained_we
     for k, v in lit.state_dict().items():
         assert torch.equal(v, want[k]), k
     assert step == 7
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_native_bf16_warns_before_sampling(tmp_path, monkeypatch, caplog, native):
+    """--bf16 (the README's measured commands use it) on an AVX2-only CPU ran the emulated bf16, 20-100x slower than
+    fp32, without a word; it now warns before anything loads, naming --bf16 and the fix. Not on a native-bf16 CPU."""
+    import inspect
+    import logging
+
+    from zoo.precision import ENV_OVERRIDE
+
+    monkeypatch.setenv(ENV_OVERRIDE, "1" if native else "0")
+    used = []
+    real = U.run_upsampler
+
+    def spy(*a, **k):
+        bf16 = inspect.signature(real).bind(*a, **k).arguments.get("bf16", False)
+        used.append((bf16, "--bf16" in caplog.text))  # (bf16 sampling, warned before it)
+        return real(*a, **k)
+
+    monkeypatch.setattr(U, "run_upsampler", spy)
+    ckpt = _ckpt(tmp_path, "run", "blur")
+    argv = [str(ckpt), "--clip", "none", "--no-judge", "--out", str(tmp_path / "o"), "--no-progress", "--bf16"]
+    with caplog.at_level(logging.WARNING):
+        res = U.main(argv + COMMON)
+    assert res["sampling"]["bf16"] is True and used and all(bf16 for bf16, _ in used)  # the explicit option holds
+    if native:
+        assert "native bf16" not in caplog.text
+    else:
+        assert all(warned for _, warned in used)
+        assert "--bf16 on a CPU without native bf16" in caplog.text and "fix: drop --bf16" in caplog.text
