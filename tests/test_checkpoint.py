@@ -244,3 +244,39 @@ def test_loading_onto_a_missing_gpu_is_not_called_corrupt(tmp_path):
     with pytest.raises(ConfigError, match=r"no CUDA device is visible .*device=cpu"):
         safe_load(path, map_location="cuda")
     assert torch.equal(safe_load(path)["state_dict"]["w"], torch.ones(2))
+
+
+@pytest.mark.parametrize(
+    "urls",
+    [
+        "pipe:touch {marker}; exit 1",
+        "pipe:touch {marker}; exit 1::{shard}",  # one URL of a '::' list
+        ["pipe:touch {marker}; exit 1", "{shard}"],
+    ],
+)
+def test_a_checkpoints_data_config_cannot_name_a_shell_command(tmp_path, urls):
+    """A webdataset pipe: URL in a checkpoint's stored data config ran its shell command when zoo-sample drew the
+    checkpoint's grid (no prompts): the file chose code to run."""
+    import tarfile
+
+    from zoo.models.dvae.lit import DVAELit
+    from zoo.pipelines.grid import checkpoint_sample_grid
+
+    marker, shard = tmp_path / "pwned_marker", tmp_path / "local.tar"
+    tarfile.open(shard, "w").close()  # a real local shard beside the command, so the local-file check passes
+    fill = dict(marker=marker, shard=shard)
+    urls = [u.format(**fill) for u in urls] if isinstance(urls, list) else urls.format(**fill)
+    data = {"_target_": "zoo.data.modules.WebDataModule", "train_urls": urls, "resolution": 32}
+    path = tmp_path / "evil.ckpt"
+    atomic_torch_save(
+        {
+            "zoo_component": "dvae",
+            "hyper_parameters": {"preset": "tiny"},
+            "state_dict": DVAELit(preset="tiny").state_dict(),
+            "zoo_config": {"data": data},
+        },
+        path,
+    )
+    with pytest.raises(UnsafeCheckpointError, match=r"train_urls.*pipe: URL, a shell command"):
+        checkpoint_sample_grid(str(path))
+    assert not marker.exists()

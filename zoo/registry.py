@@ -293,6 +293,26 @@ def _fits(value: Any, tp: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ DataModules
+def _refuse_commands(value: Any, where: str) -> None:
+    """Refuse a ``pipe:`` URL anywhere in a data config read from a file: webdataset opens such a shard by running
+    the rest of the string in a shell, so a checkpoint's stored ``data.train_urls: "pipe:..."`` ran its command when
+    ``zoo-sample`` drew its grid. The check is on the whole raw string, so a brace pattern or a ``::`` list cannot
+    hide one. On the command line the user's own ``pipe:`` URLs stay allowed."""
+    if isinstance(value, str):
+        if "pipe:" in value.lower():
+            raise UnsafeCheckpointError(
+                f"{where}: {value!r} is a webdataset pipe: URL, a shell command, and a file may not choose a "
+                f"command to run (fix: copy the shards to local files and put their paths in the checkpoint's "
+                f"zoo_config.data)"
+            )
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            _refuse_commands(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _refuse_commands(v, f"{where}[{i}]")
+
+
 def datamodule_from_file_config(
     data_cfg: Any,
     where: str,
@@ -314,6 +334,7 @@ def datamodule_from_file_config(
     cls = _load(_DATAMODULES[_LEGACY_DATAMODULE_TARGETS[target]])
     kw = {k: v for k, v in data_cfg.items() if k != "_target_" and k not in set(drop)}
     check_plain(kw, f"{where}: data config")
+    _refuse_commands(kw, f"{where}: data config")
     allowed: set[str] = set()
     for klass in cls.__mro__:  # a subclass passes **kwargs on to the base DataModule: both lists count
         if "__init__" in vars(klass) and klass.__module__.startswith("zoo."):
