@@ -219,3 +219,32 @@ def test_conv_backend_key_defaults_to_the_environment_variable(train_cfg, monkey
     monkeypatch.delenv("ZOO_CONV_BACKEND")
     assert train_cfg(*TINY).conv_backend == "auto"
     assert train_cfg(*TINY, "conv_backend=nnpack").conv_backend == "nnpack"  # the key wins over the variable
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_tiles_vs_whole_script_autocasts_bf16_only_where_native(native, monkeypatch, capsys, on):
+    """experiments/unclip/upsamplers/tiles_vs_whole.py ran its upsamplers under a hard-coded bf16 autocast: on an
+    AVX2-only CPU every row timed (and waited for) the emulation, 20-100x slower than fp32. Now zoo.precision decides."""
+    import importlib.util
+    import sys
+    from types import SimpleNamespace
+
+    root = CONF.parent
+    spec = importlib.util.spec_from_file_location(
+        "tiles_vs_whole", root / "experiments/unclip/upsamplers/tiles_vs_whole.py"
+    )
+    tv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tv)
+    seen = []
+
+    def upsample(low, x_T, **kw):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return x_T
+
+    monkeypatch.setattr(tv, "render_scenes", lambda split, n, size: (torch.zeros(n, 3, 16, 16), None, None))
+    monkeypatch.setattr(tv, "load_upsampler", lambda path: (SimpleNamespace(upsample=upsample), 1))
+    monkeypatch.setattr(sys, "argv", ["tiles_vs_whole.py", "run.ckpt", "--n", "2"])
+    native(on)
+    tv.main()
+    assert seen == [torch.bfloat16 if on else None] * 3
+    assert ("| bf16 autocast" if on else "| fp32") in capsys.readouterr().out

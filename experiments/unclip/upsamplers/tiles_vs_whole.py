@@ -4,8 +4,9 @@ scene and the mean absolute shift of each image's mean colour (a tint of the who
     python experiments/unclip/upsamplers/tiles_vs_whole.py logs/unclip/upsampler_shapes_32_128_v/checkpoints/last.ckpt \
         [more checkpoints] [--n 8]
 
-Same scenes, inputs (clean bicubic x1/4), x_T (seed 0), 27 DDIM steps and bf16 autocast as ``python -m
-eval.upsampler --bf16``; rows: the whole image (the paper), 32 px tiles without overlap, with 8 px overlap.
+Same scenes, inputs (clean bicubic x1/4), x_T (seed 0) and 27 DDIM steps as ``python -m eval.upsampler``, with bf16
+autocast (its ``--bf16``) where the CPU computes bf16 natively and fp32 elsewhere (``zoo.precision``: emulated bf16 is
+20-100x slower); rows: the whole image (the paper), 32 px tiles without overlap, with 8 px overlap.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from eval.upsampler import load_upsampler, psnr_per_image, render_scenes
 from zoo.data.degradations import downsample
+from zoo.precision import autocast_dtype, describe_cpu
 
 
 def main() -> None:
@@ -28,6 +30,8 @@ def main() -> None:
     real, _, _ = render_scenes("test", a.n, 128)
     low = downsample(real.float(), 4, "bicubic")
     x_T = torch.randn(real.shape, generator=torch.Generator().manual_seed(0))
+    amp = autocast_dtype("cpu")  # bf16 only where native: on an AVX2-only CPU the emulation would take hours
+    print(describe_cpu(), "| bf16 autocast" if amp else "| fp32", flush=True)
 
     def unit(x):
         return (x.clamp(-1, 1) + 1) / 2
@@ -39,7 +43,7 @@ def main() -> None:
             ("train_crop", 0, "tiles, no overlap"),
             ("train_crop", 8, "tiles, overlap 8"),
         ):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
                 x = lit.upsample(
                     low, x_T=x_T, tile=tile, tile_overlap=overlap, generator=torch.Generator().manual_seed(1)
                 )
