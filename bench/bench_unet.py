@@ -53,15 +53,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KB
 
 
-def cpu_has_native_bf16() -> str:
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return "unknown (no /proc/cpuinfo)"
-    found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return f"yes ({', '.join(found)})" if found else "no (bf16 is emulated: expect it slower than fp32)"
-
-
 def _timed(fn, steps: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
@@ -329,10 +320,8 @@ def main() -> None:
 
     set_conv_backend(args.conv_backend)
 
-    print(
-        f"torch {torch.__version__}; cpu capability: {torch.backends.cpu.get_cpu_capability()}; "
-        f"native bf16: {cpu_has_native_bf16()}"
-    )
+    # (native bf16 is describe_cpu's, first line: it honours ZOO_FORCE_NATIVE_BF16 as the bf16 rows' decision does)
+    print(f"torch {torch.__version__}; cpu capability: {torch.backends.cpu.get_cpu_capability()}")
     # Timings on a shared machine are only as good as its idle cores: print the load next to the thread count.
     print(
         f"threads: {torch.get_num_threads()} of {os.cpu_count()} cores; load average (1, 5, 15 min): "

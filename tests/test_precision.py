@@ -248,3 +248,19 @@ def test_tiles_vs_whole_script_autocasts_bf16_only_where_native(native, monkeypa
     tv.main()
     assert seen == [torch.bfloat16 if on else None] * 3
     assert ("| bf16 autocast" if on else "| fp32") in capsys.readouterr().out
+
+
+def test_scripts_detect_native_bf16_only_through_zoo_precision():
+    """bench/bench_unet.py read /proc/cpuinfo itself for its header: under ZOO_FORCE_NATIVE_BF16=0 (the README's way
+    to measure as an AVX2-only CPU) it printed 'native bf16: no' on its first line, 'yes' on its second, and skipped
+    the bf16 rows. The detection lives in zoo.precision only, so every script honours the override alike."""
+    root = CONF.parent
+    offenders = [
+        f"{p.relative_to(root)}:{i}"
+        for folder in ("zoo", "eval", "bench", "scripts", "experiments")
+        for p in sorted((root / folder).rglob("*.py"))
+        if p != root / "zoo/precision.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"""open\(\s*["']/proc/cpuinfo""", line)
+    ]
+    assert not offenders, "reads /proc/cpuinfo itself (use zoo.precision):\n" + "\n".join(offenders)
