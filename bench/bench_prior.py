@@ -397,7 +397,7 @@ def bench_config(c: BenchConfig, args, peer_mod) -> None:
                 ms[k] = min(ms[k], best_seconds(fn, 1) * 1e3 / c.sample_batch)
         line = " | ".join(f"{k} {v:.2f}" for k, v in ms.items())
         ratio = f" | peer / ours encodings = {ms['peer'] / ms['ours encodings']:.2f}x" if prior is not None else ""
-        print(f"   sampling ms per embedding {prec} (64 DDIM steps, best of 2): {line}{ratio}")
+        print(f"   sampling ms per embedding {prec} (64 DDIM steps, best of {args.sample_reps}): {line}{ratio}")
         net_ms = net_forward_ms(lits["ours tokens"], batch, c.sample_batch, bf16, args.reps)
         over = sampler_overhead_ms(2 * c.sample_batch, c.dim, 64, args.reps)
         print(
