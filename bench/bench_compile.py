@@ -7,9 +7,9 @@ Models (the training step is forward + loss + backward + fused AdamW; only the n
 would wrap ``lit.net``):
 
 * ``unet``: the ADM U-Net ``shapes`` preset (width 64, mult 1,2,4, attention at 16 and 8), 32 px, batch 16,
-  epsilon MSE, as in ``bench/bench_unet.py``; eager with ``conv_backend`` as given (default ``auto``, NNPACK on an
-  AVX2 CPU with one thread) and with torch's kernels; compiled (where ``zoo.nn.conv`` steps aside: Inductor calls
-  torch's convolution);
+  epsilon MSE, as in ``bench/bench_unet.py``; eager with ``conv_backend`` as given (default ``auto``: our Winograd
+  kernels on an AVX2 CPU with one thread) and with torch's kernels; compiled (where ``zoo.nn.conv`` steps aside:
+  Inductor calls torch's convolution);
 * ``prior-shapes`` / ``prior-peer-readme``: the diffusion prior's configs of ``bench/bench_prior.py`` (per-token
   encodings as text input, batch 128 / 32).
 
@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--reps", type=int, default=4)
     ap.add_argument("--models", default="unet,prior-shapes,prior-peer-readme")
-    ap.add_argument("--conv-backend", default="auto", choices=("auto", "torch", "nnpack"))
+    ap.add_argument("--conv-backend", default="auto", choices=("auto", "torch", "nnpack", "winograd"))
     ap.add_argument("--no-layout-opt", action="store_true", help="Inductor's layout_optimization off")
     ap.add_argument("--bf16-anyway", action="store_true")
     args = ap.parse_args()
