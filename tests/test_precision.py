@@ -264,3 +264,38 @@ def test_scripts_detect_native_bf16_only_through_zoo_precision():
         if re.search(r"""open\(\s*["']/proc/cpuinfo""", line)
     ]
     assert not offenders, "reads /proc/cpuinfo itself (use zoo.precision):\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize("value", ["16-mixed", "16"])
+def test_fp16_mixed_on_cpu_without_native_bf16_warns_as_bf16_does(native, caplog, value):
+    """Lightning runs 16-mixed (and the legacy 16) on the CPU as bf16 autocast: on a CPU without native bf16 that is
+    the emulation bf16-mixed warns about, but 16-mixed passed without a word."""
+    import lightning as L
+
+    trainer = L.Trainer(accelerator="cpu", precision=value, logger=False, enable_checkpointing=False)
+    assert trainer.precision_plugin.autocast_context_manager().fast_dtype is torch.bfloat16  # the premise
+    native(False)
+    with caplog.at_level(logging.WARNING, logger="zoo.precision"):
+        assert zp.resolve_precision(value, "cpu") == (value, "set explicitly")
+    assert f"trainer.precision={value}" in caplog.text and "bf16 autocast" in caplog.text
+    assert "fix: trainer.precision=auto" in caplog.text
+    caplog.clear()
+    native(True)
+    with caplog.at_level(logging.WARNING, logger="zoo.precision"):
+        zp.resolve_precision(value, "cpu")
+    assert caplog.text == ""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.machine() != "x86_64", reason="reads /proc/cpuinfo")
+def test_fp16_weights_on_cpu_without_native_fp16_warn(monkeypatch, caplog):
+    """trainer.precision=16-true holds fp16 weights: on an AVX2-only CPU fp16 matmuls are emulated (1.2 GFLOP/s
+    against fp32's 71 measured on AVX2 kernels), and it passed without a word."""
+    monkeypatch.setattr(zp, "_cpuinfo_flags", lambda: frozenset({"avx", "avx2", "fma"}))
+    with caplog.at_level(logging.WARNING, logger="zoo.precision"):
+        assert zp.resolve_precision("16-true", "cpu") == ("16-true", "set explicitly")
+    assert "trainer.precision=16-true on a CPU without native fp16" in caplog.text and "fix: " in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(zp, "_cpuinfo_flags", lambda: frozenset({"avx2", "avx512_fp16"}))
+    with caplog.at_level(logging.WARNING, logger="zoo.precision"):
+        zp.resolve_precision("16-true", "cpu")
+    assert caplog.text == ""
