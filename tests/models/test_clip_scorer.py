@@ -250,3 +250,32 @@ def test_unknown_architecture_names_the_option():
 
     with pytest.raises(ConfigError, match=r"unknown open_clip architecture 'zoo-clip-nope' \(clip.arch="):
         ClipScorer.from_config({"arch": "zoo-clip-nope"})
+
+
+def test_rebuilding_a_clip_checkpoint_fetches_no_tower_weights_it_names(tmp_path, monkeypatch):
+    """A CLIP checkpoint whose stored net sets vision_cfg.timm_model_pretrained sent every rebuild (load_module,
+    ClipScorer.from_lightning_checkpoint) to the Hugging Face hub for the weights it named, which the state dict
+    then replaced: the file chose a download, and offline the load failed."""
+    import timm.models._builder as timm_builder
+
+    from zoo.checkpoint import atomic_torch_save, load_module
+    from zoo.models.clip.lit import ClipLit
+
+    vision = {"timm_model_name": "resnet18", "timm_pool": "avg", "timm_proj": "linear"}
+    lit = ClipLit(preset="shapes", net={"vision_cfg": {**vision, "timm_model_pretrained": False}}, load_weights=False)
+    path = tmp_path / "clip.ckpt"
+    hp = {"preset": "shapes", "net": {"vision_cfg": {**vision, "timm_model_pretrained": True}}}
+    atomic_torch_save({"zoo_component": "clip", "hyper_parameters": hp, "state_dict": lit.state_dict()}, path)
+    fetched = []
+
+    def no_fetch(model, pretrained_cfg=None, *args, **kwargs):
+        fetched.append((pretrained_cfg or {}).get("hf_hub_id"))
+        raise OSError("no network in tests")
+
+    monkeypatch.setattr(timm_builder, "load_pretrained", no_fetch)
+    rebuilt = load_module(path)
+    scorer = ClipScorer.from_lightning_checkpoint(str(path))
+    assert fetched == []
+    for got in (rebuilt.state_dict(), {f"clip.{k}": v for k, v in scorer.model.state_dict().items()}):
+        w = "clip.visual.trunk.conv1.weight"
+        torch.testing.assert_close(got[w], lit.state_dict()[w])

@@ -328,6 +328,20 @@ def _build(cfg: ClipConfig, preprocess: Optional[dict[str, Any]]) -> torch.nn.Mo
         logging.getLogger().removeFilter(quiet)
 
 
+# Tower fields that make open_clip fetch a tower's own pretrained weights while it builds (timm / Hugging Face).
+_TOWER_DOWNLOADS = (("vision_cfg", "timm_model_pretrained"), ("text_cfg", "hf_model_pretrained"))
+
+
+def _no_tower_downloads(cfg: ClipConfig) -> ClipConfig:
+    """``cfg`` with the towers' pretrained downloads off, for a build whose weights all come from elsewhere (a
+    state dict, a checkpoint file, a tag). A CLIP checkpoint's stored ``net`` with ``timm_model_pretrained: true``
+    otherwise sent every rebuild (load_module, ClipScorer.from_lightning_checkpoint) to the Hugging Face hub for the
+    repository the file names, to fetch and load weights the state dict then replaced: offline, a traceback."""
+    full = model_config(cfg)
+    off = {tower: {key: False} for tower, key in _TOWER_DOWNLOADS if (full.get(tower) or {}).get(key)}
+    return dataclasses.replace(cfg, overrides=deep_merge(cfg.overrides, off)) if off else cfg
+
+
 def create_clip(
     cfg: ClipConfig | str,
     pretrained: Optional[str] = None,
@@ -370,6 +384,8 @@ def create_clip(
         if tag_cfg.get("quick_gelu") and "quick_gelu" not in cfg.overrides:
             cfg = dataclasses.replace(cfg, overrides={**cfg.overrides, "quick_gelu": True})
     preprocess = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg} or None
+    if not load_weights or checkpoint or tag_cfg:
+        cfg = _no_tower_downloads(cfg)
     model = _build(cfg, preprocess)
     if not load_weights:
         return model
