@@ -253,12 +253,14 @@ def backend_row(label: str, under, fn, reps: int, clock) -> float:
 
 def upsampler_rows(under, reps: int, clock) -> dict:
     """The shapes upsamplers (SuperResUNet, width 32): one image's sampling forward at the full size and a training
-    step on a batch of 8 crops, under each backend; returns {row: torch time / nnpack time}."""
+    step on a batch of 8 crops, under each backend; returns {row: torch time / route time}."""
     from zoo.models.upsampler.model import UPSAMPLER_PRESETS
     from zoo.nn.unet import SuperResUNet
 
     ratios = {}
-    print("\nthe shapes upsamplers (width 32; NNPACK routes their 32-channel convolutions only at 128+ px)")
+    # which of their convolutions the route takes: the thresholds' column of the tables above (NNPACK: 32-channel
+    # ones from 128 px; our Winograd kernels: any of 32+ channels with enough tiles)
+    print(f"\nthe shapes upsamplers (width 32), conv_backend=torch vs {ROUTE}")
     for name in ("shapes_32_128", "shapes_128_512"):
         up = UPSAMPLER_PRESETS[name]
         torch.manual_seed(0)
@@ -289,7 +291,7 @@ def upsampler_rows(under, reps: int, clock) -> dict:
 
 def vqgan_rows(under, reps: int, clock) -> dict:
     """taming's VQGAN (``vqgan`` tokenizer, the published f16 and Gumbel f8 layouts, random weights): one 256 px
-    image's encode and decode under each backend; returns {row: torch time / nnpack time}."""
+    image's encode and decode under each backend; returns {row: torch time / route time}."""
     from zoo.models.vqgan.model import PRESETS, TamingVQGAN
 
     print("\ntaming VQGAN (zoo-convert's vqgan tokenizer), one 256 px image")
