@@ -12,7 +12,7 @@ load hits both alike. Parts:
    dense scores ("density") is printed beside it.
 2. A whole DalleTransformer training step (``shapes`` preset, 8 layers, the paper's row/column/conv pattern, text 48,
    AdamW) at 16x16 and 32x32 grids, attn_impl dense vs block_sparse with the same weights, fp32 and bf16 autocast
-   (bf16 only on a CPU with native bf16).
+   (bf16 only on a CPU with native bf16, ``zoo.precision.bench_bf16``; ``--bf16-anyway`` times the emulation).
 3. Cached generation tokens/s (same model, sampling seeded identically; the tokens are checked equal).
 """
 
@@ -31,7 +31,7 @@ from zoo.models.presets import resolve_preset
 from zoo.nn.block_sparse import BlockSparseMask, column_major_perm
 from zoo.nn.sampling import sample_image_tokens
 from zoo.nn.sparse_masks import dalle_mask
-from zoo.precision import cpu_has_native_bf16, describe_cpu
+from zoo.precision import bench_bf16, describe_cpu
 
 
 def interleaved(fns: dict, repeats: int) -> dict:
@@ -111,8 +111,8 @@ def model_pair(grid: int):
     return models
 
 
-def training_part(grids, batch, repeats):
-    dtypes = [("fp32", False)] + ([("bf16", True)] if cpu_has_native_bf16() else [])
+def training_part(grids, batch, repeats, bf16_anyway: bool = False):
+    dtypes = [("fp32", False)] + ([("bf16", True)] if bench_bf16(bf16_anyway) else [])  # says why when it skips
     print(
         f"\n2. DalleTransformer training step (shapes preset: dim 256, 8 layers, text 48, paper pattern "
         f"row/column/conv), batch {batch}, AdamW; tokens/s (median of {repeats}), ratio = sparse / dense"
@@ -180,6 +180,7 @@ def main():
     ap.add_argument("--gen-repeats", type=int, default=2)
     ap.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--bf16-anyway", action="store_true", help="time bf16 even where the CPU only emulates it")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -191,7 +192,7 @@ def main():
     if 1 in args.parts:
         attention_part(args.grids, args.texts, args.repeats)
     if 2 in args.parts:
-        training_part(args.train_grids, args.train_batch, max(3, args.repeats - 2))
+        training_part(args.train_grids, args.train_batch, max(3, args.repeats - 2), args.bf16_anyway)
     if 3 in args.parts:
         generation_part(args.gen_grids, args.gen_batch, args.gen_repeats)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
