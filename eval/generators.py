@@ -23,6 +23,7 @@ import torch
 
 from eval.eval_set import ImageBank, load_image, resize_for_eval
 from eval.features import check_images, to_uint8
+from zoo.checkpoint import atomic_write_text
 from zoo.data.degradations import gaussian_blur
 from zoo.errors import ConfigError
 from zoo.pipelines.base import RepeatedCandidates, as_candidate_generator, seeded_chunk
@@ -49,7 +50,8 @@ def save_folder(images: torch.Tensor, captions: Sequence[str], folder, start: in
         name = f"{start + k:06d}.png"
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / name)
         index[name] = str(cap)
-    index_file.write_text(json.dumps(index, indent=0, ensure_ascii=False))
+    # atomically: the index is merged into by the next call, and a truncated one lost every earlier image's caption
+    atomic_write_text(index_file, json.dumps(index, indent=0, ensure_ascii=False))
     return folder
 
 

@@ -41,18 +41,29 @@ def _umask() -> int:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` that never leaves a half-written file at ``path``."""
+    return _atomic_write(path, "wb", lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """``Path.write_text`` (UTF-8) that never leaves a half-written file at ``path``: for index files that a later
+    run reads back or merges into (a truncated one lost the index of everything written before)."""
+    return _atomic_write(path, "w", lambda f: f.write(text))
+
+
+def _atomic_write(path: str | os.PathLike, mode: str, write: Any) -> Path:
+    """``write(f)`` into a temporary file next to ``path``, fsynced, then renamed over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         default_file_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
-        # Leave no temp litter behind; the old checkpoint (if any) is untouched.
+        # Leave no temp litter behind; the old file (if any) is untouched.
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise

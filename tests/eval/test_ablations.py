@@ -322,3 +322,50 @@ def test_a_folder_of_the_protocols_images_is_the_real_set_even_with_repeated_cap
     folder = FolderGenerator(tmp_path / "s").bind(es)
     got = generate_images(folder, es.captions, batch_size=8, progress=False).tensor()
     assert (got - real).abs().max() <= 1e-6
+
+
+def test_save_folder_killed_while_writing_its_index_keeps_the_previous_index(tmp_path, monkeypatch):
+    """captions.json was written in place: a kill mid-write left it truncated, and the next save_folder into the
+    folder failed with a JSONDecodeError, the captions of every image written before lost."""
+    import io
+    import json
+
+    from eval.generators import FolderGenerator, save_folder
+
+    folder = tmp_path / "s"
+    save_folder(torch.zeros(2, 3, 8, 8), ["a red circle", "a blue square"], folder)
+    real_open = io.open
+
+    class Dying:  # a text file the process dies in, halfway through its write
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, text):
+            self.f.write(text[: len(text) // 2])
+            self.f.flush()
+            raise KeyboardInterrupt
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def dying_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return Dying(f) if "w" in mode and "b" not in mode else f
+
+    monkeypatch.setattr(io, "open", dying_open)
+    with pytest.raises(KeyboardInterrupt):
+        save_folder(torch.zeros(1, 3, 8, 8), ["a green star"], folder, start=2)
+    monkeypatch.setattr(io, "open", real_open)
+    assert json.loads((folder / "captions.json").read_text()) == {
+        "000000.png": "a red circle",
+        "000001.png": "a blue square",
+    }
+    save_folder(torch.zeros(1, 3, 8, 8), ["a green star"], folder, start=2)  # the run resumes
+    assert FolderGenerator(folder).generate(["a green star"]).shape == (1, 3, 8, 8)
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")], "temp file left behind"
