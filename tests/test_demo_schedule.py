@@ -118,3 +118,32 @@ def test_demo_writes_where_the_configs_read_it(monkeypatch, tmp_path):
         GlobalHydra.instance().clear()
         monkeypatch.delenv("ZOO_LOG_DIR")
         importlib.reload(demo)
+
+
+def test_the_demo_state_files_survive_a_kill_mid_write_and_a_damaged_one_does_not_stop_the_demo(
+    monkeypatch, tmp_path, capsys
+):
+    """stage_legs.json / stage_times.json were rewritten in place: a kill inside the write left a truncated file, and
+    the next make demo stopped on its JSONDecodeError. A failed write now keeps the previous record whole; a damaged
+    file (from an older version) is set aside with a warning and the record starts afresh."""
+    import zoo.checkpoint
+
+    monkeypatch.setattr(demo, "DEMO_DIR", tmp_path)
+    demo.record_leg("dalle", 12.0)
+    assert demo.earlier_legs("dalle") == [12.0]
+
+    def killed(fd):
+        raise KeyboardInterrupt  # the kill arrives while the new contents are on their way to disk
+
+    monkeypatch.setattr(zoo.checkpoint.os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        demo.record_leg("dalle", 30.0)
+    monkeypatch.undo()
+    monkeypatch.setattr(demo, "DEMO_DIR", tmp_path)
+    assert demo.earlier_legs("dalle") == [12.0]  # the previous record, whole
+
+    demo.legs_file().write_text('{"dalle": [12.0, 3')  # what a kill mid-write left before
+    assert demo.earlier_legs("dalle") == []
+    assert "is damaged" in capsys.readouterr().out and (tmp_path / "stage_legs.json.damaged").is_file()
+    demo.record_leg("dalle", 5.0)
+    assert demo.earlier_legs("dalle") == [5.0]

@@ -264,12 +264,26 @@ def times_file() -> Path:
 
 
 def _load(f: Path) -> dict:
-    return json.loads(f.read_text()) if f.is_file() else {}
+    """A demo state file (stage timings, legs); a damaged one (a kill mid-write by a version that wrote in place)
+    is set aside with a warning: it only tunes the next plan, and make demo must not stop on it."""
+    if not f.is_file():
+        return {}
+    try:
+        data = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        print(f"    WARNING: {f} is damaged; starting its record afresh (kept as {f.name}.damaged)", flush=True)
+        f.replace(f.with_name(f.name + ".damaged"))
+        return {}
+    return data
 
 
 def _save(f: Path, data: dict) -> None:
+    from zoo.checkpoint import atomic_write_text
+
     f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps(data, indent=2))
+    atomic_write_text(f, json.dumps(data, indent=2))  # a kill mid-write keeps the previous record whole
 
 
 def earlier_legs(name: str) -> list[float]:
