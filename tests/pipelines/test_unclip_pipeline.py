@@ -268,6 +268,29 @@ def test_upsampler_chain_off_its_training_resolution_warns(ckpts, caplog):
     assert len(lines) == 1 and "upsampler2" in lines[0] and "upsampler1 gives 32 px" in lines[0]
 
 
+def test_the_resolution_warning_follows_the_upsamplers_that_stages_runs(ckpts, caplog):
+    """With ``stages=[..., upsampler2]`` the decoder feeds upsampler2 directly. The warning walked every loaded
+    upsampler: a decoder -> upsampler2 mismatch went unwarned when the full chain fitted (a 64 px decoder into a
+    256 -> 1024 stage), and a link that never runs was warned instead."""
+    import dataclasses
+    import logging
+
+    pipe = _pipe(ckpts, ups=2, stages=["prior", "decoder", "upsampler2"])
+    pipe.decoder.cfg = dataclasses.replace(pipe.decoder.cfg, image_size=8)
+    up2 = pipe.upsamplers[1]
+    up2.cfg = dataclasses.replace(up2.cfg, image_size=128)  # 32 -> 128: the full chain 8 -> 32 -> 128 fits
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="zoo.pipelines.unclip"):
+        pipe._warn_resolution_chain()
+    lines = [r.getMessage() for r in caplog.records if "trained" in r.getMessage()]
+    assert len(lines) == 1 and "upsampler2 was trained 32 -> 128 px but the decoder gives 8 px" in lines[0], lines
+    pipe.stages = ["prior", "decoder", "upsampler1"]  # 8 -> 32 fits; upsampler2 does not run
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="zoo.pipelines.unclip"):
+        pipe._warn_resolution_chain()
+    assert not [r for r in caplog.records if "trained" in r.getMessage()]
+
+
 def test_every_knob_reaches_its_stage(ckpts, monkeypatch):
     pipe = _pipe(
         ckpts,

@@ -242,9 +242,11 @@ class UnclipPipeline:
     def _warn_resolution_chain(self) -> None:
         """A WARNING where a stage's input is not the resolution the next upsampler was trained from (a 16 px decoder
         into an 8 -> 32 px upsampler). The upsamplers are fully convolutional, so such a chain runs, but at a scale
-        and with degradations the upsampler never saw: allowed (a deliberate experiment), never silent."""
+        and with degradations the upsampler never saw: allowed (a deliberate experiment), never silent. The chain is
+        the one ``stages`` runs: with ``stages=[..., upsampler2]`` the decoder feeds upsampler2 directly (walking all
+        the loaded upsamplers missed that mismatch, and warned about upsampler1's output that never exists)."""
         size, source = self.decoder.cfg.image_size, "the decoder"
-        for i, up in enumerate(self.upsamplers):
+        for i, up in self._active_upsamplers():
             if size != up.cfg.low_res_size:
                 log.warning(
                     "upsampler%d was trained %d -> %d px but %s gives %d px: it will output %d px, a scale it never "
