@@ -338,6 +338,16 @@ def test_every_knob_reaches_its_stage(ckpts, monkeypatch):
         torch.testing.assert_close(d[0]["args"][1], want)
 
 
+@pytest.mark.parametrize("n", [0, -1, 1.5])
+def test_a_bad_prior_n_candidates_is_refused_when_the_pipeline_is_built(ckpts, n):
+    """generator.prior_n_candidates=0 / -1 passed construction and failed mid-sampling with a bare IndexError
+    (argmax of no candidates) or RuntimeError (negative repeats); 1.5 was silently truncated to one draw."""
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="generator.prior_n_candidates must be a whole number >= 1"):
+        _pipe(ckpts, ups=0, prior_n_candidates=n)
+
+
 @pytest.mark.parametrize("prior,sampler", [("diffusion", "ddim"), ("diffusion", "ddpm"), ("ar", "ddim")])
 def test_batched_candidates_are_the_one_at_a_time_candidates(ckpts, monkeypatch, prior, sampler):
     """Candidates share the decoder's and upsampler's batches, each candidate's rows drawing from its own seed's

@@ -233,6 +233,12 @@ class UnclipPipeline:
                 self.prior_model.process.num_timesteps,
                 {"generator.prior_steps": self.prior_steps, "generator.prior_eta": self.prior_eta},
             )
+            n = self.prior_n_candidates  # 0 / -1 used to fail mid-sampling (argmax of nothing, negative repeats)
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise ConfigError(
+                    f"generator.prior_n_candidates must be a whole number >= 1 (embeddings drawn per caption, the "
+                    f"one closest to the text kept), got {n!r} (fix: generator.prior_n_candidates=2, the paper's)"
+                )
         steps = self.upsampler_steps
         for i, up in enumerate(self.upsamplers):
             one = steps[i] if isinstance(steps, list) and i < len(steps) else steps
