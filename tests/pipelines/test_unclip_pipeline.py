@@ -338,6 +338,13 @@ def test_every_knob_reaches_its_stage(ckpts, monkeypatch):
         torch.testing.assert_close(d[0]["args"][1], want)
 
 
+def test_stages_given_as_one_word_is_that_stage(ckpts):
+    """generator.stages=decoder (Hydra gives the string) was split into characters: "stages has ['d', 'e', ...]"."""
+    pipe = _pipe(ckpts, prior="text_emb", ups=0, stages="decoder")
+    assert pipe.stages == ["decoder"]
+    assert pipe.generate(CAPS[:1]).shape == (1, 3, 16, 16)
+
+
 @pytest.mark.parametrize("n", [0, -1, 1.5])
 def test_a_bad_prior_n_candidates_is_refused_when_the_pipeline_is_built(ckpts, n):
     """generator.prior_n_candidates=0 / -1 passed construction and failed mid-sampling with a bare IndexError

@@ -165,6 +165,8 @@ class UnclipPipeline:
                 f"prior={self.prior} needs a {self.prior} prior checkpoint (fix: generator.prior_ckpt="
                 f"<zoo-train model={self.prior}_prior last.ckpt>, or prior=text_emb | none)"
             )
+        if isinstance(stages, str):  # generator.stages=decoder (no brackets): one stage, not one per character
+            stages = [stages]
         self.stages = list(stages) if stages is not None else ["prior", "decoder", "upsampler"]
         if self.prior == "ar":
             ignored = [
