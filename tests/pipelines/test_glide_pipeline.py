@@ -508,3 +508,21 @@ def test_inpaint_cli_with_a_sampler_that_cannot_reimpose_pixels_names_a_fix_it_h
         assert message in err and "Traceback" not in err
     out = main([*args, "--glide-ckpt", str(ckpts["inpaint"]), "--sampler", "dpm++", "--no-replace-known"])
     assert Path(out["grid"]).is_file()
+
+
+@pytest.mark.parametrize(
+    "key, value", [("n_candidates", 1.5), ("n_keep", 0), ("batch_size", 0), ("batch_size", -2), ("n_keep", "2")]
+)
+def test_a_count_that_is_not_a_whole_number_is_refused_when_the_pipeline_is_built(ckpts, key, value):
+    """generator.n_candidates / n_keep / batch_size went through int(): 1.5 drew one candidate without a word, and a
+    batch size of 0 or less failed mid-sampling (range()'s 'arg 3 must not be zero') or drew nothing. A ConfigError
+    naming the key when the pipeline is built (GLIDE, unCLIP and DALL·E share zoo.pipelines.base.whole_count); a
+    whole float from a YAML list (2.0) is that number."""
+    from zoo.errors import ConfigError
+    from zoo.pipelines.base import whole_count
+
+    with pytest.raises(ConfigError, match=rf"generator\.{key} must be a whole number >= 1, got {value!r}"):
+        _pipe(ckpts["plain"], **{key: value})
+    assert _pipe(ckpts["plain"], n_candidates=2.0, n_keep=2, batch_size=3).n_candidates == 2
+    with pytest.raises(ConfigError):  # a bool is no count (int() took True for 1)
+        whole_count(True, "n_keep", 1)

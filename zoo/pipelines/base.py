@@ -68,6 +68,20 @@ class RerankingGenerator(Protocol):
     def sample(self, captions: list[str], n_keep: int = 1) -> dict[str, Any]: ...
 
 
+def whole_count(value: Any, key: str, fix: int) -> int:
+    """A generator's count knob (``n_candidates``, ``n_keep``, ``batch_size``) as an int, or a ``ConfigError`` naming
+    ``generator.<key>`` and ``fix`` when it is not a whole number >= 1: ``int()`` took 1.5 for 1 without a word, and a
+    batch size of 0 or less failed mid-sampling as range()'s 'arg 3 must not be zero' (or sampled nothing)."""
+    from zoo.errors import ConfigError
+
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if not ok and isinstance(value, float) and value.is_integer():
+        value, ok = int(value), True
+    if not ok or value < 1:
+        raise ConfigError(f"generator.{key} must be a whole number >= 1, got {value!r} (fix: generator.{key}={fix})")
+    return int(value)
+
+
 def check_images(images, min_count: int = 1, what: str = "images") -> torch.Tensor:
     """Raise ``ValueError`` with a fix unless ``images`` is a float (N, 3, H, W) tensor in [-1, 1], N >= min_count."""
     if not torch.is_tensor(images):

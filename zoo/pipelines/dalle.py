@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from zoo.errors import ConfigError
+from zoo.pipelines.base import whole_count
 from zoo.pipelines.candidates import ClipRerank
 from zoo.progress import track
 
@@ -43,17 +44,15 @@ class DallePipeline(ClipRerank):
     ):
         self.dalle = dalle.eval()
         self.scorer = scorer
-        self.n_candidates = int(n_candidates)
+        self.n_candidates = whole_count(n_candidates, "n_candidates", 32)
         self.temperature = float(temperature)
         self.top_k = top_k  # logit filter
         self.top_p = top_p
         self.guidance_scale = float(guidance_scale)
-        self.batch_size = int(batch_size)
+        self.batch_size = whole_count(batch_size, "batch_size", 64)
         self.seed = int(seed)
         self.progress = progress  # None: a bar only when there is more than one batch
         self.weights = "as given"  # from_checkpoints: "ema" | "raw" | "raw (no EMA in checkpoint)"
-        if self.n_candidates < 1:
-            raise ConfigError(f"n_candidates must be >= 1, got {n_candidates} (fix: generator.n_candidates=32)")
 
     @classmethod
     def from_checkpoints(

@@ -59,6 +59,7 @@ import torch
 
 from zoo.diffusion.noise import candidates_per_batch, seeded_row_generators
 from zoo.diffusion.samplers import OWN_SAMPLERS, check_sampling_knobs
+from zoo.pipelines.base import whole_count
 from zoo.pipelines.candidates import ClipRerank, seeded_candidates
 
 log = logging.getLogger("zoo.pipelines.glide")
@@ -121,12 +122,10 @@ class GlidePipeline(ClipRerank):
         self.steps = steps
         self.sampler = sampler
         self.eta = eta
-        self.n_candidates = int(n_candidates)
-        self.n_keep = int(n_keep)
-        if self.n_candidates < 1 or self.n_keep < 1:
-            raise ValueError(f"n_candidates and n_keep must be >= 1, got {n_candidates} and {n_keep}")
+        self.n_candidates = whole_count(n_candidates, "n_candidates", 8)
+        self.n_keep = whole_count(n_keep, "n_keep", 1)
         self.replace_known = replace_known
-        self.batch_size = int(batch_size)
+        self.batch_size = whole_count(batch_size, "batch_size", 64)
         self.seed = int(seed)
         self.progress = progress  # None: a bar only when there is more than one candidate round
         self.weights = weights

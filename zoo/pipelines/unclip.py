@@ -71,6 +71,7 @@ import torch.nn.functional as F
 from zoo.diffusion.noise import candidates_per_batch, sampler_takes_row_generators, seeded_row_generators
 from zoo.diffusion.samplers import ddim_invert, ddim_sample
 from zoo.errors import ConfigError
+from zoo.pipelines.base import whole_count
 
 log = logging.getLogger("zoo.pipelines.unclip")
 
@@ -193,11 +194,10 @@ class UnclipPipeline:
         for up in self.upsamplers:  # a tile that does not fit an upsampler fails here, not after the decoder ran
             if upsampler_tile is not None:
                 up.sampling_windows(upsampler_tile)
-        self.n_candidates, self.n_keep = int(n_candidates), int(n_keep)
-        if self.n_candidates < 1 or self.n_keep < 1:
-            raise ValueError(f"n_candidates and n_keep must be >= 1, got {n_candidates} and {n_keep}")
+        self.n_candidates = whole_count(n_candidates, "n_candidates", 8)
+        self.n_keep = whole_count(n_keep, "n_keep", 1)
         self.invert_refine = int(invert_refine)
-        self.batch_size = int(batch_size)
+        self.batch_size = whole_count(batch_size, "batch_size", 64)
         self.seed = int(seed)
         self.progress = progress
         self.weights: dict[str, str] = {}  # per stage "ema" | "raw" | ... (from_checkpoints; empty: as given)
