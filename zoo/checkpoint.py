@@ -110,7 +110,7 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
         # a pickle fail too, mostly on an unknown opcode ("Unsupported operand"): those are corruption. Torch's own
         # format is a zip whose pickle torch has read up to the global it names; a raw (legacy) file must parse as a
         # whole pickle first: random bytes now and then begin with GLOBAL ("c" + two lines) and then fall apart
-        # (about 1 in 2,000 os.urandom(256) files; tests/test_reliability.py met one)
+        # (a CI run's os.urandom garbage file in tests/test_reliability.py did)
         names_global = "global" in msg.lower() and zipfile.is_zipfile(path)
         if _WEIGHTS_ONLY_REFUSAL in msg and (names_global or _names_code(path)):
             raise UnsafeCheckpointError(

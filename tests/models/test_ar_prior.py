@@ -257,6 +257,16 @@ def test_check_data_checks_the_val_features_too(train_cfg, tmp_path):
         check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
 
 
+def _one_step_on_features(model: str, tmp_path: Path, splits: tuple[str, ...]) -> list[str]:
+    """zoo-train overrides: a one-step tiny ``model`` run on zoo-embed-style files for ``splits`` only."""
+    args = [f"model={model}", "model.preset=tiny", "data.train_size=8", "data.val_size=8", "data.test_size=8"]
+    args += [f"data.features.{s}={_write_embed_file(tmp_path / f'{s}.pt', 8, seed=i)}" for i, s in enumerate(splits)]
+    args += ["logger=csv", "trainer.max_steps=1", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+    if model == "captioner":
+        args += ["data/tokenizer=bpe", "data.tokenizer.vocab_size=400"]
+    return args
+
+
 @pytest.mark.parametrize("model", ["ar_prior", "captioner"])
 def test_train_features_without_val_features_are_refused_when_the_run_validates(train_cfg, tmp_path, model):
     """data.features.train and no .val: the val batches lack the features, and the run stopped at its first
@@ -264,12 +274,7 @@ def test_train_features_without_val_features_are_refused_when_the_run_validates(
     off (trainer.limit_val_batches=0, as a train-only run may be)."""
     from zoo.train import check_compatibility, instantiate, train, validates
 
-    train_file = _write_embed_file(tmp_path / "train.pt", 8, seed=0)
-    args = [f"model={model}", "model.preset=tiny", "data.train_size=8", "data.val_size=8"]
-    args += [f"data.features.train={train_file}", "logger=csv", "trainer.max_steps=1", "trainer.max_epochs=1"]
-    args += ["trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0"]
-    if model == "captioner":
-        args += ["data/tokenizer=bpe", "data.tokenizer.vocab_size=400"]
+    args = [*_one_step_on_features(model, tmp_path, ("train",)), "trainer.num_sanity_val_steps=0"]
     cfg = train_cfg(*args)
     assert validates(cfg)
     with pytest.raises(ConfigError, match=r"no data.features.val: validation reads .*clip_image_emb.*split=val"):
@@ -287,12 +292,7 @@ def test_train_and_val_features_without_test_features_are_refused_when_the_run_t
     before training, unless the test stage is off (test=false)."""
     from zoo.train import check_compatibility, fit_tiny_to_data, instantiate, tests, train
 
-    files = {s: _write_embed_file(tmp_path / f"{s}.pt", 8, seed=i) for i, s in enumerate(("train", "val"))}
-    args = [f"model={model}", "model.preset=tiny", "data.train_size=8", "data.val_size=8", "data.test_size=8"]
-    args += [f"data.features.{s}={p}" for s, p in files.items()]
-    args += ["logger=csv", "trainer.max_steps=1", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
-    if model == "captioner":
-        args += ["data/tokenizer=bpe", "data.tokenizer.vocab_size=400"]
+    args = _one_step_on_features(model, tmp_path, ("train", "val"))
     cfg = train_cfg(*args, "test=true")
     assert tests(cfg)
     with pytest.raises(ConfigError, match=r"no data.features.test: the test stage reads .*clip_image_emb.*test=false"):
