@@ -250,3 +250,21 @@ def test_diffusion_prior_shares_the_null_prefix_only_when_it_is_the_same_functio
     exact = net.head(net.hidden(x, t, emb, **text, drop_text=drop)[:, -1])  # float32, outputs up to ~0.17
     bf16_error = (want.float() - exact).abs().max()  # the full stack's own bf16 rounding (~1.5e-3 measured)
     assert (got.float() - want.float()).abs().max() <= 2 * bf16_error + 1e-3
+
+
+def test_diffusion_prior_traces_in_one_graph_under_torch_compile():
+    """``torch.compile(net, fullgraph=True)`` traces the training forward in one graph: the shared null prefix
+    counts the dropped rows on the host (``int(drop_text.sum())``, a data-dependent branch), so under tracing the
+    prior takes the full-sequence path, the same function. Dynamo only (``backend="eager"``): the trace is what is
+    checked, not Inductor's code, and it takes seconds."""
+    from zoo.models.diffusion_prior.model import DiffusionPriorNet, build_config
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = DiffusionPriorNet(build_config("tiny")).train()
+    x, t, emb, text = _prior_inputs("tokens", 6, torch.float32)
+    drop = torch.tensor([True, False, True, True, False, False])
+    compiled = torch.compile(net, backend="eager", fullgraph=True)
+    got = compiled(x, t, emb, **text, drop_text=drop)
+    torch.testing.assert_close(got, net(x, t, emb, **text, drop_text=drop), rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()

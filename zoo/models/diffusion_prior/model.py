@@ -339,10 +339,13 @@ class DiffusionPriorNet(nn.Module):
     # 21.7 GFLOP instead of 24.2 and trains 4-5% more samples/s (AVX2 EPYC, one thread; the tail's small matmuls and
     # the slices cost part of the saving; bench/bench_prior.py's "unshared" variant). The same function as the full
     # sequence (tests/test_prior_cli.py checks values and gradients). Not with live dropout (one mask per row).
+    # Under torch.compile the count below is a data-dependent branch (a graph break, or an error with fullgraph=True),
+    # and the shared path's row split has data-dependent shapes too: a traced prior takes the full sequence instead.
     def _shares_null(self, drop_text: Optional[torch.Tensor]) -> bool:
         return (
             drop_text is not None
             and self.cfg.n_text > 0
+            and not torch.compiler.is_compiling()
             and not (self.training and self.cfg.dropout > 0)
             and int(drop_text.sum()) >= 2  # one dropped row: nothing to share
         )
