@@ -59,7 +59,7 @@ def files(tmp_path_factory):
     return _captioner_ckpt(d / "captioner.ckpt"), _features(d / "train_clip.pt", 21)
 
 
-def _run(ckpt, feats, out, decoding="greedy", fail_after=None, monkeypatch=None):
+def _run(ckpt, feats, out, decoding="greedy", fail_after=None, monkeypatch=None, batch_size=4):
     from zoo.checkpoint import load_module
     from zoo.embed import load_embeddings
     from zoo.recaption import file_digest, recaption
@@ -84,7 +84,7 @@ def _run(ckpt, feats, out, decoding="greedy", fail_after=None, monkeypatch=None)
         source={"features": str(feats)},
         decoding={"method": decoding},
         seed=3,
-        batch_size=4,
+        batch_size=batch_size,
         chunk_size=5,
         progress=False,
     )
@@ -113,6 +113,29 @@ def test_file_loads_weights_only_and_resume_after_kill_is_identical(files, tmp_p
     _, calls = _run(ckpt, feats, out, decoding)
     assert calls == [(10, 15), (15, 20), (20, 21)]  # finished chunks skipped
     assert torch.load(out, weights_only=True)["captions"] == obj["captions"]
+
+
+def test_a_resume_with_another_batch_size_is_identical_to_an_uninterrupted_run(files, tmp_path, caplog):
+    """Nucleus draws come a batch at a time, so batch_size changes a chunk's captions: a run killed at batch_size=4
+    and restarted at 2 mixed the two sampling streams (16 of 21 captions differ between them). Greedy captions do
+    not depend on it: their finished chunks are reused."""
+    ckpt, feats = files
+    by4 = torch.load(_run(ckpt, feats, tmp_path / "by4.pt", "nucleus")[0], weights_only=True)["captions"]
+    by2 = torch.load(_run(ckpt, feats, tmp_path / "by2.pt", "nucleus", batch_size=2)[0], weights_only=True)
+    assert by2["captions"] != by4  # else this test shows nothing
+    out = tmp_path / "resumed.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _run(ckpt, feats, out, "nucleus", fail_after=2)
+    with caplog.at_level("WARNING", logger="zoo.recaption"):
+        _, calls = _run(ckpt, feats, out, "nucleus", batch_size=2)
+    assert calls[0] == (0, 5) and "not reused" in caplog.text  # started over, and said so
+    assert torch.load(out, weights_only=True)["captions"] == by2["captions"]
+
+    greedy = tmp_path / "greedy.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _run(ckpt, feats, greedy, fail_after=2)
+    _, calls = _run(ckpt, feats, greedy, batch_size=2)
+    assert calls == [(10, 15), (15, 20), (20, 21)]
 
 
 def _compose(tmp_path, *overrides):

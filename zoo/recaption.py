@@ -13,10 +13,12 @@ data.caption_mix={synthetic_descriptive: 0.95, alt: 0.05}`` (``zoo.data.datamodu
 
 Resumable: the split is captioned in chunks of ``chunk_size`` items, each written atomically to a work directory
 next to ``out`` (``.<out name>.chunks-<key>/chunk-<i>.pt``; the key digests the captioner file, the embeddings'
-source, the decoding options and the chunk size, so a changed run never reuses stale chunks). A restart skips the
-finished chunks; a kill leaves them. When every chunk is done the file is written and the work directory removed.
-Nucleus sampling draws chunk i from its own generator seeded by (seed, i), so a resumed run is identical to an
-uninterrupted one.
+source, the decoding options, the seed and the chunk size, so a changed run never reuses stale chunks). A restart
+skips the finished chunks; a kill leaves them. When every chunk is done the file is written and the work directory
+removed. Nucleus sampling draws chunk i from its own generator seeded by (seed, i), so a resumed run is identical to
+an uninterrupted one. Its draws are taken a batch at a time, so the captions also depend on ``batch_size``, which is
+part of the key under nucleus sampling (a restart with another batch size starts over, with a warning); greedy and
+beam captions do not depend on it, and their chunks are reused whatever the batch size.
 
 Config keys (``conf/recaption.yaml``): ``ckpt``, ``features`` or ``clip``, ``data``, ``split``, ``style`` (default
 ``synthetic_<the style the captioner was fine-tuned on>``), ``decoding`` (greedy | beam | nucleus; null: the
@@ -61,11 +63,30 @@ def _chunk_generator(seed: int, chunk: int, device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(key)
 
 
+def _samples(captioner, decoding: Mapping[str, Any]) -> bool:
+    """Whether the run draws random numbers (nucleus sampling; the checkpoint's method when unset)."""
+    return (decoding.get("method") or captioner.decoding) == "nucleus"
+
+
+def _warn_unused_work(out: Path, work: Path) -> None:
+    """A new work directory while others of ``out`` hold finished chunks: a restart with changed options (for
+    nucleus sampling, also another batch_size) captions from scratch; said, since it looks like a resume that lost
+    its progress."""
+    stale = sorted(p.name for p in out.parent.glob(f".{out.name}.chunks-*") if p.is_dir() and p != work)
+    if stale:
+        log.warning(
+            "zoo-recaption: %s: finished chunks of a run with other options (captioner, embeddings, decoding, "
+            "seed, chunk_size, or batch_size under nucleus sampling); they are not reused and this run starts from "
+            "the first chunk (fix: rerun with that run's options to resume it, or delete it)",
+            ", ".join(str(out.parent / s) for s in stale),
+        )
+
+
 def _caption_chunk(
     captioner, emb: torch.Tensor, decoding: Mapping[str, Any], seed: int, chunk: int, batch_size: int
 ) -> list[str]:
     kwargs = {k: v for k, v in decoding.items() if v is not None}
-    if (kwargs.get("method") or captioner.decoding) == "nucleus":
+    if _samples(captioner, decoding):
         kwargs["generator"] = _chunk_generator(seed, chunk, captioner.device)
     return captioner.caption(emb, batch_size=batch_size, **kwargs)
 
@@ -111,8 +132,14 @@ def recaption(
         "seed": int(seed),
         "chunk_size": chunk_size,
     }
+    if _samples(captioner, decoding):
+        # the sampler draws a (batch, vocabulary) noise tensor per token, so one chunk batched by 4 or by 2 gets other
+        # captions: chunks of another batch size would mix two sampling streams in the "identical" resumed file
+        key_src["batch_size"] = int(batch_size)
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:16]
     work = out.parent / f".{out.name}.chunks-{key}"
+    if not work.is_dir():
+        _warn_unused_work(out, work)
     work.mkdir(parents=True, exist_ok=True)
     n_chunks = (n + chunk_size - 1) // chunk_size
     captions: list[Optional[list[str]]] = [None] * n_chunks
