@@ -628,3 +628,32 @@ def test_zero_frames_or_variations_are_refused_up_front(ckpts, tmp_path, monkeyp
     with pytest.raises(SystemExit) as e:
         unclip.main(["variations", "x.png", "--decoder-ckpt", "d", "--clip-ckpt", "c", "-n", "0"])
     assert e.value.code == 2
+
+
+def test_upsampler_tile_is_checked_against_the_upsamplers_that_stages_runs(caplog):
+    """generator.upsampler_tile was checked against every loaded upsampler: with stages=[..., upsampler1] a tile that
+    fits upsampler1 was refused because upsampler2 (which never runs) could not take it. A tile that does not fit a
+    stage that runs is still refused up front, naming the generator key and the upsampler; upsampler knobs set while
+    no upsampler runs are a WARNING (ignored), as the AR prior's diffusion-only knobs are."""
+    import logging
+
+    from zoo.errors import ConfigError
+    from zoo.models.unclip_decoder.lit import UnclipDecoderLit
+    from zoo.models.upsampler.lit import UpsamplerLit
+
+    torch.manual_seed(0)
+    dec = UnclipDecoderLit(preset="tiny", sample_steps=2)
+    up1 = UpsamplerLit(preset="tiny", sample_steps=1)  # U-Net divisor 2: a 12 px window fits
+    up2 = UpsamplerLit(preset="tiny", net={"channel_mult": [1, 2, 2, 2]}, sample_steps=1)  # divisor 8: it does not
+    kw = dict(prior="none", upsampler_tile=12)
+    pipe = UnclipPipeline(dec, None, None, [up1, up2], stages=["decoder", "upsampler1"], **kw)
+    assert pipe.upsampler_tile == 12
+    for stages in (["decoder", "upsampler2"], ["decoder", "upsampler"]):
+        with pytest.raises(ConfigError, match="generator.upsampler_tile=12 does not fit upsampler2: .*divisor 8"):
+            UnclipPipeline(dec, None, None, [up1, up2], stages=stages, **kw)
+    for ups, stages in (([up1, up2], ["decoder"]), ([], ["decoder", "upsampler"])):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="zoo.pipelines.unclip"):
+            UnclipPipeline(dec, None, None, ups, stages=stages, upsampler_eta=0.5, **kw)
+        lines = [r.getMessage() for r in caplog.records if "no upsampler runs" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].startswith("upsampler_eta, upsampler_tile ignored"), lines

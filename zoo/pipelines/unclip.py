@@ -191,9 +191,6 @@ class UnclipPipeline:
         self._check_sampling_knobs()
         self.upsampler_tile = upsampler_tile
         self._warn_resolution_chain()
-        for up in self.upsamplers:  # a tile that does not fit an upsampler fails here, not after the decoder ran
-            if upsampler_tile is not None:
-                up.sampling_windows(upsampler_tile)
         self.n_candidates = whole_count(n_candidates, "n_candidates", 8)
         self.n_keep = whole_count(n_keep, "n_keep", 1)
         self.invert_refine = int(invert_refine)
@@ -202,6 +199,7 @@ class UnclipPipeline:
         self.progress = progress
         self.weights: dict[str, str] = {}  # per stage "ema" | "raw" | ... (from_checkpoints; empty: as given)
         self._check_stages()
+        self._check_upsampler_knobs()
 
     @staticmethod
     def _prior_kind(prior_model) -> str:
@@ -241,11 +239,52 @@ class UnclipPipeline:
                     f"generator.prior_n_candidates must be a whole number >= 1 (embeddings drawn per caption, the "
                     f"one closest to the text kept), got {n!r} (fix: generator.prior_n_candidates=2, the paper's)"
                 )
+
+    def _check_upsampler_knobs(self) -> None:
+        """``upsampler_steps`` / ``upsampler_eta`` / ``upsampler_tile`` against the upsamplers ``stages`` runs (after
+        ``_check_stages``: the stage names are known good), before the decoder runs. A tile used to be checked
+        against every loaded upsampler, so ``stages=[..., upsampler1]`` refused a tile that fits upsampler1 because
+        upsampler2, which never runs, could not take it. Set while no upsampler runs, they are ignored: a WARNING,
+        as for the AR prior's diffusion-only knobs."""
+        from zoo.diffusion.samplers import check_sampling_knobs
+
         steps = self.upsampler_steps
-        for i, up in enumerate(self.upsamplers):
-            one = steps[i] if isinstance(steps, list) and i < len(steps) else steps
-            knobs = {"generator.upsampler_steps": one, "generator.upsampler_eta": self.upsampler_eta}
+        if isinstance(steps, (list, tuple)) and len(steps) != len(self.upsamplers):
+            raise ConfigError(
+                f"upsampler_steps has {len(steps)} values for {len(self.upsamplers)} upsamplers "
+                f"(fix: one value, or one per upsampler)"
+            )
+        active = self._active_upsamplers()
+        if not active:
+            knobs = {
+                "upsampler_steps": steps,
+                "upsampler_eta": self.upsampler_eta,
+                "upsampler_tile": self.upsampler_tile,
+            }
+            ignored = [k for k, v in knobs.items() if v is not None]
+            if ignored:
+                log.warning(
+                    "%s ignored: no upsampler runs (stages=%s, %d upsampler checkpoints loaded; "
+                    "generator.upsampler_ckpts and an upsampler stage run one)",
+                    ", ".join(ignored),
+                    self.stages,
+                    len(self.upsamplers),
+                )
+            return
+        for i, up in active:
+            knobs = {
+                "generator.upsampler_steps": self._upsampler_steps(i),
+                "generator.upsampler_eta": self.upsampler_eta,
+            }
             check_sampling_knobs(up.process.num_timesteps, knobs)
+            if self.upsampler_tile is None:
+                continue
+            try:  # the upsampler names its own key (model.sample_tile); the user set the generator's
+                up.sampling_windows(self.upsampler_tile)
+            except ConfigError as e:
+                raise ConfigError(
+                    f"generator.upsampler_tile={self.upsampler_tile!r} does not fit upsampler{i + 1}: {e}"
+                ) from None
 
     def _warn_resolution_chain(self) -> None:
         """A WARNING where a stage's input is not the resolution the next upsampler was trained from (a 16 px decoder
@@ -281,12 +320,6 @@ class UnclipPipeline:
         if "prior" not in self.stages and self.prior in ("diffusion", "ar"):
             raise ConfigError(
                 f"stages lacks prior but prior={self.prior} (fix: add prior to stages, or prior=text_emb | none)"
-            )
-        steps = self.upsampler_steps
-        if isinstance(steps, (list, tuple)) and len(steps) != len(self.upsamplers):
-            raise ConfigError(
-                f"upsampler_steps has {len(steps)} values for {len(self.upsamplers)} upsamplers "
-                f"(fix: one value, or one per upsampler)"
             )
         c = self.decoder.cfg
         if self.clip is not None:
