@@ -33,6 +33,22 @@ def unreadable(path: Path) -> str:
         return f"{type(e).__name__}: {e}"
 
 
+def files_digest(folder: Path, files: list[str]) -> str:
+    """What keys the cached real statistics of ``files`` in ``folder``: each file's name, size and mtime.
+
+    The names alone (as before) let two copies of COCO with the same annotation file -- a re-encoded or filtered
+    copy, a second download -- share one cache entry, so FID against the second used the first's statistics. Hashing
+    the contents would read every image (gigabytes) on each run, the work the cache exists to skip; one ``stat`` per
+    file costs well under a second for 30,000. Any rewrite of a file (re-encoding, filtering) changes its mtime and
+    almost always its size; a copy that keeps mtimes (``cp -a``, ``rsync -a``, unzip) shares the entry, one that does
+    not recomputes it once (slower, never wrong)."""
+    h = hashlib.sha256()
+    for f in files:
+        st = (folder / f).stat()
+        h.update(f"{f}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
+
+
 class CocoProtocol:
     """MS-COCO zero-shot: ``n`` images drawn without replacement from ``val{year}`` with ``random.Random(seed)``
     (all of them if there are fewer), one caption per image drawn with the same generator, and those images --
@@ -125,7 +141,7 @@ class CocoProtocol:
                 f"val{self.year}/)"
             )
         real = ImageFiles([folder / f for f in files], self.eval_resolution, self.batch_size)
-        digest = hashlib.sha256("\n".join(files).encode()).hexdigest()[:12]
+        digest = files_digest(folder, files)
         protocol = f"coco{self.year}-val;seed={self.seed};files={digest};resize=bicubic-aa-centercrop"
         return EvalSet(
             f"coco{self.year}",

@@ -231,6 +231,27 @@ def test_coco_protocol_replaces_unreadable_files_before_generating(tmp_path, cap
     assert len(CocoProtocol(str(tmp_path), n=8, seed=0).load()) == 6
 
 
+def test_coco_real_stats_key_follows_the_image_files_not_only_their_names(tmp_path):
+    # two COCO roots with the same annotation file (a re-encoded or filtered copy, a second download) shared one
+    # real-stats cache entry: FID against the second silently used the first's statistics
+    import shutil
+
+    from PIL import Image
+
+    _fake_coco(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # copy2: same bytes, same mtimes
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
+
+    def key(root):
+        return CocoProtocol(str(root), n=3, seed=0, eval_resolution=32).load().stats_key("inception@x").filename()
+
+    files, _ = CocoProtocol(str(tmp_path / "a"), n=3, seed=0).sample()
+    assert key(tmp_path / "a") == key(tmp_path / "a") == key(tmp_path / "b")  # stable; a faithful copy shares it
+    f = tmp_path / "c" / "val2014" / files[0]
+    Image.open(f).convert("RGB").save(f, quality=20)  # a re-encoded copy of one drawn image
+    assert key(tmp_path / "c") != key(tmp_path / "a")
+
+
 def test_image_files_skip_a_file_that_fails_to_decode(tmp_path, caplog):
     from PIL import Image
 
