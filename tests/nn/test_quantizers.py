@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoo.nn.quantizers import VectorQuantizer
+from zoo.nn.quantizers import VectorQuantizer, kmeans
 
 
 def _as_map(vectors: torch.Tensor) -> torch.Tensor:
@@ -132,6 +132,37 @@ def test_kmeans_init_puts_codes_on_clusters(restart_after):
     vq(_as_map(pts))
     assert bool(vq.initialized)
     assert torch.cdist(centers, vq.embed).min(1).values.max() < 0.5
+
+
+def _reference_kmeans_pp_seeds(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """The straightforward k-means++ seeding (distances to every seed recomputed for each new one)."""
+    n = x.shape[0]
+    centroids = x[torch.randint(n, (1,), generator=generator)].clone()
+    for _ in range(1, k):
+        d2 = torch.cdist(x, centroids).min(1).values.pow(2)
+        probs = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1.0 / n)
+        centroids = torch.cat([centroids, x[torch.multinomial(probs, 1, generator=generator)]])
+    return centroids
+
+
+@pytest.mark.parametrize("n", [20, 300])  # torch.cdist's exact path (<= 25 rows) and its matmul path
+def test_kmeans_pp_seeding_is_linear_in_the_codes_and_draws_the_reference_seeds(n, monkeypatch):
+    """Recomputing every seed's distances for each new seed cost O(N*K^2): minutes for a 1024-code codebook's first
+    batch. Each point's running minimum needs N distances per seed, and draws the same seeds."""
+    x = torch.randn(n, 8, generator=torch.Generator().manual_seed(0))
+    x[5:9] = x[4]  # repeated points: zero distances, and the uniform fallback once all are seeds
+    k = 24
+    want = _reference_kmeans_pp_seeds(x, k, torch.Generator().manual_seed(1))
+    cdist, computed = torch.cdist, []
+
+    def counting_cdist(a, b, *args, **kwargs):
+        computed.append(a.shape[0] * b.shape[0])
+        return cdist(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "cdist", counting_cdist)
+    got = kmeans(x, k, iters=0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(got, want)
+    assert sum(computed) <= n * k
 
 
 def test_l2_normalized_codes_are_unit_vectors_and_cosine_nearest():
