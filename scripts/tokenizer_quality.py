@@ -14,8 +14,10 @@ lengthens the wall time but not the amount of training.
 from __future__ import annotations
 
 import argparse
+import ast
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,31 @@ def yaml_defaults(model: str) -> tuple[dict, float]:
     lr = cfg.get("optimizer", {}).get("lr", 1e-3)
     kw = {k: v for k, v in cfg.items() if k not in ("_target_", "optimizer", "scheduler")}
     return kw, lr
+
+
+# Hydra's spellings (what `zoo-train model=dvae ...` takes) on top of Python literals
+WORDS = {"true": True, "false": False, "null": None, "none": None}
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: a Python literal (1, 1e-3, [4, 8], 'x', True), Hydra's true / false / null, else the string
+    itself (``recon_loss=mse``). ``ast.literal_eval``, not ``eval``: a command-line value must not run code, and a
+    word such as ``min`` or ``id`` stays a string instead of becoming a builtin."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return WORDS.get(text.strip().lower(), text)
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["k=v", ...]`` -> ``{k: parse_value(v)}``; ValueError naming an item without ``=`` or without a key."""
+    out = {}
+    for kv in items:
+        k, eq, v = kv.partition("=")
+        if not eq or not k.strip():
+            raise ValueError(f"--set {kv!r}: expected key=value (fix: e.g. --set recon_loss=mse kl_weight_max=1)")
+        out[k.strip()] = parse_value(v)
+    return out
 
 
 def build(model: str, overrides: dict):
@@ -72,16 +99,14 @@ def main() -> None:
     overrides, yaml_lr = yaml_defaults(args.model)
     overrides["net"] = dict(overrides.get("net") or {})
     args.lr = yaml_lr if args.lr is None else args.lr
-    for kv in args.set:
-        k, v = kv.split("=", 1)
-        try:
-            v = eval(v, {})  # numbers / literals
-        except Exception:
-            pass
-        if k.startswith("net."):
-            overrides.setdefault("net", {})[k[4:]] = v
-        else:
-            overrides[k] = v
+    try:
+        for k, v in parse_sets(args.set).items():
+            if k.startswith("net."):
+                overrides.setdefault("net", {})[k[4:]] = v
+            else:
+                overrides[k] = v
+    except ValueError as e:
+        ap.error(str(e))
     torch.manual_seed(0)
     lit = build(args.model, overrides)
     opt = torch.optim.AdamW(lit.parameters(), lr=args.lr)
