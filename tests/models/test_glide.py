@@ -318,3 +318,30 @@ def test_an_inpainting_mask_outside_0_1_is_refused_before_sampling(nn_helpers):
     assert torch.equal(
         out[(mask / 255).bool().expand_as(out)], image.expand_as(out)[(mask / 255).bool().expand_as(out)]
     )
+
+
+def test_inpaint_masks_on_a_text_to_image_glide_are_refused_before_training_but_its_checkpoint_loads(tmp_path):
+    """model.inpaint_masks={rect_prob: 0.5} on model=glide (inpaint false) trained a plain GLIDE without a word: the
+    masks are drawn only for an inpainting model. Refused by zoo-train's model checks (check_data) and a Trainer.fit
+    (setup "fit"), naming the fix; the empty default and an inpainting model pass, and a checkpoint saved with such
+    hyper-parameters still loads and samples (it is a plain model)."""
+    from zoo.checkpoint import atomic_torch_save, load_module
+    from zoo.errors import ConfigError
+
+    lit = GlideLit(preset="tiny", inpaint_masks={"rect_prob": 0.5})
+    fix = r"inpaint_masks=\{'rect_prob': 0.5\}.*model.inpaint=false.*fix: model.inpaint=true or model=glide_inpaint"
+    with pytest.raises(ConfigError, match=fix):
+        lit.check_data(None)  # first of the model's checks: the data (here none) is not read
+    with pytest.raises(ConfigError, match=fix):
+        lit.setup("fit")
+    lit.setup("validate")  # evaluating a plain model is fine
+    for ok in (GlideLit(preset="tiny"), GlideLit(preset="tiny", inpaint=True, inpaint_masks={"rect_prob": 0.5})):
+        ok.check_inpaint_masks()
+    GlideLit(preset="tiny", net={"inpaint": True}, inpaint_masks={"rect_prob": 0.5}).check_inpaint_masks()
+    path = tmp_path / "glide.ckpt"
+    atomic_torch_save(
+        {"zoo_component": "glide", "hyper_parameters": dict(lit.hparams), "state_dict": lit.state_dict()}, path
+    )
+    loaded = load_module(str(path))
+    assert isinstance(loaded, GlideLit) and not loaded.is_inpainting_model
+    assert loaded.sample_tokens(_tokens(1), steps=2).shape == (1, 3, 16, 16)

@@ -258,9 +258,28 @@ class GlideLit(TextTokenizerLit):
             sizes.update(unmet_sizes(self.cfg, {"image_size": int(res)}))
         return sizes
 
+    def check_inpaint_masks(self) -> None:
+        """Training mask overrides (``inpaint_masks``) on a text-to-image model (``inpaint`` false): the masks are
+        drawn only for an inpainting model, so ``model.inpaint_masks={rect_prob: 0.5}`` on ``model=glide`` trained a
+        plain GLIDE without a word. Refused before training (``check_data``, ``setup("fit")``), not in the
+        constructor: a checkpoint saved with such hyper-parameters still loads and samples (it is a plain model)."""
+        masks = self.hparams.get("inpaint_masks")
+        if masks and not self.cfg.inpaint:
+            raise ConfigError(
+                f"model.inpaint_masks={dict(masks)} sets the inpainting training masks but this GLIDE is "
+                f"text-to-image (model.inpaint=false): no mask would be drawn (fix: model.inpaint=true or "
+                f"model=glide_inpaint for the inpainting model, or model.inpaint_masks={{}})"
+            )
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit":  # a Trainer.fit outside zoo-train (which has refused it in check_data already)
+            self.check_inpaint_masks()
+
     def check_data(self, datamodule) -> None:
         """Text tokens present and compatible with the text encoder; data resolution == the model's image_size.
         Keeps the DataModule's tokenizer (it goes into the checkpoint)."""
+        self.check_inpaint_masks()
         c = self.cfg
         tok = check_text_tokenizer(datamodule, c.text_vocab, c.text_len, c.pad_id, "GLIDE")
         eot = getattr(tok, "eot_id", None)
