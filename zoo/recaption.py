@@ -15,10 +15,10 @@ Resumable: the split is captioned in chunks of ``chunk_size`` items, each writte
 next to ``out`` (``.<out name>.chunks-<key>/chunk-<i>.pt``; the key digests the captioner file, the embeddings'
 source, the decoding options, the seed and the chunk size, so a changed run never reuses stale chunks). A restart
 skips the finished chunks; a kill leaves them. When every chunk is done the file is written and the work directory
-removed. Nucleus sampling draws chunk i from its own generator seeded by (seed, i), so a resumed run is identical to
-an uninterrupted one. Its draws are taken a batch at a time, so the captions also depend on ``batch_size``, which is
-part of the key under nucleus sampling (a restart with another batch size starts over, with a warning); greedy and
-beam captions do not depend on it, and their chunks are reused whatever the batch size.
+removed. Nucleus sampling draws item i's tokens from its own generator seeded by (seed, i), so a resumed run is
+identical to an uninterrupted one, whatever the batch sizes of the two runs (a restart with a smaller batch_size
+after running out of memory keeps the finished chunks). The generators live on the captioner's device, and CPU and
+CUDA generators differ: the device type is part of the key under nucleus sampling.
 
 Config keys (``conf/recaption.yaml``): ``ckpt``, ``features`` or ``clip``, ``data``, ``split``, ``style`` (default
 ``synthetic_<the style the captioner was fine-tuned on>``), ``decoding`` (greedy | beam | nucleus; null: the
@@ -57,9 +57,9 @@ def file_digest(path: str | Path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _chunk_generator(seed: int, chunk: int, device) -> torch.Generator:
-    """Chunk ``chunk``'s own sampling generator, a function of (seed, chunk) only."""
-    key = int.from_bytes(hashlib.sha256(f"{int(seed)}:{int(chunk)}".encode()).digest()[:8], "little") >> 1
+def _item_generator(seed: int, item: int, device) -> torch.Generator:
+    """Item ``item``'s own sampling generator, a function of (seed, item) only."""
+    key = int.from_bytes(hashlib.sha256(f"{int(seed)}:{int(item)}".encode()).digest()[:8], "little") >> 1
     return torch.Generator(device=device).manual_seed(key)
 
 
@@ -69,26 +69,36 @@ def _samples(captioner, decoding: Mapping[str, Any]) -> bool:
 
 
 def _warn_unused_work(out: Path, work: Path) -> None:
-    """A new work directory while others of ``out`` hold finished chunks: a restart with changed options (for
-    nucleus sampling, also another batch_size) captions from scratch; said, since it looks like a resume that lost
-    its progress."""
+    """A new work directory while others of ``out`` hold finished chunks: a restart with changed options captions
+    from scratch; said, since it looks like a resume that lost its progress."""
     stale = sorted(p.name for p in out.parent.glob(f".{out.name}.chunks-*") if p.is_dir() and p != work)
     if stale:
         log.warning(
             "zoo-recaption: %s: finished chunks of a run with other options (captioner, embeddings, decoding, "
-            "seed, chunk_size, or batch_size under nucleus sampling); they are not reused and this run starts from "
-            "the first chunk (fix: rerun with that run's options to resume it, or delete it)",
+            "seed, chunk_size, or the device type under nucleus sampling); they are not reused and this run starts "
+            "from the first chunk (fix: rerun with that run's options to resume it, or delete it)",
             ", ".join(str(out.parent / s) for s in stale),
         )
 
 
 def _caption_chunk(
-    captioner, emb: torch.Tensor, decoding: Mapping[str, Any], seed: int, chunk: int, batch_size: int
+    captioner, emb: torch.Tensor, decoding: Mapping[str, Any], seed: int, start: int, batch_size: int
 ) -> list[str]:
+    """Captions of items start, start + 1, ... (embeddings ``emb``). Nucleus sampling draws each item's noise from
+    the item's own generator: one generator for the chunk, consumed batch by batch as (batch, vocabulary) draws,
+    gave another caption to most items when a restart changed batch_size, mixing two sampling streams in the
+    resumed file."""
+    from zoo.diffusion.noise import RowGenerators
+
     kwargs = {k: v for k, v in decoding.items() if v is not None}
-    if _samples(captioner, decoding):
-        kwargs["generator"] = _chunk_generator(seed, chunk, captioner.device)
-    return captioner.caption(emb, batch_size=batch_size, **kwargs)
+    if not _samples(captioner, decoding):
+        return captioner.caption(emb, batch_size=batch_size, **kwargs)
+    out: list[str] = []
+    for a in range(0, len(emb), batch_size):
+        rows = range(start + a, start + min(a + batch_size, len(emb)))
+        gen = RowGenerators([(1, _item_generator(seed, item, captioner.device)) for item in rows])
+        out += captioner.caption(emb[a : a + batch_size], batch_size=batch_size, generator=gen, **kwargs)
+    return out
 
 
 def recaption(
@@ -133,9 +143,8 @@ def recaption(
         "chunk_size": chunk_size,
     }
     if _samples(captioner, decoding):
-        # the sampler draws a (batch, vocabulary) noise tensor per token, so one chunk batched by 4 or by 2 gets other
-        # captions: chunks of another batch size would mix two sampling streams in the "identical" resumed file
-        key_src["batch_size"] = int(batch_size)
+        # the generators live on the captioner's device, and CPU and CUDA generators give other streams for one seed
+        key_src["device"] = torch.device(captioner.device).type
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:16]
     work = out.parent / f".{out.name}.chunks-{key}"
     if not work.is_dir():
@@ -166,7 +175,7 @@ def recaption(
             emb = embeddings(start, stop)
             if len(emb) != stop - start:
                 raise RuntimeError(f"embeddings({start}, {stop}) gave {len(emb)} rows")
-            caps = _caption_chunk(captioner, emb, decoding, seed, i, int(batch_size))
+            caps = _caption_chunk(captioner, emb, decoding, seed, start, int(batch_size))
             atomic_torch_save({"start": start, "captions": caps}, work / f"chunk-{i:06d}.pt")
             captions[i] = caps
             bar.update(len(caps))
