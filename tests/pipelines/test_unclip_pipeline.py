@@ -657,3 +657,26 @@ def test_upsampler_tile_is_checked_against_the_upsamplers_that_stages_runs(caplo
             UnclipPipeline(dec, None, None, ups, stages=stages, upsampler_eta=0.5, **kw)
         lines = [r.getMessage() for r in caplog.records if "no upsampler runs" in r.getMessage()]
         assert len(lines) == 1 and lines[0].startswith("upsampler_eta, upsampler_tile ignored"), lines
+
+
+@pytest.mark.parametrize("prior", ["text_emb", "none"])
+def test_prior_knobs_without_a_prior_model_are_a_warning(prior, caplog):
+    """prior=text_emb | none run no prior model, so prior_guidance_scale / prior_steps / prior_n_candidates /
+    prior_eta were ignored without a word (an ablation sweep over them changed nothing); the AR prior already warned
+    about the knobs it ignores. Unset knobs warn nothing."""
+    import logging
+
+    from zoo.models.unclip_decoder.lit import UnclipDecoderLit
+
+    dec = UnclipDecoderLit(preset="tiny", sample_steps=2)
+    kw = dict(prior=prior, stages=["decoder"])
+    with caplog.at_level(logging.WARNING, logger="zoo.pipelines.unclip"):
+        UnclipPipeline(dec, None, None, [], prior_guidance_scale=3.0, prior_eta=0.5, **kw)
+        lines = [r.getMessage() for r in caplog.records if "runs no prior model" in r.getMessage()]
+        assert lines == [
+            f"prior_guidance_scale, prior_eta ignored: prior={prior} runs no prior model (prior=diffusion "
+            f"| ar with generator.prior_ckpt does)"
+        ], lines
+        caplog.clear()
+        UnclipPipeline(dec, None, None, [], **kw)
+    assert not [r for r in caplog.records if "ignored" in r.getMessage()]

@@ -169,18 +169,23 @@ class UnclipPipeline:
         if isinstance(stages, str):  # generator.stages=decoder (no brackets): one stage, not one per character
             stages = [stages]
         self.stages = list(stages) if stages is not None else ["prior", "decoder", "upsampler"]
+        diffusion_only = (
+            ("prior_steps", prior_steps),
+            ("prior_n_candidates", prior_n_candidates),
+            ("prior_eta", prior_eta),
+        )
         if self.prior == "ar":
-            ignored = [
-                k
-                for k, v in (
-                    ("prior_steps", prior_steps),
-                    ("prior_n_candidates", prior_n_candidates),
-                    ("prior_eta", prior_eta),
-                )
-                if v is not None
-            ]
+            ignored = [k for k, v in diffusion_only if v is not None]
             if ignored:
                 log.warning("%s apply to the diffusion prior only: ignored by the AR prior", ", ".join(ignored))
+        elif self.prior in ("text_emb", "none"):  # no prior model runs: a prior_guidance_scale sweep changed nothing
+            ignored = [k for k, v in (("prior_guidance_scale", prior_guidance_scale), *diffusion_only) if v is not None]
+            if ignored:
+                log.warning(
+                    "%s ignored: prior=%s runs no prior model (prior=diffusion | ar with generator.prior_ckpt does)",
+                    ", ".join(ignored),
+                    self.prior,
+                )
         self.prior_guidance_scale, self.prior_steps = prior_guidance_scale, prior_steps
         self.prior_n_candidates, self.prior_eta = prior_n_candidates, prior_eta
         self.decoder_guidance_scale, self.decoder_steps = decoder_guidance_scale, decoder_steps
