@@ -34,7 +34,9 @@ def unreadable(path: Path) -> str:
 
 
 def files_digest(folder: Path, files: list[str]) -> str:
-    """What keys the cached real statistics of ``files`` in ``folder``: each file's name, size and mtime.
+    """What keys the cached real statistics of ``files`` in ``folder`` (``EvalSet.data_id``): each file's name, size
+    and mtime. The protocol string keeps the names' digest only (a copy of the same images is the same protocol for
+    the leaderboard; a touched file does not make runs "not comparable").
 
     The names alone (as before) let two copies of COCO with the same annotation file -- a re-encoded or filtered
     copy, a second download -- share one cache entry, so FID against the second used the first's statistics. Hashing
@@ -141,7 +143,7 @@ class CocoProtocol:
                 f"val{self.year}/)"
             )
         real = ImageFiles([folder / f for f in files], self.eval_resolution, self.batch_size)
-        digest = files_digest(folder, files)
+        digest = hashlib.sha256("\n".join(files).encode()).hexdigest()[:12]
         protocol = f"coco{self.year}-val;seed={self.seed};files={digest};resize=bicubic-aa-centercrop"
         return EvalSet(
             f"coco{self.year}",
@@ -156,4 +158,5 @@ class CocoProtocol:
                 "root": str(self.root),
                 **({"skipped_unreadable": [name for name, _ in self.skipped]} if self.skipped else {}),
             },
+            data_id=files_digest(folder, files),
         )

@@ -30,7 +30,10 @@ class EvalSet:
 
     ``real`` is a re-iterable source of float [-1, 1] batches at ``resolution`` (a tensor, an ``ImageBank`` or
     ``ImageFiles``); ``captions[i]`` goes with ``real`` image i; ``attributes`` (shapes only) is the ground truth the
-    judge checks. ``key`` holds the fields of a ``RealStatsKey`` (dataset, split, resolution, n, protocol)."""
+    judge checks. ``stats_key`` gives the ``RealStatsKey`` of the cached real statistics (dataset, split, resolution,
+    n, protocol, plus ``data_id``: what identifies the image files actually read, e.g. MS-COCO's names, sizes and
+    mtimes, so two copies of a dataset do not share statistics; empty when ``protocol`` already determines the
+    images, as for the rendered shapes world, whose keys stay as they were)."""
 
     name: str
     split: str
@@ -40,6 +43,7 @@ class EvalSet:
     attributes: Optional[list[dict]] = None
     protocol: str = ""
     info: dict = field(default_factory=dict)
+    data_id: str = ""
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -61,7 +65,7 @@ class EvalSet:
             extractor,
             n=len(self.captions),
             blur_radius=float(blur_radius),
-            protocol=self.protocol,
+            protocol=self.protocol + (f";data={self.data_id}" if self.data_id else ""),
         )
 
     def describe(self) -> dict:
