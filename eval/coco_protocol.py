@@ -86,14 +86,22 @@ class CocoProtocol:
                 f"MS-COCO captions not found: {ann} (fix: protocol.root=/path/to/coco holding "
                 f"annotations/captions_val{self.year}.json and val{self.year}/)"
             )
-        meta = json.loads(ann.read_text(encoding="utf-8"))
-        caps: dict[int, list[str]] = {}
-        for a in sorted(meta["annotations"], key=lambda a: a["id"]):
-            caps.setdefault(a["image_id"], []).append(str(a["caption"]).strip())
-        images = sorted((im for im in meta["images"] if im["id"] in caps), key=lambda im: im["id"])
-        rng = random.Random(self.seed)
-        chosen = rng.sample(images, min(self.n, len(images)))
-        files, captions = [im["file_name"] for im in chosen], [rng.choice(caps[im["id"]]) for im in chosen]
+        # a truncated download or another COCO file under this name (instances_*.json) was a bare JSONDecodeError /
+        # KeyError naming neither the file nor the fix (as zoo.data.coco reports it)
+        try:
+            meta = json.loads(ann.read_text(encoding="utf-8"))
+            caps: dict[int, list[str]] = {}
+            for a in sorted(meta["annotations"], key=lambda a: a["id"]):
+                caps.setdefault(a["image_id"], []).append(str(a["caption"]).strip())
+            images = sorted((im for im in meta["images"] if im["id"] in caps), key=lambda im: im["id"])
+            rng = random.Random(self.seed)
+            chosen = rng.sample(images, min(self.n, len(images)))
+            files, captions = [im["file_name"] for im in chosen], [rng.choice(caps[im["id"]]) for im in chosen]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(
+                f"{ann} is not an MS-COCO captions file ({type(e).__name__}: {e}) (fix: download "
+                f"annotations_trainval{self.year}.zip again and unpack its captions_val{self.year}.json there)"
+            ) from None
         return self._replace_unreadable(files, captions, images, caps)
 
     def _replace_unreadable(self, files, captions, images, caps) -> tuple[list[str], list[str]]:

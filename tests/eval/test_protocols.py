@@ -205,6 +205,22 @@ def test_coco_protocol_refuses_fewer_than_two_images_before_generating(tmp_path)
         CocoProtocol(str(tmp_path), n=2).load()  # a val set of one image
 
 
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ('{"images": [{"id": 1, "file_name": "a.jpg"}], "annot', "JSONDecodeError"),  # a truncated download
+        ('{"images": [], "categories": []}', "KeyError: 'annotations'"),  # instances_val2014.json under this name
+        ('{"images": [{"id": 1}], "annotations": [{"id": 1, "image_id": 1}]}', "KeyError: 'caption'"),
+    ],
+)
+def test_coco_protocol_names_a_broken_captions_file(tmp_path, text, says):
+    # was a bare JSONDecodeError / KeyError naming neither the file nor the fix
+    _fake_coco(tmp_path)
+    (tmp_path / "annotations" / "captions_val2014.json").write_text(text)
+    with pytest.raises(ConfigError, match=f"captions_val2014.json is not an MS-COCO captions file.*{says}.*fix:"):
+        CocoProtocol(str(tmp_path), n=2).load()
+
+
 def test_coco_protocol_replaces_unreadable_files_before_generating(tmp_path, caplog):
     # one missing or non-image file among the drawn ones ended zoo-eval when the real images were read, after
     # every sample had been generated; now it is replaced by another readable val image (with its own caption)
