@@ -526,3 +526,19 @@ def test_a_count_that_is_not_a_whole_number_is_refused_when_the_pipeline_is_buil
     assert _pipe(ckpts["plain"], n_candidates=2.0, n_keep=2, batch_size=3).n_candidates == 2
     with pytest.raises(ConfigError):  # a bool is no count (int() took True for 1)
         whole_count(True, "n_keep", 1)
+
+
+def test_n_candidates_without_a_clip_to_rerank_them_is_a_warning(ckpts, caplog):
+    """generator.n_candidates=8 without generator.clip_ckpt drew only n_keep samples per prompt (nothing reranks
+    them) without a word: zoo-sample n_candidates=8 looked like a best-of-8. A WARNING naming the fix; one
+    candidate, or a CLIP, warns nothing."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="zoo.pipelines.glide"):
+        _pipe(ckpts["plain"], n_candidates=8)
+        lines = [r.getMessage() for r in caplog.records if "n_candidates" in r.getMessage()]
+        assert len(lines) == 1 and "n_candidates=8 ignored" in lines[0] and "generator.clip_ckpt=" in lines[0]
+        caplog.clear()
+        _pipe(ckpts["plain"], n_candidates=1)
+        GlidePipeline(_pipe(ckpts["plain"]).glide, scorer=object(), n_candidates=8)
+    assert not [r for r in caplog.records if "n_candidates" in r.getMessage()]

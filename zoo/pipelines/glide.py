@@ -124,6 +124,12 @@ class GlidePipeline(ClipRerank):
         self.eta = eta
         self.n_candidates = whole_count(n_candidates, "n_candidates", 8)
         self.n_keep = whole_count(n_keep, "n_keep", 1)
+        if self.n_candidates > 1 and scorer is None:  # sample() draws n_keep then: nothing to rerank them by
+            log.warning(
+                "generator.n_candidates=%d ignored: no CLIP reranks the samples, so each prompt gets its first n_keep "
+                "(fix: generator.clip_ckpt=<zoo-train model=clip last.ckpt>)",
+                self.n_candidates,
+            )
         self.replace_known = replace_known
         self.batch_size = whole_count(batch_size, "batch_size", 64)
         self.seed = int(seed)
