@@ -93,9 +93,13 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=None, help="default: the yaml's optimizer.lr")
-    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--eval-every", type=int, default=200, help="steps between val evaluations; 0: only the final")
     ap.add_argument("--set", nargs="*", default=[], help="LitModule kwargs, e.g. recon_loss=mse kl_weight_max=1")
     args = ap.parse_args()
+    # here, not as a ZeroDivisionError after the first step (--eval-every 0) or torch.stack's "expected a non-empty
+    # list of Tensors" (--batch-size 0)
+    if args.eval_every < 0 or args.batch_size < 1:
+        ap.error(f"--eval-every must be >= 0 and --batch-size >= 1, got {args.eval_every} and {args.batch_size}")
     overrides, yaml_lr = yaml_defaults(args.model)
     overrides["net"] = dict(overrides.get("net") or {})
     args.lr = yaml_lr if args.lr is None else args.lr
@@ -127,7 +131,7 @@ def main() -> None:
         r["loss"].backward()
         opt.step()
         step += 1
-        if step % args.eval_every == 0:
+        if args.eval_every and step % args.eval_every == 0:
             m = evaluate(lit, val)
             print(
                 f"step {step:5d}  cpu {((time.process_time() - t0) / 60 / torch.get_num_threads()):5.1f} min  "

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "tokenizer_quality.py"
 
@@ -41,3 +43,32 @@ def test_set_values_are_literals_or_strings_and_never_run_code(script, tmp_path,
     assert not (tmp_path / "ran").exists()
     with pytest.raises(ValueError, match="--set 'recon_loss': expected key=value"):
         script.parse_sets(["recon_loss"])
+
+
+class TinyShapes:
+    """ShapesDataset's interface with a few random images: main() without rendering 1,024 val scenes."""
+
+    def __init__(self, split, size, resolution):
+        self.size, self.resolution = min(size, 8), resolution
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {"image": torch.rand(3, self.resolution, self.resolution, generator=g) * 2 - 1}
+
+
+def test_eval_every_zero_evaluates_only_at_the_end_and_a_bad_batch_size_is_refused(script, monkeypatch, capsys):
+    # --eval-every 0 was a ZeroDivisionError after the first step, --batch-size 0 torch.stack's "expected a
+    # non-empty list of Tensors"
+    monkeypatch.setattr(script, "ShapesDataset", TinyShapes)
+    argv = ["tokenizer_quality.py", "--minutes", "2e-3", "--batch-size", "2", "--eval-every", "0"]
+    monkeypatch.setattr("sys.argv", argv)
+    script.main()
+    final = re.search(r"FINAL dvae steps=(\d+) ", capsys.readouterr().out)
+    assert final and int(final[1]) >= 1  # it trained (0.12 CPU s), then evaluated once
+    monkeypatch.setattr("sys.argv", argv[:3] + ["--batch-size", "0"])
+    with pytest.raises(SystemExit):
+        script.main()
+    assert "--batch-size >= 1, got 200 and 0" in capsys.readouterr().err
