@@ -542,3 +542,19 @@ def test_n_candidates_without_a_clip_to_rerank_them_is_a_warning(ckpts, caplog):
         _pipe(ckpts["plain"], n_candidates=1)
         GlidePipeline(_pipe(ckpts["plain"]).glide, scorer=object(), n_candidates=8)
     assert not [r for r in caplog.records if "n_candidates" in r.getMessage()]
+
+
+def test_an_eta_the_sampler_does_not_take_is_a_warning(ckpts, caplog):
+    """generator.eta with sampler=ddpm (or a diffusers scheduler) was ignored without a word: only ddim draws with an
+    eta, so an eta sweep over ddpm samples gave the same images. A WARNING; eta with ddim (given, or the
+    checkpoint's sampler) warns nothing."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="zoo.pipelines.glide"):
+        _pipe(ckpts["plain"], sampler="ddpm", eta=0.5)
+        lines = [r.getMessage() for r in caplog.records if "eta" in r.getMessage()]
+        assert lines == ["generator.eta=0.5 ignored: only the ddim sampler takes an eta, not ddpm"], lines
+        caplog.clear()
+        _pipe(ckpts["plain"], sampler="ddim", eta=0.5)
+        _pipe(ckpts["plain"], eta=0.5)  # the checkpoint's sampler: ddim
+    assert not [r for r in caplog.records if "eta" in r.getMessage()]

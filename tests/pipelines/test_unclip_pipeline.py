@@ -680,3 +680,22 @@ def test_prior_knobs_without_a_prior_model_are_a_warning(prior, caplog):
         caplog.clear()
         UnclipPipeline(dec, None, None, [], **kw)
     assert not [r for r in caplog.records if "ignored" in r.getMessage()]
+
+
+def test_a_decoder_eta_the_decoder_sampler_does_not_take_is_a_warning(caplog):
+    """decoder_eta with decoder_sampler=ddpm (or a diffusers scheduler) was ignored without a word (only ddim draws
+    with an eta). A WARNING; with ddim (given, or the checkpoint's) nothing."""
+    import logging
+
+    from zoo.models.unclip_decoder.lit import UnclipDecoderLit
+
+    dec = UnclipDecoderLit(preset="tiny", sample_steps=2)
+    kw = dict(prior="none", stages=["decoder"], decoder_eta=0.5)
+    with caplog.at_level(logging.WARNING, logger="zoo.pipelines.unclip"):
+        UnclipPipeline(dec, None, None, [], decoder_sampler="ddpm", **kw)
+        lines = [r.getMessage() for r in caplog.records if "eta" in r.getMessage()]
+        assert lines == ["decoder_eta=0.5 ignored: only the ddim decoder sampler takes an eta, not ddpm"], lines
+        caplog.clear()
+        UnclipPipeline(dec, None, None, [], decoder_sampler="ddim", **kw)
+        UnclipPipeline(dec, None, None, [], **kw)  # the checkpoint's sampler: ddim
+    assert not [r for r in caplog.records if "eta" in r.getMessage()]

@@ -194,6 +194,9 @@ class UnclipPipeline:
             upsampler_steps = [None if v is None else int(v) for v in upsampler_steps]
         self.upsampler_steps, self.upsampler_eta = upsampler_steps, upsampler_eta
         self._check_sampling_knobs()
+        used = self.decoder.hparams.sampler if decoder_sampler is None else decoder_sampler
+        if decoder_eta is not None and used != "ddim":  # ddpm and the diffusers schedulers draw no eta
+            log.warning("decoder_eta=%s ignored: only the ddim decoder sampler takes an eta, not %s", decoder_eta, used)
         self.upsampler_tile = upsampler_tile
         self._warn_resolution_chain()
         self.n_candidates = whole_count(n_candidates, "n_candidates", 8)
