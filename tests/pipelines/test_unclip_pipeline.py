@@ -699,3 +699,16 @@ def test_a_decoder_eta_the_decoder_sampler_does_not_take_is_a_warning(caplog):
         UnclipPipeline(dec, None, None, [], decoder_sampler="ddim", **kw)
         UnclipPipeline(dec, None, None, [], **kw)  # the checkpoint's sampler: ddim
     assert not [r for r in caplog.records if "eta" in r.getMessage()]
+
+
+def test_upsampler_steps_with_too_few_values_names_the_count():
+    """upsampler_steps=[1] for two upsamplers was checked value by value first, and the list itself reached the
+    step check: "must be a whole number ..., got [1] (fix: generator.upsampler_steps=50)". The count is checked
+    first now."""
+    from zoo.errors import ConfigError
+    from zoo.models.unclip_decoder.lit import UnclipDecoderLit
+    from zoo.models.upsampler.lit import UpsamplerLit
+
+    ups = [UpsamplerLit(preset="tiny"), UpsamplerLit(preset="tiny")]
+    with pytest.raises(ConfigError, match=r"upsampler_steps has 1 values for 2 upsamplers \(fix: one value"):
+        UnclipPipeline(UnclipDecoderLit(preset="tiny"), None, None, ups, prior="none", upsampler_steps=[1])
