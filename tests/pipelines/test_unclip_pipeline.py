@@ -712,3 +712,11 @@ def test_upsampler_steps_with_too_few_values_names_the_count():
     ups = [UpsamplerLit(preset="tiny"), UpsamplerLit(preset="tiny")]
     with pytest.raises(ConfigError, match=r"upsampler_steps has 1 values for 2 upsamplers \(fix: one value"):
         UnclipPipeline(UnclipDecoderLit(preset="tiny"), None, None, ups, prior="none", upsampler_steps=[1])
+
+
+def test_one_upsampler_checkpoint_given_as_a_string_is_that_checkpoint(ckpts):
+    """generator.upsampler_ckpts=<path> (no brackets: Hydra gives the string) was read one character at a time:
+    "checkpoint not found: /"."""
+    for one in (str(ckpts["up1"]), ckpts["up1"]):
+        pipe = UnclipPipeline.from_checkpoints(None, ckpts["decoder"], ckpts["clip"], one, prior="none")
+        assert len(pipe.upsamplers) == 1 and pipe.weights["upsampler1"]

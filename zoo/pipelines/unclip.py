@@ -433,6 +433,8 @@ class UnclipPipeline:
                 f"prior={kw['prior']} needs generator.prior_ckpt=<zoo-train model={kw['prior']}_prior "
                 f"last.ckpt> (or prior=text_emb | none)"
             )
+        if isinstance(upsampler_ckpts, (str, Path)):  # generator.upsampler_ckpts=<one path> (no brackets): not a
+            upsampler_ckpts = [upsampler_ckpts]  # checkpoint per character ("checkpoint not found: /")
         ups = []
         for i, path in enumerate(upsampler_ckpts or ()):
             up = load_module(str(path), map_location="cpu", expect=("upsampler",), ema=use_ema)
