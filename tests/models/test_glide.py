@@ -345,3 +345,14 @@ def test_inpaint_masks_on_a_text_to_image_glide_are_refused_before_training_but_
     loaded = load_module(str(path))
     assert isinstance(loaded, GlideLit) and not loaded.is_inpainting_model
     assert loaded.sample_tokens(_tokens(1), steps=2).shape == (1, 3, 16, 16)
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5, True])
+def test_grid_captions_that_is_not_a_positive_count_is_refused_when_built(n, train_cfg):
+    """model.grid_captions=0 failed after the first training epoch (sample_grid reshaped no images) and -1 drew
+    len - 1 grid rows: a ConfigError when the model is built, whose fix for "no grids" composes."""
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.grid_captions must be a whole number >= 1.*~callbacks.sample_grid"):
+        GlideLit(preset="tiny", grid_captions=n)
+    assert "sample_grid" not in train_cfg("model=glide", "~callbacks.sample_grid").callbacks

@@ -172,6 +172,8 @@ class GlideLit(TextTokenizerLit):
     text_tokenizer: filled in by the checkpoint (leave None when training).
     """
 
+    compile_module = "net"  # compile=true: the training step is one call of net (inside the diffusion loss)
+
     grid_nrow = 8  # 4 real | sample pairs per row
 
     def __init__(
@@ -232,6 +234,12 @@ class GlideLit(TextTokenizerLit):
                 "model.grid_guidance_scale": grid_guidance_scale,
             },
         )
+        if isinstance(grid_captions, bool) or not isinstance(grid_captions, int) or grid_captions < 1:
+            # 0 failed after the first training epoch (sample_grid's reshape of no images), -1 drew len - 1
+            raise ConfigError(
+                f"model.grid_captions must be a whole number >= 1 (val captions in each sample grid), got "
+                f"{grid_captions!r} (fix: model.grid_captions=8; no sample grids at all: ~callbacks.sample_grid)"
+            )
         self.text_dropout = float(text_dropout)
         self.text_tokenizer: Optional[TextTokenizer] = TextTokenizer.from_spec(text_tokenizer)
 
