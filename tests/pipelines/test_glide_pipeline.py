@@ -558,3 +558,27 @@ def test_an_eta_the_sampler_does_not_take_is_a_warning(ckpts, caplog):
         _pipe(ckpts["plain"], sampler="ddim", eta=0.5)
         _pipe(ckpts["plain"], eta=0.5)  # the checkpoint's sampler: ddim
     assert not [r for r in caplog.records if "eta" in r.getMessage()]
+
+
+def test_guidance_of_a_glide_that_never_trained_the_empty_caption_is_a_warning(caplog):
+    """model.text_dropout=0 never trains the empty caption, yet training grids (grid_guidance_scale 3) and sampling
+    (guidance_scale 3, the checkpoint's default) guided with it, extrapolating from an untrained unconditional model,
+    without a word. A WARNING at training (setup "fit") and when a pipeline guides such a model; guidance 1 or a
+    model trained with dropout warns nothing."""
+    import logging
+
+    def warned() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "empty caption is never trained" in r.getMessage()]
+
+    lit = GlideLit(preset="tiny", text_dropout=0.0)
+    with caplog.at_level(logging.WARNING):
+        lit.setup("fit")
+        assert len(warned()) == 1 and "model.guidance_scale=3.0, model.grid_guidance_scale=3.0" in warned()[0]
+        caplog.clear()
+        GlidePipeline(lit)  # the checkpoint's guidance_scale, 3
+        assert len(warned()) == 1 and "generator.guidance_scale=3.0" in warned()[0]
+        caplog.clear()
+        GlidePipeline(lit, guidance_scale=1.0)
+        GlideLit(preset="tiny", text_dropout=0.0, guidance_scale=1.0, grid_guidance_scale=1.0).setup("fit")
+        GlidePipeline(GlideLit(preset="tiny"))
+    assert not warned()

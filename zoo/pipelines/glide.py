@@ -150,6 +150,9 @@ class GlidePipeline(ClipRerank):
         )
         self.clip_guidance_scale = None if clip_guidance_scale is None else float(clip_guidance_scale)
         self._check_clip_guidance()
+        scale = self._clip_knobs()["guidance_scale"] if self.clip_guided else self.guidance_scale
+        scale = self.glide.hparams.guidance_scale if scale is None else scale  # None: the checkpoint's
+        self.glide.warn_untrained_null({"generator.guidance_scale": scale})
         used = self.glide.hparams.get("sampler", "ddim") if sampler is None else sampler
         if eta is not None and used != "ddim":  # ddpm and the diffusers schedulers draw no eta: a sweep changed nothing
             log.warning("generator.eta=%s ignored: only the ddim sampler takes an eta, not %s", eta, used)

@@ -283,6 +283,24 @@ class GlideLit(TextTokenizerLit):
         super().setup(stage)
         if stage == "fit":  # a Trainer.fit outside zoo-train (which has refused it in check_data already)
             self.check_inpaint_masks()
+            hp = self.hparams
+            if "guidance_scale" in hp:  # GLIDE's knobs; the unCLIP decoder's null condition also drops its embedding
+                self.warn_untrained_null(
+                    {"model.guidance_scale": hp.guidance_scale, "model.grid_guidance_scale": hp.grid_guidance_scale}
+                )
+
+    def warn_untrained_null(self, scales: dict[str, float]) -> None:
+        """A WARNING when this model never trained the empty caption (``text_dropout=0``) but ``scales`` (name ->
+        classifier-free guidance scale) guide with it: the guided sample extrapolates from an unconditional model
+        that was never trained (GLIDE drops 20% of captions for exactly this)."""
+        guided = {k: v for k, v in scales.items() if v is not None and v != 1}
+        if self.text_dropout == 0 and guided:
+            log.warning(
+                "this GLIDE has text_dropout=0, so its empty caption is never trained, but %s guide with it: "
+                "classifier-free guidance extrapolates from an untrained unconditional model (fix: train with "
+                "model.text_dropout=0.2, GLIDE's, or sample with a guidance scale of 1)",
+                ", ".join(f"{k}={v}" for k, v in guided.items()),
+            )
 
     def check_data(self, datamodule) -> None:
         """Text tokens present and compatible with the text encoder; data resolution == the model's image_size.
