@@ -35,6 +35,17 @@ ONE_EPOCH = [
 ]
 
 
+# the tiny upsampler on 32 px shapes with a 2-image, 2-step sample grid (tests/models/test_upsampler.py, callbacks)
+TINY_UPSAMPLER = [
+    "model=upsampler",
+    "model.preset=tiny",
+    "model.grid_images=2",
+    "model.grid_steps=2",
+    "data=shapes",
+    "data.resolution=32",
+]
+
+
 def sizes(train: int = 16) -> list[str]:
     """A tiny data set: ``train`` / 8 / 8 images in batches of 8."""
     return [f"data.train_size={train}", "data.val_size=8", "data.test_size=8", "data.batch_size=8"]

@@ -685,11 +685,34 @@ def check_run_options(cfg: DictConfig) -> None:
     seed = cfg.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ConfigError(f"seed must be an integer, got {seed!r} (fix: seed=42)")
+    check_compile(cfg)
     precision = cfg.get("float32_matmul_precision")
     if precision and precision not in MATMUL_PRECISIONS:
         raise ConfigError(
             f"float32_matmul_precision={precision!r} is not one of {', '.join(MATMUL_PRECISIONS)} "
             f"(fix: float32_matmul_precision=high, or null to keep torch's default)"
+        )
+
+
+def check_compile(cfg: DictConfig) -> None:
+    """``compile=true`` (zoo.callbacks.compile) applies to components whose training step is one call of their
+    network; with any other it would compile nothing and change nothing, so it is refused before anything is built."""
+    flag = cfg.get("compile", False)
+    if not isinstance(flag, bool):
+        raise ConfigError(f"compile must be true or false, got {flag!r} (fix: compile=true)")
+    if not flag or not cfg.get("train", True) or "model" not in cfg or "_target_" not in cfg.model:
+        return
+    from hydra._internal.utils import _locate
+
+    try:
+        target = _locate(str(cfg.model._target_))
+    except Exception:  # an unimportable target: instantiate names the node
+        return
+    if not getattr(target, "compile_module", None):
+        raise ConfigError(
+            f"compile=true does not apply to {target.__name__}: its training step is not one call of a network "
+            f"(it compiles model=diffusion_prior, glide, glide_inpaint, unclip_decoder and upsampler; fix: drop "
+            f"compile=true)"
         )
 
 
@@ -744,6 +767,10 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     if cfg.get("train", True):
         check_val_check_interval(cfg.trainer, datamodule)
     callbacks = _instantiate_dict(cfg.get("callbacks")) + [CheckpointInfo(plain_cfg)]
+    if cfg.get("compile", False) and cfg.get("train", True):
+        from zoo.callbacks.compile import CompileTraining
+
+        callbacks.append(CompileTraining())
     if cfg.get("train", True):
         check_lr_schedule(model, callbacks)
     from zoo.callbacks.progress import default_progress_bar  # "Epoch 0", not Lightning's "Epoch 0/-2"

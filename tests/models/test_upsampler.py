@@ -263,16 +263,7 @@ def test_train_checkpoint_load_and_upsample(train_cfg, train_helpers):
     from zoo.checkpoint import load_module
 
     T = train_helpers
-    cfg = train_cfg(
-        "model=upsampler",
-        "model.preset=tiny",
-        "model.grid_images=2",
-        "model.grid_steps=2",
-        "data=shapes",
-        "data.resolution=32",
-        *T.sizes(24),
-        *T.ONE_EPOCH,
-    )
+    cfg = train_cfg(*T.TINY_UPSAMPLER, *T.sizes(24), *T.ONE_EPOCH)
     _, last, ckpt = T.train_checked(cfg, "upsampler", global_step=3)
     model = load_module(last)
     assert isinstance(model, UpsamplerLit) and model.cfg == UPSAMPLER_PRESETS["tiny"]

@@ -82,6 +82,9 @@ class ZooLit(L.LightningModule):
 
     grid_nrow: int = 8  # images per row of ``sample_grid``'s output
     scheduler_interval: str = "step"  # how often the lr scheduler steps ("step" | "epoch")
+    # the attribute holding the network whose calls make the training step, for compile=true (zoo.callbacks.compile);
+    # None: the step is a chain of sub-module calls and compiling one call would not cover it
+    compile_module: Optional[str] = None
 
     def __init__(self, optimizer=None, scheduler=None):
         super().__init__()

@@ -77,6 +77,8 @@ class DiffusionPriorLit(ClipEmbeddingLit):
         checkpoint; leave None when training.
     """
 
+    compile_module = "net"  # compile=true: the training step is one call of net (inside the diffusion loss)
+
     def __init__(
         self,
         preset: str = "shapes",

@@ -108,6 +108,8 @@ class UpsamplerLit(ZooLit):
         sampling default).
     """
 
+    compile_module = "net"  # compile=true: the training step is one call of net (inside the diffusion loss)
+
     grid_nrow = 4  # low-res (nearest) | bicubic | upsampled | real
 
     def __init__(
