@@ -138,7 +138,9 @@ class MetricSuite:
         clip: a ``ClipScorer`` or anything with ``encode_image``/``encode_text`` returning L2-normalised rows.
         judge: ``eval.judge.ShapesJudge`` (needs the protocol's ground-truth ``attributes``).
         cache: ``eval.metrics.RealStatsCache`` for real-image statistics (Inception and CLIP), or None.
-        clip_id: names the CLIP and its weights in cache keys (different CLIPs must not share an entry).
+        clip_id: names the CLIP and its weights in cache keys (different CLIPs must not share an entry). None: a
+            ``ClipScorer``'s fingerprint of its weights (``clip_fingerprint``); any other CLIP with a cache that
+            would hold its real features (``fd_clip``) must be named, or two CLIPs of one width read each other's.
     """
 
     def __init__(
@@ -148,7 +150,7 @@ class MetricSuite:
         clip=None,
         judge=None,
         cache=None,
-        clip_id: str = "clip",
+        clip_id: Optional[str] = None,
         batch_size: int = 50,
         kid_subsets: int = 100,
         kid_subset_size: int = 1000,
@@ -164,10 +166,23 @@ class MetricSuite:
                 f"metrics {missing} need a {sorted({NEEDS[m] for m in missing})} network that was not given"
             )
         check_suite_options(batch_size, is_splits, kid_subsets, kid_subset_size)
-        self.clip_id, self.batch_size = clip_id, int(batch_size)
+        self.clip_id, self.batch_size = self._clip_cache_id(clip_id, clip, cache), int(batch_size)
         self.kid_subsets, self.kid_subset_size, self.is_splits = int(kid_subsets), int(kid_subset_size), int(is_splits)
         self.progress = progress
         self._text_emb: dict[int, torch.Tensor] = {}
+
+    def _clip_cache_id(self, clip_id: Optional[str], clip, cache) -> Optional[str]:
+        """The CLIP's name in real-feature cache keys. A fixed default ("clip") gave every CLIP one entry: FD_CLIP
+        of a second CLIP of the same width was computed against the first one's real features, without a word."""
+        if clip_id is not None or clip is None or cache is None or "fd_clip" not in self.metrics:
+            return clip_id
+        fingerprint = getattr(clip, "fingerprint", None)
+        if isinstance(fingerprint, str) and fingerprint:
+            return f"clip-{fingerprint}"
+        raise ValueError(
+            f"MetricSuite: fd_clip with a real-statistics cache needs clip_id naming the CLIP and its weights "
+            f"({type(clip).__name__} has no fingerprint; fix: clip_id='<name>-<weights digest>', or cache=None)"
+        )
 
     def uses(self, group: str) -> list[str]:
         return [m for m in self.metrics if NEEDS[m] == group]

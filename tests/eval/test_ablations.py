@@ -369,3 +369,29 @@ def test_save_folder_killed_while_writing_its_index_keeps_the_previous_index(tmp
     save_folder(torch.zeros(1, 3, 8, 8), ["a green star"], folder, start=2)  # the run resumes
     assert FolderGenerator(folder).generate(["a green star"]).shape == (1, 3, 8, 8)
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")], "temp file left behind"
+
+
+def test_fd_clip_with_a_shared_cache_keeps_each_clips_real_features_apart(shapes_set, tmp_path):
+    """Two CLIPs of one width and one real-statistics cache: the default clip_id was "clip" for both, so the second
+    CLIP's FD_CLIP was computed against the first one's cached real features (0.60 for real images against
+    themselves, measured; uncached ~0). A ClipScorer is now named by the fingerprint of its weights; another CLIP
+    object must be named (clip_id) when its real features would be cached."""
+    from zoo.models.clip.model import clip_config, create_clip, tokenizer_for
+    from zoo.models.clip.scorer import ClipScorer
+
+    cfg = clip_config("tiny")
+    scorers = []
+    for seed in (0, 1):  # the same architecture, other weights
+        torch.manual_seed(seed)
+        scorers.append(ClipScorer.from_model(create_clip(cfg), tokenizer_for(cfg)))
+    cache = RealStatsCache(tmp_path / "real_stats")
+    real = shapes_set.real.tensor()
+    for scorer in scorers:
+        suite = MetricSuite(["fd_clip"], clip=scorer, cache=cache, progress=False)
+        assert suite.clip_id == f"clip-{scorer.fingerprint}"
+        assert suite.evaluate(real, shapes_set)["fd_clip"] == pytest.approx(0.0, abs=1e-3)  # the real set itself
+    assert scorers[0].fingerprint != scorers[1].fingerprint and len(list((tmp_path / "real_stats").iterdir())) == 2
+    with pytest.raises(ValueError, match="needs clip_id naming the CLIP"):
+        MetricSuite(["fd_clip"], clip=PoolScorer(), cache=cache, progress=False)
+    assert MetricSuite(["fd_clip"], clip=PoolScorer(), cache=cache, clip_id="pool", progress=False).clip_id == "pool"
+    assert MetricSuite(["fd_clip"], clip=PoolScorer(), progress=False).clip_id is None  # nothing cached: no name
