@@ -352,7 +352,9 @@ def test_grid_captions_that_is_not_a_positive_count_is_refused_when_built(n, tra
     """model.grid_captions=0 failed after the first training epoch (sample_grid reshaped no images) and -1 drew
     len - 1 grid rows: a ConfigError when the model is built, whose fix for "no grids" composes."""
     from zoo.errors import ConfigError
+    from zoo.models.unclip_decoder.lit import UnclipDecoderLit
 
-    with pytest.raises(ConfigError, match=r"model.grid_captions must be a whole number >= 1.*~callbacks.sample_grid"):
-        GlideLit(preset="tiny", grid_captions=n)
+    for lit in (GlideLit, UnclipDecoderLit):  # the decoder's constructor does not run GlideLit's: checked on its own
+        with pytest.raises(ConfigError, match=r"model.grid_captions must be a whole number >= 1.*~callbacks.sample"):
+            lit(preset="tiny", grid_captions=n)
     assert "sample_grid" not in train_cfg("model=glide", "~callbacks.sample_grid").callbacks

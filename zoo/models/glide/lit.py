@@ -146,6 +146,16 @@ def sampling_in_eval_mode(method):
     return wrapper
 
 
+def check_grid_captions(grid_captions: Any) -> None:
+    """``model.grid_captions`` (GLIDE and the unCLIP decoder): 0 failed after the first training epoch (sample_grid's
+    reshape of no images), -1 drew len - 1 grid rows."""
+    if isinstance(grid_captions, bool) or not isinstance(grid_captions, int) or grid_captions < 1:
+        raise ConfigError(
+            f"model.grid_captions must be a whole number >= 1 (val captions in each sample grid), got "
+            f"{grid_captions!r} (fix: model.grid_captions=8; no sample grids at all: ~callbacks.sample_grid)"
+        )
+
+
 class GlideLit(TextTokenizerLit):
     """Args:
     preset: ``tiny`` | ``shapes`` | ``paper`` (``zoo.models.glide.model.GLIDE_PRESETS``); ``net`` overrides fields.
@@ -234,12 +244,7 @@ class GlideLit(TextTokenizerLit):
                 "model.grid_guidance_scale": grid_guidance_scale,
             },
         )
-        if isinstance(grid_captions, bool) or not isinstance(grid_captions, int) or grid_captions < 1:
-            # 0 failed after the first training epoch (sample_grid's reshape of no images), -1 drew len - 1
-            raise ConfigError(
-                f"model.grid_captions must be a whole number >= 1 (val captions in each sample grid), got "
-                f"{grid_captions!r} (fix: model.grid_captions=8; no sample grids at all: ~callbacks.sample_grid)"
-            )
+        check_grid_captions(grid_captions)
         self.text_dropout = float(text_dropout)
         self.text_tokenizer: Optional[TextTokenizer] = TextTokenizer.from_spec(text_tokenizer)
 

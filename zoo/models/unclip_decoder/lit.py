@@ -29,7 +29,14 @@ from zoo.diffusion.samplers import check_sampling_knobs
 from zoo.diffusion.schedules import get_schedule
 from zoo.errors import ConfigError
 from zoo.models.base import ClipEmbeddingLit, ZooLit, resolve_preset, unmet_sizes
-from zoo.models.glide.lit import GlideLit, check_prediction, check_snr_gamma, run_sampler, sampling_in_eval_mode
+from zoo.models.glide.lit import (
+    GlideLit,
+    check_grid_captions,
+    check_prediction,
+    check_snr_gamma,
+    run_sampler,
+    sampling_in_eval_mode,
+)
 from zoo.models.unclip_decoder.model import UNCLIP_DECODER_PRESETS, UnclipDecoder, UnclipDecoderConfig
 from zoo.text import TextTokenizer
 
@@ -123,6 +130,7 @@ class UnclipDecoderLit(ClipEmbeddingLit, GlideLit):
                 "model.grid_guidance_scale": grid_guidance_scale,
             },
         )
+        check_grid_captions(grid_captions)  # GlideLit's check: this constructor does not run GlideLit.__init__
         self.text_dropout, self.emb_dropout = float(text_dropout), float(emb_dropout)
         self.null_dropout = float(null_dropout)
         self.text_tokenizer: Optional[TextTokenizer] = TextTokenizer.from_spec(text_tokenizer)
