@@ -2,7 +2,7 @@
 
 Measured with ``bench/bench_compile.py`` (one thread, training step = forward + loss + backward + fused AdamW):
 on a Xeon with AMX under bf16 autocast, the diffusion prior trains 1.25–1.31x faster compiled and the ADM U-Net
-1.10x; in float32 (every CPU without native bf16 runs float32) both are within 1-2% of eager, on that Xeon and on an
+1.10x; in float32 (every CPU without native bf16 runs float32) both are 0.93-1.03x eager, on that Xeon and on an
 AVX2 EPYC. Compiling costs 35–135 s at the first step. So it is off by default and worth it for long bf16 runs.
 
 What is compiled: the calls of the component's denoiser (``ZooLit.compile_module``, ``net`` for the diffusion prior,
