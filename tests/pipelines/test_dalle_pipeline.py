@@ -71,7 +71,7 @@ def test_generate_returns_one_best_image_per_caption(pipe):
 
 def test_several_batches_are_seeded_and_complete(pipe):
     """Captions split over several transformer batches (progress bar path): every caption gets its candidates, and
-    the same seed gives the same images (the noise order depends on the batch layout, so compare like with like)."""
+    the same seed gives the same images."""
     from zoo.pipelines.dalle import DallePipeline
 
     split = DallePipeline(pipe.dalle, pipe.scorer, n_candidates=4, batch_size=4, seed=5, progress=True)
@@ -143,3 +143,20 @@ def test_checkpoint_weights_follow_the_ema_and_an_unstarted_ema_falls_back_to_th
     loaded = pipe.dalle.state_dict()
     assert pipe.weights == want
     assert all(torch.equal(loaded[k], expect[k]) for k in expect if k in loaded)
+
+
+def test_candidate_i_is_drawn_under_seed_plus_i_whatever_n_and_batch_size(pipe):
+    """Candidate i of every caption is DalleLit.generate(captions, seed=seed + i): the same images at another
+    batch_size and nested over n (one generator for all candidates made both change every image)."""
+    from zoo.pipelines.dalle import DallePipeline
+
+    caps = CAPTIONS[:2]
+    big = DallePipeline(pipe.dalle, None, n_candidates=4, batch_size=8, seed=3).candidates(caps)  # one batch
+    small = DallePipeline(pipe.dalle, None, n_candidates=4, batch_size=2, seed=3).candidates(caps)  # one per batch
+    assert torch.equal(big, small)
+    assert torch.equal(
+        DallePipeline(pipe.dalle, None, n_candidates=2, batch_size=8, seed=3).candidates(caps), big[:, :2]
+    )
+    for i in range(4):
+        assert torch.equal(big[:, i], pipe.dalle.generate(caps, seed=3 + i))
+    assert not torch.equal(big[:, 0], big[:, 1])  # candidates differ, so the test can fail

@@ -13,7 +13,7 @@ by ``conf/generator/dalle.yaml`` for both ``zoo-sample`` and ``zoo-eval``. Sampl
 convention in ``zoo.pipelines.base``: ``n_candidates``, ``temperature``, ``top_k`` / ``top_p`` (logit filtering),
 ``guidance_scale`` (classifier-free guidance with the all-pad null caption), ``batch_size`` (images per transformer
 batch), ``seed``; ``sample(..., n_keep=k)`` keeps the best k. Results are a pure function of (seed, captions,
-settings): each call starts its own generator from ``seed``.
+settings): candidate i of every caption is drawn under ``seed + i``, whatever n and ``batch_size`` are.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from zoo.diffusion.noise import seeded_row_generators
 from zoo.errors import ConfigError
 from zoo.pipelines.base import whole_count
-from zoo.pipelines.candidates import ClipRerank
-from zoo.progress import track
+from zoo.pipelines.candidates import ClipRerank, seeded_candidates
 
 
 class DallePipeline(ClipRerank):
@@ -109,27 +109,34 @@ class DallePipeline(ClipRerank):
     # ------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def candidates(self, captions: Sequence[str], n_candidates: Optional[int] = None) -> torch.Tensor:
-        """All samples: (B, n_candidates, 3, H, W) in [-1, 1], batched over captions x candidates."""
+        """All samples: (B, n_candidates, 3, H, W) in [-1, 1]. Candidate i of every caption is
+        ``dalle.generate(captions, seed=seed + i)`` (as ``zoo.pipelines.base`` asks), so it does not depend on n or
+        on ``batch_size``: several candidates share a transformer batch of up to ``batch_size`` images, each
+        candidate's rows drawing their Gumbel noise from its own seed's generator
+        (``zoo.diffusion.noise.RowGenerators``). One generator for all of them made every image depend on n and on
+        ``batch_size`` (reranking curves over n were not nested; a smaller batch for memory gave other images). As in
+        the GLIDE and unCLIP pipelines, a candidate still depends on the captions drawn with it, and on
+        ``batch_size`` when the captions alone are more than a batch."""
         captions = [captions] if isinstance(captions, str) else list(captions)
         n = int(n_candidates or self.n_candidates)
-        per_batch = max(1, self.batch_size // n)  # captions per transformer batch
-        chunks = [captions[i : i + per_batch] for i in range(0, len(captions), per_batch)]
-        show = self.progress if self.progress is not None else len(chunks) > 1
-        gen = torch.Generator(device=self.dalle.device).manual_seed(self.seed)
-        out = []
-        for chunk in track(chunks, desc="dalle sample", unit="batch", disable=not show):
-            imgs = self.dalle.generate(
-                chunk,
-                n=n,
-                temperature=self.temperature,
-                top_k=self.top_k,
-                top_p=self.top_p,
-                guidance_scale=self.guidance_scale,
-                generator=gen,
-                batch_size=max(self.batch_size, n),
+        per_batch = max(1, self.batch_size // len(captions))  # candidates per transformer batch
+        return seeded_candidates(self._draw_seeds, captions, n, self.seed, per_batch, self.progress, "dalle sample")
+
+    def _draw_seeds(self, captions: list[str], seeds: list[int]) -> torch.Tensor:
+        """Candidates under ``seeds`` in one transformer batch: (len(seeds) * B, 3, H, W), candidate-major."""
+        knobs = dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        if len(seeds) == 1:  # the candidate alone: batch_size chunks of one seed's generator, as generate() draws it
+            return self.dalle.generate(
+                captions, seed=seeds[0], guidance_scale=self.guidance_scale, batch_size=self.batch_size, **knobs
             )
-            out.append(imgs.view(len(chunk), n, *imgs.shape[1:]))
-        return torch.cat(out)
+        rows = seeded_row_generators(len(captions), seeds, self.dalle.device)
+        return self.dalle.generate(
+            captions * len(seeds),
+            guidance_scale=self.guidance_scale,
+            generator=rows,
+            batch_size=len(captions) * len(seeds),
+            **knobs,
+        )
 
     @torch.no_grad()
     def sample(
