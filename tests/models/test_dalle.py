@@ -360,3 +360,8 @@ def test_sample_grid_without_an_image_tokenizer_does_not_stop_the_run(tmp_path, 
     warnings = [r.getMessage() for r in caplog.records if "no sample grids" in r.getMessage()]
     assert len(warnings) == 1 and "model.image_tokenizer_ckpt=" in warnings[0]
     assert not (tmp_path / "samples").exists()
+
+
+def test_a_grid_top_k_the_sampler_would_misread_is_refused_when_built():
+    with pytest.raises(ConfigError, match="model.grid_top_k must be a whole number >= 0"):
+        DalleLit(preset="tiny", grid_top_k=-1)

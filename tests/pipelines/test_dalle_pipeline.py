@@ -160,3 +160,39 @@ def test_candidate_i_is_drawn_under_seed_plus_i_whatever_n_and_batch_size(pipe):
     for i in range(4):
         assert torch.equal(big[:, i], pipe.dalle.generate(caps, seed=3 + i))
     assert not torch.equal(big[:, 0], big[:, 1])  # candidates differ, so the test can fail
+
+
+@pytest.mark.parametrize(
+    "knob",
+    [{"top_k": -3}, {"top_k": 2.5}, {"top_p": 0}, {"top_p": -0.5}, {"top_p": 90}, {"temperature": -1.0}],
+)
+def test_sampling_options_the_sampler_would_misread_are_refused_before_sampling(pipe, knob, tmp_path):
+    """A negative top_k was no filter, a fractional one rounded, top_p <= 0 and a negative temperature greedy decoding,
+    top_p=90 no filter, all without a word; now a ConfigError naming generator.<key> (before the checkpoint is read,
+    in from_checkpoints), and from DalleLit.generate (its own options)."""
+    from zoo.errors import ConfigError
+    from zoo.pipelines.dalle import DallePipeline
+
+    key = next(iter(knob))
+    with pytest.raises(ConfigError, match=f"generator.{key} must be"):
+        DallePipeline(pipe.dalle, None, **knob)
+    with pytest.raises(ConfigError, match=f"generator.{key} must be"):
+        DallePipeline.from_checkpoints(str(tmp_path / "missing.ckpt"), **knob)
+    with pytest.raises(ConfigError, match=f"{key} must be"):
+        pipe.dalle.generate(CAPTIONS[:1], **knob)
+
+
+def test_sampling_edge_values_that_mean_something_still_sample(pipe):
+    """temperature 0 (greedy), top_k 0 (no filter) or above the vocabulary (every token), top_p 1 (no filter)."""
+    from zoo.pipelines.dalle import DallePipeline
+
+    plain = DallePipeline(pipe.dalle, None, n_candidates=1, seed=3).candidates(CAPTIONS[:1])
+    for knob in ({"top_k": 0}, {"top_k": 10_000}, {"top_p": 1.0}):
+        assert torch.equal(
+            DallePipeline(pipe.dalle, None, n_candidates=1, seed=3, **knob).candidates(CAPTIONS[:1]), plain
+        )
+    greedy = DallePipeline(pipe.dalle, None, n_candidates=2, seed=3, temperature=0).candidates(CAPTIONS[:1])
+    assert torch.equal(greedy[:, 0], greedy[:, 1])  # no noise: every seed gives the argmax image
+    assert torch.equal(
+        DallePipeline(pipe.dalle, None, n_candidates=1, seed=3, top_k=1).candidates(CAPTIONS[:1]), greedy[:, :1]
+    )

@@ -46,6 +46,9 @@ class DallePipeline(ClipRerank):
         self.scorer = scorer
         self.n_candidates = whole_count(n_candidates, "n_candidates", 32)
         self.temperature = float(temperature)
+        from zoo.models.dalle.lit import check_sampling
+
+        check_sampling(temperature, top_k, top_p, "generator.")  # when built, before any token is drawn
         self.top_k = top_k  # logit filter
         self.top_p = top_p
         self.guidance_scale = float(guidance_scale)
@@ -75,8 +78,10 @@ class DallePipeline(ClipRerank):
         files alone (no ``model.image_tokenizer_ckpt``), which carries none; without it such a checkpoint is refused
         here, where it was a RuntimeError only after every candidate's codes had been sampled."""
         from zoo.checkpoint import load_module
-        from zoo.models.dalle.lit import DalleLit
+        from zoo.models.dalle.lit import DalleLit, check_sampling
 
+        # the sampling options before the checkpoints are read (__init__ checks them again for a direct build)
+        check_sampling(kw.get("temperature", 1.0), kw.get("top_k"), kw.get("top_p"), "generator.")
         dalle = load_module(dalle_ckpt, map_location=device, expect=("dalle",), ema=use_ema)
         if not isinstance(dalle, DalleLit):
             raise ValueError(f"{dalle_ckpt} holds a {type(dalle).__name__}, not a DALL·E transformer (model=dalle)")
