@@ -365,3 +365,21 @@ def test_sample_grid_without_an_image_tokenizer_does_not_stop_the_run(tmp_path, 
 def test_a_grid_top_k_the_sampler_would_misread_is_refused_when_built():
     with pytest.raises(ConfigError, match="model.grid_top_k must be a whole number >= 0"):
         DalleLit(preset="tiny", grid_top_k=-1)
+
+
+@pytest.mark.parametrize("kw", [{}, {"guidance_scale": 3.0, "top_p": 0.9, "temperature": 0.5}])
+def test_an_image_vocab_larger_than_the_codebook_samples_only_decodable_codes(tmp_path, kw):
+    """check_data allows image_vocab above the tokenizer's codebook; the head's extra codes kept some probability,
+    and a sample that drew one was an IndexError in decode after every token had been drawn. Guided sampling too
+    (masked logits must not become NaN when the unconditional ones are subtracted)."""
+    model = DalleLit(
+        preset="tiny",
+        net={**H.TINY_NET, "image_vocab": 64},
+        image_tokenizer_ckpt=str(H.tiny_tokenizer_ckpt(tmp_path / "t.ckpt")),
+    )
+    model.text_tokenizer = H.tiny_bpe(context_length=16)
+    assert model.image_tokenizer.codebook_size == 32
+    text = model.tokenize_text(["a small blue square"] * 4)
+    tokens = model.generate_tokens(text, generator=torch.Generator().manual_seed(0), **kw)
+    assert int(tokens.max()) < 32 and tokens.unique().numel() > 1
+    assert model.generate(["a small blue square"], n=2, **kw).shape == (2, 3, H.RESOLUTION, H.RESOLUTION)

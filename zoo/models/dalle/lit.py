@@ -129,6 +129,7 @@ class DalleLit(TextTokenizerLit):
             p.requires_grad_(False)
         self.image_tokenizer = tok  # registered as a submodule: its weights travel in our state dict
         self._tokenizer_spec = spec
+        self.transformer.sampled_codes = int(tok.codebook_size)  # only codes it can decode are sampled
 
     def train(self, mode: bool = True):
         super().train(mode)

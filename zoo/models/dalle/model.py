@@ -254,6 +254,10 @@ class DalleTransformer(nn.Module):
                 persistent=False,
             )
         self._block_sparse: dict[str, tuple[torch.Tensor, BlockSparseMask]] = {}  # kind -> (buffer, its wrapper)
+        # Codes decoding may draw: the image tokenizer's codebook when it is smaller than image_vocab (check_data
+        # allows that). The head's extra codes are never trained towards but keep a little probability; a sample
+        # that drew one was an IndexError in the tokenizer's decode, after every token had been sampled.
+        self.sampled_codes: Optional[int] = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:  # GPT-2 style (zoo.nn.transformer.gpt2_init_)
@@ -361,9 +365,17 @@ class DalleTransformer(nn.Module):
                 )
                 h = self.hidden(self.embed(uniq[:, :t], uniq[:, t:], image_start), small, 0, last_only=True)
                 cache.copy_rows(small, inverse)
-                return decode_linear(h[:, -1], self.image_head)[inverse]
+                return self._decodable(decode_linear(h[:, -1], self.image_head)[inverse])
         h = self.hidden(self.embed(text, image, image_start), cache, start_pos, last_only=True)
-        return decode_linear(h[:, -1], self.image_head, cache)  # packed per decoding session (its KV cache)
+        return self._decodable(decode_linear(h[:, -1], self.image_head, cache))  # packed per decoding session
+
+    def _decodable(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits with the codes past ``sampled_codes`` at the dtype's lowest finite value (not -inf: guidance
+        subtracts the unconditional logits from the conditional ones, and -inf - -inf is NaN)."""
+        n = self.sampled_codes
+        if n is not None and n < logits.shape[-1]:
+            logits[..., n:] = torch.finfo(logits.dtype).min
+        return logits
 
 
 # ------------------------------------------------------------------------------------------ image tokenizer
