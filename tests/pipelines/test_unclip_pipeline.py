@@ -355,6 +355,18 @@ def test_a_bad_prior_n_candidates_is_refused_when_the_pipeline_is_built(ckpts, n
         _pipe(ckpts, ups=0, prior_n_candidates=n)
 
 
+@pytest.mark.parametrize("n", [-1, 1.5, "2"])
+def test_a_bad_invert_refine_is_refused_when_the_pipeline_is_built(ckpts, n):
+    """generator.invert_refine went through int(): 1.5 refined once and -1 not at all, without a word. Zero (no
+    refinement, the default) and whole numbers are kept."""
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"generator.invert_refine must be a whole number >= 0.*invert_refine=0"):
+        _pipe(ckpts, ups=0, prior="text_emb", stages=["decoder"], invert_refine=n)
+    assert _pipe(ckpts, ups=0, prior="text_emb", stages=["decoder"], invert_refine=0).invert_refine == 0
+    assert _pipe(ckpts, ups=0, prior="text_emb", stages=["decoder"], invert_refine=2.0).invert_refine == 2
+
+
 @pytest.mark.parametrize("prior,sampler", [("diffusion", "ddim"), ("diffusion", "ddpm"), ("ar", "ddim")])
 def test_batched_candidates_are_the_one_at_a_time_candidates(ckpts, monkeypatch, prior, sampler):
     """Candidates share the decoder's and upsampler's batches, each candidate's rows drawing from its own seed's

@@ -68,17 +68,20 @@ class RerankingGenerator(Protocol):
     def sample(self, captions: list[str], n_keep: int = 1) -> dict[str, Any]: ...
 
 
-def whole_count(value: Any, key: str, fix: int) -> int:
-    """A generator's count knob (``n_candidates``, ``n_keep``, ``batch_size``) as an int, or a ``ConfigError`` naming
-    ``generator.<key>`` and ``fix`` when it is not a whole number >= 1: ``int()`` took 1.5 for 1 without a word, and a
-    batch size of 0 or less failed mid-sampling as range()'s 'arg 3 must not be zero' (or sampled nothing)."""
+def whole_count(value: Any, key: str, fix: int, minimum: int = 1) -> int:
+    """A generator's count knob (``n_candidates``, ``n_keep``, ``batch_size``; ``invert_refine`` from 0) as an int, or
+    a ``ConfigError`` naming ``generator.<key>`` and ``fix`` when it is not a whole number >= ``minimum``: ``int()``
+    took 1.5 for 1 without a word, and a batch size of 0 or less failed mid-sampling as range()'s 'arg 3 must not be
+    zero' (or sampled nothing)."""
     from zoo.errors import ConfigError
 
     ok = isinstance(value, int) and not isinstance(value, bool)
     if not ok and isinstance(value, float) and value.is_integer():
         value, ok = int(value), True
-    if not ok or value < 1:
-        raise ConfigError(f"generator.{key} must be a whole number >= 1, got {value!r} (fix: generator.{key}={fix})")
+    if not ok or value < minimum:
+        raise ConfigError(
+            f"generator.{key} must be a whole number >= {minimum}, got {value!r} (fix: generator.{key}={fix})"
+        )
     return int(value)
 
 

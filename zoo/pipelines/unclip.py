@@ -201,7 +201,7 @@ class UnclipPipeline:
         self._warn_resolution_chain()
         self.n_candidates = whole_count(n_candidates, "n_candidates", 8)
         self.n_keep = whole_count(n_keep, "n_keep", 1)
-        self.invert_refine = int(invert_refine)
+        self.invert_refine = whole_count(invert_refine, "invert_refine", 0, minimum=0)  # int() took 1.5 for 1, -1 for 0
         self.batch_size = whole_count(batch_size, "batch_size", 64)
         self.seed = int(seed)
         self.progress = progress
