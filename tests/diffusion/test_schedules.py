@@ -138,3 +138,18 @@ def test_bad_schedule_settings_are_config_errors_naming_the_key():
         GlideLit(preset="tiny", num_timesteps=0)
     with pytest.raises(ConfigError, match=r"model\.timesteps"):  # the prior's own key name
         DiffusionPriorLit(preset="tiny", timesteps=0)
+
+
+def test_linear_schedule_with_too_few_timesteps_is_a_config_error_and_a_beta_of_one_is_refused():
+    """The linear schedule's last β is 0.02 · 1000/T: at T = 20 it is 1 (ᾱ = 0, so x̂_0 = x_t / √ᾱ is infinite and
+    every sample was NaN), below 20 it exceeds 1 (a bare "betas must lie in (0, 1]" naming no key). Both are a
+    ConfigError naming the keys when the model is built; T = 21 works."""
+    from zoo.errors import ConfigError
+
+    for bad in (1, 10, 20):
+        with pytest.raises(ConfigError, match=r"model\.schedule=linear needs model\.num_timesteps >= 21.*fix:"):
+            get_schedule("linear", bad)
+    assert bool((get_schedule("linear", 21).alphas_cumprod > 0).all())
+    assert get_schedule("cosine", 1).num_timesteps == 1  # cosine clips β at 0.999: any T works
+    with pytest.raises(ValueError, match=r"betas must lie in \(0, 1\)"):
+        NoiseSchedule.from_betas([0.5, 1.0])

@@ -80,8 +80,9 @@ class NoiseSchedule:
     def _build(cls, betas: torch.Tensor, ac: torch.Tensor, timestep_map) -> "NoiseSchedule":
         if betas.dim() != 1 or betas.numel() < 1:
             raise ValueError("betas must be a non-empty 1-D sequence")
-        if not bool(((betas > 0) & (betas <= 1)).all()):
-            raise ValueError("betas must lie in (0, 1]")
+        if not bool(((betas > 0) & (betas < 1)).all()):
+            # β = 1 leaves no signal (ᾱ = 0): x̂_0 = x_t / √ᾱ is infinite and every sample is NaN
+            raise ValueError("betas must lie in (0, 1)")
         n = betas.shape[0]
         tmap = torch.arange(n) if timestep_map is None else torch.as_tensor(timestep_map, dtype=torch.int64).flatten()
         if tmap.shape[0] != n:
@@ -102,6 +103,10 @@ class NoiseSchedule:
             posterior_mean_coef2=(1.0 - prev) * torch.sqrt(alphas) / (1.0 - ac),
             timestep_map=tmap,
         )
+
+
+# The fewest timesteps of the linear schedule: its β_T = 0.02 · 1000/T is < 1 only for T > 20.
+LINEAR_MIN_TIMESTEPS = 21
 
 
 @_on_cpu
@@ -151,6 +156,12 @@ def get_schedule(
         raise ConfigError(
             f"{keys[1]} is the diffusion's number of timesteps, a whole number >= 1, got {num_timesteps!r} "
             f"(fix: {keys[1]}=1000)"
+        )
+    if name == "linear" and num_timesteps < LINEAR_MIN_TIMESTEPS:
+        raise ConfigError(
+            f"{keys[0]}=linear needs {keys[1]} >= {LINEAR_MIN_TIMESTEPS}, got {num_timesteps}: its last β is "
+            f"0.02 · 1000/T, which reaches 1 at T = 20 (no signal left, NaN samples) "
+            f"(fix: {keys[1]}=1000, or {keys[0]}=cosine for few timesteps)"
         )
     return makers[name](num_timesteps)
 
