@@ -401,7 +401,17 @@ class ImageTextDataModule(L.LightningDataModule):
         bs = self.batch_size if split == "train" else self.eval_batch_size
         if isinstance(ds, IterableDataset):  # webdataset shards shard themselves over ranks/workers
             return DataLoader(ds, batch_size=bs, **common)
-        return ResumableDataLoader(ds, batch_size=bs, shuffle=shuffle, seed=self.seed, drop_last=shuffle, **common)
+        loader = ResumableDataLoader(ds, batch_size=bs, shuffle=shuffle, seed=self.seed, drop_last=shuffle, **common)
+        if shuffle and len(loader) == 0:
+            # drop_last with fewer items than a batch: Lightning ends fit with "No training batches" and exit code 0,
+            # and the run then tests and saves an untrained model as if it had trained
+            n = len(loader.sampler)  # type: ignore[arg-type]
+            raise ConfigError(
+                f"data.batch_size={bs} is more than the {n} items of the {split} split (per process), so an epoch "
+                f"has no full batch and nothing would be trained (fix: data.batch_size<={n}, or a larger {split} "
+                f"split)"
+            )
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
