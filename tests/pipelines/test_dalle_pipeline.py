@@ -196,3 +196,23 @@ def test_sampling_edge_values_that_mean_something_still_sample(pipe):
     assert torch.equal(
         DallePipeline(pipe.dalle, None, n_candidates=1, seed=3, top_k=1).candidates(CAPTIONS[:1]), greedy[:, :1]
     )
+
+
+def test_guidance_of_a_dalle_that_never_trained_the_null_caption_is_a_warning(caplog):
+    """text_dropout=0: the all-pad null caption was never trained; guiding with it extrapolates from an untrained
+    unconditional stream. A WARNING naming the scale when the pipeline is built and when training starts (the sample
+    grid's scale); none at guidance 1 or for a model that dropped captions."""
+    import logging
+
+    from zoo.models.dalle.lit import DalleLit
+    from zoo.pipelines.dalle import DallePipeline
+
+    never = DalleLit(preset="tiny", text_dropout=0.0, grid_guidance_scale=3.0)
+    with caplog.at_level(logging.WARNING, logger="zoo.models.dalle.lit"):
+        DallePipeline(never, None, guidance_scale=1.0)
+        DallePipeline(DalleLit(preset="tiny", text_dropout=0.1), None, guidance_scale=3.0)
+        assert "never trained" not in caplog.text
+        DallePipeline(never, None, guidance_scale=3.0)
+        assert "generator.guidance_scale=3.0" in caplog.text and "model.text_dropout=0.15" in caplog.text
+        never.setup("fit")
+        assert "model.grid_guidance_scale=3.0" in caplog.text

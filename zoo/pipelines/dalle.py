@@ -52,6 +52,7 @@ class DallePipeline(ClipRerank):
         self.top_k = top_k  # logit filter
         self.top_p = top_p
         self.guidance_scale = float(guidance_scale)
+        dalle.warn_untrained_null({"generator.guidance_scale": self.guidance_scale})
         self.batch_size = whole_count(batch_size, "batch_size", 64)
         self.seed = int(seed)
         self.progress = progress  # None: a bar only when there is more than one batch

@@ -141,6 +141,24 @@ class DalleLit(TextTokenizerLit):
         super().on_save_checkpoint(checkpoint)  # the text tokenizer
         checkpoint["hyper_parameters"]["tokenizer_spec"] = self._tokenizer_spec
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit":
+            self.warn_untrained_null({"model.grid_guidance_scale": self.hparams.grid_guidance_scale})
+
+    def warn_untrained_null(self, scales: dict[str, float]) -> None:
+        """A WARNING when this transformer never trained the null caption (all pads; ``text_dropout=0``) but
+        ``scales`` (name -> guidance scale) guide with it: the guided logits extrapolate from an unconditional
+        stream that never saw its own input (as GlideLit.warn_untrained_null)."""
+        guided = ", ".join(f"{k}={v}" for k, v in scales.items() if v is not None and float(v) != 1)
+        if self.text_dropout == 0 and guided:
+            log.warning(
+                "this DALL·E transformer has text_dropout=0, so its null caption (all pads) is never trained, but "
+                "%s guide with it: classifier-free guidance extrapolates from an untrained unconditional stream "
+                "(fix: train with model.text_dropout=0.15, the default, or sample with a guidance scale of 1)",
+                guided,
+            )
+
     # --------------------------------------------------------------------------------------------- data
     @staticmethod
     def _token_file_stats(datamodule, split: str = "train") -> Optional[tuple[int, int, int]]:
