@@ -383,3 +383,10 @@ def test_an_image_vocab_larger_than_the_codebook_samples_only_decodable_codes(tm
     tokens = model.generate_tokens(text, generator=torch.Generator().manual_seed(0), **kw)
     assert int(tokens.max()) < 32 and tokens.unique().numel() > 1
     assert model.generate(["a small blue square"], n=2, **kw).shape == (2, 3, H.RESOLUTION, H.RESOLUTION)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5])
+def test_grid_captions_that_is_not_a_positive_count_is_refused_when_built(bad):
+    """0 failed at the first validation (sample_grid: torch.cat of no batches), -1 drew len - 1 grid rows."""
+    with pytest.raises(ConfigError, match="model.grid_captions must be a whole number >= 1"):
+        DalleLit(preset="tiny", grid_captions=bad)
