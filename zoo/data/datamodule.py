@@ -247,6 +247,8 @@ class ImageTextDataModule(L.LightningDataModule):
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
+        if eval_batch_size is not None and eval_batch_size < 1:  # 0 was taken as "unset" (batch_size), -1 failed later
+            raise ConfigError(f"data.eval_batch_size must be >= 1 or null (= data.batch_size), got {eval_batch_size}")
         self.resolution = int(resolution)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
@@ -255,7 +257,18 @@ class ImageTextDataModule(L.LightningDataModule):
             tokenizer = None
         self.tokenizer = tokenizer
         self.seed = int(seed)
+        if features is not None and not hasattr(features, "items"):
+            raise ConfigError(
+                f"data.features must map a split to a file, got {features!r} (fix: data.features.train=<file>, "
+                f"data.features.val=<file>, ...)"
+            )
         self.features = {k: v for k, v in (features or {}).items() if v}
+        unknown = sorted(set(self.features) - set(SPLITS))
+        if unknown:  # a misspelt split's file was never read: the run trained without its features, silently
+            raise ConfigError(
+                f"data.features.{unknown[0]}: unknown split {unknown[0]!r}; expected one of {SPLITS} "
+                f"(fix: data.features.train=<file>, data.features.val=<file> or data.features.test=<file>)"
+            )
         self.pin_memory = pin_memory
         self.caption_mix = dict(caption_mix) if caption_mix else None
         self.synthetic_captions = {str(k): str(v) for k, v in (synthetic_captions or {}).items() if v}

@@ -50,6 +50,12 @@ class ShapesDataModule(ImageTextDataModule):
         for split, n in self.sizes.items():
             if n < 1:
                 raise ConfigError(f"data.{split}_size must be >= 1, got {n}")
+        if isinstance(world_seed, bool) or not isinstance(world_seed, int) or world_seed < 0:
+            # numpy seeds the world's streams: a negative seed failed with "expected non-negative integer" (no option
+            # named), a fractional one was truncated to another world without a word
+            raise ConfigError(
+                f"data.world_seed must be a whole number >= 0, got {world_seed!r} (fix: data.world_seed=0)"
+            )
         self.world_seed = world_seed
         self.caption_style = caption_style
         self.min_objects, self.max_objects = min_objects, max_objects
@@ -111,6 +117,11 @@ class CocoDataModule(ImageTextDataModule):
         super().__init__(**kwargs)
         from pathlib import Path
 
+        if max_items is not None and (isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1):
+            # a slice bound: -1 ("all"?) silently dropped the last image of every split, 0 failed at set-up
+            raise ConfigError(
+                f"data.max_items must be a whole number >= 1, got {max_items!r} (fix: data.max_items=null for all)"
+            )
         self.root, self.year, self.max_items = root, int(year), max_items
         if not root or not Path(root).is_dir():
             raise ConfigError(
@@ -166,6 +177,19 @@ class WebDataModule(ImageTextDataModule):
             for split, given in (("val", val_urls), ("test", test_urls))
             if not given
         }
+        if epoch_length is not None and (
+            isinstance(epoch_length, bool) or not isinstance(epoch_length, int) or epoch_length < 0
+        ):
+            raise ConfigError(
+                f"data.epoch_length must be a whole number of samples per rank (0 or null: one pass over the shards), "
+                f"got {epoch_length!r} (fix: e.g. data.epoch_length=10000)"
+            )
+        if isinstance(shuffle_buffer, bool) or not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
+            # a negative buffer turned shuffling off for training without a word
+            raise ConfigError(
+                f"data.shuffle_buffer must be a whole number >= 0 (0: no shuffling), got {shuffle_buffer!r} "
+                f"(fix: data.shuffle_buffer=1000)"
+            )
         self.epoch_length = epoch_length
         self.shuffle_buffer = shuffle_buffer
 
