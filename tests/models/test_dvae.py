@@ -237,3 +237,12 @@ def test_group_counts_the_widths_cannot_build_are_refused(net):
     with pytest.raises(ValueError, match="n_groups|n_blk_per_group"):
         DVAELit(preset="tiny", net=net)
     assert DVAE(DVAEConfig(n_groups=4)).downsample_factor == 8  # as many groups as multipliers still builds
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_a_vocabulary_of_fewer_than_two_codes_is_refused_when_built(n):
+    """0 was a ZeroDivisionError while building; 1 trained a tokenizer that gives every image the same code."""
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"vocab_size={n}: needs at least 2 codes"):
+        DVAELit(preset="tiny", net={"vocab_size": n})

@@ -78,3 +78,12 @@ def test_tokenizer_interface():
     assert paper.tokenizer.grid_size == (32, 32) and paper.tokenizer.codebook_size == 8192
     with pytest.raises(ValueError, match="shapes"):
         VQVAELit(preset="big")
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_a_codebook_of_fewer_than_two_codes_is_refused_when_built(n):
+    """0 was an IndexError in the first training step; 1 trained a tokenizer that gives every image the same code."""
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"codebook_size={n}: needs at least 2 codes"):
+        VQVAELit(preset="tiny", net={"codebook_size": n})

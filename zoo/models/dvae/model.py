@@ -49,6 +49,11 @@ class DVAEConfig:
             raise ConfigError(f"dVAE n_blk_per_group={self.n_blk_per_group}: needs at least 1 resblock per group")
         if self.out_channels not in (3, 6):
             raise ConfigError(f"dVAE out_channels={self.out_channels}: 6 (logit-Laplace mu, ln b) or 3 (MSE)")
+        # 0 was a ZeroDivisionError while building; 1 trained a tokenizer whose every image is the same code
+        if self.vocab_size < 2:
+            raise ConfigError(
+                f"dVAE vocab_size={self.vocab_size}: needs at least 2 codes (paper: 8192; fix: model.net.vocab_size=512)"
+            )
 
     @property
     def n_layers(self) -> int:

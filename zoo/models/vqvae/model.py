@@ -33,6 +33,17 @@ class VQVAEConfig:
     dead_threshold: float = 0.03
     restart_after: Optional[int] = None  # steps unused before a code is re-seeded (None: ~349 at decay 0.99)
 
+    def __post_init__(self):
+        # 0 was an IndexError in the first step's nearest-code search; 1 trained a tokenizer whose every image is the
+        # same code
+        if self.codebook_size < 2:
+            from zoo.errors import ConfigError
+
+            raise ConfigError(
+                f"VQ-VAE codebook_size={self.codebook_size}: needs at least 2 codes (paper: 8192; fix: "
+                f"model.net.codebook_size=512)"
+            )
+
     @property
     def downsample_factor(self) -> int:
         return 2**self.n_down
