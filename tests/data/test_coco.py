@@ -233,6 +233,28 @@ def test_features_and_synthetic_captions_follow_the_served_image(coco_root):
     assert FeatureAttached(ds, rows)[1]["index"] == 2
 
 
+def test_a_blend_of_synthetic_and_coco_captions_batches(coco_root, tmp_path):
+    """data=coco with data.synthetic_captions and a blend naming alt (DALL·E 3's {synthetic: 0.95, alt: 0.05}): only
+    synthetic samples had a caption_style key, and the collate (the first sample's keys) raised KeyError
+    'caption_style' at the first batch mixing both. Every sample now says its style, COCO's own being alt."""
+    from zoo.data.modules import CocoDataModule
+
+    path = tmp_path / "syn.pt"
+    torch.save({"captions": [f"syn {k}" for k in range(N_IMAGES)], "meta": {}}, path)
+    dm = CocoDataModule(
+        root=str(coco_root),
+        resolution=8,
+        batch_size=N_IMAGES,
+        synthetic_captions={"synthetic_descriptive": str(path)},
+        caption_mix={"synthetic_descriptive": 0.5, "alt": 0.5},
+    )
+    dm.setup("fit")
+    (batch,) = list(dm.train_dataloader())
+    assert set(batch["caption_style"]) == {"synthetic_descriptive", "alt"}  # a mixed batch
+    for caption, style in zip(batch["caption"], batch["caption_style"], strict=True):
+        assert caption.startswith("syn ") == (style == "synthetic_descriptive")
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_caption_draws_depend_on_epoch_not_on_process_history(coco_root, workers):
     """Train captions were drawn from a per-process counter: a run resumed at epoch 2 (fresh dataset, counters at 0)

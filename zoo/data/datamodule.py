@@ -109,14 +109,23 @@ class SyntheticCaptioned(Dataset):
     ``captions``: style -> list of captions in dataset index order; ``probs``: style -> absolute probability (their
     sum is the chance that a sample gets a synthetic caption; otherwise the base dataset's own caption stays). The
     draw for ``index`` is a pure function of ``(seed, index)`` (one ``numpy`` stream per index), so any worker, order
-    or resume sees the same caption. The chosen style is in ``caption_style``; every sample's ``captions`` dict also
+    or resume sees the same caption. The chosen style is in ``caption_style`` (the base's own, else ``native_style``,
+    when the base caption stays); every sample's ``captions`` dict also
     holds its caption of every synthetic style (so a model can read pairs of styles, e.g. the prompt upsampler).
     Other attributes are the base's."""
 
     _STREAM = 0x5CA9  # a constant third key: these draws never coincide with another stream keyed by (seed, index)
 
-    def __init__(self, base: Dataset, captions: Mapping[str, list[str]], probs: Mapping[str, float], seed: int = 0):
+    def __init__(
+        self,
+        base: Dataset,
+        captions: Mapping[str, list[str]],
+        probs: Mapping[str, float],
+        seed: int = 0,
+        native_style: str = "alt",
+    ):
         self.base = base
+        self.native_style = native_style  # the caption_style of a base sample that says none (COCO's caption: alt)
         self.captions = {k: list(v) for k, v in captions.items()}
         self.styles = tuple(s for s, p in probs.items() if p > 0)
         self.cdf = np.cumsum([float(probs[s]) for s in self.styles])
@@ -151,6 +160,8 @@ class SyntheticCaptioned(Dataset):
         if style is not None:
             sample["caption"] = self.captions[style][i]
             sample["caption_style"] = style
+        else:  # every sample has the key: the collate takes the first sample's keys (a KeyError on mixed batches)
+            sample.setdefault("caption_style", self.native_style)
         return sample
 
 
@@ -378,7 +389,7 @@ class ImageTextDataModule(L.LightningDataModule):
                 f"or write the synthetic captions into the shards' txt)"
             )
         captions = {s: load_synthetic_captions(p) for s, p in self.synthetic_captions.items()}
-        return SyntheticCaptioned(ds, captions, self.synthetic_mix, self.seed)
+        return SyntheticCaptioned(ds, captions, self.synthetic_mix, self.seed, self.NATIVE_CAPTION_STYLES[0])
 
     def prepare_tokenizer(self) -> None:
         """Train / load a tokenizer that needs the training captions (``TrainedBPETokenizer``)."""
