@@ -216,3 +216,10 @@ def test_guidance_of_a_dalle_that_never_trained_the_null_caption_is_a_warning(ca
         assert "generator.guidance_scale=3.0" in caplog.text and "model.text_dropout=0.15" in caplog.text
         never.setup("fit")
         assert "model.grid_guidance_scale=3.0" in caplog.text
+
+
+def test_no_captions_is_a_clear_error(pipe):
+    with pytest.raises(ValueError, match="no captions"):
+        pipe.candidates([])
+    with pytest.raises(ValueError, match="no captions"):
+        pipe.generate([])

@@ -124,6 +124,8 @@ class DallePipeline(ClipRerank):
         the GLIDE and unCLIP pipelines, a candidate still depends on the captions drawn with it, and on
         ``batch_size`` when the captions alone are more than a batch."""
         captions = [captions] if isinstance(captions, str) else list(captions)
+        if not captions:  # was a ZeroDivisionError (and before that torch.cat's 'expected a non-empty list')
+            raise ValueError("DallePipeline got no captions to sample (fix: give at least one prompt)")
         n = int(n_candidates or self.n_candidates)
         per_batch = max(1, self.batch_size // len(captions))  # candidates per transformer batch
         return seeded_candidates(self._draw_seeds, captions, n, self.seed, per_batch, self.progress, "dalle sample")
