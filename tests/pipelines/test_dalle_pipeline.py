@@ -114,6 +114,30 @@ def test_a_checkpoint_without_image_tokenizer_is_refused_at_load_or_given_one(tm
     assert pipe.candidates(["a red circle"], 1).shape == (1, 1, 3, H.RESOLUTION, H.RESOLUTION)
 
 
+def test_an_image_tokenizer_given_to_a_checkpoint_that_carries_one_is_a_warning(tmp_path, caplog):
+    """generator.image_tokenizer_ckpt only serves a checkpoint without a tokenizer; given to one that carries its
+    own it was ignored without a word."""
+    import logging
+
+    from zoo.export import checkpoint_dict
+    from zoo.models.dalle.lit import DalleLit
+    from zoo.pipelines.dalle import DallePipeline
+
+    ckpt = tmp_path / "dalle.ckpt"
+    dalle = DalleLit(
+        preset="tiny", net=dict(H.TINY_NET), image_tokenizer_ckpt=str(H.tiny_tokenizer_ckpt(tmp_path / "t"))
+    )
+    dalle.text_tokenizer = H.tiny_bpe(context_length=16)
+    state = checkpoint_dict(dalle)
+    dalle.on_save_checkpoint(state)
+    torch.save(state, ckpt)
+    with caplog.at_level(logging.WARNING, logger="zoo.pipelines.dalle"):
+        DallePipeline.from_checkpoints(str(ckpt))
+        assert "ignored" not in caplog.text
+        DallePipeline.from_checkpoints(str(ckpt), image_tokenizer_ckpt=str(tmp_path / "other.ckpt"))
+    assert "generator.image_tokenizer_ckpt=" in caplog.text and "ignored" in caplog.text
+
+
 @pytest.mark.parametrize("n_averaged,use_ema,want", [(0, True, "raw"), (4, True, "ema"), (4, False, "raw")])
 def test_checkpoint_weights_follow_the_ema_and_an_unstarted_ema_falls_back_to_the_trained_weights(
     tmp_path, n_averaged, use_ema, want

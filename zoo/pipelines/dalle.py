@@ -18,6 +18,7 @@ settings): candidate i of every caption is drawn under ``seed + i``, whatever n 
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional, Sequence
 
 import torch
@@ -26,6 +27,8 @@ from zoo.diffusion.noise import seeded_row_generators
 from zoo.errors import ConfigError
 from zoo.pipelines.base import whole_count
 from zoo.pipelines.candidates import ClipRerank, seeded_candidates
+
+log = logging.getLogger(__name__)
 
 
 class DallePipeline(ClipRerank):
@@ -103,6 +106,13 @@ class DallePipeline(ClipRerank):
                     f"<the tokenizer that wrote its training codes>)"
                 )
             dalle.image_tokenizer.to(device)
+        elif image_tokenizer_ckpt:  # the checkpoint's own tokenizer wrote its training codes: it decodes them
+            log.warning(
+                "generator.image_tokenizer_ckpt=%s ignored: the DALL·E checkpoint %s carries the image tokenizer it "
+                "trained with (the option is for a checkpoint trained from zoo-tokenize codes alone)",
+                image_tokenizer_ckpt,
+                dalle_ckpt,
+            )
         scorer = None
         if clip_ckpt:
             from zoo.models.clip.scorer import ClipScorer
