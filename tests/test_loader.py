@@ -37,7 +37,7 @@ def test_state_dict_resumes_mid_epoch():
     it = iter(full)
     seen = [next(it)["index"].tolist() for _ in range(2)]
     state = full.state_dict()
-    assert state == {"epoch": 2, "batches_done": 2}
+    assert state == {"epoch": 2, "batches_done": 2, "samples_done": 8}
     fresh = ResumableDataLoader(_Indexed(), batch_size=4, shuffle=True, seed=0, collate_fn=collate_samples)
     fresh.load_state_dict(state)
     fresh.sampler.set_epoch(2)  # Lightning sets the epoch after loading the state
@@ -46,6 +46,27 @@ def test_state_dict_resumes_mid_epoch():
     # the skip applies to that epoch only
     fresh.sampler.set_epoch(3)
     assert len(_epoch(fresh)) == 5
+
+
+def test_a_resume_with_another_batch_size_continues_after_the_samples_seen():
+    """Resumed with a smaller data.batch_size (e.g. after running out of memory), the skip was the saved batch count
+    times the NEW batch size: 2 batches of 4 then batches of 2 repeated 4 samples (a larger batch skipped unseen
+    ones). The state now records the samples seen; a checkpoint without them keeps the old reading."""
+    full = ResumableDataLoader(_Indexed(), batch_size=4, shuffle=True, seed=0, collate_fn=collate_samples)
+    reference = [i for b in _epoch(full) for i in b]
+    it = iter(full)
+    seen = [i for _ in range(2) for i in next(it)["index"].tolist()]
+    state = full.state_dict()
+    smaller = ResumableDataLoader(_Indexed(), batch_size=2, shuffle=True, seed=0, collate_fn=collate_samples)
+    smaller.load_state_dict(state)
+    it = iter(smaller)
+    rest = next(it)["index"].tolist()
+    assert smaller.state_dict() == {"epoch": 0, "batches_done": 5, "samples_done": 10}  # 8 + one batch of 2
+    rest += [i for b in it for i in b["index"].tolist()]
+    assert seen + rest == reference  # every sample once, in the uninterrupted order
+    old = ResumableDataLoader(_Indexed(), batch_size=2, shuffle=True, seed=0, collate_fn=collate_samples)
+    old.load_state_dict({"epoch": 0, "batches_done": 2})
+    assert len(_epoch(old)) == 8  # 20 - 2 * 2 samples left
 
 
 def test_sharding_covers_everything_once(monkeypatch):

@@ -108,6 +108,7 @@ class ResumableDataLoader(DataLoader):
         kwargs.setdefault("generator", torch.Generator().manual_seed(seed))
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **kwargs)
         self._batches_done = 0
+        self._resumed_at = (0, 0)
         self._epoch_in_progress = 0
 
     def __iter__(self):
@@ -119,16 +120,28 @@ class ResumableDataLoader(DataLoader):
         # A restored position applies only to the epoch it was saved in (see ResumableSampler.skip_epoch).
         resumed = sampler.skip_epoch == sampler.epoch
         self._batches_done = sampler.skip // self.batch_size if resumed else 0
+        self._resumed_at = (sampler.skip if resumed else 0, self._batches_done)  # (samples, batches) skipped
         for batch in super().__iter__():
             self._batches_done += 1
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": int(self._epoch_in_progress), "batches_done": int(self._batches_done)}
+        # samples_done (of this rank) besides batches: a resume with another data.batch_size (e.g. after running out
+        # of memory) skips the samples already seen; batches_done * the new batch size repeated or silently skipped
+        # part of the epoch. Derived from _batches_done, which InterruptCheckpoint may set back by a batch.
+        samples, batches = self._resumed_at
+        return {
+            "epoch": int(self._epoch_in_progress),
+            "batches_done": int(self._batches_done),
+            "samples_done": int(samples + (self._batches_done - batches) * int(self.batch_size)),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         sampler = self.sampler
         if not isinstance(sampler, ResumableSampler):
             return
         sampler.skip_epoch = int(state["epoch"])
-        sampler.skip = int(state["batches_done"]) * int(self.batch_size)
+        if "samples_done" in state:
+            sampler.skip = int(state["samples_done"])
+        else:  # a checkpoint written before samples_done was recorded
+            sampler.skip = int(state["batches_done"]) * int(self.batch_size)
