@@ -94,12 +94,11 @@ class DalleLit(TextTokenizerLit):
         if not 0.0 <= text_dropout < 1.0:
             raise ValueError(f"text_dropout must be in [0, 1), got {text_dropout}")
         check_sampling(top_k=grid_top_k, prefix="model.grid_")  # else a first sample grid that ignores it
-        if isinstance(grid_captions, bool) or not isinstance(grid_captions, int) or grid_captions < 1:
-            # 0 failed at the first validation (sample_grid's torch.cat of no batches), -1 drew len - 1
-            raise ConfigError(
-                f"model.grid_captions must be a whole number >= 1 (val captions in each sample grid), got "
-                f"{grid_captions!r} (fix: model.grid_captions=8; no sample grids at all: ~callbacks.sample_grid)"
-            )
+        from zoo.models.glide.lit import check_grid_captions  # one check for every sample_grid's count
+
+        check_grid_captions(
+            grid_captions
+        )  # 0 failed at the first validation (torch.cat of no batches), -1 drew len - 1
         self.cfg = resolve_preset(PRESETS, DalleTransformerConfig, preset, net, "DALL·E transformer")
         self.transformer = DalleTransformer(self.cfg)
         self.text_dropout = float(text_dropout)
