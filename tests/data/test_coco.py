@@ -131,6 +131,24 @@ def test_missing_root_json_or_image_folder_name_the_path_and_option(tmp_path, co
         CocoCaptions(str(coco_root), "validation")
 
 
+def test_an_image_folder_without_the_listed_files_is_refused_when_built(tmp_path, coco_root, caplog):
+    """An empty train2014/ (the zip unpacked into train2014/train2014/): every file was skipped one by one at the first
+    sample, a warning per file of the split (83k lines for COCO train), then a RuntimeError naming no fix."""
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(coco_root / "annotations", root / "annotations")
+    shutil.copytree(coco_root / "train2014", root / "train2014" / "train2014")
+    with caplog.at_level("WARNING"), pytest.raises(FileNotFoundError) as e:
+        CocoCaptions(str(root), "train")
+    says = str(e.value)
+    assert f"none of the {N_IMAGES} files of captions_train2014.json looked up is in {root / 'train2014'}" in says
+    assert "holds a folder train2014/: move its files up" in says and "fix: data.root=" in says
+    assert not caplog.records  # nothing skipped one by one
+    # some files present (a partial download): built, the missing ones are skipped and counted as met
+    assert len(CocoCaptions(str(coco_root), "train")) == N_IMAGES
+
+
 def test_dataloader_workers_report_skips_to_the_main_process(coco_root):
     ds = CocoCaptions(str(coco_root), "train", resolution=8)
     loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, collate_fn=collate_samples)

@@ -100,6 +100,7 @@ class CocoCaptions(Dataset):
         if not images:
             raise ValueError(f"no captioned images for split {split!r} in {ann}")
         self.items: list[tuple[str, list[str]]] = [(im["file_name"], caps[im["id"]]) for im in images]
+        self._check_some_files_exist(ann)
         self.split, self.year, self.seed, self.resolution = split, year, int(seed), int(resolution)
         self.transform = image_transform(resolution, train=split == "train")
         self._bad = mp.RawArray("b", len(self.items))  # 1 = unreadable; shared with DataLoader workers
@@ -107,6 +108,22 @@ class CocoCaptions(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def _check_some_files_exist(self, ann: Path, probes: int = 16) -> None:
+        """A folder holding none of the listed files (empty, an unzip into train2014/train2014/, another year's
+        names) is a set-up error: skipped one by one, the first sample logged a warning per file of the split
+        (83k lines for train2014) before failing without a fix. A few files spread over the list are looked up."""
+        step = max(1, len(self.items) // probes)
+        names = [name for name, _ in self.items[::step][:probes]]
+        if any((self.image_dir / name).is_file() for name in names):
+            return  # some missing files are skipped and counted as they are met
+        nested = self.image_dir / self.image_dir.name
+        hint = f"; it holds a folder {nested.name}/: move its files up into {self.image_dir}" if nested.is_dir() else ""
+        raise FileNotFoundError(
+            f"MS-COCO images missing: none of the {len(names)} files of {ann.name} looked up is in {self.image_dir} "
+            f"(e.g. {names[0]}){hint} (fix: data.root=/path/to/coco whose {self.image_dir.name}/ holds the images "
+            f"listed in annotations/{ann.name}, or data.year=2014|2017 to match them)"
+        )
 
     # -- skipped-file report (valid in the main process after workers ran: the flags are shared memory) ----
     @property
