@@ -44,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.config import report_user_errors
 from zoo.errors import ConfigError
+from zoo.nn.sampling import check_sampling
 
 log = logging.getLogger("zoo.eval.prior")
 
@@ -270,6 +271,8 @@ def check_counts(cfg: DictConfig, sweep) -> None:
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"{key}={v!r}: must be an integer >= 1")
+    a = cfg.get("ar") or {}  # the AR prior's token sampling: refused before any prior is loaded or sampled
+    check_sampling(a.get("temperature", 1.0), a.get("top_k"), a.get("top_p"), "ar.")
 
 
 # ------------------------------------------------------------------------------------------------ the report

@@ -139,6 +139,18 @@ def test_cached_sampling_equals_uncached(guidance_scale, top_k):
     assert cached[0].shape == (4, 12) and int(cached[0].max()) < model.cfg.n_buckets
 
 
+@pytest.mark.parametrize("bad", [{"top_k": -3}, {"top_k": 2.5}, {"top_p": 90}, {"top_p": 0}, {"temperature": -1}])
+def test_sampling_options_filter_logits_would_misread_are_refused(bad):
+    """ARPriorLit.sample went straight to filter_logits, which read top_k=-3 and top_p=90 as no filter and top_p=0
+    or a negative temperature as greedy: a ConfigError (the DALL·E sampler's check_sampling) before any draw."""
+    from zoo.errors import ConfigError
+
+    lit = _fitted_lit()
+    _, txt, tokens = _pairs(2)
+    with pytest.raises(ConfigError, match="must be"):
+        lit.sample(txt, tokens, **bad)
+
+
 # ------------------------------------------------------------------------------------------------------ learning
 def _fitted_lit(n_fit=512, **kw) -> ARPriorLit:
     lit = ARPriorLit(preset="tiny", **kw)

@@ -30,6 +30,7 @@ from zoo.errors import ConfigError
 from zoo.models.ar_prior.model import PRESETS, ARPrior, ARPriorConfig, sample_codes
 from zoo.models.ar_prior.pca import EmbeddingPCA, ScalarBins
 from zoo.models.base import ClipEmbeddingLit, resolve_preset, unmet_sizes
+from zoo.nn.sampling import check_sampling
 
 FEATURE_KEYS = ("clip_text_tokens", "clip_text_emb", "clip_image_emb")
 
@@ -256,6 +257,7 @@ class ARPriorLit(ClipEmbeddingLit):
     ):
         """CLIP text embeddings (B, D) + their CLIP caption tokens (B, L) -> sampled image embeddings (B, D),
         L2-normalised (and, with ``return_codes``, the (B, K) codes and (B,) dot bins)."""
+        check_sampling(temperature, top_k, top_p)  # filter_logits read top_k=-3 / top_p=90 as no filter
         tokens = self.pad_text(text_tokens.to(self.device).long())
         txt = F.normalize(text_emb.to(self.device, self.pca.mean.dtype), dim=-1)
         q = self.dot_quantile if dot_quantile is None else dot_quantile

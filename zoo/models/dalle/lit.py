@@ -34,35 +34,10 @@ from zoo.models.dalle.model import (
     image_tokenizer_spec,
 )
 from zoo.models.presets import resolve_preset
-from zoo.nn.sampling import sample_image_tokens
+from zoo.nn.sampling import check_sampling, sample_image_tokens  # check_sampling: also imported from here
 from zoo.text import TextTokenizer
 
 log = logging.getLogger(__name__)
-
-
-def check_sampling(
-    temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None, prefix: str = ""
-) -> None:
-    """The token-sampling options, refused before any token is drawn (``prefix``: how the caller spells them, e.g.
-    ``generator.``). The sampler read what it did not understand as something else without a word: a negative
-    temperature or top_p as greedy decoding, a negative top_k as no filter, a fractional top_k rounded inside
-    torch.topk, a top_p above 1 (90 for 90%) as no filter. 0 stays meaningful: temperature 0 is greedy, top_k 0 no
-    filter, and a top_k above the image vocabulary keeps every token."""
-    if not 0.0 <= float(temperature) < float("inf"):  # NaN fails too
-        raise ConfigError(
-            f"{prefix}temperature must be a finite number >= 0 (0: greedy), got {temperature} "
-            f"(fix: {prefix}temperature=1.0)"
-        )
-    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or int(top_k) < 0):
-        raise ConfigError(
-            f"{prefix}top_k must be a whole number >= 0 (the number of best tokens kept; 0 or null: no filter), "
-            f"got {top_k} (fix: {prefix}top_k=null)"
-        )
-    if top_p is not None and not 0.0 < float(top_p) <= 1.0:
-        raise ConfigError(
-            f"{prefix}top_p must be in (0, 1] (the probability mass kept; 1 or null: no filter), got {top_p} "
-            f"(fix: {prefix}top_p=null, or {prefix}temperature=0 for greedy decoding)"
-        )
 
 
 class DalleLit(TextTokenizerLit):
