@@ -216,6 +216,30 @@ def test_datamodule_summarises_skips_at_the_end_of_fit(shard_dir, caplog):
     }
 
 
+@pytest.mark.parametrize("epoch_length", [None, 8])
+def test_a_split_whose_every_sample_is_unreadable_is_an_error_not_empty_epochs(tmp_path, epoch_length):
+    """Shards with no readable sample (here every image is garbage; an empty shard too): each pass ended at once, and
+    fit ran empty epochs for ever (max_steps / max_time are checked after batches). Now the first empty epoch of the
+    loader is a ConfigError naming what was skipped and the fix."""
+    import webdataset as wds
+
+    from zoo.data.modules import WebDataModule
+    from zoo.errors import ConfigError
+
+    with wds.TarWriter(str(tmp_path / "00000.tar")) as w:
+        for i in range(6):
+            w.write({"__key__": f"{i:03d}", "jpg": b"\xff\xd8garbage", "txt": "a caption"})
+    with wds.TarWriter(str(tmp_path / "00001.tar")):
+        pass  # an empty shard
+    kw = dict(resolution=8, batch_size=4, num_workers=0, epoch_length=epoch_length, shuffle_buffer=0)
+    dm = WebDataModule(train_urls=str(tmp_path / "00000.tar"), val_urls=str(tmp_path / "00001.tar"), **kw)
+    dm.setup("fit")
+    with pytest.raises(ConfigError, match=r"train split streamed no sample in a whole epoch: 6 bad samples .*fix: "):
+        list(dm.train_dataloader())
+    with pytest.raises(ConfigError, match=r"val split streamed no sample .*its 1 shards gave this process nothing"):
+        list(dm.val_dataloader())
+
+
 def test_a_split_without_shards_of_its_own_is_named(shards, caplog):
     """data.val_urls / test_urls left null read the training shards: validation then measured training data, and a
     checkpoint monitor on a val metric selected by it, without a word. Each split built that way now warns, naming

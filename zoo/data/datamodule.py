@@ -218,6 +218,38 @@ def split_caption_mix(
     return synth, (nat or None)
 
 
+class StreamLoader(DataLoader):
+    """DataLoader over a streamed split (WebDataset shards) that refuses an epoch without a single batch.
+
+    Shards whose every sample is unreadable (a corrupt copy, images or captions under keys the decoder does not read)
+    made each pass end at once: every bad item was warned about once, then fit spun through empty epochs for ever
+    (Lightning's max_steps and max_time are checked after batches, so it never stopped)."""
+
+    def __init__(self, dataset, batch_size: int, split: str = "train", **kwargs):
+        super().__init__(dataset, batch_size=batch_size, **kwargs)
+        self.split = split
+
+    def __iter__(self):
+        batches = 0
+        for batch in super().__iter__():
+            batches += 1
+            yield batch
+        if batches == 0:
+            counter = getattr(self.dataset, "skip_counter", None)
+            skipped = int(counter.skipped) if counter is not None else 0
+            examples = ", ".join(getattr(counter, "examples", None) or [])
+            if skipped:
+                why = f"{skipped} bad samples or shards were skipped{f' (e.g. {examples})' if examples else ''}"
+            else:  # nothing bad met: no shard reached this process (more ranks than shards) or the shards are empty
+                shards = len(getattr(getattr(self.dataset, "shards", None), "urls", None) or [])
+                why = f"its {shards} shards gave this process nothing (empty shards, or fewer shards than ranks)"
+            raise ConfigError(
+                f"the {self.split} split streamed no sample in a whole epoch: {why} (fix: shards of jpg/png/webp "
+                f"images with a txt or json caption, as img2dataset writes, at least one per rank; "
+                f"data.{self.split}_urls=<readable shards>)"
+            )
+
+
 class ImageTextDataModule(L.LightningDataModule):
     """Base DataModule: image/caption datasets per split -> dict batches.
 
@@ -424,7 +456,7 @@ class ImageTextDataModule(L.LightningDataModule):
         )
         bs = self.batch_size if split == "train" else self.eval_batch_size
         if isinstance(ds, IterableDataset):  # webdataset shards shard themselves over ranks/workers
-            return DataLoader(ds, batch_size=bs, **common)
+            return StreamLoader(ds, batch_size=bs, split=split, **common)
         loader = ResumableDataLoader(ds, batch_size=bs, shuffle=shuffle, seed=self.seed, drop_last=shuffle, **common)
         if shuffle and len(loader) == 0:
             # drop_last with fewer items than a batch: Lightning ends fit with "No training batches" and exit code 0,
