@@ -356,6 +356,18 @@ def test_prompts_file_adds_one_prompt_per_line_and_the_bar_is_on(tmp_path, monke
             sample(_sample_cfg(f"prompts_file={path}", f"out_dir={tmp_path / 'x'}"))
 
 
+def test_a_prompts_file_with_a_byte_order_mark_reads_as_its_text(tmp_path):
+    """Windows Notepad's UTF-8 starts with U+FEFF and ends lines with CRLF: the mark is not a prompt's first
+    character, and a first '# comment' line stays a comment."""
+    from zoo.sample import read_prompts_file
+
+    f = tmp_path / "prompts.txt"
+    f.write_bytes("\ufeffa red circle\r\n\r\n  un cercle bleu é \r\n".encode("utf-8"))
+    assert read_prompts_file(str(f)) == ["a red circle", "un cercle bleu é"]
+    f.write_bytes("\ufeff# the demo's prompts\r\na red circle\r\n".encode("utf-8"))
+    assert read_prompts_file(str(f)) == ["a red circle"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
 def test_a_cuda_generator_without_a_gpu_names_the_fix(tmp_path):
     with pytest.raises(ConfigError, match=r"generator\.device=cuda, but no CUDA device .*generator\.device=cpu"):

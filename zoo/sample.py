@@ -123,12 +123,14 @@ def checkpoint_component(ckpt: str) -> str:
 
 
 def read_prompts_file(path: str) -> list[str]:
-    """``prompts_file=<file>``: one prompt per line, blank lines and lines starting with ``#`` skipped (UTF-8)."""
+    """``prompts_file=<file>``: one prompt per line, blank lines and lines starting with ``#`` skipped (UTF-8; a
+    leading byte-order mark, as Windows Notepad writes, is dropped: it is not whitespace, so it stayed glued to the
+    first prompt, or made a first ``# comment`` line a prompt)."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"prompts_file={path}: no such file (fix: a text file with one prompt per line)")
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = p.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as e:
         raise ConfigError(f"prompts_file={path}: not UTF-8 text ({e}) (fix: one prompt per line, UTF-8)") from None
     prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
