@@ -75,3 +75,22 @@ def test_single_mask_functions_and_config():
         20, 16, torch.Generator().manual_seed(0), MaskConfig(rect_prob=1.0, stroke_prob=0.0), return_kinds=True
     )[1]
     assert (only_rect == 0).all()
+
+
+@pytest.mark.parametrize(
+    "values, says",
+    [
+        # a scalar was "cannot unpack non-iterable float object"
+        ({"rect_area": 0.3}, r"rect_area must be a range \[lo, hi\] of two numbers, got 0.3"),
+        ({"stroke_area": [0.1]}, r"stroke_area must be a range \[lo, hi\] of two numbers"),
+        # a fractional vertex count was accepted and failed in torch.randint at the first training step
+        ({"stroke_vertices": [2.5, 4]}, r"stroke_vertices must be a range \[lo, hi\] of two whole numbers"),
+        ({"max_strokes": 2.5}, r"max_strokes must be a whole number, got 2.5"),
+    ],
+)
+def test_ranges_and_counts_of_the_wrong_form_are_refused_when_configured(values, says):
+    with pytest.raises(ValueError, match=says):
+        mask_config(values)
+    whole = mask_config({"stroke_vertices": [2.0, 3.0], "max_strokes": 2.0, "stroke_prob": 1.0, "rect_prob": 0.0})
+    assert whole.stroke_vertices == (2, 3) and whole.max_strokes == 2  # YAML floats of whole values still work
+    assert random_masks(2, 16, torch.Generator().manual_seed(0), whole).shape == (2, 1, 16, 16)

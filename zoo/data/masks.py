@@ -23,6 +23,7 @@ no torch-only library draws thick polylines; it is vectorised over pixels.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
@@ -49,10 +50,25 @@ class MaskConfig:
 
     def __post_init__(self):
         for name in ("rect_area", "stroke_area", "stroke_length", "stroke_width", "stroke_vertices"):
-            lo, hi = getattr(self, name)
-            object.__setattr__(self, name, (type(lo)(lo), type(hi)(hi)))
+            value = getattr(self, name)
+            # a scalar (rect_area=0.3) failed with "cannot unpack non-iterable float"; a fractional vertex count was
+            # accepted and failed in torch.randint at the first training step
+            whole = name == "stroke_vertices"
+            ok = isinstance(value, (tuple, list)) and len(value) == 2
+            ok = ok and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+            if ok and whole:
+                ok = all(float(v).is_integer() for v in value)
+            if not ok:
+                kind = "whole numbers" if whole else "numbers"
+                raise ValueError(f"MaskConfig.{name} must be a range [lo, hi] of two {kind}, got {value!r}")
+            lo, hi = (int(v) for v in value) if whole else (float(v) for v in value)
+            object.__setattr__(self, name, (lo, hi))
             if not 0 <= lo <= hi:
                 raise ValueError(f"MaskConfig.{name} must be a range (lo <= hi), got {(lo, hi)}")
+        m = self.max_strokes
+        if isinstance(m, bool) or not isinstance(m, numbers.Real) or not float(m).is_integer():
+            raise ValueError(f"MaskConfig.max_strokes must be a whole number, got {self.max_strokes!r}")
+        object.__setattr__(self, "max_strokes", int(self.max_strokes))
         if not (0 <= self.rect_prob and 0 <= self.stroke_prob and self.rect_prob + self.stroke_prob <= 1):
             raise ValueError(
                 f"MaskConfig: rect_prob ({self.rect_prob}) + stroke_prob ({self.stroke_prob}) must be "
