@@ -163,3 +163,41 @@ def test_starting_over_never_deletes_the_directory_of_a_running_zoo_train(demo_d
         assert (run_dir / "checkpoints" / "last.ckpt").is_file() and calls == []
     finally:
         holder.close()
+
+
+def test_a_stage_built_from_an_earlier_clip_or_tokenizer_is_redone(demo_dir, monkeypatch, capsys):
+    """A stage was reused whenever its directory held metrics.json, also when its input had been rebuilt since
+    (logs/demo/clip deleted, or a DEMO_FRESH=1 run interrupted after its CLIP stage): the embeddings of the earlier
+    CLIP, the prior and decoder trained on them, and the unCLIP samples stage failed on their CLIP fingerprints
+    after everything else had run. A stage older than one of its inputs is redone (make's rule), also one that
+    would resume from a checkpoint of before the rebuild."""
+    for name in ("tokenizer", "clip", "dalle", "prior", "decoder"):
+        _with_checkpoint(demo_dir / name)
+        (demo_dir / name / "metrics.json").write_text("{}")
+    (demo_dir / "embed").mkdir()
+    for split in ("train", "val", "test"):
+        demo.features(split).write_bytes(b"x")
+    old = time.time() - 3600
+    for p in demo_dir.rglob("*"):
+        os.utime(p, (old, old))
+    demo.ckpt("clip").write_bytes(b"the CLIP trained again")
+    calls = []
+    monkeypatch.setattr(demo, "run_child", calls.append)
+
+    demo.run_embed({}, 1.0)
+    assert [c[2] for c in calls] == ["zoo.embed"] * 3
+    stages = {s.name: s for s in demo.training_stages()}
+    demo.run_train(stages["dalle"], {})  # its tokenizer is older than it: reused
+    assert len(calls) == 3
+    demo.run_train(stages["decoder"], {})
+    assert calls[-1][2] == "zoo.train" and "redoing it" in capsys.readouterr().out
+    for split in ("train", "val", "test"):  # what the zoo-embed runs above wrote
+        demo.features(split).write_bytes(b"new embeddings")
+    demo.run_train(stages["prior"], {})
+    assert len(calls) == 5 and not any(a.startswith("ckpt_path=") for a in calls[-1])
+
+    fixed = demo.Stage("dalle", ["experiment=demo/full/dalle"], expect_s=60)  # FULL=1: would resume
+    (demo_dir / "dalle" / "metrics.json").unlink()
+    assert demo.resumable(fixed, demo_dir / "dalle")
+    demo.ckpt("tokenizer").write_bytes(b"the tokenizer trained again")
+    assert not demo.resumable(fixed, demo_dir / "dalle")

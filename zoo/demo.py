@@ -24,7 +24,7 @@ scenes. ``make demo FULL=1`` runs the long settings instead (the DALL·E 1 stage
 unCLIP stages with 3x the budget, the reference width-64 judge; about 2 to 3.2 hours by the CPU, see ``FULL_S``) into ``logs/demo_full``.
 
 Stages write into ``logs/demo/<stage>``; a stage that finished earlier is reused (``DEMO_FRESH=1`` redoes all), so an
-interrupted demo picks up where it stopped. With FULL=1 an interrupted training stage also resumes from its last
+interrupted demo picks up where it stopped, unless a stage it is built from was redone since (``stage_inputs``). With FULL=1 an interrupted training stage also resumes from its last
 checkpoint (its time is the sum of its runs, kept in ``stage_legs.json``); a budgeted stage starts over. ``DEMO_BUDGET_SCALE=0.1`` scales every training budget (a smoke run).
 """
 
@@ -336,7 +336,31 @@ def resumable(stage: Stage, run_dir: Path) -> bool:
     interruption has already spent part of."""
     if stage.minutes is not None or os.environ.get("DEMO_FRESH", "0") == "1":
         return False
-    return any((run_dir / "checkpoints" / n).is_file() for n in ("last.ckpt", "interrupted.ckpt"))
+    saved = [run_dir / "checkpoints" / n for n in ("last.ckpt", "interrupted.ckpt")]
+    saved = [p for p in saved if p.is_file()]
+    # a checkpoint from before an input was rebuilt trained on the earlier input: start over
+    return bool(saved) and not any(newer_input(stage.name, p) for p in saved)
+
+
+def stage_inputs(name: str) -> list[Path]:
+    """The files of earlier stages that stage ``name`` is built from. A stage reused though one of them is newer
+    (retrained since: ``logs/demo/clip`` deleted, or a ``DEMO_FRESH=1`` run interrupted after its CLIP stage) would
+    pair an earlier run's model with a new one: embeddings of the old CLIP under the new one, a prior and decoder
+    trained on them, and the unCLIP samples stage failing on their CLIP fingerprints after everything else ran."""
+    return {
+        "dalle": [ckpt("tokenizer")],
+        "embed": [ckpt("clip")],
+        "prior": [features(s) for s in ("train", "val", "test")],
+        "decoder": [ckpt("clip")],
+    }.get(name, [])
+
+
+def newer_input(name: str, output: Path) -> Optional[Path]:
+    """An input of stage ``name`` written after ``output`` (one of the stage's files), or None (make's rule)."""
+    if not output.is_file():
+        return None
+    built = output.stat().st_mtime_ns
+    return next((p for p in stage_inputs(name) if p.is_file() and p.stat().st_mtime_ns > built), None)
 
 
 def finished(run_dir: Path) -> bool:
@@ -348,8 +372,11 @@ def finished(run_dir: Path) -> bool:
 def run_train(stage: Stage, timings: dict[str, float], schedule: Optional[Schedule] = None) -> Path:
     run_dir = DEMO_DIR / stage.name
     if finished(run_dir):
-        print(f"\n=== demo stage '{stage.name}': reusing {run_dir} (finished earlier; DEMO_FRESH=1 redoes it)")
-        return run_dir
+        newer = newer_input(stage.name, run_dir / "metrics.json")
+        if newer is None:
+            print(f"\n=== demo stage '{stage.name}': reusing {run_dir} (finished earlier; DEMO_FRESH=1 redoes it)")
+            return run_dir
+        print(f"\n=== demo stage '{stage.name}': redoing it, {newer} was rebuilt after it finished", flush=True)
     overrides = [*stage.overrides, f"hydra.run.dir={run_dir}"]
     resume = resumable(stage, run_dir)
     if resume:
@@ -392,7 +419,9 @@ def run_train(stage: Stage, timings: dict[str, float], schedule: Optional[Schedu
 def run_embed(timings: dict[str, float], expect_s: float) -> None:
     """zoo-embed of the prior's splits (sizes as in experiment=demo/prior) with the demo CLIP."""
     sizes = {"train": 4096, "val": 256, "test": 256}
-    todo = [s for s in sizes if not features(s).is_file() or os.environ.get("DEMO_FRESH", "0") == "1"]
+    fresh = os.environ.get("DEMO_FRESH", "0") == "1"
+    # a split embedded by an earlier CLIP than the demo's checkpoint now is embedded again (``stage_inputs``)
+    todo = [s for s in sizes if fresh or not features(s).is_file() or newer_input("embed", features(s))]
     if not todo:
         print(f"\n=== demo stage 'embed': reusing {features('train').parent}")
         return
