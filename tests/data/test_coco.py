@@ -149,6 +149,26 @@ def test_an_image_folder_without_the_listed_files_is_refused_when_built(tmp_path
     assert len(CocoCaptions(str(coco_root), "train")) == N_IMAGES
 
 
+def test_bpe_fit_captions_are_read_without_decoding_the_images(coco_root, monkeypatch):
+    """data/tokenizer=bpe on data=coco: the fit's captions were read through ds[i], which decoded and resized every
+    training image (about 7 minutes for train2014 on one core) before training. Now no image is opened, and the
+    captions are the draws the dataset serves."""
+    import zoo.data.coco as coco
+    from zoo.data.modules import CocoDataModule
+
+    served = [CocoCaptions(str(coco_root), "train", resolution=8)[i]["caption"] for i in range(N_IMAGES)]
+    dm = CocoDataModule(root=str(coco_root), resolution=8)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("an image was decoded to read the captions")
+
+    monkeypatch.setattr(coco, "load_rgb", no_decoding)
+    captions = list(dm.train_captions())
+    assert len(captions) == N_IMAGES
+    readable = [i for i in range(N_IMAGES) if i not in BAD]  # a bad file's index serves its neighbour's caption
+    assert [captions[i] for i in readable] == [served[i] for i in readable]
+
+
 def test_dataloader_workers_report_skips_to_the_main_process(coco_root):
     ds = CocoCaptions(str(coco_root), "train", resolution=8)
     loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, collate_fn=collate_samples)
