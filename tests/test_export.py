@@ -215,6 +215,31 @@ def test_misspelt_graph_name_is_refused_before_writing(tmp_path):
     assert not out.exists()
 
 
+def test_onnx_and_graphs_given_as_words_are_read_as_meant(tmp_path, monkeypatch):
+    """onnx=no (a word to Hydra, so truthy) exported every ONNX graph anyway; graphs=decode (one name, no brackets)
+    was read letter by letter, refused as graphs=['d', 'e', ...]. Now onnx= must be true / false, checked before
+    the checkpoint is read, and a single name is a one-graph list."""
+    import zoo.export as zx
+    from zoo.errors import ConfigError
+    from zoo.models.vqvae.lit import VQVAELit
+
+    ckpt = _write_ckpt(VQVAELit(preset="tiny"), tmp_path / "vq.ckpt")
+    read = zx.load_checkpoint
+    with monkeypatch.context() as m:
+        m.setattr(zx, "load_checkpoint", lambda *a, **k: pytest.fail("read the checkpoint"))
+        for bad in ("no", "off"):
+            with pytest.raises(ConfigError, match=rf"onnx='{bad}': true or false .*fix: onnx=false"):
+                zx.export(OmegaConf.create({"ckpt": str(ckpt), "out": str(tmp_path / "o"), "onnx": bad}))
+        with pytest.raises(ConfigError, match=r"graphs=.*a list of graph names"):
+            zx.export(OmegaConf.create({"ckpt": str(ckpt), "out": str(tmp_path / "o"), "graphs": 3}))
+    assert zx.load_checkpoint is read and not (tmp_path / "o").exists()
+    out = tmp_path / "one"
+    summary = zx.export(OmegaConf.create({"ckpt": str(ckpt), "out": str(out), "graphs": "decode"}))
+    assert list(summary["onnx"]) == ["decode"] and sorted(p.name for p in (out / "onnx").glob("*.onnx")) == [
+        "decode.onnx"
+    ]
+
+
 def test_out_naming_a_file_is_refused(tmp_path):
     """zoo-export out=model.safetensors (a file, not a folder) died on a FileExistsError traceback from mkdir."""
     from zoo.errors import ConfigError

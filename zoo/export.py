@@ -56,6 +56,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -63,6 +64,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from omegaconf import open_dict
 
 from zoo.config import entry_point
 from zoo.errors import ConfigError
@@ -864,6 +866,20 @@ def check_packages(onnx: bool) -> None:
         )
 
 
+def check_onnx_options(onnx: Any, graphs: Any) -> tuple[bool, Optional[list[str]]]:
+    """``onnx=`` as a bool and ``graphs=`` as a list of names (None: every graph), before anything is read.
+    ``onnx=no`` / ``off`` reach here as a word, which was truthy: the ONNX graphs were exported all the same; and
+    ``graphs=encode`` (no brackets, one graph) was read letter by letter (``graphs=['e', 'n', 'c', ...]``)."""
+    if not isinstance(onnx, bool):
+        raise ConfigError(f"onnx={onnx!r}: true or false (fix: onnx=false for the safetensors + config.json alone)")
+    if graphs is None:
+        return onnx, None
+    names = [graphs] if isinstance(graphs, str) else list(graphs) if isinstance(graphs, Sequence) else None
+    if names is None or not all(isinstance(g, str) and g for g in names):
+        raise ConfigError(f"graphs={graphs!r}: a list of graph names (fix: graphs=[encode,decode], or graphs=null)")
+    return onnx, names or None
+
+
 def check_ckpt_path(ckpt: Path) -> None:
     """A folder or a zoo-export's own files passed as ``ckpt=`` are named as what they are (a run folder was
     "checkpoint not found" although it exists; an export's model.safetensors "not written by zoo-train")."""
@@ -933,15 +949,18 @@ def export(cfg) -> dict[str, Any]:
     check_ckpt_path(ckpt)
     check_out_dir(out)
     weights = check_weights(str(cfg.get("weights") or "ema"))
-    check_packages(bool(cfg.get("onnx", True)))
-    if cfg.get("onnx", True):
+    onnx, graphs = check_onnx_options(cfg.get("onnx", True), cfg.get("graphs"))
+    with open_dict(cfg):  # _export_into reads them as checked
+        cfg.onnx, cfg.graphs = onnx, graphs
+    check_packages(onnx)
+    if onnx:
         check_opset(cfg.get("opset", 17))
         check_batches(cfg.get("export_batch", 2), cfg.get("check_batch", 3))
     name, module, hp = load_checkpoint(ckpt, weights)
     apply_trained_resolution(name, module, str(ckpt))
-    if cfg.get("onnx", True) and cfg.get("graphs"):  # a misspelt graph name would silently export no graph
+    if onnx and graphs:  # a misspelt graph name would silently export no graph
         known = [g.name for g in onnx_graphs(name, module)]
-        unknown = [str(g) for g in cfg.graphs if str(g) not in known]
+        unknown = [g for g in graphs if g not in known]
         if unknown:
             raise ConfigError(
                 f"graphs={unknown}: {name} has "
