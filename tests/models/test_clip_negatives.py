@@ -179,3 +179,33 @@ def test_a_negative_that_is_an_images_own_caption_is_not_held_against_that_image
     scale = m.clip.logit_scale.exp()
     assert torch.allclose(loss, hard_negative_loss(img, txt, neg, valid, scale, same), atol=1e-5)
     assert not torch.allclose(loss, hard_negative_loss(img, txt, neg, valid, scale), atol=1e-3)
+
+
+def test_a_resumed_run_draws_the_negatives_an_uninterrupted_one_does(tmp_path):
+    """The swapper's random stream was not in the checkpoint: a resumed run drew the swaps from the seed's start
+    again, other negatives than an uninterrupted run's. They now come from (seed, step, micro-batch, rank)."""
+    import lightning as L
+
+    from zoo.data.loader import ResumableDataLoader
+
+    data = ShapesDataset(split="train", size=8, resolution=32)
+
+    def collate(samples):
+        return {"image": torch.stack([s["image"] for s in samples]), "caption": [s["caption"] for s in samples]}
+
+    def fit(steps, ckpt_path=None):
+        m = ClipLit(preset="tiny", hard_negatives={"groups": "shapes", "seed": 5})
+        drawn, swap = [], m.swapper.swap
+        m.swapper.swap = lambda caption: drawn.append(swap(caption)) or drawn[-1]
+        quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+        t = L.Trainer(accelerator="cpu", max_steps=steps, default_root_dir=str(tmp_path), **quiet)
+        batches = ResumableDataLoader(data, batch_size=8, shuffle=False, collate_fn=collate)  # zoo-train's loader
+        t.fit(m, batches, ckpt_path=ckpt_path)
+        return t, drawn
+
+    _, uninterrupted = fit(6)  # one batch an epoch: every step swaps words of the same 8 captions
+    first, before = fit(3)
+    first.save_checkpoint(tmp_path / "step3.ckpt")
+    _, after = fit(6, ckpt_path=str(tmp_path / "step3.ckpt"))
+    assert len(after) == 24 and before + after == uninterrupted
+    assert uninterrupted[:8] != uninterrupted[24:32]  # (each step draws its own swaps)

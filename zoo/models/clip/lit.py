@@ -166,6 +166,12 @@ class ClipLit(ZooLit):
             loss = self.loss_fn(img.float(), txt.float(), scale)
             metrics = {}
         else:
+            # The swaps come from (seed, step, micro-batch of the step, rank), not from a stream carried across
+            # steps that no checkpoint kept: a resumed run drew from the seed's start again, other negatives than
+            # an uninterrupted run's. Each DDP rank draws its own too. (Not batch_idx alone: a run resumed from the
+            # checkpoint of an epoch's last step counts its next batch as that epoch's batch n, not 0.)
+            accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+            self.swapper.reseed(self.global_step, batch_idx % accumulate, self.global_rank)
             img, txt, loss, metrics = self._hard_negative_step(list(batch["caption"]), batch["image"])
         with torch.no_grad():
             acc = (

@@ -82,7 +82,15 @@ class NegativeSwapper:
             re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(set(g), key=len, reverse=True)) + r")\b")
             for g in groups
         ]
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def reseed(self, *keys: int) -> None:
+        """Restart the swaps' stream at one derived from ``seed`` and ``keys`` (ClipLit: step, batch, rank)."""
+        import hashlib
+
+        digest = hashlib.sha256(repr((self.seed, *map(int, keys))).encode()).digest()
+        self.generator.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
     def _rand(self, n: int) -> int:
         return int(torch.randint(n, (1,), generator=self.generator))
