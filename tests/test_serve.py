@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo.serve import KNOBS, RequestError, Studio
+from zoo.serve import KNOBS, SEED_STRIDE, RequestError, Studio
 
 
 class FakeGenerator:
@@ -46,7 +46,8 @@ def test_knobs_follow_the_generator_and_are_restored_after_each_request():
     assert [k.name for k in studio.knobs] == ["guidance_scale", "steps"]  # no n_candidates/temperature attributes
     out = studio.run("a red circle", seed=7, n_keep=3, guidance_scale=5.5, steps=4)
     assert out["images"].shape == (3, 3, 8, 8) and out["scores"] is None and out["seed"] == 7
-    assert g.seen == [(7, 5.5, 4), (8, 5.5, 4), (9, 5.5, 4)]  # candidate i under seed + i, with the request's knobs
+    s = out["generator_seed"]
+    assert s == 7 * SEED_STRIDE and g.seen == [(s, 5.5, 4), (s + 1, 5.5, 4), (s + 2, 5.5, 4)]  # candidate i: s + i
     assert (g.seed, g.guidance_scale, g.steps) == (0, 3.0, 10)  # restored
     again = studio.run("a red circle", seed=7, n_keep=3, guidance_scale=5.5, steps=4)
     assert torch.equal(again["images"], out["images"])  # a pure function of (prompt, seed, knobs)
@@ -65,14 +66,25 @@ def test_knobs_given_as_call_parameters_reach_the_generator(dalle_helpers):
     assert studio.defaults == {"guidance_scale": glide.hparams.guidance_scale, "steps": glide.hparams.sample_steps}
     a = studio.run("a red circle", seed=3, n_keep=2, guidance_scale=2.0, steps=2)["images"]
     b = studio.run("a red circle", seed=4, n_keep=2, guidance_scale=2.0, steps=2)["images"]
-    assert a.shape == (2, 3, 16, 16) and torch.equal(a[1], b[0])  # candidate i is seed + i: the seed reached it
+    assert a.shape == (2, 3, 16, 16) and not torch.equal(a, b)  # the seed reached it
     seen = []
     sample_tokens = glide.sample_tokens
     glide.sample_tokens = lambda *a, **kw: seen.append(kw) or sample_tokens(*a, **kw)  # spy: the net saturates
     studio.run("a red circle", seed=3, n_keep=2, guidance_scale=5.0, steps=2)
     # both candidates in one denoiser batch, each row drawing from its own seed's generator
     assert [(kw["guidance_scale"], kw["steps"]) for kw in seen] == [(5.0, 2)]
-    assert [g.initial_seed() for _, g in seen[0]["generator"].groups] == [3, 4]
+    assert [g.initial_seed() for _, g in seen[0]["generator"].groups] == [3 * SEED_STRIDE, 3 * SEED_STRIDE + 1]
+
+
+def test_the_next_seed_shows_other_images():
+    """The pipelines draw candidate i under seed + i: with the page's seed as the generator's, seeds s and s + 1
+    shared all their candidates but one, and the next seed on the page showed the same images (4 of 4 on the demo
+    DALL·E, 32 candidates). The page's seed s now draws under s * SEED_STRIDE + i: neighbours share none."""
+    g = FakeGenerator()
+    studio = Studio(g, scorer=FakeScorer())
+    shown = [studio.run("x", seed=s, n_keep=4)["images"] for s in (5, 6)]
+    assert not any(torch.equal(a, b) for a in shown[0] for b in shown[1])
+    assert [seed for seed, _, _ in g.seen] == [s * SEED_STRIDE + i for s in (5, 6) for i in range(4)]
 
 
 def test_a_scorer_orders_the_images_best_first():
@@ -417,7 +429,7 @@ def test_a_clip_guided_glide_page_samples_as_the_pipeline_does(dalle_helpers):
     opened = {k.name: studio.initial(k) for k in studio.knobs}
     assert opened["guidance_scale"] == 1.0 and opened["clip_guidance_scale"] == 2.0 and opened["steps"] == 2
     page = studio.run("a red circle", 3, 1, **opened)["images"]
-    g.seed = 3
+    g.seed = Studio.generator_seed(3)
     assert torch.equal(page, g.candidates(["a red circle"], 1)[0])  # the page's request == the pipeline as set up
     assert (g.guidance_scale, g.clip_guidance_scale) == (None, 2.0)  # restored
 
@@ -473,7 +485,8 @@ def test_bad_ui_settings_are_refused_before_the_generator_is_built(tmp_path):
         # a generator checkpoint that does not exist: the ui / port checks must come first
         base = [f"paths.root_dir={tmp_path}", "generator.dalle_ckpt=/nonexistent.ckpt"]
         for override, message in (
-            ("ui.max_keep=0", r"ui.max_keep=0: must be a whole number >= 1 \(fix: ui.max_keep=16\)"),
+            ("ui.max_keep=0", r"ui.max_keep=0: must be a whole number in 1..65536 \(fix: ui.max_keep=16\)"),
+            ("ui.max_candidates=100000", r"ui.max_candidates=100000: must be a whole number in 1..65536"),
             ("ui.tile_px=big", r"ui.tile_px='big'"),
             ("ui.max_guidance=0", r"ui.max_guidance=0"),
             ("server.port=abc", r"server.port must be in 1..65535, got 'abc'"),
