@@ -356,6 +356,27 @@ def test_prompts_file_adds_one_prompt_per_line_and_the_bar_is_on(tmp_path, monke
             sample(_sample_cfg(f"prompts_file={path}", f"out_dir={tmp_path / 'x'}"))
 
 
+def test_a_second_run_into_the_same_out_dir_leaves_only_its_own_images(tmp_path, monkeypatch):
+    """out_dir= given twice (n_keep=4, then 2): the prompt's folder held the first run's 02.png, 03.png beside the
+    second run's two images, which samples.json does not list."""
+    import zoo.pipelines.base as base
+
+    def fake_keep_best(generator, prompts, n_keep, seed=0):
+        return {"images": torch.zeros(len(prompts), n_keep, 3, 4, 4), "scores": None}
+
+    monkeypatch.setattr(base, "build_generator", lambda node, what: object())
+    monkeypatch.setattr(base, "keep_best", fake_keep_best)
+    out = tmp_path / "o"
+    for k in (4, 2):
+        written = sample(_sample_cfg('prompts=["a red circle"]', f"n_keep={k}", f"out_dir={out}"))
+    entry = written["a red circle"]
+    folder = Path(entry["images"][0]).parent
+    (folder / "notes.png").write_bytes(b"mine")  # a file zoo-sample did not name is left alone
+    sample(_sample_cfg('prompts=["a red circle"]', "n_keep=2", f"out_dir={out}"))
+    assert sorted(p.name for p in folder.iterdir()) == ["00.png", "01.png", "notes.png"]
+    assert [Path(f).name for f in entry["images"]] == ["00.png", "01.png"]
+
+
 def test_a_prompts_file_with_a_byte_order_mark_reads_as_its_text(tmp_path):
     """Windows Notepad's UTF-8 starts with U+FEFF and ends lines with CRLF: the mark is not a prompt's first
     character, and a first '# comment' line stays a comment."""

@@ -257,6 +257,11 @@ def sample_prompts(cfg: DictConfig, generator, out_dir: Path) -> dict[str, Any]:
         save_grid(out["images"][i], path, int(cfg.nrow), cfg.grid_scale)
         images = out["images"][i].float().clamp(-1, 1).add(1).div(2)
         (out_dir / slug).mkdir(exist_ok=True)
+        # an out_dir= used before: a previous run's numbered images of this prompt go (n_keep=8 then n_keep=2 left
+        # 02..07.png of the old run beside the new 00, 01), so the folder holds this run's images only
+        for old in (out_dir / slug).glob("[0-9][0-9]*.png"):
+            if old.stem.isdigit():
+                old.unlink()
         files = []
         for j, img in enumerate(images):
             f = out_dir / slug / f"{j:02d}.png"
