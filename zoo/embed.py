@@ -51,7 +51,6 @@ def _first_image_caption_collate(samples: list[dict[str, Any]]) -> dict[str, Any
 
 
 @torch.no_grad()
-@torch.no_grad()
 def embed_dataset(
     scorer,
     dataset,
@@ -157,6 +156,26 @@ def build_scorer(c: DictConfig | dict):
     return ClipScorer.from_config(c)
 
 
+def embed_options(cfg: DictConfig) -> tuple[str, int, bool]:
+    """``(split, batch_size, text_encodings)`` of a zoo-embed config, checked before a CLIP or the data is built:
+    a bad split was found only after the CLIP had loaded, ``batch_size=-2`` was torch's bare ValueError,
+    ``batch_size=0`` ran with 128 and ``text_encodings=no`` (a string) wrote the encodings, all without a word."""
+    from zoo.data.datamodule import SPLITS
+
+    split = str(cfg.split)
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; expected one of {SPLITS} (fix: split=train, val or test)")
+    batch_size = cfg.get("batch_size")
+    batch_size = 128 if batch_size is None else batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r} (fix: batch_size=128)")
+    text_encodings = cfg.get("text_encodings")
+    text_encodings = False if text_encodings is None else text_encodings
+    if not isinstance(text_encodings, bool):
+        raise ConfigError(f"text_encodings must be true or false, got {text_encodings!r} (fix: text_encodings=true)")
+    return split, batch_size, text_encodings
+
+
 def embed(cfg: DictConfig) -> Path:
     """Plain function behind ``zoo-embed`` (testable without Hydra's runtime)."""
     from omegaconf import OmegaConf
@@ -164,17 +183,17 @@ def embed(cfg: DictConfig) -> Path:
     from zoo.config import instantiate
     from zoo.models.clip.scorer import ClipScorer
 
+    split, batch_size, text_encodings = embed_options(cfg)
     scorer = ClipScorer.from_config(cfg.clip)
     dm = instantiate(cfg.data, "data")
-    split = str(cfg.split)
     source = {k: v for k, v in OmegaConf.to_container(cfg.clip, resolve=True).items() if v is not None}
     path = embed_dataset(
         scorer,
         dm.dataset(split),
         cfg.out,
-        batch_size=int(cfg.get("batch_size") or 128),
+        batch_size=batch_size,
         meta={"clip": source, "split": split},
-        text_encodings=bool(cfg.get("text_encodings") or False),
+        text_encodings=text_encodings,
     )
     log.info("wrote %s (serve with data.features.%s=%s)", path, split, path)
     print(path)

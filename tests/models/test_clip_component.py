@@ -163,3 +163,32 @@ def test_zoo_embed_writes_embeddings_the_datamodule_serves(tmp_path):
     expected = m.scorer()
     torch.testing.assert_close(batch["clip_image_emb"], expected.encode_image(batch["image"]))
     torch.testing.assert_close(batch["clip_text_emb"], expected.encode_text(batch["caption"]))
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("split=bogus", "unknown split 'bogus'"),
+        ("batch_size=0", "batch_size must be a positive integer, got 0"),
+        ("batch_size=-2", "batch_size must be a positive integer, got -2"),
+        ("text_encodings=maybe", "text_encodings must be true or false"),
+    ],
+)
+def test_zoo_embed_refuses_bad_options_before_the_clip_is_built(tmp_path, monkeypatch, option, message):
+    """A bad split was found only after the CLIP had loaded (a ViT-H: minutes), batch_size=-2 was torch's bare
+    ValueError, batch_size=0 ran with 128 and text_encodings=maybe wrote the encodings, all without a word."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from zoo.embed import embed
+    from zoo.errors import ConfigError
+
+    def built(*args, **kwargs):
+        raise AssertionError("the CLIP was built before the options were checked")
+
+    monkeypatch.setattr(ClipScorer, "from_config", built)
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("embed", overrides=["clip.arch=zoo-clip-tiny", f"out={tmp_path / 'e.pt'}", option])
+    with pytest.raises(ConfigError, match=message):
+        embed(cfg)
