@@ -97,6 +97,19 @@ def test_demo_fresh_starts_a_fixed_step_stage_over_in_an_emptied_directory(demo_
     assert not (demo_dir / "tokenizer" / "checkpoints").exists()
 
 
+def test_a_stage_started_over_does_not_count_the_abandoned_runs_time(demo_dir, monkeypatch):
+    """An interrupted fixed-step stage's legs (stage_legs.json) were added to the time of a run that started the
+    stage over (DEMO_FRESH=1, or an input rebuilt since): the stage's time held a run it did not continue."""
+    stage = demo.Stage("tokenizer", ["experiment=demo/full/tokenizer"], expect_s=60)
+    _with_checkpoint(demo_dir / "tokenizer")
+    demo.record_leg("tokenizer", 100.0)
+    monkeypatch.setenv("DEMO_FRESH", "1")
+    monkeypatch.setattr(demo, "run_child", lambda cmd: None)
+    timings = {}
+    demo.run_train(stage, timings)
+    assert timings["tokenizer"] < 50 and demo.earlier_legs("tokenizer") == []
+
+
 def test_sigterm_to_the_demo_lets_the_child_save_first(tmp_path):
     """SIGTERM to the demo process alone: run_child passes it on and waits, so the child's own SIGTERM handler
     (zoo-train's: save interrupted.ckpt) runs before the demo exits with 128 + 15."""

@@ -381,6 +381,8 @@ def run_train(stage: Stage, timings: dict[str, float], schedule: Optional[Schedu
     resume = resumable(stage, run_dir)
     if resume:
         overrides.append("ckpt_path=last")
+    elif earlier_legs(stage.name):  # an abandoned run's time (DEMO_FRESH=1, an input rebuilt) is not this run's
+        _save(legs_file(), {k: v for k, v in _load(legs_file()).items() if k != stage.name})
     elif (run_dir / "checkpoints").is_dir():
         # starting over (a budgeted stage after an interruption, or DEMO_FRESH=1): zoo-train refuses a new run in a
         # directory that holds an earlier run's checkpoints (it would resume from them), so the earlier leg goes --
