@@ -496,6 +496,29 @@ def test_bad_ui_settings_are_refused_before_the_generator_is_built(tmp_path):
                 serve(cfg, block=False)
 
 
+def test_a_bad_page_clip_is_refused_before_the_generator_is_built(tmp_path, monkeypatch):
+    """clip_ckpt= missing, or a checkpoint of another component, was refused only after the generator was built (a
+    minute for unCLIP), and the wrong kind's message did not name the option."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    import zoo.pipelines.base as base
+    from zoo.errors import ConfigError
+    from zoo.export import checkpoint_dict
+    from zoo.models.vqvae.lit import VQVAELit
+    from zoo.serve import serve
+
+    vq = tmp_path / "vq.ckpt"
+    torch.save(checkpoint_dict(VQVAELit(preset="tiny")), vq)
+    monkeypatch.setattr(base, "build_generator", lambda *a, **k: pytest.fail("built the generator first"))
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        for clip, message in ((tmp_path / "none.ckpt", "clip_ckpt: checkpoint not found"), (vq, "clip_ckpt: .*vq")):
+            cfg = compose("serve", overrides=[f"paths.root_dir={tmp_path}", f"clip_ckpt={clip}"])
+            with pytest.raises(ConfigError, match=message):
+                serve(cfg, block=False)
+
+
 def test_a_missing_gradio_is_named_before_the_generator_is_built(tmp_path, monkeypatch):
     """Without gradio, zoo-serve built the generator (a minute for unCLIP) and then died on a bare
     ModuleNotFoundError in build_app."""

@@ -531,7 +531,10 @@ def build_scorer(clip_ckpt: Optional[str]):
         raise ConfigError(f"clip_ckpt: checkpoint not found: {path} (fix: clip_ckpt=/path/to/clip/last.ckpt, or null)")
     from zoo.models.clip.scorer import ClipScorer
 
-    return ClipScorer.from_lightning_checkpoint(str(path))
+    try:
+        return ClipScorer.from_lightning_checkpoint(str(path))
+    except ConfigError as e:  # e.g. "<file> is not a CLIP checkpoint": say which option gave it
+        raise ConfigError(f"clip_ckpt: {e}") from e
 
 
 def serve(cfg: DictConfig, block: bool = True):
@@ -550,9 +553,12 @@ def serve(cfg: DictConfig, block: bool = True):
         import gradio  # noqa: F401
     except ImportError:
         raise ConfigError("zoo-serve needs gradio (fix: pip install -e '.[serve]')") from None
+    # the page's CLIP first: a missing or wrong clip_ckpt= was refused only after the generator was built (a minute
+    # for unCLIP)
+    scorer = build_scorer(cfg.get("clip_ckpt"))
     torch.manual_seed(int(cfg.seed))
     generator = build_generator(cfg.get("generator"), "generator")
-    studio = Studio(generator, build_scorer(cfg.get("clip_ckpt")), ui)
+    studio = Studio(generator, scorer, ui)
     app, style = build_app(studio)
     log.info("%s: knobs %s", type(generator).__name__, [k.name for k in studio.knobs] or "none")
     try:
