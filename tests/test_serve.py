@@ -337,19 +337,22 @@ def test_knobs_left_at_none_show_the_models_own_defaults():
     assert {k.name for k in studio.knobs} >= {"guidance_scale", "steps"}
 
 
-@pytest.mark.parametrize("n_candidates, n_keep", [(1, 4), (8, 4), (1, 1), (2, 40)])
-def test_the_page_as_it_opens_is_a_valid_request(n_candidates, n_keep):
+@pytest.mark.parametrize(
+    "n_candidates, n_keep, max_candidates", [(1, 4, 128), (8, 4, 128), (1, 1, 128), (2, 40, 128), (1, 4, 2)]
+)
+def test_the_page_as_it_opens_is_a_valid_request(n_candidates, n_keep, max_candidates):
     # GLIDE and unCLIP default to 1 candidate while the page opens with keep 4: the first Generate was refused
-    # ("keep (4) cannot exceed candidates (1)")
+    # ("keep (4) cannot exceed candidates (1)"); so it was with ui.max_candidates=2 (the candidates slider's top)
     class WithCandidates(FakeGenerator):
         pass
 
     g = WithCandidates()
     g.n_candidates = n_candidates
-    studio = Studio(g, FakeScorer(), ui={"n_keep": n_keep})
+    studio = Studio(g, FakeScorer(), ui={"n_keep": n_keep, "max_candidates": max_candidates})
     opened = {k.name: studio.initial(k) for k in studio.knobs}
     keep = studio.initial_keep
-    assert keep == min(n_keep, 16) and opened["n_candidates"] == max(n_candidates, keep)
+    assert keep == min(n_keep, 16, max_candidates) and opened["n_candidates"] == max(n_candidates, keep)
+    assert studio.max_keep == min(16, max_candidates)  # the keep slider's top
     out = studio.run("a red circle", studio.start_seed, keep, **opened)
     assert len(out["images"]) == keep
 

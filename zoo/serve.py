@@ -283,9 +283,19 @@ class Studio:
         return int(seed) * SEED_STRIDE
 
     @property
+    def max_keep(self) -> int:
+        """The largest "keep": ``ui.max_keep``, and with a candidates control at most ``ui.max_candidates`` (keep
+        cannot exceed candidates: with ui.max_candidates=2 and the default ui.n_keep=4 the page opened at keep 4,
+        candidates 2, and its first Generate was refused)."""
+        limit = int(self.ui["max_keep"])
+        if "n_candidates" in self.defaults:
+            limit = min(limit, int(self.ui["max_candidates"]))
+        return limit
+
+    @property
     def initial_keep(self) -> int:
-        """The page's starting "keep": ``ui.n_keep`` within [1, ``ui.max_keep``]."""
-        return int(min(max(int(self.ui["n_keep"]), 1), int(self.ui["max_keep"])))
+        """The page's starting "keep": ``ui.n_keep`` within [1, ``max_keep``]."""
+        return int(min(max(int(self.ui["n_keep"]), 1), self.max_keep))
 
     def initial(self, knob: Knob) -> int | float:
         lo, hi = self.bounds(knob)
@@ -305,7 +315,7 @@ class Studio:
                 f"the prompt is {len(prompt)} characters long; the limit is {self.ui['max_prompt_chars']}"
             )
         seed = _number(seed, "seed", int, 0, SEED_MAX)
-        n_keep = _number(n_keep, "keep", int, 1, int(self.ui["max_keep"]))
+        n_keep = _number(n_keep, "keep", int, 1, self.max_keep)
         known = {k.name: k for k in self.knobs}
         unknown = sorted(set(knobs) - set(known))
         if unknown:
@@ -466,7 +476,7 @@ def build_app(studio: Studio):
                 )
                 keep = gr.Slider(
                     1,
-                    int(ui["max_keep"]),
+                    studio.max_keep,
                     value=studio.initial_keep,
                     step=1,
                     label="keep",
