@@ -377,6 +377,36 @@ def test_a_second_run_into_the_same_out_dir_leaves_only_its_own_images(tmp_path,
     assert [Path(f).name for f in entry["images"]] == ["00.png", "01.png"]
 
 
+def test_a_long_prompt_list_is_sampled_and_written_a_part_at_a_time(tmp_path, monkeypatch):
+    """A prompts_file of thousands of lines was one generator call: every image held in memory until the last was
+    drawn, nothing written before (a crash lost them all). Now PROMPTS_PER_CALL prompts per call, each part written
+    (and listed in samples.json) before the next is drawn."""
+    import json
+
+    import zoo.pipelines.base as base
+    from zoo.sample import PROMPTS_PER_CALL
+
+    calls = []
+
+    def fake_keep_best(generator, prompts, n_keep, seed=0):
+        calls.append(list(prompts))
+        if len(calls) == 3:
+            raise MemoryError("pretend")
+        return {"images": torch.zeros(len(prompts), n_keep, 3, 4, 4), "scores": None}
+
+    monkeypatch.setattr(base, "build_generator", lambda node, what: object())
+    monkeypatch.setattr(base, "keep_best", fake_keep_best)
+    f = tmp_path / "prompts.txt"
+    f.write_text("".join(f"prompt {i}\n" for i in range(2 * PROMPTS_PER_CALL + 3)), encoding="utf-8")
+    out = tmp_path / "o"
+    with pytest.raises(MemoryError):
+        sample(_sample_cfg(f"prompts_file={f}", "n_keep=1", f"out_dir={out}"))
+    assert [len(c) for c in calls] == [PROMPTS_PER_CALL, PROMPTS_PER_CALL, 3]
+    listed = json.loads((out / "samples.json").read_text())
+    assert list(listed) == [f"prompt {i}" for i in range(2 * PROMPTS_PER_CALL)]
+    assert all(Path(e["grid"]).is_file() and Path(e["images"][0]).is_file() for e in listed.values())
+
+
 def test_a_prompts_file_with_a_byte_order_mark_reads_as_its_text(tmp_path):
     """Windows Notepad's UTF-8 starts with U+FEFF and ends lines with CRLF: the mark is not a prompt's first
     character, and a first '# comment' line stays a comment."""

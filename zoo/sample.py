@@ -242,17 +242,36 @@ def sample_checkpoint_grid(cfg: DictConfig, out_dir: Path, component: str) -> di
     return {name: {"grid": str(path)}}
 
 
+# Prompts per generator call: a prompts_file of thousands of lines was one call, holding every image in memory
+# (1000 prompts x 8 images at 256 px: 6 GB) and writing nothing until the last was drawn (a crash lost them all).
+# Lists of up to PROMPTS_PER_CALL prompts sample exactly as before; a prompt's images depend on the other prompts of
+# its call (the pipelines draw candidate i of all the call's captions from one generator, seeded seed + i).
+PROMPTS_PER_CALL = 16
+
+
 def sample_prompts(cfg: DictConfig, generator, out_dir: Path) -> dict[str, Any]:
-    """``n_keep`` images per prompt, best first -> grid + individual images (+ scores) per prompt."""
+    """``n_keep`` images per prompt, best first -> grid + individual images (+ scores) per prompt, written
+    ``PROMPTS_PER_CALL`` prompts at a time (``samples.json`` lists those written so far)."""
+    prompts = list(cfg.prompts)
+    names = _output_names(prompts)
+    written: dict[str, Any] = {}
+    for start in range(0, len(prompts), PROMPTS_PER_CALL):
+        part = slice(start, start + PROMPTS_PER_CALL)
+        written.update(_sample_and_write(cfg, generator, out_dir, prompts[part], names[part]))
+        if start + PROMPTS_PER_CALL < len(prompts):
+            (out_dir / "samples.json").write_text(json.dumps(written, indent=2))
+    return written
+
+
+def _sample_and_write(cfg: DictConfig, generator, out_dir: Path, prompts: list, names: list) -> dict[str, Any]:
     from torchvision.utils import save_image
 
     from zoo.pipelines.base import keep_best
 
-    prompts = list(cfg.prompts)
     out = keep_best(generator, prompts, int(cfg.n_keep), seed=int(cfg.seed))
     scores = out.get("scores")
     written: dict[str, Any] = {}
-    for i, (prompt, (key, slug)) in enumerate(zip(prompts, _output_names(prompts))):
+    for i, (prompt, (key, slug)) in enumerate(zip(prompts, names)):
         path = out_dir / f"{slug}.png"
         save_grid(out["images"][i], path, int(cfg.nrow), cfg.grid_scale)
         images = out["images"][i].float().clamp(-1, 1).add(1).div(2)
