@@ -407,6 +407,19 @@ def test_a_long_prompt_list_is_sampled_and_written_a_part_at_a_time(tmp_path, mo
     assert all(Path(e["grid"]).is_file() and Path(e["images"][0]).is_file() for e in listed.values())
 
 
+@pytest.mark.parametrize("prompts", ['prompts=[1984,"a red circle"]', "prompts=[true]", "prompts=[3.5]", "prompts=7"])
+def test_a_prompt_hydra_reads_as_a_number_is_refused_before_sampling(tmp_path, monkeypatch, prompts):
+    """prompts=[1984] reached the file naming as an int after every prompt was sampled ('int' object has no
+    attribute 'lower')."""
+    import zoo.pipelines.base as base
+
+    monkeypatch.setattr(base, "build_generator", lambda node, what: pytest.fail("built the generator"))
+    with pytest.raises(
+        ConfigError, match=r"prompts.*(is not text, Hydra read it as a (number|bool) \(fix: quote it|a list of prompts)"
+    ):
+        sample(_sample_cfg(prompts, f"out_dir={tmp_path / 'o'}"))
+
+
 def test_a_prompts_file_with_a_byte_order_mark_reads_as_its_text(tmp_path):
     """Windows Notepad's UTF-8 starts with U+FEFF and ends lines with CRLF: the mark is not a prompt's first
     character, and a first '# comment' line stays a comment."""

@@ -150,6 +150,23 @@ COUNTS = {
 }
 
 
+def check_prompts(prompts: Any) -> None:
+    """Every prompt a string, before the generator is built. Hydra reads prompts=[1984] or [true] as a number / a
+    bool, which reached the file naming only after every prompt was sampled ('int' object has no attribute
+    'lower')."""
+    from omegaconf import ListConfig
+
+    if not isinstance(prompts, (list, ListConfig)):
+        raise ConfigError(f'prompts={prompts!r}: a list of prompts (fix: prompts=\'["a red circle", "..."]\')')
+    for p in prompts:
+        if not isinstance(p, str):
+            kind, typed = ("a bool", str(p).lower()) if isinstance(p, bool) else ("a number", p)
+            raise ConfigError(
+                f"prompts: {typed} is not text, Hydra read it as {kind} (fix: quote it, "
+                f"prompts='[\"{typed}\"]', or put it in a prompts_file)"
+            )
+
+
 def check_counts(cfg: DictConfig) -> None:
     for key, (least, fix) in COUNTS.items():
         value = cfg.get(key)
@@ -171,6 +188,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("prompts_file"):
         with open_dict(cfg):
             cfg.prompts = [*cfg.prompts, *read_prompts_file(str(cfg.prompts_file))]
+    check_prompts(cfg.prompts)
     check_counts(cfg)
     apply_conv_backend(cfg.get("conv_backend", "auto"))  # auto: NNPACK's 3x3 convolutions on AVX2 CPUs
     if not cfg.get("ckpt") and not cfg.prompts:
