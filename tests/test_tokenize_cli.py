@@ -50,6 +50,8 @@ def test_tokenize_split_and_serve_tokens(train_cfg, tmp_path):
     assert torch.equal(saved["image_tokens"], model.tokenizer.encode(images))
     assert saved["image_tokens"].shape == (8, 16, 16) and saved["codebook_size"] == 64
     assert saved["meta"]["split"] == "val"
+    # which images (image codes do not depend on the captions): the DataModule refuses the file for other scenes
+    assert saved["meta"]["data"] == {"images": instantiate(tcfg.data).features_identity("val")["images"]}
 
     # the DataModule serves them as batch["image_tokens"], aligned with the images
     from omegaconf import OmegaConf

@@ -7,7 +7,9 @@ Output: one ``.pt`` (written atomically, loadable with ``weights_only=True``) ho
 ``clip_image_emb`` (N, D) float32 L2-normalised, ``clip_text_emb`` (N, D) float32 L2-normalised and
 ``clip_text_tokens`` (N, L) int64 — the model's own open_clip token ids — plus ``meta``: a dict of plain values
 (CLIP source, embedding dim, item count, CLIP-score convention, ``clip_fingerprint``: a digest of the CLIP's
-weights that the modules trained on the file keep and the unCLIP pipeline checks). With ``text_encodings=true`` it also holds
+weights that the modules trained on the file keep and the unCLIP pipeline checks; ``data``: the DataModule's
+``features_identity`` of the split, which the DataModule serving the file compares: other images are refused, other
+captions serve the image features only). With ``text_encodings=true`` it also holds
 ``clip_text_encodings`` (N, L, W) float16, the per-token outputs of CLIP's text tower (token embedding + positions
 + transformer + ln_final, before pooling and projection: what unCLIP's prior and decoder read as "encoded text"),
 and ``clip_text_mask`` (N, L) bool, True up to and including the end-of-text token.
@@ -192,7 +194,7 @@ def embed(cfg: DictConfig) -> Path:
         dm.dataset(split),
         cfg.out,
         batch_size=batch_size,
-        meta={"clip": source, "split": split},
+        meta={"clip": source, "split": split, "data": dm.features_identity(split)},  # checked where it is served
         text_encodings=text_encodings,
     )
     log.info("wrote %s (serve with data.features.%s=%s)", path, split, path)

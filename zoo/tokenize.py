@@ -118,7 +118,12 @@ def tokenize(cfg: DictConfig) -> Path:
         dm.dataset(cfg.split),
         cfg.out,
         batch_size=int(cfg.batch_size),
-        meta={"split": str(cfg.split), "tokenizer": str(cfg.tokenizer_ckpt)},
+        # which images (the DataModule refuses the file for other data); image codes do not depend on the captions
+        meta={
+            "split": str(cfg.split),
+            "tokenizer": str(cfg.tokenizer_ckpt),
+            "data": {"images": dm.features_identity(str(cfg.split))["images"]},
+        },
     )
     log.info("wrote %s", path)
     print(path)

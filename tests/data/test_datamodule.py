@@ -59,3 +59,50 @@ def test_bad_webdataset_options_are_refused_when_built(tmp_path, kwargs, says):
 
     with pytest.raises(ConfigError, match=says):
         WebDataModule(train_urls=str(tmp_path / "x.tar"), **kwargs)
+
+
+def _features_file(tmp_path, dm: ShapesDataModule, split: str, n: int, name: str = "f.pt", record: bool = True):
+    """A zoo-embed-like file of ``n`` rows for ``split`` of ``dm`` (with zoo-embed's record of its data)."""
+    import torch
+
+    from zoo.checkpoint import atomic_torch_save
+
+    meta = {"split": split, **({"data": dm.features_identity(split)} if record else {})}
+    feats = {
+        "clip_image_emb": torch.randn(n, 8),
+        "clip_text_emb": torch.randn(n, 8),
+        "clip_text_tokens": torch.randint(1, 50, (n, 6)),
+        "meta": meta,
+    }
+    return atomic_torch_save(feats, tmp_path / name)
+
+
+def test_a_feature_file_of_other_images_is_refused_and_of_other_captions_serves_only_its_image_features(
+    tmp_path, caplog
+):
+    """zoo-embed / zoo-tokenize files record the data they were made from (features_identity). Served with a
+    DataModule of another world seed (other scenes, same count) they were read by index as if they described these
+    items, without a word: a ConfigError naming the difference. With other captions only (a caption style, as the
+    DALL·E 3 captioners of three styles share one embedding file) the image embeddings are right and served; the
+    text ones describe captions this run does not serve, so they are dropped with a warning."""
+    import logging
+
+    path = _features_file(tmp_path, ShapesDataModule(**SMALL), "val", 4)
+    same = ShapesDataModule(**SMALL, features={"val": str(path)}).dataset("val")[0]
+    assert {"clip_image_emb", "clip_text_emb", "clip_text_tokens"} <= set(same)
+    with pytest.raises(
+        ConfigError, match=r"other images than this run's val split \(world_seed: 0 in the file, 1 here"
+    ):
+        ShapesDataModule(**SMALL, world_seed=1, features={"val": str(path)}).dataset("val")
+    with caplog.at_level(logging.WARNING, logger="zoo.data.datamodule"):
+        short = ShapesDataModule(**SMALL, caption_style="short", features={"val": str(path)}).dataset("val")[0]
+    assert "clip_image_emb" in short and not any(k.startswith("clip_text_") for k in short)
+    assert "caption_style: 'descriptive' in the file, 'short' here" in caplog.text
+    # the training split's caption blend is part of its captions; val / test never blend, so it is not theirs
+    train = _features_file(tmp_path, ShapesDataModule(**SMALL), "train", 4, "t.pt")
+    mixed = dict(SMALL, caption_mix={"descriptive": 0.5, "alt": 0.5})
+    assert "clip_text_emb" not in ShapesDataModule(**mixed, features={"train": str(train)}).dataset("train")[0]
+    assert "clip_text_emb" in ShapesDataModule(**mixed, features={"val": str(path)}).dataset("val")[0]
+    # a file written before the record was kept is served as before
+    old = _features_file(tmp_path, ShapesDataModule(**SMALL), "val", 4, "old.pt", record=False)
+    assert "clip_text_emb" in ShapesDataModule(**SMALL, world_seed=1, features={"val": str(old)}).dataset("val")[0]

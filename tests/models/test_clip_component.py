@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from zoo.data.shapes import ShapesDataset
-from zoo.errors import MissingWeightsError
+from zoo.errors import ConfigError, MissingWeightsError
 from zoo.models.clip.lit import ClipLit, recall_at_k
 from zoo.models.clip.scorer import ClipScorer
 
@@ -163,6 +163,10 @@ def test_zoo_embed_writes_embeddings_the_datamodule_serves(tmp_path):
     expected = m.scorer()
     torch.testing.assert_close(batch["clip_image_emb"], expected.encode_image(batch["image"]))
     torch.testing.assert_close(batch["clip_text_emb"], expected.encode_text(batch["caption"]))
+    # the file records the data it was made from; served for another world's scenes it is refused
+    assert torch.load(out, weights_only=True)["meta"]["data"] == dm.features_identity("val")
+    with pytest.raises(ConfigError, match="world_seed: 0 in the file, 3 here"):
+        instantiate(OmegaConf.merge(cfg.data, {"features": {"val": str(out)}, "world_seed": 3})).dataset("val")
 
 
 @pytest.mark.parametrize(

@@ -355,6 +355,68 @@ class ImageTextDataModule(L.LightningDataModule):
             out.update(synthetic_captions=files, caption_mix=self.caption_mix, synthetic_seed=self.seed)
         return out
 
+    def features_identity(self, split: str) -> dict[str, dict[str, Any]]:
+        """What a split's items are a function of, for the feature files made from them (zoo-embed, zoo-tokenize):
+        ``{"images": {...}, "captions": {...}}`` of plain values. zoo-embed records both parts in its file's meta
+        (image and text embeddings), zoo-tokenize the images part (image codes), and ``dataset`` refuses a file whose
+        recorded values differ from this DataModule's: a file made from another world seed, caption style or COCO
+        copy of the same size was served by index as if it described these items. Only what changes the items goes
+        in (not paths, sizes checked by row count, or the resolution: the same scenes), so that a moved folder or
+        another split size is no false alarm. Subclasses add their fields."""
+        cls = type(self)
+        images: dict[str, Any] = {"datamodule": f"{cls.__module__}.{cls.__qualname__}"}
+        captions: dict[str, Any] = {}
+        if split == "train" and self.synthetic_captions:  # which recaptions (by file size) and which draw
+            captions["synthetic_captions"] = {
+                style: (Path(p).expanduser().stat().st_size if Path(p).expanduser().is_file() else None)
+                for style, p in sorted(self.synthetic_captions.items())
+            }
+            captions.update(caption_mix=self.caption_mix, synthetic_seed=self.seed)
+        return {"images": images, "captions": captions}
+
+    def check_features_identity(self, split: str, path: Any, meta: dict[str, Any], feats: dict[str, Any]) -> None:
+        """Check a feature file's recorded data (its meta's ``data``, ``features_identity``) against this split's.
+        Other images (another world seed, object counts, COCO year or annotation file): a ConfigError, every row
+        describes other items. Other captions only (another caption style or blend, a DALL·E 3 captioner fine-tuned
+        on another style from the same files): the image features stay right, the text ones (embeddings, tokens,
+        encodings) would describe captions this run does not serve, so they are dropped from ``feats`` with a
+        warning; a model that needs them then says the file lacks them. Files written before the record was kept
+        carry none and are served as before."""
+        recorded = meta.get("data")
+        if not isinstance(recorded, dict):
+            return
+        current = self.features_identity(split)
+        diffs: dict[str, list[str]] = {}
+        for part, values in recorded.items():
+            if not isinstance(values, dict) or part not in current:
+                continue
+            for key in sorted(set(values) | set(current[part])):
+                if values.get(key) != current[part].get(key):
+                    diffs.setdefault(part, []).append(
+                        f"{key}: {values.get(key)!r} in the file, {current[part].get(key)!r} here"
+                    )
+        fix = "re-run the zoo-embed / zoo-tokenize command with this run's data options, or set the data options the "
+        if "images" in diffs:
+            raise ConfigError(
+                f"data.features.{split}={path} was made from other images than this run's {split} split ("
+                + "; ".join(diffs["images"])
+                + f"): its rows would be served as if they described these items (fix: {fix}file was made with)"
+            )
+        text = [k for k in feats if k.startswith("clip_text_")]
+        if "captions" in diffs and text:
+            for k in text:
+                del feats[k]
+            log.warning(
+                "data.features.%s=%s was made from other captions (%s): its image features are served, its text "
+                "features (%s) are not, since they describe captions this run does not serve (fix, where a model "
+                "needs them: %sfile was made with)",
+                split,
+                path,
+                "; ".join(diffs["captions"]),
+                ", ".join(text),
+                fix,
+            )
+
     def skip_counts(self) -> dict[str, dict[str, Any]]:
         """``{split: {"skipped": n, "examples": [...], "what": str}}`` for the built splits that skipped bad items
         (corrupt COCO images, bad WebDataset samples or shards)."""
@@ -409,6 +471,7 @@ class ImageTextDataModule(L.LightningDataModule):
                     )
                 meta: dict[str, Any] = {}
                 feats = load_features(path, split, meta)
+                self.check_features_identity(split, path, meta, feats)
                 ds = FeatureAttached(ds, feats, source=f"data.features.{split}={path}", meta=meta)
             self.datasets[split] = ds
         return self.datasets[split]

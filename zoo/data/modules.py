@@ -79,6 +79,23 @@ class ShapesDataModule(ImageTextDataModule):
             **({"object_order": self.object_order} if self.object_order != "raster" else {}),
         }
 
+    def features_identity(self, split: str) -> dict:
+        from zoo.data.shapes import WORLD_VERSION
+
+        out = super().features_identity(split)
+        # the scenes: (world, seed, split, index) and the object counts; the captions: the style, the object order
+        # of descriptive captions and, for train only, the style draw of caption_mix (val / test never mix)
+        out["images"].update(
+            world_version=WORLD_VERSION,
+            world_seed=self.world_seed,
+            min_objects=self.min_objects,
+            max_objects=self.max_objects,
+        )
+        out["captions"].update(caption_style=self.caption_style, object_order=self.object_order)
+        if split == "train":
+            out["captions"]["native_caption_mix"] = self.native_caption_mix
+        return out
+
     def tokenizer_captions(self) -> Iterable[str]:
         if self.bpe_fit_styles == "served":
             return self.train_captions()
@@ -145,6 +162,18 @@ class CocoDataModule(ImageTextDataModule):
             "annotations_size": stat.st_size if stat else None,
             "annotations_mtime_ns": stat.st_mtime_ns if stat else None,
         }
+
+    def features_identity(self, split: str) -> dict:
+        from zoo.data.coco import _ann_path
+
+        out = super().features_identity(split)
+        ann = _ann_path(Path(self.root).expanduser(), split, self.year)
+        # which images (year, the cut, the annotation file by size: a moved or copied COCO keeps its features) and
+        # which of an image's ~5 captions is served (data.seed draws it)
+        out["images"].update(year=self.year, max_items=self.max_items)
+        out["images"]["annotations_size"] = ann.stat().st_size if ann.is_file() else None
+        out["captions"]["caption_seed"] = self.seed
+        return out
 
     def train_captions(self) -> Iterable[str]:
         """The training captions without decoding the images: the base class reads ``ds[i]``, which decoded and
