@@ -303,6 +303,31 @@ def test_zoo_convert_dalle_dvae_needs_the_resolution(tmp_path, released):
     assert ck["zoo_config"]["data"]["resolution"] == 32 and ck["zoo_converted"]["resolution_from"] == "resolution="
 
 
+@pytest.mark.parametrize("pretrained", [None, "openai"])
+def test_an_arch_open_clip_does_not_know_is_named_with_close_ones(tmp_path, pretrained):
+    """arch=ViT-B-99 was a ValueError traceback telling to set model.arch= (zoo-train's option); with pretrained=
+    it read 'not an open_clip tag of ViT-B-99 (its tags: none)'."""
+    from omegaconf import OmegaConf
+
+    from zoo.convert import convert
+    from zoo.errors import ConfigError
+
+    f = tmp_path / "open_clip_model.safetensors"
+    f.write_bytes(b"never read")
+    cfg = {
+        "kind": "open_clip",
+        "arch": "ViT-B-99",
+        "ckpt": str(f),
+        "out": str(tmp_path / "c.ckpt"),
+        "pretrained": pretrained,
+    }
+    with pytest.raises(
+        ConfigError, match=r"arch=ViT-B-99: not an open_clip architecture \(close: .*ViT-B-\d+.*fix: arch="
+    ):
+        convert(OmegaConf.create(cfg))
+    assert not (tmp_path / "c.ckpt").exists()
+
+
 def test_open_clip_file_of_a_released_tag_keeps_its_activation_and_normalisation(tmp_path, monkeypatch):
     """The file does not say the open_clip tag it was released under, yet the tag sets QuickGELU (OpenAI, LAION-400M,
     MetaCLIP, DFN weights) and the image mean / std (0.5 for e.g. ViT-L-14 laion2b_s32b_b82k). zoo-convert had no

@@ -664,8 +664,19 @@ def open_clip_tag(arch: str, pretrained: Optional[str]) -> Optional[str]:
     tags disagree with what it builds alone is refused: an OpenAI ViT-B-32 file converted as plain ``ViT-B-32``
     ran with GELU instead of QuickGELU, and a ViT-L-14 laion2b_s32b_b82k file was normalised with OpenAI's mean /
     std instead of 0.5 -- every embedding silently wrong."""
+    import difflib
+
     import open_clip
 
+    import zoo.models.clip.model  # noqa: F401  (registers the zoo's own architectures with open_clip)
+
+    if open_clip.get_model_config(arch) is None:  # was a ValueError traceback naming model.arch= (zoo-train's option)
+        close = difflib.get_close_matches(arch, open_clip.list_models(), n=4, cutoff=0.6)
+        raise ConfigError(
+            f"arch={arch}: not an open_clip architecture"
+            + (f" (close: {', '.join(close)})" if close else "")
+            + " (fix: arch=<the file's architecture, one of open_clip.list_models()>, e.g. arch=ViT-B-32)"
+        )
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if pretrained is not None and str(pretrained).strip().lower() == NO_TAG:
         return None
