@@ -436,3 +436,11 @@ def test_a_prompts_file_with_a_byte_order_mark_reads_as_its_text(tmp_path):
 def test_a_cuda_generator_without_a_gpu_names_the_fix(tmp_path):
     with pytest.raises(ConfigError, match=r"generator\.device=cuda, but no CUDA device .*generator\.device=cpu"):
         sample(_sample_cfg("generator=glide", "generator.device=cuda", 'prompts=["x"]', f"out_dir={tmp_path}"))
+
+
+@pytest.mark.parametrize("device", ["gpu", "cpux"])
+def test_a_device_that_is_no_torch_device_is_named_not_called_a_corrupt_checkpoint(tmp_path, device):
+    """generator.device=gpu (a typo) failed inside the checkpoint load and was reported as a truncated or corrupt
+    checkpoint ("use another checkpoint"): a ConfigError naming the option before anything loads."""
+    with pytest.raises(ConfigError, match=rf"generator\.device={device} is not a torch device .*generator\.device=cpu"):
+        sample(_sample_cfg("generator=glide", f"generator.device={device}", 'prompts=["x"]', f"out_dir={tmp_path}"))

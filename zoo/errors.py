@@ -28,9 +28,13 @@ class MissingWeightsError(FileNotFoundError):
 def check_device(device, option: str) -> None:
     """A ``cuda`` device option on a machine without a visible CUDA device: one ConfigError naming ``option`` and the
     CPU fix, before anything loads (torch says "Found no NVIDIA driver on your system" from deep inside a load)."""
-    value = str(device or "cpu")
-    if value.startswith("cuda"):
-        import torch
+    import torch
 
+    value = str(device or "cpu")
+    try:  # a typo (gpu, cpux) failed inside the checkpoint load, reported as a truncated or corrupt file
+        torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"{option}={value} is not a torch device (fix: {option}=cpu, or cuda / cuda:0)") from None
+    if value.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"{option}={value}, but no CUDA device is visible on this machine (fix: {option}=cpu)")
