@@ -253,7 +253,8 @@ def sample_checkpoint_grid(cfg: DictConfig, out_dir: Path, component: str) -> di
     from zoo.pipelines.grid import checkpoint_sample_grid
     from zoo.registry import IMAGE_TOKENIZERS
 
-    images, nrow = checkpoint_sample_grid(str(cfg.ckpt), seed=int(cfg.seed))
+    clip = (cfg.get("generator") or {}).get("clip_ckpt")  # an unCLIP decoder's grid embeds the images with it
+    images, nrow = checkpoint_sample_grid(str(cfg.ckpt), seed=int(cfg.seed), clip_ckpt=clip)
     name = "reconstructions" if component in IMAGE_TOKENIZERS else "val_samples"
     path = out_dir / f"{name}.png"
     save_grid(images, path, nrow, cfg.grid_scale)

@@ -379,3 +379,38 @@ def test_a_missing_frozen_clip_names_the_option(tmp_path):
     lit = UnclipDecoderLit(preset="tiny", clip_ckpt=str(tmp_path / "nope.ckpt"))
     with pytest.raises(ConfigError, match=r"model\.clip_ckpt: no file .*nope\.ckpt .*model\.clip_ckpt="):
         lit.clip_scorer()
+
+
+def test_zoo_sample_grid_of_a_decoder_trained_on_a_frozen_clip_takes_that_clip(
+    tmp_path, train_cfg, train_helpers, dalle_helpers
+):
+    """zoo-sample ckpt=<decoder> without prompts (the README: any checkpoint gives its sample grid) failed for a
+    decoder trained with model.clip_ckpt and no zoo-embed files: the rebuild does not reopen the stored CLIP path,
+    and the error gave training advice (model.clip_ckpt=). Now generator.clip_ckpt gives it the CLIP (checked by
+    fingerprint), and without it the ConfigError names that option and the stored path."""
+    from zoo.errors import ConfigError
+    from zoo.pipelines.grid import checkpoint_sample_grid
+    from zoo.train import train
+
+    T = train_helpers
+    clip = dalle_helpers.tiny_clip_ckpt(tmp_path / "clip.ckpt")
+    other = dalle_helpers.tiny_clip_ckpt(tmp_path / "other.ckpt", seed=1)
+    cfg = train_cfg(
+        "model=unclip_decoder",
+        "model.preset=tiny",
+        f"model.clip_ckpt={clip}",
+        "model.grid_captions=2",
+        "model.grid_steps=2",
+        *T.SHAPES_BPE,
+        "data.resolution=16",
+        *T.sizes(),
+        *T.ONE_EPOCH,
+    )
+    train(cfg)
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    with pytest.raises(ConfigError, match=rf"generator.clip_ckpt=<the CLIP it trained with, {clip}>"):
+        checkpoint_sample_grid(ckpt)
+    with pytest.raises(ConfigError, match="is another CLIP than the one"):
+        checkpoint_sample_grid(ckpt, clip_ckpt=str(other))
+    images, nrow = checkpoint_sample_grid(ckpt, clip_ckpt=str(clip))
+    assert images.shape[1:] == (3, 16, 16) and len(images) == 4 and torch.isfinite(images).all()
