@@ -311,6 +311,21 @@ def test_frozen_clip_in_the_loop_embeds_batches_without_features(dalle_helpers, 
     assert torch.isfinite(loss) and all(p.grad is None for p in lit.clip_scorer().model.parameters())
 
 
+def _frozen_clip_decoder(T, clip) -> list[str]:
+    """zoo-train overrides: the tiny decoder on 16 px shapes embedding its batches with the frozen CLIP ``clip``."""
+    return [
+        "model=unclip_decoder",
+        "model.preset=tiny",
+        f"model.clip_ckpt={clip}",
+        "model.grid_captions=2",
+        "model.grid_steps=2",
+        *T.SHAPES_BPE,
+        "data.resolution=16",
+        *T.sizes(),
+        *T.ONE_EPOCH,
+    ]
+
+
 def test_features_of_another_clip_than_the_frozen_one_are_refused(train_cfg, tmp_path, train_helpers, dalle_helpers):
     """With ``model.clip_ckpt`` the frozen CLIP embeds the batches without features and the zoo-embed files the
     rest: files of another CLIP (their meta's ``clip_fingerprint``) mixed two spaces in one run, silently. The
@@ -328,18 +343,7 @@ def test_features_of_another_clip_than_the_frozen_one_are_refused(train_cfg, tmp
             s: _features_file(tmp_path / tag / f"{s}.pt", n, {"clip_fingerprint": fingerprint})
             for s, n in (("train", 16), ("val", 8), ("test", 8))
         }
-        cfg = train_cfg(
-            "model=unclip_decoder",
-            "model.preset=tiny",
-            f"model.clip_ckpt={clip}",
-            "model.grid_captions=2",
-            "model.grid_steps=2",
-            *T.SHAPES_BPE,
-            "data.resolution=16",
-            *T.sizes(),
-            *[f"data.features.{s}={p}" for s, p in files.items()],
-            *T.ONE_EPOCH,
-        )
+        cfg = train_cfg(*_frozen_clip_decoder(T, clip), *[f"data.features.{s}={p}" for s, p in files.items()])
         cfg.paths.output_dir = str(tmp_path / tag / "run")
         return train(cfg)
 
@@ -395,18 +399,7 @@ def test_zoo_sample_grid_of_a_decoder_trained_on_a_frozen_clip_takes_that_clip(
     T = train_helpers
     clip = dalle_helpers.tiny_clip_ckpt(tmp_path / "clip.ckpt")
     other = dalle_helpers.tiny_clip_ckpt(tmp_path / "other.ckpt", seed=1)
-    cfg = train_cfg(
-        "model=unclip_decoder",
-        "model.preset=tiny",
-        f"model.clip_ckpt={clip}",
-        "model.grid_captions=2",
-        "model.grid_steps=2",
-        *T.SHAPES_BPE,
-        "data.resolution=16",
-        *T.sizes(),
-        *T.ONE_EPOCH,
-    )
-    train(cfg)
+    train(train_cfg(*_frozen_clip_decoder(T, clip)))
     ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
     with pytest.raises(ConfigError, match=rf"generator.clip_ckpt=<the CLIP it trained with, {clip}>"):
         checkpoint_sample_grid(ckpt)
