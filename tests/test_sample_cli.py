@@ -444,3 +444,11 @@ def test_a_device_that_is_no_torch_device_is_named_not_called_a_corrupt_checkpoi
     checkpoint ("use another checkpoint"): a ConfigError naming the option before anything loads."""
     with pytest.raises(ConfigError, match=rf"generator\.device={device} is not a torch device .*generator\.device=cpu"):
         sample(_sample_cfg("generator=glide", f"generator.device={device}", 'prompts=["x"]', f"out_dir={tmp_path}"))
+
+
+@pytest.mark.parametrize("option", ["progress=maybe", "generator.use_ema=no"])
+def test_a_switch_given_as_a_word_is_refused_before_anything_loads(tmp_path, option):
+    """progress=maybe and generator.use_ema=no reached bool() as strings and meant true, without a word."""
+    key = option.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key} must be true or false, got '"):
+        sample(_sample_cfg("generator=glide", option, 'prompts=["x"]', f"out_dir={tmp_path}"))

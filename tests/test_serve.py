@@ -551,3 +551,19 @@ def test_a_generator_setting_beyond_the_pages_bounds_is_reported(caplog):
         studio = Studio(WithCandidates(), FakeScorer())
     assert studio.initial(next(k for k in studio.knobs if k.name == "n_candidates")) == 128
     assert "n_candidates=512 is outside the page's 1.0..128.0" in caplog.text and "ui.max_candidates" in caplog.text
+
+
+def test_a_prompt_upsampler_keeps_no_record_of_earlier_requests():
+    """PromptUpsampled.all_prompts records every call's rewrites for zoo-sample's samples.json; a long-running
+    zoo-serve kept every request's (memory growing with each prompt). Each request now starts a fresh record."""
+    from zoo.pipelines.base import PromptUpsampled
+
+    class Upsampler:
+        def upsample(self, prompts, seed=0):
+            return [f"{p}, on a white background" for p in prompts]
+
+    g = PromptUpsampled(FakeGenerator(), Upsampler())
+    studio = Studio(g)
+    for i in range(5):
+        studio.run(f"prompt {i}", seed=i, n_keep=2)
+    assert g.all_prompts == {"prompt 4": ["prompt 4, on a white background"] * 2}  # the last request's candidates

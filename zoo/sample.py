@@ -173,6 +173,11 @@ def check_counts(cfg: DictConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or (least is not None and value < least):
             at_least = f" >= {least}" if least is not None else ""
             raise ConfigError(f"{key} must be an integer{at_least}, got {value!r} (fix: {fix})")
+    # switches: a word (progress=maybe, generator.use_ema=no) was read by bool() as true, without a word
+    node = cfg.get("generator") or {}
+    for key, value in (("progress", cfg.get("progress")), ("generator.use_ema", node.get("use_ema"))):
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r} (fix: {key}=false)")
 
 
 def sample(cfg: DictConfig) -> dict[str, Any]:

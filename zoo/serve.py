@@ -362,6 +362,9 @@ class Studio:
         with self._lock:
             saved = {name: getattr(g, name) for name in attrs}
             start = time.perf_counter()
+            rewrites = getattr(g, "all_prompts", None)  # a prompt upsampler's record of every call's rewrites
+            if isinstance(rewrites, dict):  # (zoo-sample writes it once; a server would keep every request's)
+                rewrites.clear()
             try:
                 for name, value in attrs.items():
                     setattr(g, name, value)
