@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.config import report_user_errors
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole
 from zoo.nn.sampling import check_sampling
 
 log = logging.getLogger("zoo.eval.prior")
@@ -269,7 +269,7 @@ def check_counts(cfg: DictConfig, sweep) -> None:
     for key, v in counts:
         if v is None or (key == "diffusion.ddpm_steps" and v == 0):  # null (and ddpm_steps 0): the default / skip
             continue
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if not is_whole(v, 1):
             raise ConfigError(f"{key}={v!r}: must be an integer >= 1")
     a = cfg.get("ar") or {}  # the AR prior's token sampling: refused before any prior is loaded or sampled
     check_sampling(a.get("temperature", 1.0), a.get("top_k"), a.get("top_p"), "ar.")

@@ -253,7 +253,7 @@ def check_options(cfg: Mapping[str, Any]) -> list[str]:
     """The tasks of ``cfg`` as a list; a ConfigError naming the option and its fix for a value that would fail (or
     mislead) only after the scenes had been rendered and embedded."""
     from zoo.data.shapes import check_resolution
-    from zoo.errors import ConfigError, check_device
+    from zoo.errors import ConfigError, check_device, is_whole
 
     tasks = [cfg["tasks"]] if isinstance(cfg["tasks"], str) else list(cfg["tasks"] or [])
     unknown = [t for t in tasks if t not in SHAPES_TASKS]
@@ -262,7 +262,7 @@ def check_options(cfg: Mapping[str, Any]) -> list[str]:
 
     def integer(key: str, low: int, why: str = "") -> None:
         v = cfg[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        if not is_whole(v, low):
             raise ConfigError(f"{key}={v!r}: must be an integer >= {low}{why}")
 
     integer("n", 1)

@@ -55,7 +55,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from zoo.config import entry_point
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole
 
 log = logging.getLogger("zoo.convert")
 
@@ -805,7 +805,7 @@ def training_resolution(cfg, kind: str) -> tuple[int, str]:
             )
         return stated, f"taming_config {cfg.taming_config}"
     if given:
-        if isinstance(given, bool) or not isinstance(given, int) or given <= 0:
+        if not is_whole(given, 1):
             raise ConfigError(f"resolution={given!r}: expected a positive number of pixels, e.g. resolution=256")
         return int(given), "resolution="
     if kind == "dalle_dvae":

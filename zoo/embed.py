@@ -35,7 +35,7 @@ import torch
 from omegaconf import DictConfig
 
 from zoo.config import entry_point
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole
 from zoo.models.clip.model import text_token_encodings  # noqa: F401  (library code; re-exported)
 from zoo.progress import track
 
@@ -169,7 +169,7 @@ def embed_options(cfg: DictConfig) -> tuple[str, int, bool]:
         raise ConfigError(f"unknown split {split!r}; expected one of {SPLITS} (fix: split=train, val or test)")
     batch_size = cfg.get("batch_size")
     batch_size = 128 if batch_size is None else batch_size
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_whole(batch_size, 1):
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r} (fix: batch_size=128)")
     text_encodings = cfg.get("text_encodings")
     text_encodings = False if text_encodings is None else text_encodings

@@ -4,6 +4,8 @@ A ``ConfigError`` is raised before any training starts when a configuration cann
 problem and the override or file that fixes it, so a user never loses a run to a bad config.
 """
 
+from typing import Any, Optional
+
 
 class ConfigError(ValueError):
     """A configuration the code cannot run; the message says how to fix it."""
@@ -23,6 +25,13 @@ def raise_all(problems: list[str], between: str) -> None:
 
 class MissingWeightsError(FileNotFoundError):
     """Pretrained weights that are needed are not on this machine (nothing is downloaded at run time here)."""
+
+
+def is_whole(value: Any, least: Optional[int] = None) -> bool:
+    """An int (not a bool: True is an int to Python) of at least ``least``. The one test behind the "must be a whole
+    number" options: Hydra hands over 1.5, "abc" or true as they are written, and int() or a range() took them for
+    another count without a word."""
+    return isinstance(value, int) and not isinstance(value, bool) and (least is None or value >= least)
 
 
 def check_device(device, option: str) -> None:

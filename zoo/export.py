@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from omegaconf import open_dict
 
 from zoo.config import entry_point
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole
 
 log = logging.getLogger("zoo.export")
 
@@ -685,7 +685,7 @@ def check_batches(export_batch: Any, check_batch: Any) -> tuple[int, int]:
     is what shows the batch axis is dynamic. Refused before anything is read (check_batch=0 failed after the export
     with a bare ``max(): Expected reduction dim`` traceback; check_batch=export_batch checked nothing dynamic)."""
     for key, value in (("export_batch", export_batch), ("check_batch", check_batch)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_whole(value, 1):
             raise ConfigError(f"{key}={value!r}: a batch size is a whole number >= 1 (fix: {key}=2 / 3, the defaults)")
     if export_batch == check_batch:
         raise ConfigError(

@@ -29,7 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from zoo.config import entry_point
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole
 
 log = logging.getLogger("zoo.sample")
 
@@ -170,7 +170,7 @@ def check_prompts(prompts: Any) -> None:
 def check_counts(cfg: DictConfig) -> None:
     for key, (least, fix) in COUNTS.items():
         value = cfg.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or (least is not None and value < least):
+        if not is_whole(value, least):
             at_least = f" >= {least}" if least is not None else ""
             raise ConfigError(f"{key} must be an integer{at_least}, got {value!r} (fix: {fix})")
     # switches: a word (progress=maybe, generator.use_ema=no) was read by bool() as true, without a word

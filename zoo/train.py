@@ -19,7 +19,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.config import entry_point
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole
 
 log = logging.getLogger("zoo.train")
 
@@ -589,7 +589,7 @@ def check_trainer_counts(trainer_cfg: Any) -> None:
     validation check (leaving an interrupted.ckpt), and -1 trained, on other gradients, without a word."""
     problems = []
     acc = trainer_cfg.get("accumulate_grad_batches", 1)
-    if isinstance(acc, bool) or not isinstance(acc, int) or acc < 1:
+    if not is_whole(acc, 1):
         problems.append(
             f"trainer.accumulate_grad_batches={acc!r} is not a count of batches (fix: an integer >= 1; 1 steps the "
             f"optimizer every batch)"
@@ -683,7 +683,7 @@ def check_run_options(cfg: DictConfig) -> None:
     float32_matmul_precision=hihg only a torch warning that the call "has no effect": the run went on at another
     precision than asked."""
     seed = cfg.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+    if seed is not None and not is_whole(seed):
         raise ConfigError(f"seed must be an integer, got {seed!r} (fix: seed=42)")
     check_compile(cfg)
     precision = cfg.get("float32_matmul_precision")

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import save_image
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole
 
 
 def _take(batch: Any, n: int) -> Any:
@@ -42,7 +42,7 @@ class SampleGridCallback(L.Callback):
     def __init__(
         self, dirpath: Optional[str] = None, n_samples: int = 16, every_n_epochs: int = 1, prefix: str = "samples"
     ):
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        if not is_whole(n_samples, 1):
             # 0 failed on a ZeroDivisionError at the first validation, after the training steps before it
             raise ConfigError(
                 f"callbacks.sample_grid.n_samples must be an integer >= 1, got {n_samples!r} "

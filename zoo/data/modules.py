@@ -9,7 +9,7 @@ from typing import Iterable, Optional, Sequence
 from torch.utils.data import Dataset
 
 from zoo.data.datamodule import ImageTextDataModule
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class ShapesDataModule(ImageTextDataModule):
         for split, n in self.sizes.items():
             if n < 1:
                 raise ConfigError(f"data.{split}_size must be >= 1, got {n}")
-        if isinstance(world_seed, bool) or not isinstance(world_seed, int) or world_seed < 0:
+        if not is_whole(world_seed, 0):
             # numpy seeds the world's streams: a negative seed failed with "expected non-negative integer" (no option
             # named), a fractional one was truncated to another world without a word
             raise ConfigError(
@@ -134,7 +134,7 @@ class CocoDataModule(ImageTextDataModule):
         super().__init__(**kwargs)
         from pathlib import Path
 
-        if max_items is not None and (isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1):
+        if max_items is not None and not is_whole(max_items, 1):
             # a slice bound: -1 ("all"?) silently dropped the last image of every split, 0 failed at set-up
             raise ConfigError(
                 f"data.max_items must be a whole number >= 1, got {max_items!r} (fix: data.max_items=null for all)"
@@ -221,14 +221,12 @@ class WebDataModule(ImageTextDataModule):
             for split, given in (("val", val_urls), ("test", test_urls))
             if not given
         }
-        if epoch_length is not None and (
-            isinstance(epoch_length, bool) or not isinstance(epoch_length, int) or epoch_length < 0
-        ):
+        if epoch_length is not None and not is_whole(epoch_length, 0):
             raise ConfigError(
                 f"data.epoch_length must be a whole number of samples per rank (0 or null: one pass over the shards), "
                 f"got {epoch_length!r} (fix: e.g. data.epoch_length=10000)"
             )
-        if isinstance(shuffle_buffer, bool) or not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
+        if not is_whole(shuffle_buffer, 0):
             # a negative buffer turned shuffling off for training without a word
             raise ConfigError(
                 f"data.shuffle_buffer must be a whole number >= 0 (0: no shuffling), got {shuffle_buffer!r} "

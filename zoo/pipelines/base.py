@@ -73,12 +73,11 @@ def whole_count(value: Any, key: str, fix: int, minimum: int = 1) -> int:
     a ``ConfigError`` naming ``generator.<key>`` and ``fix`` when it is not a whole number >= ``minimum``: ``int()``
     took 1.5 for 1 without a word, and a batch size of 0 or less failed mid-sampling as range()'s 'arg 3 must not be
     zero' (or sampled nothing)."""
-    from zoo.errors import ConfigError
+    from zoo.errors import ConfigError, is_whole
 
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    if not ok and isinstance(value, float) and value.is_integer():
-        value, ok = int(value), True
-    if not ok or value < minimum:
+    if isinstance(value, float) and value.is_integer():  # 2.0 from a YAML list is 2
+        value = int(value)
+    if not is_whole(value, minimum):
         raise ConfigError(
             f"generator.{key} must be a whole number >= {minimum}, got {value!r} (fix: generator.{key}={fix})"
         )

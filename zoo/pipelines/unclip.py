@@ -70,7 +70,7 @@ import torch.nn.functional as F
 
 from zoo.diffusion.noise import candidates_per_batch, sampler_takes_row_generators, seeded_row_generators
 from zoo.diffusion.samplers import ddim_invert, ddim_sample
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole
 from zoo.pipelines.base import whole_count
 
 log = logging.getLogger("zoo.pipelines.unclip")
@@ -242,7 +242,7 @@ class UnclipPipeline:
                 {"generator.prior_steps": self.prior_steps, "generator.prior_eta": self.prior_eta},
             )
             n = self.prior_n_candidates  # 0 / -1 used to fail mid-sampling (argmax of nothing, negative repeats)
-            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            if n is not None and not is_whole(n, 1):
                 raise ConfigError(
                     f"generator.prior_n_candidates must be a whole number >= 1 (embeddings drawn per caption, the "
                     f"one closest to the text kept), got {n!r} (fix: generator.prior_n_candidates=2, the paper's)"

@@ -47,7 +47,7 @@ from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.process import check_snr_gamma as process_check_snr_gamma
 from zoo.diffusion.samplers import check_sampling_knobs, ddim_sample, ddpm_sample, in_row_slices
 from zoo.diffusion.schedules import get_schedule
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole
 from zoo.models.base import TextTokenizerLit, check_text_tokenizer, resolve_preset, text_tokenizer_sizes, unmet_sizes
 from zoo.models.glide.model import GLIDE_PRESETS, Glide, GlideConfig
 from zoo.nn.guidance import guide_learned_variance
@@ -149,7 +149,7 @@ def sampling_in_eval_mode(method):
 def check_grid_captions(grid_captions: Any) -> None:
     """``model.grid_captions`` (GLIDE and the unCLIP decoder): 0 failed after the first training epoch (sample_grid's
     reshape of no images), -1 drew len - 1 grid rows."""
-    if isinstance(grid_captions, bool) or not isinstance(grid_captions, int) or grid_captions < 1:
+    if not is_whole(grid_captions, 1):
         raise ConfigError(
             f"model.grid_captions must be a whole number >= 1 (val captions in each sample grid), got "
             f"{grid_captions!r} (fix: model.grid_captions=8; no sample grids at all: ~callbacks.sample_grid)"
