@@ -168,6 +168,47 @@ def test_onnx_graphs_match_pytorch(tmp_path, name, dalle_helpers):
     assert json.loads((tmp_path / "onnx" / "report.json").read_text()).keys() == report.keys()
 
 
+def test_onnx_decoding_never_offers_a_code_the_tokenizer_cannot_decode(tmp_path, dalle_helpers):
+    """image_vocab (48) larger than the image tokenizer's codebook (32): the PyTorch sampler never draws the extra
+    codes (next_image_logits masks them); the prefill / decode_step graphs returned their raw logits, so a sampler
+    on the graphs put about a third of its mass on codes the image_decode graph cannot turn into pixels."""
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    from zoo.export import export_onnx
+    from zoo.models.dalle.lit import DalleLit
+
+    torch.manual_seed(0)
+    lit = DalleLit(
+        preset="tiny",
+        net={**dalle_helpers.TINY_NET, "image_vocab": 48},
+        image_tokenizer_ckpt=str(dalle_helpers.tiny_tokenizer_ckpt(tmp_path / "vq.ckpt")),
+        text_tokenizer=dalle_helpers.tiny_bpe().to_spec(),
+    ).eval()
+    net, k = lit.transformer, lit.image_tokenizer.codebook_size
+    assert k == 32 < net.cfg.image_vocab
+    report = export_onnx("dalle", lit, tmp_path / "onnx", graphs=["prefill", "decode_step"])
+    step_info = report["decode_step"]  # relative to the decodable logits' scale (units), not the mask value's
+    rel, err = step_info["full_decode_vs_uncached_max_rel_error"], step_info["full_decode_vs_uncached_max_abs_error"]
+    assert err / 1e3 <= rel < 1e-4, step_info
+    c = net.cfg
+    text = torch.randint(1, c.text_vocab, (2, c.text_len))
+    image = torch.randint(0, k, (2, 4))
+    pre = ort.InferenceSession(str(tmp_path / "onnx" / "prefill.onnx"), providers=["CPUExecutionProvider"])
+    step = ort.InferenceSession(str(tmp_path / "onnx" / "decode_step.onnx"), providers=["CPUExecutionProvider"])
+    logits, pk, pv = pre.run(None, {"text": text.numpy()})
+    for p in range(image.shape[1] + 1):
+        with torch.no_grad():
+            ref = net.next_image_logits(text, image[:, :p] if p else None)  # what the PyTorch sampler draws from
+        got = torch.from_numpy(logits)
+        assert torch.all(got[:, k:] == torch.finfo(torch.float32).min)
+        assert torch.equal(got[:, k:], ref[:, k:])
+        assert torch.allclose(got[:, :k], ref[:, :k], atol=ONNX_TOL)
+        assert torch.softmax(got, -1)[:, k:].sum() == 0
+        if p < image.shape[1]:
+            logits, pk, pv = step.run(None, {"image_token": image[:, p : p + 1].numpy(), "past_k": pk, "past_v": pv})
+
+
 def test_zoo_export_command(tmp_path):
     """The console entry point end to end: Hydra config, summary printed, files written."""
     from zoo.models.vqvae.lit import VQVAELit
