@@ -357,3 +357,51 @@ def test_embed_and_tokenize_record_the_rows_a_bad_file_left_to_its_neighbour(coc
     ]
     assert len(msgs) == 2 and "zoo-tokenize: 2 rows hold the image tokens" in msgs[0] and "rows 2, 5" in msgs[0]
     assert "zoo-embed: 2 rows hold the CLIP embeddings" in msgs[1] and "run zoo-embed again" in msgs[1]
+
+
+def test_a_feature_file_knows_its_annotation_file_by_content_not_size(coco_root, tmp_path, caplog):
+    """Feature files recorded the COCO annotation file by its size only: one edited in place to the same size (two
+    images' file names swapped, a caption reworded) passed, and every row was served for another image. The record
+    now holds its blake2b digest too (no path: a moved copy still matches); a file written before the digest was
+    recorded is still served, with a warning saying what was not checked and the fix."""
+    import logging
+    import shutil
+
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.data.modules import CocoDataModule
+    from zoo.errors import ConfigError
+
+    root = tmp_path / "coco"
+    shutil.copytree(coco_root, root)
+    made = CocoDataModule(root=str(root), resolution=8).features_identity("val")
+
+    def features(meta_data, name):
+        n = len(CocoCaptions(str(root), split="val", resolution=8))
+        rows = {"clip_image_emb": torch.randn(n, 4), "meta": {"split": "val", "data": meta_data}}
+        return str(atomic_torch_save(rows, tmp_path / name))
+
+    path = features(made, "f.pt")
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(root, moved)
+    assert "clip_image_emb" in CocoDataModule(root=str(moved), resolution=8, features={"val": path}).dataset("val")[0]
+
+    ann = root / "annotations" / "captions_val2014.json"
+    text = ann.read_text()
+    edited = text.replace("val image 0 caption", "val image 9 caption")
+    assert edited != text and len(edited) == len(text)
+    ann.write_text(edited)
+    with pytest.raises(
+        ConfigError, match=r"other images than this run's val split \(annotations_blake2b: .*fix: re-run"
+    ):
+        CocoDataModule(root=str(root), resolution=8, features={"val": path}).dataset("val")
+
+    # written before the digest: compared on its size, served, and told how to get the full check
+    old = {
+        "images": {k: v for k, v in made["images"].items() if k != "annotations_blake2b"},
+        "captions": made["captions"],
+    }
+    with caplog.at_level(logging.WARNING, logger="zoo.data.datamodule"):
+        ds = CocoDataModule(root=str(root), resolution=8, features={"val": features(old, "old.pt")}).dataset("val")
+    assert "clip_image_emb" in ds[0]
+    assert "written before the annotation file's content entered its record" in caplog.text
+    assert "re-run the zoo-embed / zoo-tokenize command" in caplog.text

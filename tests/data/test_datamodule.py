@@ -106,3 +106,25 @@ def test_a_feature_file_of_other_images_is_refused_and_of_other_captions_serves_
     # a file written before the record was kept is served as before
     old = _features_file(tmp_path, ShapesDataModule(**SMALL), "val", 4, "old.pt", record=False)
     assert "clip_text_emb" in ShapesDataModule(**SMALL, world_seed=1, features={"val": str(old)}).dataset("val")[0]
+
+
+def test_a_train_feature_file_knows_its_synthetic_captions_by_content(tmp_path, caplog):
+    """The train split's record named the zoo-recaption files by size only: a recaption of the same byte count (another
+    captioner's "a tan square" for "a red square") kept serving text embeddings of captions no longer served. The
+    record now holds their digest; the text features are dropped with the usual warning."""
+    import logging
+
+    import torch
+
+    syn = tmp_path / "syn.pt"
+    torch.save({"captions": [f"a red square {k}" for k in range(4)], "meta": {}}, syn)
+    opts = dict(SMALL, synthetic_captions={"synthetic_descriptive": str(syn)}, caption_mix={"synthetic_descriptive": 1})
+    path = _features_file(tmp_path, ShapesDataModule(**opts), "train", 4)
+    assert "clip_text_emb" in ShapesDataModule(**opts, features={"train": str(path)}).dataset("train")[0]
+    size = syn.stat().st_size
+    torch.save({"captions": [f"a tan square {k}" for k in range(4)], "meta": {}}, syn)
+    assert syn.stat().st_size == size
+    with caplog.at_level(logging.WARNING, logger="zoo.data.datamodule"):
+        served = ShapesDataModule(**opts, features={"train": str(path)}).dataset("train")[0]
+    assert "clip_image_emb" in served and "clip_text_emb" not in served
+    assert "synthetic_captions_blake2b" in caplog.text

@@ -7,6 +7,7 @@ once. Batches are dicts with the keys listed in docs/CONTRACTS.md, so any model 
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import math
@@ -36,6 +37,28 @@ FEATURE_KEYS = (
     "clip_text_encodings",
     "clip_text_mask",
 )
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | Path) -> Optional[str]:
+    """A file's content as a blake2b hex digest (None when it is not a file), for ``features_identity``: a size
+    alone let an annotation file edited in place (same length, other images or captions) pass as the same data. No
+    path or time enters it, so a moved or copied folder matches. Computed once per (path, size, mtime_ns) in this
+    process (COCO's ~90 MB captions json takes a few tenths of a second; every split and zoo-embed ask for it)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        return None
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.blake2b(digest_size=16)
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def served_index(sample: Mapping[str, Any], requested: int, n: int) -> int:
@@ -271,6 +294,11 @@ class ImageTextDataModule(L.LightningDataModule):
 
     # the dataset's own caption styles a caption_mix may name (subclasses with several override this)
     NATIVE_CAPTION_STYLES: tuple[str, ...] = ("alt",)
+    # features_identity keys added after feature files had been written without them: (part, key) -> what it records.
+    # Such a file is compared on the keys it has (it stays usable), with a warning naming what was not checked.
+    LATER_IDENTITY_KEYS: dict[tuple[str, str], str] = {
+        ("captions", "synthetic_captions_blake2b"): "the synthetic caption files' content",
+    }
 
     def __init__(
         self,
@@ -371,6 +399,10 @@ class ImageTextDataModule(L.LightningDataModule):
                 style: (Path(p).expanduser().stat().st_size if Path(p).expanduser().is_file() else None)
                 for style, p in sorted(self.synthetic_captions.items())
             }
+            # by content too: a recaption of the same byte count (another captioner, "a red" for "a tan") passed
+            captions["synthetic_captions_blake2b"] = {
+                style: file_digest(p) for style, p in sorted(self.synthetic_captions.items())
+            }
             captions.update(caption_mix=self.caption_mix, synthetic_seed=self.seed)
         return {"images": images, "captions": captions}
 
@@ -387,11 +419,14 @@ class ImageTextDataModule(L.LightningDataModule):
             return
         current = self.features_identity(split)
         diffs: dict[str, list[str]] = {}
+        unrecorded: dict[str, list[str]] = {}  # part -> keys newer than the file: compared on what it has
         for part, values in recorded.items():
             if not isinstance(values, dict) or part not in current:
                 continue
             for key in sorted(set(values) | set(current[part])):
-                if values.get(key) != current[part].get(key):
+                if key not in values and (part, key) in self.LATER_IDENTITY_KEYS:
+                    unrecorded.setdefault(part, []).append(self.LATER_IDENTITY_KEYS[(part, key)])
+                elif values.get(key) != current[part].get(key):
                     diffs.setdefault(part, []).append(
                         f"{key}: {values.get(key)!r} in the file, {current[part].get(key)!r} here"
                     )
@@ -401,6 +436,16 @@ class ImageTextDataModule(L.LightningDataModule):
                 f"data.features.{split}={path} was made from other images than this run's {split} split ("
                 + "; ".join(diffs["images"])
                 + f"): its rows would be served as if they described these items (fix: {fix}file was made with)"
+            )
+        unchecked = [what for part, whats in unrecorded.items() if part not in diffs for what in whats]
+        if unchecked:  # (a part that differs anyway is refused or dropped below: no need to say more about it)
+            log.warning(
+                "data.features.%s=%s was written before %s entered its record: it is served on its sizes alone, so "
+                "a file edited in place to the same size would go unnoticed (fix: re-run the zoo-embed / zoo-tokenize "
+                "command that wrote it, to record them)",
+                split,
+                path,
+                " and ".join(unchecked),
             )
         text = [k for k in feats if k.startswith("clip_text_")]
         if "captions" in diffs and text:

@@ -8,7 +8,7 @@ from typing import Iterable, Optional, Sequence
 
 from torch.utils.data import Dataset
 
-from zoo.data.datamodule import ImageTextDataModule
+from zoo.data.datamodule import ImageTextDataModule, file_digest
 from zoo.errors import ConfigError, is_whole
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,11 @@ class ShapesDataModule(ImageTextDataModule):
 class CocoDataModule(ImageTextDataModule):
     """MS-COCO captions (2014 or 2017) from ``root`` (annotations/ and train{year}/ val{year}/ folders)."""
 
+    LATER_IDENTITY_KEYS = {
+        **ImageTextDataModule.LATER_IDENTITY_KEYS,
+        ("images", "annotations_blake2b"): "the annotation file's content",
+    }
+
     def __init__(self, root: str, year: int = 2014, max_items: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
         from pathlib import Path
@@ -168,10 +173,12 @@ class CocoDataModule(ImageTextDataModule):
 
         out = super().features_identity(split)
         ann = _ann_path(Path(self.root).expanduser(), split, self.year)
-        # which images (year, the cut, the annotation file by size: a moved or copied COCO keeps its features) and
-        # which of an image's ~5 captions is served (data.seed draws it)
+        # which images (year, the cut, the annotation file by size and content -- an edit in place to the same size
+        # passed on size alone -- but not by path or time: a moved or copied COCO keeps its features) and which of
+        # an image's ~5 captions is served (data.seed draws it)
         out["images"].update(year=self.year, max_items=self.max_items)
         out["images"]["annotations_size"] = ann.stat().st_size if ann.is_file() else None
+        out["images"]["annotations_blake2b"] = file_digest(ann)
         out["captions"]["caption_seed"] = self.seed
         return out
 
