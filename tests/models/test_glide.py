@@ -358,3 +358,27 @@ def test_grid_captions_that_is_not_a_positive_count_is_refused_when_built(n, tra
         with pytest.raises(ConfigError, match=r"model.grid_captions must be a whole number >= 1.*~callbacks.sample"):
             lit(preset="tiny", grid_captions=n)
     assert "sample_grid" not in train_cfg("model=glide", "~callbacks.sample_grid").callbacks
+
+
+@pytest.mark.parametrize(
+    "kw, key",
+    [
+        ({"num_timesteps": 2.5}, "model.num_timesteps"),  # int() trained a 2-step diffusion
+        ({"num_timesteps": True}, "model.num_timesteps"),
+        ({"text_dropout": "0.2"}, "model.text_dropout"),  # a TypeError from the comparison
+        ({"text_dropout": False}, "model.text_dropout"),  # a rate of 0: no null caption trained
+        ({"inpaint": "false"}, "model.inpaint"),  # a word is truthy: an inpainting model
+        ({"replace_known": "no"}, "model.replace_known"),
+        ({"freeze_text": "no", "text_init": "clip.ckpt"}, "model.freeze_text"),
+    ],
+)
+def test_options_of_the_wrong_kind_are_refused_when_built(kw, key):
+    """Hydra hands over 2.5, "0.2" or a word as they are written; int() / bool() took them for other values without a
+    word. The unCLIP decoder's constructor checks its own (it does not run GlideLit's)."""
+    from zoo.errors import ConfigError
+    from zoo.models.unclip_decoder.lit import UnclipDecoderLit
+
+    lits = (GlideLit, UnclipDecoderLit) if key not in ("model.inpaint", "model.replace_known") else (GlideLit,)
+    for lit in lits:
+        with pytest.raises(ConfigError, match=key):
+            lit(preset="tiny", **kw)

@@ -407,3 +407,11 @@ def test_zoo_sample_grid_of_a_decoder_trained_on_a_frozen_clip_takes_that_clip(
         checkpoint_sample_grid(ckpt, clip_ckpt=str(other))
     images, nrow = checkpoint_sample_grid(ckpt, clip_ckpt=str(clip))
     assert images.shape[1:] == (3, 16, 16) and len(images) == 4 and torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize("name", ["text_dropout", "emb_dropout", "null_dropout"])
+@pytest.mark.parametrize("value", ["0.1", True, -0.1, float("nan")])
+def test_a_dropout_rate_that_is_not_a_probability_is_refused_when_built(name, value):
+    # "0.1" (a string) failed with a TypeError from the comparison, and true passed as a rate
+    with pytest.raises(ConfigError, match=f"model.{name} is the probability"):
+        UnclipDecoderLit(preset="tiny", **{name: value})

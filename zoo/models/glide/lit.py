@@ -146,6 +146,25 @@ def sampling_in_eval_mode(method):
     return wrapper
 
 
+def check_rate(key: str, value: Any, fix: str) -> float:
+    """A training dropout probability ``key`` in [0, 1) (the diffusion models' and priors' ``text_dropout`` and the
+    like): a number, not Hydra's string "0.2" (a TypeError from the comparison) nor a bool (false passed as a rate
+    of 0). 1 is refused: nothing conditional would be trained."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ConfigError(
+            f"{key} is the probability of a training example being dropped, a number in [0, 1), got {value!r} "
+            f"(fix: {key}={fix})"
+        )
+    return float(value)
+
+
+def check_switch(key: str, value: Any) -> bool:
+    """A true / false option: Hydra hands over a word as a string (model.inpaint=no), which bool() read as true."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r} (fix: {key}=false)")
+    return value
+
+
 def check_grid_captions(grid_captions: Any) -> None:
     """``model.grid_captions`` (GLIDE and the unCLIP decoder): 0 failed after the first training epoch (sample_grid's
     reshape of no images), -1 drew len - 1 grid rows."""
@@ -213,8 +232,9 @@ class GlideLit(TextTokenizerLit):
     ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "text_tokenizer"])
-        if not 0.0 <= text_dropout < 1.0:
-            raise ConfigError(f"text_dropout must be in [0, 1), got {text_dropout}")
+        check_rate("model.text_dropout", text_dropout, "0.2")
+        for key, value in (("model.inpaint", inpaint), ("model.replace_known", replace_known)):
+            check_switch(key, value)
         self.cfg = build_config(preset, net)
         if inpaint and not self.cfg.inpaint:
             self.cfg = replace(self.cfg, inpaint=True)  # model.inpaint=true is model.net.inpaint=true
@@ -227,7 +247,7 @@ class GlideLit(TextTokenizerLit):
         self.net = Glide(self.cfg)
         self.freeze_text_encoder(text_init, freeze_text)
         self.process = GaussianDiffusion(
-            get_schedule(schedule, int(num_timesteps)),
+            get_schedule(schedule, num_timesteps),  # which refuses 2.5 or true (int() took them for 2 or 1 step)
             model_mean_type=check_prediction(prediction),
             model_var_type="learned_range",
             loss_type="hybrid",
@@ -253,6 +273,7 @@ class GlideLit(TextTokenizerLit):
 
     def freeze_text_encoder(self, text_init: Optional[str], freeze_text: bool) -> None:
         """``model.freeze_text``: fix the caption encoder (``self.net.text``) that ``text_init`` initialises."""
+        check_switch("model.freeze_text", freeze_text)
         if freeze_text and not text_init:
             raise ConfigError(
                 "model.freeze_text=true freezes a caption encoder initialised from a CLIP: give model.text_init="

@@ -33,6 +33,7 @@ from zoo.models.glide.lit import (
     GlideLit,
     check_grid_captions,
     check_prediction,
+    check_rate,
     check_snr_gamma,
     run_sampler,
     sampling_in_eval_mode,
@@ -102,9 +103,12 @@ class UnclipDecoderLit(ClipEmbeddingLit, GlideLit):
         hparams = {k: v for k, v in locals().items() if k not in ("self", "optimizer", "scheduler", "text_tokenizer")}
         ZooLit.__init__(self, optimizer, scheduler)
         self.save_hyperparameters(hparams)
-        for name, p in (("text_dropout", text_dropout), ("emb_dropout", emb_dropout), ("null_dropout", null_dropout)):
-            if not 0.0 <= p < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {p}")
+        for name, p, fix in (
+            ("text_dropout", text_dropout, "0.5"),
+            ("emb_dropout", emb_dropout, "0.1"),
+            ("null_dropout", null_dropout, "0.0"),
+        ):
+            check_rate(f"model.{name}", p, fix)  # unCLIP's rates as the fix
         self.cfg = build_config(preset, net)
         if not self.cfg.learn_sigma:
             raise ConfigError(
@@ -113,7 +117,7 @@ class UnclipDecoderLit(ClipEmbeddingLit, GlideLit):
         self.net = UnclipDecoder(self.cfg)
         self.freeze_text_encoder(text_init, freeze_text)  # GlideLit's text_init / freeze_text (check_data copies it)
         self.process = GaussianDiffusion(
-            get_schedule(schedule, int(num_timesteps)),
+            get_schedule(schedule, num_timesteps),  # which refuses 2.5 or true (int() took them for 2 or 1 step)
             model_mean_type=check_prediction(prediction),
             model_var_type="learned_range",
             loss_type="hybrid",
