@@ -364,3 +364,24 @@ def test_residual_and_v_experiment_configs_compose(train_cfg):
     assert lit.residual and lit.process.model_mean_type == "v" and lit.cfg.image_size == 128
     v = instantiate(train_cfg("experiment=unclip/upsampler_shapes_32_128_v", "logger=none").model, "model")
     assert not v.residual and v.process.model_mean_type == "v"
+
+
+@pytest.mark.parametrize(
+    "kw, key",
+    [
+        ({"num_timesteps": 2.5}, "model.num_timesteps"),  # int() trained a 2-step diffusion
+        ({"residual": "false"}, "model.residual"),  # bool("false") is true: residual diffusion
+        ({"sample_steps": 2.5}, "model.sample_steps"),  # taken as 2 at every upsample()
+        ({"sample_steps": 5000}, "model.sample_steps"),  # more steps than timesteps: failed at the first grid
+        ({"eta": -1.0}, "model.eta"),  # sampled silently wrong
+        ({"grid_steps": 0}, "model.grid_steps"),
+        ({"grid_images": 0}, "model.grid_images"),  # failed after the first epoch
+        ({"grid_images": 2.5}, "model.grid_images"),
+        ({"sample_tile": 8.5}, "model.sample_tile"),  # int() sampled 8 px windows
+        ({"sample_tile": True}, "model.sample_tile"),
+        ({"sample_tile": 16, "sample_tile_overlap": 4.5}, "model.sample_tile_overlap"),
+    ],
+)
+def test_options_of_the_wrong_kind_are_refused_when_built(kw, key):
+    with pytest.raises(ConfigError, match=key):
+        UpsamplerLit(preset="tiny", **kw)

@@ -45,12 +45,12 @@ import torch.nn.functional as F
 
 from zoo.data.degradations import blur_kernel_size, make_corruption, paired_random_crop
 from zoo.diffusion.process import GaussianDiffusion
-from zoo.diffusion.samplers import ddim_sample, in_row_slices
+from zoo.diffusion.samplers import check_sampling_knobs, ddim_sample, in_row_slices
 from zoo.diffusion.schedules import get_schedule
 from zoo.diffusion.tiling import tiled_call, window_starts
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole
 from zoo.models.base import ZooLit, resolve_preset, unmet_sizes
-from zoo.models.glide.lit import check_prediction, check_snr_gamma
+from zoo.models.glide.lit import check_prediction, check_snr_gamma, check_switch
 from zoo.models.upsampler.model import UPSAMPLER_PRESETS, Upsampler, UpsamplerConfig
 
 
@@ -140,7 +140,7 @@ class UpsamplerLit(ZooLit):
         self.net = Upsampler(self.cfg)
         learned = self.cfg.learn_sigma
         self.process = GaussianDiffusion(
-            get_schedule(schedule, int(num_timesteps)),
+            get_schedule(schedule, num_timesteps),  # which refuses 2.5 or true (int() took them for 2 or 1 step)
             model_mean_type=check_prediction(prediction),
             model_var_type="learned_range" if learned else "fixed_small",
             loss_type="hybrid" if learned else "mse",
@@ -152,7 +152,18 @@ class UpsamplerLit(ZooLit):
             raise ConfigError(f"upsampler corruption: {e}") from None
         self._check_corruption_options(blur_sigma_range, bsr)
         self.resolve_tile(sample_tile, sample_tile_overlap)  # a bad tile fails here, before training
-        self.residual = bool(residual)
+        # the sampling defaults a checkpoint carries, refused here: a bad one failed at the first sample grid (after
+        # an epoch of training), or was taken silently (2.5 steps as 2, a negative eta, more steps than timesteps)
+        check_sampling_knobs(
+            self.process.num_timesteps,
+            {"model.sample_steps": sample_steps, "model.eta": eta, "model.grid_steps": grid_steps},
+        )
+        if not is_whole(grid_images, 1):  # 0 failed after the first epoch (no images to lay out), 2.5 drew 2
+            raise ConfigError(
+                f"model.grid_images must be a whole number >= 1 (val images in each sample grid), got "
+                f"{grid_images!r} (fix: model.grid_images=4; no sample grids at all: ~callbacks.sample_grid)"
+            )
+        self.residual = check_switch("model.residual", residual)  # bool("false") was true: residual diffusion
 
     def _check_corruption_options(self, blur_sigma_range, bsr) -> None:
         """Warn about the other corruption's options (they are ignored) and check that the blur fits the
@@ -205,11 +216,14 @@ class UpsamplerLit(ZooLit):
         if tile is None or tile == 0:
             return None
         side = self.cfg.train_crop if tile == "train_crop" else tile
-        try:
-            side = int(side)
-            overlap = side // 4 if overlap is None else int(overlap)
-        except (TypeError, ValueError):
-            raise ConfigError(f"model.sample_tile must be null, train_crop or a side in pixels, got {tile!r}") from None
+        if not is_whole(side, 1):  # int() took 8.5 for 8 and true for 1
+            raise ConfigError(f"model.sample_tile must be null, train_crop or a side in pixels, got {tile!r}")
+        overlap = side // 4 if overlap is None else overlap
+        if not is_whole(overlap):
+            raise ConfigError(
+                f"model.sample_tile_overlap must be null (a quarter of the window) or a whole number of pixels, got "
+                f"{overlap!r} (fix: model.sample_tile_overlap=null)"
+            )
         try:
             if side % self.cfg.divisor:
                 raise ValueError(f"it must be a multiple of the U-Net's divisor {self.cfg.divisor}")
