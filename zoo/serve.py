@@ -41,7 +41,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 
 from zoo.config import entry_point
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole
 
 log = logging.getLogger("zoo.serve")
 
@@ -122,7 +122,7 @@ def check_ui(ui: dict[str, Any]) -> dict[str, Any]:
         if key not in ui:
             continue
         value = ui[key]
-        ok = not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int)
+        ok = is_whole(value, lo) if kind is int else isinstance(value, (int, float)) and not isinstance(value, bool)
         if not ok or value < lo or (hi is not None and value > hi):
             span = f">= {lo}" if hi is None else f"in {lo}..{hi}"
             raise ConfigError(
@@ -559,8 +559,12 @@ def serve(cfg: DictConfig, block: bool = True):
     from zoo.pipelines.base import build_generator
 
     port = cfg.server.port
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+    if not is_whole(port, 1) or port > 65535:
         raise ConfigError(f"server.port must be in 1..65535, got {port!r} (fix: server.port=7860)")
+    # as zoo-sample checks it: seed=abc was int()'s ValueError traceback, and seed=true / 1.5 started the page at
+    # seed 1 without a word
+    if not is_whole(cfg.get("seed")):
+        raise ConfigError(f"seed must be an integer, got {cfg.get('seed')!r} (fix: seed=0)")
     ui = check_ui(dict(cfg.get("ui") or {}))  # before the generator is built (which may take a while)
     try:
         import gradio  # noqa: F401
