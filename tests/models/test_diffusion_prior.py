@@ -401,3 +401,24 @@ def test_bad_sampling_defaults_fail_at_construction(kw, key):
 
     with pytest.raises(ConfigError, match=key):
         DiffusionPriorLit(preset="tiny", embed_scale=1.0, **kw)
+
+
+@pytest.mark.parametrize(
+    "kw, key",
+    [
+        ({"timesteps": 2.5}, "model.timesteps"),  # int() trained a 2-step diffusion
+        ({"n_candidates": 2.5}, "model.n_candidates"),  # best of 2 -- and true was best of 1
+        ({"n_candidates": True}, "model.n_candidates"),
+        ({"val_sample_batches": 1.5}, "model.val_sample_batches"),
+        ({"val_sample_batches": -1}, "model.val_sample_batches"),
+        ({"embed_scale": -17.2}, "model.embed_scale"),  # trained on sign-flipped targets
+        ({"embed_scale": 0.0}, "model.embed_scale"),  # every target zero
+        ({"embed_scale": "abc"}, "model.embed_scale"),  # a bare ValueError from float()
+        ({"text_dropout": "0.1"}, "model.text_dropout"),  # a TypeError from the comparison
+    ],
+)
+def test_options_of_the_wrong_kind_are_refused_when_built(kw, key):
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key):
+        DiffusionPriorLit(preset="tiny", **{"embed_scale": 1.0, **kw})
