@@ -314,3 +314,19 @@ def test_train_and_val_features_without_test_features_are_refused_when_the_run_t
     assert not tests(off)
     dm = instantiate(off.data)
     check_compatibility(fit_tiny_to_data(instantiate(off.model), dm), dm, True, tests(off))
+
+
+@pytest.mark.parametrize(
+    "kw, key",
+    [
+        ({"n_components": 1.5}, "n_components"),  # kept 1 component
+        ({"n_components": True}, "n_components"),
+        ({"variance_kept": "0.99"}, "variance_kept"),  # a TypeError from the comparison
+        ({"uniform_std": -4.0}, "uniform_std"),  # inverted bucket edges
+        ({"text_dropout": "0.1"}, "model.text_dropout"),
+        ({"dot_quantile": "0.5"}, "model.dot_quantile"),
+    ],
+)
+def test_options_of_the_wrong_kind_are_refused_when_built(kw, key):
+    with pytest.raises(ConfigError, match=key):
+        ARPriorLit(preset="tiny", **kw)

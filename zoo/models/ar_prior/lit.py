@@ -30,6 +30,7 @@ from zoo.errors import ConfigError
 from zoo.models.ar_prior.model import PRESETS, ARPrior, ARPriorConfig, sample_codes
 from zoo.models.ar_prior.pca import EmbeddingPCA, ScalarBins
 from zoo.models.base import ClipEmbeddingLit, resolve_preset, unmet_sizes
+from zoo.models.glide.lit import check_rate
 from zoo.nn.sampling import check_sampling
 
 FEATURE_KEYS = ("clip_text_tokens", "clip_text_emb", "clip_image_emb")
@@ -70,10 +71,13 @@ class ARPriorLit(ClipEmbeddingLit):
         super().__init__(optimizer, scheduler)
         self.clip_fingerprint = clip_fingerprint  # the CLIP of its training embeddings (ClipEmbeddingLit)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        if not 0.0 <= text_dropout < 1.0:
-            raise ConfigError(f"text_dropout must be in [0, 1), got {text_dropout}")
-        if not 0.0 <= dot_quantile < 1.0:
-            raise ConfigError(f"dot_quantile must be in [0, 1), got {dot_quantile}")
+        check_rate("model.text_dropout", text_dropout, "0.1")
+        ok = isinstance(dot_quantile, (int, float)) and not isinstance(dot_quantile, bool)
+        if not (ok and 0.0 <= dot_quantile < 1.0):  # a string "0.5" failed on the comparison, false passed as 0
+            raise ConfigError(
+                f"model.dot_quantile must be a number in [0, 1) (the dot-product bin is drawn above this quantile), "
+                f"got {dot_quantile!r} (fix: model.dot_quantile=0.5, the paper's upper half)"
+            )
         self.cfg: ARPriorConfig = resolve_preset(PRESETS, ARPriorConfig, preset, net, "AR prior")
         self.net = ARPrior(self.cfg)
         try:
@@ -82,7 +86,8 @@ class ARPriorLit(ClipEmbeddingLit):
             )
         except ValueError as e:
             raise ConfigError(
-                f"AR prior PCA: {e} (model.variance_kept / model.n_components / model.bucketing)"
+                f"AR prior PCA: {e} (model.variance_kept / model.n_components / model.bucketing / model.uniform_std / "
+                f"model.net.n_buckets)"
             ) from None
         self.dot_bins = ScalarBins(self.cfg.n_dot_bins)
         self.text_dropout = float(text_dropout)
