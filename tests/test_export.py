@@ -302,7 +302,7 @@ def test_opset_outside_the_exporters_range_is_refused_before_writing(tmp_path):
     from zoo.models.vqvae.lit import VQVAELit
 
     ckpt = _write_ckpt(VQVAELit(preset="tiny"), tmp_path / "vq.ckpt")
-    for bad in (5, 99, "17"):
+    for bad in (5, 99, "17", 17.0, True):
         with pytest.raises(ConfigError, match=r"opset=.*fix: opset=17"):
             export(OmegaConf.create({"ckpt": str(ckpt), "out": str(tmp_path / "out"), "opset": bad}))
     assert not (tmp_path / "out").exists()

@@ -169,7 +169,7 @@ def _set_resolution(name: str, module: nn.Module, resolution: Any, where: str) -
 
     tok = find_image_tokenizer(module)
     f = int(tok.downsample_factor)
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < f or resolution % f:
+    if not is_whole(resolution, f) or resolution % f:
         raise ConfigError(
             f"{where}: resolution {resolution!r} is not a positive multiple of the tokenizer's downsample factor {f}"
         )
@@ -682,7 +682,7 @@ def check_opset(opset: Any) -> int:
     from torch.onnx import _constants
 
     lo, hi = _constants.ONNX_MIN_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
-    if isinstance(opset, bool) or not isinstance(opset, int) or not lo <= opset <= hi:
+    if not is_whole(opset, lo) or opset > hi:
         raise ConfigError(f"opset={opset!r}: torch's ONNX exporter writes opsets {lo} to {hi} (fix: opset=17)")
     return opset
 
