@@ -161,6 +161,10 @@ def test_dalle_dvae_refuses_mismatches(released):
     # the two files given the wrong way round: said so (it was "encoder emits 6 codes but the decoder reads 3")
     with pytest.raises(ConversionError, match="swapped.*swap encoder= and decoder="):
         convert_dalle_dvae(d, e)
+    # a stem bias of another width than its weight: named (the input map's fold ran first and raised torch's "size
+    # of tensor a (8) must match the size of tensor b (9)")
+    with pytest.raises(ConversionError, match=r"blocks\.input\.b has shape \(9,\)"):
+        convert_dalle_dvae({**e, "blocks.input.b": torch.zeros(9)}, d)
 
 
 def test_converted_dvae_checkpoint_loads_like_zoo_train(tmp_path, released):

@@ -322,15 +322,17 @@ def convert_dalle_dvae(
     enc, src_e = _map_blocks(
         encoder_sd, dv.encoder, EncoderBlock, "dvae.encoder", net["n_groups"], net["n_blk_per_group"], "dall_e encoder"
     )
-    enc["dvae.encoder.0.weight"], enc["dvae.encoder.0.bias"] = fold_map_pixels(
-        enc["dvae.encoder.0.weight"], enc["dvae.encoder.0.bias"]
-    )
     dec, src_d = _map_blocks(
         decoder_sd, dv.decoder, DecoderBlock, "dvae.decoder", net["n_groups"], net["n_blk_per_group"], "dall_e decoder"
     )
     mapped = {**enc, **dec}
     target = lit.state_dict()
     _check_shapes(mapped, target, {**src_e, **src_d}, "dall_e dVAE")
+    # folded only once the shapes are known to fit: a stem bias of another width than its weight was torch's
+    # "size of tensor a (8) must match the size of tensor b (9)" here, naming neither tensor
+    mapped["dvae.encoder.0.weight"], mapped["dvae.encoder.0.bias"] = fold_map_pixels(
+        mapped["dvae.encoder.0.weight"], mapped["dvae.encoder.0.bias"]
+    )
     missing = sorted(set(target) - set(mapped))
     if missing:
         raise ConversionError(f"dall_e dVAE: our keys with no published weights: {missing[:8]}")
