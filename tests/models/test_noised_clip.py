@@ -212,3 +212,12 @@ def test_resuming_a_one_group_optimizer_state_keeps_each_parameters_moments():
     for p in params:
         torch.testing.assert_close(opt.state[p]["exp_avg"], old.state[p]["exp_avg"])
     assert ckpt["lr_schedulers"][0]["base_lrs"] == [3e-4, 3e-4]
+
+
+@pytest.mark.parametrize("t", [2.5, True])
+def test_a_step_count_that_is_not_whole_is_refused_when_built(t):
+    # int() noised with a 2-step process, which no GLIDE model (1000 steps) it would guide shares
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.num_timesteps"):
+        NoisedClipLit(preset="tiny", num_timesteps=t)

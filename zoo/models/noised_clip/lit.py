@@ -54,7 +54,7 @@ class NoisedClipLit(TextTokenizerLit):
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "text_tokenizer"])
         self.cfg = build_config(preset, net)
         self.net = NoisedClip(self.cfg)
-        self.process = GaussianDiffusion(get_schedule(schedule, int(num_timesteps)))  # only q_sample is used
+        self.process = GaussianDiffusion(get_schedule(schedule, num_timesteps))  # only q_sample is used; refuses 2.5
         self.text_tokenizer: Optional[TextTokenizer] = TextTokenizer.from_spec(text_tokenizer)
         self.loss_fn = open_clip.ClipLoss()
 
