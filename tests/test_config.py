@@ -158,6 +158,18 @@ def test_a_value_torch_refuses_in_the_optimizer_fails_before_fit(
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_bad_value_names_an_optional_or_union_type_as_a_command_line_writes_it():
+    """check_types named Optional[int] by its __name__: "must be Optional, got 0.5 (fix: ...=<Optional>)"."""
+    from zoo.config import check_types
+
+    node = OmegaConf.create({"_target_": "lightning.pytorch.Trainer", "max_epochs": 0.5, "gradient_clip_val": "x"})
+    with pytest.raises(ConfigError, match=re.escape("max_epochs must be int or null, got 0.5 (fix: t.max_epochs=<")):
+        check_types(node, "t")
+    node.max_epochs = 1
+    with pytest.raises(ConfigError, match=re.escape("gradient_clip_val must be int or float or null, got 'x'")):
+        check_types(node, "t")
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [("seed=abc", "seed must be an integer"), ("float32_matmul_precision=hihg", "float32_matmul_precision='hihg'")],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -243,6 +244,61 @@ def test_bad_trainer_and_callback_counts_are_config_errors_before_training(train
     with pytest.raises(ConfigError, match=says):
         train(cfg)
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ("trainer.max_steps=-2", "max_steps=-2"),  # Lightning's traceback, once the data and model were built
+        ("trainer.max_epochs=0.5", "max_epochs=0.5"),  # "must be Optional", after the build
+        ("trainer.limit_val_batches=2.5", "limit_val_batches=2.5"),
+        ("trainer.limit_train_batches=-1", "limit_train_batches=-1"),
+        ("trainer.val_check_interval=1.5", "val_check_interval=1.5"),
+        ("trainer.val_check_interval=true", "val_check_interval=True"),  # validated after every batch
+        ("trainer.val_check_interval=abc", "val_check_interval='abc' is not a duration"),
+        ("trainer.check_val_every_n_epoch=0", "check_val_every_n_epoch=0"),  # ZeroDivisionError mid-run
+        ("trainer.check_val_every_n_epoch=-1", "check_val_every_n_epoch=-1"),  # every epoch, silently
+        ("trainer.log_every_n_steps=-1", "log_every_n_steps=-1"),  # every step, silently
+        ("trainer.num_sanity_val_steps=-2", "num_sanity_val_steps=-2"),  # no sanity check, silently
+        ("trainer.gradient_clip_val=-1", "gradient_clip_val=-1"),  # clipped nothing, silently
+        ("+trainer.gradient_clip_algorithm=nrom", "gradient_clip_algorithm='nrom'"),
+        ("trainer.precision=bf17", "precision='bf17'"),
+    ],
+)
+def test_bad_trainer_options_are_config_errors_before_anything_is_built(train_cfg, tiny_dvae, monkeypatch, bad, says):
+    """Every count / limit of the trainer node is checked before the data or the model is built: Lightning checked
+    some only in Trainer(...), built after them (a BPE fit, a dataset), with a Hydra traceback, and took others as
+    given (a ZeroDivisionError part-way into training, or another behaviour than asked without a word)."""
+    import zoo.train
+
+    built = []
+    monkeypatch.setattr(zoo.train, "instantiate", lambda node, what="config", **k: built.append(what))
+    cfg = train_cfg(*tiny_dvae, "trainer.max_steps=3", "test=false", bad)
+    with pytest.raises(ConfigError, match=re.escape(says) + r".*fix: "):
+        train(cfg)
+    assert not built
+
+
+def test_good_trainer_options_pass_the_checks(train_cfg, tiny_dvae):
+    """What Lightning accepts and the experiments use passes (a fraction, a step count, a duration, 0 to switch off,
+    a whole float such as 2.0, which Lightning takes as 2)."""
+    from zoo.train import check_trainer_counts
+
+    for good in (
+        "trainer.val_check_interval=0.25",
+        "trainer.val_check_interval=400",
+        "trainer.val_check_interval=2.0",
+        "trainer.val_check_interval=00:00:30:00",
+        "trainer.limit_val_batches=0",
+        "trainer.limit_train_batches=0.5",
+        "trainer.log_every_n_steps=0",
+        "trainer.check_val_every_n_epoch=null",
+        "trainer.max_epochs=-1",
+        "trainer.num_sanity_val_steps=-1",
+        "trainer.gradient_clip_val=1",
+        "trainer.gradient_clip_val=0.5",
+    ):
+        check_trainer_counts(train_cfg(*tiny_dvae, good).trainer)
 
 
 def test_a_resume_that_keeps_a_shorter_saved_schedule_says_so(train_cfg, tiny_dvae, caplog):

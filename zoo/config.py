@@ -82,9 +82,20 @@ def check_types(node: Any, what: str, skip: Any = ()) -> None:
         if isinstance(value, ListConfig) or key not in params or key not in hints:
             continue
         if not _fits(value, hints[key]):
-            tp = hints[key]
-            name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+            name = _type_name(hints[key])
             raise ConfigError(f"{what}.{key} must be {name}, got {value!r} (fix: {what}.{key}=<{name}>)")
+
+
+def _type_name(tp: Any) -> str:
+    """An annotation as a command line writes its values: ``Optional[int]`` -> "int or null" (its ``__name__``,
+    "Optional", was the whole message: "trainer.max_epochs must be Optional, got 0.5 (fix: ...=<Optional>)")."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        names = [_type_name(a) for a in args if a is not type(None)] + (["null"] if type(None) in args else [])
+        return " or ".join(dict.fromkeys(names))
+    if origin is typing.Literal:
+        return " or ".join(str(a) for a in args)
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def instantiate(node: Any, what: str = "config", **kwargs) -> Any:

@@ -584,24 +584,73 @@ def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def check_trainer_counts(trainer_cfg: Any) -> None:
-    """``trainer.accumulate_grad_batches`` below 1 and ``trainer.val_check_interval=0`` are ConfigErrors before
-    anything is built. Lightning took them as given: 0 failed on a ZeroDivisionError at the first training step or
-    validation check (leaving an interrupted.ckpt), and -1 trained, on other gradients, without a word."""
+    """The trainer's counts and limits are checked before anything is built, each problem named with its fix.
+
+    Lightning checks some of them only when the Trainer is built, after the data and the model (a tokenizer fit, a
+    dataset made), and reports them as a Hydra traceback (``max_steps=-2``, ``limit_val_batches=2.5``,
+    ``val_check_interval=1.5``); others it took as given: ``accumulate_grad_batches=0`` and
+    ``val_check_interval=0`` / ``check_val_every_n_epoch=0`` failed on a ZeroDivisionError part-way into training
+    (leaving an interrupted.ckpt), ``accumulate_grad_batches=-1`` trained on other gradients,
+    ``gradient_clip_val=-1`` clipped nothing, ``val_check_interval=true`` validated after every batch and
+    ``log_every_n_steps=-1`` / ``check_val_every_n_epoch=-1`` / ``num_sanity_val_steps=-2`` meant every step, every
+    epoch and none, all without a word."""
     problems = []
-    acc = trainer_cfg.get("accumulate_grad_batches", 1)
-    if not is_whole(acc, 1):
-        problems.append(
-            f"trainer.accumulate_grad_batches={acc!r} is not a count of batches (fix: an integer >= 1; 1 steps the "
-            f"optimizer every batch)"
-        )
+
+    def whole(key: str, least: int, meaning: str, none_ok: bool = True) -> None:
+        value = trainer_cfg.get(key)
+        if (value is None and none_ok) or (key not in trainer_cfg and not none_ok) or is_whole(value, least):
+            return
+        problems.append(f"trainer.{key}={value!r} is not {meaning}")
+
+    whole("accumulate_grad_batches", 1, "a count of batches (fix: an integer >= 1; 1 steps the optimizer every batch)")
+    whole("max_steps", -1, "a step count (fix: an integer >= 1, or -1 for no step limit)", none_ok=False)
+    whole("max_epochs", -1, "an epoch count (fix: an integer >= 1, -1 for no epoch limit, or null)")
+    whole("log_every_n_steps", 0, "a count of steps (fix: an integer >= 1, 0 to log nothing during training)")
+    whole(
+        "check_val_every_n_epoch",
+        1,
+        "a count of epochs (fix: an integer >= 1, or null to validate every "
+        "trainer.val_check_interval steps across epochs)",
+    )
+    whole("num_sanity_val_steps", -1, "a count of batches (fix: an integer >= 0, or -1 for all of them)")
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches"):
+        value = trainer_cfg.get(key)
+        if value is not None and not (is_whole(value, 0) or _fraction(value, 0.0)):
+            problems.append(
+                f"trainer.{key}={value!r} is not a limit (fix: an integer >= 0 for a number of batches, a fraction "
+                f"in [0, 1] of them, or null for all)"
+            )
     vci = trainer_cfg.get("val_check_interval")
-    if isinstance(vci, (int, float)) and not isinstance(vci, bool) and vci <= 0:  # (a duration string: Lightning's)
+    if isinstance(vci, (str, DictConfig)):  # a duration ("DD:HH:MM:SS", or {minutes: 30})
+        from lightning.pytorch.trainer.setup import _parse_time_interval_seconds
+
+        try:
+            _parse_time_interval_seconds(OmegaConf.to_container(vci) if isinstance(vci, DictConfig) else vci)
+        except Exception as e:  # Lightning's own parser decides; its message says what it expected
+            problems.append(f"trainer.val_check_interval={vci!r} is not a duration: {e} (fix: e.g. '00:00:30:00')")
+    elif vci is not None and not (is_whole(vci, 1) or _fraction(vci, 0.0, open_low=True)):
         problems.append(
             f"trainer.val_check_interval={vci!r} is not an interval (fix: an integer >= 1 for every N training "
-            f"batches, a fraction in (0, 1] of an epoch, or null for once an epoch)"
+            f"batches, a fraction in (0, 1] of an epoch, 'DD:HH:MM:SS' of time, or null for once an epoch)"
         )
+    clip = trainer_cfg.get("gradient_clip_val")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip >= 0):
+        problems.append(
+            f"trainer.gradient_clip_val={clip!r} is not a clipping threshold (fix: a number > 0, or null / 0 to not "
+            f"clip)"
+        )
+    algorithm = trainer_cfg.get("gradient_clip_algorithm")
+    if algorithm is not None and str(algorithm).lower() not in ("norm", "value"):
+        problems.append(f"trainer.gradient_clip_algorithm={algorithm!r} is not norm or value (fix: norm, or value)")
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def _fraction(value: Any, low: float, open_low: bool = False) -> bool:
+    """A float in [low, 1] (in (low, 1] with ``open_low``), or a whole float above 1 (Lightning takes 2.0 as 2)."""
+    if isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value):
+        return False
+    return (low < value if open_low else low <= value) and (value <= 1.0 or value.is_integer())
 
 
 def check_accelerator(trainer_cfg: Any) -> None:
@@ -745,10 +794,16 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     import torch
 
     from zoo.callbacks.checkpoint_info import CheckpointInfo
+    from zoo.config import check_types
+    from zoo.precision import check_precision
 
     check_no_earlier_run(cfg, out_dir)  # first: nothing of the earlier run is touched
     check_accelerator(cfg.trainer)
     check_trainer_counts(cfg.trainer)
+    # the rest of the trainer node's plain values against Trainer's annotations, and trainer.precision, now: the
+    # Trainer is built after the data and the model (a BPE fit, a dataset), where a typo was found minutes later
+    check_types(cfg.trainer, "trainer", skip={"precision", "plugins"})
+    check_precision(cfg.trainer.get("precision", "auto"))
     check_memory(cfg)
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
 
