@@ -158,6 +158,26 @@ def test_val_check_interval_longer_than_an_epoch_fails_before_fit(train_cfg, tra
     assert train(cfg)["global_step"] == 6
 
 
+@pytest.mark.parametrize(
+    "limit, batches", [("trainer.limit_train_batches=4", 4), ("trainer.limit_train_batches=0.25", 2)]
+)
+def test_val_check_interval_longer_than_a_limited_epoch_fails_before_fit(train_cfg, tiny_dvae, limit, batches):
+    """limit_train_batches cuts the epoch (a count, or a fraction of its 8 batches): val_check_interval=6 was
+    Lightning's ValueError with a traceback from inside trainer.fit; the check skipped any limit."""
+    cfg = train_cfg(*tiny_dvae, "trainer.max_steps=6", "trainer.val_check_interval=6", "test=false", limit)
+    with pytest.raises(ConfigError, match=rf"val_check_interval=6 is more than the {batches} training batches"):
+        train(cfg)
+
+
+def test_val_check_interval_longer_than_an_epoch_is_fine_without_validation(train_cfg, tiny_dvae):
+    """With validation off (limit_val_batches=0) Lightning never checks the interval: the run was refused, naming
+    fixes the user did not need, when only the experiment's val_check_interval outgrew a smaller data set."""
+    cfg = train_cfg(
+        *tiny_dvae, "trainer.max_steps=2", "trainer.val_check_interval=10", "trainer.limit_val_batches=0", "test=false"
+    )
+    assert train(cfg)["global_step"] == 2
+
+
 def test_failed_resume_leaves_no_checkpoint_that_shadows_the_real_one(train_cfg, train_helpers, tmp_path):
     """Run A trains 4 steps; run B resumes it (ckpt_path=last: the newest run of task_name) with another network
     (model.net.n_hid), so Lightning's restore fails. B used to leave interrupted.ckpt of its fresh model at step 0

@@ -482,26 +482,32 @@ def check_optimizer(model) -> None:
 def check_val_check_interval(trainer_cfg: Any, datamodule: Any) -> None:
     """A step-count ``trainer.val_check_interval`` larger than an epoch fails inside ``trainer.fit`` with Lightning's
     traceback (after set-up, leaving an interrupted.ckpt at step 0); it is what a step-based experiment
-    (``val_check_interval: 400``) gives on a smaller ``data.train_size``. Checked here against an upper bound of
-    the batches per epoch (one device, drop_last), only when that is known (a map-style train split, no
-    ``limit_train_batches``)."""
+    (``val_check_interval: 400``) gives on a smaller ``data.train_size``, or with ``trainer.limit_train_batches``
+    for a short try. Checked here against an upper bound of the batches per epoch (one device, drop_last) as
+    Lightning counts them: the train split's batches, cut by ``limit_train_batches`` (a count, or a fraction of
+    them). Lightning does not check it when validation is off (``limit_val_batches=0``), so neither does this."""
     vci = trainer_cfg.get("val_check_interval")
     if isinstance(vci, bool) or not isinstance(vci, int) or trainer_cfg.get("check_val_every_n_epoch", 1) is None:
         return
-    if trainer_cfg.get("limit_train_batches") is not None or trainer_cfg.get("fast_dev_run"):
+    if trainer_cfg.get("fast_dev_run") or trainer_cfg.get("limit_val_batches") == 0:
         return
+    limit = trainer_cfg.get("limit_train_batches")
+    n_batches, why = None, ""
     dataset, batch_size = getattr(datamodule, "dataset", None), getattr(datamodule, "batch_size", None)
-    if not callable(dataset) or not isinstance(batch_size, int) or batch_size < 1:
-        return
-    try:
-        n_batches = len(dataset("train")) // batch_size
-    except TypeError:  # a streamed (iterable) split: its length is unknown
-        return
-    if 0 < n_batches < vci:
+    if callable(dataset) and is_whole(batch_size, 1):
+        try:
+            n_batches, why = len(dataset("train")) // batch_size, f"data.batch_size={batch_size}"
+        except TypeError:  # a streamed (iterable) split: its length is unknown
+            pass
+    if is_whole(limit, 0) and (n_batches is None or limit < n_batches):
+        n_batches, why = limit, f"trainer.limit_train_batches={limit}"
+    elif isinstance(limit, float) and n_batches is not None and limit < 1.0:
+        n_batches, why = int(n_batches * limit), f"{why}, trainer.limit_train_batches={limit}"
+    if n_batches is not None and 0 < n_batches < vci:
         raise ConfigError(
             f"trainer.val_check_interval={vci} is more than the {n_batches} training batches of an epoch "
-            f"(data.batch_size={batch_size}) (fix: trainer.check_val_every_n_epoch=null to validate every {vci} "
-            f"steps across epochs, or trainer.val_check_interval<={n_batches})"
+            f"({why}) (fix: trainer.check_val_every_n_epoch=null to validate every {vci} steps across epochs, or "
+            f"trainer.val_check_interval<={n_batches})"
         )
 
 
