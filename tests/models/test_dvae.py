@@ -246,3 +246,14 @@ def test_a_vocabulary_of_fewer_than_two_codes_is_refused_when_built(n):
 
     with pytest.raises(ConfigError, match=f"vocab_size={n}: needs at least 2 codes"):
         DVAELit(preset="tiny", net={"vocab_size": n})
+
+
+@pytest.mark.parametrize("net", [{"n_hid": 2}, {"n_hid": 3}, {"n_init": 0}])
+def test_widths_that_leave_a_conv_without_channels_are_refused_when_built(net):
+    """n_hid 2 or 3 (bottleneck n_hid // 4 = 0) or n_init 0 was "ZeroDivisionError: 0.0 cannot be raised to a
+    negative power" from the init."""
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs n_hid >= 4 .* and n_init >= 1"):
+        DVAELit(preset="tiny", net=net)
+    assert DVAELit(preset="tiny", net={"n_hid": 4}).dvae.grid_size == (16, 16)  # the narrowest that builds

@@ -87,3 +87,13 @@ def test_a_codebook_of_fewer_than_two_codes_is_refused_when_built(n):
 
     with pytest.raises(ConfigError, match=f"codebook_size={n}: needs at least 2 codes"):
         VQVAELit(preset="tiny", net={"codebook_size": n})
+
+
+@pytest.mark.parametrize("net", [{"dim": 0}, {"channels": 0}, {"n_down": -1}, {"n_res": -1}])
+def test_sizes_that_cannot_build_a_network_are_refused_when_built(net):
+    """dim 0 was a ZeroDivisionError, channels 0 a conv error, and n_down -1 a 0.5 downsample factor with a float
+    grid_size (64.0)."""
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs dim and channels >= 1, n_down and n_res >= 0"):
+        VQVAELit(preset="tiny", net=net)

@@ -47,6 +47,13 @@ class DVAEConfig:
             )
         if self.n_blk_per_group < 1:
             raise ConfigError(f"dVAE n_blk_per_group={self.n_blk_per_group}: needs at least 1 resblock per group")
+        # each resblock's bottleneck is its width // 4, n_hid the narrowest: n_hid 2 or 3 (or n_init 0) built a conv
+        # with no channels, whose init was a bare "ZeroDivisionError: 0.0 cannot be raised to a negative power"
+        if self.n_hid < 4 or self.n_init < 1:
+            raise ConfigError(
+                f"dVAE n_hid={self.n_hid}, n_init={self.n_init}: needs n_hid >= 4 (its resblocks' bottleneck is "
+                f"n_hid // 4 wide) and n_init >= 1 (paper: 256 and 128; fix: model.net.n_hid=16, model.net.n_init=32)"
+            )
         if self.out_channels not in (3, 6):
             raise ConfigError(f"dVAE out_channels={self.out_channels}: 6 (logit-Laplace mu, ln b) or 3 (MSE)")
         # 0 was a ZeroDivisionError while building; 1 trained a tokenizer whose every image is the same code

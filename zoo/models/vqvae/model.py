@@ -34,11 +34,18 @@ class VQVAEConfig:
     restart_after: Optional[int] = None  # steps unused before a code is re-seeded (None: ~349 at decay 0.99)
 
     def __post_init__(self):
+        from zoo.errors import ConfigError
+
+        # dim / channels 0 was a ZeroDivisionError or a conv error while building; n_down -1 built a network whose
+        # grid_size was a float (64.0) with a 0.5 downsample factor
+        if self.dim < 1 or self.channels < 1 or self.n_down < 0 or self.n_res < 0:
+            raise ConfigError(
+                f"VQ-VAE dim={self.dim}, channels={self.channels}, n_down={self.n_down}, n_res={self.n_res}: needs dim "
+                f"and channels >= 1, n_down and n_res >= 0 (fix: model.net.<field>, e.g. the shapes preset's 64, 96, 2, 2)"
+            )
         # 0 was an IndexError in the first step's nearest-code search; 1 trained a tokenizer whose every image is the
         # same code
         if self.codebook_size < 2:
-            from zoo.errors import ConfigError
-
             raise ConfigError(
                 f"VQ-VAE codebook_size={self.codebook_size}: needs at least 2 codes (paper: 8192; fix: "
                 f"model.net.codebook_size=512)"
