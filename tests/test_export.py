@@ -209,6 +209,24 @@ def test_onnx_decoding_never_offers_a_code_the_tokenizer_cannot_decode(tmp_path,
             logits, pk, pv = step.run(None, {"image_token": image[:, p : p + 1].numpy(), "past_k": pk, "past_v": pv})
 
 
+def test_weights_holding_nan_are_named_not_blamed_on_the_export(tmp_path):
+    """A checkpoint of a run that diverged (a NaN weight) failed the export's own round trip (NaN != NaN) with a
+    RuntimeError saying the export does not reload to the checkpoint's weights, after writing it."""
+    from zoo.errors import ConfigError
+    from zoo.export import checkpoint_dict, export
+    from zoo.models.vqvae.lit import VQVAELit
+
+    ck = checkpoint_dict(VQVAELit(preset="tiny"))
+    w = ck["state_dict"]["vqvae.encoder.0.weight"]
+    w[(0,) * w.ndim] = float("nan")
+    torch.save(ck, tmp_path / "diverged.ckpt")
+    for onnx in (False, True):
+        cfg = {"ckpt": str(tmp_path / "diverged.ckpt"), "out": str(tmp_path / "out"), "onnx": onnx}
+        with pytest.raises(ConfigError, match=r"1 tensor\(s\) hold NaN or inf \(vqvae.encoder.0.weight\).*fix: "):
+            export(OmegaConf.create(cfg))
+    assert not (tmp_path / "out").exists()
+
+
 def test_zoo_export_command(tmp_path):
     """The console entry point end to end: Hydra config, summary printed, files written."""
     from zoo.models.vqvae.lit import VQVAELit

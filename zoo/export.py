@@ -913,6 +913,20 @@ def check_ckpt_path(ckpt: Path) -> None:
         )
 
 
+def check_finite(module: nn.Module, ckpt: Path) -> None:
+    """Weights holding NaN / inf (a run that diverged, or a prior whose embed_scale was never fit) are refused by
+    name: the export failed on its own round trip (NaN != NaN) with "does not reload to the checkpoint's weights",
+    a RuntimeError that blamed the export for the checkpoint."""
+    bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ConfigError(
+            f"ckpt={ckpt}: {len(bad)} tensor(s) hold NaN or inf ({shown}): the run diverged or was never fit, and "
+            "nothing it computes would be a number (fix: export an earlier checkpoint of the run, e.g. "
+            "ckpt=<run dir>/checkpoints/step<an earlier step>.ckpt)"
+        )
+
+
 def check_out_dir(out: Path) -> None:
     """``out`` must be a new folder, an empty one or a previous export: the export replaces it as a whole (a
     re-export into it kept the previous model's ONNX graphs next to the new weights), so a folder holding anything
@@ -973,6 +987,7 @@ def export(cfg) -> dict[str, Any]:
         check_opset(cfg.get("opset", 17))
         check_batches(cfg.get("export_batch", 2), cfg.get("check_batch", 3))
     name, module, hp = load_checkpoint(ckpt, weights)
+    check_finite(module, ckpt)
     apply_trained_resolution(name, module, str(ckpt))
     if onnx and graphs:  # a misspelt graph name would silently export no graph
         known = [g.name for g in onnx_graphs(name, module)]
