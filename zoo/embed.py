@@ -14,6 +14,10 @@ captions serve the image features only). With ``text_encodings=true`` it also ho
 + transformer + ln_final, before pooling and projection: what unCLIP's prior and decoder read as "encoded text"),
 and ``clip_text_mask`` (N, L) bool, True up to and including the end-of-text token.
 
+An interrupted run (Ctrl-C, a kill, a time limit) keeps its rows in chunks in ``<out>.partial/``: the same command
+continues after the last complete chunk and writes the file an uninterrupted run writes; other arguments (another
+CLIP, other data or options) are refused while that folder exists (``zoo.feature_rows``).
+
 Config keys read (``conf/embed.yaml``):
   ``clip.checkpoint``  a zoo-train CLIP ``.ckpt`` (arch read from it) or, with ``clip.arch``, an open_clip file
   ``clip.arch``        an open_clip architecture name (needed for an open_clip file or a pretrained tag)
@@ -37,7 +41,6 @@ from omegaconf import DictConfig
 from zoo.config import entry_point
 from zoo.errors import ConfigError, is_whole
 from zoo.models.clip.model import text_token_encodings  # noqa: F401  (library code; re-exported)
-from zoo.progress import track
 
 log = logging.getLogger("zoo.embed")
 
@@ -62,11 +65,15 @@ def embed_dataset(
     progress: bool = True,
     meta: dict[str, Any] | None = None,
     text_encodings: bool = False,
+    resume_key: dict[str, Any] | None = None,
+    chunk_rows: int | None = None,
 ) -> Path:
     """Encode every (image, caption) of ``dataset`` with ``scorer`` (a ``ClipScorer``) and save them to ``out_path``.
 
     Returns the path written. Rows are in dataset index order, so ``attach_embeddings`` can serve them by index.
     ``text_encodings`` also writes ``clip_text_encodings`` (float16) and ``clip_text_mask`` (see the module doc).
+    An interrupted run resumes after its last chunk of ``chunk_rows`` rows (``zoo.feature_rows``) when run again
+    with the same scorer, ``meta``, options and ``resume_key`` (what else decides the rows, e.g. the resolution).
     """
     if isinstance(dataset, torch.utils.data.IterableDataset):  # webdataset: shuffled, endless, no index
         raise ConfigError(
@@ -76,39 +83,42 @@ def embed_dataset(
         )
 
     from zoo.checkpoint import atomic_torch_save
+    from zoo.feature_rows import compute_rows, finish_rows
 
-    loader = torch.utils.data.DataLoader(
+    def encode(batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list]:
+        tokens = scorer.tokenize(batch["caption"])
+        cols = {
+            "clip_image_emb": scorer.encode_image(batch["image"]).cpu(),
+            "clip_text_emb": scorer.encode_text(batch["caption"]).cpu(),
+            "clip_text_tokens": tokens.cpu().long(),
+        }
+        if text_encodings:
+            e, m = text_token_encodings(scorer.model, tokens.to(scorer.device))
+            cols["clip_text_encodings"], cols["clip_text_mask"] = e.half().cpu(), m.cpu()
+        return cols, batch["index"]
+
+    # what the rows depend on: an interrupted run resumes only under the same CLIP, data and options
+    identity = {
+        "meta": meta or {},
+        "clip_fingerprint": getattr(scorer, "fingerprint", None),
+        "image_size": int(scorer.image_size),
+        "text_encodings": bool(text_encodings),
+        **(resume_key or {}),
+    }
+    out, subst = compute_rows(
         dataset,
+        out_path,
+        identity,
+        encode,
         batch_size=int(batch_size),
-        shuffle=False,
-        num_workers=num_workers,
         collate_fn=_first_image_caption_collate,
+        command="zoo-embed",
+        what="CLIP embeddings",
+        unit="pair",
+        options={"num_workers": num_workers, "progress": progress, "chunk_rows": chunk_rows},
     )
-    img, txt, tok, enc, mask, served = [], [], [], [], [], []
-    with track(
-        total=len(dataset), desc=f"zoo-embed -> {Path(out_path).name}", unit="pair", disable=not progress
-    ) as bar:
-        for batch in loader:
-            tokens = scorer.tokenize(batch["caption"])
-            img.append(scorer.encode_image(batch["image"]).cpu())
-            txt.append(scorer.encode_text(batch["caption"]).cpu())
-            tok.append(tokens.cpu().long())
-            if text_encodings:
-                e, m = text_token_encodings(scorer.model, tokens.to(scorer.device))
-                enc.append(e.half().cpu())
-                mask.append(m.cpu())
-            served.extend(batch["index"])
-            bar.update(len(batch["caption"]))
-    if not img:
-        raise ConfigError("the dataset split is empty: nothing to embed (fix: data.<split>_size >= 1)")
-    out = {"clip_image_emb": torch.cat(img), "clip_text_emb": torch.cat(txt), "clip_text_tokens": torch.cat(tok)}
-    if text_encodings:
-        out["clip_text_encodings"], out["clip_text_mask"] = torch.cat(enc), torch.cat(mask)
-    from zoo.data.datamodule import report_substituted_rows, substituted_rows
     from zoo.models.clip.scorer import CLIP_SCORE_CONVENTION
 
-    subst = substituted_rows(served, len(served))
-    report_substituted_rows(subst, "zoo-embed", "CLIP embeddings", log)
     out["meta"] = {
         "n": len(out["clip_image_emb"]),
         "substituted_rows": subst,
@@ -120,7 +130,9 @@ def embed_dataset(
         ),  # which CLIP: the priors / decoder trained on this file keep it
         **(meta or {}),
     }
-    return atomic_torch_save(out, out_path)
+    path = atomic_torch_save(out, out_path)
+    finish_rows(out_path)
+    return path
 
 
 def load_embeddings(path: str | Path, meta: Optional[dict] = None) -> dict[str, torch.Tensor]:
@@ -196,6 +208,8 @@ def embed(cfg: DictConfig) -> Path:
         batch_size=batch_size,
         meta={"clip": source, "split": split, "data": dm.features_identity(split)},  # checked where it is served
         text_encodings=text_encodings,
+        # features_identity leaves out the resolution (the same scenes), but the pixels CLIP sees change with it
+        resume_key={"resolution": dm.resolution},
     )
     log.info("wrote %s (serve with data.features.%s=%s)", path, split, path)
     print(path)

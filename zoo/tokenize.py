@@ -4,6 +4,10 @@ Stage 2 (the DALL·E transformer) then trains from ``image_tokens`` without runn
 ``data.features.train=<out>`` makes the DataModule serve them. The output is a dict of tensors written atomically:
 ``image_tokens`` LongTensor (N, h, w) in dataset index order, plus ``codebook_size``, ``grid_size`` and ``meta``
 (the split and the tokenizer checkpoint).
+
+An interrupted run keeps its codes in chunks in ``<out>.partial/``: the same command continues after the last
+complete chunk and writes the file an uninterrupted run writes; other arguments (another tokenizer, other data or
+options) are refused while that folder exists (``zoo.feature_rows``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from omegaconf import DictConfig
 
 from zoo.config import entry_point
 from zoo.errors import ConfigError
-from zoo.progress import track
 
 log = logging.getLogger("zoo.tokenize")
 
@@ -34,10 +37,20 @@ def image_tokenizer_of(module: Any):
 
 @torch.no_grad()
 def tokenize_dataset(
-    tokenizer, dataset, out_path: str | Path, batch_size: int = 256, num_workers: int = 0, meta: dict | None = None
+    tokenizer,
+    dataset,
+    out_path: str | Path,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    meta: dict | None = None,
+    progress: bool = True,
+    resume_key: dict[str, Any] | None = None,
+    chunk_rows: int | None = None,
 ) -> Path:
     """``meta`` (plain values, e.g. the split) is stored beside the codes: the DataModule refuses a file whose
-    ``meta["split"]`` is not the split it is given for (with equal sizes it would be served to the wrong images)."""
+    ``meta["split"]`` is not the split it is given for (with equal sizes it would be served to the wrong images).
+    An interrupted run resumes after its last chunk of ``chunk_rows`` rows (``zoo.feature_rows``) when run again
+    with the same tokenizer weights, ``meta``, batch size and ``resume_key`` (e.g. the resolution)."""
     if isinstance(dataset, torch.utils.data.IterableDataset):  # webdataset: shuffled, endless, no index
         raise ConfigError(
             f"zoo-tokenize writes one row per dataset index, but {type(dataset).__name__} streams its samples without "
@@ -47,23 +60,36 @@ def tokenize_dataset(
 
     from zoo.checkpoint import atomic_torch_save
     from zoo.data.collate import collate_samples
+    from zoo.feature_rows import compute_rows, finish_rows
+    from zoo.models.clip.scorer import clip_fingerprint
 
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_samples
-    )
-    chunks, served = [], []
-    for batch in track(loader, desc=f"tokenize -> {Path(out_path).name}", unit="batch"):
+    def encode(batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list]:
         index = batch.get("index")  # the item served (a file dataset's substitute for a bad file)
-        served.extend(index.tolist() if isinstance(index, torch.Tensor) else [None] * len(batch["image"]))
-        chunks.append(
-            tokenizer.encode(batch["image"]).to(torch.int32 if tokenizer.codebook_size < 2**31 else torch.long)
-        )
-    tokens = torch.cat(chunks).long()
-    from zoo.data.datamodule import report_substituted_rows, substituted_rows
+        served = index.tolist() if isinstance(index, torch.Tensor) else [None] * len(batch["image"])
+        codes = tokenizer.encode(batch["image"]).to(torch.int32 if tokenizer.codebook_size < 2**31 else torch.long)
+        return {"image_tokens": codes}, served
 
-    subst = substituted_rows(served, len(served))
-    report_substituted_rows(subst, "zoo-tokenize", "image tokens", log)
-    return atomic_torch_save(
+    # what the codes depend on: an interrupted run resumes only with the same tokenizer weights, data and options
+    identity = {
+        "meta": meta or {},
+        "tokenizer_fingerprint": clip_fingerprint(tokenizer),  # a digest of any module's weights, not CLIP-only
+        "codebook_size": int(tokenizer.codebook_size),
+        **(resume_key or {}),
+    }
+    rows, subst = compute_rows(
+        dataset,
+        out_path,
+        identity,
+        encode,
+        batch_size=batch_size,
+        collate_fn=collate_samples,
+        command="zoo-tokenize",
+        what="image tokens",
+        unit="image",
+        options={"num_workers": num_workers, "progress": progress, "chunk_rows": chunk_rows},
+    )
+    tokens = rows["image_tokens"].long()
+    path = atomic_torch_save(
         {
             "image_tokens": tokens,
             "codebook_size": int(tokenizer.codebook_size),
@@ -72,6 +98,8 @@ def tokenize_dataset(
         },
         out_path,
     )
+    finish_rows(out_path)
+    return path
 
 
 def check_tokenizer_resolution(module: Any, resolution: Any, path: str) -> None:
@@ -124,6 +152,7 @@ def tokenize(cfg: DictConfig) -> Path:
             "tokenizer": str(cfg.tokenizer_ckpt),
             "data": {"images": dm.features_identity(str(cfg.split))["images"]},
         },
+        resume_key={"resolution": dm.resolution},  # the grid of codes changes with it (features_identity omits it)
     )
     log.info("wrote %s", path)
     print(path)
