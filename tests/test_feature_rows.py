@@ -147,3 +147,18 @@ def test_an_interrupted_zoo_tokenize_run_resumes_to_the_uninterrupted_file(tmp_p
         k: v for k, v in want.items() if k != "image_tokens"
     }
     assert not work_dir_of(out).exists()
+
+
+def test_a_run_stopped_before_its_first_chunk_does_not_block_other_arguments(tmp_path):
+    """A run that failed before it saved any rows (a bad option, an early Ctrl-C) left run.json behind, and every
+    later run with other arguments was refused for a folder that held nothing to keep. Now they start over."""
+    from zoo.data.shapes import ShapesDataset
+    from zoo.embed import embed_dataset
+
+    ds, out = ShapesDataset("val", 6, 32), tmp_path / "val.pt"
+    scorer = _tiny_scorer(tmp_path)
+    _counting(scorer, "encode_image", fail_at=1)
+    with pytest.raises(Interrupted):
+        embed_dataset(scorer, ds, out, batch_size=2, progress=False, chunk_rows=2)
+    embed_dataset(_tiny_scorer(tmp_path), ds, out, batch_size=3, progress=False)
+    assert len(safe_load(out)["clip_image_emb"]) == 6 and not work_dir_of(out).exists()

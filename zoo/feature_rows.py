@@ -51,9 +51,14 @@ def _completed_chunks(work: Path, identity: dict[str, Any], command: str) -> lis
     from zoo.checkpoint import atomic_write_text, safe_load
 
     run = work / RUN_FILE
-    if not run.is_file():  # a fresh run (or one killed before its first chunk): nothing to keep
+    saved = sorted(work.glob("rows_*.pt")) if work.is_dir() else []
+    if not (saved and run.is_file()):
+        # a fresh run, or one stopped before its first chunk (a bad option, an early Ctrl-C): nothing to keep, so
+        # these arguments start over rather than being refused for a folder that holds no rows
+        if saved:
+            log.warning("%s: chunks without %s (whose run?): deleting them and starting over", work, RUN_FILE)
         work.mkdir(parents=True, exist_ok=True)
-        for stale in work.glob("rows_*.pt"):
+        for stale in saved:
             stale.unlink()
         atomic_write_text(run, json.dumps(identity, indent=1, sort_keys=True))
         return []
@@ -73,7 +78,7 @@ def _completed_chunks(work: Path, identity: dict[str, Any], command: str) -> lis
             f"delete {work} to start over)"
         )
     chunks, expected = [], 0
-    for path in sorted(work.glob("rows_*.pt")):
+    for path in saved:
         chunk = safe_load(path, fix=f"delete {work} to start over")
         if chunk.get("start") != expected:  # chunks are written in order: a gap means a foreign or lost file
             raise ConfigError(
