@@ -382,3 +382,29 @@ def test_options_of_the_wrong_kind_are_refused_when_built(kw, key):
     for lit in lits:
         with pytest.raises(ConfigError, match=key):
             lit(preset="tiny", **kw)
+
+
+@pytest.mark.parametrize(
+    "lit_path, net, field",
+    [
+        ("zoo.models.glide.lit.GlideLit", {"channel_mult": [1, 2.5]}, "channel_mult"),  # int(): a (1, 2) U-Net
+        ("zoo.models.glide.lit.GlideLit", {"text_causal": "no"}, "text_causal"),  # a word is truthy: causal
+        ("zoo.models.glide.lit.GlideLit", {"width": 8.5}, "width"),  # a TypeError deep in torch
+        ("zoo.models.unclip_decoder.lit.UnclipDecoderLit", {"clip_emb_norm": "no"}, "clip_emb_norm"),
+        ("zoo.models.upsampler.lit.UpsamplerLit", {"channel_mult": [1, 2.5]}, "channel_mult"),
+        ("zoo.models.upsampler.lit.UpsamplerLit", {"learn_sigma": "no"}, "learn_sigma"),
+        ("zoo.models.noised_clip.lit.NoisedClipLit", {"channel_mult": [1, 1.5]}, "channel_mult"),
+        ("zoo.models.diffusion_prior.lit.DiffusionPriorLit", {"n_layers": 2.5}, "n_layers"),
+        ("zoo.models.ar_prior.lit.ARPriorLit", {"dropout": "0.1"}, "dropout"),
+    ],
+)
+def test_a_network_field_of_the_wrong_kind_is_refused_when_built(lit_path, net, field):
+    """model.net.<field> overrides reach the config dataclasses as Hydra wrote them (check_field_kinds)."""
+    import importlib
+
+    from zoo.errors import ConfigError
+
+    module, name = lit_path.rsplit(".", 1)
+    lit = getattr(importlib.import_module(module), name)
+    with pytest.raises(ConfigError, match=f"model.net.{field} must be"):
+        lit(preset="tiny", net=net)
