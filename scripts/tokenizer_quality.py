@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -64,14 +65,33 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def build(model: str, overrides: dict):
+def lit_class(model: str) -> type:
     if model == "dvae":
         from zoo.models.dvae.lit import DVAELit
 
-        return DVAELit(**overrides)
+        return DVAELit
     from zoo.models.vqvae.lit import VQVAELit
 
-    return VQVAELit(**overrides)
+    return VQVAELit
+
+
+def unknown_options(model: str, overrides: dict) -> Optional[str]:
+    """A message naming the ``--set`` keys the model's LitModule does not take (None when all fit). Without it a
+    network field given bare (``--set restart_after=20``) or another model's option (``--model vqvae --set
+    recon_loss=mse``) was a TypeError traceback from the constructor, without the fix."""
+    cls = lit_class(model)
+    takes = set(inspect.signature(cls.__init__).parameters) - {"self", "optimizer", "scheduler"}
+    unknown = sorted(set(overrides) - takes)
+    if not unknown:
+        return None
+    return (
+        f"--set {', '.join(unknown)}: not options of {cls.__name__} (it takes {', '.join(sorted(takes))}); a field of "
+        f"the network is set as net.<field>, e.g. --set net.{unknown[0]}={overrides[unknown[0]]!r}"
+    )
+
+
+def build(model: str, overrides: dict):
+    return lit_class(model)(**overrides)
 
 
 def evaluate(lit, val: torch.Tensor) -> dict[str, float]:
@@ -111,6 +131,9 @@ def main() -> None:
                 overrides[k] = v
     except ValueError as e:
         ap.error(str(e))
+    problem = unknown_options(args.model, overrides)
+    if problem:
+        ap.error(problem)
     torch.manual_seed(0)
     lit = build(args.model, overrides)
     opt = torch.optim.AdamW(lit.parameters(), lr=args.lr)

@@ -72,3 +72,18 @@ def test_eval_every_zero_evaluates_only_at_the_end_and_a_bad_batch_size_is_refus
     with pytest.raises(SystemExit):
         script.main()
     assert "--batch-size >= 1, got 200 and 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "model, item, named",
+    [("vqvae", "restart_after=20", "net.restart_after=20"), ("vqvae", "recon_loss=mse", "not options of VQVAELit")],
+)
+def test_a_set_key_the_model_does_not_take_is_refused_with_the_fix(script, monkeypatch, capsys, model, item, named):
+    # a network field given bare, or another model's option, was the constructor's TypeError traceback ("got an
+    # unexpected keyword argument 'restart_after'"), naming no fix
+    monkeypatch.setattr(script, "ShapesDataset", TinyShapes)
+    monkeypatch.setattr("sys.argv", ["tokenizer_quality.py", "--model", model, "--minutes", "1e-4", "--set", item])
+    with pytest.raises(SystemExit):
+        script.main()
+    assert named in capsys.readouterr().err
+    assert script.unknown_options("dvae", {"recon_loss": "mse", "net": {}}) is None
