@@ -128,3 +128,43 @@ def test_a_train_feature_file_knows_its_synthetic_captions_by_content(tmp_path, 
         served = ShapesDataModule(**opts, features={"train": str(path)}).dataset("train")[0]
     assert "clip_image_emb" in served and "clip_text_emb" not in served
     assert "synthetic_captions_blake2b" in caplog.text
+
+
+@pytest.mark.parametrize("before, after", [(2, 4), (3, 6), (4, 2)])
+def test_a_mid_epoch_resume_with_another_batch_size_finishes_the_epoch(tmp_path, before, after):
+    """The loader skips the samples seen (samples_done), but Lightning restored its count of the epoch's batches in
+    the old size and ended the epoch when it reached the new length: 3 batches of 2, then batches of 4 of 24 scenes
+    stopped after 3 of the 4 full batches left, and 4 scenes of that epoch were never trained on. Now the resumed
+    epoch serves every full batch left, each scene once, and the next epoch is whole."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    seen: list[tuple[int, list[int]]] = []
+
+    class _Fit(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch, batch_idx):
+            seen.append((self.current_epoch, batch["index"].tolist()))
+            return self.lin(batch["image"].mean((1, 2, 3))[:, None]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def data(batch_size):
+        return ShapesDataModule(train_size=24, val_size=4, test_size=4, resolution=16, batch_size=batch_size)
+
+    quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    save = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True, save_top_k=0)
+    L.Trainer(max_steps=3, callbacks=[save], default_root_dir=tmp_path, **quiet).fit(_Fit(), datamodule=data(before))
+    first = [i for _, b in seen for i in b]
+    seen.clear()
+    trainer = L.Trainer(max_epochs=2, enable_checkpointing=False, default_root_dir=tmp_path, **quiet)
+    trainer.fit(_Fit(), datamodule=data(after), ckpt_path=str(tmp_path / "last.ckpt"))
+    rest = [i for epoch, b in seen if epoch == 0 for i in b]
+    assert len(rest) == (24 - len(first)) // after * after  # every full batch left
+    assert len(set(first + rest)) == len(first + rest)  # none twice
+    assert sum(epoch == 1 for epoch, _ in seen) == 24 // after

@@ -566,6 +566,8 @@ class ImageTextDataModule(L.LightningDataModule):
         if isinstance(ds, IterableDataset):  # webdataset shards shard themselves over ranks/workers
             return StreamLoader(ds, batch_size=bs, split=split, **common)
         loader = ResumableDataLoader(ds, batch_size=bs, shuffle=shuffle, seed=self.seed, drop_last=shuffle, **common)
+        if split == "train":
+            loader.on_restore = self._move_lightning_batch_count
         if shuffle and len(loader) == 0:
             # drop_last with fewer items than a batch: Lightning ends fit with "No training batches" and exit code 0,
             # and the run then tests and saves an untrained model as if it had trained
@@ -576,6 +578,27 @@ class ImageTextDataModule(L.LightningDataModule):
                 f"split)"
             )
         return loader
+
+    def _move_lightning_batch_count(self, saved: int, now: int) -> None:
+        """A mid-epoch resume with another ``data.batch_size`` (e.g. doubled once memory allows): the loader skips the
+        samples seen, but Lightning restored its count of the epoch's batches in the old size and ends the epoch when
+        that count reaches the new length -- 3 batches of 2 of 24 samples, then batches of 4, stopped after 3 of the 4
+        full batches left, never training on 4 of the epoch's samples. Its counters of this epoch are moved to the count in the
+        new size (``saved`` -> ``now``), as an uninterrupted run at that size would read; steps are not changed."""
+        trainer = self.trainer
+        progress = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "batch_progress", None)
+        if progress is None:
+            return
+        shift = now - saved
+        current = progress.current
+        for counter in ("ready", "started", "processed", "completed"):
+            setattr(current, counter, max(0, getattr(current, counter) + shift))
+        log.info(
+            "resumed mid-epoch with data.batch_size=%d: the epoch goes on at its batch %d (%d in the checkpoint's size)",
+            self.batch_size,
+            now,
+            saved,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -11,7 +11,7 @@ because re-wrapping a custom sampler in Lightning's ``DistributedSamplerWrapper`
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, Sampler, SequentialSampler
@@ -110,6 +110,10 @@ class ResumableDataLoader(DataLoader):
         self._batches_done = 0
         self._resumed_at = (0, 0)
         self._epoch_in_progress = 0
+        # Called by load_state_dict as on_restore(batches saved, batches now) when a restored position stands for
+        # another number of batches than the checkpoint counted (data.batch_size changed): the DataModule moves
+        # Lightning's batch counter of the epoch, which otherwise ends the epoch on the old count.
+        self.on_restore: Optional[Callable[[int, int], None]] = None
 
     def __iter__(self):
         sampler = self.sampler
@@ -119,11 +123,19 @@ class ResumableDataLoader(DataLoader):
         self._epoch_in_progress = sampler.epoch
         # A restored position applies only to the epoch it was saved in (see ResumableSampler.skip_epoch).
         resumed = sampler.skip_epoch == sampler.epoch
-        self._batches_done = sampler.skip // self.batch_size if resumed else 0
+        self._batches_done = self._batches_before(sampler.skip) if resumed else 0
         self._resumed_at = (sampler.skip if resumed else 0, self._batches_done)  # (samples, batches) skipped
         for batch in super().__iter__():
             self._batches_done += 1
             yield batch
+
+    def _batches_before(self, skip: int) -> int:
+        """The batches of this batch size that a position of ``skip`` samples stands for: the epoch's batch count minus
+        the batches still to come. Lightning ends an epoch when its count of the epoch's batches reaches ``len``, so
+        this is what that count must read (``skip // batch_size`` when the batch size did not change)."""
+        rest = max(0, len(self.sampler) - skip)  # type: ignore[arg-type]
+        left = rest // self.batch_size if self.drop_last else -(-rest // self.batch_size)
+        return len(self) - left
 
     def state_dict(self) -> dict[str, Any]:
         # samples_done (of this rank) besides batches: a resume with another data.batch_size (e.g. after running out
@@ -145,3 +157,6 @@ class ResumableDataLoader(DataLoader):
             sampler.skip = int(state["samples_done"])
         else:  # a checkpoint written before samples_done was recorded
             sampler.skip = int(state["batches_done"]) * int(self.batch_size)
+        saved, now = int(state["batches_done"]), self._batches_before(sampler.skip)
+        if now != saved and self.on_restore is not None:
+            self.on_restore(saved, now)
