@@ -257,6 +257,9 @@ def test_a_blur_too_wide_for_the_conditioning_fails_before_training_and_ignored_
         UpsamplerLit(preset="tiny", bsr={"jpeg_quality_range": (50, 95)})
     with pytest.warns(UserWarning, match="model.blur_sigma_range=.* is ignored"):
         UpsamplerLit(preset="tiny", corruption="bsr", blur_sigma_range=(0.5, 1.0))
+    for ignored in (["a", 1], 0.5):  # float() of each entry raised a bare ValueError / TypeError
+        with pytest.warns(UserWarning, match="model.blur_sigma_range=.* is ignored"):
+            UpsamplerLit(preset="tiny", corruption="bsr", blur_sigma_range=ignored)
 
 
 def test_train_checkpoint_load_and_upsample(train_cfg, train_helpers):

@@ -178,9 +178,10 @@ class UpsamplerLit(ZooLit):
                     f"uses it)",
                     stacklevel=3,
                 )
-        elif tuple(float(v) for v in blur_sigma_range) != DEFAULT_BLUR_SIGMA_RANGE:
+        # compared as written: float() of each entry failed with a bare ValueError on an option that is ignored here
+        elif not (isinstance(blur_sigma_range, Sequence) and list(blur_sigma_range) == list(DEFAULT_BLUR_SIGMA_RANGE)):
             warnings.warn(
-                f"model.blur_sigma_range={list(blur_sigma_range)} is ignored: this upsampler's corruption is bsr "
+                f"model.blur_sigma_range={blur_sigma_range!r} is ignored: this upsampler's corruption is bsr "
                 f"(its blur is model.bsr.blur_sigma_range)",
                 stacklevel=3,
             )
