@@ -104,3 +104,19 @@ def test_tokenize_refuses_another_resolution_than_the_tokenizer_trained_at(tmp_p
         tokenize(_tokenize_cfg(tmp_path, tmp_path / "old.ckpt", "data.resolution=32", f"out={out}"))
     assert "does not record the resolution it was trained at" in caplog.text
     assert safe_load(out)["image_tokens"].shape[1:] == (8, 8)
+
+
+def test_tokenize_refuses_a_bad_batch_size_or_split_before_the_checkpoint_loads(tmp_path):
+    """batch_size=0 / -2 was torch's bare "batch_size should be a positive integer value", batch_size=2.5 ran with
+    2, batch_size=abc was int()'s ValueError, all after the checkpoint had loaded; zoo-embed checked these up front.
+    Now the same ConfigError naming the option and the fix (the checkpoint here does not even exist)."""
+    import pytest
+
+    from zoo.errors import ConfigError
+
+    missing = tmp_path / "never_written.ckpt"
+    for value in ["0", "-2", "2.5", "abc", "true"]:
+        with pytest.raises(ConfigError, match=r"batch_size must be a positive integer, .*fix: batch_size=256"):
+            tokenize(_tokenize_cfg(tmp_path, missing, f"batch_size={value}"))
+    with pytest.raises(ConfigError, match=r"unknown split 'vall'.*fix: split=train, val or test"):
+        tokenize(_tokenize_cfg(tmp_path, missing, "split=vall"))

@@ -39,7 +39,7 @@ import torch
 from omegaconf import DictConfig
 
 from zoo.config import entry_point
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError
 from zoo.models.clip.model import text_token_encodings  # noqa: F401  (library code; re-exported)
 
 log = logging.getLogger("zoo.embed")
@@ -174,15 +174,9 @@ def embed_options(cfg: DictConfig) -> tuple[str, int, bool]:
     """``(split, batch_size, text_encodings)`` of a zoo-embed config, checked before a CLIP or the data is built:
     a bad split was found only after the CLIP had loaded, ``batch_size=-2`` was torch's bare ValueError,
     ``batch_size=0`` ran with 128 and ``text_encodings=no`` (a string) wrote the encodings, all without a word."""
-    from zoo.data.datamodule import SPLITS
+    from zoo.feature_rows import split_and_batch_size
 
-    split = str(cfg.split)
-    if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; expected one of {SPLITS} (fix: split=train, val or test)")
-    batch_size = cfg.get("batch_size")
-    batch_size = 128 if batch_size is None else batch_size
-    if not is_whole(batch_size, 1):
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r} (fix: batch_size=128)")
+    split, batch_size = split_and_batch_size(cfg, 128)
     text_encodings = cfg.get("text_encodings")
     text_encodings = False if text_encodings is None else text_encodings
     if not isinstance(text_encodings, bool):

@@ -30,6 +30,25 @@ CHUNK_ROWS = 4096  # rows per chunk file: at most this much work is redone after
 RUN_FILE = "run.json"
 
 
+def split_and_batch_size(cfg: Any, default_batch_size: int) -> tuple[str, int]:
+    """``(split, batch_size)`` of a zoo-embed / zoo-tokenize config, checked before a model or the data is built: a
+    bad split was found only after the model had loaded, ``batch_size=-2`` was torch's bare ValueError,
+    ``batch_size=0`` ran with the default (zoo-embed) and ``batch_size=2.5`` ran with 2 (zoo-tokenize)."""
+    from zoo.data.datamodule import SPLITS
+    from zoo.errors import is_whole
+
+    split = str(cfg.split)
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; expected one of {SPLITS} (fix: split=train, val or test)")
+    batch_size = cfg.get("batch_size")
+    batch_size = default_batch_size if batch_size is None else batch_size
+    if not is_whole(batch_size, 1):
+        raise ConfigError(
+            f"batch_size must be a positive integer, got {batch_size!r} (fix: batch_size={default_batch_size})"
+        )
+    return split, batch_size
+
+
 def work_dir_of(out_path: str | Path) -> Path:
     """The folder holding an unfinished run's chunks for ``out_path``."""
     out_path = Path(out_path)

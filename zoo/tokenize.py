@@ -127,9 +127,11 @@ def check_tokenizer_resolution(module: Any, resolution: Any, path: str) -> None:
 def tokenize(cfg: DictConfig) -> Path:
     from zoo.checkpoint import load_module
     from zoo.config import instantiate
+    from zoo.feature_rows import split_and_batch_size
 
     if not cfg.get("tokenizer_ckpt"):
         raise ConfigError("no tokenizer checkpoint (fix: zoo-tokenize tokenizer_ckpt=/path/to/dvae/last.ckpt)")
+    split, batch_size = split_and_batch_size(cfg, 256)  # before the checkpoint loads
     from zoo.registry import IMAGE_TOKENIZERS
 
     module = load_module(cfg.tokenizer_ckpt, expect=IMAGE_TOKENIZERS)
@@ -143,14 +145,14 @@ def tokenize(cfg: DictConfig) -> Path:
         )
     path = tokenize_dataset(
         tokenizer,
-        dm.dataset(cfg.split),
+        dm.dataset(split),
         cfg.out,
-        batch_size=int(cfg.batch_size),
+        batch_size=batch_size,
         # which images (the DataModule refuses the file for other data); image codes do not depend on the captions
         meta={
-            "split": str(cfg.split),
+            "split": split,
             "tokenizer": str(cfg.tokenizer_ckpt),
-            "data": {"images": dm.features_identity(str(cfg.split))["images"]},
+            "data": {"images": dm.features_identity(split)["images"]},
         },
         resume_key={"resolution": dm.resolution},  # the grid of codes changes with it (features_identity omits it)
     )
