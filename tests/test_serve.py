@@ -476,8 +476,8 @@ def test_the_ar_priors_guidance_is_on_the_page():
 
 def test_bad_ui_settings_are_refused_before_the_generator_is_built(tmp_path):
     """ui.max_keep=0 failed after the generator was built, with gradio's 'Slider minimum must be less than maximum'
-    traceback; server.port=abc with int()'s ValueError. seed=abc was int()'s ValueError too, and seed=true / 1.5
-    started the page at seed 1 without a word (zoo-sample refuses them)."""
+    traceback; server.port=abc with int()'s ValueError. seed=abc was int()'s ValueError too, seed=true / 1.5
+    started the page at seed 1 and seed=-1 (outside the seeds the page takes) at seed 0, without a word."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
@@ -495,9 +495,14 @@ def test_bad_ui_settings_are_refused_before_the_generator_is_built(tmp_path):
             ("ui.max_guidance=0", r"ui.max_guidance=0"),
             ("server.port=abc", r"server.port must be in 1..65535, got 'abc'"),
             ("server.port=true", r"server.port must be in 1..65535, got True"),
-            ("seed=abc", r"seed must be an integer, got 'abc' \(fix: seed=0\)"),
-            ("seed=true", r"seed must be an integer, got True"),
-            ("seed=1.5", r"seed must be an integer, got 1.5"),
+            (
+                "seed=abc",
+                r"seed must be a whole number in 0..2147483647 \(the page's seeds\), got 'abc' \(fix: seed=0\)",
+            ),
+            ("seed=true", r"seed must be a whole number in 0..2147483647 .*got True"),
+            ("seed=1.5", r"seed must be a whole number .*got 1.5"),
+            ("seed=-1", r"seed must be a whole number .*got -1"),
+            ("seed=2147483648", r"seed must be a whole number .*got 2147483648"),
         ):
             cfg = compose("serve", overrides=[*base, override])
             with pytest.raises(ConfigError, match=message):

@@ -561,10 +561,13 @@ def serve(cfg: DictConfig, block: bool = True):
     port = cfg.server.port
     if not is_whole(port, 1) or port > 65535:
         raise ConfigError(f"server.port must be in 1..65535, got {port!r} (fix: server.port=7860)")
-    # as zoo-sample checks it: seed=abc was int()'s ValueError traceback, and seed=true / 1.5 started the page at
-    # seed 1 without a word
-    if not is_whole(cfg.get("seed")):
-        raise ConfigError(f"seed must be an integer, got {cfg.get('seed')!r} (fix: seed=0)")
+    # seed=abc was int()'s ValueError traceback, seed=true / 1.5 started the page at seed 1 and seed=-1 (outside the
+    # page's seeds, which a request is refused) at seed 0, all without a word
+    seed = cfg.get("seed")
+    if not is_whole(seed, 0) or seed > SEED_MAX:
+        raise ConfigError(
+            f"seed must be a whole number in 0..{SEED_MAX} (the page's seeds), got {seed!r} (fix: seed=0)"
+        )
     ui = check_ui(dict(cfg.get("ui") or {}))  # before the generator is built (which may take a while)
     try:
         import gradio  # noqa: F401
