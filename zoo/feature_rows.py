@@ -157,7 +157,8 @@ def compute_rows(
                 cols, served = encode(batch)
                 pending.append((cols, list(served)))
                 bar.update(len(served))
-                if sum(len(s) for _, s in pending) >= per_chunk:
+                rows = sum(len(s) for _, s in pending)
+                if rows >= per_chunk and done + rows < n:  # the split's last rows go straight into the output
                     chunks.append(_save_chunk(work, done, pending))
                     done += len(chunks[-1]["served"])
                     pending = []
