@@ -281,7 +281,21 @@ class WebDataModule(ImageTextDataModule):
         }
 
     def train_captions(self) -> Iterable[str]:
-        for i, sample in enumerate(self.dataset("train")):  # type: ignore[arg-type]
+        from zoo.data.webdataset import make_webdataset
+
+        # A stream of its own (one pass, the same shards and shuffle): reading the training split's stream here moved
+        # its pass counter and, with epoch_length, its position, so a run that fitted its BPE trained on another sample
+        # order than a rerun of the same seed that found the BPE cached. The skip counter is shared: a bad sample met
+        # here and again in training counts and warns once.
+        train = self.dataset("train")
+        stream = make_webdataset(
+            self.urls["train"],
+            resolution=self.resolution,
+            shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed,
+            handler=getattr(train, "skip_counter", None),
+        )
+        for i, sample in enumerate(stream):
             if i >= self.MAX_FIT_CAPTIONS:
                 break
             yield sample["caption"]
