@@ -452,3 +452,22 @@ def test_a_switch_given_as_a_word_is_refused_before_anything_loads(tmp_path, opt
     key = option.split("=")[0]
     with pytest.raises(ConfigError, match=rf"{key} must be true or false, got '"):
         sample(_sample_cfg("generator=glide", option, 'prompts=["x"]', f"out_dir={tmp_path}"))
+
+
+def test_a_run_folder_or_an_export_given_as_ckpt_is_named(tmp_path):
+    """ckpt=<run dir> was "checkpoint not found: <run dir>" although it exists (zoo-export names it, with the file
+    to give); ckpt=<a zoo-export folder> too, and its model.safetensors "was not written by zoo-train"."""
+    from zoo.export import checkpoint_dict, save_export
+    from zoo.models.vqvae.lit import VQVAELit
+
+    lit = VQVAELit(preset="tiny")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save(checkpoint_dict(lit), tmp_path / "run" / "checkpoints" / "last.ckpt")
+    save_export(lit, tmp_path / "export")
+    out = f"out_dir={tmp_path / 'out'}"
+    with pytest.raises(ConfigError, match=r"is a folder; zoo-sample reads a checkpoint file \(fix: ckpt=.*last.ckpt\)"):
+        sample(_sample_cfg(f"ckpt={tmp_path / 'run'}", out))
+    for ckpt in (tmp_path / "export", tmp_path / "export" / "model.safetensors"):
+        with pytest.raises(ConfigError, match=r"zoo-export folder.*zoo-sample reads the zoo-train checkpoint \(fix: "):
+            sample(_sample_cfg(f"ckpt={ckpt}", out))
+    assert not (tmp_path / "out").exists()  # refused before anything is written

@@ -896,19 +896,20 @@ def check_onnx_options(onnx: Any, graphs: Any) -> tuple[bool, Optional[list[str]
     return onnx, names or None
 
 
-def check_ckpt_path(ckpt: Path) -> None:
-    """A folder or a zoo-export's own files passed as ``ckpt=`` are named as what they are (a run folder was
-    "checkpoint not found" although it exists; an export's model.safetensors "not written by zoo-train")."""
+def check_ckpt_path(ckpt: Path, command: str = "zoo-export") -> None:
+    """A folder or a zoo-export's own files passed as ``ckpt=`` (to zoo-export or zoo-sample) are named as what they
+    are (a run folder was "checkpoint not found" although it exists; an export's model.safetensors "not written by
+    zoo-train")."""
     export_dir = ckpt if ckpt.is_dir() else ckpt.parent if ckpt.name in (WEIGHTS_FILE, CONFIG_FILE) else None
     if export_dir is not None and (export_dir / CONFIG_FILE).is_file() and (export_dir / WEIGHTS_FILE).is_file():
         raise ConfigError(
             f"ckpt={ckpt} is (in) a zoo-export folder: it is exported already (zoo.export.load_export({str(export_dir)!r})"
-            " rebuilds it); zoo-export reads the zoo-train checkpoint (fix: ckpt=<run dir>/checkpoints/last.ckpt)"
+            f" rebuilds it); {command} reads the zoo-train checkpoint (fix: ckpt=<run dir>/checkpoints/last.ckpt)"
         )
     if ckpt.is_dir():
         found = next((c for c in (ckpt / "checkpoints" / "last.ckpt", ckpt / "last.ckpt") if c.is_file()), None)
         raise ConfigError(
-            f"ckpt={ckpt} is a folder; zoo-export reads a checkpoint file (fix: ckpt="
+            f"ckpt={ckpt} is a folder; {command} reads a checkpoint file (fix: ckpt="
             + (f"{found})" if found else "<run dir>/checkpoints/last.ckpt)")
         )
 

@@ -201,6 +201,10 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
             "nothing to sample (fix: zoo-sample ckpt=/path/to/run/checkpoints/last.ckpt, with "
             "prompts='[\"...\"]' for a text-to-image model)"
         )
+    if cfg.get("ckpt"):  # a run folder was "checkpoint not found" although it exists (zoo-export names it so)
+        from zoo.export import check_ckpt_path
+
+        check_ckpt_path(Path(str(cfg.ckpt)), "zoo-sample")
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     node = cfg.get("generator")
