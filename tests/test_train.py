@@ -453,3 +453,25 @@ def test_resume_with_another_text_tokenizer_is_refused(train_cfg, dalle_helpers,
     again = train_cfg(*common, "trainer.max_steps=4", "ckpt_path=last")
     again.paths.output_dir = run
     assert train(again)["global_step"] == 4
+
+
+def test_a_test_only_run_tests_the_weights_of_ckpt_path(train_cfg, tiny_dvae, tmp_path, caplog):
+    """``train=false test=true ckpt_path=<last.ckpt>`` tested the model as built (untrained) and wrote its metrics
+    to metrics.json as the checkpoint's: the test stage passed no checkpoint unless the run had trained. It now tests
+    the file's weights and reports the file's step; without ckpt_path a WARNING says the model is untrained."""
+    import logging
+
+    trained = train_cfg(*tiny_dvae, "trainer.max_steps=8", "test=false", "trainer.precision=32-true")
+    train(trained)
+    last = Path(trained.paths.output_dir) / "checkpoints" / "last.ckpt"
+    only = ["train=false", "test=true", "trainer.precision=32-true"]
+    of_file = train_cfg(*tiny_dvae, *only, f"ckpt_path={last}")
+    of_file.paths.output_dir = str(tmp_path / "test_of_file")
+    tested = train(of_file)
+    untrained = train_cfg(*tiny_dvae, *only)
+    untrained.paths.output_dir = str(tmp_path / "test_untrained")
+    with caplog.at_level(logging.WARNING, logger="zoo.train"):
+        baseline = train(untrained)
+    assert tested["global_step"] == 8 and baseline["global_step"] == 0
+    assert tested["test/loss"] != baseline["test/loss"]
+    assert any("evaluates the model as built (untrained)" in r.getMessage() for r in caplog.records)

@@ -958,11 +958,24 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 return _plain_metrics(dict(trainer.callback_metrics)) | {"global_step": trainer.global_step}
         metrics = dict(trainer.callback_metrics)
         if cfg.get("test", False):
-            best = getattr(trainer.checkpoint_callback, "best_model_path", "") if cfg.get("train", True) else ""
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+            if cfg.get("train", True):
+                best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+            else:
+                # train=false test=true ckpt_path=<file>: the test is of that file's weights (it tested the model as
+                # built, untrained, and wrote those metrics to metrics.json without a word)
+                best = ckpt_path or ""
+                if not best:
+                    log.warning("train=false and no ckpt_path: the test stage evaluates the model as built (untrained)")
+            try:
+                trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+            except RuntimeError as e:
+                if best and "Error(s) in loading state_dict" in str(e):
+                    raise _state_dict_mismatch(e, best) from e
+                raise
             metrics.update(trainer.callback_metrics)
         metrics = _plain_metrics(metrics)
-        metrics["global_step"] = trainer.global_step
+        # a test-only run (train=false) of ckpt_path: the step of the weights tested (the trainer's own stays 0)
+        metrics["global_step"] = trainer.global_step if cfg.get("train", True) else resume_step
         # What the training cost and where (zoo-eval's leaderboard reports it beside each row): wall minutes of
         # this fit (a resumed run counts only its last leg), the threads it ran on and the CPU's capability.
         if cfg.get("train", True):
