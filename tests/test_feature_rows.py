@@ -162,3 +162,30 @@ def test_a_run_stopped_before_its_first_chunk_does_not_block_other_arguments(tmp
         embed_dataset(scorer, ds, out, batch_size=2, progress=False, chunk_rows=2)
     embed_dataset(_tiny_scorer(tmp_path), ds, out, batch_size=3, progress=False)
     assert len(safe_load(out)["clip_image_emb"]) == 6 and not work_dir_of(out).exists()
+
+
+def test_an_existing_folder_as_the_output_is_refused_before_any_row_is_encoded(tmp_path):
+    """out=<an existing folder> (where the user wants the file to go): the whole split was encoded, then
+    os.replace's IsADirectoryError lost it all. Now a ConfigError naming the option and a file name, up front."""
+    from zoo.data.shapes import ShapesDataset
+    from zoo.embed import embed_dataset
+    from zoo.tokenize import tokenize_dataset
+
+    (tmp_path / "embeddings").mkdir()
+    scorer = _tiny_scorer(tmp_path)
+    seen = _counting(scorer, "encode_image")
+    fix = rf"fix: out={tmp_path / 'embeddings' / 'name.pt'}"
+    with pytest.raises(ConfigError, match=rf"out={tmp_path / 'embeddings'} is a folder, but zoo-embed .*{fix}"):
+        embed_dataset(scorer, ShapesDataset("val", 4, 32), tmp_path / "embeddings", batch_size=2, progress=False)
+    assert not seen
+
+    class Tok:
+        codebook_size = 4
+
+        def encode(self, x):
+            seen.append(len(x))
+            return (x[:, 0, ::4, ::4] > 0).long()
+
+    with pytest.raises(ConfigError, match="is a folder, but zoo-tokenize writes one file"):
+        tokenize_dataset(Tok(), ShapesDataset("val", 4, 32), tmp_path / "embeddings", batch_size=2, progress=False)
+    assert not seen

@@ -129,6 +129,10 @@ def compute_rows(
     depend on; the item count and batch size are added here. ``options``: ``num_workers`` (default 0),
     ``progress`` (True), ``chunk_rows`` (rows per chunk, ``CHUNK_ROWS``). Call ``finish_rows(out_path)`` once the
     output file is written. An empty split is a ConfigError."""
+    if Path(out_path).is_dir():  # os.replace refused it only after the whole split was encoded
+        raise ConfigError(
+            f"out={out_path} is a folder, but {command} writes one file (fix: out={Path(out_path) / 'name.pt'})"
+        )
     n = len(dataset)
     if not n:  # refused before a work folder is made
         raise ConfigError(f"the dataset split is empty: nothing for {command} to write (fix: data.<split>_size >= 1)")
