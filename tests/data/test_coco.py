@@ -405,3 +405,27 @@ def test_a_feature_file_knows_its_annotation_file_by_content_not_size(coco_root,
     assert "clip_image_emb" in ds[0]
     assert "written before the annotation file's content entered its record" in caplog.text
     assert "re-run the zoo-embed / zoo-tokenize command" in caplog.text
+
+
+def test_a_val_feature_file_keeps_its_text_features_under_another_seed(coco_root, tmp_path):
+    """val / test serve every image's first caption whatever data.seed, but the record held the seed for every split:
+    a zoo-embed val file made under seed 0 lost its text embeddings in a run with seed 1 (a seed sweep), and a model
+    that needs them then stopped. Only the train split's record holds it now; files written before are read so too."""
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.data.modules import CocoDataModule
+
+    def file_for(split, meta_data, name):
+        n = len(CocoCaptions(str(coco_root), split=split, resolution=8))
+        rows = {"clip_image_emb": torch.randn(n, 4), "clip_text_emb": torch.randn(n, 4)}
+        return str(atomic_torch_save({**rows, "meta": {"split": split, "data": meta_data}}, tmp_path / name))
+
+    made = CocoDataModule(root=str(coco_root), resolution=8, seed=0)
+    old = {**made.features_identity("val"), "captions": {"caption_seed": 0}}  # as written before
+    for data in (made.features_identity("val"), old):
+        path = file_for("val", data, "val.pt")
+        served = CocoDataModule(root=str(coco_root), resolution=8, seed=1, features={"val": path}).dataset("val")[0]
+        assert "clip_text_emb" in served
+    # the train split draws its captions from data.seed: another seed serves other captions than the file describes
+    path = file_for("train", made.features_identity("train"), "train.pt")
+    served = CocoDataModule(root=str(coco_root), resolution=8, seed=1, features={"train": path}).dataset("train")[0]
+    assert "clip_image_emb" in served and "clip_text_emb" not in served

@@ -175,12 +175,23 @@ class CocoDataModule(ImageTextDataModule):
         ann = _ann_path(Path(self.root).expanduser(), split, self.year)
         # which images (year, the cut, the annotation file by size and content -- an edit in place to the same size
         # passed on size alone -- but not by path or time: a moved or copied COCO keeps its features) and which of
-        # an image's ~5 captions is served (data.seed draws it)
+        # an image's ~5 captions is served (data.seed draws it, for train)
         out["images"].update(year=self.year, max_items=self.max_items)
         out["images"]["annotations_size"] = ann.stat().st_size if ann.is_file() else None
         out["images"]["annotations_blake2b"] = file_digest(ann)
-        out["captions"]["caption_seed"] = self.seed
+        if split == "train":  # val / test serve every image's first caption, whatever data.seed
+            out["captions"]["caption_seed"] = self.seed
         return out
+
+    def check_features_identity(self, split: str, path, meta: dict, feats: dict) -> None:
+        recorded = meta.get("data")
+        captions = recorded.get("captions") if isinstance(recorded, dict) else None
+        if split != "train" and isinstance(captions, dict) and "caption_seed" in captions:
+            # files written before recorded the seed for val / test too: another data.seed (a seed sweep) dropped the
+            # text embeddings of a val file whose captions it serves unchanged
+            captions = {k: v for k, v in captions.items() if k != "caption_seed"}
+            meta = {**meta, "data": {**recorded, "captions": captions}}
+        super().check_features_identity(split, path, meta, feats)
 
     def train_captions(self) -> Iterable[str]:
         """The training captions without decoding the images: the base class reads ``ds[i]``, which decoded and
