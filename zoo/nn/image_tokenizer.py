@@ -19,6 +19,51 @@ class ImageTokenizer(abc.ABC):
         side = self.resolution // self.downsample_factor
         return side, side
 
+    def check_images(self, images: torch.Tensor) -> None:
+        """A ValueError naming the problem and the fix unless ``images`` is a float batch (B, 3, H, W) whose sides the
+        downsampling divides. Why: the strided encoders took what they were given. A side of 4f + 1 px was cropped
+        to a 4 x 4 grid that decodes to 4f px; a uint8 image (what ``torchvision.io.read_image`` returns) was read
+        as pixel values 0..255 and gave other codes; an unbatched (3, H, W) image was a conv rank error."""
+        f = int(self.downsample_factor)
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(
+                f"{type(self).__name__}.encode takes images (B, 3, H, W) in [-1, 1], got {shape} (fix: one image "
+                f"(3, H, W) as images[None]; RGB with 3 channels, e.g. image.convert('RGB') in PIL)"
+            )
+        if not images.is_floating_point():
+            raise ValueError(
+                f"{type(self).__name__}.encode takes float images in [-1, 1], got {images.dtype} (fix: for 8-bit "
+                f"pixels, images.float() / 127.5 - 1)"
+            )
+        h, w = images.shape[-2:]
+        if h % f or w % f:
+            raise ValueError(
+                f"{type(self).__name__}.encode: images of {h}x{w} px, but the encoder downsamples by {f}, so each "
+                f"side must be a multiple of {f} (fix: resize or crop to {max(f, h // f * f)}x{max(f, w // f * f)}, "
+                f"e.g. the tokenizer's {self.resolution} px)"
+            )
+
+    def check_codes(self, codes: torch.Tensor) -> None:
+        """A ValueError naming the problem and the fix unless ``codes`` is an integer grid batch (B, h, w) of codes in
+        [0, codebook_size). Out-of-range codes were 'IndexError: index out of range in self' (VQ-VAE / VQGAN) or
+        a one_hot error (dVAE); 2-D codes a permute error. The range is not checked while an exporter traces (a
+        data-dependent branch; the exported graphs document their input)."""
+        name = f"{type(self).__name__}.decode"
+        if not isinstance(codes, torch.Tensor) or codes.dim() != 3:
+            shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+            raise ValueError(f"{name} takes codes (B, h, w), got {shape} (fix: one grid (h, w) as codes[None])")
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise ValueError(f"{name} takes integer codes, got {codes.dtype} (fix: codes.long())")
+        if codes.numel() and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            lo, hi = (int(v) for v in codes.aminmax())
+            if lo < 0 or hi >= self.codebook_size:
+                raise ValueError(
+                    f"{name}: codes from {lo} to {hi}, but the codebook holds {self.codebook_size} codes (0 to "
+                    f"{self.codebook_size - 1}) (fix: codes of this tokenizer; a transformer whose image vocabulary "
+                    f"is larger than the codebook must not draw the rest, as DALL·E's sampler does not)"
+                )
+
     @abc.abstractmethod
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [-1, 1] -> LongTensor codes (B, H/f, W/f). Deterministic, and the same codes

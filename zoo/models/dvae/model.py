@@ -184,11 +184,13 @@ class DVAE(nn.Module, ImageTokenizer):
     # -- ImageTokenizer ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        self.check_images(images)
         with no_autocast(images):
             return self.logits(images.to(self.encoder[0].weight.dtype)).argmax(1)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        self.check_codes(codes)
         # any integer dtype, as the other tokenizers take (one_hot alone refuses all but int64)
         z = F.one_hot(codes.long(), self.codebook_size).permute(0, 3, 1, 2).to(next(self.parameters()).dtype)
         return self.output_to_image(self.decode_soft(z))

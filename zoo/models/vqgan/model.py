@@ -147,6 +147,7 @@ class TamingVQGAN(nn.Module, ImageTokenizer):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        self.check_images(images)
         with no_autocast(images):
             return self.quantize.codes(self.prequant(images))
 
@@ -156,5 +157,6 @@ class TamingVQGAN(nn.Module, ImageTokenizer):
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        self.check_codes(codes)
         z_q = self.quantize.lookup(codes.long()).to(self.post_quant_conv.weight.dtype)
         return from_taming_pixels(self.decode_features(z_q).float())

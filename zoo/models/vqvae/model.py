@@ -113,6 +113,7 @@ class VQVAE(nn.Module, ImageTokenizer):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        self.check_images(images)
         with no_autocast(images):
             x = images.to(self.encoder[0].weight.dtype).contiguous(memory_format=torch.channels_last)
             z = self.encoder(x).float()
@@ -124,5 +125,6 @@ class VQVAE(nn.Module, ImageTokenizer):
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        self.check_codes(codes)
         z = self.quantizer.lookup(codes).to(next(self.decoder.parameters()).dtype)
         return self.decoder(z.contiguous(memory_format=torch.channels_last)).float().clamp(-1, 1)
