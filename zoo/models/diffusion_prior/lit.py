@@ -5,9 +5,13 @@ Trains from ``zoo-embed`` features only (no CLIP in the loop): the batch's ``cli
 ``clip_text_mask`` (``data.features.<split>=<zoo-embed file>``).
 
 * Scale: CLIP embeddings are multiplied by ``embed_scale`` so that the image embeddings have unit variance per
-  dimension on average (the paper's 17.2 for ViT-H). Unless given, it is derived from the training split's image
-  embeddings at ``setup("fit")`` as ``1 / sqrt(mean_d Var[x_d])`` and kept in a buffer, so it is in every
-  checkpoint (a resumed or rebuilt module uses the stored value, never re-derives it).
+  dimension on average, the paper's rule (its constant, 17.2, is for its ViT-H embeddings). Unless given, it is
+  derived from the training split's image embeddings at ``setup("fit")`` as ``1 / sqrt(mean_d Var[x_d])`` and kept
+  in a buffer, so it is in every checkpoint (a resumed or rebuilt module uses the stored value, never re-derives it).
+  On L2-normalised D-dimensional embeddings (what ``zoo-embed`` writes) the derivation gives at least sqrt(D), 32 at
+  D = 1024, not 17.2: the per-dimension variances of unit vectors sum to at most 1, while 17.2 at D = 1024 means
+  they sum to 1024 / 17.2² = 3.5 (embeddings that were not unit length). ``model.embed_scale=17.2`` takes it as
+  written.
 * Loss: MSE on x0 (``GaussianDiffusion(model_mean_type="x0")``), cosine schedule, 1000 steps, t uniform.
 * Classifier-free guidance: the text (tokens and embedding) is replaced by the learned null condition with
   probability ``text_dropout`` (0.1, the paper's) in training; ``sample`` guides with ``zoo.nn.guidance.guide``.
@@ -44,7 +48,8 @@ _FIX_EMBED = (
 
 def embedding_scale(image_emb: torch.Tensor) -> float:
     """1 / sqrt(mean over dimensions of the per-dimension variance) of (N, D) embeddings: the factor that gives the
-    embeddings unit variance per dimension on average (a single scalar, as the paper's 17.2)."""
+    embeddings unit variance per dimension on average (a single scalar, as the paper's 17.2; on unit-length embeddings
+    it is >= sqrt(D), see the module docstring)."""
     x = image_emb.double()
     if x.ndim != 2 or x.shape[0] < 2:
         raise ConfigError(f"need >= 2 image embeddings (N, D) to derive the prior's embed_scale, got {tuple(x.shape)}")
