@@ -39,7 +39,7 @@ import torch
 from omegaconf import DictConfig
 
 from zoo.config import entry_point
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, check_device
 from zoo.models.clip.model import text_token_encodings  # noqa: F401  (library code; re-exported)
 
 log = logging.getLogger("zoo.embed")
@@ -173,7 +173,9 @@ def build_scorer(c: DictConfig | dict):
 def embed_options(cfg: DictConfig) -> tuple[str, int, bool]:
     """``(split, batch_size, text_encodings)`` of a zoo-embed config, checked before a CLIP or the data is built:
     a bad split was found only after the CLIP had loaded, ``batch_size=-2`` was torch's bare ValueError,
-    ``batch_size=0`` ran with 128 and ``text_encodings=no`` (a string) wrote the encodings, all without a word."""
+    ``batch_size=0`` ran with 128 and ``text_encodings=no`` (a string) wrote the encodings, all without a word;
+    ``clip.device=cuda`` without a GPU was torch's "no NVIDIA driver" and ``clip.arch`` alone embedded with an
+    untrained CLIP."""
     from zoo.feature_rows import split_and_batch_size
 
     split, batch_size = split_and_batch_size(cfg, 128)
@@ -181,6 +183,15 @@ def embed_options(cfg: DictConfig) -> tuple[str, int, bool]:
     text_encodings = False if text_encodings is None else text_encodings
     if not isinstance(text_encodings, bool):
         raise ConfigError(f"text_encodings must be true or false, got {text_encodings!r} (fix: text_encodings=true)")
+    clip = cfg.get("clip") or {}
+    check_device(clip.get("device"), "clip.device")  # torch's "Found no NVIDIA driver" came from inside the load
+    if clip.get("arch") and not clip.get("checkpoint") and not clip.get("pretrained"):
+        # open_clip builds the architecture with random weights: every row of the file would be noise, and the prior
+        # or decoder trained on it learns nothing, without a word
+        raise ConfigError(
+            f"clip.arch={clip.get('arch')} without clip.pretrained or clip.checkpoint is an untrained CLIP: its "
+            f"embeddings are noise (fix: clip.pretrained=<open_clip tag, e.g. openai> or clip.checkpoint=<file>)"
+        )
     return split, batch_size, text_encodings
 
 

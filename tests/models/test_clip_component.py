@@ -176,11 +176,17 @@ def test_zoo_embed_writes_embeddings_the_datamodule_serves(tmp_path):
         ("batch_size=0", "batch_size must be a positive integer, got 0"),
         ("batch_size=-2", "batch_size must be a positive integer, got -2"),
         ("text_encodings=maybe", "text_encodings must be true or false"),
+        ("+clip.device=cuda", r"clip.device=cuda, but no CUDA device is visible .*fix: clip.device=cpu"),
+        ("clip.pretrained=null", r"clip.arch=zoo-clip-tiny without clip.pretrained or clip.checkpoint is an untrained"),
     ],
 )
 def test_zoo_embed_refuses_bad_options_before_the_clip_is_built(tmp_path, monkeypatch, option, message):
     """A bad split was found only after the CLIP had loaded (a ViT-H: minutes), batch_size=-2 was torch's bare
-    ValueError, batch_size=0 ran with 128 and text_encodings=maybe wrote the encodings, all without a word."""
+    ValueError, batch_size=0 ran with 128 and text_encodings=maybe wrote the encodings, all without a word.
+    clip.device=cuda without a GPU was torch's "Found no NVIDIA driver" from inside the load, and clip.arch with
+    neither a pretrained tag nor a checkpoint embedded the split with an untrained (random) CLIP, silently."""
+    if option.startswith("+clip.device") and torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
