@@ -4,6 +4,7 @@ onnxruntime (dynamic batch); the export directory is read through the registry's
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -574,3 +575,20 @@ def test_weights_trained_exports_the_optimisers_weights(tmp_path):
     assert json.loads((tmp_path / "out" / "config.json").read_text())["weights"] == "trained"
     with pytest.raises(ConfigError, match=r"weights='raw'.*fix: weights=ema"):
         export(OmegaConf.create({"ckpt": str(ck), "out": str(tmp_path / "o2"), "weights": "raw"}))
+
+
+def test_a_nan_the_graph_gives_and_pytorch_does_not_is_an_infinite_parity_error():
+    from zoo.errors import ConfigError
+    from zoo.export import check_parity, max_abs_diff
+
+    ref = torch.tensor([[1.0, -2.0, torch.finfo(torch.float32).min, float("nan")]])
+    assert max_abs_diff(ref.clone(), ref) == 0.0  # masked logits and NaN in both agree
+    off = ref.clone()
+    off[0, 0] = 1.25
+    assert max_abs_diff(off, ref) == pytest.approx(0.25)
+    for bad in (float("nan"), float("inf")):
+        got = ref.clone()
+        got[0, 1] = bad
+        assert max_abs_diff(got, ref) == math.inf  # before: NaN, which max() and '>' let through
+        with pytest.raises(ConfigError, match="does not match PyTorch"):
+            check_parity("g", {"batch": 1, "max_rel_error": max_abs_diff(got, ref) / 2.0})
