@@ -362,3 +362,42 @@ def test_yaml_lists_from_hydra_become_tuples():
     bsr = BSRDegradation(4, **OmegaConf.create({"jpeg_quality_range": [50, 95], "resize_modes": ["area"]}))
     assert bsr.config.jpeg_quality_range == (50, 95) and bsr.config.resize_modes == ("area",)
     assert BlurCorruption(4, OmegaConf.create([0.3, 0.5])).sigma_range == (0.3, 0.5)
+
+
+@pytest.mark.parametrize(
+    "option, value, says",
+    [
+        # a fractional JPEG quality was drawn as int(30.5) = 30, outside the range asked for, without a word
+        ("jpeg_quality_range", [30.5, 95], "jpeg_quality_range must be .* two whole numbers"),
+        ("jpeg_quality_range", [True, 95], "jpeg_quality_range must be"),
+        # noise of infinite std turned every pixel into -1, 1 or NaN (clamped) and trained on it
+        ("gaussian_noise_range", [2, math.inf], "gaussian_noise_range must be .* two finite numbers"),
+        # 10 ** 400 overflowed at a random draw; 10 ** 20 photons overflow torch.poisson's counts (a black image)
+        ("sensor_log10_peak_range", [2, 20], r"sensor_log10_peak_range must be .* <= 10.0"),
+        # an infinite blur was accepted and failed at the first training step
+        ("blur_sigma_range", [0.5, math.inf], "blur_sigma_range must be"),
+        # float()'s bare "could not convert string to float: 'yes'" or TypeError; true was a probability of 1
+        ("blur_prob", "yes", "blur_prob must be a probability in"),
+        ("jpeg_prob", None, "jpeg_prob must be a probability in"),
+        ("final_jpeg_prob", True, "final_jpeg_prob must be a probability in"),
+        # 20.5 passed the "odd" test and became an even kernel at the first blur; "21" was a TypeError
+        ("max_kernel_size", 20.5, "max_kernel_size must be an odd whole number"),
+        ("max_kernel_size", "21", "max_kernel_size must be an odd whole number"),
+        ("resize_modes", "bilinear", "resize_modes='bilinear' must be a non-empty list"),
+    ],
+)
+def test_bad_bsr_options_are_a_config_error_naming_the_option_and_its_default(option, value, says):
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=says) as info:
+        BSRDegradation(4, **{option: value})
+    assert f"(fix: model.bsr.{option}=" in str(info.value)  # the default, as an override
+    for scale in (2.5, True, "4"):  # int() took them for 2, 1 and 4
+        with pytest.raises(ConfigError, match="scale must be a whole number"):
+            BSRDegradation(scale)
+    with pytest.raises(ConfigError, match=r"sigma_range must be .*\(fix: model.blur_sigma_range=\[0.4, 0.6\]"):
+        BlurCorruption(4, [0.4, math.inf])
+    # YAML floats of whole values are still taken, as whole numbers
+    bsr = BSRDegradation(4.0, jpeg_quality_range=[30.0, 95.0], max_kernel_size=21.0)
+    assert bsr.scale == 4 and bsr.config.jpeg_quality_range == (30, 95) and bsr.config.max_kernel_size == 21
+    assert isinstance(bsr.config.jpeg_quality_range[0], int)

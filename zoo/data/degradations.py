@@ -16,6 +16,7 @@ only within ~3r pixels of the border. ``r = 0`` is the identity (the same tensor
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping, Optional, Sequence
 
@@ -23,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import decode_jpeg, encode_jpeg
 from torchvision.transforms.functional import gaussian_blur as _tv_gaussian_blur
+
+from zoo.errors import ConfigError
 
 
 def blur_kernel_size(radius: float) -> int:
@@ -143,17 +146,43 @@ def _choice(options: Sequence[str], generator: Optional[torch.Generator]) -> str
     return options[_randint(0, len(options) - 1, generator)]
 
 
-def _check_range(name: str, r: Sequence[float], lo: float = 0.0, hi: float = math.inf) -> tuple[float, float]:
-    bad = ValueError(f"{name} must be (low, high) with {lo} <= low <= high <= {hi}, got {r!r}")
+def _check_range(
+    name: str, r: Sequence[float], lo: float = 0.0, hi: float = math.inf, whole: bool = False, fix: str = ""
+) -> tuple[float, float]:
+    """``r`` as (low, high): two finite numbers (whole ones with ``whole``: a YAML 30.0 is taken as 30) with
+    lo <= low <= high <= hi, else a ConfigError naming ``name`` and the ``fix``."""
+    kind = "whole numbers" if whole else "finite numbers"
+    bad = ConfigError(
+        f"{name} must be (low, high) with {lo} <= low <= high <= {hi}, two {kind}, got {r!r}"
+        + (f" (fix: {fix})" if fix else "")
+    )
     if isinstance(r, (str, bytes)) or not isinstance(r, Sequence) and not _is_list_config(r):
         raise bad  # a scalar (``blur_sigma_range=0.5``) or a string, not a pair
-    try:
-        low, high = (float(v) for v in r)
-    except (TypeError, ValueError):  # not two numbers
-        raise bad from None
+    values = list(r)
+    # true is a number to Python (1.0), inf passed "<= inf" and failed at the first step (blur) or ran (noise of
+    # infinite std: every pixel -1 or 1); a fractional JPEG quality was drawn as int(low) without a word
+    if len(values) != 2 or not all(_is_number(v) and math.isfinite(v) for v in values):
+        raise bad
+    if whole and not all(float(v).is_integer() for v in values):
+        raise bad
+    low, high = (int(v) for v in values) if whole else (float(v) for v in values)
     if not (lo <= low <= high <= hi):
         raise bad
     return low, high
+
+
+def _is_number(v: Any) -> bool:
+    """A real number that is not a bool (a YAML ``true`` is 1 to Python) nor a string."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _check_scale(scale: Any) -> int:
+    if not (_is_number(scale) and float(scale).is_integer() and scale >= 1):
+        # int() took 2.5 for 2 and "4" for 4
+        raise ConfigError(
+            f"scale must be a whole number >= 1, got {scale!r} (fix: a whole factor, e.g. 4 as unCLIP's upsamplers)"
+        )
+    return int(scale)
 
 
 def _is_list_config(v: Any) -> bool:
@@ -261,10 +290,10 @@ class BlurCorruption:
     kind = "blur"
 
     def __init__(self, scale: int = 4, sigma_range: Sequence[float] = (0.4, 0.6)):
-        if int(scale) < 1:
-            raise ValueError(f"scale must be >= 1, got {scale}")
-        self.scale = int(scale)
-        self.sigma_range = _check_range("sigma_range", sigma_range)
+        self.scale = _check_scale(scale)
+        self.sigma_range = _check_range(
+            "the blur corruption's sigma_range", sigma_range, fix="model.blur_sigma_range=[0.4, 0.6], the default"
+        )
 
     def sample_params(self, generator: Optional[torch.Generator] = None) -> dict[str, float]:
         return {"sigma": _uniform(*self.sigma_range, generator)}
@@ -308,27 +337,45 @@ class BSRConfig:
             v = getattr(self, f.name)
             if isinstance(v, list) or _is_list_config(v):  # YAML lists (Hydra passes ListConfig)
                 object.__setattr__(self, f.name, tuple(v))
-        for name in (
-            "blur_prob",
-            "anisotropic_prob",
-            "resize_prob",
-            "gaussian_noise_prob",
-            "sensor_noise_prob",
-            "jpeg_prob",
-            "final_jpeg_prob",
-        ):
-            if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
-        _check_range("blur_sigma_range", self.blur_sigma_range, lo=1e-3)
-        _check_range("resize_range", self.resize_range, lo=1e-3, hi=1.0)
-        _check_range("gaussian_noise_range", self.gaussian_noise_range)
-        _check_range("sensor_log10_peak_range", self.sensor_log10_peak_range, lo=-3.0)
-        _check_range("jpeg_quality_range", self.jpeg_quality_range, lo=1, hi=100)
-        bad = [m for m in self.resize_modes if m not in RESIZE_MODES]
-        if bad or not self.resize_modes:
-            raise ValueError(f"resize_modes {self.resize_modes} must be a non-empty subset of {RESIZE_MODES}")
-        if self.max_kernel_size < 1 or self.max_kernel_size % 2 == 0:
-            raise ValueError(f"max_kernel_size must be odd and >= 1, got {self.max_kernel_size}")
+        # every field is checked here, when the upsampler is built (not at its first training step), and named
+        # with its default as the fix; a wrong kind was float()'s bare error, true a probability of 1
+        for f in fields(self):
+            if f.name.endswith("_prob"):
+                v = getattr(self, f.name)
+                if not (_is_number(v) and 0.0 <= v <= 1.0):
+                    raise ConfigError(
+                        f"BSR option {f.name} must be a probability in [0, 1], got {v!r} "
+                        f"(fix: model.bsr.{f.name}={f.default}, the default)"
+                    )
+        ranges = {  # field: (lowest, highest, whole numbers)
+            "blur_sigma_range": (1e-3, math.inf, False),
+            "resize_range": (1e-3, 1.0, False),
+            "gaussian_noise_range": (0.0, math.inf, False),
+            # a peak above ~10 ** 18 photons overflows torch.poisson's int64 counts (a black image, silently); above
+            # 10 ** 6 the noise is already below one grey level
+            "sensor_log10_peak_range": (-3.0, 10.0, False),
+            "jpeg_quality_range": (1, 100, True),  # a quality of 30.5 was drawn as int(30.5)
+        }
+        for name, (lo, hi, whole) in ranges.items():
+            default = list(next(f.default for f in fields(self) if f.name == name))
+            value = _check_range(
+                f"BSR option {name}", getattr(self, name), lo, hi, whole, fix=f"model.bsr.{name}={default}, the default"
+            )
+            object.__setattr__(self, name, value)
+        modes = self.resize_modes
+        if isinstance(modes, str) or not modes or any(m not in RESIZE_MODES for m in modes):
+            raise ConfigError(
+                f"BSR option resize_modes={modes!r} must be a non-empty list of {list(RESIZE_MODES)} "
+                f"(fix: model.bsr.resize_modes=[bilinear, bicubic, area], the default)"
+            )
+        k = self.max_kernel_size
+        # 20.5 passed "odd" and became an even kernel at the first blur
+        if not (_is_number(k) and float(k).is_integer() and k >= 1 and int(k) % 2 == 1):
+            raise ConfigError(
+                f"BSR option max_kernel_size must be an odd whole number >= 1, got {k!r} "
+                f"(fix: model.bsr.max_kernel_size=21, the default)"
+            )
+        object.__setattr__(self, "max_kernel_size", int(k))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -343,9 +390,7 @@ class BSRDegradation:
     kind = "bsr"
 
     def __init__(self, scale: int = 4, config: Optional[BSRConfig] = None, **overrides: Any):
-        if int(scale) < 1:
-            raise ValueError(f"scale must be >= 1, got {scale}")
-        self.scale = int(scale)
+        self.scale = _check_scale(scale)
         base = config if config is not None else BSRConfig()
         valid = {f.name for f in fields(BSRConfig)}
         unknown = sorted(set(overrides) - valid)
