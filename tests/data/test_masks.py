@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -94,3 +96,24 @@ def test_ranges_and_counts_of_the_wrong_form_are_refused_when_configured(values,
     whole = mask_config({"stroke_vertices": [2.0, 3.0], "max_strokes": 2.0, "stroke_prob": 1.0, "rect_prob": 0.0})
     assert whole.stroke_vertices == (2, 3) and whole.max_strokes == 2  # YAML floats of whole values still work
     assert random_masks(2, 16, torch.Generator().manual_seed(0), whole).shape == (2, 1, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "values, says",
+    [
+        # a string was "'<=' not supported between instances of 'int' and 'str'", not naming the option
+        (
+            {"rect_prob": "0.5"},
+            r"rect_prob must be a finite number, got '0.5' \(fix: model.inpaint_masks.rect_prob=0.45",
+        ),
+        ({"rect_aspect": "3"}, r"rect_aspect must be a finite number"),
+        # accepted, then "cannot convert float NaN to integer" at the first training step
+        ({"rect_aspect": math.inf}, r"rect_aspect must be a finite number"),
+        ({"rect_aspect": math.nan}, r"rect_aspect must be a finite number"),
+        ({"stroke_prob": True, "rect_prob": 0.0}, r"stroke_prob must be a finite number, got True"),
+        ({"stroke_length": [0.1, math.inf]}, r"stroke_length must be a range \[lo, hi\] of two numbers"),
+    ],
+)
+def test_mask_options_of_the_wrong_kind_are_named_when_configured(values, says):
+    with pytest.raises(ValueError, match=says):
+        mask_config(values)

@@ -55,7 +55,8 @@ class MaskConfig:
             # accepted and failed in torch.randint at the first training step
             whole = name == "stroke_vertices"
             ok = isinstance(value, (tuple, list)) and len(value) == 2
-            ok = ok and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+            # inf passed "<= 1" checks of a length or width (a stroke of infinite length: NaN points at angle 0)
+            ok = ok and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in value)
             if ok and whole:
                 ok = all(float(v).is_integer() for v in value)
             if not ok:
@@ -65,6 +66,15 @@ class MaskConfig:
             object.__setattr__(self, name, (lo, hi))
             if not 0 <= lo <= hi:
                 raise ValueError(f"MaskConfig.{name} must be a range (lo <= hi), got {(lo, hi)}")
+        for name in ("rect_prob", "stroke_prob", "rect_aspect"):
+            value = getattr(self, name)
+            # a string was a TypeError from a comparison below (not naming the option); an aspect of inf or nan
+            # was accepted and failed at the first training step ("cannot convert float NaN to integer")
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(
+                    f"MaskConfig.{name} must be a finite number, got {value!r} "
+                    f"(fix: model.inpaint_masks.{name}={getattr(MaskConfig, name)}, the default)"
+                )
         m = self.max_strokes
         if isinstance(m, bool) or not isinstance(m, numbers.Real) or not float(m).is_integer():
             raise ValueError(f"MaskConfig.max_strokes must be a whole number, got {self.max_strokes!r}")
