@@ -307,8 +307,11 @@ def test_features_of_another_split_are_refused(files, tmp_path):
         (["decoding=nucleus", "top_p=0"], r"top_p must be in \(0, 1\], got 0"),
         (["decoding=nucleus", "top_p=1.5"], r"top_p must be in \(0, 1\], got 1.5"),
         (["decoding=nucleus", "temperature=-1"], "temperature must be a finite number >= 0"),
-        (["chunk_size=0"], "chunk_size and batch_size must be >= 1"),
-        (["batch_size=0"], "chunk_size and batch_size must be >= 1"),
+        (["chunk_size=0"], r"chunk_size must be a whole number >= 1, got 0 \(fix: chunk_size=1024\)"),
+        (["batch_size=0"], r"batch_size must be a whole number >= 1, got 0 \(fix: batch_size=64\)"),
+        (["batch_size=2.5"], "batch_size must be a whole number >= 1, got 2.5"),
+        (["seed=1.5"], "seed must be a whole number, got 1.5"),
+        (["device=gpu"], r"device=gpu is not a torch device \(fix: device=cpu"),
     ],
 )
 def test_bad_decoding_options_are_refused_before_any_work(files, tmp_path, options, message):
@@ -321,6 +324,22 @@ def test_bad_decoding_options_are_refused_before_any_work(files, tmp_path, optio
     with pytest.raises(ConfigError, match=message):
         run(_compose(tmp_path, f"ckpt={ckpt}", f"features={feats}", f"out={out}", "progress=false", *options))
     assert not out.exists() and not list(tmp_path.glob(".c.pt.chunks-*"))  # refused before the work directory
+
+
+def test_an_untrained_clip_or_a_missing_gpu_is_refused_before_anything_loads(files, tmp_path):
+    """clip.arch without clip.pretrained / clip.checkpoint is an untrained CLIP: it was built and the first chunk's
+    images embedded, then refused as another width (or as "another CLIP", or captioned as noise when the captioner
+    names no CLIP); device=gpu was reported as a truncated or corrupt captioner checkpoint."""
+    from zoo.recaption import run
+
+    ckpt, _ = files
+    common = [f"ckpt={ckpt}", f"out={tmp_path / 'c.pt'}", "data.train_size=3", "progress=false"]
+    with pytest.raises(ConfigError, match=r"clip.arch=ViT-B-32 without clip.pretrained.*untrained CLIP"):
+        run(_compose(tmp_path, *common, "clip.arch=ViT-B-32"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"clip.device=cuda, but no CUDA device.*fix: clip.device=cpu"):
+            run(_compose(tmp_path, *common, "clip.arch=ViT-B-32", "clip.pretrained=openai", "+clip.device=cuda"))
+    assert not list(tmp_path.glob(".c.pt.chunks-*"))
 
 
 def test_an_output_path_that_is_a_directory_is_refused_before_captioning(files, tmp_path):

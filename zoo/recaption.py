@@ -40,7 +40,7 @@ import torch
 from omegaconf import DictConfig
 
 from zoo.config import report_user_errors
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole
 from zoo.progress import track
 
 log = logging.getLogger("zoo.recaption")
@@ -326,6 +326,25 @@ def _default_out(cfg: DictConfig, style: str) -> Path:
     return Path(str(cfg.paths.cache_dir)).expanduser() / "recaptions" / f"{data or 'data'}_{cfg.split}_{style}.pt"
 
 
+def check_options(cfg: DictConfig) -> None:
+    """The device, count and CLIP options, checked before the captioner or a CLIP loads: ``device=gpu`` was reported
+    as a truncated or corrupt captioner checkpoint (torch's load error), ``batch_size=2.5`` ran with 2, and
+    ``clip.arch`` without ``clip.pretrained`` / ``clip.checkpoint`` (an untrained CLIP: its embeddings are noise) was
+    refused, if at all, as "another CLIP" or another width after the first chunk's images had been embedded."""
+    from zoo.errors import check_device
+
+    check_device(cfg.get("device"), "device")
+    for key, default, least in (("batch_size", 64, 1), ("chunk_size", 1024, 1), ("seed", 0, None)):
+        value = cfg.get(key)
+        if value is not None and not is_whole(value, least):  # int() took 2.5 for 2 and true for 1
+            at_least = "" if least is None else f" >= {least}"
+            raise ConfigError(f"{key} must be a whole number{at_least}, got {value!r} (fix: {key}={default})")
+    if not cfg.get("features") and cfg.get("clip"):
+        from zoo.embed import embed_options
+
+        embed_options(cfg)  # the clip node is zoo-embed's: clip.device, clip.arch without weights
+
+
 def run(cfg: DictConfig) -> Path:
     """Plain function behind ``zoo-recaption`` (testable without Hydra's runtime)."""
     from zoo.checkpoint import load_module
@@ -336,6 +355,7 @@ def run(cfg: DictConfig) -> Path:
             f"captioner checkpoint not found: {cfg.get('ckpt')} (fix: ckpt=<a zoo-train model=captioner "
             f"last.ckpt>, e.g. from `zoo-train experiment=dalle3/captioner_descriptive`)"
         )
+    check_options(cfg)
     captioner = load_module(ckpt, map_location=str(cfg.get("device") or "cpu"), expect=("captioner",))
     captioner.to(str(cfg.get("device") or "cpu"))
     embeddings, n, source = _embedding_source(cfg, captioner.cfg.embed_dim, captioner.clip_fingerprint)
