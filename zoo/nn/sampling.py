@@ -55,7 +55,8 @@ def check_sampling(
 def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
     """Set logits outside the top-k and/or the nucleus of mass top_p to -inf (always keeps the best token)."""
     if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        # int(): check_sampling accepts a whole-number float (Hydra reads top_k=64.0 as one); torch.topk does not
+        kth = torch.topk(logits, int(top_k), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)

@@ -1,0 +1,46 @@
+"""zoo.nn.sampling's logit filter against hand-computed nuclei and top-k sets, for the option values and logit dtypes
+its callers hand it (the DALL·E sampler itself: tests/models/test_dalle_transformer.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zoo.nn.sampling import check_sampling, filter_logits, gumbel_pick
+
+
+def _kept(logits, **kw) -> list[bool]:
+    return torch.isfinite(filter_logits(logits, **kw))[0].tolist()
+
+
+def test_top_p_boundary_keeps_the_smallest_set_reaching_p():
+    """Probabilities 1/2, 1/4, 1/8, 1/8 (exact in binary): top_p = 3/4 is reached by the best two exactly, so the
+    third is dropped; a hair more needs it."""
+    x = torch.tensor([[0.5, 0.25, 0.125, 0.125]]).log()
+    assert _kept(x, top_p=0.75) == [True, True, False, False]
+    assert _kept(x, top_p=0.76) == [True, True, True, False]
+    assert _kept(x, top_p=0.5) == [True, False, False, False]
+    assert _kept(x, top_p=1.0) == [True] * 4
+
+
+@pytest.mark.parametrize("top_k", [4, 5, 100])
+def test_top_k_at_or_above_the_vocabulary_keeps_every_token(top_k):
+    x = torch.tensor([[0.3, -1.0, 2.0, 0.1]])
+    assert _kept(x, top_k=top_k) == [True] * 4
+
+
+def test_whole_number_float_top_k_filters_like_the_int():
+    """check_sampling accepts top_k=2.0 (Hydra reads ``generator.top_k=64.0`` as a float) and torch.topk refused it:
+    sampling passed the check and then failed at its first token with 'topk(): argument 'k' must be int'."""
+    x = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    check_sampling(top_k=2.0)
+    assert _kept(x, top_k=2.0) == _kept(x, top_k=2) == [False, True, True, False]
+
+
+def test_all_but_one_token_masked_always_picks_that_token():
+    x = torch.full((3, 6), float("-inf"))
+    x[0, 4], x[1, 0], x[2, 5] = 0.0, -40.0, 7.0
+    g = torch.Generator().manual_seed(0)
+    for kw in ({}, {"top_k": 2}, {"top_p": 0.3}):
+        for temperature in (1.0, 0.0):
+            assert gumbel_pick(filter_logits(x, **kw), temperature, g).tolist() == [4, 0, 5]
