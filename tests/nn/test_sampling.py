@@ -37,6 +37,16 @@ def test_whole_number_float_top_k_filters_like_the_int():
     assert _kept(x, top_k=2.0) == _kept(x, top_k=2) == [False, True, True, False]
 
 
+@pytest.mark.parametrize("top_p", [0.5, 0.9])
+def test_bf16_logits_keep_the_nucleus_of_their_own_probabilities(top_p):
+    """The nucleus's mass was cumulated in bf16: over 8192 tokens it rounded, and the kept mass fell short of top_p
+    (0.896 for 0.9). Now bf16 logits keep what the same (bf16-rounded) values keep in fp32."""
+    x = (torch.randn(4, 8192, generator=torch.Generator().manual_seed(0)) * 2).bfloat16()
+    kept = torch.isfinite(filter_logits(x, top_p=top_p))
+    assert torch.equal(kept, torch.isfinite(filter_logits(x.float(), top_p=top_p)))
+    assert ((x.float().softmax(-1) * kept).sum(-1) >= top_p - 1e-6).all()
+
+
 def test_all_but_one_token_masked_always_picks_that_token():
     x = torch.full((3, 6), float("-inf"))
     x[0, 4], x[1, 0], x[2, 5] = 0.0, -40.0, 7.0

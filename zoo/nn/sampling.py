@@ -60,7 +60,8 @@ def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Opti
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
+        # the mass in >= fp32: a bf16 cumsum over thousands of tokens rounds, and the kept mass fell short of top_p
+        probs = sorted_logits.softmax(-1, dtype=torch.promote_types(logits.dtype, torch.float32))
         mass_before = probs.cumsum(-1) - probs  # probability of the strictly better tokens
         drop_sorted = mass_before >= top_p
         drop_sorted[..., 0] = False  # the best token is always kept (top_p <= 0 dropped every token: all -inf)
