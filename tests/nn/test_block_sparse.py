@@ -96,6 +96,15 @@ def test_plans_skip_the_masked_out_work():
     assert _wrapper("full", t, g, g, 11, block=64).plan(0, n, "cpu") is None  # causal 'full': dense path (default)
 
 
+def test_a_query_row_that_may_attend_no_key_is_named_when_decoding():
+    """A mask row with no allowed key: the planned path named it, one-row decoding failed inside torch.cat."""
+    m = torch.ones(6, 6, dtype=torch.bool).tril()
+    m[4] = False
+    q, k, v = _qkv(6)
+    with pytest.raises(ValueError, match="row 4 may attend no key"):
+        BlockSparseMask(m, block=2).attention(q[:, :, 4:5], k[:, :, :5], v[:, :, :5], start_pos=4)
+
+
 def test_dense_fallback_when_blocking_does_not_pay():
     bs = _wrapper("full", 8, 4, 4, 3, max_density=0.3)
     assert bs.plan(0, 23, "cpu") is None  # causal 'full' blocks are dense-ish: the dense path runs

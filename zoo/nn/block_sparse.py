@@ -213,6 +213,8 @@ class BlockSparseMask:
         """One decoding query over the allowed prefix and strided range of its keys (views: nothing copied); the
         two score parts share one softmax, so this is the masked attention of that row."""
         a, lo, hi, step, sub = self.row_spans(q.device)[start_pos]
+        if not a and hi <= lo:  # the planned path's message (a bare torch.cat error on an empty list otherwise)
+            raise ValueError(f"query row {start_pos} may attend no key (an all-False mask row); attention would be NaN")
         scale = q.shape[-1] ** -0.5
         scores, values = [], []
         if a:
