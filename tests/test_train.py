@@ -475,3 +475,35 @@ def test_a_test_only_run_tests_the_weights_of_ckpt_path(train_cfg, tiny_dvae, tm
     assert tested["global_step"] == 8 and baseline["global_step"] == 0
     assert tested["test/loss"] != baseline["test/loss"]
     assert any("evaluates the model as built (untrained)" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ("callbacks.sample_grid.n_samples=0", "callbacks.sample_grid.n_samples"),  # after the data and the model
+        ("+callbacks.sample_grid.every_n_epochs=0", "callbacks.sample_grid.every_n_epochs"),  # taken for 1, unsaid
+        ("+callbacks.time_budget={_target_:zoo.callbacks.TimeBudget,minutes:1,hard_stop:0.5}", "hard_stop=0.5"),
+        ("+callbacks.time_budget={_target_:zoo.callbacks.TimeBudget,minutes:1,reserve:1.5}", "reserve=1.5"),
+        ("+callbacks.time_budget={_target_:zoo.callbacks.TimeBudget,minutes:1,min_steps:-3}", "min_steps=-3"),
+    ],
+)
+def test_bad_callback_options_fail_before_the_data_and_the_model_are_built(
+    train_cfg, tiny_dvae, monkeypatch, bad, says
+):
+    """A callback's options are checked by its constructor, which ran after the data and the model were built (a
+    dataset made, a BPE fitted); some were not checked at all (a hard stop before the budget ended, a reserve of the
+    whole budget, a negative min_steps, a sample grid every 0 epochs)."""
+    import zoo.config
+    import zoo.train
+
+    built = []
+
+    def recording(node, what="config", **k):
+        built.append(what)
+        return zoo.config.instantiate(node, what, **k)
+
+    monkeypatch.setattr(zoo.train, "instantiate", recording)
+    cfg = train_cfg(*tiny_dvae, "trainer.max_steps=3", "test=false", bad)
+    with pytest.raises(ConfigError, match=re.escape(says) + r".*fix: "):
+        train(cfg)
+    assert "data" not in built and "model" not in built, built

@@ -812,6 +812,9 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     check_precision(cfg.trainer.get("precision", "auto"))
     check_memory(cfg)
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
+    # the callbacks before the data and the model: their constructors check their options (a sample grid of 0
+    # images, a NaN time budget), which failed after a dataset was made and a tokenizer fitted; none needs either
+    callbacks = _instantiate_dict(cfg.get("callbacks"))
 
     # --- build everything (fails here, before training, on a bad config) ---------------------------------
     log.info("data: %s", cfg.data._target_)
@@ -827,7 +830,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     check_optimizer(model)
     if cfg.get("train", True):
         check_val_check_interval(cfg.trainer, datamodule)
-    callbacks = _instantiate_dict(cfg.get("callbacks")) + [CheckpointInfo(plain_cfg)]
+    callbacks.append(CheckpointInfo(plain_cfg))
     if cfg.get("compile", False) and cfg.get("train", True):
         from zoo.callbacks.compile import CompileTraining
 

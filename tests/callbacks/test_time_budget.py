@@ -381,3 +381,37 @@ def test_an_interrupted_run_resumed_trains_the_rest_of_its_budget_on_its_schedul
     trainer = _trainer(TimeBudget(minutes=1.0, calibrate_steps=5, warmup_steps=2, min_steps=3, reserve=0.06))
     trainer.fit(spent, ckpt_path=tmp_path / "done.ckpt")
     assert trainer.global_step == 56 and not spent.lrs
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"minutes": float("nan")},  # planned nothing, never stopped
+        {"minutes": float("inf")},
+        {"reserve": 1.0},  # no step fits: min_steps only
+        {"reserve": -0.1},
+        {"hard_stop": 0.5},  # stopped at half the budget, the schedule cut part-way
+        {"hard_stop": float("nan")},  # never stopped
+        {"min_steps": -3},
+        {"min_steps": 2.5},  # int() took 2
+        {"calibrate_steps": 2.5},
+        {"recheck_fraction": [0.4, "x"]},
+    ],
+)
+def test_every_budget_option_is_checked_with_its_fix(bad):
+    from zoo.errors import ConfigError
+
+    kw = {"minutes": 1.0, **bad}
+    key = next(iter(bad))
+    with pytest.raises(ConfigError, match=rf"callbacks\.time_budget\.{key}=.*fix: callbacks\.time_budget\.{key}="):
+        TimeBudget(**kw)
+
+
+def test_a_sample_grid_every_0_epochs_is_refused():
+    from zoo.callbacks import SampleGridCallback
+    from zoo.errors import ConfigError
+
+    for bad in (0, -2, 1.5):
+        with pytest.raises(ConfigError, match=r"every_n_epochs.*fix: callbacks\.sample_grid\.every_n_epochs=1"):
+            SampleGridCallback(every_n_epochs=bad)
+    assert SampleGridCallback(every_n_epochs=3).every_n_epochs == 3

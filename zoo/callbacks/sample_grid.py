@@ -48,9 +48,16 @@ class SampleGridCallback(L.Callback):
                 f"callbacks.sample_grid.n_samples must be an integer >= 1, got {n_samples!r} "
                 f"(fix: callbacks.sample_grid.n_samples=16, or callbacks.sample_grid=null for no grids)"
             )
+        if not is_whole(every_n_epochs, 1):
+            # 0 or a negative count was taken for 1 (a grid every epoch) without a word
+            raise ConfigError(
+                f"callbacks.sample_grid.every_n_epochs must be an integer >= 1, got {every_n_epochs!r} "
+                f"(fix: callbacks.sample_grid.every_n_epochs=1 for a grid after every validation, or "
+                f"callbacks.sample_grid=null for no grids)"
+            )
         self.dirpath = dirpath
         self.n_samples = n_samples
-        self.every_n_epochs = max(1, every_n_epochs)
+        self.every_n_epochs = every_n_epochs
         self.prefix = prefix
         self._batch: Any = None
         self.last_path: Optional[Path] = None
