@@ -40,7 +40,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from eval.eval_set import EvalSet, ImageBank, resize_for_eval
+from eval.eval_set import EvalSet, ImageBank, ImageFiles, resize_for_eval
 from eval.features import check_images, iter_image_batches
 from eval.metrics import (
     clip_features,
@@ -122,6 +122,24 @@ def check_radii(radii: Sequence[float], resolution: int) -> list[float]:
     return out
 
 
+def generated_set(fakes, n: int):
+    """``fakes`` as a re-iterable set of exactly ``n`` images: a tensor, an ``ImageBank`` or ``ImageFiles`` as they
+    are; any other iterable of batches (a generator, a list, a DataLoader) read once into an ``ImageBank`` (uint8,
+    as zoo-eval keeps its own samples).
+
+    Each metric group and each blur radius reads the images again: a one-shot generator of batches served the first
+    one only, and the judge then scored zero images against every caption (prompt fidelity 0.0 for perfect images,
+    without a word); a list's len() counts its batches, so a list of batches was refused as "2 generated images"."""
+    if not (torch.is_tensor(fakes) or isinstance(fakes, (ImageBank, ImageFiles))):
+        bank = ImageBank()
+        for batch in iter_image_batches(fakes, bank.batch_size):
+            bank.add(batch)
+        fakes = bank
+    if len(fakes) != n:
+        raise ValueError(f"{len(fakes)} generated images for {n} captions")
+    return fakes
+
+
 def _blurred(source, radius: float, batch_size: int):
     """Batches of ``source`` blurred by ``radius`` (re-created on each call)."""
     for batch in iter_image_batches(source, batch_size):
@@ -189,10 +207,9 @@ class MetricSuite:
 
     # -- one row ------------------------------------------------------------------------------------------------
     def evaluate(self, fakes, eval_set: EvalSet, blur_radius: float = 0.0) -> dict[str, Any]:
-        """All metrics of ``fakes`` (tensor, ``ImageBank`` or iterable of batches, aligned with ``eval_set``)."""
-        n_fake = len(fakes) if hasattr(fakes, "__len__") else None
-        if n_fake is not None and n_fake != len(eval_set):
-            raise ValueError(f"{n_fake} generated images for {len(eval_set)} captions")
+        """All metrics of ``fakes`` (tensor, ``ImageBank`` or iterable of batches, aligned with ``eval_set``;
+        ``generated_set``)."""
+        fakes = generated_set(fakes, len(eval_set))
         out: dict[str, Any] = {}
         if self.uses("inception"):
             out.update(self._inception(fakes, eval_set, blur_radius))
@@ -294,6 +311,7 @@ def blur_ablation(
 ) -> list[dict[str, Any]]:
     """DALL·E Fig. 9(a): one row ``{"radius": r, <metrics>}`` per radius, blurring generated and real images."""
     radii = check_radii(radii, eval_set.resolution)
+    fakes = generated_set(fakes, len(eval_set))  # read once: every radius reads the images again
     rows = []
     for r in track(radii, desc="blur ablation", disable=not progress):
         rows.append({"radius": r, **suite.evaluate(fakes, eval_set, blur_radius=r)})
@@ -482,6 +500,7 @@ __all__ = [
     "check_radii",
     "check_suite_options",
     "diversity_ablation",
+    "generated_set",
     "nested_best",
     "rerank_ablation",
     "rerank_select",

@@ -395,3 +395,29 @@ def test_fd_clip_with_a_shared_cache_keeps_each_clips_real_features_apart(shapes
         MetricSuite(["fd_clip"], clip=PoolScorer(), cache=cache, progress=False)
     assert MetricSuite(["fd_clip"], clip=PoolScorer(), cache=cache, clip_id="pool", progress=False).clip_id == "pool"
     assert MetricSuite(["fd_clip"], clip=PoolScorer(), progress=False).clip_id is None  # nothing cached: no name
+
+
+def test_generated_images_as_a_generator_or_a_list_of_batches_are_scored_as_a_tensor(shapes_set):
+    """evaluate / blur_ablation take "an iterable of batches": a one-shot generator served the first metric group (or
+    radius) only, and the judge then read zero images (prompt fidelity 0.0 for the real scenes themselves, silently);
+    a list of batches was refused, its len() counting batches ("2 generated images for 24 captions")."""
+
+    class Oracle:  # reads back the ground truth of a real scene, nothing otherwise
+        def __init__(self, es):
+            self.real, self.attrs = es.real.tensor(), es.attributes
+
+        def read(self, x):
+            d = (x[:, None] - self.real[None]).abs().flatten(2).amax(-1)  # (B, N)
+            empty = {"background": "none", "objects": []}
+            return [self.attrs[int(i)] if d[b, i] < 1e-3 else empty for b, i in enumerate(d.argmin(1))]
+
+    es, real = shapes_set, shapes_set.real.tensor()
+    suite = MetricSuite(["fd_clip", "prompt_fidelity"], clip=PoolScorer(), judge=Oracle(es), progress=False)
+    expected = suite.evaluate(real, es)
+    assert expected["prompt_fidelity"] == 1.0
+    for fakes in ((b for b in (real[:10], real[10:])), [real[:10], real[10:]]):
+        assert suite.evaluate(fakes, es) == expected
+    rows = blur_ablation((b for b in (real[:10], real[10:])), es, suite, [0, 0], progress=False)
+    assert [r["prompt_fidelity"] for r in rows] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="23 generated images for 24 captions"):
+        suite.evaluate((b for b in (real[:10], real[10:23])), es)
