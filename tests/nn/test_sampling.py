@@ -47,6 +47,15 @@ def test_bf16_logits_keep_the_nucleus_of_their_own_probabilities(top_p):
     assert ((x.float().softmax(-1) * kept).sum(-1) >= top_p - 1e-6).all()
 
 
+@pytest.mark.parametrize("top_k", [float("inf"), float("nan"), 2.5, -1, True])
+def test_top_k_that_is_no_whole_number_is_a_config_error_naming_it(top_k):
+    """inf (what a user may type for 'no limit') and NaN were int()'s OverflowError / ValueError, naming no option."""
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="generator.top_k must be a whole number"):
+        check_sampling(top_k=top_k, prefix="generator.")
+
+
 def test_all_but_one_token_masked_always_picks_that_token():
     x = torch.full((3, 6), float("-inf"))
     x[0, 4], x[1, 0], x[2, 5] = 0.0, -40.0, 7.0

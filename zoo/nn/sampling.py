@@ -18,6 +18,7 @@ kept; the rest are sampled. The uncached path recomputes the whole prefix at eve
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -40,7 +41,10 @@ def check_sampling(
             f"{prefix}temperature must be a finite number >= 0 (0: greedy), got {temperature} "
             f"(fix: {prefix}temperature=1.0)"
         )
-    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or int(top_k) < 0):
+    # isfinite first: int() of inf / NaN (Hydra reads top_k=inf as a float) raised a message naming no option
+    if top_k is not None and (
+        isinstance(top_k, bool) or not math.isfinite(float(top_k)) or int(top_k) != top_k or int(top_k) < 0
+    ):
         raise ConfigError(
             f"{prefix}top_k must be a whole number >= 0 (the number of best tokens kept; 0 or null: no filter), "
             f"got {top_k} (fix: {prefix}top_k=null)"
