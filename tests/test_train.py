@@ -507,3 +507,22 @@ def test_bad_callback_options_fail_before_the_data_and_the_model_are_built(
     with pytest.raises(ConfigError, match=re.escape(says) + r".*fix: "):
         train(cfg)
     assert "data" not in built and "model" not in built, built
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU accelerator's devices")
+@pytest.mark.parametrize("devices", ["abc", "0", "-1", "[0]", "1.5"])
+def test_bad_cpu_devices_fail_before_anything_is_built(train_cfg, tiny_dvae, monkeypatch, devices):
+    """trainer.devices=abc / 0 / -1 / a device list on the CPU failed inside Trainer(...), after the data and the
+    model, as a Hydra traceback; what Lightning's CPU accelerator takes still passes."""
+    import zoo.train
+    from zoo.train import check_accelerator
+
+    built = []
+    monkeypatch.setattr(zoo.train, "instantiate", lambda node, what="config", **k: built.append(what))
+    cfg = train_cfg(*tiny_dvae, "trainer.max_steps=3", "test=false", f"trainer.devices={devices}")
+    with pytest.raises(ConfigError, match=r"trainer\.devices=.* is not a number of CPU processes .*fix: "):
+        train(cfg)
+    assert not built
+    for good in ("1", "2", "auto", "'3'"):
+        check_accelerator(train_cfg(*tiny_dvae, f"trainer.devices={good}").trainer)
+    check_accelerator(train_cfg(*tiny_dvae, "trainer.accelerator=auto", "trainer.devices=auto").trainer)

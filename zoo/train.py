@@ -670,6 +670,30 @@ def check_accelerator(trainer_cfg: Any) -> None:
             f"trainer.accelerator={accelerator}, but no CUDA device is visible on this machine (fix: trainer=cpu, "
             f"trainer=ddp_cpu for several CPU processes, or trainer.accelerator=auto)"
         )
+    check_cpu_devices(trainer_cfg)
+
+
+def check_cpu_devices(trainer_cfg: Any) -> None:
+    """``trainer.devices`` on the CPU accelerator (``trainer=cpu`` / ``ddp_cpu``, or ``auto`` on a machine with no
+    accelerator) takes what Lightning's CPUAccelerator takes: a number of processes >= 1 (an int, or its digits) or
+    ``auto``. ``devices=0``, ``abc``, ``-1`` or a list of device ids failed inside ``Trainer(...)``, after the data and
+    the model were built, as a Hydra traceback. Other accelerators' devices (GPU ids, -1 for all) are Lightning's."""
+    accelerator = str(trainer_cfg.get("accelerator") or "auto").lower()
+    if accelerator == "auto":
+        from lightning.fabric.utilities.device_parser import _select_auto_accelerator
+
+        accelerator = _select_auto_accelerator()
+    if accelerator != "cpu":
+        return
+    devices = trainer_cfg.get("devices", "auto")
+    if devices == "auto" or devices is True or is_whole(devices, 1):
+        return
+    if isinstance(devices, str) and devices.strip().isdigit() and int(devices) >= 1:
+        return
+    raise ConfigError(
+        f"trainer.devices={devices!r} is not a number of CPU processes (fix: trainer.devices=1, trainer.devices=auto, "
+        f"or trainer=ddp_cpu trainer.devices=<N >= 2> for N processes; -1 and device ids are for GPUs)"
+    )
 
 
 def available_memory() -> Optional[int]:
