@@ -373,7 +373,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     # what the numbers are read with: FD_CLIP depends on the CLIP, the judge's metrics on the judge (width and steps)
     conventions = results["conventions"]
-    if "blur" in ablations:
+    rerank_blur = "rerank" in ablations and float(cfg.rerank.get("blur_radius", 0) or 0) != 0
+    if "blur" in ablations or rerank_blur:
         conventions["blur radius"] = (
             "Gaussian standard deviation in pixels at the evaluation resolution (Pillow's GaussianBlur reading), "
             "applied to real and generated images"

@@ -70,6 +70,11 @@ def markdown_table(rows: list[dict], x: str, x_header: str) -> str:
     return "\n".join(lines)
 
 
+def rerank_blur(rows: list[dict]) -> float:
+    """The blur radius the rerank rows were scored at (``rerank.blur_radius``; 0 for rows written without one)."""
+    return max((float(r.get("blur_radius") or 0.0) for r in rows), default=0.0)
+
+
 def group_skipped(skipped: dict[str, str]) -> list[tuple[list[str], str]]:
     """``{metric: reason}`` -> ``[([metrics...], reason)]``, metrics sharing a reason together."""
     groups: dict[str, list[str]] = {}
@@ -104,6 +109,12 @@ def markdown_report(results: dict[str, Any]) -> str:
             out += ["", f"## {title}", ""]
             if key == "blur" and results.get("blur_candidates", 1) > 1:
                 out += [f"Images: the CLIP-best of {results['blur_candidates']} candidates per caption.", ""]
+            if key == "rerank" and rerank_blur(rows):  # else these FIDs read as the unblurred images' own
+                out += [
+                    f"Scored at blur radius {rerank_blur(rows):g} (rerank.blur_radius: Gaussian standard deviation "
+                    f"in pixels, applied to the real and the generated images before every metric).",
+                    "",
+                ]
             out += [markdown_table(rows, x, x_header)]
     div = results.get("diversity")
     if div:
@@ -202,6 +213,8 @@ def write_report(results: dict[str, Any], out_dir) -> dict[str, Path]:
     paths["md"].write_text(markdown_report(results))
     for key, (title, x, x_label, log2) in ABLATIONS.items():
         if results.get(key):
+            if key == "rerank" and rerank_blur(results[key]):
+                title += f", at blur radius {rerank_blur(results[key]):g}"
             png = plot_ablation(results[key], x, x_label, title, out_dir / f"{key}.png", log2)
             if png is not None:
                 paths[key] = png
@@ -249,5 +262,6 @@ __all__ = [
     "markdown_table",
     "plot_ablation",
     "plot_scale",
+    "rerank_blur",
     "write_report",
 ]

@@ -577,3 +577,21 @@ def test_the_judge_dir_under_home_is_expanded(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     path = judge_path(OmegaConf.create({"dir": "~/cache/judge"}), 32)
     assert path.parent == tmp_path / "cache" / "judge"
+
+
+def test_rerank_rows_scored_at_a_blur_radius_say_so(tmp_path):
+    """rerank.blur_radius=2 scores the reranked images (and the real ones) blurred: results.md's rerank table, its
+    plot and the conventions said nothing of it, so its FD_CLIP / FID read as the unblurred images' own."""
+    from eval.cli import evaluate
+    from eval.report import markdown_report
+
+    cfg = compose_eval_cfg(
+        tmp_path, FAST + ["logger=none", "metrics=[fd_clip]", "ablations=[rerank]", "rerank.blur_radius=2"]
+    )
+    saved = evaluate(cfg)
+    assert {r["blur_radius"] for r in saved["rerank"]} == {2.0}
+    assert "blur radius" in saved["conventions"]
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "Scored at blur radius 2 (rerank.blur_radius" in md
+    unblurred = {**saved, "rerank": [{**r, "blur_radius": 0.0} for r in saved["rerank"]]}
+    assert "rerank.blur_radius" not in markdown_report(unblurred)  # unblurred rows as before
