@@ -37,6 +37,47 @@ def test_bad_shapes_and_shared_options_name_the_option_and_the_fix(kwargs, says)
         ShapesDataModule(**{**SMALL, **kwargs})
 
 
+@pytest.mark.parametrize(
+    "kwargs, says",
+    [
+        # int() took them for another count without a word (32.5 -> 32 px, 2.5 -> batches of 2, true -> 1)
+        (dict(resolution=32.5), r"data.resolution must be a whole number >= 1, got 32.5 \(fix: "),
+        (dict(batch_size=2.5), r"data.batch_size must be a whole number >= 1, got 2.5 \(fix: "),
+        (dict(batch_size=True), r"data.batch_size must be a whole number >= 1, got True"),
+        (dict(eval_batch_size=2.5), r"data.eval_batch_size must be >= 1 or null"),
+        (dict(num_workers=1.5), r"data.num_workers must be a whole number >= 0, got 1.5 \(fix: "),
+        (dict(seed=1.5), r"data.seed must be a whole number, got 1.5 \(fix: "),
+        # a string was the comparison's bare TypeError or int()'s ValueError
+        (dict(batch_size="8"), r"data.batch_size must be a whole number >= 1, got '8'"),
+        (dict(seed="abc"), r"data.seed must be a whole number, got 'abc'"),
+    ],
+)
+def test_sizes_counts_and_the_seed_must_be_whole_numbers_in_every_datamodule(tmp_path, kwargs, says):
+    from zoo.data.modules import CocoDataModule, WebDataModule
+
+    with pytest.raises(ConfigError, match=says):
+        ShapesDataModule(**{**SMALL, **kwargs})
+    with pytest.raises(ConfigError, match=says):
+        CocoDataModule(root=str(tmp_path), **kwargs)
+    with pytest.raises(ConfigError, match=says):
+        WebDataModule(train_urls=str(tmp_path / "x.tar"), **kwargs)
+
+
+def test_a_resolution_below_one_names_the_option_when_built_not_at_set_up(tmp_path):
+    """coco / webdataset took data.resolution=0 and failed at set-up with 'resolution must be >= 1' (no option)."""
+    from zoo.data.modules import CocoDataModule, WebDataModule
+
+    for bad in (0, -8):
+        with pytest.raises(ConfigError, match=rf"data.resolution must be a whole number >= 1, got {bad} \(fix: "):
+            CocoDataModule(root=str(tmp_path), resolution=bad)
+        with pytest.raises(ConfigError, match=r"data.resolution must be a whole number >= 1"):
+            WebDataModule(train_urls=str(tmp_path / "x.tar"), resolution=bad)
+    for split in ("train", "val", "test"):  # int() took 8.5 scenes for 8 and true for 1
+        for bad in (8.5, True):
+            with pytest.raises(ConfigError, match=rf"data.{split}_size must be a whole number >= 1"):
+                ShapesDataModule(**{**SMALL, f"{split}_size": bad})
+
+
 def test_coco_max_items_that_is_not_a_positive_count_is_refused(tmp_path):
     """max_items=-1 (a common spelling of "all") sliced off the last image of every split without a word."""
     from zoo.data.modules import CocoDataModule

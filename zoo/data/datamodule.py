@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from zoo.data.collate import Collator
 from zoo.data.loader import ResumableDataLoader
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole
 
 SPLITS = ("train", "val", "test")
 log = logging.getLogger(__name__)
@@ -314,12 +314,20 @@ class ImageTextDataModule(L.LightningDataModule):
         synthetic_captions: Optional[dict[str, str]] = None,
     ):
         super().__init__()
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
-        if eval_batch_size is not None and eval_batch_size < 1:  # 0 was taken as "unset" (batch_size), -1 failed later
-            raise ConfigError(f"data.eval_batch_size must be >= 1 or null (= data.batch_size), got {eval_batch_size}")
+        # whole numbers, checked here (before training): int() took 2.5 for 2 and true for 1 without a word, a string
+        # was a bare TypeError / ValueError, and resolution=0 failed at set-up of coco / webdataset as "resolution
+        # must be >= 1" not naming the option
+        for option, value, least, fix in (
+            ("data.resolution", resolution, 1, "the image side in pixels, e.g. data.resolution=64"),
+            ("data.batch_size", batch_size, 1, "e.g. data.batch_size=32"),
+            ("data.num_workers", num_workers, 0, "data.num_workers=0 (load in the main process) or more"),
+            ("data.seed", seed, None, "data.seed=0 (the run's seed by default)"),
+        ):
+            if not is_whole(value, least):
+                at_least = "" if least is None else f" >= {least}"
+                raise ConfigError(f"{option} must be a whole number{at_least}, got {value!r} (fix: {fix})")
+        if eval_batch_size is not None and not is_whole(eval_batch_size, 1):  # 0 was taken as "unset", -1 failed later
+            raise ConfigError(f"data.eval_batch_size must be >= 1 or null (= data.batch_size), got {eval_batch_size!r}")
         self.resolution = int(resolution)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)

@@ -46,10 +46,10 @@ class ShapesDataModule(ImageTextDataModule):
         self.bpe_fit_styles = bpe_fit_styles
         from zoo.data.shapes import ShapesDataset  # noqa: F401  (fail early if the world cannot be built)
 
-        self.sizes = {"train": int(train_size), "val": int(val_size), "test": int(test_size)}
+        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         for split, n in self.sizes.items():
-            if n < 1:
-                raise ConfigError(f"data.{split}_size must be >= 1, got {n}")
+            if not is_whole(n, 1):  # int() took 100.5 for 100 and true for 1
+                raise ConfigError(f"data.{split}_size must be a whole number >= 1 (scenes in the split), got {n!r}")
         if not is_whole(world_seed, 0):
             # numpy seeds the world's streams: a negative seed failed with "expected non-negative integer" (no option
             # named), a fractional one was truncated to another world without a word
