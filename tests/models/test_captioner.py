@@ -113,8 +113,35 @@ def test_decoding_options_are_refused_not_replaced():
     with pytest.raises(ConfigError, match="model.beam_width must be an integer >= 1"):
         CaptionerLit(preset="tiny", beam_width=0)
     lit = CaptionerLit(preset="tiny")
-    with pytest.raises(ValueError, match="beam_width must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match="beam_width must be an integer >= 1, got 0"):
         lit.caption_tokens(_emb(2).float(), method="beam", beam_width=0, max_len=6)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"method": "nucleus", "top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
+        ({"method": "nucleus", "top_p": 5.0}, r"top_p must be in \(0, 1\], got 5.0"),
+        ({"method": "nucleus", "temperature": -1.0}, "temperature must be a finite number >= 0, got -1.0"),
+        ({"method": "beam", "beam_width": 2.5}, "beam_width must be an integer >= 1, got 2.5"),
+        ({"method": "beam", "length_penalty": float("nan")}, "length_penalty must be a finite number, got nan"),
+        ({"method": "greedy", "max_len": 0}, r"max_len must be a whole number >= 1.*got 0"),
+        ({"method": "beam", "max_len": -3}, r"max_len must be a whole number >= 1.*got -3"),
+    ],
+)
+def test_caption_options_given_in_python_are_checked_as_the_config_s(options, message):
+    """caption(...) / caption_tokens(...) called from Python took options the config refuses: top_p=0 or a negative
+    temperature decoded greedily under method="nucleus", top_p=5 and beam_width=2.5 ran unsaid, a NaN length
+    penalty made every final score NaN (beam 0 won), max_len=0 decoded the full text_len and a negative one was
+    torch's "negative dimension". The prompt upsampler's upsample shares the check."""
+    from zoo.models.prompt_upsampler.lit import PromptUpsamplerLit
+
+    lit = CaptionerLit(preset="tiny", text_tokenizer=_tokenizer_spec())
+    with pytest.raises(ConfigError, match=message):
+        lit.caption(_emb(2).float(), **options)
+    up = PromptUpsamplerLit(preset="tiny", text_tokenizer=_tokenizer_spec())
+    with pytest.raises(ConfigError, match=message):
+        up.upsample(["a red circle"], **options)
 
 
 # ------------------------------------------------------------------------------------------------- learning

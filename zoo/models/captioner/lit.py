@@ -24,13 +24,14 @@ Decoding: ``caption(image_emb, method=...)`` with ``greedy``, ``beam`` (``beam_w
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole
 from zoo.models.base import ClipEmbeddingLit, describe_tokenizer_spec, tokenizer_identity, unmet_sizes
 from zoo.models.captioner.model import PRESETS, Captioner, CaptionerConfig, beam_search, sample_captions
 from zoo.models.presets import resolve_preset
@@ -73,6 +74,29 @@ def check_decoding(
         raise ConfigError(f"{prefix}top_p must be in (0, 1], got {top_p}")
     if not 0.0 <= float(temperature) < float("inf"):  # 0 is greedy (sample_captions); NaN fails too
         raise ConfigError(f"{prefix}temperature must be a finite number >= 0, got {temperature}")
+
+
+def decoding_options(module, method, beam_width, length_penalty, top_p, temperature, max_len) -> dict[str, Any]:
+    """The options one ``caption`` / ``upsample`` call decodes with (unset: the module's defaults), checked as the
+    config's are: called from Python, ``method="nucleus", top_p=0`` (or a negative temperature) decoded greedily, a
+    top_p above 1 or a beam width of 2.5 ran unsaid, and ``max_len=0`` decoded the full text_len while a negative one
+    was torch's "negative dimension"."""
+    opts = {
+        "method": method or module.decoding,
+        "beam_width": module.beam_width if beam_width is None else beam_width,
+        "length_penalty": module.length_penalty if length_penalty is None else length_penalty,
+        "top_p": module.top_p if top_p is None else top_p,
+        "temperature": module.temperature if temperature is None else temperature,
+    }
+    check_decoding(opts["method"], opts["beam_width"], opts["top_p"], opts["temperature"], prefix="")
+    if not math.isfinite(float(opts["length_penalty"])):  # NaN: every beam's final score NaN, argmax took beam 0
+        raise ConfigError(f"length_penalty must be a finite number, got {opts['length_penalty']}")
+    if max_len is not None and not is_whole(max_len, 1):
+        raise ConfigError(
+            f"max_len must be a whole number >= 1 (tokens incl. [SOT]), got {max_len!r} (fix: max_len=None, the "
+            f"model's text_len {module.cfg.text_len})"
+        )
+    return opts
 
 
 class CaptionerLit(ClipEmbeddingLit):
@@ -319,31 +343,21 @@ class CaptionerLit(ClipEmbeddingLit):
     ) -> torch.Tensor:
         """Caption token ids (B, max_len) for CLIP image embeddings (B, D); unset options take the module's
         defaults (``decoding``, ``beam_width``, ...)."""
-        method = method or self.decoding
-        if method not in DECODING:
-            raise ConfigError(f"unknown decoding {method!r}; choose one of {DECODING}")
+        o = decoding_options(self, method, beam_width, length_penalty, top_p, temperature, max_len)
         emb = image_emb.to(self.device).float()
         pat = patches.to(self.device).float() if patches is not None else None
-        if method == "beam":
-            return beam_search(
-                self.net,
-                emb,
-                pat,
-                self.beam_width if beam_width is None else beam_width,  # 0 is refused there, not the default
-                self.length_penalty if length_penalty is None else length_penalty,
-                max_len,
-                use_cache,
-            )
-        if method == "greedy":
+        if o["method"] == "beam":
+            return beam_search(self.net, emb, pat, int(o["beam_width"]), o["length_penalty"], max_len, use_cache)
+        if o["method"] == "greedy":
             return sample_captions(self.net, emb, pat, temperature=0.0, max_len=max_len, use_cache=use_cache)
         gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
         return sample_captions(
             self.net,
             emb,
             pat,
-            temperature=self.temperature if temperature is None else temperature,
+            temperature=o["temperature"],
             top_k=top_k,
-            top_p=self.top_p if top_p is None else top_p,
+            top_p=o["top_p"],
             max_len=max_len,
             use_cache=use_cache,
             generator=gen,

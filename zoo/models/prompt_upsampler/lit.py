@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from zoo.errors import ConfigError
 from zoo.models.base import ZooLit
-from zoo.models.captioner.lit import DECODING, check_decoding, keep_checkpoint_tokenizer
+from zoo.models.captioner.lit import check_decoding, decoding_options, keep_checkpoint_tokenizer
 from zoo.models.captioner.model import beam_search, sample_captions
 from zoo.models.presets import resolve_preset
 from zoo.models.prompt_upsampler.model import PRESETS, PromptUpsampler, PromptUpsamplerConfig
@@ -244,33 +244,19 @@ class PromptUpsamplerLit(ZooLit):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             return []
-        method = method or self.decoding
-        if method not in DECODING:
-            raise ConfigError(f"unknown decoding {method!r}; choose one of {DECODING}")
+        o = decoding_options(self, method, beam_width, length_penalty, top_p, temperature, max_len)
         was_training = self.training
         self.eval()
         try:
             tokens = self.tokenize(prompts, self.cfg.prompt_len)
-            if method == "beam":
-                out = beam_search(
-                    self.net,
-                    tokens,
-                    None,
-                    self.beam_width if beam_width is None else beam_width,
-                    self.length_penalty if length_penalty is None else length_penalty,
-                    max_len,
-                )
-            elif method == "greedy":
+            if o["method"] == "beam":
+                out = beam_search(self.net, tokens, None, int(o["beam_width"]), o["length_penalty"], max_len)
+            elif o["method"] == "greedy":
                 out = sample_captions(self.net, tokens, temperature=0.0, max_len=max_len)
             else:
                 gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
                 out = sample_captions(
-                    self.net,
-                    tokens,
-                    temperature=self.temperature if temperature is None else temperature,
-                    top_p=self.top_p if top_p is None else top_p,
-                    max_len=max_len,
-                    generator=gen,
+                    self.net, tokens, temperature=o["temperature"], top_p=o["top_p"], max_len=max_len, generator=gen
                 )
             return self.text_tokenizer.decode(out.cpu())
         finally:
