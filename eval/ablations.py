@@ -40,7 +40,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from eval.eval_set import EvalSet, ImageBank, ImageFiles, resize_for_eval
+from eval.eval_set import EvalSet, ImageBank, resize_for_eval
 from eval.features import check_images, iter_image_batches
 from eval.metrics import (
     clip_features,
@@ -123,20 +123,25 @@ def check_radii(radii: Sequence[float], resolution: int) -> list[float]:
 
 
 def generated_set(fakes, n: int):
-    """``fakes`` as a re-iterable set of exactly ``n`` images: a tensor, an ``ImageBank`` or ``ImageFiles`` as they
-    are; any other iterable of batches (a generator, a list, a DataLoader) read once into an ``ImageBank`` (uint8,
-    as zoo-eval keeps its own samples).
+    """``fakes`` as a re-iterable set of exactly ``n`` images: a tensor or an ``ImageBank`` as it is; any other
+    iterable of batches (a generator, a list, a DataLoader, ``ImageFiles``) read once into an ``ImageBank`` (uint8,
+    as zoo-eval keeps its own samples) and counted.
 
     Each metric group and each blur radius reads the images again: a one-shot generator of batches served the first
     one only, and the judge then scored zero images against every caption (prompt fidelity 0.0 for perfect images,
-    without a word); a list's len() counts its batches, so a list of batches was refused as "2 generated images"."""
-    if not (torch.is_tensor(fakes) or isinstance(fakes, (ImageBank, ImageFiles))):
+    without a word); a list's len() counts its batches, so a list of batches was refused as "2 generated images".
+    ``ImageFiles`` skips a file that fails to decode (right for a real set, a distribution): a sample folder's
+    readings then shifted against the captions after it; counted here, that is an error."""
+    skipped: list = []
+    if not (torch.is_tensor(fakes) or isinstance(fakes, ImageBank)):
         bank = ImageBank()
         for batch in iter_image_batches(fakes, bank.batch_size):
             bank.add(batch)
+        skipped = list(getattr(fakes, "skipped", None) or [])  # ImageFiles' files that failed to decode
         fakes = bank
     if len(fakes) != n:
-        raise ValueError(f"{len(fakes)} generated images for {n} captions")
+        unreadable = f" ({len(skipped)} unreadable: {', '.join(skipped[:3])})" if skipped else ""
+        raise ValueError(f"{len(fakes)} generated images for {n} captions{unreadable}")
     return fakes
 
 
