@@ -2,8 +2,13 @@
 
 Lightning restores weights, optimizer, schedulers, loop counters and (through ``ResumableDataLoader``) the data
 position, but not the random number generators; models that draw noise every step (Gumbel-softmax, diffusion
-timesteps, caption dropout) would then diverge from an uninterrupted run. We save and restore the torch and Python
-RNG states so that "train 2N steps" and "train N, kill, resume N" give the same weights.
+timesteps, caption dropout) would then diverge from an uninterrupted run. We save and restore the torch (CPU and, once
+a run has used it, every CUDA device's) and Python RNG states so that "train 2N steps" and "train N, kill, resume N"
+give the same weights. On a GPU the noise is drawn from the CUDA generators (``torch.randn(..., device=cuda)``): with
+the CPU state alone a resumed GPU run drew other noise than an uninterrupted one. A checkpoint from a machine with
+another number of GPUs restores the devices both have, with a warning; one without CUDA states (a CPU run's, or from
+before they were saved) leaves the CUDA generators as seeded. NumPy's global RNG is not saved: nothing here draws from
+it (the data draws from generators seeded per item).
 
 A validation during fit draws from the same RNGs (diffusion timesteps and noise of the val loss, the sample grid),
 but ``last.ckpt`` is saved at the end of its step, before that step's validation, and Lightning resumes it as
@@ -21,11 +26,14 @@ the shared stream, so a resume is exact on every rank. One process: nothing chan
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any, Optional
 
 import lightning as L
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointInfo(L.Callback):
@@ -54,15 +62,15 @@ class CheckpointInfo(L.Callback):
         if self._shared_rng is not None:  # DDP: back to the stream every rank shares (what checkpoints record)
             _set_rng_state(self._shared_rng)
             self._shared_rng = None
-        self._rng_before_validation = (torch.get_rng_state(), random.getstate())
+        self._rng_before_validation = _rng_state()
 
     # and before the sanity check, and at the start of training (the restored state: a resume may begin by redoing
     # the validation it was interrupted in)
     def on_sanity_check_start(self, trainer, pl_module) -> None:
-        self._rng_before_validation = (torch.get_rng_state(), random.getstate())
+        self._rng_before_validation = _rng_state()
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._rng_before_validation = (torch.get_rng_state(), random.getstate())
+        self._rng_before_validation = _rng_state()
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._validating = trainer.state.fn == "fit"
@@ -81,8 +89,7 @@ class CheckpointInfo(L.Callback):
 
     def _restore_rng_after_validation(self) -> None:
         if self._validating and self._rng_before_validation is not None:
-            torch.set_rng_state(self._rng_before_validation[0])
-            random.setstate(self._rng_before_validation[1])
+            _set_rng_state(self._rng_before_validation)
         self._validating = False
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
@@ -95,6 +102,9 @@ class CheckpointInfo(L.Callback):
             "torch": torch.get_rng_state(),
             "python": [version, list(state), gauss],
         }
+        cuda = _cuda_rng_state()
+        if cuda is not None:
+            checkpoint["zoo_rng"]["cuda"] = cuda
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         rng = checkpoint.get("zoo_rng")
@@ -103,12 +113,35 @@ class CheckpointInfo(L.Callback):
         torch.set_rng_state(rng["torch"])
         version, state, gauss = rng["python"]
         random.setstate((version, tuple(state), gauss))
+        _load_cuda_rng_state(rng.get("cuda"))
+
+
+def _cuda_rng_state() -> Optional[list]:
+    """Every CUDA device's RNG state, once this process has used CUDA (None before: nothing has drawn from them, and
+    reading them would initialise CUDA in a CPU run on a GPU machine)."""
+    return torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+
+
+def _load_cuda_rng_state(saved: Optional[list]) -> None:
+    """Restore a checkpoint's CUDA RNG states on this machine's devices (see the module docstring)."""
+    if not saved or not torch.cuda.is_available():
+        return  # a CPU run's checkpoint, or a GPU run's resumed on the CPU (which draws no CUDA noise)
+    here = torch.cuda.device_count()
+    if len(saved) != here:
+        log.warning(
+            "the checkpoint holds the CUDA RNG states of %d GPUs and this machine has %d: the first %d are restored, "
+            "the noise drawn on any other differs from the uninterrupted run's",
+            len(saved),
+            here,
+            min(len(saved), here),
+        )
+    for device, state in enumerate(saved[:here]):
+        torch.cuda.set_rng_state(state, device)
 
 
 def _rng_state() -> tuple:
     """torch's CPU (and, once initialised, CUDA) and Python's RNG states."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    return torch.get_rng_state(), cuda, random.getstate()
+    return torch.get_rng_state(), _cuda_rng_state(), random.getstate()
 
 
 def _set_rng_state(state: tuple) -> None:

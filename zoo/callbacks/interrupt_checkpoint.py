@@ -48,11 +48,11 @@ So ``interrupted.ckpt`` is never behind a ``last.ckpt`` of the same step, and ``
 from __future__ import annotations
 
 import copy
-import random
 from typing import Any, Optional
 
-import torch
 from lightning.pytorch.callbacks import OnExceptionCheckpoint
+
+from zoo.callbacks.checkpoint_info import _rng_state, _set_rng_state
 
 
 class InterruptCheckpoint(OnExceptionCheckpoint):
@@ -87,7 +87,7 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         logged._zoo_interrupt_checkpoint = self  # type: ignore[attr-defined]
         connector.log_eval_end_metrics = logged
 
-    # The RNG states as the next step finds them (CheckpointInfo saves torch's CPU and Python's): after a step, and
+    # The RNG states as the next step finds them (CheckpointInfo saves torch's CPU and CUDA and Python's): after a step, and
     # again after a validation (CheckpointInfo has put them back as the step left them by then) -- as last.ckpt
     # records them.
     def on_train_batch_end(self, trainer, pl_module, *args: Any, **kwargs: Any) -> None:
@@ -111,11 +111,10 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             self._keep_rng()
 
     def _keep_rng(self) -> None:
-        self._rng = (torch.get_rng_state(), random.getstate())
+        self._rng = _rng_state()  # CUDA's too: on a GPU the noise is drawn there
 
     def _put_back_rng(self) -> None:
-        torch.set_rng_state(self._rng[0])
-        random.setstate(self._rng[1])
+        _set_rng_state(self._rng)
 
     def on_exception(self, trainer, *args: Any, **kwargs: Any) -> None:
         if self.start_step is None or trainer.global_step <= self.start_step:
