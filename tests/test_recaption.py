@@ -342,6 +342,27 @@ def test_an_untrained_clip_or_a_missing_gpu_is_refused_before_anything_loads(fil
     assert not list(tmp_path.glob(".c.pt.chunks-*"))
 
 
+def test_empty_captions_are_counted_and_warned_about(files, tmp_path, caplog, monkeypatch):
+    """A captioner that ends its captions at once (undertrained, or fed another CLIP's embeddings) wrote a file of
+    empty strings without a word, and data.caption_mix served them as 95% of the training captions."""
+    from zoo.models.captioner.lit import CaptionerLit
+
+    ckpt, feats = files
+    ref = torch.load(_run(ckpt, feats, tmp_path / "ref.pt", "nucleus")[0], weights_only=True)
+    assert ref["meta"]["empty"] == sum(not c.strip() for c in ref["captions"]) < 21
+
+    def eot_first(self, emb, *args, **kwargs):  # [SOT] [EOT]: the empty caption
+        out = torch.full((len(emb), 4), self.cfg.pad_id)
+        out[:, 0], out[:, 1] = self.cfg.sot_id, self.cfg.eot_id
+        return out
+
+    monkeypatch.setattr(CaptionerLit, "caption_tokens", eot_first)
+    with caplog.at_level("WARNING", logger="zoo.recaption"):
+        path, _ = _run(ckpt, feats, tmp_path / "empty.pt")
+    assert torch.load(path, weights_only=True)["meta"]["empty"] == 21
+    assert "21 of 21 captions are empty (items 0, 1, 2, 3, 4, 5, 6, 7, ...)" in caplog.text
+
+
 def test_an_output_path_that_is_a_directory_is_refused_before_captioning(files, tmp_path):
     """out=<a directory> failed with IsADirectoryError from the final atomic rename, after every chunk had been
     captioned."""

@@ -7,7 +7,8 @@ The image embeddings come from a ``zoo-embed`` features file of the split (``fea
 in dataset index order) or are computed with a CLIP (``clip.*``, as zoo-embed's node) over ``data``'s split.
 
 Output (written atomically, loadable with ``weights_only=True``): ``{"captions": list[str] in dataset index order,
-"meta": {"captioner_digest": sha256 of the checkpoint file, "style": ..., "n": ..., "decoding": {...}, ...}}``.
+"meta": {"captioner_digest": sha256 of the checkpoint file, "style": ..., "n": ..., "empty": <empty captions, also
+warned about>, "decoding": {...}, ...}}``.
 Serve it as a new caption style of the training split: ``data.synthetic_captions={synthetic_descriptive: <out>}
 data.caption_mix={synthetic_descriptive: 0.95, alt: 0.05}`` (``zoo.data.datamodule.SyntheticCaptioned``).
 
@@ -180,10 +181,24 @@ def recaption(
             captions[i] = caps
             bar.update(len(caps))
     flat = [c for chunk in captions for c in chunk]  # type: ignore[union-attr]
+    empty = [i for i, c in enumerate(flat) if not c.strip()]
+    if empty:
+        # an undertrained captioner (or one fed another CLIP's embeddings) ends captions at [SOT] [EOT]: the file was
+        # written without a word, and data.caption_mix served its empty strings as 95% of the training captions
+        log.warning(
+            "zoo-recaption: %d of %d captions are empty (items %s%s): check the captioner (trained long enough? "
+            "the embeddings of its CLIP?) before serving %s through data.caption_mix",
+            len(empty),
+            len(flat),
+            ", ".join(map(str, empty[:8])),
+            ", ..." if len(empty) > 8 else "",
+            out,
+        )
     info = {
         "captioner_digest": captioner_digest,
         "style": style,
         "n": len(flat),
+        "empty": len(empty),
         "decoding": {k: v for k, v in decoding.items() if v is not None},
         "seed": int(seed),
         **(meta or {}),
