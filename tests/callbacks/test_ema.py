@@ -169,3 +169,21 @@ def test_a_frozen_tensor_stays_exactly_as_it_is_under_the_average():
     torch.testing.assert_close(avg.module["frozen"].weight, frozen.weight, rtol=0, atol=0)
     torch.testing.assert_close(avg.module["frozen"].bias, frozen.bias, rtol=0, atol=0)
     torch.testing.assert_close(avg.module["moving"].weight, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "bad, key",
+    [
+        ({"decay": float("nan")}, "decay"),  # every weight NaN at the end of fit, without a word
+        ({"decay": 1.0}, "decay"),  # the first update's weights kept as the final model
+        ({"decay": 1.5}, "decay"),  # Lightning's ValueError, naming no option
+        ({"update_every_n_steps": 0}, "update_every_n_steps"),  # never averaged: no EMA, without a word
+        ({"update_starting_at_step": -5}, "update_starting_at_step"),
+    ],
+)
+def test_options_that_average_wrongly_are_config_errors(bad, key):
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"callbacks\.ema\.{key}=.*fix: "):
+        EMA(**bad)
+    EMA(decay=0.0, update_every_n_steps=2, update_starting_at_step=0)  # the edges that work

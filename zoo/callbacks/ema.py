@@ -23,6 +23,8 @@ from typing import Any
 
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
+from zoo.errors import ConfigError, is_whole
+
 
 class EMA(EMAWeightAveraging):
     """``EMAWeightAveraging`` that stands aside until it has averaged once (see the module docstring)."""
@@ -30,6 +32,7 @@ class EMA(EMAWeightAveraging):
     def __init__(self, *args, decay: float = 0.999, **kwargs):
         from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+        _check_options(decay, kwargs)
         # Lightning averages with get_ema_avg_fn, decay * ema + (1 - decay) * p, which is not exact when ema == p: a
         # frozen tensor (model.freeze_text's CLIP tower) drifted by rounding, ~16% of its entries after 2,000 updates,
         # and the drift was copied over the model when fit ended. The foreach lerp, ema + (1 - decay) (p - ema), is
@@ -82,3 +85,28 @@ class EMA(EMAWeightAveraging):
         elif self._trained_state is not None and "current_model_state" in checkpoint:
             # saved after fit ended: the model holds the average now, the trained weights were kept aside
             checkpoint["current_model_state"] = self._trained_state
+
+
+def _check_options(decay: Any, kwargs: dict[str, Any]) -> None:
+    """The options Lightning takes without a word and averages wrongly with: decay=nan made every weight NaN (the
+    model at the end of fit, the validations, the checkpoints' state_dict); decay=1 kept the first update's weights
+    (the model after update_starting_at_step steps) as the final model; update_every_n_steps=0 never averaged (the
+    run trained without an EMA). Lightning itself refuses a decay outside [0, 1], with no option named."""
+    problems = []
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+        problems.append(
+            f"callbacks.ema.decay={decay!r} is not an EMA decay (fix: callbacks.ema.decay=<a number in [0, 1)>, e.g. "
+            f"0.999; 1 would never move from the first update's weights)"
+        )
+    every = kwargs.get("update_every_n_steps", 1)
+    if not is_whole(every, 1):
+        problems.append(
+            f"callbacks.ema.update_every_n_steps={every!r} is not a step count (fix: an integer >= 1; 0 never "
+            f"averages: callbacks=default for no EMA)"
+        )
+    for key in ("update_starting_at_step", "update_starting_at_epoch"):
+        value = kwargs.get(key)
+        if value is not None and not is_whole(value, 0):
+            problems.append(f"callbacks.ema.{key}={value!r} is not a step / epoch (fix: an integer >= 0, or null)")
+    if problems:
+        raise ConfigError("; ".join(problems))
