@@ -323,6 +323,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for key, value, default in (("batch_size", cfg.batch_size, 32), ("rerank.batch_size", cfg.rerank.batch_size, 8)):
         if int(value) < 1:  # was range()'s "arg 3 must not be zero" when generation began, after the judge trained
             raise ConfigError(f"{key} must be >= 1, got {value} (fix: {key}={default})")
+    # the candidate counts too: rerank_select refused a bad one only when it ran -- blur.candidates=0 (a reading of
+    # "no reranking") after the judge trained and the rerank ablation drew every candidate, naming rerank.candidates
+    from zoo.errors import is_whole
+
+    k = cfg.blur.get("candidates", 1)
+    if "blur" in ablations and not is_whole(k, 1):
+        raise ConfigError(f"blur.candidates must be a whole number >= 1, got {k} (fix: blur.candidates=1)")
+    ns = cfg.rerank.candidates
+    ns = list(ns) if OmegaConf.is_list(ns) or isinstance(ns, (list, tuple)) else ns
+    if "rerank" in ablations and not (isinstance(ns, list) and ns and all(is_whole(n, 1) for n in ns)):
+        raise ConfigError(
+            f"rerank.candidates must be a list of whole numbers >= 1, got {ns} (fix: rerank.candidates=[1,2,4,8,16,32])"
+        )
     from zoo.errors import check_device
 
     for section in ("eval", "clip", "generator"):  # before the protocol loads (30,000 COCO headers) or any model

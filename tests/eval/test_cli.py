@@ -595,3 +595,31 @@ def test_rerank_rows_scored_at_a_blur_radius_say_so(tmp_path):
     assert "Scored at blur radius 2 (rerank.blur_radius" in md
     unblurred = {**saved, "rerank": [{**r, "blur_radius": 0.0} for r in saved["rerank"]]}
     assert "rerank.blur_radius" not in markdown_report(unblurred)  # unblurred rows as before
+
+
+@pytest.mark.parametrize(
+    "bad, key",
+    [
+        ("blur.candidates=0", "blur.candidates"),
+        ("blur.candidates=-2", "blur.candidates"),
+        ("blur.candidates=2.5", "blur.candidates"),
+        ("rerank.candidates=[0,2]", "rerank.candidates"),
+        ("rerank.candidates=8", "rerank.candidates"),
+    ],
+)
+def test_bad_candidate_counts_fail_before_the_judge_trains_or_anything_is_generated(tmp_path, monkeypatch, bad, key):
+    """blur.candidates=0 (a reading of "no reranking") was refused by rerank_select when the blur ablation began --
+    after the judge trained and the rerank ablation drew every candidate -- and the message named rerank.candidates;
+    rerank.candidates=8 (not a list) was list()'s TypeError."""
+    import eval.cli
+    import eval.judge
+    from eval.cli import evaluate
+
+    def too_late(*a, **k):
+        raise AssertionError("reached before the configuration error")
+
+    for module, name in ((eval.judge, "train_judge"), (eval.cli, "generate_images"), (eval.cli, "rerank_ablation")):
+        monkeypatch.setattr(module, name, too_late)
+    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "ablations=[blur,rerank]", bad])
+    with pytest.raises(ConfigError, match=rf"^{key} must be .*\(fix: {key}="):
+        evaluate(cfg)
