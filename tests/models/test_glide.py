@@ -399,7 +399,7 @@ def test_options_of_the_wrong_kind_are_refused_when_built(kw, key):
     ],
 )
 def test_a_network_field_of_the_wrong_kind_is_refused_when_built(lit_path, net, field):
-    """model.net.<field> overrides reach the config dataclasses as Hydra wrote them (check_field_kinds)."""
+    """model.net.<field> overrides reach the config dataclasses as Hydra wrote them (resolve_preset checks their kinds)."""
     import importlib
 
     from zoo.errors import ConfigError

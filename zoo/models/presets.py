@@ -6,21 +6,108 @@ Each ``zoo/models/<c>/model.py`` defines a config dataclass and ``PRESETS: dict[
 
     cfg = resolve_preset(PRESETS, DVAEConfig, preset, net, "dVAE")
 
-Errors are ``ConfigError`` (a ``ValueError``) naming the valid presets or the valid fields. Plain PyTorch: no
-Lightning, no Hydra (a Hydra ``ListConfig`` override is accepted wherever a list is).
+Errors are ``ConfigError`` (a ``ValueError``) naming the valid presets, the valid fields, or the kind a field must
+be (``check_field_values``). Plain PyTorch: no Lightning, no Hydra (a Hydra ``ListConfig`` override is accepted
+wherever a list is).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional, TypeVar
+from typing import Any, Literal, Optional, TypeVar, Union
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole, raise_all
 
 C = TypeVar("C")
 
-__all__ = ["resolve_preset"]
+__all__ = ["check_field_values", "field_kind", "kind_problems", "resolve_preset"]
+
+
+def field_kind(annotation: Any) -> Optional[tuple[typing.Callable[[Any], bool], str]]:
+    """(check, what it must be) for a field's type annotation, None for a kind left to the config's own checks.
+
+    Knows the kinds config fields have: int (``is_whole``: not a bool, not 2.0), float (a finite number, not a bool),
+    bool (true or false: a word such as ``no`` is truthy), str, ``tuple[int, ...]`` / ``Tuple[int, int]`` (a list of
+    whole numbers), ``Literal[...]`` and ``Optional`` / ``Union`` of these (open_clip's ``layers: Union[Tuple[int, int,
+    int, int], int]``)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is bool:
+        return (lambda v: isinstance(v, bool)), "true or false"
+    if annotation is int:
+        return is_whole, "a whole number"
+    if annotation is float:
+        return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)), "a number"
+    if annotation is str:
+        return (lambda v: isinstance(v, str)), "a name"
+    if annotation is type(None):
+        return (lambda v: v is None), "null"
+    if origin is Literal:
+        return (lambda v: any(v == a and type(v) is type(a) for a in args)), f"one of {', '.join(map(str, args))}"
+    if origin is tuple and args and all(a is int for a in args if a is not Ellipsis):
+        n = None if Ellipsis in args else len(args)
+        return (
+            lambda v: (
+                isinstance(v, Sequence)
+                and not isinstance(v, str)
+                and (n is None or len(v) == n)
+                and all(is_whole(m) for m in v)
+            )
+        ), ("a list of whole numbers" if n is None else f"a list of {n} whole numbers")
+    if origin is Union:
+        kinds = [field_kind(a) for a in args]
+        if any(k is None for k in kinds):
+            return None
+        return (lambda v: any(k[0](v) for k in kinds)), " or ".join(k[1] for k in kinds)
+    return None
+
+
+def check_field_values(
+    config_cls: type, values: Mapping[str, Any], examples: Any = None, option: str = "model.net"
+) -> None:
+    """Every value in ``values`` (field name -> value) is of its field's annotated kind (``field_kind``), else one
+    ``ConfigError`` naming each ``<option>.<field>``, what it must be and a fix (the value in ``examples``, a config
+    instance, else the field's default). Hydra hands an override over as it is written: int() took
+    ``channel_mult=[1,2.5]`` for a (1, 2) U-Net, a word (``ema=no``, ``text_loss_on_pad=no``) was truthy, and
+    ``n_layers=2.5`` or ``n_hid=abc`` failed deep inside torch or on a comparison in ``__post_init__``."""
+    fields = dataclasses.fields(config_cls)
+    known = {f.name: getattr(examples, f.name, f.default) for f in fields}
+    known = {k: v for k, v in known.items() if v is not dataclasses.MISSING}
+    raise_all(
+        kind_problems(typing.get_type_hints(config_cls), values, known, option),
+        f"the {option} overrides and their fields' kinds",
+    )
+
+
+def kind_problems(
+    hints: Mapping[str, Any], values: Mapping[str, Any], examples: Mapping[str, Any], option: str
+) -> list[str]:
+    """One message per value in ``values`` that is not of the kind ``hints`` (name -> annotation) gives its name:
+    ``<option>.<name> must be <kind>, got <value> (fix: e.g. <option>.<name>=<examples[name]>, ...)``."""
+    problems = []
+    for name, value in values.items():
+        kind = field_kind(hints.get(name))
+        if kind is None or kind[0](value):
+            continue
+        problems.append(
+            f"{option}.{name} must be {kind[1]}, got {value!r} (fix: "
+            + (f"e.g. {option}.{name}={example_text(examples[name])}, or " if name in examples else "")
+            + "no override: the preset's)"
+        )
+    return problems
+
+
+def example_text(value: Any) -> str:
+    """A value as an override writes it: true / false, [1, 2] for a tuple, null for None."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, tuple):
+        return str(list(value))
+    return str(value)
 
 
 def resolve_preset(
@@ -36,8 +123,10 @@ def resolve_preset(
         presets: name -> config dataclass instance.
         config_cls: the config dataclass (its fields are the valid ``net`` keys).
         preset: a key of ``presets`` (``model.preset=...``).
-        net: field overrides (``model.net.<field>=...``); None or empty means the preset as is. A list given for a
-            field whose preset value is a tuple becomes a tuple (configs from YAML carry lists).
+        net: field overrides (``model.net.<field>=...``); None or empty means the preset as is. Each must be of its
+            field's kind (``check_field_values``), checked here, before the config's ``__post_init__`` compares or
+            builds with it. A list given for a field whose preset value is a tuple becomes a tuple (configs from
+            YAML carry lists).
         what: the model's name in error messages (``dVAE``, ``DALL·E transformer``, ...).
     """
     if preset not in presets:
@@ -50,6 +139,7 @@ def resolve_preset(
     unknown = set(net) - valid
     if unknown:
         raise ConfigError(f"unknown {what} field(s) {sorted(unknown)} in model.net; valid: {sorted(valid)}")
+    check_field_values(config_cls, net, base)
     for k, v in net.items():
         if isinstance(getattr(base, k, None), tuple) and isinstance(v, Sequence) and not isinstance(v, str):
             net[k] = tuple(v)

@@ -49,7 +49,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.models.glide.model import check_field_kinds
 from zoo.models.presets import resolve_preset
 from zoo.nn.guidance import guide
 from zoo.nn.sampling import filter_logits, gumbel_pick
@@ -70,9 +69,6 @@ class ARPriorConfig:
     embed_dim: int = 128  # CLIP embedding width D (also the most PCA components there can be)
     n_buckets: int = 1024  # buckets per PCA component (paper: 1024)
     n_dot_bins: int = 64  # bins of the text-image dot product
-
-    def __post_init__(self):
-        check_field_kinds(self)  # n_layers=2.5 failed deep in torch, a string dropout on a comparison
 
     @property
     def max_len(self) -> int:  # longest input: T caption + text embedding + dot token + (D - 1) codes

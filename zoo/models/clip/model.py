@@ -47,8 +47,8 @@ from typing import Any, Iterator, Optional
 import open_clip
 import torch
 
-from zoo.errors import ConfigError, MissingWeightsError
-from zoo.models.presets import resolve_preset
+from zoo.errors import ConfigError, MissingWeightsError, raise_all
+from zoo.models.presets import kind_problems, resolve_preset
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -110,6 +110,25 @@ def validate_overrides(arch: str, overrides: dict[str, Any]) -> None:
             bad = sorted(set(v) - valid)
             if bad:
                 raise ValueError(f"unknown CLIP net.{k} key(s) {bad}; valid keys: {sorted(valid)}")
+    check_override_kinds(base, overrides)
+
+
+def check_override_kinds(base: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Each override is of the kind open_clip's config annotates (``zoo.models.presets.kind_problems``), else one
+    ConfigError naming ``model.net.<key>`` with the architecture's value as the fix: ``embed_dim=8.5``,
+    ``vision_cfg.width=true`` or ``text_cfg.layers=2.5`` failed inside torch while the CLIP was built, a word for a
+    flag (``quick_gelu=no``) was truthy."""
+    import typing
+
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    top = {k: v for k, v in overrides.items() if k not in ("vision_cfg", "text_cfg")}
+    problems = kind_problems(typing.get_type_hints(CLIP.__init__), top, base, "model.net")
+    for key, cls in (("vision_cfg", CLIPVisionCfg), ("text_cfg", CLIPTextCfg)):
+        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        examples = {**defaults, **base.get(key, {})}
+        problems += kind_problems(typing.get_type_hints(cls), overrides.get(key, {}), examples, f"model.net.{key}")
+    raise_all(problems, "the model.net overrides and open_clip's config")
 
 
 def clip_config(

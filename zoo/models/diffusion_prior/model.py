@@ -36,7 +36,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.models.glide.model import check_field_kinds
 from zoo.models.presets import resolve_preset
 from zoo.nn.embeddings import TimestepEmbedder
 from zoo.nn.transformer import KVCache, Transformer, gpt2_init_
@@ -58,9 +57,6 @@ class DiffusionPriorConfig:
     text_vocab: int = 49408  # CLIP BPE vocabulary (text_input=tokens)
     text_enc_dim: int = 128  # width of CLIP's per-token text encodings (text_input=encodings)
     pad_id: int = 0  # open_clip's pad id (text_input=tokens)
-
-    def __post_init__(self):
-        check_field_kinds(self)  # n_layers=2.5 failed deep in torch, a string dropout on a comparison
 
     @property
     def n_text(self) -> int:

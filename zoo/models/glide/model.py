@@ -44,21 +44,16 @@ References read (not copied): openai/glide-text2im ``text2im_model.py`` (final-t
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from zoo.errors import ConfigError, is_whole
 from zoo.nn.transformer import Transformer
 from zoo.nn.unet import UNet, UNetConfig
 
 __all__ = [
-    "check_field_kinds",
     "GlideConfig",
     "GLIDE_PRESETS",
     "PRESETS",
@@ -68,41 +63,6 @@ __all__ = [
     "GLIDE_PAPER_TOTAL_PARAMS",
     "clip_text_state_dict",
 ]
-
-
-FIELD_KINDS = {  # a config dataclass field's annotation -> (its check, what it must be)
-    "int": (lambda v: is_whole(v), "a whole number"),
-    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a number"),
-    "bool": (lambda v: isinstance(v, bool), "true or false"),
-    "str": (lambda v: isinstance(v, str), "a name"),
-    "tuple[int, ...]": (
-        lambda v: isinstance(v, Sequence) and not isinstance(v, str) and all(is_whole(m) for m in v),
-        "a list of whole numbers",
-    ),
-}
-
-
-def check_field_kinds(cfg) -> None:
-    """Every field of a config dataclass (GLIDE's, the decoder's, the upsampler's, the priors', the noised CLIP's)
-    holds a value of its annotated kind, else a ``ConfigError`` naming ``model.net.<field>``. Hydra hands an override
-    over as it is written: int() took ``channel_mult=[1,2.5]`` for a (1, 2) U-Net, a word (``text_causal=no``,
-    ``learn_sigma=no``) was truthy, and ``width=8.5`` failed deep inside torch."""
-    for f in dataclasses.fields(cfg):
-        kind = FIELD_KINDS.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
-        value = getattr(cfg, f.name)
-        if kind is not None and not kind[0](value):
-            default = f.default
-            default = (
-                list(default)
-                if isinstance(default, tuple)
-                else str(default).lower()
-                if kind[1] == "true or false"
-                else default
-            )
-            raise ConfigError(
-                f"model.net.{f.name} must be {kind[1]}, got {value!r} (fix: e.g. model.net.{f.name}={default}, "
-                f"or no override: the preset's)"
-            )
 
 
 def check_text_fields(cfg) -> None:
@@ -150,7 +110,6 @@ class GlideConfig:
     inpaint: bool = False
 
     def __post_init__(self):
-        check_field_kinds(self)  # int() took channel_mult=[1, 2.5] for (1, 2)
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
         check_text_fields(self)

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.models.glide.model import TextEncoder, check_field_kinds, check_text_fields
+from zoo.models.glide.model import TextEncoder, check_text_fields
 from zoo.nn.embeddings import TimestepEmbedder
 from zoo.nn.unet import Downsample, ResBlock, group_norm
 
@@ -70,7 +70,6 @@ class NoisedClipConfig:
     pad_id: int = 0
 
     def __post_init__(self):
-        check_field_kinds(self)  # int() took channel_mult=[1, 1.5] for (1, 1)
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
         check_text_fields(self)
         if self.image_size % (2 ** (len(self.channel_mult) - 1)):

@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from zoo.models.glide.model import check_field_kinds
 from zoo.nn.unet import SuperResUNet, UNetConfig
 
 __all__ = [
@@ -74,7 +73,6 @@ class UpsamplerConfig:
     max_groups: int = 32
 
     def __post_init__(self):
-        check_field_kinds(self)  # int() took channel_mult=[1, 2.5] for (1, 2), a word learn_sigma=no for true
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
         if self.corruption not in CORRUPTIONS:
             raise ValueError(f"corruption={self.corruption!r}; expected one of {CORRUPTIONS}")

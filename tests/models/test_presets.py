@@ -1,0 +1,112 @@
+"""zoo.models.presets: every model's model.net.<field> overrides are checked against the field's kind in one place
+(resolve_preset; CLIP's open_clip keys in clip_config), and every preset of every model builds (tiny / shapes on the
+CPU, the paper sizes on the meta device)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+import pytest
+import torch
+
+from zoo.errors import ConfigError
+from zoo.models.presets import resolve_preset
+
+# model folder -> its network class (the config dataclass is the type of its PRESETS' values)
+NETS = {
+    "dvae": "DVAE",
+    "vqvae": "VQVAE",
+    "vqgan": "TamingVQGAN",
+    "dalle": "DalleTransformer",
+    "captioner": "Captioner",
+    "prompt_upsampler": "PromptUpsampler",
+    "glide": "Glide",
+    "unclip_decoder": "UnclipDecoder",
+    "upsampler": "Upsampler",
+    "diffusion_prior": "DiffusionPriorNet",
+    "ar_prior": "ARPrior",
+    "noised_clip": "NoisedClip",
+}
+PRESETS = [(m, name) for m in NETS for name in importlib.import_module(f"zoo.models.{m}.model").PRESETS]
+
+
+@pytest.mark.parametrize("model, preset", PRESETS, ids=[f"{m}-{p}" for m, p in PRESETS])
+def test_every_preset_of_every_model_builds_and_passes_its_own_kind_check(model, preset):
+    """A preset given back field by field as model.net overrides resolves to itself (its values are of their fields'
+    kinds, so the check resolve_preset makes never refuses a preset's own value), and its network builds: the paper
+    sizes on the meta device."""
+    mod = importlib.import_module(f"zoo.models.{model}.model")
+    cfg = mod.PRESETS[preset]
+    cls = type(cfg)
+    net = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)}
+    net = {k: list(v) if isinstance(v, tuple) else v for k, v in net.items()}  # as a YAML / Hydra override gives it
+    assert resolve_preset(mod.PRESETS, cls, preset, net) == cfg
+    with torch.device("meta" if "paper" in preset or "imagenet" in preset or "gumbel" in preset else "cpu"):
+        network = getattr(mod, NETS[model])(cfg)
+    assert sum(p.numel() for p in network.parameters()) > 0
+
+
+@pytest.mark.parametrize(
+    "lit_path, net, field",
+    [
+        ("zoo.models.dvae.lit.DVAELit", {"n_hid": "abc"}, "n_hid"),  # was TypeError: '<' not supported
+        ("zoo.models.dvae.lit.DVAELit", {"width_mults": [1, 2.5, 4, 8]}, "width_mults"),  # torch's empty()
+        ("zoo.models.vqvae.lit.VQVAELit", {"ema": "no"}, "ema"),  # was truthy: EMA codebook on
+        ("zoo.models.vqvae.lit.VQVAELit", {"restart_after": 2.5}, "restart_after"),  # was taken
+        ("zoo.models.vqgan.lit.TamingVQGANLit", {"resamp_with_conv": "no"}, "resamp_with_conv"),  # was truthy
+        ("zoo.models.vqgan.lit.TamingVQGANLit", {"n_embed": 32.0}, "n_embed"),  # torch's empty()
+        ("zoo.models.dalle.lit.DalleLit", {"n_layers": 2.5}, "n_layers"),  # range()'s TypeError
+        ("zoo.models.dalle.lit.DalleLit", {"text_loss_on_pad": "no"}, "text_loss_on_pad"),  # was truthy
+        ("zoo.models.dalle.lit.DalleLit", {"conv_kernel": 3.0}, "conv_kernel"),  # was taken
+        ("zoo.models.dalle.lit.DalleLit", {"pattern": 3}, "pattern"),  # 'int' is not iterable
+        ("zoo.models.captioner.lit.CaptionerLit", {"prefix_emb_norm": "no"}, "prefix_emb_norm"),  # was truthy
+        ("zoo.models.captioner.lit.CaptionerLit", {"text_len": 63.5}, "text_len"),  # torch's empty()
+        ("zoo.models.prompt_upsampler.lit.PromptUpsamplerLit", {"prompt_len": 24.5}, "prompt_len"),
+        ("zoo.models.prompt_upsampler.lit.PromptUpsamplerLit", {"dim": True}, "dim"),
+        ("zoo.models.clip.lit.ClipLit", {"embed_dim": 8.5}, "embed_dim"),  # torch's randn()
+        ("zoo.models.clip.lit.ClipLit", {"vision_cfg": {"width": True}}, "vision_cfg.width"),
+        ("zoo.models.clip.lit.ClipLit", {"text_cfg": {"layers": 2.5}}, "text_cfg.layers"),
+    ],
+)
+def test_a_network_field_of_the_wrong_kind_is_refused_when_built(lit_path, net, field):
+    """model.net.<field> overrides reach the config as Hydra wrote them; resolve_preset (clip_config for CLIP) checks
+    them against the field's annotation before the config's own checks or torch see them, and names a fix."""
+    module, name = lit_path.rsplit(".", 1)
+    lit = getattr(importlib.import_module(module), name)
+    with pytest.raises(ConfigError, match=rf"model\.net\.{field} must be .*\(fix: e\.g\. model\.net\.{field}="):
+        lit(preset="tiny", net=net)
+
+
+def test_every_wrong_field_is_named_at_once_with_the_preset_value_as_the_fix():
+    from zoo.models.dalle.model import PRESETS as DALLE
+    from zoo.models.dalle.model import DalleTransformerConfig
+
+    with pytest.raises(ConfigError) as e:
+        resolve_preset(DALLE, DalleTransformerConfig, "tiny", {"n_layers": 2.5, "dropout": "0.1", "dim": 128})
+    msg = str(e.value)
+    assert msg.startswith("2 mismatches")
+    assert "model.net.n_layers must be a whole number, got 2.5 (fix: e.g. model.net.n_layers=4" in msg  # tiny's
+    assert "model.net.dropout must be a number, got '0.1'" in msg
+
+
+def test_optional_and_literal_fields_take_their_kinds():
+    from zoo.models.presets import check_field_values
+    from zoo.models.vqgan.model import TamingVQGANConfig
+    from zoo.models.vqvae.model import VQVAEConfig
+
+    check_field_values(VQVAEConfig, {"restart_after": None, "decay": 1, "beta": 0.5})  # int for a float: fine
+    with pytest.raises(ConfigError, match="restart_after must be a whole number or null"):
+        check_field_values(VQVAEConfig, {"restart_after": "20"})
+    check_field_values(TamingVQGANConfig, {"quantizer": "gumbel"})
+    with pytest.raises(ConfigError, match="quantizer must be one of vq, gumbel"):
+        check_field_values(TamingVQGANConfig, {"quantizer": "gumble"})
+
+
+def test_every_clip_preset_is_of_open_clips_kinds_and_builds_on_meta():
+    from zoo.models.clip.model import PRESETS as CLIP
+    from zoo.models.clip.model import check_override_kinds, count_parameters, model_config
+
+    for cfg in CLIP.values():
+        check_override_kinds({}, model_config(cfg))  # the architecture JSONs themselves, plus the overrides
+        assert count_parameters(cfg) > 0
