@@ -185,6 +185,24 @@ def test_zoo_recaption_computes_embeddings_with_a_clip(files, tmp_path, dalle_he
         run(_compose(tmp_path, f"ckpt={ckpt}", f"out={out}"))
 
 
+def test_the_resume_key_of_a_clip_run_holds_the_resolution_and_the_clip_weights(tmp_path, dalle_helpers):
+    """With clip.checkpoint, the resume key's source was the clip node, the data identity (no resolution) and the
+    split: a run restarted at another data.resolution, or after the CLIP was retrained in place, reused the finished
+    chunks' captions of other embeddings."""
+    from zoo.recaption import _embedding_source
+
+    clip = dalle_helpers.tiny_clip_ckpt(tmp_path / "clip.ckpt")
+
+    def source(*extra):
+        cfg = _compose(tmp_path, f"clip.checkpoint={clip}", "data.train_size=4", *extra)
+        return _embedding_source(cfg, D)[2]
+
+    at16 = source("data.resolution=16")
+    assert source("data.resolution=16") == at16 != source("data.resolution=32")
+    dalle_helpers.tiny_clip_ckpt(tmp_path / "clip.ckpt", seed=1)  # retrained in place: the same path
+    assert source("data.resolution=16") != at16
+
+
 # ------------------------------------------------------------------------------------------------- serving
 def _synthetic_file(path: Path, n: int) -> Path:
     from zoo.checkpoint import atomic_torch_save

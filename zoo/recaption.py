@@ -296,8 +296,13 @@ def _embedding_source(
         _check_dim(emb.shape[-1], want_dim, "the CLIP")
         return emb
 
+    # the resume key (``recaption``): what the embeddings are a function of. data_identity leaves out the resolution
+    # (the same training captions) and the path names no weights: a run restarted at another data.resolution, or
+    # after the CLIP was retrained in place, reused the finished chunks' captions of other embeddings
     source = {
         "clip": {k: v for k, v in OmegaConf.to_container(clip, resolve=True).items() if v is not None},
+        "clip_fingerprint": scorer.fingerprint,
+        "resolution": getattr(dm, "resolution", None),
         "data": dm.data_identity(),
         "split": split,
         "n": len(ds),
