@@ -110,3 +110,16 @@ def test_every_clip_preset_is_of_open_clips_kinds_and_builds_on_meta():
     for cfg in CLIP.values():
         check_override_kinds({}, model_config(cfg))  # the architecture JSONs themselves, plus the overrides
         assert count_parameters(cfg) > 0
+
+
+def test_both_priors_paper_presets_read_the_paper_clips_caption_tokens():
+    """unCLIP feeds both priors from one CLIP: the paper presets' text_len is ViT-H-14's context (77). The AR prior's
+    was Table 3's 256 (the paper's own caption tokenizer), which left 179 of its positions always pad."""
+    from zoo.models.ar_prior.model import PRESETS as AR
+    from zoo.models.clip.model import PRESETS as CLIP
+    from zoo.models.clip.model import model_config
+    from zoo.models.diffusion_prior.model import PRESETS as DP
+
+    context = model_config(CLIP["paper"])["text_cfg"]["context_length"]
+    assert AR["paper"].text_len == DP["paper"].text_len == context == 77
+    assert AR["paper"].embed_dim == DP["paper"].clip_dim == model_config(CLIP["paper"])["embed_dim"]

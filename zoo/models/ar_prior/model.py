@@ -32,12 +32,16 @@ Presets (parameter counts measured on the meta device, tests/models/test_ar_prio
     shapes  dim 128, 4 layers, 4 x 32 heads (the diffusion prior's shapes size), text_len 48, CLIP dim 128
             (zoo-clip-shapes), 1024 buckets, 64 dot bins: 7,435,520 parameters (6,324,224 of them the caption
             embedding; 0.8M in the transformer).
-    paper   the diffusion prior's Table 3 transformer, width 2048, depth 24, 32 heads (x 64), text context 256,
-            CLIP dim 1024 (ViT-H/16), 1024 buckets, 64 dot bins: 1,318,973,440 parameters ("1B" in Table 3).
+    paper   the diffusion prior's Table 3 transformer, width 2048, depth 24, 32 heads (x 64), text_len 77 (the
+            paper CLIP's context; see below), CLIP dim 1024 (ViT-H/16), 1024 buckets, 64 dot bins: 1,318,606,848
+            parameters ("1B" in Table 3).
             Table 3 gives the paper's AR prior as a text encoder of that same shape (2048 / 24 / 32, context 256)
             plus a separate latent decoder (width 1664, depth 24, 26 heads, context 384); here caption and codes
             share one decoder-only stream, as the diffusion prior does, so the 2048 / 24 / 32 shape is the one kept.
-            The number of dot-product bins is not published (64 is our choice).
+            The number of dot-product bins is not published (64 is our choice). Table 3's text context 256 is its
+            priors' own caption tokenizer's; here both priors read the one CLIP's tokens (``clip_text_tokens``,
+            ViT-H-14's 77, as the diffusion prior's paper preset), so 256 only added 179 positions that are always
+            pad.
 """
 
 from __future__ import annotations
@@ -84,13 +88,15 @@ PRESETS: dict[str, ARPriorConfig] = {
     "shapes": ARPriorConfig(
         dim=128, n_layers=4, n_heads=4, head_dim=32, text_len=48, embed_dim=128, n_buckets=1024, n_dot_bins=64
     ),
-    # unCLIP Table 3: the priors' transformer is 2048 wide, 24 deep, 32 heads, text context 256; CLIP ViT-H/16 (1024-d)
+    # unCLIP Table 3: the priors' transformer is 2048 wide, 24 deep, 32 heads; CLIP ViT-H/16 (1024-d). text_len is the
+    # paper CLIP's context (77, the diffusion prior's too): the captions are that CLIP's tokens (zoo-embed's
+    # clip_text_tokens), so Table 3's 256 (its own caption tokenizer's context) left 179 positions always pad
     "paper": ARPriorConfig(
-        dim=2048, n_layers=24, n_heads=32, head_dim=64, text_len=256, embed_dim=1024, n_buckets=1024, n_dot_bins=64
+        dim=2048, n_layers=24, n_heads=32, head_dim=64, text_len=77, embed_dim=1024, n_buckets=1024, n_dot_bins=64
     ),
 }
 
-PAPER_PARAMS = 1_318_973_440  # measured: sum(p.numel()) of ARPrior(PRESETS["paper"]) on the meta device
+PAPER_PARAMS = 1_318_606_848  # measured: sum(p.numel()) of ARPrior(PRESETS["paper"]) on the meta device
 
 
 def build_config(preset: str = "shapes", net: Optional[dict[str, Any]] = None) -> ARPriorConfig:
