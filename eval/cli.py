@@ -330,6 +330,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     k = cfg.blur.get("candidates", 1)
     if "blur" in ablations and not is_whole(k, 1):
         raise ConfigError(f"blur.candidates must be a whole number >= 1, got {k} (fix: blur.candidates=1)")
+    radii = cfg.blur.radii
+    if "blur" in ablations:  # one radius without brackets was list()'s TypeError once the protocol had loaded
+        if not (OmegaConf.is_list(radii) or isinstance(radii, (list, tuple))):
+            raise ConfigError(
+                f"blur.radii must be a list of radii, got {radii} (fix: blur.radii=[{radii}] for one radius, or "
+                f"blur.radii=[0,1,2,4,8])"
+            )
+        if not len(radii):  # every image was drawn, and none scored
+            raise ConfigError("blur.radii is empty (fix: blur.radii=[0,1,2,4,8], or drop blur from ablations)")
     ns = cfg.rerank.candidates
     ns = list(ns) if OmegaConf.is_list(ns) or isinstance(ns, (list, tuple)) else ns
     if "rerank" in ablations and not (isinstance(ns, list) and ns and all(is_whole(n, 1) for n in ns)):

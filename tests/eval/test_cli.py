@@ -422,6 +422,8 @@ def test_an_unreadable_cached_judge_names_the_cache_and_its_fix(tmp_path):
     [
         (["metrics=[fd_clip,clip_scor]"], "metrics="),
         (["blur.radii=[0,-1]"], "blur.radii="),
+        (["blur.radii=2"], "blur.radii=[2] for one radius"),  # was list()'s TypeError
+        (["blur.radii=[]"], "blur.radii is empty"),  # drew every image and scored none
         (["ablations=[rerank]", "rerank.candidates=[0,2]"], "rerank.candidates="),
         (["ablations=[diversity]", "diversity.samples=1"], "diversity.samples="),
         (["ablations=[]"], "no ablation to run"),
