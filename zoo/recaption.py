@@ -58,12 +58,6 @@ def file_digest(path: str | Path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _item_generator(seed: int, item: int, device) -> torch.Generator:
-    """Item ``item``'s own sampling generator, a function of (seed, item) only."""
-    key = int.from_bytes(hashlib.sha256(f"{int(seed)}:{int(item)}".encode()).digest()[:8], "little") >> 1
-    return torch.Generator(device=device).manual_seed(key)
-
-
 def _samples(captioner, decoding: Mapping[str, Any]) -> bool:
     """Whether the run draws random numbers (nucleus sampling; the checkpoint's method when unset)."""
     return (decoding.get("method") or captioner.decoding) == "nucleus"
@@ -89,7 +83,7 @@ def _caption_chunk(
     the item's own generator: one generator for the chunk, consumed batch by batch as (batch, vocabulary) draws,
     gave another caption to most items when a restart changed batch_size, mixing two sampling streams in the
     resumed file."""
-    from zoo.diffusion.noise import RowGenerators
+    from zoo.models.captioner.lit import item_generators
 
     kwargs = {k: v for k, v in decoding.items() if v is not None}
     if not _samples(captioner, decoding):
@@ -97,7 +91,7 @@ def _caption_chunk(
     out: list[str] = []
     for a in range(0, len(emb), batch_size):
         rows = range(start + a, start + min(a + batch_size, len(emb)))
-        gen = RowGenerators([(1, _item_generator(seed, item, captioner.device)) for item in rows])
+        gen = item_generators(seed, rows, captioner.device)
         out += captioner.caption(emb[a : a + batch_size], batch_size=batch_size, generator=gen, **kwargs)
     return out
 

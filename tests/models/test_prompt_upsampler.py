@@ -111,6 +111,21 @@ def test_one_prompt_expands_into_several_scenes():
     assert all(_consistent(short, o) for o in outs if o in targets)
 
 
+def test_a_rewrite_does_not_depend_on_the_other_prompts_of_the_call():
+    """One generator for the batch drew (batch, vocabulary) noise per token: the same prompt and seed were rewritten
+    otherwise when other prompts came along (zoo-sample prompts=[a] vs [a, b], eval.captions' batch_size), and
+    expand(p, 2) was not the first two of expand(p, 4)."""
+    pairs = _pairs()
+    torch.manual_seed(0)
+    lit = PromptUpsamplerLit(preset="tiny", text_tokenizer=_tokenizer(pairs).to_spec())  # untrained: varied draws
+    a, b = pairs[0][0], pairs[1][0]
+    alone = lit.upsample([a], seed=3, max_len=16)
+    assert lit.upsample([a, b], seed=3, max_len=16)[0] == alone[0]
+    assert lit.upsample([a, b], seed=3, max_len=16)[1] != lit.upsample([a, b], seed=4, max_len=16)[1]
+    four = lit.expand(a, 4, seed=3, max_len=16)
+    assert lit.expand(a, 2, seed=3, max_len=16) == four[:2] and four[0] == alone[0] and len(set(four)) > 1
+
+
 def test_model_decodes_with_the_captioners_sampler_and_presets():
     torch.manual_seed(0)
     m = PromptUpsampler(build_config("tiny", {"prompt_len": 8})).double().eval()

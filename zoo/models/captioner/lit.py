@@ -76,6 +76,22 @@ def check_decoding(
         raise ConfigError(f"{prefix}temperature must be a finite number >= 0, got {temperature}")
 
 
+def item_generators(seed: int, items: Iterable[int], device) -> Any:
+    """One sampling stream per row, item ``i``'s a function of (seed, i) only (``zoo.diffusion.noise.RowGenerators``,
+    which ``gumbel_pick`` draws from): a row's nucleus draws do not depend on the batch it is decoded in. One
+    generator for the batch drew (batch, vocabulary) noise per token, so a prompt's rewrite changed with the other
+    prompts of the call and a recaptioned item's caption with the batch size."""
+    import hashlib
+
+    from zoo.diffusion.noise import RowGenerators
+
+    gens = []
+    for item in items:
+        key = int.from_bytes(hashlib.sha256(f"{int(seed)}:{int(item)}".encode()).digest()[:8], "little") >> 1
+        gens.append((1, torch.Generator(device=device).manual_seed(key)))
+    return RowGenerators(gens)
+
+
 def decoding_options(module, method, beam_width, length_penalty, top_p, temperature, max_len) -> dict[str, Any]:
     """The options one ``caption`` / ``upsample`` call decodes with (unset: the module's defaults), checked as the
     config's are: called from Python, ``method="nucleus", top_p=0`` (or a negative temperature) decoded greedily, a

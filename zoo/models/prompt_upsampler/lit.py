@@ -24,7 +24,12 @@ import torch.nn.functional as F
 
 from zoo.errors import ConfigError
 from zoo.models.base import ZooLit
-from zoo.models.captioner.lit import check_decoding, decoding_options, keep_checkpoint_tokenizer
+from zoo.models.captioner.lit import (
+    check_decoding,
+    decoding_options,
+    item_generators,
+    keep_checkpoint_tokenizer,
+)
 from zoo.models.captioner.model import beam_search, sample_captions
 from zoo.models.presets import resolve_preset
 from zoo.models.prompt_upsampler.model import PRESETS, PromptUpsampler, PromptUpsamplerConfig
@@ -238,7 +243,9 @@ class PromptUpsamplerLit(ZooLit):
         max_len: Optional[int] = None,
     ) -> list[str]:
         """One descriptive rewrite per prompt (unset options: the module's defaults). Nucleus draws come from
-        ``generator`` (or one seeded with ``seed``): a pure function of (prompts, seed, options)."""
+        ``generator``, or prompt i's from its own stream seeded by (``seed``, i): rewrite i is a function of
+        (prompt i, i, seed, options), the same whatever the other prompts of the call (``expand(p, 2)`` is the first
+        two of ``expand(p, 4)``)."""
         if self.text_tokenizer is None:
             raise RuntimeError("no text tokenizer to decode with (train the upsampler first)")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -254,7 +261,8 @@ class PromptUpsamplerLit(ZooLit):
             elif o["method"] == "greedy":
                 out = sample_captions(self.net, tokens, temperature=0.0, max_len=max_len)
             else:
-                gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
+                # prompt i's draws from its own (seed, i) stream: a rewrite does not change with the other prompts
+                gen = generator if generator is not None else item_generators(seed, range(len(prompts)), self.device)
                 out = sample_captions(
                     self.net, tokens, temperature=o["temperature"], top_p=o["top_p"], max_len=max_len, generator=gen
                 )
