@@ -77,13 +77,13 @@ PRESETS: dict[str, DiffusionPriorConfig] = {
         clip_dim=128, dim=128, n_layers=4, n_heads=4, head_dim=32, text_len=48, text_vocab=49408, text_enc_dim=128
     ),
     # unCLIP: "1B parameters" with ViT-H/16 CLIP (1024-d embeddings, text tower width 1024, 77-token context).
-    # Width 2048 / 32 heads x 64; 20 layers as in Karlo (kakaobrain/karlo, the public unCLIP reproduction, and
-    # diffusers' PriorTransformer defaults): 20 x 12 x 2048^2 = 1.007B, i.e. the paper's 1B. The paper's own table
-    # gives only the size. Measured count: PAPER_PARAMS.
+    # Width 2048 / 32 heads x 64, 24 blocks: the paper's appendix ("a Transformer with width 2048 and 24 blocks") and
+    # Table 3 (2048 / 24 / 32 heads); 24 x 12 x 2048^2 = 1.2B, the size Table 3 rounds to 1B. Karlo (kakaobrain/karlo)
+    # and diffusers' PriorTransformer use 20 layers, a departure not copied. Measured count: PAPER_PARAMS.
     "paper": DiffusionPriorConfig(
         clip_dim=1024,
         dim=2048,
-        n_layers=20,
+        n_layers=24,
         n_heads=32,
         head_dim=64,
         text_input="encodings",
@@ -94,7 +94,7 @@ PRESETS: dict[str, DiffusionPriorConfig] = {
 }
 
 # Parameter count of the ``paper`` preset, measured on the meta device (tests/models/test_diffusion_prior.py).
-PAPER_PARAMS = 1_024_285_696
+PAPER_PARAMS = 1_225_718_784
 
 
 def build_config(preset: str = "shapes", net: Optional[Mapping[str, Any]] = None) -> DiffusionPriorConfig:
