@@ -526,3 +526,19 @@ def test_bad_cpu_devices_fail_before_anything_is_built(train_cfg, tiny_dvae, mon
     for good in ("1", "2", "auto", "'3'"):
         check_accelerator(train_cfg(*tiny_dvae, f"trainer.devices={good}").trainer)
     check_accelerator(train_cfg(*tiny_dvae, "trainer.accelerator=auto", "trainer.devices=auto").trainer)
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ("callbacks.model_checkpoint.save_top_k=-2", "callbacks.model_checkpoint: Invalid value for save_top_k=-2"),
+        ("callbacks.model_checkpoint.mode=mn", "callbacks.model_checkpoint: `mode` can be min, max but got mn"),
+        ("callbacks.last_checkpoint.every_n_train_steps=-1", "callbacks.last_checkpoint: Invalid value for every_n"),
+    ],
+)
+def test_a_callback_option_lightning_refuses_is_a_config_error(train_cfg, tiny_dvae, bad, says):
+    """Lightning's MisconfigurationException from a callback's constructor came wrapped in Hydra's
+    InstantiationException (a traceback); it is a ConfigError naming the entry and the fix."""
+    cfg = train_cfg(*tiny_dvae, "trainer.max_steps=3", "test=false", bad)
+    with pytest.raises(ConfigError, match=re.escape(says) + r".*fix: .*=null to leave it out"):
+        train(cfg)

@@ -33,12 +33,26 @@ def instantiate(node: DictConfig, what: str = "config", **kwargs) -> Any:
 
 def _instantiate_dict(node: Optional[DictConfig]) -> list[Any]:
     """Instantiate every ``_target_`` entry of a config group made of named entries (callbacks, loggers)."""
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     out = []
     if not node:
         return out
     for name, sub in node.items():
         if isinstance(sub, DictConfig) and "_target_" in sub:
-            out.append(instantiate(sub, str(name)))
+            try:
+                out.append(instantiate(sub, str(name)))
+            except InstantiationException as e:
+                if not isinstance(e.__cause__, MisconfigurationException):
+                    raise
+                # Lightning's own refusal of an option (ModelCheckpoint's save_top_k=-2, mode=mn): its message names
+                # the option; the Hydra traceback around it did not say how to fix or drop the entry
+                key = f"{node._get_full_key(None)}.{name}"
+                raise ConfigError(
+                    f"{key}: {e.__cause__} (fix: {key}.<that option>=<a value it accepts>, or {key}=null to leave "
+                    f"it out)"
+                ) from None
     return out
 
 
