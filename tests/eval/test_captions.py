@@ -348,3 +348,22 @@ def test_decoding_options_are_checked_before_loading_or_decoding(tmp_path, mode,
     checkpoint's width and top_p=0 / a negative temperature decoded greedily, under the row's given label."""
     with pytest.raises(ConfigError, match=message):  # before the (missing) checkpoint is even opened
         evaluate({mode: str(tmp_path / "missing.ckpt"), "features": str(tmp_path / "missing.pt"), **options})
+
+
+@pytest.mark.parametrize("mode", ["ckpt", "upsampler", "recaptions"])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"n": -3}, r"n must be a whole number >= 1, got -3"),
+        ({"n": 2.5}, r"n must be a whole number >= 1, got 2.5"),
+        ({"batch_size": 0}, r"batch_size must be a whole number >= 1, got 0 \(fix: batch_size=256\)"),
+        ({"samples": 0}, r"samples must be a whole number >= 1, got 0"),
+        ({"examples": -1}, r"examples must be a whole number >= 0, got -1"),
+        ({"seed": 1.5}, r"seed must be a whole number, got 1.5"),
+    ],
+)
+def test_count_options_are_checked_before_loading(tmp_path, mode, options, message):
+    """n=-3 scored no image and wrote a report of BLEU 0; batch_size=0 was range()'s "arg 3 must not be zero" after
+    the captioner had loaded; n=2.5 and batch_size=2.5 ran with 2."""
+    with pytest.raises(ConfigError, match=message):  # before the (missing) files are even opened
+        evaluate({mode: str(tmp_path / "missing.ckpt"), "features": str(tmp_path / "missing.pt"), **options})
