@@ -244,7 +244,9 @@ def test_paper_preset_parameter_count_and_registry():
 
     assert count_decoder_params("paper") == UNCLIP_DECODER_PAPER_PARAMS
     # GLIDE's 3.5B plus the two projections of the 1024-d ViT-H embedding (2048 + 4 x 2048 outputs, with biases)
-    assert UNCLIP_DECODER_PAPER_PARAMS - count_glide_params("paper") == 1025 * 2048 + 1025 * 4 * 2048
+    # and the positions of unCLIP's 256-token text context (Table 3; GLIDE's paper preset reads 128)
+    assert UNCLIP_DECODER_PAPER_PARAMS - count_glide_params("paper") == 1025 * 2048 + 1025 * 4 * 2048 + 128 * 2048
+    assert UNCLIP_DECODER_PRESETS["paper"].text_len == 256
     assert component_class("unclip_decoder") is UnclipDecoderLit
     assert component_name_of(UnclipDecoderLit) == "unclip_decoder"  # not "glide", its base class
 

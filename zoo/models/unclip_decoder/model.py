@@ -66,17 +66,19 @@ def _from_glide(name: str, **extra) -> UnclipDecoderConfig:
 
 
 # Presets: GLIDE's, plus the CLIP width of the matching zoo CLIP preset. ``paper``: unCLIP's decoder is "a modified
-# GLIDE, 3.5B" generating 64 px, so it is GLIDE's paper preset conditioned on ViT-H-14's 1024-d embedding.
+# GLIDE, 3.5B" generating 64 px, so it is GLIDE's paper preset conditioned on ViT-H-14's 1024-d embedding, with
+# unCLIP's Table 3 text context of 256 tokens (GLIDE's released model reads 128).
 UNCLIP_DECODER_PRESETS: dict[str, UnclipDecoderConfig] = {
     "tiny": _from_glide("tiny", clip_dim=32),  # zoo-clip-tiny's embed_dim
     "shapes": _from_glide("shapes", clip_dim=128),  # zoo-clip-shapes's embed_dim
-    "paper": _from_glide("paper", clip_dim=1024),  # ViT-H-14 (unCLIP's CLIP)
+    "paper": _from_glide("paper", clip_dim=1024, text_len=256),  # ViT-H-14 (unCLIP's CLIP); Table 3's context
 }
 PRESETS = UNCLIP_DECODER_PRESETS
 
 # count_decoder_params("paper") on the meta device (tests re-measure it): GLIDE's 3,554,151,942 + the embedding ->
-# timestep projection 1024 -> 2048 (2,099,200) + the embedding -> 4 tokens projection 1024 -> 4 x 2048 (8,396,800).
-UNCLIP_DECODER_PAPER_PARAMS = 3_564_647_942
+# timestep projection 1024 -> 2048 (2,099,200) + the embedding -> 4 tokens projection 1024 -> 4 x 2048 (8,396,800)
+# + 128 more text positions (256 - 128) x 2048 (262,144).
+UNCLIP_DECODER_PAPER_PARAMS = 3_564_910_086
 
 
 class UnclipDecoder(Glide):
