@@ -8,34 +8,27 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_test_helpers
+
 README = Path(__file__).resolve().parents[1] / "README.md"
+commands = load_test_helpers("helpers_commands")  # the Markdown and shell reading test_experiment_docs.py shares
 
 
 def _webdataset_commands() -> list[str]:
     """Every README command (inline `code` or a line of a ```bash block, with its \\ continuations) that sets
     ``data.train_urls``."""
-    text = README.read_text(encoding="utf-8")
-    commands = []
-    for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            if "train_urls" in line:
-                commands.append(line.split(" #")[0].strip())
-    prose = re.sub(r"```.*?```", "", text, flags=re.S)
-    commands += [" ".join(c.split()) for c in re.findall(r"`([^`]*train_urls[^`]*)`", prose)]
-    return commands
+    found = commands.markdown_commands(README.read_text(encoding="utf-8"))
+    return [commands.strip_comment(c) for c in found if "train_urls" in c]
 
 
 def _shell_words(command: str) -> list[str]:
     """The argv bash gives the program for ``command`` (quote removal, brace and glob expansion included)."""
-    words = command.split(None, 1)
-    args = words[1] if words[0].startswith("zoo-") else command
-    out = subprocess.run(["bash", "-c", f"printf '%s\\0' {args}"], capture_output=True, check=True).stdout
-    return out.decode().split("\0")[:-1]
+    argv = commands.shell_words(command)
+    return argv[1:] if argv[0].startswith("zoo-") else argv
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
