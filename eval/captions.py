@@ -400,8 +400,6 @@ def evaluate_recaptions(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    import torch
-
     from zoo.checkpoint import load_module
     from zoo.embed import load_embeddings
     from zoo.errors import ConfigError
@@ -421,6 +419,8 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "python -m eval.captions needs ckpt=<captioner last.ckpt> and features=<zoo-embed file of the split>"
         )
     methods = decoding_methods(cfg)
+    from zoo.models.captioner.lit import item_generators
+
     lit = load_module(cfg["ckpt"], expect=("captioner",))
     # load_embeddings, not a bare safe_load: a truncated file's advice is "re-run zoo-embed" (safe_load's default
     # says "use another checkpoint"), and NaN or misshapen embeddings are refused instead of captioned
@@ -459,13 +459,15 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     bs = int(cfg["batch_size"])
     for method in methods:
         t0 = time.time()
-        gen = torch.Generator().manual_seed(int(cfg["seed"]))
         captions: list[str] = []
         for i in track(range(0, n, bs), total=(n + bs - 1) // bs, desc=f"captioning ({method})", unit="batch"):
             kw: dict[str, Any] = {"method": method}
             if method == "beam":
                 kw.update(beam_width=int(cfg["beam_width"]), length_penalty=float(cfg["length_penalty"]))
             elif method == "nucleus":
+                # item j's draws from its own (seed, j) stream, as zoo-recaption's: one generator for the split gave
+                # other captions (and scores) at another batch_size
+                gen = item_generators(int(cfg["seed"]), range(i, min(i + bs, n)), lit.device)
                 kw.update(top_p=float(cfg["top_p"]), temperature=float(cfg["temperature"]), generator=gen)
             captions += lit.caption(emb[i : min(i + bs, n)], batch_size=bs, **kw)
         row = {

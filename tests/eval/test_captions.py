@@ -126,7 +126,8 @@ def test_text_scores():
     assert part["bleu4"] == pytest.approx(math.exp(1 - 7 / 6), abs=1e-4)
 
 
-def test_command_writes_results(tmp_path, capsys):
+def _captioner_files(tmp_path):
+    """A tiny captioner checkpoint (BPE of 6 val scenes' captions) and a features file of 6 val embeddings."""
     from zoo.checkpoint import atomic_torch_save
     from zoo.models.captioner.lit import CaptionerLit
     from zoo.text import TrainedBPETokenizer
@@ -155,6 +156,13 @@ def test_command_writes_results(tmp_path, capsys):
     )
     feats = tmp_path / "val.pt"
     atomic_torch_save({"clip_image_emb": torch.nn.functional.normalize(torch.randn(6, 32), dim=-1)}, feats)
+    return ckpt, feats
+
+
+def test_command_writes_results(tmp_path, capsys):
+    from zoo.checkpoint import atomic_torch_save
+
+    ckpt, feats = _captioner_files(tmp_path)
     out = tmp_path / "report"
     results = main(
         [f"ckpt={ckpt}", f"features={feats}", f"out={out}", "decoding=[greedy,beam,nucleus]", "beam_width=2"]
@@ -367,3 +375,33 @@ def test_count_options_are_checked_before_loading(tmp_path, mode, options, messa
     the captioner had loaded; n=2.5 and batch_size=2.5 ran with 2."""
     with pytest.raises(ConfigError, match=message):  # before the (missing) files are even opened
         evaluate({mode: str(tmp_path / "missing.ckpt"), "features": str(tmp_path / "missing.pt"), **options})
+
+
+def test_nucleus_captions_do_not_depend_on_the_batch_size(tmp_path):
+    """One generator for the split drew (batch, vocabulary) noise per token: the nucleus row's captions and scores
+    changed with batch_size. Item j now draws from its (seed, j) stream, zoo-recaption's: the same captions at any
+    batch_size, in CaptionerLit.caption(seed=...) too, and the ones zoo-recaption writes with that seed."""
+    from zoo.checkpoint import load_module
+    from zoo.recaption import recaption
+
+    ckpt, feats = _captioner_files(tmp_path)
+    common = {"ckpt": str(ckpt), "features": str(feats), "decoding": "nucleus", "truth": False, "seed": 5}
+    by_batch = [evaluate({**common, "batch_size": bs})["examples"]["nucleus"] for bs in (6, 4, 1)]
+    assert by_batch[0] == by_batch[1] == by_batch[2] and len(set(by_batch[0])) > 1
+    lit = load_module(ckpt, expect=("captioner",))
+    emb = torch.load(feats, weights_only=True)["clip_image_emb"]
+    assert lit.caption(emb, batch_size=4, method="nucleus", seed=5) == by_batch[0]
+    assert lit.caption(emb, batch_size=4, method="nucleus", seed=6) != by_batch[0]
+    out = recaption(
+        lit,
+        lambda a, b: emb[a:b],
+        6,
+        tmp_path / "rec.pt",
+        captioner_digest="x",
+        style="synthetic_descriptive",
+        decoding={"method": "nucleus"},
+        seed=5,
+        chunk_size=4,
+        progress=False,
+    )
+    assert torch.load(out, weights_only=True)["captions"] == by_batch[0]

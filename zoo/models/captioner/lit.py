@@ -384,20 +384,22 @@ class CaptionerLit(ClipEmbeddingLit):
         self, image_emb: torch.Tensor, patches: Optional[torch.Tensor] = None, batch_size: int = 256, **kwargs
     ) -> list[str]:
         """Captions (strings) for CLIP image embeddings (B, D), in chunks of ``batch_size``; ``kwargs`` as
-        ``caption_tokens``. With a ``seed`` (nucleus), one generator runs through every chunk."""
+        ``caption_tokens``. Nucleus without a ``generator``: row i draws from its own stream seeded by (``seed``, i)
+        (``item_generators``), so a caption does not change with ``batch_size`` or the other rows."""
         if self.text_tokenizer is None:
             raise RuntimeError("no text tokenizer to decode with (train with data/tokenizer=bpe)")
         was_training = self.training
         self.eval()
         try:
-            if kwargs.get("generator") is None and (kwargs.get("method") or self.decoding) == "nucleus":
-                kwargs["generator"] = torch.Generator(device=self.device).manual_seed(int(kwargs.pop("seed", 0)))
+            seed = kwargs.pop("seed", 0)
+            per_row = kwargs.get("generator") is None and (kwargs.get("method") or self.decoding) == "nucleus"
             out: list[str] = []
             for i in range(0, len(image_emb), batch_size):
+                emb = image_emb[i : i + batch_size]
                 pat = patches[i : i + batch_size] if patches is not None else None
-                out += self.text_tokenizer.decode(
-                    self.caption_tokens(image_emb[i : i + batch_size], pat, **kwargs).cpu()
-                )
+                if per_row:
+                    kwargs["generator"] = item_generators(seed, range(i, i + len(emb)), self.device)
+                out += self.text_tokenizer.decode(self.caption_tokens(emb, pat, **kwargs).cpu())
             return out
         finally:
             self.train(was_training)
