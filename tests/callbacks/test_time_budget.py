@@ -415,3 +415,28 @@ def test_a_sample_grid_every_0_epochs_is_refused():
         with pytest.raises(ConfigError, match=r"every_n_epochs.*fix: callbacks\.sample_grid\.every_n_epochs=1"):
             SampleGridCallback(every_n_epochs=bad)
     assert SampleGridCallback(every_n_epochs=3).every_n_epochs == 3
+
+
+def test_the_epochs_bound_the_plan_and_the_schedule(monkeypatch):
+    """A run bounded by epochs (trainer/default.yaml's max_epochs=10, max_steps=-1): 56 steps fit the budget but two
+    epochs of 8 batches are 16 steps. The cosine was fitted to 56 and the run ended at step 16 near its peak learning
+    rate; now the plan and the schedule are 16 steps and the last step runs near min_ratio."""
+    clock = _Clock(1.0)
+    monkeypatch.setattr(tb.time, "monotonic", clock)
+    model = _Tiny(clock)
+    budget = TimeBudget(minutes=1.0, calibrate_steps=5, warmup_steps=2, min_steps=3)
+    trainer = L.Trainer(
+        max_steps=-1,
+        max_epochs=2,
+        limit_train_batches=8,
+        limit_val_batches=0,
+        callbacks=[budget],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+    )
+    trainer.fit(model)
+    fn = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+    assert trainer.global_step == 16 and budget.planned_steps == 16 and fn.total_steps == 16
+    assert model.lrs[-1] == pytest.approx(WarmupCosine(2, 16, 0.1)(15)) and model.lrs[-1] < 0.12

@@ -137,6 +137,22 @@ class TimeBudget(L.Callback):
         self._rechecks_done = sum(f * self.budget_s <= self._used_before for f in self.recheck_fractions)
         cap = trainer.max_steps
         self._cap = cap if cap is not None and cap > 0 else 10**9
+        # the epochs bound the run too (trainer.max_epochs, 10 in trainer/default.yaml): a plan past them fitted the
+        # cosine to steps the run never reached, and it ended near its peak learning rate (16 steps of a 136-step
+        # schedule: 0.98 of the peak)
+        try:
+            by_epochs = trainer.estimated_stepping_batches  # max_epochs x the steps an epoch makes, within max_steps
+        except Exception:  # a loader without a length: no epoch end in sight
+            by_epochs = math.inf
+        if math.isfinite(by_epochs) and 0 < by_epochs < self._cap:
+            self._cap = int(by_epochs)
+            if trainer.is_global_zero:
+                log.info(
+                    "time budget: trainer.max_epochs=%s bounds the run at %d steps, whatever fits the budget (fix: "
+                    "trainer.max_epochs=-1 to let the budget decide)",
+                    trainer.max_epochs,
+                    self._cap,
+                )
         if trainer.is_global_zero:  # under DDP rank 0 plans (and says so) for every rank
             earlier = (
                 f", {format_duration(self._used_before)} of it used before this resume" if self._used_before else ""
