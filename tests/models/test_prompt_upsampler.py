@@ -126,6 +126,20 @@ def test_a_rewrite_does_not_depend_on_the_other_prompts_of_the_call():
     assert lit.expand(a, 2, seed=3, max_len=16) == four[:2] and four[0] == alone[0] and len(set(four)) > 1
 
 
+def test_a_prompt_longer_than_prompt_len_is_said_to_be_cut(caplog):
+    """A prompt longer than net.prompt_len (e.g. an already descriptive one given to a generator with an upsampler)
+    lost its tail and [EOT] without a word, and was rewritten from the cut prompt."""
+    pairs = _pairs()
+    lit = PromptUpsamplerLit(preset="tiny", net={"prompt_len": 8}, text_tokenizer=_tokenizer(pairs).to_spec())
+    short, descriptive = pairs[0]
+    with caplog.at_level("WARNING", logger="zoo.prompt_upsampler"):
+        lit.upsample([short], max_len=4)
+    assert "cut" not in caplog.text
+    with caplog.at_level("WARNING", logger="zoo.prompt_upsampler"):
+        lit.upsample([short, descriptive], max_len=4)
+    assert "1 of 2 prompts are longer than its net.prompt_len=8 tokens and were cut" in caplog.text
+
+
 def test_model_decodes_with_the_captioners_sampler_and_presets():
     torch.manual_seed(0)
     m = PromptUpsampler(build_config("tiny", {"prompt_len": 8})).double().eval()

@@ -256,6 +256,7 @@ class PromptUpsamplerLit(ZooLit):
         self.eval()
         try:
             tokens = self.tokenize(prompts, self.cfg.prompt_len)
+            self._warn_cut_prompts(prompts)
             if o["method"] == "beam":
                 out = beam_search(self.net, tokens, None, int(o["beam_width"]), o["length_penalty"], max_len)
             elif o["method"] == "greedy":
@@ -269,6 +270,25 @@ class PromptUpsamplerLit(ZooLit):
             return self.text_tokenizer.decode(out.cpu())
         finally:
             self.train(was_training)
+
+    def _warn_cut_prompts(self, prompts: Sequence[str]) -> None:
+        """Prompts longer than ``net.prompt_len`` tokens are cut (their tail and [EOT] lost: a prompt unlike the short
+        ones the model trained on, e.g. an already descriptive prompt given to a generator with an upsampler); said
+        once per call instead of rewritten from the cut prompt without a word."""
+        full = self.text_tokenizer.encode(list(prompts))
+        lengths = (full != self.cfg.pad_id).sum(1)
+        cut = [i for i, n in enumerate(lengths.tolist()) if n > self.cfg.prompt_len]
+        if cut:
+            log.warning(
+                "prompt upsampler: %d of %d prompts are longer than its net.prompt_len=%d tokens and were cut (the "
+                "longest: %d tokens, %r); it rewrites short prompts (its %s captions): give it those, or none",
+                len(cut),
+                len(prompts),
+                self.cfg.prompt_len,
+                int(lengths.max()),
+                prompts[int(lengths.argmax())][:80],
+                self.prompt_style,
+            )
 
     def expand(self, prompt: str, n: int, seed: int = 0, **kwargs) -> list[str]:
         """``n`` sampled rewrites of one prompt (nucleus unless ``method`` says otherwise)."""
