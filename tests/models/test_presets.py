@@ -123,3 +123,31 @@ def test_both_priors_paper_presets_read_the_paper_clips_caption_tokens():
     context = model_config(CLIP["paper"])["text_cfg"]["context_length"]
     assert AR["paper"].text_len == DP["paper"].text_len == context == 77
     assert AR["paper"].embed_dim == DP["paper"].clip_dim == model_config(CLIP["paper"])["embed_dim"]
+
+
+@pytest.mark.parametrize(
+    "model, net, match",
+    [
+        ("dalle", {"n_layers": 0}, r"model\.net\.n_layers must be at least 1"),  # trained a block-less model
+        ("dalle", {"n_heads": 0}, r"model\.net\.n_heads must be at least 1"),  # trained without attention
+        ("dalle", {"grid_h": 0}, r"model\.net\.grid_h must be at least 1"),  # ZeroDivisionError in the first step
+        ("dalle", {"dropout": 1.0}, r"model\.net\.dropout must be in \[0, 1\)"),
+        ("dalle", {"pattern": "rows"}, r"model\.net\.pattern='rows': unknown layer pattern"),  # a bare ValueError
+        ("dalle", {"attn_impl": "sparse"}, r"model\.net\.attn_impl='sparse'; choose one of"),
+        ("captioner", {"n_heads": 0}, r"model\.net\.n_heads must be at least 1"),
+        ("captioner", {"n_prefix": 0}, r"n_prefix=0 and no patch tokens .* image embedding would reach no position"),
+        ("captioner", {"text_len": 1}, r"model\.net\.text_len must be at least 2"),
+        ("prompt_upsampler", {"prompt_len": 0}, r"model\.net\.prompt_len must be at least 2"),  # prompt never read
+        ("prompt_upsampler", {"dim": 0}, r"model\.net\.dim must be at least 1"),
+    ],
+)
+def test_a_size_that_builds_a_network_without_blocks_heads_or_condition_is_refused(model, net, match):
+    """These built and trained without a word: no transformer blocks, no attention, a zero-width stream, or a
+    captioner / prompt upsampler that never reads its image embedding / prompt."""
+    mod = importlib.import_module(f"zoo.models.{model}.model")
+    cls = type(mod.PRESETS["tiny"])
+    with pytest.raises(ConfigError, match=match):
+        resolve_preset(mod.PRESETS, cls, "tiny", net)
+    # patch tokens alone condition the captioner: n_prefix=0 is fine with them
+    if model == "captioner" and "n_prefix" in net:
+        resolve_preset(mod.PRESETS, cls, "tiny", {**net, "patch_dim": 16, "n_patches": 4})

@@ -23,7 +23,7 @@ from zoo.errors import ConfigError, is_whole, raise_all
 
 C = TypeVar("C")
 
-__all__ = ["check_field_values", "field_kind", "kind_problems", "resolve_preset"]
+__all__ = ["check_dropout", "check_field_values", "check_sizes", "field_kind", "kind_problems", "resolve_preset"]
 
 
 def field_kind(annotation: Any) -> Optional[tuple[typing.Callable[[Any], bool], str]]:
@@ -97,6 +97,30 @@ def kind_problems(
             + "no override: the preset's)"
         )
     return problems
+
+
+def check_sizes(cfg: Any, names: Sequence[str], what: str, least: int = 1) -> None:
+    """The size fields ``names`` of ``cfg`` are at least ``least``, else one ``ConfigError`` naming each
+    ``model.net.<field>`` with the field's default as the fix. A transformer with ``n_heads=0``, ``n_layers=0`` or
+    ``dim=0`` builds and trains without a word (no attention, no blocks, a zero-width stream), and a zero-length
+    condition (the captioner's ``n_prefix=0``) is never read."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    raise_all(
+        [
+            f"{what}: model.net.{n} must be at least {least}, got {getattr(cfg, n)} (fix: e.g. model.net.{n}="
+            f"{defaults[n]}, or no override: the preset's)"
+            for n in names
+            if getattr(cfg, n) < least
+        ],
+        f"the {what}'s sizes",
+    )
+
+
+def check_dropout(cfg: Any) -> None:
+    """``cfg.dropout`` in [0, 1): torch refuses a probability outside [0, 1] only once the network is built, without
+    naming the option, and takes 1.0, which zeroes every activation it is applied to."""
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"model.net.dropout must be in [0, 1), got {cfg.dropout} (fix: model.net.dropout=0.0)")
 
 
 def example_text(value: Any) -> str:

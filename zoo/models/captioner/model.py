@@ -47,7 +47,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.models.presets import resolve_preset
+from zoo.errors import ConfigError
+from zoo.models.presets import check_dropout, check_sizes, resolve_preset
 from zoo.nn.sampling import filter_logits, gumbel_pick
 from zoo.nn.transformer import KVCache, Transformer, gpt2_init_
 
@@ -75,6 +76,20 @@ class CaptionerConfig:
     # unCLIP's decoder had (UnclipDecoderConfig.clip_emb_norm). True: the embedding is scaled to unit RMS (x sqrt(D))
     # before the MLP. False = as before (and in checkpoints made before the option).
     prefix_emb_norm: bool = False
+
+    def __post_init__(self):
+        # 0 heads / layers / width built and trained a transformer without attention, blocks or a stream without a
+        # word, and n_prefix=0 without patch tokens a captioner that never reads the image (an unconditional LM)
+        check_sizes(
+            self, ("dim", "n_layers", "n_heads", "head_dim", "mlp_ratio", "vocab_size", "embed_dim"), "captioner"
+        )
+        check_sizes(self, ("text_len",), "captioner", least=2)  # [SOT] and [EOT]
+        if self.prefix_len < 1:
+            raise ConfigError(
+                f"captioner: n_prefix={self.n_prefix} and no patch tokens (patch_dim={self.patch_dim}): the image "
+                f"embedding would reach no position (fix: model.net.n_prefix=4)"
+            )
+        check_dropout(self)
 
     @property
     def prefix_len(self) -> int:  # positions before [SOT]

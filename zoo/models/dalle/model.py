@@ -51,7 +51,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.nn.block_sparse import BlockSparseMask, column_major_perm
+from zoo.models.presets import check_dropout, check_sizes
+from zoo.nn.block_sparse import ATTN_IMPLS, BlockSparseMask, column_major_perm
 from zoo.nn.image_tokenizer import find_image_tokenizer
 from zoo.nn.sparse_masks import dalle_mask, layer_pattern
 from zoo.nn.transformer import KVCache, Transformer, decode_linear, gpt2_init_
@@ -178,6 +179,21 @@ class DalleTransformerConfig:
             raise ConfigError(
                 f"pad_id {self.pad_id} is not a token of the text vocabulary (text_vocab={self.text_vocab}) "
                 f"(fix: model.net.pad_id=<the text tokenizer's pad id>)"
+            )
+        # 0 layers / heads / width built and trained a transformer without blocks, attention or a stream, without
+        # a word; a 0 grid was a ZeroDivisionError in the first step
+        sizes = ("dim", "n_layers", "n_heads", "head_dim", "mlp_ratio", "text_len", "text_vocab", "image_vocab")
+        check_sizes(self, (*sizes, "grid_h", "grid_w"), "DALL·E transformer")
+        check_dropout(self)
+        # a wrong name was a ValueError from the network's build that did not say which option to change
+        try:
+            layer_pattern(self.n_layers, self.pattern)
+        except ValueError as e:
+            raise ConfigError(f"model.net.pattern={self.pattern!r}: {e} (fix: model.net.pattern=paper)") from None
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ConfigError(
+                f"model.net.attn_impl={self.attn_impl!r}; choose one of {list(ATTN_IMPLS)} "
+                f"(fix: model.net.attn_impl=block_sparse)"
             )
 
     @property

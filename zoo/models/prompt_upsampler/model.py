@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from zoo.models.captioner.model import PrefixLM
-from zoo.models.presets import resolve_preset
+from zoo.models.presets import check_dropout, check_sizes, resolve_preset
 from zoo.nn.transformer import Transformer, gpt2_init_
 
 
@@ -55,6 +55,14 @@ class PromptUpsamplerConfig:
     pad_id: int = 0  # zoo.text.TrainedBPETokenizer: [PAD] = 0, [SOT] = 2, [EOT] = 3
     sot_id: int = 2
     eot_id: int = 3
+
+    def __post_init__(self):
+        # 0 heads / layers / width built and trained without attention, blocks or a stream without a word, and
+        # prompt_len=0 an upsampler that never reads the prompt
+        sizes = ("dim", "n_layers", "n_heads", "head_dim", "mlp_ratio", "vocab_size")
+        check_sizes(self, sizes, "prompt upsampler")
+        check_sizes(self, ("prompt_len", "text_len"), "prompt upsampler", least=2)  # [SOT] and [EOT]
+        check_dropout(self)
 
     @property
     def prefix_len(self) -> int:
