@@ -173,7 +173,19 @@ def _compose(module: str, name: str, group_overrides: tuple[str, ...]):
 
 def _resolve(module: str, name: str, overrides: list[str]):
     """Compose ``overrides`` as the entry point would and resolve every interpolation (a renamed key, a row name
-    that is gone fail here); returns it and its own ``hydra.sweeper.params`` (a table's rows).
+    that is gone fail here); returns it (read-only, shared) and its own ``hydra.sweeper.params`` (a table's rows)."""
+    cfg, params, _ = _resolved(module, name, tuple(overrides))
+    return cfg, params
+
+
+def _run_dir(module: str, name: str, overrides: list[str]) -> str:
+    """The resolved ``hydra.run.dir`` of the composition."""
+    return _resolved(module, name, tuple(overrides))[2]
+
+
+@functools.lru_cache(maxsize=None)
+def _resolved(module: str, name: str, overrides: tuple[str, ...]):
+    """(config, its sweeper params, its run dir) for :func:`_resolve`.
 
     Only the config-group overrides (``experiment=``, ``generator=``, ``data/tokenizer=``) are composed, once for
     all the commands that share them; the others are applied to a copy by Hydra's own override step (the one
@@ -194,7 +206,8 @@ def _resolve(module: str, name: str, overrides: list[str]):
     with open_dict(cfg):
         del cfg["hydra"]
     OmegaConf.resolve(cfg)
-    return cfg, params
+    OmegaConf.set_readonly(cfg, True)  # shared by every test that resolves the same command
+    return cfg, params, str(HydraConfig.get().run.dir)
 
 
 def _hydra_overrides(program: str, args: list[str]) -> tuple[bool, list[str]]:
@@ -238,6 +251,54 @@ def _placeholder_experiments(module: str, overrides: list[str]) -> list[str]:
 HYDRA_COMMANDS = _of_kind(*HYDRA)
 
 
+def _targets(node: object) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["_target_"]} if isinstance(node.get("_target_"), str) else set()
+        return found.union(*(_targets(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_targets(v) for v in node))
+    return set()
+
+
+@functools.lru_cache(maxsize=None)
+def _target_defined(target: str) -> bool:
+    """``pkg.module.Name[.attr]`` is defined in this checkout's source (read, not imported: no torch)."""
+    parts = target.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        path = REPO.joinpath(*parts[:i]).with_suffix(".py")
+        path = path if path.is_file() else REPO.joinpath(*parts[:i], "__init__.py")  # a package re-exporting it
+        if path.is_file():
+            body = ast.parse(path.read_text(encoding="utf-8")).body
+            for name in parts[i:]:
+                nodes = [n for n in body if getattr(n, "name", None) == name or name in _assigned(n)]
+                if not nodes:
+                    return False
+                body = getattr(nodes[0], "body", [])
+            return True
+    return not (REPO / parts[0]).is_dir()  # another library's class (torch.optim.AdamW, ...): not ours to check
+
+
+def _assigned(node: ast.stmt) -> set[str]:
+    if isinstance(node, ast.Assign):
+        return {t.id for t in node.targets if isinstance(t, ast.Name)}
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).split(".")[0] for a in node.names}
+    return set()
+
+
+def _check(program: str, cfg) -> None:
+    """What the entry point checks of a config before it builds anything, where that is cheap (no torch)."""
+    from omegaconf import OmegaConf
+
+    missing = sorted(t for t in _targets(OmegaConf.to_container(cfg)) if not _target_defined(t))
+    assert not missing, f"_target_ {missing} not defined in this checkout"
+    if program in ("zoo-train", "zoo.train"):
+        from zoo.train import check_run_options, check_trainer_counts
+
+        check_run_options(cfg)
+        check_trainer_counts(cfg.trainer)
+
+
 @pytest.mark.parametrize("command", HYDRA_COMMANDS, ids=[c.id for c in HYDRA_COMMANDS])
 def test_hydra_commands_compose(command):
     program, args, _ = _program(_argv(command))
@@ -246,12 +307,13 @@ def test_hydra_commands_compose(command):
     overrides = _placeholder_experiments(module, overrides)
     for job in _jobs(overrides) if multirun else [overrides]:
         try:
-            _, params = _resolve(module, name, job)
+            cfg, params = _resolve(module, name, job)
+            _check(program, cfg)
             # a table's rows: the config's own sweep, for the keys the command line does not sweep itself
             given = {o.split("=", 1)[0] for o in job}
             rows = [f"{k}={v}" for k, v in params.items() if k not in given] if multirun else []
             for row in _jobs(rows) if rows else []:
-                _resolve(module, name, job + row)
+                _check(program, _resolve(module, name, job + row)[0])
         except Exception as e:  # the message says which key / option / file Hydra could not find
             pytest.fail(f"{command.readme.relative_to(REPO)}: `{command.text}` does not compose ({job}): {e}")
 
@@ -290,7 +352,6 @@ def test_every_checkpoint_a_command_reads_is_written_by_a_command():
     """A chain of commands holds together: every ``logs/<run>/checkpoints/last.ckpt`` a command (or the config it
     composes) reads is the run directory of a README zoo-train command, of make demo or of make leaderboard. A
     renamed ``hydra.run.dir`` in an experiment broke the next command of its chain without a word until run."""
-    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     written, read = _run_dirs_made_elsewhere(), {}
@@ -303,7 +364,7 @@ def test_every_checkpoint_a_command_reads_is_written_by_a_command():
                 cfg, _ = _resolve(module, name, job)
                 log_dir = str(cfg.paths.log_dir)
                 if program in ("zoo-train", "zoo.train") and not multirun:
-                    written.add(_in_log_dir(str(HydraConfig.get().run.dir), log_dir))
+                    written.add(_in_log_dir(_run_dir(module, name, job), log_dir))
                 for run in _checkpoint_runs(OmegaConf.to_container(cfg), log_dir) | _checkpoint_runs(args, log_dir):
                     read.setdefault(run, command.id)
     unwritten = {run: where for run, where in read.items() if run not in written}
@@ -502,6 +563,79 @@ def test_outputs_written_into_experiments_exist():
                     continue
                 missing.append(f"{command.readme.relative_to(REPO)}: `{command.text}`")
     assert not missing, "\n".join(missing)
+
+
+# ---- the papers' ablation rows (PAPER_FACTS.md) each have their config ---------------------------------------------
+
+# DALL·E 3's caption blends: row -> the training captions' mix (PAPER_FACTS: ground truth, 95% short, 95% descriptive,
+# descriptive at 65 / 80 / 90 / 95%; oracle95 is ours, the world's true descriptive captions)
+BLEND_ROWS = {
+    "alt": None,
+    "short95": {"synthetic_short": 0.95, "alt": 0.05},
+    "desc65": {"synthetic_descriptive": 0.65, "alt": 0.35},
+    "desc80": {"synthetic_descriptive": 0.80, "alt": 0.20},
+    "desc90": {"synthetic_descriptive": 0.90, "alt": 0.10},
+    "desc95": {"synthetic_descriptive": 0.95, "alt": 0.05},
+    "oracle95": {"descriptive": 0.95, "alt": 0.05},
+}
+
+
+def _rows(experiment: str) -> dict:
+    """Each job of ``zoo-eval -m experiment=<experiment>`` (its own sweeper params): job overrides -> config."""
+    _, params = _resolve("conf.eval", "eval", [f"experiment={experiment}"])
+    rows = _jobs([f"{k}={v}" for k, v in params.items()])
+    return {tuple(r): _resolve("conf.eval", "eval", [f"experiment={experiment}", *r])[0] for r in rows}
+
+
+@pytest.mark.parametrize("column", ["t2i", "glide"])
+def test_every_caption_blend_row_trains_on_its_mix_and_is_scored_from_its_own_run(column):
+    from omegaconf import OmegaConf
+
+    for row, mix in BLEND_ROWS.items():
+        cfg, _ = _resolve("conf", "train", [f"experiment=dalle3/{column}/{row}"])
+        got = OmegaConf.to_container(cfg.data.caption_mix) if cfg.data.caption_mix is not None else None
+        assert got == mix, (column, row, got)
+    prefix = "" if column == "t2i" else "glide_"
+    for table in ("blend_descriptive", "blend_short", "blend_short_upsampled"):
+        rows = _rows(f"dalle3/{prefix}{table}")
+        assert [r[0] for r in rows] == [f"row={row}" for row in BLEND_ROWS], (table, list(rows))
+        for (job,), cfg in rows.items():
+            ckpt = cfg.generator.dalle_ckpt if column == "t2i" else cfg.generator.glide_ckpt
+            assert ckpt.endswith(f"/dalle3/{column}/{job[4:]}/checkpoints/last.ckpt"), (table, job, ckpt)
+
+
+def test_the_other_papers_ablation_rows_have_their_configs():
+    """DALL·E 1 Fig. 9 (blur radius 0, 1, 2, 4, 8; reranked candidates), the dVAE's logit-Laplace vs MSE, GLIDE's
+    guidance sweeps (its FID scale 1.5), unCLIP's prior ablation (caption only / + CLIP text embedding / + prior),
+    AR vs diffusion prior, decoder guidance (its FID scale 1.25) and the blur vs BSR upsamplers."""
+    from omegaconf import OmegaConf
+
+    fig9, _ = _resolve("conf.eval", "eval", ["experiment=dalle1/fig9"])
+    assert list(fig9.blur.radii) == [0, 1, 2, 4, 8] and list(fig9.rerank.candidates) == [1, 2, 4, 8, 16, 32]
+    for radius in (0, 1, 2, 4, 8):
+        assert list(_resolve("conf.eval", "eval", [f"experiment=dalle1/blur_r{radius}"])[0].blur.radii) == [radius]
+    for n in (1, 2, 4, 8, 16, 32):
+        assert list(_resolve("conf.eval", "eval", [f"experiment=dalle1/rerank_n{n}"])[0].rerank.candidates) == [n]
+    losses = {
+        e: _resolve("conf", "train", [f"experiment=tokenizers/{e}"])[0].model.get("recon_loss")
+        for e in ("dvae_shapes", "dvae_shapes_mse")
+    }
+    assert losses["dvae_shapes_mse"] == "mse" and losses["dvae_shapes"] in (None, "logit_laplace"), losses
+
+    def swept(experiment: str, key: str) -> list:
+        return [OmegaConf.select(cfg, key) for cfg in _rows(experiment).values()]
+
+    assert 1.5 in swept("glide/guidance_sweep", "generator.guidance_scale")
+    assert 0 in swept("glide/cfg_vs_clip", "generator.clip_guidance_scale")
+    assert swept("unclip/prior_ablation", "generator.prior") == ["none", "text_emb", "diffusion"]
+    priors = swept("unclip/ar_vs_diffusion", "generator.prior_ckpt")
+    assert [p.split("/")[-3] for p in priors] == ["prior", "ar_prior"], priors
+    assert 1.25 in swept("unclip/decoder_guidance", "generator.decoder_guidance_scale")
+    corruption = {
+        e: _resolve("conf", "train", [f"experiment=unclip/{e}"])[0].model.corruption
+        for e in ("upsampler_shapes_32_128", "upsampler_shapes_32_128_bsr")
+    }
+    assert corruption == {"upsampler_shapes_32_128": "blur", "upsampler_shapes_32_128_bsr": "bsr"}, corruption
 
 
 # ---- guards: the reading finds the commands, and a stale one fails ------------------------------------------------
