@@ -139,11 +139,15 @@ def test_both_priors_paper_presets_read_the_paper_clips_caption_tokens():
         ("captioner", {"text_len": 1}, r"model\.net\.text_len must be at least 2"),
         ("prompt_upsampler", {"prompt_len": 0}, r"model\.net\.prompt_len must be at least 2"),  # prompt never read
         ("prompt_upsampler", {"dim": 0}, r"model\.net\.dim must be at least 1"),
+        ("vqgan", {"n_embed": 1}, r"model\.net\.n_embed must be at least 2"),  # trained a one-code tokenizer
+        ("vqgan", {"ch": 0}, r"model\.net\.ch must be at least 1"),  # conv error in the first step
+        ("vqgan", {"num_res_blocks": 0}, r"model\.net\.num_res_blocks must be at least 1"),
+        ("vqgan", {"ch_mult": [1, 0, 2]}, r"model\.net\.ch_mult=\[1, 0, 2\]: every level's multiplier"),
     ],
 )
 def test_a_size_that_builds_a_network_without_blocks_heads_or_condition_is_refused(model, net, match):
-    """These built and trained without a word: no transformer blocks, no attention, a zero-width stream, or a
-    captioner / prompt upsampler that never reads its image embedding / prompt."""
+    """These built and trained without a word (no transformer blocks, no attention, a zero-width stream, a captioner
+    / prompt upsampler that never reads its image embedding / prompt, a one-code VQGAN) or failed in the first step."""
     mod = importlib.import_module(f"zoo.models.{model}.model")
     cls = type(mod.PRESETS["tiny"])
     with pytest.raises(ConfigError, match=match):

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from zoo.errors import ConfigError
+from zoo.models.presets import check_sizes
 from zoo.nn.image_tokenizer import ImageTokenizer, no_autocast
 from zoo.nn.taming_vq import NORM_GROUPS, GumbelCodebook, NearestCodebook, TamingDecoder, TamingEncoder
 
@@ -48,6 +49,15 @@ class TamingVQGANConfig:
             raise ConfigError(f"quantizer={self.quantizer!r}; choose vq (VQModel) or gumbel (GumbelVQ)")
         if not self.ch_mult:
             raise ConfigError("ch_mult is empty (taming's ddconfig.ch_mult lists one multiplier per level)")
+        # 0 widths or 0 resblocks per level failed in the first step's conv (taming's blocks need one per level to
+        # change width); n_embed=1 trained a tokenizer whose every image is the same code (the dVAE and VQ-VAE refuse)
+        check_sizes(self, ("resolution", "ch", "num_res_blocks", "z_channels", "embed_dim"), "taming VQGAN")
+        check_sizes(self, ("n_embed",), "taming VQGAN", least=2)
+        if min(self.ch_mult) < 1:
+            raise ConfigError(
+                f"model.net.ch_mult={list(self.ch_mult)}: every level's multiplier must be at least 1 "
+                f"(fix: e.g. model.net.ch_mult=[1, 1, 2, 2, 4])"
+            )
         bad = [self.ch * m for m in self.ch_mult if (self.ch * m) % NORM_GROUPS]
         if bad:
             raise ConfigError(
