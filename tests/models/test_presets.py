@@ -139,6 +139,12 @@ def test_both_priors_paper_presets_read_the_paper_clips_caption_tokens():
         ("captioner", {"text_len": 1}, r"model\.net\.text_len must be at least 2"),
         ("prompt_upsampler", {"prompt_len": 0}, r"model\.net\.prompt_len must be at least 2"),  # prompt never read
         ("prompt_upsampler", {"dim": 0}, r"model\.net\.dim must be at least 1"),
+        ("diffusion_prior", {"n_layers": 0}, r"model\.net\.n_layers must be at least 1"),
+        ("diffusion_prior", {"dim": 0}, r"model\.net\.dim must be at least 1"),
+        ("diffusion_prior", {"text_len": 0}, r"model\.net\.text_len must be at least 1"),  # no caption read
+        ("ar_prior", {"n_heads": 0}, r"model\.net\.n_heads must be at least 1"),
+        ("ar_prior", {"n_buckets": 1}, r"model\.net\.n_buckets must be at least 2"),  # every embedding one code
+        ("ar_prior", {"dropout": 1.0}, r"model\.net\.dropout must be in \[0, 1\)"),
         ("vqgan", {"n_embed": 1}, r"model\.net\.n_embed must be at least 2"),  # trained a one-code tokenizer
         ("vqgan", {"ch": 0}, r"model\.net\.ch must be at least 1"),  # conv error in the first step
         ("vqgan", {"num_res_blocks": 0}, r"model\.net\.num_res_blocks must be at least 1"),

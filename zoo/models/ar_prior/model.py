@@ -53,7 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.models.presets import resolve_preset
+from zoo.models.presets import check_dropout, check_sizes, resolve_preset
 from zoo.nn.guidance import guide
 from zoo.nn.sampling import filter_logits, gumbel_pick
 from zoo.nn.transformer import KVCache, Transformer, gpt2_init_
@@ -73,6 +73,14 @@ class ARPriorConfig:
     embed_dim: int = 128  # CLIP embedding width D (also the most PCA components there can be)
     n_buckets: int = 1024  # buckets per PCA component (paper: 1024)
     n_dot_bins: int = 64  # bins of the text-image dot product
+
+    def __post_init__(self):
+        # 0 layers / heads / width built and trained a prior without blocks, attention or a stream without a word;
+        # one bucket per component quantises every embedding to the same codes
+        sizes = ("dim", "n_layers", "n_heads", "head_dim", "mlp_ratio", "text_len", "text_vocab", "embed_dim")
+        check_sizes(self, (*sizes, "n_dot_bins"), "AR prior")
+        check_sizes(self, ("n_buckets",), "AR prior", least=2)
+        check_dropout(self)
 
     @property
     def max_len(self) -> int:  # longest input: T caption + text embedding + dot token + (D - 1) codes

@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.models.presets import resolve_preset
+from zoo.models.presets import check_dropout, check_sizes, resolve_preset
 from zoo.nn.embeddings import TimestepEmbedder
 from zoo.nn.transformer import KVCache, Transformer, gpt2_init_
 
@@ -57,6 +57,13 @@ class DiffusionPriorConfig:
     text_vocab: int = 49408  # CLIP BPE vocabulary (text_input=tokens)
     text_enc_dim: int = 128  # width of CLIP's per-token text encodings (text_input=encodings)
     pad_id: int = 0  # open_clip's pad id (text_input=tokens)
+
+    def __post_init__(self):
+        # 0 layers / heads / width built and trained a prior without blocks, attention or a stream without a word; a
+        # 0 text_len one that reads no caption tokens (text_input=none is that ablation, by name)
+        sizes = ("clip_dim", "dim", "n_layers", "n_heads", "head_dim", "mlp_ratio", "text_vocab", "text_enc_dim")
+        check_sizes(self, sizes + (("text_len",) if self.text_input != "none" else ()), "diffusion prior")
+        check_dropout(self)
 
     @property
     def n_text(self) -> int:
