@@ -614,7 +614,8 @@ def test_every_caption_blend_row_trains_on_its_mix_and_is_scored_from_its_own_ru
 
 
 def test_the_other_papers_ablation_rows_have_their_configs():
-    """DALL·E 1 Fig. 9 (blur radius 0, 1, 2, 4, 8; reranked candidates), the dVAE's logit-Laplace vs MSE, GLIDE's
+    """DALL·E 1 Fig. 9 (blur radius 0, 1, 2, 4, 8; reranked candidates), the dVAE's logit-Laplace vs MSE, DALL·E 3's
+    captioners (alt, then short and descriptive fine-tunes of it), GLIDE's
     guidance sweeps (its FID scale 1.5), unCLIP's prior ablation (caption only / + CLIP text embedding / + prior),
     AR vs diffusion prior, decoder guidance (its FID scale 1.25) and the blur vs BSR upsamplers."""
     from omegaconf import OmegaConf
@@ -640,6 +641,11 @@ def test_the_other_papers_ablation_rows_have_their_configs():
     priors = swept("unclip/ar_vs_diffusion", "generator.prior_ckpt")
     assert [p.split("/")[-3] for p in priors] == ["prior", "ar_prior"], priors
     assert 1.25 in swept("unclip/decoder_guidance", "generator.decoder_guidance_scale")
+    for style in ("alt", "short", "descriptive"):  # DALL·E 3's captioner, then its two fine-tunes from it
+        captioner, _ = _resolve("conf", "train", [f"experiment=dalle3/captioner_{style}"])
+        assert captioner.data.caption_style == style, style
+        init = captioner.model.get("init_from")
+        assert (init is None) if style == "alt" else init.endswith("/dalle3/captioner_alt/checkpoints/last.ckpt"), init
     corruption = {
         e: _resolve("conf", "train", [f"experiment=unclip/{e}"])[0].model.corruption
         for e in ("upsampler_shapes_32_128", "upsampler_shapes_32_128_bsr")
