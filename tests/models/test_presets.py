@@ -145,6 +145,11 @@ def test_both_priors_paper_presets_read_the_paper_clips_caption_tokens():
         ("ar_prior", {"n_heads": 0}, r"model\.net\.n_heads must be at least 1"),
         ("ar_prior", {"n_buckets": 1}, r"model\.net\.n_buckets must be at least 2"),  # every embedding one code
         ("ar_prior", {"dropout": 1.0}, r"model\.net\.dropout must be in \[0, 1\)"),
+        ("glide", {"width": 0}, r"model\.net\.width must be at least 1"),  # a bare ZeroDivisionError
+        ("glide", {"text_len": 0}, r"model\.net\.text_len must be at least 1"),
+        ("unclip_decoder", {"dropout": 1.0}, r"model\.net\.dropout must be in \[0, 1\)"),
+        ("upsampler", {"width": 0}, r"model\.net\.width must be at least 1"),  # a 3-parameter U-Net trained
+        ("noised_clip", {"channel_mult": [1, 0]}, r"model\.net\.channel_mult=\[1, 0\] needs at least one level"),
         ("vqgan", {"n_embed": 1}, r"model\.net\.n_embed must be at least 2"),  # trained a one-code tokenizer
         ("vqgan", {"ch": 0}, r"model\.net\.ch must be at least 1"),  # conv error in the first step
         ("vqgan", {"num_res_blocks": 0}, r"model\.net\.num_res_blocks must be at least 1"),

@@ -23,7 +23,15 @@ from zoo.errors import ConfigError, is_whole, raise_all
 
 C = TypeVar("C")
 
-__all__ = ["check_dropout", "check_field_values", "check_sizes", "field_kind", "kind_problems", "resolve_preset"]
+__all__ = [
+    "check_dropout",
+    "check_field_values",
+    "check_sizes",
+    "check_unet_sizes",
+    "field_kind",
+    "kind_problems",
+    "resolve_preset",
+]
 
 
 def field_kind(annotation: Any) -> Optional[tuple[typing.Callable[[Any], bool], str]]:
@@ -114,6 +122,19 @@ def check_sizes(cfg: Any, names: Sequence[str], what: str, least: int = 1) -> No
         ],
         f"the {what}'s sizes",
     )
+
+
+def check_unet_sizes(cfg: Any, what: str) -> None:
+    """The U-Net fields every diffusion config shares (``width``, ``in_channels``, ``max_groups``, each
+    ``channel_mult`` entry) are at least 1 (``check_sizes``), and ``dropout`` is in [0, 1) (``check_dropout``):
+    width 0 built an upsampler of 3 parameters that trained without a word, and was GLIDE's bare ZeroDivisionError."""
+    check_sizes(cfg, ("width", "in_channels", "max_groups"), what)
+    if min(cfg.channel_mult, default=0) < 1:
+        raise ConfigError(
+            f"{what}: model.net.channel_mult={list(cfg.channel_mult)} needs at least one level and every multiplier "
+            f">= 1 (fix: e.g. model.net.channel_mult=[1, 2, 2], or no override: the preset's)"
+        )
+    check_dropout(cfg)
 
 
 def check_dropout(cfg: Any) -> None:

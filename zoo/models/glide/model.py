@@ -50,6 +50,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from zoo.models.presets import check_sizes, check_unet_sizes
 from zoo.nn.transformer import Transformer
 from zoo.nn.unet import UNet, UNetConfig
 
@@ -68,6 +69,7 @@ __all__ = [
 def check_text_fields(cfg) -> None:
     """The text-tower fields ``TextEncoder`` reads (``text_width``, ``text_heads``, ``pad_id``, ``text_vocab``) are
     consistent; for any config that carries them (GLIDE's, the noised CLIP's)."""
+    check_sizes(cfg, ("text_vocab", "text_len", "text_width", "text_heads"), type(cfg).__name__)
     if cfg.text_width % cfg.text_heads:
         raise ValueError(f"text_width {cfg.text_width} not divisible by text_heads {cfg.text_heads}")
     if not 0 <= cfg.pad_id < cfg.text_vocab:
@@ -112,6 +114,8 @@ class GlideConfig:
     def __post_init__(self):
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
+        check_unet_sizes(self, type(self).__name__)
+        check_sizes(self, ("out_channels", "num_head_channels"), type(self).__name__)
         check_text_fields(self)
         if self.text_pool not in TEXT_POOLS:
             raise ValueError(f"text_pool must be one of {TEXT_POOLS}, got {self.text_pool!r}")

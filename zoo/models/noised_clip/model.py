@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from zoo.models.glide.model import TextEncoder, check_text_fields
+from zoo.models.presets import check_sizes, check_unet_sizes
 from zoo.nn.embeddings import TimestepEmbedder
 from zoo.nn.unet import Downsample, ResBlock, group_norm
 
@@ -71,6 +72,8 @@ class NoisedClipConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        check_unet_sizes(self, "noised CLIP")
+        check_sizes(self, ("embed_dim",), "noised CLIP")
         check_text_fields(self)
         if self.image_size % (2 ** (len(self.channel_mult) - 1)):
             raise ValueError(f"image_size {self.image_size} not divisible by 2^{len(self.channel_mult) - 1}")

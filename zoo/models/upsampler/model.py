@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
+from zoo.models.presets import check_unet_sizes
 from zoo.nn.unet import SuperResUNet, UNetConfig
 
 __all__ = [
@@ -74,6 +75,7 @@ class UpsamplerConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        check_unet_sizes(self, "upsampler")
         if self.corruption not in CORRUPTIONS:
             raise ValueError(f"corruption={self.corruption!r}; expected one of {CORRUPTIONS}")
         if self.scale < 1 or self.crop_fraction < 1:
