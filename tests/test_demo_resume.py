@@ -110,6 +110,34 @@ def test_a_stage_started_over_does_not_count_the_abandoned_runs_time(demo_dir, m
     assert timings["tokenizer"] < 50 and demo.earlier_legs("tokenizer") == []
 
 
+@pytest.mark.parametrize("why", ["DEMO_FRESH=1", "its tokenizer rebuilt"])
+def test_an_interrupted_full_stage_started_over_leaves_no_checkpoint_behind(demo_dir, monkeypatch, why):
+    """make demo FULL=1 interrupted in a fixed-step stage leaves its legs (stage_legs.json) and its checkpoints; a
+    later run that starts the stage over (DEMO_FRESH=1, or an input rebuilt since) cleared the legs but kept the
+    checkpoints, and zoo-train refused to start beside them ("holds an earlier run's checkpoints ... fix:
+    ckpt_path=last", which would have resumed the stale run): that make demo stopped there."""
+    stage = demo.Stage("dalle", ["experiment=demo/full/dalle"], expect_s=60)
+    _with_checkpoint(demo_dir / "dalle", "interrupted.ckpt")
+    demo.record_leg("dalle", 100.0)
+    if why == "DEMO_FRESH=1":
+        monkeypatch.setenv("DEMO_FRESH", "1")
+    else:
+        old = time.time() - 3600
+        os.utime(demo_dir / "dalle" / "checkpoints" / "interrupted.ckpt", (old, old))
+        _with_checkpoint(demo_dir / "tokenizer")
+    seen = []
+
+    def run_child(cmd):  # what zoo-train's check_no_earlier_run looks at, when the child starts
+        checkpoints = demo_dir / "dalle" / "checkpoints"
+        seen.append((cmd, sorted(p.name for p in checkpoints.glob("*")) if checkpoints.is_dir() else []))
+
+    monkeypatch.setattr(demo, "run_child", run_child)
+    demo.run_train(stage, {})
+    ((cmd, left),) = seen
+    assert not any(a.startswith("ckpt_path=") for a in cmd) and left == []
+    assert demo.earlier_legs("dalle") == []
+
+
 def test_sigterm_to_the_demo_lets_the_child_save_first(tmp_path):
     """SIGTERM to the demo process alone: run_child passes it on and waits, so the child's own SIGTERM handler
     (zoo-train's: save interrupted.ckpt) runs before the demo exits with 128 + 15."""

@@ -369,6 +369,28 @@ def finished(run_dir: Path) -> bool:
     return os.environ.get("DEMO_FRESH", "0") != "1" and (run_dir / "metrics.json").is_file()
 
 
+def start_over(name: str, run_dir: Path) -> None:
+    """Clear what an earlier run of stage ``name`` left before a new run of it starts: its interrupted legs' time
+    (an abandoned run's time, after DEMO_FRESH=1 or an input rebuilt, is not this run's) and its directory. Both, not
+    one or the other: an interrupted FULL=1 stage has legs *and* checkpoints, and zoo-train refuses a new run in a
+    directory that holds an earlier run's checkpoints (it would resume from them)."""
+    if earlier_legs(name):
+        _save(legs_file(), {k: v for k, v in _load(legs_file()).items() if k != name})
+    if not (run_dir / "checkpoints").is_dir():
+        return
+    # a zoo-train that still runs there (another make demo) keeps its files: they are not deleted from under it
+    from zoo.train import run_dir_holder
+
+    holder = run_dir_holder(run_dir)
+    if holder:
+        raise SystemExit(
+            f"error: {run_dir} is in use by a running zoo-train ({holder}), another make demo? (fix: wait for it "
+            f"to end, or ZOO_LOG_DIR=<another dir> make demo)"
+        )
+    print(f"\n=== demo stage '{name}': starting over, removing the earlier run in {run_dir}", flush=True)
+    shutil.rmtree(run_dir)
+
+
 def run_train(stage: Stage, timings: dict[str, float], schedule: Optional[Schedule] = None) -> Path:
     run_dir = DEMO_DIR / stage.name
     if finished(run_dir):
@@ -381,22 +403,8 @@ def run_train(stage: Stage, timings: dict[str, float], schedule: Optional[Schedu
     resume = resumable(stage, run_dir)
     if resume:
         overrides.append("ckpt_path=last")
-    elif earlier_legs(stage.name):  # an abandoned run's time (DEMO_FRESH=1, an input rebuilt) is not this run's
-        _save(legs_file(), {k: v for k, v in _load(legs_file()).items() if k != stage.name})
-    elif (run_dir / "checkpoints").is_dir():
-        # starting over (a budgeted stage after an interruption, or DEMO_FRESH=1): zoo-train refuses a new run in a
-        # directory that holds an earlier run's checkpoints (it would resume from them), so the earlier leg goes --
-        # unless a zoo-train still runs there (another make demo): its files are not deleted from under it
-        from zoo.train import run_dir_holder
-
-        holder = run_dir_holder(run_dir)
-        if holder:
-            raise SystemExit(
-                f"error: {run_dir} is in use by a running zoo-train ({holder}), another make demo? (fix: wait for it "
-                f"to end, or ZOO_LOG_DIR=<another dir> make demo)"
-            )
-        print(f"\n=== demo stage '{stage.name}': starting over, removing the earlier run in {run_dir}", flush=True)
-        shutil.rmtree(run_dir)
+    else:
+        start_over(stage.name, run_dir)
     expect = stage.expect_s * (PACE.factor if FULL else 1.0)
     if stage.minutes is not None:
         minutes = (schedule.budget_minutes(stage) if schedule is not None else stage.minutes) * SCALE
