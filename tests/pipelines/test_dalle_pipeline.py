@@ -62,6 +62,23 @@ def test_n_keep_above_n_candidates_draws_n_keep(pipe):
     assert sorted(kept) == [0, 1, 2, 3]  # every candidate once, reordered by score
 
 
+def test_without_a_clip_only_the_kept_images_are_drawn(pipe, monkeypatch):
+    """No CLIP to rank them: sample(n_keep=k) draws k candidates and generate() one (GLIDE's rule), the same images
+    as the first k of n_candidates. All n_candidates (32 by default) were drawn and the first k kept: zoo-sample
+    without generator.clip_ckpt took 4x the time for n_keep=8 and recorded n_candidates=32."""
+    from zoo.pipelines.dalle import DallePipeline
+
+    plain = DallePipeline(pipe.dalle, None, n_candidates=6, batch_size=8, seed=3)
+    drawn: list = []
+    real = plain.candidates
+    monkeypatch.setattr(plain, "candidates", lambda caps, n=None: (drawn.append(n), real(caps, n))[1])
+    out = plain.sample(CAPTIONS[:2], n_keep=2)
+    assert drawn == [2] and out["n_candidates"] == 2 and out["scores"] is None
+    assert torch.equal(out["images"], real(CAPTIONS[:2], 6)[:, :2])  # the first two of six, as before
+    drawn.clear()
+    assert torch.equal(plain.generate(CAPTIONS[:2]), out["images"][:, 0]) and drawn == [1]
+
+
 def test_generate_returns_one_best_image_per_caption(pipe):
     images = pipe.generate(CAPTIONS)
     assert images.shape == (3, 3, H.RESOLUTION, H.RESOLUTION) and images.dtype == torch.float32

@@ -162,7 +162,10 @@ class DallePipeline(ClipRerank):
     ) -> dict[str, Any]:
         """``max(n_candidates, n_keep)`` samples per caption (as GLIDE's and unCLIP's pipelines), reranked by CLIP;
         the ``n_keep`` best of each, best first: dict(images (B, n_keep, 3, H, W) in [-1, 1], scores (B, n_keep)
-        CLIP scores or None, n_candidates). Before, ``n_keep`` above ``n_candidates`` silently kept fewer."""
+        CLIP scores or None, n_candidates). Before, ``n_keep`` above ``n_candidates`` silently kept fewer. Without a
+        CLIP only ``n_keep`` are drawn (as GLIDE's pipeline): nothing ranks them, and candidate i does not depend on
+        n, so drawing all ``n_candidates`` (32 by default) and keeping the first ``n_keep`` gave the same images at 4x
+        (zoo-sample's n_keep=8) to 32x (``generate``) the sampling time, recorded as a best of 32."""
         if renamed:
             hint = (
                 " (top_k is the logit filter, an attribute; the number of images kept is n_keep)"
@@ -173,14 +176,15 @@ class DallePipeline(ClipRerank):
         captions = [captions] if isinstance(captions, str) else list(captions)
         if int(n_keep) < 1:
             raise ConfigError(f"n_keep must be >= 1, got {n_keep} (fix: n_keep=1)")
-        n = max(int(n_candidates or self.n_candidates), int(n_keep))
+        n = max(int(n_candidates or self.n_candidates), int(n_keep)) if self.scorer is not None else int(n_keep)
         cands = self.candidates(captions, n)
         images, scores = self.rerank(cands, captions, n_keep)
         return {"images": images, "scores": scores, "n_candidates": n}
 
     @torch.no_grad()
     def generate(self, captions: list[str]) -> torch.Tensor:
-        """One image per caption, the CLIP-best of ``n_candidates``: FloatTensor (len(captions), 3, H, W) in [-1, 1]."""
+        """One image per caption, the CLIP-best of ``n_candidates`` (without a CLIP, candidate 0): FloatTensor
+        (len(captions), 3, H, W) in [-1, 1]."""
         return self.sample(captions, self.n_candidates, n_keep=1)["images"][:, 0]
 
     __call__ = generate
