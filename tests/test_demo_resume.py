@@ -242,3 +242,31 @@ def test_a_stage_built_from_an_earlier_clip_or_tokenizer_is_redone(demo_dir, mon
     assert demo.resumable(fixed, demo_dir / "dalle")
     demo.ckpt("tokenizer").write_bytes(b"the tokenizer trained again")
     assert not demo.resumable(fixed, demo_dir / "dalle")
+
+
+@pytest.mark.parametrize("problem", ["not writable", "full"])
+def test_a_logs_dir_the_demo_cannot_fill_is_an_error_before_any_stage(tmp_path, monkeypatch, problem):
+    """A read-only or full logs dir was a Python traceback only after the judge (minutes) or a stage had trained:
+    the first state write, zoo-train failing to make its run dir, or torch's 'unexpected pos' RuntimeError when a
+    stage saved its checkpoint on a full disk. Now an error naming the dir, the problem and the fix, first."""
+    import shutil
+
+    if problem == "not writable":  # (the tests may run as root, whom permissions do not stop: a file in the way)
+        (tmp_path / "logs").write_text("")
+        monkeypatch.setattr(demo, "DEMO_DIR", tmp_path / "logs" / "demo")
+    else:
+        monkeypatch.setattr(demo, "DEMO_DIR", tmp_path / "demo")
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 * 2**30, 10 * 2**30, 2**20))
+    monkeypatch.delenv("FULL", raising=False)
+    monkeypatch.setenv("DEMO_START", str(time.time()))
+
+    def stage_started(*args, **kwargs):
+        raise AssertionError("a stage started")
+
+    monkeypatch.setattr(demo, "run_judge", stage_started)
+    monkeypatch.setattr(demo, "run_train", stage_started)
+    with pytest.raises(SystemExit) as e:
+        demo.main()
+    msg = str(e.value)
+    assert str(demo.DEMO_DIR) in msg and "fix:" in msg and "ZOO_LOG_DIR=" in msg
+    assert ("MB free" in msg) == (problem == "full")

@@ -563,6 +563,40 @@ def run_eval(timings: dict[str, float], expect_s: float) -> dict:
     }
 
 
+# What a whole make demo leaves under DEMO_DIR: 493 MB measured (logs/demo: CLIP 191, DALL·E 136, prior 83, decoder
+# 59, tokenizer 17 MB, the rest under 10 MB), with some room for the W&B files and the log lines on top.
+DEMO_NEEDS_MB = 600
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.lstat().st_size if p.is_file() else 0
+    except OSError:  # gone meanwhile
+        return 0
+
+
+def check_log_dir() -> None:
+    """A logs dir make demo cannot write, or without room for its stages, is an error before anything runs: it was a
+    Python traceback at the first state write after the judge had trained (minutes), or zoo-train's failure to make
+    its run dir, and a full disk torch's 'unexpected pos' RuntimeError when a stage saved its checkpoint."""
+    fix = "ZOO_LOG_DIR=<a writable dir with room> make demo writes there instead"
+    try:
+        DEMO_DIR.mkdir(parents=True, exist_ok=True)
+        probe = DEMO_DIR / ".write_test"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as e:
+        raise SystemExit(f"error: make demo cannot write its outputs to {DEMO_DIR}: {e.strerror or e} (fix: {fix})")
+    held = sum(_size(p) for p in DEMO_DIR.rglob("*"))  # an interrupted demo's finished stages stay
+    need = DEMO_NEEDS_MB * 2**20 - held
+    free = shutil.disk_usage(DEMO_DIR).free
+    if free < need:
+        raise SystemExit(
+            f"error: {DEMO_DIR} has {free / 2**20:.0f} MB free, and make demo writes about {DEMO_NEEDS_MB} MB there "
+            f"({held / 2**20:.0f} MB of it written already) (fix: free {(need - free) / 2**20:.0f} MB there, or {fix})"
+        )
+
+
 def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)  # unwinds through run_child / run_train: the child saves, the leg is recorded
 
@@ -590,6 +624,7 @@ def main() -> None:
             schedule.done.add(name)
             print(f"    schedule: {schedule.describe()}", flush=True)
 
+    check_log_dir()
     run_judge(timings, schedule)
     for stage in stages:
         if stage.name == "prior":
