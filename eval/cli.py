@@ -386,6 +386,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "cpu": describe_cpu(),  # the machine sec_per_image was measured on
         "metrics": list(suite.metrics),
         "clip": suite.clip_id if clip is not None else None,
+        # which Inception weights scored FID / KID / IS (file name and full sha256): the leaderboard flags rows
+        # scored with other weights, as it does for other CLIPs and judges
+        "inception": suite.inception.weights_identity if set(suite.metrics) & set(INCEPTION_METRICS) else None,
         "skipped": skipped,
         "conventions": {},  # filled below with the conventions of the numbers this run reports, and no others
         "seed": seed,
@@ -406,7 +409,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if set(suite.metrics) & set(INCEPTION_METRICS):  # a run without Inception weights skips them: no convention
         conventions["FID/KID/IS"] = (
             "torch-fidelity's Inception and statistics (uint8 rounding, TF1 bilinear resize to 299); IS and KID "
-            "subset sizes lowered to the number of images when fewer"
+            f"subset sizes lowered to the number of images when fewer; weights {results['inception']['file']} "
+            f"(sha256 {results['inception']['sha256']}): compare only runs scored with the same weights"
         )
     if "fd_clip" in suite.metrics:
         conventions["FD_CLIP"] = (

@@ -88,13 +88,28 @@ def resolve_weights(weights_path: Optional[Union[str, os.PathLike]] = None, allo
     return path
 
 
+# (resolved path, size, mtime_ns) -> sha256 hex: the Inception file is ~96 MB, and a Hydra multirun (one process)
+# builds an extractor per job; a file rewritten in place changes its size or mtime and is hashed again.
+_SHA256: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Union[str, os.PathLike]) -> str:
+    """The file's full sha256 (hex), computed once per (path, size, mtime_ns) in this process."""
+    path = Path(path).expanduser().resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _SHA256[key] = h.hexdigest()
+    return _SHA256[key]
+
+
 def file_digest(path: Union[str, os.PathLike], n: int = 8) -> str:
     """First ``n`` hex digits of the file's sha256."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n]
+    return file_sha256(path)[:n]
 
 
 def _build_extractor(state_dict: Optional[dict]) -> nn.Module:
@@ -211,10 +226,26 @@ class InceptionFeatures(nn.Module):
     @property
     def extractor_id(self) -> str:
         """Names the network *and its weights* (sha256 prefix of the file): part of every real-stats cache key."""
-        if self._digest is None:
-            self._digest = file_digest(self.weights_path)
-        tag = f"{self.name}@{self._digest}"
+        tag = f"{self.name}@{self.weights_sha256[:8]}"
         return tag if self.autocast_dtype is None else f"{tag}+autocast-{str(self.autocast_dtype).split('.')[-1]}"
+
+    @property
+    def weights_identity(self) -> dict[str, str]:
+        """Which weights score FID / KID / IS, for results.json: ``{"file", "sha256", "extractor"}``.
+
+        The full sha256 of the file, not its name: a renamed or re-exported file keeps the digest, and random or
+        fine-tuned weights saved under the official name do not. The name's ``-6726825d`` suffix is *not* checked
+        against the digest: torch-fidelity downloads without torch.hub's ``check_hash``, and pytorch-fid's
+        differently laid out ``pt_inception-2015-12-05-6726825d.pth`` carries the same suffix, so it is not known to
+        be a sha256 prefix of this file; both are recorded and a reader compares digests."""
+        return {"file": self.weights_path.name, "sha256": self.weights_sha256, "extractor": self.extractor_id}
+
+    @property
+    def weights_sha256(self) -> str:
+        """The weights file's full sha256 (hashed once per file, see ``file_sha256``)."""
+        if self._digest is None:
+            self._digest = file_sha256(self.weights_path)
+        return self._digest
 
     def train(self, mode: bool = True) -> "InceptionFeatures":  # never leaves eval mode (BatchNorm stats are fixed)
         return super().train(False)
@@ -292,6 +323,7 @@ __all__ = [
     "InceptionFeatures",
     "check_images",
     "default_weights_path",
+    "file_sha256",
     "iter_image_batches",
     "make_random_inception_weights",
     "resolve_weights",

@@ -16,7 +16,10 @@ A row reads, from the run's ``results.json``:
   stands in (the row's label says "best of n");
 - the sample diversity (``diversity.pairwise_clip_distance``, ``diversity.judge_distinct``);
 - ``sec_per_image`` (seconds inside the generator per image drawn) and the CPU it was measured on;
-- what the generator's checkpoints' training runs recorded (``training``: step count, and CPU when recorded).
+- what the generator's checkpoints' training runs recorded (``training``: step count, and CPU when recorded);
+- the instruments the numbers depend on: the CLIP (``clip``), the shapes judge (``conventions.judge``) and the
+  Inception weights of FID / KID / IS (``inception``: file name and sha256; "unknown" in a results.json written before
+  zoo-eval recorded them). The table flags rows scored with different ones.
 
 Outputs in ``--out``: ``leaderboard.md`` (markdown, arrows as in ``results.md``), ``leaderboard.json`` (the rows)
 and ``leaderboard.png``: one bar panel per headline metric (one bar per run, the same colour per run across panels;
@@ -120,7 +123,7 @@ def _layout_problems(results: Any) -> list[str]:
         kind = {type(None): "null", list: "list", str: "string", bool: "boolean"}.get(type(results), "number")
         return [f"it holds a JSON {kind}, not an object"]
     problems = []
-    for key in ("generator", "protocol", "diversity", "training"):
+    for key in ("generator", "protocol", "diversity", "training", "inception"):
         if results.get(key) is not None and not isinstance(results[key], dict):
             problems.append(f"{key!r} is a {type(results[key]).__name__}, not an object")
     blur = results.get("blur")
@@ -218,6 +221,13 @@ def leaderboard_row(
     # the instruments: CLIP-based and judge-based columns compare only runs scored by the same CLIP / judge
     row["clip_id"] = results.get("clip")
     row["judge_id"] = (results.get("conventions") or {}).get("judge")
+    # the Inception weights of FID / KID / IS (results.json records them since zoo-eval hashed the file; an older
+    # file has no record: "unknown", never taken as the same weights as another row's)
+    inception = results.get("inception") or {}
+    row["inception_id"] = f"{inception.get('extractor')}:{inception['sha256']}" if inception.get("sha256") else None
+    row["inception_weights"] = (
+        f"{inception.get('file')} (sha256 {str(inception['sha256'])[:16]}…)" if inception.get("sha256") else None
+    )
     r0, candidates, source = _fidelity_row(results)
     row["blur_candidates"] = candidates
     row["fidelity_from"] = source
@@ -285,6 +295,10 @@ def build_leaderboard(
 
 
 # ------------------------------------------------------------------------------------------------ writing
+def _has_inception_numbers(row: dict) -> bool:
+    return any(row.get(m) is not None for m in ("fid", "kid", "is"))
+
+
 def _present(rows: list[dict], cols: Sequence[str]) -> list[str]:
     return [c for c in cols if any(r.get(c) is not None for r in rows)]
 
@@ -346,10 +360,16 @@ def markdown_leaderboard(rows: list[dict[str, Any]], title: str = "Leaderboard",
         out.append("- **the rows use different protocols: their numbers are not comparable**")
         if len(protocols) == 1 and len(variants) > 1:
             out.append("  (the same data and size, other settings: " + "; ".join(f"`{v}`" for v in variants) + ")")
-    for key, what in (("clip_id", "CLIPs"), ("judge_id", "shapes judges")):
+    for key, what in (("clip_id", "CLIPs"), ("judge_id", "shapes judges"), ("inception_id", "Inception weights")):
         ids = sorted({str(r[key]) for r in rows if r.get(key)})
         if len(ids) > 1:
             out.append(f"- **the rows were scored by different {what}: those columns are not comparable** ({len(ids)})")
+    unknown = [r["label"] for r in rows if not r.get("inception_id") and _has_inception_numbers(r)]
+    if unknown and len(unknown) < sum(map(_has_inception_numbers, rows)):
+        out.append(
+            f"- FID / KID / IS of {', '.join(unknown)}: Inception weights unknown (results.json from before zoo-eval "
+            f"recorded them; fix: rerun zoo-eval for those runs), so not known to be comparable with the others"
+        )
     out += [""] + _table(rows, cols, first)
     attrs = [a for a in ATTRIBUTES if any(a in r.get("attributes", {}) for r in rows)]
     if attrs:
@@ -364,6 +384,8 @@ def markdown_leaderboard(rows: list[dict[str, Any]], title: str = "Leaderboard",
             bits.append("trained: " + ", ".join(steps))
         if r.get("train_cpu"):
             bits.append(f"training CPU: {r['train_cpu']}")
+        if _has_inception_numbers(r):
+            bits.append(f"Inception weights: {r.get('inception_weights') or 'unknown'}")
         out.append(f"- **{r['label']}**: " + "; ".join(bits))
     return "\n".join(out) + "\n"
 

@@ -625,3 +625,32 @@ def test_bad_candidate_counts_fail_before_the_judge_trains_or_anything_is_genera
     cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "ablations=[blur,rerank]", bad])
     with pytest.raises(ConfigError, match=rf"^{key} must be .*\(fix: {key}="):
         evaluate(cfg)
+
+
+def test_results_json_records_the_inception_weights_of_fid(tmp_path):
+    """results.json named the CLIP and the judge but not the Inception weights behind FID / KID / IS: the leaderboard
+    could not tell runs scored with different weights apart. Now the file's name and full sha256 (and in results.md's
+    conventions)."""
+    import hashlib
+
+    from eval.cli import evaluate
+    from eval.features import INCEPTION_FILENAME, make_random_inception_weights
+
+    weights = make_random_inception_weights(tmp_path / "w" / INCEPTION_FILENAME)
+    cfg = compose_eval_cfg(
+        tmp_path,
+        FAST
+        + ["protocol.n=8", "logger=none", "ablations=[blur]", "blur.radii=[0]", "metrics=[fid]"]
+        + [f"eval.inception_weights={weights}"],
+    )
+    evaluate(cfg)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert saved["inception"] == {
+        "file": INCEPTION_FILENAME,
+        "sha256": sha,
+        "extractor": f"inception-v3-compat@{sha[:8]}",
+    }
+    assert saved["blur"][0]["fid"] is not None and f"(sha256 {sha})" in (tmp_path / "run" / "results.md").read_text()
+    no_fid = compose_eval_cfg(tmp_path, FAST + ["logger=none", "ablations=[blur]", "blur.radii=[0]"])
+    assert evaluate(no_fid)["inception"] is None  # no weights offline: FID skipped, nothing to name

@@ -423,3 +423,34 @@ def test_rows_scored_by_different_clips_are_flagged(tmp_path):
     b["clip"] = a["clip"]
     md = markdown_leaderboard([leaderboard_row(a, tmp_path / "a"), leaderboard_row(b, tmp_path / "b")])
     assert "different CLIPs" not in md
+
+
+def test_rows_scored_with_different_inception_weights_are_flagged_and_old_files_read_as_unknown(tmp_path):
+    """results.json did not say which Inception weights scored FID / KID / IS: two runs scored with different weights
+    (random test weights, a fine-tune saved under the official name) sat side by side without a word, while other
+    CLIPs and judges were flagged. zoo-eval now records the file's name and full sha256; older files still load."""
+
+    def run(name, sha=None, fid=12.0):
+        res = fake_results(name, 0.4, 25.0, 0.2)
+        res["blur"][0]["fid"] = fid
+        if sha is not None:
+            res["inception"] = {
+                "file": "weights-inception-2015-12-05-6726825d.pth",
+                "sha256": sha * 64,
+                "extractor": f"inception-v3-compat@{sha * 8}",
+            }
+        return write_run(tmp_path / name, res)
+
+    a, b, a2, old = run("a", "a"), run("b", "b"), run("a2", "a"), run("old")
+    md = markdown_leaderboard(build_leaderboard([a, b]))
+    assert "scored by different Inception weights" in md and "sha256 bbbbbbbbbbbbbbbb" in md
+    assert "different Inception weights" not in markdown_leaderboard(build_leaderboard([a, a2]))
+    rows = build_leaderboard([a, old])  # an older results.json without the record: read, shown as unknown
+    assert rows[1]["inception_id"] is None and rows[1]["fid"] == 12.0
+    md = markdown_leaderboard(rows)
+    assert "different Inception weights" not in md and "Inception weights: unknown" in md
+    assert "FID / KID / IS of old: Inception weights unknown" in md
+    bad = fake_results("bad", 0.4, 25.0, 0.2)
+    bad["inception"] = "inception-v3-compat@12345678"
+    with pytest.raises(ValueError, match="'inception' is a str, not an object"):
+        build_leaderboard([write_run(tmp_path / "bad", bad)])

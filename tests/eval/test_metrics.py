@@ -430,3 +430,28 @@ def test_a_truncated_inception_file_says_download_it_again(tmp_path):
     bad.write_bytes(bad.read_bytes()[:300])
     with pytest.raises(Exception, match=rf"download {INCEPTION_URL} again .*eval\.inception_weights="):
         InceptionFeatures(weights_path=bad)
+
+
+def test_weights_identity_is_the_files_full_sha256_hashed_once_per_file_version(tmp_path, weights, monkeypatch):
+    """results.json records which Inception weights scored FID / KID / IS (file name and full sha256); the ~96 MB
+    file is hashed once per (path, size, mtime_ns), and again when it is rewritten."""
+    import hashlib
+    import os
+
+    import eval.features as features
+
+    ex = InceptionFeatures(weights_path=weights)
+    ident = ex.weights_identity
+    assert ident["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert ident["file"] == INCEPTION_FILENAME and ident["extractor"] == f"inception-v3-compat@{ident['sha256'][:8]}"
+    hashed = []
+    sha256 = hashlib.sha256
+    monkeypatch.setattr(features.hashlib, "sha256", lambda *a: hashed.append(1) or sha256(*a))
+    copy = tmp_path / "copy.pth"
+    copy.write_bytes(b"one")
+    first = features.file_sha256(copy)
+    assert features.file_sha256(copy) == first and features.file_digest(copy) == first[:8]
+    assert len(hashed) == 1  # three look-ups, one read of the file
+    copy.write_bytes(b"two")
+    os.utime(copy, ns=(1, 1))
+    assert features.file_sha256(copy) == hashlib.sha256(b"two").hexdigest()
