@@ -245,6 +245,19 @@ def test_another_components_checkpoint_as_clip_weights_is_named(tmp_path):
         ClipScorer.from_config({"arch": "zoo-clip-tiny", "checkpoint": str(path)})
 
 
+def test_an_openai_torchscript_clip_file_is_named_with_its_conversion(tmp_path):
+    """OpenAI's original CLIP files (ViT-B-32.pt from openaipublic, the `clip` package's cache) are TorchScript
+    archives. Given as clip.checkpoint= / model.checkpoint= one was "truncated or corrupt ... use another checkpoint
+    (e.g. the run's last.ckpt)", the wrong fix for a sound file. Now it is named, with the one-off conversion."""
+    from zoo.errors import ConfigError
+
+    path = tmp_path / "ViT-B-32.pt"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
+    for node in ({"arch": "zoo-clip-tiny", "checkpoint": str(path)}, {"checkpoint": str(path)}):
+        with pytest.raises(ConfigError, match=r"TorchScript archive.*load_openai_model.*clip.pretrained=openai"):
+            ClipScorer.from_config(node)
+
+
 def test_unknown_architecture_names_the_option():
     from zoo.errors import ConfigError
 

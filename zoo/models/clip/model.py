@@ -208,6 +208,25 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return safe_load(path)  # weights_only=True; refuses pickled code
 
 
+def refuse_torchscript(path: Path) -> None:
+    """A ConfigError when ``path`` is a TorchScript archive. OpenAI's released CLIP files (ViT-B-32.pt from
+    openaipublic, the `clip` package's ~/.cache/clip) are saved programs: weights_only refuses them (reading them runs
+    their code), which safe_load reported as a truncated or corrupt file with "use another checkpoint (e.g. the run's
+    last.ckpt)", the wrong fix for a sound file."""
+    from zoo.convert import is_torchscript_archive
+
+    if is_torchscript_archive(path):
+        raise ConfigError(
+            f"{path} is a TorchScript archive (a saved program, as OpenAI's original CLIP files are), not a state "
+            f"dict: refused, only weights are read (no code in a file runs). Fix: for a file you trust, save its "
+            f"weights once in open_clip's layout: python -c \"import torch, open_clip; torch.save(open_clip."
+            f"load_openai_model('{path}', device='cpu').state_dict(), '{path.stem}_state_dict.pt')\", then pass "
+            f"{path.stem}_state_dict.pt as model.checkpoint= (zoo-train) / clip.checkpoint= (zoo-embed, zoo-eval) "
+            f"with model.arch= / clip.arch=<its architecture, e.g. ViT-B-32> and model.pretrained=openai / "
+            f"clip.pretrained=openai (its QuickGELU and preprocessing); or use the pretrained=openai tag alone"
+        )
+
+
 def load_weights_file(model: torch.nn.Module, path: str | os.PathLike, arch: str = "?") -> torch.nn.Module:
     """Load a local file into ``model`` (strict), with open_clip's usual format fix-ups."""
     from open_clip.factory import (
@@ -228,6 +247,7 @@ def load_weights_file(model: torch.nn.Module, path: str | os.PathLike, arch: str
 
         load_big_vision_weights(model, str(path))
         return model
+    refuse_torchscript(path)
     raw = _read_weights(path)
     sd = clip_state_dict(raw, model)
     try:

@@ -179,9 +179,10 @@ class ClipScorer:
 
         from zoo.checkpoint import safe_load
         from zoo.errors import ConfigError
-        from zoo.models.clip.model import clip_config, create_clip, tokenizer_for
+        from zoo.models.clip.model import clip_config, create_clip, refuse_torchscript, tokenizer_for
         from zoo.registry import check_plain, component_in, data_file_kind
 
+        refuse_torchscript(Path(path))  # an OpenAI CLIP file: was "truncated or corrupt"
         ckpt = safe_load(path)
         if not isinstance(ckpt, dict):
             raise ConfigError(f"{path} is not a Lightning checkpoint (fix: a zoo-train model=clip last.ckpt)")
