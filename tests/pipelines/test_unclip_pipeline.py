@@ -584,6 +584,48 @@ def test_manipulation_cli_out_may_be_a_directory_and_a_bad_extension_fails_first
     assert e.value.code == 2
 
 
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["interpolate", "x.png"], "interpolate takes two images"),
+        (["text_diff", "x.png", "--caption-from", "a red circle"], "--caption-to"),
+        (["variations", "x.png", "--eta", "-1"], "--eta -1.0"),
+        (["variations", "x.png", "--eta", "nan"], "--eta nan"),
+        (["text_diff", "x.png", "--caption-to", "a blue circle", "--max-t", "nan"], "--max-t nan"),
+    ],
+)
+def test_manipulation_cli_options_are_checked_before_any_checkpoint_loads(argv, said, monkeypatch, capsys):
+    """A second image missing for interpolate or --caption-to for text_diff were refused only after the decoder and
+    the CLIP had loaded; a negative or NaN --eta was DDIM's ValueError traceback after the inversion, a NaN --max-t
+    NaN frames. Now errors naming the option, before anything loads."""
+    from zoo.pipelines import unclip
+
+    def must_not_load(*a, **k):
+        raise AssertionError("checkpoints loaded before the options were checked")
+
+    monkeypatch.setattr(unclip.UnclipPipeline, "from_checkpoints", must_not_load)
+    with pytest.raises(SystemExit) as e:
+        unclip.main([*argv, "--decoder-ckpt", "d", "--clip-ckpt", "c"])
+    assert e.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_manipulation_cli_takes_images_of_different_sizes(ckpts, tmp_path):
+    """Two photos of different sizes (variations a.png b.png) were torch.cat's 'Sizes of tensors must match'
+    traceback; each is brought to the decoder's resolution by the pipeline, so the grid has a row per image."""
+    from PIL import Image
+
+    from zoo.pipelines.unclip import main
+
+    Image.new("RGB", (40, 30), (200, 20, 20)).save(tmp_path / "a.png")
+    Image.new("RGB", (16, 16), (20, 20, 200)).save(tmp_path / "b.png")
+    args = ["--decoder-ckpt", str(ckpts["decoder"]), "--clip-ckpt", str(ckpts["clip"]), "--decoder-steps", "2"]
+    for mode, extra in (("variations", []), ("text_diff", ["--caption-to", "a blue square"])):
+        out = tmp_path / f"{mode}.png"
+        main([mode, str(tmp_path / "a.png"), str(tmp_path / "b.png"), *args, *extra, "-n", "2", "--out", str(out)])
+        with Image.open(out) as grid:  # 2 rows of 2 16 px images, torchvision's 2 px padding
+            assert grid.size == (2 + 2 * 18, 2 + 2 * 18)
+
+
 def test_manipulation_cli_reads_images_upright_and_refuses_unreadable_files(tmp_path):
     """A photo stored landscape with an EXIF orientation tag (a phone's portrait) is read upright, as the data
     loaders and the GLIDE inpainting CLI read it (it was read sideways); an unreadable file is a ConfigError."""

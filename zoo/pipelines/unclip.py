@@ -822,6 +822,33 @@ def _grid_path(out: str, mode: str) -> Path:
     return path
 
 
+def _check_cli_options(a: argparse.Namespace) -> None:
+    """The manipulation CLI's options, before any checkpoint loads: a second image missing for interpolate or
+    --caption-to for text_diff were refused only after the decoder and the CLIP had loaded, and a negative or NaN
+    --eta / --max-t was DDIM's ValueError traceback after the images' inversion (NaN --max-t: NaN frames)."""
+    import math
+
+    if a.n < 1:
+        raise ConfigError(f"-n {a.n}: need at least one variation / frame")
+    if a.mode == "interpolate" and len(a.images) != 2:
+        raise ConfigError(f"interpolate takes two images, got {len(a.images)} (fix: interpolate <a.png> <b.png>)")
+    if a.mode == "text_diff" and not a.caption_to:
+        raise ConfigError("text_diff needs --caption-to (and --caption-from, the image's description)")
+    if a.mode == "variations" and not (math.isfinite(a.eta) and a.eta >= 0):
+        raise ConfigError(f"--eta {a.eta}: DDIM eta is a finite number >= 0 (fix: --eta 0.5; 0 reproduces the image)")
+    if a.mode == "text_diff" and not math.isfinite(a.max_t):
+        raise ConfigError(f"--max-t {a.max_t}: the slerp's end is a finite number (fix: --max-t 0.5)")
+
+
+def _per_size(images: list[torch.Tensor], manipulate) -> torch.Tensor:
+    """``manipulate`` of the images, one batch when they share a size (as before), else one call per image: images
+    of several sizes were torch.cat's 'Sizes of tensors must match' traceback (two photos of a folder), though the
+    pipeline brings each to the decoder's resolution itself."""
+    if len({tuple(x.shape[-2:]) for x in images}) == 1:
+        return manipulate(torch.cat(images))
+    return torch.cat([manipulate(x) for x in images])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
     """``python -m zoo.pipelines.unclip {variations,interpolate,text_diff} --decoder-ckpt ... --clip-ckpt ...``:
     one grid PNG (rows of frames / variations) per call. Captions go through ``zoo-sample generator=unclip``."""
@@ -859,8 +886,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
     @report_user_errors
     def run() -> dict[str, str]:
         out_file = _grid_path(a.out, a.mode)  # checked before the work: a bad name used to fail after sampling
-        if a.n < 1:
-            raise ConfigError(f"-n {a.n}: need at least one variation / frame")
+        _check_cli_options(a)
+        imgs = [_load_image(x) for x in a.images]  # an unreadable file before the checkpoints load, too
         pipe = UnclipPipeline.from_checkpoints(
             None,
             a.decoder_ckpt,
@@ -874,17 +901,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
             upsampler_steps=a.upsampler_steps,
             seed=a.seed,
         )
-        imgs = [_load_image(x) for x in a.images]
         if a.mode == "variations":
-            out = pipe.variations(torch.cat(imgs), n=a.n, eta=a.eta)
+            out = _per_size(imgs, lambda x: pipe.variations(x, n=a.n, eta=a.eta))
         elif a.mode == "interpolate":
-            if len(imgs) != 2:
-                raise ConfigError("interpolate takes two images")
             out = pipe.interpolate(imgs[0], imgs[1], n_steps=a.n, latent=a.latent)
         else:
-            if not a.caption_to:
-                raise ConfigError("text_diff needs --caption-to (and --caption-from, the image's description)")
-            out = pipe.text_diff(torch.cat(imgs), a.caption_from, a.caption_to, n_steps=a.n, max_t=a.max_t)
+            out = _per_size(imgs, lambda x: pipe.text_diff(x, a.caption_from, a.caption_to, n_steps=a.n, max_t=a.max_t))
         from torchvision.utils import save_image
 
         out_file.parent.mkdir(parents=True, exist_ok=True)
