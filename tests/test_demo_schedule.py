@@ -1,6 +1,8 @@
 """make demo's Schedule: training budgets are the nominal shares of the time left before the target, after the
 predicted fixed-work stages, so a slower CPU trains less instead of overrunning."""
 
+import json
+import os
 import time
 
 import pytest
@@ -147,3 +149,38 @@ def test_the_demo_state_files_survive_a_kill_mid_write_and_a_damaged_one_does_no
     assert "is damaged" in capsys.readouterr().out and (tmp_path / "stage_legs.json.damaged").is_file()
     demo.record_leg("dalle", 5.0)
     assert demo.earlier_legs("dalle") == [5.0]
+
+
+def test_the_summary_of_a_resumed_demo_holds_every_stages_budget_and_the_set_up(monkeypatch, tmp_path):
+    """summary.json's training budgets (the README's make demo table) were those of the stages this run trained: a
+    demo resumed after an interruption reported none for the stages it reused. Each reused stage's budget is the one
+    its own zoo-train ran with; the set-up before the demo (make's venv, DEMO_START) is kept too."""
+    monkeypatch.setattr(demo, "DEMO_DIR", tmp_path / "demo")
+    monkeypatch.delenv("DEMO_FRESH", raising=False)
+    monkeypatch.delenv("FULL", raising=False)
+    monkeypatch.setenv("DEMO_START", str(time.time() - 120))
+    for split in ("train", "val", "test"):  # (before the prior that read them)
+        demo.features(split).parent.mkdir(parents=True, exist_ok=True)
+        demo.features(split).write_bytes(b"x")
+        os.utime(demo.features(split), (time.time() - 60, time.time() - 60))
+    given = {"tokenizer": 3.71, "clip": 3.18, "dalle": 8.52, "prior": 2.13, "decoder": 6.79}
+    for name, minutes in given.items():
+        run = demo.DEMO_DIR / name
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(
+            f"- experiment=demo/{name}\n- callbacks.time_budget.minutes={minutes:g}\n"
+        )
+        (run / "metrics.json").write_text('{"global_step": 10}')
+
+    def ran(name, *args):
+        return {"run_dir": str(demo.DEMO_DIR / name), "metrics": {}, "last_grid": None, "results": "results.md"}
+
+    monkeypatch.setattr(demo, "run_judge", lambda timings, schedule: None)
+    monkeypatch.setattr(demo, "run_child", lambda cmd: pytest.fail(f"a stage ran: {cmd}"))
+    monkeypatch.setattr(demo, "run_sample", lambda name, *a: ran(name))
+    monkeypatch.setattr(demo, "run_manipulations", lambda *a: ran("unclip_manipulations"))
+    monkeypatch.setattr(demo, "run_eval", lambda *a: ran("eval"))
+    demo.main()
+    summary = json.loads((demo.DEMO_DIR / "summary.json").read_text())
+    assert summary["schedule"]["training_budgets_min"] == given
+    assert 115 <= summary["schedule"]["setup_s"] < 150

@@ -190,6 +190,7 @@ class Schedule:
         start = os.environ.get("DEMO_START", "").strip()
         now = time.time()
         self.start = float(start) if start else now
+        self.setup_s = now - self.start  # before the demo began: make's venv set-up, the interpreter's start
         self.target_s = float(os.environ.get("DEMO_MINUTES", "30")) * 60
         self.deadline = self.start + self.target_s - self.MARGIN_S
         self.nominal = {s.name: s.minutes * 60 for s in stages if s.minutes is not None}
@@ -426,6 +427,26 @@ def run_train(stage: Stage, timings: dict[str, float], schedule: Optional[Schedu
     return run_dir
 
 
+def given_budget(run_dir: Path) -> Optional[float]:
+    """The TimeBudget minutes a finished training stage ran with (its zoo-train command's override): a demo that
+    reuses the stage reports it beside the budgets it gives itself. summary.json held this run's budgets only, so the
+    summary of a demo resumed after an interruption lacked the budgets of the stages it reused (the README's table)."""
+    import yaml
+
+    try:
+        overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    except (OSError, yaml.YAMLError):
+        return None
+    for o in overrides:
+        key, _, value = str(o).partition("=")
+        if key == "callbacks.time_budget.minutes":
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
 def run_embed(timings: dict[str, float], expect_s: float) -> None:
     """zoo-embed of the prior's splits (sizes as in experiment=demo/prior) with the demo CLIP."""
     sizes = {"train": 4096, "val": 256, "test": 256}
@@ -631,6 +652,10 @@ def main() -> None:
             run_embed(timings, expect("embed"))
             done("embed")
         run_dir = run_train(stage, timings, schedule)
+        if schedule is not None and stage.name not in schedule.budgets:  # reused: what its own run was given
+            given = given_budget(run_dir)
+            if given is not None:
+                schedule.budgets[stage.name] = given
         done(stage.name)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         grids = sorted((run_dir / "samples").glob("*.png"))
@@ -682,6 +707,7 @@ def main() -> None:
         summary["schedule"] = {
             "target_s": schedule.target_s,
             "since_make_demo_started_s": round(since_start, 1),
+            "setup_s": round(schedule.setup_s, 1),
             "speed_factor": round(schedule.factor, 3),
             "speed_factor_from": schedule.factor_why,
             "training_budgets_min": schedule.budgets,
