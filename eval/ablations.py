@@ -151,6 +151,22 @@ def _blurred(source, radius: float, batch_size: int):
         yield gaussian_blur(batch, radius) if radius else batch
 
 
+def _clip_preprocess_tag(clip) -> str:
+    """``;prep=<size>,<resize mode>,<interpolation>,<digest of mean/std>`` of a ``ClipScorer`` (empty for a CLIP without
+    these attributes). The weights' fingerprint alone keyed the cached real features: the same weights with another
+    interpolation, resize mode, input size or normalisation read the first scorer's real features, and FD_CLIP was
+    silently wrong (zoo-eval's own ident names the arch / tag that set the preprocessing)."""
+    import hashlib
+
+    size, mode, interp = (getattr(clip, k, None) for k in ("image_size", "resize_mode", "interpolation"))
+    mean, std = getattr(clip, "mean", None), getattr(clip, "std", None)
+    if size is None and mode is None and interp is None and mean is None and std is None:
+        return ""
+    norm = [[round(float(v), 6) for v in torch.as_tensor(t).flatten()] for t in (mean, std) if t is not None]
+    digest = hashlib.sha256(repr(norm).encode()).hexdigest()[:8]
+    return f";prep={size},{mode},{interp},{digest}"
+
+
 class MetricSuite:
     """The metrics to compute and the networks they need (``None`` where absent; asking for a metric whose network
     is missing is a ValueError).
@@ -162,7 +178,8 @@ class MetricSuite:
         judge: ``eval.judge.ShapesJudge`` (needs the protocol's ground-truth ``attributes``).
         cache: ``eval.metrics.RealStatsCache`` for real-image statistics (Inception and CLIP), or None.
         clip_id: names the CLIP and its weights in cache keys (different CLIPs must not share an entry). None: a
-            ``ClipScorer``'s fingerprint of its weights (``clip_fingerprint``); any other CLIP with a cache that
+            ``ClipScorer``'s fingerprint of its weights (``clip_fingerprint``) and its preprocessing (input size,
+            resize mode, interpolation, mean/std); any other CLIP with a cache that
             would hold its real features (``fd_clip``) must be named, or two CLIPs of one width read each other's.
     """
 
@@ -201,7 +218,7 @@ class MetricSuite:
             return clip_id
         fingerprint = getattr(clip, "fingerprint", None)
         if isinstance(fingerprint, str) and fingerprint:
-            return f"clip-{fingerprint}"
+            return f"clip-{fingerprint}{_clip_preprocess_tag(clip)}"
         raise ValueError(
             f"MetricSuite: fd_clip with a real-statistics cache needs clip_id naming the CLIP and its weights "
             f"({type(clip).__name__} has no fingerprint; fix: clip_id='<name>-<weights digest>', or cache=None)"

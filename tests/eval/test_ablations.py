@@ -388,13 +388,35 @@ def test_fd_clip_with_a_shared_cache_keeps_each_clips_real_features_apart(shapes
     real = shapes_set.real.tensor()
     for scorer in scorers:
         suite = MetricSuite(["fd_clip"], clip=scorer, cache=cache, progress=False)
-        assert suite.clip_id == f"clip-{scorer.fingerprint}"
+        assert suite.clip_id.startswith(f"clip-{scorer.fingerprint};prep=")
         assert suite.evaluate(real, shapes_set)["fd_clip"] == pytest.approx(0.0, abs=1e-3)  # the real set itself
     assert scorers[0].fingerprint != scorers[1].fingerprint and len(list((tmp_path / "real_stats").iterdir())) == 2
     with pytest.raises(ValueError, match="needs clip_id naming the CLIP"):
         MetricSuite(["fd_clip"], clip=PoolScorer(), cache=cache, progress=False)
     assert MetricSuite(["fd_clip"], clip=PoolScorer(), cache=cache, clip_id="pool", progress=False).clip_id == "pool"
     assert MetricSuite(["fd_clip"], clip=PoolScorer(), progress=False).clip_id is None  # nothing cached: no name
+
+
+def test_fd_clip_cache_keeps_one_clips_real_features_apart_per_preprocessing(tmp_path):
+    """The same CLIP weights with another interpolation / resize mode (a library-built ClipScorer) were keyed by the
+    weights' fingerprint alone: the second scorer read the first one's cached real features, and FD_CLIP of the real
+    images against themselves was not 0. The key now names the scorer's preprocessing too."""
+    from zoo.models.clip.model import clip_config, create_clip, tokenizer_for
+    from zoo.models.clip.scorer import ClipScorer
+
+    es = ShapesProtocol(n=8, split="val", resolution=48, seed=1).load()  # 48 px: the tiny CLIP (32 px) resizes
+    cfg = clip_config("tiny")
+    torch.manual_seed(0)
+    a = ClipScorer.from_model(create_clip(cfg), tokenizer_for(cfg))
+    b = ClipScorer(a.model, a.tokenizer, a.image_size, a.mean.flatten().tolist(), a.std.flatten().tolist())
+    b.interpolation, b.resize_mode = "bilinear", "squash"
+    cache = RealStatsCache(tmp_path / "real_stats")
+    real = es.real.tensor()
+    suites = [MetricSuite(["fd_clip"], clip=s, cache=cache, progress=False) for s in (a, b)]
+    for suite in suites:
+        assert suite.evaluate(real, es)["fd_clip"] == pytest.approx(0.0, abs=1e-9)  # the real set itself
+    assert suites[0].clip_id != suites[1].clip_id and a.fingerprint == b.fingerprint
+    assert len(list((tmp_path / "real_stats").iterdir())) == 2
 
 
 def test_generated_images_as_a_generator_or_a_list_of_batches_are_scored_as_a_tensor(shapes_set):
