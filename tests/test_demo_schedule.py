@@ -184,3 +184,23 @@ def test_the_summary_of_a_resumed_demo_holds_every_stages_budget_and_the_set_up(
     summary = json.loads((demo.DEMO_DIR / "summary.json").read_text())
     assert summary["schedule"]["training_budgets_min"] == given
     assert 115 <= summary["schedule"]["setup_s"] < 150
+
+
+@pytest.mark.parametrize(
+    "name, value", [("DEMO_FRESH", "true"), ("FULL", "yes"), ("DEMO_MINUTES", "45min"), ("DEMO_BUDGET_SCALE", "0")]
+)
+def test_a_knob_make_demo_does_not_understand_is_an_error_naming_it(monkeypatch, tmp_path, name, value):
+    """DEMO_FRESH=true reused every finished stage and FULL=yes ran the 30-minute demo (both read as off without a
+    word); DEMO_MINUTES=45min was float()'s ValueError traceback; DEMO_BUDGET_SCALE=0 gave every stage 0 minutes."""
+    import importlib
+
+    monkeypatch.setenv(name, value)
+    try:
+        with pytest.raises(SystemExit, match=f"{name}={value}.*fix: {name}="):
+            importlib.reload(demo)  # FULL, DEMO_BUDGET_SCALE: read as the demo starts
+            monkeypatch.setattr(demo, "DEMO_DIR", tmp_path / "demo")
+            monkeypatch.setattr(demo, "run_judge", lambda *a: pytest.fail("the judge, the first stage, started"))
+            demo.main()  # DEMO_FRESH, DEMO_MINUTES: before any stage
+    finally:
+        monkeypatch.delenv(name)
+        importlib.reload(demo)

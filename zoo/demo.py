@@ -42,11 +42,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-FULL = os.environ.get("FULL", "0") == "1"
+
+def env_flag(name: str) -> bool:
+    """A make demo switch (FULL, DEMO_FRESH): 1 on, 0 or unset off. Any other value was read as off without a word:
+    DEMO_FRESH=true reused every finished stage, make demo FULL=yes ran the 30-minute demo."""
+    value = os.environ.get(name, "").strip()
+    if value not in ("", "0", "1"):
+        raise SystemExit(f"error: {name}={value} is not a make demo switch (fix: {name}=1 for on, {name}=0 for off)")
+    return value == "1"
+
+
+def env_number(name: str, default: float, what: str) -> float:
+    """A positive number of make demo (DEMO_MINUTES, DEMO_BUDGET_SCALE): a word was float()'s ValueError traceback, and
+    0 trained every stage for 0 minutes."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 0 < number < float("inf"):
+        raise SystemExit(
+            f"error: {name}={value} must be a positive number, {what} (fix: {name}={default:g}, the default)"
+        )
+    return number
+
+
+FULL = env_flag("FULL")
 # Under the log dir the configs read the demo's outputs from (${paths.log_dir}/demo/...: the eval generators, the
 # leaderboard and unCLIP experiments, experiments/leaderboard/run.sh): $ZOO_LOG_DIR when set, else ./logs.
 DEMO_DIR = Path(os.environ.get("ZOO_LOG_DIR") or "logs") / ("demo_full" if FULL else "demo")
-SCALE = float(os.environ.get("DEMO_BUDGET_SCALE", "1"))
+SCALE = env_number("DEMO_BUDGET_SCALE", 1.0, "the factor on every training budget")
 STARTUP_S = 25  # a zoo-train process: imports, data set-up, model build, the final checkpoint
 
 # After training: samples for these prompts (shapes-world wording), reranked by the demo's CLIP.
@@ -191,7 +218,7 @@ class Schedule:
         now = time.time()
         self.start = float(start) if start else now
         self.setup_s = now - self.start  # before the demo began: make's venv set-up, the interpreter's start
-        self.target_s = float(os.environ.get("DEMO_MINUTES", "30")) * 60
+        self.target_s = env_number("DEMO_MINUTES", 30.0, "the demo's target in minutes") * 60
         self.deadline = self.start + self.target_s - self.MARGIN_S
         self.nominal = {s.name: s.minutes * 60 for s in stages if s.minutes is not None}
         self.done: set[str] = set()
@@ -335,7 +362,7 @@ def resumable(stage: Stage, run_dir: Path) -> bool:
     """A fixed-step stage (FULL=1) with a checkpoint from an interrupted run resumes from it (``ckpt_path=last``).
     A budgeted stage starts over instead: its step count and learning-rate schedule are fitted to a budget that an
     interruption has already spent part of."""
-    if stage.minutes is not None or os.environ.get("DEMO_FRESH", "0") == "1":
+    if stage.minutes is not None or env_flag("DEMO_FRESH"):
         return False
     saved = [run_dir / "checkpoints" / n for n in ("last.ckpt", "interrupted.ckpt")]
     saved = [p for p in saved if p.is_file()]
@@ -367,7 +394,7 @@ def newer_input(name: str, output: Path) -> Optional[Path]:
 def finished(run_dir: Path) -> bool:
     """A stage is done when its run wrote metrics.json (or its outputs). Re-running ``make demo`` after an
     interruption keeps finished stages; ``DEMO_FRESH=1`` or deleting logs/demo/<stage> redoes them."""
-    return os.environ.get("DEMO_FRESH", "0") != "1" and (run_dir / "metrics.json").is_file()
+    return not env_flag("DEMO_FRESH") and (run_dir / "metrics.json").is_file()
 
 
 def start_over(name: str, run_dir: Path) -> None:
@@ -450,7 +477,7 @@ def given_budget(run_dir: Path) -> Optional[float]:
 def run_embed(timings: dict[str, float], expect_s: float) -> None:
     """zoo-embed of the prior's splits (sizes as in experiment=demo/prior) with the demo CLIP."""
     sizes = {"train": 4096, "val": 256, "test": 256}
-    fresh = os.environ.get("DEMO_FRESH", "0") == "1"
+    fresh = env_flag("DEMO_FRESH")
     # a split embedded by an earlier CLIP than the demo's checkpoint now is embedded again (``stage_inputs``)
     todo = [s for s in sizes if fresh or not features(s).is_file() or newer_input("embed", features(s))]
     if not todo:
@@ -625,6 +652,7 @@ def _exit_on_sigterm(signum, frame) -> None:
 def main() -> None:
     t_start = time.perf_counter()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    env_flag("DEMO_FRESH")  # read first when a training stage starts, after the judge (minutes): checked now
     from zoo.precision import describe_cpu
 
     stages = training_stages()
