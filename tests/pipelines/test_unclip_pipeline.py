@@ -768,6 +768,20 @@ def test_upsampler_steps_with_too_few_values_names_the_count():
         UnclipPipeline(UnclipDecoderLit(preset="tiny"), None, None, ups, prior="none", upsampler_steps=[1])
 
 
+@pytest.mark.parametrize("steps", [2.5, "abc", "25", [2.5], [1, "x"]])
+def test_upsampler_steps_of_the_wrong_kind_are_a_config_error(steps):
+    """generator.upsampler_steps=2.5 was "'float' object is not iterable", abc (a string) int()'s "invalid literal
+    ... 'a'", "25" two values (one per character) and [2.5] silently 2 steps: now the step check's ConfigError
+    naming the key."""
+    from zoo.errors import ConfigError
+    from zoo.models.unclip_decoder.lit import UnclipDecoderLit
+    from zoo.models.upsampler.lit import UpsamplerLit
+
+    ups = [UpsamplerLit(preset="tiny")] * (2 if isinstance(steps, list) and len(steps) == 2 else 1)
+    with pytest.raises(ConfigError, match=r"generator\.upsampler_steps must be a whole number"):
+        UnclipPipeline(UnclipDecoderLit(preset="tiny"), None, None, ups, prior="none", upsampler_steps=steps)
+
+
 def test_one_upsampler_checkpoint_given_as_a_string_is_that_checkpoint(ckpts):
     """generator.upsampler_ckpts=<path> (no brackets: Hydra gives the string) was read one character at a time:
     "checkpoint not found: /"."""

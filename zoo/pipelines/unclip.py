@@ -190,8 +190,11 @@ class UnclipPipeline:
         self.prior_n_candidates, self.prior_eta = prior_n_candidates, prior_eta
         self.decoder_guidance_scale, self.decoder_steps = decoder_guidance_scale, decoder_steps
         self.decoder_sampler, self.decoder_eta = decoder_sampler, decoder_eta
-        if upsampler_steps is not None and not isinstance(upsampler_steps, int):  # a list (also Hydra's ListConfig)
-            upsampler_steps = [None if v is None else int(v) for v in upsampler_steps]
+        # a list (also Hydra's ListConfig) is one value per upsampler; anything else one value for all. Its values
+        # are checked as they are (_check_upsampler_knobs): int() took [2.5] for 2, 2.5 was "'float' object is not
+        # iterable" and abc / "25" (a string) were split into characters
+        if isinstance(upsampler_steps, Sequence) and not isinstance(upsampler_steps, str):
+            upsampler_steps = list(upsampler_steps)
         self.upsampler_steps, self.upsampler_eta = upsampler_steps, upsampler_eta
         self._check_sampling_knobs()
         used = self.decoder.hparams.sampler if decoder_sampler is None else decoder_sampler
