@@ -94,31 +94,36 @@ def test_full_expectations_scale_with_the_judge():
     assert pace.factor == 6.0
 
 
-def test_demo_writes_where_the_configs_read_it(monkeypatch, tmp_path):
+@pytest.mark.parametrize("var", ["ZOO_LOG_DIR", "ZOO_ROOT"])
+def test_demo_writes_where_the_configs_read_it(monkeypatch, tmp_path, var):
     """With ZOO_LOG_DIR set (the README's shared-storage setting) make demo wrote ./logs/demo while zoo-eval's
     generators, the leaderboard experiments and experiments/leaderboard/run.sh read $ZOO_LOG_DIR/demo: after a
-    finished make demo, `make leaderboard` said "$ZOO_LOG_DIR/demo/clip/... is missing (fix: run make demo first)"."""
+    finished make demo, `make leaderboard` said "$ZOO_LOG_DIR/demo/clip/... is missing (fix: run make demo first)".
+    With ZOO_ROOT set (conf/paths: the root of logs/ and .zoo_cache/; the experiments READMEs' runs set it) the same,
+    and the demo trained its judge in ./.zoo_cache where its eval stage (zoo-eval's judge.dir) did not look."""
     import importlib
     from pathlib import Path
 
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    monkeypatch.setenv("ZOO_LOG_DIR", str(tmp_path / "shared"))
-    monkeypatch.delenv("FULL", raising=False)
+    for name in ("ZOO_LOG_DIR", "ZOO_ROOT", "ZOO_CACHE_DIR", "FULL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(var, str(tmp_path / "shared"))
     importlib.reload(demo)
     try:
         GlobalHydra.instance().clear()
         with initialize_config_module(config_module="conf.eval", version_base="1.3"):
             cfg = compose("eval", overrides=["generator=dalle"])
-        assert Path(cfg.generator.dalle_ckpt) == demo.ckpt("dalle")
-        assert Path(cfg.clip.checkpoint) == demo.ckpt("clip")
+        assert Path(cfg.generator.dalle_ckpt) == demo.ckpt("dalle").absolute()
+        assert Path(cfg.clip.checkpoint) == demo.ckpt("clip").absolute()
+        assert Path(cfg.judge.dir) == demo.judge_dir().absolute()
         with initialize_config_module(config_module="conf", version_base="1.3"):
             train = compose("train", overrides=["experiment=demo/dalle"])
-        assert Path(train.model.image_tokenizer_ckpt) == demo.ckpt("tokenizer")
+        assert Path(train.model.image_tokenizer_ckpt) == demo.ckpt("tokenizer").absolute()
     finally:
         GlobalHydra.instance().clear()
-        monkeypatch.delenv("ZOO_LOG_DIR")
+        monkeypatch.delenv(var)
         importlib.reload(demo)
 
 

@@ -70,9 +70,19 @@ def env_number(name: str, default: float, what: str) -> float:
 
 
 FULL = env_flag("FULL")
+
+
+def zoo_path(var: str, name: str) -> Path:
+    """Where conf/paths/default.yaml puts a path the configs share: $<var> when set, else <name> under $ZOO_ROOT (the
+    launch directory when unset). The demo read ZOO_LOG_DIR / ZOO_CACHE_DIR alone: with ZOO_ROOT set (as the
+    experiments READMEs' runs are) it wrote ./logs/demo where zoo-eval and make leaderboard read $ZOO_ROOT/logs/demo,
+    and trained its judge in ./.zoo_cache where its own eval stage looked in $ZOO_ROOT/.zoo_cache (and trained another)."""
+    return Path(os.environ.get(var) or Path(os.environ.get("ZOO_ROOT") or ".") / name)
+
+
 # Under the log dir the configs read the demo's outputs from (${paths.log_dir}/demo/...: the eval generators, the
-# leaderboard and unCLIP experiments, experiments/leaderboard/run.sh): $ZOO_LOG_DIR when set, else ./logs.
-DEMO_DIR = Path(os.environ.get("ZOO_LOG_DIR") or "logs") / ("demo_full" if FULL else "demo")
+# leaderboard and unCLIP experiments, experiments/leaderboard/run.sh).
+DEMO_DIR = zoo_path("ZOO_LOG_DIR", "logs") / ("demo_full" if FULL else "demo")
 SCALE = env_number("DEMO_BUDGET_SCALE", 1.0, "the factor on every training budget")
 STARTUP_S = 25  # a zoo-train process: imports, data set-up, model build, the final checkpoint
 
@@ -557,14 +567,18 @@ def run_manipulations(timings: dict[str, float], expect_s: float) -> dict:
 JUDGE_WIDTH = 32  # the cheaper judge (conf/eval/eval.yaml judge.width): the reference width-64 one costs 2.5x more
 
 
+def judge_dir() -> Path:
+    """Where zoo-eval's judge.dir (${paths.cache_dir}/judge) is: the eval stage reads the judge the demo trained."""
+    return zoo_path("ZOO_CACHE_DIR", ".zoo_cache") / "judge"
+
+
 def run_judge(timings: dict[str, float], schedule: Optional[Schedule] = None) -> None:
     """The shapes judge that zoo-eval scores prompt fidelity with: trained once (400 steps) and cached under
     .zoo_cache/judge, shown as its own stage so its time is not hidden inside the eval. It runs first: it needs no
     trained model, and its wall time tells the Schedule how fast this CPU is."""
     resolution = 48 if FULL else 32
     width = 64 if FULL else JUDGE_WIDTH
-    judge_dir = Path(os.environ.get("ZOO_CACHE_DIR", ".zoo_cache")) / "judge"  # zoo-eval's judge.dir
-    node = {"dir": str(judge_dir), "steps": 400, "batch_size": 128, "width": width}
+    node = {"dir": str(judge_dir()), "steps": 400, "batch_size": 128, "width": width}
     code = (  # logging configured: the judge's progress lines (zoo.progress, INFO) reach the demo's log
         "import logging; logging.basicConfig(level=logging.INFO, format='[%(asctime)s][%(name)s] %(message)s'); "
         "from omegaconf import OmegaConf; from eval.cli import build_judge; "
