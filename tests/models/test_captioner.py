@@ -436,3 +436,43 @@ def test_check_data_checks_the_val_features_too(train_cfg, tmp_path):
         cfg = _tiny_captioner_cfg(train_cfg, feats, f"data.features.val={val}")
         with pytest.raises(ConfigError, match=f"data.features.val={val} {says}"):
             check_compatibility(instantiate(cfg.model), instantiate(cfg.data))
+
+
+@pytest.mark.parametrize("method", ["greedy", "nucleus", "beam"])
+def test_decoding_never_emits_sot_pad_or_ids_the_tokenizer_lacks(method):
+    """A network whose vocab_size exceeds the fitted BPE's (1024 vs a few hundred on shapes), or barely trained, gave
+    mass to ids with no text and to [SOT] / [PAD]: decode() dropped them without a word (a fresh captioner's captions
+    were ''). Here the network is random and 60 of its 64 ids are past the tokenizer's 4-word vocabulary."""
+    torch.manual_seed(0)
+    cfg = CaptionerConfig(dim=32, n_layers=1, n_heads=2, head_dim=16, vocab_size=64, text_len=12, embed_dim=8)
+    net = Captioner(cfg)
+    emb = torch.randn(6, 8)
+    n_valid = 6  # [PAD] 0, 1, [SOT] 2, [EOT] 3, 4, 5
+    if method == "beam":
+        out = beam_search(net, emb, beam_width=3, n_valid=n_valid)
+    else:
+        temp = 0.0 if method == "greedy" else 1.0
+        gen = torch.Generator().manual_seed(1)
+        out = sample_captions(net, emb, temperature=temp, top_p=0.95, generator=gen, n_valid=n_valid)
+    for row in out.tolist():
+        assert row[0] == cfg.sot_id
+        body = row[1 : row.index(cfg.eot_id) + 1] if cfg.eot_id in row else row[1:]
+        assert body and all(t < n_valid and t not in (cfg.sot_id, cfg.pad_id) for t in body), row
+        assert all(t == cfg.pad_id for t in row[1 + len(body) :]), row  # only [PAD] after [EOT]
+    # without n_valid the network's own vocabulary stands, [SOT] and [PAD] still never drawn
+    out = sample_captions(net, emb)
+    assert not ((out[:, 1:] == cfg.sot_id).any())
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("temperature", "hot"), ("length_penalty", "x"), ("top_p", "high"), ("length_penalty", float("nan"))],
+)
+def test_a_decoding_option_that_is_no_number_names_the_option(option, value):
+    """float('hot') was Python's bare 'could not convert string to float', naming no option; a NaN length_penalty
+    was taken at construction (every beam's score NaN, argmax then took beam 0)."""
+    from zoo.models.prompt_upsampler.lit import PromptUpsamplerLit
+
+    for cls in (CaptionerLit, PromptUpsamplerLit):
+        with pytest.raises(ConfigError, match=rf"model\.{option} must be a (finite )?number"):
+            cls(preset="tiny", **{option: value})

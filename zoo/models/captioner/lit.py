@@ -60,7 +60,12 @@ def keep_checkpoint_tokenizer(module, checkpoint: dict[str, Any]) -> None:
 
 
 def check_decoding(
-    decoding: str, beam_width: int, top_p: float, temperature: float = 1.0, prefix: str = "model."
+    decoding: str,
+    beam_width: int,
+    top_p: float,
+    temperature: float = 1.0,
+    prefix: str = "model.",
+    length_penalty: float = 1.0,
 ) -> None:
     """The decoding options of a text-generating Lit (captioner, prompt upsampler), checked before training, and of
     the commands that decode with one (zoo-recaption, eval.captions: ``prefix`` is how their options are spelt).
@@ -68,12 +73,24 @@ def check_decoding(
     or a beam width of 0 (read as "the checkpoint's") ran something other than what the output's meta says."""
     if decoding not in DECODING:
         raise ConfigError(f"unknown decoding {decoding!r}; choose one of {DECODING} ({prefix}decoding=...)")
-    if isinstance(beam_width, bool) or int(beam_width) != beam_width or int(beam_width) < 1:
+    knobs = (
+        ("beam_width", beam_width),
+        ("top_p", top_p),
+        ("temperature", temperature),
+        ("length_penalty", length_penalty),
+    )
+    for name, value in knobs:
+        # a word ('hot', 'x') was float()'s bare "could not convert string to float", naming no option
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{prefix}{name} must be a number, got {value!r} (fix: {prefix}{name}=<number>)")
+    if int(beam_width) != beam_width or int(beam_width) < 1:
         raise ConfigError(f"{prefix}beam_width must be an integer >= 1, got {beam_width}")
     if not 0.0 < float(top_p) <= 1.0:
         raise ConfigError(f"{prefix}top_p must be in (0, 1], got {top_p}")
     if not 0.0 <= float(temperature) < float("inf"):  # 0 is greedy (sample_captions); NaN fails too
         raise ConfigError(f"{prefix}temperature must be a finite number >= 0, got {temperature}")
+    if not math.isfinite(float(length_penalty)):  # NaN: every beam's final score NaN, argmax took beam 0
+        raise ConfigError(f"{prefix}length_penalty must be a finite number, got {length_penalty} (fix: 1.0)")
 
 
 def item_generators(seed: int, items: Iterable[int], device) -> Any:
@@ -104,9 +121,7 @@ def decoding_options(module, method, beam_width, length_penalty, top_p, temperat
         "top_p": module.top_p if top_p is None else top_p,
         "temperature": module.temperature if temperature is None else temperature,
     }
-    check_decoding(opts["method"], opts["beam_width"], opts["top_p"], opts["temperature"], prefix="")
-    if not math.isfinite(float(opts["length_penalty"])):  # NaN: every beam's final score NaN, argmax took beam 0
-        raise ConfigError(f"length_penalty must be a finite number, got {opts['length_penalty']}")
+    check_decoding(opts["method"], opts["beam_width"], opts["top_p"], opts["temperature"], "", opts["length_penalty"])
     if max_len is not None and not is_whole(max_len, 1):
         raise ConfigError(
             f"max_len must be a whole number >= 1 (tokens incl. [SOT]), got {max_len!r} (fix: max_len=None, the "
@@ -153,7 +168,7 @@ class CaptionerLit(ClipEmbeddingLit):
         super().__init__(optimizer, scheduler)
         self.clip_fingerprint = clip_fingerprint  # the CLIP of its training embeddings (ClipEmbeddingLit)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "text_tokenizer"])
-        check_decoding(decoding, beam_width, top_p, temperature)
+        check_decoding(decoding, beam_width, top_p, temperature, length_penalty=length_penalty)
         self.decoding, self.beam_width, self.length_penalty = decoding, int(beam_width), float(length_penalty)
         self.top_p, self.temperature = float(top_p), float(temperature)
         self.tokenizer_all_styles = bool(tokenizer_all_styles)
@@ -362,10 +377,14 @@ class CaptionerLit(ClipEmbeddingLit):
         o = decoding_options(self, method, beam_width, length_penalty, top_p, temperature, max_len)
         emb = image_emb.to(self.device).float()
         pat = patches.to(self.device).float() if patches is not None else None
+        n_valid = getattr(self.text_tokenizer, "vocab_size", None)  # ids past the BPE's have no text
         if o["method"] == "beam":
-            return beam_search(self.net, emb, pat, int(o["beam_width"]), o["length_penalty"], max_len, use_cache)
+            bw, lp = int(o["beam_width"]), o["length_penalty"]
+            return beam_search(self.net, emb, pat, bw, lp, max_len, use_cache, n_valid=n_valid)
         if o["method"] == "greedy":
-            return sample_captions(self.net, emb, pat, temperature=0.0, max_len=max_len, use_cache=use_cache)
+            return sample_captions(
+                self.net, emb, pat, temperature=0.0, max_len=max_len, use_cache=use_cache, n_valid=n_valid
+            )
         gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(seed))
         return sample_captions(
             self.net,
@@ -377,6 +396,7 @@ class CaptionerLit(ClipEmbeddingLit):
             max_len=max_len,
             use_cache=use_cache,
             generator=gen,
+            n_valid=n_valid,
         )
 
     @torch.no_grad()

@@ -229,6 +229,19 @@ class Captioner(PrefixLM, nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ decoding
+def never_drawn(cfg: CaptionerConfig, n_valid: Optional[int], device) -> torch.Tensor:
+    """(V,) bool: the ids decoding must never emit after [SOT]. [SOT] and [PAD] are never targets there (the loss
+    ignores [PAD]; [SOT] starts every caption), yet an untrained or briefly trained network gives them mass (a fresh
+    captioner repeats [SOT], which decodes to ''); and ids from ``n_valid`` up (the fitted BPE's vocabulary, when the
+    network's ``vocab_size`` is larger: 1024 against a 300-400-word BPE on shapes) have no text, so the tokenizer
+    dropped them from the decoded caption without a word."""
+    banned = torch.zeros(cfg.vocab_size, dtype=torch.bool, device=device)
+    if n_valid is not None and 0 < int(n_valid) < cfg.vocab_size:
+        banned[int(n_valid) :] = True
+    banned[[cfg.sot_id, cfg.pad_id]] = True
+    return banned
+
+
 def _finish(out: torch.Tensor, done: torch.Tensor, tok: torch.Tensor, pos: int, cfg: CaptionerConfig) -> torch.Tensor:
     """Write tok (B,) at caption position pos (padding where already done); return the updated done mask."""
     out[:, pos] = torch.where(done, torch.full_like(tok, cfg.pad_id), tok)
@@ -246,20 +259,23 @@ def sample_captions(
     max_len: Optional[int] = None,
     use_cache: bool = True,
     generator: Optional[torch.Generator] = None,
+    n_valid: Optional[int] = None,
 ) -> torch.Tensor:
     """Caption tokens (B, max_len) laid out as the tokenizer's (``[SOT] ... [EOT] [PAD] ...``; a caption that hits
     ``max_len`` has no EOT). ``temperature <= 0``: greedy (argmax). Otherwise every token is drawn from
     softmax(filtered logits / temperature) with Gumbel-max noise from ``generator`` (``filter_logits``: ``top_p``
-    nucleus, ``top_k``), identical draws in the cached and uncached paths."""
+    nucleus, ``top_k``), identical draws in the cached and uncached paths. [SOT], [PAD] and ids from ``n_valid`` (the
+    tokenizer's vocabulary size) up are never drawn (``never_drawn``)."""
     cfg = model.cfg
     n = min(max_len or cfg.text_len, cfg.text_len)
     b, device = image_emb.shape[0], image_emb.device
     out = torch.full((b, n), cfg.pad_id, dtype=torch.long, device=device)
     out[:, 0] = cfg.sot_id
     done = torch.zeros(b, dtype=torch.bool, device=device)
+    banned = never_drawn(cfg, n_valid, device)
 
     def pick(logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
+        logits = logits.float().masked_fill(banned, float("-inf"))
         if temperature > 0:
             logits = filter_logits(logits / temperature, top_k, top_p)
         return gumbel_pick(logits, 1.0 if temperature > 0 else 0.0, generator)
@@ -306,6 +322,7 @@ def beam_search(
     max_len: Optional[int] = None,
     use_cache: bool = True,
     return_scores: bool = False,
+    n_valid: Optional[int] = None,
 ):
     """Beam search: caption tokens (B, max_len) in the tokenizer's layout (and, with ``return_scores``, the chosen
     beams' summed log-probabilities (B,)).
@@ -315,7 +332,8 @@ def beam_search(
     distinct. A beam that emitted [EOT] stays in the beam, extended by [PAD] at log-probability 0 (so it competes
     with the live ones on its final score). The search stops when every beam is finished or at ``max_len``; the
     result is the beam maximising ``logp / length ** length_penalty`` (length: tokens after [SOT], EOT included).
-    With W = 1 every step keeps the argmax: exactly greedy decoding."""
+    With W = 1 every step keeps the argmax: exactly greedy decoding. Live beams never take [SOT], [PAD] or ids from
+    ``n_valid`` up (``never_drawn``)."""
     cfg = model.cfg
     if beam_width < 1:
         raise ValueError(f"beam_width must be >= 1, got {beam_width}")
@@ -331,6 +349,7 @@ def beam_search(
     lengths = torch.zeros(bw, dtype=torch.long, device=device)
     finished_row = torch.full((v,), float("-inf"), dtype=torch.float64, device=device)
     finished_row[cfg.pad_id] = 0.0
+    banned = never_drawn(cfg, n_valid, device)
 
     was_training = model.training
     model.eval()
@@ -343,7 +362,7 @@ def beam_search(
         h = model.hidden(torch.cat([prefix, model.embed_tokens(seq[:, :1])], 1), cache)
         logits = model.logits(h[:, -1])
         for t in range(1, n):
-            logp = logits.double().log_softmax(-1)  # (B W, V)
+            logp = logits.double().masked_fill(banned, float("-inf")).log_softmax(-1)  # (B W, V)
             logp = torch.where(done[:, None], finished_row, logp)
             cand = (scores.view(bw, 1) + logp).view(b, w * v)
             top, idx = cand.topk(w, dim=-1)  # (B, W)

@@ -65,7 +65,7 @@ class PromptUpsamplerLit(ZooLit):
     ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "text_tokenizer"])
-        check_decoding(decoding, beam_width, top_p, temperature)
+        check_decoding(decoding, beam_width, top_p, temperature, length_penalty=length_penalty)
         self.prompt_style, self.target_style = str(prompt_style), str(target_style)
         self.decoding, self.beam_width, self.length_penalty = decoding, int(beam_width), float(length_penalty)
         self.top_p, self.temperature = float(top_p), float(temperature)
@@ -257,15 +257,23 @@ class PromptUpsamplerLit(ZooLit):
         try:
             tokens = self.tokenize(prompts, self.cfg.prompt_len)
             self._warn_cut_prompts(prompts)
+            n_valid = self.text_tokenizer.vocab_size  # ids past the BPE's have no text
             if o["method"] == "beam":
-                out = beam_search(self.net, tokens, None, int(o["beam_width"]), o["length_penalty"], max_len)
+                bw, lp = int(o["beam_width"]), o["length_penalty"]
+                out = beam_search(self.net, tokens, None, bw, lp, max_len, n_valid=n_valid)
             elif o["method"] == "greedy":
-                out = sample_captions(self.net, tokens, temperature=0.0, max_len=max_len)
+                out = sample_captions(self.net, tokens, temperature=0.0, max_len=max_len, n_valid=n_valid)
             else:
                 # prompt i's draws from its own (seed, i) stream: a rewrite does not change with the other prompts
                 gen = generator if generator is not None else item_generators(seed, range(len(prompts)), self.device)
                 out = sample_captions(
-                    self.net, tokens, temperature=o["temperature"], top_p=o["top_p"], max_len=max_len, generator=gen
+                    self.net,
+                    tokens,
+                    temperature=o["temperature"],
+                    top_p=o["top_p"],
+                    max_len=max_len,
+                    generator=gen,
+                    n_valid=n_valid,
                 )
             return self.text_tokenizer.decode(out.cpu())
         finally:
