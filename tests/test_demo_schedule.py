@@ -3,7 +3,9 @@ predicted fixed-work stages, so a slower CPU trains less instead of overrunning.
 
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -209,3 +211,22 @@ def test_a_knob_make_demo_does_not_understand_is_an_error_naming_it(monkeypatch,
     finally:
         monkeypatch.delenv(name)
         importlib.reload(demo)
+
+
+def test_each_command_the_demo_prints_runs_from_the_users_shell(monkeypatch, capsys, tmp_path):
+    """make demo runs in .venv without activating it; it printed each stage's command as `zoo-train ...` / `python
+    ...`, which the user's shell (no venv on PATH) answered with 'command not found' or another Python."""
+    import shlex
+    import shutil
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the user's shell after make demo: no .venv/bin
+    for cmd in (["zoo-train", "experiment=demo/tokenizer"], ["python", "-c", "print(1)"], ["zoo-eval", "a=b"]):
+        demo.announce("stage", cmd, 1.0)
+        printed = capsys.readouterr().out.split(": ", 1)[1].strip()
+        exe, *args = shlex.split(printed)
+        assert args == cmd[1:]
+        found = shutil.which(exe)
+        assert found and os.path.samefile(found, Path(sys.executable).parent / cmd[0]), printed
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:/usr/bin:/bin")  # an activated venv: as it is
+    demo.announce("stage", ["zoo-train", "x=1"], 1.0)
+    assert capsys.readouterr().out.rstrip().endswith(": zoo-train x=1")

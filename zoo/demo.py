@@ -279,8 +279,22 @@ class Schedule:
         )
 
 
+def shown(cmd: list[str]) -> str:
+    """A stage's command as the user can run it: ``zoo-train`` / ``python`` of the demo's venv. make demo runs in
+    .venv without activating it, so in the user's shell the bare ``zoo-train ...`` it printed was 'command not found'
+    (or another Python's); the venv's bin dir goes in front unless the shell already finds the venv's own."""
+    venv_bin = Path(sys.executable).parent
+    found = shutil.which(cmd[0])
+    if found is None or not os.path.samefile(Path(found).parent, venv_bin):
+        exe = venv_bin / cmd[0]
+        if exe.is_file():
+            exe = exe.absolute()
+            cmd = [str(exe.relative_to(Path.cwd()) if exe.is_relative_to(Path.cwd()) else exe), *cmd[1:]]
+    return shlex.join(cmd)
+
+
 def announce(name: str, cmd: list[str], expect_s: float) -> float:
-    print(f"\n=== demo stage '{name}' (expected ~{fmt(expect_s)}): {shlex.join(cmd)}", flush=True)
+    print(f"\n=== demo stage '{name}' (expected ~{fmt(expect_s)}): {shown(cmd)}", flush=True)
     return time.perf_counter()
 
 
@@ -502,7 +516,7 @@ def run_embed(timings: dict[str, float], expect_s: float) -> None:
     for split in todo:
         overrides = [f"clip.checkpoint={ckpt('clip')}", "data=shapes", *size_args, f"split={split}"]
         overrides += [f"out={features(split)}", f"hydra.run.dir={DEMO_DIR / 'embed' / split}"]
-        print(f"    zoo-embed {shlex.join(overrides)}", flush=True)
+        print(f"    {shown(['zoo-embed', *overrides])}", flush=True)
         run_child([sys.executable, "-m", "zoo.embed", *overrides])
     finish("embed", t0, timings)
 
@@ -557,7 +571,7 @@ def run_manipulations(timings: dict[str, float], expect_s: float) -> dict:
     for what, args in jobs.items():
         out = out_dir / f"{what}.png"
         cmd = [sys.executable, "-m", "zoo.pipelines.unclip", *args, *common, f"--out={out}"]
-        print(f"    {shlex.join(['python', *cmd[1:]])}", flush=True)
+        print(f"    {shown(['python', *cmd[1:]])}", flush=True)
         run_child(cmd)
         grids[what] = str(out)
     finish("unclip_manipulations", t0, timings)
