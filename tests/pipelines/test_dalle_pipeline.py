@@ -223,6 +223,20 @@ def test_sampling_options_the_sampler_would_misread_are_refused_before_sampling(
         pipe.dalle.generate(CAPTIONS[:1], **knob)
 
 
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -2.0, "abc"])
+def test_a_guidance_scale_that_is_no_finite_number_from_0_is_refused(pipe, scale, tmp_path):
+    """generator.guidance_scale=nan was taken and drew every token from NaN logits (Gumbel-max of NaN: token 0), inf
+    and -2 too, without a word; a word was float()'s ValueError after the checkpoint was read. Now a ConfigError
+    naming the key, as the GLIDE and unCLIP pipelines' scales, before the checkpoint is read."""
+    from zoo.errors import ConfigError
+    from zoo.pipelines.dalle import DallePipeline
+
+    with pytest.raises(ConfigError, match="generator.guidance_scale is a guidance scale"):
+        DallePipeline(pipe.dalle, None, guidance_scale=scale)
+    with pytest.raises(ConfigError, match="generator.guidance_scale is a guidance scale"):
+        DallePipeline.from_checkpoints(str(tmp_path / "missing.ckpt"), guidance_scale=scale)
+
+
 def test_sampling_edge_values_that_mean_something_still_sample(pipe):
     """temperature 0 (greedy), top_k 0 (no filter) or above the vocabulary (every token), top_p 1 (no filter)."""
     from zoo.pipelines.dalle import DallePipeline

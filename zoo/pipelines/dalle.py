@@ -31,6 +31,16 @@ from zoo.pipelines.candidates import ClipRerank, seeded_candidates
 log = logging.getLogger(__name__)
 
 
+def check_guidance(scale) -> None:
+    """``generator.guidance_scale`` as the GLIDE and unCLIP pipelines take it (``check_sampling_knobs``: a finite
+    number >= 0, a ConfigError naming the key): NaN and inf were taken and sampled every caption's tokens from NaN /
+    inf logits without a word, a negative scale pushed away from the caption, and a word was float()'s ValueError
+    after the checkpoints had loaded."""
+    from zoo.diffusion.samplers import check_sampling_knobs
+
+    check_sampling_knobs(1, {"generator.guidance_scale": scale})
+
+
 class DallePipeline(ClipRerank):
     def __init__(
         self,
@@ -54,6 +64,7 @@ class DallePipeline(ClipRerank):
         check_sampling(temperature, top_k, top_p, "generator.")  # when built, before any token is drawn
         self.top_k = top_k  # logit filter
         self.top_p = top_p
+        check_guidance(guidance_scale)
         self.guidance_scale = float(guidance_scale)
         dalle.warn_untrained_null({"generator.guidance_scale": self.guidance_scale})
         self.batch_size = whole_count(batch_size, "batch_size", 64)
@@ -86,6 +97,7 @@ class DallePipeline(ClipRerank):
 
         # the sampling options before the checkpoints are read (__init__ checks them again for a direct build)
         check_sampling(kw.get("temperature", 1.0), kw.get("top_k"), kw.get("top_p"), "generator.")
+        check_guidance(kw.get("guidance_scale", 1.0))
         dalle = load_module(dalle_ckpt, map_location=device, expect=("dalle",), ema=use_ema)
         if not isinstance(dalle, DalleLit):
             raise ValueError(f"{dalle_ckpt} holds a {type(dalle).__name__}, not a DALL·E transformer (model=dalle)")
