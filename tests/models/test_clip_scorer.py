@@ -292,3 +292,13 @@ def test_rebuilding_a_clip_checkpoint_fetches_no_tower_weights_it_names(tmp_path
     for got in (rebuilt.state_dict(), {f"clip.{k}": v for k, v in scorer.model.state_dict().items()}):
         w = "clip.visual.trunk.conv1.weight"
         torch.testing.assert_close(got[w], lit.state_dict()[w])
+
+
+def test_an_interpolation_other_than_bicubic_or_bilinear_is_refused_not_taken_as_bicubic():
+    from zoo.data.transforms import resize_center_crop
+
+    x = torch.rand(1, 3, 12, 16) * 2 - 1
+    bilinear = resize_center_crop(x, 8, interpolation="bilinear")
+    assert not torch.equal(bilinear, resize_center_crop(x, 8, interpolation="bicubic"))
+    with pytest.raises(ValueError, match="interpolation must be bicubic or bilinear, got 'nearest'"):
+        resize_center_crop(x, 8, interpolation="nearest")  # before: bicubic without a word

@@ -98,7 +98,9 @@ def resize_center_crop(
     h, w = x.shape[-2:]
     if (h, w) == (size, size):
         return x
-    mode = "bilinear" if interpolation == "bilinear" else "bicubic"
+    if interpolation not in ("bicubic", "bilinear"):  # 'nearest' was taken as bicubic without a word
+        raise ValueError(f"interpolation must be bicubic or bilinear, got {interpolation!r}")
+    mode = interpolation
     if resize_mode == "squash":
         new = (size, size)
     elif resize_mode == "shortest":
