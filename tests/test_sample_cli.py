@@ -244,6 +244,21 @@ def test_bad_grid_and_count_options_fail_before_sampling(tmp_path, monkeypatch, 
     assert not drawn
 
 
+@pytest.mark.parametrize("inside", [False, True])
+def test_an_out_dir_that_is_a_file_is_refused_before_the_generator_is_built(tmp_path, monkeypatch, inside):
+    """out_dir=<an existing file> (or a folder under one) was mkdir's FileExistsError / NotADirectoryError traceback;
+    now a ConfigError naming out_dir and the file, before the generator is built."""
+    import zoo.pipelines.base as base
+
+    built = []
+    monkeypatch.setattr(base, "build_generator", lambda node, what: built.append(1))
+    (tmp_path / "grid.png").write_bytes(b"")
+    out = tmp_path / "grid.png" / "sub" if inside else tmp_path / "grid.png"
+    with pytest.raises(ConfigError, match=r"^out_dir=.*grid\.png is a file, not a folder"):
+        sample(_sample_cfg('prompts=["a red circle"]', f"out_dir={out}"))
+    assert not built
+
+
 @pytest.mark.parametrize("bad", ["n_keep=0", "generator.n_candidates=0"])
 def test_zero_images_asked_is_a_config_error(train_cfg, tmp_path, dalle_helpers, train_helpers, bad):
     """n_keep=0 or generator.n_candidates=0 fail with a ConfigError naming the key, before sampling (they raised

@@ -206,6 +206,12 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
 
         check_ckpt_path(Path(str(cfg.ckpt)), "zoo-sample")
     out_dir = Path(cfg.out_dir)
+    taken = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
+    if taken is not None and not taken.is_dir():  # was mkdir's FileExistsError / NotADirectoryError traceback
+        raise ConfigError(
+            f"out_dir={cfg.out_dir}: {taken} is a file, not a folder (fix: out_dir=<a folder>; the images, a grid "
+            f"per prompt and samples.json go in it)"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     node = cfg.get("generator")
     if cfg.get("ckpt"):
