@@ -244,6 +244,37 @@ def test_bad_grid_and_count_options_fail_before_sampling(tmp_path, monkeypatch, 
     assert not drawn
 
 
+def test_sample_run_json_records_what_reproduces_the_images(tmp_path, monkeypatch):
+    """samples.json named only prompts and files; Hydra's .hydra/ is in the run dir, not in an out_dir= elsewhere,
+    and names checkpoints by a path that the next save overwrites. sample_run.json beside the images holds the seed,
+    n_keep, the generator's options, each checkpoint's path and content digest, and the weights each stage used."""
+    import hashlib
+    import json
+
+    import zoo.pipelines.base as base
+
+    class Fixed:
+        weights = "ema"
+
+        def generate(self, captions):
+            return torch.zeros(len(captions), 3, 8, 8)
+
+    monkeypatch.setattr(base, "build_generator", lambda node, what: Fixed())
+    ckpt = tmp_path / "dalle.ckpt"
+    ckpt.write_bytes(b"weights v1")
+    out = tmp_path / "elsewhere"
+    cfg = _sample_cfg(
+        'prompts=["a red circle"]', f"out_dir={out}", f"generator.dalle_ckpt={ckpt}", "seed=7", "n_keep=2"
+    )
+    sample(cfg)
+    record = json.loads((out / "sample_run.json").read_text())
+    digest = hashlib.blake2b(b"weights v1", digest_size=16).hexdigest()
+    assert record["seed"] == 7 and record["n_keep"] == 2 and record["prompts"] == ["a red circle"]
+    assert record["checkpoints"] == {"generator.dalle_ckpt": {"path": str(ckpt.resolve()), "blake2b": digest}}
+    assert record["generator"]["n_candidates"] == 32 and record["generator"]["seed"] == 7  # resolved ${seed}
+    assert record["weights"] == "ema"
+
+
 @pytest.mark.parametrize("inside", [False, True])
 def test_an_out_dir_that_is_a_file_is_refused_before_the_generator_is_built(tmp_path, monkeypatch, inside):
     """out_dir=<an existing file> (or a folder under one) was mkdir's FileExistsError / NotADirectoryError traceback;

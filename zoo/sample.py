@@ -16,7 +16,8 @@ generator (the image tokenizers), or any checkpoint without prompts, gives the m
 validation batch of the data it was trained on (``zoo.pipelines.grid``). A prior's file (``diffusion_prior``,
 ``ar_prior``) is unCLIP's ``generator.prior_ckpt``; a component that draws no images at all (CLIP, the noised CLIP,
 the captioner, the prompt upsampler) is an error that says what it is for (``NOT_IMAGE_MODELS``). Everything is
-written under the run directory.
+written under ``out_dir`` (the run directory by default), with ``sample_run.json``: the seed, the generator's options
+and each checkpoint's path and content digest (``write_run_record``).
 """
 
 from __future__ import annotations
@@ -237,6 +238,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
             )
         if not cfg.prompts or mapped is None:
             written = sample_checkpoint_grid(cfg, out_dir, component)
+            write_run_record(cfg, out_dir, None, None)
             return _finish(written, out_dir)
         option, key = mapped
         if node is None or key not in node:
@@ -251,7 +253,53 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
             node.progress = bool(cfg.progress)
     torch.manual_seed(int(cfg.seed))
     generator = build_generator(node, "generator")
+    write_run_record(cfg, out_dir, node, generator)  # before sampling: a long run's first images are covered
     return _finish(sample_prompts(cfg, generator, out_dir), out_dir)
+
+
+# The generator keys that name files (checkpoints, zoo-train runs' last.ckpt): their content identifies the weights.
+FILE_KEYS = ("ckpt", "ckpts", "checkpoint", "prompt_upsampler")
+
+
+def write_run_record(cfg: DictConfig, out_dir: Path, node, generator) -> dict[str, Any]:
+    """``<out_dir>/sample_run.json``: what reproduces the images. samples.json names only the prompts and their
+    files; Hydra's ``.hydra/`` config is in the run directory, not in an ``out_dir=`` elsewhere, and names a
+    checkpoint by its path, which the next save of a run (``last.ckpt``) overwrites. Here: the seed, n_keep, the
+    generator's options as resolved (null: the checkpoint's own default, which its digest pins), each checkpoint's
+    path with a blake2b digest of its bytes, the weights each stage sampled with (EMA or trained), and the command's
+    overrides when Hydra ran it."""
+    from omegaconf import OmegaConf
+
+    from zoo.data.datamodule import file_digest
+
+    options = OmegaConf.to_container(node, resolve=True) if node is not None else None
+    files: dict[str, Any] = {}
+    named = [("ckpt", cfg.get("ckpt"))] + [
+        (f"generator.{k}", v) for k, v in (options or {}).items() if str(k).endswith(FILE_KEYS)
+    ]
+    for key, value in named:
+        for i, path in enumerate(value if isinstance(value, list) else [value]):
+            if path not in (None, ""):
+                full = Path(str(path)).expanduser().resolve()
+                files[f"{key}[{i}]" if isinstance(value, list) else key] = {
+                    "path": str(full),
+                    "blake2b": file_digest(full),
+                }
+    weights = getattr(generator, "weights", None) if generator is not None else None
+    record: dict[str, Any] = {
+        "seed": int(cfg.seed),
+        "n_keep": int(cfg.n_keep),
+        "prompts": list(cfg.prompts),
+        "checkpoints": files,
+        "generator": options,
+        "weights": weights if isinstance(weights, (str, dict)) else None,
+    }
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        record["overrides"] = list(HydraConfig.get().overrides.task)
+    (out_dir / "sample_run.json").write_text(json.dumps(record, indent=2))
+    return record
 
 
 def _finish(written: dict[str, Any], out_dir: Path) -> dict[str, Any]:
