@@ -312,3 +312,28 @@ def test_clip_recall_renders_the_scenes_at_the_resolution_the_clip_trained_at(tm
     assert script.scene_resolution(str(trained_128), None) == 128
     assert script.scene_resolution(str(trained_128), 64) == 64  # --resolution still decides
     assert script.scene_resolution(str(unrecorded), None) == 32
+
+
+def test_a_clip_checkpoint_runs_with_the_activation_it_trained_with(tmp_path):
+    """clip.arch=<arch> clip.checkpoint=<zoo-train CLIP .ckpt> (zoo-embed / zoo-eval) and model.checkpoint= (zoo-train)
+    built the network from arch alone: a CLIP trained with QuickGELU (net.quick_gelu, or pretrained=openai, as
+    zoo-convert's OpenAI conversions are) ran GELU without a word. Now refused with the fix; its own settings load."""
+    torch.manual_seed(0)
+    m = ClipLit(preset="tiny", net={"quick_gelu": True})
+    path = tmp_path / "qg.ckpt"
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams), "zoo_component": "clip"}, path)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with pytest.raises(ConfigError, match=r"trained with quick_gelu True \(here False\).*clip.checkpoint=.* alone"):
+        ClipScorer.from_config({"arch": "zoo-clip-tiny", "checkpoint": str(path)})
+    with pytest.raises(ConfigError, match="quick_gelu True"):
+        ClipLit(preset="tiny", checkpoint=str(path))
+    want = m.scorer().encode_image(x)
+    for s in (
+        ClipScorer.from_config({"checkpoint": str(path)}),
+        ClipScorer.from_config({"arch": "zoo-clip-tiny", "checkpoint": str(path), "net": {"quick_gelu": True}}),
+        ClipLit(preset="tiny", net={"quick_gelu": True}, checkpoint=str(path)).scorer(),
+    ):
+        assert torch.equal(s.encode_image(x), want)
+    # another image size on the same weights (zoo-eval's clip.net) is not a setting the weights lack: still loads
+    net = {"quick_gelu": True, "vision_cfg": {"image_size": 64}}
+    assert ClipScorer.from_config({"arch": "zoo-clip-tiny", "checkpoint": str(path), "net": net}).image_size == 64

@@ -381,6 +381,66 @@ def _no_tower_downloads(cfg: ClipConfig) -> ClipConfig:
     return dataclasses.replace(cfg, overrides=deep_merge(cfg.overrides, off)) if off else cfg
 
 
+def _settings(model: torch.nn.Module) -> dict[str, Any]:
+    """What a CLIP network does that its weights do not say: the activation and the image preprocessing."""
+    from open_clip.model import get_model_preprocess_cfg
+    from open_clip.transform import PreprocessCfg
+
+    pp = {**dataclasses.asdict(PreprocessCfg()), **get_model_preprocess_cfg(model)}
+    quick = any(isinstance(m, open_clip.transformer.QuickGELU) for m in model.modules())
+    return {"quick_gelu": quick, **{k: tuple(pp[k]) if isinstance(pp[k], list) else pp[k] for k in _PREPROCESS}}
+
+
+_PREPROCESS = ("mean", "std", "interpolation", "resize_mode")
+
+
+def check_trained_settings(model: torch.nn.Module, checkpoint: str | os.PathLike) -> None:
+    """A zoo-train CLIP checkpoint loaded into ``model`` (``model.checkpoint=`` in zoo-train, ``clip.arch=`` +
+    ``clip.checkpoint=`` in zoo-embed / zoo-eval) must run with the activation and preprocessing it trained with:
+    those come from its hyper-parameters (the ``pretrained`` tag it started from, ``net.quick_gelu``, a
+    ``-quickgelu`` architecture), not from its weights, so a CLIP fine-tuned from ``pretrained=openai`` (or converted
+    by zoo-convert with it) and loaded as plain ``ViT-B-32`` ran GELU instead of QuickGELU without a word. Refused with
+    the fix; other files (open_clip's) are not checked: they record no settings."""
+    hp = _zoo_clip_hyper_parameters(checkpoint)
+    if hp is None:
+        return
+    try:
+        trained_cfg = clip_config(hp.get("preset") or "shapes", hp.get("arch"), hp.get("net"))
+    except (ConfigError, ValueError):
+        return  # the load itself names what does not fit
+    tag = hp.get("pretrained")
+    if not isinstance(tag, str) or not open_clip.get_pretrained_cfg(trained_cfg.arch, tag):
+        tag = None  # a file path or an unknown tag set nothing in training either (as from_lightning_checkpoint)
+    with torch.device("meta"):
+        trained = _settings(create_clip(trained_cfg, pretrained=tag, load_weights=False))
+    built = _settings(model)
+    differ = [k for k in trained if trained[k] != built[k]]
+    if differ:
+        shown = ", ".join(f"{k} {trained[k]} (here {built[k]})" for k in differ)
+        raise ConfigError(
+            f"{checkpoint} is a CLIP trained with {shown}: settings its weights do not carry, from its "
+            f"pretrained={tag} / arch={trained_cfg.arch} / net={dict(hp.get('net') or {})}. Fix: zoo-embed / zoo-eval: "
+            f"clip.checkpoint={checkpoint} alone (clip.arch=null: the checkpoint's own settings); zoo-train: the "
+            f"model.arch / model.pretrained / model.net it was trained with"
+            + (f" (model.pretrained={tag})" if tag else "")
+        )
+
+
+def _zoo_clip_hyper_parameters(path: str | os.PathLike) -> Optional[dict[str, Any]]:
+    """The hyper-parameters of a zoo-train CLIP checkpoint (memory-mapped: no weights read), else None."""
+    p = Path(path)
+    if p.suffix in (".safetensors", ".npz", ".npy") or not p.is_file():
+        return None
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001  (a legacy or unreadable file: the load names the problem)
+        return None
+    hp = ck.get("hyper_parameters") if isinstance(ck, dict) else None
+    if not isinstance(hp, dict) or ck.get("zoo_component", "clip") != "clip" or not {"preset", "arch"} & set(hp):
+        return None
+    return hp
+
+
 def create_clip(
     cfg: ClipConfig | str,
     pretrained: Optional[str] = None,
@@ -429,6 +489,7 @@ def create_clip(
     if not load_weights:
         return model
     if checkpoint:
+        check_trained_settings(model, checkpoint)
         return load_weights_file(model, checkpoint, cfg.arch)
     if pretrained:
         from open_clip.pretrained import download_pretrained
