@@ -782,6 +782,35 @@ def test_upsampler_steps_of_the_wrong_kind_are_a_config_error(steps):
         UnclipPipeline(UnclipDecoderLit(preset="tiny"), None, None, ups, prior="none", upsampler_steps=steps)
 
 
+@pytest.mark.parametrize(
+    "knob, said",
+    [
+        ({"prior": "Diffusion"}, "prior='Diffusion'; choose"),
+        ({"stages": ["prior", "decoder", "upsampler2"]}, r"stages has \['upsampler2'\]"),
+        ({"stages": "prior"}, "stages must include decoder"),
+        ({"prior": "ar", "stages": ["decoder"]}, "stages lacks prior but prior=ar"),
+        ({"n_keep": 0}, "generator.n_keep must be"),
+        ({"batch_size": 2.5}, "generator.batch_size must be"),
+        ({"decoder_guidance_scale": -1.0}, "generator.decoder_guidance_scale is a guidance scale"),
+        ({"decoder_sampler": "eular"}, "generator.decoder_sampler='eular' is not a sampler"),
+        ({"decoder_eta": float("nan")}, "generator.decoder_eta is a DDIM eta"),
+    ],
+)
+def test_options_that_need_no_model_are_refused_before_any_checkpoint_loads(knob, said, tmp_path, monkeypatch):
+    """A misspelt prior or stage, a bad count, a decoder guidance scale / eta / sampler that cannot work were refused
+    only after the prior, the decoder, the upsamplers and the CLIP had loaded (minutes at the paper's sizes)."""
+    import zoo.checkpoint
+    from zoo.errors import ConfigError
+
+    def must_not_load(*a, **k):
+        raise AssertionError("a checkpoint was loaded before the options were checked")
+
+    monkeypatch.setattr(zoo.checkpoint, "load_module", must_not_load)
+    missing = str(tmp_path / "missing.ckpt")
+    with pytest.raises(ConfigError, match=said):
+        UnclipPipeline.from_checkpoints(missing, missing, missing, [missing], **knob)
+
+
 def test_one_upsampler_checkpoint_given_as_a_string_is_that_checkpoint(ckpts):
     """generator.upsampler_ckpts=<path> (no brackets: Hydra gives the string) was read one character at a time:
     "checkpoint not found: /"."""

@@ -125,6 +125,49 @@ def _check_count(n, what: str) -> None:
         raise ValueError(f"{what} must be a positive integer, got {n!r}")
 
 
+def _check_prior_name(prior: Any) -> None:
+    if prior not in PRIORS:
+        raise ConfigError(f"prior={prior!r}; choose one of {', '.join(PRIORS)}")
+
+
+def _check_stage_names(stages: Sequence[str], n_upsamplers: int, prior: Optional[str]) -> None:
+    known = set(STAGES) | {f"upsampler{i + 1}" for i in range(n_upsamplers)}
+    bad = [s for s in stages if s not in known]
+    if bad:
+        raise ConfigError(
+            f"stages has {bad}; choose from {sorted(known)} ({n_upsamplers} upsampler checkpoints loaded)"
+        )
+    if "decoder" not in stages:
+        raise ConfigError("stages must include decoder (the prior's output alone: pipe.embeddings(captions))")
+    if "prior" not in stages and prior in ("diffusion", "ar"):
+        raise ConfigError(f"stages lacks prior but prior={prior} (fix: add prior to stages, or prior=text_emb | none)")
+
+
+# (key, fix, least) of the count knobs, checked by whole_count
+COUNT_KNOBS = (("n_candidates", 8, 1), ("n_keep", 1, 1), ("invert_refine", 0, 0), ("batch_size", 64, 1))
+
+
+def check_options(n_upsamplers: int, options: dict[str, Any]) -> None:
+    """The pipeline's options that need no model, checked by ``from_checkpoints`` before any checkpoint loads
+    (``UnclipPipeline.__init__`` checks them again, with the rest, for a direct build): a misspelt prior or stage, a
+    count that is no whole number, a decoder guidance scale / eta or sampler name that cannot work were refused only
+    after the prior, the decoder, the upsamplers and the CLIP had loaded (minutes at the paper's sizes). Knobs that a
+    prior or upsampler may ignore (the prior's steps / eta / candidates, the upsamplers') wait for the models."""
+    from zoo.diffusion.samplers import check_sampling_knobs
+
+    prior = options.get("prior")
+    if prior is not None:
+        _check_prior_name(prior)
+    stages = options.get("stages")
+    if stages is not None:
+        _check_stage_names([stages] if isinstance(stages, str) else list(stages), n_upsamplers, prior)
+    for key, fix, least in COUNT_KNOBS:
+        if options.get(key) is not None:
+            whole_count(options[key], key, fix, minimum=least)
+    keys = ("decoder_sampler", "decoder_eta", "decoder_guidance_scale", "prior_guidance_scale")
+    check_sampling_knobs(1, {f"generator.{k}": options.get(k) for k in keys})  # no steps: those need the models
+
+
 class UnclipPipeline:
     """See the module docstring. ``None`` for a sampling knob means the stage checkpoint's own default."""
 
@@ -159,8 +202,7 @@ class UnclipPipeline:
         self.prior_model = prior_model.eval() if prior_model is not None else None
         self.upsamplers = [u.eval() for u in upsamplers]
         self.prior = prior if prior is not None else self._prior_kind(prior_model)
-        if self.prior not in PRIORS:
-            raise ConfigError(f"prior={self.prior!r}; choose one of {', '.join(PRIORS)}")
+        _check_prior_name(self.prior)
         if self.prior in ("diffusion", "ar") and self._prior_kind(prior_model) != self.prior:
             raise ConfigError(
                 f"prior={self.prior} needs a {self.prior} prior checkpoint (fix: generator.prior_ckpt="
@@ -202,10 +244,10 @@ class UnclipPipeline:
             log.warning("decoder_eta=%s ignored: only the ddim decoder sampler takes an eta, not %s", decoder_eta, used)
         self.upsampler_tile = upsampler_tile
         self._warn_resolution_chain()
-        self.n_candidates = whole_count(n_candidates, "n_candidates", 8)
-        self.n_keep = whole_count(n_keep, "n_keep", 1)
-        self.invert_refine = whole_count(invert_refine, "invert_refine", 0, minimum=0)  # int() took 1.5 for 1, -1 for 0
-        self.batch_size = whole_count(batch_size, "batch_size", 64)
+        # n_candidates, n_keep, invert_refine, batch_size: int() took 1.5 for 1, -1 for 0
+        counts = dict(n_candidates=n_candidates, n_keep=n_keep, invert_refine=invert_refine, batch_size=batch_size)
+        for key, fix, least in COUNT_KNOBS:
+            setattr(self, key, whole_count(counts[key], key, fix, minimum=least))
         self.seed = int(seed)
         self.progress = progress
         self.weights: dict[str, str] = {}  # per stage "ema" | "raw" | ... (from_checkpoints; empty: as given)
@@ -320,18 +362,7 @@ class UnclipPipeline:
             size, source = size * up.cfg.scale, f"upsampler{i + 1}"
 
     def _check_stages(self) -> None:
-        known = set(STAGES) | {f"upsampler{i + 1}" for i in range(len(self.upsamplers))}
-        bad = [s for s in self.stages if s not in known]
-        if bad:
-            raise ConfigError(
-                f"stages has {bad}; choose from {sorted(known)} ({len(self.upsamplers)} upsampler checkpoints loaded)"
-            )
-        if "decoder" not in self.stages:
-            raise ConfigError("stages must include decoder (the prior's output alone: pipe.embeddings(captions))")
-        if "prior" not in self.stages and self.prior in ("diffusion", "ar"):
-            raise ConfigError(
-                f"stages lacks prior but prior={self.prior} (fix: add prior to stages, or prior=text_emb | none)"
-            )
+        _check_stage_names(self.stages, len(self.upsamplers), self.prior)
         c = self.decoder.cfg
         if self.clip is not None:
             d = self.clip.encode_text(["a"]).shape[-1]
@@ -409,7 +440,9 @@ class UnclipPipeline:
         from zoo.models.unclip_decoder.lit import UnclipDecoderLit
 
         weights: dict[str, str] = {}
-
+        if isinstance(upsampler_ckpts, (str, Path)):  # generator.upsampler_ckpts=<one path> (no brackets): not a
+            upsampler_ckpts = [upsampler_ckpts]  # checkpoint per character ("checkpoint not found: /")
+        check_options(len(upsampler_ckpts or ()), kw)  # before any checkpoint loads
         if not decoder_ckpt:
             raise ConfigError(
                 "the unCLIP pipeline needs a decoder (fix: generator.decoder_ckpt=<zoo-train "
@@ -436,8 +469,6 @@ class UnclipPipeline:
                 f"prior={kw['prior']} needs generator.prior_ckpt=<zoo-train model={kw['prior']}_prior "
                 f"last.ckpt> (or prior=text_emb | none)"
             )
-        if isinstance(upsampler_ckpts, (str, Path)):  # generator.upsampler_ckpts=<one path> (no brackets): not a
-            upsampler_ckpts = [upsampler_ckpts]  # checkpoint per character ("checkpoint not found: /")
         ups = []
         for i, path in enumerate(upsampler_ckpts or ()):
             up = load_module(str(path), map_location="cpu", expect=("upsampler",), ema=use_ema)
