@@ -337,3 +337,15 @@ def test_a_clip_checkpoint_runs_with_the_activation_it_trained_with(tmp_path):
     # another image size on the same weights (zoo-eval's clip.net) is not a setting the weights lack: still loads
     net = {"quick_gelu": True, "vision_cfg": {"image_size": 64}}
     assert ClipScorer.from_config({"arch": "zoo-clip-tiny", "checkpoint": str(path), "net": net}).image_size == 64
+
+
+def test_every_trainable_parameter_gets_a_gradient_with_a_logit_bias():
+    """A SigLIP-style CLIP (logit_bias; here net.init_logit_bias) trained here: the softmax loss never reads the bias,
+    so it had no gradient and DDP (trainer=ddp / ddp_cpu) stopped at the second step ('parameters that were not used
+    in producing the loss'). It is frozen now: every trainable parameter gets a gradient, the bias keeps its value."""
+    torch.manual_seed(0)
+    m = ClipLit(preset="tiny", net={"init_logit_bias": -10.0})
+    img, txt = m.embed(pairs(4))
+    m.loss_fn(img, txt, m.clip.logit_scale.exp()).backward()
+    unused = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == [] and m.clip.logit_bias.item() == -10.0

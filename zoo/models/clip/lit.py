@@ -18,6 +18,7 @@ strict lower bound of caption-level recall.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Optional
 
@@ -30,6 +31,8 @@ from zoo.models.base import ZooLit
 from zoo.models.clip.model import clip_config, create_clip, tokenizer_for
 from zoo.models.clip.negatives import NegativeSwapper, hard_negative_loss, same_text
 from zoo.models.clip.scorer import ClipScorer
+
+log = logging.getLogger(__name__)
 
 
 def recall_at_k(sim: torch.Tensor, k: int) -> float:
@@ -88,6 +91,16 @@ class ClipLit(ZooLit):
         self.clip = create_clip(
             self.config, pretrained=pretrained, checkpoint=checkpoint, cache_dir=cache_dir, load_weights=load_weights
         )
+        if getattr(self.clip, "logit_bias", None) is not None:
+            # SigLIP architectures (or net.init_logit_bias) carry the sigmoid loss's bias; this module trains with
+            # CLIP's softmax InfoNCE, which never reads it. Left trainable it got no gradient, and under DDP (whose
+            # default refuses parameters without one) the run died at its second step. Frozen: it keeps its value.
+            self.clip.logit_bias.requires_grad_(False)
+            log.info(
+                "CLIP %s has a logit_bias (a sigmoid-loss architecture): trained with the softmax contrastive loss, "
+                "which does not use it, so it stays frozen",
+                self.arch,
+            )
         self.tokenize = tokenizer_for(self.config)
         # its preprocessing, used by embed(); on the model's device (a build on the meta device stays there)
         self._scorer = ClipScorer.from_model(self.clip, self.tokenize, device=next(self.clip.parameters()).device)
