@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -451,6 +452,45 @@ def test_a_long_prompt_list_is_sampled_and_written_a_part_at_a_time(tmp_path, mo
     listed = json.loads((out / "samples.json").read_text())
     assert list(listed) == [f"prompt {i}" for i in range(2 * PROMPTS_PER_CALL)]
     assert all(Path(e["grid"]).is_file() and Path(e["images"][0]).is_file() for e in listed.values())
+
+
+def test_each_call_of_a_long_prompt_list_draws_from_its_own_seed(tmp_path, monkeypatch):
+    """Every call of PROMPTS_PER_CALL prompts started from the seed, so prompt k and prompt k + 16 were drawn from the
+    same noise: a prompt listed twice, 16 apart, got the same images (measured on unCLIP: identical PNGs). Call j now
+    runs under chunk_seed(seed, j), as zoo-eval's batches; call 0 (every list of up to 16 prompts) keeps the seed, and
+    the generator's seed is restored after. A generator without a seed gets the call's seed through keep_best."""
+    import zoo.pipelines.base as base
+    from zoo.pipelines.base import chunk_seed
+    from zoo.sample import PROMPTS_PER_CALL
+
+    class Seeded:
+        seed = 5
+
+        def __init__(self):
+            self.seen = []
+
+        def candidates(self, captions, n):
+            self.seen.append(self.seed)
+            return torch.zeros(len(captions), n, 3, 4, 4)
+
+        def generate(self, captions):
+            return self.candidates(captions, 1)[:, 0]
+
+    class Plain:
+        def __init__(self):
+            self.seen = []
+
+        def generate(self, captions):
+            self.seen.append(torch.initial_seed())
+            return torch.zeros(len(captions), 3, 4, 4)
+
+    prompts = json.dumps(["a red circle"] * (PROMPTS_PER_CALL + 1))
+    seeded = Seeded()
+    for generator, want in ((seeded, [5, chunk_seed(5, 1)]), (Plain(), [3, chunk_seed(3, 1)])):
+        monkeypatch.setattr(base, "build_generator", lambda node, what, g=generator: g)
+        sample(_sample_cfg(f"prompts={prompts}", "n_keep=1", "seed=3", f"out_dir={tmp_path / 'o'}"))
+        assert generator.seen == want
+    assert seeded.seed == 5  # restored
 
 
 @pytest.mark.parametrize("prompts", ['prompts=[1984,"a red circle"]', "prompts=[true]", "prompts=[3.5]", "prompts=7"])

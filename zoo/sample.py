@@ -327,30 +327,39 @@ def sample_checkpoint_grid(cfg: DictConfig, out_dir: Path, component: str) -> di
 # Prompts per generator call: a prompts_file of thousands of lines was one call, holding every image in memory
 # (1000 prompts x 8 images at 256 px: 6 GB) and writing nothing until the last was drawn (a crash lost them all).
 # Lists of up to PROMPTS_PER_CALL prompts sample exactly as before; a prompt's images depend on the other prompts of
-# its call (the pipelines draw candidate i of all the call's captions from one generator, seeded seed + i).
+# its call (the pipelines draw candidate i of all the call's captions from one generator, seeded seed + i). Call j
+# runs from its own seed (zoo.pipelines.base.chunk_seed, as zoo-eval's batches): every call started from the seed,
+# so prompt k and prompt k + 16 were drawn from the same noise (a prompt listed twice, 16 apart: the same images).
 PROMPTS_PER_CALL = 16
 
 
 def sample_prompts(cfg: DictConfig, generator, out_dir: Path) -> dict[str, Any]:
     """``n_keep`` images per prompt, best first -> grid + individual images (+ scores) per prompt, written
     ``PROMPTS_PER_CALL`` prompts at a time (``samples.json`` lists those written so far)."""
+    from zoo.pipelines.base import chunk_seed, seeded_chunk
+
     prompts = list(cfg.prompts)
     names = _output_names(prompts)
     written: dict[str, Any] = {}
-    for start in range(0, len(prompts), PROMPTS_PER_CALL):
+    own = getattr(generator, "seed", None)  # generator.seed (${seed} unless set apart)
+    base = int(cfg.seed) if own is None else int(own)
+    for call, start in enumerate(range(0, len(prompts), PROMPTS_PER_CALL)):
         part = slice(start, start + PROMPTS_PER_CALL)
-        written.update(_sample_and_write(cfg, generator, out_dir, prompts[part], names[part]))
+        with seeded_chunk(generator, base, call) as g:  # call 0 keeps the seed
+            written.update(_sample_and_write(cfg, g, out_dir, prompts[part], names[part], chunk_seed(cfg.seed, call)))
         if start + PROMPTS_PER_CALL < len(prompts):
             (out_dir / "samples.json").write_text(json.dumps(written, indent=2))
     return written
 
 
-def _sample_and_write(cfg: DictConfig, generator, out_dir: Path, prompts: list, names: list) -> dict[str, Any]:
+def _sample_and_write(
+    cfg: DictConfig, generator, out_dir: Path, prompts: list, names: list, seed: int
+) -> dict[str, Any]:
     from torchvision.utils import save_image
 
     from zoo.pipelines.base import keep_best
 
-    out = keep_best(generator, prompts, int(cfg.n_keep), seed=int(cfg.seed))
+    out = keep_best(generator, prompts, int(cfg.n_keep), seed=seed)  # seed: for a generator without candidates()
     scores = out.get("scores")
     written: dict[str, Any] = {}
     for i, (prompt, (key, slug)) in enumerate(zip(prompts, names)):
