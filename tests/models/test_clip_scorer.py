@@ -302,3 +302,19 @@ def test_an_interpolation_other_than_bicubic_or_bilinear_is_refused_not_taken_as
     assert not torch.equal(bilinear, resize_center_crop(x, 8, interpolation="bicubic"))
     with pytest.raises(ValueError, match="interpolation must be bicubic or bilinear, got 'nearest'"):
         resize_center_crop(x, 8, interpolation="nearest")  # before: bicubic without a word
+
+
+def test_clip_net_applies_to_a_zoo_train_checkpoint_given_alone(tmp_path):
+    """clip.checkpoint=<zoo-train CLIP .ckpt> with clip.net (no clip.arch) dropped the net without a word: the CLIP
+    read 32 px where 64 px was asked for, and zoo-eval keyed its cached features by that net all the same."""
+    from zoo.models.clip.lit import ClipLit
+
+    torch.manual_seed(0)
+    m = ClipLit(preset="tiny")
+    path = tmp_path / "clip.ckpt"
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams), "zoo_component": "clip"}, path)
+    assert ClipScorer.from_config({"checkpoint": str(path)}).image_size == 32
+    wide = ClipScorer.from_config({"checkpoint": str(path), "net": {"vision_cfg": {"image_size": 64}}})
+    assert wide.image_size == 64 and wide.model.visual.positional_embedding.shape[0] == 8 * 8 + 1
+    caps = ["a red star"]
+    assert torch.equal(wide.encode_text(caps), m.scorer().encode_text(caps))  # the same weights

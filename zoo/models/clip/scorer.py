@@ -158,10 +158,10 @@ class ClipScorer:
 
         get = c.get
         device = get("device") or "cpu"
+        net = dict(get("net") or {}) or None
         if get("checkpoint") and not get("arch"):
-            return cls.from_lightning_checkpoint(str(get("checkpoint")), device=device)
+            return cls.from_lightning_checkpoint(str(get("checkpoint")), device=device, net=net)
         if get("arch"):
-            net = dict(get("net") or {}) or None
             return cls.from_open_clip(
                 str(get("arch")), pretrained=get("pretrained"), checkpoint=get("checkpoint"), device=device, net=net
             )
@@ -172,14 +172,18 @@ class ClipScorer:
         )
 
     @classmethod
-    def from_lightning_checkpoint(cls, path: str, device: str = "cpu", **kw) -> "ClipScorer":
+    def from_lightning_checkpoint(
+        cls, path: str, device: str = "cpu", net: Optional[dict] = None, **kw
+    ) -> "ClipScorer":
         """A checkpoint written by ``zoo-train model=clip`` (weights_only load; preset/arch/net read from its
-        hyper-parameters; the ``pretrained`` tag it started from only sets the preprocessing, nothing downloads)."""
+        hyper-parameters; the ``pretrained`` tag it started from only sets the preprocessing, nothing downloads).
+        ``net``: open_clip config overrides merged over the checkpoint's own (``clip.net``, e.g. another image size
+        on the same weights); it was dropped without a word, and zoo-eval keyed its cache by it all the same."""
         import open_clip
 
         from zoo.checkpoint import safe_load
         from zoo.errors import ConfigError
-        from zoo.models.clip.model import clip_config, create_clip, refuse_torchscript, tokenizer_for
+        from zoo.models.clip.model import clip_config, create_clip, deep_merge, refuse_torchscript, tokenizer_for
         from zoo.registry import check_plain, component_in, data_file_kind
 
         refuse_torchscript(Path(path))  # an OpenAI CLIP file: was "truncated or corrupt"
@@ -198,7 +202,7 @@ class ClipScorer:
             raise ConfigError(f"{path} is not a CLIP checkpoint (fix: a zoo-train model=clip last.ckpt)")
         hp = ckpt.get("hyper_parameters", {}) or {}
         check_plain(hp, f"{path}: hyper_parameters")
-        cfg = clip_config(hp.get("preset") or "shapes", hp.get("arch"), hp.get("net"))
+        cfg = clip_config(hp.get("preset") or "shapes", hp.get("arch"), deep_merge(hp.get("net") or {}, net or {}))
         tag = hp.get("pretrained")
         if tag and ("/" in tag or "\\" in tag or Path(tag).exists()):
             tag = None  # a path, not a tag: the weights are this file's own, never another file the file names
