@@ -511,6 +511,32 @@ def test_inpaint_cli_with_a_sampler_that_cannot_reimpose_pixels_names_a_fix_it_h
 
 
 @pytest.mark.parametrize(
+    "knob, said",
+    [
+        ({"sampler": "eular"}, "generator.sampler='eular' is not a sampler"),
+        ({"eta": -1.0}, "generator.eta is a DDIM eta"),
+        ({"guidance_scale": float("nan")}, "generator.guidance_scale is a guidance scale"),
+        ({"n_keep": 0}, "generator.n_keep must be"),
+        ({"batch_size": 1.5}, "generator.batch_size must be"),
+        ({"clip_guidance_scale": 3.0}, "CLIP guidance needs both generator.noised_clip_ckpt"),
+    ],
+)
+def test_options_that_need_no_model_are_refused_before_any_checkpoint_loads(knob, said, tmp_path, monkeypatch):
+    """A sampler name, eta, guidance scale or count that cannot work, or clip_guidance_scale without a noised CLIP,
+    were refused only after the GLIDE and the CLIP had loaded."""
+    import zoo.checkpoint
+    from zoo.errors import ConfigError
+    from zoo.pipelines.glide import GlidePipeline
+
+    def must_not_load(*a, **k):
+        raise AssertionError("a checkpoint was loaded before the options were checked")
+
+    monkeypatch.setattr(zoo.checkpoint, "load_module", must_not_load)
+    with pytest.raises(ConfigError, match=said):
+        GlidePipeline.from_checkpoints(str(tmp_path / "missing.ckpt"), **knob)
+
+
+@pytest.mark.parametrize(
     "key, value", [("n_candidates", 1.5), ("n_keep", 0), ("batch_size", 0), ("batch_size", -2), ("n_keep", "2")]
 )
 def test_a_count_that_is_not_a_whole_number_is_refused_when_the_pipeline_is_built(ckpts, key, value):

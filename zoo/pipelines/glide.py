@@ -97,6 +97,39 @@ def load_noised_clip(noised_clip_ckpt: str, device: str = "cpu"):
 CLIP_GUIDANCE_SAMPLERS = ("ddim", "ddpm")  # zoo.diffusion.guidance.clip_guided_sample
 
 
+def check_clip_guidance_pair(has_noised_clip: bool, clip_guidance_scale: Any) -> None:
+    """CLIP guidance takes both the noised CLIP and its scale: a ConfigError naming the one missing."""
+    from zoo.errors import ConfigError
+
+    if has_noised_clip != (clip_guidance_scale is not None):
+        given, missing = (
+            ("noised_clip_ckpt", "clip_guidance_scale=3.0")
+            if clip_guidance_scale is None
+            else ("clip_guidance_scale", "noised_clip_ckpt=<zoo-train model=noised_clip last.ckpt>")
+        )
+        raise ConfigError(
+            f"CLIP guidance needs both generator.noised_clip_ckpt and generator.clip_guidance_scale; only "
+            f"{given} is set (fix: generator.{missing}, or generator.{given}=null for classifier-free guidance)"
+        )
+
+
+# (key, fix) of the count knobs, checked by whole_count
+COUNT_KNOBS = (("n_candidates", 8), ("n_keep", 1), ("batch_size", 64))
+
+
+def check_options(options: dict[str, Any], noised_clip_ckpt: Optional[str]) -> None:
+    """The options that need no model, checked by ``from_checkpoints`` before any checkpoint loads (``__init__``
+    checks them again, with the steps, for a direct build): a sampler name, eta, guidance scale or count that cannot
+    work, or a clip_guidance_scale without generator.noised_clip_ckpt, were refused only after the GLIDE, the CLIP
+    and the noised CLIP had loaded."""
+    knobs = ("sampler", "eta", "guidance_scale", "clip_guidance_scale")
+    check_sampling_knobs(1, {f"generator.{k}": options.get(k) for k in knobs})  # no steps: they need the model
+    for key, fix in COUNT_KNOBS:
+        if options.get(key) is not None:
+            whole_count(options[key], key, fix)
+    check_clip_guidance_pair(bool(noised_clip_ckpt), options.get("clip_guidance_scale"))
+
+
 class GlidePipeline(ClipRerank):
     def __init__(
         self,
@@ -122,8 +155,8 @@ class GlidePipeline(ClipRerank):
         self.steps = steps
         self.sampler = sampler
         self.eta = eta
-        self.n_candidates = whole_count(n_candidates, "n_candidates", 8)
-        self.n_keep = whole_count(n_keep, "n_keep", 1)
+        counts = dict(n_candidates=n_candidates, n_keep=n_keep, batch_size=batch_size)
+        self.n_candidates, self.n_keep, self.batch_size = (whole_count(counts[k], k, fix) for k, fix in COUNT_KNOBS)
         if self.n_candidates > 1 and scorer is None:  # sample() draws n_keep then: nothing to rerank them by
             log.warning(
                 "generator.n_candidates=%d ignored: no CLIP reranks the samples, so each prompt gets its first n_keep "
@@ -131,7 +164,6 @@ class GlidePipeline(ClipRerank):
                 self.n_candidates,
             )
         self.replace_known = replace_known
-        self.batch_size = whole_count(batch_size, "batch_size", 64)
         self.seed = int(seed)
         self.progress = progress  # None: a bar only when there is more than one candidate round
         self.weights = weights
@@ -160,16 +192,7 @@ class GlidePipeline(ClipRerank):
     def _check_clip_guidance(self) -> None:
         from zoo.errors import ConfigError
 
-        if (self.noised_clip is None) != (self.clip_guidance_scale is None):
-            given, missing = (
-                ("noised_clip_ckpt", "clip_guidance_scale=3.0")
-                if self.clip_guidance_scale is None
-                else ("clip_guidance_scale", "noised_clip_ckpt=<zoo-train model=noised_clip last.ckpt>")
-            )
-            raise ConfigError(
-                f"CLIP guidance needs both generator.noised_clip_ckpt and generator.clip_guidance_scale; only "
-                f"{given} is set (fix: generator.{missing}, or generator.{given}=null for classifier-free guidance)"
-            )
+        check_clip_guidance_pair(self.noised_clip is not None, self.clip_guidance_scale)
         if self.noised_clip is None:
             return
         from zoo.models.noised_clip.lit import check_guidance_pair
@@ -208,6 +231,7 @@ class GlidePipeline(ClipRerank):
                 "the GLIDE pipeline needs a checkpoint (fix: generator.glide_ckpt=/path/to/last.ckpt, "
                 "or zoo-sample generator=glide ckpt=/path/to/last.ckpt)"
             )
+        check_options(kw, noised_clip_ckpt)  # before any checkpoint loads
         glide, weights = load_glide(str(glide_ckpt), device=device, use_ema=use_ema)
         scorer = None
         if clip_ckpt:
