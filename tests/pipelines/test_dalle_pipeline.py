@@ -237,6 +237,17 @@ def test_a_guidance_scale_that_is_no_finite_number_from_0_is_refused(pipe, scale
         DallePipeline.from_checkpoints(str(tmp_path / "missing.ckpt"), guidance_scale=scale)
 
 
+@pytest.mark.parametrize("knob", [{"n_candidates": 0}, {"batch_size": 2.5}])
+def test_a_bad_count_is_refused_before_the_checkpoint_loads(knob, tmp_path):
+    """generator.n_candidates=0 / batch_size=2.5 were refused only after the DALL·E (and the CLIP) had loaded."""
+    from zoo.errors import ConfigError
+    from zoo.pipelines.dalle import DallePipeline
+
+    key = next(iter(knob))
+    with pytest.raises(ConfigError, match=f"generator.{key} must be a whole number"):
+        DallePipeline.from_checkpoints(str(tmp_path / "missing.ckpt"), **knob)
+
+
 def test_sampling_edge_values_that_mean_something_still_sample(pipe):
     """temperature 0 (greedy), top_k 0 (no filter) or above the vocabulary (every token), top_p 1 (no filter)."""
     from zoo.pipelines.dalle import DallePipeline

@@ -31,6 +31,10 @@ from zoo.pipelines.candidates import ClipRerank, seeded_candidates
 log = logging.getLogger(__name__)
 
 
+# (key, fix) of the count knobs, checked by whole_count
+COUNT_KNOBS = (("n_candidates", 32), ("batch_size", 64))
+
+
 def check_guidance(scale) -> None:
     """``generator.guidance_scale`` as the GLIDE and unCLIP pipelines take it (``check_sampling_knobs``: a finite
     number >= 0, a ConfigError naming the key): NaN and inf were taken and sampled every caption's tokens from NaN /
@@ -57,7 +61,8 @@ class DallePipeline(ClipRerank):
     ):
         self.dalle = dalle.eval()
         self.scorer = scorer
-        self.n_candidates = whole_count(n_candidates, "n_candidates", 32)
+        counts = dict(n_candidates=n_candidates, batch_size=batch_size)
+        self.n_candidates, self.batch_size = (whole_count(counts[k], k, fix) for k, fix in COUNT_KNOBS)
         self.temperature = float(temperature)
         from zoo.models.dalle.lit import check_sampling
 
@@ -67,7 +72,6 @@ class DallePipeline(ClipRerank):
         check_guidance(guidance_scale)
         self.guidance_scale = float(guidance_scale)
         dalle.warn_untrained_null({"generator.guidance_scale": self.guidance_scale})
-        self.batch_size = whole_count(batch_size, "batch_size", 64)
         self.seed = int(seed)
         self.progress = progress  # None: a bar only when there is more than one batch
         self.weights = "as given"  # from_checkpoints: "ema" | "raw" | "raw (no EMA in checkpoint)"
@@ -98,6 +102,9 @@ class DallePipeline(ClipRerank):
         # the sampling options before the checkpoints are read (__init__ checks them again for a direct build)
         check_sampling(kw.get("temperature", 1.0), kw.get("top_k"), kw.get("top_p"), "generator.")
         check_guidance(kw.get("guidance_scale", 1.0))
+        for key, fix in COUNT_KNOBS:  # n_candidates=0 was refused only once the checkpoints had loaded
+            if kw.get(key) is not None:
+                whole_count(kw[key], key, fix)
         dalle = load_module(dalle_ckpt, map_location=device, expect=("dalle",), ema=use_ema)
         if not isinstance(dalle, DalleLit):
             raise ValueError(f"{dalle_ckpt} holds a {type(dalle).__name__}, not a DALL·E transformer (model=dalle)")
