@@ -14,19 +14,8 @@ import torch
 
 from zoo.data.shapes import ShapesDataset
 from zoo.models.clip.lit import recall_at_k
-from zoo.models.clip.scorer import ClipScorer
+from zoo.models.clip.scorer import ClipScorer, trained_scene_resolution
 from zoo.precision import describe_cpu
-
-
-def scene_resolution(ckpt: str, given: int | None) -> int:
-    """``given``, else the data.resolution the checkpoint's run trained at, else 32. Why: a fixed 32 measured a CLIP
-    trained on 128 px scenes (experiment=unclip/clip_shapes_rn128) on 32 px renders blown up to 128, not on the
-    scenes it learned."""
-    if given is not None:
-        return given
-    from zoo.checkpoint import safe_load, trained_resolution
-
-    return trained_resolution(safe_load(ckpt).get("zoo_config")) or 32
 
 
 def main() -> None:
@@ -37,7 +26,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=None, help="default: the resolution the CLIP trained at")
     args = ap.parse_args()
     scorer = ClipScorer.from_lightning_checkpoint(args.ckpt)
-    resolution = scene_resolution(args.ckpt, args.resolution)
+    resolution = trained_scene_resolution(args.ckpt, args.resolution)
     ds = ShapesDataset("val", args.n, resolution)
     images = torch.stack([ds[i]["image"] for i in range(args.n)])
     captions = [ds[i]["captions"]["descriptive"] for i in range(args.n)]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from zoo.data.shapes import COLOURS, ShapesDataset, captions_for, render_scene
-from zoo.models.clip.scorer import ClipScorer
+from zoo.models.clip.scorer import ClipScorer, trained_scene_resolution
 
 SWAPS = ("position", "colour", "size")
 
@@ -85,11 +85,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clip", required=True, help="a zoo-train CLIP last.ckpt")
     p.add_argument("--n", type=int, default=512, help="val scenes searched (those with 2+ objects are used)")
-    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--resolution", type=int, default=None, help="default: the resolution the CLIP trained at")
     p.add_argument("--object-order", default="raster", choices=("raster", "shuffled"), help="captions' object order")
     args = p.parse_args()
     torch.set_num_threads(1)
     scorer = ClipScorer.from_lightning_checkpoint(args.clip)
+    args.resolution = trained_scene_resolution(args.clip, args.resolution)
     ds = ShapesDataset("val", size=args.n, resolution=args.resolution)
     rng = np.random.default_rng(0)
     rows = []

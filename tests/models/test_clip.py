@@ -295,23 +295,24 @@ def test_unknown_pretrained_tag_beside_a_checkpoint_is_refused_and_old_checkpoin
     assert s.image_size == 32 and torch.equal(s.model.logit_scale, net.logit_scale)
 
 
-def test_clip_recall_renders_the_scenes_at_the_resolution_the_clip_trained_at(tmp_path):
-    """scripts/clip_recall.py rendered the val scenes at 32 px whatever the CLIP: a CLIP trained on 128 px scenes
-    (experiment=unclip/clip_shapes_rn128) was measured on 32 px renders blown up to 128."""
-    import importlib.util
+def test_the_measurement_scripts_render_the_scenes_at_the_resolution_the_clip_trained_at(tmp_path):
+    """scripts/clip_recall.py and experiments/clip/binding_probe.py rendered the val scenes at 32 px whatever the CLIP:
+    a CLIP trained on 128 px scenes (experiment=unclip/clip_shapes_rn128) was measured on 32 px renders blown up to
+    128. Both now default to the checkpoint's training resolution (trained_scene_resolution)."""
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(
-        "clip_recall", Path(__file__).resolve().parents[2] / "scripts" / "clip_recall.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from zoo.models.clip.scorer import trained_scene_resolution
+
     trained_128, unrecorded = tmp_path / "rn128.ckpt", tmp_path / "old.ckpt"
     torch.save({"state_dict": {}, "zoo_config": {"data": {"resolution": 128}}}, trained_128)
     torch.save({"state_dict": {}}, unrecorded)
-    assert script.scene_resolution(str(trained_128), None) == 128
-    assert script.scene_resolution(str(trained_128), 64) == 64  # --resolution still decides
-    assert script.scene_resolution(str(unrecorded), None) == 32
+    assert trained_scene_resolution(str(trained_128)) == 128
+    assert trained_scene_resolution(str(trained_128), 64) == 64  # --resolution still decides
+    assert trained_scene_resolution(str(unrecorded)) == 32
+    root = Path(__file__).resolve().parents[2]
+    for script in ("scripts/clip_recall.py", "experiments/clip/binding_probe.py"):
+        text = (root / script).read_text()
+        assert "trained_scene_resolution(args." in text and "type=int, default=32" not in text, script
 
 
 def test_a_clip_checkpoint_runs_with_the_activation_it_trained_with(tmp_path):

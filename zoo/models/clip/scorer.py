@@ -59,6 +59,19 @@ def clip_fingerprint(model) -> Optional[str]:
     return h.hexdigest()[:16]
 
 
+def trained_scene_resolution(ckpt: str, given: Optional[int] = None) -> int:
+    """The resolution to render shapes scenes at for a zoo-train CLIP checkpoint: ``given``, else the data.resolution
+    its run trained at (``zoo_config``), else 32. Why: the measurement scripts (scripts/clip_recall.py,
+    experiments/clip/binding_probe.py) rendered at a fixed 32, so a CLIP trained on 128 px scenes
+    (experiment=unclip/clip_shapes_rn128) was measured on 32 px renders blown up to 128, not on the scenes it learned."""
+    if given is not None:
+        return int(given)
+    from zoo.checkpoint import safe_load, trained_resolution
+
+    ck = safe_load(ckpt)
+    return trained_resolution(ck.get("zoo_config") if isinstance(ck, dict) else None) or 32
+
+
 def clip_score_from_cos(cos: torch.Tensor) -> torch.Tensor:
     """Cosine similarities -> CLIP scores under ``CLIP_SCORE_CONVENTION``: ``100 * max(cos, 0)``, elementwise."""
     return 100 * cos.clamp_min(0)
