@@ -811,6 +811,36 @@ def test_options_that_need_no_model_are_refused_before_any_checkpoint_loads(knob
         UnclipPipeline.from_checkpoints(missing, missing, missing, [missing], **knob)
 
 
+def test_guidance_with_a_null_condition_a_stage_never_trained_is_a_warning(caplog):
+    """The GLIDE and DALL·E pipelines warn when they guide with a null their model never trained; unCLIP did not: a
+    decoder with emb_dropout=0 (its null, empty caption + zero embedding together, never seen) guided at its own
+    scale 3, or a prior with text_dropout=0 at prior_guidance_scale 2, sampled without a word. The paper's rates, a
+    scale of 1 or a null_dropout are quiet."""
+    import logging
+
+    from zoo.models.diffusion_prior.lit import DiffusionPriorLit
+    from zoo.models.unclip_decoder.lit import UnclipDecoderLit
+
+    torch.manual_seed(0)
+    untrained = UnclipDecoderLit(preset="tiny", emb_dropout=0.0)
+    paper = UnclipDecoderLit(preset="tiny")
+    prior = DiffusionPriorLit(preset="tiny", net={"clip_dim": D}, text_dropout=0.0, guidance_scale=2.0)
+    cases = [
+        (dict(decoder=untrained, prior="none"), "the decoder never trained its null condition"),
+        (dict(decoder=untrained, prior="none", decoder_guidance_scale=1.0), None),
+        (dict(decoder=UnclipDecoderLit(preset="tiny", emb_dropout=0.0, null_dropout=0.1), prior="none"), None),
+        (dict(decoder=paper, prior="none"), None),
+        (dict(decoder=paper, prior_model=prior, prior="diffusion"), "the diffusion prior has text_dropout=0"),
+        (dict(decoder=paper, prior_model=prior, prior="diffusion", prior_guidance_scale=1.0), None),
+    ]
+    for kw, said in cases:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="zoo.pipelines.unclip"):
+            UnclipPipeline(clip=None, **kw)
+        warned = [r.getMessage() for r in caplog.records if "never trained" in r.getMessage()]
+        assert (said is None and not warned) or (said is not None and said in " ".join(warned)), (kw, warned)
+
+
 def test_one_upsampler_checkpoint_given_as_a_string_is_that_checkpoint(ckpts):
     """generator.upsampler_ckpts=<path> (no brackets: Hydra gives the string) was read one character at a time:
     "checkpoint not found: /"."""

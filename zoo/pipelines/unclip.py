@@ -244,6 +244,7 @@ class UnclipPipeline:
             log.warning("decoder_eta=%s ignored: only the ddim decoder sampler takes an eta, not %s", decoder_eta, used)
         self.upsampler_tile = upsampler_tile
         self._warn_resolution_chain()
+        self._warn_untrained_nulls()
         # n_candidates, n_keep, invert_refine, batch_size: int() took 1.5 for 1, -1 for 0
         counts = dict(n_candidates=n_candidates, n_keep=n_keep, invert_refine=invert_refine, batch_size=batch_size)
         for key, fix, least in COUNT_KNOBS:
@@ -360,6 +361,40 @@ class UnclipPipeline:
                     size,
                 )
             size, source = size * up.cfg.scale, f"upsampler{i + 1}"
+
+    def _warn_untrained_nulls(self) -> None:
+        """A WARNING when a stage guides (scale != 1, set here or the checkpoint's) with a null condition it never
+        trained, as the GLIDE and DALL·E pipelines warn: the decoder's null is the empty caption and the zero
+        embedding together, trained text_dropout x emb_dropout (+ null_dropout) of the time, so emb_dropout=0 or
+        text_dropout=0 leaves it untrained (the paper: 50% and 10%); a prior's is the null caption (text_dropout,
+        the paper's 10%). Guidance then extrapolates from an unconditional model that never saw its input."""
+        dec = self.decoder
+        scale = (
+            dec.hparams.decoder_guidance_scale if self.decoder_guidance_scale is None else self.decoder_guidance_scale
+        )
+        rates = {k: float(getattr(dec, k, 0.0)) for k in ("text_dropout", "emb_dropout", "null_dropout")}
+        if float(scale) != 1 and rates["text_dropout"] * rates["emb_dropout"] + rates["null_dropout"] == 0:
+            log.warning(
+                "the decoder never trained its null condition (empty caption and zero embedding together; %s) but "
+                "decoder_guidance_scale=%s guides with it: classifier-free guidance extrapolates from an untrained "
+                "unconditional model (fix: train with model.text_dropout=0.5 and model.emb_dropout=0.1, the paper's, "
+                "or model.null_dropout > 0; or generator.decoder_guidance_scale=1)",
+                ", ".join(f"{k}={v}" for k, v in rates.items()),
+                scale,
+            )
+        if self.prior not in ("diffusion", "ar"):
+            return
+        p = self.prior_model
+        own = float(getattr(p, "guidance_scale", 1.0)) if self.prior == "diffusion" else 1.0  # the AR prior: 1
+        scale = own if self.prior_guidance_scale is None else self.prior_guidance_scale
+        if float(scale) != 1 and float(p.text_dropout) == 0:
+            log.warning(
+                "the %s prior has text_dropout=0, so its null caption is never trained, but prior_guidance_scale=%s "
+                "guides with it: classifier-free guidance extrapolates from an untrained unconditional model (fix: "
+                "train with model.text_dropout=0.1, the paper's, or generator.prior_guidance_scale=1)",
+                self.prior,
+                scale,
+            )
 
     def _check_stages(self) -> None:
         _check_stage_names(self.stages, len(self.upsamplers), self.prior)
