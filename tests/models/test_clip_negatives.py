@@ -160,6 +160,22 @@ def test_exchange_is_reachable_from_the_config_and_checked():
         ClipLit(preset="tiny", hard_negatives={"groups": "binding", "swap": True})
 
 
+@pytest.mark.parametrize(
+    "option,message",
+    [
+        ({"exchange": "no"}, "exchange must be true or false, got 'no'"),
+        ({"exchange": "off"}, "exchange must be true or false"),
+        ({"seed": 2.5}, "seed must be a whole number, got 2.5"),
+        ({"seed": "abc"}, "seed must be a whole number"),
+    ],
+)
+def test_hard_negative_options_of_the_wrong_kind_are_config_errors(option, message):
+    """exchange=no / off (Hydra hands the word over as a string) was bool('no') = True: binding negatives on where
+    the user turned them off; seed=2.5 ran as seed 2 and seed=abc was int()'s ValueError traceback."""
+    with pytest.raises(ConfigError, match=f"model.hard_negatives.{message}.*fix"):
+        ClipLit(preset="tiny", hard_negatives={"groups": "binding", **option})
+
+
 def test_a_negative_that_is_an_images_own_caption_is_not_held_against_that_image():
     # "a red star" -> "a red heart" is the other image's caption word for word (and back): without the guard each
     # image's row held its own caption as a negative too, the loss could not fall below ln(2)/2 and pushed every

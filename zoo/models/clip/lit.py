@@ -26,7 +26,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole
 from zoo.models.base import ZooLit
 from zoo.models.clip.model import clip_config, create_clip, tokenizer_for
 from zoo.models.clip.negatives import NegativeSwapper, hard_negative_loss, same_text
@@ -116,11 +116,16 @@ class ClipLit(ZooLit):
                     f"unknown model.hard_negatives keys {sorted(unknown)} (fix: groups=<shapes, binding or word "
                     "lists>, seed=<int>, exchange=<bool>)"
                 )
-            self.swapper = NegativeSwapper(
-                hard_negatives.get("groups", "shapes"),
-                int(hard_negatives.get("seed", 0)),
-                exchange=bool(hard_negatives.get("exchange", False)),
-            )
+            seed, exchange = hard_negatives.get("seed", 0), hard_negatives.get("exchange", False)
+            # checked, not cast: bool("no") is True (Hydra hands a word over as a string), int(2.5) is 2
+            if not is_whole(seed):
+                raise ConfigError(f"model.hard_negatives.seed must be a whole number, got {seed!r} (fix: seed=0)")
+            if not isinstance(exchange, bool):
+                raise ConfigError(
+                    f"model.hard_negatives.exchange must be true or false, got {exchange!r} (fix: exchange=true "
+                    "for binding negatives, exchange=false for one swapped word)"
+                )
+            self.swapper = NegativeSwapper(hard_negatives.get("groups", "shapes"), seed, exchange=exchange)
 
     # -- shared with ClipScorer ---------------------------------------------------------------------------------
     def scorer(self) -> ClipScorer:
