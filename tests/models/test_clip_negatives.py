@@ -59,8 +59,10 @@ def test_swap_matches_whole_phrases_and_skips_captions_without_words():
     assert a(caps)[0] == b(caps)[0]
 
 
-@pytest.mark.parametrize("groups", ["colours", [["star"]], [], [["a", "a"]]])
+@pytest.mark.parametrize("groups", ["colours", [["star"]], [], [["a", "a"]], ["circle", "square", "triangle"]])
 def test_bad_groups_fail_with_the_fix(groups):
+    # a flat word list (groups=[circle,square,triangle], one bracket pair) made each word a group of its letters, whose
+    # "negatives" swapped single-letter words: "a red circle" -> "r red circle"
     with pytest.raises(ConfigError, match="fix"):
         NegativeSwapper(groups)
 

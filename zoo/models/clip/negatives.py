@@ -70,6 +70,14 @@ class NegativeSwapper:
                     "word lists, e.g. model.hard_negatives.groups=[[circle,square],[top left,top right]])"
                 )
             groups = NAMED_GROUPS[groups]()
+        flat = [g for g in (groups or []) if isinstance(g, str) or not hasattr(g, "__iter__")]
+        if flat:
+            # groups=[circle,square] (one bracket pair) made each word a group of its letters: the "negatives"
+            # swapped single-letter words ("a red circle" -> "r red circle"), trivially told apart, teaching nothing
+            raise ConfigError(
+                f"hard-negative groups must be lists of words, got the word(s) {flat[:4]} as a group "
+                f"(fix: a list of lists, e.g. model.hard_negatives.groups=[[{','.join(map(str, flat[:3]))}]])"
+            )
         groups = [[str(w) for w in g] for g in (groups or [])]
         if not groups or any(len(set(g)) < 2 for g in groups):
             raise ConfigError(
