@@ -592,12 +592,16 @@ def test_manipulation_cli_out_may_be_a_directory_and_a_bad_extension_fails_first
         (["variations", "x.png", "--eta", "-1"], "--eta -1.0"),
         (["variations", "x.png", "--eta", "nan"], "--eta nan"),
         (["text_diff", "x.png", "--caption-to", "a blue circle", "--max-t", "nan"], "--max-t nan"),
+        (["variations", "x.png", "--decoder-steps", "0"], "--decoder-steps 0"),
+        (["variations", "x.png", "--upsampler-steps", "-1"], "--upsampler-steps -1"),
+        (["variations", "x.png", "--decoder-guidance-scale", "nan"], "--decoder-guidance-scale nan"),
     ],
 )
 def test_manipulation_cli_options_are_checked_before_any_checkpoint_loads(argv, said, monkeypatch, capsys):
     """A second image missing for interpolate or --caption-to for text_diff were refused only after the decoder and
     the CLIP had loaded; a negative or NaN --eta was DDIM's ValueError traceback after the inversion, a NaN --max-t
-    NaN frames. Now errors naming the option, before anything loads."""
+    NaN frames; --decoder-steps 0 or a NaN --decoder-guidance-scale were refused after the load, naming
+    generator.<key>, an option this command does not have. Now errors naming the option, before anything loads."""
     from zoo.pipelines import unclip
 
     def must_not_load(*a, **k):

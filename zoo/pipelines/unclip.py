@@ -907,6 +907,14 @@ def _check_cli_options(a: argparse.Namespace) -> None:
         raise ConfigError(f"--eta {a.eta}: DDIM eta is a finite number >= 0 (fix: --eta 0.5; 0 reproduces the image)")
     if a.mode == "text_diff" and not math.isfinite(a.max_t):
         raise ConfigError(f"--max-t {a.max_t}: the slerp's end is a finite number (fix: --max-t 0.5)")
+    # the pipeline's own checks name generator.<key>, which this command has not; its timestep range still applies
+    for flag, steps in (("--decoder-steps", a.decoder_steps), ("--upsampler-steps", a.upsampler_steps)):
+        if steps is not None and steps < 1:
+            raise ConfigError(f"{flag} {steps}: at least one sampling step (fix: {flag} 25, or leave it out)")
+    if not (math.isfinite(a.decoder_guidance_scale) and a.decoder_guidance_scale >= 0):
+        raise ConfigError(
+            f"--decoder-guidance-scale {a.decoder_guidance_scale}: a finite number >= 0 (fix: 1, unguided)"
+        )
 
 
 def _per_size(images: list[torch.Tensor], manipulate) -> torch.Tensor:
