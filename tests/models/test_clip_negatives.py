@@ -227,3 +227,24 @@ def test_a_resumed_run_draws_the_negatives_an_uninterrupted_one_does(tmp_path):
     _, after = fit(6, ckpt_path=str(tmp_path / "step3.ckpt"))
     assert len(after) == 24 and before + after == uninterrupted
     assert uninterrupted[:8] != uninterrupted[24:32]  # (each step draws its own swaps)
+
+
+class _CaptionsDM:
+    batch_size = 8
+
+    def __init__(self, captions):
+        self.captions = captions
+
+    def dataset(self, split):
+        return [{"image": torch.zeros(3, 32, 32), "caption": c} for c in self.captions]
+
+
+def test_groups_that_make_no_negative_for_the_data_fail_before_training():
+    """groups whose words no caption holds (a typo, another dataset's words; exchange on one-object scenes) made no
+    negative: the run was plain CLIP with neg_acc=nan, without an error."""
+    caps = ["a red circle at the top left", "a blue square in the centre"]
+    with pytest.raises(ConfigError, match="makes no negative for the data.*fix: groups=shapes"):
+        ClipLit(preset="tiny", hard_negatives={"groups": [["cirle", "sqaure"]]}).check_data(_CaptionsDM(caps))
+    with pytest.raises(ConfigError, match="two different words of one group"):
+        ClipLit(preset="tiny", hard_negatives={"groups": "binding", "exchange": True}).check_data(_CaptionsDM(caps))
+    ClipLit(preset="tiny", hard_negatives={"groups": "shapes"}).check_data(_CaptionsDM(caps))  # matches: fine

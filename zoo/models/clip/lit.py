@@ -172,6 +172,23 @@ class ClipLit(ZooLit):
             raise ConfigError(f"CLIP expects RGB images (3, H, W) in [-1, 1], got {shape} (fix: the data config)")
         if not isinstance(sample["caption"], str):
             raise ConfigError(f"CLIP expects one caption string per sample, got {type(sample['caption']).__name__}")
+        if self.swapper is not None:
+            self._check_negatives_match(dataset("val"))
+
+    def _check_negatives_match(self, ds) -> None:
+        """Groups whose words no caption holds (a typo, another dataset's words) made no negative at all: the run was
+        plain CLIP, logging neg_acc=nan, without an error. Checked on up to 64 val captions."""
+        try:
+            captions = [ds[i]["caption"] for i in range(min(64, len(ds)))]
+        except Exception:  # noqa: BLE001  (no len / index: checked by neg_acc only)
+            return
+        if captions and not bool(self.swapper(captions)[1].any()):
+            what = "two different words of one group" if self.swapper.exchange else "a word of a group"
+            raise ConfigError(
+                f"model.hard_negatives makes no negative for the data: none of {len(captions)} val captions holds "
+                f"{what} of groups={self.swapper.groups} (e.g. {captions[0]!r}) (fix: groups=shapes or binding for "
+                "the shapes world, or word lists of the data's own captions)"
+            )
 
     # -- training ------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
