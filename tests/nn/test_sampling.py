@@ -63,3 +63,12 @@ def test_all_but_one_token_masked_always_picks_that_token():
     for kw in ({}, {"top_k": 2}, {"top_p": 0.3}):
         for temperature in (1.0, 0.0):
             assert gumbel_pick(filter_logits(x, **kw), temperature, g).tolist() == [4, 0, 5]
+
+
+@pytest.mark.parametrize("option", ["temperature", "top_k", "top_p"])
+def test_a_sampling_option_given_as_a_word_names_the_option(option):
+    from zoo.errors import ConfigError
+
+    # before: float('abc')'s bare "could not convert string to float", naming no option
+    with pytest.raises(ConfigError, match=rf"generator\.{option} must be a number, got 'abc'"):
+        check_sampling(**{option: "abc"}, prefix="generator.")

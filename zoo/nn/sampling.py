@@ -36,6 +36,11 @@ def check_sampling(
     filter, and a top_k above the vocabulary keeps every token. Used by DALL·E (model, pipeline) and the AR prior."""
     from zoo.errors import ConfigError
 
+    for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)):
+        # a word (temperature=abc) was float()'s bare "could not convert string to float", naming no option
+        word = not isinstance(value, (int, float))  # top_k=true keeps the whole-number message below
+        if value is not None and (word or (isinstance(value, bool) and name != "top_k")):
+            raise ConfigError(f"{prefix}{name} must be a number, got {value!r} (fix: {prefix}{name}=<number>)")
     if not 0.0 <= float(temperature) < float("inf"):  # NaN fails too
         raise ConfigError(
             f"{prefix}temperature must be a finite number >= 0 (0: greedy), got {temperature} "
