@@ -417,3 +417,24 @@ def test_a_dropout_rate_that_is_not_a_probability_is_refused_when_built(name, va
     # "0.1" (a string) failed with a TypeError from the comparison, and true passed as a rate
     with pytest.raises(ConfigError, match=f"model.{name} is the probability"):
         UnclipDecoderLit(preset="tiny", **{name: value})
+
+
+def test_training_a_decoder_that_never_trains_its_null_but_guides_its_grids_is_a_warning(caplog):
+    """The decoder guides against the empty caption and the zero embedding together, trained text_dropout x
+    emb_dropout (+ null_dropout) of the time. GlideLit's training-time warning read GLIDE's guidance_scale, which the
+    decoder lacks, so emb_dropout=0 (or text_dropout=0) with the default grid guidance 3 trained without a word."""
+    import logging
+
+    def warned() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "never trains its null condition" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING):
+        UnclipDecoderLit(preset="tiny", emb_dropout=0.0).setup("fit")
+        assert len(warned()) == 1 and "model.grid_guidance_scale=3.0" in warned()[0], warned()
+        caplog.clear()
+        UnclipDecoderLit(preset="tiny").setup("fit")  # the paper's 50% x 10%
+        UnclipDecoderLit(preset="tiny", emb_dropout=0.0, null_dropout=0.1).setup("fit")  # the joint null drawn
+        UnclipDecoderLit(preset="tiny", text_dropout=0.0, decoder_guidance_scale=1.0, grid_guidance_scale=1.0).setup(
+            "fit"
+        )
+    assert not warned()

@@ -19,6 +19,7 @@ Everything GLIDE's module does is inherited (diffusion process, caption tokenize
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional, Sequence
 
 import torch
@@ -40,6 +41,8 @@ from zoo.models.glide.lit import (
 )
 from zoo.models.unclip_decoder.model import UNCLIP_DECODER_PRESETS, UnclipDecoder, UnclipDecoderConfig
 from zoo.text import TextTokenizer
+
+log = logging.getLogger(__name__)
 
 _FIX_EMBED = (
     "run zoo-embed for the split and pass it (data.features.{split}=<dir>/{split}.pt), or give a frozen "
@@ -140,6 +143,34 @@ class UnclipDecoderLit(ClipEmbeddingLit, GlideLit):
         self.text_tokenizer: Optional[TextTokenizer] = TextTokenizer.from_spec(text_tokenizer)
         self._clip = None  # the frozen ClipScorer (loaded on first use; never in the state dict)
         self.clip_fingerprint = clip_fingerprint  # the CLIP of its training embeddings (ClipEmbeddingLit)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)  # GlideLit's own warning reads GLIDE's knobs (guidance_scale), which the decoder lacks
+        if stage == "fit":
+            hp = self.hparams
+            self.warn_untrained_null(
+                {
+                    "model.decoder_guidance_scale": hp.decoder_guidance_scale,
+                    "model.grid_guidance_scale": hp.grid_guidance_scale,
+                }
+            )
+
+    def warn_untrained_null(self, scales: dict[str, float]) -> None:
+        """A WARNING when ``scales`` guide against a null condition this decoder never trains: the empty caption and
+        the zero embedding together, drawn text_dropout x emb_dropout (+ null_dropout) of the time, so text_dropout=0
+        or emb_dropout=0 leaves it untrained (the paper: 50% and 10%). GlideLit's check read text_dropout alone and
+        was not reached for the decoder, whose scales have other names (the unCLIP pipeline warns at sampling)."""
+        guided = {k: v for k, v in scales.items() if v is not None and v != 1}
+        rates = {"text_dropout": self.text_dropout, "emb_dropout": self.emb_dropout, "null_dropout": self.null_dropout}
+        if guided and rates["text_dropout"] * rates["emb_dropout"] + rates["null_dropout"] == 0:
+            log.warning(
+                "this unCLIP decoder never trains its null condition (empty caption and zero embedding together; %s) "
+                "but %s guide with it: classifier-free guidance extrapolates from an untrained unconditional model "
+                "(fix: model.text_dropout=0.5 and model.emb_dropout=0.1, the paper's, or model.null_dropout > 0; or "
+                "guidance scales of 1)",
+                ", ".join(f"{k}={v}" for k, v in rates.items()),
+                ", ".join(f"{k}={v}" for k, v in guided.items()),
+            )
 
     # ------------------------------------------------------------------------------------------ data
     @staticmethod
