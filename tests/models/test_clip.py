@@ -14,7 +14,7 @@ import torch
 
 from zoo.errors import ConfigError, MissingWeightsError
 from zoo.models.clip.lit import ClipLit, recall_at_k
-from zoo.models.clip.model import PRESETS, clip_config, count_parameters
+from zoo.models.clip.model import PRESETS, clip_config, count_parameters, model_config
 from zoo.models.clip.scorer import ClipScorer
 
 COLOURS = ["red", "green", "blue", "yellow"]
@@ -102,7 +102,11 @@ def test_shapes_rn128_preset_reads_128_px_scenes(train_cfg):
 
 def test_paper_preset_is_vit_h_counted_on_meta():
     cfg = clip_config("paper")
-    assert cfg.arch == "ViT-H-14"
+    # PAPER_FACTS: ViT-H/16 image encoder at 256 px, width 1280, 32 blocks; text width 1024, 24 blocks
+    full = model_config(cfg)
+    v, t = full["vision_cfg"], full["text_cfg"]
+    assert cfg.arch == "ViT-H-16" and (v["patch_size"], v["image_size"], v["width"], v["layers"]) == (16, 256, 1280, 32)
+    assert (t["width"], t["layers"], full["embed_dim"]) == (1024, 24, 1024)
     n = count_parameters(cfg)  # no memory allocated
     assert 0.9e9 < n < 1.1e9, n
 

@@ -70,7 +70,10 @@ PRESETS: dict[str, ClipConfig] = {
     # An instrument for 128 px images (FD_CLIP of upsampled images, eval.upsampler), where the 32 px CLIP shrinks
     # every image back to 32 px and cannot tell bicubic's blur from a sharp edge.
     "shapes_rn128": ClipConfig("zoo-clip-shapes-rn", {"vision_cfg": {"image_size": 128}}),
-    "paper": ClipConfig("ViT-H-14"),  # unCLIP's CLIP (open_clip tag e.g. laion2b_s32b_b79k for trained weights)
+    # unCLIP's CLIP as the paper gives it: ViT-H/16 at 256 px (width 1280, 32 blocks; text width 1024, 24 blocks).
+    # No weights of it were released; the nearest public ones are open_clip's ViT-H-14 (patch 14, 224 px):
+    # model.arch=ViT-H-14 model.pretrained=laion2b_s32b_b79k.
+    "paper": ClipConfig("ViT-H-16", {"vision_cfg": {"image_size": 256}}),
 }
 
 

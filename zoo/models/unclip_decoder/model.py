@@ -47,7 +47,7 @@ __all__ = [
 class UnclipDecoderConfig(GlideConfig):
     """GLIDE's fields (``GlideConfig``) plus the CLIP image embedding's width and its number of context tokens."""
 
-    clip_dim: int = 128  # the CLIP embedding width (zoo-clip-tiny 32, zoo-clip-shapes 128, ViT-H-14 1024)
+    clip_dim: int = 128  # the CLIP embedding width (zoo-clip-tiny 32, zoo-clip-shapes 128, ViT-H/16 1024)
     clip_tokens: int = 4  # unCLIP: 4 extra context tokens
     # Scale z_i to unit RMS before its projections and LayerNorm its context tokens (as the text encoder's are).
     # A unit-norm CLIP embedding has entries of about 1/sqrt(clip_dim): through a default-initialised Linear its
@@ -66,12 +66,12 @@ def _from_glide(name: str, **extra) -> UnclipDecoderConfig:
 
 
 # Presets: GLIDE's, plus the CLIP width of the matching zoo CLIP preset. ``paper``: unCLIP's decoder is "a modified
-# GLIDE, 3.5B" generating 64 px, so it is GLIDE's paper preset conditioned on ViT-H-14's 1024-d embedding, with
+# GLIDE, 3.5B" generating 64 px, so it is GLIDE's paper preset conditioned on ViT-H/16's 1024-d embedding, with
 # unCLIP's Table 3 text context of 256 tokens (GLIDE's released model reads 128).
 UNCLIP_DECODER_PRESETS: dict[str, UnclipDecoderConfig] = {
     "tiny": _from_glide("tiny", clip_dim=32),  # zoo-clip-tiny's embed_dim
     "shapes": _from_glide("shapes", clip_dim=128),  # zoo-clip-shapes's embed_dim
-    "paper": _from_glide("paper", clip_dim=1024, text_len=256),  # ViT-H-14 (unCLIP's CLIP); Table 3's context
+    "paper": _from_glide("paper", clip_dim=1024, text_len=256),  # ViT-H/16 (unCLIP's CLIP); Table 3's context
 }
 PRESETS = UNCLIP_DECODER_PRESETS
 
