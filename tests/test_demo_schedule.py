@@ -230,3 +230,17 @@ def test_each_command_the_demo_prints_runs_from_the_users_shell(monkeypatch, cap
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:/usr/bin:/bin")  # an activated venv: as it is
     demo.announce("stage", ["zoo-train", "x=1"], 1.0)
     assert capsys.readouterr().out.rstrip().endswith(": zoo-train x=1")
+
+
+def test_main_puts_the_callers_sigterm_handler_back(monkeypatch, tmp_path):
+    """main() set its SIGTERM handler for good: a process going on after it (the test suite) kept it, so Lightning,
+    which installs its own only where none is set, left a later in-process zoo-train's SIGTERM to the demo's handler
+    (exit 130 instead of 143, no SIGTERM path): tests/test_reliability.py's SIGTERM tests failed after this file."""
+    import signal
+
+    monkeypatch.setenv("DEMO_MINUTES", "45min")  # main() stops at its knob check, before any stage
+    monkeypatch.setattr(demo, "DEMO_DIR", tmp_path / "demo")
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit, match="DEMO_MINUTES"):
+        demo.main()
+    assert signal.getsignal(signal.SIGTERM) is before

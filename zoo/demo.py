@@ -678,8 +678,18 @@ def _exit_on_sigterm(signum, frame) -> None:
 
 
 def main() -> None:
+    """make demo. SIGTERM unwinds it (``_exit_on_sigterm``) while it runs; the caller's handler is put back after,
+    since a process that goes on (a test calling main) would otherwise keep ours, and Lightning installs its own
+    SIGTERM handler (interrupted.ckpt, exit 143) only where none is set: a later in-process zoo-train exited 130."""
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        _run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run() -> None:
     t_start = time.perf_counter()
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     env_flag("DEMO_FRESH")  # read first when a training stage starts, after the judge (minutes): checked now
     from zoo.precision import describe_cpu
 
