@@ -224,10 +224,9 @@ def leaderboard_row(
     # the Inception weights of FID / KID / IS (results.json records them since zoo-eval hashed the file; an older
     # file has no record: "unknown", never taken as the same weights as another row's)
     inception = results.get("inception") or {}
-    row["inception_id"] = f"{inception.get('extractor')}:{inception['sha256']}" if inception.get("sha256") else None
-    row["inception_weights"] = (
-        f"{inception.get('file')} (sha256 {str(inception['sha256'])[:16]}…)" if inception.get("sha256") else None
-    )
+    sha = inception.get("sha256")
+    row["inception_id"] = f"{inception.get('extractor')}:{sha}" if sha else None
+    row["inception_weights"] = f"{inception.get('file')} (sha256 {str(sha)[:16]}…)" if sha else None
     r0, candidates, source = _fidelity_row(results)
     row["blur_candidates"] = candidates
     row["fidelity_from"] = source

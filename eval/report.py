@@ -109,9 +109,10 @@ def markdown_report(results: dict[str, Any]) -> str:
             out += ["", f"## {title}", ""]
             if key == "blur" and results.get("blur_candidates", 1) > 1:
                 out += [f"Images: the CLIP-best of {results['blur_candidates']} candidates per caption.", ""]
-            if key == "rerank" and rerank_blur(rows):  # else these FIDs read as the unblurred images' own
+            radius = rerank_blur(rows) if key == "rerank" else None
+            if radius:  # else these FIDs read as the unblurred images' own
                 out += [
-                    f"Scored at blur radius {rerank_blur(rows):g} (rerank.blur_radius: Gaussian standard deviation "
+                    f"Scored at blur radius {radius:g} (rerank.blur_radius: Gaussian standard deviation "
                     f"in pixels, applied to the real and the generated images before every metric).",
                     "",
                 ]
@@ -213,8 +214,9 @@ def write_report(results: dict[str, Any], out_dir) -> dict[str, Path]:
     paths["md"].write_text(markdown_report(results))
     for key, (title, x, x_label, log2) in ABLATIONS.items():
         if results.get(key):
-            if key == "rerank" and rerank_blur(results[key]):
-                title += f", at blur radius {rerank_blur(results[key]):g}"
+            radius = rerank_blur(results[key]) if key == "rerank" else None
+            if radius:
+                title += f", at blur radius {radius:g}"
             png = plot_ablation(results[key], x, x_label, title, out_dir / f"{key}.png", log2)
             if png is not None:
                 paths[key] = png

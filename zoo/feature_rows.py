@@ -153,6 +153,7 @@ def compute_rows(
     )
     per_chunk = max(1, math.ceil(chunk_rows / int(batch_size))) * int(batch_size)  # whole batches per chunk
     pending: list[tuple[dict[str, torch.Tensor], list]] = []
+    rows = 0  # rows in pending
     done = start
     desc = f"{command} -> {Path(out_path).name}" + (f" (resumed at row {start})" if start else "")
     try:
@@ -161,11 +162,11 @@ def compute_rows(
                 cols, served = encode(batch)
                 pending.append((cols, list(served)))
                 bar.update(len(served))
-                rows = sum(len(s) for _, s in pending)
+                rows += len(served)
                 if rows >= per_chunk and done + rows < n:  # the split's last rows go straight into the output
                     chunks.append(_save_chunk(work, done, pending))
                     done += len(chunks[-1]["served"])
-                    pending = []
+                    pending, rows = [], 0
     except BaseException:
         if done:
             log.warning(

@@ -357,7 +357,7 @@ class BSRConfig:
             "jpeg_quality_range": (1, 100, True),  # a quality of 30.5 was drawn as int(30.5)
         }
         for name, (lo, hi, whole) in ranges.items():
-            default = list(next(f.default for f in fields(self) if f.name == name))
+            default = list(getattr(BSRConfig, name))
             value = _check_range(
                 f"BSR option {name}", getattr(self, name), lo, hi, whole, fix=f"model.bsr.{name}={default}, the default"
             )

@@ -364,24 +364,15 @@ class UnclipPipeline:
 
     def _warn_untrained_nulls(self) -> None:
         """A WARNING when a stage guides (scale != 1, set here or the checkpoint's) with a null condition it never
-        trained, as the GLIDE and DALL·E pipelines warn: the decoder's null is the empty caption and the zero
-        embedding together, trained text_dropout x emb_dropout (+ null_dropout) of the time, so emb_dropout=0 or
-        text_dropout=0 leaves it untrained (the paper: 50% and 10%); a prior's is the null caption (text_dropout,
-        the paper's 10%). Guidance then extrapolates from an unconditional model that never saw its input."""
+        trained, as the GLIDE and DALL·E pipelines warn: the decoder's rule is its own (``warn_untrained_null``:
+        the empty caption and the zero embedding together); a prior's null is the null caption (text_dropout, the
+        paper's 10%). Guidance then extrapolates from an unconditional model that never saw its input."""
         dec = self.decoder
         scale = (
             dec.hparams.decoder_guidance_scale if self.decoder_guidance_scale is None else self.decoder_guidance_scale
         )
-        rates = {k: float(getattr(dec, k, 0.0)) for k in ("text_dropout", "emb_dropout", "null_dropout")}
-        if float(scale) != 1 and rates["text_dropout"] * rates["emb_dropout"] + rates["null_dropout"] == 0:
-            log.warning(
-                "the decoder never trained its null condition (empty caption and zero embedding together; %s) but "
-                "decoder_guidance_scale=%s guides with it: classifier-free guidance extrapolates from an untrained "
-                "unconditional model (fix: train with model.text_dropout=0.5 and model.emb_dropout=0.1, the paper's, "
-                "or model.null_dropout > 0; or generator.decoder_guidance_scale=1)",
-                ", ".join(f"{k}={v}" for k, v in rates.items()),
-                scale,
-            )
+        if callable(getattr(dec, "warn_untrained_null", None)):
+            dec.warn_untrained_null({"generator.decoder_guidance_scale": float(scale)})
         if self.prior not in ("diffusion", "ar"):
             return
         p = self.prior_model

@@ -100,13 +100,12 @@ def item_generators(seed: int, items: Iterable[int], device) -> Any:
     prompts of the call and a recaptioned item's caption with the batch size."""
     import hashlib
 
-    from zoo.diffusion.noise import RowGenerators
+    from zoo.diffusion.noise import seeded_row_generators
 
-    gens = []
-    for item in items:
-        key = int.from_bytes(hashlib.sha256(f"{int(seed)}:{int(item)}".encode()).digest()[:8], "little") >> 1
-        gens.append((1, torch.Generator(device=device).manual_seed(key)))
-    return RowGenerators(gens)
+    def key(item: int) -> int:
+        return int.from_bytes(hashlib.sha256(f"{int(seed)}:{int(item)}".encode()).digest()[:8], "little") >> 1
+
+    return seeded_row_generators(1, [key(item) for item in items], device)
 
 
 def decoding_options(module, method, beam_width, length_penalty, top_p, temperature, max_len) -> dict[str, Any]:

@@ -309,11 +309,13 @@ class GlideLit(TextTokenizerLit):
         super().setup(stage)
         if stage == "fit":  # a Trainer.fit outside zoo-train (which has refused it in check_data already)
             self.check_inpaint_masks()
-            hp = self.hparams
-            if "guidance_scale" in hp:  # GLIDE's knobs; the unCLIP decoder's null condition also drops its embedding
-                self.warn_untrained_null(
-                    {"model.guidance_scale": hp.guidance_scale, "model.grid_guidance_scale": hp.grid_guidance_scale}
-                )
+            self.warn_untrained_null(self.guidance_scales())
+
+    def guidance_scales(self) -> dict[str, float]:
+        """The classifier-free guidance scales this module samples with (option -> scale): what
+        ``warn_untrained_null`` checks at training."""
+        hp = self.hparams
+        return {"model.guidance_scale": hp.guidance_scale, "model.grid_guidance_scale": hp.grid_guidance_scale}
 
     def warn_untrained_null(self, scales: dict[str, float]) -> None:
         """A WARNING when this model never trained the empty caption (``text_dropout=0``) but ``scales`` (name ->

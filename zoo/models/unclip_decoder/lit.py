@@ -144,22 +144,18 @@ class UnclipDecoderLit(ClipEmbeddingLit, GlideLit):
         self._clip = None  # the frozen ClipScorer (loaded on first use; never in the state dict)
         self.clip_fingerprint = clip_fingerprint  # the CLIP of its training embeddings (ClipEmbeddingLit)
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)  # GlideLit's own warning reads GLIDE's knobs (guidance_scale), which the decoder lacks
-        if stage == "fit":
-            hp = self.hparams
-            self.warn_untrained_null(
-                {
-                    "model.decoder_guidance_scale": hp.decoder_guidance_scale,
-                    "model.grid_guidance_scale": hp.grid_guidance_scale,
-                }
-            )
+    def guidance_scales(self) -> dict[str, float]:
+        hp = self.hparams
+        return {
+            "model.decoder_guidance_scale": hp.decoder_guidance_scale,
+            "model.grid_guidance_scale": hp.grid_guidance_scale,
+        }
 
     def warn_untrained_null(self, scales: dict[str, float]) -> None:
         """A WARNING when ``scales`` guide against a null condition this decoder never trains: the empty caption and
         the zero embedding together, drawn text_dropout x emb_dropout (+ null_dropout) of the time, so text_dropout=0
-        or emb_dropout=0 leaves it untrained (the paper: 50% and 10%). GlideLit's check read text_dropout alone and
-        was not reached for the decoder, whose scales have other names (the unCLIP pipeline warns at sampling)."""
+        or emb_dropout=0 leaves it untrained (the paper: 50% and 10%). GlideLit's check reads text_dropout alone;
+        the unCLIP pipeline calls this one at sampling with its own scale."""
         guided = {k: v for k, v in scales.items() if v is not None and v != 1}
         rates = {"text_dropout": self.text_dropout, "emb_dropout": self.emb_dropout, "null_dropout": self.null_dropout}
         if guided and rates["text_dropout"] * rates["emb_dropout"] + rates["null_dropout"] == 0:
