@@ -493,6 +493,33 @@ def test_each_call_of_a_long_prompt_list_draws_from_its_own_seed(tmp_path, monke
     assert seeded.seed == 5  # restored
 
 
+def test_a_generator_with_its_own_seed_and_only_generate_is_drawn_under_that_seed(tmp_path, monkeypatch):
+    """A generator with a seed set apart from zoo-sample's seed and no candidates(): seeded_chunk set its seed from
+    its own, but keep_best got the call's seed from cfg.seed, and RepeatedCandidates then drew candidate i under that
+    one (the generator's seed overwritten): two rules for one seed. Now both use the generator's: candidate i of call
+    j runs under chunk_seed(generator.seed, j) + i, for the torch RNG and the generator's seed alike."""
+    import zoo.pipelines.base as base
+    from zoo.pipelines.base import chunk_seed
+    from zoo.sample import PROMPTS_PER_CALL
+
+    class OwnSeed:
+        seed = 5
+
+        def __init__(self):
+            self.seen = []
+
+        def generate(self, captions):
+            self.seen.append((self.seed, torch.initial_seed()))
+            return torch.zeros(len(captions), 3, 4, 4)
+
+    gen = OwnSeed()
+    monkeypatch.setattr(base, "build_generator", lambda node, what: gen)
+    prompts = json.dumps(["a red circle"] * (PROMPTS_PER_CALL + 1))
+    sample(_sample_cfg(f"prompts={prompts}", "n_keep=2", "seed=3", f"out_dir={tmp_path / 'o'}"))
+    assert gen.seen == [(chunk_seed(5, j) + i,) * 2 for j in (0, 1) for i in (0, 1)]
+    assert gen.seed == 5  # restored
+
+
 @pytest.mark.parametrize("prompts", ['prompts=[1984,"a red circle"]', "prompts=[true]", "prompts=[3.5]", "prompts=7"])
 def test_a_prompt_hydra_reads_as_a_number_is_refused_before_sampling(tmp_path, monkeypatch, prompts):
     """prompts=[1984] reached the file naming as an int after every prompt was sampled ('int' object has no

@@ -345,8 +345,12 @@ def sample_prompts(cfg: DictConfig, generator, out_dir: Path) -> dict[str, Any]:
     base = int(cfg.seed) if own is None else int(own)
     for call, start in enumerate(range(0, len(prompts), PROMPTS_PER_CALL)):
         part = slice(start, start + PROMPTS_PER_CALL)
+        # one seed per call for both paths: the generator's seed (seeded_chunk) and keep_best's, which a generator
+        # without candidates() is drawn under (RepeatedCandidates sets its seed to it + i). keep_best had the call's
+        # seed from cfg.seed, so a generator.seed set apart from seed was overwritten and ignored.
+        seed = chunk_seed(base, call)
         with seeded_chunk(generator, base, call) as g:  # call 0 keeps the seed
-            written.update(_sample_and_write(cfg, g, out_dir, prompts[part], names[part], chunk_seed(cfg.seed, call)))
+            written.update(_sample_and_write(cfg, g, out_dir, prompts[part], names[part], seed))
         if start + PROMPTS_PER_CALL < len(prompts):
             (out_dir / "samples.json").write_text(json.dumps(written, indent=2))
     return written
