@@ -50,7 +50,7 @@ from eval.metrics import (
     pairwise_cosine_distance,
 )
 from zoo.data.degradations import blur_kernel_size, gaussian_blur
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_whole
 from zoo.models.clip.scorer import clip_score_from_cos
 from zoo.pipelines.base import as_candidate_generator, seeded_chunk
 from zoo.progress import track
@@ -104,22 +104,64 @@ def check_suite_options(batch_size: int, is_splits: int, kid_subsets: int, kid_s
             raise ConfigError(f"eval.{name} must be >= {low}, got {value} (fix: eval.{name}={default})")
 
 
-def check_radii(radii: Sequence[float], resolution: int) -> list[float]:
-    """The radii as floats; a ConfigError naming the fix for a negative radius or a kernel that does not fit
-    ``resolution``-pixel images."""
-    out = []
-    for r in radii:
-        try:
-            k = blur_kernel_size(float(r))
-        except ValueError as e:
-            raise ConfigError(f"blur.radii={list(radii)}: {e} (fix: e.g. blur.radii=[0,1,2,4,8])") from None
-        if float(r) and k // 2 >= resolution:
-            raise ConfigError(
-                f"blur radius {r} needs a {k}x{k} kernel: too large for {resolution}px images "
-                f"(fix: smaller radii, or protocol.eval_resolution >= {k // 2 + 1})"
-            )
-        out.append(float(r))
-    return out
+def _is_list(value) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))  # a ListConfig is a Sequence
+
+
+def check_count(value, option: str, default: int) -> int:
+    """``value`` if it is a whole number >= 1, else a ConfigError naming ``option`` and ``default`` as the fix (int()
+    took 2.5 for 2 and a range() step of 0 failed as "arg 3 must not be zero" once generation began)."""
+    if not is_whole(value, 1):
+        raise ConfigError(f"{option} must be a whole number >= 1, got {value} (fix: {option}={default})")
+    return value
+
+
+def check_candidates(candidates, option: str = "rerank.candidates") -> list[int]:
+    """The candidate counts, sorted and without repeats; a ConfigError naming ``option`` and the fix for anything but
+    a non-empty list of whole numbers >= 1 (int() took 1.5 or true for 1, and a count without brackets was list()'s
+    TypeError). zoo-eval calls it before anything loads, ``rerank_select`` again for library callers."""
+    ns = list(candidates) if _is_list(candidates) else candidates
+    if not (isinstance(ns, list) and ns and all(is_whole(n, 1) for n in ns)):
+        raise ConfigError(f"{option} must be a list of whole numbers >= 1, got {ns} (fix: {option}=[1,2,4,8,16,32])")
+    return sorted(set(ns))
+
+
+def _check_radius(r, resolution: Optional[int], where: str, fix: str, smaller: str) -> float:
+    try:
+        if isinstance(r, bool):  # float(True) is 1.0
+            raise TypeError
+        value = float(r)
+        k = blur_kernel_size(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: a blur radius must be a finite number >= 0, got {r!r} (fix: {fix})") from None
+    if value and resolution is not None and k // 2 >= int(resolution):
+        raise ConfigError(
+            f"{where}: blur radius {r} needs a {k}x{k} kernel: too large for {resolution}px images "
+            f"(fix: {smaller}, or protocol.eval_resolution >= {k // 2 + 1})"
+        )
+    return value
+
+
+def check_radii(radii: Sequence[float], resolution: Optional[int] = None, option: str = "blur.radii") -> list[float]:
+    """The radii as floats; a ConfigError naming ``option`` and the fix for anything but a non-empty list of finite
+    radii >= 0, and (given ``resolution``) for a kernel that does not fit ``resolution``-pixel images. zoo-eval calls
+    it without the resolution before anything loads and with it once the protocol has loaded, before any model;
+    ``blur_ablation`` again for library callers (one radius without brackets was list()'s TypeError, an empty list
+    drew every image and scored none)."""
+    if not _is_list(radii):
+        raise ConfigError(
+            f"{option} must be a list of radii, got {radii} (fix: {option}=[{radii}] for one radius, or "
+            f"{option}=[0,1,2,4,8])"
+        )
+    if not len(radii):
+        raise ConfigError(f"{option} is empty (fix: {option}=[0,1,2,4,8], or drop blur from ablations)")
+    where = f"{option}={list(radii)}"
+    return [_check_radius(r, resolution, where, f"e.g. {option}=[0,1,2,4,8]", "smaller radii") for r in radii]
+
+
+def check_blur_radius(radius: float, resolution: Optional[int] = None, option: str = "rerank.blur_radius") -> float:
+    """One radius (the rerank ablation's) as ``check_radii`` checks each of its list, named ``option``."""
+    return _check_radius(radius, resolution, f"{option}={radius}", f"{option}=0", f"a smaller {option}")
 
 
 def generated_set(fakes, n: int):
@@ -386,11 +428,8 @@ def rerank_select(
     Returns the kept images per n (aligned with ``eval_set.captions``) and the mean cosine of the kept images.
     ``timing``: a dict that receives ``seconds`` (inside the generator) and ``images`` (drawn).
     """
-    ns = sorted({int(n) for n in candidates})
-    if not ns or ns[0] < 1:
-        raise ConfigError(
-            f"candidates must be integers >= 1, got {list(candidates)} (fix: e.g. rerank.candidates=[1,2,4,8])"
-        )
+    ns = check_candidates(candidates)
+    batch_size = check_count(batch_size, "rerank.batch_size", 8)
     cand = as_candidate_generator(generator, seed)
     n_max, res = ns[-1], eval_set.resolution
     banks = {n: ImageBank() for n in ns}
@@ -431,6 +470,7 @@ def rerank_ablation(
     """DALL·E Fig. 9(c): metrics of the CLIP-best of n candidates per caption, for each n in ``candidates``
     (``rerank_select``). Returns the rows ``{"candidates": n, "rerank_cos": mean cosine of the kept image,
     <metrics>}`` and the kept images per n. ``timing`` as ``rerank_select``'s."""
+    blur_radius = check_blur_radius(blur_radius, eval_set.resolution)  # not after every candidate is drawn
     banks, kept_cos = rerank_select(generator, eval_set, scorer, candidates, batch_size, seed, progress, timing)
     out = []
     for n in track(sorted(banks), desc="rerank ablation metrics", disable=not progress):
@@ -517,6 +557,9 @@ __all__ = [
     "MetricSuite",
     "RERANK_CANDIDATES",
     "blur_ablation",
+    "check_blur_radius",
+    "check_candidates",
+    "check_count",
     "check_metrics",
     "check_diversity",
     "check_radii",

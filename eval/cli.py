@@ -39,6 +39,9 @@ from eval.ablations import (
     JUDGE_METRICS,
     MetricSuite,
     blur_ablation,
+    check_blur_radius,
+    check_candidates,
+    check_count,
     check_diversity,
     check_metrics,
     check_radii,
@@ -320,31 +323,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         check_diversity(cfg.diversity.captions, cfg.diversity.samples, cfg.diversity.batch_size)
     ev = cfg.eval  # before the protocol loads, the judge trains or anything is generated
     check_suite_options(ev.feature_batch_size, ev.is_splits, ev.kid_subsets, ev.kid_subset_size)
-    for key, value, default in (("batch_size", cfg.batch_size, 32), ("rerank.batch_size", cfg.rerank.batch_size, 8)):
-        if int(value) < 1:  # was range()'s "arg 3 must not be zero" when generation began, after the judge trained
-            raise ConfigError(f"{key} must be >= 1, got {value} (fix: {key}={default})")
-    # the candidate counts too: rerank_select refused a bad one only when it ran -- blur.candidates=0 (a reading of
-    # "no reranking") after the judge trained and the rerank ablation drew every candidate, naming rerank.candidates
-    from zoo.errors import is_whole
-
-    k = cfg.blur.get("candidates", 1)
-    if "blur" in ablations and not is_whole(k, 1):
-        raise ConfigError(f"blur.candidates must be a whole number >= 1, got {k} (fix: blur.candidates=1)")
-    radii = cfg.blur.radii
-    if "blur" in ablations:  # one radius without brackets was list()'s TypeError once the protocol had loaded
-        if not (OmegaConf.is_list(radii) or isinstance(radii, (list, tuple))):
-            raise ConfigError(
-                f"blur.radii must be a list of radii, got {radii} (fix: blur.radii=[{radii}] for one radius, or "
-                f"blur.radii=[0,1,2,4,8])"
-            )
-        if not len(radii):  # every image was drawn, and none scored
-            raise ConfigError("blur.radii is empty (fix: blur.radii=[0,1,2,4,8], or drop blur from ablations)")
-    ns = cfg.rerank.candidates
-    ns = list(ns) if OmegaConf.is_list(ns) or isinstance(ns, (list, tuple)) else ns
-    if "rerank" in ablations and not (isinstance(ns, list) and ns and all(is_whole(n, 1) for n in ns)):
-        raise ConfigError(
-            f"rerank.candidates must be a list of whole numbers >= 1, got {ns} (fix: rerank.candidates=[1,2,4,8,16,32])"
-        )
+    # The ablations' own checks (eval.ablations), named by zoo-eval's options, run here before the protocol loads,
+    # the judge trains or anything is generated: they used to refuse a bad value only when the ablation ran.
+    check_count(cfg.batch_size, "batch_size", 32)
+    check_count(cfg.rerank.batch_size, "rerank.batch_size", 8)
+    if "blur" in ablations:
+        check_count(cfg.blur.get("candidates", 1), "blur.candidates", 1)
+        check_radii(cfg.blur.radii)
+    if "rerank" in ablations:
+        check_candidates(cfg.rerank.candidates)
+        check_blur_radius(cfg.rerank.get("blur_radius", 0) or 0)
     from zoo.errors import check_device
 
     for section in ("eval", "clip", "generator"):  # before the protocol loads (30,000 COCO headers) or any model
@@ -356,12 +344,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     protocol = build_protocol(cfg.protocol)
     eval_set = protocol.load(progress)
-    radii = check_radii(list(cfg.blur.radii), eval_set.resolution) if "blur" in ablations else []
-    if "rerank" in ablations:  # checked here, not after every candidate has been generated
-        try:
-            check_radii([cfg.rerank.get("blur_radius", 0) or 0], eval_set.resolution)
-        except ConfigError as e:
-            raise ConfigError(f"rerank.blur_radius={cfg.rerank.get('blur_radius')}: {e}") from None
+    # the kernels against the resolution the protocol has set, before any model loads
+    radii = check_radii(cfg.blur.radii, eval_set.resolution) if "blur" in ablations else []
+    rerank_radius = (
+        check_blur_radius(cfg.rerank.get("blur_radius", 0) or 0, eval_set.resolution) if "rerank" in ablations else 0.0
+    )
     generator = build_generator(cfg.generator, eval_set)
     suite, clip, skipped = build_suite(
         cfg, eval_set, want_rerank="rerank" in ablations, want_diversity="diversity" in ablations
@@ -398,7 +385,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     # what the numbers are read with: FD_CLIP depends on the CLIP, the judge's metrics on the judge (width and steps)
     conventions = results["conventions"]
-    rerank_blur = "rerank" in ablations and float(cfg.rerank.get("blur_radius", 0) or 0) != 0
+    rerank_blur = "rerank" in ablations and rerank_radius != 0
     if "blur" in ablations or rerank_blur:
         conventions["blur radius"] = (
             "Gaussian standard deviation in pixels at the evaluation resolution (Pillow's GaussianBlur reading), "
@@ -437,7 +424,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             list(cfg.rerank.candidates),
             batch_size=int(cfg.rerank.batch_size),
             seed=seed,
-            blur_radius=float(cfg.rerank.get("blur_radius", 0)),
+            blur_radius=rerank_radius,
             progress=progress,
             timing=gen_time,
         )

@@ -465,7 +465,8 @@ def test_bad_metric_settings_fail_before_the_judge_trains_or_anything_is_generat
     monkeypatch.setattr(eval.judge, "train_judge", too_late)
     monkeypatch.setattr(eval.cli, "generate_images", too_late)
     cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "ablations=[blur,rerank]", bad])
-    with pytest.raises(ConfigError, match=bad.split("=")[0] + r" must be >= \d, got \d \(fix: " + bad.split("=")[0]):
+    key = bad.split("=")[0]
+    with pytest.raises(ConfigError, match=key + r" must be (a whole number )?>= \d, got \d \(fix: " + key):
         evaluate(cfg)
 
 
@@ -625,6 +626,79 @@ def test_bad_candidate_counts_fail_before_the_judge_trains_or_anything_is_genera
     cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "ablations=[blur,rerank]", bad])
     with pytest.raises(ConfigError, match=rf"^{key} must be .*\(fix: {key}="):
         evaluate(cfg)
+
+
+@pytest.mark.parametrize(
+    "bad, call",
+    [
+        ("blur.radii=2", lambda lib: lib.blur(radii=2)),
+        ("blur.radii=[]", lambda lib: lib.blur(radii=[])),
+        ("blur.radii=[0,-1]", lambda lib: lib.blur(radii=[0, -1])),
+        ("blur.radii=[0,16]", lambda lib: lib.blur(radii=[0, 16])),
+        ("rerank.candidates=8", lambda lib: lib.select(candidates=8)),
+        ("rerank.candidates=[0,2]", lambda lib: lib.select(candidates=[0, 2])),
+        ("rerank.candidates=[1.5,2]", lambda lib: lib.select(candidates=[1.5, 2])),
+        ("rerank.batch_size=0", lambda lib: lib.select(batch_size=0)),
+        ("rerank.blur_radius=-1", lambda lib: lib.rerank(blur_radius=-1)),
+        ("rerank.blur_radius=16", lambda lib: lib.rerank(blur_radius=16)),
+    ],
+)
+def test_a_bad_ablation_value_gives_one_message_from_zoo_eval_and_from_the_library(tmp_path, monkeypatch, bad, call):
+    """zoo-eval and eval.ablations each had their own checks: the library took rerank candidates [1.5, 2] for [1, 2],
+    failed on a count without brackets or a zero batch size with Python's TypeError / range() error, scored an empty
+    radius list as no rows, and refused a bad rerank blur radius only after every candidate was drawn; zoo-eval's
+    rerank.blur_radius=-1 named blur.radii as the fix. One set of checks now: the same message, naming the option and
+    its fix, from both -- before zoo-eval builds a model and before the library draws an image."""
+    import eval.cli
+    from eval.ablations import MetricSuite, blur_ablation, rerank_ablation, rerank_select
+    from eval.cli import evaluate
+    from eval.eval_set import EvalSet
+
+    def too_late(*a, **k):
+        raise AssertionError("reached before the configuration error")
+
+    for name in ("build_generator", "build_suite", "generate_images", "rerank_ablation"):
+        monkeypatch.setattr(eval.cli, name, too_late)
+    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "ablations=[blur,rerank]", bad])
+    with pytest.raises(ConfigError) as from_cli:
+        evaluate(cfg)
+    message = str(from_cli.value)
+    assert message.startswith(bad.split("=")[0]) and "(fix: " in message  # names the option, then the fix
+
+    drawn: list[int] = []
+
+    class Gen:
+        def generate(self, captions, **kw):
+            drawn.append(len(captions))
+            return torch.zeros(len(captions), 3, 32, 32)
+
+    class Scorer:
+        def encode_image(self, x):
+            return torch.nn.functional.normalize(torch.ones(len(x), 4), dim=-1)
+
+        def encode_text(self, captions):
+            return torch.nn.functional.normalize(torch.ones(len(captions), 4), dim=-1)
+
+    es = EvalSet("x", "val", ["a red circle"] * 4, torch.zeros(4, 3, 32, 32), 32)  # zoo-eval's FAST protocol: 32 px
+    suite = MetricSuite(["clip_score"], clip=Scorer(), progress=False)
+
+    class Lib:
+        blur = staticmethod(lambda radii: blur_ablation(torch.zeros(4, 3, 32, 32), es, suite, radii, progress=False))
+        select = staticmethod(
+            lambda candidates=(1, 2), batch_size=8: rerank_select(
+                Gen(), es, Scorer(), candidates, batch_size, progress=False
+            )
+        )
+        rerank = staticmethod(
+            lambda blur_radius: rerank_ablation(
+                Gen(), es, suite, Scorer(), [1, 2], blur_radius=blur_radius, progress=False
+            )
+        )
+
+    with pytest.raises(ConfigError) as from_library:
+        call(Lib)
+    assert str(from_library.value) == str(from_cli.value)
+    assert drawn == []  # refused before any image was drawn
 
 
 def test_results_json_records_the_inception_weights_of_fid(tmp_path):
