@@ -276,6 +276,49 @@ def test_sample_run_json_records_what_reproduces_the_images(tmp_path, monkeypatc
     assert record["weights"] == "ema"
 
 
+def test_sample_run_json_hashes_a_checkpoint_once_per_file_version(tmp_path, monkeypatch):
+    """Every run hashed every checkpoint whole before sampling (GBs at paper sizes). The digest is kept in
+    paths.cache_dir per file version: a second run reads it without reading the file; the file rewritten in place,
+    same size and its mtime put back, is hashed again and recorded with its new digest."""
+    import hashlib
+    import os
+
+    import zoo.data.datamodule as datamodule
+    import zoo.pipelines.base as base
+
+    class Fixed:
+        def generate(self, captions):
+            return torch.zeros(len(captions), 3, 8, 8)
+
+    monkeypatch.setattr(base, "build_generator", lambda node, what: Fixed())
+    hashed = []
+    real = datamodule.file_digest
+
+    def counting(path):
+        hashed.append(Path(path))
+        datamodule._DIGESTS.clear()  # a new process each run: no in-process memo
+        return real(path)
+
+    monkeypatch.setattr(datamodule, "file_digest", counting)
+    ckpt = tmp_path / "dalle.ckpt"
+    ckpt.write_bytes(b"weights v1")
+    out = tmp_path / "o"
+    over = ['prompts=["a red circle"]', f"out_dir={out}", f"generator.dalle_ckpt={ckpt}", "n_keep=1"]
+    over.append(f"paths.cache_dir={tmp_path / 'cache'}")
+
+    def recorded():
+        sample(_sample_cfg(*over))
+        return json.loads((out / "sample_run.json").read_text())["checkpoints"]["generator.dalle_ckpt"]["blake2b"]
+
+    v1 = hashlib.blake2b(b"weights v1", digest_size=16).hexdigest()
+    assert recorded() == v1 and len(hashed) == 1
+    assert recorded() == v1 and len(hashed) == 1  # from the cache: the file not read again
+    st = ckpt.stat()
+    ckpt.write_bytes(b"weights v2")  # same size
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old mtime
+    assert recorded() == hashlib.blake2b(b"weights v2", digest_size=16).hexdigest() and len(hashed) == 2
+
+
 @pytest.mark.parametrize("inside", [False, True])
 def test_an_out_dir_that_is_a_file_is_refused_before_the_generator_is_built(tmp_path, monkeypatch, inside):
     """out_dir=<an existing file> (or a folder under one) was mkdir's FileExistsError / NotADirectoryError traceback;
@@ -313,7 +356,7 @@ def test_samples_json_records_the_upsampled_prompts(tmp_path, monkeypatch):
     import zoo.pipelines.base as base
 
     class Gen:
-        seed = 0
+        seed = 9  # its own, set apart from seed=4: candidate i is drawn (and rewritten) under 9 + i
 
         def generate(self, captions):
             return torch.zeros(len(captions), 3, 4, 4)
@@ -325,7 +368,7 @@ def test_samples_json_records_the_upsampled_prompts(tmp_path, monkeypatch):
     monkeypatch.setattr(base, "build_generator", lambda node, what: base.PromptUpsampled(Gen(), Rewriter()))
     sample(_sample_cfg('prompts=["a red circle"]', "n_keep=2", "seed=4", f"out_dir={tmp_path}"))
     entry = json.loads((tmp_path / "samples.json").read_text())["a red circle"]
-    assert entry["upsampled_prompts"] == ["a red circle, scene 4", "a red circle, scene 5"]
+    assert entry["upsampled_prompts"] == ["a red circle, scene 9", "a red circle, scene 10"]
     monkeypatch.setattr(base, "build_generator", lambda node, what: Gen())
     sample(_sample_cfg('prompts=["a red circle"]', "n_keep=2", f"out_dir={tmp_path / 'plain'}"))
     assert "upsampled_prompts" not in json.loads((tmp_path / "plain" / "samples.json").read_text())["a red circle"]

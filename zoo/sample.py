@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, open_dict
 
@@ -261,17 +261,55 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
 FILE_KEYS = ("ckpt", "ckpts", "checkpoint", "prompt_upsampler")
 
 
+def checkpoint_digest(path: Path, cache_dir: Any = None) -> Optional[str]:
+    """``zoo.data.datamodule.file_digest`` of ``path`` (blake2b of its bytes; None when it is not a file), kept in
+    ``<cache_dir>/file_digests/`` under the file's (path, device, inode, size, mtime_ns, ctime_ns). Every zoo-sample
+    run hashed every checkpoint whole: at paper sizes GBs, minutes before the first image. A file saved again, or
+    edited in place even with its mtime put back, gets a new ctime (which no user call sets), so a cached digest is
+    only ever read for the bytes it was computed from. No cache_dir, or one that cannot be written: hashed each run."""
+    import hashlib
+    import re
+
+    from zoo.data.datamodule import file_digest
+
+    def version(p: Path) -> Optional[str]:
+        try:
+            st = p.stat()
+        except OSError:
+            return None
+        return f"{p}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+
+    key = version(path)
+    if key is None or not cache_dir:
+        return file_digest(path)
+    entry = Path(str(cache_dir)).expanduser() / "file_digests" / hashlib.blake2b(key.encode()).hexdigest()[:32]
+    try:
+        cached = entry.read_text(encoding="utf-8").strip()
+        if re.fullmatch(r"[0-9a-f]{32}", cached):
+            return cached
+    except OSError:
+        pass
+    digest = file_digest(path)
+    if digest is not None and version(path) == key:  # not rewritten while it was read
+        from zoo.checkpoint import atomic_write_text
+
+        try:
+            atomic_write_text(entry, digest)
+        except OSError as e:
+            log.debug("no digest cache in %s: %s", entry.parent, e)
+    return digest
+
+
 def write_run_record(cfg: DictConfig, out_dir: Path, node, generator) -> dict[str, Any]:
     """``<out_dir>/sample_run.json``: what reproduces the images. samples.json names only the prompts and their
     files; Hydra's ``.hydra/`` config is in the run directory, not in an ``out_dir=`` elsewhere, and names a
     checkpoint by its path, which the next save of a run (``last.ckpt``) overwrites. Here: the seed, n_keep, the
     generator's options as resolved (null: the checkpoint's own default, which its digest pins), each checkpoint's
-    path with a blake2b digest of its bytes, the weights each stage sampled with (EMA or trained), and the command's
-    overrides when Hydra ran it."""
+    path with a blake2b digest of its bytes (``checkpoint_digest``: computed once per file version, then read from
+    the cache), the weights each stage sampled with (EMA or trained), and the command's overrides when Hydra ran it."""
     from omegaconf import OmegaConf
 
-    from zoo.data.datamodule import file_digest
-
+    cache_dir = (cfg.get("paths") or {}).get("cache_dir")
     options = OmegaConf.to_container(node, resolve=True) if node is not None else None
     files: dict[str, Any] = {}
     named = [("ckpt", cfg.get("ckpt"))] + [
@@ -283,7 +321,7 @@ def write_run_record(cfg: DictConfig, out_dir: Path, node, generator) -> dict[st
                 full = Path(str(path)).expanduser().resolve()
                 files[f"{key}[{i}]" if isinstance(value, list) else key] = {
                     "path": str(full),
-                    "blake2b": file_digest(full),
+                    "blake2b": checkpoint_digest(full, cache_dir),
                 }
     weights = getattr(generator, "weights", None) if generator is not None else None
     record: dict[str, Any] = {
