@@ -319,6 +319,37 @@ def test_the_measurement_scripts_render_the_scenes_at_the_resolution_the_clip_tr
         assert "trained_scene_resolution(args." in text and "type=int, default=32" not in text, script
 
 
+def test_trained_scene_resolution_reads_the_number_without_the_weights(tmp_path):
+    """It loaded the whole checkpoint (a paper CLIP: GBs) to read data.resolution. Memory-mapped now: the bytes the
+    process reads (/proc/self/io rchar) stay far below the 128 MB of weights in the file; the same value; a file that
+    is not a checkpoint is still refused with safe_load's message; torch's old non-zip format (which cannot be
+    mapped) is read whole, as before."""
+    from pathlib import Path
+
+    from zoo.checkpoint import CorruptCheckpointError
+    from zoo.models.clip.scorer import trained_scene_resolution
+
+    io = Path("/proc/self/io")
+    if not io.is_file():
+        pytest.skip("needs Linux's /proc/self/io to count the bytes read")
+
+    def bytes_read() -> int:
+        return int(next(line for line in io.read_text().splitlines() if line.startswith("rchar:")).split()[1])
+
+    ckpt = tmp_path / "big.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(32 << 20)}, "zoo_config": {"data": {"resolution": 96}}}, ckpt)
+    before = bytes_read()
+    assert trained_scene_resolution(str(ckpt)) == 96
+    assert bytes_read() - before < 16 << 20  # the whole load read all 128 MB
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint at all" * 100)
+    with pytest.raises(CorruptCheckpointError, match=r"garbage\.ckpt is (corrupt|truncated)"):
+        trained_scene_resolution(str(garbage))
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"zoo_config": {"data": {"resolution": 48}}}, legacy, _use_new_zipfile_serialization=False)
+    assert trained_scene_resolution(str(legacy)) == 48
+
+
 def test_a_clip_checkpoint_runs_with_the_activation_it_trained_with(tmp_path):
     """clip.arch=<arch> clip.checkpoint=<zoo-train CLIP .ckpt> (zoo-embed / zoo-eval) and model.checkpoint= (zoo-train)
     built the network from arch alone: a CLIP trained with QuickGELU (net.quick_gelu, or pretrained=openai, as

@@ -68,7 +68,10 @@ def trained_scene_resolution(ckpt: str, given: Optional[int] = None) -> int:
         return int(given)
     from zoo.checkpoint import safe_load, trained_resolution
 
-    ck = safe_load(ckpt)
+    try:  # memory-mapped: the pickled dict is read, not the weights (the whole file was, a paper CLIP's GBs)
+        ck = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001  (a legacy non-zip file loads whole; anything wrong: safe_load names it)
+        ck = safe_load(ckpt)
     return trained_resolution(ck.get("zoo_config") if isinstance(ck, dict) else None) or 32
 
 
