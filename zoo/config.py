@@ -42,7 +42,7 @@ def check_types(node: Any, what: str, skip: Any = ()) -> None:
     from hydra._internal.utils import _locate  # get_class would log an error for a classmethod target
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
-    from zoo.registry import _fits
+    from zoo.kinds import fits
 
     if not isinstance(node, DictConfig) or "_target_" not in node:
         return
@@ -81,7 +81,7 @@ def check_types(node: Any, what: str, skip: Any = ()) -> None:
             continue
         if isinstance(value, ListConfig) or key not in params or key not in hints:
             continue
-        if not _fits(value, hints[key]):
+        if not fits(value, hints[key]):
             name = _type_name(hints[key])
             raise ConfigError(f"{what}.{key} must be {name}, got {value!r} (fix: {what}.{key}=<{name}>)")
 

@@ -14,7 +14,6 @@ Adding a component: one line in ``_COMPONENTS`` (its short name -> its module an
 from __future__ import annotations
 
 import inspect
-import math
 import pickle
 from typing import Any, Iterable, Mapping, Optional
 
@@ -245,51 +244,35 @@ def checked_hparams(name: str, hparams: Any, where: str = "the checkpoint") -> d
 
 
 def check_dataclass_values(dc: type, values: Mapping[str, Any], where: str) -> None:
-    """Each value's type fits the dataclass field it overrides (int, float, bool, str, tuples/lists of those,
-    Optional[...]), so a file's ``net`` cannot smuggle, say, a dict where a width goes."""
+    """Each value fits the dataclass field it overrides (``zoo.kinds.kind_of``: the same check ``model.net``
+    overrides get in ``zoo.models.presets``), so a file's ``net`` cannot smuggle, say, a dict where a width goes;
+    one ``UnsafeCheckpointError`` naming every value that does not. What a checkpoint legitimately holds fits: a list
+    for a tuple field (YAML and ``as_net`` write lists), an int for a float."""
     import dataclasses
     import typing
 
+    from zoo.kinds import kind_of
+
     hints = typing.get_type_hints(dc)
-    names = {f.name for f in dataclasses.fields(dc)}
+    fields = {f.name: f for f in dataclasses.fields(dc)}
+    problems = []
     for k, v in values.items():
-        if k not in names:
-            raise UnsafeCheckpointError(f"{where}: {k!r} is not a field of {dc.__name__} (fields: {sorted(names)})")
-        if not _fits(v, hints.get(k, Any)):
-            raise UnsafeCheckpointError(f"{where}: {k}={v!r} does not fit the field's type {hints.get(k)}")
-
-
-def _fits(value: Any, tp: Any) -> bool:
-    import typing
-
-    if tp is Any:
-        return True
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
-        return any(_fits(value, a) for a in args)
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
-    if tp is str:
-        return isinstance(value, str)
-    if origin in (tuple, list, typing.Sequence) or tp in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            return False
-        inner = [a for a in args if a is not Ellipsis]
-        return all(_fits(v, inner[0] if len(inner) == 1 else Any) for v in value) if inner else True
-    if origin in (dict, typing.Mapping) or tp is dict:
-        return isinstance(value, Mapping)
-    if origin is typing.Literal:
-        return value in args
-    if getattr(tp, "__module__", "") == "torch" and getattr(tp, "__name__", "") == "Tensor":
-        # a plain config value stands for a tensor only as a number (torch.optim's lr: float | Tensor accepted 'abc')
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return True  # other annotated types: the component's own checks apply
+        if k not in fields:
+            raise UnsafeCheckpointError(f"{where}: {k!r} is not a field of {dc.__name__} (fields: {sorted(fields)})")
+        kind = kind_of(hints.get(k))
+        if kind is not None and not kind[0](v):
+            default = fields[k].default
+            example = (
+                ""
+                if default is dataclasses.MISSING
+                else f", e.g. {list(default) if isinstance(default, tuple) else default!r}"
+            )
+            problems.append(
+                f"{where}.{k} must be {kind[1]} ({dc.__name__}.{k}), got {v!r} (fix: a checkpoint written by "
+                f"zoo-train, or set the file's hyper_parameters['net'][{k!r}] to {kind[1]}{example})"
+            )
+    if problems:
+        raise UnsafeCheckpointError("\n".join(problems))
 
 
 # ------------------------------------------------------------------------------------------ DataModules

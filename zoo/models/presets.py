@@ -14,12 +14,12 @@ wherever a list is).
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Optional, TypeVar, Union
+from typing import Any, Optional, TypeVar
 
-from zoo.errors import ConfigError, is_whole, raise_all
+from zoo.errors import ConfigError, raise_all
+from zoo.kinds import kind_of
 
 C = TypeVar("C")
 
@@ -28,58 +28,20 @@ __all__ = [
     "check_field_values",
     "check_sizes",
     "check_unet_sizes",
-    "field_kind",
     "kind_problems",
     "resolve_preset",
 ]
 
 
-def field_kind(annotation: Any) -> Optional[tuple[typing.Callable[[Any], bool], str]]:
-    """(check, what it must be) for a field's type annotation, None for a kind left to the config's own checks.
-
-    Knows the kinds config fields have: int (``is_whole``: not a bool, not 2.0), float (a finite number, not a bool),
-    bool (true or false: a word such as ``no`` is truthy), str, ``tuple[int, ...]`` / ``Tuple[int, int]`` (a list of
-    whole numbers), ``Literal[...]`` and ``Optional`` / ``Union`` of these (open_clip's ``layers: Union[Tuple[int, int,
-    int, int], int]``)."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is bool:
-        return (lambda v: isinstance(v, bool)), "true or false"
-    if annotation is int:
-        return is_whole, "a whole number"
-    if annotation is float:
-        return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)), "a number"
-    if annotation is str:
-        return (lambda v: isinstance(v, str)), "a name"
-    if annotation is type(None):
-        return (lambda v: v is None), "null"
-    if origin is Literal:
-        return (lambda v: any(v == a and type(v) is type(a) for a in args)), f"one of {', '.join(map(str, args))}"
-    if origin is tuple and args and all(a is int for a in args if a is not Ellipsis):
-        n = None if Ellipsis in args else len(args)
-        return (
-            lambda v: (
-                isinstance(v, Sequence)
-                and not isinstance(v, str)
-                and (n is None or len(v) == n)
-                and all(is_whole(m) for m in v)
-            )
-        ), ("a list of whole numbers" if n is None else f"a list of {n} whole numbers")
-    if origin is Union:
-        kinds = [field_kind(a) for a in args]
-        if any(k is None for k in kinds):
-            return None
-        return (lambda v: any(k[0](v) for k in kinds)), " or ".join(k[1] for k in kinds)
-    return None
-
-
 def check_field_values(
     config_cls: type, values: Mapping[str, Any], examples: Any = None, option: str = "model.net"
 ) -> None:
-    """Every value in ``values`` (field name -> value) is of its field's annotated kind (``field_kind``), else one
-    ``ConfigError`` naming each ``<option>.<field>``, what it must be and a fix (the value in ``examples``, a config
-    instance, else the field's default). Hydra hands an override over as it is written: int() took
-    ``channel_mult=[1,2.5]`` for a (1, 2) U-Net, a word (``ema=no``, ``text_loss_on_pad=no``) was truthy, and
-    ``n_layers=2.5`` or ``n_hid=abc`` failed deep inside torch or on a comparison in ``__post_init__``."""
+    """Every value in ``values`` (field name -> value) is of its field's annotated kind (``zoo.kinds.kind_of``, the
+    check a checkpoint's saved ``net`` gets too), else one ``ConfigError`` naming each ``<option>.<field>``, what it
+    must be and a fix (the value in ``examples``, a config instance, else the field's default). Hydra hands an
+    override over as it is written: int() took ``channel_mult=[1,2.5]`` for a (1, 2) U-Net, a word (``ema=no``,
+    ``text_loss_on_pad=no``) was truthy, and ``n_layers=2.5`` or ``n_hid=abc`` failed deep inside torch or on a
+    comparison in ``__post_init__``."""
     fields = dataclasses.fields(config_cls)
     known = {f.name: getattr(examples, f.name, f.default) for f in fields}
     known = {k: v for k, v in known.items() if v is not dataclasses.MISSING}
@@ -96,7 +58,7 @@ def kind_problems(
     ``<option>.<name> must be <kind>, got <value> (fix: e.g. <option>.<name>=<examples[name]>, ...)``."""
     problems = []
     for name, value in values.items():
-        kind = field_kind(hints.get(name))
+        kind = kind_of(hints.get(name))
         if kind is None or kind[0](value):
             continue
         problems.append(
