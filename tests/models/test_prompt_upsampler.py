@@ -140,6 +140,31 @@ def test_a_prompt_longer_than_prompt_len_is_said_to_be_cut(caplog):
     assert "1 of 2 prompts are longer than its net.prompt_len=8 tokens and were cut" in caplog.text
 
 
+def test_upsample_encodes_each_prompt_once_with_the_same_rewrites(caplog):
+    """upsample encoded every prompt twice a call (once for the model, once more to warn about cut prompts). Once
+    now: the tokenizer sees each prompt once, the rewrites are those of the model on tokenize()'s input, and a prompt
+    past net.prompt_len is still said to be cut."""
+    from zoo.models.captioner.model import sample_captions
+
+    pairs = _pairs()
+    torch.manual_seed(0)
+    lit = PromptUpsamplerLit(preset="tiny", net={"prompt_len": 8}, text_tokenizer=_tokenizer(pairs).to_spec()).eval()
+    prompts = [pairs[0][0], pairs[1][1]]  # a short prompt and a descriptive one, longer than 8 tokens
+    want = lit.text_tokenizer.decode(
+        sample_captions(
+            lit.net, lit.tokenize(prompts, 8), temperature=0.0, max_len=6, n_valid=lit.text_tokenizer.vocab_size
+        ).cpu()
+    )
+    seen = []
+    encode = lit.text_tokenizer.encode
+    lit.text_tokenizer.encode = lambda texts: (seen.extend(texts), encode(texts))[1]
+    with caplog.at_level("WARNING", logger="zoo.prompt_upsampler"):
+        out = lit.upsample(prompts, method="greedy", max_len=6)
+    assert out == want
+    assert sorted(seen) == sorted(prompts)  # each prompt encoded once
+    assert "1 of 2 prompts are longer than its net.prompt_len=8 tokens and were cut" in caplog.text
+
+
 def test_model_decodes_with_the_captioners_sampler_and_presets():
     torch.manual_seed(0)
     m = PromptUpsampler(build_config("tiny", {"prompt_len": 8})).double().eval()
@@ -204,6 +229,10 @@ def test_wrapper_rewrites_prompts_before_the_inner_generator_sees_them():
         f"a red circle [seed {s}]" for s in (10, 11, 12)
     ]
     assert isinstance(RepeatedCandidates(gen).generator, PromptUpsampled)
+    gen.forget_prompts()  # zoo-serve, per request: a fresh record, the inner generator untouched
+    assert gen.all_prompts == {} and gen.last_prompts == {} and spy.seed == 3
+    gen.generate(["a blue star"])
+    assert gen.all_prompts == {"a blue star": ["a blue star [seed 3]"]}
 
 
 def test_wrapper_rewrites_the_captions_of_every_method_the_inner_generator_has():

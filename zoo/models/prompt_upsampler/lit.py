@@ -189,7 +189,10 @@ class PromptUpsamplerLit(ZooLit):
         """Texts -> (B, length) token ids on this module's device, right-padded with pad_id (or cut)."""
         if self.text_tokenizer is None:
             raise RuntimeError("no text tokenizer: train the upsampler first (it is stored in the checkpoint)")
-        tokens = self.text_tokenizer.encode(list(texts))
+        return self.fit_length(self.text_tokenizer.encode(list(texts)), length)
+
+    def fit_length(self, tokens: torch.Tensor, length: int) -> torch.Tensor:
+        """Token ids (B, L) -> (B, length) on this module's device, right-padded with pad_id (or cut)."""
         if tokens.shape[1] < length:
             tokens = F.pad(tokens, (0, length - tokens.shape[1]), value=self.cfg.pad_id)
         return tokens[:, :length].to(self.device)
@@ -255,8 +258,10 @@ class PromptUpsamplerLit(ZooLit):
         was_training = self.training
         self.eval()
         try:
-            tokens = self.tokenize(prompts, self.cfg.prompt_len)
-            self._warn_cut_prompts(prompts)
+            # encoded once, for the model's input and the cut-prompt check (each prompt was encoded twice a call)
+            full = self.text_tokenizer.encode(prompts)
+            self._warn_cut_prompts(prompts, full)
+            tokens = self.fit_length(full, self.cfg.prompt_len)
             n_valid = self.text_tokenizer.vocab_size  # ids past the BPE's have no text
             if o["method"] == "beam":
                 bw, lp = int(o["beam_width"]), o["length_penalty"]
@@ -279,11 +284,10 @@ class PromptUpsamplerLit(ZooLit):
         finally:
             self.train(was_training)
 
-    def _warn_cut_prompts(self, prompts: Sequence[str]) -> None:
+    def _warn_cut_prompts(self, prompts: Sequence[str], full: torch.Tensor) -> None:
         """Prompts longer than ``net.prompt_len`` tokens are cut (their tail and [EOT] lost: a prompt unlike the short
         ones the model trained on, e.g. an already descriptive prompt given to a generator with an upsampler); said
-        once per call instead of rewritten from the cut prompt without a word."""
-        full = self.text_tokenizer.encode(list(prompts))
+        once per call instead of rewritten from the cut prompt without a word. ``full``: the prompts' token ids."""
         lengths = (full != self.cfg.pad_id).sum(1)
         cut = [i for i, n in enumerate(lengths.tolist()) if n > self.cfg.prompt_len]
         if cut:
