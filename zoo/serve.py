@@ -362,9 +362,9 @@ class Studio:
         with self._lock:
             saved = {name: getattr(g, name) for name in attrs}
             start = time.perf_counter()
-            rewrites = getattr(g, "all_prompts", None)  # a prompt upsampler's record of every call's rewrites
-            if isinstance(rewrites, dict):  # (zoo-sample writes it once; a server would keep every request's)
-                rewrites.clear()
+            forget = getattr(g, "forget_prompts", None)  # a prompt upsampler's record of every call's rewrites
+            if callable(forget):  # (zoo-sample writes it once; a server would keep every request's)
+                forget()
             try:
                 for name, value in attrs.items():
                     setattr(g, name, value)

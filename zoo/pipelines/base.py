@@ -220,7 +220,7 @@ class PromptUpsampled:
     repeated candidates of one short prompt are generated from different plausible scenes), else ``seed``; a
     generator's own ``candidates`` / ``sample`` share one rewrite per caption. ``last_prompts`` holds the last
     call's ``{prompt: rewrite}``, ``all_prompts`` every call's (``{prompt: [rewrite, ...]}``, in call order: one per
-    repeated candidate), which ``zoo-sample`` writes into ``samples.json``.
+    repeated candidate), which ``zoo-sample`` writes into ``samples.json``; ``forget_prompts()`` empties both.
     """
 
     # method -> position of its captions argument
@@ -264,6 +264,11 @@ class PromptUpsampled:
         for caption, rewritten in zip(captions, out):
             self.all_prompts.setdefault(caption, []).append(rewritten)
         return out
+
+    def forget_prompts(self) -> None:
+        """Start a fresh record (``last_prompts``, ``all_prompts``): a long-running caller (zoo-serve) calls it per
+        request, or the record grows with every prompt it was ever given."""
+        self.last_prompts, self.all_prompts = {}, {}
 
     def _wrap(self, method, index: int):
         import functools
