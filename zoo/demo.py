@@ -23,13 +23,19 @@ gives each training stage its share of the time left before the target (``DEMO_M
 scenes. ``make demo FULL=1`` runs the long settings instead (the DALL·E 1 stages at 48 px for fixed step counts, the
 unCLIP stages with 3x the budget, the reference width-64 judge; about 2 to 3.2 hours by the CPU, see ``FULL_S``) into ``logs/demo_full``.
 
-Stages write into ``logs/demo/<stage>``; a stage that finished earlier is reused (``DEMO_FRESH=1`` redoes all), so an
-interrupted demo picks up where it stopped, unless a stage it is built from was redone since (``stage_inputs``). With FULL=1 an interrupted training stage also resumes from its last
-checkpoint (its time is the sum of its runs, kept in ``stage_legs.json``); a budgeted stage starts over. ``DEMO_BUDGET_SCALE=0.1`` scales every training budget (a smoke run).
+Stages write into ``logs/demo/<stage>``, with a record of the settings each was built from (``demo_settings.json``:
+its composed config, its command, the contents of its inputs from earlier stages, the CPU's precision,
+``DEMO_BUDGET_SCALE``, the shapes world; not the time budget, fitted anew on every run). A stage that finished earlier is
+reused while its record matches (``DEMO_FRESH=1`` redoes all), so an interrupted demo picks up where it stopped; one
+whose settings or inputs changed is redone, with a line naming what changed, and so are the stages built from it
+(``stage_inputs``). A stage from before the records is reused with a warning (``why_redo``). With FULL=1 an
+interrupted training stage also resumes from its last checkpoint, if its settings are unchanged (its time is the sum
+of its runs, kept in ``stage_legs.json``); a budgeted stage starts over. ``DEMO_BUDGET_SCALE=0.1`` scales every training budget (a smoke run).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -382,15 +388,20 @@ def run_child(cmd: list[str]) -> None:
         raise subprocess.CalledProcessError(rc, cmd)
 
 
-def resumable(stage: Stage, run_dir: Path) -> bool:
-    """A fixed-step stage (FULL=1) with a checkpoint from an interrupted run resumes from it (``ckpt_path=last``).
+def resumable(stage: Stage, run_dir: Path, settings: Optional[dict] = None) -> bool:
+    """A fixed-step stage (FULL=1) with a checkpoint from an interrupted run resumes from it (``ckpt_path=last``),
+    if that run's settings record matches ``settings`` (the stage's settings now).
     A budgeted stage starts over instead: its step count and learning-rate schedule are fitted to a budget that an
     interruption has already spent part of."""
     if stage.minutes is not None or env_flag("DEMO_FRESH"):
         return False
     saved = [run_dir / "checkpoints" / n for n in ("last.ckpt", "interrupted.ckpt")]
     saved = [p for p in saved if p.is_file()]
-    # a checkpoint from before an input was rebuilt trained on the earlier input: start over
+    changes = None if settings is None else record_changes(settings_file(stage.name), settings)
+    if changes is not None:  # checkpoints trained with other settings or inputs: start over
+        return bool(saved) and not changes
+    # no record (a run from before records): a checkpoint from before an input was rebuilt trained on the earlier
+    # input, start over
     return bool(saved) and not any(newer_input(stage.name, p) for p in saved)
 
 
@@ -421,6 +432,210 @@ def finished(run_dir: Path) -> bool:
     return not env_flag("DEMO_FRESH") and (run_dir / "metrics.json").is_file()
 
 
+# The per-stage settings record. A finished stage was reused by file times alone (``newer_input``): after an edit of
+# conf/experiment/demo/<stage>.yaml, another override, another DEMO_BUDGET_SCALE, a change of the shapes world or a
+# CPU that trains in another precision, make demo reused the old stage and reported its figures as the new settings'.
+# Now each stage writes what it is built from beside its outputs, before its command runs (so the record also says
+# what the checkpoints of an interrupted FULL=1 stage were trained with), and is reused, or resumed, only while the
+# record matches. Left out, on purpose: the TimeBudget minutes (fitted to the time left before the deadline, they
+# differ on every run, so with them nothing would be reused after an interruption; the summary gives the budget each
+# reused stage ran with, ``given_budget``), hence DEMO_MINUTES too (the deadline); hydra.run.dir and the paths of the
+# demo's folder (the same files under another ZOO_LOG_DIR, written as ``<demo>``); and the git commit (a commit of
+# the README would redo the whole demo; the inputs are recorded by content instead).
+SETTINGS_FILE = "demo_settings.json"
+DEMO_PATH = "<demo>"  # DEMO_DIR in a record
+_VARYING = ("hydra.run.dir=", "callbacks.time_budget.minutes=")
+_digests: dict[tuple, str] = {}
+reused_without_record: list[str] = []  # the stages this run reused on file times alone, for the summary
+
+
+def settings_file(name: str, split: Optional[str] = None) -> Path:
+    """Where stage ``name``'s settings record is: in its run dir; beside its features file for a split of embed."""
+    return features(split).with_suffix(".settings.json") if name == "embed" else DEMO_DIR / name / SETTINGS_FILE
+
+
+def _portable(value):
+    """``value`` (a config, an override, a path) with the demo folder's own path written as ``<demo>``."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    key, eq, rest = value.partition("=")
+    if eq and "/" not in key:  # an override: key=value
+        return f"{key}={_portable(rest)}"
+    demo = str(DEMO_DIR)
+    return DEMO_PATH + value[len(demo) :] if value == demo or value.startswith(demo + os.sep) else value
+
+
+def file_digest(path: Path) -> Optional[str]:
+    """sha256 of a file's contents (None if missing): inputs are compared by content, not time. Kept per run by
+    (size, mtime), since the demo CLIP's checkpoint is an input of two stages."""
+    import hashlib
+
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path.absolute()), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+        _digests[key] = h.hexdigest()
+    return _digests[key]
+
+
+@functools.lru_cache(maxsize=1)
+def world_fingerprint() -> str:
+    """The shapes world every stage trains on, by what it draws: 16 scenes of each split rendered at the demo's 32 and
+    48 px, with their captions. ``WORLD_VERSION`` is bumped by hand; an edit of zoo/data/shapes.py that forgets to is
+    caught by this, and one that leaves the scenes alone (a comment) does not redo the demo."""
+    import hashlib
+
+    from zoo.data.shapes import WORLD_VERSION, ShapesDataset, render_scene
+
+    h = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        ds = ShapesDataset(split=split, size=16)
+        for i in range(16):
+            attributes, captions, _ = ds.scene(i)
+            h.update(json.dumps(captions, sort_keys=True).encode())
+            for resolution in (32, 48):
+                h.update(render_scene(attributes, resolution).tobytes())
+    return f"v{WORLD_VERSION} {h.hexdigest()[:16]}"
+
+
+def composed_config(config_name: str, overrides: list[str]) -> dict:
+    """The config a stage's command composes from ``overrides`` (conf/<config_name>.yaml, as zoo-train / zoo-embed
+    compose it), interpolations unresolved: the yaml as written, which is what an edit changes. (Resolved, they would
+    hold this machine's paths and environment.)"""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="conf", version_base="1.3"):
+            return OmegaConf.to_container(compose(config_name, overrides=overrides), resolve=False)
+    except Exception as e:  # a yaml edit that does not compose: said now, not after the stages before it ran
+        raise SystemExit(
+            f"error: make demo cannot compose the config of {shlex.join(overrides)}: {e} (fix: correct that setting "
+            f"or the yaml it names, then run make demo again)"
+        ) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def stage_settings(name: str, config_name: str, overrides: list[str]) -> dict:
+    """What stage ``name`` is built from when its command runs with ``overrides`` (see ``SETTINGS_FILE``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from zoo.precision import resolve_precision
+
+    overrides = [o for o in overrides if not o.startswith(_VARYING)]
+    try:
+        zoo_version = version("dalle-zoo")
+    except PackageNotFoundError:
+        zoo_version = None
+    return {
+        "command": _portable(overrides),
+        "config": _portable(composed_config(config_name, overrides)),
+        "inputs": {_portable(str(p)): file_digest(p) for p in stage_inputs(name)},
+        # trainer.precision=auto and inference's autocast: what this CPU runs (another CPU may pick another)
+        "auto_precision": str(resolve_precision("auto", "cpu")[0]),
+        "budget_scale": SCALE,  # DEMO_BUDGET_SCALE=0.1 is a smoke run: its stages are not the demo's
+        "shapes_world": world_fingerprint(),
+        "zoo_version": zoo_version,
+    }
+
+
+_ABSENT = object()
+# The record's entries besides the config, the command and the inputs, as the redo line names them.
+_RECORD_ENTRIES = {
+    "auto_precision": "the precision this CPU trains in (trainer.precision=auto)",
+    "budget_scale": "DEMO_BUDGET_SCALE",
+    "shapes_world": "the shapes world's scenes (zoo/data/shapes.py)",
+    "zoo_version": "the dalle-zoo version",
+}
+
+
+def _flat(node, prefix: str = "") -> dict:
+    """A config as dotted keys (``model.net.depth``) to leaf values."""
+    if not isinstance(node, dict) or not node:
+        return {prefix: node}
+    return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
+
+
+def _value(v) -> str:
+    text = "(unset)" if v is _ABSENT else v if isinstance(v, str) else json.dumps(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def settings_changes(old: dict, new: dict) -> list[str]:
+    """What differs between a stage's record and its settings now, each as a phrase; empty when they match."""
+    changes = []
+    old_in, new_in = old.get("inputs") or {}, new.get("inputs") or {}
+    for p in sorted(old_in.keys() | new_in.keys()):
+        if old_in.get(p) != new_in.get(p):
+            changes.append(f"{p} changed since it was built from it (redone since)" if p in old_in else f"{p} is new")
+    command = shlex.join(new.get("command") or [])
+    o, n = _flat(old.get("config") or {}), _flat(new.get("config") or {})
+    for k in sorted(o.keys() | n.keys()):
+        if o.get(k, _ABSENT) != n.get(k, _ABSENT):
+            changes.append(f"{k} changed {_value(o.get(k, _ABSENT))} -> {_value(n.get(k, _ABSENT))} ({command})")
+    for key, what in _RECORD_ENTRIES.items():
+        if old.get(key, _ABSENT) != new.get(key, _ABSENT):
+            changes.append(f"{what} changed {_value(old.get(key, _ABSENT))} -> {_value(new.get(key, _ABSENT))}")
+    if not changes and old.get("command") != new.get("command"):
+        changes.append(f"its command changed {shlex.join(old.get('command') or [])} -> {command}")
+    return changes
+
+
+def record_changes(record: Path, settings: dict) -> Optional[list[str]]:
+    """``settings_changes`` against the record in file ``record``; None when there is none (a stage from before make
+    demo kept records)."""
+    if not record.is_file():
+        return None
+    try:
+        saved = json.loads(record.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        saved = None
+    if not isinstance(saved, dict):
+        return [f"its settings record {record} is unreadable"]
+    return settings_changes(saved, settings)
+
+
+def _phrase(changes: list[str]) -> str:
+    more = f"; and {len(changes) - 3} more" if len(changes) > 3 else ""
+    return "; ".join(changes[:3]) + more
+
+
+def why_redo(name: str, record: Path, settings: dict, output: Path, folder: Path) -> Optional[str]:
+    """Why finished stage ``name`` (its ``output``, in ``folder``) must be redone, or None to reuse it.
+
+    A stage without a record (finished before make demo kept them) is reused with a warning, by make's rule on its
+    inputs' times as before: redoing it unasked could cost most of the 30 minutes, and whether its settings are
+    still those of the configs cannot be told. The warning, and the summary, name it and how to redo it."""
+    changes = record_changes(record, settings)
+    if changes is not None:
+        return _phrase(changes) if changes else None
+    newer = newer_input(name, output)
+    if newer is not None:
+        return f"{newer} was rebuilt after it finished"
+    print(
+        f"    WARNING: {output} has no record of the settings it was built from (made before make demo kept one in "
+        f"{record.name}): reusing it, though its settings may not be the configs' now (fix: DEMO_FRESH=1 make demo, "
+        f"or delete {folder}, redoes it)",
+        flush=True,
+    )
+    if name not in reused_without_record:
+        reused_without_record.append(name)
+    return None
+
+
 def start_over(name: str, run_dir: Path) -> None:
     """Clear what an earlier run of stage ``name`` left before a new run of it starts: its interrupted legs' time
     (an abandoned run's time, after DEMO_FRESH=1 or an input rebuilt, is not this run's) and its directory. Both, not
@@ -445,18 +660,26 @@ def start_over(name: str, run_dir: Path) -> None:
 
 def run_train(stage: Stage, timings: dict[str, float], schedule: Optional[Schedule] = None) -> Path:
     run_dir = DEMO_DIR / stage.name
+    record = settings_file(stage.name)
+    settings = stage_settings(stage.name, "train", stage.overrides)
     if finished(run_dir):
-        newer = newer_input(stage.name, run_dir / "metrics.json")
-        if newer is None:
+        why = why_redo(stage.name, record, settings, run_dir / "metrics.json", run_dir)
+        if why is None:
             print(f"\n=== demo stage '{stage.name}': reusing {run_dir} (finished earlier; DEMO_FRESH=1 redoes it)")
             return run_dir
-        print(f"\n=== demo stage '{stage.name}': redoing it, {newer} was rebuilt after it finished", flush=True)
+        print(f"\n=== demo stage '{stage.name}': redoing it, {why}", flush=True)
+    elif stage.minutes is None and not env_flag("DEMO_FRESH") and (changes := record_changes(record, settings)):
+        print(f"\n=== demo stage '{stage.name}': not resuming its interrupted run, {_phrase(changes)}", flush=True)
     overrides = [*stage.overrides, f"hydra.run.dir={run_dir}"]
-    resume = resumable(stage, run_dir)
+    resume = resumable(stage, run_dir, settings)
     if resume:
         overrides.append("ckpt_path=last")
     else:
         start_over(stage.name, run_dir)
+        # no finished mark of an earlier run may stay beside the new record: interrupted, this run would leave a
+        # stage that looks finished with the new settings
+        (run_dir / "metrics.json").unlink(missing_ok=True)
+    _save(record, settings)  # before the run: it also says what an interrupted run's checkpoints were trained with
     expect = stage.expect_s * (PACE.factor if FULL else 1.0)
     if stage.minutes is not None:
         minutes = (schedule.budget_minutes(stage) if schedule is not None else stage.minutes) * SCALE
@@ -502,20 +725,34 @@ def run_embed(timings: dict[str, float], expect_s: float) -> None:
     """zoo-embed of the prior's splits (sizes as in experiment=demo/prior) with the demo CLIP."""
     sizes = {"train": 4096, "val": 256, "test": 256}
     fresh = env_flag("DEMO_FRESH")
-    # a split embedded by an earlier CLIP than the demo's checkpoint now is embedded again (``stage_inputs``)
-    todo = [s for s in sizes if fresh or not features(s).is_file() or newer_input("embed", features(s))]
-    if not todo:
-        print(f"\n=== demo stage 'embed': reusing {features('train').parent}")
-        return
     size_args = [
         f"data.train_size={sizes['train']}",
         f"data.val_size={sizes['val']}",
         f"data.test_size={sizes['test']}",
     ]
+    commands = {s: [f"clip.checkpoint={ckpt('clip')}", "data=shapes", *size_args, f"split={s}"] for s in sizes}
+    commands = {s: [*c, f"out={features(s)}"] for s, c in commands.items()}
+    settings = {s: stage_settings("embed", "embed", c) for s, c in commands.items()}
+    todo = []
+    for s in sizes:
+        # a split embedded with other settings, or by another CLIP than the demo's checkpoint now, is embedded again
+        why = (
+            None
+            if fresh or not features(s).is_file()
+            else why_redo("embed", settings_file("embed", s), settings[s], features(s), features(s).parent)
+        )
+        if why is not None:
+            print(f"\n=== demo stage 'embed': redoing the {s} split, {why}", flush=True)
+        if fresh or not features(s).is_file() or why is not None:
+            todo.append(s)
+    if not todo:
+        print(f"\n=== demo stage 'embed': reusing {features('train').parent}")
+        return
     t0 = announce("embed", ["zoo-embed", f"clip.checkpoint={ckpt('clip')}", "split=<train|val|test>"], expect_s)
     for split in todo:
-        overrides = [f"clip.checkpoint={ckpt('clip')}", "data=shapes", *size_args, f"split={split}"]
-        overrides += [f"out={features(split)}", f"hydra.run.dir={DEMO_DIR / 'embed' / split}"]
+        overrides = [*commands[split], f"hydra.run.dir={DEMO_DIR / 'embed' / split}"]
+        features(split).unlink(missing_ok=True)  # (as in run_train: no earlier output beside the new record)
+        _save(settings_file("embed", split), settings[split])
         print(f"    {shown(['zoo-embed', *overrides])}", flush=True)
         run_child([sys.executable, "-m", "zoo.embed", *overrides])
     finish("embed", t0, timings)
@@ -690,6 +927,7 @@ def main() -> None:
 
 def _run() -> None:
     t_start = time.perf_counter()
+    reused_without_record.clear()
     env_flag("DEMO_FRESH")  # read first when a training stage starts, after the judge (minutes): checked now
     from zoo.precision import describe_cpu
 
@@ -760,6 +998,12 @@ def _run() -> None:
         took = f" [{fmt(timings[name])}]" if name in timings else " [reused]"
         print(f"{name}{took}: {s['run_dir']}\n  metrics: {shown}\n  grid: {s['last_grid']}")
     print(f"  DALL·E Figure 9 table: {summary['eval']['results']}")
+    if reused_without_record:
+        summary["reused_without_settings_record"] = list(reused_without_record)
+        print(
+            f"  reused without a settings record (finished before make demo kept one; their settings may not be the "
+            f"configs' now; DEMO_FRESH=1 redoes all): {', '.join(reused_without_record)}"
+        )
     summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     summary["total_s"] = round(total, 1)
     # An interrupted demo run again reuses finished stages: their time is in stage_times.json from the earlier run.
