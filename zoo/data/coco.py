@@ -149,9 +149,16 @@ class CocoCaptions(Dataset):
         self.__dict__.update(state)
 
     # -- loading ---------------------------------------------------------------------------------------------
-    def _caption(self, i: int, epoch: Optional[int] = None) -> str:
+    def caption_choices(self, i: int) -> list[str]:
+        """The captions item ``i`` may be served with, in annotation order: all of them for ``train`` (one drawn per
+        access), the first for ``val`` / ``test``. ``zoo-embed captions=all`` embeds each of them, and the DataModule
+        serves the row of the caption drawn (``FeatureAttached``)."""
         captions = self.items[i][1]
-        if self.split != "train" or len(captions) == 1:
+        return list(captions) if self.split == "train" else captions[:1]
+
+    def _caption(self, i: int, epoch: Optional[int] = None) -> str:
+        captions = self.caption_choices(i)
+        if len(captions) == 1:
             return captions[0]
         if epoch is not None:  # the DataModule's loader: reproducible across workers and resumes
             return captions[random.Random(f"{self.seed}/epoch {epoch}/{i}").randrange(len(captions))]

@@ -36,7 +36,29 @@ FEATURE_KEYS = (
     "clip_text_tokens",
     "clip_text_encodings",
     "clip_text_mask",
+    "clip_caption_counts",
 )
+# zoo-embed captions=all writes these one row per caption (item i's captions are the clip_caption_counts[i] rows
+# after those of the items before it, in the dataset's caption_choices order) and the others one row per item
+TEXT_KEYS = tuple(k for k in FEATURE_KEYS if k.startswith("clip_text_"))
+CAPTION_COUNTS = "clip_caption_counts"
+
+
+def caption_starts(counts: Any) -> Any:
+    """(N + 1,) row offsets of an all-captions file: item i's caption rows are ``starts[i]:starts[i + 1]``."""
+    import torch
+
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+def first_caption_rows(features: dict[str, Any]) -> dict[str, Any]:
+    """One row per item: an all-captions file's per-caption keys at each item's first caption (what a reader that
+    pairs row i of every key expects: eval.prior, zoo-recaption, the AR prior's fit); other files as they are."""
+    counts = features.get(CAPTION_COUNTS)
+    if counts is None:
+        return features
+    first = caption_starts(counts)[:-1]
+    return {k: (v[first] if k in TEXT_KEYS else v) for k, v in features.items() if k != CAPTION_COUNTS}
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
@@ -95,7 +117,12 @@ def report_substituted_rows(rows: list[int], command: str, what: str, log_: logg
 
 
 class FeatureAttached(Dataset):
-    """Adds precomputed per-index tensors (``image_tokens``, ``clip_image_emb``, ...) to a dataset's samples."""
+    """Adds precomputed per-index tensors (``image_tokens``, ``clip_image_emb``, ...) to a dataset's samples.
+
+    A ``zoo-embed captions=all`` file holds the text features of every caption of an item (``clip_caption_counts``):
+    each access serves the rows of the caption the base dataset drew for it (COCO train: one per (seed, epoch,
+    index), so another caption each epoch, the same after a resume), found among the base's ``caption_choices``.
+    ``features`` then holds one row per item (text keys at the first caption), for readers of whole columns."""
 
     def __init__(
         self, base: Dataset, features: dict[str, Any], source: Optional[str] = None, meta: Optional[dict] = None
@@ -104,16 +131,44 @@ class FeatureAttached(Dataset):
         error: a user with a train and a val file must be told which one was made for another split or size.
         ``meta``: the file's ``meta`` (zoo-embed's names the CLIP: ``clip_fingerprint``), kept as ``features_meta``."""
         self.base = base
-        self.features = features
         self.features_meta = dict(meta or {})
+        where = f"{source}: " if source else ""
         n = len(base)  # type: ignore[arg-type]
-        for key, value in features.items():
+        self.caption_rows = {k: v for k, v in features.items() if k in TEXT_KEYS}
+        self.caption_start = None
+        counts = features.get(CAPTION_COUNTS)
+        if counts is not None and self.caption_rows:
+            if len(counts) == n:  # (another count is refused below, on the image rows)
+                self._check_caption_counts(counts, where)
+                self.caption_start = caption_starts(counts)
+        self.features = first_caption_rows(features)
+        if self.caption_start is None:
+            self.caption_rows = {}
+        for key, value in self.features.items():
             if len(value) != n:
-                where = f"{source}: " if source else ""
                 raise ConfigError(
                     f"{where}precomputed '{key}' has {len(value)} rows but the dataset split has {n} items "
                     "(fix: recompute it for this split and size, or match data.*_size to it)"
                 )
+
+    def _check_caption_counts(self, counts: Any, where: str) -> None:
+        """Every item's caption count in the file is the base's: the rows of caption k are found by position."""
+        choices = getattr(self.base, "caption_choices", None)
+        if not callable(choices):
+            raise ConfigError(
+                f"{where}the file holds every caption of each item (zoo-embed captions=all), but "
+                f"{type(self.base).__name__} does not list an item's captions, so the drawn caption's rows cannot "
+                f"be found (fix: re-run zoo-embed with captions=one for this data)"
+            )
+        substituted = set(self.features_meta.get("substituted_rows") or ())  # hold a neighbour's; never served
+        differ = [i for i, c in enumerate(counts.tolist()) if i not in substituted and c != len(choices(i))]
+        if differ:
+            i = differ[0]
+            raise ConfigError(
+                f"{where}the file holds {int(counts[i])} captions for item {i} but the dataset has "
+                f"{len(choices(i))} ({len(differ)} items differ): it was made from other captions (fix: re-run the "
+                f"zoo-embed command on this data)"
+            )
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -123,6 +178,17 @@ class FeatureAttached(Dataset):
         j = served_index(sample, i, len(self))  # a substitute for an unreadable file gets its own rows
         for key, value in self.features.items():
             sample[key] = value[j]
+        if self.caption_start is not None:  # the rows of the caption the base drew for this access
+            choices = self.base.caption_choices(j)  # type: ignore[attr-defined]
+            if sample.get("caption") not in choices:
+                raise ConfigError(
+                    f"item {j} was served with the caption {sample.get('caption')!r}, none of the {len(choices)} "
+                    f"captions its features were embedded from (fix: serve the zoo-embed captions=all file on the "
+                    f"dataset it was made from, without synthetic captions)"
+                )
+            row = int(self.caption_start[j]) + choices.index(sample["caption"])  # equal strings: equal rows
+            for key, value in self.caption_rows.items():
+                sample[key] = value[row]
         return sample
 
 
@@ -459,6 +525,7 @@ class ImageTextDataModule(L.LightningDataModule):
         if "captions" in diffs and text:
             for k in text:
                 del feats[k]
+            feats.pop(CAPTION_COUNTS, None)  # (no per-caption rows left to count)
             log.warning(
                 "data.features.%s=%s was made from other captions (%s): its image features are served, its text "
                 "features (%s) are not, since they describe captions this run does not serve (fix, where a model "
@@ -652,6 +719,7 @@ _FEATURE_LAYOUT = {
     "clip_text_tokens": (2, "int", "(N, L) token ids"),
     "clip_text_encodings": (3, "float", "(N, L, W) encodings"),
     "clip_text_mask": (2, "bool", "(N, L) mask"),
+    "clip_caption_counts": (1, "int", "(N,) captions per item"),
 }
 
 
@@ -682,7 +750,18 @@ def check_feature_tensors(features: dict[str, Any], path: str | Path, fix: str) 
             problems.append(f"'{key}' holds negative ids (smallest {int(value.min())})")
     tensors = {k: v for k, v in features.items() if isinstance(v, torch.Tensor) and v.dim() >= 1}
     rows = {k: len(v) for k, v in tensors.items()}
-    if len(set(rows.values())) > 1:
+    counts = tensors.get(CAPTION_COUNTS)
+    if counts is not None and counts.dim() == 1 and not counts.dtype.is_floating_point:  # zoo-embed captions=all
+        per_item = {k: r for k, r in rows.items() if k not in TEXT_KEYS}
+        per_caption = {k: r for k, r in rows.items() if k in TEXT_KEYS}
+        total = int(counts.sum())
+        if len(set(per_item.values())) > 1:
+            problems.append(f"its per-item keys hold different numbers of rows: {per_item}")
+        if any(r != total for r in per_caption.values()):
+            problems.append(f"its per-caption keys hold {per_caption} rows but '{CAPTION_COUNTS}' sums to {total}")
+        if counts.numel() and int(counts.min()) < 1:
+            problems.append(f"'{CAPTION_COUNTS}' gives items without a caption")
+    elif len(set(rows.values())) > 1:
         problems.append(f"its keys hold different numbers of rows: {rows}")
     img, txt = tensors.get("clip_image_emb"), tensors.get("clip_text_emb")
     if img is not None and txt is not None and img.dim() == txt.dim() == 2 and img.shape[1] != txt.shape[1]:

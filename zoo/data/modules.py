@@ -191,6 +191,10 @@ class CocoDataModule(ImageTextDataModule):
             # text embeddings of a val file whose captions it serves unchanged
             captions = {k: v for k, v in captions.items() if k != "caption_seed"}
             meta = {**meta, "data": {**recorded, "captions": captions}}
+        elif meta.get("captions") == "all" and isinstance(captions, dict) and "caption_seed" in captions:
+            # a zoo-embed captions=all file holds every caption: the seed draws among them when served, under this
+            # run's data.seed, so a file made under another seed describes the captions this run serves
+            meta = {**meta, "data": {**recorded, "captions": {**captions, "caption_seed": self.seed}}}
         super().check_features_identity(split, path, meta, feats)
 
     def train_captions(self) -> Iterable[str]:

@@ -1,0 +1,222 @@
+"""zoo-embed captions=all on MS-COCO train: every caption of each image is embedded, and the DataModule serves an
+image with the rows of the caption drawn for that access (another each epoch, the same after a resume). Before, one
+caption per image was embedded and the unCLIP priors trained on 1 of ~5 captions for every epoch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from zoo.checkpoint import safe_load
+from zoo.data.coco import CocoCaptions
+from zoo.errors import ConfigError
+
+CAPTIONS = {0: 3, 1: 5, 2: 4}  # image -> how many captions
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("coco3")
+    (root / "annotations").mkdir()
+    for part in ("train", "val"):
+        (root / f"{part}2014").mkdir()
+        images, anns = [], []
+        for i, n in CAPTIONS.items():
+            name = f"{part}{i}.png"
+            Image.new("RGB", (20, 20), (70 * i, 200 - 50 * i, 30)).save(root / f"{part}2014" / name)
+            images.append({"id": 100 + i, "file_name": name})
+            shapes = ("circle", "square", "star", "ring", "cross")
+            anns += [{"image_id": 100 + i, "id": 10 * i + j, "caption": f"a {shapes[j]} on {i}"} for j in range(n)]
+        (root / "annotations" / f"captions_{part}2014.json").write_text(
+            json.dumps({"images": images, "annotations": anns})
+        )
+    return root
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory):
+    from zoo.models.clip.model import create_clip
+    from zoo.models.clip.scorer import ClipScorer
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("clip") / "clip.pt"
+    torch.save({"state_dict": create_clip("zoo-clip-tiny").state_dict()}, path)
+    return ClipScorer.from_open_clip("zoo-clip-tiny", checkpoint=str(path))
+
+
+def _embed(scorer, root, out, split="train", **kw):
+    from zoo.embed import embed_dataset
+
+    ds = CocoCaptions(str(root), split, resolution=scorer.image_size)
+    return safe_load(embed_dataset(scorer, ds, out, batch_size=2, progress=False, **kw)), ds
+
+
+def test_the_train_file_holds_every_caption_of_each_image(coco_root, scorer, tmp_path):
+    from zoo.models.clip.model import text_token_encodings
+
+    feats, ds = _embed(scorer, coco_root, tmp_path / "train.pt", text_encodings=True)
+    texts = [c for i in range(len(ds)) for c in ds.caption_choices(i)]
+    assert len(texts) == sum(CAPTIONS.values())
+    assert feats["clip_caption_counts"].tolist() == list(CAPTIONS.values())
+    assert len(feats["clip_image_emb"]) == len(CAPTIONS)
+    assert feats["meta"]["captions"] == "all" and feats["meta"]["n_captions"] == len(texts)
+    torch.testing.assert_close(feats["clip_text_emb"], scorer.encode_text(texts), atol=1e-5, rtol=1e-4)
+    assert torch.equal(feats["clip_text_tokens"], scorer.tokenize(texts).long())
+    enc, mask = text_token_encodings(scorer.model, scorer.tokenize(texts))
+    torch.testing.assert_close(feats["clip_text_encodings"].float(), enc, atol=2e-3, rtol=2e-3)
+    assert torch.equal(feats["clip_text_mask"], mask)
+    # val / test serve the first caption whatever the epoch: auto keeps the one-row-per-image layout there
+    val, _ = _embed(scorer, coco_root, tmp_path / "val.pt", split="val")
+    assert "clip_caption_counts" not in val and len(val["clip_text_emb"]) == len(val["clip_image_emb"])
+
+
+def _epoch_samples(dm, epoch):
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(epoch)
+    out = {}
+    for batch in loader:
+        for b, i in enumerate(batch["index"].tolist()):
+            keys = ("caption", "clip_text_emb", "clip_text_tokens", "clip_text_encodings")
+            out[i] = {k: batch[k][b] for k in keys if k in batch}
+    return out
+
+
+def test_the_datamodule_serves_each_epochs_caption_with_its_own_features(coco_root, scorer, tmp_path):
+    from omegaconf import OmegaConf
+
+    from zoo.data.modules import CocoDataModule
+    from zoo.embed import embed
+    from zoo.models.clip.model import text_token_encodings
+
+    path = tmp_path / "train.pt"
+    data = {"_target_": "zoo.data.modules.CocoDataModule", "root": str(coco_root), "resolution": scorer.image_size}
+    ckpt = tmp_path / "clip.pt"
+    torch.save({"state_dict": scorer.model.state_dict()}, ckpt)
+    cfg = OmegaConf.create(
+        {"clip": {"arch": "zoo-clip-tiny", "checkpoint": str(ckpt)}, "data": data, "split": "train", "out": str(path)}
+    )
+    embed(OmegaConf.merge(cfg, {"batch_size": 2, "text_encodings": True, "seed": 0}))
+
+    def module(seed=0):
+        features = {"train": str(path)}
+        return CocoDataModule(
+            root=str(coco_root), resolution=scorer.image_size, batch_size=3, seed=seed, features=features
+        )
+
+    dm = module()
+    seen: dict[int, set] = {i: set() for i in CAPTIONS}
+    epochs = {e: _epoch_samples(dm, e) for e in range(6)}
+    for e, samples in epochs.items():
+        assert sorted(samples) == sorted(CAPTIONS)
+        for i, s in samples.items():
+            assert s["caption"] in CocoCaptions(str(coco_root), "train").caption_choices(i)
+            seen[i].add(s["caption"])
+            torch.testing.assert_close(s["clip_text_emb"], scorer.encode_text([s["caption"]])[0], atol=1e-5, rtol=1e-4)
+            tokens = scorer.tokenize([s["caption"]])
+            assert torch.equal(s["clip_text_tokens"], tokens[0].long())
+            enc, _ = text_token_encodings(scorer.model, tokens)
+            torch.testing.assert_close(s["clip_text_encodings"].float(), enc[0], atol=2e-3, rtol=2e-3)
+    assert all(len(c) > 1 for c in seen.values()), seen  # 6 epochs: each image met more than one of its captions
+
+    # a resumed run (a fresh DataModule) sees each epoch's captions and rows again
+    again = _epoch_samples(module(), 4)
+    for i, s in again.items():
+        assert s["caption"] == epochs[4][i]["caption"] and torch.equal(
+            s["clip_text_emb"], epochs[4][i]["clip_text_emb"]
+        )
+    # the seed draws when served: a file made under seed 0 keeps its text features under seed 1 (all are in it)
+    assert "clip_text_emb" in module(seed=1).dataset("train")[0]
+    # whole-column readers get one row per image, its first caption
+    from zoo.embed import load_embeddings
+
+    cols = load_embeddings(path)
+    assert {len(v) for v in cols.values()} == {len(CAPTIONS)} and "clip_caption_counts" not in cols
+    ds = CocoCaptions(str(coco_root), "train")
+    first = scorer.encode_text([ds.caption_choices(i)[0] for i in range(len(ds))])
+    torch.testing.assert_close(cols["clip_text_emb"], first, atol=1e-5, rtol=1e-4)
+    assert len(dm.dataset("train").features["clip_text_emb"]) == len(CAPTIONS)  # (the AR prior's PCA fit reads it)
+
+
+def test_a_one_caption_file_is_served_as_before(coco_root, scorer, tmp_path):
+    from zoo.data.modules import CocoDataModule
+
+    feats, ds = _embed(scorer, coco_root, tmp_path / "one.pt", captions="one")
+    assert "clip_caption_counts" not in feats and len(feats["clip_text_emb"]) == len(CAPTIONS)
+    features = {"train": str(tmp_path / "one.pt")}
+    dm = CocoDataModule(root=str(coco_root), resolution=scorer.image_size, batch_size=3, features=features)
+    samples = _epoch_samples(dm, 1)
+    for i, s in samples.items():  # row i whatever caption is drawn: the file's one row per image
+        assert torch.equal(s["clip_text_emb"], feats["clip_text_emb"][i])
+
+
+def test_an_interrupted_all_captions_run_resumes_to_the_uninterrupted_file(coco_root, scorer, tmp_path):
+    from zoo.embed import embed_dataset
+    from zoo.feature_rows import work_dir_of
+
+    ds = CocoCaptions(str(coco_root), "train", resolution=scorer.image_size)
+    kw = dict(batch_size=1, progress=False, chunk_rows=1, text_encodings=True)
+    ref = safe_load(embed_dataset(scorer, ds, tmp_path / "ref.pt", **kw))
+
+    calls, original = [], scorer.encode_image
+
+    def interrupted(x):
+        calls.append(len(x))
+        if len(calls) == 3:  # images 0 and 1 are saved in chunks; the run is killed at image 2
+            raise KeyboardInterrupt
+        return original(x)
+
+    out = tmp_path / "out.pt"
+    scorer.encode_image = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            embed_dataset(scorer, ds, out, **kw)
+        # the run key holds the option: a one-caption run does not mix its rows into these
+        with pytest.raises(ConfigError, match="captions: 'all' there, None now"):
+            embed_dataset(scorer, ds, out, **{**kw, "captions": "one"})
+        calls.clear()
+        embed_dataset(scorer, ds, out, **kw)
+    finally:
+        scorer.encode_image = original
+    assert calls == [1]  # only the image after the kept chunks
+    got = safe_load(out)
+    assert got.keys() == ref.keys() and got["meta"] == ref["meta"]
+    for k, v in ref.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(got[k], v), k
+    assert not work_dir_of(out).exists()
+
+
+def test_encodings_of_every_caption_beyond_memory_are_refused_before_encoding(coco_root, scorer, tmp_path, monkeypatch):
+    import zoo.embed
+
+    monkeypatch.setattr(zoo.embed, "available_memory", lambda: 1000)
+    calls = []
+    monkeypatch.setattr(scorer, "encode_image", lambda x: calls.append(x))
+    with pytest.raises(ConfigError, match=r"12 captions of 3 images.*GB.*fix: text_encodings=false.*captions=one"):
+        _embed(scorer, coco_root, tmp_path / "big.pt", text_encodings=True)
+    assert calls == [] and not (tmp_path / "big.pt.partial").exists()
+
+
+def test_every_caption_needs_a_dataset_that_lists_them(tmp_path, scorer):
+    from zoo.data.shapes import ShapesDataset
+    from zoo.embed import caption_mode
+
+    with pytest.raises(ConfigError, match="captions=all .*ShapesDataset.*fix: captions=one"):
+        caption_mode(ShapesDataset("val", 4, 32), "all")
+    assert caption_mode(ShapesDataset("val", 4, 32)) == "one"
+    with pytest.raises(ConfigError, match="captions must be one of"):
+        caption_mode(ShapesDataset("val", 4, 32), "every")
+
+
+def test_synthetic_captions_keep_one_row_per_image(coco_root):
+    from zoo.data.datamodule import SyntheticCaptioned
+    from zoo.embed import caption_mode
+
+    ds = CocoCaptions(str(coco_root), "train")
+    assert caption_mode(ds) == "all"
+    synthetic = SyntheticCaptioned(ds, {"syn": ["x"] * len(ds)}, {"syn": 1.0})
+    assert caption_mode(synthetic) == "one"  # it serves its own captions, not the ones COCO lists
