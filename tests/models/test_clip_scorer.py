@@ -318,3 +318,35 @@ def test_clip_net_applies_to_a_zoo_train_checkpoint_given_alone(tmp_path):
     assert wide.image_size == 64 and wide.model.visual.positional_embedding.shape[0] == 8 * 8 + 1
     caps = ["a red star"]
     assert torch.equal(wide.encode_text(caps), m.scorer().encode_text(caps))  # the same weights
+
+
+def test_a_pretrained_tag_with_a_checkpoint_alone_is_refused_unless_it_is_the_checkpoints_own(tmp_path):
+    """clip.pretrained=<tag> with clip.checkpoint and no clip.arch (zoo-embed, zoo-eval, zoo-recaption) was dropped
+    without a word, though the tag sets QuickGELU and mean/std. A zoo-train checkpoint runs with the settings it
+    recorded: the same tag loads, another is refused; an open_clip weights file needs clip.arch. Before any weights
+    are read."""
+    from zoo.errors import ConfigError
+    from zoo.models.clip.lit import ClipLit
+
+    torch.manual_seed(0)
+    m = ClipLit(preset="tiny")
+    trained = tmp_path / "clip.ckpt"
+    hp = {**dict(m.hparams), "pretrained": "openai"}
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": hp, "zoo_component": "clip"}, trained)
+    own = ClipScorer.from_config({"checkpoint": str(trained), "pretrained": "openai"})
+    assert torch.equal(
+        own.encode_text(["a red star"]),
+        ClipScorer.from_config({"checkpoint": str(trained)}).encode_text(["a red star"]),
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"clip\.pretrained=laion2b_s34b_b79k does not apply to .*its pretrained=openai.*fix: drop clip\.pretrained",
+    ):
+        ClipScorer.from_config({"checkpoint": str(trained), "pretrained": "laion2b_s34b_b79k"})
+    weights = tmp_path / "open_clip.pt"
+    torch.save(m.clip.state_dict(), weights)
+    with pytest.raises(
+        ConfigError,
+        match=r"needs clip\.arch.*fix: clip\.arch=<its architecture.* clip\.pretrained=openai clip\.checkpoint=",
+    ):
+        ClipScorer.from_config({"checkpoint": str(weights), "pretrained": "openai"})

@@ -66,13 +66,53 @@ def trained_scene_resolution(ckpt: str, given: Optional[int] = None) -> int:
     (experiment=unclip/clip_shapes_rn128) was measured on 32 px renders blown up to 128, not on the scenes it learned."""
     if given is not None:
         return int(given)
-    from zoo.checkpoint import safe_load, trained_resolution
+    from zoo.checkpoint import trained_resolution
 
-    try:  # memory-mapped: the pickled dict is read, not the weights (the whole file was, a paper CLIP's GBs)
-        ck = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001  (a legacy non-zip file loads whole; anything wrong: safe_load names it)
-        ck = safe_load(ckpt)
+    ck = peek_checkpoint(ckpt)
     return trained_resolution(ck.get("zoo_config") if isinstance(ck, dict) else None) or 32
+
+
+def peek_checkpoint(path: str | Path):
+    """A checkpoint's contents (``weights_only``) with its tensors memory-mapped, not read: for the few plain values a
+    caller needs before (or instead of) building the model, where a whole load read a paper CLIP's GBs. A legacy
+    non-zip file (which cannot be mapped) is read whole, and anything unreadable goes to ``safe_load``, whose message
+    names the problem."""
+    from zoo.checkpoint import safe_load
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001  (safe_load loads it or says what is wrong with it)
+        return safe_load(path)
+
+
+def check_tag_applies(checkpoint: str, tag: str) -> None:
+    """``clip.pretrained`` given with ``clip.checkpoint`` alone (no ``clip.arch``) was dropped without a word. The tag
+    sets an open_clip model's activation (QuickGELU) and mean/std; with a checkpoint alone it cannot apply: a zoo-train
+    CLIP checkpoint runs with the settings it trained with, which it records, and an open_clip weights file needs its
+    architecture. A ``ConfigError`` naming the fix, unless the tag is the one the checkpoint records (before any
+    weights are read)."""
+    from zoo.errors import ConfigError
+    from zoo.models.clip.model import refuse_torchscript
+
+    refuse_torchscript(Path(checkpoint))  # OpenAI's original files: that message names the fix
+    # open_clip's own formats are no zoo-train checkpoint (torch.load would call a safetensors file corrupt)
+    ck = None if Path(checkpoint).suffix in (".safetensors", ".npz", ".npy") else peek_checkpoint(checkpoint)
+    hp = ck.get("hyper_parameters") if isinstance(ck, dict) else None
+    if isinstance(hp, dict) and "state_dict" in ck:
+        own = hp.get("pretrained")
+        if own == tag:
+            return
+        raise ConfigError(
+            f"clip.pretrained={tag} does not apply to {checkpoint}: a zoo-train CLIP checkpoint runs with the settings "
+            f"it trained with (its pretrained={own or 'none'}), not another tag's activation and mean/std (fix: drop "
+            f"clip.pretrained, clip.pretrained=null)"
+        )
+    raise ConfigError(
+        f"clip.pretrained={tag} with clip.checkpoint={checkpoint} needs clip.arch: the file is not a zoo-train CLIP "
+        f"checkpoint, and an open_clip weights file is built from its architecture, the tag setting its QuickGELU "
+        f"and mean/std (fix: clip.arch=<its architecture, e.g. ViT-B-32> clip.pretrained={tag} "
+        f"clip.checkpoint={checkpoint})"
+    )
 
 
 def clip_score_from_cos(cos: torch.Tensor) -> torch.Tensor:
@@ -168,14 +208,17 @@ class ClipScorer:
     @classmethod
     def from_config(cls, c) -> "ClipScorer":
         """From a ``clip`` config node (``zoo-embed``'s and ``zoo-eval``'s; a dict works too): ``checkpoint`` alone is
-        a zoo-train CLIP ``.ckpt``; ``arch`` (+ ``pretrained`` tag and/or ``checkpoint`` open_clip file, optional
-        ``net`` overrides) is any open_clip model; ``device`` (default cpu)."""
+        a zoo-train CLIP ``.ckpt`` (with ``pretrained`` only the tag it records: ``check_tag_applies``); ``arch`` (+
+        ``pretrained`` tag and/or ``checkpoint`` open_clip file, optional ``net`` overrides) is any open_clip model;
+        ``device`` (default cpu)."""
         from zoo.errors import ConfigError
 
         get = c.get
         device = get("device") or "cpu"
         net = dict(get("net") or {}) or None
         if get("checkpoint") and not get("arch"):
+            if get("pretrained"):
+                check_tag_applies(str(get("checkpoint")), str(get("pretrained")))
             return cls.from_lightning_checkpoint(str(get("checkpoint")), device=device, net=net)
         if get("arch"):
             return cls.from_open_clip(
