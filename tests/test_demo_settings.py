@@ -112,9 +112,9 @@ def test_an_edited_experiment_yaml_redoes_its_stage_and_the_stages_built_from_it
     capsys.readouterr()
     assert _run_demo(monkeypatch, FakeChildren()) == redone  # the stages before it and beside it: reused
     out = capsys.readouterr().out
-    assert f"=== demo stage '{stage}': redoing it, {change} (experiment=demo/{stage}" in out
+    assert f"=== demo stage '{stage}': redoing it, {change} (experiment=demo/{stage})" in out
     if len(redone) > 1:  # the stages after it say which input changed
-        assert "changed since it was built from it" in out
+        assert f"its input {demo.ckpt(stage)} changed (redone since)" in out
     assert _run_demo(monkeypatch, FakeChildren()) == []  # unchanged since: all reused
 
 

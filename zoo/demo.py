@@ -580,12 +580,15 @@ def settings_changes(old: dict, new: dict) -> list[str]:
     old_in, new_in = old.get("inputs") or {}, new.get("inputs") or {}
     for p in sorted(old_in.keys() | new_in.keys()):
         if old_in.get(p) != new_in.get(p):
-            changes.append(f"{p} changed since it was built from it (redone since)" if p in old_in else f"{p} is new")
+            shown = p.replace(DEMO_PATH, str(DEMO_DIR), 1)
+            changes.append(f"its input {shown} changed (redone since)" if p in old_in else f"it now reads {shown}")
     command = shlex.join(new.get("command") or [])
+    # where a config key comes from: the stage's experiment (conf/experiment/<name>.yaml), else its whole command
+    where = next((o for o in new.get("command") or [] if o.startswith("experiment=")), command)
     o, n = _flat(old.get("config") or {}), _flat(new.get("config") or {})
     for k in sorted(o.keys() | n.keys()):
         if o.get(k, _ABSENT) != n.get(k, _ABSENT):
-            changes.append(f"{k} changed {_value(o.get(k, _ABSENT))} -> {_value(n.get(k, _ABSENT))} ({command})")
+            changes.append(f"{k} changed {_value(o.get(k, _ABSENT))} -> {_value(n.get(k, _ABSENT))} ({where})")
     for key, what in _RECORD_ENTRIES.items():
         if old.get(key, _ABSENT) != new.get(key, _ABSENT):
             changes.append(f"{what} changed {_value(old.get(key, _ABSENT))} -> {_value(new.get(key, _ABSENT))}")
