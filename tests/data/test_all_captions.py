@@ -210,6 +210,13 @@ def test_every_caption_needs_a_dataset_that_lists_them(tmp_path, scorer):
     assert caption_mode(ShapesDataset("val", 4, 32)) == "one"
     with pytest.raises(ConfigError, match="captions must be one of"):
         caption_mode(ShapesDataset("val", 4, 32), "every")
+    from omegaconf import OmegaConf
+
+    from zoo.embed import embed_options
+
+    with pytest.raises(ConfigError, match=r"captions must be one of \('auto', 'one', 'all'\), got 'every'"):
+        embed_options(OmegaConf.create({"split": "train", "captions": "every"}))  # before a CLIP is loaded
+    assert embed_options(OmegaConf.create({"split": "train"}))[0] == "train"  # unset: auto
 
 
 def test_synthetic_captions_keep_one_row_per_image(coco_root):
