@@ -627,3 +627,34 @@ def test_a_run_folder_or_an_export_given_as_ckpt_is_named(tmp_path):
         with pytest.raises(ConfigError, match=r"zoo-export folder.*zoo-sample reads the zoo-train checkpoint \(fix: "):
             sample(_sample_cfg(f"ckpt={ckpt}", out))
     assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_ckpt_is_named_by_its_component_without_reading_its_weights(tmp_path, monkeypatch):
+    """zoo-sample ckpt=<file> loaded the whole checkpoint to read its component name (a paper DALL·E's GBs), before
+    the generator read it again. Memory-mapped now: the bytes the process reads (/proc/self/io rchar) stay far below
+    the 128 MB of weights; a file that is not a checkpoint, or one that names code, is still refused by name."""
+    import pickle
+
+    from zoo.checkpoint import CorruptCheckpointError, UnsafeCheckpointError
+    from zoo.sample import checkpoint_component
+
+    io = Path("/proc/self/io")
+    if not io.is_file():
+        pytest.skip("needs Linux's /proc/self/io to count the bytes read")
+
+    def bytes_read() -> int:
+        return int(next(line for line in io.read_text().splitlines() if line.startswith("rchar:")).split()[1])
+
+    ckpt = tmp_path / "dalle.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(32 << 20)}, "zoo_component": "dalle"}, ckpt)
+    before = bytes_read()
+    assert checkpoint_component(str(ckpt)) == "dalle"
+    assert bytes_read() - before < 16 << 20  # the whole load read all 128 MB
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint at all" * 100)
+    with pytest.raises(CorruptCheckpointError, match=r"garbage\.ckpt is (corrupt|truncated)"):
+        sample(_sample_cfg(f"ckpt={garbage}", f"out_dir={tmp_path / 'o'}"))
+    code = tmp_path / "code.ckpt"
+    code.write_bytes(pickle.dumps({"zoo_component": print}))  # names a global: could run code
+    with pytest.raises(UnsafeCheckpointError, match="refused to load"):
+        checkpoint_component(str(code))

@@ -116,11 +116,12 @@ def _has_sample_grid(component: str) -> bool:
 
 
 def checkpoint_component(ckpt: str) -> str:
-    """The registered component name a checkpoint file says it holds (safe load; nothing the file names is used)."""
-    from zoo.checkpoint import safe_load
+    """The registered component name a checkpoint file says it holds (weights_only; nothing the file names is used).
+    Memory-mapped: the whole file was read for its name (a paper DALL·E's GBs) before the generator read it again."""
+    from zoo.models.clip.scorer import peek_checkpoint
     from zoo.registry import component_in
 
-    return component_in(safe_load(ckpt), str(ckpt))
+    return component_in(peek_checkpoint(ckpt), str(ckpt))
 
 
 def read_prompts_file(path: str) -> list[str]:
