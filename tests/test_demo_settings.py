@@ -231,3 +231,18 @@ def test_a_record_holds_no_path_of_the_demo_folder_and_no_budget(demo_dir):
     assert str(demo_dir) not in text and "<demo>/tokenizer/checkpoints/last.ckpt" in text
     assert settings == demo.stage_settings("dalle", "train", [*stage.overrides, "callbacks.time_budget.minutes=9"])
     assert settings != demo.stage_settings("dalle", "train", [*stage.overrides, "seed=1"])
+
+
+def test_an_unreadable_record_redoes_its_stage(demo_dir, monkeypatch, capsys):
+    """A record that cannot be read says nothing about what the stage was built from: the stage is redone (not
+    reused as one from before the records), and the line says why."""
+    children = FakeChildren()
+    monkeypatch.setattr(demo, "run_child", children)
+    stage = demo.Stage("prior", ["experiment=demo/prior"], minutes=1.5)
+    demo.run_train(stage, {})
+    demo.settings_file("prior").write_text('{"command": ["experiment=demo/pr')  # a hand edit gone wrong
+    demo.run_train(stage, {})
+    assert children.ran == ["prior", "prior"]
+    assert f"redoing it, its settings record {demo.settings_file('prior')} is unreadable" in capsys.readouterr().out
+    demo.run_train(stage, {})  # written whole again by the redo
+    assert children.ran == ["prior", "prior"]
