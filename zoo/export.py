@@ -18,7 +18,10 @@ The export directory holds everything another tool needs, and nothing that runs 
   relative errors and sizes.
 
 zoo-export writes the folder aside and renames it into place when everything passed: ``out=`` is the whole previous
-export or the whole new one, never a mixture (it refuses a folder holding files it did not write).
+export or the whole new one, never a mixture (it refuses a folder holding files it did not write). A kill between the
+renames leaves ``out=`` the previous export, or missing with the new one whole in ``.<out name>.new``: the next
+zoo-export into ``out=`` puts it in place (``recover_install``). ``config.json`` and the safetensors metadata carry one
+``export_id``: ``load_export`` refuses a pair from two saves.
 
 ``load_export(dir)`` rebuilds the module through the same registry checks as ``zoo.checkpoint.load_module``
 (component by name from ``zoo.registry``, plain hyper-parameters checked against the constructor) and loads the
@@ -53,6 +56,7 @@ ar_prior
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -259,18 +263,7 @@ def save_export(
     check_plain(hp, f"{name} hyper-parameters")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    weights = out / WEIGHTS_FILE
-    # save_model drops duplicate names of shared (tied) tensors and makes channels_last weights contiguous;
-    # load_model restores them. The metadata is informational (safetensors metadata must be str -> str).
-    tmp_weights = weights.with_name(f".{WEIGHTS_FILE}.tmp")
-    try:  # through a temporary file: an interrupted write never leaves a truncated model.safetensors
-        save_model(
-            module, str(tmp_weights), metadata={"format": EXPORT_FORMAT, "component": name}, force_contiguous=True
-        )
-        default_file_mode(tmp_weights)  # safetensors writes 0o600; config.json and the ONNX files get the usual mode
-        os.replace(tmp_weights, weights)
-    finally:
-        tmp_weights.unlink(missing_ok=True)
+    weights, cfg_path = out / WEIGHTS_FILE, out / CONFIG_FILE
     config = {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
@@ -280,11 +273,30 @@ def save_export(
     }
     if getattr(module, "export_weights", None):  # "ema" | "trained" | ...: which weights of the checkpoint
         config["weights"] = str(module.export_weights)
+    # The pair's id, in both files: two renames cannot replace two files at once, and a save killed between them left
+    # the new weights beside the previous config.json, which load_export read as one model (a state_dict error, or,
+    # for the same architecture, the new weights under the old preprocessing). load_export refuses a pair whose ids
+    # differ. The digest of the config: the same config saves the same bytes, and a new weights file beside an
+    # identical config.json is the new pair whole.
+    config["export_id"] = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     text = json.dumps(config, indent=2, allow_nan=False)
-    cfg_path = out / CONFIG_FILE
-    tmp = cfg_path.with_suffix(".json.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, cfg_path)
+    # save_model drops duplicate names of shared (tied) tensors and makes channels_last weights contiguous;
+    # load_model restores them. The metadata is informational (safetensors metadata must be str -> str).
+    tmp_weights, tmp_cfg = weights.with_name(f".{WEIGHTS_FILE}.tmp"), cfg_path.with_suffix(".json.tmp")
+    try:  # both files written under temporary names first: an interrupted write never leaves a truncated file
+        save_model(
+            module,
+            str(tmp_weights),
+            metadata={"format": EXPORT_FORMAT, "component": name, "export_id": config["export_id"]},
+            force_contiguous=True,
+        )
+        default_file_mode(tmp_weights)  # safetensors writes 0o600; config.json and the ONNX files get the usual mode
+        tmp_cfg.write_text(text)
+        os.replace(tmp_weights, weights)
+        os.replace(tmp_cfg, cfg_path)
+    finally:  # a failed save leaves no temporary file behind (a later save would replace it anyway)
+        tmp_weights.unlink(missing_ok=True)
+        tmp_cfg.unlink(missing_ok=True)
     return {"weights": weights, "config": cfg_path}
 
 
@@ -298,6 +310,14 @@ def load_export(export_dir: str | os.PathLike, map_location: str = "cpu") -> nn.
 
     d = Path(export_dir)
     cfg_path, weights = d / CONFIG_FILE, d / WEIGHTS_FILE
+    if not d.exists():
+        aside = [p for p in _aside(d) if p.is_dir()]
+        if aside:
+            raise FileNotFoundError(
+                f"{d} not found: a zoo-export into it was interrupted while installing and left the export whole in "
+                f"{aside[0]} (fix: run the zoo-export command again, it puts the export in place; or rename "
+                f"{aside[0].name} to {d.name})"
+            )
     for p in (cfg_path, weights):
         if not p.is_file():
             raise FileNotFoundError(
@@ -322,11 +342,28 @@ def load_export(export_dir: str | os.PathLike, map_location: str = "cpu") -> nn.
     hp = checked_hparams(name, config.get("hyper_parameters", {}), str(cfg_path))
     module = cls(**hp)
     # load_model copies into the module's (CPU) tensors whatever device it reads to: move the module itself
+    check_pair(config, weights, cfg_path)
     load_model(module, str(weights), strict=True, device="cpu")
     module.to(map_location)
     _set_resolution(name, module, (config.get("preprocessing") or {}).get("resolution"), str(cfg_path))
     module.eval()
     return module
+
+
+def check_pair(config: dict[str, Any], weights: Path, cfg_path: Path) -> None:
+    """``config.json`` and ``model.safetensors`` of one save (``save_export``'s ``export_id`` in both; exports from
+    before the id have it in neither and are not checked), else a ConfigError saying how to write the pair again."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        got = (f.metadata() or {}).get("export_id")
+    want = config.get("export_id")
+    if got != want:
+        raise ConfigError(
+            f"{weights.name} (export_id {got}) and {cfg_path.name} (export_id {want}) in {cfg_path.parent} are of two "
+            f"different saves: a save was interrupted between writing the two (fix: export again, zoo-export "
+            f"ckpt=<the checkpoint> out={cfg_path.parent})"
+        )
 
 
 # ------------------------------------------------------------------------------------------ ONNX graphs
@@ -872,7 +909,7 @@ def _dir_bytes(paths) -> int:
 
 
 # What zoo-export writes into its folder; a folder holding only these (or nothing) is one it may replace.
-EXPORT_ENTRIES = frozenset({CONFIG_FILE, WEIGHTS_FILE, "onnx", CONFIG_FILE + ".tmp"})
+EXPORT_ENTRIES = frozenset({CONFIG_FILE, WEIGHTS_FILE, "onnx", CONFIG_FILE + ".tmp", f".{WEIGHTS_FILE}.tmp"})
 
 
 def check_packages(onnx: bool) -> None:
@@ -956,23 +993,74 @@ def check_out_dir(out: Path) -> None:
             )
 
 
+def _aside(out: Path) -> tuple[Path, Path]:
+    """Where ``_install`` keeps the finished new export and the previous one while it swaps them."""
+    return out.parent / f".{out.name}.new", out.parent / f".{out.name}.old"
+
+
+def _stage_owner(stage: Path, out: Path) -> Optional[int]:
+    """The process id in a staging folder's name (``.<out name>.<pid>-<random>.partial``), None when it has none."""
+    head = stage.name[len(f".{out.name}.") :].split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _alive(pid: Optional[int]) -> bool:
+    if pid is None or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def recover_install(out: Path) -> None:
+    """Finish what a zoo-export killed while installing left: ``out`` missing between ``_install``'s two renames
+    (the previous export moved aside, the new one not yet in place) becomes the new export when it was set aside
+    whole, else the previous one again; then the folders set aside and the staging folders of dead runs are removed.
+    Without this, a kill in that window left ``out`` missing, both exports in hidden folders for good, and a re-run
+    exported beside them."""
+    new, old = _aside(out)
+    legacy = sorted(out.parent.glob(f".{out.name}.old-*"))  # the previous scheme's folder, named by the process id
+    if not out.exists() and not out.is_symlink():
+        for found, what in (
+            (new, "the new export"),
+            (old, "the previous export"),
+            *((d, "the previous export") for d in legacy),
+        ):
+            if found.is_dir():
+                os.rename(found, out)
+                log.warning("zoo-export: %s was interrupted while installing: put %s back in place", out, what)
+                break
+    for d in (new, old, *legacy):
+        shutil.rmtree(d, ignore_errors=True)
+    for stage in out.parent.glob(f".{out.name}.*.partial"):  # a killed run's half-written export
+        if not _alive(_stage_owner(stage, out)):
+            shutil.rmtree(stage, ignore_errors=True)
+
+
 def _install(stage: Path, out: Path) -> None:
-    """Put the finished export ``stage`` (a sibling folder) in place of ``out``: a rename, so ``out`` is the whole
-    previous export or the whole new one, never a mixture of both."""
+    """Put the finished export ``stage`` (a sibling folder) in place of ``out``: renames, so ``out`` is the whole
+    previous export or the whole new one, never a mixture of both. The finished export is first renamed to a fixed
+    name (``.<out name>.new``) and the previous one moved to another (``.<out name>.old``): a kill between the renames
+    leaves both whole under names the next zoo-export (``recover_install``) and ``load_export`` know."""
     from zoo.checkpoint import _umask
 
     os.chmod(stage, 0o777 & ~_umask())  # mkdtemp's folder is the owner's only
-    if not out.exists():
-        os.rename(stage, out)
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if old.exists():
-        shutil.rmtree(old)
-    os.rename(out, old)
+    new, old = _aside(out)
+    for d in (new, old):  # recover_install ran before this export: anything here is stale
+        shutil.rmtree(d, ignore_errors=True)
+    os.rename(stage, new)  # from here on the new export is whole under a known name
     try:
-        os.rename(stage, out)
+        if out.exists():
+            os.rename(out, old)
+        os.rename(new, out)
     except BaseException:
-        os.rename(old, out)
+        if old.is_dir() and not out.exists():
+            os.rename(old, out)
+        shutil.rmtree(new, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
 
@@ -990,6 +1078,7 @@ def export(cfg) -> dict[str, Any]:
     if out.is_symlink():  # replace the folder it points to, not the link
         out = out.resolve()
     check_ckpt_path(ckpt)
+    recover_install(out)  # before check_out_dir: out may be missing only because a kill interrupted an install
     check_out_dir(out)
     weights = check_weights(str(cfg.get("weights") or "ema"))
     onnx, graphs = check_onnx_options(cfg.get("onnx", True), cfg.get("graphs"))
@@ -1015,7 +1104,8 @@ def export(cfg) -> dict[str, Any]:
                 )
             )
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    # the process id in the name: recover_install removes the stages of dead runs only
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-", suffix=".partial", dir=out.parent))
     try:
         summary = _export_into(stage, out, cfg, name, module, hp)
         _install(stage, out)
