@@ -629,13 +629,17 @@ def test_a_run_folder_or_an_export_given_as_ckpt_is_named(tmp_path):
     assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
-def test_ckpt_is_named_by_its_component_without_reading_its_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("reader", ["checkpoint_component", "trained_scene_resolution"])
+def test_a_checkpoints_plain_values_are_read_without_its_weights(tmp_path, reader):
     """zoo-sample ckpt=<file> loaded the whole checkpoint to read its component name (a paper DALL·E's GBs), before
-    the generator read it again. Memory-mapped now: the bytes the process reads (/proc/self/io rchar) stay far below
-    the 128 MB of weights; a file that is not a checkpoint, or one that names code, is still refused by name."""
+    the generator read it again; trained_scene_resolution (scripts/clip_recall.py, binding_probe.py) loaded a whole
+    CLIP for data.resolution. Memory-mapped now (zoo.models.clip.scorer.peek_checkpoint): the bytes the process reads
+    (/proc/self/io rchar) stay far below the 128 MB of weights; a file that is not a checkpoint, or one that names
+    code, is still refused by name."""
     import pickle
 
-    from zoo.checkpoint import CorruptCheckpointError, UnsafeCheckpointError
+    from zoo.checkpoint import UnsafeCheckpointError
+    from zoo.models.clip.scorer import trained_scene_resolution
     from zoo.sample import checkpoint_component
 
     io = Path("/proc/self/io")
@@ -645,16 +649,26 @@ def test_ckpt_is_named_by_its_component_without_reading_its_weights(tmp_path, mo
     def bytes_read() -> int:
         return int(next(line for line in io.read_text().splitlines() if line.startswith("rchar:")).split()[1])
 
-    ckpt = tmp_path / "dalle.ckpt"
-    torch.save({"state_dict": {"w": torch.ones(32 << 20)}, "zoo_component": "dalle"}, ckpt)
+    read, want = {
+        "checkpoint_component": (checkpoint_component, "dalle"),
+        "trained_scene_resolution": (trained_scene_resolution, 96),
+    }[reader]
+    ckpt = tmp_path / "big.ckpt"
+    weights = {"w": torch.ones(32 << 20)}
+    torch.save({"state_dict": weights, "zoo_component": "dalle", "zoo_config": {"data": {"resolution": 96}}}, ckpt)
     before = bytes_read()
-    assert checkpoint_component(str(ckpt)) == "dalle"
+    assert read(str(ckpt)) == want
     assert bytes_read() - before < 16 << 20  # the whole load read all 128 MB
+    code = tmp_path / "code.ckpt"
+    code.write_bytes(pickle.dumps({"zoo_component": print}))  # names a global: could run code
+    with pytest.raises(UnsafeCheckpointError, match="refused to load"):
+        read(str(code))
+
+
+def test_a_ckpt_that_is_no_checkpoint_is_refused_by_name(tmp_path):
+    from zoo.checkpoint import CorruptCheckpointError
+
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint at all" * 100)
     with pytest.raises(CorruptCheckpointError, match=r"garbage\.ckpt is (corrupt|truncated)"):
         sample(_sample_cfg(f"ckpt={garbage}", f"out_dir={tmp_path / 'o'}"))
-    code = tmp_path / "code.ckpt"
-    code.write_bytes(pickle.dumps({"zoo_component": print}))  # names a global: could run code
-    with pytest.raises(UnsafeCheckpointError, match="refused to load"):
-        checkpoint_component(str(code))

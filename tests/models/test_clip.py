@@ -319,28 +319,13 @@ def test_the_measurement_scripts_render_the_scenes_at_the_resolution_the_clip_tr
         assert "trained_scene_resolution(args." in text and "type=int, default=32" not in text, script
 
 
-def test_trained_scene_resolution_reads_the_number_without_the_weights(tmp_path):
-    """It loaded the whole checkpoint (a paper CLIP: GBs) to read data.resolution. Memory-mapped now: the bytes the
-    process reads (/proc/self/io rchar) stay far below the 128 MB of weights in the file; the same value; a file that
-    is not a checkpoint is still refused with safe_load's message; torch's old non-zip format (which cannot be
-    mapped) is read whole, as before."""
-    from pathlib import Path
-
+def test_trained_scene_resolution_refuses_a_bad_file_and_reads_a_legacy_one(tmp_path):
+    """Memory-mapped now (the bytes it reads: tests/test_sample_cli.py's
+    test_a_checkpoints_plain_values_are_read_without_its_weights): a file that is not a checkpoint is still refused
+    with safe_load's message, and torch's old non-zip format (which cannot be mapped) is read whole, as before."""
     from zoo.checkpoint import CorruptCheckpointError
     from zoo.models.clip.scorer import trained_scene_resolution
 
-    io = Path("/proc/self/io")
-    if not io.is_file():
-        pytest.skip("needs Linux's /proc/self/io to count the bytes read")
-
-    def bytes_read() -> int:
-        return int(next(line for line in io.read_text().splitlines() if line.startswith("rchar:")).split()[1])
-
-    ckpt = tmp_path / "big.ckpt"
-    torch.save({"state_dict": {"w": torch.ones(32 << 20)}, "zoo_config": {"data": {"resolution": 96}}}, ckpt)
-    before = bytes_read()
-    assert trained_scene_resolution(str(ckpt)) == 96
-    assert bytes_read() - before < 16 << 20  # the whole load read all 128 MB
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint at all" * 100)
     with pytest.raises(CorruptCheckpointError, match=r"garbage\.ckpt is (corrupt|truncated)"):
