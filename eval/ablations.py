@@ -493,13 +493,12 @@ def scene_key(scene: dict[str, Any]) -> tuple:
 def check_diversity(captions: int, samples: int, batch_size: int) -> None:
     """A ConfigError naming the fix for settings the diversity ablation cannot run (zoo-eval checks them before it
     generates anything)."""
-    if int(samples) < 2:
-        raise ConfigError(f"diversity needs at least 2 samples per caption, got {samples} (fix: diversity.samples=4)")
-    if int(captions) < 1 or int(batch_size) < 1:
+    if not is_whole(samples, 2):  # int() took 2.5 for 2
         raise ConfigError(
-            f"diversity.captions and diversity.batch_size must be >= 1, got {captions} and {batch_size} "
-            f"(fix: diversity.captions=32 diversity.batch_size=8)"
+            f"diversity needs a whole number of at least 2 samples per caption, got {samples} (fix: diversity.samples=4)"
         )
+    check_count(captions, "diversity.captions", 32)
+    check_count(batch_size, "diversity.batch_size", 8)
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -53,7 +53,7 @@ from eval.ablations import (
 from eval.eval_set import EvalSet
 from eval.generators import generate_images
 from zoo.config import entry_point, instantiate
-from zoo.errors import ConfigError, MissingWeightsError
+from zoo.errors import ConfigError, MissingWeightsError, is_whole
 
 log = logging.getLogger("zoo.eval")
 ABLATIONS = ("blur", "rerank", "diversity")
@@ -85,18 +85,27 @@ def build_generator(node: DictConfig, eval_set: EvalSet):
     return gen
 
 
+def clip_file_problem(node) -> Optional[ConfigError]:
+    """The error of a ``clip.checkpoint`` that is not a file (None when it is one, or none is given)."""
+    ckpt = node.get("checkpoint")
+    if ckpt and not Path(str(ckpt)).expanduser().is_file():
+        return ConfigError(
+            f"CLIP checkpoint not found: {ckpt} (fix: clip.checkpoint=/path/to/clip.ckpt from "
+            f"`zoo-train experiment=clip/shapes` or `make demo`, or clip.checkpoint=null "
+            f"clip.arch=ViT-B-32 clip.pretrained=openai)"
+        )
+    return None
+
+
 def build_clip(node: DictConfig):
     """(ClipScorer, id for cache keys) from the ``clip`` node; ConfigError naming the fix when it cannot."""
     from eval.features import file_digest
     from zoo.models.clip.scorer import ClipScorer
 
+    problem = clip_file_problem(node)
+    if problem is not None:
+        raise problem
     ckpt = node.get("checkpoint")
-    if ckpt and not Path(str(ckpt)).expanduser().is_file():
-        raise ConfigError(
-            f"CLIP checkpoint not found: {ckpt} (fix: clip.checkpoint=/path/to/clip.ckpt from "
-            f"`zoo-train experiment=clip/shapes` or `make demo`, or clip.checkpoint=null "
-            f"clip.arch=ViT-B-32 clip.pretrained=openai)"
-        )
     if ckpt:  # the loader and the digest get the expanded path too (a literal ~/ passed the check, then was not found)
         ckpt = str(Path(str(ckpt)).expanduser())
         node = (
@@ -145,13 +154,24 @@ def judge_path(node, resolution: int) -> Path:
     return Path(str(node["dir"])).expanduser() / f"shapes_judge_v{WORLD_VERSION}_{resolution}px_{steps}x{bs}{suffix}.pt"
 
 
+def check_judge(node) -> None:
+    """The judge's settings, refused before anything loads: judge.steps=0 was torch's "size must be >= 1" once the
+    generator's checkpoints had loaded, judge.batch_size=2.5 trained (and cached) a judge at 2."""
+    for key, default in (("steps", 400), ("batch_size", 128)):
+        check_count(node.get(key, default), f"judge.{key}", default)
+    width = node.get("width", 64)
+    if not is_whole(width, 8):
+        raise ConfigError(
+            f"judge.width must be a whole number >= 8 to read a scene, got {width} (fix: judge.width=64, the "
+            f"default, or 32)"
+        )
+
+
 def build_judge(node: DictConfig, resolution: int, progress: bool):
     from eval.judge import load_or_train_judge
 
-    steps, bs = int(node.get("steps", 400)), int(node.get("batch_size", 128))
-    width = int(node.get("width", 64))
-    if width < 8:
-        raise ConfigError(f"judge.width={width} is too small to read a scene (fix: judge.width=64, the default, or 32)")
+    check_judge(node)
+    steps, bs, width = int(node.get("steps", 400)), int(node.get("batch_size", 128)), int(node.get("width", 64))
     path = judge_path(node, resolution)
     if not path.is_file():
         log.info("training the shapes judge once (%d steps, width %d), cached at %s", steps, width, path)
@@ -166,6 +186,36 @@ def _requested_metrics(cfg) -> tuple[tuple[str, ...], bool]:
     if isinstance(m, str):
         m = [s.strip() for s in m.strip("[]").split(",") if s.strip()]
     return check_metrics(list(m)), False
+
+
+def _no_clip_error(cfg, wanted, auto: bool, err: Exception) -> Optional[ConfigError]:
+    """The error of a run that cannot go on without its CLIP (``err``: why there is none); None when the run skips
+    what needs one."""
+    if not auto and set(wanted) & set(CLIP_METRICS):
+        return ConfigError(f"metrics {sorted(set(wanted) & set(CLIP_METRICS))} need a CLIP: {err}")
+    blur_k = cfg.blur.get("candidates", 1)
+    if "blur" in (cfg.get("ablations") or []) and blur_k > 1:
+        return ConfigError(
+            f"blur.candidates={blur_k} reranks with CLIP, and there is none: {err} (fix: blur.candidates=1, or give a CLIP)"
+        )
+    return None
+
+
+def check_networks(cfg, wanted, auto: bool) -> None:
+    """What build_suite would refuse without loading anything, refused before the protocol loads and the generator's
+    checkpoints do: a misspelt metric, a missing CLIP or Inception file the run cannot skip, a bad judge setting.
+    They came after the generator had been built."""
+    from eval.features import resolve_weights
+
+    e = cfg.eval
+    if set(wanted) & set(INCEPTION_METRICS) and (not auto or e.get("inception_weights")):
+        resolve_weights(e.get("inception_weights"))  # MissingWeightsError naming the file and the option
+    problem = clip_file_problem(cfg.clip)
+    required = _no_clip_error(cfg, wanted, auto, problem) if problem is not None else None
+    if required is not None:
+        raise required from problem
+    if set(wanted) & set(JUDGE_METRICS):
+        check_judge(cfg.judge)
 
 
 def build_suite(
@@ -190,20 +240,14 @@ def build_suite(
             why = str(err).split(" Fix:")[0].strip()
             for m in INCEPTION_METRICS:
                 skipped[m] = f"{why} (fix: eval.inception_weights=/path/to/{INCEPTION_FILENAME})"
-    blur_k = int(cfg.blur.get("candidates", 1))
+    blur_k = int(cfg.blur.get("candidates", 1)) if "blur" in (cfg.get("ablations") or []) else 1
     if set(wanted) & set(CLIP_METRICS) or want_rerank or want_diversity or blur_k > 1:
         try:
             clip, clip_id = build_clip(cfg.clip)
         except (ConfigError, MissingWeightsError) as err:
-            if not auto and set(wanted) & set(CLIP_METRICS):
-                raise ConfigError(f"metrics {sorted(set(wanted) & set(CLIP_METRICS))} need a CLIP: {err}") from err
-            if blur_k > 1 and "blur" in (cfg.get("ablations") or []):
-                # here, before the judge trains (minutes) and anything is generated: this error came only when the
-                # blur ablation began, after both
-                raise ConfigError(
-                    f"blur.candidates={blur_k} reranks with CLIP, and there is none: {err} "
-                    f"(fix: blur.candidates=1, or give a CLIP)"
-                ) from err
+            required = _no_clip_error(cfg, wanted, auto, err)
+            if required is not None:
+                raise required from err
             for m in CLIP_METRICS:
                 skipped[m] = f"no CLIP: {err}"
             if want_rerank:
@@ -333,13 +377,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if "rerank" in ablations:
         check_candidates(cfg.rerank.candidates)
         check_blur_radius(cfg.rerank.get("blur_radius", 0) or 0)
+    check_networks(cfg, *_requested_metrics(cfg))
     from zoo.errors import check_device
 
     for section in ("eval", "clip", "generator"):  # before the protocol loads (30,000 COCO headers) or any model
         node = cfg.get(section)
         if node is not None and hasattr(node, "get"):
             check_device(node.get("device"), f"{section}.device")
-    seed = int(cfg.get("seed", 0))
+    seed = cfg.get("seed", 0)
+    if not is_whole(seed):  # int() took 1.5 for 1: the results said seed 1 of a run asked for at 1.5
+        raise ConfigError(f"seed must be a whole number, got {seed} (fix: seed=0)")
     torch.manual_seed(seed)  # anything random outside the generator's own seeding (e.g. a random-init test CLIP)
 
     protocol = build_protocol(cfg.protocol)

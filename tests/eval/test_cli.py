@@ -701,6 +701,38 @@ def test_a_bad_ablation_value_gives_one_message_from_zoo_eval_and_from_the_libra
     assert drawn == []  # refused before any image was drawn
 
 
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        (["metrics=[fd_clip,clip_scor]"], ConfigError, r"unknown metrics \['clip_scor'\]"),
+        (["judge.width=4"], ConfigError, r"judge.width must be a whole number >= 8.*fix: judge.width=64"),
+        (["judge.steps=0"], ConfigError, r"judge.steps must be .*fix: judge.steps=400"),  # was torch's "size must be"
+        (["judge.batch_size=2.5"], ConfigError, r"judge.batch_size must be .*fix: judge.batch_size=128"),  # ran at 2
+        (["metrics=[clip_score]", "clip.arch=null", "clip.checkpoint=/no/clip.ckpt"], ConfigError, r"need a CLIP"),
+        (["metrics=[fid]", "eval.inception_weights=/no/w.pth"], MissingWeightsError, r"/no/w.pth"),
+        (["seed=1.5"], ConfigError, r"seed must be a whole number, got 1.5 \(fix: seed=0\)"),  # ran at seed 1
+        (["ablations=[diversity]", "diversity.samples=2.5"], ConfigError, r"fix: diversity.samples=4"),  # ran at 2
+    ],
+)
+def test_settings_build_suite_refuses_fail_before_the_protocol_and_the_generator_load(
+    tmp_path, monkeypatch, bad, error, match
+):
+    """A misspelt metric, a bad judge setting, a missing CLIP or Inception file the run cannot skip were refused in
+    build_suite, after the protocol and the generator's checkpoints had loaded; a fractional seed or diversity.samples
+    ran as its integer part."""
+    import eval.cli
+    from eval.cli import evaluate
+
+    def too_late(*a, **k):
+        raise AssertionError("reached before the configuration error")
+
+    for name in ("build_protocol", "build_generator"):
+        monkeypatch.setattr(eval.cli, name, too_late)
+    cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", *bad])
+    with pytest.raises(error, match=match):
+        evaluate(cfg)
+
+
 def test_results_json_records_the_inception_weights_of_fid(tmp_path):
     """results.json named the CLIP and the judge but not the Inception weights behind FID / KID / IS: the leaderboard
     could not tell runs scored with different weights apart. Now the file's name and full sha256 (and in results.md's
