@@ -100,8 +100,8 @@ def check_suite_options(batch_size: int, is_splits: int, kid_subsets: int, kid_s
         ("kid_subsets", kid_subsets, 1, 100),
         ("kid_subset_size", kid_subset_size, 2, 1000),
     ):
-        if int(value) < low:
-            raise ConfigError(f"eval.{name} must be >= {low}, got {value} (fix: eval.{name}={default})")
+        if not is_whole(value, low):  # int() took 2.5 for 2
+            raise ConfigError(f"eval.{name} must be a whole number >= {low}, got {value} (fix: eval.{name}={default})")
 
 
 def _is_list(value) -> bool:

@@ -450,6 +450,9 @@ def test_bad_ablation_settings_are_config_errors(tmp_path, bad, key):
         "eval.kid_subset_size=1",
         "batch_size=0",
         "rerank.batch_size=0",
+        "eval.feature_batch_size=2.5",  # ran at 2
+        "eval.kid_subsets=2.5",
+        "batch_size=2.5",
     ],
 )
 def test_bad_metric_settings_fail_before_the_judge_trains_or_anything_is_generated(tmp_path, monkeypatch, bad):
@@ -466,7 +469,7 @@ def test_bad_metric_settings_fail_before_the_judge_trains_or_anything_is_generat
     monkeypatch.setattr(eval.cli, "generate_images", too_late)
     cfg = compose_eval_cfg(tmp_path, FAST + ["logger=none", "ablations=[blur,rerank]", bad])
     key = bad.split("=")[0]
-    with pytest.raises(ConfigError, match=key + r" must be (a whole number )?>= \d, got \d \(fix: " + key):
+    with pytest.raises(ConfigError, match=key + r" must be a whole number >= \d, got [\d.]+ \(fix: " + key):
         evaluate(cfg)
 
 
