@@ -307,14 +307,12 @@ def check_counts(cfg: Mapping[str, Any]) -> None:
     """The count options, checked before anything is loaded: ``n=-3`` scored no image and wrote a report of BLEU 0,
     ``batch_size=0`` was range()'s "arg 3 must not be zero" after the captioner had loaded, and ``n=2.5`` /
     ``batch_size=2.5`` ran with 2."""
-    from zoo.errors import ConfigError, is_whole
+    from zoo.errors import check_whole
 
-    for key, least, default in (("n", 1, "null (all)"), ("batch_size", 1, 256), ("samples", 1, 4), ("examples", 0, 8)):
-        value = cfg[key]
-        if (value is not None or key != "n") and not is_whole(value, least):
-            raise ConfigError(f"{key} must be a whole number >= {least}, got {value!r} (fix: {key}={default})")
-    if not is_whole(cfg["seed"]):
-        raise ConfigError(f"seed must be a whole number, got {cfg['seed']!r} (fix: seed=0)")
+    check_whole("n", cfg["n"], 1, "null (all)", none_ok=True)
+    for key, least, default in (("batch_size", 1, 256), ("samples", 1, 4), ("examples", 0, 8)):
+        check_whole(key, cfg[key], least, default)
+    check_whole("seed", cfg["seed"], fix=0)
 
 
 def load_split(ckpt_config: Mapping[str, Any], split: str, n: int, where: str):

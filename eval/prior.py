@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.config import report_user_errors
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError, check_whole, is_whole
 from zoo.nn.sampling import check_sampling
 
 log = logging.getLogger("zoo.eval.prior")
@@ -263,14 +263,21 @@ def check_counts(cfg: DictConfig, sweep) -> None:
     """batch_size, the DDIM steps (and each sweep.diffusion_steps), ddpm_steps and n_candidates are positive: a 0 was
     a ValueError / IndexError traceback at the row that used it, a 0 in the sweep after every main row had sampled."""
     d = cfg.diffusion
-    counts = [("batch_size", cfg.batch_size), ("diffusion.steps", d.steps)]
-    counts += [("diffusion.ddpm_steps", d.get("ddpm_steps")), ("diffusion.n_candidates", d.get("n_candidates"))]
-    counts += [("sweep.diffusion_steps", s) for s in sweep.get("diffusion_steps") or []]
-    for key, v in counts:
-        if v is None or (key == "diffusion.ddpm_steps" and v == 0):  # null (and ddpm_steps 0): the default / skip
+    # n, seed and threads too: int() took seed=2.5 for 2 and threads=inf was an OverflowError
+    counts = [
+        ("batch_size", cfg.get("batch_size"), 128),
+        ("diffusion.steps", d.get("steps"), 64),
+        ("diffusion.ddpm_steps", d.get("ddpm_steps"), "1000, or null to skip the DDPM row"),
+        ("diffusion.n_candidates", d.get("n_candidates"), "null, the checkpoint's"),
+        ("n", cfg.get("n"), "null, all captions"),
+        ("threads", cfg.get("threads"), "null, torch's default"),
+    ]
+    counts += [("sweep.diffusion_steps", s, "[16,250]") for s in sweep.get("diffusion_steps") or []]
+    for key, v, fix in counts:
+        if key == "diffusion.ddpm_steps" and is_whole(v) and v == 0:  # 0, as null: no DDPM row
             continue
-        if not is_whole(v, 1):
-            raise ConfigError(f"{key}={v!r}: must be an integer >= 1")
+        check_whole(key, v, 1, fix, none_ok=key != "batch_size")
+    check_whole("seed", cfg.get("seed"), fix=0)
     a = cfg.get("ar") or {}  # the AR prior's token sampling: refused before any prior is loaded or sampled
     check_sampling(a.get("temperature", 1.0), a.get("top_k"), a.get("top_p"), "ar.")
 
@@ -298,6 +305,7 @@ def prior_report(cfg: DictConfig) -> dict[str, Any]:
     from zoo.precision import describe_cpu
 
     t_start = time.perf_counter()
+    check_counts(cfg, cfg.get("sweep") or {})  # before the features load: they were checked after it
     if not cfg.get("features"):
         raise ConfigError(
             "features=<zoo-embed file of held-out captions> is required (e.g. the val or test split: "
@@ -336,7 +344,6 @@ def prior_report(cfg: DictConfig) -> dict[str, Any]:
     # every prior loaded and checked against the features before any row samples: a missing ar_ckpt, or features
     # without the tokens the AR prior reads, was found only after the diffusion prior's DDIM and DDPM-1000 rows
     dcfg, acfg, sweep = cfg.diffusion, cfg.ar, cfg.get("sweep") or {}
-    check_counts(cfg, sweep)
     for key, ckpt in (
         ("diffusion_guidance", "diffusion_ckpt"),
         ("diffusion_steps", "diffusion_ckpt"),

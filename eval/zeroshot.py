@@ -253,7 +253,7 @@ def check_options(cfg: Mapping[str, Any]) -> list[str]:
     """The tasks of ``cfg`` as a list; a ConfigError naming the option and its fix for a value that would fail (or
     mislead) only after the scenes had been rendered and embedded."""
     from zoo.data.shapes import check_resolution
-    from zoo.errors import ConfigError, check_device, is_whole
+    from zoo.errors import ConfigError, check_device, check_whole
 
     tasks = [cfg["tasks"]] if isinstance(cfg["tasks"], str) else list(cfg["tasks"] or [])
     unknown = [t for t in tasks if t not in SHAPES_TASKS]
@@ -261,16 +261,14 @@ def check_options(cfg: Mapping[str, Any]) -> list[str]:
         raise ConfigError(f"tasks={unknown or '[]'}: choose from {list(SHAPES_TASKS)} (fix: e.g. tasks=[shape,colour])")
 
     def integer(key: str, low: int, why: str = "") -> None:
-        v = cfg[key]
-        if not is_whole(v, low):
-            raise ConfigError(f"{key}={v!r}: must be an integer >= {low}{why}")
+        check_whole(key, cfg[key], low, DEFAULTS[key], why=why)
 
     integer("n", 1)
     if cfg["n_train"] is not None and cfg["n_train"] != 0:
         # one training scene has no std to standardise by: the probe's logits were NaN and its "accuracy" the share
         # of class 0 among the test scenes; 0 epochs reported an untrained probe's accuracy
-        integer("n_train", 2, " (the probe standardises by the training scenes' std), or 0 for no probe")
-        integer("probe_epochs", 1, ", or n_train=0 for no probe")
+        integer("n_train", 2, "the probe standardises by the training scenes' std; n_train=0 for no probe")
+        integer("probe_epochs", 1, "n_train=0 for no probe")
     integer("seed", 0)
     integer("world_seed", 0)
     check_resolution(cfg["resolution"], "resolution")

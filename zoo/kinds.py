@@ -14,12 +14,11 @@ Plain Python: no torch (a ``torch.Tensor`` annotation is recognised by name), no
 from __future__ import annotations
 
 import collections.abc
-import math
 import types
 import typing
 from typing import Any, Callable, Literal, Optional, Union
 
-from zoo.errors import is_whole
+from zoo.errors import is_number, is_whole
 
 __all__ = ["Kind", "fits", "kind_of"]
 
@@ -27,11 +26,6 @@ Kind = tuple[Callable[[Any], bool], str]
 
 _SEQUENCES = (tuple, list, collections.abc.Sequence)
 _MAPPINGS = (dict, collections.abc.Mapping)
-
-
-def _is_number(v: Any) -> bool:
-    # an int is exact whatever its size (math.isfinite would overflow converting 10**400); a float must be finite
-    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and math.isfinite(v))
 
 
 def _is_list(v: Any) -> bool:
@@ -80,7 +74,7 @@ def kind_of(annotation: Any) -> Optional[Kind]:
     if annotation is float or (
         getattr(annotation, "__module__", "") == "torch" and getattr(annotation, "__name__", "") == "Tensor"
     ):
-        return _is_number, "a number"
+        return is_number, "a number"
     if annotation is str:
         return (lambda v: isinstance(v, str)), "a name"
     if annotation is type(None):

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.config import entry_point
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError, check_number, check_whole, is_whole
 
 log = logging.getLogger("zoo.train")
 
@@ -616,23 +616,16 @@ def check_trainer_counts(trainer_cfg: Any) -> None:
     epoch and none, all without a word."""
     problems = []
 
-    def whole(key: str, least: int, meaning: str, none_ok: bool = True) -> None:
-        value = trainer_cfg.get(key)
-        if (value is None and none_ok) or (key not in trainer_cfg and not none_ok) or is_whole(value, least):
-            return
-        problems.append(f"trainer.{key}={value!r} is not {meaning}")
+    def whole(key: str, least: int, fix: str, none_ok: bool = True) -> None:
+        if key in trainer_cfg or none_ok:  # max_steps: Lightning's default when left out, but not null
+            check_whole(f"trainer.{key}", trainer_cfg.get(key), least, fix, none_ok=none_ok, problems=problems)
 
-    whole("accumulate_grad_batches", 1, "a count of batches (fix: an integer >= 1; 1 steps the optimizer every batch)")
-    whole("max_steps", -1, "a step count (fix: an integer >= 1, or -1 for no step limit)", none_ok=False)
-    whole("max_epochs", -1, "an epoch count (fix: an integer >= 1, -1 for no epoch limit, or null)")
-    whole("log_every_n_steps", 0, "a count of steps (fix: an integer >= 1, 0 to log nothing during training)")
-    whole(
-        "check_val_every_n_epoch",
-        1,
-        "a count of epochs (fix: an integer >= 1, or null to validate every "
-        "trainer.val_check_interval steps across epochs)",
-    )
-    whole("num_sanity_val_steps", -1, "a count of batches (fix: an integer >= 0, or -1 for all of them)")
+    whole("accumulate_grad_batches", 1, "1 to step the optimizer every batch")
+    whole("max_steps", -1, "<steps>, or -1 for no step limit", none_ok=False)
+    whole("max_epochs", -1, "<epochs>, -1 for no epoch limit, or null")
+    whole("log_every_n_steps", 0, "<steps>, or 0 to log nothing during training")
+    whole("check_val_every_n_epoch", 1, "1, or null to validate every trainer.val_check_interval steps across epochs")
+    whole("num_sanity_val_steps", -1, "<batches>, or -1 for all of them")
     for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches"):
         value = trainer_cfg.get(key)
         if value is not None and not (is_whole(value, 0) or _fraction(value, 0.0)):
@@ -653,12 +646,11 @@ def check_trainer_counts(trainer_cfg: Any) -> None:
             f"trainer.val_check_interval={vci!r} is not an interval (fix: an integer >= 1 for every N training "
             f"batches, a fraction in (0, 1] of an epoch, 'DD:HH:MM:SS' of time, or null for once an epoch)"
         )
-    clip = trainer_cfg.get("gradient_clip_val")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip >= 0):
-        problems.append(
-            f"trainer.gradient_clip_val={clip!r} is not a clipping threshold (fix: a number > 0, or null / 0 to not "
-            f"clip)"
-        )
+    # inf clipped nothing, as null or 0 say: refused as for every other number option
+    fix = "<a threshold > 0>, or null / 0 to not clip"
+    check_number(
+        "trainer.gradient_clip_val", trainer_cfg.get("gradient_clip_val"), 0, fix=fix, none_ok=True, problems=problems
+    )
     algorithm = trainer_cfg.get("gradient_clip_algorithm")
     if algorithm is not None and str(algorithm).lower() not in ("norm", "value"):
         problems.append(f"trainer.gradient_clip_algorithm={algorithm!r} is not norm or value (fix: norm, or value)")
@@ -776,8 +768,7 @@ def check_run_options(cfg: DictConfig) -> None:
     float32_matmul_precision=hihg only a torch warning that the call "has no effect": the run went on at another
     precision than asked."""
     seed = cfg.get("seed")
-    if seed is not None and not is_whole(seed):
-        raise ConfigError(f"seed must be an integer, got {seed!r} (fix: seed=42)")
+    check_whole("seed", seed, fix=42, none_ok=True)
     check_compile(cfg)
     precision = cfg.get("float32_matmul_precision")
     if precision and precision not in MATMUL_PRECISIONS:

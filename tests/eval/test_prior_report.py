@@ -385,7 +385,7 @@ def test_a_sweep_without_its_prior_is_refused(files, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["batch_size=0"], "batch_size=0: must be an integer >= 1"),
+        (["batch_size=0"], "batch_size=0 must be a whole number >= 1"),
         (["diffusion.steps=0"], "diffusion.steps=0"),
         (["diffusion.n_candidates=0"], "diffusion.n_candidates=0"),
         (["sweep.diffusion_steps=[8,0]"], "sweep.diffusion_steps=0"),

@@ -133,10 +133,10 @@ def test_command_on_a_tiny_clip(dalle_helpers, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["n_train=1"], "n_train=1: must be an integer >= 2"),
-        (["probe_epochs=0"], "probe_epochs=0: must be an integer >= 1, or n_train=0"),
+        (["n_train=1"], "n_train=1 must be a whole number >= 2"),
+        (["probe_epochs=0"], "probe_epochs=0 must be a whole number >= 1: n_train=0 for no probe"),
         (["tasks=[shape,bogus]"], r"tasks=\['bogus'\]: choose from"),
-        (["n=0"], "n=0: must be an integer >= 1"),
+        (["n=0"], "n=0 must be a whole number >= 1"),
         (["resolution=20"], r"got resolution=20 \(fix: resolution=32,"),
     ],
 )

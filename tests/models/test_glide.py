@@ -355,7 +355,9 @@ def test_grid_captions_that_is_not_a_positive_count_is_refused_when_built(n, tra
     from zoo.models.unclip_decoder.lit import UnclipDecoderLit
 
     for lit in (GlideLit, UnclipDecoderLit):  # the decoder's constructor does not run GlideLit's: checked on its own
-        with pytest.raises(ConfigError, match=r"model.grid_captions must be a whole number >= 1.*~callbacks.sample"):
+        with pytest.raises(
+            ConfigError, match=r"model.grid_captions=\S+ must be a whole number >= 1.*~callbacks.sample"
+        ):
             lit(preset="tiny", grid_captions=n)
     assert "sample_grid" not in train_cfg("model=glide", "~callbacks.sample_grid").callbacks
 

@@ -131,7 +131,7 @@ def test_both_priors_paper_presets_read_the_paper_clips_caption_tokens():
         ("dalle", {"n_layers": 0}, r"model\.net\.n_layers must be at least 1"),  # trained a block-less model
         ("dalle", {"n_heads": 0}, r"model\.net\.n_heads must be at least 1"),  # trained without attention
         ("dalle", {"grid_h": 0}, r"model\.net\.grid_h must be at least 1"),  # ZeroDivisionError in the first step
-        ("dalle", {"dropout": 1.0}, r"model\.net\.dropout must be in \[0, 1\)"),
+        ("dalle", {"dropout": 1.0}, r"model\.net\.dropout=1\.0 must be a number in \[0, 1\)"),
         ("dalle", {"pattern": "rows"}, r"model\.net\.pattern='rows': unknown layer pattern"),  # a bare ValueError
         ("dalle", {"attn_impl": "sparse"}, r"model\.net\.attn_impl='sparse'; choose one of"),
         ("captioner", {"n_heads": 0}, r"model\.net\.n_heads must be at least 1"),
@@ -144,10 +144,10 @@ def test_both_priors_paper_presets_read_the_paper_clips_caption_tokens():
         ("diffusion_prior", {"text_len": 0}, r"model\.net\.text_len must be at least 1"),  # no caption read
         ("ar_prior", {"n_heads": 0}, r"model\.net\.n_heads must be at least 1"),
         ("ar_prior", {"n_buckets": 1}, r"model\.net\.n_buckets must be at least 2"),  # every embedding one code
-        ("ar_prior", {"dropout": 1.0}, r"model\.net\.dropout must be in \[0, 1\)"),
+        ("ar_prior", {"dropout": 1.0}, r"model\.net\.dropout=1\.0 must be a number in \[0, 1\)"),
         ("glide", {"width": 0}, r"model\.net\.width must be at least 1"),  # a bare ZeroDivisionError
         ("glide", {"text_len": 0}, r"model\.net\.text_len must be at least 1"),
-        ("unclip_decoder", {"dropout": 1.0}, r"model\.net\.dropout must be in \[0, 1\)"),
+        ("unclip_decoder", {"dropout": 1.0}, r"model\.net\.dropout=1\.0 must be a number in \[0, 1\)"),
         ("upsampler", {"width": 0}, r"model\.net\.width must be at least 1"),  # a 3-parameter U-Net trained
         ("noised_clip", {"channel_mult": [1, 0]}, r"model\.net\.channel_mult=\[1, 0\] needs at least one level"),
         ("vqgan", {"n_embed": 1}, r"model\.net\.n_embed must be at least 2"),  # trained a one-code tokenizer

@@ -23,7 +23,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError, check_number, check_whole
 
 
 class EMA(EMAWeightAveraging):
@@ -92,21 +92,14 @@ def _check_options(decay: Any, kwargs: dict[str, Any]) -> None:
     model at the end of fit, the validations, the checkpoints' state_dict); decay=1 kept the first update's weights
     (the model after update_starting_at_step steps) as the final model; update_every_n_steps=0 never averaged (the
     run trained without an EMA). Lightning itself refuses a decay outside [0, 1], with no option named."""
-    problems = []
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
-        problems.append(
-            f"callbacks.ema.decay={decay!r} is not an EMA decay (fix: callbacks.ema.decay=<a number in [0, 1)>, e.g. "
-            f"0.999; 1 would never move from the first update's weights)"
-        )
-    every = kwargs.get("update_every_n_steps", 1)
-    if not is_whole(every, 1):
-        problems.append(
-            f"callbacks.ema.update_every_n_steps={every!r} is not a step count (fix: an integer >= 1; 0 never "
-            f"averages: callbacks=default for no EMA)"
-        )
+    problems: list[str] = []
+    why = "1 would never move from the first update's weights"
+    check_number("callbacks.ema.decay", decay, 0, 1, high_open=True, fix=0.999, why=why, problems=problems)
+    why = "0 never averages: callbacks=default for no EMA"
+    check_whole(
+        "callbacks.ema.update_every_n_steps", kwargs.get("update_every_n_steps", 1), 1, why=why, problems=problems
+    )
     for key in ("update_starting_at_step", "update_starting_at_epoch"):
-        value = kwargs.get(key)
-        if value is not None and not is_whole(value, 0):
-            problems.append(f"callbacks.ema.{key}={value!r} is not a step / epoch (fix: an integer >= 0, or null)")
+        check_whole(f"callbacks.ema.{key}", kwargs.get(key), 0, "0, or null", none_ok=True, problems=problems)
     if problems:
         raise ConfigError("; ".join(problems))

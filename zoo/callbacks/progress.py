@@ -27,7 +27,7 @@ from typing import Any, Optional
 import lightning as L
 import torch
 
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import check_number, check_whole
 from zoo.progress import format_count, format_duration, format_rate, plural, stdout_is_tty
 
 log = logging.getLogger("zoo.progress")
@@ -44,19 +44,17 @@ def _metric_str(v: Any) -> str:
 
 class LogProgress(L.Callback):
     def __init__(self, every_n_steps: int = 50, every_seconds: Optional[float] = 30.0, force: bool = False):
-        if every_n_steps is not None and not is_whole(every_n_steps, 1):
-            raise ConfigError(
-                f"callbacks.log_progress.every_n_steps={every_n_steps!r} is not a step count (fix: "
-                f"callbacks.log_progress.every_n_steps=<an integer >= 1>, or null for time-based lines only)"
-            )
-        # not "<= 0": NaN passes that, and no time-based line was ever written
-        if every_seconds is not None and (
-            isinstance(every_seconds, bool) or not isinstance(every_seconds, (int, float)) or not every_seconds > 0
-        ):
-            raise ConfigError(
-                f"callbacks.log_progress.every_seconds={every_seconds!r} is not a duration (fix: "
-                f"callbacks.log_progress.every_seconds=<seconds > 0>, or null for step-based lines only)"
-            )
+        key = "callbacks.log_progress."
+        check_whole(key + "every_n_steps", every_n_steps, 1, "50, or null for time-based lines only", none_ok=True)
+        # NaN or inf seconds wrote no time-based line ever, as null does: null is the way to say so
+        check_number(
+            key + "every_seconds",
+            every_seconds,
+            0,
+            low_open=True,
+            fix="30, or null for step-based lines only",
+            none_ok=True,
+        )
         self.every_n_steps = int(every_n_steps) if every_n_steps else None
         self.every_seconds = float(every_seconds) if every_seconds is not None else None
         self.force = bool(force)

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import save_image
 
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import check_whole
 
 
 def _take(batch: Any, n: int) -> Any:
@@ -42,19 +42,16 @@ class SampleGridCallback(L.Callback):
     def __init__(
         self, dirpath: Optional[str] = None, n_samples: int = 16, every_n_epochs: int = 1, prefix: str = "samples"
     ):
-        if not is_whole(n_samples, 1):
-            # 0 failed on a ZeroDivisionError at the first validation, after the training steps before it
-            raise ConfigError(
-                f"callbacks.sample_grid.n_samples must be an integer >= 1, got {n_samples!r} "
-                f"(fix: callbacks.sample_grid.n_samples=16, or callbacks.sample_grid=null for no grids)"
-            )
-        if not is_whole(every_n_epochs, 1):
-            # 0 or a negative count was taken for 1 (a grid every epoch) without a word
-            raise ConfigError(
-                f"callbacks.sample_grid.every_n_epochs must be an integer >= 1, got {every_n_epochs!r} "
-                f"(fix: callbacks.sample_grid.every_n_epochs=1 for a grid after every validation, or "
-                f"callbacks.sample_grid=null for no grids)"
-            )
+        # n_samples=0 failed on a ZeroDivisionError at the first validation, after the training steps before it;
+        # every_n_epochs=0 or a negative count was taken for 1 (a grid every epoch) without a word
+        no_grids = "callbacks.sample_grid=null for no grids"
+        check_whole("callbacks.sample_grid.n_samples", n_samples, 1, f"16, or {no_grids}")
+        check_whole(
+            "callbacks.sample_grid.every_n_epochs",
+            every_n_epochs,
+            1,
+            f"1 for a grid after every validation, or {no_grids}",
+        )
         self.dirpath = dirpath
         self.n_samples = n_samples
         self.every_n_epochs = every_n_epochs

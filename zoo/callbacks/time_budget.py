@@ -39,7 +39,7 @@ from typing import Any, Optional, Sequence, Union
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError, check_number, check_whole, is_number, shown
 from zoo.progress import format_duration
 
 log = logging.getLogger("zoo.progress")
@@ -61,47 +61,36 @@ class TimeBudget(L.Callback):
         # Each value is checked here, with the option to set: a NaN budget planned nothing and never stopped, a
         # reserve of 1 or more planned no step (min_steps only), a hard_stop below 1 cut the run before its schedule
         # ended, a negative min_steps allowed a plan of no steps
-        problems = []
-        if not _number(minutes) or not 0.0 < minutes < math.inf:
-            problems.append(
-                f"callbacks.time_budget.minutes={minutes!r} is not a budget (fix: callbacks.time_budget.minutes=<minutes > 0>)"
-            )
-        for key, value, least, meaning in (
-            ("calibrate_steps", calibrate_steps, 1, "an integer >= 1"),
-            ("warmup_steps", warmup_steps, 0, "an integer >= 0"),
-            ("min_steps", min_steps, 0, "an integer >= 0 (0: no lower bound)"),
+        problems: list[str] = []
+        key = "callbacks.time_budget."
+        check_number(key + "minutes", minutes, 0, low_open=True, fix=30, problems=problems)
+        for name, value, least, why in (
+            ("calibrate_steps", calibrate_steps, 1, ""),
+            ("warmup_steps", warmup_steps, 0, ""),
+            ("min_steps", min_steps, 0, "0: no lower bound"),
         ):
-            if not is_whole(value, least):
-                problems.append(
-                    f"callbacks.time_budget.{key}={value!r} is not a step count (fix: callbacks.time_budget.{key}=<{meaning}>)"
-                )
-        if not _number(reserve) or not 0.0 <= reserve < 1.0:
-            problems.append(
-                f"callbacks.time_budget.reserve={reserve!r} is not a share of the budget (fix: callbacks.time_budget.reserve=<a fraction "
-                f"in [0, 1)>, 0.06 by default)"
-            )
-        if not _number(hard_stop) or not 1.0 <= hard_stop < math.inf:
-            problems.append(
-                f"callbacks.time_budget.hard_stop={hard_stop!r} is not a multiple of the budget >= 1 (fix: callbacks.time_budget.hard_stop="
-                f"<a number >= 1>, 1.25 by default: training stops at hard_stop x the budget as a last resort)"
-            )
-        if not _number(tail_fraction) or not 0.0 < tail_fraction < 1.0:
-            problems.append(
-                f"callbacks.time_budget.tail_fraction={tail_fraction!r} is not a fraction (fix: callbacks.time_budget.tail_fraction=<a "
-                f"number in (0, 1)>)"
-            )
+            check_whole(key + name, value, least, why=why, problems=problems)
+        why = "the share of the budget kept for the final validation and checkpoint"
+        check_number(
+            key + "reserve", reserve, 0, 1, high_open=True, fix="0.06, the default", why=why, problems=problems
+        )
+        why = "training stops at hard_stop x the budget as a last resort"
+        check_number(key + "hard_stop", hard_stop, 1, fix="1.25, the default", why=why, problems=problems)
+        check_number(
+            key + "tail_fraction", tail_fraction, 0, 1, low_open=True, high_open=True, fix=0.1, problems=problems
+        )
         if recheck_fraction is None:
             fractions: list[Any] = []
-        elif _number(recheck_fraction):
+        elif is_number(recheck_fraction):
             fractions = [recheck_fraction]
         elif isinstance(recheck_fraction, Sequence) and not isinstance(recheck_fraction, str):  # from the config
             fractions = list(recheck_fraction)
         else:
             fractions = [recheck_fraction]
-        if any(not _number(f) or not 0.0 < f < 1.0 for f in fractions):
+        if any(not is_number(f, 0, 1, low_open=True, high_open=True) for f in fractions):
             problems.append(
-                f"callbacks.time_budget.recheck_fraction={recheck_fraction!r} is not fractions of the budget (fix: "
-                f"callbacks.time_budget.recheck_fraction=<numbers in (0, 1)>, e.g. [0.4,0.7], or null for no re-measure)"
+                f"{key}recheck_fraction={shown(recheck_fraction)} must be numbers in (0, 1): fractions of the budget "
+                f"(fix: {key}recheck_fraction=[0.4,0.7], or null for no re-measure)"
             )
         if problems:
             raise ConfigError("; ".join(problems))
@@ -306,11 +295,6 @@ class TimeBudget(L.Callback):
         self.planned_steps = state_dict.get("planned_steps")
         self.sec_per_step = state_dict.get("sec_per_step")
         self._used_before = float(state_dict.get("used_s") or 0.0)
-
-
-def _number(value: Any) -> bool:
-    """A real number (not a bool, not a string, not NaN): what Hydra hands over as written may be any of them."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def _batches_for(trainer: L.Trainer, steps: int) -> int:

@@ -18,7 +18,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, TypeVar
 
-from zoo.errors import ConfigError, raise_all
+from zoo.errors import ConfigError, check_number, raise_all
 from zoo.kinds import kind_of
 
 C = TypeVar("C")
@@ -101,9 +101,9 @@ def check_unet_sizes(cfg: Any, what: str) -> None:
 
 def check_dropout(cfg: Any) -> None:
     """``cfg.dropout`` in [0, 1): torch refuses a probability outside [0, 1] only once the network is built, without
-    naming the option, and takes 1.0, which zeroes every activation it is applied to."""
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ConfigError(f"model.net.dropout must be in [0, 1), got {cfg.dropout} (fix: model.net.dropout=0.0)")
+    naming the option, and takes 1.0, which zeroes every activation it is applied to (a string "0.1" was a
+    TypeError of the comparison)."""
+    check_number("model.net.dropout", cfg.dropout, 0, 1, high_open=True, fix=0.0)
 
 
 def example_text(value: Any) -> str:

@@ -47,7 +47,10 @@ from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.process import check_snr_gamma as process_check_snr_gamma
 from zoo.diffusion.samplers import check_sampling_knobs, ddim_sample, ddpm_sample, in_row_slices
 from zoo.diffusion.schedules import get_schedule
-from zoo.errors import ConfigError, is_whole
+
+# check_rate / check_switch live in zoo.errors (the priors use them too); imported here also for the decoders that
+# import them from this module
+from zoo.errors import ConfigError, check_rate, check_switch, check_whole
 from zoo.models.base import TextTokenizerLit, check_text_tokenizer, resolve_preset, text_tokenizer_sizes, unmet_sizes
 from zoo.models.glide.model import GLIDE_PRESETS, Glide, GlideConfig
 from zoo.nn.guidance import guide_learned_variance
@@ -146,33 +149,11 @@ def sampling_in_eval_mode(method):
     return wrapper
 
 
-def check_rate(key: str, value: Any, fix: str) -> float:
-    """A training dropout probability ``key`` in [0, 1) (the diffusion models' and priors' ``text_dropout`` and the
-    like): a number, not Hydra's string "0.2" (a TypeError from the comparison) nor a bool (false passed as a rate
-    of 0). 1 is refused: nothing conditional would be trained."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ConfigError(
-            f"{key} is the probability of a training example being dropped, a number in [0, 1), got {value!r} "
-            f"(fix: {key}={fix})"
-        )
-    return float(value)
-
-
-def check_switch(key: str, value: Any) -> bool:
-    """A true / false option: Hydra hands over a word as a string (model.inpaint=no), which bool() read as true."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false, got {value!r} (fix: {key}=false)")
-    return value
-
-
 def check_grid_captions(grid_captions: Any) -> None:
     """``model.grid_captions`` (GLIDE and the unCLIP decoder): 0 failed after the first training epoch (sample_grid's
     reshape of no images), -1 drew len - 1 grid rows."""
-    if not is_whole(grid_captions, 1):
-        raise ConfigError(
-            f"model.grid_captions must be a whole number >= 1 (val captions in each sample grid), got "
-            f"{grid_captions!r} (fix: model.grid_captions=8; no sample grids at all: ~callbacks.sample_grid)"
-        )
+    why = "val captions in each sample grid"
+    check_whole("model.grid_captions", grid_captions, 1, "8; no sample grids at all: ~callbacks.sample_grid", why=why)
 
 
 class GlideLit(TextTokenizerLit):

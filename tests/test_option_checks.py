@@ -1,0 +1,177 @@
+"""One rule and one wording for the number options: every converted option gets the same bad values through the
+function or constructor that checks it, and each must be a ConfigError "<option>=<value> must be ... (fix:
+<option>=...)". Before zoo.errors.check_whole / check_number, the copies disagreed: inf passed as a progress interval
+and as a gradient clip, Hydra's string "0.1" was a TypeError for model.net.dropout, eval.prior took seed=2.5 for 2, and
+the same mistake was worded "is not a step count", "must be an integer" or "must be a whole number" by option."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+from omegaconf import OmegaConf
+
+from zoo.errors import ConfigError, check_number, check_whole, shown
+
+INF, NAN = math.inf, math.nan
+NOT_WHOLE = [2.5, 2.0, True, "3", INF, NAN]  # 2.0 too: zoo.kinds refuses it for an int field, so do the counts
+
+
+def counts(least=None):
+    """The values no count >= ``least`` may take."""
+    return NOT_WHOLE + ([least - 1] if least is not None else [])
+
+
+def numbers(low, high=None, low_open=False, high_open=False):
+    """The values no number in the range may take: the kinds, and each end just outside."""
+    bad = [True, "0.5", INF, -INF, NAN, low if low_open else low - 1]
+    return bad + ([high if high_open else high + 1] if high is not None else [])
+
+
+def _callbacks():
+    from zoo.callbacks.ema import EMA
+    from zoo.callbacks.progress import LogProgress
+    from zoo.callbacks.sample_grid import SampleGridCallback
+    from zoo.callbacks.time_budget import TimeBudget
+
+    cb = "callbacks."
+    return [
+        (cb + "sample_grid.n_samples", lambda v: SampleGridCallback(n_samples=v), counts(1)),
+        (cb + "sample_grid.every_n_epochs", lambda v: SampleGridCallback(every_n_epochs=v), counts(1)),
+        (cb + "log_progress.every_n_steps", lambda v: LogProgress(every_n_steps=v), counts(1)),
+        (cb + "log_progress.every_seconds", lambda v: LogProgress(every_seconds=v), numbers(0, low_open=True)),
+        (cb + "time_budget.minutes", lambda v: TimeBudget(minutes=v), numbers(0, low_open=True)),
+        (cb + "time_budget.calibrate_steps", lambda v: TimeBudget(1, calibrate_steps=v), counts(1)),
+        (cb + "time_budget.warmup_steps", lambda v: TimeBudget(1, warmup_steps=v), counts(0)),
+        (cb + "time_budget.min_steps", lambda v: TimeBudget(1, min_steps=v), counts(0)),
+        (cb + "time_budget.reserve", lambda v: TimeBudget(1, reserve=v), numbers(0, 1, high_open=True)),
+        (cb + "time_budget.hard_stop", lambda v: TimeBudget(1, hard_stop=v), numbers(1)),
+        (cb + "time_budget.tail_fraction", lambda v: TimeBudget(1, tail_fraction=v), numbers(0, 1, True, True)),
+        (cb + "ema.decay", lambda v: EMA(decay=v), numbers(0, 1, high_open=True)),
+        (cb + "ema.update_every_n_steps", lambda v: EMA(update_every_n_steps=v), counts(1)),
+        (cb + "ema.update_starting_at_step", lambda v: EMA(update_starting_at_step=v), counts(0)),
+    ]
+
+
+def _train():
+    from zoo.train import check_run_options, check_trainer_counts
+
+    def trainer(key):
+        return lambda v: check_trainer_counts({key: v})
+
+    return [
+        ("trainer.accumulate_grad_batches", trainer("accumulate_grad_batches"), counts(1)),
+        ("trainer.max_steps", trainer("max_steps"), counts(-1)),
+        ("trainer.max_epochs", trainer("max_epochs"), counts(-1)),
+        ("trainer.log_every_n_steps", trainer("log_every_n_steps"), counts(0)),
+        ("trainer.check_val_every_n_epoch", trainer("check_val_every_n_epoch"), counts(1)),
+        ("trainer.num_sanity_val_steps", trainer("num_sanity_val_steps"), counts(-1)),
+        ("trainer.gradient_clip_val", trainer("gradient_clip_val"), numbers(0)),
+        ("seed", lambda v: check_run_options(OmegaConf.create({"seed": v})), counts()),
+    ]
+
+
+def _models():
+    from zoo.models.glide.lit import check_grid_captions, check_rate  # the old import path still works
+    from zoo.models.presets import check_dropout
+
+    return [
+        ("model.grid_captions", check_grid_captions, counts(1)),
+        ("model.text_dropout", lambda v: check_rate("model.text_dropout", v, "0.2"), numbers(0, 1, high_open=True)),
+        ("model.net.dropout", lambda v: check_dropout(SimpleNamespace(dropout=v)), numbers(0, 1, high_open=True)),
+    ]
+
+
+def _eval(tmp_path):
+    import eval.zeroshot as Z
+    from eval.captions import evaluate
+    from eval.prior import prior_report
+
+    def captions(key):
+        missing = {"ckpt": str(tmp_path / "missing.ckpt"), "features": str(tmp_path / "missing.pt")}
+        return lambda v: evaluate({**missing, key: v})
+
+    def prior(*keys):
+        def run(v):
+            cfg = OmegaConf.load("conf/eval/prior.yaml")
+            cfg.features, cfg.out = str(tmp_path / "missing.pt"), str(tmp_path / "out")
+            OmegaConf.update(cfg, ".".join(keys), v)
+            prior_report(cfg)
+
+        return run
+
+    def zeroshot(key):
+        return lambda v: Z.check_options({**Z.DEFAULTS, key: v})
+
+    return [
+        ("n", captions("n"), counts(1)),
+        ("batch_size", captions("batch_size"), counts(1)),
+        ("samples", captions("samples"), counts(1)),
+        ("examples", captions("examples"), counts(0)),
+        ("seed", captions("seed"), counts()),
+        ("batch_size", prior("batch_size"), counts(1)),
+        ("seed", prior("seed"), counts()),
+        ("n", prior("n"), counts(1)),
+        ("threads", prior("threads"), counts(1)),
+        ("diffusion.steps", prior("diffusion", "steps"), counts(1)),
+        ("diffusion.n_candidates", prior("diffusion", "n_candidates"), counts(1)),
+        ("n", zeroshot("n"), counts(1)),
+        ("n_train", zeroshot("n_train"), counts(2)[:-1]),  # 1 is refused too, 0 means no probe
+        ("probe_epochs", zeroshot("probe_epochs"), counts(1)),
+        ("seed", zeroshot("seed"), counts(0)),
+        ("world_seed", zeroshot("world_seed"), counts(0)),
+    ]
+
+
+@pytest.mark.parametrize(
+    "table",
+    [lambda _: _callbacks(), lambda _: _train(), lambda _: _models(), _eval],
+    ids=["callbacks", "train", "models", "eval"],
+)
+def test_every_option_refuses_the_same_bad_values_in_the_same_words(tmp_path, table):
+    """Each option, each bad value: a ConfigError that names the option with the value as typed and the fix."""
+    wrong = []
+    for option, call, bad in table(tmp_path):
+        for value in bad:
+            try:
+                call(value)
+            except ConfigError as e:
+                said = str(e)
+                if f"{option}={shown(value)} must be " not in said or f"(fix: {option}=" not in said:
+                    wrong.append(f"{option}={shown(value)}: worded {said!r}")
+            except Exception as e:  # noqa: BLE001 - any other error is what the table is here to catch
+                wrong.append(f"{option}={shown(value)}: {type(e).__name__}: {e}")
+            else:
+                wrong.append(f"{option}={shown(value)}: taken")
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize(
+    "check, value",
+    [
+        (lambda v: check_whole("k", v, 1), 1),
+        (lambda v: check_whole("k", v, 0, most=3), 3),
+        (lambda v: check_whole("k", v), -7),
+        (lambda v: check_whole("k", v, 1, none_ok=True), None),
+        (lambda v: check_number("k", v, 0, 1, high_open=True, fix=0.5), 0.0),
+        (lambda v: check_number("k", v, 0, low_open=True, fix=1), 10**400),  # an int of any size, no overflow
+        (lambda v: check_number("k", v, fix=1, none_ok=True), None),
+    ],
+)
+def test_good_values_pass_unchanged(check, value):
+    assert check(value) == value
+
+
+def test_the_wording_names_bounds_null_and_the_fix():
+    with pytest.raises(ConfigError, match=r"^k=2\.5 must be a whole number >= 1 or null: rows \(fix: k=null\)$"):
+        check_whole("k", 2.5, 1, "null", none_ok=True, why="rows")
+    with pytest.raises(ConfigError, match=r"^k='3' must be a whole number from 1 to 9 \(fix: k=1\)$"):
+        check_whole("k", "3", 1, most=9)
+    with pytest.raises(ConfigError, match=r"^k=true must be a number in \[0, 1\) \(fix: k=0\.1\)$"):
+        check_number("k", True, 0, 1, high_open=True, fix=0.1)
+    with pytest.raises(ConfigError, match=r"^k=inf must be a number > 0 \(fix: k=30\)$"):
+        check_number("k", INF, 0, low_open=True, fix=30)
+    problems: list[str] = []
+    assert (
+        check_whole("a", -1, 0, problems=problems) is None and check_number("b", NAN, fix=0, problems=problems) is None
+    )
+    assert problems == ["a=-1 must be a whole number >= 0 (fix: a=0)", "b=nan must be a finite number (fix: b=0)"]
