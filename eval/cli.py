@@ -218,6 +218,16 @@ def check_networks(cfg, wanted, auto: bool) -> None:
         check_judge(cfg.judge)
 
 
+def check_judge_protocol(wanted, auto: bool, eval_set: EvalSet) -> None:
+    """Judge metrics asked for by name on a protocol without ground-truth scene attributes: a ConfigError naming the
+    fix (zoo-eval checks it once the protocol has loaded, before the generator does)."""
+    if not auto and set(wanted) & set(JUDGE_METRICS) and eval_set.attributes is None:
+        raise ConfigError(
+            f"metrics {sorted(set(wanted) & set(JUDGE_METRICS))} need ground-truth scene attributes, which only "
+            f"protocol=shapes has (fix: drop them from metrics=)"
+        )
+
+
 def build_suite(
     cfg: DictConfig, eval_set: EvalSet, want_rerank: bool, want_diversity: bool = False
 ) -> tuple[MetricSuite, Any, dict[str, str]]:
@@ -256,11 +266,7 @@ def build_suite(
                 skipped["diversity"] = f"no CLIP: {err}"
     if set(wanted) & set(JUDGE_METRICS):
         if eval_set.attributes is None:
-            if not auto:
-                raise ConfigError(
-                    f"metrics {sorted(set(wanted) & set(JUDGE_METRICS))} need ground-truth scene "
-                    f"attributes, which only protocol=shapes has (fix: drop them from metrics=)"
-                )
+            check_judge_protocol(wanted, auto, eval_set)
             for m in JUDGE_METRICS:
                 skipped[m] = f"the shapes judge needs ground-truth attributes; protocol {eval_set.name} has none"
         else:
@@ -396,6 +402,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     rerank_radius = (
         check_blur_radius(cfg.rerank.get("blur_radius", 0) or 0, eval_set.resolution) if "rerank" in ablations else 0.0
     )
+    check_judge_protocol(*_requested_metrics(cfg), eval_set)  # not after the generator's checkpoints have loaded
     generator = build_generator(cfg.generator, eval_set)
     suite, clip, skipped = build_suite(
         cfg, eval_set, want_rerank="rerank" in ablations, want_diversity="diversity" in ablations

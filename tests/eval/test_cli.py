@@ -268,6 +268,29 @@ def test_coco_protocol_through_the_cli(tmp_path):
     assert res["blur"][1]["fd_clip"] < res["blur"][0]["fd_clip"]  # sigma-1 fakes: blurring both sides closes the gap
 
 
+def test_judge_metrics_on_coco_fail_before_the_generator_loads(tmp_path, monkeypatch):
+    """metrics=[prompt_fidelity] on a protocol without scene attributes was refused in build_suite, after the
+    generator's checkpoints had loaded; now once the protocol has loaded, before the generator."""
+    import importlib.util
+
+    import eval.cli
+    from eval.cli import evaluate
+
+    spec = importlib.util.spec_from_file_location("tp", Path(__file__).with_name("test_protocols.py"))
+    tp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tp)
+    tp._fake_coco(tmp_path / "coco")
+
+    def too_late(*a, **k):
+        raise AssertionError("reached before the configuration error")
+
+    monkeypatch.setattr(eval.cli, "build_generator", too_late)
+    coco = ["logger=none", "protocol=coco", f"protocol.root={tmp_path}/coco", "protocol.n=4", "ablations=[blur]"]
+    cfg = compose_eval_cfg(tmp_path, FAST + coco + ["metrics=[prompt_fidelity,fd_clip]"])
+    with pytest.raises(ConfigError, match=r"\['prompt_fidelity'\] need ground-truth scene attributes.*fix: drop"):
+        evaluate(cfg)
+
+
 def test_unknown_generator_lists_the_options(tmp_path):
     with pytest.raises(Exception) as e:
         compose_eval_cfg(tmp_path, ["generator=nonexistent"])
