@@ -50,7 +50,7 @@ from eval.metrics import (
     pairwise_cosine_distance,
 )
 from zoo.data.degradations import blur_kernel_size, gaussian_blur
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError, check_whole, is_whole, shown
 from zoo.models.clip.scorer import clip_score_from_cos
 from zoo.pipelines.base import as_candidate_generator, seeded_chunk
 from zoo.progress import track
@@ -100,20 +100,11 @@ def check_suite_options(batch_size: int, is_splits: int, kid_subsets: int, kid_s
         ("kid_subsets", kid_subsets, 1, 100),
         ("kid_subset_size", kid_subset_size, 2, 1000),
     ):
-        if not is_whole(value, low):  # int() took 2.5 for 2
-            raise ConfigError(f"eval.{name} must be a whole number >= {low}, got {value} (fix: eval.{name}={default})")
+        check_whole(f"eval.{name}", value, low, default)  # int() took 2.5 for 2
 
 
 def _is_list(value) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, (str, bytes))  # a ListConfig is a Sequence
-
-
-def check_count(value, option: str, default: int) -> int:
-    """``value`` if it is a whole number >= 1, else a ConfigError naming ``option`` and ``default`` as the fix (int()
-    took 2.5 for 2 and a range() step of 0 failed as "arg 3 must not be zero" once generation began)."""
-    if not is_whole(value, 1):
-        raise ConfigError(f"{option} must be a whole number >= 1, got {value} (fix: {option}={default})")
-    return value
 
 
 def check_candidates(candidates, option: str = "rerank.candidates") -> list[int]:
@@ -122,7 +113,7 @@ def check_candidates(candidates, option: str = "rerank.candidates") -> list[int]
     TypeError). zoo-eval calls it before anything loads, ``rerank_select`` again for library callers."""
     ns = list(candidates) if _is_list(candidates) else candidates
     if not (isinstance(ns, list) and ns and all(is_whole(n, 1) for n in ns)):
-        raise ConfigError(f"{option} must be a list of whole numbers >= 1, got {ns} (fix: {option}=[1,2,4,8,16,32])")
+        raise ConfigError(f"{option}={shown(ns)} must be a list of whole numbers >= 1 (fix: {option}=[1,2,4,8,16,32])")
     return sorted(set(ns))
 
 
@@ -150,7 +141,7 @@ def check_radii(radii: Sequence[float], resolution: Optional[int] = None, option
     drew every image and scored none)."""
     if not _is_list(radii):
         raise ConfigError(
-            f"{option} must be a list of radii, got {radii} (fix: {option}=[{radii}] for one radius, or "
+            f"{option}={shown(radii)} must be a list of radii (fix: {option}=[{radii}] for one radius, or "
             f"{option}=[0,1,2,4,8])"
         )
     if not len(radii):
@@ -429,7 +420,7 @@ def rerank_select(
     ``timing``: a dict that receives ``seconds`` (inside the generator) and ``images`` (drawn).
     """
     ns = check_candidates(candidates)
-    batch_size = check_count(batch_size, "rerank.batch_size", 8)
+    batch_size = check_whole("rerank.batch_size", batch_size, 1, 8)
     cand = as_candidate_generator(generator, seed)
     n_max, res = ns[-1], eval_set.resolution
     banks = {n: ImageBank() for n in ns}
@@ -493,12 +484,9 @@ def scene_key(scene: dict[str, Any]) -> tuple:
 def check_diversity(captions: int, samples: int, batch_size: int) -> None:
     """A ConfigError naming the fix for settings the diversity ablation cannot run (zoo-eval checks them before it
     generates anything)."""
-    if not is_whole(samples, 2):  # int() took 2.5 for 2
-        raise ConfigError(
-            f"diversity needs a whole number of at least 2 samples per caption, got {samples} (fix: diversity.samples=4)"
-        )
-    check_count(captions, "diversity.captions", 32)
-    check_count(batch_size, "diversity.batch_size", 8)
+    check_whole("diversity.samples", samples, 2, 4, why="pairs of samples of one caption are compared")
+    check_whole("diversity.captions", captions, 1, 32)
+    check_whole("diversity.batch_size", batch_size, 1, 8)
 
 
 @torch.no_grad()
@@ -558,7 +546,6 @@ __all__ = [
     "blur_ablation",
     "check_blur_radius",
     "check_candidates",
-    "check_count",
     "check_metrics",
     "check_diversity",
     "check_radii",

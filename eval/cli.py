@@ -41,7 +41,6 @@ from eval.ablations import (
     blur_ablation,
     check_blur_radius,
     check_candidates,
-    check_count,
     check_diversity,
     check_metrics,
     check_radii,
@@ -53,7 +52,7 @@ from eval.ablations import (
 from eval.eval_set import EvalSet
 from eval.generators import generate_images
 from zoo.config import entry_point, instantiate
-from zoo.errors import ConfigError, MissingWeightsError, is_whole
+from zoo.errors import ConfigError, MissingWeightsError, check_switch, check_whole
 
 log = logging.getLogger("zoo.eval")
 ABLATIONS = ("blur", "rerank", "diversity")
@@ -158,13 +157,10 @@ def check_judge(node) -> None:
     """The judge's settings, refused before anything loads: judge.steps=0 was torch's "size must be >= 1" once the
     generator's checkpoints had loaded, judge.batch_size=2.5 trained (and cached) a judge at 2."""
     for key, default in (("steps", 400), ("batch_size", 128)):
-        check_count(node.get(key, default), f"judge.{key}", default)
-    width = node.get("width", 64)
-    if not is_whole(width, 8):
-        raise ConfigError(
-            f"judge.width must be a whole number >= 8 to read a scene, got {width} (fix: judge.width=64, the "
-            f"default, or 32)"
-        )
+        check_whole(f"judge.{key}", node.get(key, default), 1, default)
+    check_whole(
+        "judge.width", node.get("width", 64), 8, "64 (the default) or 32", why="the CNN's width, to read a scene"
+    )
 
 
 def build_judge(node: DictConfig, resolution: int, progress: bool):
@@ -361,7 +357,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     out_dir = Path(str(cfg.paths.output_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
-    progress = bool(cfg.get("progress", True))
+    # a word (progress=no, eval.cache_real_stats=off) reached bool() as a string, which read it as true
+    progress = check_switch("progress", cfg.get("progress", True))
+    check_switch("eval.cache_real_stats", cfg.eval.get("cache_real_stats", True))
     ablations = [str(a) for a in (cfg.get("ablations") or [])]
     unknown = [a for a in ablations if a not in ABLATIONS]
     if unknown or not ablations:
@@ -375,10 +373,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_suite_options(ev.feature_batch_size, ev.is_splits, ev.kid_subsets, ev.kid_subset_size)
     # The ablations' own checks (eval.ablations), named by zoo-eval's options, run here before the protocol loads,
     # the judge trains or anything is generated: they used to refuse a bad value only when the ablation ran.
-    check_count(cfg.batch_size, "batch_size", 32)
-    check_count(cfg.rerank.batch_size, "rerank.batch_size", 8)
+    check_whole("batch_size", cfg.batch_size, 1, 32)
+    check_whole("rerank.batch_size", cfg.rerank.batch_size, 1, 8)
     if "blur" in ablations:
-        check_count(cfg.blur.get("candidates", 1), "blur.candidates", 1)
+        check_whole("blur.candidates", cfg.blur.get("candidates", 1), 1, 1)
         check_radii(cfg.blur.radii)
     if "rerank" in ablations:
         check_candidates(cfg.rerank.candidates)
@@ -390,9 +388,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         node = cfg.get(section)
         if node is not None and hasattr(node, "get"):
             check_device(node.get("device"), f"{section}.device")
-    seed = cfg.get("seed", 0)
-    if not is_whole(seed):  # int() took 1.5 for 1: the results said seed 1 of a run asked for at 1.5
-        raise ConfigError(f"seed must be a whole number, got {seed} (fix: seed=0)")
+    seed = check_whole("seed", cfg.get("seed", 0), fix=0)  # int() took 1.5 for 1
     torch.manual_seed(seed)  # anything random outside the generator's own seeding (e.g. a random-init test CLIP)
 
     protocol = build_protocol(cfg.protocol)
