@@ -81,6 +81,24 @@ def _models():
     ]
 
 
+def _pipelines(tmp_path):
+    from zoo.pipelines.dalle import DallePipeline
+    from zoo.pipelines.unclip import check_options
+
+    def dalle(key):  # checked before the (missing) checkpoint is opened
+        return lambda v: DallePipeline.from_checkpoints(str(tmp_path / "missing.ckpt"), **{key: v})
+
+    def unclip(key):
+        return lambda v: check_options(0, {key: v})
+
+    return [
+        ("generator.n_candidates", dalle("n_candidates"), counts(1)),
+        ("generator.batch_size", dalle("batch_size"), counts(1)),
+        ("generator.n_keep", unclip("n_keep"), counts(1)),
+        ("generator.invert_refine", unclip("invert_refine"), counts(0)),
+    ]
+
+
 def _eval(tmp_path):
     import eval.zeroshot as Z
     from eval.captions import evaluate
@@ -124,8 +142,8 @@ def _eval(tmp_path):
 
 @pytest.mark.parametrize(
     "table",
-    [lambda _: _callbacks(), lambda _: _train(), lambda _: _models(), _eval],
-    ids=["callbacks", "train", "models", "eval"],
+    [lambda _: _callbacks(), lambda _: _train(), lambda _: _models(), _eval, _pipelines],
+    ids=["callbacks", "train", "models", "eval", "pipelines"],
 )
 def test_every_option_refuses_the_same_bad_values_in_the_same_words(tmp_path, table):
     """Each option, each bad value: a ConfigError that names the option with the value as typed and the fix."""

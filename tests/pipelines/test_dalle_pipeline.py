@@ -244,7 +244,7 @@ def test_a_bad_count_is_refused_before_the_checkpoint_loads(knob, tmp_path):
     from zoo.pipelines.dalle import DallePipeline
 
     key = next(iter(knob))
-    with pytest.raises(ConfigError, match=f"generator.{key} must be a whole number"):
+    with pytest.raises(ConfigError, match=rf"generator.{key}=\S+ must be a whole number"):
         DallePipeline.from_checkpoints(str(tmp_path / "missing.ckpt"), **knob)
 
 

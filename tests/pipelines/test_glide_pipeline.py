@@ -516,8 +516,8 @@ def test_inpaint_cli_with_a_sampler_that_cannot_reimpose_pixels_names_a_fix_it_h
         ({"sampler": "eular"}, "generator.sampler='eular' is not a sampler"),
         ({"eta": -1.0}, "generator.eta is a DDIM eta"),
         ({"guidance_scale": float("nan")}, "generator.guidance_scale is a guidance scale"),
-        ({"n_keep": 0}, "generator.n_keep must be"),
-        ({"batch_size": 1.5}, "generator.batch_size must be"),
+        ({"n_keep": 0}, "generator.n_keep=0 must be"),
+        ({"batch_size": 1.5}, "generator.batch_size=1.5 must be"),
         ({"clip_guidance_scale": 3.0}, "CLIP guidance needs both generator.noised_clip_ckpt"),
     ],
 )
@@ -542,14 +542,16 @@ def test_options_that_need_no_model_are_refused_before_any_checkpoint_loads(knob
 def test_a_count_that_is_not_a_whole_number_is_refused_when_the_pipeline_is_built(ckpts, key, value):
     """generator.n_candidates / n_keep / batch_size went through int(): 1.5 drew one candidate without a word, and a
     batch size of 0 or less failed mid-sampling (range()'s 'arg 3 must not be zero') or drew nothing. A ConfigError
-    naming the key when the pipeline is built (GLIDE, unCLIP and DALL·E share zoo.pipelines.base.whole_count); a
-    whole float from a YAML list (2.0) is that number."""
-    from zoo.errors import ConfigError
+    naming the key when the pipeline is built (GLIDE, unCLIP and DALL·E share zoo.pipelines.base.whole_count); 2.0
+    is refused as every count option (and zoo.kinds, for a checkpoint's int field) refuses it."""
+    from zoo.errors import ConfigError, shown
     from zoo.pipelines.base import whole_count
 
-    with pytest.raises(ConfigError, match=rf"generator\.{key} must be a whole number >= 1, got {value!r}"):
+    with pytest.raises(ConfigError, match=rf"generator\.{key}={shown(value)} must be a whole number >= 1 \(fix: "):
         _pipe(ckpts["plain"], **{key: value})
-    assert _pipe(ckpts["plain"], n_candidates=2.0, n_keep=2, batch_size=3).n_candidates == 2
+    assert _pipe(ckpts["plain"], n_candidates=2, n_keep=2, batch_size=3).n_candidates == 2
+    with pytest.raises(ConfigError, match=r"generator\.n_candidates=2\.0 must be a whole number"):
+        _pipe(ckpts["plain"], n_candidates=2.0, n_keep=2, batch_size=3)
     with pytest.raises(ConfigError):  # a bool is no count (int() took True for 1)
         whole_count(True, "n_keep", 1)
 

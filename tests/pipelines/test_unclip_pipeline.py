@@ -351,7 +351,7 @@ def test_a_bad_prior_n_candidates_is_refused_when_the_pipeline_is_built(ckpts, n
     (argmax of no candidates) or RuntimeError (negative repeats); 1.5 was silently truncated to one draw."""
     from zoo.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="generator.prior_n_candidates must be a whole number >= 1"):
+    with pytest.raises(ConfigError, match=r"generator.prior_n_candidates=\S+ must be a whole number >= 1"):
         _pipe(ckpts, ups=0, prior_n_candidates=n)
 
 
@@ -361,10 +361,12 @@ def test_a_bad_invert_refine_is_refused_when_the_pipeline_is_built(ckpts, n):
     refinement, the default) and whole numbers are kept."""
     from zoo.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"generator.invert_refine must be a whole number >= 0.*invert_refine=0"):
+    with pytest.raises(ConfigError, match=r"generator.invert_refine=\S+ must be a whole number >= 0.*invert_refine=0"):
         _pipe(ckpts, ups=0, prior="text_emb", stages=["decoder"], invert_refine=n)
     assert _pipe(ckpts, ups=0, prior="text_emb", stages=["decoder"], invert_refine=0).invert_refine == 0
-    assert _pipe(ckpts, ups=0, prior="text_emb", stages=["decoder"], invert_refine=2.0).invert_refine == 2
+    assert _pipe(ckpts, ups=0, prior="text_emb", stages=["decoder"], invert_refine=2).invert_refine == 2
+    with pytest.raises(ConfigError, match=r"generator.invert_refine=2\.0 must be"):  # as every count refuses 2.0
+        _pipe(ckpts, ups=0, prior="text_emb", stages=["decoder"], invert_refine=2.0)
 
 
 @pytest.mark.parametrize("prior,sampler", [("diffusion", "ddim"), ("diffusion", "ddpm"), ("ar", "ddim")])
@@ -793,8 +795,8 @@ def test_upsampler_steps_of_the_wrong_kind_are_a_config_error(steps):
         ({"stages": ["prior", "decoder", "upsampler2"]}, r"stages has \['upsampler2'\]"),
         ({"stages": "prior"}, "stages must include decoder"),
         ({"prior": "ar", "stages": ["decoder"]}, "stages lacks prior but prior=ar"),
-        ({"n_keep": 0}, "generator.n_keep must be"),
-        ({"batch_size": 2.5}, "generator.batch_size must be"),
+        ({"n_keep": 0}, "generator.n_keep=0 must be"),
+        ({"batch_size": 2.5}, "generator.batch_size=2.5 must be"),
         ({"decoder_guidance_scale": -1.0}, "generator.decoder_guidance_scale is a guidance scale"),
         ({"decoder_sampler": "eular"}, "generator.decoder_sampler='eular' is not a sampler"),
         ({"decoder_eta": float("nan")}, "generator.decoder_eta is a DDIM eta"),

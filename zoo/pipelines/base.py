@@ -72,16 +72,10 @@ def whole_count(value: Any, key: str, fix: int, minimum: int = 1) -> int:
     """A generator's count knob (``n_candidates``, ``n_keep``, ``batch_size``; ``invert_refine`` from 0) as an int, or
     a ``ConfigError`` naming ``generator.<key>`` and ``fix`` when it is not a whole number >= ``minimum``: ``int()``
     took 1.5 for 1 without a word, and a batch size of 0 or less failed mid-sampling as range()'s 'arg 3 must not be
-    zero' (or sampled nothing)."""
-    from zoo.errors import ConfigError, is_whole
+    zero' (or sampled nothing). 2.0 is refused as every count option refuses it (``zoo.errors.is_whole``)."""
+    from zoo.errors import check_whole
 
-    if isinstance(value, float) and value.is_integer():  # 2.0 from a YAML list is 2
-        value = int(value)
-    if not is_whole(value, minimum):
-        raise ConfigError(
-            f"generator.{key} must be a whole number >= {minimum}, got {value!r} (fix: generator.{key}={fix})"
-        )
-    return int(value)
+    return check_whole(f"generator.{key}", value, minimum, fix)
 
 
 def check_images(images, min_count: int = 1, what: str = "images") -> torch.Tensor:

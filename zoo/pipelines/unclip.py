@@ -70,7 +70,7 @@ import torch.nn.functional as F
 
 from zoo.diffusion.noise import candidates_per_batch, sampler_takes_row_generators, seeded_row_generators
 from zoo.diffusion.samplers import ddim_invert, ddim_sample
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError, check_whole
 from zoo.pipelines.base import whole_count
 
 log = logging.getLogger("zoo.pipelines.unclip")
@@ -287,12 +287,11 @@ class UnclipPipeline:
                 self.prior_model.process.num_timesteps,
                 {"generator.prior_steps": self.prior_steps, "generator.prior_eta": self.prior_eta},
             )
-            n = self.prior_n_candidates  # 0 / -1 used to fail mid-sampling (argmax of nothing, negative repeats)
-            if n is not None and not is_whole(n, 1):
-                raise ConfigError(
-                    f"generator.prior_n_candidates must be a whole number >= 1 (embeddings drawn per caption, the "
-                    f"one closest to the text kept), got {n!r} (fix: generator.prior_n_candidates=2, the paper's)"
-                )
+            # 0 / -1 used to fail mid-sampling (argmax of nothing, negative repeats)
+            why = "embeddings drawn per caption, the one closest to the text kept"
+            check_whole(
+                "generator.prior_n_candidates", self.prior_n_candidates, 1, "2, the paper's", none_ok=True, why=why
+            )
 
     def _check_upsampler_knobs(self) -> None:
         """``upsampler_steps`` / ``upsampler_eta`` / ``upsampler_tile`` against the upsamplers ``stages`` runs (after
