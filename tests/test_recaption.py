@@ -364,11 +364,12 @@ def test_features_of_another_split_are_refused(files, tmp_path):
         (["decoding=nucleus", "top_p=0"], r"top_p must be in \(0, 1\], got 0"),
         (["decoding=nucleus", "top_p=1.5"], r"top_p must be in \(0, 1\], got 1.5"),
         (["decoding=nucleus", "temperature=-1"], "temperature must be a finite number >= 0"),
-        (["chunk_size=0"], r"chunk_size must be a whole number >= 1, got 0 \(fix: chunk_size=1024\)"),
-        (["batch_size=0"], r"batch_size must be a whole number >= 1, got 0 \(fix: batch_size=64\)"),
-        (["batch_size=2.5"], "batch_size must be a whole number >= 1, got 2.5"),
-        (["seed=1.5"], "seed must be a whole number, got 1.5"),
+        (["chunk_size=0"], r"chunk_size=0 must be a whole number >= 1 or null \(fix: chunk_size=1024\)"),
+        (["batch_size=0"], r"batch_size=0 must be a whole number >= 1 or null \(fix: batch_size=64\)"),
+        (["batch_size=2.5"], "batch_size=2.5 must be a whole number >= 1"),
+        (["seed=1.5"], "seed=1.5 must be a whole number"),
         (["device=gpu"], r"device=gpu is not a torch device \(fix: device=cpu"),
+        (["progress=no"], r"progress='no' must be true or false"),  # was read as true
     ],
 )
 def test_bad_decoding_options_are_refused_before_any_work(files, tmp_path, options, message):

@@ -41,7 +41,7 @@ import torch
 from omegaconf import DictConfig
 
 from zoo.config import report_user_errors
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError, check_switch, check_whole
 from zoo.progress import track
 
 log = logging.getLogger("zoo.recaption")
@@ -122,9 +122,9 @@ def recaption(
 
     if n < 1:
         raise ConfigError("the split is empty: nothing to caption (fix: data.<split>_size >= 1)")
-    if int(chunk_size) < 1 or int(batch_size) < 1:
-        raise ConfigError(f"chunk_size and batch_size must be >= 1, got {chunk_size} and {batch_size}")
-    out, chunk_size = Path(out), int(chunk_size)
+    check_whole("chunk_size", chunk_size, 1, 1024)  # int() took 2.5 for 2
+    check_whole("batch_size", batch_size, 1, 64)
+    out = Path(out)
     if out.is_dir():  # found only by the final os.replace, after the whole split had been captioned
         raise ConfigError(f"out={out} is a directory (fix: out={out / 'captions.pt'}, a file path)")
     decoding = {k: (decoding or {}).get(k) for k in DECODING_KEYS}
@@ -355,10 +355,8 @@ def check_options(cfg: DictConfig) -> None:
 
     check_device(cfg.get("device"), "device")
     for key, default, least in (("batch_size", 64, 1), ("chunk_size", 1024, 1), ("seed", 0, None)):
-        value = cfg.get(key)
-        if value is not None and not is_whole(value, least):  # int() took 2.5 for 2 and true for 1
-            at_least = "" if least is None else f" >= {least}"
-            raise ConfigError(f"{key} must be a whole number{at_least}, got {value!r} (fix: {key}={default})")
+        check_whole(key, cfg.get(key), least, default, none_ok=True)  # int() took 2.5 for 2 and true for 1
+    check_switch("progress", cfg.get("progress", True))  # progress=no reached bool() as a string: true
     if not cfg.get("features") and cfg.get("clip"):
         from zoo.embed import embed_options
 
