@@ -99,6 +99,18 @@ def _pipelines(tmp_path):
     ]
 
 
+def _commands():
+    from zoo.feature_rows import split_and_batch_size
+
+    return [
+        (
+            "batch_size",
+            lambda v: split_and_batch_size(OmegaConf.create({"split": "val", "batch_size": v}), 256),
+            counts(1),
+        ),
+    ]
+
+
 def _eval(tmp_path):
     import eval.zeroshot as Z
     from eval.captions import evaluate
@@ -142,8 +154,8 @@ def _eval(tmp_path):
 
 @pytest.mark.parametrize(
     "table",
-    [lambda _: _callbacks(), lambda _: _train(), lambda _: _models(), _eval, _pipelines],
-    ids=["callbacks", "train", "models", "eval", "pipelines"],
+    [lambda _: _callbacks(), lambda _: _train(), lambda _: _models(), _eval, _pipelines, lambda _: _commands()],
+    ids=["callbacks", "train", "models", "eval", "pipelines", "commands"],
 )
 def test_every_option_refuses_the_same_bad_values_in_the_same_words(tmp_path, table):
     """Each option, each bad value: a ConfigError that names the option with the value as typed and the fix."""

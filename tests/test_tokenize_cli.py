@@ -116,7 +116,7 @@ def test_tokenize_refuses_a_bad_batch_size_or_split_before_the_checkpoint_loads(
 
     missing = tmp_path / "never_written.ckpt"
     for value in ["0", "-2", "2.5", "abc", "true"]:
-        with pytest.raises(ConfigError, match=r"batch_size must be a positive integer, .*fix: batch_size=256"):
+        with pytest.raises(ConfigError, match=r"batch_size=\S+ must be a whole number >= 1 \(fix: batch_size=256\)"):
             tokenize(_tokenize_cfg(tmp_path, missing, f"batch_size={value}"))
     with pytest.raises(ConfigError, match=r"unknown split 'vall'.*fix: split=train, val or test"):
         tokenize(_tokenize_cfg(tmp_path, missing, "split=vall"))

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, check_whole
 from zoo.progress import track
 
 log = logging.getLogger("zoo.feature_rows")
@@ -35,18 +35,13 @@ def split_and_batch_size(cfg: Any, default_batch_size: int) -> tuple[str, int]:
     bad split was found only after the model had loaded, ``batch_size=-2`` was torch's bare ValueError,
     ``batch_size=0`` ran with the default (zoo-embed) and ``batch_size=2.5`` ran with 2 (zoo-tokenize)."""
     from zoo.data.datamodule import SPLITS
-    from zoo.errors import is_whole
 
     split = str(cfg.split)
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; expected one of {SPLITS} (fix: split=train, val or test)")
     batch_size = cfg.get("batch_size")
     batch_size = default_batch_size if batch_size is None else batch_size
-    if not is_whole(batch_size, 1):
-        raise ConfigError(
-            f"batch_size must be a positive integer, got {batch_size!r} (fix: batch_size={default_batch_size})"
-        )
-    return split, batch_size
+    return split, check_whole("batch_size", batch_size, 1, default_batch_size)
 
 
 def work_dir_of(out_path: str | Path) -> Path:
