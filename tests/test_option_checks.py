@@ -111,6 +111,23 @@ def _commands():
     ]
 
 
+def _priors():
+    from zoo.models.ar_prior.lit import ARPriorLit
+    from zoo.models.diffusion_prior.lit import DiffusionPriorLit
+
+    return [
+        ("model.n_candidates", lambda v: DiffusionPriorLit(preset="tiny", n_candidates=v), counts(1)),
+        ("model.val_sample_batches", lambda v: DiffusionPriorLit(preset="tiny", val_sample_batches=v), counts(0)),
+        ("model.embed_scale", lambda v: DiffusionPriorLit(preset="tiny", embed_scale=v), numbers(0, low_open=True)),
+        (
+            "model.text_dropout",
+            lambda v: DiffusionPriorLit(preset="tiny", text_dropout=v),
+            numbers(0, 1, high_open=True),
+        ),
+        ("model.dot_quantile", lambda v: ARPriorLit(preset="tiny", dot_quantile=v), numbers(0, 1, high_open=True)),
+    ]
+
+
 def _eval(tmp_path):
     import eval.zeroshot as Z
     from eval.captions import evaluate
@@ -154,8 +171,16 @@ def _eval(tmp_path):
 
 @pytest.mark.parametrize(
     "table",
-    [lambda _: _callbacks(), lambda _: _train(), lambda _: _models(), _eval, _pipelines, lambda _: _commands()],
-    ids=["callbacks", "train", "models", "eval", "pipelines", "commands"],
+    [
+        lambda _: _callbacks(),
+        lambda _: _train(),
+        lambda _: _models(),
+        _eval,
+        _pipelines,
+        lambda _: _commands(),
+        lambda _: _priors(),
+    ],
+    ids=["callbacks", "train", "models", "eval", "pipelines", "commands", "priors"],
 )
 def test_every_option_refuses_the_same_bad_values_in_the_same_words(tmp_path, table):
     """Each option, each bad value: a ConfigError that names the option with the value as typed and the fix."""

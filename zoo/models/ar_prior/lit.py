@@ -26,11 +26,10 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, check_number, check_rate
 from zoo.models.ar_prior.model import PRESETS, ARPrior, ARPriorConfig, sample_codes
 from zoo.models.ar_prior.pca import EmbeddingPCA, ScalarBins
 from zoo.models.base import ClipEmbeddingLit, resolve_preset, unmet_sizes
-from zoo.models.glide.lit import check_rate
 from zoo.nn.sampling import check_sampling
 
 FEATURE_KEYS = ("clip_text_tokens", "clip_text_emb", "clip_image_emb")
@@ -72,12 +71,11 @@ class ARPriorLit(ClipEmbeddingLit):
         self.clip_fingerprint = clip_fingerprint  # the CLIP of its training embeddings (ClipEmbeddingLit)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         check_rate("model.text_dropout", text_dropout, "0.1")
-        ok = isinstance(dot_quantile, (int, float)) and not isinstance(dot_quantile, bool)
-        if not (ok and 0.0 <= dot_quantile < 1.0):  # a string "0.5" failed on the comparison, false passed as 0
-            raise ConfigError(
-                f"model.dot_quantile must be a number in [0, 1) (the dot-product bin is drawn above this quantile), "
-                f"got {dot_quantile!r} (fix: model.dot_quantile=0.5, the paper's upper half)"
-            )
+        # a string "0.5" failed on the comparison, false passed as 0
+        why = "the dot-product bin is drawn above this quantile"
+        check_number(
+            "model.dot_quantile", dot_quantile, 0, 1, high_open=True, fix="0.5, the paper's upper half", why=why
+        )
         self.cfg: ARPriorConfig = resolve_preset(PRESETS, ARPriorConfig, preset, net, "AR prior")
         self.net = ARPrior(self.cfg)
         try:

@@ -39,20 +39,14 @@ AR prior's conditioning token, whose bins are then ordered by dot product and eq
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from zoo.errors import is_whole
+from zoo.errors import is_number, is_whole
 
 BUCKETINGS = ("quantile", "uniform")
-
-
-def _is_number(value) -> bool:
-    """A finite int or float, not a bool (True is an int to Python) nor a string."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def quantile_edges(x: torch.Tensor, n_buckets: int) -> torch.Tensor:
@@ -111,13 +105,13 @@ class EmbeddingPCA(nn.Module):
         if bucketing not in BUCKETINGS:
             raise ValueError(f"unknown bucketing {bucketing!r}; choose one of {BUCKETINGS}")
         # numbers only: 1.5 components were kept as 1 and true as 1, a string "0.99" failed on the comparison
-        if not _is_number(variance_kept) or not 0.0 < variance_kept <= 1.0:
+        if not is_number(variance_kept, 0, 1, low_open=True):
             raise ValueError(f"variance_kept must be a number in (0, 1], got {variance_kept!r}")
         if n_components is not None and not (is_whole(n_components, 1) and n_components <= dim):
             raise ValueError(f"n_components must be null or a whole number in [1, {dim}], got {n_components!r}")
         if not is_whole(n_buckets, 2):
             raise ValueError(f"n_buckets must be a whole number >= 2, got {n_buckets!r}")
-        if not _is_number(uniform_std) or not uniform_std > 0:  # -4 std made every uniform bucket edge inverted
+        if not is_number(uniform_std, 0, low_open=True):  # -4 std made every uniform bucket edge inverted
             raise ValueError(f"uniform_std must be a number > 0 (standard deviations), got {uniform_std!r}")
         self.dim, self.n_buckets = dim, n_buckets
         self.variance_kept, self.fixed_components = float(variance_kept), n_components

@@ -34,10 +34,9 @@ from zoo.diffusion.noise import RowGenerators
 from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.samplers import check_sampling_knobs, ddim_sample, ddpm_sample
 from zoo.diffusion.schedules import get_schedule
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError, check_number, check_rate, check_whole
 from zoo.models.base import ClipEmbeddingLit, unmet_sizes
 from zoo.models.diffusion_prior.model import DiffusionPriorNet, build_config
-from zoo.models.glide.lit import check_rate
 from zoo.nn.guidance import guide
 
 _FIX_EMBED = (
@@ -107,22 +106,13 @@ class DiffusionPriorLit(ClipEmbeddingLit):
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         check_rate("model.text_dropout", text_dropout, "0.1")
         # int() took 2.5 candidates for 2 and true for 1 (no best-of-2 at all), and -1 validation batches for none
-        if not is_whole(n_candidates, 1):
-            raise ConfigError(
-                f"model.n_candidates must be a whole number >= 1 (draws per caption, the best kept), got "
-                f"{n_candidates!r} (fix: model.n_candidates=2, unCLIP's best of 2)"
-            )
-        if not is_whole(val_sample_batches, 0):
-            raise ConfigError(
-                f"model.val_sample_batches must be a whole number >= 0 (val batches on which embeddings are "
-                f"sampled; 0: none), got {val_sample_batches!r} (fix: model.val_sample_batches=1)"
-            )
-        ok = isinstance(embed_scale, (int, float)) and not isinstance(embed_scale, bool) and math.isfinite(embed_scale)
-        if embed_scale is not None and not (ok and embed_scale > 0):  # a negative scale trained on flipped targets
-            raise ConfigError(
-                f"model.embed_scale must be null (derived from the training embeddings) or a finite number > 0 "
-                f"(the paper's 17.2 for ViT-H), got {embed_scale!r} (fix: model.embed_scale=null)"
-            )
+        why = "draws per caption, the best kept"
+        check_whole("model.n_candidates", n_candidates, 1, "2, unCLIP's best of 2", why=why)
+        why = "val batches on which embeddings are sampled; 0: none"
+        check_whole("model.val_sample_batches", val_sample_batches, 0, 1, why=why)
+        # a negative scale trained on flipped targets
+        why = "null derives it from the training embeddings; the paper's 17.2 for ViT-H"
+        check_number("model.embed_scale", embed_scale, 0, low_open=True, fix="null", none_ok=True, why=why)
         self.cfg = build_config(preset, net)
         self.net = DiffusionPriorNet(self.cfg)
         self.text_dropout = float(text_dropout)
