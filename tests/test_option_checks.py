@@ -128,6 +128,26 @@ def _priors():
     ]
 
 
+def _data(tmp_path):
+    from zoo.data.modules import CocoDataModule, ShapesDataModule, WebDataModule
+
+    def shapes(key):
+        return lambda v: ShapesDataModule(**{"train_size": 8, "val_size": 4, "test_size": 4, key: v})
+
+    return [
+        ("data.train_size", shapes("train_size"), counts(1)),
+        ("data.world_seed", shapes("world_seed"), counts(0)),
+        ("data.resolution", shapes("resolution"), counts(1)),
+        ("data.batch_size", shapes("batch_size"), counts(1)),
+        ("data.eval_batch_size", shapes("eval_batch_size"), counts(1)),
+        ("data.num_workers", shapes("num_workers"), counts(0)),
+        ("data.seed", shapes("seed"), counts()),
+        ("data.max_items", lambda v: CocoDataModule(root=str(tmp_path), max_items=v), counts(1)),
+        ("data.shuffle_buffer", lambda v: WebDataModule(train_urls="x.tar", shuffle_buffer=v), counts(0)),
+        ("data.epoch_length", lambda v: WebDataModule(train_urls="x.tar", epoch_length=v), counts(0)),
+    ]
+
+
 def _eval(tmp_path):
     import eval.zeroshot as Z
     from eval.captions import evaluate
@@ -179,8 +199,9 @@ def _eval(tmp_path):
         _pipelines,
         lambda _: _commands(),
         lambda _: _priors(),
+        _data,
     ],
-    ids=["callbacks", "train", "models", "eval", "pipelines", "commands", "priors"],
+    ids=["callbacks", "train", "models", "eval", "pipelines", "commands", "priors", "data"],
 )
 def test_every_option_refuses_the_same_bad_values_in_the_same_words(tmp_path, table):
     """Each option, each bad value: a ConfigError that names the option with the value as typed and the fix."""

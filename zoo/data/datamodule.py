@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from zoo.data.collate import Collator
 from zoo.data.loader import ResumableDataLoader
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError, check_whole
 
 SPLITS = ("train", "val", "test")
 log = logging.getLogger(__name__)
@@ -384,16 +384,14 @@ class ImageTextDataModule(L.LightningDataModule):
         # was a bare TypeError / ValueError, and resolution=0 failed at set-up of coco / webdataset as "resolution
         # must be >= 1" not naming the option
         for option, value, least, fix in (
-            ("data.resolution", resolution, 1, "the image side in pixels, e.g. data.resolution=64"),
-            ("data.batch_size", batch_size, 1, "e.g. data.batch_size=32"),
-            ("data.num_workers", num_workers, 0, "data.num_workers=0 (load in the main process) or more"),
-            ("data.seed", seed, None, "data.seed=0 (the run's seed by default)"),
+            ("data.resolution", resolution, 1, "64, the image side in pixels"),
+            ("data.batch_size", batch_size, 1, 32),
+            ("data.num_workers", num_workers, 0, "0 (load in the main process) or more"),
+            ("data.seed", seed, None, "0 (the run's seed by default)"),
         ):
-            if not is_whole(value, least):
-                at_least = "" if least is None else f" >= {least}"
-                raise ConfigError(f"{option} must be a whole number{at_least}, got {value!r} (fix: {fix})")
-        if eval_batch_size is not None and not is_whole(eval_batch_size, 1):  # 0 was taken as "unset", -1 failed later
-            raise ConfigError(f"data.eval_batch_size must be >= 1 or null (= data.batch_size), got {eval_batch_size!r}")
+            check_whole(option, value, least, fix)
+        # 0 was taken as "unset", -1 failed later
+        check_whole("data.eval_batch_size", eval_batch_size, 1, "null (= data.batch_size)", none_ok=True)
         self.resolution = int(resolution)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)

@@ -9,7 +9,7 @@ from typing import Iterable, Optional, Sequence
 from torch.utils.data import Dataset
 
 from zoo.data.datamodule import ImageTextDataModule, file_digest
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError, check_whole
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,11 @@ class ShapesDataModule(ImageTextDataModule):
         from zoo.data.shapes import ShapesDataset  # noqa: F401  (fail early if the world cannot be built)
 
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
-        for split, n in self.sizes.items():
-            if not is_whole(n, 1):  # int() took 100.5 for 100 and true for 1
-                raise ConfigError(f"data.{split}_size must be a whole number >= 1 (scenes in the split), got {n!r}")
-        if not is_whole(world_seed, 0):
-            # numpy seeds the world's streams: a negative seed failed with "expected non-negative integer" (no option
-            # named), a fractional one was truncated to another world without a word
-            raise ConfigError(
-                f"data.world_seed must be a whole number >= 0, got {world_seed!r} (fix: data.world_seed=0)"
-            )
+        for split, n in self.sizes.items():  # int() took 100.5 for 100 and true for 1
+            check_whole(f"data.{split}_size", n, 1, {"train": 20000}.get(split, 512), why="scenes in the split")
+        # numpy seeds the world's streams: a negative seed failed with "expected non-negative integer" (no option
+        # named), a fractional one was truncated to another world without a word
+        check_whole("data.world_seed", world_seed, 0)
         self.world_seed = world_seed
         self.caption_style = caption_style
         self.min_objects, self.max_objects = min_objects, max_objects
@@ -139,11 +135,8 @@ class CocoDataModule(ImageTextDataModule):
         super().__init__(**kwargs)
         from pathlib import Path
 
-        if max_items is not None and not is_whole(max_items, 1):
-            # a slice bound: -1 ("all"?) silently dropped the last image of every split, 0 failed at set-up
-            raise ConfigError(
-                f"data.max_items must be a whole number >= 1, got {max_items!r} (fix: data.max_items=null for all)"
-            )
+        # a slice bound: -1 ("all"?) silently dropped the last image of every split, 0 failed at set-up
+        check_whole("data.max_items", max_items, 1, "null for all", none_ok=True)
         self.root, self.year, self.max_items = root, int(year), max_items
         if not root or not Path(root).is_dir():
             raise ConfigError(
@@ -243,17 +236,10 @@ class WebDataModule(ImageTextDataModule):
             for split, given in (("val", val_urls), ("test", test_urls))
             if not given
         }
-        if epoch_length is not None and not is_whole(epoch_length, 0):
-            raise ConfigError(
-                f"data.epoch_length must be a whole number of samples per rank (0 or null: one pass over the shards), "
-                f"got {epoch_length!r} (fix: e.g. data.epoch_length=10000)"
-            )
-        if not is_whole(shuffle_buffer, 0):
-            # a negative buffer turned shuffling off for training without a word
-            raise ConfigError(
-                f"data.shuffle_buffer must be a whole number >= 0 (0: no shuffling), got {shuffle_buffer!r} "
-                f"(fix: data.shuffle_buffer=1000)"
-            )
+        why = "samples per rank; 0 or null: one pass over the shards"
+        check_whole("data.epoch_length", epoch_length, 0, 10000, none_ok=True, why=why)
+        # a negative buffer turned shuffling off for training without a word
+        check_whole("data.shuffle_buffer", shuffle_buffer, 0, 1000, why="0: no shuffling")
         self.epoch_length = epoch_length
         self.shuffle_buffer = shuffle_buffer
 
