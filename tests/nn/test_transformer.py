@@ -153,3 +153,37 @@ def test_sampling_after_an_ema_swap_uses_the_swapped_in_weights():
     sample(model)  # packs the trained weights
     ema._swap_models(model)  # validation start: the average in, through .data.copy_
     assert torch.equal(sample(model), sample(copy.deepcopy(model)))
+
+
+def _graph_nodes(t: torch.Tensor) -> list:
+    """Every autograd node behind ``t``."""
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        todo.extend(n for n, _ in node.next_functions)
+    return list(seen)
+
+
+@pytest.mark.parametrize("last_only", [False, True])
+def test_training_pass_slices_the_residual_only_for_last_only(last_only):
+    """A block's residual is sliced only when ``last_only`` shortened the attention output: a full-length slice is
+    the same values, but its backward writes the gradient into a zero-filled copy of the whole stream (one per
+    block in every training step). Outputs and gradients equal the unsliced arithmetic either way."""
+    net, x = _net(), _x().requires_grad_()
+    net.train()
+    y = net(x, last_only=last_only)
+    # slices of a (B, n, dim) stream along its positions (last_only also slices the last block's queries, (B, H, n, D))
+    stream = [
+        n
+        for n in _graph_nodes(y)
+        if type(n).__name__ == "SliceBackward0" and n._saved_dim == 1 and n._saved_self_sym_sizes == x.shape
+    ]
+    assert len(stream) == (1 if last_only else 0)  # the last block's residual at the last position
+    (g,) = torch.autograd.grad(y.square().sum(), x)
+    want = net(x)[:, -1:] if last_only else net(x)
+    (g_want,) = torch.autograd.grad(want.square().sum(), x)
+    torch.testing.assert_close(y, want)
+    torch.testing.assert_close(g, g_want)

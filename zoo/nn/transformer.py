@@ -227,7 +227,9 @@ class Block(nn.Module):
 
     def forward(self, x, mask, cache=None, layer=0, start_pos=0, causal=True, key_padding_mask=None, last_only=False):
         a = self.attn(self.ln1(x), mask, cache, layer, start_pos, causal, key_padding_mask, last_only)
-        x = x[:, -a.shape[1] :] + self.drop(a)  # last_only: the residual of the last position
+        if a.shape[1] != x.shape[1]:  # last_only: the residual of the last position
+            x = x[:, -a.shape[1] :]  # (a full-length slice would cost its backward a zero-filled copy of x)
+        x = x + self.drop(a)
         h = decode_linear(self.mlp[1](decode_linear(self.ln2(x), self.mlp[0], cache)), self.mlp[2], cache)  # = mlp
         return x + self.drop(h)
 
