@@ -101,8 +101,17 @@ def _pipelines(tmp_path):
 
 def _commands():
     from zoo.feature_rows import split_and_batch_size
+    from zoo.sample import check_counts
+
+    def sample(key):
+        return lambda v: check_counts(OmegaConf.create({"n_keep": 8, "nrow": 4, "grid_scale": 1, "seed": 0, key: v}))
 
     return [
+        ("n_keep", sample("n_keep"), counts(1)),
+        ("nrow", sample("nrow"), counts(1)),
+        ("grid_scale", sample("grid_scale"), counts(1)),
+        ("seed", sample("seed"), counts()),
+        ("progress", sample("progress"), ["no", "true", 1, 0]),  # a word was bool()'s true
         (
             "batch_size",
             lambda v: split_and_batch_size(OmegaConf.create({"split": "val", "batch_size": v}), 256),

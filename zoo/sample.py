@@ -30,7 +30,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, open_dict
 
 from zoo.config import entry_point
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError, check_switch, check_whole
 
 log = logging.getLogger("zoo.sample")
 
@@ -145,10 +145,10 @@ def read_prompts_file(path: str) -> list[str]:
 # were first read when the grids were saved, after all the sampling (nrow=0: ZeroDivisionError inside torchvision;
 # nrow=abc: int()'s ValueError), and a word for n_keep / seed was a bare ValueError traceback.
 COUNTS = {
-    "n_keep": (1, "n_keep=8"),
-    "nrow": (1, "nrow=4"),
-    "grid_scale": (1, "grid_scale=1 for native size"),
-    "seed": (None, "seed=0"),
+    "n_keep": (1, 8),
+    "nrow": (1, 4),
+    "grid_scale": (1, "1 for native size"),
+    "seed": (None, 0),
 }
 
 
@@ -171,15 +171,12 @@ def check_prompts(prompts: Any) -> None:
 
 def check_counts(cfg: DictConfig) -> None:
     for key, (least, fix) in COUNTS.items():
-        value = cfg.get(key)
-        if not is_whole(value, least):
-            at_least = f" >= {least}" if least is not None else ""
-            raise ConfigError(f"{key} must be an integer{at_least}, got {value!r} (fix: {fix})")
+        check_whole(key, cfg.get(key), least, fix)
     # switches: a word (progress=maybe, generator.use_ema=no) was read by bool() as true, without a word
     node = cfg.get("generator") or {}
     for key, value in (("progress", cfg.get("progress")), ("generator.use_ema", node.get("use_ema"))):
-        if value is not None and not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r} (fix: {key}=false)")
+        if value is not None:
+            check_switch(key, value)
 
 
 def sample(cfg: DictConfig) -> dict[str, Any]:
