@@ -102,6 +102,7 @@ def _pipelines(tmp_path):
 def _commands():
     from zoo.feature_rows import split_and_batch_size
     from zoo.sample import check_counts
+    from zoo.serve import check_ui
 
     def sample(key):
         return lambda v: check_counts(OmegaConf.create({"n_keep": 8, "nrow": 4, "grid_scale": 1, "seed": 0, key: v}))
@@ -112,6 +113,8 @@ def _commands():
         ("grid_scale", sample("grid_scale"), counts(1)),
         ("seed", sample("seed"), counts()),
         ("progress", sample("progress"), ["no", "true", 1, 0]),  # a word was bool()'s true
+        ("ui.max_keep", lambda v: check_ui({"max_keep": v}), counts(1) + [65537]),
+        ("ui.max_guidance", lambda v: check_ui({"max_guidance": v}), numbers(0.1)),
         (
             "batch_size",
             lambda v: split_and_batch_size(OmegaConf.create({"split": "val", "batch_size": v}), 256),

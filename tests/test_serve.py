@@ -489,20 +489,18 @@ def test_bad_ui_settings_are_refused_before_the_generator_is_built(tmp_path):
         # a generator checkpoint that does not exist: the ui / port checks must come first
         base = [f"paths.root_dir={tmp_path}", "generator.dalle_ckpt=/nonexistent.ckpt"]
         for override, message in (
-            ("ui.max_keep=0", r"ui.max_keep=0: must be a whole number in 1..65536 \(fix: ui.max_keep=16\)"),
-            ("ui.max_candidates=100000", r"ui.max_candidates=100000: must be a whole number in 1..65536"),
+            ("ui.max_keep=0", r"ui.max_keep=0 must be a whole number from 1 to 65536 \(fix: ui.max_keep=16\)"),
+            ("ui.max_candidates=100000", r"ui.max_candidates=100000 must be a whole number from 1 to 65536"),
             ("ui.tile_px=big", r"ui.tile_px='big'"),
             ("ui.max_guidance=0", r"ui.max_guidance=0"),
-            ("server.port=abc", r"server.port must be in 1..65535, got 'abc'"),
-            ("server.port=true", r"server.port must be in 1..65535, got True"),
-            (
-                "seed=abc",
-                r"seed must be a whole number in 0..2147483647 \(the page's seeds\), got 'abc' \(fix: seed=0\)",
-            ),
-            ("seed=true", r"seed must be a whole number in 0..2147483647 .*got True"),
-            ("seed=1.5", r"seed must be a whole number .*got 1.5"),
-            ("seed=-1", r"seed must be a whole number .*got -1"),
-            ("seed=2147483648", r"seed must be a whole number .*got 2147483648"),
+            ("ui.max_guidance=inf", r"ui.max_guidance=inf must be a number >= 0.1"),  # was taken
+            ("server.port=abc", r"server.port='abc' must be a whole number from 1 to 65535"),
+            ("server.port=true", r"server.port=true must be a whole number from 1 to 65535"),
+            ("seed=abc", r"seed='abc' must be a whole number from 0 to 2147483647: the page's seeds \(fix: seed=0\)"),
+            ("seed=true", r"seed=true must be a whole number from 0 to 2147483647"),
+            ("seed=1.5", r"seed=1.5 must be a whole number"),
+            ("seed=-1", r"seed=-1 must be a whole number"),
+            ("seed=2147483648", r"seed=2147483648 must be a whole number"),
         ):
             cfg = compose("serve", overrides=[*base, override])
             with pytest.raises(ConfigError, match=message):

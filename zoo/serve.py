@@ -41,7 +41,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 
 from zoo.config import entry_point
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError, check_number, check_whole
 
 log = logging.getLogger("zoo.serve")
 
@@ -117,18 +117,12 @@ _UI_NUMBERS = {
 def check_ui(ui: dict[str, Any]) -> dict[str, Any]:
     """``ui.*`` as the page needs them, else a ConfigError naming the key before anything is built (ui.max_keep=0
     failed after the generator was built with gradio's 'Slider minimum must be less than maximum' traceback,
-    server.port=abc with int()'s)."""
+    server.port=abc with int()'s; ui.max_guidance=nan / inf passed, a slider with no upper end)."""
     for key, (kind, lo, hi) in _UI_NUMBERS.items():
-        if key not in ui:
-            continue
-        value = ui[key]
-        ok = is_whole(value, lo) if kind is int else isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok or value < lo or (hi is not None and value > hi):
-            span = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-            raise ConfigError(
-                f"ui.{key}={value!r}: must be {'a whole number' if kind is int else 'a number'} {span} "
-                f"(fix: ui.{key}={UI_DEFAULTS[key]})"
-            )
+        if key in ui and kind is int:
+            check_whole(f"ui.{key}", ui[key], lo, UI_DEFAULTS[key], most=hi)
+        elif key in ui:
+            check_number(f"ui.{key}", ui[key], lo, hi, fix=UI_DEFAULTS[key])
     return ui
 
 
@@ -558,16 +552,10 @@ def serve(cfg: DictConfig, block: bool = True):
 
     from zoo.pipelines.base import build_generator
 
-    port = cfg.server.port
-    if not is_whole(port, 1) or port > 65535:
-        raise ConfigError(f"server.port must be in 1..65535, got {port!r} (fix: server.port=7860)")
+    port = check_whole("server.port", cfg.server.port, 1, 7860, most=65535)
     # seed=abc was int()'s ValueError traceback, seed=true / 1.5 started the page at seed 1 and seed=-1 (outside the
     # page's seeds, which a request is refused) at seed 0, all without a word
-    seed = cfg.get("seed")
-    if not is_whole(seed, 0) or seed > SEED_MAX:
-        raise ConfigError(
-            f"seed must be a whole number in 0..{SEED_MAX} (the page's seeds), got {seed!r} (fix: seed=0)"
-        )
+    check_whole("seed", cfg.get("seed"), 0, 0, most=SEED_MAX, why="the page's seeds")
     ui = check_ui(dict(cfg.get("ui") or {}))  # before the generator is built (which may take a while)
     try:
         import gradio  # noqa: F401
