@@ -423,3 +423,34 @@ def test_options_of_the_wrong_kind_are_refused_when_built(kw, key):
 
     with pytest.raises(ConfigError, match=key):
         DiffusionPriorLit(preset="tiny", **{"embed_scale": 1.0, **kw})
+
+
+def test_shared_null_training_pass_makes_no_zero_filled_gradient_copies():
+    """The shared null prefix (``_shared_null``) splits its rows and score columns (``split``) instead of slicing
+    them: a slice's backward writes its gradient into a zero-filled copy of the whole tensor (32 of them a step,
+    prefix keys / values and scores included). The only slices left are the learned positions' ((L + 4, dim)). The prefix
+    keys / values are recorded contiguous, so the tail's matmuls read them without a copy per use. (Values and
+    gradients against the full sequence: tests/test_prior_cli.py.)"""
+    from zoo.models.diffusion_prior.model import _Recorder
+
+    net = _net().train()
+    drop = torch.tensor([True, False, True, True, False, False])
+    calls = []
+    shared = net._shared_null
+    net._shared_null = lambda *a: (calls.append(1), shared(*a))[1]
+    y = net(**_inputs(6), drop_text=drop)
+    assert calls == [1]
+    seen, todo, sliced = set(), [y.grad_fn], []
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "SliceBackward0":
+            sliced.append(tuple(node._saved_self_sym_sizes))
+        todo.extend(n for n, _ in node.next_functions)
+    assert sliced and all(s == tuple(net.pos.shape) for s in sliced), sliced
+    strided = torch.randn(2, 5, 3, 4, 8).permute(2, 0, 3, 1, 4)  # (3, B, H, n, D), as SelfAttention's qkv
+    k, v = _Recorder().update(0, 0, strided[1], strided[2])
+    assert k.is_contiguous() and v.is_contiguous()
+    torch.testing.assert_close(k, strided[1])

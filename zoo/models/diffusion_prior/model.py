@@ -258,8 +258,8 @@ class DiffusionPriorNet(nn.Module):
         if h_prefix is None:
             ctx = torch.bmm(probs, h)  # (B, H, d): sum_j a_j h_j
         else:
-            n = h_prefix.shape[1]
-            ctx = self._per_prefix(probs[..., :n], h_prefix, k) + torch.bmm(probs[..., n:], h)
+            p_prefix, p_tail = probs.split([h_prefix.shape[1], h.shape[1]], dim=-1)
+            ctx = self._per_prefix(p_prefix, h_prefix, k) + torch.bmm(p_tail, h)
         y = torch.einsum("bnd,ned->bne", ctx, w_v.view(nh, hd, d)) + b_v.view(nh, hd)  # (B, H, D)
         r = x_last + blk.drop(attn.proj(y.reshape(b, nh * hd)))
         r = r + blk.drop(blk.mlp(blk.ln2(r)))
@@ -395,7 +395,10 @@ class DiffusionPriorNet(nn.Module):
         rest (``b`` transposed in its last two dims if asked)."""
         if transpose:
             b = b.transpose(-1, -2)
-        return torch.cat([torch.matmul(a[:k], b[:k]), torch.matmul(a[k:], b[k])])
+        # split, not a[:k] / a[k:]: a slice's backward writes its gradient into a zero-filled copy of the whole tensor
+        a_own, a_null = a.split([k, a.shape[0] - k])
+        b_own, b_null = b.split([k, 1])
+        return torch.cat([torch.matmul(a_own, b_own), torch.matmul(a_null, b_null[0])])
 
     def _tail_block(self, blk, x: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, k: int) -> torch.Tensor:
         """One block at the 4 tail positions x (B, 4, dim), attending to the prefix keys / values kp, vp
@@ -413,8 +416,8 @@ class DiffusionPriorNet(nn.Module):
             ],
             dim=-1,
         ).softmax(-1)
-        n = kp.shape[2]
-        y = self._per_prefix(scores[..., :n], vp, k) + torch.matmul(scores[..., n:], vt)  # (B, H, 4, D)
+        s_prefix, s_tail = scores.split([kp.shape[2], m], dim=-1)
+        y = self._per_prefix(s_prefix, vp, k) + torch.matmul(s_tail, vt)  # (B, H, 4, D)
         x = x + attn.proj(y.transpose(1, 2).reshape(b, m, nh * hd))
         return x + blk.mlp(blk.ln2(x))
 
@@ -442,6 +445,9 @@ class _Recorder:
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def update(self, layer: int, start_pos: int, k: torch.Tensor, v: torch.Tensor):
+        # contiguous once: the tail's matmuls (``_per_prefix``) copy a strided (permuted qkv) operand on every use,
+        # forward and backward
+        k, v = k.contiguous(), v.contiguous()
         self.kv.append((k, v))
         return k, v
 
