@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from zoo.errors import ConfigError, check_number, check_whole, shown
 
 INF, NAN = math.inf, math.nan
+TRAINER = "lightning.pytorch.Trainer"
 NOT_WHOLE = [2.5, 2.0, True, "3", INF, NAN]  # 2.0 too: zoo.kinds refuses it for an int field, so do the counts
 
 
@@ -53,6 +54,7 @@ def _callbacks():
 
 
 def _train():
+    from zoo.config import check_types
     from zoo.train import check_run_options, check_trainer_counts
 
     def trainer(key):
@@ -67,6 +69,12 @@ def _train():
         ("trainer.num_sanity_val_steps", trainer("num_sanity_val_steps"), counts(-1)),
         ("trainer.gradient_clip_val", trainer("gradient_clip_val"), numbers(0)),
         ("seed", lambda v: check_run_options(OmegaConf.create({"seed": v})), counts()),
+        # a node against its target's annotations (zoo.config.check_types, zoo.kinds' words): int | None
+        (
+            "trainer.max_epochs",
+            lambda v: check_types(OmegaConf.create({"_target_": TRAINER, "max_epochs": v}), "trainer"),
+            NOT_WHOLE,
+        ),
     ]
 
 

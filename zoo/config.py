@@ -42,6 +42,7 @@ def check_types(node: Any, what: str, skip: Any = ()) -> None:
     from hydra._internal.utils import _locate  # get_class would log an error for a classmethod target
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
+    from zoo.errors import shown
     from zoo.kinds import fits
 
     if not isinstance(node, DictConfig) or "_target_" not in node:
@@ -83,12 +84,19 @@ def check_types(node: Any, what: str, skip: Any = ()) -> None:
             continue
         if not fits(value, hints[key]):
             name = _type_name(hints[key])
-            raise ConfigError(f"{what}.{key} must be {name}, got {value!r} (fix: {what}.{key}=<{name}>)")
+            raise ConfigError(f"{what}.{key}={shown(value)} must be {name} (fix: {what}.{key}=<{name}>)")
 
 
 def _type_name(tp: Any) -> str:
-    """An annotation as a command line writes its values: ``Optional[int]`` -> "int or null" (its ``__name__``,
-    "Optional", was the whole message: "trainer.max_epochs must be Optional, got 0.5 (fix: ...=<Optional>)")."""
+    """An annotation as a command line writes its values, in ``zoo.kinds``' words (the messages of checkpoint and
+    model.net checks): ``Optional[int]`` -> "a whole number or null" (its ``__name__``, "Optional", was the whole
+    message: "trainer.max_epochs must be Optional, got 0.5 (fix: ...=<Optional>)"); a kind that module leaves to the
+    code's own checks (a class, ``Any`` in a union) by its Python names."""
+    from zoo.kinds import kind_of
+
+    kind = kind_of(tp)
+    if kind is not None:
+        return kind[1]
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
         names = [_type_name(a) for a in args if a is not type(None)] + (["null"] if type(None) in args else [])

@@ -85,7 +85,10 @@ def kind_of(annotation: Any) -> Optional[Kind]:
         kinds = [kind_of(a) for a in args]
         if any(k is None for k in kinds):
             return None
-        return (lambda v: any(k[0](v) for k in kinds)), " or ".join(k[1] for k in kinds)
+        names = [k[1] for k in kinds]
+        if "a number" in names:  # int | float: "a number" says it (ints are taken for floats)
+            names = [n for n in names if n != "a whole number"]
+        return (lambda v: any(k[0](v) for k in kinds)), " or ".join(dict.fromkeys(names))
     if origin in _SEQUENCES or annotation in _SEQUENCES:
         return _sequence_kind(args, fixed=origin is tuple)
     if origin in _MAPPINGS or annotation in _MAPPINGS:
