@@ -80,18 +80,18 @@ def test_both_entry_points_give_the_same_answer(field, value, ok):
         check_field_values(Every, {field: value})
         check_dataclass_values(Every, {field: value}, "run.ckpt: net")
         return
-    with pytest.raises(ConfigError, match=rf"model\.net\.{field} must be .*, got "):
+    with pytest.raises(ConfigError, match=rf"model\.net\.{field}=.+ must be .*\(fix: "):
         check_field_values(Every, {field: value})
     with pytest.raises(UnsafeCheckpointError, match=rf"run\.ckpt: net\.{field} must be .*\(Every\.{field}\), got "):
         check_dataclass_values(Every, {field: value}, "run.ckpt: net")
 
 
 def test_the_kind_is_said_as_a_command_line_writes_it():
-    with pytest.raises(ConfigError, match=r"pair must be a list of 2 whole numbers, got \[1, 2, 3\]"):
+    with pytest.raises(ConfigError, match=r"pair=\[1, 2, 3\] must be a list of 2 whole numbers"):
         check_field_values(Every, {"pair": [1, 2, 3]})
-    with pytest.raises(ConfigError, match=r"nested must be a list of lists of 2 whole numbers"):
+    with pytest.raises(ConfigError, match=r"nested=\[1, 2\] must be a list of lists of 2 whole numbers"):
         check_field_values(Every, {"nested": [1, 2]})
-    with pytest.raises(ConfigError, match=r"layers must be a list of 4 whole numbers or a whole number"):
+    with pytest.raises(ConfigError, match=r"layers=\[1, 2\] must be a list of 4 whole numbers or a whole number"):
         check_field_values(Every, {"layers": [1, 2]})
     with pytest.raises(UnsafeCheckpointError, match=r"net\.level must be one of 1, 2 \(Every\.level\), got True"):
         check_dataclass_values(Every, {"level": True}, "run.ckpt: net")

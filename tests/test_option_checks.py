@@ -79,13 +79,20 @@ def _train():
 
 
 def _models():
+    from zoo.models.dalle.model import PRESETS, DalleTransformerConfig
     from zoo.models.glide.lit import check_grid_captions, check_rate  # the old import path still works
-    from zoo.models.presets import check_dropout
+    from zoo.models.presets import check_dropout, resolve_preset
 
     return [
         ("model.grid_captions", check_grid_captions, counts(1)),
         ("model.text_dropout", lambda v: check_rate("model.text_dropout", v, "0.2"), numbers(0, 1, high_open=True)),
         ("model.net.dropout", lambda v: check_dropout(SimpleNamespace(dropout=v)), numbers(0, 1, high_open=True)),
+        # a model.net override against its field's annotation (zoo.kinds, through zoo.models.presets)
+        (
+            "model.net.n_layers",
+            lambda v: resolve_preset(PRESETS, DalleTransformerConfig, "tiny", {"n_layers": v}),
+            NOT_WHOLE,
+        ),
     ]
 
 

@@ -18,7 +18,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, TypeVar
 
-from zoo.errors import ConfigError, check_number, raise_all
+from zoo.errors import ConfigError, check_number, raise_all, shown
 from zoo.kinds import kind_of
 
 C = TypeVar("C")
@@ -55,16 +55,18 @@ def kind_problems(
     hints: Mapping[str, Any], values: Mapping[str, Any], examples: Mapping[str, Any], option: str
 ) -> list[str]:
     """One message per value in ``values`` that is not of the kind ``hints`` (name -> annotation) gives its name:
-    ``<option>.<name> must be <kind>, got <value> (fix: e.g. <option>.<name>=<examples[name]>, ...)``."""
+    ``<option>.<name>=<value> must be <kind> (fix: <option>.<name>=<examples[name]>, or ...)``, the wording of
+    every option check (``zoo.errors.check_whole``)."""
     problems = []
     for name, value in values.items():
         kind = kind_of(hints.get(name))
         if kind is None or kind[0](value):
             continue
+        key = f"{option}.{name}"
         problems.append(
-            f"{option}.{name} must be {kind[1]}, got {value!r} (fix: "
-            + (f"e.g. {option}.{name}={example_text(examples[name])}, or " if name in examples else "")
-            + "no override: the preset's)"
+            f"{key}={shown(value)} must be {kind[1]} (fix: "
+            + (f"{key}={example_text(examples[name])}, or " if name in examples else "")
+            + f"no {key} override: the preset's)"
         )
     return problems
 
