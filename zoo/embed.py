@@ -56,7 +56,7 @@ from omegaconf import DictConfig
 
 from zoo.config import entry_point
 from zoo.data.datamodule import CAPTION_COUNTS, first_caption_rows
-from zoo.errors import ConfigError, check_device
+from zoo.errors import ConfigError, check_device, check_switch
 from zoo.models.clip.model import text_token_encodings  # noqa: F401  (library code; re-exported)
 
 log = logging.getLogger("zoo.embed")
@@ -286,9 +286,7 @@ def embed_options(cfg: DictConfig) -> tuple[str, int, bool]:
 
     split, batch_size = split_and_batch_size(cfg, 128)
     text_encodings = cfg.get("text_encodings")
-    text_encodings = False if text_encodings is None else text_encodings
-    if not isinstance(text_encodings, bool):
-        raise ConfigError(f"text_encodings must be true or false, got {text_encodings!r} (fix: text_encodings=true)")
+    text_encodings = False if text_encodings is None else check_switch("text_encodings", text_encodings)
     check_caption_option("auto" if cfg.get("captions") is None else cfg.get("captions"))
     clip = cfg.get("clip") or {}
     check_device(clip.get("device"), "clip.device")  # torch's "Found no NVIDIA driver" came from inside the load

@@ -175,7 +175,7 @@ def test_zoo_embed_writes_embeddings_the_datamodule_serves(tmp_path):
         ("split=bogus", "unknown split 'bogus'"),
         ("batch_size=0", "batch_size=0 must be a whole number >= 1"),
         ("batch_size=-2", "batch_size=-2 must be a whole number >= 1"),
-        ("text_encodings=maybe", "text_encodings must be true or false"),
+        ("text_encodings=maybe", "text_encodings='maybe' must be true or false"),
         ("+clip.device=cuda", r"clip.device=cuda, but no CUDA device is visible .*fix: clip.device=cpu"),
         ("clip.pretrained=null", r"clip.arch=zoo-clip-tiny without clip.pretrained or clip.checkpoint is an untrained"),
     ],
