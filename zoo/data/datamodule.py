@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import math
 import numbers
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -21,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from zoo.data.collate import Collator
 from zoo.data.loader import ResumableDataLoader
-from zoo.errors import ConfigError, check_whole
+from zoo.errors import ConfigError, check_whole, is_number
 
 SPLITS = ("train", "val", "test")
 log = logging.getLogger(__name__)
@@ -297,7 +296,7 @@ def split_caption_mix(
                 f"unknown caption style {style!r} in data.caption_mix; valid styles: "
                 f"{tuple(native) + tuple(synthetic)}{hint}"
             )
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(p) or p < 0:
+        if not is_number(p, 0):
             raise ConfigError(f"data.caption_mix proportions must be finite numbers >= 0, got {style}={p!r}")
     total = float(sum(caption_mix.values()))
     if total <= 0:

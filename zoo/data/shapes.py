@@ -27,7 +27,6 @@ anything cached from this world (real-image statistics, trained judges).
 from __future__ import annotations
 
 import math
-import numbers
 import re
 from functools import lru_cache
 from typing import Any, Optional, Sequence
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_number
 
 WORLD_VERSION = "2"
 
@@ -335,7 +334,7 @@ def _normalise_mix(caption_mix: Optional[dict[str, float]]) -> Optional[tuple[tu
     for style, p in caption_mix.items():
         if style not in CAPTION_STYLES:
             raise ValueError(f"unknown caption style {style!r} in caption_mix; valid styles: {CAPTION_STYLES}")
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(p) or p < 0:
+        if not is_number(p, 0):
             raise ValueError(f"caption_mix proportions must be finite numbers >= 0, got {style}={p!r}")
     total = float(sum(caption_mix.values()))
     if total <= 0:
