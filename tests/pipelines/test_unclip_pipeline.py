@@ -668,7 +668,8 @@ def test_manipulations_centre_crop_a_non_square_image_as_clip_does_never_squash_
 
 def test_zero_frames_or_variations_are_refused_up_front(ckpts, tmp_path, monkeypatch):
     """n = 0 variations / frames failed after the DDIM inversion with torch.cat's "expected a non-empty list of
-    Tensors" or an IndexError; now a ValueError naming the argument (the CLI: before any checkpoint loads)."""
+    Tensors" or an IndexError; now a ValueError naming the argument (the CLI: before any checkpoint loads). inf was
+    int()'s OverflowError and NaN its "cannot convert float NaN to integer", neither naming the argument."""
     from zoo.pipelines import unclip
 
     pipe = _pipe(ckpts, prior="none", ups=0, stages=["decoder"])
@@ -677,6 +678,8 @@ def test_zero_frames_or_variations_are_refused_up_front(ckpts, tmp_path, monkeyp
         (lambda: pipe.variations(img, n=0), "variations: n"),
         (lambda: pipe.interpolate(img, img, n_steps=0), "interpolate: n_steps"),
         (lambda: pipe.text_diff(img, "a", "b", n_steps=0), "text_diff: n_steps"),
+        (lambda: pipe.variations(img, n=float("inf")), "variations: n=inf must be a whole number"),
+        (lambda: pipe.interpolate(img, img, n_steps=float("nan")), "interpolate: n_steps=nan must be a whole number"),
     ):
         with pytest.raises(ValueError, match=what):
             call()

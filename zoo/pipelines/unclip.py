@@ -70,7 +70,7 @@ import torch.nn.functional as F
 
 from zoo.diffusion.noise import candidates_per_batch, sampler_takes_row_generators, seeded_row_generators
 from zoo.diffusion.samplers import ddim_invert, ddim_sample
-from zoo.errors import ConfigError, check_whole
+from zoo.errors import ConfigError, check_whole, is_whole, shown
 from zoo.pipelines.base import whole_count
 
 log = logging.getLogger("zoo.pipelines.unclip")
@@ -120,9 +120,10 @@ def _as_images(image: torch.Tensor, size: int, what: str) -> torch.Tensor:
 
 def _check_count(n, what: str) -> None:
     """Frames / variations must be a positive int: 0 used to fail after the inversion with torch.cat's "expected a
-    non-empty list of Tensors" (variations) or an IndexError (interpolate, text_diff)."""
-    if isinstance(n, bool) or int(n) != n or int(n) < 1:
-        raise ValueError(f"{what} must be a positive integer, got {n!r}")
+    non-empty list of Tensors" (variations) or an IndexError (interpolate, text_diff). The int() this did was an
+    OverflowError for inf (not a ValueError) and "cannot convert float NaN" for NaN, neither naming the argument."""
+    if not is_whole(n, 1):
+        raise ValueError(f"{what}={shown(n)} must be a whole number >= 1")
 
 
 def _check_prior_name(prior: Any) -> None:
