@@ -61,7 +61,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, is_number
 
 log = logging.getLogger("zoo.eval.upsampler")
 
@@ -382,8 +382,8 @@ def upsampler_report(
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if steps is not None and int(steps) < 1:
         raise ConfigError(f"--steps must be >= 1 (or left out: each checkpoint's own), got {steps}")
-    if eta is not None and float(eta) < 0:
-        raise ConfigError(f"--eta must be >= 0 (0: deterministic DDIM), got {eta}")
+    if eta is not None and not is_number(eta, 0):  # nan passed "< 0" and ran
+        raise ConfigError(f"--eta must be a finite number >= 0 (0: deterministic DDIM), got {eta}")
     if judge and judge_resolution is not None:
         _check_side(int(judge_resolution), "--judge-resolution", "drop --judge-resolution: the target size")
     if bf16:  # an explicit option (the documented commands were measured on a CPU with native bf16): said up front

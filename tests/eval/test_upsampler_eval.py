@@ -189,7 +189,8 @@ def test_judge_cell_reads_a_finer_view(tmp_path):
         (["--inputs", "clean", "render"], r"--inputs render \(the upsamplers' low side is 8 px\)"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--steps", "0"], "--steps must be >= 1"),
-        (["--eta", "-1"], "--eta must be >= 0"),
+        (["--eta", "-1"], "--eta must be a finite number >= 0"),
+        (["--eta", "nan"], "--eta must be a finite number >= 0"),  # passed "< 0": ran on
         (["--judge-resolution", "20"], "--judge-resolution: .* not 20"),
     ],
 )
@@ -197,7 +198,7 @@ def test_bad_options_fail_before_any_work(tmp_path, capsys, monkeypatch, extra, 
     """--inputs clean render sampled every upsampler on the clean inputs (and wrote strip.png) before the render
     mode found that the world cannot render 8 px scenes; --batch-size 0 / --steps 0 were a ValueError traceback after
     the judge had trained, --judge-resolution 20 named data.resolution (not an option here) after logging 'training
-    the judge', --eta -1 ran. Each is now exit 2 with the option named, before a judge, a CLIP or a sample."""
+    the judge', --eta -1 or nan ran. Each is now exit 2 with the option named, before a judge, a CLIP or a sample."""
     from zoo.models.upsampler.lit import UpsamplerLit
 
     def no(*a, **k):
