@@ -69,6 +69,7 @@ def _train():
         ("trainer.num_sanity_val_steps", trainer("num_sanity_val_steps"), counts(-1)),
         ("trainer.gradient_clip_val", trainer("gradient_clip_val"), numbers(0)),
         ("seed", lambda v: check_run_options(OmegaConf.create({"seed": v})), counts()),
+        ("compile", lambda v: check_run_options(OmegaConf.create({"compile": v})), ["fast", "true", 1, 0]),
         # a node against its target's annotations (zoo.config.check_types, zoo.kinds' words): int | None
         (
             "trainer.max_epochs",

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.config import entry_point
-from zoo.errors import ConfigError, check_number, check_whole, is_whole
+from zoo.errors import ConfigError, check_number, check_switch, check_whole, is_whole
 
 log = logging.getLogger("zoo.train")
 
@@ -781,9 +781,7 @@ def check_run_options(cfg: DictConfig) -> None:
 def check_compile(cfg: DictConfig) -> None:
     """``compile=true`` (zoo.callbacks.compile) applies to components whose training step is one call of their
     network; with any other it would compile nothing and change nothing, so it is refused before anything is built."""
-    flag = cfg.get("compile", False)
-    if not isinstance(flag, bool):
-        raise ConfigError(f"compile must be true or false, got {flag!r} (fix: compile=true)")
+    flag = check_switch("compile", cfg.get("compile", False))
     if not flag or not cfg.get("train", True) or "model" not in cfg or "_target_" not in cfg.model:
         return
     from hydra._internal.utils import _locate

@@ -60,7 +60,7 @@ def test_compile_is_refused_where_it_would_not_cover_the_training_step(train_cfg
     check_compile(train_cfg(f"model={model}"))  # the default: nothing to refuse
     check_compile(train_cfg("model=diffusion_prior", "compile=true"))
     check_compile(train_cfg("model=glide", "compile=true"))
-    with pytest.raises(ConfigError, match="compile must be true or false"):
+    with pytest.raises(ConfigError, match="compile='fast' must be true or false"):
         check_compile(train_cfg("model=glide", "compile=fast"))
 
 
