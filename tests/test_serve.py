@@ -157,7 +157,7 @@ def test_serve_config_listens_on_loopback_and_checks_its_inputs(tmp_path):
     with pytest.raises(ConfigError, match="generator.dalle_ckpt: checkpoint not found"):
         serve(cfg, block=False)
     cfg.server.port = 70000
-    with pytest.raises(ConfigError, match="server.port must be in 1..65535"):
+    with pytest.raises(ConfigError, match="server.port=70000 must be a whole number from 1 to 65535"):
         serve(cfg, block=False)
 
 
