@@ -415,7 +415,7 @@ def test_zoo_sample_grid_of_a_decoder_trained_on_a_frozen_clip_takes_that_clip(
 @pytest.mark.parametrize("value", ["0.1", True, -0.1, float("nan")])
 def test_a_dropout_rate_that_is_not_a_probability_is_refused_when_built(name, value):
     # "0.1" (a string) failed with a TypeError from the comparison, and true passed as a rate
-    with pytest.raises(ConfigError, match=f"model.{name} is the probability"):
+    with pytest.raises(ConfigError, match=rf"model\.{name}=.+ must be a number in \[0, 1\): the probability"):
         UnclipDecoderLit(preset="tiny", **{name: value})
 
 
