@@ -259,7 +259,7 @@ def run_upsampler(
 
 # ------------------------------------------------------------------------------------------------ loading
 def load_upsampler(path: str):
-    from zoo.checkpoint import load_module, safe_load
+    from zoo.checkpoint import load_module, peek_checkpoint
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -270,7 +270,7 @@ def load_upsampler(path: str):
     # ema=True: the pipelines' rule (the average once it has started, else the trained weights); the stored
     # state_dict of a file saved before the EMA's first update is the initial, untrained network
     lit = load_module(str(p), map_location="cpu", expect=("upsampler",), ema=True)
-    step = safe_load(str(p)).get("global_step")
+    step = peek_checkpoint(p).get("global_step")  # memory-mapped: the weights were read whole for its step again
     return lit.eval(), (int(step) if step is not None else None)
 
 

@@ -280,3 +280,39 @@ def test_a_checkpoints_data_config_cannot_name_a_shell_command(tmp_path, urls):
     with pytest.raises(UnsafeCheckpointError, match=r"train_urls.*pipe: URL, a shell command"):
         checkpoint_sample_grid(str(path))
     assert not marker.exists()
+
+
+def _bytes_read() -> int:
+    """The bytes this process has read so far (Linux's /proc/self/io rchar)."""
+    from pathlib import Path
+
+    io = Path("/proc/self/io")
+    if not io.is_file():
+        pytest.skip("needs Linux's /proc/self/io to count the bytes read")
+    return int(next(line for line in io.read_text().splitlines() if line.startswith("rchar:")).split()[1])
+
+
+def test_a_resume_checks_the_files_plain_values_without_reading_its_weights(tmp_path):
+    """zoo-train ckpt_path=<file>: check_resume_file read the whole checkpoint (a paper model's GBs) to check its
+    name, hyper-parameters and keys, then Lightning read it again. Memory-mapped now (zoo.checkpoint.peek_checkpoint):
+    the bytes read stay far below the 128 MB of weights; its step is returned and a file that is not a checkpoint is
+    still refused by name, with the same advice."""
+    from zoo.checkpoint import CorruptCheckpointError, peek_checkpoint
+    from zoo.models.clip.lit import ClipLit
+    from zoo.train import check_resume_file
+
+    ckpt = tmp_path / "last.ckpt"
+    big = {"w": torch.ones(32 << 20)}
+    torch.save(
+        {"state_dict": big, "zoo_component": "clip", "hyper_parameters": {}, "global_step": 12, "loops": {}}
+        | {"pytorch-lightning_version": "2.4.0"},
+        ckpt,
+    )
+    before = _bytes_read()
+    assert check_resume_file(str(ckpt), ClipLit) == 12
+    assert peek_checkpoint(ckpt)["global_step"] == 12
+    assert _bytes_read() - before < 16 << 20  # the whole load read all 128 MB
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint at all" * 100)
+    with pytest.raises(CorruptCheckpointError, match=r"garbage\.ckpt is (corrupt|truncated).*; re-copy it"):
+        peek_checkpoint(garbage, fix="re-copy it")

@@ -633,7 +633,7 @@ def test_a_run_folder_or_an_export_given_as_ckpt_is_named(tmp_path):
 def test_a_checkpoints_plain_values_are_read_without_its_weights(tmp_path, reader):
     """zoo-sample ckpt=<file> loaded the whole checkpoint to read its component name (a paper DALL·E's GBs), before
     the generator read it again; trained_scene_resolution (scripts/clip_recall.py, binding_probe.py) loaded a whole
-    CLIP for data.resolution. Memory-mapped now (zoo.models.clip.scorer.peek_checkpoint): the bytes the process reads
+    CLIP for data.resolution. Memory-mapped now (zoo.checkpoint.peek_checkpoint): the bytes the process reads
     (/proc/self/io rchar) stay far below the 128 MB of weights; a file that is not a checkpoint, or one that names
     code, is still refused by name."""
     import pickle

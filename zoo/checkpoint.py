@@ -126,6 +126,17 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
         ) from None
 
 
+def peek_checkpoint(path: str | os.PathLike, fix: str = CHECKPOINT_FIX) -> Any:
+    """A checkpoint's contents (``weights_only``) with its tensors memory-mapped, not read: for the few plain values a
+    caller needs before (or instead of) building the model (a component name, ``hyper_parameters``, ``zoo_config``,
+    ``global_step``), where a whole load read a paper model's GBs. A legacy non-zip file (which cannot be mapped) is
+    read whole, and anything unreadable goes to ``safe_load``, whose message names the problem (``fix`` as there)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001  (safe_load loads it or says what is wrong with it)
+        return safe_load(path, fix=fix)
+
+
 def _unpickle_reason(msg: str) -> str:
     """The core of torch's weights_only failure ("Unsupported operand 80"), without its advice to re-run with
     weights_only=False and file an issue: for a file that is no checkpoint at all, that advice is wrong and unsafe."""

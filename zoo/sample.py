@@ -118,7 +118,7 @@ def _has_sample_grid(component: str) -> bool:
 def checkpoint_component(ckpt: str) -> str:
     """The registered component name a checkpoint file says it holds (weights_only; nothing the file names is used).
     Memory-mapped: the whole file was read for its name (a paper DALL·E's GBs) before the generator read it again."""
-    from zoo.models.clip.scorer import peek_checkpoint
+    from zoo.checkpoint import peek_checkpoint
     from zoo.registry import component_in
 
     return component_in(peek_checkpoint(ckpt), str(ckpt))

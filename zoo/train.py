@@ -265,10 +265,11 @@ def check_resume_file(path: str, model) -> int:
     """``ckpt_path=`` goes through the project's safe loader before Lightning opens it: a missing, corrupt, unsafe or
     wrong-kind file fails here, with a message that names the fix, instead of in torch's own words (which suggest
     ``weights_only=False``, the one thing never to do with a file from elsewhere). Returns the file's global step."""
-    from zoo.checkpoint import CorruptCheckpointError, safe_load
+    from zoo.checkpoint import CorruptCheckpointError, peek_checkpoint
     from zoo.registry import checked_hparams, component_in, component_name_of
 
-    ckpt = safe_load(path)
+    # memory-mapped: its plain values are checked here, and Lightning reads the weights (a whole load read them twice)
+    ckpt = peek_checkpoint(path)
     name = component_in(ckpt, str(path))
     checked_hparams(name, ckpt.get("hyper_parameters", {}), str(path))  # same rules as every other file input
     missing = [k for k in ("state_dict", "pytorch-lightning_version", "loops") if k not in ckpt]

@@ -121,6 +121,29 @@ def test_upsampler_outputs_do_not_depend_on_the_batch_size(tmp_path):
     assert a.shape == (4, 3, 32, 32) and torch.allclose(a, b, atol=1e-5)
 
 
+def test_the_upsamplers_step_is_read_without_its_weights_a_second_time(tmp_path):
+    """load_upsampler read the whole checkpoint a second time for its global_step (a paper upsampler's GBs): now
+    memory-mapped (zoo.checkpoint.peek_checkpoint), the bytes read stay near one file's size, not two."""
+    from pathlib import Path
+
+    io = Path("/proc/self/io")
+    if not io.is_file():
+        pytest.skip("needs Linux's /proc/self/io to count the bytes read")
+
+    def bytes_read() -> int:
+        return int(next(line for line in io.read_text().splitlines() if line.startswith("rchar:")).split()[1])
+
+    path = _ckpt(tmp_path, "run", "blur")
+    ck = torch.load(path, weights_only=True)
+    ck["optimizer_states"] = [{"big": torch.ones(16 << 20)}]  # 64 MB that only a whole load reads
+    torch.save(ck, path)
+    size = path.stat().st_size
+    before = bytes_read()
+    lit, step = U.load_upsampler(str(path))
+    assert step == 7
+    assert bytes_read() - before < 1.5 * size  # two whole loads read it twice
+
+
 def test_one_row_per_tile_mode(tmp_path):
     ckpt = _ckpt(tmp_path, "run", "blur")
     argv = [str(ckpt), "--clip", "none", "--no-judge", "--out", str(tmp_path / "o"), "--no-progress"]

@@ -66,23 +66,10 @@ def trained_scene_resolution(ckpt: str, given: Optional[int] = None) -> int:
     (experiment=unclip/clip_shapes_rn128) was measured on 32 px renders blown up to 128, not on the scenes it learned."""
     if given is not None:
         return int(given)
-    from zoo.checkpoint import trained_resolution
+    from zoo.checkpoint import peek_checkpoint, trained_resolution
 
     ck = peek_checkpoint(ckpt)
     return trained_resolution(ck.get("zoo_config") if isinstance(ck, dict) else None) or 32
-
-
-def peek_checkpoint(path: str | Path):
-    """A checkpoint's contents (``weights_only``) with its tensors memory-mapped, not read: for the few plain values a
-    caller needs before (or instead of) building the model, where a whole load read a paper CLIP's GBs. A legacy
-    non-zip file (which cannot be mapped) is read whole, and anything unreadable goes to ``safe_load``, whose message
-    names the problem."""
-    from zoo.checkpoint import safe_load
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001  (safe_load loads it or says what is wrong with it)
-        return safe_load(path)
 
 
 def check_tag_applies(checkpoint: str, tag: str) -> None:
@@ -91,6 +78,7 @@ def check_tag_applies(checkpoint: str, tag: str) -> None:
     CLIP checkpoint runs with the settings it trained with, which it records, and an open_clip weights file needs its
     architecture. A ``ConfigError`` naming the fix, unless the tag is the one the checkpoint records (before any
     weights are read)."""
+    from zoo.checkpoint import peek_checkpoint
     from zoo.errors import ConfigError
     from zoo.models.clip.model import refuse_torchscript
 
