@@ -159,6 +159,22 @@ def test_wrong_architecture_file_is_a_config_error(tmp_path):
         ClipScorer.from_open_clip("zoo-clip-shapes", checkpoint=str(path))
 
 
+def test_an_open_clip_file_given_alone_names_the_option_of_the_command_run(tmp_path):
+    """zoo-embed / zoo-eval / zoo-recaption clip.checkpoint=<an open_clip file> without clip.arch failed with
+    create_clip's "(fix: model.arch= / model.net=)": zoo-train's options, not the ones of the command run. Now the fix
+    is clip.arch= with that file; where a zoo-train CLIP is the only choice (generator.clip_ckpt), it says so."""
+    from zoo.errors import ConfigError
+
+    _, path = _tiny_openclip_file(tmp_path)
+    with pytest.raises(ConfigError, match="records no CLIP settings") as e:
+        ClipScorer.from_config({"checkpoint": str(path), "device": "cpu"})  # zoo-embed's clip node
+    assert f"fix: clip.arch=<its architecture, e.g. ViT-B-32> clip.checkpoint={path})" in str(e.value)
+    assert "model.arch" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"records no CLIP settings.*fix: a zoo-train model=clip checkpoint"):
+        ClipScorer.from_lightning_checkpoint(str(path))
+    assert ClipScorer.from_config({"checkpoint": str(path), "arch": "zoo-clip-tiny"}).image_size == 32  # the fix
+
+
 def test_embed_dataset_and_attach_embeddings(tmp_path):
     from zoo.data.shapes import ShapesDataset
     from zoo.embed import attach_embeddings, embed_dataset, load_embeddings

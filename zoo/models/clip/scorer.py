@@ -207,7 +207,10 @@ class ClipScorer:
         if get("checkpoint") and not get("arch"):
             if get("pretrained"):
                 check_tag_applies(str(get("checkpoint")), str(get("pretrained")))
-            return cls.from_lightning_checkpoint(str(get("checkpoint")), device=device, net=net)
+            # an open_clip weights file here needs clip.arch (create_clip's own advice names zoo-train's model.arch)
+            checkpoint = str(get("checkpoint"))
+            arch_fix = f"clip.arch=<its architecture, e.g. ViT-B-32> clip.checkpoint={checkpoint}"
+            return cls.from_lightning_checkpoint(checkpoint, device=device, net=net, arch_fix=arch_fix)
         if get("arch"):
             return cls.from_open_clip(
                 str(get("arch")), pretrained=get("pretrained"), checkpoint=get("checkpoint"), device=device, net=net
@@ -220,12 +223,15 @@ class ClipScorer:
 
     @classmethod
     def from_lightning_checkpoint(
-        cls, path: str, device: str = "cpu", net: Optional[dict] = None, **kw
+        cls, path: str, device: str = "cpu", net: Optional[dict] = None, arch_fix: Optional[str] = None, **kw
     ) -> "ClipScorer":
         """A checkpoint written by ``zoo-train model=clip`` (weights_only load; preset/arch/net read from its
         hyper-parameters; the ``pretrained`` tag it started from only sets the preprocessing, nothing downloads).
         ``net``: open_clip config overrides merged over the checkpoint's own (``clip.net``, e.g. another image size
-        on the same weights); it was dropped without a word, and zoo-eval keyed its cache by it all the same."""
+        on the same weights); it was dropped without a word, and zoo-eval keyed its cache by it all the same.
+        ``arch_fix``: the caller's options that load a file recording no settings (an open_clip weights file) as the
+        architecture it is, named in the error when it does not load as the default CLIP (``clip.arch=...`` for
+        ``ClipScorer.from_config``); without it, the fix named is a zoo-train CLIP checkpoint."""
         import open_clip
 
         from zoo.checkpoint import safe_load
@@ -255,7 +261,19 @@ class ClipScorer:
             tag = None  # a path, not a tag: the weights are this file's own, never another file the file names
         if tag and not open_clip.get_pretrained_cfg(cfg.arch, tag):
             tag = None  # a tag unknown to open_clip set no preprocessing in training either (older checkpoints)
-        model = create_clip(cfg, pretrained=tag, checkpoint=path)
+        try:
+            model = create_clip(cfg, pretrained=tag, checkpoint=path)
+        except ConfigError as e:
+            if hp:
+                raise
+            # No hyper-parameters: no zoo-train CLIP (whose settings say how to build it) but bare weights, read as
+            # the default shapes CLIP. create_clip's "fix: model.arch=" is zoo-train's option, not the user's
+            fix = arch_fix or "a zoo-train model=clip checkpoint, e.g. <run dir>/checkpoints/last.ckpt"
+            problem = str(e).split(" (fix:")[0]
+            raise ConfigError(
+                f"{problem}; it records no CLIP settings (no hyper_parameters: not a zoo-train model=clip checkpoint, "
+                f"an open_clip weights file perhaps), and an open_clip file is built from its architecture (fix: {fix})"
+            ) from e
         return cls.from_model(model, tokenizer_for(cfg), device=device, **kw)
 
     @property
