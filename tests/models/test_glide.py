@@ -408,5 +408,5 @@ def test_a_network_field_of_the_wrong_kind_is_refused_when_built(lit_path, net, 
 
     module, name = lit_path.rsplit(".", 1)
     lit = getattr(importlib.import_module(module), name)
-    with pytest.raises(ConfigError, match=f"model.net.{field} must be"):
+    with pytest.raises(ConfigError, match=rf"model\.net\.{field}=.+ must be"):
         lit(preset="tiny", net=net)
