@@ -229,7 +229,8 @@ def test_diffusion_prior_shared_null_prefix_equals_the_full_stack(text_input, pa
 def test_diffusion_prior_shares_the_null_prefix_only_when_it_is_the_same_function():
     """The shared null prefix is used for 2+ dropped rows with text positions; not for one dropped row (nothing to
     share), not without text tokens, and not under live dropout (each row must draw its own masks); in eval mode
-    dropout is off, so it is used. Under bf16 autocast it stays within the full stack's own bf16 rounding."""
+    dropout is off, so it is used. Not in half precision (bf16 autocast or bf16 weights), where the tail's tiny
+    matmuls cost more than the prefix FLOPs they save (bench/bench_prior.py's unshared variant, measured)."""
     from zoo.models.diffusion_prior.model import DiffusionPriorNet, build_config
 
     torch.manual_seed(0)
@@ -240,16 +241,12 @@ def test_diffusion_prior_shares_the_null_prefix_only_when_it_is_the_same_functio
     live = DiffusionPriorNet(build_config("tiny", {"dropout": 0.1})).train()
     assert not live._shares_null(two)
     assert live.eval()._shares_null(two)
-
-    x, t, emb, text = _prior_inputs("tokens", 6, torch.float32)
-    drop = torch.tensor([True, False, True, True, False, False])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = net(x, t, emb, **text, drop_text=drop)
-        want = net.head(net.hidden(x, t, emb, **text, drop_text=drop)[:, -1])
-    assert got.dtype == want.dtype == torch.bfloat16
-    exact = net.head(net.hidden(x, t, emb, **text, drop_text=drop)[:, -1])  # float32, outputs up to ~0.17
-    bf16_error = (want.float() - exact).abs().max()  # the full stack's own bf16 rounding (~1.5e-3 measured)
-    assert (got.float() - want.float()).abs().max() <= 2 * bf16_error + 1e-3
+        assert not net._shares_null(two)
+    with torch.autocast("cpu", dtype=torch.float32, enabled=False):
+        assert net._shares_null(two)
+    assert not DiffusionPriorNet(build_config("tiny")).to(torch.bfloat16).train()._shares_null(two)
+    assert DiffusionPriorNet(build_config("tiny")).double().train()._shares_null(two)  # the float64 checks use it
 
 
 def test_diffusion_prior_traces_in_one_graph_under_torch_compile():
