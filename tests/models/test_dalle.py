@@ -388,5 +388,5 @@ def test_an_image_vocab_larger_than_the_codebook_samples_only_decodable_codes(tm
 @pytest.mark.parametrize("bad", [0, -1, 2.5])
 def test_grid_captions_that_is_not_a_positive_count_is_refused_when_built(bad):
     """0 failed at the first validation (sample_grid: torch.cat of no batches), -1 drew len - 1 grid rows."""
-    with pytest.raises(ConfigError, match="model.grid_captions must be a whole number >= 1"):
+    with pytest.raises(ConfigError, match=r"model.grid_captions=\S+ must be a whole number >= 1"):
         DalleLit(preset="tiny", grid_captions=bad)
