@@ -142,15 +142,17 @@ def build_clip(node: DictConfig):
 
 
 def judge_path(node, resolution: int) -> Path:
-    """Where the judge of zoo-eval's ``judge`` node (a DictConfig or dict) is cached for this resolution."""
+    """Where the judge of zoo-eval's ``judge`` node (a DictConfig or dict) is cached for this resolution, under the
+    digest of the judge's code too (``eval.judge.judge_code_digest``: an edited judge trains anew)."""
+    from eval.judge import judge_code_digest
     from zoo.data.shapes import WORLD_VERSION
 
     steps, bs = int(node.get("steps", 400)), int(node.get("batch_size", 128))
     width = int(node.get("width", 64))
-    # width 64 is the reference judge every measured table used (its files keep their old names); other widths are
-    # other instruments, cached apart
+    # width 64 is the reference judge every measured table used; other widths are other instruments, cached apart
     suffix = "" if width == 64 else f"_w{width}"
-    return Path(str(node["dir"])).expanduser() / f"shapes_judge_v{WORLD_VERSION}_{resolution}px_{steps}x{bs}{suffix}.pt"
+    name = f"shapes_judge_v{WORLD_VERSION}_{resolution}px_{steps}x{bs}{suffix}_j{judge_code_digest()}.pt"
+    return Path(str(node["dir"])).expanduser() / name
 
 
 def check_judge(node) -> None:

@@ -10,7 +10,9 @@ of a 3x3 grid, so "which object is in cell (r, c)" is a closed-set classificatio
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -18,6 +20,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 N_CELLS = 9
+
+# The judge's own code: its digest is part of the cached judge's file name (``judge_code_digest``)
+JUDGE_SOURCE = Path(__file__)
+
+
+def judge_code_digest() -> str:
+    """8 hex digits of this file's source, in the cached judge's name (zoo-eval's ``judge_path``, the upsampler
+    report's): the cache was keyed by the world's version, steps, width and resolution only, so after an edit of the
+    judge (its network, its training) a judge trained by the old code was read silently. A judge cached by other code
+    is simply not found: a new one trains, once."""
+    return hashlib.sha256(JUDGE_SOURCE.read_bytes()).hexdigest()[:8]
 
 
 @dataclass(frozen=True)

@@ -395,21 +395,22 @@ def test_console_entry_point_runs(tmp_path):
 
 
 def test_judge_width_is_its_own_cached_instrument(tmp_path):
-    """judge.width picks the judge's CNN width; the reference width 64 keeps the old file name, any other width is
+    """judge.width picks the judge's CNN width; the reference width 64 has no width in its file name, any other width is
     cached apart (so a demo's cheaper judge never stands in for the reference one), and a silly width is refused."""
     from omegaconf import OmegaConf
 
     from eval.cli import build_judge
+    from eval.judge import judge_code_digest
     from zoo.errors import ConfigError
 
     node = OmegaConf.create({"dir": str(tmp_path), "steps": 2, "batch_size": 4, "width": 16})
     judge = build_judge(node, 32, False)
     assert judge.features[0].out_channels == 16
     files = sorted(p.name for p in tmp_path.glob("*.pt"))
-    assert len(files) == 1 and files[0].endswith("_32px_2x4_w16.pt")
+    assert len(files) == 1 and files[0].endswith(f"_32px_2x4_w16_j{judge_code_digest()}.pt")
     node.width = 64
     assert build_judge(node, 32, False).features[0].out_channels == 64
-    assert len(list(tmp_path.glob("*_32px_2x4.pt"))) == 1  # the reference name, no suffix
+    assert len(list(tmp_path.glob(f"*_32px_2x4_j{judge_code_digest()}.pt"))) == 1  # the reference name, no width
     node.width = 4
     with pytest.raises(ConfigError, match="judge.width"):
         build_judge(node, 32, False)
@@ -606,6 +607,26 @@ def test_the_judge_dir_under_home_is_expanded(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     path = judge_path(OmegaConf.create({"dir": "~/cache/judge"}), 32)
     assert path.parent == tmp_path / "cache" / "judge"
+
+
+def test_an_edit_of_the_judges_code_trains_a_new_judge(tmp_path, monkeypatch):
+    """The cached shapes judge was keyed by the world's version, steps, width and resolution only: after an edit of
+    eval/judge.py (its network, its training), the judge the old code trained was read silently. The digest of the
+    judge's source is in the name now: an edited copy gives another file (a new judge trains), the same code the same
+    one, and zoo-eval and the upsampler report still share it."""
+    import eval.judge as J
+    import eval.upsampler as U
+    from eval.cli import judge_path
+
+    node = {"dir": str(tmp_path)}
+    source = tmp_path / "judge.py"
+    source.write_bytes(Path(J.__file__).read_bytes())
+    now = judge_path(node, 32)
+    monkeypatch.setattr(J, "JUDGE_SOURCE", source, raising=False)
+    assert judge_path(node, 32) == now == U.judge_path(tmp_path, 32, 400, 128)  # the same code: the same judge
+    source.write_text(source.read_text() + "\n# the judge's network or training, edited\n")
+    edited = judge_path(node, 32)
+    assert edited != now and edited.parent == now.parent and edited == U.judge_path(tmp_path, 32, 400, 128)
 
 
 def test_rerank_rows_scored_at_a_blur_radius_say_so(tmp_path):
