@@ -244,6 +244,31 @@ def test_a_stage_built_from_an_earlier_clip_or_tokenizer_is_redone(demo_dir, mon
     assert not demo.resumable(fixed, demo_dir / "dalle")
 
 
+def test_an_embed_split_interrupted_before_its_clip_changed_starts_over(demo_dir, monkeypatch):
+    """zoo-embed keeps an interrupted split's rows in <out>.partial/ and resumes from them. When the demo CLIP was
+    retrained since, make demo redid the split under its new settings record, but left that folder: zoo-embed then
+    refused to run ("holds the rows of an interrupted zoo-embed run with other arguments") until the user deleted
+    it. The rows of a run whose record differs are removed first; with the record unchanged they are kept."""
+    from zoo.feature_rows import work_dir_of
+
+    demo.ckpt("clip").parent.mkdir(parents=True)
+    demo.ckpt("clip").write_bytes(b"the demo CLIP")
+    calls = []
+    monkeypatch.setattr(demo, "run_child", _interrupting(calls))
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_embed({}, 1.0)  # the train split's record is written, then its zoo-embed is interrupted
+    work = work_dir_of(demo.features("train"))
+    work.mkdir(parents=True)
+    (work / "rows_000000000000.pt").write_bytes(b"the first 4,096 rows")
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_embed({}, 1.0)  # the same settings: zoo-embed resumes from its rows
+    assert (work / "rows_000000000000.pt").is_file() and len(calls) == 2
+    demo.ckpt("clip").write_bytes(b"the demo CLIP, trained again")
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_embed({}, 1.0)
+    assert not work.exists() and len(calls) == 3 and calls[-1][2] == "zoo.embed"
+
+
 @pytest.mark.parametrize("problem", ["not writable", "full"])
 def test_a_logs_dir_the_demo_cannot_fill_is_an_error_before_any_stage(tmp_path, monkeypatch, problem):
     """A read-only or full logs dir was a Python traceback only after the judge (minutes) or a stage had trained:

@@ -755,10 +755,25 @@ def run_embed(timings: dict[str, float], expect_s: float) -> None:
     for split in todo:
         overrides = [*commands[split], f"hydra.run.dir={DEMO_DIR / 'embed' / split}"]
         features(split).unlink(missing_ok=True)  # (as in run_train: no earlier output beside the new record)
+        clear_stale_rows(split, settings[split], fresh)
         _save(settings_file("embed", split), settings[split])
         print(f"    {shown(['zoo-embed', *overrides])}", flush=True)
         run_child([sys.executable, "-m", "zoo.embed", *overrides])
     finish("embed", t0, timings)
+
+
+def clear_stale_rows(split: str, settings: dict, fresh: bool) -> None:
+    """Remove the rows an interrupted zoo-embed of ``split`` left (``<out>.partial/``) when that run's settings
+    record differs from ``settings`` (or DEMO_FRESH=1): they belong to the stale run. Its CLIP retrained, the redone
+    split's zoo-embed refused to run ("holds the rows of an interrupted zoo-embed run with other arguments ... delete
+    <out>.partial") until the user deleted it. With the record unchanged they are kept: zoo-embed resumes from them."""
+    from zoo.feature_rows import work_dir_of
+
+    work = work_dir_of(features(split))
+    if not work.is_dir() or not (fresh or record_changes(settings_file("embed", split), settings)):
+        return
+    print(f"    removing {work}: the rows of an interrupted zoo-embed run with the earlier settings", flush=True)
+    shutil.rmtree(work)
 
 
 def run_sample(name: str, overrides: list[str], expect_s: float, timings: dict[str, float]) -> dict:
