@@ -227,3 +227,107 @@ def test_synthetic_captions_keep_one_row_per_image(coco_root):
     assert caption_mode(ds) == "all"
     synthetic = SyntheticCaptioned(ds, {"syn": ["x"] * len(ds)}, {"syn": 1.0})
     assert caption_mode(synthetic) == "one"  # it serves its own captions, not the ones COCO lists
+
+
+def _all_caption_features(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A hand-made zoo-embed captions=all file's tensors for the CAPTIONS images (no CLIP needed)."""
+    g = torch.Generator().manual_seed(seed)
+    n, m = len(CAPTIONS), sum(CAPTIONS.values())
+    return {
+        "clip_image_emb": torch.randn(n, 24, generator=g),
+        "clip_text_emb": torch.randn(m, 24, generator=g),
+        "clip_text_tokens": torch.randint(1, 49408, (m, 7), generator=g),
+        "clip_text_encodings": torch.randn(m, 7, 12, generator=g).half(),
+        "clip_text_mask": torch.rand(m, 7, generator=g) < 0.5,
+        "clip_caption_counts": torch.tensor(list(CAPTIONS.values())),
+    }
+
+
+def _storage_bytes(root) -> int:
+    """Bytes of the distinct tensor storages reachable from ``root`` (through dicts, lists, tuples and attributes)."""
+    import gc
+    import types
+
+    seen, storages, todo = set(), {}, [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType, str, bytes)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            storages[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
+        else:
+            todo.extend(gc.get_referents(obj))
+    return sum(storages.values())
+
+
+def test_whole_column_readers_get_the_first_caption_rows_without_a_second_copy(coco_root):
+    """FeatureAttached.features kept a copy of the text keys at each image's first caption beside the caption rows
+    (~13 GB more at COCO train with ViT-H encodings); now views of them, read as the copy was."""
+    from zoo.data.datamodule import FeatureAttached, first_caption_rows
+
+    feats = _all_caption_features()
+    file_bytes = _storage_bytes(feats)
+    ds = FeatureAttached(CocoCaptions(str(coco_root), "train"), dict(feats))
+    # nothing beyond the file's tensors and the (N + 1) caption offsets
+    assert _storage_bytes(ds) <= file_bytes + 8 * (len(CAPTIONS) + 1), (_storage_bytes(ds), file_bytes)
+    old = first_caption_rows(feats)  # the copy readers got before
+    assert ds.features.keys() == old.keys()
+    pick = torch.tensor([2, 0])
+    for k, want in old.items():
+        got = ds.features[k]
+        assert (got.shape, got.dtype, got.dim(), len(got), got.numel()) == (
+            want.shape,
+            want.dtype,
+            want.dim(),
+            len(want),
+            want.numel(),
+        ), k
+        assert got.size(-1) == want.size(-1) and got.ndim == want.ndim, k
+        for index in (1, -1, slice(1, None), pick, (slice(None), 0)):
+            assert torch.equal(got[index], want[index]), (k, index)
+        assert torch.equal(got, want) and torch.equal(got.float(), want.float()), k  # torch functions, methods
+        assert got.max() == want.max() and torch.equal(torch.cat([got, want]), torch.cat([want, want])), k
+    # served samples still carry the drawn caption's rows (and the image rows)
+    for i in range(len(ds)):
+        s = ds[i]
+        row = int(ds.caption_start[i]) + ds.base.caption_choices(i).index(s["caption"])
+        assert torch.equal(s["clip_text_encodings"], feats["clip_text_encodings"][row])
+        assert torch.equal(s["clip_image_emb"], feats["clip_image_emb"][i])
+
+
+def test_model_data_checks_read_the_first_caption_rows_as_before(coco_root, tmp_path):
+    """The readers of whole columns (the priors' data_sizes / check_data, the AR prior's PCA and dot-bin fit) give
+    what they gave on the first-caption copy."""
+    from zoo.data.datamodule import FeatureAttached, first_caption_rows
+    from zoo.models.ar_prior.lit import ARPriorLit, _train_features
+    from zoo.models.diffusion_prior.lit import DiffusionPriorLit
+
+    feats = _all_caption_features()
+
+    class DM:
+        def __init__(self, ds):
+            self.features, self.ds = {"train": "train.pt", "val": "val.pt"}, ds
+
+        def dataset(self, split):
+            return self.ds
+
+    base = CocoCaptions(str(coco_root), "train")
+    lazy = DM(FeatureAttached(base, dict(feats)))
+    copied = DM(FeatureAttached(base, first_caption_rows(feats)))  # one row per image, as the copy was
+    for text_input in ("tokens", "encodings"):
+        net = {"text_input": text_input}
+        sizes = DiffusionPriorLit(preset="tiny", net=net).data_sizes(lazy)
+        assert sizes == DiffusionPriorLit(preset="tiny", net=net).data_sizes(copied) and sizes["clip_dim"] == 24
+        DiffusionPriorLit(preset="tiny", net={**net, **sizes}).check_data(lazy)
+    fitted = []
+    for dm in (lazy, copied):
+        assert ARPriorLit(preset="tiny").data_sizes(dm) == {"embed_dim": 24}  # (32-d preset)
+        lit = ARPriorLit(preset="tiny", net={"embed_dim": 24}, n_components=2)
+        lit.check_data(dm)
+        cols = _train_features(dm)
+        lit.fit_discretisation(cols["clip_image_emb"], cols["clip_text_emb"])
+        fitted.append({k: v for k, v in lit.state_dict().items() if k.startswith(("pca.", "dot_bins."))})
+    assert fitted[0].keys() == fitted[1].keys() and fitted[0]
+    for k in fitted[0]:
+        assert torch.equal(fitted[0][k], fitted[1][k]), k
