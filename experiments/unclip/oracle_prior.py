@@ -14,7 +14,11 @@ embedding to the true one. Settings follow ``conf/eval/experiment/leaderboard/un
 
     python experiments/unclip/oracle_prior.py --prior logs/leaderboard/prior/checkpoints/last.ckpt \
         --decoder logs/leaderboard/decoder/checkpoints/last.ckpt --clip logs/demo/clip/checkpoints/last.ckpt \
-        --judge .zoo_cache/judge/shapes_judge_v2_32px_400x128.pt --n 128 --out logs/eval/unclip/oracle_prior
+        --n 128 --out logs/eval/unclip/oracle_prior
+
+``--judge`` defaults to the 32 px judge zoo-eval caches under ``.zoo_cache/judge`` (trained there first if absent):
+its file name carries the judge code's digest, so a path written into a command goes stale after an edit of
+eval/judge.py.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
+from eval.cli import build_judge
 from eval.judge import attribute_accuracy, load_judge, prompt_fidelity, subject_accuracy
 from zoo.data.shapes import ShapesDataset
 from zoo.pipelines.unclip import UnclipPipeline
@@ -39,7 +45,11 @@ def main() -> None:
     ap.add_argument("--prior", required=True, help="a zoo-train diffusion_prior (or ar_prior) last.ckpt")
     ap.add_argument("--decoder", required=True, help="a zoo-train unclip_decoder last.ckpt")
     ap.add_argument("--clip", required=True, help="the CLIP both were trained on (make demo's)")
-    ap.add_argument("--judge", required=True, help="a shapes judge file (zoo-eval caches them in .zoo_cache/judge)")
+    ap.add_argument(
+        "--judge",
+        default=None,
+        help="a shapes judge file (default: the 32 px judge zoo-eval caches in .zoo_cache/judge, trained if absent)",
+    )
     ap.add_argument("--n", type=int, default=128, help="val scenes (the first n, descriptive captions)")
     ap.add_argument("--guidance", type=float, default=3.0, help="decoder guidance (the leaderboard's: 3)")
     ap.add_argument("--steps", type=int, default=25, help="decoder steps (respaced DDPM, the leaderboard's)")
@@ -57,7 +67,9 @@ def main() -> None:
         decoder_sampler="ddpm",
         decoder_guidance_scale=args.guidance,
     )
-    judge = load_judge(args.judge)
+    judge = (
+        load_judge(args.judge) if args.judge else build_judge(OmegaConf.create({"dir": ".zoo_cache/judge"}), 32, True)
+    )
     ds = ShapesDataset("val", size=args.n, caption_style="descriptive")
     items = [ds[i] for i in range(args.n)]
     truth = [it["attributes"] for it in items]
