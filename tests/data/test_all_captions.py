@@ -264,6 +264,10 @@ def _storage_bytes(root) -> int:
 def test_whole_column_readers_get_the_first_caption_rows_without_a_second_copy(coco_root):
     """FeatureAttached.features kept a copy of the text keys at each image's first caption beside the caption rows
     (~13 GB more at COCO train with ViT-H encodings); now views of them, read as the copy was."""
+    import pickle
+
+    import numpy
+
     from zoo.data.datamodule import FeatureAttached, first_caption_rows
 
     feats = _all_caption_features()
@@ -288,6 +292,10 @@ def test_whole_column_readers_get_the_first_caption_rows_without_a_second_copy(c
             assert torch.equal(got[index], want[index]), (k, index)
         assert torch.equal(got, want) and torch.equal(got.float(), want.float()), k  # torch functions, methods
         assert got.max() == want.max() and torch.equal(torch.cat([got, want]), torch.cat([want, want])), k
+        assert (numpy.asarray(got) == want.numpy()).all(), k
+    # DataLoader workers under spawn get the dataset pickled: the views travel with their caption rows
+    again = pickle.loads(pickle.dumps(ds))
+    assert all(torch.equal(again.features[k], v) for k, v in old.items())
     # served samples still carry the drawn caption's rows (and the image rows)
     for i in range(len(ds)):
         s = ds[i]
