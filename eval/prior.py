@@ -85,20 +85,32 @@ def embedding_metrics(z: torch.Tensor, image_emb: torch.Tensor, ks: tuple[int, .
 
 
 # ------------------------------------------------------------------------------------------------ data and models
-def load_features(path: str, n: Optional[int] = None, meta: Optional[dict] = None) -> dict[str, torch.Tensor]:
+def load_features(
+    path: str, n: Optional[int] = None, meta: Optional[dict] = None, images_only: bool = False
+) -> dict[str, torch.Tensor]:
     """The first ``n`` rows (all when None) of a zoo-embed file (its ``meta``, the CLIP and split, copied into
-    ``meta`` when a dict is given)."""
+    ``meta`` when a dict is given); ``images_only``: ``clip_image_emb`` alone (the FD floor's reference).
+
+    A ``captions=all`` file (COCO train) is paired at each image's first caption, copying those rows of the first
+    ``n`` images only: one row per image of every caption key was copied, and kept whole behind the ``n`` rows read
+    (all of it for the image-only reference)."""
+    from zoo.data.datamodule import CAPTION_COUNTS, TEXT_KEYS, caption_starts
     from zoo.embed import load_embeddings
 
-    feats = load_embeddings(path, meta)
-    missing = [k for k in ("clip_image_emb", "clip_text_emb") if k not in feats]
+    feats = load_embeddings(path, meta, all_captions=True)
+    counts = feats.pop(CAPTION_COUNTS, None)
+    need = ("clip_image_emb",) if images_only else ("clip_image_emb", "clip_text_emb")
+    missing = [k for k in need if k not in feats]
     if missing:
         raise ConfigError(f"{path} lacks {missing}: pass a file written by zoo-embed")
     total = len(feats["clip_image_emb"])
     n = total if n is None else int(n)
     if not 2 <= n <= total:
         raise ConfigError(f"n={n}: {path} holds {total} captions (fix: n=<2..{total}> or n=null for all)")
-    return {k: v[:n] for k, v in feats.items()}
+    if images_only:
+        return {"clip_image_emb": feats["clip_image_emb"][:n]}
+    rows = slice(None, n) if counts is None else caption_starts(counts)[:n]  # (the first caption of image i)
+    return {k: (v[rows] if k in TEXT_KEYS else v[:n]) for k, v in feats.items()}
 
 
 def check_reference(
@@ -332,7 +344,7 @@ def prior_report(cfg: DictConfig) -> dict[str, Any]:
     ref = None
     if cfg.get("reference_features"):  # read (and checked) now: it was read after every prior had sampled
         ref_meta: dict[str, Any] = {}
-        ref = load_features(str(cfg.reference_features), meta=ref_meta)["clip_image_emb"][:n]
+        ref = load_features(str(cfg.reference_features), meta=ref_meta, images_only=True)["clip_image_emb"][:n]
         if ref.shape[-1] != truth.shape[-1]:
             raise ConfigError(
                 f"reference_features={cfg.reference_features} holds {ref.shape[-1]}-d embeddings but "

@@ -406,3 +406,28 @@ def test_zero_counts_refused_before_any_sampling(files, tmp_path, monkeypatch, e
     monkeypatch.setattr(eval.prior, "run_sampler", sampled)
     with pytest.raises(ConfigError, match=message):
         prior_report(_cfg(tmp_path, [f"features={files['val']}", f"diffusion_ckpt={files['diffusion']}", *extra]))
+
+
+def test_an_all_captions_file_is_read_at_each_images_first_caption_copying_only_the_rows_read(tmp_path):
+    """A zoo-embed captions=all file (COCO train, e.g. the FD floor's reference) was copied to one row per image in
+    every caption key, all of it, and kept whole behind the first ``n`` rows read; the reference (image rows only)
+    paid the copy too. Now the same values, the text keys' storage n rows."""
+    from eval.prior import load_features
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.data.datamodule import first_caption_rows
+
+    counts = torch.tensor([3, 5, 4, 1, 2, 5])
+    m = int(counts.sum())
+    one = _features(m, 3)  # m caption rows; 6 images
+    feats = {**one, "clip_image_emb": one["clip_image_emb"][: len(counts)], "clip_caption_counts": counts}
+    path = atomic_torch_save({**feats, "meta": {"split": "train", "captions": "all"}}, tmp_path / "all.pt")
+    old = first_caption_rows(feats)  # what the readers got: one row per image, its first caption
+    for n in (None, 2, 4):
+        got = load_features(str(path), n)
+        assert got.keys() == old.keys()
+        for k, v in got.items():
+            assert torch.equal(v, old[k][:n]), (k, n)
+            if k != "clip_image_emb":  # (the image rows are the file's own: no copy)
+                assert v.untyped_storage().nbytes() == v.nbytes, (k, n)  # holds the rows read, not every image's
+    ref = load_features(str(path), 4, images_only=True)
+    assert ref.keys() == {"clip_image_emb"} and torch.equal(ref["clip_image_emb"], feats["clip_image_emb"][:4])
