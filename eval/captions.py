@@ -423,7 +423,9 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     # load_embeddings, not a bare safe_load: a truncated file's advice is "re-run zoo-embed" (safe_load's default
     # says "use another checkpoint"), and NaN or misshapen embeddings are refused instead of captioned
     meta: dict = {}
-    feats = load_embeddings(cfg["features"], meta)
+    # only clip_image_emb is read (one row per image in any layout): all_captions spares a captions=all file's
+    # first-caption copy of every text key (~20% of the file)
+    feats = load_embeddings(cfg["features"], meta, all_captions=True)
     if meta.get("split") is not None and str(meta["split"]) != str(cfg["split"]):
         # scored against the other split's scenes, silently (zoo-recaption refuses the same file)
         raise ConfigError(

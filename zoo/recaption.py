@@ -253,7 +253,7 @@ def _embedding_source(
 
         path = Path(str(cfg.features)).expanduser()
         meta: dict = {}
-        emb = load_embeddings(path, meta).get("clip_image_emb")
+        emb = load_embeddings(path, meta, all_captions=True).get("clip_image_emb")  # image rows: no text-key copy
         written_for = meta.get("split")
         if written_for is not None and str(written_for) != split:  # the captions would be served to the wrong images
             raise ConfigError(
