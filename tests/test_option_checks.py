@@ -217,6 +217,33 @@ def _eval(tmp_path):
     ]
 
 
+def _sampling():
+    from zoo.diffusion.process import GaussianDiffusion
+    from zoo.diffusion.samplers import check_eta, check_sampling_knobs
+    from zoo.diffusion.schedules import get_schedule
+    from zoo.nn.sampling import check_sampling
+
+    def tokens(key):
+        return lambda v: check_sampling(**{key: v}, prefix="generator.")
+
+    def knob(key):
+        return lambda v: check_sampling_knobs(1000, {key: v})
+
+    return [
+        ("generator.temperature", tokens("temperature"), numbers(0)),
+        ("generator.top_k", tokens("top_k"), counts(0)),  # 2.0 passed, then torch.topk refused it at the first token
+        ("generator.top_p", tokens("top_p"), numbers(0, 1, low_open=True)),
+        ("generator.steps", knob("generator.steps"), counts(1) + [1001]),
+        ("generator.eta", knob("generator.eta"), numbers(0)),
+        ("generator.guidance_scale", knob("generator.guidance_scale"), numbers(0)),
+        ("generator.clip_guidance_scale", knob("generator.clip_guidance_scale"), numbers(0)),
+        ("eta", check_eta, numbers(0)),  # float() took "0.5" and true
+        # float() took "5" and true (gamma 1); the process is built on a schedule of its own
+        ("snr_gamma", lambda v: GaussianDiffusion(get_schedule("cosine", 10), snr_gamma=v), numbers(0, low_open=True)),
+        ("model.num_timesteps", lambda v: get_schedule("cosine", v), counts(1)),
+    ]
+
+
 @pytest.mark.parametrize(
     "table",
     [
@@ -228,8 +255,9 @@ def _eval(tmp_path):
         lambda _: _commands(),
         lambda _: _priors(),
         _data,
+        lambda _: _sampling(),
     ],
-    ids=["callbacks", "train", "models", "eval", "pipelines", "commands", "priors", "data"],
+    ids=["callbacks", "train", "models", "eval", "pipelines", "commands", "priors", "data", "sampling"],
 )
 def test_every_option_refuses_the_same_bad_values_in_the_same_words(tmp_path, table):
     """Each option, each bad value: a ConfigError that names the option with the value as typed and the fix."""

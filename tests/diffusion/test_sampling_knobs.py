@@ -28,14 +28,22 @@ def test_good_knobs_pass():
 @pytest.mark.parametrize(
     "key, value, match",
     [
-        ("generator.steps", 0, r"generator.steps must be .* from 1 to 1000.*got 0"),
-        ("generator.steps", -3, r"generator.steps .*got -3"),
-        ("model.grid_steps", 2000, r"model.grid_steps .*got 2000"),
-        ("generator.steps", 2.5, r"generator.steps .*got 2.5"),
+        (
+            "generator.steps",
+            0,
+            r"^generator\.steps=0 must be a whole number from 1 to 1000: .*\(fix: generator\.steps=50\)$",
+        ),
+        ("generator.steps", -3, r"generator\.steps=-3 must be"),
+        ("model.grid_steps", 2000, r"model\.grid_steps=2000 must be"),
+        ("generator.steps", 2.5, r"generator\.steps=2\.5 must be"),
         ("generator.sampler", "dpmpp", r"generator.sampler='dpmpp' is not a sampler.*dpm\+\+.*fix: generator.sampler"),
-        ("generator.eta", -1.0, r"generator.eta is a DDIM eta and must be a number >= 0"),
-        ("generator.guidance_scale", -2, r"generator.guidance_scale is a guidance scale .* >= 0"),
-        ("generator.guidance_scale", float("nan"), r"generator.guidance_scale"),
+        (
+            "generator.eta",
+            -1.0,
+            r"generator\.eta=-1\.0 must be a number >= 0: the DDIM eta .*\(fix: generator\.eta=0\)",
+        ),
+        ("generator.guidance_scale", -2, r"generator\.guidance_scale=-2 must be a number >= 0: the guidance scale"),
+        ("generator.guidance_scale", float("nan"), r"generator\.guidance_scale=nan must be"),
     ],
 )
 def test_bad_knob_names_its_key(key, value, match):

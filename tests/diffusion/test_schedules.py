@@ -132,7 +132,10 @@ def test_bad_schedule_settings_are_config_errors_naming_the_key():
     with pytest.raises(ConfigError, match=r"model\.schedule='cosin'.*fix: model\.schedule=cosine"):
         get_schedule("cosin")
     for bad in (0, -5, 2.5):
-        with pytest.raises(ConfigError, match=r"model\.num_timesteps .*fix: model\.num_timesteps=1000"):
+        with pytest.raises(
+            ConfigError,
+            match=r"model\.num_timesteps=.* must be a whole number >= 1: .*\(fix: model\.num_timesteps=1000\)",
+        ):
             get_schedule("linear", bad)
     with pytest.raises(ConfigError, match=r"model\.num_timesteps"):
         GlideLit(preset="tiny", num_timesteps=0)

@@ -390,9 +390,9 @@ def test_a_sweep_without_its_prior_is_refused(files, tmp_path):
         (["diffusion.n_candidates=0"], "diffusion.n_candidates=0"),
         (["sweep.diffusion_steps=[8,0]"], "sweep.diffusion_steps=0"),
         # the AR prior's token sampling: filter_logits read a negative top_k and a top_p above 1 as no filter
-        (["ar.top_k=-3"], r"ar.top_k must be a whole number >= 0"),
-        (["ar.top_p=90"], r"ar.top_p must be in \(0, 1\]"),
-        (["ar.temperature=-1"], "ar.temperature must be a finite number >= 0"),
+        (["ar.top_k=-3"], r"ar\.top_k=-3 must be a whole number >= 0"),
+        (["ar.top_p=90"], r"ar\.top_p=90 must be a number in \(0, 1\]"),
+        (["ar.temperature=-1"], r"ar\.temperature=-1 must be a number >= 0"),
     ],
 )
 def test_zero_counts_refused_before_any_sampling(files, tmp_path, monkeypatch, extra, message):

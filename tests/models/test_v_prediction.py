@@ -36,7 +36,7 @@ def test_snr_gamma_reaches_every_image_diffusion_process_and_bad_values_fail_bef
     assert GlideLit(preset="tiny").process.snr_gamma is None  # the paper's plain L_simple by default
     assert GlideLit(preset="tiny", prediction="v", snr_gamma=5).process.snr_gamma == 5.0
     assert UnclipDecoderLit(preset="tiny", snr_gamma=5.0).process.snr_gamma == 5.0
-    assert UpsamplerLit(preset="tiny", prediction="v", snr_gamma="5").process.snr_gamma == 5.0
+    assert UpsamplerLit(preset="tiny", prediction="v", snr_gamma=5).process.snr_gamma == 5.0
     for bad in (0, -2, "five", float("inf")):
         with pytest.raises(ConfigError, match="model.snr_gamma"):
             GlideLit(preset="tiny", snr_gamma=bad)

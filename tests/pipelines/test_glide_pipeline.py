@@ -482,7 +482,10 @@ def test_a_clip_guidance_scale_that_is_not_a_number_names_the_key(nn_helpers, ba
 
     lit = nn_helpers.sampling_lit(GlideLit)
     clip = NoisedClipLit(preset="tiny")
-    with pytest.raises(ConfigError, match=r"generator\.clip_guidance_scale .*number >= 0 \(0 is unguided\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"generator\.clip_guidance_scale=.* must be a number >= 0: the CLIP guidance scale \(0: unguided\)",
+    ):
         GlidePipeline(lit, steps=2, noised_clip=clip, clip_guidance_scale=bad)
 
 
@@ -514,8 +517,8 @@ def test_inpaint_cli_with_a_sampler_that_cannot_reimpose_pixels_names_a_fix_it_h
     "knob, said",
     [
         ({"sampler": "eular"}, "generator.sampler='eular' is not a sampler"),
-        ({"eta": -1.0}, "generator.eta is a DDIM eta"),
-        ({"guidance_scale": float("nan")}, "generator.guidance_scale is a guidance scale"),
+        ({"eta": -1.0}, "generator.eta=-1.0 must be a number >= 0: the DDIM eta"),
+        ({"guidance_scale": float("nan")}, "generator.guidance_scale=nan must be a number >= 0: the guidance scale"),
         ({"n_keep": 0}, "generator.n_keep=0 must be"),
         ({"batch_size": 1.5}, "generator.batch_size=1.5 must be"),
         ({"clip_guidance_scale": 3.0}, "CLIP guidance needs both generator.noised_clip_ckpt"),

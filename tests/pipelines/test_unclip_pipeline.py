@@ -787,7 +787,7 @@ def test_upsampler_steps_of_the_wrong_kind_are_a_config_error(steps):
     from zoo.models.upsampler.lit import UpsamplerLit
 
     ups = [UpsamplerLit(preset="tiny")] * (2 if isinstance(steps, list) and len(steps) == 2 else 1)
-    with pytest.raises(ConfigError, match=r"generator\.upsampler_steps must be a whole number"):
+    with pytest.raises(ConfigError, match=r"generator\.upsampler_steps=.* must be a whole number"):
         UnclipPipeline(UnclipDecoderLit(preset="tiny"), None, None, ups, prior="none", upsampler_steps=steps)
 
 
@@ -800,9 +800,9 @@ def test_upsampler_steps_of_the_wrong_kind_are_a_config_error(steps):
         ({"prior": "ar", "stages": ["decoder"]}, "stages lacks prior but prior=ar"),
         ({"n_keep": 0}, "generator.n_keep=0 must be"),
         ({"batch_size": 2.5}, "generator.batch_size=2.5 must be"),
-        ({"decoder_guidance_scale": -1.0}, "generator.decoder_guidance_scale is a guidance scale"),
+        ({"decoder_guidance_scale": -1.0}, "generator.decoder_guidance_scale=-1.0 must be a number >= 0: the guidance scale"),
         ({"decoder_sampler": "eular"}, "generator.decoder_sampler='eular' is not a sampler"),
-        ({"decoder_eta": float("nan")}, "generator.decoder_eta is a DDIM eta"),
+        ({"decoder_eta": float("nan")}, "generator.decoder_eta=nan must be a number >= 0: the DDIM eta"),
     ],
 )
 def test_options_that_need_no_model_are_refused_before_any_checkpoint_loads(knob, said, tmp_path, monkeypatch):

@@ -44,17 +44,14 @@ class ReverseStep:
     pred_eps: torch.Tensor  # consistent with the (clipped) pred_x0 and x_t
 
 
-def check_snr_gamma(snr_gamma) -> Optional[float]:
-    """None, or Min-SNR-γ's γ as a float; ValueError unless it is a finite number > 0."""
-    if snr_gamma is None:
-        return None
-    try:
-        gamma = float(snr_gamma)
-    except (TypeError, ValueError):
-        gamma = float("nan")
-    if not (gamma > 0 and math.isfinite(gamma)):
-        raise ValueError(f"snr_gamma={snr_gamma!r}; expected None (no reweighting) or a finite number > 0 (e.g. 5)")
-    return gamma
+def check_snr_gamma(snr_gamma, option: str = "snr_gamma") -> Optional[float]:
+    """None, or Min-SNR-γ's γ as a float; ValueError (zoo.errors' ConfigError, worded as every option, naming
+    ``option``) unless it is a finite number > 0: float() took Hydra's string "5" and true as γ = 1."""
+    from zoo.errors import check_number
+
+    why = "Min-SNR-γ's γ (5 is the paper's; null: no reweighting)"
+    gamma = check_number(option, snr_gamma, 0, low_open=True, fix=5, none_ok=True, why=why)
+    return None if gamma is None else float(gamma)
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,6 @@ Conventions:
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -58,15 +57,12 @@ def ddpm_step(
 
 
 def check_eta(eta) -> float:
-    """DDIM's η as a float; ValueError unless it is a finite number >= 0. (A negative η is not |η|: σ² = η² β̃ shrinks
-    the ε̂ term as |η| would while the noise term, added only for η > 0, is dropped -- neither sampler.)"""
-    try:
-        value = float(eta)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if isinstance(eta, bool) or not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"DDIM eta={eta!r}; expected a finite number >= 0 (0: deterministic, 1: DDPM's variance)")
-    return value
+    """DDIM's η as a float; ValueError (zoo.errors' ConfigError, worded as every option) unless it is a finite number
+    >= 0: float() took the string "0.5" and true as 1. (A negative η is not |η|: σ² = η² β̃ shrinks the ε̂ term as
+    |η| would while the noise term, added only for η > 0, is dropped -- neither sampler.)"""
+    from zoo.errors import check_number
+
+    return float(check_number("eta", eta, 0, fix=0, why="the DDIM eta (0: deterministic DDIM, 1: DDPM's variance)"))
 
 
 def ddim_step(
@@ -275,18 +271,14 @@ def check_sampling_knobs(num_timesteps: int, knobs: dict) -> None:
     ending says what it is: ``...steps`` (an int in [1, num_timesteps]), ``...sampler`` (a known sampler),
     ``...eta`` (>= 0), ``...guidance_scale`` (>= 0: 0 is the unconditional model, 1 the conditional one)."""
     from zoo.diffusion.diffusers_adapter import ALIASES
-    from zoo.errors import ConfigError
+    from zoo.errors import ConfigError, check_number, check_whole
 
     for key, value in knobs.items():
         if value is None:
             continue
         if key.endswith("steps"):
-            ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= num_timesteps
-            if not ok:
-                raise ConfigError(
-                    f"{key} must be a whole number of sampling steps from 1 to {num_timesteps} (the diffusion's "
-                    f"timesteps), got {value!r} (fix: {key}={min(50, num_timesteps)})"
-                )
+            why = f"sampling steps, at most the diffusion's {num_timesteps} timesteps"
+            check_whole(key, value, 1, min(50, num_timesteps), most=num_timesteps, why=why)
         elif key.endswith("sampler"):
             if not isinstance(value, str) or not sampler_known(value):
                 names = ", ".join([*OWN_SAMPLERS, *sorted(k for k in ALIASES if k not in OWN_SAMPLERS)])
@@ -294,17 +286,13 @@ def check_sampling_knobs(num_timesteps: int, knobs: dict) -> None:
                     f"{key}={value!r} is not a sampler: choose one of {names} or a diffusers scheduler class name "
                     f"(fix: {key}=ddim)"
                 )
-        elif key.endswith(("eta", "guidance_scale")):
-            what = "DDIM eta" if key.endswith("eta") else "guidance scale"
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or value < 0:
-                hint = (
-                    "0 is deterministic DDIM, 1 is DDPM's variance"
-                    if what == "DDIM eta"
-                    else "0 is unguided"  # s of CLIP guidance's mean shift, not a classifier-free scale
-                    if key.endswith("clip_guidance_scale")
-                    else "1 is the conditional model"
-                )
-                raise ConfigError(f"{key} is a {what} and must be a number >= 0 ({hint}), got {value!r}")
+        elif key.endswith("eta"):
+            check_number(key, value, 0, fix=0, why="the DDIM eta (0: deterministic DDIM, 1: DDPM's variance)")
+        elif key.endswith("clip_guidance_scale"):  # s of CLIP guidance's mean shift, not a classifier-free scale
+            check_number(key, value, 0, fix=0, why="the CLIP guidance scale (0: unguided)")
+        elif key.endswith("guidance_scale"):
+            check_number(
+                key, value, 0, fix=1, why="the guidance scale (1: the conditional model, 0: the unconditional one)"
+            )
         else:
             raise ValueError(f"check_sampling_knobs: no check for {key!r}")

@@ -144,7 +144,7 @@ def get_schedule(
 ) -> NoiseSchedule:
     """By name, for configs: 'linear' or 'cosine'. A bad name or step count is a ``ConfigError`` naming the config
     keys (``keys``: the schedule's and the step count's), raised while the model is built, before any data loads."""
-    from zoo.errors import ConfigError, is_whole
+    from zoo.errors import ConfigError, check_whole
 
     makers = {"linear": linear_schedule, "cosine": cosine_schedule}
     if name not in makers:
@@ -152,11 +152,7 @@ def get_schedule(
             f"{keys[0]}={name!r} is not a noise schedule: choose one of {', '.join(sorted(makers))} "
             f"(fix: {keys[0]}=cosine)"
         )
-    if not is_whole(num_timesteps, 1):
-        raise ConfigError(
-            f"{keys[1]} is the diffusion's number of timesteps, a whole number >= 1, got {num_timesteps!r} "
-            f"(fix: {keys[1]}=1000)"
-        )
+    check_whole(keys[1], num_timesteps, 1, 1000, why="the diffusion's number of timesteps")
     if name == "linear" and num_timesteps < LINEAR_MIN_TIMESTEPS:
         raise ConfigError(
             f"{keys[0]}=linear needs {keys[1]} >= {LINEAR_MIN_TIMESTEPS}, got {num_timesteps}: its last β is "

@@ -18,7 +18,6 @@ kept; the rest are sampled. The uncached path recomputes the whole prefix at eve
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -34,37 +33,24 @@ def check_sampling(
     temperature or top_p as greedy decoding, a negative top_k as no filter, a fractional top_k rounded inside
     torch.topk, a top_p above 1 (90 for 90%) as no filter. 0 stays meaningful: temperature 0 is greedy, top_k 0 no
     filter, and a top_k above the vocabulary keeps every token. Used by DALL·E (model, pipeline) and the AR prior."""
-    from zoo.errors import ConfigError
+    from zoo.errors import check_number, check_whole
 
-    for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)):
-        # a word (temperature=abc) was float()'s bare "could not convert string to float", naming no option
-        word = not isinstance(value, (int, float))  # top_k=true keeps the whole-number message below
-        if value is not None and (word or (isinstance(value, bool) and name != "top_k")):
-            raise ConfigError(f"{prefix}{name} must be a number, got {value!r} (fix: {prefix}{name}=<number>)")
-    if not 0.0 <= float(temperature) < float("inf"):  # NaN fails too
-        raise ConfigError(
-            f"{prefix}temperature must be a finite number >= 0 (0: greedy), got {temperature} "
-            f"(fix: {prefix}temperature=1.0)"
-        )
-    # isfinite first: int() of inf / NaN (Hydra reads top_k=inf as a float) raised a message naming no option
-    if top_k is not None and (
-        isinstance(top_k, bool) or not math.isfinite(float(top_k)) or int(top_k) != top_k or int(top_k) < 0
-    ):
-        raise ConfigError(
-            f"{prefix}top_k must be a whole number >= 0 (the number of best tokens kept; 0 or null: no filter), "
-            f"got {top_k} (fix: {prefix}top_k=null)"
-        )
-    if top_p is not None and not 0.0 < float(top_p) <= 1.0:
-        raise ConfigError(
-            f"{prefix}top_p must be in (0, 1] (the probability mass kept; 1 or null: no filter), got {top_p} "
-            f"(fix: {prefix}top_p=null, or {prefix}temperature=0 for greedy decoding)"
-        )
+    # zoo.errors' one rule and wording: a word (temperature=abc) was float()'s bare "could not convert string to
+    # float", inf / NaN for top_k int()'s OverflowError / ValueError, each naming no option
+    check_number(f"{prefix}temperature", temperature, 0, fix=1.0, why="0 is greedy")
+    # top_k=64.0 is refused as every count refuses a whole float (zoo.kinds does for model.grid_top_k; before, only
+    # generator.top_k took it, as 64); the fix names the int
+    whole = isinstance(top_k, float) and top_k.is_integer() and top_k >= 0
+    why = "the number of best tokens kept; 0 or null: no filter"
+    check_whole(f"{prefix}top_k", top_k, 0, int(top_k) if whole else "null", none_ok=True, why=why)
+    why = "the probability mass kept; 1 or null: no filter"
+    fix = f"null, or {prefix}temperature=0 for greedy decoding"
+    check_number(f"{prefix}top_p", top_p, 0, 1, low_open=True, fix=fix, none_ok=True, why=why)
 
 
 def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
     """Set logits outside the top-k and/or the nucleus of mass top_p to -inf (always keeps the best token)."""
     if top_k is not None and 0 < top_k < logits.shape[-1]:
-        # int(): check_sampling accepts a whole-number float (Hydra reads top_k=64.0 as one); torch.topk does not
         kth = torch.topk(logits, int(top_k), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
