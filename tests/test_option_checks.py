@@ -244,6 +244,30 @@ def _sampling():
     ]
 
 
+def _components(tmp_path):
+    from zoo.models.captioner.lit import check_decoding, decoding_options
+
+    module = SimpleNamespace(
+        decoding="beam", beam_width=4, length_penalty=1.0, top_p=0.9, temperature=1.0, cfg=SimpleNamespace(text_len=8)
+    )
+
+    def decoding(key):
+        return lambda v: decoding_options(
+            module,
+            None,
+            **{"beam_width": None, "length_penalty": None, "top_p": None, "temperature": None, "max_len": None, key: v},
+        )
+
+    return [
+        ("model.beam_width", lambda v: check_decoding("beam", v, 0.9), counts(1)),  # inf: int()'s OverflowError
+        ("beam_width", decoding("beam_width"), counts(1)),
+        ("top_p", decoding("top_p"), numbers(0, 1, low_open=True)),
+        ("temperature", decoding("temperature"), numbers(0)),
+        ("length_penalty", decoding("length_penalty"), [True, "1.0", INF, -INF, NAN]),
+        ("max_len", decoding("max_len"), counts(1)),
+    ]
+
+
 @pytest.mark.parametrize(
     "table",
     [
@@ -256,8 +280,9 @@ def _sampling():
         lambda _: _priors(),
         _data,
         lambda _: _sampling(),
+        _components,
     ],
-    ids=["callbacks", "train", "models", "eval", "pipelines", "commands", "priors", "data", "sampling"],
+    ids=["callbacks", "train", "models", "eval", "pipelines", "commands", "priors", "data", "sampling", "components"],
 )
 def test_every_option_refuses_the_same_bad_values_in_the_same_words(tmp_path, table):
     """Each option, each bad value: a ConfigError that names the option with the value as typed and the fix."""

@@ -346,9 +346,9 @@ def test_command_refuses_a_damaged_features_file_with_the_zoo_embed_fix(tmp_path
     "options, message",
     [
         ({"decoding": ["greedy", "bogus"]}, "unknown decoding 'bogus'"),
-        ({"decoding": "beam", "beam_width": 0}, "beam_width must be an integer >= 1, got 0"),
-        ({"decoding": "nucleus", "top_p": 0}, r"top_p must be in \(0, 1\], got 0"),
-        ({"decoding": "nucleus", "temperature": -1}, "temperature must be a finite number >= 0"),
+        ({"decoding": "beam", "beam_width": 0}, r"beam_width=0 must be a whole number >= 1"),
+        ({"decoding": "nucleus", "top_p": 0}, r"top_p=0 must be a number in \(0, 1\]"),
+        ({"decoding": "nucleus", "temperature": -1}, r"temperature=-1 must be a number >= 0"),
     ],
 )
 def test_decoding_options_are_checked_before_loading_or_decoding(tmp_path, mode, options, message):

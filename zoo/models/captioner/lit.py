@@ -24,14 +24,13 @@ Decoding: ``caption(image_emb, method=...)`` with ``greedy``, ``beam`` (``beam_w
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError, check_number, check_whole
 from zoo.models.base import ClipEmbeddingLit, describe_tokenizer_spec, tokenizer_identity, unmet_sizes
 from zoo.models.captioner.model import PRESETS, Captioner, CaptionerConfig, beam_search, sample_captions
 from zoo.models.presets import resolve_preset
@@ -73,24 +72,14 @@ def check_decoding(
     or a beam width of 0 (read as "the checkpoint's") ran something other than what the output's meta says."""
     if decoding not in DECODING:
         raise ConfigError(f"unknown decoding {decoding!r}; choose one of {DECODING} ({prefix}decoding=...)")
-    knobs = (
-        ("beam_width", beam_width),
-        ("top_p", top_p),
-        ("temperature", temperature),
-        ("length_penalty", length_penalty),
-    )
-    for name, value in knobs:
-        # a word ('hot', 'x') was float()'s bare "could not convert string to float", naming no option
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{prefix}{name} must be a number, got {value!r} (fix: {prefix}{name}=<number>)")
-    if int(beam_width) != beam_width or int(beam_width) < 1:
-        raise ConfigError(f"{prefix}beam_width must be an integer >= 1, got {beam_width}")
-    if not 0.0 < float(top_p) <= 1.0:
-        raise ConfigError(f"{prefix}top_p must be in (0, 1], got {top_p}")
-    if not 0.0 <= float(temperature) < float("inf"):  # 0 is greedy (sample_captions); NaN fails too
-        raise ConfigError(f"{prefix}temperature must be a finite number >= 0, got {temperature}")
-    if not math.isfinite(float(length_penalty)):  # NaN: every beam's final score NaN, argmax took beam 0
-        raise ConfigError(f"{prefix}length_penalty must be a finite number, got {length_penalty} (fix: 1.0)")
+    # zoo.errors' one rule and wording: a word ('hot') was float()'s bare "could not convert string to float", and
+    # beam_width=inf / nan int()'s OverflowError / ValueError, each naming no option
+    check_whole(f"{prefix}beam_width", beam_width, 1, 4, why="the beams kept by beam search")
+    why = "the probability mass kept by nucleus sampling; 1: no filter"
+    check_number(f"{prefix}top_p", top_p, 0, 1, low_open=True, fix=0.9, why=why)
+    check_number(f"{prefix}temperature", temperature, 0, fix=1.0, why="0 is greedy (sample_captions)")
+    # NaN: every beam's final score NaN, argmax took beam 0
+    check_number(f"{prefix}length_penalty", length_penalty, fix=1.0, why="the beam scores' length exponent")
 
 
 def item_generators(seed: int, items: Iterable[int], device) -> Any:
@@ -121,11 +110,8 @@ def decoding_options(module, method, beam_width, length_penalty, top_p, temperat
         "temperature": module.temperature if temperature is None else temperature,
     }
     check_decoding(opts["method"], opts["beam_width"], opts["top_p"], opts["temperature"], "", opts["length_penalty"])
-    if max_len is not None and not is_whole(max_len, 1):
-        raise ConfigError(
-            f"max_len must be a whole number >= 1 (tokens incl. [SOT]), got {max_len!r} (fix: max_len=None, the "
-            f"model's text_len {module.cfg.text_len})"
-        )
+    fix = f"None, the model's text_len {module.cfg.text_len}"
+    check_whole("max_len", max_len, 1, fix, none_ok=True, why="tokens incl. [SOT]")
     return opts
 
 
