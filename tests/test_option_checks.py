@@ -246,6 +246,8 @@ def _sampling():
 
 def _components(tmp_path):
     from zoo.models.captioner.lit import check_decoding, decoding_options
+    from zoo.models.clip.lit import ClipLit
+    from zoo.models.upsampler.lit import UpsamplerLit
 
     module = SimpleNamespace(
         decoding="beam", beam_width=4, length_penalty=1.0, top_p=0.9, temperature=1.0, cfg=SimpleNamespace(text_len=8)
@@ -258,6 +260,11 @@ def _components(tmp_path):
             **{"beam_width": None, "length_penalty": None, "top_p": None, "temperature": None, "max_len": None, key: v},
         )
 
+    def negatives(key):
+        return lambda v: ClipLit(preset="tiny", hard_negatives={"groups": "binding", key: v})
+
+    up = UpsamplerLit(preset="tiny")
+
     return [
         ("model.beam_width", lambda v: check_decoding("beam", v, 0.9), counts(1)),  # inf: int()'s OverflowError
         ("beam_width", decoding("beam_width"), counts(1)),
@@ -265,6 +272,12 @@ def _components(tmp_path):
         ("temperature", decoding("temperature"), numbers(0)),
         ("length_penalty", decoding("length_penalty"), [True, "1.0", INF, -INF, NAN]),
         ("max_len", decoding("max_len"), counts(1)),
+        ("model.hard_negatives.seed", negatives("seed"), NOT_WHOLE),
+        ("model.hard_negatives.exchange", negatives("exchange"), ["no", "true", 1, 0]),
+        ("model.grid_images", lambda v: UpsamplerLit(preset="tiny", grid_images=v), counts(1)),
+        ("model.snr_gamma", lambda v: UpsamplerLit(preset="tiny", snr_gamma=v), ["5", True, INF, NAN, 0]),
+        ("model.sample_tile", lambda v: up.resolve_tile(v, None), counts(1)[:-1] + [False, -8]),  # false: whole image
+        ("model.sample_tile_overlap", lambda v: up.resolve_tile("train_crop", v), counts(0)),
     ]
 
 

@@ -165,10 +165,10 @@ def test_exchange_is_reachable_from_the_config_and_checked():
 @pytest.mark.parametrize(
     "option,message",
     [
-        ({"exchange": "no"}, "exchange must be true or false, got 'no'"),
-        ({"exchange": "off"}, "exchange must be true or false"),
-        ({"seed": 2.5}, "seed must be a whole number, got 2.5"),
-        ({"seed": "abc"}, "seed must be a whole number"),
+        ({"exchange": "no"}, "exchange='no' must be true or false"),
+        ({"exchange": "off"}, "exchange='off' must be true or false"),
+        ({"seed": 2.5}, r"seed=2\.5 must be a whole number"),
+        ({"seed": "abc"}, "seed='abc' must be a whole number"),
     ],
 )
 def test_hard_negative_options_of_the_wrong_kind_are_config_errors(option, message):

@@ -26,7 +26,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError, check_switch, check_whole
 from zoo.models.base import ZooLit
 from zoo.models.clip.model import clip_config, create_clip, tokenizer_for
 from zoo.models.clip.negatives import NegativeSwapper, hard_negative_loss, same_text
@@ -118,13 +118,8 @@ class ClipLit(ZooLit):
                 )
             seed, exchange = hard_negatives.get("seed", 0), hard_negatives.get("exchange", False)
             # checked, not cast: bool("no") is True (Hydra hands a word over as a string), int(2.5) is 2
-            if not is_whole(seed):
-                raise ConfigError(f"model.hard_negatives.seed must be a whole number, got {seed!r} (fix: seed=0)")
-            if not isinstance(exchange, bool):
-                raise ConfigError(
-                    f"model.hard_negatives.exchange must be true or false, got {exchange!r} (fix: exchange=true "
-                    "for binding negatives, exchange=false for one swapped word)"
-                )
+            check_whole("model.hard_negatives.seed", seed, fix=0)
+            check_switch("model.hard_negatives.exchange", exchange)  # true: binding negatives; false: one word swapped
             self.swapper = NegativeSwapper(hard_negatives.get("groups", "shapes"), seed, exchange=exchange)
 
     # -- shared with ClipScorer ---------------------------------------------------------------------------------

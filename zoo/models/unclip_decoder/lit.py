@@ -25,17 +25,15 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from zoo.diffusion.process import GaussianDiffusion
+from zoo.diffusion.process import GaussianDiffusion, check_snr_gamma
 from zoo.diffusion.samplers import check_sampling_knobs
 from zoo.diffusion.schedules import get_schedule
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, check_rate
 from zoo.models.base import ClipEmbeddingLit, ZooLit, resolve_preset, unmet_sizes
 from zoo.models.glide.lit import (
     GlideLit,
     check_grid_captions,
     check_prediction,
-    check_rate,
-    check_snr_gamma,
     run_sampler,
     sampling_in_eval_mode,
 )
@@ -124,7 +122,7 @@ class UnclipDecoderLit(ClipEmbeddingLit, GlideLit):
             model_mean_type=check_prediction(prediction),
             model_var_type="learned_range",
             loss_type="hybrid",
-            snr_gamma=check_snr_gamma(snr_gamma),
+            snr_gamma=check_snr_gamma(snr_gamma, "model.snr_gamma"),
         )
         check_sampling_knobs(
             self.process.num_timesteps,

@@ -44,13 +44,13 @@ import torch
 import torch.nn.functional as F
 
 from zoo.data.degradations import blur_kernel_size, make_corruption, paired_random_crop
-from zoo.diffusion.process import GaussianDiffusion
+from zoo.diffusion.process import GaussianDiffusion, check_snr_gamma
 from zoo.diffusion.samplers import check_sampling_knobs, ddim_sample, in_row_slices
 from zoo.diffusion.schedules import get_schedule
 from zoo.diffusion.tiling import tiled_call, window_starts
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError, check_switch, check_whole, is_whole
 from zoo.models.base import ZooLit, resolve_preset, unmet_sizes
-from zoo.models.glide.lit import check_prediction, check_snr_gamma, check_switch
+from zoo.models.glide.lit import check_prediction
 from zoo.models.upsampler.model import UPSAMPLER_PRESETS, Upsampler, UpsamplerConfig
 
 
@@ -144,7 +144,7 @@ class UpsamplerLit(ZooLit):
             model_mean_type=check_prediction(prediction),
             model_var_type="learned_range" if learned else "fixed_small",
             loss_type="hybrid" if learned else "mse",
-            snr_gamma=check_snr_gamma(snr_gamma),
+            snr_gamma=check_snr_gamma(snr_gamma, "model.snr_gamma"),
         )
         try:
             self.corruption = make_corruption(self.cfg.corruption, self.cfg.scale, blur_sigma_range, bsr)
@@ -158,11 +158,9 @@ class UpsamplerLit(ZooLit):
             self.process.num_timesteps,
             {"model.sample_steps": sample_steps, "model.eta": eta, "model.grid_steps": grid_steps},
         )
-        if not is_whole(grid_images, 1):  # 0 failed after the first epoch (no images to lay out), 2.5 drew 2
-            raise ConfigError(
-                f"model.grid_images must be a whole number >= 1 (val images in each sample grid), got "
-                f"{grid_images!r} (fix: model.grid_images=4; no sample grids at all: ~callbacks.sample_grid)"
-            )
+        # 0 failed after the first epoch (no images to lay out), 2.5 drew 2
+        fix = "4; no sample grids at all: ~callbacks.sample_grid"
+        check_whole("model.grid_images", grid_images, 1, fix, why="val images in each sample grid")
         self.residual = check_switch("model.residual", residual)  # bool("false") was true: residual diffusion
 
     def _check_corruption_options(self, blur_sigma_range, bsr) -> None:
@@ -214,17 +212,16 @@ class UpsamplerLit(ZooLit):
     def resolve_tile(self, tile, overlap) -> Optional[tuple[int, int]]:
         """(window side, overlap) for ``upsample``, or None for whole-image sampling; ``tile`` None / 0 -> None,
         ``train_crop`` -> the training crop's side. Checked against the U-Net's divisor and the scale."""
-        if tile is None or tile == 0:
+        if tile is None or (tile == 0 and is_whole(tile)):  # false == 0 to Python: no "whole image" for a bool
             return None
         side = self.cfg.train_crop if tile == "train_crop" else tile
-        if not is_whole(side, 1):  # int() took 8.5 for 8 and true for 1
-            raise ConfigError(f"model.sample_tile must be null, train_crop or a side in pixels, got {tile!r}")
-        overlap = side // 4 if overlap is None else overlap
-        if not is_whole(overlap):
-            raise ConfigError(
-                f"model.sample_tile_overlap must be null (a quarter of the window) or a whole number of pixels, got "
-                f"{overlap!r} (fix: model.sample_tile_overlap=null)"
-            )
+        # int() took 8.5 for 8 and true for 1
+        why = "a window side in pixels (train_crop: the training crop's; null or 0: the whole image)"
+        check_whole("model.sample_tile", side, 1, "train_crop", why=why)
+        why = "pixels shared by neighbouring windows (null: a quarter of the window)"
+        overlap = check_whole(
+            "model.sample_tile_overlap", side // 4 if overlap is None else overlap, 0, "null", why=why
+        )
         try:
             if side % self.cfg.divisor:
                 raise ValueError(f"it must be a multiple of the U-Net's divisor {self.cfg.divisor}")
