@@ -82,8 +82,14 @@ _WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
 CHECKPOINT_FIX = "use another checkpoint (e.g. the run's last.ckpt or a step*.ckpt)"
 
 
-def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu", fix: str = CHECKPOINT_FIX) -> Any:
+def safe_load(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", fix: str = CHECKPOINT_FIX, mmap: bool = False
+) -> Any:
     """Load a checkpoint with ``weights_only=True``; explain refusals, corruption and missing files.
+
+    ``mmap``: tensors backed by the file's pages (copy-on-write; torch's zip format, a legacy file is read whole):
+    page cache the OS can drop and DataLoader workers / DDP ranks share, instead of a private copy per process. For
+    feature files, which can be larger than memory (COCO train's per-caption text encodings: ~65 GB).
 
     Three different problems get three different messages: a missing file (check the path), a file that is
     empty/truncated/not a checkpoint (re-copy it or resume from another one), and a file that holds pickled
@@ -103,7 +109,8 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
             f"(fix: set the command's device option to cpu, e.g. device=cpu)"
         )
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        mapped = mmap and str(map_location) == "cpu" and zipfile.is_zipfile(path)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mapped)
     except pickle.UnpicklingError as e:
         msg = str(e)
         # A pickle naming a global (a function or class: possibly code) is refused as unsafe; random bytes read as

@@ -246,7 +246,7 @@ def load_embeddings(
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"embedding file not found: {path} (fix: run zoo-embed for this split first)")
-    obj = safe_load(path, fix="re-run the zoo-embed command that wrote it")
+    obj = safe_load(path, fix="re-run the zoo-embed command that wrote it", mmap=True)
     if not isinstance(obj, dict) or not any(k in obj for k in EMBEDDING_KEYS):
         raise ConfigError(f"{path} is not a zoo-embed file (expected keys {EMBEDDING_KEYS})")
     if meta is not None and isinstance(obj.get("meta"), dict):

@@ -242,3 +242,37 @@ print(json.dumps({"grew": peak() - before, "column": x.numel() * 2, "said": said
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert "'clip_text_encodings' holds NaN or infinite values in 2 of its 4000 rows" in got["said"]
     assert got["grew"] < got["column"] / 2, got  # (a block of rows as float32: ~100 MB; the whole column was 1.5 GB)
+
+
+def test_a_feature_file_is_served_from_the_files_pages_not_a_private_copy(tmp_path):
+    """load_features / load_embeddings map the file (safe_load(mmap=True)): its tensors are page cache the OS can
+    drop and DataLoader workers / DDP ranks share, so a feature file larger than memory (COCO train's per-caption
+    encodings, ~65 GB) can still be served. Values equal a plain load; a legacy (non-zip) file is read whole."""
+    import torch
+
+    from zoo.checkpoint import safe_load
+    from zoo.data.datamodule import load_features
+    from zoo.embed import load_embeddings
+
+    def mapped(path) -> bool:
+        with open("/proc/self/maps") as f:
+            return str(path) in f.read()
+
+    obj = {"clip_image_emb": torch.randn(64, 8), "clip_text_emb": torch.randn(64, 8), "meta": {"split": "train"}}
+    path = tmp_path / "train.pt"
+    torch.save(obj, path)
+    for load in (lambda: load_features(path, "train"), lambda: load_embeddings(path)):
+        feats = load()
+        assert mapped(path)
+        assert torch.equal(feats["clip_image_emb"], obj["clip_image_emb"])
+        assert torch.equal(feats["clip_text_emb"], obj["clip_text_emb"])
+        del feats
+        import gc
+
+        gc.collect()
+        assert not mapped(path)  # the mapping goes with the tensors
+    legacy = tmp_path / "legacy.pt"
+    torch.save(obj, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_features(legacy, "train")["clip_image_emb"], obj["clip_image_emb"])
+    assert not mapped(legacy)
+    assert torch.equal(safe_load(legacy, mmap=True)["clip_text_emb"], obj["clip_text_emb"])

@@ -778,7 +778,7 @@ def load_features(path: str | Path, split: Optional[str] = None, meta: Optional[
     if not path.is_file():
         raise ConfigError(f"feature file not found: {path} (fix: run zoo-tokenize / zoo-embed for this split first)")
     fix = "re-run the zoo-tokenize / zoo-embed command that wrote it"
-    obj = safe_load(path, fix=fix)
+    obj = safe_load(path, fix=fix, mmap=True)  # served from page cache: see safe_load
     if not isinstance(obj, dict):
         raise ConfigError(f"{path} is not a feature file (expected a dict of tensors)")
     written_for = obj["meta"].get("split") if isinstance(obj.get("meta"), dict) else None
