@@ -288,7 +288,7 @@ def test_onnx_and_graphs_given_as_words_are_read_as_meant(tmp_path, monkeypatch)
     with monkeypatch.context() as m:
         m.setattr(zx, "load_checkpoint", lambda *a, **k: pytest.fail("read the checkpoint"))
         for bad in ("no", "off"):
-            with pytest.raises(ConfigError, match=rf"onnx='{bad}': true or false .*fix: onnx=false"):
+            with pytest.raises(ConfigError, match=rf"^onnx='{bad}' must be true or false \(fix: onnx=false\)$"):
                 zx.export(OmegaConf.create({"ckpt": str(ckpt), "out": str(tmp_path / "o"), "onnx": bad}))
         with pytest.raises(ConfigError, match=r"graphs=.*a list of graph names"):
             zx.export(OmegaConf.create({"ckpt": str(ckpt), "out": str(tmp_path / "o"), "graphs": 3}))
@@ -322,7 +322,7 @@ def test_opset_outside_the_exporters_range_is_refused_before_writing(tmp_path):
 
     ckpt = _write_ckpt(VQVAELit(preset="tiny"), tmp_path / "vq.ckpt")
     for bad in (5, 99, "17", 17.0, True):
-        with pytest.raises(ConfigError, match=r"opset=.*fix: opset=17"):
+        with pytest.raises(ConfigError, match=r"^opset=.* must be a whole number from \d+ to \d+: .*\(fix: opset=17\)$"):
             export(OmegaConf.create({"ckpt": str(ckpt), "out": str(tmp_path / "out"), "opset": bad}))
     assert not (tmp_path / "out").exists()
 
@@ -426,9 +426,9 @@ def test_batch_sizes_are_checked_before_anything_is_read(tmp_path):
 
     ckpt = tmp_path / "missing.ckpt"  # never read: the batch sizes are refused first
     for bad, match in (
-        ({"check_batch": 0}, r"check_batch=0: .*>= 1"),
-        ({"export_batch": -1}, r"export_batch=-1"),
-        ({"export_batch": "2"}, r"export_batch='2'"),
+        ({"check_batch": 0}, r"^check_batch=0 must be a whole number >= 1: .*\(fix: check_batch=3\)$"),
+        ({"export_batch": -1}, r"^export_batch=-1 must be a whole number >= 1"),
+        ({"export_batch": "2"}, r"^export_batch='2' must be a whole number >= 1"),
         ({"export_batch": 2, "check_batch": 2}, r"another batch size.*fix: check_batch=3"),
     ):
         with pytest.raises(ConfigError, match=match):

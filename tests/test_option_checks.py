@@ -245,6 +245,9 @@ def _sampling():
 
 
 def _components(tmp_path):
+    from torch.onnx import _constants as opsets
+
+    from zoo.export import check_batches, check_onnx_options, check_opset
     from zoo.models.captioner.lit import check_decoding, decoding_options
     from zoo.models.clip.lit import ClipLit
     from zoo.models.upsampler.lit import UpsamplerLit
@@ -278,6 +281,10 @@ def _components(tmp_path):
         ("model.snr_gamma", lambda v: UpsamplerLit(preset="tiny", snr_gamma=v), ["5", True, INF, NAN, 0]),
         ("model.sample_tile", lambda v: up.resolve_tile(v, None), counts(1)[:-1] + [False, -8]),  # false: whole image
         ("model.sample_tile_overlap", lambda v: up.resolve_tile("train_crop", v), counts(0)),
+        ("opset", check_opset, counts(opsets.ONNX_MIN_OPSET) + [opsets.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET + 1]),
+        ("export_batch", lambda v: check_batches(v, 3), counts(1)),
+        ("check_batch", lambda v: check_batches(2, v), counts(1)),
+        ("onnx", lambda v: check_onnx_options(v, None), ["no", "true", 1, 0]),
     ]
 
 

@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from omegaconf import open_dict
 
 from zoo.config import entry_point
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError, check_switch, check_whole, is_whole
 
 log = logging.getLogger("zoo.export")
 
@@ -720,18 +720,15 @@ def check_opset(opset: Any) -> int:
     from torch.onnx import _constants
 
     lo, hi = _constants.ONNX_MIN_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
-    if not is_whole(opset, lo) or opset > hi:
-        raise ConfigError(f"opset={opset!r}: torch's ONNX exporter writes opsets {lo} to {hi} (fix: opset=17)")
-    return opset
+    return check_whole("opset", opset, lo, 17, most=hi, why="the opsets torch's ONNX exporter writes")
 
 
 def check_batches(export_batch: Any, check_batch: Any) -> tuple[int, int]:
     """Positive whole numbers, and two different ones: the onnxruntime check at another batch size than the trace
     is what shows the batch axis is dynamic. Refused before anything is read (check_batch=0 failed after the export
     with a bare ``max(): Expected reduction dim`` traceback; check_batch=export_batch checked nothing dynamic)."""
-    for key, value in (("export_batch", export_batch), ("check_batch", check_batch)):
-        if not is_whole(value, 1):
-            raise ConfigError(f"{key}={value!r}: a batch size is a whole number >= 1 (fix: {key}=2 / 3, the defaults)")
+    check_whole("export_batch", export_batch, 1, 2, why="the batch size the graphs are traced at")
+    check_whole("check_batch", check_batch, 1, 3, why="the batch size onnxruntime checks them at")
     if export_batch == check_batch:
         raise ConfigError(
             f"export_batch = check_batch = {check_batch}: the check must run at another batch size than the trace to "
@@ -935,8 +932,7 @@ def check_onnx_options(onnx: Any, graphs: Any) -> tuple[bool, Optional[list[str]
     """``onnx=`` as a bool and ``graphs=`` as a list of names (None: every graph), before anything is read.
     ``onnx=no`` / ``off`` reach here as a word, which was truthy: the ONNX graphs were exported all the same; and
     ``graphs=encode`` (no brackets, one graph) was read letter by letter (``graphs=['e', 'n', 'c', ...]``)."""
-    if not isinstance(onnx, bool):
-        raise ConfigError(f"onnx={onnx!r}: true or false (fix: onnx=false for the safetensors + config.json alone)")
+    check_switch("onnx", onnx)  # false: the safetensors + config.json alone
     if graphs is None:
         return onnx, None
     names = [graphs] if isinstance(graphs, str) else list(graphs) if isinstance(graphs, Sequence) else None
