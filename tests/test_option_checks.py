@@ -245,8 +245,10 @@ def _sampling():
 
 
 def _components(tmp_path):
+    import yaml
     from torch.onnx import _constants as opsets
 
+    from zoo.convert import training_resolution
     from zoo.export import check_batches, check_onnx_options, check_opset
     from zoo.models.captioner.lit import check_decoding, decoding_options
     from zoo.models.clip.lit import ClipLit
@@ -267,6 +269,13 @@ def _components(tmp_path):
         return lambda v: ClipLit(preset="tiny", hard_negatives={"groups": "binding", key: v})
 
     up = UpsamplerLit(preset="tiny")
+    dd = {"double_z": False, "z_channels": 4, "resolution": 16, "in_channels": 3, "out_ch": 3, "ch": 8}
+    dd.update(ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0)
+    taming = tmp_path / "model.yaml"
+    taming.write_text(yaml.safe_dump({"model": {"params": {"embed_dim": 6, "n_embed": 24, "ddconfig": dd}}}))
+
+    def resolution(**cfg):
+        return lambda v: training_resolution(OmegaConf.create({**cfg, "resolution": v}), "taming_vq")
 
     return [
         ("model.beam_width", lambda v: check_decoding("beam", v, 0.9), counts(1)),  # inf: int()'s OverflowError
@@ -285,6 +294,9 @@ def _components(tmp_path):
         ("export_batch", lambda v: check_batches(v, 3), counts(1)),
         ("check_batch", lambda v: check_batches(2, v), counts(1)),
         ("onnx", lambda v: check_onnx_options(v, None), ["no", "true", 1, 0]),
+        ("resolution", resolution(), counts(1)),
+        # beside a taming_config stating 16 px, int(16.5) == 16 was taken
+        ("resolution", resolution(taming_config=str(taming)), counts(1) + [16.5, 16.0]),
     ]
 
 

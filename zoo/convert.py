@@ -55,7 +55,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from zoo.config import entry_point
-from zoo.errors import ConfigError, is_whole
+from zoo.errors import ConfigError, check_whole
 
 log = logging.getLogger("zoo.convert")
 
@@ -796,20 +796,23 @@ def training_resolution(cfg, kind: str) -> tuple[int, str]:
     so it comes from the taming run's config (``taming_config``, its ``ddconfig.resolution``) or from
     ``resolution=``; with neither, a ConfigError: a guessed 256 was recorded as a fact, and a tokenizer trained at
     another size was then refused at its own resolution ("trained at 256 px") or used at a size it never learned."""
-    given = cfg.get("resolution")
-    if kind in TAMING_KINDS and cfg.get("taming_config"):
+    # checked first, as every count: beside taming_config, int(given) took 16.5 (or true) for 16 (or 1) and a word
+    # was int()'s bare ValueError; 0 / false read as not given
+    why = "the pixels the tokenizer was trained at"
+    taming = kind in TAMING_KINDS and cfg.get("taming_config")
+    fix = "null, the taming_config's" if taming else 256
+    given = check_whole("resolution", cfg.get("resolution"), 1, fix, none_ok=True, why=why)
+    if taming:
         stated = read_taming_config(cfg.taming_config, kind)["resolution"]
-        if given and int(given) != stated:
+        if given is not None and given != stated:
             raise ConfigError(
                 f"resolution={given} but taming_config {cfg.taming_config} says the model trained at {stated} px: the "
                 f"checkpoint records the resolution it was trained at, and zoo-tokenize and DALL·E use it there "
                 f"(fix: drop resolution=, or drop taming_config if that yaml is not this model's)"
             )
         return stated, f"taming_config {cfg.taming_config}"
-    if given:
-        if not is_whole(given, 1):
-            raise ConfigError(f"resolution={given!r}: expected a positive number of pixels, e.g. resolution=256")
-        return int(given), "resolution="
+    if given is not None:
+        return given, "resolution="
     if kind == "dalle_dvae":
         example = "OpenAI's released dVAE was trained at 256 px: resolution=256"
     else:
