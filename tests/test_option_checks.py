@@ -8,6 +8,7 @@ import math
 from types import SimpleNamespace
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from zoo.errors import ConfigError, check_number, check_whole, shown
@@ -252,6 +253,7 @@ def _components(tmp_path):
     from zoo.export import check_batches, check_onnx_options, check_opset
     from zoo.models.captioner.lit import check_decoding, decoding_options
     from zoo.models.clip.lit import ClipLit
+    from zoo.models.unclip_decoder.lit import UnclipDecoderLit
     from zoo.models.upsampler.lit import UpsamplerLit
 
     module = SimpleNamespace(
@@ -268,7 +270,8 @@ def _components(tmp_path):
     def negatives(key):
         return lambda v: ClipLit(preset="tiny", hard_negatives={"groups": "binding", key: v})
 
-    up = UpsamplerLit(preset="tiny")
+    up, decoder = UpsamplerLit(preset="tiny"), UnclipDecoderLit(preset="tiny")
+    low, emb = torch.zeros(1, 3, 8, 8), torch.zeros(1, decoder.cfg.clip_dim)
     dd = {"double_z": False, "z_channels": 4, "resolution": 16, "in_channels": 3, "out_ch": 3, "ch": 8}
     dd.update(ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0)
     taming = tmp_path / "model.yaml"
@@ -290,6 +293,11 @@ def _components(tmp_path):
         ("model.snr_gamma", lambda v: UpsamplerLit(preset="tiny", snr_gamma=v), ["5", True, INF, NAN, 0]),
         ("model.sample_tile", lambda v: up.resolve_tile(v, None), counts(1)[:-1] + [False, -8]),  # false: whole image
         ("model.sample_tile_overlap", lambda v: up.resolve_tile("train_crop", v), counts(0)),
+        # sampling arguments given from Python: int() ran steps=2.5 as 2, float() took eta='0.5' and true
+        ("steps", lambda v: up.upsample(low, steps=v), counts(1) + [1001]),
+        ("eta", lambda v: up.upsample(low, eta=v), numbers(0)),
+        ("steps", lambda v: decoder.sample(None, emb, steps=v), counts(1) + [1001]),
+        ("eta", lambda v: decoder.sample(None, emb, eta=v), numbers(0)),
         ("opset", check_opset, counts(opsets.ONNX_MIN_OPSET) + [opsets.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET + 1]),
         ("export_batch", lambda v: check_batches(v, 3), counts(1)),
         ("check_batch", lambda v: check_batches(2, v), counts(1)),

@@ -337,6 +337,9 @@ class UnclipDecoderLit(ClipEmbeddingLit, GlideLit):
         """Images (B, 3, H, W) in [-1, 1] for CLIP image embeddings (B, clip_dim) and text tokens (B, <= text_len)
         (None: the empty caption). Defaults from the hyper-parameters."""
         hp = self.hparams
+        # given from Python, as the config's are: int() ran steps=2.5 as 2 and true as 1, float() took eta=true as 1
+        knobs = {"steps": steps, "sampler": sampler, "eta": eta, "decoder_guidance_scale": decoder_guidance_scale}
+        check_sampling_knobs(self.process.num_timesteps, knobs)
         scale = hp.decoder_guidance_scale if decoder_guidance_scale is None else decoder_guidance_scale
         steps = int(hp.sample_steps if steps is None else steps)
         sampler = hp.sampler if sampler is None else sampler

@@ -356,7 +356,9 @@ class UpsamplerLit(ZooLit):
         ``hparams.eta``, 0: deterministic given x_T); randomness from ``generator`` (on the module's device).
         A residual upsampler samples the residual and returns bicubic(low_res) + it, x0 clipped so that the sum
         stays in [-1, 1]."""
-        steps = self.sample_steps if steps is None else int(steps)
+        # given from Python, as the config's are: int() ran steps=2.5 as 2 and true as 1, float() took eta="0.5"
+        check_sampling_knobs(self.process.num_timesteps, {"steps": steps, "eta": eta})
+        steps = self.sample_steps if steps is None else steps
         eta = float(self.hparams.eta if eta is None else eta)
         windows = self.sampling_windows(tile, tile_overlap)
         s = self.cfg.scale
