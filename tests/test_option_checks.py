@@ -251,7 +251,7 @@ def _components(tmp_path):
 
     from zoo.convert import training_resolution
     from zoo.export import check_batches, check_onnx_options, check_opset
-    from zoo.models.captioner.lit import check_decoding, decoding_options
+    from zoo.models.captioner.lit import CaptionerLit, check_decoding, decoding_options, item_generators
     from zoo.models.clip.lit import ClipLit
     from zoo.models.unclip_decoder.lit import UnclipDecoderLit
     from zoo.models.upsampler.lit import UpsamplerLit
@@ -271,6 +271,8 @@ def _components(tmp_path):
         return lambda v: ClipLit(preset="tiny", hard_negatives={"groups": "binding", key: v})
 
     up, decoder = UpsamplerLit(preset="tiny"), UnclipDecoderLit(preset="tiny")
+    captioner = CaptionerLit(preset="tiny")
+    image_emb = torch.zeros(1, captioner.cfg.embed_dim)
     low, emb = torch.zeros(1, 3, 8, 8), torch.zeros(1, decoder.cfg.clip_dim)
     dd = {"double_z": False, "z_channels": 4, "resolution": 16, "in_channels": 3, "out_ch": 3, "ch": 8}
     dd.update(ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0)
@@ -287,6 +289,10 @@ def _components(tmp_path):
         ("temperature", decoding("temperature"), numbers(0)),
         ("length_penalty", decoding("length_penalty"), [True, "1.0", INF, -INF, NAN]),
         ("max_len", decoding("max_len"), counts(1)),
+        # caption_tokens' own: top_k=-3 was read as no filter, 2.5 as 2; int() ran seed=2.5 as 2
+        ("top_k", lambda v: captioner.caption_tokens(image_emb, method="nucleus", max_len=2, top_k=v), counts(0)),
+        ("seed", lambda v: captioner.caption_tokens(image_emb, method="nucleus", max_len=2, seed=v), NOT_WHOLE),
+        ("seed", lambda v: item_generators(v, [0], "cpu"), NOT_WHOLE),  # caption() and upsample(): a row's stream
         ("model.hard_negatives.seed", negatives("seed"), NOT_WHOLE),
         ("model.hard_negatives.exchange", negatives("exchange"), ["no", "true", 1, 0]),
         ("model.grid_images", lambda v: UpsamplerLit(preset="tiny", grid_images=v), counts(1)),

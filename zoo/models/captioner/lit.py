@@ -34,6 +34,7 @@ from zoo.errors import ConfigError, check_number, check_whole
 from zoo.models.base import ClipEmbeddingLit, describe_tokenizer_spec, tokenizer_identity, unmet_sizes
 from zoo.models.captioner.model import PRESETS, Captioner, CaptionerConfig, beam_search, sample_captions
 from zoo.models.presets import resolve_preset
+from zoo.nn.sampling import check_sampling
 from zoo.text import TextTokenizer
 
 log = logging.getLogger("zoo.captioner")
@@ -90,6 +91,8 @@ def item_generators(seed: int, items: Iterable[int], device) -> Any:
     import hashlib
 
     from zoo.diffusion.noise import seeded_row_generators
+
+    check_whole("seed", seed, fix=0)  # int() ran seed=2.5 as 2 and was an OverflowError for inf
 
     def key(item: int) -> int:
         return int.from_bytes(hashlib.sha256(f"{int(seed)}:{int(item)}".encode()).digest()[:8], "little") >> 1
@@ -360,6 +363,9 @@ class CaptionerLit(ClipEmbeddingLit):
         """Caption token ids (B, max_len) for CLIP image embeddings (B, D); unset options take the module's
         defaults (``decoding``, ``beam_width``, ...)."""
         o = decoding_options(self, method, beam_width, length_penalty, top_p, temperature, max_len)
+        # checked as DALL·E's are (check_sampling): top_k=-3 was read as no filter, 2.5 as 2; int() ran seed=2.5 as 2
+        check_sampling(top_k=top_k)
+        check_whole("seed", seed, fix=0)
         emb = image_emb.to(self.device).float()
         pat = patches.to(self.device).float() if patches is not None else None
         n_valid = getattr(self.text_tokenizer, "vocab_size", None)  # ids past the BPE's have no text
