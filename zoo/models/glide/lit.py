@@ -80,13 +80,7 @@ def check_prediction(prediction: str) -> str:
 
 def check_snr_gamma(snr_gamma) -> Optional[float]:
     """``model.snr_gamma`` for the image diffusion models: null (the target's plain MSE) or γ > 0 (Min-SNR-γ)."""
-    try:
-        return process_check_snr_gamma(snr_gamma)
-    except ValueError:
-        raise ConfigError(
-            f"model.snr_gamma must be null (no reweighting) or a finite number > 0 (Min-SNR-γ; 5 is the paper's), "
-            f"got {snr_gamma!r}"
-        ) from None
+    return process_check_snr_gamma(snr_gamma, "model.snr_gamma")  # a ConfigError worded as every option
 
 
 def run_sampler(
