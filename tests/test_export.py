@@ -322,7 +322,9 @@ def test_opset_outside_the_exporters_range_is_refused_before_writing(tmp_path):
 
     ckpt = _write_ckpt(VQVAELit(preset="tiny"), tmp_path / "vq.ckpt")
     for bad in (5, 99, "17", 17.0, True):
-        with pytest.raises(ConfigError, match=r"^opset=.* must be a whole number from \d+ to \d+: .*\(fix: opset=17\)$"):
+        with pytest.raises(
+            ConfigError, match=r"^opset=.* must be a whole number from \d+ to \d+: .*\(fix: opset=17\)$"
+        ):
             export(OmegaConf.create({"ckpt": str(ckpt), "out": str(tmp_path / "out"), "opset": bad}))
     assert not (tmp_path / "out").exists()
 

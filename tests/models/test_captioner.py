@@ -476,5 +476,7 @@ def test_a_decoding_option_that_is_no_number_names_the_option(option, value):
     from zoo.models.prompt_upsampler.lit import PromptUpsamplerLit
 
     for cls in (CaptionerLit, PromptUpsamplerLit):
-        with pytest.raises(ConfigError, match=rf"^model\.{option}=.* must be a (finite )?number.*\(fix: model\.{option}="):
+        with pytest.raises(
+            ConfigError, match=rf"^model\.{option}=.* must be a (finite )?number.*\(fix: model\.{option}="
+        ):
             cls(preset="tiny", **{option: value})

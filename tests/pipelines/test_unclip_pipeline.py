@@ -800,7 +800,10 @@ def test_upsampler_steps_of_the_wrong_kind_are_a_config_error(steps):
         ({"prior": "ar", "stages": ["decoder"]}, "stages lacks prior but prior=ar"),
         ({"n_keep": 0}, "generator.n_keep=0 must be"),
         ({"batch_size": 2.5}, "generator.batch_size=2.5 must be"),
-        ({"decoder_guidance_scale": -1.0}, "generator.decoder_guidance_scale=-1.0 must be a number >= 0: the guidance scale"),
+        (
+            {"decoder_guidance_scale": -1.0},
+            "generator.decoder_guidance_scale=-1.0 must be a number >= 0: the guidance scale",
+        ),
         ({"decoder_sampler": "eular"}, "generator.decoder_sampler='eular' is not a sampler"),
         ({"decoder_eta": float("nan")}, "generator.decoder_eta=nan must be a number >= 0: the DDIM eta"),
     ],
