@@ -51,6 +51,7 @@ from eval.metrics import (
 )
 from zoo.data.degradations import blur_kernel_size, gaussian_blur
 from zoo.errors import ConfigError, check_whole, is_whole, shown
+from zoo.kinds import is_list
 from zoo.models.clip.scorer import clip_score_from_cos
 from zoo.pipelines.base import as_candidate_generator, seeded_chunk
 from zoo.progress import track
@@ -103,15 +104,11 @@ def check_suite_options(batch_size: int, is_splits: int, kid_subsets: int, kid_s
         check_whole(f"eval.{name}", value, low, default)  # int() took 2.5 for 2
 
 
-def _is_list(value) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))  # a ListConfig is a Sequence
-
-
 def check_candidates(candidates, option: str = "rerank.candidates") -> list[int]:
     """The candidate counts, sorted and without repeats; a ConfigError naming ``option`` and the fix for anything but
     a non-empty list of whole numbers >= 1 (int() took 1.5 or true for 1, and a count without brackets was list()'s
     TypeError). zoo-eval calls it before anything loads, ``rerank_select`` again for library callers."""
-    ns = list(candidates) if _is_list(candidates) else candidates
+    ns = list(candidates) if is_list(candidates) else candidates
     if not (isinstance(ns, list) and ns and all(is_whole(n, 1) for n in ns)):
         raise ConfigError(f"{option}={shown(ns)} must be a list of whole numbers >= 1 (fix: {option}=[1,2,4,8,16,32])")
     return sorted(set(ns))
@@ -139,7 +136,7 @@ def check_radii(radii: Sequence[float], resolution: Optional[int] = None, option
     it without the resolution before anything loads and with it once the protocol has loaded, before any model;
     ``blur_ablation`` again for library callers (one radius without brackets was list()'s TypeError, an empty list
     drew every image and scored none)."""
-    if not _is_list(radii):
+    if not is_list(radii):
         raise ConfigError(
             f"{option}={shown(radii)} must be a list of radii (fix: {option}=[{radii}] for one radius, or "
             f"{option}=[0,1,2,4,8])"

@@ -144,15 +144,10 @@ def build_clip(node: DictConfig):
 def judge_path(node, resolution: int) -> Path:
     """Where the judge of zoo-eval's ``judge`` node (a DictConfig or dict) is cached for this resolution, under the
     digest of the judge's code too (``eval.judge.judge_code_digest``: an edited judge trains anew)."""
-    from eval.judge import judge_code_digest
-    from zoo.data.shapes import WORLD_VERSION
+    from eval.judge import judge_file_name
 
-    steps, bs = int(node.get("steps", 400)), int(node.get("batch_size", 128))
-    width = int(node.get("width", 64))
-    # width 64 is the reference judge every measured table used; other widths are other instruments, cached apart
-    suffix = "" if width == 64 else f"_w{width}"
-    name = f"shapes_judge_v{WORLD_VERSION}_{resolution}px_{steps}x{bs}{suffix}_j{judge_code_digest()}.pt"
-    return Path(str(node["dir"])).expanduser() / name
+    steps, bs, width = int(node.get("steps", 400)), int(node.get("batch_size", 128)), int(node.get("width", 64))
+    return Path(str(node["dir"])).expanduser() / judge_file_name(resolution, steps, bs, width=width)
 
 
 def check_judge(node) -> None:

@@ -33,6 +33,17 @@ def judge_code_digest() -> str:
     return hashlib.sha256(JUDGE_SOURCE.read_bytes()).hexdigest()[:8]
 
 
+def judge_file_name(resolution: int, steps: int, batch_size: int, cell: int = 16, width: int = 64) -> str:
+    """The cached judge's file name (zoo-eval's ``judge_path`` and the upsampler report's share the files): the world's
+    version, the resolution, the training steps and batch, the code's digest; a judge with finer cells (``cell`` >
+    16) or another width (64: the reference judge every measured table used) is another instrument, named apart."""
+    from zoo.data.shapes import WORLD_VERSION
+
+    cell_tag = "" if cell == 16 else f"_cell{cell}"
+    width_tag = "" if width == 64 else f"_w{width}"
+    return f"shapes_judge_v{WORLD_VERSION}_{resolution}px{cell_tag}_{steps}x{batch_size}{width_tag}_j{judge_code_digest()}.pt"
+
+
 @dataclass(frozen=True)
 class Vocab:
     shapes: tuple[str, ...]

@@ -289,12 +289,9 @@ def checkpoint_label(path: str, lit, taken: set) -> str:
 def judge_path(judge_dir: Path, resolution: int, steps: int, batch_size: int, cell: int = 16) -> Path:
     """The file zoo-eval's ``build_judge`` caches this judge in (same name: one judge per resolution, and per
     version of the judge's code); a judge with finer cells (``cell`` > 16) gets its own name."""
-    from eval.judge import judge_code_digest
-    from zoo.data.shapes import WORLD_VERSION
+    from eval.judge import judge_file_name
 
-    tag = "" if cell == 16 else f"_cell{cell}"
-    name = f"shapes_judge_v{WORLD_VERSION}_{resolution}px{tag}_{steps}x{batch_size}_j{judge_code_digest()}.pt"
-    return Path(judge_dir) / name
+    return Path(judge_dir) / judge_file_name(resolution, steps, batch_size, cell=cell)
 
 
 def load_judge(judge_dir: Path, resolution: int, steps: int, batch_size: int, progress: bool, cell: int = 16):

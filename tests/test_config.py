@@ -199,10 +199,11 @@ def test_a_paper_preset_that_cannot_fit_in_memory_is_refused_before_anything_is_
     there), its weights + gradients + AdamW moments (16 bytes a trained parameter) are compared with the memory
     available: refused with the figures and the fix, before the data or the model is built; a machine with the
     memory goes on, and the other presets are not probed."""
+    import zoo.precision
     import zoo.train
     from zoo.train import check_memory, train
 
-    monkeypatch.setattr(zoo.train, "available_memory", lambda: have * 2**30)  # 24: this project's machines
+    monkeypatch.setattr(zoo.precision, "available_memory", lambda: have * 2**30)  # 24: this project's machines
     cfg = train_cfg(f"model={model}", "model.preset=paper", "trainer=cpu", "trainer.max_steps=1")
     built = []
     monkeypatch.setattr(zoo.train, "fit_tiny_to_data", lambda *a: built.append(a))

@@ -81,8 +81,9 @@ def _train():
 
 
 def _models():
+    from zoo.errors import check_rate
     from zoo.models.dalle.model import PRESETS, DalleTransformerConfig
-    from zoo.models.glide.lit import check_grid_captions, check_rate  # the old import path still works
+    from zoo.models.glide.lit import check_grid_captions
     from zoo.models.presets import check_dropout, resolve_preset
 
     return [

@@ -138,10 +138,7 @@ def peek_checkpoint(path: str | os.PathLike, fix: str = CHECKPOINT_FIX) -> Any:
     caller needs before (or instead of) building the model (a component name, ``hyper_parameters``, ``zoo_config``,
     ``global_step``), where a whole load read a paper model's GBs. A legacy non-zip file (which cannot be mapped) is
     read whole, and anything unreadable goes to ``safe_load``, whose message names the problem (``fix`` as there)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001  (safe_load loads it or says what is wrong with it)
-        return safe_load(path, fix=fix)
+    return safe_load(path, fix=fix, mmap=True)
 
 
 def _unpickle_reason(msg: str) -> str:

@@ -43,7 +43,7 @@ def check_types(node: Any, what: str, skip: Any = ()) -> None:
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     from zoo.errors import shown
-    from zoo.kinds import fits
+    from zoo.kinds import kind_of
 
     if not isinstance(node, DictConfig) or "_target_" not in node:
         return
@@ -82,28 +82,10 @@ def check_types(node: Any, what: str, skip: Any = ()) -> None:
             continue
         if isinstance(value, ListConfig) or key not in params or key not in hints:
             continue
-        if not fits(value, hints[key]):
-            name = _type_name(hints[key])
-            raise ConfigError(f"{what}.{key}={shown(value)} must be {name} (fix: {what}.{key}=<{name}>)")
-
-
-def _type_name(tp: Any) -> str:
-    """An annotation as a command line writes its values, in ``zoo.kinds``' words (the messages of checkpoint and
-    model.net checks): ``Optional[int]`` -> "a whole number or null" (its ``__name__``, "Optional", was the whole
-    message: "trainer.max_epochs must be Optional, got 0.5 (fix: ...=<Optional>)"); a kind that module leaves to the
-    code's own checks (a class, ``Any`` in a union) by its Python names."""
-    from zoo.kinds import kind_of
-
-    kind = kind_of(tp)
-    if kind is not None:
-        return kind[1]
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
-        names = [_type_name(a) for a in args if a is not type(None)] + (["null"] if type(None) in args else [])
-        return " or ".join(dict.fromkeys(names))
-    if origin is typing.Literal:
-        return " or ".join(str(a) for a in args)
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        kind = kind_of(hints[key])  # None: a kind left to the code's own checks (a class, Any in a union)
+        if kind is not None and not kind[0](value):
+            # in zoo.kinds' words, as the checkpoint and model.net checks: "a whole number or null" for Optional[int]
+            raise ConfigError(f"{what}.{key}={shown(value)} must be {kind[1]} (fix: {what}.{key}=<{kind[1]}>)")
 
 
 def instantiate(node: Any, what: str = "config", **kwargs) -> Any:

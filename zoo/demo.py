@@ -445,7 +445,6 @@ def finished(run_dir: Path) -> bool:
 SETTINGS_FILE = "demo_settings.json"
 DEMO_PATH = "<demo>"  # DEMO_DIR in a record
 _VARYING = ("hydra.run.dir=", "callbacks.time_budget.minutes=")
-_digests: dict[tuple, str] = {}
 reused_without_record: list[str] = []  # the stages this run reused on file times alone, for the summary
 
 
@@ -467,25 +466,6 @@ def _portable(value):
         return f"{key}={_portable(rest)}"
     demo = str(DEMO_DIR)
     return DEMO_PATH + value[len(demo) :] if value == demo or value.startswith(demo + os.sep) else value
-
-
-def file_digest(path: Path) -> Optional[str]:
-    """sha256 of a file's contents (None if missing): inputs are compared by content, not time. Kept per run by
-    (size, mtime), since the demo CLIP's checkpoint is an input of two stages."""
-    import hashlib
-
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    key = (str(path.absolute()), st.st_size, st.st_mtime_ns)
-    if key not in _digests:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
-        _digests[key] = h.hexdigest()
-    return _digests[key]
 
 
 @functools.lru_cache(maxsize=1)
@@ -533,6 +513,7 @@ def stage_settings(name: str, config_name: str, overrides: list[str]) -> dict:
     """What stage ``name`` is built from when its command runs with ``overrides`` (see ``SETTINGS_FILE``)."""
     from importlib.metadata import PackageNotFoundError, version
 
+    from zoo.data.datamodule import file_digest  # content, not time; memoised per (path, size, mtime) in a run
     from zoo.precision import resolve_precision
 
     overrides = [o for o in overrides if not o.startswith(_VARYING)]

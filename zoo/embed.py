@@ -23,7 +23,7 @@ The DataModule serves an image with the rows of the caption drawn for that acces
 each epoch, the same after a resume); ``load_embeddings`` gives one row per image (the first caption) unless asked
 for all. Storage: per caption, D float32 + L int64 (~5 KB at ViT-H width); ``clip_text_encodings`` add L x W
 float16 each, 158 KB at L=77, W=1024: 65 GB for train2014's 414k captions (93 GB for train2017's 592k), held in
-memory to write the file and by every process serving it. So that case is refused before any encoding when it
+memory to write the file (a process serving it maps the file: page cache, ``safe_load(mmap=True)``). So that case is refused before any encoding when it
 exceeds the machine's available memory, naming the size and the fixes (``text_encodings=false``, ``captions=one``
 or ``data.max_items``); below it, a warning gives the size.
 
@@ -55,9 +55,9 @@ import torch
 from omegaconf import DictConfig
 
 from zoo.config import entry_point
-from zoo.data.datamodule import CAPTION_COUNTS, first_caption_rows
 from zoo.errors import ConfigError, check_device, check_switch
 from zoo.models.clip.model import text_token_encodings  # noqa: F401  (library code; re-exported)
+from zoo.precision import available_memory
 
 log = logging.getLogger("zoo.embed")
 
@@ -67,7 +67,7 @@ EMBEDDING_KEYS = (
     "clip_text_tokens",
     "clip_text_encodings",
     "clip_text_mask",
-    CAPTION_COUNTS,
+    "clip_caption_counts",  # zoo.data.datamodule.CAPTION_COUNTS (not imported here: it loads Lightning)
 )
 CAPTION_MODES = ("auto", "one", "all")
 
@@ -97,17 +97,6 @@ def caption_mode(dataset, captions: str = "auto") -> str:
     return captions
 
 
-def available_memory() -> Optional[int]:
-    """Bytes of memory available to a new process (Linux's MemAvailable), None where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def check_encodings_size(scorer, n_items: int, n_captions: int) -> None:
     """Refuse ``text_encodings`` of every caption when they exceed the available memory (see the module doc), before
     hours of encoding end in an out-of-memory kill; else warn with their size. L and W come from one caption."""
@@ -119,7 +108,7 @@ def check_encodings_size(scorer, n_items: int, n_captions: int) -> None:
     what = (
         f"text_encodings=true with every caption ({n_captions:,} captions of {n_items:,} images) writes "
         f"{n_captions:,} x {length} tokens x {width} float16 = {size / gb:.1f} GB of per-token encodings, held in "
-        f"memory to write the file and again by every process serving it"
+        f"memory to write the file"
     )
     if avail is not None and size > avail:
         one = size * n_items / n_captions
@@ -170,6 +159,7 @@ def embed_dataset(
         )
 
     from zoo.checkpoint import atomic_torch_save
+    from zoo.data.datamodule import CAPTION_COUNTS
     from zoo.feature_rows import compute_rows, finish_rows
 
     every = caption_mode(dataset, captions) == "all"
@@ -251,7 +241,7 @@ def load_embeddings(
         raise ConfigError(f"{path} is not a zoo-embed file (expected keys {EMBEDDING_KEYS})")
     if meta is not None and isinstance(obj.get("meta"), dict):
         meta.update(obj["meta"])
-    from zoo.data.datamodule import check_feature_tensors
+    from zoo.data.datamodule import check_feature_tensors, first_caption_rows
 
     feats = check_feature_tensors(
         {k: obj[k] for k in EMBEDDING_KEYS if k in obj}, path, "re-run the zoo-embed command that wrote it"
@@ -318,7 +308,7 @@ def embed(cfg: DictConfig) -> Path:
         batch_size=batch_size,
         meta={"clip": source, "split": split, "data": dm.features_identity(split)},  # checked where it is served
         text_encodings=text_encodings,
-        captions=cfg.get("captions") or "auto",
+        captions="auto" if cfg.get("captions") is None else cfg.get("captions"),  # as embed_options checked it
         # features_identity leaves out the resolution (the same scenes), but the pixels CLIP sees change with it
         resume_key={"resolution": dm.resolution},
     )

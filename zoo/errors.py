@@ -143,7 +143,7 @@ def check_rate(key: str, value: Any, fix: str) -> float:
     like): a number, not Hydra's string "0.2" (a TypeError from the comparison) nor a bool (false passed as a rate
     of 0). 1 is refused: nothing conditional would be trained."""
     why = "the probability of a training example being dropped"
-    return check_number(key, value, 0.0, 1.0, high_open=True, fix=fix, why=why)
+    return float(check_number(key, value, 0.0, 1.0, high_open=True, fix=fix, why=why))
 
 
 def check_switch(key: str, value: Any) -> bool:

@@ -340,9 +340,9 @@ def load_export(export_dir: str | os.PathLike, map_location: str = "cpu") -> nn.
         raise UnsafeCheckpointError(f"{cfg_path}: no component name")
     cls = component_class(name)  # refuses unregistered names
     hp = checked_hparams(name, config.get("hyper_parameters", {}), str(cfg_path))
+    check_pair(config, weights, cfg_path)  # before building a module for a torn pair
     module = cls(**hp)
     # load_model copies into the module's (CPU) tensors whatever device it reads to: move the module itself
-    check_pair(config, weights, cfg_path)
     load_model(module, str(weights), strict=True, device="cpu")
     module.to(map_location)
     _set_resolution(name, module, (config.get("preprocessing") or {}).get("resolution"), str(cfg_path))

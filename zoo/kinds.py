@@ -28,7 +28,7 @@ _SEQUENCES = (tuple, list, collections.abc.Sequence)
 _MAPPINGS = (dict, collections.abc.Mapping)
 
 
-def _is_list(v: Any) -> bool:
+def is_list(v: Any) -> bool:
     # YAML, Hydra and torch.save hand a tuple field over as a list (or a ListConfig): any sequence but a string
     return isinstance(v, collections.abc.Sequence) and not isinstance(v, (str, bytes))
 
@@ -48,12 +48,12 @@ def _sequence_kind(args: tuple[Any, ...], fixed: bool) -> Optional[Kind]:
         n = len(kinds)
         parts = {k[1] for k in kinds if k is not None}
         what = f"a list of {n} {_plural(parts.pop())}" if len(parts) == 1 and None not in kinds else f"a list of {n}"
-        return (lambda v: _is_list(v) and len(v) == n and all(k is None or k[0](m) for k, m in zip(kinds, v))), what
+        return (lambda v: is_list(v) and len(v) == n and all(k is None or k[0](m) for k, m in zip(kinds, v))), what
     inner = [a for a in args if a is not Ellipsis]
     kind = kind_of(inner[0]) if len(inner) == 1 else None
     if kind is None:
-        return _is_list, "a list"
-    return (lambda v: _is_list(v) and all(kind[0](m) for m in v)), f"a list of {_plural(kind[1])}"
+        return is_list, "a list"
+    return (lambda v: is_list(v) and all(kind[0](m) for m in v)), f"a list of {_plural(kind[1])}"
 
 
 def kind_of(annotation: Any) -> Optional[Kind]:

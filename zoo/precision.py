@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import platform
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
@@ -221,3 +222,23 @@ def math_sdpa_preferred(device_type: str, dtype: torch.dtype) -> bool:
     """Whether attention should force SDPA's MATH backend: on CPU in bf16/fp16 the flash kernel with a mask was
     measured 2.3x slower (fwd+bwd, L=111) than MATH on a native-bf16 CPU; elsewhere let torch choose."""
     return device_type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+
+
+def available_memory() -> Optional[int]:
+    """Bytes this process can still allocate: /proc/meminfo's MemAvailable, lowered to the cgroup's memory.max
+    headroom where a container sets one; None where neither is readable (not Linux)."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit != "max":
+            found.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None

@@ -703,26 +703,6 @@ def check_cpu_devices(trainer_cfg: Any) -> None:
     )
 
 
-def available_memory() -> Optional[int]:
-    """Bytes this process can still allocate: /proc/meminfo's MemAvailable, lowered to the cgroup's memory.max
-    headroom where a container sets one; None where neither is readable (not Linux)."""
-    found = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
-        if limit != "max":
-            found.append(int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return min(found) if found else None
-
-
 def check_memory(cfg: DictConfig, available: Optional[int] = None) -> None:
     """A ``paper`` preset on a CPU machine: ``zoo-train model=dalle model.preset=paper`` (12.3B parameters) began to
     allocate ~200 GB and was killed by the kernel ("Killed", no message, nothing saved). The module is first built on
@@ -738,6 +718,8 @@ def check_memory(cfg: DictConfig, available: Optional[int] = None) -> None:
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if not preset.startswith("paper") or not on_cpu or not cfg.get("train", True):
         return
+    from zoo.precision import available_memory  # not at import: zoo.train starts without torch
+
     available = available_memory() if available is None else available
     if not available:
         return

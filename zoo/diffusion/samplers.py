@@ -56,13 +56,13 @@ def ddpm_step(
     return out.mean + (not_last * torch.exp(0.5 * out.log_variance)) * noise, out.pred_x0
 
 
-def check_eta(eta) -> float:
+def check_eta(eta, option: str = "eta") -> float:
     """DDIM's η as a float; ValueError (zoo.errors' ConfigError, worded as every option) unless it is a finite number
     >= 0: float() took the string "0.5" and true as 1. (A negative η is not |η|: σ² = η² β̃ shrinks the ε̂ term as
     |η| would while the noise term, added only for η > 0, is dropped -- neither sampler.)"""
     from zoo.errors import check_number
 
-    return float(check_number("eta", eta, 0, fix=0, why="the DDIM eta (0: deterministic DDIM, 1: DDPM's variance)"))
+    return float(check_number(option, eta, 0, fix=0, why="the DDIM eta (0: deterministic DDIM, 1: DDPM's variance)"))
 
 
 def ddim_step(
@@ -287,7 +287,7 @@ def check_sampling_knobs(num_timesteps: int, knobs: dict) -> None:
                     f"(fix: {key}=ddim)"
                 )
         elif key.endswith("eta"):
-            check_number(key, value, 0, fix=0, why="the DDIM eta (0: deterministic DDIM, 1: DDPM's variance)")
+            check_eta(value, key)
         elif key.endswith("clip_guidance_scale"):  # s of CLIP guidance's mean shift, not a classifier-free scale
             check_number(key, value, 0, fix=0, why="the CLIP guidance scale (0: unguided)")
         elif key.endswith("guidance_scale"):

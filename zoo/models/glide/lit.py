@@ -43,13 +43,9 @@ from zoo.diffusion.noise import (
     sampler_takes_row_generators,
     seeded_row_generators,
 )
-from zoo.diffusion.process import GaussianDiffusion
-from zoo.diffusion.process import check_snr_gamma as process_check_snr_gamma
+from zoo.diffusion.process import GaussianDiffusion, check_snr_gamma
 from zoo.diffusion.samplers import check_sampling_knobs, ddim_sample, ddpm_sample, in_row_slices
 from zoo.diffusion.schedules import get_schedule
-
-# check_rate / check_switch live in zoo.errors (the priors use them too); imported here also for the decoders that
-# import them from this module
 from zoo.errors import ConfigError, check_rate, check_switch, check_whole
 from zoo.models.base import TextTokenizerLit, check_text_tokenizer, resolve_preset, text_tokenizer_sizes, unmet_sizes
 from zoo.models.glide.model import GLIDE_PRESETS, Glide, GlideConfig
@@ -76,11 +72,6 @@ def check_prediction(prediction: str) -> str:
             f"model.prediction must be one of {PREDICTIONS} (eps: GLIDE's; v: v-prediction), got {prediction!r}"
         )
     return prediction
-
-
-def check_snr_gamma(snr_gamma) -> Optional[float]:
-    """``model.snr_gamma`` for the image diffusion models: null (the target's plain MSE) or γ > 0 (Min-SNR-γ)."""
-    return process_check_snr_gamma(snr_gamma, "model.snr_gamma")  # a ConfigError worded as every option
 
 
 def run_sampler(
@@ -226,7 +217,7 @@ class GlideLit(TextTokenizerLit):
             model_mean_type=check_prediction(prediction),
             model_var_type="learned_range",
             loss_type="hybrid",
-            snr_gamma=check_snr_gamma(snr_gamma),
+            snr_gamma=check_snr_gamma(snr_gamma, "model.snr_gamma"),
         )
         check_sampling_knobs(
             self.process.num_timesteps,
