@@ -276,13 +276,9 @@ def test_sample_run_json_records_what_reproduces_the_images(tmp_path, monkeypatc
     assert record["weights"] == "ema"
 
 
-def test_sample_run_json_hashes_a_checkpoint_once_per_file_version(tmp_path, monkeypatch):
-    """Every run hashed every checkpoint whole before sampling (GBs at paper sizes). The digest is kept in
-    paths.cache_dir per file version: a second run reads it without reading the file; the file rewritten in place,
-    same size and its mtime put back, is hashed again and recorded with its new digest."""
-    import hashlib
-    import os
-
+def _count_checkpoint_hashes(monkeypatch) -> list:
+    """A generator that draws zeros, and the list of files zoo.data.datamodule.file_digest reads (each call as in a
+    new process: no in-process memo), for the tests of zoo-sample's digest cache."""
     import zoo.data.datamodule as datamodule
     import zoo.pipelines.base as base
 
@@ -296,10 +292,21 @@ def test_sample_run_json_hashes_a_checkpoint_once_per_file_version(tmp_path, mon
 
     def counting(path):
         hashed.append(Path(path))
-        datamodule._DIGESTS.clear()  # a new process each run: no in-process memo
+        datamodule._DIGESTS.clear()
         return real(path)
 
     monkeypatch.setattr(datamodule, "file_digest", counting)
+    return hashed
+
+
+def test_sample_run_json_hashes_a_checkpoint_once_per_file_version(tmp_path, monkeypatch):
+    """Every run hashed every checkpoint whole before sampling (GBs at paper sizes). The digest is kept in
+    paths.cache_dir per file version: a second run reads it without reading the file; the file rewritten in place,
+    same size and its mtime put back, is hashed again and recorded with its new digest."""
+    import hashlib
+    import os
+
+    hashed = _count_checkpoint_hashes(monkeypatch)
     ckpt = tmp_path / "dalle.ckpt"
     ckpt.write_bytes(b"weights v1")
     out = tmp_path / "o"
@@ -672,3 +679,41 @@ def test_a_ckpt_that_is_no_checkpoint_is_refused_by_name(tmp_path):
     garbage.write_bytes(b"not a checkpoint at all" * 100)
     with pytest.raises(CorruptCheckpointError, match=r"garbage\.ckpt is (corrupt|truncated)"):
         sample(_sample_cfg(f"ckpt={garbage}", f"out_dir={tmp_path / 'o'}"))
+
+
+def test_the_digest_cache_prunes_entries_of_deleted_or_replaced_checkpoints(tmp_path, monkeypatch):
+    """The digest cache wrote one small file per checkpoint version and never removed any: a sweep of many
+    checkpoints, or one path re-trained many times, grew paths.cache_dir/file_digests without bound. Now each path
+    has one entry and a run that hashes prunes the entries of checkpoints deleted or saved again since; a live
+    checkpoint's entry stays and its next run still reads the digest without reading the file."""
+    hashed = _count_checkpoint_hashes(monkeypatch)
+    cache = tmp_path / "cache"
+    entries = cache / "file_digests"
+    entries.mkdir(parents=True)
+    (entries / ("0" * 32)).write_text("1" * 32)  # an earlier release's per-version entry: no run reads it
+
+    def run(ckpt):
+        sample(
+            _sample_cfg(
+                'prompts=["a red circle"]',
+                f"out_dir={tmp_path / 'o'}",
+                f"generator.dalle_ckpt={ckpt}",
+                "n_keep=1",
+                f"paths.cache_dir={cache}",
+            )
+        )
+
+    sweep = [tmp_path / f"step{i}.ckpt" for i in range(4)]
+    for i, ckpt in enumerate(sweep):
+        ckpt.write_bytes(b"weights %d" % i)
+        run(ckpt)
+    assert len(list(entries.iterdir())) == 4  # one per live checkpoint; the old-format entry pruned
+    for ckpt in sweep[:2]:
+        ckpt.unlink()  # the sweep's early checkpoints deleted
+    sweep[2].write_bytes(b"weights 2, trained again")  # and one path saved again
+    run(sweep[2])
+    assert len(list(entries.iterdir())) == 2  # the deleted ones' entries gone, the re-saved path has one
+    hashed.clear()
+    run(sweep[3])
+    run(sweep[2])
+    assert hashed == []  # both live entries kept, and read without hashing the files

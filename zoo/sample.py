@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -264,38 +265,78 @@ def checkpoint_digest(path: Path, cache_dir: Any = None) -> Optional[str]:
     ``<cache_dir>/file_digests/`` under the file's (path, device, inode, size, mtime_ns, ctime_ns). Every zoo-sample
     run hashed every checkpoint whole: at paper sizes GBs, minutes before the first image. A file saved again, or
     edited in place even with its mtime put back, gets a new ctime (which no user call sets), so a cached digest is
-    only ever read for the bytes it was computed from. No cache_dir, or one that cannot be written: hashed each run."""
+    only ever read for the bytes it was computed from. One entry per path (``<blake2b of the path>.json``: the
+    version and the digest), so a checkpoint saved again replaces its entry, and each write prunes the entries whose
+    file is gone or was saved again since (``_prune_digest_cache``): a sweep of many checkpoints, or a path re-trained
+    many times, no longer leaves one file per version forever. No cache_dir, or one that cannot be written: hashed
+    each run."""
     import hashlib
     import re
 
     from zoo.data.datamodule import file_digest
 
-    def version(p: Path) -> Optional[str]:
-        try:
-            st = p.stat()
-        except OSError:
-            return None
-        return f"{p}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
-
-    key = version(path)
+    key = _file_version(path)
     if key is None or not cache_dir:
         return file_digest(path)
-    entry = Path(str(cache_dir)).expanduser() / "file_digests" / hashlib.blake2b(key.encode()).hexdigest()[:32]
+    folder = Path(str(cache_dir)).expanduser() / "file_digests"
+    entry = folder / f"{hashlib.blake2b(str(path).encode('utf-8', 'surrogatepass')).hexdigest()[:32]}.json"
     try:
-        cached = entry.read_text(encoding="utf-8").strip()
-        if re.fullmatch(r"[0-9a-f]{32}", cached):
-            return cached
-    except OSError:
+        cached = json.loads(entry.read_text(encoding="utf-8"))
+        if cached.get("version") == key and re.fullmatch(r"[0-9a-f]{32}", str(cached.get("blake2b"))):
+            return cached["blake2b"]
+    except (OSError, ValueError, AttributeError):  # none yet, or not an entry of this format: hashed and rewritten
         pass
     digest = file_digest(path)
-    if digest is not None and version(path) == key:  # not rewritten while it was read
+    if digest is not None and _file_version(path) == key:  # not rewritten while it was read
         from zoo.checkpoint import atomic_write_text
 
         try:
-            atomic_write_text(entry, digest)
+            atomic_write_text(entry, json.dumps({"path": str(path), "version": key, "blake2b": digest}))
+            _prune_digest_cache(folder, keep=entry)
         except OSError as e:
-            log.debug("no digest cache in %s: %s", entry.parent, e)
+            log.debug("no digest cache in %s: %s", folder, e)
     return digest
+
+
+def _file_version(p: Path) -> Optional[str]:
+    """What ``checkpoint_digest`` keys a digest on: the path, device, inode, size, mtime_ns and ctime_ns."""
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return f"{p}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+
+
+# A temporary file of atomic_write_text older than this was left by a killed writer, not one still writing.
+_STALE_TMP_SECONDS = 3600
+
+
+def _prune_digest_cache(folder: Path, keep: Path) -> None:
+    """Remove the entries of ``checkpoint_digest``'s cache that can never be read again: their file is gone, or is
+    another version now (the entry of a path is only ever read for the version it names), or the entry is not of
+    this format (the per-version files of earlier releases, named by the key's hash, which no run reads). Runs only
+    after a file was hashed, so its cost (one stat per entry) is next to reading a checkpoint whole. A race with
+    another zoo-sample at worst removes an entry that run just wrote: a cache miss, the digest is computed again."""
+    import time
+
+    for name in os.listdir(folder):
+        item = folder / name
+        try:
+            if name.startswith("."):  # atomic_write_text's temporary: only a killed writer's old one
+                if name.endswith(".tmp") and time.time() - item.stat().st_mtime > _STALE_TMP_SECONDS:
+                    item.unlink()
+                continue
+            if item == keep:
+                continue
+            try:
+                cached = json.loads(item.read_text(encoding="utf-8"))
+                live = _file_version(Path(cached["path"])) == cached["version"]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                live = False
+            if not live:
+                item.unlink()
+        except OSError as e:  # gone already (another run pruned it), or not ours to remove: left as it is
+            log.debug("digest cache entry %s left: %s", item, e)
 
 
 def write_run_record(cfg: DictConfig, out_dir: Path, node, generator) -> dict[str, Any]:
