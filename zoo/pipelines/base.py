@@ -78,6 +78,18 @@ def whole_count(value: Any, key: str, fix: int, minimum: int = 1) -> int:
     return check_whole(f"generator.{key}", value, minimum, fix)
 
 
+def check_counts(knobs, options: dict[str, Any], given_only: bool = False) -> dict[str, Any]:
+    """A pipeline's count knobs through ``whole_count``, in ``knobs``' order: ``knobs`` is its ``COUNT_KNOBS`` table of
+    ``(key, fix)`` or ``(key, fix, minimum)``, ``options`` the values by key. ``from_checkpoints`` passes its keyword
+    options with ``given_only`` (an unset or None count is the constructor's default: nothing to check yet), so a bad
+    count is refused before any checkpoint loads; ``__init__`` checks every count and keeps the returned values."""
+    return {
+        key: whole_count(options.get(key), key, fix, *minimum)
+        for key, fix, *minimum in knobs
+        if not (given_only and options.get(key) is None)
+    }
+
+
 def check_images(images, min_count: int = 1, what: str = "images") -> torch.Tensor:
     """Raise ``ValueError`` with a fix unless ``images`` is a float (N, 3, H, W) tensor in [-1, 1], N >= min_count."""
     if not torch.is_tensor(images):

@@ -25,13 +25,13 @@ import torch
 
 from zoo.diffusion.noise import seeded_row_generators
 from zoo.errors import ConfigError
-from zoo.pipelines.base import whole_count
+from zoo.pipelines.base import check_counts
 from zoo.pipelines.candidates import ClipRerank, seeded_candidates
 
 log = logging.getLogger(__name__)
 
 
-# (key, fix) of the count knobs, checked by whole_count
+# (key, fix) of the count knobs, checked by zoo.pipelines.base.check_counts
 COUNT_KNOBS = (("n_candidates", 32), ("batch_size", 64))
 
 
@@ -61,8 +61,8 @@ class DallePipeline(ClipRerank):
     ):
         self.dalle = dalle.eval()
         self.scorer = scorer
-        counts = dict(n_candidates=n_candidates, batch_size=batch_size)
-        self.n_candidates, self.batch_size = (whole_count(counts[k], k, fix) for k, fix in COUNT_KNOBS)
+        counts = check_counts(COUNT_KNOBS, dict(n_candidates=n_candidates, batch_size=batch_size))
+        self.n_candidates, self.batch_size = counts["n_candidates"], counts["batch_size"]
         self.temperature = float(temperature)
         from zoo.models.dalle.lit import check_sampling
 
@@ -102,9 +102,8 @@ class DallePipeline(ClipRerank):
         # the sampling options before the checkpoints are read (__init__ checks them again for a direct build)
         check_sampling(kw.get("temperature", 1.0), kw.get("top_k"), kw.get("top_p"), "generator.")
         check_guidance(kw.get("guidance_scale", 1.0))
-        for key, fix in COUNT_KNOBS:  # n_candidates=0 was refused only once the checkpoints had loaded
-            if kw.get(key) is not None:
-                whole_count(kw[key], key, fix)
+        # n_candidates=0 was refused only once the checkpoints had loaded
+        check_counts(COUNT_KNOBS, kw, given_only=True)
         dalle = load_module(dalle_ckpt, map_location=device, expect=("dalle",), ema=use_ema)
         if not isinstance(dalle, DalleLit):
             raise ValueError(f"{dalle_ckpt} holds a {type(dalle).__name__}, not a DALL·E transformer (model=dalle)")

@@ -59,7 +59,7 @@ import torch
 
 from zoo.diffusion.noise import candidates_per_batch, seeded_row_generators
 from zoo.diffusion.samplers import OWN_SAMPLERS, check_sampling_knobs
-from zoo.pipelines.base import whole_count
+from zoo.pipelines.base import check_counts
 from zoo.pipelines.candidates import ClipRerank, seeded_candidates
 
 log = logging.getLogger("zoo.pipelines.glide")
@@ -113,7 +113,7 @@ def check_clip_guidance_pair(has_noised_clip: bool, clip_guidance_scale: Any) ->
         )
 
 
-# (key, fix) of the count knobs, checked by whole_count
+# (key, fix) of the count knobs, checked by zoo.pipelines.base.check_counts
 COUNT_KNOBS = (("n_candidates", 8), ("n_keep", 1), ("batch_size", 64))
 
 
@@ -124,9 +124,7 @@ def check_options(options: dict[str, Any], noised_clip_ckpt: Optional[str]) -> N
     and the noised CLIP had loaded."""
     knobs = ("sampler", "eta", "guidance_scale", "clip_guidance_scale")
     check_sampling_knobs(1, {f"generator.{k}": options.get(k) for k in knobs})  # no steps: they need the model
-    for key, fix in COUNT_KNOBS:
-        if options.get(key) is not None:
-            whole_count(options[key], key, fix)
+    check_counts(COUNT_KNOBS, options, given_only=True)
     check_clip_guidance_pair(bool(noised_clip_ckpt), options.get("clip_guidance_scale"))
 
 
@@ -155,8 +153,8 @@ class GlidePipeline(ClipRerank):
         self.steps = steps
         self.sampler = sampler
         self.eta = eta
-        counts = dict(n_candidates=n_candidates, n_keep=n_keep, batch_size=batch_size)
-        self.n_candidates, self.n_keep, self.batch_size = (whole_count(counts[k], k, fix) for k, fix in COUNT_KNOBS)
+        counts = check_counts(COUNT_KNOBS, dict(n_candidates=n_candidates, n_keep=n_keep, batch_size=batch_size))
+        self.n_candidates, self.n_keep, self.batch_size = counts["n_candidates"], counts["n_keep"], counts["batch_size"]
         if self.n_candidates > 1 and scorer is None:  # sample() draws n_keep then: nothing to rerank them by
             log.warning(
                 "generator.n_candidates=%d ignored: no CLIP reranks the samples, so each prompt gets its first n_keep "

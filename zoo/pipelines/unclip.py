@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from zoo.diffusion.noise import candidates_per_batch, sampler_takes_row_generators, seeded_row_generators
 from zoo.diffusion.samplers import ddim_invert, ddim_sample
 from zoo.errors import ConfigError, check_whole, is_whole, shown
-from zoo.pipelines.base import whole_count
+from zoo.pipelines.base import check_counts
 
 log = logging.getLogger("zoo.pipelines.unclip")
 
@@ -144,7 +144,7 @@ def _check_stage_names(stages: Sequence[str], n_upsamplers: int, prior: Optional
         raise ConfigError(f"stages lacks prior but prior={prior} (fix: add prior to stages, or prior=text_emb | none)")
 
 
-# (key, fix, least) of the count knobs, checked by whole_count
+# (key, fix, least) of the count knobs, checked by zoo.pipelines.base.check_counts
 COUNT_KNOBS = (("n_candidates", 8, 1), ("n_keep", 1, 1), ("invert_refine", 0, 0), ("batch_size", 64, 1))
 
 
@@ -162,9 +162,7 @@ def check_options(n_upsamplers: int, options: dict[str, Any]) -> None:
     stages = options.get("stages")
     if stages is not None:
         _check_stage_names([stages] if isinstance(stages, str) else list(stages), n_upsamplers, prior)
-    for key, fix, least in COUNT_KNOBS:
-        if options.get(key) is not None:
-            whole_count(options[key], key, fix, minimum=least)
+    check_counts(COUNT_KNOBS, options, given_only=True)
     keys = ("decoder_sampler", "decoder_eta", "decoder_guidance_scale", "prior_guidance_scale")
     check_sampling_knobs(1, {f"generator.{k}": options.get(k) for k in keys})  # no steps: those need the models
 
@@ -248,8 +246,8 @@ class UnclipPipeline:
         self._warn_untrained_nulls()
         # n_candidates, n_keep, invert_refine, batch_size: int() took 1.5 for 1, -1 for 0
         counts = dict(n_candidates=n_candidates, n_keep=n_keep, invert_refine=invert_refine, batch_size=batch_size)
-        for key, fix, least in COUNT_KNOBS:
-            setattr(self, key, whole_count(counts[key], key, fix, minimum=least))
+        for key, value in check_counts(COUNT_KNOBS, counts).items():
+            setattr(self, key, value)
         self.seed = int(seed)
         self.progress = progress
         self.weights: dict[str, str] = {}  # per stage "ema" | "raw" | ... (from_checkpoints; empty: as given)
