@@ -339,3 +339,51 @@ def test_model_data_checks_read_the_first_caption_rows_as_before(coco_root, tmp_
     assert fitted[0].keys() == fitted[1].keys() and fitted[0]
     for k in fitted[0]:
         assert torch.equal(fitted[0][k], fitted[1][k]), k
+
+
+class _FeaturesDM:
+    """The DataModule interface the models' data checks read: ``features`` (split -> file) and ``dataset(split)``."""
+
+    def __init__(self, ds, path="train.pt"):
+        self.features, self.ds = {"train": path, "val": path}, ds
+
+    def dataset(self, split):
+        return self.ds
+
+
+def _tokens_past_the_tiny_vocab_in_a_later_caption(vocab: int = 64) -> dict[str, torch.Tensor]:
+    """All-captions features whose token ids fit ``vocab`` except one, in item 1's third caption (not a first)."""
+    feats = _all_caption_features()
+    feats["clip_image_emb"], feats["clip_text_emb"] = feats["clip_image_emb"][:, :16], feats["clip_text_emb"][:, :16]
+    feats["clip_text_tokens"] = feats["clip_text_tokens"] % vocab
+    row = CAPTIONS[0] + 2  # item 1's third caption row
+    feats["clip_text_tokens"][row, 4] = 49406  # open_clip's start-of-text id
+    return feats
+
+
+def test_the_diffusion_prior_checks_token_ids_of_every_caption(coco_root):
+    """The vocabulary check read each image's first caption only: a token id past the table in another caption
+    passed, and the training step that first drew that caption (another epoch's) failed with an IndexError."""
+    from torch.utils.data import default_collate
+
+    from zoo.data.datamodule import FeatureAttached
+    from zoo.models.diffusion_prior.lit import DiffusionPriorLit
+
+    feats = _tokens_past_the_tiny_vocab_in_a_later_caption()
+    ds = FeatureAttached(CocoCaptions(str(coco_root), "train"), dict(feats))
+    assert int(ds.features["clip_text_tokens"].max()) < 64  # the first captions alone fit the tiny preset
+    lit = DiffusionPriorLit(preset="tiny", net={"text_len": 7}, embed_scale=1.0)
+    # what the check protects: a batch holding that caption fails in the embedding lookup
+    bad = {**ds[1], "clip_text_tokens": feats["clip_text_tokens"][CAPTIONS[0] + 2]}
+    with pytest.raises(IndexError):
+        lit.forward_loss(default_collate([bad]))
+    dm = _FeaturesDM(ds, "/data/coco_train.pt")
+    with pytest.raises(ConfigError) as err:
+        lit.check_data(dm)
+    msg = str(err.value)
+    for part in ("data.features.train=/data/coco_train.pt", "token id 49406", "item 1", "text_vocab is 64"):
+        assert part in msg, msg
+    assert "model.net.text_vocab=49408" in msg, msg
+    # model.preset=tiny takes open_clip's vocabulary from the data, then the check passes
+    assert lit.data_sizes(dm) == {"text_vocab": 49408}
+    DiffusionPriorLit(preset="tiny", net={"text_len": 7, "text_vocab": 49408}, embed_scale=1.0).check_data(dm)

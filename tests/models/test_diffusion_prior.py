@@ -352,7 +352,9 @@ def test_token_ids_past_text_vocab_are_a_config_error(train_cfg, tmp_path):
         "trainer=cpu",
         "trainer.max_steps=1",
     )
-    with pytest.raises(ConfigError, match=r"val clip_text_tokens hold token id 49406.*model.net.text_vocab=49408"):
+    with pytest.raises(
+        ConfigError, match=r"data.features.val=.*clip_text_tokens hold token id 49406.*model.net.text_vocab=49408"
+    ):
         train(cfg)
 
 

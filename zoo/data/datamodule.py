@@ -62,6 +62,26 @@ def first_caption_rows(features: dict[str, Any]) -> dict[str, Any]:
     return {k: (v[first] if k in TEXT_KEYS else v) for k, v in features.items() if k != CAPTION_COUNTS}
 
 
+def every_caption_row(source: Any) -> tuple[dict[str, Any], Optional[Any]]:
+    """The text keys with every row training can serve, and the item of each row: ``(columns, items)``.
+
+    ``source``: a ``FeatureAttached`` dataset or a file's tensors (``load_embeddings(..., all_captions=True)``). For a
+    ``zoo-embed captions=all`` file ``columns`` hold all M caption rows and ``items`` (M,) long the item each belongs
+    to (pair row r with the image rows of ``items[r]``); otherwise the one row per item and ``items`` None. A check
+    or fit on the whole-column view (``features``: each item's first caption) missed the other ~4 in 5 COCO train
+    captions that training draws: a token id past a model's vocabulary there passed its check."""
+    import torch
+
+    if isinstance(source, FeatureAttached) and source.caption_start is not None:
+        counts = source.caption_start.diff()
+        return dict(source.caption_rows), torch.repeat_interleave(torch.arange(len(counts)), counts)
+    if not isinstance(source, Mapping):  # (a dataset: its one-row-per-item features)
+        source = getattr(source, "features", None) or {}
+    columns = {k: v for k, v in source.items() if k in TEXT_KEYS}
+    counts = source.get(CAPTION_COUNTS)
+    return columns, (None if counts is None else torch.repeat_interleave(torch.arange(len(counts)), counts))
+
+
 class FirstCaptionColumn:
     """A per-caption column read as one row per item (each item's first caption), without copying it.
 

@@ -30,6 +30,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from zoo.data.datamodule import every_caption_row
 from zoo.diffusion.noise import RowGenerators
 from zoo.diffusion.process import GaussianDiffusion
 from zoo.diffusion.samplers import check_sampling_knobs, ddim_sample, ddpm_sample
@@ -177,9 +178,22 @@ class DiffusionPriorLit(ClipEmbeddingLit):
             sizes["text_len"] = int(feats[key].shape[1])
             if key == "clip_text_encodings":
                 sizes["text_enc_dim"] = int(feats[key].shape[2])
-            elif feats[key].numel() and int(feats[key].max()) >= c.text_vocab:
+            elif self._token_past_vocab(datamodule, "train") is not None:
                 sizes["text_vocab"] = 49408  # open_clip's BPE, what zoo-embed writes
         return unmet_sizes(c, sizes)
+
+    def _token_past_vocab(self, datamodule, split: str) -> Optional[tuple[int, int, int]]:
+        """``(token id, caption row, item)`` of the largest token id at or past ``text_vocab`` in the split's
+        ``clip_text_tokens``, over every caption row training draws (not each item's first only); None if all fit."""
+        columns, items = every_caption_row(datamodule.dataset(split))
+        tokens = columns.get("clip_text_tokens")
+        if tokens is None or not tokens.numel():
+            return None
+        top = tokens.amax(dim=tuple(range(1, tokens.dim())))  # (M,) each row's largest id
+        row = int(top.argmax())
+        if int(top[row]) < self.cfg.text_vocab:
+            return None
+        return int(top[row]), row, (row if items is None else int(items[row]))
 
     def check_data(self, datamodule) -> None:
         """The train (and val) splits carry zoo-embed features whose shapes fit the network."""
@@ -206,11 +220,16 @@ class DiffusionPriorLit(ClipEmbeddingLit):
                     f"{key} has {feats[key].shape[1]} positions but the prior's text_len is "
                     f"{c.text_len} (fix: model.net.text_len={feats[key].shape[1]})"
                 )
-            if c.text_input == "tokens" and feats[key].numel() and int(feats[key].max()) >= c.text_vocab:
-                # an embedding lookup past the table is an IndexError deep in the first step otherwise
+            bad = self._token_past_vocab(datamodule, split) if c.text_input == "tokens" else None
+            if bad is not None:
+                # an embedding lookup past the table is an IndexError deep in a training step otherwise (the step
+                # that first draws that caption: another epoch's, for a caption after an image's first)
+                token, row, item = bad
+                fix = "49408, open_clip's BPE vocabulary, which zoo-embed writes" if token < 49408 else token + 1
                 raise ConfigError(
-                    f"the {split} clip_text_tokens hold token id {int(feats[key].max())} but the prior's text_vocab "
-                    f"is {c.text_vocab} (fix: model.net.text_vocab=49408, open_clip's BPE vocabulary)"
+                    f"data.features.{split}={datamodule.features[split]}: clip_text_tokens hold token id {token} "
+                    f"(caption row {row}, of item {item}) but the prior's text_vocab is {c.text_vocab} (fix: "
+                    f"model.net.text_vocab={fix})"
                 )
             if c.text_input == "encodings" and feats[key].shape[2] != c.text_enc_dim:
                 raise ConfigError(
