@@ -110,6 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json / results.md")
     args = ap.parse_args(argv)
 
+    from zoo.checkpoint import peek_checkpoint
     from zoo.pipelines.glide import load_glide
 
     results = {"n": args.n, "split": args.split, "seed": args.seed, "raw": bool(args.raw), "checkpoints": []}
@@ -121,7 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         if size not in images:
             images[size] = scenes(args.n, size, args.split)
         x0, captions = images[size]
-        ckpt_meta = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        ckpt_meta = peek_checkpoint(path)  # its global_step only: the tensors are mapped, not read
         rows = caption_use(glide, x0, captions, args.t, seed=args.seed)
         results["checkpoints"].append(
             {

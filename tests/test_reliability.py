@@ -451,6 +451,9 @@ def test_ckpt_path_last_picks_the_checkpoint_furthest_in_training_not_the_newest
     assert resolve_ckpt_path(cfg) == str(interrupted)
     save("interrupted.ckpt", 8, 500.0)  # a tie: saved when the run stopped, after that step's last.ckpt
     assert resolve_ckpt_path(cfg) == str(interrupted)
+    # a legacy (non-zip) file cannot be memory-mapped but is a checkpoint Lightning resumes from: ranked by its step
+    torch.save({"global_step": 9, "state_dict": {}}, interrupted, _use_new_zipfile_serialization=False)
+    assert resolve_ckpt_path(cfg) == str(interrupted)
     interrupted.write_bytes(b"truncated")  # unreadable: the readable one
     assert resolve_ckpt_path(cfg) == str(last)
 

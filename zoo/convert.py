@@ -734,6 +734,8 @@ def _file_shapes(path: str | os.PathLike) -> Optional[dict[str, torch.Tensor]]:
                 return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
         if p.suffix in (".npz", ".npy"):
             return None
+        # not zoo.checkpoint.peek_checkpoint: that reads a legacy (non-zip) file whole, a second read of a released
+        # model's GBs (the loader has read it); the bare mmap load refuses such a file, so its shapes are not checked
         obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # a legacy (non-zip) torch file cannot be memory-mapped
         return None

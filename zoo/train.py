@@ -61,12 +61,13 @@ RESUME_NAMES = ("last.ckpt", "interrupted.ckpt")  # what ckpt_path=last looks fo
 
 def checkpoint_step(path: Path) -> Optional[int]:
     """The global step a training checkpoint records, or None when it cannot be read (truncated, not a checkpoint,
-    refused by ``weights_only``). Memory-mapped: the tensors are not read, only the pickled dict."""
-    import torch
+    refused by ``weights_only``). Memory-mapped (``peek_checkpoint``): the tensors are not read, only the pickled dict.
+    A legacy (non-zip) file, which cannot be mapped, is read whole: a bare mmap load refused it, so it counted as
+    unreadable here although ``check_resume_file`` and Lightning resume from it."""
+    from zoo.checkpoint import peek_checkpoint
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(ckpt["global_step"])
+        return int(peek_checkpoint(path)["global_step"])
     except Exception:  # whatever is wrong with it, check_resume_file names it if it is the one chosen
         return None
 
@@ -567,15 +568,14 @@ def warn_resumed_schedule(ckpt_path: str, model, callbacks: list) -> None:
     steps with the experiments' ``total_steps: ${trainer.max_steps}`` and resumed to 2N went on at ``min_ratio`` of
     the peak for every resumed step, the configured length unused, without a word. A WARNING says so (TimeBudget
     re-fits the length itself)."""
-    import torch
-
     from zoo.callbacks import TimeBudget
+    from zoo.checkpoint import peek_checkpoint
 
     configured = _cosine_schedules(model)
     if not configured or any(isinstance(cb, TimeBudget) for cb in callbacks):
         return
     try:
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("lr_schedulers") or []
+        saved = peek_checkpoint(ckpt_path).get("lr_schedulers") or []
         saved_fns = [fn for s in saved for fn in s.get("lr_lambdas", []) if isinstance(fn, dict)]
     except Exception:  # check_resume_file has read it; anything odd here is Lightning's to report
         return

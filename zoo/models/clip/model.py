@@ -435,6 +435,9 @@ def _zoo_clip_hyper_parameters(path: str | os.PathLike) -> Optional[dict[str, An
     if p.suffix in (".safetensors", ".npz", ".npy") or not p.is_file():
         return None
     try:
+        # not zoo.checkpoint.peek_checkpoint: this runs on every CLIP file loaded, open_clip's released ones too (they
+        # record no settings), and peek reads a legacy (non-zip) file whole, a second read of its GBs for nothing;
+        # zoo-train writes zip files, which both map
         ck = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001  (a legacy or unreadable file: the load names the problem)
         return None
