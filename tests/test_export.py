@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -671,3 +673,59 @@ zoo.export.export(OmegaConf.create({{"ckpt": {str(dvae)!r}, "out": {str(out)!r},
     export(OmegaConf.create({"ckpt": str(dvae), "out": str(out), "onnx": False}))
     assert type(load_export(out)).__name__ == "DVAELit"
     assert sorted(p.name for p in out.parent.iterdir()) == ["model"]  # nothing set aside is left behind
+
+
+def test_a_second_zoo_export_into_the_same_out_fails_at_once_naming_the_first(tmp_path):
+    """Two zoo-export into one out= at once swapped folders through the same fixed names: the second took the first's
+    half-installed export for an interrupted one and put it in place, deleted the first's folder set aside, and the
+    first died on a FileNotFoundError. Now an export holds a lock on out= from its first look to the install: a
+    second one (here while the first is paused between its renames) fails at once naming the first and the fix, and
+    leaves the first's export whole; once the first is done, the same command runs."""
+    from zoo.errors import ConfigError
+    from zoo.export import export, load_export
+    from zoo.models.dvae.lit import DVAELit
+    from zoo.models.vqvae.lit import VQVAELit
+
+    torch.manual_seed(0)
+    vq = _write_ckpt(VQVAELit(preset="tiny"), tmp_path / "vq.ckpt")
+    dvae = _write_ckpt(DVAELit(preset="tiny"), tmp_path / "dvae.ckpt")
+    out = tmp_path / "exports" / "model"
+    paused, resume = tmp_path / "paused", tmp_path / "resume"
+    first = f"""
+import os, time
+from pathlib import Path
+from omegaconf import OmegaConf
+import zoo.export
+real = os.rename
+def rename(src, dst):  # pause after the new export is set aside, before the swap
+    real(src, dst)
+    Path({str(paused)!r}).touch()
+    for _ in range(600):
+        if Path({str(resume)!r}).exists():
+            break
+        time.sleep(0.1)
+zoo.export.os.rename = rename
+zoo.export.export(OmegaConf.create({{"ckpt": {str(vq)!r}, "out": {str(out)!r}, "onnx": False}}))
+"""
+    p = subprocess.Popen([sys.executable, "-c", first], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(1200):
+            if paused.exists() or p.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert paused.exists(), p.stderr.read().decode()[-2000:] if p.poll() is not None else "the first never paused"
+        again = OmegaConf.create({"ckpt": str(dvae), "out": str(out), "onnx": False})
+        with pytest.raises(
+            ConfigError, match=rf"being written by another zoo-export \(process {p.pid}, ckpt={re.escape(str(vq))}\)"
+        ):
+            export(again)
+        with pytest.raises(ConfigError, match=r"fix: wait for it or choose another out="):
+            export(again)
+    finally:
+        resume.touch()
+        _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err.decode()[-2000:]
+    assert type(load_export(out)).__name__ == "VQVAELit"  # the first's export, installed whole
+    assert sorted(q.name for q in out.parent.iterdir()) == ["model"]  # its lock file and folders set aside gone
+    export(again)  # the first done: the second runs
+    assert type(load_export(out)).__name__ == "DVAELit"

@@ -20,8 +20,9 @@ The export directory holds everything another tool needs, and nothing that runs 
 zoo-export writes the folder aside and renames it into place when everything passed: ``out=`` is the whole previous
 export or the whole new one, never a mixture (it refuses a folder holding files it did not write). A kill between the
 renames leaves ``out=`` the previous export, or missing with the new one whole in ``.<out name>.new``: the next
-zoo-export into ``out=`` puts it in place (``recover_install``). ``config.json`` and the safetensors metadata carry one
-``export_id``: ``load_export`` refuses a pair from two saves.
+zoo-export into ``out=`` puts it in place (``recover_install``). One zoo-export at a time writes an ``out=``
+(``export_lock``): a second one fails at once, naming the first. ``config.json`` and the safetensors metadata carry
+one ``export_id``: ``load_export`` refuses a pair from two saves.
 
 ``load_export(dir)`` rebuilds the module through the same registry checks as ``zoo.checkpoint.load_module``
 (component by name from ``zoo.registry``, plain hyper-parameters checked against the constructor) and loads the
@@ -1012,6 +1013,65 @@ def _alive(pid: Optional[int]) -> bool:
     return True
 
 
+def _lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+@contextlib.contextmanager
+def export_lock(out: Path, ckpt: Path):
+    """Hold an exclusive lock on ``out`` (``flock`` on ``.<out name>.lock`` beside it) for one whole zoo-export. The
+    install swaps folders through fixed names (``_aside``) and ``recover_install`` takes a missing ``out`` with a
+    ``.new`` beside it for a killed run: two exports into one ``out`` at once deleted each other's folders, and one
+    took the other's half-installed export for an interrupted one. A second export fails at once, naming the first;
+    a killed holder's lock is released by the kernel, so the next run takes it (and recovers the install). The lock
+    file is removed while still held: an export that opened it meanwhile sees it is no longer the file at that path
+    and locks a new one. The folders made for ``out`` are removed again when the export fails before writing."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): exports into one out= must not run at once
+        yield
+        return
+    path = _lock_path(out)
+    made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # innermost first
+    while True:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # another user's lock file: reading is enough to lock it
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # the folder was just removed by a failed export that made it: make it again
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another zoo-export"
+            os.close(fd)
+            raise ConfigError(
+                f"out={out} is being written by another zoo-export ({holder}): two exports into one folder at "
+                "once replace each other's files (fix: wait for it or choose another out=)"
+            ) from None
+        try:
+            held = os.fstat(fd)
+            current = os.stat(path)
+            if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder removed that file as it finished: lock the one at the path now
+    try:
+        with contextlib.suppress(OSError):  # opened read-only: the holder is not named, the lock still holds
+            os.ftruncate(fd, 0)
+            os.write(fd, f"process {os.getpid()}, ckpt={ckpt}".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+        for d in made:  # only the empty ones: an export installed in them keeps them
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
 def recover_install(out: Path) -> None:
     """Finish what a zoo-export killed while installing left: ``out`` missing between ``_install``'s two renames
     (the previous export moved aside, the new one not yet in place) becomes the new export when it was set aside
@@ -1074,6 +1134,14 @@ def export(cfg) -> dict[str, Any]:
     if out.is_symlink():  # replace the folder it points to, not the link
         out = out.resolve()
     check_ckpt_path(ckpt)
+    with export_lock(out, ckpt):
+        summary = _export_locked(cfg, ckpt, out)
+    _print_summary(summary)
+    return summary
+
+
+def _export_locked(cfg, ckpt: Path, out: Path) -> dict[str, Any]:
+    """``export`` from its first look at ``out`` to the installed export, with ``export_lock`` held."""
     recover_install(out)  # before check_out_dir: out may be missing only because a kill interrupted an install
     check_out_dir(out)
     weights = check_weights(str(cfg.get("weights") or "ema"))
@@ -1107,7 +1175,6 @@ def export(cfg) -> dict[str, Any]:
         _install(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # gone already when installed
-    _print_summary(summary)
     return summary
 
 
