@@ -388,16 +388,20 @@ def run_child(cmd: list[str]) -> None:
         raise subprocess.CalledProcessError(rc, cmd)
 
 
-def resumable(stage: Stage, run_dir: Path, settings: Optional[dict] = None) -> bool:
+def resumable(
+    stage: Stage, run_dir: Path, settings: Optional[dict] = None, changes: Optional[list[str]] = None
+) -> bool:
     """A fixed-step stage (FULL=1) with a checkpoint from an interrupted run resumes from it (``ckpt_path=last``),
     if that run's settings record matches ``settings`` (the stage's settings now).
     A budgeted stage starts over instead: its step count and learning-rate schedule are fitted to a budget that an
-    interruption has already spent part of."""
+    interruption has already spent part of. ``changes``: ``record_changes`` of the record against the settings, from
+    a caller that has compared them already (``run_train``), given instead of ``settings``."""
     if stage.minutes is not None or env_flag("DEMO_FRESH"):
         return False
     saved = [run_dir / "checkpoints" / n for n in ("last.ckpt", "interrupted.ckpt")]
     saved = [p for p in saved if p.is_file()]
-    changes = None if settings is None else record_changes(settings_file(stage.name), settings)
+    if settings is not None:
+        changes = record_changes(settings_file(stage.name), settings)
     if changes is not None:  # checkpoints trained with other settings or inputs: start over
         return bool(saved) and not changes
     # no record (a run from before records): a checkpoint from before an input was rebuilt trained on the earlier
@@ -597,13 +601,13 @@ def _phrase(changes: list[str]) -> str:
     return "; ".join(changes[:3]) + more
 
 
-def why_redo(name: str, record: Path, settings: dict, output: Path, folder: Path) -> Optional[str]:
-    """Why finished stage ``name`` (its ``output``, in ``folder``) must be redone, or None to reuse it.
+def why_redo(name: str, changes: Optional[list[str]], record: Path, output: Path, folder: Path) -> Optional[str]:
+    """Why finished stage ``name`` (its ``output``, in ``folder``) must be redone, or None to reuse it; ``changes``:
+    ``record_changes`` of its settings record ``record`` against the settings now.
 
     A stage without a record (finished before make demo kept them) is reused with a warning, by make's rule on its
     inputs' times as before: redoing it unasked could cost most of the 30 minutes, and whether its settings are
     still those of the configs cannot be told. The warning, and the summary, name it and how to redo it."""
-    changes = record_changes(record, settings)
     if changes is not None:
         return _phrase(changes) if changes else None
     newer = newer_input(name, output)
@@ -646,16 +650,17 @@ def run_train(stage: Stage, timings: dict[str, float], schedule: Optional[Schedu
     run_dir = DEMO_DIR / stage.name
     record = settings_file(stage.name)
     settings = stage_settings(stage.name, "train", stage.overrides)
+    changes = record_changes(record, settings)  # once: it decides the redo, the resume and what is said of them
     if finished(run_dir):
-        why = why_redo(stage.name, record, settings, run_dir / "metrics.json", run_dir)
+        why = why_redo(stage.name, changes, record, run_dir / "metrics.json", run_dir)
         if why is None:
             print(f"\n=== demo stage '{stage.name}': reusing {run_dir} (finished earlier; DEMO_FRESH=1 redoes it)")
             return run_dir
         print(f"\n=== demo stage '{stage.name}': redoing it, {why}", flush=True)
-    elif stage.minutes is None and not env_flag("DEMO_FRESH") and (changes := record_changes(record, settings)):
+    elif stage.minutes is None and not env_flag("DEMO_FRESH") and changes:
         print(f"\n=== demo stage '{stage.name}': not resuming its interrupted run, {_phrase(changes)}", flush=True)
     overrides = [*stage.overrides, f"hydra.run.dir={run_dir}"]
-    resume = resumable(stage, run_dir, settings)
+    resume = resumable(stage, run_dir, changes=changes)
     if resume:
         overrides.append("ckpt_path=last")
     else:
@@ -714,16 +719,19 @@ def run_embed(timings: dict[str, float], expect_s: float) -> None:
         f"data.val_size={sizes['val']}",
         f"data.test_size={sizes['test']}",
     ]
-    commands = {s: [f"clip.checkpoint={ckpt('clip')}", "data=shapes", *size_args, f"split={s}"] for s in sizes}
-    commands = {s: [*c, f"out={features(s)}"] for s, c in commands.items()}
+    commands = {
+        s: [f"clip.checkpoint={ckpt('clip')}", "data=shapes", *size_args, f"split={s}", f"out={features(s)}"]
+        for s in sizes
+    }
     settings = {s: stage_settings("embed", "embed", c) for s, c in commands.items()}
     todo = []
     for s in sizes:
         # a split embedded with other settings, or by another CLIP than the demo's checkpoint now, is embedded again
+        record = settings_file("embed", s)
         why = (
             None
             if fresh or not features(s).is_file()
-            else why_redo("embed", settings_file("embed", s), settings[s], features(s), features(s).parent)
+            else why_redo("embed", record_changes(record, settings[s]), record, features(s), features(s).parent)
         )
         if why is not None:
             print(f"\n=== demo stage 'embed': redoing the {s} split, {why}", flush=True)
