@@ -305,8 +305,9 @@ def test_whole_column_readers_get_the_first_caption_rows_without_a_second_copy(c
 
 
 def test_model_data_checks_read_the_first_caption_rows_as_before(coco_root, tmp_path):
-    """The readers of whole columns (the priors' data_sizes / check_data, the AR prior's PCA and dot-bin fit) give
-    what they gave on the first-caption copy."""
+    """The readers of whole columns (the priors' data_sizes / check_data, the AR prior's PCA fit) give what they
+    gave on the first-caption copy. (The dot-product bins read every caption row:
+    test_the_ar_prior_fits_its_dot_bins_on_every_caption_pair.)"""
     from zoo.data.datamodule import FeatureAttached, first_caption_rows
     from zoo.models.ar_prior.lit import ARPriorLit, _train_features
     from zoo.models.diffusion_prior.lit import DiffusionPriorLit
@@ -333,9 +334,9 @@ def test_model_data_checks_read_the_first_caption_rows_as_before(coco_root, tmp_
         assert ARPriorLit(preset="tiny").data_sizes(dm) == {"embed_dim": 24}  # (32-d preset)
         lit = ARPriorLit(preset="tiny", net={"embed_dim": 24}, n_components=2)
         lit.check_data(dm)
-        cols = _train_features(dm)
-        lit.fit_discretisation(cols["clip_image_emb"], cols["clip_text_emb"])
-        fitted.append({k: v for k, v in lit.state_dict().items() if k.startswith(("pca.", "dot_bins."))})
+        cols, items = _train_features(dm)
+        lit.fit_discretisation(cols["clip_image_emb"], cols["clip_text_emb"], items)
+        fitted.append({k: v for k, v in lit.state_dict().items() if k.startswith("pca.")})
     assert fitted[0].keys() == fitted[1].keys() and fitted[0]
     for k in fitted[0]:
         assert torch.equal(fitted[0][k], fitted[1][k]), k
@@ -387,3 +388,101 @@ def test_the_diffusion_prior_checks_token_ids_of_every_caption(coco_root):
     # model.preset=tiny takes open_clip's vocabulary from the data, then the check passes
     assert lit.data_sizes(dm) == {"text_vocab": 49408}
     DiffusionPriorLit(preset="tiny", net={"text_len": 7, "text_vocab": 49408}, embed_scale=1.0).check_data(dm)
+
+
+def _fit_through_setup(lit, dm):
+    """``lit.setup("fit")`` as zoo-train runs it (the trainer's DataModule), without a trainer run."""
+    from types import SimpleNamespace
+
+    lit._trainer = SimpleNamespace(datamodule=dm)
+    lit.setup("fit")
+    lit._trainer = None
+    return lit
+
+
+def _dot_bins(n_bins, text, image):
+    from zoo.models.ar_prior.lit import ARPriorLit
+    from zoo.models.ar_prior.pca import ScalarBins
+
+    return ScalarBins(n_bins).fit(ARPriorLit.dot_product(text.float(), image.float()))
+
+
+def test_the_ar_prior_fits_its_dot_bins_on_every_caption_pair(coco_root, tmp_path):
+    """The dot-product bins were fitted on (image, first caption) pairs while training draws every caption: now on
+    every (image, caption) pair, each caption row with its own image's embedding, from the DataModule's dataset and
+    from the file alike; the PCA (image rows) is as before."""
+    from zoo.data.datamodule import FeatureAttached, first_caption_rows
+    from zoo.models.ar_prior.lit import ARPriorLit
+
+    feats = _all_caption_features(seed=3)
+    counts = feats["clip_caption_counts"]
+    base = CocoCaptions(str(coco_root), "train")
+    ds = FeatureAttached(base, dict(feats))
+    # the pairs training serves: each item with each of its captions' rows, as FeatureAttached serves them
+    pairs = [(i, int(ds.caption_start[i]) + k) for i in range(len(base)) for k in range(len(base.caption_choices(i)))]
+    image = torch.stack([feats["clip_image_emb"][i] for i, _ in pairs])
+    text = torch.stack([feats["clip_text_emb"][r] for _, r in pairs])
+    want = _dot_bins(6, text, image)
+    first = first_caption_rows(feats)
+    before = _dot_bins(6, first["clip_text_emb"], first["clip_image_emb"])
+    assert not torch.equal(want.edges, before.edges)  # (the test can tell them apart)
+
+    path = tmp_path / "all.pt"
+    torch.save(feats, path)
+
+    class FileOnly:  # a DataModule whose train dataset carries no features: the fit reads the file
+        features = {"train": str(path)}
+
+        def dataset(self, split):
+            return base
+
+    pcas = []
+    for dm in (_FeaturesDM(ds), FileOnly()):
+        lit = _fit_through_setup(ARPriorLit(preset="tiny", net={"embed_dim": 24, "n_dot_bins": 6}, n_components=2), dm)
+        assert torch.equal(lit.dot_bins.edges, want.edges) and torch.equal(lit.dot_bins.centres, want.centres)
+        pcas.append(lit.pca.components)
+    old = ARPriorLit(preset="tiny", net={"embed_dim": 24, "n_dot_bins": 6}, n_components=2)
+    old.pca.fit(feats["clip_image_emb"])
+    assert torch.equal(pcas[0], old.pca.components) and torch.equal(pcas[1], old.pca.components)
+    assert len(text) == int(counts.sum())
+
+
+def test_a_one_caption_file_gives_the_ar_prior_the_bins_it_gave_before(coco_root):
+    """shapes and zoo-embed captions=one files hold one caption row per image: their bins are exactly the old ones
+    (the dot products of row i with image i)."""
+    from zoo.data.datamodule import FeatureAttached, first_caption_rows
+    from zoo.models.ar_prior.lit import ARPriorLit
+
+    one = first_caption_rows(_all_caption_features(seed=4))  # the layout of a one-caption file
+    dm = _FeaturesDM(FeatureAttached(CocoCaptions(str(coco_root), "train"), dict(one)))
+    lit = _fit_through_setup(ARPriorLit(preset="tiny", net={"embed_dim": 24, "n_dot_bins": 2}, n_components=2), dm)
+    before = _dot_bins(2, one["clip_text_emb"], one["clip_image_emb"])
+    assert torch.equal(lit.dot_bins.edges, before.edges) and torch.equal(lit.dot_bins.centres, before.centres)
+
+
+def test_an_ar_prior_checkpoint_with_first_caption_bins_loads_and_samples_as_before(coco_root, tmp_path):
+    """A checkpoint written before (its bins fitted on first captions) keeps them: loaded by load_module, and not
+    refitted by setup on an all-captions file (a resumed run), so it samples as it did."""
+    from zoo.checkpoint import load_module
+    from zoo.data.datamodule import FeatureAttached, first_caption_rows
+    from zoo.models.ar_prior.lit import ARPriorLit
+
+    feats = _all_caption_features(seed=5)
+    first = first_caption_rows(feats)
+    old = ARPriorLit(preset="tiny", net={"embed_dim": 24, "text_len": 7}, n_components=2)
+    old.pca.fit(first["clip_image_emb"])
+    old.dot_bins.fit(old.dot_product(first["clip_text_emb"], first["clip_image_emb"]))  # the old fit
+    path = tmp_path / "old.ckpt"
+    torch.save(
+        {"zoo_component": "ar_prior", "state_dict": old.state_dict(), "hyper_parameters": dict(old.hparams)}, path
+    )
+    loaded = load_module(path)
+    dm = _FeaturesDM(FeatureAttached(CocoCaptions(str(coco_root), "train"), dict(feats)))
+    _fit_through_setup(loaded, dm)
+    assert torch.equal(loaded.dot_bins.edges, old.dot_bins.edges)
+    txt, tokens = first["clip_text_emb"], first["clip_text_tokens"]
+    old.eval()
+    a = old.sample(txt, tokens, generator=torch.Generator().manual_seed(0), return_codes=True)
+    b = loaded.sample(txt, tokens, generator=torch.Generator().manual_seed(0), return_codes=True)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)

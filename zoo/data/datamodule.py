@@ -52,9 +52,9 @@ def caption_starts(counts: Any) -> Any:
 
 def first_caption_rows(features: dict[str, Any]) -> dict[str, Any]:
     """One row per item: an all-captions file's per-caption keys at each item's first caption (what a reader that
-    pairs row i of every key expects: eval.prior, zoo-recaption, the AR prior's fit); other files as they are. A copy
-    of those rows: for readers that drop the file's own tensors (``load_embeddings``); a dataset that keeps them
-    serves ``FirstCaptionColumn`` views instead."""
+    pairs row i of every key expects: eval.prior, zoo-recaption); other files as they are. A copy of those rows: for
+    readers that drop the file's own tensors (``load_embeddings``); a dataset that keeps them serves
+    ``FirstCaptionColumn`` views instead. A check or fit of what training draws reads ``every_caption_row``."""
     counts = features.get(CAPTION_COUNTS)
     if counts is None:
         return features

@@ -6,7 +6,8 @@ Trains from ``zoo-embed`` features only (no CLIP in the loop): batches carry ``c
 
 The discretisation (``zoo.models.ar_prior.pca``) is fitted once, at ``setup``, on the TRAINING split's features:
 ``EmbeddingPCA`` on the image embeddings (components holding > ``variance_kept`` of the variance, ``n_buckets``
-buckets each) and ``ScalarBins`` on the text-image dot products. Both are buffers, so they travel in the checkpoint:
+buckets each) and ``ScalarBins`` on the text-image dot products of every (image, caption) pair training draws (all
+captions of a ``zoo-embed captions=all`` file, each with its image). Both are buffers, so they travel in the checkpoint:
 a module rebuilt by ``zoo.checkpoint.load_module`` samples without the data, and a resumed run restores them (the
 refit that ``setup`` does before Lightning restores the state dict is overwritten by the checkpoint's).
 
@@ -26,6 +27,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from zoo.data.datamodule import CAPTION_COUNTS, every_caption_row
 from zoo.errors import ConfigError, check_number, check_rate
 from zoo.models.ar_prior.model import PRESETS, ARPrior, ARPriorConfig, sample_codes
 from zoo.models.ar_prior.pca import EmbeddingPCA, ScalarBins
@@ -97,8 +99,13 @@ class ARPriorLit(ClipEmbeddingLit):
         return self.pca.fitted and self.dot_bins.fitted
 
     @torch.no_grad()
-    def fit_discretisation(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
-        """Fit the PCA + buckets on training image embeddings (N, D) and the dot-product bins on (z_t · z_i)."""
+    def fit_discretisation(
+        self, image_emb: torch.Tensor, text_emb: torch.Tensor, text_items: Optional[torch.Tensor] = None
+    ) -> None:
+        """Fit the PCA + buckets on training image embeddings (N, D) and the dot-product bins on (z_t · z_i).
+
+        ``text_items``: (M,) the image of each of the M text rows (a ``zoo-embed captions=all`` file: every caption
+        of each image, ``every_caption_row``); None: text row i is image i's caption."""
         d = self.cfg.embed_dim
         if image_emb.dim() != 2 or image_emb.shape[1] != d:
             raise ConfigError(
@@ -106,7 +113,23 @@ class ARPriorLit(ClipEmbeddingLit):
                 f"{d} (fix: model.net.embed_dim={image_emb.shape[-1]})"
             )
         self.pca.fit(image_emb.float())
-        self.dot_bins.fit(self.dot_product(text_emb.float(), image_emb.float()))
+        if text_items is None:
+            self.dot_bins.fit(self.dot_product(text_emb.float(), image_emb.float()))
+            return
+        # equal-mass bins of the pairs training draws: every caption with its image (COCO train: ~5 per image, one
+        # drawn per epoch), not each image's first caption only. Each pair counts once, so an image weighs its
+        # caption count where training draws each image once per epoch (COCO train2014: 414,113 captions of 82,783
+        # images, so at most 198 images have more than 5). In chunks: the pairs' image rows gathered at once were
+        # 1.7 GB at COCO train, ViT-H width.
+        step = 1 << 16
+        self.dot_bins.fit(
+            torch.cat(
+                [
+                    self.dot_product(text_emb[r : r + step].float(), image_emb[text_items[r : r + step]].float())
+                    for r in range(0, len(text_emb), step)
+                ]
+            )
+        )
 
     @staticmethod
     def dot_product(text_emb: torch.Tensor, image_emb: torch.Tensor) -> torch.Tensor:
@@ -118,8 +141,8 @@ class ARPriorLit(ClipEmbeddingLit):
         if self.fitted or self._trainer is None:
             return
         dm = getattr(self.trainer, "datamodule", None)
-        feats = _train_features(dm)
-        self.fit_discretisation(feats["clip_image_emb"], feats["clip_text_emb"])
+        feats, items = _train_features(dm)
+        self.fit_discretisation(feats["clip_image_emb"], feats["clip_text_emb"], items)
         ratio = self.pca.variance_ratio()
         import logging
 
@@ -284,15 +307,20 @@ class ARPriorLit(ClipEmbeddingLit):
         return torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.04)
 
 
-def _train_features(dm) -> dict[str, torch.Tensor]:
-    """The training split's zoo-embed tensors: from the DataModule's built dataset, else from its feature file."""
+def _train_features(dm) -> tuple[dict[str, torch.Tensor], Optional[torch.Tensor]]:
+    """The training split's zoo-embed tensors: from the DataModule's built dataset, else from its feature file; the
+    image keys one row per image, the text keys every caption row training draws from, and the image of each text
+    row (None when row i is image i's: a one-caption file), as ``every_caption_row`` gives them."""
     if dm is None:
         raise ConfigError(
             "the AR prior fits its PCA on the training features at setup: train it with a DataModule "
             "(zoo-train ... data.features.train=<zoo-embed file>)"
         )
-    feats = getattr(dm.dataset("train"), "features", None) if hasattr(dm, "dataset") else None
-    if not feats or "clip_image_emb" not in feats:
+    ds = dm.dataset("train") if hasattr(dm, "dataset") else None
+    feats = getattr(ds, "features", None)
+    if feats and "clip_image_emb" in feats:
+        text, items = every_caption_row(ds)
+    else:
         path = (getattr(dm, "features", None) or {}).get("train")
         if not path:
             raise ConfigError(
@@ -300,11 +328,14 @@ def _train_features(dm) -> dict[str, torch.Tensor]:
             )
         from zoo.embed import load_embeddings
 
-        feats = load_embeddings(path)
+        feats = load_embeddings(path, all_captions=True)
+        text, items = every_caption_row(feats)
+        feats = {k: v for k, v in feats.items() if k != CAPTION_COUNTS}
+    feats = {**feats, **text}
     missing = [k for k in ("clip_image_emb", "clip_text_emb") if k not in feats]
     if missing:
         raise ConfigError(
             f"the training feature file lacks {missing}: it is not a zoo-embed file (fix: "
             f"data.features.train=<file written by zoo-embed>)"
         )
-    return feats
+    return feats, items
