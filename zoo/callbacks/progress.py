@@ -42,6 +42,19 @@ def _metric_str(v: Any) -> str:
         return str(v)
 
 
+def planned_steps(trainer: "L.Trainer") -> Optional[int]:
+    """The optimizer steps this fit runs at most, or None when nothing bounds them: Lightning's
+    ``estimated_stepping_batches`` (``max_epochs`` x the steps of an epoch after ``limit_train_batches`` and
+    ``accumulate_grad_batches``, within ``max_steps``; ``max_steps`` with endless epochs or an iterable dataset), else
+    ``max_steps`` when that cannot be computed (a dataloader without ``len()``). LogProgress's total and the cap of
+    ``zoo.callbacks.TimeBudget``'s plan: one reading of Lightning's value for both."""
+    try:
+        total = float(trainer.estimated_stepping_batches)
+    except Exception:  # e.g. a dataloader without len(): fall back to max_steps
+        total = float(trainer.max_steps if trainer.max_steps is not None else -1)
+    return int(total) if math.isfinite(total) and total > 0 else None
+
+
 class LogProgress(L.Callback):
     def __init__(self, every_n_steps: int = 50, every_seconds: Optional[float] = 30.0, force: bool = False):
         key = "callbacks.log_progress."
@@ -69,13 +82,6 @@ class LogProgress(L.Callback):
         self._loss_sum: Optional[torch.Tensor] = None
         self._loss_n = 0
 
-    def _total_steps(self, trainer: "L.Trainer") -> Optional[float]:
-        try:
-            total = float(trainer.estimated_stepping_batches)
-        except Exception:  # e.g. a dataloader without len(): fall back to max_steps
-            total = float(trainer.max_steps)
-        return total if math.isfinite(total) and total > 0 else None
-
     # --- hooks -------------------------------------------------------------------------------------------
     def _wanted(self, trainer: "L.Trainer") -> bool:
         no_bar = getattr(trainer, "progress_bar_callback", None) is None
@@ -87,7 +93,7 @@ class LogProgress(L.Callback):
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         if not self.active:
             return
-        self._total = self._total_steps(trainer)
+        self._total = planned_steps(trainer)
         self._seen_max_steps = trainer.max_steps
         self._start_time, self._start_step = time.monotonic(), trainer.global_step
         self._reset_interval(trainer.global_step)
@@ -143,7 +149,7 @@ class LogProgress(L.Callback):
         # follows every change, still capped by the epochs (estimated_stepping_batches reads the new max_steps)
         if trainer.max_steps != self._seen_max_steps:
             self._seen_max_steps = trainer.max_steps
-            self._total = self._total_steps(trainer)
+            self._total = planned_steps(trainer)
         parts = [f"step {format_count(step, self._total)}", format_rate(rate)]
         loss = self._loss(trainer)
         if loss is not None:

@@ -39,6 +39,7 @@ from typing import Any, Optional, Sequence, Union
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
+from zoo.callbacks.progress import planned_steps
 from zoo.errors import ConfigError, check_number, check_whole, is_number, shown
 from zoo.progress import format_duration
 
@@ -129,12 +130,9 @@ class TimeBudget(L.Callback):
         # the epochs bound the run too (trainer.max_epochs, 10 in trainer/default.yaml): a plan past them fitted the
         # cosine to steps the run never reached, and it ended near its peak learning rate (16 steps of a 136-step
         # schedule: 0.98 of the peak)
-        try:
-            by_epochs = trainer.estimated_stepping_batches  # max_epochs x the steps an epoch makes, within max_steps
-        except Exception:  # a loader without a length: no epoch end in sight
-            by_epochs = math.inf
-        if math.isfinite(by_epochs) and 0 < by_epochs < self._cap:
-            self._cap = int(by_epochs)
+        by_epochs = planned_steps(trainer)  # max_epochs x the steps an epoch makes, within max_steps
+        if by_epochs is not None and by_epochs < self._cap:
+            self._cap = by_epochs
             if trainer.is_global_zero:
                 log.info(
                     "time budget: trainer.max_epochs=%s bounds the run at %d steps, whatever fits the budget (fix: "
