@@ -486,3 +486,19 @@ def test_an_ar_prior_checkpoint_with_first_caption_bins_loads_and_samples_as_bef
     b = loaded.sample(txt, tokens, generator=torch.Generator().manual_seed(0), return_codes=True)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
+
+
+def test_the_ar_prior_checks_token_ids_of_every_caption(coco_root):
+    """The AR prior's vocabulary was checked per batch (pad_text): a token id past the table in a caption after an
+    image's first was refused in the training step that first drew it, an epoch or more in. check_data reads every
+    caption row, naming the file; model.preset=tiny's data_sizes sizes the table from them."""
+    from zoo.data.datamodule import FeatureAttached
+    from zoo.models.ar_prior.lit import ARPriorLit
+
+    feats = _tokens_past_the_tiny_vocab_in_a_later_caption()
+    dm = _FeaturesDM(FeatureAttached(CocoCaptions(str(coco_root), "train"), dict(feats)), "/data/coco_train.pt")
+    lit = ARPriorLit(preset="tiny", net={"embed_dim": 16, "text_vocab": 64, "text_len": 7})
+    with pytest.raises(ConfigError, match=r"data.features.train=/data/coco_train.pt: caption token id 49406 >= .* 64"):
+        lit.check_data(dm)
+    assert lit.data_sizes(dm) == {"text_vocab": 49407}
+    ARPriorLit(preset="tiny", net={"embed_dim": 16, "text_len": 7}).check_data(dm)  # 49408

@@ -168,7 +168,7 @@ class ARPriorLit(ClipEmbeddingLit):
         exact, at_least = {}, {}
         if "clip_image_emb" in feats:
             exact["embed_dim"] = int(feats["clip_image_emb"].shape[-1])
-        tokens = feats.get("clip_text_tokens")
+        tokens = every_caption_row(datamodule.dataset("train"))[0].get("clip_text_tokens")  # every caption drawn
         if tokens is not None:
             at_least["text_len"] = int(tokens.shape[1])
             if tokens.numel():
@@ -202,6 +202,15 @@ class ARPriorLit(ClipEmbeddingLit):
                     raise ConfigError(
                         f"data.features.{split}: captions of {tokens.shape[1]} CLIP tokens; the AR prior takes "
                         f"text_len={self.cfg.text_len} (fix: model.net.text_len={tokens.shape[1]})"
+                    )
+                # every caption row (not each image's first): pad_text refused a larger id only in the training
+                # step that first drew its caption, after hours of training on COCO's other captions
+                tokens = every_caption_row(datamodule.dataset(split))[0].get("clip_text_tokens")
+                if tokens is not None and tokens.numel() and int(tokens.max()) >= self.cfg.text_vocab:
+                    raise ConfigError(
+                        f"data.features.{split}={features[split]}: caption token id {int(tokens.max())} >= the AR "
+                        f"prior's text_vocab {self.cfg.text_vocab} (fix: model.net.text_vocab=49408 for open_clip's "
+                        f"BPE, which zoo-embed writes)"
                     )
         # the val file is read only at the first validation, after the training steps when sanity checks are off
         # (experiment=leaderboard/ar_prior): a file without the keys was "batch lacks [...]" there
