@@ -729,3 +729,27 @@ zoo.export.export(OmegaConf.create({{"ckpt": {str(vq)!r}, "out": {str(out)!r}, "
     assert sorted(q.name for q in out.parent.iterdir()) == ["model"]  # its lock file and folders set aside gone
     export(again)  # the first done: the second runs
     assert type(load_export(out)).__name__ == "DVAELit"
+
+
+@pytest.mark.parametrize("given", [".", "..", "sub/.."])
+def test_out_naming_the_working_folder_is_refused_before_any_work(tmp_path, monkeypatch, given):
+    """out=. (or .., or a path that comes back to the working folder) named no folder to rename: the whole export ran,
+    then the swap failed with "OSError: [Errno 16] Device or resource busy: '.' -> '..old'". Now out= is made absolute
+    and the folder zoo-export runs in (or one holding it) is refused at once: replacing it as a whole would move the
+    working folder away."""
+    from zoo.errors import ConfigError
+    from zoo.export import export
+    from zoo.models.vqvae.lit import VQVAELit
+
+    ckpt = _write_ckpt(VQVAELit(preset="tiny"), tmp_path / "vq.ckpt")
+    here = tmp_path / "work" / "empty"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    with pytest.raises(
+        ConfigError,
+        match=rf"^out={re.escape(given)} is .* zoo-export runs in: .*fix: out=<a folder name>, e.g. out=export\)",
+    ):
+        export(OmegaConf.create({"ckpt": str(ckpt), "out": given, "onnx": False}))
+    assert sorted(p.name for p in here.parent.iterdir()) == ["empty"] and not any(here.iterdir())
+    export(OmegaConf.create({"ckpt": str(ckpt), "out": "sub/../export", "onnx": False}))  # a folder in it: exported
+    assert [p.name for p in here.iterdir()] == ["export"]

@@ -1130,10 +1130,19 @@ def export(cfg) -> dict[str, Any]:
     if not cfg.get("ckpt"):
         raise ConfigError("no checkpoint (fix: zoo-export ckpt=/path/to/last.ckpt out=exports/my_model)")
     ckpt = Path(str(cfg.ckpt))
-    out = Path(str(cfg.out)) if cfg.get("out") else ckpt.parent / f"{ckpt.stem}_export"
+    given = str(cfg.out) if cfg.get("out") else str(ckpt.parent / f"{ckpt.stem}_export")
+    # absolute: out=. or out=.. named no folder to rename (an OSError after the whole export) and put the lock and
+    # the folders set aside in the wrong place
+    out = Path(os.path.abspath(os.path.expanduser(given)))
     if out.is_symlink():  # replace the folder it points to, not the link
         out = out.resolve()
     check_ckpt_path(ckpt)
+    if out == Path.cwd() or out in Path.cwd().parents:
+        where = "the folder zoo-export runs in" if out == Path.cwd() else "a folder holding the one zoo-export runs in"
+        raise ConfigError(
+            f"out={given} is {where}: the export replaces out= as a whole, which would move the working folder away "
+            "(fix: out=<a folder name>, e.g. out=export)"
+        )
     with export_lock(out, ckpt):
         summary = _export_locked(cfg, ckpt, out)
     _print_summary(summary)
