@@ -230,29 +230,35 @@ class FeatureAttached(Dataset):
         self.features_meta = dict(meta or {})
         where = f"{source}: " if source else ""
         n = len(base)  # type: ignore[arg-type]
-        self.caption_rows = {k: v for k, v in features.items() if k in TEXT_KEYS}
-        self.caption_start = None
-        counts = features.get(CAPTION_COUNTS)
-        if counts is not None and self.caption_rows:
-            if len(counts) == n:  # (another count is refused below, on the image rows)
-                self._check_caption_counts(counts, where)
-                self.caption_start = caption_starts(counts)
+        self.caption_start = None  # (N + 1,) row offsets of an all-captions file's text keys (caption_starts)
         self.features = features
+        counts = features.get(CAPTION_COUNTS)
         if counts is not None:  # the text keys as one row per item: views of the caption rows, not a copy of them
-            first = (self.caption_start if self.caption_start is not None else caption_starts(counts))[:-1]
+            starts = caption_starts(counts)
             self.features = {
-                k: (FirstCaptionColumn(v, first) if k in TEXT_KEYS else v)
+                k: (FirstCaptionColumn(v, starts[:-1]) if k in TEXT_KEYS else v)
                 for k, v in features.items()
                 if k != CAPTION_COUNTS
             }
-        if self.caption_start is None:
-            self.caption_rows = {}
+            # (another count is refused below, on the image rows, as are the text keys' views then)
+            if len(counts) == n and any(k in TEXT_KEYS for k in features):
+                self._check_caption_counts(counts, where)
+                self.caption_start = starts
         for key, value in self.features.items():
             if len(value) != n:
                 raise ConfigError(
                     f"{where}precomputed '{key}' has {len(value)} rows but the dataset split has {n} items "
                     "(fix: recompute it for this split and size, or match data.*_size to it)"
                 )
+
+    @property
+    def caption_rows(self) -> dict[str, Any]:
+        """An all-captions file's text keys with every caption's row, which the drawn caption's rows are served from
+        (``every_caption_row`` reads them too): the columns under ``features``' ``FirstCaptionColumn`` views, not a
+        second reference kept beside them. Empty for other files."""
+        if self.caption_start is None:
+            return {}
+        return {k: v._rows for k, v in self.features.items() if isinstance(v, FirstCaptionColumn)}
 
     def _check_caption_counts(self, counts: Any, where: str) -> None:
         """Every item's caption count in the file is the base's: the rows of caption k are found by position."""
