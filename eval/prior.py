@@ -3,7 +3,8 @@
     python -m eval.prior features=<val zoo-embed file> diffusion_ckpt=<prior last.ckpt> ar_ckpt=<ar last.ckpt>
     python -m eval.prior features=... diffusion_ckpt=... sweep.diffusion_guidance=[1,2,4] sweep.ar_guidance=[1,2]
 
-For every caption of a ``zoo-embed`` file (``clip_image_emb``, ``clip_text_emb``, ``clip_text_tokens``, and the
+For every caption of a ``zoo-embed`` file (of a ``captions=all`` file: each image's first caption, the one the val /
+test DataModules serve) (``clip_image_emb``, ``clip_text_emb``, ``clip_text_tokens``, and the
 per-token ``clip_text_encodings`` a prior trained on them needs), each method produces one L2-normalised CLIP image
 embedding z, compared with the L2-normalised true image embedding y of the same caption:
 
@@ -106,7 +107,8 @@ def load_features(
     total = len(feats["clip_image_emb"])
     n = total if n is None else int(n)
     if not 2 <= n <= total:
-        raise ConfigError(f"n={n}: {path} holds {total} captions (fix: n=<2..{total}> or n=null for all)")
+        what = "captions" if counts is None else "images (one caption each: the first)"
+        raise ConfigError(f"n={n}: {path} holds {total} {what} (fix: n=<2..{total}> or n=null for all)")
     if images_only:
         return {"clip_image_emb": feats["clip_image_emb"][:n]}
     rows = slice(None, n) if counts is None else caption_starts(counts)[:n]  # (the first caption of image i)

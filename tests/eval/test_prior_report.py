@@ -431,3 +431,6 @@ def test_an_all_captions_file_is_read_at_each_images_first_caption_copying_only_
                 assert v.untyped_storage().nbytes() == v.nbytes, (k, n)  # holds the rows read, not every image's
     ref = load_features(str(path), 4, images_only=True)
     assert ref.keys() == {"clip_image_emb"} and torch.equal(ref["clip_image_emb"], feats["clip_image_emb"][:4])
+    # n counts images there (6, one caption each), not the file's 20 caption rows: the message says so
+    with pytest.raises(ConfigError, match=r"holds 6 images \(one caption each: the first\) \(fix: n=<2\.\.6>"):
+        load_features(str(path), 7)
