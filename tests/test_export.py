@@ -753,3 +753,32 @@ def test_out_naming_the_working_folder_is_refused_before_any_work(tmp_path, monk
     assert sorted(p.name for p in here.parent.iterdir()) == ["empty"] and not any(here.iterdir())
     export(OmegaConf.create({"ckpt": str(ckpt), "out": "sub/../export", "onnx": False}))  # a folder in it: exported
     assert [p.name for p in here.iterdir()] == ["export"]
+
+
+def test_out_in_a_folder_that_cannot_be_written_is_named_before_any_work(tmp_path, monkeypatch):
+    """out= in a directory the user cannot write was mkdtemp's PermissionError traceback, after the checkpoint was
+    read. Now a ConfigError naming the directory and the fix, before the checkpoint is read. (The tests run as root,
+    whom permissions do not stop: the directory's refusal is simulated where zoo-export first writes in it.)"""
+    import errno
+    import os
+
+    import zoo.export
+    from zoo.errors import ConfigError
+    from zoo.export import export
+    from zoo.models.vqvae.lit import VQVAELit
+
+    ckpt = _write_ckpt(VQVAELit(preset="tiny"), tmp_path / "vq.ckpt")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    real = os.open
+
+    def refused(path, flags, *a):
+        if Path(path).parent == shared and flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, flags, *a)
+
+    monkeypatch.setattr(zoo.export.os, "open", refused)
+    monkeypatch.setattr(zoo.export, "load_checkpoint", lambda *a: pytest.fail("the checkpoint was read"))
+    with pytest.raises(ConfigError, match=rf"cannot write in {re.escape(str(shared))} \(Permission denied\).*fix: "):
+        export(OmegaConf.create({"ckpt": str(ckpt), "out": str(shared / "model"), "onnx": False}))
+    assert not any(shared.iterdir())

@@ -1034,13 +1034,21 @@ def export_lock(out: Path, ckpt: Path):
     path = _lock_path(out)
     made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # innermost first
     while True:
-        out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except PermissionError:  # another user's lock file: reading is enough to lock it
-            fd = os.open(path, os.O_RDONLY)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except PermissionError as e:  # another user's lock file: reading is enough to lock it
+                if not os.path.exists(path):  # none: the folder is not writable
+                    raise e from None
+                fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:  # the folder was just removed by a failed export that made it: make it again
             continue
+        except PermissionError as e:  # was a traceback (mkdtemp's, after the checkpoint was read)
+            raise ConfigError(
+                f"out={out}: zoo-export cannot write in {out.parent} ({e.strerror}): it writes the export beside "
+                "out= and renames it into place (fix: out=<a folder in a directory you can write>)"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
