@@ -105,6 +105,7 @@ _DATAMODULES: dict[str, tuple[str, str]] = {
     "shapes": ("zoo.data.modules", "ShapesDataModule"),
     "coco": ("zoo.data.modules", "CocoDataModule"),
     "webdataset": ("zoo.data.modules", "WebDataModule"),
+    "folder": ("zoo.data.folder", "FolderDataModule"),
 }
 # A data config stored in a checkpoint names its DataModule by our own _target_ string: matched exactly here.
 _LEGACY_DATAMODULE_TARGETS = {f"{module}.{cls}": name for name, (module, cls) in _DATAMODULES.items()}
