@@ -175,6 +175,10 @@ def test_val_root_inside_root_is_left_out_of_the_training_pairs(tmp_path):
     assert [rel for rel, _ in dm.split_items["val"]] == ["q6.png", "q7.png", "q8.png"]
     assert all(rel.startswith("train/") for rel, _ in dm.split_items["train"]) and len(dm.split_items["train"]) == 6
     assert dm.dataset("val")[0]["caption"] == _captions(6)[0]
+    # a val_root holding the training pairs is refused (the whole tree was excluded: "no pairs" named no cause)
+    for val_root, train_root in ((root, root), (root, root / "train")):
+        with pytest.raises(ConfigError, match=r"data.val_root=.* holds data.root=.*fix: data.val_root=<a folder"):
+            FolderDataModule(root=str(train_root), val_root=str(val_root), resolution=8)
 
 
 def test_train_draws_one_caption_per_epoch_reproducibly_val_serves_the_first(tmp_path):

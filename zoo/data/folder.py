@@ -236,6 +236,13 @@ class FolderDataModule(ImageTextDataModule):
             )
         self.root = self._folder("data.root", root)
         self.val_root = self._folder("data.val_root", val_root) if val_root else None
+        if self.val_root is not None and (self.val_root == self.root or self.val_root in self.root.parents):
+            # its pairs would be the training pairs (or hold them): validation on what the model trains on
+            raise ConfigError(
+                f"data.val_root={self.val_root} holds data.root={self.root}: the val pairs would include the training "
+                f"pairs (fix: data.val_root=<a folder of validation pairs outside data.root>, or data.val_root=null "
+                f"to hold out data.val_fraction of data.root)"
+            )
         self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
         scan = scan_folder(self.root, exclude=self.val_root)
         scan.report("data.root")
