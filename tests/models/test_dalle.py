@@ -139,6 +139,26 @@ def test_check_data_refuses_a_resolution_the_tokenizer_was_not_trained_at(tmp_pa
     assert tuple(old.image_tokenizer.grid_size) == (8, 8)
 
 
+def test_a_grid_mismatch_offers_another_data_resolution_only_when_the_tokenizer_allows_one(tmp_path):
+    """A model grid other than the tokenizer's at the resolution it trained at offered "or data.resolution=<grid x
+    factor>" (found with experiment=dalle1/train_shapes data.resolution=32 and a 32 px tokenizer: "or
+    data.resolution=24"), a size the same check refuses for that tokenizer. Only the model.net.grid fix is offered
+    then; a tokenizer that does not record its resolution still gets the data.resolution alternative."""
+    tok = H.tiny_bpe(context_length=16)
+    ckpt = H.tiny_tokenizer_ckpt(tmp_path / "tok.ckpt")  # trained at 16 px: 4x4 codes
+    grid8 = {**H.TINY_NET, "grid_h": 8, "grid_w": 8}
+    with pytest.raises(ConfigError) as info:
+        DalleLit(preset="tiny", image_tokenizer_ckpt=str(ckpt), net=grid8).check_data(_dm(tok, resolution=16))
+    assert "fix: model.net.grid_h=4 model.net.grid_w=4)" in str(info.value)
+    assert "data.resolution=32" not in str(info.value)
+    raw = torch.load(ckpt, weights_only=True)
+    del raw["zoo_config"]  # no record of the resolution it trained at
+    torch.save(raw, tmp_path / "old.ckpt")
+    old = DalleLit(preset="tiny", image_tokenizer_ckpt=str(tmp_path / "old.ckpt"), net=grid8)
+    with pytest.raises(ConfigError, match=r"model.net.grid_w=4, or data.resolution=32\)"):
+        old.check_data(_dm(tok, resolution=16))
+
+
 def test_check_data_checks_zoo_tokenize_codes_against_the_model(train_cfg, tmp_path):
     """Trained from a zoo-tokenize file (no tokenizer checkpoint), a grid or a code the model lacks was an IndexError
     in the first step; now a ConfigError naming the fixes, and model.preset=tiny takes the file's grid."""

@@ -215,11 +215,13 @@ class DalleLit(TextTokenizerLit):
                         self._tokenizer_spec["resolution"] = res
                 grid = tuple(it.grid_size)
                 if grid != (c.grid_h, c.grid_w):
+                    # another data.resolution is a fix only for a tokenizer that does not record the size it
+                    # trained at: one that does is refused at any other size (above), so that hint led in a circle
+                    other_res = "" if trained is not None else f", or data.resolution={c.grid_h * it.downsample_factor}"
                     problems.append(
                         f"the image tokenizer makes a {grid[0]}x{grid[1]} grid at data.resolution={res} but "
                         f"the model expects {c.grid_h}x{c.grid_w} (fix: model.net.grid_h={grid[0]} "
-                        f"model.net.grid_w={grid[1]}, or data.resolution="
-                        f"{c.grid_h * it.downsample_factor})"
+                        f"model.net.grid_w={grid[1]}{other_res})"
                     )
             if it.codebook_size > c.image_vocab:
                 problems.append(
