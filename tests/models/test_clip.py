@@ -198,12 +198,16 @@ def test_checkpoint_does_not_need_the_original_weights_file(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- weights
-def test_offline_pretrained_names_option_and_file(monkeypatch, tmp_path):
+def _offline(monkeypatch, tmp_path):
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ZOO_OFFLINE"):
         monkeypatch.setenv(var, "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("NO_PROXY", "")
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # if anything tried the network it would fail fast
+
+
+def test_offline_pretrained_names_option_and_file(monkeypatch, tmp_path):
+    _offline(monkeypatch, tmp_path)
     t0 = time.perf_counter()
     with pytest.raises(MissingWeightsError) as err:
         ClipLit(preset="tiny", arch="ViT-B-32", pretrained="openai", cache_dir=str(tmp_path / "cache"))
@@ -217,6 +221,20 @@ def test_offline_pretrained_names_option_and_file(monkeypatch, tmp_path):
         ClipScorer.from_open_clip("ViT-B-32", pretrained="openai", cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ConfigError, match="openai"):  # an unknown tag lists the known ones
         ClipLit(preset="tiny", arch="ViT-B-32", pretrained="no-such-tag")
+
+
+def test_offline_pretrained_names_the_clip_node_options_of_zoo_eval(monkeypatch, tmp_path):
+    """zoo-eval / zoo-embed build their CLIP from the ``clip`` node, where the missing tag's fix read "pass the file
+    with model.checkpoint=... (keep model.pretrained=openai ...; zoo-embed: clip.checkpoint=)": zoo-train's options,
+    and no word of zoo-eval (found with zoo-eval clip.checkpoint=null clip.arch=ViT-B-32 clip.pretrained=openai).
+    Now the node's own options (clip.checkpoint= with the file, clip.pretrained= kept) are named for both commands."""
+    _offline(monkeypatch, tmp_path)
+    node = {"checkpoint": None, "arch": "ViT-B-32", "pretrained": "openai", "device": "cpu"}
+    with pytest.raises(MissingWeightsError) as err:
+        ClipScorer.from_config(node)
+    msg = str(err.value)
+    assert "clip.checkpoint=/path/to/open_clip_model.safetensors (keep clip.pretrained=openai)" in msg
+    assert "zoo-embed / zoo-eval" in msg
 
 
 def test_cached_pretrained_tag_loads_offline(monkeypatch, tmp_path):

@@ -343,8 +343,9 @@ def _missing_pretrained(arch: str, tag: str, tag_cfg: dict, cache_dir: Optional[
     return MissingWeightsError(
         f"pretrained CLIP weights {arch} / {tag!r} are not on this machine and cannot be downloaded here "
         f"({type(err).__name__}: {str(err)[:160]}). Expected: {where}. Fix: download it once where there is internet "
-        f"and pass the file with model.checkpoint=/path/to/{fname} (keep model.pretrained={tag} for its "
-        f"preprocessing; zoo-embed: clip.checkpoint=), or put it into that cache."
+        f"and pass the file with model.checkpoint=/path/to/{fname} in zoo-train (keep model.pretrained={tag} for its "
+        f"preprocessing), clip.checkpoint=/path/to/{fname} (keep clip.pretrained={tag}) in zoo-embed / zoo-eval, "
+        f"or put it into that cache."
     )
 
 
