@@ -480,3 +480,41 @@ def test_a_decoding_option_that_is_no_number_names_the_option(option, value):
             ConfigError, match=rf"^model\.{option}=.* must be a (finite )?number.*\(fix: model\.{option}="
         ):
             cls(preset="tiny", **{option: value})
+
+
+def test_each_validation_writes_the_captioner_s_captions_of_the_first_val_items(train_cfg, tmp_path):
+    """A captioner draws no image, so no sample grid showed what it writes during training: each validation now
+    writes its greedy captions of the first val items beside their true ones (samples/captions_step<N>.tsv)."""
+    from zoo.checkpoint import load_module
+    from zoo.train import train
+
+    features = _embed_file(tmp_path / "train.pt", 16)
+    cfg = train_cfg(
+        "model=captioner",
+        "model.preset=tiny",
+        "data.train_size=16",
+        "data.val_size=16",
+        "data.test_size=16",
+        "data.batch_size=8",
+        "data/tokenizer=bpe",
+        f"data.features.train={features}",
+        f"data.features.val={_embed_file(tmp_path / 'val.pt', 16, seed=1)}",
+        f"data.features.test={_embed_file(tmp_path / 'test.pt', 16, seed=2)}",
+        "logger=csv",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "trainer.enable_progress_bar=false",
+        "test=false",
+    )
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    files = sorted((out / "samples").glob("captions_step*.tsv"))
+    assert [f.name for f in files] == ["captions_step0000002.tsv", "captions_step0000004.tsv"]  # not the sanity check
+    rows = [line.split("\t") for line in files[-1].read_text().splitlines()]
+    assert rows[0] == ["caption", "sample"] and len(rows) == 1 + CaptionerLit.n_sample_captions
+
+    model = load_module(out / "checkpoints" / "last.ckpt")
+    val_emb = torch.load(tmp_path / "val.pt", weights_only=True)["clip_image_emb"][: CaptionerLit.n_sample_captions]
+    # the samples are the trained model's greedy captions of those items, in order
+    assert [r[1] for r in rows[1:]] == model.caption(val_emb, method="greedy")
+    assert all(r[0] for r in rows[1:])  # each beside its true caption

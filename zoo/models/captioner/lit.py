@@ -136,6 +136,7 @@ class CaptionerLit(ClipEmbeddingLit):
     # what the val batches read from data.features.val (zoo.train.check_compatibility refuses a run that trains on
     # features and would validate without them)
     val_features_needed = ("clip_image_emb",)
+    n_sample_captions = 8  # val items captioned after each validation (write_sample_captions)
 
     def __init__(
         self,
@@ -176,6 +177,7 @@ class CaptionerLit(ClipEmbeddingLit):
             # a fine-tune reads the source's CLIP: setup refuses features of another one
             self.clip_fingerprint = source.clip_fingerprint
         self._source = init_from if source is not None else None
+        self._sample_batch: Optional[tuple[list[str], torch.Tensor, Optional[torch.Tensor]]] = None
 
     @staticmethod
     def _load_source(path: str) -> "CaptionerLit":
@@ -339,6 +341,36 @@ class CaptionerLit(ClipEmbeddingLit):
         r = self.forward_loss(batch)
         r["ppl"] = r["loss"].exp()
         self.log_metrics(stage, r, batch_size=len(batch["caption"]))
+        if stage == "val" and self._sample_batch is None:  # the first val batch: the same items every validation
+            emb, patches = self.features(batch)
+            n = self.n_sample_captions
+            keep = None if patches is None else patches[:n].detach()
+            self._sample_batch = (list(batch["caption"][:n]), emb[:n].detach(), keep)
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if not self.trainer.sanity_checking:
+            self.write_sample_captions()
+
+    def write_sample_captions(self) -> Optional[Path]:
+        """The captioner's greedy captions of the first val items beside their true captions, after each
+        validation: ``<run dir>/samples/captions_step<N>.tsv`` and a W&B table ``samples/captions``. A captioner draws
+        no image, so the sample grids of the other models skipped it, and a run showed only its loss and perplexity:
+        what it writes was seen only after training, through eval.captions. Greedy draws no random numbers, so the
+        run's noise (and its exact resume) is unchanged."""
+        if self._sample_batch is None or self.text_tokenizer is None or not self.trainer.is_global_zero:
+            return None
+        truth, emb, patches = self._sample_batch
+        samples = self.caption(emb, patches, method="greedy")
+        step = self.trainer.global_step
+        path = Path(self.trainer.default_root_dir) / "samples" / f"captions_step{step:07d}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [[t, s] for t, s in zip(truth, samples)]
+        path.write_text("".join(f"{t}\t{s}\n" for t, s in [("caption", "sample"), *rows]))
+        for logger in self.trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                logger.log_text(key="samples/captions", columns=["caption", "sample"], data=rows, step=step)
+        return path
 
     def default_optimizer(self, params) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01)
