@@ -120,3 +120,65 @@ def test_tokenize_refuses_a_bad_batch_size_or_split_before_the_checkpoint_loads(
             tokenize(_tokenize_cfg(tmp_path, missing, f"batch_size={value}"))
     with pytest.raises(ConfigError, match=r"unknown split 'vall'.*fix: split=train, val or test"):
         tokenize(_tokenize_cfg(tmp_path, missing, "split=vall"))
+
+
+def test_a_dalle_on_zoo_tokenize_codes_is_decoded_only_by_the_tokenizer_that_wrote_them(tmp_path, dalle_helpers):
+    """A DALL·E trained from zoo-tokenize codes alone was sampled with any generator.image_tokenizer_ckpt of the same
+    codebook and grid: another tokenizer (found: a VQ-VAE given for a dVAE's codes, both tiny, 64 codes, 16x16)
+    decoded the samples into other images without a word, and model.image_tokenizer_ckpt=<another> beside the codes
+    trained on one tokenizer's codes and sampled through the other's decoder. zoo-tokenize now records the weights'
+    fingerprint; check_data refuses codes of another tokenizer than model.image_tokenizer_ckpt (or train and val
+    codes of two), a codes-only model keeps the fingerprint in its hyper-parameters, and loading another tokenizer
+    to decode its samples is refused, naming the one that wrote the codes."""
+    import pytest
+    from omegaconf import OmegaConf
+
+    from zoo.errors import ConfigError
+    from zoo.models.dalle.lit import DalleLit
+    from zoo.registry import checked_hparams
+
+    H = dalle_helpers
+    wrote = H.tiny_tokenizer_ckpt(tmp_path / "wrote.ckpt", seed=0)
+    other = H.tiny_tokenizer_ckpt(tmp_path / "other.ckpt", seed=1)  # same codebook and grid, other weights
+    res = f"data.resolution={H.RESOLUTION}"
+    files = {}
+    for name, split, ckpt in (("train", "train", wrote), ("val", "val", wrote), ("val_other", "val", other)):
+        files[name] = tmp_path / f"{name}.pt"
+        tokenize(_tokenize_cfg(tmp_path, ckpt, res, f"split={split}", f"out={files[name]}"))
+    assert safe_load(files["train"])["meta"]["tokenizer"] == str(wrote)
+    assert (
+        safe_load(files["val"])["meta"]["tokenizer_fingerprint"]
+        != safe_load(files["val_other"])["meta"]["tokenizer_fingerprint"]
+    )
+
+    def datamodule(train, val):
+        cfg = _tokenize_cfg(tmp_path, wrote, res)
+        dm = instantiate(OmegaConf.merge(cfg.data, {"features": {"train": str(train), "val": str(val)}}))
+        dm.tokenizer = H.tiny_bpe(context_length=16)
+        return dm
+
+    net = {**H.TINY_NET, "grid_h": 4, "grid_w": 4}
+    with pytest.raises(
+        ConfigError, match=f"holds the codes of the image tokenizer {wrote}.*fix: model.image_tokenizer_ckpt={wrote}"
+    ):
+        DalleLit(preset="tiny", net=net, image_tokenizer_ckpt=str(other)).check_data(
+            datamodule(files["train"], files["val"])
+        )
+    DalleLit(preset="tiny", net=net, image_tokenizer_ckpt=str(wrote)).check_data(
+        datamodule(files["train"], files["val"])
+    )
+    with pytest.raises(ConfigError, match="written by different image tokenizers"):
+        DalleLit(preset="tiny", net=net).check_data(datamodule(files["train"], files["val_other"]))
+
+    codes_only = DalleLit(preset="tiny", net=net)
+    codes_only.check_data(datamodule(files["train"], files["val"]))
+    kept = checked_hparams("dalle", dict(codes_only.hparams), "test")  # what load_module rebuilds it from
+    assert kept["image_codes_tokenizer"]["path"] == str(wrote)
+    sampler = DalleLit(**kept)
+    with pytest.raises(
+        ConfigError, match=f"not the image tokenizer that wrote.*fix: generator.image_tokenizer_ckpt={wrote}"
+    ):
+        sampler.load_image_tokenizer(str(other))
+    assert sampler.image_tokenizer is None
+    sampler.load_image_tokenizer(str(wrote))
+    assert sampler.image_tokenizer is not None

@@ -128,6 +128,7 @@ def tokenize(cfg: DictConfig) -> Path:
     from zoo.checkpoint import load_module
     from zoo.config import instantiate
     from zoo.feature_rows import split_and_batch_size
+    from zoo.models.dalle.model import tokenizer_fingerprint
 
     if not cfg.get("tokenizer_ckpt"):
         raise ConfigError("no tokenizer checkpoint (fix: zoo-tokenize tokenizer_ckpt=/path/to/dvae/last.ckpt)")
@@ -152,6 +153,8 @@ def tokenize(cfg: DictConfig) -> Path:
         meta={
             "split": split,
             "tokenizer": str(cfg.tokenizer_ckpt),
+            # its weights: a DALL·E trained on these codes is decoded only by this tokenizer (DalleLit checks)
+            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
             "data": {"images": dm.features_identity(split)["images"]},
         },
         resume_key={"resolution": dm.resolution},  # the grid of codes changes with it (features_identity omits it)

@@ -32,6 +32,7 @@ from zoo.models.dalle.model import (
     DalleTransformerConfig,
     image_tokenizer_from_spec,
     image_tokenizer_spec,
+    tokenizer_fingerprint,
 )
 from zoo.models.presets import resolve_preset
 from zoo.nn.sampling import check_sampling, sample_image_tokens  # check_sampling: also imported from here
@@ -61,6 +62,7 @@ class DalleLit(TextTokenizerLit):
         grid_guidance_scale: float = 1.0,
         tokenizer_spec: Optional[dict[str, Any]] = None,
         text_tokenizer: Optional[dict[str, Any]] = None,
+        image_codes_tokenizer: Optional[dict[str, Any]] = None,
         optimizer=None,
         scheduler=None,
     ):
@@ -101,7 +103,18 @@ class DalleLit(TextTokenizerLit):
         self._tokenizer_trained_resolution = trained_resolution(ckpt.get("zoo_config"))
         res = resolution or self._tokenizer_trained_resolution
         spec = image_tokenizer_spec(ckpt, res)  # plain values; stored in our checkpoints by on_save_checkpoint
-        self._set_image_tokenizer(image_tokenizer_from_spec(spec, ckpt["state_dict"]), spec)
+        tok = image_tokenizer_from_spec(spec, ckpt["state_dict"])
+        # trained from zoo-tokenize codes alone, this model's image tokens are that tokenizer's codes: another
+        # tokenizer of the same codebook and grid decodes them without an error into other images
+        made_by = self.hparams.get("image_codes_tokenizer") or {}
+        if made_by.get("fingerprint") and made_by["fingerprint"] != tokenizer_fingerprint(tok):
+            raise ConfigError(
+                f"{path} is not the image tokenizer that wrote this DALL·E's training codes "
+                f"({made_by.get('path')}, weights fingerprint {made_by['fingerprint']}; this one "
+                f"{tokenizer_fingerprint(tok)}): it would decode the samples into other images (fix: "
+                f"generator.image_tokenizer_ckpt={made_by.get('path')})"
+            )
+        self._set_image_tokenizer(tok, spec)
 
     def _set_image_tokenizer(self, tok, spec: dict[str, Any]) -> None:
         tok.eval()
@@ -151,6 +164,15 @@ class DalleLit(TextTokenizerLit):
         if toks is None or toks.dim() != 3:
             return None
         return int(toks.shape[1]), int(toks.shape[2]), int(toks.max()) + 1 if toks.numel() else 0
+
+    @staticmethod
+    def _token_file_maker(datamodule, split: str) -> Optional[dict[str, str]]:
+        """``{"path", "fingerprint"}`` of the tokenizer that wrote ``split``'s zoo-tokenize codes, as the file records
+        it (None for a file from before the record, or no file)."""
+        meta = getattr(datamodule.dataset(split), "features_meta", None) or {}
+        if not meta.get("tokenizer_fingerprint"):
+            return None
+        return {"path": str(meta.get("tokenizer")), "fingerprint": str(meta["tokenizer_fingerprint"])}
 
     def data_sizes(self, datamodule) -> dict[str, Any]:
         """The text tokenizer's vocabulary / context length / pad id; the image tokenizer's codebook and its grid at
@@ -231,6 +253,7 @@ class DalleLit(TextTokenizerLit):
         # zoo-tokenize codes of every split the run reads (train, and val: validation was an IndexError or "batch has
         # no image_tokens" at the first validation otherwise): a grid or an id the model lacks is an IndexError at
         # step 1, and a file with no codes (e.g. a zoo-embed file passed by mistake) has nothing to train on
+        makers: dict[str, dict[str, str]] = {}
         for split in ("train", "val"):
             if split not in features:
                 if split == "val" and "train" in features and self.image_tokenizer is None:
@@ -250,6 +273,8 @@ class DalleLit(TextTokenizerLit):
                         f"file of the {split} split>, or model.image_tokenizer_ckpt=<dvae/vqvae ckpt>)"
                     )
                 continue
+            if (maker := self._token_file_maker(datamodule, split)) is not None:
+                makers[split] = maker
             h, w, n_codes = tokens
             if (h, w) != (c.grid_h, c.grid_w):
                 problems.append(
@@ -267,8 +292,35 @@ class DalleLit(TextTokenizerLit):
                     f"is {c.image_vocab} (fix: model.net.image_vocab=<the tokenizer's codebook size, at least "
                     f"{n_codes}>)"
                 )
+        problems += self._code_maker_problems(makers)
         raise_all(problems, "the data and the DALL·E transformer")
         self.text_tokenizer = tok
+        if self.image_tokenizer is None and makers:  # kept in the checkpoint: sampling checks the decoder it is given
+            self.hparams["image_codes_tokenizer"] = makers.get("train") or makers["val"]
+
+    def _code_maker_problems(self, makers: dict[str, dict[str, str]]) -> list[str]:
+        """The zoo-tokenize files' tokenizers against each other and against ``model.image_tokenizer_ckpt``: codes
+        of one tokenizer decoded (or validated) with another's codebook train a model whose samples are other
+        images, with no error anywhere."""
+        problems = []
+        if len({m["fingerprint"] for m in makers.values()}) > 1:
+            problems.append(
+                f"data.features.train and data.features.val were written by different image tokenizers "
+                f"({makers['train']['path']} and {makers['val']['path']}) (fix: zoo-tokenize both splits with the "
+                f"same tokenizer_ckpt=)"
+            )
+        if self.image_tokenizer is not None and makers:
+            own = tokenizer_fingerprint(self.image_tokenizer)
+            for split, m in makers.items():
+                if m["fingerprint"] != own:
+                    problems.append(
+                        f"data.features.{split} holds the codes of the image tokenizer {m['path']}, but "
+                        f"model.image_tokenizer_ckpt={self.hparams.get('image_tokenizer_ckpt')} is another one: "
+                        f"its decoder would turn the model's samples into other images (fix: "
+                        f"model.image_tokenizer_ckpt={m['path']}, or zoo-tokenize the {split} split again with "
+                        f"tokenizer_ckpt={self.hparams.get('image_tokenizer_ckpt')})"
+                    )
+        return problems
 
     def pad_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) -> (B, text_len): right-pad with pad_id (L > text_len is refused by check_data)."""

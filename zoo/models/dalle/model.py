@@ -395,6 +395,16 @@ class DalleTransformer(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ image tokenizer
+def tokenizer_fingerprint(tok: torch.nn.Module) -> Optional[str]:
+    """A short digest of an image tokenizer's weights: zoo-tokenize records it in its files, a DALL·E trained on
+    them keeps it, and the tokenizer given to decode its samples must match it. The digest CLIP files use
+    (``clip_fingerprint``: names, shapes and strided values of every float tensor, milliseconds even for big
+    models), so the same weights from a step checkpoint or last.ckpt agree."""
+    from zoo.models.clip.scorer import clip_fingerprint
+
+    return clip_fingerprint(tok)
+
+
 def image_tokenizer_spec(ckpt: dict[str, Any], resolution: Optional[int] = None) -> dict[str, Any]:
     """Plain-value description of the tokenizer inside a zoo-train checkpoint dict (loaded weights_only): its
     registered component name (``dvae`` / ``vqvae``), hyper-parameters and resolution."""
