@@ -81,7 +81,33 @@ def build_generator(node: DictConfig, eval_set: EvalSet):
     gen = build(node, "generator")
     if callable(getattr(gen, "bind", None)):
         gen.bind(eval_set)
+    warn_resized_samples(gen, eval_set)
     return gen
+
+
+def warn_resized_samples(gen: Any, eval_set: EvalSet) -> Optional[int]:
+    """Warn when a DALL·E draws images of another size than the protocol evaluates at (returns that size, else
+    None). Its samples are resized to the evaluation resolution without a word, so a 32 px DALL·E scored under
+    ``protocol.resolution=64`` (or the 48 px one of ``make demo FULL=1`` under ``dalle1/fig9``'s 32) is compared, as
+    an upsampled (or downsampled) image, with real scenes rendered sharp at that size: every metric moves, as in the
+    blur ablation. A warning, not an error: scoring generators of several sizes at one resolution is a choice."""
+    dalle = getattr(gen, "dalle", None)
+    tok = getattr(dalle, "image_tokenizer", None)
+    if tok is None or getattr(dalle, "cfg", None) is None:
+        return None
+    drawn = int(dalle.cfg.grid_h) * int(tok.downsample_factor)  # the sampled grid, decoded
+    if drawn == eval_set.resolution:
+        return None
+    log.warning(
+        "the DALL·E draws %d px images and %s evaluates at %d px: its samples are resized to %d px before every "
+        "metric (the generator's own size: protocol.resolution=%d, where the protocol renders at any size, as shapes)",
+        drawn,
+        eval_set.name,
+        eval_set.resolution,
+        eval_set.resolution,
+        drawn,
+    )
+    return drawn
 
 
 def clip_file_problem(node) -> Optional[ConfigError]:

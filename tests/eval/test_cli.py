@@ -813,3 +813,28 @@ def test_results_json_records_the_inception_weights_of_fid(tmp_path):
     assert saved["blur"][0]["fid"] is not None and f"(sha256 {sha})" in (tmp_path / "run" / "results.md").read_text()
     no_fid = compose_eval_cfg(tmp_path, FAST + ["logger=none", "ablations=[blur]", "blur.radii=[0]"])
     assert evaluate(no_fid)["inception"] is None  # no weights offline: FID skipped, nothing to name
+
+
+def test_a_dalle_drawing_another_size_than_the_protocol_is_warned_about(tmp_path, dalle_helpers, caplog):
+    """zoo-eval resized a DALL·E's samples to protocol.resolution without a word (found: a 32 px DALL·E under
+    experiment=dalle1/fig9 protocol.resolution=64 ran to the end, its samples upsampled against sharp 64 px scenes;
+    the 48 px DALL·E of make demo FULL=1 under fig9's 32 px likewise). Now a warning naming both sizes and
+    protocol.resolution=<the generator's>; none when they agree or the generator is not a DALL·E."""
+    import logging
+    from types import SimpleNamespace
+
+    from eval.cli import warn_resized_samples
+    from zoo.models.dalle.lit import DalleLit
+
+    H = dalle_helpers
+    ckpt = H.tiny_tokenizer_ckpt(tmp_path / "tok.ckpt")  # 16 px -> 4x4 codes
+    dalle = DalleLit(preset="tiny", net={**H.TINY_NET, "grid_h": 4, "grid_w": 4}, image_tokenizer_ckpt=str(ckpt))
+    gen = SimpleNamespace(dalle=dalle)
+    with caplog.at_level(logging.WARNING, logger="zoo.eval"):
+        assert warn_resized_samples(gen, SimpleNamespace(name="shapes", resolution=H.RESOLUTION)) is None
+        assert not caplog.records
+        assert warn_resized_samples(gen, SimpleNamespace(name="shapes", resolution=64)) == H.RESOLUTION
+        assert warn_resized_samples(SimpleNamespace(), SimpleNamespace(name="shapes", resolution=64)) is None
+    assert len(caplog.records) == 1
+    assert f"draws {H.RESOLUTION} px images and shapes evaluates at 64 px" in caplog.text
+    assert f"protocol.resolution={H.RESOLUTION}" in caplog.text
