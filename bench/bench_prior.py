@@ -3,7 +3,7 @@ of 2), the diffusion core's sampler overhead per step; side by side with lucidra
 ``DiffusionPrior`` / ``DiffusionPriorNetwork`` when ``PEER_DALLE2=<checkout>`` is set.
 
     OMP_NUM_THREADS=1 python bench/bench_prior.py [--threads 1] [--reps 3] [--steps 6] [--train-only]
-        [--configs shapes,peer-readme] [--optimizer fused|foreach|single] [--clock cpu|wall] [--proposed-attention]
+        [--configs shapes,peer-readme] [--optimizer fused|foreach|single] [--clock cpu|wall] [--half-attention]
         [--bf16-anyway]
     PEER_DALLE2=/tmp/peer_dalle2 python bench/bench_prior.py
 
@@ -31,10 +31,9 @@ Optimizer (``--optimizer``): the SAME ``torch.optim.AdamW`` for both sides, by d
 the parameters; the default for-loop AdamW costs ~165 ms a step at peer-readme's 20-25M parameters on one core, the
 same for both and no part of either model). Clock (``--clock``): ``cpu`` (default) times the process's CPU seconds
 (``time.process_time``), which other jobs time-slicing the same cores do not inflate; ``wall`` is
-``time.perf_counter``. ``--proposed-attention`` adds a variant "ours encodings +attn": the training step with a
-PROPOSED change to ``zoo/nn/transformer.py`` applied as a monkeypatch (``proposed_attention``: on CPU in bf16/fp16,
-attention as two matmuls in bf16 and a float32 softmax instead of SDPA's MATH backend, which upcasts q, k, v to
-float32); its lines are labelled, the other variants run the code as it is.
+``time.perf_counter``. ``--half-attention`` adds, in bf16, a variant "ours encodings half-attn": the attention as
+it was until 2026-12-06 (``half_attention``: bf16 q, k, v through SDPA's MATH backend, where the code now upcasts to
+fp32, ``zoo.precision.fp32_attention_preferred``), timed in the same rotation.
 Sampling: ours ``DiffusionPriorLit.sample`` (DDIM η = 0, 64 steps, 2 candidates, best by dot product); the peer's
 ``p_sample_loop`` with 64 DDIM steps on the 2 x repeated captions + its top-1 selection (its ``sample`` minus the
 CLIP text encoding; its DDIM default η = 1; its tqdm bars replaced by a pass-through). Prints figures, asserts nothing. Peer code is read from
@@ -59,12 +58,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_attention_precision import half_attention  # noqa: E402  (bench/ is the script's folder)
+
 from zoo.diffusion.process import GaussianDiffusion  # noqa: E402
 from zoo.diffusion.samplers import ddim_sample  # noqa: E402
 from zoo.diffusion.schedules import cosine_schedule  # noqa: E402
 from zoo.models.diffusion_prior.lit import DiffusionPriorLit  # noqa: E402
-from zoo.nn import transformer as transformer_module  # noqa: E402
-from zoo.precision import bench_bf16, describe_cpu, math_sdpa_preferred  # noqa: E402
+from zoo.precision import bench_bf16, describe_cpu  # noqa: E402
 
 
 @dataclass
@@ -101,42 +101,9 @@ def adamw(params, lr: float, kind: str) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, **extra)
 
 
-# ------------------------------------------------------------------------------------------------ a proposal
-def explicit_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **kw):
-    """PROPOSED for ``zoo.nn.transformer.SelfAttention`` (CPU bf16/fp16 only): softmax(q k^T / sqrt(D) + mask) v with
-    both matmuls in q's dtype (AMX/AVX512-bf16) and the softmax in float32, what autocast does with an explicit
-    attention (and what the peer does). SDPA's MATH backend, which the module forces there, upcasts q, k and v to
-    float32 (the slow part); its flash kernel is slower still in bf16. Other dtypes/devices: SDPA unchanged."""
-    if kw or not math_sdpa_preferred(q.device.type, q.dtype):
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kw
-        )
-    s = torch.matmul(q, k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5  # (..., n, m) float32
-    if is_causal:  # SDPA's convention: top-left aligned
-        attn_mask = torch.ones(s.shape[-2:], dtype=torch.bool, device=q.device).tril()
-    if attn_mask is not None:
-        s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
-    p = s.softmax(-1)
-    if dropout_p:
-        p = F.dropout(p, dropout_p)
-    return torch.matmul(p.to(v.dtype), v)
-
-
-@contextlib.contextmanager
-def proposed_attention():
-    """Monkeypatch: ``zoo.nn.transformer`` sees ``F.scaled_dot_product_attention`` = ``explicit_attention``."""
-    saved = transformer_module.F
-    names = {n: getattr(F, n) for n in dir(F) if not n.startswith("__")}
-    transformer_module.F = types.SimpleNamespace(**{**names, "scaled_dot_product_attention": explicit_attention})
-    try:
-        yield
-    finally:
-        transformer_module.F = saved
-
-
 def patched(fn: Callable[[], None]) -> Callable[[], None]:
     def run():
-        with proposed_attention():
+        with half_attention():
             fn()
 
     return run
@@ -350,8 +317,10 @@ def bench_config(c: BenchConfig, args, peer_mod) -> None:
         unshared = ours(c, "encodings")
         unshared.net._shares_null = lambda drop_text: False
         raw["ours encodings unshared"] = ours_train_step(unshared, batch, bf16, args.optimizer)
-        if args.proposed_attention and math_sdpa_preferred("cpu", torch.bfloat16 if bf16 else torch.float32):
-            raw["ours encodings +attn"] = patched(ours_train_step(ours(c, "encodings"), batch, bf16, args.optimizer))
+        if args.half_attention and bf16:
+            raw["ours encodings half-attn"] = patched(
+                ours_train_step(ours(c, "encodings"), batch, bf16, args.optimizer)
+            )
         if prior is not None:
             raw["peer"] = peer_train_step(prior, batch, bf16, args.optimizer)
         steps = {name: train_rate(fn, c.batch, args.steps) for name, fn in raw.items()}
@@ -368,10 +337,10 @@ def bench_config(c: BenchConfig, args, peer_mod) -> None:
                 f" | ours encodings / peer = {best['ours encodings'] / best['peer']:.2f}x"
                 f" (unshared: {best['ours encodings unshared'] / best['peer']:.2f}x)"
             )
-            if "ours encodings +attn" in best:
+            if "ours encodings half-attn" in best:
                 ratio += (
-                    f" | ours encodings +attn / peer = {best['ours encodings +attn'] / best['peer']:.2f}x "
-                    "(PROPOSED zoo/nn/transformer.py attention, monkeypatched)"
+                    f" | ours encodings half-attn / peer = {best['ours encodings half-attn'] / best['peer']:.2f}x "
+                    "(the attention before 2026-12-06: bf16 through SDPA's MATH backend)"
                 )
         print(f"   train samples/s {prec} ({args.clock} clock, AdamW {args.optimizer}): {line}{ratio}")
         if not bf16:  # the work per step, the same in both precisions: ratio of rates = ratio of work x efficiency
@@ -418,7 +387,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--optimizer", choices=("fused", "foreach", "single"), default="fused", help="AdamW, both sides")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="process CPU time or wall clock")
     ap.add_argument(
-        "--proposed-attention", action="store_true", help="add the monkeypatched transformer.py attention variant"
+        "--half-attention", action="store_true", help="add the bf16 attention of before 2026-12-06 as a variant"
     )
     ap.add_argument("--bf16-anyway", action="store_true", help="time bf16 even where the CPU only emulates it")
     args = ap.parse_args(argv)

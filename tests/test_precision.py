@@ -105,10 +105,10 @@ def test_detection_reads_cpuinfo_flags(monkeypatch):
     assert zp.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
-def test_math_sdpa_only_for_reduced_precision_on_cpu():
-    assert zp.math_sdpa_preferred("cpu", torch.bfloat16)
-    assert not zp.math_sdpa_preferred("cpu", torch.float32)
-    assert not zp.math_sdpa_preferred("cuda", torch.bfloat16)
+def test_fp32_attention_only_for_reduced_precision_on_cpu():
+    assert zp.fp32_attention_preferred("cpu", torch.bfloat16)
+    assert not zp.fp32_attention_preferred("cpu", torch.float32)
+    assert not zp.fp32_attention_preferred("cuda", torch.bfloat16)
 
 
 def test_no_config_hard_codes_bf16():
@@ -299,3 +299,31 @@ def test_fp16_weights_on_cpu_without_native_fp16_warn(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="zoo.precision"):
         zp.resolve_precision("16-true", "cpu")
     assert caplog.text == ""
+
+
+def test_sdpa_computes_half_precision_cpu_attention_in_fp32(monkeypatch):
+    """zoo.precision.sdpa (the U-Net's attention): under bf16 autocast on CPU, SDPA itself runs on fp32 q, k, v
+    (autocast off around it: it would cast them back to bf16) and the result comes back in q's dtype; an fp32 call
+    outside autocast is passed through unchanged."""
+    import torch.nn.functional as F
+
+    real, seen = F.scaled_dot_product_attention, []
+
+    def spy(q, k, v, **kw):
+        y = real(q, k, v, **kw)
+        seen.append((q.dtype, y.dtype, kw.get("attn_mask").dtype if kw.get("attn_mask") is not None else None))
+        return y
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(3))
+    additive = torch.zeros(5, 5).masked_fill(~torch.ones(5, 5, dtype=torch.bool).tril(), float("-inf"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
+        y = zp.sdpa(qb, kb, vb, attn_mask=additive.bfloat16())
+    assert seen == [(torch.float32, torch.float32, torch.float32)] and y.dtype == torch.bfloat16
+    exact = real(qb.double(), kb.double(), vb.double(), attn_mask=additive.double())
+    torch.testing.assert_close(y.double(), exact, rtol=2**-7, atol=1e-6)  # only the final rounding to bf16
+    seen.clear()
+    assert torch.equal(zp.sdpa(q, k, v, is_causal=True), real(q, k, v, is_causal=True))
+    assert seen == [(torch.float32, torch.float32, None)]

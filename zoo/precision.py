@@ -218,10 +218,29 @@ def autocast_dtype(device: Union[str, torch.device, None] = "cpu") -> Optional[t
     return None
 
 
-def math_sdpa_preferred(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether attention should force SDPA's MATH backend: on CPU in bf16/fp16 the flash kernel with a mask was
-    measured 2.3x slower (fwd+bwd, L=111) than MATH on a native-bf16 CPU; elsewhere let torch choose."""
+def fp32_attention_preferred(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether attention on ``dtype`` inputs should run in fp32 (q, k, v upcast, SDPA's fp32 kernel, the result cast
+    back): on CPU in bf16/fp16. There torch's half-precision attention kernels are the slow ones: the flash kernel
+    with a mask measured 2.3x slower than MATH (fwd+bwd, L=111), and MATH itself, which rounds the scores to bf16,
+    1.2-2.5x slower than the fp32 flash kernel on upcast inputs (fwd+bwd, L = 52..1280, Intel Xeon with AMX, one
+    thread; ``bench/bench_attention_precision.py``). fp32 attention is also the more exact one (it is what autocast
+    does for softmax). Elsewhere (GPUs) let torch choose."""
     return device_type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """``F.scaled_dot_product_attention``, computed in fp32 where ``fp32_attention_preferred`` (CPU, half-precision
+    q): q, k, v upcast and autocast off around the call (autocast would cast them back to bf16 for SDPA); the result
+    in q's dtype. Float masks are upcast too. Elsewhere the call as it is."""
+    import torch.nn.functional as F
+
+    if not fp32_attention_preferred(q.device.type, q.dtype):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    mask = kwargs.get("attn_mask")
+    if mask is not None and mask.is_floating_point():
+        kwargs["attn_mask"] = mask.float()
+    with torch.autocast(q.device.type, enabled=False):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs).to(q.dtype)
 
 
 def available_memory() -> Optional[int]:

@@ -187,3 +187,53 @@ def test_training_pass_slices_the_residual_only_for_last_only(last_only):
     (g_want,) = torch.autograd.grad(want.square().sum(), x)
     torch.testing.assert_close(y, want)
     torch.testing.assert_close(g, g_want)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_cpu_bf16_attention_runs_in_fp32_with_the_numbers_of_before(monkeypatch, sparse):
+    """On CPU under bf16 autocast the attention upcasts q, k, v and runs SDPA's fp32 kernels (torch's bf16 CPU
+    kernels are the slow ones, zoo.precision.fp32_attention_preferred), returning bf16 to the projection. Its outputs and input gradients are no further from a float64 reference than
+    attention on bf16 q, k, v (what ran before)."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    import zoo.nn.transformer as tm
+    from zoo.nn.block_sparse import BlockSparseMask
+    from zoo.nn.sparse_masks import dalle_mask
+
+    torch.manual_seed(0)
+    attn = tm.SelfAttention(64, 4, 16)
+    x = torch.randn(3, 40, 64)
+    mask = BlockSparseMask(dalle_mask("row", 8, 4, 8), block=8, max_density=2.0) if sparse else None  # 8 + 32 = 40
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *a, **kw):  # the dtype SDPA computes in (autocast casts its inputs inside the call)
+        y = real(q, k, v, *a, **kw)
+        seen.append(y.dtype)
+        return y
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+
+    def run(fp32_attention: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        monkeypatch.setattr(tm, "fp32_attention_preferred", lambda device, dtype: fp32_attention)
+        seen.clear()
+        xg = x.clone().requires_grad_()
+        with (
+            torch.autocast("cpu", dtype=torch.bfloat16),
+            sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH] if fp32_attention else [SDPBackend.MATH]),
+        ):
+            y = attn(xg, mask)
+        y.float().square().sum().backward()
+        assert seen and set(seen) == {torch.float32 if fp32_attention else torch.bfloat16}
+        return y, xg.grad
+
+    (new, new_grad), (old, old_grad) = run(True), run(False)
+    assert new.dtype == torch.bfloat16
+    xd = x.double().requires_grad_()
+    exact = attn.double()(xd, mask)  # float64 all through: the reference both are measured against
+    exact.square().sum().backward()
+    err = {k: (y.double() - exact).abs().mean().item() for k, y in (("fp32", new), ("bf16", old))}
+    gerr = {k: (g.double() - xd.grad).abs().mean().item() for k, g in (("fp32", new_grad), ("bf16", old_grad))}
+    # (SDPA's MATH backend computes bf16 inputs in fp32 inside; the bf16 projections dominate the rest)
+    assert err["fp32"] <= err["bf16"] * 1.01 and gerr["fp32"] <= gerr["bf16"] * 1.01, (err, gerr)

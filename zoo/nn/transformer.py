@@ -41,16 +41,17 @@ Example (a causal prior over already-embedded tokens)::
 
 from __future__ import annotations
 
+import contextlib
+
 import weakref
 from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from zoo.nn.block_sparse import ATTN_IMPLS, BlockSparseMask
-from zoo.precision import math_sdpa_preferred  # torch-only: the project's one place for bf16 kernel choices
+from zoo.precision import fp32_attention_preferred  # torch-only: the project's one place for bf16 kernel choices
 
 __all__ = ["KVCache", "SelfAttention", "Block", "Transformer", "decode_linear"]
 
@@ -181,21 +182,24 @@ class SelfAttention(nn.Module):
         no mask. key_padding_mask: (B, >= start_pos + n) bool, True = a real key."""
         b, n, _ = x.shape
         q, k, v = decode_linear(x, self.qkv, cache).view(b, n, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out_dtype = q.dtype
+        # CPU half-precision attention kernels are the slow ones (zoo.precision.fp32_attention_preferred): there the
+        # attention runs in fp32, with autocast off around it (autocast would cast q, k, v back to bf16 for SDPA)
+        fp32 = fp32_attention_preferred(q.device.type, q.dtype)
+        attn_dtype = torch.float32 if fp32 else q.dtype
         if cache is not None:
             k, v = cache.update(layer, start_pos, k, v)  # (B, H, start_pos + n, D)
-            k, v = k.to(q.dtype), v.to(q.dtype)  # cache may be fp32 under bf16 autocast
-        elif start_pos != 0:
+        q, k, v = q.to(attn_dtype), k.to(attn_dtype), v.to(attn_dtype)  # (the cache may be fp32 under bf16 autocast)
+        in_fp32 = torch.autocast(x.device.type, enabled=False) if fp32 else contextlib.nullcontext()
+        if cache is None and start_pos != 0:
             raise ValueError("start_pos > 0 needs a KVCache holding the earlier positions")
         end = start_pos + n
         if last_only and n > 1:  # one query: the last position
             q, start_pos, n = q[:, :, -1:], end - 1, 1
         dropout_p = self.dropout if self.training else 0.0
         if isinstance(mask, BlockSparseMask):  # only the allowed (query block, key) work; see zoo.nn.block_sparse
-            if math_sdpa_preferred(q.device.type, q.dtype):
-                with sdpa_kernel(SDPBackend.MATH):
-                    y = mask.attention(q, k, v, start_pos, dropout_p, key_padding_mask)
-            else:
-                y = mask.attention(q, k, v, start_pos, dropout_p, key_padding_mask)  # (B, H, n, D)
+            with in_fp32:
+                y = mask.attention(q, k, v, start_pos, dropout_p, key_padding_mask).to(out_dtype)  # (B, H, n, D)
             return decode_linear(y.transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim), self.proj, cache)
         is_causal = False
         if mask is None and causal:  # dense causal
@@ -208,11 +212,9 @@ class SelfAttention(nn.Module):
         if key_padding_mask is not None:
             kp = key_padding_mask[:, None, None, :end].bool()  # (B, 1, 1, start_pos + n)
             m = kp if m is None else m & kp
-        if math_sdpa_preferred(q.device.type, q.dtype):  # CPU flash kernel is slow in bf16 with a mask
-            with sdpa_kernel(SDPBackend.MATH):
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=dropout_p, is_causal=is_causal)
-        else:  # (B, H, n, D)
+        with in_fp32:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=dropout_p, is_causal=is_causal)
+        y = y.to(out_dtype)  # (B, H, n, D)
         return decode_linear(y.transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim), self.proj, cache)
 
 

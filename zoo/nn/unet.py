@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 from zoo.nn.conv import Conv2d
 from zoo.nn.embeddings import TimestepEmbedder
+from zoo.precision import sdpa
 
 __all__ = [
     "UNetConfig",
@@ -402,7 +403,7 @@ class AttentionBlock(nn.Module):
                 keep_image = torch.ones(b, q.shape[2], dtype=torch.bool, device=x.device)
                 mask = torch.cat([context_mask.to(torch.bool), keep_image], dim=1)[:, None, None, :]
                 # mask: (B, 1, 1, L + T), True = may attend; broadcast over heads and queries
-        out = F.scaled_dot_product_attention(q, k, v.to(q.dtype), attn_mask=mask)  # (B, heads, T, head_dim)
+        out = sdpa(q, k, v.to(q.dtype), attn_mask=mask)  # (B, heads, T, head_dim); fp32 on CPU (zoo.precision)
         out = self.proj_out(out.transpose(1, 2).reshape(b, -1, c))  # (B, T, C)
         # (B, T, C) -> (B, C, H, W) with channels_last strides (a view, no copy)
         return x + out.transpose(1, 2).reshape(b, c, hh, ww)
