@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -594,7 +595,29 @@ def _evaluate(cfg: DictConfig) -> None:
     evaluate(cfg)
 
 
-main = entry_point(_evaluate, "eval", config_path="pkg://conf.eval")
+def open_generator_keys_in_experiment_sweeps(args: list[str]) -> list[str]:
+    """``generator.<key>=`` made ``++generator.<key>=`` in a multirun over ``experiment=`` rows that give no
+    ``generator=`` of its own.
+
+    Hydra composes a multirun's command line once without its sweep overrides, so before the rows' ``experiment=``
+    picks their generator: ``zoo-eval -m experiment=dalle1/blur_r0,dalle1/blur_r1 generator.dalle_ckpt=<ckpt>`` (the
+    rows on another DALL·E) failed on the default real_blurred generator ("Key 'dalle_ckpt' is not in struct", and
+    its advice ``+generator.dalle_ckpt`` fails in every job, whose generator has the key). ``++`` sets the key in
+    both; each job still composes with its row's generator (a key it lacks fails when the generator is built)."""
+    multirun = any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in args)
+    sweeps_rows = any(a.startswith("experiment=") and "," in a for a in args)
+    picks_generator = any(a.split("=", 1)[0].lstrip("+~") == "generator" for a in args)
+    if not (multirun and sweeps_rows) or picks_generator:
+        return args
+    return ["++" + a if a.startswith("generator.") and "=" in a else a for a in args]
+
+
+_hydra_main = entry_point(_evaluate, "eval", config_path="pkg://conf.eval")
+
+
+def main() -> None:
+    sys.argv[1:] = open_generator_keys_in_experiment_sweeps(sys.argv[1:])
+    _hydra_main()
 
 
 if __name__ == "__main__":

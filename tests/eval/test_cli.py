@@ -838,3 +838,35 @@ def test_a_dalle_drawing_another_size_than_the_protocol_is_warned_about(tmp_path
     assert len(caplog.records) == 1
     assert f"draws {H.RESOLUTION} px images and shapes evaluates at 64 px" in caplog.text
     assert f"protocol.resolution={H.RESOLUTION}" in caplog.text
+
+
+def test_generator_keys_reach_the_rows_of_an_experiment_sweep(tmp_path):
+    """experiments/dalle1's "one row per run" sweep on another DALL·E (zoo-eval -m experiment=dalle1/blur_r0,...
+    generator.dalle_ckpt=<ckpt>) failed before any job: Hydra composes a multirun's command line without its sweep
+    overrides, on the default real_blurred generator ("Key 'dalle_ckpt' is not in struct"). The generator keys of
+    such a sweep are now set with ++: that sweep-less composition passes and every row gets the key on its own
+    generator. Other command lines are left as they were (a misspelt generator key there stays Hydra's error)."""
+    from hydra.errors import ConfigCompositionException
+
+    from eval.cli import open_generator_keys_in_experiment_sweeps as opened
+
+    rows = ["dalle1/blur_r0", "dalle1/rerank_n2"]
+    args = ["-m", f"experiment={','.join(rows)}", "generator.dalle_ckpt=/x/dalle.ckpt", "protocol.n=8"]
+
+    def sweepless(a):  # what Hydra composes before launching the jobs
+        return [x for x in a if x != "-m" and not x.startswith("experiment=")]
+
+    with pytest.raises(ConfigCompositionException):  # the plain key, on real_blurred
+        compose_eval_cfg(tmp_path, sweepless(args))
+    compose_eval_cfg(tmp_path, sweepless(opened(args)))
+    for row in rows:
+        cfg = compose_eval_cfg(tmp_path, [f"experiment={row}", *sweepless(opened(args))])
+        assert cfg.generator._target_ == "zoo.pipelines.dalle.DallePipeline.from_checkpoints"
+        assert cfg.generator.dalle_ckpt == "/x/dalle.ckpt" and cfg.protocol.n == 8
+    assert opened(args[1:]) == args[1:]  # not a multirun
+    assert opened([*args, "generator=dalle"]) == [*args, "generator=dalle"]  # the key is known already
+    assert opened(["-m", "experiment=dalle1/fig9", "generator.x=1"]) == [
+        "-m",
+        "experiment=dalle1/fig9",
+        "generator.x=1",
+    ]
