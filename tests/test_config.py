@@ -9,10 +9,12 @@ import re
 from pathlib import Path
 
 import pytest
+from hydra._internal.utils import _locate
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 import conf
+from zoo.config import accepted_keys, check_keys
 from zoo.errors import ConfigError
 from zoo.nn.quantizers import VectorQuantizer
 from zoo.nn.unet import UNet
@@ -37,6 +39,18 @@ def test_every_model_data_pair_composes(train_cfg, model, data):
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert plain["model"]["_target_"].startswith("zoo.models.")
     assert plain["data"]["_target_"].startswith("zoo.data.")
+    # every key a shipped config sets is one its target takes: the unknown-key check refuses typos, not configs
+    for node, what in ((cfg.model, "model"), (cfg.model.optimizer, "model.optimizer"), (cfg.data, "data")):
+        check_keys(node, what, _locate(node._target_))
+
+
+def test_a_misspelt_data_option_is_named_through_the_subclass_s_kwargs():
+    """ShapesDataModule passes **kwargs on to ImageTextDataModule: its named arguments are the options, so a typo
+    there is refused too (a **kwargs constructor alone, such as a generator's from_checkpoints, is left open)."""
+    node = OmegaConf.create({"_target_": "zoo.data.modules.ShapesDataModule", "batch_sise": 4})
+    with pytest.raises(ConfigError, match=r"data.batch_sise is not an option .*did you mean data.batch_size\?"):
+        check_keys(node, "data", _locate(node._target_))
+    assert accepted_keys(lambda **kwargs: None) is None
 
 
 # dalle: text tokens + a trained image tokenizer; glide: text tokens; the priors: zoo-embed CLIP features.

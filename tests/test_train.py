@@ -542,3 +542,28 @@ def test_a_callback_option_lightning_refuses_is_a_config_error(train_cfg, tiny_d
     cfg = train_cfg(*tiny_dvae, "trainer.max_steps=3", "test=false", bad)
     with pytest.raises(ConfigError, match=re.escape(says) + r".*fix: .*=null to leave it out"):
         train(cfg)
+
+
+@pytest.mark.parametrize(
+    "model, typo, meant",
+    [
+        ("glide", "+model.predicton=v", "model.prediction"),
+        ("dvae", "+model.kl_weigth_max=2.0", "model.kl_weight_max"),
+        ("dvae", "+model.optimizer.weight_decya=0.1", "model.optimizer.weight_decay"),
+    ],
+)
+def test_a_misspelt_model_option_added_with_plus_is_named_before_training(train_cfg, model, typo, meant):
+    """Hydra suggests the ``+`` form for a misspelt ``model.predicton=v``; with it the model's constructor failed
+    with "GlideLit.__init__() got an unexpected keyword argument 'predicton'" under "Error executing job". Now a
+    ConfigError before anything runs, naming the option, the close one and the fix."""
+    key = typo[1:].split("=")[0]
+    value = typo.split("=")[1]
+    cfg = train_cfg(f"model={model}", "model.preset=tiny", "data=shapes", "logger=none", "trainer=cpu", typo)
+    with pytest.raises(ConfigError) as e:
+        train(cfg)
+    message = str(e.value)
+    assert f"{key} is not an option" in message
+    assert f"did you mean {meant}?" in message
+    assert f"fix: {meant}={value} in place of +{key}={value}" in message
+    assert meant.rsplit(".", 1)[1] in message.split("the options of ")[1]
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()

@@ -68,6 +68,7 @@ def check_types(node: Any, what: str, skip: Any = ()) -> None:
             params |= set(inspect.signature(init).parameters)
         except Exception:
             continue
+    check_keys(node, what, target, skip)
     for key in node:
         if key.startswith("_") or key in skip:
             continue
@@ -86,6 +87,67 @@ def check_types(node: Any, what: str, skip: Any = ()) -> None:
         if kind is not None and not kind[0](value):
             # in zoo.kinds' words, as the checkpoint and model.net checks: "a whole number or null" for Optional[int]
             raise ConfigError(f"{what}.{key}={shown(value)} must be {kind[1]} (fix: {what}.{key}=<{kind[1]}>)")
+
+
+def accepted_keys(target: Any) -> Optional[set[str]]:
+    """The keyword arguments ``target`` (a class or a function) takes, or None when it takes any (``**kwargs`` that
+    no constructor in its MRO closes, a classmethod factory with ``**kwargs``) or its signature cannot be read.
+
+    The first ``__init__`` of the MRO, from the class itself up, without ``**kwargs`` ends the walk: ShapesDataModule
+    passes ``**kwargs`` to ImageTextDataModule, whose named arguments are the whole set; a LightningModule's own
+    ``__init__(*args, **kwargs)`` further up is never reached by a model's explicit one."""
+    if isinstance(target, type):
+        calls = [vars(k)["__init__"] for k in target.__mro__ if k is not object and "__init__" in vars(k)]
+    elif callable(target):
+        calls = [target]
+    else:
+        return None
+    keys: set[str] = set()
+    for call in calls:
+        try:
+            parameters = inspect.signature(call).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        keys |= {p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            return keys
+    return None
+
+
+def check_keys(node: Any, what: str, target: Any, skip: Any = ()) -> None:
+    """A key of ``node`` its target does not take is a ``ConfigError`` naming it, the close match and the valid keys.
+
+    Hydra's own hint for a misspelt ``model.predicton=v`` is the ``+`` form, which adds the key; the constructor
+    then failed with "GlideLit.__init__() got an unexpected keyword argument 'predicton'" under "Error executing
+    job", after the data was built (found: zoo-train model=glide +model.predicton=v). Keys the caller passes itself
+    (``skip``) and Hydra's ``_target_`` / ``_partial_`` are not the node's options."""
+    import difflib
+
+    accepted = accepted_keys(target)
+    if accepted is None:
+        return
+    unknown = [k for k in node if not str(k).startswith("_") and k not in accepted and k not in skip]
+    if not unknown:
+        return
+    import yaml
+    from omegaconf import DictConfig, ListConfig
+
+    from zoo.errors import shown
+
+    problems = []
+    for key in unknown:
+        value = node[key]
+        # as the command line wrote it: v, not shown()'s 'v' (a string that reads back as itself needs no quotes)
+        try:
+            plain = isinstance(value, str) and value != "" and yaml.safe_load(value) == value
+        except yaml.YAMLError:
+            plain = False
+        value = "..." if isinstance(value, (DictConfig, ListConfig)) else value if plain else shown(value)
+        close = difflib.get_close_matches(str(key), sorted(accepted), n=1)
+        fix = f"{what}.{close[0]}={value} in place of +{what}.{key}={value}" if close else f"drop +{what}.{key}"
+        hint = f"did you mean {what}.{close[0]}?" if close else "no option is close to it"
+        problems.append(f"{what}.{key} is not an option of {node._target_} ({hint} fix: {fix})")
+    raise ConfigError(f"{'; '.join(problems)}; the options of {what}: {', '.join(sorted(accepted))}")
 
 
 def instantiate(node: Any, what: str = "config", **kwargs) -> Any:
