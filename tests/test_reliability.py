@@ -867,6 +867,43 @@ def test_sigterm_in_the_last_step_of_an_epoch_then_resume_equals_uninterrupted(
 
 
 @pytest.mark.parametrize(
+    "step, validation, accumulate",
+    [
+        (8, "trainer.val_check_interval=null", 1),  # the epoch's last step: the end-of-epoch validation was due
+        (6, "trainer.val_check_interval=3", 1),  # a mid-epoch validation was due
+        (4, "trainer.val_check_interval=3", 1),  # no validation due after this step
+        (4, "trainer.val_check_interval=null", 2),  # an epoch's last optimizer step of 2 micro-batches each
+    ],
+)
+def test_ctrl_c_in_the_step_boundary_save_then_resume_equals_uninterrupted(
+    train_cfg, tmp_path, tiny_dvae, monkeypatch, step, validation, accumulate
+):
+    """Ctrl-C while last.ckpt is saved at a step's end (found: zoo-train model=glide, Ctrl-C in the save at an epoch's
+    last step): interrupted.ckpt recorded the step as done with its validation counted as run, so the resume skipped
+    that validation (no metrics.csv row, no sample grid of that step) and every later row differed. The resume now
+    runs it, as a run that was not stopped does."""
+    overrides = [
+        *tiny_dvae,
+        "test=false",
+        "trainer.log_every_n_steps=1",
+        f"trainer.max_steps={11 // accumulate}",  # 8 batches an epoch
+        validation,
+        f"trainer.accumulate_grad_batches={accumulate}",
+        "trainer.limit_val_batches=2",
+        f"callbacks.last_checkpoint.every_n_train_steps={step}",
+        "callbacks.sample_grid.n_samples=2",
+    ]
+    straight, resumed = _stopped_then_resumed(
+        train_cfg, tmp_path, monkeypatch, overrides, "on_save_checkpoint", step, "SIGINT"
+    )
+    assert [r["step"] for r in resumed[0] if "val/loss" in r] == [r["step"] for r in straight[0] if "val/loss" in r]
+    assert resumed[0] == straight[0]
+    assert _same_weights(resumed[1]["state_dict"], straight[1]["state_dict"])
+    grids = sorted(p.name for p in (tmp_path / "straight" / "samples").glob("*.png"))
+    assert grids and sorted(p.name for p in (Path(train_cfg().paths.output_dir) / "samples").glob("*.png")) == grids
+
+
+@pytest.mark.parametrize(
     "accumulate, hook, step, stop, validation",
     [
         # Ctrl-C in the second micro-batch, before its optimizer step

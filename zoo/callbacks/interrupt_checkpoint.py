@@ -35,6 +35,13 @@ step of an epoch it also ran an empty epoch and went on in the epoch after next 
 the shape of the regular step-boundary save of that step (``last.ckpt``'s: step done, logging step not yet
 counted, epoch not yet ended) with the RNG as the next step would find it, which Lightning resumes with that step.
 
+Stopped in a step's ``on_train_batch_end`` hooks (Ctrl-C while ``last.ckpt`` is saved at a step's end: found on a
+``zoo-train model=glide`` run stopped in the save at an epoch's last step), the state was that save's, which
+Lightning resumes by counting the step as done *and its validation as run*: the resumed run had no validation row
+and no sample grid at that step, and the step's own metrics.csv row (logged after those hooks) was lost. The step's
+bookkeeping is finished now (its row logged), and when a validation is due after the step the state is that of the
+validation's start, which Lightning resumes by running it.
+
 Stopped part-way through a gradient accumulation (``trainer.accumulate_grad_batches`` > 1: after or inside a
 micro-batch whose gradients wait for the next; SIGTERM is acted on between micro-batches), the accumulated gradients
 are not in any checkpoint, yet the loader position, the loop counters and the RNG said those micro-batches were
@@ -119,7 +126,15 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
     def on_exception(self, trainer, *args: Any, **kwargs: Any) -> None:
         if self.start_step is None or trainer.global_step <= self.start_step:
             return
-        if self._mid_accumulation and self._step_end_state is not None:
+        epoch_loop = trainer.fit_loop.epoch_loop
+        progress = epoch_loop.batch_progress
+        # an optimizer step taken, its on_train_batch_end hooks running (the step-boundary save of last.ckpt among
+        # them, ours after it): the flags our hook sets are still the previous step's
+        at_step_end = (
+            progress.current.processed == progress.current.ready == progress.current.completed + 1
+            and not epoch_loop._should_accumulate()
+        )
+        if self._mid_accumulation and self._step_end_state is not None and not at_step_end:
             # the loops and the RNG as the last optimizer step left them: the resume redoes the whole accumulation
             self._put_back_rng()
             self._saving_step_end = True
@@ -130,8 +145,6 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             self.saved = True
             return
         # the state is changed in place: the run is ending
-        epoch_loop = trainer.fit_loop.epoch_loop
-        progress = epoch_loop.batch_progress
         if progress.current.processed < progress.current.ready:  # inside a step: save the state from before it
             from zoo.data.loader import ResumableDataLoader
 
@@ -144,6 +157,8 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
                 # the logging step: a restore adds the 1 that a step-boundary save (last.ckpt) has not counted yet;
                 # saved after the step counted it, every row of the resumed run was logged one step late
                 epoch_loop._batches_that_stepped -= 1
+        elif at_step_end:
+            self._finish_step_end(trainer)
         elif self._in_validation:
             self._rewind_validation(trainer)
         elif 0 < progress.current.completed == progress.current.ready:
@@ -159,13 +174,37 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         """The val loop's counters as Lightning saves them "mid-evaluation" with no batch done, which it resumes
         by running the whole validation (after the step: its logging step is not counted yet, as Lightning wants
         it there), and the RNG as the validation found it."""
+        self._validation_not_run(trainer)
+        self._put_back_rng()
+
+    @staticmethod
+    def _validation_not_run(trainer) -> None:
+        """The val loop "started, no batch done" (the counters of this epoch's earlier validations kept)."""
         progress = trainer.fit_loop.epoch_loop.val_loop.batch_progress
         earlier = progress.total.completed - progress.current.completed  # val batches of this epoch's earlier ones
         for tracker, base in ((progress.total, earlier), (progress.current, 0)):
             tracker.ready = tracker.started = base + 1  # on restore, all are reset to the completed count
             tracker.processed = tracker.completed = base
         progress.is_last_batch = False
-        self._put_back_rng()
+
+    def _finish_step_end(self, trainer) -> None:
+        """Stopped in a step's on_train_batch_end hooks (Ctrl-C in the step-boundary save of last.ckpt): the counters
+        are those of that save, which Lightning resumes by counting the step as done and its validation as run. The
+        step's bookkeeping that the hooks' end would have done is finished here (its metrics.csv row, else lost),
+        and when a validation is due after this step the state is that of its start ("started, no batch done"),
+        which Lightning resumes by running it, at the same logging step, as an uninterrupted run does. The RNG is
+        the one the step left (nothing after the step draws before the validation; our own hook, which keeps it,
+        comes after the checkpoint saves and has not run)."""
+        epoch_loop = trainer.fit_loop.epoch_loop
+        connector = trainer._logger_connector
+        connector.on_batch_end()
+        epoch_loop.batch_progress.increment_completed()
+        connector.update_train_step_metrics()
+        if epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            self._validation_not_run(trainer)
+        else:  # back to the step-boundary save's shape, which Lightning resumes by training on
+            for tracker in (epoch_loop.batch_progress.total, epoch_loop.batch_progress.current):
+                tracker.completed -= 1
 
     def _as_step_boundary(self, trainer) -> None:
         """A state after a finished step (and its validation, if one was due) as the step-boundary save of that step
