@@ -833,6 +833,10 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     # the model before the tokenizer: a misspelt model knob fails at once, not after a first BPE fit (~40 s on
     # the shapes captions); the model's checks against the data (check_compatibility) need the tokenizer
     model = instantiate(cfg.model, "model")
+    # the model's checks of the data that need no text tokenizer, before it is fitted (a DALL·E's image tokenizer
+    # trained at another data.resolution was refused after a 48 s BPE fit)
+    if callable(check_image_data := getattr(model, "check_image_data", None)):
+        check_image_data(datamodule)
     if hasattr(datamodule, "prepare_tokenizer"):
         datamodule.prepare_tokenizer()
     model = fit_tiny_to_data(model, datamodule)

@@ -210,6 +210,36 @@ def test_check_data_checks_the_val_codes_too(train_cfg, tmp_path):
             model.check_data(dm)
 
 
+@pytest.mark.parametrize("case", ["trained at another resolution", "no tokenizer checkpoint"])
+def test_zoo_train_refuses_the_image_tokenizer_before_fitting_the_bpe(train_cfg, tmp_path, monkeypatch, case):
+    """zoo-train experiment=dalle1/train_shapes with a 32 px tokenizer at data.resolution=48 fitted the BPE (48 s on
+    the shapes captions) before refusing the tokenizer: check_data ran after prepare_tokenizer. The image-side
+    refusals now come first; a fit here fails the test."""
+    import zoo.data.datamodule
+    from zoo.train import train
+
+    def no_fit(self):
+        raise AssertionError("the BPE was fitted before the image tokenizer was checked")
+
+    monkeypatch.setattr(zoo.data.datamodule.ImageTextDataModule, "prepare_tokenizer", no_fit)
+    if case == "no tokenizer checkpoint":
+        ckpt, says = tmp_path / "absent.ckpt", "image tokenizer checkpoint not found"
+    else:  # the tiny tokenizer records 16 px; the data is 32 px
+        ckpt, says = H.tiny_tokenizer_ckpt(tmp_path / "t.ckpt"), f"trained at {H.RESOLUTION} px but data.resolution=32"
+    cfg = train_cfg(
+        "model=dalle",
+        "model.preset=tiny",
+        f"model.image_tokenizer_ckpt={ckpt}",
+        "data/tokenizer=bpe",
+        "data.tokenizer.vocab_size=300",
+        "data.resolution=32",
+        "logger=none",
+        "trainer=cpu",
+    )
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        train(cfg)
+
+
 def test_unknown_preset_or_field():
     with pytest.raises(ValueError, match="tiny"):
         DalleLit(preset="huge")

@@ -200,37 +200,12 @@ class DalleLit(TextTokenizerLit):
             datamodule, c.text_vocab, c.text_len, c.pad_id, "the DALL·E transformer"
         )
         features = getattr(datamodule, "features", {}) or {}
-        if self.image_tokenizer is None:
-            path = self.hparams.get("image_tokenizer_ckpt")
-            if path:
-                problems.append(
-                    f"image tokenizer checkpoint not found: {path} (fix: model.image_tokenizer_ckpt=<a "
-                    f"zoo-train dvae/vqvae last.ckpt>, e.g. train one with "
-                    f"`zoo-train experiment=demo/tokenizer hydra.run.dir=logs/demo/tokenizer`)"
-                )
-            elif "train" not in features:
-                problems.append(
-                    "no image tokenizer and no precomputed image tokens (fix: "
-                    "model.image_tokenizer_ckpt=<dvae/vqvae ckpt>, "
-                    "or data.features.train=<zoo-tokenize file>)"
-                )
-        else:
+        image_problems = self._image_tokenizer_problems(datamodule)
+        problems += image_problems
+        if self.image_tokenizer is not None:
             it = self.image_tokenizer
             res = getattr(datamodule, "resolution", None)
-            trained = self._tokenizer_trained_resolution
-            if res is not None and trained is not None and res != trained:
-                # encoding at another size gives another grid of codes than the tokenizer learned (and samples
-                # decoded at it): refused, as zoo-tokenize refuses it
-                problems.append(
-                    f"the image tokenizer {self.hparams.get('image_tokenizer_ckpt')} was trained at {trained} px but "
-                    f"data.resolution={res} (fix: data.resolution={trained}, or a tokenizer trained at {res} px)"
-                )
-            elif res is not None and res % it.downsample_factor:
-                problems.append(
-                    f"data.resolution={res} is not a multiple of the image tokenizer's downsample "
-                    f"factor {it.downsample_factor} (fix: data.resolution={c.grid_h * it.downsample_factor})"
-                )
-            else:
+            if not image_problems:
                 if res is not None:
                     it.resolution = res
                     if self._tokenizer_spec is not None:
@@ -239,6 +214,7 @@ class DalleLit(TextTokenizerLit):
                 if grid != (c.grid_h, c.grid_w):
                     # another data.resolution is a fix only for a tokenizer that does not record the size it
                     # trained at: one that does is refused at any other size (above), so that hint led in a circle
+                    trained = self._tokenizer_trained_resolution
                     other_res = "" if trained is not None else f", or data.resolution={c.grid_h * it.downsample_factor}"
                     problems.append(
                         f"the image tokenizer makes a {grid[0]}x{grid[1]} grid at data.resolution={res} but "
@@ -297,6 +273,48 @@ class DalleLit(TextTokenizerLit):
         self.text_tokenizer = tok
         if self.image_tokenizer is None and makers:  # kept in the checkpoint: sampling checks the decoder it is given
             self.hparams["image_codes_tokenizer"] = makers.get("train") or makers["val"]
+
+    def check_image_data(self, datamodule) -> None:
+        """The checks of ``check_data`` that need no text tokenizer: zoo-train runs them before fitting the data's
+        BPE, which took 48 s on the shapes captions before a tokenizer trained at 32 px was refused at
+        data.resolution=48 (found: zoo-train experiment=dalle1/train_shapes model.image_tokenizer_ckpt=<32 px>)."""
+        raise_all(self._image_tokenizer_problems(datamodule), "the data and the DALL·E transformer")
+
+    def _image_tokenizer_problems(self, datamodule) -> list[str]:
+        """The image tokenizer against the data, before any grid or vocabulary: a missing checkpoint (or no image
+        tokens at all), a resolution it was not trained at, a resolution its downsampling does not divide."""
+        c = self.cfg
+        if self.image_tokenizer is None:
+            path = self.hparams.get("image_tokenizer_ckpt")
+            if path:
+                return [
+                    f"image tokenizer checkpoint not found: {path} (fix: model.image_tokenizer_ckpt=<a "
+                    f"zoo-train dvae/vqvae last.ckpt>, e.g. train one with "
+                    f"`zoo-train experiment=demo/tokenizer hydra.run.dir=logs/demo/tokenizer`)"
+                ]
+            if "train" not in (getattr(datamodule, "features", {}) or {}):
+                return [
+                    "no image tokenizer and no precomputed image tokens (fix: "
+                    "model.image_tokenizer_ckpt=<dvae/vqvae ckpt>, "
+                    "or data.features.train=<zoo-tokenize file>)"
+                ]
+            return []
+        it = self.image_tokenizer
+        res = getattr(datamodule, "resolution", None)
+        trained = self._tokenizer_trained_resolution
+        if res is not None and trained is not None and res != trained:
+            # encoding at another size gives another grid of codes than the tokenizer learned (and samples
+            # decoded at it): refused, as zoo-tokenize refuses it
+            return [
+                f"the image tokenizer {self.hparams.get('image_tokenizer_ckpt')} was trained at {trained} px but "
+                f"data.resolution={res} (fix: data.resolution={trained}, or a tokenizer trained at {res} px)"
+            ]
+        if res is not None and res % it.downsample_factor:
+            return [
+                f"data.resolution={res} is not a multiple of the image tokenizer's downsample "
+                f"factor {it.downsample_factor} (fix: data.resolution={c.grid_h * it.downsample_factor})"
+            ]
+        return []
 
     def _code_maker_problems(self, makers: dict[str, dict[str, str]]) -> list[str]:
         """The zoo-tokenize files' tokenizers against each other and against ``model.image_tokenizer_ckpt``: codes
