@@ -613,3 +613,47 @@ def test_guidance_of_a_glide_that_never_trained_the_empty_caption_is_a_warning(c
         GlideLit(preset="tiny", text_dropout=0.0, guidance_scale=1.0, grid_guidance_scale=1.0).setup("fit")
         GlidePipeline(GlideLit(preset="tiny"))
     assert not warned()
+
+
+def test_inpaint_cli_never_replaces_the_input_nor_an_earlier_default_grid(ckpts, tmp_path, monkeypatch, capsys):
+    """``--out in.png`` overwrote the image being edited, and a rerun with the default --out replaced the earlier
+    inpaint.png without a word. The input (or the mask) as --out is refused before any checkpoint loads; the default
+    name becomes inpaint-<n>.png beside an earlier grid; an --out the user names is replaced, as asked."""
+    from zoo.pipelines import glide
+
+    monkeypatch.chdir(tmp_path)
+    src, mask = tmp_path / "in.png", tmp_path / "m.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (RES, RES, 3), dtype=np.uint8)).save(src)
+    Image.fromarray(np.full((RES, RES), 255, dtype=np.uint8)).save(mask)
+    before = src.read_bytes(), mask.read_bytes()
+    args = ["inpaint", str(src), "--caption", CAPTIONS[0], "--glide-ckpt", str(ckpts["inpaint"]), "--steps", "1"]
+    args += ["-n", "1"]
+    real = glide.GlidePipeline.from_checkpoints
+
+    def must_not_load(*a, **k):
+        raise AssertionError("the checkpoint loaded before --out was checked")
+
+    monkeypatch.setattr(glide.GlidePipeline, "from_checkpoints", must_not_load)
+    for region, out, named in [
+        (["--box", "0,0,0.5,0.5"], "in.png", str(src)),
+        (["--box", "0,0,0.5,0.5"], str(tmp_path / "." / "in.png"), str(src)),
+        (["--mask", str(mask)], "m.png", str(mask)),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            glide.main([*args, *region, "--out", out])
+        assert e.value.code == 2
+        assert (
+            f"that is the input image {named}, the grid would replace it (fix: --out <another"
+            in capsys.readouterr().err
+        )
+    assert (src.read_bytes(), mask.read_bytes()) == before
+    monkeypatch.setattr(glide.GlidePipeline, "from_checkpoints", real)
+    first = glide.main([*args, "--box", "0,0,0.5,0.5"])["grid"]
+    kept = Path(first).read_bytes()
+    second = glide.main([*args, "--box", "0.5,0.5,1,1"])["grid"]
+    assert (first, second) == ("inpaint.png", "inpaint-1.png")
+    assert Path("inpaint.png").read_bytes() == kept and Path(second).is_file()
+    third = glide.main([*args, "--box", "0.5,0.5,1,1", "--out", "inpaint.png"])["grid"]
+    assert third == "inpaint.png" and not Path("inpaint-2.png").exists()
+    assert Path("inpaint.png").read_bytes() != kept  # another box: the grid the user named was replaced
+    assert src.read_bytes() == before[0]

@@ -859,3 +859,41 @@ def test_one_upsampler_checkpoint_given_as_a_string_is_that_checkpoint(ckpts):
     for one in (str(ckpts["up1"]), ckpts["up1"]):
         pipe = UnclipPipeline.from_checkpoints(None, ckpts["decoder"], ckpts["clip"], one, prior="none")
         assert len(pipe.upsamplers) == 1 and pipe.weights["upsampler1"]
+
+
+def test_manipulation_cli_never_replaces_an_input_image_nor_a_grid_it_named_itself(tmp_path, monkeypatch, capsys):
+    """The manipulation CLI shares the inpaint CLI's --out: one of the images as --out is refused before any
+    checkpoint loads (it overwrote the input); the default name and <dir>/<mode>.png become <stem>-<n>.png beside an
+    earlier grid instead of replacing it; a file named with --out is the user's choice and is replaced."""
+    from torchvision.utils import save_image
+
+    from zoo.errors import ConfigError
+    from zoo.pipelines import unclip
+
+    monkeypatch.chdir(tmp_path)
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for i, img in enumerate((a, b)):
+        save_image(_images(1, 16, seed=i)[0].add(1).div(2), img)
+    before = a.read_bytes(), b.read_bytes()
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("checkpoints loaded before --out was checked")
+
+    monkeypatch.setattr(unclip.UnclipPipeline, "from_checkpoints", must_not_load)
+    with pytest.raises(SystemExit) as e:
+        unclip.main(["interpolate", "a.png", "b.png", "--decoder-ckpt", "d", "--clip-ckpt", "c", "--out", str(b)])
+    assert e.value.code == 2
+    assert f"--out {b}: that is the input image b.png, the grid would replace it" in capsys.readouterr().err
+    assert (a.read_bytes(), b.read_bytes()) == before
+    default = "unclip_manipulation.png"
+    assert unclip._grid_path(None, "variations", ["a.png"], default) == Path(default)
+    Path(default).write_bytes(b"earlier")
+    assert unclip._grid_path(None, "variations", ["a.png"], default) == Path("unclip_manipulation-1.png")
+    (tmp_path / "grids").mkdir()
+    (tmp_path / "grids" / "variations.png").write_bytes(b"earlier")
+    (tmp_path / "grids" / "variations-1.png").write_bytes(b"earlier")
+    got = unclip._grid_path("grids", "variations", ["a.png"], default)
+    assert got == Path("grids") / "variations-2.png"
+    assert unclip._grid_path(default, "variations", ["a.png"], default) == Path(default)  # named: replaced as asked
+    with pytest.raises(ConfigError, match="that is the input image a.png"):
+        unclip._grid_path("./a.png", "variations", ["a.png"], default)

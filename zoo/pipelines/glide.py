@@ -485,7 +485,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
     )
     p.add_argument("--mask", default=None, help="mask image over the image: white pixels are regenerated, black kept")
     p.add_argument("--glide-ckpt", required=True, help="zoo-train model=glide_inpaint (or model=glide) checkpoint")
-    p.add_argument("--out", default="inpaint.png", help="the grid's image file, or a directory: <dir>/inpaint.png")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="the grid's image file (replaced if it exists, never the image or the mask), or a directory: "
+        "<dir>/inpaint.png; default inpaint.png. A name the command chooses (the default, <dir>/inpaint.png) is "
+        "never replaced: inpaint-<n>.png beside an earlier one",
+    )
     p.add_argument("-n", "--n", type=int, default=4, help="samples (seeds seed .. seed + n - 1)")
     p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (null: checkpoint's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
@@ -511,7 +517,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
 
         if a.n < 1:
             raise ConfigError(f"-n {a.n}: need at least one sample")
-        out_file = _grid_path(a.out, "inpaint")  # checked before any work
+        # checked before any work; never the image or the mask being used
+        out_file = _grid_path(a.out, "inpaint", [x for x in (a.image, a.mask) if x], default="inpaint.png")
         check_region(a.box, a.mask)
         try:
             picture = load_rgb(a.image)

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -866,18 +867,52 @@ def _load_image(path: str) -> torch.Tensor:
     return pil_to_tensor(picture).float().div(127.5).sub(1).unsqueeze(0)
 
 
-def _grid_path(out: str, mode: str) -> Path:
-    """``--out`` as the grid's file: an existing directory or a name without an extension is a directory (the grid
-    is ``<dir>/<mode>.png``); an extension PIL cannot write is a ConfigError, raised before anything is sampled."""
+def _grid_path(out: Optional[str], mode: str, inputs: Sequence[str] = (), default: str = "") -> Path:
+    """The grid's file, checked before any work. ``out`` (the user's ``--out``; None: ``default``): an existing
+    directory or a name without an extension is a directory (the grid is ``<dir>/<mode>.png``); an extension PIL
+    cannot write is a ConfigError.
+
+    Nothing the user made is replaced unasked: an ``--out`` that is one of the ``inputs`` (the image being edited)
+    is a ConfigError (``--out in.png`` overwrote the input of an inpaint), and a name the command chose (the default,
+    or ``<mode>.png`` in a directory) becomes ``<stem>-<n>.png`` beside an earlier grid (a rerun replaced the earlier
+    inpaint.png without a word). A file the user names with ``--out`` is replaced: that is what they asked for."""
     from PIL import Image
 
-    path = Path(out)
+    named = out is not None  # the user named the file (or a directory, below)
+    path = Path(out if named else default)
     if path.is_dir() or not path.suffix:
-        return path / f"{mode}.png"
+        path, named = path / f"{mode}.png", False
     Image.init()
     if path.suffix.lower() not in Image.registered_extensions():
         raise ConfigError(f"--out {out}: PIL cannot write {path.suffix} images (fix: --out <name>.png, or a directory)")
+    for given in inputs:
+        if _same_file(path, Path(given)):
+            raise ConfigError(
+                f"--out {out}: that is the input image {given}, the grid would replace it (fix: --out <another "
+                f"name>.png, or leave --out out: {default}, numbered beside an earlier one)"
+            )
+    if not named:
+        path = _unused_name(path)
     return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` name one file: the same path once resolved, or (both existing) one inode (a hard link)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _unused_name(path: Path) -> Path:
+    """``path`` if nothing is there, else the first free ``<stem>-<n><suffix>`` (n = 1, 2, ...) beside it."""
+    free, n = path, 0
+    while free.exists():
+        n += 1
+        free = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return free
 
 
 def _check_cli_options(a: argparse.Namespace) -> None:
@@ -926,8 +961,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
     p.add_argument("--upsampler-ckpt", action="append", default=[])
     p.add_argument(
         "--out",
-        default="unclip_manipulation.png",
-        help="the grid's image file (.png, .jpg...), or a directory: <dir>/<mode>.png",
+        default=None,
+        help="the grid's image file (.png, .jpg...; replaced if it exists, never one of the input images), or a "
+        "directory: <dir>/<mode>.png; default unclip_manipulation.png. A name the command chooses (the default, "
+        "<dir>/<mode>.png) is never replaced: <stem>-<n>.png beside an earlier one",
     )
     p.add_argument("-n", "--n", type=int, default=5, help="variations / frames")
     p.add_argument("--eta", type=float, default=0.5, help="DDIM eta of variations")
@@ -951,7 +988,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, str]:
 
     @report_user_errors
     def run() -> dict[str, str]:
-        out_file = _grid_path(a.out, a.mode)  # checked before the work: a bad name used to fail after sampling
+        # checked before the work: a bad name used to fail after sampling
+        out_file = _grid_path(a.out, a.mode, a.images, default="unclip_manipulation.png")
         _check_cli_options(a)
         imgs = [_load_image(x) for x in a.images]  # an unreadable file before the checkpoints load, too
         pipe = UnclipPipeline.from_checkpoints(
