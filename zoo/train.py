@@ -14,7 +14,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -441,23 +441,48 @@ def tests(cfg: DictConfig) -> bool:
     return bool(cfg.get("test", False)) and cfg.trainer.get("limit_test_batches") != 0
 
 
-def fit_tiny_to_data(model, datamodule):
+def command_line_fields(node: str) -> Optional[set[str]]:
+    """The fields of ``node`` (e.g. ``model.net``) this run's command line sets, as ``node.<field>=`` or in a whole
+    ``node={<field>: ...}``; None outside a Hydra run (nothing known of its command line)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not HydraConfig.initialized():
+        return None
+    fields: set[str] = set()
+    for o in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
+        if o.is_delete():
+            continue
+        if o.key_or_group == node and isinstance(value := o.value(), dict):
+            fields |= {str(k) for k in value}
+        elif o.key_or_group.startswith(node + "."):
+            fields.add(o.key_or_group[len(node) + 1 :].split(".")[0])
+    return fields
+
+
+def fit_tiny_to_data(model, datamodule, given: Optional[Collection[str]] = None):
     """``model.preset=tiny`` means a tiny network *for the data at hand*: the sizes the data dictates (the model's
     ``data_sizes``: text vocabulary and length, resolution, CLIP width, image codebook and grid) replace the tiny
     preset's own where those do not fit (a tiny run that fits its data is unchanged), so ``zoo-train
-    experiment=<any> model.preset=tiny`` keeps the experiment's data and only shrinks width and depth. Fields given
-    in ``model.net`` are the user's (or the experiment's) choice and stay as given (check_data reports a mismatch in
-    them). Other presets are returned as they are. Returns the model, rebuilt with the data's sizes in its ``net``
-    hyper-parameters when any differ (so its checkpoint loads as it trained)."""
+    experiment=<any> model.preset=tiny`` keeps the experiment's data and only shrinks width and depth. ``given``: the
+    fields of ``model.net`` the user set (zoo-train: those of its command line); they stay as given (check_data
+    reports a mismatch in them). A field a config set gives way to the data's size: experiment=dalle1/train_shapes
+    sets the 12x12 grid of its 48 px tokenizer, and with data.resolution=32 and a 32 px tokenizer the tiny run
+    stopped on "makes a 8x8 grid ... expects 12x12". None: every field of ``model.net`` counts as given. Other presets
+    are returned as they are. Returns the model, rebuilt with the data's sizes in its ``net`` hyper-parameters when
+    any differ (so its checkpoint loads as it trained)."""
     hp = getattr(model, "hparams", None)
     if not hp or hp.get("preset") != "tiny" or not callable(getattr(model, "data_sizes", None)):
         return model
     net = dict(hp.get("net") or {})
-    sizes = {k: v for k, v in model.data_sizes(datamodule).items() if k not in net and getattr(model.cfg, k) != v}
+    own = net if given is None else {k: v for k, v in net.items() if k in given}  # the user's: kept as given
+    sizes = {k: v for k, v in model.data_sizes(datamodule).items() if k not in own and getattr(model.cfg, k) != v}
     if not sizes:
         return model
+    if replaced := {k: net[k] for k in sizes if k in net}:
+        log.info("model.preset=tiny: the data's sizes replace model.net's %s, set by the config", replaced)
     old_size, new_size = getattr(model.cfg, "image_size", None), sizes.get("image_size")
-    if new_size and old_size and "attention_resolutions" not in net and getattr(model.cfg, "attention_resolutions", ()):
+    if new_size and old_size and "attention_resolutions" not in own and getattr(model.cfg, "attention_resolutions", ()):
         # attention sits at the same LEVELS at the data's size (the resolutions are pixels at image_size: the tiny
         # GLIDE's (16, 8) at 32 px would put 8 px on no level of its two, and that attention would be dropped)
         sizes["attention_resolutions"] = [
@@ -839,7 +864,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         check_image_data(datamodule)
     if hasattr(datamodule, "prepare_tokenizer"):
         datamodule.prepare_tokenizer()
-    model = fit_tiny_to_data(model, datamodule)
+    model = fit_tiny_to_data(model, datamodule, command_line_fields("model.net"))
     check_compatibility(model, datamodule, validates(cfg), tests(cfg))
     check_optimizer(model)
     if cfg.get("train", True):

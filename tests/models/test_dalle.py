@@ -240,6 +240,48 @@ def test_zoo_train_refuses_the_image_tokenizer_before_fitting_the_bpe(train_cfg,
         train(cfg)
 
 
+def test_tiny_preset_takes_the_grid_of_its_image_tokenizer_over_the_experiments(train_cfg, tmp_path):
+    """experiment=dalle1/train_shapes sets model.net.grid_h/w=12 (its 48 px tokenizer); with model.preset=tiny,
+    data.resolution=32 and a 32 px tokenizer the run stopped on "makes a 8x8 grid ... expects 12x12". The tiny run
+    now takes the tokenizer's grid; a grid given on the command line still wins and is still checked."""
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.models.vqvae.lit import VQVAELit
+    from zoo.train import train
+
+    net = dict(H.TINY_TOKENIZER_NET)  # downsample 4: an 8x8 grid at 32 px
+    ckpt = atomic_torch_save(
+        {
+            "zoo_class": "zoo.models.vqvae.lit.VQVAELit",
+            "hyper_parameters": {"preset": "tiny", "net": net},
+            "state_dict": VQVAELit(preset="tiny", net=net).state_dict(),
+            "zoo_config": {"data": {"resolution": 32}},
+        },
+        tmp_path / "tok32.ckpt",
+    )
+    run = (
+        "experiment=dalle1/train_shapes",
+        "model.preset=tiny",
+        "data.resolution=32",
+        f"model.image_tokenizer_ckpt={ckpt}",
+        "data.tokenizer.vocab_size=300",
+        "data.tokenizer.context_length=16",
+        "data.train_size=16",
+        "data.val_size=8",
+        "data.test_size=8",
+        "data.batch_size=8",
+        "logger=none",
+        "trainer.max_steps=1",
+        "trainer.limit_val_batches=0",
+        "trainer.enable_progress_bar=false",
+        "callbacks=none",
+    )
+    with pytest.raises(ConfigError, match=re.escape("expects 12x8 (fix: model.net.grid_h=8 model.net.grid_w=8")):
+        train(train_cfg(*run, "model.net.grid_h=12"))  # the user's grid (before any checkpoint is written)
+    assert train(train_cfg(*run))["global_step"] == 1
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert (saved["hyper_parameters"]["net"]["grid_h"], saved["hyper_parameters"]["net"]["grid_w"]) == (8, 8)
+
+
 def test_unknown_preset_or_field():
     with pytest.raises(ValueError, match="tiny"):
         DalleLit(preset="huge")
