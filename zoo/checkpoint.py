@@ -1,15 +1,19 @@
 """Safe checkpoint I/O: atomic writes and ``weights_only`` loads.
 
 Writes go to a temporary file in the same directory and are moved into place with ``os.replace`` (atomic on POSIX),
-so a process killed mid-save leaves the previous file intact. Every load of a user-given file goes through
+so a process killed mid-save leaves the previous file intact. A Ctrl-C or SIGTERM that arrives during the write is
+acted on once the file is in place (see ``_signals_deferred``). Every load of a user-given file goes through
 ``safe_load`` which uses ``weights_only=True``: a pickle that carries code is refused instead of executed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import signal
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any, Optional
@@ -55,20 +59,66 @@ def _atomic_write(path: str | os.PathLike, mode: str, write: Any) -> Path:
     """``write(f)`` into a temporary file next to ``path``, fsynced, then renamed over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        default_file_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        # Leave no temp litter behind; the old file (if any) is untouched.
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with _signals_deferred():
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            default_file_mode(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            # Leave no temp litter behind; the old file (if any) is untouched.
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     return path
+
+
+_DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """SIGINT / SIGTERM that arrive inside the block are handed to their handlers of before at its end.
+
+    A Ctrl-C raises KeyboardInterrupt wherever the main thread is; inside ``torch.save``'s storage write (a Python
+    ``write`` called from C++) torch turned it into ``RuntimeError: [enforce fail at inline_container.cc] unexpected
+    pos``: zoo-train ended with that traceback, exit 1, instead of saving interrupted.ckpt and saying how to resume
+    (found by a ``kill -INT`` during a save of last.ckpt). Deferred, the save finishes, the file is in place, and the
+    interrupt is then raised as usual. (A save cannot be cut short by Ctrl-C, as Lightning's own save of
+    interrupted.ckpt, which runs with SIGINT ignored; kill -9 can, and leaves the file at its path as it was.)
+
+    Only the main thread can change handlers (and is the one Python delivers signals to); a handler installed
+    outside Python (``getsignal`` gives None) could not be put back, and an ignored signal needs nothing: those are
+    left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {}
+    for sig in _DEFERRED_SIGNALS:
+        handler = signal.getsignal(sig)
+        if handler is not None and handler != signal.SIG_IGN:
+            previous[sig] = handler
+            signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _redeliver(list(dict.fromkeys(received)))
+
+
+def _redeliver(signals: list[int]) -> None:
+    """Raise each signal once, in order of arrival, each even if the handler of one before it raised
+    (KeyboardInterrupt): a SIGTERM that came with a Ctrl-C still reaches Lightning's handler."""
+    if signals:
+        try:
+            signal.raise_signal(signals[0])
+        finally:
+            _redeliver(signals[1:])
 
 
 class CorruptCheckpointError(ValueError):
