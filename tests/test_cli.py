@@ -212,6 +212,12 @@ def test_model_net_fields_are_set_without_plus():
         (["model=vqvae", "model.net.codebook_size=64"], "codebook_size: 64"),
         (["experiment=dalle1/train_shapes", "model.net.grid_h=8"], "grid_h: 8"),  # listed by the experiment
         (["model=vqvae", "+model.net.codebook_size=64"], "codebook_size: 64"),  # the explicit form still works
+        # the whole node as one dict (conf/model/clip.yaml's form; nested open_clip configs), merged into it
+        (
+            ["model=clip", "model.net={embed_dim:64,vision_cfg:{width:128}}"],
+            "embed_dim: 64\n    vision_cfg:\n      width: 128",
+        ),
+        (["experiment=dalle1/train_shapes", "model.net={n_layers:2}"], "grid_h: 12\n    grid_w: 12\n    n_layers: 2"),
     ]:
         done = subprocess.run(
             [sys.executable, "-m", "zoo.train", *args, "--cfg", "job"],
@@ -228,10 +234,13 @@ def test_open_overrides_only_touches_fields_of_the_open_node():
     from zoo.config import open_overrides
 
     args = ["model.net.n_layers=2", "+model.net.dim=8", "++model.net.x=1", "model.preset=tiny", "model.net={}"]
+    args += ["model.network=x", "+model.net={a:1}"]
     assert open_overrides(args, ("model.net.",)) == [
         "++model.net.n_layers=2",
         "+model.net.dim=8",
         "++model.net.x=1",
         "model.preset=tiny",
-        "model.net={}",
+        "++model.net={}",  # the whole node: merged into it, as Hydra's plain form, with new keys allowed
+        "model.network=x",
+        "+model.net={a:1}",
     ]

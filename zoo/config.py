@@ -261,10 +261,13 @@ def open_overrides(args: list[str], prefixes: tuple[str, ...]) -> list[str]:
     preset's dataclass; Hydra's struct mode would refuse ``model.net.n_layers=12`` there ("not in struct", use
     ``+``), while an experiment that already sets the field refuses ``+``. ``++`` sets the field either way, so the
     documented ``model.net.<field>=...`` (and every "fix: model.net.<field>=..." hint) works as written; the
-    component's preset resolver still refuses a field its dataclass does not have."""
+    component's preset resolver still refuses a field its dataclass does not have. The whole node, ``model.net={...}``
+    (the form conf/model/clip.yaml shows for open_clip's nested configs), is opened too: plain, Hydra merged it into
+    the node but refused every key the node lacked ("Key 'embed_dim' is not in struct"); ``++`` merges it the same
+    way with new keys allowed."""
     out = []
     for arg in args:
-        if any(arg.startswith(p) and "=" in arg[len(p) :] for p in prefixes):
+        if any(arg.startswith(p) and "=" in arg[len(p) :] or arg.startswith(p.rstrip(".") + "=") for p in prefixes):
             arg = "++" + arg
         out.append(arg)
     return out
