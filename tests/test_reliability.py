@@ -689,6 +689,27 @@ def test_ctrl_c_saves_says_how_to_resume_and_exits_130(train_cfg, tmp_path, tiny
     assert _state(ckpt)["global_step"] == 2
 
 
+def test_ctrl_c_saves_the_whole_state_without_lightnings_weights_only_notice(
+    train_cfg, tmp_path, tiny_dvae, monkeypatch, caplog
+):
+    """Every interrupt printed Lightning's "`weights_only` was not set, defaulting to `False`", which reads like an
+    unsafe load; it came from the save of interrupted.ckpt (Lightning's on-exception save passes no weights_only,
+    the save's "weights only" switch). The save now says it wants the whole state, which a resume needs."""
+    from zoo.callbacks.progress import LogProgress
+
+    def ctrl_c_at_step_1(self, trainer, *args, **kwargs):
+        if trainer.global_step >= 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(LogProgress, "on_train_batch_end", ctrl_c_at_step_1)
+    cfg = train_cfg(*tiny_dvae, "test=false", "trainer.max_steps=3", "trainer.limit_val_batches=0")
+    with caplog.at_level("INFO"):
+        assert _train_interrupted(cfg) == 130
+    assert "weights_only" not in caplog.text
+    saved = _state(Path(cfg.paths.output_dir) / "checkpoints" / "interrupted.ckpt")
+    assert saved["global_step"] == 1 and saved["optimizer_states"] and saved["loops"]
+
+
 def test_ctrl_c_in_the_first_step_saves_nothing_and_says_so(train_cfg, tmp_path, tiny_dvae, monkeypatch, caplog):
     """Ctrl-C in the first step (or the sanity check) saved interrupted.ckpt at step 0, its loop and loader state
     part-way into that step, and said "state saved ... resume with ckpt_path=last": resumed, it skipped the first

@@ -139,7 +139,7 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             self._put_back_rng()
             self._saving_step_end = True
             try:
-                super().on_exception(trainer, *args, **kwargs)
+                self._save(trainer)
             finally:
                 self._saving_step_end = False
             self.saved = True
@@ -163,8 +163,14 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             self._rewind_validation(trainer)
         elif 0 < progress.current.completed == progress.current.ready:
             self._as_step_boundary(trainer)
-        super().on_exception(trainer, *args, **kwargs)
+        self._save(trainer)
         self.saved = True
+
+    def _save(self, trainer) -> None:
+        # the whole state (optimizer, loops, callbacks: what a resume needs), said so: Lightning's own on_exception
+        # passes no weights_only, and its save then logged "`weights_only` was not set, defaulting to `False`" on
+        # every interrupt, which read like an unsafe load (it is the save's "weights only" switch)
+        trainer.save_checkpoint(self.ckpt_path, weights_only=False)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         if self._saving_step_end:
