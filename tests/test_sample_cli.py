@@ -272,7 +272,8 @@ def test_sample_run_json_records_what_reproduces_the_images(tmp_path, monkeypatc
     digest = hashlib.blake2b(b"weights v1", digest_size=16).hexdigest()
     assert record["seed"] == 7 and record["n_keep"] == 2 and record["prompts"] == ["a red circle"]
     assert record["checkpoints"] == {"generator.dalle_ckpt": {"path": str(ckpt.resolve()), "blake2b": digest}}
-    assert record["generator"]["n_candidates"] == 32 and record["generator"]["seed"] == 7  # resolved ${seed}
+    assert record["generator"]["n_candidates"] is None  # as configured: 32 for a CLIP to rank, none here
+    assert record["generator"]["seed"] == 7  # resolved ${seed}
     assert record["weights"] == "ema"
 
 

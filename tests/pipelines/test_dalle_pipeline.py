@@ -289,3 +289,24 @@ def test_no_captions_is_a_clear_error(pipe):
         pipe.candidates([])
     with pytest.raises(ValueError, match="no captions"):
         pipe.generate([])
+
+
+def test_n_candidates_without_a_clip_to_rerank_them_is_a_warning_as_glide_s(pipe, caplog):
+    """zoo-sample of a DALL·E with generator.n_candidates=4, n_keep=2 and no generator.clip_ckpt drew and kept 2 and
+    said nothing of the 4 (GLIDE's pipeline warns). Now the same one WARNING, naming both fixes; the count left out
+    (generator.n_candidates=null, the config's default: 32 for a CLIP to rank), one candidate, or a CLIP: nothing."""
+    import logging
+
+    from zoo.pipelines.dalle import DEFAULT_CANDIDATES, DallePipeline
+
+    with caplog.at_level(logging.WARNING):
+        plain = DallePipeline(pipe.dalle, None, n_candidates=4, batch_size=8, seed=3)
+        lines = [r.getMessage() for r in caplog.records if "n_candidates" in r.getMessage()]
+        assert len(lines) == 1 and "generator.n_candidates=4 ignored: no CLIP reranks the samples" in lines[0]
+        assert "fix: generator.clip_ckpt=" in lines[0] and "leave generator.n_candidates out" in lines[0]
+        assert plain.sample(CAPTIONS[:1], n_keep=2)["n_candidates"] == 2  # what the warning says: n_keep drawn
+        caplog.clear()
+        assert DallePipeline(pipe.dalle, None).n_candidates == DEFAULT_CANDIDATES
+        DallePipeline(pipe.dalle, None, n_candidates=1)
+        assert DallePipeline(pipe.dalle, pipe.scorer, n_candidates=4).n_candidates == 4
+    assert not [r for r in caplog.records if "n_candidates" in r.getMessage()]

@@ -27,11 +27,14 @@ their own names: ``n_candidates`` (samples drawn per caption), ``n_keep`` (the b
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Protocol, runtime_checkable
 
 import torch
+
+log = logging.getLogger(__name__)
 
 # zoo-sample ckpt=<file>: registered component name -> (conf/generator/ option, the argument the file goes to).
 # Adding a pipeline for a new component: one line here and its yaml in conf/generator/.
@@ -88,6 +91,25 @@ def check_counts(knobs, options: dict[str, Any], given_only: bool = False) -> di
         for key, fix, *minimum in knobs
         if not (given_only and options.get(key) is None)
     }
+
+
+def warn_unranked_candidates(n_candidates: Optional[int], scorer: Any, default: str) -> None:
+    """One warning, when the pipeline is built, that a ``generator.n_candidates`` given above 1 is not drawn: without
+    a CLIP nothing ranks the samples, so ``sample`` draws the ``n_keep`` it keeps (candidate i does not depend on the
+    count: the first n_keep of more would be the same images, for more time). The DALL·E and GLIDE pipelines share
+    it (unCLIP's needs its CLIP, which always reranks): DALL·E's took the count without a word (found: zoo-sample of
+    a DALL·E with generator.n_candidates=4, n_keep=2 and no clip_ckpt drew and kept 2). A warning, not an error:
+    the count is only the pool a CLIP would rank, and the images kept are the ones asked for. ``default``: what the
+    pipeline draws when the count is left out, for the fix."""
+    if n_candidates is not None and n_candidates > 1 and scorer is None:
+        log.warning(
+            "generator.n_candidates=%d ignored: no CLIP reranks the samples, so each prompt gets its first n_keep "
+            "images, unranked (fix: generator.clip_ckpt=<zoo-train model=clip last.ckpt> to keep the CLIP-best n_keep "
+            "of %d, or leave generator.n_candidates out: %s)",
+            n_candidates,
+            n_candidates,
+            default,
+        )
 
 
 def check_images(images, min_count: int = 1, what: str = "images") -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 
 from zoo.diffusion.noise import seeded_row_generators
 from zoo.errors import ConfigError
-from zoo.pipelines.base import check_counts
+from zoo.pipelines.base import check_counts, warn_unranked_candidates
 from zoo.pipelines.candidates import ClipRerank, seeded_candidates
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # (key, fix) of the count knobs, checked by zoo.pipelines.base.check_counts
 COUNT_KNOBS = (("n_candidates", 32), ("batch_size", 64))
+# n_candidates left out (generator.n_candidates=null): the pool a CLIP ranks (the paper reranks 512; 32 on shapes)
+DEFAULT_CANDIDATES = 32
 
 
 def check_guidance(scale) -> None:
@@ -50,7 +52,7 @@ class DallePipeline(ClipRerank):
         self,
         dalle,
         scorer=None,
-        n_candidates: int = 32,
+        n_candidates: Optional[int] = None,
         temperature: float = 1.0,
         top_k: Optional[int] = None,
         top_p: Optional[float] = None,
@@ -61,8 +63,13 @@ class DallePipeline(ClipRerank):
     ):
         self.dalle = dalle.eval()
         self.scorer = scorer
+        # None: DEFAULT_CANDIDATES for a CLIP to rank (without one sample() draws n_keep); a count given without a
+        # CLIP is not drawn, and said so (GLIDE's rule)
+        given = n_candidates
+        n_candidates = DEFAULT_CANDIDATES if n_candidates is None else n_candidates
         counts = check_counts(COUNT_KNOBS, dict(n_candidates=n_candidates, batch_size=batch_size))
         self.n_candidates, self.batch_size = counts["n_candidates"], counts["batch_size"]
+        warn_unranked_candidates(given, scorer, "n_keep drawn, or 32 with a clip_ckpt")
         self.temperature = float(temperature)
         from zoo.models.dalle.lit import check_sampling
 

@@ -59,7 +59,7 @@ import torch
 
 from zoo.diffusion.noise import candidates_per_batch, seeded_row_generators
 from zoo.diffusion.samplers import OWN_SAMPLERS, check_sampling_knobs
-from zoo.pipelines.base import check_counts
+from zoo.pipelines.base import check_counts, warn_unranked_candidates
 from zoo.pipelines.candidates import ClipRerank, seeded_candidates
 
 log = logging.getLogger("zoo.pipelines.glide")
@@ -155,12 +155,7 @@ class GlidePipeline(ClipRerank):
         self.eta = eta
         counts = check_counts(COUNT_KNOBS, dict(n_candidates=n_candidates, n_keep=n_keep, batch_size=batch_size))
         self.n_candidates, self.n_keep, self.batch_size = counts["n_candidates"], counts["n_keep"], counts["batch_size"]
-        if self.n_candidates > 1 and scorer is None:  # sample() draws n_keep then: nothing to rerank them by
-            log.warning(
-                "generator.n_candidates=%d ignored: no CLIP reranks the samples, so each prompt gets its first n_keep "
-                "(fix: generator.clip_ckpt=<zoo-train model=clip last.ckpt>)",
-                self.n_candidates,
-            )
+        warn_unranked_candidates(self.n_candidates, scorer, "1")  # sample() draws n_keep then
         self.replace_known = replace_known
         self.seed = int(seed)
         self.progress = progress  # None: a bar only when there is more than one candidate round
