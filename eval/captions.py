@@ -419,7 +419,7 @@ def evaluate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     methods = decoding_methods(cfg)
     from zoo.models.captioner.lit import item_generators
 
-    lit = load_module(cfg["ckpt"], expect=("captioner",))
+    lit = load_module(cfg["ckpt"], expect=("captioner",), option="ckpt")
     # load_embeddings, not a bare safe_load: a truncated file's advice is "re-run zoo-embed" (safe_load's default
     # says "use another checkpoint"), and NaN or misshapen embeddings are refused instead of captioned
     meta: dict = {}
@@ -596,7 +596,7 @@ def evaluate_upsampler(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     cfg = {**DEFAULTS, **dict(cfg)}
     methods = decoding_methods(cfg)
-    up = load_module(cfg["upsampler"], expect=("prompt_upsampler",))
+    up = load_module(cfg["upsampler"], expect=("prompt_upsampler",), option="upsampler")
     n = int(cfg["n"] or 256)
     ds, _ = load_split(up.zoo_config, cfg["split"], n, str(cfg["upsampler"]))
     if not hasattr(ds, "scene"):

@@ -232,7 +232,8 @@ def load_prior(path: str, kind: str):
             f"{'diffusion' if kind == 'diffusion_prior' else 'ar'}_ckpt=<run>/checkpoints/last.ckpt, "
             f"or =null to leave it out)"
         )
-    return load_module(Path(str(path)).expanduser(), expect=(kind,)).eval()
+    option = {"diffusion_prior": "diffusion_ckpt", "ar_prior": "ar_ckpt"}[kind]
+    return load_module(Path(str(path)).expanduser(), expect=(kind,), option=option).eval()
 
 
 def check_inputs(lit, feats: dict[str, torch.Tensor], kind: str, path: str = "the features file") -> None:

@@ -106,6 +106,20 @@ def test_tokenize_refuses_another_resolution_than_the_tokenizer_trained_at(tmp_p
     assert safe_load(out)["image_tokens"].shape[1:] == (8, 8)
 
 
+def test_tokenize_refuses_another_kind_of_checkpoint_naming_its_option(tmp_path, dalle_helpers):
+    """A CLIP checkpoint as tokenizer_ckpt was refused with "this input takes dvae or vqvae or vqgan (fix: pass a
+    checkpoint of the right kind)", which named no option; the fix now says which one."""
+    import pytest
+
+    from zoo.errors import ConfigError
+
+    clip = dalle_helpers.tiny_clip_ckpt(tmp_path / "clip.ckpt")
+    with pytest.raises(ConfigError, match="holds a clip checkpoint") as info:
+        tokenize(_tokenize_cfg(tmp_path, clip, f"out={tmp_path / 'tokens.pt'}"))
+    assert "(fix: tokenizer_ckpt=<a dvae / vqvae / vqgan checkpoint>)" in str(info.value)
+    assert not (tmp_path / "tokens.pt").exists()
+
+
 def test_tokenize_refuses_a_bad_batch_size_or_split_before_the_checkpoint_loads(tmp_path):
     """batch_size=0 / -2 was torch's bare "batch_size should be a positive integer value", batch_size=2.5 ran with
     2, batch_size=abc was int()'s ValueError, all after the checkpoint had loaded; zoo-embed checked these up front.

@@ -239,13 +239,15 @@ def load_module(
     map_location: str | torch.device = "cpu",
     expect: Optional[tuple[str, ...]] = None,
     ema: Optional[bool] = None,
+    option: Optional[str] = None,
 ):
     """Rebuild a zoo LightningModule from a checkpoint written by ``zoo-train`` (weights_only load).
 
     The class comes from the fixed registry of the project's components (``zoo.registry``), looked up by the short
     name stamped in the file -- never imported from a path the file names -- and its hyper-parameters must be plain
     values accepted by that component's constructor. ``expect`` restricts the components accepted at this input
-    (e.g. only image tokenizers for ``zoo-tokenize``).
+    (e.g. only image tokenizers for ``zoo-tokenize``); ``option``, the option that gave ``path`` (e.g.
+    ``tokenizer_ckpt``), is the fix a checkpoint of another kind is refused with.
 
     Weights: ``ema=None`` loads ``state_dict`` as stored. With the EMA callback that is the average, and the trained
     weights are ``current_model_state``: ``ema=True`` takes the average once it has started (a file saved before the
@@ -259,10 +261,9 @@ def load_module(
     if expect is not None and name not in expect:
         from zoo.errors import ConfigError
 
-        raise ConfigError(
-            f"{path} holds a {name} checkpoint; this input takes {' or '.join(expect)} "
-            f"(fix: pass a checkpoint of the right kind)"
-        )
+        # "pass a checkpoint of the right kind" named no option: which of a pipeline's five *_ckpt was it?
+        fix = f"{option}=<a {' / '.join(expect)} checkpoint>" if option else "pass a checkpoint of the right kind"
+        raise ConfigError(f"{path} holds a {name} checkpoint; this input takes {' or '.join(expect)} (fix: {fix})")
     if "state_dict" not in ckpt or not isinstance(ckpt["state_dict"], dict):
         raise CorruptCheckpointError(f"{path} has no state_dict; it is not a complete zoo-train checkpoint")
     hp = checked_hparams(name, ckpt.get("hyper_parameters", {}), str(path))

@@ -374,7 +374,7 @@ def run(cfg: DictConfig) -> Path:
             f"last.ckpt>, e.g. from `zoo-train experiment=dalle3/captioner_descriptive`)"
         )
     check_options(cfg)
-    captioner = load_module(ckpt, map_location=str(cfg.get("device") or "cpu"), expect=("captioner",))
+    captioner = load_module(ckpt, map_location=str(cfg.get("device") or "cpu"), expect=("captioner",), option="ckpt")
     captioner.to(str(cfg.get("device") or "cpu"))
     embeddings, n, source = _embedding_source(cfg, captioner.cfg.embed_dim, captioner.clip_fingerprint)
     style = str(cfg.get("style") or _default_style(captioner))

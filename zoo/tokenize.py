@@ -135,7 +135,7 @@ def tokenize(cfg: DictConfig) -> Path:
     split, batch_size = split_and_batch_size(cfg, 256)  # before the checkpoint loads
     from zoo.registry import IMAGE_TOKENIZERS
 
-    module = load_module(cfg.tokenizer_ckpt, expect=IMAGE_TOKENIZERS)
+    module = load_module(cfg.tokenizer_ckpt, expect=IMAGE_TOKENIZERS, option="tokenizer_ckpt")
     tokenizer = image_tokenizer_of(module)
     check_tokenizer_resolution(module, cfg.data.get("resolution"), str(cfg.tokenizer_ckpt))
     dm = instantiate(cfg.data, "data")

@@ -478,14 +478,24 @@ class UnclipPipeline:
                 "the unCLIP pipeline needs the CLIP its prior and decoder were trained with (fix: "
                 "generator.clip_ckpt=<zoo-train model=clip last.ckpt>)"
             )
-        decoder = load_module(str(decoder_ckpt), map_location="cpu", expect=("unclip_decoder",), ema=use_ema)
+        decoder = load_module(
+            str(decoder_ckpt),
+            map_location="cpu",
+            expect=("unclip_decoder",),
+            ema=use_ema,
+            option="generator.decoder_ckpt",
+        )
         if not isinstance(decoder, UnclipDecoderLit):
             raise ConfigError(f"{decoder_ckpt} holds a {type(decoder).__name__}, not an unCLIP decoder")
         weights["decoder"] = decoder.loaded_weights
         prior_model = None
         if prior_ckpt:
             prior_model = load_module(
-                str(prior_ckpt), map_location="cpu", expect=("diffusion_prior", "ar_prior"), ema=use_ema
+                str(prior_ckpt),
+                map_location="cpu",
+                expect=("diffusion_prior", "ar_prior"),
+                ema=use_ema,
+                option="generator.prior_ckpt",
             )
             weights["prior"] = prior_model.loaded_weights
             prior_model = prior_model.to(device)
@@ -496,7 +506,9 @@ class UnclipPipeline:
             )
         ups = []
         for i, path in enumerate(upsampler_ckpts or ()):
-            up = load_module(str(path), map_location="cpu", expect=("upsampler",), ema=use_ema)
+            up = load_module(
+                str(path), map_location="cpu", expect=("upsampler",), ema=use_ema, option="generator.upsampler_ckpts"
+            )
             weights[f"upsampler{i + 1}"] = up.loaded_weights
             ups.append(up.to(device))
         clip = ClipScorer.from_lightning_checkpoint(str(clip_ckpt), device=device)

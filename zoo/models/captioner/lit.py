@@ -183,7 +183,7 @@ class CaptionerLit(ClipEmbeddingLit):
     def _load_source(path: str) -> "CaptionerLit":
         from zoo.checkpoint import load_module
 
-        src = load_module(path, expect=("captioner",))
+        src = load_module(path, expect=("captioner",), option="model.init_from")
         if src.text_tokenizer is None:
             raise ConfigError(
                 f"{path} carries no text tokenizer (fix: model.init_from=<a captioner checkpoint written by zoo-train>)"
