@@ -958,6 +958,48 @@ def test_stopped_during_gradient_accumulation_then_resume_equals_uninterrupted(
     assert _same_weights(resumed[1]["state_dict"], straight[1]["state_dict"])
 
 
+@pytest.mark.parametrize("batch", [4, 5])  # the end of an optimizer step's last micro-batch, of its first one
+def test_ctrl_c_in_a_micro_batchs_end_hooks_then_resume_equals_uninterrupted(
+    train_cfg, tmp_path, tiny_dvae, monkeypatch, batch
+):
+    """Ctrl-C in the on_train_batch_end hooks of a micro-batch (trainer.accumulate_grad_batches=2), before
+    InterruptCheckpoint's own hook had seen it: at an optimizer step's end the last micro-batch's flags said "part-way
+    through an accumulation" and the previous step's loops were saved over the new weights; after the first
+    micro-batch of a step the state was saved with that micro-batch done, though its gradients are in no checkpoint.
+    Either way the resume trained on other gradients than an uninterrupted run."""
+    from zoo.callbacks.progress import LogProgress
+
+    overrides = [
+        *tiny_dvae,
+        "test=false",
+        "trainer.log_every_n_steps=1",
+        "trainer.max_steps=5",  # 4 optimizer steps an epoch
+        "trainer.accumulate_grad_batches=2",
+        "trainer.limit_val_batches=0",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+        "callbacks.sample_grid=null",
+    ]
+    straight = train_cfg(*overrides)
+    straight.paths.output_dir = str(tmp_path / "straight")
+    train(straight)
+    seen = []
+
+    def ctrl_c_at_the_batch(self, trainer, *args, **kwargs):
+        seen.append(True)
+        if len(seen) == batch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(LogProgress, "on_train_batch_end", ctrl_c_at_the_batch)
+    cfg = train_cfg(*overrides)
+    assert _train_interrupted(cfg) == 130
+    monkeypatch.undo()
+    assert train(train_cfg(*overrides, "ckpt_path=last"))["global_step"] == 5
+    run = Path(cfg.paths.output_dir)
+    assert _metrics_rows(run) == _metrics_rows(tmp_path / "straight")
+    got, ref = (_state(d / "checkpoints" / "last.ckpt") for d in (run, tmp_path / "straight"))
+    assert _same_weights(got["state_dict"], ref["state_dict"])
+
+
 def test_resume_removes_the_temp_file_a_killed_save_left(train_cfg, tmp_path, tiny_dvae, caplog):
     """kill -9 during a checkpoint save leaves checkpoints/.last.ckpt.<random>.tmp (as big as a checkpoint) that
     nothing removed; the resume removes it, but never while the run that saved it may still be writing."""

@@ -130,11 +130,11 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         progress = epoch_loop.batch_progress
         # an optimizer step taken, its on_train_batch_end hooks running (the step-boundary save of last.ckpt among
         # them, ours after it): the flags our hook sets are still the previous step's
-        at_step_end = (
-            progress.current.processed == progress.current.ready == progress.current.completed + 1
-            and not epoch_loop._should_accumulate()
-        )
-        if self._mid_accumulation and self._step_end_state is not None and not at_step_end:
+        in_end_hooks = progress.current.processed == progress.current.ready == progress.current.completed + 1
+        at_step_end = in_end_hooks and not epoch_loop._should_accumulate()
+        # (a micro-batch's: its gradients wait for the next, in no checkpoint -- the first one after a step too)
+        mid_accumulation = self._mid_accumulation or (in_end_hooks and epoch_loop._should_accumulate())
+        if mid_accumulation and self._step_end_state is not None and not at_step_end:
             # the loops and the RNG as the last optimizer step left them: the resume redoes the whole accumulation
             self._put_back_rng()
             self._saving_step_end = True
