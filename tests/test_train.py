@@ -567,3 +567,34 @@ def test_a_misspelt_model_option_added_with_plus_is_named_before_training(train_
     assert f"fix: {meant}={value} in place of +{key}={value}" in message
     assert meant.rsplit(".", 1)[1] in message.split("the options of ")[1]
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+def test_a_missing_optimized_metric_says_why_or_nothing_when_no_validation_was_asked_for(
+    train_cfg, tiny_dvae, caplog, tmp_path
+):
+    """trainer.max_steps=3 on a tiny preset (8 batches an epoch, validation at its end) warned only
+    "optimized_metric=val/loss was not logged". Now the warning says that no validation ran within the steps and how
+    to get one (following it logs val/loss); a run that asked for no validation (limit_val_batches=0) is quiet; a
+    metric missing after validation ran (a misspelt name) still lists what was logged."""
+    import logging
+
+    from zoo.train import objective
+
+    def warnings(*overrides: str) -> tuple[object, list[str]]:
+        caplog.clear()
+        cfg = train_cfg(*tiny_dvae, "trainer.max_steps=3", "test=false", *overrides)
+        cfg.paths.output_dir = str(tmp_path / "runs" / str(len(list(tmp_path.glob("runs/*")))))  # a run dir each
+        with caplog.at_level(logging.WARNING, logger="zoo.train"):
+            value = objective(cfg)
+        return value, [r.getMessage() for r in caplog.records if "optimized_metric" in r.getMessage()]
+
+    value, said = warnings()
+    assert value is None and len(said) == 1
+    assert "optimized_metric=val/loss was not logged: no validation ran within the run's 3 training steps" in said[0]
+    assert "at the end of each epoch" in said[0] and "fix: trainer.val_check_interval=<at most 3 steps>" in said[0]
+    value, said = warnings("trainer.val_check_interval=3")  # the fix: a validation within the run
+    assert isinstance(value, float) and not said
+    assert warnings("trainer.limit_val_batches=0") == (None, [])
+    value, said = warnings("trainer.val_check_interval=3", "optimized_metric=val/losss")
+    assert value is None and len(said) == 1 and said[0].startswith("optimized_metric=val/losss was not logged; logged:")
+    assert "'val/loss'" in said[0]

@@ -19,7 +19,7 @@ from typing import Any, Collection, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.config import entry_point
-from zoo.errors import ConfigError, check_number, check_switch, check_whole, is_whole
+from zoo.errors import ConfigError, check_number, check_switch, check_whole, is_whole, shown
 
 log = logging.getLogger("zoo.train")
 
@@ -1081,11 +1081,45 @@ def objective(cfg: DictConfig) -> Optional[float]:
         if name not in metrics:  # e.g. validation switched off: nothing to optimise, but the run itself is fine
             from lightning.pytorch.utilities import rank_zero_only
 
-            if rank_zero_only.rank == 0:  # once, not once per DDP process
-                log.warning("optimized_metric=%s was not logged; logged: %s", name, sorted(metrics))
+            note = missing_metric_note(cfg, str(name), metrics)
+            if note and rank_zero_only.rank == 0:  # once, not once per DDP process
+                log.warning(note)
             return None
         return metrics[name]
     return None
+
+
+def missing_metric_note(cfg: DictConfig, name: str, metrics: dict[str, Any]) -> Optional[str]:
+    """Why ``optimized_metric`` is not among a finished run's ``metrics``, or None when nothing needs saying.
+
+    "optimized_metric=val/loss was not logged" was all a short run said (found: trainer.max_steps=3 on tiny presets,
+    where the first validation is at the end of an 8-batch epoch). A val/ (test/) metric of a run that scheduled no
+    validation (test) stage at all is expected: no word. A val/ metric of a run whose validation never came within
+    its steps says so and how to get one. When the stage ran and the metric is still missing (a misspelt name), the
+    logged metrics are listed, as before."""
+    stage = name.split("/", 1)[0]
+    ran = any(str(k).startswith(stage + "/") for k in metrics)
+    if stage == "val" and not ran:
+        if not validates(cfg):
+            return None  # train=false or trainer.limit_val_batches=0: no validation was asked for
+        steps = metrics.get("global_step")
+        interval = cfg.trainer.get("val_check_interval")
+        every = cfg.trainer.get("check_val_every_n_epoch", 1)
+        when = "at the end of each epoch" if interval in (None, 1.0) else f"every {interval} training batches"
+        if every is not None and every != 1:
+            when += f" of every {every}th epoch"
+        max_steps = cfg.trainer.get("max_steps")
+        limit = f"; trainer.max_steps={max_steps}" if isinstance(max_steps, int) and max_steps > 0 else ""
+        return (
+            f"optimized_metric={name} was not logged: no validation ran within the run's {steps} training steps "
+            f"(validation runs {when}: trainer.val_check_interval={shown(interval)}, "
+            f"trainer.check_val_every_n_epoch={shown(every)}{limit}) (fix: trainer.val_check_interval=<at most "
+            f"{steps} steps> for a validation within the run, with trainer.check_val_every_n_epoch=null when that is "
+            f"more than an epoch, or a longer run)"
+        )
+    if stage == "test" and not ran and not tests(cfg):
+        return None  # test=false: the test stage was not asked for
+    return f"optimized_metric={name} was not logged; logged: {sorted(metrics)}"
 
 
 main = entry_point(objective, "train", returns=True, open_keys=("model.net.",))
