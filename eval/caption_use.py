@@ -116,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     results = {"n": args.n, "split": args.split, "seed": args.seed, "raw": bool(args.raw), "checkpoints": []}
     images = {}
     for path in args.checkpoints:
-        glide, _ = load_glide(str(path), use_ema=not args.raw)
+        glide, _ = load_glide(str(path), use_ema=not args.raw, option=None)
         glide.eval()
         size = glide.cfg.image_size
         if size not in images:

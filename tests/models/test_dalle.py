@@ -282,6 +282,27 @@ def test_tiny_preset_takes_the_grid_of_its_image_tokenizer_over_the_experiments(
     assert (saved["hyper_parameters"]["net"]["grid_h"], saved["hyper_parameters"]["net"]["grid_w"]) == (8, 8)
 
 
+def test_another_kind_of_checkpoint_is_refused_naming_its_option(train_cfg, tmp_path):
+    """A checkpoint of another component was refused with "fix: pass a checkpoint of the right kind" (load_module)
+    or named model.image_tokenizer_ckpt at sampling too; each refusal now names the option that gave the file."""
+    from zoo.pipelines.dalle import DallePipeline
+    from zoo.train import train
+
+    clip, tok = H.tiny_clip_ckpt(tmp_path / "clip.ckpt"), H.tiny_tokenizer_ckpt(tmp_path / "tok.ckpt")
+    cfg = train_cfg("model=dalle", f"model.image_tokenizer_ckpt={clip}", "logger=none", "trainer=cpu")
+    with pytest.raises(ConfigError, match="holds a clip model") as info:
+        train(cfg)
+    assert "(fix: model.image_tokenizer_ckpt=<a dvae / vqvae / vqgan checkpoint>)" in str(info.value)
+    with pytest.raises(ConfigError, match="holds a vqvae checkpoint; this input takes dalle") as info:
+        DallePipeline.from_checkpoints(str(tok))  # zoo-sample / zoo-eval generator=dalle
+    assert "(fix: generator.dalle_ckpt=<a dalle checkpoint>)" in str(info.value)
+    lit = DalleLit(preset="tiny")  # a DALL·E trained from zoo-tokenize codes is given its decoder at sampling
+    with pytest.raises(
+        ConfigError, match=re.escape("(fix: generator.image_tokenizer_ckpt=<a dvae / vqvae / vqgan checkpoint>)")
+    ):
+        lit.load_image_tokenizer(str(clip), option="generator.image_tokenizer_ckpt")
+
+
 def test_unknown_preset_or_field():
     with pytest.raises(ValueError, match="tiny"):
         DalleLit(preset="huge")

@@ -319,7 +319,8 @@ def load_prompt_upsampler(path: str | Path, device: str = "cpu"):
     """A ``prompt_upsampler`` checkpoint (``zoo-train model=prompt_upsampler``), rebuilt through the registry."""
     from zoo.checkpoint import load_module
 
-    return load_module(path, map_location=device, expect=("prompt_upsampler",)).to(device)
+    up = load_module(path, map_location=device, expect=("prompt_upsampler",), option="generator.prompt_upsampler")
+    return up.to(device)
 
 
 def build_generator(node, what: str = "generator"):

@@ -111,7 +111,9 @@ class DallePipeline(ClipRerank):
         check_guidance(kw.get("guidance_scale", 1.0))
         # n_candidates=0 was refused only once the checkpoints had loaded
         check_counts(COUNT_KNOBS, kw, given_only=True)
-        dalle = load_module(dalle_ckpt, map_location=device, expect=("dalle",), ema=use_ema)
+        dalle = load_module(
+            dalle_ckpt, map_location=device, expect=("dalle",), ema=use_ema, option="generator.dalle_ckpt"
+        )
         if not isinstance(dalle, DalleLit):
             raise ValueError(f"{dalle_ckpt} holds a {type(dalle).__name__}, not a DALL·E transformer (model=dalle)")
         weights = dalle.loaded_weights
@@ -122,7 +124,7 @@ class DallePipeline(ClipRerank):
                     f"from zoo-tokenize codes without model.image_tokenizer_ckpt) (fix: "
                     f"generator.image_tokenizer_ckpt=<the dvae/vqvae checkpoint that wrote its training codes>)"
                 )
-            dalle.load_image_tokenizer(str(image_tokenizer_ckpt))
+            dalle.load_image_tokenizer(str(image_tokenizer_ckpt), option="generator.image_tokenizer_ckpt")
             grid, want = tuple(dalle.image_tokenizer.grid_size), (dalle.cfg.grid_h, dalle.cfg.grid_w)
             if grid != want:
                 raise ConfigError(

@@ -69,13 +69,16 @@ METHOD_MODEL = "inpaint_model"  # model input channels only (GLIDE's description
 METHOD_KNOWN_REGION = "known_region"  # a plain model; known pixels re-imposed each step
 
 
-def load_glide(glide_ckpt: str, device: str = "cpu", use_ema: bool = True):
+def load_glide(
+    glide_ckpt: str, device: str = "cpu", use_ema: bool = True, option: Optional[str] = "generator.glide_ckpt"
+):
     """A zoo-train GLIDE checkpoint -> (GlideLit on ``device`` in eval mode, which weights: "ema" | "raw" |
-    "raw (no EMA in checkpoint)"). See the module docstring for how the EMA callback stores its weights."""
+    "raw (no EMA in checkpoint)"). See the module docstring for how the EMA callback stores its weights. ``option``:
+    the option that gave the file, named by the refusal of another kind of checkpoint."""
     from zoo.checkpoint import load_module
     from zoo.models.glide.lit import GlideLit
 
-    glide = load_module(glide_ckpt, map_location="cpu", expect=("glide",), ema=use_ema)
+    glide = load_module(glide_ckpt, map_location="cpu", expect=("glide",), ema=use_ema, option=option)
     if not isinstance(glide, GlideLit):
         raise ValueError(f"{glide_ckpt} holds a {type(glide).__name__}, not a GLIDE model (model=glide)")
     weights = glide.loaded_weights
@@ -88,7 +91,9 @@ def load_noised_clip(noised_clip_ckpt: str, device: str = "cpu"):
     from zoo.checkpoint import load_module
     from zoo.models.noised_clip.lit import NoisedClipLit
 
-    clip = load_module(noised_clip_ckpt, map_location="cpu", expect=("noised_clip",))
+    clip = load_module(
+        noised_clip_ckpt, map_location="cpu", expect=("noised_clip",), option="generator.noised_clip_ckpt"
+    )
     if not isinstance(clip, NoisedClipLit):
         raise ValueError(f"{noised_clip_ckpt} holds a {type(clip).__name__}, not a noised CLIP (model=noised_clip)")
     return clip.to(device).eval()

@@ -90,19 +90,20 @@ class DalleLit(TextTokenizerLit):
         self.text_tokenizer = TextTokenizer.from_spec(text_tokenizer)
 
     # ------------------------------------------------------------------------------------------ tokenizers
-    def load_image_tokenizer(self, path: str, resolution: Optional[int] = None) -> None:
+    def load_image_tokenizer(
+        self, path: str, resolution: Optional[int] = None, option: str = "model.image_tokenizer_ckpt"
+    ) -> None:
+        """``option``: the option that gave ``path``, named in the fix of a refusal."""
         from zoo.checkpoint import safe_load
 
         ckpt = safe_load(path)
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-            raise ConfigError(
-                f"{path} is not a zoo-train checkpoint (fix: model.image_tokenizer_ckpt=<dvae/vqvae last.ckpt>)"
-            )
+            raise ConfigError(f"{path} is not a zoo-train checkpoint (fix: {option}=<dvae/vqvae last.ckpt>)")
         from zoo.checkpoint import trained_resolution
 
         self._tokenizer_trained_resolution = trained_resolution(ckpt.get("zoo_config"))
         res = resolution or self._tokenizer_trained_resolution
-        spec = image_tokenizer_spec(ckpt, res)  # plain values; stored in our checkpoints by on_save_checkpoint
+        spec = image_tokenizer_spec(ckpt, res, option)  # plain values; stored in our checkpoints by on_save_checkpoint
         tok = image_tokenizer_from_spec(spec, ckpt["state_dict"])
         # trained from zoo-tokenize codes alone, this model's image tokens are that tokenizer's codes: another
         # tokenizer of the same codebook and grid decodes them without an error into other images

@@ -405,9 +405,12 @@ def tokenizer_fingerprint(tok: torch.nn.Module) -> Optional[str]:
     return clip_fingerprint(tok)
 
 
-def image_tokenizer_spec(ckpt: dict[str, Any], resolution: Optional[int] = None) -> dict[str, Any]:
+def image_tokenizer_spec(
+    ckpt: dict[str, Any], resolution: Optional[int] = None, option: str = "model.image_tokenizer_ckpt"
+) -> dict[str, Any]:
     """Plain-value description of the tokenizer inside a zoo-train checkpoint dict (loaded weights_only): its
-    registered component name (``dvae`` / ``vqvae``), hyper-parameters and resolution."""
+    registered component name (``dvae`` / ``vqvae``), hyper-parameters and resolution. ``option``: the option that
+    gave the file (zoo-sample's is ``generator.image_tokenizer_ckpt``), the fix another kind of checkpoint names."""
     from zoo.registry import IMAGE_TOKENIZERS, checked_hparams, component_in
 
     name = component_in(ckpt, "the image tokenizer checkpoint")
@@ -416,7 +419,7 @@ def image_tokenizer_spec(ckpt: dict[str, Any], resolution: Optional[int] = None)
 
         raise ConfigError(
             f"the image tokenizer checkpoint holds a {name} model, not an image tokenizer "
-            f"({' or '.join(IMAGE_TOKENIZERS)}) (fix: model.image_tokenizer_ckpt=<dvae/vqvae last.ckpt>)"
+            f"({' or '.join(IMAGE_TOKENIZERS)}) (fix: {option}=<a {' / '.join(IMAGE_TOKENIZERS)} checkpoint>)"
         )
     hp = checked_hparams(name, ckpt.get("hyper_parameters", {}), "the image tokenizer checkpoint")
     return {"component": name, "hyper_parameters": hp, "resolution": resolution}
