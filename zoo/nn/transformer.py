@@ -42,7 +42,6 @@ Example (a causal prior over already-embedded tokens)::
 from __future__ import annotations
 
 import contextlib
-
 import weakref
 from typing import Optional, Sequence, Union
 
