@@ -415,7 +415,8 @@ def test_a_prior_checkpoint_goes_to_the_unclip_generator(tmp_path, monkeypatch, 
     assert seen["prior_ckpt"] == str(ckpt) and seen["decoder_ckpt"] is None
     with pytest.raises(ConfigError, match=r"add generator=unclip.*generator.prior_ckpt="):
         sample(_sample_cfg(*common, 'prompts=["a red circle"]'))
-    with pytest.raises(ConfigError, match=rf"{component} checkpoint: it turns captions into CLIP image embeddings"):
+    article = "an" if component == "ar_prior" else "a"  # "is a ar_prior checkpoint" before zoo.config.with_article
+    with pytest.raises(ConfigError, match=rf"is {article} {component} checkpoint: it turns captions into CLIP image"):
         sample(_sample_cfg(*common))
 
 

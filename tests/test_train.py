@@ -598,3 +598,23 @@ def test_a_missing_optimized_metric_says_why_or_nothing_when_no_validation_was_a
     value, said = warnings("trainer.val_check_interval=3", "optimized_metric=val/losss")
     assert value is None and len(said) == 1 and said[0].startswith("optimized_metric=val/losss was not logged; logged:")
     assert "'val/loss'" in said[0]
+
+
+def test_a_resume_file_of_another_component_is_named_with_its_article(tmp_path):
+    """ckpt_path=<an upsampler checkpoint> for another model said "holds a upsampler checkpoint": the templates wrote
+    "a {name}" (zoo.config.with_article now, for every component, class or kind a message names)."""
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.config import with_article
+    from zoo.models.dvae.lit import DVAELit
+    from zoo.train import check_resume_file
+
+    path = tmp_path / "up.ckpt"
+    stamp = {"state_dict": {}, "hyper_parameters": {}, "pytorch-lightning_version": "2.4.0", "loops": {}}
+    atomic_torch_save({"zoo_component": "upsampler", **stamp}, path)
+    with pytest.raises(
+        ConfigError,
+        match=r"holds an upsampler checkpoint but the model is dvae \(fix: model=upsampler, or a dvae checkpoint\)",
+    ):
+        check_resume_file(str(path), DVAELit(preset="tiny"))
+    said = [with_article(w) for w in ("ar_prior", "ARPriorLit", "UpsamplerLit", "glide", "MS-COCO", "U-Net", "VQGAN")]
+    assert said == ["an ar_prior", "an ARPriorLit", "an UpsamplerLit", "a glide", "an MS-COCO", "a U-Net", "a VQGAN"]

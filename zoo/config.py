@@ -199,6 +199,21 @@ def _config_group(key: str) -> str:
     return max(groups, key=len, default="")
 
 
+# initials read as letters whose names start with a vowel sound: an MS-COCO, an FID, an RGB (but a U-Net, a VQGAN)
+_VOWEL_SOUND_LETTERS = set("AEFHILMNORSX")
+
+
+def with_article(word: Any) -> str:
+    """``word`` after "a" or "an", for a message that names a component, a class or a kind: "an upsampler", "an
+    ar_prior", "an ARPriorLit", "a glide", "an MS-COCO". Templates wrote "a {name}" and said "holds a upsampler
+    checkpoint". Decided by the first letter: a vowel, or (for initials, two capitals) a letter whose name
+    starts with one."""
+    text = str(word)
+    initials = len(text) > 1 and text[:2].isupper()
+    vowel = text[:1].upper() in (_VOWEL_SOUND_LETTERS if initials else set("AEIOU"))
+    return f"{'an' if vowel else 'a'} {text}"
+
+
 def report_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate an entry point's body: a user error prints ``error: <message>`` and exits with status 2."""
 

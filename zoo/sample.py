@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, open_dict
 
-from zoo.config import entry_point
+from zoo.config import entry_point, with_article
 from zoo.errors import ConfigError, check_switch, check_whole
 
 log = logging.getLogger("zoo.sample")
@@ -218,21 +218,22 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         component = checkpoint_component(str(cfg.ckpt))
         if component in NOT_IMAGE_MODELS:
             raise ConfigError(
-                f"{cfg.ckpt} is a {component} checkpoint, which draws no images (fix: {NOT_IMAGE_MODELS[component]})"
+                f"{cfg.ckpt} is {with_article(component)} checkpoint, which draws no images "
+                f"(fix: {NOT_IMAGE_MODELS[component]})"
             )
         mapped = checkpoint_generator(component)
         if cfg.prompts and mapped is None:  # an image tokenizer, a CLIP...: nothing to draw from a caption
             log.warning(
-                "%s is a %s checkpoint, which does not draw images from text: prompts ignored, writing its own "
+                "%s is %s checkpoint, which does not draw images from text: prompts ignored, writing its own "
                 "sample grid (for text-to-image: a dalle, glide or unclip_decoder checkpoint)",
                 cfg.ckpt,
-                component,
+                with_article(component),
             )
         if not cfg.prompts and mapped is not None and not _has_sample_grid(component):
             option, key = mapped  # a prior: its samples are CLIP embeddings, drawn from captions only
             raise ConfigError(
-                f"{cfg.ckpt} is a {component} checkpoint: it turns captions into CLIP image embeddings for the "
-                f"{option} generator (fix: zoo-sample generator={option} generator.{key}={cfg.ckpt} "
+                f"{cfg.ckpt} is {with_article(component)} checkpoint: it turns captions into CLIP image embeddings "
+                f"for the {option} generator (fix: zoo-sample generator={option} generator.{key}={cfg.ckpt} "
                 f"prompts='[\"...\"]' and that generator's other checkpoints, conf/generator/{option}.yaml)"
             )
         if not cfg.prompts or mapped is None:

@@ -18,7 +18,7 @@ from typing import Any, Collection, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from zoo.config import entry_point
+from zoo.config import entry_point, with_article
 from zoo.errors import ConfigError, check_number, check_switch, check_whole, is_whole, shown
 
 log = logging.getLogger("zoo.train")
@@ -282,8 +282,8 @@ def check_resume_file(path: str, model) -> int:
     mine = component_name_of(model)
     if name != mine:
         raise ConfigError(
-            f"ckpt_path={path} holds a {name} checkpoint but the model is {mine} "
-            f"(fix: model={name}, or a {mine} checkpoint)"
+            f"ckpt_path={path} holds {with_article(name)} checkpoint but the model is {mine} "
+            f"(fix: model={name}, or {with_article(mine)} checkpoint)"
         )
     return int(ckpt.get("global_step") or 0)
 

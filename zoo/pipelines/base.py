@@ -34,6 +34,8 @@ from typing import Any, Optional, Protocol, runtime_checkable
 
 import torch
 
+from zoo.config import with_article
+
 log = logging.getLogger(__name__)
 
 # zoo-sample ckpt=<file>: registered component name -> (conf/generator/ option, the argument the file goes to).
@@ -375,7 +377,7 @@ def build_generator(node, what: str = "generator"):
     gen = instantiate(node, what)
     if not callable(getattr(gen, "generate", None)):
         raise ConfigError(
-            f"{what} {target} built a {type(gen).__name__}, which has no "
+            f"{what} {target} built {with_article(type(gen).__name__)}, which has no "
             f"generate(captions) -> images method (fix: point _target_ at a Generator)"
         )
     if upsampler_path not in (None, ""):

@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from zoo.config import with_article
 from zoo.diffusion.noise import seeded_row_generators
 from zoo.errors import ConfigError
 from zoo.pipelines.base import check_counts, warn_unranked_candidates
@@ -115,7 +116,9 @@ class DallePipeline(ClipRerank):
             dalle_ckpt, map_location=device, expect=("dalle",), ema=use_ema, option="generator.dalle_ckpt"
         )
         if not isinstance(dalle, DalleLit):
-            raise ValueError(f"{dalle_ckpt} holds a {type(dalle).__name__}, not a DALL·E transformer (model=dalle)")
+            raise ValueError(
+                f"{dalle_ckpt} holds {with_article(type(dalle).__name__)}, not a DALL·E transformer (model=dalle)"
+            )
         weights = dalle.loaded_weights
         if dalle.image_tokenizer is None:
             if not image_tokenizer_ckpt:

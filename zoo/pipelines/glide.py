@@ -57,6 +57,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from zoo.config import with_article
 from zoo.diffusion.noise import candidates_per_batch, seeded_row_generators
 from zoo.diffusion.samplers import OWN_SAMPLERS, check_sampling_knobs
 from zoo.pipelines.base import check_counts, warn_unranked_candidates
@@ -80,7 +81,7 @@ def load_glide(
 
     glide = load_module(glide_ckpt, map_location="cpu", expect=("glide",), ema=use_ema, option=option)
     if not isinstance(glide, GlideLit):
-        raise ValueError(f"{glide_ckpt} holds a {type(glide).__name__}, not a GLIDE model (model=glide)")
+        raise ValueError(f"{glide_ckpt} holds {with_article(type(glide).__name__)}, not a GLIDE model (model=glide)")
     weights = glide.loaded_weights
     return glide.to(device).eval(), weights
 
@@ -95,7 +96,9 @@ def load_noised_clip(noised_clip_ckpt: str, device: str = "cpu"):
         noised_clip_ckpt, map_location="cpu", expect=("noised_clip",), option="generator.noised_clip_ckpt"
     )
     if not isinstance(clip, NoisedClipLit):
-        raise ValueError(f"{noised_clip_ckpt} holds a {type(clip).__name__}, not a noised CLIP (model=noised_clip)")
+        raise ValueError(
+            f"{noised_clip_ckpt} holds {with_article(type(clip).__name__)}, not a noised CLIP (model=noised_clip)"
+        )
     return clip.to(device).eval()
 
 

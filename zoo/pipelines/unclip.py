@@ -69,6 +69,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from zoo.config import with_article
 from zoo.diffusion.noise import candidates_per_batch, sampler_takes_row_generators, seeded_row_generators
 from zoo.diffusion.samplers import ddim_invert, ddim_sample
 from zoo.errors import ConfigError, check_whole, is_whole, shown
@@ -205,7 +206,7 @@ class UnclipPipeline:
         _check_prior_name(self.prior)
         if self.prior in ("diffusion", "ar") and self._prior_kind(prior_model) != self.prior:
             raise ConfigError(
-                f"prior={self.prior} needs a {self.prior} prior checkpoint (fix: generator.prior_ckpt="
+                f"prior={self.prior} needs {with_article(self.prior)} prior checkpoint (fix: generator.prior_ckpt="
                 f"<zoo-train model={self.prior}_prior last.ckpt>, or prior=text_emb | none)"
             )
         if isinstance(stages, str):  # generator.stages=decoder (no brackets): one stage, not one per character
@@ -266,7 +267,7 @@ class UnclipPipeline:
             return "diffusion"
         if isinstance(prior_model, ARPriorLit):
             return "ar"
-        raise ConfigError(f"the prior is a {type(prior_model).__name__}, not a diffusion_prior or ar_prior")
+        raise ConfigError(f"the prior is {with_article(type(prior_model).__name__)}, not a diffusion_prior or ar_prior")
 
     def _check_sampling_knobs(self) -> None:
         """Each stage's steps / sampler / eta / guidance: a ConfigError naming the generator key before sampling."""
@@ -415,7 +416,7 @@ class UnclipPipeline:
                 raise ConfigError(
                     f"the {what} was trained on the embeddings of another CLIP (fingerprint {trained}) than the "
                     f"pipeline's (fingerprint {fp}) (fix: generator.clip_ckpt=<the CLIP whose zoo-embed files "
-                    f"trained it>, or a {what} trained on this CLIP's embeddings)"
+                    f"trained it>, or {with_article(what)} trained on this CLIP's embeddings)"
                 )
 
     def _check_prior_clip(self, d: int) -> None:
@@ -486,7 +487,7 @@ class UnclipPipeline:
             option="generator.decoder_ckpt",
         )
         if not isinstance(decoder, UnclipDecoderLit):
-            raise ConfigError(f"{decoder_ckpt} holds a {type(decoder).__name__}, not an unCLIP decoder")
+            raise ConfigError(f"{decoder_ckpt} holds {with_article(type(decoder).__name__)}, not an unCLIP decoder")
         weights["decoder"] = decoder.loaded_weights
         prior_model = None
         if prior_ckpt:
