@@ -259,11 +259,15 @@ def load_module(
     ckpt = safe_load(path, map_location=map_location)
     name = component_in(ckpt, str(path))
     if expect is not None and name not in expect:
+        from zoo.config import with_article  # "an ar_prior", "an upsampler"
         from zoo.errors import ConfigError
 
         # "pass a checkpoint of the right kind" named no option: which of a pipeline's five *_ckpt was it?
-        fix = f"{option}=<a {' / '.join(expect)} checkpoint>" if option else "pass a checkpoint of the right kind"
-        raise ConfigError(f"{path} holds a {name} checkpoint; this input takes {' or '.join(expect)} (fix: {fix})")
+        kinds = " / ".join(expect)
+        fix = f"{option}=<{with_article(kinds)} checkpoint>" if option else "pass a checkpoint of the right kind"
+        raise ConfigError(
+            f"{path} holds {with_article(name)} checkpoint; this input takes {' or '.join(expect)} (fix: {fix})"
+        )
     if "state_dict" not in ckpt or not isinstance(ckpt["state_dict"], dict):
         raise CorruptCheckpointError(f"{path} has no state_dict; it is not a complete zoo-train checkpoint")
     hp = checked_hparams(name, ckpt.get("hyper_parameters", {}), str(path))

@@ -227,7 +227,7 @@ def test_errors_name_the_fix(files, tmp_path):
     # a checkpoint of the other kind is refused, naming the option that gave it
     with pytest.raises(ConfigError, match="holds a diffusion_prior checkpoint; this input takes ar_prior") as info:
         prior_report(_cfg(tmp_path, [f"features={files['val']}", f"ar_ckpt={files['diffusion']}"]))
-    assert "(fix: ar_ckpt=<a ar_prior checkpoint>)" in str(info.value)
+    assert "(fix: ar_ckpt=<an ar_prior checkpoint>)" in str(info.value)
 
 
 def test_console_entry_point(files, tmp_path):

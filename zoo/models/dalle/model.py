@@ -415,10 +415,11 @@ def image_tokenizer_spec(
 
     name = component_in(ckpt, "the image tokenizer checkpoint")
     if name not in IMAGE_TOKENIZERS:
+        from zoo.config import with_article
         from zoo.errors import ConfigError
 
         raise ConfigError(
-            f"the image tokenizer checkpoint holds a {name} model, not an image tokenizer "
+            f"the image tokenizer checkpoint holds {with_article(name)} model, not an image tokenizer "
             f"({' or '.join(IMAGE_TOKENIZERS)}) (fix: {option}=<a {' / '.join(IMAGE_TOKENIZERS)} checkpoint>)"
         )
     hp = checked_hparams(name, ckpt.get("hyper_parameters", {}), "the image tokenizer checkpoint")
