@@ -28,7 +28,7 @@ TRAINERS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml"))
 
 def test_groups_exist():
     assert {"dvae", "vqvae"} <= set(MODELS)
-    assert {"shapes", "coco", "webdataset"} <= set(DATA)
+    assert {"shapes", "coco", "webdataset", "folder"} <= set(DATA)
     assert {"default", "cpu", "gpu", "ddp", "ddp_cpu", "fsdp"} <= set(TRAINERS)
 
 

@@ -429,3 +429,24 @@ def test_a_val_feature_file_keeps_its_text_features_under_another_seed(coco_root
     path = file_for("train", made.features_identity("train"), "train.pt")
     served = CocoDataModule(root=str(coco_root), resolution=8, seed=1, features={"train": path}).dataset("train")[0]
     assert "clip_image_emb" in served and "clip_text_emb" not in served
+
+
+def test_the_skip_warning_names_the_files_by_the_dataset_s_image_kind(coco_root, caplog):
+    """The skip warning said "MS-COCO image" in CocoCaptions' own words, so data=folder's FolderCaptions copied the
+    whole _mark_bad to say "image". The name is a class attribute now: COCO's and the folder's warnings come from one
+    method, and a subclass over other files names them by setting it."""
+    import logging
+
+    from zoo.data.folder import FolderCaptions
+
+    class Photos(CocoCaptions):
+        image_kind = "holiday photo"
+
+    assert "_mark_bad" not in vars(FolderCaptions) and FolderCaptions.image_kind == "image"
+    for cls, said in ((CocoCaptions, "MS-COCO image"), (Photos, "holiday photo")):
+        ds = cls(str(coco_root), "train", resolution=8)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="zoo.data.coco"):
+            [ds[i] for i in range(len(ds))]
+        lines = [r.getMessage() for r in caplog.records if "skipping unreadable" in r.getMessage()]
+        assert len(lines) == len(BAD) and all(m.startswith(f"skipping unreadable {said} ") for m in lines)

@@ -52,6 +52,10 @@ class CocoCaptions(Dataset):
     ``index`` is the index actually served (it differs from the requested one when a bad file was skipped).
     """
 
+    # what the skip warning calls a file ("skipping unreadable MS-COCO image ..."): a subclass over other files
+    # (zoo.data.folder.FolderCaptions: "image") names them with this, not with its own copy of _mark_bad
+    image_kind = "MS-COCO image"
+
     def __init__(
         self,
         root: str,
@@ -172,7 +176,8 @@ class CocoCaptions(Dataset):
         if not self._bad[i]:
             self._bad[i] = 1
             log.warning(
-                "skipping unreadable MS-COCO image %s (%s: %s); %d skipped so far",
+                "skipping unreadable %s %s (%s: %s); %d skipped so far",
+                self.image_kind,
                 self.image_dir / self.items[i][0],
                 type(err).__name__,
                 err,

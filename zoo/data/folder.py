@@ -181,6 +181,8 @@ class FolderCaptions(CocoCaptions):
     """``CocoCaptions`` (same sample dicts, caption draw, skipping and counting of unreadable images) over the pairs of
     a folder: ``items`` holds (image path relative to ``root``, captions)."""
 
+    image_kind = "image"  # "skipping unreadable image ...": not MS-COCO's
+
     def __init__(
         self, root: str | Path, items: list[tuple[str, list[str]]], split: str = "train", resolution: int = 64, seed=0
     ):
@@ -192,17 +194,6 @@ class FolderCaptions(CocoCaptions):
         self.transform = image_transform(resolution, train=split == "train")
         self._bad = mp.RawArray("b", len(self.items))  # 1 = unreadable; shared with DataLoader workers
         self._draws: dict[int, int] = {}
-
-    def _mark_bad(self, i: int, err: BaseException) -> None:
-        if not self._bad[i]:
-            self._bad[i] = 1
-            log.warning(
-                "skipping unreadable image %s (%s: %s); %d skipped so far",
-                self.image_dir / self.items[i][0],
-                type(err).__name__,
-                err,
-                self.skipped,
-            )
 
 
 def _digest(values: Any) -> str:
