@@ -155,7 +155,7 @@ def embed_dataset(
         raise ConfigError(
             f"zoo-embed writes one row per dataset index, but {type(dataset).__name__} streams its samples without "
             f"an index (in shuffled order): the DataModule could never serve the rows (data.features needs a "
-            f"map-style dataset) (fix: data=coco or data=shapes)"
+            f"map-style dataset) (fix: data=coco, data=folder data.root=<your image-caption folder>, or data=shapes)"
         )
 
     from zoo.checkpoint import atomic_torch_save

@@ -291,9 +291,13 @@ def test_index_features_refuse_a_stream(shards, tmp_path):
         def encode(self, x):
             return (x[:, 0, ::4, ::4] > 0).long()
 
-    with pytest.raises(ConfigError, match="data=coco or data=shapes"):
+    with pytest.raises(
+        ConfigError, match="data=coco, data=folder data.root=<your image-caption folder>, or data=shapes"
+    ):
         tokenize_dataset(Tok(), ds, tmp_path / "tok.pt", batch_size=4)
-    with pytest.raises(ConfigError, match="data=coco or data=shapes"):
+    with pytest.raises(
+        ConfigError, match="data=coco, data=folder data.root=<your image-caption folder>, or data=shapes"
+    ):
         embed_dataset(object(), ds, tmp_path / "emb.pt", batch_size=4, progress=False)
     assert not list(tmp_path.iterdir())
     torch.save({"image_tokens": torch.zeros(20, 2, 2, dtype=torch.long), "meta": {"split": "train"}}, tmp_path / "t.pt")
@@ -305,7 +309,9 @@ def test_index_features_refuse_a_stream(shards, tmp_path):
             epoch_length=epoch_length,
             features={"train": tmp_path / "t.pt"},
         )
-        with pytest.raises(ConfigError, match="data.features.train=.*streams its samples"):
+        with pytest.raises(
+            ConfigError, match="data.features.train=.*streams its samples.*data=coco, data=folder or data=shapes"
+        ):
             dm.setup("fit")
 
 

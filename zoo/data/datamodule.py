@@ -695,7 +695,8 @@ class ImageTextDataModule(L.LightningDataModule):
                     raise ConfigError(
                         f"data.features.{split}={path}: precomputed features are served by dataset index, but "
                         f"{type(self).__name__} streams its samples (no index; shuffled) (fix: drop "
-                        f"data.features.{split}, or train from a map-style dataset such as data=coco or data=shapes)"
+                        f"data.features.{split}, or train from a map-style dataset: data=coco, data=folder or "
+                        f"data=shapes)"
                     )
                 meta: dict[str, Any] = {}
                 feats = load_features(path, split, meta)
