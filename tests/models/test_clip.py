@@ -4,6 +4,7 @@ pickles, check_data."""
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import time
@@ -388,3 +389,22 @@ def test_every_trainable_parameter_gets_a_gradient_with_a_logit_bias():
     m.loss_fn(img, txt, m.clip.logit_scale.exp()).backward()
     unused = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
     assert unused == [] and m.clip.logit_bias.item() == -10.0
+
+
+def test_the_logit_scale_clamp_is_in_the_weights_the_step_end_checkpoint_holds(tmp_path):
+    """CLIP clamps its temperature at 1/100 after each update. The clamp ran in the module's on_train_batch_end, which
+    Lightning calls after the callbacks' (ModelCheckpoint's save): a checkpoint of that step held the unclamped
+    scale, so a resume from it started elsewhere than the uninterrupted run."""
+    seen = []
+
+    class AtStepEnd(L.Callback):  # what a checkpoint callback saving at the step's end sees
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(pl_module.clip.logit_scale.item())
+
+    torch.manual_seed(0)
+    m = ClipLit(preset="tiny")
+    with torch.no_grad():
+        m.clip.logit_scale.fill_(math.log(100) + 0.5)  # past the clamp, as a long run gets
+    t = _trainer(tmp_path, max_steps=2, limit_val_batches=0, enable_checkpointing=False, callbacks=[AtStepEnd()])
+    t.fit(m, loader(pairs(16, seed=1)))
+    assert len(seen) == 2 and max(seen) <= math.log(100) + 1e-6, seen

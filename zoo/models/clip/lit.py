@@ -238,8 +238,12 @@ class ClipLit(ZooLit):
         loss = hard_negative_loss(img, txt, neg, valid, self.clip.logit_scale.exp(), same)
         return own_img, own_txt, loss, metrics
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        with torch.no_grad():  # CLIP's clamp: temperature no sharper than 1/100
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # CLIP's clamp (temperature no sharper than 1/100) right after each update: in on_train_batch_end it ran after
+        # the callbacks' hooks, so a checkpoint saved at that step held the unclamped value and a resume from it
+        # started from another temperature than the uninterrupted run
+        super().optimizer_step(*args, **kwargs)
+        with torch.no_grad():
             self.clip.logit_scale.clamp_(0, math.log(100))
 
     # -- evaluation ----------------------------------------------------------------------------------------------
