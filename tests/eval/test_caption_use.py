@@ -59,7 +59,7 @@ def test_oracle_reads_its_captions_and_the_zero_output_error_is_hand_computed(pr
 
 def test_cli_writes_results_and_rejects_bad_timesteps(tmp_path, nn_helpers, monkeypatch):
     glide = nn_helpers.sampling_lit(GlideLit)
-    monkeypatch.setattr("zoo.pipelines.glide.load_glide", lambda path, use_ema=True: (glide, "raw"))
+    monkeypatch.setattr("zoo.pipelines.glide.load_glide", lambda path, use_ema=True, option=None: (glide, "raw"))
     ckpt = tmp_path / "fake.ckpt"
     torch.save({"global_step": 7}, ckpt)
     res = cu.main([str(ckpt), "--n", "4", "--t", "10", "500", "--out", str(tmp_path / "out")])
