@@ -277,23 +277,35 @@ def test_zoo_train_on_a_folder_trains_and_writes_a_checkpoint(tmp_path, train_cf
     assert isinstance(dm, FolderDataModule) and dm.root == root.resolve()
 
 
-def test_zoo_embed_captions_all_on_a_folder_is_served_per_drawn_caption(tmp_path):
-    from omegaconf import OmegaConf
-
-    from zoo.checkpoint import safe_load
-    from zoo.embed import embed
+def _tiny_clip(tmp_path: Path):
+    """(checkpoint file, ClipScorer) of an untrained tiny CLIP."""
     from zoo.models.clip.model import create_clip
     from zoo.models.clip.scorer import ClipScorer
 
     torch.manual_seed(1)
     clip = tmp_path / "clip.pt"
     torch.save({"state_dict": create_clip("zoo-clip-tiny").state_dict()}, clip)
-    scorer = ClipScorer.from_open_clip("zoo-clip-tiny", checkpoint=str(clip))
-    root = _folder(tmp_path / "f", 10)
-    data = {"_target_": "zoo.data.folder.FolderDataModule", "root": str(root), "resolution": scorer.image_size}
-    out = tmp_path / "train.pt"
-    cfg = {"clip": {"arch": "zoo-clip-tiny", "checkpoint": str(clip)}, "data": data, "split": "train", "out": str(out)}
+    return clip, ClipScorer.from_open_clip("zoo-clip-tiny", checkpoint=str(clip))
+
+
+def _embed(clip: Path, root: Path, resolution: int, split: str, out: Path) -> Path:
+    """zoo-embed of ``split`` of the folder ``root`` into ``out``."""
+    from omegaconf import OmegaConf
+
+    from zoo.embed import embed
+
+    data = {"_target_": "zoo.data.folder.FolderDataModule", "root": str(root), "resolution": resolution}
+    cfg = {"clip": {"arch": "zoo-clip-tiny", "checkpoint": str(clip)}, "data": data, "split": split, "out": str(out)}
     embed(OmegaConf.merge(OmegaConf.create(cfg), {"batch_size": 4, "seed": 0}))  # captions=auto: all, on train
+    return out
+
+
+def test_zoo_embed_captions_all_on_a_folder_is_served_per_drawn_caption(tmp_path):
+    from zoo.checkpoint import safe_load
+
+    clip, scorer = _tiny_clip(tmp_path)
+    root = _folder(tmp_path / "f", 10)
+    out = _embed(clip, root, scorer.image_size, "train", tmp_path / "train.pt")
     feats = safe_load(out)
     dm = FolderDataModule(root=str(root), resolution=scorer.image_size, batch_size=2, features={"train": str(out)})
     ds = dm.dataset("train")
@@ -320,3 +332,30 @@ def test_zoo_embed_captions_all_on_a_folder_is_served_per_drawn_caption(tmp_path
     assert len(moved.split_items["train"]) == len(base.items)
     with pytest.raises(ConfigError, match=f"data.features.train={out} was made from other images"):
         moved.dataset("train")
+
+
+def test_the_test_split_serves_the_val_split_s_features_when_it_is_the_val_split(tmp_path):
+    """test_fraction=0: the test split is the val split's pairs, so zoo-train's test stage (test=true, the default)
+    serves data.features.val: it was refused before training ('no data.features.test', the priors) or stopped after
+    it (DALL·E from zoo-tokenize codes: 'batch has no image_tokens'), for want of a file of the same pairs."""
+    from types import SimpleNamespace
+
+    from zoo.train import check_compatibility
+
+    clip, scorer = _tiny_clip(tmp_path)
+    root = _folder(tmp_path / "f", 10)
+    res = scorer.image_size
+    files = {s: str(_embed(clip, root, res, s, tmp_path / f"{s}.pt")) for s in ("train", "val")}
+    prior = SimpleNamespace(val_features_needed=("clip_image_emb",))  # what the priors' evaluation batches read
+    dm = FolderDataModule(root=str(root), resolution=res, batch_size=2, features=files)
+    check_compatibility(prior, dm, validates=True, tests=True)
+    val, test = dm.dataset("val"), dm.dataset("test")
+    assert len(test) == len(val) == len(dm.split_items["val"])
+    for i in range(len(val)):
+        torch.testing.assert_close(test[i]["clip_image_emb"], val[i]["clip_image_emb"])
+        assert test[i]["caption"] == val[i]["caption"]
+    # a folder with test pairs of its own: their features are still asked for, and val's never served as test's
+    held = FolderDataModule(root=str(root), resolution=res, test_fraction=0.5, features=files)
+    assert held.split_items["test"] and "clip_image_emb" not in held.dataset("test")[0]
+    with pytest.raises(ConfigError, match="no data.features.test"):
+        check_compatibility(prior, held, validates=True, tests=True)

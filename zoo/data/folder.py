@@ -20,7 +20,8 @@ Splits
   that some pair hashes into ``val``, that forced pair goes back to ``train`` (never a trained pair to ``val``).
 - ``val_root``: an explicit validation folder (scanned the same way) instead of the ``val`` fraction; when it lies
   inside ``root``, its files are left out of ``root``'s splits.
-- ``test_fraction=0`` (the default): no test pairs are held out and the ``test`` split serves the ``val`` split.
+- ``test_fraction=0`` (the default): no test pairs are held out and the ``test`` split serves the ``val`` split,
+  with ``data.features.val`` (unless a ``data.features.test`` is given).
 
 Captions, bad files: ``FolderCaptions`` is ``CocoCaptions`` over the folder's pairs (the same code): ``train`` draws
 one of an image's captions per access, a pure function of ``(seed, epoch, index)`` under the DataModule's loader
@@ -260,8 +261,14 @@ class FolderDataModule(ImageTextDataModule):
                 f"or data.val_root=<a folder of validation pairs>)"
             )
         log.info("data=folder %s: %d train / %d val / %d test pairs", self.root, *counts.values())
+        # the test split is the val split itself (test_fraction=0) unless the user gives the test split's own features
+        self._test_is_val = not counts["test"] and "test" not in self.features
         if not counts["test"]:
             self.split_items["test"], self.split_roots["test"] = self.split_items["val"], self.split_roots["val"]
+        if self._test_is_val and "val" in self.features:
+            # with it the val split's features (zoo-tokenize / zoo-embed of split=val): the test stage (zoo-train's
+            # default test=true) stopped after training for want of a data.features.test file of the same pairs
+            self.features["test"] = self.features["val"]
 
     @staticmethod
     def _folder(option: str, path: Any) -> Path:
@@ -272,6 +279,14 @@ class FolderDataModule(ImageTextDataModule):
                 f".txt of captions beside each)"
             )
         return p.resolve()
+
+    def dataset(self, split: str) -> Dataset:
+        if split == "test" and self._test_is_val:
+            if split not in self.datasets:
+                log.info("data.test_fraction=0: the test split serves the val split (its pairs and data.features.val)")
+                self.datasets[split] = super().dataset("val")
+            return self.datasets[split]
+        return super().dataset(split)
 
     def build_dataset(self, split: str) -> Dataset:
         if split == "test" and not self.test_fraction:
