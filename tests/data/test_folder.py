@@ -55,6 +55,7 @@ def _number(caption: str) -> int:
 
 def test_pairs_in_nested_folders_and_left_out_files_are_counted_and_said_once(tmp_path, caplog):
     root = _folder(tmp_path / "f")
+    _image(root / "set0" / "alone.png", 96)  # a second image without a .txt: counts are said in the right number
     scan = scan_folder(root)
     assert len(scan.pairs) == 12
     rels = [rel for rel, _ in scan.pairs]
@@ -63,7 +64,7 @@ def test_pairs_in_nested_folders_and_left_out_files_are_counted_and_said_once(tm
         i = int(Path(rel).stem[3:])
         assert captions == _captions(i)  # empty lines and padding dropped, file order kept
         assert (root / rel).is_file()
-    assert scan.images_without_txt == ["no_caption.png"]
+    assert scan.images_without_txt == ["no_caption.png", "set0/alone.png"]
     assert scan.txt_without_image == ["set1/no_image.txt"]
     assert scan.txt_without_caption == ["set2/blank.txt"]
     assert any(rel.endswith("img007.PNG") for rel, _ in scan.pairs)  # extensions in any case
@@ -75,7 +76,8 @@ def test_pairs_in_nested_folders_and_left_out_files_are_counted_and_said_once(tm
         dm.dataset("test")
     warnings = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
     assert len(warnings) == 1, warnings
-    for what in ("1 images without a .txt", "no_caption.png", "set1/no_image.txt", "set2/blank.txt"):
+    said = ("2 images without a .txt", "1 .txt file without an image", "1 .txt file without a caption")
+    for what in (*said, "no_caption.png", "set0/alone.png", "set1/no_image.txt", "set2/blank.txt"):
         assert what in warnings[0]
     assert sum(len(v) for k, v in dm.split_items.items() if k != "test") == 12
 

@@ -45,6 +45,7 @@ from zoo.data.coco import CocoCaptions
 from zoo.data.datamodule import ImageTextDataModule
 from zoo.data.transforms import image_transform
 from zoo.errors import ConfigError, is_number
+from zoo.progress import plural
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")  # the order that picks one image of a stem
@@ -64,18 +65,21 @@ class FolderScan:
     txt_without_caption: list[str] = field(default_factory=list)
     images_sharing_txt: list[str] = field(default_factory=list)
 
-    def left_out(self) -> list[tuple[str, list[str]]]:
+    def left_out(self) -> list[tuple[str, str, list[str]]]:
+        """(what, why, files) of each kind of left-out file."""
         return [
-            ("images without a .txt", self.images_without_txt),
-            (".txt files without an image", self.txt_without_image),
-            (".txt files without a caption (empty or not UTF-8)", self.txt_without_caption),
-            ("images whose .txt pairs another image of the same stem", self.images_sharing_txt),
+            ("image", "without a .txt", self.images_without_txt),
+            (".txt file", "without an image", self.txt_without_image),
+            (".txt file", "without a caption (empty or not UTF-8)", self.txt_without_caption),
+            ("image", "whose .txt pairs another image of the same stem", self.images_sharing_txt),
         ]
 
     def report(self, option: str) -> None:
         """One WARNING with the counts and a few examples of every kind of left-out file (nothing when none)."""
         parts = [
-            f"{len(files)} {what} (e.g. {', '.join(files[:EXAMPLES])})" for what, files in self.left_out() if files
+            f"{len(files)} {plural(what, len(files))} {why} (e.g. {', '.join(files[:EXAMPLES])})"
+            for what, why, files in self.left_out()
+            if files
         ]
         if parts:
             log.warning(
@@ -283,7 +287,10 @@ class FolderDataModule(ImageTextDataModule):
     def dataset(self, split: str) -> Dataset:
         if split == "test" and self._test_is_val:
             if split not in self.datasets:
-                log.info("data.test_fraction=0: the test split serves the val split (its pairs and data.features.val)")
+                log.info(
+                    "data.test_fraction=0: the test split serves the val split's pairs%s",
+                    " and data.features.val" if "val" in self.features else "",
+                )
                 self.datasets[split] = super().dataset("val")
             return self.datasets[split]
         return super().dataset(split)
