@@ -410,3 +410,42 @@ def test_a_network_field_of_the_wrong_kind_is_refused_when_built(lit_path, net, 
     lit = getattr(importlib.import_module(module), name)
     with pytest.raises(ConfigError, match=rf"model\.net\.{field}=.+ must be"):
         lit(preset="tiny", net=net)
+
+
+class _Fitted(Exception):
+    """Raised in place of the BPE fit: the run got past the checks that need no text tokenizer."""
+
+
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (["model=glide", "data.resolution=48"], "data.resolution=48 but the GLIDE model is built for 32 px"),
+        (["model=glide", "++model.inpaint_masks.rect_prob=0.5"], "model.inpaint_masks="),
+        (["model=unclip_decoder"], "data.features.train has none"),
+        (["model=unclip_decoder", "model.clip_ckpt=/nonexistent/clip.ckpt"], "model.clip_ckpt: no file"),
+        (["model=glide", "model.preset=tiny", "data.resolution=48"], None),  # tiny takes 48 px: not refused
+    ],
+    ids=["resolution", "inpaint masks", "decoder without embeddings", "decoder without its CLIP", "tiny"],
+)
+def test_zoo_train_refuses_the_image_side_before_fitting_the_bpe(train_cfg, monkeypatch, overrides, says):
+    """zoo-train model=glide data=folder data/tokenizer=bpe data.resolution=48 fitted the data's BPE before refusing
+    the 32 px GLIDE (check_data runs after prepare_tokenizer; the unCLIP decoder's missing embeddings too). The checks
+    that need no text tokenizer now come first; a tiny preset, which takes the data's resolution after the fit, is
+    still let through to it."""
+    import re
+
+    import zoo.data.datamodule
+    from zoo.errors import ConfigError
+    from zoo.train import train
+
+    def no_fit(self):
+        raise _Fitted
+
+    monkeypatch.setattr(zoo.data.datamodule.ImageTextDataModule, "prepare_tokenizer", no_fit)
+    cfg = train_cfg(*overrides, "data/tokenizer=bpe", "data.tokenizer.context_length=48", "logger=none", "trainer=cpu")
+    if says is None:
+        with pytest.raises(_Fitted):
+            train(cfg)
+    else:
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            train(cfg)

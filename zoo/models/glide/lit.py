@@ -311,6 +311,14 @@ class GlideLit(TextTokenizerLit):
                 f"{type(tok).__name__}'s end-of-text is {eot} of {tok.vocab_size} ids: the final-token path would "
                 f"read a word in the middle of the caption (fix: model.net.text_pool=last, or data/tokenizer=clip_bpe)"
             )
+        self.check_resolution(datamodule)
+        self.text_tokenizer = tok
+        if self.hparams.get("text_init"):
+            self.init_text_from_clip(str(self.hparams.text_init), tok)
+
+    def check_resolution(self, datamodule) -> None:
+        """data.resolution == the model's image_size."""
+        c = self.cfg
         res = getattr(datamodule, "resolution", None)
         if res is not None and res != c.image_size:
             raise ConfigError(
@@ -319,9 +327,21 @@ class GlideLit(TextTokenizerLit):
                 f"{c.unet_config().divisor} and by every attention resolution, or data.resolution="
                 f"{c.image_size})"
             )
-        self.text_tokenizer = tok
-        if self.hparams.get("text_init"):
-            self.init_text_from_clip(str(self.hparams.text_init), tok)
+
+    def tiny_fits_data(self) -> bool:
+        """Whether zoo-train's fit_tiny_to_data may still give the network the data's sizes (model.preset=tiny):
+        it runs after the data's BPE is fitted, so check_image_data leaves those sizes to check_data."""
+        return self.hparams.get("preset") == "tiny"
+
+    def check_image_data(self, datamodule) -> None:
+        """The checks of ``check_data`` that need no text tokenizer: zoo-train runs them before fitting the data's
+        BPE, which it fitted before refusing a 32 px GLIDE at data.resolution=48 (found: zoo-train model=glide
+        data=folder data/tokenizer=bpe data.resolution=48). The inpainting masks, and the resolution unless a tiny
+        preset takes it (its U-Net's levels divide it: data_sizes) once the tokenizer is there."""
+        self.check_inpaint_masks()
+        res = getattr(datamodule, "resolution", None)
+        if not (self.tiny_fits_data() and res is not None and res % self.cfg.unet_config().divisor == 0):
+            self.check_resolution(datamodule)
 
     def init_text_from_clip(self, path: str, tok) -> None:
         """Copy the text tower of the CLIP checkpoint at ``path`` into the caption encoder (``text_init``). The

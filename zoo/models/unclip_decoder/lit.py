@@ -190,8 +190,22 @@ class UnclipDecoderLit(ClipEmbeddingLit, GlideLit):
         """GLIDE's checks (text tokens, resolution; keeps the tokenizer), then the embeddings: ``clip_image_emb``
         features of width ``clip_dim`` for train and val, unless a frozen CLIP (``clip_ckpt``) computes them."""
         super().check_data(datamodule)
+        self.check_embeddings(datamodule, widths=True)
+
+    def check_image_data(self, datamodule) -> None:
+        """GLIDE's (inpainting masks, resolution) and the embeddings (zoo.train runs it before the BPE fit): a
+        missing zoo-embed file or CLIP, and, unless a tiny preset takes it from them, their width."""
+        super().check_image_data(datamodule)
+        self.check_embeddings(datamodule, widths=not self.tiny_fits_data())
+
+    def check_embeddings(self, datamodule, widths: bool) -> None:
+        """The CLIP image embeddings: ``clip_image_emb`` features for train and val, unless a frozen CLIP
+        (``clip_ckpt``) computes them; ``widths``: also their width against ``clip_dim``."""
         if self.hparams.clip_ckpt:
-            d = self.clip_scorer().encode_image(torch.zeros(1, 3, self.cfg.image_size, self.cfg.image_size)).shape[-1]
+            clip = self.clip_scorer()  # a missing or unreadable file is refused here
+            if not widths:
+                return
+            d = clip.encode_image(torch.zeros(1, 3, self.cfg.image_size, self.cfg.image_size)).shape[-1]
             if d != self.cfg.clip_dim:
                 raise ConfigError(
                     f"the CLIP at {self.hparams.clip_ckpt} embeds to {d}-d but the decoder's clip_dim "
@@ -206,7 +220,7 @@ class UnclipDecoderLit(ClipEmbeddingLit, GlideLit):
                     f"none (fix: {_FIX_EMBED.format(split=split)})"
                 )
             d = feats["clip_image_emb"].shape[-1]
-            if d != self.cfg.clip_dim:
+            if widths and d != self.cfg.clip_dim:
                 raise ConfigError(
                     f"the {split} CLIP image embeddings are {d}-d but the decoder's clip_dim is "
                     f"{self.cfg.clip_dim} (fix: model.net.clip_dim={d})"
