@@ -315,7 +315,17 @@ def build_suite(
     return suite, clip, skipped
 
 
-def _generator_info(cfg: DictConfig) -> dict[str, Any]:
+# zoo-eval draws each caption's candidates itself (``candidates(captions, n)``, candidate i under seed + i) and ranks
+# them with its own ``clip`` node over rerank.candidates / blur.candidates: a generator's own counts are never used
+# here, nor the CLIP a DALL·E / GLIDE pipeline reranks its zoo-sample output with (its ``scorer``; unCLIP's
+# clip_ckpt embeds the captions, and is used)
+_COUNTS_NOT_USED = ("n_candidates", "n_keep")
+
+
+def _generator_info(cfg: DictConfig, generator: Any = None) -> dict[str, Any]:
+    """The generator's name, target and the ``params`` zoo-eval used; those it did not use under ``not_used``
+    (results.md showed ``'clip_ckpt': None, 'n_candidates': 32`` as the DALL·E's settings while the reranking used
+    clip.checkpoint and rerank.candidates)."""
     name = None
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -324,11 +334,30 @@ def _generator_info(cfg: DictConfig) -> dict[str, Any]:
     except Exception:  # compose without hydra config
         pass
     params = {k: v for k, v in OmegaConf.to_container(cfg.generator, resolve=True).items() if k != "_target_"}
-    return {
+    unused = [k for k in params if k in _COUNTS_NOT_USED or (k == "clip_ckpt" and hasattr(generator, "scorer"))]
+    info = {
         "name": name or _target(cfg.generator).rsplit(".", 1)[-1],
         "target": _target(cfg.generator),
-        "params": params,
+        "params": {k: v for k, v in params.items() if k not in unused},
     }
+    if unused:
+        info["not_used"] = {k: params[k] for k in unused}
+    return info
+
+
+def _ranking_info(cfg: DictConfig, results: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """What ranked the candidates the reported images were picked from (None when nothing was ranked): zoo-eval's
+    CLIP (its ``clip`` node and cache id) and the counts, rerank.candidates and blur.candidates."""
+    counts: dict[str, Any] = {}
+    if results.get("rerank"):
+        counts["rerank.candidates"] = [int(n) for n in cfg.rerank.candidates]
+    if results.get("blur") and int(results.get("blur_candidates", 1)) > 1:
+        counts["blur.candidates"] = int(results["blur_candidates"])
+    if not counts:
+        return None
+    node = cfg.clip
+    given = {f"clip.{k}": node.get(k) for k in ("checkpoint", "arch", "pretrained") if node.get(k)}
+    return {"clip": given, "clip_id": results.get("clip"), **counts}
 
 
 def _training_info(params: dict[str, Any]) -> dict[str, Any]:
@@ -438,7 +467,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     from zoo.precision import describe_cpu
 
-    generator_info = _generator_info(cfg)
+    generator_info = _generator_info(cfg, generator)
     results: dict[str, Any] = {
         "task_name": cfg.get("task_name"),
         "protocol": eval_set.describe(),
@@ -566,6 +595,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             results["sec_per_image_from"] = source
             break
     results["timing_s"]["total"] = round(time.perf_counter() - t_start, 1)
+    results["ranking"] = _ranking_info(cfg, results)
 
     paths = write_report(results, out_dir)
     # the sample grids written above, so that "wrote ..." names them and the W&B run shows them beside the plots

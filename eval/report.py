@@ -98,6 +98,14 @@ def markdown_report(results: dict[str, Any]) -> str:
             f"{', '.join(bad[:5])}{more}"
         )
     out.append(f"- generator: `{g.get('name')}` {g.get('params', '')}".rstrip())
+    if r := results.get("ranking"):
+        counts = "; ".join(f"{k}={r[k]}" for k in ("rerank.candidates", "blur.candidates") if k in r)
+        clip = " ".join(f"{k}={v}" for k, v in (r.get("clip") or {}).items()) or "a random-init CLIP"
+        out.append(f"- candidates ranked by zoo-eval's CLIP ({clip}; `{r.get('clip_id')}`): {counts}")
+    if unused := {k: v for k, v in (g.get("not_used") or {}).items() if v is not None}:
+        # set, but zoo-eval draws and ranks the candidates itself: said, not listed as the generator's settings
+        said = ", ".join(f"generator.{k}={v}" for k, v in unused.items())
+        out.append(f"- not used by zoo-eval (it draws the candidates and ranks them with its own CLIP): {said}")
     out.append(f"- metrics: {', '.join(results.get('metrics', [])) or 'none'}")
     for names, why in group_skipped(results.get("skipped", {})):
         out.append(f"- skipped **{', '.join(names)}**: {why}")

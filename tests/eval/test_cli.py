@@ -870,3 +870,43 @@ def test_generator_keys_reach_the_rows_of_an_experiment_sweep(tmp_path):
         "experiment=dalle1/fig9",
         "generator.x=1",
     ]
+
+
+def test_results_md_says_which_clip_and_counts_ranked_the_candidates_not_the_generator_s_own(
+    tmp_path, train_cfg, dalle_helpers, train_helpers
+):
+    """results.md's generator line showed a DALL·E's own generator.clip_ckpt (None) and n_candidates (32) as its
+    settings, while zoo-eval drew the candidates itself and ranked them with clip.checkpoint over rerank.candidates.
+    The line now holds the settings used; the ranking CLIP and counts have a line of their own, and the generator's
+    unused ones are said to be unused (results.json: generator.not_used, ranking)."""
+    from eval.cli import evaluate
+    from zoo.train import train
+
+    H, T = dalle_helpers, train_helpers
+    dalle_cfg = train_cfg(*T.tiny_dalle(H, tmp_path / "dalle"))
+    train(dalle_cfg)
+    own_clip, eval_clip = H.tiny_clip_ckpt(tmp_path / "own.ckpt"), H.tiny_clip_ckpt(tmp_path / "eval.ckpt", seed=1)
+    overrides = [
+        "generator=dalle",
+        f"generator.dalle_ckpt={T.last_ckpt(dalle_cfg)}",
+        f"generator.clip_ckpt={own_clip}",
+        "generator.n_candidates=6",
+        f"clip.checkpoint={eval_clip}",
+        "protocol.n=4",
+        f"protocol.resolution={H.RESOLUTION}",
+        "metrics=[clip_score]",
+        "ablations=[rerank]",
+        "rerank.candidates=[1,2]",
+        "progress=false",
+        "logger=none",
+    ]
+    saved = evaluate(compose_eval_cfg(tmp_path, overrides))
+    md = (tmp_path / "run" / "results.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("- generator: `dalle`"))
+    assert "dalle_ckpt" in line and "n_candidates" not in line and "clip_ckpt" not in line
+    assert f"- candidates ranked by zoo-eval's CLIP (clip.checkpoint={eval_clip}; `{saved['clip']}`)" in md
+    assert "rerank.candidates=[1, 2]" in md
+    unused = f"generator.clip_ckpt={own_clip}, generator.n_candidates=6"
+    assert f"not used by zoo-eval (it draws the candidates and ranks them with its own CLIP): {unused}" in md
+    assert saved["generator"]["not_used"] == {"clip_ckpt": str(own_clip), "n_candidates": 6}
+    assert saved["ranking"]["rerank.candidates"] == [1, 2] and "clip" not in saved["training"]
