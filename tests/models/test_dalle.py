@@ -181,6 +181,38 @@ def test_check_data_checks_zoo_tokenize_codes_against_the_model(train_cfg, tmp_p
     assert (tiny.cfg.grid_h, tiny.cfg.grid_w, tiny.cfg.image_vocab) == (8, 8, int(codes.max()) + 1)
 
 
+def test_a_run_from_codes_needs_test_codes_for_the_test_stage_before_it_trains(train_cfg, tmp_path):
+    """zoo-train model=dalle data=shapes data.features.train=<codes> data.features.val=<codes> trained, validated,
+    then stopped at the test stage (zoo-train's default test=true) on 'batch has no image_tokens'. The test split's
+    codes are now asked for before any step (zoo.train.check_compatibility), unless there is no test stage or an
+    image tokenizer encodes the test images."""
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.train import check_compatibility, fit_tiny_to_data, instantiate
+
+    def tokens(split):
+        codes = torch.randint(0, 64, (8, 8, 8))
+        return str(atomic_torch_save({"image_tokens": codes, "codebook_size": 64}, tmp_path / f"{split}.pt"))
+
+    files = {s: tokens(s) for s in ("train", "val", "test")}
+    for given, tests, refused in [
+        (("train", "val"), True, True),
+        (("train", "val"), False, False),
+        (files, True, False),
+    ]:
+        cfg = train_cfg("data/tokenizer=bpe", "data.tokenizer.vocab_size=300", "data.tokenizer.context_length=16")
+        cfg.data.update(train_size=8, val_size=8, test_size=8, features={s: files[s] for s in given})
+        dm = instantiate(cfg.data)
+        dm.tokenizer = H.tiny_bpe(context_length=16)
+        model = fit_tiny_to_data(DalleLit(preset="tiny"), dm)
+        if refused:
+            with pytest.raises(ConfigError, match="no data.features.test: the test stage reads image_tokens"):
+                check_compatibility(model, dm, validates=True, tests=tests)
+        else:
+            check_compatibility(model, dm, validates=True, tests=tests)
+    encoder = DalleLit(preset="tiny", image_tokenizer_ckpt=str(H.tiny_tokenizer_ckpt(tmp_path / "t.ckpt")))
+    assert encoder.val_features_needed == ()  # it encodes the test images itself
+
+
 def test_check_data_checks_the_val_codes_too(train_cfg, tmp_path):
     """Trained from zoo-tokenize files without a tokenizer, only the train file was checked: val codes of another
     grid were an IndexError, a zoo-embed file (no image_tokens) or no val file a "batch has no image_tokens"

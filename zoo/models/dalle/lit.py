@@ -357,6 +357,14 @@ class DalleLit(TextTokenizerLit):
             raise RuntimeError("no text tokenizer: train with data/tokenizer=bpe (it is stored in the checkpoint)")
         return self.pad_text(self.text_tokenizer.encode(list(captions))).to(self.device)
 
+    @property
+    def val_features_needed(self) -> tuple[str, ...]:
+        """What validation / test batches read from zoo-tokenize files (zoo.train.check_compatibility): the image
+        codes, when no image tokenizer is here to encode the images. A run from train and val codes on data with a
+        test split of its own trained, validated, then stopped at zoo-train's test stage on 'batch has no
+        image_tokens' (found: zoo-train model=dalle data=shapes data.features.train=<codes> data.features.val=<codes>)."""
+        return () if self.image_tokenizer is not None else ("image_tokens",)
+
     @torch.no_grad()
     def image_tokens(self, batch: dict[str, Any]) -> torch.Tensor:
         if "image_tokens" in batch:
