@@ -46,11 +46,39 @@ def test_every_model_data_pair_composes(train_cfg, model, data):
 
 def test_a_misspelt_data_option_is_named_through_the_subclass_s_kwargs():
     """ShapesDataModule passes **kwargs on to ImageTextDataModule: its named arguments are the options, so a typo
-    there is refused too (a **kwargs constructor alone, such as a generator's from_checkpoints, is left open)."""
+    there is refused too (a **kwargs function alone is left open)."""
     node = OmegaConf.create({"_target_": "zoo.data.modules.ShapesDataModule", "batch_sise": 4})
     with pytest.raises(ConfigError, match=r"data.batch_sise is not an option .*did you mean data.batch_size\?"):
         check_keys(node, "data", _locate(node._target_))
     assert accepted_keys(lambda **kwargs: None) is None
+
+
+GENERATORS = sorted(p.stem for p in (CONF / "generator").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("generator", ["dalle", "glide", "unclip"])
+def test_a_misspelt_generator_option_is_named_before_any_checkpoint_loads(generator):
+    """The pipelines' from_checkpoints(..., **kw) pass **kw to the class: its constructor's arguments are the options.
+    A misspelt +generator.<key> was a TypeError from the constructor after every checkpoint had loaded; now a
+    ConfigError naming the close match, before (the checkpoint named here does not exist)."""
+    from zoo.config import instantiate
+
+    cfg = OmegaConf.load(CONF / "generator" / f"{generator}.yaml")
+    ckpt = "decoder_ckpt" if generator == "unclip" else f"{generator}_ckpt"
+    node = OmegaConf.create({"_target_": cfg._target_, ckpt: "/nonexistent/x.ckpt", "guidance_scael": 3.0})
+    with pytest.raises(
+        ConfigError, match=r"generator\.guidance_scael is not an option .*did you mean generator\.\w*guidance_scale\?"
+    ):
+        instantiate(node, "generator")
+
+
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_every_shipped_generator_config_passes_the_option_check(generator):
+    """Every key a shipped generator config sets is one its target (a pipeline's from_checkpoints: its own arguments
+    and its class's) takes."""
+    cfg = OmegaConf.load(CONF / "generator" / f"{generator}.yaml")
+    # prompt_upsampler is build_generator's (it wraps the generator), not passed to the target; defaults is Hydra's
+    check_keys(cfg, "generator", _locate(cfg._target_), skip={"prompt_upsampler", "defaults"})
 
 
 # dalle: text tokens + a trained image tokenizer; glide: text tokens; the priors: zoo-embed CLIP features.

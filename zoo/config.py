@@ -91,15 +91,21 @@ def check_types(node: Any, what: str, skip: Any = ()) -> None:
 
 def accepted_keys(target: Any) -> Optional[set[str]]:
     """The keyword arguments ``target`` (a class or a function) takes, or None when it takes any (``**kwargs`` that
-    no constructor in its MRO closes, a classmethod factory with ``**kwargs``) or its signature cannot be read.
+    no constructor in its MRO closes) or its signature cannot be read.
 
     The first ``__init__`` of the MRO, from the class itself up, without ``**kwargs`` ends the walk: ShapesDataModule
     passes ``**kwargs`` to ImageTextDataModule, whose named arguments are the whole set; a LightningModule's own
-    ``__init__(*args, **kwargs)`` further up is never reached by a model's explicit one."""
+    ``__init__(*args, **kwargs)`` further up is never reached by a model's explicit one. A classmethod factory's
+    ``**kwargs`` go to its class (the pipelines' ``from_checkpoints(..., **kw)`` build ``cls(..., **kw)``): the walk
+    goes on through the class's constructors, so a misspelt ``+generator.<key>`` is named before any checkpoint loads
+    (it was a TypeError from the constructor after they had)."""
     if isinstance(target, type):
         calls = [vars(k)["__init__"] for k in target.__mro__ if k is not object and "__init__" in vars(k)]
     elif callable(target):
         calls = [target]
+        owner = getattr(target, "__self__", None)
+        if isinstance(owner, type):  # a classmethod: its **kwargs are the class's constructor arguments
+            calls += [vars(k)["__init__"] for k in owner.__mro__ if k is not object and "__init__" in vars(k)]
     else:
         return None
     keys: set[str] = set()
