@@ -361,3 +361,21 @@ def test_the_test_split_serves_the_val_split_s_features_when_it_is_the_val_split
     assert held.split_items["test"] and "clip_image_emb" not in held.dataset("test")[0]
     with pytest.raises(ConfigError, match="no data.features.test"):
         check_compatibility(prior, held, validates=True, tests=True)
+
+
+def test_a_copied_folder_keeps_its_tokenizer_and_other_captions_refit(tmp_path):
+    """The BPE fitted on a folder's captions was keyed by the folder's path too: a copy of the same folder elsewhere
+    (or the folder moved) fitted it again (found: zoo-train data.root=<a copy> logged 'fitting', not 'reusing').
+    The key is the training captions; a changed caption still changes it."""
+    import shutil
+
+    root = _folder(tmp_path / "f")
+    copy = Path(shutil.copytree(root, tmp_path / "elsewhere" / "copy"))
+
+    def key(folder: Path) -> dict:
+        return FolderDataModule(root=str(folder), resolution=8).tokenizer_fit_key()
+
+    assert key(copy) == key(root)
+    train_rel = FolderDataModule(root=str(copy), resolution=8).split_items["train"][0][0]
+    (copy / train_rel).with_suffix(".txt").write_text("another caption\n")
+    assert key(copy) != key(root)

@@ -303,8 +303,9 @@ class FolderDataModule(ImageTextDataModule):
         )
 
     def data_identity(self) -> dict:
-        # the training captions (their content, not file times: a copied folder keeps its tokenizer); the seed is
-        # left out as for COCO (it only picks which of an image's captions the fit reads)
+        # the training captions (their content, not file times) and where the folders are (recaption's resume key
+        # reads the pixels too); the seed is left out as for COCO (it only picks which of an image's captions the fit
+        # reads)
         return {
             **super().data_identity(),
             "root": str(self.root),
@@ -313,6 +314,14 @@ class FolderDataModule(ImageTextDataModule):
             "test_fraction": self.test_fraction,
             "train_pairs_blake2b": _digest(self.split_items["train"]),
         }
+
+    # where the folder is and how it was split: the training pairs' digest says all the fit reads
+    _NOT_IN_FIT_KEY = ("root", "val_root", "val_fraction", "test_fraction")
+
+    def tokenizer_fit_key(self) -> dict:
+        """The BPE's key: the training captions alone (their pairs' digest), so a copied or moved folder keeps its
+        tokenizer (it refitted: data_identity names the folder's path)."""
+        return {k: v for k, v in self.data_identity().items() if k not in self._NOT_IN_FIT_KEY}
 
     def features_identity(self, split: str) -> dict:
         out = super().features_identity(split)
