@@ -99,15 +99,21 @@ def test_a_ctrl_c_during_a_save_is_raised_once_the_file_is_in_place(tmp_path, mo
     signal now waits until the file is renamed into place, then raises KeyboardInterrupt as usual."""
     path = tmp_path / "last.ckpt"
     atomic_torch_save({"step": 1, "w": torch.ones(1000)}, path)
-    handler = signal.getsignal(signal.SIGINT)
-    _signal_during_the_write(monkeypatch, signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt):
-        atomic_torch_save({"step": 2, "w": torch.zeros(1000)}, path)
-    monkeypatch.undo()
+    # Python's own Ctrl-C handler, as in a terminal: a run started in the background of a non-interactive shell (CI)
+    # inherits SIGINT ignored, which the save rightly leaves alone
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        handler = signal.getsignal(signal.SIGINT)
+        _signal_during_the_write(monkeypatch, signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            atomic_torch_save({"step": 2, "w": torch.zeros(1000)}, path)
+        monkeypatch.undo()
+        assert signal.getsignal(signal.SIGINT) is handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
     got = safe_load(path)
     assert got["step"] == 2 and torch.equal(got["w"], torch.zeros(1000))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"], "temp file left behind"
-    assert signal.getsignal(signal.SIGINT) is handler
 
 
 def test_a_sigterm_during_a_save_reaches_its_handler_after_the_file_is_in_place(tmp_path, monkeypatch):
