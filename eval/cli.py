@@ -79,7 +79,13 @@ def build_generator(node: DictConfig, eval_set: EvalSet):
     real_blurred check generator)."""
     from zoo.pipelines.base import build_generator as build
 
-    gen = build(node, "generator")
+    gen = build(
+        node,
+        "generator",
+        ranked_by="zoo-eval draws each caption's candidates itself and ranks them with its own CLIP (the clip node) "
+        "over rerank.candidates and blur.candidates (fix: leave generator.n_candidates out; give the counts there, "
+        "e.g. rerank.candidates=[1,32] to score the CLIP-best of 32)",
+    )
     if callable(getattr(gen, "bind", None)):
         gen.bind(eval_set)
     warn_resized_samples(gen, eval_set)

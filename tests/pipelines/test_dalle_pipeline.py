@@ -310,3 +310,36 @@ def test_n_candidates_without_a_clip_to_rerank_them_is_a_warning_as_glide_s(pipe
         DallePipeline(pipe.dalle, None, n_candidates=1)
         assert DallePipeline(pipe.dalle, pipe.scorer, n_candidates=4).n_candidates == 4
     assert not [r for r in caplog.records if "n_candidates" in r.getMessage()]
+
+
+def test_zoo_eval_says_its_own_clip_ranks_instead_of_no_clip_reranks(pipe, caplog, monkeypatch):
+    """zoo-eval generator=dalle generator.n_candidates=32 clip.checkpoint=<clip> logged the pipeline's "ignored: no
+    CLIP reranks the samples" while zoo-eval reranked with its own CLIP over rerank.candidates (found by helper-126).
+    Built by zoo-eval, the count is said to be unused by zoo-eval, naming rerank.candidates; built as zoo-sample
+    builds it, the pipeline's warning stays."""
+    import logging
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    import zoo.config
+    from eval.cli import build_generator as eval_build
+    from zoo.pipelines.base import build_generator as sample_build
+    from zoo.pipelines.dalle import DallePipeline
+
+    # the real pipeline constructor (where the warning lives), without writing a DALL·E checkpoint
+    monkeypatch.setattr(zoo.config, "instantiate", lambda node, what: DallePipeline(pipe.dalle, None, **node.kw))
+    node = OmegaConf.create({"_target_": "zoo.pipelines.dalle.DallePipeline", "n_candidates": 32})
+    node.kw = {"n_candidates": 32, "batch_size": 8}
+    eval_set = SimpleNamespace(name="shapes", resolution=32)
+
+    def lines():
+        return [r.getMessage() for r in caplog.records if "n_candidates" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING):
+        eval_build(node, eval_set)
+        assert len(lines()) == 1 and "generator.n_candidates=32 not used: zoo-eval" in lines()[0], lines()
+        assert "no CLIP reranks" not in caplog.text and "rerank.candidates=" in lines()[0]
+        caplog.clear()
+        sample_build(node)
+        assert len(lines()) == 1 and "generator.n_candidates=32 ignored: no CLIP reranks the samples" in lines()[0]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Optional, Protocol, runtime_checkable
 
@@ -95,6 +96,13 @@ def check_counts(knobs, options: dict[str, Any], given_only: bool = False) -> di
     }
 
 
+# Set by build_generator(ranked_by=...) while an entry point that draws and ranks the candidates itself (zoo-eval: its
+# own clip node over rerank.candidates) builds the generator: the pipeline's count and CLIP are not used there, so
+# warn_unranked_candidates' "no CLIP reranks the samples" would be false (found: zoo-eval generator=dalle
+# generator.n_candidates=32 clip.checkpoint=<clip> said so while its CLIP reranked; helper-126, data=folder)
+_RANKED_ELSEWHERE: ContextVar[Optional[str]] = ContextVar("ranked_elsewhere", default=None)
+
+
 def warn_unranked_candidates(n_candidates: Optional[int], scorer: Any, default: str) -> None:
     """One warning, when the pipeline is built, that a ``generator.n_candidates`` given above 1 is not drawn: without
     a CLIP nothing ranks the samples, so ``sample`` draws the ``n_keep`` it keeps (candidate i does not depend on the
@@ -103,7 +111,7 @@ def warn_unranked_candidates(n_candidates: Optional[int], scorer: Any, default: 
     a DALL·E with generator.n_candidates=4, n_keep=2 and no clip_ckpt drew and kept 2). A warning, not an error:
     the count is only the pool a CLIP would rank, and the images kept are the ones asked for. ``default``: what the
     pipeline draws when the count is left out, for the fix."""
-    if n_candidates is not None and n_candidates > 1 and scorer is None:
+    if n_candidates is not None and n_candidates > 1 and scorer is None and _RANKED_ELSEWHERE.get() is None:
         log.warning(
             "generator.n_candidates=%d ignored: no CLIP reranks the samples, so each prompt gets its first n_keep "
             "images, unranked (fix: generator.clip_ckpt=<zoo-train model=clip last.ckpt> to keep the CLIP-best n_keep "
@@ -325,12 +333,15 @@ def load_prompt_upsampler(path: str | Path, device: str = "cpu"):
     return up.to(device)
 
 
-def build_generator(node, what: str = "generator"):
+def build_generator(node, what: str = "generator", ranked_by: Optional[str] = None):
     """The generator of a ``conf/generator/`` node (the user's config, never a file's), for ``zoo-sample`` and
     ``zoo-eval`` alike: required keys and ``*_ckpt`` / ``checkpoint`` files are checked first (``ConfigError``
     naming the fix), then ``zoo.config.instantiate``; the result must have ``generate(captions)``. With
     ``prompt_upsampler`` set (a ``model=prompt_upsampler`` checkpoint; the key is not passed to the target), the
-    generator is wrapped in ``PromptUpsampled``: prompts are rewritten before it sees them."""
+    generator is wrapped in ``PromptUpsampled``: prompts are rewritten before it sees them. ``ranked_by``: an entry
+    point that draws each caption's candidates and ranks them itself (zoo-eval) says how, with the fix; a
+    ``{what}.n_candidates`` given is then warned about as not used, in those words, instead of the pipeline's "no
+    CLIP reranks" (``warn_unranked_candidates``), which is zoo-sample's."""
     from omegaconf import DictConfig, OmegaConf, open_dict
 
     from zoo.config import instantiate
@@ -374,7 +385,14 @@ def build_generator(node, what: str = "generator"):
             f"{what}.prompt_upsampler: checkpoint not found: {upsampler_path} (fix: {what}.prompt_upsampler=<a "
             f"zoo-train model=prompt_upsampler last.ckpt>, or null)"
         )
-    gen = instantiate(node, what)
+    given = node.get("n_candidates") if "n_candidates" in node else None
+    if ranked_by is not None and given is not None:
+        log.warning("%s.n_candidates=%s not used: %s", what, given, ranked_by)
+    token = _RANKED_ELSEWHERE.set(ranked_by)
+    try:
+        gen = instantiate(node, what)
+    finally:
+        _RANKED_ELSEWHERE.reset(token)
     if not callable(getattr(gen, "generate", None)):
         raise ConfigError(
             f"{what} {target} built {with_article(type(gen).__name__)}, which has no "
