@@ -424,10 +424,15 @@ def check_compatibility(model, datamodule, validates: bool = False, tests: bool 
         ("test", tests, "the test stage", "test=false to skip the test stage"),
     ):
         if runs and needed and "train" in features and split not in features:
+            # image codes come from zoo-tokenize, CLIP features from zoo-embed: the message said "zoo-embed file" for
+            # a DALL·E trained from codes too (its test split needs `zoo-tokenize ... split=test`)
+            makers = {"image_tokens": f"zoo-tokenize tokenizer_ckpt=<its dvae/vqvae ckpt> split={split}"}
+            commands = list(dict.fromkeys(makers.get(k, f"zoo-embed ... split={split}") for k in needed))
+            tools = " / ".join(dict.fromkeys(c.split()[0] for c in commands))
             raise ConfigError(
                 f"data.features.train={features['train']} is given but no data.features.{split}: {what} reads "
-                f"{', '.join(needed)} from the {split} split's zoo-embed file (fix: data.features.{split}=<file from "
-                f"`zoo-embed ... split={split}`>, or {skip})"
+                f"{', '.join(needed)} from the {split} split's {tools} file (fix: data.features.{split}=<file from "
+                f"{' and '.join(f'`{c}`' for c in commands)}>, or {skip})"
             )
 
 

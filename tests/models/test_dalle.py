@@ -205,8 +205,11 @@ def test_a_run_from_codes_needs_test_codes_for_the_test_stage_before_it_trains(t
         dm.tokenizer = H.tiny_bpe(context_length=16)
         model = fit_tiny_to_data(DalleLit(preset="tiny"), dm)
         if refused:
-            with pytest.raises(ConfigError, match="no data.features.test: the test stage reads image_tokens"):
+            with pytest.raises(ConfigError, match="no data.features.test: the test stage reads image_tokens") as e:
                 check_compatibility(model, dm, validates=True, tests=tests)
+            # codes are zoo-tokenize's (the message said "zoo-embed file" and `zoo-embed ... split=test`)
+            assert "`zoo-tokenize tokenizer_ckpt=" in str(e.value) and "split=test`" in str(e.value)
+            assert "zoo-embed" not in str(e.value)
         else:
             check_compatibility(model, dm, validates=True, tests=tests)
     encoder = DalleLit(preset="tiny", image_tokenizer_ckpt=str(H.tiny_tokenizer_ckpt(tmp_path / "t.ckpt")))
