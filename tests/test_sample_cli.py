@@ -719,3 +719,42 @@ def test_the_digest_cache_prunes_entries_of_deleted_or_replaced_checkpoints(tmp_
     run(sweep[3])
     run(sweep[2])
     assert hashed == []  # both live entries kept, and read without hashing the files
+
+
+def test_the_short_form_takes_the_options_of_the_checkpoint_s_own_generator(tmp_path):
+    """zoo-sample ckpt=<glide ckpt> generator.steps=4 failed in Hydra ("Key 'steps' is not in struct"): the default
+    generator=dalle was composed before the file was read (found by helper-126). The file's generator is now chosen on
+    the command line first (real `python -m zoo.sample ... --cfg job`); a generator the user names, a checkpoint that
+    draws no images from text or a missing file leave the command line as given."""
+    import os
+    import subprocess
+    import sys
+
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.sample import short_form_generator
+
+    files = {}
+    for component in ("glide", "unclip_decoder", "dalle", "vqvae"):
+        files[component] = str(atomic_torch_save({"zoo_component": component, "state_dict": {}}, tmp_path / component))
+    assert short_form_generator([f"ckpt={files['glide']}", "generator.steps=4"])[0] == "generator=glide"
+    assert short_form_generator([f"ckpt={files['unclip_decoder']}"])[0] == "generator=unclip"
+    for args in (
+        [f"ckpt={files['glide']}", "generator=glide", "generator.steps=4"],
+        [f"ckpt={files['glide']}", "+generator=dalle"],
+        [f"ckpt={files['vqvae']}"],
+        [f"ckpt={tmp_path / 'missing.ckpt'}"],
+        ["generator.steps=4"],
+    ):
+        assert short_form_generator(args) == args
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "zoo.sample", f"ckpt={files['glide']}", "generator.steps=4", "--cfg", "job"],
+        cwd=root,
+        env=dict(os.environ, PYTHONPATH=str(root), HYDRA_FULL_ERROR="1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "  glide_ckpt: null\n" in done.stdout and "  steps: 4\n" in done.stdout, (
+        done.stderr[-2000:]
+    )

@@ -11,7 +11,8 @@ DALL·E pipeline draws ``generator.n_candidates`` and keeps the CLIP-best when i
 as a grid PNG per prompt plus the individual images (``<prompt>-<hash>/NN.png``) and their scores in
 ``samples.json``. ``ckpt=<file>`` is the short form: the file's registered component (read with the safe loader)
 names the generator option and the argument the file fills (``zoo.pipelines.base.CHECKPOINT_GENERATORS``; dalle ->
-``generator=dalle``, ``generator.dalle_ckpt=<file>``). A checkpoint of a component that is not a text-to-image
+``generator=dalle``, ``generator.dalle_ckpt=<file>``), chosen on the command line before Hydra composes, so the
+``generator.<key>`` options of that generator can be given with it (``short_form_generator``). A checkpoint of a component that is not a text-to-image
 generator (the image tokenizers), or any checkpoint without prompts, gives the model's own sample grid on a
 validation batch of the data it was trained on (``zoo.pipelines.grid``). A prior's file (``diffusion_prior``,
 ``ar_prior``) is unCLIP's ``generator.prior_ckpt``; a component that draws no images at all (CLIP, the noised CLIP,
@@ -22,9 +23,11 @@ and each checkpoint's path and content digest (``write_run_record``).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -474,7 +477,35 @@ def _sample_and_write(
     return written
 
 
-main = entry_point(sample, "sample")
+def short_form_generator(args: list[str]) -> list[str]:
+    """The command line with ``generator=<option>`` added when ``ckpt=<file>`` names a checkpoint whose generator
+    (``CHECKPOINT_GENERATORS``) the user did not choose: Hydra composes before ``sample`` reads the file, so the
+    default ``generator=dalle`` was composed first and ``zoo-sample ckpt=<glide ckpt> generator.steps=4`` failed in
+    Hydra ("Key 'steps' is not in struct"; found by helper-126), as did every ``generator.<key>`` of the file's own
+    generator. The component is peeked (safe loader, tensors mapped, not read). Anything else is left as given
+    (a chosen generator, a missing or unreadable file: ``sample`` reports those with their fix)."""
+    from zoo.pipelines.base import checkpoint_generator
+
+    if any(a.split("=", 1)[0].lstrip("+~") == "generator" for a in args):
+        return args
+    ckpt = next((a.split("=", 1)[1] for a in args if a.startswith("ckpt=")), "")
+    if not ckpt or not Path(ckpt).expanduser().is_file():
+        return args
+    try:
+        mapped = checkpoint_generator(checkpoint_component(str(Path(ckpt).expanduser())))
+    except Exception:  # not a zoo-train checkpoint: sample() says so, with the fix
+        return args
+    # first: after an option such as --cfg job, argparse takes no more overrides
+    return args if mapped is None else [f"generator={mapped[0]}", *args]
+
+
+_main = entry_point(sample, "sample")
+
+
+@functools.wraps(_main)
+def main(*args, **kwargs):
+    sys.argv[1:] = short_form_generator(sys.argv[1:])
+    return _main(*args, **kwargs)
 
 
 if __name__ == "__main__":
