@@ -196,3 +196,41 @@ def test_a_dalle_on_zoo_tokenize_codes_is_decoded_only_by_the_tokenizer_that_wro
     assert sampler.image_tokenizer is None
     sampler.load_image_tokenizer(str(wrote))
     assert sampler.image_tokenizer is not None
+
+
+def test_the_default_out_is_not_replaced_by_codes_of_other_inputs(tmp_path, dalle_helpers, monkeypatch):
+    """The default out, <cache>/tokens/<data>_<split>_image_tokens.pt, names the data option and split only: a run with
+    another tokenizer (or resolution, or image folder) replaced the codes there without a word (found by helper-126).
+    Now refused before any image is encoded, naming both fixes; the same inputs rewrite it, and out= or
+    overwrite=true replace it."""
+    import pytest
+    from hydra.core.hydra_config import HydraConfig
+
+    from zoo.errors import ConfigError
+
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)  # restored after the test
+
+    def default_out_cfg(ckpt, *overrides):
+        GlobalHydra.instance().clear()
+        with initialize_config_module(config_module="conf", version_base="1.3"):
+            cfg = compose(
+                "tokenize",
+                overrides=[f"tokenizer_ckpt={ckpt}", "split=val", *DATA, f"paths.root_dir={tmp_path}", *overrides],
+                return_hydra_config=True,
+            )
+        HydraConfig.instance().set_config(cfg)  # the default out reads hydra:runtime.choices.data, as zoo-tokenize
+        return cfg
+
+    first = dalle_helpers.tiny_tokenizer_ckpt(tmp_path / "a.ckpt", seed=0)
+    other = dalle_helpers.tiny_tokenizer_ckpt(tmp_path / "b.ckpt", seed=1)
+    out = tokenize(default_out_cfg(first, "data.resolution=16"))
+    assert out.name == "shapes_val_image_tokens.pt"
+    codes = safe_load(out)["image_tokens"]
+    with pytest.raises(ConfigError, match=r"made from other inputs .*the tokenizer weights.*fix: out=.*overwrite=true"):
+        tokenize(default_out_cfg(other, "data.resolution=16"))
+    assert torch.equal(safe_load(out)["image_tokens"], codes) and safe_load(out)["meta"]["tokenizer"] == str(first)
+    assert tokenize(default_out_cfg(first, "data.resolution=16")) == out  # the same inputs: a rerun rewrites it
+    tokenize(default_out_cfg(other, "data.resolution=16", "overwrite=true"))
+    assert safe_load(out)["meta"]["tokenizer"] == str(other)
+    tokenize(_tokenize_cfg(tmp_path, first, "data.resolution=16", f"out={out}"))  # out= named: the user's choice
+    assert safe_load(out)["meta"]["tokenizer"] == str(first)

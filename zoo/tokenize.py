@@ -124,6 +124,45 @@ def check_tokenizer_resolution(module: Any, resolution: Any, path: str) -> None:
         )
 
 
+def check_default_out(cfg: DictConfig, meta: dict[str, Any], grid: list[int]) -> None:
+    """The default ``out`` (``<cache>/tokens/<data>_<split>_image_tokens.pt``) names the data option and split only:
+    a run with another tokenizer, resolution or image folder (every ``data=folder`` has the same name) silently
+    replaced the codes an earlier run wrote there, which a DALL·E may be training from (found by helper-126). A file
+    there whose ``meta`` / ``grid_size`` say it was made from other inputs is refused before any image is encoded,
+    unless ``out=`` is named (the user chose that file) or ``overwrite=true``; the same inputs rewrite it (a rerun)."""
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.to_container(cfg, resolve=False).get("out")
+    default = isinstance(raw, str) and "${hydra:runtime.choices.data}" in raw  # out= given replaces this template
+    path = Path(str(cfg.out)).expanduser()
+    if not default or cfg.get("overwrite", False) or not path.is_file():
+        return
+    from zoo.checkpoint import peek_checkpoint
+
+    try:
+        old = peek_checkpoint(path)
+        old_meta = old.get("meta") or {}
+    except Exception:  # not a readable token file: nothing made from inputs to keep
+        return
+    differ = [
+        what
+        for what, before, now in (
+            ("the tokenizer weights", old_meta.get("tokenizer_fingerprint"), meta["tokenizer_fingerprint"]),
+            ("the images", old_meta.get("data"), meta["data"]),
+            ("the split", old_meta.get("split"), meta["split"]),
+            ("the grid (data.resolution)", list(old.get("grid_size") or []), grid),
+        )
+        if before != now
+    ]
+    if differ:
+        was = f"tokenizer_ckpt={old_meta.get('tokenizer')}, grid {'x'.join(map(str, old.get('grid_size') or []))}"
+        raise ConfigError(
+            f"{path} holds image tokens made from other inputs ({was}; {', '.join(differ)} differ): this run would "
+            f"replace them (fix: out=<another file> for this run's tokens, e.g. out={path.parent}/{path.stem}_<its "
+            f"tokenizer or folder>.pt, or overwrite=true to replace it)"
+        )
+
+
 def tokenize(cfg: DictConfig) -> Path:
     from zoo.checkpoint import load_module
     from zoo.config import instantiate
@@ -144,19 +183,21 @@ def tokenize(cfg: DictConfig) -> Path:
             f"data.resolution={dm.resolution} is not a multiple of the tokenizer's downsample factor "
             f"{tokenizer.downsample_factor} (fix: data.resolution=<multiple>)"
         )
+    # which images (the DataModule refuses the file for other data); image codes do not depend on the captions
+    meta = {
+        "split": split,
+        "tokenizer": str(cfg.tokenizer_ckpt),
+        # its weights: a DALL·E trained on these codes is decoded only by this tokenizer (DalleLit checks)
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "data": {"images": dm.features_identity(split)["images"]},
+    }
+    check_default_out(cfg, meta, [dm.resolution // tokenizer.downsample_factor] * 2)
     path = tokenize_dataset(
         tokenizer,
         dm.dataset(split),
         cfg.out,
         batch_size=batch_size,
-        # which images (the DataModule refuses the file for other data); image codes do not depend on the captions
-        meta={
-            "split": split,
-            "tokenizer": str(cfg.tokenizer_ckpt),
-            # its weights: a DALL·E trained on these codes is decoded only by this tokenizer (DalleLit checks)
-            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-            "data": {"images": dm.features_identity(split)["images"]},
-        },
+        meta=meta,
         resume_key={"resolution": dm.resolution},  # the grid of codes changes with it (features_identity omits it)
     )
     log.info("wrote %s", path)
