@@ -189,3 +189,32 @@ def test_an_existing_folder_as_the_output_is_refused_before_any_row_is_encoded(t
     with pytest.raises(ConfigError, match="is a folder, but zoo-tokenize writes one file"):
         tokenize_dataset(Tok(), ShapesDataset("val", 4, 32), tmp_path / "embeddings", batch_size=2, progress=False)
     assert not seen
+
+
+def test_a_single_row_is_named_in_the_singular(tmp_path, caplog):
+    """ "1 rows hold the image tokens ... (rows 3; ...) If you repair those files" and "rows 0-0 of 5 are kept": the
+    usual case of one unreadable file, or an interruption after the first chunk, now reads in the singular; more
+    than one row keeps the plural."""
+    import logging
+
+    from zoo.data.datamodule import report_substituted_rows
+    from zoo.data.shapes import ShapesDataset
+    from zoo.embed import embed_dataset
+
+    log = logging.getLogger("zoo.feature_rows")
+    with caplog.at_level(logging.WARNING, logger="zoo.feature_rows"):
+        report_substituted_rows([3], "zoo-tokenize", "image tokens", log)
+        report_substituted_rows([3, 5], "zoo-tokenize", "image tokens", log)
+    one, two = (r.getMessage() for r in caplog.records)
+    assert "zoo-tokenize: 1 row holds the image tokens of the next readable image, its own file" in one
+    assert "(row 3;" in one and "If you repair that file" in one
+    assert "2 rows hold the image tokens of the next readable image, their own files" in two
+    assert "(rows 3, 5;" in two and "If you repair those files" in two
+    caplog.clear()
+
+    scorer = _tiny_scorer(tmp_path)
+    _counting(scorer, "encode_image", fail_at=2)  # one row per chunk: row 0 saved, then interrupted
+    kw = dict(batch_size=1, progress=False, chunk_rows=1, meta={"split": "val"})
+    with caplog.at_level(logging.WARNING, logger="zoo.feature_rows"), pytest.raises(Interrupted):
+        embed_dataset(scorer, ShapesDataset("val", 5, 32), tmp_path / "e.pt", **kw)
+    assert "zoo-embed interrupted: row 0 of 5 is kept in" in caplog.text and "resumes after it" in caplog.text

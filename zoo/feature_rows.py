@@ -165,11 +165,13 @@ def compute_rows(
     except BaseException:
         if done:
             log.warning(
-                "%s interrupted: rows 0-%d of %d are kept in %s; the same command resumes after them",
+                "%s interrupted: %s of %d %s kept in %s; the same command resumes after %s",
                 command,
-                done - 1,
+                "row 0" if done == 1 else f"rows 0-{done - 1}",  # not "rows 0-0"
                 n,
+                "is" if done == 1 else "are",
                 work,
+                "it" if done == 1 else "them",
             )
         raise
     if pending:

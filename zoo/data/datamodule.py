@@ -199,14 +199,19 @@ def report_substituted_rows(rows: list[int], command: str, what: str, log_: logg
     with the substitute image while the file stays unreadable; repaired, it would get another image's rows."""
     if rows:
         shown = ", ".join(map(str, rows[:10])) + (f", ... ({len(rows) - 10} more)" if len(rows) > 10 else "")
+        one = len(rows) == 1  # "1 rows hold ... If you repair those files" read wrong for the usual single bad file
         log_.warning(
-            "%s: %d rows hold the %s of the next readable image, their own file could not be read (rows %s; "
-            "recorded in the file's meta['substituted_rows']). If you repair those files, run %s again: a repaired "
-            "image would be served with its neighbour's rows",
+            "%s: %d %s the %s of the next readable image, %s could not be read (%s %s; recorded in the file's "
+            "meta['substituted_rows']). If you repair %s, run %s again: a repaired image would be served with its "
+            "neighbour's rows",
             command,
             len(rows),
+            "row holds" if one else "rows hold",
             what,
+            "its own file" if one else "their own files",
+            "row" if one else "rows",
             shown,
+            "that file" if one else "those files",
             command,
         )
 
