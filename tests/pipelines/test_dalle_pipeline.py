@@ -343,3 +343,7 @@ def test_zoo_eval_says_its_own_clip_ranks_instead_of_no_clip_reranks(pipe, caplo
         caplog.clear()
         sample_build(node)
         assert len(lines()) == 1 and "generator.n_candidates=32 ignored: no CLIP reranks the samples" in lines()[0]
+        caplog.clear()
+        node.n_candidates, node.kw = 1, {"n_candidates": 1}  # glide.yaml's and unclip.yaml's default: no pool asked
+        eval_build(node, eval_set)
+        assert not lines()

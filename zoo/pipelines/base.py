@@ -386,7 +386,9 @@ def build_generator(node, what: str = "generator", ranked_by: Optional[str] = No
             f"zoo-train model=prompt_upsampler last.ckpt>, or null)"
         )
     given = node.get("n_candidates") if "n_candidates" in node else None
-    if ranked_by is not None and given is not None:
+    # above 1 only: glide.yaml / unclip.yaml default to 1, which asks for no pool (and a bad count is the pipeline's
+    # error to give)
+    if ranked_by is not None and isinstance(given, (int, float)) and not isinstance(given, bool) and given > 1:
         log.warning("%s.n_candidates=%s not used: %s", what, given, ranked_by)
     token = _RANKED_ELSEWHERE.set(ranked_by)
     try:
