@@ -181,6 +181,25 @@ def test_check_data_checks_zoo_tokenize_codes_against_the_model(train_cfg, tmp_p
     assert (tiny.cfg.grid_h, tiny.cfg.grid_w, tiny.cfg.image_vocab) == (8, 8, int(codes.max()) + 1)
 
 
+def test_tiny_takes_the_codebook_a_zoo_tokenize_file_records_over_its_largest_code(train_cfg, tmp_path):
+    """zoo-tokenize records the tokenizer's codebook beside the codes; load_features dropped it, so a tiny DALL·E
+    from codes took image_vocab = largest train code + 1 (61 of a 64-code book: a val code above it was refused, and
+    the codes no train image used could never be sampled). A file without the record keeps the old rule."""
+    from zoo.checkpoint import atomic_torch_save
+    from zoo.train import fit_tiny_to_data, instantiate
+
+    codes = torch.randint(0, 40, (8, 8, 8))  # the train images use codes < 40 of the 64
+    for record, vocab in (({"codebook_size": 64}, 64), ({}, int(codes.max()) + 1)):
+        path = atomic_torch_save({"image_tokens": codes, "grid_size": [8, 8], **record}, tmp_path / f"t{vocab}.pt")
+        cfg = train_cfg("data/tokenizer=bpe", "data.tokenizer.vocab_size=300", "data.tokenizer.context_length=16")
+        cfg.data.update(train_size=8, val_size=8, test_size=8, features={"train": str(path), "val": str(path)})
+        dm = instantiate(cfg.data)
+        dm.tokenizer = H.tiny_bpe(context_length=16)
+        tiny = fit_tiny_to_data(DalleLit(preset="tiny"), dm)
+        tiny.check_data(dm)
+        assert tiny.cfg.image_vocab == vocab, record
+
+
 def test_a_run_from_codes_needs_test_codes_for_the_test_stage_before_it_trains(train_cfg, tmp_path):
     """zoo-train model=dalle data=shapes data.features.train=<codes> data.features.val=<codes> trained, validated,
     then stopped at the test stage (zoo-train's default test=true) on 'batch has no image_tokens'. The test split's

@@ -816,6 +816,9 @@ def load_features(path: str | Path, split: Optional[str] = None, meta: Optional[
     written_for = obj["meta"].get("split") if isinstance(obj.get("meta"), dict) else None
     if meta is not None and isinstance(obj.get("meta"), dict):
         meta.update(obj["meta"])
+    book = obj.get("codebook_size")  # zoo-tokenize records its tokenizer's codebook beside the codes, not in meta
+    if meta is not None and isinstance(book, int) and not isinstance(book, bool) and book > 0:
+        meta.setdefault("codebook_size", book)
     if split is not None and written_for is not None and str(written_for) != split:
         raise ConfigError(
             f"data.features.{split}={path} holds the {written_for} split's features (written with "

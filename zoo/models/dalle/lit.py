@@ -188,7 +188,11 @@ class DalleLit(TextTokenizerLit):
                 exact["grid_h"] = exact["grid_w"] = res // it.downsample_factor
         elif (tokens := self._token_file_stats(datamodule)) is not None:  # zoo-tokenize codes, no tokenizer here
             exact["grid_h"], exact["grid_w"] = tokens[:2]
-            at_least["image_vocab"] = tokens[2]  # every code the file holds
+            # the codebook the file records (a code the train split never used may still be in val or be sampled),
+            # else every code the file holds (files without the record)
+            meta = getattr(datamodule.dataset("train"), "features_meta", None) or {}
+            book = meta.get("codebook_size")
+            at_least["image_vocab"] = max(tokens[2], book) if isinstance(book, int) else tokens[2]
         return {**text_tokenizer_sizes(datamodule, self.cfg), **unmet_sizes(self.cfg, exact, at_least)}
 
     def check_data(self, datamodule) -> None:
