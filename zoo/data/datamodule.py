@@ -7,6 +7,7 @@ once. Batches are dicts with the keys listed in docs/CONTRACTS.md, so any model 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import logging
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from zoo.data.collate import Collator
 from zoo.data.loader import ResumableDataLoader
-from zoo.errors import ConfigError, check_whole, is_number
+from zoo.errors import ConfigError, check_whole, is_number, is_whole
 
 SPLITS = ("train", "val", "test")
 log = logging.getLogger(__name__)
@@ -256,11 +257,11 @@ class FeatureAttached(Dataset):
                     "(fix: recompute it for this split and size, or match data.*_size to it)"
                 )
 
-    @property
+    @functools.cached_property
     def caption_rows(self) -> dict[str, Any]:
         """An all-captions file's text keys with every caption's row, which the drawn caption's rows are served from
         (``every_caption_row`` reads them too): the columns under ``features``' ``FirstCaptionColumn`` views, not a
-        second reference kept beside them. Empty for other files."""
+        second reference kept beside them. Empty for other files. Cached: ``__getitem__`` reads it for every sample."""
         if self.caption_start is None:
             return {}
         return {k: v._rows for k, v in self.features.items() if isinstance(v, FirstCaptionColumn)}
@@ -817,7 +818,7 @@ def load_features(path: str | Path, split: Optional[str] = None, meta: Optional[
     if meta is not None and isinstance(obj.get("meta"), dict):
         meta.update(obj["meta"])
     book = obj.get("codebook_size")  # zoo-tokenize records its tokenizer's codebook beside the codes, not in meta
-    if meta is not None and isinstance(book, int) and not isinstance(book, bool) and book > 0:
+    if meta is not None and is_whole(book, 1):
         meta.setdefault("codebook_size", book)
     if split is not None and written_for is not None and str(written_for) != split:
         raise ConfigError(
